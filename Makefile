@@ -1,0 +1,28 @@
+# Two entry points a newcomer needs: `make demo` and `make test`. Both create ./.venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed first and on its own so an existing install is respected and pip does not pull a
+# different build through a loose range; override e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for CUDA.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint clean
+
+$(BIN)/virnucpro-trt: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/virnucpro-trt
+
+demo: setup
+	$(BIN)/virnucpro-trt demo -o demo-out
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

@@ -1,0 +1,237 @@
+"""Input reading: by content (compression, format), Biopython's FASTA semantics, one-line errors."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from Bio.SeqIO.FastaIO import SimpleFastaParser
+from Bio.SeqIO.QualityIO import FastqGeneralIterator
+
+from virnucpro_trt.errors import InputFormatError, UserError
+from virnucpro_trt.sequences import sources
+from virnucpro_trt.sequences.reader import SeqRecord, read_records, sha256_of, spool_stdin
+
+FASTA = ">r1 first read\nACGTACGTNN\nacgt\n>r2\nRYSWKMBDHVU\n>r3\tdesc\n\n"
+EXPECTED = [
+    SeqRecord(0, "r1", "r1 first read", "ACGTACGTNNacgt"),
+    SeqRecord(1, "r2", "r2", "RYSWKMBDHVU"),
+    SeqRecord(2, "r3", "r3\tdesc", ""),
+]
+
+
+def _write(tmp_path: Path, name: str, data: bytes | str) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def _error(path: Path | str, alphabet: str = "dna") -> str:
+    with pytest.raises(InputFormatError) as info:
+        list(read_records(path, alphabet))  # type: ignore[arg-type]
+    message = str(info.value)
+    assert "\n" not in message and message
+    assert isinstance(info.value, UserError) and info.value.exit_code == 2
+    return message
+
+
+@pytest.mark.parametrize(
+    ("name", "pack"),
+    [
+        ("plain.txt", lambda b: b),
+        ("reads.fa.gz", gzip.compress),
+        ("no_suffix", bz2.compress),  # the name says nothing: content decides
+        ("reads.fa", lzma.compress),  # the name lies
+        ("crlf.fa", lambda b: b.replace(b"\n", b"\r\n")),
+        ("cr.fa", lambda b: b.replace(b"\n", b"\r")),
+        ("bom.fa", lambda b: b"\xef\xbb\xbf" + b),
+        ("blank_first.fa", lambda b: b"\n  \n\n" + b),
+        ("multi_member.gz", lambda b: gzip.compress(b[:20]) + gzip.compress(b[20:])),
+    ],
+)
+def test_compressions_and_line_endings_give_identical_records(tmp_path: Path, name: str, pack) -> None:
+    path = _write(tmp_path, name, pack(FASTA.encode()))
+    assert list(read_records(path)) == EXPECTED
+
+
+def test_matches_biopython_on_messy_valid_fasta(tmp_path: Path) -> None:
+    text = ">a  x y \nACGT  \n  AC GT\t\n\n>b\n>c z\r\nAC\r\nGT\r\n>d\nA C\t \nG\n" + "".join(
+        f">s{i} {i}\n{'ACGTN' * i}\n{'acg' * (i % 7)}\n" for i in range(200)
+    )
+    path = _write(tmp_path, "messy.fa", text)
+    with open(path) as handle:
+        expected = [(t.split(None, 1)[0], t, s) for t, s in SimpleFastaParser(handle)]
+    assert [(r.id, r.description, r.sequence) for r in read_records(path)] == expected
+
+
+def test_block_boundaries_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "".join(f">r{i}\n{'ACGT' * (i % 9)}\n{'T' * (i % 4)}\n" for i in range(300))
+    text += ">big\n" + "A" * 5000
+    path = _write(tmp_path, "r.fa", text)
+    with open(path) as handle:
+        expected = [(t, s) for t, s in SimpleFastaParser(handle)]
+    for size in (1, 2, 3, 7, 64, 1000):
+        monkeypatch.setattr(sources, "BLOCK_BYTES", size)
+        assert [(r.description, r.sequence) for r in read_records(path)] == expected, size
+
+
+def test_two_line_fast_path_and_general_path_agree(tmp_path: Path) -> None:
+    two_line = "".join(f">r{i}\n{'ACGT' * 10}\n" for i in range(50))
+    wrapped = "".join(f">r{i}\n{'ACGT' * 5}\n{'ACGT' * 5}\n" for i in range(50))
+    a = list(read_records(_write(tmp_path, "a.fa", two_line)))
+    b = list(read_records(_write(tmp_path, "b.fa", wrapped)))
+    assert a == b and len(a) == 50
+    # a header-only record in a 2-line-looking file must not shift titles and sequences
+    tricky = ">a\n>b\nACGT\nCCCC\n"
+    assert [(r.id, r.sequence) for r in read_records(_write(tmp_path, "c.fa", tricky))] == [
+        ("a", ""),
+        ("b", "ACGTCCCC"),
+    ]
+
+
+def test_fastq(tmp_path: Path) -> None:
+    text = "@q1 desc\nACGTN\n+\nIIIII\n@q2\nAC\nGT\n+q2\n@@II\n"
+    records = list(read_records(_write(tmp_path, "x.txt", text)))
+    assert records == [SeqRecord(0, "q1", "q1 desc", "ACGTN"), SeqRecord(1, "q2", "q2", "ACGT")]
+    assert list(read_records(_write(tmp_path, "x.fq.gz", gzip.compress(("\n\n" + text).encode())))) == records
+
+
+_STRICT_FQ = "".join(
+    f"@q{i} lane{i % 3}\n{'ACGTN'[i % 5] * (i % 7)}\n+\n{'@+I#'[i % 4] * (i % 7)}\n" for i in range(40)
+)
+FASTQ_VARIANTS = {
+    "strict": _STRICT_FQ,
+    "plus_repeats_title": "@q1 x\nACGT\n+q1 x\nIIII\n@q2\nAC\n+q2\n@+\n",
+    "wrapped_in_the_middle": _STRICT_FQ + "@w1\nACGT\nAC\n+\n@@@@\n@@\n" + _STRICT_FQ.replace("@q", "@z"),
+    "blank_lines_between": "@a\nACGT\n+\nIIII\n\n@b\nAC\n+\nII\n",
+    "trailing_blank_lines": _STRICT_FQ + "\n\n",
+    "trailing_spaces_both": "@a\nACGT \n+\nIIII \n@b\nAC\n+\nII\n",
+    "trailing_space_seq_only": "@a\nACGT \n+\nIIII\n@b\nAC\n+\nII\n",
+    "empty_sequence": "@e\n\n+\n\n@f\nA\n+\nI\n",
+    "crlf": _STRICT_FQ.replace("\n", "\r\n"),
+}
+
+
+@pytest.mark.parametrize("variant", list(FASTQ_VARIANTS))
+def test_fastq_matches_biopython(tmp_path: Path, variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = FASTQ_VARIANTS[variant]
+    path = _write(tmp_path, "reads.fq", text)
+    with open(path) as handle:
+        expected = [(t.split(None, 1)[0], t, s) for t, s, _ in FastqGeneralIterator(handle)]
+    assert [(r.id, r.description, r.sequence) for r in read_records(path)] == expected
+    assert [r.index for r in read_records(path)] == list(range(len(expected)))
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 5)  # records cut at every possible place
+    assert [(r.id, r.description, r.sequence) for r in read_records(path)] == expected
+
+
+def test_stdin_monkeypatched(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(gzip.compress(FASTA.encode()))))
+    assert list(read_records("-")) == EXPECTED
+
+
+def test_stdin_subprocess_pipe() -> None:
+    code = (
+        "from virnucpro_trt.sequences.reader import read_records\n"
+        "print(';'.join(f'{r.id}={r.sequence}' for r in read_records('-')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], input=bz2.compress(FASTA.encode()), capture_output=True, check=True
+    )
+    assert result.stdout.decode().strip() == "r1=ACGTACGTNNacgt;r2=RYSWKMBDHVU;r3="
+
+
+def test_empty_inputs(tmp_path: Path) -> None:
+    assert list(read_records(_write(tmp_path, "empty.fa", b""))) == []
+    assert list(read_records(_write(tmp_path, "blank.fa", " \n\n\t\r\n"))) == []
+    assert list(read_records(_write(tmp_path, "empty.gz", gzip.compress(b"")))) == []
+
+
+def test_protein_alphabet(tmp_path: Path) -> None:
+    path = _write(tmp_path, "p.faa", ">p1\nMKVLAAGE*\n>p2\nwxyz\n")
+    assert [r.sequence for r in read_records(path, "protein")] == ["MKVLAAGE*", "wxyz"]
+    assert "record 1 (id 'p1')" in _error(path)  # a protein FASTA is not DNA
+    message = _error(_write(tmp_path, "d.faa", ">p1\nMKV1\n"), "protein")
+    assert "record 1 (id 'p1')" in message and "'1'" in message and "position 4" in message
+
+
+_MANY = b"".join(b">r%d\nACGT\n" % i for i in range(9999))
+BAD_INPUTS = [
+    ("protein.fa", b">ok\nACGT\n>prot1\nMKVLA\n", ["record 2 (id 'prot1')", "'L'", "position 4", "protein"]),
+    ("digits.fa", b">r1\nACGT1\n", ["record 1 (id 'r1')", "'1'", "position 5"]),
+    ("tab.fa", b">r1\nAC\tGT\n", ["record 1 (id 'r1')", "'\\t'", "position 3"]),
+    ("binary.bin", bytes(range(256)) * 4, ["NUL", "binary"]),
+    ("zstd.fa", b"\x28\xb5\x2f\xfd" + b"\0" * 30, ["zstd"]),
+    ("text_first.fa", b"some notes\n>r1\nACGT\n", ["not FASTA/FASTQ", "before the first", "some notes"]),
+    ("not_fasta.txt", b"hello world\n", ["not FASTA/FASTQ", "hello world"]),
+    ("indented.fa", b"  >r1\nACGT\n", ["before the first '>'"]),
+    ("dup.fa", b">a\nACGT\n>b\nAC\n>a other\nGG\n", ["record 3 (id 'a')", "record 1"]),
+    ("empty_id.fa", b">r1\nACGT\n>\nACGT\n", ["record 2", "empty id"]),
+    ("blank_id.fa", b">   \nACGT\n", ["record 1", "empty id"]),
+    ("latin1.fa", b">r1\nACGT\n>r2\nAC\xe9GT\n", ["record 2 (id 'r2')", "0xe9", "position 3", "UTF-8"]),
+    ("latin1_header.fa", b">r\xe9 x\nACGT\n", ["record 1", "UTF-8"]),
+    ("gz_in_gz.gz", gzip.compress(gzip.compress(b">r\nACGT\n")), ["gzip data contains gzip"]),
+    ("truncated.gz", gzip.compress(_MANY)[:-9], ["gzip", "truncated", "after record", "(id 'r"]),
+    ("truncated.xz", lzma.compress(_MANY)[:-30], ["xz", "truncated", "after record"]),
+    ("truncated_early.bz2", bz2.compress(_MANY)[:300], ["bzip2", "truncated"]),
+    ("bad.fq", b"@q1\nACGT\n+\nIIII\n@q2\nACGT\n+\nII\n", ["record 2", "after record 1 (id 'q1')", "FASTQ"]),
+    (
+        "truncated.fq",
+        b"@q1\nACGT\n+\nIIII\n@q2\nACGT\n+\n",
+        ["record 2 (after record 1 (id 'q1'))", "end of file"],
+    ),
+    ("captions.fq", b"@q1\nACGT\n+q9\nIIII\n", ["record 1", "captions differ"]),
+    ("space.fq", b"@q1\nACGT\n+\nIIII\n@q2\nAC GT\n+\nIIIII\n", ["record 2", "Whitespace"]),
+    ("bad_seq.fq", b"@q1\nACGT\n+\nIIII\n@q2\nACXT\n+\nIIII\n", ["record 2 (id 'q2')", "'X'", "position 3"]),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "fragments"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_inputs_raise_one_line(tmp_path: Path, name: str, data: bytes, fragments: list[str]) -> None:
+    message = _error(_write(tmp_path, name, data))
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_zip_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "reads.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("reads.fa", ">r\nACGT\n")
+    assert "zip" in _error(path)
+    assert "not found" in _error(tmp_path / "missing.fa")
+    assert "directory" in _error(tmp_path)
+
+
+def test_records_before_the_bad_one_are_yielded(tmp_path: Path) -> None:
+    path = _write(tmp_path, "late.fa", "".join(f">r{i}\nACGT\n" for i in range(10)) + ">r3\nAC\n")
+    got = []
+    with pytest.raises(InputFormatError, match=r"record 11 \(id 'r3'\).*record 4"):
+        got.extend(read_records(path))
+    assert len(got) == 10
+
+
+def test_first_error_in_file_order_wins(tmp_path: Path) -> None:
+    # record 2 has a bad character, record 3 a duplicate id: record 2 must be reported
+    message = _error(_write(tmp_path, "two.fa", ">a\nACGT\n>b\nAXGT\n>a\nAC\n"))
+    assert "record 2 (id 'b')" in message
+
+
+def test_unknown_alphabet(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        list(read_records(_write(tmp_path, "a.fa", FASTA), "rna"))  # type: ignore[arg-type]
+
+
+def test_sha256_and_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = gzip.compress(FASTA.encode())
+    path = _write(tmp_path, "a.gz", data)
+    assert sha256_of(path) == hashlib.sha256(data).hexdigest()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    spooled = spool_stdin(tmp_path / "stdin.bin")
+    assert spooled.read_bytes() == data and list(read_records(spooled)) == EXPECTED

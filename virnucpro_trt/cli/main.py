@@ -1,0 +1,399 @@
+"""``virnucpro-trt``: prepare, embed, predict, demo, env, convert-classifier, download.
+
+Exit codes: 0 success; 2 bad usage or bad input (one line on stderr, no traceback); 1 the run failed
+(one line; the traceback goes to ``--log-file`` and, with ``-vv``, to the terminal); 130 interrupted.
+Nothing here reaches the network except ``download``, which exists to do exactly that.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from virnucpro_trt import __version__
+from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError
+from virnucpro_trt.settings import BACKENDS, CHUNK_LENGTHS, EmbedSettings, EncoderSettings, PredictSettings
+
+log = logging.getLogger("virnucpro_trt")
+
+# Verbosity of the running command, read again when an error is reported after click's context is gone.
+_STATE: dict[str, Any] = {"verbose": 0, "quiet": False}
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _offline() -> None:
+    """Model lookups must never download: force the Hugging Face hub offline for this process."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """-v/-q/--log-file on every subcommand, so they work after the command name."""
+
+    @click.option("-v", "--verbose", count=True, help="More detail (-vv: tracebacks and library logs).")
+    @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+    @click.option(
+        "--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also log (DEBUG) here."
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, verbose: int, quiet: bool, log_file: Path | None, **kwargs: Any) -> Any:
+        from virnucpro_trt.cli.logging_setup import setup_logging
+
+        setup_logging(verbose, quiet, log_file)
+        _STATE["verbose"] = verbose
+        _STATE["quiet"] = quiet
+        log.debug("virnucpro-trt %s: %s", __version__, " ".join(sys.argv))
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def encoder_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by every command that runs the encoders."""
+
+    @click.option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        default="torch",
+        show_default=True,
+        help="Inference backend.",
+    )
+    @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+    @click.option(
+        "--precision",
+        type=click.Choice(["fp32", "fp16", "bf16"]),
+        default="fp32",
+        show_default=True,
+        help="Encoder precision (fp32 reproduces upstream; bf16/fp16 keep fp32 statistics).",
+    )
+    @click.option(
+        "--max-batch-tokens",
+        type=click.IntRange(min=16),
+        default=None,
+        help="Token budget per batch (padded tokens). Default: 4096 on CPU, 32768 on CUDA.",
+    )
+    @click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="CPU threads for torch (default: the CPUs this process may use).",
+    )
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        backend: str,
+        device: str,
+        precision: str,
+        max_batch_tokens: int | None,
+        threads: int | None,
+        **kwargs: Any,
+    ) -> Any:
+        encoders = EncoderSettings(backend, device, precision, max_batch_tokens, threads)
+        return func(*args, encoders=encoders, **kwargs)
+
+    return wrapper
+
+
+@click.group(context_settings=_CONTEXT)
+@click.version_option(__version__, "--version", prog_name="virnucpro-trt")
+def cli() -> None:
+    """VirNucPro viral short-read classification: the same answers as upstream, compiled and fast.
+
+    \b
+    Quick start (random demo weights, CPU, under a minute):
+        virnucpro-trt demo -o demo-out
+    """
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("input_path", metavar="INPUT")
+@click.option(
+    "-o",
+    "--outdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder for identified_nucleotide.fa and identified_protein.faa.",
+)
+@click.option(
+    "--chunk-length",
+    type=click.Choice([str(c) for c in CHUNK_LENGTHS]),
+    default="500",
+    show_default=True,
+    help="Chunk length (must match the classifier: 300_model / 500_model).",
+)
+@common_options
+def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
+    """Chunk reads and keep stop-free frames, writing upstream's two FASTA files.
+
+    INPUT is FASTA or FASTQ (plain, gzip, bzip2 or xz; '-' for stdin).
+    """
+    from virnucpro_trt.pipeline.prepare import run_prepare
+
+    counts = run_prepare(input_path, outdir, int(chunk_length))
+    log.info(
+        "PASSED: %d records -> %d chunks -> %d kept frames in %s",
+        counts["records"],
+        counts["chunks"],
+        counts["frames"],
+        outdir,
+    )
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("input_path", metavar="INPUT")
+@click.option(
+    "--model",
+    "model_name",
+    required=True,
+    type=click.Choice(["dnabert-s", "esm2"]),
+    help="Which encoder: dnabert-s for DNA, esm2 for proteins.",
+)
+@click.option("--weights", required=True, help="Checkpoint folder/file, Hugging Face id or fair-esm name.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="HDF5 file with datasets ids (utf-8) and embeddings (float32 [N, D]).",
+)
+@encoder_options
+@common_options
+def embed(input_path: str, model_name: str, weights: str, output: Path, encoders: EncoderSettings) -> None:
+    """Pooled embeddings of every record of INPUT, in input order, as HDF5."""
+    _offline()
+    from virnucpro_trt.pipeline.embed import run_embed
+
+    summary = run_embed(EmbedSettings(input_path, output, model_name, weights, encoders))
+    log.info("PASSED: %d embeddings of width %d -> %s", summary["records"], summary["dim"], output)
+
+
+def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    @click.option(
+        "-o",
+        "--outdir",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Output folder.",
+    )
+    @click.option(
+        "--chunk-length",
+        type=click.Choice([str(c) for c in CHUNK_LENGTHS]),
+        default="500",
+        show_default=True,
+        help="Chunk length (must match the classifier checkpoint).",
+    )
+    @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.h5 (per kept frame).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("input_path", metavar="INPUT", required=False)
+@click.option("--dnabert", help="DNABERT-S folder or Hugging Face id (e.g. zhihan1996/DNABERT-S).")
+@click.option("--esm", help="ESM-2 folder, fair-esm .pt, Hugging Face id or fair-esm name.")
+@click.option("--classifier", help="Upstream classifier (500_model.pth / 300_model.pth) or .safetensors.")
+@click.option(
+    "--demo",
+    is_flag=True,
+    help="Use the built-in RANDOM-WEIGHT demo models (and example reads when INPUT is omitted).",
+)
+@_predict_options
+@encoder_options
+@common_options
+def predict(
+    input_path: str | None,
+    dnabert: str | None,
+    esm: str | None,
+    classifier: str | None,
+    demo: bool,
+    outdir: Path,
+    chunk_length: str,
+    save_embeddings: bool,
+    encoders: EncoderSettings,
+) -> None:
+    """Classify the reads of INPUT as viral or not (upstream files plus per-sequence tables).
+
+    INPUT is FASTA or FASTQ (plain, gzip, bzip2 or xz; '-' for stdin).
+    """
+    _offline()
+    if demo:
+        from virnucpro_trt.demo import demo_inputs
+
+        models = demo_inputs()
+        dnabert = dnabert or str(models.dnabert)
+        esm = esm or str(models.esm)
+        classifier = classifier or str(models.classifier)
+        input_path = input_path or str(models.reads)
+    missing = [
+        name
+        for name, value in (
+            ("INPUT", input_path),
+            ("--dnabert", dnabert),
+            ("--esm", esm),
+            ("--classifier", classifier),
+        )
+        if not value
+    ]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or use --demo for the random-weight demo)")
+    settings = PredictSettings(
+        str(input_path),
+        outdir,
+        str(dnabert),
+        str(esm),
+        str(classifier),
+        int(chunk_length),
+        encoders,
+        save_embeddings,
+    )
+    _run_predict(settings, demo)
+
+
+def _run_predict(settings: PredictSettings, demo: bool) -> None:
+    from virnucpro_trt.cli.progress import ProgressReporter
+    from virnucpro_trt.pipeline.predict import run_predict
+
+    if demo:
+        log.warning("DEMO: the models are RANDOM WEIGHTS built for this demo — the labels mean nothing")
+    summary = run_predict(
+        settings, ProgressReporter(enabled=not _STATE["quiet"]), command=sys.argv, demo=demo
+    )
+    counts = summary["counts"]
+    log.info(
+        "PASSED: %d records, %d frames scored, %d sequences labelled virus -> %s (%.1f s)",
+        counts["records"],
+        counts["frames"],
+        counts["virus_sequences"],
+        settings.outdir,
+        summary["timings_s"]["total"],
+    )
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.option(
+    "-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder."
+)
+@click.option(
+    "--chunk-length", type=click.Choice([str(c) for c in CHUNK_LENGTHS]), default="500", show_default=True
+)
+@encoder_options
+@common_options
+def demo(outdir: Path, chunk_length: str, encoders: EncoderSettings) -> None:
+    """Run predict end to end on example reads with a small RANDOM-WEIGHT model set (built once, cached)."""
+    _offline()
+    from virnucpro_trt.demo import demo_inputs
+
+    models = demo_inputs()
+    settings = PredictSettings(
+        str(models.reads),
+        outdir,
+        str(models.dnabert),
+        str(models.esm),
+        str(models.classifier),
+        int(chunk_length),
+        encoders,
+        False,
+    )
+    _run_predict(settings, True)
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def env(as_json: bool) -> None:
+    """Versions, devices, ONNX Runtime providers and whether TensorRT is importable."""
+    from virnucpro_trt.environment import environment_report
+
+    report = environment_report()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"virnucpro-trt {report['virnucpro_trt']}  python {report['python']}  {report['platform']}")
+    for name, version in report["libraries"].items():
+        click.echo(f"  {name:16s} {version or 'not installed'}")
+    click.echo(f"  {'torch CUDA':16s} {report['torch_cuda'] or 'none (CPU build)'}")
+    devices = report["cuda_devices"] or []
+    click.echo(f"CUDA devices: {len(devices)}")
+    for dev in devices:
+        click.echo(
+            f"  cuda:{dev['index']} {dev['name']} (sm {dev['compute_capability']}, {dev['memory_gib']} GiB)"
+        )
+    click.echo(f"ONNX Runtime providers: {report['onnxruntime_providers']}")
+    trt = report["tensorrt"]
+    click.echo(
+        f"TensorRT: {'importable ' + trt['version'] if trt['importable'] else 'not importable'}"
+        + ("" if trt["importable"] else f" ({trt['reason']})")
+    )
+
+
+@cli.command("convert-classifier", context_settings=_CONTEXT)
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@common_options
+def convert_classifier(checkpoint: Path, output: Path) -> None:
+    """Convert upstream's pickled classifier (read safely, no code runs) to .safetensors."""
+    from virnucpro_trt.models.classifier import load_classifier_weights, save_classifier_safetensors
+
+    weights = load_classifier_weights(checkpoint)
+    save_classifier_safetensors(weights, output, source=checkpoint.name)
+    log.info("PASSED: %s -> %s (input width %d)", checkpoint, output, weights.input_dim)
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("repo_id")
+@common_options
+def download(repo_id: str) -> None:
+    """Download a Hugging Face model (e.g. zhihan1996/DNABERT-S) into the local cache. Uses the network."""
+    from virnucpro_trt.models.resolve import download_model
+
+    path = download_model(repo_id)
+    click.echo(str(path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: maps every failure to one line and a documented exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="virnucpro-trt", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        code = 130
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        code = 130
+    except VirnucproError as exc:
+        _report(f"error: {exc}", exc)
+        code = exc.exit_code
+    except BrokenPipeError:
+        code = 0
+    except Exception as exc:  # unexpected: one line, the traceback in the log file / with -vv
+        _report(f"error: unexpected failure: {type(exc).__name__}: {exc}", exc, unexpected=True)
+        code = EXIT_FAILURE
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report(line: str, exc: BaseException, unexpected: bool = False) -> None:
+    first_line = " ".join(line.split("\n")[0].split())
+    logging.getLogger("virnucpro_trt").debug("%s", "".join(traceback.format_exception(exc)))
+    if unexpected and _STATE["verbose"] >= 2:
+        traceback.print_exception(exc)
+    click.echo(first_line, err=True)
+
+
+__all__ = ["EXIT_USAGE", "cli", "main"]

@@ -1,0 +1,49 @@
+"""Exception types that decide how the CLI ends.
+
+User mistakes (bad input, missing weights, wrong options) are :class:`UserError` and end with one line
+on stderr and exit code 2; everything else that we anticipate is a :class:`RunFailure` (exit 1). The CLI
+never shows a traceback for either; unexpected exceptions are logged in full to ``--log-file`` and
+summarised in one line.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class VirnucproError(Exception):
+    """Base class for errors the CLI reports in one line."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UserError(VirnucproError):
+    """Bad usage or bad input: the user can fix it (exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputFormatError(UserError):
+    """The sequence input is not what it must be (not FASTA/FASTQ, bad characters, duplicate ids...)."""
+
+
+class ModelNotFoundError(UserError):
+    """A model path / name could not be resolved locally."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint exists but is not in a layout we can load, or is inconsistent with another one."""
+
+
+class UnsafePickleError(CheckpointError):
+    """A pickle asked for something outside the allow-list (it could run code): refused."""
+
+
+class RunFailure(VirnucproError):
+    """The run itself failed (numerical failure, device error...) (exit code 1)."""
+
+
+class NonFiniteError(RunFailure):
+    """A batch produced NaN or Inf: results would be silently wrong, so the batch fails."""

@@ -1,0 +1,213 @@
+"""DNABERT-S / DNABERT-2 ("MosaicBERT") encoder, written for batching and export.
+
+The upstream model ships as remote code whose Triton kernel no longer works and which runs one sequence
+at a time through an unpadding path. This is the same function (see ``shared/spec/models.md``) as a plain
+padded-batch module:
+
+* attribute names equal the checkpoint keys (``embeddings.word_embeddings``,
+  ``encoder.layer.N.attention.self.Wqkv``, ``encoder.layer.N.mlp.gated_layers``...), so a DNABERT-S state
+  dict loads with ``load_state_dict`` directly;
+* attention is ``scaled_dot_product_attention`` with one additive float bias = ALiBi + padding, built from
+  tensor ops on the input shape (no data-dependent Python control flow, no ``.item()``), so the module
+  exports with dynamic batch and sequence dimensions;
+* LayerNorm statistics and pooling are fp32 whatever the weight dtype.
+
+Padding uses -10000 on padded keys exactly like upstream's ``extended_attention_mask``; after the softmax
+those keys weigh exp(-10000) = 0, so a sequence gives the same result alone or inside a padded batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from virnucpro_trt.models.layers import Fp32LayerNorm, masked_mean
+
+PADDING_BIAS = -10000.0
+
+
+@dataclass(frozen=True)
+class DnabertConfig:
+    """The config.json fields the forward pass depends on (everything else there is training-only)."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    vocab_size: int = 4096
+    layer_norm_eps: float = 1e-12
+    type_vocab_size: int = 2
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any]) -> DnabertConfig:
+        """Read a DNABERT-S / DNABERT-2 ``config.json`` dict (missing optional fields take the defaults)."""
+        names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+        missing = [name for name in names if name not in config]
+        if missing:
+            raise KeyError(f"config.json lacks {', '.join(missing)}")
+        return cls(
+            hidden_size=int(config["hidden_size"]),
+            num_hidden_layers=int(config["num_hidden_layers"]),
+            num_attention_heads=int(config["num_attention_heads"]),
+            intermediate_size=int(config["intermediate_size"]),
+            vocab_size=int(config["vocab_size"]),
+            layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+            type_vocab_size=int(config.get("type_vocab_size", 2)),
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+DNABERT_S_CONFIG = DnabertConfig()
+"""zhihan1996/DNABERT-S (same shapes as DNABERT-2-117M)."""
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """ALiBi head slopes, MosaicBERT's rule.
+
+    For a power of two n the slopes are the geometric series 2^(-8/n), 2^(-16/n), ... . Otherwise take
+    the series of the nearest lower power of two and top it up with every other slope of the series for
+    twice that many heads (12 heads: 2^-1..2^-8, then 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5).
+    """
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be positive, got {num_heads}")
+
+    def power_of_two_series(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    lower = 2 ** math.floor(math.log2(num_heads))
+    if lower == num_heads:
+        return power_of_two_series(num_heads)
+    extra = alibi_slopes(2 * lower)[0::2][: num_heads - lower]
+    return power_of_two_series(lower) + extra
+
+
+class DnabertEmbeddings(nn.Module):
+    """word embedding + token type 0 embedding, then LayerNorm (no position embeddings: ALiBi)."""
+
+    def __init__(self, config: DnabertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = Fp32LayerNorm(config.hidden_size, config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # Upstream always passes token_type_ids = 0, so only row 0 of the table is ever used.
+        return self.LayerNorm(self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0])
+
+
+class DnabertSelfAttention(nn.Module):
+    """Holds the fused ``Wqkv`` projection (rows q | k | v, each heads x head_dim)."""
+
+    def __init__(self, config: DnabertConfig):
+        super().__init__()
+        self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+
+
+class DnabertAttentionOutput(nn.Module):
+    def __init__(self, config: DnabertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = Fp32LayerNorm(config.hidden_size, config.layer_norm_eps)
+
+
+class DnabertAttention(nn.Module):
+    """Post-LN self-attention block: x = LN(dense(attention(x)) + x)."""
+
+    def __init__(self, config: DnabertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.self = DnabertSelfAttention(config)
+        self.output = DnabertAttentionOutput(config)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        batch, length, hidden = x.shape
+        qkv = self.self.Wqkv(x).view(batch, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # scale 1/sqrt(d), as upstream
+        ctx = ctx.transpose(1, 2).reshape(batch, length, hidden)
+        return self.output.LayerNorm(self.output.dense(ctx) + x)
+
+
+class DnabertGatedMlp(nn.Module):
+    """Gated-linear-unit MLP: LN(wo(GELU(h[:, :I]) * h[:, I:]) + x) with h = gated_layers(x), no bias."""
+
+    def __init__(self, config: DnabertConfig):
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.layernorm = Fp32LayerNorm(config.hidden_size, config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gated, linear = self.gated_layers(x).split(self.intermediate_size, dim=-1)
+        return self.layernorm(self.wo(F.gelu(gated, approximate="none") * linear) + x)
+
+
+class DnabertLayer(nn.Module):
+    def __init__(self, config: DnabertConfig):
+        super().__init__()
+        self.attention = DnabertAttention(config)
+        self.mlp = DnabertGatedMlp(config)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.attention(x, bias))
+
+
+class DnabertStack(nn.Module):
+    def __init__(self, config: DnabertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(DnabertLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class DnabertEncoder(nn.Module):
+    """DNABERT-S encoder: ``forward(input_ids, attention_mask)`` -> pooled [B, H] fp32.
+
+    The pooled vector is the mean of the last hidden layer over ALL real tokens, [CLS] and [SEP] included
+    (what upstream computes on its unpadded single sequences). Inputs are right- or left-padded token ids
+    [B, T] int64 and a [B, T] mask (1/True = real token).
+    """
+
+    def __init__(self, config: DnabertConfig):
+        super().__init__()
+        if config.hidden_size % config.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {config.hidden_size} is not a multiple of {config.num_attention_heads} heads"
+            )
+        self.config = config
+        # A Python constant, not a buffer: ``.to(bf16)`` cannot round it, and meta-device construction
+        # followed by ``load_state_dict(assign=True)`` needs no extra initialisation step.
+        self.slopes = alibi_slopes(config.num_attention_heads)
+        self.embeddings = DnabertEmbeddings(config)
+        self.encoder = DnabertStack(config)
+
+    def attention_bias(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[B, H, T, T] additive bias: -slope_h * |i - j| (fp32 math) plus -10000 on padded keys."""
+        device = attention_mask.device
+        positions = torch.arange(attention_mask.shape[1], device=device)
+        distance = (positions[None, :] - positions[:, None]).abs().to(torch.float32)
+        slopes = torch.tensor(self.slopes, dtype=torch.float32, device=device)
+        alibi = -slopes[:, None, None] * distance  # [H, T, T]
+        padding = (1.0 - attention_mask.to(torch.float32)) * PADDING_BIAS  # [B, T]
+        return (alibi[None] + padding[:, None, None, :]).to(dtype)
+
+    def last_hidden_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, H] output of the last layer, in the weight dtype (padded rows are meaningless)."""
+        x = self.embeddings(input_ids)
+        bias = self.attention_bias(attention_mask, x.dtype)
+        for layer in self.encoder.layer:
+            x = layer(x, bias)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.last_hidden_state(input_ids, attention_mask)
+        return masked_mean(hidden, attention_mask.to(torch.bool))

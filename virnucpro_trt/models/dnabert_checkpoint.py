@@ -1,0 +1,132 @@
+"""Load DNABERT-S (or a DNABERT-2 masked-LM checkpoint) into :class:`DnabertEncoder` without remote code.
+
+Accepted layouts, told apart by their keys:
+
+* ``dnabert-s``: the DNABERT-S ``BertModel`` file, keys without prefix (``embeddings.word_embeddings...``);
+* ``dnabert2-mlm``: the DNABERT-2 ``BertForMaskedLM`` file, keys prefixed ``bert.`` plus an unused
+  ``cls.predictions.*`` head.
+
+``pooler.*`` is unused by VirNucPro (it mean-pools the last layer) and ignored, as are the integer index
+buffers some saves contain. Anything else that is missing, extra or of the wrong shape is a
+:class:`CheckpointError` naming the keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.models.checkpoint_io import (
+    StateDict,
+    check_state_dict,
+    hf_weight_files,
+    layer_count,
+    load_weight_files,
+    read_json,
+    summarize,
+    to_float32,
+)
+from virnucpro_trt.models.dnabert import DnabertConfig, DnabertEncoder
+from virnucpro_trt.models.tokenization import DnaTokenizer
+
+_IGNORED = ("pooler.", "embeddings.position_ids", "embeddings.token_type_ids")
+_SIGNATURE = "embeddings.word_embeddings.weight"
+
+
+def load_dnabert(path: str | Path) -> tuple[DnabertEncoder, DnaTokenizer, dict[str, Any]]:
+    """Load DNABERT-S (fp32, CPU, eval) from a folder; returns (model, tokenizer, info).
+
+    The folder holds ``config.json``, ``pytorch_model.bin`` or ``model.safetensors`` (or a shard index) and
+    ``tokenizer.json``. ``info`` holds ``layout``, ``weight_files`` (for :func:`weights_sha256`),
+    ``config`` and ``ignored_keys``.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a DNABERT-S model folder")
+    cfg = read_json(folder / "config.json")
+    if cfg.get("model_type", "bert") != "bert":
+        raise CheckpointError(
+            f"{folder / 'config.json'}: model_type is {cfg.get('model_type')!r}, expected 'bert' (DNABERT-S)"
+        )
+    try:
+        config = DnabertConfig.from_hf_config(cfg)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: not a usable BERT config ({exc})") from exc
+    tokenizer_file = folder / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise CheckpointError(f"{folder}: no tokenizer.json")
+    tokenizer = DnaTokenizer.from_file(tokenizer_file)
+
+    files = hf_weight_files(folder)
+    raw = load_weight_files(files)
+    state, layout, ignored = _strip_layout(raw, folder)
+    state = to_float32(state)
+    _cross_check(state, config, folder)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(
+            f"{tokenizer_file}: {tokenizer.vocab_size} tokens but the embedding has {config.vocab_size} rows"
+        )
+
+    with torch.device("meta"):
+        model = DnabertEncoder(config)
+    check_state_dict(state, model, f"{folder}: DNABERT-S weights ({layout} layout)")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval().requires_grad_(False)
+    info = {
+        "format": "huggingface",
+        "layout": layout,
+        "path": str(folder),
+        "weight_files": [str(p) for p in files],
+        "config": asdict(config),
+        "ignored_keys": sorted(ignored),
+    }
+    return model, tokenizer, info
+
+
+def _strip_layout(raw: StateDict, folder: Path) -> tuple[StateDict, str, list[str]]:
+    """Detect the layout from the keys; return the encoder's tensors, the layout name and ignored keys."""
+    if f"bert.{_SIGNATURE}" in raw:
+        layout, prefix = "dnabert2-mlm", "bert."
+    elif _SIGNATURE in raw:
+        layout, prefix = "dnabert-s", ""
+    else:
+        raise CheckpointError(
+            f"{folder}: not a DNABERT-S/DNABERT-2 checkpoint: expected key '{_SIGNATURE}' "
+            f"(or 'bert.{_SIGNATURE}'), found {summarize(sorted(raw))}"
+        )
+    state: StateDict = {}
+    ignored: list[str] = []
+    for key, tensor in raw.items():
+        if prefix and key.startswith("cls."):
+            ignored.append(key)
+            continue
+        name = key.removeprefix(prefix) if key.startswith(prefix) else key
+        if name.startswith(_IGNORED):
+            ignored.append(key)
+        else:
+            state[name] = tensor
+    return state, layout, ignored
+
+
+def _cross_check(state: StateDict, config: DnabertConfig, folder: Path) -> None:
+    """Compare the shapes the tensors imply with config.json; report every disagreement."""
+    if _SIGNATURE not in state:
+        return
+    vocab, hidden = state[_SIGNATURE].shape
+    wo = state.get("encoder.layer.0.mlp.wo.weight")
+    found = {
+        "num_hidden_layers": (config.num_hidden_layers, layer_count(state, r"^encoder\.layer\.(\d+)\.")),
+        "hidden_size": (config.hidden_size, hidden),
+        "vocab_size": (config.vocab_size, vocab),
+        "intermediate_size": (
+            config.intermediate_size,
+            wo.shape[1] if wo is not None else config.intermediate_size,
+        ),
+    }
+    wrong = [f"{name} {said} (tensors: {seen})" for name, (said, seen) in found.items() if said != seen]
+    if wrong:
+        raise CheckpointError(f"{folder / 'config.json'}: disagrees with the weights: {'; '.join(wrong)}")

@@ -1,0 +1,200 @@
+"""ESM-2 encoder (fair-esm's ``ESM2``), written for batching, reduced precision and export.
+
+Same function as fair-esm and ``transformers.EsmModel`` (see ``shared/spec/models.md``), with changes
+that do not alter the fp32 result:
+
+* q, k and v are one fused Linear (rows q | k | v), built at load time from the checkpoint's separate
+  projections: one GEMM instead of three.
+* Rotary tables are computed once per forward in fp32 from positions 0..T-1 and shared by all layers.
+  ``inv_freq`` is a buffer loaded from the checkpoint (stored fp16-rounded there; recomputing it changes
+  results) and it stays fp32 when the module is cast to bf16/fp16.
+* Attention is ``scaled_dot_product_attention`` with a boolean key-padding mask; q is scaled by
+  head_dim^-0.5 before rotary, as fair-esm does.
+* LayerNorm statistics, rotary and pooling are fp32; the residual stream can be kept in fp32 while the
+  matmuls run in half precision (``residual_fp32``, on by default: it measurably improves bf16 parity).
+
+No data-dependent Python control flow and no host synchronisation in ``forward``: the module exports with
+dynamic batch and sequence dimensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from virnucpro_trt.models.layers import Fp32LayerNorm, masked_mean
+
+MASK_RATIO_TRAIN = 0.15 * 0.8
+"""Fraction of tokens ESM-2 saw as <mask> (zeroed) in training; inference rescales by it."""
+
+ROTARY_BASE = 10000.0
+
+
+@dataclass(frozen=True)
+class Esm2Config:
+    """Shape and alphabet of an ESM-2 model; ``ffn_dim`` defaults to 4 * ``embed_dim`` like fair-esm."""
+
+    num_layers: int
+    embed_dim: int
+    attention_heads: int
+    ffn_dim: int = 0
+    vocab_size: int = 33
+    layer_norm_eps: float = 1e-5
+    token_dropout: bool = True
+    cls_id: int = 0
+    pad_id: int = 1
+    eos_id: int = 2
+    mask_id: int = 32
+
+    def __post_init__(self) -> None:
+        if self.ffn_dim == 0:
+            object.__setattr__(self, "ffn_dim", 4 * self.embed_dim)
+        if self.embed_dim % self.attention_heads or (self.embed_dim // self.attention_heads) % 2:
+            raise ValueError(
+                f"embed_dim {self.embed_dim} must split into {self.attention_heads} heads of even size"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.attention_heads
+
+    @classmethod
+    def named(cls, name: str) -> Esm2Config:
+        """A published size by name: ``t36_3B``, ``esm2_t36_3B_UR50D`` or ``facebook/esm2_t36_3B_UR50D``."""
+        key = name.rsplit("/", 1)[-1].removeprefix("esm2_").removesuffix("_UR50D")
+        if key not in ESM2_CONFIGS:
+            raise KeyError(f"unknown ESM-2 size {name!r}; known: {', '.join(ESM2_CONFIGS)}")
+        return ESM2_CONFIGS[key]
+
+
+ESM2_CONFIGS: dict[str, Esm2Config] = {
+    "t6_8M": Esm2Config(num_layers=6, embed_dim=320, attention_heads=20),
+    "t12_35M": Esm2Config(num_layers=12, embed_dim=480, attention_heads=20),
+    "t30_150M": Esm2Config(num_layers=30, embed_dim=640, attention_heads=20),
+    "t33_650M": Esm2Config(num_layers=33, embed_dim=1280, attention_heads=20),
+    "t36_3B": Esm2Config(num_layers=36, embed_dim=2560, attention_heads=40),
+    "t48_15B": Esm2Config(num_layers=48, embed_dim=5120, attention_heads=40),
+}
+ESM2_T36_3B_CONFIG = ESM2_CONFIGS["t36_3B"]
+"""The ESM-2 model VirNucPro uses (esm2_t36_3B_UR50D)."""
+
+
+def default_inv_freq(head_dim: int) -> torch.Tensor:
+    """fp32 rotary frequencies 1 / 10000^(2i/d), used only when a checkpoint does not carry its own."""
+    return 1.0 / (ROTARY_BASE ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+class RotaryEmbedding(nn.Module):
+    """Holds ``inv_freq`` (fp32, pinned against dtype casts) and builds fp32 cos/sin tables."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.register_buffer("inv_freq", default_inv_freq(head_dim))
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RotaryEmbedding:
+        # ``module.to(torch.bfloat16)`` would round the checkpoint's frequencies; follow device moves only.
+        before = self.inv_freq
+        super()._apply(fn, recurse)
+        after = self.inv_freq
+        self.inv_freq = after.float() if before.is_meta else before.to(device=after.device)
+        return self
+
+    def tables(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, head_dim] for positions 0..T-1, fp32 (positions > 2048 are not exact in fp16)."""
+        positions = torch.arange(length, device=device, dtype=torch.float32)
+        freqs = positions[:, None] * self.inv_freq.to(device=device, dtype=torch.float32)[None, :]
+        angles = torch.cat((freqs, freqs), dim=-1)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary on [B, H, T, d] in fp32, returned in the input dtype."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class Esm2Layer(nn.Module):
+    """Pre-LN transformer layer: x += out_proj(attn(LN(x))); x += fc2(GELU(fc1(LN(x))))."""
+
+    def __init__(self, config: Esm2Config):
+        super().__init__()
+        self.num_heads = config.attention_heads
+        self.head_dim = config.head_dim
+        self.scaling = config.head_dim**-0.5
+        self.self_attn_layer_norm = Fp32LayerNorm(config.embed_dim, config.layer_norm_eps)
+        self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim)
+        self.out_proj = nn.Linear(config.embed_dim, config.embed_dim)
+        self.final_layer_norm = Fp32LayerNorm(config.embed_dim, config.layer_norm_eps)
+        self.fc1 = nn.Linear(config.embed_dim, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.embed_dim)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
+    ) -> torch.Tensor:
+        batch, length, dim = x.shape
+        qkv = self.qkv(self.self_attn_layer_norm(x)).view(batch, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
+        q = apply_rotary(q * self.scaling, cos, sin)
+        k = apply_rotary(k, cos, sin)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
+        x = x + self.out_proj(attn.transpose(1, 2).reshape(batch, length, dim)).to(x.dtype)
+        hidden = F.gelu(self.fc1(self.final_layer_norm(x)), approximate="none")
+        return x + self.fc2(hidden).to(x.dtype)
+
+
+class Esm2Encoder(nn.Module):
+    """ESM-2: ``forward(input_ids, attention_mask)`` -> pooled [B, D] fp32.
+
+    Pooling is the mean of the final-LayerNorm output over residue positions 1..len-2 (no BOS, no EOS, no
+    pads), with len the number of real tokens; inputs must be right-padded (:func:`pad_batch` does this).
+
+    ``residual_fp32`` keeps the residual stream (embeddings and every sublayer sum) in fp32 when the
+    weights are half precision; in fp32 it changes nothing. Measured on random weights, bf16 vs fp32
+    pooled cosine: ESM-2 3B on an H200, min 0.999988 with it vs 0.999980 without; on CPU the error added
+    by bf16 arithmetic (beyond rounding the weights) is about ten times smaller with it.
+    """
+
+    def __init__(self, config: Esm2Config, residual_fp32: bool = True):
+        super().__init__()
+        self.config = config
+        self.residual_fp32 = residual_fp32
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim)
+        self.rotary = RotaryEmbedding(config.head_dim)
+        self.layers = nn.ModuleList(Esm2Layer(config) for _ in range(config.num_layers))
+        self.emb_layer_norm_after = Fp32LayerNorm(config.embed_dim, config.layer_norm_eps, fp32_output=True)
+
+    def embed(self, input_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with fair-esm's inference-time token-dropout rescaling; padded rows zeroed."""
+        x = self.embed_tokens(input_ids).float()
+        if self.config.token_dropout:
+            is_mask = input_ids == self.config.mask_id
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            observed = (is_mask & real).to(torch.float32).sum(-1) / real.to(torch.float32).sum(-1)
+            x = x * ((1.0 - MASK_RATIO_TRAIN) / (1.0 - observed))[:, None, None]
+        x = x.masked_fill(~real.unsqueeze(-1), 0.0)
+        return x if self.residual_fp32 else x.to(self.embed_tokens.weight.dtype)
+
+    def last_hidden_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] fp32 output of ``emb_layer_norm_after`` ("layer 36" for the 3B model)."""
+        real = attention_mask.to(torch.bool)
+        x = self.embed(input_ids, real)
+        cos, sin = self.rotary.tables(input_ids.shape[1], input_ids.device)
+        key_mask = real[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, cos, sin, key_mask)
+        return self.emb_layer_norm_after(x)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.last_hidden_state(input_ids, attention_mask)
+        length = attention_mask.to(torch.int64).sum(-1, keepdim=True)  # real tokens incl. BOS/EOS
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+        residues = (positions >= 1) & (positions <= length - 2)
+        return masked_mean(hidden, residues)

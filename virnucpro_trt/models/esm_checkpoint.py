@@ -1,0 +1,282 @@
+"""Load ESM-2 from a Hugging Face folder or a fair-esm ``.pt`` file into :class:`Esm2Encoder`.
+
+Both formats are first renamed to fair-esm's names after its own ``_upgrade_state_dict`` (``layers.N.
+self_attn.q_proj``, ``embed_tokens``...), then the separate q/k/v projections are concatenated into the
+fused ``qkv`` Linear and the rotary ``inv_freq`` is taken from the checkpoint. Shapes read from the
+tensors are cross-checked with the config, so a wrong or inconsistent checkpoint fails with a message
+saying what was found instead of loading into something else.
+
+The module is built on the meta device and the tensors are assigned to it: no time is spent on a random
+initialisation that would be overwritten, and a 3B model is not held twice in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.models.checkpoint_io import (
+    StateDict,
+    check_state_dict,
+    hf_weight_files,
+    layer_count,
+    load_weight_files,
+    read_json,
+    safe_torch_load,
+    summarize,
+    to_float32,
+)
+from virnucpro_trt.models.esm2 import Esm2Config, Esm2Encoder, default_inv_freq
+from virnucpro_trt.models.tokenization import ProteinTokenizer
+
+# Hugging Face EsmModel names -> fair-esm names (applied after the ``esm.`` prefix is removed).
+_HF_RENAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"^embeddings\.word_embeddings\.", "embed_tokens."),
+        (r"^encoder\.layer\.(\d+)\.attention\.self\.query\.", r"layers.\1.self_attn.q_proj."),
+        (r"^encoder\.layer\.(\d+)\.attention\.self\.key\.", r"layers.\1.self_attn.k_proj."),
+        (r"^encoder\.layer\.(\d+)\.attention\.self\.value\.", r"layers.\1.self_attn.v_proj."),
+        (r"^encoder\.layer\.(\d+)\.attention\.self\.rotary_embeddings\.", r"layers.\1.self_attn.rot_emb."),
+        (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.self_attn.out_proj."),
+        (r"^encoder\.layer\.(\d+)\.attention\.LayerNorm\.", r"layers.\1.self_attn_layer_norm."),
+        (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.fc1."),
+        (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.fc2."),
+        (r"^encoder\.layer\.(\d+)\.LayerNorm\.", r"layers.\1.final_layer_norm."),
+        (r"^encoder\.emb_layer_norm_after\.", "emb_layer_norm_after."),
+        (r"^rotary_embeddings\.inv_freq$", "rot_emb.inv_freq"),
+    )
+)
+# Heads and bookkeeping tensors the encoder does not use.
+_HF_IGNORED = (
+    "lm_head.",
+    "contact_head.",
+    "pooler.",
+    "embeddings.position_ids",
+    "embeddings.position_embeddings.",
+)
+_FAIR_ESM_IGNORED = ("lm_head.", "contact_head.")
+_INV_FREQ = re.compile(r"^(layers\.\d+\.self_attn\.)?rot_emb\.inv_freq$")
+
+
+def load_esm2(path: str | Path) -> tuple[Esm2Encoder, ProteinTokenizer, dict[str, Any]]:
+    """Load ESM-2 (fp32, CPU, eval) from an HF folder or a fair-esm ``.pt``; returns (model, tokenizer, info).
+
+    ``info`` holds ``format``, ``layout``, ``weight_files`` (for :func:`weights_sha256`), ``config``,
+    ``inv_freq`` (``"checkpoint"`` or ``"computed"``) and ``ignored_keys``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        state, config, tokenizer, info = _read_hf_folder(path)
+    elif path.is_file():
+        state, config, tokenizer, info = _read_fair_esm(path)
+    else:
+        raise CheckpointError(f"{path}: no such ESM-2 checkpoint file or folder")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(f"{path}: {tokenizer.vocab_size} tokens but {config.vocab_size} embedding rows")
+    state, info["inv_freq"] = _to_encoder_state(state, config, str(path))
+    with torch.device("meta"):
+        model = Esm2Encoder(config)
+    check_state_dict(state, model, f"{path}: ESM-2 weights")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval().requires_grad_(False)
+    info["config"] = asdict(config)
+    return model, tokenizer, info
+
+
+def _read_hf_folder(folder: Path) -> tuple[StateDict, Esm2Config, ProteinTokenizer, dict[str, Any]]:
+    cfg = read_json(folder / "config.json")
+    where = f"{folder / 'config.json'}"
+    if cfg.get("model_type") != "esm":
+        raise CheckpointError(f"{where}: model_type is {cfg.get('model_type')!r}, expected 'esm' (ESM-2)")
+    if cfg.get("position_embedding_type", "absolute") != "rotary" or cfg.get("emb_layer_norm_before"):
+        raise CheckpointError(f"{where}: an ESM-1/ESM-1b configuration (absolute positions), not ESM-2")
+    if cfg.get("is_folding_model"):
+        raise CheckpointError(f"{where}: an ESMFold model, not an ESM-2 language model")
+    vocab = folder / "vocab.txt"
+    tokenizer = ProteinTokenizer.from_vocab_file(vocab) if vocab.is_file() else ProteinTokenizer()
+    config = _hf_config(cfg, tokenizer, where)
+
+    files = hf_weight_files(folder)
+    raw = load_weight_files(files)
+    prefixed = any(key.startswith("esm.") for key in raw)
+    state, ignored = _hf_to_fair_esm_names(raw, prefixed)
+    if "embed_tokens.weight" not in state or "layers.0.self_attn.q_proj.weight" not in state:
+        raise CheckpointError(
+            f"{folder}: not an ESM-2 Hugging Face checkpoint: expected keys like "
+            f"'esm.encoder.layer.0.attention.self.query.weight', found {summarize(sorted(raw))}"
+        )
+    info = {
+        "format": "huggingface",
+        "layout": "EsmForMaskedLM" if prefixed else "EsmModel",
+        "path": str(folder),
+        "weight_files": [str(p) for p in files],
+        "ignored_keys": sorted(ignored),
+    }
+    return state, config, tokenizer, info
+
+
+def _hf_config(cfg: dict[str, Any], tokenizer: ProteinTokenizer, where: str) -> Esm2Config:
+    """EsmConfig fields -> Esm2Config; special ids must agree with vocab.txt."""
+    for field, token_id in (("mask_token_id", tokenizer.mask_id), ("pad_token_id", tokenizer.pad_id)):
+        if field in cfg and token_id is not None and cfg[field] != token_id:
+            raise CheckpointError(f"{where}: {field} {cfg[field]} disagrees with vocab.txt ({token_id})")
+    # A vocabulary without <mask>: -1 never matches an id, so no row is treated as masked.
+    vocab_mask_id = tokenizer.mask_id if tokenizer.mask_id is not None else -1
+    try:
+        return Esm2Config(
+            num_layers=int(cfg["num_hidden_layers"]),
+            embed_dim=int(cfg["hidden_size"]),
+            attention_heads=int(cfg["num_attention_heads"]),
+            ffn_dim=int(cfg["intermediate_size"]),
+            vocab_size=int(cfg["vocab_size"]),
+            layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
+            token_dropout=bool(cfg.get("token_dropout", True)),
+            cls_id=tokenizer.cls_id,
+            pad_id=tokenizer.pad_id,
+            eos_id=tokenizer.eos_id,
+            mask_id=int(cfg.get("mask_token_id", vocab_mask_id)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: not a usable EsmConfig ({exc})") from exc
+
+
+def _hf_to_fair_esm_names(raw: StateDict, prefixed: bool) -> tuple[StateDict, list[str]]:
+    """Rename EsmForMaskedLM (``esm.``-prefixed) or bare EsmModel keys; unused heads are set aside."""
+    state: StateDict = {}
+    ignored: list[str] = []
+    for key, tensor in raw.items():
+        name = key.removeprefix("esm.") if prefixed else key
+        if name.startswith(_HF_IGNORED):
+            ignored.append(key)
+            continue
+        for pattern, replacement in _HF_RENAMES:
+            name, count = pattern.subn(replacement, name)
+            if count:
+                break
+        state[name] = tensor
+    return state, ignored
+
+
+def _namespace_value(args: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        value = args.get(name) if isinstance(args, Mapping) else getattr(args, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _read_fair_esm(path: Path) -> tuple[StateDict, Esm2Config, ProteinTokenizer, dict[str, Any]]:
+    data = safe_torch_load(path, allowed_globals=[argparse.Namespace])
+    if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
+        found = sorted(map(str, data)) if isinstance(data, Mapping) else type(data).__name__
+        raise CheckpointError(
+            f"{path}: not a fair-esm checkpoint (expected keys 'cfg'/'args' and 'model'; found {found})"
+        )
+    cfg = data.get("cfg")
+    args = cfg.get("model") if isinstance(cfg, Mapping) else data.get("args")
+    if args is None:
+        raise CheckpointError(f"{path}: fair-esm checkpoint without 'cfg'['model'] or 'args'")
+
+    state: StateDict = {}
+    ignored: list[str] = []
+    for key, tensor in data["model"].items():
+        name = key.removeprefix("encoder.sentence_encoder.").removeprefix("encoder.")
+        if name.startswith(_FAIR_ESM_IGNORED):
+            ignored.append(key)
+        else:
+            state[name] = tensor
+    if "embed_positions.weight" in state:
+        raise CheckpointError(f"{path}: an ESM-1/ESM-1b checkpoint (learned positions), not ESM-2")
+    if "embed_tokens.weight" not in state or "layers.0.self_attn.q_proj.weight" not in state:
+        raise CheckpointError(
+            f"{path}: not an ESM-2 fair-esm checkpoint: expected keys like "
+            f"'encoder.sentence_encoder.layers.0.self_attn.q_proj.weight', "
+            f"found {summarize(sorted(data['model']))}"
+        )
+    tokenizer = ProteinTokenizer()
+    try:
+        embed_dim = int(_namespace_value(args, "encoder_embed_dim", "embed_dim"))
+        config = Esm2Config(
+            num_layers=int(_namespace_value(args, "encoder_layers", "layers")),
+            embed_dim=embed_dim,
+            attention_heads=int(_namespace_value(args, "encoder_attention_heads", "attention_heads")),
+            ffn_dim=int(
+                _namespace_value(args, "encoder_ffn_embed_dim", "ffn_embed_dim", default=4 * embed_dim)
+            ),
+            token_dropout=bool(_namespace_value(args, "token_dropout", default=True)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: fair-esm model arguments are incomplete ({exc})") from exc
+    info = {
+        "format": "fair-esm",
+        "layout": "fair-esm",
+        "path": str(path),
+        "weight_files": [str(path)],
+        "ignored_keys": sorted(ignored),
+    }
+    return state, config, tokenizer, info
+
+
+def _to_encoder_state(state: StateDict, config: Esm2Config, where: str) -> tuple[StateDict, str]:
+    """fair-esm-named tensors -> :class:`Esm2Encoder` state (fused qkv, one fp32 inv_freq).
+
+    Returns the state and where ``inv_freq`` came from (``"checkpoint"`` or ``"computed"``).
+    """
+    state = to_float32(state)
+    _cross_check(state, config, where)
+
+    inv_freqs = {k: state.pop(k) for k in sorted(state) if _INV_FREQ.match(k)}
+    if inv_freqs:
+        first_key, inv_freq = next(iter(inv_freqs.items()))
+        differing = [
+            k for k, v in inv_freqs.items() if v.shape != inv_freq.shape or not torch.equal(v, inv_freq)
+        ]
+        if differing:
+            raise CheckpointError(
+                f"{where}: rotary inv_freq differs between {first_key} and {summarize(differing)}"
+            )
+        if 2 * inv_freq.numel() != config.head_dim:
+            raise CheckpointError(
+                f"{where}: rotary inv_freq has {inv_freq.numel()} frequencies (head size "
+                f"{2 * inv_freq.numel()}), but {config.attention_heads} heads of {config.embed_dim} "
+                f"give head size {config.head_dim}"
+            )
+        state["rotary.inv_freq"] = inv_freq.reshape(-1)
+        source = "checkpoint"
+    else:
+        source = "computed"
+        state["rotary.inv_freq"] = default_inv_freq(config.head_dim)
+
+    for index in range(config.num_layers):
+        prefix = f"layers.{index}.self_attn."
+        for kind in ("weight", "bias"):
+            parts = [f"{prefix}{p}_proj.{kind}" for p in ("q", "k", "v")]
+            if all(p in state for p in parts):
+                state[f"layers.{index}.qkv.{kind}"] = torch.cat([state.pop(p) for p in parts], dim=0)
+            if f"{prefix}out_proj.{kind}" in state:
+                state[f"layers.{index}.out_proj.{kind}"] = state.pop(f"{prefix}out_proj.{kind}")
+    return state, source
+
+
+def _cross_check(state: StateDict, config: Esm2Config, where: str) -> None:
+    """Compare the shapes the tensors imply with what the config says; report every disagreement."""
+    vocab, dim = state["embed_tokens.weight"].shape
+    layers = layer_count(state, r"^layers\.(\d+)\.")
+    fc1 = state.get("layers.0.fc1.weight")
+    found = {
+        "layers": (config.num_layers, layers),
+        "embed_dim": (config.embed_dim, dim),
+        "vocab_size": (config.vocab_size, vocab),
+        "ffn_dim": (config.ffn_dim, fc1.shape[0] if fc1 is not None else config.ffn_dim),
+    }
+    wrong = [f"{name} {said} (tensors: {seen})" for name, (said, seen) in found.items() if said != seen]
+    if wrong:
+        raise CheckpointError(f"{where}: config disagrees with the weights: {'; '.join(wrong)}")

@@ -1,0 +1,108 @@
+"""Turning what the user typed for ``--dnabert/--esm/--classifier`` into local files, never the network.
+
+A model may be given as a folder or file, as a Hugging Face repo id (``zhihan1996/DNABERT-S``,
+``facebook/esm2_t36_3B_UR50D``) looked up in the local Hugging Face cache only, or as a fair-esm name
+(``esm2_t36_3B_UR50D``) looked up in the torch-hub checkpoint cache. When nothing is found the error
+lists every place that was looked at and says how to get the weights — downloading is something the
+user asks for explicitly (``virnucpro-trt download``), never a side effect.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from virnucpro_trt.errors import ModelNotFoundError
+
+DNABERT_S_REPO = "zhihan1996/DNABERT-S"
+ESM2_3B_REPO = "facebook/esm2_t36_3B_UR50D"
+ESM2_3B_NAME = "esm2_t36_3B_UR50D"
+UPSTREAM_CLASSIFIER_URL = "https://github.com/Li-Jing-1997/VirNucPro (files 300_model.pth, 500_model.pth)"
+
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_FAIR_ESM_NAME = re.compile(r"^esm(1b|1v|2|_if1|fold)?[\w.]*_UR\w+$")
+
+
+@dataclass
+class Resolution:
+    """Where a model spec led (``path``), or every place that was tried (``looked``)."""
+
+    spec: str
+    path: Path | None = None
+    looked: list[str] = field(default_factory=list)
+
+
+def _hf_cache_lookup(repo_id: str, res: Resolution) -> Path | None:
+    try:
+        from huggingface_hub import constants, snapshot_download
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        res.looked.append("Hugging Face cache (huggingface_hub not installed)")
+        return None
+    res.looked.append(f"Hugging Face cache {constants.HF_HUB_CACHE} for '{repo_id}'")
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # any miss: not cached, partial cache, bad id
+        return None
+
+
+def _torch_hub_dir() -> Path:
+    if os.environ.get("TORCH_HOME"):
+        return Path(os.environ["TORCH_HOME"]) / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return Path(xdg) / "torch" / "hub"
+
+
+def _fair_esm_lookup(name: str, res: Resolution) -> Path | None:
+    candidate = _torch_hub_dir() / "checkpoints" / f"{name}.pt"
+    res.looked.append(str(candidate))
+    return candidate if candidate.is_file() else None
+
+
+def _resolve(spec: str, kind: str, hf_default_org: str | None) -> Resolution:
+    res = Resolution(spec)
+    path = Path(spec).expanduser()
+    res.looked.append(str(path.resolve()))
+    if path.exists():
+        res.path = path
+        return res
+    if kind == "esm" and _FAIR_ESM_NAME.match(spec):
+        found = _fair_esm_lookup(spec, res)
+        if found is None and hf_default_org:
+            found = _hf_cache_lookup(f"{hf_default_org}/{spec}", res)
+        res.path = found
+        return res
+    if _HF_ID.match(spec):
+        res.path = _hf_cache_lookup(spec, res)
+    return res
+
+
+def _how_to_get(kind: str) -> str:
+    if kind == "dnabert":
+        return f"get it with `virnucpro-trt download {DNABERT_S_REPO}` (or `hf download {DNABERT_S_REPO}`)"
+    if kind == "esm":
+        return (
+            f"get it with `virnucpro-trt download {ESM2_3B_REPO}` (Hugging Face folder) or place fair-esm's "
+            f"{ESM2_3B_NAME}.pt in {_torch_hub_dir() / 'checkpoints'}"
+        )
+    return f"the upstream classifiers come from {UPSTREAM_CLASSIFIER_URL}"
+
+
+def resolve_model(spec: str | os.PathLike[str], kind: str) -> Path:
+    """Return a local path for ``spec`` (``kind`` in dnabert/esm/classifier) or raise with where we looked."""
+    spec = str(spec)
+    res = _resolve(spec, kind, "facebook" if kind == "esm" else None)
+    if res.path is None:
+        looked = "; ".join(res.looked)
+        raise ModelNotFoundError(
+            f"{kind} model '{spec}' not found (looked in: {looked}); {_how_to_get(kind)}"
+        )
+    return res.path
+
+
+def download_model(repo_id: str) -> Path:
+    """Explicit, user-requested download of a Hugging Face repo into the local cache."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id))

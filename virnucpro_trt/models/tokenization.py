@@ -1,0 +1,168 @@
+"""Tokenizers for the two encoders, batch-first and free of per-character Python.
+
+* :class:`DnaTokenizer` wraps the checkpoint's own ``tokenizer.json`` (BPE + ``[CLS] $A [SEP]`` template)
+  through the Rust ``tokenizers`` batch encoder. Truncation and padding are switched off: upstream never
+  truncates DNABERT-S input, and padding is done by :func:`pad_batch` so both models share one path.
+  Special ids are read from the file, never assumed.
+* :class:`ProteinTokenizer` reproduces fair-esm's ``BatchConverter`` for ESM-2: ``<cls>`` + the first 1024
+  residues + ``<eos>``; characters outside the alphabet become ``<unk>``. Single characters go through a
+  256-entry numpy lookup table over the bytes of the whole batch at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tokenizers
+
+from virnucpro_trt.errors import CheckpointError
+
+FAIR_ESM_ALPHABET: tuple[str, ...] = (
+    "<cls>", "<pad>", "<eos>", "<unk>",
+    "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W", "C",
+    "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
+)  # fmt: skip
+"""ESM-2's 33 tokens in id order (fair-esm ``Alphabet.from_architecture("ESM-1b")``)."""
+
+ESM_TRUNCATION_RESIDUES = 1024
+"""fair-esm ``esm-extract`` default ``truncation_seq_length``: residues kept before BOS/EOS are added."""
+
+_SPECIAL_TOKEN = re.compile(r"(<[^<>]+>)")
+
+
+def pad_batch(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token id arrays into ``(input_ids [B, T] int64, attention_mask [B, T] int64)``.
+
+    Right padding is what :class:`~virnucpro_trt.models.esm2.Esm2Encoder` pooling expects. Numpy output
+    feeds ONNX Runtime / TensorRT directly and ``torch.from_numpy`` without a copy.
+    """
+    if not sequences:
+        raise ValueError("pad_batch needs at least one sequence")
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    input_ids = np.full((len(sequences), int(lengths.max())), pad_id, dtype=np.int64)
+    for row, ids in zip(input_ids, sequences, strict=True):
+        row[: len(ids)] = ids
+    attention_mask = (np.arange(input_ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+    return input_ids, attention_mask
+
+
+class DnaTokenizer:
+    """DNABERT-S tokenizer from ``tokenizer.json``: ``[CLS] BPE... [SEP]``, no truncation, no padding."""
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, source: str = "<memory>"):
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+        self.source = source
+        self.cls_id = self._special_id("[CLS]")
+        self.sep_id = self._special_id("[SEP]")
+        self.pad_id = self._special_id("[PAD]")
+        probe = tokenizer.encode("ACGT").ids
+        if len(probe) < 3 or probe[0] != self.cls_id or probe[-1] != self.sep_id:
+            raise CheckpointError(
+                f"{source}: the post-processor does not wrap input as [CLS] ... [SEP] (got ids {probe})"
+            )
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> DnaTokenizer:
+        try:
+            tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # the Rust error type is not exported; report it in one line
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"{path}: not a readable tokenizers file ({first_line})") from exc
+        return cls(tokenizer, str(path))
+
+    def _special_id(self, token: str) -> int:
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise CheckpointError(f"{self.source}: tokenizer has no {token} token")
+        return int(token_id)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
+
+    def encode_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
+        """Token ids (int64) per sequence, using the Rust parallel batch encoder."""
+        encodings = self._tokenizer.encode_batch(list(sequences), add_special_tokens=True)
+        return [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
+
+
+class ProteinTokenizer:
+    """ESM-2 tokenizer with fair-esm's ids and truncation, case-sensitive.
+
+    Deliberate difference: fair-esm's ``Alphabet.encode`` raises ``KeyError`` on a character outside the
+    alphabet (e.g. ``J`` or a lower-case letter); here each such character becomes one ``<unk>``, like the
+    Hugging Face ESM tokenizer. Translated reads only contain the 20 amino acids, so upstream inputs
+    tokenize identically. Tokens written as ``<name>`` inside a sequence (``<mask>``...) are recognised as
+    fair-esm recognises them; such sequences take a slower per-sequence path, plain residues never do.
+    """
+
+    def __init__(
+        self, tokens: Sequence[str] = FAIR_ESM_ALPHABET, max_residues: int = ESM_TRUNCATION_RESIDUES
+    ):
+        self.tokens = tuple(tokens)
+        self.token_to_id = {token: index for index, token in enumerate(self.tokens)}
+        missing = [t for t in ("<cls>", "<pad>", "<eos>", "<unk>") if t not in self.token_to_id]
+        if missing:
+            raise CheckpointError(f"ESM vocabulary lacks {', '.join(missing)}")
+        self.cls_id = self.token_to_id["<cls>"]
+        self.pad_id = self.token_to_id["<pad>"]
+        self.eos_id = self.token_to_id["<eos>"]
+        self.unk_id = self.token_to_id["<unk>"]
+        self.mask_id = self.token_to_id.get("<mask>")
+        self.max_residues = max_residues
+        self._table = np.full(256, self.unk_id, dtype=np.int64)
+        for token, index in self.token_to_id.items():
+            if len(token) == 1 and ord(token) < 128:
+                self._table[ord(token)] = index
+
+    @classmethod
+    def from_vocab_file(
+        cls, path: str | Path, max_residues: int = ESM_TRUNCATION_RESIDUES
+    ) -> ProteinTokenizer:
+        """Read an HF ESM ``vocab.txt`` (one token per line, in id order)."""
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return cls([line.strip() for line in lines if line.strip()], max_residues)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def encode_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
+        """``<cls>`` + first ``max_residues`` tokens + ``<eos>`` per sequence, int64."""
+        plain = [i for i, s in enumerate(sequences) if "<" not in s]
+        out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(sequences)
+        if plain:
+            # One lookup over the concatenated bytes; 'replace' keeps one byte per character.
+            joined = "".join(sequences[i] for i in plain).encode("ascii", errors="replace")
+            ids = self._table[np.frombuffer(joined, dtype=np.uint8)]
+            start = 0
+            for i in plain:
+                length = len(sequences[i])
+                out[i] = self._wrap(ids[start : start + length])
+                start += length
+        for i, sequence in enumerate(sequences):
+            if "<" in sequence:
+                out[i] = self._wrap(self._ids_with_specials(sequence))
+        return out
+
+    def _ids_with_specials(self, sequence: str) -> np.ndarray:
+        pieces: list[np.ndarray] = []
+        for piece in _SPECIAL_TOKEN.split(sequence):
+            if piece in self.token_to_id and len(piece) > 1:
+                pieces.append(np.array([self.token_to_id[piece]], dtype=np.int64))
+            elif piece:
+                pieces.append(self._table[np.frombuffer(piece.encode("ascii", errors="replace"), np.uint8)])
+        return np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
+
+    def _wrap(self, ids: np.ndarray) -> np.ndarray:
+        ids = ids[: self.max_residues]
+        out = np.empty(len(ids) + 2, dtype=np.int64)
+        out[0] = self.cls_id
+        out[1:-1] = ids
+        out[-1] = self.eos_id
+        return out

@@ -1,0 +1,1 @@
+"""Result files: upstream-compatible ones, the richer tables, run.json and HDF5 embeddings."""

@@ -1,0 +1,90 @@
+"""Embeddings in one HDF5 file, appended block by block, renamed into place only when complete.
+
+Layout (documented in the README): ``ids`` (utf-8 strings [N]) and float32 matrices keyed by model, plus
+attributes saying how they were pooled and by what. ``embed`` writes ``embeddings`` [N, D] (and a
+``status`` per record); ``predict --save-embeddings`` writes ``dnabert`` [N, 768] and ``esm`` [N, 2560] per
+kept frame — the classifier's features, consolidated instead of upstream's per-split ``.pt`` files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+_STR = h5py.string_dtype("utf-8")
+
+
+class _Appender:
+    """Resizable HDF5 datasets grown by appending row blocks."""
+
+    def __init__(self, path: Path, columns: dict[str, tuple[Any, tuple[int, ...]]], attrs: dict[str, str]):
+        self.path = path
+        self.partial = path.with_name(path.name + ".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.partial, "w")
+        self.rows = 0
+        for key, value in attrs.items():
+            self.file.attrs[key] = value
+        for name, (dtype, tail) in columns.items():
+            self.file.create_dataset(
+                name,
+                shape=(0, *tail),
+                maxshape=(None, *tail),
+                dtype=dtype,
+                chunks=(max(1, min(4096, 2**20 // max(1, int(np.prod(tail or (1,)))))), *tail),
+            )
+
+    def append(self, **columns: Any) -> None:
+        n = len(next(iter(columns.values())))
+        if n == 0:
+            return
+        for name, values in columns.items():
+            ds = self.file[name]
+            ds.resize(self.rows + n, axis=0)
+            ds[self.rows : self.rows + n] = values
+        self.rows += n
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.partial, self.path)
+
+    def __enter__(self) -> _Appender:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.file.id.valid:  # not committed
+            self.file.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.partial.unlink()
+
+
+class FrameEmbeddingsWriter(_Appender):
+    """``predict --save-embeddings``: per kept frame, the two encoder outputs the classifier sees."""
+
+    def __init__(self, path: Path, dnabert_dim: int, esm_dim: int, attrs: dict[str, str]):
+        super().__init__(
+            path,
+            {"ids": (_STR, ()), "dnabert": (np.float32, (dnabert_dim,)), "esm": (np.float32, (esm_dim,))},
+            attrs,
+        )
+
+    def append(self, ids: Sequence[str], dnabert: np.ndarray, esm: np.ndarray) -> None:  # type: ignore[override]
+        super().append(ids=list(ids), dnabert=dnabert, esm=esm)
+
+
+class EmbeddingsWriter(_Appender):
+    """``embed``: one pooled embedding per input record, in input order, with a status per record."""
+
+    def __init__(self, path: Path, dim: int, attrs: dict[str, str]):
+        super().__init__(
+            path, {"ids": (_STR, ()), "embeddings": (np.float32, (dim,)), "status": (_STR, ())}, attrs
+        )
+
+    def append(self, ids: Sequence[str], embeddings: np.ndarray, status: Sequence[str]) -> None:  # type: ignore[override]
+        super().append(ids=list(ids), embeddings=embeddings, status=list(status))

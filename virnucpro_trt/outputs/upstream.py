@@ -1,0 +1,72 @@
+"""The two files upstream VirNucPro writes, byte for byte (virnucpro-reference.md §5).
+
+``prediction_results.txt``: one row per kept frame, in input order,
+``Sequence_ID\\tPrediction\\tscore1\\tscore2`` with score1 = P(others), score2 = P(virus), printed as
+numpy float32 ``str()``.
+
+``prediction_results_highestscore.csv`` (tab-separated despite its name): one row per chunk that had at
+least one kept frame, ``Modified_ID`` = the frame id without its last two characters, ``Is_Virus`` =
+max(score2) >= max(score1) over the chunk's frames, rows sorted by Modified_ID as strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import IO
+
+import numpy as np
+
+from virnucpro_trt.models.classifier import LABELS
+from virnucpro_trt.outputs.formatting import f32_column
+
+PREDICTION_RESULTS = "prediction_results.txt"
+HIGHEST_SCORE = "prediction_results_highestscore.csv"
+PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
+HIGHEST_HEADER = "Modified_ID\tIs_Virus\n"
+
+
+def write_prediction_rows(
+    out: IO[str], frame_ids: Sequence[str], probs: np.ndarray, labels: np.ndarray
+) -> None:
+    """Append rows for one block of frames (``probs`` [N, 2] float32, ``labels`` 0/1)."""
+    s1 = f32_column(probs[:, 0])
+    s2 = f32_column(probs[:, 1])
+    out.write(
+        "".join(
+            f"{fid}\t{LABELS[lab]}\t{a}\t{b}\n"
+            for fid, lab, a, b in zip(frame_ids, labels.tolist(), s1, s2, strict=True)
+        )
+    )
+
+
+class ChunkMaxima:
+    """Running max(score1), max(score2) per chunk id, for the highest-score file."""
+
+    def __init__(self) -> None:
+        self._max: dict[str, list[np.float32]] = {}
+
+    def update(self, frame_ids: Sequence[str], probs: np.ndarray) -> None:
+        table = self._max
+        for fid, (p0, p1) in zip(frame_ids, probs.astype(np.float32), strict=True):
+            key = fid[:-2]
+            cur = table.get(key)
+            if cur is None:
+                table[key] = [p0, p1]
+            else:
+                if p0 > cur[0]:
+                    cur[0] = p0
+                if p1 > cur[1]:
+                    cur[1] = p1
+
+    def __len__(self) -> int:
+        return len(self._max)
+
+    def is_virus(self, chunk_id: str) -> bool | None:
+        cur = self._max.get(chunk_id)
+        return None if cur is None else bool(cur[1] >= cur[0])
+
+    def write(self, out: IO[str]) -> None:
+        out.write(HIGHEST_HEADER)
+        out.write(
+            "".join(f"{key}\t{bool(self._max[key][1] >= self._max[key][0])}\n" for key in sorted(self._max))
+        )

@@ -1,0 +1,1 @@
+"""The three jobs: ``prepare`` (CPU only), ``embed`` (one encoder) and ``predict`` (the whole classifier)."""

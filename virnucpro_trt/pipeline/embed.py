@@ -1,0 +1,73 @@
+"""``virnucpro-trt embed``: pooled DNABERT-S or ESM-2 embeddings of every input record, as HDF5.
+
+Pooling is the classifier's (virnucpro-reference.md §3): DNABERT-S averages every token including
+[CLS]/[SEP]; ESM-2 averages residues 1..min(1024, len). Records are embedded in token-budget batches and
+written in input order. An empty record has nothing to embed: its row is NaN with status ``empty``, so
+every input id is present and nobody mistakes a placeholder for an embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from itertools import islice
+from typing import Any
+
+import numpy as np
+
+from virnucpro_trt import __version__
+from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
+from virnucpro_trt.pipeline.encoders import load_encoder, place
+from virnucpro_trt.pipeline.inputs import materialise, validate_input
+from virnucpro_trt.runtime.embedding import embed_sequences
+from virnucpro_trt.sequences.reader import read_records
+from virnucpro_trt.settings import EmbedSettings
+
+log = logging.getLogger(__name__)
+
+_BLOCK_RECORDS = 65536
+
+
+def run_embed(settings: EmbedSettings) -> dict[str, Any]:
+    """Validate the input, load the encoder, embed block by block; the file appears only when complete."""
+    alphabet = "dna" if settings.model == "dnabert-s" else "protein"
+    path, display = materialise(settings.input, settings.output.parent)
+    try:
+        summary = validate_input(path, display, alphabet)
+        placement = place(settings.encoders)
+        encoder = load_encoder(settings.model, settings.weights, placement, settings.encoders)  # type: ignore[arg-type]
+        attrs = {
+            "tool": f"virnucpro-trt {__version__}",
+            "model": settings.model,
+            "weights": settings.weights,
+            "weights_sha256": str(encoder.info.get("weights_sha256")),
+            "precision": settings.encoders.precision,
+            "backend": settings.encoders.backend,
+            "pooling": (
+                "mean over all tokens incl. [CLS] and [SEP]"
+                if settings.model == "dnabert-s"
+                else "mean over residues 1..min(1024, len) (no BOS/EOS)"
+            ),
+            "input_sha256": summary.sha256,
+        }
+        with contextlib.suppress(FileNotFoundError):
+            settings.output.unlink()
+        records = read_records(path, alphabet)
+        with EmbeddingsWriter(settings.output, encoder.dim, attrs) as writer:
+            while block := list(islice(records, _BLOCK_RECORDS)):
+                ids = [r.id for r in block]
+                seqs = [r.sequence for r in block]
+                nonempty = [i for i, s in enumerate(seqs) if s]
+                emb = np.full((len(block), encoder.dim), np.nan, dtype=np.float32)
+                if nonempty:
+                    tokens = encoder.tokenizer.encode_batch([seqs[i] for i in nonempty])
+                    emb[nonempty] = embed_sequences(
+                        encoder.backend, tokens, encoder.max_batch_tokens, [ids[i] for i in nonempty]
+                    )
+                writer.append(ids, emb, ["ok" if s else "empty" for s in seqs])
+            writer.commit()
+        return {"records": summary.records, "dim": encoder.dim, "empty": summary.empty_records}
+    finally:
+        if settings.input == "-":
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

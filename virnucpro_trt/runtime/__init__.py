@@ -1,0 +1,1 @@
+"""Run time: devices and precisions, token-budget batching, and the embedding backends."""

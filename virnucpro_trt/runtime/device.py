@@ -1,0 +1,77 @@
+"""Device and precision selection with user-facing errors instead of CUDA tracebacks."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from virnucpro_trt.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` -> first CUDA device if any, else CPU; ``cuda``/``cuda:N`` must exist."""
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: no CUDA device is available (torch {torch.__version__})")
+        index = 0 if spec == "cuda" else _parse_index(spec)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise UserError(
+                f"--device {spec}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})"
+            )
+        return torch.device(f"cuda:{index}")
+    raise UserError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+
+
+def _parse_index(spec: str) -> int:
+    try:
+        return int(spec.split(":", 1)[1])
+    except ValueError:
+        raise UserError(f"--device {spec}: the device index must be a number") from None
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Map ``fp32|fp16|bf16`` to a dtype; warn where the device makes a precision slow or unsupported."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if device.type == "cpu" and dtype is not torch.float32:
+        log.warning(
+            "--precision %s on CPU runs in emulation and is slow; fp32 is the reference there", precision
+        )
+    if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bf16")
+    return dtype
+
+
+def configure_fp32_reference() -> None:
+    """Keep fp32 exact: no TF32 in matmuls/convolutions (upstream ran plain fp32)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
+def describe_device(device: torch.device) -> dict[str, object]:
+    """What run.json records about the device."""
+    info: dict[str, object] = {"device": str(device), "torch": torch.__version__}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            name=props.name,
+            compute_capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+        )
+    else:
+        info.update(name="cpu", threads=torch.get_num_threads())
+    return info

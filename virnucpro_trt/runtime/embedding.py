@@ -1,0 +1,79 @@
+"""Embedding backends and the loop that feeds them token-budget batches.
+
+A backend turns one padded batch (``input_ids``/``attention_mask``, int64 [B, T]) into pooled float32
+embeddings [B, D]; the pooling rule lives in the model (DNABERT-S: mean over every real token; ESM-2:
+mean over residues). :func:`embed_sequences` owns batching, input order, progress and the NaN/Inf check,
+so every backend (eager PyTorch here; ONNX Runtime, AOTInductor and TensorRT engines later) shares them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from virnucpro_trt.errors import NonFiniteError
+from virnucpro_trt.runtime.batching import pad_batch, token_budget_batches
+
+
+class EmbeddingBackend(Protocol):
+    """What the embedding loop needs from an engine."""
+
+    name: str
+    dim: int
+    pad_id: int
+
+    def embed_padded(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Pooled float32 embeddings [B, D] for one padded batch."""
+        ...
+
+
+class TorchBackend:
+    """Eager PyTorch: the native model on a device, in a precision."""
+
+    def __init__(
+        self, model: torch.nn.Module, dim: int, pad_id: int, device: torch.device, dtype: torch.dtype
+    ):
+        self.name = "torch"
+        self.dim = dim
+        self.pad_id = pad_id
+        self.device = device
+        self.dtype = dtype
+        self.model = model.to(device=device, dtype=dtype).eval()
+
+    @torch.inference_mode()
+    def embed_padded(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
+        mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
+        pooled = self.model(ids, mask)
+        return pooled.float().cpu().numpy()
+
+
+def embed_sequences(
+    backend: EmbeddingBackend,
+    token_ids: Sequence[np.ndarray],
+    max_batch_tokens: int,
+    labels: Sequence[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Embeddings [N, D] float32 in input order; fails the batch on NaN/Inf, naming its first items."""
+    out = np.empty((len(token_ids), backend.dim), dtype=np.float32)
+    if not token_ids:
+        return out
+    lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
+    for batch in token_budget_batches(lengths, max_batch_tokens):
+        ids, mask = pad_batch([token_ids[i] for i in batch], backend.pad_id)
+        pooled = backend.embed_padded(ids, mask)
+        if not np.isfinite(pooled).all():
+            bad = batch[~np.isfinite(pooled).all(axis=1)]
+            names = [labels[i] if labels is not None else f"#{i}" for i in bad[:3]]
+            raise NonFiniteError(
+                f"{backend.name} produced NaN/Inf embeddings for {len(bad)} item(s) of a batch "
+                f"of {len(batch)} (e.g. {', '.join(names)}); try --precision fp32"
+            )
+        out[batch] = pooled
+        if progress is not None:
+            progress(len(batch))
+    return out
