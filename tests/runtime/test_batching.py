@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from virnucpro_trt.runtime.batching import pad_batch, token_budget_batches
+from virnucpro_trt.runtime.batching import token_budget_batches
 
 
 def test_batches_respect_budget_and_cover_everything():
@@ -23,9 +23,3 @@ def test_batches_respect_budget_and_cover_everything():
 def test_oversized_item_gets_its_own_batch_and_max_size_caps():
     batches = token_budget_batches([5000, 10, 10, 10], max_batch_tokens=100, max_batch_size=2)
     assert [b.tolist() for b in batches] == [[0], [1, 2], [3]]
-
-
-def test_pad_batch():
-    ids, mask = pad_batch([np.array([1, 2, 3]), np.array([4])], pad_id=9)
-    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]]
-    assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]

@@ -74,15 +74,6 @@ class _Timer:
             self.totals[name] += time.perf_counter() - start
 
 
-def _count_frames(path: Path, chunk_length: int) -> tuple[int, int]:
-    """Chunks and kept frames of the whole input (a CPU pass that lets the progress bar show an ETA)."""
-    chunks = frames = 0
-    for block in prepare_blocks(read_records(path, "dna"), chunk_length):
-        chunks += len(block.chunk_ids)
-        frames += len(block.frames)
-    return chunks, frames
-
-
 def run_predict(
     settings: PredictSettings,
     progress: ProgressReporter | None = None,
@@ -109,8 +100,7 @@ def run_predict(
     path, display = materialise(settings.input, outdir)
     try:
         with timer.stage("validate_input"):
-            summary_in = validate_input(path, display, "dna")
-            total_chunks, total_frames = _count_frames(path, settings.chunk_length)
+            summary_in = validate_input(path, display, "dna", settings.chunk_length)
 
         with timer.stage("load_models"):
             weights = load_classifier_weights(classifier_path)
@@ -146,7 +136,7 @@ def run_predict(
             write_sequence_rows(results[SEQUENCES_TSV], None)
             write_frame_rows(results[FRAMES_TSV], None)
             block_records = _BLOCK_RECORDS.get(placement.device.type, 2048)
-            with progress.task("predict", total_frames, "frames") as advance:
+            with progress.task("predict", summary_in.frames, "frames") as advance:
                 for block in prepare_blocks(
                     read_records(path, "dna"), settings.chunk_length, block_records=block_records
                 ):
@@ -162,7 +152,7 @@ def run_predict(
         counts["records"] = summary_in.records
         counts["empty_records"] = summary_in.empty_records
         counts["bases"] = summary_in.bases
-        counts["chunks"] = total_chunks
+        counts["chunks"] = summary_in.chunks
         counts["chunks_with_frames"] = len(maxima)
         timer.totals["total"] = time.perf_counter() - t0
         frames_per_s = counts["frames"] / max(timer.totals["embed_dnabert"] + timer.totals["embed_esm"], 1e-9)

@@ -31,14 +31,3 @@ def token_budget_batches(
         batches.append(order[start : start + count])
         start += count
     return batches
-
-
-def pad_batch(token_ids: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token id arrays to [B, T] int64 plus an int64 attention mask (1 = real token)."""
-    longest = max(len(t) for t in token_ids)
-    ids = np.full((len(token_ids), longest), pad_id, dtype=np.int64)
-    mask = np.zeros((len(token_ids), longest), dtype=np.int64)
-    for row, tokens in enumerate(token_ids):
-        ids[row, : len(tokens)] = tokens
-        mask[row, : len(tokens)] = 1
-    return ids, mask

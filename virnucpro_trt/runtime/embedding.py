@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from virnucpro_trt.errors import NonFiniteError
-from virnucpro_trt.runtime.batching import pad_batch, token_budget_batches
+from virnucpro_trt.models.tokenization import pad_batch
+from virnucpro_trt.runtime.batching import token_budget_batches
 
 
 class EmbeddingBackend(Protocol):

@@ -1,0 +1,165 @@
+"""End-to-end ``virnucpro-trt predict`` on FULL-SIZE random-weight models (DNABERT-S + ESM-2 3B).
+
+Weights cannot be downloaded here, so this writes random checkpoints in the real formats and shapes
+(DNABERT-S folder with a 4096-token BPE tokenizer, ESM-2 3B Hugging Face folder in fp16 safetensors,
+an upstream-style pickled 3328->512->2 classifier), generates 500 bp reads with coding regions (random
+DNA almost never keeps a 500 bp frame), and times the real CLI as a user runs it. Throughput comes from
+the run.json the CLI writes (frames / encoder wall time, and reads / total wall time).
+
+Run on a GPU host, e.g. (see ../shared/gpu/README.md for the package setup there):
+
+    python3 benchmarks/predict_full_size.py --reads 20000 --precision bf16 --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from virnucpro_trt import __version__
+from virnucpro_trt.models.dnabert import DNABERT_S_CONFIG
+from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
+from virnucpro_trt.models.random_checkpoints import (
+    random_esm2,
+    write_dnabert_checkpoint,
+    write_esm_hf_checkpoint,
+)
+from virnucpro_trt.models.random_classifier import write_upstream_classifier
+from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta
+
+
+def build_models(root: Path, device: str) -> dict[str, Path]:
+    """Full-size random checkpoints in the real file formats."""
+    t0 = time.perf_counter()
+    dnabert = write_dnabert_checkpoint(root / "DNABERT-S", DNABERT_S_CONFIG, seed=1, vocab_size=4096)
+    esm_model = random_esm2(ESM2_T36_3B_CONFIG, device=device, dtype=torch.bfloat16, seed=2)
+    esm = write_esm_hf_checkpoint(root / "esm2_t36_3B_UR50D", model=esm_model, dtype=torch.float16, seed=2)
+    del esm_model
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    classifier = write_upstream_classifier(root / "500_model.pth", 768 + 2560, seed=3)
+    print(f"wrote full-size random checkpoints in {time.perf_counter() - t0:.1f}s", flush=True)
+    return {"dnabert": dnabert, "esm": esm, "classifier": classifier}
+
+
+def run_predict(
+    reads: Path, out: Path, models: dict[str, Path], device: str, precision: str, extra: list[str]
+) -> dict:
+    cmd = [
+        sys.executable, "-m", "virnucpro_trt", "predict", str(reads), "-o", str(out),
+        "--dnabert", str(models["dnabert"]), "--esm", str(models["esm"]),
+        "--classifier", str(models["classifier"]), "--device", device, "--precision", precision, *extra,
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"predict failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    run = json.loads((out / "run.json").read_text())
+    frames = run["counts"]["frames"]
+    timings = run["timings_s"]
+    encoder_s = timings["embed_dnabert"] + timings["embed_esm"]
+    return {
+        "precision": precision,
+        "reads": run["counts"]["records"],
+        "frames": frames,
+        "dnabert_tokens": run["counts"]["dnabert_tokens"],
+        "esm_tokens": run["counts"]["esm_tokens"],
+        "wall_s_process": round(wall, 2),
+        "timings_s": timings,
+        "frames_per_s_encoders": round(frames / encoder_s, 1),
+        "frames_per_s_end_to_end": round(frames / timings["total"], 1),
+        "frames_per_s_excluding_load": round(frames / (timings["total"] - timings["load_models"]), 1),
+        "esm_proteins_per_s": round(frames / timings["embed_esm"], 1),
+        "dnabert_frames_per_s": round(frames / timings["embed_dnabert"], 1),
+        "reads_per_s_end_to_end": round(run["counts"]["records"] / timings["total"], 1),
+        "max_batch_tokens": run["models"]["esm"]["max_batch_tokens"],
+    }
+
+
+def environment() -> dict:
+    env = {
+        "virnucpro_trt": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu_count": len(__import__("os").sched_getaffinity(0)),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env["gpu"] = props.name
+        env["compute_capability"] = f"{props.major}.{props.minor}"
+        try:
+            env["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.CalledProcessError):
+            env["driver"] = "unknown"
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reads", type=int, default=20000)
+    parser.add_argument("--read-length", type=int, default=500)
+    parser.add_argument("--coding-fraction", type=float, default=0.7)
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--max-batch-tokens", type=int, default=None)
+    parser.add_argument(
+        "--fp32-reads",
+        type=int,
+        default=0,
+        help="also run fp32 (TF32 off, upstream's arithmetic) on this many reads",
+    )
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="vt-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    models = build_models(root / "models", args.device)
+    reads = generate_reads(args.reads, args.read_length, seed=42, coding_fraction=args.coding_fraction)
+    fasta = root / "reads.fa"
+    write_fasta(reads, str(fasta))
+    extra = ["--max-batch-tokens", str(args.max_batch_tokens)] if args.max_batch_tokens else []
+    results = [run_predict(fasta, root / f"out_{args.precision}", models, args.device, args.precision, extra)]
+    if args.fp32_reads:
+        subset = root / "reads_fp32.fa"
+        write_fasta(reads[: args.fp32_reads], str(subset))
+        results.append(run_predict(subset, root / "out_fp32", models, args.device, "fp32", extra))
+    report = {
+        "benchmark": "predict_full_size",
+        "command": " ".join(["python3", "benchmarks/predict_full_size.py", *(argv or sys.argv[1:])]),
+        "environment": environment(),
+        "workload": {
+            "read_length": args.read_length,
+            "coding_fraction": args.coding_fraction,
+            "models": "random weights, full size: DNABERT-S 12x768, ESM-2 t36_3B",
+        },
+        "results": results,
+    }
+    text = json.dumps(report, indent=2)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    print(text)
+    print("\nprecision  reads   frames  frames/s(encoders)  frames/s(end-to-end)  ESM proteins/s")
+    for r in results:
+        print(
+            f"{r['precision']:9s} {r['reads']:6d} {r['frames']:7d} {r['frames_per_s_encoders']:18.1f} "
+            f"{r['frames_per_s_end_to_end']:21.1f} {r['esm_proteins_per_s']:15.1f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
