@@ -45,5 +45,17 @@ class RunFailure(VirnucproError):
     """The run itself failed (numerical failure, device error...) (exit code 1)."""
 
 
+class ShapeRangeError(UserError):
+    """An input is outside the shape range a compiled engine was built for."""
+
+
+class EngineMismatchError(UserError):
+    """An engine directory does not match this machine, these libraries or these weights."""
+
+
+class BuildError(RunFailure):
+    """An engine could not be built, or failed its parity gate."""
+
+
 class NonFiniteError(RunFailure):
     """A batch produced NaN or Inf: results would be silently wrong, so the batch fails."""

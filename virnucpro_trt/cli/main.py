@@ -64,18 +64,25 @@ def encoder_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--backend",
         type=click.Choice(BACKENDS),
-        default="torch",
-        show_default=True,
-        help="Inference backend.",
+        default=None,
+        help="torch (eager PyTorch, the default) or a compiled-engine backend (onnxruntime, inductor, "
+        "tensorrt, auto). Without --engines, engines are built into OUTDIR/engines and reused.",
     )
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
     @click.option(
         "--precision",
-        type=click.Choice(["fp32", "fp16", "bf16"]),
-        default="fp32",
-        show_default=True,
-        help="Encoder precision (fp32 reproduces upstream; bf16/fp16 keep fp32 statistics).",
+        type=click.Choice(["fp32", "fp16", "bf16", "fp8"]),
+        default=None,
+        help="Encoder precision (default fp32, which reproduces upstream; bf16/fp16 keep fp32 statistics; "
+        "fp8 only with engines on Hopper-class GPUs). With --engines: the engines' own.",
     )
+    @click.option(
+        "--engines",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Engine directory from `virnucpro-trt build` (its manifest is checked before use).",
+    )
+    @click.option("--rebuild", is_flag=True, help="Rebuild the --engines directory if it does not match.")
     @click.option(
         "--max-batch-tokens",
         type=click.IntRange(min=16),
@@ -91,15 +98,19 @@ def encoder_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(
         *args: Any,
-        backend: str,
+        backend: str | None,
         device: str,
-        precision: str,
+        precision: str | None,
         max_batch_tokens: int | None,
         threads: int | None,
+        engines: Path | None,
+        rebuild: bool,
         **kwargs: Any,
     ) -> Any:
+        if rebuild and engines is None:
+            raise click.UsageError("--rebuild needs --engines DIR")
         encoders = EncoderSettings(backend, device, precision, max_batch_tokens, threads)
-        return func(*args, encoders=encoders, **kwargs)
+        return func(*args, encoders=encoders, engines=engines, rebuild=rebuild, **kwargs)
 
     return wrapper
 
@@ -158,7 +169,11 @@ def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
     type=click.Choice(["dnabert-s", "esm2"]),
     help="Which encoder: dnabert-s for DNA, esm2 for proteins.",
 )
-@click.option("--weights", required=True, help="Checkpoint folder/file, Hugging Face id or fair-esm name.")
+@click.option(
+    "--weights",
+    default=None,
+    help="Checkpoint folder/file, Hugging Face id or fair-esm name (optional with --engines).",
+)
 @click.option(
     "-o",
     "--output",
@@ -168,12 +183,22 @@ def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
 )
 @encoder_options
 @common_options
-def embed(input_path: str, model_name: str, weights: str, output: Path, encoders: EncoderSettings) -> None:
+def embed(
+    input_path: str,
+    model_name: str,
+    weights: str | None,
+    output: Path,
+    encoders: EncoderSettings,
+    engines: Path | None,
+    rebuild: bool,
+) -> None:
     """Pooled embeddings of every record of INPUT, in input order, as HDF5."""
     _offline()
     from virnucpro_trt.pipeline.embed import run_embed
 
-    summary = run_embed(EmbedSettings(input_path, output, model_name, weights, encoders))
+    if weights is None and engines is None:
+        raise click.UsageError("missing --weights (or --engines ENGINE_DIR)")
+    summary = run_embed(EmbedSettings(input_path, output, model_name, weights, encoders, engines, rebuild))
     log.info("PASSED: %d embeddings of width %d -> %s", summary["records"], summary["dim"], output)
 
 
@@ -223,6 +248,8 @@ def predict(
     chunk_length: str,
     save_embeddings: bool,
     encoders: EncoderSettings,
+    engines: Path | None,
+    rebuild: bool,
 ) -> None:
     """Classify the reads of INPUT as viral or not (upstream files plus per-sequence tables).
 
@@ -237,27 +264,25 @@ def predict(
         esm = esm or str(models.esm)
         classifier = classifier or str(models.classifier)
         input_path = input_path or str(models.reads)
-    missing = [
-        name
-        for name, value in (
-            ("INPUT", input_path),
-            ("--dnabert", dnabert),
-            ("--esm", esm),
-            ("--classifier", classifier),
-        )
-        if not value
-    ]
+    required = [("INPUT", input_path)]
+    if engines is None or rebuild:  # engines carry their own weights; building needs the checkpoints
+        required += [("--dnabert", dnabert), ("--esm", esm), ("--classifier", classifier)]
+    missing = [name for name, value in required if not value]
     if missing:
-        raise click.UsageError(f"missing {', '.join(missing)} (or use --demo for the random-weight demo)")
+        raise click.UsageError(
+            f"missing {', '.join(missing)} (or --engines ENGINE_DIR, or --demo for the random-weight demo)"
+        )
     settings = PredictSettings(
         str(input_path),
         outdir,
-        str(dnabert),
-        str(esm),
-        str(classifier),
+        dnabert,
+        esm,
+        classifier,
         int(chunk_length),
         encoders,
         save_embeddings,
+        engines,
+        rebuild,
     )
     _run_predict(settings, demo)
 
@@ -291,7 +316,9 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
 )
 @encoder_options
 @common_options
-def demo(outdir: Path, chunk_length: str, encoders: EncoderSettings) -> None:
+def demo(
+    outdir: Path, chunk_length: str, encoders: EncoderSettings, engines: Path | None, rebuild: bool
+) -> None:
     """Run predict end to end on example reads with a small RANDOM-WEIGHT model set (built once, cached)."""
     _offline()
     from virnucpro_trt.demo import demo_inputs
@@ -306,8 +333,87 @@ def demo(outdir: Path, chunk_length: str, encoders: EncoderSettings) -> None:
         int(chunk_length),
         encoders,
         False,
+        engines,
+        rebuild,
     )
     _run_predict(settings, True)
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.option("--dnabert", required=True, help="DNABERT-S folder or Hugging Face id.")
+@click.option("--esm", required=True, help="ESM-2 folder, fair-esm .pt, Hugging Face id or fair-esm name.")
+@click.option("--classifier", required=True, help="Upstream classifier (.pth) or .safetensors.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "onnxruntime", "inductor", "tensorrt"]),
+    default="auto",
+    show_default=True,
+    help="auto: TensorRT where importable on CUDA, else AOTInductor on CUDA, else ONNX Runtime.",
+)
+@click.option(
+    "--precision", type=click.Choice(["fp32", "fp16", "bf16", "fp8"]), default="fp32", show_default=True
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "-o",
+    "--outdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Engine directory.",
+)
+@click.option(
+    "--max-batch-tokens",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Token budget the engines are shaped for (default 4096 on CPU, 32768 on CUDA).",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=4),
+    default=None,
+    help="Longest input in tokens (default: 512 for DNABERT-S, 1026 for ESM-2).",
+)
+@click.option("--keep-failing", is_flag=True, help="Keep engines that fail the parity gate (recorded).")
+@click.option(
+    "--hardware-compatible", is_flag=True, help="TensorRT: build engines that run on any Ampere+ GPU."
+)
+@common_options
+def build(
+    dnabert: str,
+    esm: str,
+    classifier: str,
+    backend: str,
+    precision: str,
+    device: str,
+    outdir: Path,
+    max_batch_tokens: int | None,
+    max_length: int | None,
+    keep_failing: bool,
+    hardware_compatible: bool,
+) -> None:
+    """Compile DNABERT-S and ESM-2 into engines for this machine, parity-gated, with a manifest."""
+    _offline()
+    from virnucpro_trt.engines.build import BuildSettings, build_engines
+
+    settings = BuildSettings(
+        dnabert, esm, classifier, outdir, backend, precision, device, max_batch_tokens, max_length,
+        keep_failing, hardware_compatible,
+    )  # fmt: skip
+    manifest = build_engines(settings, command=sys.argv)
+    for kind in ("dnabert-s", "esm2"):
+        entry = manifest.models[kind]
+        parity = entry.parity
+        log.info(
+            "%s: %s (parity: max |diff| %.3g, min cosine %.6f, %s)", kind, entry.artifact, parity["max_abs"],
+            parity["min_cosine"], "passed" if parity["passed"] else "FAILED (kept)",
+        )  # fmt: skip
+    log.info(
+        "PASSED: %s %s engines for %s in %s",
+        manifest.backend,
+        manifest.precision,
+        manifest.device.get("name"),
+        outdir,
+    )
 
 
 @cli.command(context_settings=_CONTEXT)

@@ -17,7 +17,7 @@ import numpy as np
 
 from virnucpro_trt import __version__
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
-from virnucpro_trt.pipeline.encoders import load_encoder, place
+from virnucpro_trt.pipeline.encoders import open_models
 from virnucpro_trt.pipeline.inputs import materialise, validate_input
 from virnucpro_trt.runtime.embedding import embed_sequences
 from virnucpro_trt.sequences.reader import read_records
@@ -34,15 +34,18 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
     path, display = materialise(settings.input, settings.output.parent)
     try:
         summary = validate_input(path, display, alphabet)
-        placement = place(settings.encoders)
-        encoder = load_encoder(settings.model, settings.weights, placement, settings.encoders)  # type: ignore[arg-type]
+        kind = "dnabert-s" if settings.model == "dnabert-s" else "esm2"
+        models = open_models(
+            settings.encoders, {kind: settings.weights}, (kind,), False, settings.engines, settings.rebuild
+        )
+        encoder = models.encoders[kind]
         attrs = {
             "tool": f"virnucpro-trt {__version__}",
             "model": settings.model,
-            "weights": settings.weights,
+            "weights": settings.weights or str(settings.engines),
             "weights_sha256": str(encoder.info.get("weights_sha256")),
-            "precision": settings.encoders.precision,
-            "backend": settings.encoders.backend,
+            "precision": models.precision,
+            "backend": models.backend,
             "pooling": (
                 "mean over all tokens incl. [CLS] and [SEP]"
                 if settings.model == "dnabert-s"

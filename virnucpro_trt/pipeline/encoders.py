@@ -1,7 +1,9 @@
-"""Loading the two encoders for a run: resolve, read the checkpoint, place on a device, wrap in a backend.
+"""Opening the models of a run: eager PyTorch encoders, or a compiled engine directory.
 
-Kept apart from the pipelines so ``embed``, ``predict`` and (later) the engine builder and the benchmark
-load models the same way and record the same facts about them (path, layout, weights hash).
+Kept apart from the pipelines so ``embed``, ``predict`` (and the benchmark) load models the same way and
+record the same facts about them (path, layout, weights hash, backend, precision). Engine directories
+come from ``--engines DIR``, or — when ``--backend`` names an engine backend without ``--engines`` —
+from ``OUTDIR/engines``, built on first use and reused while its manifest matches.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.models.checkpoint_io import weights_sha256
+from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.dnabert_checkpoint import load_dnabert
 from virnucpro_trt.models.esm_checkpoint import load_esm2
 from virnucpro_trt.models.resolve import resolve_model
@@ -27,6 +31,7 @@ from virnucpro_trt.settings import EncoderSettings
 log = logging.getLogger(__name__)
 
 EncoderKind = Literal["dnabert-s", "esm2"]
+_RESOLVE_KIND = {"dnabert-s": "dnabert", "esm2": "esm", "classifier": "classifier"}
 
 
 @dataclass
@@ -41,26 +46,18 @@ class LoadedEncoder:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where and how the encoders run."""
+@dataclass
+class RunModels:
+    """Everything a run embeds and classifies with, and how it runs."""
 
     device: torch.device
-    dtype: torch.dtype
+    backend: str
     precision: str
-
-
-def place(encoders: EncoderSettings) -> Placement:
-    """Resolve device, precision and CPU threads once per run."""
-    if encoders.backend != "torch":
-        raise UserError(f"--backend {encoders.backend}: only 'torch' is available in this version")
-    device = resolve_device(encoders.device)
-    dtype = resolve_dtype(encoders.precision, device)
-    threads = encoders.threads or _available_cpus()
-    torch.set_num_threads(threads)
-    if dtype is torch.float32:
-        configure_fp32_reference()
-    return Placement(device, dtype, encoders.precision)
+    encoders: dict[str, LoadedEncoder]
+    classifier: ClassifierWeights | None = None
+    classifier_path: Path | None = None
+    engine_dir: Path | None = None
+    engine_build: dict[str, Any] = field(default_factory=dict)
 
 
 def _available_cpus() -> int:
@@ -70,12 +67,11 @@ def _available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def load_encoder(
-    kind: EncoderKind, spec: str, placement: Placement, encoders: EncoderSettings
+def _load_eager(
+    kind: EncoderKind, spec: str, device: torch.device, dtype: torch.dtype, budget: int
 ) -> LoadedEncoder:
-    """Resolve ``spec`` locally, load the checkpoint and wrap it in the selected backend."""
     started = time.perf_counter()
-    path = resolve_model(spec, "dnabert" if kind == "dnabert-s" else "esm")
+    path = resolve_model(spec, _RESOLVE_KIND[kind])
     if kind == "dnabert-s":
         model, tokenizer, info = load_dnabert(path)
         dim = model.config.hidden_size
@@ -85,16 +81,118 @@ def load_encoder(
     info = dict(info)
     info["spec"] = spec
     info["weights_sha256"] = weights_sha256(info.get("weight_files") or [path])
-    backend = TorchBackend(model, dim, tokenizer.pad_id, placement.device, placement.dtype)
+    backend = TorchBackend(model, dim, tokenizer.pad_id, device, dtype)
     log.info(
         "loaded %s from %s (%d-wide, %s, %s) in %.1fs",
         kind,
         path,
         dim,
-        placement.device,
-        placement.precision,
+        device,
+        dtype,
         time.perf_counter() - started,
     )
-    return LoadedEncoder(
-        kind, backend, tokenizer, dim, encoders.batch_tokens_for(placement.device.type), info
+    return LoadedEncoder(kind, backend, tokenizer, dim, budget, info)
+
+
+def open_models(
+    encoders: EncoderSettings,
+    specs: dict[str, str | None],
+    kinds: tuple[EncoderKind, ...],
+    need_classifier: bool,
+    engines: Path | None = None,
+    rebuild: bool = False,
+    engine_cache: Path | None = None,
+) -> RunModels:
+    """Load the encoders ``kinds`` (and the classifier) as the settings ask.
+
+    ``specs`` maps ``dnabert-s``/``esm2``/``classifier`` to what the user named (None: not named; with
+    engines the directory's own copies are used).
+    """
+    device = resolve_device(encoders.device)
+    torch.set_num_threads(encoders.threads or _available_cpus())
+    backend = encoders.backend or ("engine" if engines else "torch")
+    if backend == "torch" and engines is None:
+        return _open_eager(encoders, specs, kinds, need_classifier, device)
+    if backend == "torch":
+        raise UserError("--backend torch runs the PyTorch models: it cannot be combined with --engines")
+    folder = engines or engine_cache
+    if folder is None:
+        raise UserError(f"--backend {backend} needs --engines DIR (an engine directory)")
+    return _open_engines(encoders, specs, device, folder, rebuild or engines is None, backend)
+
+
+def _open_eager(
+    encoders: EncoderSettings,
+    specs: dict[str, str | None],
+    kinds: tuple[EncoderKind, ...],
+    need_classifier: bool,
+    device: torch.device,
+) -> RunModels:
+    precision = encoders.precision or "fp32"
+    dtype = resolve_dtype(precision, device)
+    if dtype is torch.float32:
+        configure_fp32_reference()
+    budget = encoders.batch_tokens_for(device.type)
+    classifier = classifier_path = None
+    if need_classifier:
+        classifier_path = resolve_model(_required(specs, "classifier"), "classifier")
+        classifier = load_classifier_weights(classifier_path)
+    loaded = {kind: _load_eager(kind, _required(specs, kind), device, dtype, budget) for kind in kinds}
+    return RunModels(device, "torch", precision, loaded, classifier, classifier_path)
+
+
+def _required(specs: dict[str, str | None], kind: str) -> str:
+    value = specs.get(kind)
+    if not value:
+        flag = {"dnabert-s": "--dnabert", "esm2": "--esm", "classifier": "--classifier"}[kind]
+        raise UserError(f"missing {flag} (or give --engines ENGINE_DIR)")
+    return value
+
+
+def _open_engines(
+    encoders: EncoderSettings,
+    specs: dict[str, str | None],
+    device: torch.device,
+    folder: Path,
+    may_rebuild: bool,
+    backend: str,
+) -> RunModels:
+    from virnucpro_trt.engines.build import BuildSettings
+    from virnucpro_trt.engines.engine_set import open_engine_set
+
+    rebuild = None
+    if may_rebuild:
+        rebuild = BuildSettings(
+            dnabert=specs.get("dnabert-s") or "",
+            esm=specs.get("esm2") or "",
+            classifier=specs.get("classifier") or "",
+            outdir=folder,
+            backend=backend if backend != "engine" else "auto",
+            precision=encoders.precision or "fp32",
+            device=str(device),
+            max_batch_tokens=encoders.max_batch_tokens,
+        )
+    engine_set = open_engine_set(folder, device, specs, rebuild)
+    manifest = engine_set.manifest
+    if encoders.precision and encoders.precision != manifest.precision:
+        raise UserError(
+            f"--precision {encoders.precision} asked, but the engines in {folder} are {manifest.precision}; "
+            "rebuild them or drop --precision"
+        )
+    if backend not in ("engine", "auto") and backend != manifest.backend:
+        raise UserError(f"--backend {backend} asked, but the engines in {folder} are {manifest.backend}")
+    budget = encoders.max_batch_tokens or int(manifest.build.get("max_batch_tokens") or 4096)
+    loaded = {
+        kind: LoadedEncoder(kind, enc.backend, enc.tokenizer, enc.dim, budget, enc.info)  # type: ignore[arg-type]
+        for kind, enc in (("dnabert-s", engine_set.dnabert), ("esm2", engine_set.esm))
+    }
+    return RunModels(
+        device,
+        manifest.backend,
+        manifest.precision,
+        loaded,
+        engine_set.classifier,
+        engine_set.classifier_path,
+        engine_dir=folder,
+        engine_build=manifest.build,
     )

@@ -31,7 +31,6 @@ from virnucpro_trt.models.classifier import (
     check_classifier_width,
     classify,
     labels_from_probabilities,
-    load_classifier_weights,
 )
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.outputs.atomic import ResultSet, remove_if_exists, write_text_atomic
@@ -44,7 +43,7 @@ from virnucpro_trt.outputs.upstream import (
     ChunkMaxima,
     write_prediction_rows,
 )
-from virnucpro_trt.pipeline.encoders import LoadedEncoder, load_encoder, place
+from virnucpro_trt.pipeline.encoders import LoadedEncoder, open_models
 from virnucpro_trt.pipeline.inputs import materialise, validate_input
 from virnucpro_trt.runtime.device import describe_device
 from virnucpro_trt.runtime.embedding import embed_sequences
@@ -87,15 +86,11 @@ def run_predict(
     t0 = time.perf_counter()
     outdir = settings.outdir
 
-    with timer.stage("resolve_models"):
-        for spec, kind in (
-            (settings.dnabert, "dnabert"),
-            (settings.esm, "esm"),
-            (settings.classifier, "classifier"),
-        ):
-            resolve_model(spec, kind)
-        classifier_path = resolve_model(settings.classifier, "classifier")
-        _warn_chunk_length_mismatch(classifier_path, settings.chunk_length)
+    specs = {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier}
+    with timer.stage("resolve_models"):  # a missing model fails before the input is read
+        for kind, spec in specs.items():
+            if spec:
+                resolve_model(spec, {"dnabert-s": "dnabert", "esm2": "esm"}.get(kind, kind))
 
     path, display = materialise(settings.input, outdir)
     try:
@@ -103,10 +98,14 @@ def run_predict(
             summary_in = validate_input(path, display, "dna", settings.chunk_length)
 
         with timer.stage("load_models"):
-            weights = load_classifier_weights(classifier_path)
-            placement = place(settings.encoders)
-            dnabert = load_encoder("dnabert-s", settings.dnabert, placement, settings.encoders)
-            esm = load_encoder("esm2", settings.esm, placement, settings.encoders)
+            models = open_models(
+                settings.encoders, specs, ("dnabert-s", "esm2"), True, settings.engines, settings.rebuild,
+                engine_cache=outdir / "engines",
+            )  # fmt: skip
+            dnabert, esm = models.encoders["dnabert-s"], models.encoders["esm2"]
+            weights, classifier_path = models.classifier, models.classifier_path
+            assert weights is not None and classifier_path is not None
+            _warn_chunk_length_mismatch(Path(settings.classifier or classifier_path), settings.chunk_length)
             check_classifier_width(weights, dnabert.dim, esm.dim, classifier_path)
             classifier = MLPClassifier.from_weights(weights)
 
@@ -129,13 +128,16 @@ def run_predict(
             if settings.save_embeddings:
                 emb_writer = stack.enter_context(
                     FrameEmbeddingsWriter(
-                        outdir / EMBEDDINGS_H5, dnabert.dim, esm.dim, _embedding_attrs(settings)
+                        outdir / EMBEDDINGS_H5,
+                        dnabert.dim,
+                        esm.dim,
+                        _embedding_attrs(settings, models.precision),
                     )
                 )
             results[PREDICTION_RESULTS].write(PREDICTION_HEADER)
             write_sequence_rows(results[SEQUENCES_TSV], None)
             write_frame_rows(results[FRAMES_TSV], None)
-            block_records = _BLOCK_RECORDS.get(placement.device.type, 2048)
+            block_records = _BLOCK_RECORDS.get(models.device.type, 2048)
             with progress.task("predict", summary_in.frames, "frames") as advance:
                 for block in prepare_blocks(
                     read_records(path, "dna"), settings.chunk_length, block_records=block_records
@@ -187,9 +189,10 @@ def run_predict(
                 "frames_per_s_encoders": round(frames_per_s, 2),
                 "reads_per_s_total": round(summary_in.records / max(timer.totals["total"], 1e-9), 2),
             },
-            "device": describe_device(placement.device),
-            "precision": placement.precision,
-            "backend": settings.encoders.backend,
+            "device": describe_device(models.device),
+            "precision": models.precision,
+            "backend": models.backend,
+            "engines": str(models.engine_dir) if models.engine_dir else None,
         }
         write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n")
         return summary
@@ -258,12 +261,12 @@ def _model_facts(encoder: LoadedEncoder) -> dict[str, Any]:
     }
 
 
-def _embedding_attrs(settings: PredictSettings) -> dict[str, str]:
+def _embedding_attrs(settings: PredictSettings, precision: str) -> dict[str, str]:
     return {
         "tool": f"virnucpro-trt {__version__}",
-        "dnabert": settings.dnabert,
-        "esm": settings.esm,
-        "precision": settings.encoders.precision,
+        "dnabert": settings.dnabert or str(settings.engines),
+        "esm": settings.esm or str(settings.engines),
+        "precision": precision,
         "pooling_dnabert": "mean over all tokens incl. [CLS] and [SEP]",
         "pooling_esm": "mean over residues 1..min(1024, len) (no BOS/EOS)",
     }

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from virnucpro_trt.errors import NonFiniteError
+from virnucpro_trt.errors import NonFiniteError, ShapeRangeError
 from virnucpro_trt.models.tokenization import pad_batch
 from virnucpro_trt.runtime.batching import token_budget_batches
 
@@ -64,7 +64,17 @@ def embed_sequences(
     if not token_ids:
         return out
     lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
-    for batch in token_budget_batches(lengths, max_batch_tokens):
+    # Compiled engines accept a bounded shape range; eager PyTorch has none.
+    max_length = getattr(backend, "max_length", None)
+    if max_length is not None and lengths.max() > max_length:
+        longest = int(np.argmax(lengths))
+        name = labels[longest] if labels is not None else f"#{longest}"
+        raise ShapeRangeError(
+            f"{name} has {int(lengths.max())} tokens but the {backend.name} engine accepts at most "
+            f"{max_length}; rebuild the engines with a larger --max-length"
+        )
+    batches = token_budget_batches(lengths, max_batch_tokens, getattr(backend, "max_batch_size", None))
+    for batch in batches:
         ids, mask = pad_batch([token_ids[i] for i in batch], backend.pad_id)
         pooled = backend.embed_padded(ids, mask)
         if not np.isfinite(pooled).all():

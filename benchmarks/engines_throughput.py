@@ -1,0 +1,248 @@
+"""Encoder throughput at the 500 bp workload: eager fp32, eager bf16 and compiled engines, side by side.
+
+One process builds full-size (or, for a CPU smoke run, tiny) random-weight encoders, makes a realistic
+workload (500 bp reads with coding regions -> kept frames -> DNABERT-S tokens and ESM-2 proteins), and
+for every configuration embeds the same items through the same token-budget batcher the CLI uses,
+reporting items/s (median of repetitions after a warm-up), the batch shape, and parity against the fp32
+eager model (min cosine, max |diff|). Engines are built through the real backends (the same code as
+``virnucpro-trt build``); their build time is reported too.
+
+    python3 benchmarks/engines_throughput.py --models esm2 --configs eager-fp32,eager-bf16,inductor-bf16 \\
+        --items 2048 --json benchmarks/results/h200_engines.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from virnucpro_trt import __version__
+from virnucpro_trt.engines.parity import compare
+from virnucpro_trt.engines.registry import get_backend
+from virnucpro_trt.engines.spec import BuildOptions, arch_tag, artifact_name, default_shape_range
+from virnucpro_trt.models.dnabert import DNABERT_S_CONFIG
+from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
+from virnucpro_trt.models.random_checkpoints import (
+    TINY_DNABERT_CONFIG,
+    TINY_ESM2_CONFIG,
+    random_dnabert,
+    random_esm2,
+    train_dna_tokenizer,
+)
+from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
+from virnucpro_trt.runtime.device import configure_fp32_reference
+from virnucpro_trt.runtime.embedding import TorchBackend, embed_sequences
+from virnucpro_trt.sequences.prepare import prepare_blocks
+from virnucpro_trt.sequences.reader import SeqRecord
+from virnucpro_trt.sequences.synthetic import generate_reads
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def workload(items: int, seed: int = 7) -> tuple[list[str], list[str]]:
+    """Kept frames of 500 bp reads (70% coding): (frame DNA, protein) lists of at least ``items``."""
+    dna: list[str] = []
+    proteins: list[str] = []
+    reads = generate_reads(int(items * 1.6) + 64, 500, seed=seed, coding_fraction=0.7)
+    records = [SeqRecord(i, rid, rid, seq) for i, (rid, seq) in enumerate(reads)]
+    for block in prepare_blocks(records, 500):
+        dna += block.frames.dna
+        proteins += block.frames.protein
+    return dna[:items], proteins[:items]
+
+
+def time_config(runner: Any, tokens: list[np.ndarray], budget: int, repeats: int) -> tuple[float, np.ndarray]:
+    """Median wall time of embedding all ``tokens`` (after one warm-up pass), and the embeddings."""
+    out = embed_sequences(runner, tokens, budget)  # warm-up (and autotuning / lazy init)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = embed_sequences(runner, tokens, budget)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "virnucpro_trt": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu_count": len(os.sched_getaffinity(0)),
+    }
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+        env["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        env["onnxruntime"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}")
+        try:
+            env["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip().splitlines()[0]  # fmt: skip
+        except (OSError, subprocess.CalledProcessError):
+            env["driver"] = "unknown"
+    return env
+
+
+def bench_model(
+    kind: str, args: argparse.Namespace, device: torch.device, workdir: Path
+) -> list[dict[str, Any]]:
+    full = args.size == "full"
+    dna, proteins = workload(args.items)
+    if kind == "esm2":
+        config = ESM2_T36_3B_CONFIG if full else TINY_ESM2_CONFIG
+        reference_model = random_esm2(config, device=device, dtype=torch.float32, seed=2)
+        tokenizer: Any = ProteinTokenizer()
+        tokens = tokenizer.encode_batch(proteins)
+        dim = config.embed_dim
+    else:
+        config = DNABERT_S_CONFIG if full else TINY_DNABERT_CONFIG
+        reference_model = random_dnabert(config, device=device, dtype=torch.float32, seed=1)
+        tokenizer = DnaTokenizer(train_dna_tokenizer(config.vocab_size, seed=1))
+        tokens = tokenizer.encode_batch(dna)
+        dim = config.hidden_size
+    lengths = np.array([len(t) for t in tokens])
+    print(f"{kind}: {len(tokens)} items, tokens mean {lengths.mean():.1f} max {lengths.max()}", flush=True)
+    budget = args.max_batch_tokens
+    shapes = default_shape_range(kind, budget)
+    ref_n = min(len(tokens), args.parity_items)
+    configure_fp32_reference()
+    reference = embed_sequences(
+        TorchBackend(reference_model, dim, tokenizer.pad_id, device, torch.float32), tokens[:ref_n], budget
+    )
+    rows = []
+    for name in args.configs.split(","):
+        backend_name, precision = name.rsplit("-", 1)
+        row: dict[str, Any] = {
+            "model": kind,
+            "config": name,
+            "backend": backend_name,
+            "precision": precision,
+            "items": len(tokens),
+            "mean_tokens": round(float(lengths.mean()), 1),
+            "max_batch_tokens": budget,
+        }
+        try:
+            build_s = 0.0
+            items = (
+                tokens if not (backend_name == "eager" and precision == "fp32") else tokens[: args.fp32_items]
+            )
+            if backend_name == "eager":
+                model = reference_model if precision == "fp32" else copy.deepcopy(reference_model)
+                runner: Any = TorchBackend(model, dim, tokenizer.pad_id, device, DTYPES[precision])
+            else:
+                backend = get_backend(backend_name)
+                reason = backend.availability(device, precision)
+                if reason:
+                    raise RuntimeError(reason)
+                ids, mask = pad_batch(tokens[:4], tokenizer.pad_id)
+                out = workdir / artifact_name(kind, arch_tag(device), precision, backend.extension)
+                start = time.perf_counter()
+                built = backend.build(
+                    copy.deepcopy(reference_model),
+                    kind,
+                    (torch.from_numpy(ids), torch.from_numpy(mask)),
+                    shapes,
+                    precision,
+                    device,
+                    out,
+                    BuildOptions(workdir=workdir, max_autotune=args.max_autotune),
+                )
+                build_s = time.perf_counter() - start
+                runner = backend.load(built.path, kind, device, precision, dim, tokenizer.pad_id, shapes)
+                row["build_facts"] = {
+                    k: v for k, v in built.facts.items() if isinstance(v, str | int | float)
+                }
+            seconds, emb = time_config(runner, items, budget, args.repeats)
+            check = compare(reference[: min(ref_n, len(items))], emb[:ref_n], precision)
+            row.update(
+                status="ok",
+                items_timed=len(items),
+                seconds=round(seconds, 4),
+                items_per_s=round(len(items) / seconds, 1),
+                tokens_per_s=round(float(lengths[: len(items)].sum()) / seconds, 1),
+                build_s=round(build_s, 1),
+                parity={
+                    "min_cosine": check.min_cosine,
+                    "max_abs": check.max_abs,
+                    "finite": check.finite,
+                    "passed_gate": check.passed,
+                },
+            )
+            del runner
+        except Exception as exc:  # a failing configuration is reported, the others still run
+            row.update(status="failed", error=f"{type(exc).__name__}: {str(exc)[:800]}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="esm2,dnabert-s")
+    parser.add_argument("--configs", default="eager-fp32,eager-bf16,inductor-bf16,onnxruntime-bf16")
+    parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    parser.add_argument("--items", type=int, default=2048)
+    parser.add_argument("--fp32-items", type=int, default=512, help="eager fp32 is slow: time fewer items")
+    parser.add_argument("--parity-items", type=int, default=256)
+    parser.add_argument("--max-batch-tokens", type=int, default=32768)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-autotune", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    workdir = Path(tempfile.mkdtemp(prefix="vt-engines-"))
+    rows = []
+    for kind in args.models.split(","):
+        rows += bench_model(kind, args, device, workdir)
+    report = {
+        "benchmark": "engines_throughput",
+        "command": " ".join(["python3", "benchmarks/engines_throughput.py", *(argv or sys.argv[1:])]),
+        "environment": environment(device),
+        "workload": {"reads": "500 bp, 70% coding (synthetic)", "size": args.size, "device": str(device)},
+        "results": rows,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{'model':10s} {'config':18s} {'items/s':>10s} {'build s':>8s} {'min cos':>10s} {'max|d|':>9s}")
+    for r in rows:
+        if r["status"] == "ok":
+            p = r["parity"]
+            print(
+                f"{r['model']:10s} {r['config']:18s} {r['items_per_s']:10.1f} {r['build_s']:8.1f} "
+                f"{p['min_cosine']:10.6f} {p['max_abs']:9.2e}"
+            )
+        else:
+            print(f"{r['model']:10s} {r['config']:18s} FAILED: {r['error'][:150]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,277 @@
+"""AOTInductor backend on CPU with tiny random encoders (one compile per encoder for the whole module).
+
+The DNABERT-S engine is built with ``sequence_multiple=8`` and ``min_export_batch=2`` (the padding paths a
+CUDA build or an older exporter takes); the ESM-2 engine with the CPU defaults. Compiling a tiny encoder
+takes ~25-45 s on 2 cores, so the whole file runs in ~2 minutes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
+from virnucpro_trt.engines.spec import BuildOptions, BuiltArtifact, ModelKind, ShapeRange
+from virnucpro_trt.errors import BuildError, EngineMismatchError, ShapeRangeError
+from virnucpro_trt.models.random_checkpoints import random_dnabert, random_esm2
+from virnucpro_trt.models.tokenization import pad_batch
+from virnucpro_trt.runtime.embedding import EmbeddingBackend, embed_sequences
+
+CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Engine:
+    """A built and loaded tiny engine with the eager model it came from."""
+
+    kind: ModelKind
+    model: torch.nn.Module
+    shapes: ShapeRange
+    pad_id: int
+    min_real: int  # shortest input with something to pool (ESM-2 pools residues only)
+    built: BuiltArtifact
+    runner: EmbeddingBackend
+
+    @property
+    def dim(self) -> int:
+        return self.runner.dim
+
+    def batch(self, rng: np.random.Generator, batch: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded token batch with random lengths; row 0 has exactly ``length`` tokens."""
+        lengths = rng.integers(min(self.min_real, length), length + 1, size=batch)
+        lengths[0] = length
+        return pad_batch([rng.integers(4, 24, size=n) for n in lengths], self.pad_id)
+
+    def eager(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+
+def _build(
+    tmp: Path,
+    kind: ModelKind,
+    model: torch.nn.Module,
+    shapes: ShapeRange,
+    pad_id: int,
+    min_real: int,
+    **extra,
+) -> Engine:
+    example = (torch.randint(4, 24, (3, 11)), torch.ones(3, 11, dtype=torch.int64))
+    out = tmp / f"{kind}.cpu.fp32.pt2"
+    built = INDUCTOR_BACKEND.build(model, kind, example, shapes, "fp32", CPU, out, BuildOptions(extra=extra))
+    dim = int(model(*example).shape[-1])
+    runner = INDUCTOR_BACKEND.load(built.path, kind, CPU, "fp32", dim, pad_id, shapes)
+    return Engine(kind, model, shapes, pad_id, min_real, built, runner)
+
+
+@pytest.fixture(scope="module")
+def dnabert_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    shapes = ShapeRange(1, 4, 8, 2, 24, 37)  # 37 is not a multiple of 8: the graph goes to 40
+    model = random_dnabert(seed=31)
+    tmp = tmp_path_factory.mktemp("inductor_dnabert")
+    return _build(tmp, "dnabert-s", model, shapes, 3, 2, sequence_multiple=8, min_export_batch=2)
+
+
+@pytest.fixture(scope="module")
+def esm_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    shapes = ShapeRange(1, 4, 8, 2, 20, 45)
+    return _build(tmp_path_factory.mktemp("inductor_esm"), "esm2", random_esm2(seed=32), shapes, 1, 3)
+
+
+@pytest.fixture(params=["dnabert", "esm"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    return request.getfixturevalue(f"{request.param}_engine")
+
+
+# ----------------------------------------------------------------------------- parity with eager fp32
+def test_outputs_equal_eager_inside_the_range(engine: Engine) -> None:
+    rng = np.random.default_rng(0)
+    top_b, top_t = engine.shapes.max_batch, engine.shapes.max_length
+    for batch, length in ((1, 3), (1, top_t), (3, 17), (5, 9), (2, 8), (top_b, top_t), (top_b, 4)):
+        ids, mask = engine.batch(rng, batch, length)
+        out = engine.runner.embed_padded(ids, mask)
+        assert out.dtype == np.float32 and out.shape == (batch, engine.dim)
+        np.testing.assert_allclose(
+            out, engine.eager(ids, mask), atol=1e-5, rtol=0, err_msg=f"{batch}x{length}"
+        )
+
+
+def test_embed_sequences_through_the_runner(engine: Engine) -> None:
+    """The runtime loop (token-budget batches, max_batch_size/max_length) drives the engine unchanged."""
+    rng = np.random.default_rng(1)
+    tokens = [
+        rng.integers(4, 24, size=n) for n in rng.integers(engine.min_real, engine.shapes.max_length, 19)
+    ]
+    out = embed_sequences(engine.runner, tokens, max_batch_tokens=96)
+    expected = np.concatenate([engine.eager(*pad_batch([t], engine.pad_id)) for t in tokens])
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+
+
+def test_extra_padding_does_not_change_results(engine: Engine) -> None:
+    """What sequence_multiple does inside the runner, done by hand: more pad columns change nothing."""
+    ids, mask = engine.batch(np.random.default_rng(2), 4, 17)
+    wide_ids = np.full((4, 29), engine.pad_id, dtype=np.int64)
+    wide_mask = np.zeros((4, 29), dtype=np.int64)
+    wide_ids[:, :17], wide_mask[:, :17] = ids, mask
+    narrow = engine.runner.embed_padded(ids, mask)
+    np.testing.assert_allclose(engine.runner.embed_padded(wide_ids, wide_mask), narrow, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(narrow, engine.eager(ids, mask), atol=1e-5, rtol=0)
+
+
+def test_sequence_multiple_and_batch_floor_are_in_the_graph(dnabert_engine: Engine) -> None:
+    facts = dnabert_engine.built.facts
+    assert facts["dynamic_dims"]["sequence_multiple"] == 8
+    low, high = facts["dynamic_dims"]["sequence"]
+    assert low % 8 == 0 and high == 40
+    assert facts["dynamic_dims"]["batch"] == [2, 8]  # forced floor: batch 1 is padded to 2 rows
+    assert facts["export_example"] == [4, 24]  # the opt point: Inductor's size hints
+
+
+def test_build_does_not_touch_the_source_model(esm_engine: Engine) -> None:
+    fresh = random_esm2(seed=32)
+    for (name, got), want in zip(
+        esm_engine.model.state_dict().items(), fresh.state_dict().values(), strict=True
+    ):
+        assert got.dtype == want.dtype and got.device == CPU, name
+        assert torch.equal(got, want), name
+
+
+# ----------------------------------------------------------------------------- the artifact
+def test_artifact_is_one_pt2_file_with_facts(esm_engine: Engine) -> None:
+    built = esm_engine.built
+    assert built.files == [built.path] and built.path.suffix == ".pt2"
+    assert sorted(p.name for p in built.path.parent.iterdir()) == [built.path.name]
+    facts = built.facts
+    assert facts["torch"] == torch.__version__
+    assert facts["compile_seconds"] > 0 and facts["export_seconds"] > 0
+    assert facts["dynamic_dims"] == {"batch": [1, 8], "sequence": [2, 45], "sequence_multiple": 1}
+    assert facts["inductor_configs"]["aot_inductor.metadata"]["virnucpro.kind"] == "esm2"
+    assert "_scaled_dot_product_flash_attention_for_cpu" in facts["extern_kernels"]
+    json.dumps(facts)  # goes into the manifest
+
+
+_FRESH_PROCESS = """
+import json, sys
+from pathlib import Path
+import numpy as np, torch
+from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
+from virnucpro_trt.engines.spec import ShapeRange
+path, shapes, ids, mask, out = sys.argv[1:]
+runner = INDUCTOR_BACKEND.load(Path(path), "esm2", torch.device("cpu"), "fp32", 64, 1,
+                               ShapeRange.from_json(json.loads(shapes)))
+np.save(out, runner.embed_padded(np.load(ids), np.load(mask)))
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("virnucpro_trt.models"))))
+"""
+
+
+def test_package_loads_in_a_fresh_process(esm_engine: Engine, tmp_path: Path) -> None:
+    """Only the copied .pt2 file: no model object, no model module, no inductor cache of the build."""
+    package = shutil.copy(esm_engine.built.path, tmp_path / "copied.pt2")
+    ids, mask = esm_engine.batch(np.random.default_rng(3), 6, 30)
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "mask.npy", mask)
+    shapes = json.dumps(esm_engine.shapes.to_json())
+    args = [package, shapes, tmp_path / "ids.npy", tmp_path / "mask.npy", tmp_path / "out.npy"]
+    env = {"PYTHONPATH": str(REPO), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "PATH": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_PROCESS, *map(str, args)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "virnucpro_trt.models.esm2" not in imported and "virnucpro_trt.models.layers" not in imported
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), esm_engine.eager(ids, mask), atol=1e-5, rtol=0)
+
+
+def test_load_checks_the_package_against_the_manifest(esm_engine: Engine, tmp_path: Path) -> None:
+    path, shapes = esm_engine.built.path, esm_engine.shapes
+    with pytest.raises(EngineMismatchError, match=r"kind esm2 \(expected dnabert-s\)"):
+        INDUCTOR_BACKEND.load(path, "dnabert-s", CPU, "fp32", 64, 1, shapes)
+    with pytest.raises(
+        EngineMismatchError, match=r"precision fp32 \(expected bf16\).*dim 64 \(expected 32\)"
+    ):
+        INDUCTOR_BACKEND.load(path, "esm2", CPU, "bf16", 32, 1, shapes)
+    with pytest.raises(EngineMismatchError, match="accepts at most 8 x 45"):
+        INDUCTOR_BACKEND.load(path, "esm2", CPU, "fp32", 64, 1, ShapeRange(1, 4, 16, 2, 20, 45))
+    with pytest.raises(EngineMismatchError, match="missing"):
+        INDUCTOR_BACKEND.load(tmp_path / "none.pt2", "esm2", CPU, "fp32", 64, 1, shapes)
+
+
+def test_runner_rejects_shapes_outside_the_range(esm_engine: Engine) -> None:
+    runner = esm_engine.runner
+    assert (runner.max_batch_size, runner.max_length) == (8, 45)
+    for batch, length in ((9, 10), (2, 46)):
+        ids = np.full((batch, length), 5, dtype=np.int64)
+        with pytest.raises(ShapeRangeError, match="outside the inductor engine's range"):
+            runner.embed_padded(ids, np.ones_like(ids))
+
+
+# ----------------------------------------------------------------------------- availability and versions
+def test_availability_messages() -> None:
+    assert INDUCTOR_BACKEND.availability(CPU, "fp32") is None
+    assert INDUCTOR_BACKEND.availability(CPU, "bf16") is None
+    fp8 = INDUCTOR_BACKEND.availability(CPU, "fp8")
+    assert fp8 is not None and fp8.startswith("fp8 needs") and "CUDA" in fp8
+    assert "no precision 'int4'" in (INDUCTOR_BACKEND.availability(CPU, "int4") or "")
+    assert "cpu or cuda" in (INDUCTOR_BACKEND.availability(torch.device("meta"), "fp32") or "")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_availability_without_cuda() -> None:
+    reason = INDUCTOR_BACKEND.availability(torch.device("cuda"), "bf16")
+    assert reason is not None and reason.startswith("CUDA requested") and torch.__version__ in reason
+
+
+def test_fp8_build_on_cpu_fails_in_one_line(tmp_path: Path) -> None:
+    example = (torch.randint(4, 24, (2, 5)), torch.ones(2, 5, dtype=torch.int64))
+    with pytest.raises(BuildError, match=r"^fp8 needs") as info:
+        INDUCTOR_BACKEND.build(
+            random_esm2(), "esm2", example, ShapeRange(1, 2, 4, 2, 5, 9), "fp8", CPU, tmp_path / "x.pt2",
+            BuildOptions(),
+        )  # fmt: skip
+    assert "\n" not in str(info.value) and not (tmp_path / "x.pt2").exists()
+
+
+def test_library_versions() -> None:
+    versions = INDUCTOR_BACKEND.library_versions()
+    assert versions["torch"] == torch.__version__
+    assert ("triton" in versions) == (importlib.util.find_spec("triton") is not None)
+    assert INDUCTOR_BACKEND.name == "inductor" and INDUCTOR_BACKEND.extension == "pt2"
+
+
+# ----------------------------------------------------------------------------- CUDA (run on the H200 host)
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_cuda_build_matches_fp32(precision: str, tmp_path: Path) -> None:
+    cuda = torch.device("cuda", 0)
+    if (reason := INDUCTOR_BACKEND.availability(cuda, precision)) is not None:
+        pytest.skip(reason)
+    model, shapes = random_esm2(seed=33), ShapeRange(1, 16, 64, 2, 40, 130)
+    example = (torch.randint(4, 24, (4, 12)), torch.ones(4, 12, dtype=torch.int64))
+    built = INDUCTOR_BACKEND.build(
+        model, "esm2", example, shapes, precision, cuda, tmp_path / f"esm2.{precision}.pt2", BuildOptions()
+    )
+    assert built.facts["dynamic_dims"]["sequence_multiple"] == 8
+    runner = INDUCTOR_BACKEND.load(built.path, "esm2", cuda, precision, 64, 1, shapes)
+    engine = Engine("esm2", model, shapes, 1, 3, built, runner)
+    rng = np.random.default_rng(4)
+    floor = 0.9995 if precision == "bf16" else 0.99
+    for batch, length in ((1, 3), (1, 130), (7, 41), (64, 130), (64, 17)):
+        ids, mask = engine.batch(rng, batch, length)
+        out = runner.embed_padded(ids, mask)
+        assert np.isfinite(out).all() and out.shape == (batch, 64)
+        assert _cosine(out, engine.eager(ids, mask)).min() >= floor, (batch, length, built.facts)

@@ -1,0 +1,183 @@
+"""Pieces of the AOTInductor backend that need no compile: graph shape box, padding, model copy, fp8."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from virnucpro_trt.engines.inductor_backend import _export
+from virnucpro_trt.engines.inductor_configs import inductor_configs
+from virnucpro_trt.engines.inductor_fp8 import Fp8RowwiseLinear, convert_linears_to_fp8
+from virnucpro_trt.engines.inductor_model import device_copy
+from virnucpro_trt.engines.inductor_shapes import GraphShapes, exported_bounds, tile_example
+from virnucpro_trt.engines.spec import BuildOptions, ShapeRange, default_shape_range
+from virnucpro_trt.errors import BuildError
+from virnucpro_trt.models.random_checkpoints import random_esm2
+
+CPU = torch.device("cpu")
+
+
+def _cpu_scaled_mm_works() -> bool:
+    try:
+        a = torch.ones(16, 16).to(torch.float8_e4m3fn)
+        torch._scaled_mm(
+            a, a.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16
+        )
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+needs_cpu_fp8 = pytest.mark.skipif(
+    not _cpu_scaled_mm_works(), reason="this torch has no CPU row-wise _scaled_mm"
+)
+
+
+# ----------------------------------------------------------------------------- graph shapes
+def test_plan_rounds_lengths_to_the_multiple() -> None:
+    esm = default_shape_range("esm2", 32768)
+    graph = GraphShapes.plan(esm, 8)
+    assert (graph.min_batch, graph.max_batch) == (1, esm.max_batch)
+    assert (graph.min_length, graph.max_length) == (8, 1032)  # 1026 tokens round up to 1032
+    assert graph.hint(esm) == (esm.opt_batch, 176)  # the batcher's typical batch: 192 x 170 -> 176
+    assert GraphShapes.plan(esm, 1).hint(esm) == (esm.opt_batch, 170)
+    assert GraphShapes.plan(esm, 8, min_batch=2).min_batch == 2
+
+
+def test_hint_avoids_sizes_that_specialise() -> None:
+    """An example size of 1 would make the exporter specialise a dimension that should stay dynamic."""
+    shapes = ShapeRange(1, 1, 4, 2, 2, 64)
+    assert GraphShapes.plan(shapes, 1).hint(shapes) == (2, 2)
+    assert GraphShapes.plan(shapes, 8).hint(shapes) == (2, 16)  # 2 blocks of 8
+    static = ShapeRange(1, 1, 1, 2, 8, 8)
+    graph = GraphShapes.plan(static, 8)
+    assert graph.hint(static) == (1, 8)
+    assert graph.dynamic_shapes() == {"input_ids": {}, "attention_mask": {}}
+
+
+def test_pad_right_pads_length_and_copies_row_zero() -> None:
+    graph = GraphShapes(min_batch=2, max_batch=8, min_length=16, max_length=40, sequence_multiple=8)
+    ids = np.array([[7, 8, 9, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5]], dtype=np.int64)
+    mask = (ids != 5).astype(np.int64)
+    padded_ids, padded_mask = graph.pad(ids, mask, pad_id=5)
+    assert padded_ids.shape == padded_mask.shape == (2, 24)
+    np.testing.assert_array_equal(padded_ids[0, :17], ids[0])
+    assert (padded_ids[0, 17:] == 5).all() and (padded_mask[0, 17:] == 0).all()
+    np.testing.assert_array_equal(padded_ids[1], padded_ids[0])
+    np.testing.assert_array_equal(padded_mask[1], padded_mask[0])
+    short = graph.pad(ids[:, :3].repeat(3, 0), mask[:, :3].repeat(3, 0), pad_id=5)
+    assert short[0].shape == (3, 16)  # up to the graph's minimum length
+    fits = np.ones((2, 24), dtype=np.int64)
+    assert graph.pad(fits, fits, pad_id=5)[0] is fits
+
+
+def test_metadata_round_trip() -> None:
+    graph = GraphShapes(1, 190, 16, 1032, 8)
+    assert GraphShapes.from_metadata(graph.to_metadata()) == graph
+    with pytest.raises(KeyError):
+        GraphShapes.from_metadata({})
+
+
+def test_tile_example_and_exported_bounds() -> None:
+    example = tile_example((torch.arange(6).view(2, 3), torch.ones(2, 3, dtype=torch.int32)), 5, 7)
+    assert [tuple(t.shape) for t in example] == [(5, 7), (5, 7)] and example[1].dtype == torch.int64
+    shapes = ShapeRange(1, 4, 8, 2, 20, 40)
+    graph = GraphShapes.plan(shapes, 8)
+    model = random_esm2(seed=5)
+    program = torch.export.export(
+        model, tile_example(example, *graph.hint(shapes)), dynamic_shapes=graph.dynamic_shapes(), strict=False
+    )
+    kept = exported_bounds(program, graph)
+    assert (kept.min_batch, kept.max_batch, kept.max_length) == (1, 8, 40)
+    assert kept.min_length in (8, 16)  # torch 2.13 raises the derived dim's root minimum to 2 blocks
+
+
+def test_inductor_configs_per_device() -> None:
+    meta = {"virnucpro.kind": "esm2"}
+    assert inductor_configs(CPU, BuildOptions(), meta) == {"aot_inductor.metadata": meta}
+    cuda = inductor_configs(torch.device("cuda"), BuildOptions(max_autotune=False), meta)
+    assert cuda["max_autotune"] is False and cuda["coordinate_descent_tuning"] is True
+    override = BuildOptions(
+        extra={"inductor_configs": {"freezing": True, "coordinate_descent_tuning": False}}
+    )
+    configs = inductor_configs(torch.device("cuda"), override, meta)
+    assert configs["freezing"] is True and configs["coordinate_descent_tuning"] is False
+
+
+# ----------------------------------------------------------------------------- model copy
+def test_device_copy_casts_a_copy_and_keeps_rotary_fp32() -> None:
+    model = random_esm2(seed=6)
+    copy = device_copy(model, CPU, torch.bfloat16)
+    assert copy.layers[0].qkv.weight.dtype == torch.bfloat16 and not copy.training
+    assert copy.rotary.inv_freq.dtype == torch.float32
+    assert model.layers[0].qkv.weight.dtype == torch.float32
+    assert copy.layers[0].qkv.weight.data_ptr() != model.layers[0].qkv.weight.data_ptr()
+    torch.testing.assert_close(copy.rotary.inv_freq, model.rotary.inv_freq, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- fp8 linears
+@needs_cpu_fp8
+def test_fp8_linear_is_close_to_bf16() -> None:
+    gen = torch.Generator().manual_seed(0)
+    linear = nn.Linear(64, 48).to(torch.bfloat16)
+    x = torch.randn(3, 5, 64, generator=gen).to(torch.bfloat16)
+    fp8 = Fp8RowwiseLinear.from_linear(linear)
+    assert fp8.weight.dtype == torch.float8_e4m3fn and fp8.weight_scale.shape == (1, 48)
+    with torch.no_grad():
+        want, got = linear(x).float(), fp8(x).float()
+    assert got.shape == want.shape
+    assert (got - want).norm() / want.norm() < 0.05  # e4m3 has a 3-bit mantissa: ~2-3% relative error
+
+
+@needs_cpu_fp8
+def test_fp8_model_survives_casts_and_exports() -> None:
+    model = device_copy(random_esm2(seed=7), CPU, torch.bfloat16)
+    assert convert_linears_to_fp8(model) == 8  # qkv, out_proj, fc1, fc2 in each of 2 layers
+    model.to(torch.bfloat16)
+    layer = model.layers[0].fc1
+    assert layer.weight.dtype == torch.float8_e4m3fn and layer.weight_scale.dtype == torch.float32
+    shapes = ShapeRange(1, 4, 8, 2, 20, 40)
+    graph = GraphShapes.plan(shapes, 8)
+    example = tile_example((torch.randint(4, 24, (2, 9)), torch.ones(2, 9, dtype=torch.int64)), 4, 24)
+    program = torch.export.export(model, example, dynamic_shapes=graph.dynamic_shapes(), strict=False)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "aten._scaled_mm.default" in targets
+    reference = random_esm2(seed=7)
+    ids, mask = tile_example((torch.randint(4, 24, (3, 30)), torch.ones(3, 30, dtype=torch.int64)), 3, 30)
+    with torch.no_grad():
+        cosine = nn.functional.cosine_similarity(program.module()(ids, mask), reference(ids, mask))
+    assert cosine.min() > 0.999
+
+
+def test_export_falls_back_to_a_batch_floor_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exporter that refuses a dynamic batch starting at 1 gets batch >= 2 (the runner pads batch 1)."""
+    real_export = torch.export.export
+
+    def picky_export(model: nn.Module, args: tuple, dynamic_shapes: dict, **kwargs: Any) -> Any:
+        if dynamic_shapes["input_ids"][0].min == 1:
+            raise RuntimeError("Constraints violated (batch)! batch was specialized to 1")
+        return real_export(model, args, dynamic_shapes=dynamic_shapes, **kwargs)
+
+    monkeypatch.setattr(torch.export, "export", picky_export)
+    shapes = ShapeRange(1, 4, 8, 2, 20, 40)
+    graph = GraphShapes.plan(shapes, 1)
+    example = tile_example((torch.randint(4, 24, (2, 9)), torch.ones(2, 9, dtype=torch.int64)), 4, 20)
+    program = _export(random_esm2(seed=8), example, graph, "esm2 (fp32)")
+    assert exported_bounds(program, graph).min_batch == 2
+
+
+def test_export_errors_become_one_line_build_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_export(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("data-dependent branch\nlong traceback text")
+
+    monkeypatch.setattr(torch.export, "export", broken_export)
+    shapes = ShapeRange(1, 4, 8, 2, 20, 40)
+    example = (torch.randint(4, 24, (4, 20)), torch.ones(4, 20, dtype=torch.int64))
+    with pytest.raises(
+        BuildError, match=r"^torch.export failed for esm2 \(fp32\): RuntimeError: data-dependent branch$"
+    ):
+        _export(random_esm2(seed=8), example, GraphShapes.plan(shapes, 1), "esm2 (fp32)")

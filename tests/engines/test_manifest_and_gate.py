@@ -1,0 +1,181 @@
+"""Engine manifest checks, shape ranges, names, the --backend auto choice and the parity rules."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from virnucpro_trt.engines import registry
+from virnucpro_trt.engines.manifest import (
+    EngineManifest,
+    ModelEntry,
+    Present,
+    check_manifest,
+    manifest_mismatches,
+    verify_artifacts,
+)
+from virnucpro_trt.engines.parity import compare, synthetic_sequences
+from virnucpro_trt.engines.spec import ShapeRange, artifact_name, default_shape_range
+from virnucpro_trt.errors import EngineMismatchError, UserError
+
+H200 = {"type": "cuda", "arch": "sm90", "name": "NVIDIA H200", "compute_capability": "9.0"}
+
+
+def _manifest(**overrides) -> EngineManifest:
+    models = {
+        "esm2": ModelEntry(
+            kind="esm2",
+            artifact="esm2.sm90.bf16.pt2",
+            weights_sha256="aaa",
+            source="/m/esm",
+            dim=2560,
+            pad_id=1,
+            tokenizer="esm2.vocab.txt",
+            shapes={},
+        ),
+        "classifier": ModelEntry(
+            kind="classifier",
+            artifact="classifier.safetensors",
+            weights_sha256="ccc",
+            source="/m/500_model.pth",
+        ),
+    }
+    fields = {
+        "backend": "inductor",
+        "precision": "bf16",
+        "device": dict(H200),
+        "libraries": {"torch": "2.11.0"},
+        "models": models,
+    }
+    fields.update(overrides)
+    return EngineManifest(**fields)
+
+
+def test_round_trip(tmp_path):
+    manifest = _manifest()
+    manifest.write(tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data["schema"] == "virnucpro-trt/engine-manifest" and data["schema_version"] == 1
+    back = EngineManifest.read(tmp_path)
+    assert back.to_json() == manifest.to_json()
+
+
+def test_compatible_present_has_no_mismatch():
+    present = Present(dict(H200), {"torch": "2.11.0"}, {"esm2": "aaa", "classifier": "ccc"})
+    assert manifest_mismatches(_manifest(), present) == []
+
+
+@pytest.mark.parametrize(
+    ("present", "needle"),
+    [
+        (Present({"type": "cpu", "arch": "cpu", "name": "cpu"}, {"torch": "2.11.0"}, {}), "built for cuda"),
+        (
+            Present({**H200, "arch": "sm80", "name": "A100"}, {"torch": "2.11.0"}, {}),
+            "(sm90), running on A100",
+        ),
+        (Present(dict(H200), {"torch": "2.13.0"}, {}), "built with torch 2.11.0, found 2.13.0"),
+        (Present(dict(H200), {"torch": "2.11.0"}, {"esm2": "bbb"}), "esm2 weights differ"),
+        (Present(dict(H200), {"torch": "2.11.0"}, {"dnabert-s": "x"}), "no dnabert-s model"),
+    ],
+)
+def test_each_mismatch_is_named(present, needle, tmp_path):
+    problems = manifest_mismatches(_manifest(), present)
+    assert any(needle in p for p in problems), problems
+    with pytest.raises(EngineMismatchError, match="--rebuild"):
+        check_manifest(_manifest(), present, tmp_path)
+
+
+def test_hardware_compatible_engines_ignore_the_arch():
+    manifest = _manifest(build={"hardware_compatible": True})
+    present = Present({**H200, "arch": "sm80"}, {"torch": "2.11.0"}, {})
+    assert manifest_mismatches(manifest, present) == []
+
+
+def test_unreadable_or_foreign_manifests(tmp_path):
+    with pytest.raises(EngineMismatchError, match="not an engine directory"):
+        EngineManifest.read(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(EngineMismatchError, match="not a virnucpro-trt engine manifest"):
+        EngineManifest.read(tmp_path)
+    data = _manifest().to_json()
+    data["schema_version"] = 99
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineMismatchError, match="schema 99"):
+        EngineManifest.read(tmp_path)
+
+
+def test_verify_artifacts_names_the_missing_file(tmp_path):
+    (tmp_path / "esm2.sm90.bf16.pt2").write_bytes(b"x")
+    (tmp_path / "classifier.safetensors").write_bytes(b"x")
+    with pytest.raises(EngineMismatchError, match=r"esm2\.vocab\.txt"):
+        verify_artifacts(_manifest(), tmp_path)
+    (tmp_path / "esm2.vocab.txt").write_text("<cls>\n")
+    verify_artifacts(_manifest(), tmp_path)
+
+
+def test_shape_ranges_and_names():
+    shapes = default_shape_range("esm2", 32768)
+    assert shapes.max_length == 1026 and shapes.opt_length == 170
+    assert shapes.opt_batch == 32768 // 170 and shapes.max_batch == 2048
+    assert shapes.contains(1, 2) and not shapes.contains(1, 1027)
+    assert default_shape_range("dnabert-s", 4096, max_length=300).max_length == 300
+    assert ShapeRange.from_json(shapes.to_json()) == shapes
+    with pytest.raises(ValueError):
+        ShapeRange(1, 5, 4, 2, 3, 4)
+    assert artifact_name("esm2", "sm90", "bf16", "pt2") == "esm2.sm90.bf16.pt2"
+
+
+class _FakeBackend:
+    def __init__(self, name: str, reason: str | None):
+        self.name, self.reason, self.extension = name, reason, "x"
+
+    def availability(self, device, precision):
+        return self.reason
+
+
+def test_auto_prefers_tensorrt_then_inductor_then_onnxruntime(monkeypatch):
+    fakes = {
+        "tensorrt": _FakeBackend("tensorrt", "TensorRT is not importable here"),
+        "inductor": _FakeBackend("inductor", None),
+        "onnxruntime": _FakeBackend("onnxruntime", None),
+    }
+    monkeypatch.setattr(registry, "get_backend", lambda name: fakes[name])
+    backend, why = registry.choose_backend("auto", torch.device("cuda:0"), "bf16")
+    assert backend.name == "inductor" and "tensorrt: TensorRT is not importable" in why
+    fakes["tensorrt"].reason = None
+    assert registry.choose_backend("auto", torch.device("cuda:0"), "bf16")[0].name == "tensorrt"
+    # On the CPU only ONNX Runtime is considered.
+    assert registry.choose_backend("auto", torch.device("cpu"), "fp32")[0].name == "onnxruntime"
+    fakes["onnxruntime"].reason = "not installed"
+    with pytest.raises(UserError, match="no engine backend"):
+        registry.choose_backend("auto", torch.device("cpu"), "fp32")
+    with pytest.raises(UserError, match="cannot build"):
+        registry.choose_backend("onnxruntime", torch.device("cpu"), "fp32")
+
+
+def test_parity_rules_can_fail():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((6, 32)).astype(np.float32)
+    assert compare(ref, ref + 5e-5, "fp32").passed
+    assert not compare(ref, ref + 2e-4, "fp32").passed
+    noisy = ref + 0.001 * rng.standard_normal(ref.shape).astype(np.float32)
+    assert compare(ref, noisy, "bf16").passed
+    assert not compare(ref, ref + 0.2 * rng.standard_normal(ref.shape).astype(np.float32), "bf16").passed
+    assert (
+        compare(ref, ref + 0.05 * rng.standard_normal(ref.shape).astype(np.float32), "fp8").min_cosine
+        < 0.9995
+    )
+    bad = ref.copy()
+    bad[2, 3] = np.nan
+    result = compare(ref, bad, "bf16")
+    assert not result.passed and not result.finite
+
+
+def test_synthetic_batch_is_deterministic_and_varied():
+    a, b = synthetic_sequences("dnabert-s"), synthetic_sequences("dnabert-s")
+    assert a == b and len({len(s) for s in a}) > 6 and max(len(s) for s in a) <= 501
+    proteins = synthetic_sequences("esm2")
+    assert all(8 <= len(p) <= 166 for p in proteins)

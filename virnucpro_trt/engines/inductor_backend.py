@@ -1,0 +1,231 @@
+"""AOTInductor engines: ``torch.export`` with dynamic shapes, compiled ahead of time into one ``.pt2``.
+
+Build: cast a copy of the fp32 encoder to the precision on the device (:mod:`inductor_model`; fp8 swaps
+the linears for e4m3 row-wise ones, :mod:`inductor_fp8`), export it with dynamic ``batch`` and
+``sequence`` dims bounded by the engine's :class:`ShapeRange`, and compile with
+``torch._inductor.aoti_compile_and_package``. Load: ``aoti_load_package`` plus a runner that pads each
+batch into the graph's box (:mod:`inductor_runner`). The package is bound to the torch (and triton)
+version that built it and, on CUDA, to the GPU architecture, hence ``library_versions``.
+
+Why these choices, for CUDA speed (not measurable here: the lead measures on the H200; the goal is ESM-2
+3B bf16 >= 540 proteins/s, torch.compile's figure, and 700 eventually):
+
+* Dynamic shapes cost little for these encoders. Every inner dimension (hidden 2560, heads 40 x 64, FFN
+  10240) is static; batch and length only multiply into the GEMMs' M = B*T and into the row count of
+  pointwise/reduction kernels. cuBLAS picks its kernel at run time from the real M, and Triton
+  kernels take M as an argument. What does depend on the sizes is autotuning, so the export example
+  sits at the opt point of the range (the batch the token-budget batcher produces, ~190 x 170 for ESM
+  at 32768 tokens) and ``max_autotune`` benchmarks there (:mod:`inductor_shapes`, :mod:`inductor_configs`).
+* ``sequence_multiple`` (``BuildOptions.extra["sequence_multiple"]``, default 8 on CUDA, 1 on CPU): the
+  runner right-pads T to a multiple of m (pad id, mask 0: results do not change, tested) and the graph
+  is exported with ``T = m * Dim``, so Inductor can prove that every T-strided buffer is 8-element
+  (16-byte bf16) aligned. The buffer that needs it is the attention bias: the memory-efficient SDPA
+  kernel wants its row stride to be a multiple of 8, and Inductor's SDPA lowering re-lays-out (pads) a
+  bias whose alignment it cannot prove. The bias is built once per layer anyway (see below), so the gain
+  is expected to be small; the price is up to m-1 pad tokens per batch (~2% at 170 tokens for m=8).
+  Measure m=1 against m=8 on the H200 and keep the faster default. On CPU (2 shared cores, noisy) no
+  difference between m=1 and m=8 was measurable beyond the extra tokens.
+* Attention stays on a fused SDPA kernel. ESM-2 passes a boolean key-padding mask [B, 1, 1, T];
+  DNABERT-S an additive ALiBi + padding bias [B, H, T, T]. On CPU Inductor lowers both to
+  ``_scaled_dot_product_flash_attention_for_cpu``, the boolean mask turned into an additive float bias
+  by one fused kernel (read from the generated wrapper; ``build`` records these calls in the facts as
+  ``extern_kernels``). On CUDA an explicit mask rules out FlashAttention-2, so SDPA takes the
+  memory-efficient (CUTLASS) kernel with the mask as a float bias that Inductor materialises as
+  [B, 1, T, T] per layer (its query dimension cannot stay a stride-0 broadcast because of the alignment
+  rule), or cuDNN attention where torch prefers it: check ``extern_kernels`` in the facts of a CUDA
+  build. Attention is ~1% of ESM-2 3B's FLOPs at 170 tokens (T / 6D) and the bias ~12 MB per layer at
+  190 x 176 in bf16, so the kernel choice matters far less than the GEMMs and the fused
+  LayerNorm/rotary/GELU/residual kernels, which are what torch.compile gains over eager bf16.
+* Batch 1: exported as a dynamic dim with ``min=1`` (torch 2.13 keeps it once the example batch is >= 2;
+  2.11 not checked here). The runner pads any batch below the graph's minimum, as the exporter recorded
+  it, by repeating row 0 (and drops those rows); ``extra["min_export_batch"]=2`` forces that path.
+* One ``.pt2`` file holds code, kernels and weights (bf16 ESM-2 3B: ~5.6 GB; AOTI mmaps weights above
+  2 GB), and the graph box/kind/precision/width as AOTI metadata that ``load`` checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from virnucpro_trt.engines.inductor_configs import inductor_configs
+from virnucpro_trt.engines.inductor_fp8 import convert_linears_to_fp8, fp8_unavailable_reason
+from virnucpro_trt.engines.inductor_model import DTYPES, device_copy
+from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata, extern_kernels, load_package
+from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes, exported_bounds, tile_example
+from virnucpro_trt.engines.spec import BuildOptions, BuiltArtifact, ModelKind, ShapeRange
+from virnucpro_trt.errors import BuildError, EngineMismatchError
+from virnucpro_trt.runtime.embedding import EmbeddingBackend
+
+DEFAULT_SEQUENCE_MULTIPLE = {"cuda": 8, "cpu": 1}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _triton_version() -> str | None:
+    try:
+        return importlib.import_module("triton").__version__
+    except Exception:  # not installed, or a broken install: either way no triton to bind to
+        return None
+
+
+def _export(model: torch.nn.Module, example: tuple[torch.Tensor, ...], graph: GraphShapes, kind: str) -> Any:
+    """``torch.export`` with the graph's dynamic dims; if the exporter refuses a batch of 1 (a size-1
+    specialisation complaint), export again from batch 2 up: the runner then pads batches of 1."""
+    try:
+        return torch.export.export(model, example, dynamic_shapes=graph.dynamic_shapes(), strict=False)
+    except Exception as exc:
+        message = str(exc)
+        refused_one = "Constraints violated" in message or "specializ" in message.lower()
+        if not (refused_one and graph.min_batch == 1 < graph.max_batch):
+            raise BuildError(f"torch.export failed for {kind}: {_first_line(exc)}") from exc
+        floor = dataclasses.replace(graph, min_batch=2)
+        try:
+            return torch.export.export(model, example, dynamic_shapes=floor.dynamic_shapes(), strict=False)
+        except Exception as again:
+            raise BuildError(f"torch.export failed for {kind}: {_first_line(again)}") from again
+
+
+class InductorBackend:
+    """:class:`~virnucpro_trt.engines.spec.EngineBackend` for AOTInductor (``.pt2`` packages)."""
+
+    name = "inductor"
+    extension = "pt2"
+
+    def availability(self, device: torch.device, precision: str) -> str | None:
+        if precision not in DTYPES:
+            return f"inductor backend has no precision {precision!r} (choose from {', '.join(DTYPES)})"
+        if not all(hasattr(torch._inductor, f) for f in ("aoti_compile_and_package", "aoti_load_package")):
+            return f"AOTInductor packaging needs torch >= 2.6; this is torch {torch.__version__}"
+        if device.type not in DEFAULT_SEQUENCE_MULTIPLE:
+            return f"inductor backend runs on cpu or cuda, not {device.type}"
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                built = torch.version.cuda or "no CUDA"
+                return f"CUDA requested but torch {torch.__version__} ({built}) sees no CUDA device"
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                return f"{device} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            if _triton_version() is None:
+                return "AOTInductor on CUDA needs triton, which is not importable"
+        if precision == "fp8" and (reason := fp8_unavailable_reason(device)) is not None:
+            return reason
+        if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            return "AOTInductor needs a C++ compiler (g++) on PATH to build packages"
+        return None
+
+    def library_versions(self) -> dict[str, str]:
+        versions = {"torch": torch.__version__}
+        if (triton := _triton_version()) is not None:
+            versions["triton"] = triton
+        return versions
+
+    def build(
+        self,
+        model: torch.nn.Module,
+        kind: ModelKind,
+        example: tuple[torch.Tensor, torch.Tensor],
+        shapes: ShapeRange,
+        precision: str,
+        device: torch.device,
+        out_path: Path,
+        options: BuildOptions,
+    ) -> BuiltArtifact:
+        if (reason := self.availability(device, precision)) is not None:
+            raise BuildError(reason)
+        multiple = int(options.extra.get("sequence_multiple", DEFAULT_SEQUENCE_MULTIPLE[device.type]))
+        if multiple < 1:
+            raise BuildError(f"sequence_multiple must be >= 1, got {multiple}")
+        requested = GraphShapes.plan(shapes, multiple, int(options.extra.get("min_export_batch", 1)))
+        hint = requested.hint(shapes)
+
+        started = time.perf_counter()
+        engine_model = device_copy(model, device, DTYPES[precision])
+        if precision == "fp8" and convert_linears_to_fp8(engine_model) == 0:
+            raise BuildError(
+                f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"
+            )
+        inputs = tuple(t.to(device) for t in tile_example(example, *hint))
+        prepared = time.perf_counter()
+        program = _export(engine_model, inputs, requested, f"{kind} ({precision})")
+        graph = exported_bounds(program, requested)
+        if graph.max_batch < shapes.max_batch or graph.max_length < shapes.max_length:
+            raise BuildError(f"torch.export narrowed {kind}'s shapes to {graph}, short of {shapes}")
+        dim = int(program.graph_module.graph.find_nodes(op="output")[0].args[0][0].meta["val"].shape[-1])
+        exported = time.perf_counter()
+
+        metadata = {
+            **graph.to_metadata(),
+            f"{META_PREFIX}kind": kind,
+            f"{META_PREFIX}precision": precision,
+            f"{META_PREFIX}dim": str(dim),
+        }
+        configs = inductor_configs(device, options, metadata)
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch._inductor.aoti_compile_and_package(
+                program,
+                package_path=str(out_path),
+                inductor_configs=dict(configs),  # it adds keys
+            )
+        except Exception as exc:
+            raise BuildError(
+                f"AOTInductor could not compile {kind} ({precision}): {_first_line(exc)}"
+            ) from exc
+        finally:
+            del engine_model, program
+        compiled = time.perf_counter()
+
+        facts = {
+            **self.library_versions(),
+            "prepare_seconds": round(prepared - started, 2),  # cast copy on the device (+ fp8 quantisation)
+            "export_seconds": round(exported - prepared, 2),
+            "compile_seconds": round(compiled - exported, 2),
+            "inductor_configs": configs,
+            "dynamic_dims": {
+                "batch": [graph.min_batch, graph.max_batch],
+                "sequence": [graph.min_length, graph.max_length],
+                "sequence_multiple": graph.sequence_multiple,
+            },
+            "export_example": list(hint),
+            "extern_kernels": extern_kernels(out_path),
+        }
+        return BuiltArtifact(path=out_path, files=[out_path], facts=facts)
+
+    def load(
+        self,
+        path: Path,
+        kind: ModelKind,
+        device: torch.device,
+        precision: str,
+        dim: int,
+        pad_id: int,
+        shapes: ShapeRange,
+    ) -> EmbeddingBackend:
+        path = Path(path)
+        if not path.is_file():
+            raise EngineMismatchError(f"inductor engine {path} is missing")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise EngineMismatchError(f"{path.name} needs CUDA, which torch {torch.__version__} cannot see")
+        try:
+            compiled = load_package(path, device)
+        except Exception as exc:
+            raise EngineMismatchError(f"cannot load {path.name}: {_first_line(exc)}") from exc
+        metadata = compiled.get_metadata() if hasattr(compiled, "get_metadata") else {}
+        built_for = metadata.get("AOTI_DEVICE_KEY", device.type)
+        if built_for != device.type:
+            raise EngineMismatchError(f"{path.name} was built for {built_for}, not {device.type}")
+        graph = check_metadata(metadata, path, kind, precision, dim, shapes)
+        return InductorRunner(compiled, graph, device, dim, pad_id, shapes)
+
+
+INDUCTOR_BACKEND = InductorBackend()

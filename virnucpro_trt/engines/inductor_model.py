@@ -1,0 +1,36 @@
+"""Preparing the native encoder for export: a cast copy on the target device, never the caller's model.
+
+``build`` receives the fp32 CPU model that the parity gate also uses as its reference, so casting it in
+place (``model.to(bf16)``) would silently corrupt the reference. A plain ``copy.deepcopy`` would hold a
+second fp32 copy (12 GB for ESM-2 3B) before the cast. :func:`device_copy` does both at once: every
+parameter is converted straight to the device and dtype, and the module tree is deep-copied around
+those new tensors. Buffers move to the device in their own dtype and then go through the module's own
+``.to`` so that per-module rules still apply (ESM-2's rotary ``inv_freq`` stays fp32).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def device_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A deep copy of ``model`` on ``device`` with floating parameters in ``dtype``, in eval mode."""
+    memo: dict[int, object] = {}
+    for param in model.parameters():
+        target = dtype if param.is_floating_point() else param.dtype
+        memo[id(param)] = nn.Parameter(param.detach().to(device=device, dtype=target), requires_grad=False)
+    for buffer in model.buffers():
+        memo[id(buffer)] = buffer.detach().to(device=device)
+    clone = copy.deepcopy(model, memo)
+    return clone.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp8": torch.bfloat16,  # fp8 engines keep bf16 activations; only the linears' operands are e4m3
+}

@@ -1,0 +1,121 @@
+"""Loading an AOTInductor ``.pt2`` and running it as an :class:`EmbeddingBackend`.
+
+The package is self-describing: the builder stores the graph's shape box, model kind, precision and
+output width as AOTI metadata (``aot_inductor.metadata``, read back with ``get_metadata()``), so the one
+``.pt2`` file is all a worker needs (no model code, no weights elsewhere, no sidecar). Loading checks
+that metadata against what the manifest says, so a wrong or foreign file fails in one line instead of
+producing wrong shapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes
+from virnucpro_trt.engines.spec import ShapeRange
+from virnucpro_trt.errors import EngineMismatchError, ShapeRangeError
+
+_EXTERN_CALL = re.compile(rb"aoti_torch_(?:cpu|cuda)_(\w+?)(?:_out)?\(")
+
+
+def load_package(path: Path, device: torch.device) -> Any:
+    """``aoti_load_package`` on ``device`` (``device_index`` selects cuda:N in a multi-GPU worker)."""
+    load = torch._inductor.aoti_load_package
+    if device.type == "cuda" and "device_index" in inspect.signature(load).parameters:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return load(str(path), device_index=index)
+    return load(str(path))
+
+
+def extern_kernels(path: Path) -> dict[str, int]:
+    """How often the generated wrapper calls each ATen fallback (mm, addmm, SDPA variants...).
+
+    Read from the C++ wrapper source inside the package: it tells which attention kernel the key-padding
+    mask was lowered to and which GEMMs stayed on cuBLAS rather than Triton templates.
+    """
+    counts: Counter[str] = Counter()
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith("wrapper.cpp"):
+                counts.update(m.decode() for m in _EXTERN_CALL.findall(archive.read(name)))
+    return dict(sorted(counts.items()))
+
+
+class InductorRunner:
+    """Runs a loaded package: numpy int64 [B, T] in, float32 [B, D] out, padded into the graph's box."""
+
+    def __init__(
+        self,
+        compiled: Any,
+        graph: GraphShapes,
+        device: torch.device,
+        dim: int,
+        pad_id: int,
+        shapes: ShapeRange,
+    ):
+        self.name = "inductor"
+        self.dim = dim
+        self.pad_id = pad_id
+        self.device = device
+        self.graph = graph
+        self.max_batch_size = shapes.max_batch
+        self.max_length = shapes.max_length
+        self._compiled = compiled
+
+    def _device_guard(self) -> contextlib.AbstractContextManager[Any]:
+        # A worker may hold cuda:N while the thread's current device is another one.
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def embed_padded(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape or input_ids.shape[0] == 0:
+            raise ShapeRangeError(
+                f"inductor engine needs matching non-empty [B, T] inputs, got {input_ids.shape} and "
+                f"{attention_mask.shape}"
+            )
+        batch, length = input_ids.shape
+        if batch > self.max_batch_size or length > self.max_length:
+            raise ShapeRangeError(
+                f"batch {batch} x {length} tokens is outside the inductor engine's range "
+                f"(<= {self.max_batch_size} x {self.max_length})"
+            )
+        ids, mask = self.graph.pad(
+            np.ascontiguousarray(input_ids, dtype=np.int64),
+            np.ascontiguousarray(attention_mask, dtype=np.int64),
+            self.pad_id,
+        )
+        with torch.inference_mode(), self._device_guard():
+            pooled = self._compiled(
+                torch.from_numpy(ids).to(self.device, non_blocking=True),
+                torch.from_numpy(mask).to(self.device, non_blocking=True),
+            )
+            return pooled[:batch].float().cpu().numpy()
+
+
+def check_metadata(
+    metadata: dict[str, str], path: Path, kind: str, precision: str, dim: int, shapes: ShapeRange
+) -> GraphShapes:
+    """The graph box stored in the package, after checking that the package is the engine expected."""
+    try:
+        graph = GraphShapes.from_metadata(metadata)
+        found = {k: metadata[f"{META_PREFIX}{k}"] for k in ("kind", "precision", "dim")}
+    except (KeyError, ValueError) as exc:
+        raise EngineMismatchError(f"{path.name} was not built by virnucpro's inductor backend") from exc
+    expected = {"kind": kind, "precision": precision, "dim": str(dim)}
+    if found != expected:
+        diff = ", ".join(f"{k} {found[k]} (expected {expected[k]})" for k in found if found[k] != expected[k])
+        raise EngineMismatchError(f"{path.name} does not match its manifest: {diff}")
+    if shapes.max_batch > graph.max_batch or shapes.max_length > graph.max_length:
+        raise EngineMismatchError(
+            f"{path.name} accepts at most {graph.max_batch} x {graph.max_length}, the manifest promises "
+            f"{shapes.max_batch} x {shapes.max_length}; rebuild the engines"
+        )
+    return graph

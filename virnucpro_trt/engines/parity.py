@@ -1,0 +1,120 @@
+"""The parity gate: every engine must reproduce the fp32 PyTorch model on a fixed synthetic batch.
+
+Run at build time (and recorded in the manifest) so that an engine that compiles but computes something
+else never reaches a user. The batch is deterministic, has varied lengths (so padding and masking are
+exercised) and stays inside the engine's shape range. The reference is the fp32 native model run one
+sequence at a time without padding — upstream's own way of computing an embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from virnucpro_trt.models.random_checkpoints import random_dna, random_proteins
+from virnucpro_trt.runtime.embedding import EmbeddingBackend, embed_sequences
+
+# Thresholds from the design: fp32 agrees to 1e-4 max abs; half precisions by pooled cosine.
+FP32_MAX_ABS = 1e-4
+MIN_COSINE = {"fp16": 0.9995, "bf16": 0.9995, "fp8": 0.995}
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    precision: str
+    items: int
+    max_abs: float
+    min_cosine: float
+    finite: bool
+    passed: bool
+    rule: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "items": self.items,
+            "max_abs": self.max_abs,
+            "min_cosine": self.min_cosine,
+            "finite": self.finite,
+            "passed": self.passed,
+            "rule": self.rule,
+        }
+
+    def describe(self) -> str:
+        return (
+            f"max |diff| {self.max_abs:.3g}, min cosine {self.min_cosine:.6f}, "
+            f"{'finite' if self.finite else 'NaN/Inf present'} (rule: {self.rule})"
+        )
+
+
+def synthetic_sequences(kind: str, count: int = 12, seed: int = 20260101) -> list[str]:
+    """Deterministic DNA (frame-DNA-like lengths) or proteins (500 bp workload lengths)."""
+    rng = np.random.default_rng(seed)
+    if kind == "dnabert-s":
+        lengths = rng.integers(31, 502, size=count)
+        pool = random_dna(count, 501, seed=seed)
+        return [seq[:n] for seq, n in zip(pool, lengths.tolist(), strict=True)]
+    return random_proteins(count, 8, 166, seed=seed)
+
+
+def synthetic_tokens(kind: str, tokenizer: Any, max_length: int, count: int = 12) -> list[np.ndarray]:
+    """Tokenized synthetic batch, every item within ``max_length`` tokens."""
+    tokens = tokenizer.encode_batch(synthetic_sequences(kind, count))
+    return [t if len(t) <= max_length else np.concatenate([t[: max_length - 1], t[-1:]]) for t in tokens]
+
+
+@torch.inference_mode()
+def reference_embeddings(
+    model: torch.nn.Module, tokens: Sequence[np.ndarray], device: torch.device
+) -> np.ndarray:
+    """fp32, one sequence per forward (no padding): the upstream way."""
+    out = []
+    for ids in tokens:
+        t = torch.from_numpy(np.asarray(ids, dtype=np.int64))[None].to(device)
+        out.append(model(t, torch.ones_like(t)).float().cpu().numpy()[0])
+    return np.stack(out)
+
+
+def compare(reference: np.ndarray, got: np.ndarray, precision: str) -> ParityResult:
+    finite = bool(np.isfinite(got).all())
+    diff = np.abs(got.astype(np.float64) - reference.astype(np.float64))
+    max_abs = float(diff.max()) if finite else float("inf")
+    ref64, got64 = reference.astype(np.float64), got.astype(np.float64)
+    norms = np.linalg.norm(ref64, axis=1) * np.linalg.norm(got64, axis=1)
+    cos = (ref64 * got64).sum(axis=1) / np.maximum(norms, 1e-30)
+    min_cos = float(cos.min()) if finite else float("nan")
+    if precision == "fp32":
+        passed = finite and max_abs <= FP32_MAX_ABS
+        rule = f"fp32: max abs <= {FP32_MAX_ABS:g}"
+    else:
+        passed = finite and min_cos >= MIN_COSINE[precision]
+        rule = f"{precision}: min cosine >= {MIN_COSINE[precision]}"
+    return ParityResult(precision, len(reference), max_abs, min_cos, finite, passed, rule)
+
+
+def run_parity(
+    runner: EmbeddingBackend,
+    reference: np.ndarray,
+    tokens: Sequence[np.ndarray],
+    precision: str,
+    max_batch_tokens: int,
+) -> ParityResult:
+    """Embed the synthetic batch through the engine (padded, batched as at run time) and compare."""
+    got = embed_sequences_unchecked(runner, tokens, max_batch_tokens)
+    return compare(reference, got, precision)
+
+
+def embed_sequences_unchecked(
+    runner: EmbeddingBackend, tokens: Sequence[np.ndarray], budget: int
+) -> np.ndarray:
+    """Like :func:`embed_sequences` but NaN/Inf are returned (the gate reports them) instead of raised."""
+    from virnucpro_trt.errors import NonFiniteError
+
+    try:
+        return embed_sequences(runner, tokens, budget)
+    except NonFiniteError:
+        return np.full((len(tokens), runner.dim), np.nan, dtype=np.float32)

@@ -1,0 +1,152 @@
+"""What every engine backend shares: shape ranges, artifact names and the backend interface.
+
+A backend turns a native encoder (``forward(input_ids, attention_mask) -> pooled [B, D] fp32``) into an
+artifact for one device and precision (``build``), and loads that artifact back as an
+:class:`~virnucpro_trt.runtime.embedding.EmbeddingBackend` (``load``). Shapes are dynamic within a
+:class:`ShapeRange` recorded in the manifest: TensorRT needs it as an optimization profile, torch.export
+as ``Dim`` bounds, and the runtime batcher must respect it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+from virnucpro_trt.runtime.embedding import EmbeddingBackend
+
+ModelKind = Literal["dnabert-s", "esm2"]
+ENGINE_MODELS: tuple[ModelKind, ...] = ("dnabert-s", "esm2")
+ENGINE_BACKENDS = ("onnxruntime", "inductor", "tensorrt")
+ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+
+# Sequence lengths in tokens: DNABERT-S gets 3p+1 <= 501 bases (at most one token per base, plus [CLS] and
+# [SEP]); ESM-2 gets <= 1024 residues plus <cls>/<eos> (fair-esm's truncation). The opt lengths are the
+# 500 bp workload's typical sizes (performance.md: ~100-130 BPE tokens; ~168 ESM tokens).
+DEFAULT_MAX_LENGTH: dict[str, int] = {"dnabert-s": 512, "esm2": 1026}
+DEFAULT_OPT_LENGTH: dict[str, int] = {"dnabert-s": 128, "esm2": 170}
+MIN_LENGTH = 2  # [CLS] [SEP] / <cls> <eos>: the shortest real input
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """Dynamic input shapes an engine accepts: batch and sequence (token) dimensions, min/opt/max."""
+
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+    min_length: int
+    opt_length: int
+    max_length: int
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.min_batch <= self.opt_batch <= self.max_batch):
+            raise ValueError(f"bad batch range {self.min_batch}/{self.opt_batch}/{self.max_batch}")
+        if not (1 <= self.min_length <= self.opt_length <= self.max_length):
+            raise ValueError(f"bad length range {self.min_length}/{self.opt_length}/{self.max_length}")
+
+    def contains(self, batch: int, length: int) -> bool:
+        return self.min_batch <= batch <= self.max_batch and self.min_length <= length <= self.max_length
+
+    def to_json(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShapeRange:
+        return cls(**{f.name: int(data[f.name]) for f in dataclasses.fields(cls)})
+
+
+def default_shape_range(model: ModelKind, max_batch_tokens: int, max_length: int | None = None) -> ShapeRange:
+    """Shapes for a token budget: the batcher never exceeds ``max_batch_tokens`` padded tokens per batch.
+
+    The largest batch is what the budget allows for short items (capped so TensorRT profiles and
+    activation memory stay sane); the opt point is a full batch at the workload's typical length.
+    """
+    max_len = max_length or DEFAULT_MAX_LENGTH[model]
+    opt_len = min(DEFAULT_OPT_LENGTH[model], max_len)
+    max_batch = max(1, min(max_batch_tokens // 16, 4096))
+    opt_batch = max(1, min(max_batch, max_batch_tokens // opt_len))
+    return ShapeRange(1, opt_batch, max_batch, min(MIN_LENGTH, max_len), opt_len, max_len)
+
+
+def arch_tag(device: torch.device) -> str:
+    """``cpu``, or ``sm90`` for compute capability 9.0: the part of a name an engine is bound to."""
+    if device.type != "cuda":
+        return "cpu"
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm{major}{minor}"
+
+
+def artifact_name(model: ModelKind, arch: str, precision: str, extension: str) -> str:
+    """``esm2.sm90.bf16.pt2``: model, architecture, precision, backend's file type."""
+    return f"{model}.{arch}.{precision}.{extension}"
+
+
+@dataclass
+class BuildOptions:
+    """Backend-specific knobs gathered from the CLI (unknown ones are ignored by other backends)."""
+
+    workdir: Path | None = None
+    timing_cache: Path | None = None  # TensorRT: persisted beside the engines
+    hardware_compatible: bool = False  # TensorRT: engines that run on Ampere and newer
+    opset: int = 18  # ONNX
+    max_autotune: bool = True  # AOTInductor on CUDA
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuiltArtifact:
+    """What ``build`` produced: the main file, every file that belongs to it, and facts for the manifest."""
+
+    path: Path
+    files: list[Path]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class EngineBackend(Protocol):
+    """A compiled-engine backend (one module per backend implements it)."""
+
+    name: str
+    extension: str
+
+    def availability(self, device: torch.device, precision: str) -> str | None:
+        """``None`` if this backend can build and run here, else the reason it cannot (one line)."""
+        ...
+
+    def library_versions(self) -> dict[str, str]:
+        """Versions of the libraries an artifact is bound to (checked before the artifact is used)."""
+        ...
+
+    def build(
+        self,
+        model: torch.nn.Module,
+        kind: ModelKind,
+        example: tuple[torch.Tensor, torch.Tensor],
+        shapes: ShapeRange,
+        precision: str,
+        device: torch.device,
+        out_path: Path,
+        options: BuildOptions,
+    ) -> BuiltArtifact:
+        """Compile ``model`` (fp32, CPU, eval) for ``device``/``precision`` into ``out_path``.
+
+        ``example`` is a padded (input_ids, attention_mask) int64 batch inside ``shapes`` on the CPU.
+        """
+        ...
+
+    def load(
+        self,
+        path: Path,
+        kind: ModelKind,
+        device: torch.device,
+        precision: str,
+        dim: int,
+        pad_id: int,
+        shapes: ShapeRange,
+    ) -> EmbeddingBackend:
+        """A runner for a built artifact, honouring ``shapes`` (exposed as ``max_batch_size`` /
+        ``max_length`` attributes for the batcher)."""
+        ...

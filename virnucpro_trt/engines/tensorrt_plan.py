@@ -1,0 +1,352 @@
+"""The decisions behind a TensorRT build, as plain data and small functions testable without TensorRT.
+
+TensorRT cannot be installed on this project's machines, so everything that can be decided without it
+lives here and is unit-tested against a fake ``trt`` namespace: the optimisation profile from a
+:class:`ShapeRange`, the precision strategy from the precision and the enum names the installed TensorRT
+has, the builder-config calls, the timing cache file, the plan's sidecar file, and TensorRT -> torch
+dtypes. :mod:`~virnucpro_trt.engines.tensorrt_backend` calls these with the real module.
+
+Precision strategy. TensorRT >= 9.1 can build a *strongly typed* network: every tensor keeps the type
+the ONNX graph gives it, so the fp32 islands the export keeps on purpose (LayerNorm statistics, softmax,
+rotary, pooling, the ESM residual stream) stay fp32 and the matmuls run in the ONNX weights' fp16/bf16.
+Precision builder flags are not allowed with it (TensorRT 11 removed them altogether). Older TensorRT
+gets a weakly typed network: the ONNX stays in the target dtype, the FP16/BF16 flag lets TensorRT pick
+half kernels, and normalization/softmax/reduce layers are pinned to fp32 with precision constraints.
+fp32 engines clear TF32 (on by default in TensorRT): fp32 is the exact reference. fp8 is planned only
+as far as the flags go: TensorRT uses fp8 only where the graph has Q/DQ nodes from a calibration step
+(e.g. NVIDIA ModelOpt), which this project does not produce, so the backend refuses fp8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from virnucpro_trt.engines.onnx_export import INPUT_NAMES
+from virnucpro_trt.engines.spec import ShapeRange
+from virnucpro_trt.errors import BuildError
+
+log = logging.getLogger(__name__)
+
+FP32_PINNED_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
+HALF_FLAGS = {"fp16": "FP16", "bf16": "BF16"}
+FP8_NOTE = (
+    "FP8 takes effect only on tensors quantized by Q/DQ nodes from a calibration step (e.g. NVIDIA "
+    "ModelOpt); without them TensorRT runs the fallback precision"
+)
+SIDECAR_SUFFIX = ".json"
+Shape = tuple[int, ...]
+
+
+def enum_names(enum: Any) -> set[str]:
+    """Member names of a pybind11 (or Python) enum; empty when the enum does not exist (older TensorRT)."""
+    return set(getattr(enum, "__members__", {}) or {})
+
+
+def trt_enum_names(trt: Any) -> dict[str, set[str]]:
+    """The enum members a build plan depends on, read from the installed ``tensorrt`` module."""
+    return {
+        name: enum_names(getattr(trt, name, None))
+        for name in (
+            "NetworkDefinitionCreationFlag",
+            "BuilderFlag",
+            "HardwareCompatibilityLevel",
+            "PreviewFeature",
+            "MemoryPoolType",
+        )
+    }
+
+
+def profile_shapes(shapes: ShapeRange) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """min/opt/max [batch, sequence] for both inputs: one optimisation profile covering the range."""
+    low = (shapes.min_batch, shapes.min_length)
+    opt = (shapes.opt_batch, shapes.opt_length)
+    high = (shapes.max_batch, shapes.max_length)
+    return {name: (low, opt, high) for name in INPUT_NAMES}
+
+
+@dataclass
+class BuildPlan:
+    """Everything a build sets on TensorRT, by enum *name* (resolved against the module at build time)."""
+
+    precision: str
+    onnx_precision: str
+    strongly_typed: bool
+    network_flags: list[str] = field(default_factory=list)
+    set_flags: list[str] = field(default_factory=list)
+    clear_flags: list[str] = field(default_factory=list)
+    preview_features: list[str] = field(default_factory=list)
+    pin_fp32_layers: bool = False
+    hardware_compatibility: str | None = None
+    workspace_bytes: int | None = None
+    optimization_level: int | None = None
+    profile: dict[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "onnx_precision": self.onnx_precision,
+            "strongly_typed": self.strongly_typed,
+            "network_flags": self.network_flags,
+            "set_flags": self.set_flags,
+            "clear_flags": self.clear_flags,
+            "preview_features": self.preview_features,
+            "pin_fp32_layers": self.pin_fp32_layers,
+            "hardware_compatibility": self.hardware_compatibility,
+            "workspace_bytes": self.workspace_bytes,
+            "optimization_level": self.optimization_level,
+            "profile": {name: [list(s) for s in shapes] for name, shapes in self.profile.items()},
+            "notes": self.notes,
+        }
+
+
+def plan_build(
+    precision: str,
+    shapes: ShapeRange,
+    names: dict[str, set[str]],
+    *,
+    strongly_typed: bool | None = None,
+    hardware_compatible: bool = False,
+    version_compatible: bool = False,
+    workspace_bytes: int | None = None,
+    optimization_level: int | None = None,
+) -> BuildPlan:
+    """Decide a build from the precision, the options and the enum ``names`` the TensorRT has.
+
+    ``strongly_typed=None`` means: strongly typed wherever the TensorRT supports it.
+    """
+    network_names = names.get("NetworkDefinitionCreationFlag", set())
+    flag_names = names.get("BuilderFlag", set())
+    can_strong = "STRONGLY_TYPED" in network_names
+    if strongly_typed and not can_strong:
+        raise BuildError("this TensorRT cannot build strongly typed networks (TensorRT >= 9.1 can)")
+    strong = can_strong if strongly_typed is None else strongly_typed
+    if not strong and "BuilderFlag" in names and not flag_names:
+        raise BuildError("this TensorRT has neither strongly typed networks nor precision builder flags")
+    plan = BuildPlan(
+        precision=precision,
+        onnx_precision=precision,
+        strongly_typed=strong,
+        profile=profile_shapes(shapes),
+        workspace_bytes=workspace_bytes,
+        optimization_level=optimization_level,
+    )
+    if strong:
+        plan.network_flags.append("STRONGLY_TYPED")
+    elif "EXPLICIT_BATCH" in network_names:
+        plan.network_flags.append("EXPLICIT_BATCH")  # needed before TensorRT 10, ignored since
+    _plan_precision(plan, flag_names)
+    if hardware_compatible:
+        if "AMPERE_PLUS" not in names.get("HardwareCompatibilityLevel", set()):
+            raise BuildError("this TensorRT has no AMPERE_PLUS hardware compatibility level (needs >= 8.6)")
+        plan.hardware_compatibility = "AMPERE_PLUS"
+        plan.notes.append(
+            "hardware-compatible engines run on Ampere and newer but lose arch-specific kernels"
+        )
+    if version_compatible:
+        if "VERSION_COMPATIBLE" not in flag_names:
+            raise BuildError("this TensorRT has no VERSION_COMPATIBLE builder flag (needs >= 8.6)")
+        plan.set_flags.append("VERSION_COMPATIBLE")
+    if "RUNTIME_ACTIVATION_RESIZE_10_10" in names.get("PreviewFeature", set()):
+        # Lets the runner size activation memory for each batch's shapes instead of the profile's
+        # max corner (max batch x max length), which for ESM-2 3B would not fit in any GPU.
+        plan.preview_features.append("RUNTIME_ACTIVATION_RESIZE_10_10")
+    return plan
+
+
+def _plan_precision(plan: BuildPlan, flag_names: set[str]) -> None:
+    precision = plan.precision
+    if precision == "fp32":
+        if "TF32" in flag_names:
+            plan.clear_flags.append("TF32")
+        return
+    if precision == "fp8":
+        plan.notes.append(FP8_NOTE)
+        plan.onnx_precision = "bf16" if "BF16" in flag_names or plan.strongly_typed else "fp16"
+        if not plan.strongly_typed:
+            plan.set_flags += ["FP8", HALF_FLAGS[plan.onnx_precision]]
+        return
+    if precision not in HALF_FLAGS:
+        raise BuildError(f"unknown precision {precision!r} for TensorRT (fp32, fp16, bf16, fp8)")
+    if plan.strongly_typed:
+        return  # the ONNX graph's types decide; precision flags are refused in this mode
+    flag = HALF_FLAGS[precision]
+    if flag not in flag_names:
+        raise BuildError(f"this TensorRT has no {flag} builder flag; build fp32 or upgrade TensorRT")
+    plan.set_flags += [flag, "PREFER_PRECISION_CONSTRAINTS"]
+    plan.pin_fp32_layers = True
+
+
+def network_creation_flags(trt: Any, plan: BuildPlan) -> int:
+    """The bit mask ``builder.create_network`` takes."""
+    mask = 0
+    for name in plan.network_flags:
+        mask |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    return mask
+
+
+def apply_plan(trt: Any, builder: Any, config: Any, plan: BuildPlan, timing_cache: bytes) -> Any:
+    """Set ``plan`` on a builder config and attach a timing cache made from ``timing_cache`` bytes.
+
+    Returns the timing cache object. A cache TensorRT rejects (another TensorRT version or GPU) is
+    replaced by an empty one rather than failing the build.
+    """
+    for name in plan.set_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    for name in plan.clear_flags:
+        config.clear_flag(getattr(trt.BuilderFlag, name))
+    for name in plan.preview_features:
+        config.set_preview_feature(getattr(trt.PreviewFeature, name), True)
+    if plan.workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(plan.workspace_bytes))
+    if plan.hardware_compatibility:
+        config.hardware_compatibility_level = getattr(
+            trt.HardwareCompatibilityLevel, plan.hardware_compatibility
+        )
+    if plan.optimization_level is not None:
+        config.builder_optimization_level = int(plan.optimization_level)
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in plan.profile.items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache)
+    if not config.set_timing_cache(cache, False):
+        log.warning("TensorRT rejected the timing cache (other version or GPU?); starting an empty one")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+    return cache
+
+
+def pin_fp32_layers(trt: Any, network: Any, layer_types: Iterable[str] = FP32_PINNED_LAYER_TYPES) -> int:
+    """Weakly typed builds: run normalization/softmax/reduce layers in fp32; returns how many."""
+    wanted = {getattr(trt.LayerType, name) for name in layer_types if hasattr(trt.LayerType, name)}
+    pinned = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type in wanted:
+            layer.precision = trt.float32
+            for out in range(layer.num_outputs):
+                layer.set_output_type(out, trt.float32)
+            pinned += 1
+    return pinned
+
+
+def read_timing_cache(path: Path | None) -> bytes:
+    """The persisted timing cache, or empty bytes for a first build (TensorRT starts a new cache)."""
+    if path is None or not Path(path).is_file():
+        return b""
+    return Path(path).read_bytes()
+
+
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` via a temporary file and rename: a crash never leaves half a cache or plan."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        tmp.replace(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def save_timing_cache(cache: Any, path: Path | None) -> int:
+    """Persist ``cache`` (an ``ITimingCache``) to ``path``; returns the bytes written (0: no path)."""
+    if path is None:
+        return 0
+    data = memoryview(cache.serialize())
+    write_atomically(Path(path), data)
+    return data.nbytes
+
+
+def sidecar_path(plan_path: Path) -> Path:
+    """``esm2.sm90.bf16.plan`` -> ``esm2.sm90.bf16.plan.json``: what loading the plan needs to know."""
+    return plan_path.with_name(plan_path.name + SIDECAR_SUFFIX)
+
+
+def write_sidecar(plan_path: Path, facts: dict[str, Any]) -> Path:
+    path = sidecar_path(plan_path)
+    write_atomically(path, (json.dumps(facts, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
+def read_sidecar(plan_path: Path) -> dict[str, Any]:
+    path = sidecar_path(plan_path)
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "FLOAT": torch.float32,
+    "HALF": torch.float16,
+    "BF16": torch.bfloat16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "INT8": torch.int8,
+    "UINT8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def torch_dtype(trt_dtype: Any) -> torch.dtype:
+    """The torch dtype of a ``trt.DataType`` member (by its name, so fakes and real enums both work)."""
+    name = getattr(trt_dtype, "name", str(trt_dtype).rsplit(".", 1)[-1])
+    if name not in TORCH_DTYPES:
+        raise BuildError(f"TensorRT tensor type {name} has no torch equivalent here")
+    return TORCH_DTYPES[name]
+
+
+def create_context(trt: Any, engine: Any) -> tuple[Any, bool]:
+    """An execution context whose activation memory we allocate per batch, when TensorRT allows it.
+
+    Returns (context, user_managed). The default (static) strategy reserves memory for the profile's
+    max batch AND max length at once, far more than a token-budget batch ever needs.
+    """
+    strategy_enum = getattr(trt, "ExecutionContextAllocationStrategy", None)
+    if strategy_enum is None or not hasattr(strategy_enum, "USER_MANAGED"):
+        return engine.create_execution_context(), False
+    try:
+        return engine.create_execution_context(strategy_enum.USER_MANAGED), True
+    except TypeError:  # TensorRT 11 takes a runtime config instead of a strategy
+        runtime_config = engine.create_runtime_config()
+        runtime_config.set_execution_context_allocation_strategy(strategy_enum.USER_MANAGED)
+        return engine.create_execution_context(runtime_config), True
+
+
+class ActivationMemory:
+    """A growing torch CUDA byte buffer handed to a user-managed execution context.
+
+    It only grows, so after the largest batch no allocation happens. Freed buffers are safe to reuse
+    because every batch runs on one stream and torch's allocator orders reuse on that stream.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.buffer: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return 0 if self.buffer is None else int(self.buffer.numel())
+
+    def provide(self, context: Any) -> int:
+        """Give ``context`` memory for the input shapes just set; returns the bytes it asked for."""
+        need = int(context.update_device_memory_size_for_shapes())
+        if need > self.size or self.buffer is None:
+            self.buffer = torch.empty(max(need, 1), dtype=torch.uint8, device=self.device)
+        if hasattr(context, "set_device_memory"):
+            context.set_device_memory(self.buffer.data_ptr(), self.size)
+        else:  # TensorRT 10.0
+            context.device_memory = self.buffer.data_ptr()
+        return need
