@@ -108,8 +108,13 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def bench_model(
-    kind: str, args: argparse.Namespace, device: torch.device, workdir: Path
-) -> list[dict[str, Any]]:
+    kind: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    workdir: Path,
+    rows: list[dict[str, Any]],
+    save: Any,
+) -> None:
     full = args.size == "full"
     dna, proteins = workload(args.items)
     if kind == "esm2":
@@ -133,7 +138,6 @@ def bench_model(
     reference = embed_sequences(
         TorchBackend(reference_model, dim, tokenizer.pad_id, device, torch.float32), tokens[:ref_n], budget
     )
-    rows = []
     for name in args.configs.split(","):
         backend_name, precision = name.rsplit("-", 1)
         row: dict[str, Any] = {
@@ -199,7 +203,7 @@ def bench_model(
             torch.cuda.empty_cache()
         print(json.dumps(row), flush=True)
         rows.append(row)
-    return rows
+        save()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     workdir = Path(tempfile.mkdtemp(prefix="vt-engines-"))
-    rows = []
-    for kind in args.models.split(","):
-        rows += bench_model(kind, args, device, workdir)
+    rows: list[dict[str, Any]] = []
     report = {
         "benchmark": "engines_throughput",
         "command": " ".join(["python3", "benchmarks/engines_throughput.py", *(argv or sys.argv[1:])]),
@@ -228,9 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         "workload": {"reads": "500 bp, 70% coding (synthetic)", "size": args.size, "device": str(device)},
         "results": rows,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+    def save() -> None:  # after every row, so a run cut short still leaves its figures
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+    for kind in args.models.split(","):
+        bench_model(kind, args, device, workdir, rows, save)
     print(f"\n{'model':10s} {'config':18s} {'items/s':>10s} {'build s':>8s} {'min cos':>10s} {'max|d|':>9s}")
     for r in rows:
         if r["status"] == "ok":
