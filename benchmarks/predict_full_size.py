@@ -67,6 +67,8 @@ def run_predict(
     timings = run["timings_s"]
     encoder_s = timings["embed_dnabert"] + timings["embed_esm"]
     return {
+        "backend": run["backend"],
+        "engines": run.get("engines"),
         "precision": precision,
         "reads": run["counts"]["records"],
         "frames": frames,
@@ -113,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coding-fraction", type=float, default=0.7)
     parser.add_argument("--precision", default="bf16", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--device", default="cuda")
+    parser.add_argument(
+        "--backend", default="torch", help="torch, or an engine backend (built into OUTDIR/engines)"
+    )
     parser.add_argument("--max-batch-tokens", type=int, default=None)
     parser.add_argument(
         "--fp32-reads",
@@ -131,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     fasta = root / "reads.fa"
     write_fasta(reads, str(fasta))
     extra = ["--max-batch-tokens", str(args.max_batch_tokens)] if args.max_batch_tokens else []
+    extra += ["--backend", args.backend]
     results = [run_predict(fasta, root / f"out_{args.precision}", models, args.device, args.precision, extra)]
     if args.fp32_reads:
         subset = root / "reads_fp32.fa"

@@ -93,7 +93,9 @@ class BuildOptions:
     timing_cache: Path | None = None  # TensorRT: persisted beside the engines
     hardware_compatible: bool = False  # TensorRT: engines that run on Ampere and newer
     opset: int = 18  # ONNX
-    max_autotune: bool = True  # AOTInductor on CUDA
+    # AOTInductor on CUDA. Off by default: on the H200 (torch 2.11) it adds minutes of GEMM benchmarking,
+    # and cuBLAS already wins the large GEMMs (the ESM-2 3B engine reached 568 proteins/s without it).
+    max_autotune: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,0 +1,182 @@
+"""`build` and `predict/embed --engines` on CPU: ONNX Runtime and AOTInductor engines, tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.cli.helpers import run_cli
+from tests.reference_pipeline import read_prediction_results
+
+BATCHING = ("--max-batch-tokens", "700")
+
+
+def _build(tiny_set, out, backend, *extra):
+    return run_cli(
+        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf),
+        "--classifier", str(tiny_set.classifier), "--backend", backend, "--device", "cpu",
+        "-o", str(out), *extra,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def torch_predictions(tiny_set, reads_fasta, tmp_path_factory):
+    out = tmp_path_factory.mktemp("torch_pred")
+    result = run_cli(
+        "predict", str(reads_fasta), "-o", str(out), "--dnabert", str(tiny_set.dnabert), "--esm",
+        str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier), "--device", "cpu", *BATCHING,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "inductor"])
+def engine_dir(request, tiny_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"engines_{request.param}")
+    result = _build(tiny_set, out, request.param)
+    assert result.code == 0, result.stderr
+    return out
+
+
+def test_engine_directory_and_manifest(engine_dir):
+    manifest = json.loads((engine_dir / "manifest.json").read_text())
+    assert manifest["schema"] == "virnucpro-trt/engine-manifest" and manifest["schema_version"] == 1
+    backend = manifest["backend"]
+    ext = {"onnxruntime": "onnx", "inductor": "pt2"}[backend]
+    assert manifest["precision"] == "fp32" and manifest["device"]["type"] == "cpu"
+    for kind in ("dnabert-s", "esm2"):
+        entry = manifest["models"][kind]
+        assert entry["artifact"] == f"{kind}.cpu.fp32.{ext}"
+        assert (engine_dir / entry["artifact"]).is_file() and (engine_dir / entry["tokenizer"]).is_file()
+        assert len(entry["weights_sha256"]) == 64 and len(entry["artifact_sha256"]) == 64
+        assert entry["parity"]["passed"] and entry["parity"]["max_abs"] <= 1e-4
+        assert entry["shapes"]["max_length"] == {"dnabert-s": 512, "esm2": 1026}[kind]
+    assert manifest["models"]["classifier"]["artifact"] == "classifier.safetensors"
+    assert "time" in manifest["build"] and manifest["libraries"] is not None
+
+
+def test_predict_with_engines_matches_torch_backend(engine_dir, reads_fasta, torch_predictions, tmp_path):
+    result = run_cli(
+        "predict", str(reads_fasta), "-o", str(tmp_path), "--engines", str(engine_dir), *BATCHING
+    )
+    assert result.code == 0, result.stderr
+    ids, labels, scores = read_prediction_results(tmp_path / "prediction_results.txt")
+    ref_ids, ref_labels, ref_scores = read_prediction_results(torch_predictions / "prediction_results.txt")
+    assert ids == ref_ids and labels == ref_labels
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-4, rtol=0)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["backend"] == json.loads((engine_dir / "manifest.json").read_text())["backend"]
+    assert run["engines"] == str(engine_dir)
+
+
+def test_embed_with_engines_matches_torch(engine_dir, tiny_set, tmp_path):
+    fasta = tmp_path / "p.faa"
+    fasta.write_text(">a\nMKVLAAGIVGLLLAEE\n>b\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n>c\nMW\n")
+    torch_out, engine_out = tmp_path / "t.h5", tmp_path / "e.h5"
+    assert (
+        run_cli(
+            "embed",
+            str(fasta),
+            "--model",
+            "esm2",
+            "--weights",
+            str(tiny_set.esm_hf),
+            "-o",
+            str(torch_out),
+            "--device",
+            "cpu",
+        ).code
+        == 0
+    )
+    result = run_cli(
+        "embed", str(fasta), "--model", "esm2", "--engines", str(engine_dir), "-o", str(engine_out)
+    )
+    assert result.code == 0, result.stderr
+    with h5py.File(torch_out) as a, h5py.File(engine_out) as b:
+        np.testing.assert_allclose(a["embeddings"][:], b["embeddings"][:], atol=1e-4, rtol=0)
+
+
+def test_mismatching_engines_are_refused_then_rebuilt(tiny_set, reads_fasta, tmp_path):
+    engines = tmp_path / "engines"
+    assert _build(tiny_set, engines, "onnxruntime").code == 0
+    # Other weights than the ones the engines were built from: refused, with the way out.
+    from virnucpro_trt.models.random_checkpoints import write_esm_hf_checkpoint
+
+    other_esm = write_esm_hf_checkpoint(tmp_path / "other_esm", seed=99)
+    result = run_cli("predict", str(reads_fasta), "-o", str(tmp_path / "o1"), "--engines", str(engines),
+                     "--esm", str(other_esm))  # fmt: skip
+    assert result.code == 2
+    assert "esm2 weights differ" in result.stderr and "--rebuild" in result.stderr
+    assert not (tmp_path / "o1" / "prediction_results.txt").exists()
+    # The same weights as the build: accepted.
+    result = run_cli("predict", str(reads_fasta), "-o", str(tmp_path / "o1"), "--engines", str(engines),
+                     "--esm", str(tiny_set.esm_hf), "--dnabert", str(tiny_set.dnabert), "-q")  # fmt: skip
+    assert result.code == 0, result.stderr
+    # Libraries changed since the build (simulated): refused.
+    manifest = json.loads((engines / "manifest.json").read_text())
+    manifest["libraries"] = {"onnxruntime": "0.0.1"}
+    (engines / "manifest.json").write_text(json.dumps(manifest))
+    result = run_cli("predict", str(reads_fasta), "-o", str(tmp_path / "o2"), "--engines", str(engines))
+    assert result.code == 2 and "built with onnxruntime 0.0.1" in result.stderr
+    # --rebuild with the checkpoints rebuilds and runs.
+    result = run_cli(
+        "predict", str(reads_fasta), "-o", str(tmp_path / "o3"), "--engines", str(engines), "--rebuild",
+        "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
+        str(tiny_set.classifier), "--backend", "onnxruntime",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert "rebuilding engines" in result.stderr
+    assert json.loads((engines / "manifest.json").read_text())["libraries"] != {"onnxruntime": "0.0.1"}
+
+
+def test_not_an_engine_directory(tmp_path, reads_fasta):
+    result = run_cli("predict", str(reads_fasta), "-o", str(tmp_path / "o"), "--engines", str(tmp_path))
+    assert result.code == 2 and "not an engine directory" in result.stderr
+
+
+def test_backend_without_engines_builds_into_outdir_and_reuses(tiny_set, reads_fasta, tmp_path):
+    args = (
+        "predict",
+        str(reads_fasta),
+        "-o",
+        str(tmp_path),
+        "--dnabert",
+        str(tiny_set.dnabert),
+        "--esm",
+        str(tiny_set.esm_hf),
+        "--classifier",
+        str(tiny_set.classifier),
+        "--backend",
+        "onnxruntime",
+        "--device",
+        "cpu",
+    )
+    first = run_cli(*args)
+    assert first.code == 0, first.stderr
+    assert (tmp_path / "engines" / "manifest.json").is_file()
+    second = run_cli(*args)
+    assert second.code == 0 and "rebuilding" not in second.stderr
+
+
+def test_parity_gate_can_fail_the_build(tiny_set, tmp_path, monkeypatch):
+    import virnucpro_trt.engines.parity as parity
+
+    monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # nothing computed differently can pass now
+    result = _build(tiny_set, tmp_path / "e1", "onnxruntime")
+    assert result.code == 1 and "parity gate failed" in result.stderr
+    assert not (tmp_path / "e1" / "manifest.json").exists()
+    result = _build(tiny_set, tmp_path / "e2", "onnxruntime", "--keep-failing")
+    assert result.code == 0, result.stderr
+    manifest = json.loads((tmp_path / "e2" / "manifest.json").read_text())
+    assert manifest["build"]["parity_failures_kept"]
+    assert manifest["models"]["esm2"]["parity"]["passed"] is False
+
+
+def test_bf16_on_cpu_onnxruntime_is_refused_with_the_reason(tiny_set, tmp_path):
+    result = _build(tiny_set, tmp_path / "e", "onnxruntime", "--precision", "bf16")
+    assert result.code == 2 and "bf16" in result.stderr
+    result = _build(tiny_set, tmp_path / "e", "tensorrt")
+    assert result.code == 2 and "TensorRT" in result.stderr
