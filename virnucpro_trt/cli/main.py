@@ -126,22 +126,25 @@ def cli() -> None:
     """
 
 
-@cli.command(context_settings=_CONTEXT)
-@click.argument("input_path", metavar="INPUT")
-@click.option(
-    "-o",
-    "--outdir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder for identified_nucleotide.fa and identified_protein.faa.",
-)
-@click.option(
+def outdir_option(help_text: str) -> Callable[..., Any]:
+    return click.option(
+        "-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help=help_text
+    )
+
+
+chunk_length_option = click.option(
     "--chunk-length",
     type=click.Choice([str(c) for c in CHUNK_LENGTHS]),
     default="500",
     show_default=True,
-    help="Chunk length (must match the classifier: 300_model / 500_model).",
+    help="Chunk length (must match the classifier: 300_model.pth / 500_model.pth).",
 )
+
+
+@cli.command(context_settings=_CONTEXT)
+@click.argument("input_path", metavar="INPUT")
+@outdir_option("Output folder for identified_nucleotide.fa and identified_protein.faa.")
+@chunk_length_option
 @common_options
 def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
     """Chunk reads and keep stop-free frames, writing upstream's two FASTA files.
@@ -203,20 +206,8 @@ def embed(
 
 
 def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    @click.option(
-        "-o",
-        "--outdir",
-        required=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Output folder.",
-    )
-    @click.option(
-        "--chunk-length",
-        type=click.Choice([str(c) for c in CHUNK_LENGTHS]),
-        default="500",
-        show_default=True,
-        help="Chunk length (must match the classifier checkpoint).",
-    )
+    @outdir_option("Output folder.")
+    @chunk_length_option
     @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.h5 (per kept frame).")
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -308,12 +299,8 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option(
-    "-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder."
-)
-@click.option(
-    "--chunk-length", type=click.Choice([str(c) for c in CHUNK_LENGTHS]), default="500", show_default=True
-)
+@outdir_option("Output folder.")
+@chunk_length_option
 @encoder_options
 @common_options
 def demo(

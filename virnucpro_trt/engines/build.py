@@ -39,14 +39,12 @@ from virnucpro_trt.engines.spec import (
     default_shape_range,
 )
 from virnucpro_trt.errors import BuildError, UserError
-from virnucpro_trt.models.checkpoint_io import weights_sha256
+from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import (
     check_classifier_width,
     load_classifier_weights,
     save_classifier_safetensors,
 )
-from virnucpro_trt.models.dnabert_checkpoint import load_dnabert
-from virnucpro_trt.models.esm_checkpoint import load_esm2
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
 from virnucpro_trt.runtime.device import configure_fp32_reference, resolve_device
@@ -189,12 +187,7 @@ def _build_one(
     failures: list[str],
 ) -> tuple[ModelEntry, int]:
     t0 = time.perf_counter()
-    if kind == "dnabert-s":
-        model, tokenizer, info = load_dnabert(path)
-        dim = model.config.hidden_size
-    else:
-        model, tokenizer, info = load_esm2(path)
-        dim = model.config.embed_dim
+    model, tokenizer, info, dim = load_encoder(kind, path)
     shapes = default_shape_range(kind, budget, settings.max_length)
     tokens = synthetic_tokens(kind, tokenizer, shapes.max_length)
     # The reference comes first: a backend may cast the model in place while compiling it.
@@ -218,7 +211,7 @@ def _build_one(
     entry = ModelEntry(
         kind=kind,
         artifact=built.path.name,
-        weights_sha256=weights_sha256(info.get("weight_files") or [path]),
+        weights_sha256=info["weights_sha256"],
         source=str(path),
         dim=dim,
         pad_id=tokenizer.pad_id,

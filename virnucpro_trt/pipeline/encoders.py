@@ -18,10 +18,8 @@ from typing import Any, Literal
 import torch
 
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.models.checkpoint_io import weights_sha256
+from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
-from virnucpro_trt.models.dnabert_checkpoint import load_dnabert
-from virnucpro_trt.models.esm_checkpoint import load_esm2
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 from virnucpro_trt.runtime.device import configure_fp32_reference, resolve_device, resolve_dtype
@@ -72,15 +70,8 @@ def _load_eager(
 ) -> LoadedEncoder:
     started = time.perf_counter()
     path = resolve_model(spec, _RESOLVE_KIND[kind])
-    if kind == "dnabert-s":
-        model, tokenizer, info = load_dnabert(path)
-        dim = model.config.hidden_size
-    else:
-        model, tokenizer, info = load_esm2(path)
-        dim = model.config.embed_dim
-    info = dict(info)
+    model, tokenizer, info, dim = load_encoder(kind, path)
     info["spec"] = spec
-    info["weights_sha256"] = weights_sha256(info.get("weight_files") or [path])
     backend = TorchBackend(model, dim, tokenizer.pad_id, device, dtype)
     log.info(
         "loaded %s from %s (%d-wide, %s, %s) in %.1fs",
