@@ -5,7 +5,8 @@ workload (500 bp reads with coding regions -> kept frames -> DNABERT-S tokens an
 for every configuration embeds the same items through the same token-budget batcher the CLI uses,
 reporting items/s (median of repetitions after a warm-up), the batch shape, and parity against the fp32
 eager model (min cosine, max |diff|). Engines are built through the real backends (the same code as
-``virnucpro-trt build``); their build time is reported too.
+``virnucpro-trt build``); their build time is reported too. The workload, timing and environment come
+from :mod:`virnucpro_trt.bench` (shared with ``virnucpro-trt bench``, which times the whole path).
 
     python3 benchmarks/engines_throughput.py --models esm2 --configs eager-fp32,eager-bf16,inductor-bf16 \\
         --items 2048 --json benchmarks/results/h200_engines.json
@@ -16,10 +17,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from virnucpro_trt import __version__
+from virnucpro_trt.bench.hardware import script_environment
+from virnucpro_trt.bench.timing import time_embedding
+from virnucpro_trt.bench.workload import frame_sequences
 from virnucpro_trt.engines.parity import compare
 from virnucpro_trt.engines.registry import get_backend
 from virnucpro_trt.engines.spec import BuildOptions, arch_tag, artifact_name, default_shape_range
@@ -45,66 +44,8 @@ from virnucpro_trt.models.random_checkpoints import (
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
 from virnucpro_trt.runtime.device import configure_fp32_reference
 from virnucpro_trt.runtime.embedding import TorchBackend, embed_sequences
-from virnucpro_trt.sequences.prepare import prepare_blocks
-from virnucpro_trt.sequences.reader import SeqRecord
-from virnucpro_trt.sequences.synthetic import generate_reads
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def workload(items: int, seed: int = 7) -> tuple[list[str], list[str]]:
-    """Kept frames of 500 bp reads (70% coding): (frame DNA, protein) lists of at least ``items``."""
-    dna: list[str] = []
-    proteins: list[str] = []
-    reads = generate_reads(int(items * 1.6) + 64, 500, seed=seed, coding_fraction=0.7)
-    records = [SeqRecord(i, rid, rid, seq) for i, (rid, seq) in enumerate(reads)]
-    for block in prepare_blocks(records, 500):
-        dna += block.frames.dna
-        proteins += block.frames.protein
-    return dna[:items], proteins[:items]
-
-
-def time_config(runner: Any, tokens: list[np.ndarray], budget: int, repeats: int) -> tuple[float, np.ndarray]:
-    """Median wall time of embedding all ``tokens`` (after one warm-up pass), and the embeddings."""
-    out = embed_sequences(runner, tokens, budget)  # warm-up (and autotuning / lazy init)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = embed_sequences(runner, tokens, budget)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "virnucpro_trt": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cpu_count": len(os.sched_getaffinity(0)),
-    }
-    try:
-        import onnxruntime
-
-        env["onnxruntime"] = onnxruntime.__version__
-        env["onnxruntime_providers"] = onnxruntime.get_available_providers()
-    except ImportError:
-        env["onnxruntime"] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}")
-        try:
-            env["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip().splitlines()[0]  # fmt: skip
-        except (OSError, subprocess.CalledProcessError):
-            env["driver"] = "unknown"
-    return env
 
 
 def bench_model(
@@ -116,7 +57,7 @@ def bench_model(
     save: Any,
 ) -> None:
     full = args.size == "full"
-    dna, proteins = workload(args.items)
+    dna, proteins = frame_sequences(args.items)
     if kind == "esm2":
         config = ESM2_T36_3B_CONFIG if full else TINY_ESM2_CONFIG
         reference_model = random_esm2(config, device=device, dtype=torch.float32, seed=2)
@@ -180,7 +121,7 @@ def bench_model(
                 row["build_facts"] = {
                     k: v for k, v in built.facts.items() if isinstance(v, str | int | float)
                 }
-            seconds, emb = time_config(runner, items, budget, args.repeats)
+            seconds, emb = time_embedding(runner, items, budget, args.repeats, device)
             check = compare(reference[: min(ref_n, len(items))], emb[:ref_n], precision)
             row.update(
                 status="ok",
@@ -226,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "engines_throughput",
         "command": " ".join(["python3", "benchmarks/engines_throughput.py", *(argv or sys.argv[1:])]),
-        "environment": environment(device),
+        "environment": script_environment(device, with_onnxruntime=True),
         "workload": {"reads": "500 bp, 70% coding (synthetic)", "size": args.size, "device": str(device)},
         "results": rows,
     }

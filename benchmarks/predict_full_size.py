@@ -4,7 +4,9 @@ Weights cannot be downloaded here, so this writes random checkpoints in the real
 (DNABERT-S folder with a 4096-token BPE tokenizer, ESM-2 3B Hugging Face folder in fp16 safetensors,
 an upstream-style pickled 3328->512->2 classifier), generates 500 bp reads with coding regions (random
 DNA almost never keeps a 500 bp frame), and times the real CLI as a user runs it. Throughput comes from
-the run.json the CLI writes (frames / encoder wall time, and reads / total wall time).
+the run.json the CLI writes (frames / encoder wall time, and reads / total wall time). The checkpoints
+come from :func:`virnucpro_trt.bench.models.write_random_models` (the same set ``virnucpro-trt bench
+--random-weights full`` runs) and are reused from ``--workdir`` when a finished set is there.
 
 Run on a GPU host, e.g. (see ../shared/gpu/README.md for the package setup there):
 
@@ -15,38 +17,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from virnucpro_trt import __version__
-from virnucpro_trt.models.dnabert import DNABERT_S_CONFIG
-from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
-from virnucpro_trt.models.random_checkpoints import (
-    random_esm2,
-    write_dnabert_checkpoint,
-    write_esm_hf_checkpoint,
-)
-from virnucpro_trt.models.random_classifier import write_upstream_classifier
+from virnucpro_trt.bench.hardware import script_environment
+from virnucpro_trt.bench.models import write_random_models
 from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta
 
 
-def build_models(root: Path, device: str) -> dict[str, Path]:
-    """Full-size random checkpoints in the real file formats."""
+def build_models(root: Path, device: str, size: str = "full") -> dict[str, Path]:
+    """Random checkpoints in the real file formats (full size unless ``size`` is ``tiny``)."""
     t0 = time.perf_counter()
-    dnabert = write_dnabert_checkpoint(root / "DNABERT-S", DNABERT_S_CONFIG, seed=1, vocab_size=4096)
-    esm_model = random_esm2(ESM2_T36_3B_CONFIG, device=device, dtype=torch.bfloat16, seed=2)
-    esm = write_esm_hf_checkpoint(root / "esm2_t36_3B_UR50D", model=esm_model, dtype=torch.float16, seed=2)
-    del esm_model
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    classifier = write_upstream_classifier(root / "500_model.pth", 768 + 2560, seed=3)
-    print(f"wrote full-size random checkpoints in {time.perf_counter() - t0:.1f}s", flush=True)
-    return {"dnabert": dnabert, "esm": esm, "classifier": classifier}
+    models = write_random_models(root, size, device)  # type: ignore[arg-type]
+    print(f"wrote {size}-size random checkpoints in {time.perf_counter() - t0:.1f}s", flush=True)
+    return {"dnabert": models.dnabert, "esm": models.esm, "classifier": models.classifier}
 
 
 def run_predict(
@@ -86,28 +73,6 @@ def run_predict(
     }
 
 
-def environment() -> dict:
-    env = {
-        "virnucpro_trt": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cpu_count": len(__import__("os").sched_getaffinity(0)),
-    }
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        env["gpu"] = props.name
-        env["compute_capability"] = f"{props.major}.{props.minor}"
-        try:
-            env["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
-        except (OSError, subprocess.CalledProcessError):
-            env["driver"] = "unknown"
-    return env
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=20000)
@@ -125,13 +90,19 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="also run fp32 (TF32 off, upstream's arithmetic) on this many reads",
     )
+    parser.add_argument(
+        "--size",
+        choices=("full", "tiny"),
+        default="full",
+        help="tiny: test-suite models, for a CPU smoke run",
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="vt-bench-"))
     root.mkdir(parents=True, exist_ok=True)
-    models = build_models(root / "models", args.device)
+    models = build_models(root / "models", args.device, args.size)
     reads = generate_reads(args.reads, args.read_length, seed=42, coding_fraction=args.coding_fraction)
     fasta = root / "reads.fa"
     write_fasta(reads, str(fasta))
@@ -145,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "predict_full_size",
         "command": " ".join(["python3", "benchmarks/predict_full_size.py", *(argv or sys.argv[1:])]),
-        "environment": environment(),
+        "environment": script_environment(None, with_onnxruntime=False),
         "workload": {
             "read_length": args.read_length,
             "coding_fraction": args.coding_fraction,
-            "models": "random weights, full size: DNABERT-S 12x768, ESM-2 t36_3B",
+            "models": "random weights, full size: DNABERT-S 12x768, ESM-2 t36_3B"
+            if args.size == "full"
+            else "random weights, tiny (test-suite sizes)",
         },
         "results": results,
     }

@@ -38,8 +38,22 @@ class EncoderSettings:
 
 
 @dataclass(frozen=True)
+class RunControl:
+    """How a ``predict`` run is carried out, as opposed to what it computes.
+
+    None of this changes a result byte (shard size does, so it lives in :class:`PredictSettings`), which
+    is why it is left out of the fingerprint: a run interrupted on 4 GPUs may be resumed on 2.
+    """
+
+    gpus: tuple[int, ...] | None = None  # None: every visible CUDA device
+    workers: int | None = None  # CPU worker count; None: 1
+    keep_work: bool = False  # keep OUTDIR/.work after success
+    force: bool = False  # discard unfinished work of another input or other settings
+
+
+@dataclass(frozen=True)
 class PredictSettings:
-    """Everything that decides what ``predict`` writes."""
+    """Everything that decides what ``predict`` writes (plus, in ``run``, how the run is carried out)."""
 
     input: str
     outdir: Path
@@ -51,18 +65,28 @@ class PredictSettings:
     save_embeddings: bool = False
     engines: Path | None = None
     rebuild: bool = False
+    # Records per shard (None: the input-size rule in runtime/shards.py). Shards are batched on their
+    # own, so this changes fp32 sums in the last bits: it is part of the fingerprint.
+    shard_records: int | None = None
+    run: RunControl = dataclasses.field(default_factory=RunControl)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["outdir"] = str(self.outdir)
         data["engines"] = str(self.engines) if self.engines else None
+        gpus = self.run.gpus
+        data["run"]["gpus"] = list(gpus) if gpus is not None else None
         return data
 
     def fingerprint(self) -> str:
-        """Hash of the settings that change results (not where they are written)."""
+        """Hash of the settings that change results (not where they are written, nor by how many workers).
+
+        It is the resume key of ``OUTDIR/.work`` together with the input's SHA-256.
+        """
         data = self.to_json()
         data.pop("outdir")
         data.pop("rebuild")
+        data.pop("run")
         data["encoders"].pop("threads", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

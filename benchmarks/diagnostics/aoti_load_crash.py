@@ -1,18 +1,29 @@
-"""Reproduction of the open AOTInductor load crash on CUDA (see DEVELOPERS.md, "Open problems").
+"""Reproduction and bisection of the AOTInductor load crash on CUDA (DEVELOPERS.md, "Open problems").
 
 On the H200 (torch 2.11.0+cu130) ``aoti_load_package`` segfaulted right after building a bf16 engine of
-the TINY DNABERT-S in every variant tried (random or checkpoint-loaded weights, model on CPU or CUDA,
-deep copy, device "cuda" or "cuda:0", with or without ``device_index``, a fresh inductor cache), and
-the CLI build of the FULL-SIZE DNABERT-S crashed the same way, while the full-size encoders built and
-loaded fine inside ``benchmarks/engines_throughput.py``. Each variant runs in its own process so one
-crash does not hide the others:
+the TINY DNABERT-S in every variant tried in the first session (random or checkpoint-loaded weights,
+model on CPU or CUDA, deep copy, device "cuda" or "cuda:0", with or without ``device_index``, a fresh
+inductor cache), and the CLI build of the FULL-SIZE DNABERT-S crashed the same way, while the full-size
+encoders built and loaded fine inside ``benchmarks/engines_throughput.py``. Each variant below changes
+one thing against ``baseline`` and runs in its own process, so one crash does not hide the others:
 
     PYTHONPATH=$PWD python3 benchmarks/diagnostics/aoti_load_crash.py [VARIANT ...]
+
+* ``baseline``       build + load in one process (the CLI's build-time parity check does this);
+* ``fresh_load``     build here, load in a fresh process (what ``predict`` workers do);
+* ``warm_cuda``      run cuBLAS GEMMs and SDPA on the device before loading;
+* ``fp32``           fp32 instead of bf16;
+* ``no_cd_tuning``   without ``coordinate_descent_tuning``;
+* ``no_configs``     no inductor options at all except the metadata;
+* ``run_eager_first`` run the eager model forward on CUDA before building (as the benchmark did);
+* ``no_metadata``    without the ``virnucpro.*`` package metadata;
+* ``onnxruntime_first`` import onnxruntime before anything else (the benchmark process did);
+* ``manual_runner``  unzip the package and load its ``.so`` with ``AOTIModelContainerRunnerCuda``
+  (skips the package loader; tells a bad package from a bad loader).
 """
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 import time
@@ -20,40 +31,123 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = ("random", "loaded", "cpu_model", "deepcopy", "plain_cuda_device", "load_without_index")
+VARIANTS = (
+    "baseline",
+    "fresh_load",
+    "warm_cuda",
+    "fp32",
+    "no_cd_tuning",
+    "no_configs",
+    "run_eager_first",
+    "no_metadata",
+    "onnxruntime_first",
+    "manual_runner",
+)
+ROOT = Path("/tmp/aoti-diag")
+
+
+def _example() -> tuple[torch.Tensor, torch.Tensor]:
+    from virnucpro_trt.models.tokenization import pad_batch
+
+    ids, mask = pad_batch([torch.randint(5, 200, (n,)).numpy() for n in (40, 33, 20)], 3)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _load_and_run(path: Path, precision: str, label: str) -> None:
+    from virnucpro_trt.engines import inductor_backend
+    from virnucpro_trt.engines.spec import default_shape_range
+
+    shapes = default_shape_range("dnabert-s", 32768)
+    ids, mask = _example()
+    runner = inductor_backend.INDUCTOR_BACKEND.load(
+        path, "dnabert-s", torch.device("cuda:0"), precision, 64, 3, shapes
+    )
+    out = runner.embed_padded(ids.numpy(), mask.numpy())
+    print(label, "loaded and ran OK:", out.shape, flush=True)
+
+
+def _manual_runner(path: Path) -> None:
+    import zipfile
+
+    target = path.parent / "unzipped"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        print("package files:", [n for n in names if not n.endswith((".cubin", ".json"))][:20], flush=True)
+        archive.extractall(target)
+    so = next(target.rglob("*.so"))
+    subprocess.run(["ldd", str(so)], check=False)
+    cubins = {p.parent for p in target.rglob("*.cubin")}
+    print("so:", so, "cubin dirs:", cubins, flush=True)
+    runner = torch._C._aoti.AOTIModelContainerRunnerCuda(str(so), 1, "cuda:0", str(next(iter(cubins), "")))
+    print("manual runner created", flush=True)
+    ids, mask = _example()
+    out = runner.run([ids.cuda(), mask.cuda()])
+    print("manual_runner ran OK:", [o.shape for o in out], flush=True)
 
 
 def variant(name: str) -> None:
+    if name == "onnxruntime_first":
+        import onnxruntime  # noqa: F401
+
     from virnucpro_trt.engines import inductor_backend
     from virnucpro_trt.engines.spec import BuildOptions, default_shape_range
-    from virnucpro_trt.models.dnabert_checkpoint import load_dnabert
-    from virnucpro_trt.models.random_checkpoints import random_dnabert, write_dnabert_checkpoint
-    from virnucpro_trt.models.tokenization import pad_batch
+    from virnucpro_trt.models.random_checkpoints import random_dnabert
 
-    backend = inductor_backend.INDUCTOR_BACKEND
-    device = torch.device("cuda") if name == "plain_cuda_device" else torch.device("cuda:0")
-    folder = Path(f"/tmp/aoti-diag/{name}")
-    write_dnabert_checkpoint(folder / "ckpt", seed=1)
-    if name in ("random", "plain_cuda_device", "load_without_index"):
-        model = random_dnabert(device=device, seed=1)
-    else:
-        model, _, _ = load_dnabert(folder / "ckpt")
-        if name == "deepcopy":
-            model = copy.deepcopy(model).to(device)
-        elif name == "loaded":
-            model = model.to(device)
-    if name == "load_without_index":
-        inductor_backend.load_package = lambda path, device: torch._inductor.aoti_load_package(str(path))
-    shapes = default_shape_range("dnabert-s", 32768)
-    ids, mask = pad_batch([torch.randint(5, 200, (n,)).numpy() for n in (40, 33, 20)], 3)
+    device = torch.device("cuda:0")
+    folder = ROOT / name
+    folder.mkdir(parents=True, exist_ok=True)
+    precision = "fp32" if name == "fp32" else "bf16"
+    extra: dict[str, object] = {}
+    if name == "no_cd_tuning":
+        extra["inductor_configs"] = {"coordinate_descent_tuning": False}
+    model = random_dnabert(device=device, seed=1)
+    example = _example()
+    if name == "run_eager_first":
+        with torch.inference_mode():
+            model(*(t.to(device) for t in example))
+        torch.cuda.synchronize()
+    options = BuildOptions(extra=extra)
+    if name == "no_metadata":
+        inductor_backend.inductor_configs = lambda device, options, metadata: {}
+    if name == "no_configs":
+        inductor_backend.inductor_configs = lambda device, options, metadata: {
+            "aot_inductor.metadata": metadata
+        }
     start = time.time()
-    example = (torch.from_numpy(ids), torch.from_numpy(mask))
-    built = backend.build(
-        model, "dnabert-s", example, shapes, "bf16", device, folder / "m.pt2", BuildOptions()
+    built = inductor_backend.INDUCTOR_BACKEND.build(
+        model,
+        "dnabert-s",
+        example,
+        default_shape_range("dnabert-s", 32768),
+        precision,
+        device,
+        folder / "m.pt2",
+        options,
     )
     print(name, "built in", round(time.time() - start, 1), "s", flush=True)
-    runner = backend.load(built.path, "dnabert-s", device, "bf16", 64, 3, shapes)
-    print(name, "loaded OK:", runner.embed_padded(ids, mask).shape, flush=True)
+    if name == "warm_cuda":
+        a = torch.randn(512, 512, device=device, dtype=torch.bfloat16)
+        (a @ a).sum().item()
+        q = torch.randn(2, 4, 64, 32, device=device, dtype=torch.bfloat16)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().item()
+    if name == "fresh_load":
+        code = (
+            "import sys; sys.argv=['x']; from pathlib import Path; "
+            "import benchmarks.diagnostics.aoti_load_crash as d; "
+            f"d._load_and_run(Path({str(built.path)!r}), {precision!r}, 'fresh_load(child)')"
+        )
+        result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], check=False)
+        print(name, "child exit", result.returncode, flush=True)
+        sys.exit(result.returncode)
+    if name == "manual_runner":
+        _manual_runner(built.path)
+        return
+    if name == "no_metadata":
+        compiled = torch._inductor.aoti_load_package(str(built.path), device_index=0)
+        ids, mask = _example()
+        print(name, "loaded and ran OK:", compiled(ids.cuda(), mask.cuda()).shape, flush=True)
+        return
+    _load_and_run(built.path, precision, name)
 
 
 def main() -> None:
@@ -74,7 +168,8 @@ def main() -> None:
         if proc.returncode == 0:
             print("\n".join(lines[-3:]))
         else:
-            print("\n".join([line for line in lines if 'File "/work' in line or "Fatal" in line][:8]))
+            keep = [line for line in lines if 'File "/' in line or "Fatal" in line or "Error" in line]
+            print("\n".join(keep[:10]))
 
 
 if __name__ == "__main__":

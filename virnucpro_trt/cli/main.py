@@ -21,7 +21,14 @@ import click
 
 from virnucpro_trt import __version__
 from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError
-from virnucpro_trt.settings import BACKENDS, CHUNK_LENGTHS, EmbedSettings, EncoderSettings, PredictSettings
+from virnucpro_trt.settings import (
+    BACKENDS,
+    CHUNK_LENGTHS,
+    EmbedSettings,
+    EncoderSettings,
+    PredictSettings,
+    RunControl,
+)
 
 log = logging.getLogger("virnucpro_trt")
 
@@ -205,10 +212,52 @@ def embed(
     log.info("PASSED: %d embeddings of width %d -> %s", summary["records"], summary["dim"], output)
 
 
+def _parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        indices = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated GPU indices such as 0,1") from None
+    if not indices or min(indices) < 0:
+        raise click.BadParameter(f"{value!r}: expected comma-separated GPU indices such as 0,1")
+    return indices
+
+
 def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @outdir_option("Output folder.")
     @chunk_length_option
     @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.h5 (per kept frame).")
+    @click.option(
+        "--gpus",
+        callback=_parse_gpus,
+        default=None,
+        metavar="I,J,...",
+        help="CUDA devices to run on, one worker process each (indices as visible under "
+        "CUDA_VISIBLE_DEVICES). Default: every visible GPU.",
+    )
+    @click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="CPU runs: number of worker processes, each with --threads/N torch threads (default 1, "
+        "which runs inside the main process).",
+    )
+    @click.option(
+        "--shard-records",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Records per shard (default: records/64 clamped to 256..16384, in steps of 256). Part of "
+        "the resume key: it changes batch composition.",
+    )
+    @click.option(
+        "--keep-work", is_flag=True, help="Keep OUTDIR/.work (shards, per-shard results) after success."
+    )
+    @click.option(
+        "--force",
+        is_flag=True,
+        help="Discard unfinished work in OUTDIR/.work that belongs to another input or other settings.",
+    )
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
@@ -238,13 +287,19 @@ def predict(
     outdir: Path,
     chunk_length: str,
     save_embeddings: bool,
+    gpus: tuple[int, ...] | None,
+    workers: int | None,
+    shard_records: int | None,
+    keep_work: bool,
+    force: bool,
     encoders: EncoderSettings,
     engines: Path | None,
     rebuild: bool,
 ) -> None:
     """Classify the reads of INPUT as viral or not (upstream files plus per-sequence tables).
 
-    INPUT is FASTA or FASTQ (plain, gzip, bzip2 or xz; '-' for stdin).
+    INPUT is FASTA or FASTQ (plain, gzip, bzip2 or xz; '-' for stdin). The input is split into shards
+    run by one worker per GPU (or --workers on CPU); an interrupted run resumes when rerun unchanged.
     """
     _offline()
     if demo:
@@ -274,6 +329,8 @@ def predict(
         save_embeddings,
         engines,
         rebuild,
+        shard_records,
+        RunControl(gpus, workers, keep_work, force),
     )
     _run_predict(settings, demo)
 
@@ -281,12 +338,17 @@ def predict(
 def _run_predict(settings: PredictSettings, demo: bool) -> None:
     from virnucpro_trt.cli.progress import ProgressReporter
     from virnucpro_trt.pipeline.predict import run_predict
+    from virnucpro_trt.runtime.coordinator import RunInterrupted
 
     if demo:
         log.warning("DEMO: the models are RANDOM WEIGHTS built for this demo — the labels mean nothing")
-    summary = run_predict(
-        settings, ProgressReporter(enabled=not _STATE["quiet"]), command=sys.argv, demo=demo
-    )
+    try:
+        summary = run_predict(
+            settings, ProgressReporter(enabled=not _STATE["quiet"]), command=sys.argv, demo=demo
+        )
+    except RunInterrupted as exc:
+        click.echo(str(exc), err=True)
+        raise click.exceptions.Exit(exc.exit_code) from None
     counts = summary["counts"]
     log.info(
         "PASSED: %d records, %d frames scored, %d sequences labelled virus -> %s (%.1f s)",
@@ -490,3 +552,13 @@ def _report(line: str, exc: BaseException, unexpected: bool = False) -> None:
 
 
 __all__ = ["EXIT_USAGE", "cli", "main"]
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own modules (kept import-light: only click at import time)."""
+    from virnucpro_trt.cli.bench_command import bench
+
+    cli.add_command(bench)
+
+
+_register_optional_commands()

@@ -11,7 +11,7 @@ max(score2) >= max(score1) over the chunk's frames, rows sorted by Modified_ID a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import IO
 
 import numpy as np
@@ -70,3 +70,27 @@ class ChunkMaxima:
         out.write(
             "".join(f"{key}\t{bool(self._max[key][1] >= self._max[key][0])}\n" for key in sorted(self._max))
         )
+
+    def write_maxima(self, out: IO[str]) -> None:
+        """Per chunk, sorted by id: ``id\tmax score1\tmax score2``.
+
+        Scores are float32 ``str()``, the shortest text that reads back to the same float32, so maxima
+        written by a shard and folded in again with :meth:`merge_maxima` compare exactly as before.
+        """
+        table = self._max
+        out.write("".join(f"{key}\t{table[key][0]}\t{table[key][1]}\n" for key in sorted(table)))
+
+    def merge_maxima(self, lines: Iterable[str]) -> None:
+        """Fold in rows written by :meth:`write_maxima` (the maximum of maxima is the maximum)."""
+        table = self._max
+        for line in lines:
+            key, p0_text, p1_text = line.rstrip("\n").split("\t")
+            p0, p1 = np.float32(p0_text), np.float32(p1_text)
+            cur = table.get(key)
+            if cur is None:
+                table[key] = [p0, p1]
+            else:
+                if p0 > cur[0]:
+                    cur[0] = p0
+                if p1 > cur[1]:
+                    cur[1] = p1

@@ -9,7 +9,6 @@ from ``OUTDIR/engines``, built on first use and reused while its manifest matche
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,17 @@ from typing import Any, Literal
 
 import torch
 
-from virnucpro_trt.errors import UserError
+from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
-from virnucpro_trt.runtime.device import configure_fp32_reference, resolve_device, resolve_dtype
+from virnucpro_trt.runtime.device import (
+    available_cpus,
+    configure_fp32_reference,
+    resolve_device,
+    resolve_dtype,
+)
 from virnucpro_trt.runtime.embedding import EmbeddingBackend, TorchBackend
 from virnucpro_trt.settings import EncoderSettings
 
@@ -58,13 +62,6 @@ class RunModels:
     engine_build: dict[str, Any] = field(default_factory=dict)
 
 
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
-
-
 def _load_eager(
     kind: EncoderKind, spec: str, device: torch.device, dtype: torch.dtype, budget: int
 ) -> LoadedEncoder:
@@ -85,6 +82,102 @@ def _load_eager(
     return LoadedEncoder(kind, backend, tokenizer, dim, budget, info)
 
 
+def engine_dir_for_run(
+    encoders: EncoderSettings,
+    specs: dict[str, str | None],
+    engines: Path | None,
+    rebuild: bool,
+    engine_cache: Path | None,
+) -> Path | None:
+    """The engine directory a multi-worker run loads, checked — and built when allowed — here, once.
+
+    Called by the coordinator before any worker starts, because two workers must never build the same
+    directory at once. The workers then open it with ``open_models(..., engines=folder, rebuild=False)``
+    and without checkpoint names, so the checkpoints are hashed here, not once per GPU. Returns None for
+    eager PyTorch. Raises exactly what :func:`open_models` would (mismatch, not an engine directory...).
+    """
+    backend = encoders.backend or ("engine" if engines else "torch")
+    if backend == "torch" and engines is None:
+        return None
+    if backend == "torch":
+        raise UserError("--backend torch runs the PyTorch models: it cannot be combined with --engines")
+    folder = engines or engine_cache
+    if folder is None:
+        raise UserError(f"--backend {backend} needs --engines DIR (an engine directory)")
+    device = resolve_device(encoders.device)
+    may_rebuild = rebuild or engines is None
+    _check_engine_dir(
+        folder,
+        device,
+        specs,
+        _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None,
+    )
+    if device.type == "cuda":  # the build's models are gone; give their memory back to the workers
+        torch.cuda.empty_cache()
+    return folder
+
+
+def _check_engine_dir(
+    folder: Path, device: torch.device, specs: dict[str, str | None], rebuild: Any | None
+) -> None:
+    """:func:`~virnucpro_trt.engines.engine_set.open_engine_set` without loading the engines."""
+    from virnucpro_trt.engines import engine_set
+    from virnucpro_trt.engines.build import build_engines, device_facts
+    from virnucpro_trt.engines.manifest import (
+        MANIFEST_NAME,
+        Present,
+        check_manifest,
+        manifest_mismatches,
+        verify_artifacts,
+    )
+    from virnucpro_trt.engines.registry import get_backend
+
+    present_weights = engine_set._user_weights(specs)
+    manifest = engine_set._read_or_none(folder)
+    if manifest is not None:
+        present = Present(
+            device_facts(device), get_backend(manifest.backend).library_versions(), present_weights
+        )
+        problems = manifest_mismatches(manifest, present)
+    else:
+        problems = [f"no {MANIFEST_NAME} in {folder}"]
+    if problems:
+        if rebuild is None:
+            if manifest is None:
+                raise EngineMismatchError(
+                    f"{folder} is not an engine directory (no {MANIFEST_NAME}); build one with "
+                    "`virnucpro-trt build` or add --rebuild"
+                )
+            check_manifest(manifest, present, folder)  # raises with every problem listed
+        missing = [
+            flag
+            for flag, kind in (("--dnabert", "dnabert-s"), ("--esm", "esm2"), ("--classifier", "classifier"))
+            if not specs.get(kind)
+        ]
+        if missing:
+            raise UserError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
+        log.warning("rebuilding engines in %s: %s", folder, "; ".join(problems))
+        manifest = build_engines(rebuild)
+    verify_artifacts(manifest, folder)
+
+
+def _build_settings(
+    encoders: EncoderSettings, specs: dict[str, str | None], device: torch.device, folder: Path, backend: str
+) -> Any:
+    from virnucpro_trt.engines.build import BuildSettings
+
+    return BuildSettings(
+        dnabert=specs.get("dnabert-s") or "",
+        esm=specs.get("esm2") or "",
+        classifier=specs.get("classifier") or "",
+        outdir=folder,
+        backend=backend if backend != "engine" else "auto",
+        precision=encoders.precision or "fp32",
+        device=str(device),
+        max_batch_tokens=encoders.max_batch_tokens,
+    )
+
+
 def open_models(
     encoders: EncoderSettings,
     specs: dict[str, str | None],
@@ -100,7 +193,7 @@ def open_models(
     engines the directory's own copies are used).
     """
     device = resolve_device(encoders.device)
-    torch.set_num_threads(encoders.threads or _available_cpus())
+    torch.set_num_threads(encoders.threads or available_cpus())
     backend = encoders.backend or ("engine" if engines else "torch")
     if backend == "torch" and engines is None:
         return _open_eager(encoders, specs, kinds, need_classifier, device)
@@ -148,21 +241,9 @@ def _open_engines(
     may_rebuild: bool,
     backend: str,
 ) -> RunModels:
-    from virnucpro_trt.engines.build import BuildSettings
     from virnucpro_trt.engines.engine_set import open_engine_set
 
-    rebuild = None
-    if may_rebuild:
-        rebuild = BuildSettings(
-            dnabert=specs.get("dnabert-s") or "",
-            esm=specs.get("esm2") or "",
-            classifier=specs.get("classifier") or "",
-            outdir=folder,
-            backend=backend if backend != "engine" else "auto",
-            precision=encoders.precision or "fp32",
-            device=str(device),
-            max_batch_tokens=encoders.max_batch_tokens,
-        )
+    rebuild = _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None
     engine_set = open_engine_set(folder, device, specs, rebuild)
     manifest = engine_set.manifest
     if encoders.precision and encoders.precision != manifest.precision:

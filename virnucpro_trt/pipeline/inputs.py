@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from virnucpro_trt.errors import InputFormatError
+from virnucpro_trt.runtime.shards import ShardSplitter
 from virnucpro_trt.sequences.prepare import prepare_blocks
 from virnucpro_trt.sequences.reader import read_records, sha256_of, spool_stdin
 
@@ -56,13 +57,19 @@ def validate_input(
     display_name: str,
     alphabet: Literal["dna", "protein"] = "dna",
     chunk_length: int | None = None,
+    splitter: ShardSplitter | None = None,
+    sha256: str | None = None,
 ) -> InputSummary:
     """Read every record once (raising :class:`InputFormatError` on the first bad one) and count.
 
     With ``chunk_length`` the same pass also chunks and translates (CPU, ~80k reads/s), so the
-    predictor knows the number of frames up front and its progress bar can show a real ETA.
+    predictor knows the number of frames up front and its progress bar can show a real ETA; with a
+    ``splitter`` (``predict``) it also writes the records into shard files and counts frames per shard.
+    ``sha256``, when the caller already hashed the file, saves hashing it again.
     """
     records = empty = bases = chunks = frames = 0
+    if splitter is not None and chunk_length is None:
+        raise ValueError("sharding needs chunk_length (frames are counted per shard)")
     if chunk_length is None:
         for record in read_records(path, alphabet):
             records += 1
@@ -70,15 +77,19 @@ def validate_input(
             bases += n
             empty += n == 0
     else:
-        for block in prepare_blocks(read_records(path, alphabet), chunk_length):
+        stream = read_records(path, alphabet)
+        for block in prepare_blocks(splitter.wrap(stream) if splitter else stream, chunk_length):
             records += block.n_records
             bases += int(block.record_lengths.sum())
             empty += int((block.record_lengths == 0).sum())
             chunks += len(block.chunk_ids)
             frames += len(block.frames)
+            if splitter is not None:
+                splitter.count(block)
     summary = InputSummary(
-        path, display_name, sha256_of(path), path.stat().st_size, records, empty, bases, chunks, frames
-    )
+        path, display_name, sha256 or sha256_of(path), path.stat().st_size, records, empty, bases, chunks,
+        frames,
+    )  # fmt: skip
     if records == 0:
         log.warning("input %s holds no records: the outputs will have headers only", display_name)
     elif empty:

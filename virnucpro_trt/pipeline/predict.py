@@ -1,18 +1,22 @@
 """``virnucpro-trt predict``: reads -> chunks -> kept frames -> DNABERT-S + ESM-2 -> classifier -> files.
 
-Order of work, chosen so that a run fails early and never leaves a misleading file:
+Order of work, chosen so that a run fails early, survives what it can, and never leaves a misleading
+file:
 
-1. resolve the three models (a missing one fails before the input is even read);
-2. validate the whole input (one fast pass; a bad record fails with one line, no file written);
-3. load the classifier and both encoders and check that the widths fit together;
-4. stream the input in blocks (records never split across blocks): prepare, embed, classify, and append
-   every table's rows to ``*.partial`` files;
-5. write the sorted highest-score file, rename every result into place, then write run.json.
+1. resolve the three models and the worker slots (a missing model or GPU fails before the input is read);
+2. hash the input and look at ``OUTDIR/.work``: resume it, or refuse work of another input/settings;
+3. validate the whole input in one pass that also writes it as shard files (a bad record fails with one
+   line, no file written);
+4. check — or build, once — the engine directory, then run the shards on one worker per device
+   (``runtime/coordinator.py``); finished shards of an earlier attempt are skipped;
+5. merge the per-shard results in input order into the final files (each renamed into place only when
+   all are complete), write run.json, and remove ``.work`` (unless ``--keep-work``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -22,40 +26,34 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from virnucpro_trt import __version__
 from virnucpro_trt.cli.progress import ProgressReporter
-from virnucpro_trt.models.classifier import (
-    MLPClassifier,
-    check_classifier_width,
-    classify,
-    labels_from_probabilities,
-)
 from virnucpro_trt.models.resolve import resolve_model
-from virnucpro_trt.outputs.atomic import ResultSet, remove_if_exists, write_text_atomic
+from virnucpro_trt.outputs.atomic import remove_if_exists, write_text_atomic
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
-from virnucpro_trt.outputs.tables import FRAMES_TSV, SEQUENCES_TSV, write_frame_rows, write_sequence_rows
-from virnucpro_trt.outputs.upstream import (
-    HIGHEST_SCORE,
-    PREDICTION_HEADER,
-    PREDICTION_RESULTS,
-    ChunkMaxima,
-    write_prediction_rows,
+from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES, merge_shard_results
+from virnucpro_trt.pipeline.encoders import engine_dir_for_run
+from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input
+from virnucpro_trt.pipeline.shard_predictor import COUNT_KEYS, STAGES, PredictShardJob
+from virnucpro_trt.runtime.coordinator import (
+    Coordinator,
+    CoordinatorReport,
+    RunInterrupted,
+    plan_worker_slots,
+    sigterm_as_interrupt,
 )
-from virnucpro_trt.pipeline.encoders import LoadedEncoder, open_models
-from virnucpro_trt.pipeline.inputs import materialise, validate_input
-from virnucpro_trt.runtime.device import describe_device
-from virnucpro_trt.runtime.embedding import embed_sequences
-from virnucpro_trt.sequences.prepare import PreparedBlock, prepare_blocks
-from virnucpro_trt.sequences.reader import read_records
+from virnucpro_trt.runtime.resume import WorkDir, outdir_lock
+from virnucpro_trt.runtime.shards import ShardSpec, ShardSplitter, default_shard_records, write_shard_index
+from virnucpro_trt.runtime.worker import WorkerSlot
+from virnucpro_trt.sequences.reader import sha256_of
 from virnucpro_trt.settings import PredictSettings
 
 log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
 EMBEDDINGS_H5 = "embeddings.h5"
-_BLOCK_RECORDS = {"cpu": 2048, "cuda": 32768}
+INTERRUPTED = "interrupted; rerun the same command to resume"
+_SUMMARY_FIELDS = ("sha256", "size_bytes", "records", "empty_records", "bases", "chunks", "frames")
 
 
 class _Timer:
@@ -79,185 +77,253 @@ def run_predict(
     command: Sequence[str] = (),
     demo: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole prediction and return the run summary (also written as run.json)."""
+    """Run the whole prediction and return the run summary (also written as run.json).
+
+    Raises :class:`~virnucpro_trt.runtime.coordinator.RunInterrupted` (exit 130) on SIGINT/SIGTERM,
+    with the finished shards kept in ``OUTDIR/.work`` for a rerun of the same command.
+    """
     progress = progress or ProgressReporter(enabled=False)
     timer = _Timer()
     started_at = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    outdir = settings.outdir
-
     specs = {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier}
     with timer.stage("resolve_models"):  # a missing model fails before the input is read
         for kind, spec in specs.items():
             if spec:
                 resolve_model(spec, {"dnabert-s": "dnabert", "esm2": "esm"}.get(kind, kind))
+    run = settings.run
+    slots = plan_worker_slots(settings.encoders.device, run.gpus, run.workers, settings.encoders.threads)
+    if settings.classifier:
+        _warn_chunk_length_mismatch(Path(settings.classifier), settings.chunk_length)
 
-    path, display = materialise(settings.input, outdir)
-    try:
-        with timer.stage("validate_input"):
-            summary_in = validate_input(path, display, "dna", settings.chunk_length)
-
-        with timer.stage("load_models"):
-            models = open_models(
-                settings.encoders, specs, ("dnabert-s", "esm2"), True, settings.engines, settings.rebuild,
-                engine_cache=outdir / "engines",
-            )  # fmt: skip
-            dnabert, esm = models.encoders["dnabert-s"], models.encoders["esm2"]
-            weights, classifier_path = models.classifier, models.classifier_path
-            assert weights is not None and classifier_path is not None
-            _warn_chunk_length_mismatch(Path(settings.classifier or classifier_path), settings.chunk_length)
-            check_classifier_width(weights, dnabert.dim, esm.dim, classifier_path)
-            classifier = MLPClassifier.from_weights(weights)
-
-        remove_if_exists(outdir / RUN_JSON)
-        counts: dict[str, int] = defaultdict(int)
-        for key in (
-            "frames",
-            "virus_frames",
-            "virus_sequences",
-            "status_scored",
-            "status_no_stop_free_frame",
-            "status_empty",
-        ):
-            counts[key] = 0
-        names = [PREDICTION_RESULTS, HIGHEST_SCORE, SEQUENCES_TSV, FRAMES_TSV]
-        maxima = ChunkMaxima()
-        with ResultSet(outdir, names) as results, contextlib.ExitStack() as stack:
-            emb_writer = None
-            remove_if_exists(outdir / EMBEDDINGS_H5)
-            if settings.save_embeddings:
-                emb_writer = stack.enter_context(
-                    FrameEmbeddingsWriter(
-                        outdir / EMBEDDINGS_H5,
-                        dnabert.dim,
-                        esm.dim,
-                        _embedding_attrs(settings, models.precision),
+    with outdir_lock(settings.outdir):
+        path, display = materialise(settings.input, settings.outdir)
+        try:
+            with sigterm_as_interrupt():
+                try:
+                    started = (started_at, t0)
+                    return _run(
+                        settings, specs, slots, path, display, progress, timer, command, demo, started
                     )
-                )
-            results[PREDICTION_RESULTS].write(PREDICTION_HEADER)
-            write_sequence_rows(results[SEQUENCES_TSV], None)
-            write_frame_rows(results[FRAMES_TSV], None)
-            block_records = _BLOCK_RECORDS.get(models.device.type, 2048)
-            with progress.task("predict", summary_in.frames, "frames") as advance:
-                for block in prepare_blocks(
-                    read_records(path, "dna"), settings.chunk_length, block_records=block_records
-                ):
-                    _process_block(
-                        block, dnabert, esm, classifier, results, maxima, emb_writer, counts, timer, advance
-                    )
-            with timer.stage("write"):
-                maxima.write(results[HIGHEST_SCORE])
-                if emb_writer is not None:
-                    emb_writer.commit()
-                results.commit()
-
-        counts["records"] = summary_in.records
-        counts["empty_records"] = summary_in.empty_records
-        counts["bases"] = summary_in.bases
-        counts["chunks"] = summary_in.chunks
-        counts["chunks_with_frames"] = len(maxima)
-        timer.totals["total"] = time.perf_counter() - t0
-        frames_per_s = counts["frames"] / max(timer.totals["embed_dnabert"] + timer.totals["embed_esm"], 1e-9)
-        summary = {
-            "tool": "virnucpro-trt",
-            "version": __version__,
-            "status": "complete",
-            "demo_random_weights": demo,
-            "command": list(command),
-            "started": started_at.isoformat(timespec="seconds"),
-            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "settings": settings.to_json(),
-            "settings_fingerprint": settings.fingerprint(),
-            "input": {
-                "path": display,
-                "sha256": summary_in.sha256,
-                "size_bytes": summary_in.size_bytes,
-            },
-            "models": {
-                "dnabert": _model_facts(dnabert),
-                "esm": _model_facts(esm),
-                "classifier": {
-                    "path": str(classifier_path),
-                    "input_dim": weights.input_dim,
-                    "hidden_dim": weights.hidden_dim,
-                    "bn_eps": weights.bn_eps,
-                },
-            },
-            "counts": dict(counts),
-            "timings_s": {k: round(v, 4) for k, v in sorted(timer.totals.items())},
-            "throughput": {
-                "frames_per_s_encoders": round(frames_per_s, 2),
-                "reads_per_s_total": round(summary_in.records / max(timer.totals["total"], 1e-9), 2),
-            },
-            "device": describe_device(models.device),
-            "precision": models.precision,
-            "backend": models.backend,
-            "engines": str(models.engine_dir) if models.engine_dir else None,
-        }
-        write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n")
-        return summary
-    finally:
-        if settings.input == "-":
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                except KeyboardInterrupt:
+                    raise RunInterrupted(INTERRUPTED) from None
+        finally:
+            if settings.input == "-":
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
 
-def _process_block(
-    block: PreparedBlock,
-    dnabert: LoadedEncoder,
-    esm: LoadedEncoder,
-    classifier: MLPClassifier,
-    results: ResultSet,
-    maxima: ChunkMaxima,
-    emb_writer: FrameEmbeddingsWriter | None,
-    counts: dict[str, int],
+def _run(
+    settings: PredictSettings,
+    specs: dict[str, str | None],
+    slots: list[WorkerSlot],
+    path: Path,
+    display: str,
+    progress: ProgressReporter,
     timer: _Timer,
-    advance: Any,
-) -> None:
-    frames = block.frames
-    n = len(frames)
-    probs = np.zeros((0, 2), dtype=np.float32)
-    labels = np.zeros(0, dtype=np.int8)
-    if n:
-        with timer.stage("tokenize"):
-            dna_tokens = dnabert.tokenizer.encode_batch(frames.dna)
-            protein_tokens = esm.tokenizer.encode_batch(frames.protein)
-        with timer.stage("embed_dnabert"):
-            dna_emb = embed_sequences(dnabert.backend, dna_tokens, dnabert.max_batch_tokens, frames.frame_id)
-        with timer.stage("embed_esm"):
-            esm_emb = embed_sequences(
-                esm.backend, protein_tokens, esm.max_batch_tokens, frames.frame_id, advance
+    command: Sequence[str],
+    demo: bool,
+    started: tuple[dt.datetime, float],
+) -> dict[str, Any]:
+    outdir = settings.outdir
+    work = WorkDir(outdir)
+    with timer.stage("hash_input"):
+        sha256 = sha256_of(path)
+    resumed = work.open(sha256, settings.fingerprint(), settings.run.force)
+    index = work.shard_index() if resumed else None
+    if index is None:
+        with timer.stage("validate_input"):
+            summary, shards = _validate_and_shard(settings, work, path, display, sha256)
+    else:
+        shards, extra = index
+        summary = InputSummary(path, display, **{k: extra["input"][k] for k in _SUMMARY_FIELDS})
+        timer.totals["validate_input"] += 0.0
+    for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5):  # an older result must not sit beside this run
+        remove_if_exists(outdir / name)
+
+    markers = work.finished_shards(shards)
+    skipped = len(markers)
+    if skipped:
+        log.info(
+            "resuming: %d of %d shard(s) already finished in %s are skipped", skipped, len(shards), work.root
+        )
+    pending = [s for s in shards if s.id not in markers]
+    facts = work.read_facts() if skipped else None
+    report = None
+    if pending or facts is None:
+        report = _run_shards(settings, specs, slots, work, pending, facts is None, progress, timer)
+        markers.update(report.markers)
+        facts = report.facts or facts  # this run's devices when it ran any worker
+    assert facts is not None
+
+    with timer.stage("merge"):
+        chunks_with_frames = _merge(settings, work, shards, markers, facts)
+    summary_json = _summary(
+        settings, summary, shards, markers, report, facts, skipped, chunks_with_frames, timer, command, demo,
+        started,
+    )  # fmt: skip
+    write_text_atomic(outdir / RUN_JSON, json.dumps(summary_json, indent=2) + "\n")
+    if settings.run.keep_work:
+        log.info("kept the work folder %s (--keep-work)", work.root)
+    else:
+        work.wipe()
+    return summary_json
+
+
+def _validate_and_shard(
+    settings: PredictSettings, work: WorkDir, path: Path, display: str, sha256: str
+) -> tuple[InputSummary, list[ShardSpec]]:
+    """The validation pass, writing the input as shard files on the way; then the resume key."""
+    folder = work.fresh_shards_folder()
+    try:
+        splitter = ShardSplitter(folder, settings.shard_records)
+        summary = validate_input(
+            path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256
+        )
+        shards = splitter.finish()
+        per_shard = settings.shard_records or default_shard_records(summary.records)
+        extra = {"input": {k: getattr(summary, k) for k in _SUMMARY_FIELDS}, "records_per_shard": per_shard}
+        write_shard_index(folder, shards, extra)
+        work.commit_shards(folder)
+        work.write_state(sha256, settings.fingerprint(), settings.to_json())
+    except BaseException:
+        work.wipe()  # a bad input leaves nothing behind
+        raise
+    log.info(
+        "%d record(s), %d kept frame(s) in %d shard(s) of up to %d records (%s)",
+        summary.records, summary.frames, len(shards), per_shard, work.shards,
+    )  # fmt: skip
+    return summary, shards
+
+
+def _run_shards(
+    settings: PredictSettings,
+    specs: dict[str, str | None],
+    slots: list[WorkerSlot],
+    work: WorkDir,
+    pending: list[ShardSpec],
+    need_facts: bool,
+    progress: ProgressReporter,
+    timer: _Timer,
+) -> CoordinatorReport:
+    with timer.stage("check_engines"):  # built here, once, before any worker exists
+        first_device = dataclasses.replace(settings.encoders, device=slots[0].device)
+        engines = engine_dir_for_run(
+            first_device, specs, settings.engines, settings.rebuild, settings.outdir / "engines"
+        )
+    job = PredictShardJob(settings, engines, work.shards, work.results)
+    with progress.task("predict", sum(s.frames for s in pending), "frames") as advance:
+        coordinator = Coordinator(job, slots, advance, on_ready=work.save_facts)
+        with timer.stage("workers"):
+            report = coordinator.run(pending, need_facts=need_facts)
+    for stats in report.workers:
+        if stats.shards or stats.restarts:
+            log.info(
+                "worker %d (%s%s): %d frames in %.2f s (%s frames/s), %d shard(s), %d restart(s)",
+                stats.slot, stats.device, f", {stats.device_name}" if stats.device_name else "", stats.frames,
+                stats.busy_s, f"{stats.frames / stats.busy_s:,.1f}" if stats.busy_s else "-", stats.shards,
+                stats.restarts,
+            )  # fmt: skip
+    return report
+
+
+def _merge(
+    settings: PredictSettings,
+    work: WorkDir,
+    shards: list[ShardSpec],
+    markers: dict[int, dict[str, Any]],
+    facts: dict[str, Any],
+) -> int:
+    outdir = settings.outdir
+    with contextlib.ExitStack() as stack:
+        embeddings = None
+        if settings.save_embeddings:
+            embeddings = stack.enter_context(
+                FrameEmbeddingsWriter(
+                    outdir / EMBEDDINGS_H5,
+                    facts["dims"]["dnabert"],
+                    facts["dims"]["esm"],
+                    _embedding_attrs(settings, facts["precision"]),
+                )
             )
-        with timer.stage("classify"):
-            features = np.concatenate([dna_emb, esm_emb], axis=1)
-            probs = classify(classifier, features)
-            labels = labels_from_probabilities(probs)
-        counts["frames"] += n
-        counts["virus_frames"] += int(labels.sum())
-        counts["dnabert_tokens"] += int(sum(len(t) for t in dna_tokens))
-        counts["esm_tokens"] += int(sum(len(t) for t in protein_tokens))
-        if emb_writer is not None:
-            emb_writer.append(frames.frame_id, dna_emb, esm_emb)
-    with timer.stage("write"):
-        write_prediction_rows(results[PREDICTION_RESULTS], frames.frame_id, probs, labels)
-        maxima.update(frames.frame_id, probs)
-        write_frame_rows(results[FRAMES_TSV], block, probs, labels)
-        statuses, virus_records = write_sequence_rows(results[SEQUENCES_TSV], block, probs)
-        for status, count in statuses.items():
-            counts[f"status_{status}"] += count
-        counts["virus_sequences"] += virus_records
+        return merge_shard_results(outdir, work.results, shards, markers, embeddings)
 
 
-def _model_facts(encoder: LoadedEncoder) -> dict[str, Any]:
-    info = encoder.info
+def _summary(
+    settings: PredictSettings,
+    summary_in: InputSummary,
+    shards: list[ShardSpec],
+    markers: dict[int, dict[str, Any]],
+    report: CoordinatorReport | None,
+    facts: dict[str, Any],
+    skipped: int,
+    chunks_with_frames: int,
+    timer: _Timer,
+    command: Sequence[str],
+    demo: bool,
+    started: tuple[dt.datetime, float],
+) -> dict[str, Any]:
+    """run.json: counts over every shard; timings and throughput over the shards run this time."""
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    for marker in markers.values():
+        for key in COUNT_KEYS:
+            counts[key] += int(marker["counts"].get(key, 0))
+    counts.pop("records")
+    counts.pop("chunks")
+    counts.update(
+        records=summary_in.records,
+        empty_records=summary_in.empty_records,
+        bases=summary_in.bases,
+        chunks=summary_in.chunks,
+        chunks_with_frames=chunks_with_frames,
+    )
+    ran = report.markers if report is not None else {}
+    totals = timer.totals
+    for stage in STAGES:
+        totals[stage] = sum(float(m["timings_s"].get(stage, 0.0)) for m in ran.values())
+    workers = [w.to_json() for w in report.workers] if report is not None else []
+    totals["load_models"] = max((w["load_models_s"] for w in workers), default=0.0)
+    totals["total"] = time.perf_counter() - started[1]
+    frames_run = sum(int(m["counts"]["frames"]) for m in ran.values())
+    encoder_s = totals["embed_dnabert"] + totals["embed_esm"]
     return {
-        "spec": info.get("spec"),
-        "path": info.get("path"),
-        "format": info.get("format"),
-        "layout": info.get("layout"),
-        "dim": encoder.dim,
-        "weights_sha256": info.get("weights_sha256"),
-        "max_batch_tokens": encoder.max_batch_tokens,
+        "tool": "virnucpro-trt",
+        "version": __version__,
+        "status": "complete",
+        "demo_random_weights": demo,
+        "command": list(command),
+        "started": started[0].isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings.to_json(),
+        "settings_fingerprint": settings.fingerprint(),
+        "input": {
+            "path": summary_in.display_name,
+            "sha256": summary_in.sha256,
+            "size_bytes": summary_in.size_bytes,
+        },
+        "models": facts["models"],
+        "counts": counts,
+        "timings_s": {k: round(v, 4) for k, v in sorted(totals.items())},
+        "throughput": {
+            # per worker: frames over the time a worker spent in the encoders (summed over workers)
+            "frames_per_s_encoders": round(frames_run / max(encoder_s, 1e-9), 2),
+            # the whole run: frames over the wall time the workers ran
+            "frames_per_s_workers_wall": round(frames_run / max(totals["workers"], 1e-9), 2),
+            "reads_per_s_total": round(summary_in.records / max(totals["total"], 1e-9), 2),
+        },
+        "device": facts["device"],
+        "precision": facts["precision"],
+        "backend": facts["backend"],
+        "engines": facts["engines"],
+        "shards": {
+            "total": len(shards),
+            "records_per_shard": settings.shard_records or default_shard_records(summary_in.records),
+            "processed": len(ran),
+            "skipped": skipped,
+            "failed_attempts": report.failed_attempts if report is not None else 0,
+        },
+        "workers": workers,
+        "restarts": report.restarts if report is not None else 0,
     }
 
 

@@ -4,10 +4,16 @@ A backend turns one padded batch (``input_ids``/``attention_mask``, int64 [B, T]
 embeddings [B, D]; the pooling rule lives in the model (DNABERT-S: mean over every real token; ESM-2:
 mean over residues). :func:`embed_sequences` owns batching, input order, progress and the NaN/Inf check,
 so every backend (eager PyTorch here; ONNX Runtime, AOTInductor and TensorRT engines later) shares them.
+
+A batch that runs out of GPU memory is split in halves and each half retried (recursively, down to one
+item) instead of failing the shard: the token budget is a good guess, not a guarantee (allocator
+fragmentation, another process on the GPU). The halves keep the input order of their rows, so the
+result is the same set of embeddings; only fp32 sums in the last bits can differ from an unsplit batch.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -17,6 +23,17 @@ import torch
 from virnucpro_trt.errors import NonFiniteError, ShapeRangeError
 from virnucpro_trt.models.tokenization import pad_batch
 from virnucpro_trt.runtime.batching import token_budget_batches
+
+log = logging.getLogger(__name__)
+
+# torch.OutOfMemoryError is the new name; torch.cuda.OutOfMemoryError the old one (an alias today).
+OUT_OF_MEMORY_ERRORS: tuple[type[BaseException], ...] = tuple(
+    {
+        cls
+        for cls in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError)
+        if cls is not None
+    }
+)
 
 
 class EmbeddingBackend(Protocol):
@@ -75,16 +92,54 @@ def embed_sequences(
         )
     batches = token_budget_batches(lengths, max_batch_tokens, getattr(backend, "max_batch_size", None))
     for batch in batches:
-        ids, mask = pad_batch([token_ids[i] for i in batch], backend.pad_id)
-        pooled = backend.embed_padded(ids, mask)
-        if not np.isfinite(pooled).all():
-            bad = batch[~np.isfinite(pooled).all(axis=1)]
-            names = [labels[i] if labels is not None else f"#{i}" for i in bad[:3]]
-            raise NonFiniteError(
-                f"{backend.name} produced NaN/Inf embeddings for {len(bad)} item(s) of a batch "
-                f"of {len(batch)} (e.g. {', '.join(names)}); try --precision fp32"
-            )
-        out[batch] = pooled
-        if progress is not None:
-            progress(len(batch))
+        _embed_batch(backend, token_ids, batch, labels, out, progress)
     return out
+
+
+def _embed_batch(
+    backend: EmbeddingBackend,
+    token_ids: Sequence[np.ndarray],
+    batch: np.ndarray,
+    labels: Sequence[str] | None,
+    out: np.ndarray,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Embed one batch into ``out``; on out-of-memory, split it in halves and embed each."""
+    ids, mask = pad_batch([token_ids[i] for i in batch], backend.pad_id)
+    try:
+        pooled = backend.embed_padded(ids, mask)
+    except OUT_OF_MEMORY_ERRORS:
+        if len(batch) == 1:
+            raise
+        pooled = None  # split below, outside the handler, so the failed attempt's tensors can be freed
+    if pooled is None:
+        del ids, mask
+        _release_cached_memory()
+        half = len(batch) // 2
+        log.warning(
+            "%s ran out of memory on a batch of %d items (longest %d tokens); retrying as %d + %d",
+            backend.name,
+            len(batch),
+            max(len(token_ids[i]) for i in batch),
+            half,
+            len(batch) - half,
+        )
+        _embed_batch(backend, token_ids, batch[:half], labels, out, progress)
+        _embed_batch(backend, token_ids, batch[half:], labels, out, progress)
+        return
+    if not np.isfinite(pooled).all():
+        bad = batch[~np.isfinite(pooled).all(axis=1)]
+        names = [labels[i] if labels is not None else f"#{i}" for i in bad[:3]]
+        raise NonFiniteError(
+            f"{backend.name} produced NaN/Inf embeddings for {len(bad)} item(s) of a batch "
+            f"of {len(batch)} (e.g. {', '.join(names)}); try --precision fp32"
+        )
+    out[batch] = pooled
+    if progress is not None:
+        progress(len(batch))
+
+
+def _release_cached_memory() -> None:
+    """Give the caching allocator's free blocks back so the halves start from a clean slate."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -1,0 +1,161 @@
+"""CLI manners of ``bench``: usage errors (exit 2), an import-light module, and ``--plot``."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bench.conftest import bench
+from tests.cli.helpers import run_cli
+from virnucpro_trt.bench import plot
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--reads", "10"), "missing --dnabert, --esm, --classifier"),
+        (("--random-weights", "tiny", "--dnabert", "x"), "drop --dnabert"),
+        (("in.fa", "--reads", "10", "--random-weights", "tiny"), "not both"),
+        (("--random-weights", "tiny", "--backends", "torch,cuda-graphs"), "unknown backend 'cuda-graphs'"),
+        (("--random-weights", "tiny", "--gate", "0"), "--gate"),
+        (("--random-weights", "tiny", "--precision", "int4"), "--precision"),
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...], needle: str, tmp_path: Path) -> None:
+    result = run_cli("bench", *args, "--workdir", str(tmp_path / "work"))
+    assert result.code == 2, (result.code, result.stderr)
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "work").exists()  # refused before any model was written
+
+
+def test_engines_must_be_an_engine_directory(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run_cli("bench", "--random-weights", "tiny", "--engines", str(tmp_path / "empty"))
+    assert result.code == 2 and "not an engine directory" in result.stderr
+
+
+def test_the_command_module_imports_only_click() -> None:
+    code = (
+        "import sys, virnucpro_trt.cli.bench_command as m; "
+        "heavy = [n for n in ('torch', 'numpy', 'rich', 'virnucpro_trt.bench') if n in sys.modules]; "
+        "print(heavy); assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    result = run_cli("bench", "--help")
+    assert result.code == 0 and "--gate" in result.stdout and "--random-weights" in result.stdout
+
+
+@pytest.mark.skipif(HAS_MATPLOTLIB, reason="checks the message on a machine without matplotlib")
+def test_plot_without_matplotlib_is_one_line_before_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = run_cli(
+        "bench", "--random-weights", "tiny", "--workdir", str(tmp_path / "work"), "--plot",
+        str(tmp_path / "bench.png"), "--json", str(out),
+    )  # fmt: skip
+    assert result.code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "matplotlib" in lines[0] and "pip install matplotlib" in lines[0]
+    assert not out.exists() and not (tmp_path / "work").exists()  # nothing ran
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is not installed here")
+def test_plot_writes_a_png(bench_run, tmp_path: Path) -> None:
+    path = plot.draw(bench_run.report, tmp_path / "bench.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Recorder:
+    """Stands in for matplotlib's figure, axes and pyplot: records the calls that matter."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args, kwargs))
+            if name == "subplots":
+                return self, self
+            if name == "bar":
+                return [_Bar(i, h) for i, h in enumerate(args[1])]
+            return None
+
+        return call
+
+
+class _Bar:
+    def __init__(self, x: int, height: float) -> None:
+        self.x, self.height = x, height
+
+    def get_x(self) -> float:
+        return self.x - 0.4
+
+    def get_width(self) -> float:
+        return 0.8
+
+    def get_height(self) -> float:
+        return self.height
+
+
+def test_plot_draws_one_bar_per_configuration_with_speedup_labels(bench_run, monkeypatch, tmp_path) -> None:
+    """Exercised everywhere with a stand-in matplotlib (the real one is not a dependency)."""
+    recorder = _Recorder()
+    fake = types.ModuleType("matplotlib")
+    fake.__spec__ = importlib.machinery.ModuleSpec("matplotlib", None)
+    fake.use = lambda backend: recorder.calls.append(("use", (backend,), {}))  # type: ignore[attr-defined]
+    fake.pyplot = recorder  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "matplotlib", fake)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", recorder)
+    plot.draw(bench_run.report, tmp_path / "bench.png")
+    names = [name for name, _, _ in recorder.calls]
+    assert ("use", ("Agg",), {}) in recorder.calls and "savefig" in names
+    (_, bar_args, _) = next(c for c in recorder.calls if c[0] == "bar")
+    rows = bench_run.report["results"]
+    assert len(bar_args[1]) == len(rows)
+    assert bar_args[1][0] == rows[0]["frames_per_s"] and bar_args[1][-1] == 0.0  # unavailable: empty slot
+    labels = [args[2] for name, args, _ in recorder.calls if name == "text"]
+    assert labels[0] == "1.00x" and labels[-1] == "unavailable"
+    assert all(label.endswith("x") for label in labels[:-1])
+    (_, save_args, _) = next(c for c in recorder.calls if c[0] == "savefig")
+    assert save_args[0] == tmp_path / "bench.png"
+
+
+def test_table_goes_to_stdout_and_the_status_line_to_stderr(bench_run) -> None:
+    result = bench_run.result
+    assert "reference" in result.stdout and "PASSED" not in result.stdout
+    assert "PASSED: gate 0.01x: best engine onnxruntime-fp32" in result.stderr
+
+
+def test_quiet_run_prints_only_the_table(bench_run) -> None:
+    result = bench(bench_run.workdir, "-q", "--backends", "torch", "--reference-frames", "10")
+    assert result.code == 0 and result.stderr.strip() == "", result.stderr
+    assert result.stdout.splitlines()[1].startswith("config")
+
+
+def test_the_gpu_workflow_runs_a_valid_bench_command() -> None:
+    """The GPU job cannot run here; at least its command line must parse as the brief's invocation."""
+    yaml = pytest.importorskip("yaml")
+    from virnucpro_trt.cli.bench_command import bench as bench_command
+
+    workflow = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / ".github/workflows/gpu-bench.yml").read_text()
+    )
+    job = workflow["jobs"]["bench"]
+    assert job["runs-on"] == ["self-hosted", "gpu"]
+    run = next(step["run"] for step in job["steps"] if "virnucpro-trt bench" in step.get("run", ""))
+    argv = run.split()[2:]
+    context = bench_command.make_context("bench", argv)
+    params = context.params
+    assert params["random_weights"] == "full" and params["reads"] == 20000 and params["gate"] == 3.0
+    assert params["backends"] == "torch,inductor,onnxruntime" and params["precision"] == "bf16"
+    assert str(params["json_path"]) == "bench.json" and str(params["plot_path"]) == "bench.png"
+    uploaded = next(step for step in job["steps"] if "upload-artifact" in step.get("uses", ""))
+    assert set(uploaded["with"]["path"].split()) == {"bench.json", "bench.png"}

@@ -1,0 +1,127 @@
+"""The pieces under the run: parity arithmetic, timing discipline, configuration planning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from virnucpro_trt.bench.configs import ConfigSpec, parse_backends, plan_configurations
+from virnucpro_trt.bench.parity import cosines, path_parity
+from virnucpro_trt.bench.path import PathResult
+from virnucpro_trt.bench.timing import StageClock, measure
+from virnucpro_trt.errors import UserError
+
+
+def _result(ids: list[str], seed: int = 0, probs: np.ndarray | None = None) -> PathResult:
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    if probs is None:
+        p = rng.random(n).astype(np.float32)
+        probs = np.stack([1 - p, p], axis=1)
+    return PathResult(
+        ids,
+        rng.standard_normal((n, 8)).astype(np.float32),
+        rng.standard_normal((n, 16)).astype(np.float32),
+        probs,
+        reads=n,
+        dnabert_tokens=10 * n,
+        esm_tokens=20 * n,
+        stages_s={},
+    )
+
+
+def test_parity_with_itself_is_exactly_perfect() -> None:
+    ref = _result([f"f{i}" for i in range(50)])
+    parity = path_parity(ref, ref, "fp32")
+    assert parity["dnabert_min_cos"] == parity["esm_min_cos"] == parity["label_agreement"] == 1.0
+    assert parity["max_abs_score_diff"] == 0.0 and parity["passed"] and parity["frames"] == 50
+
+
+def test_parity_sees_noise_flipped_labels_and_aligns_by_frame_id() -> None:
+    ids = [f"f{i}" for i in range(40)]
+    ref = _result(ids[:10])  # the reference computed a subset
+    ref.probabilities[0] = [0.2, 0.8]
+    got = _result(ids[::-1], seed=1)  # another order, more frames
+    order = {frame: i for i, frame in enumerate(got.frame_ids)}
+    rows = [order[f] for f in ref.frame_ids]
+    got.dnabert[rows] = ref.dnabert * 1.5  # same direction: cosine 1, values differ
+    got.esm[rows] = ref.esm + 0.3 * np.random.default_rng(2).standard_normal(ref.esm.shape).astype(np.float32)
+    got.probabilities[rows] = ref.probabilities
+    got.probabilities[rows[0]] = ref.probabilities[0, ::-1]  # one label flips
+    parity = path_parity(ref, got, "bf16")
+    assert parity["frames"] == 10
+    assert parity["dnabert_min_cos"] == pytest.approx(1.0, abs=1e-6) and parity["dnabert_max_abs"] > 0.1
+    assert 0.5 < parity["esm_min_cos"] < 0.999
+    assert parity["label_agreement"] == pytest.approx(0.9)
+    assert parity["max_abs_score_diff"] == pytest.approx(0.6)
+    assert parity["passed"] is False and "0.9995" in parity["rule"]
+
+
+def test_parity_without_common_frames_is_an_error() -> None:
+    with pytest.raises(ValueError, match="no frame in common"):
+        path_parity(_result(["a"]), _result(["b"]), "fp32")
+
+
+def test_cosines_are_clipped_and_exact_for_identical_rows() -> None:
+    a = np.random.default_rng(0).standard_normal((100, 64)).astype(np.float32)
+    assert (cosines(a, a) == 1.0).all()
+    assert (cosines(a, -a) >= -1.0).all() and cosines(a, -a).max() == pytest.approx(-1.0)
+
+
+def test_measure_warms_up_then_times_each_pass() -> None:
+    seen: list[int] = []
+    result = measure(lambda i: seen.append(i) or i * 10, repeats=3, device=torch.device("cpu"))
+    assert seen == [0, 1, 2, 3]
+    assert result.warmup_result == 0 and result.results == (10, 20, 30)
+    assert len(result.passes_s) == 3 and result.median_s == sorted(result.passes_s)[1]
+    with pytest.raises(ValueError):
+        measure(lambda i: i, repeats=0, device=torch.device("cpu"))
+
+
+def test_stage_clock_accumulates() -> None:
+    clock = StageClock(torch.device("cpu"))
+    for _ in range(2):
+        with clock.stage("a"):
+            pass
+    assert set(clock.seconds) == {"a"} and clock.seconds["a"] >= 0.0
+
+
+def test_backends_and_planning() -> None:
+    assert parse_backends("torch, inductor,torch,reference") == ("torch", "inductor")
+    with pytest.raises(UserError, match="available: torch, onnxruntime, inductor, tensorrt"):
+        parse_backends("torch,trt")
+    specs = plan_configurations(("torch", "tensorrt"), "bf16")
+    assert specs == [
+        ConfigSpec("reference", "fp32"),
+        ConfigSpec("torch", "bf16"),
+        ConfigSpec("tensorrt", "bf16"),
+    ]
+    assert [s.name for s in specs] == ["reference", "torch-bf16", "tensorrt-bf16"]
+    assert [s.is_engine for s in specs] == [False, False, True]
+
+
+def test_a_failing_build_child_is_one_line(tmp_path) -> None:
+    from virnucpro_trt.bench.build_worker import BuildFailed, build_in_child
+    from virnucpro_trt.engines.build import BuildSettings
+
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(BuildFailed, match=r"^ModelNotFoundError: ") as caught:
+        build_in_child(
+            BuildSettings(missing, missing, missing, tmp_path / "engines", "onnxruntime", "fp32", "cpu")
+        )
+    assert "\n" not in str(caught.value)
+
+
+def test_a_crashing_build_child_is_named_by_its_signal(tmp_path, monkeypatch) -> None:
+    from virnucpro_trt.bench import build_worker
+    from virnucpro_trt.engines.build import BuildSettings
+
+    crash = tmp_path / "crash.sh"
+    crash.write_text("#!/bin/sh\necho 'compiling...'\nkill -SEGV $$\n")
+    crash.chmod(0o755)
+    monkeypatch.setattr(build_worker.sys, "executable", str(crash))
+    with pytest.raises(build_worker.BuildFailed, match="killed by SIGSEGV"):
+        build_worker.build_in_child(
+            BuildSettings("d", "e", "c", tmp_path / "engines", "inductor", "bf16", "cpu")
+        )

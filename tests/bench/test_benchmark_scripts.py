@@ -1,0 +1,68 @@
+"""``benchmarks/*.py`` still run on the shared bench code and still write their committed format."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _committed(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def test_engines_throughput_tiny_eager(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "engines.json"
+    code = _script("engines_throughput").main(
+        [
+            "--models", "dnabert-s", "--configs", "eager-fp32,eager-bf16", "--size", "tiny", "--items", "24",
+            "--fp32-items", "16", "--parity-items", "8", "--repeats", "1", "--device", "cpu",
+            "--max-batch-tokens", "2048", "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    committed = _committed("h200_engines_dnabert.json")
+    assert set(report) == set(committed)
+    cpu_keys = {k for k in committed["environment"] if k not in ("gpu", "compute_capability", "driver")}
+    assert set(report["environment"]) == cpu_keys
+    rows = {r["config"]: r for r in report["results"]}
+    committed_row = next(r for r in committed["results"] if r["config"] == "eager-bf16")
+    assert set(rows["eager-bf16"]) == set(committed_row)
+    assert rows["eager-fp32"]["items_timed"] == 16 and rows["eager-bf16"]["items_timed"] == 24
+    assert rows["eager-fp32"]["parity"]["passed_gate"] and rows["eager-bf16"]["parity"]["min_cosine"] > 0.999
+    assert "eager-bf16" in capsys.readouterr().out
+
+
+def test_predict_full_size_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs ``predict`` in a subprocess, as a user would: the slowest test of this folder (~10 s)."""
+    out = tmp_path / "predict.json"
+    code = _script("predict_full_size").main(
+        [
+            "--size", "tiny", "--reads", "40", "--device", "cpu", "--precision", "fp32",
+            "--workdir", str(tmp_path / "work"), "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    committed = _committed("h200_predict_full_size_torch.json")
+    assert set(report) == set(committed)
+    # the committed file predates the backend/engines fields: every field it has is still written
+    assert set(committed["results"][0]) <= set(report["results"][0])
+    assert report["results"][0]["reads"] == 40 and report["results"][0]["frames"] > 0
+    assert report["workload"]["models"].startswith("random weights, tiny")
+    assert "wrote tiny-size random checkpoints" in capsys.readouterr().out

@@ -1,0 +1,137 @@
+"""Shard size rule, shard files written during validation, the index, and the work folder's trust rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from virnucpro_trt.errors import UserError
+from virnucpro_trt.outputs.shard_results import write_shard_results
+from virnucpro_trt.pipeline.inputs import validate_input
+from virnucpro_trt.runtime.resume import WorkDir, marker_path, outdir_lock
+from virnucpro_trt.runtime.shards import (
+    ShardSplitter,
+    default_shard_records,
+    read_shard_index,
+    write_shard_index,
+)
+from virnucpro_trt.sequences.reader import read_records
+
+
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [(0, 256), (10, 256), (20_000, 256), (40_000, 512), (100_000, 1536), (10**7, 16384), (10**9, 16384)],
+)
+def test_default_shard_size_depends_on_the_record_count_only(records, expected):
+    assert default_shard_records(records) == expected
+    assert expected % 256 == 0
+
+
+def _write_reads(path, n, length=60):
+    bases = "ACGT"
+    with open(path, "w") as handle:
+        for i in range(n):
+            seq = "".join(bases[(i * 7 + j) % 4] for j in range(length if i % 13 != 5 else 0))
+            handle.write(f">read{i} description {i}\n{seq[:30]}\n{seq[30:]}\n")
+    return path
+
+
+def _shard(tmp_path, reads, shard_records):
+    splitter = ShardSplitter(tmp_path / "shards", shard_records)
+    summary = validate_input(reads, str(reads), "dna", 300, splitter=splitter)
+    return summary, splitter.finish()
+
+
+def test_shards_are_consecutive_two_line_fasta_with_counts(tmp_path):
+    reads = _write_reads(tmp_path / "r.fa", 1000)
+    summary, shards = _shard(tmp_path, reads, None)  # default: 1000 records -> 256 per shard
+    assert [s.records for s in shards] == [256, 256, 256, 232]
+    assert [s.first for s in shards] == [0, 256, 512, 768]
+    assert sum(s.frames for s in shards) == summary.frames
+    assert sum(s.chunks for s in shards) == summary.chunks
+    assert sum(s.bases for s in shards) == summary.bases
+    original = list(read_records(reads))
+    again = [r for s in shards for r in read_records(tmp_path / "shards" / s.file)]
+    assert [(r.id, r.sequence) for r in again] == [(r.id, r.sequence) for r in original]
+    text = (tmp_path / "shards" / shards[0].file).read_text()
+    assert text.startswith(">read0\nACGT") and "description" not in text
+    assert not list((tmp_path / "shards").glob("piece-*"))
+    assert shards[1].describe() == "shard 1 (records 257-512)"
+
+
+def test_explicit_shard_records_and_the_bases_cap(tmp_path, monkeypatch):
+    reads = _write_reads(tmp_path / "r.fa", 100)
+    _, shards = _shard(tmp_path, reads, 30)
+    assert [s.records for s in shards] == [30, 30, 30, 10]
+    import virnucpro_trt.runtime.shards as shards_module
+
+    monkeypatch.setattr(shards_module, "MAX_SHARD_BASES", 600)
+    _, capped = _shard(tmp_path / "capped", reads, 30)
+    assert all(s.bases <= 600 for s in capped) and sum(s.records for s in capped) == 100
+
+
+def test_index_round_trip_and_damaged_shard(tmp_path):
+    reads = _write_reads(tmp_path / "r.fa", 50)
+    _, shards = _shard(tmp_path, reads, 20)
+    folder = tmp_path / "shards"
+    write_shard_index(folder, shards, {"input": {"records": 50}})
+    loaded, extra = read_shard_index(folder)
+    assert loaded == shards and extra == {"input": {"records": 50}}
+    (folder / shards[1].file).write_text(">x\nACGT\n")
+    assert read_shard_index(folder) is None
+
+
+def test_work_dir_state_refusal_force_and_marker_checks(tmp_path):
+    work = WorkDir(tmp_path)
+    assert work.open("sha-a", "fp-1", force=False) is False
+    folder = work.fresh_shards_folder()
+    reads = _write_reads(tmp_path / "r.fa", 40)
+    splitter = ShardSplitter(folder, 20)
+    validate_input(reads, "r.fa", "dna", 300, splitter=splitter)
+    shards = splitter.finish()
+    write_shard_index(folder, shards, {})
+    work.commit_shards(folder)
+    work.write_state("sha-a", "fp-1", {})
+    # Nothing finished yet: other settings just start over.
+    assert work.open("sha-a", "fp-2", force=False) is False and not work.root.exists()
+
+    folder = work.fresh_shards_folder()
+    splitter = ShardSplitter(folder, 20)
+    validate_input(reads, "r.fa", "dna", 300, splitter=splitter)
+    shards = splitter.finish()
+    write_shard_index(folder, shards, {})
+    work.commit_shards(folder)
+    work.write_state("sha-a", "fp-1", {})
+    contents = {"prediction": b"row\n", "frames": b"", "sequences": b"s\n", "maxima": b""}
+    for shard in shards:
+        write_shard_results(work.results, shard, contents, {"counts": {}})
+    assert work.open("sha-a", "fp-1", force=False) is True
+    assert sorted(work.finished_shards(shards)) == [0, 1]
+    # A result file changed after its marker was written: that shard is redone.
+    (work.results / "shard-000001.prediction.txt").write_bytes(b"rox\n")
+    assert sorted(work.finished_shards(shards)) == [0]
+    assert not marker_path(work.results, shards[1]).exists()
+    # A marker for other records is not trusted either.
+    marker = json.loads(marker_path(work.results, shards[0]).read_text())
+    marker["records"] += 1
+    marker_path(work.results, shards[0]).write_text(json.dumps(marker))
+    assert work.finished_shards(shards) == {}
+
+    for shard in shards:
+        write_shard_results(work.results, shard, contents, {"counts": {}})
+    with pytest.raises(UserError, match=r"different input.*--force"):
+        work.open("sha-b", "fp-1", force=False)
+    with pytest.raises(UserError, match="different settings"):
+        work.open("sha-a", "fp-9", force=False)
+    assert work.open("sha-a", "fp-9", force=True) is False and not work.root.exists()
+
+
+def test_one_run_per_output_folder(tmp_path):
+    with outdir_lock(tmp_path / "out"):
+        with pytest.raises(UserError, match="another virnucpro-trt run"), outdir_lock(tmp_path / "out"):
+            pass
+        assert (tmp_path / "out" / ".work.lock").exists()
+    assert not (tmp_path / "out" / ".work.lock").exists()
+    with outdir_lock(tmp_path / "out"):  # released: usable again
+        pass

@@ -1,0 +1,51 @@
+"""Which workers a run gets: --gpus (visible indices), --workers on CPU, and the thread split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import virnucpro_trt.runtime.coordinator as coordinator
+from virnucpro_trt.errors import UserError
+from virnucpro_trt.runtime.coordinator import plan_worker_slots, runs_inline
+
+
+def test_cpu_workers_split_the_threads():
+    slots = plan_worker_slots("cpu", None, 3, 8)
+    assert [(s.index, s.device, s.threads) for s in slots] == [(0, "cpu", 2), (1, "cpu", 2), (2, "cpu", 2)]
+    assert not runs_inline(slots)
+    one = plan_worker_slots("cpu", None, None, 4)
+    assert [(s.device, s.threads) for s in one] == [("cpu", 4)] and runs_inline(one)
+    assert plan_worker_slots("cpu", None, 4, 2)[0].threads == 1  # never zero
+    with pytest.raises(UserError, match="--gpus"):
+        plan_worker_slots("cpu", (0,), None, None)
+
+
+@pytest.fixture
+def four_gpus(monkeypatch):
+    """Pretend 4 CUDA devices are visible (e.g. CUDA_VISIBLE_DEVICES=2,3,6,7)."""
+
+    def fake_resolve(spec: str) -> torch.device:
+        spec = spec.strip().lower()
+        if spec == "cpu":
+            return torch.device("cpu")
+        return torch.device("cuda:0" if spec in ("auto", "cuda") else spec)
+
+    monkeypatch.setattr(coordinator, "resolve_device", fake_resolve)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+
+
+def test_gpu_slots(four_gpus):
+    slots = plan_worker_slots("auto", None, None, 16)
+    assert [s.device for s in slots] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert {s.threads for s in slots} == {4} and not runs_inline(slots)
+    assert [s.device for s in plan_worker_slots("cuda", (3, 1), None, 16)] == ["cuda:3", "cuda:1"]
+    assert [s.device for s in plan_worker_slots("cuda:2", None, None, 16)] == ["cuda:2"]
+    with pytest.raises(UserError, match="only 4 CUDA device"):
+        plan_worker_slots("auto", (0, 4), None, None)
+    with pytest.raises(UserError, match="twice"):
+        plan_worker_slots("auto", (1, 1), None, None)
+    with pytest.raises(UserError, match="--workers is for CPU"):
+        plan_worker_slots("auto", None, 2, None)
+    with pytest.raises(UserError, match="not both"):
+        plan_worker_slots("cuda:1", (0,), None, None)

@@ -1,0 +1,62 @@
+"""``--gate X``: the run passes only if the best engine is at least X times the reference.
+
+Candidates are the *engines*: every configuration that ran (``status`` ok) other than ``reference`` and
+``torch``, because the claim the gate protects is "the project's compiled path beats upstream by X".
+Only when no engine ran does eager ``torch`` stand in, and the message says so; with nothing but the
+reference, the gate fails. Engines reaching a run have already passed the build-time parity gate, so the
+speed gate does not re-judge parity (the rows still report it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+NOT_ENGINES = ("reference", "torch")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    threshold: float
+    passed: bool
+    best: str | None  # the best candidate's config name
+    speedup: float | None
+    candidates: str  # "engines" or "torch (no engine ran)" or "none"
+    message: str  # one line, starts with PASSED or FAILED
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "passed": self.passed,
+            "best": self.best,
+            "speedup_vs_reference": self.speedup,
+            "candidates": self.candidates,
+            "rule": "best engine (not reference, not torch; torch only if no engine ran) "
+            "speedup_vs_reference >= threshold",
+        }
+
+
+def evaluate_gate(results: list[dict[str, Any]], threshold: float) -> GateResult:
+    """Judge the rows of a report against ``threshold`` (a speedup over the reference)."""
+    ran = [r for r in results if r.get("status") == "ok" and r.get("speedup_vs_reference") is not None]
+    engines = [r for r in ran if r["backend"] not in NOT_ENGINES]
+    if engines:
+        pool, label = engines, "engines"
+    else:
+        pool, label = [r for r in ran if r["backend"] == "torch"], "torch (no engine ran)"
+    if not pool:
+        return GateResult(
+            threshold, False, None, None, "none",
+            f"FAILED: gate {threshold:g}x: no engine (and no torch configuration) ran against the reference",
+        )  # fmt: skip
+    best = max(pool, key=lambda r: r["speedup_vs_reference"])
+    speedup = float(best["speedup_vs_reference"])
+    passed = speedup >= threshold
+    what = "best engine" if label == "engines" else "no engine ran; best torch configuration"
+    verdict = "PASSED" if passed else "FAILED"
+    relation = ">=" if passed else "<"
+    message = (
+        f"{verdict}: gate {threshold:g}x: {what} {best['config']} at {speedup:.2f}x the reference "
+        f"({relation} {threshold:g}x)"
+    )
+    return GateResult(threshold, passed, best["config"], speedup, label, message)

@@ -1,0 +1,89 @@
+"""How far a configuration's answers are from the reference's, on the frames both computed.
+
+A speedup only counts if the answers survive it (performance.md's parity goals: bf16 pooled embeddings
+min cosine >= 0.9995 and >= 99.9% label agreement; fp8 0.995 and 99.5%). Embeddings are held to the
+build-time gate's thresholds (:mod:`virnucpro_trt.engines.parity`); scores and labels are compared
+after the classifier, which is what a user sees.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from virnucpro_trt.bench.path import PathResult
+from virnucpro_trt.engines.parity import FP32_MAX_ABS, MIN_COSINE
+
+# performance.md's label-agreement goals; fp32 is held to the half-precision figure (it only differs
+# from the reference in summation order).
+MIN_LABEL_AGREEMENT = {"fp32": 0.999, "fp16": 0.999, "bf16": 0.999, "fp8": 0.995}
+
+
+def _aligned(reference: PathResult, got: PathResult) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices into ``reference`` and ``got`` of the frames both computed, in reference order."""
+    position = {frame_id: i for i, frame_id in enumerate(got.frame_ids)}
+    ref_rows = [i for i, frame_id in enumerate(reference.frame_ids) if frame_id in position]
+    got_rows = [position[reference.frame_ids[i]] for i in ref_rows]
+    return np.asarray(ref_rows, dtype=np.int64), np.asarray(got_rows, dtype=np.int64)
+
+
+def cosines(reference: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity in float64, clipped to [-1, 1]; identical rows give exactly 1.
+
+    Float64 rounding can put the cosine of a vector with itself a hair off 1 either way, which would make
+    the reference's own "trivially perfect" parity read 0.9999999999999998.
+    """
+    ref64, got64 = reference.astype(np.float64), got.astype(np.float64)
+    norms = np.linalg.norm(ref64, axis=1) * np.linalg.norm(got64, axis=1)
+    cos = np.clip((ref64 * got64).sum(axis=1) / np.maximum(norms, 1e-30), -1.0, 1.0)
+    return np.where((reference == got).all(axis=1), 1.0, cos)
+
+
+def _embedding_figures(reference: np.ndarray, got: np.ndarray) -> tuple[float, float, bool]:
+    """(min cosine, max |diff|, finite); NaN/NaN/False when ``got`` holds NaN or Inf."""
+    if not np.isfinite(got).all():
+        return float("nan"), float("nan"), False
+    max_abs = float(np.abs(got.astype(np.float64) - reference.astype(np.float64)).max())
+    return float(cosines(reference, got).min()), max_abs, True
+
+
+def path_parity(reference: PathResult, got: PathResult, precision: str) -> dict[str, Any]:
+    """``dnabert_min_cos``, ``esm_min_cos``, ``label_agreement``, ``max_abs_score_diff`` and context.
+
+    The rule is the build-time gate's (fp32: embeddings within ``FP32_MAX_ABS``; reduced precisions: min
+    cosine) plus performance.md's label agreement.
+    """
+    ref_rows, got_rows = _aligned(reference, got)
+    if len(ref_rows) == 0:
+        raise ValueError("the configuration and the reference have no frame in common")
+    dna_cos, dna_abs, dna_finite = _embedding_figures(reference.dnabert[ref_rows], got.dnabert[got_rows])
+    esm_cos, esm_abs, esm_finite = _embedding_figures(reference.esm[ref_rows], got.esm[got_rows])
+    ref_probs, got_probs = reference.probabilities[ref_rows], got.probabilities[got_rows]
+    agreement = float(np.mean(reference.labels[ref_rows] == got.labels[got_rows]))
+    finite = dna_finite and esm_finite and bool(np.isfinite(got_probs).all())
+    score_diff = (
+        float(np.abs(got_probs.astype(np.float64) - ref_probs.astype(np.float64)).max())
+        if finite
+        else float("nan")
+    )
+    min_agreement = MIN_LABEL_AGREEMENT.get(precision, 0.999)
+    if precision == "fp32":
+        embeddings_ok = max(dna_abs, esm_abs) <= FP32_MAX_ABS
+        rule = f"embeddings max abs <= {FP32_MAX_ABS:g}, label agreement >= {min_agreement}"
+    else:
+        min_cos = MIN_COSINE.get(precision, 0.9995)
+        embeddings_ok = min(dna_cos, esm_cos) >= min_cos
+        rule = f"embeddings min cosine >= {min_cos}, label agreement >= {min_agreement}"
+    return {
+        "frames": len(ref_rows),
+        "dnabert_min_cos": dna_cos,
+        "esm_min_cos": esm_cos,
+        "label_agreement": agreement,
+        "max_abs_score_diff": score_diff,
+        "dnabert_max_abs": dna_abs,
+        "esm_max_abs": esm_abs,
+        "finite": finite,
+        "passed": bool(finite and embeddings_ok and agreement >= min_agreement),
+        "rule": rule,
+    }

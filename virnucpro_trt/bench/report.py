@@ -1,0 +1,157 @@
+"""The bench result: one JSON document with the machine, the workload and one row per configuration.
+
+Schema (``schema_version`` 1)::
+
+    {"schema": "virnucpro-trt/bench", "schema_version": 1, "version", "command", "started", "complete",
+     "settings": {...}, "hardware": {...}, "workload": {...}, "models": {...}, "gate": {...} | null,
+     "results": [{"config", "backend", "precision", "device", "gpus", "status", "reason",
+                  "frames", "reads", "tokens", "extrapolated", "seconds", "passes_s", "warmup_s",
+                  "stages_s", "frames_per_s", "reads_per_s", "tokens_per_s", "speedup_vs_reference",
+                  "parity": {"frames", "dnabert_min_cos", "esm_min_cos", "label_agreement",
+                             "max_abs_score_diff", ...} | null,
+                  "batching", "engine", "open_s"}, ...]}
+
+Every row has every key; a row that did not run (``status`` ``unavailable`` or ``failed``) has ``null``
+figures and a one-line ``reason``. Throughput counts one median pass of the whole path; model loading
+and engine building are outside it (``open_s``, ``engine.build_s``). ``reads_per_s`` is
+``frames_per_s`` times the workload's reads per kept frame, so a row timed on a subset (the reference,
+``extrapolated: true``) is extrapolated per frame like the others are measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from virnucpro_trt import __version__
+
+if TYPE_CHECKING:
+    import torch
+
+SCHEMA = "virnucpro-trt/bench"
+SCHEMA_VERSION = 1
+RESULT_KEYS = (
+    "config", "backend", "precision", "device", "gpus", "status", "reason", "frames", "reads", "tokens",
+    "extrapolated", "seconds", "passes_s", "warmup_s", "stages_s", "frames_per_s", "reads_per_s",
+    "tokens_per_s", "speedup_vs_reference", "parity", "batching", "engine", "open_s",
+)  # fmt: skip
+
+
+def new_report(
+    hardware: dict[str, Any], workload: dict[str, Any], models: dict[str, Any], settings: Any
+) -> dict[str, Any]:
+    """The report before any configuration ran (``complete`` false until the loop ends)."""
+    settings_json = _plain(dataclasses.asdict(settings))
+    settings_json.pop("command", None)
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "tool": "virnucpro-trt",
+        "version": __version__,
+        "command": list(settings.command),
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": False,
+        "settings": settings_json,
+        "hardware": hardware,
+        "workload": workload,
+        "models": models,
+        "gate": None,
+        "results": [],
+    }
+
+
+def result_row(
+    spec: Any,
+    device: torch.device,
+    status: str,
+    *,
+    reason: str | None = None,
+    frames: int | None = None,
+    reads: int | None = None,
+    tokens: int | None = None,
+    seconds: float | None = None,
+    passes_s: tuple[float, ...] = (),
+    warmup_s: float | None = None,
+    stages_s: dict[str, float] | None = None,
+    workload: dict[str, Any] | None = None,
+    reference_row: dict[str, Any] | None = None,
+    parity: dict[str, Any] | None = None,
+    batching: dict[str, Any] | None = None,
+    engine: dict[str, Any] | None = None,
+    open_s: float | None = None,
+) -> dict[str, Any]:
+    """One configuration's row with every key of the schema (figures ``None`` unless it ran)."""
+    frames_per_s = reads_per_s = tokens_per_s = speedup = None
+    if status == "ok" and seconds and frames and tokens is not None and workload:
+        frames_per_s = frames / seconds
+        reads_per_s = frames_per_s * workload["reads"] / workload["frames"]
+        tokens_per_s = tokens / seconds
+        if spec.backend == "reference":
+            speedup = 1.0
+        elif reference_row is not None and reference_row.get("frames_per_s"):
+            speedup = frames_per_s / reference_row["frames_per_s"]
+    ran = status == "ok"
+    return {
+        "config": spec.name,
+        "backend": spec.backend,
+        "precision": spec.precision,
+        "device": str(device),
+        "gpus": 1 if device.type == "cuda" else 0,
+        "status": status,
+        "reason": reason,
+        "frames": frames,
+        "reads": reads,
+        "tokens": tokens,
+        "extrapolated": bool(ran and workload and frames is not None and frames < workload["frames"]),
+        "seconds": _round(seconds, 6),
+        "passes_s": [_round(p, 6) for p in passes_s],
+        "warmup_s": _round(warmup_s, 4),
+        "stages_s": {k: _round(v, 6) for k, v in stages_s.items()} if stages_s else None,
+        "frames_per_s": _round(frames_per_s, 3),
+        "reads_per_s": _round(reads_per_s, 3),
+        "tokens_per_s": _round(tokens_per_s, 1),
+        "speedup_vs_reference": speedup if speedup == 1.0 else _round(speedup, 4),
+        "parity": parity,
+        "batching": batching,
+        "engine": engine,
+        "open_s": open_s,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Paths as strings and tuples as lists, recursively (what JSON can hold)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _finite(value: Any) -> Any:
+    """NaN/Inf are not JSON: write them as null (the row's ``finite`` flag says what happened)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    """Write atomically (temporary name, then rename): a file that exists is a whole document."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,103 @@
+"""The comparison as a table: rich on a terminal, fixed-width text in logs and CI.
+
+Rows that did not run stay in the table with their status; their reasons follow it, one line each, so
+the reader sees what was not measured next to what was.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO
+
+COLUMNS = (
+    "config", "status", "frames", "frames/s", "reads/s", "tokens/s", "speedup",
+    "DNABERT cos", "ESM cos", "labels", "max|dp|",
+)  # fmt: skip
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The cells of every row, as strings (shared by the plain and the rich table)."""
+    rows = []
+    for r in report["results"]:
+        parity = r.get("parity") or {}
+        frames = "-" if r["frames"] is None else f"{r['frames']:,}" + ("*" if r["extrapolated"] else "")
+        speedup = r["speedup_vs_reference"]
+        rows.append(
+            [
+                r["config"],
+                r["status"],
+                frames,
+                _number(r["frames_per_s"]),
+                _number(r["reads_per_s"]),
+                _number(r["tokens_per_s"], 0),
+                "-" if speedup is None else f"{speedup:.2f}x",
+                _number(parity.get("dnabert_min_cos"), 6),
+                _number(parity.get("esm_min_cos"), 6),
+                "-" if parity.get("label_agreement") is None else f"{100 * parity['label_agreement']:.2f}%",
+                "-" if parity.get("max_abs_score_diff") is None else f"{parity['max_abs_score_diff']:.2e}",
+            ]
+        )
+    return rows
+
+
+def footnotes(report: dict[str, Any]) -> list[str]:
+    """Why rows did not run, and what a starred frame count means."""
+    notes = [f"{r['config']}: {r['status']}: {r['reason']}" for r in report["results"] if r["status"] != "ok"]
+    if any(r["extrapolated"] for r in report["results"]):
+        notes.append(
+            f"* timed on a subset of the {report['workload']['frames']:,} frames and extrapolated per frame"
+        )
+    return notes
+
+
+def _title(report: dict[str, Any]) -> str:
+    hw, wl = report["hardware"], report["workload"]
+    where = hw.get("gpu") or f"CPU ({hw.get('cpu')}, {hw.get('torch_threads')} threads)"
+    return (
+        f"{wl['reads']:,} reads ({wl['source']}) -> {wl['frames']:,} frames, "
+        f"{report['models']['source']}, on {where}"
+    )
+
+
+def print_plain(report: dict[str, Any], stream: TextIO) -> None:
+    rows = table_rows(report)
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(COLUMNS)]
+    stream.write(_title(report) + "\n")
+    line = "  ".join(
+        c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(COLUMNS, widths, strict=True))
+    )
+    stream.write(line + "\n")
+    for row in rows:
+        cells = (
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        stream.write("  ".join(cells).rstrip() + "\n")
+    for note in footnotes(report):
+        stream.write(note + "\n")
+
+
+def print_rich(report: dict[str, Any], stream: TextIO, width: int | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=_title(report), caption="\n".join(footnotes(report)) or None, caption_justify="left")
+    for i, column in enumerate(COLUMNS):
+        table.add_column(column, justify="left" if i < 2 else "right", no_wrap=i == 0)
+    styles = {"ok": None, "unavailable": "dim", "failed": "red"}
+    for r, cells in zip(report["results"], table_rows(report), strict=True):
+        table.add_row(*cells, style=styles.get(r["status"]))
+    Console(file=stream, width=width).print(table)
+
+
+def print_table(report: dict[str, Any], stream: TextIO | None = None, rich: bool | None = None) -> None:
+    """Print the comparison; ``rich`` None means "rich when ``stream`` is a terminal"."""
+    stream = stream or sys.stdout
+    if rich is None:
+        rich = stream.isatty()
+    (print_rich if rich else print_plain)(report, stream)

@@ -1,0 +1,98 @@
+"""Timing that survives asynchronous GPUs, lazy initialisation and noisy neighbours.
+
+The rules (performance.md, "How to measure"): a warm-up pass first (CUDA context, cuBLAS heuristics,
+autotuning and allocator growth all happen on first use and are not throughput), synchronize the device
+before every clock read (a launch returns before the GPU has done the work), and report the median of
+several passes (robust to one slow pass).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has finished everything queued (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock(device: torch.device) -> float:
+    """A host clock reading taken only after ``device`` is idle."""
+    synchronize(device)
+    return time.perf_counter()
+
+
+@dataclass
+class StageClock:
+    """Wall time per named stage, each boundary synchronised with the device."""
+
+    device: torch.device
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = clock(self.device)
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + clock(self.device) - start
+
+
+@dataclass(frozen=True)
+class Measurement(Generic[T]):
+    """A warm-up pass and ``repeats`` timed passes of the same work."""
+
+    warmup_s: float
+    passes_s: tuple[float, ...]
+    warmup_result: T
+    results: tuple[T, ...]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.passes_s)
+
+
+def measure(run: Callable[[int], T], repeats: int, device: torch.device) -> Measurement[T]:
+    """Call ``run(0)`` once untimed-for-throughput (warm-up), then ``run(1..repeats)`` timed.
+
+    ``run`` gets the pass number so a caller can rotate its inputs between passes.
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    start = clock(device)
+    warmup = run(0)
+    warmup_s = clock(device) - start
+    times: list[float] = []
+    results: list[T] = []
+    for index in range(1, repeats + 1):
+        start = clock(device)
+        results.append(run(index))
+        times.append(clock(device) - start)
+    return Measurement(warmup_s, tuple(times), warmup, tuple(results))
+
+
+def time_embedding(
+    runner: Any, tokens: Sequence[np.ndarray], budget: int, repeats: int, device: torch.device | None = None
+) -> tuple[float, np.ndarray]:
+    """Median seconds of embedding all ``tokens`` (after a warm-up pass) and the embeddings.
+
+    Encoder-only timing for ``benchmarks/engines_throughput.py``; ``device`` defaults to the current CUDA
+    device when there is one.
+    """
+    from virnucpro_trt.runtime.embedding import embed_sequences
+
+    if device is None:
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    result = measure(lambda _: embed_sequences(runner, tokens, budget), repeats, device)
+    return result.median_s, result.results[-1]

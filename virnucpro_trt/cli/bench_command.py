@@ -1,0 +1,272 @@
+"""``virnucpro-trt bench``: one workload, every configuration side by side against the upstream way.
+
+Only click is imported at module level: ``cli/main.py`` registers this command on every start-up, and
+``virnucpro-trt --help`` must not pay for torch. Everything else is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+log = logging.getLogger("virnucpro_trt")
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_BACKENDS_HELP = (
+    "Comma-separated configurations to compare with the reference: torch (eager PyTorch at --precision), "
+    "onnxruntime, inductor, tensorrt (engines built on the fly into --workdir by the real build code). "
+    "Default: all four; with --engines: torch."
+)
+
+
+def _usage(message: str) -> click.UsageError:
+    return click.UsageError(message)
+
+
+def _check_sources(
+    input_path: Path | None,
+    reads: int | None,
+    read_length: int | None,
+    models: dict[str, str | None],
+    random_weights: str | None,
+) -> None:
+    """One workload source and one model source, or a usage error naming the conflict."""
+    if input_path is not None and (reads is not None or read_length is not None):
+        raise _usage("give INPUT or --reads/--read-length (generated reads), not both")
+    named = [flag for flag, value in models.items() if value]
+    if random_weights and named:
+        raise _usage(f"--random-weights replaces the checkpoints: drop {', '.join(named)}")
+    if not random_weights and len(named) < len(models):
+        missing = [flag for flag, value in models.items() if not value]
+        raise _usage(
+            f"missing {', '.join(missing)} "
+            "(or --random-weights full|tiny for random weights of the real shapes)"
+        )
+
+
+@click.command("bench", context_settings=_CONTEXT)
+@click.argument(
+    "input_path", metavar="[INPUT]", required=False, type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option("--reads", type=click.IntRange(min=1), default=None, help="Generate N reads (default 1000).")
+@click.option(
+    "--read-length", type=click.IntRange(min=1), default=None, help="Length of generated reads (default 500)."
+)
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the generated reads.")
+@click.option(
+    "--coding-fraction",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.7,
+    show_default=True,
+    help="Share of generated reads with a coding region (the rest is random DNA, which keeps no frame).",
+)
+@click.option("--chunk-length", type=click.Choice(["300", "500"]), default="500", show_default=True)
+@click.option("--dnabert", help="DNABERT-S folder or Hugging Face id.")
+@click.option("--esm", help="ESM-2 folder, fair-esm .pt, Hugging Face id or fair-esm name.")
+@click.option("--classifier", help="Upstream classifier (500_model.pth / 300_model.pth) or .safetensors.")
+@click.option(
+    "--random-weights",
+    type=click.Choice(["full", "tiny"]),
+    default=None,
+    help="Random weights in the real formats instead of checkpoints: full (DNABERT-S 12x768 + ESM-2 3B; "
+    "GPU speed work) or tiny (CPU tests).",
+)
+@click.option("--backends", default=None, help=_BACKENDS_HELP)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "fp16", "bf16", "fp8"]),
+    default="auto",
+    show_default=True,
+    help="Precision of the torch and engine configurations (auto: bf16 on CUDA, fp32 on CPU). The "
+    "reference is always fp32.",
+)
+@click.option(
+    "--engines",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="An engine directory from `virnucpro-trt build` to compare too (manifest checked; repeatable).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where random checkpoints and built engines go, reused by later runs (default: a temporary folder).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--max-batch-tokens",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Token budget per batch for torch and engines (default 4096 on CPU, 32768 on CUDA).",
+)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed passes.")
+@click.option(
+    "--reference-frames",
+    type=click.IntRange(min=0),
+    default=1000,
+    show_default=True,
+    help="Time the (slow) reference on the reads holding the first N frames, extrapolated per frame; "
+    "0: all frames.",
+)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here."
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw frames/s bars with speedup labels (PNG; needs matplotlib).",
+)
+@click.option(
+    "--gate",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="Exit 1 unless the best engine is at least X times faster than the reference.",
+)
+@click.option("-v", "--verbose", count=True, help="More detail (-vv: tracebacks and library logs).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also log (DEBUG) here.")
+def bench(
+    input_path: Path | None,
+    reads: int | None,
+    read_length: int | None,
+    seed: int,
+    coding_fraction: float,
+    chunk_length: str,
+    dnabert: str | None,
+    esm: str | None,
+    classifier: str | None,
+    random_weights: str | None,
+    backends: str | None,
+    precision: str,
+    engines: tuple[Path, ...],
+    workdir: Path | None,
+    device: str,
+    max_batch_tokens: int | None,
+    repeats: int,
+    reference_frames: int,
+    threads: int | None,
+    json_path: Path | None,
+    plot_path: Path | None,
+    gate: float | None,
+    verbose: int,
+    quiet: bool,
+    log_file: Path | None,
+) -> None:
+    """Compare the upstream way (reference), eager PyTorch and every engine on one workload.
+
+    Each configuration runs the whole path (prepare -> tokenize -> DNABERT-S -> ESM-2 -> classifier) over
+    the same kept frames: a warm-up pass, then the median of --repeats passes. Parity of every row is
+    measured against the reference's embeddings and scores. INPUT is a FASTA/FASTQ file; without it,
+    reads with coding regions are generated (seeded).
+
+    \b
+    CPU smoke run (tiny random weights, under a minute):
+        virnucpro-trt bench --random-weights tiny --reads 200 --backends torch,onnxruntime
+    GPU (see .github/workflows/gpu-bench.yml):
+        virnucpro-trt bench --random-weights full --reads 20000 --backends torch,inductor,onnxruntime \\
+            --precision bf16 --gate 3 --json bench.json --plot bench.png
+    """
+    from virnucpro_trt.cli.logging_setup import setup_logging
+
+    setup_logging(verbose, quiet, log_file)
+    _share_verbosity(verbose, quiet)
+    _check_sources(
+        input_path,
+        reads,
+        read_length,
+        {"--dnabert": dnabert, "--esm": esm, "--classifier": classifier},
+        random_weights,
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model lookups never download
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if plot_path is not None:
+        from virnucpro_trt.bench.plot import require_matplotlib
+
+        require_matplotlib()  # before the run, not after it
+    from virnucpro_trt.bench.configs import parse_backends
+    from virnucpro_trt.bench.runner import BenchSettings
+
+    if input_path is not None and not input_path.is_file():
+        raise _usage(f"INPUT {input_path} is not a file")
+    settings = BenchSettings(
+        input=input_path,
+        reads=reads or 1000,
+        read_length=read_length or 500,
+        seed=seed,
+        coding_fraction=coding_fraction,
+        chunk_length=int(chunk_length),
+        dnabert=dnabert,
+        esm=esm,
+        classifier=classifier,
+        random_weights=random_weights,
+        backends=parse_backends(backends or ("torch" if engines else "torch,onnxruntime,inductor,tensorrt")),
+        precision=precision,
+        engines=tuple(engines),
+        workdir=workdir,
+        device=device,
+        max_batch_tokens=max_batch_tokens,
+        repeats=repeats,
+        reference_frames=reference_frames or None,
+        threads=threads,
+        command=[Path(sys.argv[0]).name, *sys.argv[1:]],
+    )
+    _run(settings, json_path, plot_path, gate)
+
+
+def _share_verbosity(verbose: int, quiet: bool) -> None:
+    """Tell the CLI's error handler about -v/-q (it prints tracebacks of unexpected errors at -vv)."""
+    state = getattr(sys.modules.get("virnucpro_trt.cli.main"), "_STATE", None)
+    if isinstance(state, dict):
+        state.update(verbose=verbose, quiet=quiet)
+
+
+def _run(settings: Any, json_path: Path | None, plot_path: Path | None, gate: float | None) -> None:
+    from virnucpro_trt.bench.gate import evaluate_gate
+    from virnucpro_trt.bench.report import write_json
+    from virnucpro_trt.bench.runner import run_bench
+    from virnucpro_trt.bench.table import print_table
+
+    def save(report: dict[str, Any]) -> None:  # after every row: a run cut short keeps its figures
+        if json_path is not None:
+            write_json(report, json_path)
+
+    report = run_bench(settings, on_row=save)
+    verdict = evaluate_gate(report["results"], gate) if gate is not None else None
+    report["gate"] = verdict.to_json() if verdict else None
+    save(report)
+    print_table(report)
+    if plot_path is not None:
+        from virnucpro_trt.bench.plot import draw
+
+        draw(report, plot_path)
+        log.info("plot written to %s", plot_path)
+    _finish(report, verdict)
+
+
+def _finish(report: dict[str, Any], verdict: Any) -> None:
+    """One status line; exit 1 when the reference or any configuration failed, or the gate did not pass."""
+    rows = report["results"]
+    failed = [r for r in rows if r["status"] == "failed"]
+    reference = rows[0] if rows else None
+    line = None
+    if reference is None or reference["status"] != "ok":
+        line = f"FAILED: the reference did not run: {reference['reason'] if reference else 'no rows'}"
+    elif verdict is not None and not verdict.passed:
+        line = verdict.message
+    elif failed:
+        names = ", ".join(f"{r['config']} ({r['reason']})" for r in failed)
+        line = f"FAILED: {len(failed)} configuration(s) failed: {names}"
+    if line is not None:
+        click.echo(" ".join(line.split())[:1000], err=True)
+        raise click.exceptions.Exit(1)
+    ran = sum(r["status"] == "ok" for r in rows)
+    summary = verdict.message if verdict is not None else f"PASSED: {ran} configurations compared"
+    unavailable = [r["config"] for r in rows if r["status"] == "unavailable"]
+    log.info("%s%s", summary, f"; unavailable here: {', '.join(unavailable)}" if unavailable else "")

@@ -1,0 +1,62 @@
+"""The final result files from the per-shard ones, in shard order (= input order).
+
+The merge only concatenates rows that the shards already formatted, so the final files are the same
+bytes whatever the number of workers and whichever worker ran which shard. The highest-score file is the
+one place that needs all shards at once: it is sorted by chunk id over the whole input, so it is built
+from every shard's chunk maxima here. Each final file is written ``.partial`` and renamed only after all
+of them are complete (:class:`~virnucpro_trt.outputs.atomic.ResultSet`), as a single-process run does.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from virnucpro_trt.outputs.atomic import ResultSet
+from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
+from virnucpro_trt.outputs.shard_results import read_embeddings_npz
+from virnucpro_trt.outputs.tables import FRAMES_TSV, SEQUENCES_TSV, write_frame_rows, write_sequence_rows
+from virnucpro_trt.outputs.upstream import HIGHEST_SCORE, PREDICTION_HEADER, PREDICTION_RESULTS, ChunkMaxima
+from virnucpro_trt.runtime.shards import ShardSpec
+
+FINAL_TEXT_FILES = [PREDICTION_RESULTS, HIGHEST_SCORE, SEQUENCES_TSV, FRAMES_TSV]
+_COPY_BUFFER = 1 << 20
+
+
+def merge_shard_results(
+    outdir: Path,
+    results: Path,
+    shards: list[ShardSpec],
+    markers: dict[int, dict[str, Any]],
+    embeddings: FrameEmbeddingsWriter | None = None,
+) -> int:
+    """Write the final files from every shard's results; returns the number of chunks with frames.
+
+    ``markers`` maps shard id to its done-marker (which names the shard's files). ``embeddings``, when
+    given, is filled and committed too, before the text files are renamed into place.
+    """
+    maxima = ChunkMaxima()
+    with ResultSet(outdir, FINAL_TEXT_FILES) as final:
+        final[PREDICTION_RESULTS].write(PREDICTION_HEADER)
+        write_sequence_rows(final[SEQUENCES_TSV], None)
+        write_frame_rows(final[FRAMES_TSV], None)
+        for shard in shards:
+            files = markers[shard.id]["files"]
+            for role, name in (
+                ("prediction", PREDICTION_RESULTS),
+                ("sequences", SEQUENCES_TSV),
+                ("frames", FRAMES_TSV),
+            ):
+                with open(results / files[role]["name"], encoding="utf-8", newline="") as src:
+                    shutil.copyfileobj(src, final[name], _COPY_BUFFER)
+            with open(results / files["maxima"]["name"], encoding="utf-8", newline="") as src:
+                maxima.merge_maxima(src)
+            if embeddings is not None:
+                ids, dnabert, esm = read_embeddings_npz(results / files["embeddings"]["name"])
+                embeddings.append(ids, dnabert, esm)
+        maxima.write(final[HIGHEST_SCORE])
+        if embeddings is not None:
+            embeddings.commit()
+        final.commit()
+    return len(maxima)

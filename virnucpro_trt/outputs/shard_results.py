@@ -1,0 +1,70 @@
+"""One shard's results in ``OUTDIR/.work/results``: the rows of each final file, and a done-marker.
+
+Per shard ``shard-NNNNNN``:
+
+* ``.prediction.txt``, ``.frames.tsv``, ``.sequences.tsv`` — that shard's rows of the final files,
+  without headers, exactly as they will appear there (the merge only concatenates);
+* ``.maxima.tsv`` — per chunk, max P(others) and max P(virus) (chunks never span shards, so the merge
+  folds these into the highest-score file without seeing a frame);
+* ``.embeddings.npz`` — with ``--save-embeddings``: frame ids and both encoders' outputs;
+* ``.done.json`` — written last: shard id, record range, counts, timings, worker/device and the size and
+  SHA-256 of every file above. A shard without a verifiable marker is redone on resume.
+
+Everything is written whole from memory through a temporary name and a rename (no fsync: a marker whose
+files did not reach the disk fails its hash check on resume and the shard is simply redone).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from virnucpro_trt.runtime.resume import marker_path, sha256_bytes, write_bytes_atomic
+from virnucpro_trt.runtime.shards import ShardSpec
+
+MARKER_SCHEMA = 1
+SUFFIXES = {
+    "prediction": ".prediction.txt",
+    "frames": ".frames.tsv",
+    "sequences": ".sequences.tsv",
+    "maxima": ".maxima.tsv",
+    "embeddings": ".embeddings.npz",
+}
+
+
+def write_shard_results(
+    results: Path, shard: ShardSpec, contents: dict[str, bytes], facts: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``contents`` (role -> bytes, roles as in :data:`SUFFIXES`), then the marker; return it."""
+    files = {}
+    for role, data in contents.items():
+        name = shard.stem + SUFFIXES[role]
+        write_bytes_atomic(results / name, data)
+        files[role] = {"name": name, "bytes": len(data), "sha256": sha256_bytes(data)}
+    marker = {
+        "schema": MARKER_SCHEMA,
+        "shard": shard.id,
+        "first_record": shard.first,
+        "records": shard.records,
+        **facts,
+        "files": files,
+    }
+    write_bytes_atomic(marker_path(results, shard), (json.dumps(marker, indent=1) + "\n").encode())
+    return marker
+
+
+def embeddings_npz(frame_ids: list[str], dnabert: np.ndarray, esm: np.ndarray) -> bytes:
+    """The shard's embeddings as an uncompressed ``.npz`` (ids as a unicode array: no pickle needed)."""
+    buffer = io.BytesIO()
+    ids = np.asarray(frame_ids, dtype=str) if frame_ids else np.zeros(0, dtype="<U1")
+    np.savez(buffer, ids=ids, dnabert=dnabert.astype(np.float32), esm=esm.astype(np.float32))
+    return buffer.getvalue()
+
+
+def read_embeddings_npz(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return data["ids"].tolist(), data["dnabert"], data["esm"]

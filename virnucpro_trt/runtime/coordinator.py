@@ -1,0 +1,484 @@
+"""The coordinator: one worker per device slot, shards handed out, deaths survived, results collected.
+
+Why it is shaped like this:
+
+* **One process per GPU** (``spawn``, never ``fork``: a forked CUDA context is unusable), each loading
+  its models once. CPU runs get ``--workers N`` processes with ``threads // N`` torch threads each.
+  Exactly one CPU worker runs *inline*, as a thread of this process (see ``runtime/worker.py``).
+* **Shards are handed out by the coordinator**, at most two per worker at a time (the one being
+  embedded and the one being prefetched), so it always knows which shards a dead worker held.
+* **A dead worker** (crash, kill, CUDA error, unexpected exception) has its shards re-queued at the
+  front and its slot respawned, up to :data:`MAX_RESPAWNS` times per slot. The shard it was running is
+  charged one failed attempt; a shard that fails :data:`MAX_ATTEMPTS` times ends the run (exit 1) with
+  one line naming the shard and its records. We fail the run rather than mark those records as
+  unclassified and carry on: a complete-looking result with holes in it is the one outcome users must
+  never get, and a shard that kills three workers in a row is a bug or a broken device to look at.
+* **Deterministic errors** (:class:`~virnucpro_trt.errors.VirnucproError`: wrong model, NaN embeddings,
+  a sequence longer than an engine's shape range) end the run at once with their own message and exit
+  code: retrying would only repeat them.
+* **SIGINT/SIGTERM** stop the workers (SIGTERM to processes; inline: at the next batch) and raise
+  :class:`RunInterrupted`; finished shards stay in ``OUTDIR/.work`` for the rerun to skip.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import torch
+
+from virnucpro_trt.errors import RunFailure, UserError, VirnucproError
+from virnucpro_trt.runtime.device import available_cpus, resolve_device
+from virnucpro_trt.runtime.shards import ShardSpec
+from virnucpro_trt.runtime.worker import (
+    EXIT_FAILED,
+    ShardJob,
+    ShardTask,
+    WorkerSlot,
+    process_entry,
+    run_worker,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+MAX_RESPAWNS = 3
+SHARDS_PER_WORKER = 2  # one being embedded, one being prepared
+_WAIT_S = 0.5
+_JOIN_S = 10.0
+
+
+class RunInterrupted(VirnucproError):
+    """SIGINT/SIGTERM: workers stopped, finished shards kept for a rerun."""
+
+    exit_code = 130
+
+
+class ShardFailedError(RunFailure):
+    """A shard failed :data:`MAX_ATTEMPTS` times, or no worker is left to run it."""
+
+
+class WorkerError(VirnucproError):
+    """A deterministic error raised inside a worker, re-raised here with its exit code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def plan_worker_slots(
+    device_spec: str, gpus: tuple[int, ...] | None, workers: int | None, threads: int | None
+) -> list[WorkerSlot]:
+    """The worker slots of a run: one per selected GPU, or ``workers`` CPU slots.
+
+    GPU indices are the visible ones (``CUDA_VISIBLE_DEVICES`` applies, as everywhere in torch).
+    """
+    device = resolve_device(device_spec)
+    total_threads = threads or available_cpus()
+    if device.type == "cpu":
+        if gpus is not None:
+            raise UserError(
+                f"--gpus selects CUDA devices, but this run is on the CPU (--device {device_spec})"
+            )
+        count = workers or 1
+        return [WorkerSlot(i, "cpu", max(1, total_threads // count)) for i in range(count)]
+    if workers is not None:
+        raise UserError(
+            "--workers is for CPU runs; on CUDA there is one worker per GPU (choose them with --gpus)"
+        )
+    visible = torch.cuda.device_count()
+    explicit = device_spec.strip().lower().startswith("cuda:")
+    if gpus is not None and explicit:
+        raise UserError(f"give either --device {device_spec} or --gpus, not both")
+    if gpus is not None:
+        indices = list(gpus)
+    elif explicit:
+        indices = [device.index or 0]
+    else:
+        indices = list(range(visible))
+    for index in indices:
+        if index >= visible:
+            raise UserError(
+                f"--gpus {index}: only {visible} CUDA device(s) visible (0..{visible - 1}; indices count "
+                "within CUDA_VISIBLE_DEVICES)"
+            )
+    if len(set(indices)) != len(indices):
+        raise UserError(f"--gpus {','.join(map(str, indices))}: a GPU is listed twice")
+    per_worker = max(1, total_threads // len(indices))
+    return [WorkerSlot(n, f"cuda:{index}", per_worker) for n, index in enumerate(indices)]
+
+
+def runs_inline(slots: list[WorkerSlot]) -> bool:
+    """Exactly one CPU worker runs as a thread of the main process (no interpreter start-up)."""
+    return len(slots) == 1 and slots[0].device == "cpu"
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C (KeyboardInterrupt) while a run is in progress (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass
+class WorkerStats:
+    """What one slot did in this run (run.json and the closing log lines)."""
+
+    slot: int
+    device: str
+    threads: int | None
+    device_name: str | None = None
+    frames: int = 0
+    busy_s: float = 0.0
+    shards: int = 0
+    restarts: int = 0
+    load_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "device": self.device,
+            "device_name": self.device_name,
+            "threads": self.threads,
+            "shards": self.shards,
+            "frames": self.frames,
+            "seconds": round(self.busy_s, 4),
+            "frames_per_s": round(self.frames / self.busy_s, 2) if self.busy_s > 0 else None,
+            "load_models_s": round(self.load_s, 4),
+            "restarts": self.restarts,
+        }
+
+
+@dataclass
+class CoordinatorReport:
+    markers: dict[int, dict[str, Any]]
+    workers: list[WorkerStats]
+    facts: dict[str, Any] | None
+    restarts: int
+    failed_attempts: int
+    wall_s: float
+
+
+@dataclass
+class _Worker:
+    """A running worker as the coordinator sees it."""
+
+    slot: WorkerSlot
+    conn: Connection
+    process: Any = None  # multiprocessing.Process (spawned) ...
+    thread: threading.Thread | None = None  # ... or the inline thread
+    stop: threading.Event = field(default_factory=threading.Event)
+    outstanding: list[int] = field(default_factory=list)
+    running: int | None = None
+    failure: str | None = None
+    eof: bool = False
+    code: int | None = None  # the inline thread's exit code
+
+    def alive(self) -> bool:
+        if self.process is not None:
+            return bool(self.process.is_alive())
+        return self.thread is not None and self.thread.is_alive()
+
+    def exit_code(self) -> int | None:
+        if self.process is not None:
+            self.process.join(_JOIN_S)
+            return self.process.exitcode
+        if self.thread is not None:
+            self.thread.join(_JOIN_S)
+        return self.code
+
+    def terminate(self) -> None:
+        if self.process is not None:
+            if self.process.is_alive():
+                self.process.terminate()
+        else:
+            self.stop.set()
+
+
+class Coordinator:
+    """Runs shards on worker slots (see the module docstring for the policies)."""
+
+    def __init__(
+        self,
+        job: ShardJob,
+        slots: list[WorkerSlot],
+        progress: Callable[[int], None] = lambda n: None,
+        on_ready: Callable[[dict[str, Any]], None] | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+        max_respawns: int = MAX_RESPAWNS,
+    ):
+        self.job = job
+        self.slots = slots
+        self.inline = runs_inline(slots)
+        self.progress = progress
+        self.on_ready = on_ready
+        self.max_attempts = max_attempts
+        self.max_respawns = max_respawns
+        self.workers: dict[int, _Worker] = {}
+        self.stats = {s.index: WorkerStats(s.index, s.device, s.threads) for s in slots}
+        self.pending: collections.deque[int] = collections.deque()
+        self.specs: dict[int, ShardSpec] = {}
+        self.attempts: collections.Counter[int] = collections.Counter()
+        self.credited: collections.Counter[int] = collections.Counter()
+        self.markers: dict[int, dict[str, Any]] = {}
+        self.facts: dict[str, Any] | None = None
+        self.need_facts = False
+        self._ctx = multiprocessing.get_context("spawn")
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self, shards: list[ShardSpec], need_facts: bool = False) -> CoordinatorReport:
+        """Process ``shards``; with ``need_facts`` also wait for one worker's model facts (even with no
+        shards, so an empty input still checks its models)."""
+        started = time.perf_counter()
+        self.need_facts = need_facts
+        self.specs = {s.id: s for s in shards}
+        self.pending = collections.deque(s.id for s in shards)
+        try:
+            for slot in self.slots[: max(1, min(len(self.slots), len(shards)))]:
+                self._spawn(slot)
+            while self.pending or self._in_flight() or (need_facts and self.facts is None):
+                self._assign()
+                self._wait_and_handle()
+            self._finish_workers()
+        except BaseException:
+            self._stop_all()
+            raise
+        return CoordinatorReport(
+            markers=self.markers,
+            workers=list(self.stats.values()),
+            facts=self.facts,
+            restarts=sum(s.restarts for s in self.stats.values()),
+            failed_attempts=sum(self.attempts.values()),
+            wall_s=time.perf_counter() - started,
+        )
+
+    def _in_flight(self) -> bool:
+        return any(w.outstanding for w in self.workers.values())
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        if self.inline:
+            parent, child = multiprocessing.Pipe(duplex=True)
+            worker = _Worker(slot, parent)
+
+            def target() -> None:
+                try:
+                    worker.code = run_worker(slot, child, self.job, worker.stop, own_process=False)
+                except BaseException:
+                    worker.code = EXIT_FAILED
+                    log.exception("%s failed", slot.label)
+                finally:
+                    child.close()
+
+            worker.thread = threading.Thread(target=target, name=f"virnucpro-{slot.label}", daemon=True)
+            worker.thread.start()
+        else:
+            parent, child = self._ctx.Pipe(duplex=True)
+            process = self._ctx.Process(
+                target=process_entry,
+                args=(slot, child, self.job, _forwarded_log_level()),
+                name=f"virnucpro-worker-{slot.index}",
+                daemon=True,
+            )
+            process.start()
+            child.close()
+            worker = _Worker(slot, parent, process=process)
+            log.debug("%s started (pid %s)", slot.label, process.pid)
+        self.workers[slot.index] = worker
+
+    def _assign(self) -> None:
+        for index in sorted(self.workers):
+            worker = self.workers[index]
+            while not worker.eof and len(worker.outstanding) < SHARDS_PER_WORKER and self.pending:
+                shard_id = self.pending.popleft()
+                task = ShardTask(self.specs[shard_id], self.attempts[shard_id] + 1)
+                try:
+                    worker.conn.send(("shard", task))
+                except OSError:  # it died; the wait below notices
+                    self.pending.appendleft(shard_id)
+                    break
+                worker.outstanding.append(shard_id)
+
+    def _wait_and_handle(self) -> None:
+        by_conn = {w.conn: w for w in self.workers.values() if not w.eof}
+        by_sentinel = {w.process.sentinel: w for w in self.workers.values() if w.process is not None}
+        ready = wait([*by_conn, *by_sentinel], timeout=_WAIT_S)
+        for item in ready:
+            worker = by_conn.get(item)  # type: ignore[call-overload]  # sentinels are ints
+            if worker is not None:
+                self._drain(worker)
+        for worker in list(self.workers.values()):
+            if not worker.eof and not worker.alive():
+                self._drain(worker)  # read what it said before dying
+                worker.eof = True
+            if worker.eof:
+                self._handle_exit(worker)
+
+    def _drain(self, worker: _Worker) -> None:
+        try:
+            while worker.conn.poll():
+                self._handle(worker, worker.conn.recv())
+        except (EOFError, OSError):
+            worker.eof = True
+
+    # -- messages --------------------------------------------------------------------------------
+    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        stats = self.stats[worker.slot.index]
+        if kind == "log":
+            record: logging.LogRecord = message[2]
+            logging.getLogger(record.name).handle(record)
+        elif kind == "ready":
+            facts, load_s = message[2], message[3]
+            stats.load_s = load_s
+            stats.device_name = (facts.get("device") or {}).get("name")
+            log.info("%s ready (models loaded in %.1f s)", worker.slot.label, load_s)
+            if self.facts is None:
+                self.facts = facts
+                if self.on_ready is not None:
+                    self.on_ready(facts)
+        elif kind == "start":
+            worker.running = message[2]
+        elif kind == "progress":
+            self.credited[message[2]] += message[3]
+            self.progress(message[3])
+        elif kind == "done":
+            shard_id, marker = message[2], message[3]
+            self.markers[shard_id] = marker
+            if shard_id in worker.outstanding:
+                worker.outstanding.remove(shard_id)
+            worker.running = None
+            self._settle_progress(shard_id, int(marker["counts"]["frames"]))
+            stats.shards += 1
+            stats.frames += int(marker["counts"]["frames"])
+            stats.busy_s += float(marker["timings_s"]["process"])
+            log.debug("%s done by %s", self.specs[shard_id].describe(), worker.slot.label)
+        elif kind == "failed":
+            worker.failure = message[3]
+            log.debug("%s: %s", worker.slot.label, message[4])
+        elif kind == "fatal":
+            log.debug("%s: %s", worker.slot.label, message[4])
+            raise WorkerError(message[3], message[2])
+
+    def _settle_progress(self, shard_id: int, frames: int) -> None:
+        """Make the bar count exactly ``frames`` for this shard (e.g. after an OOM split or a retry)."""
+        credited = self.credited.pop(shard_id, 0)
+        if credited != frames:
+            self.progress(frames - credited)
+
+    # -- deaths ----------------------------------------------------------------------------------
+    def _handle_exit(self, worker: _Worker) -> None:
+        slot = worker.slot
+        del self.workers[slot.index]
+        code = worker.exit_code()
+        with contextlib.suppress(OSError):
+            worker.conn.close()
+        if not worker.outstanding and worker.failure is None and code == 0:
+            return  # a clean exit after "no more work"
+        reason = worker.failure or _describe_exit(code)
+        charged = worker.running if worker.running is not None else None
+        for shard_id in worker.outstanding:
+            self._settle_progress(shard_id, 0)
+        if charged is not None:
+            self.attempts[charged] += 1
+            spec = self.specs[charged]
+            if self.attempts[charged] >= self.max_attempts:
+                raise ShardFailedError(
+                    f"{spec.describe()} failed {self.attempts[charged]} times (last: {reason}); "
+                    "the run is stopped and no result file was written"
+                )
+        self.pending.extendleft(reversed(worker.outstanding))
+        where = f" on {self.specs[charged].describe()}" if charged is not None else ""
+        log.warning("%s died%s (%s); its shards go back in the queue", slot.label, where, reason)
+        stats = self.stats[slot.index]
+        work_left = bool(self.pending) or self._in_flight() or (self.need_facts and self.facts is None)
+        if work_left and stats.restarts < self.max_respawns:
+            stats.restarts += 1
+            log.warning("restarting %s (restart %d of %d)", slot.label, stats.restarts, self.max_respawns)
+            self._spawn(slot)
+        elif work_left:
+            log.error("%s died %d times: no more restarts for it", slot.label, stats.restarts + 1)
+            if not self.workers:
+                raise ShardFailedError(
+                    f"every worker died and {len(self.pending)} shard(s) are left (last: {slot.label}, "
+                    f"{reason}); the run is stopped and no result file was written"
+                )
+
+    # -- shutting down ---------------------------------------------------------------------------
+    def _finish_workers(self) -> None:
+        for worker in self.workers.values():
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in list(self.workers.values()):
+            if worker.process is not None:
+                worker.process.join(_JOIN_S)
+                if worker.process.is_alive():
+                    worker.process.terminate()
+                    worker.process.join(_JOIN_S)
+            elif worker.thread is not None:
+                worker.thread.join(_JOIN_S)
+            with contextlib.suppress(OSError):
+                worker.conn.close()
+        self.workers.clear()
+
+    def _stop_all(self) -> None:
+        """Stop every worker now (failure or interrupt); a second Ctrl-C meanwhile is ignored."""
+        if not self.workers:
+            return
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for worker in self.workers.values():
+                worker.terminate()
+            deadline = time.monotonic() + _JOIN_S
+            for worker in self.workers.values():
+                remaining = max(0.1, deadline - time.monotonic())
+                if worker.process is not None:
+                    worker.process.join(remaining)
+                    if worker.process.is_alive():
+                        worker.process.kill()
+                        worker.process.join(_JOIN_S)
+                elif worker.thread is not None:
+                    worker.thread.join(remaining)
+                with contextlib.suppress(OSError):
+                    worker.conn.close()
+            self.workers.clear()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _forwarded_log_level() -> int:
+    """The lowest level any of this process's log handlers shows: what workers need to send."""
+    root = logging.getLogger()
+    levels = [h.level or logging.DEBUG for h in root.handlers]
+    return min(levels) if levels else root.getEffectiveLevel()

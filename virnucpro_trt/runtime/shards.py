@@ -1,0 +1,216 @@
+"""Shards: the input cut into files of consecutive records, the unit of work, retry and resume.
+
+A shard is processed on its own (its frames are length-sorted and batched by the token budget inside
+it), so its results depend only on its records and the settings — never on which worker ran it or how
+many workers there were. That is what makes a 1-GPU and an 8-GPU run byte-identical, and why the shard
+size must come from the input alone:
+
+* ``--shard-records N``: every shard holds N records;
+* default: ``clamp(records / 64, 256, 16384)`` rounded to a multiple of 256 — about 64 shards, so 8 GPUs
+  get ~8 each and a lost shard costs little, but never so small that per-shard overhead shows;
+* either way a shard also closes once it holds :data:`MAX_SHARD_BASES` bases, so inputs of long
+  records (contigs, genomes) keep a shard's frames comfortably in memory.
+
+The record count is only known once the whole input has been read, but the shards are written during
+that same (validation) pass: records go into *pieces* of 256 records as they stream past, and at the end
+consecutive pieces are joined into shards. Shard files are 2-line FASTA (``>id`` / sequence as read), so
+a worker re-reads exactly the records the user gave, already validated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from virnucpro_trt.sequences.prepare import PreparedBlock
+from virnucpro_trt.sequences.reader import SeqRecord
+
+PIECE_RECORDS = 256
+TARGET_SHARDS = 64
+MAX_SHARD_RECORDS = 16384
+MAX_SHARD_BASES = 32_000_000
+_WRITE_BUFFER = 1 << 20
+
+
+def default_shard_records(records: int) -> int:
+    """``clamp(records / 64, 256, 16384)`` rounded to a whole number of 256-record pieces."""
+    pieces = round(records / TARGET_SHARDS / PIECE_RECORDS)
+    return PIECE_RECORDS * max(1, min(MAX_SHARD_RECORDS // PIECE_RECORDS, pieces))
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard: which records it holds (0-based, end-exclusive), its file and what it will cost."""
+
+    id: int
+    first: int
+    records: int
+    bases: int
+    chunks: int
+    frames: int
+    file: str
+    size_bytes: int
+
+    @property
+    def end(self) -> int:
+        return self.first + self.records
+
+    @property
+    def stem(self) -> str:
+        """Prefix of every file that belongs to this shard (its input and its results)."""
+        return f"shard-{self.id:06d}"
+
+    def describe(self) -> str:
+        """How messages name a shard: ``shard 3 (records 769-1024)``, 1-based and inclusive."""
+        return f"shard {self.id} (records {self.first + 1}-{self.end})"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShardSpec:
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+
+
+@dataclass
+class _Piece:
+    first: int
+    path: Path
+    records: int = 0
+    bases: int = 0
+    chunks: int = 0
+    frames: int = 0
+
+
+class ShardSplitter:
+    """Writes records into piece files as they stream past, counts chunks/frames per piece, and joins
+    pieces into shards at the end (:meth:`finish`).
+
+    Use :meth:`wrap` around the record stream and feed every prepared block to :meth:`count`.
+    """
+
+    def __init__(self, folder: Path, shard_records: int | None = None):
+        self.folder = Path(folder)
+        self.shard_records = shard_records
+        self._piece_records = shard_records or PIECE_RECORDS
+        self._pieces: list[_Piece] = []
+        self._starts: list[int] = []
+        self._records = 0
+
+    def wrap(self, records: Iterable[SeqRecord]) -> Iterator[SeqRecord]:
+        """Yield ``records`` unchanged, writing each one into the current piece first."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lines: list[str] = []
+        handle = None
+        piece: _Piece | None = None
+        try:
+            for record in records:
+                if piece is None:
+                    piece = _Piece(record.index, self.folder / f"piece-{len(self._pieces):07d}.fa")
+                    self._pieces.append(piece)
+                    self._starts.append(record.index)
+                    handle = open(piece.path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+                lines.append(f">{record.id}\n{record.sequence}\n")
+                piece.records += 1
+                piece.bases += len(record.sequence)
+                self._records += 1
+                full = piece.records >= self._piece_records or piece.bases >= MAX_SHARD_BASES
+                if full or len(lines) >= 256:
+                    assert handle is not None
+                    handle.write("".join(lines))
+                    lines.clear()
+                if full:
+                    assert handle is not None
+                    handle.close()
+                    handle, piece = None, None
+                yield record
+            if handle is not None:
+                handle.write("".join(lines))
+        finally:
+            if handle is not None:
+                handle.close()
+
+    def count(self, block: PreparedBlock) -> None:
+        """Add a block's chunks and kept frames to the pieces its records were written to."""
+        if not block.n_records:
+            return
+        piece_of = np.searchsorted(np.asarray(self._starts), block.record_index, side="right") - 1
+        chunks = np.diff(block.chunk_offsets)
+        frames = np.diff(block.frame_offsets)
+        for index in np.unique(piece_of).tolist():
+            mask = piece_of == index
+            self._pieces[index].chunks += int(chunks[mask].sum())
+            self._pieces[index].frames += int(frames[mask].sum())
+
+    def finish(self) -> list[ShardSpec]:
+        """Join consecutive pieces into shard files (see the module docstring for the rule)."""
+        per_shard = 1 if self.shard_records else default_shard_records(self._records) // PIECE_RECORDS
+        groups: list[list[_Piece]] = []
+        for piece in self._pieces:
+            group = groups[-1] if groups else None
+            if (
+                group is None
+                or len(group) >= per_shard
+                or sum(p.bases for p in group) + piece.bases > MAX_SHARD_BASES
+            ):
+                groups.append([piece])
+            else:
+                group.append(piece)
+        shards = []
+        for shard_id, group in enumerate(groups):
+            name = f"shard-{shard_id:06d}.fa"
+            target = self.folder / name
+            if len(group) == 1:
+                os.replace(group[0].path, target)
+            else:
+                with open(target, "wb") as out:
+                    for piece in group:
+                        with open(piece.path, "rb") as src:
+                            shutil.copyfileobj(src, out, _WRITE_BUFFER)
+                        piece.path.unlink()
+            shards.append(
+                ShardSpec(
+                    id=shard_id,
+                    first=group[0].first,
+                    records=sum(p.records for p in group),
+                    bases=sum(p.bases for p in group),
+                    chunks=sum(p.chunks for p in group),
+                    frames=sum(p.frames for p in group),
+                    file=name,
+                    size_bytes=target.stat().st_size,
+                )
+            )
+        return shards
+
+
+def write_shard_index(folder: Path, shards: list[ShardSpec], extra: dict[str, Any]) -> None:
+    """``index.json`` beside the shard files: the shard list plus whatever the caller needs on resume."""
+    data = {"schema": 1, "shards": [s.to_json() for s in shards], **extra}
+    tmp = folder / "index.json.tmp"
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / "index.json")
+
+
+def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | None:
+    """The shard list written by :func:`write_shard_index`, or None if it is missing, unreadable or any
+    shard file is missing or has another size (then the caller shards the input again)."""
+    try:
+        data = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        if data.get("schema") != 1:
+            return None
+        shards = [ShardSpec.from_json(item) for item in data["shards"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for shard in shards:
+        path = folder / shard.file
+        if not path.is_file() or path.stat().st_size != shard.size_bytes:
+            return None
+    extra = {k: v for k, v in data.items() if k not in ("schema", "shards")}
+    return shards, extra

@@ -1,0 +1,300 @@
+"""One worker: loads its models once, then processes the shards the coordinator sends it.
+
+The worker is generic: what a shard *means* comes from a :class:`ShardJob` (for ``predict``:
+:class:`~virnucpro_trt.pipeline.shard_predictor.PredictShardJob`), whose ``open`` loads the models and
+returns a :class:`ShardProcessor` with a CPU half (``prepare``: parse, chunk, translate, tokenize) and a
+model half (``process``: embed, classify, write the shard's results). A prefetch thread runs ``prepare``
+for shard k+1 while the main thread runs ``process`` for shard k, so the GPU does not wait for Python.
+
+It runs as a spawned process (one per GPU, or per CPU worker), or — for a run with exactly one CPU
+worker — as a thread of the main process ("inline"): the same code and messages, without the 3-4 s a
+fresh interpreter needs to import torch, which would dominate small runs.
+
+Messages to the coordinator (tuples over a ``multiprocessing`` Pipe, one per worker, so a worker that
+dies mid-message can only garble its own channel):
+
+* ``("ready", slot, facts, load_s)`` — models loaded;
+* ``("start", slot, shard_id)`` — ``process`` begins (a crash from here on is charged to this shard);
+* ``("progress", slot, shard_id, n)`` — n more frames embedded;
+* ``("done", slot, shard_id, marker)`` — the shard's files and marker are on disk;
+* ``("failed", slot, shard_id | None, message, details)`` — an unexpected exception; the worker exits
+  and is respawned (its device may be in a bad state, e.g. after a CUDA error);
+* ``("fatal", slot, exit_code, message, details)`` — a :class:`~virnucpro_trt.errors.VirnucproError`
+  (a wrong model, NaN embeddings, a too-long input): retrying gives the same answer, so the run ends;
+* ``("log", slot, record)`` — a log record from a process worker.
+
+From the coordinator: ``("shard", ShardTask)`` or ``None`` (no more work).
+
+Test-only fault injection: ``VIRNUCPRO_TEST_FAIL_SHARD=<shard>:<attempts>`` makes the worker die on that
+shard for its first ``<attempts>`` attempts — ``os._exit(3)`` in a worker process, the end of the
+thread (exit code 3) for the inline worker. It exists so the crash/respawn path can be tested; it is
+read only when a shard starts and does nothing when unset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Protocol
+
+from virnucpro_trt.errors import VirnucproError
+from virnucpro_trt.runtime.shards import ShardSpec
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "VIRNUCPRO_TEST_FAIL_SHARD"
+EXIT_FAILED = 1
+EXIT_INJECTED = 3
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """A place a worker runs: its number, device (``cpu`` / ``cuda:N``) and torch CPU threads."""
+
+    index: int
+    device: str
+    threads: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.index} ({self.device})"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    shard: ShardSpec
+    attempt: int  # 1-based
+
+
+class ShardProcessor(Protocol):
+    """What a worker runs for each shard (see the module docstring)."""
+
+    facts: dict[str, Any]
+
+    def prepare(self, task: ShardTask) -> Any: ...
+
+    def process(self, prepared: Any, task: ShardTask, progress: Callable[[int], None]) -> dict[str, Any]: ...
+
+
+class ShardJob(Protocol):
+    """Picklable recipe for a worker's processor (sent to spawned workers)."""
+
+    def open(self, slot: WorkerSlot) -> ShardProcessor: ...
+
+
+class WorkerStopped(Exception):
+    """The coordinator asked an inline worker to stop (interrupt or failure elsewhere)."""
+
+
+class _InjectedCrash(BaseException):
+    """Test-only: ends an inline worker thread the way ``os._exit(3)`` ends a worker process."""
+
+
+class _Sender:
+    """Thread-safe sends on the worker's end of the pipe (the main and prefetch threads both send)."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def __call__(self, message: tuple[Any, ...]) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+
+_END = object()
+
+
+def run_worker(
+    slot: WorkerSlot,
+    conn: Connection,
+    job: ShardJob,
+    stop: threading.Event,
+    own_process: bool,
+    send: _Sender | None = None,
+) -> int:
+    """The worker loop; returns its exit code (0 when told there is no more work).
+
+    ``own_process``: a spawned worker process (True) or the inline worker thread (False).
+    """
+    send = send or _Sender(conn)
+    started = time.perf_counter()
+    try:
+        processor = job.open(slot)
+    except VirnucproError as exc:
+        send(("fatal", slot.index, exc.exit_code, str(exc), traceback.format_exc()))
+        return EXIT_FAILED
+    except Exception as exc:
+        send(("failed", slot.index, None, _one_line(exc), traceback.format_exc()))
+        return EXIT_FAILED
+    send(("ready", slot.index, processor.facts, time.perf_counter() - started))
+
+    prepared: queue.Queue[Any] = queue.Queue(maxsize=1)
+    finished = threading.Event()
+    reader = threading.Thread(
+        target=_prefetch,
+        args=(conn, processor, prepared, finished, own_process),
+        name=f"prefetch-{slot.index}",
+        daemon=True,
+    )
+    reader.start()
+    try:
+        return _process_loop(slot, processor, prepared, send, stop, own_process)
+    finally:
+        finished.set()
+        reader.join(timeout=5 * _POLL_S)
+
+
+def _process_loop(
+    slot: WorkerSlot,
+    processor: ShardProcessor,
+    prepared: queue.Queue[Any],
+    send: _Sender,
+    stop: threading.Event,
+    own_process: bool,
+) -> int:
+    while True:
+        try:
+            item = prepared.get(timeout=_POLL_S)
+        except queue.Empty:
+            if stop.is_set():
+                return 0
+            continue
+        if item is _END:
+            return 0
+        task, data, error = item
+        shard_id = task.shard.id
+        send(("start", slot.index, shard_id))
+        try:
+            _maybe_inject_fault(task, own_process)
+            if error is not None:
+                raise error
+
+            def progress(n: int, shard_id: int = shard_id) -> None:
+                send(("progress", slot.index, shard_id, n))
+                if stop.is_set():
+                    raise WorkerStopped
+
+            marker = processor.process(data, task, progress)
+        except _InjectedCrash:
+            return EXIT_INJECTED
+        except WorkerStopped:
+            return 0
+        except VirnucproError as exc:
+            send(("fatal", slot.index, exc.exit_code, str(exc), traceback.format_exc()))
+            return EXIT_FAILED
+        except Exception as exc:
+            send(("failed", slot.index, shard_id, _one_line(exc), traceback.format_exc()))
+            return EXIT_FAILED
+        send(("done", slot.index, shard_id, marker))
+
+
+def _prefetch(
+    conn: Connection,
+    processor: ShardProcessor,
+    prepared: queue.Queue[Any],
+    finished: threading.Event,
+    own_process: bool,
+) -> None:
+    """Receive tasks and run the CPU half of each one ahead of the model half."""
+    while not finished.is_set():
+        try:
+            if not conn.poll(_POLL_S):
+                continue
+            message = conn.recv()
+        except (EOFError, OSError):
+            if own_process:  # the coordinator is gone: nobody will use what this worker would write
+                os._exit(0)
+            message = None
+        if message is None:
+            _put(prepared, _END, finished)
+            return
+        task: ShardTask = message[1]
+        try:
+            item = (task, processor.prepare(task), None)
+        except Exception as exc:  # reported by the main thread, in order, as this shard's failure
+            item = (task, None, exc)
+        if not _put(prepared, item, finished):
+            return
+
+
+def _put(prepared: queue.Queue[Any], item: Any, finished: threading.Event) -> bool:
+    while not finished.is_set():
+        try:
+            prepared.put(item, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _maybe_inject_fault(task: ShardTask, own_process: bool) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    shard_text, _, attempts_text = spec.partition(":")
+    if int(shard_text) != task.shard.id or task.attempt > int(attempts_text or "1"):
+        return
+    log.warning("%s=%s: simulating a worker crash on %s", FAULT_ENV, spec, task.shard.describe())
+    if own_process:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(EXIT_INJECTED)
+    raise _InjectedCrash
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _PipeLogHandler(logging.Handler):
+    """Forwards a process worker's log records to the coordinator, which logs them as its own."""
+
+    def __init__(self, send: _Sender, slot: WorkerSlot):
+        super().__init__()
+        self.send = send
+        self.slot = slot
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            record.msg = f"[{self.slot.label}] {record.getMessage()}"
+            record.args = None
+            if record.exc_info:
+                record.msg += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            record.exc_info = None
+            record.exc_text = None
+            self.send(("log", self.slot.index, record))
+        except Exception:  # logging must never kill a worker
+            self.handleError(record)
+
+
+def process_entry(slot: WorkerSlot, conn: Connection, job: ShardJob, log_level: int) -> None:
+    """Target of a spawned worker process."""
+    # Ctrl-C reaches the whole process group; the coordinator decides what happens to workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(log_level)
+    send = _Sender(conn)
+    root.addHandler(_PipeLogHandler(send, slot))
+    for noisy in ("urllib3", "filelock", "huggingface_hub", "torch", "h5py", "onnx", "onnxruntime"):
+        logging.getLogger(noisy).setLevel(max(log_level, logging.WARNING))
+    try:
+        code = run_worker(slot, conn, job, threading.Event(), own_process=True, send=send)
+    except (BrokenPipeError, ConnectionResetError, EOFError):
+        code = 0  # the coordinator is gone (killed): nothing is waiting for this worker any more
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
