@@ -275,3 +275,35 @@ def test_cuda_build_matches_fp32(precision: str, tmp_path: Path) -> None:
         out = runner.embed_padded(ids, mask)
         assert np.isfinite(out).all() and out.shape == (batch, 64)
         assert _cosine(out, engine.eager(ids, mask)).min() >= floor, (batch, length, built.facts)
+
+
+_CXX_SCOPE = """
+import ctypes, importlib.util, sys
+
+def visible():
+    try:
+        ctypes.CDLL(None)._ZSt9terminatev  # std::terminate(), looked up in the global scope
+        return True
+    except AttributeError:
+        return False
+
+before = visible()
+spec = importlib.util.spec_from_file_location("cxx_runtime", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+name = module.expose_cxx_runtime()
+print(before, visible(), name)
+"""
+
+
+def test_cxx_runtime_is_promoted_to_the_global_scope() -> None:
+    """The fix for the CUDA package-load SIGSEGV: libstdc++ symbols must resolve process-wide."""
+    from virnucpro_trt.engines import cxx_runtime
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CXX_SCOPE, cxx_runtime.__file__], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after, name = done.stdout.split()
+    assert before == "False", "a bare interpreter already exports libstdc++: this test cannot tell"
+    assert after == "True" and "stdc++" in name

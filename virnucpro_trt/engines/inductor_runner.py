@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from virnucpro_trt.engines.cxx_runtime import expose_cxx_runtime
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes
 from virnucpro_trt.engines.spec import ShapeRange
 from virnucpro_trt.errors import EngineMismatchError, ShapeRangeError
@@ -29,6 +30,7 @@ _EXTERN_CALL = re.compile(rb"aoti_torch_(?:cpu|cuda)_(\w+?)(?:_out)?\(")
 
 def load_package(path: Path, device: torch.device) -> Any:
     """``aoti_load_package`` on ``device`` (``device_index`` selects cuda:N in a multi-GPU worker)."""
+    expose_cxx_runtime()
     load = torch._inductor.aoti_load_package
     if device.type == "cuda" and "device_index" in inspect.signature(load).parameters:
         index = device.index if device.index is not None else torch.cuda.current_device()
