@@ -47,6 +47,22 @@ def test_gate_falls_back_to_torch_only_when_no_engine_ran() -> None:
     assert "no engine ran" in verdict.message
 
 
+def test_engines_that_failed_parity_do_not_count() -> None:
+    rows = [
+        _row("reference", "reference", 1.0),
+        _row("torch-bf16", "torch", 2.0),
+        {**_row("inductor-fp8", "inductor", 9.0), "parity": {"passed": False}},
+        {**_row("inductor-bf16", "inductor", 4.0), "parity": {"passed": True}},
+    ]
+    verdict = evaluate_gate(rows, 3.0)
+    assert verdict.passed and verdict.best == "inductor-bf16"
+    assert "inductor-fp8 failed parity" in verdict.message
+    rows[3]["parity"]["passed"] = False  # now every engine is wrong: torch stands in, and says why
+    fallback = evaluate_gate(rows, 3.0)
+    assert not fallback.passed and fallback.best == "torch-bf16"
+    assert "inductor-fp8, inductor-bf16 failed parity" in fallback.message
+
+
 def test_gate_with_nothing_but_the_reference_fails() -> None:
     verdict = evaluate_gate([_row("reference", "reference", 1.0)], 0.001)
     assert not verdict.passed and verdict.best is None and verdict.message.startswith("FAILED")

@@ -58,6 +58,21 @@ def test_parity_sees_noise_flipped_labels_and_aligns_by_frame_id() -> None:
     assert parity["passed"] is False and "0.9995" in parity["rule"]
 
 
+def test_label_flips_on_the_boundary_do_not_fail_parity_but_decisive_ones_do() -> None:
+    ids = [f"f{i}" for i in range(10)]
+    p = np.array([0.505, 0.9, 0.1, 0.8, 0.3, 0.7, 0.2, 0.6, 0.4, 0.95], dtype=np.float32)
+    ref = _result(ids, probs=np.stack([1 - p, p], axis=1))
+    got = _result(ids, probs=ref.probabilities.copy())
+    got.dnabert, got.esm = ref.dnabert.copy(), ref.esm.copy()
+    got.probabilities[0] = [0.503, 0.497]  # 0.505 -> 0.497: rounding noise on the boundary flips it
+    near = path_parity(ref, got, "bf16")
+    assert near["label_agreement"] == pytest.approx(0.9) and near["decisive_frames"] == 9
+    assert near["decisive_label_agreement"] == 1.0 and near["passed"] is True
+    got.probabilities[1] = [0.6, 0.4]  # 0.9 -> 0.4: a real disagreement
+    far = path_parity(ref, got, "bf16")
+    assert far["decisive_label_agreement"] == pytest.approx(8 / 9) and far["passed"] is False
+
+
 def test_parity_without_common_frames_is_an_error() -> None:
     with pytest.raises(ValueError, match="no frame in common"):
         path_parity(_result(["a"]), _result(["b"]), "fp32")

@@ -3,8 +3,9 @@
 Candidates are the *engines*: every configuration that ran (``status`` ok) other than ``reference`` and
 ``torch``, because the claim the gate protects is "the project's compiled path beats upstream by X".
 Only when no engine ran does eager ``torch`` stand in, and the message says so; with nothing but the
-reference, the gate fails. Engines reaching a run have already passed the build-time parity gate, so the
-speed gate does not re-judge parity (the rows still report it).
+reference, the gate fails. A configuration whose answers failed the run's parity check (NaN, embeddings
+off, decisive labels flipped: :mod:`virnucpro_trt.bench.parity`) is not a candidate either: a fast wrong
+answer is not a speedup, and the message names it.
 """
 
 from __future__ import annotations
@@ -31,23 +32,27 @@ class GateResult:
             "best": self.best,
             "speedup_vs_reference": self.speedup,
             "candidates": self.candidates,
-            "rule": "best engine (not reference, not torch; torch only if no engine ran) "
-            "speedup_vs_reference >= threshold",
+            "rule": "best engine (not reference, not torch; torch only if no engine ran; rows that "
+            "failed parity excluded) speedup_vs_reference >= threshold",
         }
 
 
 def evaluate_gate(results: list[dict[str, Any]], threshold: float) -> GateResult:
     """Judge the rows of a report against ``threshold`` (a speedup over the reference)."""
-    ran = [r for r in results if r.get("status") == "ok" and r.get("speedup_vs_reference") is not None]
+    timed = [r for r in results if r.get("status") == "ok" and r.get("speedup_vs_reference") is not None]
+    wrong = [r for r in timed if r["backend"] != "reference" and not _parity_passed(r)]
+    ran = [r for r in timed if r not in wrong]
     engines = [r for r in ran if r["backend"] not in NOT_ENGINES]
     if engines:
         pool, label = engines, "engines"
     else:
         pool, label = [r for r in ran if r["backend"] == "torch"], "torch (no engine ran)"
+    excluded = f" ({', '.join(r['config'] for r in wrong)} failed parity and do not count)" if wrong else ""
     if not pool:
         return GateResult(
             threshold, False, None, None, "none",
-            f"FAILED: gate {threshold:g}x: no engine (and no torch configuration) ran against the reference",
+            f"FAILED: gate {threshold:g}x: no engine (and no torch configuration) ran against the reference "
+            f"with answers that pass parity{excluded}",
         )  # fmt: skip
     best = max(pool, key=lambda r: r["speedup_vs_reference"])
     speedup = float(best["speedup_vs_reference"])
@@ -57,6 +62,12 @@ def evaluate_gate(results: list[dict[str, Any]], threshold: float) -> GateResult
     relation = ">=" if passed else "<"
     message = (
         f"{verdict}: gate {threshold:g}x: {what} {best['config']} at {speedup:.2f}x the reference "
-        f"({relation} {threshold:g}x)"
+        f"({relation} {threshold:g}x){excluded}"
     )
     return GateResult(threshold, passed, best["config"], speedup, label, message)
+
+
+def _parity_passed(row: dict[str, Any]) -> bool:
+    """Rows without parity figures (a reference-less report) are taken at their word."""
+    parity = row.get("parity")
+    return parity is None or bool(parity.get("passed", True))

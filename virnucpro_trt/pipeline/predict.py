@@ -286,6 +286,7 @@ def _summary(
     totals["total"] = time.perf_counter() - started[1]
     frames_run = sum(int(m["counts"]["frames"]) for m in ran.values())
     encoder_s = totals["embed_dnabert"] + totals["embed_esm"]
+    slowest_ready = max((w["ready_s"] for w in workers), default=0.0)
     return {
         "tool": "virnucpro-trt",
         "version": __version__,
@@ -309,6 +310,8 @@ def _summary(
             "frames_per_s_encoders": round(frames_run / max(encoder_s, 1e-9), 2),
             # the whole run: frames over the wall time the workers ran
             "frames_per_s_workers_wall": round(frames_run / max(totals["workers"], 1e-9), 2),
+            # steady state: the same, from the moment the slowest worker had its models loaded
+            "frames_per_s_steady": round(frames_run / max(totals["workers"] - slowest_ready, 1e-9), 2),
             "reads_per_s_total": round(summary_in.records / max(totals["total"], 1e-9), 2),
         },
         "device": facts["device"],

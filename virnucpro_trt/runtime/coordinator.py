@@ -152,6 +152,7 @@ class WorkerStats:
     shards: int = 0
     restarts: int = 0
     load_s: float = 0.0
+    ready_s: float = 0.0  # spawn (interpreter start, imports) to "ready", as the coordinator saw it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -164,6 +165,7 @@ class WorkerStats:
             "seconds": round(self.busy_s, 4),
             "frames_per_s": round(self.frames / self.busy_s, 2) if self.busy_s > 0 else None,
             "load_models_s": round(self.load_s, 4),
+            "ready_s": round(self.ready_s, 4),
             "restarts": self.restarts,
         }
 
@@ -192,6 +194,7 @@ class _Worker:
     failure: str | None = None
     eof: bool = False
     code: int | None = None  # the inline thread's exit code
+    spawned_at: float = field(default_factory=time.perf_counter)
 
     def alive(self) -> bool:
         if self.process is not None:
@@ -349,6 +352,7 @@ class Coordinator:
         elif kind == "ready":
             facts, load_s = message[2], message[3]
             stats.load_s = load_s
+            stats.ready_s = time.perf_counter() - worker.spawned_at
             stats.device_name = (facts.get("device") or {}).get("name")
             log.info("%s ready (models loaded in %.1f s)", worker.slot.label, load_s)
             if self.facts is None:
