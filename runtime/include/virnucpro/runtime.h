@@ -1,0 +1,122 @@
+// virnucpro host runtime: loads an engine directory written by `virnucpro-trt build --backend inductor`
+// and runs it from C++ (the path production inference hosts link, without Python).
+//
+// What it does, and why it is shaped so:
+//  * The manifest is checked before anything loads (schema, backend, device, libtorch version, artifact
+//    sha256) -- the same refusal rules as the Python runtime, so a host never runs an engine built for
+//    another GPU, another torch or from other files.
+//  * Encoders are AOTInductor packages (.pt2) loaded with torch::inductor::AOTIModelPackageLoader. Each
+//    package describes its own accepted shape box in its metadata (virnucpro.graph.*); batches are
+//    right-padded into it exactly as the Python runner does, so both give the same numbers.
+//  * The classifier is the safetensors file of the engine directory (upstream's MLP, converted once
+//    from its pickle by the Python side; C++ never unpickles anything).
+//  * Tokenisation stays outside: inputs are token ids and attention masks (int64 [B, T]), because the
+//    DNABERT-S BPE tokenizer lives in the Hugging Face tokenizers library.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include <ATen/Tensor.h>
+#include <c10/core/Device.h>
+
+namespace torch::inductor {
+class AOTIModelPackageLoader;
+}
+
+namespace virnucpro {
+
+// A manifest that does not fit this host (wrong backend, GPU, torch, damaged files...): the message
+// says what differs and how to rebuild.
+class EngineMismatch : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct ShapeBox {
+  int64_t min_batch = 1, max_batch = 1, min_length = 1, max_length = 1, sequence_multiple = 1;
+};
+
+struct ModelEntry {
+  std::string kind;      // "dnabert-s" or "esm2"
+  std::string artifact;  // file name inside the engine directory
+  std::string artifact_sha256;
+  int64_t dim = 0;
+  int64_t pad_id = 0;
+  ShapeBox shapes;  // the manifest's promised range (max_batch, max_length)
+};
+
+struct EngineManifest {
+  std::filesystem::path folder;
+  int schema_version = 0;
+  std::string backend, precision, device_type, device_arch, torch_version;
+  std::map<std::string, ModelEntry> models;
+
+  // Reads FOLDER/manifest.json; throws EngineMismatch when it is missing or not a manifest.
+  static EngineManifest read(const std::filesystem::path& folder);
+  // Everything that stops this manifest from running on `device` with the linked libtorch
+  // (empty when it fits). `verify_files` also hashes the artifacts.
+  std::string mismatches(const c10::Device& device, bool verify_files = true) const;
+};
+
+// One loaded encoder engine.
+class Encoder {
+ public:
+  Encoder(const EngineManifest& manifest, const std::string& kind, const c10::Device& device);
+  ~Encoder();
+  Encoder(const Encoder&) = delete;
+  Encoder& operator=(const Encoder&) = delete;
+
+  // input_ids / attention_mask: int64 [B, T] (any device). Returns float32 [B, dim] on the CPU.
+  at::Tensor embed(const at::Tensor& input_ids, const at::Tensor& attention_mask);
+
+  int64_t dim() const { return entry_.dim; }
+  const ShapeBox& graph() const { return graph_; }
+
+ private:
+  ModelEntry entry_;
+  ShapeBox graph_;
+  c10::Device device_;
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
+};
+
+// Upstream's MLP: Linear -> BatchNorm1d (running statistics) -> ReLU -> Linear -> softmax.
+class Classifier {
+ public:
+  explicit Classifier(const std::filesystem::path& safetensors_file);
+  // features float32 [N, input_dim] -> probabilities float32 [N, 2] (columns: others, virus).
+  at::Tensor probabilities(const at::Tensor& features) const;
+  int64_t input_dim() const;
+
+ private:
+  std::map<std::string, at::Tensor> tensors_;
+  double bn_eps_ = 1e-5;
+};
+
+// The whole engine directory: checked manifest, both encoders, the classifier.
+class EngineSet {
+ public:
+  EngineSet(const std::filesystem::path& folder, const c10::Device& device, bool verify_files = true);
+  const EngineManifest& manifest() const { return manifest_; }
+  Encoder& dnabert() { return *dnabert_; }
+  Encoder& esm() { return *esm_; }
+  const Classifier& classifier() const { return *classifier_; }
+
+ private:
+  EngineManifest manifest_;
+  std::unique_ptr<Encoder> dnabert_, esm_;
+  std::unique_ptr<Classifier> classifier_;
+};
+
+// Reads a safetensors file (F32/F16/BF16/I64 tensors) into CPU tensors; `metadata` gets __metadata__.
+std::map<std::string, at::Tensor> read_safetensors(
+    const std::filesystem::path& file, std::map<std::string, std::string>* metadata = nullptr);
+
+// Lower-case hex sha256 of a file (empty string when built without OpenSSL).
+std::string file_sha256(const std::filesystem::path& file);
+
+}  // namespace virnucpro

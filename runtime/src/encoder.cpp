@@ -1,0 +1,92 @@
+// One AOTInductor encoder package, padded into the shape box its metadata declares.
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/torch.h>
+
+#include "virnucpro/runtime.h"
+
+namespace virnucpro {
+namespace {
+
+constexpr const char* kMeta = "virnucpro.";
+
+int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+
+std::string meta(const std::unordered_map<std::string, std::string>& metadata, const std::string& key,
+                 const std::string& file) {
+  const auto it = metadata.find(kMeta + key);
+  if (it == metadata.end()) {
+    throw EngineMismatch(file + " was not built by virnucpro's inductor backend (no " + kMeta + key + ")");
+  }
+  return it->second;
+}
+
+}  // namespace
+
+Encoder::Encoder(const EngineManifest& manifest, const std::string& kind, const c10::Device& device)
+    : entry_(manifest.models.at(kind)), device_(device) {
+  const auto path = (manifest.folder / entry_.artifact).string();
+  const c10::DeviceIndex index = device.is_cuda() ? (device.has_index() ? device.index() : 0) : -1;
+  loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1, index);
+  const auto metadata = loader_->get_metadata();
+  const std::string found = meta(metadata, "kind", path) + "/" + meta(metadata, "precision", path) + "/" +
+                            meta(metadata, "dim", path);
+  const std::string expected = kind + "/" + manifest.precision + "/" + std::to_string(entry_.dim);
+  if (found != expected) {
+    throw EngineMismatch(path + " holds " + found + " but the manifest promises " + expected);
+  }
+  graph_.min_batch = std::stoll(meta(metadata, "graph.min_batch", path));
+  graph_.max_batch = std::stoll(meta(metadata, "graph.max_batch", path));
+  graph_.min_length = std::stoll(meta(metadata, "graph.min_length", path));
+  graph_.max_length = std::stoll(meta(metadata, "graph.max_length", path));
+  graph_.sequence_multiple = std::stoll(meta(metadata, "graph.sequence_multiple", path));
+}
+
+Encoder::~Encoder() = default;
+
+at::Tensor Encoder::embed(const at::Tensor& input_ids, const at::Tensor& attention_mask) {
+  if (input_ids.dim() != 2 || input_ids.sizes() != attention_mask.sizes() || input_ids.size(0) == 0) {
+    throw std::invalid_argument(entry_.kind + ": need matching non-empty [B, T] token ids and mask");
+  }
+  const int64_t batch = input_ids.size(0), length = input_ids.size(1);
+  if (batch > entry_.shapes.max_batch || length > entry_.shapes.max_length) {
+    throw std::invalid_argument(entry_.kind + ": batch " + std::to_string(batch) + " x " + std::to_string(length) +
+                                " tokens is outside the engine's range (<= " +
+                                std::to_string(entry_.shapes.max_batch) + " x " +
+                                std::to_string(entry_.shapes.max_length) + ")");
+  }
+  // Right-pad into the box: length to a multiple (and the minimum) with pad id / mask 0, batch up to the
+  // minimum with copies of row 0 -- the Python runner's rule, so both give the same numbers.
+  const int64_t rows = std::max(batch, graph_.min_batch);
+  const int64_t cols = std::max(round_up(length, graph_.sequence_multiple), graph_.min_length);
+  auto ids = torch::full({rows, cols}, entry_.pad_id, torch::kInt64);
+  auto mask = torch::zeros({rows, cols}, torch::kInt64);
+  using torch::indexing::Slice;
+  ids.index_put_({Slice(0, batch), Slice(0, length)}, input_ids.to(torch::kCPU, torch::kInt64));
+  mask.index_put_({Slice(0, batch), Slice(0, length)}, attention_mask.to(torch::kCPU, torch::kInt64));
+  if (rows > batch) {
+    ids.index_put_({Slice(batch, rows)}, ids[0]);
+    mask.index_put_({Slice(batch, rows)}, mask[0]);
+  }
+  torch::NoGradGuard no_grad;
+  auto outputs = loader_->run({ids.to(device_), mask.to(device_)});
+  return outputs.at(0).slice(0, 0, batch).to(torch::kCPU, torch::kFloat32).contiguous();
+}
+
+EngineSet::EngineSet(const std::filesystem::path& folder, const c10::Device& device, bool verify_files)
+    : manifest_(EngineManifest::read(folder)) {
+  if (const auto problems = manifest_.mismatches(device, verify_files); !problems.empty()) {
+    throw EngineMismatch("engines in " + folder.string() + " cannot be used here: " + problems +
+                         ". Rebuild them with `virnucpro-trt build --backend inductor ... -o " + folder.string() +
+                         "`");
+  }
+  dnabert_ = std::make_unique<Encoder>(manifest_, "dnabert-s", device);
+  esm_ = std::make_unique<Encoder>(manifest_, "esm2", device);
+  classifier_ = std::make_unique<Classifier>(folder / manifest_.models.at("classifier").artifact);
+  const int64_t width = dnabert_->dim() + esm_->dim();
+  if (classifier_->input_dim() != width) {
+    throw EngineMismatch("the classifier takes " + std::to_string(classifier_->input_dim()) +
+                         " features but the encoders give " + std::to_string(width));
+  }
+}
+
+}  // namespace virnucpro

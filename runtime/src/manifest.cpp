@@ -1,0 +1,166 @@
+// Reading and checking an engine directory's manifest.json (schema virnucpro-trt/engine-manifest v1).
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#if __has_include(<torch/headeronly/version.h>)
+#include <torch/headeronly/version.h>
+#else
+#include <torch/version.h>
+#endif
+#include <torch/cuda.h>
+
+#include "virnucpro/runtime.h"
+
+#ifdef VIRNUCPRO_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+#ifdef VIRNUCPRO_WITH_OPENSSL
+#include <openssl/evp.h>
+#endif
+
+namespace virnucpro {
+namespace {
+
+constexpr const char* kSchema = "virnucpro-trt/engine-manifest";
+constexpr int kSchemaVersion = 1;
+
+// "2.11.0+cu130" -> "2.11.0": a libtorch build tag (+cpu, +cu130) does not change the package ABI the
+// engine was compiled against, the release does.
+std::string release(const std::string& version) { return version.substr(0, version.find('+')); }
+
+std::string current_arch(const c10::Device& device) {
+  if (!device.is_cuda()) return "cpu";
+#ifdef VIRNUCPRO_WITH_CUDA
+  cudaDeviceProp props{};
+  if (cudaGetDeviceProperties(&props, device.has_index() ? device.index() : 0) != cudaSuccess) {
+    return "unknown";
+  }
+  return "sm" + std::to_string(props.major) + std::to_string(props.minor);
+#else
+  return "unknown (runtime built without CUDA)";
+#endif
+}
+
+}  // namespace
+
+EngineManifest EngineManifest::read(const std::filesystem::path& folder) {
+  const auto path = folder / "manifest.json";
+  std::ifstream in(path);
+  if (!in) {
+    throw EngineMismatch(folder.string() + " is not an engine directory (no manifest.json); build one with "
+                         "`virnucpro-trt build --backend inductor`");
+  }
+  nlohmann::json data;
+  try {
+    data = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& error) {
+    throw EngineMismatch(path.string() + " is not valid JSON: " + error.what());
+  }
+  if (data.value("schema", "") != kSchema) {
+    throw EngineMismatch(path.string() + " is not a virnucpro-trt engine manifest");
+  }
+  EngineManifest m;
+  m.folder = folder;
+  try {
+    m.schema_version = data.at("schema_version").get<int>();
+    m.backend = data.at("backend").get<std::string>();
+    m.precision = data.at("precision").get<std::string>();
+    m.device_type = data.at("device").at("type").get<std::string>();
+    m.device_arch = data.at("device").value("arch", "");
+    m.torch_version = data.value("libraries", nlohmann::json::object()).value("torch", "");
+    for (const auto& [kind, entry] : data.at("models").items()) {
+      ModelEntry e;
+      e.kind = kind;
+      e.artifact = entry.at("artifact").get<std::string>();
+      e.artifact_sha256 = entry.value("artifact_sha256", "");
+      e.dim = entry.at("dim").get<int64_t>();
+      e.pad_id = entry.at("pad_id").get<int64_t>();
+      if (const auto s = entry.value("shapes", nlohmann::json()); s.is_object()) {  // encoders only
+        e.shapes.min_batch = s.at("min_batch").get<int64_t>();
+        e.shapes.max_batch = s.at("max_batch").get<int64_t>();
+        e.shapes.min_length = s.at("min_length").get<int64_t>();
+        e.shapes.max_length = s.at("max_length").get<int64_t>();
+      }
+      m.models.emplace(kind, e);
+    }
+  } catch (const nlohmann::json::exception& error) {
+    throw EngineMismatch(path.string() + " lacks a field this runtime needs: " + error.what());
+  }
+  return m;
+}
+
+std::string EngineManifest::mismatches(const c10::Device& device, bool verify_files) const {
+  std::vector<std::string> problems;
+  if (schema_version != kSchemaVersion) {
+    problems.push_back("manifest schema version " + std::to_string(schema_version) + ", this runtime reads " +
+                       std::to_string(kSchemaVersion));
+  }
+  if (backend != "inductor") {
+    problems.push_back("backend " + backend +
+                       " (the C++ host runtime runs AOTInductor engine sets: build with --backend inductor)");
+  }
+  const std::string have_type = device.is_cuda() ? "cuda" : "cpu";
+  if (device_type != have_type) {
+    problems.push_back("built for " + device_type + ", running on " + have_type);
+  } else if (device.is_cuda()) {
+    if (!torch::cuda::is_available()) {
+      problems.push_back("built for CUDA, but the linked libtorch sees no CUDA device");
+    } else if (const auto arch = current_arch(device); arch != device_arch) {
+      problems.push_back("built for " + device_arch + ", running on " + arch);
+    }
+  }
+  if (!torch_version.empty() && release(torch_version) != release(TORCH_VERSION)) {
+    problems.push_back("built with torch " + torch_version + ", linked libtorch is " + TORCH_VERSION);
+  }
+  for (const char* kind : {"dnabert-s", "esm2", "classifier"}) {
+    const auto it = models.find(kind);
+    if (it == models.end()) {
+      problems.push_back(std::string("the engines hold no ") + kind + " model");
+      continue;
+    }
+    const auto file = folder / it->second.artifact;
+    if (!std::filesystem::is_regular_file(file)) {
+      problems.push_back(file.string() + " is missing");
+    } else if (verify_files && !it->second.artifact_sha256.empty()) {
+      const auto sha = file_sha256(file);
+      if (!sha.empty() && sha != it->second.artifact_sha256) {
+        problems.push_back(file.filename().string() + " does not match its sha256 in the manifest");
+      }
+    }
+  }
+  std::ostringstream out;
+  for (size_t i = 0; i < problems.size(); ++i) out << (i ? "; " : "") << problems[i];
+  return out.str();
+}
+
+std::string file_sha256(const std::filesystem::path& file) {
+#ifdef VIRNUCPRO_WITH_OPENSSL
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return "";
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  std::vector<char> buffer(1 << 20);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    EVP_DigestUpdate(ctx.get(), buffer.data(), static_cast<size_t>(in.gcount()));
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(ctx.get(), digest, &length);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < length; ++i) {
+    out += hex[digest[i] >> 4];
+    out += hex[digest[i] & 15];
+  }
+  return out;
+#else
+  (void)file;
+  return "";
+#endif
+}
+
+}  // namespace virnucpro

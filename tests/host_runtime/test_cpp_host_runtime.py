@@ -1,0 +1,130 @@
+"""The C++ host runtime (runtime/, CMakeLists.txt): built with CMake against the installed libtorch, run on
+a CPU AOTInductor engine directory, compared with the Python runtime on the same token ids."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.cli.helpers import run_cli
+from virnucpro_trt.engines.engine_set import open_engine_set
+from virnucpro_trt.models.classifier import MLPClassifier, classify
+from virnucpro_trt.models.tokenization import pad_batch
+
+REPO = Path(__file__).resolve().parents[2]
+CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("cmake") is None or shutil.which("c++") is None,
+    reason="the C++ host runtime needs cmake and a C++ compiler",
+)
+
+
+@pytest.fixture(scope="module")
+def host_tool(tmp_path_factory) -> Path:
+    import nlohmann_json
+
+    build = tmp_path_factory.mktemp("host_build")
+    include = Path(nlohmann_json.__file__).parent / "include"
+    configure = subprocess.run(
+        ["cmake", "-S", str(REPO), "-B", str(build), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+         f"-DNLOHMANN_JSON_INCLUDE_DIR={include}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
+    compiled = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stdout[-3000:] + compiled.stderr[-3000:]
+    return build / "virnucpro-host"
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_set, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("host_engines")
+    result = run_cli(
+        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
+        str(tiny_set.classifier), "--backend", "inductor", "--precision", "fp32", "--device", "cpu",
+        "-o", str(out),
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    return out
+
+
+def _inputs(engine_set, tmp_path: Path) -> tuple[Path, tuple[np.ndarray, ...]]:
+    rng = np.random.default_rng(7)
+    dna = ["".join(rng.choice(list("ACGT"), n)) for n in (300, 297, 150, 500, 33)]
+    proteins = ["M" + "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n)) for n in (99, 98, 49, 166, 10)]
+    dna_ids, dna_mask = pad_batch(
+        engine_set.dnabert.tokenizer.encode_batch(dna), engine_set.dnabert.tokenizer.pad_id
+    )
+    esm_ids, esm_mask = pad_batch(
+        engine_set.esm.tokenizer.encode_batch(proteins), engine_set.esm.tokenizer.pad_id
+    )
+    arrays = (dna_ids, dna_mask, esm_ids, esm_mask)
+    path = tmp_path / "inputs.pt"
+    torch.save(tuple(torch.from_numpy(a) for a in arrays), path)
+    return path, arrays
+
+
+def test_host_runtime_matches_the_python_runtime(host_tool, engines, tiny_set, tmp_path) -> None:
+    engine_set = open_engine_set(engines, CPU, {"dnabert-s": None, "esm2": None, "classifier": None})
+    inputs, (dna_ids, dna_mask, esm_ids, esm_mask) = _inputs(engine_set, tmp_path)
+    out = tmp_path / "outputs.pt"
+    done = subprocess.run(
+        [str(host_tool), str(engines), str(inputs), str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "embedded 5 frames" in done.stdout
+    dna, esm, probs = (t.numpy() for t in torch.load(out))
+    want_dna = engine_set.dnabert.backend.embed_padded(dna_ids, dna_mask)
+    want_esm = engine_set.esm.backend.embed_padded(esm_ids, esm_mask)
+    np.testing.assert_allclose(dna, want_dna, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(esm, want_esm, atol=1e-5, rtol=0)
+    want_probs = classify(
+        MLPClassifier.from_weights(engine_set.classifier), np.concatenate([want_dna, want_esm], 1)
+    )
+    np.testing.assert_allclose(probs, want_probs, atol=1e-5, rtol=0)
+
+
+def test_check_accepts_the_engines_and_refuses_a_changed_manifest(host_tool, engines, tmp_path) -> None:
+    ok = subprocess.run([str(host_tool), str(engines), "--check"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: inductor fp32"), ok.stderr
+
+    changed = tmp_path / "changed"
+    shutil.copytree(engines, changed)
+    manifest = json.loads((changed / "manifest.json").read_text())
+    manifest["libraries"]["torch"] = "1.0.0"
+    manifest["device"]["type"] = "cuda"
+    (changed / "manifest.json").write_text(json.dumps(manifest))
+    refused = subprocess.run([str(host_tool), str(changed), "--check"], capture_output=True, text=True)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1
+    assert "built for cuda, running on cpu" in lines[0] and "built with torch 1.0.0" in lines[0]
+
+
+def test_damaged_artifact_and_onnx_engines_are_refused(host_tool, engines, tiny_set, tmp_path) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(engines, damaged)
+    artifact = next(damaged.glob("esm2.*.pt2"))
+    artifact.write_bytes(artifact.read_bytes()[:-10] + b"0123456789")
+    refused = subprocess.run([str(host_tool), str(damaged), "--check"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "does not match its sha256" in refused.stderr
+
+    inputs = tmp_path / "inputs.pt"
+    torch.save((torch.zeros(1, 3, dtype=torch.long),) * 2, inputs)  # two tensors instead of four
+    command = [str(host_tool), str(engines), str(inputs), str(tmp_path / "o.pt")]
+    bad = subprocess.run(command, capture_output=True, text=True)
+    assert bad.returncode == 2 and "must hold (dna_ids, dna_mask, protein_ids, protein_mask)" in bad.stderr
+
+    manifest = json.loads((engines / "manifest.json").read_text())
+    manifest["backend"] = "onnxruntime"
+    onnx_like = tmp_path / "onnx_like"
+    shutil.copytree(engines, onnx_like)
+    (onnx_like / "manifest.json").write_text(json.dumps(manifest))
+    refused = subprocess.run([str(host_tool), str(onnx_like), "--check"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "build with --backend inductor" in refused.stderr
