@@ -5,7 +5,12 @@ the TINY DNABERT-S in every variant tried in the first session (random or checkp
 model on CPU or CUDA, deep copy, device "cuda" or "cuda:0", with or without ``device_index``, a fresh
 inductor cache), and the CLI build of the FULL-SIZE DNABERT-S crashed the same way, while the full-size
 encoders built and loaded fine inside ``benchmarks/engines_throughput.py``. Each variant below changes
-one thing against ``baseline`` and runs in its own process, so one crash does not hide the others:
+one thing against ``baseline`` and runs in its own process, so one crash does not hide the others.
+
+Outcome on the H200 (2026-11-29): every variant crashed except ``onnxruntime_first``; preloading either
+of onnxruntime's shared libraries with RTLD_GLOBAL was enough, i.e. the package's ``.so`` needs the C++
+runtime in the global symbol scope. Fixed in ``virnucpro_trt/engines/cxx_runtime.py`` (the variants
+below predate the fix and now pass through it, so to reproduce the crash, revert that call):
 
     PYTHONPATH=$PWD python3 benchmarks/diagnostics/aoti_load_crash.py [VARIANT ...]
 
