@@ -87,6 +87,21 @@ def open_engine_set(
     rebuild: BuildSettings | None = None,
 ) -> EngineSet:
     """Check and load ``folder``; with ``rebuild`` settings, rebuild it first when it does not fit."""
+    return _load(folder, check_engine_set(folder, device, weights, rebuild), device)
+
+
+def check_engine_set(
+    folder: Path,
+    device: torch.device,
+    weights: dict[str, str | None],
+    rebuild: BuildSettings | None = None,
+) -> EngineManifest:
+    """The manifest of ``folder`` once it fits ``device``, these libraries and ``weights`` (rebuilding it
+    first with ``rebuild`` settings when it does not); nothing is loaded.
+
+    Kept apart from loading because ``predict`` checks (and builds) once in the main process, then each
+    worker loads on its own device.
+    """
     present_weights = _user_weights(weights)
     manifest = _read_or_none(folder)
     if manifest is not None:
@@ -114,7 +129,7 @@ def open_engine_set(
         manifest = build_engines(rebuild)
     assert manifest is not None
     verify_artifacts(manifest, folder)
-    return _load(folder, manifest, device)
+    return manifest
 
 
 def _read_or_none(folder: Path) -> EngineManifest | None:

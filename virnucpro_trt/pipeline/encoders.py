@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from virnucpro_trt.errors import EngineMismatchError, UserError
+from virnucpro_trt.errors import UserError
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.resolve import resolve_model
@@ -96,17 +96,15 @@ def engine_dir_for_run(
     and without checkpoint names, so the checkpoints are hashed here, not once per GPU. Returns None for
     eager PyTorch. Raises exactly what :func:`open_models` would (mismatch, not an engine directory...).
     """
-    backend = encoders.backend or ("engine" if engines else "torch")
-    if backend == "torch" and engines is None:
+    from virnucpro_trt.engines.engine_set import check_engine_set
+
+    choice = _engine_choice(encoders, engines, engine_cache)
+    if choice is None:
         return None
-    if backend == "torch":
-        raise UserError("--backend torch runs the PyTorch models: it cannot be combined with --engines")
-    folder = engines or engine_cache
-    if folder is None:
-        raise UserError(f"--backend {backend} needs --engines DIR (an engine directory)")
+    backend, folder = choice
     device = resolve_device(encoders.device)
     may_rebuild = rebuild or engines is None
-    _check_engine_dir(
+    check_engine_set(
         folder,
         device,
         specs,
@@ -117,48 +115,19 @@ def engine_dir_for_run(
     return folder
 
 
-def _check_engine_dir(
-    folder: Path, device: torch.device, specs: dict[str, str | None], rebuild: Any | None
-) -> None:
-    """:func:`~virnucpro_trt.engines.engine_set.open_engine_set` without loading the engines."""
-    from virnucpro_trt.engines import engine_set
-    from virnucpro_trt.engines.build import build_engines, device_facts
-    from virnucpro_trt.engines.manifest import (
-        MANIFEST_NAME,
-        Present,
-        check_manifest,
-        manifest_mismatches,
-        verify_artifacts,
-    )
-    from virnucpro_trt.engines.registry import get_backend
-
-    present_weights = engine_set._user_weights(specs)
-    manifest = engine_set._read_or_none(folder)
-    if manifest is not None:
-        present = Present(
-            device_facts(device), get_backend(manifest.backend).library_versions(), present_weights
-        )
-        problems = manifest_mismatches(manifest, present)
-    else:
-        problems = [f"no {MANIFEST_NAME} in {folder}"]
-    if problems:
-        if rebuild is None:
-            if manifest is None:
-                raise EngineMismatchError(
-                    f"{folder} is not an engine directory (no {MANIFEST_NAME}); build one with "
-                    "`virnucpro-trt build` or add --rebuild"
-                )
-            check_manifest(manifest, present, folder)  # raises with every problem listed
-        missing = [
-            flag
-            for flag, kind in (("--dnabert", "dnabert-s"), ("--esm", "esm2"), ("--classifier", "classifier"))
-            if not specs.get(kind)
-        ]
-        if missing:
-            raise UserError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
-        log.warning("rebuilding engines in %s: %s", folder, "; ".join(problems))
-        manifest = build_engines(rebuild)
-    verify_artifacts(manifest, folder)
+def _engine_choice(
+    encoders: EncoderSettings, engines: Path | None, engine_cache: Path | None
+) -> tuple[str, Path] | None:
+    """(backend, engine folder) of a run on engines, or None for eager PyTorch; bad combinations raise."""
+    backend = encoders.backend or ("engine" if engines else "torch")
+    if backend == "torch" and engines is None:
+        return None
+    if backend == "torch":
+        raise UserError("--backend torch runs the PyTorch models: it cannot be combined with --engines")
+    folder = engines or engine_cache
+    if folder is None:
+        raise UserError(f"--backend {backend} needs --engines DIR (an engine directory)")
+    return backend, folder
 
 
 def _build_settings(
@@ -194,14 +163,10 @@ def open_models(
     """
     device = resolve_device(encoders.device)
     torch.set_num_threads(encoders.threads or available_cpus())
-    backend = encoders.backend or ("engine" if engines else "torch")
-    if backend == "torch" and engines is None:
+    choice = _engine_choice(encoders, engines, engine_cache)
+    if choice is None:
         return _open_eager(encoders, specs, kinds, need_classifier, device)
-    if backend == "torch":
-        raise UserError("--backend torch runs the PyTorch models: it cannot be combined with --engines")
-    folder = engines or engine_cache
-    if folder is None:
-        raise UserError(f"--backend {backend} needs --engines DIR (an engine directory)")
+    backend, folder = choice
     return _open_engines(encoders, specs, device, folder, rebuild or engines is None, backend)
 
 
