@@ -28,6 +28,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from virnucpro_trt import __version__  # noqa: E402
+from virnucpro_trt.environment import cpu_model  # noqa: E402
 from virnucpro_trt.sequences.prepare import write_identified_files  # noqa: E402
 from virnucpro_trt.sequences.reader import read_records  # noqa: E402
 from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta  # noqa: E402
@@ -41,16 +42,6 @@ def _pin_one_cpu(cpu: int | None) -> int | None:
     chosen = cpu if cpu is not None else allowed[0]
     os.sched_setaffinity(0, {chosen})
     return chosen
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"prepare: {reads_per_s:,.0f} reads/s, {frames_per_s:,.0f} kept frames/s, "
             f"{counts['bases'] / median / 1e6:.1f} Mbases/s (median of {len(times)}: "
-            f"{', '.join(f'{t:.3f}' for t in times)} s) on 1 CPU [{_cpu_model()}]"
+            f"{', '.join(f'{t:.3f}' for t in times)} s) on 1 CPU [{cpu_model()}]"
         )
         print(f"counts: {counts}")
         result = {
@@ -117,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 "python": sys.version.split()[0],
                 "numpy": np.__version__,
                 "virnucpro_trt": __version__,
-                "cpu_model": _cpu_model(),
+                "cpu_model": cpu_model(),
                 "pinned_cpu": cpu,
                 "platform": platform.platform(),
             },

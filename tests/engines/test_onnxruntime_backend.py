@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from virnucpro_trt.engines.onnx_session import available_cpus, session_options
+from virnucpro_trt.engines.onnx_session import session_options
 from virnucpro_trt.engines.onnxruntime_backend import (
     ONNXRUNTIME_BACKEND,
     PROVIDER_ENV,
@@ -19,6 +19,7 @@ from virnucpro_trt.engines.onnxruntime_backend import (
     profile_shapes,
 )
 from virnucpro_trt.engines.spec import BuildOptions, ShapeRange, artifact_name
+from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import EngineMismatchError, ShapeRangeError, UserError
 from virnucpro_trt.models.random_checkpoints import (
     TINY_DNABERT_CONFIG,

@@ -8,7 +8,6 @@ fail a run: a fact that cannot be read is recorded as ``None`` (or ``"unknown"``
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 import subprocess
 from pathlib import Path
@@ -17,26 +16,7 @@ from typing import Any
 import torch
 
 from virnucpro_trt import __version__
-from virnucpro_trt.environment import library_versions, onnxruntime_providers
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (the affinity mask, which a container or taskset narrows)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+from virnucpro_trt.environment import available_cpus, cpu_model, library_versions, onnxruntime_providers
 
 
 def driver_version() -> str:

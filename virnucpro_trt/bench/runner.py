@@ -29,7 +29,7 @@ from virnucpro_trt.bench.configs import (
     open_configuration,
     plan_configurations,
 )
-from virnucpro_trt.bench.hardware import available_cpus, hardware_report
+from virnucpro_trt.bench.hardware import hardware_report
 from virnucpro_trt.bench.models import (
     ModelSet,
     RandomSize,
@@ -42,6 +42,7 @@ from virnucpro_trt.bench.path import STAGES, PathResult, run_path
 from virnucpro_trt.bench.report import new_report, result_row
 from virnucpro_trt.bench.timing import measure
 from virnucpro_trt.bench.workload import Workload, fasta_workload, generated_workload
+from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,11 @@ onnxruntime at module import time (the CLI has to start, and say what is missing
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from virnucpro_trt.environment import available_cpus
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -35,14 +36,6 @@ def onnxruntime_problem() -> str | None:
 
 def available_providers() -> list[str]:
     return list(import_onnxruntime().get_available_providers())
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's count: containers, taskset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def session_options(threads: int | None = None) -> Any:

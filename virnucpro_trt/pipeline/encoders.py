@@ -16,13 +16,13 @@ from typing import Any, Literal
 
 import torch
 
+from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 from virnucpro_trt.runtime.device import (
-    available_cpus,
     configure_fp32_reference,
     resolve_device,
     resolve_dtype,

@@ -37,7 +37,8 @@ from typing import Any
 import torch
 
 from virnucpro_trt.errors import RunFailure, UserError, VirnucproError
-from virnucpro_trt.runtime.device import available_cpus, resolve_device
+from virnucpro_trt.environment import available_cpus
+from virnucpro_trt.runtime.device import resolve_device
 from virnucpro_trt.runtime.shards import ShardSpec
 from virnucpro_trt.runtime.worker import (
     EXIT_FAILED,

@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
 from virnucpro_trt.errors import UserError
 
 log = logging.getLogger(__name__)
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
