@@ -46,17 +46,18 @@ class ChunkMaxima:
         self._max: dict[str, list[np.float32]] = {}
 
     def update(self, frame_ids: Sequence[str], probs: np.ndarray) -> None:
-        table = self._max
         for fid, (p0, p1) in zip(frame_ids, probs.astype(np.float32), strict=True):
-            key = fid[:-2]
-            cur = table.get(key)
-            if cur is None:
-                table[key] = [p0, p1]
-            else:
-                if p0 > cur[0]:
-                    cur[0] = p0
-                if p1 > cur[1]:
-                    cur[1] = p1
+            self._fold(fid[:-2], p0, p1)
+
+    def _fold(self, key: str, p0: np.float32, p1: np.float32) -> None:
+        cur = self._max.get(key)
+        if cur is None:
+            self._max[key] = [p0, p1]
+        else:
+            if p0 > cur[0]:
+                cur[0] = p0
+            if p1 > cur[1]:
+                cur[1] = p1
 
     def __len__(self) -> int:
         return len(self._max)
@@ -82,15 +83,6 @@ class ChunkMaxima:
 
     def merge_maxima(self, lines: Iterable[str]) -> None:
         """Fold in rows written by :meth:`write_maxima` (the maximum of maxima is the maximum)."""
-        table = self._max
         for line in lines:
             key, p0_text, p1_text = line.rstrip("\n").split("\t")
-            p0, p1 = np.float32(p0_text), np.float32(p1_text)
-            cur = table.get(key)
-            if cur is None:
-                table[key] = [p0, p1]
-            else:
-                if p0 > cur[0]:
-                    cur[0] = p0
-                if p1 > cur[1]:
-                    cur[1] = p1
+            self._fold(key, np.float32(p0_text), np.float32(p1_text))

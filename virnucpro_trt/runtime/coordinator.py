@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-from virnucpro_trt.errors import RunFailure, UserError, VirnucproError
 from virnucpro_trt.environment import available_cpus
+from virnucpro_trt.errors import RunFailure, UserError, VirnucproError
 from virnucpro_trt.runtime.device import resolve_device
 from virnucpro_trt.runtime.shards import ShardSpec
 from virnucpro_trt.runtime.worker import (
@@ -433,15 +433,7 @@ class Coordinator:
             with contextlib.suppress(OSError):
                 worker.conn.send(None)
         for worker in list(self.workers.values()):
-            if worker.process is not None:
-                worker.process.join(_JOIN_S)
-                if worker.process.is_alive():
-                    worker.process.terminate()
-                    worker.process.join(_JOIN_S)
-            elif worker.thread is not None:
-                worker.thread.join(_JOIN_S)
-            with contextlib.suppress(OSError):
-                worker.conn.close()
+            _reap(worker, _JOIN_S, "terminate")
         self.workers.clear()
 
     def _stop_all(self) -> None:
@@ -456,20 +448,25 @@ class Coordinator:
                 worker.terminate()
             deadline = time.monotonic() + _JOIN_S
             for worker in self.workers.values():
-                remaining = max(0.1, deadline - time.monotonic())
-                if worker.process is not None:
-                    worker.process.join(remaining)
-                    if worker.process.is_alive():
-                        worker.process.kill()
-                        worker.process.join(_JOIN_S)
-                elif worker.thread is not None:
-                    worker.thread.join(remaining)
-                with contextlib.suppress(OSError):
-                    worker.conn.close()
+                _reap(worker, max(0.1, deadline - time.monotonic()), "kill")
             self.workers.clear()
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+
+def _reap(worker: _Worker, wait_s: float, escalate: str) -> None:
+    """Wait up to ``wait_s`` for a worker to end; a process still alive then gets ``escalate``
+    (``terminate``: SIGTERM, ``kill``: SIGKILL). Its pipe is closed either way."""
+    if worker.process is not None:
+        worker.process.join(wait_s)
+        if worker.process.is_alive():
+            getattr(worker.process, escalate)()
+            worker.process.join(_JOIN_S)
+    elif worker.thread is not None:
+        worker.thread.join(wait_s)
+    with contextlib.suppress(OSError):
+        worker.conn.close()
 
 
 def _describe_exit(code: int | None) -> str:
