@@ -55,7 +55,6 @@ def predict_row(fasta: Path, out: Path, model_args: list[str], gpus: str, extra:
     frames = run["counts"]["frames"]
     workers = run["workers"]
     workers_s = run["timings_s"]["workers"]
-    slowest_load = max(w.get("ready_s", w["load_models_s"]) for w in workers)
     return {
         "gpus": gpus,
         "workers": len(workers),
@@ -65,9 +64,9 @@ def predict_row(fasta: Path, out: Path, model_args: list[str], gpus: str, extra:
         "wall_s_process": round(wall, 2),
         "total_s": run["timings_s"]["total"],
         "workers_s": workers_s,
-        "slowest_load_s": slowest_load,
+        "slowest_ready_s": max(w["ready_s"] for w in workers),
         "frames_per_s_total": round(frames / run["timings_s"]["total"], 1),
-        "frames_per_s_steady": round(frames / (workers_s - slowest_load), 1),
+        "frames_per_s_steady": run["throughput"]["frames_per_s_steady"],
         "per_worker": [
             {
                 k: w.get(k)
@@ -100,14 +99,13 @@ def esm_alone(
         encoder = open_engine_set(engines, device, models.specs()).esm
         backend, tokenizer = encoder.backend, encoder.tokenizer
     else:
-        from virnucpro_trt.bench.models import load_eager_models
+        from virnucpro_trt.models.checkpoints import load_encoder
+        from virnucpro_trt.runtime.device import resolve_dtype
         from virnucpro_trt.runtime.embedding import TorchBackend
 
-        eager = load_eager_models(models)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
-        model = eager.esm.to(device=device, dtype=dtype).eval()
-        tokenizer = eager.esm_tokenizer
-        backend = TorchBackend(model, eager.esm_dim, tokenizer.pad_id, device, dtype)
+        model, tokenizer, _, dim = load_encoder("esm2", models.esm)
+        dtype = resolve_dtype(precision, device)
+        backend = TorchBackend(model, dim, tokenizer.pad_id, device, dtype)
     tokens = tokenizer.encode_batch(proteins)
     embed_sequences(backend, tokens[:200], budget)  # warm-up
     sync()

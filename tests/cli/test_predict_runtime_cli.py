@@ -100,6 +100,10 @@ def test_two_workers_equal_one_worker_and_shards_do_not_depend_on_workers(tiny_s
     assert sum(w["frames"] for w in workers) == run_two["counts"]["frames"] > 0
     assert sum(w["shards"] for w in workers) == 3
     assert all(w["device_name"] == "cpu" and w["restarts"] == 0 for w in workers)
+    # A spawned worker is ready after its interpreter started and its models loaded.
+    assert all(w["ready_s"] > w["load_models_s"] > 0 for w in workers)
+    throughput = run_two["throughput"]
+    assert throughput["frames_per_s_steady"] > throughput["frames_per_s_workers_wall"] > 0
     assert run_one["counts"] == run_two["counts"]
 
 
