@@ -11,10 +11,10 @@ Steps, all through the real CLI where a user would use it:
 1. random full-size checkpoints in the real formats (reused from ``--workdir``);
 2. ``virnucpro-trt build --backend B --precision P`` once (skipped for ``--backend torch``);
 3. ``virnucpro-trt predict --engines ... --gpus G`` for each ``--gpus`` setting, figures from run.json:
-   frames per second of the whole run (including worker start-up and model loading) and in steady
-   state (the workers' wall time from the moment the slowest worker was ready);
-4. the ESM-2 engine alone, in this process: the kept frames' proteins of the same reads, token-budget
-   batches, a warm-up batch then one timed pass.
+   frames per second of the whole run (including worker start-up and model loading), in steady state
+   (from the moment every worker was ready to the last shard done) and in the workers' shard work;
+4. each encoder alone, in this process: the kept frames' proteins (ESM-2) and DNA (DNABERT-S) of the
+   same reads, all length-sorted together in token-budget batches, a warm-up batch then one timed pass.
 
     python3 benchmarks/runtime_scaling.py --reads 20000 --backend inductor --precision bf16 \\
         --gpus 0 --gpus 0,1,2,3 --workdir /tmp/vtr --json results.json
@@ -49,14 +49,28 @@ def cli(*args: str) -> float:
     return time.perf_counter() - started
 
 
-def predict_row(fasta: Path, out: Path, model_args: list[str], gpus: str, extra: list[str]) -> dict[str, Any]:
-    wall = cli("predict", str(fasta), "-o", str(out), *model_args, "--gpus", gpus, "--force", *extra)
+def placements(gpus: list[str] | None, workers: list[int] | None, device: str) -> list[tuple[str, list[str]]]:
+    """(label, predict arguments) per setting: ``--gpus`` settings on CUDA, ``--workers`` counts on the
+    CPU (the same runtime with CPU worker processes: what the CPU test of this script runs)."""
+    if device == "cpu":
+        if gpus:
+            raise SystemExit("--gpus needs --device cuda:N; on the CPU give --workers N")
+        return [(f"cpu x{n}", ["--device", "cpu", "--workers", str(n)]) for n in workers or [1]]
+    if workers:
+        raise SystemExit("--workers is for --device cpu; on CUDA give --gpus I,J,...")
+    return [(g, ["--gpus", g]) for g in gpus or ["0"]]
+
+
+def predict_row(
+    fasta: Path, out: Path, model_args: list[str], label: str, placement: list[str], extra: list[str]
+) -> dict[str, Any]:
+    wall = cli("predict", str(fasta), "-o", str(out), *model_args, *placement, "--force", *extra)
     run = json.loads((out / "run.json").read_text())
     frames = run["counts"]["frames"]
     workers = run["workers"]
     workers_s = run["timings_s"]["workers"]
     return {
-        "gpus": gpus,
+        "gpus": label,
         "workers": len(workers),
         "reads": run["counts"]["records"],
         "frames": frames,
@@ -67,6 +81,10 @@ def predict_row(fasta: Path, out: Path, model_args: list[str], gpus: str, extra:
         "slowest_ready_s": max(w["ready_s"] for w in workers),
         "frames_per_s_total": round(frames / run["timings_s"]["total"], 1),
         "frames_per_s_steady": run["throughput"]["frames_per_s_steady"],
+        "steady_s": run["throughput"].get("steady_s"),
+        # the workers' own figure: frames over the time spent processing shards, mean over workers
+        "frames_per_s_shard_work": round(sum(w["frames_per_s"] or 0 for w in workers) / len(workers), 1),
+        "stage_s": {k: run["timings_s"].get(k) for k in ("embed_dnabert", "embed_esm", "classify")},
         "per_worker": [
             {
                 k: w.get(k)
@@ -85,40 +103,54 @@ def predict_row(fasta: Path, out: Path, model_args: list[str], gpus: str, extra:
     }
 
 
-def esm_alone(
+def encoders_alone(
     fasta: Path, engines: Path | None, models: Any, precision: str, budget: int, device: torch.device
-) -> dict[str, Any]:
-    """proteins/s of the ESM-2 encoder alone on the kept frames of ``fasta``."""
+) -> dict[str, dict[str, Any]]:
+    """Frames/s of each encoder alone on the kept frames of ``fasta`` (ESM-2: their proteins; DNABERT-S:
+    their DNA), all frames length-sorted together: the ceiling of what the per-shard batches inside a
+    run can reach."""
     from virnucpro_trt.runtime.embedding import embed_sequences
 
-    proteins = [p for block in prepare_blocks(read_records(fasta), 500) for p in block.frames.protein]
+    blocks = list(prepare_blocks(read_records(fasta), 500))
+    inputs = {
+        "esm2": [p for block in blocks for p in block.frames.protein],
+        "dnabert-s": [d for block in blocks for d in block.frames.dna],
+    }
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if engines is not None:
         from virnucpro_trt.engines.engine_set import open_engine_set
 
-        encoder = open_engine_set(engines, device, models.specs()).esm
-        backend, tokenizer = encoder.backend, encoder.tokenizer
+        engine_set = open_engine_set(engines, device, models.specs())
+        encoders = {
+            kind: (enc.backend, enc.tokenizer)
+            for kind, enc in (("esm2", engine_set.esm), ("dnabert-s", engine_set.dnabert))
+        }
     else:
         from virnucpro_trt.models.checkpoints import load_encoder
         from virnucpro_trt.runtime.device import resolve_dtype
         from virnucpro_trt.runtime.embedding import TorchBackend
 
-        model, tokenizer, _, dim = load_encoder("esm2", models.esm)
         dtype = resolve_dtype(precision, device)
-        backend = TorchBackend(model, dim, tokenizer.pad_id, device, dtype)
-    tokens = tokenizer.encode_batch(proteins)
-    embed_sequences(backend, tokens[:200], budget)  # warm-up
-    sync()
-    started = time.perf_counter()
-    embed_sequences(backend, tokens, budget)
-    sync()
-    seconds = time.perf_counter() - started
-    return {
-        "proteins": len(tokens),
-        "tokens": int(sum(len(t) for t in tokens)),
-        "seconds": round(seconds, 3),
-        "proteins_per_s": round(len(tokens) / seconds, 1),
-    }
+        encoders = {}
+        for kind, path in (("esm2", models.esm), ("dnabert-s", models.dnabert)):
+            model, tokenizer, _, dim = load_encoder(kind, path)
+            encoders[kind] = (TorchBackend(model, dim, tokenizer.pad_id, device, dtype), tokenizer)
+    results = {}
+    for kind, (backend, tokenizer) in encoders.items():
+        tokens = tokenizer.encode_batch(inputs[kind])
+        embed_sequences(backend, tokens[:200], budget)  # warm-up
+        sync()
+        started = time.perf_counter()
+        embed_sequences(backend, tokens, budget)
+        sync()
+        seconds = time.perf_counter() - started
+        results[kind] = {
+            "frames": len(tokens),
+            "tokens": int(sum(len(t) for t in tokens)),
+            "seconds": round(seconds, 3),
+            "frames_per_s": round(len(tokens) / seconds, 1),
+        }
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,16 +159,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="inductor", help="torch, onnxruntime, inductor or tensorrt")
     parser.add_argument("--precision", default="bf16", choices=("fp32", "fp16", "bf16", "fp8"))
     parser.add_argument("--gpus", action="append", help="a --gpus setting to run (repeatable)")
+    parser.add_argument(
+        "--workers", type=int, action="append", help="with --device cpu: a CPU worker count (repeatable)"
+    )
+    parser.add_argument("--device", default="cuda:0", help="cuda:0 (the measurement) or cpu (the test)")
+    parser.add_argument(
+        "--models", choices=("full", "tiny"), default="full", help="random weights of the real or test sizes"
+    )
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--shard-records", type=int, default=None, help="passed to predict (default: its own rule)"
+    )
+    parser.add_argument(
+        "--build-only",
+        action="store_true",
+        help="write the models and build the engines into --workdir, then stop (lets a device session "
+        "split the build and the runs over two calls)",
+    )
     args = parser.parse_args(argv)
-    settings = args.gpus or ["0"]
+    settings = placements(args.gpus, args.workers, args.device)
+    device = torch.device(args.device)
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="vt-scaling-"))
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    models = write_random_models(root / "models", "full", "cuda")
+    models = write_random_models(root / "models", args.models, device)
     models_s = time.perf_counter() - started
     fasta = root / "reads.fa"
     write_fasta(generate_reads(args.reads, 500, seed=42, coding_fraction=0.7), str(fasta))
@@ -164,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--precision",
                     args.precision,
                     "--device",
-                    "cuda:0",
+                    args.device,
                     "-o",
                     str(engines),
                     *budget,
@@ -176,22 +225,29 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run_args = [*model_args, "--backend", "torch", "--precision", args.precision]
 
+    if args.build_only:
+        return 0
     rows = []
-    for gpus in settings:
-        row = predict_row(fasta, root / f"out-gpus-{gpus.replace(',', '_')}", run_args, gpus, budget)
+    for label, placement in settings:
+        shards = ["--shard-records", str(args.shard_records)] if args.shard_records else []
+        out = root / f"out-{label.replace(',', '_').replace(' ', '_')}"
+        row = predict_row(fasta, out, run_args, label, placement, [*budget, *shards])
         print(json.dumps(row), flush=True)
         rows.append(row)
-    alone = esm_alone(fasta, engines, models, args.precision, args.max_batch_tokens, torch.device("cuda:0"))
-    print("ESM-2 alone:", json.dumps(alone), flush=True)
+    alone_all = encoders_alone(fasta, engines, models, args.precision, args.max_batch_tokens, device)
+    print("encoders alone:", json.dumps(alone_all), flush=True)
+    alone = alone_all["esm2"]
 
     one = next((r for r in rows if r["workers"] == 1), None)
     for row in rows:
-        row["steady_vs_esm_alone"] = round(
-            row["frames_per_s_steady"] / (alone["proteins_per_s"] * row["workers"]), 3
-        )
+        ceiling = alone["frames_per_s"] * row["workers"]
+        row["steady_vs_esm_alone"] = round((row["frames_per_s_steady"] or 0) / ceiling, 3)
+        row["shard_work_vs_esm_alone"] = round(row["frames_per_s_shard_work"] / alone["frames_per_s"], 3)
         if one is not None:
             row["speedup_vs_1_gpu_total"] = round(row["frames_per_s_total"] / one["frames_per_s_total"], 2)
-            row["speedup_vs_1_gpu_steady"] = round(row["frames_per_s_steady"] / one["frames_per_s_steady"], 2)
+            row["speedup_vs_1_gpu_steady"] = round(
+                (row["frames_per_s_steady"] or 0) / (one["frames_per_s_steady"] or 1e-9), 2
+            )
     report = {
         "benchmark": "runtime_scaling",
         "command": " ".join(["python3", "benchmarks/runtime_scaling.py", *(argv or sys.argv[1:])]),
@@ -203,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             "reads": args.reads,
             "read_length": 500,
             "coding_fraction": 0.7,
-            "models": "random weights, full size: DNABERT-S 12x768, ESM-2 t36_3B",
+            "models": (
+                "random weights, full size: DNABERT-S 12x768, ESM-2 t36_3B"
+                if args.models == "full"
+                else "random weights, test sizes"
+            ),
             "max_batch_tokens": args.max_batch_tokens,
         },
         "backend": args.backend,
@@ -211,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "write_models_s": round(models_s, 1),
         "build_s": build_s,
         "esm_engine_alone": alone,
+        "dnabert_engine_alone": alone_all["dnabert-s"],
         "predict": rows,
     }
     text = json.dumps(report, indent=2)

@@ -66,3 +66,34 @@ def test_predict_full_size_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert report["results"][0]["reads"] == 40 and report["results"][0]["frames"] > 0
     assert report["workload"]["models"].startswith("random weights, tiny")
     assert "wrote tiny-size random checkpoints" in capsys.readouterr().out
+
+
+def test_runtime_scaling_tiny_cpu_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The scaling benchmark end to end on CPU workers (the H200 runs use --gpus): two predict runs
+    through the CLI, the encoders alone, and the ratios the issue's goals are judged by."""
+    out = tmp_path / "scaling.json"
+    code = _script("runtime_scaling").main(
+        [
+            "--models", "tiny", "--device", "cpu", "--backend", "torch", "--precision", "fp32",
+            "--reads", "120", "--workers", "1", "--workers", "2", "--max-batch-tokens", "2048",
+            "--shard-records", "32", "--workdir", str(tmp_path / "work"), "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    one, two = report["predict"]
+    assert (one["gpus"], one["workers"], two["gpus"], two["workers"]) == ("cpu x1", 1, "cpu x2", 2)
+    assert one["frames"] == two["frames"] == report["esm_engine_alone"]["frames"] > 0
+    assert report["dnabert_engine_alone"]["frames"] == one["frames"]
+    assert one["shards"] == two["shards"] == 4  # 120 reads / 32 per shard
+    for row in (one, two):
+        assert 0 < row["steady_s"] < row["workers_s"]
+        assert row["frames_per_s_steady"] == pytest.approx(row["frames"] / row["steady_s"], rel=0.01)
+        assert row["frames_per_s_shard_work"] > 0 and row["shard_work_vs_esm_alone"] > 0
+        assert set(row["stage_s"]) == {"embed_dnabert", "embed_esm", "classify"}
+    assert one["speedup_vs_1_gpu_total"] == 1.0
+    assert two["speedup_vs_1_gpu_steady"] == pytest.approx(
+        two["frames_per_s_steady"] / one["frames_per_s_steady"], abs=0.01
+    )
+    assert report["workload"]["models"] == "random weights, test sizes"
+    assert "encoders alone" in capsys.readouterr().out

@@ -104,6 +104,10 @@ def test_two_workers_equal_one_worker_and_shards_do_not_depend_on_workers(tiny_s
     assert all(w["ready_s"] > w["load_models_s"] > 0 for w in workers)
     throughput = run_two["throughput"]
     assert throughput["frames_per_s_steady"] > throughput["frames_per_s_workers_wall"] > 0
+    # Steady: every worker ready -> last shard done, so without start-up before or shutdown after.
+    assert 0 < throughput["steady_s"] < run_two["timings_s"]["workers"] - max(w["ready_s"] for w in workers)
+    frames = run_two["counts"]["frames"]
+    assert throughput["frames_per_s_steady"] == pytest.approx(frames / throughput["steady_s"], rel=1e-3)
     assert run_one["counts"] == run_two["counts"]
 
 

@@ -192,6 +192,27 @@ def test_package_loads_in_a_fresh_process(esm_engine: Engine, tmp_path: Path) ->
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), esm_engine.eager(ids, mask), atol=1e-5, rtol=0)
 
 
+def test_loading_skips_the_cpu_isa_probe(esm_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aoti_load_package's device-information warning probes every CPU ISA with a fresh interpreter per
+    ISA (45 s per process on the H200 host); loading goes to the C++ loader without it."""
+    import torch._inductor.codecache as codecache
+    import torch._inductor.cpu_vec_isa as cpu_vec_isa
+
+    from virnucpro_trt.engines.inductor_runner import load_package
+
+    def probe(*args: object) -> None:
+        raise AssertionError("the CPU ISA probe ran")
+
+    monkeypatch.setattr(codecache, "get_device_information", probe)
+    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", probe)
+    compiled = load_package(esm_engine.built.path, CPU)
+    assert compiled.get_metadata()["AOTI_DEVICE_KEY"] == "cpu"
+    ids, mask = esm_engine.batch(np.random.default_rng(8), 3, 16)
+    with torch.inference_mode():
+        out = compiled(torch.from_numpy(ids), torch.from_numpy(mask))
+    np.testing.assert_allclose(out.numpy(), esm_engine.eager(ids, mask), atol=1e-5, rtol=0)
+
+
 def test_load_checks_the_package_against_the_manifest(esm_engine: Engine, tmp_path: Path) -> None:
     path, shapes = esm_engine.built.path, esm_engine.shapes
     with pytest.raises(EngineMismatchError, match=r"kind esm2 \(expected dnabert-s\)"):
@@ -275,6 +296,50 @@ def test_cuda_build_matches_fp32(precision: str, tmp_path: Path) -> None:
         out = runner.embed_padded(ids, mask)
         assert np.isfinite(out).all() and out.shape == (batch, 64)
         assert _cosine(out, engine.eager(ids, mask)).min() >= floor, (batch, length, built.facts)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
+def test_cuda_engine_out_of_memory_splits_the_batch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A real allocation failure inside an AOTInductor CUDA package (the wrapper raises a bare
+    RuntimeError) is recognised and the batch is split, with the same embeddings as unconstrained.
+
+    The memory limit is PyTorch's per-process fraction, set from a measured run so that the whole batch
+    cannot fit but its halves (or quarters) can; AOTInductor allocates its buffers through the same
+    caching allocator, so the limit applies to it.
+    """
+    import logging
+
+    cuda = torch.device("cuda", 0)
+    if (reason := INDUCTOR_BACKEND.availability(cuda, "bf16")) is not None:
+        pytest.skip(reason)
+    model, shapes = random_esm2(seed=35), ShapeRange(1, 64, 256, 2, 256, 514)
+    example = (torch.randint(4, 24, (4, 40)), torch.ones(4, 40, dtype=torch.int64))
+    path = tmp_path / "esm2.bf16.pt2"
+    built = INDUCTOR_BACKEND.build(model, "esm2", example, shapes, "bf16", cuda, path, BuildOptions())
+    runner = INDUCTOR_BACKEND.load(built.path, "esm2", cuda, "bf16", 64, 1, shapes)
+    rng = np.random.default_rng(6)
+    tokens = [rng.integers(4, 24, size=int(n)) for n in rng.integers(480, 513, size=256)]
+    budget = 256 * 520  # the whole set is one batch
+    reference = embed_sequences(runner, tokens, budget)  # also warms the kernels up
+    torch.cuda.synchronize(cuda)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_reserved(cuda)
+    torch.cuda.reset_peak_memory_stats(cuda)
+    embed_sequences(runner, tokens, budget)
+    extra = torch.cuda.max_memory_reserved(cuda) - base
+    assert extra >= 32 * 2**20, f"the batch needs only {extra} bytes: too little to limit reliably"
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(cuda).total_memory
+    torch.cuda.set_per_process_memory_fraction((base + 0.6 * extra) / total, cuda)
+    try:
+        with caplog.at_level(logging.WARNING, logger="virnucpro_trt.runtime.embedding"):
+            out = embed_sequences(runner, tokens, budget)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, cuda)
+    splits = [r.getMessage() for r in caplog.records if "ran out of memory" in r.getMessage()]
+    assert splits and splits[0].startswith("inductor ran out of memory on a batch of 256"), splits
+    assert _cosine(out, reference).min() >= 0.999
 
 
 _CXX_SCOPE = """

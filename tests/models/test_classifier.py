@@ -135,3 +135,21 @@ def test_width_check_names_both_sides(tmp_path):
 def test_ties_go_to_others():
     probs = np.array([[0.5, 0.5], [0.4, 0.6], [0.6, 0.4]], dtype=np.float32)
     assert labels_from_probabilities(probs).tolist() == [0, 1, 0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
+def test_classify_on_the_gpu_matches_the_cpu(tmp_path):
+    """GPU predict workers keep the classifier on their GPU (fp32, TF32 off): same scores as the CPU
+    to float32 rounding, the same labels away from ties, at the real width and in several chunks."""
+    from virnucpro_trt.runtime.device import configure_fp32_reference
+
+    configure_fp32_reference()
+    path = write_upstream_classifier(tmp_path / "500_model.pth", input_dim=3328, seed=5)
+    model = MLPClassifier.from_weights(load_classifier_weights(path))
+    x = torch.randn(9000, 3328, generator=torch.Generator().manual_seed(2)).numpy()
+    cpu = classify(model, x)
+    gpu = classify(MLPClassifier.from_weights(load_classifier_weights(path)).to("cuda:0"), x)
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=2e-6)
+    clear = np.abs(cpu[:, 1] - 0.5) > 1e-4
+    assert (labels_from_probabilities(gpu)[clear] == labels_from_probabilities(cpu)[clear]).all()

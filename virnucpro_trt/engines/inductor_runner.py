@@ -24,18 +24,47 @@ from virnucpro_trt.engines.cxx_runtime import expose_cxx_runtime
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes
 from virnucpro_trt.engines.spec import ShapeRange
 from virnucpro_trt.errors import EngineMismatchError, ShapeRangeError
+from virnucpro_trt.runtime.out_of_memory import device_memory_errors
 
 _EXTERN_CALL = re.compile(rb"aoti_torch_(?:cpu|cuda)_(\w+?)(?:_out)?\(")
 
 
 def load_package(path: Path, device: torch.device) -> Any:
-    """``aoti_load_package`` on ``device`` (``device_index`` selects cuda:N in a multi-GPU worker)."""
+    """The package at ``path`` loaded on ``device`` (``device_index`` selects cuda:N in a multi-GPU worker).
+
+    Why not plain ``aoti_load_package``: on its way to the C++ loader it calls
+    ``torch._inductor.codecache.get_device_information``, whose ``pick_vec_isa()`` compiles a test
+    program per CPU instruction set and runs each in a fresh interpreter that imports torch — 45 s per
+    process on the H200 host (torch 2.11; benchmarks/diagnostics/first_load_profile.py), spent on
+    every worker start for a warning-only comparison that the engine manifest check already makes. The
+    C++ loader and the wrapper object are the ones ``aoti_load_package`` ends up with; where this torch
+    lacks them (older releases), the public function is used.
+    """
     expose_cxx_runtime()
+    index = -1
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    direct = _direct_loader()
+    if direct is not None:
+        loader_class, wrapper = direct
+        try:
+            return wrapper(loader_class(str(path), "model", False, 1, index))
+        except TypeError:  # another constructor signature: let torch's own function handle it
+            pass
     load = torch._inductor.aoti_load_package
     if device.type == "cuda" and "device_index" in inspect.signature(load).parameters:
-        index = device.index if device.index is not None else torch.cuda.current_device()
         return load(str(path), device_index=index)
     return load(str(path))
+
+
+def _direct_loader() -> tuple[Any, Any] | None:
+    """(``AOTIModelPackageLoader``, ``AOTICompiledModel``) where this torch has both, else None."""
+    loader_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    try:
+        from torch.export.pt2_archive._package import AOTICompiledModel
+    except ImportError:
+        return None
+    return None if loader_class is None else (loader_class, AOTICompiledModel)
 
 
 def extern_kernels(path: Path) -> dict[str, int]:
@@ -94,7 +123,7 @@ class InductorRunner:
             np.ascontiguousarray(attention_mask, dtype=np.int64),
             self.pad_id,
         )
-        with torch.inference_mode(), self._device_guard():
+        with torch.inference_mode(), self._device_guard(), device_memory_errors(self.device, "inductor"):
             pooled = self._compiled(
                 torch.from_numpy(ids).to(self.device, non_blocking=True),
                 torch.from_numpy(mask).to(self.device, non_blocking=True),

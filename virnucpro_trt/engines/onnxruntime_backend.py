@@ -50,6 +50,7 @@ from virnucpro_trt.engines.onnx_session import (
 )
 from virnucpro_trt.engines.spec import BuildOptions, BuiltArtifact, ModelKind, ShapeRange
 from virnucpro_trt.errors import EngineMismatchError, RunFailure, ShapeRangeError, UserError
+from virnucpro_trt.runtime.out_of_memory import device_memory_errors
 
 PROVIDER_ENV = "VIRNUCPRO_ORT_PROVIDER"
 PROVIDER_CHOICES = {"cpu": CPU_PROVIDER, "cuda": CUDA_PROVIDER, "tensorrt": TENSORRT_PROVIDER}
@@ -285,7 +286,8 @@ class OrtRunner:
             INPUT_NAMES[0]: np.ascontiguousarray(input_ids, dtype=np.int64),
             INPUT_NAMES[1]: np.ascontiguousarray(attention_mask, dtype=np.int64),
         }
-        (pooled,) = self.session.run([OUTPUT_NAME], feeds)
+        with device_memory_errors(torch.device("cpu"), "onnxruntime"):
+            (pooled,) = self.session.run([OUTPUT_NAME], feeds)
         return np.asarray(pooled, dtype=np.float32)
 
 
@@ -335,7 +337,8 @@ class OrtCudaRunner(OrtRunner):
             self._bind(INPUT_NAMES[0], ids)
             self._bind(INPUT_NAMES[1], mask)
             self._bind(OUTPUT_NAME, out, output=True)
-            self.session.run_with_iobinding(self.binding)
+            with device_memory_errors(self.device, "onnxruntime"):
+                self.session.run_with_iobinding(self.binding)
             return out.cpu().numpy()
 
 

@@ -44,6 +44,7 @@ from virnucpro_trt.engines import tensorrt_plan as tp
 from virnucpro_trt.engines.onnx_export import INPUT_NAMES, OUTPUT_NAME, export_onnx
 from virnucpro_trt.engines.spec import BuildOptions, BuiltArtifact, ModelKind, ShapeRange
 from virnucpro_trt.errors import BuildError, EngineMismatchError, RunFailure, ShapeRangeError, UserError
+from virnucpro_trt.runtime.out_of_memory import device_memory_errors
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,11 @@ class TensorRTRunner:
                 f"{self.shapes.max_length})"
             )
         stream = self._stream()
-        with torch.cuda.device(self.device), torch.cuda.stream(stream):
+        with (
+            torch.cuda.device(self.device),
+            torch.cuda.stream(stream),
+            device_memory_errors(self.device, "tensorrt"),
+        ):
             tensors = {
                 INPUT_NAMES[0]: self._to_device(input_ids, self.io[INPUT_NAMES[0]][1]),
                 INPUT_NAMES[1]: self._to_device(attention_mask, self.io[INPUT_NAMES[1]][1]),

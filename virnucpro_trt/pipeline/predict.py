@@ -286,7 +286,7 @@ def _summary(
     totals["total"] = time.perf_counter() - started[1]
     frames_run = sum(int(m["counts"]["frames"]) for m in ran.values())
     encoder_s = totals["embed_dnabert"] + totals["embed_esm"]
-    slowest_ready = max((w["ready_s"] for w in workers), default=0.0)
+    steady_s = report.steady_s if report is not None else None
     return {
         "tool": "virnucpro-trt",
         "version": __version__,
@@ -310,8 +310,10 @@ def _summary(
             "frames_per_s_encoders": round(frames_run / max(encoder_s, 1e-9), 2),
             # the whole run: frames over the wall time the workers ran
             "frames_per_s_workers_wall": round(frames_run / max(totals["workers"], 1e-9), 2),
-            # steady state: the same, from the moment the slowest worker had its models loaded
-            "frames_per_s_steady": round(frames_run / max(totals["workers"] - slowest_ready, 1e-9), 2),
+            # steady state: from the moment every worker had its models loaded to the last shard done
+            # (worker start-up before it and shutdown after it left out)
+            "frames_per_s_steady": round(frames_run / steady_s, 2) if steady_s else None,
+            "steady_s": round(steady_s, 4) if steady_s is not None else None,
             "reads_per_s_total": round(summary_in.records / max(totals["total"], 1e-9), 2),
         },
         "device": facts["device"],

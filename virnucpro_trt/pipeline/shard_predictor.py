@@ -38,7 +38,7 @@ from virnucpro_trt.outputs.shard_results import embeddings_npz, write_shard_resu
 from virnucpro_trt.outputs.tables import write_frame_rows, write_sequence_rows
 from virnucpro_trt.outputs.upstream import ChunkMaxima, write_prediction_rows
 from virnucpro_trt.pipeline.encoders import LoadedEncoder, open_models
-from virnucpro_trt.runtime.device import describe_device
+from virnucpro_trt.runtime.device import configure_fp32_reference, describe_device
 from virnucpro_trt.runtime.embedding import embed_sequences
 from virnucpro_trt.runtime.worker import ShardTask, WorkerSlot
 from virnucpro_trt.sequences.prepare import PreparedBlock, prepare_blocks
@@ -104,6 +104,8 @@ class PredictShardProcessor:
         self.classifier = MLPClassifier.from_weights(weights)
         self.device = describe_device(models.device)
         if models.device.type == "cuda":
+            configure_fp32_reference()  # the classifier is fp32 on the GPU: no TF32 in its matmuls
+            self.classifier = self.classifier.to(models.device)
             self._warm_up()
         self.facts: dict[str, Any] = {
             "models": {
@@ -133,8 +135,9 @@ class PredictShardProcessor:
         """
         dna = self.dnabert.tokenizer.encode_batch(["ACGTTGCA" * 12, "ATGGCC" * 8])
         protein = self.esm.tokenizer.encode_batch(["MKTAYIAKQR" * 5, "MSTNPKPQRK" * 3])
-        embed_sequences(self.dnabert.backend, dna, self.dnabert.max_batch_tokens)
-        embed_sequences(self.esm.backend, protein, self.esm.max_batch_tokens)
+        dna_emb = embed_sequences(self.dnabert.backend, dna, self.dnabert.max_batch_tokens)
+        esm_emb = embed_sequences(self.esm.backend, protein, self.esm.max_batch_tokens)
+        classify(self.classifier, np.concatenate([dna_emb, esm_emb], axis=1))
 
     def prepare(self, task: ShardTask) -> PreparedShard:
         shard = task.shard

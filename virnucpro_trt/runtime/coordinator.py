@@ -179,6 +179,9 @@ class CoordinatorReport:
     restarts: int
     failed_attempts: int
     wall_s: float
+    # From the moment every slot had first reported ready to the last shard's "done": the steady part
+    # of the run, without worker start-up and model loading before it or worker shutdown after it.
+    steady_s: float | None = None
 
 
 @dataclass
@@ -247,12 +250,15 @@ class Coordinator:
         self.facts: dict[str, Any] | None = None
         self.need_facts = False
         self._ctx = multiprocessing.get_context("spawn")
+        self._first_ready: dict[int, float] = {}  # slot -> when it first reported ready
+        self._last_done: float | None = None  # when the last shard so far was reported done
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, shards: list[ShardSpec], need_facts: bool = False) -> CoordinatorReport:
         """Process ``shards``; with ``need_facts`` also wait for one worker's model facts (even with no
         shards, so an empty input still checks its models)."""
         started = time.perf_counter()
+        self._first_ready, self._last_done = {}, None
         self.need_facts = need_facts
         self.specs = {s.id: s for s in shards}
         self.pending = collections.deque(s.id for s in shards)
@@ -273,7 +279,13 @@ class Coordinator:
             restarts=sum(s.restarts for s in self.stats.values()),
             failed_attempts=sum(self.attempts.values()),
             wall_s=time.perf_counter() - started,
+            steady_s=self._steady_s(),
         )
+
+    def _steady_s(self) -> float | None:
+        if self._last_done is None or not self._first_ready:
+            return None
+        return max(self._last_done - max(self._first_ready.values()), 0.0)
 
     def _in_flight(self) -> bool:
         return any(w.outstanding for w in self.workers.values())
@@ -354,6 +366,7 @@ class Coordinator:
             facts, load_s = message[2], message[3]
             stats.load_s = load_s
             stats.ready_s = time.perf_counter() - worker.spawned_at
+            self._first_ready.setdefault(worker.slot.index, time.perf_counter())
             stats.device_name = (facts.get("device") or {}).get("name")
             log.info("%s ready (models loaded in %.1f s)", worker.slot.label, load_s)
             if self.facts is None:
@@ -375,6 +388,7 @@ class Coordinator:
             stats.shards += 1
             stats.frames += int(marker["counts"]["frames"])
             stats.busy_s += float(marker["timings_s"]["process"])
+            self._last_done = time.perf_counter()
             log.debug("%s done by %s", self.specs[shard_id].describe(), worker.slot.label)
         elif kind == "failed":
             worker.failure = message[3]

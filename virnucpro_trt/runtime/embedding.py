@@ -7,8 +7,10 @@ so every backend (eager PyTorch here; ONNX Runtime, AOTInductor and TensorRT eng
 
 A batch that runs out of GPU memory is split in halves and each half retried (recursively, down to one
 item) instead of failing the shard: the token budget is a good guess, not a guarantee (allocator
-fragmentation, another process on the GPU). The halves keep the input order of their rows, so the
-result is the same set of embeddings; only fp32 sums in the last bits can differ from an unsplit batch.
+fragmentation, another process on the GPU). Engines report running out of memory in their own ways;
+:mod:`virnucpro_trt.runtime.out_of_memory` turns each into ``torch.OutOfMemoryError``. The halves keep
+the input order of their rows, so the result is the same set of embeddings; only fp32 sums in the last
+bits can differ from an unsplit batch.
 """
 
 from __future__ import annotations
@@ -23,17 +25,9 @@ import torch
 from virnucpro_trt.errors import NonFiniteError, ShapeRangeError
 from virnucpro_trt.models.tokenization import pad_batch
 from virnucpro_trt.runtime.batching import token_budget_batches
+from virnucpro_trt.runtime.out_of_memory import OUT_OF_MEMORY_ERRORS
 
 log = logging.getLogger(__name__)
-
-# torch.OutOfMemoryError is the new name; torch.cuda.OutOfMemoryError the old one (an alias today).
-OUT_OF_MEMORY_ERRORS: tuple[type[BaseException], ...] = tuple(
-    {
-        cls
-        for cls in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError)
-        if cls is not None
-    }
-)
 
 
 class EmbeddingBackend(Protocol):
