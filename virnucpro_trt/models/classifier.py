@@ -238,7 +238,7 @@ def classify(model: MLPClassifier, features: np.ndarray, batch_size: int = 4096)
 
     The model is tiny, but not free on a CPU: 3328x512 multiply-adds per frame is ~1.2 s of a 16-core
     host per 35,000 frames, 2% of a full-size run on one H200 — so GPU workers keep it on their GPU
-    (fp32 with TF32 off, as upstream ran it) and CPU runs on the CPU.
+    (fp32 with TF32 off: upstream's arithmetic) and CPU runs on the CPU.
     """
     device = next(model.parameters()).device
     out = np.empty((features.shape[0], 2), dtype=np.float32)
