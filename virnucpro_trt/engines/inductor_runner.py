@@ -123,7 +123,11 @@ class InductorRunner:
             np.ascontiguousarray(attention_mask, dtype=np.int64),
             self.pad_id,
         )
-        with torch.inference_mode(), self._device_guard(), device_memory_errors(self.device, "inductor"):
+        with (
+            torch.inference_mode(),
+            self._device_guard(),
+            device_memory_errors(self.device, "inductor", torch_allocator=True),
+        ):
             pooled = self._compiled(
                 torch.from_numpy(ids).to(self.device, non_blocking=True),
                 torch.from_numpy(mask).to(self.device, non_blocking=True),
