@@ -16,7 +16,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import gzip  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -28,6 +27,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from virnucpro_trt import __version__  # noqa: E402
+from virnucpro_trt.bench.report import write_json  # noqa: E402
 from virnucpro_trt.environment import cpu_model  # noqa: E402
 from virnucpro_trt.sequences.prepare import write_identified_files  # noqa: E402
 from virnucpro_trt.sequences.reader import read_records  # noqa: E402
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         }
         if args.json:
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            write_json(result, args.json)
             print(f"wrote {args.json}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

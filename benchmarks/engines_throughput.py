@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from virnucpro_trt.bench.hardware import script_environment
+from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.timing import time_embedding
 from virnucpro_trt.bench.workload import frame_sequences
 from virnucpro_trt.engines.parity import compare
@@ -174,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:  # after every row, so a run cut short still leaves its figures
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            write_json(report, args.json)
 
     for kind in args.models.split(","):
         bench_model(kind, args, device, workdir, rows, save)

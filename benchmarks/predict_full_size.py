@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from virnucpro_trt.bench.cli_run import run_cli
 from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.models import write_random_models
+from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta
 
 
@@ -40,15 +41,11 @@ def run_predict(
     reads: Path, out: Path, models: dict[str, Path], device: str, precision: str, extra: list[str]
 ) -> dict:
     cmd = [
-        sys.executable, "-m", "virnucpro_trt", "predict", str(reads), "-o", str(out),
+        "predict", str(reads), "-o", str(out),
         "--dnabert", str(models["dnabert"]), "--esm", str(models["esm"]),
         "--classifier", str(models["classifier"]), "--device", device, "--precision", precision, *extra,
     ]  # fmt: skip
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"predict failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    wall = run_cli(*cmd)
     run = json.loads((out / "run.json").read_text())
     frames = run["counts"]["frames"]
     timings = run["timings_s"]
@@ -126,11 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": results,
     }
-    text = json.dumps(report, indent=2)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
+        write_json(report, args.json)
+    print(json.dumps(report, indent=2))
     print("\nprecision  reads   frames  frames/s(encoders)  frames/s(end-to-end)  ESM proteins/s")
     for r in results:
         print(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,20 +32,13 @@ from typing import Any
 
 import torch
 
+from virnucpro_trt.bench.cli_run import run_cli
 from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.models import write_random_models
+from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.sequences.prepare import prepare_blocks
 from virnucpro_trt.sequences.reader import read_records
 from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta
-
-
-def cli(*args: str) -> float:
-    """Run ``virnucpro-trt ARGS``; its wall time (fails loudly with the tail of its log)."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "virnucpro_trt", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"virnucpro-trt {args[0]} failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return time.perf_counter() - started
 
 
 def placements(gpus: list[str] | None, workers: list[int] | None, device: str) -> list[tuple[str, list[str]]]:
@@ -64,7 +56,7 @@ def placements(gpus: list[str] | None, workers: list[int] | None, device: str) -
 def predict_row(
     fasta: Path, out: Path, model_args: list[str], label: str, placement: list[str], extra: list[str]
 ) -> dict[str, Any]:
-    wall = cli("predict", str(fasta), "-o", str(out), *model_args, *placement, "--force", *extra)
+    wall = run_cli("predict", str(fasta), "-o", str(out), *model_args, *placement, "--force", *extra)
     run = json.loads((out / "run.json").read_text())
     frames = run["counts"]["frames"]
     workers = run["workers"]
@@ -205,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         engines = root / f"engines-{args.backend}-{args.precision}"
         if not (engines / "manifest.json").is_file():
             build_s = round(
-                cli(
+                run_cli(
                     "build",
                     *model_args,
                     "--backend",
@@ -274,11 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         "dnabert_engine_alone": alone_all["dnabert-s"],
         "predict": rows,
     }
-    text = json.dumps(report, indent=2)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    print(text)
+        write_json(report, args.json)
+    print(json.dumps(report, indent=2))
     return 0
 
 
