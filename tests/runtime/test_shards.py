@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -82,27 +83,27 @@ def test_index_round_trip_and_damaged_shard(tmp_path):
     assert read_shard_index(folder) is None
 
 
+def _commit_shards(work: WorkDir, reads: Path) -> list:
+    """Split ``reads`` into 20-record shards in ``work`` and record the state ("sha-a", "fp-1")."""
+    folder = work.fresh_shards_folder()
+    splitter = ShardSplitter(folder, 20)
+    validate_input(reads, "r.fa", "dna", 300, splitter=splitter)
+    shards = splitter.finish()
+    write_shard_index(folder, shards, {})
+    work.commit_shards(folder)
+    work.write_state("sha-a", "fp-1", {})
+    return shards
+
+
 def test_work_dir_state_refusal_force_and_marker_checks(tmp_path):
     work = WorkDir(tmp_path)
     assert work.open("sha-a", "fp-1", force=False) is False
-    folder = work.fresh_shards_folder()
     reads = _write_reads(tmp_path / "r.fa", 40)
-    splitter = ShardSplitter(folder, 20)
-    validate_input(reads, "r.fa", "dna", 300, splitter=splitter)
-    shards = splitter.finish()
-    write_shard_index(folder, shards, {})
-    work.commit_shards(folder)
-    work.write_state("sha-a", "fp-1", {})
+    _commit_shards(work, reads)
     # Nothing finished yet: other settings just start over.
     assert work.open("sha-a", "fp-2", force=False) is False and not work.root.exists()
 
-    folder = work.fresh_shards_folder()
-    splitter = ShardSplitter(folder, 20)
-    validate_input(reads, "r.fa", "dna", 300, splitter=splitter)
-    shards = splitter.finish()
-    write_shard_index(folder, shards, {})
-    work.commit_shards(folder)
-    work.write_state("sha-a", "fp-1", {})
+    shards = _commit_shards(work, reads)
     contents = {"prediction": b"row\n", "frames": b"", "sequences": b"s\n", "maxima": b""}
     for shard in shards:
         write_shard_results(work.results, shard, contents, {"counts": {}})

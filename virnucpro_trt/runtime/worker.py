@@ -131,12 +131,8 @@ def run_worker(
     started = time.perf_counter()
     try:
         processor = job.open(slot)
-    except VirnucproError as exc:
-        send(("fatal", slot.index, exc.exit_code, str(exc), traceback.format_exc()))
-        return EXIT_FAILED
     except Exception as exc:
-        send(("failed", slot.index, None, _one_line(exc), traceback.format_exc()))
-        return EXIT_FAILED
+        return _report_failure(send, slot, None, exc)
     send(("ready", slot.index, processor.facts, time.perf_counter() - started))
 
     prepared: queue.Queue[Any] = queue.Queue(maxsize=1)
@@ -190,13 +186,22 @@ def _process_loop(
             return EXIT_INJECTED
         except WorkerStopped:
             return 0
-        except VirnucproError as exc:
-            send(("fatal", slot.index, exc.exit_code, str(exc), traceback.format_exc()))
-            return EXIT_FAILED
         except Exception as exc:
-            send(("failed", slot.index, shard_id, _one_line(exc), traceback.format_exc()))
-            return EXIT_FAILED
+            return _report_failure(send, slot, shard_id, exc)
         send(("done", slot.index, shard_id, marker))
+
+
+def _report_failure(send: _Sender, slot: WorkerSlot, shard_id: int | None, exc: Exception) -> int:
+    """Tell the coordinator why this worker stops; its exit code.
+
+    A :class:`VirnucproError` is ``fatal`` (retrying gives the same answer: the run ends); anything else
+    is ``failed`` (the worker is respawned and ``shard_id``, if any, re-queued).
+    """
+    if isinstance(exc, VirnucproError):
+        send(("fatal", slot.index, exc.exit_code, str(exc), traceback.format_exc()))
+    else:
+        send(("failed", slot.index, shard_id, _one_line(exc), traceback.format_exc()))
+    return EXIT_FAILED
 
 
 def _prefetch(
