@@ -56,6 +56,9 @@ def test_engine_directory_and_manifest(engine_dir):
         assert entry["shapes"]["max_length"] == {"dnabert-s": 512, "esm2": 1026}[kind]
     assert manifest["models"]["classifier"]["artifact"] == "classifier.safetensors"
     assert "time" in manifest["build"] and manifest["libraries"] is not None
+    assert manifest["build"]["attention"] == "efficient"  # the CUDA default; CPU engines are not restricted
+    if backend == "inductor":
+        assert {manifest["models"][k]["facts"]["attention"] for k in ("dnabert-s", "esm2")} == {"cpu"}
 
 
 def test_predict_with_engines_matches_torch_backend(engine_dir, reads_fasta, torch_predictions, tmp_path):

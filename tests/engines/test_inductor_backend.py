@@ -342,6 +342,34 @@ def test_cuda_engine_out_of_memory_splits_the_batch(tmp_path: Path, caplog: pyte
     assert _cosine(out, reference).min() >= 0.999
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
+@pytest.mark.parametrize("attention", ["efficient", "cudnn"])
+@pytest.mark.parametrize("kind", ["dnabert-s", "esm2"])
+def test_cuda_build_bakes_in_the_requested_attention(kind: ModelKind, attention: str, tmp_path: Path) -> None:
+    """The attention kernel asked for is the one the engine calls (torch 2.11 would pick cuDNN on the
+    H200, which plans every new shape), the build records it, and results stay at bf16 parity."""
+    cuda = torch.device("cuda", 0)
+    if (reason := INDUCTOR_BACKEND.availability(cuda, "bf16")) is not None:
+        pytest.skip(reason)
+    if kind == "esm2":
+        model, shapes, pad_id, min_real = random_esm2(seed=36), ShapeRange(1, 16, 64, 2, 40, 130), 1, 3
+    else:
+        model, shapes, pad_id, min_real = random_dnabert(seed=37), ShapeRange(1, 16, 64, 2, 40, 130), 3, 2
+    example = (torch.randint(4, 24, (4, 12)), torch.ones(4, 12, dtype=torch.int64))
+    options = BuildOptions(attention=attention)
+    built = INDUCTOR_BACKEND.build(model, kind, example, shapes, "bf16", cuda, tmp_path / "e.pt2", options)
+    assert built.facts["attention"] == attention
+    calls = [k for k in built.facts["extern_kernels"] if "attention" in k]
+    assert calls == [f"_scaled_dot_product_{attention}_attention"], built.facts["extern_kernels"]
+    runner = INDUCTOR_BACKEND.load(built.path, kind, cuda, "bf16", 64, pad_id, shapes)
+    engine = Engine(kind, model, shapes, pad_id, min_real, built, runner)
+    rng = np.random.default_rng(8)
+    for batch, length in ((1, 3), (7, 41), (64, 130), (33, 97)):
+        ids, mask = engine.batch(rng, batch, length)
+        assert _cosine(runner.embed_padded(ids, mask), engine.eager(ids, mask)).min() >= 0.9995
+
+
 _CXX_SCOPE = """
 import ctypes, importlib.util, sys
 

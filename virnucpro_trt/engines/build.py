@@ -47,6 +47,7 @@ from virnucpro_trt.models.classifier import (
 )
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
+from virnucpro_trt.runtime.attention_kernel import DEFAULT_ATTENTION
 from virnucpro_trt.runtime.device import configure_fp32_reference, resolve_device
 from virnucpro_trt.settings import DEFAULT_CPU_BATCH_TOKENS, DEFAULT_CUDA_BATCH_TOKENS
 
@@ -71,6 +72,7 @@ class BuildSettings:
     max_length: int | None = None
     keep_failing: bool = False
     hardware_compatible: bool = False
+    attention: str = DEFAULT_ATTENTION
 
 
 def device_facts(device: torch.device) -> dict[str, Any]:
@@ -130,6 +132,7 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
         workdir=out,
         timing_cache=out / "tensorrt.timing-cache",
         hardware_compatible=settings.hardware_compatible,
+        attention=settings.attention,
     )
     arch = arch_tag(device)
     entries: dict[str, ModelEntry] = {}
@@ -165,6 +168,7 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
             "backend_choice": reason,
             "max_batch_tokens": budget,
             "hardware_compatible": settings.hardware_compatible,
+            "attention": settings.attention,
             "parity_failures_kept": failures,
             "command": command or sys.argv,
             "virnucpro_trt": __version__,

@@ -32,10 +32,13 @@ Why these choices, for CUDA speed (not measurable here: the lead measures on the
   ``extern_kernels``). On CUDA an explicit mask rules out FlashAttention-2, so SDPA takes the
   memory-efficient (CUTLASS) kernel with the mask as a float bias that Inductor materialises as
   [B, 1, T, T] per layer (its query dimension cannot stay a stride-0 broadcast because of the alignment
-  rule), or cuDNN attention where torch prefers it: check ``extern_kernels`` in the facts of a CUDA
-  build. Attention is ~1% of ESM-2 3B's FLOPs at 170 tokens (T / 6D) and the bias ~12 MB per layer at
-  190 x 176 in bf16, so the kernel choice matters far less than the GEMMs and the fused
-  LayerNorm/rotary/GELU/residual kernels, which are what torch.compile gains over eager bf16.
+  rule). Not cuDNN attention, which torch 2.11 prefers on Hopper: it plans per new shape, ~45 ms each,
+  and a run's batches are nearly all new shapes (``BuildOptions.attention``,
+  :mod:`virnucpro_trt.runtime.attention_kernel`, measured). The build checks the lowered call
+  (``extern_kernels`` in the facts) against the request. Attention is ~1% of ESM-2 3B's FLOPs at 170
+  tokens (T / 6D) and the bias ~12 MB per layer at 190 x 176 in bf16, so once planned the kernel choice
+  matters far less than the GEMMs and the fused LayerNorm/rotary/GELU/residual kernels, which are what
+  torch.compile gains over eager bf16.
 * Batch 1: exported as a dynamic dim with ``min=1`` (torch 2.13 keeps it once the example batch is >= 2;
   2.11 not checked here). The runner pads any batch below the graph's minimum, as the exporter recorded
   it, by repeating row 0 (and drops those rows); ``extra["min_export_batch"]=2`` forces that path.
@@ -61,6 +64,7 @@ from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes, exported_bounds, tile_example
 from virnucpro_trt.engines.spec import BuildOptions, BuiltArtifact, ModelKind, ShapeRange
 from virnucpro_trt.errors import BuildError, EngineMismatchError
+from virnucpro_trt.runtime.attention_kernel import attention_kernel, check_lowered_attention
 from virnucpro_trt.runtime.embedding import EmbeddingBackend
 
 DEFAULT_SEQUENCE_MULTIPLE = {"cuda": 8, "cpu": 1}
@@ -155,7 +159,8 @@ class InductorBackend:
             )
         inputs = tuple(t.to(device) for t in tile_example(example, *hint))
         prepared = time.perf_counter()
-        program = _export(engine_model, inputs, requested, f"{kind} ({precision})")
+        with attention_kernel(options.attention, device):
+            program = _export(engine_model, inputs, requested, f"{kind} ({precision})")
         graph = exported_bounds(program, requested)
         if graph.max_batch < shapes.max_batch or graph.max_length < shapes.max_length:
             raise BuildError(f"torch.export narrowed {kind}'s shapes to {graph}, short of {shapes}")
@@ -172,11 +177,12 @@ class InductorBackend:
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            torch._inductor.aoti_compile_and_package(
-                program,
-                package_path=str(out_path),
-                inductor_configs=dict(configs),  # it adds keys
-            )
+            with attention_kernel(options.attention, device):  # Inductor lowers SDPA here
+                torch._inductor.aoti_compile_and_package(
+                    program,
+                    package_path=str(out_path),
+                    inductor_configs=dict(configs),  # it adds keys
+                )
         except Exception as exc:
             raise BuildError(
                 f"AOTInductor could not compile {kind} ({precision}): {_first_line(exc)}"
@@ -184,6 +190,8 @@ class InductorBackend:
         finally:
             del engine_model, program
         compiled = time.perf_counter()
+        kernels = extern_kernels(out_path)
+        check_lowered_attention(kernels, options.attention, device, f"{kind} ({precision})")
 
         facts = {
             **self.library_versions(),
@@ -197,7 +205,8 @@ class InductorBackend:
                 "sequence_multiple": graph.sequence_multiple,
             },
             "export_example": list(hint),
-            "extern_kernels": extern_kernels(out_path),
+            "attention": options.attention if device.type == "cuda" else "cpu",
+            "extern_kernels": kernels,
         }
         return BuiltArtifact(path=out_path, files=[out_path], facts=facts)
 

@@ -96,6 +96,8 @@ class BuildOptions:
     # AOTInductor on CUDA. Off by default: on the H200 (torch 2.11) it adds minutes of GEMM benchmarking,
     # and cuBLAS already wins the large GEMMs (the ESM-2 3B engine reached 568 proteins/s without it).
     max_autotune: bool = False
+    # AOTInductor on CUDA: the fused attention kernel baked into the engine (runtime/attention_kernel.py).
+    attention: str = "efficient"
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -24,6 +24,7 @@ import torch
 
 from virnucpro_trt.errors import NonFiniteError, ShapeRangeError
 from virnucpro_trt.models.tokenization import pad_batch
+from virnucpro_trt.runtime.attention_kernel import DEFAULT_ATTENTION, attention_kernel
 from virnucpro_trt.runtime.batching import token_budget_batches
 from virnucpro_trt.runtime.out_of_memory import OUT_OF_MEMORY_ERRORS
 
@@ -43,23 +44,36 @@ class EmbeddingBackend(Protocol):
 
 
 class TorchBackend:
-    """Eager PyTorch: the native model on a device, in a precision."""
+    """Eager PyTorch: the native model on a device, in a precision.
+
+    On CUDA attention runs on the same kernel as the engines (``attention``, default memory-efficient):
+    eager bf16/fp16 would otherwise take cuDNN attention and plan every new batch shape
+    (:mod:`virnucpro_trt.runtime.attention_kernel`). fp32 is unaffected (cuDNN attention has no fp32).
+    """
 
     def __init__(
-        self, model: torch.nn.Module, dim: int, pad_id: int, device: torch.device, dtype: torch.dtype
+        self,
+        model: torch.nn.Module,
+        dim: int,
+        pad_id: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        attention: str = DEFAULT_ATTENTION,
     ):
         self.name = "torch"
         self.dim = dim
         self.pad_id = pad_id
         self.device = device
         self.dtype = dtype
+        self.attention = attention
         self.model = model.to(device=device, dtype=dtype).eval()
 
     @torch.inference_mode()
     def embed_padded(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
         mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
-        pooled = self.model(ids, mask)
+        with attention_kernel(self.attention, self.device):
+            pooled = self.model(ids, mask)
         return pooled.float().cpu().numpy()
 
 
