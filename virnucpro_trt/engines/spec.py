@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from virnucpro_trt.runtime.attention_kernel import DEFAULT_ATTENTION
 from virnucpro_trt.runtime.embedding import EmbeddingBackend
 
 ModelKind = Literal["dnabert-s", "esm2"]
@@ -97,7 +98,7 @@ class BuildOptions:
     # and cuBLAS already wins the large GEMMs (the ESM-2 3B engine reached 568 proteins/s without it).
     max_autotune: bool = False
     # AOTInductor on CUDA: the fused attention kernel baked into the engine (runtime/attention_kernel.py).
-    attention: str = "efficient"
+    attention: str = DEFAULT_ATTENTION
     extra: dict[str, Any] = field(default_factory=dict)
 
 
