@@ -97,3 +97,32 @@ def test_runtime_scaling_tiny_cpu_workers(tmp_path: Path, capsys: pytest.Capture
     )
     assert report["workload"]["models"] == "random weights, test sizes"
     assert "encoders alone" in capsys.readouterr().out
+
+
+def test_runtime_scaling_split_over_calls(tmp_path: Path) -> None:
+    """One call per worker count, encoders alone skipped, the second call's speedups against the first
+    call's 1-worker row (what a capped device session does for large inputs); a baseline of another
+    input size is refused."""
+    script = _script("runtime_scaling")
+    common = [
+        "--models", "tiny", "--device", "cpu", "--backend", "torch", "--precision", "fp32", "--reads", "64",
+        "--max-batch-tokens", "2048", "--shard-records", "32", "--workdir", str(tmp_path / "work"),
+        "--skip-alone",
+    ]  # fmt: skip
+    one_json, two_json = tmp_path / "one.json", tmp_path / "two.json"
+    assert script.main([*common, "--workers", "1", "--json", str(one_json)]) == 0
+    assert script.main([*common, "--workers", "2", "--baseline", str(one_json), "--json", str(two_json)]) == 0
+    one, two = json.loads(one_json.read_text()), json.loads(two_json.read_text())
+    assert one["esm_engine_alone"] is None and "steady_vs_esm_alone" not in one["predict"][0]
+    (row,) = two["predict"]
+    assert row["workers"] == 2 and two["baseline"] == str(one_json)
+    base = one["predict"][0]
+    assert row["speedup_vs_1_gpu_steady"] == pytest.approx(
+        row["frames_per_s_steady"] / base["frames_per_s_steady"], abs=0.01
+    )
+    assert row["speedup_vs_1_gpu_total"] == pytest.approx(
+        row["frames_per_s_total"] / base["frames_per_s_total"], abs=0.01
+    )
+    wrong = [a if a != "64" else "96" for a in common]
+    with pytest.raises(SystemExit, match="measured 64 reads, not 96"):
+        script.main([*wrong, "--workers", "2", "--baseline", str(one_json)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -54,6 +55,7 @@ def test_engine_directory_and_manifest(engine_dir):
         assert len(entry["weights_sha256"]) == 64 and len(entry["artifact_sha256"]) == 64
         assert entry["parity"]["passed"] and entry["parity"]["max_abs"] <= 1e-4
         assert entry["shapes"]["max_length"] == {"dnabert-s": 512, "esm2": 1026}[kind]
+        assert entry["source_stamp"] and all(Path(p).is_absolute() for p in entry["source_stamp"])
     assert manifest["models"]["classifier"]["artifact"] == "classifier.safetensors"
     assert "time" in manifest["build"] and manifest["libraries"] is not None
     assert manifest["build"]["attention"] == "efficient"  # the CUDA default; CPU engines are not restricted

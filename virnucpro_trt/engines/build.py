@@ -30,6 +30,7 @@ from virnucpro_trt.engines.manifest import (
 )
 from virnucpro_trt.engines.parity import reference_embeddings, run_parity, synthetic_tokens
 from virnucpro_trt.engines.registry import choose_backend
+from virnucpro_trt.engines.source_stamp import stamp_files
 from virnucpro_trt.engines.spec import (
     BuildOptions,
     ModelKind,
@@ -39,6 +40,7 @@ from virnucpro_trt.engines.spec import (
     default_shape_range,
 )
 from virnucpro_trt.errors import BuildError, UserError
+from virnucpro_trt.models.checkpoint_io import checkpoint_files
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import (
     check_classifier_width,
@@ -144,9 +146,11 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
         dims[kind] = dim
     check_classifier_width(classifier, dims["dnabert-s"], dims["esm2"], paths["classifier"])
     save_classifier_safetensors(classifier, out / CLASSIFIER_FILE, source=str(paths["classifier"]))
+    classifier_stamp = stamp_files([paths["classifier"]])  # before hashing: a later change must not match
     entries["classifier"] = ModelEntry(
         kind="classifier",
         artifact=CLASSIFIER_FILE,
+        source_stamp=classifier_stamp,
         weights_sha256=sha256_file(paths["classifier"]),
         source=str(paths["classifier"]),
         dim=classifier.input_dim,
@@ -191,6 +195,7 @@ def _build_one(
     failures: list[str],
 ) -> tuple[ModelEntry, int]:
     t0 = time.perf_counter()
+    stamp = stamp_files(checkpoint_files(path))  # before load_encoder hashes them: see source_stamp
     model, tokenizer, info, dim = load_encoder(kind, path)
     shapes = default_shape_range(kind, budget, settings.max_length)
     tokens = synthetic_tokens(kind, tokenizer, shapes.max_length)
@@ -216,6 +221,7 @@ def _build_one(
         kind=kind,
         artifact=built.path.name,
         weights_sha256=info["weights_sha256"],
+        source_stamp=stamp,
         source=str(path),
         dim=dim,
         pad_id=tokenizer.pad_id,

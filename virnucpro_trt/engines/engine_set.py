@@ -24,9 +24,10 @@ from virnucpro_trt.engines.manifest import (
     verify_artifacts,
 )
 from virnucpro_trt.engines.registry import get_backend
+from virnucpro_trt.engines.source_stamp import unchanged
 from virnucpro_trt.engines.spec import ShapeRange
 from virnucpro_trt.errors import EngineMismatchError, UserError
-from virnucpro_trt.models.checkpoint_io import weights_sha256
+from virnucpro_trt.models.checkpoint_io import checkpoint_files, weights_sha256
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
@@ -56,8 +57,12 @@ class EngineSet:
     classifier_path: Path
 
 
-def _user_weights(specs: dict[str, str | None]) -> dict[str, str]:
-    """sha256 of the checkpoints the user named (to check the engines were built from them)."""
+def _user_weights(specs: dict[str, str | None], manifest: EngineManifest | None) -> dict[str, str]:
+    """sha256 of the checkpoints the user named (to check the engines were built from them).
+
+    Files that are still exactly the ones the build read (:mod:`~virnucpro_trt.engines.source_stamp`)
+    take the recorded digest instead of being read again.
+    """
     from virnucpro_trt.engines.manifest import sha256_file
 
     hashes: dict[str, str] = {}
@@ -65,19 +70,16 @@ def _user_weights(specs: dict[str, str | None]) -> dict[str, str]:
         if not spec:
             continue
         resolved = resolve_model(spec, {"dnabert-s": "dnabert", "esm2": "esm"}.get(kind, kind))
-        if kind == "classifier":
+        files = checkpoint_files(resolved)
+        entry = manifest.models.get(kind) if manifest is not None else None
+        if entry is not None and unchanged(entry.source_stamp, files):
+            log.debug("%s: %s unchanged since the engine build, not re-hashed", kind, resolved)
+            hashes[kind] = entry.weights_sha256
+        elif kind == "classifier":
             hashes[kind] = sha256_file(resolved)
         else:
-            hashes[kind] = weights_sha256(_weight_files(resolved))
+            hashes[kind] = weights_sha256(files)
     return hashes
-
-
-def _weight_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    from virnucpro_trt.models.checkpoint_io import hf_weight_files
-
-    return hf_weight_files(path)
 
 
 def open_engine_set(
@@ -102,8 +104,8 @@ def check_engine_set(
     Kept apart from loading because ``predict`` checks (and builds) once in the main process, then each
     worker loads on its own device.
     """
-    present_weights = _user_weights(weights)
     manifest = _read_or_none(folder)
+    present_weights = _user_weights(weights, manifest)
     if manifest is not None:
         backend = get_backend(manifest.backend)
         present = Present(device_facts(device), backend.library_versions(), present_weights)

@@ -47,6 +47,8 @@ class ModelEntry:
     artifact_sha256: str = ""
     parity: dict[str, Any] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
+    # absolute path -> [size, mtime_ns, inode, device] of each source file when the build hashed it
+    source_stamp: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass

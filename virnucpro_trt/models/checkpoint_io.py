@@ -99,6 +99,11 @@ def hf_weight_files(folder: Path) -> list[Path]:
     )
 
 
+def checkpoint_files(path: Path) -> list[Path]:
+    """The files whose contents identify a checkpoint: the file itself, or a folder's weight files."""
+    return [path] if path.is_file() else hf_weight_files(path)
+
+
 def load_weight_files(files: Iterable[Path]) -> StateDict:
     """Merge the state dicts of one or more weight files (shards must not repeat a key)."""
     merged: StateDict = {}

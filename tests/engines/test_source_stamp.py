@@ -1,0 +1,105 @@
+"""Stamps of the build's source files: the same files are not re-hashed; any change makes them hashed.
+
+A wrong shortcut would accept engines built from other weights, so the tests below change files every way
+that matters (rewritten in place, replaced by a copy with the old mtime, removed, another file set) and
+check the real digest is computed again, and that a real content change is still refused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from virnucpro_trt.engines import engine_set
+from virnucpro_trt.engines.manifest import EngineManifest, ModelEntry, sha256_file
+from virnucpro_trt.engines.source_stamp import stamp_files, unchanged
+from virnucpro_trt.models.checkpoint_io import checkpoint_files, weights_sha256
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_unchanged_files_match(tmp_path: Path) -> None:
+    a, b = _file(tmp_path / "a.bin", b"x" * 100), _file(tmp_path / "b.bin", b"y" * 10)
+    recorded = stamp_files([a, b])
+    assert unchanged(recorded, [b, a])
+    assert unchanged(recorded, [tmp_path / "." / "a.bin", b])  # the same file under another spelling
+    assert not unchanged(recorded, [a])  # another file set
+    assert not unchanged({}, [a, b]) and not unchanged(None, [a, b])
+
+
+def test_every_change_breaks_the_match(tmp_path: Path) -> None:
+    a = _file(tmp_path / "a.bin", b"x" * 100)
+    recorded = stamp_files([a])
+    before = os.stat(a)
+    a.write_bytes(b"z" * 100)  # rewritten in place, same size
+    os.utime(a, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
+    assert not unchanged(recorded, [a])
+
+    recorded = stamp_files([a])
+    before = os.stat(a)
+    copy = _file(tmp_path / "copy.bin", b"w" * 100)  # replaced by another file, old mtime restored
+    os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
+    copy.replace(a)
+    assert os.stat(a).st_mtime_ns == before.st_mtime_ns and os.stat(a).st_size == before.st_size
+    assert not unchanged(recorded, [a])
+
+    a.unlink()
+    assert not unchanged(recorded, [a])
+
+
+def _manifest(tiny_esm: Path, classifier: Path, esm_sha: str, classifier_sha: str) -> EngineManifest:
+    esm_stamp, classifier_stamp = stamp_files(checkpoint_files(tiny_esm)), stamp_files([classifier])
+    entries = {
+        "esm2": ModelEntry("esm2", "e.pt2", esm_sha, str(tiny_esm), source_stamp=esm_stamp),
+        "classifier": ModelEntry(
+            "classifier", "c.safetensors", classifier_sha, str(classifier), source_stamp=classifier_stamp
+        ),
+    }
+    return EngineManifest("onnxruntime", "fp32", {"type": "cpu"}, {}, entries)
+
+
+def test_check_reuses_the_recorded_digest_only_for_unchanged_files(
+    tiny_set, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    esm = tmp_path / "esm2"
+    shutil.copytree(tiny_set.esm_hf, esm)
+    classifier = tmp_path / "500_model.pth"
+    shutil.copyfile(tiny_set.classifier, classifier)
+    esm_sha, classifier_sha = weights_sha256(checkpoint_files(esm)), sha256_file(classifier)
+    manifest = _manifest(esm, classifier, esm_sha, classifier_sha)
+    specs = {"esm2": str(esm), "classifier": str(classifier), "dnabert-s": None}
+
+    hashed: list[str] = []
+
+    def counting(real):  # type: ignore[no-untyped-def]
+        def wrapper(arg):  # type: ignore[no-untyped-def]
+            hashed.append(real.__name__)
+            return real(arg)
+
+        return wrapper
+
+    monkeypatch.setattr(engine_set, "weights_sha256", counting(weights_sha256))
+    monkeypatch.setattr("virnucpro_trt.engines.manifest.sha256_file", counting(sha256_file))
+
+    assert engine_set._user_weights(specs, manifest) == {"esm2": esm_sha, "classifier": classifier_sha}
+    assert hashed == []  # nothing read
+
+    weights = checkpoint_files(esm)[0]
+    stat = os.stat(weights)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000))  # touched: hashed again, same digest
+    assert engine_set._user_weights(specs, manifest)["esm2"] == esm_sha
+    assert hashed == ["weights_sha256"]
+
+    with open(classifier, "ab") as handle:  # really changed: hashed, and the digest differs
+        handle.write(b"\0")
+    assert engine_set._user_weights(specs, manifest)["classifier"] != classifier_sha
+    assert hashed == ["weights_sha256", "weights_sha256", "sha256_file"]
+    assert engine_set._user_weights(specs, None) == engine_set._user_weights(specs, EngineManifest(
+        "onnxruntime", "fp32", {"type": "cpu"}, {}, {}
+    ))  # fmt: skip
