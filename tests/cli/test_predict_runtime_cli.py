@@ -137,6 +137,10 @@ def test_shard_that_always_fails_ends_the_run(tiny_set, many_reads, tmp_path, mo
     assert not list(tmp_path.glob("*.partial"))
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_a_finished_shard(proc: subprocess.Popen, results: Path, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -180,7 +184,15 @@ def test_sigint_stops_workers_and_the_run_resumes(tiny_set, many_reads, referenc
     out = tmp_path / "out"
     args = _args(tiny_set, many_reads, out, *SMALL_SHARDS)
     cmd = [sys.executable, "-m", "virnucpro_trt", *args, "--workers", "2", "--threads", "2"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # A test suite started in the background of a non-interactive shell inherits SIGINT ignored,
+        # and Python then keeps ignoring it (as it should): give the run the terminal's default back.
+        preexec_fn=_sigint_default,
+    )
     try:
         _wait_for_a_finished_shard(proc, out / ".work" / "results")
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
