@@ -14,6 +14,10 @@ CHUNK_LENGTHS = (300, 500)
 # without --engines, into OUTDIR/engines and reused while they match). "auto" picks an engine backend.
 BACKENDS = ("torch", "auto", "onnxruntime", "inductor", "tensorrt")
 DEFAULT_CPU_BATCH_TOKENS = 4096
+# Attention kernels a CUDA engine can be built with (runtime/attention_kernel.py says why); here, torch-free,
+# so the CLI offers the same names the runtime accepts.
+ATTENTION_KERNELS = ("efficient", "cudnn", "auto")
+DEFAULT_ATTENTION = "efficient"
 DEFAULT_CUDA_BATCH_TOKENS = 32768
 
 

@@ -22,8 +22,10 @@ import click
 from virnucpro_trt import __version__
 from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError
 from virnucpro_trt.settings import (
+    ATTENTION_KERNELS,
     BACKENDS,
     CHUNK_LENGTHS,
+    DEFAULT_ATTENTION,
     EmbedSettings,
     EncoderSettings,
     PredictSettings,
@@ -428,8 +430,8 @@ def demo(
 )
 @click.option(
     "--attention",
-    type=click.Choice(["efficient", "cudnn", "auto"]),
-    default="efficient",
+    type=click.Choice(list(ATTENTION_KERNELS)),
+    default=DEFAULT_ATTENTION,
     show_default=True,
     help="AOTInductor on CUDA: attention kernel in the engine. cudnn plans every new batch shape (~45 ms "
     "each on the H200), which runs with varying batches pay again and again.",

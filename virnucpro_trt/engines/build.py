@@ -49,9 +49,8 @@ from virnucpro_trt.models.classifier import (
 )
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
-from virnucpro_trt.runtime.attention_kernel import DEFAULT_ATTENTION
 from virnucpro_trt.runtime.device import configure_fp32_reference, resolve_device
-from virnucpro_trt.settings import DEFAULT_CPU_BATCH_TOKENS, DEFAULT_CUDA_BATCH_TOKENS
+from virnucpro_trt.settings import DEFAULT_ATTENTION, DEFAULT_CPU_BATCH_TOKENS, DEFAULT_CUDA_BATCH_TOKENS
 
 log = logging.getLogger(__name__)
 

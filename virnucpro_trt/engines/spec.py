@@ -16,8 +16,8 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from virnucpro_trt.runtime.attention_kernel import DEFAULT_ATTENTION
 from virnucpro_trt.runtime.embedding import EmbeddingBackend
+from virnucpro_trt.settings import DEFAULT_ATTENTION
 
 ModelKind = Literal["dnabert-s", "esm2"]
 ENGINE_MODELS: tuple[ModelKind, ...] = ("dnabert-s", "esm2")

@@ -31,11 +31,17 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from virnucpro_trt.errors import BuildError
+from virnucpro_trt.settings import ATTENTION_KERNELS, DEFAULT_ATTENTION
+
+__all__ = [
+    "ATTENTION_KERNELS",
+    "DEFAULT_ATTENTION",
+    "attention_kernel",
+    "check_lowered_attention",
+    "sdpa_backends",
+]
 
 log = logging.getLogger(__name__)
-
-ATTENTION_KERNELS = ("efficient", "cudnn", "auto")
-DEFAULT_ATTENTION = "efficient"
 
 _BACKENDS: dict[str, list[SDPBackend]] = {
     "efficient": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION],
