@@ -31,28 +31,20 @@ from virnucpro_trt.models.checkpoint_io import checkpoint_files, weights_sha256
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
-from virnucpro_trt.runtime.embedding import EmbeddingBackend
+from virnucpro_trt.runtime.encoder import LoadedEncoder
+from virnucpro_trt.settings import DEFAULT_CPU_BATCH_TOKENS
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class EngineEncoder:
-    """A loaded engine for one encoder, with its tokenizer and the facts run.json records."""
-
-    kind: str
-    backend: EmbeddingBackend
-    tokenizer: DnaTokenizer | ProteinTokenizer
-    dim: int
-    info: dict
-
-
-@dataclass
 class EngineSet:
+    """A checked and loaded engine directory; each encoder carries the build's token budget."""
+
     folder: Path
     manifest: EngineManifest
-    dnabert: EngineEncoder
-    esm: EngineEncoder
+    dnabert: LoadedEncoder
+    esm: LoadedEncoder
     classifier: ClassifierWeights
     classifier_path: Path
 
@@ -142,6 +134,7 @@ def _read_or_none(folder: Path) -> EngineManifest | None:
 
 def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> EngineSet:
     backend = get_backend(manifest.backend)
+    budget = int(manifest.build.get("max_batch_tokens") or DEFAULT_CPU_BATCH_TOKENS)
     encoders = {}
     for kind in ("dnabert-s", "esm2"):
         entry = manifest.models[kind]
@@ -165,7 +158,7 @@ def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> Engin
             "source": entry.source,
             "parity": entry.parity,
         }
-        encoders[kind] = EngineEncoder(kind, runner, tokenizer, entry.dim, info)
+        encoders[kind] = LoadedEncoder(kind, runner, tokenizer, entry.dim, budget, info)
         log.info("loaded %s engine %s (%s, %s)", kind, entry.artifact, manifest.backend, manifest.precision)
     classifier_path = folder / manifest.models["classifier"].artifact
     return EngineSet(

@@ -106,6 +106,10 @@ class InductorRunner:
         # A worker may hold cuda:N while the thread's current device is another one.
         return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
+    def computed_shape(self, batch: int, length: int) -> tuple[int, int]:
+        """The shape the graph computes for a batch (padding statistics count it)."""
+        return self.graph.padded_shape(batch, length)
+
     def embed_padded(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape or input_ids.shape[0] == 0:
             raise ShapeRangeError(

@@ -92,12 +92,15 @@ class GraphShapes:
         blocks = pick(math.ceil(shapes.opt_length / m), self.min_length // m, self.max_length // m)
         return batch, blocks * m
 
+    def padded_shape(self, batch: int, length: int) -> tuple[int, int]:
+        """The (batch, length) the graph runs for an input of ``batch`` x ``length`` (see :meth:`pad`)."""
+        return max(batch, self.min_batch), max(round_up(length, self.sequence_multiple), self.min_length)
+
     def pad(self, input_ids: np.ndarray, attention_mask: np.ndarray, pad_id: int) -> tuple[np.ndarray, ...]:
         """Right-pad a batch into the box: length up to a multiple (and the minimum) with pad/mask 0,
         batch up to the minimum with copies of row 0. Returns the inputs unchanged when they fit."""
         batch, length = input_ids.shape
-        rows = max(batch, self.min_batch)
-        cols = max(round_up(length, self.sequence_multiple), self.min_length)
+        rows, cols = self.padded_shape(batch, length)
         if (rows, cols) == (batch, length):
             return input_ids, attention_mask
         ids = np.full((rows, cols), pad_id, dtype=np.int64)

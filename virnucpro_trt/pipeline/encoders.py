@@ -8,8 +8,10 @@ from ``OUTDIR/engines``, built on first use and reused while its manifest matche
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,31 +23,26 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.resolve import resolve_model
-from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 from virnucpro_trt.runtime.device import (
     configure_fp32_reference,
     resolve_device,
     resolve_dtype,
 )
-from virnucpro_trt.runtime.embedding import EmbeddingBackend, TorchBackend
+from virnucpro_trt.runtime.embedding import TorchBackend
+from virnucpro_trt.runtime.encoder import LoadedEncoder
+from virnucpro_trt.runtime.frame_path import FrameModels
 from virnucpro_trt.settings import EncoderSettings
+
+__all__ = ["EncoderLoader", "LoadedEncoder", "RunModels", "engine_dir_for_run", "open_models"]
 
 log = logging.getLogger(__name__)
 
 EncoderKind = Literal["dnabert-s", "esm2"]
 _RESOLVE_KIND = {"dnabert-s": "dnabert", "esm2": "esm", "classifier": "classifier"}
-
-
-@dataclass
-class LoadedEncoder:
-    """One encoder ready to embed: its backend, tokenizer, width and what it was loaded from."""
-
-    kind: EncoderKind
-    backend: EmbeddingBackend
-    tokenizer: DnaTokenizer | ProteinTokenizer
-    dim: int
-    max_batch_tokens: int
-    info: dict[str, Any] = field(default_factory=dict)
+EncoderLoader = Callable[[str, Path], tuple[torch.nn.Module, Any, dict[str, Any], int]]
+"""``(kind, path) -> (fp32 CPU module, tokenizer, info, width)``: :func:`load_encoder`'s signature. A
+caller that opens the same checkpoints many times (``bench``) passes one that hands out copies of
+modules it loaded once."""
 
 
 @dataclass
@@ -61,13 +58,28 @@ class RunModels:
     engine_dir: Path | None = None
     engine_build: dict[str, Any] = field(default_factory=dict)
 
+    def frame_models(self) -> FrameModels:
+        """Both encoders and the classifier (checked against them, placed on the device) for
+        :mod:`virnucpro_trt.runtime.frame_path`."""
+        if self.classifier is None:
+            raise UserError("missing --classifier (or give --engines ENGINE_DIR)")
+        return FrameModels.create(
+            self.encoders["dnabert-s"], self.encoders["esm2"], self.classifier, self.device,
+            self.classifier_path,
+        )  # fmt: skip
+
 
 def _load_eager(
-    kind: EncoderKind, spec: str, device: torch.device, dtype: torch.dtype, budget: int
+    kind: EncoderKind,
+    spec: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    budget: int,
+    loader: EncoderLoader = load_encoder,
 ) -> LoadedEncoder:
     started = time.perf_counter()
     path = resolve_model(spec, _RESOLVE_KIND[kind])
-    model, tokenizer, info, dim = load_encoder(kind, path)
+    model, tokenizer, info, dim = loader(kind, path)
     info["spec"] = spec
     backend = TorchBackend(model, dim, tokenizer.pad_id, device, dtype)
     log.info(
@@ -155,17 +167,19 @@ def open_models(
     engines: Path | None = None,
     rebuild: bool = False,
     engine_cache: Path | None = None,
+    loader: EncoderLoader = load_encoder,
 ) -> RunModels:
     """Load the encoders ``kinds`` (and the classifier) as the settings ask.
 
     ``specs`` maps ``dnabert-s``/``esm2``/``classifier`` to what the user named (None: not named; with
-    engines the directory's own copies are used).
+    engines the directory's own copies are used). ``loader`` reads an eager checkpoint (default: from
+    its files).
     """
     device = resolve_device(encoders.device)
     torch.set_num_threads(encoders.threads or available_cpus())
     choice = _engine_choice(encoders, engines, engine_cache)
     if choice is None:
-        return _open_eager(encoders, specs, kinds, need_classifier, device)
+        return _open_eager(encoders, specs, kinds, need_classifier, device, loader)
     backend, folder = choice
     return _open_engines(encoders, specs, device, folder, rebuild or engines is None, backend)
 
@@ -176,6 +190,7 @@ def _open_eager(
     kinds: tuple[EncoderKind, ...],
     need_classifier: bool,
     device: torch.device,
+    loader: EncoderLoader = load_encoder,
 ) -> RunModels:
     precision = encoders.precision or "fp32"
     dtype = resolve_dtype(precision, device)
@@ -186,7 +201,9 @@ def _open_eager(
     if need_classifier:
         classifier_path = resolve_model(_required(specs, "classifier"), "classifier")
         classifier = load_classifier_weights(classifier_path)
-    loaded = {kind: _load_eager(kind, _required(specs, kind), device, dtype, budget) for kind in kinds}
+    loaded = {
+        kind: _load_eager(kind, _required(specs, kind), device, dtype, budget, loader) for kind in kinds
+    }
     return RunModels(device, "torch", precision, loaded, classifier, classifier_path)
 
 
@@ -218,9 +235,9 @@ def _open_engines(
         )
     if backend not in ("engine", "auto") and backend != manifest.backend:
         raise UserError(f"--backend {backend} asked, but the engines in {folder} are {manifest.backend}")
-    budget = encoders.max_batch_tokens or int(manifest.build.get("max_batch_tokens") or 4096)
+    # The engine set's encoders carry the build's budget; --max-batch-tokens overrides it.
     loaded = {
-        kind: LoadedEncoder(kind, enc.backend, enc.tokenizer, enc.dim, budget, enc.info)  # type: ignore[arg-type]
+        kind: dataclasses.replace(enc, max_batch_tokens=encoders.max_batch_tokens or enc.max_batch_tokens)
         for kind, enc in (("dnabert-s", engine_set.dnabert), ("esm2", engine_set.esm))
     }
     return RunModels(

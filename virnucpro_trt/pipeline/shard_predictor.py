@@ -9,6 +9,9 @@
   ESM-2), each length-sorted and batched by the token budget over the whole shard, classify, and write
   the shard's rows of every result file plus its marker (``outputs/shard_results.py``).
 
+Both halves are :mod:`virnucpro_trt.runtime.frame_path`, the path ``bench`` times too; what is this
+module's own is reading shards and writing their results.
+
 Because a shard's results depend only on its records and the settings, any worker may run any shard and
 the merged files are the same bytes.
 """
@@ -28,20 +31,14 @@ from typing import Any
 import numpy as np
 
 from virnucpro_trt.errors import RunFailure
-from virnucpro_trt.models.classifier import (
-    MLPClassifier,
-    check_classifier_width,
-    classify,
-    labels_from_probabilities,
-)
 from virnucpro_trt.outputs.shard_results import embeddings_npz, write_shard_results
 from virnucpro_trt.outputs.tables import write_frame_rows, write_sequence_rows
 from virnucpro_trt.outputs.upstream import ChunkMaxima, write_prediction_rows
-from virnucpro_trt.pipeline.encoders import LoadedEncoder, open_models
-from virnucpro_trt.runtime.device import configure_fp32_reference, describe_device
-from virnucpro_trt.runtime.embedding import embed_sequences
+from virnucpro_trt.pipeline.encoders import open_models
+from virnucpro_trt.runtime.device import describe_device
+from virnucpro_trt.runtime.encoder import LoadedEncoder
+from virnucpro_trt.runtime.frame_path import PreparedFrames, prepare_frames, score_frames
 from virnucpro_trt.runtime.worker import ShardTask, WorkerSlot
-from virnucpro_trt.sequences.prepare import PreparedBlock, prepare_blocks
 from virnucpro_trt.sequences.reader import SeqRecord, read_records
 from virnucpro_trt.settings import PredictSettings
 
@@ -58,6 +55,8 @@ COUNT_KEYS = (
     "esm_tokens",
 )
 STAGES = ("prepare", "tokenize", "embed_dnabert", "embed_esm", "classify", "write")
+# run.json's names for the shared path's stages (runtime/frame_path.STAGES).
+_STAGE_NAMES = {"dnabert": "embed_dnabert", "esm": "embed_esm"}
 
 
 @dataclass(frozen=True)
@@ -75,12 +74,9 @@ class PredictShardJob:
 
 @dataclass
 class PreparedShard:
-    """The CPU half of a shard, ready for the models."""
+    """The CPU half of a shard, ready for the models, and the seconds it took."""
 
-    blocks: list[PreparedBlock]
-    frame_ids: list[str]
-    dna_tokens: list[np.ndarray]
-    protein_tokens: list[np.ndarray]
+    frames: PreparedFrames
     timings: dict[str, float]
 
 
@@ -96,16 +92,13 @@ class PredictShardProcessor:
         # With engines, the coordinator already checked the named checkpoints against the manifest.
         specs = named if job.engines is None else dict.fromkeys(named)
         models = open_models(encoders, specs, ("dnabert-s", "esm2"), True, job.engines, rebuild=False)
-        self.dnabert: LoadedEncoder = models.encoders["dnabert-s"]
-        self.esm: LoadedEncoder = models.encoders["esm2"]
+        self.models = models.frame_models()  # the classifier goes to the GPU on CUDA
+        self.dnabert: LoadedEncoder = self.models.dnabert
+        self.esm: LoadedEncoder = self.models.esm
         weights, classifier_path = models.classifier, models.classifier_path
         assert weights is not None and classifier_path is not None
-        check_classifier_width(weights, self.dnabert.dim, self.esm.dim, classifier_path)
-        self.classifier = MLPClassifier.from_weights(weights)
         self.device = describe_device(models.device)
         if models.device.type == "cuda":
-            configure_fp32_reference()  # the classifier is fp32 on the GPU: no TF32 in its matmuls
-            self.classifier = self.classifier.to(models.device)
             self._warm_up()
         self.facts: dict[str, Any] = {
             "models": {
@@ -135,54 +128,38 @@ class PredictShardProcessor:
         """
         dna = self.dnabert.tokenizer.encode_batch(["ACGTTGCA" * 12, "ATGGCC" * 8])
         protein = self.esm.tokenizer.encode_batch(["MKTAYIAKQR" * 5, "MSTNPKPQRK" * 3])
-        dna_emb = embed_sequences(self.dnabert.backend, dna, self.dnabert.max_batch_tokens)
-        esm_emb = embed_sequences(self.esm.backend, protein, self.esm.max_batch_tokens)
-        classify(self.classifier, np.concatenate([dna_emb, esm_emb], axis=1))
+        score_frames(self.models, PreparedFrames([], ["w1", "w2"], dna, protein))
+
+    def _stage(self, timings: dict[str, float]) -> Callable[[str], contextlib.AbstractContextManager[None]]:
+        return lambda name: _timed(timings, _STAGE_NAMES.get(name, name))
 
     def prepare(self, task: ShardTask) -> PreparedShard:
         shard = task.shard
         timings = dict.fromkeys(STAGES, 0.0)
-        with _timed(timings, "prepare"):
-            records = _renumbered(read_records(self.job.shards_dir / shard.file, "dna"), shard.first)
-            blocks = list(prepare_blocks(records, self.job.settings.chunk_length))
-            found = sum(b.n_records for b in blocks)
-            if found != shard.records:
-                raise RunFailure(
-                    f"{shard.file} holds {found} records instead of {shard.records}: the work folder is "
-                    "damaged; rerun with --force"
-                )
-            frame_ids = [fid for b in blocks for fid in b.frames.frame_id]
-            dna = [s for b in blocks for s in b.frames.dna]
-            protein = [s for b in blocks for s in b.frames.protein]
-        with _timed(timings, "tokenize"):
-            dna_tokens = self.dnabert.tokenizer.encode_batch(dna) if dna else []
-            protein_tokens = self.esm.tokenizer.encode_batch(protein) if protein else []
-        return PreparedShard(blocks, frame_ids, dna_tokens, protein_tokens, timings)
+        records = _renumbered(read_records(self.job.shards_dir / shard.file, "dna"), shard.first)
+        frames = prepare_frames(self.models, records, self.job.settings.chunk_length, self._stage(timings))
+        if frames.records != shard.records:
+            raise RunFailure(
+                f"{shard.file} holds {frames.records} records instead of {shard.records}: the work folder "
+                "is damaged; rerun with --force"
+            )
+        return PreparedShard(frames, timings)
 
     def process(
         self, prepared: PreparedShard, task: ShardTask, progress: Callable[[int], None]
     ) -> dict[str, Any]:
         started = time.perf_counter()
         timings = prepared.timings
-        ids = prepared.frame_ids
-        with _timed(timings, "embed_dnabert"):
-            dna_emb = embed_sequences(
-                self.dnabert.backend, prepared.dna_tokens, self.dnabert.max_batch_tokens, ids
-            )
-        with _timed(timings, "embed_esm"):
-            esm_emb = embed_sequences(
-                self.esm.backend, prepared.protein_tokens, self.esm.max_batch_tokens, ids, progress
-            )
-        with _timed(timings, "classify"):
-            probs = classify(self.classifier, np.concatenate([dna_emb, esm_emb], axis=1))
-            labels = labels_from_probabilities(probs)
+        frames = prepared.frames
+        scored = score_frames(self.models, frames, self._stage(timings), progress)
+        probs, labels = scored.probabilities, scored.labels
         counts = dict.fromkeys(COUNT_KEYS, 0)
         with _timed(timings, "write"):
-            contents = self._result_files(prepared, probs, labels, counts)
+            contents = self._result_files(frames, probs, labels, counts)
             if self.job.settings.save_embeddings:
-                contents["embeddings"] = embeddings_npz(ids, dna_emb, esm_emb)
-        counts["dnabert_tokens"] = int(sum(len(t) for t in prepared.dna_tokens))
-        counts["esm_tokens"] = int(sum(len(t) for t in prepared.protein_tokens))
+                contents["embeddings"] = embeddings_npz(frames.frame_ids, scored.dnabert, scored.esm)
+        counts["dnabert_tokens"] = frames.dnabert_tokens
+        counts["esm_tokens"] = frames.esm_tokens
         timings["process"] = time.perf_counter() - started
         facts = {
             "counts": counts,
@@ -197,7 +174,7 @@ class PredictShardProcessor:
 
     @staticmethod
     def _result_files(
-        prepared: PreparedShard, probs: np.ndarray, labels: np.ndarray, counts: dict[str, int]
+        prepared: PreparedFrames, probs: np.ndarray, labels: np.ndarray, counts: dict[str, int]
     ) -> dict[str, bytes]:
         texts = {role: io.StringIO() for role in ("prediction", "frames", "sequences", "maxima")}
         maxima = ChunkMaxima()

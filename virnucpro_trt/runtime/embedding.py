@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -77,14 +78,59 @@ class TorchBackend:
         return pooled.float().cpu().numpy()
 
 
+@dataclass
+class BatchStats:
+    """What the batches of one encoder computed: real tokens against the padded tokens it paid for.
+
+    ``computed_tokens`` counts every position of every batch as the backend runs it: the batcher pads to
+    the longest item, and a backend that rounds shapes further (an AOTInductor engine pads the length to
+    a multiple of 8 and small batches up to its minimum) reports its own shape through
+    ``computed_shape(batch, length)``. A batch split after running out of memory counts as its halves.
+    """
+
+    batches: int = 0
+    items: int = 0
+    tokens: int = 0
+    computed_tokens: int = 0
+
+    def add(self, items: int, tokens: int, computed_tokens: int) -> None:
+        self.batches += 1
+        self.items += items
+        self.tokens += tokens
+        self.computed_tokens += computed_tokens
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.computed_tokens - self.tokens
+
+    @property
+    def padded_fraction(self) -> float:
+        """Padded tokens / computed tokens (0.0 when nothing ran)."""
+        return self.padded_tokens / self.computed_tokens if self.computed_tokens else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "items": self.items,
+            "tokens": self.tokens,
+            "computed_tokens": self.computed_tokens,
+            "padded_tokens": self.padded_tokens,
+            "padded_fraction": round(self.padded_fraction, 6),
+        }
+
+
 def embed_sequences(
     backend: EmbeddingBackend,
     token_ids: Sequence[np.ndarray],
     max_batch_tokens: int,
     labels: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    stats: BatchStats | None = None,
 ) -> np.ndarray:
-    """Embeddings [N, D] float32 in input order; fails the batch on NaN/Inf, naming its first items."""
+    """Embeddings [N, D] float32 in input order; fails the batch on NaN/Inf, naming its first items.
+
+    With ``stats``, every batch that ran is added to it (see :class:`BatchStats`).
+    """
     out = np.empty((len(token_ids), backend.dim), dtype=np.float32)
     if not token_ids:
         return out
@@ -100,7 +146,7 @@ def embed_sequences(
         )
     batches = token_budget_batches(lengths, max_batch_tokens, getattr(backend, "max_batch_size", None))
     for batch in batches:
-        _embed_batch(backend, token_ids, batch, labels, out, progress)
+        _embed_batch(backend, token_ids, batch, labels, out, progress, stats)
     return out
 
 
@@ -111,6 +157,7 @@ def _embed_batch(
     labels: Sequence[str] | None,
     out: np.ndarray,
     progress: Callable[[int], None] | None,
+    stats: BatchStats | None = None,
 ) -> None:
     """Embed one batch into ``out``; on out-of-memory, split it in halves and embed each."""
     ids, mask = pad_batch([token_ids[i] for i in batch], backend.pad_id)
@@ -132,8 +179,8 @@ def _embed_batch(
             half,
             len(batch) - half,
         )
-        _embed_batch(backend, token_ids, batch[:half], labels, out, progress)
-        _embed_batch(backend, token_ids, batch[half:], labels, out, progress)
+        _embed_batch(backend, token_ids, batch[:half], labels, out, progress, stats)
+        _embed_batch(backend, token_ids, batch[half:], labels, out, progress, stats)
         return
     if not np.isfinite(pooled).all():
         bad = batch[~np.isfinite(pooled).all(axis=1)]
@@ -143,6 +190,12 @@ def _embed_batch(
             f"of {len(batch)} (e.g. {', '.join(names)}); try --precision fp32"
         )
     out[batch] = pooled
+    if stats is not None:
+        rows, length = ids.shape
+        computed = getattr(backend, "computed_shape", None)
+        if computed is not None:
+            rows, length = computed(rows, length)
+        stats.add(len(batch), int(mask.sum()), rows * length)
     if progress is not None:
         progress(len(batch))
 
