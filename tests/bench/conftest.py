@@ -54,3 +54,33 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
     )  # fmt: skip
     assert result.code == 0, result.stderr
     return BenchRun(result, json.loads(json_path.read_text()), json_path, workdir)
+
+
+# The peer run: torch.compile rows at fp32 (and fp8, unavailable on a CPU), on the 100-1000 bp length mix
+# and the outlier-channel weights. Compiling the two tiny encoders is most of its time (~1-2 min cold).
+PEER_RUN = (
+    "--random-weights",
+    "tiny-outliers",
+    "--device",
+    "cpu",
+    "--length-mix",
+    "mixed",
+    "--reads",
+    "40",
+    "--repeats",
+    "1",
+    "--threads",
+    "1",
+)
+
+
+@pytest.fixture(scope="session")
+def peer_run(tmp_path_factory: pytest.TempPathFactory) -> BenchRun:
+    root = tmp_path_factory.mktemp("bench_peer")
+    workdir, json_path = root / "work", root / "peer.json"
+    result = run_cli(
+        "bench", *PEER_RUN, "--workdir", str(workdir), "--backends", "torch,compile", "--precision",
+        "fp32,fp8", "--reference-frames", "15", "--gate", "0.01", "--json", str(json_path),
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    return BenchRun(result, json.loads(json_path.read_text()), json_path, workdir)

@@ -10,7 +10,7 @@ import pytest
 from tests.cli.helpers import run_cli
 from virnucpro_trt.bench.workload import fasta_workload, frame_sequences, generated_workload
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta
+from virnucpro_trt.sequences.synthetic import generate_reads, mix_lengths, write_fasta
 
 
 def test_generated_workload_is_deterministic() -> None:
@@ -80,3 +80,38 @@ def test_bad_fasta_is_one_line_exit_2(bench_run, tmp_path) -> None:
     assert result.code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "record 1" in errors[0] and "Traceback" not in result.stderr
+
+
+def test_the_fixed_mix_is_the_workload_it_always_was() -> None:
+    default = generated_workload(120, 500, seed=3)
+    fixed = generated_workload(120, 500, seed=3, length_mix="fixed")
+    assert [r.sequence for r in default.records] == [r.sequence for r in fixed.records]
+    reads = generate_reads(120, 500, seed=3, coding_fraction=0.7)
+    assert [r.sequence for r in default.records] == [seq for _, seq in reads]
+    assert fixed.describe()["length_mix"] == "fixed"
+    assert fixed.describe()["length_mix_rule"] == "every read 500 bp"
+
+
+def test_length_mixes_are_seeded_and_stay_in_their_ranges() -> None:
+    mixed = mix_lengths("mixed", 5000, seed=1)
+    assert np.array_equal(mixed, mix_lengths("mixed", 5000, seed=1))
+    assert mixed.min() >= 100 and mixed.max() <= 1000
+    assert np.median(mixed) < mixed.mean() < 550  # log-uniform: short fragments are the common case
+    illumina = mix_lengths("illumina", 5000, seed=1)
+    trimmed = illumina < 150
+    assert illumina.max() == 150 and illumina.min() >= 100 and 0.17 < trimmed.mean() < 0.23
+    with pytest.raises(ValueError, match="unknown length mix"):
+        mix_lengths("nanopore", 10, seed=1)
+
+
+def test_generated_workloads_follow_their_mix() -> None:
+    workload = generated_workload(300, seed=5, length_mix="mixed")
+    lengths = np.array([len(r.sequence) for r in workload.records])
+    assert np.array_equal(lengths, mix_lengths("mixed", 300, seed=5))
+    facts = workload.describe()
+    assert facts["length_mix"] == "mixed" and facts["read_length_min"] >= 100 and facts["frames"] > 0
+    illumina = generated_workload(2000, seed=5, length_mix="illumina")
+    assert {len(r.sequence) for r in illumina.records} <= set(range(100, 151))
+    assert any("N" in r.sequence for r in illumina.records)  # base calls that failed
+    with pytest.raises(UserError, match="--length-mix"):
+        generated_workload(10, length_mix="nanopore")

@@ -4,38 +4,46 @@
   padding), ESM-2 in fair-esm's length-sorted batches of ``toks_per_batch`` 2048 padded tokens. (fair-esm
   counts residues + 1 per sequence, the batcher here the tokens actually fed, residues + 2: at the 500 bp
   workload's 168-token proteins both make batches of 12.)
-* ``torch`` — the native models eagerly at the chosen precision, in token-budget batches.
+* ``torch`` — the native models eagerly at each chosen precision, in token-budget batches.
+* ``compile`` — the peer: the same eager models under ``torch.compile`` (fp8: torchao's float8
+  quantisation first), see :mod:`.peer`.
 * one configuration per engine backend (``onnxruntime``, ``inductor``, ``tensorrt``), built on the fly by
   the real build code (:func:`virnucpro_trt.engines.build.build_engines`, parity gate included; in a child
   process, see :mod:`.build_worker`) into ``WORKDIR/engines-<backend>-<precision>`` and reused there
   while its manifest matches, or taken from an ``--engines`` directory.
 
-A configuration that cannot run here raises :class:`Unavailable` with a one-line reason; the runner
-records it instead of dropping it, so a result file always says what was *not* measured and why.
+Every configuration is opened by ``predict``'s own code (:func:`virnucpro_trt.pipeline.encoders.open_models`)
+and runs ``predict``'s own path (:mod:`virnucpro_trt.runtime.frame_path`); the reference differs only in
+its token budgets. A configuration that cannot run here raises :class:`Unavailable` with a one-line
+reason; the runner records it instead of dropping it, so a result file always says what was *not*
+measured and why.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from virnucpro_trt.bench.models import EagerModels, ModelSet
-from virnucpro_trt.bench.path import Encoder, PathModels
+from virnucpro_trt.bench.models import MasterEncoders, ModelSet
+from virnucpro_trt.bench.peer import PEER, compile_backends, peer_unavailable_reason
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.runtime.frame_path import FrameModels
 
 log = logging.getLogger(__name__)
 
 REFERENCE = "reference"
 EAGER = "torch"
 ENGINE_BACKENDS = ("onnxruntime", "inductor", "tensorrt")
-BENCH_BACKENDS = (EAGER, *ENGINE_BACKENDS)
+BENCH_BACKENDS = (EAGER, *ENGINE_BACKENDS, PEER)
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+AUTO_PRECISION = "auto"
 # Upstream's batching: DNABERT-S embedded one read frame at a time (a budget of one token gives batches
 # of one without padding), ESM-2 through fair-esm's extract loop with toks_per_batch=2048.
 REFERENCE_DNABERT_BATCH_TOKENS = 1
@@ -52,7 +60,7 @@ class Unavailable(Exception):
 class ConfigSpec:
     """One configuration: a backend at a precision, optionally from a given engine directory."""
 
-    backend: str  # reference | torch | onnxruntime | inductor | tensorrt
+    backend: str  # reference | torch | compile | onnxruntime | inductor | tensorrt
     precision: str
     engines: Path | None = None
 
@@ -81,22 +89,51 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def parse_precisions(text: str) -> tuple[str, ...]:
+    """``bf16,fp8`` -> ``("bf16", "fp8")``; ``auto`` stays until the device is known. Order kept."""
+    names: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if name and name not in names:
+            names.append(name)
+    unknown = [n for n in names if n not in (AUTO_PRECISION, *PRECISIONS)]
+    if unknown or not names:
+        choices = ", ".join((AUTO_PRECISION, *PRECISIONS))
+        raise UserError(f"--precision {text!r}: expected a comma-separated list of {choices}")
+    return tuple(names)
+
+
+def resolve_precisions(text: str, device: torch.device) -> tuple[str, ...]:
+    """The run's precisions; ``auto`` is bf16 on a GPU (the fast path the goals are stated for) and fp32 on
+    a CPU."""
+    auto = "bf16" if device.type == "cuda" else "fp32"
+    resolved: list[str] = []
+    for name in parse_precisions(text):
+        name = auto if name == AUTO_PRECISION else name
+        if name not in resolved:
+            resolved.append(name)
+    return tuple(resolved)
+
+
 def plan_configurations(
-    backends: tuple[str, ...], precision: str, engine_dirs: tuple[Path, ...] = ()
+    backends: tuple[str, ...], precisions: str | Sequence[str], engine_dirs: tuple[Path, ...] = ()
 ) -> list[ConfigSpec]:
-    """The reference, then each requested backend at ``precision``, then each given engine directory.
+    """The reference, then each requested backend at each precision (precision by precision), then each
+    given engine directory.
 
     A backend/precision pair that an ``--engines`` directory provides is not built again.
     """
     from virnucpro_trt.engines.manifest import EngineManifest
 
+    if isinstance(precisions, str):
+        precisions = (precisions,)
     given = []
     for folder in engine_dirs:
         manifest = EngineManifest.read(folder)  # not an engine directory: a usage error, exit 2
         given.append(ConfigSpec(manifest.backend, manifest.precision, folder))
     provided = {(spec.backend, spec.precision) for spec in given}
     specs = [ConfigSpec(REFERENCE, "fp32")]
-    specs += [ConfigSpec(b, precision) for b in backends if (b, precision) not in provided]
+    specs += [ConfigSpec(b, p) for p in precisions for b in backends if (b, p) not in provided]
     return specs + given
 
 
@@ -105,37 +142,50 @@ class OpenContext:
     """What opening a configuration needs: the checkpoints, their loaded masters, device and budgets."""
 
     models: ModelSet
-    eager: EagerModels
+    masters: MasterEncoders
     device: torch.device
     workdir: Path
     max_batch_tokens: int | None = None
+    threads: int | None = None
 
     @property
     def batch_tokens(self) -> int:
         return self.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 4096)
 
+    def encoder_settings(self, backend: str, precision: str, max_batch_tokens: int | None) -> Any:
+        from virnucpro_trt.settings import EncoderSettings
+
+        return EncoderSettings(backend, str(self.device), precision, max_batch_tokens, self.threads)
+
 
 @dataclass
 class Opened:
-    """A configuration ready to run, and the facts its result row records."""
+    """A configuration ready to run, and the facts its result row records.
 
-    models: PathModels
+    ``finish`` (when set) is called once the configuration has run, before its row is written, and also
+    when it failed: it completes ``compile`` and undoes process-wide side effects.
+    """
+
+    models: FrameModels
     batching: dict[str, Any]
     engine: dict[str, Any] | None
     open_s: float
+    compile: dict[str, Any] | None = None
+    finish: Callable[[], None] | None = None
 
 
 def open_configuration(spec: ConfigSpec, ctx: OpenContext) -> Opened:
     """Load (building if needed) ``spec``; raises :class:`Unavailable` when it cannot run here."""
     started = time.perf_counter()
     if spec.backend == REFERENCE:
-        opened = _open_eager(ctx, torch.float32, REFERENCE_DNABERT_BATCH_TOKENS, REFERENCE_ESM_TOKS_PER_BATCH)
+        opened = _open_eager(ctx, "fp32", (REFERENCE_DNABERT_BATCH_TOKENS, REFERENCE_ESM_TOKS_PER_BATCH))
         opened.batching["rule"] = "upstream: DNABERT-S one sequence per forward, ESM-2 toks_per_batch 2048"
     elif spec.backend == EAGER:
-        opened = _open_eager(
-            ctx, _eager_dtype(spec.precision, ctx.device), ctx.batch_tokens, ctx.batch_tokens
-        )
+        _check_eager_precision(spec.precision, ctx.device)
+        opened = _open_eager(ctx, spec.precision, (ctx.batch_tokens, ctx.batch_tokens))
         opened.batching["rule"] = "token budget"
+    elif spec.backend == PEER:
+        opened = _open_peer(spec, ctx)
     elif spec.is_engine:
         opened = _open_engines(spec, ctx)
     else:
@@ -144,36 +194,45 @@ def open_configuration(spec: ConfigSpec, ctx: OpenContext) -> Opened:
     return opened
 
 
-def _eager_dtype(precision: str, device: torch.device) -> torch.dtype:
+def _check_eager_precision(precision: str, device: torch.device) -> None:
     from virnucpro_trt.runtime.device import PRECISIONS as DTYPES
 
     if precision not in DTYPES:
         raise Unavailable(f"eager PyTorch has no {precision} path ({precision} is an engine precision)")
     if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise Unavailable(f"{torch.cuda.get_device_name(device)} does not support bf16")
-    return DTYPES[precision]
 
 
-def _open_eager(ctx: OpenContext, dtype: torch.dtype, dna_budget: int, esm_budget: int) -> Opened:
-    """Deep copies of the fp32 masters, moved and cast (TorchBackend casts the module in place)."""
-    from virnucpro_trt.models.classifier import MLPClassifier
+def _open_eager(ctx: OpenContext, precision: str, budgets: tuple[int, int]) -> Opened:
+    """The eager models as ``predict --backend torch`` opens them (copies of the loaded fp32 masters),
+    with DNABERT-S's and ESM-2's token budgets."""
+    from virnucpro_trt.pipeline.encoders import open_models
     from virnucpro_trt.runtime.device import configure_fp32_reference
-    from virnucpro_trt.runtime.embedding import TorchBackend
 
     configure_fp32_reference()  # TF32 off: fp32 means fp32, for the reference and for eager fp32 alike
-    eager, device = ctx.eager, ctx.device
-    dna = TorchBackend(
-        copy.deepcopy(eager.dnabert), eager.dnabert_dim, eager.dnabert_tokenizer.pad_id, device, dtype
-    )
-    esm = TorchBackend(copy.deepcopy(eager.esm), eager.esm_dim, eager.esm_tokenizer.pad_id, device, dtype)
-    models = PathModels(
-        Encoder(dna, eager.dnabert_tokenizer, dna_budget),
-        Encoder(esm, eager.esm_tokenizer, esm_budget),
-        MLPClassifier.from_weights(eager.classifier),
-        device,
-    )
-    batching = {"dnabert_max_batch_tokens": dna_budget, "esm_max_batch_tokens": esm_budget}
-    return Opened(models, batching, None, 0.0)
+    run = open_models(
+        ctx.encoder_settings("torch", precision, None), ctx.models.specs(), ("dnabert-s", "esm2"), True,
+        loader=ctx.masters,
+    )  # fmt: skip
+    for kind, budget in zip(("dnabert-s", "esm2"), budgets, strict=True):
+        run.encoders[kind] = dataclasses.replace(run.encoders[kind], max_batch_tokens=budget)
+    batching = {"dnabert_max_batch_tokens": budgets[0], "esm_max_batch_tokens": budgets[1]}
+    return Opened(run.frame_models(), batching, None, 0.0)
+
+
+def _open_peer(spec: ConfigSpec, ctx: OpenContext) -> Opened:
+    """The ``torch`` row's models under ``torch.compile`` (fp8: torchao's quantisation of the bf16 ones)."""
+    if (reason := peer_unavailable_reason(spec.precision, ctx.device)) is not None:
+        raise Unavailable(reason)
+    eager_precision = "bf16" if spec.precision == "fp8" else spec.precision
+    _check_eager_precision(eager_precision, ctx.device)
+    opened = _open_eager(ctx, eager_precision, (ctx.batch_tokens, ctx.batch_tokens))
+    backends = [opened.models.dnabert.backend, opened.models.esm.backend]
+    peer = compile_backends(backends, spec.precision)  # type: ignore[arg-type]
+    opened.batching["rule"] = "token budget"
+    opened.compile = peer.facts
+    opened.finish = peer.finish
+    return opened
 
 
 def _one_line(exc: BaseException) -> str:
@@ -181,11 +240,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _open_engines(spec: ConfigSpec, ctx: OpenContext) -> Opened:
-    from virnucpro_trt.engines.engine_set import open_engine_set
     from virnucpro_trt.engines.manifest import MANIFEST_NAME
     from virnucpro_trt.engines.registry import get_backend
     from virnucpro_trt.errors import EngineMismatchError
-    from virnucpro_trt.models.classifier import MLPClassifier
+    from virnucpro_trt.pipeline.encoders import open_models
 
     backend = get_backend(spec.backend)
     given = spec.engines is not None
@@ -196,48 +254,53 @@ def _open_engines(spec: ConfigSpec, ctx: OpenContext) -> Opened:
         raise Unavailable(reason)
     folder = spec.engines or ctx.workdir / f"engines-{spec.backend}-{spec.precision}"
     before = _manifest_text(folder / MANIFEST_NAME)
+    if not given:
+        _build_if_needed(spec, ctx, folder, before is not None)
     try:
-        if given:
-            engines = open_engine_set(folder, ctx.device, ctx.models.specs())
-        else:
-            engines = _built_engines(spec, ctx, folder, before is not None)
+        run = open_models(
+            ctx.encoder_settings(spec.backend, spec.precision, ctx.max_batch_tokens), ctx.models.specs(),
+            ("dnabert-s", "esm2"), True, engines=folder, rebuild=False,
+        )  # fmt: skip
     except EngineMismatchError as exc:
         if given:  # built for another GPU, other libraries or other weights: cannot run here
             raise Unavailable(_one_line(exc)) from None
         raise
-    manifest = engines.manifest
-    budget = ctx.max_batch_tokens or int(manifest.build.get("max_batch_tokens") or ctx.batch_tokens)
-    models = PathModels(
-        Encoder(engines.dnabert.backend, engines.dnabert.tokenizer, budget),
-        Encoder(engines.esm.backend, engines.esm.tokenizer, budget),
-        MLPClassifier.from_weights(engines.classifier),
-        ctx.device,
-    )
+    manifest_build = run.engine_build
+    budget = run.encoders["esm2"].max_batch_tokens
     source = "given" if given else ("reused" if before == _manifest_text(folder / MANIFEST_NAME) else "built")
+    manifest_models = {kind: run.encoders[kind].info.get("parity") or {} for kind in ("dnabert-s", "esm2")}
     engine = {
         "dir": str(folder),
         "source": source,
-        "build_s": manifest.build.get("seconds"),
+        "build_s": manifest_build.get("seconds"),
         "build_parity": {
-            kind: {k: manifest.models[kind].parity.get(k) for k in ("min_cosine", "max_abs", "passed")}
-            for kind in ("dnabert-s", "esm2")
+            kind: {k: parity.get(k) for k in ("min_cosine", "max_abs", "passed")}
+            for kind, parity in manifest_models.items()
         },
-        "libraries": manifest.libraries,
+        "libraries": _manifest_libraries(folder),
     }
     batching = {"dnabert_max_batch_tokens": budget, "esm_max_batch_tokens": budget, "rule": "token budget"}
-    return Opened(models, batching, engine, 0.0)
+    return Opened(run.frame_models(), batching, engine, 0.0)
 
 
-def _built_engines(spec: ConfigSpec, ctx: OpenContext, folder: Path, exists: bool) -> Any:
-    """The engine set in ``folder``: reused while its manifest matches, else built in a child process."""
+def _manifest_libraries(folder: Path) -> dict[str, str]:
+    from virnucpro_trt.engines.manifest import EngineManifest
+
+    return dict(EngineManifest.read(folder).libraries)
+
+
+def _build_if_needed(spec: ConfigSpec, ctx: OpenContext, folder: Path, exists: bool) -> None:
+    """Leave ``folder`` holding engines that fit: reused while its manifest matches, else built in a child
+    process (a crash while building becomes this configuration's failure, not the run's)."""
     from virnucpro_trt.bench.build_worker import build_in_child
     from virnucpro_trt.engines.build import BuildSettings
-    from virnucpro_trt.engines.engine_set import open_engine_set
+    from virnucpro_trt.engines.engine_set import check_engine_set
     from virnucpro_trt.errors import EngineMismatchError
 
     if exists:
         try:
-            return open_engine_set(folder, ctx.device, ctx.models.specs())
+            check_engine_set(folder, ctx.device, ctx.models.specs())
+            return
         except EngineMismatchError as exc:
             log.warning("rebuilding %s engines in %s: %s", spec.name, folder, _one_line(exc))
     log.info("building %s engines in %s (in a child process)", spec.name, folder)
@@ -246,7 +309,6 @@ def _built_engines(spec: ConfigSpec, ctx: OpenContext, folder: Path, exists: boo
         spec.backend, spec.precision, str(ctx.device), ctx.batch_tokens,
     )  # fmt: skip
     build_in_child(settings)
-    return open_engine_set(folder, ctx.device, ctx.models.specs())
 
 
 def _manifest_text(path: Path) -> str | None:

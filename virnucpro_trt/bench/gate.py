@@ -1,7 +1,8 @@
 """``--gate X``: the run passes only if the best engine is at least X times the reference.
 
-Candidates are the *engines*: every configuration that ran (``status`` ok) other than ``reference`` and
-``torch``, because the claim the gate protects is "the project's compiled path beats upstream by X".
+Candidates are the *engines*: every configuration that ran (``status`` ok) other than ``reference``,
+``torch`` and ``compile`` (the peer, ``torch.compile`` of the same models: not this project's engine),
+because the claim the gate protects is "the project's compiled path beats upstream by X".
 Only when no engine ran does eager ``torch`` stand in, and the message says so; with nothing but the
 reference, the gate fails. A configuration whose answers failed the run's parity check (NaN, embeddings
 off, decisive labels flipped: :mod:`virnucpro_trt.bench.parity`) is not a candidate either: a fast wrong
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-NOT_ENGINES = ("reference", "torch")
+NOT_ENGINES = ("reference", "torch", "compile")
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class GateResult:
             "best": self.best,
             "speedup_vs_reference": self.speedup,
             "candidates": self.candidates,
-            "rule": "best engine (not reference, not torch; torch only if no engine ran; rows that "
-            "failed parity excluded) speedup_vs_reference >= threshold",
+            "rule": "best engine (not reference, torch or compile; torch only if no engine ran; rows "
+            "that failed parity excluded) speedup_vs_reference >= threshold",
         }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from virnucpro_trt import __version__
+from virnucpro_trt.bench.peer import torchao_version
 from virnucpro_trt.environment import available_cpus, cpu_model, library_versions, onnxruntime_providers
 
 
@@ -74,6 +75,7 @@ def hardware_report(device: torch.device) -> dict[str, Any]:
         "onnxruntime_providers": onnxruntime_providers(),
         "tensorrt": versions.get("tensorrt"),
         "triton": _triton_version(),
+        "torchao": torchao_version(),
     }
     if cuda:
         report.update(gpu_facts(device))

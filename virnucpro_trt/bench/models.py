@@ -4,14 +4,19 @@ Engines are built by the real build code, which reads checkpoint FILES; so rando
 the real formats first and every configuration (eager or engine) loads the same files. That is what
 makes parity between configurations meaningful: same bytes in, the only difference is how they run.
 With ``--workdir`` the random set is written once and reused (the full-size ESM-2 takes minutes).
+
+The ``-outliers`` sets are the same weights with a few LayerNorm gain channels scaled 20-50x
+(:func:`~virnucpro_trt.models.random_checkpoints.add_outlier_channels`): trained transformers have such
+outlier channels and plain random weights do not, so fp8 parity is judged on these too.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +26,10 @@ from virnucpro_trt.errors import UserError
 
 log = logging.getLogger(__name__)
 
-RandomSize = Literal["full", "tiny"]
+RandomSize = Literal["full", "tiny", "full-outliers", "tiny-outliers"]
+RANDOM_SIZES: tuple[str, ...] = ("full", "tiny", "full-outliers", "tiny-outliers")
 _MARKER = "random-weights.json"  # written last: a folder without it is unfinished
-_SEEDS = {"dnabert": 1, "esm": 2, "classifier": 3}
+_SEEDS = {"dnabert": 1, "esm": 2, "classifier": 3, "outliers": 4}
 
 
 @dataclass(frozen=True)
@@ -65,22 +71,26 @@ def write_random_models(root: Path, size: RandomSize, device: str | torch.device
 
     ``full``: DNABERT-S 12x768 with a 4096-token BPE tokenizer, ESM-2 3B as a Hugging Face folder in fp16
     safetensors (the published files are fp16), an upstream-pickled 3328->512->2 classifier. ``tiny``: the
-    test-suite sizes. The ESM-2 weights are drawn on ``device`` (drawing 2.8e9 numbers on a CPU is slow).
+    test-suite sizes. ``-outliers``: the same with outlier channels in both encoders. The ESM-2 weights are
+    drawn on ``device`` (drawing 2.8e9 numbers on a CPU is slow).
     """
     from virnucpro_trt.models.dnabert import DNABERT_S_CONFIG
     from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
     from virnucpro_trt.models.random_checkpoints import (
         TINY_DNABERT_CONFIG,
         TINY_ESM2_CONFIG,
+        add_outlier_channels,
+        random_dnabert,
         random_esm2,
         write_dnabert_checkpoint,
         write_esm_hf_checkpoint,
     )
     from virnucpro_trt.models.random_classifier import write_upstream_classifier
 
-    if size not in ("full", "tiny"):
-        raise UserError(f"--random-weights {size}: expected full or tiny")
-    full = size == "full"
+    if size not in RANDOM_SIZES:
+        raise UserError(f"--random-weights {size}: expected one of {', '.join(RANDOM_SIZES)}")
+    full = size.startswith("full")
+    outliers = size.endswith("-outliers")
     models = ModelSet(
         root / "DNABERT-S",
         root / ("esm2_t36_3B_UR50D" if full else "esm2_tiny"),
@@ -95,52 +105,73 @@ def write_random_models(root: Path, size: RandomSize, device: str | torch.device
     root.mkdir(parents=True, exist_ok=True)
     dna_config = DNABERT_S_CONFIG if full else TINY_DNABERT_CONFIG
     esm_config = ESM2_T36_3B_CONFIG if full else TINY_ESM2_CONFIG
-    write_dnabert_checkpoint(
-        models.dnabert, dna_config, seed=_SEEDS["dnabert"], vocab_size=4096 if full else None
-    )
+    dna_model = random_dnabert(dna_config, seed=_SEEDS["dnabert"])
     dtype = torch.bfloat16 if full else torch.float32
     esm_model = random_esm2(esm_config, device=device, dtype=dtype, seed=_SEEDS["esm"])
+    facts: dict[str, Any] = {"size": size, "seeds": _SEEDS}
+    if outliers:
+        facts["outliers"] = {
+            "dnabert": add_outlier_channels(dna_model, _SEEDS["outliers"]),
+            "esm": add_outlier_channels(esm_model, _SEEDS["outliers"]),
+        }
+    write_dnabert_checkpoint(
+        models.dnabert, seed=_SEEDS["dnabert"], vocab_size=4096 if full else None, model=dna_model
+    )
     write_esm_hf_checkpoint(
         models.esm, model=esm_model, dtype=torch.float16 if full else torch.float32, seed=_SEEDS["esm"]
     )
-    del esm_model
+    del esm_model, dna_model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     width = dna_config.hidden_size + esm_config.embed_dim
     write_upstream_classifier(models.classifier, width, seed=_SEEDS["classifier"])
-    marker.write_text(json.dumps({"size": size, "seeds": _SEEDS}) + "\n")
+    marker.write_text(json.dumps(facts) + "\n")
     log.info("wrote %s random-weight checkpoints in %.1fs (%s)", size, time.perf_counter() - started, root)
     return models
 
 
 @dataclass
-class EagerModels:
-    """The fp32 CPU masters of both encoders, their tokenizers and the classifier, loaded once.
+class MasterEncoders:
+    """The fp32 CPU masters of the encoders, each loaded once; every eager configuration gets a deep copy.
 
-    Every eager configuration runs a deep copy (moving or casting a module changes it in place), so the
-    masters stay fp32 on the CPU for the next one.
+    An :data:`~virnucpro_trt.pipeline.encoders.EncoderLoader`: ``bench`` opens its configurations through
+    ``predict``'s own opening code, and this saves reading (and hashing) a 6 GB checkpoint per
+    configuration. Moving or casting a module changes it in place, hence the copies.
     """
 
-    dnabert: torch.nn.Module
-    esm: torch.nn.Module
-    dnabert_tokenizer: Any
-    esm_tokenizer: Any
-    dnabert_dim: int
-    esm_dim: int
-    classifier: Any  # ClassifierWeights
-    load_s: float
+    loaded: dict[tuple[str, str], tuple[torch.nn.Module, Any, dict[str, Any], int]] = field(
+        default_factory=dict
+    )
+    load_s: float = 0.0
+
+    def __call__(self, kind: str, path: Path) -> tuple[torch.nn.Module, Any, dict[str, Any], int]:
+        model, tokenizer, info, dim = self.master(kind, path)
+        return copy.deepcopy(model), tokenizer, dict(info), dim
+
+    def master(self, kind: str, path: Path) -> tuple[torch.nn.Module, Any, dict[str, Any], int]:
+        """The loaded master itself (not a copy: never move or cast it)."""
+        from virnucpro_trt.models.checkpoints import load_encoder
+
+        key = (kind, str(path))
+        if key not in self.loaded:
+            started = time.perf_counter()
+            self.loaded[key] = load_encoder(kind, path)
+            self.load_s += time.perf_counter() - started
+        return self.loaded[key]
+
+    def tokenizers(self, models: ModelSet) -> tuple[Any, Any]:
+        """DNABERT-S's and ESM-2's tokenizers (loading the masters if needed)."""
+        return self.master("dnabert-s", models.dnabert)[1], self.master("esm2", models.esm)[1]
 
 
-def load_eager_models(models: ModelSet) -> EagerModels:
-    """Load the checkpoints once (through the same loaders ``predict`` uses) and check they fit."""
-    from virnucpro_trt.models.checkpoints import load_encoder
+def load_masters(models: ModelSet) -> MasterEncoders:
+    """Load the checkpoints once (through the loaders ``predict`` uses) and check that they fit together,
+    so a mismatched set fails before any configuration runs."""
     from virnucpro_trt.models.classifier import check_classifier_width, load_classifier_weights
 
-    started = time.perf_counter()
-    dnabert, dna_tokenizer, _, dna_dim = load_encoder("dnabert-s", models.dnabert)
-    esm, esm_tokenizer, _, esm_dim = load_encoder("esm2", models.esm)
-    classifier = load_classifier_weights(models.classifier)
-    check_classifier_width(classifier, dna_dim, esm_dim, models.classifier)
-    seconds = time.perf_counter() - started
-    log.info("loaded the checkpoints in %.1fs", seconds)
-    return EagerModels(dnabert, esm, dna_tokenizer, esm_tokenizer, dna_dim, esm_dim, classifier, seconds)
+    masters = MasterEncoders()
+    dna_dim = masters.master("dnabert-s", models.dnabert)[3]
+    esm_dim = masters.master("esm2", models.esm)[3]
+    check_classifier_width(load_classifier_weights(models.classifier), dna_dim, esm_dim, models.classifier)
+    log.info("loaded the checkpoints in %.1fs", masters.load_s)
+    return masters

@@ -2,48 +2,24 @@
 
 The whole path, not the encoders alone, because that is what a user waits for and what the upstream
 baseline did; the per-stage split is kept so a slow CPU stage shows up instead of hiding in the total.
-All kept frames of the input are embedded together (one pass over the records), so batching sees the
-whole workload the way ``predict`` sees one large block.
+It is ``predict``'s own path (:mod:`virnucpro_trt.runtime.frame_path`), run over all kept frames of the
+input at once (one pass over the records), so batching sees the whole workload the way a worker sees
+one large shard; each stage boundary is synchronised with the device (:class:`~.timing.StageClock`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from virnucpro_trt.bench.timing import StageClock
-from virnucpro_trt.models.classifier import MLPClassifier, classify, labels_from_probabilities
-from virnucpro_trt.runtime.embedding import EmbeddingBackend, embed_sequences
-from virnucpro_trt.sequences.prepare import prepare_blocks
+from virnucpro_trt.models.classifier import labels_from_probabilities
+from virnucpro_trt.runtime.frame_path import STAGES, FrameModels, prepare_frames, score_frames
 from virnucpro_trt.sequences.reader import SeqRecord
 
-STAGES = ("prepare", "tokenize", "dnabert", "esm", "classify")
-
-
-@dataclass
-class Encoder:
-    """One encoder as a configuration runs it: backend, tokenizer and padded-token budget per batch.
-
-    A budget of 1 means one sequence per forward without padding (upstream's DNABERT-S loop): the
-    batcher closes a batch as soon as the next item would exceed the budget, and never leaves an item out.
-    """
-
-    backend: EmbeddingBackend
-    tokenizer: Any  # DnaTokenizer | ProteinTokenizer
-    max_batch_tokens: int
-
-
-@dataclass
-class PathModels:
-    """Everything one configuration classifies with."""
-
-    dnabert: Encoder
-    esm: Encoder
-    classifier: MLPClassifier
-    device: torch.device
+__all__ = ["STAGES", "PathResult", "run_path"]
 
 
 @dataclass
@@ -58,6 +34,7 @@ class PathResult:
     dnabert_tokens: int
     esm_tokens: int
     stages_s: dict[str, float]
+    padding: dict[str, dict[str, Any]] = field(default_factory=dict)  # "dnabert"/"esm": BatchStats json
 
     @property
     def frames(self) -> int:
@@ -72,35 +49,19 @@ class PathResult:
         return labels_from_probabilities(self.probabilities)
 
 
-def run_path(models: PathModels, records: list[SeqRecord], chunk_length: int) -> PathResult:
+def run_path(models: FrameModels, records: list[SeqRecord], chunk_length: int) -> PathResult:
     """One pass of the whole path over ``records``."""
     timer = StageClock(models.device)
-    with timer.stage("prepare"):
-        frame_ids: list[str] = []
-        dna: list[str] = []
-        proteins: list[str] = []
-        for block in prepare_blocks(records, chunk_length, block_records=max(len(records), 1)):
-            frame_ids += block.frames.frame_id
-            dna += block.frames.dna
-            proteins += block.frames.protein
-    with timer.stage("tokenize"):
-        dna_tokens = models.dnabert.tokenizer.encode_batch(dna)
-        protein_tokens = models.esm.tokenizer.encode_batch(proteins)
-    with timer.stage("dnabert"):
-        dna_emb = embed_sequences(
-            models.dnabert.backend, dna_tokens, models.dnabert.max_batch_tokens, frame_ids
-        )
-    with timer.stage("esm"):
-        esm_emb = embed_sequences(models.esm.backend, protein_tokens, models.esm.max_batch_tokens, frame_ids)
-    with timer.stage("classify"):
-        probabilities = classify(models.classifier, np.concatenate([dna_emb, esm_emb], axis=1))
+    prepared = prepare_frames(models, records, chunk_length, timer.stage, block_records=len(records))
+    scored = score_frames(models, prepared, timer.stage)
     return PathResult(
-        frame_ids,
-        dna_emb,
-        esm_emb,
-        probabilities,
+        prepared.frame_ids,
+        scored.dnabert,
+        scored.esm,
+        scored.probabilities,
         len(records),
-        int(sum(len(t) for t in dna_tokens)),
-        int(sum(len(t) for t in protein_tokens)),
+        prepared.dnabert_tokens,
+        prepared.esm_tokens,
         timer.seconds,
+        {encoder: stats.to_json() for encoder, stats in scored.padding.items()},
     )

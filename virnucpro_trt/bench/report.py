@@ -7,15 +7,25 @@ Schema (``schema_version`` 1)::
      "results": [{"config", "backend", "precision", "device", "gpus", "status", "reason",
                   "frames", "reads", "tokens", "extrapolated", "seconds", "passes_s", "warmup_s",
                   "stages_s", "frames_per_s", "reads_per_s", "tokens_per_s", "speedup_vs_reference",
+                  "speedup_vs_compile", "compile_baseline",
                   "parity": {"frames", "dnabert_min_cos", "esm_min_cos", "label_agreement",
                              "max_abs_score_diff", ...} | null,
-                  "batching", "engine", "open_s"}, ...]}
+                  "batching", "padding": {"dnabert": {...}, "esm": {...}} | null, "engine",
+                  "compile", "open_s"}, ...]}
 
 Every row has every key; a row that did not run (``status`` ``unavailable`` or ``failed``) has ``null``
 figures and a one-line ``reason``. Throughput counts one median pass of the whole path; model loading
 and engine building are outside it (``open_s``, ``engine.build_s``). ``reads_per_s`` is
 ``frames_per_s`` times the workload's reads per kept frame, so a row timed on a subset (the reference,
 ``extrapolated: true``) is extrapolated per frame like the others are measured.
+
+``speedup_vs_compile`` is against the peer (:mod:`.peer`): the ``compile`` row of the row's own precision
+when it ran, else ``compile-bf16`` (the peer the performance goals are stated against), else the first
+``compile`` row that ran; ``compile_baseline`` names the row used, and both are ``null`` when no
+``compile`` row ran. ``padding`` is per encoder, from the batches the pass actually ran
+(:class:`~virnucpro_trt.runtime.embedding.BatchStats`): ``padded_fraction`` = padded tokens / computed
+tokens. ``compile`` holds a compiled row's facts (mode, quantisation, torchao version, Inductor options
+the quantisation changed, graphs compiled).
 """
 
 from __future__ import annotations
@@ -38,8 +48,11 @@ SCHEMA_VERSION = 1
 RESULT_KEYS = (
     "config", "backend", "precision", "device", "gpus", "status", "reason", "frames", "reads", "tokens",
     "extrapolated", "seconds", "passes_s", "warmup_s", "stages_s", "frames_per_s", "reads_per_s",
-    "tokens_per_s", "speedup_vs_reference", "parity", "batching", "engine", "open_s",
+    "tokens_per_s", "speedup_vs_reference", "speedup_vs_compile", "compile_baseline", "parity", "batching",
+    "padding", "engine", "compile", "open_s",
 )  # fmt: skip
+PEER_BACKEND = "compile"
+PEER_DEFAULT_PRECISION = "bf16"
 
 
 def new_report(
@@ -82,7 +95,9 @@ def result_row(
     reference_row: dict[str, Any] | None = None,
     parity: dict[str, Any] | None = None,
     batching: dict[str, Any] | None = None,
+    padding: dict[str, Any] | None = None,
     engine: dict[str, Any] | None = None,
+    compile: dict[str, Any] | None = None,
     open_s: float | None = None,
 ) -> dict[str, Any]:
     """One configuration's row with every key of the schema (figures ``None`` unless it ran)."""
@@ -116,11 +131,39 @@ def result_row(
         "reads_per_s": _round(reads_per_s, 3),
         "tokens_per_s": _round(tokens_per_s, 1),
         "speedup_vs_reference": speedup if speedup == 1.0 else _round(speedup, 4),
+        "speedup_vs_compile": None,  # filled over the whole table by fill_compile_speedups
+        "compile_baseline": None,
         "parity": parity,
         "batching": batching,
+        "padding": padding if ran else None,
         "engine": engine,
+        "compile": compile,
         "open_s": open_s,
     }
+
+
+def compile_baseline(rows: list[dict[str, Any]], precision: str) -> dict[str, Any] | None:
+    """The peer a row of ``precision`` is compared with (see the module docstring), or None."""
+    ran = [r for r in rows if r["backend"] == PEER_BACKEND and r["status"] == "ok" and r["frames_per_s"]]
+    for wanted in (precision, PEER_DEFAULT_PRECISION):
+        for row in ran:
+            if row["precision"] == wanted:
+                return row
+    return ran[0] if ran else None
+
+
+def fill_compile_speedups(rows: list[dict[str, Any]]) -> None:
+    """Set every row's ``speedup_vs_compile``/``compile_baseline`` from the compile rows so far (the
+    compile rows may run after the rows they are compared with, so the whole table is redone)."""
+    for row in rows:
+        baseline = compile_baseline(rows, row["precision"])
+        ran = row["status"] == "ok" and row["frames_per_s"]
+        if baseline is None or not ran:
+            row["speedup_vs_compile"] = row["compile_baseline"] = None
+            continue
+        speedup = row["frames_per_s"] / baseline["frames_per_s"]
+        row["speedup_vs_compile"] = 1.0 if row is baseline else _round(speedup, 4)
+        row["compile_baseline"] = baseline["config"]
 
 
 def _plain(value: Any) -> Any:

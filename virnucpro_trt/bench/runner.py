@@ -28,18 +28,19 @@ from virnucpro_trt.bench.configs import (
     Unavailable,
     open_configuration,
     plan_configurations,
+    resolve_precisions,
 )
 from virnucpro_trt.bench.hardware import hardware_report
 from virnucpro_trt.bench.models import (
     ModelSet,
     RandomSize,
-    load_eager_models,
+    load_masters,
     named_models,
     write_random_models,
 )
 from virnucpro_trt.bench.parity import path_parity
 from virnucpro_trt.bench.path import STAGES, PathResult, run_path
-from virnucpro_trt.bench.report import new_report, result_row
+from virnucpro_trt.bench.report import fill_compile_speedups, new_report, result_row
 from virnucpro_trt.bench.timing import measure
 from virnucpro_trt.bench.workload import Workload, fasta_workload, generated_workload
 from virnucpro_trt.environment import available_cpus
@@ -57,15 +58,16 @@ class BenchSettings:
     input: Path | None = None
     reads: int = 1000
     read_length: int = 500
+    length_mix: str = "fixed"  # see sequences/synthetic.LENGTH_MIXES
     seed: int = 42
     coding_fraction: float = 0.7
     chunk_length: int = 500
     dnabert: str | None = None
     esm: str | None = None
     classifier: str | None = None
-    random_weights: str | None = None  # "full" | "tiny"
+    random_weights: str | None = None  # "full" | "tiny" | "full-outliers" | "tiny-outliers"
     backends: tuple[str, ...] = ("torch", "onnxruntime", "inductor", "tensorrt")
-    precision: str = "auto"
+    precision: str = "auto"  # one or several, comma-separated: "bf16,fp8"
     engines: tuple[Path, ...] = ()
     workdir: Path | None = None
     device: str = "auto"
@@ -76,24 +78,18 @@ class BenchSettings:
     command: list[str] = field(default_factory=list)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on a GPU (the fast path the goals are stated for), fp32 on a CPU."""
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cuda" else "fp32"
-
-
 def _workload(settings: BenchSettings) -> Workload:
     if settings.input is not None:
         return fasta_workload(settings.input, settings.chunk_length)
     return generated_workload(
-        settings.reads, settings.read_length, settings.seed, settings.coding_fraction, settings.chunk_length
-    )
+        settings.reads, settings.read_length, settings.seed, settings.coding_fraction, settings.chunk_length,
+        settings.length_mix,
+    )  # fmt: skip
 
 
 def _models(settings: BenchSettings, workdir: Path, device: torch.device) -> ModelSet:
     if settings.random_weights:
-        if device.type == "cpu" and settings.random_weights == "full":
+        if device.type == "cpu" and settings.random_weights.startswith("full"):
             log.warning("--random-weights full on a CPU: ESM-2 3B runs at a few frames per second here")
         size = cast(RandomSize, settings.random_weights)
         return write_random_models(workdir / f"models-random-{size}", size, device)
@@ -110,9 +106,9 @@ def run_bench(
     if settings.repeats < 1:
         raise UserError("--repeats must be at least 1")
     device = resolve_device(settings.device)
-    precision = resolve_precision(settings.precision, device)
+    precisions = resolve_precisions(settings.precision, device)
     torch.set_num_threads(settings.threads or available_cpus())
-    specs = plan_configurations(settings.backends, precision, settings.engines)  # bad --engines: exit 2 now
+    specs = plan_configurations(settings.backends, precisions, settings.engines)  # bad --engines: exit 2 now
     workload = _workload(settings)  # a bad input fails before any model is loaded
     log.info(
         "workload: %d reads -> %d kept frames (%s); configurations: %s",
@@ -124,17 +120,20 @@ def run_bench(
         )
         workdir.mkdir(parents=True, exist_ok=True)
         models = _models(settings, workdir, device)
-        ctx = OpenContext(models, load_eager_models(models), device, workdir, settings.max_batch_tokens)
+        ctx = OpenContext(
+            models, load_masters(models), device, workdir, settings.max_batch_tokens, settings.threads
+        )
         report = new_report(
             hardware_report(device), _describe_workload(workload, ctx), models.describe(), settings
         )
-        report["settings"]["precision_resolved"] = precision
+        report["settings"]["precision_resolved"] = ",".join(precisions)
         reference: PathResult | None = None
         for spec in specs:
             row, result = _run_one(spec, ctx, workload, settings, reference, report)
             if spec.backend == REFERENCE:
                 reference = result
             report["results"].append(row)
+            fill_compile_speedups(report["results"])
             if on_row is not None:
                 on_row(report)
             del result
@@ -152,8 +151,9 @@ def _describe_workload(workload: Workload, ctx: OpenContext) -> dict[str, Any]:
     for block in prepare_blocks(workload.records, workload.chunk_length):
         dna += block.frames.dna
         proteins += block.frames.protein
-    dna_tokens = sum(len(t) for t in ctx.eager.dnabert_tokenizer.encode_batch(dna))
-    esm_tokens = sum(len(t) for t in ctx.eager.esm_tokenizer.encode_batch(proteins))
+    dna_tokenizer, esm_tokenizer = ctx.masters.tokenizers(ctx.models)
+    dna_tokens = sum(len(t) for t in dna_tokenizer.encode_batch(dna))
+    esm_tokens = sum(len(t) for t in esm_tokenizer.encode_batch(proteins))
     return {
         **workload.describe(),
         "tokens": int(dna_tokens + esm_tokens),
@@ -192,7 +192,10 @@ def _run_one(
         log.debug("%s failed to open", spec.name, exc_info=True)
         log.error("%s: failed: %s", spec.name, _reason(exc))
         return result_row(spec, ctx.device, "failed", reason=_reason(exc)), None
-    facts = {"batching": opened.batching, "engine": opened.engine, "open_s": opened.open_s}
+    facts: dict[str, Any] = {
+        "batching": opened.batching, "engine": opened.engine, "compile": opened.compile,
+        "open_s": opened.open_s,
+    }  # fmt: skip
     try:
         log.info(
             "%s: warm-up pass and %d timed passes over %d reads", spec.name, settings.repeats, len(records)
@@ -210,6 +213,9 @@ def _run_one(
         log.debug("%s failed", spec.name, exc_info=True)
         log.error("%s: failed: %s", spec.name, _reason(exc))
         return result_row(spec, ctx.device, "failed", reason=_reason(exc), **facts), None
+    finally:
+        if opened.finish is not None:
+            opened.finish()
     stages = {s: float(np.median([r.stages_s.get(s, 0.0) for r in measurement.results])) for s in STAGES}
     row = result_row(
         spec,
@@ -225,6 +231,7 @@ def _run_one(
         workload=report["workload"],
         reference_row=next((r for r in report["results"] if r["backend"] == REFERENCE), None),
         parity=parity,
+        padding=result.padding,
         **facts,
     )
     log.info(

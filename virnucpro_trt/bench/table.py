@@ -10,8 +10,8 @@ import sys
 from typing import Any, TextIO
 
 COLUMNS = (
-    "config", "status", "frames", "frames/s", "reads/s", "tokens/s", "speedup",
-    "DNABERT cos", "ESM cos", "labels", "max|dp|",
+    "config", "status", "frames", "frames/s", "reads/s", "tokens/s", "speedup", "vs compile",
+    "DNABERT cos", "ESM cos", "labels", "max|dp|", "padding",
 )  # fmt: skip
 
 
@@ -28,6 +28,7 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
         parity = r.get("parity") or {}
         frames = "-" if r["frames"] is None else f"{r['frames']:,}" + ("*" if r["extrapolated"] else "")
         speedup = r["speedup_vs_reference"]
+        vs_compile = r.get("speedup_vs_compile")
         rows.append(
             [
                 r["config"],
@@ -37,23 +38,55 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
                 _number(r["reads_per_s"]),
                 _number(r["tokens_per_s"], 0),
                 "-" if speedup is None else f"{speedup:.2f}x",
+                "-" if vs_compile is None else f"{vs_compile:.2f}x",
                 _number(parity.get("dnabert_min_cos"), 6),
                 _number(parity.get("esm_min_cos"), 6),
                 "-" if parity.get("label_agreement") is None else f"{100 * parity['label_agreement']:.2f}%",
                 "-" if parity.get("max_abs_score_diff") is None else f"{parity['max_abs_score_diff']:.2e}",
+                _padding(r.get("padding")),
             ]
         )
     return rows
 
 
+def _padding(padding: dict[str, Any] | None) -> str:
+    """``DNABERT-S%/ESM-2%`` of padded tokens among the computed ones."""
+    if not padding:
+        return "-"
+    return "/".join(f"{100 * padding[k]['padded_fraction']:.1f}%" for k in ("dnabert", "esm") if k in padding)
+
+
 def footnotes(report: dict[str, Any]) -> list[str]:
-    """Why rows did not run, and what a starred frame count means."""
-    notes = [f"{r['config']}: {r['status']}: {r['reason']}" for r in report["results"] if r["status"] != "ok"]
-    if any(r["extrapolated"] for r in report["results"]):
+    """Why rows did not run or failed parity, and what the starred and derived columns mean."""
+    rows = report["results"]
+    notes = [f"{r['config']}: {r['status']}: {r['reason']}" for r in rows if r["status"] != "ok"]
+    for r in rows:
+        parity = r.get("parity") or {}
+        if r["status"] == "ok" and parity and not parity.get("passed", True):
+            notes.append(f"{r['config']}: parity FAILED ({parity.get('rule')}): {_parity_figures(parity)}")
+    if any(r["extrapolated"] for r in rows):
         notes.append(
             f"* timed on a subset of the {report['workload']['frames']:,} frames and extrapolated per frame"
         )
+    baselines = sorted(
+        f"{r['config']} vs {r['compile_baseline']}"
+        for r in rows
+        if r.get("compile_baseline") and r["compile_baseline"] != f"compile-{r['precision']}"
+    )
+    if baselines:
+        notes.append("vs compile: no compile row at their precision, compared with: " + ", ".join(baselines))
+    if any(r.get("padding") for r in rows):
+        notes.append("padding: padded tokens / computed tokens of the batches that ran, DNABERT-S/ESM-2")
     return notes
+
+
+def _parity_figures(parity: dict[str, Any]) -> str:
+    decisive = parity.get("decisive_label_agreement")
+    return (
+        f"DNABERT-S min cos {_number(parity.get('dnabert_min_cos'), 6)}, "
+        f"ESM-2 min cos {_number(parity.get('esm_min_cos'), 6)}, "
+        f"decisive labels {_number(None if decisive is None else 100 * decisive, 2)}%"
+    )
 
 
 def _title(report: dict[str, Any]) -> str:

@@ -2,9 +2,10 @@
 
 performance.md defines benchmarks by short reads (300 or 500 bp) and counts throughput in kept frames.
 Random DNA almost never keeps a 500 bp frame, so generated reads carry coding regions
-(:func:`~virnucpro_trt.sequences.synthetic.generate_reads`); a FASTA is read and validated like
-``predict`` reads it. The reads are held in memory: a benchmark input is small, and every configuration
-must start from exactly the same records.
+(:func:`~virnucpro_trt.sequences.synthetic.generate_reads`); their lengths follow a named mix (one
+length, 100-1000 bp, or 150 bp Illumina-like: ``LENGTH_MIXES``), so padding can be measured on realistic
+spreads too. A FASTA is read and validated like ``predict`` reads it. The reads are held in memory: a
+benchmark input is small, and every configuration must start from exactly the same records.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.sequences.prepare import prepare_blocks
 from virnucpro_trt.sequences.reader import SeqRecord, read_records
-from virnucpro_trt.sequences.synthetic import generate_reads
+from virnucpro_trt.sequences.synthetic import LENGTH_MIXES, generate_reads, mix_lengths
 
 DEFAULT_READS = 1000
 DEFAULT_READ_LENGTH = 500
@@ -64,6 +65,7 @@ class Workload:
             "reads": self.reads,
             "read_length": round(float(lengths.mean())) if self.reads else 0,
             "read_length_min": int(lengths.min()) if self.reads else 0,
+            "read_length_median": round(float(np.median(lengths))) if self.reads else 0,
             "read_length_max": int(lengths.max()) if self.reads else 0,
             "chunk_length": self.chunk_length,
             "frames": self.frames,
@@ -92,11 +94,27 @@ def generated_workload(
     seed: int = DEFAULT_SEED,
     coding_fraction: float = DEFAULT_CODING_FRACTION,
     chunk_length: int = 500,
+    length_mix: str = "fixed",
 ) -> Workload:
-    """Seeded synthetic reads with coding regions: the same arguments give the same reads everywhere."""
-    pairs = generate_reads(reads, read_length, seed=seed, coding_fraction=coding_fraction)
+    """Seeded synthetic reads with coding regions: the same arguments give the same reads everywhere.
+
+    ``length_mix`` names the read lengths (``read_length`` is the ``fixed`` mix's length); the fixed mix
+    makes exactly the reads it always made.
+    """
+    if length_mix not in LENGTH_MIXES:
+        raise UserError(f"--length-mix {length_mix}: expected one of {', '.join(LENGTH_MIXES)}")
+    mix = LENGTH_MIXES[length_mix]
+    lengths = None if length_mix == "fixed" else mix_lengths(length_mix, reads, seed, read_length)
+    pairs = generate_reads(
+        reads, read_length, seed=seed, coding_fraction=coding_fraction, n_rate=mix.n_rate, lengths=lengths
+    )
     records = [SeqRecord(i, rid, rid, seq) for i, (rid, seq) in enumerate(pairs)]
-    facts = {"seed": seed, "coding_fraction": coding_fraction}
+    facts = {
+        "seed": seed,
+        "coding_fraction": coding_fraction,
+        "length_mix": length_mix,
+        "length_mix_rule": mix.description if length_mix != "fixed" else f"every read {read_length} bp",
+    }
     return _checked(Workload(records, _count_frames(records, chunk_length), chunk_length, "generated", facts))
 
 

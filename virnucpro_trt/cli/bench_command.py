@@ -19,9 +19,24 @@ log = logging.getLogger("virnucpro_trt")
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _BACKENDS_HELP = (
     "Comma-separated configurations to compare with the reference: torch (eager PyTorch at --precision), "
-    "onnxruntime, inductor, tensorrt (engines built on the fly into --workdir by the real build code). "
-    "Default: all four; with --engines: torch."
+    "onnxruntime, inductor, tensorrt (engines built on the fly into --workdir by the real build code), "
+    "compile (the peer: the same models under torch.compile; fp8 through torchao's float8 quantisation). "
+    "Default: torch,onnxruntime,inductor,tensorrt; with --engines: torch."
 )
+_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "fp8")
+_RANDOM_SIZES = ("full", "tiny", "full-outliers", "tiny-outliers")  # bench/models.RANDOM_SIZES
+_LENGTH_MIXES = ("fixed", "mixed", "illumina")  # sequences/synthetic.LENGTH_MIXES
+
+
+def _precisions(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """One precision or several, comma-separated (each configuration runs at each)."""
+    names = [v.strip().lower() for v in value.split(",")]
+    bad = [n for n in names if n not in _PRECISIONS]
+    if bad or not any(names):
+        raise click.BadParameter(
+            f"{value!r}: expected one or more of {', '.join(_PRECISIONS)}, comma-separated", ctx, param
+        )
+    return ",".join(dict.fromkeys(names))
 
 
 def _usage(message: str) -> click.UsageError:
@@ -34,10 +49,13 @@ def _check_sources(
     read_length: int | None,
     models: dict[str, str | None],
     random_weights: str | None,
+    length_mix: str | None = None,
 ) -> None:
     """One workload source and one model source, or a usage error naming the conflict."""
-    if input_path is not None and (reads is not None or read_length is not None):
-        raise _usage("give INPUT or --reads/--read-length (generated reads), not both")
+    if input_path is not None and (reads is not None or read_length is not None or length_mix is not None):
+        raise _usage("give INPUT or --reads/--read-length/--length-mix (generated reads), not both")
+    if read_length is not None and length_mix not in (None, "fixed"):
+        raise _usage(f"--read-length sets the fixed mix's length; --length-mix {length_mix} has its own")
     named = [flag for flag, value in models.items() if value]
     if random_weights and named:
         raise _usage(f"--random-weights replaces the checkpoints: drop {', '.join(named)}")
@@ -45,7 +63,7 @@ def _check_sources(
         missing = [flag for flag, value in models.items() if not value]
         raise _usage(
             f"missing {', '.join(missing)} "
-            "(or --random-weights full|tiny for random weights of the real shapes)"
+            f"(or --random-weights {'|'.join(_RANDOM_SIZES)} for random weights of the real shapes)"
         )
 
 
@@ -56,6 +74,13 @@ def _check_sources(
 @click.option("--reads", type=click.IntRange(min=1), default=None, help="Generate N reads (default 1000).")
 @click.option(
     "--read-length", type=click.IntRange(min=1), default=None, help="Length of generated reads (default 500)."
+)
+@click.option(
+    "--length-mix",
+    type=click.Choice(_LENGTH_MIXES),
+    default=None,
+    help="Lengths of generated reads: fixed (--read-length, default), mixed (100-1000 bp, log-uniform) "
+    "or illumina (150 bp, 1 in 5 trimmed to 100-149 bp). The table and JSON report each encoder's padding.",
 )
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the generated reads.")
 @click.option(
@@ -71,18 +96,20 @@ def _check_sources(
 @click.option("--classifier", help="Upstream classifier (500_model.pth / 300_model.pth) or .safetensors.")
 @click.option(
     "--random-weights",
-    type=click.Choice(["full", "tiny"]),
+    type=click.Choice(_RANDOM_SIZES),
     default=None,
     help="Random weights in the real formats instead of checkpoints: full (DNABERT-S 12x768 + ESM-2 3B; "
-    "GPU speed work) or tiny (CPU tests).",
+    "GPU speed work) or tiny (CPU tests); -outliers: the same with a few LayerNorm gain channels scaled "
+    "20-50x, as trained models have (fp8 parity is judged on these too).",
 )
 @click.option("--backends", default=None, help=_BACKENDS_HELP)
 @click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "fp16", "bf16", "fp8"]),
     default="auto",
     show_default=True,
-    help="Precision of the torch and engine configurations (auto: bf16 on CUDA, fp32 on CPU). The "
+    callback=_precisions,
+    help="Precision of the torch, compile and engine configurations: auto (bf16 on CUDA, fp32 on CPU), "
+    "fp32, fp16, bf16, fp8, or several comma-separated (bf16,fp8: every configuration at each). The "
     "reference is always fp32.",
 )
 @click.option(
@@ -136,6 +163,7 @@ def bench(
     input_path: Path | None,
     reads: int | None,
     read_length: int | None,
+    length_mix: str | None,
     seed: int,
     coding_fraction: float,
     chunk_length: str,
@@ -172,6 +200,9 @@ def bench(
     GPU (see .github/workflows/gpu-bench.yml):
         virnucpro-trt bench --random-weights full --reads 20000 --backends torch,inductor,onnxruntime \\
             --precision bf16 --gate 3 --json bench.json --plot bench.png
+    Against torch.compile, in bf16 and fp8, on weights with outlier channels:
+        virnucpro-trt bench --random-weights full-outliers --reads 20000 --backends torch,compile,inductor \\
+            --precision bf16,fp8 --json bench.json
     """
     from virnucpro_trt.cli.logging_setup import setup_logging
 
@@ -183,6 +214,7 @@ def bench(
         read_length,
         {"--dnabert": dnabert, "--esm": esm, "--classifier": classifier},
         random_weights,
+        length_mix,
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model lookups never download
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -199,6 +231,7 @@ def bench(
         input=input_path,
         reads=reads or 1000,
         read_length=read_length or 500,
+        length_mix=length_mix or "fixed",
         seed=seed,
         coding_fraction=coding_fraction,
         chunk_length=int(chunk_length),

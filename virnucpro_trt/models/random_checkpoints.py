@@ -28,7 +28,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
 from virnucpro_trt.models.dnabert import DNABERT_S_CONFIG, DnabertConfig, DnabertEncoder
 from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG, Esm2Config, Esm2Encoder, default_inv_freq
-from virnucpro_trt.models.layers import init_random_
+from virnucpro_trt.models.layers import Fp32LayerNorm, init_random_
 from virnucpro_trt.models.tokenization import FAIR_ESM_ALPHABET
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "ESM2_T36_3B_CONFIG",
     "TINY_DNABERT_CONFIG",
     "TINY_ESM2_CONFIG",
+    "add_outlier_channels",
     "random_dna",
     "random_dnabert",
     "random_esm2",
@@ -135,6 +136,44 @@ def random_esm2(
     init_random_(model, _generator(device, seed))
     model.rotary.inv_freq = default_inv_freq(config.head_dim).half().float().to(device)
     return model.eval().requires_grad_(False)
+
+
+OUTLIER_GAINS = (20.0, 50.0)
+"""Range of the factor an outlier channel's LayerNorm gain is multiplied by."""
+
+
+def outlier_channel_count(width: int) -> int:
+    """A few channels: 4 of ESM-2 3B's 2560, 2 of DNABERT-S's 768 (and of a tiny model's 64)."""
+    return max(2, round(width / 640))
+
+
+def add_outlier_channels(model: torch.nn.Module, seed: int) -> dict[str, object]:
+    """Give ``model`` outlier channels, as trained transformers have: a few LayerNorm gains scaled 20-50x.
+
+    Why: a trained transformer's activations carry a handful of channels tens of times larger than the
+    rest, in the same channels layer after layer; random weights have none, so fp8 (one scale per token
+    row) looks better on them than on real weights. The channels (``outlier_channel_count``) and their
+    factors (uniform in :data:`OUTLIER_GAINS`) come from ``seed``; every LayerNorm is scaled in those
+    channels except the model's last one, whose output is pooled into the embedding rather than fed to
+    a linear layer. Changes ``model`` in place; returns what was done (for the checkpoint's marker).
+    """
+    norms = [m for m in model.modules() if isinstance(m, (Fp32LayerNorm, torch.nn.LayerNorm))]
+    if len(norms) < 2:
+        raise ValueError("the model has no LayerNorm that feeds a linear layer")
+    width = norms[0].weight.shape[0]
+    rng = np.random.default_rng(seed)
+    channels = np.sort(rng.choice(width, size=outlier_channel_count(width), replace=False))
+    factors = rng.uniform(*OUTLIER_GAINS, size=len(channels))
+    index = torch.as_tensor(channels, device=norms[0].weight.device)
+    with torch.no_grad():
+        for norm in norms[:-1]:
+            scale = torch.as_tensor(factors, dtype=norm.weight.dtype, device=norm.weight.device)
+            norm.weight[index] = norm.weight[index] * scale
+    return {
+        "channels": channels.tolist(),
+        "gain_factors": [round(float(f), 3) for f in factors],
+        "layer_norms_scaled": len(norms) - 1,
+    }
 
 
 # ----------------------------------------------------------------------------- state dicts in real layouts

@@ -5,17 +5,68 @@ benchmark made of random reads would measure a pipeline that keeps nothing. "Cod
 built from random *sense* codons in a random frame and strand, which guarantees at least one kept
 frame, and are mixed with random "non-coding" reads. Everything comes from one seeded numpy generator so
 the same arguments always give the same reads on every machine.
+
+Read lengths come from a named mix (:data:`LENGTH_MIXES`): one fixed length (the 300/500 bp workloads
+the performance goals are stated for), or realistic spreads that exercise padding and batching.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from virnucpro_trt.sequences.translation import CODON_TABLE
 
-__all__ = ["generate_reads", "write_fasta"]
+__all__ = ["LENGTH_MIXES", "LengthMix", "generate_reads", "mix_lengths", "write_fasta"]
+
+
+@dataclass(frozen=True)
+class LengthMix:
+    """A named distribution of read lengths (and the N rate that goes with it)."""
+
+    name: str
+    description: str
+    n_rate: float = 0.0
+
+
+LENGTH_MIXES: dict[str, LengthMix] = {
+    mix.name: mix
+    for mix in (
+        LengthMix("fixed", "every read the same length"),
+        LengthMix(
+            "mixed",
+            "100-1000 bp, log-uniform: short fragments are common, reads past the chunk length are chunked",
+        ),
+        LengthMix(
+            "illumina",
+            "150 bp Illumina-like: 1 read in 5 quality-trimmed to 100-149 bp, 1 base in 2000 an N",
+            n_rate=0.0005,
+        ),
+    )
+}
+MIXED_RANGE = (100, 1000)
+ILLUMINA_LENGTH = 150
+ILLUMINA_TRIMMED = (0.2, 100)  # share of reads trimmed, shortest trimmed length
+
+
+def mix_lengths(mix: str, n: int, seed: int, length: int = 500) -> np.ndarray:
+    """Per-read lengths (int64 [n]) of ``mix``; ``length`` is the ``fixed`` mix's. Deterministic per seed,
+    and drawn from their own stream so the reads' bases do not depend on the mix's draws."""
+    if mix not in LENGTH_MIXES:
+        raise ValueError(f"unknown length mix {mix!r}; known: {', '.join(LENGTH_MIXES)}")
+    rng = np.random.default_rng((seed, 0x1E))
+    if mix == "fixed":
+        return np.full(n, length, dtype=np.int64)
+    if mix == "mixed":
+        low, high = np.log(MIXED_RANGE[0]), np.log(MIXED_RANGE[1] + 1)
+        return np.minimum(np.exp(rng.uniform(low, high, size=n)).astype(np.int64), MIXED_RANGE[1])
+    share, shortest = ILLUMINA_TRIMMED
+    lengths = np.full(n, ILLUMINA_LENGTH, dtype=np.int64)
+    trimmed = rng.random(n) < share
+    lengths[trimmed] = rng.integers(shortest, ILLUMINA_LENGTH, size=int(trimmed.sum()))
+    return lengths
 
 _BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 _SENSE = np.array([list(c.encode()) for c, aa in sorted(CODON_TABLE.items()) if aa != "*"], dtype=np.uint8)
@@ -49,20 +100,24 @@ def generate_reads(
     lowercase_fraction: float = 0.0,
     n_rate: float = 0.0,
     prefix: str = "read",
+    lengths: np.ndarray | None = None,
 ) -> list[tuple[str, str]]:
     """Return ``n`` reads ``(id, sequence)`` of ``length`` bp, deterministic for a given ``seed``.
 
     ``coding_fraction`` of them are coding (see module docstring), the rest uniform random DNA. For
     tests, ``long_reads`` of them (chosen at random) are ``long_length`` bp instead (default 2.5 x
     ``length``, so they are chunked), ``lowercase_fraction`` of the reads are written in lower case, and
-    each base is replaced by ``N`` with probability ``n_rate``. Ids are ``<prefix>_<i>`` zero-padded.
+    each base is replaced by ``N`` with probability ``n_rate``. ``lengths`` (int [n], e.g. from
+    :func:`mix_lengths`) gives every read its own length instead. Ids are ``<prefix>_<i>`` zero-padded.
     """
     if n < 0 or length < 1:
         raise ValueError("n must be >= 0 and length >= 1")
+    if lengths is not None and (len(lengths) != n or (n and int(np.min(lengths)) < 1)):
+        raise ValueError("lengths must hold n positive lengths")
     rng = np.random.default_rng(seed)
     width = len(str(max(n - 1, 0)))
     is_coding = rng.random(n) < coding_fraction
-    lengths = np.full(n, length, dtype=np.int64)
+    lengths = np.full(n, length, dtype=np.int64) if lengths is None else np.array(lengths, dtype=np.int64)
     if long_reads:
         chosen = rng.choice(n, size=min(long_reads, n), replace=False)
         lengths[chosen] = long_length or (5 * length) // 2
