@@ -126,3 +126,51 @@ def test_runtime_scaling_split_over_calls(tmp_path: Path) -> None:
     wrong = [a if a != "64" else "96" for a in common]
     with pytest.raises(SystemExit, match="measured 64 reads, not 96"):
         script.main([*wrong, "--workers", "2", "--baseline", str(one_json)])
+
+
+def test_profile_esm2_tiny_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The profile script end to end on the CPU: eager, torch.compile and an AOTInductor engine built by
+    the real build code, CPU operator events classified, GEMM shapes with achieved and peak TFLOP/s,
+    fp8 rows unavailable with their reason, one JSON with the environment."""
+    out = tmp_path / "profile.json"
+    code = _script("profile_esm2").main(
+        [
+            "--tiny", "--precisions", "fp32,fp8", "--variants", "eager,compile,engine,fp8-linears",
+            "--build", "--workdir", str(tmp_path / "work"), "--tokens", "40", "--max-batch-tokens", "512",
+            "--warmup", "1", "--forwards", "1", "--profiled", "1", "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert {"torch", "cpu_count", "torchao"} <= set(report["environment"])
+    assert report["workload"]["batch"] == [512 // 40, 40]  # the project's batcher at this budget
+    classes = [c["class"] for c in report["kernel_classes"]]
+    assert classes == ["attention", "GEMM", "quantisation", "normalisation", "activation",
+                       "elementwise+copies", "other"]  # fmt: skip
+    rows = {f"{r['variant']}-{r['precision']}": r for r in report["variants"]}
+    assert list(rows) == [
+        "eager-fp32", "compile-fp32", "engine-fp32", "fp8-linears-fp32",
+        "eager-fp8", "compile-fp8", "engine-fp8", "fp8-linears-fp8",
+    ]  # fmt: skip
+    tokens = 12 * 40
+    for name in ("eager-fp32", "compile-fp32"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["forward_ms"] > 0 and row["proteins_per_s"] > 0
+        assert sum(c["ms"] for c in row["classes"].values()) == pytest.approx(row["kernel_ms"], abs=1e-3)
+        assert row["classes"]["GEMM"]["ms"] > 0 and row["classes"]["attention"]["ms"] > 0
+        assert row["shape_source"] == "profiler operators (input shapes)"
+        shapes = {g["linear"]: g for g in row["gemm_shapes"]}
+        assert set(shapes) == {"qkv", "out_proj", "fc1", "fc2"}
+        assert (shapes["fc1"]["m"], shapes["fc1"]["n"], shapes["fc1"]["k"]) == (tokens, 256, 64)
+        assert all(g["tflops"] > 0 and g["peak_tflops"] > 0 and g["calls"] == 2 for g in shapes.values())
+    assert rows["compile-fp32"]["facts"]["mode"] == "default" and rows["compile-fp32"]["facts"]["graphs"] >= 1
+    engine = rows["engine-fp32"]
+    assert engine["status"] == "ok" and engine["facts"]["source"] == "built"
+    assert engine["facts"]["backend"] == "inductor" and engine["facts"]["build_parity"]["passed"]
+    assert rows["fp8-linears-fp32"]["status"] == "unavailable"
+    for name in ("eager-fp8", "compile-fp8", "fp8-linears-fp8", "engine-fp8"):
+        assert rows[name]["status"] == "unavailable" and "compute capability" in rows[name]["reason"]
+    peaks = {(p["kind"], p["m"], p["n"], p["k"]): p["tflops"] for p in report["peaks"]["measured"]}
+    assert peaks[("fp32", tokens, 256, 64)] > 0
+    printed = capsys.readouterr().out
+    assert "eager-fp32" in printed and "TFLOP/s" in printed
