@@ -80,8 +80,12 @@ class CompiledPeer:
     _graphs_before: int = 0
 
     def finish(self) -> None:
-        """Record how many graphs Dynamo compiled and restore Inductor options the quantisation changed."""
+        """Record how many graphs Dynamo compiled, drop its caches (they hold the compiled models) and
+        restore the Inductor options the quantisation changed."""
+        import torch._dynamo
+
         self.facts["graphs"] = _unique_graphs() - self._graphs_before
+        torch._dynamo.reset()
         if self._inductor_before:
             torch._inductor.config.load_config(self._inductor_before)
             self._inductor_before = {}

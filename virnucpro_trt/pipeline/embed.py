@@ -19,7 +19,6 @@ from virnucpro_trt import __version__
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.encoders import open_models
 from virnucpro_trt.pipeline.inputs import materialise, validate_input
-from virnucpro_trt.runtime.embedding import embed_sequences
 from virnucpro_trt.sequences.reader import read_records
 from virnucpro_trt.settings import EmbedSettings
 
@@ -64,9 +63,7 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
                 emb = np.full((len(block), encoder.dim), np.nan, dtype=np.float32)
                 if nonempty:
                     tokens = encoder.tokenizer.encode_batch([seqs[i] for i in nonempty])
-                    emb[nonempty] = embed_sequences(
-                        encoder.backend, tokens, encoder.max_batch_tokens, [ids[i] for i in nonempty]
-                    )
+                    emb[nonempty] = encoder.embed(tokens, [ids[i] for i in nonempty])
                 writer.append(ids, emb, ["ok" if s else "empty" for s in seqs])
             writer.commit()
         return {"records": summary.records, "dim": encoder.dim, "empty": summary.empty_records}
