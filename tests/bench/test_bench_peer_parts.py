@@ -188,3 +188,15 @@ def test_fp8_rows_are_held_to_min_cosine_0_995_and_99_5_percent_of_decisive_labe
     assert parity["esm_min_cos"] == pytest.approx(cosine, abs=1e-5)
     assert parity["decisive_frames"] == 1000 and parity["decisive_label_agreement"] == 1 - flipped / 1000
     assert parity["passed"] is passed and "0.995" in parity["rule"]
+
+
+def test_the_cli_offers_the_names_the_package_accepts() -> None:
+    """The command module imports only click, so it spells the choices out; they must stay the package's."""
+    from virnucpro_trt.bench.configs import PRECISIONS
+    from virnucpro_trt.bench.models import RANDOM_SIZES
+    from virnucpro_trt.cli import bench_command
+    from virnucpro_trt.sequences.synthetic import LENGTH_MIXES
+
+    assert ("auto", *PRECISIONS) == bench_command._PRECISIONS
+    assert bench_command._RANDOM_SIZES == RANDOM_SIZES
+    assert tuple(LENGTH_MIXES) == bench_command._LENGTH_MIXES
