@@ -568,8 +568,12 @@ __all__ = ["EXIT_USAGE", "cli", "main"]
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (kept import-light: only click at import time)."""
     from virnucpro_trt.cli.bench_command import bench
+    from virnucpro_trt.cli.merge_command import merge
+    from virnucpro_trt.cli.split_command import split
+    from virnucpro_trt.cli.workflow_command import workflow
 
-    cli.add_command(bench)
+    for command in (bench, split, merge, workflow):
+        cli.add_command(command)
 
 
 _register_optional_commands()

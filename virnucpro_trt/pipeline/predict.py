@@ -35,6 +35,7 @@ from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES, merge_shard_results
 from virnucpro_trt.pipeline.encoders import engine_dir_for_run
 from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input
 from virnucpro_trt.pipeline.shard_predictor import COUNT_KEYS, STAGES, PredictShardJob
+from virnucpro_trt.pipeline.split_manifest import settings_for_input
 from virnucpro_trt.runtime.coordinator import (
     Coordinator,
     CoordinatorReport,
@@ -129,6 +130,7 @@ def _run(
     work = WorkDir(outdir)
     with timer.stage("hash_input"):
         sha256 = sha256_of(path)
+    settings = settings_for_input(settings, path, sha256)  # a part of a split: the split's shards
     resumed = work.open(sha256, settings.fingerprint(), settings.run.force)
     index = work.shard_index() if resumed else None
     if index is None:
@@ -176,7 +178,8 @@ def _validate_and_shard(
     """The validation pass, writing the input as shard files on the way; then the resume key."""
     folder = work.fresh_shards_folder()
     try:
-        splitter = ShardSplitter(folder, settings.shard_records)
+        layout = settings.part.shard_sizes() if settings.part else None
+        splitter = ShardSplitter(folder, settings.shard_records, layout)
         summary = validate_input(
             path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256
         )
