@@ -16,12 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import psutil  # a dependency of snakemake (dev extra)
 import pytest
 
 from tests.cli.helpers import run_cli
 from virnucpro_trt.demo import DemoInputs
-
-psutil = pytest.importorskip("psutil")  # a dependency of snakemake itself: present wherever it is
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = (
