@@ -202,8 +202,7 @@ def _difference(a: PartResult, b: PartResult) -> str | None:
     if ra["version"] != rb["version"]:
         return f"virnucpro-trt {ra['version']} vs {rb['version']}"
     for kind in ("dnabert", "esm"):
-        wa = (ra["models"].get(kind) or {}).get("weights_sha256")
-        wb = (rb["models"].get(kind) or {}).get("weights_sha256")
+        wa, wb = (_dict(r["models"].get(kind)).get("weights_sha256") for r in (ra, rb))
         if wa != wb:
             return f"{kind} weights differ ({str(wa)[:12]} vs {str(wb)[:12]})"
     ia, ib = ra.get("model_identity"), rb.get("model_identity")
@@ -218,6 +217,10 @@ def _difference(a: PartResult, b: PartResult) -> str | None:
     if settings_fingerprint(ra["settings"], True) != settings_fingerprint(rb["settings"], True):
         return f"settings differ ({_settings_diff(ra['settings'], rb['settings'])})"
     return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _settings_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
