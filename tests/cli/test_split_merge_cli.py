@@ -107,6 +107,7 @@ def default_shards(tiny_set, split_reads, tmp_path_factory):
     return _split_predict_merge(tiny_set, split_reads, root, ["--parts", "3", "--gzip"], [], [])
 
 
+@pytest.mark.slow
 def test_small_shards_merge_to_the_single_run_bytes(small_shards, split_reads):
     single, merged, outs, manifest = small_shards
     _assert_same_files(single, merged, embeddings=True)
@@ -138,6 +139,7 @@ def test_small_shards_merge_to_the_single_run_bytes(small_shards, split_reads):
     assert not list(merged.glob("*.partial")) and not (merged / ".work").exists()
 
 
+@pytest.mark.slow
 def test_default_shard_rule_and_gzip_parts_merge_to_the_single_run_bytes(default_shards):
     single, merged, outs, manifest = default_shards
     _assert_same_files(single, merged, embeddings=False)
@@ -147,6 +149,7 @@ def test_default_shard_rule_and_gzip_parts_merge_to_the_single_run_bytes(default
     assert _run(outs[0])["settings"]["part"]["index"] == 1
 
 
+@pytest.mark.slow
 def test_bases_cap_and_joined_pieces_are_reproduced(tiny_set, split_reads, tmp_path, monkeypatch):
     # Scaled-down constants (in-process runs): shards of 9 pieces of 16 records by the default rule,
     # closed earlier by the bases cap, so the whole input's shards have uneven sizes.
@@ -202,6 +205,7 @@ def _edited_copy(part: Path, dest: Path, edit) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_merge_refuses_incomplete_mixed_or_mismatched_parts(tiny_set, small_shards, default_shards, tmp_path):
     _, _, a, _ = small_shards
     _, _, b, _ = default_shards
