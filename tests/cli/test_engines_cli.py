@@ -44,7 +44,7 @@ def engine_dir(request, tiny_set, tmp_path_factory):
 
 def test_engine_directory_and_manifest(engine_dir):
     manifest = json.loads((engine_dir / "manifest.json").read_text())
-    assert manifest["schema"] == "virnucpro-trt/engine-manifest" and manifest["schema_version"] == 1
+    assert manifest["schema"] == "virnucpro-trt/engine-manifest" and manifest["schema_version"] == 2
     backend = manifest["backend"]
     ext = {"onnxruntime": "onnx", "inductor": "pt2"}[backend]
     assert manifest["precision"] == "fp32" and manifest["device"]["type"] == "cpu"
@@ -52,7 +52,8 @@ def test_engine_directory_and_manifest(engine_dir):
         entry = manifest["models"][kind]
         assert entry["artifact"] == f"{kind}.cpu.fp32.{ext}"
         assert (engine_dir / entry["artifact"]).is_file() and (engine_dir / entry["tokenizer"]).is_file()
-        assert len(entry["weights_sha256"]) == 64 and len(entry["artifact_sha256"]) == 64
+        assert len(entry["weights_sha256"]) == 64
+        assert sorted(entry["file_sha256"]) == sorted([entry["artifact"], *entry["files"], entry["tokenizer"]])
         assert entry["parity"]["passed"] and entry["parity"]["max_abs"] <= 1e-4
         assert entry["shapes"]["max_length"] == {"dnabert-s": 512, "esm2": 1026}[kind]
         assert entry["source_stamp"] and all(Path(p).is_absolute() for p in entry["source_stamp"])

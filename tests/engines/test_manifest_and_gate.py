@@ -15,7 +15,7 @@ from virnucpro_trt.engines.manifest import (
     Present,
     check_manifest,
     manifest_mismatches,
-    verify_artifacts,
+    verify_files,
 )
 from virnucpro_trt.engines.parity import compare, synthetic_sequences
 from virnucpro_trt.engines.spec import ShapeRange, artifact_name, default_shape_range
@@ -24,8 +24,21 @@ from virnucpro_trt.errors import EngineMismatchError, UserError
 H200 = {"type": "cuda", "arch": "sm90", "name": "NVIDIA H200", "compute_capability": "9.0"}
 
 
+FAKE_SHA = "0" * 64
+
+
 def _manifest(**overrides) -> EngineManifest:
     models = {
+        "dnabert-s": ModelEntry(
+            kind="dnabert-s",
+            artifact="dnabert-s.sm90.bf16.pt2",
+            weights_sha256="ddd",
+            source="/m/dnabert",
+            dim=768,
+            pad_id=3,
+            tokenizer="dnabert-s.tokenizer.json",
+            shapes={},
+        ),
         "esm2": ModelEntry(
             kind="esm2",
             artifact="esm2.sm90.bf16.pt2",
@@ -51,6 +64,8 @@ def _manifest(**overrides) -> EngineManifest:
         "models": models,
     }
     fields.update(overrides)
+    for entry in models.values():
+        entry.file_sha256 = dict.fromkeys(entry.file_names(), FAKE_SHA)
     return EngineManifest(**fields)
 
 
@@ -58,7 +73,7 @@ def test_round_trip(tmp_path):
     manifest = _manifest()
     manifest.write(tmp_path)
     data = json.loads((tmp_path / "manifest.json").read_text())
-    assert data["schema"] == "virnucpro-trt/engine-manifest" and data["schema_version"] == 1
+    assert data["schema"] == "virnucpro-trt/engine-manifest" and data["schema_version"] == 2
     back = EngineManifest.read(tmp_path)
     assert back.to_json() == manifest.to_json()
 
@@ -78,7 +93,7 @@ def test_compatible_present_has_no_mismatch():
         ),
         (Present(dict(H200), {"torch": "2.13.0"}, {}), "built with torch 2.11.0, found 2.13.0"),
         (Present(dict(H200), {"torch": "2.11.0"}, {"esm2": "bbb"}), "esm2 weights differ"),
-        (Present(dict(H200), {"torch": "2.11.0"}, {"dnabert-s": "x"}), "no dnabert-s model"),
+        (Present(dict(H200), {"torch": "2.11.0"}, {"dnabert-s": "x"}), "dnabert-s weights differ"),
     ],
 )
 def test_each_mismatch_is_named(present, needle, tmp_path):
@@ -107,13 +122,23 @@ def test_unreadable_or_foreign_manifests(tmp_path):
         EngineManifest.read(tmp_path)
 
 
-def test_verify_artifacts_names_the_missing_file(tmp_path):
-    (tmp_path / "esm2.sm90.bf16.pt2").write_bytes(b"x")
-    (tmp_path / "classifier.safetensors").write_bytes(b"x")
-    with pytest.raises(EngineMismatchError, match=r"esm2\.vocab\.txt"):
-        verify_artifacts(_manifest(), tmp_path)
-    (tmp_path / "esm2.vocab.txt").write_text("<cls>\n")
-    verify_artifacts(_manifest(), tmp_path)
+def test_verify_files_names_the_missing_file_and_the_damaged_one(tmp_path):
+    manifest = _manifest()
+    for entry in manifest.models.values():
+        for name in entry.file_names():
+            (tmp_path / name).write_bytes(name.encode())
+        entry.record_files(tmp_path)
+    (tmp_path / "esm2.vocab.txt").unlink()
+    with pytest.raises(EngineMismatchError, match=r"lacks esm2\.vocab\.txt"):
+        verify_files(manifest, tmp_path)
+    (tmp_path / "esm2.vocab.txt").write_bytes(b"esm2.vocab.txt")  # a new file, same bytes: hashed, accepted
+    verified = verify_files(manifest, tmp_path)
+    assert len(verified) == 5
+    (tmp_path / "esm2.sm90.bf16.pt2").write_bytes(b"esm2.sm90.bf16.pt3")  # same size, other bytes
+    with pytest.raises(EngineMismatchError, match=r"esm2\.sm90\.bf16\.pt2 \(esm2\) does not match"):
+        verify_files(manifest, tmp_path)
+    with pytest.raises(EngineMismatchError, match="does not match"):  # an earlier check's stamps: stale now
+        verify_files(manifest, tmp_path, verified)
 
 
 def test_shape_ranges_and_names():
