@@ -85,10 +85,13 @@ class PredictSettings:
     def fingerprint(self) -> str:
         """Hash of the settings that change results (not where they are written, nor by how many workers).
 
-        It is the resume key of ``OUTDIR/.work`` together with the input's SHA-256.
+        It is the resume key of ``OUTDIR/.work`` together with the input's SHA-256 and the model identity.
+        Model and engine paths stay out: the identity (content hashes) stands for them, so a moved
+        checkpoint folder still resumes while a file replaced at the same path does not.
         """
         data = self.to_json()
-        data.pop("outdir")
+        for path_setting in ("outdir", "dnabert", "esm", "classifier", "engines"):
+            data.pop(path_setting)
         data.pop("rebuild")
         data.pop("run")
         data["encoders"].pop("threads", None)

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from virnucpro_trt import __version__
-from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError
+from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError, describe_os_error
 from virnucpro_trt.settings import (
     ATTENTION_KERNELS,
     BACKENDS,
@@ -548,6 +548,10 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     except BrokenPipeError:
         code = 0
+    except OSError as exc:
+        known = describe_os_error(exc)
+        line, code = known if known else (f"unexpected failure: {type(exc).__name__}: {exc}", EXIT_FAILURE)
+        _report(f"error: {line}", exc, unexpected=known is None)
     except Exception as exc:  # unexpected: one line, the traceback in the log file / with -vv
         _report(f"error: unexpected failure: {type(exc).__name__}: {exc}", exc, unexpected=True)
         code = EXIT_FAILURE

@@ -119,6 +119,8 @@ def check_engine_set(
     worker loads on its own device.
     """
     manifest, verified = _check(folder, device, weights, rebuild, None)
+    # The classifier is small: read it now, so a bad one fails before any input is processed.
+    load_classifier_weights(folder / manifest.models["classifier"].artifact)
     return CheckedEngines(folder, manifest.identity(), verified)
 
 
