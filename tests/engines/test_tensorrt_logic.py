@@ -52,6 +52,7 @@ def _enum(name: str, members: tuple[str, ...]) -> type[enum.IntEnum]:
 class FakeProfile:
     def __init__(self) -> None:
         self.shapes: dict[str, tuple] = {}
+        self.extra_memory_target = 1.0  # TensorRT's default
 
     def set_shape(self, name: str, low, opt, high) -> None:
         self.shapes[name] = (low, opt, high)
@@ -281,6 +282,8 @@ def test_apply_plan_sets_profile_flags_pools_and_cache() -> None:
     assert len(config.profiles) == 2  # one TensorRT profile per derived profile, in order
     for made, wanted in zip(config.profiles, PROFILES, strict=True):
         assert made.shapes == {name: (wanted.min, wanted.opt, wanted.max) for name in INPUT_NAMES}
+    # Later profiles share the first one's weights instead of each taking a copy.
+    assert [made.extra_memory_target for made in config.profiles] == [1.0, 0.0]
     assert config.cleared == [trt.BuilderFlag.TF32] and config.set_calls == []
     assert config.previews == [(trt.PreviewFeature.RUNTIME_ACTIVATION_RESIZE_10_10, True)]
     assert config.pools == {trt.MemoryPoolType.WORKSPACE: 8 << 30}

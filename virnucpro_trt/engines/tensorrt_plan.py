@@ -93,6 +93,10 @@ class BuildPlan:
     workspace_bytes: int | None = None
     optimization_level: int | None = None
     profiles: list[Profile] = field(default_factory=list)
+    # IOptimizationProfile.extra_memory_target of every profile after the first: 0 asks TensorRT not to
+    # allocate more weight memory for it (the default, 1.0, lets each profile take up to a full copy,
+    # which for ESM-2 3B is 5.6 GB per profile). A hint: TensorRT does not promise to meet it.
+    extra_profile_memory: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -109,6 +113,7 @@ class BuildPlan:
             "workspace_bytes": self.workspace_bytes,
             "optimization_level": self.optimization_level,
             "profiles": [profile.to_json() for profile in self.profiles],
+            "extra_profile_memory": self.extra_profile_memory,
             "notes": self.notes,
         }
 
@@ -225,6 +230,8 @@ def apply_plan(trt: Any, builder: Any, config: Any, plan: BuildPlan, timing_cach
         profile = builder.create_optimization_profile()
         for name in INPUT_NAMES:  # set_shape raises on shapes TensorRT refuses
             profile.set_shape(name, shapes.min, shapes.opt, shapes.max)
+        if expected > 0:  # ignored by TensorRT for the first profile
+            profile.extra_memory_target = plan.extra_profile_memory
         index = config.add_optimization_profile(profile)
         if index != expected:  # -1: TensorRT found the profile invalid
             raise BuildError(
