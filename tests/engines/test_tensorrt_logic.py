@@ -527,6 +527,8 @@ def test_loading_without_any_tensorrt_runtime_is_one_clear_error(tmp_path: Path)
         pytest.skip("a TensorRT runtime is installed here")
     with pytest.raises(UserError, match=r"no TensorRT runtime here .*tensorrt_lean"):
         TENSORRT_BACKEND.load(tmp_path / "x.plan", "esm2", torch.device("cuda:0"), "bf16", 8, 1, SHAPES)
+    assert "no TensorRT runtime here" in (TENSORRT_BACKEND.run_problem(torch.device("cuda:0"), "bf16") or "")
+    assert "CUDA devices, not cpu" in (TENSORRT_BACKEND.run_problem(torch.device("cpu"), "fp32") or "")
 
 
 class FakeEngine:

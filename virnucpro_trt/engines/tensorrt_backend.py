@@ -259,15 +259,21 @@ class TensorRTBackend:
         pad_id: int,
         shapes: ShapeRange,
     ) -> TensorRTRunner:
+        problem = self.run_problem(device, precision)
+        if problem:
+            raise UserError(f"cannot run the {kind} TensorRT engine: {problem}")
+        return TensorRTRunner(Path(path), kind, device, dim, pad_id, shapes)
+
+    def run_problem(self, device: torch.device, precision: str) -> str | None:
+        """Why an existing plan cannot run here (loading needs no builder: the lean runtime will do for a
+        version-compatible plan), or ``None``."""
         if device.type != "cuda":
-            raise UserError(f"TensorRT engines run on CUDA devices, not {device}")
+            return f"TensorRT engines run on CUDA devices, not {device}"
         try:
             import_runtime()
         except ImportError as exc:
-            raise UserError(
-                f"cannot run the {kind} TensorRT engine: no TensorRT runtime here ({exc})"
-            ) from None
-        return TensorRTRunner(Path(path), kind, device, dim, pad_id, shapes)
+            return f"no TensorRT runtime here ({exc})"
+        return None
 
 
 def build_plan_file(
