@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -161,24 +162,59 @@ class _FakeBackend:
         return self.reason
 
 
-def test_auto_prefers_tensorrt_then_inductor_then_onnxruntime(monkeypatch):
+def test_auto_picks_only_verified_backends(monkeypatch, caplog):
     fakes = {
-        "tensorrt": _FakeBackend("tensorrt", "TensorRT is not importable here"),
-        "inductor": _FakeBackend("inductor", None),
+        "tensorrt": _FakeBackend("tensorrt", None),  # importable and able to build: still never auto
+        "inductor": _FakeBackend("inductor", "torch too old"),
         "onnxruntime": _FakeBackend("onnxruntime", None),
     }
     monkeypatch.setattr(registry, "get_backend", lambda name: fakes[name])
     backend, why = registry.choose_backend("auto", torch.device("cuda:0"), "bf16")
-    assert backend.name == "inductor" and "tensorrt: TensorRT is not importable" in why
-    fakes["tensorrt"].reason = None
-    assert registry.choose_backend("auto", torch.device("cuda:0"), "bf16")[0].name == "tensorrt"
+    assert backend.name == "onnxruntime" and "inductor: torch too old" in why
+    assert "tensorrt: not verified by the project" in why
+    fakes["inductor"].reason = None
+    assert registry.choose_backend("auto", torch.device("cuda:0"), "bf16")[0].name == "inductor"
     # On the CPU only ONNX Runtime is considered.
     assert registry.choose_backend("auto", torch.device("cpu"), "fp32")[0].name == "onnxruntime"
     fakes["onnxruntime"].reason = "not installed"
-    with pytest.raises(UserError, match="no engine backend"):
+    with pytest.raises(UserError, match="no verified engine backend"):
         registry.choose_backend("auto", torch.device("cpu"), "fp32")
     with pytest.raises(UserError, match="cannot build"):
         registry.choose_backend("onnxruntime", torch.device("cpu"), "fp32")
+    # Named, TensorRT is used, with one warning line saying it has never run.
+    with caplog.at_level("WARNING", logger="virnucpro_trt.engines.registry"):
+        backend, why = registry.choose_backend("tensorrt", torch.device("cuda:0"), "bf16")
+    assert backend.name == "tensorrt" and "never been run by this project" in why
+    (record,) = caplog.records
+    assert "\n" not in record.getMessage() and "TensorRT backend has never been run" in record.getMessage()
+
+
+def test_verification_table_drives_auto_and_its_help(monkeypatch):
+    assert registry.auto_candidates("cuda") == ("inductor", "onnxruntime")
+    assert registry.auto_candidates("cpu") == ("onnxruntime",)
+    assert registry.unverified_note("inductor") is None
+    assert "never been run" in (registry.unverified_note("tensorrt") or "")
+    text = registry.auto_help()
+    assert "AOTInductor then ONNX Runtime on CUDA" in text and "TensorRT only when named" in text
+    # The day the TensorRT job passes, marking it verified on CUDA makes auto prefer it.
+    verified = dataclasses.replace(registry.BACKENDS["tensorrt"], verified_on=("cuda",))
+    monkeypatch.setitem(registry.BACKENDS, "tensorrt", verified)
+    assert registry.auto_candidates("cuda") == ("tensorrt", "inductor", "onnxruntime")
+    assert "TensorRT then AOTInductor then ONNX Runtime on CUDA" in registry.auto_help()
+    assert registry.unverified_note("tensorrt") is None
+
+
+def test_cli_help_describes_auto_from_the_table():
+    from click.testing import CliRunner
+
+    from virnucpro_trt.cli.main import cli
+
+    for command in ("build", "predict"):
+        result = CliRunner().invoke(cli, [command, "--help"], terminal_width=400)
+        assert result.exit_code == 0
+        help_text = " ".join(result.output.split())
+        assert registry.auto_help() in help_text, command
+        assert "TensorRT where importable" not in help_text
 
 
 def test_parity_rules_can_fail():

@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from virnucpro_trt import __version__
+from virnucpro_trt.engines.registry import auto_help
 from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError, describe_os_error
 from virnucpro_trt.settings import (
     ATTENTION_KERNELS,
@@ -75,7 +76,8 @@ def encoder_options(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Choice(BACKENDS),
         default=None,
         help="torch (eager PyTorch, the default) or a compiled-engine backend (onnxruntime, inductor, "
-        "tensorrt, auto). Without --engines, engines are built into OUTDIR/engines and reused.",
+        f"tensorrt, auto). Without --engines, engines are built into OUTDIR/engines and reused. "
+        f"{auto_help()}",
     )
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
     @click.option(
@@ -399,7 +401,7 @@ def demo(
     type=click.Choice(["auto", "onnxruntime", "inductor", "tensorrt"]),
     default="auto",
     show_default=True,
-    help="auto: TensorRT where importable on CUDA, else AOTInductor on CUDA, else ONNX Runtime.",
+    help=auto_help(),
 )
 @click.option(
     "--precision", type=click.Choice(["fp32", "fp16", "bf16", "fp8"]), default="fp32", show_default=True

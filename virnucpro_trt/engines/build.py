@@ -126,6 +126,7 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
         workdir=out,
         timing_cache=out / "tensorrt.timing-cache",
         hardware_compatible=settings.hardware_compatible,
+        max_batch_tokens=budget,
         attention=settings.attention,
     )
     arch = arch_tag(device)
