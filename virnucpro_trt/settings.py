@@ -152,14 +152,17 @@ class PredictSettings:
     def fingerprint(self) -> str:
         """Hash of the settings that change results (not where they are written, nor by how many workers).
 
-        It is the resume key of ``OUTDIR/.work`` together with the input's SHA-256.
+        It is the resume key of ``OUTDIR/.work`` together with the input's SHA-256 and the model identity.
+        Model and engine paths stay out: the identity (content hashes) stands for them, so a moved
+        checkpoint folder still resumes while a file replaced at the same path does not.
         """
         return settings_fingerprint(self.to_json())
 
 
 # Settings that never change a result byte: where results go, rebuilding engines, how the run is carried
-# out, and the torch thread count (see RunControl).
-_NOT_RESULTS = ("outdir", "rebuild", "run")
+# out, the torch thread count (see RunControl), and where the input and the models are read from — their
+# content stands in the resume key instead (the input's SHA-256, the model identity).
+_NOT_RESULTS = ("outdir", "rebuild", "run", "input", "dnabert", "esm", "classifier", "engines")
 # What may differ between the parts of one split: the part itself (its file and shard layout) and
 # whether embeddings were saved (merge writes embeddings.h5 only when every part has them).
 _PER_PART = ("input", "part", "save_embeddings")

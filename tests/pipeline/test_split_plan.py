@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.pipeline.split import part_ranges
 from virnucpro_trt.pipeline.split_manifest import (
     MAX_SPLIT_JSON_BYTES,
@@ -19,7 +20,6 @@ from virnucpro_trt.pipeline.split_manifest import (
     run_length,
     write_split_manifest,
 )
-from virnucpro_trt.sequences.reader import sha256_of
 from virnucpro_trt.settings import SplitPart
 
 
@@ -68,7 +68,7 @@ def _manifest(tmp_path: Path) -> tuple[SplitManifest, Path]:
         path = folder / part_file_name(index, 3)
         layout = tuple(run_length([1] * records))
         entries.append(
-            PartEntry(index, path.name, sha256_of(path), path.stat().st_size, first, records, 6, 1, layout)
+            PartEntry(index, path.name, sha256_file(path), path.stat().st_size, first, records, 6, 1, layout)
         )
         first += records
     manifest = SplitManifest("in.fa", "a" * 64, 10, 2, 6, 1, 500, 1, 1, tuple(entries), "0.1.0")
@@ -79,17 +79,17 @@ def _manifest(tmp_path: Path) -> tuple[SplitManifest, Path]:
 def test_split_json_round_trip_and_part_lookup(tmp_path):
     manifest, folder = _manifest(tmp_path)
     assert read_split_manifest(folder / "split.json") == manifest
-    part = find_part(folder / "part-0001.fa", sha256_of(folder / "part-0001.fa"))
+    part = find_part(folder / "part-0001.fa", sha256_file(folder / "part-0001.fa"))
     assert isinstance(part, SplitPart) and part.index == 1 and part.shard_sizes() == [1, 1]
     assert SplitPart.from_json(json.loads(json.dumps(part.__dict__))) == part
     # two empty parts have the same bytes: the file name says which one
-    empty = sha256_of(folder / "part-0003.fa")
+    empty = sha256_file(folder / "part-0003.fa")
     assert find_part(folder / "part-0003.fa", empty).index == 3
     (folder / "renamed.fa").write_text("")
     with pytest.raises(SplitFileError, match="parts 2, 3"):
         find_part(folder / "renamed.fa", empty)
     (folder / "other.fa").write_text(">z\nA\n")  # not listed: an ordinary input
-    assert find_part(folder / "other.fa", sha256_of(folder / "other.fa")) is None
+    assert find_part(folder / "other.fa", sha256_file(folder / "other.fa")) is None
     assert find_part(tmp_path / "nowhere.fa", empty) is None
 
 

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -20,6 +20,7 @@ from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
+from virnucpro_trt.models.identity import WeightsIdentity
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 from virnucpro_trt.runtime.device import (
@@ -29,6 +30,9 @@ from virnucpro_trt.runtime.device import (
 )
 from virnucpro_trt.runtime.embedding import EmbeddingBackend, TorchBackend
 from virnucpro_trt.settings import EncoderSettings
+
+if TYPE_CHECKING:
+    from virnucpro_trt.engines.engine_set import CheckedEngines
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +64,33 @@ class RunModels:
     classifier_path: Path | None = None
     engine_dir: Path | None = None
     engine_build: dict[str, Any] = field(default_factory=dict)
+    engine_identity: str | None = None
+
+
+@dataclass(frozen=True)
+class RunWeights:
+    """What a run's coordinator checked before its workers open the models (they get it with the job).
+
+    ``weights``: per kind (``dnabert-s``, ``esm2``, ``classifier``) the identity of the checkpoint
+    named; ``engines``: the checked engine directory. Workers reuse both instead of hashing again, and a
+    file that changed since is refused rather than mixed into the results.
+    """
+
+    weights: dict[str, WeightsIdentity] = field(default_factory=dict)
+    engines: CheckedEngines | None = None
 
 
 def _load_eager(
-    kind: EncoderKind, spec: str, device: torch.device, dtype: torch.dtype, budget: int
+    kind: EncoderKind,
+    spec: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    budget: int,
+    known: WeightsIdentity | None = None,
 ) -> LoadedEncoder:
     started = time.perf_counter()
     path = resolve_model(spec, _RESOLVE_KIND[kind])
-    model, tokenizer, info, dim = load_encoder(kind, path)
+    model, tokenizer, info, dim = load_encoder(kind, path, known)
     info["spec"] = spec
     backend = TorchBackend(model, dim, tokenizer.pad_id, device, dtype)
     log.info(
@@ -88,13 +111,16 @@ def engine_dir_for_run(
     engines: Path | None,
     rebuild: bool,
     engine_cache: Path | None,
-) -> Path | None:
+    build: bool = True,
+) -> CheckedEngines | None:
     """The engine directory a multi-worker run loads, checked — and built when allowed — here, once.
 
     Called by the coordinator before any worker starts, because two workers must never build the same
-    directory at once. The workers then open it with ``open_models(..., engines=folder, rebuild=False)``
-    and without checkpoint names, so the checkpoints are hashed here, not once per GPU. Returns None for
-    eager PyTorch. Raises exactly what :func:`open_models` would (mismatch, not an engine directory...).
+    directory at once. The workers then open it with ``open_models(..., engines=folder, checked=...)``
+    and without checkpoint names, so the checkpoints and engine files are hashed here, not once per GPU.
+    Returns None for eager PyTorch. Raises exactly what :func:`open_models` would (mismatch, not an
+    engine directory, a damaged file...). ``build=False`` only checks: a directory that would need a
+    (re)build raises :class:`~virnucpro_trt.errors.EngineMismatchError`.
     """
     from virnucpro_trt.engines.engine_set import check_engine_set
 
@@ -103,8 +129,8 @@ def engine_dir_for_run(
         return None
     backend, folder = choice
     device = resolve_device(encoders.device)
-    may_rebuild = rebuild or engines is None
-    check_engine_set(
+    may_rebuild = build and (rebuild or engines is None)
+    checked = check_engine_set(
         folder,
         device,
         specs,
@@ -112,7 +138,7 @@ def engine_dir_for_run(
     )
     if device.type == "cuda":  # the build's models are gone; give their memory back to the workers
         torch.cuda.empty_cache()
-    return folder
+    return checked
 
 
 def _engine_choice(
@@ -155,19 +181,23 @@ def open_models(
     engines: Path | None = None,
     rebuild: bool = False,
     engine_cache: Path | None = None,
+    known: RunWeights | None = None,
 ) -> RunModels:
     """Load the encoders ``kinds`` (and the classifier) as the settings ask.
 
     ``specs`` maps ``dnabert-s``/``esm2``/``classifier`` to what the user named (None: not named; with
-    engines the directory's own copies are used).
+    engines the directory's own copies are used). ``known`` is what a run's coordinator already checked
+    (weights identities, or the engine directory): reused where the files are unchanged, refused where
+    they now hold something else.
     """
     device = resolve_device(encoders.device)
     torch.set_num_threads(encoders.threads or available_cpus())
     choice = _engine_choice(encoders, engines, engine_cache)
     if choice is None:
-        return _open_eager(encoders, specs, kinds, need_classifier, device)
+        return _open_eager(encoders, specs, kinds, need_classifier, device, known)
     backend, folder = choice
-    return _open_engines(encoders, specs, device, folder, rebuild or engines is None, backend)
+    checked = known.engines if known is not None else None
+    return _open_engines(encoders, specs, device, folder, rebuild or engines is None, backend, checked)
 
 
 def _open_eager(
@@ -176,6 +206,7 @@ def _open_eager(
     kinds: tuple[EncoderKind, ...],
     need_classifier: bool,
     device: torch.device,
+    known: RunWeights | None,
 ) -> RunModels:
     precision = encoders.precision or "fp32"
     dtype = resolve_dtype(precision, device)
@@ -185,8 +216,14 @@ def _open_eager(
     classifier = classifier_path = None
     if need_classifier:
         classifier_path = resolve_model(_required(specs, "classifier"), "classifier")
-        classifier = load_classifier_weights(classifier_path)
-    loaded = {kind: _load_eager(kind, _required(specs, kind), device, dtype, budget) for kind in kinds}
+        expected = known.weights.get("classifier") if known is not None else None
+        classifier = load_classifier_weights(classifier_path, expected)
+    loaded = {
+        kind: _load_eager(
+            kind, _required(specs, kind), device, dtype, budget, known.weights.get(kind) if known else None
+        )
+        for kind in kinds
+    }
     return RunModels(device, "torch", precision, loaded, classifier, classifier_path)
 
 
@@ -205,11 +242,12 @@ def _open_engines(
     folder: Path,
     may_rebuild: bool,
     backend: str,
+    checked: CheckedEngines | None,
 ) -> RunModels:
     from virnucpro_trt.engines.engine_set import open_engine_set
 
     rebuild = _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None
-    engine_set = open_engine_set(folder, device, specs, rebuild)
+    engine_set = open_engine_set(folder, device, specs, rebuild, checked)
     manifest = engine_set.manifest
     if encoders.precision and encoders.precision != manifest.precision:
         raise UserError(
@@ -232,4 +270,5 @@ def _open_engines(
         engine_set.classifier_path,
         engine_dir=folder,
         engine_build=manifest.build,
+        engine_identity=manifest.identity(),
     )

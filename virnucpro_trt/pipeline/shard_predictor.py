@@ -37,7 +37,7 @@ from virnucpro_trt.models.classifier import (
 from virnucpro_trt.outputs.shard_results import embeddings_npz, write_shard_results
 from virnucpro_trt.outputs.tables import write_frame_rows, write_sequence_rows
 from virnucpro_trt.outputs.upstream import ChunkMaxima, write_prediction_rows
-from virnucpro_trt.pipeline.encoders import LoadedEncoder, open_models
+from virnucpro_trt.pipeline.encoders import LoadedEncoder, RunWeights, open_models
 from virnucpro_trt.runtime.device import configure_fp32_reference, describe_device
 from virnucpro_trt.runtime.embedding import embed_sequences
 from virnucpro_trt.runtime.worker import ShardTask, WorkerSlot
@@ -65,7 +65,7 @@ class PredictShardJob:
     """Everything a worker needs to build its processor (sent to spawned workers, so picklable)."""
 
     settings: PredictSettings
-    engines: Path | None  # the checked engine directory, or None for eager PyTorch
+    known: RunWeights  # what the coordinator checked: weights identities, or the engine directory
     shards_dir: Path
     results_dir: Path
 
@@ -94,8 +94,11 @@ class PredictShardProcessor:
         encoders = dataclasses.replace(settings.encoders, device=slot.device, threads=slot.threads)
         named = {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier}
         # With engines, the coordinator already checked the named checkpoints against the manifest.
-        specs = named if job.engines is None else dict.fromkeys(named)
-        models = open_models(encoders, specs, ("dnabert-s", "esm2"), True, job.engines, rebuild=False)
+        engines = job.known.engines.folder if job.known.engines is not None else None
+        specs = named if engines is None else dict.fromkeys(named)
+        models = open_models(
+            encoders, specs, ("dnabert-s", "esm2"), True, engines, rebuild=False, known=job.known
+        )
         self.dnabert: LoadedEncoder = models.encoders["dnabert-s"]
         self.esm: LoadedEncoder = models.encoders["esm2"]
         weights, classifier_path = models.classifier, models.classifier_path

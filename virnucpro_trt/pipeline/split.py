@@ -31,6 +31,7 @@ from pathlib import Path
 
 from virnucpro_trt import __version__
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.pipeline.inputs import materialise, validate_input
 from virnucpro_trt.pipeline.split_manifest import (
     SPLIT_JSON,
@@ -43,7 +44,6 @@ from virnucpro_trt.pipeline.split_manifest import (
 from virnucpro_trt.runtime.coordinator import sigterm_as_interrupt
 from virnucpro_trt.runtime.resume import LOCK_FILE, outdir_lock
 from virnucpro_trt.runtime.shards import PlannedShard, ShardSplitter, append_files, default_shard_records
-from virnucpro_trt.sequences.reader import sha256_of
 from virnucpro_trt.settings import SplitSettings
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def _check_empty(outdir: Path) -> None:
 
 def _split(settings: SplitSettings, work: Path) -> SplitManifest:
     path, display = materialise(settings.input, work)
-    sha256 = sha256_of(path)
+    sha256 = sha256_file(path)
     splitter = ShardSplitter(work / "pieces", settings.shard_records, titles=True)
     summary = validate_input(path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256)
     planned = splitter.plan()
@@ -135,7 +135,7 @@ def _split(settings: SplitSettings, work: Path) -> SplitManifest:
             PartEntry(
                 index=index,
                 file=name,
-                sha256=sha256_of(work / name),
+                sha256=sha256_file(work / name),
                 size_bytes=(work / name).stat().st_size,
                 first_record=first,
                 records=records,

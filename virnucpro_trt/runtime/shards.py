@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from virnucpro_trt.errors import InputFormatError
+from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.sequences.prepare import PreparedBlock
 from virnucpro_trt.sequences.reader import SeqRecord
 
@@ -43,6 +45,7 @@ TARGET_SHARDS = 64
 MAX_SHARD_RECORDS = 16384
 MAX_SHARD_BASES = 32_000_000
 _WRITE_BUFFER = 1 << 20
+_SHARD_NAME = re.compile(r"shard-\d{6}\.fa")
 
 
 def default_shard_records(records: int) -> int:
@@ -263,9 +266,7 @@ def append_files(paths: Iterable[Path], out: Any, remove: bool = False) -> None:
 def write_shard_index(folder: Path, shards: list[ShardSpec], extra: dict[str, Any]) -> None:
     """``index.json`` beside the shard files: the shard list plus whatever the caller needs on resume."""
     data = {"schema": 1, "shards": [s.to_json() for s in shards], **extra}
-    tmp = folder / "index.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / "index.json")
+    write_text_atomic(folder / "index.json", json.dumps(data, indent=1) + "\n")
 
 
 def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | None:
@@ -276,7 +277,9 @@ def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | N
         if data.get("schema") != 1:
             return None
         shards = [ShardSpec.from_json(item) for item in data["shards"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        if not all(isinstance(s.file, str) and _SHARD_NAME.fullmatch(s.file) for s in shards):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     for shard in shards:
         path = folder / shard.file
