@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.outputs.atomic import ResultSet, write_text_atomic
+from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES
 from virnucpro_trt.outputs.part_merge import (
@@ -48,6 +49,7 @@ from virnucpro_trt.outputs.upstream import (
     PREDICTION_RESULTS,
 )
 from virnucpro_trt.pipeline.predict import EMBEDDINGS_H5, RUN_JSON
+from virnucpro_trt.pipeline.run_paths import check_run_paths
 from virnucpro_trt.runtime.resume import outdir_lock
 from virnucpro_trt.settings import MergeSettings, SplitPart, settings_fingerprint
 
@@ -86,8 +88,9 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
     """Check the parts, write the merged result files into ``settings.outdir``; returns run.json."""
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
-    parts = check_parts([read_part(folder) for folder in settings.parts])
     outdir = settings.outdir
+    check_run_paths([], [outdir / RUN_JSON])  # not inside another run's working area
+    parts = check_parts([read_part(folder) for folder in settings.parts])
     existing = [name for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5) if (outdir / name).exists()]
     if existing:
         raise MergeRefused(

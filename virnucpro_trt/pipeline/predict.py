@@ -202,7 +202,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     work = WorkDir(outdir)
     with timer.stage("hash_input"):
         sha256 = sha256_file(path)
-    settings = settings_for_input(settings, path, sha256)  # a part of a split: the split's shards
+    settings = ctx.settings = settings_for_input(settings, path, sha256)  # a part: the split's shards
     resumed = work.open(sha256, settings.fingerprint(), settings.run.force)
     index = work.shard_index() if resumed else None
     if index is None:

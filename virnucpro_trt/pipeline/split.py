@@ -15,7 +15,8 @@ plain or gzip (deterministic bytes: no name, no time stamp).
 
 Atomic: everything is written into ``PARTS_DIR/.split.work`` and moved into place only when every
 part is complete, ``split.json`` last. ``PARTS_DIR`` must be empty (a leftover ``.split.work`` of an
-interrupted split is removed), so parts of two splits never sit side by side.
+interrupted split is removed when it holds only names split writes; anything else is refused), so parts
+of two splits never sit side by side. An input inside ``PARTS_DIR`` is refused before anything is made.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import gzip as gzip_module
 import itertools
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from virnucpro_trt import __version__
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.pipeline.inputs import materialise, validate_input
+from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.pipeline.split_manifest import (
     SPLIT_JSON,
     PartEntry,
@@ -89,6 +92,8 @@ def run_split(settings: SplitSettings) -> SplitManifest:
     outdir = settings.outdir
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"{outdir}: exists and is not a folder")
+    check_input_file(settings.input)
+    check_run_paths([settings.input], [outdir / SPLIT_JSON], [outdir])
     created = not outdir.exists()
     outdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -106,9 +111,18 @@ def run_split(settings: SplitSettings) -> SplitManifest:
             outdir.rmdir()
 
 
+_OURS = re.compile(r"part-\d+\.fa(\.gz)?|stdin\.input|pieces|pieces/piece-\d{7}\.fa")
+
+
 def _check_empty(outdir: Path) -> None:
     leftover = outdir / SPLIT_WORK
     if leftover.is_dir() and not leftover.is_symlink():
+        found = [p for p in leftover.rglob("*")]
+        foreign = [p for p in found if p.is_symlink() or not _OURS.fullmatch(str(p.relative_to(leftover)))]
+        if foreign:
+            raise UserError(
+                f"{leftover} holds files split did not write ({foreign[0].name}); move them away first"
+            )
         log.info("removing %s, left by an interrupted split", leftover)
         shutil.rmtree(leftover)
     others = sorted(p.name for p in outdir.iterdir() if p.name != LOCK_FILE)
@@ -118,7 +132,7 @@ def _check_empty(outdir: Path) -> None:
 
 
 def _split(settings: SplitSettings, work: Path) -> SplitManifest:
-    path, display = materialise(settings.input, work)
+    path, display = materialise(settings.input, work / "stdin.input")
     sha256 = sha256_file(path)
     splitter = ShardSplitter(work / "pieces", settings.shard_records, titles=True)
     summary = validate_input(path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256)

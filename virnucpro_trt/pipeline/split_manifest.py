@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.outputs.atomic import write_text_atomic
+from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.settings import PredictSettings, SplitPart
 
 log = logging.getLogger(__name__)
