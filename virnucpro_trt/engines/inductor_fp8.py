@@ -48,19 +48,28 @@ class Fp8RowwiseLinear(nn.Module):
     weight: torch.Tensor
     weight_scale: torch.Tensor
 
-    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        fast_accum: bool = False,
+    ):
         super().__init__()
         self.register_buffer("weight", weight)  # [N, K] e4m3, row-major -> column-major operand via .t()
         self.register_buffer("weight_scale", weight_scale)  # [1, N] fp32
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.fast_accum = fast_accum  # cuBLASLt's fast fp8 accumulation (no periodic fp32 promotion)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, out_dtype: torch.dtype = torch.bfloat16) -> Fp8RowwiseLinear:
+    def from_linear(
+        cls, linear: nn.Linear, out_dtype: torch.dtype = torch.bfloat16, fast_accum: bool = False
+    ) -> Fp8RowwiseLinear:
         weight = linear.weight.detach().float()
         scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=AMAX_FLOOR) / FP8_MAX
         quantised = (weight / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
         bias = None if linear.bias is None else linear.bias.detach().to(out_dtype)
-        return cls(quantised.contiguous(), scale.t().contiguous(), bias)
+        return cls(quantised.contiguous(), scale.t().contiguous(), bias, fast_accum)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Fp8RowwiseLinear:
         # ``model.to(bf16)`` would turn the e4m3 weight (a floating dtype) and the fp32 scales into bf16;
@@ -76,17 +85,24 @@ class Fp8RowwiseLinear(nn.Module):
         scale = rows.abs().amax(dim=-1, keepdim=True).float().clamp(min=AMAX_FLOOR) / FP8_MAX
         quantised = (rows.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
         out = torch._scaled_mm(
-            quantised, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, out_dtype=x.dtype
+            quantised,
+            self.weight.t(),
+            scale_a=scale,
+            scale_b=self.weight_scale,
+            out_dtype=x.dtype,
+            use_fast_accum=self.fast_accum,
         )
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def extra_repr(self) -> str:
-        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, e4m3 row-wise"
+        out_features, in_features = self.weight.shape
+        accum = ", fast accumulation" if self.fast_accum else ""
+        return f"in_features={in_features}, out_features={out_features}, e4m3 row-wise{accum}"
 
 
-def convert_linears_to_fp8(model: nn.Module) -> int:
+def convert_linears_to_fp8(model: nn.Module, fast_accum: bool = False) -> int:
     """Replace (in place) every eligible ``nn.Linear`` of a bf16 model; returns how many were replaced."""
     targets = [
         (parent, name, child)
@@ -95,5 +111,5 @@ def convert_linears_to_fp8(model: nn.Module) -> int:
         if isinstance(child, nn.Linear) and child.in_features % 16 == 0 and child.out_features % 16 == 0
     ]
     for parent, name, child in targets:
-        setattr(parent, name, Fp8RowwiseLinear.from_linear(child, child.weight.dtype))
+        setattr(parent, name, Fp8RowwiseLinear.from_linear(child, child.weight.dtype, fast_accum))
     return len(targets)
