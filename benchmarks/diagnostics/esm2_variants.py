@@ -43,7 +43,7 @@ from virnucpro_trt.runtime.embedding import TorchBackend, embed_sequences
 
 @dataclass(frozen=True)
 class Variant:
-    precision: str  # bf16 | fp8
+    precision: str  # bf16 | fp8 | torchao-fp8 (the peer: torchao's float8 dynamic row-wise on our model)
     attention: str = "efficient"
     residual_fp32: bool = True
     fast_accum: bool = False
@@ -57,6 +57,7 @@ VARIANTS = {
     "fp8-fast": Variant("fp8", fast_accum=True),
     "fp8-fast-res16": Variant("fp8", fast_accum=True, residual_fp32=False),
     "fp8-fast-cudnn": Variant("fp8", attention="cudnn", fast_accum=True),
+    "torchao-fp8": Variant("torchao-fp8"),
 }
 
 # Kernel categories by name, first match wins (Inductor names its Triton kernels after the fused ops).
@@ -116,10 +117,14 @@ def profile_batch(tokens: list[np.ndarray], budget: int, pad_id: int) -> tuple[n
 def build_variant(reference: torch.nn.Module, variant: Variant, device: torch.device, compile_: bool) -> Any:
     model = copy.deepcopy(reference).to(dtype=torch.bfloat16)
     model.residual_fp32 = variant.residual_fp32
+    if variant.precision in ("fp8", "torchao-fp8") and (reason := fp8_unavailable_reason(device)):
+        raise RuntimeError(reason)
     if variant.precision == "fp8":
-        if (reason := fp8_unavailable_reason(device)) is not None:
-            raise RuntimeError(reason)
         convert_linears_to_fp8(model, fast_accum=variant.fast_accum)
+    elif variant.precision == "torchao-fp8":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
     if compile_:
         for layer in model.layers:  # regional: one layer's code serves all 36
             layer.compile()
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup_s=round(time.perf_counter() - started - sum(result.passes_s), 1),
                 median_s=round(result.median_s, 4),
                 proteins_per_s=round(len(tokens) / result.median_s, 1),
-                parity=compare(expected, result.results[-1][:ref_n], variant.precision).to_json(),
+                parity=compare(expected, result.results[-1][:ref_n], variant.precision[-4:]).to_json(),
             )
             if args.profile:
                 row["profile"] = kernel_breakdown(runner, profile_batch(tokens, budget, tokenizer.pad_id))
