@@ -32,7 +32,7 @@ from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.timing import measure
 from virnucpro_trt.bench.workload import frame_sequences
-from virnucpro_trt.engines.inductor_fp8 import convert_linears_to_fp8, fp8_unavailable_reason
+from virnucpro_trt.engines.inductor_fp8 import convert_linears_to_fp8, convert_to_fp8, fp8_unavailable_reason
 from virnucpro_trt.engines.parity import compare
 from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
 from virnucpro_trt.models.random_checkpoints import TINY_ESM2_CONFIG, random_esm2
@@ -43,7 +43,9 @@ from virnucpro_trt.runtime.embedding import TorchBackend, embed_sequences
 
 @dataclass(frozen=True)
 class Variant:
-    precision: str  # bf16 | fp8 | torchao-fp8 (the peer: torchao's float8 dynamic row-wise on our model)
+    # bf16 | fp8 (row-wise linears) | fp8-fused (the engine's: ESM-2 layers with fused input quantisation)
+    # | torchao-fp8 (the peer: torchao's float8 dynamic row-wise on our model)
+    precision: str
     attention: str = "efficient"
     residual_fp32: bool = True
     fast_accum: bool = False
@@ -57,6 +59,9 @@ VARIANTS = {
     "fp8-fast": Variant("fp8", fast_accum=True),
     "fp8-fast-res16": Variant("fp8", fast_accum=True, residual_fp32=False),
     "fp8-fast-cudnn": Variant("fp8", attention="cudnn", fast_accum=True),
+    "fp8-fused": Variant("fp8-fused", fast_accum=True),
+    "fp8-fused-res16": Variant("fp8-fused", fast_accum=True, residual_fp32=False),
+    "fp8-fused-cudnn": Variant("fp8-fused", attention="cudnn", fast_accum=True),
     "torchao-fp8": Variant("torchao-fp8"),
 }
 
@@ -117,10 +122,12 @@ def profile_batch(tokens: list[np.ndarray], budget: int, pad_id: int) -> tuple[n
 def build_variant(reference: torch.nn.Module, variant: Variant, device: torch.device, compile_: bool) -> Any:
     model = copy.deepcopy(reference).to(dtype=torch.bfloat16)
     model.residual_fp32 = variant.residual_fp32
-    if variant.precision in ("fp8", "torchao-fp8") and (reason := fp8_unavailable_reason(device)):
+    if variant.precision != "bf16" and (reason := fp8_unavailable_reason(device)):
         raise RuntimeError(reason)
     if variant.precision == "fp8":
         convert_linears_to_fp8(model, fast_accum=variant.fast_accum)
+    elif variant.precision == "fp8-fused":
+        convert_to_fp8(model, fast_accum=variant.fast_accum)
     elif variant.precision == "torchao-fp8":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
@@ -168,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants.split(","):
         variant = VARIANTS[name]
         row: dict[str, Any] = {"variant": name, **variant.__dict__}
+        gate_precision = "bf16" if variant.precision == "bf16" else "fp8"
         try:
             started = time.perf_counter()
             model = build_variant(reference, variant, device, not args.no_compile)
@@ -182,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 warmup_s=round(time.perf_counter() - started - sum(result.passes_s), 1),
                 median_s=round(result.median_s, 4),
                 proteins_per_s=round(len(tokens) / result.median_s, 1),
-                parity=compare(expected, result.results[-1][:ref_n], variant.precision[-4:]).to_json(),
+                parity=compare(expected, result.results[-1][:ref_n], gate_precision).to_json(),
             )
             if args.profile:
                 row["profile"] = kernel_breakdown(runner, profile_batch(tokens, budget, tokenizer.pad_id))

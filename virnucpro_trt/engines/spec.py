@@ -101,6 +101,8 @@ class BuildOptions:
     max_autotune: bool = False
     # AOTInductor on CUDA: the fused attention kernel baked into the engine (runtime/attention_kernel.py).
     attention: str = DEFAULT_ATTENTION
+    # AOTInductor fp8: cuBLASLt's fast fp8 accumulation in the row-wise GEMMs (engines/inductor_fp8.py).
+    fp8_fast_accum: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
