@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"variant": name, **variant.__dict__}
         gate_precision = "bf16" if variant.precision == "bf16" else "fp8"
         try:
+            torch._dynamo.reset()  # each variant traces anew (the attention choice is made while tracing)
             started = time.perf_counter()
             model = build_variant(reference, variant, device, not args.no_compile)
             runner = TorchBackend(model, config.embed_dim, tokenizer.pad_id, device, torch.bfloat16,
