@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["profile"] = kernel_breakdown(runner, profile_batch(tokens, budget, tokenizer.pad_id))
             del runner, model
         except Exception as exc:  # a failing variant is reported, the others still run
-            row.update(status="failed", error=f"{type(exc).__name__}: {str(exc)[:600]}")
+            text = str(exc)
+            row.update(status="failed", error=f"{type(exc).__name__}: {text[:300]} ... {text[-900:]}")
         if device.type == "cuda":
             torch.cuda.empty_cache()
         print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
