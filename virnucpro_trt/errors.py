@@ -8,6 +8,8 @@ summarised in one line.
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -59,3 +61,22 @@ class BuildError(RunFailure):
 
 class NonFiniteError(RunFailure):
     """A batch produced NaN or Inf: results would be silently wrong, so the batch fails."""
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def describe_os_error(exc: OSError) -> tuple[str, int] | None:
+    """One line and an exit code for the file-system failures users meet and can fix, else None.
+
+    A full disk (or quota, or file-size limit) is a failed run (exit 1): what finished is kept and a
+    rerun resumes. A read-only or forbidden location is a usage error (exit 2): choose another one.
+    """
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _NO_SPACE:
+        return f"{reason}{where}: free space (or raise the limit) and rerun the same command", EXIT_FAILURE
+    if exc.errno in _NOT_WRITABLE:
+        return f"cannot write{where}: {reason}; choose a location you can write to", EXIT_USAGE
+    return None

@@ -56,6 +56,71 @@ class RunControl:
 
 
 @dataclass(frozen=True)
+class SplitPart:
+    """Which part of which split a ``predict`` input is, and the shard layout it must be run with.
+
+    ``virnucpro-trt split`` cuts the input on the shard boundaries one ``predict`` of the whole input
+    would use and lists each part in ``split.json`` (pipeline/split_manifest.py); ``predict`` finds its
+    input there by SHA-256 and runs it with exactly those shards, which is what makes the merged parts
+    the same bytes as one run. ``layout`` is records per shard, run-length encoded as ``(records,
+    shards)`` pairs (nearly every shard of a split has the same size, so it stays a few pairs long).
+    """
+
+    split_id: str  # SHA-256 identifying the split (split.json's content)
+    index: int  # 1-based
+    parts: int
+    sha256: str  # this part file's
+    first_record: int  # 0-based index of its first record in the whole input
+    records: int
+    layout: tuple[tuple[int, int], ...]
+    shard_records: int | None  # what ``split --shard-records`` was given (None: the default rule)
+    records_per_shard: int  # the whole input's records per shard (that rule's value)
+    input: str  # the whole input, as split named it
+    input_sha256: str
+    input_size_bytes: int
+
+    def shard_sizes(self) -> list[int]:
+        """Records of each shard, in order (the layout expanded)."""
+        return [records for records, shards in self.layout for _ in range(shards)]
+
+    @classmethod
+    def from_json(cls, data: Any) -> SplitPart:
+        """Strictly typed, or ValueError naming the field (run.json of a part is read by ``merge``)."""
+        if not isinstance(data, dict) or set(data) != set(cls.__dataclass_fields__):
+            raise ValueError("part: not the expected fields")
+        for name in ("split_id", "sha256", "input_sha256"):
+            if not _is_sha256(data[name]):
+                raise ValueError(f"part.{name}: not a SHA-256")
+        for name in ("index", "parts", "first_record", "records", "records_per_shard", "input_size_bytes"):
+            if not _is_count(data[name]):
+                raise ValueError(f"part.{name}: not a non-negative integer")
+        if data["shard_records"] is not None and not _is_count(data["shard_records"], 1):
+            raise ValueError("part.shard_records: not a positive integer")
+        if not isinstance(data["input"], str):
+            raise ValueError("part.input: not a string")
+        if not 1 <= data["index"] <= data["parts"]:
+            raise ValueError("part.index: outside 1..parts")
+        layout = data["layout"]
+        pairs_ok = isinstance(layout, list | tuple) and all(
+            isinstance(pair, list | tuple) and len(pair) == 2 and all(_is_count(n, 1) for n in pair)
+            for pair in layout
+        )
+        if not pairs_ok:
+            raise ValueError("part.layout: not a list of [records, shards] pairs")
+        if sum(records * shards for records, shards in layout) != data["records"]:
+            raise ValueError("part.layout: does not add up to the part's records")
+        return cls(**{**data, "layout": tuple((int(r), int(n)) for r, n in layout)})
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _is_count(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+@dataclass(frozen=True)
 class PredictSettings:
     """Everything that decides what ``predict`` writes (plus, in ``run``, how the run is carried out)."""
 
@@ -73,6 +138,8 @@ class PredictSettings:
     # own, so this changes fp32 sums in the last bits: it is part of the fingerprint.
     shard_records: int | None = None
     run: RunControl = dataclasses.field(default_factory=RunControl)
+    # Set when the input is a part of a split (pipeline/split_manifest.py): its shards are the split's.
+    part: SplitPart | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -85,14 +152,36 @@ class PredictSettings:
     def fingerprint(self) -> str:
         """Hash of the settings that change results (not where they are written, nor by how many workers).
 
-        It is the resume key of ``OUTDIR/.work`` together with the input's SHA-256.
+        It is the resume key of ``OUTDIR/.work`` together with the input's SHA-256 and the model identity.
+        Model and engine paths stay out: the identity (content hashes) stands for them, so a moved
+        checkpoint folder still resumes while a file replaced at the same path does not.
         """
-        data = self.to_json()
-        data.pop("outdir")
-        data.pop("rebuild")
-        data.pop("run")
+        return settings_fingerprint(self.to_json())
+
+
+# Settings that never change a result byte: where results go, rebuilding engines, how the run is carried
+# out, the torch thread count (see RunControl), and where the input and the models are read from — their
+# content stands in the resume key instead (the input's SHA-256, the model identity).
+_NOT_RESULTS = ("outdir", "rebuild", "run", "input", "dnabert", "esm", "classifier", "engines")
+# What may differ between the parts of one split: the part itself (its file and shard layout) and
+# whether embeddings were saved (merge writes embeddings.h5 only when every part has them).
+_PER_PART = ("input", "part", "save_embeddings")
+
+
+def settings_fingerprint(settings: dict[str, Any], across_parts: bool = False) -> str:
+    """SHA-256 of the settings that change results, from :meth:`PredictSettings.to_json` (or run.json).
+
+    ``across_parts`` leaves out what the parts of one split may differ in, so ``merge`` can require the
+    rest to be the same for every part.
+    """
+    data = json.loads(json.dumps(settings))  # a deep copy, as JSON
+    for key in _NOT_RESULTS + (_PER_PART if across_parts else ()):
+        data.pop(key, None)
+    if data.get("part", 0) is None:  # not a part: the fingerprint a run had before splits existed
+        data.pop("part")
+    if isinstance(data.get("encoders"), dict):
         data["encoders"].pop("threads", None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -106,3 +195,24 @@ class EmbedSettings:
     encoders: EncoderSettings = dataclasses.field(default_factory=EncoderSettings)
     engines: Path | None = None
     rebuild: bool = False
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """``split``: the input, where the parts go, how many, and the shard rule they are cut on."""
+
+    input: str
+    outdir: Path
+    parts: int | None = None  # exactly this many parts (some empty when the input has fewer shards)
+    records_per_part: int | None = None  # or parts of about this many records
+    chunk_length: int = 500  # only for the kept-frame counts split.json reports per part
+    shard_records: int | None = None  # as predict's --shard-records (None: its default rule)
+    gzip: bool = False
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """``merge``: the output folders of every part's ``predict``, and where the merged results go."""
+
+    parts: tuple[Path, ...]
+    outdir: Path

@@ -1,4 +1,6 @@
-// Reading and checking an engine directory's manifest.json (schema virnucpro-trt/engine-manifest v1).
+// Reading and checking an engine directory's manifest.json (schema virnucpro-trt/engine-manifest v2).
+// The manifest is read as hostile input: every file it names must be a plain name inside the folder,
+// and every file must have the SHA-256 recorded beside it before anything is loaded.
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -25,7 +27,23 @@ namespace virnucpro {
 namespace {
 
 constexpr const char* kSchema = "virnucpro-trt/engine-manifest";
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
+
+// A plain file name: one path component, not "." or "..", no separator, no NUL.
+bool plain_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\\') == std::string::npos && name.find('\0') == std::string::npos;
+}
+
+// FOLDER/NAME resolved, when it stays inside FOLDER (symlinks followed); empty otherwise.
+std::filesystem::path inside(const std::filesystem::path& folder, const std::string& name) {
+  std::error_code ec;
+  const auto root = std::filesystem::weakly_canonical(folder, ec);
+  if (ec) return {};
+  const auto target = std::filesystem::weakly_canonical(folder / name, ec);
+  if (ec || target.parent_path() != root) return {};
+  return target;
+}
 
 // "2.11.0+cu130" -> "2.11.0": a libtorch build tag (+cpu, +cu130) does not change the package ABI the
 // engine was compiled against, the release does.
@@ -75,7 +93,14 @@ EngineManifest EngineManifest::read(const std::filesystem::path& folder) {
       ModelEntry e;
       e.kind = kind;
       e.artifact = entry.at("artifact").get<std::string>();
-      e.artifact_sha256 = entry.value("artifact_sha256", "");
+      e.file_sha256 = entry.at("file_sha256").get<std::map<std::string, std::string>>();
+      for (const auto& [name, sha] : e.file_sha256) {
+        if (!plain_name(name)) throw EngineMismatch(path.string() + ": '" + name + "' is not a plain file name");
+      }
+      if (!plain_name(e.artifact) || !e.file_sha256.count(e.artifact)) {
+        throw EngineMismatch(path.string() + ": the " + kind + " artifact '" + e.artifact +
+                             "' is not a plain file name with a recorded SHA-256");
+      }
       e.dim = entry.at("dim").get<int64_t>();
       e.pad_id = entry.at("pad_id").get<int64_t>();
       if (const auto s = entry.value("shapes", nlohmann::json()); s.is_object()) {  // encoders only
@@ -121,13 +146,20 @@ std::string EngineManifest::mismatches(const c10::Device& device, bool verify_fi
       problems.push_back(std::string("the engines hold no ") + kind + " model");
       continue;
     }
-    const auto file = folder / it->second.artifact;
-    if (!std::filesystem::is_regular_file(file)) {
-      problems.push_back(file.string() + " is missing");
-    } else if (verify_files && !it->second.artifact_sha256.empty()) {
-      const auto sha = file_sha256(file);
-      if (!sha.empty() && sha != it->second.artifact_sha256) {
-        problems.push_back(file.filename().string() + " does not match its sha256 in the manifest");
+    for (const auto& [name, recorded] : it->second.file_sha256) {
+      const auto file = inside(folder, name);
+      if (file.empty()) {
+        problems.push_back(name + " resolves outside " + folder.string() + " (refused)");
+      } else if (!std::filesystem::is_regular_file(file)) {
+        problems.push_back((folder / name).string() + " is missing");
+      } else if (verify_files) {
+        const auto sha = file_sha256(file);
+        if (sha.empty()) {
+          problems.push_back("this runtime was built without OpenSSL and cannot check " + name +
+                             " (rebuild it with OpenSSL, or pass --no-verify to trust the folder)");
+        } else if (sha != recorded) {
+          problems.push_back(name + " does not match its sha256 in the manifest");
+        }
       }
     }
   }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -44,7 +45,7 @@ def engine_dir(request, tiny_set, tmp_path_factory):
 
 def test_engine_directory_and_manifest(engine_dir):
     manifest = json.loads((engine_dir / "manifest.json").read_text())
-    assert manifest["schema"] == "virnucpro-trt/engine-manifest" and manifest["schema_version"] == 1
+    assert manifest["schema"] == "virnucpro-trt/engine-manifest" and manifest["schema_version"] == 2
     backend = manifest["backend"]
     ext = {"onnxruntime": "onnx", "inductor": "pt2"}[backend]
     assert manifest["precision"] == "fp32" and manifest["device"]["type"] == "cpu"
@@ -52,7 +53,9 @@ def test_engine_directory_and_manifest(engine_dir):
         entry = manifest["models"][kind]
         assert entry["artifact"] == f"{kind}.cpu.fp32.{ext}"
         assert (engine_dir / entry["artifact"]).is_file() and (engine_dir / entry["tokenizer"]).is_file()
-        assert len(entry["weights_sha256"]) == 64 and len(entry["artifact_sha256"]) == 64
+        assert len(entry["weights_sha256"]) == 64
+        files = [entry["artifact"], *entry["files"], entry["tokenizer"]]
+        assert sorted(entry["file_sha256"]) == sorted(files) and len(entry["file_stamps"]) == len(files)
         assert entry["parity"]["passed"] and entry["parity"]["max_abs"] <= 1e-4
         assert entry["shapes"]["max_length"] == {"dnabert-s": 512, "esm2": 1026}[kind]
         assert entry["source_stamp"] and all(Path(p).is_absolute() for p in entry["source_stamp"])
@@ -185,3 +188,98 @@ def test_bf16_on_cpu_onnxruntime_is_refused_with_the_reason(tiny_set, tmp_path):
     assert result.code == 2 and "bf16" in result.stderr
     result = _build(tiny_set, tmp_path / "e", "tensorrt")
     assert result.code == 2 and "TensorRT" in result.stderr
+
+
+# -- an engine directory is checked as hostile input ------------------------------------------------------
+
+
+def _copy_engines(engine_dir: Path, dest: Path) -> Path:
+    shutil.copytree(engine_dir, dest, symlinks=True)
+    return dest
+
+
+def _edit_manifest(folder: Path, kind: str, **changes) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["models"][kind].update(changes)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _refused(result, needle: str) -> None:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.code == 2 and len(errors) == 1 and needle in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _predict_with(engines: Path, reads: Path, out: Path):
+    return run_cli("predict", str(reads), "-o", str(out), "--engines", str(engines), *BATCHING)
+
+
+def test_a_flipped_classifier_in_an_engine_directory_is_refused(engine_dir, reads_fasta, tmp_path):
+    """The attack: swap the two output rows of classifier.safetensors, which inverts every label."""
+    from safetensors.torch import load_file, save_file
+
+    engines = _copy_engines(engine_dir, tmp_path / "engines")
+    path = engines / "classifier.safetensors"
+    tensors = load_file(path)
+    tensors["output_layer.weight"] = tensors["output_layer.weight"].flip(0).contiguous()
+    tensors["output_layer.bias"] = tensors["output_layer.bias"].flip(0).contiguous()
+    save_file(tensors, path, metadata={"format": "virnucpro-classifier", "version": "1", "bn_eps": "1e-05"})
+    result = _predict_with(engines, reads_fasta, tmp_path / "out")
+    _refused(result, "classifier.safetensors (classifier) does not match")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_edited_encoder_artifact_is_refused(engine_dir, reads_fasta, tmp_path):
+    engines = _copy_engines(engine_dir, tmp_path / "engines")
+    artifact = engines / json.loads((engines / "manifest.json").read_text())["models"]["esm2"]["artifact"]
+    if artifact.suffix == ".onnx":  # a still-valid model with one initializer changed
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(artifact)
+        init = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+        onnx.save(model, artifact)
+    else:
+        data = bytearray(artifact.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        artifact.write_bytes(bytes(data))
+    _refused(_predict_with(engines, reads_fasta, tmp_path / "out"), f"{artifact.name} (esm2) does not match")
+
+
+def test_manifest_names_leading_out_of_the_folder_are_refused(engine_dir, reads_fasta, tmp_path):
+    """An attacker who edits the manifest (hashes included) still cannot point it at a file elsewhere:
+    for a .pt2 that file would be native code."""
+    engines = _copy_engines(engine_dir, tmp_path / "engines")
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    entry = json.loads((engines / "manifest.json").read_text())["models"]["esm2"]
+    outside = elsewhere / entry["artifact"]
+    shutil.copyfile(engines / entry["artifact"], outside)
+    sha = entry["file_sha256"][entry["artifact"]]
+    others = {k: v for k, v in entry["file_sha256"].items() if k != entry["artifact"]}
+    for name in (str(outside), f"../other/{outside.name}"):
+        _edit_manifest(engines, "esm2", artifact=name, file_sha256={**others, name: sha})
+        _refused(_predict_with(engines, reads_fasta, tmp_path / "out"), "not a plain file name")
+    (engines / "link.bin").symlink_to(outside)
+    _edit_manifest(engines, "esm2", artifact="link.bin", file_sha256={**others, "link.bin": sha})
+    _refused(_predict_with(engines, reads_fasta, tmp_path / "out"), "resolves to")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_torchscript_classifier_named_by_the_manifest_never_runs(engine_dir, reads_fasta, tmp_path):
+    from tests.models.torchscript_payload import write_payload_archive
+    from virnucpro_trt.files.digests import sha256_file
+
+    marker = tmp_path / "marker"
+    for name in ("classifier.pth", "classifier.safetensors"):
+        engines = _copy_engines(engine_dir, tmp_path / f"engines-{name}")
+        (engines / "classifier.safetensors").unlink()
+        archive = write_payload_archive(engines / name, marker)
+        _edit_manifest(engines, "classifier", artifact=name, file_sha256={name: sha256_file(archive)})
+        result = _predict_with(engines, reads_fasta, tmp_path / "out")
+        _refused(result, "classifier")
+        assert marker.read_bytes() == b"x" * 16 and not (tmp_path / "out").exists()
+    assert "must be .safetensors" in _predict_with(
+        tmp_path / "engines-classifier.pth", reads_fasta, tmp_path / "out"
+    ).stderr

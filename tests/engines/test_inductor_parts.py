@@ -9,9 +9,15 @@ import pytest
 import torch
 from torch import nn
 
+from virnucpro_trt.engines.fp8_quantize import BIAS_GELU, IDENTITY, LAYERNORM, quantize_rows_reference
 from virnucpro_trt.engines.inductor_backend import _export
 from virnucpro_trt.engines.inductor_configs import inductor_configs
-from virnucpro_trt.engines.inductor_fp8 import Fp8RowwiseLinear, convert_linears_to_fp8
+from virnucpro_trt.engines.inductor_fp8 import (
+    Fp8Esm2Layer,
+    Fp8RowwiseLinear,
+    convert_linears_to_fp8,
+    convert_to_fp8,
+)
 from virnucpro_trt.engines.inductor_model import device_copy
 from virnucpro_trt.engines.inductor_shapes import GraphShapes, exported_bounds, tile_example
 from virnucpro_trt.engines.spec import BuildOptions, ShapeRange, default_shape_range
@@ -153,6 +159,47 @@ def test_fp8_model_survives_casts_and_exports() -> None:
     assert cosine.min() > 0.999
 
 
+@pytest.mark.parametrize("mode", [IDENTITY, LAYERNORM, BIAS_GELU])
+def test_fused_quantisation_reference_is_the_op_then_rowwise_e4m3(mode: int) -> None:
+    gen = torch.Generator().manual_seed(mode)
+    x = torch.randn(3, 7, 96, generator=gen) * 3
+    weight, bias = 1 + 0.1 * torch.randn(96, generator=gen), 0.1 * torch.randn(96, generator=gen)
+    q, scale = quantize_rows_reference(x, mode, weight, bias, 1e-5)
+    rows = x.reshape(-1, 96)
+    op = {
+        IDENTITY: lambda r: r,
+        LAYERNORM: lambda r: nn.functional.layer_norm(r, (96,), weight, bias, 1e-5),
+        BIAS_GELU: lambda r: nn.functional.gelu(r + bias),
+    }[mode](rows)
+    assert q.dtype == torch.float8_e4m3fn and q.shape == (21, 96) and scale.shape == (21, 1)
+    assert torch.allclose(scale, op.abs().amax(-1, keepdim=True) / 448)
+    assert (q.float().abs().amax(-1) == 448).all()  # every row uses the full e4m3 range
+    assert ((q.float() * scale - op).norm() / op.norm()) < 0.04
+
+
+@needs_cpu_fp8
+def test_fused_fp8_esm2_layers_compute_what_fp8_linears_do() -> None:
+    """The engine's ESM-2 layers (input quantisation fused with LayerNorm/GELU) against the plain fp8
+    linears and the fp32 model: the fusion changes only where the bf16 rounding before quantising was."""
+    plain = device_copy(random_esm2(seed=7), CPU, torch.bfloat16)
+    fused = device_copy(random_esm2(seed=7), CPU, torch.bfloat16)
+    assert convert_linears_to_fp8(plain) == 8 and convert_to_fp8(fused, fast_accum=False) == 8
+    assert all(isinstance(layer, Fp8Esm2Layer) for layer in fused.layers)
+    ids, mask = torch.randint(4, 24, (3, 30)), torch.ones(3, 30, dtype=torch.bool)
+    mask[1, 20:] = False
+    with torch.no_grad():
+        reference, a, b = random_esm2(seed=7)(ids, mask), plain(ids, mask), fused(ids, mask)
+    cosine = nn.functional.cosine_similarity
+    assert cosine(a, b).min() > 0.9999
+    assert cosine(b, reference).min() > 0.999
+    shapes = ShapeRange(1, 4, 8, 2, 20, 40)
+    example = tile_example((torch.randint(4, 24, (2, 9)), torch.ones(2, 9, dtype=torch.int64)), 4, 24)
+    dynamic = GraphShapes.plan(shapes, 8).dynamic_shapes()
+    program = torch.export.export(fused, example, dynamic_shapes=dynamic, strict=False)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "aten._scaled_mm.default" in targets
+
+
 def test_export_falls_back_to_a_batch_floor_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
     """An exporter that refuses a dynamic batch starting at 1 gets batch >= 2 (the runner pads batch 1)."""
     real_export = torch.export.export
@@ -181,3 +228,23 @@ def test_export_errors_become_one_line_build_errors(monkeypatch: pytest.MonkeyPa
         BuildError, match=r"^torch.export failed for esm2 \(fp32\): RuntimeError: data-dependent branch$"
     ):
         _export(random_esm2(seed=8), example, GraphShapes.plan(shapes, 1), "esm2 (fp32)")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
+@pytest.mark.parametrize("mode", [IDENTITY, LAYERNORM, BIAS_GELU])
+@pytest.mark.parametrize("cols", [64, 2560, 10240])
+def test_the_triton_kernel_quantises_like_the_reference(mode: int, cols: int) -> None:
+    from virnucpro_trt.engines.fp8_quantize import quantize_rows
+
+    cuda = torch.device("cuda", 0)
+    gen = torch.Generator(device=cuda).manual_seed(cols + mode)
+    x = (torch.randn(333, cols, generator=gen, device=cuda) * 2).to(torch.bfloat16)
+    weight = (1 + 0.1 * torch.randn(cols, generator=gen, device=cuda)).to(torch.bfloat16)
+    bias = (0.1 * torch.randn(cols, generator=gen, device=cuda)).to(torch.bfloat16)
+    q, scale = quantize_rows(x, mode, weight, bias, 1e-5, kernel=True)
+    want_q, want_scale = quantize_rows_reference(x, mode, weight, bias, 1e-5)
+    torch.testing.assert_close(scale, want_scale, rtol=1e-5, atol=0)
+    differ = (q.float() != want_q.float()).float().mean().item()
+    assert differ < 1e-3  # e4m3 ties and erf/rsqrt ulps only
+    assert (q.float() * scale - want_q.float() * want_scale).abs().max() <= 2 * want_scale.max() * 32

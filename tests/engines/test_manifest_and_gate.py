@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from virnucpro_trt.engines.manifest import (
     Present,
     check_manifest,
     manifest_mismatches,
-    verify_artifacts,
+    verify_files,
 )
 from virnucpro_trt.engines.parity import compare, synthetic_sequences
 from virnucpro_trt.engines.spec import ShapeRange, artifact_name, default_shape_range
@@ -24,8 +25,21 @@ from virnucpro_trt.errors import EngineMismatchError, UserError
 H200 = {"type": "cuda", "arch": "sm90", "name": "NVIDIA H200", "compute_capability": "9.0"}
 
 
+FAKE_SHA = "0" * 64
+
+
 def _manifest(**overrides) -> EngineManifest:
     models = {
+        "dnabert-s": ModelEntry(
+            kind="dnabert-s",
+            artifact="dnabert-s.sm90.bf16.pt2",
+            weights_sha256="ddd",
+            source="/m/dnabert",
+            dim=768,
+            pad_id=3,
+            tokenizer="dnabert-s.tokenizer.json",
+            shapes={},
+        ),
         "esm2": ModelEntry(
             kind="esm2",
             artifact="esm2.sm90.bf16.pt2",
@@ -51,6 +65,8 @@ def _manifest(**overrides) -> EngineManifest:
         "models": models,
     }
     fields.update(overrides)
+    for entry in models.values():
+        entry.file_sha256 = dict.fromkeys(entry.file_names(), FAKE_SHA)
     return EngineManifest(**fields)
 
 
@@ -58,7 +74,7 @@ def test_round_trip(tmp_path):
     manifest = _manifest()
     manifest.write(tmp_path)
     data = json.loads((tmp_path / "manifest.json").read_text())
-    assert data["schema"] == "virnucpro-trt/engine-manifest" and data["schema_version"] == 1
+    assert data["schema"] == "virnucpro-trt/engine-manifest" and data["schema_version"] == 2
     back = EngineManifest.read(tmp_path)
     assert back.to_json() == manifest.to_json()
 
@@ -78,7 +94,7 @@ def test_compatible_present_has_no_mismatch():
         ),
         (Present(dict(H200), {"torch": "2.13.0"}, {}), "built with torch 2.11.0, found 2.13.0"),
         (Present(dict(H200), {"torch": "2.11.0"}, {"esm2": "bbb"}), "esm2 weights differ"),
-        (Present(dict(H200), {"torch": "2.11.0"}, {"dnabert-s": "x"}), "no dnabert-s model"),
+        (Present(dict(H200), {"torch": "2.11.0"}, {"dnabert-s": "x"}), "dnabert-s weights differ"),
     ],
 )
 def test_each_mismatch_is_named(present, needle, tmp_path):
@@ -107,13 +123,23 @@ def test_unreadable_or_foreign_manifests(tmp_path):
         EngineManifest.read(tmp_path)
 
 
-def test_verify_artifacts_names_the_missing_file(tmp_path):
-    (tmp_path / "esm2.sm90.bf16.pt2").write_bytes(b"x")
-    (tmp_path / "classifier.safetensors").write_bytes(b"x")
-    with pytest.raises(EngineMismatchError, match=r"esm2\.vocab\.txt"):
-        verify_artifacts(_manifest(), tmp_path)
-    (tmp_path / "esm2.vocab.txt").write_text("<cls>\n")
-    verify_artifacts(_manifest(), tmp_path)
+def test_verify_files_names_the_missing_file_and_the_damaged_one(tmp_path):
+    manifest = _manifest()
+    for entry in manifest.models.values():
+        for name in entry.file_names():
+            (tmp_path / name).write_bytes(name.encode())
+        entry.record_files(tmp_path)
+    (tmp_path / "esm2.vocab.txt").unlink()
+    with pytest.raises(EngineMismatchError, match=r"lacks esm2\.vocab\.txt"):
+        verify_files(manifest, tmp_path)
+    (tmp_path / "esm2.vocab.txt").write_bytes(b"esm2.vocab.txt")  # a new file, same bytes: hashed, accepted
+    verified = verify_files(manifest, tmp_path)
+    assert len(verified) == 5
+    (tmp_path / "esm2.sm90.bf16.pt2").write_bytes(b"esm2.sm90.bf16.pt3")  # same size, other bytes
+    with pytest.raises(EngineMismatchError, match=r"esm2\.sm90\.bf16\.pt2 \(esm2\) does not match"):
+        verify_files(manifest, tmp_path)
+    with pytest.raises(EngineMismatchError, match="does not match"):  # an earlier check's stamps: stale now
+        verify_files(manifest, tmp_path, verified)
 
 
 def test_shape_ranges_and_names():
@@ -136,24 +162,59 @@ class _FakeBackend:
         return self.reason
 
 
-def test_auto_prefers_tensorrt_then_inductor_then_onnxruntime(monkeypatch):
+def test_auto_picks_only_verified_backends(monkeypatch, caplog):
     fakes = {
-        "tensorrt": _FakeBackend("tensorrt", "TensorRT is not importable here"),
-        "inductor": _FakeBackend("inductor", None),
+        "tensorrt": _FakeBackend("tensorrt", None),  # importable and able to build: still never auto
+        "inductor": _FakeBackend("inductor", "torch too old"),
         "onnxruntime": _FakeBackend("onnxruntime", None),
     }
     monkeypatch.setattr(registry, "get_backend", lambda name: fakes[name])
     backend, why = registry.choose_backend("auto", torch.device("cuda:0"), "bf16")
-    assert backend.name == "inductor" and "tensorrt: TensorRT is not importable" in why
-    fakes["tensorrt"].reason = None
-    assert registry.choose_backend("auto", torch.device("cuda:0"), "bf16")[0].name == "tensorrt"
+    assert backend.name == "onnxruntime" and "inductor: torch too old" in why
+    assert "tensorrt: not verified by the project" in why
+    fakes["inductor"].reason = None
+    assert registry.choose_backend("auto", torch.device("cuda:0"), "bf16")[0].name == "inductor"
     # On the CPU only ONNX Runtime is considered.
     assert registry.choose_backend("auto", torch.device("cpu"), "fp32")[0].name == "onnxruntime"
     fakes["onnxruntime"].reason = "not installed"
-    with pytest.raises(UserError, match="no engine backend"):
+    with pytest.raises(UserError, match="no verified engine backend"):
         registry.choose_backend("auto", torch.device("cpu"), "fp32")
     with pytest.raises(UserError, match="cannot build"):
         registry.choose_backend("onnxruntime", torch.device("cpu"), "fp32")
+    # Named, TensorRT is used, with one warning line saying it has never run.
+    with caplog.at_level("WARNING", logger="virnucpro_trt.engines.registry"):
+        backend, why = registry.choose_backend("tensorrt", torch.device("cuda:0"), "bf16")
+    assert backend.name == "tensorrt" and "never been run by this project" in why
+    (record,) = caplog.records
+    assert "\n" not in record.getMessage() and "TensorRT backend has never been run" in record.getMessage()
+
+
+def test_verification_table_drives_auto_and_its_help(monkeypatch):
+    assert registry.auto_candidates("cuda") == ("inductor", "onnxruntime")
+    assert registry.auto_candidates("cpu") == ("onnxruntime",)
+    assert registry.unverified_note("inductor") is None
+    assert "never been run" in (registry.unverified_note("tensorrt") or "")
+    text = registry.auto_help()
+    assert "AOTInductor then ONNX Runtime on CUDA" in text and "TensorRT only when named" in text
+    # The day the TensorRT job passes, marking it verified on CUDA makes auto prefer it.
+    verified = dataclasses.replace(registry.BACKENDS["tensorrt"], verified_on=("cuda",))
+    monkeypatch.setitem(registry.BACKENDS, "tensorrt", verified)
+    assert registry.auto_candidates("cuda") == ("tensorrt", "inductor", "onnxruntime")
+    assert "TensorRT then AOTInductor then ONNX Runtime on CUDA" in registry.auto_help()
+    assert registry.unverified_note("tensorrt") is None
+
+
+def test_cli_help_describes_auto_from_the_table():
+    from click.testing import CliRunner
+
+    from virnucpro_trt.cli.main import cli
+
+    for command in ("build", "predict"):
+        result = CliRunner().invoke(cli, [command, "--help"], terminal_width=400)
+        assert result.exit_code == 0
+        help_text = " ".join(result.output.split())
+        assert registry.auto_help() in help_text, command
+        assert "TensorRT where importable" not in help_text
 
 
 def test_parity_rules_can_fail():

@@ -1,14 +1,17 @@
 """TensorRT build/run logic against a fake ``trt`` namespace, plus a real build that needs TensorRT.
 
 TensorRT cannot be installed on this project's machines: the fakes check the calls the builder code
-makes (profile shapes, flags, timing cache, hardware compatibility) and the runner's helpers. The one
-test that needs the real library is marked ``tensorrt`` and skips, visibly, where it is absent.
+makes (profiles, flags, timing cache, hardware compatibility) and the runner's helpers, including every
+place TensorRT answers with ``False``, ``None`` or ``0`` instead of raising. The tests that need the real
+library are marked ``tensorrt``; they skip, visibly, where it is absent, and fail instead when
+``VIRNUCPRO_REQUIRE_TENSORRT=1`` (the GPU CI job sets it, so a missing TensorRT cannot pass as a skip).
 """
 
 from __future__ import annotations
 
 import enum
 import importlib
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,17 +21,24 @@ import pytest
 import torch
 
 from virnucpro_trt.engines import tensorrt_plan as tp
+from virnucpro_trt.engines.onnx_export import INPUT_NAMES, OUTPUT_NAME
 from virnucpro_trt.engines.spec import ShapeRange
 from virnucpro_trt.engines.tensorrt_backend import (
     TENSORRT_BACKEND,
     build_plan_file,
     engine_io,
-    make_logger,
+    import_runtime,
+    process_logger,
     tensorrt_problem,
 )
-from virnucpro_trt.errors import BuildError
+from virnucpro_trt.engines.tensorrt_profiles import EncoderDims, Profile, derive_profiles
+from virnucpro_trt.errors import BuildError, EngineMismatchError, RunFailure, ShapeRangeError, UserError
 
 SHAPES = ShapeRange(min_batch=1, opt_batch=4, max_batch=8, min_length=2, opt_length=24, max_length=48)
+# Two profiles, as a tight element limit (TIGHT_LIMIT) and a budget of 64 tokens make them for SHAPES and
+# the tiny DNABERT-S (4 heads, widest layer 256).
+TIGHT_LIMIT = 8 * 24 * 256
+PROFILES = [Profile((1, 2), (2, 24), (8, 24)), Profile((1, 25), (2, 25), (2, 48))]
 TRT10_NETWORK = ("EXPLICIT_BATCH", "STRONGLY_TYPED")
 TRT10_FLAGS = ("FP16", "INT8", "TF32", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS")
 TRT10_FLAGS += ("VERSION_COMPATIBLE", "FP8", "BF16")
@@ -42,6 +52,7 @@ def _enum(name: str, members: tuple[str, ...]) -> type[enum.IntEnum]:
 class FakeProfile:
     def __init__(self) -> None:
         self.shapes: dict[str, tuple] = {}
+        self.extra_memory_target = 1.0  # TensorRT's default
 
     def set_shape(self, name: str, low, opt, high) -> None:
         self.shapes[name] = (low, opt, high)
@@ -56,7 +67,9 @@ class FakeCache:
 
 
 class FakeConfig:
-    def __init__(self, accept_cache: bool = True) -> None:
+    def __init__(
+        self, accept_cache: bool = True, read_cache: bool = True, refuse_profile: bool = False
+    ) -> None:
         self.flags: set[Any] = {"TF32-default-on"}
         self.set_calls: list[Any] = []
         self.cleared: list[Any] = []
@@ -65,6 +78,8 @@ class FakeConfig:
         self.profiles: list[FakeProfile] = []
         self.caches: list[bytes] = []
         self.accept_cache = accept_cache
+        self.read_cache = read_cache
+        self.refuse_profile = refuse_profile
         self.hardware_compatibility_level = None
         self.builder_optimization_level = 3
         self.cache: FakeCache | None = None
@@ -82,11 +97,15 @@ class FakeConfig:
         self.pools[pool] = size
 
     def add_optimization_profile(self, profile: FakeProfile) -> int:
+        if self.refuse_profile:
+            return -1  # IBuilderConfig::addOptimizationProfile on an invalid profile
         self.profiles.append(profile)
         return len(self.profiles) - 1
 
-    def create_timing_cache(self, data: bytes) -> FakeCache:
+    def create_timing_cache(self, data: bytes) -> FakeCache | None:
         self.caches.append(bytes(data))
+        if data and not self.read_cache:
+            return None  # the bindings' answer to bytes they cannot deserialize
         return FakeCache(data)
 
     def set_timing_cache(self, cache: FakeCache, ignore_mismatch: bool) -> bool:
@@ -132,6 +151,8 @@ def fake_trt(
     parse_errors: tuple[str, ...] = (),
     build_fails: bool = False,
     accept_cache: bool = True,
+    read_cache: bool = True,
+    refuse_profile: bool = False,
 ) -> SimpleNamespace:
     """A stand-in for ``import tensorrt`` recording what the builder code asks of it."""
     trt = SimpleNamespace(__version__="10.99.0-fake", float32="float32")
@@ -152,7 +173,7 @@ def fake_trt(
     class Builder:
         def __init__(self, logger) -> None:
             self.logger = logger
-            self.config = FakeConfig(accept_cache)
+            self.config = FakeConfig(accept_cache, read_cache, refuse_profile)
             trt.calls.builders.append(self)
 
         def create_network(self, flags: int) -> FakeNetwork:
@@ -187,11 +208,6 @@ def fake_trt(
 
 
 # --------------------------------------------------------------------------- pure planning
-def test_profile_covers_the_shape_range_for_both_inputs() -> None:
-    expected = ((1, 2), (4, 24), (8, 48))
-    assert tp.profile_shapes(SHAPES) == {"input_ids": expected, "attention_mask": expected}
-
-
 def test_enum_names_reads_members_and_tolerates_missing_enums() -> None:
     names = tp.trt_enum_names(fake_trt())
     assert "STRONGLY_TYPED" in names["NetworkDefinitionCreationFlag"] and "BF16" in names["BuilderFlag"]
@@ -200,7 +216,7 @@ def test_enum_names_reads_members_and_tolerates_missing_enums() -> None:
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_strongly_typed_half_builds_set_no_precision_flags(precision) -> None:
-    plan = tp.plan_build(precision, SHAPES, tp.trt_enum_names(fake_trt()))
+    plan = tp.plan_build(precision, PROFILES, tp.trt_enum_names(fake_trt()))
     assert plan.strongly_typed and plan.network_flags == ["STRONGLY_TYPED"]
     assert plan.onnx_precision == precision  # the ONNX graph carries the types
     assert plan.set_flags == [] and plan.clear_flags == [] and not plan.pin_fp32_layers
@@ -208,48 +224,48 @@ def test_strongly_typed_half_builds_set_no_precision_flags(precision) -> None:
 
 
 def test_fp32_build_turns_tf32_off() -> None:
-    plan = tp.plan_build("fp32", SHAPES, tp.trt_enum_names(fake_trt()))
+    plan = tp.plan_build("fp32", PROFILES, tp.trt_enum_names(fake_trt()))
     assert plan.clear_flags == ["TF32"] and plan.set_flags == []
 
 
 def test_weakly_typed_builds_use_flags_and_pin_fp32_layers() -> None:
     names = tp.trt_enum_names(fake_trt(network_flags=("EXPLICIT_BATCH",), preview=()))
-    plan = tp.plan_build("fp16", SHAPES, names)
+    plan = tp.plan_build("fp16", PROFILES, names)
     assert not plan.strongly_typed and plan.network_flags == ["EXPLICIT_BATCH"]
     assert plan.set_flags == ["FP16", "PREFER_PRECISION_CONSTRAINTS"] and plan.pin_fp32_layers
-    assert tp.plan_build("bf16", SHAPES, names).set_flags[0] == "BF16"
+    assert tp.plan_build("bf16", PROFILES, names).set_flags[0] == "BF16"
     assert plan.preview_features == []
     no_bf16 = tp.trt_enum_names(fake_trt(network_flags=("EXPLICIT_BATCH",), builder_flags=("FP16", "TF32")))
     with pytest.raises(BuildError, match="no BF16 builder flag"):
-        tp.plan_build("bf16", SHAPES, no_bf16)
+        tp.plan_build("bf16", PROFILES, no_bf16)
     with pytest.raises(BuildError, match="cannot build strongly typed"):
-        tp.plan_build("fp16", SHAPES, no_bf16, strongly_typed=True)
+        tp.plan_build("fp16", PROFILES, no_bf16, strongly_typed=True)
 
 
 def test_strong_typing_can_be_turned_off_where_available() -> None:
-    plan = tp.plan_build("bf16", SHAPES, tp.trt_enum_names(fake_trt()), strongly_typed=False)
+    plan = tp.plan_build("bf16", PROFILES, tp.trt_enum_names(fake_trt()), strongly_typed=False)
     assert not plan.strongly_typed and plan.set_flags == ["BF16", "PREFER_PRECISION_CONSTRAINTS"]
 
 
 def test_fp8_plan_carries_the_calibration_note() -> None:
     names = tp.trt_enum_names(fake_trt(network_flags=("EXPLICIT_BATCH",)))
-    plan = tp.plan_build("fp8", SHAPES, names)
+    plan = tp.plan_build("fp8", PROFILES, names)
     assert plan.set_flags == ["FP8", "BF16"] and "Q/DQ" in plan.notes[0]
     assert "Q/DQ" in TENSORRT_BACKEND.availability(torch.device("cuda"), "fp8")
 
 
 def test_hardware_and_version_compatibility() -> None:
     names = tp.trt_enum_names(fake_trt())
-    plan = tp.plan_build("fp16", SHAPES, names, hardware_compatible=True, version_compatible=True)
+    plan = tp.plan_build("fp16", PROFILES, names, hardware_compatible=True, version_compatible=True)
     assert plan.hardware_compatibility == "AMPERE_PLUS" and "VERSION_COMPATIBLE" in plan.set_flags
     old = tp.trt_enum_names(fake_trt(hardware=()))
     with pytest.raises(BuildError, match="AMPERE_PLUS"):
-        tp.plan_build("fp16", SHAPES, old, hardware_compatible=True)
+        tp.plan_build("fp16", PROFILES, old, hardware_compatible=True)
 
 
 def test_network_flags_become_a_bit_mask() -> None:
     trt = fake_trt()
-    plan = tp.plan_build("fp16", SHAPES, tp.trt_enum_names(trt))
+    plan = tp.plan_build("fp16", PROFILES, tp.trt_enum_names(trt))
     assert tp.network_creation_flags(trt, plan) == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
@@ -258,14 +274,16 @@ def test_apply_plan_sets_profile_flags_pools_and_cache() -> None:
     trt = fake_trt()
     names = tp.trt_enum_names(trt)
     plan = tp.plan_build(
-        "fp32", SHAPES, names, hardware_compatible=True, workspace_bytes=8 << 30, optimization_level=5
+        "fp32", PROFILES, names, hardware_compatible=True, workspace_bytes=8 << 30, optimization_level=5
     )
     builder = trt.Builder(None)
     config = builder.create_builder_config()
     cache = tp.apply_plan(trt, builder, config, plan, b"old-timings")
-    (profile,) = config.profiles
-    assert profile.shapes["input_ids"] == ((1, 2), (4, 24), (8, 48))
-    assert profile.shapes["attention_mask"] == ((1, 2), (4, 24), (8, 48))
+    assert len(config.profiles) == 2  # one TensorRT profile per derived profile, in order
+    for made, wanted in zip(config.profiles, PROFILES, strict=True):
+        assert made.shapes == {name: (wanted.min, wanted.opt, wanted.max) for name in INPUT_NAMES}
+    # Later profiles share the first one's weights instead of each taking a copy.
+    assert [made.extra_memory_target for made in config.profiles] == [1.0, 0.0]
     assert config.cleared == [trt.BuilderFlag.TF32] and config.set_calls == []
     assert config.previews == [(trt.PreviewFeature.RUNTIME_ACTIVATION_RESIZE_10_10, True)]
     assert config.pools == {trt.MemoryPoolType.WORKSPACE: 8 << 30}
@@ -276,7 +294,7 @@ def test_apply_plan_sets_profile_flags_pools_and_cache() -> None:
 
 def test_weak_flags_are_set_by_enum_member() -> None:
     trt = fake_trt(network_flags=("EXPLICIT_BATCH",))
-    plan = tp.plan_build("fp16", SHAPES, tp.trt_enum_names(trt))
+    plan = tp.plan_build("fp16", PROFILES, tp.trt_enum_names(trt))
     builder = trt.Builder(None)
     tp.apply_plan(trt, builder, builder.create_builder_config(), plan, b"")
     assert builder.config.set_calls == [trt.BuilderFlag.FP16, trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS]
@@ -285,9 +303,40 @@ def test_weak_flags_are_set_by_enum_member() -> None:
 def test_rejected_timing_cache_is_replaced_by_an_empty_one() -> None:
     trt = fake_trt(accept_cache=False)
     builder = trt.Builder(None)
-    plan = tp.plan_build("fp16", SHAPES, tp.trt_enum_names(trt))
+    plan = tp.plan_build("fp16", PROFILES, tp.trt_enum_names(trt))
     cache = tp.apply_plan(trt, builder, builder.create_builder_config(), plan, b"from-another-gpu")
     assert builder.config.caches == [b"from-another-gpu", b""] and cache.data == b""
+
+
+def test_unreadable_timing_cache_falls_back_to_an_empty_one_with_a_warning(caplog) -> None:
+    trt = fake_trt(read_cache=False)  # create_timing_cache returns None for these bytes
+    builder = trt.Builder(None)
+    plan = tp.plan_build("fp16", PROFILES, tp.trt_enum_names(trt))
+    with caplog.at_level("WARNING"):
+        cache = tp.apply_plan(trt, builder, builder.create_builder_config(), plan, b"truncated")
+    assert builder.config.caches == [b"truncated", b""] and cache.data == b""
+    assert cache is builder.config.cache
+    assert "could not read the timing cache" in caplog.text
+
+
+def test_a_timing_cache_tensorrt_cannot_even_start_empty_is_a_build_error() -> None:
+    class NoCacheConfig(FakeConfig):
+        def create_timing_cache(self, data: bytes) -> None:
+            return None
+
+    with pytest.raises(BuildError, match="could not create an empty timing cache"):
+        tp.attach_timing_cache(NoCacheConfig(), b"")
+
+
+def test_refused_or_missing_profiles_are_build_errors() -> None:
+    trt = fake_trt(refuse_profile=True)
+    builder = trt.Builder(None)
+    plan = tp.plan_build("fp16", PROFILES, tp.trt_enum_names(trt))
+    with pytest.raises(BuildError, match=r"refused optimization profile 0 .*returned -1"):
+        tp.apply_plan(trt, builder, builder.create_builder_config(), plan, b"")
+    empty = tp.plan_build("fp16", [], tp.trt_enum_names(trt))
+    with pytest.raises(BuildError, match="at least one optimization profile"):
+        tp.apply_plan(trt, builder, FakeConfig(), empty, b"")
 
 
 def test_pin_fp32_layers_only_touches_numerically_sensitive_layers() -> None:
@@ -300,11 +349,21 @@ def test_pin_fp32_layers_only_touches_numerically_sensitive_layers() -> None:
 
 
 # --------------------------------------------------------------------------- whole build with the fake
+def test_profiles_derived_for_a_build_are_recorded_in_the_plan_facts(tmp_path: Path) -> None:
+    trt = fake_trt()
+    profiles = derive_profiles(SHAPES, EncoderDims(4, 256), 64, max_elements=TIGHT_LIMIT)
+    assert profiles == PROFILES
+    plan = tp.plan_build("bf16", profiles, tp.trt_enum_names(trt))
+    facts = build_plan_file(trt, tmp_path / "m.onnx", plan, tmp_path / "x.plan", None, "dnabert-s")
+    assert facts["plan"]["profiles"] == [p.to_json() for p in profiles]
+    assert len(trt.calls.builders[0].config.profiles) == 2
+
+
 def test_build_plan_file_writes_plan_and_persists_timing_cache(tmp_path: Path) -> None:
     trt = fake_trt()
     onnx_path, out, cache_path = tmp_path / "m.onnx", tmp_path / "esm2.sm90.bf16.plan", tmp_path / "t.cache"
     cache_path.write_bytes(b"earlier")
-    plan = tp.plan_build("bf16", SHAPES, tp.trt_enum_names(trt))
+    plan = tp.plan_build("bf16", PROFILES, tp.trt_enum_names(trt))
     facts = build_plan_file(trt, onnx_path, plan, out, cache_path, "esm2")
     assert out.read_bytes() == b"PLAN-BYTES" and trt.calls.parsed == [str(onnx_path)]
     assert cache_path.read_bytes() == b"earlier+new-timings"
@@ -315,7 +374,7 @@ def test_build_plan_file_writes_plan_and_persists_timing_cache(tmp_path: Path) -
 
 def test_parse_errors_are_reported(tmp_path: Path) -> None:
     trt = fake_trt(parse_errors=("node LayerNormalization_3: unsupported", "second", "third", "fourth"))
-    plan = tp.plan_build("fp16", SHAPES, tp.trt_enum_names(trt))
+    plan = tp.plan_build("fp16", PROFILES, tp.trt_enum_names(trt))
     with pytest.raises(BuildError, match=r"cannot parse the esm2 ONNX graph: node LayerNorm.*\(\+1 more\)"):
         build_plan_file(trt, tmp_path / "m.onnx", plan, tmp_path / "x.plan", None, "esm2")
     assert not (tmp_path / "x.plan").exists()
@@ -323,7 +382,7 @@ def test_parse_errors_are_reported(tmp_path: Path) -> None:
 
 def test_failed_build_names_the_tensorrt_error(tmp_path: Path) -> None:
     trt = fake_trt(build_fails=True)
-    plan = tp.plan_build("fp16", SHAPES, tp.trt_enum_names(trt))
+    plan = tp.plan_build("fp16", PROFILES, tp.trt_enum_names(trt))
     with pytest.raises(BuildError, match="out of memory while timing MatMul"):
         build_plan_file(trt, tmp_path / "m.onnx", plan, tmp_path / "x.plan", None, "dnabert-s")
 
@@ -403,10 +462,224 @@ def test_activation_memory_grows_only_and_is_handed_to_the_context() -> None:
 
 
 def test_logger_keeps_errors_for_messages() -> None:
-    logger = make_logger(fake_trt())
+    logger = process_logger(fake_trt())
+    mark = logger.errors.mark()
     logger.log(SimpleNamespace(name="WARNING"), "slow tactic")
     logger.log(SimpleNamespace(name="ERROR"), "no implementation for node X")
-    assert logger.errors == ["no implementation for node X"]
+    assert logger.errors.since(mark) == ["no implementation for node X"]
+    assert logger.errors.describe(logger.errors.mark()) == "no error logged by TensorRT"
+
+
+def test_one_logger_per_process_and_errors_reported_per_build(tmp_path: Path) -> None:
+    """TensorRT keeps one logger pointer: every Builder gets the same logger object, and a build's error
+    message carries its own errors, not those of an earlier build."""
+    trt = fake_trt(build_fails=True)
+    plan = tp.plan_build("fp16", PROFILES, tp.trt_enum_names(trt))
+    for attempt in range(2):
+        with pytest.raises(BuildError) as failed:
+            build_plan_file(trt, tmp_path / "m.onnx", plan, tmp_path / "x.plan", None, "esm2")
+        assert str(failed.value).count("out of memory while timing MatMul") == 1, attempt
+    first, second = trt.calls.builders
+    assert first.logger is second.logger is process_logger(trt)
+    assert process_logger(fake_trt()) is not process_logger(trt)  # another module, its own logger
+
+
+def test_error_log_numbers_errors_and_keeps_the_recent_ones() -> None:
+    errors = tp.ErrorLog(keep=3)
+    for text in ("a", "b"):
+        errors.add(text)
+    mark = errors.mark()
+    for text in ("c", "d", "e"):
+        errors.add(text)
+    assert errors.since(0) == ["c", "d", "e"] and errors.since(mark) == ["c", "d", "e"]
+    assert errors.describe(mark, last=2) == "d; e" and errors.since(errors.mark()) == []
+
+
+# --------------------------------------------------------------------------- runtime module, contexts, calls
+def test_lean_runtime_is_found_under_its_own_module_name() -> None:
+    lean = SimpleNamespace(__version__="10.16-lean")
+
+    def only_lean(name: str) -> Any:
+        if name != "tensorrt_lean":
+            raise ImportError(f"No module named {name!r}")
+        return lean
+
+    assert tp.import_runtime(only_lean) == ("tensorrt_lean", lean)
+    assert tp.import_runtime(lambda name: name)[0] == "tensorrt"  # the full TensorRT comes first
+
+    def nothing(name: str) -> Any:
+        raise ImportError(f"No module named {name!r}")
+
+    with pytest.raises(ImportError, match=r"tensorrt: .*; tensorrt_lean: "):
+        tp.import_runtime(nothing)
+    tp.check_runtime_fits("tensorrt_lean", {"version_compatible": True}, "x.plan")
+    tp.check_runtime_fits("tensorrt", {}, "x.plan")
+    with pytest.raises(EngineMismatchError, match=r"only version-compatible plans; x\.plan is not one"):
+        tp.check_runtime_fits("tensorrt_lean", {"version_compatible": False}, "x.plan")
+
+
+def test_loading_without_any_tensorrt_runtime_is_one_clear_error(tmp_path: Path) -> None:
+    try:
+        import_runtime()
+    except ImportError:
+        pass
+    else:
+        pytest.skip("a TensorRT runtime is installed here")
+    with pytest.raises(UserError, match=r"no TensorRT runtime here .*tensorrt_lean"):
+        TENSORRT_BACKEND.load(tmp_path / "x.plan", "esm2", torch.device("cuda:0"), "bf16", 8, 1, SHAPES)
+    assert "no TensorRT runtime here" in (TENSORRT_BACKEND.run_problem(torch.device("cuda:0"), "bf16") or "")
+    assert "CUDA devices, not cpu" in (TENSORRT_BACKEND.run_problem(torch.device("cpu"), "fp32") or "")
+
+
+class FakeEngine:
+    """An ICudaEngine with profiles (get_tensor_profile_shape answers like the bindings: 3 shapes)."""
+
+    def __init__(self, profiles: list[Profile], context_fails: bool = False, select=lambda i, s: True):
+        self.profiles = profiles
+        self.num_optimization_profiles = len(profiles)
+        self.contexts: list[FakeContext] = []
+        self.context_fails = context_fails
+        self.select = select
+
+    def get_tensor_profile_shape(self, name: str, index: int) -> list[tuple[int, ...]]:
+        profile = self.profiles[index]
+        return [profile.min, profile.opt, profile.max]
+
+    def create_execution_context(self, strategy=None):
+        if self.context_fails:
+            return None
+        context = FakeContext(self.select)
+        self.contexts.append(context)
+        return context
+
+
+class FakeContext:
+    def __init__(self, select=lambda i, s: True, refuse: tuple[str, ...] = (), memory: int = 4096) -> None:
+        self.select = select
+        self.refuse = refuse
+        self.memory = memory
+        self.calls: list[tuple] = []
+
+    def set_optimization_profile_async(self, index: int, stream: int) -> bool:
+        self.calls.append(("profile", index, stream))
+        return self.select(index, stream)
+
+    def set_input_shape(self, name: str, shape: tuple) -> bool:
+        self.calls.append(("shape", name, shape))
+        return "shape" not in self.refuse
+
+    def set_tensor_address(self, name: str, pointer: int) -> bool:
+        self.calls.append(("address", name, pointer))
+        return f"address:{name}" not in self.refuse
+
+    def update_device_memory_size_for_shapes(self) -> int:
+        return self.memory
+
+    def set_device_memory(self, pointer: int, size: int) -> None:
+        self.calls.append(("memory", size))
+
+    def execute_async_v3(self, stream: int) -> bool:
+        self.calls.append(("execute", stream))
+        return "execute" not in self.refuse
+
+
+def test_engine_profiles_are_read_back_and_checked() -> None:
+    assert tp.engine_profiles(FakeEngine(PROFILES)) == PROFILES
+    with pytest.raises(EngineMismatchError, match="no optimization profile"):
+        tp.engine_profiles(FakeEngine([]))
+
+    class Skewed(FakeEngine):
+        def get_tensor_profile_shape(self, name, index):
+            shapes = super().get_tensor_profile_shape(name, index)
+            return shapes if name == INPUT_NAMES[0] else [(1, 2), (1, 2), (1, 3)]
+
+    with pytest.raises(EngineMismatchError, match="differs between the engine's inputs"):
+        tp.engine_profiles(Skewed(PROFILES))
+
+    class ThreeD(FakeEngine):
+        def get_tensor_profile_shape(self, name, index):
+            return [(1, 2, 3)] * 3
+
+    with pytest.raises(EngineMismatchError, match=r"\[batch, length\]"):
+        tp.engine_profiles(ThreeD(PROFILES))
+
+
+def test_a_context_per_profile_selects_its_profile_once_on_the_run_stream() -> None:
+    strategies = _enum("ExecutionContextAllocationStrategy", ("STATIC", "ON_PROFILE_CHANGE", "USER_MANAGED"))
+    trt = SimpleNamespace(ExecutionContextAllocationStrategy=strategies)
+    engine = FakeEngine(PROFILES)
+    contexts = tp.ProfileContexts(trt, engine, len(PROFILES))
+    second = contexts.get(1, 77)
+    assert contexts.get(1, 78) is second and len(engine.contexts) == 1  # made lazily, once
+    first = contexts.get(0, 77)
+    assert first is not second and contexts.user_managed
+    assert second.calls == [("profile", 1, 77)] and first.calls == [("profile", 0, 77)]
+    with pytest.raises(ShapeRangeError, match="profile 2 does not exist"):
+        contexts.get(2, 77)
+
+
+def _bindings_raise(index: int, stream: int) -> bool:
+    raise RuntimeError("Error in set optimization profile async.")  # what the bindings raise on failure
+
+
+@pytest.mark.parametrize(
+    ("engine", "message"),
+    [
+        (FakeEngine(PROFILES, context_fails=True), "could not create an execution context"),
+        (FakeEngine(PROFILES, select=lambda i, s: False), "refused to select optimization profile 1"),
+        (FakeEngine(PROFILES, select=_bindings_raise), "refused to select optimization profile 1: Error in"),
+    ],
+)
+def test_contexts_tensorrt_refuses_are_run_failures(engine: FakeEngine, message: str) -> None:
+    contexts = tp.ProfileContexts(SimpleNamespace(), engine, len(PROFILES))
+    with pytest.raises(RunFailure, match=message):
+        contexts.get(1, 5)
+
+
+CPU = torch.device("cpu")
+
+
+def _bound(context: FakeContext) -> None:
+    inputs = {name: torch.ones((2, 7), dtype=torch.int64) for name in INPUT_NAMES}
+    tp.run_context(context, inputs, OUTPUT_NAME, torch.empty((2, 8)), 9, tp.ActivationMemory(CPU))
+
+
+def test_run_context_binds_shapes_addresses_memory_and_output() -> None:
+    context = FakeContext()
+    inputs = {name: torch.ones((2, 7), dtype=torch.int64) for name in INPUT_NAMES}
+    output = torch.empty((2, 8))
+    memory = tp.ActivationMemory(CPU)
+    tp.run_context(context, inputs, OUTPUT_NAME, output, 9, memory)
+    assert context.calls == [
+        ("shape", "input_ids", (2, 7)),
+        ("address", "input_ids", inputs["input_ids"].data_ptr()),
+        ("shape", "attention_mask", (2, 7)),
+        ("address", "attention_mask", inputs["attention_mask"].data_ptr()),
+        ("memory", 4096),
+        ("address", OUTPUT_NAME, output.data_ptr()),
+        ("execute", 9),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("refuse", "error", "message"),
+    [
+        ("shape", ShapeRangeError, "refused input_ids of shape"),
+        ("address:attention_mask", RunFailure, "refused the address of attention_mask"),
+        (f"address:{OUTPUT_NAME}", RunFailure, f"refused the address of {OUTPUT_NAME}"),
+        ("execute", RunFailure, "failed to enqueue"),
+    ],
+)
+def test_run_context_raises_on_every_refusal(refuse: str, error: type, message: str) -> None:
+    context = FakeContext(refuse=(refuse,))
+    with pytest.raises(error, match=message):
+        _bound(context)
+    assert ("execute", 9) not in context.calls or refuse == "execute"
+
+
+def test_zero_activation_memory_is_tensorrts_error_value() -> None:
+    with pytest.raises(RunFailure, match="could not size the activation memory"):
+        _bound(FakeContext(memory=0))
 
 
 # --------------------------------------------------------------------------- the backend on this machine
@@ -420,11 +693,19 @@ def test_backend_identity_and_availability_without_tensorrt() -> None:
     assert TENSORRT_BACKEND.library_versions() == {"tensorrt": "none"}
 
 
+REQUIRE_TENSORRT = "VIRNUCPRO_REQUIRE_TENSORRT"
+
+
 def _real_tensorrt() -> Any:
+    """The real TensorRT on a CUDA machine; a skip here, a failure where the CI job requires TensorRT."""
+    required = os.environ.get(REQUIRE_TENSORRT) == "1"
     try:
-        return importlib.import_module("tensorrt")
+        trt = importlib.import_module("tensorrt")
     except Exception as exc:
-        pytest.skip(f"TensorRT is not installed: {exc}")
+        (pytest.fail if required else pytest.skip)(f"TensorRT is not installed: {exc}")
+    if not torch.cuda.is_available():
+        (pytest.fail if required else pytest.skip)("TensorRT tests need a CUDA GPU")
+    return trt
 
 
 @pytest.mark.tensorrt
@@ -434,8 +715,6 @@ def test_real_tensorrt_build_matches_torch(tmp_path: Path, precision: str) -> No
     """Builds and runs a tiny DNABERT-S engine with the real TensorRT (never run on this project's
     machines, which cannot install TensorRT)."""
     _real_tensorrt()
-    if not torch.cuda.is_available():
-        pytest.skip("TensorRT tests need a CUDA GPU")
     from virnucpro_trt.engines.spec import BuildOptions
     from virnucpro_trt.models.random_checkpoints import random_dnabert
     from virnucpro_trt.models.tokenization import pad_batch
@@ -457,3 +736,37 @@ def test_real_tensorrt_build_matches_torch(tmp_path: Path, precision: str) -> No
     got = runner.embed_padded(ids, mask)
     tolerance = 1e-4 if precision == "fp32" else 5e-3
     np.testing.assert_allclose(got, want, atol=tolerance, rtol=0)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_real_tensorrt_engine_with_several_profiles_runs_every_profile(tmp_path: Path) -> None:
+    """A tight element limit gives the tiny DNABERT-S two profiles: batches of short rows run on the
+    first, long rows on the second, and a long batch larger than the second's max batch in chunks."""
+    _real_tensorrt()
+    from virnucpro_trt.engines.spec import BuildOptions
+    from virnucpro_trt.models.random_checkpoints import random_dnabert
+    from virnucpro_trt.models.tokenization import pad_batch
+
+    device = torch.device("cuda:0")
+    extra = {"tensorrt_max_elements": TIGHT_LIMIT}
+    options = BuildOptions(workdir=tmp_path, max_batch_tokens=64, extra=extra)
+    rng = np.random.default_rng(1)
+    lengths = (10, 20, 44, 45, 30, 3)
+    rows = [np.concatenate([[1], rng.integers(5, 256, n), [2]]).astype(np.int64) for n in lengths]
+    path = tmp_path / "dnabert-s.sm.fp32.plan"
+    ids, mask = pad_batch(rows[:2], 3)
+    model = random_dnabert(seed=7).to(device)
+    example = (torch.from_numpy(ids), torch.from_numpy(mask))
+    built = TENSORRT_BACKEND.build(model, "dnabert-s", example, SHAPES, "fp32", device, path, options)
+    assert built.facts["plan"]["profiles"] == [p.to_json() for p in PROFILES]
+    assert tp.read_sidecar(path)["plan"]["profiles"] == [p.to_json() for p in PROFILES]
+    runner = TENSORRT_BACKEND.load(path, "dnabert-s", device, "fp32", 64, 3, SHAPES)
+    assert len(runner.profiles) == 2
+    reference = random_dnabert(seed=7).to(device)
+    for batch in (rows[:2], rows[2:5], rows):  # profile 0; profile 1 in 2 chunks; all rows in 3 chunks
+        ids, mask = pad_batch(batch, 3)
+        with torch.inference_mode():
+            want = reference(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+        np.testing.assert_allclose(runner.embed_padded(ids, mask), want.cpu().numpy(), atol=1e-4, rtol=0)
+    assert sorted(runner.contexts.contexts) == [0, 1]

@@ -115,6 +115,27 @@ def test_damaged_artifact_and_onnx_engines_are_refused(host_tool, engines, tiny_
     refused = subprocess.run([str(host_tool), str(damaged), "--check"], capture_output=True, text=True)
     assert refused.returncode == 2 and "does not match its sha256" in refused.stderr
 
+    # A manifest naming a .pt2 (native code) outside its folder is refused, whatever the hash says.
+    outside = tmp_path / "outside"
+    shutil.copytree(engines, outside)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    manifest = json.loads((outside / "manifest.json").read_text())
+    entry = manifest["models"]["esm2"]
+    (elsewhere / entry["artifact"]).write_bytes((outside / entry["artifact"]).read_bytes())
+    def check_with_esm2_entry(changed: dict) -> subprocess.CompletedProcess:
+        models = {**manifest["models"], "esm2": dict(entry, **changed)}
+        (outside / "manifest.json").write_text(json.dumps({**manifest, "models": models}))
+        return subprocess.run([str(host_tool), str(outside), "--check"], capture_output=True, text=True)
+
+    for name in ("../elsewhere/" + entry["artifact"], str(elsewhere / entry["artifact"])):
+        refused = check_with_esm2_entry({"artifact": name, "file_sha256": {name: "0" * 64}})
+        assert refused.returncode == 2 and "not a plain file name" in refused.stderr, refused.stderr
+    (outside / "link.pt2").symlink_to(elsewhere / entry["artifact"])
+    sha = entry["file_sha256"][entry["artifact"]]
+    refused = check_with_esm2_entry({"artifact": "link.pt2", "file_sha256": {"link.pt2": sha}})
+    assert refused.returncode == 2 and "resolves outside" in refused.stderr, refused.stderr
+
     inputs = tmp_path / "inputs.pt"
     torch.save((torch.zeros(1, 3, dtype=torch.long),) * 2, inputs)  # two tensors instead of four
     command = [str(host_tool), str(engines), str(inputs), str(tmp_path / "o.pt")]

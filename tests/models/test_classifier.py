@@ -86,17 +86,22 @@ def test_refuses_pickle_that_runs_code(tmp_path, monkeypatch):
     assert called == []
 
 
-def test_refuses_plain_pickle_of_builtins_eval(tmp_path):
+def test_refuses_pickle_of_builtins_eval_plain_or_in_an_archive(tmp_path):
     class EvalPayload:
         def __reduce__(self):
             return (eval, ("1+1",))
 
-    path = tmp_path / "evil2.pth"
     buf = io.BytesIO()
     pickle.dump({"x": EvalPayload()}, buf, protocol=2)
-    path.write_bytes(buf.getvalue())
+    plain = tmp_path / "evil2.pth"
+    plain.write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointError, match="legacy"):  # refused by format, before unpickling
+        load_classifier_weights(plain)
+    archive = tmp_path / "evil3.pth"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("evil3/data.pkl", buf.getvalue())
     with pytest.raises(UnsafePickleError, match="eval"):
-        load_classifier_weights(path)
+        load_classifier_weights(archive)
 
 
 def test_state_dict_and_safetensors_round_trip(tmp_path):

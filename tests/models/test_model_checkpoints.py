@@ -6,14 +6,16 @@ import argparse
 import json
 import os
 import shutil
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from virnucpro_trt.errors import CheckpointError, UnsafePickleError
+from virnucpro_trt.files.digests import sha256_of_files as weights_sha256
 from virnucpro_trt.models.checkpoint_io import load_weight_files, safe_torch_load
-from virnucpro_trt.models.checkpoints import load_dnabert, load_esm2, weights_sha256
+from virnucpro_trt.models.checkpoints import load_dnabert, load_esm2
 from virnucpro_trt.models.random_checkpoints import (
     TINY_ESM2_CONFIG,
     random_esm2,
@@ -137,8 +139,9 @@ def test_malicious_pickles_are_refused_without_running(tmp_path: Path) -> None:
 
 
 def test_fair_esm_legacy_args_and_esm1b(tmp_path: Path, esm_fairesm_file: Path, as_tensors) -> None:
-    data = safe_torch_load(esm_fairesm_file, [argparse.Namespace])
-    legacy = {"args": data["cfg"]["model"], "model": data["model"]}
+    data = safe_torch_load(esm_fairesm_file, {("argparse", "Namespace"): types.SimpleNamespace})
+    args = argparse.Namespace(**vars(data["cfg"]["model"]))
+    legacy = {"args": args, "model": data["model"]}
     torch.save(legacy, tmp_path / "legacy.pt")
     modern, tokenizer, _ = load_esm2(esm_fairesm_file)
     old, _, _ = load_esm2(tmp_path / "legacy.pt")
@@ -146,7 +149,7 @@ def test_fair_esm_legacy_args_and_esm1b(tmp_path: Path, esm_fairesm_file: Path, 
     with torch.no_grad():
         assert torch.equal(modern(ids, mask), old(ids, mask))
     esm1b = dict(data["model"], **{"encoder.sentence_encoder.embed_positions.weight": torch.zeros(3, 64)})
-    torch.save({"cfg": data["cfg"], "model": esm1b}, tmp_path / "esm1b.pt")
+    torch.save({"cfg": {"model": args}, "model": esm1b}, tmp_path / "esm1b.pt")
     with pytest.raises(CheckpointError, match="ESM-1/ESM-1b"):
         load_esm2(tmp_path / "esm1b.pt")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from virnucpro_trt.errors import UserError
+from virnucpro_trt.errors import InputFormatError, UserError
 from virnucpro_trt.outputs.shard_results import write_shard_results
 from virnucpro_trt.pipeline.inputs import validate_input
 from virnucpro_trt.runtime.resume import WorkDir, marker_path, outdir_lock
@@ -70,6 +70,37 @@ def test_explicit_shard_records_and_the_bases_cap(tmp_path, monkeypatch):
     monkeypatch.setattr(shards_module, "MAX_SHARD_BASES", 600)
     _, capped = _shard(tmp_path / "capped", reads, 30)
     assert all(s.bases <= 600 for s in capped) and sum(s.records for s in capped) == 100
+
+
+def test_a_layout_gives_exactly_its_shards_and_must_be_filled_exactly(tmp_path, monkeypatch):
+    reads = _write_reads(tmp_path / "r.fa", 100)
+    import virnucpro_trt.runtime.shards as shards_module
+
+    # The bases cap does not cut a layout's shards: the layout already holds the whole input's cuts.
+    monkeypatch.setattr(shards_module, "MAX_SHARD_BASES", 600)
+    splitter = ShardSplitter(tmp_path / "a", layout=[7, 50, 43], titles=True)
+    summary = validate_input(reads, "r.fa", "dna", 300, splitter=splitter)
+    shards = splitter.finish()
+    assert [(s.first, s.records) for s in shards] == [(0, 7), (7, 50), (57, 43)]
+    assert sum(s.frames for s in shards) == summary.frames
+    text = (tmp_path / "a" / shards[0].file).read_text()
+    assert text.startswith(">read0 description 0\n")  # titles=True keeps the whole title line
+    again = [r for s in shards for r in read_records(tmp_path / "a" / s.file)]
+    assert [(r.id, r.description, r.sequence) for r in again] == [
+        (r.id, r.description, r.sequence) for r in read_records(reads)
+    ]
+    # plan() is the rule finish() applies, without touching the files
+    planner = ShardSplitter(tmp_path / "p", 30)
+    validate_input(reads, "r.fa", "dna", 300, splitter=planner)
+    planned = planner.plan()
+    assert [p.records for p in planned] == [s.records for s in _shard(tmp_path / "q", reads, 30)[1]]
+    assert all(path.exists() for p in planned for path in p.pieces)
+
+    for layout, word in (([7, 50], "more"), ([7, 50, 44], "fewer"), ([7, 50, 43, 1], "fewer")):
+        splitter = ShardSplitter(tmp_path / f"bad{len(layout)}{word}", layout=layout)
+        with pytest.raises(InputFormatError, match=f"holds {word} records than the shard layout"):
+            validate_input(reads, "r.fa", "dna", 300, splitter=splitter)
+            splitter.finish()
 
 
 def test_index_round_trip_and_damaged_shard(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virnucpro_trt.pipeline.encoders import RunWeights
 from virnucpro_trt.pipeline.shard_predictor import PredictShardJob, PredictShardProcessor
 from virnucpro_trt.runtime.embedding import embed_sequences
 from virnucpro_trt.runtime.worker import WorkerSlot
@@ -21,7 +22,7 @@ def test_warm_up_embeds_through_both_encoders_without_changing_results(tiny_set,
         classifier=str(tiny_set.classifier),
         encoders=EncoderSettings(device="cpu", max_batch_tokens=700),
     )
-    job = PredictShardJob(settings, None, tmp_path / "shards", tmp_path / "results")
+    job = PredictShardJob(settings, RunWeights(), tmp_path / "shards", tmp_path / "results")
     processor = PredictShardProcessor(job, WorkerSlot(0, "cpu", 1))  # CPU: no warm-up at open
     tokens = processor.esm.tokenizer.encode_batch(["MKVLAAGIVALLLAAGCSS", "MSTNPKPQRKTKRNTNRR"])
     before = embed_sequences(processor.esm.backend, tokens, 700)

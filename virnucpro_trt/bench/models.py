@@ -144,7 +144,10 @@ class MasterEncoders:
     )
     load_s: float = 0.0
 
-    def __call__(self, kind: str, path: Path) -> tuple[torch.nn.Module, Any, dict[str, Any], int]:
+    def __call__(
+        self, kind: str, path: Path, known: Any = None
+    ) -> tuple[torch.nn.Module, Any, dict[str, Any], int]:
+        """A copy of the master (``known``, a run's checked identity, does not arise in bench)."""
         model, tokenizer, info, dim = self.master(kind, path)
         return copy.deepcopy(model), tokenizer, dict(info), dim
 

@@ -20,7 +20,8 @@ from typing import Any
 import click
 
 from virnucpro_trt import __version__
-from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError
+from virnucpro_trt.engines.registry import auto_help
+from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError, describe_os_error
 from virnucpro_trt.settings import (
     ATTENTION_KERNELS,
     BACKENDS,
@@ -75,7 +76,8 @@ def encoder_options(func: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Choice(BACKENDS),
         default=None,
         help="torch (eager PyTorch, the default) or a compiled-engine backend (onnxruntime, inductor, "
-        "tensorrt, auto). Without --engines, engines are built into OUTDIR/engines and reused.",
+        f"tensorrt, auto). Without --engines, engines are built into OUTDIR/engines and reused. "
+        f"{auto_help()}",
     )
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
     @click.option(
@@ -399,7 +401,7 @@ def demo(
     type=click.Choice(["auto", "onnxruntime", "inductor", "tensorrt"]),
     default="auto",
     show_default=True,
-    help="auto: TensorRT where importable on CUDA, else AOTInductor on CUDA, else ONNX Runtime.",
+    help=auto_help(),
 )
 @click.option(
     "--precision", type=click.Choice(["fp32", "fp16", "bf16", "fp8"]), default="fp32", show_default=True
@@ -548,6 +550,10 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     except BrokenPipeError:
         code = 0
+    except OSError as exc:
+        known = describe_os_error(exc)
+        line, code = known if known else (f"unexpected failure: {type(exc).__name__}: {exc}", EXIT_FAILURE)
+        _report(f"error: {line}", exc, unexpected=known is None)
     except Exception as exc:  # unexpected: one line, the traceback in the log file / with -vv
         _report(f"error: unexpected failure: {type(exc).__name__}: {exc}", exc, unexpected=True)
         code = EXIT_FAILURE
@@ -568,8 +574,12 @@ __all__ = ["EXIT_USAGE", "cli", "main"]
 def _register_optional_commands() -> None:
     """Commands that live in their own modules (kept import-light: only click at import time)."""
     from virnucpro_trt.cli.bench_command import bench
+    from virnucpro_trt.cli.merge_command import merge
+    from virnucpro_trt.cli.split_command import split
+    from virnucpro_trt.cli.workflow_command import workflow
 
-    cli.add_command(bench)
+    for command in (bench, split, merge, workflow):
+        cli.add_command(command)
 
 
 _register_optional_commands()

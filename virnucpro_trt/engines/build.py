@@ -21,16 +21,9 @@ from typing import Any
 import torch
 
 from virnucpro_trt import __version__
-from virnucpro_trt.engines.manifest import (
-    MANIFEST_NAME,
-    EngineManifest,
-    ModelEntry,
-    now_iso,
-    sha256_file,
-)
+from virnucpro_trt.engines.manifest import MANIFEST_NAME, EngineManifest, ModelEntry, now_iso
 from virnucpro_trt.engines.parity import reference_embeddings, run_parity, synthetic_tokens
 from virnucpro_trt.engines.registry import choose_backend
-from virnucpro_trt.engines.source_stamp import stamp_files
 from virnucpro_trt.engines.spec import (
     BuildOptions,
     ModelKind,
@@ -40,13 +33,13 @@ from virnucpro_trt.engines.spec import (
     default_shape_range,
 )
 from virnucpro_trt.errors import BuildError, UserError
-from virnucpro_trt.models.checkpoint_io import checkpoint_files
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import (
     check_classifier_width,
     load_classifier_weights,
     save_classifier_safetensors,
 )
+from virnucpro_trt.models.identity import identify_checkpoint
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
 from virnucpro_trt.runtime.device import configure_fp32_reference, resolve_device
@@ -133,6 +126,7 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
         workdir=out,
         timing_cache=out / "tensorrt.timing-cache",
         hardware_compatible=settings.hardware_compatible,
+        max_batch_tokens=budget,
         attention=settings.attention,
     )
     arch = arch_tag(device)
@@ -145,16 +139,16 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
         dims[kind] = dim
     check_classifier_width(classifier, dims["dnabert-s"], dims["esm2"], paths["classifier"])
     save_classifier_safetensors(classifier, out / CLASSIFIER_FILE, source=str(paths["classifier"]))
-    classifier_stamp = stamp_files([paths["classifier"]])  # before hashing: a later change must not match
+    classifier_identity = identify_checkpoint("classifier", paths["classifier"])
     entries["classifier"] = ModelEntry(
         kind="classifier",
         artifact=CLASSIFIER_FILE,
-        source_stamp=classifier_stamp,
-        weights_sha256=sha256_file(paths["classifier"]),
+        source_stamp=classifier_identity.stamps,
+        weights_sha256=classifier_identity.sha256,
         source=str(paths["classifier"]),
         dim=classifier.input_dim,
-        artifact_sha256=sha256_file(out / CLASSIFIER_FILE),
     )
+    entries["classifier"].record_files(out)
     if failures and not settings.keep_failing:
         raise BuildError(
             "parity gate failed: " + "; ".join(failures) + " (use --keep-failing to keep such engines)"
@@ -194,7 +188,6 @@ def _build_one(
     failures: list[str],
 ) -> tuple[ModelEntry, int]:
     t0 = time.perf_counter()
-    stamp = stamp_files(checkpoint_files(path))  # before load_encoder hashes them: see source_stamp
     model, tokenizer, info, dim = load_encoder(kind, path)
     shapes = default_shape_range(kind, budget, settings.max_length)
     tokens = synthetic_tokens(kind, tokenizer, shapes.max_length)
@@ -220,15 +213,15 @@ def _build_one(
         kind=kind,
         artifact=built.path.name,
         weights_sha256=info["weights_sha256"],
-        source_stamp=stamp,
+        source_stamp=info["weights_identity"].stamps,
         source=str(path),
         dim=dim,
         pad_id=tokenizer.pad_id,
         tokenizer=_copy_tokenizer(kind, tokenizer, path, settings.outdir),
         shapes=shapes.to_json(),
         files=[p.name for p in built.files if p != built.path],
-        artifact_sha256=sha256_file(built.path),
         parity=parity.to_json(),
         facts={**built.facts, "build_seconds": round(build_s, 1)},
     )
+    entry.record_files(settings.outdir)
     return entry, dim

@@ -2,8 +2,13 @@
 
 ``predict --engines DIR`` and ``embed --engines DIR`` come through here. The checks run before anything
 is loaded: device type and GPU architecture, the versions of the libraries the artifacts are bound to,
-and — when the user also names checkpoints — the weights the engines were built from. With ``rebuild``
-a mismatching (or missing) directory is rebuilt instead of refused.
+when the user also names checkpoints the weights the engines were built from, and the SHA-256 of every
+file the manifest names (:func:`~virnucpro_trt.engines.manifest.verify_files`). With ``rebuild`` a
+mismatching (or missing) directory is rebuilt instead of refused.
+
+An engine directory is code: a ``.pt2`` package holds a shared library that runs when it is loaded.
+These checks catch damaged, half-copied and tampered files and paths leading out of the folder; they
+cannot make a directory from an untrusted source safe (README, "Security model").
 """
 
 from __future__ import annotations
@@ -19,16 +24,16 @@ from virnucpro_trt.engines.manifest import (
     MANIFEST_NAME,
     EngineManifest,
     Present,
+    VerifiedFiles,
     check_manifest,
     manifest_mismatches,
-    verify_artifacts,
+    verify_files,
 )
 from virnucpro_trt.engines.registry import get_backend
-from virnucpro_trt.engines.source_stamp import unchanged
 from virnucpro_trt.engines.spec import ShapeRange
 from virnucpro_trt.errors import EngineMismatchError, UserError
-from virnucpro_trt.models.checkpoint_io import checkpoint_files, weights_sha256
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
+from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 from virnucpro_trt.runtime.encoder import LoadedEncoder
@@ -52,26 +57,27 @@ class EngineSet:
 def _user_weights(specs: dict[str, str | None], manifest: EngineManifest | None) -> dict[str, str]:
     """sha256 of the checkpoints the user named (to check the engines were built from them).
 
-    Files that are still exactly the ones the build read (:mod:`~virnucpro_trt.engines.source_stamp`)
-    take the recorded digest instead of being read again.
+    Files that are still exactly the ones the build read (their stamps in the manifest) take the
+    recorded digest instead of being read again.
     """
-    from virnucpro_trt.engines.manifest import sha256_file
-
     hashes: dict[str, str] = {}
     for kind, spec in specs.items():
         if not spec:
             continue
         resolved = resolve_model(spec, {"dnabert-s": "dnabert", "esm2": "esm"}.get(kind, kind))
-        files = checkpoint_files(resolved)
         entry = manifest.models.get(kind) if manifest is not None else None
-        if entry is not None and unchanged(entry.source_stamp, files):
-            log.debug("%s: %s unchanged since the engine build, not re-hashed", kind, resolved)
-            hashes[kind] = entry.weights_sha256
-        elif kind == "classifier":
-            hashes[kind] = sha256_file(resolved)
-        else:
-            hashes[kind] = weights_sha256(files)
+        known = WeightsIdentity(entry.weights_sha256, entry.source_stamp) if entry is not None else None
+        hashes[kind] = identify_checkpoint(kind, resolved, known).sha256
     return hashes
+
+
+@dataclass(frozen=True)
+class CheckedEngines:
+    """An engine directory that passed every check, as the coordinator hands it to its workers."""
+
+    folder: Path
+    identity: str  # EngineManifest.identity(): what the set computes
+    verified: VerifiedFiles  # the stamps of the files whose SHA-256 was checked
 
 
 def open_engine_set(
@@ -79,9 +85,17 @@ def open_engine_set(
     device: torch.device,
     weights: dict[str, str | None],
     rebuild: BuildSettings | None = None,
+    checked: CheckedEngines | None = None,
 ) -> EngineSet:
-    """Check and load ``folder``; with ``rebuild`` settings, rebuild it first when it does not fit."""
-    return _load(folder, check_engine_set(folder, device, weights, rebuild), device)
+    """Check and load ``folder``; with ``rebuild`` settings, rebuild it first when it does not fit.
+
+    ``checked`` is the coordinator's earlier check of the same folder: its file stamps spare the re-hash,
+    and a manifest that no longer describes the same engines is refused.
+    """
+    manifest, _ = _check(folder, device, weights, rebuild, checked.verified if checked else None)
+    if checked is not None and manifest.identity() != checked.identity:
+        raise EngineMismatchError(f"the engines in {folder} changed during the run; rerun the command")
+    return _load(folder, manifest, device)
 
 
 def check_engine_set(
@@ -89,41 +103,66 @@ def check_engine_set(
     device: torch.device,
     weights: dict[str, str | None],
     rebuild: BuildSettings | None = None,
-) -> EngineManifest:
-    """The manifest of ``folder`` once it fits ``device``, these libraries and ``weights`` (rebuilding it
-    first with ``rebuild`` settings when it does not); nothing is loaded.
+) -> CheckedEngines:
+    """``folder`` once it fits ``device``, these libraries and ``weights`` (rebuilding it first with
+    ``rebuild`` settings when it does not) and every file has its recorded SHA-256; nothing is loaded.
 
     Kept apart from loading because ``predict`` checks (and builds) once in the main process, then each
     worker loads on its own device.
     """
-    manifest = _read_or_none(folder)
+    manifest, verified = _check(folder, device, weights, rebuild, None)
+    # The classifier is small: read it now, so a bad one fails before any input is processed.
+    load_classifier_weights(folder / manifest.models["classifier"].artifact)
+    return CheckedEngines(folder, manifest.identity(), verified)
+
+
+def _check(
+    folder: Path,
+    device: torch.device,
+    weights: dict[str, str | None],
+    rebuild: BuildSettings | None,
+    verified: VerifiedFiles | None,
+) -> tuple[EngineManifest, VerifiedFiles]:
+    try:
+        manifest = _read_or_none(folder)
+    except EngineMismatchError as exc:  # unreadable, foreign or older schema: rebuildable, else refused
+        if rebuild is None:
+            raise
+        manifest, unreadable = None, str(exc)
+    else:
+        unreadable = f"no {MANIFEST_NAME} in {folder}"
     present_weights = _user_weights(weights, manifest)
     if manifest is not None:
         backend = get_backend(manifest.backend)
         present = Present(device_facts(device), backend.library_versions(), present_weights)
         problems = manifest_mismatches(manifest, present)
+        if not problems:
+            try:
+                return manifest, verify_files(manifest, folder, verified)
+            except EngineMismatchError as exc:
+                if rebuild is None:
+                    raise
+                problems = [str(exc)]
     else:
-        problems = [f"no {MANIFEST_NAME} in {folder}"]
-    if problems:
-        if rebuild is None:
-            if manifest is None:
-                raise EngineMismatchError(
-                    f"{folder} is not an engine directory (no {MANIFEST_NAME}); build one with "
-                    "`virnucpro-trt build` or add --rebuild"
-                )
-            check_manifest(manifest, present, folder)  # raises with every problem listed
-        missing = [
-            flag
-            for flag, kind in (("--dnabert", "dnabert-s"), ("--esm", "esm2"), ("--classifier", "classifier"))
-            if not weights.get(kind)
-        ]
-        if missing:
-            raise UserError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
-        log.warning("rebuilding engines in %s: %s", folder, "; ".join(problems))
-        manifest = build_engines(rebuild)
-    assert manifest is not None
-    verify_artifacts(manifest, folder)
-    return manifest
+        problems = [unreadable]
+    if rebuild is None:
+        if manifest is None:
+            raise EngineMismatchError(
+                f"{folder} is not an engine directory (no {MANIFEST_NAME}); build one with "
+                "`virnucpro-trt build` or add --rebuild"
+            )
+        check_manifest(manifest, present, folder)  # raises with every problem listed
+    missing = [
+        flag
+        for flag, kind in (("--dnabert", "dnabert-s"), ("--esm", "esm2"), ("--classifier", "classifier"))
+        if not weights.get(kind)
+    ]
+    if missing:
+        raise UserError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
+    assert rebuild is not None
+    log.warning("rebuilding engines in %s: %s", folder, "; ".join(problems))
+    manifest = build_engines(rebuild)
+    return manifest, verify_files(manifest, folder)
 
 
 def _read_or_none(folder: Path) -> EngineManifest | None:
@@ -138,8 +177,12 @@ def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> Engin
     encoders = {}
     for kind in ("dnabert-s", "esm2"):
         entry = manifest.models[kind]
-        assert entry.shapes is not None and entry.tokenizer is not None
-        shapes = ShapeRange.from_json(entry.shapes)
+        if entry.tokenizer is None or entry.shapes is None:
+            raise EngineMismatchError(f"{folder}: the manifest gives {kind} no tokenizer or shape range")
+        try:
+            shapes = ShapeRange.from_json(entry.shapes)
+        except (KeyError, TypeError, ValueError):
+            raise EngineMismatchError(f"{folder}: the manifest's {kind} shape range is malformed") from None
         runner = backend.load(
             folder / entry.artifact, kind, device, manifest.precision, entry.dim, entry.pad_id, shapes
         )

@@ -58,7 +58,7 @@ from typing import Any
 import torch
 
 from virnucpro_trt.engines.inductor_configs import inductor_configs
-from virnucpro_trt.engines.inductor_fp8 import convert_linears_to_fp8, fp8_unavailable_reason
+from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8, fp8_unavailable_reason
 from virnucpro_trt.engines.inductor_model import DTYPES, device_copy
 from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata, extern_kernels, load_package
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes, exported_bounds, tile_example
@@ -153,7 +153,7 @@ class InductorBackend:
 
         started = time.perf_counter()
         engine_model = device_copy(model, device, DTYPES[precision])
-        if precision == "fp8" and convert_linears_to_fp8(engine_model) == 0:
+        if precision == "fp8" and convert_to_fp8(engine_model, options.fp8_fast_accum) == 0:
             raise BuildError(
                 f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"
             )
@@ -208,6 +208,8 @@ class InductorBackend:
             "attention": options.attention if device.type == "cuda" else "cpu",
             "extern_kernels": kernels,
         }
+        if precision == "fp8":
+            facts["fp8"] = {"fast_accumulation": options.fp8_fast_accum, "fused_quantisation": kind == "esm2"}
         return BuiltArtifact(path=out_path, files=[out_path], facts=facts)
 
     def load(

@@ -4,31 +4,38 @@ An engine is only correct on the machine, libraries and weights it was built for
 all of them (versioned schema) and :func:`check_manifest` compares them with the present before any
 engine is loaded, so a mismatch stops with a message on how to rebuild instead of silently running a
 wrong or incompatible artifact.
+
+The manifest is also the directory's table of contents, and it is read as hostile input: every file it
+names must be a plain name inside the folder (:mod:`virnucpro_trt.files.names`), and every file —
+artifacts, their external data, tokenizers, the classifier — must have the SHA-256 recorded beside it
+(:func:`verify_files`) before anything is loaded. Build-time stamps let an unchanged full-size set skip
+the re-hash (:mod:`virnucpro_trt.files.stamps`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from virnucpro_trt import __version__
 from virnucpro_trt.errors import EngineMismatchError
+from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.files.digests import sha256_bytes, sha256_file
+from virnucpro_trt.files.names import UnsafeMemberName, check_member_name, member_path
+from virnucpro_trt.files.stamps import Stamp, file_stamp
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "virnucpro-trt/engine-manifest"
-SCHEMA_VERSION = 1
-
-
-def sha256_file(path: Path, block: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while data := handle.read(block):
-            digest.update(data)
-    return digest.hexdigest()
+# 2: every file of an entry carries its SHA-256 (file_sha256) and build-time stamp (file_stamps).
+SCHEMA_VERSION = 2
+MODEL_KINDS = ("dnabert-s", "esm2", "classifier")
+MAX_MANIFEST_BYTES = 8 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -43,12 +50,77 @@ class ModelEntry:
     pad_id: int = 0
     tokenizer: str | None = None  # file name inside the engine directory
     shapes: dict[str, int] | None = None
-    files: list[str] = field(default_factory=list)  # every file of the artifact (external data...)
-    artifact_sha256: str = ""
+    files: list[str] = field(default_factory=list)  # every further file of the artifact (external data...)
+    # file name -> SHA-256 of every file this entry loads (artifact, files, tokenizer)
+    file_sha256: dict[str, str] = field(default_factory=dict)
+    # file name -> its stamp when the build hashed it (see files/stamps.py)
+    file_stamps: dict[str, Stamp] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
-    # absolute path -> [size, mtime_ns, inode, device] of each source file when the build hashed it
-    source_stamp: dict[str, list[int]] = field(default_factory=dict)
+    # absolute path -> stamp of each SOURCE checkpoint file when the build hashed it
+    source_stamp: dict[str, Stamp] = field(default_factory=dict)
+
+    def file_names(self) -> list[str]:
+        """Every file of the engine directory this entry loads."""
+        return [self.artifact, *self.files, *([self.tokenizer] if self.tokenizer else [])]
+
+    def record_files(self, folder: Path) -> None:
+        """Hash and stamp every file of the entry (the build calls this once the files are final)."""
+        for name in self.file_names():
+            path = folder / name
+            self.file_stamps[name] = file_stamp(path)  # before hashing: a change in between won't match
+            self.file_sha256[name] = sha256_file(path)
+
+
+# The JSON type of each ModelEntry field; a manifest with anything else is refused, not half-read.
+_ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
+    "kind": (str,),
+    "artifact": (str,),
+    "weights_sha256": (str,),
+    "source": (str,),
+    "dim": (int,),
+    "pad_id": (int,),
+    "tokenizer": (str, type(None)),
+    "shapes": (dict, type(None)),
+    "files": (list,),
+    "file_sha256": (dict,),
+    "file_stamps": (dict,),
+    "parity": (dict,),
+    "facts": (dict,),
+    "source_stamp": (dict,),
+}
+_REQUIRED_FIELDS = ("kind", "artifact", "weights_sha256", "source", "file_sha256")
+
+
+def _entry_from_json(kind: str, data: Any, path: Path) -> ModelEntry:
+    if not isinstance(data, dict):
+        raise EngineMismatchError(f"{path}: models.{kind} is not an object")
+    missing = [name for name in _REQUIRED_FIELDS if name not in data]
+    if missing:
+        raise EngineMismatchError(f"{path}: models.{kind} lacks {', '.join(missing)}")
+    values: dict[str, Any] = {}
+    for name, types in _ENTRY_FIELDS.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise EngineMismatchError(f"{path}: models.{kind}.{name} has the wrong type")
+        values[name] = value
+    entry = ModelEntry(**values)
+    what = f"{path}: models.{kind}"
+    try:
+        names = [check_member_name(n, what) for n in entry.file_names()]
+    except UnsafeMemberName as exc:
+        raise EngineMismatchError(str(exc)) from None
+    if entry.kind != kind:
+        raise EngineMismatchError(f"{what} says it is a {entry.kind!r}")
+    if set(entry.file_sha256) != set(names) or not all(
+        isinstance(v, str) and _SHA256.fullmatch(v) for v in entry.file_sha256.values()
+    ):
+        raise EngineMismatchError(f"{what}: file_sha256 must give one SHA-256 for each of {', '.join(names)}")
+    if kind == "classifier" and not entry.artifact.endswith(".safetensors"):
+        raise EngineMismatchError(f"{what}: the classifier of an engine directory must be .safetensors")
+    return entry
 
 
 @dataclass
@@ -78,11 +150,21 @@ class EngineManifest:
             "models": {name: vars(entry) for name, entry in self.models.items()},
         }
 
+    def identity(self) -> str:
+        """SHA-256 naming what this engine set computes: backend, precision, source weights, every file."""
+        what = {
+            "backend": self.backend,
+            "precision": self.precision,
+            "models": {
+                kind: {"weights_sha256": entry.weights_sha256, "files": entry.file_sha256}
+                for kind, entry in sorted(self.models.items())
+            },
+        }
+        return sha256_bytes(json.dumps(what, sort_keys=True).encode())
+
     def write(self, folder: Path) -> Path:
         path = folder / MANIFEST_NAME
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.to_json(), indent=2) + "\n")
         return path
 
     @classmethod
@@ -93,28 +175,36 @@ class EngineManifest:
                 f"{folder} is not an engine directory (no {MANIFEST_NAME}); build one with "
                 "`virnucpro-trt build`"
             )
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise EngineMismatchError(f"{path} is {path.stat().st_size} bytes, too large for a manifest")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise EngineMismatchError(f"{path} is not valid JSON ({exc})") from None
-        if data.get("schema") != SCHEMA:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise EngineMismatchError(f"{path} is not a virnucpro-trt engine manifest")
         if data.get("schema_version") != SCHEMA_VERSION:
             raise EngineMismatchError(
                 f"{path} has manifest schema {data.get('schema_version')}, this version reads "
                 f"{SCHEMA_VERSION}: rebuild the engines (`virnucpro-trt build`, or `--rebuild`)"
             )
-        models = {name: ModelEntry(**entry) for name, entry in data["models"].items()}
+        for key, types in (("backend", str), ("precision", str), ("device", dict), ("libraries", dict)):
+            if not isinstance(data.get(key), types):
+                raise EngineMismatchError(f"{path}: '{key}' is missing or has the wrong type")
+        models = data.get("models")
+        if not isinstance(models, dict) or sorted(models) != sorted(MODEL_KINDS):
+            raise EngineMismatchError(f"{path}: 'models' must hold exactly {', '.join(MODEL_KINDS)}")
+        build = data.get("build", {})
         return cls(
             backend=data["backend"],
             precision=data["precision"],
             device=data["device"],
-            libraries=data["libraries"],
-            models=models,
-            build=data.get("build", {}),
+            libraries={str(k): str(v) for k, v in data["libraries"].items()},
+            models={kind: _entry_from_json(kind, models[kind], path) for kind in MODEL_KINDS},
+            build=build if isinstance(build, dict) else {},
             schema=data["schema"],
             schema_version=data["schema_version"],
-            virnucpro_trt=data.get("virnucpro_trt", "?"),
+            virnucpro_trt=str(data.get("virnucpro_trt", "?")),
         )
 
 
@@ -169,13 +259,34 @@ def check_manifest(manifest: EngineManifest, present: Present, folder: Path) -> 
         )
 
 
-def verify_artifacts(manifest: EngineManifest, folder: Path) -> None:
-    """Every file the manifest names exists (a half-copied directory fails here, not mid-run)."""
-    for name, entry in manifest.models.items():
-        for file_name in [
-            entry.artifact,
-            *(entry.files or []),
-            *([entry.tokenizer] if entry.tokenizer else []),
-        ]:
-            if not (folder / file_name).exists():
-                raise EngineMismatchError(f"engine directory {folder} lacks {file_name} ({name}); rebuild it")
+VerifiedFiles = dict[str, Stamp]  # resolved path -> stamp of a file whose SHA-256 was checked
+
+
+def verify_files(
+    manifest: EngineManifest, folder: Path, verified: Mapping[str, Stamp] | None = None
+) -> VerifiedFiles:
+    """Check every file the manifest names: inside ``folder``, present, and with its recorded SHA-256.
+
+    A file is re-hashed unless it still carries the stamp recorded at build time, or the stamp of an
+    earlier check in this run (``verified``: the coordinator checks once, its workers pass the result
+    down). Returns the stamps of the files checked, for the next check.
+    """
+    checked: VerifiedFiles = {}
+    for kind, entry in manifest.models.items():
+        for name in entry.file_names():
+            try:
+                path = member_path(folder, name, f"engine directory {folder} ({kind})")
+            except UnsafeMemberName as exc:
+                raise EngineMismatchError(str(exc)) from None
+            if not path.is_file():
+                raise EngineMismatchError(f"engine directory {folder} lacks {name} ({kind}); rebuild it")
+            resolved = str(path.resolve())
+            stamp = file_stamp(resolved)
+            known = stamp == entry.file_stamps.get(name) or (verified or {}).get(resolved) == stamp
+            if not known and sha256_file(resolved) != entry.file_sha256[name]:
+                raise EngineMismatchError(
+                    f"engine directory {folder}: {name} ({kind}) does not match the SHA-256 its manifest "
+                    "records: it was modified or damaged; rebuild the engines"
+                )
+            checked[resolved] = stamp
+    return checked

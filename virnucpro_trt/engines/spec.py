@@ -93,12 +93,16 @@ class BuildOptions:
     workdir: Path | None = None
     timing_cache: Path | None = None  # TensorRT: persisted beside the engines
     hardware_compatible: bool = False  # TensorRT: engines that run on Ampere and newer
+    # The token budget the engines are built for (TensorRT derives its optimization profiles from it).
+    max_batch_tokens: int | None = None
     opset: int = 18  # ONNX
     # AOTInductor on CUDA. Off by default: on the H200 (torch 2.11) it adds minutes of GEMM benchmarking,
     # and cuBLAS already wins the large GEMMs (the ESM-2 3B engine reached 568 proteins/s without it).
     max_autotune: bool = False
     # AOTInductor on CUDA: the fused attention kernel baked into the engine (runtime/attention_kernel.py).
     attention: str = DEFAULT_ATTENTION
+    # AOTInductor fp8: cuBLASLt's fast fp8 accumulation in the row-wise GEMMs (engines/inductor_fp8.py).
+    fp8_fast_accum: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,10 +1,12 @@
 """The ``tensorrt`` engine backend: ONNX export -> TensorRT plan, run with torch CUDA tensors.
 
 NOT RUN HERE. TensorRT cannot be installed on this project's machines (its builder wheels download
-from a host they cannot reach; only the lean runtime exists, which cannot build). This module is written
-against the TensorRT 10 Python API documentation and checked only through unit tests with a fake
-``trt`` namespace (:mod:`tests.engines.test_tensorrt_logic`); the real build/run test is marked
-``tensorrt`` and skips here. Treat the first run on a machine with TensorRT as the first test.
+from a host they cannot reach). This module is written against the TensorRT 10 Python bindings
+(``pip install '.[tensorrt]'`` installs TensorRT 10.x) and checked only through unit tests with a fake
+``trt`` namespace (:mod:`tests.engines.test_tensorrt_logic`); the real build/run tests are marked
+``tensorrt`` and run in the ``tensorrt`` job of ``.github/workflows/gpu-bench.yml``. Treat the first run
+on a machine with TensorRT as the first test; ``--backend auto`` never picks this backend
+(:mod:`~virnucpro_trt.engines.registry`).
 
 Build (:meth:`TensorRTBackend.build`):
 
@@ -14,18 +16,26 @@ Build (:meth:`TensorRTBackend.build`):
 2. ``trt.Builder`` network (strongly typed where TensorRT has it, see
    :mod:`~virnucpro_trt.engines.tensorrt_plan`), ``OnnxParser.parse_from_file`` with every parser error
    reported;
-3. one optimisation profile from the :class:`ShapeRange` (min/opt/max for both inputs), precision
-   flags, ``options.hardware_compatible`` -> ``HardwareCompatibilityLevel.AMPERE_PLUS``, workspace limit
+3. optimization profiles derived from the shape range and the token budget
+   (:mod:`~virnucpro_trt.engines.tensorrt_profiles`: every profile's largest tensor within TensorRT's
+   2^31-element limit), precision flags, ``options.hardware_compatible`` ->
+   ``HardwareCompatibilityLevel.AMPERE_PLUS``, workspace limit
    (``options.extra["tensorrt_workspace_bytes"]``), ``options.extra["tensorrt_version_compatible"]``;
 4. the timing cache is read from ``options.timing_cache`` and written back after the build (it is shared
-   by every engine of a directory and makes rebuilds much faster);
+   by every engine of a directory and makes rebuilds much faster); one TensorRT cannot read is replaced
+   by an empty one;
 5. the serialized plan is written to ``out_path``, with a ``.plan.json`` sidecar (TensorRT version, tensor
-   names, the plan) that loading reads.
+   names, the plan with its profiles) that loading reads; the same facts go into the manifest.
 
-Run (:class:`TensorRTRunner`): ``trt.Runtime`` deserializes the plan, one execution context with
-user-managed activation memory where TensorRT allows it (sized per batch, not for the profile's
-max-batch x max-length corner), and per batch ``set_input_shape`` + ``set_tensor_address`` on torch CUDA
-tensors + ``execute_async_v3`` on torch's current stream. ``tensorrt`` is imported lazily.
+Run (:class:`TensorRTRunner`): the full ``tensorrt`` runtime, or the lean ``tensorrt_lean`` one for
+version-compatible plans, deserializes the plan; each batch runs on the profile chosen for its shape
+(:func:`~virnucpro_trt.engines.tensorrt_profiles.batch_chunks`), through one execution context per
+profile with user-managed activation memory sized per batch, ``set_input_shape`` +
+``set_tensor_address`` on torch CUDA tensors and ``execute_async_v3`` on torch's current stream.
+
+One logger per process (:func:`process_logger`): TensorRT holds a single logger pointer, so a second
+Builder or Runtime created with a logger of its own would leave earlier objects logging into a freed one.
+``tensorrt`` is imported lazily.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +52,7 @@ import numpy as np
 import torch
 
 from virnucpro_trt.engines import tensorrt_plan as tp
+from virnucpro_trt.engines import tensorrt_profiles as profiles_
 from virnucpro_trt.engines.onnx_export import INPUT_NAMES, OUTPUT_NAME, export_onnx
 from virnucpro_trt.engines.spec import BuildOptions, BuiltArtifact, ModelKind, ShapeRange
 from virnucpro_trt.errors import BuildError, EngineMismatchError, RunFailure, ShapeRangeError, UserError
@@ -49,12 +61,32 @@ from virnucpro_trt.runtime.out_of_memory import device_memory_errors
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# Modules the TensorRT path imports that the ``tensorrt`` extra deliberately does not install, and why
+# (tests/engines/test_tensorrt_install.py checks every other import is covered by the extra).
+OPTIONAL_IMPORTS = {
+    "onnxruntime": "only for options.extra['tensorrt_validate_onnx'], whose absence is reported, not fatal",
+    tp.LEAN_MODULE: "the runtime-only alternative to tensorrt (its own wheel), used when tensorrt is absent",
+}
 
 
 def import_tensorrt() -> Any:
+    """The full TensorRT (builder, ONNX parser and runtime)."""
     import tensorrt
 
     return tensorrt
+
+
+def import_runtime() -> tuple[str, Any]:
+    """``(module name, module)``: the full ``tensorrt``, else the lean runtime ``tensorrt_lean``."""
+
+    def importer(name: str) -> Any:
+        if name == tp.BUILDER_MODULE:
+            return import_tensorrt()
+        import tensorrt_lean
+
+        return tensorrt_lean
+
+    return tp.import_runtime(importer)
 
 
 def tensorrt_problem() -> str | None:
@@ -69,18 +101,35 @@ def tensorrt_problem() -> str | None:
     return None
 
 
-def make_logger(trt: Any) -> Any:
-    """A ``trt.ILogger`` that forwards to Python logging and keeps the errors for the exception text."""
+_LOGGERS: dict[int, tuple[Any, Any]] = {}  # id(module) -> (module, its logger); the module kept alive
+_LOGGERS_LOCK = threading.Lock()
 
+
+def process_logger(trt: Any) -> Any:
+    """The one ``trt.ILogger`` of this process for the module ``trt`` (``tensorrt`` or ``tensorrt_lean``,
+    whose libraries each keep their own logger pointer), made on first use and never released.
+
+    It forwards to Python logging and numbers the errors in ``logger.errors`` (:class:`tp.ErrorLog`):
+    callers take ``errors.mark()`` before an operation and report ``errors.describe(mark)``.
+    """
+    with _LOGGERS_LOCK:
+        known = _LOGGERS.get(id(trt))
+        if known is None:
+            known = (trt, _make_logger(trt))
+            _LOGGERS[id(trt)] = known
+        return known[1]
+
+
+def _make_logger(trt: Any) -> Any:
     class _Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.errors: list[str] = []
+            self.errors = tp.ErrorLog()
 
         def log(self, severity: Any, msg: str) -> None:
             name = getattr(severity, "name", str(severity))
             if name in ("INTERNAL_ERROR", "ERROR"):
-                self.errors.append(msg)
+                self.errors.add(msg)
                 log.error("TensorRT: %s", msg)
             elif name == "WARNING":
                 log.warning("TensorRT: %s", msg)
@@ -88,6 +137,16 @@ def make_logger(trt: Any) -> Any:
                 log.debug("TensorRT: %s", msg)
 
     return _Logger()
+
+
+def encoder_dims(model: torch.nn.Module) -> profiles_.EncoderDims:
+    """Attention heads and widest per-token activation of a native encoder (what sizes its profiles)."""
+    config = getattr(model, "config", None)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "attention_heads", None)
+    widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not heads or not widths:
+        raise BuildError(f"cannot tell the attention heads and layer widths of {type(model).__name__}")
+    return profiles_.EncoderDims(int(heads), max(widths))
 
 
 class TensorRTBackend:
@@ -113,17 +172,18 @@ class TensorRTBackend:
         except ImportError as exc:
             return f"onnxscript is not importable here ({exc}); the ONNX export needs it"
         try:
-            tp.plan_build(precision, ShapeRange(1, 1, 1, 1, 1, 1), tp.trt_enum_names(import_tensorrt()))
+            tp.plan_build(precision, [], tp.trt_enum_names(import_tensorrt()))
         except BuildError as exc:
             return str(exc)
         return None
 
     def library_versions(self) -> dict[str, str]:
         """A plan only deserializes with the TensorRT version that built it (version-compatible plans
-        excepted, which the manifest does not distinguish)."""
+        excepted, which the manifest does not distinguish): the version of the runtime found here, full
+        or lean."""
         try:
-            return {"tensorrt": str(import_tensorrt().__version__)}
-        except Exception:
+            return {"tensorrt": str(import_runtime()[1].__version__)}
+        except ImportError:
             return {"tensorrt": "none"}
 
     def build(
@@ -143,9 +203,12 @@ class TensorRTBackend:
         trt = import_tensorrt()
         out_path = Path(out_path)
         extra = options.extra
+        dims = encoder_dims(model)
+        max_elements = int(extra.get("tensorrt_max_elements", profiles_.MAX_ELEMENTS))
+        profiles = profiles_.derive_profiles(shapes, dims, options.max_batch_tokens, max_elements)
         plan = tp.plan_build(
             precision,
-            shapes,
+            profiles,
             tp.trt_enum_names(trt),
             strongly_typed=extra.get("tensorrt_strongly_typed"),
             hardware_compatible=options.hardware_compatible,
@@ -176,6 +239,11 @@ class TensorRTBackend:
             if not keep_onnx:
                 shutil.rmtree(onnx_dir, ignore_errors=True)
         facts["onnx"] = onnx_facts
+        facts["profile_inputs"] = {
+            **dims.to_json(),
+            "max_batch_tokens": options.max_batch_tokens,
+            "max_elements": max_elements,
+        }
         if keep_onnx:
             facts["onnx_dir"] = str(onnx_dir)
         sidecar = tp.write_sidecar(out_path, {**facts, "kind": kind, "shapes": shapes.to_json()})
@@ -191,21 +259,38 @@ class TensorRTBackend:
         pad_id: int,
         shapes: ShapeRange,
     ) -> TensorRTRunner:
-        if device.type != "cuda":
-            raise UserError(f"TensorRT engines run on CUDA devices, not {device}")
-        problem = tensorrt_problem()
-        if problem and "runtime only" not in problem:  # a runtime-only TensorRT can still load plans
+        problem = self.run_problem(device, precision)
+        if problem:
             raise UserError(f"cannot run the {kind} TensorRT engine: {problem}")
         return TensorRTRunner(Path(path), kind, device, dim, pad_id, shapes)
+
+    def run_problem(self, device: torch.device, precision: str) -> str | None:
+        """Why an existing plan cannot run here (loading needs no builder: the lean runtime will do for a
+        version-compatible plan), or ``None``."""
+        if device.type != "cuda":
+            return f"TensorRT engines run on CUDA devices, not {device}"
+        try:
+            import_runtime()
+        except ImportError as exc:
+            return f"no TensorRT runtime here ({exc})"
+        return None
 
 
 def build_plan_file(
     trt: Any, onnx_path: Path, plan: tp.BuildPlan, out_path: Path, timing_cache: Path | None, kind: str
 ) -> dict[str, Any]:
     """Parse ``onnx_path``, build with ``plan``, write the plan and the timing cache; returns facts."""
-    logger = make_logger(trt)
+    logger = process_logger(trt)
+    mark = logger.errors.mark()
     builder = trt.Builder(logger)
+    if builder is None:
+        detail = logger.errors.describe(mark)
+        raise BuildError(f"TensorRT {trt.__version__} could not create a builder: {detail}")
     network = builder.create_network(tp.network_creation_flags(trt, plan))
+    config = builder.create_builder_config()
+    if network is None or config is None:
+        detail = logger.errors.describe(mark)
+        raise BuildError(f"TensorRT {trt.__version__} could not start a build: {detail}")
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -214,14 +299,13 @@ def build_plan_file(
             f"TensorRT {trt.__version__} cannot parse the {kind} ONNX graph: {shown or 'no detail'}"
         )
     pinned = tp.pin_fp32_layers(trt, network) if plan.pin_fp32_layers else 0
-    config = builder.create_builder_config()
     cache_in = tp.read_timing_cache(timing_cache)
     cache = tp.apply_plan(trt, builder, config, plan, cache_in)
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     build_s = time.perf_counter() - started
     if serialized is None:
-        detail = "; ".join(logger.errors[-3:]) or "see the TensorRT log"
+        detail = logger.errors.describe(mark)
         raise BuildError(f"TensorRT {trt.__version__} failed to build the {kind} engine: {detail}")
     data = memoryview(serialized)
     tp.write_atomically(out_path, data)
@@ -243,7 +327,7 @@ def build_plan_file(
 
 
 class TensorRTRunner:
-    """:class:`~virnucpro_trt.runtime.embedding.EmbeddingBackend` over one TensorRT execution context."""
+    """:class:`~virnucpro_trt.runtime.embedding.EmbeddingBackend` over a TensorRT engine's profiles."""
 
     name = "tensorrt"
 
@@ -252,7 +336,10 @@ class TensorRTRunner:
     ):
         if not path.is_file():
             raise EngineMismatchError(f"TensorRT engine {path} does not exist; rebuild the engines")
-        self.trt = trt = import_tensorrt()
+        module_name, trt = import_runtime()
+        sidecar = tp.read_sidecar(path)
+        tp.check_runtime_fits(module_name, sidecar, path.name)
+        self.trt = trt
         self.kind = kind
         self.dim = dim
         self.pad_id = pad_id
@@ -260,28 +347,31 @@ class TensorRTRunner:
         self.max_batch_size = shapes.max_batch
         self.max_length = shapes.max_length
         self.device = torch.device("cuda", device.index if device.index is not None else 0)
-        self.logger = make_logger(trt)
+        self.logger = process_logger(trt)
+        mark = self.logger.errors.mark()
         self.runtime = trt.Runtime(self.logger)
-        sidecar = tp.read_sidecar(path)
+        if self.runtime is None:
+            raise RunFailure(f"TensorRT could not create a runtime: {self.logger.errors.describe(mark)}")
         if sidecar.get("version_compatible"):
             self.runtime.engine_host_code_allowed = True  # the plan embeds its own lean runtime
         with torch.cuda.device(self.device):
             self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-            if self.engine is None:
-                built = sidecar.get("tensorrt", "an unknown version")
-                raise EngineMismatchError(
-                    f"TensorRT {trt.__version__} cannot load {path.name} (built with TensorRT {built}): "
-                    "rebuild the engines on this machine"
-                )
-            self.io = engine_io(trt, self.engine)
-            self.context, self.user_managed = tp.create_context(trt, self.engine)
+        if self.engine is None:
+            built = sidecar.get("tensorrt", "an unknown version")
+            raise EngineMismatchError(
+                f"TensorRT {trt.__version__} ({module_name}) cannot load {path.name} (built with TensorRT "
+                f"{built}: {self.logger.errors.describe(mark)}): rebuild the engines on this machine"
+            )
+        self.io = engine_io(trt, self.engine)
         missing = [n for n in (*INPUT_NAMES, OUTPUT_NAME) if n not in self.io]
         if missing:
             raise EngineMismatchError(f"{path.name} lacks tensors {missing}; it has {sorted(self.io)}")
-        self.memory = tp.ActivationMemory(self.device) if self.user_managed else None
+        self.profiles = tp.engine_profiles(self.engine)
+        profiles_.check_coverage(self.profiles, shapes)
+        self.contexts = tp.ProfileContexts(trt, self.engine, len(self.profiles))
+        self.memory: tp.ActivationMemory | None = None
         self.side_stream: torch.cuda.Stream | None = None
-        out_dtype = self.io[OUTPUT_NAME][1]
-        self.output = torch.empty((shapes.max_batch, dim), dtype=out_dtype, device=self.device)
+        log.debug("%s TensorRT engine profiles: %s", kind, [p.to_json() for p in self.profiles])
 
     def embed_padded(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         batch, length = input_ids.shape
@@ -291,30 +381,36 @@ class TensorRTRunner:
                 f"engine's range (batch <= {self.shapes.max_batch}, length {self.shapes.min_length}.."
                 f"{self.shapes.max_length})"
             )
+        chunks = profiles_.batch_chunks(self.profiles, batch, length)
         stream = self._stream()
+        outputs = []
         with (
             torch.cuda.device(self.device),
             torch.cuda.stream(stream),
             device_memory_errors(self.device, "tensorrt"),
         ):
-            tensors = {
-                INPUT_NAMES[0]: self._to_device(input_ids, self.io[INPUT_NAMES[0]][1]),
-                INPUT_NAMES[1]: self._to_device(attention_mask, self.io[INPUT_NAMES[1]][1]),
-            }
-            for name, tensor in tensors.items():
-                if not self.context.set_input_shape(name, tuple(tensor.shape)):
-                    raise ShapeRangeError(f"TensorRT refused {name} of shape {tuple(tensor.shape)}")
-                self.context.set_tensor_address(name, tensor.data_ptr())
-            if self.memory is not None:
-                self.memory.provide(self.context)
-            out = self.output[:batch]
-            self.context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
-            if not self.context.execute_async_v3(stream.cuda_stream):
-                detail = "; ".join(self.logger.errors[-2:])
-                raise RunFailure(
-                    f"TensorRT failed to run the {self.kind} engine on {batch} x {length}: {detail}"
-                )
-            return out.float().cpu().numpy()
+            for index, start, stop in chunks:
+                mark = self.logger.errors.mark()
+                context = self.contexts.get(index, stream.cuda_stream)
+                if self.memory is None and self.contexts.user_managed:
+                    self.memory = tp.ActivationMemory(self.device)
+                # Fresh tensors per chunk: TensorRT wants 256-byte aligned addresses, which row slices
+                # of one tensor are not in general; the caching allocator's blocks are.
+                inputs = {
+                    INPUT_NAMES[0]: self._to_device(input_ids[start:stop], self.io[INPUT_NAMES[0]][1]),
+                    INPUT_NAMES[1]: self._to_device(attention_mask[start:stop], self.io[INPUT_NAMES[1]][1]),
+                }
+                out = torch.empty((stop - start, self.dim), dtype=self.io[OUTPUT_NAME][1], device=self.device)
+                try:
+                    tp.run_context(context, inputs, OUTPUT_NAME, out, stream.cuda_stream, self.memory)
+                except RunFailure as exc:
+                    raise RunFailure(
+                        f"{exc} ({self.kind}, {stop - start} x {length} on profile {index}): "
+                        f"{self.logger.errors.describe(mark)}"
+                    ) from None
+                outputs.append(out)
+            pooled = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+            return pooled.float().cpu().numpy()
 
     def _stream(self) -> torch.cuda.Stream:
         """torch's current stream; a stream of our own instead of the legacy default stream (handle 0),

@@ -3,8 +3,15 @@
 TensorRT cannot be installed on this project's machines, so everything that can be decided without it
 lives here and is unit-tested against a fake ``trt`` namespace: the optimisation profile from a
 :class:`ShapeRange`, the precision strategy from the precision and the enum names the installed TensorRT
-has, the builder-config calls, the timing cache file, the plan's sidecar file, and TensorRT -> torch
-dtypes. :mod:`~virnucpro_trt.engines.tensorrt_backend` calls these with the real module.
+has, the builder-config calls (one optimization profile per entry of
+:func:`~virnucpro_trt.engines.tensorrt_profiles.derive_profiles`), the timing cache file, the plan's
+sidecar file, TensorRT -> torch dtypes, and the runner's per-batch calls, each result checked: TensorRT
+reports most failures by returning ``False``, ``None`` or ``0`` and logging the reason, not by raising.
+:mod:`~virnucpro_trt.engines.tensorrt_backend` calls these with the real module.
+
+Runtime module. The full ``tensorrt`` package builds and runs; the lean runtime, a separate wheel whose
+module is ``tensorrt_lean``, only deserializes version-compatible plans. :data:`RUNTIME_MODULES` is the
+order they are looked for in when loading.
 
 Precision strategy. TensorRT >= 9.1 can build a *strongly typed* network: every tensor keeps the type
 the ONNX graph gives it, so the fp32 islands the export keeps on purpose (LayerNorm statistics, softmax,
@@ -20,10 +27,13 @@ as far as the flags go: TensorRT uses fp8 only where the graph has Q/DQ nodes fr
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +41,8 @@ from typing import Any
 import torch
 
 from virnucpro_trt.engines.onnx_export import INPUT_NAMES
-from virnucpro_trt.engines.spec import ShapeRange
-from virnucpro_trt.errors import BuildError
+from virnucpro_trt.engines.tensorrt_profiles import Profile
+from virnucpro_trt.errors import BuildError, EngineMismatchError, RunFailure, ShapeRangeError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +53,9 @@ FP8_NOTE = (
     "ModelOpt); without them TensorRT runs the fallback precision"
 )
 SIDECAR_SUFFIX = ".json"
-Shape = tuple[int, ...]
+BUILDER_MODULE = "tensorrt"
+LEAN_MODULE = "tensorrt_lean"  # the lean runtime's own wheel and module: runs version-compatible plans only
+RUNTIME_MODULES = (BUILDER_MODULE, LEAN_MODULE)
 
 
 def enum_names(enum: Any) -> set[str]:
@@ -65,14 +77,6 @@ def trt_enum_names(trt: Any) -> dict[str, set[str]]:
     }
 
 
-def profile_shapes(shapes: ShapeRange) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """min/opt/max [batch, sequence] for both inputs: one optimisation profile covering the range."""
-    low = (shapes.min_batch, shapes.min_length)
-    opt = (shapes.opt_batch, shapes.opt_length)
-    high = (shapes.max_batch, shapes.max_length)
-    return {name: (low, opt, high) for name in INPUT_NAMES}
-
-
 @dataclass
 class BuildPlan:
     """Everything a build sets on TensorRT, by enum *name* (resolved against the module at build time)."""
@@ -88,7 +92,11 @@ class BuildPlan:
     hardware_compatibility: str | None = None
     workspace_bytes: int | None = None
     optimization_level: int | None = None
-    profile: dict[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
+    profiles: list[Profile] = field(default_factory=list)
+    # IOptimizationProfile.extra_memory_target of every profile after the first: 0 asks TensorRT not to
+    # allocate more weight memory for it (the default, 1.0, lets each profile take up to a full copy,
+    # which for ESM-2 3B is 5.6 GB per profile). A hint: TensorRT does not promise to meet it.
+    extra_profile_memory: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -104,14 +112,15 @@ class BuildPlan:
             "hardware_compatibility": self.hardware_compatibility,
             "workspace_bytes": self.workspace_bytes,
             "optimization_level": self.optimization_level,
-            "profile": {name: [list(s) for s in shapes] for name, shapes in self.profile.items()},
+            "profiles": [profile.to_json() for profile in self.profiles],
+            "extra_profile_memory": self.extra_profile_memory,
             "notes": self.notes,
         }
 
 
 def plan_build(
     precision: str,
-    shapes: ShapeRange,
+    profiles: list[Profile],
     names: dict[str, set[str]],
     *,
     strongly_typed: bool | None = None,
@@ -136,7 +145,7 @@ def plan_build(
         precision=precision,
         onnx_precision=precision,
         strongly_typed=strong,
-        profile=profile_shapes(shapes),
+        profiles=list(profiles),
         workspace_bytes=workspace_bytes,
         optimization_level=optimization_level,
     )
@@ -157,8 +166,8 @@ def plan_build(
             raise BuildError("this TensorRT has no VERSION_COMPATIBLE builder flag (needs >= 8.6)")
         plan.set_flags.append("VERSION_COMPATIBLE")
     if "RUNTIME_ACTIVATION_RESIZE_10_10" in names.get("PreviewFeature", set()):
-        # Lets the runner size activation memory for each batch's shapes instead of the profile's
-        # max corner (max batch x max length), which for ESM-2 3B would not fit in any GPU.
+        # Lets the runner size activation memory for each batch's shapes instead of its profile's
+        # max corner (the largest batch at the longest length the profile allows).
         plan.preview_features.append("RUNTIME_ACTIVATION_RESIZE_10_10")
     return plan
 
@@ -197,8 +206,9 @@ def network_creation_flags(trt: Any, plan: BuildPlan) -> int:
 def apply_plan(trt: Any, builder: Any, config: Any, plan: BuildPlan, timing_cache: bytes) -> Any:
     """Set ``plan`` on a builder config and attach a timing cache made from ``timing_cache`` bytes.
 
-    Returns the timing cache object. A cache TensorRT rejects (another TensorRT version or GPU) is
-    replaced by an empty one rather than failing the build.
+    Returns the timing cache object. A cache TensorRT cannot read (``create_timing_cache`` returns
+    ``None``: a truncated or foreign file) or rejects (another TensorRT version or GPU) is replaced by an
+    empty one, with a warning, rather than failing the build.
     """
     for name in plan.set_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
@@ -214,15 +224,36 @@ def apply_plan(trt: Any, builder: Any, config: Any, plan: BuildPlan, timing_cach
         )
     if plan.optimization_level is not None:
         config.builder_optimization_level = int(plan.optimization_level)
-    profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in plan.profile.items():
-        profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing_cache)
-    if not config.set_timing_cache(cache, False):
-        log.warning("TensorRT rejected the timing cache (other version or GPU?); starting an empty one")
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, False)
+    if not plan.profiles:
+        raise BuildError("a TensorRT build needs at least one optimization profile")
+    for expected, shapes in enumerate(plan.profiles):
+        profile = builder.create_optimization_profile()
+        for name in INPUT_NAMES:  # set_shape raises on shapes TensorRT refuses
+            profile.set_shape(name, shapes.min, shapes.opt, shapes.max)
+        if expected > 0:  # ignored by TensorRT for the first profile
+            profile.extra_memory_target = plan.extra_profile_memory
+        index = config.add_optimization_profile(profile)
+        if index != expected:  # -1: TensorRT found the profile invalid
+            raise BuildError(
+                f"TensorRT refused optimization profile {expected} ({shapes.to_json()}): returned {index}"
+            )
+    return attach_timing_cache(config, timing_cache)
+
+
+def attach_timing_cache(config: Any, timing_cache: bytes) -> Any:
+    """The timing cache made from ``timing_cache`` and set on ``config``, or an empty one if TensorRT
+    cannot read or will not take it. Raises :class:`BuildError` if even an empty cache is refused."""
+    if timing_cache:
+        cache = config.create_timing_cache(timing_cache)
+        if cache is None:
+            log.warning("TensorRT could not read the timing cache (damaged?); starting an empty one")
+        elif config.set_timing_cache(cache, False):
+            return cache
+        else:
+            log.warning("TensorRT rejected the timing cache (other version or GPU?); starting an empty one")
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise BuildError("TensorRT could not create an empty timing cache")
     return cache
 
 
@@ -308,25 +339,175 @@ def torch_dtype(trt_dtype: Any) -> torch.dtype:
     return TORCH_DTYPES[name]
 
 
+def import_runtime(
+    importer: Callable[[str], Any] = importlib.import_module, modules: Iterable[str] = RUNTIME_MODULES
+) -> tuple[str, Any]:
+    """``(module name, module)`` of the first TensorRT runtime importable here: the full ``tensorrt``,
+    else the lean runtime ``tensorrt_lean``. Raises ImportError naming what each attempt said."""
+    failures = []
+    for name in modules:
+        try:
+            return name, importer(name)
+        except Exception as exc:  # ImportError, or a broken install failing to load its libraries
+            failures.append(f"{name}: {exc}")
+    raise ImportError("; ".join(failures))
+
+
+def check_runtime_fits(module_name: str, sidecar: dict[str, Any], plan_name: str) -> None:
+    """The lean runtime deserializes only version-compatible plans: refuse any other one up front."""
+    if module_name == LEAN_MODULE and not sidecar.get("version_compatible"):
+        raise EngineMismatchError(
+            f"only the lean TensorRT runtime ({LEAN_MODULE}) is installed here, and it runs only "
+            f"version-compatible plans; {plan_name} is not one: install the full tensorrt package "
+            "(pip install '.[tensorrt]')"
+        )
+
+
+class ErrorLog:
+    """The errors a TensorRT logger received, numbered, so a caller can ask for the ones since a mark.
+
+    TensorRT keeps one logger for the whole process (:func:`~virnucpro_trt.engines.tensorrt_backend.
+    process_logger`), so errors of several builds and runners land here; each operation takes a
+    :meth:`mark` before it starts and reports :meth:`since` that mark. Thread safe, as TensorRT requires
+    of a logger; only the most recent ``keep`` errors are held.
+    """
+
+    def __init__(self, keep: int = 64):
+        self._lock = threading.Lock()
+        self._recent: deque[tuple[int, str]] = deque(maxlen=keep)
+        self._count = 0
+
+    def add(self, message: str) -> None:
+        with self._lock:
+            self._recent.append((self._count, message))
+            self._count += 1
+
+    def mark(self) -> int:
+        with self._lock:
+            return self._count
+
+    def since(self, mark: int) -> list[str]:
+        with self._lock:
+            return [message for number, message in self._recent if number >= mark]
+
+    def describe(self, mark: int, last: int = 3) -> str:
+        """The last ``last`` errors since ``mark``, joined, or a pointer to the log when there are none."""
+        errors = self.since(mark)[-last:]
+        return "; ".join(errors) if errors else "no error logged by TensorRT"
+
+
 def create_context(trt: Any, engine: Any) -> tuple[Any, bool]:
     """An execution context whose activation memory we allocate per batch, when TensorRT allows it.
 
-    Returns (context, user_managed). The default (static) strategy reserves memory for the profile's
-    max batch AND max length at once, far more than a token-budget batch ever needs.
+    Returns (context, user_managed). The default (static) strategy reserves memory for the largest
+    profile's max corner at once, more than most token-budget batches need. ``None`` from TensorRT
+    (no context could be made, e.g. out of memory) is a :class:`RunFailure`.
     """
     strategy_enum = getattr(trt, "ExecutionContextAllocationStrategy", None)
     if strategy_enum is None or not hasattr(strategy_enum, "USER_MANAGED"):
-        return engine.create_execution_context(), False
+        context, user_managed = engine.create_execution_context(), False
+    else:
+        user_managed = True
+        try:
+            context = engine.create_execution_context(strategy_enum.USER_MANAGED)
+        except TypeError:  # a TensorRT that takes a runtime config instead of a strategy
+            runtime_config = engine.create_runtime_config()
+            runtime_config.set_execution_context_allocation_strategy(strategy_enum.USER_MANAGED)
+            context = engine.create_execution_context(runtime_config)
+    if context is None:
+        raise RunFailure("TensorRT could not create an execution context (see the TensorRT errors logged)")
+    return context, user_managed
+
+
+def engine_profiles(engine: Any, names: Iterable[str] = INPUT_NAMES) -> list[Profile]:
+    """The optimization profiles a deserialized engine holds (``get_tensor_profile_shape`` per profile),
+    which must be the same for every input; the engine, not the manifest, is what the runner obeys."""
+    names = list(names)
+    profiles = []
+    for index in range(int(engine.num_optimization_profiles)):
+        per_input = {
+            name: Profile(*(_dims2(dims) for dims in engine.get_tensor_profile_shape(name, index)))
+            for name in names
+        }
+        first = per_input[names[0]]
+        if any(profile != first for profile in per_input.values()):
+            raise EngineMismatchError(f"profile {index} differs between the engine's inputs: {per_input}")
+        profiles.append(first)
+    if not profiles:
+        raise EngineMismatchError("the TensorRT engine has no optimization profile")
+    return profiles
+
+
+def _dims2(dims: Any) -> tuple[int, int]:
+    values = [int(v) for v in dims]
+    if len(values) != 2:
+        raise EngineMismatchError(f"expected [batch, length] profile shapes, the engine has {values}")
+    return values[0], values[1]
+
+
+class ProfileContexts:
+    """One execution context per optimization profile, made the first time a batch needs it.
+
+    A context selects its profile once (``set_optimization_profile_async`` on the stream the batches
+    run on, so the selection is ordered before them); keeping a context per profile instead of
+    switching one context avoids TensorRT's per-switch resource updates. All contexts share one
+    :class:`ActivationMemory`: they run one at a time on one stream.
+    """
+
+    def __init__(self, trt: Any, engine: Any, count: int):
+        self.trt = trt
+        self.engine = engine
+        self.count = count
+        self.contexts: dict[int, Any] = {}
+        self.user_managed: bool | None = None
+
+    def get(self, index: int, stream_handle: int) -> Any:
+        if not 0 <= index < self.count:
+            raise ShapeRangeError(f"TensorRT profile {index} does not exist (the engine has {self.count})")
+        if index not in self.contexts:
+            context, user_managed = create_context(self.trt, self.engine)
+            self.user_managed = user_managed
+            select_profile(context, index, stream_handle)
+            self.contexts[index] = context
+        return self.contexts[index]
+
+
+def select_profile(context: Any, index: int, stream_handle: int) -> None:
+    """``set_optimization_profile_async``, whose failure the bindings report by raising or returning False."""
     try:
-        return engine.create_execution_context(strategy_enum.USER_MANAGED), True
-    except TypeError:  # TensorRT 11 takes a runtime config instead of a strategy
-        runtime_config = engine.create_runtime_config()
-        runtime_config.set_execution_context_allocation_strategy(strategy_enum.USER_MANAGED)
-        return engine.create_execution_context(runtime_config), True
+        selected = context.set_optimization_profile_async(index, stream_handle)
+    except RuntimeError as exc:
+        raise RunFailure(f"TensorRT refused to select optimization profile {index}: {exc}") from None
+    if selected is False:
+        raise RunFailure(f"TensorRT refused to select optimization profile {index}")
+
+
+def run_context(
+    context: Any,
+    inputs: dict[str, torch.Tensor],
+    output_name: str,
+    output: torch.Tensor,
+    stream_handle: int,
+    memory: ActivationMemory | None,
+) -> None:
+    """Bind ``inputs`` (shapes and addresses), activation memory and ``output`` to ``context`` and
+    enqueue it on ``stream_handle``; every refusal is raised (TensorRT logs its reason separately)."""
+    for name, tensor in inputs.items():
+        shape = tuple(tensor.shape)
+        if not context.set_input_shape(name, shape):
+            raise ShapeRangeError(f"TensorRT refused {name} of shape {shape} for its profile")
+        if not context.set_tensor_address(name, tensor.data_ptr()):
+            raise RunFailure(f"TensorRT refused the address of {name} (shape {shape})")
+    if memory is not None:
+        memory.provide(context)
+    if not context.set_tensor_address(output_name, output.data_ptr()):
+        raise RunFailure(f"TensorRT refused the address of {output_name} (shape {tuple(output.shape)})")
+    if not context.execute_async_v3(stream_handle):
+        raise RunFailure("TensorRT failed to enqueue the engine")
 
 
 class ActivationMemory:
-    """A growing torch CUDA byte buffer handed to a user-managed execution context.
+    """A growing torch CUDA byte buffer handed to user-managed execution contexts.
 
     It only grows, so after the largest batch no allocation happens. Freed buffers are safe to reuse
     because every batch runs on one stream and torch's allocator orders reuse on that stream.
@@ -341,10 +522,16 @@ class ActivationMemory:
         return 0 if self.buffer is None else int(self.buffer.numel())
 
     def provide(self, context: Any) -> int:
-        """Give ``context`` memory for the input shapes just set; returns the bytes it asked for."""
+        """Give ``context`` memory for the input shapes just set; returns the bytes it asked for.
+
+        ``update_device_memory_size_for_shapes`` returns 0 on error (shapes or profile not set): an
+        engine of these encoders always needs activation memory, so 0 is raised, never handed on.
+        """
         need = int(context.update_device_memory_size_for_shapes())
+        if need <= 0:
+            raise RunFailure(f"TensorRT could not size the activation memory for these shapes (got {need})")
         if need > self.size or self.buffer is None:
-            self.buffer = torch.empty(max(need, 1), dtype=torch.uint8, device=self.device)
+            self.buffer = torch.empty(need, dtype=torch.uint8, device=self.device)
         if hasattr(context, "set_device_memory"):
             context.set_device_memory(self.buffer.data_ptr(), self.size)
         else:  # TensorRT 10.0

@@ -1,25 +1,24 @@
 """Reading weight files safely, and the checks every checkpoint loader shares.
 
-Every ``torch.load`` here runs with ``weights_only=True`` (tensors and plain containers only; a pickle that
-names any other global is refused before anything runs) and ``map_location="cpu"``. Safetensors files
-cannot carry code at all. Errors are :class:`~virnucpro_trt.errors.CheckpointError` with a one-line
-message that says what was found.
+PyTorch files are read by :mod:`~virnucpro_trt.models.torch_archive` (tensors and plain containers only;
+a pickle that names any other global is refused before anything runs; TorchScript, tar and legacy files
+are refused by format). Safetensors files cannot carry code at all. Errors are
+:class:`~virnucpro_trt.errors.CheckpointError` with a one-line message that says what was found.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import pickle
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from virnucpro_trt.errors import CheckpointError, UnsafePickleError
+from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.files.names import member_path
+from virnucpro_trt.models.torch_archive import load_torch_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -28,35 +27,17 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+MAX_JSON_BYTES = 64 << 20  # config.json, shard indexes: kilobytes in practice
 
 
-def safe_torch_load(path: Path, allowed_globals: Sequence[Any] = ()) -> Any:
-    """``torch.load`` with ``weights_only=True``, memory-mapped when the file format allows it.
+def safe_torch_load(path: Path, extra_globals: Mapping[tuple[str, str], Any] | None = None) -> Any:
+    """A ``torch.save`` archive of tensors and plain containers, memory-mapped, never through ``torch.load``.
 
-    ``allowed_globals`` widens the allow-list for known harmless types (fair-esm's ``argparse.Namespace``).
+    :func:`~virnucpro_trt.models.torch_archive.load_torch_file` refuses TorchScript, tar and legacy files
+    and any global outside the tensor allow-list; ``extra_globals`` widens it for known harmless types
+    (fair-esm's ``argparse.Namespace``).
     """
-    context: AbstractContextManager[Any] = nullcontext()
-    if allowed_globals:
-        if hasattr(torch.serialization, "safe_globals"):
-            context = torch.serialization.safe_globals(list(allowed_globals))
-        else:  # torch < 2.5 has only the process-wide allow-list
-            torch.serialization.add_safe_globals(list(allowed_globals))
-    try:
-        with context:
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):  # legacy (non-zip) files cannot be memory-mapped
-                    raise
-                return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = _UNSUPPORTED_GLOBAL.search(str(exc))
-        what = found.group(1) if found else str(exc).splitlines()[0]
-        raise UnsafePickleError(f"{path}: refused to unpickle {what} (only tensors are loaded)") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: cannot read as a PyTorch file ({first_line})") from exc
+    return load_torch_file(path, extra_globals=extra_globals, use_mmap=True)
 
 
 def load_safetensors(path: Path) -> StateDict:
@@ -84,11 +65,11 @@ def hf_weight_files(folder: Path) -> list[Path]:
         if (folder / single).is_file():
             return [folder / single]
         if (folder / index).is_file():
-            try:
-                weight_map = json.loads((folder / index).read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"{folder / index}: not a shard index ({exc})") from exc
-            shards = [folder / name for name in sorted(set(weight_map.values()))]
+            weight_map = read_json(folder / index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{folder / index}: not a shard index (no 'weight_map' object)")
+            names = sorted({str(name) for name in weight_map.values()})
+            shards = [member_path(folder, name, f"{folder / index}") for name in names]
             missing = [p.name for p in shards if not p.is_file()]
             if missing:
                 raise CheckpointError(f"{folder}: shard index lists missing files {', '.join(missing)}")
@@ -117,8 +98,11 @@ def load_weight_files(files: Iterable[Path]) -> StateDict:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint folder (size bounded: it is read whole)."""
     if not path.is_file():
         raise CheckpointError(f"{path.parent}: no {path.name}")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{path}: {path.stat().st_size} bytes, too large for a model's JSON file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -165,19 +149,3 @@ def layer_count(keys: Iterable[str], pattern: str) -> int:
 def to_float32(state: StateDict) -> StateDict:
     """fp32 contiguous copies where needed (fair-esm files are fp16; HF files may be bf16/fp16)."""
     return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-
-
-def weights_sha256(paths: Iterable[str | Path]) -> str:
-    """SHA-256 identifying a set of weight files, independent of the folder they sit in.
-
-    Per-file digests of the contents are combined in file-name order, so the same shards give the same
-    hash wherever they are (e.g. a Hugging Face snapshot folder and a copy of it).
-    """
-    combined = hashlib.sha256()
-    for path in sorted((Path(p) for p in paths), key=lambda p: p.name):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 24):
-                digest.update(chunk)
-        combined.update(digest.digest())
-    return combined.hexdigest()

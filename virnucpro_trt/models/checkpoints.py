@@ -1,7 +1,8 @@
 """One import point for the encoder checkpoint loaders.
 
-``load_dnabert`` and ``load_esm2`` return ``(model fp32 CPU eval, tokenizer, info)``; ``info["weight_files"]``
-feeds :func:`weights_sha256`, the identity of the weights recorded in engine manifests.
+``load_dnabert`` and ``load_esm2`` return ``(model fp32 CPU eval, tokenizer, info)``; :func:`load_encoder`
+adds the weights' identity (:mod:`virnucpro_trt.models.identity`: ``weights_sha256``, and
+``weights_identity`` with the stamps) that engine manifests, resume keys and run.json record.
 """
 
 from __future__ import annotations
@@ -11,24 +12,32 @@ from typing import Any
 
 import torch
 
-from virnucpro_trt.models.checkpoint_io import weights_sha256
 from virnucpro_trt.models.dnabert_checkpoint import load_dnabert
 from virnucpro_trt.models.esm_checkpoint import load_esm2
+from virnucpro_trt.models.identity import WeightsIdentity, confirm_checkpoint, confirm_still
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 
-__all__ = ["load_dnabert", "load_encoder", "load_esm2", "weights_sha256"]
+__all__ = ["load_dnabert", "load_encoder", "load_esm2"]
 
 
 def load_encoder(
-    kind: str, path: Path
+    kind: str, path: Path, identity: WeightsIdentity | None = None
 ) -> tuple[torch.nn.Module, DnaTokenizer | ProteinTokenizer, dict[str, Any], int]:
-    """``(model, tokenizer, info, width)`` of ``dnabert-s`` or ``esm2``; ``info`` gains ``weights_sha256``."""
+    """``(model, tokenizer, info, width)`` of ``dnabert-s`` or ``esm2``; ``info`` gains ``weights_sha256``.
+
+    ``identity`` is what the caller already knows of ``path`` (a run's coordinator hashed it): reused
+    while the files carry its stamps, and refused when they no longer hold those weights. The files are
+    stamped before loading and checked after, so the hash always describes what was loaded.
+    """
+    found = confirm_checkpoint(kind, path, identity)
     if kind == "dnabert-s":
         model, tokenizer, info = load_dnabert(path)
         dim = model.config.hidden_size
     else:
         model, tokenizer, info = load_esm2(path)
         dim = model.config.embed_dim
+    confirm_still(found, path)
     info = dict(info)
-    info["weights_sha256"] = weights_sha256(info.get("weight_files") or [path])
+    info["weights_sha256"] = found.sha256
+    info["weights_identity"] = found
     return model, tokenizer, info, dim

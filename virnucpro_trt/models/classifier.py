@@ -6,7 +6,8 @@ no-op) -> Linear(512, 2)``, then softmax; class 0 = ``others``, class 1 = ``viru
 Accepted checkpoints:
 
 * the upstream whole-module pickle (``300_model.pth`` / ``500_model.pth``), read through
-  :mod:`virnucpro_trt.models.pickle_guard` (no arbitrary code) and converted to tensors;
+  :mod:`virnucpro_trt.models.torch_archive` with :mod:`virnucpro_trt.models.pickle_guard`'s inert
+  stand-ins (no pickled code runs; TorchScript, tar and legacy files are refused) and converted to tensors;
 * a plain state dict saved with ``torch.save(model.state_dict())``;
 * our own ``.safetensors`` conversion (``virnucpro-trt convert-classifier``), the safe format used
   everywhere downstream.
@@ -30,7 +31,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from virnucpro_trt.errors import CheckpointError
-from virnucpro_trt.models.pickle_guard import PickledObject, restricted_torch_load
+from virnucpro_trt.models.identity import WeightsIdentity, confirm_checkpoint, confirm_still
+from virnucpro_trt.models.pickle_guard import MAX_CLASSIFIER_BYTES, PickledObject, restricted_torch_load
 
 LABELS = ("others", "virus")
 
@@ -174,12 +176,27 @@ def _check_shapes(w: ClassifierWeights, path: Path) -> None:
         raise CheckpointError(f"{path}: the classifier has {w.num_classes} outputs, VirNucPro's has 2")
 
 
-def load_classifier_weights(path: str | Path) -> ClassifierWeights:
-    """Read any accepted classifier checkpoint without executing pickled code."""
+def load_classifier_weights(path: str | Path, identity: WeightsIdentity | None = None) -> ClassifierWeights:
+    """Read any accepted classifier checkpoint without executing pickled code.
+
+    With ``identity`` (what a run's coordinator hashed), a file that no longer holds those weights is
+    refused instead of being mixed into the run's results.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"classifier checkpoint {path} is not a file")
+    if identity is None:
+        return _read_classifier(path)
+    found = confirm_checkpoint("classifier", path, identity)
+    weights = _read_classifier(path)
+    confirm_still(found, path)
+    return weights
+
+
+def _read_classifier(path: Path) -> ClassifierWeights:
     if path.suffix == ".safetensors":
+        if path.stat().st_size > MAX_CLASSIFIER_BYTES:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, far too large for a classifier")
         try:
             tensors = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types

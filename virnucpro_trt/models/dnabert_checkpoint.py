@@ -41,7 +41,7 @@ def load_dnabert(path: str | Path) -> tuple[DnabertEncoder, DnaTokenizer, dict[s
     """Load DNABERT-S (fp32, CPU, eval) from a folder; returns (model, tokenizer, info).
 
     The folder holds ``config.json``, ``pytorch_model.bin`` or ``model.safetensors`` (or a shard index) and
-    ``tokenizer.json``. ``info`` holds ``layout``, ``weight_files`` (for :func:`weights_sha256`),
+    ``tokenizer.json``. ``info`` holds ``layout``, ``weight_files`` (for the weights identity),
     ``config`` and ``ignored_keys``.
     """
     folder = Path(path)

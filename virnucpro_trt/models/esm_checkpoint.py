@@ -12,8 +12,8 @@ initialisation that would be overwritten, and a 3B model is not held twice in me
 
 from __future__ import annotations
 
-import argparse
 import re
+import types
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -69,7 +69,7 @@ _INV_FREQ = re.compile(r"^(layers\.\d+\.self_attn\.)?rot_emb\.inv_freq$")
 def load_esm2(path: str | Path) -> tuple[Esm2Encoder, ProteinTokenizer, dict[str, Any]]:
     """Load ESM-2 (fp32, CPU, eval) from an HF folder or a fair-esm ``.pt``; returns (model, tokenizer, info).
 
-    ``info`` holds ``format``, ``layout``, ``weight_files`` (for :func:`weights_sha256`), ``config``,
+    ``info`` holds ``format``, ``layout``, ``weight_files`` (for the weights identity), ``config``,
     ``inv_freq`` (``"checkpoint"`` or ``"computed"``) and ``ignored_keys``.
     """
     path = Path(path)
@@ -174,7 +174,8 @@ def _namespace_value(args: Any, *names: str, default: Any = None) -> Any:
 
 
 def _read_fair_esm(path: Path) -> tuple[StateDict, Esm2Config, ProteinTokenizer, dict[str, Any]]:
-    data = safe_torch_load(path, allowed_globals=[argparse.Namespace])
+    # fair-esm pickles its training arguments as an argparse.Namespace: read as a plain namespace.
+    data = safe_torch_load(path, extra_globals={("argparse", "Namespace"): types.SimpleNamespace})
     if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
         found = sorted(map(str, data)) if isinstance(data, Mapping) else type(data).__name__
         raise CheckpointError(

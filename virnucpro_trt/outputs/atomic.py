@@ -1,7 +1,8 @@
-"""Result files that appear only when complete.
+"""A group of result files that appear together, only when all of them are complete.
 
-Every result is written to ``<name>.partial`` beside its final name and renamed (atomic on POSIX) only
-after the whole run succeeded, so an interrupted or failed run never leaves a file that looks finished.
+Every result is written under a temporary name beside its final name (:mod:`virnucpro_trt.files.atomic`)
+and renamed (atomic on POSIX) only after the whole run succeeded, so an interrupted or failed run never
+leaves a file that looks finished — nor a truncated temporary one, even when the disk filled up.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import os
 from pathlib import Path
 from typing import IO
 
+from virnucpro_trt.files.atomic import close_quietly, remove_quietly, temporary_name
+
 
 class ResultSet:
     """A group of text result files committed together at the end of a run."""
@@ -19,18 +22,22 @@ class ResultSet:
         self.outdir = outdir
         self.names = names
         self._handles: dict[str, IO[str]] = {}
+        self._temporary = {name: temporary_name(outdir / name) for name in names}
 
     def __enter__(self) -> ResultSet:
         self.outdir.mkdir(parents=True, exist_ok=True)
-        for name in self.names:
-            # A previous run's file must not survive next to a run that may fail.
-            with contextlib.suppress(FileNotFoundError):
-                (self.outdir / name).unlink()
-            self._handles[name] = open(self.partial(name), "w", encoding="utf-8", newline="\n")
+        try:
+            for name in self.names:
+                # A previous run's file must not survive next to a run that may fail.
+                remove_quietly(self.outdir / name)
+                self._handles[name] = open(self.partial(name), "w", encoding="utf-8", newline="\n")
+        except BaseException:
+            self._discard()
+            raise
         return self
 
     def partial(self, name: str) -> Path:
-        return self.outdir / f"{name}.partial"
+        return self._temporary[name]
 
     def __getitem__(self, name: str) -> IO[str]:
         return self._handles[name]
@@ -44,20 +51,15 @@ class ResultSet:
             os.replace(self.partial(name), self.outdir / name)
         self._handles.clear()
 
+    def _discard(self) -> None:
+        for name, handle in self._handles.items():
+            close_quietly(handle)  # ENOSPC while flushing must not keep the file from being removed
+            remove_quietly(self.partial(name))
+        self._handles.clear()
+
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._handles:  # not committed: remove the partial files
-            for name, handle in self._handles.items():
-                handle.close()
-                with contextlib.suppress(FileNotFoundError):
-                    self.partial(name).unlink()
-            self._handles.clear()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small file (run.json) through a temporary name."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        if self._handles:  # not committed: remove the temporary files
+            self._discard()
 
 
 def remove_if_exists(path: Path) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from virnucpro_trt.files.atomic import remove_quietly, temporary_name
+
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -25,7 +27,7 @@ class _Appender:
 
     def __init__(self, path: Path, columns: dict[str, tuple[Any, tuple[int, ...]]], attrs: dict[str, str]):
         self.path = path
-        self.partial = path.with_name(path.name + ".partial")
+        self.partial = temporary_name(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = h5py.File(self.partial, "w")
         self.rows = 0
@@ -58,10 +60,10 @@ class _Appender:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self.file.id.valid:  # not committed
-            self.file.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.partial.unlink()
+        if self.file.id.valid:  # not committed: a full disk may fail the close too; remove it anyway
+            with contextlib.suppress(Exception):
+                self.file.close()
+        remove_quietly(self.partial)
 
 
 class FrameEmbeddingsWriter(_Appender):

@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from virnucpro_trt.runtime.resume import marker_path, sha256_bytes, write_bytes_atomic
+from virnucpro_trt.files.atomic import write_bytes_atomic
+from virnucpro_trt.files.digests import sha256_bytes
+from virnucpro_trt.runtime.resume import marker_path
 from virnucpro_trt.runtime.shards import ShardSpec
 
 MARKER_SCHEMA = 1

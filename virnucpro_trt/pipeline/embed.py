@@ -18,7 +18,8 @@ import numpy as np
 from virnucpro_trt import __version__
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.encoders import open_models
-from virnucpro_trt.pipeline.inputs import materialise, validate_input
+from virnucpro_trt.pipeline.inputs import materialise, private_spool, validate_input
+from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file, check_run_paths
 from virnucpro_trt.sequences.reader import read_records
 from virnucpro_trt.settings import EmbedSettings
 
@@ -30,7 +31,10 @@ _BLOCK_RECORDS = 65536
 def run_embed(settings: EmbedSettings) -> dict[str, Any]:
     """Validate the input, load the encoder, embed block by block; the file appears only when complete."""
     alphabet = "dna" if settings.model == "dnabert-s" else "protein"
-    path, display = materialise(settings.input, settings.output.parent)
+    check_input_file(settings.input)
+    check_run_paths([settings.input, settings.weights], [settings.output])
+    spool = private_spool(settings.output.parent) if settings.input == STDIN else settings.output
+    path, display = materialise(settings.input, spool)
     try:
         summary = validate_input(path, display, alphabet)
         kind = "dnabert-s" if settings.model == "dnabert-s" else "esm2"
@@ -68,6 +72,6 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
             writer.commit()
         return {"records": summary.records, "dim": encoder.dim, "empty": summary.empty_records}
     finally:
-        if settings.input == "-":
+        if settings.input == STDIN:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

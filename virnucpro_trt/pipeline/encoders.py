@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -22,6 +22,7 @@ from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
+from virnucpro_trt.models.identity import WeightsIdentity
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.runtime.device import (
     configure_fp32_reference,
@@ -33,16 +34,21 @@ from virnucpro_trt.runtime.encoder import LoadedEncoder
 from virnucpro_trt.runtime.frame_path import FrameModels
 from virnucpro_trt.settings import EncoderSettings
 
-__all__ = ["EncoderLoader", "LoadedEncoder", "RunModels", "engine_dir_for_run", "open_models"]
+__all__ = ["EncoderLoader", "LoadedEncoder", "RunModels", "RunWeights", "engine_dir_for_run", "open_models"]
+
+if TYPE_CHECKING:
+    from virnucpro_trt.engines.engine_set import CheckedEngines
 
 log = logging.getLogger(__name__)
 
 EncoderKind = Literal["dnabert-s", "esm2"]
 _RESOLVE_KIND = {"dnabert-s": "dnabert", "esm2": "esm", "classifier": "classifier"}
-EncoderLoader = Callable[[str, Path], tuple[torch.nn.Module, Any, dict[str, Any], int]]
-"""``(kind, path) -> (fp32 CPU module, tokenizer, info, width)``: :func:`load_encoder`'s signature. A
-caller that opens the same checkpoints many times (``bench``) passes one that hands out copies of
-modules it loaded once."""
+EncoderLoader = Callable[
+    [str, Path, "WeightsIdentity | None"], tuple[torch.nn.Module, Any, dict[str, Any], int]
+]
+"""``(kind, path, known identity) -> (fp32 CPU module, tokenizer, info, width)``: :func:`load_encoder`'s
+signature. A caller that opens the same checkpoints many times (``bench``) passes one that hands out
+copies of modules it loaded once."""
 
 
 @dataclass
@@ -57,6 +63,20 @@ class RunModels:
     classifier_path: Path | None = None
     engine_dir: Path | None = None
     engine_build: dict[str, Any] = field(default_factory=dict)
+    engine_identity: str | None = None
+
+
+@dataclass(frozen=True)
+class RunWeights:
+    """What a run's coordinator checked before its workers open the models (they get it with the job).
+
+    ``weights``: per kind (``dnabert-s``, ``esm2``, ``classifier``) the identity of the checkpoint
+    named; ``engines``: the checked engine directory. Workers reuse both instead of hashing again, and a
+    file that changed since is refused rather than mixed into the results.
+    """
+
+    weights: dict[str, WeightsIdentity] = field(default_factory=dict)
+    engines: CheckedEngines | None = None
 
     def frame_models(self) -> FrameModels:
         """Both encoders and the classifier (checked against them, placed on the device) for
@@ -76,10 +96,11 @@ def _load_eager(
     dtype: torch.dtype,
     budget: int,
     loader: EncoderLoader = load_encoder,
+    known: WeightsIdentity | None = None,
 ) -> LoadedEncoder:
     started = time.perf_counter()
     path = resolve_model(spec, _RESOLVE_KIND[kind])
-    model, tokenizer, info, dim = loader(kind, path)
+    model, tokenizer, info, dim = loader(kind, path, known)
     info["spec"] = spec
     backend = TorchBackend(model, dim, tokenizer.pad_id, device, dtype)
     log.info(
@@ -100,13 +121,16 @@ def engine_dir_for_run(
     engines: Path | None,
     rebuild: bool,
     engine_cache: Path | None,
-) -> Path | None:
+    build: bool = True,
+) -> CheckedEngines | None:
     """The engine directory a multi-worker run loads, checked — and built when allowed — here, once.
 
     Called by the coordinator before any worker starts, because two workers must never build the same
-    directory at once. The workers then open it with ``open_models(..., engines=folder, rebuild=False)``
-    and without checkpoint names, so the checkpoints are hashed here, not once per GPU. Returns None for
-    eager PyTorch. Raises exactly what :func:`open_models` would (mismatch, not an engine directory...).
+    directory at once. The workers then open it with ``open_models(..., engines=folder, checked=...)``
+    and without checkpoint names, so the checkpoints and engine files are hashed here, not once per GPU.
+    Returns None for eager PyTorch. Raises exactly what :func:`open_models` would (mismatch, not an
+    engine directory, a damaged file...). ``build=False`` only checks: a directory that would need a
+    (re)build raises :class:`~virnucpro_trt.errors.EngineMismatchError`.
     """
     from virnucpro_trt.engines.engine_set import check_engine_set
 
@@ -115,8 +139,8 @@ def engine_dir_for_run(
         return None
     backend, folder = choice
     device = resolve_device(encoders.device)
-    may_rebuild = rebuild or engines is None
-    check_engine_set(
+    may_rebuild = build and (rebuild or engines is None)
+    checked = check_engine_set(
         folder,
         device,
         specs,
@@ -124,7 +148,7 @@ def engine_dir_for_run(
     )
     if device.type == "cuda":  # the build's models are gone; give their memory back to the workers
         torch.cuda.empty_cache()
-    return folder
+    return checked
 
 
 def _engine_choice(
@@ -168,20 +192,23 @@ def open_models(
     rebuild: bool = False,
     engine_cache: Path | None = None,
     loader: EncoderLoader = load_encoder,
+    known: RunWeights | None = None,
 ) -> RunModels:
     """Load the encoders ``kinds`` (and the classifier) as the settings ask.
 
     ``specs`` maps ``dnabert-s``/``esm2``/``classifier`` to what the user named (None: not named; with
     engines the directory's own copies are used). ``loader`` reads an eager checkpoint (default: from
-    its files).
+    its files). ``known`` is what a run's coordinator already checked (weights identities, or the engine
+    directory): reused where the files are unchanged, refused where they now hold something else.
     """
     device = resolve_device(encoders.device)
     torch.set_num_threads(encoders.threads or available_cpus())
     choice = _engine_choice(encoders, engines, engine_cache)
     if choice is None:
-        return _open_eager(encoders, specs, kinds, need_classifier, device, loader)
+        return _open_eager(encoders, specs, kinds, need_classifier, device, loader, known)
     backend, folder = choice
-    return _open_engines(encoders, specs, device, folder, rebuild or engines is None, backend)
+    checked = known.engines if known is not None else None
+    return _open_engines(encoders, specs, device, folder, rebuild or engines is None, backend, checked)
 
 
 def _open_eager(
@@ -191,6 +218,7 @@ def _open_eager(
     need_classifier: bool,
     device: torch.device,
     loader: EncoderLoader = load_encoder,
+    known: RunWeights | None = None,
 ) -> RunModels:
     precision = encoders.precision or "fp32"
     dtype = resolve_dtype(precision, device)
@@ -200,9 +228,19 @@ def _open_eager(
     classifier = classifier_path = None
     if need_classifier:
         classifier_path = resolve_model(_required(specs, "classifier"), "classifier")
-        classifier = load_classifier_weights(classifier_path)
+        expected = known.weights.get("classifier") if known is not None else None
+        classifier = load_classifier_weights(classifier_path, expected)
     loaded = {
-        kind: _load_eager(kind, _required(specs, kind), device, dtype, budget, loader) for kind in kinds
+        kind: _load_eager(
+            kind,
+            _required(specs, kind),
+            device,
+            dtype,
+            budget,
+            loader,
+            known.weights.get(kind) if known else None,
+        )
+        for kind in kinds
     }
     return RunModels(device, "torch", precision, loaded, classifier, classifier_path)
 
@@ -222,11 +260,12 @@ def _open_engines(
     folder: Path,
     may_rebuild: bool,
     backend: str,
+    checked: CheckedEngines | None,
 ) -> RunModels:
     from virnucpro_trt.engines.engine_set import open_engine_set
 
     rebuild = _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None
-    engine_set = open_engine_set(folder, device, specs, rebuild)
+    engine_set = open_engine_set(folder, device, specs, rebuild, checked)
     manifest = engine_set.manifest
     if encoders.precision and encoders.precision != manifest.precision:
         raise UserError(
@@ -249,4 +288,5 @@ def _open_engines(
         engine_set.classifier_path,
         engine_dir=folder,
         engine_build=manifest.build,
+        engine_identity=manifest.identity(),
     )

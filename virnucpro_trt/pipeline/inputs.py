@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from virnucpro_trt.errors import InputFormatError
+from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file
 from virnucpro_trt.runtime.shards import ShardSplitter
 from virnucpro_trt.sequences.prepare import prepare_blocks
-from virnucpro_trt.sequences.reader import read_records, sha256_of, spool_stdin
+from virnucpro_trt.sequences.reader import read_records, spool_stdin
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +38,26 @@ class InputSummary:
     frames: int = 0
 
 
-def materialise(input_spec: str, workdir: Path) -> tuple[Path, str]:
-    """Return a re-readable path for ``input_spec`` (stdin is spooled into ``workdir``)."""
-    if input_spec == "-":
-        workdir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".stdin-", suffix=".input", dir=workdir)
-        os.close(fd)
-        return spool_stdin(Path(name)), "<stdin>"
-    path = Path(input_spec)
-    if not path.exists():
-        raise InputFormatError(f"input {input_spec}: no such file")
-    if path.is_dir():
-        raise InputFormatError(f"input {input_spec}: is a directory, expected a FASTA/FASTQ file")
-    return path, input_spec
+def materialise(input_spec: str, spool: Path) -> tuple[Path, str]:
+    """Return a re-readable path for ``input_spec``: stdin is copied to ``spool`` (removed again if the
+    copy fails); the caller removes the spool when done."""
+    if input_spec == STDIN:
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return spool_stdin(spool), "<stdin>"
+        except BaseException:
+            spool.unlink(missing_ok=True)
+            raise
+    check_input_file(input_spec)
+    return Path(input_spec), input_spec
+
+
+def private_spool(folder: Path) -> Path:
+    """A fresh, unique file in ``folder`` for :func:`materialise` (commands that take no lock)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".stdin-", suffix=".input", dir=folder)
+    os.close(fd)
+    return Path(name)
 
 
 def validate_input(
@@ -87,7 +95,7 @@ def validate_input(
             if splitter is not None:
                 splitter.count(block)
     summary = InputSummary(
-        path, display_name, sha256 or sha256_of(path), path.stat().st_size, records, empty, bases, chunks,
+        path, display_name, sha256 or sha256_file(path), path.stat().st_size, records, empty, bases, chunks,
         frames,
     )  # fmt: skip
     if records == 0:

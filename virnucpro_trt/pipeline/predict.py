@@ -3,14 +3,22 @@
 Order of work, chosen so that a run fails early, survives what it can, and never leaves a misleading
 file:
 
-1. resolve the three models and the worker slots (a missing model or GPU fails before the input is read);
-2. hash the input and look at ``OUTDIR/.work``: resume it, or refuse work of another input/settings;
+1. resolve the three models and the worker slots, check where the run reads and writes
+   (``run_paths.py``), read the classifier and check an engine directory that needs no build — a
+   missing or bad model, GPU or path fails before OUTDIR exists;
+2. hash the input and look at ``OUTDIR/.work``: resume it, or refuse work of another input/settings
+   (or a ``.work`` holding files the tool did not write);
 3. validate the whole input in one pass that also writes it as shard files (a bad record fails with one
    line, no file written);
-4. check — or build, once — the engine directory, then run the shards on one worker per device
+4. build the engine directory if it needs it (once), identify every model by content and refuse
+   finished shards computed with other weights, then run the shards on one worker per device
    (``runtime/coordinator.py``); finished shards of an earlier attempt are skipped;
 5. merge the per-shard results in input order into the final files (each renamed into place only when
-   all are complete), write run.json, and remove ``.work`` (unless ``--keep-work``).
+   all are complete), write run.json, and remove what the run wrote in ``.work`` (unless
+   ``--keep-work``).
+
+A failure before any shard finished removes everything the run created; a later one (or an interrupt)
+keeps ``.work`` for the rerun that resumes it.
 """
 
 from __future__ import annotations
@@ -23,18 +31,27 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virnucpro_trt import __version__
 from virnucpro_trt.cli.progress import ProgressReporter
+from virnucpro_trt.engines.manifest import MODEL_KINDS, EngineManifest
+from virnucpro_trt.errors import EngineMismatchError
+from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.models.classifier import load_classifier_weights
+from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.resolve import resolve_model
-from virnucpro_trt.outputs.atomic import remove_if_exists, write_text_atomic
+from virnucpro_trt.outputs.atomic import remove_if_exists
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES, merge_shard_results
-from virnucpro_trt.pipeline.encoders import engine_dir_for_run
+from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
 from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input
+from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file, check_run_paths
 from virnucpro_trt.pipeline.shard_predictor import COUNT_KEYS, STAGES, PredictShardJob
+from virnucpro_trt.pipeline.split_manifest import settings_for_input
 from virnucpro_trt.runtime.coordinator import (
     Coordinator,
     CoordinatorReport,
@@ -42,16 +59,22 @@ from virnucpro_trt.runtime.coordinator import (
     plan_worker_slots,
     sigterm_as_interrupt,
 )
-from virnucpro_trt.runtime.resume import WorkDir, outdir_lock
+from virnucpro_trt.runtime.resume import LOCK_FILE, WORK_DIR, WorkDir, outdir_lock
 from virnucpro_trt.runtime.shards import ShardSpec, ShardSplitter, default_shard_records, write_shard_index
 from virnucpro_trt.runtime.worker import WorkerSlot
-from virnucpro_trt.sequences.reader import sha256_of
 from virnucpro_trt.settings import PredictSettings
+
+if TYPE_CHECKING:
+    from virnucpro_trt.engines.engine_set import CheckedEngines
 
 log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
 EMBEDDINGS_H5 = "embeddings.h5"
+STDIN_SPOOL = ".stdin.input"  # stdin copied here (under the lock) so it can be hashed and read twice
+ENGINE_CACHE = "engines"  # --backend without --engines builds here
+# Every file a run writes directly in OUTDIR (an input at one of these paths is refused).
+_OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, LOCK_FILE, STDIN_SPOOL)
 INTERRUPTED = "interrupted; rerun the same command to resume"
 _SUMMARY_FIELDS = ("sha256", "size_bytes", "records", "empty_records", "bases", "chunks", "frames")
 
@@ -71,6 +94,21 @@ class _Timer:
             self.totals[name] += time.perf_counter() - start
 
 
+@dataclass
+class _RunContext:
+    """What the stages of one ``predict`` run share."""
+
+    settings: PredictSettings
+    specs: dict[str, str | None]
+    slots: list[WorkerSlot]
+    progress: ProgressReporter
+    timer: _Timer
+    command: Sequence[str]
+    demo: bool
+    started: tuple[dt.datetime, float]
+    engines: CheckedEngines | None = None  # checked before OUTDIR existed, when no build was needed
+
+
 def run_predict(
     settings: PredictSettings,
     progress: ProgressReporter | None = None,
@@ -80,55 +118,91 @@ def run_predict(
     """Run the whole prediction and return the run summary (also written as run.json).
 
     Raises :class:`~virnucpro_trt.runtime.coordinator.RunInterrupted` (exit 130) on SIGINT/SIGTERM,
-    with the finished shards kept in ``OUTDIR/.work`` for a rerun of the same command.
+    with the finished shards kept in ``OUTDIR/.work`` for a rerun of the same command. Any other failure
+    before a shard finished removes everything this run created (OUTDIR included, when it made it).
     """
-    progress = progress or ProgressReporter(enabled=False)
-    timer = _Timer()
-    started_at = dt.datetime.now(dt.timezone.utc)
-    t0 = time.perf_counter()
-    specs = {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier}
-    with timer.stage("resolve_models"):  # a missing model fails before the input is read
-        for kind, spec in specs.items():
+    ctx = _RunContext(
+        settings,
+        {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier},
+        [],
+        progress or ProgressReporter(enabled=False),
+        _Timer(),
+        command,
+        demo,
+        (dt.datetime.now(dt.timezone.utc), time.perf_counter()),
+    )
+    outdir = settings.outdir
+    with ctx.timer.stage("resolve_models"):  # a missing model fails before the input is read
+        for kind, spec in ctx.specs.items():
             if spec:
                 resolve_model(spec, {"dnabert-s": "dnabert", "esm2": "esm"}.get(kind, kind))
     run = settings.run
-    slots = plan_worker_slots(settings.encoders.device, run.gpus, run.workers, settings.encoders.threads)
+    ctx.slots = plan_worker_slots(settings.encoders.device, run.gpus, run.workers, settings.encoders.threads)
     if settings.classifier:
         _warn_chunk_length_mismatch(Path(settings.classifier), settings.chunk_length)
+    check_input_file(settings.input)
+    check_run_paths(
+        [settings.input, *(s for s in ctx.specs.values() if s)],
+        [outdir / name for name in _OUTPUT_NAMES],
+        [outdir / WORK_DIR, *([outdir / ENGINE_CACHE] if settings.engines is None else [])],
+    )
+    with ctx.timer.stage("check_models"):  # a bad classifier or engine directory fails before OUTDIR exists
+        ctx.engines = _preflight(ctx)
 
-    with outdir_lock(settings.outdir):
-        path, display = materialise(settings.input, settings.outdir)
-        try:
-            with sigterm_as_interrupt():
-                try:
-                    started = (started_at, t0)
-                    return _run(
-                        settings, specs, slots, path, display, progress, timer, command, demo, started
-                    )
-                except KeyboardInterrupt:
-                    raise RunInterrupted(INTERRUPTED) from None
-        finally:
-            if settings.input == "-":
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+    created_outdir = not outdir.exists()
+    work_existed = (outdir / WORK_DIR).exists()
+    try:
+        with outdir_lock(outdir):
+            path, display = materialise(settings.input, outdir / STDIN_SPOOL)
+            try:
+                with sigterm_as_interrupt():
+                    try:
+                        return _run(ctx, path, display)
+                    except KeyboardInterrupt:
+                        raise RunInterrupted(INTERRUPTED) from None
+            except RunInterrupted:
+                raise
+            except BaseException:
+                work = WorkDir(outdir)
+                if not work_existed and work.finished_count() == 0:  # nothing worth resuming: all ours
+                    work.wipe()
+                raise
+            finally:
+                if settings.input == STDIN:
+                    remove_if_exists(path)
+    finally:
+        if created_outdir:
+            with contextlib.suppress(OSError):  # only when empty: it holds results or resumable work
+                outdir.rmdir()
 
 
-def _run(
-    settings: PredictSettings,
-    specs: dict[str, str | None],
-    slots: list[WorkerSlot],
-    path: Path,
-    display: str,
-    progress: ProgressReporter,
-    timer: _Timer,
-    command: Sequence[str],
-    demo: bool,
-    started: tuple[dt.datetime, float],
-) -> dict[str, Any]:
+def _preflight(ctx: _RunContext) -> CheckedEngines | None:
+    """Models a run can check without writing anything: the classifier file, and an engine directory
+    that needs no build. A directory that does need one is built after the input is validated."""
+    settings = ctx.settings
+    device_settings = dataclasses.replace(settings.encoders, device=ctx.slots[0].device)
+    if settings.classifier and (settings.engines is None or settings.rebuild):
+        load_classifier_weights(resolve_model(settings.classifier, "classifier"))
+    cache = _engine_cache(settings)
+    try:
+        return engine_dir_for_run(device_settings, ctx.specs, settings.engines, False, cache, build=False)
+    except EngineMismatchError:
+        if settings.rebuild or settings.engines is None:  # (re)built once the input is known to be good
+            return None
+        raise
+
+
+def _engine_cache(settings: PredictSettings) -> Path:
+    return settings.outdir / ENGINE_CACHE
+
+
+def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
+    settings, timer = ctx.settings, ctx.timer
     outdir = settings.outdir
     work = WorkDir(outdir)
     with timer.stage("hash_input"):
-        sha256 = sha256_of(path)
+        sha256 = sha256_file(path)
+    settings = ctx.settings = settings_for_input(settings, path, sha256)  # a part: the split's shards
     resumed = work.open(sha256, settings.fingerprint(), settings.run.force)
     index = work.shard_index() if resumed else None
     if index is None:
@@ -138,6 +212,17 @@ def _run(
         shards, extra = index
         summary = InputSummary(path, display, **{k: extra["input"][k] for k in _SUMMARY_FIELDS})
         timer.totals["validate_input"] += 0.0
+    with timer.stage("check_engines"):  # built here, once, before any worker exists
+        engines = ctx.engines or engine_dir_for_run(
+            dataclasses.replace(settings.encoders, device=ctx.slots[0].device),
+            ctx.specs,
+            settings.engines,
+            settings.rebuild,
+            _engine_cache(settings),
+        )
+    with timer.stage("identify_models"):
+        known, identity = _identify_models(ctx, engines, work)
+        work.confirm_models(identity, {k: w.to_json() for k, w in known.weights.items()}, settings.run.force)
     for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5):  # an older result must not sit beside this run
         remove_if_exists(outdir / name)
 
@@ -151,7 +236,7 @@ def _run(
     facts = work.read_facts() if skipped else None
     report = None
     if pending or facts is None:
-        report = _run_shards(settings, specs, slots, work, pending, facts is None, progress, timer)
+        report = _run_shards(ctx, known, work, pending, facts is None)
         markers.update(report.markers)
         facts = report.facts or facts  # this run's devices when it ran any worker
     assert facts is not None
@@ -159,9 +244,8 @@ def _run(
     with timer.stage("merge"):
         chunks_with_frames = _merge(settings, work, shards, markers, facts)
     summary_json = _summary(
-        settings, summary, shards, markers, report, facts, skipped, chunks_with_frames, timer, command, demo,
-        started,
-    )  # fmt: skip
+        ctx, summary, shards, markers, report, facts, skipped, chunks_with_frames, identity
+    )
     write_text_atomic(outdir / RUN_JSON, json.dumps(summary_json, indent=2) + "\n")
     if settings.run.keep_work:
         log.info("kept the work folder %s (--keep-work)", work.root)
@@ -170,13 +254,38 @@ def _run(
     return summary_json
 
 
+def _identify_models(
+    ctx: _RunContext, engines: CheckedEngines | None, work: WorkDir
+) -> tuple[RunWeights, dict[str, str | None]]:
+    """The content identity of every model this run computes with (the resume key's third part).
+
+    With engines: the weights the set was built from and the set itself (its files were just checked).
+    Eager: each checkpoint's hash, reusing an earlier attempt's where the files carry its stamps.
+    """
+    if engines is not None:
+        manifest = EngineManifest.read(engines.folder)
+        identity: dict[str, str | None] = {k: manifest.models[k].weights_sha256 for k in MODEL_KINDS}
+        identity["engines"] = engines.identity
+        return RunWeights(engines=engines), identity
+    recorded = work.recorded_weights()
+    weights = {}
+    for kind, spec in ctx.specs.items():
+        assert spec is not None  # eager runs name all three (the CLI checks)
+        path = resolve_model(spec, {"dnabert-s": "dnabert", "esm2": "esm"}.get(kind, kind))
+        weights[kind] = identify_checkpoint(kind, path, WeightsIdentity.from_json(recorded.get(kind)))
+    identity = {kind: w.sha256 for kind, w in weights.items()}
+    identity["engines"] = None
+    return RunWeights(weights=weights), identity
+
+
 def _validate_and_shard(
     settings: PredictSettings, work: WorkDir, path: Path, display: str, sha256: str
 ) -> tuple[InputSummary, list[ShardSpec]]:
     """The validation pass, writing the input as shard files on the way; then the resume key."""
     folder = work.fresh_shards_folder()
     try:
-        splitter = ShardSplitter(folder, settings.shard_records)
+        layout = settings.part.shard_sizes() if settings.part else None
+        splitter = ShardSplitter(folder, settings.shard_records, layout)
         summary = validate_input(
             path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256
         )
@@ -197,24 +306,12 @@ def _validate_and_shard(
 
 
 def _run_shards(
-    settings: PredictSettings,
-    specs: dict[str, str | None],
-    slots: list[WorkerSlot],
-    work: WorkDir,
-    pending: list[ShardSpec],
-    need_facts: bool,
-    progress: ProgressReporter,
-    timer: _Timer,
+    ctx: _RunContext, known: RunWeights, work: WorkDir, pending: list[ShardSpec], need_facts: bool
 ) -> CoordinatorReport:
-    with timer.stage("check_engines"):  # built here, once, before any worker exists
-        first_device = dataclasses.replace(settings.encoders, device=slots[0].device)
-        engines = engine_dir_for_run(
-            first_device, specs, settings.engines, settings.rebuild, settings.outdir / "engines"
-        )
-    job = PredictShardJob(settings, engines, work.shards, work.results)
-    with progress.task("predict", sum(s.frames for s in pending), "frames") as advance:
-        coordinator = Coordinator(job, slots, advance, on_ready=work.save_facts)
-        with timer.stage("workers"):
+    job = PredictShardJob(ctx.settings, known, work.shards, work.results)
+    with ctx.progress.task("predict", sum(s.frames for s in pending), "frames") as advance:
+        coordinator = Coordinator(job, ctx.slots, advance, on_ready=work.save_facts)
+        with ctx.timer.stage("workers"):
             report = coordinator.run(pending, need_facts=need_facts)
     for stats in report.workers:
         if stats.shards or stats.restarts:
@@ -250,7 +347,7 @@ def _merge(
 
 
 def _summary(
-    settings: PredictSettings,
+    ctx: _RunContext,
     summary_in: InputSummary,
     shards: list[ShardSpec],
     markers: dict[int, dict[str, Any]],
@@ -258,12 +355,10 @@ def _summary(
     facts: dict[str, Any],
     skipped: int,
     chunks_with_frames: int,
-    timer: _Timer,
-    command: Sequence[str],
-    demo: bool,
-    started: tuple[dt.datetime, float],
+    identity: dict[str, str | None],
 ) -> dict[str, Any]:
     """run.json: counts over every shard; timings and throughput over the shards run this time."""
+    settings, timer, command, demo, started = ctx.settings, ctx.timer, ctx.command, ctx.demo, ctx.started
     counts = dict.fromkeys(COUNT_KEYS, 0)
     for marker in markers.values():
         for key in COUNT_KEYS:
@@ -303,6 +398,7 @@ def _summary(
             "size_bytes": summary_in.size_bytes,
         },
         "models": facts["models"],
+        "model_identity": identity,
         "counts": counts,
         "timings_s": {k: round(v, 4) for k, v in sorted(totals.items())},
         "throughput": {

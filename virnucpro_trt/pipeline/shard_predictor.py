@@ -34,7 +34,7 @@ from virnucpro_trt.errors import RunFailure
 from virnucpro_trt.outputs.shard_results import embeddings_npz, write_shard_results
 from virnucpro_trt.outputs.tables import write_frame_rows, write_sequence_rows
 from virnucpro_trt.outputs.upstream import ChunkMaxima, write_prediction_rows
-from virnucpro_trt.pipeline.encoders import open_models
+from virnucpro_trt.pipeline.encoders import RunWeights, open_models
 from virnucpro_trt.runtime.device import describe_device
 from virnucpro_trt.runtime.encoder import LoadedEncoder
 from virnucpro_trt.runtime.frame_path import PreparedFrames, prepare_frames, score_frames
@@ -64,7 +64,7 @@ class PredictShardJob:
     """Everything a worker needs to build its processor (sent to spawned workers, so picklable)."""
 
     settings: PredictSettings
-    engines: Path | None  # the checked engine directory, or None for eager PyTorch
+    known: RunWeights  # what the coordinator checked: weights identities, or the engine directory
     shards_dir: Path
     results_dir: Path
 
@@ -90,8 +90,11 @@ class PredictShardProcessor:
         encoders = dataclasses.replace(settings.encoders, device=slot.device, threads=slot.threads)
         named = {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier}
         # With engines, the coordinator already checked the named checkpoints against the manifest.
-        specs = named if job.engines is None else dict.fromkeys(named)
-        models = open_models(encoders, specs, ("dnabert-s", "esm2"), True, job.engines, rebuild=False)
+        engines = job.known.engines.folder if job.known.engines is not None else None
+        specs = named if engines is None else dict.fromkeys(named)
+        models = open_models(
+            encoders, specs, ("dnabert-s", "esm2"), True, engines, rebuild=False, known=job.known
+        )
         self.models = models.frame_models()  # the classifier goes to the GPU on CUDA
         self.dnabert: LoadedEncoder = self.models.dnabert
         self.esm: LoadedEncoder = self.models.esm

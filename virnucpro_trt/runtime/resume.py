@@ -1,8 +1,8 @@
 """``OUTDIR/.work``: what makes a run resumable, and the rules for trusting what an earlier run left.
 
-Layout::
+Layout (every name the tool writes there is in :data:`WORK_NAMES`; nothing else is ever removed)::
 
-    .work/state.json          input SHA-256 + settings fingerprint (the resume key)
+    .work/state.json          input SHA-256 + settings fingerprint (the resume key) + model identity
     .work/shards/             shard-NNNNNN.fa (2-line FASTA) + index.json (shard list, input summary)
     .work/results/            per-shard result files + shard-NNNNNN.done.json markers
     .work/facts.json          models/device facts from the first worker (for run.json on a full resume)
@@ -12,34 +12,53 @@ lists still has the SHA-256 the marker recorded; anything else is redone. Marker
 file through a temporary name and a rename, so a run killed at any instant (SIGKILL included) leaves
 either a complete, verifiable shard or one that is simply redone.
 
-Unfinished work for another input or other settings is refused (exit 2) rather than mixed in or
+Unfinished work for another input, other settings or other model weights (the model identity: content
+hashes of the three checkpoints and of the engine set) is refused (exit 2) rather than mixed in or
 silently thrown away — unless ``--force``, or unless not a single shard of it had finished (then there
-is nothing to lose and it is discarded with a log line). Two runs on one output folder at the same time
-are refused too (:func:`outdir_lock`: an advisory ``flock`` the kernel releases even after SIGKILL).
+is nothing to lose and it is discarded with a log line). A ``.work`` holding files the tool does not know
+is refused: they may be someone's, and a clean-up that removes only what it knows must not pretend to
+own them. Two runs on one output folder at the same time are refused too (:func:`outdir_lock`: an
+advisory ``flock`` the kernel releases even after SIGKILL).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import os
-import shutil
-import threading
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.atomic import write_bytes_atomic
+from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.runtime.shards import ShardSpec, read_shard_index
 
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
 LOCK_FILE = ".work.lock"
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2
 MARKER_SUFFIX = ".done.json"
+MAX_STATE_BYTES = 16 << 20
+
+_PARTIAL = r"\.[^/]+\.partial"  # files.atomic temporaries: .NAME.<pid>-<thread>.partial
+_SHARD_FILES = re.compile(r"shard-\d{6}\.fa|piece-\d{7}\.fa|index\.json(\.tmp)?|" + _PARTIAL)
+# Every name the tool writes under .work, per folder (a regex for the files, the subfolders by name).
+WORK_NAMES: dict[str, tuple[re.Pattern[str], tuple[str, ...]]] = {
+    "": (re.compile(r"state\.json|facts\.json|" + _PARTIAL), ("shards", "shards.tmp", "results")),
+    "shards": (_SHARD_FILES, ()),
+    "shards.tmp": (_SHARD_FILES, ()),
+    "results": (
+        re.compile(
+            r"shard-\d{6}\.(prediction\.txt|frames\.tsv|sequences\.tsv|maxima\.tsv|embeddings\.npz|done\.json)|"
+            + _PARTIAL
+        ),
+        (),
+    ),
+}
 
 
 @contextlib.contextmanager
@@ -66,37 +85,24 @@ def outdir_lock(outdir: Path) -> Iterator[None]:
         handle.close()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary name unique to this process and thread, then rename into place.
-
-    Two writers of the same file (a respawned worker racing an orphaned one) cannot corrupt it: each
-    renames its own complete copy.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def marker_path(results: Path, shard: ShardSpec) -> Path:
     return results / f"{shard.stem}{MARKER_SUFFIX}"
+
+
+def inside_work_area(path: Path) -> Path | None:
+    """The ``.work`` folder of a virnucpro-trt run that ``path`` lies in (or is), if any.
+
+    A folder named ``.work`` counts when it looks like ours: it holds a state file, shards or results,
+    or its parent holds a run's lock or run.json.
+    """
+    resolved = path.resolve()
+    for folder in (resolved, *resolved.parents):
+        if folder.name != WORK_DIR:
+            continue
+        ours = any((folder / name).exists() for name in ("state.json", "shards", "results", "shards.tmp"))
+        if ours or any((folder.parent / name).exists() for name in (LOCK_FILE, "run.json")):
+            return folder
+    return None
 
 
 class WorkDir:
@@ -109,15 +115,66 @@ class WorkDir:
         self.state_path = self.root / "state.json"
         self.facts_path = self.root / "facts.json"
 
+    # -- what is ours ----------------------------------------------------------------------------
+    def foreign_files(self) -> list[str]:
+        """Paths under ``.work`` (relative) that the tool did not write: unknown names, links, folders."""
+        foreign: list[str] = []
+        for sub, (files, folders) in WORK_NAMES.items():
+            folder = self.root / sub if sub else self.root
+            if not folder.is_dir() or folder.is_symlink():
+                if folder.is_symlink():
+                    foreign.append(sub)
+                continue
+            for entry in sorted(folder.iterdir()):
+                name = f"{sub}/{entry.name}" if sub else entry.name
+                if entry.is_symlink():
+                    foreign.append(name)
+                elif entry.is_dir():
+                    if not (sub == "" and entry.name in folders):
+                        foreign.append(name + "/")
+                elif not files.fullmatch(entry.name):
+                    foreign.append(name)
+        return foreign
+
+    def check_ours(self) -> None:
+        """Refuse (exit 2) a ``.work`` that holds anything the tool did not write."""
+        if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
+            raise UserError(f"{self.root} is not a folder this tool made; move it away or use another OUTDIR")
+        foreign = self.foreign_files()
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+            raise UserError(
+                f"{self.root} holds files virnucpro-trt did not write ({shown}); move them out of the "
+                "working area or choose another OUTDIR"
+            )
+
+    def _remove_ours(self, sub: str) -> None:
+        """Remove the files the tool writes in ``.work/<sub>``, then the folder itself if it is empty."""
+        files, folders = WORK_NAMES[sub]
+        folder = self.root / sub if sub else self.root
+        if not folder.is_dir() or folder.is_symlink():
+            return
+        for name in folders:
+            self._remove_ours(name)
+        for entry in folder.iterdir():
+            if entry.is_file() and not entry.is_symlink() and files.fullmatch(entry.name):
+                entry.unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            left = sorted(p.name for p in folder.iterdir())
+            log.warning("left %s in place: it holds files this run did not write (%s)", folder, left)
+
     # -- the resume key --------------------------------------------------------------------------
     def open(self, input_sha256: str, fingerprint: str, force: bool) -> bool:
         """Decide what to do with an existing ``.work``; returns True when it is resumed.
 
-        Raises :class:`UserError` when it holds finished shards of another input or other settings and
-        ``force`` is not set.
+        Raises :class:`UserError` when it holds files the tool did not write, or finished shards of
+        another input or other settings and ``force`` is not set.
         """
-        if not self.root.exists():
+        if not self.root.exists() and not self.root.is_symlink():
             return False
+        self.check_ours()
         state = self._read_json(self.state_path)
         if state is None:  # died before the shards were written: nothing worth keeping
             self.wipe()
@@ -126,22 +183,19 @@ class WorkDir:
         same_settings = state.get("settings_fingerprint") == fingerprint
         if same_input and same_settings and state.get("schema") == STATE_SCHEMA:
             return True
+        done = self.finished_count()
+        what = "input" if not same_input else "settings"
         if force:
             log.warning("--force: discarding the unfinished work in %s", self.root)
-            self.wipe()
-            return False
-        done = len(list(self.results.glob(f"*{MARKER_SUFFIX}"))) if self.results.exists() else 0
-        what = "input" if not same_input else "settings"
-        if done == 0:
-            log.info(
-                "discarding %s: it was started for another %s and no shard had finished", self.root, what
+        elif done == 0:
+            log.info("discarding %s: started for another %s and no shard had finished", self.root, what)
+        else:
+            raise UserError(
+                f"{self.root} holds {done} finished shard(s) of a run with a different {what}; rerun the "
+                "original command to finish it, or add --force to discard it"
             )
-            self.wipe()
-            return False
-        raise UserError(
-            f"{self.root} holds {done} finished shard(s) of a run with a different {what}; rerun the "
-            "original command to finish it, or add --force to discard it"
-        )
+        self.wipe()
+        return False
 
     def write_state(self, input_sha256: str, fingerprint: str, settings: dict[str, Any]) -> None:
         data = {
@@ -150,7 +204,44 @@ class WorkDir:
             "settings_fingerprint": fingerprint,
             "settings": settings,
         }
-        write_bytes_atomic(self.state_path, (json.dumps(data, indent=1) + "\n").encode())
+        self._write_json(self.state_path, data)
+
+    def recorded_weights(self) -> dict[str, Any]:
+        """The weights identities (with stamps) an earlier attempt recorded: hashes it may reuse."""
+        state = self._read_json(self.state_path) or {}
+        weights = state.get("weights")
+        return weights if isinstance(weights, dict) else {}
+
+    def confirm_models(self, identity: dict[str, str | None], weights: dict[str, Any], force: bool) -> None:
+        """Finished shards must come from the same model weights and engines as this run (exit 2 if not).
+
+        ``identity`` maps ``dnabert-s``/``esm2``/``classifier``/``engines`` to content hashes; ``weights``
+        are the identities with stamps, recorded so a rerun need not hash unchanged files again.
+        """
+        state = self._read_json(self.state_path)
+        if state is None:
+            raise UserError(f"{self.state_path} vanished during the run; rerun the command")
+        recorded = state.get("model_identity")
+        if recorded != identity:
+            done = self.finished_count()
+            if recorded is not None and done:
+                old = recorded if isinstance(recorded, dict) else {}
+                changed = [k for k in identity if old.get(k) != identity[k]]
+                if not force:
+                    raise UserError(
+                        f"{self.root} holds {done} finished shard(s) computed with other model weights "
+                        f"({', '.join(changed) or 'model identity'} changed since); restore the original "
+                        "files and rerun, or add --force to discard that work"
+                    )
+                log.warning("--force: discarding %d shard(s) computed with other model weights", done)
+                self._remove_ours("results")
+                self.results.mkdir(parents=True, exist_ok=True)
+        state["model_identity"] = identity
+        state["weights"] = weights
+        self._write_json(self.state_path, state)
+
+    def finished_count(self) -> int:
+        return len(list(self.results.glob(f"*{MARKER_SUFFIX}"))) if self.results.is_dir() else 0
 
     # -- shards ----------------------------------------------------------------------------------
     def shard_index(self) -> tuple[list[ShardSpec], dict[str, Any]] | None:
@@ -158,22 +249,21 @@ class WorkDir:
 
     def fresh_shards_folder(self) -> Path:
         """An empty folder to write shards into; :meth:`commit_shards` renames it to ``shards/``."""
+        for sub in ("shards.tmp", "shards", "results"):
+            self._remove_ours(sub)
         tmp = self.root / "shards.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(self.shards, ignore_errors=True)
-        shutil.rmtree(self.results, ignore_errors=True)
         tmp.mkdir(parents=True)
         return tmp
 
     def commit_shards(self, tmp: Path) -> None:
-        os.replace(tmp, self.shards)
+        tmp.replace(self.shards)
         self.results.mkdir(parents=True, exist_ok=True)
 
     # -- results ---------------------------------------------------------------------------------
     def finished_shards(self, shards: list[ShardSpec]) -> dict[int, dict[str, Any]]:
         """Markers of the shards whose results verify; any other marker is removed (the shard is redone)."""
         self.results.mkdir(parents=True, exist_ok=True)
-        for stale in self.results.glob(".*.tmp"):  # a writer killed between write and rename
+        for stale in self.results.glob(".*.partial"):  # a writer killed between write and rename
             stale.unlink(missing_ok=True)
         finished: dict[int, dict[str, Any]] = {}
         for shard in shards:
@@ -199,11 +289,17 @@ class WorkDir:
             shard.records,
         ):
             return "its marker names other records"
-        for role, entry in (marker.get("files") or {}).items():
-            path = self.results / entry["name"]
-            if not path.is_file() or path.stat().st_size != entry["bytes"]:
+        files = marker.get("files")
+        if not isinstance(files, dict):
+            return "its marker lists no files"
+        for role, entry in files.items():
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or not name.startswith(shard.stem + ".") or "/" in name:
+                return f"its marker names a {role} file outside the shard"
+            path = self.results / name
+            if not path.is_file() or path.stat().st_size != entry.get("bytes"):
                 return f"its {role} file is missing or truncated"
-            if sha256_file(path) != entry["sha256"]:
+            if sha256_file(path) != entry.get("sha256"):
                 return f"its {role} file does not match its recorded SHA-256"
         return None
 
@@ -216,11 +312,17 @@ class WorkDir:
 
     # -- housekeeping ----------------------------------------------------------------------------
     def wipe(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Remove everything the tool writes under ``.work`` — and nothing else."""
+        self._remove_ours("")
+
+    def _write_json(self, path: Path, data: dict[str, Any]) -> None:
+        write_bytes_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any] | None:
         try:
+            if path.stat().st_size > MAX_STATE_BYTES:
+                return None
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None

@@ -15,20 +15,28 @@ The record count is only known once the whole input has been read, but the shard
 that same (validation) pass: records go into *pieces* of 256 records as they stream past, and at the end
 consecutive pieces are joined into shards. Shard files are 2-line FASTA (``>id`` / sequence as read), so
 a worker re-reads exactly the records the user gave, already validated.
+
+A part of a split (pipeline/split.py) comes with a *layout* instead: the records of each shard, as the
+rule above cut the whole input. Then every piece is one shard of exactly that many records, so the part
+is run with the shard boundaries of one run of the whole input (bases-based closes included).
+``split`` itself plans the whole input with this same class (:meth:`ShardSplitter.plan`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from virnucpro_trt.errors import InputFormatError
+from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.sequences.prepare import PreparedBlock
 from virnucpro_trt.sequences.reader import SeqRecord
 
@@ -37,6 +45,7 @@ TARGET_SHARDS = 64
 MAX_SHARD_RECORDS = 16384
 MAX_SHARD_BASES = 32_000_000
 _WRITE_BUFFER = 1 << 20
+_SHARD_NAME = re.compile(r"shard-\d{6}\.fa")
 
 
 def default_shard_records(records: int) -> int:
@@ -89,20 +98,59 @@ class _Piece:
     frames: int = 0
 
 
+@dataclass(frozen=True)
+class PlannedShard:
+    """A shard before its file exists: its records and counts, and the piece files it is made of."""
+
+    first: int
+    records: int
+    bases: int
+    chunks: int
+    frames: int
+    pieces: tuple[Path, ...]
+
+
 class ShardSplitter:
     """Writes records into piece files as they stream past, counts chunks/frames per piece, and joins
     pieces into shards at the end (:meth:`finish`).
 
     Use :meth:`wrap` around the record stream and feed every prepared block to :meth:`count`.
+    ``layout`` (records per shard, for a part of a split) replaces the size rule; ``titles`` writes each
+    record's whole title line instead of its id (``split``'s part files keep the records as read).
     """
 
-    def __init__(self, folder: Path, shard_records: int | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        shard_records: int | None = None,
+        layout: Sequence[int] | None = None,
+        titles: bool = False,
+    ):
         self.folder = Path(folder)
         self.shard_records = shard_records
+        self.layout = list(layout) if layout is not None else None
+        self.titles = titles
         self._piece_records = shard_records or PIECE_RECORDS
         self._pieces: list[_Piece] = []
         self._starts: list[int] = []
         self._records = 0
+
+    def _is_full(self, piece: _Piece) -> bool:
+        if self.layout is not None:
+            return piece.records >= self.layout[len(self._pieces) - 1]
+        return piece.records >= self._piece_records or piece.bases >= MAX_SHARD_BASES
+
+    def _check_layout(self, more: bool) -> None:
+        """A layout must be filled exactly: ``more`` records arriving after it is full, or too few."""
+        if self.layout is None:
+            return
+        if more or len(self._pieces) != len(self.layout) or (
+            self._pieces and self._pieces[-1].records != self.layout[-1]
+        ):
+            raise InputFormatError(
+                f"the input holds {'more' if more else 'fewer'} records than the shard layout it must be "
+                f"run with ({sum(self.layout)} records in {len(self.layout)} shards)"
+            )
 
     def wrap(self, records: Iterable[SeqRecord]) -> Iterator[SeqRecord]:
         """Yield ``records`` unchanged, writing each one into the current piece first."""
@@ -113,15 +161,17 @@ class ShardSplitter:
         try:
             for record in records:
                 if piece is None:
+                    if self.layout is not None and len(self._pieces) >= len(self.layout):
+                        self._check_layout(more=True)
                     piece = _Piece(record.index, self.folder / f"piece-{len(self._pieces):07d}.fa")
                     self._pieces.append(piece)
                     self._starts.append(record.index)
                     handle = open(piece.path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
-                lines.append(f">{record.id}\n{record.sequence}\n")
+                lines.append(f">{record.description if self.titles else record.id}\n{record.sequence}\n")
                 piece.records += 1
                 piece.bases += len(record.sequence)
                 self._records += 1
-                full = piece.records >= self._piece_records or piece.bases >= MAX_SHARD_BASES
+                full = self._is_full(piece)
                 if full or len(lines) >= 256:
                     assert handle is not None
                     handle.write("".join(lines))
@@ -149,9 +199,12 @@ class ShardSplitter:
             self._pieces[index].chunks += int(chunks[mask].sum())
             self._pieces[index].frames += int(frames[mask].sum())
 
-    def finish(self) -> list[ShardSpec]:
-        """Join consecutive pieces into shard files (see the module docstring for the rule)."""
-        per_shard = 1 if self.shard_records else default_shard_records(self._records) // PIECE_RECORDS
+    def plan(self) -> list[PlannedShard]:
+        """Which consecutive pieces form each shard (see the module docstring for the rule)."""
+        self._check_layout(more=False)
+        per_shard = 1
+        if not self.shard_records and self.layout is None:
+            per_shard = default_shard_records(self._records) // PIECE_RECORDS
         groups: list[list[_Piece]] = []
         for piece in self._pieces:
             group = groups[-1] if groups else None
@@ -163,26 +216,37 @@ class ShardSplitter:
                 groups.append([piece])
             else:
                 group.append(piece)
+        return [
+            PlannedShard(
+                first=group[0].first,
+                records=sum(p.records for p in group),
+                bases=sum(p.bases for p in group),
+                chunks=sum(p.chunks for p in group),
+                frames=sum(p.frames for p in group),
+                pieces=tuple(p.path for p in group),
+            )
+            for group in groups
+        ]
+
+    def finish(self) -> list[ShardSpec]:
+        """Join the pieces of each planned shard into its shard file."""
         shards = []
-        for shard_id, group in enumerate(groups):
+        for shard_id, planned in enumerate(self.plan()):
             name = f"shard-{shard_id:06d}.fa"
             target = self.folder / name
-            if len(group) == 1:
-                os.replace(group[0].path, target)
+            if len(planned.pieces) == 1:
+                os.replace(planned.pieces[0], target)
             else:
                 with open(target, "wb") as out:
-                    for piece in group:
-                        with open(piece.path, "rb") as src:
-                            shutil.copyfileobj(src, out, _WRITE_BUFFER)
-                        piece.path.unlink()
+                    append_files(planned.pieces, out, remove=True)
             shards.append(
                 ShardSpec(
                     id=shard_id,
-                    first=group[0].first,
-                    records=sum(p.records for p in group),
-                    bases=sum(p.bases for p in group),
-                    chunks=sum(p.chunks for p in group),
-                    frames=sum(p.frames for p in group),
+                    first=planned.first,
+                    records=planned.records,
+                    bases=planned.bases,
+                    chunks=planned.chunks,
+                    frames=planned.frames,
                     file=name,
                     size_bytes=target.stat().st_size,
                 )
@@ -190,12 +254,19 @@ class ShardSplitter:
         return shards
 
 
+def append_files(paths: Iterable[Path], out: Any, remove: bool = False) -> None:
+    """Copy each file's bytes to the binary handle ``out``, in order (``remove``: delete each once copied)."""
+    for path in paths:
+        with open(path, "rb") as src:
+            shutil.copyfileobj(src, out, _WRITE_BUFFER)
+        if remove:
+            path.unlink()
+
+
 def write_shard_index(folder: Path, shards: list[ShardSpec], extra: dict[str, Any]) -> None:
     """``index.json`` beside the shard files: the shard list plus whatever the caller needs on resume."""
     data = {"schema": 1, "shards": [s.to_json() for s in shards], **extra}
-    tmp = folder / "index.json.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / "index.json")
+    write_text_atomic(folder / "index.json", json.dumps(data, indent=1) + "\n")
 
 
 def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | None:
@@ -206,7 +277,9 @@ def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | N
         if data.get("schema") != 1:
             return None
         shards = [ShardSpec.from_json(item) for item in data["shards"]]
-    except (OSError, ValueError, KeyError, TypeError):
+        if not all(isinstance(s.file, str) and _SHARD_NAME.fullmatch(s.file) for s in shards):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     for shard in shards:
         path = folder / shard.file

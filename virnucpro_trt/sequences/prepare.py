@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -332,7 +332,8 @@ class IdentifiedFilesWriter:
         counts["records_without_frames"] += int(np.count_nonzero(no_frame))
 
     def _abort(self) -> None:
-        self._stack.close()
+        with suppress(OSError, ValueError):  # ENOSPC while flushing must not keep the files from going
+            self._stack.close()
         for tmp in self._temps:
             tmp.unlink(missing_ok=True)
 

@@ -8,7 +8,6 @@ Validation runs once per block at C speed; the per-record checks only run for a 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -35,7 +34,6 @@ __all__ = [
     "PROTEIN_ALPHABET",
     "SeqRecord",
     "read_records",
-    "sha256_of",
     "spool_stdin",
 ]
 
@@ -194,15 +192,6 @@ def _describe(alphabet: str) -> str:
     if alphabet == "dna":
         return "IUPAC nucleotide codes ACGTURYSWKMBDHVN in either case"
     return "letters A-Z in either case and '*'"
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of the file's raw bytes (compressed as stored): the input's identity for resume."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while data := handle.read(BLOCK_BYTES):
-            digest.update(data)
-    return digest.hexdigest()
 
 
 def spool_stdin(dest: Path) -> Path:

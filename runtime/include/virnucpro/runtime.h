@@ -42,9 +42,9 @@ struct ShapeBox {
 };
 
 struct ModelEntry {
-  std::string kind;      // "dnabert-s" or "esm2"
-  std::string artifact;  // file name inside the engine directory
-  std::string artifact_sha256;
+  std::string kind;      // "dnabert-s", "esm2" or "classifier"
+  std::string artifact;  // plain file name inside the engine directory (checked when read)
+  std::map<std::string, std::string> file_sha256;  // every file the entry loads -> its SHA-256
   int64_t dim = 0;
   int64_t pad_id = 0;
   ShapeBox shapes;  // the manifest's promised range (max_batch, max_length)
@@ -59,7 +59,8 @@ struct EngineManifest {
   // Reads FOLDER/manifest.json; throws EngineMismatch when it is missing or not a manifest.
   static EngineManifest read(const std::filesystem::path& folder);
   // Everything that stops this manifest from running on `device` with the linked libtorch
-  // (empty when it fits). `verify_files` also hashes the artifacts.
+  // (empty when it fits). `verify_files` also hashes every file the manifest names (a build without
+  // OpenSSL cannot, and says so instead of skipping the check).
   std::string mismatches(const c10::Device& device, bool verify_files = true) const;
 };
 

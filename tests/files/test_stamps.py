@@ -1,8 +1,9 @@
-"""Stamps of the build's source files: the same files are not re-hashed; any change makes them hashed.
+"""Stamps beside recorded digests: the same files are not re-hashed; any change makes them hashed.
 
-A wrong shortcut would accept engines built from other weights, so the tests below change files every way
-that matters (rewritten in place, replaced by a copy with the old mtime, removed, another file set) and
-check the real digest is computed again, and that a real content change is still refused.
+A wrong shortcut would accept engines built from other weights, or resume with other weights, so the
+tests below change files every way that matters (rewritten in place with size and mtime restored,
+replaced by a copy with the old mtime, removed, another file set) and check the real digest is computed
+again, and that a real content change is still refused.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from virnucpro_trt.engines import engine_set
-from virnucpro_trt.engines.manifest import EngineManifest, ModelEntry, sha256_file
-from virnucpro_trt.engines.source_stamp import stamp_files, unchanged
-from virnucpro_trt.models.checkpoint_io import checkpoint_files, weights_sha256
+from virnucpro_trt.engines.manifest import EngineManifest, ModelEntry
+from virnucpro_trt.files.digests import sha256_file, sha256_of_files
+from virnucpro_trt.files.stamps import stamp_files, unchanged
+from virnucpro_trt.models import identity
+from virnucpro_trt.models.checkpoint_io import checkpoint_files
 
 
 def _file(path: Path, data: bytes) -> Path:
@@ -40,6 +43,16 @@ def test_every_change_breaks_the_match(tmp_path: Path) -> None:
     a.write_bytes(b"z" * 100)  # rewritten in place, same size
     os.utime(a, ns=(before.st_atime_ns, before.st_mtime_ns + 1))
     assert not unchanged(recorded, [a])
+
+    recorded = stamp_files([a])
+    before = os.stat(a)
+    with open(a, "r+b") as handle:  # rewritten in place, then size AND mtime set back (touch -d):
+        handle.write(b"q" * 100)
+    os.utime(a, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(a)
+    for field in ("st_size", "st_mtime_ns", "st_ino"):
+        assert getattr(after, field) == getattr(before, field)
+    assert not unchanged(recorded, [a])  # the ctime, which no user can set back, gives it away
 
     recorded = stamp_files([a])
     before = os.stat(a)
@@ -71,7 +84,7 @@ def test_check_reuses_the_recorded_digest_only_for_unchanged_files(
     shutil.copytree(tiny_set.esm_hf, esm)
     classifier = tmp_path / "500_model.pth"
     shutil.copyfile(tiny_set.classifier, classifier)
-    esm_sha, classifier_sha = weights_sha256(checkpoint_files(esm)), sha256_file(classifier)
+    esm_sha, classifier_sha = sha256_of_files(checkpoint_files(esm)), sha256_file(classifier)
     manifest = _manifest(esm, classifier, esm_sha, classifier_sha)
     specs = {"esm2": str(esm), "classifier": str(classifier), "dnabert-s": None}
 
@@ -84,8 +97,8 @@ def test_check_reuses_the_recorded_digest_only_for_unchanged_files(
 
         return wrapper
 
-    monkeypatch.setattr(engine_set, "weights_sha256", counting(weights_sha256))
-    monkeypatch.setattr("virnucpro_trt.engines.manifest.sha256_file", counting(sha256_file))
+    monkeypatch.setattr(identity, "sha256_of_files", counting(sha256_of_files))
+    monkeypatch.setattr(identity, "sha256_file", counting(sha256_file))
 
     assert engine_set._user_weights(specs, manifest) == {"esm2": esm_sha, "classifier": classifier_sha}
     assert hashed == []  # nothing read
@@ -94,12 +107,12 @@ def test_check_reuses_the_recorded_digest_only_for_unchanged_files(
     stat = os.stat(weights)
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000))  # touched: hashed again, same digest
     assert engine_set._user_weights(specs, manifest)["esm2"] == esm_sha
-    assert hashed == ["weights_sha256"]
+    assert hashed == ["sha256_of_files"]
 
     with open(classifier, "ab") as handle:  # really changed: hashed, and the digest differs
         handle.write(b"\0")
     assert engine_set._user_weights(specs, manifest)["classifier"] != classifier_sha
-    assert hashed == ["weights_sha256", "weights_sha256", "sha256_file"]
+    assert hashed == ["sha256_of_files", "sha256_of_files", "sha256_file"]
     assert engine_set._user_weights(specs, None) == engine_set._user_weights(specs, EngineManifest(
         "onnxruntime", "fp32", {"type": "cpu"}, {}, {}
     ))  # fmt: skip

@@ -1,0 +1,220 @@
+"""ESM-2 variants side by side under Inductor: which change to the engine is worth building?
+
+Building a full-size AOTInductor engine takes 3-5 minutes on the H200 and device time is scarce, so the
+candidates are measured here first under ``torch.compile`` of the same native module (the kernels
+Inductor generates are the same ones AOTInductor packages; each layer is compiled once and its code
+reused for the 36 identical layers, which keeps compiling to seconds). Every variant embeds the same
+proteins through the project's token-budget batcher, is timed as the median of several passes after a
+warm-up, and is checked against the fp32 eager model (min pooled cosine). With ``--profile`` one batch
+of each variant is profiled and its CUDA time split into kernel categories.
+
+    python3 benchmarks/diagnostics/esm2_variants.py --variants bf16,fp8,fp8-fast --json out.json
+    python3 benchmarks/diagnostics/esm2_variants.py --tiny --device cpu --variants bf16   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from virnucpro_trt.bench.hardware import script_environment
+from virnucpro_trt.bench.report import write_json
+from virnucpro_trt.bench.timing import measure
+from virnucpro_trt.bench.workload import frame_sequences
+from virnucpro_trt.engines.inductor_fp8 import convert_linears_to_fp8, convert_to_fp8, fp8_unavailable_reason
+from virnucpro_trt.engines.parity import compare
+from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
+from virnucpro_trt.models.random_checkpoints import TINY_ESM2_CONFIG, random_esm2
+from virnucpro_trt.models.tokenization import ProteinTokenizer, pad_batch
+from virnucpro_trt.runtime.device import configure_fp32_reference
+from virnucpro_trt.runtime.embedding import TorchBackend, embed_sequences
+
+
+@dataclass(frozen=True)
+class Variant:
+    # bf16 | fp8 (row-wise linears) | fp8-fused (the engine's: ESM-2 layers with fused input quantisation)
+    # | torchao-fp8 (the peer: torchao's float8 dynamic row-wise on our model)
+    precision: str
+    attention: str = "efficient"
+    residual_fp32: bool = True
+    fast_accum: bool = False
+
+
+VARIANTS = {
+    "bf16": Variant("bf16"),
+    "bf16-cudnn": Variant("bf16", attention="cudnn"),
+    "bf16-res16": Variant("bf16", residual_fp32=False),
+    "fp8": Variant("fp8"),
+    "fp8-fast": Variant("fp8", fast_accum=True),
+    "fp8-fast-res16": Variant("fp8", fast_accum=True, residual_fp32=False),
+    "fp8-fast-cudnn": Variant("fp8", attention="cudnn", fast_accum=True),
+    "fp8-fused": Variant("fp8-fused", fast_accum=True),
+    "fp8-fused-res16": Variant("fp8-fused", fast_accum=True, residual_fp32=False),
+    "fp8-fused-cudnn": Variant("fp8-fused", attention="cudnn", fast_accum=True),
+    "torchao-fp8": Variant("torchao-fp8"),
+}
+
+# Kernel categories by name, first match wins (Inductor names its Triton kernels after the fused ops).
+KERNEL_CATEGORIES = (
+    ("gemm", re.compile(r"gemm|cutlass|xmma|nvjet|cublas|wgmma|sm90_|addmm|aten::mm|_mm\b|matmul|bmm", re.I)),
+    ("attention", re.compile(r"fmha|attention|attn|flash|sdpa", re.I)),
+    ("quantisation", re.compile(r"amax|float8|fp8|e4m3|quant", re.I)),
+    ("normalisation", re.compile(r"layer_norm|var_mean|rsqrt", re.I)),
+    ("activation", re.compile(r"gelu|erf", re.I)),
+    ("copies", re.compile(r"copy|memcpy|memset|cat_|clone|transpose", re.I)),
+    ("elementwise", re.compile(r"triton|elementwise|vectorized|reduce", re.I)),
+)
+
+
+def categorise(name: str) -> str:
+    return next((label for label, pattern in KERNEL_CATEGORIES if pattern.search(name)), "other")
+
+
+def kernel_breakdown(runner: TorchBackend, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """Device (CPU: operator) time of one batch per kernel category, and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = runner.device
+    activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        runner.embed_padded(*batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    per_kernel: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        us = event.device_time if device.type == "cuda" else event.self_cpu_time_total
+        if device.type == "cuda" and event.device_type.name != "CUDA":
+            continue
+        per_kernel[event.name] += float(us)
+    total = sum(per_kernel.values()) or 1.0
+    categories: dict[str, float] = defaultdict(float)
+    for name, us in per_kernel.items():
+        categories[categorise(name)] += us
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:15]
+    ordered = sorted(categories.items(), key=lambda kv: -kv[1])
+    return {
+        "total_ms": round(total / 1000, 3),
+        "categories_pct": {k: round(100 * v / total, 2) for k, v in ordered},
+        "top_kernels": [
+            {"name": n[:160], "ms": round(us / 1000, 3), "pct": round(100 * us / total, 2)} for n, us in top
+        ],
+    }
+
+
+def profile_batch(tokens: list[np.ndarray], budget: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """One full batch of the workload's longest proteins, as the batcher would form it."""
+    ordered = sorted(tokens, key=len, reverse=True)
+    size = max(1, budget // len(ordered[0]))
+    return pad_batch(ordered[:size], pad_id)
+
+
+def build_variant(reference: torch.nn.Module, variant: Variant, device: torch.device, compile_: bool) -> Any:
+    model = copy.deepcopy(reference).to(dtype=torch.bfloat16)
+    model.residual_fp32 = variant.residual_fp32
+    if variant.precision != "bf16" and (reason := fp8_unavailable_reason(device)):
+        raise RuntimeError(reason)
+    if variant.precision == "fp8":
+        convert_linears_to_fp8(model, fast_accum=variant.fast_accum)
+    elif variant.precision == "fp8-fused":
+        convert_to_fp8(model, fast_accum=variant.fast_accum)
+    elif variant.precision == "torchao-fp8":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    if compile_:
+        for layer in model.layers:  # regional: one layer's code serves all 36
+            layer.compile()
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="bf16,bf16-cudnn,bf16-res16,fp8,fp8-fast,fp8-fast-res16")
+    parser.add_argument("--items", type=int, default=2048)
+    parser.add_argument("--parity-items", type=int, default=256)
+    parser.add_argument("--max-batch-tokens", type=int, default=32768)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="one batch's time per kernel category")
+    parser.add_argument("--no-compile", action="store_true", help="eager (for a quick CPU smoke run)")
+    parser.add_argument("--tiny", action="store_true", help="tiny random model (CPU smoke run)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    config = TINY_ESM2_CONFIG if args.tiny else ESM2_T36_3B_CONFIG
+    tokenizer = ProteinTokenizer()
+    _, proteins = frame_sequences(args.items)
+    tokens = tokenizer.encode_batch(proteins[: args.items])
+    budget = args.max_batch_tokens
+    configure_fp32_reference()
+    reference = random_esm2(config, device=device, dtype=torch.float32, seed=2)
+    ref_n = min(args.parity_items, len(tokens))
+    fp32 = TorchBackend(reference, config.embed_dim, tokenizer.pad_id, device, torch.float32)
+    expected = embed_sequences(fp32, tokens[:ref_n], budget)
+    rows: list[dict[str, Any]] = []
+    report = {
+        "benchmark": "esm2_variants",
+        "command": " ".join(["python3", "benchmarks/diagnostics/esm2_variants.py", *(argv or sys.argv[1:])]),
+        "environment": script_environment(device, with_onnxruntime=False),
+        "workload": {"proteins": len(tokens), "mean_tokens": float(np.mean([len(t) for t in tokens])),
+                     "max_batch_tokens": budget, "model": "tiny" if args.tiny else "esm2_t36_3B (random)"},
+        "results": rows,
+    }  # fmt: skip
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for name in args.variants.split(","):
+        variant = VARIANTS[name]
+        row: dict[str, Any] = {"variant": name, **variant.__dict__}
+        gate_precision = "bf16" if variant.precision == "bf16" else "fp8"
+        try:
+            torch._dynamo.reset()  # each variant traces anew (the attention choice is made while tracing)
+            started = time.perf_counter()
+            model = build_variant(reference, variant, device, not args.no_compile)
+            runner = TorchBackend(model, config.embed_dim, tokenizer.pad_id, device, torch.bfloat16,
+                                  attention=variant.attention)  # fmt: skip
+            result = measure(
+                lambda _, runner=runner: embed_sequences(runner, tokens, budget), args.repeats, device
+            )
+            row.update(
+                status="ok",
+                # compile + first pass (the build, in an engine's terms)
+                warmup_s=round(time.perf_counter() - started - sum(result.passes_s), 1),
+                median_s=round(result.median_s, 4),
+                proteins_per_s=round(len(tokens) / result.median_s, 1),
+                parity=compare(expected, result.results[-1][:ref_n], gate_precision).to_json(),
+            )
+            if args.profile:
+                row["profile"] = kernel_breakdown(runner, profile_batch(tokens, budget, tokenizer.pad_id))
+            del runner, model
+        except Exception as exc:  # a failing variant is reported, the others still run
+            text = str(exc)
+            row.update(status="failed", error=f"{type(exc).__name__}: {text[:300]} ... {text[-900:]}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+        rows.append(row)
+        if args.json:
+            write_json(report, args.json)
+    print(f"\n{'variant':16s} {'proteins/s':>11s} {'min cos':>9s}  categories")
+    for r in rows:
+        if r["status"] == "ok":
+            shares = (r.get("profile") or {}).get("categories_pct", {})
+            cats = ", ".join(f"{k} {v}%" for k, v in shares.items())
+            print(f"{r['variant']:16s} {r['proteins_per_s']:11.1f} {r['parity']['min_cosine']:9.5f}  {cats}")
+        else:
+            print(f"{r['variant']:16s} FAILED: {r['error'][:150]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

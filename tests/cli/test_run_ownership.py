@@ -1,0 +1,273 @@
+"""A run removes only what it made, never mixes models into one result, and leaves nothing when it fails
+before doing any work. Each test is the careless user's (or the attacker's) action, done for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli.helpers import run_cli
+from virnucpro_trt.runtime.resume import WorkDir
+from virnucpro_trt.sequences.synthetic import generate_reads
+
+RESULT_FILES = (
+    "prediction_results.txt",
+    "prediction_results_highestscore.csv",
+    "sequences.tsv",
+    "frames.tsv",
+)
+SHARDS = ("--shard-records", "8", "--threads", "1", "--max-batch-tokens", "700")
+
+
+@pytest.fixture(scope="module")
+def reads(tmp_path_factory) -> Path:
+    """120 records: 15 shards of 8."""
+    records = generate_reads(120, 500, seed=77, coding_fraction=0.7, prefix="o")
+    path = tmp_path_factory.mktemp("own") / "reads.fa"
+    path.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tiny_set, tmp_path_factory) -> dict[str, Path]:
+    """Private copies: the tests replace the classifier file in place."""
+    root = tmp_path_factory.mktemp("own_models")
+    return {
+        "dnabert": tiny_set.dnabert,
+        "esm": tiny_set.esm_hf,
+        "classifier": Path(shutil.copyfile(tiny_set.classifier, root / "500_model.pth")),
+        "other_classifier": Path(shutil.copyfile(tiny_set.classifier_300, root / "500_other.pth")),
+    }
+
+
+def _args(models: dict[str, Path], reads: Path | str, out: Path, *extra: str) -> list[str]:
+    return [
+        "predict", str(reads), "-o", str(out), "--dnabert", str(models["dnabert"]),
+        "--esm", str(models["esm"]), "--classifier", str(models["classifier"]), "--device", "cpu", *SHARDS,
+        *extra,
+    ]  # fmt: skip
+
+
+def _errors(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def reference(models, reads, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("own_ref") / "out"
+    result = run_cli(*_args(models, reads, out))
+    assert result.code == 0, result.stderr
+    return out
+
+
+def _same_results(a: Path, b: Path) -> bool:
+    return all((a / name).read_bytes() == (b / name).read_bytes() for name in RESULT_FILES)
+
+
+def _kill_after_a_shard(cmd: list[str], out: Path, stdin: Path | None = None) -> int:
+    """Start ``cmd``, SIGKILL its process group once a shard has finished; the number finished."""
+    handle = open(stdin, "rb") if stdin else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdin=handle, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        results = out / ".work" / "results"
+        deadline = time.monotonic() + 180
+        try:
+            while not (results.is_dir() and any(results.glob("*.done.json"))):
+                assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before it could be killed"
+                assert time.monotonic() < deadline, "no shard finished in time"
+                time.sleep(0.005)
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=60)
+    finally:
+        if stdin:
+            handle.close()
+    return len(list(results.glob("*.done.json")))
+
+
+@pytest.mark.slow
+def test_a_classifier_swapped_between_a_sigkill_and_the_rerun_is_refused(models, reads, reference, tmp_path):
+    out = tmp_path / "out"
+    original = models["classifier"].read_bytes()
+    cmd = [sys.executable, "-m", "virnucpro_trt", *_args(models, reads, out)]
+    finished = _kill_after_a_shard(cmd, out)
+    assert 1 <= finished < 15
+    try:
+        shutil.copyfile(models["other_classifier"], models["classifier"])  # same path, other weights
+        rerun = run_cli(*_args(models, reads, out))
+        assert rerun.code == 2 and len(_errors(rerun)) == 1, rerun.stderr
+        assert "other model weights" in _errors(rerun)[0] and "classifier" in _errors(rerun)[0]
+        assert not (out / "prediction_results.txt").exists()
+        assert len(list((out / ".work" / "results").glob("*.done.json"))) == finished  # kept for the owner
+    finally:
+        models["classifier"].write_bytes(original)  # the same weights again (a new file, same content)
+    resumed = run_cli(*_args(models, reads, out))
+    assert resumed.code == 0, resumed.stderr
+    assert _same_results(reference, out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["shards"]["skipped"] >= finished
+    assert set(run["model_identity"]) == {"dnabert-s", "esm2", "classifier", "engines"}
+
+
+def test_force_discards_shards_of_other_weights(models, reads, tmp_path):
+    out = tmp_path / "out"
+    work = WorkDir(out)
+    assert run_cli(*_args(models, reads, out, "--keep-work")).code == 0
+    other = dict(models, classifier=models["other_classifier"])
+    refused = run_cli(*_args(other, reads, out))
+    assert refused.code == 2 and "other model weights" in refused.stderr
+    forced = run_cli(*_args(other, reads, out, "--force"))
+    assert forced.code == 0, forced.stderr
+    assert json.loads((out / "run.json").read_text())["shards"]["skipped"] == 0
+    assert not work.root.exists()
+
+
+def test_foreign_files_in_work_are_refused_and_never_removed(models, reads, tmp_path):
+    out = tmp_path / "out"
+    notes = out / ".work" / "notes" / "thesis.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("two years of work\n")
+    result = run_cli(*_args(models, reads, out))
+    assert result.code == 2 and len(_errors(result)) == 1 and "did not write (notes/)" in _errors(result)[0]
+    assert notes.read_text() == "two years of work\n"
+    assert not (out / "prediction_results.txt").exists()
+
+
+def test_the_clean_up_removes_only_known_names(tmp_path):
+    """A file that appears in .work during a run (someone else's) survives the final clean-up."""
+    work = WorkDir(tmp_path)
+    names = (
+        "state.json", "shards/shard-000000.fa", "shards/index.json", "results/shard-000000.done.json",
+        "results/.shard-000000.frames.tsv.12-34.partial", "results/mine.txt", "shards/keep/x",
+    )  # fmt: skip
+    for name in names:
+        (work.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (work.root / name).write_text("x")
+    assert sorted(work.foreign_files()) == ["results/mine.txt", "shards/keep/"]
+    work.wipe()
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == [".work/results/mine.txt", ".work/shards/keep/x"]
+
+
+def test_an_input_inside_the_working_area_is_refused_and_kept(models, reads, tmp_path):
+    out = tmp_path / "out"
+    inside = out / ".work" / "in.fa"
+    inside.parent.mkdir(parents=True)
+    shutil.copyfile(reads, inside)
+    result = run_cli(*_args(models, inside, out))
+    assert result.code == 2 and len(_errors(result)) == 1 and "working area" in _errors(result)[0]
+    assert inside.read_bytes() == reads.read_bytes()
+
+
+def test_an_input_at_an_output_path_is_refused_and_not_overwritten(models, reads, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("frames.tsv", "run.json"):
+        target = shutil.copyfile(reads, out / name)
+        result = run_cli(*_args(models, target, out))
+        assert result.code == 2 and "a file this run writes" in result.stderr, result.stderr
+        assert target.read_bytes() == reads.read_bytes()
+        target.unlink()
+    linked = out / "sequences.tsv"
+    linked.symlink_to(reads)  # the same file under an output name
+    result = run_cli(*_args(models, reads, out))
+    assert result.code == 2 and "a file this run writes" in result.stderr
+    prepared = tmp_path / "prep"
+    prepared.mkdir()
+    target = shutil.copyfile(reads, prepared / "identified_nucleotide.fa")
+    result = run_cli("prepare", str(target), "-o", str(prepared))
+    assert result.code == 2 and target.read_bytes() == reads.read_bytes()
+    result = run_cli("embed", str(reads), "--model", "dnabert-s", "--weights", str(models["dnabert"]),
+                     "-o", str(reads))  # fmt: skip
+    assert result.code == 2 and "a file this run writes" in result.stderr
+
+
+def test_an_outdir_inside_another_runs_work_is_refused(models, reads, tmp_path):
+    outer = tmp_path / "outer"
+    assert run_cli(*_args(models, reads, outer, "--keep-work")).code == 0
+    result = run_cli(*_args(models, reads, outer / ".work" / "inner"))
+    assert result.code == 2 and "another run's working area" in result.stderr
+    assert not (outer / ".work" / "inner").exists()
+
+
+def test_errors_before_any_work_leave_nothing_behind(models, reads, tmp_path, bad_engines):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">ok\nACGT\n>broken\nAC GT!\n")
+    cases = {
+        "missing input": _args(models, tmp_path / "nope.fa", tmp_path / "o1"),
+        "text classifier": _args(dict(models, classifier=text), reads, tmp_path / "o2"),
+        "bad engine dir": ["predict", str(reads), "-o", str(tmp_path / "o3"), "--engines", str(bad_engines)],
+        "bad record": _args(models, bad, tmp_path / "o4"),
+    }
+    for what, args in cases.items():
+        result = run_cli(*args)
+        assert result.code == 2 and len(_errors(result)) == 1, (what, result.stderr)
+        assert not Path(args[args.index("-o") + 1]).exists(), what
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    result = run_cli(*_args(models, bad, existing))
+    assert result.code == 2 and existing.is_dir() and list(existing.iterdir()) == []
+
+
+@pytest.fixture
+def bad_engines(tmp_path) -> Path:
+    folder = tmp_path / "not-engines"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"schema": "virnucpro-trt/engine-manifest"}))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_resumed_stdin_run_leaves_no_copy_of_the_input(models, reads, reference, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "virnucpro_trt", *_args(models, "-", out)]
+    assert _kill_after_a_shard(cmd, out, stdin=reads) >= 1
+    with open(reads, "rb") as handle:
+        rerun = subprocess.run(cmd, stdin=handle, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stderr and _same_results(reference, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*RESULT_FILES, "run.json"])
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_merging_leaves_no_partial_file(models, reads, reference, tmp_path):
+    """The final files are the largest a run writes: a size limit between the largest work file and
+    them fails the merge the way a full disk does. Nothing truncated may stay; the rerun finishes."""
+    kept = tmp_path / "kept"
+    assert run_cli(*_args(models, reads, kept, "--keep-work")).code == 0
+    largest_work = max(p.stat().st_size for p in (kept / ".work").rglob("*") if p.is_file())
+    largest_final = max((reference / name).stat().st_size for name in RESULT_FILES)
+    limit = (largest_work + largest_final) // 2
+    assert largest_work < limit < largest_final
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "virnucpro_trt", *_args(models, reads, out)]
+    full = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          preexec_fn=_limit_file_size(limit))  # fmt: skip
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert full.returncode == 1 and errors == ["error: File too large: free space (or raise the limit) and "
+                                               "rerun the same command"], full.stderr  # fmt: skip
+    leftovers = [p.name for p in out.rglob("*") if ".partial" in p.name or p.name in RESULT_FILES]
+    assert leftovers == []
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _same_results(reference, out)

@@ -1,0 +1,336 @@
+"""``split`` + ``predict`` of every part + ``merge`` == one ``predict`` of the whole input, byte for byte.
+
+Three shard rules: ``--shard-records``, the default rule, and the default rule with its bases cap and
+piece joining in play (constants scaled down so a test input reaches them). The reads have random ids,
+so the highest-score file's sort interleaves rows of every part. Then every combination ``merge`` must
+refuse, each leaving nothing behind.
+
+One torch thread everywhere: on CPU the thread count changes fp32 sums in the last bits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import shutil
+import string
+from pathlib import Path
+
+import pytest
+
+import virnucpro_trt.runtime.shards as shards_module
+from tests.cli.helpers import run_cli
+from virnucpro_trt.sequences.synthetic import generate_reads
+
+TEXT_FILES = (
+    "prediction_results.txt",
+    "prediction_results_highestscore.csv",
+    "sequences.tsv",
+    "frames.tsv",
+)
+FINAL_FILES = (*TEXT_FILES, "run.json", "embeddings.h5")
+
+
+@pytest.fixture(scope="module")
+def split_reads(tmp_path_factory) -> Path:
+    """576 records, random unique ids, long (chunked) reads, descriptions, an empty and an all-N record."""
+    reads = generate_reads(
+        572, 500, seed=51, coding_fraction=0.6, long_reads=12, long_length=1300, lowercase_fraction=0.05,
+        n_rate=0.002,
+    )  # fmt: skip
+    rng = random.Random(7)
+    ids: set[str] = set()
+    while len(ids) < len(reads):
+        ids.add(rng.choice(string.ascii_letters) + str(rng.randrange(10**6)))
+    named = [(rid, seq) for rid, (_, seq) in zip(sorted(ids, key=lambda _: rng.random()), reads, strict=True)]
+    named[100:100] = [("empty_one", ""), ("all_n", "N" * 420)]
+    named[400:400] = [("x", "ACGT" * 100), ("x_chunk_1", "ATG" * 170)]  # ids that look like chunk ids
+    path = tmp_path_factory.mktemp("split_reads") / "reads.fa"
+    path.write_text("".join(f">{rid} read {i} of the test\n{seq}\n" for i, (rid, seq) in enumerate(named)))
+    return path
+
+
+def _models(tiny_set, batch_tokens: int = 700) -> list[str]:
+    return [
+        "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
+        str(tiny_set.classifier), "--device", "cpu", "--max-batch-tokens", str(batch_tokens),
+        "--threads", "1",
+    ]  # fmt: skip
+
+
+def _ok(*args: str) -> None:
+    result = run_cli(*args)
+    assert result.code == 0, result.stderr
+
+
+def _split_predict_merge(
+    tiny_set, reads: Path, root: Path, split_args: list[str], shard_args: list[str], predict_args: list[str]
+):
+    """The single run, then split + one predict per part + merge: (single, merged, part outs, split.json)."""
+    single, parts, merged = root / "single", root / "parts", root / "merged"
+    _ok("predict", str(reads), "-o", str(single), *_models(tiny_set), *predict_args, *shard_args)
+    _ok("split", str(reads), "-o", str(parts), *split_args, *shard_args)
+    manifest = json.loads((parts / "split.json").read_text())
+    outs = []
+    for entry in manifest["parts"]:
+        out = root / f"out{entry['index']}"
+        _ok("predict", str(parts / entry["file"]), "-o", str(out), *_models(tiny_set), *predict_args)
+        outs.append(out)
+    _ok("merge", *map(str, outs), "-o", str(merged))
+    return single, merged, outs, manifest
+
+
+def _assert_same_files(single: Path, merged: Path, embeddings: bool) -> None:
+    for name in TEXT_FILES + (("embeddings.h5",) if embeddings else ()):
+        assert (single / name).read_bytes() == (merged / name).read_bytes(), name
+    assert (merged / "embeddings.h5").exists() == embeddings
+
+
+def _run(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def small_shards(tiny_set, split_reads, tmp_path_factory):
+    """--shard-records 25 (24 shards) in 3 parts, with embeddings."""
+    root = tmp_path_factory.mktemp("small_shards")
+    return _split_predict_merge(
+        tiny_set, split_reads, root, ["--parts", "3"], ["--shard-records", "25"], ["--save-embeddings"]
+    )
+
+
+@pytest.fixture(scope="module")
+def default_shards(tiny_set, split_reads, tmp_path_factory):
+    """The default rule (576 records: 256, 256, 64), gzip parts."""
+    root = tmp_path_factory.mktemp("default_shards")
+    return _split_predict_merge(tiny_set, split_reads, root, ["--parts", "3", "--gzip"], [], [])
+
+
+@pytest.mark.slow
+def test_small_shards_merge_to_the_single_run_bytes(small_shards, split_reads):
+    single, merged, outs, manifest = small_shards
+    _assert_same_files(single, merged, embeddings=True)
+    assert [len(_run(o)["workers"]) for o in outs] == [1, 1, 1]
+    # 24 shards (23 of 25, 1 of 1); cuts at the boundaries nearest 192 and 384: 200 and 375
+    assert [p["layout"] for p in manifest["parts"]] == [[[25, 8]], [[25, 7]], [[25, 8], [1, 1]]]
+    # the highest-score rows come from every part, interleaved (random ids), not part after part
+    first_record = [p["first_record"] for p in manifest["parts"]]
+    part_of_read = {}
+    headers = [line for line in split_reads.read_text().splitlines() if line.startswith(">")]
+    for number, header in enumerate(headers):
+        part_of_read[header[1:].split()[0]] = sum(number >= f for f in first_record)
+    rows = (merged / "prediction_results_highestscore.csv").read_text().splitlines()[1:]
+    sources = [part_of_read[row.split("\t")[0].rsplit("_chunk_", 1)[0]] for row in rows]
+    assert sorted(set(sources)) == [1, 2, 3]
+    assert sum(a != b for a, b in itertools.pairwise(sources)) > 20
+    # run.json: the single run's settings and counts, figures summed over the parts
+    one, all_parts = _run(single), _run(merged)
+    assert all_parts["settings_fingerprint"] == one["settings_fingerprint"]
+    assert all_parts["counts"] == one["counts"]
+    assert all_parts["input"] == one["input"]
+    assert all_parts["shards"]["total"] == one["shards"]["total"] == 24
+    assert all_parts["shards"]["records_per_shard"] == 25
+    assert [p["records"] for p in all_parts["parts"]] == [200, 175, 201]
+    assert all_parts["timings_s"]["embed_esm"] == pytest.approx(
+        sum(_run(o)["timings_s"]["embed_esm"] for o in outs), abs=1e-3
+    )
+    assert all_parts["split"]["split_id"] == manifest["split_id"]
+    assert not list(merged.glob("*.partial")) and not (merged / ".work").exists()
+
+
+@pytest.mark.slow
+def test_default_shard_rule_and_gzip_parts_merge_to_the_single_run_bytes(default_shards):
+    single, merged, outs, manifest = default_shards
+    _assert_same_files(single, merged, embeddings=False)
+    assert [p["file"] for p in manifest["parts"]] == ["part-0001.fa.gz", "part-0002.fa.gz", "part-0003.fa.gz"]
+    assert [p["records"] for p in manifest["parts"]] == [256, 256, 64]
+    assert manifest["shard_records"] is None and manifest["records_per_shard"] == 256
+    assert _run(outs[0])["settings"]["part"]["index"] == 1
+
+
+@pytest.mark.slow
+def test_bases_cap_and_joined_pieces_are_reproduced(tiny_set, split_reads, tmp_path, monkeypatch):
+    # Scaled-down constants (in-process runs): shards of 9 pieces of 16 records by the default rule,
+    # closed earlier by the bases cap, so the whole input's shards have uneven sizes.
+    monkeypatch.setattr(shards_module, "PIECE_RECORDS", 16)
+    monkeypatch.setattr(shards_module, "TARGET_SHARDS", 4)
+    monkeypatch.setattr(shards_module, "MAX_SHARD_BASES", 50_000)
+    single, merged, _, manifest = _split_predict_merge(
+        tiny_set, split_reads, tmp_path, ["--parts", "2"], [], []
+    )
+    _assert_same_files(single, merged, embeddings=False)
+    sizes = [r for p in manifest["parts"] for r, n in p["layout"] for _ in range(n)]
+    assert len(set(sizes)) > 2 and max(sizes) <= 144 and sum(sizes) == 576
+    assert _run(single)["shards"]["total"] == len(sizes)
+
+
+def test_predict_of_a_part_refuses_a_conflicting_shard_size(tiny_set, small_shards, tmp_path):
+    part_file = small_shards[2][0].parent / "parts" / "part-0001.fa"
+    result = run_cli(
+        "predict", str(part_file), "-o", str(tmp_path / "o"), *_models(tiny_set), "--shard-records", "30"
+    )
+    assert result.code == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "--shard-records 30 conflicts" in lines[-1]
+    assert "made with --shard-records 25" in lines[-1]
+    assert not (tmp_path / "o" / "prediction_results.txt").exists()
+
+
+def test_predict_refuses_a_part_whose_split_json_was_changed(tiny_set, small_shards, tmp_path):
+    parts = small_shards[2][0].parent / "parts"
+    copy = tmp_path / "parts"
+    shutil.copytree(parts, copy)
+    data = json.loads((copy / "split.json").read_text())
+    data["parts"][0]["layout"] = [[24, 8], [8, 1]]  # still adds up, but not what split wrote
+    (copy / "split.json").write_text(json.dumps(data))
+    result = run_cli("predict", str(copy / "part-0001.fa"), "-o", str(tmp_path / "o"), *_models(tiny_set))
+    assert result.code == 2
+    assert "split_id does not match" in result.stderr.strip().splitlines()[-1]
+
+
+def _refused(outs: list[Path], outdir: Path, message: str) -> None:
+    result = run_cli("merge", *map(str, outs), "-o", str(outdir))
+    assert result.code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not outdir.exists()  # no final file, no partial file, not even the folder
+
+
+def _edited_copy(part: Path, dest: Path, edit) -> Path:
+    shutil.copytree(part, dest)
+    run = json.loads((dest / "run.json").read_text())
+    edit(run)
+    (dest / "run.json").write_text(json.dumps(run))
+    return dest
+
+
+@pytest.mark.slow
+def test_merge_refuses_incomplete_mixed_or_mismatched_parts(tiny_set, small_shards, default_shards, tmp_path):
+    _, _, a, _ = small_shards
+    _, _, b, _ = default_shards
+    out = tmp_path / "merged"
+    _refused([a[0], a[2]], out, "missing part(s) 2 of 3")
+    _refused([a[0], a[1], a[1], a[2]], out, "part 2 is given twice")
+    _refused([a[0], b[1], a[2]], out, "parts of different splits")
+    _refused([a[0], tmp_path / "nowhere", a[2]], out, "no such folder")
+
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(a[1], unfinished)
+    (unfinished / "run.json").unlink()
+    _refused([a[0], unfinished, a[2]], out, "has not finished")
+
+    # the same part predicted again with another token budget: same split, other settings
+    other = tmp_path / "other_settings"
+    part2 = a[1].parent / "parts" / "part-0002.fa"
+    _ok("predict", str(part2), "-o", str(other), *_models(tiny_set, 500), "--save-embeddings")
+    _refused([a[0], other, a[2]], out, "settings differ (encoders.max_batch_tokens: 700 vs 500)")
+
+    for name, edit, message in (
+        ("weights", lambda r: r["models"]["esm"].update(weights_sha256="0" * 64), "esm weights differ"),
+        ("identity", lambda r: r.update(model_identity={"classifier": "1" * 64}), "model_identity differs"),
+        ("engines", lambda r: r.update(engines="/elsewhere/engines"), "engines None vs /elsewhere/engines"),
+        ("precision", lambda r: r.update(precision="bf16"), "precision fp32 vs bf16"),
+        ("version", lambda r: r.update(version="0.0.1"), "virnucpro-trt"),
+        ("device", lambda r: r["device"].update(device="cuda:0"), "device cpu vs cuda"),
+        ("not_a_part", lambda r: r["settings"].update(part=None), "not a part of a split"),
+        ("bad_part", lambda r: r["settings"]["part"].update(layout=[[3, 1]]), "part.layout"),
+        ("bad_counts", lambda r: r["counts"].update(frames="many"), "counts.frames"),
+    ):
+        if name == "identity":  # compared only when both parts carry it
+            first = _edited_copy(
+                a[0], tmp_path / "identity_first", lambda r: r.update(model_identity={"x": 1})
+            )
+            _refused([first, _edited_copy(a[1], tmp_path / name, edit), a[2]], out, message)
+            continue
+        _refused([a[0], _edited_copy(a[1], tmp_path / name, edit), a[2]], out, message)
+
+    # a damaged result file is found while merging: nothing is renamed into place
+    damaged = tmp_path / "damaged"
+    shutil.copytree(a[2], damaged)
+    highest = damaged / "prediction_results_highestscore.csv"
+    lines = highest.read_text().splitlines(keepends=True)
+    lines[1], lines[2] = lines[2], lines[1]
+    highest.write_text("".join(lines))
+    _refused([a[0], a[1], damaged], out, "out of order")
+
+    # results already in OUTDIR are not overwritten
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    result = run_cli("merge", *map(str, a), "-o", str(out))
+    assert result.code == 2 and "already holds run.json" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+
+
+def test_merge_without_embeddings_in_every_part_writes_none(tiny_set, small_shards, tmp_path):
+    _, _, a, _ = small_shards
+    without = _edited_copy(
+        a[1], tmp_path / "no_embeddings", lambda r: r["settings"].update(save_embeddings=False)
+    )
+    (without / "embeddings.h5").unlink()
+    _ok("merge", str(a[0]), str(without), str(a[2]), "-o", str(tmp_path / "merged"))
+    assert not (tmp_path / "merged" / "embeddings.h5").exists()
+    for name in TEXT_FILES:
+        assert (tmp_path / "merged" / name).read_bytes() == (small_shards[1] / name).read_bytes()
+
+
+def test_split_refusals_leave_nothing(split_reads, tmp_path):
+    result = run_cli(
+        "split", str(split_reads), "-o", str(tmp_path / "p"), "--parts", "2", "--records-per-part", "5"
+    )
+    assert result.code == 2 and "exactly one of --parts N or --records-per-part R" in result.stderr
+    bad = tmp_path / "bad.fa"
+    bad.write_text(">a\nACGT\n>b\nACXT\n")
+    result = run_cli("split", str(bad), "-o", str(tmp_path / "p"), "--parts", "2")
+    assert result.code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "invalid DNA character 'X'" in result.stderr and "record 2" in result.stderr
+    assert not (tmp_path / "p").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("x")
+    result = run_cli("split", str(split_reads), "-o", str(tmp_path / "full"), "--parts", "2")
+    assert result.code == 2 and "is not empty (mine.txt)" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["mine.txt"]
+
+
+def test_records_per_part_and_records_kept_as_read(split_reads, tmp_path):
+    from virnucpro_trt.sequences.reader import read_records
+
+    _ok(
+        "split",
+        str(split_reads),
+        "-o",
+        str(tmp_path / "p"),
+        "--records-per-part",
+        "200",
+        "--shard-records",
+        "50",
+    )
+    manifest = json.loads((tmp_path / "p" / "split.json").read_text())
+    assert [p["records"] for p in manifest["parts"]] == [200, 200, 176]
+    again = [r for p in manifest["parts"] for r in read_records(tmp_path / "p" / p["file"])]
+    original = list(read_records(split_reads))
+    assert [(r.id, r.description, r.sequence) for r in again] == [
+        (r.id, r.description, r.sequence) for r in original
+    ]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
+        "part-0001.fa", "part-0002.fa", "part-0003.fa", "split.json",
+    ]  # fmt: skip
+
+
+def test_fastq_input_with_more_parts_than_shards(tiny_set, tmp_path):
+    """FASTQ in, FASTA parts out; 3 shards in 5 parts: the last two parts are empty (same bytes, told
+    apart by name) and still predict and merge to the single run's files, embeddings included."""
+    reads = generate_reads(28, 500, seed=61, coding_fraction=0.7, long_reads=2, long_length=1100, prefix="q")
+    reads.append(("q_empty", ""))
+    fastq = tmp_path / "reads.fq"
+    records = (f"@{rid} the {i}th\n{seq}\n+\n{'I' * len(seq)}\n" for i, (rid, seq) in enumerate(reads))
+    fastq.write_text("".join(records))
+    single, merged, outs, manifest = _split_predict_merge(
+        tiny_set, fastq, tmp_path, ["--parts", "5"], ["--shard-records", "10"], ["--save-embeddings"]
+    )
+    _assert_same_files(single, merged, embeddings=True)
+    assert [p["records"] for p in manifest["parts"]] == [10, 10, 9, 0, 0]
+    assert manifest["parts"][3]["sha256"] == manifest["parts"][4]["sha256"]
+    assert [_run(o)["settings"]["part"]["index"] for o in outs] == [1, 2, 3, 4, 5]
+    assert (tmp_path / "parts" / "part-0001.fa").read_text().startswith(">q_00 the 0th\n")

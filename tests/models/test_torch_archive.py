@@ -1,0 +1,167 @@
+"""Checkpoint files as an attacker writes them: nothing runs, nothing inflates, every failure is bad input.
+
+Each test builds the attack for real and, where it can, first shows that the attack works against
+``torch`` itself (so the test could fail), then that our loader refuses it with a CheckpointError (exit 2
+through the CLI) and that its side effect never happened.
+"""
+
+from __future__ import annotations
+
+import resource
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.cli.helpers import run_cli
+from tests.models import archive_forge as forge
+from tests.models.torchscript_payload import write_payload_archive
+from virnucpro_trt.errors import CheckpointError, UnsafePickleError
+from virnucpro_trt.models.checkpoint_io import safe_torch_load
+from virnucpro_trt.models.classifier import load_classifier_weights
+from virnucpro_trt.models.pickle_guard import MAX_CLASSIFIER_BYTES
+from virnucpro_trt.models.torch_archive import load_torch_file
+
+
+def test_the_torchscript_payload_is_real(tmp_path: Path) -> None:
+    """The control: torch's own loader does run the archive's code (so the refusals below mean something)."""
+    marker = tmp_path / "control-marker"
+    archive = write_payload_archive(tmp_path / "control.pth", marker)
+    with pytest.warns(UserWarning, match="TorchScript"):
+        torch.load(archive, weights_only=False)
+    assert marker.read_bytes() == b"A" * 16
+
+
+def test_torchscript_archive_is_refused_by_every_loader_before_it_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    archive = write_payload_archive(tmp_path / "500_model.pth", marker)
+    for load in (load_classifier_weights, safe_torch_load, load_torch_file):
+        with pytest.raises(CheckpointError, match="TorchScript archive"):
+            load(archive)
+    assert marker.read_bytes() == b"x" * 16
+
+
+def test_torchscript_classifier_through_predict_and_convert_is_exit_2_and_runs_nothing(
+    tiny_set, reads_fasta, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    archive = write_payload_archive(tmp_path / "500_model.pth", marker)
+    out = tmp_path / "out"
+    predict = run_cli(
+        "predict", str(reads_fasta), "-o", str(out), "--dnabert", str(tiny_set.dnabert),
+        "--esm", str(tiny_set.esm_hf), "--classifier", str(archive), "--device", "cpu",
+    )  # fmt: skip
+    convert = run_cli("convert-classifier", str(archive), str(tmp_path / "c.safetensors"))
+    for result in (predict, convert):
+        lines = result.stderr.strip().splitlines()
+        assert result.code == 2 and len(lines) == 1 and "TorchScript archive" in lines[0], result.stderr
+    assert marker.read_bytes() == b"x" * 16
+    assert not out.exists() and not (tmp_path / "c.safetensors").exists()
+
+
+def test_tar_and_legacy_formats_are_refused_by_name(tmp_path: Path) -> None:
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="legacy"):
+        load_classifier_weights(legacy)
+    tar = tmp_path / "old.tar"
+    tar.write_bytes(b"\0" * 257 + b"ustar" + b"\0" * 250)
+    with pytest.raises(CheckpointError, match="tar-format"):
+        load_torch_file(tar)
+
+
+def test_a_compressed_record_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    """The zip bomb: 256 MiB of zeros deflate to ~256 KB; nothing may inflate them to see what they are."""
+    size = 256 << 20
+    body = forge.dict_of(w=forge.tensor("0", size // 4, (size // 4,), (1,)))
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb/data.pkl", forge.pickle_bytes(body), compress_type=zipfile.ZIP_STORED)
+        with zf.open("bomb/data/0", "w", force_zip64=True) as record:
+            block = bytes(1 << 24)
+            for _ in range(size // len(block)):
+                record.write(block)
+    assert path.stat().st_size < 2 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="compressed"):
+        load_classifier_weights(path)
+    # ru_maxrss (KiB) is the peak so far: inflating the record would have raised it by 256 MiB
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10
+
+
+def test_declared_sizes_are_checked_against_the_record_and_the_limit(tmp_path: Path) -> None:
+    small = forge.write_archive(
+        tmp_path / "liar.pth",
+        forge.pickle_bytes(forge.dict_of(w=forge.tensor("0", 1_000_000, (1_000_000,), (1,)))),
+        {"0": bytes(16)},
+    )
+    with pytest.raises(CheckpointError, match="declares 4000000 bytes but its record holds 16"):
+        load_classifier_weights(small)
+    numel = MAX_CLASSIFIER_BYTES // 4 + 1024
+    big = forge.write_archive(
+        tmp_path / "big.pth",
+        forge.pickle_bytes(forge.dict_of(w=forge.tensor("0", numel, (numel,), (1,)))),
+        {"0": bytes(numel * 4)},
+    )
+    with pytest.raises(CheckpointError, match="too large"):
+        load_classifier_weights(big)
+
+
+def test_a_tensor_that_overruns_its_storage_is_refused(tmp_path: Path) -> None:
+    path = forge.write_archive(
+        tmp_path / "overrun.pth",
+        forge.pickle_bytes(forge.dict_of(w=forge.tensor("0", 4, (3, 4), (4, 1)))),
+        {"0": bytes(16)},
+    )
+    with pytest.raises(CheckpointError, match="overruns its storage"):
+        safe_torch_load(path)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        # a stand-in module class handed a state it cannot hold
+        (forge.call(forge.glob("__main__", "M")) + forge.integer(7) + forge.BUILD, "unexpected state"),
+        # an allowed callable called the wrong way
+        (forge.call(forge.glob("builtins", "dict"), forge.integer(1), forge.integer(2)), "malformed"),
+        (forge.call(forge.glob("builtins", "int"), forge.text("not a number")), "malformed"),
+        # a storage reference that is not one
+        (forge.tup(forge.text("storage"), forge.text("x")) + forge.BINPERSID, "persistent id"),
+        # a rebuild with nonsense arguments
+        (forge.call(forge.glob("torch._utils", "_rebuild_tensor_v2"), forge.integer(1)), "malformed"),
+    ],
+)
+def test_tricks_that_fail_inside_unpickling_are_bad_input_exit_2(tmp_path: Path, body: bytes, needle: str):
+    path = forge.write_archive(tmp_path / "trick.pth", forge.pickle_bytes(body))
+    with pytest.raises(CheckpointError, match=needle):
+        load_classifier_weights(path)
+    result = run_cli("convert-classifier", str(path), str(tmp_path / "out.safetensors"))
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1 and "unexpected failure" not in lines[0], result.stderr
+
+
+def test_code_running_globals_are_refused_before_they_are_called(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    body = forge.call(forge.glob("os", "system"), forge.text(f"touch {marker}"))
+    path = forge.write_archive(tmp_path / "system.pth", forge.pickle_bytes(body))
+    with pytest.raises(UnsafePickleError, match=r"'os\.system'"):
+        load_classifier_weights(path)
+    hooks = forge.call(
+        forge.glob("torch._utils", "_rebuild_tensor_v2"),
+        forge.storage_ref("0", 1), forge.integer(0), forge.tup(forge.integer(1)), forge.tup(forge.integer(1)),
+        forge.NEWFALSE, forge.dict_of(h=forge.glob("os", "system")),
+    )  # fmt: skip
+    path = forge.write_archive(tmp_path / "hooks.pth", forge.pickle_bytes(hooks), {"0": bytes(4)})
+    with pytest.raises(UnsafePickleError):
+        load_classifier_weights(path)
+    assert not marker.exists()
+
+
+def test_a_real_checkpoint_still_loads_memory_mapped_and_equal(tmp_path: Path) -> None:
+    state = {"a": torch.randn(5, 3), "b": torch.arange(7), "h": torch.randn(4).half(), "e": torch.zeros(0)}
+    torch.save(state, tmp_path / "ok.pt")
+    loaded = safe_torch_load(tmp_path / "ok.pt")
+    assert loaded.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value) and loaded[key].dtype == value.dtype

@@ -1,0 +1,177 @@
+"""The shipped Snakemake workflow, run for real with ``snakemake --cores 2`` on tiny models.
+
+It must give the same bytes as one ``predict`` of the whole input, skip finished parts on a rerun, and
+finish a part whose ``predict`` was SIGKILLed through ``predict``'s own resume. The Slurm profile is
+checked with a dry run (no Slurm here). Model paths come from the tiny test set through ``--demo``'s
+config writer, so the command run is the README's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil  # a dependency of snakemake (dev extra)
+import pytest
+
+from tests.cli.helpers import run_cli
+from virnucpro_trt.demo import DemoInputs
+
+REPO = Path(__file__).resolve().parents[2]
+FILES = (
+    "prediction_results.txt",
+    "prediction_results_highestscore.csv",
+    "sequences.tsv",
+    "frames.tsv",
+)
+
+
+@pytest.fixture(scope="module")
+def demo_workflow(tiny_set, tmp_path_factory) -> Path:
+    """``virnucpro-trt workflow -o wf --demo``, its demo models swapped for the tiny test set."""
+    root = tmp_path_factory.mktemp("workflow")
+    models = DemoInputs(tiny_set.dnabert, tiny_set.esm_hf, tiny_set.classifier, Path("unused"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("virnucpro_trt.demo.demo_inputs", lambda: models)
+        result = run_cli("workflow", "-o", str(root / "wf"), "--demo")
+    assert result.code == 0, result.stderr
+    return root
+
+
+def _snakemake(cwd: Path, *args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "snakemake", "-s", "wf/Snakefile", "--cores", "2", *args]
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 420) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _single(tiny_set, reads: Path, out: Path, *extra: str) -> Path:
+    result = run_cli(
+        "predict", str(reads), "-o", str(out), "--dnabert", str(tiny_set.dnabert), "--esm",
+        str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier), "--device", "cpu", "--threads", "1",
+        *extra,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    return out
+
+
+def _assert_same(a: Path, b: Path, names=FILES) -> None:
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_workflow_writes_its_files_and_never_over_existing_ones(demo_workflow, tiny_set, tmp_path):
+    wf = demo_workflow / "wf"
+    assert sorted(str(p.relative_to(wf)) for p in wf.rglob("*") if p.is_file()) == [
+        "Snakefile", "config.yaml", "demo/reads.fa", "profiles/slurm/config.yaml",
+    ]  # fmt: skip
+    config = (wf / "config.yaml").read_text()
+    assert f'dnabert: "{tiny_set.dnabert}"' in config and "parts: 3" in config
+    assert f'outdir: "{wf.resolve() / "demo-out"}"' in config
+    result = run_cli("workflow", "-o", str(wf))
+    assert result.code == 2 and "Snakefile exists" in result.stderr
+    result = run_cli("workflow", "-o", str(tmp_path / "plain"))
+    assert result.code == 0
+    assert 'input: ""' in (tmp_path / "plain" / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_snakemake_run_equals_one_predict_and_a_rerun_does_nothing(demo_workflow, tiny_set, tmp_path):
+    code, log = _finish(_snakemake(demo_workflow))  # the README's command: config.yaml as written
+    assert code == 0, log
+    out = demo_workflow / "wf" / "demo-out"
+    single = _single(tiny_set, demo_workflow / "wf" / "demo" / "reads.fa", tmp_path / "single")
+    _assert_same(single, out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["split"]["parts"] == 3 and run["shards"]["total"] == 3
+    assert [p["records"] for p in run["parts"]] == [256, 256, 88]
+    assert (
+        run["settings_fingerprint"] == json.loads((single / "run.json").read_text())["settings_fingerprint"]
+    )
+    assert (out / "logs" / "predict" / "0002.log").read_text().count("PASSED") == 1
+
+    code, log = _finish(_snakemake(demo_workflow))
+    assert code == 0 and "Nothing to be done" in log, log
+
+
+def _predict_process(parent: int, label: str, deadline: float):
+    """The ``predict`` process of part ``label`` among snakemake's descendants, once it exists."""
+    while time.monotonic() < deadline:
+        try:
+            children = psutil.Process(parent).children(recursive=True)
+        except psutil.NoSuchProcess:
+            break
+        for child in children:
+            try:
+                cmdline = child.cmdline()
+            except psutil.Error:
+                continue
+            ours = "predict" in cmdline and any(arg.endswith(f"part-results/{label}") for arg in cmdline)
+            if ours and "-m" in cmdline:  # the python process, not the shell that started it
+                return child
+        time.sleep(0.01)
+    raise AssertionError(f"no predict process for part {label} appeared")
+
+
+@pytest.mark.slow
+def test_a_killed_part_resumes_on_the_rerun_with_identical_results(demo_workflow, tiny_set, tmp_path):
+    extra = ["--config", f"outdir={tmp_path / 'out'}", "shard_records=10", "save_embeddings=true"]
+    proc = _snakemake(demo_workflow, *extra, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        victim = _predict_process(proc.pid, "0002", deadline)
+        results = tmp_path / "out" / "part-results" / "0002" / ".work" / "results"
+        while not (results.is_dir() and any(results.glob("*.done.json"))):
+            assert time.monotonic() < deadline and victim.is_running(), "part 2 never finished a shard"
+            time.sleep(0.005)
+        victim.send_signal(signal.SIGKILL)
+        code, log = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code != 0, log
+    part = tmp_path / "out" / "part-results" / "0002"
+    assert not (part / "run.json").exists() and not (tmp_path / "out" / "run.json").exists()
+    finished = len(list(results.glob("*.done.json")))
+    assert 1 <= finished < 20  # 200 records in shards of 10
+
+    code, log = _finish(_snakemake(demo_workflow, *extra))
+    assert code == 0, log
+    single = _single(
+        tiny_set, demo_workflow / "wf" / "demo" / "reads.fa", tmp_path / "single", "--shard-records", "10",
+        "--save-embeddings",
+    )  # fmt: skip
+    _assert_same(single, tmp_path / "out", (*FILES, "embeddings.h5"))
+    resumed = json.loads((part / "run.json").read_text())["shards"]
+    assert resumed["skipped"] >= finished and resumed["skipped"] + resumed["processed"] == 20
+    assert "resuming:" in (tmp_path / "out" / "logs" / "predict" / "0002.log").read_text()
+
+
+def _dry_run(demo_workflow: Path, *config: str) -> str:
+    code, log = _finish(
+        _snakemake(demo_workflow, "--profile", "wf/profiles/slurm", "-n", "--config", "outdir=dry", *config)
+    )
+    assert code == 0, log
+    return log
+
+
+def test_slurm_profile_dry_run_builds_engines_once_unless_given(demo_workflow):
+    log = _dry_run(demo_workflow, "backend=inductor", "precision=bf16")
+    assert "build_engines        1" in log and "predict              3" in log
+    assert "gpu=1" in log and "slurm_partition=gpu" in log
+    assert "--engines dry/engines" in log and " build " in log
+    log = _dry_run(demo_workflow, "engines=/shared/engines/h200/inductor-bf16")
+    assert "build_engines" not in log and "--engines /shared/engines/h200/inductor-bf16" in log
+    code, log = _finish(_snakemake(demo_workflow, "-n", "--config", "input="))
+    assert code != 0 and "input not set" in log

@@ -1,0 +1,44 @@
+"""``virnucpro-trt merge``: the parts' predict results of one split joined into one run's files.
+
+Only click is imported at module level (``cli/main.py`` registers this on every start-up).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from virnucpro_trt.cli.command_options import CONTEXT, logging_options
+from virnucpro_trt.settings import MergeSettings
+
+log = logging.getLogger("virnucpro_trt")
+
+
+@click.command("merge", context_settings=CONTEXT)
+@click.argument(
+    "part_outs", metavar="PART_OUT...", nargs=-1, required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)  # fmt: skip
+@click.option(
+    "-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the merged result files (must not hold results yet).",
+)  # fmt: skip
+@logging_options
+def merge(part_outs: tuple[Path, ...], outdir: Path) -> None:
+    """Join the predict output folders of every part of one split into one run's result files.
+
+    Refuses (exit 2, nothing written) a missing part, a part given twice, parts of different splits
+    and parts run with different models, weights, engines or settings.
+    """
+    from virnucpro_trt.pipeline.merge_parts import run_merge
+
+    summary = run_merge(MergeSettings(tuple(part_outs), outdir), command=sys.argv)
+    counts = summary["counts"]
+    log.info(
+        "PASSED: %d part(s), %d records, %d frames scored, %d sequences labelled virus -> %s",
+        summary["split"]["parts"], counts["records"], counts["frames"], counts.get("virus_sequences", 0),
+        outdir,
+    )  # fmt: skip

@@ -1,0 +1,59 @@
+"""Files that appear whole or not at all, and never leave a partial copy behind.
+
+A result is written under a temporary name unique to this process and thread (two writers of one file,
+e.g. a respawned worker racing an orphan, each rename their own complete copy) and renamed into place.
+Whatever fails on the way — a full disk in ``write``, ``flush`` or ``close`` included — the temporary
+file is removed before the error goes on: clean-up never depends on the failing handle closing cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def temporary_name(path: Path) -> Path:
+    """``.NAME.<pid>-<thread>.partial`` beside ``path``."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{PARTIAL_SUFFIX}")
+
+
+def close_quietly(handle: IO[Any]) -> None:
+    """Close ``handle`` on an error path: a second error (ENOSPC while flushing) must not hide the first."""
+    with contextlib.suppress(OSError, ValueError):
+        handle.close()
+
+
+def remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing; on success it replaces ``path``, on any failure it is removed."""
+    tmp = temporary_name(path)
+    handle = open(tmp, mode, **open_kwargs)  # noqa: SIM115 - closed on both paths below
+    try:
+        yield handle
+        handle.close()
+        os.replace(tmp, path)
+    except BaseException:
+        close_quietly(handle)
+        remove_quietly(tmp)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_output(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_output(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)

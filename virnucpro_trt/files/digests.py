@@ -1,0 +1,35 @@
+"""SHA-256 of bytes, of a file, and of a set of weight files: the identities resume and manifests keep."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+_BLOCK = 1 << 24
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of the file's raw bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while data := handle.read(_BLOCK):
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def sha256_of_files(paths: Iterable[str | os.PathLike[str]]) -> str:
+    """SHA-256 identifying a set of files (a checkpoint's shards), independent of the folder they sit in.
+
+    Per-file digests are combined in file-name order, so the same shards give the same identity
+    wherever they are (a Hugging Face snapshot folder and a copy of it).
+    """
+    combined = hashlib.sha256()
+    for path in sorted((Path(p) for p in paths), key=lambda p: p.name):
+        combined.update(bytes.fromhex(sha256_file(path)))
+    return combined.hexdigest()

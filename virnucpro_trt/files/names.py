@@ -1,0 +1,56 @@
+"""Names read from files (manifests, split plans) that point at other files: only plain names inside a
+folder are followed.
+
+A manifest that says ``/usr/lib/x.so``, ``../other/esm2.pt2`` or names a symlink leading out of its folder
+would make us load (and, for ``.pt2``, execute) a file the folder's owner never shipped. So a member name
+must be a single path component (no separator, not ``.``/``..``, not absolute, no NUL) and must resolve
+to a regular file inside the resolved folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from virnucpro_trt.errors import UserError
+
+
+class UnsafeMemberName(UserError):
+    """A file named inside a folder's metadata points outside it, or is not a plain file name."""
+
+
+def check_member_name(name: object, what: str) -> str:
+    """``name`` if it is a plain file name; raise :class:`UnsafeMemberName` otherwise."""
+    if not isinstance(name, str) or not name:
+        raise UnsafeMemberName(f"{what}: expected a file name, found {name!r}")
+    separators = {"/", "\\", os.sep, *(filter(None, [os.altsep]))}
+    if name in (".", "..") or "\0" in name or any(sep in name for sep in separators):
+        raise UnsafeMemberName(f"{what}: {name!r} is not a plain file name inside the folder (refused)")
+    return name
+
+
+def member_path(folder: Path, name: object, what: str) -> Path:
+    """``folder/name``, refused unless ``name`` is plain and resolves to a regular file inside ``folder``."""
+    checked = check_member_name(name, what)
+    path = folder / checked
+    root = folder.resolve()
+    resolved = path.resolve()
+    if resolved.parent != root and root not in resolved.parents:
+        raise UnsafeMemberName(f"{what}: {checked!r} resolves to {resolved}, outside {root} (refused)")
+    if path.exists() and not resolved.is_file():
+        raise UnsafeMemberName(f"{what}: {checked!r} is not a regular file")
+    return path
+
+
+def is_within(path: Path, folder: Path) -> bool:
+    """True when ``path`` (resolved) is ``folder`` or lies under it."""
+    resolved, root = path.resolve(), folder.resolve()
+    return resolved == root or root in resolved.parents
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when both name one existing file (symlinks and hard links included) or the same path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()

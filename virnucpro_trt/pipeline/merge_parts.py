@@ -1,0 +1,368 @@
+"""``virnucpro-trt merge``: the parts' ``predict`` results joined into the files of one whole run.
+
+Every part must be there once, from one split, run with the same models and settings; otherwise the
+merge stops (exit 2, one line naming the problem) before it writes anything. What "the same" means:
+
+* each part's ``run.json`` is complete and names its part (``settings.part``, from ``split.json``);
+* one split id, every index 1..N exactly once, each part's record count and SHA-256 as split listed;
+* the settings fingerprint without the part-specific settings (input, part, ``--save-embeddings``:
+  :func:`~virnucpro_trt.settings.settings_fingerprint` with ``across_parts``);
+* the virnucpro-trt version, backend, precision, engine directory, device type, the encoders'
+  ``weights_sha256`` and, when both parts carry it, ``model_identity``.
+
+The files are then written as ``predict`` writes them: ``.partial`` names renamed into place together
+at the end (:class:`~virnucpro_trt.outputs.atomic.ResultSet`), ``run.json`` last; ``embeddings.h5``
+only when every part saved embeddings. ``run.json`` sums counts, timings and shard figures over the
+parts, recomputes throughput from the sums (per device-second), and lists each part's provenance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.outputs.atomic import ResultSet
+from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
+from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES
+from virnucpro_trt.outputs.part_merge import (
+    append_embeddings,
+    append_table,
+    embedding_attrs,
+    embedding_dims,
+    merge_sorted_table,
+    shard_frame_counts,
+)
+from virnucpro_trt.outputs.tables import FRAME_COLUMNS, FRAMES_TSV, SEQUENCE_COLUMNS, SEQUENCES_TSV
+from virnucpro_trt.outputs.upstream import (
+    HIGHEST_HEADER,
+    HIGHEST_SCORE,
+    PREDICTION_HEADER,
+    PREDICTION_RESULTS,
+)
+from virnucpro_trt.pipeline.predict import EMBEDDINGS_H5, RUN_JSON
+from virnucpro_trt.pipeline.run_paths import check_run_paths
+from virnucpro_trt.runtime.resume import outdir_lock
+from virnucpro_trt.settings import MergeSettings, SplitPart, settings_fingerprint
+
+log = logging.getLogger(__name__)
+
+MAX_RUN_JSON_BYTES = 64 << 20
+_HEADERS = {
+    PREDICTION_RESULTS: PREDICTION_HEADER,
+    SEQUENCES_TSV: "\t".join(SEQUENCE_COLUMNS) + "\n",
+    FRAMES_TSV: "\t".join(FRAME_COLUMNS) + "\n",
+}
+
+
+class MergeRefused(UserError):
+    """The part results given cannot be merged into one run's results."""
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """One part's ``predict`` output folder, as far as the merge needs it."""
+
+    folder: Path
+    run: dict[str, Any]
+    part: SplitPart
+
+    @property
+    def name(self) -> str:
+        return f"part {self.part.index} ({self.folder})"
+
+    @property
+    def has_embeddings(self) -> bool:
+        return bool(self.run["settings"].get("save_embeddings")) and (self.folder / EMBEDDINGS_H5).is_file()
+
+
+def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str, Any]:
+    """Check the parts, write the merged result files into ``settings.outdir``; returns run.json."""
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    outdir = settings.outdir
+    check_run_paths([], [outdir / RUN_JSON])  # not inside another run's working area
+    parts = check_parts([read_part(folder) for folder in settings.parts])
+    existing = [name for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5) if (outdir / name).exists()]
+    if existing:
+        raise MergeRefused(
+            f"{outdir} already holds {', '.join(existing)}; merge into a folder without results"
+        )
+    created = not outdir.exists()
+    try:
+        with outdir_lock(outdir):
+            embeddings = all(p.has_embeddings for p in parts)
+            if not embeddings and any(p.has_embeddings for p in parts):
+                log.warning("not every part saved embeddings: no embeddings.h5 is written")
+            _write_files(outdir, parts, embeddings)
+            summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
+            write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n")
+    finally:
+        if created and outdir.is_dir() and not any(outdir.iterdir()):  # a failed merge leaves no folder
+            outdir.rmdir()
+    return summary
+
+
+def read_part(folder: Path) -> PartResult:
+    """A part's ``run.json``, read as hostile (bounded, typed where the merge relies on it)."""
+    path = folder / RUN_JSON
+    if not folder.is_dir():
+        raise MergeRefused(f"{folder}: no such folder (a part's predict output folder)")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RUN_JSON_BYTES + 1)
+    except OSError:
+        raise MergeRefused(f"{folder}: no {RUN_JSON}: the part's predict has not finished") from None
+    try:
+        if len(raw) > MAX_RUN_JSON_BYTES:
+            raise ValueError("too large")
+        run = json.loads(raw.decode("utf-8"))
+        if not isinstance(run, dict) or run.get("tool") != "virnucpro-trt" or run.get("status") != "complete":
+            raise ValueError("not a complete virnucpro-trt run")
+        _check_shape(run)
+    except (UnicodeDecodeError, ValueError, RecursionError, TypeError) as exc:
+        raise MergeRefused(f"{path}: not a predict result: {exc}") from None
+    if run["settings"].get("part") is None:
+        raise MergeRefused(
+            f"{folder}: its input was not a part of a split (predict each part file from PARTS_DIR, "
+            "where split.json lists it)"
+        )
+    try:
+        part = SplitPart.from_json(run["settings"]["part"])
+    except ValueError as exc:
+        raise MergeRefused(f"{path}: {exc}") from None
+    if run["input"]["sha256"] != part.sha256 or run["counts"]["records"] != part.records:
+        raise MergeRefused(f"{folder}: its input is not the part its run.json names")
+    names = [*FINAL_TEXT_FILES, *([EMBEDDINGS_H5] if run["settings"].get("save_embeddings") else [])]
+    for name in names:
+        if not (folder / name).is_file():
+            raise MergeRefused(f"{folder}: {name} is missing")
+    return PartResult(folder, run, part)
+
+
+def _check_shape(run: dict[str, Any]) -> None:
+    """The keys the merge reads, with their types: a damaged or foreign file fails here."""
+    for key, kind in (
+        ("settings", dict), ("settings_fingerprint", str), ("input", dict), ("models", dict),
+        ("counts", dict), ("timings_s", dict), ("shards", dict), ("workers", list), ("device", dict),
+        ("version", str),
+    ):  # fmt: skip
+        if not isinstance(run.get(key), kind):
+            raise ValueError(f"{key}: missing or not a {kind.__name__}")
+    for section in ("counts", "shards"):
+        for key, value in run[section].items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{section}.{key}: not an integer")
+    for key, value in run["timings_s"].items():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"timings_s.{key}: not a number")
+    if not isinstance(run["input"].get("sha256"), str) or not isinstance(run["counts"].get("records"), int):
+        raise ValueError("input.sha256 / counts.records missing")
+
+
+def check_parts(parts: list[PartResult]) -> list[PartResult]:
+    """Every part of one split once, run alike; returns them in part order (or raises MergeRefused)."""
+    if not parts:
+        raise MergeRefused("no part results given")
+    first = parts[0]
+    by_index: dict[int, PartResult] = {}
+    for part in parts:
+        if part.part.split_id != first.part.split_id:
+            raise MergeRefused(
+                f"{part.folder} and {first.folder} are parts of different splits "
+                f"({part.part.split_id[:12]} vs {first.part.split_id[:12]})"
+            )
+        seen = by_index.get(part.part.index)
+        if seen is not None:
+            raise MergeRefused(f"part {part.part.index} is given twice ({seen.folder} and {part.folder})")
+        by_index[part.part.index] = part
+    missing = [i for i in range(1, first.part.parts + 1) if i not in by_index]
+    if missing:
+        listed = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        raise MergeRefused(
+            f"missing part(s) {listed} of {first.part.parts} (split {first.part.split_id[:12]})"
+        )
+    ordered = [by_index[i] for i in range(1, first.part.parts + 1)]
+    reference = ordered[0]
+    for part in ordered[1:]:
+        problem = _difference(reference, part)
+        if problem:
+            raise MergeRefused(f"{part.name} was run differently from {reference.name}: {problem}")
+    return ordered
+
+
+def _difference(a: PartResult, b: PartResult) -> str | None:
+    """What makes two parts' results incomparable, in words, or None."""
+    ra, rb = a.run, b.run
+    if ra["version"] != rb["version"]:
+        return f"virnucpro-trt {ra['version']} vs {rb['version']}"
+    for kind in ("dnabert", "esm"):
+        wa, wb = (_dict(r["models"].get(kind)).get("weights_sha256") for r in (ra, rb))
+        if wa != wb:
+            return f"{kind} weights differ ({str(wa)[:12]} vs {str(wb)[:12]})"
+    ia, ib = ra.get("model_identity"), rb.get("model_identity")
+    if ia is not None and ib is not None and ia != ib:
+        return "model_identity differs (other weights or engines)"
+    for key in ("backend", "precision", "engines"):
+        if ra.get(key) != rb.get(key):
+            return f"{key} {ra.get(key)} vs {rb.get(key)}"
+    da, db = (str(r["device"].get("device", "")).split(":")[0] for r in (ra, rb))
+    if da != db:
+        return f"device {da} vs {db}"
+    if settings_fingerprint(ra["settings"], True) != settings_fingerprint(rb["settings"], True):
+        return f"settings differ ({_settings_diff(ra['settings'], rb['settings'])})"
+    return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _settings_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
+    """The first setting that differs, as ``name: x vs y`` (the per-part ones left out)."""
+    for key in sorted(set(a) | set(b)):
+        if not prefix and key in ("input", "part", "save_embeddings", "outdir", "rebuild", "run"):
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            inner = _settings_diff(va, vb, f"{prefix}{key}.")
+            if inner:
+                return inner
+        elif va != vb and not (prefix == "encoders." and key == "threads"):
+            return f"{prefix}{key}: {va} vs {vb}"
+    return "fingerprints differ"
+
+
+def _write_files(outdir: Path, parts: list[PartResult], embeddings: bool) -> None:
+    with contextlib.ExitStack() as stack:
+        writer = None
+        if embeddings:
+            attrs = embedding_attrs(parts[0].folder / EMBEDDINGS_H5)
+            _, dnabert_dim, esm_dim = embedding_dims(parts[0].folder / EMBEDDINGS_H5)
+            for part in parts:
+                path = part.folder / EMBEDDINGS_H5
+                same_attrs = list(embedding_attrs(path).items()) == list(attrs.items())
+                if not same_attrs or embedding_dims(path)[1:] != (dnabert_dim, esm_dim):
+                    raise MergeRefused(f"{path}: other embedding widths or attributes than part 1's")
+            writer = stack.enter_context(
+                FrameEmbeddingsWriter(outdir / EMBEDDINGS_H5, dnabert_dim, esm_dim, attrs)
+            )
+        with ResultSet(outdir, FINAL_TEXT_FILES) as final:
+            for name, header in _HEADERS.items():
+                final[name].write(header)
+                for part in parts:
+                    append_table(final[name], part.folder / name, header)
+            merge_sorted_table(
+                final[HIGHEST_SCORE], [p.folder / HIGHEST_SCORE for p in parts], HIGHEST_HEADER
+            )
+            if writer is not None:
+                for part in parts:
+                    blocks = shard_frame_counts(part.folder / SEQUENCES_TSV, part.part.shard_sizes())
+                    append_embeddings(writer, part.folder / EMBEDDINGS_H5, blocks)
+                writer.commit()
+            final.commit()
+
+
+def _summed(runs: list[dict[str, Any]], section: str) -> dict[str, Any]:
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run[section] if k not in keys]
+    return {k: sum(run[section].get(k, 0) for run in runs) for k in keys}
+
+
+def _summary(
+    parts: list[PartResult],
+    outdir: Path,
+    embeddings: bool,
+    command: Sequence[str],
+    started: dt.datetime,
+    merge_s: float,
+) -> dict[str, Any]:
+    """run.json of the merged result: one run's keys, figures summed over the parts."""
+    runs = [p.run for p in parts]
+    first, split = runs[0], parts[0].part
+    settings = json.loads(json.dumps(first["settings"]))
+    settings.update(
+        input=split.input, outdir=str(outdir), part=None, shard_records=split.shard_records,
+        save_embeddings=embeddings,
+    )  # fmt: skip
+    counts = _summed(runs, "counts")
+    timings = {k: round(v, 4) for k, v in sorted(_summed(runs, "timings_s").items())}
+    timings["merge_parts"] = round(merge_s, 4)
+    frames = counts.get("frames", 0)
+    encoder_s = timings.get("embed_dnabert", 0.0) + timings.get("embed_esm", 0.0)
+    steady = [(r.get("throughput") or {}).get("steady_s") for r in runs]
+    steady_s = sum(steady) if all(isinstance(s, int | float) for s in steady) else None
+    shards = _summed(runs, "shards")
+    shards["records_per_shard"] = split.records_per_shard
+    summary: dict[str, Any] = {
+        "tool": "virnucpro-trt",
+        "version": first["version"],
+        "status": "complete",
+        "demo_random_weights": any(bool(r.get("demo_random_weights")) for r in runs),
+        "command": list(command),
+        "started": min(str(r.get("started", "")) for r in runs) or started.isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings,
+        "settings_fingerprint": settings_fingerprint(settings),
+        "input": {"path": split.input, "sha256": split.input_sha256, "size_bytes": split.input_size_bytes},
+        "models": first["models"],
+    }
+    if all(r.get("model_identity") is not None for r in runs):
+        summary["model_identity"] = first["model_identity"]
+    summary.update(
+        counts=counts,
+        timings_s=timings,
+        throughput={
+            # as in one run, but over the parts' summed device time (a part resumed after an
+            # interruption counts only its last attempt's time)
+            "frames_per_s_encoders": round(frames / max(encoder_s, 1e-9), 2),
+            "frames_per_s_workers_wall": round(frames / max(timings.get("workers", 0.0), 1e-9), 2),
+            "frames_per_s_steady": round(frames / steady_s, 2) if steady_s else None,
+            "steady_s": round(steady_s, 4) if steady_s is not None else None,
+            "reads_per_s_total": round(counts.get("records", 0) / max(timings.get("total", 0.0), 1e-9), 2),
+        },
+        device=first["device"],
+        precision=first.get("precision"),
+        backend=first.get("backend"),
+        engines=first.get("engines"),
+        shards=shards,
+        workers=[{"part": p.part.index, **w} for p in parts for w in p.run["workers"] if isinstance(w, dict)],
+        restarts=sum(int(r.get("restarts", 0) or 0) for r in runs),
+        split={
+            "split_id": split.split_id,
+            "parts": split.parts,
+            "records_per_shard": split.records_per_shard,
+            "shard_records": split.shard_records,
+        },
+        parts=[_provenance(p) for p in parts],
+    )
+    return summary
+
+
+def _provenance(part: PartResult) -> dict[str, Any]:
+    run = part.run
+    return {
+        "part": part.part.index,
+        "folder": str(part.folder),
+        "input": run["input"],
+        "first_record": part.part.first_record,
+        "records": part.part.records,
+        "frames": run["counts"].get("frames"),
+        "started": run.get("started"),
+        "finished": run.get("finished"),
+        "total_s": run["timings_s"].get("total"),
+        "device": run["device"],
+        "shards": run["shards"],
+        "restarts": run.get("restarts"),
+        "settings_fingerprint": run["settings_fingerprint"],
+        "command": run.get("command"),
+    }

@@ -1,0 +1,59 @@
+"""Where a command reads and where it writes, checked before anything is created.
+
+A run overwrites its result files and removes its working files. So an input that *is* one of those
+files (``OUTDIR/frames.tsv``, ``embed -o reads.fa``), or lies inside the working area, would be destroyed
+by the very run that reads it; and an OUTDIR inside another run's ``.work`` would be swept away with it.
+Each is refused with one line (exit 2) before the output folder exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from virnucpro_trt.errors import InputFormatError, UserError
+from virnucpro_trt.files.names import is_within, same_file
+from virnucpro_trt.runtime.resume import inside_work_area
+
+STDIN = "-"
+
+
+def check_input_file(input_spec: str) -> None:
+    """The input exists and is a file (stdin excepted), so a missing input fails before OUTDIR exists."""
+    if input_spec == STDIN:
+        return
+    path = Path(input_spec)
+    if not path.exists():
+        raise InputFormatError(f"input {input_spec}: no such file")
+    if path.is_dir():
+        raise InputFormatError(f"input {input_spec}: is a directory, expected a FASTA/FASTQ file")
+
+
+def check_run_paths(
+    inputs: Iterable[str | Path | None], outputs: Iterable[Path], work_areas: Iterable[Path] = ()
+) -> None:
+    """Refuse an input that is an output or lies in a working area, and outputs inside another run's
+    working area. ``None`` and stdin inputs are skipped."""
+    outputs, work_areas = list(outputs), list(work_areas)
+    for output in outputs:
+        foreign = inside_work_area(output.parent)
+        if foreign is not None and not any(is_within(foreign, area) for area in work_areas):
+            raise UserError(
+                f"{output.parent} is inside another run's working area {foreign}, which that run removes; "
+                "choose an output folder elsewhere"
+            )
+    for item in inputs:
+        if item is None or str(item) == STDIN:
+            continue
+        path = Path(item)
+        for area in work_areas:
+            if is_within(path, area):
+                raise UserError(
+                    f"input {item} lies inside {area}, this run's working area (its files are removed); "
+                    "move it elsewhere"
+                )
+        for output in outputs:
+            if same_file(path, output):
+                raise UserError(
+                    f"input {item} is {output}, a file this run writes; choose another output location"
+                )

@@ -1,0 +1,226 @@
+"""``virnucpro-trt split``: cut the input into part files on the shard boundaries of one whole run.
+
+Why on shard boundaries: a shard's results depend only on its records and the settings, so parts that
+are predicted with exactly the shards one ``predict`` of the whole input would use (bases-based closes
+included) give, merged, the same bytes as that run. The plan comes from the very class ``predict``
+shards with (:class:`~virnucpro_trt.runtime.shards.ShardSplitter`), fed by the same validation pass, so
+there is one rule, not two.
+
+Parts are consecutive runs of shards. ``--parts N`` gives exactly N parts (a workflow names its jobs
+before the input is read): the cuts fall on the shard boundaries nearest to equal record counts, no
+part empty while there are enough shards; an input of fewer than N shards leaves the last parts empty.
+``--records-per-part R`` cuts near every R records. Part files are 2-line FASTA (each record's whole
+title line and its sequence as read; FASTQ qualities are not kept: nothing downstream reads them),
+plain or gzip (deterministic bytes: no name, no time stamp).
+
+Atomic: everything is written into ``PARTS_DIR/.split.work`` and moved into place only when every
+part is complete, ``split.json`` last. ``PARTS_DIR`` must be empty (a leftover ``.split.work`` of an
+interrupted split is removed when it holds only names split writes; anything else is refused), so parts
+of two splits never sit side by side. An input inside ``PARTS_DIR`` is refused before anything is made.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import gzip as gzip_module
+import itertools
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from virnucpro_trt import __version__
+from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.pipeline.inputs import materialise, validate_input
+from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
+from virnucpro_trt.pipeline.split_manifest import (
+    SPLIT_JSON,
+    PartEntry,
+    SplitManifest,
+    part_file_name,
+    run_length,
+    write_split_manifest,
+)
+from virnucpro_trt.runtime.coordinator import sigterm_as_interrupt
+from virnucpro_trt.runtime.resume import LOCK_FILE, outdir_lock
+from virnucpro_trt.runtime.shards import PlannedShard, ShardSplitter, append_files, default_shard_records
+from virnucpro_trt.settings import SplitSettings
+
+log = logging.getLogger(__name__)
+
+SPLIT_WORK = ".split.work"
+GZIP_LEVEL = 6
+
+
+def part_ranges(
+    shard_records: list[int], parts: int | None = None, records_per_part: int | None = None
+) -> list[tuple[int, int]]:
+    """Shard index ranges ``[first, end)`` of each part (see the module docstring for the rule)."""
+    if (parts is None) == (records_per_part is None) or (parts or records_per_part or 0) < 1:
+        raise ValueError("give exactly one of parts or records_per_part, >= 1")
+    shards = len(shard_records)
+    bounds = [0]
+    for records in shard_records:
+        bounds.append(bounds[-1] + records)
+    total = bounds[-1]
+    if records_per_part is not None:
+        count = min(max(1, -(-total // records_per_part)), max(1, shards))
+        targets = [(j * records_per_part, 1) for j in range(1, count)]
+    else:
+        assert parts is not None
+        count = parts
+        targets = [(j * total, count) for j in range(1, count)]
+    cuts = [0]
+    for j, (numerator, denominator) in enumerate(targets, start=1):
+        if shards < count:  # one shard per part, then empty parts
+            cut = min(j, shards)
+        else:
+            at = bisect.bisect_left([b * denominator for b in bounds], numerator)
+            candidates = [i for i in (at - 1, at) if 0 <= i <= shards]
+            nearest = min(candidates, key=lambda i: (abs(bounds[i] * denominator - numerator), i))
+            cut = min(max(nearest, cuts[-1] + 1), shards - (count - j))
+        cuts.append(cut)
+    cuts.append(shards)
+    return list(itertools.pairwise(cuts))
+
+
+def run_split(settings: SplitSettings) -> SplitManifest:
+    """Write the part files and ``split.json`` into ``settings.outdir``; returns the manifest."""
+    outdir = settings.outdir
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"{outdir}: exists and is not a folder")
+    check_input_file(settings.input)
+    check_run_paths([settings.input], [outdir / SPLIT_JSON], [outdir])
+    created = not outdir.exists()
+    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with outdir_lock(outdir):
+            _check_empty(outdir)
+            work = outdir / SPLIT_WORK
+            work.mkdir()
+            try:
+                with sigterm_as_interrupt():
+                    return _split(settings, work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    finally:
+        if created and not any(outdir.iterdir()):  # a failed split leaves no folder it made
+            outdir.rmdir()
+
+
+_OURS = re.compile(r"part-\d+\.fa(\.gz)?|stdin\.input|pieces|pieces/piece-\d{7}\.fa")
+
+
+def _check_empty(outdir: Path) -> None:
+    leftover = outdir / SPLIT_WORK
+    if leftover.is_dir() and not leftover.is_symlink():
+        found = [p for p in leftover.rglob("*")]
+        foreign = [p for p in found if p.is_symlink() or not _OURS.fullmatch(str(p.relative_to(leftover)))]
+        if foreign:
+            raise UserError(
+                f"{leftover} holds files split did not write ({foreign[0].name}); move them away first"
+            )
+        log.info("removing %s, left by an interrupted split", leftover)
+        shutil.rmtree(leftover)
+    others = sorted(p.name for p in outdir.iterdir() if p.name != LOCK_FILE)
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(f"{outdir} is not empty ({listed}); split writes its parts into an empty folder")
+
+
+def _split(settings: SplitSettings, work: Path) -> SplitManifest:
+    path, display = materialise(settings.input, work / "stdin.input")
+    sha256 = sha256_file(path)
+    splitter = ShardSplitter(work / "pieces", settings.shard_records, titles=True)
+    summary = validate_input(path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256)
+    planned = splitter.plan()
+    ranges = part_ranges([s.records for s in planned], settings.parts, settings.records_per_part)
+    entries = []
+    first = 0
+    for index, (start, end) in enumerate(ranges, start=1):
+        name = part_file_name(index, len(ranges), settings.gzip)
+        shards = planned[start:end]
+        _write_part(work / name, shards, settings.gzip)
+        records = sum(s.records for s in shards)
+        entries.append(
+            PartEntry(
+                index=index,
+                file=name,
+                sha256=sha256_file(work / name),
+                size_bytes=(work / name).stat().st_size,
+                first_record=first,
+                records=records,
+                bases=sum(s.bases for s in shards),
+                frames=sum(s.frames for s in shards),
+                layout=tuple(run_length([s.records for s in shards])),
+            )
+        )
+        first += records
+    manifest = SplitManifest(
+        input=display,
+        input_sha256=sha256,
+        input_size_bytes=summary.size_bytes,
+        records=summary.records,
+        bases=summary.bases,
+        frames=summary.frames,
+        chunk_length=settings.chunk_length,
+        shard_records=settings.shard_records,
+        records_per_shard=settings.shard_records or default_shard_records(summary.records),
+        parts=tuple(entries),
+        version=__version__,
+    )
+    _commit(work, settings.outdir, manifest)
+    _log_plan(manifest, len(planned))
+    return manifest
+
+
+def _write_part(path: Path, shards: list[PlannedShard], gzip: bool) -> None:
+    pieces = [piece for shard in shards for piece in shard.pieces]
+    with open(path, "wb") as raw:
+        if gzip:
+            with gzip_module.GzipFile(
+                filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0
+            ) as out:
+                append_files(pieces, out, remove=True)
+        else:
+            append_files(pieces, raw, remove=True)
+
+
+def _commit(work: Path, outdir: Path, manifest: SplitManifest) -> None:
+    """Move the parts into place, then write split.json: a split without split.json is not one."""
+    moved: list[Path] = []
+    try:
+        for entry in manifest.parts:
+            os.replace(work / entry.file, outdir / entry.file)
+            moved.append(outdir / entry.file)
+        write_split_manifest(outdir, manifest)
+    except BaseException:
+        for path in moved:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        raise
+
+
+def _log_plan(manifest: SplitManifest, shards: int) -> None:
+    log.info(
+        "%s: %d record(s), %d kept frame(s) at %d bp chunks, %d shard(s) of up to %d records -> %d part(s)",
+        manifest.input, manifest.records, manifest.frames, manifest.chunk_length, shards,
+        manifest.records_per_shard, len(manifest.parts),
+    )  # fmt: skip
+    for entry in manifest.parts:
+        log.info(
+            "  %s: records %d-%d, %d shard(s), %d kept frame(s)", entry.file, entry.first_record + 1,
+            entry.first_record + entry.records, entry.shards, entry.frames,
+        )  # fmt: skip
+    empty = [entry.index for entry in manifest.parts if not entry.records]
+    if empty and manifest.records:
+        log.warning(
+            "the input has only %d shard(s): %d part(s) are empty (they predict to header-only results)",
+            shards, len(empty),
+        )  # fmt: skip
+
+
+__all__ = ["SPLIT_JSON", "part_ranges", "run_split"]
