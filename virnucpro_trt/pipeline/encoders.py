@@ -65,6 +65,16 @@ class RunModels:
     engine_build: dict[str, Any] = field(default_factory=dict)
     engine_identity: str | None = None
 
+    def frame_models(self) -> FrameModels:
+        """Both encoders and the classifier (checked against them, placed on the device) for
+        :mod:`virnucpro_trt.runtime.frame_path`."""
+        if self.classifier is None:
+            raise UserError("missing --classifier (or give --engines ENGINE_DIR)")
+        return FrameModels.create(
+            self.encoders["dnabert-s"], self.encoders["esm2"], self.classifier, self.device,
+            self.classifier_path,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class RunWeights:
@@ -77,16 +87,6 @@ class RunWeights:
 
     weights: dict[str, WeightsIdentity] = field(default_factory=dict)
     engines: CheckedEngines | None = None
-
-    def frame_models(self) -> FrameModels:
-        """Both encoders and the classifier (checked against them, placed on the device) for
-        :mod:`virnucpro_trt.runtime.frame_path`."""
-        if self.classifier is None:
-            raise UserError("missing --classifier (or give --engines ENGINE_DIR)")
-        return FrameModels.create(
-            self.encoders["dnabert-s"], self.encoders["esm2"], self.classifier, self.device,
-            self.classifier_path,
-        )  # fmt: skip
 
 
 def _load_eager(
