@@ -220,11 +220,12 @@ def test_changed_input_or_settings_are_refused_unless_force(tiny_set, many_reads
     result = _predict(tiny_set, reads, out, *base)
     assert result.code == 0, result.stderr
     _assert_same_results(reference_small, out)
-    # The same command again: every shard is verified and skipped.
+    # The same command again: the finished run is recognised and nothing is touched.
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
     result = _predict(tiny_set, reads, out, *base)
     assert result.code == 0, result.stderr
-    shards = _run_json(out)["shards"]
-    assert (shards["total"], shards["processed"], shards["skipped"]) == (60, 0, 60)
+    assert "already finished, nothing recomputed" in result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == before
     _assert_same_results(reference_small, out)
     # Other settings on the same OUTDIR: refused with one line.
     changed = [a if a != "700" else "512" for a in _args(tiny_set, reads, out, *base)]

@@ -354,6 +354,13 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
         click.echo(str(exc), err=True)
         raise click.exceptions.Exit(exc.exit_code) from None
     counts = summary["counts"]
+    if summary.get("reused"):
+        log.info(
+            "PASSED: already finished, nothing recomputed: %d records, %d frames scored, %d sequences "
+            "labelled virus in %s",
+            counts["records"], counts["frames"], counts["virus_sequences"], settings.outdir,
+        )  # fmt: skip
+        return
     log.info(
         "PASSED: %d records, %d frames scored, %d sequences labelled virus -> %s (%.1f s)",
         counts["records"],

@@ -146,6 +146,11 @@ def _check(
     else:
         problems = [unreadable]
     if rebuild is None:
+        if manifest is None and not folder.exists():
+            raise EngineMismatchError(
+                f"engine directory {folder}: no such directory; build one there with "
+                f"`virnucpro-trt build ... -o {folder}` (or check the path)"
+            )
         if manifest is None:
             raise EngineMismatchError(
                 f"{folder} is not an engine directory (no {MANIFEST_NAME}); build one with "

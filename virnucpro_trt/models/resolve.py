@@ -102,7 +102,34 @@ def resolve_model(spec: str | os.PathLike[str], kind: str) -> Path:
 
 
 def download_model(repo_id: str) -> Path:
-    """Explicit, user-requested download of a Hugging Face repo into the local cache."""
-    from huggingface_hub import snapshot_download
+    """Explicit, user-requested download of a Hugging Face repo into the local cache.
 
-    return Path(snapshot_download(repo_id))
+    The hub's failures become one line naming the cause and the way out: no network (or
+    ``HF_HUB_OFFLINE`` set), an unknown or gated repository, a full disk.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(repo_id))
+    except GatedRepoError:
+        raise ModelNotFoundError(
+            f"{repo_id} is gated on the Hugging Face hub: accept its terms there and log in "
+            "(`huggingface-cli login`), then rerun"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"{repo_id}: no such repository on the Hugging Face hub") from None
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached from this machine"
+        raise ModelNotFoundError(
+            f"cannot download {repo_id}: {why}; download it where there is network (`virnucpro-trt "
+            "download` there) and copy the folder here, then pass its path"
+        ) from None
+    except HfHubHTTPError as exc:
+        raise ModelNotFoundError(f"cannot download {repo_id}: {str(exc).splitlines()[0]}") from None

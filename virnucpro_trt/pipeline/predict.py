@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from virnucpro_trt import __version__
 from virnucpro_trt.cli.progress import ProgressReporter
 from virnucpro_trt.engines.manifest import MODEL_KINDS, EngineManifest
-from virnucpro_trt.errors import EngineMismatchError
+from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.models.classifier import load_classifier_weights
@@ -76,6 +76,7 @@ ENGINE_CACHE = "engines"  # --backend without --engines builds here
 # Every file a run writes directly in OUTDIR (an input at one of these paths is refused).
 _OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, LOCK_FILE, STDIN_SPOOL)
 INTERRUPTED = "interrupted; rerun the same command to resume"
+MAX_RUN_JSON_BYTES = 64 << 20
 _SUMMARY_FIELDS = ("sha256", "size_bytes", "records", "empty_records", "bases", "chunks", "frames")
 
 
@@ -203,6 +204,10 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     with timer.stage("hash_input"):
         sha256 = sha256_file(path)
     settings = ctx.settings = settings_for_input(settings, path, sha256)  # a part: the split's shards
+    with timer.stage("check_finished"):
+        finished = _finished_run(ctx, sha256, work)
+    if finished is not None:
+        return finished
     resumed = work.open(sha256, settings.fingerprint(), settings.run.force)
     index = work.shard_index() if resumed else None
     if index is None:
@@ -246,6 +251,12 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     summary_json = _summary(
         ctx, summary, shards, markers, report, facts, skipped, chunks_with_frames, identity
     )
+    summary_json["model_weights"] = {kind: w.to_json() for kind, w in known.weights.items()}
+    summary_json["outputs"] = {
+        name: {"bytes": (outdir / name).stat().st_size, "sha256": sha256_file(outdir / name)}
+        for name in (*FINAL_TEXT_FILES, EMBEDDINGS_H5)
+        if (outdir / name).is_file()
+    }
     write_text_atomic(outdir / RUN_JSON, json.dumps(summary_json, indent=2) + "\n")
     if settings.run.keep_work:
         log.info("kept the work folder %s (--keep-work)", work.root)
@@ -254,20 +265,96 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     return summary_json
 
 
+def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> dict[str, Any] | None:
+    """The summary of the run OUTDIR already holds, when it is this very run; else None.
+
+    "This very run": same input (SHA-256), same settings fingerprint, same model identity, and result
+    files that still have the sizes and SHA-256 its run.json recorded. Then nothing is recomputed or
+    touched. Results of another run (or result files no run.json accounts for) are refused, exit 2,
+    unless ``--force``, which replaces them.
+    """
+    settings = ctx.settings
+    outdir = settings.outdir
+    previous = read_run_json(outdir / RUN_JSON)
+    if previous is None:
+        stray = [n for n in (*FINAL_TEXT_FILES, EMBEDDINGS_H5) if (outdir / n).exists()]
+        if stray and not work.root.exists() and not settings.run.force:
+            raise UserError(
+                f"{outdir} holds result files no finished run accounts for ({', '.join(stray)}); move them "
+                "away, choose another OUTDIR, or add --force to replace them"
+            )
+        return None
+    why = _difference(ctx, previous, sha256, work)
+    if why is None:
+        log.info("%s already holds the results of this exact run (%s): nothing to do", outdir, RUN_JSON)
+        return {**previous, "reused": True}
+    if settings.run.force:
+        log.warning("--force: replacing the results in %s (%s)", outdir, why)
+        return None
+    raise UserError(
+        f"{outdir} holds the results of another run ({why}); choose another OUTDIR, or add --force to "
+        "replace them"
+    )
+
+
+def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: WorkDir) -> str | None:
+    """Why ``previous`` (a run.json) is not this run, or None when it is."""
+    if previous.get("status") != "complete":
+        return "it did not finish"
+    if (previous.get("input") or {}).get("sha256") != sha256:
+        return "a different input"
+    if previous.get("settings_fingerprint") != ctx.settings.fingerprint():
+        return "different settings"
+    if ctx.settings.encoders.backend not in (None, "torch") and ctx.engines is None:
+        return "its engines are not there any more"
+    _, identity = _identify_models(ctx, ctx.engines, work, previous.get("model_weights"))
+    if previous.get("model_identity") != identity:
+        return "other model weights"
+    outputs = previous.get("outputs")
+    if not isinstance(outputs, dict) or not outputs:
+        return "it records no result files"
+    for name, entry in outputs.items():
+        path = ctx.settings.outdir / name
+        if name not in _OUTPUT_NAMES or not isinstance(entry, dict):
+            return f"it lists an unexpected file {name!r}"
+        if not path.is_file() or path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get(
+            "sha256"
+        ):
+            return f"its {name} was changed or removed since"
+    return None
+
+
+def read_run_json(path: Path) -> dict[str, Any] | None:
+    """A run.json, or None when there is none; a damaged or foreign one is treated as another run's."""
+    if not path.is_file():
+        return None
+    try:
+        if path.stat().st_size > MAX_RUN_JSON_BYTES:
+            return {"status": "unreadable"}
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"status": "unreadable"}
+    return data if isinstance(data, dict) else {"status": "unreadable"}
+
+
 def _identify_models(
-    ctx: _RunContext, engines: CheckedEngines | None, work: WorkDir
+    ctx: _RunContext,
+    engines: CheckedEngines | None,
+    work: WorkDir,
+    recorded: dict[str, Any] | None = None,
 ) -> tuple[RunWeights, dict[str, str | None]]:
     """The content identity of every model this run computes with (the resume key's third part).
 
     With engines: the weights the set was built from and the set itself (its files were just checked).
-    Eager: each checkpoint's hash, reusing an earlier attempt's where the files carry its stamps.
+    Eager: each checkpoint's hash, reusing an earlier attempt's (``recorded``, or ``.work``'s) where the
+    files carry its stamps.
     """
     if engines is not None:
         manifest = EngineManifest.read(engines.folder)
         identity: dict[str, str | None] = {k: manifest.models[k].weights_sha256 for k in MODEL_KINDS}
         identity["engines"] = engines.identity
         return RunWeights(engines=engines), identity
-    recorded = work.recorded_weights()
+    recorded = recorded if isinstance(recorded, dict) else work.recorded_weights()
     weights = {}
     for kind, spec in ctx.specs.items():
         assert spec is not None  # eager runs name all three (the CLI checks)

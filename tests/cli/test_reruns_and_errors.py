@@ -1,0 +1,138 @@
+"""What a user meets on a second run and when something is wrong: a finished run is not redone, another
+run's results are not overwritten without --force, and each mistake is one line naming the cause and the
+fix, with the right exit code."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli.helpers import run_cli
+
+RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "sequences.tsv", "frames.tsv")
+
+
+def _predict(tiny_set, reads: Path, out: Path, *extra: str):
+    return run_cli(
+        "predict", str(reads), "-o", str(out), "--dnabert", str(tiny_set.dnabert),
+        "--esm", str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier), "--device", "cpu",
+        "--threads", "1", *extra,
+    )  # fmt: skip
+
+
+def _errors(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def _snapshot(out: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_set, reads_fasta, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "out"
+    result = _predict(tiny_set, reads_fasta, out)
+    assert result.code == 0, result.stderr
+    return out
+
+
+def test_the_same_command_on_a_finished_outdir_touches_nothing(tiny_set, reads_fasta, finished):
+    before = _snapshot(finished)
+    result = _predict(tiny_set, reads_fasta, finished)
+    assert result.code == 0 and "already finished, nothing recomputed" in result.stderr, result.stderr
+    assert _snapshot(finished) == before
+    run = json.loads((finished / "run.json").read_text())
+    assert set(run["outputs"]) == set(RESULTS)
+    assert set(run["model_weights"]) == {"dnabert-s", "esm2", "classifier"}
+
+
+def test_another_input_or_settings_are_refused_then_replaced_with_force(
+    tiny_set, reads_fasta, finished, tmp_path
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in finished.iterdir():
+        (out / path.name).write_bytes(path.read_bytes())
+    before = _snapshot(out)
+    other = tmp_path / "other.fa"
+    other.write_text(">x\n" + "ATGAAACCCGGGTTT" * 40 + "\n")
+    cases = (((other,), "a different input"), ((reads_fasta, "--chunk-length", "300"), "different settings"))
+    for args, why in cases:
+        result = _predict(tiny_set, *args[:1], out, *args[1:])
+        assert result.code == 2 and len(_errors(result)) == 1, result.stderr
+        assert why in _errors(result)[0] and "--force" in _errors(result)[0]
+        assert _snapshot(out) == before
+    result = _predict(tiny_set, other, out, "--force")
+    assert result.code == 0, result.stderr
+    assert json.loads((out / "run.json").read_text())["counts"]["records"] == 1
+
+
+def test_results_changed_after_the_run_or_without_a_run_json_are_not_overwritten(
+    tiny_set, reads_fasta, finished, tmp_path
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in finished.iterdir():
+        (out / path.name).write_bytes(path.read_bytes())
+    with open(out / "frames.tsv", "a") as handle:
+        handle.write("my own notes\n")
+    result = _predict(tiny_set, reads_fasta, out)
+    assert result.code == 2 and "frames.tsv was changed" in result.stderr
+    (out / "run.json").unlink()
+    result = _predict(tiny_set, reads_fasta, out)
+    assert result.code == 2 and "no finished run accounts for" in result.stderr
+    assert (out / "frames.tsv").read_text().endswith("my own notes\n")
+
+
+def test_an_unwritable_outdir_is_one_line_exit_2(tiny_set, reads_fasta, tmp_path, monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):  # what a read-only mount answers (root ignores chmod here)
+        if str(self).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    result = _predict(tiny_set, reads_fasta, tmp_path / "ro" / "out")
+    assert result.code == 2 and _errors(result) == [
+        f"error: cannot write ({tmp_path / 'ro' / 'out'}): Read-only file system; choose a location you can "
+        "write to"
+    ]
+
+
+def test_offline_download_is_one_line_exit_2(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-m", "virnucpro_trt", "download", "zhihan1996/DNABERT-S"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: cannot download zhihan1996/DNABERT-S: HF_HUB_OFFLINE is set; download it where there is "
+        "network (`virnucpro-trt download` there) and copy the folder here, then pass its path"
+    ]
+
+
+def test_a_text_file_as_classifier_and_a_missing_engine_dir_say_what_they_are(
+    tiny_set, reads_fasta, tmp_path
+):
+    notes = tmp_path / "500_model.pth"
+    notes.write_text("these are my notes, not a model\n")
+    result = run_cli(
+        "predict", str(reads_fasta), "-o", str(tmp_path / "o1"), "--dnabert", str(tiny_set.dnabert),
+        "--esm", str(tiny_set.esm_hf), "--classifier", str(notes),
+    )  # fmt: skip
+    assert result.code == 2 and len(_errors(result)) == 1
+    assert "not a PyTorch checkpoint" in _errors(result)[0]
+    missing = tmp_path / "no-such-engines"
+    result = run_cli("predict", str(reads_fasta), "-o", str(tmp_path / "o2"), "--engines", str(missing))
+    assert result.code == 2 and _errors(result) == [
+        f"error: engine directory {missing}: no such directory; build one there with "
+        f"`virnucpro-trt build ... -o {missing}` (or check the path)"
+    ]
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
