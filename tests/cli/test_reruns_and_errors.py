@@ -136,3 +136,21 @@ def test_a_text_file_as_classifier_and_a_missing_engine_dir_say_what_they_are(
         f"`virnucpro-trt build ... -o {missing}` (or check the path)"
     ]
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_a_pipe_is_read_once_and_a_device_is_refused(tiny_set, reads_fasta, finished, tmp_path):
+    """``predict <(zcat ...)`` gives a pipe, which can be read only once: it is copied first (like stdin)
+    and removed after; the results equal those of the file."""
+    out = tmp_path / "piped"
+    command = (
+        f'"{sys.executable}" -m virnucpro_trt predict <(cat "{reads_fasta}") -o "{out}" '
+        f'--dnabert "{tiny_set.dnabert}" --esm "{tiny_set.esm_hf}" --classifier "{tiny_set.classifier}" '
+        "--device cpu --threads 1"
+    )
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    for name in RESULTS:
+        assert (out / name).read_bytes() == (finished / name).read_bytes(), name
+    assert sorted(p.name for p in out.iterdir()) == sorted([*RESULTS, "run.json"])
+    refused = _predict(tiny_set, Path("/dev/zero"), tmp_path / "zero")
+    assert refused.code == 2 and _errors(refused) == ["error: input /dev/zero: not a regular file or a pipe"]

@@ -19,7 +19,7 @@ from virnucpro_trt import __version__
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.encoders import open_models
 from virnucpro_trt.pipeline.inputs import materialise, private_spool, validate_input
-from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file, check_run_paths
+from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths, is_stream
 from virnucpro_trt.sequences.reader import read_records
 from virnucpro_trt.settings import EmbedSettings
 
@@ -33,7 +33,7 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
     alphabet = "dna" if settings.model == "dnabert-s" else "protein"
     check_input_file(settings.input)
     check_run_paths([settings.input, settings.weights], [settings.output])
-    spool = private_spool(settings.output.parent) if settings.input == STDIN else settings.output
+    spool = private_spool(settings.output.parent) if is_stream(settings.input) else settings.output
     path, display = materialise(settings.input, spool)
     try:
         summary = validate_input(path, display, alphabet)
@@ -72,6 +72,6 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
             writer.commit()
         return {"records": summary.records, "dim": encoder.dim, "empty": summary.empty_records}
     finally:
-        if settings.input == STDIN:
+        if is_stream(settings.input):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

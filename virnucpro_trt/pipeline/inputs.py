@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from virnucpro_trt.files.digests import sha256_file
-from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file
+from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file, is_stream
 from virnucpro_trt.runtime.shards import ShardSplitter
 from virnucpro_trt.sequences.prepare import prepare_blocks
 from virnucpro_trt.sequences.reader import read_records, spool_stdin
@@ -39,17 +40,21 @@ class InputSummary:
 
 
 def materialise(input_spec: str, spool: Path) -> tuple[Path, str]:
-    """Return a re-readable path for ``input_spec``: stdin is copied to ``spool`` (removed again if the
-    copy fails); the caller removes the spool when done."""
-    if input_spec == STDIN:
-        spool.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return spool_stdin(spool), "<stdin>"
-        except BaseException:
-            spool.unlink(missing_ok=True)
-            raise
+    """Return a re-readable path for ``input_spec``: stdin or a pipe is copied to ``spool`` (removed
+    again if the copy fails; when it is returned, the caller removes it when done)."""
     check_input_file(input_spec)
-    return Path(input_spec), input_spec
+    if not is_stream(input_spec):
+        return Path(input_spec), input_spec
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if input_spec == STDIN:
+            return spool_stdin(spool), "<stdin>"
+        with open(input_spec, "rb") as pipe, open(spool, "wb") as out:
+            shutil.copyfileobj(pipe, out, 1 << 20)
+        return spool, input_spec
+    except BaseException:
+        spool.unlink(missing_ok=True)
+        raise
 
 
 def private_spool(folder: Path) -> Path:

@@ -49,7 +49,7 @@ from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES, merge_shard_results
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
 from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input
-from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file, check_run_paths
+from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.pipeline.shard_predictor import COUNT_KEYS, STAGES, PredictShardJob
 from virnucpro_trt.pipeline.split_manifest import settings_for_input
 from virnucpro_trt.runtime.coordinator import (
@@ -169,7 +169,7 @@ def run_predict(
                     work.wipe()
                 raise
             finally:
-                if settings.input == STDIN:
+                if path == outdir / STDIN_SPOOL:
                     remove_if_exists(path)
     finally:
         if created_outdir:

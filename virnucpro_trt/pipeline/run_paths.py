@@ -8,6 +8,8 @@ Each is refused with one line (exit 2) before the output folder exists.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,8 +20,14 @@ from virnucpro_trt.runtime.resume import inside_work_area
 STDIN = "-"
 
 
+def is_stream(input_spec: str) -> bool:
+    """stdin (``-``) or a pipe (``<(zcat a.fq.gz b.fq.gz)``): read once, so it is copied first."""
+    return input_spec == STDIN or stat.S_ISFIFO(os.stat(input_spec).st_mode)
+
+
 def check_input_file(input_spec: str) -> None:
-    """The input exists and is a file (stdin excepted), so a missing input fails before OUTDIR exists."""
+    """The input exists and is a regular file or a pipe (stdin too), so a missing input fails before
+    OUTDIR exists and a device such as /dev/zero is never read."""
     if input_spec == STDIN:
         return
     path = Path(input_spec)
@@ -27,6 +35,8 @@ def check_input_file(input_spec: str) -> None:
         raise InputFormatError(f"input {input_spec}: no such file")
     if path.is_dir():
         raise InputFormatError(f"input {input_spec}: is a directory, expected a FASTA/FASTQ file")
+    if not (path.is_file() or is_stream(input_spec)):
+        raise InputFormatError(f"input {input_spec}: not a regular file or a pipe")
 
 
 def check_run_paths(
