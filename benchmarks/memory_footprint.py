@@ -74,7 +74,7 @@ def measure(config: str, device: torch.device) -> dict[str, Any]:
         "peak_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         "batch": [batch, length],
         "batch_s": round(batch_s, 3),
-        "items_per_s": round(batch / batch_s, 1),
+        "items_per_s": round(batch / batch_s, 3),
         "load_s": round(load_s, 1),
     }
 

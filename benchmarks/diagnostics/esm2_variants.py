@@ -66,10 +66,10 @@ VARIANTS = {
 }
 
 # Kernel categories by name, first match wins (Inductor names its Triton kernels after the fused ops).
-KERNEL_CATEGORIES = (
-    ("gemm", re.compile(r"gemm|cutlass|xmma|nvjet|cublas|wgmma|sm90_|addmm|aten::mm|_mm\b|matmul|bmm", re.I)),
+KERNEL_CATEGORIES = (  # attention first: its CUTLASS kernels would match the GEMM patterns
     ("attention", re.compile(r"fmha|attention|attn|flash|sdpa", re.I)),
-    ("quantisation", re.compile(r"amax|float8|fp8|e4m3|quant", re.I)),
+    ("gemm", re.compile(r"gemm|cutlass|xmma|nvjet|cublas|wgmma|sm90_|addmm|aten::mm|_mm\b|matmul|bmm", re.I)),
+    ("quantisation", re.compile(r"amax|float8|fp8|e4m3|quant", re.I)),  # incl. the fused LN/GELU ones
     ("normalisation", re.compile(r"layer_norm|var_mean|rsqrt", re.I)),
     ("activation", re.compile(r"gelu|erf", re.I)),
     ("copies", re.compile(r"copy|memcpy|memset|cat_|clone|transpose", re.I)),
