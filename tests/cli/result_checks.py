@@ -29,7 +29,8 @@ def check_sequence_rows(outdir: Path, min_length: int = 0) -> dict[str, dict[str
     sequences = read_tsv(outdir / "sequences.tsv")
     frames = read_tsv(outdir / "frames.tsv")
     upstream = read_tsv(outdir / "prediction_results.txt")
-    highest = {r["Modified_ID"]: r["Is_Virus"] for r in read_tsv(outdir / "prediction_results_highestscore.csv")}
+    highest_rows = read_tsv(outdir / "prediction_results_highestscore.csv")
+    highest = {r["Modified_ID"]: r["Is_Virus"] for r in highest_rows}
 
     assert [f["frame_id"] for f in frames] == [u["Sequence_ID"] for u in upstream]
     chunk_max: dict[str, list[np.float32]] = {}

@@ -27,7 +27,8 @@ def _rows(records: list[SeqRecord], p_virus: list[float], min_length: int = 0):
     probs = np.stack([np.float32(1) - pv, pv], axis=1)
     out = io.StringIO()
     counts, virus = write_sequence_rows(out, block, probs)
-    rows = [dict(zip(SEQUENCE_COLUMNS, line.split("\t"), strict=True)) for line in out.getvalue().splitlines()]
+    lines = out.getvalue().splitlines()
+    rows = [dict(zip(SEQUENCE_COLUMNS, line.split("\t"), strict=True)) for line in lines]
     maxima = ChunkMaxima()
     maxima.update(block.frames.frame_id, probs)
     return {r["sequence_id"]: r for r in rows}, counts, virus, maxima
@@ -37,7 +38,10 @@ def test_one_viral_chunk_makes_a_viral_read_scored_by_its_best_frame():
     records = [SeqRecord(0, "mixed", "mixed", TWO_CHUNKS), SeqRecord(1, "weak", "weak", ONE_CHUNK)]
     # mixed, chunk 1: best P(virus) 0.9 but best P(others) 0.95 -> others; chunk 2: 0.7 vs 0.4 -> virus.
     # weak: best P(virus) 0.6 against best P(others) 0.8 -> others, although one frame leans virus.
-    scores = [0.9, 0.05, 0.1, 0.1, 0.1, 0.1] + [0.7, 0.6, 0.6, 0.6, 0.6, 0.6] + [0.6, 0.2, 0.3, 0.3, 0.3, 0.3]
+    mixed_chunk_1 = [0.9, 0.05, 0.1, 0.1, 0.1, 0.1]
+    mixed_chunk_2 = [0.7, 0.6, 0.6, 0.6, 0.6, 0.6]
+    weak = [0.6, 0.2, 0.3, 0.3, 0.3, 0.3]
+    scores = [*mixed_chunk_1, *mixed_chunk_2, *weak]
     rows, counts, virus, maxima = _rows(records, scores)
     assert maxima.is_virus("mixed_chunk_1") is False and maxima.is_virus("mixed_chunk_2") is True
     mixed = rows["mixed"]

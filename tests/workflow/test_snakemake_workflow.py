@@ -173,5 +173,8 @@ def test_slurm_profile_dry_run_builds_engines_once_unless_given(demo_workflow):
     assert "--engines dry/engines" in log and " build " in log
     log = _dry_run(demo_workflow, "engines=/shared/engines/h200/inductor-bf16")
     assert "build_engines" not in log and "--engines /shared/engines/h200/inductor-bf16" in log
+    assert "--min-length" not in log  # 0 in config.yaml: predict's default
+    log = _dry_run(demo_workflow, "min_length=50")
+    assert log.count("--min-length 50") == 3  # every part's predict, nothing else
     code, log = _finish(_snakemake(demo_workflow, "-n", "--config", "input="))
     assert code != 0 and "input not set" in log

@@ -231,6 +231,15 @@ def _parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -
 def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @outdir_option("Output folder.")
     @chunk_length_option
+    @click.option(
+        "--min-length",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        metavar="N",
+        help="Reads shorter than N bases are not chunked or scored; sequences.tsv lists them with status "
+        "too_short. 0 scores every read, as upstream does.",
+    )
     @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.h5 (per kept frame).")
     @click.option(
         "--gpus",
@@ -290,6 +299,7 @@ def predict(
     demo: bool,
     outdir: Path,
     chunk_length: str,
+    min_length: int,
     save_embeddings: bool,
     gpus: tuple[int, ...] | None,
     workers: int | None,
@@ -335,6 +345,7 @@ def predict(
         rebuild,
         shard_records,
         RunControl(gpus, workers, keep_work, force),
+        min_length=min_length,
     )
     _run_predict(settings, demo)
 

@@ -67,15 +67,17 @@ def validate_input(
     chunk_length: int | None = None,
     splitter: ShardSplitter | None = None,
     sha256: str | None = None,
+    min_length: int = 0,
 ) -> InputSummary:
     """Read every record once (raising :class:`InputFormatError` on the first bad one) and count.
 
     With ``chunk_length`` the same pass also chunks and translates (CPU, ~80k reads/s), so the
     predictor knows the number of frames up front and its progress bar can show a real ETA; with a
     ``splitter`` (``predict``) it also writes the records into shard files and counts frames per shard.
-    ``sha256``, when the caller already hashed the file, saves hashing it again.
+    ``sha256``, when the caller already hashed the file, saves hashing it again. ``min_length`` leaves
+    shorter reads unchunked (``predict --min-length``), so the frame counts are the run's.
     """
-    records = empty = bases = chunks = frames = 0
+    records = empty = bases = chunks = frames = too_short = 0
     if splitter is not None and chunk_length is None:
         raise ValueError("sharding needs chunk_length (frames are counted per shard)")
     if chunk_length is None:
@@ -86,10 +88,13 @@ def validate_input(
             empty += n == 0
     else:
         stream = read_records(path, alphabet)
-        for block in prepare_blocks(splitter.wrap(stream) if splitter else stream, chunk_length):
+        source = splitter.wrap(stream) if splitter else stream
+        blocks = prepare_blocks(source, chunk_length, min_length=min_length)
+        for block in blocks:
             records += block.n_records
             bases += int(block.record_lengths.sum())
             empty += int((block.record_lengths == 0).sum())
+            too_short += int(((block.record_lengths > 0) & (block.record_lengths < min_length)).sum())
             chunks += len(block.chunk_ids)
             frames += len(block.frames)
             if splitter is not None:
@@ -105,5 +110,12 @@ def validate_input(
             "input %s: %d empty record(s) (no sequence); they are reported with status 'empty'",
             display_name,
             empty,
+        )
+    if too_short:
+        log.warning(
+            "input %s: %d record(s) shorter than --min-length %d bp are not scored (status 'too_short')",
+            display_name,
+            too_short,
+            min_length,
         )
     return summary

@@ -226,19 +226,23 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _settings_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
+def _settings_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
     """The first setting that differs, as ``name: x vs y`` (the per-part ones left out)."""
+    return _first_difference(a, b, "") or "fingerprints differ"
+
+
+def _first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str) -> str | None:
     for key in sorted(set(a) | set(b)):
         if not prefix and key in ("input", "part", "save_embeddings", "outdir", "rebuild", "run"):
             continue
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
-            inner = _settings_diff(va, vb, f"{prefix}{key}.")
+            inner = _first_difference(va, vb, f"{prefix}{key}.")
             if inner:
                 return inner
         elif va != vb and not (prefix == "encoders." and key == "threads"):
             return f"{prefix}{key}: {va} vs {vb}"
-    return "fingerprints differ"
+    return None
 
 
 def _write_files(outdir: Path, parts: list[PartResult], embeddings: bool) -> None:

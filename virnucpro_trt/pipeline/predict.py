@@ -287,8 +287,9 @@ def _validate_and_shard(
         layout = settings.part.shard_sizes() if settings.part else None
         splitter = ShardSplitter(folder, settings.shard_records, layout)
         summary = validate_input(
-            path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256
-        )
+            path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256,
+            min_length=settings.min_length,
+        )  # fmt: skip
         shards = splitter.finish()
         per_shard = settings.shard_records or default_shard_records(summary.records)
         extra = {"input": {k: getattr(summary, k) for k in _SUMMARY_FIELDS}, "records_per_shard": per_shard}
