@@ -366,7 +366,8 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
         raise click.exceptions.Exit(exc.exit_code) from None
     counts = summary["counts"]
     log.info(
-        "PASSED: %d records, %d frames scored, %d sequences labelled virus -> %s (%.1f s)",
+        "PASSED%s: %d records, %d frames scored, %d sequences labelled virus -> %s (%.1f s)",
+        " (DEMO, RANDOM WEIGHTS: the labels mean nothing)" if demo else "",
         counts["records"],
         counts["frames"],
         counts["virus_sequences"],

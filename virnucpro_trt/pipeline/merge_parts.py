@@ -31,6 +31,7 @@ from typing import Any
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.outputs.atomic import ResultSet
+from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES
 from virnucpro_trt.outputs.part_merge import (
@@ -91,7 +92,9 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
     outdir = settings.outdir
     check_run_paths([], [outdir / RUN_JSON])  # not inside another run's working area
     parts = check_parts([read_part(folder) for folder in settings.parts])
-    existing = [name for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5) if (outdir / name).exists()]
+    existing = [
+        name for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE) if (outdir / name).exists()
+    ]
     if existing:
         raise MergeRefused(
             f"{outdir} already holds {', '.join(existing)}; merge into a folder without results"
@@ -104,6 +107,8 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
                 log.warning("not every part saved embeddings: no embeddings.h5 is written")
             _write_files(outdir, parts, embeddings)
             summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
+            if summary["demo_random_weights"]:
+                write_demo_note(outdir)
             write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n")
     finally:
         if created and outdir.is_dir() and not any(outdir.iterdir()):  # a failed merge leaves no folder

@@ -45,6 +45,7 @@ from virnucpro_trt.models.classifier import load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.outputs.atomic import remove_if_exists
+from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES, merge_shard_results
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
@@ -74,7 +75,7 @@ EMBEDDINGS_H5 = "embeddings.h5"
 STDIN_SPOOL = ".stdin.input"  # stdin copied here (under the lock) so it can be hashed and read twice
 ENGINE_CACHE = "engines"  # --backend without --engines builds here
 # Every file a run writes directly in OUTDIR (an input at one of these paths is refused).
-_OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, LOCK_FILE, STDIN_SPOOL)
+_OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE, LOCK_FILE, STDIN_SPOOL)
 INTERRUPTED = "interrupted; rerun the same command to resume"
 _SUMMARY_FIELDS = ("sha256", "size_bytes", "records", "empty_records", "bases", "chunks", "frames")
 
@@ -223,7 +224,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     with timer.stage("identify_models"):
         known, identity = _identify_models(ctx, engines, work)
         work.confirm_models(identity, {k: w.to_json() for k, w in known.weights.items()}, settings.run.force)
-    for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5):  # an older result must not sit beside this run
+    for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE):  # no older result beside this run
         remove_if_exists(outdir / name)
 
     markers = work.finished_shards(shards)
@@ -246,6 +247,8 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     summary_json = _summary(
         ctx, summary, shards, markers, report, facts, skipped, chunks_with_frames, identity
     )
+    if ctx.demo:
+        write_demo_note(outdir)
     write_text_atomic(outdir / RUN_JSON, json.dumps(summary_json, indent=2) + "\n")
     if settings.run.keep_work:
         log.info("kept the work folder %s (--keep-work)", work.root)
