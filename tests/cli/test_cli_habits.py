@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 from tests.cli.helpers import run_cli
 from virnucpro_trt.cli.command_options import CLI_STATE
@@ -57,3 +59,18 @@ def test_embed_help_names_no_outdir_it_does_not_have():
     assert "OUTDIR" not in embed
     assert "--engines ENGINE_DIR" in embed  # what an engine backend needs instead
     assert "OUTDIR/engines" in run_cli("predict", "--help").stdout
+
+
+def test_converted_classifier_follows_the_umask_like_every_other_file(tiny_set, tmp_path):
+    for umask in (0o022, 0o002):
+        previous = os.umask(umask)
+        try:
+            out = tmp_path / f"c{umask:o}.safetensors"
+            result = run_cli("convert-classifier", str(tiny_set.classifier), str(out))
+            other = tmp_path / f"other{umask:o}"
+            other.write_text("x")
+        finally:
+            os.umask(previous)
+        assert result.code == 0, result.stderr
+        assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask == stat.S_IMODE(other.stat().st_mode)
+        assert not list(tmp_path.glob(".*partial"))
