@@ -200,6 +200,8 @@ class EmbedSettings:
     encoders: EncoderSettings = dataclasses.field(default_factory=EncoderSettings)
     engines: Path | None = None
     rebuild: bool = False
+    # esm2: embed records made only of nucleotide letters as protein instead of refusing the input
+    allow_nucleotide_letters: bool = False
 
 
 @dataclass(frozen=True)

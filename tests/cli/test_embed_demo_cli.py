@@ -92,6 +92,34 @@ def test_embed_refuses_dna_alphabet_errors(tiny_set, tmp_path):
     assert result.code == 2 and not (tmp_path / "x.h5").exists()
 
 
+def test_embed_esm2_refuses_dna_unless_told_and_dnabert_refuses_protein(tiny_set, reads_fasta, tmp_path):
+    def embed(path: Path, model: str, weights: Path, *extra: str):
+        out = tmp_path / f"{path.stem}-{model}.h5"
+        args = ["embed", str(path), "--model", model, "--weights", str(weights), "-o", str(out), *extra]
+        result = run_cli(*args)
+        return result, out
+
+    result, out = embed(reads_fasta, "esm2", tiny_set.esm_hf)  # the reads themselves, as "protein"
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1 and not out.exists()
+    assert "looks like DNA/RNA, not protein" in lines[0] and "--model dnabert-s" in lines[0]
+    assert "Traceback" not in result.stderr
+
+    poly_ga = tmp_path / "poly_ga.faa"  # a real dipeptide-repeat protein made only of G and A
+    poly_ga.write_text(">polyGA\n" + "GA" * 25 + "\n>other\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    result, out = embed(poly_ga, "esm2", tiny_set.esm_hf)
+    assert result.code == 2 and "record 1 (id 'polyGA')" in result.stderr and not out.exists()
+    result, out = embed(poly_ga, "esm2", tiny_set.esm_hf, "--allow-nucleotide-letters")
+    assert result.code == 0, result.stderr
+    with h5py.File(out) as h5:
+        assert [i.decode() for i in h5["ids"][:]] == ["polyGA", "other"]
+
+    proteins = tmp_path / "proteins.faa"  # protein letters given to the DNA model
+    proteins.write_text(">p1\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    result, out = embed(proteins, "dnabert-s", tiny_set.dnabert)
+    assert result.code == 2 and "is this a protein FASTA?" in result.stderr and not out.exists()
+
+
 def test_prepare_cli_byte_identical_to_reference(reads_fasta, tmp_path):
     from Bio import SeqIO
 

@@ -189,6 +189,12 @@ def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="HDF5 file with datasets ids (utf-8) and embeddings (float32 [N, D]).",
 )
+@click.option(
+    "--allow-nucleotide-letters",
+    is_flag=True,
+    help="esm2: embed records made only of A/C/G/T/U/N as protein. Without it, an input that looks like "
+    "DNA/RNA is refused (a record of 20+ such letters, or every record made of them).",
+)
 @functools.partial(encoder_options, without_engines=_ENGINES_NEEDED)
 @common_options
 def embed(
@@ -196,17 +202,25 @@ def embed(
     model_name: str,
     weights: str | None,
     output: Path,
+    allow_nucleotide_letters: bool,
     encoders: EncoderSettings,
     engines: Path | None,
     rebuild: bool,
 ) -> None:
-    """Pooled embeddings of every record of INPUT, in input order, as HDF5."""
+    """Pooled embeddings of every record of INPUT, in input order, as HDF5.
+
+    INPUT is DNA for dnabert-s (IUPAC codes) and protein for esm2 (letters and '*'; an input that
+    looks like DNA/RNA is refused unless --allow-nucleotide-letters).
+    """
     _offline()
     from virnucpro_trt.pipeline.embed import run_embed
 
     if weights is None and engines is None:
         raise click.UsageError("missing --weights (or --engines ENGINE_DIR)")
-    summary = run_embed(EmbedSettings(input_path, output, model_name, weights, encoders, engines, rebuild))
+    settings = EmbedSettings(
+        input_path, output, model_name, weights, encoders, engines, rebuild, allow_nucleotide_letters
+    )
+    summary = run_embed(settings)
     log.info("PASSED: %d embeddings of width %d -> %s", summary["records"], summary["dim"], output)
 
 

@@ -18,7 +18,7 @@ from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file
 from virnucpro_trt.runtime.shards import ShardSplitter
 from virnucpro_trt.sequences.prepare import prepare_blocks
-from virnucpro_trt.sequences.reader import read_records, spool_stdin
+from virnucpro_trt.sequences.reader import read_records, refuse_nucleotide_like, spool_stdin
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def validate_input(
     splitter: ShardSplitter | None = None,
     sha256: str | None = None,
     min_length: int = 0,
+    refuse_nucleotides: bool = False,
 ) -> InputSummary:
     """Read every record once (raising :class:`InputFormatError` on the first bad one) and count.
 
@@ -76,12 +77,17 @@ def validate_input(
     ``splitter`` (``predict``) it also writes the records into shard files and counts frames per shard.
     ``sha256``, when the caller already hashed the file, saves hashing it again. ``min_length`` leaves
     shorter reads unchunked (``predict --min-length``), so the frame counts are the run's.
+    ``refuse_nucleotides`` (protein input for ESM-2) refuses DNA/RNA given as protein
+    (:func:`~virnucpro_trt.sequences.reader.refuse_nucleotide_like`).
     """
     records = empty = bases = chunks = frames = too_short = 0
     if splitter is not None and chunk_length is None:
         raise ValueError("sharding needs chunk_length (frames are counted per shard)")
     if chunk_length is None:
-        for record in read_records(path, alphabet):
+        stream = read_records(path, alphabet)
+        if refuse_nucleotides:
+            stream = refuse_nucleotide_like(stream, display_name)
+        for record in stream:
             records += 1
             n = len(record.sequence)
             bases += n
