@@ -324,7 +324,7 @@ def predict(
     run by one worker per GPU (or --workers on CPU); an interrupted run resumes when rerun unchanged.
     """
     _offline()
-    if demo:
+    if demo and not (dnabert and esm and classifier and input_path):  # (built on first use)
         from virnucpro_trt.demo import demo_inputs
 
         models = demo_inputs()
