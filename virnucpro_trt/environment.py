@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import math
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,95 @@ _LIBRARIES = (
 )
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which containers and taskset narrow), not the
-    machine's count: thread pools sized from the latter oversubscribe a narrowed process."""
+def available_cpus(root: Path = Path("/"), environ: Mapping[str, str] | None = None) -> int:
+    """CPUs this process can keep busy: the smallest of its CPU affinity, its cgroup CPU quota and
+    ``SLURM_CPUS_PER_TASK``, at least 1. The default of every thread count (``--threads``).
+
+    Why all three: the machine's count oversubscribes a process that was given less, and each of them
+    gives less in its own way — taskset, cpusets and most container runtimes narrow the affinity; a
+    CPU quota (``docker --cpus``, Kubernetes limits) leaves every CPU visible and throttles instead;
+    Slurm without task affinity leaves the whole node visible to a job of a few CPUs. ``root`` and
+    ``environ`` stand for ``/`` and ``os.environ`` (tests pass a fake file system).
+    """
+    environ = os.environ if environ is None else environ
     try:
-        return len(os.sched_getaffinity(0))
+        counts = [len(os.sched_getaffinity(0))]
     except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
+        counts = [os.cpu_count() or 1]
+    quota = cgroup_cpu_quota(root)
+    if quota is not None:
+        counts.append(max(1, math.floor(quota)))
+    slurm = environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        counts.append(int(slurm))
+    return max(1, min(counts))
+
+
+def cgroup_cpu_quota(root: Path = Path("/")) -> float | None:
+    """The CPU quota (in CPUs) of this process's cgroup and its ancestors, the tightest one; None if
+    none is set or none can be read.
+
+    cgroup v2: ``cpu.max`` (``QUOTA PERIOD`` or ``max PERIOD``) under ``/sys/fs/cgroup``; v1:
+    ``cpu.cfs_quota_us`` (-1: none) / ``cpu.cfs_period_us`` under the ``cpu`` controller's mount
+    (``/sys/fs/cgroup/cpu,cpuacct`` or ``/sys/fs/cgroup/cpu``). The process's cgroup comes from
+    ``/proc/self/cgroup``; inside a container whose cgroup is the mount's root, the path may not exist
+    below the mount, so every existing folder from the process's cgroup up to the mount is read.
+    """
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    base = root / "sys/fs/cgroup"
+    quotas: list[float] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2 (the unified hierarchy)
+            quotas += filter(None, (_v2_quota(folder) for folder in _cgroup_folders(base, path)))
+        elif "cpu" in controllers.split(","):
+            mounts = [base / name for name in ("cpu,cpuacct", "cpu", "cpuacct,cpu")]
+            mount = next((m for m in mounts if m.is_dir()), None)
+            if mount is not None:
+                quotas += filter(None, (_v1_quota(folder) for folder in _cgroup_folders(mount, path)))
+    return min(quotas) if quotas else None
+
+
+def _cgroup_folders(mount: Path, path: str) -> list[Path]:
+    """``mount/a/b``, ``mount/a``, ``mount`` for cgroup ``/a/b``: those that exist."""
+    parts = [p for p in path.strip().split("/") if p and p not in (".", "..")]
+    folders = [mount.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+    return [f for f in folders if f.is_dir()]
+
+
+def _words(path: Path) -> list[str] | None:
+    try:
+        return path.read_text().split()
+    except OSError:
+        return None
+
+
+def _v2_quota(folder: Path) -> float | None:
+    fields = _words(folder / "cpu.max")
+    if not fields or len(fields) != 2 or fields[0] == "max":
+        return None
+    try:
+        quota, period = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _v1_quota(folder: Path) -> float | None:
+    quota_text = _words(folder / "cpu.cfs_quota_us")
+    period_text = _words(folder / "cpu.cfs_period_us")
+    try:
+        quota = int(quota_text[0]) if quota_text else -1
+        period = int(period_text[0]) if period_text else 0
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def cpu_model() -> str:
@@ -118,6 +202,7 @@ def environment_report() -> dict[str, Any]:
         "cuda_available": torch.cuda.is_available(),
         "cuda_devices": cuda_devices(),
         "cpu_threads": torch.get_num_threads(),
+        "available_cpus": available_cpus(),
         "onnxruntime_providers": onnxruntime_providers(),
         "tensorrt": tensorrt_status(),
     }

@@ -140,6 +140,9 @@ class PredictSettings:
     run: RunControl = dataclasses.field(default_factory=RunControl)
     # Set when the input is a part of a split (pipeline/split_manifest.py): its shards are the split's.
     part: SplitPart | None = None
+    # Reads shorter than this are not chunked or scored (status too_short); 0 scores every read, as
+    # upstream does.
+    min_length: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -179,6 +182,8 @@ def settings_fingerprint(settings: dict[str, Any], across_parts: bool = False) -
         data.pop(key, None)
     if data.get("part", 0) is None:  # not a part: the fingerprint a run had before splits existed
         data.pop("part")
+    if data.get("min_length", 1) == 0:  # upstream's behaviour: the fingerprint before --min-length existed
+        data.pop("min_length")
     if isinstance(data.get("encoders"), dict):
         data["encoders"].pop("threads", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -195,6 +200,8 @@ class EmbedSettings:
     encoders: EncoderSettings = dataclasses.field(default_factory=EncoderSettings)
     engines: Path | None = None
     rebuild: bool = False
+    # esm2: embed records made only of nucleotide letters as protein instead of refusing the input
+    allow_nucleotide_letters: bool = False
 
 
 @dataclass(frozen=True)

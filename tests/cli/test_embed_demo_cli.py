@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 
 from tests.cli.helpers import run_cli
+from tests.cli.result_checks import check_sequence_rows
 from tests.reference_pipeline import _dnabert_reference, _esm_reference, reference_frames
 from tests.sequences.reference import ref_identified
 
@@ -91,6 +92,34 @@ def test_embed_refuses_dna_alphabet_errors(tiny_set, tmp_path):
     assert result.code == 2 and not (tmp_path / "x.h5").exists()
 
 
+def test_embed_esm2_refuses_dna_unless_told_and_dnabert_refuses_protein(tiny_set, reads_fasta, tmp_path):
+    def embed(path: Path, model: str, weights: Path, *extra: str):
+        out = tmp_path / f"{path.stem}-{model}.h5"
+        args = ["embed", str(path), "--model", model, "--weights", str(weights), "-o", str(out), *extra]
+        result = run_cli(*args)
+        return result, out
+
+    result, out = embed(reads_fasta, "esm2", tiny_set.esm_hf)  # the reads themselves, as "protein"
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1 and not out.exists()
+    assert "looks like DNA/RNA, not protein" in lines[0] and "--model dnabert-s" in lines[0]
+    assert "Traceback" not in result.stderr
+
+    poly_ga = tmp_path / "poly_ga.faa"  # a real dipeptide-repeat protein made only of G and A
+    poly_ga.write_text(">polyGA\n" + "GA" * 25 + "\n>other\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    result, out = embed(poly_ga, "esm2", tiny_set.esm_hf)
+    assert result.code == 2 and "record 1 (id 'polyGA')" in result.stderr and not out.exists()
+    result, out = embed(poly_ga, "esm2", tiny_set.esm_hf, "--allow-nucleotide-letters")
+    assert result.code == 0, result.stderr
+    with h5py.File(out) as h5:
+        assert [i.decode() for i in h5["ids"][:]] == ["polyGA", "other"]
+
+    proteins = tmp_path / "proteins.faa"  # protein letters given to the DNA model
+    proteins.write_text(">p1\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    result, out = embed(proteins, "dnabert-s", tiny_set.dnabert)
+    assert result.code == 2 and "is this a protein FASTA?" in result.stderr and not out.exists()
+
+
 def test_prepare_cli_byte_identical_to_reference(reads_fasta, tmp_path):
     from Bio import SeqIO
 
@@ -104,21 +133,45 @@ def test_prepare_cli_byte_identical_to_reference(reads_fasta, tmp_path):
         assert (out / "identified_protein.faa").read_text() == prot
 
 
-def test_demo_runs_end_to_end_and_says_random(tmp_path, monkeypatch):
+def test_demo_runs_end_to_end_and_says_random(tiny_set, tmp_path, monkeypatch):
     monkeypatch.setenv("VIRNUCPRO_TRT_CACHE", str(tmp_path / "cache"))
-    result = run_cli("demo", "-o", str(tmp_path / "demo"))
+    out = tmp_path / "demo"
+    result = run_cli("demo", "-o", str(out))  # the first demo also builds the models
     assert result.code == 0, result.stderr
-    assert "RANDOM WEIGHTS" in result.stderr
-    run = json.loads((tmp_path / "demo" / "run.json").read_text())
+    lines = result.stderr.strip().splitlines()
+    messages = [line.split(None, 2)[2] for line in lines]  # "HH:MM:SS LEVEL message"
+    assert len(set(messages)) == len(messages), "a log line shows twice"
+    assert sum("loaded esm2" in m for m in messages) == 1
+    assert messages[-1].startswith("PASSED (DEMO, RANDOM WEIGHTS: the labels mean nothing): 50 records")
+    note = out / "DEMO_RANDOM_WEIGHTS.txt"
+    assert "RANDOM WEIGHTS" in note.read_text() and "mean nothing" in note.read_text()
+    assert oct(note.stat().st_mode & 0o777) == oct((out / "sequences.tsv").stat().st_mode & 0o777)
+    run = json.loads((out / "run.json").read_text())
     assert run["demo_random_weights"] is True
     assert run["counts"]["frames"] > 0
-    statuses = {
-        line.split("\t")[-1] for line in (tmp_path / "demo" / "sequences.tsv").read_text().splitlines()[1:]
-    }
-    assert statuses == {"scored", "no_stop_free_frame", "empty"}
+    rows = check_sequence_rows(out)
+    assert {r["status"] for r in rows.values()} == {"scored", "no_stop_free_frame", "empty"}
+    assert {r["label"] for r in rows.values() if r["status"] == "scored"} == {"virus", "others"}
     # Second run reuses the cached models (and predict --demo is the same thing).
     result = run_cli("predict", "--demo", "-o", str(tmp_path / "demo2"), "-q")
     assert result.code == 0, result.stderr
     assert (tmp_path / "demo2" / "prediction_results.txt").read_text() == (
-        tmp_path / "demo" / "prediction_results.txt"
+        out / "prediction_results.txt"
     ).read_text()
+    assert (tmp_path / "demo2" / "DEMO_RANDOM_WEIGHTS.txt").is_file()
+
+    # The note is one of the run's outputs: an input there is refused, and a run with real weights
+    # into the demo's folder removes it.
+    reads = Path(json.loads((out / "run.json").read_text())["input"]["path"])
+    note.write_bytes(reads.read_bytes())
+    result = run_cli("predict", str(note), "-o", str(out), "--demo")
+    assert result.code == 2 and "a file this run writes" in result.stderr
+    note.unlink()
+    result = run_cli(
+        "predict", str(reads), "-o", str(tmp_path / "demo2"), "--dnabert", str(tiny_set.dnabert),
+        "--esm", str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier), "--device", "cpu", "--force",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert not (tmp_path / "demo2" / "DEMO_RANDOM_WEIGHTS.txt").exists()
+    assert "DEMO" not in result.stderr.strip().splitlines()[-1]
+    assert json.loads((tmp_path / "demo2" / "run.json").read_text())["demo_random_weights"] is False

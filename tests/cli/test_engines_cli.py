@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import h5py
@@ -64,6 +66,15 @@ def test_engine_directory_and_manifest(engine_dir):
     assert manifest["build"]["attention"] == "efficient"  # the CUDA default; CPU engines are not restricted
     if backend == "inductor":
         assert {manifest["models"][k]["facts"]["attention"] for k in ("dnabert-s", "esm2")} == {"cpu"}
+
+
+def test_every_engine_file_follows_the_umask(engine_dir):
+    """A shared engine directory must be readable by the group/others the umask allows (no 0600 file)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in engine_dir.rglob("*") if p.is_file()}
+    assert "classifier.safetensors" in modes
+    assert {name: mode for name, mode in modes.items() if mode != 0o666 & ~umask} == {}
 
 
 def test_predict_with_engines_matches_torch_backend(engine_dir, reads_fasta, torch_predictions, tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.cli.helpers import run_cli
+from tests.cli.result_checks import check_sequence_rows
 from tests.reference_pipeline import highest_score_rows, read_prediction_results, reference_predictions
 
 # Same batch composition everywhere a test compares bytes (fp32 sums depend on the batch shape).
@@ -80,26 +81,13 @@ def test_sequences_table_lists_every_record_with_status(predicted, reads_fasta):
 
     record_ids = [r.id for r in SeqIO.parse(str(reads_fasta), "fasta")]
     lines = (predicted / "sequences.tsv").read_text().splitlines()
-    header = lines[0].split("\t")
-    assert header[0] == "sequence_id"
-    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
-    assert [r["sequence_id"] for r in rows] == record_ids
-    by_id = {r["sequence_id"]: r for r in rows}
+    assert lines[0].split("\t")[0] == "sequence_id"
+    assert [line.split("\t")[0] for line in lines[1:]] == record_ids
+    by_id = check_sequence_rows(predicted)
     assert by_id["empty_one"]["status"] == "empty"
     assert by_id["empty_one"]["label"] == "NA"
     assert by_id["all_n"]["status"] == "no_stop_free_frame"
-    frames = read_prediction_results(predicted / "prediction_results.txt")
-    per_read = {}
-    for fid, (p0, p1) in zip(frames[0], frames[2], strict=True):
-        read = fid.rsplit("_chunk_", 1)[0]
-        best = per_read.setdefault(read, [0.0, 0.0])
-        best[0], best[1] = max(best[0], p0), max(best[1], p1)
-    for read, (b0, b1) in per_read.items():
-        row = by_id[read]
-        assert row["status"] == "scored"
-        assert float(row["best_p_virus"]) == pytest.approx(b1, abs=1e-7)
-        assert row["label"] == ("virus" if b1 >= b0 else "others")
-    statuses = {r["status"] for r in rows}
+    statuses = {r["status"] for r in by_id.values()}
     assert statuses == {"scored", "empty", "no_stop_free_frame"}
 
 

@@ -334,3 +334,20 @@ def test_fastq_input_with_more_parts_than_shards(tiny_set, tmp_path):
     assert manifest["parts"][3]["sha256"] == manifest["parts"][4]["sha256"]
     assert [_run(o)["settings"]["part"]["index"] for o in outs] == [1, 2, 3, 4, 5]
     assert (tmp_path / "parts" / "part-0001.fa").read_text().startswith(">q_00 the 0th\n")
+
+
+@pytest.mark.slow
+def test_min_length_parts_merge_to_the_single_run_and_must_agree(tiny_set, split_reads, tmp_path):
+    """Shards are cut on records and bases only, so --min-length (a per-read rule) keeps the merge exact;
+    parts predicted with different minimum lengths are refused."""
+    single, merged, outs, _ = _split_predict_merge(
+        tiny_set, split_reads, tmp_path, ["--parts", "2"], ["--shard-records", "100"], ["--min-length", "501"]
+    )
+    _assert_same_files(single, merged, embeddings=False)
+    counts = _run(merged)["counts"]
+    # 560 reads of 500 bp, all_n (420) and x (400) are too short; the 12 long reads and x_chunk_1 are not
+    assert counts["status_too_short"] == 562 and counts["status_empty"] == 1
+    assert _run(merged)["settings"]["min_length"] == 501
+    again = tmp_path / "again"
+    _ok("predict", str(tmp_path / "parts" / "part-0002.fa"), "-o", str(again), *_models(tiny_set))
+    _refused([outs[0], again], tmp_path / "refused", "settings differ (min_length: 501 vs 0)")

@@ -236,3 +236,28 @@ def test_sha256_and_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
     spooled = spool_stdin(tmp_path / "stdin.bin")
     assert spooled.read_bytes() == data and list(read_records(spooled)) == EXPECTED
+
+
+def _records(*seqs: str) -> list[SeqRecord]:
+    return [SeqRecord(i, f"s{i}", f"s{i}", seq) for i, seq in enumerate(seqs)]
+
+
+def test_nucleotide_like_protein_inputs_are_refused() -> None:
+    from virnucpro_trt.sequences.reader import NUCLEOTIDE_LIKE_LENGTH, refuse_nucleotide_like
+
+    def check(*seqs: str) -> list[SeqRecord]:
+        return list(refuse_nucleotide_like(_records(*seqs), "in.faa"))
+
+    proteins = ("MKTAYIAKQRQISFVKSHFSRQ", "GATTACA", "", "ACGT*")  # a short all-ACGT record among proteins
+    assert [r.sequence for r in check(*proteins)] == list(proteins)
+    read = "acgtn" * 4  # 20 letters, lower case and N included
+    assert len(read) == NUCLEOTIDE_LIKE_LENGTH
+    with pytest.raises(InputFormatError, match=r"record 2 \(id 's1'\) looks like DNA/RNA, not protein"):
+        check("MKTAYIAKQR", read)
+    with pytest.raises(InputFormatError, match="every record is made only of A/C/G/T/U/N"):
+        check("ACGU", "", "GATTACA")  # short reads or primers: no record says protein
+    assert check("ACGU", "MKV") and check("") == _records("")  # one protein record, or nothing to judge
+    with pytest.raises(InputFormatError) as caught:
+        check("ACG")
+    text = str(caught.value)
+    assert text.startswith("in.faa: every record") and "\n" not in text and "--model dnabert-s" in text

@@ -79,6 +79,7 @@ def test_workflow_writes_its_files_and_never_over_existing_ones(demo_workflow, t
     config = (wf / "config.yaml").read_text()
     assert f'dnabert: "{tiny_set.dnabert}"' in config and "parts: 3" in config
     assert f'outdir: "{wf.resolve() / "demo-out"}"' in config
+    assert "\ndemo: true" in config
     result = run_cli("workflow", "-o", str(wf))
     assert result.code == 2 and "Snakefile exists" in result.stderr
     result = run_cli("workflow", "-o", str(tmp_path / "plain"))
@@ -99,7 +100,8 @@ def test_snakemake_run_equals_one_predict_and_a_rerun_does_nothing(demo_workflow
     assert (
         run["settings_fingerprint"] == json.loads((single / "run.json").read_text())["settings_fingerprint"]
     )
-    assert (out / "logs" / "predict" / "0002.log").read_text().count("PASSED") == 1
+    assert (out / "logs" / "predict" / "0002.log").read_text().count("PASSED (DEMO, RANDOM WEIGHTS") == 1
+    assert run["demo_random_weights"] is True and (out / "DEMO_RANDOM_WEIGHTS.txt").is_file()
 
     code, log = _finish(_snakemake(demo_workflow))
     assert code == 0 and "Nothing to be done" in log, log
@@ -173,5 +175,8 @@ def test_slurm_profile_dry_run_builds_engines_once_unless_given(demo_workflow):
     assert "--engines dry/engines" in log and " build " in log
     log = _dry_run(demo_workflow, "engines=/shared/engines/h200/inductor-bf16")
     assert "build_engines" not in log and "--engines /shared/engines/h200/inductor-bf16" in log
+    assert "--min-length" not in log  # 0 in config.yaml: predict's default
+    log = _dry_run(demo_workflow, "min_length=50")
+    assert log.count("--min-length 50") == 3  # every part's predict, nothing else
     code, log = _finish(_snakemake(demo_workflow, "-n", "--config", "input="))
     assert code != 0 and "input not set" in log

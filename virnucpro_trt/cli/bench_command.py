@@ -140,7 +140,7 @@ def _check_sources(
     help="Time the (slow) reference on the reads holding the first N frames, extrapolated per frame; "
     "0: all frames.",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here."
 )
@@ -204,10 +204,9 @@ def bench(
         virnucpro-trt bench --random-weights full-outliers --reads 20000 --backends torch,compile,inductor \\
             --precision bf16,fp8 --json bench.json
     """
-    from virnucpro_trt.cli.logging_setup import setup_logging
+    from virnucpro_trt.cli.command_options import start_logging
 
-    setup_logging(verbose, quiet, log_file)
-    _share_verbosity(verbose, quiet)
+    start_logging(verbose, quiet, log_file)
     _check_sources(
         input_path,
         reads,
@@ -251,13 +250,6 @@ def bench(
         command=[Path(sys.argv[0]).name, *sys.argv[1:]],
     )
     _run(settings, json_path, plot_path, gate)
-
-
-def _share_verbosity(verbose: int, quiet: bool) -> None:
-    """Tell the CLI's error handler about -v/-q (it prints tracebacks of unexpected errors at -vv)."""
-    state = getattr(sys.modules.get("virnucpro_trt.cli.main"), "_STATE", None)
-    if isinstance(state, dict):
-        state.update(verbose=verbose, quiet=quiet)
 
 
 def _run(settings: Any, json_path: Path | None, plot_path: Path | None, gate: float | None) -> None:

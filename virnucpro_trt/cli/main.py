@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from virnucpro_trt import __version__
+from virnucpro_trt.cli.command_options import CLI_STATE, group_logging_options, logging_options
 from virnucpro_trt.engines.registry import auto_help
 from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError, describe_os_error
 from virnucpro_trt.settings import (
@@ -35,9 +36,6 @@ from virnucpro_trt.settings import (
 
 log = logging.getLogger("virnucpro_trt")
 
-# Verbosity of the running command, read again when an error is reported after click's context is gone.
-_STATE: dict[str, Any] = {"verbose": 0, "quiet": False}
-
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -47,37 +45,28 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """-v/-q/--log-file on every subcommand, so they work after the command name."""
-
-    @click.option("-v", "--verbose", count=True, help="More detail (-vv: tracebacks and library logs).")
-    @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-    @click.option(
-        "--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also log (DEBUG) here."
-    )
-    @functools.wraps(func)
-    def wrapper(*args: Any, verbose: int, quiet: bool, log_file: Path | None, **kwargs: Any) -> Any:
-        from virnucpro_trt.cli.logging_setup import setup_logging
-
-        setup_logging(verbose, quiet, log_file)
-        _STATE["verbose"] = verbose
-        _STATE["quiet"] = quiet
-        log.debug("virnucpro-trt %s: %s", __version__, " ".join(sys.argv))
-        return func(*args, **kwargs)
-
-    return wrapper
+# -v/-q/--log-file after the command name (and, through the group, before it).
+common_options = logging_options
 
 
-def encoder_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by every command that runs the encoders."""
+# Where an engine backend without --engines gets its engines: predict/demo build them into OUTDIR,
+# embed (one output file, no folder of its own) needs a directory built by `virnucpro-trt build`.
+_ENGINES_IN_OUTDIR = "Without --engines, engines are built into OUTDIR/engines and reused."
+_ENGINES_NEEDED = "An engine backend needs --engines ENGINE_DIR (built by `virnucpro-trt build`)."
+
+
+def encoder_options(
+    func: Callable[..., Any], without_engines: str = _ENGINES_IN_OUTDIR
+) -> Callable[..., Any]:
+    """Options shared by every command that runs the encoders (``without_engines``: the --backend help's
+    word on where engines come from without --engines)."""
 
     @click.option(
         "--backend",
         type=click.Choice(BACKENDS),
         default=None,
         help="torch (eager PyTorch, the default) or a compiled-engine backend (onnxruntime, inductor, "
-        f"tensorrt, auto). Without --engines, engines are built into OUTDIR/engines and reused. "
-        f"{auto_help()}",
+        f"tensorrt, auto). {without_engines} {auto_help()}",
     )
     @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
     @click.option(
@@ -101,10 +90,12 @@ def encoder_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Token budget per batch (padded tokens). Default: 4096 on CPU, 32768 on CUDA.",
     )
     @click.option(
+        "-t",
         "--threads",
         type=click.IntRange(min=1),
         default=None,
-        help="CPU threads for torch (default: the CPUs this process may use).",
+        help="CPU threads for torch (default: the CPUs this process may use: its CPU affinity, the "
+        "cgroup CPU quota and SLURM_CPUS_PER_TASK).",
     )
     @functools.wraps(func)
     def wrapper(
@@ -128,8 +119,11 @@ def encoder_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group(context_settings=_CONTEXT)
 @click.version_option(__version__, "--version", prog_name="virnucpro-trt")
-def cli() -> None:
+@group_logging_options
+def cli(verbose: int, quiet: bool, log_file: Path | None) -> None:
     """VirNucPro viral short-read classification: the same answers as upstream, compiled and fast.
+
+    -v/-q/--log-file work before the command name and after it.
 
     \b
     Quick start (random demo weights, CPU, under a minute):
@@ -195,24 +189,38 @@ def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="HDF5 file with datasets ids (utf-8) and embeddings (float32 [N, D]).",
 )
-@encoder_options
+@click.option(
+    "--allow-nucleotide-letters",
+    is_flag=True,
+    help="esm2: embed records made only of A/C/G/T/U/N as protein. Without it, an input that looks like "
+    "DNA/RNA is refused (a record of 20+ such letters, or every record made of them).",
+)
+@functools.partial(encoder_options, without_engines=_ENGINES_NEEDED)
 @common_options
 def embed(
     input_path: str,
     model_name: str,
     weights: str | None,
     output: Path,
+    allow_nucleotide_letters: bool,
     encoders: EncoderSettings,
     engines: Path | None,
     rebuild: bool,
 ) -> None:
-    """Pooled embeddings of every record of INPUT, in input order, as HDF5."""
+    """Pooled embeddings of every record of INPUT, in input order, as HDF5.
+
+    INPUT is DNA for dnabert-s (IUPAC codes) and protein for esm2 (letters and '*'; an input that
+    looks like DNA/RNA is refused unless --allow-nucleotide-letters).
+    """
     _offline()
     from virnucpro_trt.pipeline.embed import run_embed
 
     if weights is None and engines is None:
         raise click.UsageError("missing --weights (or --engines ENGINE_DIR)")
-    summary = run_embed(EmbedSettings(input_path, output, model_name, weights, encoders, engines, rebuild))
+    settings = EmbedSettings(
+        input_path, output, model_name, weights, encoders, engines, rebuild, allow_nucleotide_letters
+    )
+    summary = run_embed(settings)
     log.info("PASSED: %d embeddings of width %d -> %s", summary["records"], summary["dim"], output)
 
 
@@ -231,6 +239,15 @@ def _parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -
 def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @outdir_option("Output folder.")
     @chunk_length_option
+    @click.option(
+        "--min-length",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        metavar="N",
+        help="Reads shorter than N bases are not chunked or scored; sequences.tsv lists them with status "
+        "too_short. 0 scores every read, as upstream does.",
+    )
     @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.h5 (per kept frame).")
     @click.option(
         "--gpus",
@@ -290,6 +307,7 @@ def predict(
     demo: bool,
     outdir: Path,
     chunk_length: str,
+    min_length: int,
     save_embeddings: bool,
     gpus: tuple[int, ...] | None,
     workers: int | None,
@@ -306,7 +324,7 @@ def predict(
     run by one worker per GPU (or --workers on CPU); an interrupted run resumes when rerun unchanged.
     """
     _offline()
-    if demo:
+    if demo and not (dnabert and esm and classifier and input_path):  # (built on first use)
         from virnucpro_trt.demo import demo_inputs
 
         models = demo_inputs()
@@ -335,6 +353,7 @@ def predict(
         rebuild,
         shard_records,
         RunControl(gpus, workers, keep_work, force),
+        min_length=min_length,
     )
     _run_predict(settings, demo)
 
@@ -348,7 +367,7 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
         log.warning("DEMO: the models are RANDOM WEIGHTS built for this demo — the labels mean nothing")
     try:
         summary = run_predict(
-            settings, ProgressReporter(enabled=not _STATE["quiet"]), command=sys.argv, demo=demo
+            settings, ProgressReporter(enabled=not CLI_STATE["quiet"]), command=sys.argv, demo=demo
         )
     except RunInterrupted as exc:
         click.echo(str(exc), err=True)
@@ -362,7 +381,8 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
         )  # fmt: skip
         return
     log.info(
-        "PASSED: %d records, %d frames scored, %d sequences labelled virus -> %s (%.1f s)",
+        "PASSED%s: %d records, %d frames scored, %d sequences labelled virus -> %s (%.1f s)",
+        " (DEMO, RANDOM WEIGHTS: the labels mean nothing)" if demo else "",
         counts["records"],
         counts["frames"],
         counts["virus_sequences"],
@@ -570,7 +590,7 @@ def main(argv: list[str] | None = None) -> None:
 def _report(line: str, exc: BaseException, unexpected: bool = False) -> None:
     first_line = " ".join(line.split("\n")[0].split())
     logging.getLogger("virnucpro_trt").debug("%s", "".join(traceback.format_exception(exc)))
-    if unexpected and _STATE["verbose"] >= 2:
+    if unexpected and CLI_STATE["verbose"] >= 2:
         traceback.print_exception(exc)
     click.echo(first_line, err=True)
 

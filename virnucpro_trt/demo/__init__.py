@@ -16,10 +16,12 @@ empty record, so every status appears in the demo's sequences.tsv.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,34 +77,45 @@ def _center_classifier(paths: DemoInputs, width: int, seed: int) -> None:
     """Shift the random classifier's virus logit so the example reads get both labels.
 
     A random MLP usually calls everything one class, which makes a dull demo; centring its output on
-    the example reads' median logit difference keeps the weights random but the labels mixed.
+    the example reads' median logit difference keeps the weights random but the labels mixed. The
+    example reads are scored on the frame path ``predict`` runs, quietly: the demo's log then shows the
+    demo run once, not a second run before it.
     """
     import numpy as np
     import torch
 
     from virnucpro_trt.models.random_classifier import random_upstream_classifier, save_as_upstream_pickle
-    from virnucpro_trt.pipeline.predict import run_predict
-    from virnucpro_trt.settings import EncoderSettings, PredictSettings
+    from virnucpro_trt.outputs.formatting import f32_column
+    from virnucpro_trt.pipeline.encoders import open_models
+    from virnucpro_trt.runtime.frame_path import prepare_frames, score_frames
+    from virnucpro_trt.sequences.reader import read_records
+    from virnucpro_trt.settings import EncoderSettings
 
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = PredictSettings(
-            str(paths.reads),
-            Path(tmp),
-            str(paths.dnabert),
-            str(paths.esm),
-            str(paths.classifier),
-            500,
-            EncoderSettings(device="cpu"),
-        )
-        run_predict(settings)
-        rows = [
-            line.split("\t") for line in (Path(tmp) / "prediction_results.txt").read_text().splitlines()[1:]
-        ]
-    margins = np.log([float(r[3]) for r in rows]) - np.log([float(r[2]) for r in rows])
+    specs = {"dnabert-s": str(paths.dnabert), "esm2": str(paths.esm), "classifier": str(paths.classifier)}
+    with _only_warnings():
+        runs = open_models(EncoderSettings(device="cpu"), specs, ("dnabert-s", "esm2"), True)
+        models = runs.frame_models()
+        frames = prepare_frames(models, read_records(paths.reads, "dna"), 500)
+        probs = score_frames(models, frames).probabilities
+    # the scores as prediction_results.txt prints them, read back (what the demo models were built from)
+    p_others, p_virus = (np.array(f32_column(probs[:, k]), dtype=np.float64) for k in (0, 1))
+    margins = np.log(p_virus) - np.log(p_others)
     model = random_upstream_classifier(width, seed=seed)  # the same weights as the file, rebuilt
     with torch.no_grad():
         model.output_layer.bias[1] -= float(np.median(margins))
     save_as_upstream_pickle(model, paths.classifier)
+
+
+@contextlib.contextmanager
+def _only_warnings() -> Iterator[None]:
+    """The package's INFO lines held back (warnings still show) while the demo models are built."""
+    package = logging.getLogger("virnucpro_trt")
+    level = package.level
+    package.setLevel(max(logging.WARNING, level))
+    try:
+        yield
+    finally:
+        package.setLevel(level)
 
 
 def demo_inputs() -> DemoInputs:

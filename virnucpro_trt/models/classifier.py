@@ -26,11 +26,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn import functional as F
 
 from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.models.identity import WeightsIdentity, confirm_checkpoint, confirm_still
 from virnucpro_trt.models.pickle_guard import MAX_CLASSIFIER_BYTES, PickledObject, restricted_torch_load
 
@@ -227,14 +229,20 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
 
 
 def save_classifier_safetensors(weights: ClassifierWeights, path: str | Path, source: str = "") -> None:
-    """Write the classifier in the safe format (tensors + BatchNorm epsilon in the metadata)."""
+    """Write the classifier in the safe format (tensors + BatchNorm epsilon in the metadata).
+
+    Written whole or not at all, with the umask's permissions like every other file the tool writes
+    (safetensors' ``save_file`` creates it mode 0600, which locks other users out of a shared engine
+    directory); the classifier is a few MB, so the bytes are built in memory.
+    """
     meta = {
         "format": "virnucpro-classifier",
         "version": "1",
         "bn_eps": repr(weights.bn_eps),
         "source": source,
     }
-    save_file({k: v.contiguous() for k, v in weights.tensors.items()}, str(path), metadata=meta)
+    data = safetensors_bytes({k: v.contiguous() for k, v in weights.tensors.items()}, metadata=meta)
+    write_bytes_atomic(Path(path), data)
 
 
 def check_classifier_width(

@@ -4,6 +4,22 @@
 the ones upstream silently drops (empty records, reads with no stop-free frame). ``frames.tsv`` gives
 each scored frame with its coordinates in the read, so a hit can be traced back to bases.
 Coordinates are 0-based, end-exclusive (BED convention), always on the read's forward strand.
+
+The per-read call follows upstream's per-chunk calls, so the two tables never disagree:
+
+* a chunk is virus iff max P(virus) >= max P(others) over its kept frames (upstream's ``Is_Virus`` in
+  ``prediction_results_highestscore.csv``); ``virus_chunks`` counts them;
+* a read is ``virus`` iff at least one of its chunks is (``virus_chunks >= 1``), else ``others``: one
+  viral chunk is what a user screening reads for viruses wants to see, as upstream's chunk file shows it;
+* its score is its best frame, the kept frame with the highest P(virus) (the first in file order on a
+  tie): ``best_p_virus`` and ``best_p_others`` are that one frame's two probabilities, a row of
+  ``frames.tsv``. They are not a second call: upstream's chunk rule weighs the best virus frame against
+  the best others frame, so an ``others`` read may still show a frame with P(virus) > 0.5 (another frame
+  of the same chunk scored others higher), while a ``virus`` read's ``best_p_virus`` is never below
+  the best P(others) of the chunk that called it.
+
+Status: ``scored``; ``no_stop_free_frame`` (chunks, but every frame has a stop: upstream writes no row);
+``too_short`` (shorter than ``predict --min-length``: not chunked); ``empty`` (no sequence).
 """
 
 from __future__ import annotations
@@ -49,6 +65,7 @@ FRAME_COLUMNS = (
 STATUS_SCORED = "scored"
 STATUS_NO_FRAME = "no_stop_free_frame"
 STATUS_EMPTY = "empty"
+STATUS_TOO_SHORT = "too_short"
 MISSING = "NA"
 
 
@@ -101,8 +118,8 @@ def write_sequence_rows(
 ) -> tuple[dict[str, int], int]:
     """Append one row per input record of ``block``; returns (records per status, records labelled virus).
 
-    The per-record label applies upstream's per-chunk rule to the whole read: ``virus`` iff the best
-    P(virus) over all its kept frames is >= the best P(others).
+    The rule is the module docstring's: ``virus`` iff one of the read's chunks is virus by upstream's
+    chunk rule; both probabilities are those of the read's best frame (highest P(virus)).
     """
     if block is None:
         out.write("\t".join(SEQUENCE_COLUMNS) + "\n")
@@ -110,41 +127,43 @@ def write_sequence_rows(
     assert probs is not None
     f = block.frames
     n_chunks = len(block.chunk_ids)
-    # Per chunk: max P(others), max P(virus) over its frames; a chunk without frames stays at -1.
+    # Per chunk: max P(others), max P(virus) over its frames (float32, compared exactly as upstream's
+    # highest-score file compares them); a chunk without frames stays at -1 and is not virus.
     chunk_max = np.full((n_chunks, 2), -1.0, dtype=np.float32)
     if len(f):
         np.maximum.at(chunk_max, f.chunk_index, probs)
     chunk_virus = (chunk_max[:, 0] >= 0) & (chunk_max[:, 1] >= chunk_max[:, 0])
     virus_cum = np.concatenate([[0], np.cumsum(chunk_virus)])
-    virus_chunks = virus_cum[block.chunk_offsets[1:]] - virus_cum[block.chunk_offsets[:-1]]
-    chunks_per_record = np.diff(block.chunk_offsets)
-    frames_per_record = np.diff(block.frame_offsets)
+    virus_chunks = (virus_cum[block.chunk_offsets[1:]] - virus_cum[block.chunk_offsets[:-1]]).tolist()
+    chunks_per_record = np.diff(block.chunk_offsets).tolist()
+    offsets = block.frame_offsets.tolist()
 
     counts: dict[str, int] = {}
     virus_records = 0
     lines = []
-    offsets = block.frame_offsets.tolist()
     for i, rid in enumerate(block.record_ids):
         length = int(block.record_lengths[i])
-        kept = int(frames_per_record[i])
+        chunks = chunks_per_record[i]
+        kept = offsets[i + 1] - offsets[i]
         if length == 0:
             status = STATUS_EMPTY
+        elif chunks == 0:  # a read with bases always has a chunk unless --min-length left it out
+            status = STATUS_TOO_SHORT
         elif kept == 0:
             status = STATUS_NO_FRAME
         else:
             status = STATUS_SCORED
         counts[status] = counts.get(status, 0) + 1
         if kept:
-            best = probs[offsets[i] : offsets[i + 1]].max(axis=0)
-            is_virus = bool(best[1] >= best[0])
-            p_virus, p_others = f32_column(best[::-1])
+            best = offsets[i] + int(np.argmax(probs[offsets[i] : offsets[i + 1], 1]))  # first on a tie
+            p_others, p_virus = f32_column(probs[best])
+            is_virus = virus_chunks[i] > 0
             label = LABELS[int(is_virus)]
             virus_records += int(is_virus)
         else:
             p_virus = p_others = label = MISSING
         lines.append(
-            f"{rid}\t{length}\t{int(chunks_per_record[i])}\t{kept}\t{p_virus}\t{p_others}\t"
-            f"{int(virus_chunks[i])}\t{label}\t{status}\n"
+            f"{rid}\t{length}\t{chunks}\t{kept}\t{p_virus}\t{p_others}\t{virus_chunks[i]}\t{label}\t{status}\n"
         )
     out.write("".join(lines))
     return counts, virus_records

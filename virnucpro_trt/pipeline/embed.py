@@ -36,7 +36,8 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
     spool = private_spool(settings.output.parent) if is_stream(settings.input) else settings.output
     path, display = materialise(settings.input, spool)
     try:
-        summary = validate_input(path, display, alphabet)
+        refuse = settings.model == "esm2" and not settings.allow_nucleotide_letters
+        summary = validate_input(path, display, alphabet, refuse_nucleotides=refuse)
         kind = "dnabert-s" if settings.model == "dnabert-s" else "esm2"
         models = open_models(
             settings.encoders, {kind: settings.weights}, (kind,), False, settings.engines, settings.rebuild

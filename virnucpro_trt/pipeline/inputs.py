@@ -19,7 +19,7 @@ from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file, is_stream
 from virnucpro_trt.runtime.shards import ShardSplitter
 from virnucpro_trt.sequences.prepare import prepare_blocks
-from virnucpro_trt.sequences.reader import read_records, spool_stdin
+from virnucpro_trt.sequences.reader import read_records, refuse_nucleotide_like, spool_stdin
 
 log = logging.getLogger(__name__)
 
@@ -72,29 +72,40 @@ def validate_input(
     chunk_length: int | None = None,
     splitter: ShardSplitter | None = None,
     sha256: str | None = None,
+    min_length: int = 0,
+    refuse_nucleotides: bool = False,
 ) -> InputSummary:
     """Read every record once (raising :class:`InputFormatError` on the first bad one) and count.
 
     With ``chunk_length`` the same pass also chunks and translates (CPU, ~80k reads/s), so the
     predictor knows the number of frames up front and its progress bar can show a real ETA; with a
     ``splitter`` (``predict``) it also writes the records into shard files and counts frames per shard.
-    ``sha256``, when the caller already hashed the file, saves hashing it again.
+    ``sha256``, when the caller already hashed the file, saves hashing it again. ``min_length`` leaves
+    shorter reads unchunked (``predict --min-length``), so the frame counts are the run's.
+    ``refuse_nucleotides`` (protein input for ESM-2) refuses DNA/RNA given as protein
+    (:func:`~virnucpro_trt.sequences.reader.refuse_nucleotide_like`).
     """
-    records = empty = bases = chunks = frames = 0
+    records = empty = bases = chunks = frames = too_short = 0
     if splitter is not None and chunk_length is None:
         raise ValueError("sharding needs chunk_length (frames are counted per shard)")
     if chunk_length is None:
-        for record in read_records(path, alphabet):
+        stream = read_records(path, alphabet)
+        if refuse_nucleotides:
+            stream = refuse_nucleotide_like(stream, display_name)
+        for record in stream:
             records += 1
             n = len(record.sequence)
             bases += n
             empty += n == 0
     else:
         stream = read_records(path, alphabet)
-        for block in prepare_blocks(splitter.wrap(stream) if splitter else stream, chunk_length):
+        source = splitter.wrap(stream) if splitter else stream
+        blocks = prepare_blocks(source, chunk_length, min_length=min_length)
+        for block in blocks:
             records += block.n_records
             bases += int(block.record_lengths.sum())
             empty += int((block.record_lengths == 0).sum())
+            too_short += int(((block.record_lengths > 0) & (block.record_lengths < min_length)).sum())
             chunks += len(block.chunk_ids)
             frames += len(block.frames)
             if splitter is not None:
@@ -110,5 +121,12 @@ def validate_input(
             "input %s: %d empty record(s) (no sequence); they are reported with status 'empty'",
             display_name,
             empty,
+        )
+    if too_short:
+        log.warning(
+            "input %s: %d record(s) shorter than --min-length %d bp are not scored (status 'too_short')",
+            display_name,
+            too_short,
+            min_length,
         )
     return summary

@@ -31,6 +31,7 @@ from typing import Any
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.outputs.atomic import ResultSet
+from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES
 from virnucpro_trt.outputs.part_merge import (
@@ -91,7 +92,9 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
     outdir = settings.outdir
     check_run_paths([], [outdir / RUN_JSON])  # not inside another run's working area
     parts = check_parts([read_part(folder) for folder in settings.parts])
-    existing = [name for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5) if (outdir / name).exists()]
+    existing = [
+        name for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE) if (outdir / name).exists()
+    ]
     if existing:
         raise MergeRefused(
             f"{outdir} already holds {', '.join(existing)}; merge into a folder without results"
@@ -104,6 +107,8 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
                 log.warning("not every part saved embeddings: no embeddings.h5 is written")
             _write_files(outdir, parts, embeddings)
             summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
+            if summary["demo_random_weights"]:
+                write_demo_note(outdir)
             write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n")
     finally:
         if created and outdir.is_dir() and not any(outdir.iterdir()):  # a failed merge leaves no folder
@@ -226,19 +231,23 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _settings_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str:
+def _settings_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
     """The first setting that differs, as ``name: x vs y`` (the per-part ones left out)."""
+    return _first_difference(a, b, "") or "fingerprints differ"
+
+
+def _first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str) -> str | None:
     for key in sorted(set(a) | set(b)):
         if not prefix and key in ("input", "part", "save_embeddings", "outdir", "rebuild", "run"):
             continue
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
-            inner = _settings_diff(va, vb, f"{prefix}{key}.")
+            inner = _first_difference(va, vb, f"{prefix}{key}.")
             if inner:
                 return inner
         elif va != vb and not (prefix == "encoders." and key == "threads"):
             return f"{prefix}{key}: {va} vs {vb}"
-    return "fingerprints differ"
+    return None
 
 
 def _write_files(outdir: Path, parts: list[PartResult], embeddings: bool) -> None:

@@ -45,6 +45,7 @@ from virnucpro_trt.models.classifier import load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.outputs.atomic import remove_if_exists
+from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES, merge_shard_results
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
@@ -74,7 +75,7 @@ EMBEDDINGS_H5 = "embeddings.h5"
 STDIN_SPOOL = ".stdin.input"  # stdin copied here (under the lock) so it can be hashed and read twice
 ENGINE_CACHE = "engines"  # --backend without --engines builds here
 # Every file a run writes directly in OUTDIR (an input at one of these paths is refused).
-_OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, LOCK_FILE, STDIN_SPOOL)
+_OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE, LOCK_FILE, STDIN_SPOOL)
 INTERRUPTED = "interrupted; rerun the same command to resume"
 MAX_RUN_JSON_BYTES = 64 << 20
 _SUMMARY_FIELDS = ("sha256", "size_bytes", "records", "empty_records", "bases", "chunks", "frames")
@@ -228,7 +229,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     with timer.stage("identify_models"):
         known, identity = _identify_models(ctx, engines, work)
         work.confirm_models(identity, {k: w.to_json() for k, w in known.weights.items()}, settings.run.force)
-    for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5):  # an older result must not sit beside this run
+    for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE):  # no older result beside this run
         remove_if_exists(outdir / name)
 
     markers = work.finished_shards(shards)
@@ -251,10 +252,12 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     summary_json = _summary(
         ctx, summary, shards, markers, report, facts, skipped, chunks_with_frames, identity
     )
+    if ctx.demo:
+        write_demo_note(outdir)
     summary_json["model_weights"] = {kind: w.to_json() for kind, w in known.weights.items()}
     summary_json["outputs"] = {
         name: {"bytes": (outdir / name).stat().st_size, "sha256": sha256_file(outdir / name)}
-        for name in (*FINAL_TEXT_FILES, EMBEDDINGS_H5)
+        for name in (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE)
         if (outdir / name).is_file()
     }
     write_text_atomic(outdir / RUN_JSON, json.dumps(summary_json, indent=2) + "\n")
@@ -374,8 +377,9 @@ def _validate_and_shard(
         layout = settings.part.shard_sizes() if settings.part else None
         splitter = ShardSplitter(folder, settings.shard_records, layout)
         summary = validate_input(
-            path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256
-        )
+            path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256,
+            min_length=settings.min_length,
+        )  # fmt: skip
         shards = splitter.finish()
         per_shard = settings.shard_records or default_shard_records(summary.records)
         extra = {"input": {k: getattr(summary, k) for k in _SUMMARY_FIELDS}, "records_per_shard": per_shard}

@@ -51,6 +51,7 @@ COUNT_KEYS = (
     "status_scored",
     "status_no_stop_free_frame",
     "status_empty",
+    "status_too_short",
     "dnabert_tokens",
     "esm_tokens",
 )
@@ -140,7 +141,10 @@ class PredictShardProcessor:
         shard = task.shard
         timings = dict.fromkeys(STAGES, 0.0)
         records = _renumbered(read_records(self.job.shards_dir / shard.file, "dna"), shard.first)
-        frames = prepare_frames(self.models, records, self.job.settings.chunk_length, self._stage(timings))
+        settings = self.job.settings
+        frames = prepare_frames(
+            self.models, records, settings.chunk_length, self._stage(timings), min_length=settings.min_length
+        )
         if frames.records != shard.records:
             raise RunFailure(
                 f"{shard.file} holds {frames.records} records instead of {shard.records}: the work folder "

@@ -116,10 +116,14 @@ def prepare_frames(
     chunk_length: int,
     stage: Stage = _untimed,
     block_records: int = DEFAULT_BLOCK_RECORDS,
+    min_length: int = 0,
 ) -> PreparedFrames:
-    """Chunk, translate and tokenize ``records`` (stages ``prepare`` and ``tokenize``)."""
+    """Chunk, translate and tokenize ``records`` (stages ``prepare`` and ``tokenize``); reads shorter
+    than ``min_length`` are kept as records without chunks."""
     with stage("prepare"):
-        blocks = list(prepare_blocks(records, chunk_length, block_records=max(block_records, 1)))
+        blocks = list(
+            prepare_blocks(records, chunk_length, min_length=min_length, block_records=max(block_records, 1))
+        )
         frame_ids = [fid for b in blocks for fid in b.frames.frame_id]
         dna = [s for b in blocks for s in b.frames.dna]
         protein = [s for b in blocks for s in b.frames.protein]

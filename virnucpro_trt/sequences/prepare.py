@@ -182,11 +182,14 @@ def _select_in_batches(chunk_seqs: list[str]) -> FrameSelection:
 
 
 def _chunk_columns(
-    ids: list[str], seqs: list[str], lengths: np.ndarray, chunk_length: int
+    ids: list[str], seqs: list[str], lengths: np.ndarray, chunk_length: int, min_length: int = 0
 ) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Chunk ids, chunk sequences, starts, ends, 1-based numbers and chunks-per-record of a block."""
+    """Chunk ids, chunk sequences, starts, ends, 1-based numbers and chunks-per-record of a block.
+
+    A record shorter than ``min_length`` gets no chunk, like an empty one.
+    """
     n = len(ids)
-    if n and lengths.min() > 0 and lengths.max() <= chunk_length:  # short reads: one chunk each
+    if n and lengths.min() >= max(1, min_length) and lengths.max() <= chunk_length:  # one chunk each
         ones = np.ones(n, dtype=np.int64)
         return [i + "_chunk_1" for i in ids], seqs, np.zeros(n, dtype=np.int64), lengths, ones, ones
     chunk_ids: list[str] = []
@@ -196,6 +199,8 @@ def _chunk_columns(
     numbers: list[int] = []
     per_record = np.zeros(n, dtype=np.int64)
     for i, (rid, seq) in enumerate(zip(ids, seqs, strict=True)):
+        if len(seq) < min_length:
+            continue
         bounds = chunk_bounds(len(seq), chunk_length)
         per_record[i] = len(bounds)
         for number, (start, end) in enumerate(bounds, start=1):
@@ -208,12 +213,12 @@ def _chunk_columns(
     return chunk_ids, chunk_seqs, *columns, per_record
 
 
-def _prepare_block(records: list[SeqRecord], chunk_length: int) -> PreparedBlock:
+def _prepare_block(records: list[SeqRecord], chunk_length: int, min_length: int = 0) -> PreparedBlock:
     record_ids = [r.id for r in records]
     seqs = [r.sequence for r in records]
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     chunk_ids, chunk_seqs, chunk_start, chunk_end, chunk_number, chunks_per_record = _chunk_columns(
-        record_ids, seqs, lengths, chunk_length
+        record_ids, seqs, lengths, chunk_length, min_length
     )
     chunk_offsets = np.concatenate([[0], np.cumsum(chunks_per_record)])
     chunk_local = np.repeat(np.arange(len(records)), chunks_per_record)  # record's row in the block
@@ -255,13 +260,20 @@ def prepare_blocks(
     records: Iterable[SeqRecord],
     chunk_length: int,
     *,
+    min_length: int = 0,
     block_records: int = DEFAULT_BLOCK_RECORDS,
     block_bases: int = 4_000_000,
 ) -> Iterator[PreparedBlock]:
     """Group records into blocks (``block_records`` records or ``block_bases`` bases, whichever comes
-    first) and yield each one chunked and translated. Records keep their input order and indices."""
+    first) and yield each one chunked and translated. Records keep their input order and indices.
+
+    Records shorter than ``min_length`` bases (``predict --min-length``; 0 = upstream, which scores
+    every read) stay in the block without chunks or frames, so the tables still list them.
+    """
     if chunk_length <= 0:
         raise ValueError(f"chunk_length must be positive, got {chunk_length}")
+    if min_length < 0:
+        raise ValueError(f"min_length must not be negative, got {min_length}")
     it = iter(records)
     group = 256  # records are counted in groups: per-record bookkeeping costs more than it saves
     while True:
@@ -275,7 +287,7 @@ def prepare_blocks(
             bases += sum(len(r.sequence) for r in more)
         if not block:
             return
-        yield _prepare_block(block, chunk_length)
+        yield _prepare_block(block, chunk_length, min_length)
 
 
 def _fasta_text(ids: list[str], seqs: list[str]) -> str:

@@ -31,9 +31,11 @@ from virnucpro_trt.sequences.sources import (
 
 __all__ = [
     "DNA_ALPHABET",
+    "NUCLEOTIDE_LIKE_LENGTH",
     "PROTEIN_ALPHABET",
     "SeqRecord",
     "read_records",
+    "refuse_nucleotide_like",
     "spool_stdin",
 ]
 
@@ -42,6 +44,11 @@ DNA_ALPHABET = "ACGTURYSWKMBDHVN" + "ACGTURYSWKMBDHVN".lower()
 #: Amino-acid letters in either case, plus ``*`` (stop).
 PROTEIN_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz*"
 _ALPHABETS = {"dna": DNA_ALPHABET, "protein": PROTEIN_ALPHABET}
+#: A protein record at least this long made only of A, C, G, T, U and N is taken for DNA/RNA: at
+#: typical amino-acid frequencies those six letters make up ~26% of residues, so a real protein of 20
+#: residues has them alone with odds of ~0.26^20 = 2e-12, while any read of DNA has nothing else.
+NUCLEOTIDE_LIKE_LENGTH = 20
+_NUCLEOTIDE_LETTERS = str.maketrans("", "", "ACGTUNacgtun")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +193,41 @@ def _validated(
             _check_one(name, index + 1, rid, title, seen, message)
             yield SeqRecord(index, rid, title, seq)
             index += 1
+
+
+def refuse_nucleotide_like(records: Iterable[SeqRecord], name: str) -> Iterator[SeqRecord]:
+    """Yield protein records, refusing an input that is DNA/RNA (:class:`InputFormatError`, one line).
+
+    Nucleotide letters are valid amino-acid codes, so the protein alphabet alone lets a DNA FASTA
+    through to ESM-2, which then embeds nonsense without a word. Refused: a record of at least
+    :data:`NUCLEOTIDE_LIKE_LENGTH` letters made only of A, C, G, T, U and N (either case), or an input
+    whose every non-empty record is made only of them (short reads, primers). Callers offer a way
+    around it for the rare real protein that trips it (``embed --allow-nucleotide-letters``).
+    """
+    nucleotide_only = protein = False
+    for record in records:
+        seq = record.sequence
+        if seq and not seq.translate(_NUCLEOTIDE_LETTERS):
+            if len(seq) >= NUCLEOTIDE_LIKE_LENGTH:
+                raise InputFormatError(
+                    f"{name}: {record_label(record.index + 1, record.id)} looks like DNA/RNA, not protein "
+                    f"(its {len(seq)} letters are all A/C/G/T/U/N){_NUCLEOTIDE_HINT}"
+                )
+            nucleotide_only = True
+        elif seq:
+            protein = True
+        yield record
+    if nucleotide_only and not protein:
+        raise InputFormatError(
+            f"{name}: every record is made only of A/C/G/T/U/N: this looks like DNA/RNA, not protein"
+            f"{_NUCLEOTIDE_HINT}"
+        )
+
+
+_NUCLEOTIDE_HINT = (
+    "; esm2 embeds proteins: use --model dnabert-s for DNA, or translate the reads first "
+    "(virnucpro-trt prepare); --allow-nucleotide-letters embeds such records as protein anyway"
+)
 
 
 def _describe(alphabet: str) -> str:

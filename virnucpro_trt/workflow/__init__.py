@@ -57,6 +57,7 @@ def _demo_config(template: str, folder: Path) -> str:
         "classifier": str(models.classifier),
         "device": "cpu",
         "threads": 1,
+        "demo": True,
     }
     text = template
     for key, value in values.items():
