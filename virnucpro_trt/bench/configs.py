@@ -35,21 +35,18 @@ from virnucpro_trt.bench.models import MasterEncoders, ModelSet
 from virnucpro_trt.bench.peer import PEER, compile_backends, peer_unavailable_reason
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.runtime.frame_path import FrameModels
+from virnucpro_trt.settings import ENGINE_BACKENDS, PRECISIONS, EncoderSettings
 
 log = logging.getLogger(__name__)
 
 REFERENCE = "reference"
 EAGER = "torch"
-ENGINE_BACKENDS = ("onnxruntime", "inductor", "tensorrt")
 BENCH_BACKENDS = (EAGER, *ENGINE_BACKENDS, PEER)
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 AUTO_PRECISION = "auto"
 # Upstream's batching: DNABERT-S embedded one read frame at a time (a budget of one token gives batches
 # of one without padding), ESM-2 through fair-esm's extract loop with toks_per_batch=2048.
 REFERENCE_DNABERT_BATCH_TOKENS = 1
 REFERENCE_ESM_TOKS_PER_BATCH = 2048
-# The same defaults as ``predict --max-batch-tokens``.
-DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 32768}
 
 
 class Unavailable(Exception):
@@ -150,11 +147,10 @@ class OpenContext:
 
     @property
     def batch_tokens(self) -> int:
-        return self.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 4096)
+        """``--max-batch-tokens``, or ``predict``'s default for the device."""
+        return EncoderSettings(max_batch_tokens=self.max_batch_tokens).batch_tokens_for(self.device.type)
 
-    def encoder_settings(self, backend: str, precision: str, max_batch_tokens: int | None) -> Any:
-        from virnucpro_trt.settings import EncoderSettings
-
+    def encoder_settings(self, backend: str, precision: str, max_batch_tokens: int | None) -> EncoderSettings:
         return EncoderSettings(backend, str(self.device), precision, max_batch_tokens, self.threads)
 
 

@@ -37,12 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 from virnucpro_trt import __version__
 from virnucpro_trt.cli.progress import ProgressReporter
-from virnucpro_trt.engines.manifest import MODEL_KINDS, EngineManifest
+from virnucpro_trt.engines.manifest import EngineManifest
 from virnucpro_trt.errors import EngineMismatchError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.models.classifier import load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
+from virnucpro_trt.models.kinds import DNABERT_S, ESM2, MODELS
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.outputs.atomic import remove_if_exists
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -135,7 +136,7 @@ def run_predict(
     with ctx.timer.stage("resolve_models"):  # a missing model fails before the input is read
         for kind, spec in ctx.specs.items():
             if spec:
-                resolve_model(spec, {"dnabert-s": "dnabert", "esm2": "esm"}.get(kind, kind))
+                resolve_model(spec, MODELS[kind].short)
     run = settings.run
     ctx.slots = plan_worker_slots(settings.encoders.device, run.gpus, run.workers, settings.encoders.threads)
     if settings.classifier:
@@ -264,14 +265,14 @@ def _identify_models(
     """
     if engines is not None:
         manifest = EngineManifest.read(engines.folder)
-        identity: dict[str, str | None] = {k: manifest.models[k].weights_sha256 for k in MODEL_KINDS}
+        identity: dict[str, str | None] = {k: manifest.models[k].weights_sha256 for k in MODELS}
         identity["engines"] = engines.identity
         return RunWeights(engines=engines), identity
     recorded = work.recorded_weights()
     weights = {}
     for kind, spec in ctx.specs.items():
         assert spec is not None  # eager runs name all three (the CLI checks)
-        path = resolve_model(spec, {"dnabert-s": "dnabert", "esm2": "esm"}.get(kind, kind))
+        path = resolve_model(spec, MODELS[kind].short)
         weights[kind] = identify_checkpoint(kind, path, WeightsIdentity.from_json(recorded.get(kind)))
     identity = {kind: w.sha256 for kind, w in weights.items()}
     identity["engines"] = None
@@ -434,8 +435,8 @@ def _embedding_attrs(settings: PredictSettings, precision: str) -> dict[str, str
         "dnabert": settings.dnabert or str(settings.engines),
         "esm": settings.esm or str(settings.engines),
         "precision": precision,
-        "pooling_dnabert": "mean over all tokens incl. [CLS] and [SEP]",
-        "pooling_esm": "mean over residues 1..min(1024, len) (no BOS/EOS)",
+        "pooling_dnabert": DNABERT_S.pooling,
+        "pooling_esm": ESM2.pooling,
     }
 
 
