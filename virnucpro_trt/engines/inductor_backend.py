@@ -62,7 +62,7 @@ from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8, fp8_unavailable_r
 from virnucpro_trt.engines.inductor_model import DTYPES, device_copy
 from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata, extern_kernels, load_package
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes, exported_bounds, tile_example
-from virnucpro_trt.engines.spec import BuildOptions, BuiltArtifact, ModelKind, ShapeRange
+from virnucpro_trt.engines.spec import BuildRequest, BuiltArtifact, LoadRequest
 from virnucpro_trt.errors import BuildError, EngineMismatchError
 from virnucpro_trt.runtime.attention_kernel import attention_kernel, check_lowered_attention
 from virnucpro_trt.runtime.embedding import EmbeddingBackend
@@ -132,17 +132,9 @@ class InductorBackend:
             versions["triton"] = triton
         return versions
 
-    def build(
-        self,
-        model: torch.nn.Module,
-        kind: ModelKind,
-        example: tuple[torch.Tensor, torch.Tensor],
-        shapes: ShapeRange,
-        precision: str,
-        device: torch.device,
-        out_path: Path,
-        options: BuildOptions,
-    ) -> BuiltArtifact:
+    def build(self, request: BuildRequest) -> BuiltArtifact:
+        kind, shapes, precision = request.kind, request.shapes, request.precision
+        device, options = request.device, request.options
         if (reason := self.availability(device, precision)) is not None:
             raise BuildError(reason)
         multiple = int(options.extra.get("sequence_multiple", DEFAULT_SEQUENCE_MULTIPLE[device.type]))
@@ -152,12 +144,12 @@ class InductorBackend:
         hint = requested.hint(shapes)
 
         started = time.perf_counter()
-        engine_model = device_copy(model, device, DTYPES[precision])
+        engine_model = device_copy(request.model, device, DTYPES[precision])
         if precision == "fp8" and convert_to_fp8(engine_model, options.fp8_fast_accum) == 0:
             raise BuildError(
                 f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"
             )
-        inputs = tuple(t.to(device) for t in tile_example(example, *hint))
+        inputs = tuple(t.to(device) for t in tile_example(request.example, *hint))
         prepared = time.perf_counter()
         with attention_kernel(options.attention, device):
             program = _export(engine_model, inputs, requested, f"{kind} ({precision})")
@@ -174,7 +166,7 @@ class InductorBackend:
             f"{META_PREFIX}dim": str(dim),
         }
         configs = inductor_configs(device, options, metadata)
-        out_path = Path(out_path)
+        out_path = Path(request.out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with attention_kernel(options.attention, device):  # Inductor lowers SDPA here
@@ -212,17 +204,9 @@ class InductorBackend:
             facts["fp8"] = {"fast_accumulation": options.fp8_fast_accum, "fused_quantisation": kind == "esm2"}
         return BuiltArtifact(path=out_path, files=[out_path], facts=facts)
 
-    def load(
-        self,
-        path: Path,
-        kind: ModelKind,
-        device: torch.device,
-        precision: str,
-        dim: int,
-        pad_id: int,
-        shapes: ShapeRange,
-    ) -> EmbeddingBackend:
-        path = Path(path)
+    def load(self, request: LoadRequest) -> EmbeddingBackend:
+        device = request.device
+        path = Path(request.path)
         if not path.is_file():
             raise EngineMismatchError(f"inductor engine {path} is missing")
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -235,8 +219,8 @@ class InductorBackend:
         built_for = metadata.get("AOTI_DEVICE_KEY", device.type)
         if built_for != device.type:
             raise EngineMismatchError(f"{path.name} was built for {built_for}, not {device.type}")
-        graph = check_metadata(metadata, path, kind, precision, dim, shapes)
-        return InductorRunner(compiled, graph, device, dim, pad_id, shapes)
+        graph = check_metadata(metadata, path, request.kind, request.precision, request.dim, request.shapes)
+        return InductorRunner(compiled, graph, device, request.dim, request.pad_id, request.shapes)
 
 
 INDUCTOR_BACKEND = InductorBackend()
