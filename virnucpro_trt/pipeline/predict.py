@@ -61,8 +61,10 @@ from virnucpro_trt.runtime.coordinator import (
     sigterm_as_interrupt,
 )
 from virnucpro_trt.runtime.resume import LOCK_FILE, WORK_DIR, WorkDir, outdir_lock
+from virnucpro_trt.runtime.shard_marker import ShardMarker, result_roles
 from virnucpro_trt.runtime.shards import ShardSpec, ShardSplitter, default_shard_records, write_shard_index
 from virnucpro_trt.runtime.worker import WorkerSlot
+from virnucpro_trt.runtime.worker_facts import WorkerFacts
 from virnucpro_trt.settings import PredictSettings
 
 if TYPE_CHECKING:
@@ -227,7 +229,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5):  # an older result must not sit beside this run
         remove_if_exists(outdir / name)
 
-    markers = work.finished_shards(shards)
+    markers = work.finished_shards(shards, result_roles(settings.save_embeddings))
     skipped = len(markers)
     if skipped:
         log.info(
@@ -329,8 +331,8 @@ def _merge(
     settings: PredictSettings,
     work: WorkDir,
     shards: list[ShardSpec],
-    markers: dict[int, dict[str, Any]],
-    facts: dict[str, Any],
+    markers: dict[int, ShardMarker],
+    facts: WorkerFacts,
 ) -> int:
     outdir = settings.outdir
     with contextlib.ExitStack() as stack:
@@ -339,9 +341,9 @@ def _merge(
             embeddings = stack.enter_context(
                 FrameEmbeddingsWriter(
                     outdir / EMBEDDINGS_H5,
-                    facts["dims"]["dnabert"],
-                    facts["dims"]["esm"],
-                    _embedding_attrs(settings, facts["precision"]),
+                    facts.dnabert.dim,
+                    facts.esm.dim,
+                    _embedding_attrs(settings, facts.precision),
                 )
             )
         return merge_shard_results(outdir, work.results, shards, markers, embeddings)
@@ -351,9 +353,9 @@ def _summary(
     ctx: _RunContext,
     summary_in: InputSummary,
     shards: list[ShardSpec],
-    markers: dict[int, dict[str, Any]],
+    markers: dict[int, ShardMarker],
     report: CoordinatorReport | None,
-    facts: dict[str, Any],
+    facts: WorkerFacts,
     skipped: int,
     chunks_with_frames: int,
     identity: dict[str, str | None],
@@ -363,7 +365,7 @@ def _summary(
     counts = dict.fromkeys(COUNT_KEYS, 0)
     for marker in markers.values():
         for key in COUNT_KEYS:
-            counts[key] += int(marker["counts"].get(key, 0))
+            counts[key] += marker.report.counts.get(key, 0)
     counts.pop("records")
     counts.pop("chunks")
     counts.update(
@@ -376,11 +378,11 @@ def _summary(
     ran = report.markers if report is not None else {}
     totals = timer.totals
     for stage in STAGES:
-        totals[stage] = sum(float(m["timings_s"].get(stage, 0.0)) for m in ran.values())
+        totals[stage] = sum(m.report.timings_s.get(stage, 0.0) for m in ran.values())
     workers = [w.to_json() for w in report.workers] if report is not None else []
     totals["load_models"] = max((w["load_models_s"] for w in workers), default=0.0)
     totals["total"] = time.perf_counter() - started[1]
-    frames_run = sum(int(m["counts"]["frames"]) for m in ran.values())
+    frames_run = sum(m.frames for m in ran.values())
     encoder_s = totals["embed_dnabert"] + totals["embed_esm"]
     steady_s = report.steady_s if report is not None else None
     return {
@@ -398,7 +400,7 @@ def _summary(
             "sha256": summary_in.sha256,
             "size_bytes": summary_in.size_bytes,
         },
-        "models": facts["models"],
+        "models": facts.models_json(),
         "model_identity": identity,
         "counts": counts,
         "timings_s": {k: round(v, 4) for k, v in sorted(totals.items())},
@@ -413,10 +415,10 @@ def _summary(
             "steady_s": round(steady_s, 4) if steady_s is not None else None,
             "reads_per_s_total": round(summary_in.records / max(totals["total"], 1e-9), 2),
         },
-        "device": facts["device"],
-        "precision": facts["precision"],
-        "backend": facts["backend"],
-        "engines": facts["engines"],
+        "device": facts.device.to_json(),
+        "precision": facts.precision,
+        "backend": facts.backend,
+        "engines": facts.engines,
         "shards": {
             "total": len(shards),
             "records_per_shard": settings.shard_records or default_shard_records(summary_in.records),
