@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from virnucpro_trt import __version__
-from virnucpro_trt.cli.progress import ProgressReporter
 from virnucpro_trt.engines.manifest import EngineManifest
 from virnucpro_trt.errors import EngineMismatchError
 from virnucpro_trt.files.atomic import write_text_atomic
@@ -60,6 +59,7 @@ from virnucpro_trt.runtime.coordinator import (
     plan_worker_slots,
     sigterm_as_interrupt,
 )
+from virnucpro_trt.runtime.progress import ProgressTasks, SilentProgress
 from virnucpro_trt.runtime.resume import LOCK_FILE, WORK_DIR, WorkDir, outdir_lock
 from virnucpro_trt.runtime.shard_marker import ShardMarker, result_roles
 from virnucpro_trt.runtime.shards import ShardSpec, ShardSplitter, default_shard_records, write_shard_index
@@ -104,7 +104,7 @@ class _RunContext:
     settings: PredictSettings
     specs: dict[str, str | None]
     slots: list[WorkerSlot]
-    progress: ProgressReporter
+    progress: ProgressTasks
     timer: _Timer
     command: Sequence[str]
     demo: bool
@@ -114,7 +114,7 @@ class _RunContext:
 
 def run_predict(
     settings: PredictSettings,
-    progress: ProgressReporter | None = None,
+    progress: ProgressTasks | None = None,
     command: Sequence[str] = (),
     demo: bool = False,
 ) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def run_predict(
         settings,
         {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier},
         [],
-        progress or ProgressReporter(enabled=False),
+        progress or SilentProgress(),
         _Timer(),
         command,
         demo,
