@@ -20,13 +20,24 @@ from typing import Any
 import click
 
 from virnucpro_trt import __version__
+from virnucpro_trt.cli.command_options import (
+    CONTEXT,
+    DEFAULT_BUDGETS,
+    checkpoint_options,
+    chunk_length_option,
+    device_option,
+    max_batch_tokens_option,
+    outdir_option,
+    precision_option,
+)
 from virnucpro_trt.engines.registry import auto_help
 from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError, describe_os_error
+from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
 from virnucpro_trt.settings import (
     ATTENTION_KERNELS,
     BACKENDS,
-    CHUNK_LENGTHS,
     DEFAULT_ATTENTION,
+    ENGINE_BACKENDS,
     EmbedSettings,
     EncoderSettings,
     PredictSettings,
@@ -38,7 +49,7 @@ log = logging.getLogger("virnucpro_trt")
 # Verbosity of the running command, read again when an error is reported after click's context is gone.
 _STATE: dict[str, Any] = {"verbose": 0, "quiet": False}
 
-_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_CONTEXT = CONTEXT
 
 
 def _offline() -> None:
@@ -79,12 +90,10 @@ def encoder_options(func: Callable[..., Any]) -> Callable[..., Any]:
         f"tensorrt, auto). Without --engines, engines are built into OUTDIR/engines and reused. "
         f"{auto_help()}",
     )
-    @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-    @click.option(
-        "--precision",
-        type=click.Choice(["fp32", "fp16", "bf16", "fp8"]),
-        default=None,
-        help="Encoder precision (default fp32, which reproduces upstream; bf16/fp16 keep fp32 statistics; "
+    @device_option
+    @precision_option(
+        None,
+        "Encoder precision (default fp32, which reproduces upstream; bf16/fp16 keep fp32 statistics; "
         "fp8 only with engines on Hopper-class GPUs). With --engines: the engines' own.",
     )
     @click.option(
@@ -94,12 +103,7 @@ def encoder_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="Engine directory from `virnucpro-trt build` (its manifest is checked before use).",
     )
     @click.option("--rebuild", is_flag=True, help="Rebuild the --engines directory if it does not match.")
-    @click.option(
-        "--max-batch-tokens",
-        type=click.IntRange(min=16),
-        default=None,
-        help="Token budget per batch (padded tokens). Default: 4096 on CPU, 32768 on CUDA.",
-    )
+    @max_batch_tokens_option(f"Token budget per batch (padded tokens). Default: {DEFAULT_BUDGETS}.")
     @click.option(
         "--threads",
         type=click.IntRange(min=1),
@@ -137,25 +141,10 @@ def cli() -> None:
     """
 
 
-def outdir_option(help_text: str) -> Callable[..., Any]:
-    return click.option(
-        "-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help=help_text
-    )
-
-
-chunk_length_option = click.option(
-    "--chunk-length",
-    type=click.Choice([str(c) for c in CHUNK_LENGTHS]),
-    default="500",
-    show_default=True,
-    help="Chunk length (must match the classifier: 300_model.pth / 500_model.pth).",
-)
-
-
 @cli.command(context_settings=_CONTEXT)
 @click.argument("input_path", metavar="INPUT")
 @outdir_option("Output folder for identified_nucleotide.fa and identified_protein.faa.")
-@chunk_length_option
+@chunk_length_option()
 @common_options
 def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
     """Chunk reads and keep stop-free frames, writing upstream's two FASTA files.
@@ -180,7 +169,7 @@ def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
     "--model",
     "model_name",
     required=True,
-    type=click.Choice(["dnabert-s", "esm2"]),
+    type=click.Choice(ENCODER_NAMES),
     help="Which encoder: dnabert-s for DNA, esm2 for proteins.",
 )
 @click.option(
@@ -230,7 +219,7 @@ def _parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @outdir_option("Output folder.")
-    @chunk_length_option
+    @chunk_length_option()
     @click.option("--save-embeddings", is_flag=True, help="Also write embeddings.h5 (per kept frame).")
     @click.option(
         "--gpus",
@@ -271,9 +260,7 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @cli.command(context_settings=_CONTEXT)
 @click.argument("input_path", metavar="INPUT", required=False)
-@click.option("--dnabert", help="DNABERT-S folder or Hugging Face id (e.g. zhihan1996/DNABERT-S).")
-@click.option("--esm", help="ESM-2 folder, fair-esm .pt, Hugging Face id or fair-esm name.")
-@click.option("--classifier", help="Upstream classifier (500_model.pth / 300_model.pth) or .safetensors.")
+@checkpoint_options(required=False)
 @click.option(
     "--demo",
     is_flag=True,
@@ -366,7 +353,7 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
 
 @cli.command(context_settings=_CONTEXT)
 @outdir_option("Output folder.")
-@chunk_length_option
+@chunk_length_option()
 @encoder_options
 @common_options
 def demo(
@@ -393,38 +380,24 @@ def demo(
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--dnabert", required=True, help="DNABERT-S folder or Hugging Face id.")
-@click.option("--esm", required=True, help="ESM-2 folder, fair-esm .pt, Hugging Face id or fair-esm name.")
-@click.option("--classifier", required=True, help="Upstream classifier (.pth) or .safetensors.")
+@checkpoint_options(required=True)
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "onnxruntime", "inductor", "tensorrt"]),
+    type=click.Choice(("auto", *ENGINE_BACKENDS)),
     default="auto",
     show_default=True,
     help=auto_help(),
 )
-@click.option(
-    "--precision", type=click.Choice(["fp32", "fp16", "bf16", "fp8"]), default="fp32", show_default=True
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "-o",
-    "--outdir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Engine directory.",
-)
-@click.option(
-    "--max-batch-tokens",
-    type=click.IntRange(min=16),
-    default=None,
-    help="Token budget the engines are shaped for (default 4096 on CPU, 32768 on CUDA).",
-)
+@precision_option("fp32")
+@device_option
+@outdir_option("Engine directory.")
+@max_batch_tokens_option(f"Token budget the engines are shaped for (default {DEFAULT_BUDGETS}).")
 @click.option(
     "--max-length",
     type=click.IntRange(min=4),
     default=None,
-    help="Longest input in tokens (default: 512 for DNABERT-S, 1026 for ESM-2).",
+    help=f"Longest input in tokens (default: {DNABERT_S.max_length} for {DNABERT_S.title}, "
+    f"{ESM2.max_length} for {ESM2.title}).",
 )
 @click.option("--keep-failing", is_flag=True, help="Keep engines that fail the parity gate (recorded).")
 @click.option(
