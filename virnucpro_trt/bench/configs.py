@@ -34,6 +34,7 @@ import torch
 from virnucpro_trt.bench.models import MasterEncoders, ModelSet
 from virnucpro_trt.bench.peer import PEER, compile_backends, peer_unavailable_reason
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.models.kinds import ENCODER_NAMES
 from virnucpro_trt.runtime.frame_path import FrameModels
 from virnucpro_trt.settings import ENGINE_BACKENDS, PRECISIONS, EncoderSettings
 
@@ -207,10 +208,10 @@ def _open_eager(ctx: OpenContext, precision: str, budgets: tuple[int, int]) -> O
 
     configure_fp32_reference()  # TF32 off: fp32 means fp32, for the reference and for eager fp32 alike
     run = open_models(
-        ctx.encoder_settings("torch", precision, None), ctx.models.specs(), ("dnabert-s", "esm2"), True,
+        ctx.encoder_settings("torch", precision, None), ctx.models.specs(), ENCODER_NAMES, True,
         loader=ctx.masters,
     )  # fmt: skip
-    for kind, budget in zip(("dnabert-s", "esm2"), budgets, strict=True):
+    for kind, budget in zip(ENCODER_NAMES, budgets, strict=True):
         run.encoders[kind] = dataclasses.replace(run.encoders[kind], max_batch_tokens=budget)
     batching = {"dnabert_max_batch_tokens": budgets[0], "esm_max_batch_tokens": budgets[1]}
     return Opened(run.frame_models(), batching, None, 0.0)
@@ -255,7 +256,7 @@ def _open_engines(spec: ConfigSpec, ctx: OpenContext) -> Opened:
     try:
         run = open_models(
             ctx.encoder_settings(spec.backend, spec.precision, ctx.max_batch_tokens), ctx.models.specs(),
-            ("dnabert-s", "esm2"), True, engines=folder, rebuild=False,
+            ENCODER_NAMES, True, engines=folder, rebuild=False,
         )  # fmt: skip
     except EngineMismatchError as exc:
         if given:  # built for another GPU, other libraries or other weights: cannot run here
@@ -264,7 +265,7 @@ def _open_engines(spec: ConfigSpec, ctx: OpenContext) -> Opened:
     manifest_build = run.engine_build
     budget = run.encoders["esm2"].max_batch_tokens
     source = "given" if given else ("reused" if before == _manifest_text(folder / MANIFEST_NAME) else "built")
-    manifest_models = {kind: run.encoders[kind].info.get("parity") or {} for kind in ("dnabert-s", "esm2")}
+    manifest_models = {kind: run.encoders[kind].info.get("parity") or {} for kind in ENCODER_NAMES}
     engine = {
         "dir": str(folder),
         "source": source,

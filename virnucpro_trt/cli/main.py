@@ -435,7 +435,7 @@ def build(
         keep_failing, hardware_compatible, attention,
     )  # fmt: skip
     manifest = build_engines(settings, command=sys.argv)
-    for kind in ("dnabert-s", "esm2"):
+    for kind in ENCODER_NAMES:
         entry = manifest.models[kind]
         parity = entry.parity
         log.info(

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro_trt.errors import RunFailure
+from virnucpro_trt.models.kinds import ENCODER_NAMES
 from virnucpro_trt.outputs.shard_results import embeddings_npz, write_shard_results
 from virnucpro_trt.outputs.tables import write_frame_rows, write_sequence_rows
 from virnucpro_trt.outputs.upstream import ChunkMaxima, write_prediction_rows
@@ -94,7 +95,7 @@ class PredictShardProcessor:
         engines = job.known.engines.folder if job.known.engines is not None else None
         specs = named if engines is None else dict.fromkeys(named)
         models = open_models(
-            encoders, specs, ("dnabert-s", "esm2"), True, engines, rebuild=False, known=job.known
+            encoders, specs, ENCODER_NAMES, True, engines, rebuild=False, known=job.known
         )
         self.models = models.frame_models()  # the classifier goes to the GPU on CUDA
         self.dnabert: LoadedEncoder = self.models.dnabert
