@@ -58,7 +58,6 @@ from typing import Any
 import torch
 
 from virnucpro_trt.engines.inductor_configs import inductor_configs
-from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8, fp8_unavailable_reason
 from virnucpro_trt.engines.inductor_model import DTYPES, device_copy
 from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata, extern_kernels, load_package
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes, exported_bounds, tile_example
@@ -80,6 +79,14 @@ def _triton_version() -> str | None:
         return importlib.import_module("triton").__version__
     except Exception:  # not installed, or a broken install: either way no triton to bind to
         return None
+
+
+def _fp8_linears(model: torch.nn.Module, fast_accum: bool) -> int:
+    """:func:`~virnucpro_trt.engines.inductor_fp8.convert_to_fp8`, imported here: it brings the model code
+    (ESM-2's layer) with it, which loading a package must not need."""
+    from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8
+
+    return convert_to_fp8(model, fast_accum)
 
 
 def _export(model: torch.nn.Module, example: tuple[torch.Tensor, ...], graph: GraphShapes, kind: str) -> Any:
@@ -120,8 +127,11 @@ class InductorBackend:
                 return f"{device} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
             if _triton_version() is None:
                 return "AOTInductor on CUDA needs triton, which is not importable"
-        if precision == "fp8" and (reason := fp8_unavailable_reason(device)) is not None:
-            return reason
+        if precision == "fp8":
+            from virnucpro_trt.engines.inductor_fp8 import fp8_unavailable_reason  # build time: model code
+
+            if (reason := fp8_unavailable_reason(device)) is not None:
+                return reason
         if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
             return "AOTInductor needs a C++ compiler (g++) on PATH to build packages"
         return None
@@ -145,7 +155,7 @@ class InductorBackend:
 
         started = time.perf_counter()
         engine_model = device_copy(request.model, device, DTYPES[precision])
-        if precision == "fp8" and convert_to_fp8(engine_model, options.fp8_fast_accum) == 0:
+        if precision == "fp8" and _fp8_linears(engine_model, options.fp8_fast_accum) == 0:
             raise BuildError(
                 f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"
             )
