@@ -25,15 +25,16 @@ from virnucpro_trt.cli.command_options import (
     max_batch_tokens_option,
 )
 from virnucpro_trt.models.kinds import MODELS
-from virnucpro_trt.settings import PRECISIONS
+from virnucpro_trt.settings import ENGINE_BACKENDS, PRECISIONS
 
 log = logging.getLogger("virnucpro_trt")
 
+_DEFAULT_BACKENDS = ",".join(("torch", *ENGINE_BACKENDS))
 _BACKENDS_HELP = (
     "Comma-separated configurations to compare with the reference: torch (eager PyTorch at --precision), "
     "onnxruntime, inductor, tensorrt (engines built on the fly into --workdir by the real build code), "
     "compile (the peer: the same models under torch.compile; fp8 through torchao's float8 quantisation). "
-    "Default: torch,onnxruntime,inductor,tensorrt; with --engines: torch."
+    f"Default: {_DEFAULT_BACKENDS}; with --engines: torch."
 )
 _PRECISIONS = ("auto", *PRECISIONS)
 _RANDOM_SIZES = ("full", "tiny", "full-outliers", "tiny-outliers")  # bench/models.RANDOM_SIZES
@@ -236,7 +237,7 @@ def bench(
         esm=esm,
         classifier=classifier,
         random_weights=random_weights,
-        backends=parse_backends(backends or ("torch" if engines else "torch,onnxruntime,inductor,tensorrt")),
+        backends=parse_backends(backends or ("torch" if engines else _DEFAULT_BACKENDS)),
         precision=precision,
         engines=tuple(engines),
         workdir=workdir,
