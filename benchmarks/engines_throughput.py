@@ -32,7 +32,13 @@ from virnucpro_trt.bench.timing import time_embedding
 from virnucpro_trt.bench.workload import frame_sequences
 from virnucpro_trt.engines.parity import compare
 from virnucpro_trt.engines.registry import get_backend
-from virnucpro_trt.engines.spec import BuildOptions, arch_tag, artifact_name, default_shape_range
+from virnucpro_trt.engines.spec import (
+    BuildOptions,
+    BuildRequest,
+    arch_tag,
+    artifact_name,
+    default_shape_range,
+)
 from virnucpro_trt.models.dnabert import DNABERT_S_CONFIG
 from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
 from virnucpro_trt.models.random_checkpoints import (
@@ -43,10 +49,9 @@ from virnucpro_trt.models.random_checkpoints import (
     train_dna_tokenizer,
 )
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
+from virnucpro_trt.runtime.device import PRECISIONS as DTYPES
 from virnucpro_trt.runtime.device import configure_fp32_reference
 from virnucpro_trt.runtime.embedding import TorchBackend, embed_sequences
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def bench_model(
@@ -107,7 +112,7 @@ def bench_model(
                 ids, mask = pad_batch(tokens[:4], tokenizer.pad_id)
                 out = workdir / artifact_name(kind, arch_tag(device), precision, backend.extension)
                 start = time.perf_counter()
-                built = backend.build(
+                request = BuildRequest(
                     copy.deepcopy(reference_model),
                     kind,
                     (torch.from_numpy(ids), torch.from_numpy(mask)),
@@ -117,8 +122,9 @@ def bench_model(
                     out,
                     BuildOptions(workdir=workdir, max_autotune=args.max_autotune),
                 )
+                built = backend.build(request)
                 build_s = time.perf_counter() - start
-                runner = backend.load(built.path, kind, device, precision, dim, tokenizer.pad_id, shapes)
+                runner = backend.load(request.load_request(built.path, dim, tokenizer.pad_id))
                 row["build_facts"] = {
                     k: v for k, v in built.facts.items() if isinstance(v, str | int | float)
                 }

@@ -50,6 +50,7 @@ from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.sequences.prepare import prepare_blocks
 from virnucpro_trt.sequences.reader import read_records
 from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta
+from virnucpro_trt.settings import PRECISIONS
 
 
 def placements(gpus: list[str] | None, workers: list[int] | None, device: str) -> list[tuple[str, list[str]]]:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=20000)
     parser.add_argument("--backend", default="inductor", help="torch, onnxruntime, inductor or tensorrt")
-    parser.add_argument("--precision", default="bf16", choices=("fp32", "fp16", "bf16", "fp8"))
+    parser.add_argument("--precision", default="bf16", choices=PRECISIONS)
     parser.add_argument("--gpus", action="append", help="a --gpus setting to run (repeatable)")
     parser.add_argument(
         "--workers", type=int, action="append", help="with --device cpu: a CPU worker count (repeatable)"

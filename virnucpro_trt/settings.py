@@ -10,9 +10,15 @@ from pathlib import Path
 from typing import Any
 
 CHUNK_LENGTHS = (300, 500)
+# The backends a compiled engine can be built with (engines/registry.py says where each lives and what
+# it has been verified on).
+ENGINE_BACKENDS = ("onnxruntime", "inductor", "tensorrt")
 # "torch" runs the native models eagerly; the others are compiled engines (built into ENGINE_DIR or,
 # without --engines, into OUTDIR/engines and reused while they match). "auto" picks an engine backend.
-BACKENDS = ("torch", "auto", "onnxruntime", "inductor", "tensorrt")
+BACKENDS = ("torch", "auto", *ENGINE_BACKENDS)
+# Encoder precisions: eager PyTorch runs the first three, fp8 only exists as engines on Hopper-class
+# GPUs. Each runtime maps these names to its own types (runtime/device.py, engines/*: DTYPES).
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 DEFAULT_CPU_BATCH_TOKENS = 4096
 # Attention kernels a CUDA engine can be built with (runtime/attention_kernel.py says why); here, torch-free,
 # so the CLI offers the same names the runtime accepts.

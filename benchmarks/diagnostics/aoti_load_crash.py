@@ -60,12 +60,12 @@ def _example() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _load_and_run(path: Path, precision: str, label: str) -> None:
     from virnucpro_trt.engines import inductor_backend
-    from virnucpro_trt.engines.spec import default_shape_range
+    from virnucpro_trt.engines.spec import LoadRequest, default_shape_range
 
     shapes = default_shape_range("dnabert-s", 32768)
     ids, mask = _example()
     runner = inductor_backend.INDUCTOR_BACKEND.load(
-        path, "dnabert-s", torch.device("cuda:0"), precision, 64, 3, shapes
+        LoadRequest(path, "dnabert-s", torch.device("cuda:0"), precision, 64, 3, shapes)
     )
     out = runner.embed_padded(ids.numpy(), mask.numpy())
     print(label, "loaded and ran OK:", out.shape, flush=True)
@@ -95,7 +95,7 @@ def variant(name: str) -> None:
         import onnxruntime  # noqa: F401
 
     from virnucpro_trt.engines import inductor_backend
-    from virnucpro_trt.engines.spec import BuildOptions, default_shape_range
+    from virnucpro_trt.engines.spec import BuildOptions, BuildRequest, default_shape_range
     from virnucpro_trt.models.random_checkpoints import random_dnabert
 
     device = torch.device("cuda:0")
@@ -120,14 +120,16 @@ def variant(name: str) -> None:
         }
     start = time.time()
     built = inductor_backend.INDUCTOR_BACKEND.build(
-        model,
-        "dnabert-s",
-        example,
-        default_shape_range("dnabert-s", 32768),
-        precision,
-        device,
-        folder / "m.pt2",
-        options,
+        BuildRequest(
+            model,
+            "dnabert-s",
+            example,
+            default_shape_range("dnabert-s", 32768),
+            precision,
+            device,
+            folder / "m.pt2",
+            options,
+        )
     )
     print(name, "built in", round(time.time() - start, 1), "s", flush=True)
     if name == "warm_cuda":

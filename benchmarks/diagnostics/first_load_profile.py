@@ -30,12 +30,12 @@ BUILD = r"""
 import sys, torch
 from pathlib import Path
 from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
-from virnucpro_trt.engines.spec import BuildOptions, ShapeRange
+from virnucpro_trt.engines.spec import BuildRequest, ShapeRange
 from virnucpro_trt.models.random_checkpoints import random_esm2
 cuda = torch.device("cuda", 0)
 model, shapes = random_esm2(seed=1), ShapeRange(1, 16, 64, 2, 40, 130)
 example = (torch.randint(4, 24, (4, 12)), torch.ones(4, 12, dtype=torch.int64))
-INDUCTOR_BACKEND.build(model, "esm2", example, shapes, "bf16", cuda, Path(sys.argv[1]), BuildOptions())
+INDUCTOR_BACKEND.build(BuildRequest(model, "esm2", example, shapes, "bf16", cuda, Path(sys.argv[1])))
 """
 
 LOAD = r"""

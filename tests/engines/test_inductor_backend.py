@@ -20,7 +20,14 @@ import pytest
 import torch
 
 from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
-from virnucpro_trt.engines.spec import BuildOptions, BuiltArtifact, ModelKind, ShapeRange
+from virnucpro_trt.engines.spec import (
+    BuildOptions,
+    BuildRequest,
+    BuiltArtifact,
+    LoadRequest,
+    ModelKind,
+    ShapeRange,
+)
 from virnucpro_trt.errors import BuildError, EngineMismatchError, ShapeRangeError
 from virnucpro_trt.models.random_checkpoints import random_dnabert, random_esm2
 from virnucpro_trt.models.tokenization import pad_batch
@@ -68,9 +75,10 @@ def _build(
 ) -> Engine:
     example = (torch.randint(4, 24, (3, 11)), torch.ones(3, 11, dtype=torch.int64))
     out = tmp / f"{kind}.cpu.fp32.pt2"
-    built = INDUCTOR_BACKEND.build(model, kind, example, shapes, "fp32", CPU, out, BuildOptions(extra=extra))
+    request = BuildRequest(model, kind, example, shapes, "fp32", CPU, out, BuildOptions(extra=extra))
+    built = INDUCTOR_BACKEND.build(request)
     dim = int(model(*example).shape[-1])
-    runner = INDUCTOR_BACKEND.load(built.path, kind, CPU, "fp32", dim, pad_id, shapes)
+    runner = INDUCTOR_BACKEND.load(request.load_request(built.path, dim, pad_id))
     return Engine(kind, model, shapes, pad_id, min_real, built, runner)
 
 
@@ -165,10 +173,10 @@ import json, sys
 from pathlib import Path
 import numpy as np, torch
 from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
-from virnucpro_trt.engines.spec import ShapeRange
+from virnucpro_trt.engines.spec import LoadRequest, ShapeRange
 path, shapes, ids, mask, out = sys.argv[1:]
-runner = INDUCTOR_BACKEND.load(Path(path), "esm2", torch.device("cpu"), "fp32", 64, 1,
-                               ShapeRange.from_json(json.loads(shapes)))
+runner = INDUCTOR_BACKEND.load(LoadRequest(Path(path), "esm2", torch.device("cpu"), "fp32", 64, 1,
+                                           ShapeRange.from_json(json.loads(shapes))))
 np.save(out, runner.embed_padded(np.load(ids), np.load(mask)))
 print(json.dumps(sorted(m for m in sys.modules if m.startswith("virnucpro_trt.models"))))
 """
@@ -216,15 +224,15 @@ def test_loading_skips_the_cpu_isa_probe(esm_engine: Engine, monkeypatch: pytest
 def test_load_checks_the_package_against_the_manifest(esm_engine: Engine, tmp_path: Path) -> None:
     path, shapes = esm_engine.built.path, esm_engine.shapes
     with pytest.raises(EngineMismatchError, match=r"kind esm2 \(expected dnabert-s\)"):
-        INDUCTOR_BACKEND.load(path, "dnabert-s", CPU, "fp32", 64, 1, shapes)
+        INDUCTOR_BACKEND.load(LoadRequest(path, "dnabert-s", CPU, "fp32", 64, 1, shapes))
     with pytest.raises(
         EngineMismatchError, match=r"precision fp32 \(expected bf16\).*dim 64 \(expected 32\)"
     ):
-        INDUCTOR_BACKEND.load(path, "esm2", CPU, "bf16", 32, 1, shapes)
+        INDUCTOR_BACKEND.load(LoadRequest(path, "esm2", CPU, "bf16", 32, 1, shapes))
     with pytest.raises(EngineMismatchError, match="accepts at most 8 x 45"):
-        INDUCTOR_BACKEND.load(path, "esm2", CPU, "fp32", 64, 1, ShapeRange(1, 4, 16, 2, 20, 45))
+        INDUCTOR_BACKEND.load(LoadRequest(path, "esm2", CPU, "fp32", 64, 1, ShapeRange(1, 4, 16, 2, 20, 45)))
     with pytest.raises(EngineMismatchError, match="missing"):
-        INDUCTOR_BACKEND.load(tmp_path / "none.pt2", "esm2", CPU, "fp32", 64, 1, shapes)
+        INDUCTOR_BACKEND.load(LoadRequest(tmp_path / "none.pt2", "esm2", CPU, "fp32", 64, 1, shapes))
 
 
 def test_runner_rejects_shapes_outside_the_range(esm_engine: Engine) -> None:
@@ -256,8 +264,10 @@ def test_fp8_build_on_cpu_fails_in_one_line(tmp_path: Path) -> None:
     example = (torch.randint(4, 24, (2, 5)), torch.ones(2, 5, dtype=torch.int64))
     with pytest.raises(BuildError, match=r"^fp8 needs") as info:
         INDUCTOR_BACKEND.build(
-            random_esm2(), "esm2", example, ShapeRange(1, 2, 4, 2, 5, 9), "fp8", CPU, tmp_path / "x.pt2",
-            BuildOptions(),
+            BuildRequest(
+                random_esm2(), "esm2", example, ShapeRange(1, 2, 4, 2, 5, 9), "fp8", CPU, tmp_path / "x.pt2",
+                BuildOptions(),
+            )
         )  # fmt: skip
     assert "\n" not in str(info.value) and not (tmp_path / "x.pt2").exists()
 
@@ -283,11 +293,11 @@ def test_cuda_build_matches_fp32(precision: str, tmp_path: Path) -> None:
         pytest.skip(reason)
     model, shapes = random_esm2(seed=33), ShapeRange(1, 16, 64, 2, 40, 130)
     example = (torch.randint(4, 24, (4, 12)), torch.ones(4, 12, dtype=torch.int64))
-    built = INDUCTOR_BACKEND.build(
-        model, "esm2", example, shapes, precision, cuda, tmp_path / f"esm2.{precision}.pt2", BuildOptions()
-    )
+    path = tmp_path / f"esm2.{precision}.pt2"
+    request = BuildRequest(model, "esm2", example, shapes, precision, cuda, path)
+    built = INDUCTOR_BACKEND.build(request)
     assert built.facts["dynamic_dims"]["sequence_multiple"] == 8
-    runner = INDUCTOR_BACKEND.load(built.path, "esm2", cuda, precision, 64, 1, shapes)
+    runner = INDUCTOR_BACKEND.load(request.load_request(built.path, 64, 1))
     engine = Engine("esm2", model, shapes, 1, 3, built, runner)
     rng = np.random.default_rng(4)
     floor = 0.9995 if precision == "bf16" else 0.99
@@ -316,8 +326,9 @@ def test_cuda_engine_out_of_memory_splits_the_batch(tmp_path: Path, caplog: pyte
     model, shapes = random_esm2(seed=35), ShapeRange(1, 64, 256, 2, 256, 514)
     example = (torch.randint(4, 24, (4, 40)), torch.ones(4, 40, dtype=torch.int64))
     path = tmp_path / "esm2.bf16.pt2"
-    built = INDUCTOR_BACKEND.build(model, "esm2", example, shapes, "bf16", cuda, path, BuildOptions())
-    runner = INDUCTOR_BACKEND.load(built.path, "esm2", cuda, "bf16", 64, 1, shapes)
+    request = BuildRequest(model, "esm2", example, shapes, "bf16", cuda, path)
+    built = INDUCTOR_BACKEND.build(request)
+    runner = INDUCTOR_BACKEND.load(request.load_request(built.path, 64, 1))
     rng = np.random.default_rng(6)
     tokens = [rng.integers(4, 24, size=int(n)) for n in rng.integers(480, 513, size=256)]
     budget = 256 * 520  # the whole set is one batch
@@ -358,11 +369,12 @@ def test_cuda_build_bakes_in_the_requested_attention(kind: ModelKind, attention:
         model, shapes, pad_id, min_real = random_dnabert(seed=37), ShapeRange(1, 16, 64, 2, 40, 130), 3, 2
     example = (torch.randint(4, 24, (4, 12)), torch.ones(4, 12, dtype=torch.int64))
     options = BuildOptions(attention=attention)
-    built = INDUCTOR_BACKEND.build(model, kind, example, shapes, "bf16", cuda, tmp_path / "e.pt2", options)
+    request = BuildRequest(model, kind, example, shapes, "bf16", cuda, tmp_path / "e.pt2", options)
+    built = INDUCTOR_BACKEND.build(request)
     assert built.facts["attention"] == attention
     calls = [k for k in built.facts["extern_kernels"] if "attention" in k]
     assert calls == [f"_scaled_dot_product_{attention}_attention"], built.facts["extern_kernels"]
-    runner = INDUCTOR_BACKEND.load(built.path, kind, cuda, "bf16", 64, pad_id, shapes)
+    runner = INDUCTOR_BACKEND.load(request.load_request(built.path, 64, pad_id))
     engine = Engine(kind, model, shapes, pad_id, min_real, built, runner)
     rng = np.random.default_rng(8)
     for batch, length in ((1, 3), (7, 41), (64, 130), (33, 97)):

@@ -18,7 +18,7 @@ from virnucpro_trt.engines.onnxruntime_backend import (
     cuda_provider_list,
     profile_shapes,
 )
-from virnucpro_trt.engines.spec import BuildOptions, ShapeRange, artifact_name
+from virnucpro_trt.engines.spec import BuildOptions, BuildRequest, LoadRequest, ShapeRange, artifact_name
 from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import EngineMismatchError, ShapeRangeError, UserError
 from virnucpro_trt.models.random_checkpoints import (
@@ -67,10 +67,10 @@ def built(tmp_path_factory) -> dict:
         ids, mask = pad_batch(tokens(kind, [12, 7, 19], seed=1), PAD[kind])
         example = (torch.from_numpy(ids), torch.from_numpy(mask))
         path = out / artifact_name(kind, "cpu", "fp32", ONNXRUNTIME_BACKEND.extension)
-        artifact = ONNXRUNTIME_BACKEND.build(
-            model_for(kind), kind, example, SHAPES, "fp32", CPU, path, BuildOptions(workdir=out)
-        )
-        runner = ONNXRUNTIME_BACKEND.load(artifact.path, kind, CPU, "fp32", DIM[kind], PAD[kind], SHAPES)
+        options = BuildOptions(workdir=out)
+        request = BuildRequest(model_for(kind), kind, example, SHAPES, "fp32", CPU, path, options)
+        artifact = ONNXRUNTIME_BACKEND.build(request)
+        runner = ONNXRUNTIME_BACKEND.load(request.load_request(artifact.path, DIM[kind], PAD[kind]))
         result[kind] = (artifact, runner)
     return result
 
@@ -140,7 +140,7 @@ def test_backend_identity_and_library_binding() -> None:
 
 def test_missing_artifact_is_an_engine_mismatch(tmp_path) -> None:
     with pytest.raises(EngineMismatchError, match="does not exist"):
-        ONNXRUNTIME_BACKEND.load(tmp_path / "nope.onnx", "esm2", CPU, "fp32", 64, 1, SHAPES)
+        ONNXRUNTIME_BACKEND.load(LoadRequest(tmp_path / "nope.onnx", "esm2", CPU, "fp32", 64, 1, SHAPES))
 
 
 def test_provider_choice_is_validated(monkeypatch) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from virnucpro_trt.engines import tensorrt_plan as tp
 from virnucpro_trt.engines.onnx_export import INPUT_NAMES, OUTPUT_NAME
-from virnucpro_trt.engines.spec import ShapeRange
+from virnucpro_trt.engines.spec import BuildRequest, LoadRequest, ShapeRange
 from virnucpro_trt.engines.tensorrt_backend import (
     TENSORRT_BACKEND,
     build_plan_file,
@@ -526,7 +526,8 @@ def test_loading_without_any_tensorrt_runtime_is_one_clear_error(tmp_path: Path)
     else:
         pytest.skip("a TensorRT runtime is installed here")
     with pytest.raises(UserError, match=r"no TensorRT runtime here .*tensorrt_lean"):
-        TENSORRT_BACKEND.load(tmp_path / "x.plan", "esm2", torch.device("cuda:0"), "bf16", 8, 1, SHAPES)
+        cuda = torch.device("cuda:0")
+        TENSORRT_BACKEND.load(LoadRequest(tmp_path / "x.plan", "esm2", cuda, "bf16", 8, 1, SHAPES))
     assert "no TensorRT runtime here" in (TENSORRT_BACKEND.run_problem(torch.device("cuda:0"), "bf16") or "")
     assert "CUDA devices, not cpu" in (TENSORRT_BACKEND.run_problem(torch.device("cpu"), "fp32") or "")
 
@@ -730,9 +731,10 @@ def test_real_tensorrt_build_matches_torch(tmp_path: Path, precision: str) -> No
     path = tmp_path / f"dnabert-s.sm.{precision}.plan"
     example = (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2]))
     model = random_dnabert(seed=5).to(device)
-    built = TENSORRT_BACKEND.build(model, "dnabert-s", example, SHAPES, precision, device, path, options)
+    request = BuildRequest(model, "dnabert-s", example, SHAPES, precision, device, path, options)
+    built = TENSORRT_BACKEND.build(request)
     assert path.is_file() and options.timing_cache.is_file() and tp.sidecar_path(path) in built.files
-    runner = TENSORRT_BACKEND.load(path, "dnabert-s", device, precision, 64, 3, SHAPES)
+    runner = TENSORRT_BACKEND.load(request.load_request(path, 64, 3))
     got = runner.embed_padded(ids, mask)
     tolerance = 1e-4 if precision == "fp32" else 5e-3
     np.testing.assert_allclose(got, want, atol=tolerance, rtol=0)
@@ -758,10 +760,11 @@ def test_real_tensorrt_engine_with_several_profiles_runs_every_profile(tmp_path:
     ids, mask = pad_batch(rows[:2], 3)
     model = random_dnabert(seed=7).to(device)
     example = (torch.from_numpy(ids), torch.from_numpy(mask))
-    built = TENSORRT_BACKEND.build(model, "dnabert-s", example, SHAPES, "fp32", device, path, options)
+    request = BuildRequest(model, "dnabert-s", example, SHAPES, "fp32", device, path, options)
+    built = TENSORRT_BACKEND.build(request)
     assert built.facts["plan"]["profiles"] == [p.to_json() for p in PROFILES]
     assert tp.read_sidecar(path)["plan"]["profiles"] == [p.to_json() for p in PROFILES]
-    runner = TENSORRT_BACKEND.load(path, "dnabert-s", device, "fp32", 64, 3, SHAPES)
+    runner = TENSORRT_BACKEND.load(request.load_request(path, 64, 3))
     assert len(runner.profiles) == 2
     reference = random_dnabert(seed=7).to(device)
     for batch in (rows[:2], rows[2:5], rows):  # profile 0; profile 1 in 2 chunks; all rows in 3 chunks

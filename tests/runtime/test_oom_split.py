@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,9 +113,10 @@ ORT_ARENA = (
 
 def _ort_runner(session: FakeOrtSession):
     from virnucpro_trt.engines.onnxruntime_backend import OrtRunner
-    from virnucpro_trt.engines.spec import ShapeRange
+    from virnucpro_trt.engines.spec import LoadRequest, ShapeRange
 
-    return OrtRunner(session, "esm2", 3, 0, ShapeRange(1, 8, 64, 1, 8, 64))
+    shapes = ShapeRange(1, 8, 64, 1, 8, 64)
+    return OrtRunner(session, LoadRequest(Path("e.onnx"), "esm2", torch.device("cpu"), "fp32", 3, 0, shapes))
 
 
 @pytest.mark.parametrize("message", [ORT_ARENA, "CUDA failure 2: out of memory ; GPU=0 ; hostname=h200"])

@@ -10,7 +10,8 @@ import pytest
 from virnucpro_trt.errors import InputFormatError, UserError
 from virnucpro_trt.outputs.shard_results import write_shard_results
 from virnucpro_trt.pipeline.inputs import validate_input
-from virnucpro_trt.runtime.resume import WorkDir, marker_path, outdir_lock
+from virnucpro_trt.runtime.resume import WorkDir, outdir_lock
+from virnucpro_trt.runtime.shard_marker import ShardReport, marker_path, result_roles
 from virnucpro_trt.runtime.shards import (
     ShardSplitter,
     default_shard_records,
@@ -126,6 +127,10 @@ def _commit_shards(work: WorkDir, reads: Path) -> list:
     return shards
 
 
+REPORT = ShardReport({}, {}, worker=0, device="cpu", device_name="cpu", attempt=1, pid=1)
+TEXT = result_roles(embeddings=False)
+
+
 def test_work_dir_state_refusal_force_and_marker_checks(tmp_path):
     work = WorkDir(tmp_path)
     assert work.open("sha-a", "fp-1", force=False) is False
@@ -137,21 +142,21 @@ def test_work_dir_state_refusal_force_and_marker_checks(tmp_path):
     shards = _commit_shards(work, reads)
     contents = {"prediction": b"row\n", "frames": b"", "sequences": b"s\n", "maxima": b""}
     for shard in shards:
-        write_shard_results(work.results, shard, contents, {"counts": {}})
+        write_shard_results(work.results, shard, contents, REPORT)
     assert work.open("sha-a", "fp-1", force=False) is True
-    assert sorted(work.finished_shards(shards)) == [0, 1]
+    assert sorted(work.finished_shards(shards, TEXT)) == [0, 1]
     # A result file changed after its marker was written: that shard is redone.
     (work.results / "shard-000001.prediction.txt").write_bytes(b"rox\n")
-    assert sorted(work.finished_shards(shards)) == [0]
+    assert sorted(work.finished_shards(shards, TEXT)) == [0]
     assert not marker_path(work.results, shards[1]).exists()
     # A marker for other records is not trusted either.
     marker = json.loads(marker_path(work.results, shards[0]).read_text())
     marker["records"] += 1
     marker_path(work.results, shards[0]).write_text(json.dumps(marker))
-    assert work.finished_shards(shards) == {}
+    assert work.finished_shards(shards, TEXT) == {}
 
     for shard in shards:
-        write_shard_results(work.results, shard, contents, {"counts": {}})
+        write_shard_results(work.results, shard, contents, REPORT)
     with pytest.raises(UserError, match=r"different input.*--force"):
         work.open("sha-b", "fp-1", force=False)
     with pytest.raises(UserError, match="different settings"):

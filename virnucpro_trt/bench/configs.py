@@ -34,22 +34,20 @@ import torch
 from virnucpro_trt.bench.models import MasterEncoders, ModelSet
 from virnucpro_trt.bench.peer import PEER, compile_backends, peer_unavailable_reason
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.models.kinds import ENCODER_NAMES
 from virnucpro_trt.runtime.frame_path import FrameModels
+from virnucpro_trt.settings import ENGINE_BACKENDS, PRECISIONS, EncoderSettings
 
 log = logging.getLogger(__name__)
 
 REFERENCE = "reference"
 EAGER = "torch"
-ENGINE_BACKENDS = ("onnxruntime", "inductor", "tensorrt")
 BENCH_BACKENDS = (EAGER, *ENGINE_BACKENDS, PEER)
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 AUTO_PRECISION = "auto"
 # Upstream's batching: DNABERT-S embedded one read frame at a time (a budget of one token gives batches
 # of one without padding), ESM-2 through fair-esm's extract loop with toks_per_batch=2048.
 REFERENCE_DNABERT_BATCH_TOKENS = 1
 REFERENCE_ESM_TOKS_PER_BATCH = 2048
-# The same defaults as ``predict --max-batch-tokens``.
-DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 32768}
 
 
 class Unavailable(Exception):
@@ -150,11 +148,10 @@ class OpenContext:
 
     @property
     def batch_tokens(self) -> int:
-        return self.max_batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 4096)
+        """``--max-batch-tokens``, or ``predict``'s default for the device."""
+        return EncoderSettings(max_batch_tokens=self.max_batch_tokens).batch_tokens_for(self.device.type)
 
-    def encoder_settings(self, backend: str, precision: str, max_batch_tokens: int | None) -> Any:
-        from virnucpro_trt.settings import EncoderSettings
-
+    def encoder_settings(self, backend: str, precision: str, max_batch_tokens: int | None) -> EncoderSettings:
         return EncoderSettings(backend, str(self.device), precision, max_batch_tokens, self.threads)
 
 
@@ -211,10 +208,10 @@ def _open_eager(ctx: OpenContext, precision: str, budgets: tuple[int, int]) -> O
 
     configure_fp32_reference()  # TF32 off: fp32 means fp32, for the reference and for eager fp32 alike
     run = open_models(
-        ctx.encoder_settings("torch", precision, None), ctx.models.specs(), ("dnabert-s", "esm2"), True,
+        ctx.encoder_settings("torch", precision, None), ctx.models.specs(), ENCODER_NAMES, True,
         loader=ctx.masters,
     )  # fmt: skip
-    for kind, budget in zip(("dnabert-s", "esm2"), budgets, strict=True):
+    for kind, budget in zip(ENCODER_NAMES, budgets, strict=True):
         run.encoders[kind] = dataclasses.replace(run.encoders[kind], max_batch_tokens=budget)
     batching = {"dnabert_max_batch_tokens": budgets[0], "esm_max_batch_tokens": budgets[1]}
     return Opened(run.frame_models(), batching, None, 0.0)
@@ -259,7 +256,7 @@ def _open_engines(spec: ConfigSpec, ctx: OpenContext) -> Opened:
     try:
         run = open_models(
             ctx.encoder_settings(spec.backend, spec.precision, ctx.max_batch_tokens), ctx.models.specs(),
-            ("dnabert-s", "esm2"), True, engines=folder, rebuild=False,
+            ENCODER_NAMES, True, engines=folder, rebuild=False,
         )  # fmt: skip
     except EngineMismatchError as exc:
         if given:  # built for another GPU, other libraries or other weights: cannot run here
@@ -268,7 +265,7 @@ def _open_engines(spec: ConfigSpec, ctx: OpenContext) -> Opened:
     manifest_build = run.engine_build
     budget = run.encoders["esm2"].max_batch_tokens
     source = "given" if given else ("reused" if before == _manifest_text(folder / MANIFEST_NAME) else "built")
-    manifest_models = {kind: run.encoders[kind].info.get("parity") or {} for kind in ("dnabert-s", "esm2")}
+    manifest_models = {kind: run.encoders[kind].info.get("parity") or {} for kind in ENCODER_NAMES}
     engine = {
         "dir": str(folder),
         "source": source,

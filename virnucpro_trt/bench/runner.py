@@ -45,6 +45,7 @@ from virnucpro_trt.bench.timing import measure
 from virnucpro_trt.bench.workload import Workload, fasta_workload, generated_workload
 from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.settings import ENGINE_BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class BenchSettings:
     esm: str | None = None
     classifier: str | None = None
     random_weights: str | None = None  # "full" | "tiny" | "full-outliers" | "tiny-outliers"
-    backends: tuple[str, ...] = ("torch", "onnxruntime", "inductor", "tensorrt")
+    backends: tuple[str, ...] = ("torch", *ENGINE_BACKENDS)
     precision: str = "auto"  # one or several, comma-separated: "bf16,fp8"
     engines: tuple[Path, ...] = ()
     workdir: Path | None = None

@@ -1,7 +1,8 @@
 """``virnucpro-trt bench``: one workload, every configuration side by side against the upstream way.
 
-Only click is imported at module level: ``cli/main.py`` registers this command on every start-up, and
-``virnucpro-trt --help`` must not pay for torch. Everything else is imported when the command runs.
+Only click (and the torch-free tables) is imported at module level: ``cli/main.py`` registers this command
+on every start-up, and ``virnucpro-trt --help`` must not pay for torch. Everything else is imported when
+the command runs. The options it shares with ``build`` and ``predict`` come from ``command_options``.
 """
 
 from __future__ import annotations
@@ -14,16 +15,28 @@ from typing import Any
 
 import click
 
+from virnucpro_trt.cli.command_options import (
+    CONTEXT,
+    DEFAULT_BUDGETS,
+    checkpoint_options,
+    chunk_length_option,
+    device_option,
+    logging_options,
+    max_batch_tokens_option,
+)
+from virnucpro_trt.models.kinds import MODELS
+from virnucpro_trt.settings import ENGINE_BACKENDS, PRECISIONS
+
 log = logging.getLogger("virnucpro_trt")
 
-_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_DEFAULT_BACKENDS = ",".join(("torch", *ENGINE_BACKENDS))
 _BACKENDS_HELP = (
     "Comma-separated configurations to compare with the reference: torch (eager PyTorch at --precision), "
     "onnxruntime, inductor, tensorrt (engines built on the fly into --workdir by the real build code), "
     "compile (the peer: the same models under torch.compile; fp8 through torchao's float8 quantisation). "
-    "Default: torch,onnxruntime,inductor,tensorrt; with --engines: torch."
+    f"Default: {_DEFAULT_BACKENDS}; with --engines: torch."
 )
-_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "fp8")
+_PRECISIONS = ("auto", *PRECISIONS)
 _RANDOM_SIZES = ("full", "tiny", "full-outliers", "tiny-outliers")  # bench/models.RANDOM_SIZES
 _LENGTH_MIXES = ("fixed", "mixed", "illumina")  # sequences/synthetic.LENGTH_MIXES
 
@@ -67,7 +80,7 @@ def _check_sources(
         )
 
 
-@click.command("bench", context_settings=_CONTEXT)
+@click.command("bench", context_settings=CONTEXT)
 @click.argument(
     "input_path", metavar="[INPUT]", required=False, type=click.Path(dir_okay=False, path_type=Path)
 )
@@ -90,10 +103,8 @@ def _check_sources(
     show_default=True,
     help="Share of generated reads with a coding region (the rest is random DNA, which keeps no frame).",
 )
-@click.option("--chunk-length", type=click.Choice(["300", "500"]), default="500", show_default=True)
-@click.option("--dnabert", help="DNABERT-S folder or Hugging Face id.")
-@click.option("--esm", help="ESM-2 folder, fair-esm .pt, Hugging Face id or fair-esm name.")
-@click.option("--classifier", help="Upstream classifier (500_model.pth / 300_model.pth) or .safetensors.")
+@chunk_length_option()
+@checkpoint_options(required=False)
 @click.option(
     "--random-weights",
     type=click.Choice(_RANDOM_SIZES),
@@ -124,13 +135,8 @@ def _check_sources(
     default=None,
     help="Where random checkpoints and built engines go, reused by later runs (default: a temporary folder).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--max-batch-tokens",
-    type=click.IntRange(min=16),
-    default=None,
-    help="Token budget per batch for torch and engines (default 4096 on CPU, 32768 on CUDA).",
-)
+@device_option
+@max_batch_tokens_option(f"Token budget per batch for torch and engines (default {DEFAULT_BUDGETS}).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Timed passes.")
 @click.option(
     "--reference-frames",
@@ -156,9 +162,7 @@ def _check_sources(
     default=None,
     help="Exit 1 unless the best engine is at least X times faster than the reference.",
 )
-@click.option("-v", "--verbose", count=True, help="More detail (-vv: tracebacks and library logs).")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Also log (DEBUG) here.")
+@logging_options
 def bench(
     input_path: Path | None,
     reads: int | None,
@@ -183,9 +187,6 @@ def bench(
     json_path: Path | None,
     plot_path: Path | None,
     gate: float | None,
-    verbose: int,
-    quiet: bool,
-    log_file: Path | None,
 ) -> None:
     """Compare the upstream way (reference), eager PyTorch and every engine on one workload.
 
@@ -204,14 +205,12 @@ def bench(
         virnucpro-trt bench --random-weights full-outliers --reads 20000 --backends torch,compile,inductor \\
             --precision bf16,fp8 --json bench.json
     """
-    from virnucpro_trt.cli.command_options import start_logging
-
-    start_logging(verbose, quiet, log_file)
+    named = {"dnabert-s": dnabert, "esm2": esm, "classifier": classifier}
     _check_sources(
         input_path,
         reads,
         read_length,
-        {"--dnabert": dnabert, "--esm": esm, "--classifier": classifier},
+        {MODELS[kind].flag: spec for kind, spec in named.items()},
         random_weights,
         length_mix,
     )
@@ -238,7 +237,7 @@ def bench(
         esm=esm,
         classifier=classifier,
         random_weights=random_weights,
-        backends=parse_backends(backends or ("torch" if engines else "torch,onnxruntime,inductor,tensorrt")),
+        backends=parse_backends(backends or ("torch" if engines else _DEFAULT_BACKENDS)),
         precision=precision,
         engines=tuple(engines),
         workdir=workdir,

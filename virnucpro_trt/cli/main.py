@@ -20,14 +20,27 @@ from typing import Any
 import click
 
 from virnucpro_trt import __version__
-from virnucpro_trt.cli.command_options import CLI_STATE, group_logging_options, logging_options
+from virnucpro_trt.cli.command_options import (
+    CLI_STATE,
+    CONTEXT,
+    DEFAULT_BUDGETS,
+    checkpoint_options,
+    chunk_length_option,
+    device_option,
+    group_logging_options,
+    logging_options,
+    max_batch_tokens_option,
+    outdir_option,
+    precision_option,
+)
 from virnucpro_trt.engines.registry import auto_help
 from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError, describe_os_error
+from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
 from virnucpro_trt.settings import (
     ATTENTION_KERNELS,
     BACKENDS,
-    CHUNK_LENGTHS,
     DEFAULT_ATTENTION,
+    ENGINE_BACKENDS,
     EmbedSettings,
     EncoderSettings,
     PredictSettings,
@@ -36,7 +49,7 @@ from virnucpro_trt.settings import (
 
 log = logging.getLogger("virnucpro_trt")
 
-_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_CONTEXT = CONTEXT
 
 
 def _offline() -> None:
@@ -46,7 +59,6 @@ def _offline() -> None:
 
 
 # -v/-q/--log-file after the command name (and, through the group, before it).
-common_options = logging_options
 
 
 # Where an engine backend without --engines gets its engines: predict/demo build them into OUTDIR,
@@ -68,12 +80,10 @@ def encoder_options(
         help="torch (eager PyTorch, the default) or a compiled-engine backend (onnxruntime, inductor, "
         f"tensorrt, auto). {without_engines} {auto_help()}",
     )
-    @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-    @click.option(
-        "--precision",
-        type=click.Choice(["fp32", "fp16", "bf16", "fp8"]),
-        default=None,
-        help="Encoder precision (default fp32, which reproduces upstream; bf16/fp16 keep fp32 statistics; "
+    @device_option
+    @precision_option(
+        None,
+        "Encoder precision (default fp32, which reproduces upstream; bf16/fp16 keep fp32 statistics; "
         "fp8 only with engines on Hopper-class GPUs). With --engines: the engines' own.",
     )
     @click.option(
@@ -83,12 +93,7 @@ def encoder_options(
         help="Engine directory from `virnucpro-trt build` (its manifest is checked before use).",
     )
     @click.option("--rebuild", is_flag=True, help="Rebuild the --engines directory if it does not match.")
-    @click.option(
-        "--max-batch-tokens",
-        type=click.IntRange(min=16),
-        default=None,
-        help="Token budget per batch (padded tokens). Default: 4096 on CPU, 32768 on CUDA.",
-    )
+    @max_batch_tokens_option(f"Token budget per batch (padded tokens). Default: {DEFAULT_BUDGETS}.")
     @click.option(
         "-t",
         "--threads",
@@ -131,26 +136,11 @@ def cli(verbose: int, quiet: bool, log_file: Path | None) -> None:
     """
 
 
-def outdir_option(help_text: str) -> Callable[..., Any]:
-    return click.option(
-        "-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help=help_text
-    )
-
-
-chunk_length_option = click.option(
-    "--chunk-length",
-    type=click.Choice([str(c) for c in CHUNK_LENGTHS]),
-    default="500",
-    show_default=True,
-    help="Chunk length (must match the classifier: 300_model.pth / 500_model.pth).",
-)
-
-
 @cli.command(context_settings=_CONTEXT)
 @click.argument("input_path", metavar="INPUT")
 @outdir_option("Output folder for identified_nucleotide.fa and identified_protein.faa.")
-@chunk_length_option
-@common_options
+@chunk_length_option()
+@logging_options
 def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
     """Chunk reads and keep stop-free frames, writing upstream's two FASTA files.
 
@@ -174,7 +164,7 @@ def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
     "--model",
     "model_name",
     required=True,
-    type=click.Choice(["dnabert-s", "esm2"]),
+    type=click.Choice(ENCODER_NAMES),
     help="Which encoder: dnabert-s for DNA, esm2 for proteins.",
 )
 @click.option(
@@ -196,7 +186,7 @@ def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
     "DNA/RNA is refused (a record of 20+ such letters, or every record made of them).",
 )
 @functools.partial(encoder_options, without_engines=_ENGINES_NEEDED)
-@common_options
+@logging_options
 def embed(
     input_path: str,
     model_name: str,
@@ -238,7 +228,7 @@ def _parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @outdir_option("Output folder.")
-    @chunk_length_option
+    @chunk_length_option()
     @click.option(
         "--min-length",
         type=click.IntRange(min=0),
@@ -288,9 +278,7 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @cli.command(context_settings=_CONTEXT)
 @click.argument("input_path", metavar="INPUT", required=False)
-@click.option("--dnabert", help="DNABERT-S folder or Hugging Face id (e.g. zhihan1996/DNABERT-S).")
-@click.option("--esm", help="ESM-2 folder, fair-esm .pt, Hugging Face id or fair-esm name.")
-@click.option("--classifier", help="Upstream classifier (500_model.pth / 300_model.pth) or .safetensors.")
+@checkpoint_options(required=False)
 @click.option(
     "--demo",
     is_flag=True,
@@ -298,7 +286,7 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
 )
 @_predict_options
 @encoder_options
-@common_options
+@logging_options
 def predict(
     input_path: str | None,
     dnabert: str | None,
@@ -393,9 +381,9 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
 
 @cli.command(context_settings=_CONTEXT)
 @outdir_option("Output folder.")
-@chunk_length_option
+@chunk_length_option()
 @encoder_options
-@common_options
+@logging_options
 def demo(
     outdir: Path, chunk_length: str, encoders: EncoderSettings, engines: Path | None, rebuild: bool
 ) -> None:
@@ -420,38 +408,24 @@ def demo(
 
 
 @cli.command(context_settings=_CONTEXT)
-@click.option("--dnabert", required=True, help="DNABERT-S folder or Hugging Face id.")
-@click.option("--esm", required=True, help="ESM-2 folder, fair-esm .pt, Hugging Face id or fair-esm name.")
-@click.option("--classifier", required=True, help="Upstream classifier (.pth) or .safetensors.")
+@checkpoint_options(required=True)
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "onnxruntime", "inductor", "tensorrt"]),
+    type=click.Choice(("auto", *ENGINE_BACKENDS)),
     default="auto",
     show_default=True,
     help=auto_help(),
 )
-@click.option(
-    "--precision", type=click.Choice(["fp32", "fp16", "bf16", "fp8"]), default="fp32", show_default=True
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "-o",
-    "--outdir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Engine directory.",
-)
-@click.option(
-    "--max-batch-tokens",
-    type=click.IntRange(min=16),
-    default=None,
-    help="Token budget the engines are shaped for (default 4096 on CPU, 32768 on CUDA).",
-)
+@precision_option("fp32")
+@device_option
+@outdir_option("Engine directory.")
+@max_batch_tokens_option(f"Token budget the engines are shaped for (default {DEFAULT_BUDGETS}).")
 @click.option(
     "--max-length",
     type=click.IntRange(min=4),
     default=None,
-    help="Longest input in tokens (default: 512 for DNABERT-S, 1026 for ESM-2).",
+    help=f"Longest input in tokens (default: {DNABERT_S.max_length} for {DNABERT_S.title}, "
+    f"{ESM2.max_length} for {ESM2.title}).",
 )
 @click.option("--keep-failing", is_flag=True, help="Keep engines that fail the parity gate (recorded).")
 @click.option(
@@ -465,7 +439,7 @@ def demo(
     help="AOTInductor on CUDA: attention kernel in the engine. cudnn plans every new batch shape (~45 ms "
     "each on the H200), which runs with varying batches pay again and again.",
 )
-@common_options
+@logging_options
 def build(
     dnabert: str,
     esm: str,
@@ -489,7 +463,7 @@ def build(
         keep_failing, hardware_compatible, attention,
     )  # fmt: skip
     manifest = build_engines(settings, command=sys.argv)
-    for kind in ("dnabert-s", "esm2"):
+    for kind in ENCODER_NAMES:
         entry = manifest.models[kind]
         parity = entry.parity
         log.info(
@@ -536,7 +510,7 @@ def env(as_json: bool) -> None:
 @cli.command("convert-classifier", context_settings=_CONTEXT)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-@common_options
+@logging_options
 def convert_classifier(checkpoint: Path, output: Path) -> None:
     """Convert upstream's pickled classifier (read safely, no code runs) to .safetensors."""
     from virnucpro_trt.models.classifier import load_classifier_weights, save_classifier_safetensors
@@ -548,7 +522,7 @@ def convert_classifier(checkpoint: Path, output: Path) -> None:
 
 @cli.command(context_settings=_CONTEXT)
 @click.argument("repo_id")
-@common_options
+@logging_options
 def download(repo_id: str) -> None:
     """Download a Hugging Face model (e.g. zhihan1996/DNABERT-S) into the local cache. Uses the network."""
     from virnucpro_trt.models.resolve import download_model

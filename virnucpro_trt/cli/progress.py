@@ -1,6 +1,7 @@
 """Progress reporting: a rich bar (rate, ETA) on a terminal, periodic plain log lines otherwise.
 
-The pipeline only sees a ``Callable[[int], None]`` per stage, so it stays free of any UI library.
+Implements :class:`~virnucpro_trt.runtime.progress.ProgressTasks`: the pipeline only sees a
+``Callable[[int], None]`` per stage, so it stays free of any UI library and of the CLI.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ log = logging.getLogger("virnucpro_trt.progress")
 
 
 class ProgressReporter:
-    """Creates one progress task per pipeline stage."""
+    """Creates one progress task per stage (:class:`~virnucpro_trt.runtime.progress.ProgressTasks`)."""
 
     def __init__(self, enabled: bool = True, interval_s: float = 10.0):
         self.enabled = enabled

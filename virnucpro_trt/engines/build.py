@@ -26,6 +26,7 @@ from virnucpro_trt.engines.parity import reference_embeddings, run_parity, synth
 from virnucpro_trt.engines.registry import choose_backend
 from virnucpro_trt.engines.spec import (
     BuildOptions,
+    BuildRequest,
     ModelKind,
     ShapeRange,
     arch_tag,
@@ -40,15 +41,15 @@ from virnucpro_trt.models.classifier import (
     save_classifier_safetensors,
 )
 from virnucpro_trt.models.identity import identify_checkpoint
+from virnucpro_trt.models.kinds import ENCODER_NAMES, ENCODERS, MODELS
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
 from virnucpro_trt.runtime.device import configure_fp32_reference, resolve_device
-from virnucpro_trt.settings import DEFAULT_ATTENTION, DEFAULT_CPU_BATCH_TOKENS, DEFAULT_CUDA_BATCH_TOKENS
+from virnucpro_trt.settings import DEFAULT_ATTENTION, EncoderSettings
 
 log = logging.getLogger(__name__)
 
 CLASSIFIER_FILE = "classifier.safetensors"
-TOKENIZER_FILES = {"dnabert-s": "dnabert-s.tokenizer.json", "esm2": "esm2.vocab.txt"}
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def device_facts(device: torch.device) -> dict[str, Any]:
 def _copy_tokenizer(
     kind: ModelKind, tokenizer: DnaTokenizer | ProteinTokenizer, source: Path, out: Path
 ) -> str:
-    name = TOKENIZER_FILES[kind]
+    name = ENCODERS[kind].tokenizer_file
     if kind == "dnabert-s":
         shutil.copyfile(source / "tokenizer.json", out / name)
     else:
@@ -108,20 +109,15 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
     log.info("engine backend: %s (%s)", backend.name, reason)
     configure_fp32_reference()
 
-    paths = {
-        "dnabert-s": resolve_model(settings.dnabert, "dnabert"),
-        "esm2": resolve_model(settings.esm, "esm"),
-        "classifier": resolve_model(settings.classifier, "classifier"),
-    }
+    named = {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier}
+    paths = {kind: resolve_model(spec, MODELS[kind].short) for kind, spec in named.items()}
     classifier = load_classifier_weights(paths["classifier"])
     out = settings.outdir
     out.mkdir(parents=True, exist_ok=True)
     # The manifest marks a finished directory: remove it first so a failed rebuild is never "finished".
     with contextlib.suppress(FileNotFoundError):
         (out / MANIFEST_NAME).unlink()
-    budget = settings.max_batch_tokens or (
-        DEFAULT_CUDA_BATCH_TOKENS if device.type == "cuda" else DEFAULT_CPU_BATCH_TOKENS
-    )
+    budget = EncoderSettings(max_batch_tokens=settings.max_batch_tokens).batch_tokens_for(device.type)
     options = BuildOptions(
         workdir=out,
         timing_cache=out / "tensorrt.timing-cache",
@@ -133,7 +129,7 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
     entries: dict[str, ModelEntry] = {}
     dims: dict[str, int] = {}
     failures: list[str] = []
-    for kind in ("dnabert-s", "esm2"):
+    for kind in ENCODER_NAMES:
         entry, dim = _build_one(kind, paths[kind], settings, backend, device, arch, budget, options, failures)
         entries[kind] = entry
         dims[kind] = dim
@@ -196,12 +192,13 @@ def _build_one(
     reference = reference_embeddings(model, tokens, device)
     name = artifact_name(kind, arch, settings.precision, backend.extension)
     log.info("building %s (%s, %s, %s) -> %s", kind, backend.name, settings.precision, device, name)
-    built = backend.build(
+    request = BuildRequest(
         model, kind, _example(tokens, shapes, tokenizer.pad_id), shapes, settings.precision, device,
         settings.outdir / name, options,
     )  # fmt: skip
+    built = backend.build(request)
     build_s = time.perf_counter() - t0
-    runner = backend.load(built.path, kind, device, settings.precision, dim, tokenizer.pad_id, shapes)
+    runner = backend.load(request.load_request(built.path, dim, tokenizer.pad_id))
     parity = run_parity(runner, reference, tokens, settings.precision, min(budget, 4096))
     del model, runner
     if device.type == "cuda":

@@ -30,10 +30,11 @@ from virnucpro_trt.engines.manifest import (
     verify_files,
 )
 from virnucpro_trt.engines.registry import get_backend
-from virnucpro_trt.engines.spec import ShapeRange
+from virnucpro_trt.engines.spec import LoadRequest, ShapeRange
 from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
+from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 from virnucpro_trt.runtime.encoder import LoadedEncoder
@@ -64,7 +65,7 @@ def _user_weights(specs: dict[str, str | None], manifest: EngineManifest | None)
     for kind, spec in specs.items():
         if not spec:
             continue
-        resolved = resolve_model(spec, {"dnabert-s": "dnabert", "esm2": "esm"}.get(kind, kind))
+        resolved = resolve_model(spec, MODELS[kind].short)
         entry = manifest.models.get(kind) if manifest is not None else None
         known = WeightsIdentity(entry.weights_sha256, entry.source_stamp) if entry is not None else None
         hashes[kind] = identify_checkpoint(kind, resolved, known).sha256
@@ -157,11 +158,7 @@ def _check(
                 "`virnucpro-trt build` or add --rebuild"
             )
         check_manifest(manifest, present, folder)  # raises with every problem listed
-    missing = [
-        flag
-        for flag, kind in (("--dnabert", "dnabert-s"), ("--esm", "esm2"), ("--classifier", "classifier"))
-        if not weights.get(kind)
-    ]
+    missing = [model.flag for kind, model in MODELS.items() if not weights.get(kind)]
     if missing:
         raise UserError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
     assert rebuild is not None
@@ -180,7 +177,7 @@ def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> Engin
     backend = get_backend(manifest.backend)
     budget = int(manifest.build.get("max_batch_tokens") or DEFAULT_CPU_BATCH_TOKENS)
     encoders = {}
-    for kind in ("dnabert-s", "esm2"):
+    for kind in ENCODER_NAMES:
         entry = manifest.models[kind]
         if entry.tokenizer is None or entry.shapes is None:
             raise EngineMismatchError(f"{folder}: the manifest gives {kind} no tokenizer or shape range")
@@ -188,8 +185,9 @@ def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> Engin
             shapes = ShapeRange.from_json(entry.shapes)
         except (KeyError, TypeError, ValueError):
             raise EngineMismatchError(f"{folder}: the manifest's {kind} shape range is malformed") from None
+        artifact = folder / entry.artifact
         runner = backend.load(
-            folder / entry.artifact, kind, device, manifest.precision, entry.dim, entry.pad_id, shapes
+            LoadRequest(artifact, kind, device, manifest.precision, entry.dim, entry.pad_id, shapes)
         )
         tokenizer_path = folder / entry.tokenizer
         tokenizer = (
@@ -199,7 +197,7 @@ def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> Engin
         )
         info = {
             "spec": str(folder),
-            "path": str(folder / entry.artifact),
+            "path": str(artifact),
             "format": f"{manifest.backend} engine",
             "layout": entry.artifact,
             "weights_sha256": entry.weights_sha256,

@@ -58,11 +58,10 @@ from typing import Any
 import torch
 
 from virnucpro_trt.engines.inductor_configs import inductor_configs
-from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8, fp8_unavailable_reason
 from virnucpro_trt.engines.inductor_model import DTYPES, device_copy
 from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata, extern_kernels, load_package
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes, exported_bounds, tile_example
-from virnucpro_trt.engines.spec import BuildOptions, BuiltArtifact, ModelKind, ShapeRange
+from virnucpro_trt.engines.spec import BuildRequest, BuiltArtifact, LoadRequest
 from virnucpro_trt.errors import BuildError, EngineMismatchError
 from virnucpro_trt.runtime.attention_kernel import attention_kernel, check_lowered_attention
 from virnucpro_trt.runtime.embedding import EmbeddingBackend
@@ -80,6 +79,14 @@ def _triton_version() -> str | None:
         return importlib.import_module("triton").__version__
     except Exception:  # not installed, or a broken install: either way no triton to bind to
         return None
+
+
+def _fp8_linears(model: torch.nn.Module, fast_accum: bool) -> int:
+    """:func:`~virnucpro_trt.engines.inductor_fp8.convert_to_fp8`, imported here: it brings the model code
+    (ESM-2's layer) with it, which loading a package must not need."""
+    from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8
+
+    return convert_to_fp8(model, fast_accum)
 
 
 def _export(model: torch.nn.Module, example: tuple[torch.Tensor, ...], graph: GraphShapes, kind: str) -> Any:
@@ -120,8 +127,11 @@ class InductorBackend:
                 return f"{device} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
             if _triton_version() is None:
                 return "AOTInductor on CUDA needs triton, which is not importable"
-        if precision == "fp8" and (reason := fp8_unavailable_reason(device)) is not None:
-            return reason
+        if precision == "fp8":
+            from virnucpro_trt.engines.inductor_fp8 import fp8_unavailable_reason  # build time: model code
+
+            if (reason := fp8_unavailable_reason(device)) is not None:
+                return reason
         if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
             return "AOTInductor needs a C++ compiler (g++) on PATH to build packages"
         return None
@@ -132,17 +142,9 @@ class InductorBackend:
             versions["triton"] = triton
         return versions
 
-    def build(
-        self,
-        model: torch.nn.Module,
-        kind: ModelKind,
-        example: tuple[torch.Tensor, torch.Tensor],
-        shapes: ShapeRange,
-        precision: str,
-        device: torch.device,
-        out_path: Path,
-        options: BuildOptions,
-    ) -> BuiltArtifact:
+    def build(self, request: BuildRequest) -> BuiltArtifact:
+        kind, shapes, precision = request.kind, request.shapes, request.precision
+        device, options = request.device, request.options
         if (reason := self.availability(device, precision)) is not None:
             raise BuildError(reason)
         multiple = int(options.extra.get("sequence_multiple", DEFAULT_SEQUENCE_MULTIPLE[device.type]))
@@ -152,12 +154,12 @@ class InductorBackend:
         hint = requested.hint(shapes)
 
         started = time.perf_counter()
-        engine_model = device_copy(model, device, DTYPES[precision])
-        if precision == "fp8" and convert_to_fp8(engine_model, options.fp8_fast_accum) == 0:
+        engine_model = device_copy(request.model, device, DTYPES[precision])
+        if precision == "fp8" and _fp8_linears(engine_model, options.fp8_fast_accum) == 0:
             raise BuildError(
                 f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"
             )
-        inputs = tuple(t.to(device) for t in tile_example(example, *hint))
+        inputs = tuple(t.to(device) for t in tile_example(request.example, *hint))
         prepared = time.perf_counter()
         with attention_kernel(options.attention, device):
             program = _export(engine_model, inputs, requested, f"{kind} ({precision})")
@@ -174,7 +176,7 @@ class InductorBackend:
             f"{META_PREFIX}dim": str(dim),
         }
         configs = inductor_configs(device, options, metadata)
-        out_path = Path(out_path)
+        out_path = Path(request.out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with attention_kernel(options.attention, device):  # Inductor lowers SDPA here
@@ -212,17 +214,9 @@ class InductorBackend:
             facts["fp8"] = {"fast_accumulation": options.fp8_fast_accum, "fused_quantisation": kind == "esm2"}
         return BuiltArtifact(path=out_path, files=[out_path], facts=facts)
 
-    def load(
-        self,
-        path: Path,
-        kind: ModelKind,
-        device: torch.device,
-        precision: str,
-        dim: int,
-        pad_id: int,
-        shapes: ShapeRange,
-    ) -> EmbeddingBackend:
-        path = Path(path)
+    def load(self, request: LoadRequest) -> EmbeddingBackend:
+        device = request.device
+        path = Path(request.path)
         if not path.is_file():
             raise EngineMismatchError(f"inductor engine {path} is missing")
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -235,8 +229,8 @@ class InductorBackend:
         built_for = metadata.get("AOTI_DEVICE_KEY", device.type)
         if built_for != device.type:
             raise EngineMismatchError(f"{path.name} was built for {built_for}, not {device.type}")
-        graph = check_metadata(metadata, path, kind, precision, dim, shapes)
-        return InductorRunner(compiled, graph, device, dim, pad_id, shapes)
+        graph = check_metadata(metadata, path, request.kind, request.precision, request.dim, request.shapes)
+        return InductorRunner(compiled, graph, device, request.dim, request.pad_id, request.shapes)
 
 
 INDUCTOR_BACKEND = InductorBackend()

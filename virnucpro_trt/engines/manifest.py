@@ -28,12 +28,12 @@ from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.digests import sha256_bytes, sha256_file
 from virnucpro_trt.files.names import UnsafeMemberName, check_member_name, member_path
 from virnucpro_trt.files.stamps import Stamp, file_stamp
+from virnucpro_trt.models.kinds import MODEL_NAMES
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "virnucpro-trt/engine-manifest"
 # 2: every file of an entry carries its SHA-256 (file_sha256) and build-time stamp (file_stamps).
 SCHEMA_VERSION = 2
-MODEL_KINDS = ("dnabert-s", "esm2", "classifier")
 MAX_MANIFEST_BYTES = 8 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -192,15 +192,15 @@ class EngineManifest:
             if not isinstance(data.get(key), types):
                 raise EngineMismatchError(f"{path}: '{key}' is missing or has the wrong type")
         models = data.get("models")
-        if not isinstance(models, dict) or sorted(models) != sorted(MODEL_KINDS):
-            raise EngineMismatchError(f"{path}: 'models' must hold exactly {', '.join(MODEL_KINDS)}")
+        if not isinstance(models, dict) or sorted(models) != sorted(MODEL_NAMES):
+            raise EngineMismatchError(f"{path}: 'models' must hold exactly {', '.join(MODEL_NAMES)}")
         build = data.get("build", {})
         return cls(
             backend=data["backend"],
             precision=data["precision"],
             device=data["device"],
             libraries={str(k): str(v) for k, v in data["libraries"].items()},
-            models={kind: _entry_from_json(kind, models[kind], path) for kind in MODEL_KINDS},
+            models={kind: _entry_from_json(kind, models[kind], path) for kind in MODEL_NAMES},
             build=build if isinstance(build, dict) else {},
             schema=data["schema"],
             schema_version=data["schema_version"],

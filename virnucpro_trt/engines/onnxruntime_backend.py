@@ -48,7 +48,7 @@ from virnucpro_trt.engines.onnx_session import (
     import_onnxruntime,
     onnxruntime_problem,
 )
-from virnucpro_trt.engines.spec import BuildOptions, BuiltArtifact, ModelKind, ShapeRange
+from virnucpro_trt.engines.spec import BuildRequest, BuiltArtifact, LoadRequest, ShapeRange
 from virnucpro_trt.errors import EngineMismatchError, RunFailure, ShapeRangeError, UserError
 from virnucpro_trt.runtime.out_of_memory import device_memory_errors
 
@@ -118,57 +118,39 @@ class OnnxRuntimeBackend:
         at build time are kept in the artifact's facts instead."""
         return {}
 
-    def build(
-        self,
-        model: torch.nn.Module,
-        kind: ModelKind,
-        example: tuple[torch.Tensor, torch.Tensor],
-        shapes: ShapeRange,
-        precision: str,
-        device: torch.device,
-        out_path: Path,
-        options: BuildOptions,
-    ) -> BuiltArtifact:
+    def build(self, request: BuildRequest) -> BuiltArtifact:
+        options = request.options
         extra = options.extra
+        out_path = Path(request.out_path)
         facts = export_onnx(
-            model,
-            kind,
-            example,
-            shapes,
-            precision,
-            Path(out_path),
+            request.model,
+            request.kind,
+            request.example,
+            request.shapes,
+            request.precision,
+            out_path,
             options.opset,
             external_data_threshold=int(extra.get("onnx_external_data_threshold", EXTERNAL_DATA_THRESHOLD)),
             fp32_softmax=bool(extra.get("onnx_fp32_softmax", True)),
-            validate_providers=validation_providers(device),
+            validate_providers=validation_providers(request.device),
         )
-        out_path = Path(out_path)
         return BuiltArtifact(
             path=out_path, files=[out_path.with_name(n) for n in facts["files"]], facts=facts
         )
 
-    def load(
-        self,
-        path: Path,
-        kind: ModelKind,
-        device: torch.device,
-        precision: str,
-        dim: int,
-        pad_id: int,
-        shapes: ShapeRange,
-    ) -> OrtRunner:
-        path = Path(path)
+    def load(self, request: LoadRequest) -> OrtRunner:
+        path, device, precision = Path(request.path), request.device, request.precision
         if not path.is_file():
             raise EngineMismatchError(f"ONNX engine {path} does not exist; rebuild the engines")
         if device.type == "cpu":
             session = _open(path, [CPU_PROVIDER], CPU_PROVIDER, precision)
-            return OrtRunner(session, kind, dim, pad_id, shapes)
+            return OrtRunner(session, request)
         if device.type != "cuda":
             raise UserError(f"ONNX Runtime engines run on cpu or cuda, not {device}")
         reason = self.run_problem(device, precision)
         if reason:
-            raise UserError(f"cannot run the {kind} ONNX engine on {device}: {reason}")
-        return OrtCudaRunner(path, kind, device, precision, dim, pad_id, shapes, self._cuda_provider())
+            raise UserError(f"cannot run the {request.kind} ONNX engine on {device}: {reason}")
+        return OrtCudaRunner(request, self._cuda_provider())
 
     # ------------------------------------------------------------------ helpers
     def _cuda_provider(self) -> str:
@@ -257,14 +239,14 @@ class OrtRunner:
 
     name = "onnxruntime"
 
-    def __init__(self, session: Any, kind: str, dim: int, pad_id: int, shapes: ShapeRange):
+    def __init__(self, session: Any, request: LoadRequest):
         self.session = session
-        self.kind = kind
-        self.dim = dim
-        self.pad_id = pad_id
-        self.shapes = shapes
-        self.max_batch_size = shapes.max_batch
-        self.max_length = shapes.max_length
+        self.kind = request.kind
+        self.dim = request.dim
+        self.pad_id = request.pad_id
+        self.shapes = request.shapes
+        self.max_batch_size = request.shapes.max_batch
+        self.max_length = request.shapes.max_length
         self.providers = list(session.get_providers())
 
     def check_shape(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[int, int]:
@@ -294,25 +276,21 @@ class OrtRunner:
 class OrtCudaRunner(OrtRunner):
     """ORT on the CUDA (or TensorRT) provider with I/O bound to torch CUDA tensors."""
 
-    def __init__(
-        self,
-        path: Path,
-        kind: str,
-        device: torch.device,
-        precision: str,
-        dim: int,
-        pad_id: int,
-        shapes: ShapeRange,
-        wanted: str,
-    ):
+    def __init__(self, request: LoadRequest, wanted: str):
         import_onnxruntime()  # after torch (imported above): ORT uses the CUDA/cuDNN libraries torch loaded
+        device = request.device
         self.device = torch.device("cuda", device.index if device.index is not None else 0)
         self.stream = work_stream(self.device)
+        path = Path(request.path)
         cache_dir = path.with_name(path.name + ".trt-cache")
         stream = self.stream.cuda_stream
-        providers = cuda_provider_list(wanted, self.device.index, stream, precision, shapes, cache_dir)
-        super().__init__(_open(path, providers, wanted, precision), kind, dim, pad_id, shapes)
-        self.output = torch.empty((shapes.max_batch, dim), dtype=torch.float32, device=self.device)
+        providers = cuda_provider_list(
+            wanted, self.device.index, stream, request.precision, request.shapes, cache_dir
+        )
+        super().__init__(_open(path, providers, wanted, request.precision), request)
+        self.output = torch.empty(
+            (request.shapes.max_batch, request.dim), dtype=torch.float32, device=self.device
+        )
         self.binding = self.session.io_binding()
 
     def _bind(self, name: str, tensor: torch.Tensor, output: bool = False) -> None:

@@ -12,23 +12,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 
+from virnucpro_trt.models.kinds import ENCODERS, EncoderName
 from virnucpro_trt.runtime.embedding import EmbeddingBackend
 from virnucpro_trt.settings import DEFAULT_ATTENTION
 
-ModelKind = Literal["dnabert-s", "esm2"]
-ENGINE_MODELS: tuple[ModelKind, ...] = ("dnabert-s", "esm2")
-ENGINE_BACKENDS = ("onnxruntime", "inductor", "tensorrt")
-ENGINE_PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
-
-# Sequence lengths in tokens: DNABERT-S gets 3p+1 <= 501 bases (at most one token per base, plus [CLS] and
-# [SEP]); ESM-2 gets <= 1024 residues plus <cls>/<eos> (fair-esm's truncation). The opt lengths are the
-# 500 bp workload's typical sizes (performance.md: ~100-130 BPE tokens; ~168 ESM tokens).
-DEFAULT_MAX_LENGTH: dict[str, int] = {"dnabert-s": 512, "esm2": 1026}
-DEFAULT_OPT_LENGTH: dict[str, int] = {"dnabert-s": 128, "esm2": 170}
+ModelKind = EncoderName  # the encoders an engine directory holds, by name
 MIN_LENGTH = 2  # [CLS] [SEP] / <cls> <eos>: the shortest real input
 
 
@@ -66,8 +58,8 @@ def default_shape_range(model: ModelKind, max_batch_tokens: int, max_length: int
     The largest batch is what the budget allows for short items (capped so TensorRT profiles and
     activation memory stay sane); the opt point is a full batch at the workload's typical length.
     """
-    max_len = max_length or DEFAULT_MAX_LENGTH[model]
-    opt_len = min(DEFAULT_OPT_LENGTH[model], max_len)
+    max_len = max_length or ENCODERS[model].max_length
+    opt_len = min(ENCODERS[model].opt_length, max_len)
     max_batch = max(1, min(max_batch_tokens // 16, 4096))
     opt_batch = max(1, min(max_batch, max_batch_tokens // opt_len))
     return ShapeRange(1, opt_batch, max_batch, min(MIN_LENGTH, max_len), opt_len, max_len)
@@ -115,6 +107,43 @@ class BuiltArtifact:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LoadRequest:
+    """What loading a built artifact needs: the file, for which encoder, device and precision, the
+    embedding width and pad id the runner pads with, and the shapes it must honour."""
+
+    path: Path
+    kind: ModelKind
+    device: torch.device
+    precision: str
+    dim: int
+    pad_id: int
+    shapes: ShapeRange
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What building one encoder's artifact needs.
+
+    ``model`` is the fp32 encoder on the CPU or the build device, in eval mode (a backend never changes
+    it: it is also the parity gate's reference); ``example`` a padded (input_ids, attention_mask) int64
+    batch inside ``shapes`` on the CPU; ``out_path`` the artifact's file.
+    """
+
+    model: torch.nn.Module
+    kind: ModelKind
+    example: tuple[torch.Tensor, torch.Tensor]
+    shapes: ShapeRange
+    precision: str
+    device: torch.device
+    out_path: Path
+    options: BuildOptions = field(default_factory=BuildOptions)
+
+    def load_request(self, path: Path, dim: int, pad_id: int) -> LoadRequest:
+        """Loading what this request built (``path``: the artifact ``build`` returned)."""
+        return LoadRequest(Path(path), self.kind, self.device, self.precision, dim, pad_id, self.shapes)
+
+
 class EngineBackend(Protocol):
     """A compiled-engine backend (one module per backend implements it)."""
 
@@ -129,33 +158,11 @@ class EngineBackend(Protocol):
         """Versions of the libraries an artifact is bound to (checked before the artifact is used)."""
         ...
 
-    def build(
-        self,
-        model: torch.nn.Module,
-        kind: ModelKind,
-        example: tuple[torch.Tensor, torch.Tensor],
-        shapes: ShapeRange,
-        precision: str,
-        device: torch.device,
-        out_path: Path,
-        options: BuildOptions,
-    ) -> BuiltArtifact:
-        """Compile ``model`` (fp32, CPU, eval) for ``device``/``precision`` into ``out_path``.
-
-        ``example`` is a padded (input_ids, attention_mask) int64 batch inside ``shapes`` on the CPU.
-        """
+    def build(self, request: BuildRequest) -> BuiltArtifact:
+        """Compile ``request.model`` for its device and precision into ``request.out_path``."""
         ...
 
-    def load(
-        self,
-        path: Path,
-        kind: ModelKind,
-        device: torch.device,
-        precision: str,
-        dim: int,
-        pad_id: int,
-        shapes: ShapeRange,
-    ) -> EmbeddingBackend:
-        """A runner for a built artifact, honouring ``shapes`` (exposed as ``max_batch_size`` /
+    def load(self, request: LoadRequest) -> EmbeddingBackend:
+        """A runner for a built artifact, honouring ``request.shapes`` (exposed as ``max_batch_size`` /
         ``max_length`` attributes for the batcher)."""
         ...

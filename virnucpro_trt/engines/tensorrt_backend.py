@@ -54,7 +54,7 @@ import torch
 from virnucpro_trt.engines import tensorrt_plan as tp
 from virnucpro_trt.engines import tensorrt_profiles as profiles_
 from virnucpro_trt.engines.onnx_export import INPUT_NAMES, OUTPUT_NAME, export_onnx
-from virnucpro_trt.engines.spec import BuildOptions, BuiltArtifact, ModelKind, ShapeRange
+from virnucpro_trt.engines.spec import BuildRequest, BuiltArtifact, LoadRequest
 from virnucpro_trt.errors import BuildError, EngineMismatchError, RunFailure, ShapeRangeError, UserError
 from virnucpro_trt.runtime.out_of_memory import device_memory_errors
 
@@ -186,24 +186,16 @@ class TensorRTBackend:
         except ImportError:
             return {"tensorrt": "none"}
 
-    def build(
-        self,
-        model: torch.nn.Module,
-        kind: ModelKind,
-        example: tuple[torch.Tensor, torch.Tensor],
-        shapes: ShapeRange,
-        precision: str,
-        device: torch.device,
-        out_path: Path,
-        options: BuildOptions,
-    ) -> BuiltArtifact:
+    def build(self, request: BuildRequest) -> BuiltArtifact:
+        kind, shapes, precision = request.kind, request.shapes, request.precision
+        device, options = request.device, request.options
         reason = self.availability(device, precision)
         if reason:
             raise UserError(f"cannot build a {precision} TensorRT engine on {device}: {reason}")
         trt = import_tensorrt()
-        out_path = Path(out_path)
+        out_path = Path(request.out_path)
         extra = options.extra
-        dims = encoder_dims(model)
+        dims = encoder_dims(request.model)
         max_elements = int(extra.get("tensorrt_max_elements", profiles_.MAX_ELEMENTS))
         profiles = profiles_.derive_profiles(shapes, dims, options.max_batch_tokens, max_elements)
         plan = tp.plan_build(
@@ -223,9 +215,9 @@ class TensorRTBackend:
         try:
             onnx_path = onnx_dir / f"{out_path.stem}.onnx"
             onnx_facts = export_onnx(
-                model,
+                request.model,
                 kind,
-                example,
+                request.example,
                 shapes,
                 plan.onnx_precision,
                 onnx_path,
@@ -249,20 +241,11 @@ class TensorRTBackend:
         sidecar = tp.write_sidecar(out_path, {**facts, "kind": kind, "shapes": shapes.to_json()})
         return BuiltArtifact(path=out_path, files=[out_path, sidecar], facts=facts)
 
-    def load(
-        self,
-        path: Path,
-        kind: ModelKind,
-        device: torch.device,
-        precision: str,
-        dim: int,
-        pad_id: int,
-        shapes: ShapeRange,
-    ) -> TensorRTRunner:
-        problem = self.run_problem(device, precision)
+    def load(self, request: LoadRequest) -> TensorRTRunner:
+        problem = self.run_problem(request.device, request.precision)
         if problem:
-            raise UserError(f"cannot run the {kind} TensorRT engine: {problem}")
-        return TensorRTRunner(Path(path), kind, device, dim, pad_id, shapes)
+            raise UserError(f"cannot run the {request.kind} TensorRT engine: {problem}")
+        return TensorRTRunner(request)
 
     def run_problem(self, device: torch.device, precision: str) -> str | None:
         """Why an existing plan cannot run here (loading needs no builder: the lean runtime will do for a
@@ -331,9 +314,8 @@ class TensorRTRunner:
 
     name = "tensorrt"
 
-    def __init__(
-        self, path: Path, kind: str, device: torch.device, dim: int, pad_id: int, shapes: ShapeRange
-    ):
+    def __init__(self, request: LoadRequest):
+        path, kind, shapes = Path(request.path), request.kind, request.shapes
         if not path.is_file():
             raise EngineMismatchError(f"TensorRT engine {path} does not exist; rebuild the engines")
         module_name, trt = import_runtime()
@@ -341,12 +323,13 @@ class TensorRTRunner:
         tp.check_runtime_fits(module_name, sidecar, path.name)
         self.trt = trt
         self.kind = kind
-        self.dim = dim
-        self.pad_id = pad_id
+        self.dim = request.dim
+        self.pad_id = request.pad_id
         self.shapes = shapes
         self.max_batch_size = shapes.max_batch
         self.max_length = shapes.max_length
-        self.device = torch.device("cuda", device.index if device.index is not None else 0)
+        index = request.device.index
+        self.device = torch.device("cuda", index if index is not None else 0)
         self.logger = process_logger(trt)
         mark = self.logger.errors.mark()
         self.runtime = trt.Runtime(self.logger)

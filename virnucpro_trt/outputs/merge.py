@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.shard_results import read_embeddings_npz
 from virnucpro_trt.outputs.tables import FRAMES_TSV, SEQUENCES_TSV, write_frame_rows, write_sequence_rows
 from virnucpro_trt.outputs.upstream import HIGHEST_SCORE, PREDICTION_HEADER, PREDICTION_RESULTS, ChunkMaxima
+from virnucpro_trt.runtime.shard_marker import EMBEDDINGS_ROLE, ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
 
 FINAL_TEXT_FILES = [PREDICTION_RESULTS, HIGHEST_SCORE, SEQUENCES_TSV, FRAMES_TSV]
@@ -28,7 +28,7 @@ def merge_shard_results(
     outdir: Path,
     results: Path,
     shards: list[ShardSpec],
-    markers: dict[int, dict[str, Any]],
+    markers: dict[int, ShardMarker],
     embeddings: FrameEmbeddingsWriter | None = None,
 ) -> int:
     """Write the final files from every shard's results; returns the number of chunks with frames.
@@ -42,18 +42,18 @@ def merge_shard_results(
         write_sequence_rows(final[SEQUENCES_TSV], None)
         write_frame_rows(final[FRAMES_TSV], None)
         for shard in shards:
-            files = markers[shard.id]["files"]
+            files = markers[shard.id].files
             for role, name in (
                 ("prediction", PREDICTION_RESULTS),
                 ("sequences", SEQUENCES_TSV),
                 ("frames", FRAMES_TSV),
             ):
-                with open(results / files[role]["name"], encoding="utf-8", newline="") as src:
+                with open(results / files[role].name, encoding="utf-8", newline="") as src:
                     shutil.copyfileobj(src, final[name], _COPY_BUFFER)
-            with open(results / files["maxima"]["name"], encoding="utf-8", newline="") as src:
+            with open(results / files["maxima"].name, encoding="utf-8", newline="") as src:
                 maxima.merge_maxima(src)
             if embeddings is not None:
-                ids, dnabert, esm = read_embeddings_npz(results / files["embeddings"]["name"])
+                ids, dnabert, esm = read_embeddings_npz(results / files[EMBEDDINGS_ROLE].name)
                 embeddings.append(ids, dnabert, esm)
         maxima.write(final[HIGHEST_SCORE])
         if embeddings is not None:

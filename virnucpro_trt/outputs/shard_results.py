@@ -7,8 +7,9 @@ Per shard ``shard-NNNNNN``:
 * ``.maxima.tsv`` — per chunk, max P(others) and max P(virus) (chunks never span shards, so the merge
   folds these into the highest-score file without seeing a frame);
 * ``.embeddings.npz`` — with ``--save-embeddings``: frame ids and both encoders' outputs;
-* ``.done.json`` — written last: shard id, record range, counts, timings, worker/device and the size and
-  SHA-256 of every file above. A shard without a verifiable marker is redone on resume.
+* ``.done.json`` — written last (:class:`~virnucpro_trt.runtime.shard_marker.ShardMarker`): shard id,
+  record range, counts, timings, worker/device and the size and SHA-256 of every file above. A shard
+  without a verifiable marker is redone on resume.
 
 Everything is written whole from memory through a temporary name and a rename (no fsync: a marker whose
 files did not reach the disk fails its hash check on resume and the shard is simply redone).
@@ -17,45 +18,34 @@ files did not reach the disk fails its hash check on resume and the shard is sim
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.digests import sha256_bytes
-from virnucpro_trt.runtime.resume import marker_path
+from virnucpro_trt.runtime.shard_marker import (
+    RESULT_SUFFIXES,
+    ResultFile,
+    ShardMarker,
+    ShardReport,
+    marker_path,
+)
 from virnucpro_trt.runtime.shards import ShardSpec
-
-MARKER_SCHEMA = 1
-SUFFIXES = {
-    "prediction": ".prediction.txt",
-    "frames": ".frames.tsv",
-    "sequences": ".sequences.tsv",
-    "maxima": ".maxima.tsv",
-    "embeddings": ".embeddings.npz",
-}
 
 
 def write_shard_results(
-    results: Path, shard: ShardSpec, contents: dict[str, bytes], facts: dict[str, Any]
-) -> dict[str, Any]:
-    """Write ``contents`` (role -> bytes, roles as in :data:`SUFFIXES`), then the marker; return it."""
+    results: Path, shard: ShardSpec, contents: dict[str, bytes], report: ShardReport
+) -> ShardMarker:
+    """Write ``contents`` (role -> bytes, roles as in
+    :data:`~virnucpro_trt.runtime.shard_marker.RESULT_SUFFIXES`), then the marker; return it."""
     files = {}
     for role, data in contents.items():
-        name = shard.stem + SUFFIXES[role]
+        name = shard.stem + RESULT_SUFFIXES[role]
         write_bytes_atomic(results / name, data)
-        files[role] = {"name": name, "bytes": len(data), "sha256": sha256_bytes(data)}
-    marker = {
-        "schema": MARKER_SCHEMA,
-        "shard": shard.id,
-        "first_record": shard.first,
-        "records": shard.records,
-        **facts,
-        "files": files,
-    }
-    write_bytes_atomic(marker_path(results, shard), (json.dumps(marker, indent=1) + "\n").encode())
+        files[role] = ResultFile(name, len(data), sha256_bytes(data))
+    marker = ShardMarker(shard.id, shard.first, shard.records, report, files)
+    write_bytes_atomic(marker_path(results, shard), marker.encode())
     return marker
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from virnucpro_trt import __version__
+from virnucpro_trt.models.kinds import ENCODERS
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.encoders import open_models
 from virnucpro_trt.pipeline.inputs import materialise, private_spool, validate_input
@@ -30,7 +31,8 @@ _BLOCK_RECORDS = 65536
 
 def run_embed(settings: EmbedSettings) -> dict[str, Any]:
     """Validate the input, load the encoder, embed block by block; the file appears only when complete."""
-    alphabet = "dna" if settings.model == "dnabert-s" else "protein"
+    model = ENCODERS[settings.model]
+    alphabet = model.alphabet
     check_input_file(settings.input)
     check_run_paths([settings.input, settings.weights], [settings.output])
     spool = private_spool(settings.output.parent) if is_stream(settings.input) else settings.output
@@ -38,7 +40,7 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
     try:
         refuse = settings.model == "esm2" and not settings.allow_nucleotide_letters
         summary = validate_input(path, display, alphabet, refuse_nucleotides=refuse)
-        kind = "dnabert-s" if settings.model == "dnabert-s" else "esm2"
+        kind = model.name
         models = open_models(
             settings.encoders, {kind: settings.weights}, (kind,), False, settings.engines, settings.rebuild
         )
@@ -50,11 +52,7 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
             "weights_sha256": str(encoder.info.get("weights_sha256")),
             "precision": models.precision,
             "backend": models.backend,
-            "pooling": (
-                "mean over all tokens incl. [CLS] and [SEP]"
-                if settings.model == "dnabert-s"
-                else "mean over residues 1..min(1024, len) (no BOS/EOS)"
-            ),
+            "pooling": model.pooling,
             "input_sha256": summary.sha256,
         }
         with contextlib.suppress(FileNotFoundError):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,7 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity
+from virnucpro_trt.models.kinds import MODELS, EncoderName
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.runtime.device import (
     configure_fp32_reference,
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EncoderKind = Literal["dnabert-s", "esm2"]
-_RESOLVE_KIND = {"dnabert-s": "dnabert", "esm2": "esm", "classifier": "classifier"}
 EncoderLoader = Callable[
     [str, Path, "WeightsIdentity | None"], tuple[torch.nn.Module, Any, dict[str, Any], int]
 ]
@@ -90,7 +89,7 @@ class RunWeights:
 
 
 def _load_eager(
-    kind: EncoderKind,
+    kind: EncoderName,
     spec: str,
     device: torch.device,
     dtype: torch.dtype,
@@ -99,7 +98,7 @@ def _load_eager(
     known: WeightsIdentity | None = None,
 ) -> LoadedEncoder:
     started = time.perf_counter()
-    path = resolve_model(spec, _RESOLVE_KIND[kind])
+    path = resolve_model(spec, MODELS[kind].short)
     model, tokenizer, info, dim = loader(kind, path, known)
     info["spec"] = spec
     backend = TorchBackend(model, dim, tokenizer.pad_id, device, dtype)
@@ -186,7 +185,7 @@ def _build_settings(
 def open_models(
     encoders: EncoderSettings,
     specs: dict[str, str | None],
-    kinds: tuple[EncoderKind, ...],
+    kinds: tuple[EncoderName, ...],
     need_classifier: bool,
     engines: Path | None = None,
     rebuild: bool = False,
@@ -214,7 +213,7 @@ def open_models(
 def _open_eager(
     encoders: EncoderSettings,
     specs: dict[str, str | None],
-    kinds: tuple[EncoderKind, ...],
+    kinds: tuple[EncoderName, ...],
     need_classifier: bool,
     device: torch.device,
     loader: EncoderLoader = load_encoder,
@@ -248,8 +247,7 @@ def _open_eager(
 def _required(specs: dict[str, str | None], kind: str) -> str:
     value = specs.get(kind)
     if not value:
-        flag = {"dnabert-s": "--dnabert", "esm2": "--esm", "classifier": "--classifier"}[kind]
-        raise UserError(f"missing {flag} (or give --engines ENGINE_DIR)")
+        raise UserError(f"missing {MODELS[kind].flag} (or give --engines ENGINE_DIR)")
     return value
 
 

@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from virnucpro_trt import __version__
-from virnucpro_trt.cli.progress import ProgressReporter
-from virnucpro_trt.engines.manifest import MODEL_KINDS, EngineManifest
+from virnucpro_trt.engines.manifest import EngineManifest
 from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.models.classifier import load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
+from virnucpro_trt.models.kinds import DNABERT_S, ESM2, MODELS
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.outputs.atomic import remove_if_exists
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
@@ -60,9 +60,12 @@ from virnucpro_trt.runtime.coordinator import (
     plan_worker_slots,
     sigterm_as_interrupt,
 )
+from virnucpro_trt.runtime.progress import ProgressTasks, SilentProgress
 from virnucpro_trt.runtime.resume import LOCK_FILE, WORK_DIR, WorkDir, outdir_lock
+from virnucpro_trt.runtime.shard_marker import ShardMarker, result_roles
 from virnucpro_trt.runtime.shards import ShardSpec, ShardSplitter, default_shard_records, write_shard_index
 from virnucpro_trt.runtime.worker import WorkerSlot
+from virnucpro_trt.runtime.worker_facts import WorkerFacts
 from virnucpro_trt.settings import PredictSettings
 
 if TYPE_CHECKING:
@@ -103,7 +106,7 @@ class _RunContext:
     settings: PredictSettings
     specs: dict[str, str | None]
     slots: list[WorkerSlot]
-    progress: ProgressReporter
+    progress: ProgressTasks
     timer: _Timer
     command: Sequence[str]
     demo: bool
@@ -113,7 +116,7 @@ class _RunContext:
 
 def run_predict(
     settings: PredictSettings,
-    progress: ProgressReporter | None = None,
+    progress: ProgressTasks | None = None,
     command: Sequence[str] = (),
     demo: bool = False,
 ) -> dict[str, Any]:
@@ -127,7 +130,7 @@ def run_predict(
         settings,
         {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier},
         [],
-        progress or ProgressReporter(enabled=False),
+        progress or SilentProgress(),
         _Timer(),
         command,
         demo,
@@ -137,7 +140,7 @@ def run_predict(
     with ctx.timer.stage("resolve_models"):  # a missing model fails before the input is read
         for kind, spec in ctx.specs.items():
             if spec:
-                resolve_model(spec, {"dnabert-s": "dnabert", "esm2": "esm"}.get(kind, kind))
+                resolve_model(spec, MODELS[kind].short)
     run = settings.run
     ctx.slots = plan_worker_slots(settings.encoders.device, run.gpus, run.workers, settings.encoders.threads)
     if settings.classifier:
@@ -232,7 +235,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE):  # no older result beside this run
         remove_if_exists(outdir / name)
 
-    markers = work.finished_shards(shards)
+    markers = work.finished_shards(shards, result_roles(settings.save_embeddings))
     skipped = len(markers)
     if skipped:
         log.info(
@@ -354,14 +357,14 @@ def _identify_models(
     """
     if engines is not None:
         manifest = EngineManifest.read(engines.folder)
-        identity: dict[str, str | None] = {k: manifest.models[k].weights_sha256 for k in MODEL_KINDS}
+        identity: dict[str, str | None] = {k: manifest.models[k].weights_sha256 for k in MODELS}
         identity["engines"] = engines.identity
         return RunWeights(engines=engines), identity
     recorded = recorded if isinstance(recorded, dict) else work.recorded_weights()
     weights = {}
     for kind, spec in ctx.specs.items():
         assert spec is not None  # eager runs name all three (the CLI checks)
-        path = resolve_model(spec, {"dnabert-s": "dnabert", "esm2": "esm"}.get(kind, kind))
+        path = resolve_model(spec, MODELS[kind].short)
         weights[kind] = identify_checkpoint(kind, path, WeightsIdentity.from_json(recorded.get(kind)))
     identity = {kind: w.sha256 for kind, w in weights.items()}
     identity["engines"] = None
@@ -419,8 +422,8 @@ def _merge(
     settings: PredictSettings,
     work: WorkDir,
     shards: list[ShardSpec],
-    markers: dict[int, dict[str, Any]],
-    facts: dict[str, Any],
+    markers: dict[int, ShardMarker],
+    facts: WorkerFacts,
 ) -> int:
     outdir = settings.outdir
     with contextlib.ExitStack() as stack:
@@ -429,9 +432,9 @@ def _merge(
             embeddings = stack.enter_context(
                 FrameEmbeddingsWriter(
                     outdir / EMBEDDINGS_H5,
-                    facts["dims"]["dnabert"],
-                    facts["dims"]["esm"],
-                    _embedding_attrs(settings, facts["precision"]),
+                    facts.dnabert.dim,
+                    facts.esm.dim,
+                    _embedding_attrs(settings, facts.precision),
                 )
             )
         return merge_shard_results(outdir, work.results, shards, markers, embeddings)
@@ -441,9 +444,9 @@ def _summary(
     ctx: _RunContext,
     summary_in: InputSummary,
     shards: list[ShardSpec],
-    markers: dict[int, dict[str, Any]],
+    markers: dict[int, ShardMarker],
     report: CoordinatorReport | None,
-    facts: dict[str, Any],
+    facts: WorkerFacts,
     skipped: int,
     chunks_with_frames: int,
     identity: dict[str, str | None],
@@ -453,7 +456,7 @@ def _summary(
     counts = dict.fromkeys(COUNT_KEYS, 0)
     for marker in markers.values():
         for key in COUNT_KEYS:
-            counts[key] += int(marker["counts"].get(key, 0))
+            counts[key] += marker.report.counts.get(key, 0)
     counts.pop("records")
     counts.pop("chunks")
     counts.update(
@@ -466,11 +469,11 @@ def _summary(
     ran = report.markers if report is not None else {}
     totals = timer.totals
     for stage in STAGES:
-        totals[stage] = sum(float(m["timings_s"].get(stage, 0.0)) for m in ran.values())
+        totals[stage] = sum(m.report.timings_s.get(stage, 0.0) for m in ran.values())
     workers = [w.to_json() for w in report.workers] if report is not None else []
     totals["load_models"] = max((w["load_models_s"] for w in workers), default=0.0)
     totals["total"] = time.perf_counter() - started[1]
-    frames_run = sum(int(m["counts"]["frames"]) for m in ran.values())
+    frames_run = sum(m.frames for m in ran.values())
     encoder_s = totals["embed_dnabert"] + totals["embed_esm"]
     steady_s = report.steady_s if report is not None else None
     return {
@@ -488,7 +491,7 @@ def _summary(
             "sha256": summary_in.sha256,
             "size_bytes": summary_in.size_bytes,
         },
-        "models": facts["models"],
+        "models": facts.models_json(),
         "model_identity": identity,
         "counts": counts,
         "timings_s": {k: round(v, 4) for k, v in sorted(totals.items())},
@@ -503,10 +506,10 @@ def _summary(
             "steady_s": round(steady_s, 4) if steady_s is not None else None,
             "reads_per_s_total": round(summary_in.records / max(totals["total"], 1e-9), 2),
         },
-        "device": facts["device"],
-        "precision": facts["precision"],
-        "backend": facts["backend"],
-        "engines": facts["engines"],
+        "device": facts.device.to_json(),
+        "precision": facts.precision,
+        "backend": facts.backend,
+        "engines": facts.engines,
         "shards": {
             "total": len(shards),
             "records_per_shard": settings.shard_records or default_shard_records(summary_in.records),
@@ -525,8 +528,8 @@ def _embedding_attrs(settings: PredictSettings, precision: str) -> dict[str, str
         "dnabert": settings.dnabert or str(settings.engines),
         "esm": settings.esm or str(settings.engines),
         "precision": precision,
-        "pooling_dnabert": "mean over all tokens incl. [CLS] and [SEP]",
-        "pooling_esm": "mean over residues 1..min(1024, len) (no BOS/EOS)",
+        "pooling_dnabert": DNABERT_S.pooling,
+        "pooling_esm": ESM2.pooling,
     }
 
 

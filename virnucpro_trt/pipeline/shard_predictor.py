@@ -26,11 +26,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from virnucpro_trt.errors import RunFailure
+from virnucpro_trt.models.kinds import ENCODER_NAMES
 from virnucpro_trt.outputs.shard_results import embeddings_npz, write_shard_results
 from virnucpro_trt.outputs.tables import write_frame_rows, write_sequence_rows
 from virnucpro_trt.outputs.upstream import ChunkMaxima, write_prediction_rows
@@ -38,7 +38,9 @@ from virnucpro_trt.pipeline.encoders import RunWeights, open_models
 from virnucpro_trt.runtime.device import describe_device
 from virnucpro_trt.runtime.encoder import LoadedEncoder
 from virnucpro_trt.runtime.frame_path import PreparedFrames, prepare_frames, score_frames
+from virnucpro_trt.runtime.shard_marker import EMBEDDINGS_ROLE, ShardMarker, ShardReport
 from virnucpro_trt.runtime.worker import ShardTask, WorkerSlot
+from virnucpro_trt.runtime.worker_facts import ClassifierFacts, EncoderFacts, WorkerFacts
 from virnucpro_trt.sequences.reader import SeqRecord, read_records
 from virnucpro_trt.settings import PredictSettings
 
@@ -94,7 +96,7 @@ class PredictShardProcessor:
         engines = job.known.engines.folder if job.known.engines is not None else None
         specs = named if engines is None else dict.fromkeys(named)
         models = open_models(
-            encoders, specs, ("dnabert-s", "esm2"), True, engines, rebuild=False, known=job.known
+            encoders, specs, ENCODER_NAMES, True, engines, rebuild=False, known=job.known
         )
         self.models = models.frame_models()  # the classifier goes to the GPU on CUDA
         self.dnabert: LoadedEncoder = self.models.dnabert
@@ -104,23 +106,15 @@ class PredictShardProcessor:
         self.device = describe_device(models.device)
         if models.device.type == "cuda":
             self._warm_up()
-        self.facts: dict[str, Any] = {
-            "models": {
-                "dnabert": model_facts(self.dnabert),
-                "esm": model_facts(self.esm),
-                "classifier": {
-                    "path": str(classifier_path),
-                    "input_dim": weights.input_dim,
-                    "hidden_dim": weights.hidden_dim,
-                    "bn_eps": weights.bn_eps,
-                },
-            },
-            "dims": {"dnabert": self.dnabert.dim, "esm": self.esm.dim},
-            "device": self.device,
-            "precision": models.precision,
-            "backend": models.backend,
-            "engines": str(models.engine_dir) if models.engine_dir else None,
-        }
+        self.facts = WorkerFacts(
+            dnabert=EncoderFacts.of(self.dnabert),
+            esm=EncoderFacts.of(self.esm),
+            classifier=ClassifierFacts.of(weights, classifier_path),
+            device=self.device,
+            precision=models.precision,
+            backend=models.backend,
+            engines=str(models.engine_dir) if models.engine_dir else None,
+        )
 
     def _warm_up(self) -> None:
         """One small batch through each encoder before the worker reports ready.
@@ -154,7 +148,7 @@ class PredictShardProcessor:
 
     def process(
         self, prepared: PreparedShard, task: ShardTask, progress: Callable[[int], None]
-    ) -> dict[str, Any]:
+    ) -> ShardMarker:
         started = time.perf_counter()
         timings = prepared.timings
         frames = prepared.frames
@@ -164,20 +158,20 @@ class PredictShardProcessor:
         with _timed(timings, "write"):
             contents = self._result_files(frames, probs, labels, counts)
             if self.job.settings.save_embeddings:
-                contents["embeddings"] = embeddings_npz(frames.frame_ids, scored.dnabert, scored.esm)
+                contents[EMBEDDINGS_ROLE] = embeddings_npz(frames.frame_ids, scored.dnabert, scored.esm)
         counts["dnabert_tokens"] = frames.dnabert_tokens
         counts["esm_tokens"] = frames.esm_tokens
         timings["process"] = time.perf_counter() - started
-        facts = {
-            "counts": counts,
-            "timings_s": {k: round(v, 6) for k, v in timings.items()},
-            "worker": self.slot.index,
-            "device": self.slot.device,
-            "device_name": self.device.get("name"),
-            "attempt": task.attempt,
-            "pid": os.getpid(),
-        }
-        return write_shard_results(self.job.results_dir, task.shard, contents, facts)
+        report = ShardReport(
+            counts=counts,
+            timings_s={k: round(v, 6) for k, v in timings.items()},
+            worker=self.slot.index,
+            device=self.slot.device,
+            device_name=self.device.name,
+            attempt=task.attempt,
+            pid=os.getpid(),
+        )
+        return write_shard_results(self.job.results_dir, task.shard, contents, report)
 
     @staticmethod
     def _result_files(
@@ -204,20 +198,6 @@ class PredictShardProcessor:
         counts["frames"] = len(prepared.frame_ids)
         counts["virus_frames"] = int(labels.sum())
         return {role: text.getvalue().encode("utf-8") for role, text in texts.items()}
-
-
-def model_facts(encoder: LoadedEncoder) -> dict[str, Any]:
-    """What run.json records about an encoder."""
-    info = encoder.info
-    return {
-        "spec": info.get("spec"),
-        "path": info.get("path"),
-        "format": info.get("format"),
-        "layout": info.get("layout"),
-        "dim": encoder.dim,
-        "weights_sha256": info.get("weights_sha256"),
-        "max_batch_tokens": encoder.max_batch_tokens,
-    }
 
 
 def _renumbered(records: Iterator[SeqRecord], first: int) -> Iterator[SeqRecord]:

@@ -39,6 +39,7 @@ import torch
 from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import RunFailure, UserError, VirnucproError
 from virnucpro_trt.runtime.device import resolve_device
+from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
 from virnucpro_trt.runtime.worker import (
     EXIT_FAILED,
@@ -47,6 +48,17 @@ from virnucpro_trt.runtime.worker import (
     WorkerSlot,
     process_entry,
     run_worker,
+)
+from virnucpro_trt.runtime.worker_facts import WorkerFacts
+from virnucpro_trt.runtime.worker_messages import (
+    Done,
+    Failed,
+    Fatal,
+    Log,
+    Progress,
+    Ready,
+    Started,
+    WorkerMessage,
 )
 
 log = logging.getLogger(__name__)
@@ -173,9 +185,9 @@ class WorkerStats:
 
 @dataclass
 class CoordinatorReport:
-    markers: dict[int, dict[str, Any]]
+    markers: dict[int, ShardMarker]
     workers: list[WorkerStats]
-    facts: dict[str, Any] | None
+    facts: WorkerFacts | None
     restarts: int
     failed_attempts: int
     wall_s: float
@@ -229,7 +241,7 @@ class Coordinator:
         job: ShardJob,
         slots: list[WorkerSlot],
         progress: Callable[[int], None] = lambda n: None,
-        on_ready: Callable[[dict[str, Any]], None] | None = None,
+        on_ready: Callable[[WorkerFacts], None] | None = None,
         max_attempts: int = MAX_ATTEMPTS,
         max_respawns: int = MAX_RESPAWNS,
     ):
@@ -246,8 +258,8 @@ class Coordinator:
         self.specs: dict[int, ShardSpec] = {}
         self.attempts: collections.Counter[int] = collections.Counter()
         self.credited: collections.Counter[int] = collections.Counter()
-        self.markers: dict[int, dict[str, Any]] = {}
-        self.facts: dict[str, Any] | None = None
+        self.markers: dict[int, ShardMarker] = {}
+        self.facts: WorkerFacts | None = None
         self.need_facts = False
         self._ctx = multiprocessing.get_context("spawn")
         self._first_ready: dict[int, float] = {}  # slot -> when it first reported ready
@@ -327,7 +339,7 @@ class Coordinator:
                 shard_id = self.pending.popleft()
                 task = ShardTask(self.specs[shard_id], self.attempts[shard_id] + 1)
                 try:
-                    worker.conn.send(("shard", task))
+                    worker.conn.send(task)
                 except OSError:  # it died; the wait below notices
                     self.pending.appendleft(shard_id)
                     break
@@ -356,46 +368,43 @@ class Coordinator:
             worker.eof = True
 
     # -- messages --------------------------------------------------------------------------------
-    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
-        kind = message[0]
+    def _handle(self, worker: _Worker, message: WorkerMessage) -> None:
         stats = self.stats[worker.slot.index]
-        if kind == "log":
-            record: logging.LogRecord = message[2]
-            logging.getLogger(record.name).handle(record)
-        elif kind == "ready":
-            facts, load_s = message[2], message[3]
-            stats.load_s = load_s
+        if isinstance(message, Log):
+            logging.getLogger(message.record.name).handle(message.record)
+        elif isinstance(message, Ready):
+            stats.load_s = message.load_s
             stats.ready_s = time.perf_counter() - worker.spawned_at
             self._first_ready.setdefault(worker.slot.index, time.perf_counter())
-            stats.device_name = (facts.get("device") or {}).get("name")
-            log.info("%s ready (models loaded in %.1f s)", worker.slot.label, load_s)
+            stats.device_name = message.facts.device.name
+            log.info("%s ready (models loaded in %.1f s)", worker.slot.label, message.load_s)
             if self.facts is None:
-                self.facts = facts
+                self.facts = message.facts
                 if self.on_ready is not None:
-                    self.on_ready(facts)
-        elif kind == "start":
-            worker.running = message[2]
-        elif kind == "progress":
-            self.credited[message[2]] += message[3]
-            self.progress(message[3])
-        elif kind == "done":
-            shard_id, marker = message[2], message[3]
+                    self.on_ready(message.facts)
+        elif isinstance(message, Started):
+            worker.running = message.shard
+        elif isinstance(message, Progress):
+            self.credited[message.shard] += message.frames
+            self.progress(message.frames)
+        elif isinstance(message, Done):
+            shard_id, marker = message.shard, message.marker
             self.markers[shard_id] = marker
             if shard_id in worker.outstanding:
                 worker.outstanding.remove(shard_id)
             worker.running = None
-            self._settle_progress(shard_id, int(marker["counts"]["frames"]))
+            self._settle_progress(shard_id, marker.frames)
             stats.shards += 1
-            stats.frames += int(marker["counts"]["frames"])
-            stats.busy_s += float(marker["timings_s"]["process"])
+            stats.frames += marker.frames
+            stats.busy_s += marker.process_s
             self._last_done = time.perf_counter()
             log.debug("%s done by %s", self.specs[shard_id].describe(), worker.slot.label)
-        elif kind == "failed":
-            worker.failure = message[3]
-            log.debug("%s: %s", worker.slot.label, message[4])
-        elif kind == "fatal":
-            log.debug("%s: %s", worker.slot.label, message[4])
-            raise WorkerError(message[3], message[2])
+        elif isinstance(message, Failed):
+            worker.failure = message.message
+            log.debug("%s: %s", worker.slot.label, message.details)
+        elif isinstance(message, Fatal):
+            log.debug("%s: %s", worker.slot.label, message.details)
+            raise WorkerError(message.message, message.exit_code)
 
     def _settle_progress(self, shard_id: int, frames: int) -> None:
         """Make the bar count exactly ``frames`` for this shard (e.g. after an OOM split or a retry)."""

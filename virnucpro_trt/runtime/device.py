@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.json_fields import count, number, obj, optional_text, text
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +65,51 @@ def configure_fp32_reference() -> None:
     torch.set_float32_matmul_precision("highest")
 
 
-def describe_device(device: torch.device) -> dict[str, object]:
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What run.json records about the device: CUDA properties on a GPU, torch's threads on a CPU."""
+
+    device: str
+    torch: str
+    name: str
+    compute_capability: str | None = None  # CUDA only
+    memory_gib: float | None = None  # CUDA only
+    cuda: str | None = None  # CUDA only: torch's CUDA version
+    threads: int | None = None  # CPU only
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"device": self.device, "torch": self.torch, "name": self.name}
+        if self.is_cuda:
+            data.update(
+                compute_capability=self.compute_capability, memory_gib=self.memory_gib, cuda=self.cuda
+            )
+        else:
+            data["threads"] = self.threads
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> DeviceFacts:
+        data = obj(data, "device")
+        device = text(data, "device")
+        extra = ("compute_capability", "memory_gib", "cuda") if device.startswith("cuda") else ("threads",)
+        obj(data, "device", ("device", "torch", "name", *extra))
+        base = (device, text(data, "torch"), text(data, "name"))
+        if not device.startswith("cuda"):
+            return cls(*base, threads=count(data, "threads", 1))
+        memory = number(data, "memory_gib", 0.0)
+        return cls(*base, text(data, "compute_capability"), memory, optional_text(data, "cuda"))
+
+
+def describe_device(device: torch.device) -> DeviceFacts:
     """What run.json records about the device."""
-    info: dict[str, object] = {"device": str(device), "torch": torch.__version__}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update(
-            name=props.name,
-            compute_capability=f"{props.major}.{props.minor}",
-            memory_gib=round(props.total_memory / 2**30, 1),
-            cuda=torch.version.cuda,
-        )
-    else:
-        info.update(name="cpu", threads=torch.get_num_threads())
-    return info
+        return DeviceFacts(
+            str(device), torch.__version__, props.name, f"{props.major}.{props.minor}",
+            round(props.total_memory / 2**30, 1), torch.version.cuda,
+        )  # fmt: skip
+    return DeviceFacts(str(device), torch.__version__, "cpu", threads=torch.get_num_threads())

@@ -27,21 +27,23 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.json_fields import FieldError
+from virnucpro_trt.runtime.shard_marker import MARKER_SUFFIX, RESULT_SUFFIXES, ShardMarker, marker_path
 from virnucpro_trt.runtime.shards import ShardSpec, read_shard_index
+from virnucpro_trt.runtime.worker_facts import WorkerFacts
 
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
 LOCK_FILE = ".work.lock"
 STATE_SCHEMA = 2
-MARKER_SUFFIX = ".done.json"
 MAX_STATE_BYTES = 16 << 20
 
 _PARTIAL = r"\.[^/]+\.partial"  # files.atomic temporaries: .NAME.<pid>-<thread>.partial
@@ -53,7 +55,9 @@ WORK_NAMES: dict[str, tuple[re.Pattern[str], tuple[str, ...]]] = {
     "shards.tmp": (_SHARD_FILES, ()),
     "results": (
         re.compile(
-            r"shard-\d{6}\.(prediction\.txt|frames\.tsv|sequences\.tsv|maxima\.tsv|embeddings\.npz|done\.json)|"
+            r"shard-\d{6}("
+            + "|".join(re.escape(suffix) for suffix in (*RESULT_SUFFIXES.values(), MARKER_SUFFIX))
+            + ")|"
             + _PARTIAL
         ),
         (),
@@ -83,10 +87,6 @@ def outdir_lock(outdir: Path) -> Iterator[None]:
             path.unlink(missing_ok=True)  # before unlocking: a waiting run then finds no stale file
     finally:
         handle.close()
-
-
-def marker_path(results: Path, shard: ShardSpec) -> Path:
-    return results / f"{shard.stem}{MARKER_SUFFIX}"
 
 
 def inside_work_area(path: Path) -> Path | None:
@@ -260,55 +260,59 @@ class WorkDir:
         self.results.mkdir(parents=True, exist_ok=True)
 
     # -- results ---------------------------------------------------------------------------------
-    def finished_shards(self, shards: list[ShardSpec]) -> dict[int, dict[str, Any]]:
-        """Markers of the shards whose results verify; any other marker is removed (the shard is redone)."""
+    def finished_shards(self, shards: list[ShardSpec], roles: Collection[str]) -> dict[int, ShardMarker]:
+        """Markers of the shards whose results verify and include every file of ``roles`` (the ones this
+        run merges); any other marker is removed (the shard is redone)."""
         self.results.mkdir(parents=True, exist_ok=True)
         for stale in self.results.glob(".*.partial"):  # a writer killed between write and rename
             stale.unlink(missing_ok=True)
-        finished: dict[int, dict[str, Any]] = {}
+        finished: dict[int, ShardMarker] = {}
         for shard in shards:
             path = marker_path(self.results, shard)
             if not path.exists():
                 continue
-            marker = self._read_json(path)
-            problem = self._marker_problem(marker, shard)
+            try:
+                marker = ShardMarker.read(path)
+                problem = self._marker_problem(marker, shard, roles)
+            except OSError:
+                problem = "its marker is unreadable"
+            except FieldError as exc:
+                problem = f"its marker is malformed ({exc})"
             if problem is None:
-                assert marker is not None
                 finished[shard.id] = marker
             else:
                 log.warning("%s will be redone: %s", shard.describe(), problem)
                 path.unlink(missing_ok=True)
         return finished
 
-    def _marker_problem(self, marker: dict[str, Any] | None, shard: ShardSpec) -> str | None:
-        if marker is None:
-            return "its marker is unreadable"
-        if (marker.get("shard"), marker.get("first_record"), marker.get("records")) != (
-            shard.id,
-            shard.first,
-            shard.records,
-        ):
+    def _marker_problem(self, marker: ShardMarker, shard: ShardSpec, roles: Collection[str]) -> str | None:
+        if (marker.shard, marker.first_record, marker.records) != (shard.id, shard.first, shard.records):
             return "its marker names other records"
-        files = marker.get("files")
-        if not isinstance(files, dict):
-            return "its marker lists no files"
-        for role, entry in files.items():
-            name = entry.get("name") if isinstance(entry, dict) else None
-            if not isinstance(name, str) or not name.startswith(shard.stem + ".") or "/" in name:
-                return f"its marker names a {role} file outside the shard"
-            path = self.results / name
-            if not path.is_file() or path.stat().st_size != entry.get("bytes"):
+        missing = marker.lacks(roles)
+        if missing:
+            return f"its marker lists no {', '.join(missing)} file"
+        for role, entry in marker.files.items():
+            path = self.results / entry.name
+            if not path.is_file() or path.stat().st_size != entry.size:
                 return f"its {role} file is missing or truncated"
-            if sha256_file(path) != entry.get("sha256"):
+            if sha256_file(path) != entry.sha256:
                 return f"its {role} file does not match its recorded SHA-256"
         return None
 
     # -- facts -----------------------------------------------------------------------------------
-    def save_facts(self, facts: dict[str, Any]) -> None:
-        write_bytes_atomic(self.facts_path, (json.dumps(facts, indent=1, default=str) + "\n").encode())
+    def save_facts(self, facts: WorkerFacts) -> None:
+        write_bytes_atomic(self.facts_path, facts.encode())
 
-    def read_facts(self) -> dict[str, Any] | None:
-        return self._read_json(self.facts_path)
+    def read_facts(self) -> WorkerFacts | None:
+        """The facts an earlier attempt's worker reported, or None when absent or malformed (a worker
+        is then started to report them again)."""
+        try:
+            return WorkerFacts.read(self.facts_path)
+        except FileNotFoundError:
+            return None
+        except (OSError, FieldError) as exc:
+            log.warning("ignoring %s: %s", self.facts_path, exc)
+            return None
 
     # -- housekeeping ----------------------------------------------------------------------------
     def wipe(self) -> None:

@@ -54,6 +54,11 @@ def default_shard_records(records: int) -> int:
     return PIECE_RECORDS * max(1, min(MAX_SHARD_RECORDS // PIECE_RECORDS, pieces))
 
 
+def shard_stem(shard_id: int) -> str:
+    """``shard-000042``: the prefix of every file of shard 42."""
+    return f"shard-{shard_id:06d}"
+
+
 @dataclass(frozen=True)
 class ShardSpec:
     """One shard: which records it holds (0-based, end-exclusive), its file and what it will cost."""
@@ -74,7 +79,7 @@ class ShardSpec:
     @property
     def stem(self) -> str:
         """Prefix of every file that belongs to this shard (its input and its results)."""
-        return f"shard-{self.id:06d}"
+        return shard_stem(self.id)
 
     def describe(self) -> str:
         """How messages name a shard: ``shard 3 (records 769-1024)``, 1-based and inclusive."""

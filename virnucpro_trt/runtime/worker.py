@@ -10,20 +10,22 @@ It runs as a spawned process (one per GPU, or per CPU worker), or — for a run 
 worker — as a thread of the main process ("inline"): the same code and messages, without the 3-4 s a
 fresh interpreter needs to import torch, which would dominate small runs.
 
-Messages to the coordinator (tuples over a ``multiprocessing`` Pipe, one per worker, so a worker that
-dies mid-message can only garble its own channel):
+Messages to the coordinator (:mod:`~virnucpro_trt.runtime.worker_messages`, one dataclass per kind, over
+a ``multiprocessing`` Pipe, one per worker, so a worker that dies mid-message can only garble its own
+channel):
 
-* ``("ready", slot, facts, load_s)`` — models loaded;
-* ``("start", slot, shard_id)`` — ``process`` begins (a crash from here on is charged to this shard);
-* ``("progress", slot, shard_id, n)`` — n more frames embedded;
-* ``("done", slot, shard_id, marker)`` — the shard's files and marker are on disk;
-* ``("failed", slot, shard_id | None, message, details)`` — an unexpected exception; the worker exits
-  and is respawned (its device may be in a bad state, e.g. after a CUDA error);
-* ``("fatal", slot, exit_code, message, details)`` — a :class:`~virnucpro_trt.errors.VirnucproError`
+* ``Ready(slot, facts, load_s)`` — models loaded (:class:`~virnucpro_trt.runtime.worker_facts.WorkerFacts`);
+* ``Started(slot, shard)`` — ``process`` begins (a crash from here on is charged to this shard);
+* ``Progress(slot, shard, frames)`` — that many more frames embedded;
+* ``Done(slot, shard, marker)`` — the shard's files and marker
+  (:class:`~virnucpro_trt.runtime.shard_marker.ShardMarker`) are on disk;
+* ``Failed(slot, shard | None, message, details)`` — an unexpected exception; the worker exits and is
+  respawned (its device may be in a bad state, e.g. after a CUDA error);
+* ``Fatal(slot, exit_code, message, details)`` — a :class:`~virnucpro_trt.errors.VirnucproError`
   (a wrong model, NaN embeddings, a too-long input): retrying gives the same answer, so the run ends;
-* ``("log", slot, record)`` — a log record from a process worker.
+* ``Log(slot, record)`` — a log record from a process worker.
 
-From the coordinator: ``("shard", ShardTask)`` or ``None`` (no more work).
+From the coordinator: a :class:`ShardTask`, or ``None`` (no more work).
 
 Test-only fault injection: ``VIRNUCPRO_TEST_FAIL_SHARD=<shard>:<attempts>`` makes the worker die on that
 shard for its first ``<attempts>`` attempts — ``os._exit(3)`` in a worker process, the end of the
@@ -47,7 +49,19 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from virnucpro_trt.errors import VirnucproError
+from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
+from virnucpro_trt.runtime.worker_facts import WorkerFacts
+from virnucpro_trt.runtime.worker_messages import (
+    Done,
+    Failed,
+    Fatal,
+    Log,
+    Progress,
+    Ready,
+    Started,
+    WorkerMessage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +93,11 @@ class ShardTask:
 class ShardProcessor(Protocol):
     """What a worker runs for each shard (see the module docstring)."""
 
-    facts: dict[str, Any]
+    facts: WorkerFacts
 
     def prepare(self, task: ShardTask) -> Any: ...
 
-    def process(self, prepared: Any, task: ShardTask, progress: Callable[[int], None]) -> dict[str, Any]: ...
+    def process(self, prepared: Any, task: ShardTask, progress: Callable[[int], None]) -> ShardMarker: ...
 
 
 class ShardJob(Protocol):
@@ -107,7 +121,7 @@ class _Sender:
         self.conn = conn
         self.lock = threading.Lock()
 
-    def __call__(self, message: tuple[Any, ...]) -> None:
+    def __call__(self, message: WorkerMessage) -> None:
         with self.lock:
             self.conn.send(message)
 
@@ -133,7 +147,7 @@ def run_worker(
         processor = job.open(slot)
     except Exception as exc:
         return _report_failure(send, slot, None, exc)
-    send(("ready", slot.index, processor.facts, time.perf_counter() - started))
+    send(Ready(slot.index, processor.facts, time.perf_counter() - started))
 
     prepared: queue.Queue[Any] = queue.Queue(maxsize=1)
     finished = threading.Event()
@@ -170,14 +184,14 @@ def _process_loop(
             return 0
         task, data, error = item
         shard_id = task.shard.id
-        send(("start", slot.index, shard_id))
+        send(Started(slot.index, shard_id))
         try:
             _maybe_inject_fault(task, own_process)
             if error is not None:
                 raise error
 
             def progress(n: int, shard_id: int = shard_id) -> None:
-                send(("progress", slot.index, shard_id, n))
+                send(Progress(slot.index, shard_id, n))
                 if stop.is_set():
                     raise WorkerStopped
 
@@ -188,7 +202,7 @@ def _process_loop(
             return 0
         except Exception as exc:
             return _report_failure(send, slot, shard_id, exc)
-        send(("done", slot.index, shard_id, marker))
+        send(Done(slot.index, shard_id, marker))
 
 
 def _report_failure(send: _Sender, slot: WorkerSlot, shard_id: int | None, exc: Exception) -> int:
@@ -198,9 +212,9 @@ def _report_failure(send: _Sender, slot: WorkerSlot, shard_id: int | None, exc: 
     is ``failed`` (the worker is respawned and ``shard_id``, if any, re-queued).
     """
     if isinstance(exc, VirnucproError):
-        send(("fatal", slot.index, exc.exit_code, str(exc), traceback.format_exc()))
+        send(Fatal(slot.index, exc.exit_code, str(exc), traceback.format_exc()))
     else:
-        send(("failed", slot.index, shard_id, _one_line(exc), traceback.format_exc()))
+        send(Failed(slot.index, shard_id, _one_line(exc), traceback.format_exc()))
     return EXIT_FAILED
 
 
@@ -224,7 +238,7 @@ def _prefetch(
         if message is None:
             _put(prepared, _END, finished)
             return
-        task: ShardTask = message[1]
+        task: ShardTask = message
         try:
             item = (task, processor.prepare(task), None)
         except Exception as exc:  # reported by the main thread, in order, as this shard's failure
@@ -279,7 +293,7 @@ class _PipeLogHandler(logging.Handler):
                 record.msg += "\n" + "".join(traceback.format_exception(*record.exc_info))
             record.exc_info = None
             record.exc_text = None
-            self.send(("log", self.slot.index, record))
+            self.send(Log(self.slot.index, record))
         except Exception:  # logging must never kill a worker
             self.handleError(record)
 

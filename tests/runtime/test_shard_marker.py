@@ -1,0 +1,119 @@
+"""The shard done-marker: its JSON layout, and markers read back as hostile input (redo, no traceback)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import pytest
+
+from virnucpro_trt.files.json_fields import FieldError
+from virnucpro_trt.outputs.shard_results import write_shard_results
+from virnucpro_trt.runtime.resume import WorkDir
+from virnucpro_trt.runtime.shard_marker import (
+    MAX_MARKER_BYTES,
+    ShardMarker,
+    ShardReport,
+    marker_path,
+    result_roles,
+)
+from virnucpro_trt.runtime.shards import ShardSpec
+from virnucpro_trt.runtime.worker_messages import Done
+
+SHARD = ShardSpec(id=3, first=768, records=256, bases=1000, chunks=300, frames=200, file="shard-000003.fa",
+                  size_bytes=2000)  # fmt: skip
+REPORT = ShardReport(
+    counts={"records": 256, "frames": 200, "virus_frames": 7},
+    timings_s={"prepare": 0.25, "process": 1.5},
+    worker=1,
+    device="cuda:1",
+    device_name="NVIDIA H200",
+    attempt=2,
+    pid=4242,
+)
+CONTENTS = {"prediction": b"p\n", "frames": b"f\n", "sequences": b"s\n", "maxima": b"m\n"}
+
+
+def _written(tmp_path: Path, contents: dict[str, bytes] = CONTENTS) -> tuple[WorkDir, ShardMarker]:
+    work = WorkDir(tmp_path)
+    work.results.mkdir(parents=True)
+    return work, write_shard_results(work.results, SHARD, contents, REPORT)
+
+
+def test_the_marker_keeps_its_json_layout_and_reads_back_equal(tmp_path: Path) -> None:
+    _, marker = _written(tmp_path)
+    data = json.loads(marker_path(tmp_path / ".work" / "results", SHARD).read_text())
+    assert list(data) == [
+        "schema", "shard", "first_record", "records", "counts", "timings_s", "worker", "device",
+        "device_name", "attempt", "pid", "files",
+    ]  # fmt: skip
+    assert (data["schema"], data["shard"], data["first_record"], data["records"]) == (1, 3, 768, 256)
+    assert data["files"]["maxima"] == {
+        "name": "shard-000003.maxima.tsv",
+        "bytes": 2,
+        "sha256": hashlib.sha256(b"m\n").hexdigest(),
+    }
+    assert data["counts"] == REPORT.counts and data["timings_s"] == REPORT.timings_s
+    assert (data["worker"], data["device"], data["device_name"], data["attempt"], data["pid"]) == (
+        1, "cuda:1", "NVIDIA H200", 2, 4242,
+    )  # fmt: skip
+    assert list(data["files"]) == ["prediction", "frames", "sequences", "maxima"]
+    assert ShardMarker.from_json(data) == marker
+    assert (marker.frames, marker.process_s) == (200, 1.5)
+    assert pickle.loads(pickle.dumps(Done(1, 3, marker))) == Done(1, 3, marker)  # crosses the process line
+
+
+def _hostile(data: dict) -> list[tuple[str, object]]:
+    """Marker JSON variants a kill, an editor or a prankster could leave: each must mean "redo"."""
+    files = data["files"]
+
+    def frames_file(**change: object) -> dict:
+        return {**data, "files": {**files, "frames": {**files["frames"], **change}}}
+
+    return [
+        ("counts as text", {**data, "counts": "many"}),
+        ("a count that is true", {**data, "counts": {**data["counts"], "frames": True}}),
+        ("a negative count", {**data, "counts": {**data["counts"], "frames": -1}}),
+        ("an infinite timing", {**data, "timings_s": {"process": float("inf")}}),
+        ("no maxima file", {**data, "files": {k: v for k, v in files.items() if k != "maxima"}}),
+        ("a file outside the shard", frames_file(name="../x")),
+        ("another shard's file", frames_file(name="shard-000004.frames.tsv")),
+        ("an unknown role", {**data, "files": {**files, "notes": files["frames"]}}),
+        ("a size that is text", frames_file(bytes="2")),
+        ("no SHA-256", frames_file(sha256="x")),
+        ("an extra key", {**data, "note": 1}),
+        ("a missing key", {k: v for k, v in data.items() if k != "pid"}),
+        ("another schema", {**data, "schema": 2}),
+        ("not an object", [data]),
+        ("attempt 0", {**data, "attempt": 0}),
+    ]  # fmt: skip
+
+
+def test_a_malformed_marker_means_redo_the_shard(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    work, marker = _written(tmp_path)
+    path = marker_path(work.results, SHARD)
+    roles = result_roles(embeddings=False)
+    assert work.finished_shards([SHARD], roles) == {SHARD.id: marker}
+    for what, variant in _hostile(marker.to_json()):
+        with pytest.raises(FieldError):
+            ShardMarker.from_json(variant)
+        path.write_text(json.dumps(variant))
+        with caplog.at_level(logging.WARNING):
+            assert work.finished_shards([SHARD], roles) == {}, what
+        assert not path.exists(), what
+        assert "shard 3 (records 769-1024) will be redone: its marker is malformed" in caplog.text, what
+        caplog.clear()
+    for raw in (b"{", b"\xff\xfe", b"[1, 2", b" " * (MAX_MARKER_BYTES + 1)):
+        path.write_bytes(raw)
+        assert work.finished_shards([SHARD], roles) == {} and not path.exists()
+
+
+def test_a_run_that_saves_embeddings_redoes_a_shard_without_them(tmp_path: Path) -> None:
+    work, _ = _written(tmp_path)
+    assert work.finished_shards([SHARD], result_roles(embeddings=True)) == {}
+    _, with_embeddings = _written(tmp_path / "e", {**CONTENTS, "embeddings": b"npz"})
+    work = WorkDir(tmp_path / "e")
+    assert work.finished_shards([SHARD], result_roles(embeddings=True)) == {SHARD.id: with_embeddings}

@@ -1,0 +1,94 @@
+"""Reading back JSON the tool wrote earlier, as hostile input: bounded in size, every field typed.
+
+A file under ``OUTDIR/.work`` (a shard's done-marker, the worker facts) may have been cut short by a
+kill, edited by hand or replaced. Reading one either gives typed values or raises :class:`FieldError`
+naming the field, which the caller turns into "redo that work"; never a ``KeyError`` or ``TypeError``
+from deep inside a merge. JSON's ``NaN``/``Infinity`` extensions are refused wherever a number is read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class FieldError(ValueError):
+    """A JSON file, or one of its fields, is not what the tool writes there."""
+
+
+def read_json_object(path: Path, max_bytes: int) -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`FieldError` if it is larger than ``max_bytes``, not JSON or
+    not an object (``OSError`` when it cannot be read at all)."""
+    with open(path, "rb") as handle:
+        raw = handle.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise FieldError(f"larger than {max_bytes} bytes")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise FieldError("not JSON") from None
+    return obj(data, "the file")
+
+
+def obj(value: Any, where: str, keys: Collection[str] | None = None) -> dict[str, Any]:
+    """``value`` as a JSON object; with ``keys``, holding exactly those keys."""
+    if not isinstance(value, dict):
+        raise FieldError(f"{where}: not an object")
+    if keys is not None and set(value) != set(keys):
+        extra, missing = sorted(set(value) - set(keys)), sorted(set(keys) - set(value))
+        raise FieldError(f"{where}: unexpected keys {extra}, missing {missing}")
+    return value
+
+
+def count(data: dict[str, Any], key: str, minimum: int = 0) -> int:
+    """An integer >= ``minimum`` (``true``/``false`` are not integers here)."""
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise FieldError(f"{key}: not an integer >= {minimum}")
+    return value
+
+
+def number(data: dict[str, Any], key: str, minimum: float = -math.inf) -> float:
+    """A finite number >= ``minimum``."""
+    value = data.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise FieldError(f"{key}: not a finite number")
+    if value < minimum:
+        raise FieldError(f"{key}: below {minimum}")
+    return float(value)
+
+
+def seconds(data: dict[str, Any], key: str) -> float:
+    """A finite number >= 0."""
+    return number(data, key, 0.0)
+
+
+def text(data: dict[str, Any], key: str, pattern: re.Pattern[str] | None = None) -> str:
+    """A string (matching ``pattern`` whole, when given)."""
+    value = data.get(key)
+    if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
+        raise FieldError(f"{key}: not {'a SHA-256' if pattern is SHA256 else 'a string'}")
+    return value
+
+
+def optional_text(data: dict[str, Any], key: str) -> str | None:
+    """A string or ``null``."""
+    return None if data.get(key) is None else text(data, key)
+
+
+def counts(data: dict[str, Any], key: str) -> dict[str, int]:
+    """An object of integers >= 0."""
+    table = obj(data.get(key), key)
+    return {name: count(table, name) for name in table}
+
+
+def timings(data: dict[str, Any], key: str) -> dict[str, float]:
+    """An object of finite numbers >= 0 (seconds)."""
+    table = obj(data.get(key), key)
+    return {name: seconds(table, name) for name in table}
