@@ -8,7 +8,7 @@ the run.json the CLI writes (frames / encoder wall time, and reads / total wall 
 come from :func:`virnucpro_trt.bench.models.write_random_models` (the same set ``virnucpro-trt bench
 --random-weights full`` runs) and are reused from ``--workdir`` when a finished set is there.
 
-Run on a GPU host, e.g. (see ../shared/gpu/README.md for the package setup there):
+Run on a GPU host, e.g. (the package setup there: DEVELOPERS.md, "Running on the H200 hosts"):
 
     python3 benchmarks/predict_full_size.py --reads 20000 --precision bf16 --json results.json
 """

@@ -2,7 +2,7 @@
 
 Nothing here uses the package's sequence code, native models, tokenizers or classifier loader:
 records are read with Biopython's ``SeqIO.parse`` (as upstream does), chunked and translated by the
-spec-literal reference of ``tests/sequences/reference.py``, DNABERT-S runs through the plain models.md
+spec-literal reference of ``tests/sequences/reference.py``, DNABERT-S runs through the plain docs/models.md
 re-statement one sequence at a time with Hugging Face's ``PreTrainedTokenizerFast`` (as upstream's
 ``AutoTokenizer``), ESM-2 runs through ``transformers.EsmModel`` one protein at a time, and the classifier
 is upstream's whole pickled module loaded with plain ``torch.load`` (trusted: the test wrote it).

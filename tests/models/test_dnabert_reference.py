@@ -1,4 +1,4 @@
-"""DNABERT-S: native batched encoder vs a plain, unbatched reference written here from models.md."""
+"""DNABERT-S: native batched encoder vs a plain, unbatched reference written here from docs/models.md."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from virnucpro_trt.models.tokenization import DnaTokenizer
 
 ATOL = 1e-5
 
-# Literal slopes from the rule in models.md (never computed by the code under test).
+# Literal slopes from the rule in docs/models.md (never computed by the code under test).
 LITERAL_SLOPES = {
     4: [2**-2, 2**-4, 2**-6, 2**-8],
     6: [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3],
@@ -36,7 +36,7 @@ def _layer_norm(x: torch.Tensor, state: dict, name: str, eps: float) -> torch.Te
 
 
 def plain_dnabert(state: dict, config: DnabertConfig, ids: list[int]) -> torch.Tensor:
-    """One sequence, no padding, float64, following models.md step by step: returns [T, hidden]."""
+    """One sequence, no padding, float64, following docs/models.md step by step: returns [T, hidden]."""
     state = {k: v.double() for k, v in state.items()}
     hidden, heads, inter = config.hidden_size, config.num_attention_heads, config.intermediate_size
     d = hidden // heads

@@ -1,6 +1,6 @@
 """What a figure was measured on: GPU, driver, CPU and library versions.
 
-A throughput number means nothing without its machine (performance.md: "record GPU name, driver, torch,
+A throughput number means nothing without its machine (docs/performance.md: "record GPU name, driver, torch,
 CUDA and precision with every number"), so every benchmark result carries this block. Nothing here may
 fail a run: a fact that cannot be read is recorded as ``None`` (or ``"unknown"`` for the driver).
 """

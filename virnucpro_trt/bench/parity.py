@@ -1,6 +1,6 @@
 """How far a configuration's answers are from the reference's, on the frames both computed.
 
-A speedup only counts if the answers survive it (performance.md's parity goals: bf16 pooled embeddings
+A speedup only counts if the answers survive it (docs/performance.md's parity goals: bf16 pooled embeddings
 min cosine >= 0.9995 and >= 99.9% label agreement; fp8 0.995 and 99.5%). Embeddings are held to the
 build-time gate's thresholds (:mod:`virnucpro_trt.engines.parity`); scores and labels are compared
 after the classifier, which is what a user sees.
@@ -15,7 +15,7 @@ import numpy as np
 from virnucpro_trt.bench.path import PathResult
 from virnucpro_trt.engines.parity import FP32_MAX_ABS, MIN_COSINE
 
-# performance.md's label-agreement goals; fp32 is held to the half-precision figure (it only differs
+# docs/performance.md's label-agreement goals; fp32 is held to the half-precision figure (it only differs
 # from the reference in summation order).
 MIN_LABEL_AGREEMENT = {"fp32": 0.999, "fp16": 0.999, "bf16": 0.999, "fp8": 0.995}
 # A frame whose reference P(virus) is within this of 0.5 is "on the boundary": any rounding can flip its
@@ -57,7 +57,7 @@ def path_parity(reference: PathResult, got: PathResult, precision: str) -> dict[
     """``dnabert_min_cos``, ``esm_min_cos``, ``label_agreement``, ``max_abs_score_diff`` and context.
 
     The rule is the build-time gate's (fp32: embeddings within ``FP32_MAX_ABS``; reduced precisions: min
-    cosine) plus performance.md's label agreement.
+    cosine) plus docs/performance.md's label agreement.
     """
     ref_rows, got_rows = _aligned(reference, got)
     if len(ref_rows) == 0:

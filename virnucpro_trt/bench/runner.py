@@ -164,7 +164,7 @@ def _describe_workload(workload: Workload, ctx: OpenContext) -> dict[str, Any]:
 
 
 def _rotated(records: list, index: int, repeats: int) -> list:
-    """Pass ``index`` starts at a different read (performance.md: rotate inputs between passes)."""
+    """Pass ``index`` starts at a different read (docs/performance.md: rotate inputs between passes)."""
     if index == 0 or not records:
         return records
     offset = (index * len(records)) // (repeats + 1)

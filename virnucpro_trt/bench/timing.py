@@ -1,6 +1,6 @@
 """Timing that survives asynchronous GPUs, lazy initialisation and noisy neighbours.
 
-The rules (performance.md, "How to measure"): a warm-up pass first (CUDA context, cuBLAS heuristics,
+The rules (docs/performance.md, "How to measure"): a warm-up pass first (CUDA context, cuBLAS heuristics,
 autotuning and allocator growth all happen on first use and are not throughput), synchronize the device
 before every clock read (a launch returns before the GPU has done the work), and report the median of
 several passes (robust to one slow pass).

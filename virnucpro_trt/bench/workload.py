@@ -1,6 +1,6 @@
 """The one workload every configuration runs: reads, and the frames they keep.
 
-performance.md defines benchmarks by short reads (300 or 500 bp) and counts throughput in kept frames.
+docs/performance.md defines benchmarks by short reads (300 or 500 bp) and counts throughput in kept frames.
 Random DNA almost never keeps a 500 bp frame, so generated reads carry coding regions
 (:func:`~virnucpro_trt.sequences.synthetic.generate_reads`); their lengths follow a named mix (one
 length, 100-1000 bp, or 150 bp Illumina-like: ``LENGTH_MIXES``), so padding can be measured on realistic

@@ -2,8 +2,8 @@
 
 An fp8 linear needs its input as e4m3 plus one scale per row (amax / 448). Left to Inductor, the
 quantisation of a LayerNorm output or of a GELU output becomes a looped reduction that reads the row two
-or three times and evaluates the LayerNorm or GELU again on every pass: on the H200 these kernels took a
-third of the fp8 ESM-2 forward (profile in the measurement log). Here one Triton program holds one
+or three times and evaluates the LayerNorm or GELU again on every pass, which is where much of the fp8
+forward goes (profile: docs/measurements.md). Here one Triton program holds one
 whole row in registers (2560 or 10240 values), computes the op, its amax and the e4m3 values, and writes
 them once.
 

@@ -7,8 +7,7 @@ the linears for e4m3 row-wise ones, :mod:`inductor_fp8`), export it with dynamic
 batch into the graph's box (:mod:`inductor_runner`). The package is bound to the torch (and triton)
 version that built it and, on CUDA, to the GPU architecture, hence ``library_versions``.
 
-Why these choices, for CUDA speed (not measurable here: the lead measures on the H200; the goal is ESM-2
-3B bf16 >= 540 proteins/s, torch.compile's figure, and 700 eventually):
+Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
 
 * Dynamic shapes cost little for these encoders. Every inner dimension (hidden 2560, heads 40 x 64, FFN
   10240) is static; batch and length only multiply into the GEMMs' M = B*T and into the row count of
@@ -22,9 +21,8 @@ Why these choices, for CUDA speed (not measurable here: the lead measures on the
   (16-byte bf16) aligned. The buffer that needs it is the attention bias: the memory-efficient SDPA
   kernel wants its row stride to be a multiple of 8, and Inductor's SDPA lowering re-lays-out (pads) a
   bias whose alignment it cannot prove. The bias is built once per layer anyway (see below), so the gain
-  is expected to be small; the price is up to m-1 pad tokens per batch (~2% at 170 tokens for m=8).
-  Measure m=1 against m=8 on the H200 and keep the faster default. On CPU (2 shared cores, noisy) no
-  difference between m=1 and m=8 was measurable beyond the extra tokens.
+  is expected to be small; the price is up to m-1 pad tokens per batch (~2% at 170 tokens for m=8,
+  more for short reads: the bench reports it). m=1 against m=8 has not been measured on a GPU.
 * Attention stays on a fused SDPA kernel. ESM-2 passes a boolean key-padding mask [B, 1, 1, T];
   DNABERT-S an additive ALiBi + padding bias [B, H, T, T]. On CPU Inductor lowers both to
   ``_scaled_dot_product_flash_attention_for_cpu``, the boolean mask turned into an additive float bias
@@ -32,13 +30,12 @@ Why these choices, for CUDA speed (not measurable here: the lead measures on the
   ``extern_kernels``). On CUDA an explicit mask rules out FlashAttention-2, so SDPA takes the
   memory-efficient (CUTLASS) kernel with the mask as a float bias that Inductor materialises as
   [B, 1, T, T] per layer (its query dimension cannot stay a stride-0 broadcast because of the alignment
-  rule). Not cuDNN attention, which torch 2.11 prefers on Hopper: it plans per new shape, ~45 ms each,
-  and a run's batches are nearly all new shapes (``BuildOptions.attention``,
-  :mod:`virnucpro_trt.runtime.attention_kernel`, measured). The build checks the lowered call
-  (``extern_kernels`` in the facts) against the request. Attention is ~1% of ESM-2 3B's FLOPs at 170
-  tokens (T / 6D) and the bias ~12 MB per layer at 190 x 176 in bf16, so once planned the kernel choice
-  matters far less than the GEMMs and the fused LayerNorm/rotary/GELU/residual kernels, which are what
-  torch.compile gains over eager bf16.
+  rule). Not cuDNN attention, which torch 2.11 prefers on Hopper: it plans per new shape, and a run's
+  batches are nearly all new shapes (``BuildOptions.attention``,
+  :mod:`virnucpro_trt.runtime.attention_kernel`). The build checks the lowered call (``extern_kernels``
+  in the facts) against the request. Attention is ~1% of ESM-2 3B's FLOPs at 170 tokens (T / 6D), but the
+  memory-efficient kernel is Ampere code and takes a tenth of the bf16 forward on the H200: the next
+  lever once the GEMMs are at peak (DEVELOPERS.md, "Open problems").
 * Batch 1: exported as a dynamic dim with ``min=1`` (torch 2.13 keeps it once the example batch is >= 2;
   2.11 not checked here). The runner pads any batch below the graph's minimum, as the exporter recorded
   it, by repeating row 0 (and drops those rows); ``extra["min_export_batch"]=2`` forces that path.

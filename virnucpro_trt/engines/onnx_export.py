@@ -16,7 +16,7 @@ Precision: the model is cast to fp32/fp16/bf16 *in place* before tracing (the bu
 reference first). The encoders keep LayerNorm statistics, rotary tables, the ESM residual stream and
 pooling in fp32 with explicit casts, so the graph has the same fp32 islands; the attention Softmax is
 moved to fp32 by a graph pass. Every LayerNormalization is checked to have inputs of one type (the
-mixed fp32/fp16 LayerNormalization ONNX Runtime refuses, models.md). fp8 is not exported: it needs Q/DQ
+mixed fp32/fp16 LayerNormalization ONNX Runtime refuses, docs/models.md). fp8 is not exported: it needs Q/DQ
 calibration, which this project does not do.
 
 Weights larger than ``external_data_threshold`` (1.5 GB: full-size ESM-2 3B is 5.6 GB in bf16, 11 GB

@@ -8,7 +8,7 @@ written with external data.
   models already keep LayerNorm statistics, rotary and pooling in fp32 explicitly; the attention softmax
   comes from ``scaled_dot_product_attention``, which the exporter decomposes into ops in the weight dtype.
 * :func:`mixed_layernorms` finds LayerNormalization nodes whose inputs mix float types: the export bug
-  ONNX Runtime refuses to load (models.md), checked on every export.
+  ONNX Runtime refuses to load (docs/models.md), checked on every export.
 * :func:`float_op_dtypes` says which ops compute in which float type (recorded with every export).
 * :func:`strip_trace_metadata` drops the exporter's per-node stack traces and FX dumps (two thirds of
   a tiny graph file, and absolute source paths of the build machine).

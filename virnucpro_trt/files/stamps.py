@@ -1,7 +1,7 @@
 """File-system stamps: when a file still carries the stamp recorded beside its digest, the digest holds.
 
-Hashing a full-size model set reads ~12 GB (6.2 s on the H200 host) and an engine set ~6 GB; doing it on
-every run is what users pay for nothing, since the files are almost always the very ones hashed before.
+Hashing a full-size model set reads ~12 GB and an engine set ~6 GB; doing it on every run is what users
+pay for nothing, since the files are almost always the very ones hashed before.
 So wherever a digest is recorded (engine manifests, the resume state), the file's stamp is recorded
 with it, and a later check whose file carries exactly that stamp reuses the digest.
 

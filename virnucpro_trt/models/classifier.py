@@ -1,6 +1,6 @@
 """The VirNucPro MLP classifier: loading its checkpoint formats safely and running it exactly.
 
-Network (virnucpro-reference.md §4): ``Linear(D, 512) -> BatchNorm1d(512) (eval) -> ReLU -> Dropout (eval:
+Network (docs/upstream.md §4): ``Linear(D, 512) -> BatchNorm1d(512) (eval) -> ReLU -> Dropout (eval:
 no-op) -> Linear(512, 2)``, then softmax; class 0 = ``others``, class 1 = ``virus``.
 
 Accepted checkpoints:

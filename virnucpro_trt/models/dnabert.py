@@ -1,7 +1,7 @@
 """DNABERT-S / DNABERT-2 ("MosaicBERT") encoder, written for batching and export.
 
 The upstream model ships as remote code whose Triton kernel no longer works and which runs one sequence
-at a time through an unpadding path. This is the same function (see ``shared/spec/models.md``) as a plain
+at a time through an unpadding path. This is the same function (see ``docs/models.md``) as a plain
 padded-batch module:
 
 * attribute names equal the checkpoint keys (``embeddings.word_embeddings``,

@@ -1,6 +1,6 @@
 """ESM-2 encoder (fair-esm's ``ESM2``), written for batching, reduced precision and export.
 
-Same function as fair-esm and ``transformers.EsmModel`` (see ``shared/spec/models.md``), with changes
+Same function as fair-esm and ``transformers.EsmModel`` (see ``docs/models.md``), with changes
 that do not alter the fp32 result:
 
 * q, k and v are one fused Linear (rows q | k | v), built at load time from the checkpoint's separate

@@ -5,7 +5,7 @@ A model kind has a name (``dnabert-s``, ``esm2``, ``classifier``: engine manifes
 ``classifier``: what :func:`~virnucpro_trt.models.resolve.resolve_model` and its messages call it, and
 run.json's keys). The two encoders add their token limits, the tokenizer file of an engine directory,
 the alphabet their input is read in, and their pooling rule as run.json and the HDF5 files state it
-(virnucpro-reference.md §3). Everything else looks a kind up here instead of keeping its own
+(docs/upstream.md §3). Everything else looks a kind up here instead of keeping its own
 translation.
 """
 

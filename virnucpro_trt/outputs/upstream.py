@@ -1,4 +1,4 @@
-"""The two files upstream VirNucPro writes, byte for byte (virnucpro-reference.md §5).
+"""The two files upstream VirNucPro writes, byte for byte (docs/upstream.md §5).
 
 ``prediction_results.txt``: one row per kept frame, in input order,
 ``Sequence_ID\\tPrediction\\tscore1\\tscore2`` with score1 = P(others), score2 = P(virus), printed as

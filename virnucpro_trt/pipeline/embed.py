@@ -1,6 +1,6 @@
 """``virnucpro-trt embed``: pooled DNABERT-S or ESM-2 embeddings of every input record, as HDF5.
 
-Pooling is the classifier's (virnucpro-reference.md §3): DNABERT-S averages every token including
+Pooling is the classifier's (docs/upstream.md §3): DNABERT-S averages every token including
 [CLS]/[SEP]; ESM-2 averages residues 1..min(1024, len). Records are embedded in token-budget batches and
 written in input order. An empty record has nothing to embed: its row is NaN with status ``empty``, so
 every input id is present and nobody mistakes a placeholder for an embedding.

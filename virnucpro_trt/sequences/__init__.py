@@ -1,7 +1,7 @@
 """Stage 1 of a read's life: read and validate input, chunk it, translate it, select frames.
 
 Everything here is CPU-only and reproduces upstream VirNucPro's preprocessing exactly (see
-``/work/shared/spec/virnucpro-reference.md`` sections 1, 2 and 6), vectorised so it never limits the GPUs.
+``docs/upstream.md`` sections 1, 2 and 6), vectorised so it never limits the GPUs.
 """
 
 from virnucpro_trt.sequences.chunking import Chunk, chunk_bounds, chunk_count, iter_chunks
