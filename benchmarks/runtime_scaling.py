@@ -76,6 +76,7 @@ def predict_row(
     return {
         "gpus": label,
         "workers": len(workers),
+        "devices": len({w.get("device") for w in workers}),
         "reads": run["counts"]["records"],
         "frames": frames,
         "shards": run["shards"]["total"],
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         "--models", choices=("full", "tiny"), default="full", help="random weights of the real or test sizes"
     )
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
+    parser.add_argument(
+        "--workers-per-gpu", type=int, default=1, help="passed to predict: worker processes per GPU"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
@@ -255,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, placement in settings:
         shards = ["--shard-records", str(args.shard_records)] if args.shard_records else []
+        shards += ["--workers-per-gpu", str(args.workers_per_gpu)] if args.workers_per_gpu > 1 else []
         out = root / f"out-{label.replace(',', '_').replace(' ', '_')}"
         row = predict_row(fasta, out, run_args, label, placement, [*budget, *shards])
         print(json.dumps(row), flush=True)
@@ -268,9 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     one = baseline or next((r for r in rows if r["workers"] == 1), None)
     for row in rows:
         if alone is not None:
-            ceiling = alone["frames_per_s"] * row["workers"]
+            ceiling = alone["frames_per_s"] * row["devices"]
             row["steady_vs_esm_alone"] = round((row["frames_per_s_steady"] or 0) / ceiling, 3)
-            row["shard_work_vs_esm_alone"] = round(row["frames_per_s_shard_work"] / alone["frames_per_s"], 3)
+            per_device = row["frames_per_s_shard_work"] * row["workers"] / row["devices"]
+            row["shard_work_vs_esm_alone"] = round(per_device / alone["frames_per_s"], 3)
         if one is not None:
             row["speedup_vs_1_gpu_total"] = round(row["frames_per_s_total"] / one["frames_per_s_total"], 2)
             row["speedup_vs_1_gpu_steady"] = round(

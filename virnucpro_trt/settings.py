@@ -59,6 +59,7 @@ class RunControl:
     workers: int | None = None  # CPU worker count; None: 1
     keep_work: bool = False  # keep OUTDIR/.work after success
     force: bool = False  # discard unfinished work of another input or other settings
+    workers_per_gpu: int = 1  # CUDA worker processes per GPU (each loads its own engines)
 
 
 @dataclass(frozen=True)

@@ -49,3 +49,13 @@ def test_gpu_slots(four_gpus):
         plan_worker_slots("auto", None, 2, None)
     with pytest.raises(UserError, match="not both"):
         plan_worker_slots("cuda:1", (0,), None, None)
+
+
+def test_several_workers_per_gpu_share_its_threads(four_gpus):
+    slots = plan_worker_slots("cuda", (0, 2), None, 16, per_gpu=2)
+    assert [(s.index, s.device, s.threads) for s in slots] == [
+        (0, "cuda:0", 4), (1, "cuda:0", 4), (2, "cuda:2", 4), (3, "cuda:2", 4)
+    ]  # fmt: skip
+    assert [s.device for s in plan_worker_slots("cuda:1", None, None, 6, per_gpu=3)] == ["cuda:1"] * 3
+    with pytest.raises(UserError, match="on the CPU choose --workers"):
+        plan_worker_slots("cpu", None, None, 4, per_gpu=2)

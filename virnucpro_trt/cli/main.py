@@ -255,6 +255,14 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "which runs inside the main process).",
     )
     @click.option(
+        "--workers-per-gpu",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="CUDA runs: worker processes per GPU, each with its own copy of the models (a second one can "
+        "hide the CPU half of each shard). The results do not depend on it.",
+    )
+    @click.option(
         "--shard-records",
         type=click.IntRange(min=1),
         default=None,
@@ -299,6 +307,7 @@ def predict(
     save_embeddings: bool,
     gpus: tuple[int, ...] | None,
     workers: int | None,
+    workers_per_gpu: int,
     shard_records: int | None,
     keep_work: bool,
     force: bool,
@@ -340,7 +349,7 @@ def predict(
         engines,
         rebuild,
         shard_records,
-        RunControl(gpus, workers, keep_work, force),
+        RunControl(gpus, workers, keep_work, force, workers_per_gpu),
         min_length=min_length,
     )
     _run_predict(settings, demo)

@@ -142,7 +142,9 @@ def run_predict(
             if spec:
                 resolve_model(spec, MODELS[kind].short)
     run = settings.run
-    ctx.slots = plan_worker_slots(settings.encoders.device, run.gpus, run.workers, settings.encoders.threads)
+    ctx.slots = plan_worker_slots(
+        settings.encoders.device, run.gpus, run.workers, settings.encoders.threads, run.workers_per_gpu
+    )
     if settings.classifier:
         _warn_chunk_length_mismatch(Path(settings.classifier), settings.chunk_length)
     check_input_file(settings.input)

@@ -89,19 +89,30 @@ class WorkerError(VirnucproError):
 
 
 def plan_worker_slots(
-    device_spec: str, gpus: tuple[int, ...] | None, workers: int | None, threads: int | None
+    device_spec: str,
+    gpus: tuple[int, ...] | None,
+    workers: int | None,
+    threads: int | None,
+    per_gpu: int = 1,
 ) -> list[WorkerSlot]:
-    """The worker slots of a run: one per selected GPU, or ``workers`` CPU slots.
+    """The worker slots of a run: ``per_gpu`` per selected GPU, or ``workers`` CPU slots.
 
-    GPU indices are the visible ones (``CUDA_VISIBLE_DEVICES`` applies, as everywhere in torch).
+    GPU indices are the visible ones (``CUDA_VISIBLE_DEVICES`` applies, as everywhere in torch). A
+    second process on a GPU can run its shard's CPU half and start-up while the first one computes;
+    each loads its own copy of the models. Shards do not depend on the slot that runs them, so the
+    results are the same bytes with any number of slots.
     """
     device = resolve_device(device_spec)
     total_threads = threads or available_cpus()
+    if per_gpu < 1:
+        raise UserError(f"--workers-per-gpu {per_gpu}: must be at least 1")
     if device.type == "cpu":
         if gpus is not None:
             raise UserError(
                 f"--gpus selects CUDA devices, but this run is on the CPU (--device {device_spec})"
             )
+        if per_gpu != 1:
+            raise UserError("--workers-per-gpu is for CUDA runs; on the CPU choose --workers")
         count = workers or 1
         return [WorkerSlot(i, "cpu", max(1, total_threads // count)) for i in range(count)]
     if workers is not None:
@@ -126,8 +137,9 @@ def plan_worker_slots(
             )
     if len(set(indices)) != len(indices):
         raise UserError(f"--gpus {','.join(map(str, indices))}: a GPU is listed twice")
-    per_worker = max(1, total_threads // len(indices))
-    return [WorkerSlot(n, f"cuda:{index}", per_worker) for n, index in enumerate(indices)]
+    per_worker = max(1, total_threads // (len(indices) * per_gpu))
+    devices = [f"cuda:{index}" for index in indices for _ in range(per_gpu)]
+    return [WorkerSlot(n, device, per_worker) for n, device in enumerate(devices)]
 
 
 def runs_inline(slots: list[WorkerSlot]) -> bool:
