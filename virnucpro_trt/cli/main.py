@@ -32,6 +32,7 @@ from virnucpro_trt.cli.command_options import (
     max_batch_tokens_option,
     outdir_option,
     precision_option,
+    shard_records_option,
 )
 from virnucpro_trt.engines.registry import auto_help
 from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError, describe_os_error
@@ -262,13 +263,7 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="CUDA runs: worker processes per GPU, each with its own copy of the models (a second one can "
         "hide the CPU half of each shard). The results do not depend on it.",
     )
-    @click.option(
-        "--shard-records",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Records per shard (default: records/64 clamped to 256..16384, in steps of 256). Part of "
-        "the resume key: it changes batch composition.",
-    )
+    @shard_records_option()
     @click.option(
         "--keep-work", is_flag=True, help="Keep OUTDIR/.work (shards, per-shard results) after success."
     )

@@ -10,8 +10,13 @@ from pathlib import Path
 
 import click
 
-from virnucpro_trt.cli.command_options import CONTEXT, logging_options
-from virnucpro_trt.settings import CHUNK_LENGTHS, SplitSettings
+from virnucpro_trt.cli.command_options import (
+    CONTEXT,
+    chunk_length_option,
+    logging_options,
+    shard_records_option,
+)
+from virnucpro_trt.settings import SplitSettings
 
 log = logging.getLogger("virnucpro_trt")
 
@@ -27,20 +32,11 @@ log = logging.getLogger("virnucpro_trt")
     "--records-per-part", type=click.IntRange(min=1), default=None, help="Parts of about R records."
 )
 @click.option("--gzip", "gzip_parts", is_flag=True, help="Write the parts gzip-compressed (.fa.gz).")
-@click.option(
-    "--shard-records",
-    type=click.IntRange(min=1),
-    default=None,
-    help="As predict's --shard-records for the whole input (default: its default rule). Each part is "
-    "then predicted with exactly those shards.",
+@shard_records_option(
+    "As predict's --shard-records for the whole input (default: its default rule). Each part is then "
+    "predicted with exactly those shards."
 )
-@click.option(
-    "--chunk-length",
-    type=click.Choice([str(c) for c in CHUNK_LENGTHS]),
-    default="500",
-    show_default=True,
-    help="Only for the kept frames split.json counts per part (the work each part is).",
-)
+@chunk_length_option("Only for the kept frames split.json counts per part (the work each part is).")
 @logging_options
 def split(
     input_path: str,
