@@ -440,8 +440,8 @@ def demo(
     type=click.Choice(list(ATTENTION_KERNELS)),
     default=DEFAULT_ATTENTION,
     show_default=True,
-    help="AOTInductor on CUDA: attention kernel in the engine. cudnn plans every new batch shape (~45 ms "
-    "each on the H200), which runs with varying batches pay again and again.",
+    help="AOTInductor on CUDA: attention kernel in the engine. cudnn plans every new batch shape, which "
+    "runs with varying batches pay again and again.",
 )
 @logging_options
 def build(

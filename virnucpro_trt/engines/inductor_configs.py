@@ -8,16 +8,16 @@ CUDA (the engines that matter; nothing here was measurable on the CPU-only devel
   time (a few minutes for ESM-2 3B, whose 36 layers share four GEMM shapes), not run time.
 * ``coordinate_descent_tuning``: after the heuristic block sizes, tune each fused pointwise/reduction
   kernel (fp32 LayerNorm with casts, rotary, GELU, fp8 quantisation). Those kernels are where
-  torch.compile beats eager bf16 (~550 vs ~390 proteins/s), so their quality is worth build time.
+  torch.compile beats eager bf16, so their quality is worth build time.
 * not ``freezing``: it would constant-fold weight transposes/casts, which cuBLAS does for free, and it
   makes Inductor hold folded copies of 6 GB of weights during the build; fp8 weights are quantised
   eagerly instead (:mod:`inductor_fp8`).
-* not ``triton.cudagraphs``: a torch.compile runtime feature, not available to AOTInductor packages. At
-  ~32k tokens per batch the ~500 kernel launches cost well under 1% of a batch.
+* not ``triton.cudagraphs``: a torch.compile runtime feature, not available to AOTInductor packages; at
+  ~32k tokens per batch the kernel launches are a negligible part of a batch.
 
-CPU (tests, small machines): defaults. ``freezing`` (constant-folding plus mkldnn weight prepacking) was
-measured on the tiny ESM-2, batch 64 x 128, 2 cores: 0.351 s with vs 0.349 s without, same compile time,
-so it is left off; the CPP GEMM autotuner is slow to build and not worth it for test engines.
+CPU (tests, small machines): defaults. ``freezing`` (constant-folding plus mkldnn weight prepacking)
+made no measurable difference on the tiny models, so it is left off; the CPP GEMM autotuner is slow to
+build and not worth it for test engines.
 
 ``BuildOptions.extra["inductor_configs"]`` is merged last, so the lead can try other settings (e.g.
 ``{"max_autotune_gemm_search_space": "EXHAUSTIVE"}`` or ``{"freezing": True}``) without code changes.

@@ -88,8 +88,8 @@ class BuildOptions:
     # The token budget the engines are built for (TensorRT derives its optimization profiles from it).
     max_batch_tokens: int | None = None
     opset: int = 18  # ONNX
-    # AOTInductor on CUDA. Off by default: on the H200 (torch 2.11) it adds minutes of GEMM benchmarking,
-    # and cuBLAS already wins the large GEMMs (the ESM-2 3B engine reached 568 proteins/s without it).
+    # AOTInductor on CUDA. Off by default: it adds minutes of GEMM benchmarking, and cuBLAS already wins
+    # the large GEMMs (docs/measurements.md).
     max_autotune: bool = False
     # AOTInductor on CUDA: the fused attention kernel baked into the engine (runtime/attention_kernel.py).
     attention: str = DEFAULT_ATTENTION

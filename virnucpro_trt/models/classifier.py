@@ -261,9 +261,9 @@ def check_classifier_width(
 def classify(model: MLPClassifier, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     """Probabilities [N, 2] float32 for features [N, D] float32, in fp32 on the model's device.
 
-    The model is tiny, but not free on a CPU: 3328x512 multiply-adds per frame is ~1.2 s of a 16-core
-    host per 35,000 frames, 2% of a full-size run on one H200 — so GPU workers keep it on their GPU
-    (fp32 with TF32 off: upstream's arithmetic) and CPU runs on the CPU.
+    The model is tiny, but not free on a CPU (3328x512 multiply-adds per frame: a few percent of a GPU
+    run's time when run on the host), so GPU workers keep it on their GPU (fp32 with TF32 off:
+    upstream's arithmetic) and CPU runs on the CPU.
     """
     device = next(model.parameters()).device
     out = np.empty((features.shape[0], 2), dtype=np.float32)

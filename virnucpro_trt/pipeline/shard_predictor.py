@@ -120,7 +120,7 @@ class PredictShardProcessor:
         """One small batch through each encoder before the worker reports ready.
 
         Why: on CUDA the first call of an engine loads its kernels (AOTInductor loads cubins lazily;
-        cuBLAS/cuDNN create handles and pick algorithms), ~1-2 s per encoder on the H200. Paid here, it
+        cuBLAS/cuDNN create handles and pick algorithms), which takes seconds. Paid here, it
         counts as model loading instead of slowing the first shard, so the per-worker frames/s in the
         log and run.json measure steady work.
         """

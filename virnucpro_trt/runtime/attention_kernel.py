@@ -2,18 +2,15 @@
 
 Why this is a setting at all: PyTorch 2.11 on Hopper prefers cuDNN attention for bf16/fp16
 ``scaled_dot_product_attention`` with a mask, and cuDNN builds an execution plan for every new
-(batch, length) shape: ~45 ms per new shape on the H200, against ~0.2-1 ms for the attention of one layer
-once the plan is cached (``benchmarks/diagnostics/sdpa_new_shapes.py``,
-benchmarks/results/h200_sdpa_new_shapes.json; DNABERT-S 48 ms, ESM-2 43 ms, memory-efficient kernel
-1-2 ms the first time). A ``predict`` run cuts each shard's length-sorted frames by a token budget, so
-almost every DNABERT-S call has a shape never seen before; the plans made DNABERT-S 2-3x slower per frame
-inside runs than alone (dnabert_in_run.py: the same 79 batches took 2.83 s of GPU time the first time and
-0.96 s replayed) and kept one GPU under 90% of the ESM-2 engine alone. A compiled engine fixes the kernel
-when it is built (Inductor lowers SDPA to one aten kernel), so the choice is a build option recorded in
-the manifest, and eager PyTorch runs use the same rule.
+(batch, length) shape, which costs far more than the attention call itself. A ``predict`` run cuts each
+shard's length-sorted frames by a token budget, so almost every DNABERT-S call has a shape never seen
+before; the plans made DNABERT-S several times slower per frame inside runs than alone (measured with
+``benchmarks/diagnostics/sdpa_new_shapes.py`` and ``dnabert_in_run.py``: docs/measurements.md). A compiled
+engine fixes the kernel when it is built (Inductor lowers SDPA to one aten kernel), so the choice is a
+build option recorded in the manifest, and eager PyTorch runs use the same rule.
 
 * ``efficient`` (default): the memory-efficient (CUTLASS) kernel; FlashAttention is allowed too but
-  cannot take a mask. No per-shape plan; ~0.1 ms slower per layer call than a cached cuDNN plan.
+  cannot take a mask. No per-shape plan; a little slower per call than a cached cuDNN plan.
 * ``cudnn``: cuDNN attention; fastest once every shape has been seen (fixed-shape serving).
 * ``auto``: whatever this PyTorch prefers.
 
