@@ -34,11 +34,11 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from virnucpro_trt import __version__
+from virnucpro_trt.files.atomic import write_text_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -195,6 +195,4 @@ def _finite(value: Any) -> Any:
 def write_json(report: dict[str, Any], path: Path) -> None:
     """Write atomically (temporary name, then rename): a file that exists is a whole document."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")

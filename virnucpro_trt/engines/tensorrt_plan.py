@@ -26,11 +26,9 @@ as far as the flags go: TensorRT uses fp8 only where the graph has Q/DQ nodes fr
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -43,6 +41,7 @@ import torch
 from virnucpro_trt.engines.onnx_export import INPUT_NAMES
 from virnucpro_trt.engines.tensorrt_profiles import Profile
 from virnucpro_trt.errors import BuildError, EngineMismatchError, RunFailure, ShapeRangeError
+from virnucpro_trt.files.atomic import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -282,14 +281,7 @@ def write_atomically(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` via a temporary file and rename: a crash never leaves half a cache or plan."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        tmp.replace(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    write_bytes_atomic(path, bytes(data))
 
 
 def save_timing_cache(cache: Any, path: Path | None) -> int:

@@ -7,7 +7,6 @@ leaves a file that looks finished — nor a truncated temporary one, even when t
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import IO
@@ -61,7 +60,3 @@ class ResultSet:
         if self._handles:  # not committed: remove the temporary files
             self._discard()
 
-
-def remove_if_exists(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()

@@ -49,14 +49,13 @@ from virnucpro_trt.outputs.upstream import (
     PREDICTION_HEADER,
     PREDICTION_RESULTS,
 )
-from virnucpro_trt.pipeline.predict import EMBEDDINGS_H5, RUN_JSON
+from virnucpro_trt.pipeline.predict import EMBEDDINGS_H5, MAX_RUN_JSON_BYTES, RUN_JSON
 from virnucpro_trt.pipeline.run_paths import check_run_paths
 from virnucpro_trt.runtime.resume import outdir_lock
 from virnucpro_trt.settings import MergeSettings, SplitPart, settings_fingerprint
 
 log = logging.getLogger(__name__)
 
-MAX_RUN_JSON_BYTES = 64 << 20
 _HEADERS = {
     PREDICTION_RESULTS: PREDICTION_HEADER,
     SEQUENCES_TSV: "\t".join(SEQUENCE_COLUMNS) + "\n",

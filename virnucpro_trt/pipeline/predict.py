@@ -38,13 +38,12 @@ from typing import TYPE_CHECKING, Any
 from virnucpro_trt import __version__
 from virnucpro_trt.engines.manifest import EngineManifest
 from virnucpro_trt.errors import EngineMismatchError, UserError
-from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.models.classifier import load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import DNABERT_S, ESM2, MODELS
 from virnucpro_trt.models.resolve import resolve_model
-from virnucpro_trt.outputs.atomic import remove_if_exists
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES, merge_shard_results
@@ -176,7 +175,7 @@ def run_predict(
                 raise
             finally:
                 if path == outdir / STDIN_SPOOL:
-                    remove_if_exists(path)
+                    remove_quietly(path)
     finally:
         if created_outdir:
             with contextlib.suppress(OSError):  # only when empty: it holds results or resumable work
@@ -235,7 +234,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
         known, identity = _identify_models(ctx, engines, work)
         work.confirm_models(identity, {k: w.to_json() for k, w in known.weights.items()}, settings.run.force)
     for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE):  # no older result beside this run
-        remove_if_exists(outdir / name)
+        remove_quietly(outdir / name)
 
     markers = work.finished_shards(shards, result_roles(settings.save_embeddings))
     skipped = len(markers)
