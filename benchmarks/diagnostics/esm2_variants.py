@@ -32,6 +32,7 @@ from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.timing import measure
 from virnucpro_trt.bench.workload import frame_sequences
+from virnucpro_trt.engines.fp8_quantize import TRITON_MODES
 from virnucpro_trt.engines.inductor_fp8 import convert_linears_to_fp8, convert_to_fp8, fp8_unavailable_reason
 from virnucpro_trt.engines.parity import compare
 from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
@@ -49,6 +50,7 @@ class Variant:
     attention: str = "efficient"
     residual_fp32: bool = True
     fast_accum: bool = False
+    kernel_modes: frozenset[int] = TRITON_MODES  # fp8-fused: quantisations done by our Triton kernels
 
 
 VARIANTS = {
@@ -62,6 +64,7 @@ VARIANTS = {
     "fp8-fused": Variant("fp8-fused", fast_accum=True),
     "fp8-fused-res16": Variant("fp8-fused", fast_accum=True, residual_fp32=False),
     "fp8-fused-cudnn": Variant("fp8-fused", attention="cudnn", fast_accum=True),
+    "fp8-fused-inductor": Variant("fp8-fused", fast_accum=True, kernel_modes=frozenset()),
     "torchao-fp8": Variant("torchao-fp8"),
 }
 
@@ -127,7 +130,7 @@ def build_variant(reference: torch.nn.Module, variant: Variant, device: torch.de
     if variant.precision == "fp8":
         convert_linears_to_fp8(model, fast_accum=variant.fast_accum)
     elif variant.precision == "fp8-fused":
-        convert_to_fp8(model, fast_accum=variant.fast_accum)
+        convert_to_fp8(model, fast_accum=variant.fast_accum, kernel_modes=variant.kernel_modes)
     elif variant.precision == "torchao-fp8":
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
@@ -174,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     for name in args.variants.split(","):
         variant = VARIANTS[name]
-        row: dict[str, Any] = {"variant": name, **variant.__dict__}
+        row: dict[str, Any] = {
+            "variant": name,
+            **variant.__dict__,
+            "kernel_modes": sorted(variant.kernel_modes),
+        }
         gate_precision = "bf16" if variant.precision == "bf16" else "fp8"
         try:
             torch._dynamo.reset()  # each variant traces anew (the attention choice is made while tracing)

@@ -27,13 +27,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from virnucpro_trt.engines.fp8_quantize import BIAS_GELU, IDENTITY, LAYERNORM, quantize_rows
+from virnucpro_trt.engines.fp8_quantize import (
+    BIAS_GELU,
+    FP8_DTYPE,
+    IDENTITY,
+    LAYERNORM,
+    TRITON_MODES,
+    quantize_rows,
+    scale_rows_to_e4m3,
+)
 from virnucpro_trt.models.esm2 import Esm2Layer, apply_rotary
 from virnucpro_trt.models.layers import Fp32LayerNorm
 
-FP8_DTYPE = torch.float8_e4m3fn if hasattr(torch, "float8_e4m3fn") else None
-FP8_MAX = 448.0  # largest finite e4m3fn value
-AMAX_FLOOR = 1e-12  # an all-zero row gets scale ~2e-15 instead of 0 (no 0/0 in the quantisation)
 MIN_CAPABILITY = (8, 9)  # Ada / Hopper: first GPUs with fp8 tensor cores
 
 
@@ -72,9 +77,7 @@ class Fp8RowwiseLinear(nn.Module):
     def from_linear(
         cls, linear: nn.Linear, out_dtype: torch.dtype = torch.bfloat16, fast_accum: bool = False
     ) -> Fp8RowwiseLinear:
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=AMAX_FLOOR) / FP8_MAX
-        quantised = (weight / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+        quantised, scale = scale_rows_to_e4m3(linear.weight.detach().float())
         bias = None if linear.bias is None else linear.bias.detach().to(out_dtype)
         return cls(quantised.contiguous(), scale.t().contiguous(), bias, fast_accum)
 
@@ -88,9 +91,7 @@ class Fp8RowwiseLinear(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        scale = rows.abs().amax(dim=-1, keepdim=True).float().clamp(min=AMAX_FLOOR) / FP8_MAX
-        quantised = (rows.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+        quantised, scale = scale_rows_to_e4m3(x.reshape(-1, x.shape[-1]).float())
         out = self.matmul(quantised, scale, x.dtype)
         if self.bias is not None:
             out = out + self.bias
@@ -122,8 +123,9 @@ class Fp8Esm2Layer(nn.Module):
     LayerNorm and GELU outputs are quantised from fp32 instead of after a bf16 rounding.
     """
 
-    def __init__(self, layer: Esm2Layer, fast_accum: bool):
+    def __init__(self, layer: Esm2Layer, fast_accum: bool, kernel_modes: frozenset[int] = TRITON_MODES):
         super().__init__()
+        self.kernel_modes = kernel_modes  # quantisation modes run by the Triton kernels (others: Inductor)
         self.num_heads, self.head_dim, self.scaling = layer.num_heads, layer.head_dim, layer.scaling
         self.self_attn_layer_norm = layer.self_attn_layer_norm
         self.final_layer_norm = layer.final_layer_norm
@@ -133,7 +135,17 @@ class Fp8Esm2Layer(nn.Module):
         self.fc2 = Fp8RowwiseLinear.from_linear(layer.fc2, layer.fc2.weight.dtype, fast_accum)
 
     def _normalised(self, x: torch.Tensor, norm: Fp32LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
-        return quantize_rows(x, LAYERNORM, norm.weight, norm.bias, norm.eps)
+        return self._quantised(x, LAYERNORM, norm.weight, norm.bias, norm.eps)
+
+    def _quantised(
+        self,
+        x: torch.Tensor,
+        mode: int,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        eps: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return quantize_rows(x, mode, weight, bias, eps, kernel=mode in self.kernel_modes)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
@@ -148,29 +160,31 @@ class Fp8Esm2Layer(nn.Module):
         k = apply_rotary(k, cos, sin)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
         attn = attn.transpose(1, 2).reshape(batch, length, dim)
-        attn_out = self.out_proj.matmul(*quantize_rows(attn, IDENTITY), compute)
+        attn_out = self.out_proj.matmul(*self._quantised(attn, IDENTITY), compute)
         if self.out_proj.bias is not None:
             attn_out = attn_out + self.out_proj.bias
         x = x + attn_out.view(batch, length, dim).to(x.dtype)
         hidden = self.fc1.matmul(*self._normalised(x, self.final_layer_norm), compute)
         bias = self.fc1.bias if self.fc1.bias is not None else hidden.new_zeros(hidden.shape[-1])
-        out = self.fc2.matmul(*quantize_rows(hidden, BIAS_GELU, bias=bias), compute)
+        out = self.fc2.matmul(*self._quantised(hidden, BIAS_GELU, bias=bias), compute)
         if self.fc2.bias is not None:
             out = out + self.fc2.bias
         return x + out.view(batch, length, dim).to(x.dtype)
 
 
-def convert_to_fp8(model: nn.Module, fast_accum: bool = True) -> int:
+def convert_to_fp8(
+    model: nn.Module, fast_accum: bool = True, kernel_modes: frozenset[int] = TRITON_MODES
+) -> int:
     """Make ``model`` (bf16, in place) an fp8 engine model; returns the number of fp8 linears.
 
-    ESM-2 layers become :class:`Fp8Esm2Layer` (fused input quantisation); any other eligible
-    ``nn.Linear`` (DNABERT-S) becomes an :class:`Fp8RowwiseLinear`.
+    ESM-2 layers become :class:`Fp8Esm2Layer` (fused input quantisation, ``kernel_modes`` by the Triton
+    kernels); any other eligible ``nn.Linear`` (DNABERT-S) becomes an :class:`Fp8RowwiseLinear`.
     """
     converted = 0
     layers = getattr(model, "layers", None)
     if isinstance(layers, nn.ModuleList) and all(isinstance(layer, Esm2Layer) for layer in layers):
         for index, layer in enumerate(layers):
-            layers[index] = Fp8Esm2Layer(layer, fast_accum)
+            layers[index] = Fp8Esm2Layer(layer, fast_accum, kernel_modes)
             converted += 4
     return converted + convert_linears_to_fp8(model, fast_accum)
 
