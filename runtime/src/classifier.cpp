@@ -2,6 +2,7 @@
 #include <cstring>
 #include <fstream>
 
+#include <c10/core/DeviceGuard.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
@@ -49,13 +50,14 @@ std::map<std::string, at::Tensor> read_safetensors(const std::filesystem::path& 
   return out;
 }
 
-Classifier::Classifier(const std::filesystem::path& safetensors_file) {
+Classifier::Classifier(const std::filesystem::path& safetensors_file, const c10::Device& device)
+    : device_(device) {
   std::map<std::string, std::string> metadata;
   tensors_ = read_safetensors(safetensors_file, &metadata);
   for (const char* name : {"hidden_layer.weight", "hidden_layer.bias", "bn1.weight", "bn1.bias", "bn1.running_mean",
                            "bn1.running_var", "output_layer.weight", "output_layer.bias"}) {
     if (!tensors_.count(name)) throw EngineMismatch(safetensors_file.string() + " has no " + name);
-    tensors_[name] = tensors_[name].to(torch::kFloat32);
+    tensors_[name] = tensors_[name].to(device_, torch::kFloat32);
   }
   if (const auto it = metadata.find("bn_eps"); it != metadata.end()) bn_eps_ = std::stod(it->second);
 }
@@ -65,13 +67,15 @@ int64_t Classifier::input_dim() const { return tensors_.at("hidden_layer.weight"
 at::Tensor Classifier::probabilities(const at::Tensor& features) const {
   torch::NoGradGuard no_grad;
   const auto& t = tensors_;
-  auto x = torch::nn::functional::linear(features.to(torch::kFloat32), t.at("hidden_layer.weight"),
+  c10::OptionalDeviceGuard device_guard;
+  if (device_.is_cuda()) device_guard.reset_device(device_);
+  auto x = torch::nn::functional::linear(features.to(device_, torch::kFloat32), t.at("hidden_layer.weight"),
                                          t.at("hidden_layer.bias"));
   x = (x - t.at("bn1.running_mean")) / torch::sqrt(t.at("bn1.running_var") + bn_eps_) * t.at("bn1.weight") +
       t.at("bn1.bias");
   x = torch::relu(x);
   const auto logits = torch::nn::functional::linear(x, t.at("output_layer.weight"), t.at("output_layer.bias"));
-  return torch::softmax(logits, 1);
+  return torch::softmax(logits, 1).to(torch::kCPU);
 }
 
 }  // namespace virnucpro

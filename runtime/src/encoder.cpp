@@ -1,4 +1,10 @@
 // One AOTInductor encoder package, padded into the shape box its metadata declares.
+//
+// On CUDA: the Python runtime must put libstdc++ in the process's global symbol scope before it loads a
+// CUDA package (virnucpro_trt/engines/cxx_runtime.py: the package's wrapper .so leaves C++ runtime
+// symbols as weak undefined references). A C++ executable links libstdc++ itself, into the global scope,
+// so nothing of the kind is needed here.
+#include <c10/core/DeviceGuard.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/torch.h>
 
@@ -56,8 +62,7 @@ at::Tensor Encoder::embed(const at::Tensor& input_ids, const at::Tensor& attenti
   }
   // Right-pad into the box: length to a multiple (and the minimum) with pad id / mask 0, batch up to the
   // minimum with copies of row 0 -- the Python runner's rule, so both give the same numbers.
-  const int64_t rows = std::max(batch, graph_.min_batch);
-  const int64_t cols = std::max(round_up(length, graph_.sequence_multiple), graph_.min_length);
+  const auto [rows, cols] = computed_shape(batch, length);
   auto ids = torch::full({rows, cols}, entry_.pad_id, torch::kInt64);
   auto mask = torch::zeros({rows, cols}, torch::kInt64);
   using torch::indexing::Slice;
@@ -68,12 +73,21 @@ at::Tensor Encoder::embed(const at::Tensor& input_ids, const at::Tensor& attenti
     mask.index_put_({Slice(batch, rows)}, mask[0]);
   }
   torch::NoGradGuard no_grad;
+  // The AOTI runner launches on the current CUDA device's current stream: make that this engine's device
+  // (cuda:N need not be the thread's current device), as the Python runner's torch.cuda.device guard does.
+  c10::OptionalDeviceGuard device_guard;
+  if (device_.is_cuda()) device_guard.reset_device(device_);
   auto outputs = loader_->run({ids.to(device_), mask.to(device_)});
   return outputs.at(0).slice(0, 0, batch).to(torch::kCPU, torch::kFloat32).contiguous();
 }
 
+std::pair<int64_t, int64_t> Encoder::computed_shape(int64_t batch, int64_t length) const {
+  return {std::max(batch, graph_.min_batch),
+          std::max(round_up(length, graph_.sequence_multiple), graph_.min_length)};
+}
+
 EngineSet::EngineSet(const std::filesystem::path& folder, const c10::Device& device, bool verify_files)
-    : manifest_(EngineManifest::read(folder)) {
+    : manifest_(EngineManifest::read(folder)), device_(device) {
   if (const auto problems = manifest_.mismatches(device, verify_files); !problems.empty()) {
     throw EngineMismatch("engines in " + folder.string() + " cannot be used here: " + problems +
                          ". Rebuild them with `virnucpro-trt build --backend inductor ... -o " + folder.string() +
@@ -81,7 +95,7 @@ EngineSet::EngineSet(const std::filesystem::path& folder, const c10::Device& dev
   }
   dnabert_ = std::make_unique<Encoder>(manifest_, "dnabert-s", device);
   esm_ = std::make_unique<Encoder>(manifest_, "esm2", device);
-  classifier_ = std::make_unique<Classifier>(folder / manifest_.models.at("classifier").artifact);
+  classifier_ = std::make_unique<Classifier>(folder / manifest_.models.at("classifier").artifact, device);
   const int64_t width = dnabert_->dim() + esm_->dim();
   if (classifier_->input_dim() != width) {
     throw EngineMismatch("the classifier takes " + std::to_string(classifier_->input_dim()) +

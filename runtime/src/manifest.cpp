@@ -89,6 +89,11 @@ EngineManifest EngineManifest::read(const std::filesystem::path& folder) {
     m.device_type = data.at("device").at("type").get<std::string>();
     m.device_arch = data.at("device").value("arch", "");
     m.torch_version = data.value("libraries", nlohmann::json::object()).value("torch", "");
+    if (const auto build = data.value("build", nlohmann::json::object()); build.is_object()) {
+      if (const auto budget = build.value("max_batch_tokens", nlohmann::json()); budget.is_number_integer()) {
+        m.max_batch_tokens = budget.get<int64_t>();
+      }
+    }
     for (const auto& [kind, entry] : data.at("models").items()) {
       ModelEntry e;
       e.kind = kind;

@@ -2,93 +2,229 @@
 //
 //   virnucpro-host ENGINE_DIR --check [--device D]
 //   virnucpro-host ENGINE_DIR INPUTS.pt OUTPUTS.pt [--device cpu|cuda|cuda:N] [--no-verify]
+//                  [--max-batch-tokens N] [--warmup] [--timing FILE.json] [--print-batches]
 //
-// INPUTS.pt: torch.save((dna_ids, dna_mask, protein_ids, protein_mask)), int64 [N, T] each, one row per
-// kept frame. OUTPUTS.pt: (dnabert_embeddings [N, 768], esm_embeddings [N, 2560], probabilities [N, 2]),
-// readable with torch.load. Exit codes as the Python CLI: 0 ok, 2 bad usage/input or engines that do not
+// INPUTS.pt: torch.save((dna_ids, dna_mask, protein_ids, protein_mask)), int64 [N, T] each, right-padded,
+// one row per kept frame. OUTPUTS.pt: (dnabert_embeddings [N, 768], esm_embeddings [N, 2560],
+// probabilities [N, 2]) in input order, readable with torch.load. Each encoder runs its frames in
+// token-budget batches (batching.h: the Python runtime's rule); --max-batch-tokens defaults to the budget
+// the engines were built for, which is what the Python runtime uses for an engine directory.
+// --warmup runs everything once untimed first (CUDA context, kernel loading, allocator growth are not
+// throughput); --timing writes seconds per encoder and for the classifier, each measured between
+// device-synchronised clock reads and including the host-to-device copies, as the Python runtime's
+// stage clock measures. Exit codes as the Python CLI: 0 ok, 2 bad usage/input or engines that do not
 // fit this host (one line on stderr), 1 any other failure.
+#include <chrono>
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+#include <torch/cuda.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
+#if __has_include(<torch/headeronly/version.h>)
+#include <torch/headeronly/version.h>
+#else
+#include <torch/version.h>
+#endif
 
+#include "virnucpro/batching.h"
 #include "virnucpro/runtime.h"
 
 namespace {
 
 int usage(const std::string& message) {
   std::cerr << "Error: " << message << "\nUsage: virnucpro-host ENGINE_DIR (--check | INPUTS.pt OUTPUTS.pt) "
-            << "[--device cpu|cuda|cuda:N] [--no-verify]\n";
+            << "[--device cpu|cuda|cuda:N] [--no-verify] [--max-batch-tokens N] [--warmup] [--timing FILE] "
+            << "[--print-batches]\n";
   return 2;
 }
 
-at::Tensor embed_in_batches(virnucpro::Encoder& encoder, const at::Tensor& ids, const at::Tensor& mask,
-                            int64_t max_batch) {
-  std::vector<at::Tensor> parts;
-  for (int64_t start = 0; start < ids.size(0); start += max_batch) {
-    const int64_t end = std::min(start + max_batch, ids.size(0));
-    parts.push_back(encoder.embed(ids.slice(0, start, end), mask.slice(0, start, end)));
+struct Options {
+  std::vector<std::string> positional;
+  std::string device = "cpu", timing;
+  bool check_only = false, verify = true, warmup = false, print_batches = false;
+  int64_t max_batch_tokens = 0;  // 0: the engines' build budget
+};
+
+// Parsed options, or the one-line reason they are not usable.
+std::optional<std::string> parse(int argc, char** argv, Options& options) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--device" && has_value) {
+      options.device = argv[++i];
+    } else if (arg == "--timing" && has_value) {
+      options.timing = argv[++i];
+    } else if (arg == "--max-batch-tokens" && has_value) {
+      const std::string value = argv[++i];
+      size_t used = 0;
+      try {
+        options.max_batch_tokens = std::stoll(value, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != value.size() || options.max_batch_tokens < 1) {
+        return "--max-batch-tokens " + value + ": expected a positive integer";
+      }
+    } else if (arg == "--check") {
+      options.check_only = true;
+    } else if (arg == "--no-verify") {
+      options.verify = false;
+    } else if (arg == "--warmup") {
+      options.warmup = true;
+    } else if (arg == "--print-batches") {
+      options.print_batches = true;
+    } else if (arg.rfind("--", 0) == 0) {
+      return "unknown option " + arg + (has_value ? "" : " (or it lacks its value)");
+    } else {
+      options.positional.push_back(arg);
+    }
   }
-  return torch::cat(parts, 0);
+  if (options.positional.size() != (options.check_only ? 1u : 3u)) return "wrong number of arguments";
+  return std::nullopt;
+}
+
+// Host clock read after the device has finished its queued work (a launch returns before the GPU is done).
+// torch::cuda::synchronize exists in CPU and CUDA libtorch alike; it is only called for a CUDA device.
+double clock_after(const c10::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct Pass {
+  at::Tensor dna, esm, probabilities;
+  virnucpro::BatchStats dna_stats, esm_stats;
+  std::vector<std::vector<int64_t>> dna_batches, esm_batches;
+  double dna_s = 0, esm_s = 0, classifier_s = 0;
+};
+
+// Both encoders over every frame, then the classifier, each stage between synchronised clock reads.
+Pass run_pass(virnucpro::EngineSet& engines, const std::vector<c10::IValue>& items, int64_t budget) {
+  const auto& device = engines.device();
+  Pass pass;
+  double start = clock_after(device);
+  pass.dna = virnucpro::embed_in_token_batches(engines.dnabert(), items[0].toTensor(), items[1].toTensor(), budget,
+                                               &pass.dna_stats, &pass.dna_batches);
+  double end = clock_after(device);
+  pass.dna_s = end - start;
+  start = end;
+  pass.esm = virnucpro::embed_in_token_batches(engines.esm(), items[2].toTensor(), items[3].toTensor(), budget,
+                                               &pass.esm_stats, &pass.esm_batches);
+  end = clock_after(device);
+  pass.esm_s = end - start;
+  start = end;
+  pass.probabilities = engines.classifier().probabilities(torch::cat({pass.dna, pass.esm}, 1));
+  pass.classifier_s = clock_after(device) - start;
+  return pass;
+}
+
+nlohmann::json stats_json(const virnucpro::BatchStats& stats, double seconds) {
+  return {{"seconds", seconds},
+          {"batches", stats.batches},
+          {"items", stats.items},
+          {"tokens", stats.tokens},
+          {"computed_tokens", stats.computed_tokens}};
+}
+
+void print_batches(const std::string& kind, const std::vector<std::vector<int64_t>>& batches) {
+  for (const auto& batch : batches) {
+    std::cout << "batch " << kind;
+    for (const auto index : batch) std::cout << " " << index;
+    std::cout << "\n";
+  }
+}
+
+int check(const Options& options, const c10::Device& device) {
+  const auto manifest = virnucpro::EngineManifest::read(options.positional[0]);
+  const auto problems = manifest.mismatches(device, options.verify);
+  if (!problems.empty()) {
+    std::cerr << "Error: engines in " << options.positional[0] << " cannot be used here: " << problems << "\n";
+    return 2;
+  }
+  std::cout << "ok: " << manifest.backend << " " << manifest.precision << " engines for " << manifest.device_arch
+            << "\n";
+  return 0;
+}
+
+int run(const Options& options, const c10::Device& device) {
+  std::ifstream in(options.positional[1], std::ios::binary);
+  if (!in) return usage("cannot read " + options.positional[1]);
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto loaded = torch::pickle_load(bytes);
+  const auto* tuple = loaded.isTuple() ? &loaded.toTupleRef() : nullptr;
+  if (!tuple || tuple->elements().size() != 4) {
+    return usage(options.positional[1] + " must hold (dna_ids, dna_mask, protein_ids, protein_mask)");
+  }
+  const std::vector<c10::IValue> items(tuple->elements().begin(), tuple->elements().end());
+  for (const auto& item : items) {
+    if (!item.isTensor()) return usage(options.positional[1] + " must hold four tensors");
+  }
+  double start = clock_after(device);
+  virnucpro::EngineSet engines(options.positional[0], device, options.verify);
+  const double load_s = clock_after(device) - start;
+  const int64_t budget = options.max_batch_tokens > 0            ? options.max_batch_tokens
+                         : engines.manifest().max_batch_tokens > 0 ? engines.manifest().max_batch_tokens
+                                                                   : virnucpro::kFallbackBatchTokens;
+  double warmup_s = 0;
+  if (options.warmup) {
+    start = clock_after(device);
+    run_pass(engines, items, budget);
+    warmup_s = clock_after(device) - start;
+  }
+  const auto pass = run_pass(engines, items, budget);
+  if (options.print_batches) {
+    print_batches("dnabert-s", pass.dna_batches);
+    print_batches("esm2", pass.esm_batches);
+  }
+  const auto out = torch::pickle_save(c10::ivalue::Tuple::create({pass.dna, pass.esm, pass.probabilities}));
+  std::ofstream(options.positional[2], std::ios::binary).write(out.data(), static_cast<std::streamsize>(out.size()));
+  if (!options.timing.empty()) {
+    const auto& manifest = engines.manifest();
+    const nlohmann::json timing = {
+        {"tool", "virnucpro-host"},
+        {"device", device.str()},
+        {"torch", TORCH_VERSION},
+        {"engines", {{"backend", manifest.backend}, {"precision", manifest.precision}, {"arch", manifest.device_arch}}},
+        {"frames", pass.dna.size(0)},
+        {"max_batch_tokens", budget},
+        {"warmup", options.warmup},
+        {"load_s", load_s},
+        {"warmup_s", warmup_s},
+        {"dnabert-s", stats_json(pass.dna_stats, pass.dna_s)},
+        {"esm2", stats_json(pass.esm_stats, pass.esm_s)},
+        {"classifier", {{"seconds", pass.classifier_s}}},
+        {"seconds", pass.dna_s + pass.esm_s + pass.classifier_s},
+        {"rule", "seconds between device-synchronised clock reads; inputs' host-to-device and results' "
+                 "device-to-host copies included; engine loading and the warm-up pass excluded"},
+    };
+    std::ofstream file(options.timing);
+    if (!file) return usage("cannot write " + options.timing);
+    file << timing.dump(2) << "\n";
+  }
+  std::cout << "embedded " << pass.dna.size(0) << " frames\n";
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> positional;
-  std::string device_spec = "cpu";
-  bool check_only = false, verify = true;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--device" && i + 1 < argc) {
-      device_spec = argv[++i];
-    } else if (arg == "--check") {
-      check_only = true;
-    } else if (arg == "--no-verify") {
-      verify = false;
-    } else if (arg.rfind("--", 0) == 0) {
-      return usage("unknown option " + arg);
-    } else {
-      positional.push_back(arg);
-    }
-  }
-  if (positional.size() != (check_only ? 1u : 3u)) return usage("wrong number of arguments");
+  Options options;
+  if (const auto problem = parse(argc, argv, options)) return usage(*problem);
   try {
-    const c10::Device device(device_spec);
-    if (check_only) {
-      const auto manifest = virnucpro::EngineManifest::read(positional[0]);
-      const auto problems = manifest.mismatches(device, verify);
-      if (!problems.empty()) {
-        std::cerr << "Error: engines in " << positional[0] << " cannot be used here: " << problems << "\n";
-        return 2;
-      }
-      std::cout << "ok: " << manifest.backend << " " << manifest.precision << " engines for "
-                << manifest.device_arch << "\n";
-      return 0;
+    std::optional<c10::Device> parsed;
+    try {
+      parsed.emplace(options.device);
+    } catch (const std::exception&) {
+      return usage("--device " + options.device + ": expected cpu, cuda or cuda:N");
     }
-    std::ifstream in(positional[1], std::ios::binary);
-    if (!in) return usage("cannot read " + positional[1]);
-    const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const auto loaded = torch::pickle_load(bytes);
-    if (!loaded.isTuple() || loaded.toTupleRef().elements().size() != 4) {
-      return usage(positional[1] + " must hold (dna_ids, dna_mask, protein_ids, protein_mask)");
-    }
-    const auto& items = loaded.toTupleRef().elements();
-    virnucpro::EngineSet engines(positional[0], device, verify);
-    const auto& shapes = engines.manifest().models;
-    const auto dna = embed_in_batches(engines.dnabert(), items[0].toTensor(), items[1].toTensor(),
-                                      shapes.at("dnabert-s").shapes.max_batch);
-    const auto esm = embed_in_batches(engines.esm(), items[2].toTensor(), items[3].toTensor(),
-                                      shapes.at("esm2").shapes.max_batch);
-    const auto probs = engines.classifier().probabilities(torch::cat({dna, esm}, 1));
-    const auto out = torch::pickle_save(c10::ivalue::Tuple::create({dna, esm, probs}));
-    std::ofstream(positional[2], std::ios::binary).write(out.data(), static_cast<std::streamsize>(out.size()));
-    std::cout << "embedded " << dna.size(0) << " frames\n";
-    return 0;
+    // "cuda" means the first GPU, so every CUDA call below names the same device.
+    const c10::Device device = parsed->is_cuda() && !parsed->has_index() ? c10::Device(c10::kCUDA, 0) : *parsed;
+    return options.check_only ? check(options, device) : run(options, device);
   } catch (const virnucpro::EngineMismatch& error) {
     std::cerr << "Error: " << error.what() << "\n";
     return 2;

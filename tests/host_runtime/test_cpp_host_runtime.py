@@ -1,5 +1,6 @@
 """The C++ host runtime (runtime/, CMakeLists.txt): built with CMake against the installed libtorch, run on
-a CPU AOTInductor engine directory, compared with the Python runtime on the same token ids."""
+a CPU AOTInductor engine directory, compared with the Python runtime on the same token ids (the tool and
+the engines come from conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,50 +10,13 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-from tests.cli.helpers import run_cli
 from virnucpro_trt.engines.engine_set import open_engine_set
 from virnucpro_trt.models.classifier import MLPClassifier, classify
 from virnucpro_trt.models.tokenization import pad_batch
 
-REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("cmake") is None or shutil.which("c++") is None,
-    reason="the C++ host runtime needs cmake and a C++ compiler",
-)
-
-
-@pytest.fixture(scope="module")
-def host_tool(tmp_path_factory) -> Path:
-    import nlohmann_json
-
-    build = tmp_path_factory.mktemp("host_build")
-    include = Path(nlohmann_json.__file__).parent / "include"
-    configure = subprocess.run(
-        ["cmake", "-S", str(REPO), "-B", str(build), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-         f"-DNLOHMANN_JSON_INCLUDE_DIR={include}"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
-    compiled = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True)
-    assert compiled.returncode == 0, compiled.stdout[-3000:] + compiled.stderr[-3000:]
-    return build / "virnucpro-host"
-
-
-@pytest.fixture(scope="module")
-def engines(tiny_set, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("host_engines")
-    result = run_cli(
-        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
-        str(tiny_set.classifier), "--backend", "inductor", "--precision", "fp32", "--device", "cpu",
-        "-o", str(out),
-    )  # fmt: skip
-    assert result.code == 0, result.stderr
-    return out
 
 
 def _inputs(engine_set, tmp_path: Path) -> tuple[Path, tuple[np.ndarray, ...]]:
@@ -123,6 +87,7 @@ def test_damaged_artifact_and_onnx_engines_are_refused(host_tool, engines, tiny_
     manifest = json.loads((outside / "manifest.json").read_text())
     entry = manifest["models"]["esm2"]
     (elsewhere / entry["artifact"]).write_bytes((outside / entry["artifact"]).read_bytes())
+
     def check_with_esm2_entry(changed: dict) -> subprocess.CompletedProcess:
         models = {**manifest["models"], "esm2": dict(entry, **changed)}
         (outside / "manifest.json").write_text(json.dumps({**manifest, "models": models}))

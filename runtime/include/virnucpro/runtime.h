@@ -20,6 +20,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include <ATen/Tensor.h>
 #include <c10/core/Device.h>
@@ -55,6 +56,7 @@ struct EngineManifest {
   int schema_version = 0;
   std::string backend, precision, device_type, device_arch, torch_version;
   std::map<std::string, ModelEntry> models;
+  int64_t max_batch_tokens = 0;  // the build's token budget (build.max_batch_tokens); 0 when not recorded
 
   // Reads FOLDER/manifest.json; throws EngineMismatch when it is missing or not a manifest.
   static EngineManifest read(const std::filesystem::path& folder);
@@ -73,9 +75,16 @@ class Encoder {
   Encoder& operator=(const Encoder&) = delete;
 
   // input_ids / attention_mask: int64 [B, T] (any device). Returns float32 [B, dim] on the CPU.
+  // The host-to-device copy of the inputs and the copy of the result back happen here.
   at::Tensor embed(const at::Tensor& input_ids, const at::Tensor& attention_mask);
 
+  // (rows, length) the graph runs for a batch of `batch` x `length`: the Python runner's padded_shape.
+  std::pair<int64_t, int64_t> computed_shape(int64_t batch, int64_t length) const;
+
+  const std::string& kind() const { return entry_.kind; }
   int64_t dim() const { return entry_.dim; }
+  int64_t max_batch() const { return entry_.shapes.max_batch; }    // the manifest's promise, which the
+  int64_t max_length() const { return entry_.shapes.max_length; }  // Python batcher is held to as well
   const ShapeBox& graph() const { return graph_; }
 
  private:
@@ -85,17 +94,21 @@ class Encoder {
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
 };
 
-// Upstream's MLP: Linear -> BatchNorm1d (running statistics) -> ReLU -> Linear -> softmax.
+// Upstream's MLP: Linear -> BatchNorm1d (running statistics) -> ReLU -> Linear -> softmax, in fp32 on
+// `device` (on a GPU there, as the Python runtime runs it; libtorch's default keeps TF32 off in matmuls).
 class Classifier {
  public:
-  explicit Classifier(const std::filesystem::path& safetensors_file);
-  // features float32 [N, input_dim] -> probabilities float32 [N, 2] (columns: others, virus).
+  explicit Classifier(const std::filesystem::path& safetensors_file,
+                      const c10::Device& device = c10::Device(c10::kCPU));
+  // features float32 [N, input_dim] (any device) -> probabilities float32 [N, 2] on the CPU
+  // (columns: others, virus).
   at::Tensor probabilities(const at::Tensor& features) const;
   int64_t input_dim() const;
 
  private:
   std::map<std::string, at::Tensor> tensors_;
   double bn_eps_ = 1e-5;
+  c10::Device device_;
 };
 
 // The whole engine directory: checked manifest, both encoders, the classifier.
@@ -103,12 +116,14 @@ class EngineSet {
  public:
   EngineSet(const std::filesystem::path& folder, const c10::Device& device, bool verify_files = true);
   const EngineManifest& manifest() const { return manifest_; }
+  const c10::Device& device() const { return device_; }
   Encoder& dnabert() { return *dnabert_; }
   Encoder& esm() { return *esm_; }
   const Classifier& classifier() const { return *classifier_; }
 
  private:
   EngineManifest manifest_;
+  c10::Device device_;
   std::unique_ptr<Encoder> dnabert_, esm_;
   std::unique_ptr<Classifier> classifier_;
 };

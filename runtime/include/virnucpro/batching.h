@@ -1,0 +1,47 @@
+// Token-budget batching: the Python runtime's rule (virnucpro_trt/runtime/batching.py and
+// runtime/embedding.py), so the C++ host runs exactly the batches `predict` runs and gives the same numbers.
+//
+// The rule, and why: padding is paid for in FLOPs, so items are sorted by length (longest first, ties in
+// input order) and a batch takes count = max(1, max_batch_tokens / longest) items, where `longest` is the
+// token count of its first (longest) item -- the budget is counted on the batcher's padded size, not on
+// the engine's rounding to its sequence multiple, because that is what the Python batcher counts. The
+// count is capped by the engine's max batch (the manifest's shape range). Results go back in input order.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/Tensor.h>
+
+namespace virnucpro {
+
+class Encoder;
+
+// The Python runtime's budget when an engine manifest records none (settings.DEFAULT_CPU_BATCH_TOKENS,
+// the fallback of engines/engine_set.py); a manifest written by `virnucpro-trt build` always records one.
+constexpr int64_t kFallbackBatchTokens = 4096;
+
+// Indices of each batch, longest items first; an item longer than the budget gets a batch of its own.
+// max_batch_size <= 0: no cap. Throws std::invalid_argument when max_batch_tokens < 1.
+std::vector<std::vector<int64_t>> token_budget_batches(const std::vector<int64_t>& lengths,
+                                                       int64_t max_batch_tokens, int64_t max_batch_size = 0);
+
+// Token count of each row of a right-padded attention mask [N, T]: its last nonzero position + 1
+// (what len(token_ids) was before Python padded the rows).
+std::vector<int64_t> row_lengths(const at::Tensor& attention_mask);
+
+// What the batches of one encoder computed (the Python runtime's BatchStats): real tokens against the
+// tokens of the shapes the engine ran (padded to the batch's longest item, then to the graph's box).
+struct BatchStats {
+  int64_t batches = 0, items = 0, tokens = 0, computed_tokens = 0;
+};
+
+// Embeddings float32 [N, dim] on the CPU, in input order, of right-padded int64 ids/mask [N, T], run in
+// token-budget batches. Throws std::invalid_argument (one line) for an item longer than the engine
+// accepts and std::runtime_error for NaN/Inf embeddings, as the Python runtime refuses both.
+// `batches` (optional) receives the batches run, in order.
+at::Tensor embed_in_token_batches(Encoder& encoder, const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                                  int64_t max_batch_tokens, BatchStats* stats = nullptr,
+                                  std::vector<std::vector<int64_t>>* batches = nullptr);
+
+}  // namespace virnucpro

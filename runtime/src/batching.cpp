@@ -1,0 +1,87 @@
+// Token-budget batching (see batching.h for the rule) and the loop that feeds an encoder its batches.
+#include <algorithm>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "virnucpro/batching.h"
+#include "virnucpro/runtime.h"
+
+namespace virnucpro {
+
+std::vector<std::vector<int64_t>> token_budget_batches(const std::vector<int64_t>& lengths,
+                                                       int64_t max_batch_tokens, int64_t max_batch_size) {
+  if (max_batch_tokens < 1) throw std::invalid_argument("max_batch_tokens must be positive");
+  // numpy's argsort(-lengths, kind="stable"): descending length, equal lengths in input order.
+  std::vector<int64_t> order(lengths.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lengths[a] > lengths[b]; });
+  std::vector<std::vector<int64_t>> batches;
+  const auto n = static_cast<int64_t>(order.size());
+  for (int64_t start = 0; start < n;) {
+    const int64_t longest = lengths[order[start]];
+    int64_t count = std::max<int64_t>(1, max_batch_tokens / std::max<int64_t>(longest, 1));
+    if (max_batch_size > 0) count = std::min(count, max_batch_size);
+    const int64_t end = std::min(start + count, n);
+    batches.emplace_back(order.begin() + start, order.begin() + end);
+    start = end;
+  }
+  return batches;
+}
+
+std::vector<int64_t> row_lengths(const at::Tensor& attention_mask) {
+  if (attention_mask.dim() != 2) throw std::invalid_argument("an attention mask must be [N, T]");
+  const auto mask = attention_mask.to(torch::kCPU, torch::kInt64).ne(0);
+  // Position of the last nonzero entry + 1 (0 for an all-zero row): (j + 1) where set, max over j.
+  const auto positions = torch::arange(1, mask.size(1) + 1, torch::kInt64).unsqueeze(0);
+  const auto last = (positions * mask).amax(1).contiguous();
+  const auto* data = last.data_ptr<int64_t>();
+  return {data, data + last.size(0)};
+}
+
+at::Tensor embed_in_token_batches(Encoder& encoder, const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                                  int64_t max_batch_tokens, BatchStats* stats,
+                                  std::vector<std::vector<int64_t>>* batches_run) {
+  if (input_ids.dim() != 2 || input_ids.sizes() != attention_mask.sizes()) {
+    throw std::invalid_argument(encoder.kind() + ": token ids and mask must be matching [N, T] tensors");
+  }
+  const int64_t items = input_ids.size(0);
+  auto out = torch::empty({items, encoder.dim()}, torch::kFloat32);
+  if (items == 0) return out;
+  const auto lengths = row_lengths(attention_mask);
+  const auto longest = std::max_element(lengths.begin(), lengths.end());
+  if (*longest > encoder.max_length()) {  // checked up front, as the Python runtime does
+    throw std::invalid_argument("#" + std::to_string(longest - lengths.begin()) + " has " +
+                                std::to_string(*longest) + " tokens but the " + encoder.kind() +
+                                " engine accepts at most " + std::to_string(encoder.max_length()) +
+                                "; rebuild the engines with a larger --max-length");
+  }
+  const auto ids = input_ids.to(torch::kCPU, torch::kInt64);
+  const auto mask = attention_mask.to(torch::kCPU, torch::kInt64);
+  const auto batches = token_budget_batches(lengths, max_batch_tokens, encoder.max_batch());
+  for (const auto& batch : batches) {
+    const auto rows = torch::tensor(batch, torch::kInt64);
+    const int64_t length = lengths[batch.front()];  // the longest item of the batch comes first
+    const auto batch_mask = mask.index_select(0, rows).slice(1, 0, length);
+    const auto pooled = encoder.embed(ids.index_select(0, rows).slice(1, 0, length), batch_mask);
+    if (!torch::isfinite(pooled).all().item<bool>()) {
+      throw std::runtime_error(encoder.kind() + " produced NaN/Inf embeddings in a batch of " +
+                               std::to_string(batch.size()) + " items (e.g. #" + std::to_string(batch.front()) +
+                               "); try --precision fp32");
+    }
+    out.index_copy_(0, rows, pooled);
+    if (stats) {
+      const auto [graph_rows, graph_length] = encoder.computed_shape(static_cast<int64_t>(batch.size()), length);
+      stats->batches += 1;
+      stats->items += static_cast<int64_t>(batch.size());
+      stats->tokens += batch_mask.sum().item<int64_t>();
+      stats->computed_tokens += graph_rows * graph_length;
+    }
+  }
+  if (batches_run) *batches_run = batches;
+  return out;
+}
+
+}  // namespace virnucpro

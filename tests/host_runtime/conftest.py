@@ -1,0 +1,40 @@
+"""The C++ host runtime built once per session against the installed libtorch, and tiny CPU engines for it.
+
+Building the tool (~1 min) and the engines (~1-2 min on two cores) dominates these tests, so every module
+of this folder shares one of each.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.cli.helpers import run_cli
+from virnucpro_trt.bench.host_build import HostBuild, build_host
+
+
+@pytest.fixture(scope="session")
+def host_build(tmp_path_factory: pytest.TempPathFactory) -> HostBuild:
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        pytest.skip("the C++ host runtime needs cmake and a C++ compiler")
+    return build_host(tmp_path_factory.mktemp("host_build"), jobs=2)
+
+
+@pytest.fixture(scope="session")
+def host_tool(host_build: HostBuild) -> Path:
+    return host_build.tool
+
+
+@pytest.fixture(scope="session")
+def engines(tiny_set, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny inductor fp32 engines for the CPU (built for the default CPU budget, 4096 tokens)."""
+    out = tmp_path_factory.mktemp("host_engines")
+    result = run_cli(
+        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
+        str(tiny_set.classifier), "--backend", "inductor", "--precision", "fp32", "--device", "cpu",
+        "-o", str(out),
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    return out

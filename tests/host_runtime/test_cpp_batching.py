@@ -1,0 +1,149 @@
+"""``virnucpro-host`` batches by the Python runtime's token-budget rule and times its passes.
+
+The batches are compared index for index with :func:`virnucpro_trt.runtime.batching.token_budget_batches`
+(``--print-batches``), on lengths with many ties (the sort must be stable) and on more short items than
+the engine's max batch (the cap); the embeddings, in input order, with the Python runtime's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from virnucpro_trt.engines.engine_set import EngineSet, open_engine_set
+from virnucpro_trt.models.tokenization import pad_batch
+from virnucpro_trt.runtime.batching import token_budget_batches
+from virnucpro_trt.runtime.embedding import BatchStats, embed_sequences
+
+CPU = torch.device("cpu")
+KINDS = ("dnabert-s", "esm2")
+
+
+@pytest.fixture(scope="module")
+def engine_set(engines: Path) -> EngineSet:
+    return open_engine_set(engines, CPU, {"dnabert-s": None, "esm2": None, "classifier": None})
+
+
+def _tokens(engine_set: EngineSet, dna_lengths: list[int], protein_lengths: list[int], seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    dna = ["".join(rng.choice(list("ACGT"), n)) for n in dna_lengths]
+    proteins = ["M" + "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n - 1)) for n in protein_lengths]
+    return {
+        "dnabert-s": engine_set.dnabert.tokenizer.encode_batch(dna),
+        "esm2": engine_set.esm.tokenizer.encode_batch(proteins),
+    }
+
+
+def _run(host_tool: Path, engines: Path, engine_set: EngineSet, tokens: dict, tmp_path: Path, *options: str):
+    arrays = [
+        *pad_batch(tokens["dnabert-s"], engine_set.dnabert.backend.pad_id),
+        *pad_batch(tokens["esm2"], engine_set.esm.backend.pad_id),
+    ]
+    inputs, outputs, timing = tmp_path / "in.pt", tmp_path / "out.pt", tmp_path / "timing.json"
+    torch.save(tuple(torch.from_numpy(a) for a in arrays), inputs)
+    command = [str(host_tool), str(engines), str(inputs), str(outputs), "--timing", str(timing), *options]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    batches: dict[str, list[list[int]]] = {kind: [] for kind in KINDS}
+    for line in done.stdout.splitlines():
+        if line.startswith("batch "):
+            _, kind, *indices = line.split()
+            batches[kind].append([int(i) for i in indices])
+    dna, esm, _ = (t.numpy() for t in torch.load(outputs))
+    return batches, {"dnabert-s": dna, "esm2": esm}, json.loads(timing.read_text())
+
+
+def _python_batches(engine_set: EngineSet, tokens: dict, budget: int) -> dict[str, list[list[int]]]:
+    caps = {
+        "dnabert-s": engine_set.dnabert.backend.max_batch_size,
+        "esm2": engine_set.esm.backend.max_batch_size,
+    }
+    return {
+        kind: [b.tolist() for b in token_budget_batches([len(t) for t in tokens[kind]], budget, caps[kind])]
+        for kind in KINDS
+    }
+
+
+def test_batches_and_embeddings_are_the_python_runtimes(host_tool, engines, engine_set, tmp_path) -> None:
+    rng = np.random.default_rng(11)
+    # few distinct lengths: many ties, whose order the stable sort must keep
+    tokens = _tokens(
+        engine_set,
+        rng.choice([31, 120, 250, 300, 480, 500], 40).tolist(),
+        rng.choice([10, 49, 98, 166], 40).tolist(),
+        seed=3,
+    )
+    budget = 700
+    batches, got, timing = _run(
+        host_tool, engines, engine_set, tokens, tmp_path, "--max-batch-tokens", str(budget), "--print-batches"
+    )
+    want = _python_batches(engine_set, tokens, budget)
+    for kind, encoder in (("dnabert-s", engine_set.dnabert), ("esm2", engine_set.esm)):
+        assert len(want[kind]) > 5
+        assert batches[kind] == want[kind]
+        stats = BatchStats()
+        expected = embed_sequences(encoder.backend, tokens[kind], budget, stats=stats)
+        np.testing.assert_allclose(got[kind], expected, atol=1e-5, rtol=0)  # input order
+        host = timing[kind]
+        assert (host["batches"], host["items"], host["tokens"], host["computed_tokens"]) == (
+            stats.batches, stats.items, stats.tokens, stats.computed_tokens
+        )  # fmt: skip
+
+
+def test_default_budget_is_the_engines_and_the_max_batch_caps_a_batch(
+    host_tool, engines, engine_set, tmp_path
+) -> None:
+    """300 short items fit 4096 tokens ~370 at a time, more than the engines' max batch of 256."""
+    tokens = _tokens(engine_set, [31] * 300, [10] * 300, seed=5)
+    batches, _, timing = _run(host_tool, engines, engine_set, tokens, tmp_path, "--print-batches")
+    budget = engine_set.manifest.build["max_batch_tokens"]
+    assert timing["max_batch_tokens"] == budget
+    want = _python_batches(engine_set, tokens, budget)
+    assert [len(b) for b in want["esm2"]] == [256, 44]
+    assert batches == want
+
+
+def test_timing_json(host_tool, engines, engine_set, tmp_path) -> None:
+    tokens = _tokens(engine_set, [500, 300, 120, 300], [166, 98, 40, 98], seed=9)
+    _, _, timing = _run(
+        host_tool, engines, engine_set, tokens, tmp_path, "--warmup", "--max-batch-tokens", "300"
+    )
+    assert timing["device"] == "cpu" and timing["frames"] == 4 and timing["max_batch_tokens"] == 300
+    assert timing["warmup"] is True and timing["warmup_s"] > 0 and timing["load_s"] > 0
+    assert timing["engines"] == {"backend": "inductor", "precision": "fp32", "arch": "cpu"}
+    stages = [timing["dnabert-s"]["seconds"], timing["esm2"]["seconds"], timing["classifier"]["seconds"]]
+    assert all(s > 0 for s in stages) and timing["seconds"] == pytest.approx(sum(stages))
+    assert timing["esm2"]["batches"] == len(token_budget_batches([len(t) for t in tokens["esm2"]], 300, 256))
+    assert timing["torch"] == torch.__version__.split("+")[0]
+
+    _, _, cold = _run(host_tool, engines, engine_set, tokens, tmp_path)
+    assert cold["warmup"] is False and cold["warmup_s"] == 0
+
+
+def test_bad_options_and_inputs_are_one_line_errors(host_tool, engines, engine_set, tmp_path) -> None:
+    tokens = _tokens(engine_set, [300, 120], [98, 40], seed=2)
+    arrays = [*pad_batch(tokens["dnabert-s"], 0), *pad_batch(tokens["esm2"], 0)]
+    inputs = tmp_path / "in.pt"
+    torch.save(tuple(torch.from_numpy(a) for a in arrays), inputs)
+    base = [str(host_tool), str(engines), str(inputs), str(tmp_path / "out.pt")]
+    cases = {
+        ("--max-batch-tokens", "0"): "--max-batch-tokens 0: expected a positive integer",
+        ("--max-batch-tokens", "12x"): "--max-batch-tokens 12x: expected a positive integer",
+        ("--device", "gpu"): "--device gpu: expected cpu, cuda or cuda:N",
+        ("--timing", str(tmp_path / "no" / "t.json")): "cannot write",
+    }
+    for options, message in cases.items():
+        done = subprocess.run([*base, *options], capture_output=True, text=True)
+        assert done.returncode == 2, (options, done.stderr)
+        assert done.stderr.splitlines()[0].startswith("Error: ") and message in done.stderr.splitlines()[0]
+
+    too_long = torch.ones(2, 600, dtype=torch.long)  # DNABERT-S engines take at most 512 tokens
+    torch.save((too_long, too_long, *(torch.from_numpy(a) for a in arrays[2:])), inputs)
+    done = subprocess.run(base, capture_output=True, text=True)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "#0 has 600 tokens but the dnabert-s engine accepts at most 512" in done.stderr
