@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
+from torch import nn
+
+from tests.engines.test_inductor_parts import needs_cpu_fp8
+from virnucpro_trt.engines.fp8_quantize import scale_rows_to_e4m3
+from virnucpro_trt.engines.inductor_fp8 import Fp8Esm2Layer, convert_to_fp8
+from virnucpro_trt.engines.inductor_model import device_copy
+from virnucpro_trt.models.random_checkpoints import random_esm2
 
 ROOT = Path(__file__).resolve().parents[2]
+CPU = torch.device("cpu")
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module_name = "bench_script_" + name.replace("/", "_")
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # as an import would: dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
@@ -174,3 +186,39 @@ def test_profile_esm2_tiny_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert peaks[("fp32", tokens, 256, 64)] > 0
     printed = capsys.readouterr().out
     assert "eager-fp32" in printed and "TFLOP/s" in printed
+
+
+def test_esm2_variants_names_known_precisions() -> None:
+    variants = _script("diagnostics/esm2_variants")
+    precisions = {variant.precision for variant in variants.VARIANTS.values()}
+    assert precisions <= {"bf16", "fp8", "fp8-fused", "torchao-fp8"}
+    assert variants.VARIANTS["fp8-fused-lnbf16"].layernorm_bf16
+    assert not variants.VARIANTS["fp8-fused"].layernorm_bf16
+
+
+@needs_cpu_fp8
+def test_esm2_variants_bf16_layernorm_candidate_quantises_the_norms_output() -> None:
+    """The script's fp8 variants run on a GPU only; what its candidate layer computes is checked here."""
+    variants = _script("diagnostics/esm2_variants")
+    fused = device_copy(random_esm2(seed=5), CPU, torch.bfloat16)
+    candidate = device_copy(random_esm2(seed=5), CPU, torch.bfloat16)
+    convert_to_fp8(fused, fast_accum=False)
+    convert_to_fp8(candidate, fast_accum=False)
+    for layer in candidate.layers:
+        layer.__class__ = variants.Bf16LayerNormFp8Layer
+    layer = candidate.layers[0]
+    assert isinstance(layer, Fp8Esm2Layer)
+    x = torch.randn(2, 9, layer.qkv.weight.shape[1]) * 3
+    norm = layer.self_attn_layer_norm
+    q, scale = layer._normalised(x, norm)
+    rounded = norm(x)
+    assert rounded.dtype == torch.bfloat16  # the module's own output, rounded before quantising
+    want_q, want_scale = scale_rows_to_e4m3(rounded.reshape(-1, x.shape[-1]).float())
+    assert torch.equal(q.float(), want_q.float()) and torch.equal(scale, want_scale)
+
+    ids, mask = torch.randint(4, 24, (3, 30)), torch.ones(3, 30, dtype=torch.bool)
+    mask[1, 20:] = False
+    with torch.no_grad():
+        a, b = fused(ids, mask), candidate(ids, mask)
+    assert nn.functional.cosine_similarity(a.float(), b.float()).min() > 0.999
+    assert not torch.equal(a, b)  # the rounding before quantising is a different computation
