@@ -5,7 +5,7 @@ Weights cannot be downloaded here, so this writes random checkpoints in the real
 an upstream-style pickled 3328->512->2 classifier), generates 500 bp reads with coding regions (random
 DNA almost never keeps a 500 bp frame), and times the real CLI as a user runs it. Throughput comes from
 the run.json the CLI writes (frames / encoder wall time, and reads / total wall time). The checkpoints
-come from :func:`virnucpro_trt.bench.models.write_random_models` (the same set ``virnucpro-trt bench
+come from :func:`virnucpro_trt.bench.models.random_models_in` (the same folder ``virnucpro-trt bench
 --random-weights full`` runs) and are reused from ``--workdir`` when a finished set is there.
 
 Run on a GPU host, e.g. (the package setup there: DEVELOPERS.md, "Running on the H200 hosts"):
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from virnucpro_trt.bench.cli_run import run_cli
 from virnucpro_trt.bench.hardware import script_environment
-from virnucpro_trt.bench.models import write_random_models
+from virnucpro_trt.bench.models import random_models_in
 from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta
 
@@ -32,7 +32,7 @@ from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta
 def build_models(root: Path, device: str, size: str = "full") -> dict[str, Path]:
     """Random checkpoints in the real file formats (full size unless ``size`` is ``tiny``)."""
     t0 = time.perf_counter()
-    models = write_random_models(root, size, device)  # type: ignore[arg-type]
+    models = random_models_in(root, size, device)  # type: ignore[arg-type]
     print(f"wrote {size}-size random checkpoints in {time.perf_counter() - t0:.1f}s", flush=True)
     return {"dnabert": models.dnabert, "esm": models.esm, "classifier": models.classifier}
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="vt-bench-"))
     root.mkdir(parents=True, exist_ok=True)
-    models = build_models(root / "models", args.device, args.size)
+    models = build_models(root, args.device, args.size)
     reads = generate_reads(args.reads, args.read_length, seed=42, coding_fraction=args.coding_fraction)
     fasta = root / "reads.fa"
     write_fasta(reads, str(fasta))

@@ -246,14 +246,14 @@ def _open_engine(precision: str, args: argparse.Namespace, ctx: dict[str, Any]) 
 
 def _built(precision: str, args: argparse.Namespace, ctx: dict[str, Any]) -> tuple[Path, str]:
     """An inductor engine set built (or reused) in ``--workdir`` by the real build code."""
-    from virnucpro_trt.bench.models import write_random_models
+    from virnucpro_trt.bench.models import random_models_in
     from virnucpro_trt.engines.build import BuildSettings, build_engines
     from virnucpro_trt.engines.engine_set import check_engine_set
     from virnucpro_trt.errors import EngineMismatchError
 
     device: torch.device = ctx["device"]
     size = "tiny" if args.tiny else "full"
-    models = write_random_models(args.workdir / f"models-random-{size}", size, device)  # type: ignore[arg-type]
+    models = random_models_in(args.workdir, size, device)  # type: ignore[arg-type]
     folder = args.workdir / f"engines-inductor-{precision}"
     try:
         check_engine_set(folder, device, models.specs())

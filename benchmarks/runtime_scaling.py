@@ -45,7 +45,7 @@ import torch
 
 from virnucpro_trt.bench.cli_run import run_cli
 from virnucpro_trt.bench.hardware import script_environment
-from virnucpro_trt.bench.models import write_random_models
+from virnucpro_trt.bench.models import RANDOM_SIZES, random_models_in
 from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.sequences.prepare import prepare_blocks
 from virnucpro_trt.sequences.reader import read_records
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cuda:0", help="cuda:0 (the measurement) or cpu (the test)")
     parser.add_argument(
-        "--models", choices=("full", "tiny"), default="full", help="random weights of the real or test sizes"
+        "--models", choices=RANDOM_SIZES, default="full", help="random weights: real or test sizes, -outliers"
     )
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
     parser.add_argument(
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="vt-scaling-"))
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    models = write_random_models(root / "models", args.models, device)
+    models = random_models_in(root, args.models, device)
     models_s = time.perf_counter() - started
     fasta = root / "reads.fa"
     write_fasta(generate_reads(args.reads, 500, seed=42, coding_fraction=0.7), str(fasta))

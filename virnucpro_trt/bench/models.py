@@ -66,6 +66,13 @@ def named_models(dnabert: str, esm: str, classifier: str) -> ModelSet:
     )
 
 
+def random_models_in(workdir: Path, size: RandomSize, device: str | torch.device = "cpu") -> ModelSet:
+    """:func:`write_random_models` into ``workdir/models-random-<size>``: one folder name for ``bench`` and
+    the benchmark scripts, so that they share a ``--workdir`` (the full-size set takes minutes to write,
+    and engines built for it are reused only for the same weights)."""
+    return write_random_models(workdir / f"models-random-{size}", size, device)
+
+
 def write_random_models(root: Path, size: RandomSize, device: str | torch.device = "cpu") -> ModelSet:
     """Random checkpoints in the real formats under ``root`` (reused when a finished set is there).
 

@@ -36,7 +36,7 @@ from virnucpro_trt.bench.models import (
     RandomSize,
     load_masters,
     named_models,
-    write_random_models,
+    random_models_in,
 )
 from virnucpro_trt.bench.parity import path_parity
 from virnucpro_trt.bench.path import STAGES, PathResult, run_path
@@ -93,7 +93,7 @@ def _models(settings: BenchSettings, workdir: Path, device: torch.device) -> Mod
         if device.type == "cpu" and settings.random_weights.startswith("full"):
             log.warning("--random-weights full on a CPU: ESM-2 3B runs at a few frames per second here")
         size = cast(RandomSize, settings.random_weights)
-        return write_random_models(workdir / f"models-random-{size}", size, device)
+        return random_models_in(workdir, size, device)
     assert settings.dnabert and settings.esm and settings.classifier
     return named_models(settings.dnabert, settings.esm, settings.classifier)
 
