@@ -154,11 +154,11 @@ def quantize_rows(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     eps: float = 0.0,
-    kernel: bool = True,
+    kernels: frozenset[int] = TRITON_MODES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`quantize_rows_reference`; on CUDA, a mode of :data:`TRITON_MODES` runs its fused Triton
-    kernel unless ``kernel`` is False."""
-    if not (kernel and mode in TRITON_MODES and x.is_cuda and triton is not None):
+    """:func:`quantize_rows_reference`; on CUDA, a mode of ``kernels`` (at most :data:`TRITON_MODES`) runs
+    its fused Triton kernel."""
+    if not (mode in kernels & TRITON_MODES and x.is_cuda and triton is not None):
         return quantize_rows_reference(x, mode, weight, bias, eps)
     assert bias is not None
     return _triton_bias_gelu_rows()(x, bias)

@@ -7,9 +7,10 @@ the bf16 rate: fp8 linears are the largest lever there is (figures: docs/measure
   channel cannot flatten the others, and the scale vector is a static [1, N] constant.
 * Activations are quantised per row (token) at run time: amax over the channel dimension, in fp32,
   feeding ``torch._scaled_mm`` (cuBLASLt row-wise fp8 GEMM) with scale_a [M, 1] and scale_b [1, N] and a
-  bf16 output. In ESM-2 (:class:`Fp8Esm2Layer`) the quantisation is fused with the LayerNorm or GELU that
-  produces the input (:mod:`~virnucpro_trt.engines.fp8_quantize`): Inductor's own fusion of it read each
-  row two or three times and took a third of the forward on the H200.
+  bf16 output. In ESM-2 (:class:`Fp8Esm2Layer`) the quantisation is written together with the LayerNorm
+  or GELU that produces the input (:mod:`~virnucpro_trt.engines.fp8_quantize`), so that one kernel does
+  both: Inductor's fusion for the LayerNorms and the attention output, a Triton kernel for bias + GELU,
+  where Inductor's fusion was slowest (measurement log).
 * Fast accumulation (``use_fast_accum``, what torchao's float8 inference uses) is the engines' default:
   it is measurably faster on Hopper at the same pooled cosine (measurement log).
 * The bias is added after the GEMM in bf16 instead of being passed to ``_scaled_mm``: bias support for
@@ -115,9 +116,10 @@ class Fp8RowwiseLinear(nn.Module):
 
 
 class Fp8Esm2Layer(nn.Module):
-    """An ESM-2 layer whose four linears run in fp8, each input quantised in one pass with the op that
+    """An ESM-2 layer whose four linears run in fp8, each input quantised together with the op that
     produces it (:mod:`~virnucpro_trt.engines.fp8_quantize`): LayerNorm + quantise before qkv and fc1,
-    quantise the attention output before out_proj, fc1's bias + GELU + quantise before fc2.
+    quantise the attention output before out_proj, fc1's bias + GELU + quantise before fc2;
+    ``kernel_modes`` of these run as Triton kernels on CUDA (default: the ones measured faster).
 
     Same function as :class:`~virnucpro_trt.models.esm2.Esm2Layer` with fp8 linears, except that the
     LayerNorm and GELU outputs are quantised from fp32 instead of after a bf16 rounding.
@@ -135,17 +137,7 @@ class Fp8Esm2Layer(nn.Module):
         self.fc2 = Fp8RowwiseLinear.from_linear(layer.fc2, layer.fc2.weight.dtype, fast_accum)
 
     def _normalised(self, x: torch.Tensor, norm: Fp32LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._quantised(x, LAYERNORM, norm.weight, norm.bias, norm.eps)
-
-    def _quantised(
-        self,
-        x: torch.Tensor,
-        mode: int,
-        weight: torch.Tensor | None = None,
-        bias: torch.Tensor | None = None,
-        eps: float = 0.0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return quantize_rows(x, mode, weight, bias, eps, kernel=mode in self.kernel_modes)
+        return quantize_rows(x, LAYERNORM, norm.weight, norm.bias, norm.eps, kernels=self.kernel_modes)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
@@ -160,13 +152,14 @@ class Fp8Esm2Layer(nn.Module):
         k = apply_rotary(k, cos, sin)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
         attn = attn.transpose(1, 2).reshape(batch, length, dim)
-        attn_out = self.out_proj.matmul(*self._quantised(attn, IDENTITY), compute)
+        attn_out = self.out_proj.matmul(*quantize_rows(attn, IDENTITY, kernels=self.kernel_modes), compute)
         if self.out_proj.bias is not None:
             attn_out = attn_out + self.out_proj.bias
         x = x + attn_out.view(batch, length, dim).to(x.dtype)
         hidden = self.fc1.matmul(*self._normalised(x, self.final_layer_norm), compute)
         bias = self.fc1.bias if self.fc1.bias is not None else hidden.new_zeros(hidden.shape[-1])
-        out = self.fc2.matmul(*self._quantised(hidden, BIAS_GELU, bias=bias), compute)
+        activated = quantize_rows(hidden, BIAS_GELU, bias=bias, kernels=self.kernel_modes)
+        out = self.fc2.matmul(*activated, compute)
         if self.fc2.bias is not None:
             out = out + self.fc2.bias
         return x + out.view(batch, length, dim).to(x.dtype)
