@@ -52,6 +52,7 @@ from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pa
 from virnucpro_trt.runtime.device import PRECISIONS as DTYPES
 from virnucpro_trt.runtime.device import configure_fp32_reference
 from virnucpro_trt.runtime.embedding import TorchBackend, embed_sequences
+from virnucpro_trt.sequences.synthetic import LENGTH_MIXES
 
 
 def bench_model(
@@ -63,7 +64,7 @@ def bench_model(
     save: Any,
 ) -> None:
     full = args.size == "full"
-    dna, proteins = frame_sequences(args.items)
+    dna, proteins = frame_sequences(args.items, length_mix=args.length_mix)
     if kind == "esm2":
         config = ESM2_T36_3B_CONFIG if full else TINY_ESM2_CONFIG
         reference_model = random_esm2(config, device=device, dtype=torch.float32, seed=2)
@@ -95,6 +96,7 @@ def bench_model(
             "items": len(tokens),
             "mean_tokens": round(float(lengths.mean()), 1),
             "max_batch_tokens": budget,
+            **({"build_extra": args.build_extra} if args.build_extra else {}),
         }
         try:
             build_s = 0.0
@@ -120,7 +122,11 @@ def bench_model(
                     precision,
                     device,
                     out,
-                    BuildOptions(workdir=workdir, max_autotune=args.max_autotune),
+                    BuildOptions(
+                        workdir=workdir,
+                        max_autotune=args.max_autotune,
+                        extra=dict(args.build_extra),
+                    ),
                 )
                 built = backend.build(request)
                 build_s = time.perf_counter() - start
@@ -154,6 +160,17 @@ def bench_model(
         save()
 
 
+def build_setting(text: str) -> tuple[str, Any]:
+    """``NAME=JSON`` -> (NAME, value): an entry of the builds' ``BuildOptions.extra``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=JSON, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{name}: the value is not JSON ({exc})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="esm2,dnabert-s")
@@ -165,9 +182,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-autotune", action="store_true")
+    parser.add_argument(
+        "--build-extra",
+        type=build_setting,
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a BuildOptions.extra entry for the engine builds (repeatable), e.g. sequence_multiple=1 or "
+        "inductor_configs='{\"assume_32bit_indexing\": true}'",
+    )
+    parser.add_argument(
+        "--length-mix", choices=list(LENGTH_MIXES), default="fixed", help="read lengths of the frames"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.build_extra = dict(args.build_extra)
     device = torch.device(args.device)
     workdir = Path(tempfile.mkdtemp(prefix="vt-engines-"))
     rows: list[dict[str, Any]] = []
@@ -175,7 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "engines_throughput",
         "command": " ".join(["python3", "benchmarks/engines_throughput.py", *(argv or sys.argv[1:])]),
         "environment": script_environment(device, with_onnxruntime=True),
-        "workload": {"reads": "500 bp, 70% coding (synthetic)", "size": args.size, "device": str(device)},
+        "workload": {
+            "reads": "500 bp, 70% coding (synthetic)"
+            if args.length_mix == "fixed"
+            else f"{LENGTH_MIXES[args.length_mix].description}; 70% coding (synthetic)",
+            "length_mix": args.length_mix,
+            "size": args.size,
+            "device": str(device),
+        },
         "results": rows,
     }
 

@@ -295,9 +295,10 @@ def main(argv: list[str] | None = None) -> int:
             "coding_fraction": 0.7,
             "models": (
                 "random weights, full size: DNABERT-S 12x768, ESM-2 t36_3B"
-                if args.models == "full"
+                if args.models.startswith("full")
                 else "random weights, test sizes"
-            ),
+            )
+            + (", outlier channels" if args.models.endswith("-outliers") else ""),
             "max_batch_tokens": args.max_batch_tokens,
         },
         "backend": args.backend,

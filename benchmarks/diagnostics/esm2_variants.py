@@ -32,7 +32,13 @@ from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.timing import measure
 from virnucpro_trt.bench.workload import frame_sequences
-from virnucpro_trt.engines.fp8_quantize import TRITON_MODES, scale_rows_to_e4m3
+from virnucpro_trt.engines.fp8_quantize import (
+    BIAS_GELU,
+    LAYERNORM,
+    MODES,
+    TRITON_MODES,
+    scale_rows_to_e4m3,
+)
 from virnucpro_trt.engines.inductor_fp8 import (
     Fp8Esm2Layer,
     convert_linears_to_fp8,
@@ -73,6 +79,8 @@ VARIANTS = {
     "fp8-fused-cudnn": Variant("fp8-fused", attention="cudnn", fast_accum=True),
     "fp8-fused-inductor": Variant("fp8-fused", fast_accum=True, kernel_modes=frozenset()),
     "fp8-fused-lnbf16": Variant("fp8-fused", fast_accum=True, layernorm_bf16=True),
+    "fp8-fused-ln": Variant("fp8-fused", fast_accum=True, kernel_modes=frozenset({BIAS_GELU, LAYERNORM})),
+    "fp8-fused-kernels": Variant("fp8-fused", fast_accum=True, kernel_modes=frozenset(MODES)),
     "torchao-fp8": Variant("torchao-fp8"),
 }
 
@@ -138,6 +146,12 @@ class Bf16LayerNormFp8Layer(Fp8Esm2Layer):
 
     def _normalised(self, x: torch.Tensor, norm: Fp32LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
         return scale_rows_to_e4m3(norm(x).reshape(-1, x.shape[-1]).float())
+
+    def _added_normalised(
+        self, x: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        total = (x.float() + delta.float() + delta_bias.float()).to(x.dtype)
+        return total, *self._normalised(total, self.final_layer_norm)
 
 
 def build_variant(reference: torch.nn.Module, variant: Variant, device: torch.device, compile_: bool) -> Any:

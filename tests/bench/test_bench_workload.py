@@ -51,6 +51,9 @@ def test_frame_sequences_for_the_encoder_script() -> None:
     assert len(dna) == len(proteins) == 50
     assert all(len(d) >= 3 * len(p) for d, p in zip(dna, proteins, strict=True))
     assert frame_sequences(50, seed=7) == (dna, proteins)
+    short_dna, short = frame_sequences(50, seed=7, length_mix="illumina")
+    assert len(short) == 50 and max(map(len, short)) <= 50 < min(map(len, proteins))  # 150 bp reads
+    assert all(len(d) >= 3 * len(p) for d, p in zip(short_dna, short, strict=True))
 
 
 def test_fasta_workload_and_a_bench_run_on_it(bench_run, tmp_path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -58,6 +59,17 @@ def test_engines_throughput_tiny_eager(tmp_path: Path, capsys: pytest.CaptureFix
     assert rows["eager-fp32"]["items_timed"] == 16 and rows["eager-bf16"]["items_timed"] == 24
     assert rows["eager-fp32"]["parity"]["passed_gate"] and rows["eager-bf16"]["parity"]["min_cosine"] > 0.999
     assert "eager-bf16" in capsys.readouterr().out
+
+
+def test_engines_throughput_takes_build_extras_as_json() -> None:
+    script = _script("engines_throughput")
+    assert script.build_setting("sequence_multiple=1") == ("sequence_multiple", 1)
+    assert script.build_setting('inductor_configs={"assume_32bit_indexing": true}') == (
+        "inductor_configs", {"assume_32bit_indexing": True},
+    )  # fmt: skip
+    for bad in ("sequence_multiple", "=1", "x=notjson"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            script.build_setting(bad)
 
 
 def test_predict_full_size_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,3 +234,22 @@ def test_esm2_variants_bf16_layernorm_candidate_quantises_the_norms_output() -> 
         a, b = fused(ids, mask), candidate(ids, mask)
     assert nn.functional.cosine_similarity(a.float(), b.float()).min() > 0.999
     assert not torch.equal(a, b)  # the rounding before quantising is a different computation
+
+
+def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path) -> None:
+    """The padded fraction per length mix: nothing for 500 bp reads (168 tokens, a multiple of 8), and
+    rounding lengths up to the engine's multiple never pads less than the batcher alone."""
+    out = tmp_path / "padding.json"
+    code = _script("diagnostics/padding_by_mix").main(
+        ["--reads", "300", "--mixes", "fixed,illumina", "--multiples", "1,8", "--json", str(out)]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report) == set(_committed("cpu_padding_by_mix.json"))
+    rows = {r["length_mix"]: r for r in report["results"]}
+    fixed, short = rows["fixed"]["by_multiple"], rows["illumina"]["by_multiple"]
+    assert [p["padded_fraction"] for p in fixed] == [0.0, 0.0]
+    assert 0 <= short[0]["padded_fraction"] < short[1]["padded_fraction"]
+    for p in fixed + short:
+        assert p["computed_tokens"] - p["tokens"] >= 0 and p["batches"] >= 1
+    assert rows["illumina"]["mean_tokens"] < rows["fixed"]["mean_tokens"] == 168.0

@@ -177,6 +177,23 @@ def test_fused_quantisation_reference_is_the_op_then_rowwise_e4m3(mode: int) -> 
     assert ((q.float() * scale - op).norm() / op.norm()) < 0.04
 
 
+def test_residual_layernorm_reference_sums_once_then_normalises_the_sum() -> None:
+    """The second LayerNorm's op: x + delta + bias rounded once to the residual stream's dtype, and the
+    quantised LayerNorm of exactly that sum (what the next sublayer adds to)."""
+    from virnucpro_trt.engines.fp8_quantize import add_layernorm_rows_reference
+
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(2, 9, 64, generator=gen) * 4).to(torch.bfloat16)
+    delta = torch.randn(2, 9, 64, generator=gen).to(torch.bfloat16)
+    delta_bias = torch.randn(64, generator=gen).to(torch.bfloat16)
+    weight, bias = 1 + 0.1 * torch.randn(64, generator=gen), 0.1 * torch.randn(64, generator=gen)
+    total, q, scale = add_layernorm_rows_reference(x, delta, delta_bias, weight, bias, 1e-5)
+    assert total.dtype == torch.bfloat16 and total.shape == x.shape
+    assert torch.equal(total, (x.float() + delta.float() + delta_bias.float()).to(torch.bfloat16))
+    want_q, want_scale = quantize_rows_reference(total, LAYERNORM, weight, bias, 1e-5)
+    assert torch.equal(q.float(), want_q.float()) and torch.equal(scale, want_scale)
+
+
 @needs_cpu_fp8
 def test_fused_fp8_esm2_layers_compute_what_fp8_linears_do() -> None:
     """The engine's ESM-2 layers (input quantisation fused with LayerNorm/GELU) against the plain fp8
@@ -251,6 +268,48 @@ def test_the_triton_kernel_quantises_like_the_reference(cols: int) -> None:
     differ = (q.float() != want_q.float()).float().mean().item()
     assert differ < 1e-3  # e4m3 ties and erf ulps only
     assert (q.float() * scale - want_q.float() * want_scale).abs().max() <= 2 * want_scale.max() * 32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
+@pytest.mark.parametrize("cols", [64, 96, 2560, 3000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_layernorm_and_plain_kernels_quantise_like_the_reference(cols: int, dtype: torch.dtype) -> None:
+    """LayerNorm (with and without the residual add) and plain row quantisation kernels against torch,
+    on rows with a large mean and an outlier channel (the residual stream's)."""
+    from virnucpro_trt.engines.fp8_quantize import (
+        add_layernorm_rows,
+        add_layernorm_rows_reference,
+        quantize_rows,
+    )
+
+    cuda, every = torch.device("cuda", 0), frozenset({IDENTITY, LAYERNORM, BIAS_GELU})
+    gen = torch.Generator(device=cuda).manual_seed(cols)
+    x = torch.randn(333, cols, generator=gen, device=cuda) * 2 + 3
+    x[:, 5] *= 40  # an outlier channel
+    x[7] = 0  # all zero: the amax floor (LayerNorm: its bias alone)
+    x = x.to(dtype)
+    weight = 1 + 0.1 * torch.randn(cols, generator=gen, device=cuda)
+    weight[11] = 30.0  # an outlier gain
+    bias = 0.1 * torch.randn(cols, generator=gen, device=cuda)
+    delta = torch.randn(333, cols, generator=gen, device=cuda).to(torch.bfloat16)
+    delta_bias = (0.1 * torch.randn(cols, generator=gen, device=cuda)).to(torch.bfloat16)
+
+    def same(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor]) -> None:
+        (q, scale), (want_q, want_scale) = got, want
+        torch.testing.assert_close(scale, want_scale, rtol=2e-5, atol=0)
+        assert (q.float() != want_q.float()).float().mean().item() < 1e-3  # e4m3 ties and rsqrt ulps
+        assert (q.float() * scale - want_q.float() * want_scale).abs().max() <= 2 * want_scale.max() * 32
+
+    same(quantize_rows(x, IDENTITY, kernels=every), quantize_rows_reference(x, IDENTITY))
+    same(
+        quantize_rows(x, LAYERNORM, weight, bias, 1e-5, kernels=every),
+        quantize_rows_reference(x, LAYERNORM, weight, bias, 1e-5),
+    )
+    total, *got = add_layernorm_rows(x, delta, delta_bias, weight, bias, 1e-5, every)
+    want_total, *want = add_layernorm_rows_reference(x, delta, delta_bias, weight, bias, 1e-5)
+    assert total.dtype == dtype and torch.equal(total, want_total)
+    same(tuple(got), tuple(want))
 
 
 def test_chunks_divide_the_row_where_they_can() -> None:

@@ -63,12 +63,15 @@ class HostBuild:
 
 
 def nlohmann_include() -> Path:
-    """The include folder of the ``nlohmann-json`` wheel (``pip install nlohmann-json``)."""
-    try:
-        import nlohmann_json
-    except ImportError:
-        raise UserError("the C++ host needs nlohmann/json: pip install nlohmann-json") from None
-    return Path(nlohmann_json.__file__).parent / "include"
+    """The include folder of the ``nlohmann-json`` wheel (``pip install nlohmann-json``), found without
+    importing the package: its ``__init__`` needs ``importlib_resources``, which the GPU hosts lack."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nlohmann_json")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(folder) / "include" / "nlohmann" / "json.hpp").is_file():
+            return Path(folder) / "include"
+    raise UserError("the C++ host needs nlohmann/json: pip install nlohmann-json")
 
 
 def configure_command(build_dir: Path, source: Path = REPO) -> list[str]:

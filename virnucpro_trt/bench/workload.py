@@ -126,14 +126,18 @@ def fasta_workload(path: Path, chunk_length: int = 500) -> Workload:
     return _checked(Workload(records, _count_frames(records, chunk_length), chunk_length, str(path), {}))
 
 
-def frame_sequences(items: int, seed: int = 7) -> tuple[list[str], list[str]]:
-    """Kept frames of 500 bp reads (70% coding): ``(frame DNA, protein)`` lists of at least ``items``.
+def frame_sequences(items: int, seed: int = 7, length_mix: str = "fixed") -> tuple[list[str], list[str]]:
+    """Kept frames of 500 bp reads (or of ``length_mix``'s; 70% coding): ``(frame DNA, protein)`` lists
+    of ``items`` (fewer only if the reads keep fewer frames).
 
     For encoder-only measurements (``benchmarks/engines_throughput.py``), which need frames, not reads.
     """
     dna: list[str] = []
     proteins: list[str] = []
-    reads = generate_reads(int(items * 1.6) + 64, 500, seed=seed, coding_fraction=0.7)
+    count = int(items * 1.6) + 64  # every mix keeps > 0.7 frames per read
+    lengths = None if length_mix == "fixed" else mix_lengths(length_mix, count, seed)
+    n_rate = LENGTH_MIXES[length_mix].n_rate
+    reads = generate_reads(count, 500, seed=seed, coding_fraction=0.7, n_rate=n_rate, lengths=lengths)
     records = [SeqRecord(i, rid, rid, seq) for i, (rid, seq) in enumerate(reads)]
     for block in prepare_blocks(records, 500):
         dna += block.frames.dna

@@ -1,19 +1,26 @@
-"""Row-wise fp8 quantisation of an ESM-2 layer's activations, the GELU case fused into one Triton kernel.
+"""Row-wise fp8 quantisation of an ESM-2 layer's activations, fused with the op that produces them.
 
 An fp8 linear needs its input as e4m3 plus one scale per row (amax / 448). Every path multiplies by
 ``448 / amax`` instead of dividing by the scale (one multiply per value). Modes: ``IDENTITY`` (the
-attention output), ``LAYERNORM`` (fp32 statistics, weight and bias: the two pre-LN inputs),
-``BIAS_GELU`` (fc1's bias, then exact erf GELU: fc2's input, the widest rows, 10,240 values).
+attention output), ``LAYERNORM`` (fp32 statistics, weight and bias: the two pre-LN inputs; the second
+one after the attention's residual add, which :func:`add_layernorm_rows` fuses too), ``BIAS_GELU``
+(fc1's bias, then exact erf GELU: fc2's input, the widest rows, 10,240 values).
 
-``BIAS_GELU`` runs a Triton kernel on CUDA (the others: Inductor's own fusion of
-:func:`quantize_rows_reference`). Inductor's fusion re-evaluates GELU on every pass of a looped
-reduction, and a kernel holding a whole row in one program left too few rows in flight and idled the
-lanes past 10,240 (profiles: docs/measurements.md). This kernel walks the row in chunks that divide it,
-in small programs so that many rows are in flight, and needs no GELU pass for the amax: GELU rises on
-[-0.75, inf) and stays within 0.17 in magnitude below 0, so when GELU(max z) >= 0.17 it *is* the row's
-amax; a row whose maximum is smaller gets an exact pass. It is registered with
-``torch.library.triton_op``, so ``torch.export`` and AOTInductor compile it into the engine; the tests
-compare it with :func:`quantize_rows_reference`.
+On CUDA the modes of ``kernels`` run Triton kernels, the others Inductor's own fusion of the torch
+reference. Inductor's fusion re-reads and recomputes a row on every pass of a looped reduction, and a
+kernel holding a whole row in one program left too few rows in flight (profiles: docs/measurements.md).
+These kernels walk a row in chunks that divide it, in small programs, so that many rows are in flight;
+later passes re-read the row from cache:
+
+* BIAS_GELU needs no GELU pass for the amax: GELU rises on [-0.75, inf) and stays within 0.17 in
+  magnitude below 0, so when GELU(max z) >= 0.17 it *is* the row's amax; a row whose maximum is smaller
+  gets an exact pass.
+* LAYERNORM takes mean and variance in one pass, per chunk and merged across chunks (Chan's update:
+  no cancellation when the mean is large against the spread, as in the residual stream's outlier
+  channels), then an amax pass and the store pass; with a residual, the sum is written out on the first.
+
+They are registered with ``torch.library.triton_op``, so ``torch.export`` and AOTInductor compile them
+into the engine; the tests compare them with the torch references.
 """
 
 from __future__ import annotations
@@ -48,6 +55,24 @@ def quantize_rows_reference(
         assert bias is not None
         rows = F.gelu(rows + bias.float(), approximate="none")
     return scale_rows_to_e4m3(rows)
+
+
+def add_layernorm_rows_reference(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    delta_bias: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x + delta + delta_bias`` in x's dtype, then its LayerNorm quantised row-wise, and the scales).
+
+    The sum is taken in fp32 and rounded once to x's dtype (the residual stream); the statistics are of
+    the rounded sum, which is what the next layer reads.
+    """
+    total = (x.float() + delta.float() + delta_bias.float()).to(x.dtype)
+    quantised, scale = quantize_rows_reference(total, LAYERNORM, weight, bias, eps)
+    return total, quantised, scale
 
 
 def scale_rows_to_e4m3(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +145,65 @@ if triton is not None:
             _e4m3_store(out_ptr, base + start + lanes, inside, _gelu(x + b), inv)
         tl.store(scale_ptr + tl.program_id(0), amax / _FP8_MAX)
 
+    @triton.jit
+    def _row_chunk(x_ptr, d_ptr, db_ptr, base, start, lanes, inside, HAS_DELTA: tl.constexpr):
+        """fp32 values of one chunk of a row: ``x``, or ``x + delta + delta_bias`` rounded to x's dtype."""
+        x = tl.load(x_ptr + base + start + lanes, mask=inside, other=0.0).to(tl.float32)
+        if HAS_DELTA:
+            d = tl.load(d_ptr + base + start + lanes, mask=inside, other=0.0).to(tl.float32)
+            db = tl.load(db_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
+            x = (x + d + db).to(x_ptr.dtype.element_ty).to(tl.float32)
+        return x
+
+    @triton.jit
+    def _quantize_normalised_rows_kernel(
+        x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, sum_ptr, out_ptr, scale_ptr, cols, eps,
+        NORM: tl.constexpr, HAS_DELTA: tl.constexpr, CHUNK: tl.constexpr,
+    ):  # fmt: skip
+        """Row-wise e4m3 of ``x`` (NORM false) or of LayerNorm(x [+ delta + delta_bias]) (NORM true)."""
+        base = tl.program_id(0).to(tl.int64) * cols
+        lanes = tl.arange(0, CHUNK)
+        mean = 0.0
+        rstd = 1.0
+        if NORM:  # one pass: chunk mean and squared deviations, merged across chunks (Chan et al.)
+            count = 0.0
+            m2 = 0.0
+            for start in range(0, cols, CHUNK):
+                inside = start + lanes < cols
+                x = _row_chunk(x_ptr, d_ptr, db_ptr, base, start, lanes, inside, HAS_DELTA)
+                if HAS_DELTA:
+                    tl.store(sum_ptr + base + start + lanes, x.to(sum_ptr.dtype.element_ty), mask=inside)
+                n = tl.minimum(cols - start, CHUNK).to(tl.float32)
+                chunk_mean = tl.sum(x, axis=0) / n
+                dev = tl.where(inside, x - chunk_mean, 0.0)
+                chunk_m2 = tl.sum(dev * dev, axis=0)
+                total = count + n
+                step = chunk_mean - mean
+                mean = mean + step * (n / total)
+                m2 = m2 + chunk_m2 + step * step * (count * n / total)
+                count = total
+            rstd = 1.0 / tl.sqrt((m2 / count + eps).to(tl.float32))  # Inductor may pass eps as fp64
+        peak = tl.zeros([CHUNK], dtype=tl.float32)
+        for start in range(0, cols, CHUNK):
+            inside = start + lanes < cols
+            y = _row_chunk(x_ptr, d_ptr, db_ptr, base, start, lanes, inside, HAS_DELTA)
+            if NORM:
+                w = tl.load(w_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
+                b = tl.load(b_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
+                y = (y - mean) * rstd * w + b
+            peak = tl.maximum(peak, tl.where(inside, tl.abs(y), 0.0))
+        amax = tl.maximum(tl.max(peak, axis=0), _AMAX_FLOOR)
+        inv = _FP8_MAX / amax
+        for start in range(0, cols, CHUNK):
+            inside = start + lanes < cols
+            y = _row_chunk(x_ptr, d_ptr, db_ptr, base, start, lanes, inside, HAS_DELTA)
+            if NORM:
+                w = tl.load(w_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
+                b = tl.load(b_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
+                y = (y - mean) * rstd * w + b
+            _e4m3_store(out_ptr, base + start + lanes, inside, y, inv)
+        tl.store(scale_ptr + tl.program_id(0), amax / _FP8_MAX)
+
 
 GELU_CHUNK = 2048  # values per chunk at most, 4 warps per program (fc1's 10,240-wide rows: 5 chunks)
 
@@ -142,10 +226,76 @@ def _triton_bias_gelu_rows() -> Any:
     return bias_gelu_rows_op
 
 
-# Modes with a Triton kernel (the engines use it by default): measurement log, 2026-12-02. LayerNorm and
-# the attention output stay with Inductor's fusion of quantize_rows_reference until a kernel of theirs
-# is measured faster at parity (DEVELOPERS.md, open problems).
-TRITON_MODES = frozenset({BIAS_GELU})
+ROW_CHUNK = 1024  # values per chunk at most for the LayerNorm and plain quantisation (2,560: 5 x 512)
+
+
+def _launch_quantize_normalised_rows(
+    x: torch.Tensor,
+    delta: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run :func:`_quantize_normalised_rows_kernel` on ``x``'s rows; returns (sum or x, e4m3, scales)."""
+    from torch.library import wrap_triton
+
+    cols = x.shape[-1]
+    rows = x.reshape(-1, cols).contiguous()
+    norm, has_delta = weight is not None, delta is not None
+    total = torch.empty_like(rows) if has_delta else rows
+    out = torch.empty(rows.shape, device=x.device, dtype=FP8_DTYPE)
+    scale = torch.empty((rows.shape[0], 1), device=x.device, dtype=torch.float32)
+    d = delta.reshape(-1, cols).contiguous() if delta is not None else rows
+    wrap_triton(_quantize_normalised_rows_kernel)[(rows.shape[0],)](
+        rows, d, delta_bias if delta_bias is not None else rows, weight if norm else rows,
+        bias if bias is not None else rows, total, out, scale, cols, eps,
+        NORM=norm, HAS_DELTA=has_delta, CHUNK=chunk_size(cols, ROW_CHUNK),
+    )  # fmt: skip
+    return total.view(x.shape), out, scale
+
+
+@functools.cache
+def _triton_row_ops() -> dict[str, Any]:
+    """The ``virnucpro::quantize_rows``, ``layernorm_rows`` and ``add_layernorm_rows`` ops, registered
+    on first use."""
+    from torch.library import triton_op
+
+    @triton_op("virnucpro::quantize_rows", mutates_args={})
+    def quantize_rows_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, out, scale = _launch_quantize_normalised_rows(x, None, None, None, None, 0.0)
+        return out, scale
+
+    @triton_op("virnucpro::layernorm_rows", mutates_args={})
+    def layernorm_rows_op(
+        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        _, out, scale = _launch_quantize_normalised_rows(x, None, None, weight, bias, eps)
+        return out, scale
+
+    @triton_op("virnucpro::add_layernorm_rows", mutates_args={})
+    def add_layernorm_rows_op(
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        delta_bias: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _launch_quantize_normalised_rows(x, delta, delta_bias, weight, bias, eps)
+
+    return {
+        "identity": quantize_rows_op, "layernorm": layernorm_rows_op, "add_layernorm": add_layernorm_rows_op,
+    }  # fmt: skip
+
+
+# Modes the engines run as Triton kernels by default: all three, each measured faster at parity than
+# Inductor's fusion of the references (measurement log, 2026-12-02, both sessions).
+TRITON_MODES = frozenset(MODES)
+
+
+def _runs_kernel(x: torch.Tensor, mode: int, kernels: frozenset[int]) -> bool:
+    return mode in kernels and x.is_cuda and triton is not None
 
 
 def quantize_rows(
@@ -156,9 +306,28 @@ def quantize_rows(
     eps: float = 0.0,
     kernels: frozenset[int] = TRITON_MODES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`quantize_rows_reference`; on CUDA, a mode of ``kernels`` (at most :data:`TRITON_MODES`) runs
-    its fused Triton kernel."""
-    if not (mode in kernels & TRITON_MODES and x.is_cuda and triton is not None):
+    """:func:`quantize_rows_reference`; on CUDA, a mode of ``kernels`` runs its fused Triton kernel."""
+    if not _runs_kernel(x, mode, kernels):
         return quantize_rows_reference(x, mode, weight, bias, eps)
-    assert bias is not None
-    return _triton_bias_gelu_rows()(x, bias)
+    if mode == BIAS_GELU:
+        assert bias is not None
+        return _triton_bias_gelu_rows()(x, bias)
+    if mode == LAYERNORM:
+        assert weight is not None and bias is not None
+        return _triton_row_ops()["layernorm"](x, weight, bias, float(eps))
+    return _triton_row_ops()["identity"](x)
+
+
+def add_layernorm_rows(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    delta_bias: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    eps: float,
+    kernels: frozenset[int] = TRITON_MODES,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`add_layernorm_rows_reference`; one Triton kernel on CUDA when LAYERNORM is in ``kernels``."""
+    if not _runs_kernel(x, LAYERNORM, kernels):
+        return add_layernorm_rows_reference(x, delta, delta_bias, weight, bias, eps)
+    return _triton_row_ops()["add_layernorm"](x, delta, delta_bias, weight, bias, float(eps))

@@ -9,8 +9,8 @@ the bf16 rate: fp8 linears are the largest lever there is (figures: docs/measure
   feeding ``torch._scaled_mm`` (cuBLASLt row-wise fp8 GEMM) with scale_a [M, 1] and scale_b [1, N] and a
   bf16 output. In ESM-2 (:class:`Fp8Esm2Layer`) the quantisation is written together with the LayerNorm
   or GELU that produces the input (:mod:`~virnucpro_trt.engines.fp8_quantize`), so that one kernel does
-  both: Inductor's fusion for the LayerNorms and the attention output, a Triton kernel for bias + GELU,
-  where Inductor's fusion was slowest (measurement log).
+  both, as Triton kernels (the attention's residual add and out_proj's bias go into the second
+  LayerNorm's): Inductor's own fusions re-read and recompute each row (measurement log).
 * Fast accumulation (``use_fast_accum``, what torchao's float8 inference uses) is the engines' default:
   it is measurably faster on Hopper at the same pooled cosine (measurement log).
 * The bias is added after the GEMM in bf16 instead of being passed to ``_scaled_mm``: bias support for
@@ -34,6 +34,7 @@ from virnucpro_trt.engines.fp8_quantize import (
     IDENTITY,
     LAYERNORM,
     TRITON_MODES,
+    add_layernorm_rows,
     quantize_rows,
     scale_rows_to_e4m3,
 )
@@ -117,12 +118,14 @@ class Fp8RowwiseLinear(nn.Module):
 
 class Fp8Esm2Layer(nn.Module):
     """An ESM-2 layer whose four linears run in fp8, each input quantised together with the op that
-    produces it (:mod:`~virnucpro_trt.engines.fp8_quantize`): LayerNorm + quantise before qkv and fc1,
-    quantise the attention output before out_proj, fc1's bias + GELU + quantise before fc2;
-    ``kernel_modes`` of these run as Triton kernels on CUDA (default: the ones measured faster).
+    produces it (:mod:`~virnucpro_trt.engines.fp8_quantize`): LayerNorm + quantise before qkv, the
+    attention's residual add (with out_proj's bias) + LayerNorm + quantise before fc1, quantise the
+    attention output before out_proj, fc1's bias + GELU + quantise before fc2; ``kernel_modes`` of these
+    run as Triton kernels on CUDA (default: the ones measured faster).
 
     Same function as :class:`~virnucpro_trt.models.esm2.Esm2Layer` with fp8 linears, except that the
-    LayerNorm and GELU outputs are quantised from fp32 instead of after a bf16 rounding.
+    LayerNorm and GELU outputs are quantised from fp32 instead of after a bf16 rounding, and the
+    attention's residual sum is rounded once (not after the bias add too).
     """
 
     def __init__(self, layer: Esm2Layer, fast_accum: bool, kernel_modes: frozenset[int] = TRITON_MODES):
@@ -139,6 +142,12 @@ class Fp8Esm2Layer(nn.Module):
     def _normalised(self, x: torch.Tensor, norm: Fp32LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
         return quantize_rows(x, LAYERNORM, norm.weight, norm.bias, norm.eps, kernels=self.kernel_modes)
 
+    def _added_normalised(
+        self, x: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        norm = self.final_layer_norm
+        return add_layernorm_rows(x, delta, delta_bias, norm.weight, norm.bias, norm.eps, self.kernel_modes)
+
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
     ) -> torch.Tensor:
@@ -153,10 +162,9 @@ class Fp8Esm2Layer(nn.Module):
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
         attn = attn.transpose(1, 2).reshape(batch, length, dim)
         attn_out = self.out_proj.matmul(*quantize_rows(attn, IDENTITY, kernels=self.kernel_modes), compute)
-        if self.out_proj.bias is not None:
-            attn_out = attn_out + self.out_proj.bias
-        x = x + attn_out.view(batch, length, dim).to(x.dtype)
-        hidden = self.fc1.matmul(*self._normalised(x, self.final_layer_norm), compute)
+        out_bias = self.out_proj.bias if self.out_proj.bias is not None else attn_out.new_zeros(dim)
+        x, *normalised = self._added_normalised(x, attn_out.view(batch, length, dim), out_bias)
+        hidden = self.fc1.matmul(*normalised, compute)
         bias = self.fc1.bias if self.fc1.bias is not None else hidden.new_zeros(hidden.shape[-1])
         activated = quantize_rows(hidden, BIAS_GELU, bias=bias, kernels=self.kernel_modes)
         out = self.fc2.matmul(*activated, compute)
