@@ -253,3 +253,25 @@ def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path) -> None:
     for p in fixed + short:
         assert p["computed_tokens"] - p["tokens"] >= 0 and p["batches"] >= 1
     assert rows["illumina"]["mean_tokens"] < rows["fixed"]["mean_tokens"] == 168.0
+
+
+def test_attention_kernels_times_candidates_on_the_runs_batches(tmp_path: Path) -> None:
+    """Each kernel is checked against the math kernel on the real positions; the unmasked lower bound gets
+    no parity figure where the batch has padding; a kernel this torch or device lacks is reported."""
+    out = tmp_path / "attention.json"
+    code = _script("diagnostics/attention_kernels").main(
+        [
+            "--device", "cpu", "--reads", "120", "--heads", "2", "--warmup", "0", "--iters", "1",
+            "--mixes", "illumina", "--kernels", "default-mask,flash-dense,flex-mask,efficient-mask",
+            "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    (entry,) = json.loads(out.read_text())["results"]
+    assert entry["length_mix"] == "illumina" and entry["longest"] <= 52 and entry["batch"] >= 1
+    rows = {r["kernel"]: r for r in entry["kernels"]}
+    for name in ("default-mask", "flex-mask"):
+        assert rows[name]["status"] == "ok" and rows[name]["max_abs_vs_math"] < 0.02 and rows[name]["ms"] > 0
+    padded = entry["shortest"] < entry["longest"]
+    assert (rows["flash-dense"]["max_abs_vs_math"] is None) == padded
+    assert rows["efficient-mask"]["status"] == "unavailable" and rows["efficient-mask"]["reason"]
