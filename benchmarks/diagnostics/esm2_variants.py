@@ -46,6 +46,7 @@ from virnucpro_trt.engines.inductor_fp8 import (
     fp8_unavailable_reason,
 )
 from virnucpro_trt.engines.parity import compare
+from virnucpro_trt.engines.spec import default_shape_range
 from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
 from virnucpro_trt.models.layers import Fp32LayerNorm
 from virnucpro_trt.models.random_checkpoints import TINY_ESM2_CONFIG, random_esm2
@@ -64,6 +65,10 @@ class Variant:
     fast_accum: bool = False
     kernel_modes: frozenset[int] = TRITON_MODES  # fp8-fused: quantisations done by our Triton kernels
     layernorm_bf16: bool = False  # fp8-fused: quantise the LayerNorm's bf16 output (torchao's order)
+    # compile batch and length as dynamic dims bounded like the engines' export (their kernels), not for
+    # the first shape seen; and Inductor settings for the compile, e.g. (("assume_32bit_indexing", True),)
+    engine_shapes: bool = False
+    inductor: tuple[tuple[str, Any], ...] = ()
 
 
 VARIANTS = {
@@ -82,6 +87,13 @@ VARIANTS = {
     "fp8-fused-ln": Variant("fp8-fused", fast_accum=True, kernel_modes=frozenset({BIAS_GELU, LAYERNORM})),
     "fp8-fused-kernels": Variant("fp8-fused", fast_accum=True, kernel_modes=frozenset(MODES)),
     "torchao-fp8": Variant("torchao-fp8"),
+    # the engines' dynamic-shape penalty (measurement log, 2026-12-02 third session) and its suspect
+    "fp8-fused-dynamic": Variant("fp8-fused", fast_accum=True, engine_shapes=True),
+    "fp8-fused-dynamic-i32": Variant(
+        "fp8-fused", fast_accum=True, engine_shapes=True, inductor=(("assume_32bit_indexing", True),)
+    ),
+    "bf16-dynamic": Variant("bf16", engine_shapes=True),
+    "bf16-dynamic-i32": Variant("bf16", engine_shapes=True, inductor=(("assume_32bit_indexing", True),)),
 }
 
 # Kernel categories by name, first match wins (Inductor names its Triton kernels after the fused ops).
@@ -154,7 +166,33 @@ class Bf16LayerNormFp8Layer(Fp8Esm2Layer):
         return total, *self._normalised(total, self.final_layer_norm)
 
 
-def build_variant(reference: torch.nn.Module, variant: Variant, device: torch.device, compile_: bool) -> Any:
+class EngineShapes(torch.nn.Module):
+    """One compiled ESM-2 layer whose batch and length are dynamic dims bounded as the engines export
+    them (:func:`virnucpro_trt.engines.spec.default_shape_range` at the run's budget), so that Inductor
+    writes the engines' kernels (indexing included) instead of ones for the first shape it sees."""
+
+    def __init__(self, layer: torch.nn.Module, max_batch: int, max_length: int):
+        super().__init__()
+        self.layer, self.max_batch, self.max_length = layer, max_batch, max_length
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
+    ) -> torch.Tensor:
+        mark = torch._dynamo.mark_dynamic
+        if x.shape[0] > 1:  # a size of 1 is specialised whatever the marks say
+            mark(x, 0, min=2, max=self.max_batch)
+            mark(key_mask, 0, min=2, max=self.max_batch)
+        mark(x, 1, min=2, max=self.max_length)
+        mark(key_mask, 3, min=2, max=self.max_length)
+        for table in (cos, sin):
+            if table.shape[0] == x.shape[1]:
+                mark(table, 0, min=2, max=self.max_length)
+        return self.layer(x, cos, sin, key_mask)
+
+
+def build_variant(
+    reference: torch.nn.Module, variant: Variant, device: torch.device, compile_: bool, budget: int
+) -> Any:
     model = copy.deepcopy(reference).to(dtype=torch.bfloat16)
     model.residual_fp32 = variant.residual_fp32
     if variant.precision != "bf16" and (reason := fp8_unavailable_reason(device)):
@@ -173,6 +211,10 @@ def build_variant(reference: torch.nn.Module, variant: Variant, device: torch.de
     if compile_:
         for layer in model.layers:  # regional: one layer's code serves all 36
             layer.compile()
+    if variant.engine_shapes:
+        shapes = default_shape_range("esm2", budget)
+        for index, layer in enumerate(model.layers):
+            model.layers[index] = EngineShapes(layer, shapes.max_batch, shapes.max_length)
     return model
 
 
@@ -216,17 +258,20 @@ def main(argv: list[str] | None = None) -> int:
             "variant": name,
             **variant.__dict__,
             "kernel_modes": sorted(variant.kernel_modes),
+            "inductor": dict(variant.inductor),
         }
         gate_precision = "bf16" if variant.precision == "bf16" else "fp8"
         try:
             torch._dynamo.reset()  # each variant traces anew (the attention choice is made while tracing)
             started = time.perf_counter()
-            model = build_variant(reference, variant, device, not args.no_compile)
+            model = build_variant(reference, variant, device, not args.no_compile, budget)
             runner = TorchBackend(model, config.embed_dim, tokenizer.pad_id, device, torch.bfloat16,
                                   attention=variant.attention)  # fmt: skip
-            result = measure(
-                lambda _, runner=runner: embed_sequences(runner, tokens, budget), args.repeats, device
-            )
+            inductor = torch._inductor.config.patch(dict(variant.inductor))  # compiles on first use
+            with inductor:
+                result = measure(
+                    lambda _, runner=runner: embed_sequences(runner, tokens, budget), args.repeats, device
+                )
             row.update(
                 status="ok",
                 # compile + first pass (the build, in an engine's terms)
@@ -236,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                 parity=compare(expected, result.results[-1][:ref_n], gate_precision).to_json(),
             )
             if args.profile:
-                row["profile"] = kernel_breakdown(runner, profile_batch(tokens, budget, tokenizer.pad_id))
+                with inductor:
+                    row["profile"] = kernel_breakdown(runner, profile_batch(tokens, budget, tokenizer.pad_id))
             del runner, model
         except Exception as exc:  # a failing variant is reported, the others still run
             text = str(exc)

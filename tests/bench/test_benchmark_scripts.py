@@ -275,3 +275,27 @@ def test_attention_kernels_times_candidates_on_the_runs_batches(tmp_path: Path) 
     padded = entry["shortest"] < entry["longest"]
     assert (rows["flash-dense"]["max_abs_vs_math"] is None) == padded
     assert rows["efficient-mask"]["status"] == "unavailable" and rows["efficient-mask"]["reason"]
+
+
+def test_esm2_variants_engine_shapes_compile_one_dynamic_graph_for_every_batch() -> None:
+    """``engine_shapes`` variants compile the layers once, for bounded dynamic batch and length (the
+    engines' kernels); the others compile the first shape statically, then again dynamically."""
+    from torch._dynamo.utils import counters
+
+    variants = _script("diagnostics/esm2_variants")
+    reference = random_esm2(seed=3)
+    graphs = {}
+    for name in ("bf16", "bf16-dynamic-i32"):
+        torch._dynamo.reset()
+        counters.clear()
+        model = variants.build_variant(reference, variants.VARIANTS[name], CPU, True, 4096)
+        assert all(isinstance(layer, variants.EngineShapes) for layer in model.layers) == (name != "bf16")
+        with torch.no_grad(), torch._inductor.config.patch(dict(variants.VARIANTS[name].inductor)):
+            outputs = [
+                model(torch.randint(4, 24, (batch, length)), torch.ones(batch, length, dtype=torch.bool))
+                for batch, length in ((3, 17), (5, 25), (4, 33))
+            ]
+        assert [tuple(out.shape) for out in outputs] == [(3, 64), (5, 64), (4, 64)]
+        graphs[name] = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    assert graphs == {"bf16": 2, "bf16-dynamic-i32": 1}
