@@ -68,6 +68,7 @@ class Variant:
     # compile batch and length as dynamic dims bounded like the engines' export (their kernels), not for
     # the first shape seen; and Inductor settings for the compile, e.g. (("assume_32bit_indexing", True),)
     engine_shapes: bool = False
+    gemm_bias: bool = False  # fp8-fused: qkv's and fc2's biases in the GEMM epilogue
     inductor: tuple[tuple[str, Any], ...] = ()
 
 
@@ -92,6 +93,7 @@ VARIANTS = {
     "fp8-fused-dynamic-i32": Variant(
         "fp8-fused", fast_accum=True, engine_shapes=True, inductor=(("assume_32bit_indexing", True),)
     ),
+    "fp8-fused-dynamic-bias": Variant("fp8-fused", fast_accum=True, engine_shapes=True, gemm_bias=True),
     "bf16-dynamic": Variant("bf16", engine_shapes=True),
     "bf16-dynamic-i32": Variant("bf16", engine_shapes=True, inductor=(("assume_32bit_indexing", True),)),
 }
@@ -200,7 +202,7 @@ def build_variant(
     if variant.precision == "fp8":
         convert_linears_to_fp8(model, fast_accum=variant.fast_accum)
     elif variant.precision == "fp8-fused":
-        convert_to_fp8(model, fast_accum=variant.fast_accum, kernel_modes=variant.kernel_modes)
+        convert_to_fp8(model, variant.fast_accum, variant.kernel_modes, variant.gemm_bias)
         if variant.layernorm_bf16:
             for layer in model.layers:
                 layer.__class__ = Bf16LayerNormFp8Layer  # same state, other LayerNorm quantisation

@@ -209,6 +209,11 @@ def test_fused_fp8_esm2_layers_compute_what_fp8_linears_do() -> None:
     cosine = nn.functional.cosine_similarity
     assert cosine(a, b).min() > 0.9999
     assert cosine(b, reference).min() > 0.999
+    in_epilogue = device_copy(random_esm2(seed=7), CPU, torch.bfloat16)
+    convert_to_fp8(in_epilogue, fast_accum=False, gemm_bias=True)
+    with torch.no_grad():
+        c = in_epilogue(ids, mask)
+    assert cosine(b, c).min() > 0.9999 and not torch.equal(b, c)  # the bias added before the rounding
     shapes = ShapeRange(1, 4, 8, 2, 20, 40)
     example = tile_example((torch.randint(4, 24, (2, 9)), torch.ones(2, 9, dtype=torch.int64)), 4, 24)
     dynamic = GraphShapes.plan(shapes, 8).dynamic_shapes()

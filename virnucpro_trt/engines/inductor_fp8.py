@@ -14,7 +14,11 @@ the bf16 rate: fp8 linears are the largest lever there is (figures: docs/measure
 * Fast accumulation (``use_fast_accum``, what torchao's float8 inference uses) is the engines' default:
   it is measurably faster on Hopper at the same pooled cosine (measurement log).
 * The bias is added after the GEMM in bf16 instead of being passed to ``_scaled_mm``: bias support for
-  row-wise scaling has varied across torch versions, and Inductor fuses the add into the next kernel.
+  row-wise scaling has varied across torch versions, and Inductor fuses the add into the next kernel
+  (out_proj's and fc1's go into our row kernels). ``gemm_bias`` puts qkv's and fc2's into the GEMM
+  epilogue instead, as torchao does (it runs on torch 2.11, CPU and H200): a candidate against the
+  engines' dynamic-shape penalty, where the add after fc2 broadcasts the bias over dynamic rows
+  (DEVELOPERS.md, open problems); off until measured.
 
 Only linears whose in/out features are multiples of 16 are converted (a ``_scaled_mm`` requirement); all
 ESM-2 and DNABERT-S linears qualify. Embeddings, LayerNorm, attention and pooling stay bf16/fp32.
@@ -99,13 +103,21 @@ class Fp8RowwiseLinear(nn.Module):
             out = out + self.bias
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
-    def matmul(self, quantised: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """``(quantised * scale) W^T`` for rows already in e4m3 with their scales [rows, 1]; no bias."""
+    def matmul(
+        self,
+        quantised: torch.Tensor,
+        scale: torch.Tensor,
+        out_dtype: torch.dtype,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(quantised * scale) W^T [+ bias]`` for rows already in e4m3 with their scales [rows, 1]; a
+        ``bias`` is added in the GEMM's epilogue, before the rounding to ``out_dtype``."""
         return torch._scaled_mm(
             quantised,
             self.weight.t(),
             scale_a=scale,
             scale_b=self.weight_scale,
+            bias=bias,
             out_dtype=out_dtype,
             use_fast_accum=self.fast_accum,
         )
@@ -128,9 +140,16 @@ class Fp8Esm2Layer(nn.Module):
     attention's residual sum is rounded once (not after the bias add too).
     """
 
-    def __init__(self, layer: Esm2Layer, fast_accum: bool, kernel_modes: frozenset[int] = TRITON_MODES):
+    def __init__(
+        self,
+        layer: Esm2Layer,
+        fast_accum: bool,
+        kernel_modes: frozenset[int] = TRITON_MODES,
+        gemm_bias: bool = False,
+    ):
         super().__init__()
         self.kernel_modes = kernel_modes  # quantisation modes run by the Triton kernels (others: Inductor)
+        self.gemm_bias = gemm_bias  # qkv's and fc2's biases in the GEMM epilogue (else an add after it)
         self.num_heads, self.head_dim, self.scaling = layer.num_heads, layer.head_dim, layer.scaling
         self.self_attn_layer_norm = layer.self_attn_layer_norm
         self.final_layer_norm = layer.final_layer_norm
@@ -141,6 +160,14 @@ class Fp8Esm2Layer(nn.Module):
 
     def _normalised(self, x: torch.Tensor, norm: Fp32LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
         return quantize_rows(x, LAYERNORM, norm.weight, norm.bias, norm.eps, kernels=self.kernel_modes)
+
+    def _project(
+        self, linear: Fp8RowwiseLinear, rows: tuple[torch.Tensor, torch.Tensor], compute: torch.dtype
+    ) -> torch.Tensor:
+        if self.gemm_bias:
+            return linear.matmul(*rows, compute, linear.bias)
+        out = linear.matmul(*rows, compute)
+        return out if linear.bias is None else out + linear.bias
 
     def _added_normalised(
         self, x: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor
@@ -153,9 +180,7 @@ class Fp8Esm2Layer(nn.Module):
     ) -> torch.Tensor:
         batch, length, dim = x.shape
         compute = self.qkv.bias.dtype if self.qkv.bias is not None else torch.bfloat16
-        qkv = self.qkv.matmul(*self._normalised(x, self.self_attn_layer_norm), compute)
-        if self.qkv.bias is not None:
-            qkv = qkv + self.qkv.bias
+        qkv = self._project(self.qkv, self._normalised(x, self.self_attn_layer_norm), compute)
         q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q = apply_rotary(q * self.scaling, cos, sin)
         k = apply_rotary(k, cos, sin)
@@ -167,25 +192,27 @@ class Fp8Esm2Layer(nn.Module):
         hidden = self.fc1.matmul(*normalised, compute)
         bias = self.fc1.bias if self.fc1.bias is not None else hidden.new_zeros(hidden.shape[-1])
         activated = quantize_rows(hidden, BIAS_GELU, bias=bias, kernels=self.kernel_modes)
-        out = self.fc2.matmul(*activated, compute)
-        if self.fc2.bias is not None:
-            out = out + self.fc2.bias
+        out = self._project(self.fc2, activated, compute)
         return x + out.view(batch, length, dim).to(x.dtype)
 
 
 def convert_to_fp8(
-    model: nn.Module, fast_accum: bool = True, kernel_modes: frozenset[int] = TRITON_MODES
+    model: nn.Module,
+    fast_accum: bool = True,
+    kernel_modes: frozenset[int] = TRITON_MODES,
+    gemm_bias: bool = False,
 ) -> int:
     """Make ``model`` (bf16, in place) an fp8 engine model; returns the number of fp8 linears.
 
     ESM-2 layers become :class:`Fp8Esm2Layer` (fused input quantisation, ``kernel_modes`` by the Triton
-    kernels); any other eligible ``nn.Linear`` (DNABERT-S) becomes an :class:`Fp8RowwiseLinear`.
+    kernels, ``gemm_bias`` as there); any other eligible ``nn.Linear`` (DNABERT-S) becomes an
+    :class:`Fp8RowwiseLinear`.
     """
     converted = 0
     layers = getattr(model, "layers", None)
     if isinstance(layers, nn.ModuleList) and all(isinstance(layer, Esm2Layer) for layer in layers):
         for index, layer in enumerate(layers):
-            layers[index] = Fp8Esm2Layer(layer, fast_accum, kernel_modes)
+            layers[index] = Fp8Esm2Layer(layer, fast_accum, kernel_modes, gemm_bias)
             converted += 4
     return converted + convert_linears_to_fp8(model, fast_accum)
 
