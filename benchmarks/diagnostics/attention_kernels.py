@@ -12,7 +12,7 @@ no longer dominate. Before an engine change, this times the candidates on the re
 * ``flash-dense`` — FlashAttention on the padded batch *without* a mask: a lower bound, wrong where
   there is padding (no parity), right for batches of one length;
 * ``flex-mask`` — ``flex_attention`` compiled, with a block mask from the lengths (mask creation timed
-  apart);
+  apart); ``flex-score`` — the same with the padding as a score modifier (no block mask);
 * ``varlen`` — the real tokens packed back to back, ``torch.nn.attention.varlen.varlen_attn`` (no
   padding, no mask), where this torch has it.
 
@@ -48,7 +48,7 @@ from virnucpro_trt.models.tokenization import ProteinTokenizer
 from virnucpro_trt.runtime.batching import token_budget_batches
 from virnucpro_trt.runtime.frame_path import prepare_blocks
 
-KERNELS = ("efficient-mask", "cudnn-mask", "default-mask", "flash-dense", "flex-mask", "varlen")
+KERNELS = ("efficient-mask", "cudnn-mask", "default-mask", "flash-dense", "flex-mask", "flex-score", "varlen")
 Inputs = dict[str, Any]
 
 
@@ -110,6 +110,22 @@ def flex(x: Inputs) -> Callable[[], torch.Tensor]:
     return lambda: compiled(x["q"], x["k"], x["v"], block_mask=block_mask)
 
 
+def flex_score(x: Inputs) -> Callable[[], torch.Tensor]:
+    """FlexAttention with the padding as a score modifier (every block computed, no block mask to build
+    per batch): the form that exports with the model's other inputs."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    lens = x["lens"]
+
+    def key_padding(
+        score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.where(kv_idx < lens[b], score, float("-inf"))
+
+    compiled = torch.compile(flex_attention, dynamic=False) if x["q"].is_cuda else flex_attention
+    return lambda: compiled(x["q"], x["k"], x["v"], score_mod=key_padding)
+
+
 def varlen(x: Inputs) -> Callable[[], torch.Tensor]:
     from torch.nn.attention.varlen import varlen_attn  # torch >= 2.9
 
@@ -134,6 +150,7 @@ PREPARE: dict[str, Callable[[Inputs], Callable[[], torch.Tensor]]] = {
     "default-mask": sdpa(None, True),
     "flash-dense": sdpa([SDPBackend.FLASH_ATTENTION], False),
     "flex-mask": flex,
+    "flex-score": flex_score,
     "varlen": varlen,
 }
 

@@ -262,7 +262,8 @@ def test_attention_kernels_times_candidates_on_the_runs_batches(tmp_path: Path) 
     code = _script("diagnostics/attention_kernels").main(
         [
             "--device", "cpu", "--reads", "120", "--heads", "2", "--warmup", "0", "--iters", "1",
-            "--mixes", "illumina", "--kernels", "default-mask,flash-dense,flex-mask,efficient-mask",
+            "--mixes", "illumina",
+            "--kernels", "default-mask,flash-dense,flex-mask,flex-score,efficient-mask",
             "--json", str(out),
         ]
     )  # fmt: skip
@@ -270,7 +271,7 @@ def test_attention_kernels_times_candidates_on_the_runs_batches(tmp_path: Path) 
     (entry,) = json.loads(out.read_text())["results"]
     assert entry["length_mix"] == "illumina" and entry["longest"] <= 52 and entry["batch"] >= 1
     rows = {r["kernel"]: r for r in entry["kernels"]}
-    for name in ("default-mask", "flex-mask"):
+    for name in ("default-mask", "flex-mask", "flex-score"):
         assert rows[name]["status"] == "ok" and rows[name]["max_abs_vs_math"] < 0.02 and rows[name]["ms"] > 0
     padded = entry["shortest"] < entry["longest"]
     assert (rows["flash-dense"]["max_abs_vs_math"] is None) == padded
