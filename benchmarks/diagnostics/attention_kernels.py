@@ -46,7 +46,6 @@ from virnucpro_trt.engines.spec import default_shape_range
 from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
 from virnucpro_trt.models.tokenization import ProteinTokenizer
 from virnucpro_trt.runtime.batching import token_budget_batches
-from virnucpro_trt.runtime.frame_path import prepare_blocks
 
 KERNELS = ("efficient-mask", "cudnn-mask", "default-mask", "flash-dense", "flex-mask", "flex-score", "varlen")
 Inputs = dict[str, Any]
@@ -55,7 +54,7 @@ Inputs = dict[str, Any]
 def median_batch(mix: str, reads: int, budget: int) -> np.ndarray:
     """Token lengths of the median-sized batch the runtime makes of ``mix``'s frames."""
     workload = generated_workload(reads, length_mix=mix)
-    proteins = [p for block in prepare_blocks(workload.records, 500) for p in block.frames.protein]
+    _, proteins = workload.frame_texts()
     lengths = np.array([len(t) for t in ProteinTokenizer().encode_batch(proteins)], dtype=np.int64)
     max_batch = default_shape_range("esm2", budget).max_batch
     batches = sorted(token_budget_batches(lengths, budget, max_batch), key=len)

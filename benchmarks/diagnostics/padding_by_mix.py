@@ -28,7 +28,6 @@ from virnucpro_trt.engines.inductor_shapes import round_up
 from virnucpro_trt.engines.spec import default_shape_range
 from virnucpro_trt.models.tokenization import ProteinTokenizer
 from virnucpro_trt.runtime.batching import token_budget_batches
-from virnucpro_trt.runtime.frame_path import prepare_blocks
 from virnucpro_trt.sequences.synthetic import LENGTH_MIXES
 
 
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for mix in args.mixes.split(","):
         workload = generated_workload(args.reads, length_mix=mix)
-        proteins = [p for block in prepare_blocks(workload.records, 500) for p in block.frames.protein]
+        _, proteins = workload.frame_texts()
         lengths = np.array([len(t) for t in tokenizer.encode_batch(proteins)], dtype=np.int64)
         row = {
             "length_mix": mix,

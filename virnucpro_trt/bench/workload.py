@@ -58,6 +58,15 @@ class Workload:
         count = int(np.searchsorted(cumulative, frames, side="left")) + 1
         return self.records[:count]
 
+    def frame_texts(self) -> tuple[list[str], list[str]]:
+        """``(frame DNA, protein)`` of every kept frame, in input order, as ``predict`` cuts them."""
+        dna: list[str] = []
+        proteins: list[str] = []
+        for block in prepare_blocks(self.records, self.chunk_length):
+            dna += block.frames.dna
+            proteins += block.frames.protein
+        return dna, proteins
+
     def describe(self) -> dict[str, Any]:
         lengths = np.fromiter((len(r.sequence) for r in self.records), dtype=np.int64, count=self.reads)
         return {
@@ -132,14 +141,6 @@ def frame_sequences(items: int, seed: int = 7, length_mix: str = "fixed") -> tup
 
     For encoder-only measurements (``benchmarks/engines_throughput.py``), which need frames, not reads.
     """
-    dna: list[str] = []
-    proteins: list[str] = []
-    count = int(items * 1.6) + 64  # every mix keeps > 0.7 frames per read
-    lengths = None if length_mix == "fixed" else mix_lengths(length_mix, count, seed)
-    n_rate = LENGTH_MIXES[length_mix].n_rate
-    reads = generate_reads(count, 500, seed=seed, coding_fraction=0.7, n_rate=n_rate, lengths=lengths)
-    records = [SeqRecord(i, rid, rid, seq) for i, (rid, seq) in enumerate(reads)]
-    for block in prepare_blocks(records, 500):
-        dna += block.frames.dna
-        proteins += block.frames.protein
+    reads = int(items * 1.6) + 64  # every mix keeps > 0.7 frames per read
+    dna, proteins = generated_workload(reads, 500, seed, 0.7, 500, length_mix).frame_texts()
     return dna[:items], proteins[:items]

@@ -156,6 +156,19 @@ if triton is not None:
         return x
 
     @triton.jit
+    def _normalised_chunk(
+        x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, base, start, lanes, inside, mean, rstd,
+        NORM: tl.constexpr, HAS_DELTA: tl.constexpr,
+    ):  # fmt: skip
+        """One chunk of the values to quantise: :func:`_row_chunk`, LayerNorm'd when ``NORM``."""
+        y = _row_chunk(x_ptr, d_ptr, db_ptr, base, start, lanes, inside, HAS_DELTA)
+        if NORM:
+            w = tl.load(w_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
+            b = tl.load(b_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
+            y = (y - mean) * rstd * w + b
+        return y
+
+    @triton.jit
     def _quantize_normalised_rows_kernel(
         x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, sum_ptr, out_ptr, scale_ptr, cols, eps,
         NORM: tl.constexpr, HAS_DELTA: tl.constexpr, CHUNK: tl.constexpr,
@@ -186,21 +199,17 @@ if triton is not None:
         peak = tl.zeros([CHUNK], dtype=tl.float32)
         for start in range(0, cols, CHUNK):
             inside = start + lanes < cols
-            y = _row_chunk(x_ptr, d_ptr, db_ptr, base, start, lanes, inside, HAS_DELTA)
-            if NORM:
-                w = tl.load(w_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
-                b = tl.load(b_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
-                y = (y - mean) * rstd * w + b
+            y = _normalised_chunk(
+                x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, base, start, lanes, inside, mean, rstd, NORM, HAS_DELTA
+            )
             peak = tl.maximum(peak, tl.where(inside, tl.abs(y), 0.0))
         amax = tl.maximum(tl.max(peak, axis=0), _AMAX_FLOOR)
         inv = _FP8_MAX / amax
         for start in range(0, cols, CHUNK):
             inside = start + lanes < cols
-            y = _row_chunk(x_ptr, d_ptr, db_ptr, base, start, lanes, inside, HAS_DELTA)
-            if NORM:
-                w = tl.load(w_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
-                b = tl.load(b_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
-                y = (y - mean) * rstd * w + b
+            y = _normalised_chunk(
+                x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, base, start, lanes, inside, mean, rstd, NORM, HAS_DELTA
+            )
             _e4m3_store(out_ptr, base + start + lanes, inside, y, inv)
         tl.store(scale_ptr + tl.program_id(0), amax / _FP8_MAX)
 
@@ -243,6 +252,7 @@ def _launch_quantize_normalised_rows(
     cols = x.shape[-1]
     rows = x.reshape(-1, cols).contiguous()
     norm, has_delta = weight is not None, delta is not None
+    assert norm or not has_delta, "the kernel writes the residual sum in its LayerNorm statistics pass"
     total = torch.empty_like(rows) if has_delta else rows
     out = torch.empty(rows.shape, device=x.device, dtype=FP8_DTYPE)
     scale = torch.empty((rows.shape[0], 1), device=x.device, dtype=torch.float32)
