@@ -37,6 +37,7 @@ from virnucpro_trt.engines.fp8_quantize import (
     LAYERNORM,
     MODES,
     TRITON_MODES,
+    residual_sum,
     scale_rows_to_e4m3,
 )
 from virnucpro_trt.engines.inductor_fp8 import (
@@ -164,7 +165,7 @@ class Bf16LayerNormFp8Layer(Fp8Esm2Layer):
     def _added_normalised(
         self, x: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        total = (x.float() + delta.float() + delta_bias.float()).to(x.dtype)
+        total = residual_sum(x, delta, delta_bias)
         return total, *self._normalised(total, self.final_layer_norm)
 
 

@@ -70,9 +70,14 @@ def add_layernorm_rows_reference(
     The sum is taken in fp32 and rounded once to x's dtype (the residual stream); the statistics are of
     the rounded sum, which is what the next layer reads.
     """
-    total = (x.float() + delta.float() + delta_bias.float()).to(x.dtype)
+    total = residual_sum(x, delta, delta_bias)
     quantised, scale = quantize_rows_reference(total, LAYERNORM, weight, bias, eps)
     return total, quantised, scale
+
+
+def residual_sum(x: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor) -> torch.Tensor:
+    """``x + delta + delta_bias`` in fp32, rounded once to x's dtype (the residual stream's)."""
+    return (x.float() + delta.float() + delta_bias.float()).to(x.dtype)
 
 
 def scale_rows_to_e4m3(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
