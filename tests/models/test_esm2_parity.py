@@ -107,6 +107,25 @@ def test_inv_freq_comes_from_the_checkpoint(tmp_path: Path, location: str, as_te
     assert_matches_hf(loaded, hf_model(tmp_path / "perturbed"), ids, mask)
 
 
+def test_frozen_rotary_tables_are_the_computed_ones(as_tensors) -> None:
+    """Engines freeze cos/sin before export: same tables, same outputs, same state dict; a sequence
+    longer than the frozen tables is refused, never silently cut."""
+    model = random_esm2(TINY_ESM2_CONFIG, seed=5)
+    model.rotary.inv_freq = model.rotary.inv_freq * 1.37  # the checkpoint's frequencies are what count
+    ids, mask = protein_batch(as_tensors, seed=3)
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        before = model(ids, mask)
+        computed = model.rotary.tables(40, torch.device("cpu"))
+        model.rotary.freeze(40)
+        for got, want in zip(model.rotary.tables(ids.shape[1], torch.device("cpu")), computed, strict=True):
+            assert torch.equal(got, want[: ids.shape[1]])
+        assert torch.equal(model(ids, mask), before)
+        assert list(model.state_dict()) == keys
+        with pytest.raises(RuntimeError):
+            model.rotary.tables(41, torch.device("cpu"))
+
+
 def test_inv_freq_is_computed_when_absent(tmp_path: Path) -> None:
     write_esm_hf_checkpoint(tmp_path / "none", seed=4, inv_freq_location="none")
     encoder, _, info = load_esm2(tmp_path / "none")

@@ -39,6 +39,10 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
 * Batch 1: exported as a dynamic dim with ``min=1`` (torch 2.13 keeps it once the example batch is >= 2;
   2.11 not checked here). The runner pads any batch below the graph's minimum, as the exporter recorded
   it, by repeating row 0 (and drops those rows); ``extra["min_export_batch"]=2`` forces that path.
+* Rotary tables are frozen (``extra["frozen_rotary"]``, default true): ESM-2's cos/sin for every
+  position up to the graph's longest sequence are computed once at build time and stored in the
+  package (0.5 MB), and the graph slices them. Computed in the graph from ``arange(T)``, Inductor fuses
+  cos/sin into each layer's rotary kernel and so evaluates them 36 times per forward.
 * One ``.pt2`` file holds code, kernels and weights (bf16 ESM-2 3B: ~5.6 GB; AOTI mmaps weights above
   2 GB), and the graph box/kind/precision/width as AOTI metadata that ``load`` checks.
 """
@@ -55,7 +59,7 @@ from typing import Any
 import torch
 
 from virnucpro_trt.engines.inductor_configs import inductor_configs
-from virnucpro_trt.engines.inductor_model import DTYPES, device_copy
+from virnucpro_trt.engines.inductor_model import DTYPES, device_copy, freeze_position_tables
 from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata, extern_kernels, load_package
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes, exported_bounds, tile_example
 from virnucpro_trt.engines.spec import BuildRequest, BuiltArtifact, LoadRequest
@@ -156,6 +160,9 @@ class InductorBackend:
             raise BuildError(
                 f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"
             )
+        frozen = 0
+        if options.extra.get("frozen_rotary", True):
+            frozen = freeze_position_tables(engine_model, requested.max_length)
         inputs = tuple(t.to(device) for t in tile_example(request.example, *hint))
         prepared = time.perf_counter()
         with attention_kernel(options.attention, device):
@@ -206,6 +213,7 @@ class InductorBackend:
             "export_example": list(hint),
             "attention": options.attention if device.type == "cuda" else "cpu",
             "extern_kernels": kernels,
+            "frozen_rotary_tables": frozen,
         }
         if precision == "fp8":
             facts["fp8"] = {"fast_accumulation": options.fp8_fast_accum, "fused_quantisation": kind == "esm2"}

@@ -6,6 +6,9 @@ second fp32 copy (12 GB for ESM-2 3B) before the cast. :func:`device_copy` does 
 parameter is converted straight to the device and dtype, and the module tree is deep-copied around
 those new tensors. Buffers move to the device in their own dtype and then go through the module's own
 ``.to`` so that per-module rules still apply (ESM-2's rotary ``inv_freq`` stays fp32).
+
+:func:`freeze_position_tables` then stores what a graph would otherwise recompute per layer from the
+sequence length alone (ESM-2's rotary cos/sin), sized for the longest sequence the engine accepts.
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ def device_copy(model: nn.Module, device: torch.device, dtype: torch.dtype) -> n
         memo[id(buffer)] = buffer.detach().to(device=device)
     clone = copy.deepcopy(model, memo)
     return clone.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def freeze_position_tables(model: nn.Module, max_length: int) -> int:
+    """Freeze every rotary embedding's cos/sin tables up to ``max_length``; returns how many."""
+    from virnucpro_trt.models.esm2 import RotaryEmbedding
+
+    rotaries = [m for m in model.modules() if isinstance(m, RotaryEmbedding)]
+    for rotary in rotaries:
+        rotary.freeze(max_length)
+    return len(rotaries)
 
 
 DTYPES: dict[str, torch.dtype] = {

@@ -96,6 +96,15 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int):
         super().__init__()
         self.register_buffer("inv_freq", default_inv_freq(head_dim))
+        self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def freeze(self, max_length: int) -> None:
+        """Compute the tables once for positions up to ``max_length`` (on ``inv_freq``'s device), for
+        :meth:`tables` to slice. Engines do this before export; the native model computes per call.
+        Plain attributes, not buffers: the state dict and the checkpoint formats stay as they are."""
+        self.frozen = None
+        cos, sin = self.tables(max_length, self.inv_freq.device)
+        self.frozen = (cos.contiguous(), sin.contiguous())
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RotaryEmbedding:
         # ``module.to(torch.bfloat16)`` would round the checkpoint's frequencies; follow device moves only.
@@ -106,7 +115,16 @@ class RotaryEmbedding(nn.Module):
         return self
 
     def tables(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [T, head_dim] for positions 0..T-1, fp32 (positions > 2048 are not exact in fp16)."""
+        """cos, sin [T, head_dim] for positions 0..T-1, fp32 (positions > 2048 are not exact in fp16).
+
+        After :meth:`freeze`, slices of the stored tables: an exported graph then reads them instead of
+        computing cos/sin from ``arange(T)``, which Inductor would fuse into (and repeat in) every
+        layer's rotary kernel.
+        """
+        if self.frozen is not None:
+            cos, sin = self.frozen
+            torch._check(length <= cos.shape[0])
+            return cos[:length], sin[:length]
         positions = torch.arange(length, device=device, dtype=torch.float32)
         freqs = positions[:, None] * self.inv_freq.to(device=device, dtype=torch.float32)[None, :]
         angles = torch.cat((freqs, freqs), dim=-1)
