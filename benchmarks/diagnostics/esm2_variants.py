@@ -70,6 +70,7 @@ class Variant:
     # the first shape seen; and Inductor settings for the compile, e.g. (("assume_32bit_indexing", True),)
     engine_shapes: bool = False
     gemm_bias: bool = False  # fp8-fused: qkv's and fc2's biases in the GEMM epilogue
+    fold_residual: bool = False  # fp8-fused: fc2's residual add inside the next layer's LayerNorm kernel
     inductor: tuple[tuple[str, Any], ...] = ()
 
 
@@ -95,6 +96,7 @@ VARIANTS = {
         "fp8-fused", fast_accum=True, engine_shapes=True, inductor=(("assume_32bit_indexing", True),)
     ),
     "fp8-fused-dynamic-bias": Variant("fp8-fused", fast_accum=True, engine_shapes=True, gemm_bias=True),
+    "fp8-fused-fold": Variant("fp8-fused", fast_accum=True, fold_residual=True),
     "bf16-dynamic": Variant("bf16", engine_shapes=True),
     "bf16-dynamic-i32": Variant("bf16", engine_shapes=True, inductor=(("assume_32bit_indexing", True),)),
 }
@@ -203,7 +205,9 @@ def build_variant(
     if variant.precision == "fp8":
         convert_linears_to_fp8(model, fast_accum=variant.fast_accum)
     elif variant.precision == "fp8-fused":
-        convert_to_fp8(model, variant.fast_accum, variant.kernel_modes, variant.gemm_bias)
+        convert_to_fp8(
+            model, variant.fast_accum, variant.kernel_modes, variant.gemm_bias, variant.fold_residual
+        )
         if variant.layernorm_bf16:
             for layer in model.layers:
                 layer.__class__ = Bf16LayerNormFp8Layer  # same state, other LayerNorm quantisation

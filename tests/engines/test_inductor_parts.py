@@ -222,6 +222,56 @@ def test_fused_fp8_esm2_layers_compute_what_fp8_linears_do() -> None:
     assert "aten._scaled_mm.default" in targets
 
 
+def _folded_and_plain(device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The same tiny ESM-2 converted to the fp8 engine layers twice: residual adds folded, and not."""
+    plain = device_copy(random_esm2(seed=7), device, torch.bfloat16)
+    folded = device_copy(random_esm2(seed=7), device, torch.bfloat16)
+    assert convert_to_fp8(plain) == 8 and convert_to_fp8(folded, fold_residual=True) == 8
+    return plain, folded
+
+
+@needs_cpu_fp8
+def test_folded_residual_adds_compute_the_same_layers() -> None:
+    """``fold_residual``: each layer hands fc2's output and bias on unsummed, the next layer's first
+    LayerNorm adds them, the model's final LayerNorm adds the last one. Same model up to rounding (the
+    sum is rounded once, in fp32, instead of fc2's bias add in bf16 first); it exports with dynamic
+    shapes, and the exported graph computes what the eager one does."""
+    from virnucpro_trt.engines.inductor_fp8 import PendingResidual, PendingSumLayerNorm
+
+    plain, folded = _folded_and_plain(CPU)
+    assert isinstance(folded.emb_layer_norm_after, PendingSumLayerNorm)
+    assert not isinstance(plain.emb_layer_norm_after, PendingSumLayerNorm)
+    ids, mask = torch.randint(4, 24, (3, 30)), torch.ones(3, 30, dtype=torch.bool)
+    mask[1, 20:] = False
+    with torch.no_grad():
+        a, b = plain(ids, mask), folded(ids, mask)
+        x = folded.embed(ids, mask)
+        cos, sin = folded.rotary.tables(30, CPU)
+        pending = folded.layers[0](x, cos, sin, mask[:, None, None, :])
+    assert isinstance(pending, PendingResidual) and pending.x.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99999
+    shapes = ShapeRange(1, 4, 8, 2, 20, 40)
+    example = tile_example((torch.randint(4, 24, (2, 9)), torch.ones(2, 9, dtype=torch.int64)), 4, 24)
+    dynamic = GraphShapes.plan(shapes, 8).dynamic_shapes()
+    program = torch.export.export(folded, example, dynamic_shapes=dynamic, strict=False)
+    with torch.no_grad():
+        assert torch.equal(program.module()(ids, mask.long()), b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
+def test_folded_residual_adds_on_the_triton_kernels() -> None:
+    """The folded layers on CUDA, where the first LayerNorm's kernel takes the pending sum."""
+    cuda = torch.device("cuda", 0)
+    plain, folded = _folded_and_plain(cuda)
+    ids = torch.randint(4, 24, (5, 40), device=cuda)
+    mask = torch.ones(5, 40, dtype=torch.bool, device=cuda)
+    mask[2, 25:] = False
+    with torch.no_grad():
+        a, b = plain(ids, mask), folded(ids, mask)
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.9999
+
+
 def test_export_falls_back_to_a_batch_floor_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
     """An exporter that refuses a dynamic batch starting at 1 gets batch >= 2 (the runner pads batch 1)."""
     real_export = torch.export.export

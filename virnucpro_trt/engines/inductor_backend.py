@@ -43,6 +43,8 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
   position up to the graph's longest sequence are computed once at build time and stored in the
   package (0.5 MB), and the graph slices them. Computed in the graph from ``arange(T)``, Inductor fuses
   cos/sin into each layer's rotary kernel and so evaluates them 36 times per forward.
+* fp8 ESM-2 can fold each layer's last residual add into the next layer's LayerNorm kernel
+  (``extra["fp8_fold_residual"]``, default false until measured on a GPU: DEVELOPERS.md).
 * One ``.pt2`` file holds code, kernels and weights (bf16 ESM-2 3B: ~5.6 GB; AOTI mmaps weights above
   2 GB), and the graph box/kind/precision/width as AOTI metadata that ``load`` checks.
 """
@@ -82,12 +84,12 @@ def _triton_version() -> str | None:
         return None
 
 
-def _fp8_linears(model: torch.nn.Module, fast_accum: bool) -> int:
+def _fp8_linears(model: torch.nn.Module, fast_accum: bool, fold_residual: bool) -> int:
     """:func:`~virnucpro_trt.engines.inductor_fp8.convert_to_fp8`, imported here: it brings the model code
     (ESM-2's layer) with it, which loading a package must not need."""
     from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8
 
-    return convert_to_fp8(model, fast_accum)
+    return convert_to_fp8(model, fast_accum, fold_residual=fold_residual)
 
 
 def _export(model: torch.nn.Module, example: tuple[torch.Tensor, ...], graph: GraphShapes, kind: str) -> Any:
@@ -156,7 +158,8 @@ class InductorBackend:
 
         started = time.perf_counter()
         engine_model = device_copy(request.model, device, DTYPES[precision])
-        if precision == "fp8" and _fp8_linears(engine_model, options.fp8_fast_accum) == 0:
+        fold_residual = bool(options.extra.get("fp8_fold_residual", False))  # off until measured
+        if precision == "fp8" and _fp8_linears(engine_model, options.fp8_fast_accum, fold_residual) == 0:
             raise BuildError(
                 f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"
             )
@@ -216,7 +219,11 @@ class InductorBackend:
             "frozen_rotary_tables": frozen,
         }
         if precision == "fp8":
-            facts["fp8"] = {"fast_accumulation": options.fp8_fast_accum, "fused_quantisation": kind == "esm2"}
+            facts["fp8"] = {
+                "fast_accumulation": options.fp8_fast_accum,
+                "fused_quantisation": kind == "esm2",
+                "fold_residual": fold_residual and kind == "esm2",
+            }
         return BuiltArtifact(path=out_path, files=[out_path], facts=facts)
 
     def load(self, request: LoadRequest) -> EmbeddingBackend:

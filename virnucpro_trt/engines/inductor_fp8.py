@@ -27,6 +27,7 @@ ESM-2 and DNABERT-S linears qualify. Embeddings, LayerNorm, attention and poolin
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +41,7 @@ from virnucpro_trt.engines.fp8_quantize import (
     TRITON_MODES,
     add_layernorm_rows,
     quantize_rows,
+    residual_sum,
     scale_rows_to_e4m3,
 )
 from virnucpro_trt.models.esm2 import Esm2Layer, apply_rotary
@@ -128,6 +130,14 @@ class Fp8RowwiseLinear(nn.Module):
         return f"in_features={in_features}, out_features={out_features}, e4m3 row-wise{accum}"
 
 
+class PendingResidual(NamedTuple):
+    """A layer's output left unsummed (``x + delta + delta_bias``) for the next kernel to add."""
+
+    x: torch.Tensor
+    delta: torch.Tensor
+    delta_bias: torch.Tensor
+
+
 class Fp8Esm2Layer(nn.Module):
     """An ESM-2 layer whose four linears run in fp8, each input quantised together with the op that
     produces it (:mod:`~virnucpro_trt.engines.fp8_quantize`): LayerNorm + quantise before qkv, the
@@ -138,6 +148,12 @@ class Fp8Esm2Layer(nn.Module):
     Same function as :class:`~virnucpro_trt.models.esm2.Esm2Layer` with fp8 linears, except that the
     LayerNorm and GELU outputs are quantised from fp32 instead of after a bf16 rounding, and the
     attention's residual sum is rounded once (not after the bias add too).
+
+    ``fold_residual``: the layer returns its output as a :class:`PendingResidual` (fc2's output and bias
+    not yet added), and a layer given one adds it inside its first LayerNorm's row kernel, as the second
+    LayerNorm already does with the attention's output. That saves the separate add over the fp32
+    residual stream (a read and a write of [tokens, 2560] per layer). The model's final LayerNorm then
+    takes the pending sum (:class:`PendingSumLayerNorm`). The sum is rounded once, in fp32.
     """
 
     def __init__(
@@ -146,8 +162,10 @@ class Fp8Esm2Layer(nn.Module):
         fast_accum: bool,
         kernel_modes: frozenset[int] = TRITON_MODES,
         gemm_bias: bool = False,
+        fold_residual: bool = False,
     ):
         super().__init__()
+        self.fold_residual = fold_residual  # return a PendingResidual for the next kernel to add
         self.kernel_modes = kernel_modes  # quantisation modes run by the Triton kernels (others: Inductor)
         self.gemm_bias = gemm_bias  # qkv's and fc2's biases in the GEMM epilogue (else an add after it)
         self.num_heads, self.head_dim, self.scaling = layer.num_heads, layer.head_dim, layer.scaling
@@ -170,17 +188,20 @@ class Fp8Esm2Layer(nn.Module):
         return out if linear.bias is None else out + linear.bias
 
     def _added_normalised(
-        self, x: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor
+        self, norm: Fp32LayerNorm, x: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        norm = self.final_layer_norm
         return add_layernorm_rows(x, delta, delta_bias, norm.weight, norm.bias, norm.eps, self.kernel_modes)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
-    ) -> torch.Tensor:
+        self, x: torch.Tensor | PendingResidual, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
+    ) -> torch.Tensor | PendingResidual:
+        if isinstance(x, PendingResidual):  # the previous layer's output, added in the LayerNorm kernel
+            x, *normalised = self._added_normalised(self.self_attn_layer_norm, *x)
+        else:
+            normalised = list(self._normalised(x, self.self_attn_layer_norm))
         batch, length, dim = x.shape
         compute = self.qkv.bias.dtype if self.qkv.bias is not None else torch.bfloat16
-        qkv = self._project(self.qkv, self._normalised(x, self.self_attn_layer_norm), compute)
+        qkv = self._project(self.qkv, normalised, compute)
         q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q = apply_rotary(q * self.scaling, cos, sin)
         k = apply_rotary(k, cos, sin)
@@ -188,12 +209,29 @@ class Fp8Esm2Layer(nn.Module):
         attn = attn.transpose(1, 2).reshape(batch, length, dim)
         attn_out = self.out_proj.matmul(*quantize_rows(attn, IDENTITY, kernels=self.kernel_modes), compute)
         out_bias = self.out_proj.bias if self.out_proj.bias is not None else attn_out.new_zeros(dim)
-        x, *normalised = self._added_normalised(x, attn_out.view(batch, length, dim), out_bias)
+        x, *normalised = self._added_normalised(
+            self.final_layer_norm, x, attn_out.view(batch, length, dim), out_bias
+        )
         hidden = self.fc1.matmul(*normalised, compute)
         bias = self.fc1.bias if self.fc1.bias is not None else hidden.new_zeros(hidden.shape[-1])
         activated = quantize_rows(hidden, BIAS_GELU, bias=bias, kernels=self.kernel_modes)
+        if self.fold_residual:
+            out = self.fc2.matmul(*activated, compute).view(batch, length, dim)
+            fc2_bias = self.fc2.bias if self.fc2.bias is not None else out.new_zeros(dim)
+            return PendingResidual(x, out, fc2_bias)
         out = self._project(self.fc2, activated, compute)
         return x + out.view(batch, length, dim).to(x.dtype)
+
+
+class PendingSumLayerNorm(nn.Module):
+    """The model's final LayerNorm, first adding a :class:`PendingResidual` (the last folded layer's)."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor | PendingResidual) -> torch.Tensor:
+        return self.norm(residual_sum(*x) if isinstance(x, PendingResidual) else x)
 
 
 def convert_to_fp8(
@@ -201,19 +239,23 @@ def convert_to_fp8(
     fast_accum: bool = True,
     kernel_modes: frozenset[int] = TRITON_MODES,
     gemm_bias: bool = False,
+    fold_residual: bool = False,
 ) -> int:
     """Make ``model`` (bf16, in place) an fp8 engine model; returns the number of fp8 linears.
 
     ESM-2 layers become :class:`Fp8Esm2Layer` (fused input quantisation, ``kernel_modes`` by the Triton
-    kernels, ``gemm_bias`` as there); any other eligible ``nn.Linear`` (DNABERT-S) becomes an
+    kernels, ``gemm_bias`` and ``fold_residual`` as there; folding also wraps the model's final
+    LayerNorm in :class:`PendingSumLayerNorm`); any other eligible ``nn.Linear`` (DNABERT-S) becomes an
     :class:`Fp8RowwiseLinear`.
     """
     converted = 0
     layers = getattr(model, "layers", None)
     if isinstance(layers, nn.ModuleList) and all(isinstance(layer, Esm2Layer) for layer in layers):
         for index, layer in enumerate(layers):
-            layers[index] = Fp8Esm2Layer(layer, fast_accum, kernel_modes, gemm_bias)
+            layers[index] = Fp8Esm2Layer(layer, fast_accum, kernel_modes, gemm_bias, fold_residual)
             converted += 4
+        if fold_residual:
+            model.emb_layer_norm_after = PendingSumLayerNorm(model.emb_layer_norm_after)
     return converted + convert_linears_to_fp8(model, fast_accum)
 
 
