@@ -124,6 +124,8 @@ def test_frozen_rotary_tables_are_the_computed_ones(as_tensors) -> None:
         assert list(model.state_dict()) == keys
         with pytest.raises(RuntimeError):
             model.rotary.tables(41, torch.device("cpu"))
+    model.to(torch.bfloat16)  # casts leave the frozen tables fp32, like inv_freq
+    assert all(t.dtype == torch.float32 for t in model.rotary.frozen)
 
 
 def test_inv_freq_is_computed_when_absent(tmp_path: Path) -> None:

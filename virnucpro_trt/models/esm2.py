@@ -112,6 +112,9 @@ class RotaryEmbedding(nn.Module):
         super()._apply(fn, recurse)
         after = self.inv_freq
         self.inv_freq = after.float() if before.is_meta else before.to(device=after.device)
+        if self.frozen is not None:  # frozen tables follow device moves too, and stay fp32
+            device = self.inv_freq.device
+            self.frozen = (self.frozen[0].to(device=device), self.frozen[1].to(device=device))
         return self
 
     def tables(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
