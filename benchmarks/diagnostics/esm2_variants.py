@@ -165,10 +165,10 @@ class Bf16LayerNormFp8Layer(Fp8Esm2Layer):
         return scale_rows_to_e4m3(norm(x).reshape(-1, x.shape[-1]).float())
 
     def _added_normalised(
-        self, x: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor
+        self, norm: Fp32LayerNorm, x: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         total = residual_sum(x, delta, delta_bias)
-        return total, *self._normalised(total, self.final_layer_norm)
+        return total, *self._normalised(total, norm)
 
 
 class EngineShapes(torch.nn.Module):

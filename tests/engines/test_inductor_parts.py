@@ -272,6 +272,22 @@ def test_folded_residual_adds_on_the_triton_kernels() -> None:
     assert torch.nn.functional.cosine_similarity(a, b).min() > 0.9999
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
+def test_compiled_fp8_layers_trace_the_row_kernels_without_graph_breaks() -> None:
+    """The row ops are registered when a layer is built, so Dynamo traces them as ops: no graph break
+    (one at each row op would recompile the pieces per shape and distort every per-layer measurement)."""
+    cuda = torch.device("cuda", 0)
+    _, folded = _folded_and_plain(cuda)
+    x = torch.randn(3, 24, folded.config.embed_dim, device=cuda)
+    cos, sin = folded.rotary.tables(24, cuda)
+    key_mask = torch.ones(3, 1, 1, 24, dtype=torch.bool, device=cuda)
+    explained = torch._dynamo.explain(folded.layers[1])(
+        folded.layers[0](x, cos, sin, key_mask), cos, sin, key_mask
+    )
+    assert explained.graph_break_count == 0, explained.break_reasons
+
+
 def test_export_falls_back_to_a_batch_floor_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
     """An exporter that refuses a dynamic batch starting at 1 gets batch >= 2 (the runner pads batch 1)."""
     real_export = torch.export.export

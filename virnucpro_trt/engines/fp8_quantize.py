@@ -313,6 +313,26 @@ def _runs_kernel(x: torch.Tensor, mode: int, kernels: frozenset[int]) -> bool:
     return mode in kernels and x.is_cuda and triton is not None
 
 
+def register_kernels() -> None:
+    """Register the ``virnucpro::`` row ops (idempotent; nothing without triton).
+
+    Call it before anything traces the ops (the fp8 layers do, when built): Dynamo cannot trace the
+    registration, so reaching it from a compiled region breaks the graph at every row op (and the
+    pieces after each break are recompiled for the first shape seen). Traced code then calls the
+    registered ops through ``torch.ops.virnucpro``, which Dynamo and ``torch.export`` both trace.
+    """
+    if triton is not None:
+        _triton_bias_gelu_rows()
+        _triton_row_ops()
+
+
+def _row_ops() -> Any:
+    """``torch.ops.virnucpro``, registered first unless a compiler is tracing (:func:`register_kernels`)."""
+    if not torch.compiler.is_compiling():
+        register_kernels()
+    return torch.ops.virnucpro
+
+
 def quantize_rows(
     x: torch.Tensor,
     mode: int,
@@ -326,11 +346,11 @@ def quantize_rows(
         return quantize_rows_reference(x, mode, weight, bias, eps)
     if mode == BIAS_GELU:
         assert bias is not None
-        return _triton_bias_gelu_rows()(x, bias)
+        return _row_ops().bias_gelu_rows(x, bias)
     if mode == LAYERNORM:
         assert weight is not None and bias is not None
-        return _triton_row_ops()["layernorm"](x, weight, bias, float(eps))
-    return _triton_row_ops()["identity"](x)
+        return _row_ops().layernorm_rows(x, weight, bias, float(eps))
+    return _row_ops().quantize_rows(x)
 
 
 def add_layernorm_rows(
@@ -345,4 +365,4 @@ def add_layernorm_rows(
     """:func:`add_layernorm_rows_reference`; one Triton kernel on CUDA when LAYERNORM is in ``kernels``."""
     if not _runs_kernel(x, LAYERNORM, kernels):
         return add_layernorm_rows_reference(x, delta, delta_bias, weight, bias, eps)
-    return _triton_row_ops()["add_layernorm"](x, delta, delta_bias, weight, bias, float(eps))
+    return _row_ops().add_layernorm_rows(x, delta, delta_bias, weight, bias, float(eps))

@@ -41,6 +41,7 @@ from virnucpro_trt.engines.fp8_quantize import (
     TRITON_MODES,
     add_layernorm_rows,
     quantize_rows,
+    register_kernels,
     residual_sum,
     scale_rows_to_e4m3,
 )
@@ -165,6 +166,7 @@ class Fp8Esm2Layer(nn.Module):
         fold_residual: bool = False,
     ):
         super().__init__()
+        register_kernels()  # before any compiler traces this layer
         self.fold_residual = fold_residual  # return a PendingResidual for the next kernel to add
         self.kernel_modes = kernel_modes  # quantisation modes run by the Triton kernels (others: Inductor)
         self.gemm_bias = gemm_bias  # qkv's and fc2's biases in the GEMM epilogue (else an add after it)
