@@ -222,22 +222,17 @@ if triton is not None:
 GELU_CHUNK = 2048  # values per chunk at most, 4 warps per program (fc1's 10,240-wide rows: 5 chunks)
 
 
-@functools.cache
-def _triton_bias_gelu_rows() -> Any:
-    """The ``virnucpro::bias_gelu_rows`` op, registered on first use."""
-    from torch.library import triton_op, wrap_triton
+def _launch_bias_gelu_rows(x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run :func:`_bias_gelu_rows_kernel` on ``x``'s rows; returns (e4m3, scales)."""
+    from torch.library import wrap_triton
 
-    @triton_op("virnucpro::bias_gelu_rows", mutates_args={})
-    def bias_gelu_rows_op(x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cols = x.shape[-1]
-        rows = x.reshape(-1, cols).contiguous()
-        out = torch.empty(rows.shape, device=x.device, dtype=FP8_DTYPE)
-        scale = torch.empty((rows.shape[0], 1), device=x.device, dtype=torch.float32)
-        chunk = chunk_size(cols, GELU_CHUNK)
-        wrap_triton(_bias_gelu_rows_kernel)[(rows.shape[0],)](rows, bias, out, scale, cols, CHUNK=chunk)
-        return out, scale
-
-    return bias_gelu_rows_op
+    cols = x.shape[-1]
+    rows = x.reshape(-1, cols).contiguous()
+    out = torch.empty(rows.shape, device=x.device, dtype=FP8_DTYPE)
+    scale = torch.empty((rows.shape[0], 1), device=x.device, dtype=torch.float32)
+    chunk = chunk_size(cols, GELU_CHUNK)
+    wrap_triton(_bias_gelu_rows_kernel)[(rows.shape[0],)](rows, bias, out, scale, cols, CHUNK=chunk)
+    return out, scale
 
 
 ROW_CHUNK = 1024  # values per chunk at most for the LayerNorm and plain quantisation (2,560: 5 x 512)
@@ -271,10 +266,13 @@ def _launch_quantize_normalised_rows(
 
 
 @functools.cache
-def _triton_row_ops() -> dict[str, Any]:
-    """The ``virnucpro::quantize_rows``, ``layernorm_rows`` and ``add_layernorm_rows`` ops, registered
-    on first use."""
+def _registered_ops() -> tuple[Any, ...]:
+    """Register the ``virnucpro::`` ops once (the cache keeps their definitions alive)."""
     from torch.library import triton_op
+
+    @triton_op("virnucpro::bias_gelu_rows", mutates_args={})
+    def bias_gelu_rows_op(x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _launch_bias_gelu_rows(x, bias)
 
     @triton_op("virnucpro::quantize_rows", mutates_args={})
     def quantize_rows_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,9 +297,7 @@ def _triton_row_ops() -> dict[str, Any]:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return _launch_quantize_normalised_rows(x, delta, delta_bias, weight, bias, eps)
 
-    return {
-        "identity": quantize_rows_op, "layernorm": layernorm_rows_op, "add_layernorm": add_layernorm_rows_op,
-    }  # fmt: skip
+    return bias_gelu_rows_op, quantize_rows_op, layernorm_rows_op, add_layernorm_rows_op
 
 
 # Modes the engines run as Triton kernels by default: all three, each measured faster at parity than
@@ -322,8 +318,7 @@ def register_kernels() -> None:
     registered ops through ``torch.ops.virnucpro``, which Dynamo and ``torch.export`` both trace.
     """
     if triton is not None:
-        _triton_bias_gelu_rows()
-        _triton_row_ops()
+        _registered_ops()
 
 
 def _row_ops() -> Any:
