@@ -41,6 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.report import write_json
+from virnucpro_trt.bench.timing import call_times_ms
 from virnucpro_trt.bench.workload import generated_workload
 from virnucpro_trt.engines.spec import default_shape_range
 from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
@@ -154,31 +155,12 @@ PREPARE: dict[str, Callable[[Inputs], Callable[[], torch.Tensor]]] = {
 }
 
 
-def timed(call: Callable[[], torch.Tensor], device: torch.device, warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            started = time.perf_counter()
-            call()
-            times.append(1e3 * (time.perf_counter() - started))
-    return times
-
-
 def run_kernel(name: str, x: Inputs, reference: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"kernel": name}
     x["facts"] = row
     try:
         call = PREPARE[name](x)
-        times = timed(call, x["q"].device, args.warmup, args.iters)
+        times = call_times_ms(call, x["q"].device, args.warmup, args.iters)
         out = call()
     except Exception as exc:  # a kernel this torch/device lacks is a finding, not a crash
         row.update(status="unavailable", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")

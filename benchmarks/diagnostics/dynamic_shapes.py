@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from torch._inductor.utils import run_and_get_code
 
 from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.report import write_json
+from virnucpro_trt.bench.timing import call_times_ms
 from virnucpro_trt.engines.spec import default_shape_range
 from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG, RotaryEmbedding, apply_rotary
 
@@ -65,26 +65,6 @@ def rotary(inline: bool, rotary_embedding: RotaryEmbedding) -> Callable[..., tor
         return apply_rotary(q, cos, sin) + apply_rotary(k, cos, sin)
 
     return tables_inline if inline else tables_given
-
-
-def timed(call: Callable[[], Any], device: torch.device, iters: int) -> float:
-    """Median milliseconds of ``iters`` calls after two warm-up calls."""
-    for _ in range(2):
-        call()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            call()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            began = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - began) * 1e3)
-    return statistics.median(times)
 
 
 class Wrapped(torch.nn.Module):
@@ -126,7 +106,7 @@ def compiled_case(
             _, code = run_and_get_code(compiled, *inputs)
             source = "\n".join(code)
             int64 = "tl.int64" in source if device.type == "cuda" else None  # C++ kernels: always int64
-        ms = timed(lambda: compiled(*inputs), device, iters)
+        ms = statistics.median(call_times_ms(lambda: compiled(*inputs), device, 2, iters))
     return {"ms": round(ms, 4), "int64_indexing": int64}
 
 

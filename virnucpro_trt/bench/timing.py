@@ -33,6 +33,27 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
+def call_times_ms(call: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Milliseconds of each of ``iters`` calls after ``warmup`` untimed ones, for kernel-sized calls:
+    CUDA events around each call on a GPU (no host clock in the way), the host clock on the CPU."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            call()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            started = time.perf_counter()
+            call()
+            times.append(1e3 * (time.perf_counter() - started))
+    return times
+
+
 @dataclass
 class StageClock:
     """Wall time per named stage, each boundary synchronised with the device."""
