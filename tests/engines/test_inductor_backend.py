@@ -166,6 +166,7 @@ def test_artifact_is_one_pt2_file_with_facts(esm_engine: Engine) -> None:
     assert facts["inductor_configs"]["aot_inductor.metadata"]["virnucpro.kind"] == "esm2"
     assert "_scaled_dot_product_flash_attention_for_cpu" in facts["extern_kernels"]
     assert facts["frozen_rotary_tables"] == 1  # outputs: test_outputs_equal_eager_inside_the_range
+    assert facts["residual_fp32"] is True
     json.dumps(facts)  # goes into the manifest
 
 

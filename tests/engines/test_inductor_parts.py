@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -303,6 +304,33 @@ def test_export_falls_back_to_a_batch_floor_of_two(monkeypatch: pytest.MonkeyPat
     example = tile_example((torch.randint(4, 24, (2, 9)), torch.ones(2, 9, dtype=torch.int64)), 4, 20)
     program = _export(random_esm2(seed=8), example, graph, "esm2 (fp32)")
     assert exported_bounds(program, graph).min_batch == 2
+
+
+@pytest.mark.parametrize("extra", [{}, {"residual_fp32": False, "frozen_rotary": False}])
+def test_build_options_reach_the_exported_model(monkeypatch: pytest.MonkeyPatch, extra: dict) -> None:
+    """``residual_fp32`` and ``frozen_rotary`` from ``BuildOptions.extra`` are what the exporter sees."""
+    from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
+    from virnucpro_trt.engines.spec import BuildRequest
+
+    seen: list[nn.Module] = []
+
+    def capture(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        seen.append(model)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(torch.export, "export", capture)
+    example = (torch.randint(4, 24, (4, 20)), torch.ones(4, 20, dtype=torch.int64))
+    request = BuildRequest(
+        random_esm2(seed=8), "esm2", example, ShapeRange(1, 4, 8, 2, 20, 40), "fp32", CPU,
+        Path("unused.pt2"), BuildOptions(extra=extra),
+    )  # fmt: skip
+    with pytest.raises(BuildError, match="captured"):
+        INDUCTOR_BACKEND.build(request)
+    (model,) = seen
+    assert model.residual_fp32 == extra.get("residual_fp32", True)
+    assert (model.rotary.frozen is not None) == extra.get("frozen_rotary", True)
+    if model.rotary.frozen is not None:
+        assert model.rotary.frozen[0].shape == (40, model.config.head_dim)
 
 
 def test_export_errors_become_one_line_build_errors(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,6 +45,9 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
   cos/sin into each layer's rotary kernel and so evaluates them 36 times per forward.
 * fp8 ESM-2 can fold each layer's last residual add into the next layer's LayerNorm kernel
   (``extra["fp8_fold_residual"]``, default false until measured on a GPU: DEVELOPERS.md).
+* ESM-2's residual stream stays fp32 in half-precision engines (the native model's default, for
+  bf16 parity); ``extra["residual_fp32"]=false`` keeps it in the engine's dtype, a candidate for fp8
+  engines (half the row kernels' traffic) not yet measured.
 * One ``.pt2`` file holds code, kernels and weights (bf16 ESM-2 3B: ~5.6 GB; AOTI mmaps weights above
   2 GB), and the graph box/kind/precision/width as AOTI metadata that ``load`` checks.
 """
@@ -163,6 +166,9 @@ class InductorBackend:
             raise BuildError(
                 f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"
             )
+        if "residual_fp32" in options.extra and hasattr(engine_model, "residual_fp32"):
+            engine_model.residual_fp32 = bool(options.extra["residual_fp32"])  # ESM-2's residual stream
+        residual_fp32 = getattr(engine_model, "residual_fp32", None)
         frozen = 0
         if options.extra.get("frozen_rotary", True):
             frozen = freeze_position_tables(engine_model, requested.max_length)
@@ -218,6 +224,8 @@ class InductorBackend:
             "extern_kernels": kernels,
             "frozen_rotary_tables": frozen,
         }
+        if residual_fp32 is not None:
+            facts["residual_fp32"] = residual_fp32
         if precision == "fp8":
             facts["fp8"] = {
                 "fast_accumulation": options.fp8_fast_accum,
