@@ -174,7 +174,9 @@ class Bf16LayerNormFp8Layer(Fp8Esm2Layer):
 class EngineShapes(torch.nn.Module):
     """One compiled ESM-2 layer whose batch and length are dynamic dims bounded as the engines export
     them (:func:`virnucpro_trt.engines.spec.default_shape_range` at the run's budget), so that Inductor
-    writes the engines' kernels (indexing included) instead of ones for the first shape it sees."""
+    writes kernels for any shape in that box instead of ones for the first shape it sees. Not the
+    engines' kernels in every respect: a JIT compile may guard on the sizes it sees where an exported
+    engine must prove its bounds (32-bit indexing, for one: measurement log, fourth session)."""
 
     def __init__(self, layer: torch.nn.Module, max_batch: int, max_length: int):
         super().__init__()
