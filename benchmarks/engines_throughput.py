@@ -20,6 +20,7 @@ import json
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,7 @@ def bench_model(
             del runner
         except Exception as exc:  # a failing configuration is reported, the others still run
             row.update(status="failed", error=f"{type(exc).__name__}: {str(exc)[:800]}")
+            traceback.print_exception(exc, file=sys.stderr)  # the whole chain (a compiler's output)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         print(json.dumps(row), flush=True)
