@@ -1,8 +1,9 @@
 """ESM-2's padded-token fraction per read-length mix, for a token budget and an engine's length multiple.
 
 Padding is decided before any device runs: the token-budget batcher pads each batch to its longest
-protein, and an AOTInductor engine on CUDA rounds that length up to its ``sequence_multiple`` (8, for
-the attention bias's alignment: :mod:`virnucpro_trt.engines.inductor_backend`). So the fraction that a
+protein, and an AOTInductor engine rounds that length up to its ``sequence_multiple`` (1 by default;
+8 was the CUDA default until the fifth session, for the attention bias's alignment:
+:mod:`virnucpro_trt.engines.inductor_backend`). So the fraction that a
 GPU run pays can be computed here, on the CPU, from the generated reads (``bench``'s workloads: same
 seed, same mixes), ``predict``'s chunking and translation, the ESM-2 tokenizer and the batcher. Issue 11
 asks for packing or tighter buckets where it passes 5% of the computed tokens.
@@ -23,7 +24,6 @@ import numpy as np
 from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.workload import generated_workload
-from virnucpro_trt.engines.inductor_backend import DEFAULT_SEQUENCE_MULTIPLE
 from virnucpro_trt.engines.inductor_shapes import round_up
 from virnucpro_trt.engines.spec import default_shape_range
 from virnucpro_trt.models.tokenization import ProteinTokenizer
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reads", type=int, default=20000)
     parser.add_argument("--mixes", default=",".join(LENGTH_MIXES))
     parser.add_argument("--max-batch-tokens", type=int, default=32768, help="the CUDA default")
-    parser.add_argument("--multiples", default=f"1,{DEFAULT_SEQUENCE_MULTIPLE['cuda']}")
+    parser.add_argument("--multiples", default="1,8", help="the default and the former CUDA default")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     tokenizer = ProteinTokenizer()

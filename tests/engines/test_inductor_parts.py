@@ -16,6 +16,7 @@ from virnucpro_trt.engines.inductor_configs import inductor_configs
 from virnucpro_trt.engines.inductor_fp8 import (
     Fp8Esm2Layer,
     Fp8RowwiseLinear,
+    PendingSumLayerNorm,
     convert_linears_to_fp8,
     convert_to_fp8,
 )
@@ -23,7 +24,7 @@ from virnucpro_trt.engines.inductor_model import device_copy
 from virnucpro_trt.engines.inductor_shapes import GraphShapes, exported_bounds, tile_example
 from virnucpro_trt.engines.spec import BuildOptions, ShapeRange, default_shape_range
 from virnucpro_trt.errors import BuildError
-from virnucpro_trt.models.random_checkpoints import random_esm2
+from virnucpro_trt.models.random_checkpoints import add_outlier_channels, random_esm2
 
 CPU = torch.device("cpu")
 
@@ -223,10 +224,14 @@ def test_fused_fp8_esm2_layers_compute_what_fp8_linears_do() -> None:
     assert "aten._scaled_mm.default" in targets
 
 
-def _folded_and_plain(device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """The same tiny ESM-2 converted to the fp8 engine layers twice: residual adds folded, and not."""
-    plain = device_copy(random_esm2(seed=7), device, torch.bfloat16)
-    folded = device_copy(random_esm2(seed=7), device, torch.bfloat16)
+def _folded_and_plain(device: torch.device, outliers: bool = False) -> tuple[nn.Module, nn.Module]:
+    """The same tiny ESM-2 converted to the fp8 engine layers twice: residual adds folded, and not
+    (``outliers``: with the outlier LayerNorm channels of the ``-outliers`` random weights)."""
+    models = [random_esm2(seed=7) for _ in range(2)]
+    if outliers:
+        for model in models:
+            add_outlier_channels(model, seed=3)
+    plain, folded = (device_copy(model, device, torch.bfloat16) for model in models)
     assert convert_to_fp8(plain) == 8 and convert_to_fp8(folded, fold_residual=True) == 8
     return plain, folded
 
@@ -257,6 +262,20 @@ def test_folded_residual_adds_compute_the_same_layers() -> None:
     program = torch.export.export(folded, example, dynamic_shapes=dynamic, strict=False)
     with torch.no_grad():
         assert torch.equal(program.module()(ids, mask.long()), b)
+
+
+@needs_cpu_fp8
+def test_folded_residual_adds_keep_parity_on_outlier_channels() -> None:
+    """Outlier channels (20-50x LayerNorm gains, as trained models have) make the residual stream's
+    values large; folding changes only where fc2's bias is added, so the two stay as close as on
+    plain weights."""
+    plain, folded = _folded_and_plain(CPU, outliers=True)
+    ids, mask = torch.randint(4, 24, (4, 26)), torch.ones(4, 26, dtype=torch.bool)
+    mask[2, 15:] = False
+    with torch.no_grad():
+        a, b = plain(ids, mask), folded(ids, mask)
+    assert torch.isfinite(b).all()
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.9999
 
 
 @pytest.mark.gpu
@@ -306,9 +325,10 @@ def test_export_falls_back_to_a_batch_floor_of_two(monkeypatch: pytest.MonkeyPat
     assert exported_bounds(program, graph).min_batch == 2
 
 
-@pytest.mark.parametrize("extra", [{}, {"residual_fp32": False, "frozen_rotary": False}])
-def test_build_options_reach_the_exported_model(monkeypatch: pytest.MonkeyPatch, extra: dict) -> None:
-    """``residual_fp32`` and ``frozen_rotary`` from ``BuildOptions.extra`` are what the exporter sees."""
+def _exported_model(monkeypatch: pytest.MonkeyPatch, precision: str, extra: dict) -> nn.Module:
+    """The model ``INDUCTOR_BACKEND.build`` hands to ``torch.export`` (captured; nothing is compiled).
+    fp8 is let through on the CPU: what is checked is how the options shape the model, not its kernels."""
+    from virnucpro_trt.engines import inductor_fp8
     from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
     from virnucpro_trt.engines.spec import BuildRequest
 
@@ -319,18 +339,40 @@ def test_build_options_reach_the_exported_model(monkeypatch: pytest.MonkeyPatch,
         raise RuntimeError("captured")
 
     monkeypatch.setattr(torch.export, "export", capture)
+    monkeypatch.setattr(inductor_fp8, "fp8_unavailable_reason", lambda device: None)
     example = (torch.randint(4, 24, (4, 20)), torch.ones(4, 20, dtype=torch.int64))
     request = BuildRequest(
-        random_esm2(seed=8), "esm2", example, ShapeRange(1, 4, 8, 2, 20, 40), "fp32", CPU,
+        random_esm2(seed=8), "esm2", example, ShapeRange(1, 4, 8, 2, 20, 40), precision, CPU,
         Path("unused.pt2"), BuildOptions(extra=extra),
     )  # fmt: skip
     with pytest.raises(BuildError, match="captured"):
         INDUCTOR_BACKEND.build(request)
     (model,) = seen
+    return model
+
+
+@pytest.mark.parametrize("extra", [{}, {"residual_fp32": False, "frozen_rotary": False}])
+def test_build_options_reach_the_exported_model(monkeypatch: pytest.MonkeyPatch, extra: dict) -> None:
+    """``residual_fp32`` and ``frozen_rotary`` from ``BuildOptions.extra`` are what the exporter sees."""
+    model = _exported_model(monkeypatch, "fp32", extra)
     assert model.residual_fp32 == extra.get("residual_fp32", True)
     assert (model.rotary.frozen is not None) == extra.get("frozen_rotary", True)
     if model.rotary.frozen is not None:
         assert model.rotary.frozen[0].shape == (40, model.config.head_dim)
+
+
+@pytest.mark.parametrize("extra", [{}, {"fp8_fold_residual": False}])
+def test_fp8_builds_fold_the_residual_adds_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch, extra: dict
+) -> None:
+    """fp8 ESM-2 engines fold fc2's residual add into the next LayerNorm kernel by default (measured
+    faster on the H200); ``fp8_fold_residual=false`` builds the unfolded layers."""
+    model = _exported_model(monkeypatch, "fp8", extra)
+    fold = extra.get("fp8_fold_residual", True)
+    layers = list(model.layers)
+    assert all(isinstance(layer, Fp8Esm2Layer) for layer in layers)
+    assert [layer.fold_residual for layer in layers] == [fold] * len(layers)
+    assert isinstance(model.emb_layer_norm_after, PendingSumLayerNorm) == fold
 
 
 def test_export_errors_become_one_line_build_errors(monkeypatch: pytest.MonkeyPatch) -> None:

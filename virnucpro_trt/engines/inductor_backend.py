@@ -15,14 +15,14 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
   kernels take M as an argument. What does depend on the sizes is autotuning, so the export example
   sits at the opt point of the range (the batch the token-budget batcher produces, ~190 x 170 for ESM
   at 32768 tokens) and ``max_autotune`` benchmarks there (:mod:`inductor_shapes`, :mod:`inductor_configs`).
-* ``sequence_multiple`` (``BuildOptions.extra["sequence_multiple"]``, default 8 on CUDA, 1 on CPU): the
-  runner right-pads T to a multiple of m (pad id, mask 0: results do not change, tested) and the graph
-  is exported with ``T = m * Dim``, so Inductor can prove that every T-strided buffer is 8-element
-  (16-byte bf16) aligned. The buffer that needs it is the attention bias: the memory-efficient SDPA
-  kernel wants its row stride to be a multiple of 8, and Inductor's SDPA lowering re-lays-out (pads) a
-  bias whose alignment it cannot prove. The bias is built once per layer anyway (see below), so the gain
-  is expected to be small; the price is up to m-1 pad tokens per batch (~2% at 170 tokens for m=8,
-  more for short reads: the bench reports it). m=1 against m=8 has not been measured on a GPU.
+* ``sequence_multiple`` (``BuildOptions.extra["sequence_multiple"]``, default 1): the runner right-pads
+  T to a multiple of m (pad id, mask 0: results do not change, tested) and the graph is exported with
+  ``T = m * Dim``, so Inductor can prove that every T-strided buffer is m-element aligned. m=8 was the
+  CUDA default, for the attention bias (the memory-efficient SDPA kernel wants its row stride to be a
+  multiple of 8, and Inductor's SDPA lowering pads a bias whose alignment it cannot prove). Measured on
+  the H200, the pad tokens cost more than that re-layout: on Illumina-length reads (49-token proteins,
+  8.8% padded at m=8) m=1 embeds 7% more proteins/s in ESM-2 and 13% more frames/s in DNABERT-S, at
+  the same parity (docs/measurements.md); 500 bp proteins (168 tokens) are multiples of 8 anyway.
 * Attention stays on a fused SDPA kernel. ESM-2 passes a boolean key-padding mask [B, 1, 1, T];
   DNABERT-S an additive ALiBi + padding bias [B, H, T, T]. On CPU Inductor lowers both to
   ``_scaled_dot_product_flash_attention_for_cpu``, the boolean mask turned into an additive float bias
@@ -43,11 +43,13 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
   position up to the graph's longest sequence are computed once at build time and stored in the
   package (0.5 MB), and the graph slices them. Computed in the graph from ``arange(T)``, Inductor fuses
   cos/sin into each layer's rotary kernel and so evaluates them 36 times per forward.
-* fp8 ESM-2 can fold each layer's last residual add into the next layer's LayerNorm kernel
-  (``extra["fp8_fold_residual"]``, default false until measured on a GPU: DEVELOPERS.md).
+* fp8 ESM-2 folds each layer's last residual add into the next layer's LayerNorm kernel
+  (``extra["fp8_fold_residual"]``, default true): Inductor's standalone add kernel ran at ~40%
+  of the bandwidth inside the engine, and the fold was faster at the same parity on the H200.
 * ESM-2's residual stream stays fp32 in half-precision engines (the native model's default, for
-  bf16 parity); ``extra["residual_fp32"]=false`` keeps it in the engine's dtype, a candidate for fp8
-  engines (half the row kernels' traffic) not yet measured.
+  bf16 parity); ``extra["residual_fp32"]=false`` keeps it in the engine's dtype (half the row kernels'
+  traffic). That graph does not build with torch 2.11's AOTInductor on CUDA: its C++ wrapper
+  references size arrays it never declared (an upstream codegen bug: DEVELOPERS.md).
 * One ``.pt2`` file holds code, kernels and weights (bf16 ESM-2 3B: ~5.6 GB; AOTI mmaps weights above
   2 GB), and the graph box/kind/precision/width as AOTI metadata that ``load`` checks.
 """
@@ -72,7 +74,8 @@ from virnucpro_trt.errors import BuildError, EngineMismatchError
 from virnucpro_trt.runtime.attention_kernel import attention_kernel, check_lowered_attention
 from virnucpro_trt.runtime.embedding import EmbeddingBackend
 
-DEFAULT_SEQUENCE_MULTIPLE = {"cuda": 8, "cpu": 1}
+DEFAULT_SEQUENCE_MULTIPLE = 1  # pad tokens cost more than an unaligned attention bias (module docstring)
+ENGINE_DEVICES = ("cpu", "cuda")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -123,7 +126,7 @@ class InductorBackend:
             return f"inductor backend has no precision {precision!r} (choose from {', '.join(DTYPES)})"
         if not all(hasattr(torch._inductor, f) for f in ("aoti_compile_and_package", "aoti_load_package")):
             return f"AOTInductor packaging needs torch >= 2.6; this is torch {torch.__version__}"
-        if device.type not in DEFAULT_SEQUENCE_MULTIPLE:
+        if device.type not in ENGINE_DEVICES:
             return f"inductor backend runs on cpu or cuda, not {device.type}"
         if device.type == "cuda":
             if not torch.cuda.is_available():
@@ -153,7 +156,7 @@ class InductorBackend:
         device, options = request.device, request.options
         if (reason := self.availability(device, precision)) is not None:
             raise BuildError(reason)
-        multiple = int(options.extra.get("sequence_multiple", DEFAULT_SEQUENCE_MULTIPLE[device.type]))
+        multiple = int(options.extra.get("sequence_multiple", DEFAULT_SEQUENCE_MULTIPLE))
         if multiple < 1:
             raise BuildError(f"sequence_multiple must be >= 1, got {multiple}")
         requested = GraphShapes.plan(shapes, multiple, int(options.extra.get("min_export_batch", 1)))
@@ -161,7 +164,7 @@ class InductorBackend:
 
         started = time.perf_counter()
         engine_model = device_copy(request.model, device, DTYPES[precision])
-        fold_residual = bool(options.extra.get("fp8_fold_residual", False))  # off until measured
+        fold_residual = bool(options.extra.get("fp8_fold_residual", True))
         if precision == "fp8" and _fp8_linears(engine_model, options.fp8_fast_accum, fold_residual) == 0:
             raise BuildError(
                 f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"

@@ -84,7 +84,7 @@ class BatchStats:
 
     ``computed_tokens`` counts every position of every batch as the backend runs it: the batcher pads to
     the longest item, and a backend that rounds shapes further (an AOTInductor engine pads the length to
-    a multiple of 8 and small batches up to its minimum) reports its own shape through
+    its sequence multiple and small batches up to its minimum) reports its own shape through
     ``computed_shape(batch, length)``. A batch split after running out of memory counts as its halves.
     """
 
