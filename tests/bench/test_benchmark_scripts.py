@@ -340,3 +340,33 @@ def test_dynamic_shapes_times_every_case_of_both_ops(tmp_path: Path) -> None:
         (op, c) for op in script.ROTARY for c in ("static", "dynamic", "dynamic-i32")
     }
     assert all(r["ms"] > 0 and r["int64_indexing"] is None for r in rows)  # CPU: not judged
+
+
+def test_row_kernels_grid_reasons_and_comparison(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every case's launches, the engines' first; without CUDA each is reported with the reason; with a
+    kernel standing in (the torch reference here), each launch is timed, checked against the reference
+    and set against the copy bound, and the fastest is marked once per case."""
+    from virnucpro_trt.engines import fp8_quantize as fq
+
+    script = _script("diagnostics/row_kernels")
+    out = tmp_path / "rows.json"
+    assert script.main(["--device", "cpu", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert {r["case"] for r in rows} == {c.name for c in script.CASES}
+    assert all(r["status"] == "unavailable" and r["reason"] for r in rows)
+    gelu = [r for r in rows if r["case"] == "bias_gelu"]
+    assert (gelu[0]["chunk"], gelu[0]["num_warps"], gelu[0]["erf"]) == (2048, 4, fq.ERF_LIBDEVICE)
+    assert {r["erf"] for r in gelu} == {fq.ERF_LIBDEVICE, fq.ERF_POLYNOMIAL}
+    assert {r["erf"] for r in rows if r["case"] != "bias_gelu"} == {fq.ERF_LIBDEVICE}
+    assert gelu[0]["bytes"] == 32760 * (10240 * 3 + 4)
+    added = next(r for r in rows if r["case"] == "add_layernorm")
+    assert added["bytes"] == 32760 * (2560 * (4 + 1 + 2 + 4) + 4)
+
+    monkeypatch.setattr(script, "unavailable_reason", lambda device: None)
+    monkeypatch.setattr(script, "kernel_call", lambda case, t, launch: lambda: script.reference(case, t))
+    case = next(c for c in script.CASES if c.name == "add_layernorm")
+    measured = script.measure(case, argparse.Namespace(rows=16, warmup=0, iters=2), CPU)
+    assert [r["status"] for r in measured] == ["ok"] * len(script.launches(case))
+    assert all(r["codes_differ"] == 0 and r["max_diff_in_scales"] == 0 and r["ms"] > 0 for r in measured)
+    assert measured[0]["default"] and not any(r["default"] for r in measured[1:])
+    assert sum(bool(r.get("fastest")) for r in measured) == 1

@@ -453,6 +453,53 @@ def test_the_layernorm_and_plain_kernels_quantise_like_the_reference(cols: int, 
     same(tuple(got), tuple(want))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
+@pytest.mark.parametrize("cols", [96, 2560, 10240])
+@pytest.mark.parametrize(
+    ("chunk", "num_warps", "erf"), [(2048, 4, 1), (1024, 8, 0), (4096, 16, 1), (512, 2, 0)]
+)
+def test_every_row_launch_quantises_like_the_reference(
+    cols: int, chunk: int, num_warps: int, erf: int
+) -> None:
+    """The launches ``row_kernels.py`` times (chunk, warps, erf by libdevice or by the polynomial)
+    compute what the defaults do: the same checks as the kernels' own tests."""
+    from virnucpro_trt.engines.fp8_quantize import (
+        RowLaunch,
+        _launch_bias_gelu_rows,
+        _launch_quantize_normalised_rows,
+    )
+
+    launch, cuda = RowLaunch(chunk, num_warps, erf), torch.device("cuda", 0)
+    gen = torch.Generator(device=cuda).manual_seed(cols + chunk)
+    x = torch.randn(257, cols, generator=gen, device=cuda) * 2
+    x[3] = -x[3].abs() - 0.3  # the exact amax pass of the GELU kernel
+    x = x.to(torch.bfloat16)
+    bias = (0.1 * torch.randn(cols, generator=gen, device=cuda)).to(torch.bfloat16)
+    weight = 1 + 0.1 * torch.randn(cols, generator=gen, device=cuda)
+    for (q, scale), (want_q, want_scale) in (
+        (_launch_bias_gelu_rows(x, bias, launch), quantize_rows_reference(x, BIAS_GELU, bias=bias)),
+        (
+            _launch_quantize_normalised_rows(x, None, None, weight, bias, 1e-5, launch)[1:],
+            quantize_rows_reference(x, LAYERNORM, weight, bias, 1e-5),
+        ),
+    ):
+        torch.testing.assert_close(scale, want_scale, rtol=2e-5, atol=0)
+        assert (q.float() != want_q.float()).float().mean().item() < 1e-3
+        assert (q.float() * scale - want_q.float() * want_scale).abs().max() <= 2 * want_scale.max() * 32
+
+
+def test_the_polynomial_erf_is_within_its_bound() -> None:
+    """Abramowitz & Stegun 7.1.26, as the ``ERF_POLYNOMIAL`` GELU kernel evaluates it: |error| <= 1.5e-7
+    everywhere (odd, saturating), far below the bf16 rounding of the values it is applied to."""
+    from virnucpro_trt.engines.fp8_quantize import erf_polynomial
+
+    z = torch.linspace(-12, 12, 2_400_001, dtype=torch.float64)
+    assert (erf_polynomial(z) - torch.erf(z)).abs().max().item() <= 1.5e-7
+    assert torch.equal(erf_polynomial(-z), -erf_polynomial(z))
+    assert erf_polynomial(torch.tensor([0.0], dtype=torch.float64)).abs().item() <= 1.5e-7
+
+
 def test_chunks_divide_the_row_where_they_can() -> None:
     from virnucpro_trt.engines.fp8_quantize import chunk_size
 

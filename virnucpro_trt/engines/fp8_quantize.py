@@ -26,6 +26,7 @@ into the engine; the tests compare them with the torch references.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +38,25 @@ FP8_MAX = 448.0  # largest finite e4m3fn value
 AMAX_FLOOR = 1e-12  # an all-zero row gets scale ~2e-15 instead of 0 (no 0/0 in the quantisation)
 FP8_DTYPE = getattr(torch, "float8_e4m3fn", None)
 GELU_NEGATIVE_BOUND = 0.17  # max |GELU(z)| over z < 0 is 0.16997 (at z = -0.7518)
+ERF_LIBDEVICE, ERF_POLYNOMIAL = 0, 1  # how the GELU kernel evaluates erf (RowLaunch.erf)
+# Abramowitz & Stegun 7.1.26: erf(a) = 1 - t (c1 + c2 t + ... + c5 t^4) exp(-a^2), t = 1 / (1 + p a),
+# a >= 0, |error| <= 1.5e-7: below bf16's resolution of the GEMM output it is applied to.
+ERF_P = 0.3275911
+ERF_COEFFS = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+@dataclass(frozen=True)
+class RowLaunch:
+    """How a row kernel is launched: values per chunk at most (the largest power of two dividing the
+    row, :func:`chunk_size`), warps per program, and for the GELU kernel how erf is evaluated.
+
+    The defaults (:data:`ROW_LAUNCH`) are what the engines build with; other values exist for
+    ``benchmarks/diagnostics/row_kernels.py``, which times them against each other on the GPU.
+    """
+
+    chunk: int
+    num_warps: int = 4
+    erf: int = ERF_LIBDEVICE
 
 
 def quantize_rows_reference(
@@ -80,6 +100,16 @@ def residual_sum(x: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor)
     return (x.float() + delta.float() + delta_bias.float()).to(x.dtype)
 
 
+def erf_polynomial(x: torch.Tensor) -> torch.Tensor:
+    """erf by :data:`ERF_COEFFS` (the ``ERF_POLYNOMIAL`` kernel's formula, in torch, for the tests)."""
+    a = x.abs()
+    t = 1.0 / (1.0 + ERF_P * a)
+    poly = torch.zeros_like(t)
+    for coeff in reversed(ERF_COEFFS):
+        poly = poly * t + coeff
+    return torch.copysign(1.0 - t * poly * torch.exp(-a * a), x)
+
+
 def scale_rows_to_e4m3(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row-wise e4m3 of fp32 ``rows`` [M, K] and the scales [M, 1] that undo it (amax / 448).
 
@@ -118,12 +148,26 @@ if triton is not None:
         q = tl.clamp(y * inv, -_FP8_MAX, _FP8_MAX).to(tl.float8e4nv)
         tl.store(out_ptr + offsets, q, mask=inside)
 
-    @triton.jit
-    def _gelu(z):
-        return 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    _ERF_P = tl.constexpr(ERF_P)
+    _C1, _C2, _C3, _C4, _C5 = (tl.constexpr(c) for c in ERF_COEFFS)
 
     @triton.jit
-    def _bias_gelu_rows_kernel(x_ptr, b_ptr, out_ptr, scale_ptr, cols, CHUNK: tl.constexpr):
+    def _gelu(z, ERF: tl.constexpr):
+        u = z * 0.7071067811865476
+        if ERF == 1:  # ERF_POLYNOMIAL: one reciprocal, one exp and five FMAs instead of libdevice's erff
+            a = tl.abs(u)
+            t = 1.0 / (1.0 + _ERF_P * a)
+            poly = t * (_C1 + t * (_C2 + t * (_C3 + t * (_C4 + t * _C5))))
+            e = 1.0 - poly * tl.exp(-a * a)
+            erf = tl.where(u < 0.0, -e, e)
+        else:
+            erf = tl.math.erf(u)
+        return 0.5 * z * (1.0 + erf)
+
+    @triton.jit
+    def _bias_gelu_rows_kernel(
+        x_ptr, b_ptr, out_ptr, scale_ptr, cols, CHUNK: tl.constexpr, ERF: tl.constexpr
+    ):
         base = tl.program_id(0).to(tl.int64) * cols
         lanes = tl.arange(0, CHUNK)
         top = tl.full([CHUNK], float("-inf"), dtype=tl.float32)
@@ -132,14 +176,14 @@ if triton is not None:
             x = tl.load(x_ptr + base + start + lanes, mask=inside, other=0.0).to(tl.float32)
             b = tl.load(b_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
             top = tl.maximum(top, tl.where(inside, x + b, float("-inf")))
-        amax = _gelu(tl.max(top, axis=0))
+        amax = _gelu(tl.max(top, axis=0), ERF)
         if amax < _GELU_NEGATIVE_BOUND:  # the negative lobe may hold the amax: the exact pass
             peak = tl.zeros([CHUNK], dtype=tl.float32)
             for start in range(0, cols, CHUNK):
                 inside = start + lanes < cols
                 x = tl.load(x_ptr + base + start + lanes, mask=inside, other=0.0).to(tl.float32)
                 b = tl.load(b_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
-                peak = tl.maximum(peak, tl.where(inside, tl.abs(_gelu(x + b)), 0.0))
+                peak = tl.maximum(peak, tl.where(inside, tl.abs(_gelu(x + b, ERF)), 0.0))
             amax = tl.max(peak, axis=0)
         amax = tl.maximum(amax, _AMAX_FLOOR)
         inv = _FP8_MAX / amax
@@ -147,7 +191,7 @@ if triton is not None:
             inside = start + lanes < cols
             x = tl.load(x_ptr + base + start + lanes, mask=inside, other=0.0).to(tl.float32)
             b = tl.load(b_ptr + start + lanes, mask=inside, other=0.0).to(tl.float32)
-            _e4m3_store(out_ptr, base + start + lanes, inside, _gelu(x + b), inv)
+            _e4m3_store(out_ptr, base + start + lanes, inside, _gelu(x + b, ERF), inv)
         tl.store(scale_ptr + tl.program_id(0), amax / _FP8_MAX)
 
     @triton.jit
@@ -219,23 +263,30 @@ if triton is not None:
         tl.store(scale_ptr + tl.program_id(0), amax / _FP8_MAX)
 
 
-GELU_CHUNK = 2048  # values per chunk at most, 4 warps per program (fc1's 10,240-wide rows: 5 chunks)
+# The engines' launches: fc1's 10,240-wide rows in chunks of 2048 (5), the 2,560-wide ones of 512 (5).
+ROW_LAUNCH = {
+    BIAS_GELU: RowLaunch(chunk=2048),
+    LAYERNORM: RowLaunch(chunk=1024),
+    IDENTITY: RowLaunch(chunk=1024),
+}
 
 
-def _launch_bias_gelu_rows(x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _launch_bias_gelu_rows(
+    x: torch.Tensor, bias: torch.Tensor, launch: RowLaunch | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run :func:`_bias_gelu_rows_kernel` on ``x``'s rows; returns (e4m3, scales)."""
     from torch.library import wrap_triton
 
+    launch = launch or ROW_LAUNCH[BIAS_GELU]
     cols = x.shape[-1]
     rows = x.reshape(-1, cols).contiguous()
     out = torch.empty(rows.shape, device=x.device, dtype=FP8_DTYPE)
     scale = torch.empty((rows.shape[0], 1), device=x.device, dtype=torch.float32)
-    chunk = chunk_size(cols, GELU_CHUNK)
-    wrap_triton(_bias_gelu_rows_kernel)[(rows.shape[0],)](rows, bias, out, scale, cols, CHUNK=chunk)
+    wrap_triton(_bias_gelu_rows_kernel)[(rows.shape[0],)](
+        rows, bias, out, scale, cols,
+        CHUNK=chunk_size(cols, launch.chunk), ERF=launch.erf, num_warps=launch.num_warps,
+    )  # fmt: skip
     return out, scale
-
-
-ROW_CHUNK = 1024  # values per chunk at most for the LayerNorm and plain quantisation (2,560: 5 x 512)
 
 
 def _launch_quantize_normalised_rows(
@@ -245,10 +296,12 @@ def _launch_quantize_normalised_rows(
     weight: torch.Tensor | None,
     bias: torch.Tensor | None,
     eps: float,
+    launch: RowLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run :func:`_quantize_normalised_rows_kernel` on ``x``'s rows; returns (sum or x, e4m3, scales)."""
     from torch.library import wrap_triton
 
+    launch = launch or ROW_LAUNCH[LAYERNORM if weight is not None else IDENTITY]
     cols = x.shape[-1]
     rows = x.reshape(-1, cols).contiguous()
     norm, has_delta = weight is not None, delta is not None
@@ -260,7 +313,7 @@ def _launch_quantize_normalised_rows(
     wrap_triton(_quantize_normalised_rows_kernel)[(rows.shape[0],)](
         rows, d, delta_bias if delta_bias is not None else rows, weight if norm else rows,
         bias if bias is not None else rows, total, out, scale, cols, eps,
-        NORM=norm, HAS_DELTA=has_delta, CHUNK=chunk_size(cols, ROW_CHUNK),
+        NORM=norm, HAS_DELTA=has_delta, CHUNK=chunk_size(cols, launch.chunk), num_warps=launch.num_warps,
     )  # fmt: skip
     return total.view(x.shape), out, scale
 
