@@ -8,14 +8,17 @@ row or by GELU's erf, not by bytes. This times each kernel on one batch's rows (
 device copy of the same bytes (the practical bound), and checks every launch against the torch
 reference (share of e4m3 codes that differ, largest dequantised difference in units of the row scale):
 
-* ``bias_gelu`` — fc1's output [rows, 10240] bf16 + bias, exact GELU, quantised (fc2's input), with
-  erf from libdevice (``erf`` 0, the engines') or the A&S polynomial (1);
+* ``bias_gelu`` — fc1's output [rows, 10240] bf16 + bias, erf GELU, quantised (fc2's input), with
+  erf from libdevice (``erf`` 0) or the A&S polynomial (1, the engines' since the fifth session);
 * ``identity_10240`` — the same rows quantised without bias or GELU: what the GELU kernel would cost if
   GELU were free (the same two passes, the same bytes but the bias);
 * ``layernorm`` — the fp32 residual stream [rows, 2560], LayerNorm'd and quantised (the first norm);
 * ``add_layernorm`` — the same after adding fc2's or the attention's bf16 output and bias, the sum
   written back (the second norm, and the first one when the residual add is folded);
 * ``identity`` — the attention output [rows, 2560] bf16, quantised (out-proj's input).
+
+The LayerNorm/plain kernel is also timed with the whole row held in registers (``resident``: one read
+instead of chunked passes that re-read the row from cache).
 
 Each figure is the median of ``--iters`` calls (CUDA events) after ``--warmup`` calls. Without CUDA and
 triton every row is reported with the reason (the CPU test runs that way).
@@ -75,14 +78,16 @@ CASES = (
 
 
 def launches(case: Case) -> list[RowLaunch]:
-    """The engines' launch first, then the grid: chunks that divide the row, 2-16 warps (1-8 for the
-    2560-wide rows), and for the GELU kernel both ways of computing erf."""
+    """The engines' launch first, then the grid: chunks that divide the row, 4-16 warps (1-8 for the
+    2560-wide rows), for the GELU kernel both ways of computing erf, for the others the resident row."""
     default = ROW_LAUNCH[case.mode]
     wide = case.cols >= 8192
     chunks = (1024, 2048) if wide else (256, 512)
     warps = (4, 8, 16) if wide else (1, 2, 4, 8)
     erfs = (ERF_LIBDEVICE, ERF_POLYNOMIAL) if case.mode == fq.BIAS_GELU else (ERF_LIBDEVICE,)
     grid = [RowLaunch(c, w, e) for e in erfs for c in chunks for w in warps]
+    if case.mode != fq.BIAS_GELU:  # the row held in registers: one read (chunk unused, 0)
+        grid += [RowLaunch(0, w, resident=True) for w in ((8, 16) if wide else (2, 4, 8))]
     return [default] + [launch for launch in grid if launch != default]
 
 
@@ -182,7 +187,8 @@ def measure(case: Case, args: argparse.Namespace, device: torch.device) -> list[
         except Exception as exc:  # a launch this GPU cannot take is reported, the others still run
             row.update(status="failed", error=f"{type(exc).__name__}: {str(exc)[:300]}")
         print(
-            f"{case.name:15s} chunk {launch.chunk:5d} warps {launch.num_warps:2d} erf {launch.erf}: "
+            f"{case.name:15s} chunk {launch.chunk:5d} warps {launch.num_warps:2d} erf {launch.erf}"
+            f"{' resident' if launch.resident else ''}: "
             + (f"{row['ms']:.4f} ms, {row['of_copy_bound']:.2f} of the copy bound" if row["status"] == "ok"
                else row["error"]),
             flush=True,

@@ -457,20 +457,22 @@ def test_the_layernorm_and_plain_kernels_quantise_like_the_reference(cols: int, 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
 @pytest.mark.parametrize("cols", [96, 2560, 10240])
 @pytest.mark.parametrize(
-    ("chunk", "num_warps", "erf"), [(2048, 4, 1), (1024, 8, 0), (4096, 16, 1), (512, 2, 0)]
+    ("chunk", "num_warps", "erf", "resident"),
+    [(2048, 4, 1, False), (1024, 8, 0, False), (4096, 16, 1, False), (512, 2, 0, False), (0, 4, 0, True)],
 )
 def test_every_row_launch_quantises_like_the_reference(
-    cols: int, chunk: int, num_warps: int, erf: int
+    cols: int, chunk: int, num_warps: int, erf: int, resident: bool
 ) -> None:
-    """The launches ``row_kernels.py`` times (chunk, warps, erf by libdevice or by the polynomial)
-    compute what the defaults do: the same checks as the kernels' own tests."""
+    """The launches ``row_kernels.py`` times (chunk, warps, erf by libdevice or by the polynomial, the
+    resident row) compute what the defaults do: the same checks as the kernels' own tests."""
     from virnucpro_trt.engines.fp8_quantize import (
         RowLaunch,
         _launch_bias_gelu_rows,
         _launch_quantize_normalised_rows,
+        add_layernorm_rows_reference,
     )
 
-    launch, cuda = RowLaunch(chunk, num_warps, erf), torch.device("cuda", 0)
+    launch, cuda = RowLaunch(chunk, num_warps, erf, resident), torch.device("cuda", 0)
     gen = torch.Generator(device=cuda).manual_seed(cols + chunk)
     x = torch.randn(257, cols, generator=gen, device=cuda) * 2
     x[3] = -x[3].abs() - 0.3  # the exact amax pass of the GELU kernel
@@ -482,6 +484,14 @@ def test_every_row_launch_quantises_like_the_reference(
         (
             _launch_quantize_normalised_rows(x, None, None, weight, bias, 1e-5, launch)[1:],
             quantize_rows_reference(x, LAYERNORM, weight, bias, 1e-5),
+        ),
+        (
+            _launch_quantize_normalised_rows(x, None, None, None, None, 0.0, launch)[1:],
+            quantize_rows_reference(x, IDENTITY),
+        ),
+        (
+            _launch_quantize_normalised_rows(x.float(), x, bias, weight, bias, 1e-5, launch)[1:],
+            add_layernorm_rows_reference(x.float(), x, bias, weight, bias, 1e-5)[1:],
         ),
     ):
         torch.testing.assert_close(scale, want_scale, rtol=2e-5, atol=0)
@@ -524,3 +534,15 @@ def test_gelu_of_the_row_maximum_is_the_amax_above_the_negative_lobe() -> None:
     shortcut = top >= GELU_NEGATIVE_BOUND
     assert shortcut.any() and (~shortcut).any()
     assert torch.equal(top[shortcut], exact[shortcut])
+
+
+def test_row_launch_facts_name_every_mode_and_the_engines_erf() -> None:
+    """What an fp8 build records of its row kernels: every mode by name, erf by the polynomial."""
+    from virnucpro_trt.engines.fp8_quantize import ERF_POLYNOMIAL, ROW_LAUNCH, row_launch_facts
+
+    facts = row_launch_facts()
+    assert set(facts) == {"identity", "layernorm", "bias_gelu"} and len(ROW_LAUNCH) == 3
+    assert facts["bias_gelu"] == {"chunk": 2048, "num_warps": 4, "erf": ERF_POLYNOMIAL, "resident": False}
+    assert all(
+        not f["resident"] and f["erf"] != ERF_POLYNOMIAL for name, f in facts.items() if name != "bias_gelu"
+    )

@@ -230,10 +230,13 @@ class InductorBackend:
         if residual_fp32 is not None:
             facts["residual_fp32"] = residual_fp32
         if precision == "fp8":
+            from virnucpro_trt.engines.fp8_quantize import row_launch_facts  # triton: fp8 builds only
+
             facts["fp8"] = {
                 "fast_accumulation": options.fp8_fast_accum,
                 "fused_quantisation": kind == "esm2",
                 "fold_residual": fold_residual and kind == "esm2",
+                "row_kernels": row_launch_facts() if kind == "esm2" else None,
             }
         return BuiltArtifact(path=out_path, files=[out_path], facts=facts)
 
