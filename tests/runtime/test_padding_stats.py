@@ -28,7 +28,8 @@ def test_padding_is_counted_from_the_batches_the_batcher_made() -> None:
 
 
 class RoundingBackend(FakeBackend):
-    """Runs every batch with the length rounded up to a multiple of 8, as an AOTInductor engine does."""
+    """Runs every batch with the length rounded up to a multiple of 8, as an AOTInductor engine built with
+    ``sequence_multiple=8`` does."""
 
     def computed_shape(self, batch: int, length: int) -> tuple[int, int]:
         return batch, -(-length // 8) * 8
