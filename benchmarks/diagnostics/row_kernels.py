@@ -60,7 +60,7 @@ class Case:
         """Reads and writes a call cannot avoid: the input (and the delta, and the sum written back),
         the e4m3 output and the fp32 scales. The per-column vectors (bias, weight) stay in cache and
         are left out (< 0.01% of a batch's bytes)."""
-        width = torch.empty((), dtype=self.dtype).element_size()
+        width = self.dtype.itemsize
         per_row = self.cols * (width + 1) + 4
         if self.has_delta:
             per_row += self.cols * (2 + width)  # bf16 delta in, the sum (x's dtype) out

@@ -125,10 +125,15 @@ def scale_rows_to_e4m3(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantised, amax / FP8_MAX
 
 
+def next_power_of_two(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for n <= 1): a Triton block that covers n values."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def chunk_size(cols: int, largest: int) -> int:
     """The largest power of two <= ``largest`` that divides ``cols`` (no idle lanes in the last chunk);
     the next power of two >= ``cols`` when that is smaller, for short rows."""
-    pow2 = 1 << max(cols - 1, 0).bit_length()
+    pow2 = next_power_of_two(cols)
     if pow2 <= largest:
         return pow2
     chunk = largest
@@ -153,13 +158,14 @@ if triton is not None:
         q = tl.clamp(y * inv, -_FP8_MAX, _FP8_MAX).to(tl.float8e4nv)
         tl.store(out_ptr + offsets, q, mask=inside)
 
+    _ERF_POLYNOMIAL = tl.constexpr(ERF_POLYNOMIAL)
     _ERF_P = tl.constexpr(ERF_P)
     _C1, _C2, _C3, _C4, _C5 = (tl.constexpr(c) for c in ERF_COEFFS)
 
     @triton.jit
     def _gelu(z, ERF: tl.constexpr):
         u = z * 0.7071067811865476
-        if ERF == 1:  # ERF_POLYNOMIAL: one reciprocal, one exp and five FMAs instead of libdevice's erff
+        if ERF == _ERF_POLYNOMIAL:  # a reciprocal, an exp and five FMAs instead of libdevice's erff
             a = tl.abs(u)
             t = 1.0 / (1.0 + _ERF_P * a)
             poly = t * (_C1 + t * (_C2 + t * (_C3 + t * (_C4 + t * _C5))))
@@ -267,9 +273,6 @@ if triton is not None:
             _e4m3_store(out_ptr, base + start + lanes, inside, y, inv)
         tl.store(scale_ptr + tl.program_id(0), amax / _FP8_MAX)
 
-
-if triton is not None:
-
     @triton.jit
     def _quantize_resident_rows_kernel(
         x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, sum_ptr, out_ptr, scale_ptr, cols, eps,
@@ -356,9 +359,8 @@ def _launch_quantize_normalised_rows(
         bias if bias is not None else rows, total, out, scale, cols, eps,
     )  # fmt: skip
     if launch.resident:
-        block = 1 << max(cols - 1, 0).bit_length()
         wrap_triton(_quantize_resident_rows_kernel)[(rows.shape[0],)](
-            *args, NORM=norm, HAS_DELTA=has_delta, BLOCK=block, num_warps=launch.num_warps
+            *args, NORM=norm, HAS_DELTA=has_delta, BLOCK=next_power_of_two(cols), num_warps=launch.num_warps
         )
     else:
         wrap_triton(_quantize_normalised_rows_kernel)[(rows.shape[0],)](
