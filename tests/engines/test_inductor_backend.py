@@ -418,3 +418,24 @@ def test_cxx_runtime_is_promoted_to_the_global_scope() -> None:
     before, after, name = done.stdout.split()
     assert before == "False", "a bare interpreter already exports libstdc++: this test cannot tell"
     assert after == "True" and "stdc++" in name
+
+
+def test_a_failed_compile_is_reported_with_the_compilers_first_error() -> None:
+    """AOTInductor's C++ compile errors carry the compiler's whole output; the one-line BuildError keeps
+    the first ``error:`` of it (the line that tells an upstream codegen bug from a broken toolchain)."""
+    from virnucpro_trt.engines.inductor_backend import _first_line
+
+    output = (
+        "CppCompileError: C++ compile error\n\nCommand:\ng++ /tmp/x/wrapper.cpp -O3 -o x.so\n\nOutput:\n"
+        "/tmp/x/wrapper.cpp: In member function 'void run_impl()':\n"
+        "/tmp/x/wrapper.cpp:9452:61: error: 'int_array_266' was not declared in this scope\n"
+        "/tmp/x/wrapper.cpp:9460:1: error: something later\n"
+    )
+    line = _first_line(RuntimeError(output))
+    assert line == (
+        "RuntimeError: CppCompileError: C++ compile error "
+        "(first compiler error: 'int_array_266' was not declared in this scope)"
+    )
+    assert _first_line(ValueError("plain\nmore")) == "ValueError: plain"
+    assert _first_line(ValueError("")) == "ValueError: "
+    assert len(_first_line(RuntimeError("x" * 1000 + "\nerror: y"))) == 300

@@ -479,8 +479,7 @@ def test_every_row_launch_quantises_like_the_reference(
     x = x.to(torch.bfloat16)
     bias = (0.1 * torch.randn(cols, generator=gen, device=cuda)).to(torch.bfloat16)
     weight = 1 + 0.1 * torch.randn(cols, generator=gen, device=cuda)
-    for (q, scale), (want_q, want_scale) in (
-        (_launch_bias_gelu_rows(x, bias, launch), quantize_rows_reference(x, BIAS_GELU, bias=bias)),
+    checks = [
         (
             _launch_quantize_normalised_rows(x, None, None, weight, bias, 1e-5, launch)[1:],
             quantize_rows_reference(x, LAYERNORM, weight, bias, 1e-5),
@@ -493,7 +492,15 @@ def test_every_row_launch_quantises_like_the_reference(
             _launch_quantize_normalised_rows(x.float(), x, bias, weight, bias, 1e-5, launch)[1:],
             add_layernorm_rows_reference(x.float(), x, bias, weight, bias, 1e-5)[1:],
         ),
-    ):
+    ]
+    if resident:  # LayerNorm/plain only: the GELU kernel refuses a resident launch
+        with pytest.raises(ValueError, match="no resident form"):
+            _launch_bias_gelu_rows(x, bias, launch)
+    else:
+        checks.append(
+            (_launch_bias_gelu_rows(x, bias, launch), quantize_rows_reference(x, BIAS_GELU, bias=bias))
+        )
+    for (q, scale), (want_q, want_scale) in checks:
         torch.testing.assert_close(scale, want_scale, rtol=2e-5, atol=0)
         assert (q.float() != want_q.float()).float().mean().item() < 1e-3
         assert (q.float() * scale - want_q.float() * want_scale).abs().max() <= 2 * want_scale.max() * 32
@@ -508,6 +515,16 @@ def test_the_polynomial_erf_is_within_its_bound() -> None:
     assert (erf_polynomial(z) - torch.erf(z)).abs().max().item() <= 1.5e-7
     assert torch.equal(erf_polynomial(-z), -erf_polynomial(z))
     assert erf_polynomial(torch.tensor([0.0], dtype=torch.float64)).abs().item() <= 1.5e-7
+
+
+def test_the_gelu_kernel_refuses_a_resident_launch() -> None:
+    """Only the 2560-wide LayerNorm/plain kernel has a resident form; handing one to the GELU launcher is
+    a caller's mistake, refused before anything is launched (so this holds on the CPU too)."""
+    from virnucpro_trt.engines.fp8_quantize import RowLaunch, _launch_bias_gelu_rows
+
+    x, bias = torch.zeros(2, 96, dtype=torch.bfloat16), torch.zeros(96, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="no resident form"):
+        _launch_bias_gelu_rows(x, bias, RowLaunch(0, resident=True))
 
 
 def test_chunks_divide_the_row_where_they_can() -> None:

@@ -318,10 +318,13 @@ def row_launch_facts() -> dict[str, dict[str, Any]]:
 def _launch_bias_gelu_rows(
     x: torch.Tensor, bias: torch.Tensor, launch: RowLaunch | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run :func:`_bias_gelu_rows_kernel` on ``x``'s rows; returns (e4m3, scales)."""
+    """Run :func:`_bias_gelu_rows_kernel` on ``x``'s rows; returns (e4m3, scales). The GELU kernel has
+    no resident form (a 10240-wide row does not fit in registers), so a resident launch is refused."""
     from torch.library import wrap_triton
 
     launch = launch or ROW_LAUNCH[BIAS_GELU]
+    if launch.resident:
+        raise ValueError("the bias+GELU row kernel has no resident form: give it a chunked RowLaunch")
     cols = x.shape[-1]
     rows = x.reshape(-1, cols).contiguous()
     out = torch.empty(rows.shape, device=x.device, dtype=FP8_DTYPE)

@@ -79,8 +79,15 @@ ENGINE_DEVICES = ("cpu", "cuda")
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    """One line for a failed compile: the exception's first line and, where its text carries a C++
+    compiler's output (AOTInductor's ``CppCompileError``), the first ``error:`` the compiler printed,
+    which is what tells an upstream codegen bug from a broken toolchain."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    compiler = next((line for line in lines[1:] if "error:" in line), None)
+    if compiler is not None:
+        text += f" (first compiler error: {compiler.split('error:', 1)[1].strip()})"
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def _triton_version() -> str | None:
