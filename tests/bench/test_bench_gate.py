@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from tests.bench.conftest import bench
 from virnucpro_trt.bench.gate import evaluate_gate
@@ -141,3 +142,35 @@ def test_a_failed_configuration_is_kept_and_fails_the_run(bench_run, monkeypatch
     row = json.loads(out.read_text())["results"][1]
     assert row["status"] == "failed" and row["reason"].startswith("BuildFailed: ")
     assert row["frames_per_s"] is None and row["parity"] is None
+
+
+def test_engines_of_an_older_build_recipe_are_rebuilt_not_measured(bench_run, tmp_path) -> None:
+    """A work folder's engines are reused while they record this version's build recipe; from an older
+    recipe (here: the manifest says 0) they are rebuilt, so a bench never reports an old recipe's speed
+    as this version's. Done on a copy: the shared work folder stays as the other tests expect it."""
+    from virnucpro_trt.engines.onnxruntime_backend import OnnxRuntimeBackend
+
+    workdir = tmp_path / "work"
+    shutil.copytree(bench_run.workdir, workdir)
+    manifest_path = workdir / "engines-onnxruntime-fp32" / "manifest.json"
+    assert (
+        json.loads(manifest_path.read_text())["build"]["recipe_version"] == OnnxRuntimeBackend.recipe_version
+    )
+
+    def engine_source(name: str) -> tuple[str, str]:
+        out = tmp_path / f"{name}.json"
+        result = bench(workdir, "--backends", "onnxruntime", "--reference-frames", "10", "--json", str(out))
+        assert result.code == 0, result.stderr
+        rows = {r["config"]: r for r in json.loads(out.read_text())["results"]}
+        return rows["onnxruntime-fp32"]["engine"]["source"], result.stderr
+
+    source, stderr = engine_source("same")
+    assert source == "reused" and "rebuilding" not in stderr
+    manifest = json.loads(manifest_path.read_text())
+    manifest["build"]["recipe_version"] = 0
+    manifest_path.write_text(json.dumps(manifest))
+    source, stderr = engine_source("older")
+    assert source == "built"
+    assert f"built with build recipe 0, this version's is {OnnxRuntimeBackend.recipe_version}" in stderr
+    rebuilt = json.loads(manifest_path.read_text())["build"]
+    assert rebuilt["recipe_version"] == OnnxRuntimeBackend.recipe_version

@@ -439,3 +439,39 @@ def test_a_failed_compile_is_reported_with_the_compilers_first_error() -> None:
     assert _first_line(ValueError("plain\nmore")) == "ValueError: plain"
     assert _first_line(ValueError("")) == "ValueError: "
     assert len(_first_line(RuntimeError("x" * 1000 + "\nerror: y"))) == 300
+
+
+def test_the_build_recipe_pins_the_build_defaults() -> None:
+    """Every default that shapes an AOTInductor engine, as of build recipe 2. Changing one fails here on
+    purpose: raise ``InductorBackend.recipe_version`` with it (``bench`` then rebuilds the engines of its
+    work folders) and write the new defaults below."""
+    from virnucpro_trt.engines.fp8_quantize import row_launch_facts
+    from virnucpro_trt.engines.inductor_backend import EXTRA_DEFAULTS, InductorBackend
+    from virnucpro_trt.engines.inductor_configs import inductor_configs
+    from virnucpro_trt.engines.spec import BuildOptions
+    from virnucpro_trt.settings import DEFAULT_ATTENTION
+
+    assert InductorBackend.recipe_version == 2
+    assert EXTRA_DEFAULTS == {
+        "sequence_multiple": 1,
+        "min_export_batch": 1,
+        "frozen_rotary": True,
+        "fp8_fold_residual": True,
+    }
+    options = BuildOptions()
+    assert (options.attention, options.fp8_fast_accum, options.max_autotune) == (
+        DEFAULT_ATTENTION,
+        True,
+        False,
+    )
+    assert DEFAULT_ATTENTION == "efficient"
+    assert inductor_configs(torch.device("cuda"), options, {}) == {
+        "max_autotune": False,
+        "coordinate_descent_tuning": True,
+        "aot_inductor.metadata": {},
+    }
+    assert row_launch_facts() == {
+        "bias_gelu": {"chunk": 2048, "num_warps": 4, "erf": ERF_POLYNOMIAL, "resident": False},
+        "layernorm": {"chunk": 1024, "num_warps": 4, "erf": 0, "resident": False},
+        "identity": {"chunk": 1024, "num_warps": 4, "erf": 0, "resident": False},
+    }

@@ -10,7 +10,8 @@
 * one configuration per engine backend (``onnxruntime``, ``inductor``, ``tensorrt``), built on the fly by
   the real build code (:func:`virnucpro_trt.engines.build.build_engines`, parity gate included; in a child
   process, see :mod:`.build_worker`) into ``WORKDIR/engines-<backend>-<precision>`` and reused there
-  while its manifest matches, or taken from an ``--engines`` directory.
+  while its manifest matches and records this version's build recipe (else rebuilt: a bench's figures
+  are the current recipe's), or taken from an ``--engines`` directory as it is.
 
 Every configuration is opened by ``predict``'s own code (:func:`virnucpro_trt.pipeline.encoders.open_models`)
 and runs ``predict``'s own path (:mod:`virnucpro_trt.runtime.frame_path`); the reference differs only in
@@ -297,7 +298,10 @@ def _build_if_needed(spec: ConfigSpec, ctx: OpenContext, folder: Path, exists: b
     if exists:
         try:
             check_engine_set(folder, ctx.device, ctx.models.specs())
-            return
+            stale = _stale_recipe(folder, spec.backend)
+            if stale is None:
+                return
+            log.warning("rebuilding %s engines in %s: %s", spec.name, folder, stale)
         except EngineMismatchError as exc:
             log.warning("rebuilding %s engines in %s: %s", spec.name, folder, _one_line(exc))
     log.info("building %s engines in %s (in a child process)", spec.name, folder)
@@ -306,6 +310,20 @@ def _build_if_needed(spec: ConfigSpec, ctx: OpenContext, folder: Path, exists: b
         spec.backend, spec.precision, str(ctx.device), ctx.batch_tokens,
     )  # fmt: skip
     build_in_child(settings)
+
+
+def _stale_recipe(folder: Path, backend_name: str) -> str | None:
+    """Why the engines bench built earlier in ``folder`` are not what this version builds (None: they
+    are): their build recipe (``EngineBackend.recipe_version``) is older or newer, or not recorded."""
+    from virnucpro_trt.engines.manifest import EngineManifest
+    from virnucpro_trt.engines.registry import get_backend
+
+    recorded = EngineManifest.read(folder).build.get("recipe_version")
+    current = get_backend(backend_name).recipe_version
+    if recorded == current:
+        return None
+    was = "no recorded build recipe" if recorded is None else f"build recipe {recorded}"
+    return f"built with {was}, this version's is {current}"
 
 
 def _manifest_text(path: Path) -> str | None:

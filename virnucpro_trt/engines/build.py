@@ -159,6 +159,7 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
             "time": now_iso(),
             "seconds": round(time.perf_counter() - started, 1),
             "backend_choice": reason,
+            "recipe_version": backend.recipe_version,
             "max_batch_tokens": budget,
             "hardware_compatible": settings.hardware_compatible,
             "attention": settings.attention,

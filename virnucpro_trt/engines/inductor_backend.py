@@ -76,6 +76,17 @@ from virnucpro_trt.runtime.embedding import EmbeddingBackend
 
 DEFAULT_SEQUENCE_MULTIPLE = 1  # pad tokens cost more than an unaligned attention bias (module docstring)
 ENGINE_DEVICES = ("cpu", "cuda")
+# What a build does with each ``BuildOptions.extra`` key nobody set (module docstring: why each).
+EXTRA_DEFAULTS: dict[str, Any] = {
+    "sequence_multiple": DEFAULT_SEQUENCE_MULTIPLE,
+    "min_export_batch": 1,
+    "frozen_rotary": True,
+    "fp8_fold_residual": True,
+}
+
+
+def _extra(options: Any, key: str) -> Any:
+    return options.extra.get(key, EXTRA_DEFAULTS[key])
 
 
 def _first_line(exc: BaseException) -> str:
@@ -127,6 +138,8 @@ class InductorBackend:
 
     name = "inductor"
     extension = "pt2"
+    # 2: sequence multiple 1, frozen rotary tables, fp8 folded residual and polynomial erf (2026-12).
+    recipe_version = 2
 
     def availability(self, device: torch.device, precision: str) -> str | None:
         if precision not in DTYPES:
@@ -163,15 +176,15 @@ class InductorBackend:
         device, options = request.device, request.options
         if (reason := self.availability(device, precision)) is not None:
             raise BuildError(reason)
-        multiple = int(options.extra.get("sequence_multiple", DEFAULT_SEQUENCE_MULTIPLE))
+        multiple = int(_extra(options, "sequence_multiple"))
         if multiple < 1:
             raise BuildError(f"sequence_multiple must be >= 1, got {multiple}")
-        requested = GraphShapes.plan(shapes, multiple, int(options.extra.get("min_export_batch", 1)))
+        requested = GraphShapes.plan(shapes, multiple, int(_extra(options, "min_export_batch")))
         hint = requested.hint(shapes)
 
         started = time.perf_counter()
         engine_model = device_copy(request.model, device, DTYPES[precision])
-        fold_residual = bool(options.extra.get("fp8_fold_residual", True))
+        fold_residual = bool(_extra(options, "fp8_fold_residual"))
         if precision == "fp8" and _fp8_linears(engine_model, options.fp8_fast_accum, fold_residual) == 0:
             raise BuildError(
                 f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"
@@ -180,7 +193,7 @@ class InductorBackend:
             engine_model.residual_fp32 = bool(options.extra["residual_fp32"])  # ESM-2's residual stream
         residual_fp32 = getattr(engine_model, "residual_fp32", None)
         frozen = 0
-        if options.extra.get("frozen_rotary", True):
+        if _extra(options, "frozen_rotary"):
             frozen = freeze_position_tables(engine_model, requested.max_length)
         inputs = tuple(t.to(device) for t in tile_example(request.example, *hint))
         prepared = time.perf_counter()

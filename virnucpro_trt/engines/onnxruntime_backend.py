@@ -66,6 +66,7 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
     extension = "onnx"
+    recipe_version = 1
 
     def __init__(self, provider: str | None = None):
         self.provider = provider

@@ -154,6 +154,7 @@ class TensorRTBackend:
 
     name = "tensorrt"
     extension = "plan"
+    recipe_version = 1
 
     def availability(self, device: torch.device, precision: str) -> str | None:
         if precision == "fp8":
