@@ -15,12 +15,15 @@ of each variant is profiled and its CUDA time split into kernel categories.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import dataclasses
 import json
 import re
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +38,11 @@ from virnucpro_trt.bench.workload import frame_sequences
 from virnucpro_trt.engines.fp8_quantize import (
     BIAS_GELU,
     LAYERNORM,
+    MODE_NAMES,
     MODES,
+    ROW_LAUNCH,
     TRITON_MODES,
+    RowLaunch,
     residual_sum,
     scale_rows_to_e4m3,
 )
@@ -72,6 +78,7 @@ class Variant:
     gemm_bias: bool = False  # fp8-fused: qkv's and fc2's biases in the GEMM epilogue
     fold_residual: bool = False  # fp8-fused: fc2's residual add inside the next layer's LayerNorm kernel
     inductor: tuple[tuple[str, Any], ...] = ()
+    row_launch: bool = False  # fp8-fused: the row kernels launched as --row-launch says
 
 
 VARIANTS = {
@@ -96,7 +103,8 @@ VARIANTS = {
         "fp8-fused", fast_accum=True, engine_shapes=True, inductor=(("assume_32bit_indexing", True),)
     ),
     "fp8-fused-dynamic-bias": Variant("fp8-fused", fast_accum=True, engine_shapes=True, gemm_bias=True),
-    "fp8-fused-fold": Variant("fp8-fused", fast_accum=True, fold_residual=True),
+    "fp8-fused-fold": Variant("fp8-fused", fast_accum=True, fold_residual=True),  # the engines' layers
+    "fp8-fused-fold-launch": Variant("fp8-fused", fast_accum=True, fold_residual=True, row_launch=True),
     "bf16-dynamic": Variant("bf16", engine_shapes=True),
     "bf16-dynamic-i32": Variant("bf16", engine_shapes=True, inductor=(("assume_32bit_indexing", True),)),
 }
@@ -227,6 +235,30 @@ def build_variant(
     return model
 
 
+def parse_row_launch(text: str) -> tuple[int, RowLaunch]:
+    """``MODE=CHUNK,WARPS[,ROWS]`` (MODE layernorm or identity) as (mode, launch)."""
+    modes = {name: mode for mode, name in MODE_NAMES.items()}
+    name, _, spec = text.partition("=")
+    try:
+        chunk, warps, *rows = (int(part) for part in spec.split(","))
+        return modes[name], dataclasses.replace(ROW_LAUNCH[modes[name]], chunk=chunk, num_warps=warps,
+                                                rows=rows[0] if rows else 1)  # fmt: skip
+    except (KeyError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MODE=CHUNK,WARPS[,ROWS]") from exc
+
+
+@contextlib.contextmanager
+def row_launches(launches: dict[int, RowLaunch]) -> Iterator[None]:
+    """The engines' :data:`ROW_LAUNCH` with ``launches`` in place, while a variant traces and runs."""
+    saved = dict(ROW_LAUNCH)
+    ROW_LAUNCH.update(launches)
+    try:
+        yield
+    finally:
+        ROW_LAUNCH.clear()
+        ROW_LAUNCH.update(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="bf16,bf16-cudnn,bf16-res16,fp8,fp8-fast,fp8-fast-res16")
@@ -239,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny random model (CPU smoke run)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--row-launch", type=parse_row_launch, action="append", default=[],
+                        help="MODE=CHUNK,WARPS[,ROWS] for the fp8-fused-fold-launch variant")  # fmt: skip
     args = parser.parse_args(argv)
+    if any(VARIANTS[n].row_launch for n in args.variants.split(",") if n in VARIANTS) and not args.row_launch:
+        parser.error("the fp8-fused-fold-launch variant needs --row-launch MODE=CHUNK,WARPS[,ROWS]")
     device = torch.device(args.device)
     config = TINY_ESM2_CONFIG if args.tiny else ESM2_T36_3B_CONFIG
     tokenizer = ProteinTokenizer()
@@ -269,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             "kernel_modes": sorted(variant.kernel_modes),
             "inductor": dict(variant.inductor),
         }
+        launches = dict(args.row_launch) if variant.row_launch else {}
+        if variant.row_launch:
+            row["row_launches"] = {MODE_NAMES[m]: dataclasses.asdict(lau) for m, lau in launches.items()}
         gate_precision = "bf16" if variant.precision == "bf16" else "fp8"
         try:
             torch._dynamo.reset()  # each variant traces anew (the attention choice is made while tracing)
@@ -277,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             runner = TorchBackend(model, config.embed_dim, tokenizer.pad_id, device, torch.bfloat16,
                                   attention=variant.attention)  # fmt: skip
             inductor = torch._inductor.config.patch(dict(variant.inductor))  # compiles on first use
-            with inductor:
+            with inductor, row_launches(launches):
                 result = measure(
                     lambda _, runner=runner: embed_sequences(runner, tokens, budget), args.repeats, device
                 )
@@ -290,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 parity=compare(expected, result.results[-1][:ref_n], gate_precision).to_json(),
             )
             if args.profile:
-                with inductor:
+                with inductor, row_launches(launches):
                     row["profile"] = kernel_breakdown(runner, profile_batch(tokens, budget, tokenizer.pad_id))
             del runner, model
         except Exception as exc:  # a failing variant is reported, the others still run

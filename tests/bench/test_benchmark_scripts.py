@@ -209,6 +209,27 @@ def test_esm2_variants_names_known_precisions() -> None:
     assert not variants.VARIANTS["fp8-fused"].layernorm_bf16
 
 
+def test_esm2_variants_row_launches_replace_the_engines_only_while_a_variant_runs() -> None:
+    """``--row-launch layernorm=512,4,4`` is the LayerNorm kernel at chunk 512, 4 warps, 4 rows per
+    program; the engines' launches come back after the variant, even when it fails."""
+    from virnucpro_trt.engines import fp8_quantize as fq
+
+    variants = _script("diagnostics/esm2_variants")
+    mode, launch = variants.parse_row_launch("layernorm=512,4,4")
+    assert (mode, launch) == (fq.LAYERNORM, fq.RowLaunch(512, 4, rows=4))
+    assert variants.parse_row_launch("identity=256,2")[1] == fq.RowLaunch(256, 2)
+    for bad in ("layernorm=512", "gelu=512,4", "layernorm=a,b"):
+        with pytest.raises(argparse.ArgumentTypeError, match="MODE=CHUNK,WARPS"):
+            variants.parse_row_launch(bad)
+    saved = dict(fq.ROW_LAUNCH)
+    with pytest.raises(RuntimeError), variants.row_launches({mode: launch}):
+        assert fq.ROW_LAUNCH[fq.LAYERNORM] == launch and fq.ROW_LAUNCH[fq.IDENTITY] == saved[fq.IDENTITY]
+        raise RuntimeError("the variant failed")
+    assert saved == fq.ROW_LAUNCH
+    with pytest.raises(SystemExit):  # the launch variant without a launch to try
+        variants.main(["--variants", "fp8-fused-fold-launch", "--tiny", "--device", "cpu"])
+
+
 @needs_cpu_fp8
 def test_esm2_variants_bf16_layernorm_candidate_quantises_the_norms_output() -> None:
     """The script's fp8 variants run on a GPU only; what its candidate layer computes is checked here."""
@@ -361,6 +382,9 @@ def test_row_kernels_grid_reasons_and_comparison(tmp_path: Path, monkeypatch: py
     assert gelu[0]["bytes"] == 32760 * (10240 * 3 + 4)
     added = next(r for r in rows if r["case"] == "add_layernorm")
     assert added["bytes"] == 32760 * (2560 * (4 + 1 + 2 + 4) + 4)
+    tiled = {r["case"] for r in rows if r["rows"] > 1}  # several rows per program: 2560-wide kernels
+    assert tiled == {"layernorm", "add_layernorm", "identity"}
+    assert all(r["rows"] == 1 for r in rows if r["resident"] or r["case"].endswith("10240"))
 
     monkeypatch.setattr(script, "unavailable_reason", lambda device: None)
     monkeypatch.setattr(script, "kernel_call", lambda case, t, launch: lambda: script.reference(case, t))
