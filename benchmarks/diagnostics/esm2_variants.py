@@ -236,15 +236,14 @@ def build_variant(
 
 
 def parse_row_launch(text: str) -> tuple[int, RowLaunch]:
-    """``MODE=CHUNK,WARPS[,ROWS]`` (MODE layernorm or identity) as (mode, launch)."""
+    """``MODE=CHUNK,WARPS`` (MODE layernorm, identity or bias_gelu) as (mode, launch)."""
     modes = {name: mode for mode, name in MODE_NAMES.items()}
     name, _, spec = text.partition("=")
     try:
-        chunk, warps, *rows = (int(part) for part in spec.split(","))
-        return modes[name], dataclasses.replace(ROW_LAUNCH[modes[name]], chunk=chunk, num_warps=warps,
-                                                rows=rows[0] if rows else 1)  # fmt: skip
+        chunk, warps = (int(part) for part in spec.split(","))
+        return modes[name], dataclasses.replace(ROW_LAUNCH[modes[name]], chunk=chunk, num_warps=warps)
     except (KeyError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected MODE=CHUNK,WARPS[,ROWS]") from exc
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MODE=CHUNK,WARPS") from exc
 
 
 @contextlib.contextmanager
@@ -272,10 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--row-launch", type=parse_row_launch, action="append", default=[],
-                        help="MODE=CHUNK,WARPS[,ROWS] for the fp8-fused-fold-launch variant")  # fmt: skip
+                        help="MODE=CHUNK,WARPS for the fp8-fused-fold-launch variant")  # fmt: skip
     args = parser.parse_args(argv)
     if any(VARIANTS[n].row_launch for n in args.variants.split(",") if n in VARIANTS) and not args.row_launch:
-        parser.error("the fp8-fused-fold-launch variant needs --row-launch MODE=CHUNK,WARPS[,ROWS]")
+        parser.error("the fp8-fused-fold-launch variant needs --row-launch MODE=CHUNK,WARPS")
     device = torch.device(args.device)
     config = TINY_ESM2_CONFIG if args.tiny else ESM2_T36_3B_CONFIG
     tokenizer = ProteinTokenizer()

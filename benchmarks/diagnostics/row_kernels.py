@@ -18,8 +18,7 @@ reference (share of e4m3 codes that differ, largest dequantised difference in un
 * ``identity`` — the attention output [rows, 2560] bf16, quantised (out-proj's input).
 
 The LayerNorm/plain kernel is also timed with the whole row held in registers (``resident``: one read
-instead of chunked passes that re-read the row from cache), and with several rows per program
-(``rows``: [rows, chunk] tiles, one reduction's synchronisation shared by the rows).
+instead of chunked passes that re-read the row from cache).
 
 Each figure is the median of ``--iters`` calls (CUDA events) after ``--warmup`` calls. Without CUDA and
 triton every row is reported with the reason (the CPU test runs that way).
@@ -79,8 +78,7 @@ CASES = (
 
 def launches(case: Case) -> list[RowLaunch]:
     """The engines' launch first, then the grid: chunks that divide the row, 4-16 warps (1-8 for the
-    2560-wide rows), for the GELU kernel both ways of computing erf, for the others the resident row and
-    (2560-wide) 2-8 rows per program."""
+    2560-wide rows), for the GELU kernel both ways of computing erf, for the others the resident row."""
     default = ROW_LAUNCH[case.mode]
     wide = case.cols >= 8192
     chunks = (1024, 2048) if wide else (256, 512)
@@ -89,8 +87,6 @@ def launches(case: Case) -> list[RowLaunch]:
     grid = [RowLaunch(c, w, e) for e in erfs for c in chunks for w in warps]
     if case.mode != fq.BIAS_GELU:  # the row held in registers: one read (chunk unused, 0)
         grid += [RowLaunch(0, w, resident=True) for w in ((8, 16) if wide else (2, 4, 8))]
-    if case.mode != fq.BIAS_GELU and not wide:  # several rows per program, in [rows, chunk] tiles
-        grid += [RowLaunch(c, w, rows=r) for r in (2, 4, 8) for c in (128, 512) for w in (2, 4, 8)]
     return [default] + [launch for launch in grid if launch != default]
 
 
@@ -195,7 +191,7 @@ def measure(case: Case, args: argparse.Namespace, device: torch.device) -> list[
             row.update(status="failed", error=f"{type(exc).__name__}: {str(exc)[:300]}")
         print(
             f"{case.name:15s} chunk {launch.chunk:5d} warps {launch.num_warps:2d} erf {launch.erf}"
-            f"{' resident' if launch.resident else ''}{f' rows {launch.rows}' if launch.rows > 1 else ''}: "
+            f"{' resident' if launch.resident else ''}: "
             + (f"{row['ms']:.4f} ms, {row['of_copy_bound']:.2f} of the copy bound" if row["status"] == "ok"
                else row["error"]),
             flush=True,

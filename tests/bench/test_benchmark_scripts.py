@@ -210,15 +210,16 @@ def test_esm2_variants_names_known_precisions() -> None:
 
 
 def test_esm2_variants_row_launches_replace_the_engines_only_while_a_variant_runs() -> None:
-    """``--row-launch layernorm=512,4,4`` is the LayerNorm kernel at chunk 512, 4 warps, 4 rows per
-    program; the engines' launches come back after the variant, even when it fails."""
+    """``--row-launch layernorm=512,2`` is the LayerNorm kernel at chunk 512 with 2 warps (the GELU
+    kernel keeps its erf); the engines' launches come back after the variant, even when it fails."""
     from virnucpro_trt.engines import fp8_quantize as fq
 
     variants = _script("diagnostics/esm2_variants")
-    mode, launch = variants.parse_row_launch("layernorm=512,4,4")
-    assert (mode, launch) == (fq.LAYERNORM, fq.RowLaunch(512, 4, rows=4))
-    assert variants.parse_row_launch("identity=256,2")[1] == fq.RowLaunch(256, 2)
-    for bad in ("layernorm=512", "gelu=512,4", "layernorm=a,b"):
+    mode, launch = variants.parse_row_launch("layernorm=512,2")
+    assert (mode, launch) == (fq.LAYERNORM, fq.RowLaunch(512, 2))
+    gelu = variants.parse_row_launch("bias_gelu=1024,8")[1]
+    assert gelu == fq.RowLaunch(1024, 8, erf=fq.ROW_LAUNCH[fq.BIAS_GELU].erf)
+    for bad in ("layernorm=512", "gelu=512,4", "layernorm=a,b", "identity=512,4,4"):
         with pytest.raises(argparse.ArgumentTypeError, match="MODE=CHUNK,WARPS"):
             variants.parse_row_launch(bad)
     saved = dict(fq.ROW_LAUNCH)
@@ -382,9 +383,6 @@ def test_row_kernels_grid_reasons_and_comparison(tmp_path: Path, monkeypatch: py
     assert gelu[0]["bytes"] == 32760 * (10240 * 3 + 4)
     added = next(r for r in rows if r["case"] == "add_layernorm")
     assert added["bytes"] == 32760 * (2560 * (4 + 1 + 2 + 4) + 4)
-    tiled = {r["case"] for r in rows if r["rows"] > 1}  # several rows per program: 2560-wide kernels
-    assert tiled == {"layernorm", "add_layernorm", "identity"}
-    assert all(r["rows"] == 1 for r in rows if r["resident"] or r["case"].endswith("10240"))
 
     monkeypatch.setattr(script, "unavailable_reason", lambda device: None)
     monkeypatch.setattr(script, "kernel_call", lambda case, t, launch: lambda: script.reference(case, t))

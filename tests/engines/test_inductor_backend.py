@@ -471,7 +471,7 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
         "aot_inductor.metadata": {},
     }
     assert row_launch_facts() == {
-        "bias_gelu": {"chunk": 2048, "num_warps": 4, "erf": ERF_POLYNOMIAL, "resident": False, "rows": 1},
-        "layernorm": {"chunk": 1024, "num_warps": 4, "erf": 0, "resident": False, "rows": 1},
-        "identity": {"chunk": 1024, "num_warps": 4, "erf": 0, "resident": False, "rows": 1},
+        "bias_gelu": {"chunk": 2048, "num_warps": 4, "erf": ERF_POLYNOMIAL, "resident": False},
+        "layernorm": {"chunk": 1024, "num_warps": 4, "erf": 0, "resident": False},
+        "identity": {"chunk": 1024, "num_warps": 4, "erf": 0, "resident": False},
     }

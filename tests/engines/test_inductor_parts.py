@@ -457,18 +457,14 @@ def test_the_layernorm_and_plain_kernels_quantise_like_the_reference(cols: int, 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
 @pytest.mark.parametrize("cols", [96, 2560, 10240])
 @pytest.mark.parametrize(
-    ("chunk", "num_warps", "erf", "resident", "rows"),
-    [
-        (2048, 4, 1, False, 1), (1024, 8, 0, False, 1), (4096, 16, 1, False, 1), (512, 2, 0, False, 1),
-        (0, 4, 0, True, 1), (512, 4, 0, False, 4), (128, 2, 0, False, 8),
-    ],
-)  # fmt: skip
+    ("chunk", "num_warps", "erf", "resident"),
+    [(2048, 4, 1, False), (1024, 8, 0, False), (4096, 16, 1, False), (512, 2, 0, False), (0, 4, 0, True)],
+)
 def test_every_row_launch_quantises_like_the_reference(
-    cols: int, chunk: int, num_warps: int, erf: int, resident: bool, rows: int
+    cols: int, chunk: int, num_warps: int, erf: int, resident: bool
 ) -> None:
     """The launches ``row_kernels.py`` times (chunk, warps, erf by libdevice or by the polynomial, the
-    resident row, several rows per program; 257 rows leave the last tile part-empty) compute what the
-    defaults do: the same checks as the kernels' own tests."""
+    resident row) compute what the defaults do: the same checks as the kernels' own tests."""
     from virnucpro_trt.engines.fp8_quantize import (
         RowLaunch,
         _launch_bias_gelu_rows,
@@ -476,7 +472,7 @@ def test_every_row_launch_quantises_like_the_reference(
         add_layernorm_rows_reference,
     )
 
-    launch, cuda = RowLaunch(chunk, num_warps, erf, resident, rows), torch.device("cuda", 0)
+    launch, cuda = RowLaunch(chunk, num_warps, erf, resident), torch.device("cuda", 0)
     gen = torch.Generator(device=cuda).manual_seed(cols + chunk)
     x = torch.randn(257, cols, generator=gen, device=cuda) * 2
     x[3] = -x[3].abs() - 0.3  # the exact amax pass of the GELU kernel
@@ -497,8 +493,8 @@ def test_every_row_launch_quantises_like_the_reference(
             add_layernorm_rows_reference(x.float(), x, bias, weight, bias, 1e-5)[1:],
         ),
     ]
-    if resident or rows > 1:  # LayerNorm/plain only: the GELU kernel refuses these launches
-        with pytest.raises(ValueError, match="no resident or tiled form"):
+    if resident:  # LayerNorm/plain only: the GELU kernel refuses a resident launch
+        with pytest.raises(ValueError, match="no resident form"):
             _launch_bias_gelu_rows(x, bias, launch)
     else:
         checks.append(
@@ -521,15 +517,14 @@ def test_the_polynomial_erf_is_within_its_bound() -> None:
     assert erf_polynomial(torch.tensor([0.0], dtype=torch.float64)).abs().item() <= 1.5e-7
 
 
-@pytest.mark.parametrize("launch", [{"chunk": 0, "resident": True}, {"chunk": 512, "rows": 4}])
-def test_the_gelu_kernel_refuses_a_resident_or_tiled_launch(launch: dict) -> None:
-    """Only the LayerNorm/plain kernel has resident and tiled forms; handing one to the GELU launcher is
+def test_the_gelu_kernel_refuses_a_resident_launch() -> None:
+    """Only the 2560-wide LayerNorm/plain kernel has a resident form; handing one to the GELU launcher is
     a caller's mistake, refused before anything is launched (so this holds on the CPU too)."""
     from virnucpro_trt.engines.fp8_quantize import RowLaunch, _launch_bias_gelu_rows
 
     x, bias = torch.zeros(2, 96, dtype=torch.bfloat16), torch.zeros(96, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="no resident or tiled form"):
-        _launch_bias_gelu_rows(x, bias, RowLaunch(**launch))
+    with pytest.raises(ValueError, match="no resident form"):
+        _launch_bias_gelu_rows(x, bias, RowLaunch(0, resident=True))
 
 
 def test_chunks_divide_the_row_where_they_can() -> None:
@@ -564,9 +559,7 @@ def test_row_launch_facts_name_every_mode_and_the_engines_erf() -> None:
 
     facts = row_launch_facts()
     assert set(facts) == {"identity", "layernorm", "bias_gelu"} and len(ROW_LAUNCH) == 3
-    assert facts["bias_gelu"] == {
-        "chunk": 2048, "num_warps": 4, "erf": ERF_POLYNOMIAL, "resident": False, "rows": 1,
-    }  # fmt: skip
+    assert facts["bias_gelu"] == {"chunk": 2048, "num_warps": 4, "erf": ERF_POLYNOMIAL, "resident": False}
     assert all(
         not f["resident"] and f["erf"] != ERF_POLYNOMIAL for name, f in facts.items() if name != "bias_gelu"
     )

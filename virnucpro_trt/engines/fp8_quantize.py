@@ -62,7 +62,6 @@ class RowLaunch:
     num_warps: int = 4
     erf: int = ERF_LIBDEVICE
     resident: bool = False  # LayerNorm/plain: the whole row in registers, read once (chunk unused)
-    rows: int = 1  # LayerNorm/plain: rows per program, in [rows, chunk] tiles (a power of two)
 
 
 def quantize_rows_reference(
@@ -275,56 +274,6 @@ if triton is not None:
         tl.store(scale_ptr + tl.program_id(0), amax / _FP8_MAX)
 
     @triton.jit
-    def _quantize_row_tiles_kernel(
-        x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, sum_ptr, out_ptr, scale_ptr, n_rows, cols, eps,
-        NORM: tl.constexpr, HAS_DELTA: tl.constexpr, CHUNK: tl.constexpr, ROWS: tl.constexpr,
-    ):  # fmt: skip
-        """:func:`_quantize_normalised_rows_kernel` on ``ROWS`` rows per program: [ROWS, CHUNK] tiles,
-        every reduction along the row axis, so that one reduction's synchronisation serves ROWS rows."""
-        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        live = row < n_rows
-        base = row.to(tl.int64)[:, None] * cols
-        lanes = tl.arange(0, CHUNK)[None, :]
-        mean = tl.zeros([ROWS], dtype=tl.float32)
-        rstd = tl.full([ROWS], 1.0, dtype=tl.float32)
-        if NORM:  # Chan's merge of the chunks' means and squared deviations, per row
-            count = 0.0
-            m2 = tl.zeros([ROWS], dtype=tl.float32)
-            for start in range(0, cols, CHUNK):
-                inside = (start + lanes < cols) & live[:, None]
-                x = _row_chunk(x_ptr, d_ptr, db_ptr, base, start, lanes, inside, HAS_DELTA)
-                if HAS_DELTA:
-                    tl.store(sum_ptr + base + start + lanes, x.to(sum_ptr.dtype.element_ty), mask=inside)
-                n = tl.minimum(cols - start, CHUNK).to(tl.float32)
-                chunk_mean = tl.sum(x, axis=1) / n
-                dev = tl.where(inside, x - chunk_mean[:, None], 0.0)
-                chunk_m2 = tl.sum(dev * dev, axis=1)
-                total = count + n
-                step = chunk_mean - mean
-                mean = mean + step * (n / total)
-                m2 = m2 + chunk_m2 + step * step * (count * n / total)
-                count = total
-            rstd = 1.0 / tl.sqrt((m2 / count + eps).to(tl.float32))
-        peak = tl.zeros([ROWS, CHUNK], dtype=tl.float32)
-        for start in range(0, cols, CHUNK):
-            inside = (start + lanes < cols) & live[:, None]
-            y = _normalised_chunk(
-                x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, base, start, lanes, inside, mean[:, None],
-                rstd[:, None], NORM, HAS_DELTA,
-            )  # fmt: skip
-            peak = tl.maximum(peak, tl.where(inside, tl.abs(y), 0.0))
-        amax = tl.maximum(tl.max(peak, axis=1), _AMAX_FLOOR)
-        inv = _FP8_MAX / amax[:, None]
-        for start in range(0, cols, CHUNK):
-            inside = (start + lanes < cols) & live[:, None]
-            y = _normalised_chunk(
-                x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, base, start, lanes, inside, mean[:, None],
-                rstd[:, None], NORM, HAS_DELTA,
-            )  # fmt: skip
-            _e4m3_store(out_ptr, base + start + lanes, inside, y, inv)
-        tl.store(scale_ptr + row, amax / _FP8_MAX, mask=live)
-
-    @triton.jit
     def _quantize_resident_rows_kernel(
         x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, sum_ptr, out_ptr, scale_ptr, cols, eps,
         NORM: tl.constexpr, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr,
@@ -374,8 +323,8 @@ def _launch_bias_gelu_rows(
     from torch.library import wrap_triton
 
     launch = launch or ROW_LAUNCH[BIAS_GELU]
-    if launch.resident or launch.rows > 1:
-        raise ValueError("the bias+GELU row kernel has no resident or tiled form: launch it chunked")
+    if launch.resident:
+        raise ValueError("the bias+GELU row kernel has no resident form: give it a chunked RowLaunch")
     cols = x.shape[-1]
     rows = x.reshape(-1, cols).contiguous()
     out = torch.empty(rows.shape, device=x.device, dtype=FP8_DTYPE)
@@ -412,13 +361,7 @@ def _launch_quantize_normalised_rows(
         rows, d, delta_bias if delta_bias is not None else rows, weight if norm else rows,
         bias if bias is not None else rows, total, out, scale, cols, eps,
     )  # fmt: skip
-    if launch.rows > 1:
-        n_rows = rows.shape[0]
-        wrap_triton(_quantize_row_tiles_kernel)[((n_rows + launch.rows - 1) // launch.rows,)](
-            *args[:8], n_rows, cols, eps, NORM=norm, HAS_DELTA=has_delta,
-            CHUNK=chunk_size(cols, launch.chunk), ROWS=launch.rows, num_warps=launch.num_warps,
-        )  # fmt: skip
-    elif launch.resident:
+    if launch.resident:
         wrap_triton(_quantize_resident_rows_kernel)[(rows.shape[0],)](
             *args, NORM=norm, HAS_DELTA=has_delta, BLOCK=next_power_of_two(cols), num_warps=launch.num_warps
         )
