@@ -209,6 +209,8 @@ class EmbedSettings:
     rebuild: bool = False
     # esm2: embed records made only of nucleotide letters as protein instead of refusing the input
     allow_nucleotide_letters: bool = False
+    # replace a file at the output path that virnucpro-trt did not write (files/ownership.py)
+    force: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 import lzma
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.cli.helpers import run_cli
 from virnucpro_trt import __version__
+from virnucpro_trt.models.classifier import (
+    ClassifierWeights,
+    load_classifier_weights,
+    save_classifier_safetensors,
+)
+from virnucpro_trt.models.random_checkpoints import TINY_DNABERT_CONFIG, TINY_ESM2_CONFIG
+from virnucpro_trt.models.random_classifier import random_upstream_classifier, save_as_upstream_pickle
+from virnucpro_trt.pipeline import predict as predict_module
+from virnucpro_trt.sequences.synthetic import generate_reads
 
 GOOD = ">a\nACGTACGTAAACCCGGGTTT\n>b\nTTTTGGGGCCCCAAAA\n"
 
@@ -154,3 +165,136 @@ def test_log_file_gets_debug_details(tmp_path):
     assert result.code == 0
     assert "virnucpro-trt" in log.read_text()
     assert Path(tmp_path / "o" / "identified_protein.faa").exists()
+
+
+# --- hostile model files: exit 2 (exit 1 for NaN scores), one line, before any result exists ---
+
+
+@pytest.fixture(scope="module")
+def coding_reads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Reads with stop-free frames and nothing to warn about: stderr holds only what the run says."""
+    path = tmp_path_factory.mktemp("coding") / "coding.fa"
+    path.write_text(
+        "".join(
+            f">c{i}\n{seq}\n"
+            for i, (_, seq) in enumerate(generate_reads(6, 300, seed=3, coding_fraction=1.0))
+        )
+    )
+    return path
+
+
+def _only_line(result, code: int, needle: str) -> None:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.code == code and len(lines) == 1, (result.code, result.stderr)
+    assert needle in lines[0] and "unexpected failure" not in lines[0], lines[0]
+
+
+def _edit_pickled(model, edit: str) -> None:
+    if edit == "nan_weight":
+        with torch.no_grad():
+            model.hidden_layer.weight[0, 0] = float("nan")
+    elif edit == "inf_bias":
+        with torch.no_grad():
+            model.output_layer.bias[1] = float("inf")
+    elif edit == "zero_stride":
+        huge = torch.zeros(1, 1).expand(10**9, model.hidden_layer.in_features)
+        model.hidden_layer.weight = torch.nn.Parameter(huge, requires_grad=False)
+    else:  # eps_<value>
+        model.bn1.eps = {
+            "eps_abc": "abc",
+            "eps_tuple": (1e-5,),
+            "eps_negative": -1.0,
+            "eps_nan": float("nan"),
+        }[edit]
+
+
+HOSTILE_CLASSIFIERS = {
+    "nan_weight": "'hidden_layer.weight' holds 1 NaN/Inf",
+    "inf_bias": "'output_layer.bias' holds 1 NaN/Inf",
+    "zero_stride": "a tensor of size (1000000000, 128) shows more elements than its storage of 1 holds",
+    "eps_abc": "bn1.eps is 'abc'",
+    "eps_tuple": "bn1.eps is a value of type tuple",
+    "eps_negative": "bn1.eps is -1.0",
+    "eps_nan": "bn1.eps is nan",
+    "safetensors_nan": "'bn1.running_mean' holds 1 NaN/Inf",
+    "safetensors_eps_nan": "metadata bn_eps is 'nan'",
+}
+
+
+def _hostile_classifier(tiny_set, case: str, folder: Path) -> Path:
+    if case.startswith("safetensors_"):
+        weights = load_classifier_weights(tiny_set.classifier)
+        if case == "safetensors_nan":
+            weights.tensors["bn1.running_mean"][3] = float("nan")
+        else:
+            weights = ClassifierWeights(weights.tensors, bn_eps=float("nan"))
+        save_classifier_safetensors(weights, folder / "classifier.safetensors")
+        return folder / "classifier.safetensors"
+    width = TINY_DNABERT_CONFIG.hidden_size + TINY_ESM2_CONFIG.embed_dim
+    model = random_upstream_classifier(width, seed=3)
+    _edit_pickled(model, case)
+    save_as_upstream_pickle(model, folder / "500_model.pth")
+    return folder / "500_model.pth"
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_CLASSIFIERS))
+def test_hostile_classifier_is_refused_in_one_line_before_any_result(case, tiny_set, coding_reads, tmp_path):
+    """These wrote NaN scores with exit 0, ended as 'unexpected failure' (exit 1), crashed each worker
+    three times, or (zero strides) tried to allocate tens of GB from a 20 KB file."""
+    classifier = _hostile_classifier(tiny_set, case, tmp_path)
+    out = tmp_path / "out"
+    predict = run_cli(
+        "-q", "predict", str(coding_reads), "-o", str(out), "--dnabert", str(tiny_set.dnabert),
+        "--esm", str(tiny_set.esm_hf), "--classifier", str(classifier), "--device", "cpu",
+    )  # fmt: skip
+    _only_line(predict, 2, f"{classifier}: {HOSTILE_CLASSIFIERS[case]}")
+    assert not out.exists()
+    converted = tmp_path / "converted.safetensors"
+    convert = run_cli("convert-classifier", str(classifier), str(converted))
+    _only_line(convert, 2, HOSTILE_CLASSIFIERS[case])
+    assert not converted.exists()
+
+
+def test_scores_that_overflow_to_nan_fail_the_run_without_results(tiny_set, coding_reads, tmp_path):
+    """Finite weights so large that fp32 overflows: NaN probabilities were written as 'others' calls."""
+    width = TINY_DNABERT_CONFIG.hidden_size + TINY_ESM2_CONFIG.embed_dim
+    model = random_upstream_classifier(width, seed=3)
+    with torch.no_grad():
+        model.hidden_layer.weight.mul_(1e37)
+        model.output_layer.weight.mul_(1e37)
+    save_as_upstream_pickle(model, tmp_path / "500_model.pth")
+    out = tmp_path / "out"
+    result = run_cli(
+        "-q", "predict", str(coding_reads), "-o", str(out), "--dnabert", str(tiny_set.dnabert),
+        "--esm", str(tiny_set.esm_hf), "--classifier", str(tmp_path / "500_model.pth"), "--device", "cpu",
+    )  # fmt: skip
+    _only_line(result, 1, "the classifier produced NaN/Inf scores for")
+    assert not (out / "prediction_results.txt").exists() and not (out / "run.json").exists()
+
+
+def test_tokenizer_past_the_embedding_is_refused_before_any_work(
+    tiny_set, coding_reads, tmp_path, monkeypatch
+):
+    """Ids past the embedding rows were an IndexError in each worker, retried 3 times (exit 1)."""
+    dnabert = shutil.copytree(tiny_set.dnabert, tmp_path / "dnabert")
+    tokenizer = json.loads((dnabert / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    for token in list(vocab)[5:]:  # the same number of tokens, ids past the 512 rows
+        vocab[token] += 1000
+    (dnabert / "tokenizer.json").write_text(json.dumps(tokenizer))
+    esm = shutil.copytree(tiny_set.esm_hf, tmp_path / "esm")
+    with open(esm / "vocab.txt", "a") as handle:
+        handle.write("<extra>\n")
+
+    def no_run(*_args):
+        raise AssertionError("the run started: the check must come before any worker")
+
+    monkeypatch.setattr(predict_module, "_run", no_run)
+    for bad_dnabert, bad_esm, where in ((dnabert, tiny_set.esm_hf, dnabert), (tiny_set.dnabert, esm, esm)):
+        out = tmp_path / "out"
+        result = run_cli(
+            "-q", "predict", str(coding_reads), "-o", str(out), "--dnabert", str(bad_dnabert),
+            "--esm", str(bad_esm), "--classifier", str(tiny_set.classifier), "--device", "cpu",
+        )  # fmt: skip
+        _only_line(result, 2, "the tokenizer emits token ids up to")
+        assert str(where) in result.stderr and not out.exists()

@@ -271,3 +271,93 @@ def test_a_full_disk_while_merging_leaves_no_partial_file(models, reads, referen
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert _same_results(reference, out)
+
+
+def test_convert_classifier_never_writes_over_its_input(models, tmp_path, monkeypatch):
+    """``convert-classifier IN IN`` replaced the only copy of the pickle with exit 0; every spelling of
+    the same file is refused, --force included, and the checkpoint stays as it was."""
+    checkpoint = Path(shutil.copyfile(models["classifier"], tmp_path / "500_model.pth"))
+    original = checkpoint.read_bytes()
+    (tmp_path / "link.pth").symlink_to(checkpoint)
+    os.link(checkpoint, tmp_path / "hard.pth")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for output in ("500_model.pth", str(checkpoint), "sub/../500_model.pth", "link.pth", "hard.pth"):
+        for extra in ((), ("--force",)):
+            result = run_cli("convert-classifier", "500_model.pth", output, *extra)
+            assert result.code == 2 and len(_errors(result)) == 1, (output, result.stderr)
+            assert "a file this run writes" in _errors(result)[0]
+            assert checkpoint.read_bytes() == original
+
+
+def _own_outputs(models, reads, tmp_path) -> dict[str, tuple[list[str], Path]]:
+    """Each command that owns no run folder, with the output path it writes."""
+    prepared, embedded, converted = tmp_path / "prep", tmp_path / "emb.h5", tmp_path / "cls.safetensors"
+    embed = ["embed", str(reads), "--model", "dnabert-s", "--weights", str(models["dnabert"]),
+             "-o", str(embedded), "--device", "cpu", "--threads", "1"]  # fmt: skip
+    return {
+        "prepare": (["prepare", str(reads), "-o", str(prepared)], prepared / "identified_protein.faa"),
+        "embed": (embed, embedded),
+        "convert-classifier": (["convert-classifier", str(models["classifier"]), str(converted)], converted),
+    }
+
+
+def test_prepare_embed_and_convert_refuse_files_they_did_not_write(models, reads, tmp_path):
+    """A user's file at the output path is refused (exit 2, one line, untouched) unless --force."""
+    for command, (args, target) in _own_outputs(models, reads, tmp_path).items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("two years of work\n")
+        result = run_cli(*args)
+        assert result.code == 2 and len(_errors(result)) == 1, (command, result.stderr)
+        assert "virnucpro-trt did not write it" in _errors(result)[0] and "--force" in _errors(result)[0]
+        assert target.read_text() == "two years of work\n", command
+        forced = run_cli(*args, "--force")
+        assert forced.code == 0, (command, forced.stderr)
+        assert target.read_bytes() != b"two years of work\n", command
+
+
+def _content(path: Path) -> object:
+    """What a rerun must reproduce: the bytes, or for .safetensors the tensors and metadata (safetensors
+    writes its metadata in hash-map order, which changes from one write to the next)."""
+    if path.suffix != ".safetensors":
+        return path.read_bytes()
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as handle:
+        names = handle.keys()  # (safe_open is not iterable)
+        return handle.metadata(), {key: handle.get_tensor(key).tobytes() for key in names}
+
+
+def test_prepare_embed_and_convert_rerun_onto_their_own_output(models, reads, tmp_path):
+    """The same command twice works (idempotent reruns); an output edited since is refused."""
+    for command, (args, target) in _own_outputs(models, reads, tmp_path).items():
+        first = run_cli(*args)
+        assert first.code == 0, (command, first.stderr)
+        written = _content(target)
+        again = run_cli(*args)
+        assert again.code == 0, (command, again.stderr)
+        assert _content(target) == written, command
+        with open(target, "ab") as handle:
+            handle.write(b"my notes\n")
+        edited = run_cli(*args)
+        assert edited.code == 2 and "changed since virnucpro-trt wrote it" in edited.stderr, command
+        assert target.read_bytes().endswith(b"my notes\n"), command
+
+
+def test_a_shard_edited_in_work_is_not_trusted_on_resume(models, reads, reference, tmp_path):
+    """A same-size edit of a shard file (size was all a resume checked) must not reach the results: the
+    input is sharded again and every shard redone."""
+    out = tmp_path / "out"
+    assert run_cli(*_args(models, reads, out, "--keep-work")).code == 0
+    for name in (*RESULT_FILES, "run.json"):  # as if killed before the merge, shard 1 not finished
+        (out / name).unlink()
+    for path in (out / ".work" / "results").glob("shard-000001.*"):
+        path.unlink()
+    shard = out / ".work" / "shards" / "shard-000001.fa"
+    text = shard.read_text()
+    first_id = text.split("\n", 1)[0]
+    shard.write_text(text.replace(first_id, first_id[:-1] + "X", 1))  # same size, same records
+    resumed = run_cli(*_args(models, reads, out))
+    assert resumed.code == 0, resumed.stderr
+    assert "shard-000001.fa changed since it was written" in resumed.stderr
+    assert _same_results(reference, out)

@@ -43,3 +43,10 @@ def test_build_bench_and_predict_share_their_option_groups() -> None:
         assert tuple(commands[c]["precision"].type.choices) == PRECISIONS
     for c in ("build", "bench"):
         assert {"verbose", "quiet", "log_file"} <= set(commands[c])
+
+
+def test_commands_without_a_run_folder_share_one_force_option() -> None:
+    """prepare, embed and convert-classifier replace only their own outputs; --force is one declaration."""
+    options = [_options(cli.commands[c])["force"] for c in ("prepare", "embed", "convert-classifier")]
+    assert len({(_declaration(o), o.help, o.is_flag) for o in options}) == 1
+    assert options[0].opts == ["--force"] and options[0].is_flag

@@ -5,12 +5,16 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
+import resource
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from virnucpro_trt.errors import CheckpointError, UnsafePickleError
 from virnucpro_trt.models.classifier import (
@@ -26,6 +30,7 @@ from virnucpro_trt.models.random_classifier import (
 )
 from virnucpro_trt.models.random_classifier import (
     random_upstream_classifier,
+    save_as_upstream_pickle,
     write_upstream_classifier,
 )
 
@@ -158,3 +163,185 @@ def test_classify_on_the_gpu_matches_the_cpu(tmp_path):
     np.testing.assert_allclose(gpu, cpu, rtol=0, atol=2e-6)
     clear = np.abs(cpu[:, 1] - 0.5) > 1e-4
     assert (labels_from_probabilities(gpu)[clear] == labels_from_probabilities(cpu)[clear]).all()
+
+
+# --- hostile classifier files: every value checked at load, one CheckpointError naming file and field ---
+
+
+def _pickled(tmp_path, name: str, edit) -> Path:
+    """Upstream's pickled module, changed by ``edit(model)`` before it is saved."""
+    model = random_upstream_classifier(16, seed=2)
+    edit(model)
+    path = tmp_path / name
+    save_as_upstream_pickle(model, path)
+    return path
+
+
+def _safetensors(tmp_path, name: str, edit=None, bn_eps: str = "1e-05") -> Path:
+    """Our safetensors form, with its tensors changed by ``edit(tensors)`` and its ``bn_eps`` text."""
+    model = random_upstream_classifier(16, seed=2)
+    tensors = {k: v.detach().clone() for k, v in model.state_dict().items() if k != "bn1.num_batches_tracked"}
+    if edit is not None:
+        edit(tensors)
+    path = tmp_path / name
+    save_file(
+        tensors, str(path), metadata={"format": "virnucpro-classifier", "version": "1", "bn_eps": bn_eps}
+    )
+    return path
+
+
+def _set(tensor: torch.Tensor, value: float) -> None:
+    with torch.no_grad():
+        tensor.view(-1)[3 % tensor.numel()] = value
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize(
+    "name", ["hidden_layer.weight", "bn1.bias", "bn1.running_var", "output_layer.weight", "output_layer.bias"]
+)
+def test_non_finite_weights_are_refused_in_both_formats(tmp_path, name: str, value: float) -> None:
+    """NaN/Inf anywhere in the weights gave NaN scores written as results with exit 0."""
+    module, attr = name.split(".")
+    pickled = _pickled(tmp_path, "m.pth", lambda m: _set(getattr(getattr(m, module), attr), value))
+    converted = _safetensors(tmp_path, "m.safetensors", lambda t: _set(t[name], value))
+    for path in (pickled, converted):
+        with pytest.raises(
+            CheckpointError, match=rf"^{re.escape(str(path))}: '{re.escape(name)}' holds 1 NaN/Inf"
+        ):
+            load_classifier_weights(path)
+
+
+def test_weights_that_overflow_fp32_and_negative_variances_are_refused(tmp_path) -> None:
+    """A float64 state dict whose values only become Inf in fp32; a variance below zero (NaN under sqrt)."""
+    model = random_upstream_classifier(16, seed=2)
+    state = {k: v.double() for k, v in model.state_dict().items() if k != "bn1.num_batches_tracked"}
+    state["bn1.weight"][0] = 1e300
+    torch.save(state, tmp_path / "f64.pth")
+    with pytest.raises(CheckpointError, match=r"'bn1\.weight' holds 1 NaN/Inf value\(s\) \(in fp32\)"):
+        load_classifier_weights(tmp_path / "f64.pth")
+    negative = _safetensors(tmp_path, "neg.safetensors", lambda t: _set(t["bn1.running_var"], -0.5))
+    with pytest.raises(CheckpointError, match=r"'bn1\.running_var' holds negative variances"):
+        load_classifier_weights(negative)
+
+
+@pytest.mark.parametrize(
+    ("eps", "shown"),
+    [
+        ("abc", r"'abc' \(str\)"),
+        ("1e-5", r"'1e-5' \(str\)"),  # a number written as text is still not a number in a pickle
+        ((1e-5,), "a value of type tuple"),
+        (None, "a value of type NoneType"),
+        (True, r"True \(bool\)"),
+        (-1.0, r"-1\.0 \(float\)"),
+        (0.0, r"0\.0 \(float\)"),
+        (0, r"0 \(int\)"),
+        (float("nan"), r"nan \(float\)"),
+        (float("inf"), r"inf \(float\)"),
+        pytest.param(10**400, "a value of type int", id="huge-int"),
+        (torch.tensor([1e-5, 1e-5]), "tensor of shape"),
+    ],
+)
+def test_pickled_bn_eps_must_be_a_finite_positive_number(tmp_path, eps, shown: str) -> None:
+    """A string or tuple eps ended as 'unexpected failure' (exit 1); a negative one crashed every worker
+    three times; NaN/Inf/0 gave NaN scores with exit 0."""
+    path = _pickled(tmp_path, "eps.pth", lambda m: setattr(m.bn1, "eps", eps))
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: bn1\.eps is .*{shown}"):
+        load_classifier_weights(path)
+
+
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "abc", "", "-1e-05", "0", "0.0", "1e-400"])
+def test_safetensors_bn_eps_must_be_a_finite_positive_number(tmp_path, text: str) -> None:
+    path = _safetensors(tmp_path, "eps.safetensors", bn_eps=text)
+    with pytest.raises(
+        CheckpointError, match=rf"^{re.escape(str(path))}: metadata bn_eps is {re.escape(repr(text))}"
+    ):
+        load_classifier_weights(path)
+
+
+def test_usable_eps_values_are_kept(tmp_path) -> None:
+    assert (
+        load_classifier_weights(_pickled(tmp_path, "int.pth", lambda m: setattr(m.bn1, "eps", 1))).bn_eps
+        == 1.0
+    )
+    assert load_classifier_weights(_safetensors(tmp_path, "a.safetensors", bn_eps="0.001")).bn_eps == 1e-3
+    assert load_classifier_weights(_pickled(tmp_path, "d.pth", lambda m: None)).bn_eps == 1e-5
+
+
+def _replace_state(module: torch.nn.Module, key: str, value) -> None:
+    module.__dict__[key] = value
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (
+            lambda m: _replace_state(m.hidden_layer, "in_features", "wide"),
+            r"hidden_layer\.in_features is 'wide'",
+        ),
+        (
+            lambda m: _replace_state(m.output_layer, "out_features", 3),
+            r"output_layer\.out_features is 3 \(int\)",
+        ),
+        (lambda m: _replace_state(m.bn1, "num_features", 1.5), r"bn1\.num_features is 1\.5"),
+        (lambda m: _replace_state(m, "_modules", ["hidden_layer"]), r"_modules is a list"),
+        (lambda m: _replace_state(m.bn1, "_buffers", "running_mean"), r"'bn1'\._buffers is a str"),
+        (
+            lambda m: _replace_state(m.hidden_layer, "_parameters", {1: 2}),
+            r"'hidden_layer'\._parameters is a dict",
+        ),
+        (lambda m: _replace_state(m, "_modules", {**m._modules, "bn1": m.dropout}), r"'bn1' is a .*Dropout"),
+        (lambda m: m.bn1.register_buffer("running_mean", torch.zeros(512, dtype=torch.long)), "int64 values"),
+        (lambda m: _replace_state(m.bn1, "_buffers", {**m.bn1._buffers, "running_var": 1.0}), "not a tensor"),
+    ],
+)
+def test_pickled_attributes_of_the_wrong_type_are_bad_input(tmp_path, edit, needle: str) -> None:
+    """Each of these ended as an AttributeError/TypeError ('unexpected failure', exit 1) or was ignored."""
+    path = _pickled(tmp_path, "attr.pth", edit)
+    with pytest.raises(CheckpointError, match=needle):
+        load_classifier_weights(path)
+
+
+def test_a_module_that_contains_itself_is_read_without_recursing(tmp_path) -> None:
+    """Only the three direct submodules are read: a cycle in the module tree cannot recurse forever."""
+    path = _pickled(tmp_path, "cycle.pth", lambda m: _replace_state(m, "_modules", {**m._modules, "self": m}))
+    assert load_classifier_weights(path).input_dim == 16
+
+
+@pytest.mark.parametrize("form", ["module", "state_dict"])
+def test_a_zero_stride_view_is_refused_before_it_is_copied(tmp_path, form: str) -> None:
+    """One stored float viewed as 10**9 x 16 (stride 0): a 20 KB file that cost 64 GB when copied."""
+    model = random_upstream_classifier(16, seed=2)
+    huge = torch.zeros(1, 1).expand(10**9, 16)
+    path = tmp_path / f"{form}.pth"
+    if form == "module":
+        model.hidden_layer.weight = torch.nn.Parameter(huge, requires_grad=False)
+        save_as_upstream_pickle(model, path)
+    else:
+        state = dict(model.state_dict())
+        state["hidden_layer.weight"] = huge
+        torch.save(state, path)
+    assert path.stat().st_size < 1 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match=r"shows more elements than its storage of 1 holds"):
+        load_classifier_weights(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10  # KiB
+
+
+def test_shapes_are_checked_before_the_tensors_are_copied(tmp_path, monkeypatch) -> None:
+    """A wrong shape is reported from the loaded views, before any fp32 copy is made."""
+    model = random_upstream_classifier(16, seed=2)
+    state = dict(model.state_dict())
+    state["output_layer.weight"] = torch.zeros(2, 7)
+    torch.save(state, tmp_path / "shape.pth")
+    copies = []
+    monkeypatch.setattr(torch.Tensor, "clone", lambda self, *a, **k: copies.append(self) or self)
+    with pytest.raises(
+        CheckpointError, match=r"'output_layer\.weight' has shape \(2, 7\), expected \(2, 512\)"
+    ):
+        load_classifier_weights(tmp_path / "shape.pth")
+    assert copies == []
+    for bad, needle in [(torch.zeros(5), r"expected \[hidden, input\]"), (torch.zeros(0, 16), r"\(0, 16\)")]:
+        state["hidden_layer.weight"] = bad
+        torch.save(state, tmp_path / "hidden.pth")
+        with pytest.raises(CheckpointError, match=needle):
+            load_classifier_weights(tmp_path / "hidden.pth")

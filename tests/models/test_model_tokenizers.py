@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.models import checkpoint_io
+from virnucpro_trt.models.checkpoints import check_encoder_tokenizer, load_dnabert, load_esm2
 from virnucpro_trt.models.random_checkpoints import random_dna, train_dna_tokenizer
 from virnucpro_trt.models.tokenization import FAIR_ESM_ALPHABET, DnaTokenizer, ProteinTokenizer, pad_batch
 
@@ -73,3 +77,77 @@ def test_pad_batch_right_pads() -> None:
     assert ids.tolist() == [[5, 6, 7], [8, 1, 1]]
     assert mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert ids.dtype == np.int64 and mask.dtype == np.int64
+
+
+# --- a tokenizer that does not fit its checkpoint, and tokenizer files of unbounded size ---
+
+
+def _sparse_ids(path: Path, shift: int) -> None:
+    """Move every BPE token but the first five past ``shift``: the vocabulary keeps its size."""
+    data = json.loads(path.read_text())
+    vocab = data["model"]["vocab"]
+    for token in list(vocab)[5:]:
+        vocab[token] += shift
+    path.write_text(json.dumps(data))
+
+
+def test_dna_max_id_counts_sparse_ids_and_the_templates_ids(tmp_path: Path) -> None:
+    """The vocabulary's size does not bound its ids, and the template's ids are not taken from it."""
+    trained = train_dna_tokenizer(128, seed=1)
+    trained.save(str(tmp_path / "tokenizer.json"))
+    assert DnaTokenizer.from_file(tmp_path / "tokenizer.json").max_id == 127
+    _sparse_ids(tmp_path / "tokenizer.json", 1000)
+    sparse = DnaTokenizer.from_file(tmp_path / "tokenizer.json")
+    assert (sparse.vocab_size, sparse.max_id) == (128, 1127)
+    data = json.loads((tmp_path / "tokenizer.json").read_text())
+    data["post_processor"]["single"].insert(2, {"SpecialToken": {"id": "[X]", "type_id": 0}})
+    data["post_processor"]["special_tokens"]["[X]"] = {"id": "[X]", "ids": [9999], "tokens": ["[X]"]}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data))
+    assert DnaTokenizer.from_file(tmp_path / "tokenizer.json").max_id == 9999
+
+
+def test_tokenizer_ids_past_the_embedding_are_refused_by_loader_and_preflight(
+    dnabert_dir: Path, esm_hf_dir: Path, tmp_path: Path
+) -> None:
+    """Sparse ids (same vocabulary size) passed the old size check and failed as an IndexError in every
+    worker; an extra vocab.txt line is the ESM-2 form of the same mistake."""
+    dnabert = shutil.copytree(dnabert_dir, tmp_path / "dnabert")
+    _sparse_ids(dnabert / "tokenizer.json", 10_000)
+    esm = shutil.copytree(esm_hf_dir, tmp_path / "esm")
+    with open(esm / "vocab.txt", "a") as handle:
+        handle.write("<extra>\n")
+    for kind, folder, load in (("dnabert-s", dnabert, load_dnabert), ("esm2", esm, load_esm2)):
+        for check in (load, lambda path, kind=kind: check_encoder_tokenizer(kind, path)):
+            with pytest.raises(
+                CheckpointError, match=r"the tokenizer emits token ids up to \d+, but the word "
+            ):
+                check(folder)
+    check_encoder_tokenizer("dnabert-s", dnabert_dir)  # the real pairs pass
+    check_encoder_tokenizer("esm2", esm_hf_dir)
+
+
+def test_tokenizer_files_are_read_with_the_model_text_limit(tmp_path: Path, monkeypatch) -> None:
+    """tokenizer.json and vocab.txt were read whole whatever their size; now like config.json."""
+    trained = train_dna_tokenizer(128, seed=1)
+    trained.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "vocab.txt").write_text("\n".join(FAIR_ESM_ALPHABET) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps({"pad": "x" * 5000}))
+    monkeypatch.setattr(checkpoint_io, "MAX_TEXT_BYTES", 64)
+    readers = [
+        (DnaTokenizer.from_file, "tokenizer.json"),
+        (ProteinTokenizer.from_vocab_file, "vocab.txt"),
+        (checkpoint_io.read_json, "config.json"),
+    ]
+    for read, name in readers:
+        assert (tmp_path / name).stat().st_size > 64
+        with pytest.raises(CheckpointError, match=rf"{name}: larger than 64 bytes"):
+            read(tmp_path / name)
+
+
+def test_vocab_file_that_is_not_text_or_repeats_a_token_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "binary.txt").write_bytes(b"<cls>\n\xff\xfe\n")
+    with pytest.raises(CheckpointError, match="not UTF-8 text"):
+        ProteinTokenizer.from_vocab_file(tmp_path / "binary.txt")
+    (tmp_path / "twice.txt").write_text("\n".join([*FAIR_ESM_ALPHABET, "A"]) + "\n")
+    with pytest.raises(CheckpointError, match="repeats the token"):
+        ProteinTokenizer.from_vocab_file(tmp_path / "twice.txt")

@@ -7,6 +7,7 @@ through the CLI) and that its side effect never happened.
 
 from __future__ import annotations
 
+import re
 import resource
 import zipfile
 from pathlib import Path
@@ -116,6 +117,17 @@ def test_a_tensor_that_overruns_its_storage_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(CheckpointError, match="overruns its storage"):
         safe_torch_load(path)
+
+
+def test_a_view_showing_more_elements_than_its_storage_is_refused(tmp_path: Path) -> None:
+    """Zero strides: one stored float seen as 10**12 elements, which any later copy would allocate. Every
+    loader refuses it while unpickling, naming the file."""
+    body = forge.dict_of(w=forge.tensor("0", 1, (10**6, 10**6), (0, 0)))
+    path = forge.write_archive(tmp_path / "stride0.pth", forge.pickle_bytes(body), {"0": bytes(4)})
+    needle = rf"^{re.escape(str(path))}: a tensor of size \(1000000, 1000000\) shows more elements than its"
+    for load in (load_classifier_weights, safe_torch_load, load_torch_file):
+        with pytest.raises(CheckpointError, match=needle):
+            load(path)
 
 
 @pytest.mark.parametrize(

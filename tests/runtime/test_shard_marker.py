@@ -24,7 +24,7 @@ from virnucpro_trt.runtime.shards import ShardSpec
 from virnucpro_trt.runtime.worker_messages import Done
 
 SHARD = ShardSpec(id=3, first=768, records=256, bases=1000, chunks=300, frames=200, file="shard-000003.fa",
-                  size_bytes=2000)  # fmt: skip
+                  size_bytes=2000, sha256="0" * 64)  # fmt: skip
 REPORT = ShardReport(
     counts={"records": 256, "frames": 200, "virus_frames": 7},
     timings_s={"prepare": 0.25, "process": 1.5},

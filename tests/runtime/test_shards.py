@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from virnucpro_trt.errors import InputFormatError, UserError
+from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.outputs.shard_results import write_shard_results
 from virnucpro_trt.pipeline.inputs import validate_input
 from virnucpro_trt.runtime.resume import WorkDir, outdir_lock
@@ -111,7 +113,39 @@ def test_index_round_trip_and_damaged_shard(tmp_path):
     write_shard_index(folder, shards, {"input": {"records": 50}})
     loaded, extra = read_shard_index(folder)
     assert loaded == shards and extra == {"input": {"records": 50}}
+    assert all(s.sha256 == sha256_file(folder / s.file) for s in shards)
     (folder / shards[1].file).write_text(">x\nACGT\n")
+    assert read_shard_index(folder) is None
+
+
+def test_a_same_size_edit_of_a_shard_makes_the_index_stale(tmp_path, caplog):
+    """A size check alone let an edited shard through on resume, to be run as the user's records."""
+    reads = _write_reads(tmp_path / "r.fa", 50)
+    _, shards = _shard(tmp_path, reads, 20)
+    folder = tmp_path / "shards"
+    write_shard_index(folder, shards, {})
+    path = folder / shards[1].file
+    text = path.read_text()
+    stat = path.stat()
+    path.write_text(text.replace(">read20\n", ">READ20\n"))  # same size, same record count
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == shards[1].size_bytes
+    assert read_shard_index(folder) is None
+    assert f"{path} changed since it was written" in caplog.text
+    path.write_text(text)  # the bytes written: trusted again
+    assert read_shard_index(folder) is not None
+
+
+def test_an_index_without_digests_is_stale(tmp_path):
+    """An index of the earlier schema (sizes only) is not trusted: the input is sharded again."""
+    reads = _write_reads(tmp_path / "r.fa", 50)
+    _, shards = _shard(tmp_path, reads, 20)
+    folder = tmp_path / "shards"
+    old = [{k: v for k, v in s.to_json().items() if k != "sha256"} for s in shards]
+    (folder / "index.json").write_text(json.dumps({"schema": 1, "shards": old}))
+    assert read_shard_index(folder) is None
+    forged = [{**s.to_json(), "sha256": "not a digest"} for s in shards]
+    (folder / "index.json").write_text(json.dumps({"schema": 2, "shards": forged}))
     assert read_shard_index(folder) is None
 
 

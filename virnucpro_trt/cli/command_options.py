@@ -140,3 +140,15 @@ def precision_option(default: str | None, help_text: str | None = None) -> Decor
 def max_batch_tokens_option(help_text: str) -> Decorator:
     """The token budget per batch (padded tokens); ``help_text`` says what it is for in that command."""
     return click.option("--max-batch-tokens", type=click.IntRange(min=16), default=None, help=help_text)
+
+
+def replace_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--force`` for a command that owns no run folder: replace a file at an output path even when
+    virnucpro-trt did not write it (or it changed since). Without it such a file is refused, exit 2
+    (``files/ownership.py``); the tool's own unchanged output is replaced either way."""
+    return click.option(
+        "--force",
+        is_flag=True,
+        help="Replace a file at the output path that virnucpro-trt did not write (or that changed since "
+        "it wrote it). Without it such a file is refused; the tool's own earlier output is replaced anyway.",
+    )(func)

@@ -32,6 +32,7 @@ from virnucpro_trt.cli.command_options import (
     max_batch_tokens_option,
     outdir_option,
     precision_option,
+    replace_option,
     shard_records_option,
 )
 from virnucpro_trt.engines.registry import auto_help
@@ -141,15 +142,16 @@ def cli(verbose: int, quiet: bool, log_file: Path | None) -> None:
 @click.argument("input_path", metavar="INPUT")
 @outdir_option("Output folder for identified_nucleotide.fa and identified_protein.faa.")
 @chunk_length_option()
+@replace_option
 @logging_options
-def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
+def prepare(input_path: str, outdir: Path, chunk_length: str, force: bool) -> None:
     """Chunk reads and keep stop-free frames, writing upstream's two FASTA files.
 
     INPUT is FASTA or FASTQ (plain, gzip, bzip2 or xz; '-' for stdin).
     """
     from virnucpro_trt.pipeline.prepare import run_prepare
 
-    counts = run_prepare(input_path, outdir, int(chunk_length))
+    counts = run_prepare(input_path, outdir, int(chunk_length), force)
     log.info(
         "PASSED: %d records -> %d chunks -> %d kept frames in %s",
         counts["records"],
@@ -186,6 +188,7 @@ def prepare(input_path: str, outdir: Path, chunk_length: str) -> None:
     help="esm2: embed records made only of A/C/G/T/U/N as protein. Without it, an input that looks like "
     "DNA/RNA is refused (a record of 20+ such letters, or every record made of them).",
 )
+@replace_option
 @functools.partial(encoder_options, without_engines=_ENGINES_NEEDED)
 @logging_options
 def embed(
@@ -194,6 +197,7 @@ def embed(
     weights: str | None,
     output: Path,
     allow_nucleotide_letters: bool,
+    force: bool,
     encoders: EncoderSettings,
     engines: Path | None,
     rebuild: bool,
@@ -209,7 +213,7 @@ def embed(
     if weights is None and engines is None:
         raise click.UsageError("missing --weights (or --engines ENGINE_DIR)")
     settings = EmbedSettings(
-        input_path, output, model_name, weights, encoders, engines, rebuild, allow_nucleotide_letters
+        input_path, output, model_name, weights, encoders, engines, rebuild, allow_nucleotide_letters, force
     )
     summary = run_embed(settings)
     log.info("PASSED: %d embeddings of width %d -> %s", summary["records"], summary["dim"], output)
@@ -514,13 +518,16 @@ def env(as_json: bool) -> None:
 @cli.command("convert-classifier", context_settings=_CONTEXT)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@replace_option
 @logging_options
-def convert_classifier(checkpoint: Path, output: Path) -> None:
-    """Convert upstream's pickled classifier (read safely, no code runs) to .safetensors."""
-    from virnucpro_trt.models.classifier import load_classifier_weights, save_classifier_safetensors
+def convert_classifier(checkpoint: Path, output: Path, force: bool) -> None:
+    """Convert upstream's pickled classifier (read safely, no code runs) to .safetensors.
 
-    weights = load_classifier_weights(checkpoint)
-    save_classifier_safetensors(weights, output, source=checkpoint.name)
+    OUTPUT must not be CHECKPOINT itself (by any path or link to it).
+    """
+    from virnucpro_trt.pipeline.convert import run_convert_classifier
+
+    weights = run_convert_classifier(checkpoint, output, force)
     log.info("PASSED: %s -> %s (input width %d)", checkpoint, output, weights.input_dim)
 
 

@@ -27,7 +27,9 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
-MAX_JSON_BYTES = 64 << 20  # config.json, shard indexes: kilobytes in practice
+# A model folder's text files (config.json, shard indexes, tokenizer.json, vocab.txt): kilobytes to a few
+# MB in practice (DNABERT-S's tokenizer.json is ~300 KB; large BPE tokenizers ~20 MB).
+MAX_TEXT_BYTES = 64 << 20
 
 
 def safe_torch_load(path: Path, extra_globals: Mapping[tuple[str, str], Any] | None = None) -> Any:
@@ -97,16 +99,38 @@ def load_weight_files(files: Iterable[Path]) -> StateDict:
     return merged
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a checkpoint folder (size bounded: it is read whole)."""
+def read_text_file(path: Path) -> str:
+    """A model folder's text file, read whole but never past :data:`MAX_TEXT_BYTES`.
+
+    The limit bounds what is read, not what ``stat`` said beforehand, so a file that grows in between
+    cannot make the read unbounded. Every loader of these files reads through here (one limit, one place).
+    """
     if not path.is_file():
         raise CheckpointError(f"{path.parent}: no {path.name}")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise CheckpointError(f"{path}: {path.stat().st_size} bytes, too large for a model's JSON file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_TEXT_BYTES + 1)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if len(raw) > MAX_TEXT_BYTES:
+        raise CheckpointError(
+            f"{path}: larger than {MAX_TEXT_BYTES} bytes, too large for a model's text file"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint folder (size bounded: it is read whole)."""
+    text = read_text_file(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply for a model's file") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from virnucpro_trt.models.dnabert_checkpoint import load_dnabert
-from virnucpro_trt.models.esm_checkpoint import load_esm2
+from virnucpro_trt.models.dnabert_checkpoint import check_dnabert_tokenizer, load_dnabert
+from virnucpro_trt.models.esm_checkpoint import check_esm2_tokenizer, load_esm2
 from virnucpro_trt.models.identity import WeightsIdentity, confirm_checkpoint, confirm_still
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 
-__all__ = ["load_dnabert", "load_encoder", "load_esm2"]
+__all__ = ["check_encoder_tokenizer", "load_dnabert", "load_encoder", "load_esm2"]
 
 
 def load_encoder(
@@ -41,3 +41,13 @@ def load_encoder(
     info["weights_sha256"] = found.sha256
     info["weights_identity"] = found
     return model, tokenizer, info, dim
+
+
+def check_encoder_tokenizer(kind: str, path: Path) -> None:
+    """The checkpoint's tokenizer file, read and checked against the embedding rows its config declares,
+    without loading the weights: what a run's main process checks before its workers load the encoders
+    (an id past the embedding would otherwise fail inside every worker, at the first batch holding it)."""
+    if kind == "dnabert-s":
+        check_dnabert_tokenizer(path)
+    else:
+        check_esm2_tokenizer(path)

@@ -19,6 +19,7 @@ sequence is embedded, so a 768+2560 classifier never silently meets a differentl
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,84 +99,181 @@ class MLPClassifier(nn.Module):
         return model.eval()
 
 
-def _module_tensors(obj: PickledObject, prefix: str, out: dict[str, Any]) -> None:
-    """Flatten a stand-in module tree into ``name -> tensor`` (parameters and buffers) and attributes."""
-    state = obj.state
-    for group in ("_parameters", "_buffers"):
-        for name, value in (state.get(group) or {}).items():
-            if value is not None:
-                out[f"{prefix}{name}"] = value
-    for attr in ("eps", "in_features", "out_features", "num_features"):
-        if attr in state:
-            out[f"{prefix}{attr}"] = state[attr]
-    out[f"{prefix}__class__"] = obj.pickled_class
-    for name, child in (state.get("_modules") or {}).items():
-        if isinstance(child, PickledObject):
-            _module_tensors(child, f"{prefix}{name}.", out)
+# The upstream module's three submodules and the classes a pickle must give them.
+_CHILDREN = {
+    "hidden_layer": "torch.nn.modules.linear.Linear",
+    "bn1": "torch.nn.modules.batchnorm.BatchNorm1d",
+    "output_layer": "torch.nn.modules.linear.Linear",
+}
+# Integer attributes a pickled submodule may carry, and the weight dimension each must equal.
+_SIZE_ATTRIBUTES = {
+    "hidden_layer": {"in_features": ("hidden_layer.weight", 1), "out_features": ("hidden_layer.weight", 0)},
+    "bn1": {"num_features": ("bn1.weight", 0)},
+    "output_layer": {"in_features": ("output_layer.weight", 1), "out_features": ("output_layer.weight", 0)},
+}
+
+
+def _mapping(value: Any, what: str, path: Path) -> Mapping[str, Any]:
+    """A pickled module's ``_parameters``/``_buffers``/``_modules``: a dict with string keys (or absent)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise CheckpointError(f"{path}: {what} is a {type(value).__name__}, expected a dict of named entries")
+    return value
 
 
 def _from_pickled_module(root: PickledObject, path: Path) -> ClassifierWeights:
+    """The weights of upstream's pickled ``MLPClassifier``: only its three direct submodules are read.
+
+    Everything in the pickle is hostile: containers are type-checked before use (a ``_modules`` that is
+    a string, or a cycle of modules, is bad input, not a crash), the submodules' size attributes must
+    agree with their weights, and ``bn1.eps`` must be a usable epsilon.
+    """
+    modules = _mapping(root.state.get("_modules"), f"{root.pickled_class}._modules", path)
     flat: dict[str, Any] = {}
-    _module_tensors(root, "", flat)
+    for child, expected_class in _CHILDREN.items():
+        module = modules.get(child)
+        if module is None:
+            continue
+        if not isinstance(module, PickledObject) or module.pickled_class != expected_class:
+            found = module.pickled_class if isinstance(module, PickledObject) else type(module).__name__
+            raise CheckpointError(f"{path}: '{child}' is a {found}, expected {expected_class}")
+        for group in ("_parameters", "_buffers"):
+            for name, value in _mapping(module.state.get(group), f"'{child}'.{group}", path).items():
+                if value is not None:
+                    flat[f"{child}.{name}"] = value
     missing = [k for k in _REQUIRED if k not in flat]
     if missing:
-        children = sorted((root.state.get("_modules") or {}).keys())
         raise CheckpointError(
-            f"{path} holds a pickled {root.pickled_class} with submodules {children}, not the VirNucPro "
-            f"MLPClassifier layout (missing {', '.join(missing)})"
+            f"{path} holds a pickled {root.pickled_class} with submodules {sorted(modules)}, not the "
+            f"VirNucPro MLPClassifier layout (missing {', '.join(missing)})"
         )
-    expected = {
-        "hidden_layer.__class__": "torch.nn.modules.linear.Linear",
-        "bn1.__class__": "torch.nn.modules.batchnorm.BatchNorm1d",
-        "output_layer.__class__": "torch.nn.modules.linear.Linear",
-    }
-    for key, cls in expected.items():
-        if flat.get(key) != cls:
-            raise CheckpointError(f"{path}: '{key.split('.')[0]}' is a {flat.get(key)}, expected {cls}")
-    tensors = {k: _as_tensor(flat[k], k, path) for k in _REQUIRED}
-    eps = float(flat.get(_EPS_KEY, 1e-5))
+    tensors = _checked_tensors(flat, path)
+    for child, attributes in _SIZE_ATTRIBUTES.items():
+        state = modules[child].state
+        for attribute, (tensor, dim) in attributes.items():
+            if attribute in state and not _is_int(state[attribute], tensors[tensor].shape[dim]):
+                raise CheckpointError(
+                    f"{path}: {child}.{attribute} is {_show(state[attribute])}, but '{tensor}' has shape "
+                    f"{tuple(tensors[tensor].shape)}"
+                )
+    bn1 = modules["bn1"].state
+    eps = _checked_eps(bn1["eps"], f"{path}: {_EPS_KEY}") if "eps" in bn1 else 1e-5
     return ClassifierWeights(tensors=tensors, bn_eps=eps)
 
 
-def _as_tensor(value: Any, name: str, path: Path) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise CheckpointError(f"{path}: '{name}' is a {type(value).__name__}, not a tensor")
-    return value.detach().to(torch.float32).contiguous().clone()
+def _is_int(value: Any, expected: int) -> bool:
+    return type(value) is int and value == expected
 
 
-def _from_state_dict(state: Mapping[str, Any], path: Path) -> ClassifierWeights:
+def _show(value: Any) -> str:
+    """A hostile value for a one-line message: short scalars shown, anything else by its type only
+    (the repr of a deeply nested list recurses, and that of a 5000-digit integer raises)."""
+    kind = type(value).__name__
+    if isinstance(value, str):
+        return f"{value[:40]!r} (str)"
+    if isinstance(value, float) or (isinstance(value, int) and value.bit_length() <= 64):
+        return f"{value!r} ({kind})"
+    return f"a value of type {kind}"
+
+
+def _checked_eps(value: Any, where: str, shown: str | None = None) -> float:
+    """BatchNorm's epsilon as a finite float > 0, else a CheckpointError naming ``where``.
+
+    BatchNorm divides by sqrt(running_var + eps): an eps that is NaN, infinite, zero or negative makes
+    scores NaN (or makes torch raise inside every worker), and a string or a tuple is no epsilon at all.
+    A one-element tensor is accepted (a state dict may hold one). ``shown`` is how a message shows the
+    value when it was parsed from text.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise CheckpointError(f"{where} is a {value.dtype} tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CheckpointError(f"{where} is {_show(value)}, expected a finite number > 0")
+    try:
+        eps = float(value)
+    except OverflowError:
+        eps = math.inf
+    if not math.isfinite(eps) or eps <= 0:
+        raise CheckpointError(f"{where} is {shown or _show(value)}, expected a finite number > 0")
+    return eps
+
+
+def _checked_tensors(found: Mapping[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The required tensors as fp32 copies, checked before and after they are materialised.
+
+    Shapes and element counts are checked on the loaded views first, so a file whose views cover far more
+    elements than it stores (zero strides) is refused before any memory is spent on it. Values must be
+    finite and the running variance non-negative: NaN/Inf weights would give NaN scores, written to the
+    result files as if they were answers.
+    """
+    views: dict[str, torch.Tensor] = {}
+    for name in _REQUIRED:
+        value = found[name]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: '{name}' is a {type(value).__name__}, not a tensor")
+        if not value.is_floating_point():
+            raise CheckpointError(f"{path}: '{name}' holds {value.dtype} values, expected floating point")
+        views[name] = value
+    _check_shapes(views, path)
+    elements = sum(v.numel() for v in views.values())
+    if elements * 4 > MAX_CLASSIFIER_BYTES:
+        raise CheckpointError(
+            f"{path}: {elements} classifier weights; too large for a classifier (refused before reading them)"
+        )
+    tensors = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in views.items()}
+    for name, tensor in tensors.items():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise CheckpointError(
+                f"{path}: '{name}' holds {bad} NaN/Inf value(s) (in fp32); the classifier's scores would "
+                "be NaN"
+            )
+    if bool((tensors["bn1.running_var"] < 0).any()):
+        raise CheckpointError(f"{path}: 'bn1.running_var' holds negative variances")
+    return tensors
+
+
+def _from_state_dict(state: Mapping[Any, Any], path: Path) -> ClassifierWeights:
     # Accept "module."-prefixed dicts (DataParallel) too.
-    if all(k.startswith("module.") for k in state):
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
+        names = sorted(str(k)[:60] for k in state)
         raise CheckpointError(
             f"{path} is a state dict without the classifier tensors (missing {', '.join(missing)}; "
-            f"found {', '.join(sorted(state)[:8])}{'...' if len(state) > 8 else ''})"
+            f"found {', '.join(names[:8])}{'...' if len(names) > 8 else ''})"
         )
-    tensors = {k: _as_tensor(state[k], k, path) for k in _REQUIRED}
-    eps = state.get(_EPS_KEY, 1e-5)
-    eps = float(eps.item() if isinstance(eps, torch.Tensor) else eps)
+    tensors = _checked_tensors(state, path)
+    eps = _checked_eps(state[_EPS_KEY], f"{path}: {_EPS_KEY}") if _EPS_KEY in state else 1e-5
     return ClassifierWeights(tensors=tensors, bn_eps=eps)
 
 
-def _check_shapes(w: ClassifierWeights, path: Path) -> None:
-    t = w.tensors
-    h = t["hidden_layer.weight"].shape[0]
+def _check_shapes(t: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Upstream's shapes: ``hidden_layer.weight`` [H, D] fixes the rest; two classes out."""
+    hidden = t["hidden_layer.weight"]
+    if hidden.dim() != 2 or 0 in hidden.shape:
+        raise CheckpointError(
+            f"{path}: 'hidden_layer.weight' has shape {tuple(hidden.shape)}, expected [hidden, input] > 0"
+        )
+    h = hidden.shape[0]
+    output = t["output_layer.weight"]
+    if output.dim() == 2 and output.shape[1] == h and output.shape[0] != 2:
+        raise CheckpointError(f"{path}: the classifier has {output.shape[0]} outputs, VirNucPro's has 2")
     shapes = {
         "hidden_layer.bias": (h,),
         "bn1.weight": (h,),
         "bn1.bias": (h,),
         "bn1.running_mean": (h,),
         "bn1.running_var": (h,),
-        "output_layer.bias": (w.num_classes,),
-        "output_layer.weight": (w.num_classes, h),
+        "output_layer.weight": (2, h),
+        "output_layer.bias": (2,),
     }
     for name, shape in shapes.items():
         if tuple(t[name].shape) != shape:
             raise CheckpointError(f"{path}: '{name}' has shape {tuple(t[name].shape)}, expected {shape}")
-    if w.num_classes != 2:
-        raise CheckpointError(f"{path}: the classifier has {w.num_classes} outputs, VirNucPro's has 2")
 
 
 def load_classifier_weights(path: str | Path, identity: WeightsIdentity | None = None) -> ClassifierWeights:
@@ -201,11 +299,11 @@ def _read_classifier(path: Path) -> ClassifierWeights:
             raise CheckpointError(f"{path}: {path.stat().st_size} bytes, far too large for a classifier")
         try:
             tensors = load_file(str(path))
+            meta = _safetensors_metadata(path)
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"cannot read {path} as safetensors: {exc}") from exc
-        meta = _safetensors_metadata(path)
         state: dict[str, Any] = dict(tensors)
-        state[_EPS_KEY] = float(meta.get("bn_eps", 1e-5))
+        state[_EPS_KEY] = _metadata_eps(meta, path)
         weights = _from_state_dict(state, path)
     else:
         obj = restricted_torch_load(path)
@@ -217,8 +315,20 @@ def _read_classifier(path: Path) -> ClassifierWeights:
             weights = _from_state_dict(obj, path)
         else:
             raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a VirNucPro classifier")
-    _check_shapes(weights, path)
     return weights
+
+
+def _metadata_eps(meta: Mapping[str, str], path: Path) -> float:
+    """The ``bn_eps`` our safetensors files carry as text (``repr`` of a float; 1e-5 when absent),
+    held to the same rule as a pickled epsilon."""
+    text = meta.get("bn_eps")
+    if text is None:
+        return 1e-5
+    try:
+        value = float(text)
+    except ValueError:  # not a number: refused below like NaN
+        value = math.nan
+    return _checked_eps(value, f"{path}: metadata bn_eps", _show(text))
 
 
 def _safetensors_metadata(path: Path) -> dict[str, str]:

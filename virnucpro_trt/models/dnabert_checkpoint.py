@@ -31,7 +31,7 @@ from virnucpro_trt.models.checkpoint_io import (
     to_float32,
 )
 from virnucpro_trt.models.dnabert import DnabertConfig, DnabertEncoder
-from virnucpro_trt.models.tokenization import DnaTokenizer
+from virnucpro_trt.models.tokenization import DnaTokenizer, check_token_ids_fit
 
 _IGNORED = ("pooler.", "embeddings.position_ids", "embeddings.token_type_ids")
 _SIGNATURE = "embeddings.word_embeddings.weight"
@@ -45,31 +45,13 @@ def load_dnabert(path: str | Path) -> tuple[DnabertEncoder, DnaTokenizer, dict[s
     ``config`` and ``ignored_keys``.
     """
     folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: not a DNABERT-S model folder")
-    cfg = read_json(folder / "config.json")
-    if cfg.get("model_type", "bert") != "bert":
-        raise CheckpointError(
-            f"{folder / 'config.json'}: model_type is {cfg.get('model_type')!r}, expected 'bert' (DNABERT-S)"
-        )
-    try:
-        config = DnabertConfig.from_hf_config(cfg)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{folder / 'config.json'}: not a usable BERT config ({exc})") from exc
-    tokenizer_file = folder / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        raise CheckpointError(f"{folder}: no tokenizer.json")
-    tokenizer = DnaTokenizer.from_file(tokenizer_file)
-
+    config, tokenizer = _config_and_tokenizer(folder)
     files = hf_weight_files(folder)
     raw = load_weight_files(files)
     state, layout, ignored = _strip_layout(raw, folder)
     state = to_float32(state)
     _cross_check(state, config, folder)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(
-            f"{tokenizer_file}: {tokenizer.vocab_size} tokens but the embedding has {config.vocab_size} rows"
-        )
+    check_token_ids_fit(tokenizer, int(state[_SIGNATURE].shape[0]), str(folder / "tokenizer.json"))
 
     with torch.device("meta"):
         model = DnabertEncoder(config)
@@ -85,6 +67,34 @@ def load_dnabert(path: str | Path) -> tuple[DnabertEncoder, DnaTokenizer, dict[s
         "ignored_keys": sorted(ignored),
     }
     return model, tokenizer, info
+
+
+def check_dnabert_tokenizer(path: str | Path) -> None:
+    """Without reading the weights: every id of the folder's ``tokenizer.json`` must index a row of the
+    word embedding config.json declares (the loader checks the tensors against config.json, and the ids
+    against the tensors). Cheap, so a run's main process can refuse the pair before any worker starts."""
+    folder = Path(path)
+    config, tokenizer = _config_and_tokenizer(folder)
+    check_token_ids_fit(tokenizer, config.vocab_size, str(folder / "tokenizer.json"))
+
+
+def _config_and_tokenizer(folder: Path) -> tuple[DnabertConfig, DnaTokenizer]:
+    """The folder's config.json and tokenizer.json, both checked."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a DNABERT-S model folder")
+    cfg = read_json(folder / "config.json")
+    if cfg.get("model_type", "bert") != "bert":
+        raise CheckpointError(
+            f"{folder / 'config.json'}: model_type is {cfg.get('model_type')!r}, expected 'bert' (DNABERT-S)"
+        )
+    try:
+        config = DnabertConfig.from_hf_config(cfg)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: not a usable BERT config ({exc})") from exc
+    tokenizer_file = folder / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise CheckpointError(f"{folder}: no tokenizer.json")
+    return config, DnaTokenizer.from_file(tokenizer_file)
 
 
 def _strip_layout(raw: StateDict, folder: Path) -> tuple[StateDict, str, list[str]]:

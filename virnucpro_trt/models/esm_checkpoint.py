@@ -34,7 +34,7 @@ from virnucpro_trt.models.checkpoint_io import (
     to_float32,
 )
 from virnucpro_trt.models.esm2 import Esm2Config, Esm2Encoder, default_inv_freq
-from virnucpro_trt.models.tokenization import ProteinTokenizer
+from virnucpro_trt.models.tokenization import ProteinTokenizer, check_token_ids_fit
 
 # Hugging Face EsmModel names -> fair-esm names (applied after the ``esm.`` prefix is removed).
 _HF_RENAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -79,9 +79,8 @@ def load_esm2(path: str | Path) -> tuple[Esm2Encoder, ProteinTokenizer, dict[str
         state, config, tokenizer, info = _read_fair_esm(path)
     else:
         raise CheckpointError(f"{path}: no such ESM-2 checkpoint file or folder")
-    if tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(f"{path}: {tokenizer.vocab_size} tokens but {config.vocab_size} embedding rows")
     state, info["inv_freq"] = _to_encoder_state(state, config, str(path))
+    check_token_ids_fit(tokenizer, int(state["embed_tokens.weight"].shape[0]), _vocab_source(path))
     with torch.device("meta"):
         model = Esm2Encoder(config)
     check_state_dict(state, model, f"{path}: ESM-2 weights")
@@ -91,7 +90,26 @@ def load_esm2(path: str | Path) -> tuple[Esm2Encoder, ProteinTokenizer, dict[str
     return model, tokenizer, info
 
 
-def _read_hf_folder(folder: Path) -> tuple[StateDict, Esm2Config, ProteinTokenizer, dict[str, Any]]:
+def check_esm2_tokenizer(path: str | Path) -> None:
+    """Without reading the weights: every id of an HF folder's ``vocab.txt`` must index a row of the
+    embedding config.json declares (the loader checks the tensors against config.json, and the ids
+    against the tensors). A fair-esm ``.pt`` has no tokenizer file: its alphabet is fair-esm's own,
+    checked against the tensors when they are loaded. Cheap, so a run's main process can refuse a
+    mismatched pair before any worker starts."""
+    path = Path(path)
+    if path.is_dir():
+        config, tokenizer = _hf_config_and_tokenizer(path)
+        check_token_ids_fit(tokenizer, config.vocab_size, _vocab_source(path))
+
+
+def _vocab_source(path: Path) -> str:
+    """Where the tokenizer came from, for messages: the folder's vocab.txt, else the checkpoint."""
+    vocab = path / "vocab.txt"
+    return str(vocab) if path.is_dir() and vocab.is_file() else str(path)
+
+
+def _hf_config_and_tokenizer(folder: Path) -> tuple[Esm2Config, ProteinTokenizer]:
+    """An HF folder's config.json and vocab.txt (fair-esm's alphabet when it has none), both checked."""
     cfg = read_json(folder / "config.json")
     where = f"{folder / 'config.json'}"
     if cfg.get("model_type") != "esm":
@@ -102,7 +120,11 @@ def _read_hf_folder(folder: Path) -> tuple[StateDict, Esm2Config, ProteinTokeniz
         raise CheckpointError(f"{where}: an ESMFold model, not an ESM-2 language model")
     vocab = folder / "vocab.txt"
     tokenizer = ProteinTokenizer.from_vocab_file(vocab) if vocab.is_file() else ProteinTokenizer()
-    config = _hf_config(cfg, tokenizer, where)
+    return _hf_config(cfg, tokenizer, where), tokenizer
+
+
+def _read_hf_folder(folder: Path) -> tuple[StateDict, Esm2Config, ProteinTokenizer, dict[str, Any]]:
+    config, tokenizer = _hf_config_and_tokenizer(folder)
 
     files = hf_weight_files(folder)
     raw = load_weight_files(files)
@@ -144,7 +166,7 @@ def _hf_config(cfg: dict[str, Any], tokenizer: ProteinTokenizer, where: str) -> 
             eos_id=tokenizer.eos_id,
             mask_id=int(cfg.get("mask_token_id", vocab_mask_id)),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise CheckpointError(f"{where}: not a usable EsmConfig ({exc})") from exc
 
 

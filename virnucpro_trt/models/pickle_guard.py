@@ -48,7 +48,8 @@ class PickledObject:
 
     @property
     def state(self) -> dict[str, Any]:
-        return self.__dict__["_state"]
+        """What the pickle's BUILD handed over; empty when it gave none (``NEWOBJ`` skips ``__init__``)."""
+        return self.__dict__.get("_state", {})
 
     def __repr__(self) -> str:
         return f"<pickled {self.pickled_class}>"

@@ -11,14 +11,18 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tokenizers
 
 from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.models.checkpoint_io import read_text_file
 
 FAIR_ESM_ALPHABET: tuple[str, ...] = (
     "<cls>", "<pad>", "<eos>", "<unk>",
@@ -68,8 +72,10 @@ class DnaTokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> DnaTokenizer:
+        """``tokenizer.json``, read through the bounded reader every model text file goes through."""
+        text = read_text_file(Path(path))
         try:
-            tokenizer = tokenizers.Tokenizer.from_file(str(path))
+            tokenizer = tokenizers.Tokenizer.from_str(text)
         except Exception as exc:  # the Rust error type is not exported; report it in one line
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CheckpointError(f"{path}: not a readable tokenizers file ({first_line})") from exc
@@ -85,10 +91,48 @@ class DnaTokenizer:
     def vocab_size(self) -> int:
         return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
 
+    @property
+    def max_id(self) -> int:
+        """The largest id this tokenizer can emit: over the vocabulary, the added tokens and every id
+        the post-processor's template names (those are not checked against the vocabulary by
+        ``tokenizers``). Ids need not be dense, so the vocabulary's size does not bound them."""
+        ids = list(self._tokenizer.get_vocab(with_added_tokens=True).values())
+        processor = json.loads(self._tokenizer.to_str()).get("post_processor")
+        ids.extend(_integers(processor))
+        return max(ids, default=-1)
+
     def encode_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
         """Token ids (int64) per sequence, using the Rust parallel batch encoder."""
         encodings = self._tokenizer.encode_batch(list(sequences), add_special_tokens=True)
         return [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
+
+
+def _integers(value: Any) -> list[int]:
+    """Every integer (not bool) inside a parsed JSON value: a post-processor's token ids among them."""
+    found: list[int] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            found.append(item)
+    return found
+
+
+def check_token_ids_fit(tokenizer: DnaTokenizer | ProteinTokenizer, rows: int, where: str) -> None:
+    """Every id the tokenizer can emit must index a row of the encoder's word embedding.
+
+    A larger id is an IndexError deep inside the encoder at the first batch that contains it, in every
+    worker that retries the shard; checked where the tokenizer meets the checkpoint instead.
+    """
+    if tokenizer.max_id >= rows:
+        raise CheckpointError(
+            f"{where}: the tokenizer emits token ids up to {tokenizer.max_id}, but the word embedding has "
+            f"{rows} rows (ids 0..{rows - 1}): the tokenizer and the weights do not belong together"
+        )
 
 
 class ProteinTokenizer:
@@ -124,13 +168,22 @@ class ProteinTokenizer:
     def from_vocab_file(
         cls, path: str | Path, max_residues: int = ESM_TRUNCATION_RESIDUES
     ) -> ProteinTokenizer:
-        """Read an HF ESM ``vocab.txt`` (one token per line, in id order)."""
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        return cls([line.strip() for line in lines if line.strip()], max_residues)
+        """Read an HF ESM ``vocab.txt`` (one token per line, in id order; size bounded, no repeats)."""
+        lines = read_text_file(Path(path)).splitlines()
+        tokens = [line.strip() for line in lines if line.strip()]
+        repeated = sorted(t for t, n in Counter(tokens).items() if n > 1)
+        if repeated:
+            raise CheckpointError(f"{path}: repeats the token(s) {', '.join(repeated[:4])[:80]}")
+        return cls(tokens, max_residues)
 
     @property
     def vocab_size(self) -> int:
         return len(self.tokens)
+
+    @property
+    def max_id(self) -> int:
+        """Ids are positions in the vocabulary: the largest is its size - 1."""
+        return len(self.tokens) - 1
 
     def encode_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
         """``<cls>`` + first ``max_residues`` tokens + ``<eos>`` per sequence, int64."""

@@ -84,10 +84,28 @@ def _shape(value: Any, what: str) -> tuple[int, ...]:
     return tuple(_int(v, f"tensor {what} entry") for v in value)
 
 
+def _elements_exceed(size: tuple[int, ...], limit: int) -> bool:
+    """Whether a tensor of ``size`` has more than ``limit`` elements (the product stops once past it)."""
+    if 0 in size:
+        return False
+    elements = 1
+    for n in size:
+        elements *= n
+        if elements > limit:
+            return True
+    return False
+
+
 def _rebuild_tensor(
     storage: Any, offset: Any, size: Any, stride: Any, *_rest: Any, **_kwargs: Any
 ) -> torch.Tensor:
-    """A view of ``storage`` after checking that every element it covers lies inside the storage."""
+    """A view of ``storage`` after checking that every element it covers lies inside the storage, and
+    that it shows no more elements than the storage holds.
+
+    The second rule bounds what a view can cost once copied: zero (or overlapping) strides let one stored
+    float appear as a tensor of 10**9 elements, which ``.contiguous()`` or ``.float()`` would then
+    allocate. ``torch.save`` of any ordinary tensor never writes such a view.
+    """
     if not isinstance(storage, _Storage):
         raise CheckpointError(f"a tensor refers to a {type(storage).__name__}, not to a storage record")
     offset = _int(offset, "tensor storage offset")
@@ -99,6 +117,11 @@ def _rebuild_tensor(
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if last >= numel:
             raise CheckpointError(f"a tensor of size {size} at offset {offset} overruns its storage")
+    if _elements_exceed(size, numel):
+        raise CheckpointError(
+            f"a tensor of size {str(size)[:80]} shows more elements than its storage of {numel} holds "
+            "(zero or overlapping strides); refused before it is copied"
+        )
     return storage.flat.as_strided(size, stride, offset if all(size) else 0)
 
 
@@ -337,8 +360,10 @@ def load_torch_file(
                 raise CheckpointError(f"{path}: a big-endian archive; re-save it on a little-endian machine")
             data = reader.read_small("data.pkl", MAX_PICKLE_BYTES)
             return _Unpickler(data, reader, extra_globals or {}, stand_ins).load()
-    except CheckpointError:
-        raise
+    except CheckpointError as exc:  # the tensor rebuilders and stand-ins do not know the file: name it
+        if str(exc).startswith(str(path)):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
         raise CheckpointError(f"{path}: cannot read as a torch.save archive ({_first_line(exc)})") from exc
     except Exception as exc:  # anything a hostile pickle provokes in the allowed callables is bad input

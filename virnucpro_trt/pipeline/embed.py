@@ -4,6 +4,9 @@ Pooling is the classifier's (docs/upstream.md §3): DNABERT-S averages every tok
 [CLS]/[SEP]; ESM-2 averages residues 1..min(1024, len). Records are embedded in token-budget batches and
 written in input order. An empty record has nothing to embed: its row is NaN with status ``empty``, so
 every input id is present and nobody mistakes a placeholder for an embedding.
+
+The output replaces only a file an earlier command wrote there, unchanged since; anything else at that
+path is refused unless ``--force`` (``files/ownership.py``: the rule every command follows).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from virnucpro_trt import __version__
+from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
 from virnucpro_trt.models.kinds import ENCODERS
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.encoders import open_models
@@ -34,7 +38,10 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
     model = ENCODERS[settings.model]
     alphabet = model.alphabet
     check_input_file(settings.input)
-    check_run_paths([settings.input, settings.weights], [settings.output])
+    check_run_paths(
+        [settings.input, settings.weights], [settings.output, record_path(settings.output.parent)]
+    )
+    check_replaceable([settings.output], settings.force)
     spool = private_spool(settings.output.parent) if is_stream(settings.input) else settings.output
     path, display = materialise(settings.input, spool)
     try:
@@ -69,6 +76,7 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
                     emb[nonempty] = encoder.embed(tokens, [ids[i] for i in nonempty])
                 writer.append(ids, emb, ["ok" if s else "empty" for s in seqs])
             writer.commit()
+        record_written([settings.output])
         return {"records": summary.records, "dim": encoder.dim, "empty": summary.empty_records}
     finally:
         if is_stream(settings.input):

@@ -40,9 +40,11 @@ from virnucpro_trt.engines.manifest import EngineManifest
 from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.ownership import changed_since, output_entry
+from virnucpro_trt.models.checkpoints import check_encoder_tokenizer
 from virnucpro_trt.models.classifier import load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
-from virnucpro_trt.models.kinds import DNABERT_S, ESM2, MODELS
+from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2, MODELS
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -183,12 +185,19 @@ def run_predict(
 
 
 def _preflight(ctx: _RunContext) -> CheckedEngines | None:
-    """Models a run can check without writing anything: the classifier file, and an engine directory
-    that needs no build. A directory that does need one is built after the input is validated."""
+    """Models a run can check without writing anything: the classifier file, the encoders' tokenizers
+    against their embedding rows (workers load the weights later; a mismatch there would fail in each of
+    them), and an engine directory that needs no build. A directory that does need one is built after
+    the input is validated."""
     settings = ctx.settings
     device_settings = dataclasses.replace(settings.encoders, device=ctx.slots[0].device)
-    if settings.classifier and (settings.engines is None or settings.rebuild):
-        load_classifier_weights(resolve_model(settings.classifier, "classifier"))
+    if settings.engines is None or settings.rebuild:  # the checkpoints are loaded: check what is cheap
+        if settings.classifier:
+            load_classifier_weights(resolve_model(settings.classifier, "classifier"))
+        for kind in ENCODER_NAMES:
+            spec = ctx.specs[kind]
+            if spec:
+                check_encoder_tokenizer(kind, resolve_model(spec, MODELS[kind].short))
     cache = _engine_cache(settings)
     try:
         return engine_dir_for_run(device_settings, ctx.specs, settings.engines, False, cache, build=False)
@@ -260,7 +269,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
         write_demo_note(outdir)
     summary_json["model_weights"] = {kind: w.to_json() for kind, w in known.weights.items()}
     summary_json["outputs"] = {
-        name: {"bytes": (outdir / name).stat().st_size, "sha256": sha256_file(outdir / name)}
+        name: output_entry(outdir / name)
         for name in (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE)
         if (outdir / name).is_file()
     }
@@ -321,13 +330,11 @@ def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: W
     if not isinstance(outputs, dict) or not outputs:
         return "it records no result files"
     for name, entry in outputs.items():
-        path = ctx.settings.outdir / name
         if name not in _OUTPUT_NAMES or not isinstance(entry, dict):
             return f"it lists an unexpected file {name!r}"
-        if not path.is_file() or path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get(
-            "sha256"
-        ):
-            return f"its {name} was changed or removed since"
+        changed = changed_since(ctx.settings.outdir, name, entry)
+        if changed is not None:
+            return changed
     return None
 
 

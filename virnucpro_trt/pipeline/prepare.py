@@ -1,24 +1,33 @@
-"""``virnucpro-trt prepare``: upstream's identified_nucleotide.fa / identified_protein.faa, nothing else."""
+"""``virnucpro-trt prepare``: upstream's identified_nucleotide.fa / identified_protein.faa, nothing else.
+
+The two files replace only what an earlier ``prepare`` wrote there, unchanged since; anything else at
+their paths is refused unless ``force`` (``files/ownership.py``: the rule every command follows).
+"""
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
 
+from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
 from virnucpro_trt.pipeline.inputs import materialise, private_spool, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths, is_stream
 from virnucpro_trt.sequences.prepare import NUCLEOTIDE_FILE, PROTEIN_FILE, write_identified_files
 from virnucpro_trt.sequences.reader import read_records
 
 
-def run_prepare(input_spec: str, outdir: Path, chunk_length: int) -> dict[str, int]:
+def run_prepare(input_spec: str, outdir: Path, chunk_length: int, force: bool = False) -> dict[str, int]:
     """Validate the whole input, then write both files (each appears only when complete)."""
+    targets = [outdir / NUCLEOTIDE_FILE, outdir / PROTEIN_FILE]
     check_input_file(input_spec)
-    check_run_paths([input_spec], [outdir / NUCLEOTIDE_FILE, outdir / PROTEIN_FILE])
+    check_run_paths([input_spec], [*targets, record_path(outdir)])
+    check_replaceable(targets, force)
     path, display = materialise(input_spec, private_spool(outdir) if is_stream(input_spec) else outdir)
     try:
         validate_input(path, display)
-        return write_identified_files(read_records(path, "dna"), outdir, chunk_length)
+        counts = write_identified_files(read_records(path, "dna"), outdir, chunk_length)
+        record_written(targets)
+        return counts
     finally:
         if is_stream(input_spec):
             with contextlib.suppress(FileNotFoundError):

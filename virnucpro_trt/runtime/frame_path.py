@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from virnucpro_trt.errors import NonFiniteError
 from virnucpro_trt.models.classifier import (
     ClassifierWeights,
     MLPClassifier,
@@ -152,4 +153,22 @@ def score_frames(
         esm = models.esm.embed(prepared.protein_tokens, ids, progress, stats=padding["esm"])
     with stage("classify"):
         probabilities = classify(models.classifier, np.concatenate([dna, esm], axis=1))
+        check_probabilities(probabilities, ids)
     return ScoredFrames(dna, esm, probabilities, padding)
+
+
+def check_probabilities(probabilities: np.ndarray, frame_ids: list[str]) -> None:
+    """Fail the batch when the classifier gave NaN/Inf for any frame, naming a few of them.
+
+    The embeddings were checked finite (runtime/embedding.py), and the weights at load; finite but huge
+    weights can still overflow to Inf and make softmax NaN. NaN compares false both ways, so it would be
+    written as an ``others`` call with ``nan`` scores in a result that looks complete.
+    """
+    finite = np.isfinite(probabilities).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        names = [frame_ids[i] if i < len(frame_ids) else f"#{i}" for i in bad[:3]]
+        raise NonFiniteError(
+            f"the classifier produced NaN/Inf scores for {len(bad)} of {len(finite)} frame(s) "
+            f"(e.g. {', '.join(names)}); check the classifier's weights"
+        )

@@ -10,7 +10,10 @@ Layout (every name the tool writes there is in :data:`WORK_NAMES`; nothing else 
 A shard counts as finished only if its marker names the same record range and every file the marker
 lists still has the SHA-256 the marker recorded; anything else is redone. Markers are written last, each
 file through a temporary name and a rename, so a run killed at any instant (SIGKILL included) leaves
-either a complete, verifiable shard or one that is simply redone.
+either a complete, verifiable shard or one that is simply redone. The shard files are trusted the same
+way: each must still have the size and SHA-256 ``index.json`` recorded when it was written, or the input
+(itself identified by SHA-256 in the resume key) is sharded again and every shard redone, as for any
+other stale index — a shard edited in place would otherwise be run as if it held the user's records.
 
 Unfinished work for another input, other settings or other model weights (the model identity: content
 hashes of the three checkpoints and of the engine set) is refused (exit 2) rather than mixed in or

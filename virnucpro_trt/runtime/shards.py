@@ -20,11 +20,15 @@ A part of a split (pipeline/split.py) comes with a *layout* instead: the records
 rule above cut the whole input. Then every piece is one shard of exactly that many records, so the part
 is run with the shard boundaries of one run of the whole input (bases-based closes included).
 ``split`` itself plans the whole input with this same class (:meth:`ShardSplitter.plan`).
+
+Each shard file is hashed once when it is written, and its SHA-256 kept in ``index.json``; a resume
+hashes it once more and trusts it only while both agree (:func:`read_shard_index`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -37,6 +41,8 @@ import numpy as np
 
 from virnucpro_trt.errors import InputFormatError
 from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.json_fields import SHA256
 from virnucpro_trt.sequences.prepare import PreparedBlock
 from virnucpro_trt.sequences.reader import SeqRecord
 
@@ -46,6 +52,9 @@ MAX_SHARD_RECORDS = 16384
 MAX_SHARD_BASES = 32_000_000
 _WRITE_BUFFER = 1 << 20
 _SHARD_NAME = re.compile(r"shard-\d{6}\.fa")
+INDEX_SCHEMA = 2  # 2: each shard's SHA-256 (an index of schema 1 is stale: the input is sharded again)
+
+log = logging.getLogger(__name__)
 
 
 def default_shard_records(records: int) -> int:
@@ -71,6 +80,7 @@ class ShardSpec:
     frames: int
     file: str
     size_bytes: int
+    sha256: str  # of the shard file when it was written: a resume trusts the file only while it matches
 
     @property
     def end(self) -> int:
@@ -149,8 +159,10 @@ class ShardSplitter:
         """A layout must be filled exactly: ``more`` records arriving after it is full, or too few."""
         if self.layout is None:
             return
-        if more or len(self._pieces) != len(self.layout) or (
-            self._pieces and self._pieces[-1].records != self.layout[-1]
+        if (
+            more
+            or len(self._pieces) != len(self.layout)
+            or (self._pieces and self._pieces[-1].records != self.layout[-1])
         ):
             raise InputFormatError(
                 f"the input holds {'more' if more else 'fewer'} records than the shard layout it must be "
@@ -254,6 +266,7 @@ class ShardSplitter:
                     frames=planned.frames,
                     file=name,
                     size_bytes=target.stat().st_size,
+                    sha256=sha256_file(target),
                 )
             )
         return shards
@@ -269,26 +282,45 @@ def append_files(paths: Iterable[Path], out: Any, remove: bool = False) -> None:
 
 
 def write_shard_index(folder: Path, shards: list[ShardSpec], extra: dict[str, Any]) -> None:
-    """``index.json`` beside the shard files: the shard list plus whatever the caller needs on resume."""
-    data = {"schema": 1, "shards": [s.to_json() for s in shards], **extra}
+    """``index.json`` beside the shard files: the shard list (each shard's size and SHA-256 included)
+    plus whatever the caller needs on resume."""
+    data = {"schema": INDEX_SCHEMA, "shards": [s.to_json() for s in shards], **extra}
     write_text_atomic(folder / "index.json", json.dumps(data, indent=1) + "\n")
 
 
 def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | None:
-    """The shard list written by :func:`write_shard_index`, or None if it is missing, unreadable or any
-    shard file is missing or has another size (then the caller shards the input again)."""
+    """The shard list written by :func:`write_shard_index`, or None if it is missing, unreadable, of
+    another schema, or any shard file is missing or no longer has the size and SHA-256 recorded when it
+    was written (then the caller shards the input again and redoes every shard, as for any stale state:
+    a shard edited in ``.work`` would otherwise be run as if it were the user's records).
+
+    Each shard is hashed here once per resume; a size check alone let a same-size edit through.
+    """
     try:
         data = json.loads((folder / "index.json").read_text(encoding="utf-8"))
-        if data.get("schema") != 1:
+        if data.get("schema") != INDEX_SCHEMA:
             return None
         shards = [ShardSpec.from_json(item) for item in data["shards"]]
-        if not all(isinstance(s.file, str) and _SHARD_NAME.fullmatch(s.file) for s in shards):
+        if not all(
+            isinstance(s.file, str)
+            and _SHARD_NAME.fullmatch(s.file)
+            and isinstance(s.sha256, str)
+            and SHA256.fullmatch(s.sha256)
+            for s in shards
+        ):
             return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     for shard in shards:
         path = folder / shard.file
         if not path.is_file() or path.stat().st_size != shard.size_bytes:
+            return None
+        if sha256_file(path) != shard.sha256:
+            log.warning(
+                "%s changed since it was written (its SHA-256 differs): the input is sharded again and every "
+                "shard redone",
+                path,
+            )
             return None
     extra = {k: v for k, v in data.items() if k not in ("schema", "shards")}
     return shards, extra

@@ -1,0 +1,148 @@
+"""Output paths: the tool replaces what it wrote (unchanged since) and refuses anything else unless forced.
+
+Each case is a file someone may have at an output path: their own file, one of ours edited since, a
+link, a folder, a damaged or forged record. Only the tool's own, untouched output is replaced quietly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from virnucpro_trt.errors import UserError
+from virnucpro_trt.files import ownership
+from virnucpro_trt.files.ownership import (
+    RECORD,
+    changed_since,
+    check_replaceable,
+    output_entry,
+    record_path,
+    record_written,
+)
+
+
+def _write(path: Path, data: bytes = b"ours\n") -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_a_missing_path_and_the_tools_own_output_are_replaced(tmp_path: Path) -> None:
+    target = tmp_path / "out.h5"
+    check_replaceable([target], force=False)  # nothing there yet
+    record_written([_write(target)])
+    check_replaceable([target], force=False)  # a rerun onto its own output
+    record = json.loads(record_path(tmp_path).read_text())
+    assert record["files"]["out.h5"]["sha256"] == output_entry(target)["sha256"]
+
+
+def test_a_file_the_tool_did_not_write_is_refused_unless_forced(tmp_path: Path) -> None:
+    mine = _write(tmp_path / "thesis.txt", b"two years of work\n")
+    with pytest.raises(UserError, match=r"thesis.txt exists and virnucpro-trt did not write it;.*--force"):
+        check_replaceable([mine], force=False)
+    check_replaceable([mine], force=True)
+    assert mine.read_bytes() == b"two years of work\n"  # checking never touches it
+
+
+def test_an_empty_file_is_replaced_but_not_an_empty_files_link(tmp_path: Path) -> None:
+    """An empty file (``mktemp``'s, a workflow's placeholder) holds nothing to lose; a link to one is
+    still not the tool's, and one byte makes a file someone's."""
+    empty = _write(tmp_path / "placeholder.h5", b"")
+    check_replaceable([empty], force=False)
+    link = tmp_path / "link.h5"
+    link.symlink_to(empty)
+    with pytest.raises(UserError, match="did not write it"):
+        check_replaceable([link], force=False)
+    with pytest.raises(UserError, match="did not write it"):
+        check_replaceable([_write(tmp_path / "one.h5", b"\n")], force=False)
+
+
+def test_an_output_changed_since_it_was_written_is_refused(tmp_path: Path) -> None:
+    target = _write(tmp_path / "out.faa")
+    record_written([target])
+    with open(target, "ab") as handle:
+        handle.write(b"my notes\n")
+    with pytest.raises(UserError, match="was changed since virnucpro-trt wrote it"):
+        check_replaceable([target], force=False)
+    # the same size and content restored, in place: the stamp differs, the digest decides
+    target.write_bytes(b"ours\n")
+    check_replaceable([target], force=False)
+    # same size, other bytes, mtime set back: still refused
+    stat = target.stat()
+    target.write_bytes(b"OURS\n")
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(UserError, match="changed since"):
+        check_replaceable([target], force=False)
+
+
+def test_an_unchanged_output_is_not_hashed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = _write(tmp_path / "big.h5")
+    record_written([target])
+
+    def no_hashing(path: object) -> str:
+        raise AssertionError("an untouched output was hashed again")
+
+    monkeypatch.setattr(ownership, "sha256_file", no_hashing)
+    check_replaceable([target], force=False)
+
+
+def test_links_folders_and_the_record_itself(tmp_path: Path) -> None:
+    elsewhere = _write(tmp_path / "elsewhere.txt", b"someone's\n")
+    link = tmp_path / "link.h5"
+    link.symlink_to(elsewhere)
+    with pytest.raises(UserError, match="did not write it"):
+        check_replaceable([link], force=False)
+    folder = tmp_path / "results.h5"
+    folder.mkdir()
+    with pytest.raises(UserError, match="is a folder"):
+        check_replaceable([folder], force=True)
+    with pytest.raises(UserError, match="record of written files"):
+        check_replaceable([tmp_path / RECORD], force=True)
+
+
+def test_a_damaged_or_foreign_record_vouches_for_nothing(tmp_path: Path) -> None:
+    target = _write(tmp_path / "out.h5")
+    for text in ("not json", json.dumps({"schema": 99, "files": {}}), json.dumps([1, 2])):
+        record_path(tmp_path).write_text(text)
+        with pytest.raises(UserError, match="did not write it"):
+            check_replaceable([target], force=False)
+    entry = {**output_entry(target), "sha256": "0" * 64}  # names the file with another digest
+    record_path(tmp_path).write_text(json.dumps({"schema": 1, "files": {"out.h5": entry}}))
+    with pytest.raises(UserError, match="changed since"):
+        check_replaceable([target], force=False)
+
+
+def test_records_keep_other_outputs_and_drop_removed_ones(tmp_path: Path) -> None:
+    a, b = _write(tmp_path / "a.h5", b"a\n"), _write(tmp_path / "b.h5", b"b\n")
+    record_written([a])
+    record_written([b])
+    assert sorted(json.loads(record_path(tmp_path).read_text())["files"]) == ["a.h5", "b.h5"]
+    a.unlink()
+    record_written([b])
+    assert sorted(json.loads(record_path(tmp_path).read_text())["files"]) == ["b.h5"]
+
+
+def test_changed_since_is_predicts_rule_too(tmp_path: Path) -> None:
+    """The entries run.json keeps for predict's results are checked by the same function."""
+    target = _write(tmp_path / "frames.tsv")
+    entry = output_entry(target)
+    assert changed_since(tmp_path, "frames.tsv", entry) is None
+    target.write_bytes(b"other\n")
+    assert changed_since(tmp_path, "frames.tsv", entry) == "its frames.tsv was changed or removed since"
+    target.unlink()
+    assert changed_since(tmp_path, "frames.tsv", entry) is not None
+
+
+def test_an_unwritable_record_is_a_warning_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = _write(tmp_path / "out.h5")
+
+    def refuse(path: Path, text: str) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(ownership, "write_text_atomic", refuse)
+    record_written([target])
+    assert "a rerun onto them will need --force" in caplog.text

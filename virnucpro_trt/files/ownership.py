@@ -1,0 +1,154 @@
+"""Output paths: a file there is replaced only when virnucpro-trt wrote it and it is unchanged since.
+
+The one rule for every command that writes results, from predict's (``predict`` keeps its record in
+``run.json``; ``prepare``, ``embed`` and ``convert-classifier``, which own no run folder, in
+:data:`RECORD` beside their outputs, one per folder):
+
+* each file the tool writes is recorded with its size and SHA-256 (:func:`output_entry`); ``RECORD``
+  adds its stat stamp, so an untouched file is not hashed again (``files/stamps.py``);
+* a file at an output path is replaced when a record lists it and it still has the recorded size and
+  SHA-256 (:func:`changed_since`): rerunning a command onto its own earlier output just works;
+* an empty regular file is replaced too: it holds nothing to lose, and it is what ``mktemp`` or a
+  workflow manager's touched placeholder leaves at an output path before the command runs;
+* anything else there (a user's file, an output edited since, a symbolic link) is refused with one
+  line, exit 2, before anything is written, unless ``--force`` (:func:`check_replaceable`); a folder is
+  refused even then, since no command removes folders.
+
+Why: a mistyped ``-o`` must never destroy someone's file, while idempotent reruns are a project goal.
+A file written before records existed is refused once; ``--force`` takes it over. Two commands writing
+into one folder at the same instant may lose one record entry: that output is then refused on a rerun
+(the safe side), never replaced unseen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.json_fields import SHA256, FieldError, read_json_object
+from virnucpro_trt.files.stamps import file_stamp
+
+log = logging.getLogger(__name__)
+
+RECORD = ".virnucpro-trt-outputs.json"
+RECORD_SCHEMA = 1
+MAX_RECORD_BYTES = 4 << 20
+
+
+def record_path(folder: Path) -> Path:
+    """Where the record of the files written in ``folder`` lives (an input there is refused too)."""
+    return folder / RECORD
+
+
+def output_entry(path: Path) -> dict[str, Any]:
+    """``{"bytes", "sha256"}`` of a file the tool has just written: what a record keeps of it."""
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def changed_since(folder: Path, name: str, entry: object) -> str | None:
+    """Why ``folder/name`` is not the file ``entry`` recorded (size and SHA-256), or None when it is.
+
+    A file that still carries the entry's ``stamp`` (when it has one) is the recorded file without a
+    re-hash; a symbolic link is never a file the tool wrote.
+    """
+    path = folder / name
+    changed = f"its {name} was changed or removed since"
+    if not isinstance(entry, dict) or path.is_symlink() or not path.is_file():
+        return changed
+    stamp = entry.get("stamp")
+    if stamp is not None and stamp == file_stamp(path):
+        return None
+    if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
+        return changed
+    return None
+
+
+def _read_record(folder: Path) -> dict[str, dict[str, Any]]:
+    """The entries of ``folder``'s record that are well formed; none when it is missing or damaged."""
+    path = record_path(folder)
+    if path.is_symlink() or not path.is_file():
+        return {}
+    try:
+        data = read_json_object(path, MAX_RECORD_BYTES)
+    except (OSError, FieldError):
+        return {}
+    files = data.get("files") if data.get("schema") == RECORD_SCHEMA else None
+    if not isinstance(files, dict):
+        return {}
+    entries = {}
+    for name, entry in files.items():
+        if (
+            os.sep not in name
+            and name not in ("", ".", "..")
+            and isinstance(entry, dict)
+            and isinstance(entry.get("bytes"), int)
+            and isinstance(entry.get("sha256"), str)
+            and SHA256.fullmatch(entry["sha256"])
+        ):
+            entries[name] = entry
+    return entries
+
+
+def _not_ours(target: Path) -> str | None:
+    """Why the file at ``target`` may not be replaced without ``--force``, or None when it may."""
+    if not target.is_symlink() and target.is_file() and target.stat().st_size == 0:
+        return None  # nothing in it to lose
+    entry = _read_record(target.parent).get(target.name)
+    if entry is None:
+        return "virnucpro-trt did not write it"
+    if changed_since(target.parent, target.name, entry) is not None:
+        return "it was changed since virnucpro-trt wrote it"
+    return None
+
+
+def check_replaceable(targets: Iterable[Path], force: bool) -> None:
+    """Refuse (exit 2) an output path that holds a file the tool did not write, unless ``force``.
+
+    Called before anything is written; see the module docstring for the rule.
+    """
+    for target in targets:
+        if target.name == RECORD:
+            raise UserError(f"{target}: virnucpro-trt keeps its record of written files under this name")
+        if not os.path.lexists(target):
+            continue
+        if target.is_dir() and not target.is_symlink():
+            raise UserError(f"{target} is a folder; choose another output path")
+        why = _not_ours(target)
+        if why is None:
+            continue
+        if force:
+            log.warning("--force: replacing %s (%s)", target, why)
+            continue
+        raise UserError(
+            f"{target} exists and {why}; move it away, choose another output path, or add --force to "
+            "replace it"
+        )
+
+
+def record_written(targets: Iterable[Path]) -> None:
+    """Record ``targets`` (just written, complete) in their folders' records; entries whose file is gone
+    are dropped. A record that cannot be written is a warning: the outputs are complete, only a rerun
+    onto them will need ``--force``."""
+    by_folder: dict[Path, list[Path]] = {}
+    for target in targets:
+        by_folder.setdefault(target.parent, []).append(target)
+    for folder, written in by_folder.items():
+        try:
+            entries = {n: e for n, e in _read_record(folder).items() if os.path.lexists(folder / n)}
+            for target in written:
+                entries[target.name] = {**output_entry(target), "stamp": file_stamp(target)}
+            body = {"tool": "virnucpro-trt", "schema": RECORD_SCHEMA, "files": entries}
+            write_text_atomic(record_path(folder), json.dumps(body, indent=1, sort_keys=True) + "\n")
+        except OSError as exc:
+            log.warning(
+                "could not record the files written in %s (%s): a rerun onto them will need --force",
+                folder,
+                exc,
+            )
