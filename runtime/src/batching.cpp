@@ -1,5 +1,7 @@
 // Token-budget batching (see batching.h for the rule) and the loop that feeds an encoder its batches.
 #include <algorithm>
+#include <cstddef>
+#include <iostream>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -10,6 +12,50 @@
 #include "virnucpro/runtime.h"
 
 namespace virnucpro {
+namespace {
+
+// One batch into `out`; when the encoder runs out of memory, the batch in halves, each run the same way
+// (the Python runtime's rule, runtime/embedding.py), so a budget too large for the device costs speed, not
+// the run. `batches_run` and `stats` get the batches that ran. A single item that does not fit rethrows.
+void embed_batch(Encoder& encoder, const at::Tensor& ids, const at::Tensor& mask, const std::vector<int64_t>& lengths,
+                 const std::vector<int64_t>& batch, at::Tensor& out, BatchStats* stats,
+                 std::vector<std::vector<int64_t>>* batches_run) {
+  const auto rows = torch::tensor(batch, torch::kInt64);
+  const int64_t length = lengths[batch.front()];  // the longest item of the batch comes first
+  const auto batch_mask = mask.index_select(0, rows).slice(1, 0, length);
+  at::Tensor pooled;
+  try {
+    pooled = encoder.embed(ids.index_select(0, rows).slice(1, 0, length), batch_mask);
+  } catch (const OutOfMemory& error) {
+    if (batch.size() == 1) throw;
+    const auto half = static_cast<std::ptrdiff_t>(batch.size() / 2);
+    std::cerr << "warning: " << error.what() << "; retrying as " << half << " + " << batch.size() - half
+              << " items\n";
+  }
+  if (!pooled.defined()) {  // split outside the handler, so the failed attempt's memory can be released
+    const std::vector<int64_t> first(batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(batch.size() / 2));
+    const std::vector<int64_t> second(batch.begin() + static_cast<std::ptrdiff_t>(batch.size() / 2), batch.end());
+    embed_batch(encoder, ids, mask, lengths, first, out, stats, batches_run);
+    embed_batch(encoder, ids, mask, lengths, second, out, stats, batches_run);
+    return;
+  }
+  if (!torch::isfinite(pooled).all().item<bool>()) {
+    throw std::runtime_error(encoder.kind() + " produced NaN/Inf embeddings in a batch of " +
+                             std::to_string(batch.size()) + " items (e.g. #" + std::to_string(batch.front()) +
+                             "); try --precision fp32");
+  }
+  out.index_copy_(0, rows, pooled);
+  if (stats) {
+    const auto [graph_rows, graph_length] = encoder.computed_shape(static_cast<int64_t>(batch.size()), length);
+    stats->batches += 1;
+    stats->items += static_cast<int64_t>(batch.size());
+    stats->tokens += batch_mask.sum().item<int64_t>();
+    stats->computed_tokens += graph_rows * graph_length;
+  }
+  if (batches_run) batches_run->push_back(batch);
+}
+
+}  // namespace
 
 std::vector<std::vector<int64_t>> token_budget_batches(const std::vector<int64_t>& lengths,
                                                        int64_t max_batch_tokens, int64_t max_batch_size) {
@@ -60,27 +106,10 @@ at::Tensor embed_in_token_batches(Encoder& encoder, const at::Tensor& input_ids,
   }
   const auto ids = input_ids.to(torch::kCPU, torch::kInt64);
   const auto mask = attention_mask.to(torch::kCPU, torch::kInt64);
-  const auto batches = token_budget_batches(lengths, max_batch_tokens, encoder.max_batch());
-  for (const auto& batch : batches) {
-    const auto rows = torch::tensor(batch, torch::kInt64);
-    const int64_t length = lengths[batch.front()];  // the longest item of the batch comes first
-    const auto batch_mask = mask.index_select(0, rows).slice(1, 0, length);
-    const auto pooled = encoder.embed(ids.index_select(0, rows).slice(1, 0, length), batch_mask);
-    if (!torch::isfinite(pooled).all().item<bool>()) {
-      throw std::runtime_error(encoder.kind() + " produced NaN/Inf embeddings in a batch of " +
-                               std::to_string(batch.size()) + " items (e.g. #" + std::to_string(batch.front()) +
-                               "); try --precision fp32");
-    }
-    out.index_copy_(0, rows, pooled);
-    if (stats) {
-      const auto [graph_rows, graph_length] = encoder.computed_shape(static_cast<int64_t>(batch.size()), length);
-      stats->batches += 1;
-      stats->items += static_cast<int64_t>(batch.size());
-      stats->tokens += batch_mask.sum().item<int64_t>();
-      stats->computed_tokens += graph_rows * graph_length;
-    }
+  if (batches_run) batches_run->clear();
+  for (const auto& batch : token_budget_batches(lengths, max_batch_tokens, encoder.max_batch())) {
+    embed_batch(encoder, ids, mask, lengths, batch, out, stats, batches_run);
   }
-  if (batches_run) *batches_run = batches;
   return out;
 }
 

@@ -5,13 +5,58 @@
 // symbols as weak undefined references). A C++ executable links libstdc++ itself, into the global scope,
 // so nothing of the kind is needed here.
 #include <c10/core/DeviceGuard.h>
+#include <c10/util/Exception.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/torch.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+
+#ifdef VIRNUCPRO_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 #include "virnucpro/runtime.h"
 
 namespace virnucpro {
 namespace {
+
+// Out-of-memory, recognised as the Python runtime does (virnucpro_trt/runtime/out_of_memory.py):
+// torch's c10::OutOfMemoryError (the caching allocator, e.g. copying the inputs to the device); an error
+// whose message says so; or any failure during which the CUDA caching allocator counted an OOM -- an
+// AOTInductor package reports its own failed allocation only as "run_func_(...) API call failed".
+constexpr const char* kOutOfMemoryPhrases[] = {"out of memory", "failed to allocate memory",
+                                                "could not be allocated", "cuda_error_out_of_memory"};
+
+bool says_out_of_memory(std::string text) {
+  std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return std::tolower(c); });
+  return std::any_of(std::begin(kOutOfMemoryPhrases), std::end(kOutOfMemoryPhrases),
+                     [&](const char* phrase) { return text.find(phrase) != std::string::npos; });
+}
+
+int64_t device_ooms(const c10::Device& device) {
+#ifdef VIRNUCPRO_WITH_CUDA
+  if (device.is_cuda()) {
+    return c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0).num_ooms;
+  }
+#endif
+  (void)device;
+  return 0;
+}
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// Fault injection for tests (no device can be made to run out of memory on demand):
+// VIRNUCPRO_HOST_TEST_OOM_ROWS=N makes every call on a batch of more than N rows fail as out of memory
+// before it runs. Read once; unset in production.
+int64_t injected_oom_rows() {
+  static const int64_t rows = [] {
+    const char* value = std::getenv("VIRNUCPRO_HOST_TEST_OOM_ROWS");
+    return value ? std::strtoll(value, nullptr, 10) : -1;
+  }();
+  return rows;
+}
 
 constexpr const char* kMeta = "virnucpro.";
 
@@ -77,8 +122,25 @@ at::Tensor Encoder::embed(const at::Tensor& input_ids, const at::Tensor& attenti
   // (cuda:N need not be the thread's current device), as the Python runner's torch.cuda.device guard does.
   c10::OptionalDeviceGuard device_guard;
   if (device_.is_cuda()) device_guard.reset_device(device_);
-  auto outputs = loader_->run({ids.to(device_), mask.to(device_)});
-  return outputs.at(0).slice(0, 0, batch).to(torch::kCPU, torch::kFloat32).contiguous();
+  const int64_t ooms_before = device_ooms(device_);
+  const std::string where = entry_.kind + " ran out of memory on " + device_.str() + " (batch " +
+                            std::to_string(batch) + " x " + std::to_string(length) + " tokens): ";
+  try {
+    if (injected_oom_rows() >= 0 && batch > injected_oom_rows()) {
+      throw OutOfMemory(where + "injected by VIRNUCPRO_HOST_TEST_OOM_ROWS");
+    }
+    auto outputs = loader_->run({ids.to(device_), mask.to(device_)});
+    return outputs.at(0).slice(0, 0, batch).to(torch::kCPU, torch::kFloat32).contiguous();
+  } catch (const OutOfMemory&) {
+    throw;
+  } catch (const c10::OutOfMemoryError& error) {
+    throw OutOfMemory(where + first_line(error.what()));
+  } catch (const std::exception& error) {
+    if (says_out_of_memory(error.what()) || device_ooms(device_) > ooms_before) {
+      throw OutOfMemory(where + first_line(error.what()));
+    }
+    throw;
+  }
 }
 
 std::pair<int64_t, int64_t> Encoder::computed_shape(int64_t batch, int64_t length) const {

@@ -8,6 +8,7 @@ the engine's max batch (the cap); the embeddings, in input order, with the Pytho
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -39,7 +40,15 @@ def _tokens(engine_set: EngineSet, dna_lengths: list[int], protein_lengths: list
     }
 
 
-def _run(host_tool: Path, engines: Path, engine_set: EngineSet, tokens: dict, tmp_path: Path, *options: str):
+def _run(
+    host_tool: Path,
+    engines: Path,
+    engine_set: EngineSet,
+    tokens: dict,
+    tmp_path: Path,
+    *options: str,
+    env: dict[str, str] | None = None,
+):
     arrays = [
         *pad_batch(tokens["dnabert-s"], engine_set.dnabert.backend.pad_id),
         *pad_batch(tokens["esm2"], engine_set.esm.backend.pad_id),
@@ -47,7 +56,7 @@ def _run(host_tool: Path, engines: Path, engine_set: EngineSet, tokens: dict, tm
     inputs, outputs, timing = tmp_path / "in.pt", tmp_path / "out.pt", tmp_path / "timing.json"
     torch.save(tuple(torch.from_numpy(a) for a in arrays), inputs)
     command = [str(host_tool), str(engines), str(inputs), str(outputs), "--timing", str(timing), *options]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stderr
     batches: dict[str, list[list[int]]] = {kind: [] for kind in KINDS}
     for line in done.stdout.splitlines():
@@ -55,7 +64,9 @@ def _run(host_tool: Path, engines: Path, engine_set: EngineSet, tokens: dict, tm
             _, kind, *indices = line.split()
             batches[kind].append([int(i) for i in indices])
     dna, esm, _ = (t.numpy() for t in torch.load(outputs))
-    return batches, {"dnabert-s": dna, "esm2": esm}, json.loads(timing.read_text())
+    timings = json.loads(timing.read_text())
+    timings["stderr"] = done.stderr
+    return batches, {"dnabert-s": dna, "esm2": esm}, timings
 
 
 def _python_batches(engine_set: EngineSet, tokens: dict, budget: int) -> dict[str, list[list[int]]]:
@@ -106,6 +117,45 @@ def test_default_budget_is_the_engines_and_the_max_batch_caps_a_batch(
     want = _python_batches(engine_set, tokens, budget)
     assert [len(b) for b in want["esm2"]] == [256, 44]
     assert batches == want
+
+
+def _halved(batch: list[int], rows: int) -> list[list[int]]:
+    """The Python runtime's split of a batch that ran out of memory: first half len // 2, recursively."""
+    if len(batch) <= rows:
+        return [batch]
+    half = len(batch) // 2
+    return _halved(batch[:half], rows) + _halved(batch[half:], rows)
+
+
+def test_a_batch_that_runs_out_of_memory_is_run_in_halves(host_tool, engines, engine_set, tmp_path) -> None:
+    """With every batch of more than 3 rows failing as out of memory (the host's test fault), each is run
+    as halves by the Python runtime's rule, the embeddings stay the unsplit run's, and each split is said
+    on stderr; when even one item does not fit, the host stops with one line, exit 1."""
+    dna_lengths, protein_lengths = [300, 120, 250, 31, 500, 120, 480, 31, 250, 90], [98, 40, 166, 10, 49] * 2
+    tokens = _tokens(engine_set, dna_lengths, protein_lengths, seed=4)
+    budget = 4096
+    batches, got, timing = _run(
+        host_tool, engines, engine_set, tokens, tmp_path, "--max-batch-tokens", str(budget),
+        "--print-batches", env={"VIRNUCPRO_HOST_TEST_OOM_ROWS": "3"},
+    )  # fmt: skip
+    want = _python_batches(engine_set, tokens, budget)
+    assert any(len(b) > 3 for kind in KINDS for b in want[kind])  # something to split
+    for kind, encoder in (("dnabert-s", engine_set.dnabert), ("esm2", engine_set.esm)):
+        assert batches[kind] == [half for b in want[kind] for half in _halved(b, 3)]
+        assert timing[kind]["batches"] == len(batches[kind]) and timing[kind]["items"] == len(tokens[kind])
+        expected = embed_sequences(encoder.backend, tokens[kind], budget)  # unsplit
+        np.testing.assert_allclose(got[kind], expected, atol=1e-5, rtol=0)
+    assert timing["stderr"].count("ran out of memory") >= 4 and "retrying as" in timing["stderr"]
+
+    arrays = [*pad_batch(tokens["dnabert-s"], 0), *pad_batch(tokens["esm2"], 0)]
+    torch.save(tuple(torch.from_numpy(a) for a in arrays), tmp_path / "in.pt")
+    done = subprocess.run(
+        [str(host_tool), str(engines), str(tmp_path / "in.pt"), str(tmp_path / "none.pt")],
+        capture_output=True, text=True, env={**os.environ, "VIRNUCPRO_HOST_TEST_OOM_ROWS": "0"},
+    )  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error")]
+    assert done.returncode == 1 and len(errors) == 1 and "ran out of memory" in errors[0]
+    assert "(batch 1 x" in errors[0] and not (tmp_path / "none.pt").exists()
 
 
 def test_timing_json(host_tool, engines, engine_set, tmp_path) -> None:

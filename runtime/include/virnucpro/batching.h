@@ -37,9 +37,10 @@ struct BatchStats {
 };
 
 // Embeddings float32 [N, dim] on the CPU, in input order, of right-padded int64 ids/mask [N, T], run in
-// token-budget batches. Throws std::invalid_argument (one line) for an item longer than the engine
-// accepts and std::runtime_error for NaN/Inf embeddings, as the Python runtime refuses both.
-// `batches` (optional) receives the batches run, in order.
+// token-budget batches; a batch that runs out of device memory is run as two halves (recursively), and
+// OutOfMemory escapes only for a single item. Throws std::invalid_argument (one line) for an item longer
+// than the engine accepts and std::runtime_error for NaN/Inf embeddings, as the Python runtime refuses
+// both. `batches` (optional) receives the batches that ran, in order (the halves of a split batch).
 at::Tensor embed_in_token_batches(Encoder& encoder, const at::Tensor& input_ids, const at::Tensor& attention_mask,
                                   int64_t max_batch_tokens, BatchStats* stats = nullptr,
                                   std::vector<std::vector<int64_t>>* batches = nullptr);

@@ -38,6 +38,14 @@ class EngineMismatch : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// An engine call that failed for lack of device memory (encoder.cpp says how that is recognised). The
+// batch loop (batching.h) splits the batch in halves and runs each, as the Python runtime does; a single
+// item that does not fit is an error for the caller.
+class OutOfMemory : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 struct ShapeBox {
   int64_t min_batch = 1, max_batch = 1, min_length = 1, max_length = 1, sequence_multiple = 1;
 };
@@ -75,7 +83,8 @@ class Encoder {
   Encoder& operator=(const Encoder&) = delete;
 
   // input_ids / attention_mask: int64 [B, T] (any device). Returns float32 [B, dim] on the CPU.
-  // The host-to-device copy of the inputs and the copy of the result back happen here.
+  // The host-to-device copy of the inputs and the copy of the result back happen here. Throws
+  // OutOfMemory when the device ran out of memory during the call.
   at::Tensor embed(const at::Tensor& input_ids, const at::Tensor& attention_mask);
 
   // (rows, length) the graph runs for a batch of `batch` x `length`: the Python runner's padded_shape.
