@@ -18,7 +18,8 @@ The per-read call follows upstream's per-chunk calls, so the two tables never di
   of the same chunk scored others higher), while a ``virus`` read's ``best_p_virus`` is never below
   the best P(others) of the chunk that called it.
 
-Status: ``scored``; ``no_stop_free_frame`` (chunks, but every frame has a stop: upstream writes no row);
+Status: ``scored``; ``no_stop_free_frame`` (chunks, but no frame kept: each has a stop or no complete
+A/C/G/T codon; upstream writes no row);
 ``too_short`` (shorter than ``predict --min-length``: not chunked); ``empty`` (no sequence).
 """
 

@@ -115,7 +115,7 @@ def validate_input(
         frames,
     )  # fmt: skip
     if records == 0:
-        log.warning("input %s holds no records: the outputs will have headers only", display_name)
+        log.warning("input %s holds no records: the result files will hold no sequences", display_name)
     elif empty:
         log.warning(
             "input %s: %d empty record(s) (no sequence); they are reported with status 'empty'",
