@@ -15,6 +15,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
+
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -25,10 +27,10 @@ class FieldError(ValueError):
 def read_json_object(path: Path, max_bytes: int) -> dict[str, Any]:
     """The JSON object in ``path``; :class:`FieldError` if it is larger than ``max_bytes``, not JSON or
     not an object (``OSError`` when it cannot be read at all)."""
-    with open(path, "rb") as handle:
-        raw = handle.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise FieldError(f"larger than {max_bytes} bytes")
+    try:
+        raw = read_bounded(path, max_bytes)
+    except FileTooLarge as exc:
+        raise FieldError(str(exc)) from None
     try:
         data = json.loads(raw)
     except ValueError:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.names import member_path
 from virnucpro_trt.models.torch_archive import load_torch_file
 
@@ -102,20 +103,17 @@ def load_weight_files(files: Iterable[Path]) -> StateDict:
 def read_text_file(path: Path) -> str:
     """A model folder's text file, read whole but never past :data:`MAX_TEXT_BYTES`.
 
-    The limit bounds what is read, not what ``stat`` said beforehand, so a file that grows in between
-    cannot make the read unbounded. Every loader of these files reads through here (one limit, one place).
+    Every loader of these files reads through here (one limit, one place; the bounded read itself is
+    :func:`~virnucpro_trt.files.bounded_read.read_bounded`).
     """
     if not path.is_file():
         raise CheckpointError(f"{path.parent}: no {path.name}")
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_TEXT_BYTES + 1)
+        raw = read_bounded(path, MAX_TEXT_BYTES)
+    except FileTooLarge as exc:
+        raise CheckpointError(f"{path}: {exc}, too large for a model's text file") from None
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if len(raw) > MAX_TEXT_BYTES:
-        raise CheckpointError(
-            f"{path}: larger than {MAX_TEXT_BYTES} bytes, too large for a model's text file"
-        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

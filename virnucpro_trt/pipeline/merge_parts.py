@@ -30,6 +30,7 @@ from typing import Any
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -121,13 +122,12 @@ def read_part(folder: Path) -> PartResult:
     if not folder.is_dir():
         raise MergeRefused(f"{folder}: no such folder (a part's predict output folder)")
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_RUN_JSON_BYTES + 1)
+        raw = read_bounded(path, MAX_RUN_JSON_BYTES)
+    except FileTooLarge as exc:
+        raise MergeRefused(f"{path}: not a predict result: {exc}") from None
     except OSError:
         raise MergeRefused(f"{folder}: no {RUN_JSON}: the part's predict has not finished") from None
     try:
-        if len(raw) > MAX_RUN_JSON_BYTES:
-            raise ValueError("too large")
         run = json.loads(raw.decode("utf-8"))
         if not isinstance(run, dict) or run.get("tool") != "virnucpro-trt" or run.get("status") != "complete":
             raise ValueError("not a complete virnucpro-trt run")

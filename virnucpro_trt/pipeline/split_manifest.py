@@ -25,6 +25,7 @@ from typing import Any
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.settings import PredictSettings, SplitPart
 
 log = logging.getLogger(__name__)
@@ -137,12 +138,12 @@ def write_split_manifest(folder: Path, manifest: SplitManifest) -> Path:
 def read_split_manifest(path: Path) -> SplitManifest:
     """The manifest at ``path``, checked; raises :class:`SplitFileError` naming the first problem."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_SPLIT_JSON_BYTES + 1)
+        raw = read_bounded(path, MAX_SPLIT_JSON_BYTES)
+    except FileTooLarge:
+        limit = MAX_SPLIT_JSON_BYTES >> 20
+        raise SplitFileError(f"{path}: larger than {limit} MiB: not a split file") from None
     except OSError as exc:
         raise SplitFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if len(raw) > MAX_SPLIT_JSON_BYTES:
-        raise SplitFileError(f"{path}: larger than {MAX_SPLIT_JSON_BYTES >> 20} MiB: not a split file")
     try:
         data = json.loads(raw.decode("utf-8"))
         manifest = _parse(data)
