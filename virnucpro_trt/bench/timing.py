@@ -8,6 +8,7 @@ several passes (robust to one slow pass).
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,14 +35,25 @@ def clock(device: torch.device) -> float:
 
 
 def call_times_ms(call: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> list[float]:
-    """Milliseconds of each of ``iters`` calls after ``warmup`` untimed ones, for kernel-sized calls:
-    CUDA events around each call on a GPU (no host clock in the way), the host clock on the CPU."""
+    """Milliseconds of each of ``iters`` calls after ``warmup`` untimed ones, for kernel-sized calls.
+
+    On a GPU, CUDA events around each call, with the stream first held by a spin kernel for longer
+    than the host needs to enqueue the call (:func:`hold_stream`): the events then time the GPU's work
+    alone. Without the hold, an idle GPU records the start event at once and waits for the host's
+    launches, so a kernel shorter than its Python launch path is timed as the launch path. On the CPU,
+    the host clock.
+    """
+    enqueue_s = 0.0
     for _ in range(warmup):
+        started = time.perf_counter()
         call()
+        enqueue_s = max(enqueue_s, time.perf_counter() - started)
+        synchronize(device)
     times = []
     for _ in range(iters):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            hold_stream(device, 2 * enqueue_s + 1e-4)
             start.record()
             call()
             end.record()
@@ -52,6 +64,26 @@ def call_times_ms(call: Callable[[], Any], device: torch.device, warmup: int, it
             call()
             times.append(1e3 * (time.perf_counter() - started))
     return times
+
+
+def hold_stream(device: torch.device, seconds: float) -> None:
+    """Queue a spin kernel of about ``seconds`` on ``device``'s current stream (``torch.cuda._sleep``
+    counts clock cycles, converted by :func:`_spin_cycles_per_s`)."""
+    torch.cuda._sleep(max(1, int(seconds * _spin_cycles_per_s(device.index or 0))))
+
+
+@functools.cache
+def _spin_cycles_per_s(index: int) -> float:
+    """Cycles per second of ``torch.cuda._sleep`` on GPU ``index``, timed once with CUDA events."""
+    cycles = 2_000_000
+    with torch.cuda.device(index):
+        torch.cuda._sleep(1000)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+        return cycles / (start.elapsed_time(end) / 1e3)
 
 
 @dataclass

@@ -1,0 +1,37 @@
+"""``call_times_ms`` times the device's work, not the host's launch path."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from virnucpro_trt.bench.timing import call_times_ms
+
+
+def test_on_the_cpu_each_call_is_timed_by_the_host_clock() -> None:
+    calls = []
+
+    def call() -> None:
+        calls.append(1)
+        time.sleep(0.002)
+
+    times = call_times_ms(call, torch.device("cpu"), warmup=2, iters=3)
+    assert len(calls) == 5 and len(times) == 3 and all(2.0 <= t < 200 for t in times)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
+def test_a_short_kernel_behind_a_slow_launch_path_is_timed_as_the_kernel() -> None:
+    """A kernel of a few microseconds behind 3 ms of host work per call: the GPU's time, far below the
+    host's (without holding the stream, the events would span the host's 3 ms)."""
+    x = torch.zeros(1024, device="cuda")
+
+    def call() -> None:
+        time.sleep(0.003)
+        x.add_(1)
+
+    times = call_times_ms(call, torch.device("cuda", 0), warmup=2, iters=5)
+    assert len(times) == 5 and max(times) < 1.0
+    assert x[0].item() == 7
