@@ -6,7 +6,9 @@ Inductor generates are the same ones AOTInductor packages; each layer is compile
 reused for the 36 identical layers, which keeps compiling to seconds). Every variant embeds the same
 proteins through the project's token-budget batcher, is timed as the median of several passes after a
 warm-up, and is checked against the fp32 eager model (min pooled cosine). With ``--profile`` one batch
-of each variant is profiled and its CUDA time split into kernel categories.
+of each variant is profiled and its CUDA time split into kernel categories. ``--row-launch`` gives the
+``fp8-fused-fold-launch`` variant other row kernel launches (passed to the layers, so each launch is
+its own traced graph).
 
     python3 benchmarks/diagnostics/esm2_variants.py --variants bf16,fp8,fp8-fast --json out.json
     python3 benchmarks/diagnostics/esm2_variants.py --tiny --device cpu --variants bf16   # smoke run
@@ -15,7 +17,6 @@ of each variant is profiled and its CUDA time split into kernel categories.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import json
@@ -23,7 +24,7 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ from virnucpro_trt.bench.timing import measure
 from virnucpro_trt.bench.workload import frame_sequences
 from virnucpro_trt.engines.fp8_quantize import (
     BIAS_GELU,
+    ERF_LIBDEVICE,
+    ERF_POLYNOMIAL,
+    GELU_TANH,
     LAYERNORM,
     MODE_NAMES,
     MODES,
@@ -206,7 +210,12 @@ class EngineShapes(torch.nn.Module):
 
 
 def build_variant(
-    reference: torch.nn.Module, variant: Variant, device: torch.device, compile_: bool, budget: int
+    reference: torch.nn.Module,
+    variant: Variant,
+    device: torch.device,
+    compile_: bool,
+    budget: int,
+    launches: Mapping[int, RowLaunch] | None = None,
 ) -> Any:
     model = copy.deepcopy(reference).to(dtype=torch.bfloat16)
     model.residual_fp32 = variant.residual_fp32
@@ -215,9 +224,8 @@ def build_variant(
     if variant.precision == "fp8":
         convert_linears_to_fp8(model, fast_accum=variant.fast_accum)
     elif variant.precision == "fp8-fused":
-        convert_to_fp8(
-            model, variant.fast_accum, variant.kernel_modes, variant.gemm_bias, variant.fold_residual
-        )
+        fold = variant.fold_residual
+        convert_to_fp8(model, variant.fast_accum, variant.kernel_modes, variant.gemm_bias, fold, launches)
         if variant.layernorm_bf16:
             for layer in model.layers:
                 layer.__class__ = Bf16LayerNormFp8Layer  # same state, other LayerNorm quantisation
@@ -236,26 +244,22 @@ def build_variant(
 
 
 def parse_row_launch(text: str) -> tuple[int, RowLaunch]:
-    """``MODE=CHUNK,WARPS`` (MODE layernorm, identity or bias_gelu) as (mode, launch)."""
+    """``MODE=CHUNK,WARPS[,ERF]`` or ``MODE=resident,WARPS[,ERF]`` (MODE layernorm, identity or
+    bias_gelu; ERF 0, 1 or 2 as :class:`RowLaunch`'s, the engines' when left out) as (mode, launch)."""
     modes = {name: mode for mode, name in MODE_NAMES.items()}
     name, _, spec = text.partition("=")
     try:
-        chunk, warps = (int(part) for part in spec.split(","))
-        return modes[name], dataclasses.replace(ROW_LAUNCH[modes[name]], chunk=chunk, num_warps=warps)
+        chunk_text, warps_text, *erf_text = spec.split(",")
+        resident = chunk_text == "resident"
+        default = ROW_LAUNCH[modes[name]]
+        erf = int(erf_text[0]) if len(erf_text) == 1 else default.erf
+        if len(erf_text) > 1 or erf not in (ERF_LIBDEVICE, ERF_POLYNOMIAL, GELU_TANH):
+            raise ValueError(spec)
+        launch = RowLaunch(0 if resident else int(chunk_text), int(warps_text), erf, resident)
+        return modes[name], launch
     except (KeyError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected MODE=CHUNK,WARPS") from exc
-
-
-@contextlib.contextmanager
-def row_launches(launches: dict[int, RowLaunch]) -> Iterator[None]:
-    """The engines' :data:`ROW_LAUNCH` with ``launches`` in place, while a variant traces and runs."""
-    saved = dict(ROW_LAUNCH)
-    ROW_LAUNCH.update(launches)
-    try:
-        yield
-    finally:
-        ROW_LAUNCH.clear()
-        ROW_LAUNCH.update(saved)
+        expected = "expected MODE=CHUNK,WARPS[,ERF] or MODE=resident,WARPS[,ERF]"
+        raise argparse.ArgumentTypeError(f"{text!r}: {expected}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="MODE=CHUNK,WARPS for the fp8-fused-fold-launch variant")  # fmt: skip
     args = parser.parse_args(argv)
     if any(VARIANTS[n].row_launch for n in args.variants.split(",") if n in VARIANTS) and not args.row_launch:
-        parser.error("the fp8-fused-fold-launch variant needs --row-launch MODE=CHUNK,WARPS")
+        parser.error("the fp8-fused-fold-launch variant needs --row-launch MODE=CHUNK,WARPS (or =resident,W)")
     device = torch.device(args.device)
     config = TINY_ESM2_CONFIG if args.tiny else ESM2_T36_3B_CONFIG
     tokenizer = ProteinTokenizer()
@@ -296,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         "results": rows,
     }  # fmt: skip
     torch.backends.cuda.matmul.allow_tf32 = False
+    # AOTAutograd's cache keys a graph by the ops it calls, not by the Python they run: a row op whose
+    # Triton kernel changed (or whose helper did) would be served the old compiled graph. Off here,
+    # where kernels are what is being compared; Inductor's own cache sees the kernels and stays on.
+    torch._functorch.config.enable_autograd_cache = False
     for name in args.variants.split(","):
         variant = VARIANTS[name]
         row: dict[str, Any] = {
@@ -311,11 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             torch._dynamo.reset()  # each variant traces anew (the attention choice is made while tracing)
             started = time.perf_counter()
-            model = build_variant(reference, variant, device, not args.no_compile, budget)
+            model = build_variant(reference, variant, device, not args.no_compile, budget, launches)
             runner = TorchBackend(model, config.embed_dim, tokenizer.pad_id, device, torch.bfloat16,
                                   attention=variant.attention)  # fmt: skip
             inductor = torch._inductor.config.patch(dict(variant.inductor))  # compiles on first use
-            with inductor, row_launches(launches):
+            with inductor:
                 result = measure(
                     lambda _, runner=runner: embed_sequences(runner, tokens, budget), args.repeats, device
                 )
@@ -328,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 parity=compare(expected, result.results[-1][:ref_n], gate_precision).to_json(),
             )
             if args.profile:
-                with inductor, row_launches(launches):
+                with inductor:
                     row["profile"] = kernel_breakdown(runner, profile_batch(tokens, budget, tokenizer.pad_id))
             del runner, model
         except Exception as exc:  # a failing variant is reported, the others still run

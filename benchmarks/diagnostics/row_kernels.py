@@ -8,8 +8,10 @@ row or by GELU's erf, not by bytes. This times each kernel on one batch's rows (
 device copy of the same bytes (the practical bound), and checks every launch against the torch
 reference (share of e4m3 codes that differ, largest dequantised difference in units of the row scale):
 
-* ``bias_gelu`` — fc1's output [rows, 10240] bf16 + bias, erf GELU, quantised (fc2's input), with
-  erf from libdevice (``erf`` 0) or the A&S polynomial (1, the engines' since the fifth session);
+* ``bias_gelu`` — fc1's output [rows, 10240] bf16 + bias, GELU, quantised (fc2's input), with
+  erf from libdevice (``erf`` 0) or the A&S polynomial (1, the engines' since the fifth session), or
+  GELU's tanh form by the hardware tanh (2; its codes are compared with the erf form's, so they differ
+  more);
 * ``identity_10240`` — the same rows quantised without bias or GELU: what the GELU kernel would cost if
   GELU were free (the same two passes, the same bytes but the bias);
 * ``layernorm`` — the fp32 residual stream [rows, 2560], LayerNorm'd and quantised (the first norm);
@@ -17,10 +19,12 @@ reference (share of e4m3 codes that differ, largest dequantised difference in un
   written back (the second norm, and the first one when the residual add is folded);
 * ``identity`` — the attention output [rows, 2560] bf16, quantised (out-proj's input).
 
-The LayerNorm/plain kernel is also timed with the whole row held in registers (``resident``: one read
-instead of chunked passes that re-read the row from cache).
+Each kernel is also timed with the whole row held in registers (``resident``: one read instead of
+chunked passes that re-read the row from cache).
 
-Each figure is the median of ``--iters`` calls (CUDA events) after ``--warmup`` calls. Without CUDA and
+Each figure is the median of ``--iters`` calls (CUDA events, the stream held while the host enqueues a
+call: :func:`~virnucpro_trt.bench.timing.call_times_ms`) after ``--warmup`` calls. Figures taken before
+that hold (the results of the fifth to seventh sessions) include the Python launch path. Without CUDA and
 triton every row is reported with the reason (the CPU test runs that way).
 
     python3 benchmarks/diagnostics/row_kernels.py --json benchmarks/results/h200_row_kernels.json
@@ -42,7 +46,7 @@ from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.timing import call_times_ms
 from virnucpro_trt.engines import fp8_quantize as fq
-from virnucpro_trt.engines.fp8_quantize import ERF_LIBDEVICE, ERF_POLYNOMIAL, ROW_LAUNCH, RowLaunch
+from virnucpro_trt.engines.fp8_quantize import ERF_LIBDEVICE, ERF_POLYNOMIAL, GELU_TANH, ROW_LAUNCH, RowLaunch
 from virnucpro_trt.engines.inductor_fp8 import fp8_unavailable_reason
 
 
@@ -78,15 +82,19 @@ CASES = (
 
 def launches(case: Case) -> list[RowLaunch]:
     """The engines' launch first, then the grid: chunks that divide the row, 4-16 warps (1-8 for the
-    2560-wide rows), for the GELU kernel both ways of computing erf, for the others the resident row."""
+    2560-wide rows), for the GELU kernel both ways of computing erf; then the resident row."""
     default = ROW_LAUNCH[case.mode]
     wide = case.cols >= 8192
     chunks = (1024, 2048) if wide else (256, 512)
     warps = (4, 8, 16) if wide else (1, 2, 4, 8)
-    erfs = (ERF_LIBDEVICE, ERF_POLYNOMIAL) if case.mode == fq.BIAS_GELU else (ERF_LIBDEVICE,)
+    gelu = case.mode == fq.BIAS_GELU
+    erfs = (ERF_LIBDEVICE, ERF_POLYNOMIAL, GELU_TANH) if gelu else (ERF_LIBDEVICE,)
     grid = [RowLaunch(c, w, e) for e in erfs for c in chunks for w in warps]
-    if case.mode != fq.BIAS_GELU:  # the row held in registers: one read (chunk unused, 0)
-        grid += [RowLaunch(0, w, resident=True) for w in ((8, 16) if wide else (2, 4, 8))]
+    grid += [  # the row held in registers: one read (chunk unused, 0)
+        RowLaunch(0, w, e, resident=True)
+        for e in ((ERF_POLYNOMIAL, GELU_TANH) if gelu else (ERF_LIBDEVICE,))
+        for w in ((8, 16, 32) if wide else (2, 4, 8))
+    ]
     return [default] + [launch for launch in grid if launch != default]
 
 

@@ -10,8 +10,8 @@ On CUDA the modes of ``kernels`` run Triton kernels, the others Inductor's own f
 reference. Inductor's fusion re-reads and recomputes a row on every pass of a looped reduction, and a
 kernel holding a whole row in one program left too few rows in flight (profiles: docs/measurements.md).
 These kernels walk a row in chunks that divide it, in small programs, so that many rows are in flight;
-later passes re-read the row from cache (``RowLaunch(resident=True)`` instead holds a LayerNorm/plain row
-in registers and reads it once: a candidate, not yet timed on a GPU):
+later passes re-read the row from cache. ``RowLaunch(resident=True)`` instead holds the row in
+registers as two power-of-two pieces (:func:`resident_pieces`) and reads it once, in every mode:
 
 * BIAS_GELU needs no GELU pass for the amax: GELU rises on [-0.75, inf) and stays within 0.17 in
   magnitude below 0, so when GELU(max z) >= 0.17 it *is* the row's amax; a row whose maximum is smaller
@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -41,8 +43,13 @@ MODES = (IDENTITY, LAYERNORM, BIAS_GELU)
 FP8_MAX = 448.0  # largest finite e4m3fn value
 AMAX_FLOOR = 1e-12  # an all-zero row gets scale ~2e-15 instead of 0 (no 0/0 in the quantisation)
 FP8_DTYPE = getattr(torch, "float8_e4m3fn", None)
-GELU_NEGATIVE_BOUND = 0.17  # max |GELU(z)| over z < 0 is 0.16997 (at z = -0.7518)
-ERF_LIBDEVICE, ERF_POLYNOMIAL = 0, 1  # how the GELU kernel evaluates erf (RowLaunch.erf)
+# max |GELU(z)| over z < 0: 0.16997 (erf form, at z = -0.7518), 0.17004 (tanh form), with margin for
+# the hardware tanh's relative error (2^-11)
+GELU_NEGATIVE_BOUND = 0.171
+# How the GELU kernel evaluates GELU (RowLaunch.erf): erf by libdevice's erff, erf by the polynomial
+# below, or GELU's tanh form with the hardware's tanh.approx.f32 (|diff| <= 4.8e-4 from the erf form,
+# below the bf16 rounding of the GEMM output it is applied to except in the far negative lobe)
+ERF_LIBDEVICE, ERF_POLYNOMIAL, GELU_TANH = 0, 1, 2
 # Abramowitz & Stegun 7.1.26: erf(a) = 1 - t (c1 + c2 t + ... + c5 t^4) exp(-a^2), t = 1 / (1 + p a),
 # a >= 0, |error| <= 1.5e-7: below bf16's resolution of the GEMM output it is applied to.
 ERF_P = 0.3275911
@@ -55,13 +62,25 @@ class RowLaunch:
     row, :func:`chunk_size`), warps per program, and for the GELU kernel how erf is evaluated.
 
     The defaults (:data:`ROW_LAUNCH`) are what the engines build with; other values exist for
-    ``benchmarks/diagnostics/row_kernels.py``, which times them against each other on the GPU.
+    ``benchmarks/diagnostics/row_kernels.py`` and ``esm2_variants.py``, which time them on the GPU.
+    A launch reaches the registered ops as their last argument (:meth:`as_args`), so it is part of
+    every traced graph and of the compilers' cache keys: a launch held in module state would not be,
+    and a cached graph would run another launch's kernels.
     """
 
     chunk: int
     num_warps: int = 4
     erf: int = ERF_LIBDEVICE
-    resident: bool = False  # LayerNorm/plain: the whole row in registers, read once (chunk unused)
+    resident: bool = False  # the whole row in registers, read once (chunk unused)
+
+    def as_args(self) -> list[int]:
+        """``[chunk, num_warps, erf, resident]``: the registered ops' ``launch`` argument."""
+        return [self.chunk, self.num_warps, self.erf, int(self.resident)]
+
+    @classmethod
+    def from_args(cls, args: list[int]) -> RowLaunch:
+        chunk, num_warps, erf, resident = args
+        return cls(chunk, num_warps, erf, bool(resident))
 
 
 def quantize_rows_reference(
@@ -130,6 +149,16 @@ def next_power_of_two(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+def resident_pieces(cols: int) -> tuple[int, int]:
+    """A row held in registers as two power-of-two pieces: the largest power of two <= ``cols``, then
+    the rest rounded up to a power of two (0 when nothing is left): 10240 = 8192 + 2048 and
+    2560 = 2048 + 512 without an idle lane, where one block of the next power of two would leave 37.5%
+    of its lanes idle (and their registers held)."""
+    head = 1 << (max(cols, 1).bit_length() - 1)
+    rest = cols - head
+    return head, (next_power_of_two(rest) if rest else 0)
+
+
 def chunk_size(cols: int, largest: int) -> int:
     """The largest power of two <= ``largest`` that divides ``cols`` (no idle lanes in the last chunk);
     the next power of two >= ``cols`` when that is smaller, for short rows."""
@@ -162,18 +191,26 @@ if triton is not None:
     _ERF_P = tl.constexpr(ERF_P)
     _C1, _C2, _C3, _C4, _C5 = (tl.constexpr(c) for c in ERF_COEFFS)
 
+    _GELU_TANH = tl.constexpr(GELU_TANH)
+
     @triton.jit
     def _gelu(z, ERF: tl.constexpr):
-        u = z * 0.7071067811865476
-        if ERF == _ERF_POLYNOMIAL:  # a reciprocal, an exp and five FMAs instead of libdevice's erff
+        half = 0.5 * z
+        if ERF == _GELU_TANH:  # one MUFU op and four FMAs: tanh(sqrt(2/pi) (z + 0.044715 z^3))
+            inner = z * (0.7978845608028654 + 0.035677408136300125 * z * z)
+            gate = tl.inline_asm_elementwise(
+                "tanh.approx.f32 $0, $1;", "=r,r", [inner], dtype=tl.float32, is_pure=True, pack=1
+            )
+        elif ERF == _ERF_POLYNOMIAL:  # a reciprocal, an exp and five FMAs instead of libdevice's erff
+            u = z * 0.7071067811865476
             a = tl.abs(u)
             t = 1.0 / (1.0 + _ERF_P * a)
             poly = t * (_C1 + t * (_C2 + t * (_C3 + t * (_C4 + t * _C5))))
             e = 1.0 - poly * tl.exp(-a * a)
-            erf = tl.where(u < 0.0, -e, e)
+            gate = tl.where(u < 0.0, -e, e)
         else:
-            erf = tl.math.erf(u)
-        return 0.5 * z * (1.0 + erf)
+            gate = tl.math.erf(z * 0.7071067811865476)
+        return half + half * gate
 
     @triton.jit
     def _bias_gelu_rows_kernel(
@@ -274,65 +311,134 @@ if triton is not None:
         tl.store(scale_ptr + tl.program_id(0), amax / _FP8_MAX)
 
     @triton.jit
+    def _resident_piece(x_ptr, d_ptr, db_ptr, base, start, SIZE: tl.constexpr, cols, HAS_DELTA: tl.constexpr):
+        """One power-of-two piece of a resident row, from ``start`` (masked only where it overhangs)."""
+        lanes = start + tl.arange(0, SIZE)
+        inside = lanes < cols
+        return _row_chunk(x_ptr, d_ptr, db_ptr, base, 0, lanes, inside, HAS_DELTA), lanes, inside
+
+    @triton.jit
     def _quantize_resident_rows_kernel(
         x_ptr, d_ptr, db_ptr, w_ptr, b_ptr, sum_ptr, out_ptr, scale_ptr, cols, eps,
-        NORM: tl.constexpr, HAS_DELTA: tl.constexpr, BLOCK: tl.constexpr,
+        NORM: tl.constexpr, HAS_DELTA: tl.constexpr, HEAD: tl.constexpr, TAIL: tl.constexpr,
     ):  # fmt: skip
-        """:func:`_quantize_normalised_rows_kernel` with the row held in registers: one read, the
-        statistics as two reductions over the resident row (mean, then squared deviations: exact)."""
+        """:func:`_quantize_normalised_rows_kernel` with the row held in registers as two power-of-two
+        pieces (:func:`resident_pieces`): one read, the statistics as two reductions over the resident
+        row (mean, then squared deviations: exact)."""
         base = tl.program_id(0).to(tl.int64) * cols
-        lanes = tl.arange(0, BLOCK)
-        inside = lanes < cols
-        y = _row_chunk(x_ptr, d_ptr, db_ptr, base, 0, lanes, inside, HAS_DELTA)
+        y, lanes, inside = _resident_piece(x_ptr, d_ptr, db_ptr, base, 0, HEAD, cols, HAS_DELTA)
         if HAS_DELTA:
             tl.store(sum_ptr + base + lanes, y.to(sum_ptr.dtype.element_ty), mask=inside)
+        total = tl.sum(y, axis=0)
+        if TAIL > 0:
+            t, t_lanes, t_inside = _resident_piece(x_ptr, d_ptr, db_ptr, base, HEAD, TAIL, cols, HAS_DELTA)
+            if HAS_DELTA:
+                tl.store(sum_ptr + base + t_lanes, t.to(sum_ptr.dtype.element_ty), mask=t_inside)
+            total += tl.sum(t, axis=0)
         if NORM:
-            mean = tl.sum(y, axis=0) / cols
-            dev = tl.where(inside, y - mean, 0.0)
-            rstd = 1.0 / tl.sqrt((tl.sum(dev * dev, axis=0) / cols + eps).to(tl.float32))
+            mean = total / cols
+            y = tl.where(inside, y - mean, 0.0)
+            squares = tl.sum(y * y, axis=0)
+            if TAIL > 0:
+                t = tl.where(t_inside, t - mean, 0.0)
+                squares += tl.sum(t * t, axis=0)
+            rstd = 1.0 / tl.sqrt((squares / cols + eps).to(tl.float32))
             w = tl.load(w_ptr + lanes, mask=inside, other=0.0).to(tl.float32)
             b = tl.load(b_ptr + lanes, mask=inside, other=0.0).to(tl.float32)
-            y = dev * rstd * w + b
-        amax = tl.maximum(tl.max(tl.where(inside, tl.abs(y), 0.0), axis=0), _AMAX_FLOOR)
+            y = y * rstd * w + b
+            if TAIL > 0:
+                w = tl.load(w_ptr + t_lanes, mask=t_inside, other=0.0).to(tl.float32)
+                b = tl.load(b_ptr + t_lanes, mask=t_inside, other=0.0).to(tl.float32)
+                t = t * rstd * w + b
+        peak = tl.max(tl.where(inside, tl.abs(y), 0.0), axis=0)
+        if TAIL > 0:
+            peak = tl.maximum(peak, tl.max(tl.where(t_inside, tl.abs(t), 0.0), axis=0))
+        amax = tl.maximum(peak, _AMAX_FLOOR)
         _e4m3_store(out_ptr, base + lanes, inside, y, _FP8_MAX / amax)
+        if TAIL > 0:
+            _e4m3_store(out_ptr, base + t_lanes, t_inside, t, _FP8_MAX / amax)
+        tl.store(scale_ptr + tl.program_id(0), amax / _FP8_MAX)
+
+    @triton.jit
+    def _bias_gelu_resident_kernel(
+        x_ptr, b_ptr, out_ptr, scale_ptr, cols, HEAD: tl.constexpr, TAIL: tl.constexpr, ERF: tl.constexpr
+    ):
+        """:func:`_bias_gelu_rows_kernel` with the row (plus bias) held in registers as two power-of-two
+        pieces: one read of the row, GELU evaluated once per value (twice only in the exact pass)."""
+        base = tl.program_id(0).to(tl.int64) * cols
+        lanes = tl.arange(0, HEAD)
+        inside = lanes < cols
+        z = tl.load(x_ptr + base + lanes, mask=inside, other=0.0).to(tl.float32)
+        z += tl.load(b_ptr + lanes, mask=inside, other=0.0).to(tl.float32)
+        top = tl.max(tl.where(inside, z, float("-inf")), axis=0)
+        if TAIL > 0:
+            t_lanes = HEAD + tl.arange(0, TAIL)
+            t_inside = t_lanes < cols
+            t = tl.load(x_ptr + base + t_lanes, mask=t_inside, other=0.0).to(tl.float32)
+            t += tl.load(b_ptr + t_lanes, mask=t_inside, other=0.0).to(tl.float32)
+            top = tl.maximum(top, tl.max(tl.where(t_inside, t, float("-inf")), axis=0))
+        amax = _gelu(top, ERF)
+        if amax < _GELU_NEGATIVE_BOUND:  # the negative lobe may hold the amax: the exact pass
+            amax = tl.max(tl.where(inside, tl.abs(_gelu(z, ERF)), 0.0), axis=0)
+            if TAIL > 0:
+                amax = tl.maximum(amax, tl.max(tl.where(t_inside, tl.abs(_gelu(t, ERF)), 0.0), axis=0))
+        amax = tl.maximum(amax, _AMAX_FLOOR)
+        inv = _FP8_MAX / amax
+        _e4m3_store(out_ptr, base + lanes, inside, _gelu(z, ERF), inv)
+        if TAIL > 0:
+            _e4m3_store(out_ptr, base + t_lanes, t_inside, _gelu(t, ERF), inv)
         tl.store(scale_ptr + tl.program_id(0), amax / _FP8_MAX)
 
 
 # The engines' launches: fc1's 10,240-wide rows in chunks of 2048 (5), the 2,560-wide ones of 512 (5);
 # the fastest or level with the fastest of row_kernels.py's grid on the H200 (measurement log).
-ROW_LAUNCH = {
-    BIAS_GELU: RowLaunch(chunk=2048, erf=ERF_POLYNOMIAL),
-    LAYERNORM: RowLaunch(chunk=1024),
-    IDENTITY: RowLaunch(chunk=1024),
-}
+ROW_LAUNCH: Mapping[int, RowLaunch] = MappingProxyType(
+    {
+        BIAS_GELU: RowLaunch(chunk=2048, erf=ERF_POLYNOMIAL),
+        LAYERNORM: RowLaunch(chunk=1024),
+        IDENTITY: RowLaunch(chunk=1024),
+    }
+)
 
 
 MODE_NAMES = {IDENTITY: "identity", LAYERNORM: "layernorm", BIAS_GELU: "bias_gelu"}
 
 
-def row_launch_facts() -> dict[str, dict[str, Any]]:
-    """:data:`ROW_LAUNCH` by mode name, for an engine's build facts (erf 1: the polynomial)."""
-    return {MODE_NAMES[mode]: dataclasses.asdict(launch) for mode, launch in ROW_LAUNCH.items()}
+def row_launches(overrides: Mapping[int, RowLaunch] | None = None) -> dict[int, RowLaunch]:
+    """:data:`ROW_LAUNCH` with ``overrides`` in place (a diagnostic's candidates), one per mode."""
+    unknown = set(overrides or ()) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown row kernel mode(s) {sorted(unknown)}")
+    return {**ROW_LAUNCH, **(overrides or {})}
+
+
+def row_launch_facts(launches: Mapping[int, RowLaunch] | None = None) -> dict[str, dict[str, Any]]:
+    """``launches`` (the defaults when None) by mode name, for an engine's build facts."""
+    return {MODE_NAMES[mode]: dataclasses.asdict(launch) for mode, launch in row_launches(launches).items()}
 
 
 def _launch_bias_gelu_rows(
     x: torch.Tensor, bias: torch.Tensor, launch: RowLaunch | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run :func:`_bias_gelu_rows_kernel` on ``x``'s rows; returns (e4m3, scales). The GELU kernel has
-    no resident form (a 10240-wide row does not fit in registers), so a resident launch is refused."""
+    """Run :func:`_bias_gelu_rows_kernel` (or, for a resident launch, :func:`_bias_gelu_resident_kernel`)
+    on ``x``'s rows; returns (e4m3, scales)."""
     from torch.library import wrap_triton
 
     launch = launch or ROW_LAUNCH[BIAS_GELU]
-    if launch.resident:
-        raise ValueError("the bias+GELU row kernel has no resident form: give it a chunked RowLaunch")
     cols = x.shape[-1]
     rows = x.reshape(-1, cols).contiguous()
     out = torch.empty(rows.shape, device=x.device, dtype=FP8_DTYPE)
     scale = torch.empty((rows.shape[0], 1), device=x.device, dtype=torch.float32)
-    wrap_triton(_bias_gelu_rows_kernel)[(rows.shape[0],)](
-        rows, bias, out, scale, cols,
-        CHUNK=chunk_size(cols, launch.chunk), ERF=launch.erf, num_warps=launch.num_warps,
-    )  # fmt: skip
+    if launch.resident:
+        head, tail = resident_pieces(cols)
+        wrap_triton(_bias_gelu_resident_kernel)[(rows.shape[0],)](
+            rows, bias, out, scale, cols, HEAD=head, TAIL=tail, ERF=launch.erf, num_warps=launch.num_warps
+        )
+    else:
+        wrap_triton(_bias_gelu_rows_kernel)[(rows.shape[0],)](
+            rows, bias, out, scale, cols,
+            CHUNK=chunk_size(cols, launch.chunk), ERF=launch.erf, num_warps=launch.num_warps,
+        )  # fmt: skip
     return out, scale
 
 
@@ -362,8 +468,9 @@ def _launch_quantize_normalised_rows(
         bias if bias is not None else rows, total, out, scale, cols, eps,
     )  # fmt: skip
     if launch.resident:
+        head, tail = resident_pieces(cols)
         wrap_triton(_quantize_resident_rows_kernel)[(rows.shape[0],)](
-            *args, NORM=norm, HAS_DELTA=has_delta, BLOCK=next_power_of_two(cols), num_warps=launch.num_warps
+            *args, NORM=norm, HAS_DELTA=has_delta, HEAD=head, TAIL=tail, num_warps=launch.num_warps
         )
     else:
         wrap_triton(_quantize_normalised_rows_kernel)[(rows.shape[0],)](
@@ -379,19 +486,25 @@ def _registered_ops() -> tuple[Any, ...]:
     from torch.library import triton_op
 
     @triton_op("virnucpro::bias_gelu_rows", mutates_args={})
-    def bias_gelu_rows_op(x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _launch_bias_gelu_rows(x, bias)
+    def bias_gelu_rows_op(
+        x: torch.Tensor, bias: torch.Tensor, launch: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return _launch_bias_gelu_rows(x, bias, RowLaunch.from_args(launch))
 
     @triton_op("virnucpro::quantize_rows", mutates_args={})
-    def quantize_rows_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _, out, scale = _launch_quantize_normalised_rows(x, None, None, None, None, 0.0)
+    def quantize_rows_op(x: torch.Tensor, launch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        _, out, scale = _launch_quantize_normalised_rows(
+            x, None, None, None, None, 0.0, RowLaunch.from_args(launch)
+        )
         return out, scale
 
     @triton_op("virnucpro::layernorm_rows", mutates_args={})
     def layernorm_rows_op(
-        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+        x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, launch: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _, out, scale = _launch_quantize_normalised_rows(x, None, None, weight, bias, eps)
+        _, out, scale = _launch_quantize_normalised_rows(
+            x, None, None, weight, bias, eps, RowLaunch.from_args(launch)
+        )
         return out, scale
 
     @triton_op("virnucpro::add_layernorm_rows", mutates_args={})
@@ -402,8 +515,10 @@ def _registered_ops() -> tuple[Any, ...]:
         weight: torch.Tensor,
         bias: torch.Tensor,
         eps: float,
+        launch: list[int],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _launch_quantize_normalised_rows(x, delta, delta_bias, weight, bias, eps)
+        launched = RowLaunch.from_args(launch)
+        return _launch_quantize_normalised_rows(x, delta, delta_bias, weight, bias, eps, launched)
 
     return bias_gelu_rows_op, quantize_rows_op, layernorm_rows_op, add_layernorm_rows_op
 
@@ -443,17 +558,20 @@ def quantize_rows(
     bias: torch.Tensor | None = None,
     eps: float = 0.0,
     kernels: frozenset[int] = TRITON_MODES,
+    launch: RowLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`quantize_rows_reference`; on CUDA, a mode of ``kernels`` runs its fused Triton kernel."""
+    """:func:`quantize_rows_reference`; on CUDA, a mode of ``kernels`` runs its fused Triton kernel,
+    launched as ``launch`` says (the mode's :data:`ROW_LAUNCH` when None)."""
     if not _runs_kernel(x, mode, kernels):
         return quantize_rows_reference(x, mode, weight, bias, eps)
+    args = (launch or ROW_LAUNCH[mode]).as_args()
     if mode == BIAS_GELU:
         assert bias is not None
-        return _row_ops().bias_gelu_rows(x, bias)
+        return _row_ops().bias_gelu_rows(x, bias, args)
     if mode == LAYERNORM:
         assert weight is not None and bias is not None
-        return _row_ops().layernorm_rows(x, weight, bias, float(eps))
-    return _row_ops().quantize_rows(x)
+        return _row_ops().layernorm_rows(x, weight, bias, float(eps), args)
+    return _row_ops().quantize_rows(x, args)
 
 
 def add_layernorm_rows(
@@ -464,8 +582,11 @@ def add_layernorm_rows(
     bias: torch.Tensor,
     eps: float,
     kernels: frozenset[int] = TRITON_MODES,
+    launch: RowLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`add_layernorm_rows_reference`; one Triton kernel on CUDA when LAYERNORM is in ``kernels``."""
+    """:func:`add_layernorm_rows_reference`; one Triton kernel on CUDA when LAYERNORM is in ``kernels``
+    (launched as ``launch`` says, LAYERNORM's :data:`ROW_LAUNCH` when None)."""
     if not _runs_kernel(x, LAYERNORM, kernels):
         return add_layernorm_rows_reference(x, delta, delta_bias, weight, bias, eps)
-    return _row_ops().add_layernorm_rows(x, delta, delta_bias, weight, bias, float(eps))
+    args = (launch or ROW_LAUNCH[LAYERNORM]).as_args()
+    return _row_ops().add_layernorm_rows(x, delta, delta_bias, weight, bias, float(eps), args)
