@@ -1,6 +1,8 @@
 // Upstream's MLP classifier from the engine directory's safetensors file, and the safetensors reader.
 #include <cstring>
 #include <fstream>
+#include <stdexcept>
+#include <string>
 
 #include <c10/core/DeviceGuard.h>
 #include <nlohmann/json.hpp>
@@ -75,7 +77,17 @@ at::Tensor Classifier::probabilities(const at::Tensor& features) const {
       t.at("bn1.bias");
   x = torch::relu(x);
   const auto logits = torch::nn::functional::linear(x, t.at("output_layer.weight"), t.at("output_layer.bias"));
-  return torch::softmax(logits, 1).to(torch::kCPU);
+  auto probabilities = torch::softmax(logits, 1).to(torch::kCPU);
+  // Finite embeddings and weights can still overflow to Inf logits and NaN scores; NaN compares false
+  // both ways and would be written as a call. Refused, as the Python runtime does.
+  const auto finite = torch::isfinite(probabilities).all(1);
+  if (!finite.all().item<bool>()) {
+    const auto bad = torch::nonzero(finite.logical_not()).flatten();
+    throw std::runtime_error("the classifier produced NaN/Inf scores for " + std::to_string(bad.numel()) + " of " +
+                             std::to_string(finite.numel()) + " frame(s) (e.g. #" +
+                             std::to_string(bad[0].item<int64_t>()) + "); check the classifier's weights");
+  }
+  return probabilities;
 }
 
 }  // namespace virnucpro

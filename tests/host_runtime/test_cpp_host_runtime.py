@@ -114,3 +114,36 @@ def test_damaged_artifact_and_onnx_engines_are_refused(host_tool, engines, tiny_
     (onnx_like / "manifest.json").write_text(json.dumps(manifest))
     refused = subprocess.run([str(host_tool), str(onnx_like), "--check"], capture_output=True, text=True)
     assert refused.returncode == 2 and "build with --backend inductor" in refused.stderr
+
+
+def test_scores_that_overflow_stop_the_host_with_one_line(host_tool, engines, tmp_path) -> None:
+    """Finite but huge classifier weights overflow to Inf logits and NaN scores: the host stops with one
+    line naming the frames (exit 1) and writes no outputs, as the Python runtime fails the batch."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from virnucpro_trt.files.digests import sha256_file
+
+    changed = tmp_path / "overflow"
+    shutil.copytree(engines, changed)
+    manifest = json.loads((changed / "manifest.json").read_text())
+    entry = manifest["models"]["classifier"]
+    path = changed / entry["artifact"]
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    tensors["hidden_layer.weight"] = tensors["hidden_layer.weight"] * 1e25
+    tensors["output_layer.weight"] = tensors["output_layer.weight"] * 1e25
+    save_file(tensors, str(path), metadata=metadata)
+    entry["file_sha256"][entry["artifact"]] = sha256_file(path)
+    (changed / "manifest.json").write_text(json.dumps(manifest))
+
+    engine_set = open_engine_set(engines, CPU, {"dnabert-s": None, "esm2": None, "classifier": None})
+    inputs, _ = _inputs(engine_set, tmp_path)
+    out = tmp_path / "outputs.pt"
+    command = [str(host_tool), str(changed), str(inputs), str(out)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error")]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert "the classifier produced NaN/Inf scores for" in errors[0] and "of 5 frame(s)" in errors[0]
+    assert not out.exists()
