@@ -266,6 +266,20 @@ def test_a_layers_row_launches_reach_every_row_op_call(monkeypatch: pytest.Monke
         fq.row_launches({7: fq.RowLaunch(512)})
 
 
+def test_without_the_kernels_a_tanh_launch_computes_gelu_in_its_tanh_form() -> None:
+    """Off CUDA the row ops are their torch references; a GELU_TANH launch's reference is GELU's tanh
+    form, so an engine's numerics follow its launch on every device."""
+    from virnucpro_trt.engines import fp8_quantize as fq
+
+    x, bias = torch.randn(4, 96) * 3, torch.randn(96) * 0.1
+    tanh, erf = fq.RowLaunch(2048, 4, fq.GELU_TANH), fq.RowLaunch(2048, 4, fq.ERF_POLYNOMIAL)
+    got = fq.quantize_rows(x, fq.BIAS_GELU, bias=bias, launch=tanh)
+    want = fq.scale_rows_to_e4m3(nn.functional.gelu(x + bias, approximate="tanh"))
+    assert torch.equal(got[0].float(), want[0].float()) and torch.equal(got[1], want[1])
+    got = fq.quantize_rows(x, fq.BIAS_GELU, bias=bias, launch=erf)
+    assert torch.equal(got[1], fq.quantize_rows_reference(x, fq.BIAS_GELU, bias=bias)[1])
+
+
 def _folded_and_plain(device: torch.device, outliers: bool = False) -> tuple[nn.Module, nn.Module]:
     """The same tiny ESM-2 converted to the fp8 engine layers twice: residual adds folded, and not
     (``outliers``: with the outlier LayerNorm channels of the ``-outliers`` random weights)."""

@@ -6,6 +6,7 @@ of this folder shares one of each.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from virnucpro_trt.bench.host_build import HostBuild, build_host
 def host_build(tmp_path_factory: pytest.TempPathFactory) -> HostBuild:
     if shutil.which("cmake") is None or shutil.which("c++") is None:
         pytest.skip("the C++ host runtime needs cmake and a C++ compiler")
-    return build_host(tmp_path_factory.mktemp("host_build"), jobs=2)
+    return build_host(tmp_path_factory.mktemp("host_build"), jobs=min(os.cpu_count() or 2, 8))
 
 
 @pytest.fixture(scope="session")

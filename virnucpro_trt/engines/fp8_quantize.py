@@ -89,15 +89,17 @@ def quantize_rows_reference(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     eps: float = 0.0,
+    gelu_tanh: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(e4m3 [rows, K], fp32 scales [rows, 1])`` of ``op(x)`` flattened to rows, in torch."""
+    """``(e4m3 [rows, K], fp32 scales [rows, 1])`` of ``op(x)`` flattened to rows, in torch (GELU in
+    its tanh form when ``gelu_tanh``, as a :data:`GELU_TANH` launch computes it)."""
     rows = x.reshape(-1, x.shape[-1]).float()
     if mode == LAYERNORM:
         assert weight is not None and bias is not None
         rows = F.layer_norm(rows, (rows.shape[-1],), weight.float(), bias.float(), eps)
     elif mode == BIAS_GELU:
         assert bias is not None
-        rows = F.gelu(rows + bias.float(), approximate="none")
+        rows = F.gelu(rows + bias.float(), approximate="tanh" if gelu_tanh else "none")
     return scale_rows_to_e4m3(rows)
 
 
@@ -562,9 +564,10 @@ def quantize_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`quantize_rows_reference`; on CUDA, a mode of ``kernels`` runs its fused Triton kernel,
     launched as ``launch`` says (the mode's :data:`ROW_LAUNCH` when None)."""
-    if not _runs_kernel(x, mode, kernels):
-        return quantize_rows_reference(x, mode, weight, bias, eps)
-    args = (launch or ROW_LAUNCH[mode]).as_args()
+    launch = launch or ROW_LAUNCH[mode]
+    if not _runs_kernel(x, mode, kernels):  # the same GELU form as the kernel's launch would compute
+        return quantize_rows_reference(x, mode, weight, bias, eps, gelu_tanh=launch.erf == GELU_TANH)
+    args = launch.as_args()
     if mode == BIAS_GELU:
         assert bias is not None
         return _row_ops().bias_gelu_rows(x, bias, args)
