@@ -7,8 +7,8 @@ reused for the 36 identical layers, which keeps compiling to seconds). Every var
 proteins through the project's token-budget batcher, is timed as the median of several passes after a
 warm-up, and is checked against the fp32 eager model (min pooled cosine). With ``--profile`` one batch
 of each variant is profiled and its CUDA time split into kernel categories. ``--row-launch`` gives the
-``fp8-fused-fold-launch`` variant other row kernel launches (passed to the layers, so each launch is
-its own traced graph).
+``fp8-fused-fold-launch`` variant other row kernel launches (traced under
+:func:`~virnucpro_trt.engines.fp8_quantize.launches_in_effect`, compiled without caches).
 
     python3 benchmarks/diagnostics/esm2_variants.py --variants bf16,fp8,fp8-fast --json out.json
     python3 benchmarks/diagnostics/esm2_variants.py --tiny --device cpu --variants bf16   # smoke run
@@ -24,7 +24,6 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from virnucpro_trt.engines.fp8_quantize import (
     ROW_LAUNCH,
     TRITON_MODES,
     RowLaunch,
+    launches_in_effect,
     residual_sum,
     scale_rows_to_e4m3,
 )
@@ -215,7 +215,6 @@ def build_variant(
     device: torch.device,
     compile_: bool,
     budget: int,
-    launches: Mapping[int, RowLaunch] | None = None,
 ) -> Any:
     model = copy.deepcopy(reference).to(dtype=torch.bfloat16)
     model.residual_fp32 = variant.residual_fp32
@@ -224,8 +223,9 @@ def build_variant(
     if variant.precision == "fp8":
         convert_linears_to_fp8(model, fast_accum=variant.fast_accum)
     elif variant.precision == "fp8-fused":
-        fold = variant.fold_residual
-        convert_to_fp8(model, variant.fast_accum, variant.kernel_modes, variant.gemm_bias, fold, launches)
+        convert_to_fp8(
+            model, variant.fast_accum, variant.kernel_modes, variant.gemm_bias, variant.fold_residual
+        )
         if variant.layernorm_bf16:
             for layer in model.layers:
                 layer.__class__ = Bf16LayerNormFp8Layer  # same state, other LayerNorm quantisation
@@ -301,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     torch.backends.cuda.matmul.allow_tf32 = False
     # AOTAutograd's cache keys a graph by the ops it calls, not by the Python they run: a row op whose
-    # Triton kernel changed (or whose helper did) would be served the old compiled graph. Off here,
-    # where kernels are what is being compared; Inductor's own cache sees the kernels and stays on.
+    # Triton kernel or launch changed would be served the old compiled graph (seen on the H200: a
+    # launch variant bit-identical to the default). Off here, where kernels are what is compared.
     torch._functorch.config.enable_autograd_cache = False
     for name in args.variants.split(","):
         variant = VARIANTS[name]
@@ -319,11 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             torch._dynamo.reset()  # each variant traces anew (the attention choice is made while tracing)
             started = time.perf_counter()
-            model = build_variant(reference, variant, device, not args.no_compile, budget, launches)
+            model = build_variant(reference, variant, device, not args.no_compile, budget)
             runner = TorchBackend(model, config.embed_dim, tokenizer.pad_id, device, torch.bfloat16,
                                   attention=variant.attention)  # fmt: skip
-            inductor = torch._inductor.config.patch(dict(variant.inductor))  # compiles on first use
-            with inductor:
+            # compiles on first use; a launch variant's graph must not come from the FX graph cache
+            # (its key does not see the launches: fp8_quantize.launches_in_effect)
+            cache = {"fx_graph_cache": False} if launches else {}
+            inductor = torch._inductor.config.patch({**dict(variant.inductor), **cache})
+            with inductor, launches_in_effect(launches):
                 result = measure(
                     lambda _, runner=runner: embed_sequences(runner, tokens, budget), args.repeats, device
                 )
@@ -336,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                 parity=compare(expected, result.results[-1][:ref_n], gate_precision).to_json(),
             )
             if args.profile:
-                with inductor:
+                with inductor, launches_in_effect(launches):
                     row["profile"] = kernel_breakdown(runner, profile_batch(tokens, budget, tokenizer.pad_id))
             del runner, model
         except Exception as exc:  # a failing variant is reported, the others still run

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from virnucpro_trt.engines.fp8_quantize import ERF_POLYNOMIAL
+from virnucpro_trt.engines.fp8_quantize import GELU_TANH
 from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
 from virnucpro_trt.engines.spec import (
     BuildOptions,
@@ -302,7 +302,7 @@ def test_cuda_build_matches_fp32(precision: str, tmp_path: Path) -> None:
     assert built.facts["dynamic_dims"]["sequence_multiple"] == 1  # pad tokens cost more than alignment
     if precision == "fp8":
         fp8 = built.facts["fp8"]
-        assert fp8["fold_residual"] and fp8["row_kernels"]["bias_gelu"]["erf"] == ERF_POLYNOMIAL
+        assert fp8["fold_residual"] and fp8["row_kernels"]["bias_gelu"]["erf"] == GELU_TANH
     runner = INDUCTOR_BACKEND.load(request.load_request(built.path, 64, 1))
     engine = Engine("esm2", model, shapes, 1, 3, built, runner)
     rng = np.random.default_rng(4)
@@ -471,7 +471,7 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
         "aot_inductor.metadata": {},
     }
     assert row_launch_facts() == {
-        "bias_gelu": {"chunk": 2048, "num_warps": 4, "erf": ERF_POLYNOMIAL, "resident": False},
+        "bias_gelu": {"chunk": 2048, "num_warps": 4, "erf": GELU_TANH, "resident": False},
         "layernorm": {"chunk": 1024, "num_warps": 4, "erf": 0, "resident": False},
         "identity": {"chunk": 1024, "num_warps": 4, "erf": 0, "resident": False},
     }

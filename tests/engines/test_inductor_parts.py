@@ -224,59 +224,71 @@ def test_fused_fp8_esm2_layers_compute_what_fp8_linears_do() -> None:
     assert "aten._scaled_mm.default" in targets
 
 
-@needs_cpu_fp8
-def test_a_layers_row_launches_reach_every_row_op_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each row op gets its launch as an argument (``[chunk, warps, erf, resident]``), so a launch is
-    part of the traced graph and of the compilers' cache keys; a layer built with overrides passes
-    them, the defaults elsewhere. The ops are recorded here, standing in for the CUDA kernels."""
+def test_the_launchers_take_the_launches_in_effect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside :func:`launches_in_effect` the launchers launch :data:`ROW_LAUNCH`'s kernels; inside, the
+    overrides' (read while an op is traced), and the defaults come back after it, even on an error.
+    The Triton launch is recorded here."""
+    import torch.library
+
     from virnucpro_trt.engines import fp8_quantize as fq
 
-    calls: list[tuple[str, list[int]]] = []
+    launched: list[tuple[str, dict]] = []
 
     class Recorder:
-        def __getattr__(self, name: str):
-            def op(*args):
-                calls.append((name, args[-1]))
-                x = args[0]
-                q, scale = fq.quantize_rows_reference(x, fq.IDENTITY)
-                return (x, q, scale) if name == "add_layernorm_rows" else (q, scale)
+        def __init__(self, kernel):
+            self.name = getattr(kernel, "__name__", None) or kernel.fn.__name__  # a JITFunction's .fn
 
-            return op
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launched.append((self.name, meta))
 
-    monkeypatch.setattr(fq, "_runs_kernel", lambda x, mode, kernels: True)
-    monkeypatch.setattr(fq, "_row_ops", lambda: Recorder())
+    monkeypatch.setattr(torch.library, "wrap_triton", Recorder)
+    for name in (  # stand-ins where triton is missing (CPU torch); the names are what is recorded
+        "_bias_gelu_rows_kernel",
+        "_bias_gelu_resident_kernel",
+        "_quantize_normalised_rows_kernel",
+        "_quantize_resident_rows_kernel",
+    ):
+        monkeypatch.setattr(fq, name, type(name, (), {"__name__": name}), raising=False)
+    x, wide = torch.randn(3, 2560).to(torch.bfloat16), torch.randn(3, 10240).to(torch.bfloat16)
+    bias = torch.zeros(10240)
+    fq._launch_bias_gelu_rows(wide, bias)
+    fq._launch_quantize_normalised_rows(x, None, None, None, None, 0.0)
     overrides = {
-        fq.BIAS_GELU: fq.RowLaunch(0, 16, fq.GELU_TANH, resident=True),
-        fq.IDENTITY: fq.RowLaunch(512, 2),
+        fq.BIAS_GELU: fq.RowLaunch(0, 16, fq.ERF_POLYNOMIAL, resident=True),
+        fq.IDENTITY: fq.RowLaunch(256, 2),
     }
-    model = device_copy(random_esm2(seed=7), CPU, torch.bfloat16)
-    convert_to_fp8(model, fast_accum=False, fold_residual=True, launches=overrides)
-    assert model.layers[0].launches == {**fq.ROW_LAUNCH, **overrides}
-    x = torch.randn(2, 5, model.layers[0].qkv.weight.shape[1])
-    cos = sin = torch.ones(5, model.layers[0].head_dim)
-    model.layers[0](x, cos, sin, torch.ones(2, 1, 1, 5, dtype=torch.bool))
-    assert calls == [
-        ("layernorm_rows", fq.ROW_LAUNCH[fq.LAYERNORM].as_args()),
-        ("quantize_rows", [512, 2, fq.ERF_LIBDEVICE, 0]),
-        ("add_layernorm_rows", fq.ROW_LAUNCH[fq.LAYERNORM].as_args()),
-        ("bias_gelu_rows", [0, 16, fq.GELU_TANH, 1]),
-    ]
-    assert fq.RowLaunch.from_args([0, 16, 2, 1]) == overrides[fq.BIAS_GELU]
-    with pytest.raises(ValueError, match="unknown row kernel mode"):
-        fq.row_launches({7: fq.RowLaunch(512)})
+    with pytest.raises(RuntimeError, match="a failing variant"), fq.launches_in_effect(overrides):
+        assert fq.current_launches()[fq.LAYERNORM] == fq.ROW_LAUNCH[fq.LAYERNORM]
+        assert fq.row_launch_facts()["bias_gelu"]["resident"] is True
+        fq._launch_bias_gelu_rows(wide, bias)
+        fq._launch_quantize_normalised_rows(x, None, None, None, None, 0.0)
+        raise RuntimeError("a failing variant")
+    assert fq.current_launches() is fq.ROW_LAUNCH
+    default_gelu, default_plain, gelu, plain = launched
+    assert default_gelu == ("_bias_gelu_rows_kernel", {"CHUNK": 2048, "ERF": fq.GELU_TANH, "num_warps": 4})
+    assert default_plain[1]["CHUNK"] == 512 and default_plain[1]["num_warps"] == 4
+    want = {"HEAD": 8192, "TAIL": 2048, "ERF": fq.ERF_POLYNOMIAL, "num_warps": 16}
+    assert gelu == ("_bias_gelu_resident_kernel", want)
+    assert plain[1]["CHUNK"] == 256 and plain[1]["num_warps"] == 2
+    with (
+        pytest.raises(ValueError, match="unknown row kernel mode"),
+        fq.launches_in_effect({7: fq.RowLaunch(512)}),
+    ):
+        pass
 
 
-def test_without_the_kernels_a_tanh_launch_computes_gelu_in_its_tanh_form() -> None:
-    """Off CUDA the row ops are their torch references; a GELU_TANH launch's reference is GELU's tanh
-    form, so an engine's numerics follow its launch on every device."""
+def test_without_the_kernels_gelu_takes_the_form_of_the_launch_in_effect() -> None:
+    """Off CUDA the row ops are their torch references, GELU in the form the launch in effect computes
+    (the engines': the tanh form), so an engine's numerics follow its launch on every device."""
     from virnucpro_trt.engines import fp8_quantize as fq
 
     x, bias = torch.randn(4, 96) * 3, torch.randn(96) * 0.1
-    tanh, erf = fq.RowLaunch(2048, 4, fq.GELU_TANH), fq.RowLaunch(2048, 4, fq.ERF_POLYNOMIAL)
-    got = fq.quantize_rows(x, fq.BIAS_GELU, bias=bias, launch=tanh)
+    assert fq.ROW_LAUNCH[fq.BIAS_GELU].erf == fq.GELU_TANH
+    got = fq.quantize_rows(x, fq.BIAS_GELU, bias=bias)
     want = fq.scale_rows_to_e4m3(nn.functional.gelu(x + bias, approximate="tanh"))
     assert torch.equal(got[0].float(), want[0].float()) and torch.equal(got[1], want[1])
-    got = fq.quantize_rows(x, fq.BIAS_GELU, bias=bias, launch=erf)
+    with fq.launches_in_effect({fq.BIAS_GELU: fq.RowLaunch(2048, 4, fq.ERF_POLYNOMIAL)}):
+        got = fq.quantize_rows(x, fq.BIAS_GELU, bias=bias)
     assert torch.equal(got[1], fq.quantize_rows_reference(x, fq.BIAS_GELU, bias=bias)[1])
 
 
@@ -624,13 +636,13 @@ def test_gelu_of_the_row_maximum_is_the_amax_above_the_negative_lobe() -> None:
     assert torch.equal(top[shortcut], exact[shortcut])
 
 
-def test_row_launch_facts_name_every_mode_and_the_engines_erf() -> None:
-    """What an fp8 build records of its row kernels: every mode by name, erf by the polynomial."""
-    from virnucpro_trt.engines.fp8_quantize import ERF_POLYNOMIAL, ROW_LAUNCH, row_launch_facts
+def test_row_launch_facts_name_every_mode_and_the_engines_gelu() -> None:
+    """What an fp8 build records of its row kernels: every mode by name, GELU in its tanh form."""
+    from virnucpro_trt.engines.fp8_quantize import ERF_LIBDEVICE, GELU_TANH, ROW_LAUNCH, row_launch_facts
 
     facts = row_launch_facts()
     assert set(facts) == {"identity", "layernorm", "bias_gelu"} and len(ROW_LAUNCH) == 3
-    assert facts["bias_gelu"] == {"chunk": 2048, "num_warps": 4, "erf": ERF_POLYNOMIAL, "resident": False}
+    assert facts["bias_gelu"] == {"chunk": 2048, "num_warps": 4, "erf": GELU_TANH, "resident": False}
     assert all(
-        not f["resident"] and f["erf"] != ERF_POLYNOMIAL for name, f in facts.items() if name != "bias_gelu"
+        not f["resident"] and f["erf"] == ERF_LIBDEVICE for name, f in facts.items() if name != "bias_gelu"
     )

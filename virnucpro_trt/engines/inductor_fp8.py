@@ -26,7 +26,7 @@ ESM-2 and DNABERT-S linears qualify. Embeddings, LayerNorm, attention and poolin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -39,12 +39,10 @@ from virnucpro_trt.engines.fp8_quantize import (
     IDENTITY,
     LAYERNORM,
     TRITON_MODES,
-    RowLaunch,
     add_layernorm_rows,
     quantize_rows,
     register_kernels,
     residual_sum,
-    row_launches,
     scale_rows_to_e4m3,
 )
 from virnucpro_trt.models.esm2 import Esm2Layer, apply_rotary
@@ -157,9 +155,6 @@ class Fp8Esm2Layer(nn.Module):
     LayerNorm already does with the attention's output. That saves the separate add over the fp32
     residual stream (a read and a write of [tokens, 2560] per layer). The model's final LayerNorm then
     takes the pending sum (:class:`PendingSumLayerNorm`). The sum is rounded once, in fp32.
-
-    ``launches``: how each row kernel is launched (:func:`~virnucpro_trt.engines.fp8_quantize.row_launches`
-    of these overrides; the engines' defaults when None).
     """
 
     def __init__(
@@ -169,11 +164,9 @@ class Fp8Esm2Layer(nn.Module):
         kernel_modes: frozenset[int] = TRITON_MODES,
         gemm_bias: bool = False,
         fold_residual: bool = False,
-        launches: Mapping[int, RowLaunch] | None = None,
     ):
         super().__init__()
         register_kernels()  # before any compiler traces this layer
-        self.launches = row_launches(launches)  # passed to the row ops: part of the traced graph
         self.fold_residual = fold_residual  # return a PendingResidual for the next kernel to add
         self.kernel_modes = kernel_modes  # quantisation modes run by the Triton kernels (others: Inductor)
         self.gemm_bias = gemm_bias  # qkv's and fc2's biases in the GEMM epilogue (else an add after it)
@@ -186,9 +179,7 @@ class Fp8Esm2Layer(nn.Module):
         self.fc2 = Fp8RowwiseLinear.from_linear(layer.fc2, layer.fc2.weight.dtype, fast_accum)
 
     def _normalised(self, x: torch.Tensor, norm: Fp32LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
-        return quantize_rows(
-            x, LAYERNORM, norm.weight, norm.bias, norm.eps, self.kernel_modes, self.launches[LAYERNORM]
-        )
+        return quantize_rows(x, LAYERNORM, norm.weight, norm.bias, norm.eps, kernels=self.kernel_modes)
 
     def _project(
         self, linear: Fp8RowwiseLinear, rows: tuple[torch.Tensor, torch.Tensor], compute: torch.dtype
@@ -201,16 +192,7 @@ class Fp8Esm2Layer(nn.Module):
     def _added_normalised(
         self, norm: Fp32LayerNorm, x: torch.Tensor, delta: torch.Tensor, delta_bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return add_layernorm_rows(
-            x,
-            delta,
-            delta_bias,
-            norm.weight,
-            norm.bias,
-            norm.eps,
-            self.kernel_modes,
-            self.launches[LAYERNORM],
-        )
+        return add_layernorm_rows(x, delta, delta_bias, norm.weight, norm.bias, norm.eps, self.kernel_modes)
 
     def forward(
         self, x: torch.Tensor | PendingResidual, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
@@ -227,17 +209,14 @@ class Fp8Esm2Layer(nn.Module):
         k = apply_rotary(k, cos, sin)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
         attn = attn.transpose(1, 2).reshape(batch, length, dim)
-        quantised = quantize_rows(attn, IDENTITY, kernels=self.kernel_modes, launch=self.launches[IDENTITY])
-        attn_out = self.out_proj.matmul(*quantised, compute)
+        attn_out = self.out_proj.matmul(*quantize_rows(attn, IDENTITY, kernels=self.kernel_modes), compute)
         out_bias = self.out_proj.bias if self.out_proj.bias is not None else attn_out.new_zeros(dim)
         x, *normalised = self._added_normalised(
             self.final_layer_norm, x, attn_out.view(batch, length, dim), out_bias
         )
         hidden = self.fc1.matmul(*normalised, compute)
         bias = self.fc1.bias if self.fc1.bias is not None else hidden.new_zeros(hidden.shape[-1])
-        activated = quantize_rows(
-            hidden, BIAS_GELU, bias=bias, kernels=self.kernel_modes, launch=self.launches[BIAS_GELU]
-        )
+        activated = quantize_rows(hidden, BIAS_GELU, bias=bias, kernels=self.kernel_modes)
         if self.fold_residual:
             out = self.fc2.matmul(*activated, compute).view(batch, length, dim)
             fc2_bias = self.fc2.bias if self.fc2.bias is not None else out.new_zeros(dim)
@@ -263,12 +242,11 @@ def convert_to_fp8(
     kernel_modes: frozenset[int] = TRITON_MODES,
     gemm_bias: bool = False,
     fold_residual: bool = False,
-    launches: Mapping[int, RowLaunch] | None = None,
 ) -> int:
     """Make ``model`` (bf16, in place) an fp8 engine model; returns the number of fp8 linears.
 
     ESM-2 layers become :class:`Fp8Esm2Layer` (fused input quantisation, ``kernel_modes`` by the Triton
-    kernels, ``gemm_bias``, ``fold_residual`` and ``launches`` as there; folding also wraps the model's final
+    kernels, ``gemm_bias`` and ``fold_residual`` as there; folding also wraps the model's final
     LayerNorm in :class:`PendingSumLayerNorm`); any other eligible ``nn.Linear`` (DNABERT-S) becomes an
     :class:`Fp8RowwiseLinear`.
     """
@@ -276,7 +254,7 @@ def convert_to_fp8(
     layers = getattr(model, "layers", None)
     if isinstance(layers, nn.ModuleList) and all(isinstance(layer, Esm2Layer) for layer in layers):
         for index, layer in enumerate(layers):
-            layers[index] = Fp8Esm2Layer(layer, fast_accum, kernel_modes, gemm_bias, fold_residual, launches)
+            layers[index] = Fp8Esm2Layer(layer, fast_accum, kernel_modes, gemm_bias, fold_residual)
             converted += 4
         if fold_residual:
             model.emb_layer_norm_after = PendingSumLayerNorm(model.emb_layer_norm_after)
