@@ -274,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny random model (CPU smoke run)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--row-launch", type=parse_row_launch, action="append", default=[],
-                        help="MODE=CHUNK,WARPS for the fp8-fused-fold-launch variant")  # fmt: skip
+    parser.add_argument(
+        "--row-launch", type=parse_row_launch, action="append", default=[],
+        help="MODE=CHUNK,WARPS[,ERF] or MODE=resident,WARPS[,ERF]: the launch variant's",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if any(VARIANTS[n].row_launch for n in args.variants.split(",") if n in VARIANTS) and not args.row_launch:
         parser.error("the fp8-fused-fold-launch variant needs --row-launch MODE=CHUNK,WARPS (or =resident,W)")

@@ -82,7 +82,7 @@ CASES = (
 
 def launches(case: Case) -> list[RowLaunch]:
     """The engines' launch first, then the grid: chunks that divide the row, 4-16 warps (1-8 for the
-    2560-wide rows), for the GELU kernel both ways of computing erf; then the resident row."""
+    2560-wide rows), for the GELU kernel each of the three ways of computing GELU; then the resident row."""
     default = ROW_LAUNCH[case.mode]
     wide = case.cols >= 8192
     chunks = (1024, 2048) if wide else (256, 512)
