@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.helpers import run_cli
+from tests.host_runtime.tiny_engines import build_tiny_engines
 from virnucpro_trt.bench.host_build import HostBuild, build_host
 
 
@@ -31,11 +31,4 @@ def host_tool(host_build: HostBuild) -> Path:
 @pytest.fixture(scope="session")
 def engines(tiny_set, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny inductor fp32 engines for the CPU (built for the default CPU budget, 4096 tokens)."""
-    out = tmp_path_factory.mktemp("host_engines")
-    result = run_cli(
-        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
-        str(tiny_set.classifier), "--backend", "inductor", "--precision", "fp32", "--device", "cpu",
-        "-o", str(out),
-    )  # fmt: skip
-    assert result.code == 0, result.stderr
-    return out
+    return build_tiny_engines(tiny_set, tmp_path_factory.mktemp("host_engines"), "cpu")
