@@ -15,6 +15,7 @@ from virnucpro_trt.pipeline.inputs import validate_input
 from virnucpro_trt.runtime.resume import WorkDir, outdir_lock
 from virnucpro_trt.runtime.shard_marker import ShardReport, marker_path, result_roles
 from virnucpro_trt.runtime.shards import (
+    INDEX_SCHEMA,
     ShardSplitter,
     default_shard_records,
     read_shard_index,
@@ -127,8 +128,10 @@ def test_a_same_size_edit_of_a_shard_makes_the_index_stale(tmp_path, caplog):
     path = folder / shards[1].file
     text = path.read_text()
     stat = path.stat()
-    path.write_text(text.replace(">read20\n", ">READ20\n"))  # same size, same record count
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    edited = path.with_suffix(".edited")  # a new file put in place: a new inode, whatever the clock's tick
+    edited.write_text(text.replace(">read20\n", ">READ20\n"))  # same size, same record count
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(edited, path)
     assert path.stat().st_size == shards[1].size_bytes
     assert read_shard_index(folder) is None
     assert f"{path} changed since it was written" in caplog.text
@@ -145,8 +148,30 @@ def test_an_index_without_digests_is_stale(tmp_path):
     (folder / "index.json").write_text(json.dumps({"schema": 1, "shards": old}))
     assert read_shard_index(folder) is None
     forged = [{**s.to_json(), "sha256": "not a digest"} for s in shards]
-    (folder / "index.json").write_text(json.dumps({"schema": 2, "shards": forged}))
+    (folder / "index.json").write_text(json.dumps({"schema": INDEX_SCHEMA, "shards": forged}))
     assert read_shard_index(folder) is None
+    no_stamp = [{k: v for k, v in s.to_json().items() if k != "stamp"} for s in shards]
+    (folder / "index.json").write_text(json.dumps({"schema": 2, "shards": no_stamp}))
+    assert read_shard_index(folder) is None
+
+
+def test_a_resume_does_not_read_untouched_shards_again(tmp_path, monkeypatch):
+    """A shard that still carries the stamp recorded when it was written is trusted without hashing it
+    again (the rule wherever a digest is recorded: files/stamps.py); a rewritten one is hashed."""
+    from virnucpro_trt.runtime import shards as shards_module
+
+    reads = _write_reads(tmp_path / "r.fa", 50)
+    _, shards = _shard(tmp_path, reads, 20)
+    folder = tmp_path / "shards"
+    write_shard_index(folder, shards, {})
+    hashed: list[Path] = []
+    monkeypatch.setattr(shards_module, "sha256_file", lambda path: hashed.append(Path(path)) or "0" * 64)
+    assert read_shard_index(folder) is not None and hashed == []
+    path = folder / shards[0].file
+    copy = path.with_suffix(".copy")
+    copy.write_bytes(path.read_bytes())
+    os.replace(copy, path)  # same bytes, a new stamp (inode): hashed, and the stand-in digest differs
+    assert read_shard_index(folder) is None and hashed == [path]
 
 
 def _commit_shards(work: WorkDir, reads: Path) -> list:

@@ -143,7 +143,8 @@ def record_written(targets: Iterable[Path]) -> None:
         try:
             entries = {n: e for n, e in _read_record(folder).items() if os.path.lexists(folder / n)}
             for target in written:
-                entries[target.name] = {**output_entry(target), "stamp": file_stamp(target)}
+                stamp = file_stamp(target)  # before hashing: a change in between will not match it
+                entries[target.name] = {**output_entry(target), "stamp": stamp}
             body = {"tool": "virnucpro-trt", "schema": RECORD_SCHEMA, "files": entries}
             write_text_atomic(record_path(folder), json.dumps(body, indent=1, sort_keys=True) + "\n")
         except OSError as exc:

@@ -21,8 +21,9 @@ rule above cut the whole input. Then every piece is one shard of exactly that ma
 is run with the shard boundaries of one run of the whole input (bases-based closes included).
 ``split`` itself plans the whole input with this same class (:meth:`ShardSplitter.plan`).
 
-Each shard file is hashed once when it is written, and its SHA-256 kept in ``index.json``; a resume
-hashes it once more and trusts it only while both agree (:func:`read_shard_index`).
+Each shard file is hashed once when it is written, and its SHA-256 kept in ``index.json`` with the
+file's stamp (``files/stamps.py``); a resume trusts a shard that still carries its stamp without reading
+it again, and hashes any other (:func:`read_shard_index`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from virnucpro_trt.errors import InputFormatError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.json_fields import SHA256
+from virnucpro_trt.files.stamps import file_stamp
 from virnucpro_trt.sequences.prepare import PreparedBlock
 from virnucpro_trt.sequences.reader import SeqRecord
 
@@ -52,7 +54,7 @@ MAX_SHARD_RECORDS = 16384
 MAX_SHARD_BASES = 32_000_000
 _WRITE_BUFFER = 1 << 20
 _SHARD_NAME = re.compile(r"shard-\d{6}\.fa")
-INDEX_SCHEMA = 2  # 2: each shard's SHA-256 (an index of schema 1 is stale: the input is sharded again)
+INDEX_SCHEMA = 3  # 2: each shard's SHA-256; 3: and its stamp (an older index is stale: sharded again)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,7 @@ class ShardSpec:
     file: str
     size_bytes: int
     sha256: str  # of the shard file when it was written: a resume trusts the file only while it matches
+    stamp: list[int] = field(default_factory=list)  # the file's stamp, taken before hashing (none: hash)
 
     @property
     def end(self) -> int:
@@ -256,6 +259,7 @@ class ShardSplitter:
             else:
                 with open(target, "wb") as out:
                     append_files(planned.pieces, out, remove=True)
+            stamp = file_stamp(target)  # before hashing: a change in between will not match it
             shards.append(
                 ShardSpec(
                     id=shard_id,
@@ -265,8 +269,9 @@ class ShardSplitter:
                     chunks=planned.chunks,
                     frames=planned.frames,
                     file=name,
-                    size_bytes=target.stat().st_size,
+                    size_bytes=stamp[0],
                     sha256=sha256_file(target),
+                    stamp=stamp,
                 )
             )
         return shards
@@ -294,7 +299,8 @@ def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | N
     was written (then the caller shards the input again and redoes every shard, as for any stale state:
     a shard edited in ``.work`` would otherwise be run as if it were the user's records).
 
-    Each shard is hashed here once per resume; a size check alone let a same-size edit through.
+    A shard that still carries its recorded stamp is the file written (no re-read); any other is hashed:
+    a size check alone let a same-size edit through.
     """
     try:
         data = json.loads((folder / "index.json").read_text(encoding="utf-8"))
@@ -306,6 +312,8 @@ def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | N
             and _SHARD_NAME.fullmatch(s.file)
             and isinstance(s.sha256, str)
             and SHA256.fullmatch(s.sha256)
+            and isinstance(s.stamp, list)
+            and all(isinstance(v, int) for v in s.stamp)
             for s in shards
         ):
             return None
@@ -315,7 +323,7 @@ def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | N
         path = folder / shard.file
         if not path.is_file() or path.stat().st_size != shard.size_bytes:
             return None
-        if sha256_file(path) != shard.sha256:
+        if shard.stamp != file_stamp(path) and sha256_file(path) != shard.sha256:
             log.warning(
                 "%s changed since it was written (its SHA-256 differs): the input is sharded again and every "
                 "shard redone",
