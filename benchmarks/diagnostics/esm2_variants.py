@@ -83,6 +83,7 @@ class Variant:
     fold_residual: bool = False  # fp8-fused: fc2's residual add inside the next layer's LayerNorm kernel
     inductor: tuple[tuple[str, Any], ...] = ()
     row_launch: bool = False  # fp8-fused: the row kernels launched as --row-launch says
+    unmasked_full: bool = False  # batches without padding run unmasked attention (the engines' cond)
 
 
 VARIANTS = {
@@ -109,6 +110,8 @@ VARIANTS = {
     "fp8-fused-dynamic-bias": Variant("fp8-fused", fast_accum=True, engine_shapes=True, gemm_bias=True),
     "fp8-fused-fold": Variant("fp8-fused", fast_accum=True, fold_residual=True),  # the engines' layers
     "fp8-fused-fold-launch": Variant("fp8-fused", fast_accum=True, fold_residual=True, row_launch=True),
+    "fp8-fused-fold-unmasked": Variant("fp8-fused", fast_accum=True, fold_residual=True, unmasked_full=True),
+    "bf16-unmasked": Variant("bf16", unmasked_full=True),
     "bf16-dynamic": Variant("bf16", engine_shapes=True),
     "bf16-dynamic-i32": Variant("bf16", engine_shapes=True, inductor=(("assume_32bit_indexing", True),)),
 }
@@ -195,7 +198,12 @@ class EngineShapes(torch.nn.Module):
         self.layer, self.max_batch, self.max_length = layer, max_batch, max_length
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        key_mask: torch.Tensor,
+        unpadded: torch.Tensor | bool | None = None,
     ) -> torch.Tensor:
         mark = torch._dynamo.mark_dynamic
         if x.shape[0] > 1:  # a size of 1 is specialised whatever the marks say
@@ -206,7 +214,7 @@ class EngineShapes(torch.nn.Module):
         for table in (cos, sin):
             if table.shape[0] == x.shape[1]:
                 mark(table, 0, min=2, max=self.max_length)
-        return self.layer(x, cos, sin, key_mask)
+        return self.layer(x, cos, sin, key_mask, unpadded)
 
 
 def build_variant(
@@ -218,6 +226,7 @@ def build_variant(
 ) -> Any:
     model = copy.deepcopy(reference).to(dtype=torch.bfloat16)
     model.residual_fp32 = variant.residual_fp32
+    model.unmasked_full_batches = variant.unmasked_full  # eager here: decided on the host per batch
     if variant.precision != "bf16" and (reason := fp8_unavailable_reason(device)):
         raise RuntimeError(reason)
     if variant.precision == "fp8":

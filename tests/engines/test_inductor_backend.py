@@ -126,6 +126,22 @@ def test_embed_sequences_through_the_runner(engine: Engine) -> None:
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
 
 
+def test_batches_without_padding_equal_eager(esm_engine: Engine) -> None:
+    """Batches of equal-length rows take the engine's unmasked attention path (ESM-2's ``torch.cond``);
+    the same rows beside a shorter one take the masked path. Both equal the eager model."""
+    rng = np.random.default_rng(5)
+    for batch, length in ((2, 3), (5, 17), (7, 45)):
+        ids = rng.integers(4, 24, size=(batch, length))
+        mask = np.ones_like(ids)
+        full = esm_engine.runner.embed_padded(ids, mask)
+        np.testing.assert_allclose(full, esm_engine.eager(ids, mask), atol=1e-5, rtol=0)
+        padded_ids = np.concatenate([ids, np.full((1, length), esm_engine.pad_id)])
+        padded_mask = np.concatenate([mask, np.zeros((1, length), dtype=mask.dtype)])
+        padded_mask[-1, :3], padded_ids[-1, :3] = 1, ids[0, :3]
+        with_short = esm_engine.runner.embed_padded(padded_ids, padded_mask)
+        np.testing.assert_allclose(with_short[:batch], full, atol=1e-5, rtol=0)
+
+
 def test_extra_padding_does_not_change_results(engine: Engine) -> None:
     """What sequence_multiple does inside the runner, done by hand: more pad columns change nothing."""
     ids, mask = engine.batch(np.random.default_rng(2), 4, 17)
@@ -135,6 +151,37 @@ def test_extra_padding_does_not_change_results(engine: Engine) -> None:
     narrow = engine.runner.embed_padded(ids, mask)
     np.testing.assert_allclose(engine.runner.embed_padded(wide_ids, wide_mask), narrow, atol=1e-6, rtol=0)
     np.testing.assert_allclose(narrow, engine.eager(ids, mask), atol=1e-5, rtol=0)
+
+
+def test_an_aotinductor_that_cannot_compile_the_conditions_builds_the_plain_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """torch 2.11's AOTInductor failed on the tiny models' ``torch.cond`` on CUDA: the build then
+    compiles the engine without the unmasked path, says so in one warning and in the facts, and the
+    engine still equals eager on batches with and without padding."""
+    compile_package = torch._inductor.aoti_compile_and_package
+    attempts: list[bool] = []
+
+    def refuse_conditions(program: torch.export.ExportedProgram, **kwargs: object) -> str:
+        has_cond = any(n.target is torch.ops.higher_order.cond for n in program.graph.nodes)
+        attempts.append(has_cond)
+        if has_cond:
+            raise AssertionError("ps0")
+        return compile_package(program, **kwargs)
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", refuse_conditions)
+    shapes = ShapeRange(1, 4, 8, 2, 20, 45)
+    with caplog.at_level("WARNING", logger="virnucpro_trt.engines.inductor_backend"):
+        engine = _build(tmp_path, "esm2", random_esm2(seed=34), shapes, 1, 3)
+    assert attempts == [True, False]
+    assert "again without the unmasked attention path" in caplog.text
+    facts = engine.built.facts
+    assert facts["unmasked_full_batches"] is False
+    assert facts["unmasked_full_batches_failed"].endswith("AssertionError: ps0")
+    rng = np.random.default_rng(9)
+    ids = rng.integers(4, 24, size=(3, 17))
+    for mask in (np.ones_like(ids), np.array([[1] * 17, [1] * 17, [1] * 9 + [0] * 8])):
+        np.testing.assert_allclose(engine.runner.embed_padded(ids, mask), engine.eager(ids, mask), atol=1e-5)
 
 
 def test_sequence_multiple_and_batch_floor_are_in_the_graph(dnabert_engine: Engine) -> None:
@@ -165,7 +212,10 @@ def test_artifact_is_one_pt2_file_with_facts(esm_engine: Engine) -> None:
     assert facts["compile_seconds"] > 0 and facts["export_seconds"] > 0
     assert facts["dynamic_dims"] == {"batch": [1, 8], "sequence": [2, 45], "sequence_multiple": 1}
     assert facts["inductor_configs"]["aot_inductor.metadata"]["virnucpro.kind"] == "esm2"
-    assert "_scaled_dot_product_flash_attention_for_cpu" in facts["extern_kernels"]
+    # one attention call per layer on each path of the graph: masked, and unmasked for full batches
+    layers = len(esm_engine.model.layers)
+    assert facts["extern_kernels"]["_scaled_dot_product_flash_attention_for_cpu"] == 2 * layers
+    assert facts["unmasked_full_batches"] is True
     assert facts["frozen_rotary_tables"] == 1  # outputs: test_outputs_equal_eager_inside_the_range
     assert facts["residual_fp32"] is True
     json.dumps(facts)  # goes into the manifest
@@ -378,14 +428,23 @@ def test_cuda_build_bakes_in_the_requested_attention(kind: ModelKind, attention:
     request = BuildRequest(model, kind, example, shapes, "bf16", cuda, tmp_path / "e.pt2", options)
     built = INDUCTOR_BACKEND.build(request)
     assert built.facts["attention"] == attention
-    calls = [k for k in built.facts["extern_kernels"] if "attention" in k]
-    assert calls == [f"_scaled_dot_product_{attention}_attention"], built.facts["extern_kernels"]
+    calls = sorted(k for k in built.facts["extern_kernels"] if "attention" in k)
+    masked = f"_scaled_dot_product_{attention}_attention"
+    unmasked = "_scaled_dot_product_flash_attention" if attention == "efficient" else masked
+    # ESM-2: batches without padding unmasked, unless this AOTInductor could not compile that path
+    # (the build then says why: test_an_aotinductor_that_cannot_compile_the_conditions_builds_...)
+    with_path = built.facts.get("unmasked_full_batches", False)
+    assert with_path or kind != "esm2" or built.facts["unmasked_full_batches_failed"]
+    expected = sorted({masked, unmasked}) if with_path else [masked]
+    assert calls == expected, built.facts["extern_kernels"]
     runner = INDUCTOR_BACKEND.load(request.load_request(built.path, 64, pad_id))
     engine = Engine(kind, model, shapes, pad_id, min_real, built, runner)
     rng = np.random.default_rng(8)
     for batch, length in ((1, 3), (7, 41), (64, 130), (33, 97)):
         ids, mask = engine.batch(rng, batch, length)
         assert _cosine(runner.embed_padded(ids, mask), engine.eager(ids, mask)).min() >= 0.9995
+        full = rng.integers(4, 24, size=(batch, length)), np.ones((batch, length), dtype=np.int64)
+        assert _cosine(runner.embed_padded(*full), engine.eager(*full)).min() >= 0.9995
 
 
 _CXX_SCOPE = """
@@ -442,7 +501,7 @@ def test_a_failed_compile_is_reported_with_the_compilers_first_error() -> None:
 
 
 def test_the_build_recipe_pins_the_build_defaults() -> None:
-    """Every default that shapes an AOTInductor engine, as of build recipe 2. Changing one fails here on
+    """Every default that shapes an AOTInductor engine, as of build recipe 3. Changing one fails here on
     purpose: raise ``InductorBackend.recipe_version`` with it (``bench`` then rebuilds the engines of its
     work folders) and write the new defaults below."""
     from virnucpro_trt.engines.fp8_quantize import row_launch_facts
@@ -451,12 +510,13 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
     from virnucpro_trt.engines.spec import BuildOptions
     from virnucpro_trt.settings import DEFAULT_ATTENTION
 
-    assert InductorBackend.recipe_version == 2
+    assert InductorBackend.recipe_version == 3
     assert EXTRA_DEFAULTS == {
         "sequence_multiple": 1,
         "min_export_batch": 1,
         "frozen_rotary": True,
         "fp8_fold_residual": True,
+        "unmasked_full_batches": True,
     }
     options = BuildOptions()
     assert (options.attention, options.fp8_fast_accum, options.max_autotune) == (

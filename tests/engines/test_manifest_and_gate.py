@@ -18,7 +18,7 @@ from virnucpro_trt.engines.manifest import (
     manifest_mismatches,
     verify_files,
 )
-from virnucpro_trt.engines.parity import compare, synthetic_sequences
+from virnucpro_trt.engines.parity import UNPADDED_COPIES, compare, run_parity, synthetic_sequences
 from virnucpro_trt.engines.spec import ShapeRange, artifact_name, default_shape_range
 from virnucpro_trt.errors import EngineMismatchError, UserError
 
@@ -233,6 +233,37 @@ def test_parity_rules_can_fail():
     bad[2, 3] = np.nan
     result = compare(ref, bad, "bf16")
     assert not result.passed and not result.finite
+
+
+class _LookupEngine:
+    """Returns each row's reference embedding (found by its first token), wrong ones on request."""
+
+    name, dim, pad_id = "lookup", 4, 0
+
+    def __init__(self, table: dict[int, np.ndarray], wrong_when_unpadded: bool):
+        self.table, self.wrong_when_unpadded = table, wrong_when_unpadded
+        self.unpadded_batches = 0
+
+    def embed_padded(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        out = np.stack([self.table[int(row[0])] for row in input_ids])
+        if attention_mask.all():
+            self.unpadded_batches += 1
+            if self.wrong_when_unpadded:
+                return -out
+        return out
+
+
+@pytest.mark.parametrize("wrong_when_unpadded", [False, True])
+def test_the_gate_also_runs_batches_without_padding(wrong_when_unpadded: bool) -> None:
+    """Run-time batches of varied lengths are padded; the gate adds batches without padding (ESM-2
+    engines take another attention path there), so an engine wrong only there fails it."""
+    rng = np.random.default_rng(1)
+    tokens = [np.array([i + 1, *rng.integers(4, 20, size=n)]) for i, n in enumerate([3, 9, 5, 12, 7, 20])]
+    reference = rng.standard_normal((len(tokens), 4)).astype(np.float32)
+    engine = _LookupEngine({i + 1: reference[i] for i in range(len(tokens))}, wrong_when_unpadded)
+    result = run_parity(engine, reference, tokens, "fp32", 4096)
+    assert engine.unpadded_batches == 3 and result.items == len(tokens) + 3 * UNPADDED_COPIES
+    assert result.passed != wrong_when_unpadded
 
 
 def test_synthetic_batch_is_deterministic_and_varied():

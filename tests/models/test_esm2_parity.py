@@ -128,6 +128,47 @@ def test_frozen_rotary_tables_are_the_computed_ones(as_tensors) -> None:
     assert all(t.dtype == torch.float32 for t in model.rotary.frozen)
 
 
+def test_unmasked_full_batches_leave_attention_unmasked_only_without_padding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With ``unmasked_full_batches`` a batch of equal-length rows reaches SDPA without a mask and a
+    padded batch with one; both give what the masked model gives, eagerly and through the exported
+    graph, which keeps both paths (a ``torch.cond``: the export's example batch is unpadded)."""
+    from torch.export import Dim
+
+    import virnucpro_trt.models.esm2 as esm2_module
+
+    model = random_esm2(TINY_ESM2_CONFIG, seed=6)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 24, (4, 12), generator=generator)
+    full, padded = torch.ones_like(ids), torch.ones_like(ids)
+    padded[2, 7:] = 0
+    with torch.no_grad():
+        expected = {"full": model(ids, full), "padded": model(ids, padded)}
+    model.unmasked_full_batches = True
+    masks: list[bool] = []
+    sdpa = esm2_module.F.scaled_dot_product_attention
+
+    def spy(*args, attn_mask=None, **kwargs):
+        masks.append(attn_mask is not None)
+        return sdpa(*args, attn_mask=attn_mask, **kwargs)
+
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(esm2_module.F, "scaled_dot_product_attention", spy)
+        torch.testing.assert_close(model(ids, full), expected["full"], atol=1e-6, rtol=0)
+        assert masks == [False] * model.config.num_layers
+        masks.clear()
+        torch.testing.assert_close(model(ids, padded), expected["padded"], atol=1e-6, rtol=0)
+        assert masks == [True] * model.config.num_layers
+    batch, length = Dim("batch", min=1, max=16), Dim("length", min=3, max=40)
+    dims = {0: batch, 1: length}
+    program = torch.export.export(model, (ids, full), dynamic_shapes=(dims, dims), strict=False)
+    assert [n for n in program.graph.nodes if n.target is torch.ops.higher_order.cond]
+    with torch.no_grad():
+        for name, mask in (("full", full), ("padded", padded)):
+            torch.testing.assert_close(program.module()(ids, mask), expected[name], atol=1e-6, rtol=0)
+
+
 def test_inv_freq_is_computed_when_absent(tmp_path: Path) -> None:
     write_esm_hf_checkpoint(tmp_path / "none", seed=4, inv_freq_location="none")
     encoder, _, info = load_esm2(tmp_path / "none")

@@ -76,6 +76,25 @@ def test_build_check_refuses_another_kernel() -> None:
     check_lowered_attention(cudnn, "efficient", CPU, "x")  # CPU engines are not restricted
 
 
+def test_build_check_allows_flash_only_beside_the_masked_kernel_of_an_unmasked_path() -> None:
+    """An engine with ESM-2's unmasked path calls FlashAttention for batches without padding and the
+    requested kernel for the others; FlashAttention alone, or without that path, is refused."""
+    efficient = {"_scaled_dot_product_efficient_attention": 1}
+    flash = {"_scaled_dot_product_flash_attention": 1}
+    cudnn = {"_scaled_dot_product_cudnn_attention": 1}
+    check_lowered_attention({**efficient, **flash}, "efficient", CUDA, "x", unmasked=True)
+    check_lowered_attention(efficient, "efficient", CUDA, "x", unmasked=True)
+    check_lowered_attention(cudnn, "cudnn", CUDA, "x", unmasked=True)
+    with pytest.raises(BuildError, match="asked for efficient attention"):
+        check_lowered_attention({**efficient, **flash}, "efficient", CUDA, "x")
+    with pytest.raises(BuildError, match="asked for efficient attention"):
+        check_lowered_attention(flash, "efficient", CUDA, "x", unmasked=True)
+    with pytest.raises(BuildError, match="asked for efficient attention"):
+        check_lowered_attention({**efficient, **cudnn}, "efficient", CUDA, "x", unmasked=True)
+    with pytest.raises(BuildError, match="asked for cudnn attention"):
+        check_lowered_attention({**cudnn, **flash}, "cudnn", CUDA, "x", unmasked=True)
+
+
 def test_build_check_logs_when_it_cannot_tell(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="virnucpro_trt.runtime.attention_kernel"):
         check_lowered_attention({"mm": 48}, "efficient", CUDA, "esm2 (bf16)")

@@ -31,7 +31,6 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from virnucpro_trt.engines.fp8_quantize import (
     BIAS_GELU,
@@ -45,7 +44,7 @@ from virnucpro_trt.engines.fp8_quantize import (
     residual_sum,
     scale_rows_to_e4m3,
 )
-from virnucpro_trt.models.esm2 import Esm2Layer, apply_rotary
+from virnucpro_trt.models.esm2 import Esm2Layer, self_attention
 from virnucpro_trt.models.layers import Fp32LayerNorm
 
 MIN_CAPABILITY = (8, 9)  # Ada / Hopper: first GPUs with fp8 tensor cores
@@ -195,7 +194,12 @@ class Fp8Esm2Layer(nn.Module):
         return add_layernorm_rows(x, delta, delta_bias, norm.weight, norm.bias, norm.eps, self.kernel_modes)
 
     def forward(
-        self, x: torch.Tensor | PendingResidual, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
+        self,
+        x: torch.Tensor | PendingResidual,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        key_mask: torch.Tensor,
+        unpadded: torch.Tensor | bool | None = None,
     ) -> torch.Tensor | PendingResidual:
         if isinstance(x, PendingResidual):  # the previous layer's output, added in the LayerNorm kernel
             x, *normalised = self._added_normalised(self.self_attn_layer_norm, *x)
@@ -204,11 +208,8 @@ class Fp8Esm2Layer(nn.Module):
         batch, length, dim = x.shape
         compute = self.qkv.bias.dtype if self.qkv.bias is not None else torch.bfloat16
         qkv = self._project(self.qkv, normalised, compute)
-        q, k, v = qkv.view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q = apply_rotary(q * self.scaling, cos, sin)
-        k = apply_rotary(k, cos, sin)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
-        attn = attn.transpose(1, 2).reshape(batch, length, dim)
+        qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim)
+        attn = self_attention(qkv, cos, sin, key_mask, unpadded, self.scaling)
         attn_out = self.out_proj.matmul(*quantize_rows(attn, IDENTITY, kernels=self.kernel_modes), compute)
         out_bias = self.out_proj.bias if self.out_proj.bias is not None else attn_out.new_zeros(dim)
         x, *normalised = self._added_normalised(

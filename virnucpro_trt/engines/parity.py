@@ -2,8 +2,9 @@
 
 Run at build time (and recorded in the manifest) so that an engine that compiles but computes something
 else never reaches a user. The batch is deterministic, has varied lengths (so padding and masking are
-exercised) and stays inside the engine's shape range. The reference is the fp32 native model run one
-sequence at a time without padding — upstream's own way of computing an embedding.
+exercised; batches without padding are added, :func:`run_parity`) and stays inside the engine's shape
+range. The reference is the fp32 native model run one sequence at a time without padding — upstream's
+own way of computing an embedding.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from virnucpro_trt.runtime.embedding import EmbeddingBackend, embed_sequences
 # Thresholds from the design: fp32 agrees to 1e-4 max abs; half precisions by pooled cosine.
 FP32_MAX_ABS = 1e-4
 MIN_COSINE = {"fp16": 0.9995, "bf16": 0.9995, "fp8": 0.995}
+UNPADDED_COPIES = 3  # rows of each batch without padding that the gate adds (run_parity)
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,20 @@ def run_parity(
     precision: str,
     max_batch_tokens: int,
 ) -> ParityResult:
-    """Embed the synthetic batch through the engine (padded, batched as at run time) and compare."""
-    got = embed_sequences_unchecked(runner, tokens, max_batch_tokens)
-    return compare(reference, got, precision)
+    """Embed the synthetic batch through the engine (padded, batched as at run time) and compare.
+
+    The batches a run makes from varied lengths are padded, and an engine may take another path for a
+    batch without padding (ESM-2's unmasked attention), so the shortest, a middle and the longest item
+    are also embedded as batches of :data:`UNPADDED_COPIES` copies each, compared with the same
+    reference rows.
+    """
+    got = [embed_sequences_unchecked(runner, tokens, max_batch_tokens)]
+    expected = [reference]
+    order = np.argsort([len(t) for t in tokens], kind="stable")
+    for index in sorted({int(order[0]), int(order[len(order) // 2]), int(order[-1])}):
+        got.append(embed_sequences_unchecked(runner, [tokens[index]] * UNPADDED_COPIES, max_batch_tokens))
+        expected.append(np.repeat(reference[index : index + 1], UNPADDED_COPIES, axis=0))
+    return compare(np.concatenate(expected), np.concatenate(got), precision)
 
 
 def embed_sequences_unchecked(

@@ -9,16 +9,20 @@ that do not alter the fp32 result:
   ``inv_freq`` is a buffer loaded from the checkpoint (stored fp16-rounded there; recomputing it changes
   results) and it stays fp32 when the module is cast to bf16/fp16.
 * Attention is ``scaled_dot_product_attention`` with a boolean key-padding mask; q is scaled by
-  head_dim^-0.5 before rotary, as fair-esm does.
+  head_dim^-0.5 before rotary, as fair-esm does. With ``unmasked_full_batches`` (engines) a batch
+  without padding runs its attention unmasked: the mask is then all true, so the result is the same, and
+  without a mask SDPA may take FlashAttention on CUDA, which is faster than the kernels that take one.
 * LayerNorm statistics, rotary and pooling are fp32; the residual stream can be kept in fp32 while the
   matmuls run in half precision (``residual_fp32``, on by default: it measurably improves bf16 parity).
 
-No data-dependent Python control flow and no host synchronisation in ``forward``: the module exports with
-dynamic batch and sequence dimensions.
+No data-dependent Python control flow and no host synchronisation in ``forward`` under a compiler: the
+module exports with dynamic batch and sequence dimensions (the unmasked path is a ``torch.cond`` there;
+its condition is read back to the host once per layer).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -142,6 +146,50 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
+def _rotary_attention(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    batch, length, _, heads, head_dim = qkv.shape
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
+    q = apply_rotary(q * scaling, cos, sin)
+    k = apply_rotary(k, cos, sin)
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
+    return attn.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+def self_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_mask: torch.Tensor,
+    unpadded: torch.Tensor | bool | None,
+    scaling: float,
+) -> torch.Tensor:
+    """ESM-2's attention from the fused projection ``qkv`` [B, T, 3, H, d]: q scaled, rotary on q and k,
+    SDPA over the keys ``key_mask`` [B, 1, 1, T] keeps; returns [B, T, H * d].
+
+    ``unpadded`` says whether no row is padded, when the model checks it (``unmasked_full_batches``):
+    then the mask is all true and is left out. A 0-d tensor (under a compiler) becomes a ``torch.cond``
+    per layer, with contiguous operands. Two AOTInductor faults shape this: a condition around the whole
+    layer stack does not build with torch 2.11 (its buffer-reuse planner indexes a subgraph larger than
+    the main graph out of bounds; pytorch#184623), and a condition given strided views (q, k, v as views
+    of ``qkv``) computed wrong results on CPU with torch 2.13, so the views are taken inside the branches.
+    """
+    if unpadded is None or unpadded is False:
+        return _rotary_attention(qkv, cos, sin, key_mask, scaling)
+    if unpadded is True:
+        return _rotary_attention(qkv, cos, sin, None, scaling)
+    masked = functools.partial(_rotary_attention, scaling=scaling)
+
+    def unmasked(
+        qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return _rotary_attention(qkv, cos, sin, None, scaling)
+
+    operands = tuple(t.contiguous() for t in (qkv, cos, sin, key_mask))  # no-ops for these inputs
+    return torch.cond(unpadded, unmasked, masked, operands)
+
+
 class Esm2Layer(nn.Module):
     """Pre-LN transformer layer: x += out_proj(attn(LN(x))); x += fc2(GELU(fc1(LN(x))))."""
 
@@ -158,15 +206,17 @@ class Esm2Layer(nn.Module):
         self.fc2 = nn.Linear(config.ffn_dim, config.embed_dim)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        key_mask: torch.Tensor,
+        unpadded: torch.Tensor | bool | None = None,
     ) -> torch.Tensor:
-        batch, length, dim = x.shape
+        batch, length, _ = x.shape
         qkv = self.qkv(self.self_attn_layer_norm(x)).view(batch, length, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
-        q = apply_rotary(q * self.scaling, cos, sin)
-        k = apply_rotary(k, cos, sin)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
-        x = x + self.out_proj(attn.transpose(1, 2).reshape(batch, length, dim)).to(x.dtype)
+        attn = self_attention(qkv, cos, sin, key_mask, unpadded, self.scaling)
+        x = x + self.out_proj(attn).to(x.dtype)
         hidden = F.gelu(self.fc1(self.final_layer_norm(x)), approximate="none")
         return x + self.fc2(hidden).to(x.dtype)
 
@@ -180,12 +230,19 @@ class Esm2Encoder(nn.Module):
     ``residual_fp32`` keeps the residual stream (embeddings and every sublayer sum) in fp32 when the
     weights are half precision; in fp32 it changes nothing. It measurably improves the bf16 pooled cosine
     against fp32 (docs/measurements.md; the model tests check it on CPU).
+
+    ``unmasked_full_batches`` runs the attention without a mask when no row of the batch is padded
+    (:func:`self_attention`: a ``torch.cond`` on ``attention_mask.all()`` under a compiler,
+    so an exported graph keeps both paths; a plain Python choice when run eagerly). Off by default:
+    only compiled engines gain from it (FlashAttention instead of the memory-efficient kernel on CUDA);
+    an all-true mask changes nothing.
     """
 
-    def __init__(self, config: Esm2Config, residual_fp32: bool = True):
+    def __init__(self, config: Esm2Config, residual_fp32: bool = True, unmasked_full_batches: bool = False):
         super().__init__()
         self.config = config
         self.residual_fp32 = residual_fp32
+        self.unmasked_full_batches = unmasked_full_batches
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim)
         self.rotary = RotaryEmbedding(config.head_dim)
         self.layers = nn.ModuleList(Esm2Layer(config) for _ in range(config.num_layers))
@@ -208,8 +265,13 @@ class Esm2Encoder(nn.Module):
         x = self.embed(input_ids, real)
         cos, sin = self.rotary.tables(input_ids.shape[1], input_ids.device)
         key_mask = real[:, None, None, :]
+        unpadded: torch.Tensor | bool | None = None
+        if self.unmasked_full_batches:
+            unpadded = real.all()
+            if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+                unpadded = bool(unpadded)  # eager: decide on the host (torch.cond would compile)
         for layer in self.layers:
-            x = layer(x, cos, sin, key_mask)
+            x = layer(x, cos, sin, key_mask, unpadded)
         return self.emb_layer_norm_after(x)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
