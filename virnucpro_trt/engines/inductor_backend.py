@@ -47,8 +47,9 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
   default true): a ``torch.cond`` per layer on ``attention_mask.all()`` keeps both paths in the graph
   (``models.esm2.self_attention`` says why per layer), and the unmasked one may take FlashAttention on
   CUDA, which no mask allows (on 500 bp batches the memory-efficient kernel took ~0.3 ms more per
-  layer). Reads of one length (a sequencing run's fixed read length) make such batches. Each
-  condition is a read of one scalar back to the host.
+  layer). Reads of one length (a sequencing run's fixed read length) make such batches. The
+  condition is one scalar per forward, read back to the host (the C++ wrapper reads a predicate
+  that several conditions share once, in torch 2.13's source; not checked in 2.11's).
 * fp8 ESM-2 folds each layer's last residual add into the next layer's LayerNorm kernel
   (``extra["fp8_fold_residual"]``, default true): Inductor's standalone add kernel ran at ~40%
   of the bandwidth inside the engine, and the fold was faster at the same parity on the H200.

@@ -17,7 +17,7 @@ that do not alter the fp32 result:
 
 No data-dependent Python control flow and no host synchronisation in ``forward`` under a compiler: the
 module exports with dynamic batch and sequence dimensions (the unmasked path is a ``torch.cond`` there;
-its condition is read back to the host once per layer).
+its condition, one scalar computed once per forward, is read back to the host).
 """
 
 from __future__ import annotations
