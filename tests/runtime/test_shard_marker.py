@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from virnucpro_trt.files.json_fields import FieldError
+from virnucpro_trt.files.stamps import file_stamp
 from virnucpro_trt.outputs.shard_results import write_shard_results
 from virnucpro_trt.runtime.resume import WorkDir
 from virnucpro_trt.runtime.shard_marker import (
@@ -50,11 +51,13 @@ def test_the_marker_keeps_its_json_layout_and_reads_back_equal(tmp_path: Path) -
         "schema", "shard", "first_record", "records", "counts", "timings_s", "worker", "device",
         "device_name", "attempt", "pid", "files",
     ]  # fmt: skip
-    assert (data["schema"], data["shard"], data["first_record"], data["records"]) == (1, 3, 768, 256)
+    assert (data["schema"], data["shard"], data["first_record"], data["records"]) == (2, 3, 768, 256)
+    maxima = tmp_path / ".work" / "results" / "shard-000003.maxima.tsv"
     assert data["files"]["maxima"] == {
         "name": "shard-000003.maxima.tsv",
         "bytes": 2,
         "sha256": hashlib.sha256(b"m\n").hexdigest(),
+        "stamp": file_stamp(maxima),
     }
     assert data["counts"] == REPORT.counts and data["timings_s"] == REPORT.timings_s
     assert (data["worker"], data["device"], data["device_name"], data["attempt"], data["pid"]) == (
@@ -69,6 +72,7 @@ def test_the_marker_keeps_its_json_layout_and_reads_back_equal(tmp_path: Path) -
 def _hostile(data: dict) -> list[tuple[str, object]]:
     """Marker JSON variants a kill, an editor or a prankster could leave: each must mean "redo"."""
     files = data["files"]
+    unstamped = {k: v for k, v in files["frames"].items() if k != "stamp"}
 
     def frames_file(**change: object) -> dict:
         return {**data, "files": {**files, "frames": {**files["frames"], **change}}}
@@ -84,9 +88,15 @@ def _hostile(data: dict) -> list[tuple[str, object]]:
         ("an unknown role", {**data, "files": {**files, "notes": files["frames"]}}),
         ("a size that is text", frames_file(bytes="2")),
         ("no SHA-256", frames_file(sha256="x")),
+        ("a stamp that is text", frames_file(stamp="1")),
+        ("a stamp with a negative field", frames_file(stamp=[2, -1])),
+        ("a stamp with a flag", frames_file(stamp=[True])),
+        ("no stamp in schema 2", {**data, "files": {**files, "frames": unstamped}}),
+        ("a stamp in schema 1", {**data, "schema": 1}),
         ("an extra key", {**data, "note": 1}),
         ("a missing key", {k: v for k, v in data.items() if k != "pid"}),
-        ("another schema", {**data, "schema": 2}),
+        ("another schema", {**data, "schema": 3}),
+        ("a schema that is true", {**data, "schema": True}),
         ("not an object", [data]),
         ("attempt 0", {**data, "attempt": 0}),
     ]  # fmt: skip
@@ -117,3 +127,46 @@ def test_a_run_that_saves_embeddings_redoes_a_shard_without_them(tmp_path: Path)
     _, with_embeddings = _written(tmp_path / "e", {**CONTENTS, "embeddings": b"npz"})
     work = WorkDir(tmp_path / "e")
     assert work.finished_shards([SHARD], result_roles(embeddings=True)) == {SHARD.id: with_embeddings}
+
+
+def test_a_resume_reads_again_only_result_files_whose_stamp_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Result files still carrying the stamps in their marker are not hashed again (with
+    --save-embeddings they are most of a run's bytes); a same-size replacement is hashed and refused."""
+    import virnucpro_trt.runtime.resume as resume
+
+    work, marker = _written(tmp_path)
+    roles = result_roles(embeddings=False)
+    hashed: list[str] = []
+    sha256_file = resume.sha256_file
+
+    def counted(path: Path) -> str:
+        hashed.append(Path(path).name)
+        return sha256_file(path)
+
+    monkeypatch.setattr(resume, "sha256_file", counted)
+    assert work.finished_shards([SHARD], roles) == {SHARD.id: marker} and hashed == []
+    frames = work.results / "shard-000003.frames.tsv"
+    replacement = frames.with_name("replacement")
+    replacement.write_bytes(b"F\n")  # same size, other content, put in place as an editor saves
+    replacement.replace(frames)
+    with caplog.at_level(logging.WARNING):
+        assert work.finished_shards([SHARD], roles) == {}
+    assert hashed == ["shard-000003.frames.tsv"]
+    assert "will be redone: its frames file does not match its recorded SHA-256" in caplog.text
+    assert not marker_path(work.results, SHARD).exists()
+
+
+def test_a_marker_of_schema_1_is_still_read_and_its_files_hashed(tmp_path: Path) -> None:
+    """Markers written before stamps (schema 1) keep their shards on resume, verified by hashing."""
+    work, marker = _written(tmp_path)
+    data = marker.to_json()
+    data["schema"] = 1
+    for entry in data["files"].values():
+        del entry["stamp"]
+    marker_path(work.results, SHARD).write_text(json.dumps(data))
+    (finished,) = work.finished_shards([SHARD], result_roles(embeddings=False)).values()
+    assert all(entry.stamp == () for entry in finished.files.values())
+    (work.results / "shard-000003.prediction.txt").write_bytes(b"P\n")  # no stamp: the hash sees it
+    assert work.finished_shards([SHARD], result_roles(embeddings=False)) == {}

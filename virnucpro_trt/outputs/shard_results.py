@@ -8,8 +8,9 @@ Per shard ``shard-NNNNNN``:
   folds these into the highest-score file without seeing a frame);
 * ``.embeddings.npz`` — with ``--save-embeddings``: frame ids and both encoders' outputs;
 * ``.done.json`` — written last (:class:`~virnucpro_trt.runtime.shard_marker.ShardMarker`): shard id,
-  record range, counts, timings, worker/device and the size and SHA-256 of every file above. A shard
-  without a verifiable marker is redone on resume.
+  record range, counts, timings, worker/device and the size, SHA-256 and stamp of every file above. A
+  shard without a verifiable marker is redone on resume; a file that still carries its stamp is not
+  read again to verify it (``files/stamps.py``; with ``--save-embeddings`` these files are large).
 
 Everything is written whole from memory through a temporary name and a rename (no fsync: a marker whose
 files did not reach the disk fails its hash check on resume and the shard is simply redone).
@@ -24,6 +25,7 @@ import numpy as np
 
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.digests import sha256_bytes
+from virnucpro_trt.files.stamps import file_stamp
 from virnucpro_trt.runtime.shard_marker import (
     RESULT_SUFFIXES,
     ResultFile,
@@ -43,7 +45,10 @@ def write_shard_results(
     for role, data in contents.items():
         name = shard.stem + RESULT_SUFFIXES[role]
         write_bytes_atomic(results / name, data)
-        files[role] = ResultFile(name, len(data), sha256_bytes(data))
+        # Right after the rename (a rename changes the ctime): what a resume compares. Only a change in
+        # the instant between the rename and this stat, in the tool's own folder, could slip past it.
+        stamp = tuple(file_stamp(results / name))
+        files[role] = ResultFile(name, len(data), sha256_bytes(data), stamp if stamp[0] == len(data) else ())
     marker = ShardMarker(shard.id, shard.first, shard.records, report, files)
     write_bytes_atomic(marker_path(results, shard), marker.encode())
     return marker

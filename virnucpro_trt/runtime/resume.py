@@ -8,7 +8,8 @@ Layout (every name the tool writes there is in :data:`WORK_NAMES`; nothing else 
     .work/facts.json          models/device facts from the first worker (for run.json on a full resume)
 
 A shard counts as finished only if its marker names the same record range and every file the marker
-lists still has the SHA-256 the marker recorded; anything else is redone. Markers are written last, each
+lists still has the SHA-256 the marker recorded (a file that still carries the stamp recorded beside it
+is not read again: ``files/stamps.py``); anything else is redone. Markers are written last, each
 file through a temporary name and a rename, so a run killed at any instant (SIGKILL included) leaves
 either a complete, verifiable shard or one that is simply redone. The shard files are trusted the same
 way: each must still have the size and SHA-256 ``index.json`` recorded when it was written, or the input
@@ -38,6 +39,7 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.json_fields import FieldError
+from virnucpro_trt.files.stamps import file_stamp
 from virnucpro_trt.runtime.shard_marker import MARKER_SUFFIX, RESULT_SUFFIXES, ShardMarker, marker_path
 from virnucpro_trt.runtime.shards import ShardSpec, read_shard_index
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
@@ -298,6 +300,8 @@ class WorkDir:
             path = self.results / entry.name
             if not path.is_file() or path.stat().st_size != entry.size:
                 return f"its {role} file is missing or truncated"
+            if entry.stamp and tuple(file_stamp(path)) == entry.stamp:
+                continue  # the very file the worker wrote and hashed (files/stamps.py)
             if sha256_file(path) != entry.sha256:
                 return f"its {role} file does not match its recorded SHA-256"
         return None

@@ -1,11 +1,13 @@
 """A shard's done-marker: the record, written last, that the shard's results are complete.
 
-``.work/results/shard-NNNNNN.done.json`` (schema 1) holds::
+``.work/results/shard-NNNNNN.done.json`` (schema 2) holds::
 
     schema, shard, first_record, records      which records the results are of
     counts, timings_s                         what the worker counted and timed (run.json sums them)
     worker, device, device_name, attempt, pid who ran it
-    files: {role: {name, bytes, sha256}}      every result file (roles: RESULT_SUFFIXES)
+    files: {role: {name, bytes, sha256, stamp}}  every result file (roles: RESULT_SUFFIXES); stamp since
+                                              schema 2 (files/stamps.py: a resume re-hashes only a file
+                                              whose stamp changed; schema 1 markers are hashed)
 
 The worker writes it (:mod:`virnucpro_trt.outputs.shard_results`) and sends it to the coordinator;
 :mod:`~virnucpro_trt.runtime.resume` reads it back on a rerun, where it is hostile input: bounded in
@@ -34,7 +36,9 @@ from virnucpro_trt.files.json_fields import (
 )
 from virnucpro_trt.runtime.shards import ShardSpec, shard_stem
 
-MARKER_SCHEMA = 1
+MARKER_SCHEMA = 2  # 2: each file's stamp; a schema-1 marker (no stamps) is still read, and hashed
+_READ_SCHEMAS = (1, 2)
+_FILE_KEYS = {1: ("name", "bytes", "sha256"), 2: ("name", "bytes", "sha256", "stamp")}
 MARKER_SUFFIX = ".done.json"
 MAX_MARKER_BYTES = 1 << 20  # a marker is about 1 KB
 # A shard's result files by role: its rows of the three final text files, its chunk maxima, and with
@@ -65,14 +69,16 @@ def result_roles(embeddings: bool) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ResultFile:
-    """One result file of a shard: its name in ``.work/results``, size and SHA-256."""
+    """One result file of a shard: its name in ``.work/results``, size, SHA-256 and the file's stamp
+    when it was written (empty: none recorded, the file is hashed)."""
 
     name: str
     size: int
     sha256: str
+    stamp: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "bytes": self.size, "sha256": self.sha256}
+        return {"name": self.name, "bytes": self.size, "sha256": self.sha256, "stamp": list(self.stamp)}
 
 
 @dataclass(frozen=True)
@@ -126,8 +132,9 @@ class ShardMarker:
     def from_json(cls, data: Any) -> ShardMarker:
         """A marker from its JSON, every field checked; :class:`FieldError` names the first bad one."""
         data = obj(data, "marker", _MARKER_KEYS)
-        if data["schema"] != MARKER_SCHEMA:
-            raise FieldError(f"schema: not {MARKER_SCHEMA}")
+        schema = data["schema"]
+        if isinstance(schema, bool) or schema not in _READ_SCHEMAS:
+            raise FieldError(f"schema: not one of {_READ_SCHEMAS}")
         shard = count(data, "shard")
         report = ShardReport(
             counts=counts(data, "counts"),
@@ -143,11 +150,14 @@ class ShardMarker:
         for role, entry in obj(data["files"], "files").items():
             if role not in RESULT_SUFFIXES:
                 raise FieldError(f"files: unknown role {role!r}")
-            entry = obj(entry, f"files.{role}", ("name", "bytes", "sha256"))
+            entry = obj(entry, f"files.{role}", _FILE_KEYS[schema])
             name = text(entry, "name")
             if name != stem + RESULT_SUFFIXES[role]:
                 raise FieldError(f"files.{role}: {name!r} is not the shard's {role} file")
-            files[role] = ResultFile(name, count(entry, "bytes"), text(entry, "sha256", SHA256))
+            stamp = tuple(entry.get("stamp", ()))
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in stamp):
+                raise FieldError(f"files.{role}.stamp: not a list of integers >= 0")
+            files[role] = ResultFile(name, count(entry, "bytes"), text(entry, "sha256", SHA256), stamp)
         missing = [role for role in TEXT_ROLES if role not in files]
         if missing:
             raise FieldError(f"files: no {', '.join(missing)}")
