@@ -47,9 +47,10 @@ int64_t device_ooms(const c10::Device& device) {
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
-// Fault injection for tests (no device can be made to run out of memory on demand):
-// VIRNUCPRO_HOST_TEST_OOM_ROWS=N makes every call on a batch of more than N rows fail as out of memory
-// before it runs. Read once; unset in production.
+#ifdef VIRNUCPRO_TEST_HOOKS
+// Fault injection for tests (no device can be made to run out of memory on demand), compiled only into
+// the test suite's builds (CMake option VIRNUCPRO_TEST_HOOKS): VIRNUCPRO_HOST_TEST_OOM_ROWS=N makes every
+// call on a batch of more than N rows fail as out of memory before it runs. Read once.
 int64_t injected_oom_rows() {
   static const int64_t rows = [] {
     const char* value = std::getenv("VIRNUCPRO_HOST_TEST_OOM_ROWS");
@@ -57,6 +58,7 @@ int64_t injected_oom_rows() {
   }();
   return rows;
 }
+#endif
 
 constexpr const char* kMeta = "virnucpro.";
 
@@ -126,9 +128,11 @@ at::Tensor Encoder::embed(const at::Tensor& input_ids, const at::Tensor& attenti
   const std::string where = entry_.kind + " ran out of memory on " + device_.str() + " (batch " +
                             std::to_string(batch) + " x " + std::to_string(length) + " tokens): ";
   try {
+#ifdef VIRNUCPRO_TEST_HOOKS
     if (injected_oom_rows() >= 0 && batch > injected_oom_rows()) {
       throw OutOfMemory(where + "injected by VIRNUCPRO_HOST_TEST_OOM_ROWS");
     }
+#endif
     auto outputs = loader_->run({ids.to(device_), mask.to(device_)});
     return outputs.at(0).slice(0, 0, batch).to(torch::kCPU, torch::kFloat32).contiguous();
   } catch (const OutOfMemory&) {

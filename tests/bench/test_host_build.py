@@ -17,9 +17,11 @@ def _fake_cmake(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         commands.append(command)
         if command[1] == "-S":  # configure: leave a cache behind as cmake does
             build = Path(command[command.index("-B") + 1])
+            hooks = next(a.split("=")[1] for a in command if a.startswith(f"-D{host_build.HOOKS}="))
             (build / host_build.CACHE).write_text(
                 "# comment\n//help\nCMAKE_PREFIX_PATH:UNINITIALIZED=" + torch.utils.cmake_prefix_path + "\n"
                 "CUDA_NVCC_EXECUTABLE:FILEPATH=/opt/cuda/bin/nvcc\n"
+                f"{host_build.HOOKS}:BOOL={hooks}\n"
             )
         return 0.5
 
@@ -36,9 +38,11 @@ def test_configures_once_per_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}" in configure
     assert any(arg.startswith("-DNLOHMANN_JSON_INCLUDE_DIR=") for arg in configure)
     assert commands[1] == ["cmake", "--build", str(build), "-j", "3"]
+    assert "-DVIRNUCPRO_TEST_HOOKS=OFF" in configure  # production builds have no fault injection
     assert first.cache == {
         "CMAKE_PREFIX_PATH": torch.utils.cmake_prefix_path,
         "CUDA_NVCC_EXECUTABLE": "/opt/cuda/bin/nvcc",
+        "VIRNUCPRO_TEST_HOOKS": "OFF",
     }
 
     again = host_build.build_host(build, jobs=3)
@@ -59,3 +63,19 @@ def test_read_cache_without_a_cache_is_empty(tmp_path: Path) -> None:
 def test_a_failing_step_names_the_command(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"configuring failed \(1\): false"):
         host_build._run(["false"], "configuring")
+
+
+def test_the_test_hooks_setting_reconfigures_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking for the test suite's fault injection in a folder built without it (or the reverse)
+    configures again, keeping the folder's other configuration; asking the same way reuses it."""
+    commands = _fake_cmake(monkeypatch)
+    build = tmp_path / "build"
+    host_build.build_host(build, jobs=1)
+    (build / "CMakeFiles").mkdir()
+    hooked = host_build.build_host(build, jobs=1, test_hooks=True)
+    assert hooked.configured and "-DVIRNUCPRO_TEST_HOOKS=ON" in commands[2]
+    assert (build / "CMakeFiles").is_dir() and hooked.cache["VIRNUCPRO_TEST_HOOKS"] == "ON"
+    assert not host_build.build_host(build, jobs=1, test_hooks=True).configured
+    assert host_build.build_host(build, jobs=1).configured

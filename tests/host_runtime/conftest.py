@@ -20,7 +20,16 @@ from virnucpro_trt.bench.host_build import HostBuild, build_host
 def host_build(tmp_path_factory: pytest.TempPathFactory) -> HostBuild:
     if shutil.which("cmake") is None or shutil.which("c++") is None:
         pytest.skip("the C++ host runtime needs cmake and a C++ compiler")
-    return build_host(tmp_path_factory.mktemp("host_build"), jobs=min(os.cpu_count() or 2, 8))
+    jobs = min(os.cpu_count() or 2, 8)
+    return build_host(tmp_path_factory.mktemp("host_build"), jobs=jobs, test_hooks=True)  # fault injection
+
+
+@pytest.fixture(scope="session")
+def production_build(tmp_path_factory: pytest.TempPathFactory) -> HostBuild:
+    """The host as users build it: no test hooks (the benchmark script builds this way)."""
+    if shutil.which("cmake") is None or shutil.which("c++") is None:
+        pytest.skip("the C++ host runtime needs cmake and a C++ compiler")
+    return build_host(tmp_path_factory.mktemp("production_build"), jobs=min(os.cpu_count() or 2, 8))
 
 
 @pytest.fixture(scope="session")

@@ -26,18 +26,19 @@ def _script():
 
 
 def test_cxx_host_benchmark_on_tiny_cpu_engines(
-    host_build: HostBuild, engines: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    production_build: HostBuild, engines: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cxx_host.json"
     code = _script().main(
         [
             "--engines", str(engines), "--reads", "60", "--device", "cpu", "--max-batch-tokens", "1024",
-            "--build-dir", str(host_build.build_dir), "--workdir", str(tmp_path / "work"), "--json", str(out),
+            "--build-dir", str(production_build.build_dir), "--workdir", str(tmp_path / "work"),
+            "--json", str(out),
         ]
     )  # fmt: skip
     assert code == 0
     report = json.loads(out.read_text())
-    assert report["host_build"]["configured"] is False  # the session's build folder was reused
+    assert report["host_build"]["configured"] is False  # the session's production build was reused
     assert report["host"]["verified_files"] is True  # built with OpenSSL here
     assert report["environment"]["torch"] == torch.__version__ and report["device"] == "cpu"
     assert report["workload"]["reads"] == 60 and report["workload"]["seed"] == 42

@@ -8,6 +8,8 @@ the CUDA toolkit root is picked by ``CMakeLists.txt`` itself (see its "CUDA libt
 
 A build folder is reused while it was configured for the same torch (its cache's ``CMAKE_PREFIX_PATH``);
 one configured for another torch is configured afresh, because CMake keeps the first Torch_DIR it found.
+The test suite's fault injection (``VIRNUCPRO_TEST_HOOKS``) is compiled in only when asked for; a
+folder configured the other way is configured again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from virnucpro_trt.errors import UserError
 REPO = Path(__file__).resolve().parents[2]
 TOOL = "virnucpro-host"
 CACHE = "CMakeCache.txt"
+HOOKS = "VIRNUCPRO_TEST_HOOKS"  # CMake option: the test suite's fault injection (never in production builds)
 # What a report records of the configuration: which torch, compiler, CUDA toolkit (as a CUDA libtorch's
 # FindCUDA cached it) and OpenSSL it found.
 REPORTED_CACHE = (
@@ -37,6 +40,7 @@ REPORTED_CACHE = (
     "CUDA_NVCC_EXECUTABLE",
     "CUDA_CUDART_LIBRARY",
     "OPENSSL_CRYPTO_LIBRARY",
+    HOOKS,
 )
 
 
@@ -74,9 +78,11 @@ def nlohmann_include() -> Path:
     raise UserError("the C++ host needs nlohmann/json: pip install nlohmann-json")
 
 
-def configure_command(build_dir: Path, source: Path = REPO) -> list[str]:
-    """The ``cmake`` configure command for ``build_dir`` against this interpreter's torch."""
+def configure_command(build_dir: Path, source: Path = REPO, test_hooks: bool = False) -> list[str]:
+    """The ``cmake`` configure command for ``build_dir`` against this interpreter's torch (``test_hooks``:
+    with the test suite's fault injection compiled in)."""
     command = ["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"]
+    command += [f"-D{HOOKS}={'ON' if test_hooks else 'OFF'}"]
     command += [f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
     command += [f"-DNLOHMANN_JSON_INCLUDE_DIR={nlohmann_include()}"]
     if shutil.which("ninja"):
@@ -106,18 +112,23 @@ def _run(command: list[str], what: str) -> float:
     return time.perf_counter() - started
 
 
-def build_host(build_dir: Path, jobs: int | None = None, source: Path = REPO) -> HostBuild:
-    """Configure (unless ``build_dir`` is already configured for this torch) and build ``virnucpro-host``."""
+def build_host(
+    build_dir: Path, jobs: int | None = None, source: Path = REPO, test_hooks: bool = False
+) -> HostBuild:
+    """Configure (unless ``build_dir`` is already configured for this torch and ``test_hooks`` setting)
+    and build ``virnucpro-host``; ``test_hooks`` only for the test suite."""
     build_dir = build_dir.resolve()
-    configured_for = read_cache(build_dir).get("CMAKE_PREFIX_PATH")
+    cache = read_cache(build_dir)
+    configured_for = cache.get("CMAKE_PREFIX_PATH")
     configure_s = 0.0
-    configure = configured_for != torch.utils.cmake_prefix_path
+    other_torch = configured_for != torch.utils.cmake_prefix_path
+    configure = other_torch or cache.get(HOOKS) != ("ON" if test_hooks else "OFF")
     if configure:
-        if configured_for is not None:  # configured for another torch: start the configuration afresh
+        if configured_for is not None and other_torch:  # another torch: start the configuration afresh
             (build_dir / CACHE).unlink()
             shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
         build_dir.mkdir(parents=True, exist_ok=True)
-        configure_s = _run(configure_command(build_dir, source), "configuring the C++ host")
+        configure_s = _run(configure_command(build_dir, source, test_hooks), "configuring the C++ host")
     jobs = jobs or os.cpu_count() or 1
     build_s = _run(["cmake", "--build", str(build_dir), "-j", str(jobs)], "building the C++ host")
     cache = read_cache(build_dir)
