@@ -16,6 +16,7 @@ from virnucpro_trt.runtime.resume import WorkDir, outdir_lock
 from virnucpro_trt.runtime.shard_marker import ShardReport, marker_path, result_roles
 from virnucpro_trt.runtime.shards import (
     INDEX_SCHEMA,
+    PIECE_RECORDS,
     ShardSplitter,
     default_shard_records,
     read_shard_index,
@@ -117,6 +118,20 @@ def test_index_round_trip_and_damaged_shard(tmp_path):
     assert all(s.sha256 == sha256_file(folder / s.file) for s in shards)
     (folder / shards[1].file).write_text(">x\nACGT\n")
     assert read_shard_index(folder) is None
+
+
+def test_shards_joined_from_pieces_are_hashed_as_they_are_written(tmp_path, monkeypatch):
+    """A shard of several pieces gets its SHA-256 from the bytes copied into it (not a read-back);
+    the digest is the file's."""
+    import virnucpro_trt.runtime.shards as shards_module
+
+    monkeypatch.setattr(shards_module, "default_shard_records", lambda records: 2 * PIECE_RECORDS)
+    hashed: list[str] = []
+    monkeypatch.setattr(shards_module, "sha256_file", lambda path: hashed.append(Path(path).name) or "0" * 64)
+    _, shards = _shard(tmp_path, _write_reads(tmp_path / "r.fa", 1100), None)
+    assert [s.records for s in shards] == [512, 512, 76]  # two pieces, two pieces, one
+    assert hashed == [shards[2].file]  # the one-piece shard was renamed into place, then hashed
+    assert all(s.sha256 == sha256_file(tmp_path / "shards" / s.file) for s in shards[:2])
 
 
 def test_a_same_size_edit_of_a_shard_makes_the_index_stale(tmp_path, caplog):

@@ -28,11 +28,11 @@ it again, and hashes any other (:func:`read_shard_index`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -254,11 +254,12 @@ class ShardSplitter:
         for shard_id, planned in enumerate(self.plan()):
             name = f"shard-{shard_id:06d}.fa"
             target = self.folder / name
+            sha256 = None
             if len(planned.pieces) == 1:
                 os.replace(planned.pieces[0], target)
             else:
                 with open(target, "wb") as out:
-                    append_files(planned.pieces, out, remove=True)
+                    sha256 = append_files(planned.pieces, out, remove=True)  # hashed as written
             stamp = file_stamp(target)  # before hashing: a change in between will not match it
             shards.append(
                 ShardSpec(
@@ -270,20 +271,26 @@ class ShardSplitter:
                     frames=planned.frames,
                     file=name,
                     size_bytes=stamp[0],
-                    sha256=sha256_file(target),
+                    sha256=sha256 if sha256 is not None else sha256_file(target),
                     stamp=stamp,
                 )
             )
         return shards
 
 
-def append_files(paths: Iterable[Path], out: Any, remove: bool = False) -> None:
-    """Copy each file's bytes to the binary handle ``out``, in order (``remove``: delete each once copied)."""
+def append_files(paths: Iterable[Path], out: Any, remove: bool = False) -> str:
+    """Copy each file's bytes to the binary handle ``out``, in order (``remove``: delete each once copied);
+    returns the SHA-256 of the bytes copied, so that a plain file written this way is not read back to
+    hash it."""
+    digest = hashlib.sha256()
     for path in paths:
         with open(path, "rb") as src:
-            shutil.copyfileobj(src, out, _WRITE_BUFFER)
+            while block := src.read(_WRITE_BUFFER):
+                digest.update(block)
+                out.write(block)
         if remove:
             path.unlink()
+    return digest.hexdigest()
 
 
 def write_shard_index(folder: Path, shards: list[ShardSpec], extra: dict[str, Any]) -> None:
