@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.files import ownership
+from virnucpro_trt.files import ownership, stamps
 from virnucpro_trt.files.ownership import (
     RECORD,
     changed_since,
@@ -84,7 +84,7 @@ def test_an_unchanged_output_is_not_hashed_again(tmp_path: Path, monkeypatch: py
     def no_hashing(path: object) -> str:
         raise AssertionError("an untouched output was hashed again")
 
-    monkeypatch.setattr(ownership, "sha256_file", no_hashing)
+    monkeypatch.setattr(stamps, "sha256_file", no_hashing)  # where recorded digests are checked
     check_replaceable([target], force=False)
 
 

@@ -116,3 +116,20 @@ def test_check_reuses_the_recorded_digest_only_for_unchanged_files(
     assert engine_set._user_weights(specs, None) == engine_set._user_weights(specs, EngineManifest(
         "onnxruntime", "fp32", {"type": "cpu"}, {}, {}
     ))  # fmt: skip
+
+
+def test_a_digest_holds_for_the_stamped_file_unread_and_otherwise_by_its_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from virnucpro_trt.files import stamps
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    digest, stamp = sha256_file(path), stamps.file_stamp(path)
+    hashed: list[str] = []
+    monkeypatch.setattr(stamps, "sha256_file", lambda p: hashed.append(str(p)) or sha256_file(p))
+    assert stamps.digest_holds(path, "0" * 64, stamp) and hashed == []  # the stamp alone vouches
+    assert stamps.digest_holds(path, digest, []) and stamps.digest_holds(path, digest, None)
+    assert not stamps.digest_holds(path, "0" * 64, [])
+    assert not stamps.digest_holds(path, "0" * 64, [stamp[0] + 1, *stamp[1:]])  # another stamp: hashed
+    assert len(hashed) == 4

@@ -134,18 +134,18 @@ def test_a_resume_reads_again_only_result_files_whose_stamp_changed(
 ) -> None:
     """Result files still carrying the stamps in their marker are not hashed again (with
     --save-embeddings they are most of a run's bytes); a same-size replacement is hashed and refused."""
-    import virnucpro_trt.runtime.resume as resume
+    from virnucpro_trt.files import stamps
 
     work, marker = _written(tmp_path)
     roles = result_roles(embeddings=False)
     hashed: list[str] = []
-    sha256_file = resume.sha256_file
+    sha256_file = stamps.sha256_file
 
     def counted(path: Path) -> str:
         hashed.append(Path(path).name)
         return sha256_file(path)
 
-    monkeypatch.setattr(resume, "sha256_file", counted)
+    monkeypatch.setattr(stamps, "sha256_file", counted)
     assert work.finished_shards([SHARD], roles) == {SHARD.id: marker} and hashed == []
     frames = work.results / "shard-000003.frames.tsv"
     replacement = frames.with_name("replacement")

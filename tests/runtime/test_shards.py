@@ -173,14 +173,14 @@ def test_an_index_without_digests_is_stale(tmp_path):
 def test_a_resume_does_not_read_untouched_shards_again(tmp_path, monkeypatch):
     """A shard that still carries the stamp recorded when it was written is trusted without hashing it
     again (the rule wherever a digest is recorded: files/stamps.py); a rewritten one is hashed."""
-    from virnucpro_trt.runtime import shards as shards_module
+    from virnucpro_trt.files import stamps
 
     reads = _write_reads(tmp_path / "r.fa", 50)
     _, shards = _shard(tmp_path, reads, 20)
     folder = tmp_path / "shards"
     write_shard_index(folder, shards, {})
     hashed: list[Path] = []
-    monkeypatch.setattr(shards_module, "sha256_file", lambda path: hashed.append(Path(path)) or "0" * 64)
+    monkeypatch.setattr(stamps, "sha256_file", lambda path: hashed.append(Path(path)) or "0" * 64)
     assert read_shard_index(folder) is not None and hashed == []
     path = folder / shards[0].file
     copy = path.with_suffix(".copy")

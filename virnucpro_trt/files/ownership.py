@@ -33,7 +33,7 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.json_fields import SHA256, FieldError, read_json_object
-from virnucpro_trt.files.stamps import file_stamp
+from virnucpro_trt.files.stamps import digest_holds, file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,7 @@ def changed_since(folder: Path, name: str, entry: object) -> str | None:
     if not isinstance(entry, dict) or path.is_symlink() or not path.is_file():
         return changed
     stamp = entry.get("stamp")
-    if stamp is not None and stamp == file_stamp(path):
-        return None
-    if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
+    if path.stat().st_size != entry.get("bytes") or not digest_holds(path, entry.get("sha256"), stamp):
         return changed
     return None
 

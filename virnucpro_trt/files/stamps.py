@@ -14,8 +14,10 @@ system clock could slip a changed file past a stamp. Files at other paths are al
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+
+from virnucpro_trt.files.digests import sha256_file
 
 Stamp = list[int]
 
@@ -23,6 +25,14 @@ Stamp = list[int]
 def file_stamp(path: str | os.PathLike[str]) -> Stamp:
     st = os.stat(path)
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def digest_holds(path: str | os.PathLike[str], sha256: object, stamp: Sequence[int] | None) -> bool:
+    """Whether ``path`` still is the file recorded with ``sha256`` and ``stamp``: it carries the stamp
+    (nothing read), or its SHA-256 is the recorded one (read once). ``stamp`` empty or None: hash."""
+    if stamp and list(stamp) == file_stamp(path):
+        return True
+    return sha256_file(path) == sha256
 
 
 def stamp_files(paths: Iterable[str | os.PathLike[str]]) -> dict[str, Stamp]:

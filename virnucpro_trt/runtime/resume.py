@@ -37,9 +37,8 @@ from typing import Any
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_bytes_atomic
-from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.json_fields import FieldError
-from virnucpro_trt.files.stamps import file_stamp
+from virnucpro_trt.files.stamps import digest_holds
 from virnucpro_trt.runtime.shard_marker import MARKER_SUFFIX, RESULT_SUFFIXES, ShardMarker, marker_path
 from virnucpro_trt.runtime.shards import ShardSpec, read_shard_index
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
@@ -300,9 +299,7 @@ class WorkDir:
             path = self.results / entry.name
             if not path.is_file() or path.stat().st_size != entry.size:
                 return f"its {role} file is missing or truncated"
-            if entry.stamp and tuple(file_stamp(path)) == entry.stamp:
-                continue  # the very file the worker wrote and hashed (files/stamps.py)
-            if sha256_file(path) != entry.sha256:
+            if not digest_holds(path, entry.sha256, entry.stamp):
                 return f"its {role} file does not match its recorded SHA-256"
         return None
 

@@ -44,7 +44,7 @@ from virnucpro_trt.errors import InputFormatError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.json_fields import SHA256
-from virnucpro_trt.files.stamps import file_stamp
+from virnucpro_trt.files.stamps import digest_holds, file_stamp
 from virnucpro_trt.sequences.prepare import PreparedBlock
 from virnucpro_trt.sequences.reader import SeqRecord
 
@@ -330,7 +330,7 @@ def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | N
         path = folder / shard.file
         if not path.is_file() or path.stat().st_size != shard.size_bytes:
             return None
-        if shard.stamp != file_stamp(path) and sha256_file(path) != shard.sha256:
+        if not digest_holds(path, shard.sha256, shard.stamp):
             log.warning(
                 "%s changed since it was written (its SHA-256 differs): the input is sharded again and every "
                 "shard redone",
