@@ -94,7 +94,10 @@ def dnabert_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 @pytest.fixture(scope="module")
 def esm_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     shapes = ShapeRange(1, 4, 8, 2, 20, 45)
-    return _build(tmp_path_factory.mktemp("inductor_esm"), "esm2", random_esm2(seed=32), shapes, 1, 3)
+    return _build(
+        tmp_path_factory.mktemp("inductor_esm"), "esm2", random_esm2(seed=32), shapes, 1, 3,
+        unmasked_full_batches=True,
+    )  # fmt: skip
 
 
 @pytest.fixture(params=["dnabert", "esm"])
@@ -172,7 +175,7 @@ def test_an_aotinductor_that_cannot_compile_the_conditions_builds_the_plain_engi
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", refuse_conditions)
     shapes = ShapeRange(1, 4, 8, 2, 20, 45)
     with caplog.at_level("WARNING", logger="virnucpro_trt.engines.inductor_backend"):
-        engine = _build(tmp_path, "esm2", random_esm2(seed=34), shapes, 1, 3)
+        engine = _build(tmp_path, "esm2", random_esm2(seed=34), shapes, 1, 3, unmasked_full_batches=True)
     assert attempts == [True, False]
     assert "again without the unmasked attention path" in caplog.text
     facts = engine.built.facts
@@ -200,6 +203,71 @@ def test_build_does_not_touch_the_source_model(esm_engine: Engine) -> None:
     ):
         assert got.dtype == want.dtype and got.device == CPU, name
         assert torch.equal(got, want), name
+
+
+class _FakeCppCompileError(RuntimeError):
+    """Shaped like AOTInductor's CppCompileError: a first line, then the compiler's output."""
+
+
+_UNDECLARED = _FakeCppCompileError(
+    "C++ compile error\n\nOutput:\n/tmp/c.main.cpp:3: error: 'int_array_196' was not declared in this "
+    "scope; did you mean 'int_array_396'?"
+)
+_OTHER = _FakeCppCompileError(
+    "C++ compile error\n\nOutput:\n/tmp/c.main.cpp:1: error: 'foo' was not declared"
+)
+
+
+def _failing_compiles(monkeypatch: pytest.MonkeyPatch, errors: list[BaseException]) -> list[int]:
+    """Make the next ``len(errors)`` AOTInductor compiles raise ``errors`` in turn; later ones run."""
+    compile_package = torch._inductor.aoti_compile_and_package
+    calls: list[int] = []
+
+    def compile_or_fail(program: torch.export.ExportedProgram, **kwargs: object) -> str:
+        calls.append(len(calls))
+        if len(calls) <= len(errors):
+            raise errors[len(calls) - 1]
+        return compile_package(program, **kwargs)
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_or_fail)
+    return calls
+
+
+def test_the_wrappers_undeclared_size_array_fault_is_compiled_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A C++ wrapper that names an undeclared ``int_array_N`` (a fault that came and went on the H200)
+    is compiled again, says so once, and the engine built on the next try is the model's."""
+    calls = _failing_compiles(monkeypatch, [_UNDECLARED])
+    shapes = ShapeRange(1, 4, 8, 2, 20, 45)
+    with caplog.at_level("WARNING", logger="virnucpro_trt.engines.inductor_backend"):
+        engine = _build(tmp_path, "esm2", random_esm2(seed=35), shapes, 1, 3)
+    assert len(calls) == 2
+    assert caplog.text.count("compiling again (attempt 2 of 3)") == 1
+    assert "'int_array_196' was not declared" in caplog.text
+    assert engine.built.facts["compile_attempts"] == 2
+    ids, mask = engine.batch(np.random.default_rng(10), 3, 17)
+    np.testing.assert_allclose(engine.runner.embed_padded(ids, mask), engine.eager(ids, mask), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "errors, compiles",
+    [([_OTHER], 1), ([_UNDECLARED] * 3, 3)],
+    ids=["another-compiler-error", "the-fault-every-time"],
+)
+def test_other_compile_errors_and_a_lasting_fault_fail_the_build_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, errors: list[BaseException], compiles: int
+) -> None:
+    """Any other compiler error is not retried, and the undeclared-array fault at most three times; the
+    build then fails in one line with the compiler's first error, and leaves no package behind."""
+    calls = _failing_compiles(monkeypatch, errors)
+    shapes = ShapeRange(1, 4, 8, 2, 20, 45)
+    first = "AOTInductor could not compile esm2 (fp32): _FakeCppCompileError: C++ compile error (first"
+    with pytest.raises(BuildError) as info:
+        _build(tmp_path, "esm2", random_esm2(seed=35), shapes, 1, 3)
+    assert len(calls) == compiles
+    assert str(info.value).startswith(first) and "\n" not in str(info.value)
+    assert not (tmp_path / "esm2.cpu.fp32.pt2").exists()
 
 
 # ----------------------------------------------------------------------------- the artifact
@@ -510,13 +578,13 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
     from virnucpro_trt.engines.spec import BuildOptions
     from virnucpro_trt.settings import DEFAULT_ATTENTION
 
-    assert InductorBackend.recipe_version == 3
+    assert InductorBackend.recipe_version == 4
     assert EXTRA_DEFAULTS == {
         "sequence_multiple": 1,
         "min_export_batch": 1,
         "frozen_rotary": True,
         "fp8_fold_residual": True,
-        "unmasked_full_batches": True,
+        "unmasked_full_batches": False,
     }
     options = BuildOptions()
     assert (options.attention, options.fp8_fast_accum, options.max_autotune) == (

@@ -264,6 +264,15 @@ def test_the_gate_also_runs_batches_without_padding(wrong_when_unpadded: bool) -
     result = run_parity(engine, reference, tokens, "fp32", 4096)
     assert engine.unpadded_batches == 3 and result.items == len(tokens) + 3 * UNPADDED_COPIES
     assert result.passed != wrong_when_unpadded
+    # where it went wrong: each kind of batch keeps its own min cosine, in the gate's one line too
+    by_batches = dict(result.min_cosine_by_batches)
+    assert by_batches["mixed lengths"] == pytest.approx(1.0)
+    assert by_batches["equal lengths"] == pytest.approx(-1.0 if wrong_when_unpadded else 1.0)
+    assert result.min_cosine == min(by_batches.values())
+    assert result.to_json()["min_cosine_by_batches"] == by_batches
+    equal = "-1.000000" if wrong_when_unpadded else "1.000000"
+    assert f"(mixed lengths 1.000000; equal lengths {equal})" in result.describe()
+    assert "\n" not in result.describe()
 
 
 def test_synthetic_batch_is_deterministic_and_varied():

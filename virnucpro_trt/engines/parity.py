@@ -10,7 +10,7 @@ own way of computing an embedding.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,9 @@ class ParityResult:
     finite: bool
     passed: bool
     rule: str
+    # min cosine of each kind of batch the gate ran ("mixed lengths", "equal lengths"), so that a failed
+    # gate says where the engine went wrong (an engine may take another path for batches without padding)
+    min_cosine_by_batches: tuple[tuple[str, float], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -44,11 +47,14 @@ class ParityResult:
             "finite": self.finite,
             "passed": self.passed,
             "rule": self.rule,
+            "min_cosine_by_batches": dict(self.min_cosine_by_batches),
         }
 
     def describe(self) -> str:
+        where = "; ".join(f"{name} {cos:.6f}" for name, cos in self.min_cosine_by_batches)
         return (
-            f"max |diff| {self.max_abs:.3g}, min cosine {self.min_cosine:.6f}, "
+            f"max |diff| {self.max_abs:.3g}, min cosine {self.min_cosine:.6f}"
+            f"{f' ({where})' if where else ''}, "
             f"{'finite' if self.finite else 'NaN/Inf present'} (rule: {self.rule})"
         )
 
@@ -110,15 +116,21 @@ def run_parity(
     The batches a run makes from varied lengths are padded, and an engine may take another path for a
     batch without padding (ESM-2's unmasked attention), so the shortest, a middle and the longest item
     are also embedded as batches of :data:`UNPADDED_COPIES` copies each, compared with the same
-    reference rows.
+    reference rows. The result keeps the min cosine of each kind of batch.
     """
-    got = [embed_sequences_unchecked(runner, tokens, max_batch_tokens)]
-    expected = [reference]
+    padded = embed_sequences_unchecked(runner, tokens, max_batch_tokens)
+    got, expected = [], []
     order = np.argsort([len(t) for t in tokens], kind="stable")
     for index in sorted({int(order[0]), int(order[len(order) // 2]), int(order[-1])}):
         got.append(embed_sequences_unchecked(runner, [tokens[index]] * UNPADDED_COPIES, max_batch_tokens))
         expected.append(np.repeat(reference[index : index + 1], UNPADDED_COPIES, axis=0))
-    return compare(np.concatenate(expected), np.concatenate(got), precision)
+    unpadded = compare(np.concatenate(expected), np.concatenate(got), precision)
+    overall = compare(np.concatenate([reference, *expected]), np.concatenate([padded, *got]), precision)
+    by_batches = (
+        ("mixed lengths", compare(reference, padded, precision).min_cosine),
+        ("equal lengths", unpadded.min_cosine),
+    )
+    return replace(overall, min_cosine_by_batches=by_batches)
 
 
 def embed_sequences_unchecked(
