@@ -196,10 +196,9 @@ def _export_and_compile(
         f"{META_PREFIX}dim": str(dim),
     }
     configs = inductor_configs(device, options, metadata)
-    attempts = 0
+    attempt = 0
     try:
-        while True:
-            attempts += 1
+        for attempt in range(1, COMPILE_ATTEMPTS + 1):
             try:
                 with attention_kernel(options.attention, device):  # Inductor lowers SDPA here
                     torch._inductor.aoti_compile_and_package(
@@ -210,15 +209,12 @@ def _export_and_compile(
                 break
             except Exception as exc:
                 message = f"AOTInductor could not compile {kind} ({precision}): {_first_line(exc)}"
-                if attempts < COMPILE_ATTEMPTS and _UNDECLARED_SIZE_ARRAY.search(str(exc)):
-                    log.warning(
-                        "%s; compiling again (attempt %d of %d)", message, attempts + 1, COMPILE_ATTEMPTS
-                    )
-                    continue
-                raise _CompileError(message) from exc
+                if attempt == COMPILE_ATTEMPTS or not _UNDECLARED_SIZE_ARRAY.search(str(exc)):
+                    raise _CompileError(message) from exc
+                log.warning("%s; compiling again (attempt %d of %d)", message, attempt + 1, COMPILE_ATTEMPTS)
     finally:
         del program
-    return _Compiled(graph, configs, exported, attempts)
+    return _Compiled(graph, configs, exported, attempt)
 
 
 class InductorBackend:
