@@ -7,8 +7,11 @@ with it, and a later check whose file carries exactly that stamp reuses the dige
 
 A stamp is ``[size, mtime_ns, ctime_ns, inode, device]`` of the resolved path. Replacing a file (copy,
 download, rename) gives it a new inode and ctime; rewriting it in place changes its ctime, which, unlike
-the mtime, no user can set back (``touch -d`` itself moves the ctime). Only someone who can reset the
-system clock could slip a changed file past a stamp. Files at other paths are always hashed.
+the mtime, no user can set back (``touch -d`` itself moves the ctime). Two ways past a stamp remain:
+resetting the system clock, and rewriting a file in place, at the same size, within one tick of the file
+system's timestamps (milliseconds) of its previous change when that change is what was stamped: a race
+with a concurrent writer at the moment of stamping, not a change made afterwards. Files at other paths
+are always hashed.
 """
 
 from __future__ import annotations
