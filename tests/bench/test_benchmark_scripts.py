@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -278,6 +279,42 @@ def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path) -> None:
     for p in fixed + short:
         assert p["computed_tokens"] - p["tokens"] >= 0 and p["batches"] >= 1
     assert rows["illumina"]["mean_tokens"] < rows["fixed"]["mean_tokens"] == 168.0
+
+
+def test_conditional_attention_compares_both_engines_on_both_kinds_of_batch(tmp_path: Path) -> None:
+    """The plain engine and the one with the unmasked path, from the same weights, each compared with the
+    fp32 model on padded (mixed) and unpadded (equal) batches; a wrong row shows as a low cosine."""
+    script = _script("diagnostics/conditional_attention")
+    rng = np.random.default_rng(0)
+    mixed_ids, mixed_mask = script.batch_tokens(script.BatchCase("mixed", 6, 17), rng)
+    equal_ids, equal_mask = script.batch_tokens(script.BatchCase("equal", 3, 17), rng)
+    assert mixed_ids.shape == (6, 17) and not mixed_mask.all() and mixed_mask.sum(1).min() >= 3
+    assert equal_ids.shape == (3, 17) and equal_mask.all()
+    want = rng.standard_normal((3, 8))
+    assert script.compare_rows(want, want)[0] == pytest.approx(1.0)
+    assert script.compare_rows(np.concatenate([want[:2], -want[2:]]), want)[0] == pytest.approx(-1.0)
+
+    out = tmp_path / "conditional.json"
+    code = script.main(
+        [
+            "--precision", "fp32", "--width", "tiny", "--layers", "1", "--lengths", "9,20",
+            "--device", "cpu", "--workdir", str(tmp_path / "engines"), "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "conditional_attention" and report["model"]["layers"] == 1
+    plain, unmasked = report["engines"]
+    assert (
+        plain["facts"]["unmasked_full_batches"] is False
+        and unmasked["facts"]["unmasked_full_batches"] is True
+    )
+    calls = "_scaled_dot_product_flash_attention_for_cpu"  # one per layer and path
+    assert (plain["facts"]["extern_kernels"][calls], unmasked["facts"]["extern_kernels"][calls]) == (1, 2)
+    for engine in (plain, unmasked):
+        kinds = [(b["kind"], b["rows"], b["length"]) for b in engine["batches"]]
+        assert kinds == [("mixed", 6, 9), ("equal", 3, 9), ("mixed", 6, 20), ("equal", 3, 20)]
+        assert all(b["min_cosine"] > 0.99999 and b["max_abs"] < 1e-4 for b in engine["batches"])
 
 
 def test_attention_kernels_times_candidates_on_the_runs_batches(tmp_path: Path) -> None:
