@@ -84,6 +84,7 @@ class Variant:
     inductor: tuple[tuple[str, Any], ...] = ()
     row_launch: bool = False  # fp8-fused: the row kernels launched as --row-launch says
     unmasked_full: bool = False  # batches without padding run unmasked attention (the engines' cond)
+    fold_key_padding: bool = False  # the key padding in the head dimension: no mask, FlashAttention
 
 
 VARIANTS = {
@@ -112,6 +113,10 @@ VARIANTS = {
     "fp8-fused-fold-launch": Variant("fp8-fused", fast_accum=True, fold_residual=True, row_launch=True),
     "fp8-fused-fold-unmasked": Variant("fp8-fused", fast_accum=True, fold_residual=True, unmasked_full=True),
     "bf16-unmasked": Variant("bf16", unmasked_full=True),
+    "fp8-fused-fold-maskdim": Variant(
+        "fp8-fused", fast_accum=True, fold_residual=True, fold_key_padding=True
+    ),
+    "bf16-maskdim": Variant("bf16", fold_key_padding=True),
     "bf16-dynamic": Variant("bf16", engine_shapes=True),
     "bf16-dynamic-i32": Variant("bf16", engine_shapes=True, inductor=(("assume_32bit_indexing", True),)),
 }
@@ -227,6 +232,7 @@ def build_variant(
     model = copy.deepcopy(reference).to(dtype=torch.bfloat16)
     model.residual_fp32 = variant.residual_fp32
     model.unmasked_full_batches = variant.unmasked_full  # eager here: decided on the host per batch
+    model.fold_key_padding = variant.fold_key_padding
     if variant.precision != "bf16" and (reason := fp8_unavailable_reason(device)):
         raise RuntimeError(reason)
     if variant.precision == "fp8":

@@ -211,6 +211,22 @@ def test_esm2_variants_names_known_precisions() -> None:
     assert not variants.VARIANTS["fp8-fused"].layernorm_bf16
 
 
+def test_esm2_variants_maskdim_layers_compute_the_masked_layers() -> None:
+    """``bf16-maskdim`` runs the key padding folded into the head dimension (no mask reaches SDPA) and
+    gives the ``bf16`` variant's embeddings on a padded batch."""
+    variants = _script("diagnostics/esm2_variants")
+    reference = random_esm2(seed=4)
+    plain = variants.build_variant(reference, variants.VARIANTS["bf16"], CPU, False, 4096)
+    folded = variants.build_variant(reference, variants.VARIANTS["bf16-maskdim"], CPU, False, 4096)
+    assert (plain.fold_key_padding, folded.fold_key_padding) == (False, True)
+    assert variants.VARIANTS["fp8-fused-fold-maskdim"].fold_key_padding
+    ids, mask = torch.randint(4, 24, (3, 21)), torch.ones(3, 21, dtype=torch.bool)
+    mask[0, 8:], mask[2, 15:] = False, False
+    with torch.no_grad():
+        cos = nn.functional.cosine_similarity(plain(ids, mask).float(), folded(ids, mask).float())
+    assert cos.min() > 0.9999
+
+
 def test_esm2_variants_row_launch_specs_and_the_engines_read_only_table() -> None:
     """``--row-launch layernorm=512,2`` is the LayerNorm kernel at chunk 512 with 2 warps (the GELU
     kernel keeps its erf unless a third number says otherwise); the engines' table cannot be changed

@@ -205,6 +205,25 @@ def test_build_does_not_touch_the_source_model(esm_engine: Engine) -> None:
         assert torch.equal(got, want), name
 
 
+def test_an_engine_with_the_key_padding_in_the_head_dimension_equals_eager(tmp_path: Path) -> None:
+    """``fold_key_padding``: no mask argument in the graph (one unmasked attention call per layer), the
+    fact recorded, and the same embeddings as the masked model on padded and unpadded batches."""
+    shapes = ShapeRange(1, 4, 8, 2, 20, 45)
+    engine = _build(tmp_path, "esm2", random_esm2(seed=38), shapes, 1, 3, fold_key_padding=True)
+    assert engine.model.fold_key_padding is False  # eager stays the masked model the engine is held to
+    facts = engine.built.facts
+    assert facts["fold_key_padding"] is True and facts["unmasked_full_batches"] is False
+    assert facts["extern_kernels"]["_scaled_dot_product_flash_attention_for_cpu"] == len(engine.model.layers)
+    rng = np.random.default_rng(11)
+    for batch, length in ((5, 9), (8, 45), (3, 17)):
+        ids, mask = engine.batch(rng, batch, length)
+        assert not mask.all()
+        np.testing.assert_allclose(engine.runner.embed_padded(ids, mask), engine.eager(ids, mask), atol=1e-5)
+    ids = rng.integers(4, 24, size=(3, 17))
+    full = np.ones_like(ids)
+    np.testing.assert_allclose(engine.runner.embed_padded(ids, full), engine.eager(ids, full), atol=1e-5)
+
+
 class _FakeCppCompileError(RuntimeError):
     """Shaped like AOTInductor's CppCompileError: a first line, then the compiler's output."""
 
@@ -585,6 +604,7 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
         "frozen_rotary": True,
         "fp8_fold_residual": True,
         "unmasked_full_batches": False,
+        "fold_key_padding": False,
     }
     options = BuildOptions()
     assert (options.attention, options.fp8_fast_accum, options.max_autotune) == (

@@ -420,14 +420,24 @@ def _exported_model(monkeypatch: pytest.MonkeyPatch, precision: str, extra: dict
 
 
 @pytest.mark.parametrize(
-    "extra", [{}, {"residual_fp32": False, "frozen_rotary": False, "unmasked_full_batches": True}]
+    "extra",
+    [
+        {},
+        {
+            "residual_fp32": False,
+            "frozen_rotary": False,
+            "unmasked_full_batches": True,
+            "fold_key_padding": True,
+        },
+    ],
 )
 def test_build_options_reach_the_exported_model(monkeypatch: pytest.MonkeyPatch, extra: dict) -> None:
-    """``residual_fp32``, ``frozen_rotary`` and ``unmasked_full_batches`` from ``BuildOptions.extra`` are
-    what the exporter sees."""
+    """``residual_fp32``, ``frozen_rotary``, ``unmasked_full_batches`` and ``fold_key_padding`` from
+    ``BuildOptions.extra`` are what the exporter sees."""
     model = _exported_model(monkeypatch, "fp32", extra)
     assert model.residual_fp32 == extra.get("residual_fp32", True)
     assert model.unmasked_full_batches == extra.get("unmasked_full_batches", False)
+    assert model.fold_key_padding == extra.get("fold_key_padding", False)
     assert (model.rotary.frozen is not None) == extra.get("frozen_rotary", True)
     if model.rotary.frozen is not None:
         assert model.rotary.frozen[0].shape == (40, model.config.head_dim)

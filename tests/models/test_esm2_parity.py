@@ -128,6 +128,41 @@ def test_frozen_rotary_tables_are_the_computed_ones(as_tensors) -> None:
     assert all(t.dtype == torch.float32 for t in model.rotary.frozen)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_key_padding_folded_into_the_head_dimension_is_the_mask(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """With ``fold_key_padding`` SDPA gets no mask, 8 more head columns, and the model gives what the
+    masked model gives on padded rows; without the score penalty the padded keys would count."""
+    import virnucpro_trt.models.esm2 as esm2_module
+
+    model = random_esm2(TINY_ESM2_CONFIG, seed=6, dtype=dtype)
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, 24, (4, 13), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 5:], mask[3, 9:] = 0, 0
+    with torch.no_grad():
+        expected = model(ids, mask)
+    model.fold_key_padding = True
+    calls: list[tuple[bool, int]] = []
+    sdpa = esm2_module.F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        calls.append((attn_mask is not None, q.shape[-1]))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(esm2_module.F, "scaled_dot_product_attention", spy)
+        got = model(ids, mask)
+    head_dim = model.config.head_dim
+    assert calls == [(False, head_dim + esm2_module.FOLDED_COLUMNS)] * model.config.num_layers
+    atol = 1e-6 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+    monkeypatch.setattr(esm2_module, "FOLDED_PENALTY", 0.0)
+    with torch.no_grad():
+        assert (model(ids, mask) - expected)[[1, 3]].abs().max() > 10 * atol
+
+
 def test_unmasked_full_batches_leave_attention_unmasked_only_without_padding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

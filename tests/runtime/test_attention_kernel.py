@@ -95,6 +95,21 @@ def test_build_check_allows_flash_only_beside_the_masked_kernel_of_an_unmasked_p
         check_lowered_attention({**cudnn, **flash}, "cudnn", CUDA, "x", unmasked=True)
 
 
+def test_build_check_of_an_engine_without_a_masked_call() -> None:
+    """ESM-2 with the key padding folded into the head dimension has no masked call: the kernels the
+    backends allow without a mask are expected alone; another kernel is still refused."""
+    efficient = {"_scaled_dot_product_efficient_attention": 1}
+    flash = {"_scaled_dot_product_flash_attention": 1}
+    cudnn = {"_scaled_dot_product_cudnn_attention": 1}
+    check_lowered_attention(flash, "efficient", CUDA, "x", masked=False)
+    check_lowered_attention(efficient, "efficient", CUDA, "x", masked=False)
+    check_lowered_attention(cudnn, "cudnn", CUDA, "x", masked=False)
+    with pytest.raises(BuildError, match="asked for efficient attention"):
+        check_lowered_attention(cudnn, "efficient", CUDA, "x", masked=False)
+    with pytest.raises(BuildError, match="asked for cudnn attention"):
+        check_lowered_attention(flash, "cudnn", CUDA, "x", masked=False)
+
+
 def test_build_check_logs_when_it_cannot_tell(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="virnucpro_trt.runtime.attention_kernel"):
         check_lowered_attention({"mm": 48}, "efficient", CUDA, "esm2 (bf16)")

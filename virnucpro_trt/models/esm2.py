@@ -146,14 +146,37 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
+FOLDED_COLUMNS = 8  # columns the folded key padding adds to the head dimension (kernels take multiples of 8)
+FOLDED_PENALTY = -1.0e4  # added to a padded key's score: its softmax weight underflows to exactly 0
+
+
+def folded_key_padding(real: torch.Tensor) -> torch.Tensor:
+    """The key padding as :data:`FOLDED_COLUMNS` head-dimension columns of k, [B, 1, T, C] fp32: the first
+    is 0 on real keys and :data:`FOLDED_PENALTY` on padded ones, the rest 0 (:func:`_rotary_attention`)."""
+    first = torch.arange(FOLDED_COLUMNS, device=real.device) == 0
+    return (torch.where(real, 0.0, FOLDED_PENALTY)[..., None] * first)[:, None]
+
+
 def _rotary_attention(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None, scaling: float
 ) -> torch.Tensor:
+    """``key_mask``: a boolean [B, 1, 1, T] mask for SDPA, None for no padding, or the key padding folded
+    into the head dimension (:func:`folded_key_padding`): q gains a column of ones and zeros, k the given
+    columns and v zeros, so a padded key's score drops by 10^4 and real keys' scores are unchanged. That
+    is the mask, exactly, without a mask argument: SDPA may then take FlashAttention on padded batches,
+    for 12.5% more attention FLOPs (64 -> 72 columns)."""
     batch, length, _, heads, head_dim = qkv.shape
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
     q = apply_rotary(q * scaling, cos, sin)
     k = apply_rotary(k, cos, sin)
-    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
+    if key_mask is not None and key_mask.is_floating_point():
+        first = (torch.arange(key_mask.shape[-1], device=q.device) == 0).to(q.dtype)
+        q = torch.cat([q, first.expand(batch, heads, length, -1)], dim=-1)
+        k = torch.cat([k, key_mask.to(k.dtype).expand(-1, heads, -1, -1)], dim=-1)
+        v = F.pad(v, (0, key_mask.shape[-1]))
+        attn = F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :head_dim]
+    else:
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
     return attn.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
 
@@ -236,13 +259,25 @@ class Esm2Encoder(nn.Module):
     so an exported graph keeps both paths; a plain Python choice when run eagerly). Off by default:
     only compiled engines gain from it (FlashAttention instead of the memory-efficient kernel on CUDA);
     an all-true mask changes nothing.
+
+    ``fold_key_padding`` passes the key padding to every layer folded into the head dimension
+    (:func:`folded_key_padding`) instead of as a mask: the same result with no mask argument, so CUDA SDPA
+    may take FlashAttention on every batch, padded or not, without a condition. Off by default (not yet
+    measured on a GPU).
     """
 
-    def __init__(self, config: Esm2Config, residual_fp32: bool = True, unmasked_full_batches: bool = False):
+    def __init__(
+        self,
+        config: Esm2Config,
+        residual_fp32: bool = True,
+        unmasked_full_batches: bool = False,
+        fold_key_padding: bool = False,
+    ):
         super().__init__()
         self.config = config
         self.residual_fp32 = residual_fp32
         self.unmasked_full_batches = unmasked_full_batches
+        self.fold_key_padding = fold_key_padding
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim)
         self.rotary = RotaryEmbedding(config.head_dim)
         self.layers = nn.ModuleList(Esm2Layer(config) for _ in range(config.num_layers))
@@ -264,7 +299,7 @@ class Esm2Encoder(nn.Module):
         real = attention_mask.to(torch.bool)
         x = self.embed(input_ids, real)
         cos, sin = self.rotary.tables(input_ids.shape[1], input_ids.device)
-        key_mask = real[:, None, None, :]
+        key_mask = folded_key_padding(real) if self.fold_key_padding else real[:, None, None, :]
         unpadded: torch.Tensor | bool | None = None
         if self.unmasked_full_batches:
             unpadded = real.all()

@@ -70,7 +70,12 @@ def attention_kernel(name: str, device: torch.device) -> Iterator[None]:
 
 
 def check_lowered_attention(
-    kernels: Mapping[str, int], name: str, device: torch.device, what: str, unmasked: bool = False
+    kernels: Mapping[str, int],
+    name: str,
+    device: torch.device,
+    what: str,
+    unmasked: bool = False,
+    masked: bool = True,
 ) -> None:
     """Fail the build when a CUDA engine calls another attention kernel than the requested one.
 
@@ -78,15 +83,17 @@ def check_lowered_attention(
     engine that silently took another kernel would be slow in exactly the way the option exists to
     prevent, so it is an error. The masked call must be the requested kernel; an engine with an
     ``unmasked`` path may also call the kernels its backends allow without a mask (FlashAttention for
-    ``efficient``). No attention call at all (a torch whose wrapper names calls differently, or SDPA
-    decomposed into plain GEMMs) is only logged: the build facts keep the list for a reader.
+    ``efficient``). An engine without a ``masked`` call (ESM-2's key padding folded into the head
+    dimension) calls only those. No attention call at all (a torch whose wrapper names calls
+    differently, or SDPA decomposed into plain GEMMs) is only logged: the build facts keep the list.
     """
     wanted = _LOWERED.get(name)
     if device.type != "cuda" or wanted is None:
         return
-    allowed = _LOWERED_UNMASKED[name] if unmasked else (wanted,)
+    allowed = _LOWERED_UNMASKED[name] if unmasked or not masked else (wanted,)
     attention = sorted(k for k in kernels if "attention" in k)
+    missing = masked and not any(wanted in k for k in attention)
     if not attention:
         log.warning("%s: no attention kernel call found in the engine to check against %s", what, name)
-    elif not any(wanted in k for k in attention) or any(not any(a in k for a in allowed) for k in attention):
+    elif missing or any(not any(a in k for a in allowed) for k in attention):
         raise BuildError(f"{what}: asked for {name} attention but the engine calls {', '.join(attention)}")
