@@ -12,6 +12,8 @@ that do not alter the fp32 result:
   head_dim^-0.5 before rotary, as fair-esm does. With ``unmasked_full_batches`` (engines) a batch
   without padding runs its attention unmasked: the mask is then all true, so the result is the same, and
   without a mask SDPA may take FlashAttention on CUDA, which is faster than the kernels that take one.
+  With ``fold_key_padding`` the mask becomes 8 more head-dimension columns of q and k instead (the same
+  result, no mask argument, on every batch).
 * LayerNorm statistics, rotary and pooling are fp32; the residual stream can be kept in fp32 while the
   matmuls run in half precision (``residual_fp32``, on by default: it measurably improves bf16 parity).
 
@@ -189,7 +191,8 @@ def self_attention(
     scaling: float,
 ) -> torch.Tensor:
     """ESM-2's attention from the fused projection ``qkv`` [B, T, 3, H, d]: q scaled, rotary on q and k,
-    SDPA over the keys ``key_mask`` [B, 1, 1, T] keeps; returns [B, T, H * d].
+    SDPA over the keys ``key_mask`` [B, 1, 1, T] keeps (or the key padding folded into the head
+    dimension, :func:`_rotary_attention`); returns [B, T, H * d].
 
     ``unpadded`` says whether no row is padded, when the model checks it (``unmasked_full_batches``):
     then the mask is all true and is left out. A 0-d tensor (under a compiler) becomes a ``torch.cond``
