@@ -11,11 +11,10 @@ no longer dominate. Before an engine change, this times the candidates on the re
 * ``default-mask`` — whatever SDPA picks for the masked call;
 * ``flash-dense`` — FlashAttention on the padded batch *without* a mask: a lower bound, wrong where
   there is padding (no parity), right for batches of one length;
-* ``flash-maskdim`` — FlashAttention with the key padding folded into the head dimension: q and k grow
-  from 64 to 72 columns, q's first new column 1, k's 0 on real keys and -10^4 on padded ones, so each
-  padded key's score drops by 10^4 (its weight underflows to 0) and real keys' scores are unchanged; v
-  grows by zeros and the output is sliced back. Exact, no mask argument, so FlashAttention may run on
-  padded batches too, for 12.5% more attention FLOPs (the padding copies are timed with it);
+* ``flash-maskdim`` — FlashAttention with the key padding folded into the head dimension, as the
+  engines' ``fold_key_padding`` does (``models.esm2.widen_with_key_padding``: 64 -> 72 columns, a padded
+  key's score lowered by 10^4): exact, no mask argument, so FlashAttention may run on padded batches
+  too, for 12.5% more attention FLOPs (the widening copies are timed with it);
 * ``flex-mask`` — ``flex_attention`` compiled, with a block mask from the lengths (mask creation timed
   apart); ``flex-score`` — the same with the padding as a score modifier (no block mask);
 * ``varlen`` — the real tokens packed back to back, ``torch.nn.attention.varlen.varlen_attn`` (no
@@ -49,7 +48,7 @@ from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.timing import call_times_ms
 from virnucpro_trt.bench.workload import generated_workload
 from virnucpro_trt.engines.spec import default_shape_range
-from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
+from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG, folded_key_padding, widen_with_key_padding
 from virnucpro_trt.models.tokenization import ProteinTokenizer
 from virnucpro_trt.runtime.batching import token_budget_batches
 
@@ -57,8 +56,6 @@ KERNELS = (
     "efficient-mask", "cudnn-mask", "default-mask", "flash-dense", "flash-maskdim", "flex-mask", "flex-score",
     "varlen",
 )  # fmt: skip
-MASKDIM_COLUMNS = 8  # columns added to the head dimension (FlashAttention takes multiples of 8)
-MASKDIM_PENALTY = -1.0e4  # added to a padded key's score: exp() of it is 0 in fp32
 Inputs = dict[str, Any]
 
 
@@ -102,29 +99,12 @@ def sdpa(backends: list[SDPBackend] | None, masked: bool) -> Callable[[Inputs], 
     return prepare
 
 
-def mask_in_head_dim(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, real: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v [B, H, T, d] -> [B, H, T, d + MASKDIM_COLUMNS] with the key padding ``real`` [B, T] in
-    the new columns (q: 1 then zeros; k: 0 or MASKDIM_PENALTY then zeros; v: zeros)."""
-    batch, heads, length, _ = q.shape
-    q_extra = q.new_zeros(batch, heads, length, MASKDIM_COLUMNS)
-    q_extra[..., 0] = 1.0
-    k_extra = k.new_zeros(batch, heads, length, MASKDIM_COLUMNS)
-    k_extra[..., 0] = torch.where(real, 0.0, MASKDIM_PENALTY)[:, None, :].to(k.dtype)
-    return (
-        torch.cat([q, q_extra], dim=-1),
-        torch.cat([k, k_extra], dim=-1),
-        F.pad(v, (0, MASKDIM_COLUMNS)),
-    )
-
-
 def flash_maskdim(x: Inputs) -> Callable[[], torch.Tensor]:
     dim = x["q"].shape[-1]
     scale = dim**-0.5  # the 64-column default: the extra columns must not change it
 
     def call() -> torch.Tensor:
-        q, k, v = mask_in_head_dim(x["q"], x["k"], x["v"], x["real"])
+        q, k, v = widen_with_key_padding(x["q"], x["k"], x["v"], folded_key_padding(x["real"]))
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :dim]
 

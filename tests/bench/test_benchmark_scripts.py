@@ -12,7 +12,6 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tests.engines.test_inductor_parts import needs_cpu_fp8
@@ -355,24 +354,6 @@ def test_attention_kernels_times_candidates_on_the_runs_batches(tmp_path: Path) 
     padded = entry["shortest"] < entry["longest"]
     assert (rows["flash-dense"]["max_abs_vs_math"] is None) == padded
     assert rows["efficient-mask"]["status"] == "unavailable" and rows["efficient-mask"]["reason"]
-
-
-def test_the_key_padding_folded_into_the_head_dimension_is_the_mask() -> None:
-    """Unmasked attention over q, k, v widened by ``mask_in_head_dim`` equals masked attention on the real
-    queries (fp32), for any scale; left unwidened, the padded keys would change the result."""
-    script = _script("diagnostics/attention_kernels")
-    gen = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(3, 2, 11, 16, generator=gen) for _ in range(3))
-    real = torch.arange(11)[None, :] < torch.tensor([11, 6, 2])[:, None]
-    wide = script.mask_in_head_dim(q, k, v, real)
-    assert [tuple(t.shape) for t in wide] == [(3, 2, 11, 16 + script.MASKDIM_COLUMNS)] * 3
-    rows = real[:, None, :, None]
-    for scale in (16**-0.5, 1.0):  # SDPA's default for 16 columns, and the engines' pre-scaled q
-        masked = F.scaled_dot_product_attention(q, k, v, attn_mask=real[:, None, None, :], scale=scale)
-        folded = F.scaled_dot_product_attention(*wide, scale=scale)[..., :16]
-        torch.testing.assert_close(folded * rows, masked * rows, atol=1e-6, rtol=1e-6)
-        unmasked = F.scaled_dot_product_attention(q, k, v, scale=scale)
-        assert ((unmasked - masked) * rows).abs().max() > 1e-2
 
 
 def test_esm2_variants_engine_shapes_compile_one_dynamic_graph_for_every_batch() -> None:

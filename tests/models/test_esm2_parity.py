@@ -6,9 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from virnucpro_trt.models.checkpoints import load_esm2
-from virnucpro_trt.models.esm2 import ESM2_CONFIGS, MASK_RATIO_TRAIN, Esm2Config, default_inv_freq
+from virnucpro_trt.models.esm2 import (
+    ESM2_CONFIGS,
+    FOLDED_COLUMNS,
+    MASK_RATIO_TRAIN,
+    Esm2Config,
+    default_inv_freq,
+    folded_key_padding,
+    widen_with_key_padding,
+)
 from virnucpro_trt.models.random_checkpoints import (
     TINY_ESM2_CONFIG,
     random_esm2,
@@ -126,6 +135,24 @@ def test_frozen_rotary_tables_are_the_computed_ones(as_tensors) -> None:
             model.rotary.tables(41, torch.device("cpu"))
     model.to(torch.bfloat16)  # casts leave the frozen tables fp32, like inv_freq
     assert all(t.dtype == torch.float32 for t in model.rotary.frozen)
+
+
+def test_the_key_padding_folded_into_the_head_dimension_is_the_mask() -> None:
+    """Unmasked attention over q, k, v widened by ``widen_with_key_padding`` equals masked attention on
+    the real queries (fp32), for any scale; left unwidened, the padded keys would change the result."""
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(3, 2, 11, 16, generator=gen) for _ in range(3))
+    real = torch.arange(11)[None, :] < torch.tensor([11, 6, 2])[:, None]
+    wide = widen_with_key_padding(q, k, v, folded_key_padding(real))
+    assert [tuple(t.shape) for t in wide] == [(3, 2, 11, 16 + FOLDED_COLUMNS)] * 3
+    rows = real[:, None, :, None]
+    for scale in (16**-0.5, 1.0):  # SDPA's default for 16 columns, and the engines' pre-scaled q
+        masked = F.scaled_dot_product_attention(q, k, v, attn_mask=real[:, None, None, :], scale=scale)
+        folded = F.scaled_dot_product_attention(*wide, scale=scale)[..., :16]
+        torch.testing.assert_close(folded * rows, masked * rows, atol=1e-6, rtol=1e-6)
+        unmasked = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        assert ((unmasked - masked) * rows).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

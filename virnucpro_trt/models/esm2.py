@@ -159,23 +159,33 @@ def folded_key_padding(real: torch.Tensor) -> torch.Tensor:
     return (torch.where(real, 0.0, FOLDED_PENALTY)[..., None] * first)[:, None]
 
 
+def widen_with_key_padding(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, columns: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v [B, H, T, d] widened by the folded key padding ``columns`` [B, 1, T, C]
+    (:func:`folded_key_padding`): q gains a column of ones then zeros, k the columns, v zeros. Unmasked
+    attention over them is masked attention over q, k, v: a padded key's score drops by 10^4 and real
+    keys' scores are unchanged (slice the output back to d columns)."""
+    batch, heads, length, _ = q.shape
+    first = (torch.arange(columns.shape[-1], device=q.device) == 0).to(q.dtype)
+    q = torch.cat([q, first.expand(batch, heads, length, -1)], dim=-1)
+    k = torch.cat([k, columns.to(k.dtype).expand(-1, heads, -1, -1)], dim=-1)
+    return q, k, F.pad(v, (0, columns.shape[-1]))
+
+
 def _rotary_attention(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None, scaling: float
 ) -> torch.Tensor:
     """``key_mask``: a boolean [B, 1, 1, T] mask for SDPA, None for no padding, or the key padding folded
-    into the head dimension (:func:`folded_key_padding`): q gains a column of ones and zeros, k the given
-    columns and v zeros, so a padded key's score drops by 10^4 and real keys' scores are unchanged. That
-    is the mask, exactly, without a mask argument: SDPA may then take FlashAttention on padded batches,
-    for 12.5% more attention FLOPs (64 -> 72 columns)."""
+    into the head dimension (:func:`folded_key_padding`, :func:`widen_with_key_padding`): the mask,
+    exactly, without a mask argument, so SDPA may take FlashAttention on padded batches, for 12.5% more
+    attention FLOPs (64 -> 72 columns)."""
     batch, length, _, heads, head_dim = qkv.shape
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
     q = apply_rotary(q * scaling, cos, sin)
     k = apply_rotary(k, cos, sin)
     if key_mask is not None and key_mask.is_floating_point():
-        first = (torch.arange(key_mask.shape[-1], device=q.device) == 0).to(q.dtype)
-        q = torch.cat([q, first.expand(batch, heads, length, -1)], dim=-1)
-        k = torch.cat([k, key_mask.to(k.dtype).expand(-1, heads, -1, -1)], dim=-1)
-        v = F.pad(v, (0, key_mask.shape[-1]))
+        q, k, v = widen_with_key_padding(q, k, v, key_mask)
         attn = F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :head_dim]
     else:
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
