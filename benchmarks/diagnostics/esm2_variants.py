@@ -64,6 +64,7 @@ from virnucpro_trt.models.random_checkpoints import TINY_ESM2_CONFIG, random_esm
 from virnucpro_trt.models.tokenization import ProteinTokenizer, pad_batch
 from virnucpro_trt.runtime.device import configure_fp32_reference
 from virnucpro_trt.runtime.embedding import TorchBackend, embed_sequences
+from virnucpro_trt.sequences.synthetic import LENGTH_MIXES
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="bf16,bf16-cudnn,bf16-res16,fp8,fp8-fast,fp8-fast-res16")
     parser.add_argument("--items", type=int, default=2048)
+    parser.add_argument(
+        "--length-mix",
+        choices=list(LENGTH_MIXES),
+        default="fixed",
+        help="read lengths of the frames (fixed: 500 bp, batches without padding; mixed/illumina: padded)",
+    )
     parser.add_argument("--parity-items", type=int, default=256)
     parser.add_argument("--max-batch-tokens", type=int, default=32768)
     parser.add_argument("--repeats", type=int, default=3)
@@ -299,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     config = TINY_ESM2_CONFIG if args.tiny else ESM2_T36_3B_CONFIG
     tokenizer = ProteinTokenizer()
-    _, proteins = frame_sequences(args.items)
+    _, proteins = frame_sequences(args.items, length_mix=args.length_mix)
     tokens = tokenizer.encode_batch(proteins[: args.items])
     budget = args.max_batch_tokens
     configure_fp32_reference()
@@ -312,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "esm2_variants",
         "command": " ".join(["python3", "benchmarks/diagnostics/esm2_variants.py", *(argv or sys.argv[1:])]),
         "environment": script_environment(device, with_onnxruntime=False),
-        "workload": {"proteins": len(tokens), "mean_tokens": float(np.mean([len(t) for t in tokens])),
+        "workload": {"proteins": len(tokens), "length_mix": args.length_mix,
+                     "mean_tokens": float(np.mean([len(t) for t in tokens])),
                      "max_batch_tokens": budget, "model": "tiny" if args.tiny else "esm2_t36_3B (random)"},
         "results": rows,
     }  # fmt: skip

@@ -226,6 +226,25 @@ def test_esm2_variants_maskdim_layers_compute_the_masked_layers() -> None:
     assert cos.min() > 0.9999
 
 
+def test_esm2_variants_on_padded_batches_of_a_length_mix(tmp_path: Path) -> None:
+    """``--length-mix mixed`` times the variants on padded batches (where the folded key padding replaces
+    the mask) and records the mix; each variant is compared with fp32 on those batches."""
+    out = tmp_path / "variants.json"
+    code = _script("diagnostics/esm2_variants").main(
+        [
+            "--variants", "bf16,bf16-maskdim", "--tiny", "--no-compile", "--device", "cpu", "--items", "48",
+            "--parity-items", "24", "--repeats", "1", "--length-mix", "mixed", "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["workload"]["length_mix"] == "mixed" and report["workload"]["proteins"] == 48
+    rows = {r["variant"]: r for r in report["results"]}
+    assert rows["bf16-maskdim"]["fold_key_padding"] and not rows["bf16"]["fold_key_padding"]
+    for row in rows.values():
+        assert row["status"] == "ok" and row["parity"]["passed"] and row["parity"]["min_cosine"] > 0.9995
+
+
 def test_esm2_variants_row_launch_specs_and_the_engines_read_only_table() -> None:
     """``--row-launch layernorm=512,2`` is the LayerNorm kernel at chunk 512 with 2 warps (the GELU
     kernel keeps its erf unless a third number says otherwise); the engines' table cannot be changed
