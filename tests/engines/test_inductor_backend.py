@@ -302,7 +302,7 @@ def test_artifact_is_one_pt2_file_with_facts(esm_engine: Engine) -> None:
     # one attention call per layer on each path of the graph: masked, and unmasked for full batches
     layers = len(esm_engine.model.layers)
     assert facts["extern_kernels"]["_scaled_dot_product_flash_attention_for_cpu"] == 2 * layers
-    assert facts["unmasked_full_batches"] is True
+    assert facts["unmasked_full_batches"] is True and facts["fold_key_padding"] is False
     assert facts["frozen_rotary_tables"] == 1  # outputs: test_outputs_equal_eager_inside_the_range
     assert facts["residual_fp32"] is True
     json.dumps(facts)  # goes into the manifest

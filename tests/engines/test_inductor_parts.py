@@ -393,7 +393,9 @@ def test_export_falls_back_to_a_batch_floor_of_two(monkeypatch: pytest.MonkeyPat
     assert exported_bounds(program, graph).min_batch == 2
 
 
-def _exported_model(monkeypatch: pytest.MonkeyPatch, precision: str, extra: dict) -> nn.Module:
+def _exported_model(
+    monkeypatch: pytest.MonkeyPatch, precision: str, extra: dict, model: nn.Module | None = None
+) -> nn.Module:
     """The model ``INDUCTOR_BACKEND.build`` hands to ``torch.export`` (captured; nothing is compiled).
     fp8 is let through on the CPU: what is checked is how the options shape the model, not its kernels."""
     from virnucpro_trt.engines import inductor_fp8
@@ -410,7 +412,8 @@ def _exported_model(monkeypatch: pytest.MonkeyPatch, precision: str, extra: dict
     monkeypatch.setattr(inductor_fp8, "fp8_unavailable_reason", lambda device: None)
     example = (torch.randint(4, 24, (4, 20)), torch.ones(4, 20, dtype=torch.int64))
     request = BuildRequest(
-        random_esm2(seed=8), "esm2", example, ShapeRange(1, 4, 8, 2, 20, 40), precision, CPU,
+        model if model is not None else random_esm2(seed=8), "esm2", example,
+        ShapeRange(1, 4, 8, 2, 20, 40), precision, CPU,
         Path("unused.pt2"), BuildOptions(extra=extra),
     )  # fmt: skip
     with pytest.raises(BuildError, match="captured"):
@@ -441,6 +444,17 @@ def test_build_options_reach_the_exported_model(monkeypatch: pytest.MonkeyPatch,
     assert (model.rotary.frozen is not None) == extra.get("frozen_rotary", True)
     if model.rotary.frozen is not None:
         assert model.rotary.frozen[0].shape == (40, model.config.head_dim)
+
+
+def test_the_build_options_not_the_models_own_settings_decide_the_attention_paths(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A model handed to the build with its attention switches on is exported with the build's defaults
+    (both off), so an engine never takes a path its facts and attention check do not expect."""
+    model = random_esm2(seed=8)
+    model.unmasked_full_batches = model.fold_key_padding = True
+    exported = _exported_model(monkeypatch, "fp32", {}, model)
+    assert exported.unmasked_full_batches is False and exported.fold_key_padding is False
 
 
 @pytest.mark.parametrize("extra", [{}, {"fp8_fold_residual": False}])

@@ -286,9 +286,10 @@ class InductorBackend:
         unmasked = has_unmasked and bool(_extra(options, "unmasked_full_batches"))
         if has_unmasked:
             engine_model.unmasked_full_batches = unmasked  # no attention mask for batches without padding
-        folded = hasattr(engine_model, "fold_key_padding") and bool(_extra(options, "fold_key_padding"))
-        if folded:
-            engine_model.fold_key_padding = True  # the key padding in the head dimension, no mask argument
+        has_folded = hasattr(engine_model, "fold_key_padding")  # ESM-2
+        folded = has_folded and bool(_extra(options, "fold_key_padding"))
+        if has_folded:
+            engine_model.fold_key_padding = folded  # the key padding in the head dimension, no mask argument
         frozen = 0
         if _extra(options, "frozen_rotary"):
             frozen = freeze_position_tables(engine_model, requested.max_length)
@@ -336,8 +337,8 @@ class InductorBackend:
         }
         if residual_fp32 is not None:
             facts["residual_fp32"] = residual_fp32
-        if folded:
-            facts["fold_key_padding"] = True
+        if has_folded:
+            facts["fold_key_padding"] = folded
         if has_unmasked:
             facts["unmasked_full_batches"] = unmasked
             if without_unmasked is not None:

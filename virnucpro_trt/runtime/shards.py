@@ -260,7 +260,10 @@ class ShardSplitter:
             else:
                 with open(target, "wb") as out:
                     sha256 = append_files(planned.pieces, out, remove=True)  # hashed as written
-            stamp = file_stamp(target)  # before hashing: a change in between will not match it
+            # A moved piece is hashed after this stamp (a change in between will not match it); a joined
+            # shard was hashed as written, so only a change in the instant before this stat, in the
+            # tool's own work folder, could slip past it (as for the shard result files).
+            stamp = file_stamp(target)
             shards.append(
                 ShardSpec(
                     id=shard_id,
