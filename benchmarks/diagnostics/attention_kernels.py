@@ -18,7 +18,13 @@ no longer dominate. Before an engine change, this times the candidates on the re
 * ``flex-mask`` — ``flex_attention`` compiled, with a block mask from the lengths (mask creation timed
   apart); ``flex-score`` — the same with the padding as a score modifier (no block mask);
 * ``varlen`` — the real tokens packed back to back, ``torch.nn.attention.varlen.varlen_attn`` (no
-  padding, no mask), where this torch has it.
+  padding, no mask), where this torch has it;
+* ``rotary-efficient`` — the model's whole attention from the fused projection [B, T, 3, H, d] (q scaled,
+  rotary on q and k, layout, SDPA's memory-efficient kernel with the mask) under ``torch.compile``: what
+  an engine runs per layer today, rotary and layout kernels included;
+* ``rotary-triton`` — the same function as the project's one Triton kernel
+  (``engines.rotary_attention``); ``rotary-triton:MxNxWxS`` launches it with M queries and N keys per
+  block, W warps and S stages instead of the engines' launch.
 
 Each is the median of ``--iters`` calls after a warm-up, checked against the math kernel on the real
 positions (max |diff|). A kernel this torch or device lacks is reported with the reason.
@@ -30,6 +36,7 @@ positions (max |diff|). A kernel this torch or device lacks is reported with the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -48,13 +55,19 @@ from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.timing import call_times_ms
 from virnucpro_trt.bench.workload import generated_workload
 from virnucpro_trt.engines.spec import default_shape_range
-from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG, folded_key_padding, widen_with_key_padding
+from virnucpro_trt.models.esm2 import (
+    ESM2_T36_3B_CONFIG,
+    RotaryEmbedding,
+    folded_key_padding,
+    sdpa_rotary_attention,
+    widen_with_key_padding,
+)
 from virnucpro_trt.models.tokenization import ProteinTokenizer
 from virnucpro_trt.runtime.batching import token_budget_batches
 
 KERNELS = (
     "efficient-mask", "cudnn-mask", "default-mask", "flash-dense", "flash-maskdim", "flex-mask", "flex-score",
-    "varlen",
+    "varlen", "rotary-efficient", "rotary-triton",
 )  # fmt: skip
 Inputs = dict[str, Any]
 
@@ -81,7 +94,73 @@ def make_inputs(lengths: np.ndarray, heads: int, head_dim: int, device: torch.de
     q, k, v = draw(), draw(), draw()
     lens = torch.as_tensor(lengths, device=device)
     real = torch.arange(longest, device=device)[None, :] < lens[:, None]  # [B, T]
-    return {"q": q, "k": k, "v": v, "lens": lens, "real": real, "mask": real[:, None, None, :]}
+    qkv = torch.stack([t.transpose(1, 2) for t in (q, k, v)], dim=2).contiguous()  # [B, T, 3, H, d]
+    cos, sin = RotaryEmbedding(head_dim).to(device).tables(longest, device)
+    mask = real[:, None, None, :]
+    return {
+        "q": q,
+        "k": k,
+        "v": v,
+        "lens": lens,
+        "real": real,
+        "mask": mask,
+        "qkv": qkv,
+        "cos": cos,
+        "sin": sin,
+    }
+
+
+def as_heads(out: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, H * d] (the model's attention output) as [B, H, T, d], the layout the SDPA rows compare in."""
+    batch, length, width = out.shape
+    return out.view(batch, length, heads, width // heads).transpose(1, 2)
+
+
+def rotary_reference(x: Inputs) -> torch.Tensor:
+    """The model's attention from the projection in fp32 by the math kernel, [B, H, T, d]."""
+    heads, head_dim = x["qkv"].shape[-2:]
+    with sdpa_kernel([SDPBackend.MATH]):
+        out = sdpa_rotary_attention(x["qkv"].float(), x["cos"], x["sin"], x["mask"], head_dim**-0.5)
+    return as_heads(out, heads)
+
+
+def rotary_efficient(x: Inputs) -> Callable[[], torch.Tensor]:
+    heads, head_dim = x["qkv"].shape[-2:]
+    compiled = (
+        torch.compile(sdpa_rotary_attention, dynamic=False) if x["qkv"].is_cuda else sdpa_rotary_attention
+    )
+
+    backends = [SDPBackend.EFFICIENT_ATTENTION] if x["qkv"].is_cuda else [SDPBackend.MATH]
+
+    def call() -> torch.Tensor:
+        with sdpa_kernel(backends):
+            return as_heads(compiled(x["qkv"], x["cos"], x["sin"], x["mask"], head_dim**-0.5), heads)
+
+    return call
+
+
+def rotary_triton(launch: str | None) -> Callable[[Inputs], Callable[[], torch.Tensor]]:
+    def prepare(x: Inputs) -> Callable[[], torch.Tensor]:
+        from virnucpro_trt.engines import rotary_attention
+        from virnucpro_trt.engines.rotary_attention import (
+            AttentionLaunch,
+            current_launch,
+            launch_rotary_attention,
+        )
+
+        if rotary_attention.triton is None:
+            raise RuntimeError("needs triton (a CUDA build of torch)")
+        chosen = AttentionLaunch(*(int(v) for v in launch.split("x"))) if launch else current_launch()
+        x["facts"]["launch"] = dataclasses.asdict(chosen)
+        heads, head_dim = x["qkv"].shape[-2:]
+
+        def call() -> torch.Tensor:
+            out = launch_rotary_attention(x["qkv"], x["cos"], x["sin"], x["real"], head_dim**-0.5, chosen)
+            return as_heads(out, heads)
+
+        return call
+
+    return prepare
 
 
 def sdpa(backends: list[SDPBackend] | None, masked: bool) -> Callable[[Inputs], Callable[[], torch.Tensor]]:
@@ -172,20 +251,31 @@ PREPARE: dict[str, Callable[[Inputs], Callable[[], torch.Tensor]]] = {
     "flex-mask": flex,
     "flex-score": flex_score,
     "varlen": varlen,
+    "rotary-efficient": rotary_efficient,
+    "rotary-triton": rotary_triton(None),
 }
+
+
+def preparer(name: str) -> Callable[[Inputs], Callable[[], torch.Tensor]] | None:
+    """The kernel ``name`` names: one of :data:`PREPARE`, or ``rotary-triton:MxNxWxS`` (a launch)."""
+    if name.startswith("rotary-triton:"):
+        return rotary_triton(name.split(":", 1)[1])
+    return PREPARE.get(name)
 
 
 def run_kernel(name: str, x: Inputs, reference: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"kernel": name}
     x["facts"] = row
     try:
-        call = PREPARE[name](x)
+        call = preparer(name)(x)
         times = call_times_ms(call, x["q"].device, args.warmup, args.iters)
         out = call()
     except Exception as exc:  # a kernel this torch/device lacks is a finding, not a crash
         row.update(status="unavailable", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         return row
     real = x["real"][:, None, :, None]
+    if name.startswith("rotary-"):
+        reference = x["rotary_reference"]
     diff = ((out.float() - reference) * real).abs().max().item()
     _, heads, _, dim = x["q"].shape
     flops = 4 * heads * dim * float((x["lens"].double() ** 2).sum())  # QK^T and PV on the real tokens
@@ -213,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     kernels = [k for k in args.kernels.split(",") if k]
-    if unknown := [k for k in kernels if k not in PREPARE]:
+    if unknown := [k for k in kernels if preparer(k) is None]:
         parser.error(f"unknown kernel {', '.join(unknown)}; known: {', '.join(KERNELS)}")
     head_dim = ESM2_T36_3B_CONFIG.head_dim
     results = []
@@ -224,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             reference = F.scaled_dot_product_attention(
                 x["q"].float(), x["k"].float(), x["v"].float(), attn_mask=x["mask"]
             )
+        if any(k.startswith("rotary-") for k in kernels):
+            x["rotary_reference"] = rotary_reference(x)
         entry = {
             "length_mix": mix,
             "batch": len(lengths),
@@ -240,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 else f"unavailable: {row['reason'][:90]}"
             )
             print(
-                f"{mix:9s} {entry['batch']:4d}x{entry['longest']:<4d} {row['kernel']:15s} {shown}", flush=True
+                f"{mix:9s} {entry['batch']:4d}x{entry['longest']:<4d} {row['kernel']:24s} {shown}", flush=True
             )
     report = {
         "benchmark": "attention_kernels",

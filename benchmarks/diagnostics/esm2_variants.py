@@ -58,7 +58,7 @@ from virnucpro_trt.engines.inductor_fp8 import (
 )
 from virnucpro_trt.engines.parity import compare
 from virnucpro_trt.engines.spec import default_shape_range
-from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
+from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG, AttentionKernel
 from virnucpro_trt.models.layers import Fp32LayerNorm
 from virnucpro_trt.models.random_checkpoints import TINY_ESM2_CONFIG, random_esm2
 from virnucpro_trt.models.tokenization import ProteinTokenizer, pad_batch
@@ -86,6 +86,7 @@ class Variant:
     row_launch: bool = False  # fp8-fused: the row kernels launched as --row-launch says
     unmasked_full: bool = False  # batches without padding run unmasked attention (the engines' cond)
     fold_key_padding: bool = False  # the key padding in the head dimension: no mask, FlashAttention
+    attention_kernel: bool = False  # the engines' own Triton attention (rotary and layout in it)
 
 
 VARIANTS = {
@@ -118,6 +119,8 @@ VARIANTS = {
         "fp8-fused", fast_accum=True, fold_residual=True, fold_key_padding=True
     ),
     "bf16-maskdim": Variant("bf16", fold_key_padding=True),
+    "fp8-fused-fold-kernel": Variant("fp8-fused", fast_accum=True, fold_residual=True, attention_kernel=True),
+    "bf16-kernel": Variant("bf16", attention_kernel=True),
     "bf16-dynamic": Variant("bf16", engine_shapes=True),
     "bf16-dynamic-i32": Variant("bf16", engine_shapes=True, inductor=(("assume_32bit_indexing", True),)),
 }
@@ -210,6 +213,7 @@ class EngineShapes(torch.nn.Module):
         sin: torch.Tensor,
         key_mask: torch.Tensor,
         unpadded: torch.Tensor | bool | None = None,
+        kernel: AttentionKernel | None = None,
     ) -> torch.Tensor:
         mark = torch._dynamo.mark_dynamic
         if x.shape[0] > 1:  # a size of 1 is specialised whatever the marks say
@@ -220,7 +224,7 @@ class EngineShapes(torch.nn.Module):
         for table in (cos, sin):
             if table.shape[0] == x.shape[1]:
                 mark(table, 0, min=2, max=self.max_length)
-        return self.layer(x, cos, sin, key_mask, unpadded)
+        return self.layer(x, cos, sin, key_mask, unpadded, kernel)
 
 
 def build_variant(
@@ -234,6 +238,11 @@ def build_variant(
     model.residual_fp32 = variant.residual_fp32
     model.unmasked_full_batches = variant.unmasked_full  # eager here: decided on the host per batch
     model.fold_key_padding = variant.fold_key_padding
+    if variant.attention_kernel:
+        from virnucpro_trt.engines.rotary_attention import register_kernel, rotary_attention
+
+        register_kernel()  # before Dynamo traces the op
+        model.attention_kernel = rotary_attention
     if variant.precision != "bf16" and (reason := fp8_unavailable_reason(device)):
         raise RuntimeError(reason)
     if variant.precision == "fp8":

@@ -101,6 +101,7 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "fp8_fold_residual": True,
     "unmasked_full_batches": False,
     "fold_key_padding": False,
+    "rotary_attention_kernel": False,
 }
 
 
@@ -133,6 +134,25 @@ def _fp8_linears(model: torch.nn.Module, fast_accum: bool, fold_residual: bool) 
     from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8
 
     return convert_to_fp8(model, fast_accum, fold_residual=fold_residual)
+
+
+def _own_attention_kernel(model: torch.nn.Module, options: Any, device: torch.device, precision: str) -> bool:
+    """Set ESM-2's ``attention_kernel`` from ``extra["rotary_attention_kernel"]`` (None otherwise, whatever
+    the model arrived with); True when the engine will run the project's Triton attention: asked for, and
+    a CUDA engine in half precision (fp8 engines compute attention in bf16) with a head size it takes."""
+    if not hasattr(model, "attention_kernel"):
+        return False
+    model.attention_kernel = None
+    if not _extra(options, "rotary_attention_kernel"):
+        return False
+    from virnucpro_trt.engines.rotary_attention import kernel_applies_to, register_kernel, rotary_attention
+
+    compute = torch.bfloat16 if precision == "fp8" else DTYPES[precision]
+    if not kernel_applies_to(device, compute, model.config.head_dim):
+        return False  # CPU and fp32 engines: SDPA (the kernel's function falls back to it anyway)
+    register_kernel()  # before the export traces the op
+    model.attention_kernel = rotary_attention
+    return True
 
 
 def _export(model: torch.nn.Module, example: tuple[torch.Tensor, ...], graph: GraphShapes, kind: str) -> Any:
@@ -290,6 +310,10 @@ class InductorBackend:
         folded = has_folded and bool(_extra(options, "fold_key_padding"))
         if has_folded:
             engine_model.fold_key_padding = folded  # the key padding in the head dimension, no mask argument
+        own_kernel = _own_attention_kernel(engine_model, options, device, precision)
+        if own_kernel:  # it replaces both SDPA paths above
+            engine_model.unmasked_full_batches = unmasked = False
+            engine_model.fold_key_padding = folded = False
         frozen = 0
         if _extra(options, "frozen_rotary"):
             frozen = freeze_position_tables(engine_model, requested.max_length)
@@ -316,7 +340,9 @@ class InductorBackend:
         compiled = time.perf_counter()
         graph, exported = done.graph, done.exported_at
         kernels = extern_kernels(out_path)
-        check_lowered_attention(kernels, options.attention, device, what, unmasked, masked=not folded)
+        check_lowered_attention(
+            kernels, options.attention, device, what, unmasked, masked=not folded, own_kernel=own_kernel
+        )
 
         facts = {
             **self.library_versions(),
@@ -339,6 +365,12 @@ class InductorBackend:
             facts["residual_fp32"] = residual_fp32
         if has_folded:
             facts["fold_key_padding"] = folded
+        if hasattr(request.model, "attention_kernel"):  # ESM-2
+            facts["rotary_attention_kernel"] = own_kernel
+            if own_kernel:
+                from virnucpro_trt.engines.rotary_attention import launch_facts
+
+                facts["rotary_attention_launch"] = launch_facts()
         if has_unmasked:
             facts["unmasked_full_batches"] = unmasked
             if without_unmasked is not None:

@@ -44,7 +44,7 @@ from virnucpro_trt.engines.fp8_quantize import (
     residual_sum,
     scale_rows_to_e4m3,
 )
-from virnucpro_trt.models.esm2 import Esm2Layer, self_attention
+from virnucpro_trt.models.esm2 import AttentionKernel, Esm2Layer, self_attention
 from virnucpro_trt.models.layers import Fp32LayerNorm
 
 MIN_CAPABILITY = (8, 9)  # Ada / Hopper: first GPUs with fp8 tensor cores
@@ -200,6 +200,7 @@ class Fp8Esm2Layer(nn.Module):
         sin: torch.Tensor,
         key_mask: torch.Tensor,
         unpadded: torch.Tensor | bool | None = None,
+        kernel: AttentionKernel | None = None,
     ) -> torch.Tensor | PendingResidual:
         if isinstance(x, PendingResidual):  # the previous layer's output, added in the LayerNorm kernel
             x, *normalised = self._added_normalised(self.self_attn_layer_norm, *x)
@@ -209,7 +210,7 @@ class Fp8Esm2Layer(nn.Module):
         compute = self.qkv.bias.dtype if self.qkv.bias is not None else torch.bfloat16
         qkv = self._project(self.qkv, normalised, compute)
         qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim)
-        attn = self_attention(qkv, cos, sin, key_mask, unpadded, self.scaling)
+        attn = self_attention(qkv, cos, sin, key_mask, unpadded, self.scaling, kernel)
         attn_out = self.out_proj.matmul(*quantize_rows(attn, IDENTITY, kernels=self.kernel_modes), compute)
         out_bias = self.out_proj.bias if self.out_proj.bias is not None else attn_out.new_zeros(dim)
         x, *normalised = self._added_normalised(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 from torch import nn
@@ -38,6 +39,12 @@ MASK_RATIO_TRAIN = 0.15 * 0.8
 """Fraction of tokens ESM-2 saw as <mask> (zeroed) in training; inference rescales by it."""
 
 ROTARY_BASE = 10000.0
+
+AttentionKernel: TypeAlias = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor
+]
+"""``(qkv [B, T, 3, H, d], cos, sin, key_mask [B, 1, 1, T] bool, scaling) -> [B, T, H * d]``: ESM-2's
+attention as :func:`sdpa_rotary_attention` computes it, by another kernel (an engine's)."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,8 @@ FOLDED_PENALTY = -1.0e4  # added to a padded key's score: its softmax weight und
 
 def folded_key_padding(real: torch.Tensor) -> torch.Tensor:
     """The key padding as :data:`FOLDED_COLUMNS` head-dimension columns of k, [B, 1, T, C] fp32: the first
-    is 0 on real keys and :data:`FOLDED_PENALTY` on padded ones, the rest 0 (:func:`_rotary_attention`)."""
+    is 0 on real keys and :data:`FOLDED_PENALTY` on padded ones, the rest 0
+    (:func:`sdpa_rotary_attention`)."""
     first = torch.arange(FOLDED_COLUMNS, device=real.device) == 0
     return (torch.where(real, 0.0, FOLDED_PENALTY)[..., None] * first)[:, None]
 
@@ -173,10 +181,12 @@ def widen_with_key_padding(
     return q, k, F.pad(v, (0, columns.shape[-1]))
 
 
-def _rotary_attention(
+def sdpa_rotary_attention(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None, scaling: float
 ) -> torch.Tensor:
-    """``key_mask``: a boolean [B, 1, 1, T] mask for SDPA, None for no padding, or the key padding folded
+    """ESM-2's attention by ``scaled_dot_product_attention``: q scaled, rotary on q and k, [B, T, H * d] out.
+
+    ``key_mask``: a boolean [B, 1, 1, T] mask for SDPA, None for no padding, or the key padding folded
     into the head dimension (:func:`folded_key_padding`, :func:`widen_with_key_padding`): the mask,
     exactly, without a mask argument, so SDPA may take FlashAttention on padded batches, for 12.5% more
     attention FLOPs (64 -> 72 columns)."""
@@ -199,10 +209,11 @@ def self_attention(
     key_mask: torch.Tensor,
     unpadded: torch.Tensor | bool | None,
     scaling: float,
+    kernel: AttentionKernel | None = None,
 ) -> torch.Tensor:
     """ESM-2's attention from the fused projection ``qkv`` [B, T, 3, H, d]: q scaled, rotary on q and k,
     SDPA over the keys ``key_mask`` [B, 1, 1, T] keeps (or the key padding folded into the head
-    dimension, :func:`_rotary_attention`); returns [B, T, H * d].
+    dimension, :func:`sdpa_rotary_attention`); returns [B, T, H * d].
 
     ``unpadded`` says whether no row is padded, when the model checks it (``unmasked_full_batches``):
     then the mask is all true and is left out. A 0-d tensor (under a compiler) becomes a ``torch.cond``
@@ -210,17 +221,22 @@ def self_attention(
     layer stack does not build with torch 2.11 (its buffer-reuse planner indexes a subgraph larger than
     the main graph out of bounds; pytorch#184623), and a condition given strided views (q, k, v as views
     of ``qkv``) computed wrong results on CPU with torch 2.13, so the views are taken inside the branches.
+
+    ``kernel`` (an engine's :data:`AttentionKernel`) computes the whole attention instead, from ``qkv`` and
+    the mask as given, whatever ``unpadded`` says.
     """
+    if kernel is not None:
+        return kernel(qkv, cos, sin, key_mask, scaling)
     if unpadded is None or unpadded is False:
-        return _rotary_attention(qkv, cos, sin, key_mask, scaling)
+        return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)
     if unpadded is True:
-        return _rotary_attention(qkv, cos, sin, None, scaling)
-    masked = functools.partial(_rotary_attention, scaling=scaling)
+        return sdpa_rotary_attention(qkv, cos, sin, None, scaling)
+    masked = functools.partial(sdpa_rotary_attention, scaling=scaling)
 
     def unmasked(
         qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
     ) -> torch.Tensor:
-        return _rotary_attention(qkv, cos, sin, None, scaling)
+        return sdpa_rotary_attention(qkv, cos, sin, None, scaling)
 
     operands = tuple(t.contiguous() for t in (qkv, cos, sin, key_mask))  # no-ops for these inputs
     return torch.cond(unpadded, unmasked, masked, operands)
@@ -248,10 +264,11 @@ class Esm2Layer(nn.Module):
         sin: torch.Tensor,
         key_mask: torch.Tensor,
         unpadded: torch.Tensor | bool | None = None,
+        kernel: AttentionKernel | None = None,
     ) -> torch.Tensor:
         batch, length, _ = x.shape
         qkv = self.qkv(self.self_attn_layer_norm(x)).view(batch, length, 3, self.num_heads, self.head_dim)
-        attn = self_attention(qkv, cos, sin, key_mask, unpadded, self.scaling)
+        attn = self_attention(qkv, cos, sin, key_mask, unpadded, self.scaling, kernel)
         x = x + self.out_proj(attn).to(x.dtype)
         hidden = F.gelu(self.fc1(self.final_layer_norm(x)), approximate="none")
         return x + self.fc2(hidden).to(x.dtype)
@@ -277,6 +294,10 @@ class Esm2Encoder(nn.Module):
     (:func:`folded_key_padding`) instead of as a mask: the same result with no mask argument, so CUDA SDPA
     may take FlashAttention on every batch, padded or not, without a condition. Off by default (not yet
     measured on a GPU).
+
+    ``attention_kernel`` (an :data:`AttentionKernel`, None by default) computes every layer's attention
+    from the fused projection and the boolean mask: an engine's own kernel (``engines.rotary_attention``),
+    set by the build. It takes precedence over both settings above.
     """
 
     def __init__(
@@ -291,6 +312,7 @@ class Esm2Encoder(nn.Module):
         self.residual_fp32 = residual_fp32
         self.unmasked_full_batches = unmasked_full_batches
         self.fold_key_padding = fold_key_padding
+        self.attention_kernel: AttentionKernel | None = None
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim)
         self.rotary = RotaryEmbedding(config.head_dim)
         self.layers = nn.ModuleList(Esm2Layer(config) for _ in range(config.num_layers))
@@ -312,14 +334,16 @@ class Esm2Encoder(nn.Module):
         real = attention_mask.to(torch.bool)
         x = self.embed(input_ids, real)
         cos, sin = self.rotary.tables(input_ids.shape[1], input_ids.device)
-        key_mask = folded_key_padding(real) if self.fold_key_padding else real[:, None, None, :]
+        kernel = self.attention_kernel
+        folded = self.fold_key_padding and kernel is None
+        key_mask = folded_key_padding(real) if folded else real[:, None, None, :]
         unpadded: torch.Tensor | bool | None = None
-        if self.unmasked_full_batches:
+        if self.unmasked_full_batches and kernel is None:
             unpadded = real.all()
             if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
                 unpadded = bool(unpadded)  # eager: decide on the host (torch.cond would compile)
         for layer in self.layers:
-            x = layer(x, cos, sin, key_mask, unpadded)
+            x = layer(x, cos, sin, key_mask, unpadded, kernel)
         return self.emb_layer_norm_after(x)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,7 @@ def check_lowered_attention(
     what: str,
     unmasked: bool = False,
     masked: bool = True,
+    own_kernel: bool = False,
 ) -> None:
     """Fail the build when a CUDA engine calls another attention kernel than the requested one.
 
@@ -86,12 +87,22 @@ def check_lowered_attention(
     ``efficient``). An engine without a ``masked`` call (ESM-2's key padding folded into the head
     dimension) calls only those. No attention call at all (a torch whose wrapper names calls
     differently, or SDPA decomposed into plain GEMMs) is only logged: the build facts keep the list.
+    An engine with its ``own_kernel`` (ESM-2's Triton attention, ``engines.rotary_attention``) must call
+    no SDPA kernel at all, whatever ``name`` says.
     """
+    if device.type != "cuda":
+        return
+    attention = sorted(k for k in kernels if "attention" in k)
+    if own_kernel:
+        if attention:
+            raise BuildError(
+                f"{what}: built with its own attention kernel but the engine calls {', '.join(attention)}"
+            )
+        return
     wanted = _LOWERED.get(name)
-    if device.type != "cuda" or wanted is None:
+    if wanted is None:
         return
     allowed = _LOWERED_UNMASKED[name] if unmasked or not masked else (wanted,)
-    attention = sorted(k for k in kernels if "attention" in k)
     missing = masked and not any(wanted in k for k in attention)
     if not attention:
         log.warning("%s: no attention kernel call found in the engine to check against %s", what, name)

@@ -1,0 +1,191 @@
+"""ESM-2's own attention kernel (engines/rotary_attention.py): routing and the build's use of it on the
+CPU; the Triton kernel itself against fp32 and SDPA, compiled, and in CUDA engines on the GPU host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from virnucpro_trt.engines import rotary_attention as ra
+from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND, _own_attention_kernel
+from virnucpro_trt.engines.spec import BuildOptions, BuildRequest, ShapeRange
+from virnucpro_trt.errors import BuildError
+from virnucpro_trt.models.esm2 import RotaryEmbedding, sdpa_rotary_attention
+from virnucpro_trt.models.random_checkpoints import random_esm2
+from virnucpro_trt.runtime.attention_kernel import check_lowered_attention
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)"
+)
+
+
+def _inputs(
+    lengths: list[int], heads: int, head_dim: int, device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    longest = max(lengths)
+    qkv = torch.randn(len(lengths), longest, 3, heads, head_dim, generator=gen).to(device, dtype)
+    cos, sin = RotaryEmbedding(head_dim).tables(longest, device)
+    real = torch.arange(longest, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+    return qkv, cos, sin, real[:, None, None, :]
+
+
+def _tiny_esm2_batch(seed: int = 3) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    model = random_esm2(seed=seed).eval()
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 24, (3, 11), generator=gen)
+    mask = torch.ones(3, 11, dtype=torch.int64)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    return model, ids, mask
+
+
+# ----------------------------------------------------------------------------- CPU: routing and the build
+
+
+def test_off_cuda_the_kernel_function_is_the_sdpa_attention() -> None:
+    qkv, cos, sin, mask = _inputs([9, 4, 1], 2, 16, CPU, torch.float32)
+    assert not ra.kernel_applies_to(CPU, torch.bfloat16, 64)
+    torch.testing.assert_close(
+        ra.rotary_attention(qkv, cos, sin, mask, 0.25), sdpa_rotary_attention(qkv, cos, sin, mask, 0.25)
+    )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "head_dim", "applies"),
+    [(torch.bfloat16, 64, True), (torch.float16, 16, True), (torch.float32, 64, False),
+     (torch.bfloat16, 48, False), (torch.bfloat16, 8, False), (torch.bfloat16, 512, False)],
+)  # fmt: skip
+def test_the_kernel_applies_to_half_precision_power_of_two_heads_on_cuda(
+    dtype: torch.dtype, head_dim: int, applies: bool
+) -> None:
+    assert ra.kernel_applies_to(CUDA, dtype, head_dim) == (applies and ra.triton is not None)
+    assert not ra.kernel_applies_to(CPU, dtype, head_dim)
+
+
+def test_every_layer_hands_its_attention_to_the_models_kernel() -> None:
+    """The encoder passes each layer's fused projection and the boolean mask to ``attention_kernel``,
+    whose output is what the layer uses; the folded padding and the unmasked path stand aside."""
+    model, ids, mask = _tiny_esm2_batch()
+    with torch.no_grad():
+        expected = model(ids, mask)
+        calls: list[tuple[torch.Size, torch.dtype, torch.Size]] = []
+
+        def recording(qkv, cos, sin, key_mask, scaling):  # type: ignore[no-untyped-def]
+            calls.append((qkv.shape, key_mask.dtype, key_mask.shape))
+            return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)
+
+        model.attention_kernel = recording
+        model.fold_key_padding = model.unmasked_full_batches = True
+        torch.testing.assert_close(model(ids, mask), expected)
+        assert calls == [(torch.Size([3, 11, 3, 4, 16]), torch.bool, torch.Size([3, 1, 1, 11]))] * 2
+        model.attention_kernel = lambda qkv, *_: torch.zeros_like(qkv[:, :, 0].flatten(2))
+        assert not torch.allclose(model(ids, mask), expected)
+
+
+def test_a_cpu_build_asked_for_the_kernel_keeps_sdpa_and_says_so(tmp_path: Path) -> None:
+    model, ids, mask = _tiny_esm2_batch()
+    model.attention_kernel = ra.rotary_attention  # arriving with one changes nothing: the options decide
+    options = BuildOptions(extra={"rotary_attention_kernel": True})
+    assert not _own_attention_kernel(model, options, CPU, "fp32")
+    assert model.attention_kernel is None
+    request = BuildRequest(model, "esm2", (ids, mask), ShapeRange(1, 4, 16, 2, 12, 16), "fp32", CPU,
+                           tmp_path / "esm2.pt2", options)  # fmt: skip
+    built = INDUCTOR_BACKEND.build(request)
+    assert built.facts["rotary_attention_kernel"] is False
+    assert "rotary_attention_launch" not in built.facts
+
+
+def test_an_engine_with_its_own_kernel_must_call_no_sdpa() -> None:
+    check_lowered_attention({"mm": 4}, "efficient", CUDA, "esm2 (bf16)", own_kernel=True)
+    with pytest.raises(BuildError, match="its own attention kernel but the engine calls"):
+        check_lowered_attention(
+            {"_scaled_dot_product_efficient_attention": 2}, "efficient", CUDA, "esm2 (bf16)", own_kernel=True
+        )
+    check_lowered_attention(
+        {"_scaled_dot_product_efficient_attention": 2}, "efficient", CPU, "x", own_kernel=True
+    )
+
+
+# ----------------------------------------------------------------------------- GPU: the kernel itself
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("lengths", "heads", "head_dim"),
+    [
+        ([168] * 5, 4, 64),
+        ([168, 100, 3, 1], 3, 64),
+        ([51, 49, 50], 2, 64),
+        ([300, 7], 2, 32),
+        ([17, 16], 4, 16),
+    ],
+)
+@pytest.mark.parametrize(
+    "launch", [ra.ATTENTION_LAUNCH, ra.AttentionLaunch(128, 32, 8, 3), ra.AttentionLaunch(16, 16, 2, 1)]
+)
+def test_the_kernel_computes_the_models_attention(
+    dtype: torch.dtype, lengths: list[int], heads: int, head_dim: int, launch: ra.AttentionLaunch
+) -> None:
+    """Against the model's SDPA attention in fp32 on the real query rows: as close as SDPA in the same
+    half precision is (the padded query rows are not compared: nothing reads them)."""
+    qkv, cos, sin, mask = _inputs(lengths, heads, head_dim, CUDA, dtype)
+    scaling = head_dim**-0.5
+    reference = sdpa_rotary_attention(qkv.float(), cos, sin, mask, scaling)
+    half = sdpa_rotary_attention(qkv, cos, sin, mask, scaling).float()
+    with ra.launch_in_effect(launch):
+        out = ra.rotary_attention(qkv, cos, sin, mask, scaling)
+    assert out.shape == half.shape and out.dtype == dtype
+    rows = mask[:, 0, 0, :, None].expand_as(out)
+    kernel_error = (out.float() - reference).abs()[rows].max().item()
+    sdpa_error = (half - reference).abs()[rows].max().item()
+    assert kernel_error <= 2 * sdpa_error + 1e-3, (kernel_error, sdpa_error)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_the_kernel_compiles_into_one_graph() -> None:
+    qkv, cos, sin, mask = _inputs([40, 33, 5], 4, 64, CUDA, torch.bfloat16)
+    ra.register_kernel()
+    compiled = torch.compile(ra.rotary_attention, fullgraph=True, dynamic=True)
+    torch.testing.assert_close(
+        compiled(qkv, cos, sin, mask, 0.125), ra.rotary_attention(qkv, cos, sin, mask, 0.125)
+    )
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_cuda_engines_built_with_the_kernel_match_fp32(precision: str, tmp_path: Path) -> None:
+    """A tiny ESM-2 (heads of 16) built with ``rotary_attention_kernel``: no SDPA call in the engine,
+    the facts say so, and padded batches of several shapes agree with the fp32 model."""
+    if (reason := INDUCTOR_BACKEND.availability(CUDA, precision)) is not None:
+        pytest.skip(reason)
+    model, ids, mask = _tiny_esm2_batch(seed=37)
+    shapes = ShapeRange(1, 16, 64, 2, 40, 130)
+    options = BuildOptions(extra={"rotary_attention_kernel": True})
+    request = BuildRequest(model, "esm2", (ids, mask), shapes, precision, CUDA, tmp_path / "e.pt2", options)
+    built = INDUCTOR_BACKEND.build(request)
+    assert built.facts["rotary_attention_kernel"] is True
+    assert built.facts["rotary_attention_launch"] == ra.launch_facts()
+    assert not [k for k in built.facts["extern_kernels"] if "attention" in k]
+    runner = INDUCTOR_BACKEND.load(request.load_request(built.path, 64, 1))
+    rng = np.random.default_rng(5)
+    floor = 0.9995 if precision == "bf16" else 0.99
+    for batch, length in ((1, 3), (7, 41), (16, 130), (16, 17)):
+        lengths = rng.integers(3, length + 1, batch)
+        lengths[0] = length
+        tokens = torch.from_numpy(rng.integers(4, 24, (batch, length)))
+        real = torch.arange(length)[None, :] < torch.from_numpy(lengths)[:, None]
+        tokens = torch.where(real, tokens, 1)
+        out = torch.from_numpy(runner.embed_padded(tokens.numpy(), real.to(torch.int64).numpy()))
+        with torch.no_grad():
+            expected = model(tokens, real.to(torch.int64))
+        cosine = torch.nn.functional.cosine_similarity(out.float(), expected, dim=-1)
+        assert torch.isfinite(out).all() and cosine.min() >= floor, (batch, length, cosine.min())

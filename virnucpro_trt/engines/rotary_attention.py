@@ -1,0 +1,219 @@
+"""ESM-2's attention as one Triton kernel: rotary, key padding and softmax(q k^T) v, read straight from
+the fused qkv projection and written straight into out_proj's input layout.
+
+Why: on the H200 an fp8 ESM-2 3B forward spends ~41 ms of 222 in the memory-efficient SDPA kernel and
+another ~12 ms in the kernels that rotate q and k and lay q, k, v out as [B, H, T, d] for it (profile:
+docs/measurements.md). The attention itself is ~1% of the FLOPs; at 168 tokens per protein its cost is
+moving q, k, v and the [B, 1, T, T] mask bias SDPA takes. This kernel reads each head's q, k and v from
+the projection output [B, T, 3, H, d], rotates q and k as it loads them (the partner column of
+rotate-half is a second load of the same cache lines), takes the key padding as one byte per key, and
+writes [B, T, H * d]: no layout pass, no mask bias, no rotary pass.
+
+Same function as :func:`virnucpro_trt.models.esm2._rotary_attention` with a boolean key mask: q scaled
+and rounded to the input dtype, rotary in fp32 rounded to the input dtype, scores and softmax in fp32
+(online, FlashAttention's rescaling), probabilities rounded to the input dtype for the second product,
+as FlashAttention-style kernels do. A row whose keys are all padded gets the mean of v where SDPA gives
+NaN (no real input has one: every row holds its BOS token).
+
+Applies on CUDA to bf16/fp16 projections with a power-of-two head size of 16..256; otherwise (CPU
+engines, tests on tiny models) :func:`rotary_attention` runs the SDPA path, so a build may ask for it
+on any device. Registered with ``torch.library.triton_op``, so ``torch.export`` and AOTInductor compile
+it into the engine, like the fp8 row kernels (:mod:`~virnucpro_trt.engines.fp8_quantize`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from virnucpro_trt.models.esm2 import sdpa_rotary_attention
+
+try:  # CUDA builds of torch bring triton; the kernel is only defined (and used) where it exists
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs
+    triton = None
+
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256  # tl.dot's smallest K; registers bound the largest
+MASKED_SCORE = -1.0e30  # a padded key's score (log2 units): finite, so no inf - inf in the rescaling
+
+
+@dataclass(frozen=True)
+class AttentionLaunch:
+    """Queries and keys per block (powers of two >= 16), warps and pipeline stages per program.
+
+    :data:`ATTENTION_LAUNCH` is what engines build with; ``benchmarks/diagnostics/attention_kernels.py``
+    times others (:func:`launch_in_effect`).
+    """
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+ATTENTION_LAUNCH = AttentionLaunch()
+_in_effect: AttentionLaunch | None = None
+
+
+def current_launch() -> AttentionLaunch:
+    """The launch the op uses when traced now (:data:`ATTENTION_LAUNCH` outside :func:`launch_in_effect`)."""
+    return _in_effect if _in_effect is not None else ATTENTION_LAUNCH
+
+
+@contextlib.contextmanager
+def launch_in_effect(launch: AttentionLaunch) -> Iterator[None]:
+    """Trace or run the op with ``launch`` instead of :data:`ATTENTION_LAUNCH` (diagnostics). As for the
+    row kernels, no compiler cache key sees it: compile afresh under it."""
+    global _in_effect
+    saved, _in_effect = _in_effect, launch
+    try:
+        yield
+    finally:
+        _in_effect = saved
+
+
+def launch_facts() -> dict[str, int]:
+    """The launch in effect, for an engine's build facts."""
+    return dataclasses.asdict(current_launch())
+
+
+def kernel_applies_to(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether :func:`rotary_attention` runs the Triton kernel for a projection of ``dtype`` on
+    ``device`` with heads of ``head_dim``."""
+    power_of_two = head_dim & (head_dim - 1) == 0
+    return (
+        triton is not None
+        and device.type == "cuda"
+        and dtype in KERNEL_DTYPES
+        and power_of_two
+        and MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM
+    )
+
+
+if triton is not None:
+    _LOG2E = tl.constexpr(1.4426950408889634)
+    _MASKED = tl.constexpr(MASKED_SCORE)
+
+    @triton.jit
+    def _rotated(base, rows, inside, cos_ptr, sin_ptr, scaling, HEAD_DIM: tl.constexpr, SCALE: tl.constexpr):
+        """Rows of one head of q or k [BLOCK, d] (``scaling`` applied and rounded first when ``SCALE``),
+        rotate-half rotary in fp32, rounded to the input dtype."""
+        half: tl.constexpr = HEAD_DIM // 2
+        cols = tl.arange(0, HEAD_DIM)
+        partner = (cols + half) % HEAD_DIM
+        x = tl.load(base + cols[None, :], mask=inside[:, None], other=0.0)
+        y = tl.load(base + partner[None, :], mask=inside[:, None], other=0.0)
+        dtype = x.dtype
+        if SCALE:  # the model scales q in its dtype before rotary
+            x = (x.to(tl.float32) * scaling).to(dtype)
+            y = (y.to(tl.float32) * scaling).to(dtype)
+        table = rows[:, None] * HEAD_DIM + cols[None, :]
+        cos = tl.load(cos_ptr + table, mask=inside[:, None], other=0.0)
+        sin = tl.load(sin_ptr + table, mask=inside[:, None], other=0.0)
+        sign = tl.where(cols < half, -1.0, 1.0)
+        return (x.to(tl.float32) * cos + sign[None, :] * y.to(tl.float32) * sin).to(dtype)
+
+    @triton.jit
+    def _rotary_attention_kernel(
+        qkv_ptr, cos_ptr, sin_ptr, real_ptr, out_ptr, length, heads, scaling,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        """One program: BLOCK_M queries of one (row, head) against all of that row's keys."""
+        row = tl.program_id(1) // heads
+        head = tl.program_id(1) % heads
+        width = heads * HEAD_DIM  # one of q, k, v per token
+        first = row.to(tl.int64) * length  # the row's first token
+        queries = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        q_inside = queries < length
+        q_base = qkv_ptr + (first + queries)[:, None] * (3 * width) + head * HEAD_DIM
+        q = _rotated(q_base, queries, q_inside, cos_ptr, sin_ptr, scaling, HEAD_DIM, True)
+        cols = tl.arange(0, HEAD_DIM)
+        top = tl.full([BLOCK_M], _MASKED, dtype=tl.float32)
+        total = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        for start in range(0, length, BLOCK_N):
+            keys = start + tl.arange(0, BLOCK_N)
+            k_inside = keys < length
+            real = tl.load(real_ptr + first + keys, mask=k_inside, other=0) != 0
+            k_rows = (first + keys)[:, None] * (3 * width) + head * HEAD_DIM
+            k = _rotated(qkv_ptr + k_rows + width, keys, k_inside, cos_ptr, sin_ptr, scaling, HEAD_DIM, False)
+            v = tl.load(qkv_ptr + k_rows + 2 * width + cols[None, :], mask=k_inside[:, None], other=0.0)
+            scores = tl.dot(q, tl.trans(k)) * _LOG2E
+            scores = tl.where(real[None, :], scores, _MASKED)
+            new_top = tl.maximum(top, tl.max(scores, axis=1))
+            rescale = tl.math.exp2(top - new_top)
+            weights = tl.math.exp2(scores - new_top[:, None])
+            total = total * rescale + tl.sum(weights, axis=1)
+            acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
+            top = new_top
+        out = acc / total[:, None]
+        out_rows = (first + queries)[:, None] * width + head * HEAD_DIM
+        tl.store(out_ptr + out_rows + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=q_inside[:, None])
+
+
+def launch_rotary_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    real: torch.Tensor,
+    scaling: float,
+    launch: AttentionLaunch | None = None,
+) -> torch.Tensor:
+    """Run :func:`_rotary_attention_kernel`: ``qkv`` [B, T, 3, H, d], ``cos``/``sin`` [T, d] fp32,
+    ``real`` [B, T] (nonzero: a key to attend to) -> [B, T, H * d] in qkv's dtype."""
+    from torch.library import wrap_triton
+
+    launch = launch or current_launch()
+    batch, length, _, heads, head_dim = qkv.shape
+    qkv = qkv.contiguous()
+    out = torch.empty((batch, length, heads * head_dim), device=qkv.device, dtype=qkv.dtype)
+    grid = (triton.cdiv(length, launch.block_m), batch * heads)
+    wrap_triton(_rotary_attention_kernel)[grid](
+        qkv, cos.float().contiguous(), sin.float().contiguous(), real.to(torch.uint8).contiguous(), out,
+        length, heads, scaling, HEAD_DIM=head_dim, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
+    )  # fmt: skip
+    return out
+
+
+@functools.cache
+def _registered_op() -> Any:
+    """Register ``virnucpro::rotary_attention`` once (the cache keeps the definition alive)."""
+    from torch.library import triton_op
+
+    @triton_op("virnucpro::rotary_attention", mutates_args={})
+    def rotary_attention_op(
+        qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, real: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
+        return launch_rotary_attention(qkv, cos, sin, real, scaling)
+
+    return rotary_attention_op
+
+
+def register_kernel() -> None:
+    """Register the op (idempotent; nothing without triton). Call it before a compiler traces a model
+    that uses :func:`rotary_attention` (Dynamo cannot trace the registration)."""
+    if triton is not None:
+        _registered_op()
+
+
+def rotary_attention(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """ESM-2's attention (:func:`~virnucpro_trt.models.esm2.sdpa_rotary_attention`'s arguments, with a
+    boolean key mask [B, 1, 1, T]): the Triton kernel where :func:`kernel_applies_to`, SDPA elsewhere."""
+    if not kernel_applies_to(qkv.device, qkv.dtype, qkv.shape[-1]) or key_mask.is_floating_point():
+        return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)
+    if not torch.compiler.is_compiling():
+        register_kernel()
+    batch, length = qkv.shape[:2]
+    real = key_mask.reshape(batch, length)
+    return torch.ops.virnucpro.rotary_attention(qkv, cos, sin, real, float(scaling))
