@@ -43,12 +43,10 @@ def call_times_ms(call: Callable[[], Any], device: torch.device, warmup: int, it
     launches, so a kernel shorter than its Python launch path is timed as the launch path. On the CPU,
     the host clock.
     """
-    enqueue_s = 0.0
     for _ in range(warmup):
-        started = time.perf_counter()
         call()
-        enqueue_s = max(enqueue_s, time.perf_counter() - started)
         synchronize(device)
+    enqueue_s = warm_enqueue_seconds(call, device)
     times = []
     for _ in range(iters):
         if device.type == "cuda":
@@ -64,6 +62,19 @@ def call_times_ms(call: Callable[[], Any], device: torch.device, warmup: int, it
             call()
             times.append(1e3 * (time.perf_counter() - started))
     return times
+
+
+def warm_enqueue_seconds(call: Callable[[], Any], device: torch.device) -> float:
+    """Host seconds one more (untimed) call takes to return, after the warm-up.
+
+    Not the warm-up's own times: a first call that compiles (a Triton kernel's JIT, ``torch.compile``)
+    takes seconds, and holding the stream for twice that before every timed call turned a 20-call
+    timing into minutes (measurement log, 2026-12-03 eleventh session)."""
+    started = time.perf_counter()
+    call()
+    seconds = time.perf_counter() - started
+    synchronize(device)
+    return seconds
 
 
 def hold_stream(device: torch.device, seconds: float) -> None:
