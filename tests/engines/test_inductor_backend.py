@@ -511,19 +511,14 @@ def test_cuda_build_bakes_in_the_requested_attention(kind: ModelKind, attention:
     else:
         model, shapes, pad_id, min_real = random_dnabert(seed=37), ShapeRange(1, 16, 64, 2, 40, 130), 3, 2
     example = (torch.randint(4, 24, (4, 12)), torch.ones(4, 12, dtype=torch.int64))
-    options = BuildOptions(attention=attention)
+    # ESM-2 on SDPA, not its own kernel (tests/engines/test_rotary_attention.py builds that)
+    options = BuildOptions(attention=attention, extra={"rotary_attention_kernel": False})
     request = BuildRequest(model, kind, example, shapes, "bf16", cuda, tmp_path / "e.pt2", options)
     built = INDUCTOR_BACKEND.build(request)
     assert built.facts["attention"] == attention
+    assert built.facts.get("rotary_attention_kernel", False) is False
     calls = sorted(k for k in built.facts["extern_kernels"] if "attention" in k)
-    masked = f"_scaled_dot_product_{attention}_attention"
-    unmasked = "_scaled_dot_product_flash_attention" if attention == "efficient" else masked
-    # ESM-2: batches without padding unmasked, unless this AOTInductor could not compile that path
-    # (the build then says why: test_an_aotinductor_that_cannot_compile_the_conditions_builds_...)
-    with_path = built.facts.get("unmasked_full_batches", False)
-    assert with_path or kind != "esm2" or built.facts["unmasked_full_batches_failed"]
-    expected = sorted({masked, unmasked}) if with_path else [masked]
-    assert calls == expected, built.facts["extern_kernels"]
+    assert calls == [f"_scaled_dot_product_{attention}_attention"], built.facts["extern_kernels"]
     runner = INDUCTOR_BACKEND.load(request.load_request(built.path, 64, pad_id))
     engine = Engine(kind, model, shapes, pad_id, min_real, built, runner)
     rng = np.random.default_rng(8)
@@ -588,16 +583,17 @@ def test_a_failed_compile_is_reported_with_the_compilers_first_error() -> None:
 
 
 def test_the_build_recipe_pins_the_build_defaults() -> None:
-    """Every default that shapes an AOTInductor engine, as of build recipe 3. Changing one fails here on
+    """Every default that shapes an AOTInductor engine, as of build recipe 5. Changing one fails here on
     purpose: raise ``InductorBackend.recipe_version`` with it (``bench`` then rebuilds the engines of its
     work folders) and write the new defaults below."""
     from virnucpro_trt.engines.fp8_quantize import row_launch_facts
     from virnucpro_trt.engines.inductor_backend import EXTRA_DEFAULTS, InductorBackend
     from virnucpro_trt.engines.inductor_configs import inductor_configs
+    from virnucpro_trt.engines.rotary_attention import ATTENTION_LAUNCH, AttentionLaunch
     from virnucpro_trt.engines.spec import BuildOptions
     from virnucpro_trt.settings import DEFAULT_ATTENTION
 
-    assert InductorBackend.recipe_version == 4
+    assert InductorBackend.recipe_version == 5
     assert EXTRA_DEFAULTS == {
         "sequence_multiple": 1,
         "min_export_batch": 1,
@@ -605,7 +601,9 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
         "fp8_fold_residual": True,
         "unmasked_full_batches": False,
         "fold_key_padding": False,
+        "rotary_attention_kernel": True,
     }
+    assert AttentionLaunch(block_m=64, block_n=64, num_warps=4, num_stages=1) == ATTENTION_LAUNCH
     options = BuildOptions()
     assert (options.attention, options.fp8_fast_accum, options.max_autotune) == (
         DEFAULT_ATTENTION,

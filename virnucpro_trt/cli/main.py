@@ -444,8 +444,9 @@ def demo(
     type=click.Choice(list(ATTENTION_KERNELS)),
     default=DEFAULT_ATTENTION,
     show_default=True,
-    help="AOTInductor on CUDA: attention kernel in the engine. cudnn plans every new batch shape, which "
-    "runs with varying batches pay again and again.",
+    help="AOTInductor on CUDA: SDPA kernel in the engine (DNABERT-S; ESM-2 in bf16/fp16/fp8 runs the "
+    "project's own Triton attention instead). cudnn plans every new batch shape, which runs with varying "
+    "batches pay again and again.",
 )
 @logging_options
 def build(

@@ -49,14 +49,17 @@ MASKED_SCORE = -1.0e30  # a padded key's score (log2 units): finite, so no inf -
 class AttentionLaunch:
     """Queries and keys per block (powers of two >= 16), warps and pipeline stages per program.
 
-    :data:`ATTENTION_LAUNCH` is what engines build with; ``benchmarks/diagnostics/attention_kernels.py``
-    times others (:func:`launch_in_effect`).
+    :data:`ATTENTION_LAUNCH` is what engines build with: one stage, because a row's keys are few (168
+    at 500 bp: three blocks) and a software pipeline then only costs registers and shared memory; on the
+    H200 it was the fastest of the launches tried (measurement log).
+    ``benchmarks/diagnostics/attention_kernels.py --kernels rotary-triton:MxNxWxS`` times others
+    (:func:`launch_in_effect`).
     """
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 1
 
 
 ATTENTION_LAUNCH = AttentionLaunch()
