@@ -1,15 +1,15 @@
 """ESM-2's attention as one Triton kernel: rotary, key padding and softmax(q k^T) v, read straight from
 the fused qkv projection and written straight into out_proj's input layout.
 
-Why: on the H200 an fp8 ESM-2 3B forward spends ~41 ms of 222 in the memory-efficient SDPA kernel and
-another ~12 ms in the kernels that rotate q and k and lay q, k, v out as [B, H, T, d] for it (profile:
-docs/measurements.md). The attention itself is ~1% of the FLOPs; at 168 tokens per protein its cost is
-moving q, k, v and the [B, 1, T, T] mask bias SDPA takes. This kernel reads each head's q, k and v from
-the projection output [B, T, 3, H, d], rotates q and k as it loads them (the partner column of
-rotate-half is a second load of the same cache lines), takes the key padding as one byte per key, and
-writes [B, T, H * d]: no layout pass, no mask bias, no rotary pass.
+Why: with SDPA, an fp8 ESM-2 3B engine on the H200 spent about a quarter of its forward in the
+memory-efficient attention kernel and the kernels that rotate q and k and lay q, k, v out as
+[B, H, T, d] for it (profiles: docs/measurements.md), for ~1% of the FLOPs: at 168 tokens per protein
+the cost is moving q, k, v and the [B, 1, T, T] mask bias SDPA takes. This kernel reads each head's q,
+k and v from the projection output [B, T, 3, H, d], rotates q and k as it loads them (the partner
+column of rotate-half is a second load of the same cache lines), takes the key padding as one byte per
+key, and writes [B, T, H * d]: no layout pass, no mask bias, no rotary pass.
 
-Same function as :func:`virnucpro_trt.models.esm2._rotary_attention` with a boolean key mask: q scaled
+Same function as :func:`virnucpro_trt.models.esm2.sdpa_rotary_attention` with a boolean key mask: q scaled
 and rounded to the input dtype, rotary in fp32 rounded to the input dtype, scores and softmax in fp32
 (online, FlashAttention's rescaling), probabilities rounded to the input dtype for the second product,
 as FlashAttention-style kernels do. A row whose keys are all padded gets the mean of v where SDPA gives
