@@ -226,6 +226,41 @@ def test_esm2_variants_maskdim_layers_compute_the_masked_layers() -> None:
     assert cos.min() > 0.9999
 
 
+def test_esm2_variants_kernel_layers_hand_attention_to_the_engines_kernel() -> None:
+    """``bf16-kernel`` / ``fp8-fused-fold-kernel`` give the model the engines' own attention kernel
+    (off CUDA it runs the SDPA path, so the embeddings are the ``bf16`` variant's)."""
+    from virnucpro_trt.engines.rotary_attention import rotary_attention
+
+    variants = _script("diagnostics/esm2_variants")
+    reference = random_esm2(seed=5)
+    plain = variants.build_variant(reference, variants.VARIANTS["bf16"], CPU, False, 4096)
+    kernel = variants.build_variant(reference, variants.VARIANTS["bf16-kernel"], CPU, False, 4096)
+    assert (plain.attention_kernel, kernel.attention_kernel) == (None, rotary_attention)
+    assert variants.VARIANTS["fp8-fused-fold-kernel"].attention_kernel
+    ids, mask = torch.randint(4, 24, (3, 17)), torch.ones(3, 17, dtype=torch.bool)
+    mask[1, 9:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(kernel(ids, mask), plain(ids, mask))
+
+
+def test_attention_kernels_times_the_model_attention_against_its_own_reference(tmp_path: Path) -> None:
+    """The ``rotary-*`` kernels take the fused projection and compare with the model's attention in fp32;
+    a launch spec is parsed, and without triton the kernel row says why instead of failing the run."""
+    attention = _script("diagnostics/attention_kernels")
+    assert attention.preparer("rotary-triton:128x32x4x1") is not None
+    assert attention.preparer("rotary-nonsense") is None
+    out = tmp_path / "attention.json"
+    kernels = "default-mask,rotary-efficient,rotary-triton:32x32x4x1"
+    code = attention.main(["--device", "cpu", "--reads", "40", "--mixes", "illumina", "--kernels", kernels,
+                           "--warmup", "1", "--iters", "1", "--json", str(out)])  # fmt: skip
+    assert code == 0
+    rows = {r["kernel"]: r for r in json.loads(out.read_text())["results"][0]["kernels"]}
+    assert rows["rotary-efficient"]["status"] == "ok" and rows["rotary-efficient"]["max_abs_vs_math"] < 0.05
+    assert rows["default-mask"]["status"] == "ok"
+    triton_row = rows["rotary-triton:32x32x4x1"]
+    assert triton_row["status"] == "ok" or "triton" in triton_row["reason"]
+
+
 def test_esm2_variants_on_padded_batches_of_a_length_mix(tmp_path: Path) -> None:
     """``--length-mix mixed`` times the variants on padded batches (where the folded key padding replaces
     the mask) and records the mix; each variant is compared with fp32 on those batches."""
