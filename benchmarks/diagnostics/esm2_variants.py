@@ -87,6 +87,7 @@ class Variant:
     unmasked_full: bool = False  # batches without padding run unmasked attention (the engines' cond)
     fold_key_padding: bool = False  # the key padding in the head dimension: no mask, FlashAttention
     attention_kernel: bool = False  # the engines' own Triton attention (rotary and layout in it)
+    qkv_bias_in_attention: bool = False  # fp8-fused with the kernel: qkv's bias added by the kernel
 
 
 VARIANTS = {
@@ -120,6 +121,9 @@ VARIANTS = {
     ),
     "bf16-maskdim": Variant("bf16", fold_key_padding=True),
     "fp8-fused-fold-kernel": Variant("fp8-fused", fast_accum=True, fold_residual=True, attention_kernel=True),
+    "fp8-fused-fold-kernel-bias": Variant(
+        "fp8-fused", fast_accum=True, fold_residual=True, attention_kernel=True, qkv_bias_in_attention=True
+    ),
     "bf16-kernel": Variant("bf16", attention_kernel=True),
     "bf16-dynamic": Variant("bf16", engine_shapes=True),
     "bf16-dynamic-i32": Variant("bf16", engine_shapes=True, inductor=(("assume_32bit_indexing", True),)),
@@ -249,7 +253,12 @@ def build_variant(
         convert_linears_to_fp8(model, fast_accum=variant.fast_accum)
     elif variant.precision == "fp8-fused":
         convert_to_fp8(
-            model, variant.fast_accum, variant.kernel_modes, variant.gemm_bias, variant.fold_residual
+            model,
+            variant.fast_accum,
+            variant.kernel_modes,
+            variant.gemm_bias,
+            variant.fold_residual,
+            variant.qkv_bias_in_attention,
         )
         if variant.layernorm_bf16:
             for layer in model.layers:

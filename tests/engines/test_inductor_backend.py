@@ -602,6 +602,7 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
         "unmasked_full_batches": False,
         "fold_key_padding": False,
         "rotary_attention_kernel": True,
+        "fp8_qkv_bias_in_attention": False,
     }
     assert AttentionLaunch(block_m=64, block_n=64, num_warps=4, num_stages=1) == ATTENTION_LAUNCH
     options = BuildOptions()

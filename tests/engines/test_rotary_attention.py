@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.engines.test_inductor_parts import needs_cpu_fp8
 from virnucpro_trt.engines import rotary_attention as ra
 from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND, _own_attention_kernel
+from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8
+from virnucpro_trt.engines.inductor_model import device_copy
 from virnucpro_trt.engines.spec import BuildOptions, BuildRequest, ShapeRange
 from virnucpro_trt.errors import BuildError
 from virnucpro_trt.models.esm2 import RotaryEmbedding, sdpa_rotary_attention
@@ -75,7 +78,8 @@ def test_every_layer_hands_its_attention_to_the_models_kernel() -> None:
         expected = model(ids, mask)
         calls: list[tuple[torch.Size, torch.dtype, torch.Size]] = []
 
-        def recording(qkv, cos, sin, key_mask, scaling):  # type: ignore[no-untyped-def]
+        def recording(qkv, cos, sin, key_mask, scaling, bias):  # type: ignore[no-untyped-def]
+            assert bias is None  # the bf16 model's projection adds its own bias
             calls.append((qkv.shape, key_mask.dtype, key_mask.shape))
             return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)
 
@@ -85,6 +89,30 @@ def test_every_layer_hands_its_attention_to_the_models_kernel() -> None:
         assert calls == [(torch.Size([3, 11, 3, 4, 16]), torch.bool, torch.Size([3, 1, 1, 11]))] * 2
         model.attention_kernel = lambda qkv, *_: torch.zeros_like(qkv[:, :, 0].flatten(2))
         assert not torch.allclose(model(ids, mask), expected)
+
+
+@needs_cpu_fp8
+def test_fp8_layers_can_leave_the_qkv_bias_to_the_kernel() -> None:
+    """With ``qkv_bias_in_attention`` the fp8 layers hand qkv's bias to the attention kernel instead of
+    adding it after the GEMM; the embeddings are the same (the sum is rounded the same way)."""
+    model, ids, mask = _tiny_esm2_batch(seed=8)
+    outputs, biases = [], []
+
+    def recording(qkv, cos, sin, key_mask, scaling, bias):  # type: ignore[no-untyped-def]
+        biases.append(bias)
+        return ra.rotary_attention(qkv, cos, sin, key_mask, scaling, bias)
+
+    for later in (False, True):
+        fp8 = device_copy(model, CPU, torch.bfloat16)
+        convert_to_fp8(fp8, fold_residual=True, qkv_bias_in_attention=later)
+        fp8.attention_kernel = recording
+        with torch.no_grad():
+            outputs.append(fp8(ids, mask))
+        if later:
+            assert all(b is layer.qkv.bias for b, layer in zip(biases[-2:], fp8.layers, strict=True))
+        else:
+            assert biases == [None, None]
+    torch.testing.assert_close(outputs[1], outputs[0], atol=0, rtol=0)
 
 
 def test_a_cpu_build_asked_for_the_kernel_keeps_sdpa_and_says_so(tmp_path: Path) -> None:
@@ -150,6 +178,22 @@ def test_the_kernel_computes_the_models_attention(
 
 @pytest.mark.gpu
 @needs_cuda
+def test_the_kernel_adds_the_projection_bias_as_the_model_does() -> None:
+    """The bias handed to the kernel gives exactly what the kernel gives on the projection with the bias
+    already added (summed in fp32, rounded once to bf16, as the add after the GEMM)."""
+    qkv, cos, sin, mask = _inputs([168, 90, 3], 4, 64, CUDA, torch.bfloat16)
+    bias = torch.randn(3 * 4 * 64, generator=torch.Generator().manual_seed(2)).to(CUDA, torch.bfloat16)
+    summed = qkv + bias.view(3, 4, 64)
+    torch.testing.assert_close(
+        ra.rotary_attention(qkv, cos, sin, mask, 0.125, bias),
+        ra.rotary_attention(summed, cos, sin, mask, 0.125),
+        atol=0,
+        rtol=0,
+    )
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_the_kernel_compiles_into_one_graph() -> None:
     qkv, cos, sin, mask = _inputs([40, 33, 5], 4, 64, CUDA, torch.bfloat16)
     ra.register_kernel()
@@ -161,20 +205,29 @@ def test_the_kernel_compiles_into_one_graph() -> None:
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("precision", ["bf16", "fp8"])
-def test_cuda_engines_built_with_the_kernel_match_fp32(precision: str, tmp_path: Path) -> None:
-    """A tiny ESM-2 (heads of 16) built with ``rotary_attention_kernel``: no SDPA call in the engine,
-    the facts say so, and padded batches of several shapes agree with the fp32 model."""
+@pytest.mark.parametrize(
+    ("precision", "bias_later"),
+    [("bf16", False), ("fp8", False), ("fp8", True)],
+    ids=["bf16", "fp8", "fp8-bias"],
+)
+def test_cuda_engines_built_with_the_kernel_match_fp32(
+    precision: str, bias_later: bool, tmp_path: Path
+) -> None:
+    """A tiny ESM-2 (heads of 16) built with ``rotary_attention_kernel`` (and fp8 with qkv's bias left
+    to it): no SDPA call in the engine, the facts say so, and padded batches of several shapes agree
+    with the fp32 model."""
     if (reason := INDUCTOR_BACKEND.availability(CUDA, precision)) is not None:
         pytest.skip(reason)
     model, ids, mask = _tiny_esm2_batch(seed=37)
     shapes = ShapeRange(1, 16, 64, 2, 40, 130)
-    options = BuildOptions(extra={"rotary_attention_kernel": True})
+    options = BuildOptions(extra={"rotary_attention_kernel": True, "fp8_qkv_bias_in_attention": bias_later})
     request = BuildRequest(model, "esm2", (ids, mask), shapes, precision, CUDA, tmp_path / "e.pt2", options)
     built = INDUCTOR_BACKEND.build(request)
     assert built.facts["rotary_attention_kernel"] is True
     assert built.facts["rotary_attention_launch"] == ra.launch_facts()
     assert not [k for k in built.facts["extern_kernels"] if "attention" in k]
+    if precision == "fp8":
+        assert built.facts["fp8"]["qkv_bias_in_attention"] is bias_later
     runner = INDUCTOR_BACKEND.load(request.load_request(built.path, 64, 1))
     rng = np.random.default_rng(5)
     floor = 0.9995 if precision == "bf16" else 0.99

@@ -63,6 +63,10 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
   fp8 layers ran 4% faster with it at the same parity (measurement log). It replaces both SDPA paths
   above and ``attention`` does not apply to it (DNABERT-S and fp32 or CPU ESM-2 engines keep SDPA); the
   build checks that the engine calls no SDPA kernel.
+* With that kernel, fp8 ESM-2 can leave qkv's bias to it (``extra["fp8_qkv_bias_in_attention"]``,
+  **off by default**, not yet measured on a GPU): with SDPA Inductor fused the add into the rotary/layout
+  kernels, but it cannot fuse into a user Triton kernel, so the add after the GEMM became a pass of its
+  own; the kernel adds the bias as it loads q, k and v, with the same rounding.
 * fp8 ESM-2 folds each layer's last residual add into the next layer's LayerNorm kernel
   (``extra["fp8_fold_residual"]``, default true): Inductor's standalone add kernel ran at ~40%
   of the bandwidth inside the engine, and the fold was faster at the same parity on the H200.
@@ -109,6 +113,7 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "unmasked_full_batches": False,
     "fold_key_padding": False,
     "rotary_attention_kernel": True,
+    "fp8_qkv_bias_in_attention": False,
 }
 
 
@@ -135,12 +140,14 @@ def _triton_version() -> str | None:
         return None
 
 
-def _fp8_linears(model: torch.nn.Module, fast_accum: bool, fold_residual: bool) -> int:
+def _fp8_linears(model: torch.nn.Module, fast_accum: bool, fold_residual: bool, qkv_bias_later: bool) -> int:
     """:func:`~virnucpro_trt.engines.inductor_fp8.convert_to_fp8`, imported here: it brings the model code
     (ESM-2's layer) with it, which loading a package must not need."""
     from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8
 
-    return convert_to_fp8(model, fast_accum, fold_residual=fold_residual)
+    return convert_to_fp8(
+        model, fast_accum, fold_residual=fold_residual, qkv_bias_in_attention=qkv_bias_later
+    )
 
 
 def _own_attention_kernel(model: torch.nn.Module, options: Any, device: torch.device, precision: str) -> bool:
@@ -303,7 +310,11 @@ class InductorBackend:
         started = time.perf_counter()
         engine_model = device_copy(request.model, device, DTYPES[precision])
         fold_residual = bool(_extra(options, "fp8_fold_residual"))
-        if precision == "fp8" and _fp8_linears(engine_model, options.fp8_fast_accum, fold_residual) == 0:
+        qkv_bias_later = bool(_extra(options, "fp8_qkv_bias_in_attention"))
+        if (
+            precision == "fp8"
+            and _fp8_linears(engine_model, options.fp8_fast_accum, fold_residual, qkv_bias_later) == 0
+        ):
             raise BuildError(
                 f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"
             )
@@ -390,6 +401,7 @@ class InductorBackend:
                 "fast_accumulation": options.fp8_fast_accum,
                 "fused_quantisation": kind == "esm2",
                 "fold_residual": fold_residual and kind == "esm2",
+                "qkv_bias_in_attention": qkv_bias_later and own_kernel,
                 "row_kernels": row_launch_facts() if kind == "esm2" else None,
             }
         return BuiltArtifact(path=out_path, files=[out_path], facts=facts)

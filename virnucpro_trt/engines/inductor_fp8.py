@@ -154,6 +154,11 @@ class Fp8Esm2Layer(nn.Module):
     LayerNorm already does with the attention's output. That saves the separate add over the fp32
     residual stream (a read and a write of [tokens, 2560] per layer). The model's final LayerNorm then
     takes the pending sum (:class:`PendingSumLayerNorm`). The sum is rounded once, in fp32.
+
+    ``qkv_bias_in_attention``: given an attention kernel (the engines' own, ``engines.rotary_attention``),
+    qkv's GEMM leaves its bias out and the kernel adds it as it loads q, k and v (the same sum and
+    rounding). With SDPA, Inductor fuses that add into the rotary/layout kernels; a user Triton kernel
+    cannot take it, so without this the add is a pass of its own over [tokens, 7680].
     """
 
     def __init__(
@@ -163,10 +168,13 @@ class Fp8Esm2Layer(nn.Module):
         kernel_modes: frozenset[int] = TRITON_MODES,
         gemm_bias: bool = False,
         fold_residual: bool = False,
+        qkv_bias_in_attention: bool = False,
     ):
         super().__init__()
         register_kernels()  # before any compiler traces this layer
         self.fold_residual = fold_residual  # return a PendingResidual for the next kernel to add
+        # with an attention kernel, qkv's bias goes to it (added as q, k, v are loaded), not after the GEMM
+        self.qkv_bias_in_attention = qkv_bias_in_attention
         self.kernel_modes = kernel_modes  # quantisation modes run by the Triton kernels (others: Inductor)
         self.gemm_bias = gemm_bias  # qkv's and fc2's biases in the GEMM epilogue (else an add after it)
         self.num_heads, self.head_dim, self.scaling = layer.num_heads, layer.head_dim, layer.scaling
@@ -208,9 +216,15 @@ class Fp8Esm2Layer(nn.Module):
             normalised = list(self._normalised(x, self.self_attn_layer_norm))
         batch, length, dim = x.shape
         compute = self.qkv.bias.dtype if self.qkv.bias is not None else torch.bfloat16
-        qkv = self._project(self.qkv, normalised, compute)
+        bias_later = kernel is not None and self.qkv_bias_in_attention and not self.gemm_bias
+        qkv_bias = self.qkv.bias if bias_later else None
+        qkv = (
+            self.qkv.matmul(*normalised, compute)
+            if bias_later
+            else self._project(self.qkv, normalised, compute)
+        )
         qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim)
-        attn = self_attention(qkv, cos, sin, key_mask, unpadded, self.scaling, kernel)
+        attn = self_attention(qkv, cos, sin, key_mask, unpadded, self.scaling, kernel, qkv_bias)
         attn_out = self.out_proj.matmul(*quantize_rows(attn, IDENTITY, kernels=self.kernel_modes), compute)
         out_bias = self.out_proj.bias if self.out_proj.bias is not None else attn_out.new_zeros(dim)
         x, *normalised = self._added_normalised(
@@ -244,19 +258,22 @@ def convert_to_fp8(
     kernel_modes: frozenset[int] = TRITON_MODES,
     gemm_bias: bool = False,
     fold_residual: bool = False,
+    qkv_bias_in_attention: bool = False,
 ) -> int:
     """Make ``model`` (bf16, in place) an fp8 engine model; returns the number of fp8 linears.
 
     ESM-2 layers become :class:`Fp8Esm2Layer` (fused input quantisation, ``kernel_modes`` by the Triton
-    kernels, ``gemm_bias`` and ``fold_residual`` as there; folding also wraps the model's final
-    LayerNorm in :class:`PendingSumLayerNorm`); any other eligible ``nn.Linear`` (DNABERT-S) becomes an
-    :class:`Fp8RowwiseLinear`.
+    kernels, ``gemm_bias``, ``fold_residual`` and ``qkv_bias_in_attention`` as there; folding also
+    wraps the model's final LayerNorm in :class:`PendingSumLayerNorm`); any other eligible ``nn.Linear``
+    (DNABERT-S) becomes an :class:`Fp8RowwiseLinear`.
     """
     converted = 0
     layers = getattr(model, "layers", None)
     if isinstance(layers, nn.ModuleList) and all(isinstance(layer, Esm2Layer) for layer in layers):
         for index, layer in enumerate(layers):
-            layers[index] = Fp8Esm2Layer(layer, fast_accum, kernel_modes, gemm_bias, fold_residual)
+            layers[index] = Fp8Esm2Layer(
+                layer, fast_accum, kernel_modes, gemm_bias, fold_residual, qkv_bias_in_attention
+            )
             converted += 4
         if fold_residual:
             model.emb_layer_norm_after = PendingSumLayerNorm(model.emb_layer_norm_after)

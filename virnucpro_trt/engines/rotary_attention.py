@@ -106,14 +106,29 @@ if triton is not None:
     _MASKED = tl.constexpr(MASKED_SCORE)
 
     @triton.jit
-    def _rotated(base, rows, inside, cos_ptr, sin_ptr, scaling, HEAD_DIM: tl.constexpr, SCALE: tl.constexpr):
-        """Rows of one head of q or k [BLOCK, d] (``scaling`` applied and rounded first when ``SCALE``),
-        rotate-half rotary in fp32, rounded to the input dtype."""
+    def _with_bias(x, bias_ptr, cols, HAS_BIAS: tl.constexpr):
+        """``x`` plus the projection's bias at ``cols``, summed in fp32 and rounded to x's dtype (what the
+        model's bias add after the GEMM computes)."""
+        if HAS_BIAS:
+            x = (x.to(tl.float32) + tl.load(bias_ptr + cols)[None, :].to(tl.float32)).to(x.dtype)
+        return x
+
+    @triton.jit
+    def _rotated(
+        base, bias_ptr, rows, inside, cos_ptr, sin_ptr, scaling,
+        HEAD_DIM: tl.constexpr, SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ):  # fmt: skip
+        """Rows of one head of q or k [BLOCK, d] (its bias added first when ``HAS_BIAS``, then ``scaling``
+        applied and rounded when ``SCALE``), rotate-half rotary in fp32, rounded to the input dtype."""
         half: tl.constexpr = HEAD_DIM // 2
         cols = tl.arange(0, HEAD_DIM)
         partner = (cols + half) % HEAD_DIM
-        x = tl.load(base + cols[None, :], mask=inside[:, None], other=0.0)
-        y = tl.load(base + partner[None, :], mask=inside[:, None], other=0.0)
+        x = _with_bias(
+            tl.load(base + cols[None, :], mask=inside[:, None], other=0.0), bias_ptr, cols, HAS_BIAS
+        )
+        y = _with_bias(
+            tl.load(base + partner[None, :], mask=inside[:, None], other=0.0), bias_ptr, partner, HAS_BIAS
+        )
         dtype = x.dtype
         if SCALE:  # the model scales q in its dtype before rotary
             x = (x.to(tl.float32) * scaling).to(dtype)
@@ -126,10 +141,11 @@ if triton is not None:
 
     @triton.jit
     def _rotary_attention_kernel(
-        qkv_ptr, cos_ptr, sin_ptr, real_ptr, out_ptr, length, heads, scaling,
-        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        qkv_ptr, bias_ptr, cos_ptr, sin_ptr, real_ptr, out_ptr, length, heads, scaling,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
     ):  # fmt: skip
-        """One program: BLOCK_M queries of one (row, head) against all of that row's keys."""
+        """One program: BLOCK_M queries of one (row, head) against all of that row's keys; ``bias_ptr``
+        (when ``HAS_BIAS``) is the projection's bias [3, H, d], added as q, k and v are loaded."""
         row = tl.program_id(1) // heads
         head = tl.program_id(1) % heads
         width = heads * HEAD_DIM  # one of q, k, v per token
@@ -137,7 +153,10 @@ if triton is not None:
         queries = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         q_inside = queries < length
         q_base = qkv_ptr + (first + queries)[:, None] * (3 * width) + head * HEAD_DIM
-        q = _rotated(q_base, queries, q_inside, cos_ptr, sin_ptr, scaling, HEAD_DIM, True)
+        head_bias = bias_ptr + head * HEAD_DIM  # q's bias; k's and v's one and two widths on
+        q = _rotated(
+            q_base, head_bias, queries, q_inside, cos_ptr, sin_ptr, scaling, HEAD_DIM, True, HAS_BIAS
+        )
         cols = tl.arange(0, HEAD_DIM)
         top = tl.full([BLOCK_M], _MASKED, dtype=tl.float32)
         total = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -147,8 +166,12 @@ if triton is not None:
             k_inside = keys < length
             real = tl.load(real_ptr + first + keys, mask=k_inside, other=0) != 0
             k_rows = (first + keys)[:, None] * (3 * width) + head * HEAD_DIM
-            k = _rotated(qkv_ptr + k_rows + width, keys, k_inside, cos_ptr, sin_ptr, scaling, HEAD_DIM, False)
+            k = _rotated(
+                qkv_ptr + k_rows + width, head_bias + width, keys, k_inside, cos_ptr, sin_ptr, scaling,
+                HEAD_DIM, False, HAS_BIAS,
+            )  # fmt: skip
             v = tl.load(qkv_ptr + k_rows + 2 * width + cols[None, :], mask=k_inside[:, None], other=0.0)
+            v = _with_bias(v, head_bias + 2 * width, cols, HAS_BIAS)
             scores = tl.dot(q, tl.trans(k)) * _LOG2E
             scores = tl.where(real[None, :], scores, _MASKED)
             new_top = tl.maximum(top, tl.max(scores, axis=1))
@@ -169,9 +192,11 @@ def launch_rotary_attention(
     real: torch.Tensor,
     scaling: float,
     launch: AttentionLaunch | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Run :func:`_rotary_attention_kernel`: ``qkv`` [B, T, 3, H, d], ``cos``/``sin`` [T, d] fp32,
-    ``real`` [B, T] (nonzero: a key to attend to) -> [B, T, H * d] in qkv's dtype."""
+    ``real`` [B, T] (nonzero: a key to attend to), ``bias`` [3 * H * d] the projection's bias not yet
+    added to ``qkv`` (or None) -> [B, T, H * d] in qkv's dtype."""
     from torch.library import wrap_triton
 
     launch = launch or current_launch()
@@ -179,10 +204,12 @@ def launch_rotary_attention(
     qkv = qkv.contiguous()
     out = torch.empty((batch, length, heads * head_dim), device=qkv.device, dtype=qkv.dtype)
     grid = (triton.cdiv(length, launch.block_m), batch * heads)
+    has_bias = bias is not None
+    bias_arg = bias.to(qkv.dtype).contiguous() if bias is not None else qkv  # a dummy pointer when none
     wrap_triton(_rotary_attention_kernel)[grid](
-        qkv, cos.float().contiguous(), sin.float().contiguous(), real.to(torch.uint8).contiguous(), out,
-        length, heads, scaling, HEAD_DIM=head_dim, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
-        num_warps=launch.num_warps, num_stages=launch.num_stages,
+        qkv, bias_arg, cos.float().contiguous(), sin.float().contiguous(), real.to(torch.uint8).contiguous(),
+        out, length, heads, scaling, HEAD_DIM=head_dim, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n,
+        HAS_BIAS=has_bias, num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
     return out
 
@@ -198,7 +225,18 @@ def _registered_op() -> Any:
     ) -> torch.Tensor:
         return launch_rotary_attention(qkv, cos, sin, real, scaling)
 
-    return rotary_attention_op
+    @triton_op("virnucpro::rotary_attention_bias", mutates_args={})
+    def rotary_attention_bias_op(
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        real: torch.Tensor,
+        scaling: float,
+        bias: torch.Tensor,
+    ) -> torch.Tensor:
+        return launch_rotary_attention(qkv, cos, sin, real, scaling, bias=bias)
+
+    return rotary_attention_op, rotary_attention_bias_op
 
 
 def register_kernel() -> None:
@@ -209,14 +247,24 @@ def register_kernel() -> None:
 
 
 def rotary_attention(
-    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor, scaling: float
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_mask: torch.Tensor,
+    scaling: float,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ESM-2's attention (:func:`~virnucpro_trt.models.esm2.sdpa_rotary_attention`'s arguments, with a
-    boolean key mask [B, 1, 1, T]): the Triton kernel where :func:`kernel_applies_to`, SDPA elsewhere."""
+    """ESM-2's attention (an :data:`~virnucpro_trt.models.esm2.AttentionKernel`: a boolean key mask
+    [B, 1, 1, T], and the projection's ``bias`` when it is not yet in ``qkv``): the Triton kernel where
+    :func:`kernel_applies_to`, SDPA elsewhere."""
     if not kernel_applies_to(qkv.device, qkv.dtype, qkv.shape[-1]) or key_mask.is_floating_point():
+        if bias is not None:
+            qkv = qkv + bias.view(qkv.shape[2:])
         return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)
     if not torch.compiler.is_compiling():
         register_kernel()
     batch, length = qkv.shape[:2]
     real = key_mask.reshape(batch, length)
-    return torch.ops.virnucpro.rotary_attention(qkv, cos, sin, real, float(scaling))
+    if bias is None:
+        return torch.ops.virnucpro.rotary_attention(qkv, cos, sin, real, float(scaling))
+    return torch.ops.virnucpro.rotary_attention_bias(qkv, cos, sin, real, float(scaling), bias)

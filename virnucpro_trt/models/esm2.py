@@ -41,10 +41,11 @@ MASK_RATIO_TRAIN = 0.15 * 0.8
 ROTARY_BASE = 10000.0
 
 AttentionKernel: TypeAlias = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float, torch.Tensor | None], torch.Tensor
 ]
-"""``(qkv [B, T, 3, H, d], cos, sin, key_mask [B, 1, 1, T] bool, scaling) -> [B, T, H * d]``: ESM-2's
-attention as :func:`sdpa_rotary_attention` computes it, by another kernel (an engine's)."""
+"""``(qkv [B, T, 3, H, d], cos, sin, key_mask [B, 1, 1, T] bool, scaling, bias) -> [B, T, H * d]``:
+ESM-2's attention as :func:`sdpa_rotary_attention` computes it, by another kernel (an engine's); ``bias``
+[3 * H * d] is the projection's bias when the caller left it out of ``qkv`` (None: already in it)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,7 @@ def self_attention(
     unpadded: torch.Tensor | bool | None,
     scaling: float,
     kernel: AttentionKernel | None = None,
+    qkv_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ESM-2's attention from the fused projection ``qkv`` [B, T, 3, H, d]: q scaled, rotary on q and k,
     SDPA over the keys ``key_mask`` [B, 1, 1, T] keeps (or the key padding folded into the head
@@ -223,10 +225,13 @@ def self_attention(
     of ``qkv``) computed wrong results on CPU with torch 2.13, so the views are taken inside the branches.
 
     ``kernel`` (an engine's :data:`AttentionKernel`) computes the whole attention instead, from ``qkv`` and
-    the mask as given, whatever ``unpadded`` says.
+    the mask as given, whatever ``unpadded`` says. ``qkv_bias``: the projection's bias, not yet in ``qkv``
+    (a kernel adds it as it loads q, k and v; otherwise it is added here first).
     """
     if kernel is not None:
-        return kernel(qkv, cos, sin, key_mask, scaling)
+        return kernel(qkv, cos, sin, key_mask, scaling, qkv_bias)
+    if qkv_bias is not None:
+        qkv = qkv + qkv_bias.view(qkv.shape[2:])
     if unpadded is None or unpadded is False:
         return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)
     if unpadded is True:
