@@ -210,13 +210,18 @@ def test_esm2_variants_names_known_precisions() -> None:
     assert not variants.VARIANTS["fp8-fused"].layernorm_bf16
 
 
+def _bf16_and_variant(name: str, seed: int) -> tuple[ModuleType, nn.Module, nn.Module]:
+    """esm2_variants, its ``bf16`` model and its ``name`` model of one tiny random ESM-2, on the CPU."""
+    variants = _script("diagnostics/esm2_variants")
+    reference = random_esm2(seed=seed)
+    plain = variants.build_variant(reference, variants.VARIANTS["bf16"], CPU, False, 4096)
+    return variants, plain, variants.build_variant(reference, variants.VARIANTS[name], CPU, False, 4096)
+
+
 def test_esm2_variants_maskdim_layers_compute_the_masked_layers() -> None:
     """``bf16-maskdim`` runs the key padding folded into the head dimension (no mask reaches SDPA) and
     gives the ``bf16`` variant's embeddings on a padded batch."""
-    variants = _script("diagnostics/esm2_variants")
-    reference = random_esm2(seed=4)
-    plain = variants.build_variant(reference, variants.VARIANTS["bf16"], CPU, False, 4096)
-    folded = variants.build_variant(reference, variants.VARIANTS["bf16-maskdim"], CPU, False, 4096)
+    variants, plain, folded = _bf16_and_variant("bf16-maskdim", seed=4)
     assert (plain.fold_key_padding, folded.fold_key_padding) == (False, True)
     assert variants.VARIANTS["fp8-fused-fold-maskdim"].fold_key_padding
     ids, mask = torch.randint(4, 24, (3, 21)), torch.ones(3, 21, dtype=torch.bool)
@@ -231,10 +236,7 @@ def test_esm2_variants_kernel_layers_hand_attention_to_the_engines_kernel() -> N
     (off CUDA it runs the SDPA path, so the embeddings are the ``bf16`` variant's)."""
     from virnucpro_trt.engines.rotary_attention import rotary_attention
 
-    variants = _script("diagnostics/esm2_variants")
-    reference = random_esm2(seed=5)
-    plain = variants.build_variant(reference, variants.VARIANTS["bf16"], CPU, False, 4096)
-    kernel = variants.build_variant(reference, variants.VARIANTS["bf16-kernel"], CPU, False, 4096)
+    variants, plain, kernel = _bf16_and_variant("bf16-kernel", seed=5)
     assert (plain.attention_kernel, kernel.attention_kernel) == (None, rotary_attention)
     assert variants.VARIANTS["fp8-fused-fold-kernel"].attention_kernel
     ids, mask = torch.randint(4, 24, (3, 17)), torch.ones(3, 17, dtype=torch.bool)
