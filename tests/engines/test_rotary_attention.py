@@ -15,10 +15,8 @@ from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND, _own_attent
 from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8
 from virnucpro_trt.engines.inductor_model import device_copy
 from virnucpro_trt.engines.spec import BuildOptions, BuildRequest, ShapeRange
-from virnucpro_trt.errors import BuildError
 from virnucpro_trt.models.esm2 import RotaryEmbedding, sdpa_rotary_attention
 from virnucpro_trt.models.random_checkpoints import random_esm2
-from virnucpro_trt.runtime.attention_kernel import check_lowered_attention
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 needs_cuda = pytest.mark.skipif(
@@ -126,17 +124,6 @@ def test_a_cpu_build_asked_for_the_kernel_keeps_sdpa_and_says_so(tmp_path: Path)
     built = INDUCTOR_BACKEND.build(request)
     assert built.facts["rotary_attention_kernel"] is False
     assert "rotary_attention_launch" not in built.facts
-
-
-def test_an_engine_with_its_own_kernel_must_call_no_sdpa() -> None:
-    check_lowered_attention({"mm": 4}, "efficient", CUDA, "esm2 (bf16)", own_kernel=True)
-    with pytest.raises(BuildError, match="its own attention kernel but the engine calls"):
-        check_lowered_attention(
-            {"_scaled_dot_product_efficient_attention": 2}, "efficient", CUDA, "esm2 (bf16)", own_kernel=True
-        )
-    check_lowered_attention(
-        {"_scaled_dot_product_efficient_attention": 2}, "efficient", CPU, "x", own_kernel=True
-    )
 
 
 # ----------------------------------------------------------------------------- GPU: the kernel itself

@@ -110,6 +110,19 @@ def test_build_check_of_an_engine_without_a_masked_call() -> None:
         check_lowered_attention(flash, "cudnn", CUDA, "x", masked=False)
 
 
+def test_build_check_of_an_engine_with_its_own_attention_kernel() -> None:
+    """ESM-2's Triton attention (engines/rotary_attention.py) replaces SDPA: any SDPA call is refused on
+    CUDA, whatever kernel was asked for; CPU engines are not checked."""
+    check_lowered_attention({"mm": 4}, "efficient", CUDA, "esm2 (bf16)", own_kernel=True)
+    with pytest.raises(BuildError, match="its own attention kernel but the engine calls"):
+        check_lowered_attention(
+            {"_scaled_dot_product_efficient_attention": 2}, "efficient", CUDA, "esm2 (bf16)", own_kernel=True
+        )
+    check_lowered_attention(
+        {"_scaled_dot_product_efficient_attention": 2}, "efficient", CPU, "x", own_kernel=True
+    )
+
+
 def test_build_check_logs_when_it_cannot_tell(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="virnucpro_trt.runtime.attention_kernel"):
         check_lowered_attention({"mm": 48}, "efficient", CUDA, "esm2 (bf16)")

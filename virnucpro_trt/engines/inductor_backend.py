@@ -140,13 +140,15 @@ def _triton_version() -> str | None:
         return None
 
 
-def _fp8_linears(model: torch.nn.Module, fast_accum: bool, fold_residual: bool, qkv_bias_later: bool) -> int:
+def _fp8_linears(
+    model: torch.nn.Module, fast_accum: bool, fold_residual: bool, qkv_bias_in_attention: bool
+) -> int:
     """:func:`~virnucpro_trt.engines.inductor_fp8.convert_to_fp8`, imported here: it brings the model code
     (ESM-2's layer) with it, which loading a package must not need."""
     from virnucpro_trt.engines.inductor_fp8 import convert_to_fp8
 
     return convert_to_fp8(
-        model, fast_accum, fold_residual=fold_residual, qkv_bias_in_attention=qkv_bias_later
+        model, fast_accum, fold_residual=fold_residual, qkv_bias_in_attention=qkv_bias_in_attention
     )
 
 
@@ -161,8 +163,7 @@ def _own_attention_kernel(model: torch.nn.Module, options: Any, device: torch.de
         return False
     from virnucpro_trt.engines.rotary_attention import kernel_applies_to, register_kernel, rotary_attention
 
-    compute = torch.bfloat16 if precision == "fp8" else DTYPES[precision]
-    if not kernel_applies_to(device, compute, model.config.head_dim):
+    if not kernel_applies_to(device, DTYPES[precision], model.config.head_dim):
         return False  # CPU and fp32 engines: SDPA (the kernel's function falls back to it anyway)
     register_kernel()  # before the export traces the op
     model.attention_kernel = rotary_attention
@@ -310,10 +311,10 @@ class InductorBackend:
         started = time.perf_counter()
         engine_model = device_copy(request.model, device, DTYPES[precision])
         fold_residual = bool(_extra(options, "fp8_fold_residual"))
-        qkv_bias_later = bool(_extra(options, "fp8_qkv_bias_in_attention"))
+        qkv_bias_in_attention = bool(_extra(options, "fp8_qkv_bias_in_attention"))
         if (
             precision == "fp8"
-            and _fp8_linears(engine_model, options.fp8_fast_accum, fold_residual, qkv_bias_later) == 0
+            and _fp8_linears(engine_model, options.fp8_fast_accum, fold_residual, qkv_bias_in_attention) == 0
         ):
             raise BuildError(
                 f"{kind} has no linear layer that fp8 can take (features must be multiples of 16)"
@@ -401,7 +402,7 @@ class InductorBackend:
                 "fast_accumulation": options.fp8_fast_accum,
                 "fused_quantisation": kind == "esm2",
                 "fold_residual": fold_residual and kind == "esm2",
-                "qkv_bias_in_attention": qkv_bias_later and own_kernel,
+                "qkv_bias_in_attention": qkv_bias_in_attention and own_kernel,
                 "row_kernels": row_launch_facts() if kind == "esm2" else None,
             }
         return BuiltArtifact(path=out_path, files=[out_path], facts=facts)
