@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 from tests.bench.conftest import bench
-from virnucpro_trt.bench.gate import evaluate_gate
+from virnucpro_trt.bench.gate import evaluate_gate, parity_failures
+from virnucpro_trt.cli.bench_command import _finish
 
 
 def _row(config: str, backend: str, speedup: float | None, status: str = "ok") -> dict:
@@ -62,6 +64,25 @@ def test_engines_that_failed_parity_do_not_count() -> None:
     fallback = evaluate_gate(rows, 3.0)
     assert not fallback.passed and fallback.best == "torch-bf16"
     assert "inductor-fp8, inductor-bf16 failed parity" in fallback.message
+
+
+def test_without_a_gate_the_status_line_names_the_rows_that_failed_parity(caplog) -> None:
+    rows = [
+        {**_row("reference", "reference", 1.0), "parity": {"passed": False}},  # never judged
+        {**_row("compile-bf16", "compile", 14.0), "parity": {"passed": False}},
+        {**_row("inductor-fp8", "inductor", 22.0), "parity": {"passed": True}},
+        {**_row("inductor-bf16", "inductor", None, status="failed"), "parity": {"passed": False}},
+    ]
+    assert parity_failures(rows) == ["compile-bf16"]
+    rows.pop()  # a failed row fails the run; this one is about the rows that ran
+    with caplog.at_level(logging.INFO, logger="virnucpro_trt"):
+        _finish({"results": rows}, None)
+    assert "PASSED: 3 configurations compared, but parity FAILED for compile-bf16" in caplog.text
+    caplog.clear()
+    rows[1]["parity"]["passed"] = True
+    with caplog.at_level(logging.INFO, logger="virnucpro_trt"):
+        _finish({"results": rows}, None)
+    assert "PASSED: 3 configurations compared" in caplog.text and "parity FAILED" not in caplog.text
 
 
 def test_gate_with_nothing_but_the_reference_fails() -> None:

@@ -41,7 +41,7 @@ class GateResult:
 def evaluate_gate(results: list[dict[str, Any]], threshold: float) -> GateResult:
     """Judge the rows of a report against ``threshold`` (a speedup over the reference)."""
     timed = [r for r in results if r.get("status") == "ok" and r.get("speedup_vs_reference") is not None]
-    wrong = [r for r in timed if r["backend"] != "reference" and not _parity_passed(r)]
+    wrong = [r for r in timed if r["config"] in parity_failures(timed)]
     ran = [r for r in timed if r not in wrong]
     engines = [r for r in ran if r["backend"] not in NOT_ENGINES]
     if engines:
@@ -66,6 +66,16 @@ def evaluate_gate(results: list[dict[str, Any]], threshold: float) -> GateResult
         f"({relation} {threshold:g}x){excluded}"
     )
     return GateResult(threshold, passed, best["config"], speedup, label, message)
+
+
+def parity_failures(results: list[dict[str, Any]]) -> list[str]:
+    """The configurations that ran but whose answers failed the run's parity check (never the reference,
+    which the others are compared with)."""
+    return [
+        r["config"]
+        for r in results
+        if r.get("status") == "ok" and r["backend"] != "reference" and not _parity_passed(r)
+    ]
 
 
 def _parity_passed(row: dict[str, Any]) -> bool:

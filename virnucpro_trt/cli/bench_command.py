@@ -275,7 +275,11 @@ def _run(settings: Any, json_path: Path | None, plot_path: Path | None, gate: fl
 
 
 def _finish(report: dict[str, Any], verdict: Any) -> None:
-    """One status line; exit 1 when the reference or any configuration failed, or the gate did not pass."""
+    """One status line; exit 1 when the reference or any configuration failed, or the gate did not pass.
+    Without a gate, rows whose answers failed parity do not fail the run (it compares; ``--gate``
+    judges), but the line names them."""
+    from virnucpro_trt.bench.gate import parity_failures
+
     rows = report["results"]
     failed = [r for r in rows if r["status"] == "failed"]
     reference = rows[0] if rows else None
@@ -292,5 +296,7 @@ def _finish(report: dict[str, Any], verdict: Any) -> None:
         raise click.exceptions.Exit(1)
     ran = sum(r["status"] == "ok" for r in rows)
     summary = verdict.message if verdict is not None else f"PASSED: {ran} configurations compared"
+    if verdict is None and (wrong := parity_failures(rows)):  # the gate's message names them itself
+        summary += f", but parity FAILED for {', '.join(wrong)} (the table's notes say by how much)"
     unavailable = [r["config"] for r in rows if r["status"] == "unavailable"]
     log.info("%s%s", summary, f"; unavailable here: {', '.join(unavailable)}" if unavailable else "")
