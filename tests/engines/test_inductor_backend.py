@@ -583,7 +583,7 @@ def test_a_failed_compile_is_reported_with_the_compilers_first_error() -> None:
 
 
 def test_the_build_recipe_pins_the_build_defaults() -> None:
-    """Every default that shapes an AOTInductor engine, as of build recipe 5. Changing one fails here on
+    """Every default that shapes an AOTInductor engine, as of build recipe 6. Changing one fails here on
     purpose: raise ``InductorBackend.recipe_version`` with it (``bench`` then rebuilds the engines of its
     work folders) and write the new defaults below."""
     from virnucpro_trt.engines.fp8_quantize import row_launch_facts
@@ -593,7 +593,7 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
     from virnucpro_trt.engines.spec import BuildOptions
     from virnucpro_trt.settings import DEFAULT_ATTENTION
 
-    assert InductorBackend.recipe_version == 5
+    assert InductorBackend.recipe_version == 6
     assert EXTRA_DEFAULTS == {
         "sequence_multiple": 1,
         "min_export_batch": 1,
@@ -602,9 +602,9 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
         "unmasked_full_batches": False,
         "fold_key_padding": False,
         "rotary_attention_kernel": True,
-        "fp8_qkv_bias_in_attention": False,
+        "fp8_qkv_bias_in_attention": True,
     }
-    assert AttentionLaunch(block_m=64, block_n=64, num_warps=4, num_stages=1) == ATTENTION_LAUNCH
+    assert AttentionLaunch(block_m=64, block_n=32, num_warps=4, num_stages=1) == ATTENTION_LAUNCH
     options = BuildOptions()
     assert (options.attention, options.fp8_fast_accum, options.max_autotune) == (
         DEFAULT_ATTENTION,

@@ -5,9 +5,9 @@ Why: with SDPA, an fp8 ESM-2 3B engine on the H200 spent about a quarter of its 
 memory-efficient attention kernel and the kernels that rotate q and k and lay q, k, v out as
 [B, H, T, d] for it (profiles: docs/measurements.md), for ~1% of the FLOPs: at 168 tokens per protein
 the cost is moving q, k, v and the [B, 1, T, T] mask bias SDPA takes. This kernel reads each head's q,
-k and v from the projection output [B, T, 3, H, d], rotates q and k as it loads them (the partner
-column of rotate-half is a second load of the same cache lines), takes the key padding as one byte per
-key, and writes [B, T, H * d]: no layout pass, no mask bias, no rotary pass.
+k and v from the projection output [B, T, 3, H, d], rotates q and k by halves as it loads them (each
+value and half of each rotary table read once), takes the key padding as one byte per key, and writes
+[B, T, H * d]: no layout pass, no mask bias, no rotary pass.
 
 Same function as :func:`virnucpro_trt.models.esm2.sdpa_rotary_attention` with a boolean key mask: q scaled
 and rounded to the input dtype, rotary in fp32 rounded to the input dtype, scores and softmax in fp32
@@ -50,14 +50,15 @@ class AttentionLaunch:
     """Queries and keys per block (powers of two >= 16), warps and pipeline stages per program.
 
     :data:`ATTENTION_LAUNCH` is what engines build with: one stage, because a row's keys are few (168
-    at 500 bp: three blocks) and a software pipeline then only costs registers and shared memory; on the
-    H200 it was the fastest of the launches tried (measurement log).
+    at 500 bp: three to six blocks) and a software pipeline then only costs registers and shared memory;
+    64 queries against 32 keys at a time was the fastest of the launches tried on the H200, at 500 bp
+    and on both read-length mixes (measurement log).
     ``benchmarks/diagnostics/attention_kernels.py --kernels rotary-triton:MxNxWxS`` times others
     (:func:`launch_in_effect`).
     """
 
     block_m: int = 64
-    block_n: int = 64
+    block_n: int = 32
     num_warps: int = 4
     num_stages: int = 1
 
@@ -118,26 +119,30 @@ if triton is not None:
         base, bias_ptr, rows, inside, cos_ptr, sin_ptr, scaling,
         HEAD_DIM: tl.constexpr, SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
     ):  # fmt: skip
-        """Rows of one head of q or k [BLOCK, d] (its bias added first when ``HAS_BIAS``, then ``scaling``
-        applied and rounded when ``SCALE``), rotate-half rotary in fp32, rounded to the input dtype."""
+        """Rows of one head of q or k [BLOCK, d], rotated: the bias added first when ``HAS_BIAS``,
+        ``scaling`` applied and rounded when ``SCALE``, then rotate-half rotary in fp32 (halves
+        ``x1 cos - x2 sin`` and ``x2 cos + x1 sin``), rounded to the input dtype.
+
+        Each value is loaded once, and only the tables' first half is read: their halves are equal (the
+        angles are ``cat(freqs, freqs)``, ``models.esm2``). The two rotated halves come back interleaved
+        (column 2c from the first, 2c + 1 from the second): q and k both so, q . k is the same sum.
+        """
         half: tl.constexpr = HEAD_DIM // 2
-        cols = tl.arange(0, HEAD_DIM)
-        partner = (cols + half) % HEAD_DIM
-        x = _with_bias(
-            tl.load(base + cols[None, :], mask=inside[:, None], other=0.0), bias_ptr, cols, HAS_BIAS
-        )
-        y = _with_bias(
-            tl.load(base + partner[None, :], mask=inside[:, None], other=0.0), bias_ptr, partner, HAS_BIAS
-        )
-        dtype = x.dtype
+        cols = tl.arange(0, half)
+        x1 = tl.load(base + cols[None, :], mask=inside[:, None], other=0.0)
+        x2 = tl.load(base + half + cols[None, :], mask=inside[:, None], other=0.0)
+        x1 = _with_bias(x1, bias_ptr, cols, HAS_BIAS)
+        x2 = _with_bias(x2, bias_ptr, half + cols, HAS_BIAS)
+        dtype = x1.dtype
         if SCALE:  # the model scales q in its dtype before rotary
-            x = (x.to(tl.float32) * scaling).to(dtype)
-            y = (y.to(tl.float32) * scaling).to(dtype)
+            x1 = (x1.to(tl.float32) * scaling).to(dtype)
+            x2 = (x2.to(tl.float32) * scaling).to(dtype)
         table = rows[:, None] * HEAD_DIM + cols[None, :]
         cos = tl.load(cos_ptr + table, mask=inside[:, None], other=0.0)
         sin = tl.load(sin_ptr + table, mask=inside[:, None], other=0.0)
-        sign = tl.where(cols < half, -1.0, 1.0)
-        return (x.to(tl.float32) * cos + sign[None, :] * y.to(tl.float32) * sin).to(dtype)
+        a, b = x1.to(tl.float32), x2.to(tl.float32)
+        first, second = (a * cos - b * sin).to(dtype), (b * cos + a * sin).to(dtype)
+        return tl.reshape(tl.join(first, second), (first.shape[0], HEAD_DIM))
 
     @triton.jit
     def _rotary_attention_kernel(
