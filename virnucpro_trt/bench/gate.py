@@ -41,7 +41,8 @@ class GateResult:
 def evaluate_gate(results: list[dict[str, Any]], threshold: float) -> GateResult:
     """Judge the rows of a report against ``threshold`` (a speedup over the reference)."""
     timed = [r for r in results if r.get("status") == "ok" and r.get("speedup_vs_reference") is not None]
-    wrong = [r for r in timed if r["config"] in parity_failures(timed)]
+    failed_parity = set(parity_failures(timed))
+    wrong = [r for r in timed if r["config"] in failed_parity]
     ran = [r for r in timed if r not in wrong]
     engines = [r for r in ran if r["backend"] not in NOT_ENGINES]
     if engines:

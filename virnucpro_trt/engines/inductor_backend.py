@@ -66,7 +66,7 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
 * With that kernel, fp8 ESM-2 leaves qkv's bias to it (``extra["fp8_qkv_bias_in_attention"]``, default
   true): with SDPA Inductor fused the add into the rotary/layout kernels, but it cannot fuse into a user
   Triton kernel, so the add after the GEMM became a pass of its own; the kernel adds the bias as it
-  loads q, k and v, with the same rounding. The fp8 layers ran 1.7% faster with it on the H200, at the
+  loads q, k and v, with the same rounding. The fp8 layers ran 1.6% faster with it on the H200, at the
   same parity (measurement log).
 * fp8 ESM-2 folds each layer's last residual add into the next layer's LayerNorm kernel
   (``extra["fp8_fold_residual"]``, default true): Inductor's standalone add kernel ran at ~40%
@@ -273,7 +273,8 @@ class InductorBackend:
     extension = "pt2"
     # 2: sequence multiple 1, frozen rotary tables, fp8 folded residual and polynomial erf (2026-12);
     # 3: ESM-2 batches without padding take unmasked attention; 4: that path off again (failed the gate);
-    # 5: ESM-2's attention by the project's Triton kernel on CUDA (rotary and layout in it).
+    # 5: ESM-2's attention by the project's Triton kernel on CUDA (rotary and layout in it);
+    # 6: that kernel by halves, 64 x 32 keys, and fp8's qkv bias added in it.
     recipe_version = 6
 
     def availability(self, device: torch.device, precision: str) -> str | None:
