@@ -112,7 +112,7 @@ VARIANTS = {
         "fp8-fused", fast_accum=True, engine_shapes=True, inductor=(("assume_32bit_indexing", True),)
     ),
     "fp8-fused-dynamic-bias": Variant("fp8-fused", fast_accum=True, engine_shapes=True, gemm_bias=True),
-    "fp8-fused-fold": Variant("fp8-fused", fast_accum=True, fold_residual=True),  # the engines' layers
+    "fp8-fused-fold": Variant("fp8-fused", fast_accum=True, fold_residual=True),  # engines' to recipe 4
     "fp8-fused-fold-launch": Variant("fp8-fused", fast_accum=True, fold_residual=True, row_launch=True),
     "fp8-fused-fold-unmasked": Variant("fp8-fused", fast_accum=True, fold_residual=True, unmasked_full=True),
     "bf16-unmasked": Variant("bf16", unmasked_full=True),
@@ -121,7 +121,7 @@ VARIANTS = {
     ),
     "bf16-maskdim": Variant("bf16", fold_key_padding=True),
     "fp8-fused-fold-kernel": Variant("fp8-fused", fast_accum=True, fold_residual=True, attention_kernel=True),
-    "fp8-fused-fold-kernel-bias": Variant(
+    "fp8-fused-fold-kernel-bias": Variant(  # the engines' layers (recipe 6)
         "fp8-fused", fast_accum=True, fold_residual=True, attention_kernel=True, qkv_bias_in_attention=True
     ),
     "bf16-kernel": Variant("bf16", attention_kernel=True),
