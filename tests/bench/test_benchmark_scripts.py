@@ -504,3 +504,36 @@ def test_row_kernels_grid_reasons_and_comparison(tmp_path: Path, monkeypatch: py
     assert all(r["codes_differ"] == 0 and r["max_diff_in_scales"] == 0 and r["ms"] > 0 for r in measured)
     assert measured[0]["default"] and not any(r["default"] for r in measured[1:])
     assert sum(bool(r.get("fastest")) for r in measured) == 1
+
+
+def test_gpu_targets_script_runs_only_options_the_tools_have(tmp_path: Path) -> None:
+    """``benchmarks/gpu_targets.sh`` (the issue's targets on one GPU, step by step) prints its commands
+    under DRY_RUN=1; every option it passes must be one its tool lists in ``--help``, so the script cannot
+    drift from the scripts and CLI it drives. An unknown step is a usage error."""
+    import os
+    import re
+    import subprocess
+
+    def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(args), capture_output=True, text=True, **kwargs)
+
+    script = ROOT / "benchmarks" / "gpu_targets.sh"
+    env = {**os.environ, "DRY_RUN": "1", "WORKDIR": str(tmp_path / "w"), "OUT": str(tmp_path / "out")}
+    commands: list[list[str]] = []
+    for precision in ("fp8", "bf16"):
+        done = run("bash", str(script), "all", precision, env=env)
+        assert done.returncode == 0, done.stderr
+        commands += [line[2:].split() for line in done.stdout.splitlines() if line.startswith("+ ")]
+    assert len(commands) == 14 and not (tmp_path / "out").exists()  # printed, not run
+    helps: dict[str, str] = {}
+    for command in commands:
+        tool = command[1:4] if command[1] == "-m" else command[1:2]
+        key = " ".join(tool)
+        if key not in helps:
+            shown = run(sys.executable, *tool, "--help", cwd=ROOT)
+            assert shown.returncode == 0, (key, shown.stderr[-500:])
+            helps[key] = shown.stdout
+        unknown = [a for a in command if a.startswith("--") and not re.search(rf"{a}\b", helps[key])]
+        assert not unknown, (key, unknown)
+    bad = run("bash", str(script), "nope", env=env)
+    assert bad.returncode == 2 and "unknown step" in bad.stderr

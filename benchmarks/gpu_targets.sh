@@ -1,0 +1,46 @@
+#!/bin/bash
+# Issue 11's targets on one CUDA GPU, the way the measurement log (docs/measurements.md) runs them:
+# engines built through `build` and its parity gate, `bench` beside the torch.compile peer (500 bp, then
+# the mixed and Illumina-like read lengths), the ESM-2 engine's kernel profile, `predict` against the
+# engine alone, and the C++ host against the Python runtime.
+#
+#   bash benchmarks/gpu_targets.sh STEP [PRECISION]   STEP: build bench mixes profile predict cxx | all
+#   DRY_RUN=1 bash benchmarks/gpu_targets.sh all fp8  prints the commands (tests/bench checks them)
+#
+# PRECISION: the engines' (fp8 or bf16; default fp8); the peer row is always compile-bf16, the targets'
+# yardstick. Each step fits one 10-minute call of a lent GPU host; the steps share WORKDIR (models,
+# engines) and Inductor's cache, so run them back to back on one machine, `build` first. JSON goes to
+# OUT (default benchmarks/results/local), one file per step; copy what you keep into benchmarks/results
+# with the machine in its name, and log it.
+set -euo pipefail
+step=${1:?"usage: $0 STEP [PRECISION] (STEP: build bench mixes profile predict cxx all)"}
+precision=${2:-fp8}
+work=${WORKDIR:-/tmp/vtw}
+out=${OUT:-benchmarks/results/local}
+engines=$work/engines-inductor-$precision
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$work/inductor-cache}
+run() { echo "+ $*"; if [[ ${DRY_RUN:-0} != 1 ]]; then mkdir -p "$out"; "$@"; fi; }
+bench() {  # the engines and compile-bf16 on one workload; $1: a length mix, "" for 500 bp reads
+  local mix=(--reference-frames 200) name=gpu_bench_${precision}_vs_compile_bf16
+  [[ -n $1 ]] && mix=(--length-mix "$1" --reference-frames 100) && name=${name}_$1
+  run python3 -m virnucpro_trt bench --random-weights full-outliers --workdir "$work" --reads 3000 \
+    --backends compile --precision bf16 --engines "$engines" --repeats 2 "${mix[@]}" --json "$out/$name.json"
+}
+case $step in
+  build)
+    run python3 benchmarks/runtime_scaling.py --models full-outliers --backend inductor --precision "$precision" \
+      --workdir "$work" --gpus 0 --build-only ;;
+  bench) bench "" ;;
+  mixes) bench mixed; bench illumina ;;
+  profile)
+    run python3 benchmarks/profile_esm2.py --precisions "$precision" --variants engine --engines "$engines" \
+      --json "$out/gpu_profile_esm2_$precision.json" ;;
+  predict)
+    run python3 benchmarks/runtime_scaling.py --models full-outliers --backend inductor --precision "$precision" \
+      --workdir "$work" --gpus 0 --reads 10000 --json "$out/gpu_runtime_scaling_1gpu_$precision.json" ;;
+  cxx)
+    run python3 benchmarks/cxx_host_cuda.py --engines "$engines" --reads 4000 --build-dir "$work/cxx-build" \
+      --json "$out/gpu_cxx_host_cuda_$precision.json" ;;
+  all) for each in build bench mixes profile predict cxx; do bash "$0" "$each" "$precision"; done ;;
+  *) echo "unknown step '$step' (build bench mixes profile predict cxx all)" >&2; exit 2 ;;
+esac
