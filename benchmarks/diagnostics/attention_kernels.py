@@ -141,15 +141,19 @@ def rotary_efficient(x: Inputs) -> Callable[[], torch.Tensor]:
 
 def rotary_triton(launch: str | None) -> Callable[[Inputs], Callable[[], torch.Tensor]]:
     def prepare(x: Inputs) -> Callable[[], torch.Tensor]:
-        from virnucpro_trt.engines import rotary_attention
         from virnucpro_trt.engines.rotary_attention import (
             AttentionLaunch,
             current_launch,
+            kernel_applies_to,
             launch_rotary_attention,
         )
 
-        if rotary_attention.triton is None:
-            raise RuntimeError("needs triton (a CUDA build of torch)")
+        qkv = x["qkv"]
+        if not kernel_applies_to(qkv.device, qkv.dtype, qkv.shape[-1]):
+            raise RuntimeError(
+                f"the Triton kernel needs triton and a CUDA device, bf16/fp16 and a power-of-two head size "
+                f"(here: {qkv.device.type}, {qkv.dtype}, heads of {qkv.shape[-1]})"
+            )
         chosen = AttentionLaunch(*(int(v) for v in launch.split("x"))) if launch else current_launch()
         x["facts"]["launch"] = dataclasses.asdict(chosen)
         heads, head_dim = x["qkv"].shape[-2:]
