@@ -15,21 +15,15 @@ import os
 import pytest
 import torch
 
+from tests.engines.test_rotary_attention import CPU, _inputs, assert_as_close_as_sdpa
 from virnucpro_trt.engines import fp8_quantize as fq
 from virnucpro_trt.engines import rotary_attention as ra
-from virnucpro_trt.models.esm2 import RotaryEmbedding, sdpa_rotary_attention
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run by test_kernels_in_the_interpreter.py"
 
 
-def _inputs(lengths: list[int], heads: int, head_dim: int, dtype: torch.dtype, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    longest = max(lengths)
-    qkv = torch.randn(len(lengths), longest, 3, heads, head_dim, generator=gen).to(dtype)
-    cos, sin = RotaryEmbedding(head_dim).tables(longest, torch.device("cpu"))
-    real = torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]
-    bias = torch.randn(3 * heads * head_dim, generator=gen).to(dtype)
-    return qkv, cos, sin, real, bias
+def _bias(heads: int, head_dim: int, dtype: torch.dtype, seed: int = 1) -> torch.Tensor:
+    return torch.randn(3 * heads * head_dim, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
@@ -44,23 +38,18 @@ def test_the_attention_kernel_computes_the_models_attention(
 ) -> None:  # fmt: skip
     """Against the model's SDPA attention in fp32 on the real query rows (the bias, when handed to the
     kernel, added to the projection first): as close as the same SDPA in the input's precision is."""
-    qkv, cos, sin, real, bias = _inputs(lengths, heads, head_dim, dtype)
+    qkv, cos, sin, mask = _inputs(lengths, heads, head_dim, CPU, dtype)
+    bias = _bias(heads, head_dim, dtype) if with_bias else None
+    real = mask[:, 0, 0, :]
+    out = ra.launch_rotary_attention(qkv, cos, sin, real, head_dim**-0.5, launch, bias)
     summed = qkv + bias.view(3, heads, head_dim) if with_bias else qkv
-    scaling = head_dim**-0.5
-    mask = real[:, None, None, :]
-    reference = sdpa_rotary_attention(summed.float(), cos, sin, mask, scaling)
-    same_precision = sdpa_rotary_attention(summed, cos, sin, mask, scaling).float()
-    out = ra.launch_rotary_attention(qkv, cos, sin, real, scaling, launch, bias if with_bias else None)
-    assert out.shape == reference.shape and out.dtype == dtype
-    rows = real[:, :, None].expand_as(out)
-    error = (out.float() - reference).abs()[rows].max().item()
-    bound = (same_precision - reference).abs()[rows].max().item()
-    assert error <= 2 * bound + (1e-3 if dtype == torch.float16 else 1e-5), (error, bound)
+    assert_as_close_as_sdpa(out, summed, cos, sin, mask, slack=1e-3 if dtype == torch.float16 else 1e-5)
 
 
 def test_the_bias_in_the_attention_kernel_is_the_bias_added_before_it() -> None:
     """Bit for bit here (on the H200 the two compiled kernels may round one output step apart)."""
-    qkv, cos, sin, real, bias = _inputs([33, 20, 7], 2, 64, torch.float16, seed=4)
+    qkv, cos, sin, mask = _inputs([33, 20, 7], 2, 64, CPU, torch.float16, seed=4)
+    bias, real = _bias(2, 64, torch.float16, seed=4), mask[:, 0, 0, :]
     summed = qkv + bias.view(3, 2, 64)
     given = ra.launch_rotary_attention(qkv, cos, sin, real, 0.125, bias=bias)
     before = ra.launch_rotary_attention(summed, cos, sin, real, 0.125)
