@@ -186,16 +186,18 @@ def test_the_kernel_computes_the_models_attention(
 @needs_cuda
 def test_the_kernel_adds_the_projection_bias_as_the_model_does() -> None:
     """The bias handed to the kernel gives what the kernel gives on the projection with the bias already
-    added (summed in fp32, rounded once to bf16, as the add after the GEMM): within bf16's rounding of
-    the output, not bit for bit, because the two are separately compiled kernels (their instruction
-    order differs on the H200; in the Triton interpreter they are equal)."""
+    added (summed in fp32, rounded once to bf16, as the add after the GEMM): as close to the model's fp32
+    attention as SDPA in bf16, and within two bf16 steps of the largest output of the other, not bit for
+    bit: the two are separately compiled kernels whose instruction order differs on the H200, where an
+    output near zero differed (measurement log, thirteenth session); in Triton's interpreter they agree."""
     qkv, cos, sin, mask = _inputs([168, 90, 3], 4, 64, CUDA, torch.bfloat16)
     bias = torch.randn(3 * 4 * 64, generator=torch.Generator().manual_seed(2)).to(CUDA, torch.bfloat16)
     summed = qkv + bias.view(3, 4, 64)
-    torch.testing.assert_close(
-        ra.rotary_attention(qkv, cos, sin, mask, 0.125, bias),
-        ra.rotary_attention(summed, cos, sin, mask, 0.125),
-    )
+    with_bias = ra.rotary_attention(qkv, cos, sin, mask, 0.125, bias)
+    pre_summed = ra.rotary_attention(summed, cos, sin, mask, 0.125)
+    assert_as_close_as_sdpa(with_bias, summed, cos, sin, mask)
+    step = 2**-8 * pre_summed.abs().max().item()  # one bf16 step at the largest output
+    torch.testing.assert_close(with_bias, pre_summed, rtol=2**-7, atol=2 * step)
 
 
 @pytest.mark.gpu
