@@ -232,7 +232,7 @@ def _open_engine(precision: str, args: argparse.Namespace, ctx: dict[str, Any]) 
         "source": source,
         "backend": manifest.backend,
         "build_s": manifest.build.get("seconds"),
-        "attention": manifest.build.get("attention"),
+        "attention": entry.facts.get("attention"),  # what the engine calls, not what `--attention` asked
         "extern_kernels": entry.facts.get("extern_kernels"),
         "inductor_configs": {
             k: v

@@ -63,7 +63,7 @@ def test_engine_directory_and_manifest(engine_dir):
         assert entry["source_stamp"] and all(Path(p).is_absolute() for p in entry["source_stamp"])
     assert manifest["models"]["classifier"]["artifact"] == "classifier.safetensors"
     assert "time" in manifest["build"] and manifest["libraries"] is not None
-    assert manifest["build"]["attention"] == "efficient"  # the CUDA default; CPU engines are not restricted
+    assert manifest["build"]["attention_option"] == "efficient"  # the CUDA default; CPU: not restricted
     if backend == "inductor":
         assert {manifest["models"][k]["facts"]["attention"] for k in ("dnabert-s", "esm2")} == {"cpu"}
 
