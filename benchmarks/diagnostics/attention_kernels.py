@@ -11,10 +11,6 @@ no longer dominate. Before an engine change, this times the candidates on the re
 * ``default-mask`` — whatever SDPA picks for the masked call;
 * ``flash-dense`` — FlashAttention on the padded batch *without* a mask: a lower bound, wrong where
   there is padding (no parity), right for batches of one length;
-* ``flash-maskdim`` — FlashAttention with the key padding folded into the head dimension, as the
-  engines' ``fold_key_padding`` does (``models.esm2.widen_with_key_padding``: 64 -> 72 columns, a padded
-  key's score lowered by 10^4): exact, no mask argument, so FlashAttention may run on padded batches
-  too, for 12.5% more attention FLOPs (the widening copies are timed with it);
 * ``flex-mask`` — ``flex_attention`` compiled, with a block mask from the lengths (mask creation timed
   apart); ``flex-score`` — the same with the padding as a score modifier (no block mask);
 * ``varlen`` — the real tokens packed back to back, ``torch.nn.attention.varlen.varlen_attn`` (no
@@ -55,18 +51,12 @@ from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.timing import call_times_ms
 from virnucpro_trt.bench.workload import generated_workload
 from virnucpro_trt.engines.spec import default_shape_range
-from virnucpro_trt.models.esm2 import (
-    ESM2_T36_3B_CONFIG,
-    RotaryEmbedding,
-    folded_key_padding,
-    sdpa_rotary_attention,
-    widen_with_key_padding,
-)
+from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG, RotaryEmbedding, sdpa_rotary_attention
 from virnucpro_trt.models.tokenization import ProteinTokenizer
 from virnucpro_trt.runtime.batching import token_budget_batches
 
 KERNELS = (
-    "efficient-mask", "cudnn-mask", "default-mask", "flash-dense", "flash-maskdim", "flex-mask", "flex-score",
+    "efficient-mask", "cudnn-mask", "default-mask", "flash-dense", "flex-mask", "flex-score",
     "varlen", "rotary-efficient", "rotary-triton",
 )  # fmt: skip
 Inputs = dict[str, Any]
@@ -182,18 +172,6 @@ def sdpa(backends: list[SDPBackend] | None, masked: bool) -> Callable[[Inputs], 
     return prepare
 
 
-def flash_maskdim(x: Inputs) -> Callable[[], torch.Tensor]:
-    dim = x["q"].shape[-1]
-    scale = dim**-0.5  # the 64-column default: the extra columns must not change it
-
-    def call() -> torch.Tensor:
-        q, k, v = widen_with_key_padding(x["q"], x["k"], x["v"], folded_key_padding(x["real"]))
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            return F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :dim]
-
-    return call
-
-
 def flex(x: Inputs) -> Callable[[], torch.Tensor]:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -251,7 +229,6 @@ PREPARE: dict[str, Callable[[Inputs], Callable[[], torch.Tensor]]] = {
     "cudnn-mask": sdpa([SDPBackend.CUDNN_ATTENTION], True),
     "default-mask": sdpa(None, True),
     "flash-dense": sdpa([SDPBackend.FLASH_ATTENTION], False),
-    "flash-maskdim": flash_maskdim,
     "flex-mask": flex,
     "flex-score": flex_score,
     "varlen": varlen,

@@ -84,8 +84,6 @@ class Variant:
     fold_residual: bool = False  # fp8-fused: fc2's residual add inside the next layer's LayerNorm kernel
     inductor: tuple[tuple[str, Any], ...] = ()
     row_launch: bool = False  # fp8-fused: the row kernels launched as --row-launch says
-    unmasked_full: bool = False  # batches without padding run unmasked attention (the engines' cond)
-    fold_key_padding: bool = False  # the key padding in the head dimension: no mask, FlashAttention
     attention_kernel: bool = False  # the engines' own Triton attention (rotary and layout in it)
     qkv_bias_in_attention: bool = False  # fp8-fused with the kernel: qkv's bias added by the kernel
 
@@ -114,12 +112,6 @@ VARIANTS = {
     "fp8-fused-dynamic-bias": Variant("fp8-fused", fast_accum=True, engine_shapes=True, gemm_bias=True),
     "fp8-fused-fold": Variant("fp8-fused", fast_accum=True, fold_residual=True),  # engines' to recipe 4
     "fp8-fused-fold-launch": Variant("fp8-fused", fast_accum=True, fold_residual=True, row_launch=True),
-    "fp8-fused-fold-unmasked": Variant("fp8-fused", fast_accum=True, fold_residual=True, unmasked_full=True),
-    "bf16-unmasked": Variant("bf16", unmasked_full=True),
-    "fp8-fused-fold-maskdim": Variant(
-        "fp8-fused", fast_accum=True, fold_residual=True, fold_key_padding=True
-    ),
-    "bf16-maskdim": Variant("bf16", fold_key_padding=True),
     "fp8-fused-fold-kernel": Variant("fp8-fused", fast_accum=True, fold_residual=True, attention_kernel=True),
     "fp8-fused-fold-kernel-bias": Variant(  # the engines' layers (recipe 6)
         "fp8-fused", fast_accum=True, fold_residual=True, attention_kernel=True, qkv_bias_in_attention=True
@@ -216,7 +208,6 @@ class EngineShapes(torch.nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         key_mask: torch.Tensor,
-        unpadded: torch.Tensor | bool | None = None,
         kernel: AttentionKernel | None = None,
     ) -> torch.Tensor:
         mark = torch._dynamo.mark_dynamic
@@ -228,7 +219,7 @@ class EngineShapes(torch.nn.Module):
         for table in (cos, sin):
             if table.shape[0] == x.shape[1]:
                 mark(table, 0, min=2, max=self.max_length)
-        return self.layer(x, cos, sin, key_mask, unpadded, kernel)
+        return self.layer(x, cos, sin, key_mask, kernel)
 
 
 def build_variant(
@@ -240,8 +231,6 @@ def build_variant(
 ) -> Any:
     model = copy.deepcopy(reference).to(dtype=torch.bfloat16)
     model.residual_fp32 = variant.residual_fp32
-    model.unmasked_full_batches = variant.unmasked_full  # eager here: decided on the host per batch
-    model.fold_key_padding = variant.fold_key_padding
     if variant.attention_kernel:
         from virnucpro_trt.engines.rotary_attention import register_kernel, rotary_attention
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -218,19 +217,6 @@ def _bf16_and_variant(name: str, seed: int) -> tuple[ModuleType, nn.Module, nn.M
     return variants, plain, variants.build_variant(reference, variants.VARIANTS[name], CPU, False, 4096)
 
 
-def test_esm2_variants_maskdim_layers_compute_the_masked_layers() -> None:
-    """``bf16-maskdim`` runs the key padding folded into the head dimension (no mask reaches SDPA) and
-    gives the ``bf16`` variant's embeddings on a padded batch."""
-    variants, plain, folded = _bf16_and_variant("bf16-maskdim", seed=4)
-    assert (plain.fold_key_padding, folded.fold_key_padding) == (False, True)
-    assert variants.VARIANTS["fp8-fused-fold-maskdim"].fold_key_padding
-    ids, mask = torch.randint(4, 24, (3, 21)), torch.ones(3, 21, dtype=torch.bool)
-    mask[0, 8:], mask[2, 15:] = False, False
-    with torch.no_grad():
-        cos = nn.functional.cosine_similarity(plain(ids, mask).float(), folded(ids, mask).float())
-    assert cos.min() > 0.9999
-
-
 def test_esm2_variants_kernel_layers_hand_attention_to_the_engines_kernel() -> None:
     """``bf16-kernel`` / ``fp8-fused-fold-kernel`` give the model the engines' own attention kernel
     (off CUDA it runs the SDPA path, so the embeddings are the ``bf16`` variant's)."""
@@ -264,12 +250,12 @@ def test_attention_kernels_times_the_model_attention_against_its_own_reference(t
 
 
 def test_esm2_variants_on_padded_batches_of_a_length_mix(tmp_path: Path) -> None:
-    """``--length-mix mixed`` times the variants on padded batches (where the folded key padding replaces
-    the mask) and records the mix; each variant is compared with fp32 on those batches."""
+    """``--length-mix mixed`` times the variants on padded batches and records the mix; each variant is
+    compared with fp32 on those batches."""
     out = tmp_path / "variants.json"
     code = _script("diagnostics/esm2_variants").main(
         [
-            "--variants", "bf16,bf16-maskdim", "--tiny", "--no-compile", "--device", "cpu", "--items", "48",
+            "--variants", "bf16,bf16-kernel", "--tiny", "--no-compile", "--device", "cpu", "--items", "48",
             "--parity-items", "24", "--repeats", "1", "--length-mix", "mixed", "--json", str(out),
         ]
     )  # fmt: skip
@@ -277,7 +263,7 @@ def test_esm2_variants_on_padded_batches_of_a_length_mix(tmp_path: Path) -> None
     report = json.loads(out.read_text())
     assert report["workload"]["length_mix"] == "mixed" and report["workload"]["proteins"] == 48
     rows = {r["variant"]: r for r in report["results"]}
-    assert rows["bf16-maskdim"]["fold_key_padding"] and not rows["bf16"]["fold_key_padding"]
+    assert rows["bf16-kernel"]["attention_kernel"] and not rows["bf16"]["attention_kernel"]
     for row in rows.values():
         assert row["status"] == "ok" and row["parity"]["passed"] and row["parity"]["min_cosine"] > 0.9995
 
@@ -353,42 +339,6 @@ def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path) -> None:
     assert rows["illumina"]["mean_tokens"] < rows["fixed"]["mean_tokens"] == 168.0
 
 
-def test_conditional_attention_compares_both_engines_on_both_kinds_of_batch(tmp_path: Path) -> None:
-    """The plain engine and the one with the unmasked path, from the same weights, each compared with the
-    fp32 model on padded (mixed) and unpadded (equal) batches; a wrong row shows as a low cosine."""
-    script = _script("diagnostics/conditional_attention")
-    rng = np.random.default_rng(0)
-    mixed_ids, mixed_mask = script.batch_tokens(script.BatchCase("mixed", 6, 17), rng)
-    equal_ids, equal_mask = script.batch_tokens(script.BatchCase("equal", 3, 17), rng)
-    assert mixed_ids.shape == (6, 17) and not mixed_mask.all() and mixed_mask.sum(1).min() >= 3
-    assert equal_ids.shape == (3, 17) and equal_mask.all()
-    want = rng.standard_normal((3, 8))
-    assert script.compare_rows(want, want)[0] == pytest.approx(1.0)
-    assert script.compare_rows(np.concatenate([want[:2], -want[2:]]), want)[0] == pytest.approx(-1.0)
-
-    out = tmp_path / "conditional.json"
-    code = script.main(
-        [
-            "--precision", "fp32", "--width", "tiny", "--layers", "1", "--lengths", "9,20",
-            "--device", "cpu", "--workdir", str(tmp_path / "engines"), "--json", str(out),
-        ]
-    )  # fmt: skip
-    assert code == 0
-    report = json.loads(out.read_text())
-    assert report["benchmark"] == "conditional_attention" and report["model"]["layers"] == 1
-    plain, unmasked = report["engines"]
-    assert (
-        plain["facts"]["unmasked_full_batches"] is False
-        and unmasked["facts"]["unmasked_full_batches"] is True
-    )
-    calls = "_scaled_dot_product_flash_attention_for_cpu"  # one per layer and path
-    assert (plain["facts"]["extern_kernels"][calls], unmasked["facts"]["extern_kernels"][calls]) == (1, 2)
-    for engine in (plain, unmasked):
-        kinds = [(b["kind"], b["rows"], b["length"]) for b in engine["batches"]]
-        assert kinds == [("mixed", 6, 9), ("equal", 3, 9), ("mixed", 6, 20), ("equal", 3, 20)]
-        assert all(b["min_cosine"] > 0.99999 and b["max_abs"] < 1e-4 for b in engine["batches"])
-
-
 def test_attention_kernels_times_candidates_on_the_runs_batches(tmp_path: Path) -> None:
     """Each kernel is checked against the math kernel on the real positions; the unmasked lower bound gets
     no parity figure where the batch has padding; a kernel this torch or device lacks is reported."""
@@ -397,7 +347,7 @@ def test_attention_kernels_times_candidates_on_the_runs_batches(tmp_path: Path) 
         [
             "--device", "cpu", "--reads", "120", "--heads", "2", "--warmup", "0", "--iters", "1",
             "--mixes", "illumina",
-            "--kernels", "default-mask,flash-dense,flash-maskdim,flex-mask,flex-score,efficient-mask",
+            "--kernels", "default-mask,flash-dense,flex-mask,flex-score,efficient-mask",
             "--json", str(out),
         ]
     )  # fmt: skip
@@ -405,7 +355,7 @@ def test_attention_kernels_times_candidates_on_the_runs_batches(tmp_path: Path) 
     (entry,) = json.loads(out.read_text())["results"]
     assert entry["length_mix"] == "illumina" and entry["longest"] <= 52 and entry["batch"] >= 1
     rows = {r["kernel"]: r for r in entry["kernels"]}
-    for name in ("default-mask", "flash-maskdim", "flex-mask", "flex-score"):
+    for name in ("default-mask", "flex-mask", "flex-score"):
         assert rows[name]["status"] == "ok" and rows[name]["max_abs_vs_math"] < 0.02 and rows[name]["ms"] > 0
     padded = entry["shortest"] < entry["longest"]
     assert (rows["flash-dense"]["max_abs_vs_math"] is None) == padded

@@ -94,10 +94,7 @@ def dnabert_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
 @pytest.fixture(scope="module")
 def esm_engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     shapes = ShapeRange(1, 4, 8, 2, 20, 45)
-    return _build(
-        tmp_path_factory.mktemp("inductor_esm"), "esm2", random_esm2(seed=32), shapes, 1, 3,
-        unmasked_full_batches=True,
-    )  # fmt: skip
+    return _build(tmp_path_factory.mktemp("inductor_esm"), "esm2", random_esm2(seed=32), shapes, 1, 3)
 
 
 @pytest.fixture(params=["dnabert", "esm"])
@@ -130,8 +127,8 @@ def test_embed_sequences_through_the_runner(engine: Engine) -> None:
 
 
 def test_batches_without_padding_equal_eager(esm_engine: Engine) -> None:
-    """Batches of equal-length rows take the engine's unmasked attention path (ESM-2's ``torch.cond``);
-    the same rows beside a shorter one take the masked path. Both equal the eager model."""
+    """Batches of equal-length rows (no key masked) and the same rows beside a shorter one both equal the
+    eager model."""
     rng = np.random.default_rng(5)
     for batch, length in ((2, 3), (5, 17), (7, 45)):
         ids = rng.integers(4, 24, size=(batch, length))
@@ -156,37 +153,6 @@ def test_extra_padding_does_not_change_results(engine: Engine) -> None:
     np.testing.assert_allclose(narrow, engine.eager(ids, mask), atol=1e-5, rtol=0)
 
 
-def test_an_aotinductor_that_cannot_compile_the_conditions_builds_the_plain_engine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """torch 2.11's AOTInductor failed on the tiny models' ``torch.cond`` on CUDA: the build then
-    compiles the engine without the unmasked path, says so in one warning and in the facts, and the
-    engine still equals eager on batches with and without padding."""
-    compile_package = torch._inductor.aoti_compile_and_package
-    attempts: list[bool] = []
-
-    def refuse_conditions(program: torch.export.ExportedProgram, **kwargs: object) -> str:
-        has_cond = any(n.target is torch.ops.higher_order.cond for n in program.graph.nodes)
-        attempts.append(has_cond)
-        if has_cond:
-            raise AssertionError("ps0")
-        return compile_package(program, **kwargs)
-
-    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", refuse_conditions)
-    shapes = ShapeRange(1, 4, 8, 2, 20, 45)
-    with caplog.at_level("WARNING", logger="virnucpro_trt.engines.inductor_backend"):
-        engine = _build(tmp_path, "esm2", random_esm2(seed=34), shapes, 1, 3, unmasked_full_batches=True)
-    assert attempts == [True, False]
-    assert "again without the unmasked attention path" in caplog.text
-    facts = engine.built.facts
-    assert facts["unmasked_full_batches"] is False
-    assert facts["unmasked_full_batches_failed"].endswith("AssertionError: ps0")
-    rng = np.random.default_rng(9)
-    ids = rng.integers(4, 24, size=(3, 17))
-    for mask in (np.ones_like(ids), np.array([[1] * 17, [1] * 17, [1] * 9 + [0] * 8])):
-        np.testing.assert_allclose(engine.runner.embed_padded(ids, mask), engine.eager(ids, mask), atol=1e-5)
-
-
 def test_sequence_multiple_and_batch_floor_are_in_the_graph(dnabert_engine: Engine) -> None:
     facts = dnabert_engine.built.facts
     assert facts["dynamic_dims"]["sequence_multiple"] == 8
@@ -203,25 +169,6 @@ def test_build_does_not_touch_the_source_model(esm_engine: Engine) -> None:
     ):
         assert got.dtype == want.dtype and got.device == CPU, name
         assert torch.equal(got, want), name
-
-
-def test_an_engine_with_the_key_padding_in_the_head_dimension_equals_eager(tmp_path: Path) -> None:
-    """``fold_key_padding``: no mask argument in the graph (one unmasked attention call per layer), the
-    fact recorded, and the same embeddings as the masked model on padded and unpadded batches."""
-    shapes = ShapeRange(1, 4, 8, 2, 20, 45)
-    engine = _build(tmp_path, "esm2", random_esm2(seed=38), shapes, 1, 3, fold_key_padding=True)
-    assert engine.model.fold_key_padding is False  # eager stays the masked model the engine is held to
-    facts = engine.built.facts
-    assert facts["fold_key_padding"] is True and facts["unmasked_full_batches"] is False
-    assert facts["extern_kernels"]["_scaled_dot_product_flash_attention_for_cpu"] == len(engine.model.layers)
-    rng = np.random.default_rng(11)
-    for batch, length in ((5, 9), (8, 45), (3, 17)):
-        ids, mask = engine.batch(rng, batch, length)
-        assert not mask.all()
-        np.testing.assert_allclose(engine.runner.embed_padded(ids, mask), engine.eager(ids, mask), atol=1e-5)
-    ids = rng.integers(4, 24, size=(3, 17))
-    full = np.ones_like(ids)
-    np.testing.assert_allclose(engine.runner.embed_padded(ids, full), engine.eager(ids, full), atol=1e-5)
 
 
 class _FakeCppCompileError(RuntimeError):
@@ -299,10 +246,10 @@ def test_artifact_is_one_pt2_file_with_facts(esm_engine: Engine) -> None:
     assert facts["compile_seconds"] > 0 and facts["export_seconds"] > 0
     assert facts["dynamic_dims"] == {"batch": [1, 8], "sequence": [2, 45], "sequence_multiple": 1}
     assert facts["inductor_configs"]["aot_inductor.metadata"]["virnucpro.kind"] == "esm2"
-    # one attention call per layer on each path of the graph: masked, and unmasked for full batches
+    # one attention call per layer: SDPA, lowered to the CPU flash kernel
     layers = len(esm_engine.model.layers)
-    assert facts["extern_kernels"]["_scaled_dot_product_flash_attention_for_cpu"] == 2 * layers
-    assert facts["unmasked_full_batches"] is True and facts["fold_key_padding"] is False
+    assert facts["extern_kernels"]["_scaled_dot_product_flash_attention_for_cpu"] == layers
+    assert facts["attention"] == "cpu" and facts["rotary_attention_kernel"] is False
     assert facts["frozen_rotary_tables"] == 1  # outputs: test_outputs_equal_eager_inside_the_range
     assert facts["residual_fp32"] is True
     json.dumps(facts)  # goes into the manifest
@@ -599,8 +546,6 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
         "min_export_batch": 1,
         "frozen_rotary": True,
         "fp8_fold_residual": True,
-        "unmasked_full_batches": False,
-        "fold_key_padding": False,
         "rotary_attention_kernel": True,
         "fp8_qkv_bias_in_attention": True,
     }

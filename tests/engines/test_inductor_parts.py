@@ -426,35 +426,16 @@ def _exported_model(
     "extra",
     [
         {},
-        {
-            "residual_fp32": False,
-            "frozen_rotary": False,
-            "unmasked_full_batches": True,
-            "fold_key_padding": True,
-        },
+        {"residual_fp32": False, "frozen_rotary": False},
     ],
 )
 def test_build_options_reach_the_exported_model(monkeypatch: pytest.MonkeyPatch, extra: dict) -> None:
-    """``residual_fp32``, ``frozen_rotary``, ``unmasked_full_batches`` and ``fold_key_padding`` from
-    ``BuildOptions.extra`` are what the exporter sees."""
+    """``residual_fp32`` and ``frozen_rotary`` from ``BuildOptions.extra`` are what the exporter sees."""
     model = _exported_model(monkeypatch, "fp32", extra)
     assert model.residual_fp32 == extra.get("residual_fp32", True)
-    assert model.unmasked_full_batches == extra.get("unmasked_full_batches", False)
-    assert model.fold_key_padding == extra.get("fold_key_padding", False)
     assert (model.rotary.frozen is not None) == extra.get("frozen_rotary", True)
     if model.rotary.frozen is not None:
         assert model.rotary.frozen[0].shape == (40, model.config.head_dim)
-
-
-def test_the_build_options_not_the_models_own_settings_decide_the_attention_paths(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A model handed to the build with its attention switches on is exported with the build's defaults
-    (both off), so an engine never takes a path its facts and attention check do not expect."""
-    model = random_esm2(seed=8)
-    model.unmasked_full_batches = model.fold_key_padding = True
-    exported = _exported_model(monkeypatch, "fp32", {}, model)
-    assert exported.unmasked_full_batches is False and exported.fold_key_padding is False
 
 
 @pytest.mark.parametrize("extra", [{}, {"fp8_fold_residual": False}])

@@ -87,7 +87,7 @@ def test_the_kernel_applies_to_half_precision_power_of_two_heads_on_cuda(
 
 def test_every_layer_hands_its_attention_to_the_models_kernel() -> None:
     """The encoder passes each layer's fused projection and the boolean mask to ``attention_kernel``,
-    whose output is what the layer uses; the folded padding and the unmasked path stand aside."""
+    whose output is what the layer uses."""
     model, ids, mask = _tiny_esm2_batch()
     with torch.no_grad():
         expected = model(ids, mask)
@@ -99,7 +99,6 @@ def test_every_layer_hands_its_attention_to_the_models_kernel() -> None:
             return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)
 
         model.attention_kernel = recording
-        model.fold_key_padding = model.unmasked_full_batches = True
         torch.testing.assert_close(model(ids, mask), expected)
         assert calls == [(torch.Size([3, 11, 3, 4, 16]), torch.bool, torch.Size([3, 1, 1, 11]))] * 2
         model.attention_kernel = lambda qkv, *_: torch.zeros_like(qkv[:, :, 0].flatten(2))

@@ -6,18 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from virnucpro_trt.models.checkpoints import load_esm2
-from virnucpro_trt.models.esm2 import (
-    ESM2_CONFIGS,
-    FOLDED_COLUMNS,
-    MASK_RATIO_TRAIN,
-    Esm2Config,
-    default_inv_freq,
-    folded_key_padding,
-    widen_with_key_padding,
-)
+from virnucpro_trt.models.esm2 import ESM2_CONFIGS, MASK_RATIO_TRAIN, Esm2Config, default_inv_freq
 from virnucpro_trt.models.random_checkpoints import (
     TINY_ESM2_CONFIG,
     random_esm2,
@@ -135,100 +126,6 @@ def test_frozen_rotary_tables_are_the_computed_ones(as_tensors) -> None:
             model.rotary.tables(41, torch.device("cpu"))
     model.to(torch.bfloat16)  # casts leave the frozen tables fp32, like inv_freq
     assert all(t.dtype == torch.float32 for t in model.rotary.frozen)
-
-
-def test_the_key_padding_folded_into_the_head_dimension_is_the_mask() -> None:
-    """Unmasked attention over q, k, v widened by ``widen_with_key_padding`` equals masked attention on
-    the real queries (fp32), for any scale; left unwidened, the padded keys would change the result."""
-
-    gen = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(3, 2, 11, 16, generator=gen) for _ in range(3))
-    real = torch.arange(11)[None, :] < torch.tensor([11, 6, 2])[:, None]
-    wide = widen_with_key_padding(q, k, v, folded_key_padding(real))
-    assert [tuple(t.shape) for t in wide] == [(3, 2, 11, 16 + FOLDED_COLUMNS)] * 3
-    rows = real[:, None, :, None]
-    for scale in (16**-0.5, 1.0):  # SDPA's default for 16 columns, and the engines' pre-scaled q
-        masked = F.scaled_dot_product_attention(q, k, v, attn_mask=real[:, None, None, :], scale=scale)
-        folded = F.scaled_dot_product_attention(*wide, scale=scale)[..., :16]
-        torch.testing.assert_close(folded * rows, masked * rows, atol=1e-6, rtol=1e-6)
-        unmasked = F.scaled_dot_product_attention(q, k, v, scale=scale)
-        assert ((unmasked - masked) * rows).abs().max() > 1e-2
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_key_padding_folded_into_the_head_dimension_is_the_mask(
-    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
-) -> None:
-    """With ``fold_key_padding`` SDPA gets no mask, 8 more head columns, and the model gives what the
-    masked model gives on padded rows; without the score penalty the padded keys would count."""
-    import virnucpro_trt.models.esm2 as esm2_module
-
-    model = random_esm2(TINY_ESM2_CONFIG, seed=6, dtype=dtype)
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(4, 24, (4, 13), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[1, 5:], mask[3, 9:] = 0, 0
-    with torch.no_grad():
-        expected = model(ids, mask)
-    model.fold_key_padding = True
-    calls: list[tuple[bool, int]] = []
-    sdpa = esm2_module.F.scaled_dot_product_attention
-
-    def spy(q, k, v, attn_mask=None, **kwargs):
-        calls.append((attn_mask is not None, q.shape[-1]))
-        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
-
-    with monkeypatch.context() as patch, torch.no_grad():
-        patch.setattr(esm2_module.F, "scaled_dot_product_attention", spy)
-        got = model(ids, mask)
-    head_dim = model.config.head_dim
-    assert calls == [(False, head_dim + esm2_module.FOLDED_COLUMNS)] * model.config.num_layers
-    atol = 1e-6 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(got, expected, atol=atol, rtol=0)
-    monkeypatch.setattr(esm2_module, "FOLDED_PENALTY", 0.0)
-    with torch.no_grad():
-        assert (model(ids, mask) - expected)[[1, 3]].abs().max() > 10 * atol
-
-
-def test_unmasked_full_batches_leave_attention_unmasked_only_without_padding(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With ``unmasked_full_batches`` a batch of equal-length rows reaches SDPA without a mask and a
-    padded batch with one; both give what the masked model gives, eagerly and through the exported
-    graph, which keeps both paths (a ``torch.cond``: the export's example batch is unpadded)."""
-    from torch.export import Dim
-
-    import virnucpro_trt.models.esm2 as esm2_module
-
-    model = random_esm2(TINY_ESM2_CONFIG, seed=6)
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, 24, (4, 12), generator=generator)
-    full, padded = torch.ones_like(ids), torch.ones_like(ids)
-    padded[2, 7:] = 0
-    with torch.no_grad():
-        expected = {"full": model(ids, full), "padded": model(ids, padded)}
-    model.unmasked_full_batches = True
-    masks: list[bool] = []
-    sdpa = esm2_module.F.scaled_dot_product_attention
-
-    def spy(*args, attn_mask=None, **kwargs):
-        masks.append(attn_mask is not None)
-        return sdpa(*args, attn_mask=attn_mask, **kwargs)
-
-    with monkeypatch.context() as patch, torch.no_grad():
-        patch.setattr(esm2_module.F, "scaled_dot_product_attention", spy)
-        torch.testing.assert_close(model(ids, full), expected["full"], atol=1e-6, rtol=0)
-        assert masks == [False] * model.config.num_layers
-        masks.clear()
-        torch.testing.assert_close(model(ids, padded), expected["padded"], atol=1e-6, rtol=0)
-        assert masks == [True] * model.config.num_layers
-    batch, length = Dim("batch", min=1, max=16), Dim("length", min=3, max=40)
-    dims = {0: batch, 1: length}
-    program = torch.export.export(model, (ids, full), dynamic_shapes=(dims, dims), strict=False)
-    assert [n for n in program.graph.nodes if n.target is torch.ops.higher_order.cond]
-    with torch.no_grad():
-        for name, mask in (("full", full), ("padded", padded)):
-            torch.testing.assert_close(program.module()(ids, mask), expected[name], atol=1e-6, rtol=0)
 
 
 def test_inv_freq_is_computed_when_absent(tmp_path: Path) -> None:

@@ -70,44 +70,13 @@ def test_build_check_refuses_another_kernel() -> None:
         check_lowered_attention(cudnn, "efficient", CUDA, "dnabert-s (bf16)")
     with pytest.raises(BuildError, match="asked for cudnn attention"):
         check_lowered_attention({**cudnn, **efficient}, "cudnn", CUDA, "esm2 (bf16)")
+    flash = {"_scaled_dot_product_flash_attention": 12}  # no mask: an engine's masked call is never it
+    with pytest.raises(BuildError, match="asked for efficient attention"):
+        check_lowered_attention({**efficient, **flash}, "efficient", CUDA, "esm2 (bf16)")
     check_lowered_attention(efficient, "efficient", CUDA, "x")
     check_lowered_attention(cudnn, "cudnn", CUDA, "x")
     check_lowered_attention(cudnn, "auto", CUDA, "x")
     check_lowered_attention(cudnn, "efficient", CPU, "x")  # CPU engines are not restricted
-
-
-def test_build_check_allows_flash_only_beside_the_masked_kernel_of_an_unmasked_path() -> None:
-    """An engine with ESM-2's unmasked path calls FlashAttention for batches without padding and the
-    requested kernel for the others; FlashAttention alone, or without that path, is refused."""
-    efficient = {"_scaled_dot_product_efficient_attention": 1}
-    flash = {"_scaled_dot_product_flash_attention": 1}
-    cudnn = {"_scaled_dot_product_cudnn_attention": 1}
-    check_lowered_attention({**efficient, **flash}, "efficient", CUDA, "x", unmasked=True)
-    check_lowered_attention(efficient, "efficient", CUDA, "x", unmasked=True)
-    check_lowered_attention(cudnn, "cudnn", CUDA, "x", unmasked=True)
-    with pytest.raises(BuildError, match="asked for efficient attention"):
-        check_lowered_attention({**efficient, **flash}, "efficient", CUDA, "x")
-    with pytest.raises(BuildError, match="asked for efficient attention"):
-        check_lowered_attention(flash, "efficient", CUDA, "x", unmasked=True)
-    with pytest.raises(BuildError, match="asked for efficient attention"):
-        check_lowered_attention({**efficient, **cudnn}, "efficient", CUDA, "x", unmasked=True)
-    with pytest.raises(BuildError, match="asked for cudnn attention"):
-        check_lowered_attention({**cudnn, **flash}, "cudnn", CUDA, "x", unmasked=True)
-
-
-def test_build_check_of_an_engine_without_a_masked_call() -> None:
-    """ESM-2 with the key padding folded into the head dimension has no masked call: the kernels the
-    backends allow without a mask are expected alone; another kernel is still refused."""
-    efficient = {"_scaled_dot_product_efficient_attention": 1}
-    flash = {"_scaled_dot_product_flash_attention": 1}
-    cudnn = {"_scaled_dot_product_cudnn_attention": 1}
-    check_lowered_attention(flash, "efficient", CUDA, "x", masked=False)
-    check_lowered_attention(efficient, "efficient", CUDA, "x", masked=False)
-    check_lowered_attention(cudnn, "cudnn", CUDA, "x", masked=False)
-    with pytest.raises(BuildError, match="asked for efficient attention"):
-        check_lowered_attention(cudnn, "efficient", CUDA, "x", masked=False)
-    with pytest.raises(BuildError, match="asked for cudnn attention"):
-        check_lowered_attention(flash, "cudnn", CUDA, "x", masked=False)
 
 
 def test_build_check_of_an_engine_with_its_own_attention_kernel() -> None:

@@ -43,25 +43,12 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
   position up to the graph's longest sequence are computed once at build time and stored in the
   package (0.5 MB), and the graph slices them. Computed in the graph from ``arange(T)``, Inductor fuses
   cos/sin into each layer's rotary kernel and so evaluates them 36 times per forward.
-* ESM-2 can run a batch without padding with unmasked attention (``extra["unmasked_full_batches"]``,
-  **off by default**): a ``torch.cond`` per layer on ``attention_mask.all()`` keeps both paths in the
-  graph (``models.esm2.self_attention`` says why per layer), and the unmasked one may take
-  FlashAttention on CUDA, which no mask allows (on 500 bp batches the memory-efficient kernel took
-  ~0.3 ms more per layer). Off because the full-size fp8 ESM-2 engine with the conditions failed its
-  parity gate on the H200 with torch 2.11 (min cosine -0.06 over the gate's batches; on 500 bp batches
-  alone it had matched fp32): which branch computes wrong is not known yet. The CPU engines with it
-  equal eager (tests), so it stays as an option, behind the same gate. The condition is one scalar per
-  forward, read back to the host.
-* ESM-2 can fold the key padding into the head dimension (``extra["fold_key_padding"]``, **off by
-  default**: not yet measured on a GPU): q and k gain 8 columns that lower a padded key's score by 10^4
-  (``models.esm2.folded_key_padding``), which is the mask, exactly, with no mask argument, so CUDA SDPA
-  may take FlashAttention on every batch without a condition, for 12.5% more attention FLOPs.
 * ESM-2's attention is the project's own Triton kernel in CUDA half-precision engines
   (``extra["rotary_attention_kernel"]``, default true; :mod:`~virnucpro_trt.engines.rotary_attention`):
   it reads q, k and v from the fused projection, applies rotary and the key padding as it loads them and
   writes out_proj's input layout, so the rotary/layout kernels and SDPA's mask bias go. On the H200 the
-  fp8 layers ran 4% faster with it at the same parity (measurement log). It replaces both SDPA paths
-  above and ``attention`` does not apply to it (DNABERT-S and fp32 or CPU ESM-2 engines keep SDPA); the
+  fp8 layers ran 4% faster with it at the same parity (measurement log). It replaces SDPA, and
+  ``attention`` does not apply to it (DNABERT-S and fp32 or CPU ESM-2 engines keep SDPA); the
   build checks that the engine calls no SDPA kernel.
 * With that kernel, fp8 ESM-2 leaves qkv's bias to it (``extra["fp8_qkv_bias_in_attention"]``, default
   true): with SDPA Inductor fused the add into the rotary/layout kernels, but it cannot fuse into a user
@@ -111,8 +98,6 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "min_export_batch": 1,
     "frozen_rotary": True,
     "fp8_fold_residual": True,
-    "unmasked_full_batches": False,
-    "fold_key_padding": False,
     "rotary_attention_kernel": True,
     "fp8_qkv_bias_in_attention": True,
 }
@@ -208,10 +193,6 @@ COMPILE_ATTEMPTS = 3
 _UNDECLARED_SIZE_ARRAY = re.compile(r"'int_array_\d+' was not declared in this scope")
 
 
-class _CompileError(BuildError):
-    """AOTInductor failed on an exported program (not the export): one line, as for the user."""
-
-
 @dataclasses.dataclass(frozen=True)
 class _Compiled:
     graph: GraphShapes  # the exported bounds
@@ -259,7 +240,7 @@ def _export_and_compile(
             except Exception as exc:
                 message = f"AOTInductor could not compile {kind} ({precision}): {_first_line(exc)}"
                 if attempt == COMPILE_ATTEMPTS or not _UNDECLARED_SIZE_ARRAY.search(str(exc)):
-                    raise _CompileError(message) from exc
+                    raise BuildError(message) from exc
                 log.warning("%s; compiling again (attempt %d of %d)", message, attempt + 1, COMPILE_ATTEMPTS)
     finally:
         del program
@@ -272,7 +253,8 @@ class InductorBackend:
     name = "inductor"
     extension = "pt2"
     # 2: sequence multiple 1, frozen rotary tables, fp8 folded residual and polynomial erf (2026-12);
-    # 3: ESM-2 batches without padding take unmasked attention; 4: that path off again (failed the gate);
+    # 3: ESM-2 batches without padding take unmasked attention; 4: that path off again (failed the gate;
+    #    removed since);
     # 5: ESM-2's attention by the project's Triton kernel on CUDA (rotary and layout in it);
     # 6: that kernel by halves, 64 x 32 keys, and fp8's qkv bias added in it.
     recipe_version = 6
@@ -332,18 +314,7 @@ class InductorBackend:
         if "residual_fp32" in options.extra and hasattr(engine_model, "residual_fp32"):
             engine_model.residual_fp32 = bool(options.extra["residual_fp32"])  # ESM-2's residual stream
         residual_fp32 = getattr(engine_model, "residual_fp32", None)
-        has_unmasked = hasattr(engine_model, "unmasked_full_batches")  # ESM-2
-        unmasked = has_unmasked and bool(_extra(options, "unmasked_full_batches"))
-        if has_unmasked:
-            engine_model.unmasked_full_batches = unmasked  # no attention mask for batches without padding
-        has_folded = hasattr(engine_model, "fold_key_padding")  # ESM-2
-        folded = has_folded and bool(_extra(options, "fold_key_padding"))
-        if has_folded:
-            engine_model.fold_key_padding = folded  # the key padding in the head dimension, no mask argument
         own_kernel = _own_attention_kernel(engine_model, options, device, precision)
-        if own_kernel:  # it replaces both SDPA paths above
-            engine_model.unmasked_full_batches = unmasked = False
-            engine_model.fold_key_padding = folded = False
         frozen = 0
         if _extra(options, "frozen_rotary"):
             frozen = freeze_position_tables(engine_model, requested.max_length)
@@ -352,27 +323,14 @@ class InductorBackend:
         out_path = Path(request.out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         what = f"{kind} ({precision})"
-        without_unmasked: str | None = None  # why the unmasked path was left out, if it was
         try:
-            try:
-                done = _export_and_compile(engine_model, inputs, requested, request, out_path)
-            except _CompileError as exc:
-                if not unmasked:
-                    raise
-                # An AOTInductor that cannot compile the conditions still builds the plain engine
-                # (torch 2.11 on CUDA failed on the tiny test models' attention: DEVELOPERS.md).
-                without_unmasked = str(exc)
-                log.warning("%s; building %s again without the unmasked attention path", exc, what)
-                engine_model.unmasked_full_batches = unmasked = False
-                done = _export_and_compile(engine_model, inputs, requested, request, out_path)
+            done = _export_and_compile(engine_model, inputs, requested, request, out_path)
         finally:
             del engine_model
         compiled = time.perf_counter()
         graph, exported = done.graph, done.exported_at
         kernels = extern_kernels(out_path)
-        check_lowered_attention(
-            kernels, options.attention, device, what, unmasked, masked=not folded, own_kernel=own_kernel
-        )
+        check_lowered_attention(kernels, options.attention, device, what, own_kernel=own_kernel)
 
         facts = {
             **self.library_versions(),
@@ -393,18 +351,12 @@ class InductorBackend:
         }
         if residual_fp32 is not None:
             facts["residual_fp32"] = residual_fp32
-        if has_folded:
-            facts["fold_key_padding"] = folded
         if hasattr(request.model, "attention_kernel"):  # ESM-2
             facts["rotary_attention_kernel"] = own_kernel
             if own_kernel:
                 from virnucpro_trt.engines.rotary_attention import launch_facts
 
                 facts["rotary_attention_launch"] = launch_facts()
-        if has_unmasked:
-            facts["unmasked_full_batches"] = unmasked
-            if without_unmasked is not None:
-                facts["unmasked_full_batches_failed"] = without_unmasked
         if precision == "fp8":
             from virnucpro_trt.engines.fp8_quantize import row_launch_facts  # triton: fp8 builds only
 

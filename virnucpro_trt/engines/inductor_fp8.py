@@ -207,7 +207,6 @@ class Fp8Esm2Layer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         key_mask: torch.Tensor,
-        unpadded: torch.Tensor | bool | None = None,
         kernel: AttentionKernel | None = None,
     ) -> torch.Tensor | PendingResidual:
         if isinstance(x, PendingResidual):  # the previous layer's output, added in the LayerNorm kernel
@@ -224,7 +223,7 @@ class Fp8Esm2Layer(nn.Module):
             else self._project(self.qkv, normalised, compute)
         )
         qkv = qkv.view(batch, length, 3, self.num_heads, self.head_dim)
-        attn = self_attention(qkv, cos, sin, key_mask, unpadded, self.scaling, kernel, qkv_bias)
+        attn = self_attention(qkv, cos, sin, key_mask, self.scaling, kernel, qkv_bias)
         attn_out = self.out_proj.matmul(*quantize_rows(attn, IDENTITY, kernels=self.kernel_modes), compute)
         out_bias = self.out_proj.bias if self.out_proj.bias is not None else attn_out.new_zeros(dim)
         x, *normalised = self._added_normalised(

@@ -113,10 +113,10 @@ def run_parity(
 ) -> ParityResult:
     """Embed the synthetic batch through the engine (padded, batched as at run time) and compare.
 
-    The batches a run makes from varied lengths are padded, and an engine may take another path for a
-    batch without padding (ESM-2's unmasked attention), so the shortest, a middle and the longest item
-    are also embedded as batches of :data:`UNPADDED_COPIES` copies each, compared with the same
-    reference rows. The result keeps the min cosine of each kind of batch.
+    The batches a run makes from varied lengths are padded, and a batch without padding can take other
+    kernels (an SDPA backend that needs no mask; an engine's kernel skipping no key), so the shortest, a
+    middle and the longest item are also embedded as batches of :data:`UNPADDED_COPIES` copies each,
+    compared with the same reference rows. The result keeps the min cosine of each kind of batch.
     """
     padded = embed_sequences_unchecked(runner, tokens, max_batch_tokens)
     got, expected = [], []

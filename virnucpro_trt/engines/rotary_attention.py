@@ -262,7 +262,7 @@ def rotary_attention(
     """ESM-2's attention (an :data:`~virnucpro_trt.models.esm2.AttentionKernel`: a boolean key mask
     [B, 1, 1, T], and the projection's ``bias`` when it is not yet in ``qkv``): the Triton kernel where
     :func:`kernel_applies_to`, SDPA elsewhere."""
-    if not kernel_applies_to(qkv.device, qkv.dtype, qkv.shape[-1]) or key_mask.is_floating_point():
+    if not kernel_applies_to(qkv.device, qkv.dtype, qkv.shape[-1]):
         if bias is not None:
             qkv = qkv + bias.view(qkv.shape[2:])
         return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)

@@ -9,22 +9,17 @@ that do not alter the fp32 result:
   ``inv_freq`` is a buffer loaded from the checkpoint (stored fp16-rounded there; recomputing it changes
   results) and it stays fp32 when the module is cast to bf16/fp16.
 * Attention is ``scaled_dot_product_attention`` with a boolean key-padding mask; q is scaled by
-  head_dim^-0.5 before rotary, as fair-esm does. With ``unmasked_full_batches`` (engines) a batch
-  without padding runs its attention unmasked: the mask is then all true, so the result is the same, and
-  without a mask SDPA may take FlashAttention on CUDA, which is faster than the kernels that take one.
-  With ``fold_key_padding`` the mask becomes 8 more head-dimension columns of q and k instead (the same
-  result, no mask argument, on every batch).
+  head_dim^-0.5 before rotary, as fair-esm does. An engine may set ``attention_kernel`` to compute it
+  instead (its own Triton kernel on CUDA in half precision, ``engines.rotary_attention``).
 * LayerNorm statistics, rotary and pooling are fp32; the residual stream can be kept in fp32 while the
   matmuls run in half precision (``residual_fp32``, on by default: it measurably improves bf16 parity).
 
-No data-dependent Python control flow and no host synchronisation in ``forward`` under a compiler: the
-module exports with dynamic batch and sequence dimensions (the unmasked path is a ``torch.cond`` there;
-its condition, one scalar computed once per forward, is read back to the host).
+No data-dependent Python control flow and no host synchronisation in ``forward``: the module exports
+with dynamic batch and sequence dimensions.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -156,50 +151,16 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
-FOLDED_COLUMNS = 8  # columns the folded key padding adds to the head dimension (kernels take multiples of 8)
-FOLDED_PENALTY = -1.0e4  # added to a padded key's score: its softmax weight underflows to exactly 0
-
-
-def folded_key_padding(real: torch.Tensor) -> torch.Tensor:
-    """The key padding as :data:`FOLDED_COLUMNS` head-dimension columns of k, [B, 1, T, C] fp32: the first
-    is 0 on real keys and :data:`FOLDED_PENALTY` on padded ones, the rest 0
-    (:func:`sdpa_rotary_attention`)."""
-    first = torch.arange(FOLDED_COLUMNS, device=real.device) == 0
-    return (torch.where(real, 0.0, FOLDED_PENALTY)[..., None] * first)[:, None]
-
-
-def widen_with_key_padding(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, columns: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v [B, H, T, d] widened by the folded key padding ``columns`` [B, 1, T, C]
-    (:func:`folded_key_padding`): q gains a column of ones then zeros, k the columns, v zeros. Unmasked
-    attention over them is masked attention over q, k, v: a padded key's score drops by 10^4 and real
-    keys' scores are unchanged (slice the output back to d columns)."""
-    batch, heads, length, _ = q.shape
-    first = (torch.arange(columns.shape[-1], device=q.device) == 0).to(q.dtype)
-    q = torch.cat([q, first.expand(batch, heads, length, -1)], dim=-1)
-    k = torch.cat([k, columns.to(k.dtype).expand(-1, heads, -1, -1)], dim=-1)
-    return q, k, F.pad(v, (0, columns.shape[-1]))
-
-
 def sdpa_rotary_attention(
     qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor | None, scaling: float
 ) -> torch.Tensor:
-    """ESM-2's attention by ``scaled_dot_product_attention``: q scaled, rotary on q and k, [B, T, H * d] out.
-
-    ``key_mask``: a boolean [B, 1, 1, T] mask for SDPA, None for no padding, or the key padding folded
-    into the head dimension (:func:`folded_key_padding`, :func:`widen_with_key_padding`): the mask,
-    exactly, without a mask argument, so SDPA may take FlashAttention on padded batches, for 12.5% more
-    attention FLOPs (64 -> 72 columns)."""
+    """ESM-2's attention by ``scaled_dot_product_attention``: q scaled, rotary on q and k, [B, T, H * d] out;
+    ``key_mask`` a boolean [B, 1, 1, T] mask (True: a key to attend to), or None for no padding."""
     batch, length, _, heads, head_dim = qkv.shape
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, T, d]
     q = apply_rotary(q * scaling, cos, sin)
     k = apply_rotary(k, cos, sin)
-    if key_mask is not None and key_mask.is_floating_point():
-        q, k, v = widen_with_key_padding(q, k, v, key_mask)
-        attn = F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :head_dim]
-    else:
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0)
     return attn.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
 
@@ -208,43 +169,19 @@ def self_attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     key_mask: torch.Tensor,
-    unpadded: torch.Tensor | bool | None,
     scaling: float,
     kernel: AttentionKernel | None = None,
     qkv_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ESM-2's attention from the fused projection ``qkv`` [B, T, 3, H, d]: q scaled, rotary on q and k,
-    SDPA over the keys ``key_mask`` [B, 1, 1, T] keeps (or the key padding folded into the head
-    dimension, :func:`sdpa_rotary_attention`); returns [B, T, H * d].
-
-    ``unpadded`` says whether no row is padded, when the model checks it (``unmasked_full_batches``):
-    then the mask is all true and is left out. A 0-d tensor (under a compiler) becomes a ``torch.cond``
-    per layer, with contiguous operands. Two AOTInductor faults shape this: a condition around the whole
-    layer stack does not build with torch 2.11 (its buffer-reuse planner indexes a subgraph larger than
-    the main graph out of bounds; pytorch#184623), and a condition given strided views (q, k, v as views
-    of ``qkv``) computed wrong results on CPU with torch 2.13, so the views are taken inside the branches.
-
-    ``kernel`` (an engine's :data:`AttentionKernel`) computes the whole attention instead, from ``qkv`` and
-    the mask as given, whatever ``unpadded`` says. ``qkv_bias``: the projection's bias, not yet in ``qkv``
-    (a kernel adds it as it loads q, k and v; otherwise it is added here first).
-    """
+    """ESM-2's attention from the fused projection ``qkv`` [B, T, 3, H, d] over the keys ``key_mask``
+    [B, 1, 1, T] keeps: ``kernel`` (an engine's :data:`AttentionKernel`) when given, else SDPA
+    (:func:`sdpa_rotary_attention`); returns [B, T, H * d]. ``qkv_bias``: the projection's bias, not yet
+    in ``qkv`` (a kernel adds it as it loads q, k and v; otherwise it is added here first)."""
     if kernel is not None:
         return kernel(qkv, cos, sin, key_mask, scaling, qkv_bias)
     if qkv_bias is not None:
         qkv = qkv + qkv_bias.view(qkv.shape[2:])
-    if unpadded is None or unpadded is False:
-        return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)
-    if unpadded is True:
-        return sdpa_rotary_attention(qkv, cos, sin, None, scaling)
-    masked = functools.partial(sdpa_rotary_attention, scaling=scaling)
-
-    def unmasked(
-        qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, key_mask: torch.Tensor
-    ) -> torch.Tensor:
-        return sdpa_rotary_attention(qkv, cos, sin, None, scaling)
-
-    operands = tuple(t.contiguous() for t in (qkv, cos, sin, key_mask))  # no-ops for these inputs
-    return torch.cond(unpadded, unmasked, masked, operands)
+    return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)
 
 
 class Esm2Layer(nn.Module):
@@ -268,12 +205,11 @@ class Esm2Layer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         key_mask: torch.Tensor,
-        unpadded: torch.Tensor | bool | None = None,
         kernel: AttentionKernel | None = None,
     ) -> torch.Tensor:
         batch, length, _ = x.shape
         qkv = self.qkv(self.self_attn_layer_norm(x)).view(batch, length, 3, self.num_heads, self.head_dim)
-        attn = self_attention(qkv, cos, sin, key_mask, unpadded, self.scaling, kernel)
+        attn = self_attention(qkv, cos, sin, key_mask, self.scaling, kernel)
         x = x + self.out_proj(attn).to(x.dtype)
         hidden = F.gelu(self.fc1(self.final_layer_norm(x)), approximate="none")
         return x + self.fc2(hidden).to(x.dtype)
@@ -289,34 +225,19 @@ class Esm2Encoder(nn.Module):
     weights are half precision; in fp32 it changes nothing. It measurably improves the bf16 pooled cosine
     against fp32 (docs/measurements.md; the model tests check it on CPU).
 
-    ``unmasked_full_batches`` runs the attention without a mask when no row of the batch is padded
-    (:func:`self_attention`: a ``torch.cond`` on ``attention_mask.all()`` under a compiler,
-    so an exported graph keeps both paths; a plain Python choice when run eagerly). Off by default:
-    only compiled engines gain from it (FlashAttention instead of the memory-efficient kernel on CUDA);
-    an all-true mask changes nothing.
-
-    ``fold_key_padding`` passes the key padding to every layer folded into the head dimension
-    (:func:`folded_key_padding`) instead of as a mask: the same result with no mask argument, so CUDA SDPA
-    may take FlashAttention on every batch, padded or not, without a condition. Off by default (not yet
-    measured on a GPU).
-
-    ``attention_kernel`` (an :data:`AttentionKernel`, None by default) computes every layer's attention
-    from the fused projection and the boolean mask: an engine's own kernel (``engines.rotary_attention``),
-    set by the build. It takes precedence over both settings above.
+    ``attention_kernel`` (an :data:`AttentionKernel`, None by default: SDPA) computes every layer's
+    attention from the fused projection and the boolean mask: an engine's own kernel
+    (``engines.rotary_attention``), set by the build.
     """
 
     def __init__(
         self,
         config: Esm2Config,
         residual_fp32: bool = True,
-        unmasked_full_batches: bool = False,
-        fold_key_padding: bool = False,
     ):
         super().__init__()
         self.config = config
         self.residual_fp32 = residual_fp32
-        self.unmasked_full_batches = unmasked_full_batches
-        self.fold_key_padding = fold_key_padding
         self.attention_kernel: AttentionKernel | None = None
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embed_dim)
         self.rotary = RotaryEmbedding(config.head_dim)
@@ -339,16 +260,9 @@ class Esm2Encoder(nn.Module):
         real = attention_mask.to(torch.bool)
         x = self.embed(input_ids, real)
         cos, sin = self.rotary.tables(input_ids.shape[1], input_ids.device)
-        kernel = self.attention_kernel
-        folded = self.fold_key_padding and kernel is None
-        key_mask = folded_key_padding(real) if folded else real[:, None, None, :]
-        unpadded: torch.Tensor | bool | None = None
-        if self.unmasked_full_batches and kernel is None:
-            unpadded = real.all()
-            if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
-                unpadded = bool(unpadded)  # eager: decide on the host (torch.cond would compile)
+        key_mask = real[:, None, None, :]
         for layer in self.layers:
-            x = layer(x, cos, sin, key_mask, unpadded, kernel)
+            x = layer(x, cos, sin, key_mask, self.attention_kernel)
         return self.emb_layer_norm_after(x)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -44,10 +44,8 @@ _BACKENDS: dict[str, list[SDPBackend]] = {
     "efficient": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION],
     "cudnn": [SDPBackend.CUDNN_ATTENTION],
 }
-# The aten kernel each choice lowers to, as named by the AOTInductor wrapper's calls (extern_kernels),
-# with a mask and (ESM-2's batches without padding, models/esm2.py) without one.
+# The aten kernel each choice lowers to, as named by the AOTInductor wrapper's calls (extern_kernels).
 _LOWERED = {"efficient": "efficient_attention", "cudnn": "cudnn_attention"}
-_LOWERED_UNMASKED = {"efficient": ("flash_attention", "efficient_attention"), "cudnn": ("cudnn_attention",)}
 
 
 def sdpa_backends(name: str) -> list[SDPBackend] | None:
@@ -70,25 +68,16 @@ def attention_kernel(name: str, device: torch.device) -> Iterator[None]:
 
 
 def check_lowered_attention(
-    kernels: Mapping[str, int],
-    name: str,
-    device: torch.device,
-    what: str,
-    unmasked: bool = False,
-    masked: bool = True,
-    own_kernel: bool = False,
+    kernels: Mapping[str, int], name: str, device: torch.device, what: str, own_kernel: bool = False
 ) -> None:
     """Fail the build when a CUDA engine calls another attention kernel than the requested one.
 
     ``kernels`` are the aten calls of the generated wrapper (``inductor_runner.extern_kernels``). An
     engine that silently took another kernel would be slow in exactly the way the option exists to
-    prevent, so it is an error. The masked call must be the requested kernel; an engine with an
-    ``unmasked`` path may also call the kernels its backends allow without a mask (FlashAttention for
-    ``efficient``). An engine without a ``masked`` call (ESM-2's key padding folded into the head
-    dimension) calls only those. No attention call at all (a torch whose wrapper names calls
-    differently, or SDPA decomposed into plain GEMMs) is only logged: the build facts keep the list.
-    An engine with its ``own_kernel`` (ESM-2's Triton attention, ``engines.rotary_attention``) must call
-    no SDPA kernel at all, whatever ``name`` says.
+    prevent, so it is an error. No attention call at all (a torch whose wrapper names calls differently,
+    or SDPA decomposed into plain GEMMs) is only logged: the build facts keep the list. An engine with
+    its ``own_kernel`` (ESM-2's Triton attention, ``engines.rotary_attention``) must call no SDPA kernel
+    at all, whatever ``name`` says.
     """
     if device.type != "cuda":
         return
@@ -102,9 +91,7 @@ def check_lowered_attention(
     wanted = _LOWERED.get(name)
     if wanted is None:
         return
-    allowed = _LOWERED_UNMASKED[name] if unmasked or not masked else (wanted,)
-    missing = masked and not any(wanted in k for k in attention)
     if not attention:
         log.warning("%s: no attention kernel call found in the engine to check against %s", what, name)
-    elif missing or any(not any(a in k for a in allowed) for k in attention):
+    elif any(wanted not in k for k in attention):
         raise BuildError(f"{what}: asked for {name} attention but the engine calls {', '.join(attention)}")
