@@ -73,6 +73,60 @@ def test_label_flips_on_the_boundary_do_not_fail_parity_but_decisive_ones_do() -
     assert far["decisive_label_agreement"] == pytest.approx(8 / 9) and far["passed"] is False
 
 
+def test_parity_names_the_frames_off_worst_first_and_at_most_twenty() -> None:
+    """A frame is off when an embedding misses the rule or its decisive label flipped; the list is worst
+    first (a non-finite row before any cosine), capped, and the count is of all of them."""
+    ids = [f"f{i}" for i in range(60)]
+    p = np.where(np.arange(60) % 2 == 0, 0.9, 0.1).astype(np.float32)  # every frame decisive
+    ref = _result(ids, probs=np.stack([1 - p, p], axis=1))
+    got = _result(ids, probs=ref.probabilities.copy())
+    got.dnabert, got.esm = ref.dnabert.copy(), ref.esm.copy()
+    assert path_parity(ref, got, "bf16")["frames_off"] == [] and path_parity(ref, got, "bf16")["passed"]
+    got.esm[3] = -ref.esm[3]  # cosine -1
+    got.dnabert[7] += 0.2 * np.abs(ref.dnabert[7]).max()  # a little off
+    got.probabilities[11] = got.probabilities[11, ::-1]  # a decisive flip, embeddings exact
+    parity = path_parity(ref, got, "bf16")
+    assert parity["frames_off_count"] == 3 and parity["passed"] is False
+    assert [f["frame"] for f in parity["frames_off"]] == ["f3", "f7", "f11"]
+    assert parity["frames_off"][0]["esm_cos"] == pytest.approx(-1.0)
+    flip = {"frame": "f11", "dnabert_cos": 1.0, "esm_cos": 1.0, "label_flipped": True}
+    assert parity["frames_off"][2] == flip
+    got.esm[5] = np.nan
+    got.esm[20:50] = -ref.esm[20:50]
+    parity = path_parity(ref, got, "bf16")
+    assert parity["frames_off_count"] == 34 and len(parity["frames_off"]) == 20
+    assert parity["frames_off"][0]["frame"] == "f5" and np.isnan(parity["frames_off"][0]["esm_cos"])
+    fp32 = path_parity(ref, got, "fp32")  # fp32: by max |diff|, the same frames
+    assert fp32["frames_off_count"] == 34
+
+
+def test_a_failing_rows_note_names_its_worst_frame_and_the_rows_off_on_the_same_frames() -> None:
+    """The footnote of a row that failed parity says how many frames are off and the worst, and names the
+    other rows of its precision that are off on all of them (not rows of another precision, not rows
+    whose list was cut)."""
+    from virnucpro_trt.bench.table import footnotes
+
+    def row(config: str, precision: str, off: list[str], count: int | None = None) -> dict:
+        frames = [{"frame": f, "dnabert_cos": 0.998, "esm_cos": 1.0, "label_flipped": False} for f in off]
+        parity = {"passed": not off, "rule": "r", "frames_off": frames, "frames_off_count": count or len(off)}
+        return {"config": config, "precision": precision, "status": "ok", "parity": parity,
+                "extrapolated": False, "compile_baseline": None}  # fmt: skip
+
+    rows = [
+        row("compile-bf16", "bf16", ["a", "b"]),
+        row("inductor-bf16", "bf16", ["a"]),
+        row("onnxruntime-bf16", "bf16", ["a", "c"], count=40),  # more off than listed: not comparable
+        row("inductor-fp8", "fp8", ["a"]),
+    ]
+    notes = {n.split(":")[0]: n for n in footnotes({"results": rows, "workload": {"frames": 9}})}
+    assert notes["inductor-bf16"].endswith(
+        "; 1 frame(s) off, worst a (DNABERT-S cos 0.998000, ESM-2 1.000000); "
+        "compile-bf16 off on the same frames"
+    )
+    assert notes["compile-bf16"].endswith("2 frame(s) off, worst a (DNABERT-S cos 0.998000, ESM-2 1.000000)")
+    assert "same frames" not in notes["inductor-fp8"] and "same frames" not in notes["onnxruntime-bf16"]
+
+
 def test_parity_without_common_frames_is_an_error() -> None:
     with pytest.raises(ValueError, match="no frame in common"):
         path_parity(_result(["a"]), _result(["b"]), "fp32")

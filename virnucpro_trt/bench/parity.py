@@ -23,6 +23,8 @@ MIN_LABEL_AGREEMENT = {"fp32": 0.999, "fp16": 0.999, "bf16": 0.999, "fp8": 0.995
 # random weights (every speed run here) many frames sit near 0.5, and one bf16 flip among 300 frames
 # failed the 99.9% rule while scores moved by 0.002; real classifiers rarely score that close to 0.5.
 BOUNDARY_MARGIN = 0.01
+# Failing frames named in a row's parity, worst first: enough to look up the reads, bounded for the JSON.
+LISTED_FRAMES = 20
 
 
 def _aligned(reference: PathResult, got: PathResult) -> tuple[np.ndarray, np.ndarray]:
@@ -45,12 +47,38 @@ def cosines(reference: np.ndarray, got: np.ndarray) -> np.ndarray:
     return np.where((reference == got).all(axis=1), 1.0, cos)
 
 
-def _embedding_figures(reference: np.ndarray, got: np.ndarray) -> tuple[float, float, bool]:
-    """(min cosine, max |diff|, finite); NaN/NaN/False when ``got`` holds NaN or Inf."""
-    if not np.isfinite(got).all():
+def _per_frame(reference: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame's (cosine, max |diff|), NaN where ``got``'s row holds NaN or Inf."""
+    finite = np.isfinite(got).all(axis=1)
+    cos = np.where(finite, cosines(reference, np.where(finite[:, None], got, 0.0)), np.nan)
+    diff = np.abs(got.astype(np.float64) - reference.astype(np.float64)).max(axis=1)
+    return cos, np.where(finite, diff, np.nan)
+
+
+def _summary(cos: np.ndarray, diff: np.ndarray) -> tuple[float, float, bool]:
+    """(min cosine, max |diff|, finite) over the frames; NaN/NaN/False when any row is not finite."""
+    if np.isnan(cos).any():
         return float("nan"), float("nan"), False
-    max_abs = float(np.abs(got.astype(np.float64) - reference.astype(np.float64)).max())
-    return float(cosines(reference, got).min()), max_abs, True
+    return float(cos.min()), float(diff.max()), True
+
+
+def _frames_off(
+    frame_ids: list[str], cos: dict[str, np.ndarray], off: np.ndarray, flipped: np.ndarray
+) -> list[dict[str, Any]]:
+    """The ``off`` frames (an embedding outside the rule, or a decisive label flipped), worst first,
+    :data:`LISTED_FRAMES` at most: which reads to look at, and whether another row misses on the same."""
+    listed = np.flatnonzero(off)
+    worst = np.minimum(cos["dnabert"], cos["esm"])[listed]  # NaN (a row not finite) stays NaN
+    order = listed[np.argsort(np.where(np.isnan(worst), -np.inf, worst), kind="stable")]  # NaN first
+    return [
+        {
+            "frame": frame_ids[i],
+            "dnabert_cos": float(cos["dnabert"][i]),
+            "esm_cos": float(cos["esm"][i]),
+            "label_flipped": bool(flipped[i]),
+        }
+        for i in order[:LISTED_FRAMES]
+    ]
 
 
 def path_parity(reference: PathResult, got: PathResult, precision: str) -> dict[str, Any]:
@@ -62,8 +90,12 @@ def path_parity(reference: PathResult, got: PathResult, precision: str) -> dict[
     ref_rows, got_rows = _aligned(reference, got)
     if len(ref_rows) == 0:
         raise ValueError("the configuration and the reference have no frame in common")
-    dna_cos, dna_abs, dna_finite = _embedding_figures(reference.dnabert[ref_rows], got.dnabert[got_rows])
-    esm_cos, esm_abs, esm_finite = _embedding_figures(reference.esm[ref_rows], got.esm[got_rows])
+    per_frame = {
+        "dnabert": _per_frame(reference.dnabert[ref_rows], got.dnabert[got_rows]),
+        "esm": _per_frame(reference.esm[ref_rows], got.esm[got_rows]),
+    }
+    dna_cos, dna_abs, dna_finite = _summary(*per_frame["dnabert"])
+    esm_cos, esm_abs, esm_finite = _summary(*per_frame["esm"])
     ref_probs, got_probs = reference.probabilities[ref_rows], got.probabilities[got_rows]
     same = reference.labels[ref_rows] == got.labels[got_rows]
     agreement = float(np.mean(same))
@@ -77,12 +109,17 @@ def path_parity(reference: PathResult, got: PathResult, precision: str) -> dict[
     )
     min_agreement = MIN_LABEL_AGREEMENT.get(precision, 0.999)
     if precision == "fp32":
-        embeddings_ok = max(dna_abs, esm_abs) <= FP32_MAX_ABS
+        bad = {k: ~(diff <= FP32_MAX_ABS) for k, (_, diff) in per_frame.items()}  # NaN: bad
         rule = f"embeddings max abs <= {FP32_MAX_ABS:g}"
     else:
         min_cos = MIN_COSINE.get(precision, 0.9995)
-        embeddings_ok = min(dna_cos, esm_cos) >= min_cos
+        bad = {k: ~(cos >= min_cos) for k, (cos, _) in per_frame.items()}
         rule = f"embeddings min cosine >= {min_cos}"
+    embeddings_ok = not (bad["dnabert"].any() or bad["esm"].any())
+    flipped = decisive & ~same
+    off = bad["dnabert"] | bad["esm"] | flipped
+    ids = [reference.frame_ids[i] for i in ref_rows]
+    listed = _frames_off(ids, {k: cos for k, (cos, _) in per_frame.items()}, off, flipped)
     rule += (
         f", label agreement >= {min_agreement} on frames with reference |P(virus) - 0.5| > "
         f"{BOUNDARY_MARGIN:g}, all values finite"
@@ -100,4 +137,6 @@ def path_parity(reference: PathResult, got: PathResult, precision: str) -> dict[
         "finite": finite,
         "passed": bool(finite and embeddings_ok and decisive_agreement >= min_agreement),
         "rule": rule,
+        "frames_off_count": int(off.sum()),
+        "frames_off": listed,
     }

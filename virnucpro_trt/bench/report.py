@@ -9,7 +9,8 @@ Schema (``schema_version`` 1)::
                   "stages_s", "frames_per_s", "reads_per_s", "tokens_per_s", "speedup_vs_reference",
                   "speedup_vs_compile", "compile_baseline",
                   "parity": {"frames", "dnabert_min_cos", "esm_min_cos", "label_agreement",
-                             "max_abs_score_diff", ...} | null,
+                             "max_abs_score_diff", ..., "frames_off_count",
+                             "frames_off": [{"frame", "dnabert_cos", "esm_cos", "label_flipped"}]} | null,
                   "batching", "padding": {"dnabert": {...}, "esm": {...}} | null, "engine",
                   "compile", "open_s"}, ...]}
 

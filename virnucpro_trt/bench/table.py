@@ -63,7 +63,10 @@ def footnotes(report: dict[str, Any]) -> list[str]:
     for r in rows:
         parity = r.get("parity") or {}
         if r["status"] == "ok" and parity and not parity.get("passed", True):
-            notes.append(f"{r['config']}: parity FAILED ({parity.get('rule')}): {_parity_figures(parity)}")
+            notes.append(
+                f"{r['config']}: parity FAILED ({parity.get('rule')}): {_parity_figures(parity)}"
+                + _frames_off_note(r, rows)
+            )
     if any(r["extrapolated"] for r in rows):
         notes.append(
             f"* timed on a subset of the {report['workload']['frames']:,} frames and extrapolated per frame"
@@ -78,6 +81,43 @@ def footnotes(report: dict[str, Any]) -> list[str]:
     if any(r.get("padding") for r in rows):
         notes.append("padding: padded tokens / computed tokens of the batches that ran, DNABERT-S/ESM-2")
     return notes
+
+
+def _all_frames_off(row: dict[str, Any]) -> set[str] | None:
+    """The ids of every frame a row's parity found off, or None when it listed only the worst of them."""
+    parity = row.get("parity") or {}
+    listed = parity.get("frames_off") or []
+    if parity.get("frames_off_count", 0) > len(listed):
+        return None
+    return {f["frame"] for f in listed}
+
+
+def _frames_off_note(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """How many frames are off and the worst; and which other rows of the same precision are off on all
+    of the same frames (then a rounding of that precision, not the row's own code, is the likely cause:
+    README, "A bf16 row can fail parity because of the weights")."""
+    parity = row["parity"]
+    listed = parity.get("frames_off") or []
+    if not listed:
+        return ""
+    worst = listed[0]
+    note = (
+        f"; {parity['frames_off_count']} frame(s) off, worst {worst['frame']} (DNABERT-S cos "
+        f"{_number(worst['dnabert_cos'], 6)}, ESM-2 {_number(worst['esm_cos'], 6)}"
+        + (", label flipped)" if worst["label_flipped"] else ")")
+    )
+    mine = _all_frames_off(row)
+    alike = [
+        other["config"]
+        for other in rows
+        if other is not row
+        and other["status"] == "ok"
+        and other.get("precision") == row.get("precision")
+        and mine
+        and (theirs := _all_frames_off(other)) is not None
+        and mine <= theirs
+    ]
+    return note + (f"; {', '.join(alike)} off on the same frames" if alike else "")
 
 
 def _parity_figures(parity: dict[str, Any]) -> str:
