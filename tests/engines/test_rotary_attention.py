@@ -71,6 +71,11 @@ def test_off_cuda_the_kernel_function_is_the_sdpa_attention() -> None:
     torch.testing.assert_close(
         ra.rotary_attention(qkv, cos, sin, mask, 0.25), sdpa_rotary_attention(qkv, cos, sin, mask, 0.25)
     )
+    bias = torch.randn(3 * 2 * 16, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(  # a bias not yet in the projection is added before SDPA
+        ra.rotary_attention(qkv, cos, sin, mask, 0.25, bias),
+        sdpa_rotary_attention(qkv + bias.view(3, 2, 16), cos, sin, mask, 0.25),
+    )
 
 
 @pytest.mark.parametrize(

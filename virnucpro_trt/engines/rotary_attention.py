@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from virnucpro_trt.models.esm2 import sdpa_rotary_attention
+from virnucpro_trt.models.esm2 import self_attention
 
 try:  # CUDA builds of torch bring triton; the kernel is only defined (and used) where it exists
     import triton
@@ -263,9 +263,7 @@ def rotary_attention(
     [B, 1, 1, T], and the projection's ``bias`` when it is not yet in ``qkv``): the Triton kernel where
     :func:`kernel_applies_to`, SDPA elsewhere."""
     if not kernel_applies_to(qkv.device, qkv.dtype, qkv.shape[-1]):
-        if bias is not None:
-            qkv = qkv + bias.view(qkv.shape[2:])
-        return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)
+        return self_attention(qkv, cos, sin, key_mask, scaling, qkv_bias=bias)  # SDPA, the bias added first
     if not torch.compiler.is_compiling():
         register_kernel()
     batch, length = qkv.shape[:2]
