@@ -109,8 +109,8 @@ def test_a_failing_rows_note_names_its_worst_frame_and_the_rows_off_on_the_same_
     def row(config: str, precision: str, off: list[str], count: int | None = None) -> dict:
         frames = [{"frame": f, "dnabert_cos": 0.998, "esm_cos": 1.0, "label_flipped": False} for f in off]
         parity = {"passed": not off, "rule": "r", "frames_off": frames, "frames_off_count": count or len(off)}
-        return {"config": config, "precision": precision, "status": "ok", "parity": parity,
-                "extrapolated": False, "compile_baseline": None}  # fmt: skip
+        return {"config": config, "backend": config.split("-")[0], "precision": precision, "status": "ok",
+                "parity": parity, "extrapolated": False, "compile_baseline": None}  # fmt: skip
 
     rows = [
         row("compile-bf16", "bf16", ["a", "b"]),

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from virnucpro_trt.bench.gate import parity_failures
+
 COLUMNS = (
     "config", "status", "frames", "frames/s", "reads/s", "tokens/s", "speedup", "vs compile",
     "DNABERT cos", "ESM cos", "labels", "max|dp|", "padding",
@@ -60,9 +62,10 @@ def footnotes(report: dict[str, Any]) -> list[str]:
     """Why rows did not run or failed parity, and what the starred and derived columns mean."""
     rows = report["results"]
     notes = [f"{r['config']}: {r['status']}: {r['reason']}" for r in rows if r["status"] != "ok"]
+    failed = set(parity_failures(rows))  # the gate's rule of which rows failed parity
     for r in rows:
-        parity = r.get("parity") or {}
-        if r["status"] == "ok" and parity and not parity.get("passed", True):
+        if r["config"] in failed:
+            parity = r["parity"]
             notes.append(
                 f"{r['config']}: parity FAILED ({parity.get('rule')}): {_parity_figures(parity)}"
                 + _frames_off_note(r, rows)
