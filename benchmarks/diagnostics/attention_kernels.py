@@ -134,16 +134,14 @@ def rotary_triton(launch: str | None) -> Callable[[Inputs], Callable[[], torch.T
         from virnucpro_trt.engines.rotary_attention import (
             AttentionLaunch,
             current_launch,
-            kernel_applies_to,
+            kernel_unavailable_reason,
             launch_rotary_attention,
         )
 
         qkv = x["qkv"]
-        if not kernel_applies_to(qkv.device, qkv.dtype, qkv.shape[-1]):
-            raise RuntimeError(
-                f"the Triton kernel needs triton and a CUDA device, bf16/fp16 and a power-of-two head size "
-                f"(here: {qkv.device.type}, {qkv.dtype}, heads of {qkv.shape[-1]})"
-            )
+        reason = kernel_unavailable_reason(qkv.device, qkv.dtype, qkv.shape[-1])
+        if reason is not None:
+            raise RuntimeError(reason)
         chosen = AttentionLaunch(*(int(v) for v in launch.split("x"))) if launch else current_launch()
         x["facts"]["launch"] = dataclasses.asdict(chosen)
         heads, head_dim = x["qkv"].shape[-2:]

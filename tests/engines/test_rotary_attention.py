@@ -86,8 +86,17 @@ def test_off_cuda_the_kernel_function_is_the_sdpa_attention() -> None:
 def test_the_kernel_applies_to_half_precision_power_of_two_heads_on_cuda(
     dtype: torch.dtype, head_dim: int, applies: bool
 ) -> None:
+    """One rule with its reason: the build's choice and the diagnostics' messages both come from it."""
     assert ra.kernel_applies_to(CUDA, dtype, head_dim) == (applies and ra.triton is not None)
     assert not ra.kernel_applies_to(CPU, dtype, head_dim)
+    reason = ra.kernel_unavailable_reason(CUDA, dtype, head_dim)
+    if ra.triton is None:
+        assert "triton" in reason
+    elif applies:
+        assert reason is None
+    else:
+        assert (f"heads of {head_dim}" in reason) != (dtype == torch.float32 and "float32" in reason)
+    assert "CUDA" in (ra.kernel_unavailable_reason(CPU, dtype, head_dim) or "") or ra.triton is None
 
 
 def test_every_layer_hands_its_attention_to_the_models_kernel() -> None:

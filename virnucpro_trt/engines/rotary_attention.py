@@ -89,17 +89,28 @@ def launch_facts() -> dict[str, int]:
     return dataclasses.asdict(current_launch())
 
 
+def kernel_unavailable_reason(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
+    """Why :func:`rotary_attention` would not run the Triton kernel for a projection of ``dtype`` on
+    ``device`` with heads of ``head_dim`` (None when it runs it): the one statement of the kernel's
+    conditions, for the build's choice and the diagnostics' messages alike."""
+    if triton is None:
+        return "the attention kernel is a Triton kernel, and triton is not importable"
+    if device.type != "cuda":
+        return f"the attention kernel needs a CUDA device, not {device.type}"
+    if dtype not in KERNEL_DTYPES:
+        takes = " or ".join(str(d).removeprefix("torch.") for d in KERNEL_DTYPES)
+        return f"the attention kernel takes {takes} projections, not {str(dtype).removeprefix('torch.')}"
+    if head_dim & (head_dim - 1) or not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        return (
+            f"the attention kernel takes power-of-two heads of {MIN_HEAD_DIM} to {MAX_HEAD_DIM}, "
+            f"not heads of {head_dim}"
+        )
+    return None
+
+
 def kernel_applies_to(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
-    """Whether :func:`rotary_attention` runs the Triton kernel for a projection of ``dtype`` on
-    ``device`` with heads of ``head_dim``."""
-    power_of_two = head_dim & (head_dim - 1) == 0
-    return (
-        triton is not None
-        and device.type == "cuda"
-        and dtype in KERNEL_DTYPES
-        and power_of_two
-        and MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM
-    )
+    """Whether :func:`rotary_attention` runs the Triton kernel (:func:`kernel_unavailable_reason`)."""
+    return kernel_unavailable_reason(device, dtype, head_dim) is None
 
 
 if triton is not None:
