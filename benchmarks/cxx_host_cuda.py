@@ -109,7 +109,13 @@ def save_inputs(prepared: PreparedFrames, pad_ids: dict[str, int], path: Path) -
 
 
 def run_host(
-    tool: Path, engines: Path, device: torch.device, budget: int, inputs: Path, work: Path
+    tool: Path,
+    engines: Path,
+    device: torch.device,
+    budget: int,
+    inputs: Path,
+    work: Path,
+    cpu_threads: int | None = None,
 ) -> tuple[tuple[np.ndarray, ...], dict[str, Any], dict[str, Any]]:
     """(dnabert, esm, probabilities), the host's timing JSON, and how the run went (wall seconds with
     loading, whether the host hashed the engine files).
@@ -123,6 +129,8 @@ def run_host(
         str(tool), str(engines), str(inputs), str(outputs), "--device", str(device),
         "--max-batch-tokens", str(budget), "--warmup", "--timing", str(timing),
     ]  # fmt: skip
+    if cpu_threads is not None:
+        command += ["--cpu-threads", str(cpu_threads)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     verified = not (done.returncode == 2 and "built without OpenSSL" in done.stderr)
@@ -165,9 +173,14 @@ def compare(python: PathResult, host_timing: dict[str, Any], frames: int) -> dic
 
 def print_table(report: dict[str, Any]) -> None:
     seconds, ratio = report["seconds"], report["throughput_ratio_host_vs_python"]
-    print(f"{'stage':<12}{'python s':>12}{'host s':>12}{'host/python':>14}")
+    print(f"{'stage':<12}{'python s':>12}{'host s':>12}{'host/python':>14}{'host in engine s':>18}")
     for key in ("dnabert-s", "esm2", "classifier", "total"):
-        print(f"{key:<12}{seconds['python'][key]:>12.3f}{seconds['host'][key]:>12.3f}{ratio[key]:>14.3f}")
+        inside = report["host"]["embed_s"].get(key)
+        print(
+            f"{key:<12}{seconds['python'][key]:>12.3f}{seconds['host'][key]:>12.3f}{ratio[key]:>14.3f}"
+            f"{'' if inside is None else f'{inside:>18.3f}'}"
+        )
+    print(f"host: {report['host']['cpu_threads']} CPU thread(s)")
     parity, goals = report["parity"], report["goals"]
     verdict = "PASSED" if parity["passed"] else "FAILED"
     print(
@@ -189,6 +202,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--max-batch-tokens", type=int, default=None, help="both sides' budget (default: the engines' own)"
+    )
+    parser.add_argument(
+        "--host-cpu-threads",
+        type=int,
+        default=None,
+        help="the host's libtorch intra-op threads for its CPU tensor work (default: libtorch's)",
     )
     parser.add_argument("--build-dir", type=Path, default=REPO / "build" / "cxx-host", help="CMake folder")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compile jobs (default: all CPUs)")
@@ -218,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         inputs = work / "host_inputs.pt"
         save_inputs(prepared, facts["pad_id"], inputs)
-        arrays, timing, host_run = run_host(build.tool, args.engines, device, budget, inputs, work)
+        arrays, timing, host_run = run_host(
+            build.tool, args.engines, device, budget, inputs, work, args.host_cpu_threads
+        )
     host = PathResult(python.frame_ids, *arrays, python.reads, python.dnabert_tokens, python.esm_tokens, {})
     figures = compare(python, timing, python.frames)
     parity = path_parity(python, host, facts["precision"])
@@ -242,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
             "load_s": timing["load_s"],
             "warmup_s": timing["warmup_s"],
             "torch": timing["torch"],
+            "cpu_threads": timing["cpu_threads"],
+            # seconds inside the engine calls (padding, copies, the run), the rest of each encoder's
+            # stage being the host's batching work
+            "embed_s": {kind: round(timing[kind]["embed_s"], 4) for kind in ("dnabert-s", "esm2")},
             "timing_rule": timing["rule"],
         },
         **figures,

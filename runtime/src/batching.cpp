@@ -1,5 +1,6 @@
 // Token-budget batching (see batching.h for the rule) and the loop that feeds an encoder its batches.
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <iostream>
 #include <numeric>
@@ -23,9 +24,12 @@ void embed_batch(Encoder& encoder, const at::Tensor& ids, const at::Tensor& mask
   const auto rows = torch::tensor(batch, torch::kInt64);
   const int64_t length = lengths[batch.front()];  // the longest item of the batch comes first
   const auto batch_mask = mask.index_select(0, rows).slice(1, 0, length);
+  const auto batch_ids = ids.index_select(0, rows).slice(1, 0, length);
   at::Tensor pooled;
+  const auto started = std::chrono::steady_clock::now();
   try {
-    pooled = encoder.embed(ids.index_select(0, rows).slice(1, 0, length), batch_mask);
+    pooled = encoder.embed(batch_ids, batch_mask);
+    if (stats) stats->embed_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   } catch (const OutOfMemory& error) {
     if (batch.size() == 1) throw;
     const auto half = static_cast<std::ptrdiff_t>(batch.size() / 2);

@@ -2,7 +2,7 @@
 //
 //   virnucpro-host ENGINE_DIR --check [--device D]
 //   virnucpro-host ENGINE_DIR INPUTS.pt OUTPUTS.pt [--device cpu|cuda|cuda:N] [--no-verify]
-//                  [--max-batch-tokens N] [--warmup] [--timing FILE.json] [--print-batches]
+//                  [--max-batch-tokens N] [--cpu-threads N] [--warmup] [--timing FILE.json] [--print-batches]
 //
 // INPUTS.pt: torch.save((dna_ids, dna_mask, protein_ids, protein_mask)), int64 [N, T] each, right-padded,
 // one row per kept frame. OUTPUTS.pt: (dnabert_embeddings [N, 768], esm_embeddings [N, 2560],
@@ -12,7 +12,10 @@
 // --warmup runs everything once untimed first (CUDA context, kernel loading, allocator growth are not
 // throughput); --timing writes seconds per encoder and for the classifier, each measured between
 // device-synchronised clock reads and including the host-to-device copies, as the Python runtime's
-// stage clock measures. Exit codes as the Python CLI: 0 ok, 2 bad usage/input or engines that do not
+// stage clock measures, with each encoder's seconds inside its engine calls (embed_s) apart from the
+// batching's own host work. --cpu-threads sets libtorch's intra-op threads for the host's CPU tensor
+// work (default: libtorch's, one per core; on CUDA that work is small per batch, so fewer threads
+// avoid waking a pool per operation). Exit codes as the Python CLI: 0 ok, 2 bad usage/input or engines that do not
 // fit this host (one line on stderr), 1 any other failure.
 #include <chrono>
 #include <fstream>
@@ -39,7 +42,8 @@ namespace {
 
 int usage(const std::string& message) {
   std::cerr << "Error: " << message << "\nUsage: virnucpro-host ENGINE_DIR (--check | INPUTS.pt OUTPUTS.pt) "
-            << "[--device cpu|cuda|cuda:N] [--no-verify] [--max-batch-tokens N] [--warmup] [--timing FILE] "
+            << "[--device cpu|cuda|cuda:N] [--no-verify] [--max-batch-tokens N] [--cpu-threads N] "
+            << "[--warmup] [--timing FILE] "
             << "[--print-batches]\n";
   return 2;
 }
@@ -49,7 +53,21 @@ struct Options {
   std::string device = "cpu", timing;
   bool check_only = false, verify = true, warmup = false, print_batches = false;
   int64_t max_batch_tokens = 0;  // 0: the engines' build budget
+  int64_t cpu_threads = 0;       // 0: libtorch's default
 };
+
+// A positive integer option's value, or nullopt.
+std::optional<int64_t> positive(const std::string& value) {
+  size_t used = 0;
+  int64_t parsed = 0;
+  try {
+    parsed = std::stoll(value, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (used != value.size() || parsed < 1) return std::nullopt;
+  return parsed;
+}
 
 // Parsed options, or the one-line reason they are not usable.
 std::optional<std::string> parse(int argc, char** argv, Options& options) {
@@ -60,17 +78,11 @@ std::optional<std::string> parse(int argc, char** argv, Options& options) {
       options.device = argv[++i];
     } else if (arg == "--timing" && has_value) {
       options.timing = argv[++i];
-    } else if (arg == "--max-batch-tokens" && has_value) {
+    } else if ((arg == "--max-batch-tokens" || arg == "--cpu-threads") && has_value) {
       const std::string value = argv[++i];
-      size_t used = 0;
-      try {
-        options.max_batch_tokens = std::stoll(value, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (used != value.size() || options.max_batch_tokens < 1) {
-        return "--max-batch-tokens " + value + ": expected a positive integer";
-      }
+      const auto parsed = positive(value);
+      if (!parsed) return arg + " " + value + ": expected a positive integer";
+      (arg == "--cpu-threads" ? options.cpu_threads : options.max_batch_tokens) = *parsed;
     } else if (arg == "--check") {
       options.check_only = true;
     } else if (arg == "--no-verify") {
@@ -128,7 +140,8 @@ nlohmann::json stats_json(const virnucpro::BatchStats& stats, double seconds) {
           {"batches", stats.batches},
           {"items", stats.items},
           {"tokens", stats.tokens},
-          {"computed_tokens", stats.computed_tokens}};
+          {"computed_tokens", stats.computed_tokens},
+          {"embed_s", stats.embed_s}};
 }
 
 void print_batches(const std::string& kind, const std::vector<std::vector<int64_t>>& batches) {
@@ -164,6 +177,7 @@ int run(const Options& options, const c10::Device& device) {
   for (const auto& item : items) {
     if (!item.isTensor()) return usage(options.positional[1] + " must hold four tensors");
   }
+  if (options.cpu_threads > 0) at::set_num_threads(static_cast<int>(options.cpu_threads));
   double start = clock_after(device);
   virnucpro::EngineSet engines(options.positional[0], device, options.verify);
   const double load_s = clock_after(device) - start;
@@ -192,6 +206,7 @@ int run(const Options& options, const c10::Device& device) {
         {"engines", {{"backend", manifest.backend}, {"precision", manifest.precision}, {"arch", manifest.device_arch}}},
         {"frames", pass.dna.size(0)},
         {"max_batch_tokens", budget},
+        {"cpu_threads", at::get_num_threads()},
         {"warmup", options.warmup},
         {"load_s", load_s},
         {"warmup_s", warmup_s},

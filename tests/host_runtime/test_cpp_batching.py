@@ -186,9 +186,12 @@ def test_timing_json(host_tool, engines, engine_set, tmp_path) -> None:
     assert all(s > 0 for s in stages) and timing["seconds"] == pytest.approx(sum(stages))
     assert timing["esm2"]["batches"] == len(token_budget_batches([len(t) for t in tokens["esm2"]], 300, 256))
     assert timing["torch"] == torch.__version__.split("+")[0]
+    for kind in ("dnabert-s", "esm2"):  # the engine calls are part of each stage, the batching the rest
+        assert 0 < timing[kind]["embed_s"] <= timing[kind]["seconds"]
+    assert timing["cpu_threads"] == torch.get_num_threads()  # libtorch's default, as in this process
 
-    _, _, cold = _run(host_tool, engines, engine_set, tokens, tmp_path)
-    assert cold["warmup"] is False and cold["warmup_s"] == 0
+    _, _, cold = _run(host_tool, engines, engine_set, tokens, tmp_path, "--cpu-threads", "1")
+    assert cold["warmup"] is False and cold["warmup_s"] == 0 and cold["cpu_threads"] == 1
 
 
 def test_bad_options_and_inputs_are_one_line_errors(host_tool, engines, engine_set, tmp_path) -> None:
@@ -200,6 +203,7 @@ def test_bad_options_and_inputs_are_one_line_errors(host_tool, engines, engine_s
     cases = {
         ("--max-batch-tokens", "0"): "--max-batch-tokens 0: expected a positive integer",
         ("--max-batch-tokens", "12x"): "--max-batch-tokens 12x: expected a positive integer",
+        ("--cpu-threads", "0"): "--cpu-threads 0: expected a positive integer",
         ("--device", "gpu"): "--device gpu: expected cpu, cuda or cuda:N",
         ("--timing", str(tmp_path / "no" / "t.json")): "cannot write",
     }

@@ -33,7 +33,7 @@ def test_cxx_host_benchmark_on_tiny_cpu_engines(
         [
             "--engines", str(engines), "--reads", "60", "--device", "cpu", "--max-batch-tokens", "1024",
             "--build-dir", str(production_build.build_dir), "--workdir", str(tmp_path / "work"),
-            "--json", str(out),
+            "--host-cpu-threads", "2", "--json", str(out),
         ]
     )  # fmt: skip
     assert code == 0
@@ -57,8 +57,11 @@ def test_cxx_host_benchmark_on_tiny_cpu_engines(
     seconds = report["seconds"]
     assert ratios["esm2"] == pytest.approx(seconds["python"]["esm2"] / seconds["host"]["esm2"], rel=0.02)
     assert (tmp_path / "work" / "host_timing.json").is_file()
+    host = report["host"]
+    assert host["cpu_threads"] == 2  # --host-cpu-threads reached the host
+    assert all(0 < host["embed_s"][k] <= seconds["host"][k] + 1e-4 for k in ("dnabert-s", "esm2"))
     printed = capsys.readouterr().out
-    assert "host/python" in printed and "parity PASSED" in printed
+    assert "host/python" in printed and "parity PASSED" in printed and "2 CPU thread(s)" in printed
 
 
 def test_a_host_without_openssl_is_rerun_without_hashing(tmp_path: Path) -> None:
@@ -86,4 +89,4 @@ def test_a_host_without_openssl_is_rerun_without_hashing(tmp_path: Path) -> None
     assert [a.shape for a in arrays] == [(2, 3), (2, 4), (2, 2)]
     lines = calls.read_text().splitlines()
     assert len(lines) == 2 and "--no-verify" not in lines[0] and lines[1].endswith("--no-verify")
-    assert "--max-batch-tokens 512 --warmup --timing" in lines[0]
+    assert "--max-batch-tokens 512 --warmup --timing" in lines[0] and "--cpu-threads" not in lines[0]
