@@ -14,9 +14,9 @@
 // device-synchronised clock reads and including the host-to-device copies, as the Python runtime's
 // stage clock measures, with each encoder's seconds inside its engine calls (embed_s) apart from the
 // batching's own host work. --cpu-threads sets libtorch's intra-op threads for the host's CPU tensor
-// work (default: libtorch's, one per core; on CUDA that work is small per batch, so fewer threads
-// avoid waking a pool per operation). Exit codes as the Python CLI: 0 ok, 2 bad usage/input or engines that do not
-// fit this host (one line on stderr), 1 any other failure.
+// work (default: libtorch's, one per core; on CUDA that work is small per batch, and a thread pool
+// woken per operation may cost more than it saves). Exit codes as the Python CLI: 0 ok, 2 bad
+// usage/input or engines that do not fit this host (one line on stderr), 1 any other failure.
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -43,8 +43,7 @@ namespace {
 int usage(const std::string& message) {
   std::cerr << "Error: " << message << "\nUsage: virnucpro-host ENGINE_DIR (--check | INPUTS.pt OUTPUTS.pt) "
             << "[--device cpu|cuda|cuda:N] [--no-verify] [--max-batch-tokens N] [--cpu-threads N] "
-            << "[--warmup] [--timing FILE] "
-            << "[--print-batches]\n";
+            << "[--warmup] [--timing FILE] [--print-batches]\n";
   return 2;
 }
 
