@@ -29,14 +29,13 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.report import write_json
-from virnucpro_trt.bench.timing import call_times_ms
+from virnucpro_trt.bench.timing import add_call_timing_options, call_times_ms, chosen_names
 from virnucpro_trt.engines.inductor_fp8 import FP8_DTYPE, fp8_unavailable_reason
 
 
@@ -155,16 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--m", type=int, default=195 * 168, help="tokens: one 500 bp batch's")
     parser.add_argument("--linears", default=",".join(s.linear for s in SHAPES))
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--json", type=Path, default=None)
+    add_call_timing_options(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    wanted = set(args.linears.split(","))
-    unknown = wanted - {s.linear for s in SHAPES}
-    if unknown:
-        parser.error(f"unknown linear(s) {sorted(unknown)}; known: {[s.linear for s in SHAPES]}")
+    wanted = set(chosen_names(parser, "--linears", args.linears, [s.linear for s in SHAPES]))
     report: dict[str, Any] = {
         "benchmark": "fp8_gemm_autotune",
         "command": "python3 benchmarks/diagnostics/fp8_gemm_autotune.py "

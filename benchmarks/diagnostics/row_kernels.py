@@ -37,14 +37,13 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.report import write_json
-from virnucpro_trt.bench.timing import call_times_ms
+from virnucpro_trt.bench.timing import add_call_timing_options, call_times_ms, chosen_names
 from virnucpro_trt.engines import fp8_quantize as fq
 from virnucpro_trt.engines.fp8_quantize import ERF_LIBDEVICE, ERF_POLYNOMIAL, GELU_TANH, ROW_LAUNCH, RowLaunch
 from virnucpro_trt.engines.inductor_fp8 import fp8_unavailable_reason
@@ -214,16 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=195 * 168, help="one 500 bp batch's tokens")
     parser.add_argument("--cases", default=",".join(c.name for c in CASES))
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--json", type=Path, default=None)
+    add_call_timing_options(parser)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     known = {c.name: c for c in CASES}
-    unknown = [name for name in args.cases.split(",") if name not in known]
-    if unknown:
-        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    chosen = chosen_names(parser, "--cases", args.cases, list(known))
     results: list[dict[str, Any]] = []
     report = {
         "benchmark": "row_kernels",
@@ -231,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": script_environment(device, with_onnxruntime=False),
         "results": results,
     }
-    for name in args.cases.split(","):
+    for name in chosen:
         results.extend(measure(known[name], args, device))
         if args.json:
             write_json(report, args.json)  # after every case, so a call cut short keeps its figures

@@ -437,6 +437,12 @@ def test_row_kernels_grid_reasons_and_comparison(tmp_path: Path, monkeypatch: py
     rows = json.loads(out.read_text())["results"]
     assert {r["case"] for r in rows} == {c.name for c in script.CASES}
     assert all(r["status"] == "unavailable" and r["reason"] for r in rows)
+    only = tmp_path / "only.json"
+    assert script.main(["--device", "cpu", "--cases", "identity,layernorm", "--json", str(only)]) == 0
+    picked = [r["case"] for r in json.loads(only.read_text())["results"]]
+    assert picked[0] == "identity" and picked[-1] == "layernorm" and set(picked) == {"identity", "layernorm"}
+    with pytest.raises(SystemExit):
+        script.main(["--device", "cpu", "--cases", "gelu"])
     gelu = [r for r in rows if r["case"] == "bias_gelu"]
     assert (gelu[0]["chunk"], gelu[0]["num_warps"], gelu[0]["erf"]) == (2048, 4, fq.GELU_TANH)
     assert {r["erf"] for r in gelu} == {fq.ERF_LIBDEVICE, fq.ERF_POLYNOMIAL, fq.GELU_TANH}
@@ -490,7 +496,7 @@ def test_gpu_targets_script_runs_only_options_the_tools_have(tmp_path: Path) -> 
 
 
 def test_fp8_gemm_autotune_ways_reasons_and_comparison(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Every shape is reported three ways (eager cuBLAS, Inductor's autotuning with and without the TMA
     templates); without CUDA each row says why; with a GEMM standing in, each way is timed, checked
@@ -506,6 +512,7 @@ def test_fp8_gemm_autotune_ways_reasons_and_comparison(
     assert {(r["linear"], r["n"], r["k"]) for r in rows} >= {("fc2", 2560, 10240), ("qkv", 7680, 2560)}
     with pytest.raises(SystemExit):
         script.main(["--device", "cpu", "--linears", "fc3"])
+    assert "--linears: unknown fc3; choose from qkv, out_proj, fc1, fc2" in capsys.readouterr().err
 
     def gemm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor) -> torch.Tensor:
         return (a * scale_a) @ (b * scale_b)

@@ -8,12 +8,14 @@ several passes (robust to one slow pass).
 
 from __future__ import annotations
 
+import argparse
 import functools
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -62,6 +64,24 @@ def call_times_ms(call: Callable[[], Any], device: torch.device, warmup: int, it
             call()
             times.append(1e3 * (time.perf_counter() - started))
     return times
+
+
+def add_call_timing_options(parser: argparse.ArgumentParser, warmup: int = 5, iters: int = 30) -> None:
+    """The options of a diagnostic that times kernel calls with :func:`call_times_ms`: ``--warmup``,
+    ``--iters``, ``--device`` (default ``cuda``: the diagnostics are for the GPU) and ``--json``."""
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--iters", type=int, default=iters)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--json", type=Path, default=None)
+
+
+def chosen_names(parser: argparse.ArgumentParser, option: str, value: str, known: Sequence[str]) -> list[str]:
+    """The comma-separated names of ``value``; a name not in ``known`` is a usage error naming them."""
+    names = value.split(",")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        parser.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    return names
 
 
 def warm_enqueue_seconds(call: Callable[[], Any], device: torch.device) -> float:
