@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +189,10 @@ def test_timing_json(host_tool, engines, engine_set, tmp_path) -> None:
     assert timing["torch"] == torch.__version__.split("+")[0]
     for kind in ("dnabert-s", "esm2"):  # the engine calls are part of each stage, the batching the rest
         assert 0 < timing[kind]["embed_s"] <= timing[kind]["seconds"]
-    assert timing["cpu_threads"] == torch.get_num_threads()  # libtorch's default, as in this process
+    fresh = subprocess.run(  # libtorch's default, as a fresh process has it (tests may change this one's)
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True, text=True
+    )
+    assert timing["cpu_threads"] == int(fresh.stdout)
 
     _, _, cold = _run(host_tool, engines, engine_set, tokens, tmp_path, "--cpu-threads", "1")
     assert cold["warmup"] is False and cold["warmup_s"] == 0 and cold["cpu_threads"] == 1
