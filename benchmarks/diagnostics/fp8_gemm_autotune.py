@@ -37,6 +37,7 @@ from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.timing import add_call_timing_options, call_times_ms, chosen_names
 from virnucpro_trt.engines.inductor_fp8 import FP8_DTYPE, fp8_unavailable_reason
+from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,12 @@ class Shape:
     k: int
 
 
+_DIM, _FFN = ESM2_T36_3B_CONFIG.embed_dim, ESM2_T36_3B_CONFIG.ffn_dim
 SHAPES = (
-    Shape("qkv", 7680, 2560),
-    Shape("out_proj", 2560, 2560),
-    Shape("fc1", 10240, 2560),
-    Shape("fc2", 2560, 10240),
+    Shape("qkv", 3 * _DIM, _DIM),
+    Shape("out_proj", _DIM, _DIM),
+    Shape("fc1", _FFN, _DIM),
+    Shape("fc2", _DIM, _FFN),
 )
 
 

@@ -47,6 +47,7 @@ from virnucpro_trt.bench.timing import add_call_timing_options, call_times_ms, c
 from virnucpro_trt.engines import fp8_quantize as fq
 from virnucpro_trt.engines.fp8_quantize import ERF_LIBDEVICE, ERF_POLYNOMIAL, GELU_TANH, ROW_LAUNCH, RowLaunch
 from virnucpro_trt.engines.inductor_fp8 import fp8_unavailable_reason
+from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,13 @@ class Case:
         return rows * per_row
 
 
+_DIM, _FFN = ESM2_T36_3B_CONFIG.embed_dim, ESM2_T36_3B_CONFIG.ffn_dim
 CASES = (
-    Case("bias_gelu", 10240, torch.bfloat16, fq.BIAS_GELU),
-    Case("identity_10240", 10240, torch.bfloat16, fq.IDENTITY),
-    Case("layernorm", 2560, torch.float32, fq.LAYERNORM),
-    Case("add_layernorm", 2560, torch.float32, fq.LAYERNORM, has_delta=True),
-    Case("identity", 2560, torch.bfloat16, fq.IDENTITY),
+    Case("bias_gelu", _FFN, torch.bfloat16, fq.BIAS_GELU),
+    Case(f"identity_{_FFN}", _FFN, torch.bfloat16, fq.IDENTITY),
+    Case("layernorm", _DIM, torch.float32, fq.LAYERNORM),
+    Case("add_layernorm", _DIM, torch.float32, fq.LAYERNORM, has_delta=True),
+    Case("identity", _DIM, torch.bfloat16, fq.IDENTITY),
 )
 
 
