@@ -180,7 +180,11 @@ def print_table(report: dict[str, Any]) -> None:
             f"{key:<12}{seconds['python'][key]:>12.3f}{seconds['host'][key]:>12.3f}{ratio[key]:>14.3f}"
             f"{'' if inside is None else f'{inside:>18.3f}'}"
         )
-    print(f"host: {report['host']['cpu_threads']} CPU thread(s)")
+    work = "; ".join(
+        f"{kind} " + ", ".join(f"{part} {s:.3f}" for part, s in parts.items())
+        for kind, parts in report["host"]["host_work_s"].items()
+    )
+    print(f"host: {report['host']['cpu_threads']} CPU thread(s); its own work per stage, s: {work}")
     parity, goals = report["parity"], report["goals"]
     verdict = "PASSED" if parity["passed"] else "FAILED"
     print(
@@ -267,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
             # seconds inside the engine calls (padding, copies, the run), the rest of each encoder's
             # stage being the host's batching work
             "embed_s": {kind: round(timing[kind]["embed_s"], 4) for kind in ("dnabert-s", "esm2")},
+            # the rest of each stage by part (rows selected, finiteness check, output placed)
+            "host_work_s": {
+                kind: {part: round(s, 4) for part, s in timing[kind]["host_work_s"].items()}
+                for kind in ("dnabert-s", "esm2")
+            },
             "timing_rule": timing["rule"],
         },
         **figures,

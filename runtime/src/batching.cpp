@@ -21,15 +21,23 @@ namespace {
 void embed_batch(Encoder& encoder, const at::Tensor& ids, const at::Tensor& mask, const std::vector<int64_t>& lengths,
                  const std::vector<int64_t>& batch, at::Tensor& out, BatchStats* stats,
                  std::vector<std::vector<int64_t>>* batches_run) {
+  auto started = std::chrono::steady_clock::now();
+  const auto lap = [&started](double& total) {  // seconds since the last lap, added to `total`
+    const auto now = std::chrono::steady_clock::now();
+    total += std::chrono::duration<double>(now - started).count();
+    started = now;
+  };
+  BatchStats unused;
+  BatchStats& timed = stats ? *stats : unused;
   const auto rows = torch::tensor(batch, torch::kInt64);
   const int64_t length = lengths[batch.front()];  // the longest item of the batch comes first
   const auto batch_mask = mask.index_select(0, rows).slice(1, 0, length);
   const auto batch_ids = ids.index_select(0, rows).slice(1, 0, length);
+  lap(timed.select_s);
   at::Tensor pooled;
-  const auto started = std::chrono::steady_clock::now();
   try {
     pooled = encoder.embed(batch_ids, batch_mask);
-    if (stats) stats->embed_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    lap(timed.embed_s);
   } catch (const OutOfMemory& error) {
     if (batch.size() == 1) throw;
     const auto half = static_cast<std::ptrdiff_t>(batch.size() / 2);
@@ -43,7 +51,9 @@ void embed_batch(Encoder& encoder, const at::Tensor& ids, const at::Tensor& mask
     embed_batch(encoder, ids, mask, lengths, second, out, stats, batches_run);
     return;
   }
-  if (!torch::isfinite(pooled).all().item<bool>()) {
+  const bool finite = torch::isfinite(pooled).all().item<bool>();
+  lap(timed.check_s);
+  if (!finite) {
     throw std::runtime_error(encoder.kind() + " produced NaN/Inf embeddings in a batch of " +
                              std::to_string(batch.size()) + " items (e.g. #" + std::to_string(batch.front()) +
                              "); try --precision fp32");
@@ -56,6 +66,7 @@ void embed_batch(Encoder& encoder, const at::Tensor& ids, const at::Tensor& mask
     stats->tokens += batch_mask.sum().item<int64_t>();
     stats->computed_tokens += graph_rows * graph_length;
   }
+  lap(timed.place_s);
   if (batches_run) batches_run->push_back(batch);
 }
 

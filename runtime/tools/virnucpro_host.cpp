@@ -140,7 +140,8 @@ nlohmann::json stats_json(const virnucpro::BatchStats& stats, double seconds) {
           {"items", stats.items},
           {"tokens", stats.tokens},
           {"computed_tokens", stats.computed_tokens},
-          {"embed_s", stats.embed_s}};
+          {"embed_s", stats.embed_s},
+          {"host_work_s", {{"select", stats.select_s}, {"check", stats.check_s}, {"place", stats.place_s}}}};
 }
 
 void print_batches(const std::string& kind, const std::vector<std::vector<int64_t>>& batches) {

@@ -188,7 +188,9 @@ def test_timing_json(host_tool, engines, engine_set, tmp_path) -> None:
     assert timing["esm2"]["batches"] == len(token_budget_batches([len(t) for t in tokens["esm2"]], 300, 256))
     assert timing["torch"] == torch.__version__.split("+")[0]
     for kind in ("dnabert-s", "esm2"):  # the engine calls are part of each stage, the batching the rest
-        assert 0 < timing[kind]["embed_s"] <= timing[kind]["seconds"]
+        parts = timing[kind]["host_work_s"]
+        assert set(parts) == {"select", "check", "place"} and all(s > 0 for s in parts.values())
+        assert 0 < timing[kind]["embed_s"] + sum(parts.values()) <= timing[kind]["seconds"]
     fresh = subprocess.run(  # libtorch's default, as a fresh process has it (tests may change this one's)
         [sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True, text=True
     )

@@ -34,10 +34,11 @@ std::vector<int64_t> row_lengths(const at::Tensor& attention_mask);
 // tokens of the shapes the engine ran (padded to the batch's longest item, then to the graph's box).
 // embed_s: seconds inside Encoder::embed (the box padding, the copies both ways and the engine run; it
 // returns embeddings on the CPU, so the device has finished), the rest of a stage being the batching's
-// own host work (selecting rows, the finiteness check, placing the output).
+// own host work, timed by part: select_s (the batch's rows and columns out of the inputs), check_s (the
+// finiteness check) and place_s (the output rows put in place, the token counts).
 struct BatchStats {
   int64_t batches = 0, items = 0, tokens = 0, computed_tokens = 0;
-  double embed_s = 0;
+  double embed_s = 0, select_s = 0, check_s = 0, place_s = 0;
 };
 
 // Embeddings float32 [N, dim] on the CPU, in input order, of right-padded int64 ids/mask [N, T], run in
