@@ -321,22 +321,36 @@ def test_esm2_variants_bf16_layernorm_candidate_quantises_the_norms_output() -> 
 
 
 def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path) -> None:
-    """The padded fraction per length mix: nothing for 500 bp reads (168 tokens, a multiple of 8), and
-    rounding lengths up to the engine's multiple never pads less than the batcher alone."""
+    """The padded fraction per encoder, length mix and run size: nothing for ESM-2 on 500 bp reads (168
+    tokens each), rounding lengths up to the engine's multiple never pads less than the batcher alone,
+    and a larger run of the same mix pads no more than a smaller one (its batches span fewer lengths)."""
     out = tmp_path / "padding.json"
     code = _script("diagnostics/padding_by_mix").main(
-        ["--reads", "300", "--mixes", "fixed,illumina", "--multiples", "1,8", "--json", str(out)]
+        ["--reads", "300,1200", "--mixes", "fixed,mixed", "--multiples", "1,8", "--json", str(out)]
     )
     assert code == 0
     report = json.loads(out.read_text())
     assert set(report) == set(_committed("cpu_padding_by_mix.json"))
-    rows = {r["length_mix"]: r for r in report["results"]}
-    fixed, short = rows["fixed"]["by_multiple"], rows["illumina"]["by_multiple"]
-    assert [p["padded_fraction"] for p in fixed] == [0.0, 0.0]
-    assert 0 <= short[0]["padded_fraction"] < short[1]["padded_fraction"]
-    for p in fixed + short:
-        assert p["computed_tokens"] - p["tokens"] >= 0 and p["batches"] >= 1
-    assert rows["illumina"]["mean_tokens"] < rows["fixed"]["mean_tokens"] == 168.0
+    rows = {(r["encoder"], r["length_mix"], r["reads"]): r for r in report["results"]}
+    encoders, mixes = ("dnabert-s", "esm2"), ("fixed", "mixed")
+    assert set(rows) == {(e, m, n) for e in encoders for m in mixes for n in (300, 1200)}
+    assert [p["padded_fraction"] for p in rows["esm2", "fixed", 300]["by_multiple"]] == [0.0, 0.0]
+    assert rows["esm2", "fixed", 300]["mean_tokens"] == 168.0
+    for (encoder, mix, _), row in rows.items():
+        alone, rounded = (p["padded_fraction"] for p in row["by_multiple"])
+        assert 0 <= alone <= rounded and all(p["batches"] >= 1 for p in row["by_multiple"])
+        assert row["mean_tokens"] > 2
+        assert rows[encoder, mix, 1200]["frames"] > rows[encoder, mix, 300]["frames"]
+    small, large = (rows["esm2", "mixed", n]["by_multiple"][0]["padded_fraction"] for n in (300, 1200))
+    assert 0 < large < small
+    for (_, _, reads), row in rows.items():  # predict's default shards of 256 reads, batched one by one
+        whole, sharded = row["by_multiple"][0], row["predict_by_multiple"][0]
+        assert row["predict_shard_records"] == 256 and row["predict_shards"] == -(-reads // 256)
+        assert sharded["tokens"] == whole["tokens"] and sharded["batches"] >= whole["batches"]
+    mixed = rows["esm2", "mixed", 1200]
+    assert mixed["predict_by_multiple"][0]["padded_fraction"] > mixed["by_multiple"][0]["padded_fraction"]
+    with pytest.raises(SystemExit):
+        _script("diagnostics/padding_by_mix").main(["--encoders", "esm3"])
 
 
 def test_attention_kernels_times_candidates_on_the_runs_batches(tmp_path: Path) -> None:
