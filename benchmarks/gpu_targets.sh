@@ -2,9 +2,10 @@
 # Issue 11's targets on one CUDA GPU, the way the measurement log (docs/measurements.md) runs them:
 # engines built through `build` and its parity gate, `bench` beside the torch.compile peer (500 bp, then
 # the mixed and Illumina-like read lengths), the ESM-2 engine's kernel profile, `predict` against the
-# engine alone, and the C++ host against the Python runtime.
+# engine alone (500 bp reads, then mixed lengths, where predict's per-shard batches pad more than the
+# engine alone's), and the C++ host against the Python runtime.
 #
-#   bash benchmarks/gpu_targets.sh STEP [PRECISION]   STEP: build bench mixes profile predict cxx | all
+#   bash benchmarks/gpu_targets.sh STEP [PRECISION]   STEP: build bench mixes profile predict predict-mixed cxx | all
 #   DRY_RUN=1 bash benchmarks/gpu_targets.sh all fp8  prints the commands (tests/bench checks them)
 #
 # PRECISION: the engines' (fp8 or bf16; default fp8); the peer row is always compile-bf16, the targets'
@@ -13,7 +14,7 @@
 # OUT (default benchmarks/results/local), one file per step; copy what you keep into benchmarks/results
 # with the machine in its name, and log it.
 set -euo pipefail
-step=${1:?"usage: $0 STEP [PRECISION] (STEP: build bench mixes profile predict cxx all)"}
+step=${1:?"usage: $0 STEP [PRECISION] (STEP: build bench mixes profile predict predict-mixed cxx all)"}
 precision=${2:-fp8}
 work=${WORKDIR:-/tmp/vtw}
 out=${OUT:-benchmarks/results/local}
@@ -38,9 +39,12 @@ case $step in
   predict)
     run python3 benchmarks/runtime_scaling.py --models full-outliers --backend inductor --precision "$precision" \
       --workdir "$work" --gpus 0 --reads 10000 --json "$out/gpu_runtime_scaling_1gpu_$precision.json" ;;
+  predict-mixed)
+    run python3 benchmarks/runtime_scaling.py --models full-outliers --backend inductor --precision "$precision" \
+      --workdir "$work" --gpus 0 --reads 20000 --length-mix mixed --json "$out/gpu_runtime_scaling_1gpu_${precision}_mixed.json" ;;
   cxx)
     run python3 benchmarks/cxx_host_cuda.py --engines "$engines" --reads 4000 --build-dir "$work/cxx-build" \
       --json "$out/gpu_cxx_host_cuda_$precision.json" ;;
-  all) for each in build bench mixes profile predict cxx; do bash "$0" "$each" "$precision"; done ;;
-  *) echo "unknown step '$step' (build bench mixes profile predict cxx all)" >&2; exit 2 ;;
+  all) for each in build bench mixes profile predict predict-mixed cxx; do bash "$0" "$each" "$precision"; done ;;
+  *) echo "unknown step '$step' (build bench mixes profile predict predict-mixed cxx all)" >&2; exit 2 ;;
 esac

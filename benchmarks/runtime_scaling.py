@@ -47,9 +47,10 @@ from virnucpro_trt.bench.cli_run import run_cli
 from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.models import RANDOM_SIZES, random_models_in
 from virnucpro_trt.bench.report import write_json
+from virnucpro_trt.bench.workload import generated_workload
 from virnucpro_trt.sequences.prepare import prepare_blocks
 from virnucpro_trt.sequences.reader import read_records
-from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta
+from virnucpro_trt.sequences.synthetic import LENGTH_MIXES, write_fasta
 from virnucpro_trt.settings import PRECISIONS
 
 
@@ -172,6 +173,14 @@ def _baseline_row(path: Path, reads: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reads", type=int, default=20000)
+    parser.add_argument(
+        "--length-mix",
+        choices=list(LENGTH_MIXES),
+        default="fixed",
+        help="read lengths, as bench's: fixed 500 bp (default), mixed 100-1000 bp or illumina 150 bp; "
+        "predict batches each shard on its own, so mixed lengths show its padding against the encoders "
+        "alone (all frames batched together)",
+    )
     parser.add_argument("--backend", default="inductor", help="torch, onnxruntime, inductor or tensorrt")
     parser.add_argument("--precision", default="bf16", choices=PRECISIONS)
     parser.add_argument("--gpus", action="append", help="a --gpus setting to run (repeatable)")
@@ -217,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     models = random_models_in(root, args.models, device)
     models_s = time.perf_counter() - started
     fasta = root / "reads.fa"
-    write_fasta(generate_reads(args.reads, 500, seed=42, coding_fraction=0.7), str(fasta))
+    workload = generated_workload(args.reads, 500, seed=42, coding_fraction=0.7, length_mix=args.length_mix)
+    write_fasta([(r.id, r.sequence) for r in workload.records], str(fasta))
     model_args = [
         "--dnabert",
         str(models.dnabert),
@@ -291,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "workload": {
             "reads": args.reads,
-            "read_length": 500,
+            "read_length": workload.describe()["read_length"],
+            "length_mix": args.length_mix,
             "coding_fraction": 0.7,
             "models": (
                 "random weights, full size: DNABERT-S 12x768, ESM-2 t36_3B"

@@ -102,10 +102,12 @@ def test_runtime_scaling_tiny_cpu_workers(tmp_path: Path, capsys: pytest.Capture
             "--models", "tiny", "--device", "cpu", "--backend", "torch", "--precision", "fp32",
             "--reads", "120", "--workers", "1", "--workers", "2", "--max-batch-tokens", "2048",
             "--shard-records", "32", "--workdir", str(tmp_path / "work"), "--json", str(out),
+            "--length-mix", "mixed",
         ]
     )  # fmt: skip
     assert code == 0
     report = json.loads(out.read_text())
+    assert report["workload"]["length_mix"] == "mixed" and report["workload"]["read_length"] != 500
     one, two = report["predict"]
     assert (one["gpus"], one["workers"], two["gpus"], two["workers"]) == ("cpu x1", 1, "cpu x2", 2)
     assert one["frames"] == two["frames"] == report["esm_engine_alone"]["frames"] > 0
@@ -494,7 +496,7 @@ def test_gpu_targets_script_runs_only_options_the_tools_have(tmp_path: Path) -> 
         done = run("bash", str(script), "all", precision, env=env)
         assert done.returncode == 0, done.stderr
         commands += [line[2:].split() for line in done.stdout.splitlines() if line.startswith("+ ")]
-    assert len(commands) == 14 and not (tmp_path / "out").exists()  # printed, not run
+    assert len(commands) == 16 and not (tmp_path / "out").exists()  # printed, not run
     helps: dict[str, str] = {}
     for command in commands:
         tool = command[1:4] if command[1] == "-m" else command[1:2]
