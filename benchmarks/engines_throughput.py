@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import sys
 import tempfile
@@ -50,9 +51,10 @@ from virnucpro_trt.models.random_checkpoints import (
     train_dna_tokenizer,
 )
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
+from virnucpro_trt.runtime.batching import PaddingCap
 from virnucpro_trt.runtime.device import PRECISIONS as DTYPES
 from virnucpro_trt.runtime.device import configure_fp32_reference
-from virnucpro_trt.runtime.embedding import TorchBackend, embed_sequences
+from virnucpro_trt.runtime.embedding import BatchStats, TorchBackend, embed_sequences
 from virnucpro_trt.sequences.synthetic import LENGTH_MIXES
 
 
@@ -135,31 +137,65 @@ def bench_model(
                 row["build_facts"] = {
                     k: v for k, v in built.facts.items() if isinstance(v, str | int | float)
                 }
-            seconds, emb = time_embedding(runner, items, budget, args.repeats, device)
-            check = compare(reference[: min(ref_n, len(items))], emb[:ref_n], precision)
-            row.update(
-                status="ok",
-                items_timed=len(items),
-                seconds=round(seconds, 4),
-                items_per_s=round(len(items) / seconds, 1),
-                tokens_per_s=round(float(lengths[: len(items)].sum()) / seconds, 1),
-                build_s=round(build_s, 1),
-                parity={
-                    "min_cosine": check.min_cosine,
-                    "max_abs": check.max_abs,
-                    "finite": check.finite,
-                    "passed_gate": check.passed,
-                },
-            )
+            row["build_s"] = round(build_s, 1)
+            for cap in args.padding_caps:  # the same engine under each batching rule
+                timed = timed_row(row, runner, items, lengths, budget, cap, reference[:ref_n], args, device)
+                rows.append(timed)
+                print(json.dumps(rows[-1]), flush=True)
+                save()
             del runner
         except Exception as exc:  # a failing configuration is reported, the others still run
             row.update(status="failed", error=f"{type(exc).__name__}: {str(exc)[:800]}")
             traceback.print_exception(exc, file=sys.stderr)  # the whole chain (a compiler's output)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            save()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        save()
+
+
+def timed_row(
+    row: dict[str, Any],
+    runner: Any,
+    items: list[np.ndarray],
+    lengths: np.ndarray,
+    budget: int,
+    cap: PaddingCap | None,
+    reference: np.ndarray,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Any]:
+    """One configuration's row under one batching rule: speed, the padding its batches computed, parity."""
+    stats = BatchStats()
+    seconds, emb = time_embedding(runner, items, budget, args.repeats, device, args.group_items, cap, stats)
+    check = compare(reference[: len(items)], emb[: len(reference)], row["precision"])
+    return {
+        **row,
+        "batching": {
+            "group_items": args.group_items,
+            "padding_cap": None if cap is None else dataclasses.asdict(cap),
+            **stats.to_json(),
+        },
+        "status": "ok",
+        "items_timed": len(items),
+        "seconds": round(seconds, 4),
+        "items_per_s": round(len(items) / seconds, 1),
+        "tokens_per_s": round(float(lengths[: len(items)].sum()) / seconds, 1),
+        "parity": {
+            "min_cosine": check.min_cosine,
+            "max_abs": check.max_abs,
+            "finite": check.finite,
+            "passed_gate": check.passed,
+        },
+    }
+
+
+def padding_caps(text: str) -> list[PaddingCap | None]:
+    """``none,0.05:8192,...`` -> the batching rules to time (``none``: the plain token budget)."""
+    try:
+        return [None if part == "none" else PaddingCap.parse(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_setting(text: str) -> tuple[str, Any]:
@@ -196,9 +232,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--length-mix", choices=list(LENGTH_MIXES), default="fixed", help="read lengths of the frames"
     )
+    parser.add_argument(
+        "--group-items",
+        type=int,
+        default=None,
+        help="batch the items in consecutive groups of this many, each on its own, as predict batches each "
+        "shard (~290 frames for a 256-read shard of mixed reads); default: all at once",
+    )
+    parser.add_argument(
+        "--padding-caps",
+        type=padding_caps,
+        default=[None],
+        metavar="none,SHARE:FLOOR,...",
+        help="batching rules to time each engine under: none (the plain token budget, the default) or a "
+        "padding cap (runtime.batching.PaddingCap), e.g. none,0.05:8192,0.05:4096",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.group_items is not None and args.group_items < 1:
+        parser.error("--group-items must be >= 1")
     args.build_extra = dict(args.build_extra)
     device = torch.device(args.device)
     workdir = Path(tempfile.mkdtemp(prefix="vt-engines-"))
@@ -224,13 +277,18 @@ def main(argv: list[str] | None = None) -> int:
 
     for kind in args.models.split(","):
         bench_model(kind, args, device, workdir, rows, save)
-    print(f"\n{'model':10s} {'config':18s} {'items/s':>10s} {'build s':>8s} {'min cos':>10s} {'max|d|':>9s}")
+    print(
+        f"\n{'model':10s} {'config':18s} {'batching':>14s} {'padded':>7s} {'items/s':>10s} {'build s':>8s} "
+        f"{'min cos':>10s} {'max|d|':>9s}"
+    )
     for r in rows:
         if r["status"] == "ok":
-            p = r["parity"]
+            p, b = r["parity"], r["batching"]
+            cap = b["padding_cap"]
+            rule = "budget" if cap is None else f"cap {cap['max_share']:g}/{cap['floor_tokens']}"
             print(
-                f"{r['model']:10s} {r['config']:18s} {r['items_per_s']:10.1f} {r['build_s']:8.1f} "
-                f"{p['min_cosine']:10.6f} {p['max_abs']:9.2e}"
+                f"{r['model']:10s} {r['config']:18s} {rule:>14s} {100 * b['padded_fraction']:6.1f}% "
+                f"{r['items_per_s']:10.1f} {r['build_s']:8.1f} {p['min_cosine']:10.6f} {p['max_abs']:9.2e}"
             )
         else:
             print(f"{r['model']:10s} {r['config']:18s} FAILED: {r['error'][:150]}")

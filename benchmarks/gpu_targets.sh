@@ -3,9 +3,10 @@
 # engines built through `build` and its parity gate, `bench` beside the torch.compile peer (500 bp, then
 # the mixed and Illumina-like read lengths), the ESM-2 engine's kernel profile, `predict` against the
 # engine alone (500 bp reads, then mixed lengths, where predict's per-shard batches pad more than the
-# engine alone's), and the C++ host against the Python runtime.
+# engine alone's), the ESM-2 engine on shard-sized groups of mixed reads with and without a padding cap
+# (runtime.batching.PaddingCap, not yet the runtime's rule), and the C++ host against the Python runtime.
 #
-#   bash benchmarks/gpu_targets.sh STEP [PRECISION]   STEP: build bench mixes profile predict predict-mixed cxx | all
+#   bash benchmarks/gpu_targets.sh STEP [PRECISION]   STEP: build bench mixes profile predict predict-mixed batching cxx | all
 #   DRY_RUN=1 bash benchmarks/gpu_targets.sh all fp8  prints the commands (tests/bench checks them)
 #
 # PRECISION: the engines' (fp8 or bf16; default fp8); the peer row is always compile-bf16, the targets'
@@ -14,7 +15,7 @@
 # OUT (default benchmarks/results/local), one file per step; copy what you keep into benchmarks/results
 # with the machine in its name, and log it.
 set -euo pipefail
-step=${1:?"usage: $0 STEP [PRECISION] (STEP: build bench mixes profile predict predict-mixed cxx all)"}
+step=${1:?"usage: $0 STEP [PRECISION] (STEP: build bench mixes profile predict predict-mixed batching cxx all)"}
 precision=${2:-fp8}
 work=${WORKDIR:-/tmp/vtw}
 out=${OUT:-benchmarks/results/local}
@@ -42,9 +43,13 @@ case $step in
   predict-mixed)
     run python3 benchmarks/runtime_scaling.py --models full-outliers --backend inductor --precision "$precision" \
       --workdir "$work" --gpus 0 --reads 20000 --length-mix mixed --json "$out/gpu_runtime_scaling_1gpu_${precision}_mixed.json" ;;
+  batching)  # groups of 1,750 frames: a 1,536-read shard of mixed reads (100,000-read inputs)
+    run python3 benchmarks/engines_throughput.py --models esm2 --configs "inductor-$precision" --length-mix mixed \
+      --items 7000 --group-items 1750 --padding-caps none,0.05:8192,0.05:4096 --parity-items 192 --repeats 3 \
+      --json "$out/gpu_engines_esm2_${precision}_padding_caps.json" ;;
   cxx)
     run python3 benchmarks/cxx_host_cuda.py --engines "$engines" --reads 4000 --build-dir "$work/cxx-build" \
       --json "$out/gpu_cxx_host_cuda_$precision.json" ;;
-  all) for each in build bench mixes profile predict predict-mixed cxx; do bash "$0" "$each" "$precision"; done ;;
-  *) echo "unknown step '$step' (build bench mixes profile predict predict-mixed cxx all)" >&2; exit 2 ;;
+  all) for each in build bench mixes profile predict predict-mixed batching cxx; do bash "$0" "$each" "$precision"; done ;;
+  *) echo "unknown step '$step' (build bench mixes profile predict predict-mixed batching cxx all)" >&2; exit 2 ;;
 esac

@@ -21,6 +21,7 @@ that many reads (``runtime.shards.default_shard_records``: 256-16384 reads).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -36,17 +37,20 @@ from virnucpro_trt.engines.spec import default_shape_range
 from virnucpro_trt.models.dnabert import DNABERT_S_CONFIG
 from virnucpro_trt.models.random_checkpoints import train_dna_tokenizer
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
-from virnucpro_trt.runtime.batching import token_budget_batches
+from virnucpro_trt.runtime.batching import PaddingCap, token_budget_batches
 from virnucpro_trt.runtime.shards import default_shard_records
 from virnucpro_trt.sequences.synthetic import LENGTH_MIXES
 
 
-def padding(groups: list[np.ndarray], budget: int, max_batch: int, multiple: int) -> dict[str, Any]:
+def padding(
+    groups: list[np.ndarray], budget: int, max_batch: int, multiple: int, cap: PaddingCap | None = None
+) -> dict[str, Any]:
     """Real and computed tokens of the batches the runtime makes of each group of lengths (a group is
-    batched on its own: the whole run in ``bench``, one shard in ``predict``)."""
+    batched on its own: the whole run in ``bench``, one shard in ``predict``), optionally under a padding
+    cap."""
     real = computed = batches = 0
     for lengths in groups:
-        for batch in token_budget_batches(lengths, budget, max_batch):
+        for batch in token_budget_batches(lengths, budget, max_batch, cap):
             real += int(lengths[batch].sum())
             computed += len(batch) * round_up(int(lengths[batch].max()), multiple)
             batches += 1
@@ -84,8 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoders", default="dnabert-s,esm2")
     parser.add_argument("--max-batch-tokens", type=int, default=32768, help="the CUDA default")
     parser.add_argument("--multiples", default="1,8", help="the default and the former CUDA default")
+    parser.add_argument(
+        "--padding-caps",
+        default="",
+        metavar="SHARE:FLOOR,...",
+        help="also the padding of predict's shards under these batching caps (runtime.batching.PaddingCap; "
+        "length multiple 1), e.g. 0.05:8192,0.05:4096",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    try:
+        caps = [PaddingCap.parse(text) for text in args.padding_caps.split(",") if text]
+    except ValueError as exc:
+        parser.error(str(exc))
     known = {
         "dnabert-s": lambda: DnaTokenizer(train_dna_tokenizer(DNABERT_S_CONFIG.vocab_size)),
         "esm2": ProteinTokenizer,
@@ -117,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
                     "predict_by_multiple": [
                         padding(shards, args.max_batch_tokens, max_batch, m) for m in multiples
                     ],
+                    "predict_by_cap": [
+                        {**dataclasses.asdict(c), **padding(shards, args.max_batch_tokens, max_batch, 1, c)}
+                        for c in caps
+                    ],
                 }
                 rows.append(row)
                 shares = ", ".join(
@@ -124,10 +143,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"({100 * q['padded_fraction']:.2f}% in predict's shards)"
                     for p, q in zip(row["by_multiple"], row["predict_by_multiple"], strict=True)
                 )
+                capped = "".join(
+                    f"; cap {c['max_share']:g}/{c['floor_tokens']}: {100 * c['padded_fraction']:.2f}% "
+                    f"in {c['batches']} batches (plain: {row['predict_by_multiple'][0]['batches']})"
+                    for c in row["predict_by_cap"]
+                )
                 print(
                     f"{encoder:9s} {mix:9s} {reads:7d} reads {len(lengths):7d} frames, "
                     f"{row['mean_tokens']:6.1f} tokens each, shards of {row['predict_shard_records']} reads; "
-                    f"padded {shares}"
+                    f"padded {shares}{capped}"
                 )
     report = {
         "benchmark": "padding_by_mix",

@@ -56,10 +56,41 @@ def test_engines_throughput_tiny_eager(tmp_path: Path, capsys: pytest.CaptureFix
     assert set(report["environment"]) == cpu_keys
     rows = {r["config"]: r for r in report["results"]}
     committed_row = next(r for r in committed["results"] if r["config"] == "eager-bf16")
-    assert set(rows["eager-bf16"]) == set(committed_row)
+    assert set(rows["eager-bf16"]) == set(committed_row) | {"batching"}  # newer than that file
+    batching = rows["eager-bf16"]["batching"]
+    assert batching["padding_cap"] is None and batching["items"] == 24
     assert rows["eager-fp32"]["items_timed"] == 16 and rows["eager-bf16"]["items_timed"] == 24
     assert rows["eager-fp32"]["parity"]["passed_gate"] and rows["eager-bf16"]["parity"]["min_cosine"] > 0.999
     assert "eager-bf16" in capsys.readouterr().out
+
+
+def test_engines_throughput_times_each_batching_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Items batched in predict-like groups, once with the plain budget and once with a padding cap: the
+    cap pads less, in more batches, and both give the reference's embeddings."""
+    out = tmp_path / "engines.json"
+    code = _script("engines_throughput").main(
+        [
+            "--models", "esm2", "--configs", "eager-fp32", "--size", "tiny", "--items", "120",
+            "--fp32-items", "120", "--parity-items", "120", "--repeats", "1", "--device", "cpu",
+            "--max-batch-tokens", "4096", "--length-mix", "mixed", "--group-items", "60",
+            "--padding-caps", "none,0.05:256", "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    plain, capped = json.loads(out.read_text())["results"]
+    assert plain["batching"]["padding_cap"] is None
+    assert capped["batching"]["padding_cap"] == {"max_share": 0.05, "floor_tokens": 256}
+    assert plain["batching"]["group_items"] == capped["batching"]["group_items"] == 60
+    assert plain["batching"]["items"] == capped["batching"]["items"] == 120  # one pass's batches
+    assert capped["batching"]["padded_fraction"] < plain["batching"]["padded_fraction"]
+    assert capped["batching"]["batches"] > plain["batching"]["batches"] >= 2  # two groups at least
+    assert plain["parity"]["min_cosine"] > 0.99999 and capped["parity"]["min_cosine"] > 0.99999
+    printed = capsys.readouterr().out
+    assert "cap 0.05/256" in printed and "budget" in printed
+    with pytest.raises(SystemExit):
+        _script("engines_throughput").main(["--padding-caps", "none,2"])
 
 
 def test_engines_throughput_takes_build_extras_as_json() -> None:
@@ -328,8 +359,11 @@ def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path) -> None:
     and a larger run of the same mix pads no more than a smaller one (its batches span fewer lengths)."""
     out = tmp_path / "padding.json"
     code = _script("diagnostics/padding_by_mix").main(
-        ["--reads", "300,1200", "--mixes", "fixed,mixed", "--multiples", "1,8", "--json", str(out)]
-    )
+        [
+            "--reads", "300,1200", "--mixes", "fixed,mixed", "--multiples", "1,8",
+            "--padding-caps", "0.05:1024", "--json", str(out),
+        ]
+    )  # fmt: skip
     assert code == 0
     report = json.loads(out.read_text())
     assert set(report) == set(_committed("cpu_padding_by_mix.json"))
@@ -351,6 +385,13 @@ def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path) -> None:
         assert sharded["tokens"] == whole["tokens"] and sharded["batches"] >= whole["batches"]
     mixed = rows["esm2", "mixed", 1200]
     assert mixed["predict_by_multiple"][0]["padded_fraction"] > mixed["by_multiple"][0]["padded_fraction"]
+    (capped,) = mixed["predict_by_cap"]  # the cap's batches of the same shards pad less, in more batches
+    plain = mixed["predict_by_multiple"][0]
+    assert (capped["max_share"], capped["floor_tokens"]) == (0.05, 1024)
+    assert capped["tokens"] == plain["tokens"]
+    assert capped["padded_fraction"] < plain["padded_fraction"] and capped["batches"] > plain["batches"]
+    with pytest.raises(SystemExit):
+        _script("diagnostics/padding_by_mix").main(["--padding-caps", "0.05:x"])
     with pytest.raises(SystemExit):
         _script("diagnostics/padding_by_mix").main(["--encoders", "esm3"])
 
@@ -496,7 +537,7 @@ def test_gpu_targets_script_runs_only_options_the_tools_have(tmp_path: Path) -> 
         done = run("bash", str(script), "all", precision, env=env)
         assert done.returncode == 0, done.stderr
         commands += [line[2:].split() for line in done.stdout.splitlines() if line.startswith("+ ")]
-    assert len(commands) == 16 and not (tmp_path / "out").exists()  # printed, not run
+    assert len(commands) == 18 and not (tmp_path / "out").exists()  # printed, not run
     helps: dict[str, str] = {}
     for command in commands:
         tool = command[1:4] if command[1] == "-m" else command[1:2]

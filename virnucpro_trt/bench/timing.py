@@ -16,10 +16,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from virnucpro_trt.runtime.batching import PaddingCap
+    from virnucpro_trt.runtime.embedding import BatchStats
 
 T = TypeVar("T")
 
@@ -167,16 +171,32 @@ def measure(run: Callable[[int], T], repeats: int, device: torch.device) -> Meas
 
 
 def time_embedding(
-    runner: Any, tokens: Sequence[np.ndarray], budget: int, repeats: int, device: torch.device | None = None
+    runner: Any,
+    tokens: Sequence[np.ndarray],
+    budget: int,
+    repeats: int,
+    device: torch.device | None = None,
+    group_items: int | None = None,
+    cap: PaddingCap | None = None,
+    stats: BatchStats | None = None,
 ) -> tuple[float, np.ndarray]:
     """Median seconds of embedding all ``tokens`` (after a warm-up pass) and the embeddings.
 
     Encoder-only timing for ``benchmarks/engines_throughput.py``; ``device`` defaults to the current CUDA
-    device when there is one.
+    device when there is one. ``group_items`` batches the items in consecutive groups of that many, each
+    on its own, as ``predict`` batches each shard; ``cap`` is passed to the batcher; ``stats`` receives
+    the batches of the last pass.
     """
     from virnucpro_trt.runtime.embedding import embed_sequences
 
     if device is None:
         device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    result = measure(lambda _: embed_sequences(runner, tokens, budget), repeats, device)
+    size = group_items or max(len(tokens), 1)
+    groups = [tokens[i : i + size] for i in range(0, len(tokens), size)] or [tokens]
+
+    def one_pass(index: int) -> np.ndarray:
+        counted = stats if index == repeats else None
+        return np.concatenate([embed_sequences(runner, g, budget, stats=counted, cap=cap) for g in groups])
+
+    result = measure(one_pass, repeats, device)
     return result.median_s, result.results[-1]

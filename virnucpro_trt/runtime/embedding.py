@@ -26,7 +26,7 @@ import torch
 from virnucpro_trt.errors import NonFiniteError, ShapeRangeError
 from virnucpro_trt.models.tokenization import pad_batch
 from virnucpro_trt.runtime.attention_kernel import DEFAULT_ATTENTION, attention_kernel
-from virnucpro_trt.runtime.batching import token_budget_batches
+from virnucpro_trt.runtime.batching import PaddingCap, token_budget_batches
 from virnucpro_trt.runtime.out_of_memory import OUT_OF_MEMORY_ERRORS
 
 log = logging.getLogger(__name__)
@@ -126,10 +126,12 @@ def embed_sequences(
     labels: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
     stats: BatchStats | None = None,
+    cap: PaddingCap | None = None,
 ) -> np.ndarray:
     """Embeddings [N, D] float32 in input order; fails the batch on NaN/Inf, naming its first items.
 
-    With ``stats``, every batch that ran is added to it (see :class:`BatchStats`).
+    With ``stats``, every batch that ran is added to it (see :class:`BatchStats`); ``cap`` closes batches
+    early where padding would pass it (measurements only, see :class:`PaddingCap`).
     """
     out = np.empty((len(token_ids), backend.dim), dtype=np.float32)
     if not token_ids:
@@ -144,7 +146,7 @@ def embed_sequences(
             f"{name} has {int(lengths.max())} tokens but the {backend.name} engine accepts at most "
             f"{max_length}; rebuild the engines with a larger --max-length"
         )
-    batches = token_budget_batches(lengths, max_batch_tokens, getattr(backend, "max_batch_size", None))
+    batches = token_budget_batches(lengths, max_batch_tokens, getattr(backend, "max_batch_size", None), cap)
     for batch in batches:
         _embed_batch(backend, token_ids, batch, labels, out, progress, stats)
     return out
