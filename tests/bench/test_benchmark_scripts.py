@@ -375,8 +375,11 @@ def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path) -> None:
     for (encoder, mix, _), row in rows.items():
         alone, rounded = (p["padded_fraction"] for p in row["by_multiple"])
         assert 0 <= alone <= rounded and all(p["batches"] >= 1 for p in row["by_multiple"])
+        if mix == "mixed":  # varied lengths: rounding each batch's length up to 8 pads more
+            assert alone < rounded
         assert row["mean_tokens"] > 2
         assert rows[encoder, mix, 1200]["frames"] > rows[encoder, mix, 300]["frames"]
+    assert rows["esm2", "mixed", 300]["mean_tokens"] < rows["esm2", "fixed", 300]["mean_tokens"]
     small, large = (rows["esm2", "mixed", n]["by_multiple"][0]["padded_fraction"] for n in (300, 1200))
     assert 0 < large < small
     for (_, _, reads), row in rows.items():  # predict's default shards of 256 reads, batched one by one

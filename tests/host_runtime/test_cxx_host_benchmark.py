@@ -62,7 +62,8 @@ def test_cxx_host_benchmark_on_tiny_cpu_engines(
     for kind in ("dnabert-s", "esm2"):
         inside = host["embed_s"][kind] + sum(host["host_work_s"][kind].values())
         assert set(host["host_work_s"][kind]) == {"select", "check", "place"}
-        assert 0 < inside <= seconds["host"][kind] + 1e-3
+        assert 0 < host["embed_s"][kind] <= seconds["host"][kind] + 1e-4
+        assert 0 < inside <= seconds["host"][kind] + 1e-3  # four rounded figures summed
     printed = capsys.readouterr().out
     assert "host/python" in printed and "parity PASSED" in printed and "2 CPU thread(s)" in printed
 
