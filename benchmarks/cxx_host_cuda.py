@@ -2,7 +2,8 @@
 
 What a production host that embeds ``runtime/`` gets (issue 11 item 6): embeddings equal to the Python
 runtime's within the build's parity gate, and throughput within 5% of it. Both sides run the same
-frames with the same token budget, batched by the same rule, each timed the same way (a full warm-up
+frames with the same token budget and padding cap (``--max-padding``, default none), batched by the same
+rule, each timed the same way (a full warm-up
 pass, then one pass with device-synchronised clock reads around each stage, host-to-device copies
 included, tokenisation and engine loading excluded):
 
@@ -12,9 +13,9 @@ included, tokenisation and engine loading excluded):
    :mod:`virnucpro_trt.bench.workload`) or ``--fasta``; their kept frames, chunked, translated and
    tokenized by ``predict``'s own path (:func:`virnucpro_trt.runtime.frame_path.prepare_frames`) with the
    engine set's tokenizers;
-3. the Python runtime: the engine directory opened as ``predict --engines`` opens it, every frame through
-   :func:`~virnucpro_trt.runtime.frame_path.score_frames`;
-4. ``virnucpro-host --warmup --timing`` on the same token ids;
+3. the Python runtime: the engine directory opened as ``predict --engines --max-padding`` opens it, every
+   frame through :func:`~virnucpro_trt.runtime.frame_path.score_frames`;
+4. ``virnucpro-host --warmup --timing --max-padding`` on the same token ids;
 5. parity by :func:`virnucpro_trt.bench.parity.path_parity` (the build gate's embedding rule for the
    engines' precision, plus label agreement), the batches of both sides, and host/python throughput.
 
@@ -28,6 +29,7 @@ first); the throughput goal is reported, not enforced.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import subprocess
@@ -51,7 +53,7 @@ from virnucpro_trt.models.kinds import ENCODER_NAMES
 from virnucpro_trt.models.tokenization import pad_batch
 from virnucpro_trt.pipeline.encoders import open_models
 from virnucpro_trt.runtime.frame_path import PreparedFrames, prepare_frames, score_frames
-from virnucpro_trt.settings import EncoderSettings
+from virnucpro_trt.settings import EncoderSettings, PaddingCap, padding_cap_text, parse_padding_cap
 
 CHUNK_LENGTH = 500
 THROUGHPUT_GOAL = 0.95  # host frames/s >= 95% of the Python runtime's
@@ -65,14 +67,22 @@ BATCH_FIELDS = ("batches", "items", "tokens", "computed_tokens")
 
 
 def python_runtime(
-    engines: Path, device: torch.device, budget: int | None, workload: Workload
+    engines: Path,
+    device: torch.device,
+    budget: int | None,
+    workload: Workload,
+    padding_cap: PaddingCap | None = None,
 ) -> tuple[PreparedFrames, PathResult, dict[str, Any]]:
     """Open the engines as ``predict`` does, prepare every frame, then a warm-up pass and a timed pass."""
     started = time.perf_counter()
     run = open_models(
-        EncoderSettings(None, str(device), None, budget), {}, ENCODER_NAMES, True, engines=engines
-    )
+        EncoderSettings(None, str(device), None, budget, padding_cap=padding_cap), {}, ENCODER_NAMES, True,
+        engines=engines,
+    )  # fmt: skip
     models = run.frame_models()
+    caps = {"dnabert-s": models.dnabert.padding_cap, "esm2": models.esm.padding_cap}
+    if any(cap != padding_cap for cap in caps.values()):
+        raise SystemExit(f"the encoders were opened with padding caps {caps}, not {padding_cap}")
     load_s = time.perf_counter() - started
     prepared = prepare_frames(models, workload.records, workload.chunk_length, block_records=workload.reads)
     started = time.perf_counter()
@@ -116,6 +126,7 @@ def run_host(
     inputs: Path,
     work: Path,
     cpu_threads: int | None = None,
+    padding_cap: PaddingCap | None = None,
 ) -> tuple[tuple[np.ndarray, ...], dict[str, Any], dict[str, Any]]:
     """(dnabert, esm, probabilities), the host's timing JSON, and how the run went (wall seconds with
     loading, whether the host hashed the engine files).
@@ -131,6 +142,7 @@ def run_host(
     ]  # fmt: skip
     if cpu_threads is not None:
         command += ["--cpu-threads", str(cpu_threads)]
+    command += ["--max-padding", padding_cap_text(padding_cap)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     verified = not (done.returncode == 2 and "built without OpenSSL" in done.stderr)
@@ -142,6 +154,11 @@ def run_host(
         raise SystemExit(f"virnucpro-host failed ({done.returncode}): {done.stderr.strip()[-3000:]}")
     arrays = tuple(t.numpy() for t in torch.load(outputs))
     return arrays, json.loads(timing.read_text()), {"wall_s": round(wall, 2), "verified_files": verified}
+
+
+def padding_cap_json(cap: PaddingCap | None) -> dict[str, Any] | None:
+    """As ``virnucpro-host --timing`` records it."""
+    return None if cap is None else dataclasses.asdict(cap)
 
 
 def compare(python: PathResult, host_timing: dict[str, Any], frames: int) -> dict[str, Any]:
@@ -191,8 +208,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"parity {verdict}: dnabert min cos {parity['dnabert_min_cos']:.6f}, esm min cos "
         f"{parity['esm_min_cos']:.6f}, labels {parity['label_agreement']:.4f} ({parity['rule']})"
     )
+    cap = report["max_padding"]
+    cap_text = "none" if cap is None else f"{cap['max_share']:g}:{cap['floor_tokens']}"
     print(
-        f"batches {'identical' if report['batching_matches'] else 'DIFFER'}; throughput goal "
+        f"batches {'identical' if report['batching_matches'] else 'DIFFER'} (padding cap {cap_text}); "
+        "throughput goal "
         f"(>= {THROUGHPUT_GOAL:g}x) {'met' if goals['throughput_met'] else 'NOT met'}"
     )
 
@@ -206,6 +226,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
         "--max-batch-tokens", type=int, default=None, help="both sides' budget (default: the engines' own)"
+    )
+    parser.add_argument(
+        "--max-padding",
+        type=parse_padding_cap,
+        default=None,
+        metavar="SHARE[:FLOOR]|none",
+        help="both sides' padding cap, as predict --max-padding (default: none)",
     )
     parser.add_argument(
         "--host-cpu-threads",
@@ -230,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         workload = fasta_workload(args.fasta, CHUNK_LENGTH)
     else:
         workload = generated_workload(args.reads, 500, 42, 0.7, CHUNK_LENGTH)
-    prepared, python, facts = python_runtime(args.engines, device, args.max_batch_tokens, workload)
+    prepared, python, facts = python_runtime(
+        args.engines, device, args.max_batch_tokens, workload, args.max_padding
+    )
     budgets = set(facts["max_batch_tokens"].values())
     if len(budgets) != 1:
         raise SystemExit(f"the encoders have different budgets {facts['max_batch_tokens']}: not comparable")
@@ -242,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         inputs = work / "host_inputs.pt"
         save_inputs(prepared, facts["pad_id"], inputs)
         arrays, timing, host_run = run_host(
-            build.tool, args.engines, device, budget, inputs, work, args.host_cpu_threads
+            build.tool, args.engines, device, budget, inputs, work, args.host_cpu_threads, args.max_padding
         )
+    if timing.get("max_padding") != padding_cap_json(args.max_padding):
+        ran = timing.get("max_padding")
+        raise SystemExit(f"virnucpro-host ran with padding cap {ran}, not {args.max_padding}")
     host = PathResult(python.frame_ids, *arrays, python.reads, python.dnabert_tokens, python.esm_tokens, {})
     figures = compare(python, timing, python.frames)
     parity = path_parity(python, host, facts["precision"])
@@ -260,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": python.frames,
         "tokens": {"dnabert-s": python.dnabert_tokens, "esm2": python.esm_tokens},
         "max_batch_tokens": budget,
+        "max_padding": padding_cap_json(args.max_padding),
         "host_build": build.to_json(),
         "python": {"load_s": facts["load_s"], "warmup_s": facts["warmup_s"]},
         "host": {

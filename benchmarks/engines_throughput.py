@@ -51,11 +51,11 @@ from virnucpro_trt.models.random_checkpoints import (
     train_dna_tokenizer,
 )
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
-from virnucpro_trt.runtime.batching import PaddingCap
 from virnucpro_trt.runtime.device import PRECISIONS as DTYPES
 from virnucpro_trt.runtime.device import configure_fp32_reference
 from virnucpro_trt.runtime.embedding import BatchStats, TorchBackend, embed_sequences
 from virnucpro_trt.sequences.synthetic import LENGTH_MIXES
+from virnucpro_trt.settings import PaddingCap
 
 
 def bench_model(
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         default=[None],
         metavar="none,SHARE:FLOOR,...",
         help="batching rules to time each engine under: none (the plain token budget, the default) or a "
-        "padding cap (runtime.batching.PaddingCap), e.g. none,0.05:8192,0.05:4096",
+        "padding cap (settings.PaddingCap), e.g. none,0.05:8192,0.05:4096",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, default=None)

@@ -40,9 +40,14 @@ case $step in
   predict)
     run python3 benchmarks/runtime_scaling.py --models full-outliers --backend inductor --precision "$precision" \
       --workdir "$work" --gpus 0 --reads 10000 --json "$out/gpu_runtime_scaling_1gpu_$precision.json" ;;
-  predict-mixed)
-    run python3 benchmarks/runtime_scaling.py --models full-outliers --backend inductor --precision "$precision" \
-      --workdir "$work" --gpus 0 --reads 20000 --length-mix mixed --json "$out/gpu_runtime_scaling_1gpu_${precision}_mixed.json" ;;
+  predict-mixed)  # predict's default batching (and the encoders alone), then with a padding cap, larger shards, both
+    scaling=(python3 benchmarks/runtime_scaling.py --models full-outliers --backend inductor --precision "$precision"
+      --workdir "$work" --gpus 0 --reads 20000 --length-mix mixed)
+    name=$out/gpu_runtime_scaling_1gpu_${precision}_mixed
+    run "${scaling[@]}" --json "$name.json"
+    run "${scaling[@]}" --skip-alone --max-padding 0.05:8192 --json "${name}_cap.json"
+    run "${scaling[@]}" --skip-alone --shard-records 1536 --json "${name}_shards1536.json"
+    run "${scaling[@]}" --skip-alone --shard-records 1536 --max-padding 0.05:8192 --json "${name}_shards1536_cap.json" ;;
   batching)  # groups of 1,750 frames: a 1,536-read shard of mixed reads (100,000-read inputs)
     run python3 benchmarks/engines_throughput.py --models esm2 --configs "inductor-$precision" --length-mix mixed \
       --items 7000 --group-items 1750 --padding-caps none,0.05:8192,0.05:4096 --parity-items 192 --repeats 3 \

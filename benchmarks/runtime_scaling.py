@@ -90,6 +90,12 @@ def predict_row(
         "steady_s": run["throughput"].get("steady_s"),
         # the workers' own figure: frames over the time spent processing shards, mean over workers
         "frames_per_s_shard_work": round(sum(w["frames_per_s"] or 0 for w in workers) / len(workers), 1),
+        # the share of each encoder's computed tokens that were padding (the shards' batches)
+        "padded_fraction": {
+            encoder: round(1 - run["counts"][f"{encoder}_tokens"] / computed, 4) if computed else None
+            for encoder in ("dnabert", "esm")
+            for computed in [run["counts"].get(f"{encoder}_computed_tokens", 0)]
+        },
         "stage_s": {k: run["timings_s"].get(k) for k in ("embed_dnabert", "embed_esm", "classify")},
         "per_worker": [
             {
@@ -201,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         "--shard-records", type=int, default=None, help="passed to predict (default: its own rule)"
     )
     parser.add_argument(
+        "--max-padding",
+        default=None,
+        help="passed to predict: its batcher's padding cap, SHARE[:FLOOR] or none (default: its own)",
+    )
+    parser.add_argument(
         "--skip-alone", action="store_true", help="do not time the encoders alone (no *_vs_esm_alone)"
     )
     parser.add_argument(
@@ -270,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, placement in settings:
         shards = ["--shard-records", str(args.shard_records)] if args.shard_records else []
         shards += ["--workers-per-gpu", str(args.workers_per_gpu)] if args.workers_per_gpu > 1 else []
+        shards += ["--max-padding", args.max_padding] if args.max_padding else []
         out = root / f"out-{label.replace(',', '_').replace(' ', '_')}"
         row = predict_row(fasta, out, run_args, label, placement, [*budget, *shards])
         print(json.dumps(row), flush=True)
@@ -311,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             + (", outlier channels" if args.models.endswith("-outliers") else ""),
             "max_batch_tokens": args.max_batch_tokens,
+            "shard_records": args.shard_records,  # None: predict's own rule
+            "max_padding": args.max_padding,  # None: predict's default
         },
         "backend": args.backend,
         "precision": args.precision,

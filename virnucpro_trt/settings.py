@@ -28,11 +28,59 @@ DEFAULT_CUDA_BATCH_TOKENS = 32768
 
 
 @dataclass(frozen=True)
+class PaddingCap:
+    """Close a batch early, before an item that would make padding more than ``max_share`` of the
+    batch's computed tokens, once the batch computes at least ``floor_tokens`` (``--max-padding``).
+
+    Why: a group of items of many lengths fills one budget with every length, so much of a batch can be
+    padding; cutting where the length falls trades that for more, smaller batches, and the floor keeps
+    them large enough for the device. Opt-in, not the default: on an H200 it helped 100-1000 bp reads
+    and cost short uniform (150 bp) reads more than it saved, while larger shards helped both
+    (``runtime.shards``; measurement log, sixteenth session). The rule is runtime/batching.py's.
+    """
+
+    max_share: float
+    floor_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_share < 1:
+            raise ValueError(f"a padding cap's share must be in [0, 1), got {self.max_share}")
+        if self.floor_tokens < 0:
+            raise ValueError(f"a padding cap's floor must be >= 0 tokens, got {self.floor_tokens}")
+
+    @classmethod
+    def parse(cls, text: str) -> PaddingCap:
+        """``SHARE:FLOOR`` (e.g. ``0.05:8192``) or ``SHARE``."""
+        share, _, floor = text.partition(":")
+        try:
+            return cls(float(share), int(floor) if floor else 0)
+        except ValueError as exc:
+            raise ValueError(
+                f"padding cap {text!r}: {exc} (expected SHARE[:FLOOR_TOKENS], e.g. 0.05:8192)"
+            ) from exc
+
+
+# The batcher's padding cap when the user gives none; None: batches are the token budget's alone.
+DEFAULT_PADDING_CAP: PaddingCap | None = None
+
+
+def parse_padding_cap(text: str) -> PaddingCap | None:
+    """``--max-padding``'s value: ``SHARE[:FLOOR]`` or ``none`` (any case); ValueError otherwise."""
+    return None if text.strip().lower() == "none" else PaddingCap.parse(text)
+
+
+def padding_cap_text(cap: PaddingCap | None) -> str:
+    """``cap`` as ``--max-padding`` reads it (Python's and ``virnucpro-host``'s): the share's repr, which
+    reads back as the same double, so a run passed on cuts where the first one did."""
+    return "none" if cap is None else f"{cap.max_share!r}:{cap.floor_tokens}"
+
+
+@dataclass(frozen=True)
 class EncoderSettings:
-    """How the encoders run: backend, device, precision and the batch token budget.
+    """How the encoders run: backend, device, precision, the batch token budget and padding cap.
 
     ``backend``/``precision`` are None when the user did not choose: eager torch in fp32, or whatever
-    an engine directory's manifest says.
+    an engine directory's manifest says. ``padding_cap`` None: batches are the budget's alone.
     """
 
     backend: str | None = None
@@ -40,6 +88,7 @@ class EncoderSettings:
     precision: str | None = None
     max_batch_tokens: int | None = None
     threads: int | None = None
+    padding_cap: PaddingCap | None = DEFAULT_PADDING_CAP
 
     def batch_tokens_for(self, device_type: str) -> int:
         if self.max_batch_tokens is not None:
@@ -193,6 +242,8 @@ def settings_fingerprint(settings: dict[str, Any], across_parts: bool = False) -
         data.pop("min_length")
     if isinstance(data.get("encoders"), dict):
         data["encoders"].pop("threads", None)
+        if data["encoders"].get("padding_cap", 0) is None:  # the fingerprint before --max-padding existed
+            data["encoders"].pop("padding_cap")
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -2,8 +2,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdlib>
 #include <iostream>
 #include <numeric>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -70,11 +72,75 @@ void embed_batch(Encoder& encoder, const at::Tensor& ids, const at::Tensor& mask
   if (batches_run) batches_run->push_back(batch);
 }
 
+// `text` is all of `allowed` characters (and not empty).
+bool only(const std::string& text, const std::string& allowed) {
+  return !text.empty() && text.find_first_not_of(allowed) == std::string::npos;
+}
+
 }  // namespace
 
+void PaddingCap::validate() const {
+  if (!(0 <= max_share && max_share < 1)) {  // NaN fails too
+    std::ostringstream message;
+    message << "a padding cap's share must be in [0, 1), got " << max_share;
+    throw std::invalid_argument(message.str());
+  }
+  if (floor_tokens < 0) {
+    throw std::invalid_argument("a padding cap's floor must be >= 0 tokens, got " + std::to_string(floor_tokens));
+  }
+}
+
+int64_t PaddingCap::kept(const int64_t* lengths, int64_t count) const {
+  // batching.py's capped_count: len(ok) if ok.all() else max(1, argmin(ok)), ok per prefix of k items.
+  // numpy compares int64 padded with the float64 max_share * computed as float64, hence the casts.
+  const int64_t longest = lengths[0];
+  int64_t real = 0;
+  for (int64_t k = 1; k <= count; ++k) {
+    real += lengths[k - 1];
+    const int64_t computed = k * longest;
+    const int64_t padded = computed - real;
+    const bool ok = static_cast<double>(padded) <= max_share * static_cast<double>(computed) ||
+                    computed <= floor_tokens;
+    if (!ok) return std::max<int64_t>(1, k - 1);
+  }
+  return count;
+}
+
+PaddingCap PaddingCap::parse(const std::string& text) {
+  const auto colon = text.find(':');
+  const std::string share = text.substr(0, colon);
+  const std::string floor = colon == std::string::npos ? "" : text.substr(colon + 1);
+  PaddingCap cap;
+  // strtod, after the character check: decimal or exponent notation only (no hex, inf, nan, spaces).
+  char* end = nullptr;
+  if (only(share, "0123456789.eE+-")) cap.max_share = std::strtod(share.c_str(), &end);
+  if (end == nullptr || *end != '\0') {
+    throw std::invalid_argument("padding cap '" + text + "': the share '" + share + "' is not a number");
+  }
+  if (!floor.empty()) {
+    const bool negative = floor[0] == '-';
+    if (!only(negative ? floor.substr(1) : floor, "0123456789")) {
+      throw std::invalid_argument("padding cap '" + text + "': the floor '" + floor + "' is not an integer");
+    }
+    try {
+      cap.floor_tokens = std::stoll(floor);
+    } catch (const std::out_of_range&) {
+      throw std::invalid_argument("padding cap '" + text + "': the floor '" + floor + "' is out of range");
+    }
+  }
+  try {
+    cap.validate();
+  } catch (const std::invalid_argument& error) {
+    throw std::invalid_argument("padding cap '" + text + "': " + error.what());
+  }
+  return cap;
+}
+
 std::vector<std::vector<int64_t>> token_budget_batches(const std::vector<int64_t>& lengths,
-                                                       int64_t max_batch_tokens, int64_t max_batch_size) {
+                                                       int64_t max_batch_tokens, int64_t max_batch_size,
+                                                       const std::optional<PaddingCap>& cap) {
   if (max_batch_tokens < 1) throw std::invalid_argument("max_batch_tokens must be positive");
+  if (cap) cap->validate();
   // numpy's argsort(-lengths, kind="stable"): descending length, equal lengths in input order.
   std::vector<int64_t> order(lengths.size());
   std::iota(order.begin(), order.end(), 0);
@@ -85,7 +151,12 @@ std::vector<std::vector<int64_t>> token_budget_batches(const std::vector<int64_t
     const int64_t longest = lengths[order[start]];
     int64_t count = std::max<int64_t>(1, max_batch_tokens / std::max<int64_t>(longest, 1));
     if (max_batch_size > 0) count = std::min(count, max_batch_size);
-    const int64_t end = std::min(start + count, n);
+    int64_t end = std::min(start + count, n);
+    if (cap) {
+      std::vector<int64_t> batch_lengths(static_cast<size_t>(end - start));
+      for (int64_t i = start; i < end; ++i) batch_lengths[static_cast<size_t>(i - start)] = lengths[order[i]];
+      end = start + cap->kept(batch_lengths.data(), end - start);
+    }
     batches.emplace_back(order.begin() + start, order.begin() + end);
     start = end;
   }
@@ -104,7 +175,9 @@ std::vector<int64_t> row_lengths(const at::Tensor& attention_mask) {
 
 at::Tensor embed_in_token_batches(Encoder& encoder, const at::Tensor& input_ids, const at::Tensor& attention_mask,
                                   int64_t max_batch_tokens, BatchStats* stats,
-                                  std::vector<std::vector<int64_t>>* batches_run) {
+                                  std::vector<std::vector<int64_t>>* batches_run,
+                                  const std::optional<PaddingCap>& cap) {
+  if (cap) cap->validate();
   if (input_ids.dim() != 2 || input_ids.sizes() != attention_mask.sizes()) {
     throw std::invalid_argument(encoder.kind() + ": token ids and mask must be matching [N, T] tensors");
   }
@@ -122,7 +195,7 @@ at::Tensor embed_in_token_batches(Encoder& encoder, const at::Tensor& input_ids,
   const auto ids = input_ids.to(torch::kCPU, torch::kInt64);
   const auto mask = attention_mask.to(torch::kCPU, torch::kInt64);
   if (batches_run) batches_run->clear();
-  for (const auto& batch : token_budget_batches(lengths, max_batch_tokens, encoder.max_batch())) {
+  for (const auto& batch : token_budget_batches(lengths, max_batch_tokens, encoder.max_batch(), cap)) {
     embed_batch(encoder, ids, mask, lengths, batch, out, stats, batches_run);
   }
   return out;

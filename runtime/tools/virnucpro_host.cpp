@@ -2,13 +2,17 @@
 //
 //   virnucpro-host ENGINE_DIR --check [--device D]
 //   virnucpro-host ENGINE_DIR INPUTS.pt OUTPUTS.pt [--device cpu|cuda|cuda:N] [--no-verify]
-//                  [--max-batch-tokens N] [--cpu-threads N] [--warmup] [--timing FILE.json] [--print-batches]
+//                  [--max-batch-tokens N] [--max-padding SHARE[:FLOOR]|none] [--cpu-threads N] [--warmup]
+//                  [--timing FILE.json] [--print-batches]
 //
 // INPUTS.pt: torch.save((dna_ids, dna_mask, protein_ids, protein_mask)), int64 [N, T] each, right-padded,
 // one row per kept frame. OUTPUTS.pt: (dnabert_embeddings [N, 768], esm_embeddings [N, 2560],
 // probabilities [N, 2]) in input order, readable with torch.load. Each encoder runs its frames in
 // token-budget batches (batching.h: the Python runtime's rule); --max-batch-tokens defaults to the budget
 // the engines were built for, which is what the Python runtime uses for an engine directory.
+// --max-padding is `predict --max-padding`: a batch closes before its padding passes SHARE of its computed
+// tokens, once it computes more than FLOOR tokens (default none: batches fill the budget), so the host
+// reproduces a Python run made with a cap.
 // --warmup runs everything once untimed first (CUDA context, kernel loading, allocator growth are not
 // throughput); --timing writes seconds per encoder and for the classifier, each measured between
 // device-synchronised clock reads and including the host-to-device copies, as the Python runtime's
@@ -17,6 +21,8 @@
 // work (default: libtorch's, one per core; on CUDA that work is small per batch, and a thread pool
 // woken per operation may cost more than it saves). Exit codes as the Python CLI: 0 ok, 2 bad
 // usage/input or engines that do not fit this host (one line on stderr), 1 any other failure.
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -42,7 +48,8 @@ namespace {
 
 int usage(const std::string& message) {
   std::cerr << "Error: " << message << "\nUsage: virnucpro-host ENGINE_DIR (--check | INPUTS.pt OUTPUTS.pt) "
-            << "[--device cpu|cuda|cuda:N] [--no-verify] [--max-batch-tokens N] [--cpu-threads N] "
+            << "[--device cpu|cuda|cuda:N] [--no-verify] [--max-batch-tokens N] "
+            << "[--max-padding SHARE[:FLOOR]|none] [--cpu-threads N] "
             << "[--warmup] [--timing FILE] [--print-batches]\n";
   return 2;
 }
@@ -53,6 +60,7 @@ struct Options {
   bool check_only = false, verify = true, warmup = false, print_batches = false;
   int64_t max_batch_tokens = 0;  // 0: the engines' build budget
   int64_t cpu_threads = 0;       // 0: libtorch's default
+  std::optional<virnucpro::PaddingCap> padding_cap;  // none: batches fill the budget
 };
 
 // A positive integer option's value, or nullopt.
@@ -82,6 +90,19 @@ std::optional<std::string> parse(int argc, char** argv, Options& options) {
       const auto parsed = positive(value);
       if (!parsed) return arg + " " + value + ": expected a positive integer";
       (arg == "--cpu-threads" ? options.cpu_threads : options.max_batch_tokens) = *parsed;
+    } else if (arg == "--max-padding" && has_value) {
+      const std::string value = argv[++i];
+      std::string lower = value;
+      std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+      if (lower == "none") {
+        options.padding_cap.reset();
+      } else {
+        try {
+          options.padding_cap = virnucpro::PaddingCap::parse(value);
+        } catch (const std::invalid_argument& error) {
+          return std::string("--max-padding: ") + error.what() + "; expected SHARE[:FLOOR] or none (e.g. 0.05:8192)";
+        }
+      }
     } else if (arg == "--check") {
       options.check_only = true;
     } else if (arg == "--no-verify") {
@@ -115,17 +136,18 @@ struct Pass {
 };
 
 // Both encoders over every frame, then the classifier, each stage between synchronised clock reads.
-Pass run_pass(virnucpro::EngineSet& engines, const std::vector<c10::IValue>& items, int64_t budget) {
+Pass run_pass(virnucpro::EngineSet& engines, const std::vector<c10::IValue>& items, int64_t budget,
+              const std::optional<virnucpro::PaddingCap>& cap) {
   const auto& device = engines.device();
   Pass pass;
   double start = clock_after(device);
   pass.dna = virnucpro::embed_in_token_batches(engines.dnabert(), items[0].toTensor(), items[1].toTensor(), budget,
-                                               &pass.dna_stats, &pass.dna_batches);
+                                               &pass.dna_stats, &pass.dna_batches, cap);
   double end = clock_after(device);
   pass.dna_s = end - start;
   start = end;
   pass.esm = virnucpro::embed_in_token_batches(engines.esm(), items[2].toTensor(), items[3].toTensor(), budget,
-                                               &pass.esm_stats, &pass.esm_batches);
+                                               &pass.esm_stats, &pass.esm_batches, cap);
   end = clock_after(device);
   pass.esm_s = end - start;
   start = end;
@@ -187,10 +209,10 @@ int run(const Options& options, const c10::Device& device) {
   double warmup_s = 0;
   if (options.warmup) {
     start = clock_after(device);
-    run_pass(engines, items, budget);
+    run_pass(engines, items, budget, options.padding_cap);
     warmup_s = clock_after(device) - start;
   }
-  const auto pass = run_pass(engines, items, budget);
+  const auto pass = run_pass(engines, items, budget, options.padding_cap);
   if (options.print_batches) {
     print_batches("dnabert-s", pass.dna_batches);
     print_batches("esm2", pass.esm_batches);
@@ -206,6 +228,9 @@ int run(const Options& options, const c10::Device& device) {
         {"engines", {{"backend", manifest.backend}, {"precision", manifest.precision}, {"arch", manifest.device_arch}}},
         {"frames", pass.dna.size(0)},
         {"max_batch_tokens", budget},
+        {"max_padding", options.padding_cap ? nlohmann::json{{"max_share", options.padding_cap->max_share},
+                                                             {"floor_tokens", options.padding_cap->floor_tokens}}
+                                            : nlohmann::json(nullptr)},
         {"cpu_threads", at::get_num_threads()},
         {"warmup", options.warmup},
         {"load_s", load_s},

@@ -1,12 +1,14 @@
 """``virnucpro-host`` batches by the Python runtime's token-budget rule and times its passes.
 
 The batches are compared index for index with :func:`virnucpro_trt.runtime.batching.token_budget_batches`
-(``--print-batches``), on lengths with many ties (the sort must be stable) and on more short items than
-the engine's max batch (the cap); the embeddings, in input order, with the Python runtime's.
+(``--print-batches``), on lengths with many ties (the sort must be stable), on more short items than
+the engine's max batch (the cap) and with a padding cap (``--max-padding``: the same cut, compared in
+float64 as numpy compares); the embeddings, in input order, with the Python runtime's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,6 +23,7 @@ from virnucpro_trt.engines.engine_set import EngineSet, open_engine_set
 from virnucpro_trt.models.tokenization import pad_batch
 from virnucpro_trt.runtime.batching import token_budget_batches
 from virnucpro_trt.runtime.embedding import BatchStats, embed_sequences
+from virnucpro_trt.settings import PaddingCap
 
 CPU = torch.device("cpu")
 KINDS = ("dnabert-s", "esm2")
@@ -70,13 +73,18 @@ def _run(
     return batches, {"dnabert-s": dna, "esm2": esm}, timings
 
 
-def _python_batches(engine_set: EngineSet, tokens: dict, budget: int) -> dict[str, list[list[int]]]:
-    caps = {
+def _python_batches(
+    engine_set: EngineSet, tokens: dict, budget: int, cap: PaddingCap | None = None
+) -> dict[str, list[list[int]]]:
+    max_batch = {
         "dnabert-s": engine_set.dnabert.backend.max_batch_size,
         "esm2": engine_set.esm.backend.max_batch_size,
     }
     return {
-        kind: [b.tolist() for b in token_budget_batches([len(t) for t in tokens[kind]], budget, caps[kind])]
+        kind: [
+            b.tolist()
+            for b in token_budget_batches([len(t) for t in tokens[kind]], budget, max_batch[kind], cap)
+        ]
         for kind in KINDS
     }
 
@@ -114,10 +122,73 @@ def test_default_budget_is_the_engines_and_the_max_batch_caps_a_batch(
     tokens = _tokens(engine_set, [31] * 300, [10] * 300, seed=5)
     batches, _, timing = _run(host_tool, engines, engine_set, tokens, tmp_path, "--print-batches")
     budget = engine_set.manifest.build["max_batch_tokens"]
-    assert timing["max_batch_tokens"] == budget
+    assert timing["max_batch_tokens"] == budget and timing["max_padding"] is None  # no cap by default
     want = _python_batches(engine_set, tokens, budget)
     assert [len(b) for b in want["esm2"]] == [256, 44]
     assert batches == want
+
+
+def _mixed_tokens(engine_set: EngineSet) -> dict:
+    """400 frames of mixed lengths, where a padding cap cuts batches; for ESM-2 also 300 proteins of one
+    length, more than the engine's max batch of 256 fit the budget, then 40 slightly shorter ones."""
+    rng = np.random.default_rng(7)
+    protein_lengths = [10] * 300 + [8] * 40 + rng.integers(10, 200, 60).tolist()
+    order = rng.permutation(len(protein_lengths))  # input order is not length order
+    return _tokens(
+        engine_set, rng.integers(30, 500, 400).tolist(), [protein_lengths[i] for i in order], seed=1
+    )
+
+
+@pytest.mark.parametrize("text", ["0.05", "0.05:1024", "NONE"])
+def test_padding_cap_batches_and_embeddings_are_the_python_runtimes(
+    text, host_tool, engines, engine_set, tmp_path
+) -> None:
+    """``--max-padding`` cuts the batches where ``token_budget_batches(..., cap=...)`` cuts them, index for
+    index, with and without a floor (and the engine's max batch still capping a batch of equal lengths);
+    the embeddings and batch figures are the Python runtime's with the same cap."""
+    cap = None if text.lower() == "none" else PaddingCap.parse(text)
+    tokens = _mixed_tokens(engine_set)
+    budget = 4096
+    plain = _python_batches(engine_set, tokens, budget)
+    capped = _python_batches(engine_set, tokens, budget, PaddingCap(0.05))
+    floored = _python_batches(engine_set, tokens, budget, PaddingCap(0.05, 1024))
+    for kind in KINDS:  # the cap cuts, and the floor keeps some of what the cap alone would cut
+        assert len(plain[kind]) < len(floored[kind]) < len(capped[kind])
+    # 4096 // 12 tokens is 341 proteins of 10 residues: the engine's max batch, 256, still caps that batch
+    assert 256 in [len(b) for b in floored["esm2"]] and 256 in [len(b) for b in capped["esm2"]]
+
+    batches, got, timing = _run(
+        host_tool, engines, engine_set, tokens, tmp_path, "--max-batch-tokens", str(budget),
+        "--max-padding", text, "--print-batches",
+    )  # fmt: skip
+    assert timing["max_padding"] == (None if cap is None else dataclasses.asdict(cap))
+    assert batches == _python_batches(engine_set, tokens, budget, cap)
+    for kind, encoder in (("dnabert-s", engine_set.dnabert), ("esm2", engine_set.esm)):
+        stats = BatchStats()
+        expected = embed_sequences(encoder.backend, tokens[kind], budget, stats=stats, cap=cap)
+        np.testing.assert_allclose(got[kind], expected, atol=1e-5, rtol=0)  # input order
+        host = timing[kind]
+        assert (host["batches"], host["items"], host["tokens"], host["computed_tokens"]) == (
+            stats.batches, stats.items, stats.tokens, stats.computed_tokens
+        )  # fmt: skip
+
+
+def test_the_padding_cap_compares_in_float64_as_numpy_does(host_tool, engines, engine_set, tmp_path) -> None:
+    """At share 0.29, 0.29 * 300 is exactly 87.0 in float64 (a padding of 87 is kept: the bound holds
+    with equality) but 0.29 * 100 is 28.999999999999996 (a padding of 29 is cut, though 29/100 is 0.29
+    in exact arithmetic): the host cuts exactly where the Python runtime does."""
+    # ESM-2 tokens: residues + 2, so 21, 150, 50 and 63 tokens
+    tokens = _tokens(engine_set, [300, 120, 250, 31], [19, 148, 48, 61], seed=8)
+    assert [len(t) for t in tokens["esm2"]] == [21, 150, 50, 63]
+    cap = PaddingCap(0.29)
+    want = _python_batches(engine_set, tokens, 300, cap)
+    # [150, 63]: padded 87 <= 87.0; [50, 21]: padded 29 > 28.999999999999996, so 50 and 21 apart
+    assert want["esm2"] == [[1, 3], [2], [0]]
+    batches, _, timing = _run(
+        host_tool, engines, engine_set, tokens, tmp_path, "--max-batch-tokens", "300",
+        "--max-padding", "0.29", "--print-batches",
+    )  # fmt: skip
+    assert batches == want and timing["max_padding"] == {"max_share": 0.29, "floor_tokens": 0}
 
 
 def _halved(batch: list[int], rows: int) -> list[list[int]]:
@@ -212,11 +283,21 @@ def test_bad_options_and_inputs_are_one_line_errors(host_tool, engines, engine_s
         ("--cpu-threads", "0"): "--cpu-threads 0: expected a positive integer",
         ("--device", "gpu"): "--device gpu: expected cpu, cuda or cuda:N",
         ("--timing", str(tmp_path / "no" / "t.json")): "cannot write",
+        ("--max-padding", "0.05x"): "--max-padding: padding cap '0.05x': the share '0.05x' is not a number",
+        ("--max-padding", "1"): "share must be in [0, 1), got 1",
+        ("--max-padding", "nan"): "the share 'nan' is not a number",
+        ("--max-padding", "0.05:-1"): "floor must be >= 0 tokens, got -1",
+        ("--max-padding", "0.05:1.5"): "the floor '1.5' is not an integer",
+        ("--max-padding", " 0.05"): "the share ' 0.05' is not a number",
     }
     for options, message in cases.items():
+        (tmp_path / "out.pt").unlink(missing_ok=True)
         done = subprocess.run([*base, *options], capture_output=True, text=True)
         assert done.returncode == 2, (options, done.stderr)
         assert done.stderr.splitlines()[0].startswith("Error: ") and message in done.stderr.splitlines()[0]
+        assert sum(line.startswith("Error") for line in done.stderr.splitlines()) == 1
+        if options[0] == "--max-padding":  # refused before anything runs
+            assert not (tmp_path / "out.pt").exists()
 
     too_long = torch.ones(2, 600, dtype=torch.long)  # DNABERT-S engines take at most 512 tokens
     torch.save((too_long, too_long, *(torch.from_numpy(a) for a in arrays[2:])), inputs)

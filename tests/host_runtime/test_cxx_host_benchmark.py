@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from virnucpro_trt.bench.host_build import HostBuild
+from virnucpro_trt.settings import PaddingCap
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,3 +95,9 @@ def test_a_host_without_openssl_is_rerun_without_hashing(tmp_path: Path) -> None
     lines = calls.read_text().splitlines()
     assert len(lines) == 2 and "--no-verify" not in lines[0] and lines[1].endswith("--no-verify")
     assert "--max-batch-tokens 512 --warmup --timing" in lines[0] and "--cpu-threads" not in lines[0]
+    assert "--max-padding none" in lines[0]  # no cap on the Python side: none on the host's either
+    _script().run_host(
+        fake, tmp_path / "engines", torch.device("cpu"), 512, tmp_path / "in.pt", tmp_path,
+        padding_cap=PaddingCap(0.29, 64),
+    )  # fmt: skip
+    assert "--max-padding 0.29:64" in calls.read_text().splitlines()[2]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from virnucpro_trt.runtime.batching import PaddingCap, token_budget_batches
+from virnucpro_trt.runtime.batching import token_budget_batches
+from virnucpro_trt.settings import PaddingCap, padding_cap_text, parse_padding_cap
 
 
 def test_batches_respect_budget_and_cover_everything():
@@ -72,3 +73,12 @@ def test_padding_cap_parses_and_refuses_bad_values():
     for bad in ("x", "1.5", "0.05:-1", "-0.1", "0.05:many"):
         with pytest.raises(ValueError):
             PaddingCap.parse(bad)
+
+
+def test_the_option_text_reads_back_as_the_same_cap():
+    """``--max-padding``'s text, as passed on to another run or to ``virnucpro-host``: the same double."""
+    for cap in (PaddingCap(0.29, 64), PaddingCap(0.1), PaddingCap(1 / 3, 8192)):
+        assert parse_padding_cap(padding_cap_text(cap)) == cap
+    assert parse_padding_cap(" NONE ") is None and padding_cap_text(None) == "none"
+    with pytest.raises(ValueError, match="padding cap"):
+        parse_padding_cap("0.05:eight")

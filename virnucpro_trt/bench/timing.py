@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from virnucpro_trt.runtime.batching import PaddingCap
     from virnucpro_trt.runtime.embedding import BatchStats
+    from virnucpro_trt.settings import PaddingCap
 
 T = TypeVar("T")
 

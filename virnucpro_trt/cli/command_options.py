@@ -21,7 +21,11 @@ from virnucpro_trt.settings import (
     CHUNK_LENGTHS,
     DEFAULT_CPU_BATCH_TOKENS,
     DEFAULT_CUDA_BATCH_TOKENS,
+    DEFAULT_PADDING_CAP,
     PRECISIONS,
+    PaddingCap,
+    padding_cap_text,
+    parse_padding_cap,
 )
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -140,6 +144,35 @@ def precision_option(default: str | None, help_text: str | None = None) -> Decor
 def max_batch_tokens_option(help_text: str) -> Decorator:
     """The token budget per batch (padded tokens); ``help_text`` says what it is for in that command."""
     return click.option("--max-batch-tokens", type=click.IntRange(min=16), default=None, help=help_text)
+
+
+class PaddingCapType(click.ParamType):
+    """``SHARE[:FLOOR_TOKENS]`` (a :class:`~virnucpro_trt.settings.PaddingCap`) or ``none``."""
+
+    name = "SHARE[:FLOOR]|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, PaddingCap):
+            return value
+        try:
+            return parse_padding_cap(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def max_padding_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The batcher's padding cap: a batch closes before an item that would make padding more than
+    SHARE of its computed tokens, once it computes FLOOR tokens."""
+    return click.option(
+        "--max-padding",
+        "padding_cap",
+        type=PaddingCapType(),
+        default=padding_cap_text(DEFAULT_PADDING_CAP),
+        show_default=True,
+        help="Close a batch before padding passes SHARE of its computed tokens, once it computes FLOOR "
+        "tokens (e.g. 0.05:8192: fewer padded tokens on mixed read lengths, smaller batches); none: "
+        "batches fill the token budget.",
+    )(func)
 
 
 def replace_option(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -30,6 +30,7 @@ from virnucpro_trt.cli.command_options import (
     group_logging_options,
     logging_options,
     max_batch_tokens_option,
+    max_padding_option,
     outdir_option,
     precision_option,
     replace_option,
@@ -45,6 +46,7 @@ from virnucpro_trt.settings import (
     ENGINE_BACKENDS,
     EmbedSettings,
     EncoderSettings,
+    PaddingCap,
     PredictSettings,
     RunControl,
 )
@@ -96,6 +98,7 @@ def encoder_options(
     )
     @click.option("--rebuild", is_flag=True, help="Rebuild the --engines directory if it does not match.")
     @max_batch_tokens_option(f"Token budget per batch (padded tokens). Default: {DEFAULT_BUDGETS}.")
+    @max_padding_option
     @click.option(
         "-t",
         "--threads",
@@ -111,6 +114,7 @@ def encoder_options(
         device: str,
         precision: str | None,
         max_batch_tokens: int | None,
+        padding_cap: PaddingCap | None,
         threads: int | None,
         engines: Path | None,
         rebuild: bool,
@@ -118,7 +122,7 @@ def encoder_options(
     ) -> Any:
         if rebuild and engines is None:
             raise click.UsageError("--rebuild needs --engines DIR")
-        encoders = EncoderSettings(backend, device, precision, max_batch_tokens, threads)
+        encoders = EncoderSettings(backend, device, precision, max_batch_tokens, threads, padding_cap)
         return func(*args, encoders=encoders, engines=engines, rebuild=rebuild, **kwargs)
 
     return wrapper

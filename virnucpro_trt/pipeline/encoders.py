@@ -204,10 +204,14 @@ def open_models(
     torch.set_num_threads(encoders.threads or available_cpus())
     choice = _engine_choice(encoders, engines, engine_cache)
     if choice is None:
-        return _open_eager(encoders, specs, kinds, need_classifier, device, loader, known)
-    backend, folder = choice
-    checked = known.engines if known is not None else None
-    return _open_engines(encoders, specs, device, folder, rebuild or engines is None, backend, checked)
+        models = _open_eager(encoders, specs, kinds, need_classifier, device, loader, known)
+    else:
+        backend, folder = choice
+        checked = known.engines if known is not None else None
+        models = _open_engines(encoders, specs, device, folder, rebuild or engines is None, backend, checked)
+    for kind, encoder in models.encoders.items():
+        models.encoders[kind] = dataclasses.replace(encoder, padding_cap=encoders.padding_cap)
+    return models
 
 
 def _open_eager(

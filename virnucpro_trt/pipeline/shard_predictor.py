@@ -56,6 +56,10 @@ COUNT_KEYS = (
     "status_too_short",
     "dnabert_tokens",
     "esm_tokens",
+    # tokens the encoders computed, padding included (runtime.embedding.BatchStats): against the two
+    # above, the share of each encoder's work spent on padding
+    "dnabert_computed_tokens",
+    "esm_computed_tokens",
 )
 STAGES = ("prepare", "tokenize", "embed_dnabert", "embed_esm", "classify", "write")
 # run.json's names for the shared path's stages (runtime/frame_path.STAGES).
@@ -161,6 +165,8 @@ class PredictShardProcessor:
                 contents[EMBEDDINGS_ROLE] = embeddings_npz(frames.frame_ids, scored.dnabert, scored.esm)
         counts["dnabert_tokens"] = frames.dnabert_tokens
         counts["esm_tokens"] = frames.esm_tokens
+        counts["dnabert_computed_tokens"] = scored.padding["dnabert"].computed_tokens
+        counts["esm_computed_tokens"] = scored.padding["esm"].computed_tokens
         timings["process"] = time.perf_counter() - started
         report = ShardReport(
             counts=counts,

@@ -26,8 +26,9 @@ import torch
 from virnucpro_trt.errors import NonFiniteError, ShapeRangeError
 from virnucpro_trt.models.tokenization import pad_batch
 from virnucpro_trt.runtime.attention_kernel import DEFAULT_ATTENTION, attention_kernel
-from virnucpro_trt.runtime.batching import PaddingCap, token_budget_batches
+from virnucpro_trt.runtime.batching import token_budget_batches
 from virnucpro_trt.runtime.out_of_memory import OUT_OF_MEMORY_ERRORS
+from virnucpro_trt.settings import PaddingCap
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def embed_sequences(
     """Embeddings [N, D] float32 in input order; fails the batch on NaN/Inf, naming its first items.
 
     With ``stats``, every batch that ran is added to it (see :class:`BatchStats`); ``cap`` closes batches
-    early where padding would pass it (measurements only, see :class:`PaddingCap`).
+    early where padding would pass it (``--max-padding``, :class:`PaddingCap`).
     """
     out = np.empty((len(token_ids), backend.dim), dtype=np.float32)
     if not token_ids:

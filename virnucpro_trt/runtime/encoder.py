@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from virnucpro_trt.runtime.embedding import BatchStats, EmbeddingBackend, embed_sequences
+from virnucpro_trt.settings import PaddingCap
 
 
 @dataclass
@@ -22,7 +23,8 @@ class LoadedEncoder:
     """An encoder ready to embed: its backend, tokenizer, width, batch token budget and provenance.
 
     ``kind`` is ``dnabert-s`` or ``esm2``; ``info`` holds what run.json records (path, layout, weights
-    hash; for engines also the build's parity).
+    hash; for engines also the build's parity); ``padding_cap`` may close a batch before its budget is
+    full (:class:`~virnucpro_trt.settings.PaddingCap`).
     """
 
     kind: str
@@ -31,6 +33,7 @@ class LoadedEncoder:
     dim: int
     max_batch_tokens: int
     info: dict[str, Any] = field(default_factory=dict)
+    padding_cap: PaddingCap | None = None
 
     def embed(
         self,
@@ -40,4 +43,6 @@ class LoadedEncoder:
         stats: BatchStats | None = None,
     ) -> np.ndarray:
         """Pooled float32 embeddings [N, dim] of ``tokens`` in input order, batched by the token budget."""
-        return embed_sequences(self.backend, tokens, self.max_batch_tokens, labels, progress, stats)
+        return embed_sequences(
+            self.backend, tokens, self.max_batch_tokens, labels, progress, stats, self.padding_cap
+        )
