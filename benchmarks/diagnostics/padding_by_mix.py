@@ -13,7 +13,7 @@ tokenizer's. Issue 11 asks for packing or tighter buckets where padding passes 5
 tokens; the fraction falls as a run grows (more items per length, so each batch spans fewer lengths),
 so several ``--reads`` sizes say what a ``bench`` run of a few thousand reads overstates. ``predict``
 batches each shard on its own, so each row also gives the fraction in the default shards of an input of
-that many reads (``runtime.shards.default_shard_records``: 256-16384 reads).
+that many reads (``runtime.shards.default_shard_records``: 4,096-16,384 reads since the sixteenth session).
 
     python3 benchmarks/diagnostics/padding_by_mix.py --reads 3000,20000 --json padding.json
 """
@@ -37,9 +37,10 @@ from virnucpro_trt.engines.spec import default_shape_range
 from virnucpro_trt.models.dnabert import DNABERT_S_CONFIG
 from virnucpro_trt.models.random_checkpoints import train_dna_tokenizer
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
-from virnucpro_trt.runtime.batching import PaddingCap, token_budget_batches
+from virnucpro_trt.runtime.batching import token_budget_batches
 from virnucpro_trt.runtime.shards import default_shard_records
 from virnucpro_trt.sequences.synthetic import LENGTH_MIXES
+from virnucpro_trt.settings import PaddingCap
 
 
 def padding(
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "--padding-caps",
         default="",
         metavar="SHARE:FLOOR,...",
-        help="also the padding of predict's shards under these batching caps (runtime.batching.PaddingCap; "
+        help="also the padding of predict's shards under these batching caps (settings.PaddingCap; "
         "length multiple 1), e.g. 0.05:8192,0.05:4096",
     )
     parser.add_argument("--json", type=Path, default=None)

@@ -353,10 +353,15 @@ def test_esm2_variants_bf16_layernorm_candidate_quantises_the_norms_output() -> 
     assert not torch.equal(a, b)  # the rounding before quantising is a different computation
 
 
-def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path) -> None:
+def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The padded fraction per encoder, length mix and run size: nothing for ESM-2 on 500 bp reads (168
     tokens each), rounding lengths up to the engine's multiple never pads less than the batcher alone,
-    and a larger run of the same mix pads no more than a smaller one (its batches span fewer lengths)."""
+    and a larger run of the same mix pads no more than a smaller one (its batches span fewer lengths).
+    predict's shards: the default rule with its floor scaled down to 256 reads (the real 4,096 would
+    make these inputs one shard each)."""
+    import virnucpro_trt.runtime.shards as shards_module
+
+    monkeypatch.setattr(shards_module, "MIN_SHARD_RECORDS", 256)
     out = tmp_path / "padding.json"
     code = _script("diagnostics/padding_by_mix").main(
         [
@@ -382,7 +387,7 @@ def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path) -> None:
     assert rows["esm2", "mixed", 300]["mean_tokens"] < rows["esm2", "fixed", 300]["mean_tokens"]
     small, large = (rows["esm2", "mixed", n]["by_multiple"][0]["padded_fraction"] for n in (300, 1200))
     assert 0 < large < small
-    for (_, _, reads), row in rows.items():  # predict's default shards of 256 reads, batched one by one
+    for (_, _, reads), row in rows.items():  # predict's (scaled) default shards of 256 reads, one by one
         whole, sharded = row["by_multiple"][0], row["predict_by_multiple"][0]
         assert row["predict_shard_records"] == 256 and row["predict_shards"] == -(-reads // 256)
         assert sharded["tokens"] == whole["tokens"] and sharded["batches"] >= whole["batches"]

@@ -74,7 +74,13 @@ def reference_small(tiny_set, many_reads, tmp_path_factory) -> Path:
     return out
 
 
-def test_two_workers_equal_one_worker_and_shards_do_not_depend_on_workers(tiny_set, many_reads, tmp_path):
+def test_two_workers_equal_one_worker_and_shards_do_not_depend_on_workers(
+    tiny_set, many_reads, tmp_path, monkeypatch
+):
+    import virnucpro_trt.runtime.shards as shards_module
+
+    # the default rule with its floor scaled down (the real 4,096 records would make one shard of these)
+    monkeypatch.setattr(shards_module, "MIN_SHARD_RECORDS", 256)
     one, two = tmp_path / "one", tmp_path / "two"
     common = ("--save-embeddings", "--keep-work")
     result = _predict(tiny_set, many_reads, one, *common, "--threads", "1")

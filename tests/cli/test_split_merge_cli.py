@@ -102,9 +102,12 @@ def small_shards(tiny_set, split_reads, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def default_shards(tiny_set, split_reads, tmp_path_factory):
-    """The default rule (576 records: 256, 256, 64), gzip parts."""
+    """The default rule (576 records: 256, 256, 64), gzip parts; its floor scaled down to one piece (the
+    real 4,096 would make this input one shard)."""
     root = tmp_path_factory.mktemp("default_shards")
-    return _split_predict_merge(tiny_set, split_reads, root, ["--parts", "3", "--gzip"], [], [])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shards_module, "MIN_SHARD_RECORDS", shards_module.PIECE_RECORDS)
+        return _split_predict_merge(tiny_set, split_reads, root, ["--parts", "3", "--gzip"], [], [])
 
 
 @pytest.mark.slow
@@ -155,6 +158,7 @@ def test_bases_cap_and_joined_pieces_are_reproduced(tiny_set, split_reads, tmp_p
     # closed earlier by the bases cap, so the whole input's shards have uneven sizes.
     monkeypatch.setattr(shards_module, "PIECE_RECORDS", 16)
     monkeypatch.setattr(shards_module, "TARGET_SHARDS", 4)
+    monkeypatch.setattr(shards_module, "MIN_SHARD_RECORDS", 16)
     monkeypatch.setattr(shards_module, "MAX_SHARD_BASES", 50_000)
     single, merged, _, manifest = _split_predict_merge(
         tiny_set, split_reads, tmp_path, ["--parts", "2"], [], []

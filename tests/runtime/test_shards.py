@@ -27,7 +27,7 @@ from virnucpro_trt.sequences.reader import read_records
 
 @pytest.mark.parametrize(
     ("records", "expected"),
-    [(0, 256), (10, 256), (20_000, 256), (40_000, 512), (100_000, 1536), (10**7, 16384), (10**9, 16384)],
+    [(0, 4096), (20_000, 4096), (262_143, 4096), (300_000, 4608), (10**6, 15616), (10**9, 16384)],
 )
 def test_default_shard_size_depends_on_the_record_count_only(records, expected):
     assert default_shard_records(records) == expected
@@ -49,7 +49,10 @@ def _shard(tmp_path, reads, shard_records):
     return summary, splitter.finish()
 
 
-def test_shards_are_consecutive_two_line_fasta_with_counts(tmp_path):
+def test_shards_are_consecutive_two_line_fasta_with_counts(tmp_path, monkeypatch):
+    import virnucpro_trt.runtime.shards as shards_module
+
+    monkeypatch.setattr(shards_module, "MIN_SHARD_RECORDS", PIECE_RECORDS)  # the floor scaled down
     reads = _write_reads(tmp_path / "r.fa", 1000)
     summary, shards = _shard(tmp_path, reads, None)  # default: 1000 records -> 256 per shard
     assert [s.records for s in shards] == [256, 256, 256, 232]

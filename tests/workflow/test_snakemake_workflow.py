@@ -21,6 +21,7 @@ import pytest
 
 from tests.cli.helpers import run_cli
 from virnucpro_trt.demo import DemoInputs
+from virnucpro_trt.workflow import DEMO_SHARD_RECORDS
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = (
@@ -92,10 +93,11 @@ def test_snakemake_run_equals_one_predict_and_a_rerun_does_nothing(demo_workflow
     code, log = _finish(_snakemake(demo_workflow))  # the README's command: config.yaml as written
     assert code == 0, log
     out = demo_workflow / "wf" / "demo-out"
-    single = _single(tiny_set, demo_workflow / "wf" / "demo" / "reads.fa", tmp_path / "single")
+    reads, shards = demo_workflow / "wf" / "demo" / "reads.fa", str(DEMO_SHARD_RECORDS)
+    single = _single(tiny_set, reads, tmp_path / "single", "--shard-records", shards)
     _assert_same(single, out)
     run = json.loads((out / "run.json").read_text())
-    assert run["split"]["parts"] == 3 and run["shards"]["total"] == 3
+    assert run["split"]["parts"] == 3 and run["shards"]["total"] == 3  # the demo config's shard_records
     assert [p["records"] for p in run["parts"]] == [256, 256, 88]
     assert (
         run["settings_fingerprint"] == json.loads((single / "run.json").read_text())["settings_fingerprint"]

@@ -121,7 +121,7 @@ def chunk_length_option(
 
 
 def shard_records_option(
-    help_text: str = "Records per shard (default: records/64 clamped to 256..16384, in steps of 256). Part "
+    help_text: str = "Records per shard (default: records/64 clamped to 4096..16384, in steps of 256). Part "
     "of the resume key: it changes batch composition.",
 ) -> Decorator:
     return click.option("--shard-records", type=click.IntRange(min=1), default=None, help=help_text)

@@ -17,7 +17,10 @@ from virnucpro_trt.errors import UserError
 
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "profiles/slurm/config.yaml")
 _SOURCE = Path(__file__).parent
-DEMO_READS = 600  # 3 shards by predict's default rule (256, 256, 88): one per part of a 3-part split
+DEMO_READS = 600
+# 3 shards of the demo's reads (256, 256, 88), one per part of its 3-part split; predict's default rule
+# would make them one shard (at least 4,096 records: runtime/shards.py), so one part and two empty ones.
+DEMO_SHARD_RECORDS = 256
 DEMO_SEED = 2027
 
 
@@ -52,6 +55,7 @@ def _demo_config(template: str, folder: Path) -> str:
         "input": str(reads),
         "outdir": str(folder / "demo-out"),
         "parts": 3,
+        "shard_records": DEMO_SHARD_RECORDS,
         "dnabert": str(models.dnabert),
         "esm": str(models.esm),
         "classifier": str(models.classifier),
