@@ -79,6 +79,7 @@ from typing import Any
 
 import torch
 
+from virnucpro_trt.engines.aoti_int_arrays import fresh_int_array_declarations
 from virnucpro_trt.engines.inductor_configs import inductor_configs
 from virnucpro_trt.engines.inductor_model import DTYPES, device_copy, freeze_position_tables
 from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata, extern_kernels, load_package
@@ -181,16 +182,14 @@ def _export(model: torch.nn.Module, example: tuple[torch.Tensor, ...], graph: Gr
             raise BuildError(f"torch.export failed for {kind}: {_first_line(again)}") from again
 
 
-# torch 2.11's AOTInductor C++ wrapper sometimes names a size/stride array it never declared
-# ("'int_array_196' was not declared in this scope"), and the same program compiles on another try: the
-# fp8 ESM-2 3B engine failed so on one H200 start and built on the next, same tree, fresh caches
-# (measurement log, tenth session). pytorch#193621 gives the mechanism: declarations are cached under
-# the id() of the buffer written to, a custom op's call site writes through a short-lived buffer, and a
-# later buffer at the same address hits the cache and declares nothing. Addresses differ between tries,
-# so the build tries again (a retry in the same process has not run on the GPU: the retries seen were
-# new processes). Only that fault is retried: other compile errors repeat on every try.
+# AOTInductor's C++ wrapper sometimes names a size/stride array it never declared ("'int_array_196' was
+# not declared in this scope"), at random: the same program compiles on another try (measurement log,
+# tenth and sixteenth sessions; pytorch#193621). The build compiles with that declaration cache off
+# (aoti_int_arrays), and tries again on that fault should it still come: other compile errors repeat on
+# every try. GCC quotes the name with typographic quotes in a UTF-8 locale ('...' elsewhere); until the
+# sixteenth session only the ASCII form was matched, so the retries never ran on the H200.
 COMPILE_ATTEMPTS = 3
-_UNDECLARED_SIZE_ARRAY = re.compile(r"'int_array_\d+' was not declared in this scope")
+_UNDECLARED_SIZE_ARRAY = re.compile(r"['\u2018`]int_array_\d+['\u2019] was not declared in this scope")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +198,7 @@ class _Compiled:
     configs: dict[str, Any]  # the Inductor settings it was compiled with
     exported_at: float  # perf_counter() when the export finished
     attempts: int = 1  # compiles it took (more than one: a C++ wrapper fault, see COMPILE_ATTEMPTS)
+    fresh_int_arrays: bool = False  # compiled with the wrapper's size-array cache off (aoti_int_arrays)
 
 
 def _export_and_compile(
@@ -226,11 +226,12 @@ def _export_and_compile(
         f"{META_PREFIX}dim": str(dim),
     }
     configs = inductor_configs(device, options, metadata)
-    attempt = 0
+    attempt, fresh = 0, False
     try:
         for attempt in range(1, COMPILE_ATTEMPTS + 1):
             try:
-                with attention_kernel(options.attention, device):  # Inductor lowers SDPA here
+                # Inductor lowers SDPA here; the wrapper declares each size array where it is used
+                with attention_kernel(options.attention, device), fresh_int_array_declarations() as fresh:
                     torch._inductor.aoti_compile_and_package(
                         program,
                         package_path=str(out_path),
@@ -244,7 +245,7 @@ def _export_and_compile(
                 log.warning("%s; compiling again (attempt %d of %d)", message, attempt + 1, COMPILE_ATTEMPTS)
     finally:
         del program
-    return _Compiled(graph, configs, exported, attempt)
+    return _Compiled(graph, configs, exported, attempt, fresh)
 
 
 class InductorBackend:
@@ -338,6 +339,7 @@ class InductorBackend:
             "export_seconds": round(exported - prepared, 2),
             "compile_seconds": round(compiled - exported, 2),
             "compile_attempts": done.attempts,
+            "fresh_int_arrays": done.fresh_int_arrays,
             "inductor_configs": done.configs,
             "dynamic_dims": {
                 "batch": [graph.min_batch, graph.max_batch],
