@@ -30,7 +30,7 @@ DEFAULT_CUDA_BATCH_TOKENS = 32768
 @dataclass(frozen=True)
 class PaddingCap:
     """Close a batch early, before an item that would make padding more than ``max_share`` of the
-    batch's computed tokens, once the batch computes at least ``floor_tokens`` (``--max-padding``).
+    batch's computed tokens, once the batch computes more than ``floor_tokens`` (``--max-padding``).
 
     Why: a group of items of many lengths fills one budget with every length, so much of a batch can be
     padding; cutting where the length falls trades that for more, smaller batches, and the floor keeps

@@ -180,5 +180,8 @@ def test_slurm_profile_dry_run_builds_engines_once_unless_given(demo_workflow):
     assert "--min-length" not in log  # 0 in config.yaml: predict's default
     log = _dry_run(demo_workflow, "min_length=50")
     assert log.count("--min-length 50") == 3  # every part's predict, nothing else
+    assert "--max-padding" not in log  # empty in config.yaml: predict's default
+    log = _dry_run(demo_workflow, "max_padding=0.05:8192")
+    assert log.count("--max-padding 0.05:8192") == 3
     code, log = _finish(_snakemake(demo_workflow, "-n", "--config", "input="))
     assert code != 0 and "input not set" in log
