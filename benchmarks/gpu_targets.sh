@@ -3,8 +3,9 @@
 # engines built through `build` and its parity gate, `bench` beside the torch.compile peer (500 bp, then
 # the mixed and Illumina-like read lengths), the ESM-2 engine's kernel profile, `predict` against the
 # engine alone (500 bp reads, then mixed lengths, where predict's per-shard batches pad more than the
-# engine alone's), the ESM-2 engine on shard-sized groups of mixed reads with and without a padding cap
-# (runtime.batching.PaddingCap, not yet the runtime's rule), and the C++ host against the Python runtime.
+# engine alone's: default shards, --max-padding, the old 256-read shards), the ESM-2 engine on
+# shard-sized groups of mixed reads with and without a padding cap (settings.PaddingCap, opt-in), and the
+# C++ host against the Python runtime.
 #
 #   bash benchmarks/gpu_targets.sh STEP [PRECISION]   STEP: build bench mixes profile predict predict-mixed batching cxx | all
 #   DRY_RUN=1 bash benchmarks/gpu_targets.sh all fp8  prints the commands (tests/bench checks them)
@@ -40,14 +41,13 @@ case $step in
   predict)
     run python3 benchmarks/runtime_scaling.py --models full-outliers --backend inductor --precision "$precision" \
       --workdir "$work" --gpus 0 --reads 10000 --json "$out/gpu_runtime_scaling_1gpu_$precision.json" ;;
-  predict-mixed)  # predict's default batching (and the encoders alone), then with a padding cap, larger shards, both
+  predict-mixed)  # predict's default shards (and the encoders alone), then with a padding cap, then the old 256-read shards
     scaling=(python3 benchmarks/runtime_scaling.py --models full-outliers --backend inductor --precision "$precision"
       --workdir "$work" --gpus 0 --reads 20000 --length-mix mixed)
     name=$out/gpu_runtime_scaling_1gpu_${precision}_mixed
     run "${scaling[@]}" --json "$name.json"
     run "${scaling[@]}" --skip-alone --max-padding 0.05:8192 --json "${name}_cap.json"
-    run "${scaling[@]}" --skip-alone --shard-records 1536 --json "${name}_shards1536.json"
-    run "${scaling[@]}" --skip-alone --shard-records 1536 --max-padding 0.05:8192 --json "${name}_shards1536_cap.json" ;;
+    run "${scaling[@]}" --skip-alone --shard-records 256 --json "${name}_shards256.json" ;;
   batching)  # groups of 1,750 frames: a 1,536-read shard of mixed reads (100,000-read inputs)
     run python3 benchmarks/engines_throughput.py --models esm2 --configs "inductor-$precision" --length-mix mixed \
       --items 7000 --group-items 1750 --padding-caps none,0.05:8192,0.05:4096 --parity-items 192 --repeats 3 \
