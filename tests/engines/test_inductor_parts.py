@@ -315,7 +315,8 @@ def test_folded_residual_adds_compute_the_same_layers() -> None:
     plain, folded = _folded_and_plain(CPU)
     assert isinstance(folded.emb_layer_norm_after, PendingSumLayerNorm)
     assert not isinstance(plain.emb_layer_norm_after, PendingSumLayerNorm)
-    ids, mask = torch.randint(4, 24, (3, 30)), torch.ones(3, 30, dtype=torch.bool)
+    generator = torch.Generator().manual_seed(30)  # seeded: min cosine 0.999994-0.999998 over 60 seeds
+    ids, mask = torch.randint(4, 24, (3, 30), generator=generator), torch.ones(3, 30, dtype=torch.bool)
     mask[1, 20:] = False
     with torch.no_grad():
         a, b = plain(ids, mask), folded(ids, mask)
