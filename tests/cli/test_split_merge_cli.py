@@ -297,6 +297,22 @@ def test_split_refusals_leave_nothing(split_reads, tmp_path):
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["mine.txt"]
 
 
+def test_a_small_input_in_many_parts_warns_and_says_how_to_spread_it(split_reads, tmp_path):
+    """576 records are one shard by the default rule (at least 4,096 records): parts 2 and 3 are empty,
+    and the warning names the option that spreads the input; with it, no part is empty."""
+    result = run_cli("split", str(split_reads), "-o", str(tmp_path / "p"), "--parts", "3")
+    assert result.code == 0, result.stderr
+    manifest = json.loads((tmp_path / "p" / "split.json").read_text())
+    assert [p["records"] for p in manifest["parts"]] == [576, 0, 0]
+    assert "2 part(s) are empty" in result.stderr and "--shard-records N" in result.stderr
+    result = run_cli(
+        "split", str(split_reads), "-o", str(tmp_path / "q"), "--parts", "3", "--shard-records", "192"
+    )
+    assert result.code == 0 and "are empty" not in result.stderr
+    spread = json.loads((tmp_path / "q" / "split.json").read_text())
+    assert [p["records"] for p in spread["parts"]] == [192] * 3
+
+
 def test_records_per_part_and_records_kept_as_read(split_reads, tmp_path):
     from virnucpro_trt.sequences.reader import read_records
 

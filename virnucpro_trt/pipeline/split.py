@@ -46,7 +46,13 @@ from virnucpro_trt.pipeline.split_manifest import (
 )
 from virnucpro_trt.runtime.coordinator import sigterm_as_interrupt
 from virnucpro_trt.runtime.resume import LOCK_FILE, outdir_lock
-from virnucpro_trt.runtime.shards import PlannedShard, ShardSplitter, append_files, default_shard_records
+from virnucpro_trt.runtime.shards import (
+    MIN_SHARD_RECORDS,
+    PlannedShard,
+    ShardSplitter,
+    append_files,
+    default_shard_records,
+)
 from virnucpro_trt.settings import SplitSettings
 
 log = logging.getLogger(__name__)
@@ -218,8 +224,9 @@ def _log_plan(manifest: SplitManifest, shards: int) -> None:
     empty = [entry.index for entry in manifest.parts if not entry.records]
     if empty and manifest.records:
         log.warning(
-            "the input has only %d shard(s): %d part(s) are empty (they predict to header-only results)",
-            shards, len(empty),
+            "the input has only %d shard(s): %d part(s) are empty (they predict to header-only results); "
+            "a shard holds at least %d records by default, --shard-records N spreads a small input wider",
+            shards, len(empty), MIN_SHARD_RECORDS,
         )  # fmt: skip
 
 
