@@ -339,15 +339,15 @@ def test_folded_residual_adds_keep_parity_on_outlier_channels() -> None:
     values large; folding changes only where fc2's bias is added, so the two stay as close as on
     plain weights."""
     plain, folded = _folded_and_plain(CPU, outliers=True)
-    # seeded inputs: over 40 seeds the min cosine was 0.99994-0.99998 here, and unseeded draws (whatever
-    # the tests before had left in torch's generator) once gave 0.9999 in CI
+    # seeded inputs (0.99998 here with 1 or 2 threads): unseeded draws, whatever the tests before had
+    # left in torch's generator, once fell to 0.9999 in CI
     generator = torch.Generator().manual_seed(26)
     ids, mask = torch.randint(4, 24, (4, 26), generator=generator), torch.ones(4, 26, dtype=torch.bool)
     mask[2, 15:] = False
     with torch.no_grad():
         a, b = plain(ids, mask), folded(ids, mask)
     assert torch.isfinite(b).all()
-    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.9995
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.9999
 
 
 @pytest.mark.gpu
