@@ -86,6 +86,7 @@ class Variant:
     row_launch: bool = False  # fp8-fused: the row kernels launched as --row-launch says
     attention_kernel: bool = False  # the engines' own Triton attention (rotary and layout in it)
     qkv_bias_in_attention: bool = False  # fp8-fused with the kernel: qkv's bias added by the kernel
+    gelu_epilogue: bool = False  # bf16: fc1 + GELU as one cuBLASLt GEMM (models.esm2.linear_gelu)
 
 
 VARIANTS = {
@@ -116,7 +117,9 @@ VARIANTS = {
     "fp8-fused-fold-kernel-bias": Variant(  # the engines' layers (recipe 6)
         "fp8-fused", fast_accum=True, fold_residual=True, attention_kernel=True, qkv_bias_in_attention=True
     ),
-    "bf16-kernel": Variant("bf16", attention_kernel=True),
+    "bf16-kernel": Variant("bf16", attention_kernel=True),  # the bf16 engines' layers to recipe 6
+    "bf16-kernel-gelu": Variant("bf16", attention_kernel=True, gelu_epilogue=True),  # recipe 7
+    "bf16-kernel-res16": Variant("bf16", residual_fp32=False, attention_kernel=True),
     "bf16-dynamic": Variant("bf16", engine_shapes=True),
     "bf16-dynamic-i32": Variant("bf16", engine_shapes=True, inductor=(("assume_32bit_indexing", True),)),
 }
@@ -236,6 +239,8 @@ def build_variant(
 
         register_kernel()  # before Dynamo traces the op
         model.attention_kernel = rotary_attention
+    for layer in model.layers:
+        layer.gelu_epilogue = variant.gelu_epilogue
     if variant.precision != "bf16" and (reason := fp8_unavailable_reason(device)):
         raise RuntimeError(reason)
     if variant.precision == "fp8":

@@ -367,6 +367,60 @@ def test_fp8_build_on_cpu_fails_in_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(info.value) and not (tmp_path / "x.pt2").exists()
 
 
+# ----------------------------------------------------------------------------- fc1's GELU epilogue
+@pytest.mark.parametrize(
+    "device, precision, asked, expected",
+    [("cuda", "bf16", True, 2), ("cuda", "fp16", True, 2), ("cuda", "bf16", False, 0),
+     ("cuda", "fp32", True, 0), ("cpu", "bf16", True, 0)],
+)  # fmt: skip
+def test_the_gelu_epilogue_is_set_only_where_it_is_one_gemm(
+    device: str, precision: str, asked: bool, expected: int
+) -> None:
+    """``extra["gelu_epilogue"]`` sets every ESM-2 layer's flag for CUDA half-precision engines only,
+    and clears a flag the model arrived with everywhere else (the build decides, not the caller)."""
+    from virnucpro_trt.engines.inductor_backend import _gelu_epilogue
+
+    model = random_esm2(seed=5)
+    for layer in model.layers:
+        layer.gelu_epilogue = True  # left over: must not leak into an engine that did not ask
+    options = BuildOptions(extra={"gelu_epilogue": asked})
+    assert _gelu_epilogue(model, options, torch.device(device), precision) == expected
+    assert [layer.gelu_epilogue for layer in model.layers] == [expected > 0] * len(model.layers)
+    assert len(model.layers) == 2
+
+
+def test_an_engine_without_its_gelu_epilogue_calls_fails_the_build() -> None:
+    from virnucpro_trt.engines.inductor_backend import check_gelu_epilogue
+
+    check_gelu_epilogue({"_addmm_activation": 36, "mm": 72}, 36, "esm2 (bf16)")
+    check_gelu_epilogue({"addmm": 36}, 0, "esm2 (bf16)")
+    wanted = r"^esm2 \(bf16\): built with 36 GELU epilogues but calls _addmm_activation 0x$"
+    with pytest.raises(BuildError, match=wanted):
+        check_gelu_epilogue({"addmm": 36}, 36, "esm2 (bf16)")
+    with pytest.raises(BuildError, match="calls _addmm_activation 35x"):
+        check_gelu_epilogue({"_addmm_activation": 35}, 36, "esm2 (bf16)")
+
+
+def test_a_gelu_epilogue_engine_calls_addmm_activation_and_equals_eager(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The whole build path of the option, on the CPU (the rule widened to it here: on CUDA it is what
+    the GPU test runs): the export keeps ``_addmm_activation``, AOTInductor calls it once per layer as
+    an extern kernel, the build's check passes and says so in the facts, and the engine equals eager."""
+    from virnucpro_trt.engines import inductor_backend
+
+    monkeypatch.setattr(inductor_backend, "GELU_EPILOGUE_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(inductor_backend, "GELU_EPILOGUE_PRECISIONS", ("bf16", "fp16", "fp32"))
+    model = random_esm2(seed=36)
+    engine = _build(tmp_path, "esm2", model, ShapeRange(1, 4, 8, 2, 20, 45), 1, 3, gelu_epilogue=True)
+    layers = len(model.layers)
+    assert engine.built.facts["gelu_epilogue_layers"] == layers
+    assert engine.built.facts["extern_kernels"]["_addmm_activation"] == layers
+    assert not any(layer.gelu_epilogue for layer in model.layers)  # the source model is untouched
+    ids, mask = engine.batch(np.random.default_rng(12), 5, 19)
+    np.testing.assert_allclose(engine.runner.embed_padded(ids, mask), engine.eager(ids, mask), atol=1e-5)
+
+
 def test_library_versions() -> None:
     versions = INDUCTOR_BACKEND.library_versions()
     assert versions["torch"] == torch.__version__
@@ -381,16 +435,18 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
-@pytest.mark.parametrize("precision", ["bf16", "fp8"])
-def test_cuda_build_matches_fp32(precision: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision, gelu_epilogue", [("bf16", False), ("bf16", True), ("fp8", False)])
+def test_cuda_build_matches_fp32(precision: str, gelu_epilogue: bool, tmp_path: Path) -> None:
     cuda = torch.device("cuda", 0)
     if (reason := INDUCTOR_BACKEND.availability(cuda, precision)) is not None:
         pytest.skip(reason)
     model, shapes = random_esm2(seed=33), ShapeRange(1, 16, 64, 2, 40, 130)
     example = (torch.randint(4, 24, (4, 12)), torch.ones(4, 12, dtype=torch.int64))
     path = tmp_path / f"esm2.{precision}.pt2"
-    request = BuildRequest(model, "esm2", example, shapes, precision, cuda, path)
+    options = BuildOptions(extra={"gelu_epilogue": gelu_epilogue})
+    request = BuildRequest(model, "esm2", example, shapes, precision, cuda, path, options)
     built = INDUCTOR_BACKEND.build(request)
+    assert built.facts["gelu_epilogue_layers"] == (len(model.layers) if gelu_epilogue else 0)
     assert built.facts["dynamic_dims"]["sequence_multiple"] == 1  # pad tokens cost more than alignment
     if precision == "fp8":
         fp8 = built.facts["fp8"]
@@ -538,7 +594,7 @@ def test_a_failed_compile_is_reported_with_the_compilers_first_error() -> None:
 
 
 def test_the_build_recipe_pins_the_build_defaults() -> None:
-    """Every default that shapes an AOTInductor engine, as of build recipe 6. Changing one fails here on
+    """Every default that shapes an AOTInductor engine, as of build recipe 7. Changing one fails here on
     purpose: raise ``InductorBackend.recipe_version`` with it (``bench`` then rebuilds the engines of its
     work folders) and write the new defaults below."""
     from virnucpro_trt.engines.fp8_quantize import row_launch_facts
@@ -548,7 +604,7 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
     from virnucpro_trt.engines.spec import BuildOptions
     from virnucpro_trt.settings import DEFAULT_ATTENTION
 
-    assert InductorBackend.recipe_version == 6
+    assert InductorBackend.recipe_version == 7
     assert EXTRA_DEFAULTS == {
         "sequence_multiple": 1,
         "min_export_batch": 1,
@@ -556,6 +612,7 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
         "fp8_fold_residual": True,
         "rotary_attention_kernel": True,
         "fp8_qkv_bias_in_attention": True,
+        "gelu_epilogue": True,
     }
     assert AttentionLaunch(block_m=64, block_n=32, num_warps=4, num_stages=1) == ATTENTION_LAUNCH
     options = BuildOptions()

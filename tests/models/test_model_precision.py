@@ -62,3 +62,31 @@ def test_nan_is_never_hidden(dnabert_dir: Path, esm_hf_dir: Path, as_tensors) ->
     with torch.no_grad():
         dnabert.encoder.layer[0].mlp.wo.bias[0] = float("inf")
         assert not torch.isfinite(dnabert(ids, mask)).any()
+
+
+def test_linear_gelu_is_the_layers_fc1_and_gelu() -> None:
+    """``linear_gelu`` (one ``_addmm_activation``, an engine's fc1 + GELU) computes what the layer's
+    ``fc1`` then the exact GELU compute, on [B, T, D] input (on the CPU it is addmm then the exact GELU;
+    on CUDA cuBLASLt's tanh form, checked by the GPU build test)."""
+    from virnucpro_trt.models.esm2 import linear_gelu
+
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(24, 40)
+    x = torch.randn(3, 7, 24)
+    out = linear_gelu(linear, x)
+    assert out.shape == (3, 7, 40)
+    torch.testing.assert_close(out, F.gelu(linear(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_a_layer_with_the_gelu_epilogue_computes_the_same(esm_hf_dir: Path, as_tensors) -> None:
+    """Every layer's ``gelu_epilogue`` on changes nothing on the CPU (where it is addmm then the exact
+    GELU), and the native model has it off."""
+    model, tokenizer, _ = load_esm2(esm_hf_dir)
+    assert not any(layer.gelu_epilogue for layer in model.layers)
+    ids, mask = as_tensors(tokenizer.encode_batch(random_proteins(6, 5, 80, seed=9)), tokenizer.pad_id)
+    with torch.inference_mode():
+        plain = model(ids, mask)
+        for layer in model.layers:
+            layer.gelu_epilogue = True
+        fused = model(ids, mask)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)

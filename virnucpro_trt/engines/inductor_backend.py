@@ -58,10 +58,16 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
 * fp8 ESM-2 folds each layer's last residual add into the next layer's LayerNorm kernel
   (``extra["fp8_fold_residual"]``, default true): Inductor's standalone add kernel ran at ~40%
   of the bandwidth inside the engine, and the fold was faster at the same parity on the H200.
+* bf16/fp16 ESM-2 on CUDA computes fc1 and GELU as one cuBLASLt GEMM with GELU in its epilogue
+  (``extra["gelu_epilogue"]``, default true; :func:`~virnucpro_trt.models.esm2.linear_gelu`), GELU's
+  tanh form, as the fp8 engines compute it: the [tokens, 10240] activation is written once instead of
+  written, read and written again by Inductor's separate bias + GELU kernel. The bf16 engine ran 4% faster
+  at the same parity on the H200 (measurement log). The build checks that the engine calls
+  ``_addmm_activation`` once per layer (Inductor could otherwise decompose it).
 * ESM-2's residual stream stays fp32 in half-precision engines (the native model's default, for
   bf16 parity); ``extra["residual_fp32"]=false`` keeps it in the engine's dtype (half the row kernels'
-  traffic). That graph does not build with torch 2.11's AOTInductor on CUDA: its C++ wrapper
-  references size arrays it never declared (an upstream codegen bug: DEVELOPERS.md).
+  traffic). That graph builds with torch 2.11's AOTInductor on CUDA only since the wrapper's size-array
+  cache is off (:mod:`~virnucpro_trt.engines.aoti_int_arrays`; it named arrays it never declared).
 * One ``.pt2`` file holds code, kernels and weights (bf16 ESM-2 3B: ~5.6 GB; AOTI mmaps weights above
   2 GB), and the graph box/kind/precision/width as AOTI metadata that ``load`` checks.
 """
@@ -101,7 +107,12 @@ EXTRA_DEFAULTS: dict[str, Any] = {
     "fp8_fold_residual": True,
     "rotary_attention_kernel": True,
     "fp8_qkv_bias_in_attention": True,
+    "gelu_epilogue": True,
 }
+# Where ``gelu_epilogue`` applies: torch._addmm_activation is cuBLASLt's GEMM with GELU in its epilogue
+# only on CUDA in half precision (addmm then GELU elsewhere, nothing gained).
+GELU_EPILOGUE_DEVICES = ("cuda",)
+GELU_EPILOGUE_PRECISIONS = ("bf16", "fp16")
 
 
 def _extra(options: Any, key: str) -> Any:
@@ -155,6 +166,31 @@ def _own_attention_kernel(model: torch.nn.Module, options: Any, device: torch.de
     register_kernel()  # before the export traces the op
     model.attention_kernel = rotary_attention
     return True
+
+
+def _gelu_epilogue(model: torch.nn.Module, options: Any, device: torch.device, precision: str) -> int:
+    """Set ``gelu_epilogue`` on ESM-2's layers from ``extra["gelu_epilogue"]`` (cleared otherwise,
+    whatever the model arrived with) where ``GELU_EPILOGUE_*`` say it applies; the number of layers set.
+    Not fp8 (its layers quantise GELU's output in their own kernel, and are not these layers) nor fp32
+    or CPU engines (no epilogue there; the exact GELU stays)."""
+    layers = [m for m in model.modules() if hasattr(m, "gelu_epilogue") and hasattr(m, "fc1")]
+    wanted = (
+        bool(_extra(options, "gelu_epilogue"))
+        and device.type in GELU_EPILOGUE_DEVICES
+        and precision in GELU_EPILOGUE_PRECISIONS
+    )
+    for layer in layers:
+        layer.gelu_epilogue = wanted
+    return len(layers) if wanted else 0
+
+
+def check_gelu_epilogue(kernels: dict[str, int], layers: int, what: str) -> None:
+    """Fail the build when an engine built with ``layers`` GELU epilogues calls ``_addmm_activation``
+    fewer times (``kernels``: the wrapper's aten calls): Inductor decomposing it into addmm + GELU would
+    leave the engine slower than without the option while its facts claim it."""
+    calls = sum(n for k, n in kernels.items() if "_addmm_activation" in k)
+    if calls < layers:
+        raise BuildError(f"{what}: built with {layers} GELU epilogues but calls _addmm_activation {calls}x")
 
 
 def attention_fact(options: Any, device: torch.device, own_kernel: bool) -> str:
@@ -257,8 +293,9 @@ class InductorBackend:
     # 3: ESM-2 batches without padding take unmasked attention; 4: that path off again (failed the gate;
     #    removed since);
     # 5: ESM-2's attention by the project's Triton kernel on CUDA (rotary and layout in it);
-    # 6: that kernel by halves, 64 x 32 keys, and fp8's qkv bias added in it.
-    recipe_version = 6
+    # 6: that kernel by halves, 64 x 32 keys, and fp8's qkv bias added in it;
+    # 7: bf16/fp16 ESM-2's fc1 + GELU as one cuBLASLt GEMM (gelu_epilogue).
+    recipe_version = 7
 
     def availability(self, device: torch.device, precision: str) -> str | None:
         if precision not in DTYPES:
@@ -316,6 +353,7 @@ class InductorBackend:
             engine_model.residual_fp32 = bool(options.extra["residual_fp32"])  # ESM-2's residual stream
         residual_fp32 = getattr(engine_model, "residual_fp32", None)
         own_kernel = _own_attention_kernel(engine_model, options, device, precision)
+        gelu_epilogues = _gelu_epilogue(engine_model, options, device, precision)
         frozen = 0
         if _extra(options, "frozen_rotary"):
             frozen = freeze_position_tables(engine_model, requested.max_length)
@@ -332,6 +370,7 @@ class InductorBackend:
         graph, exported = done.graph, done.exported_at
         kernels = extern_kernels(out_path)
         check_lowered_attention(kernels, options.attention, device, what, own_kernel=own_kernel)
+        check_gelu_epilogue(kernels, gelu_epilogues, what)
 
         facts = {
             **self.library_versions(),
@@ -355,6 +394,7 @@ class InductorBackend:
             facts["residual_fp32"] = residual_fp32
         if hasattr(request.model, "attention_kernel"):  # ESM-2
             facts["rotary_attention_kernel"] = own_kernel
+            facts["gelu_epilogue_layers"] = gelu_epilogues
             if own_kernel:
                 from virnucpro_trt.engines.rotary_attention import launch_facts
 

@@ -13,6 +13,9 @@ that do not alter the fp32 result:
   instead (its own Triton kernel on CUDA in half precision, ``engines.rotary_attention``).
 * LayerNorm statistics, rotary and pooling are fp32; the residual stream can be kept in fp32 while the
   matmuls run in half precision (``residual_fp32``, on by default: it measurably improves bf16 parity).
+* An engine may set a layer's ``gelu_epilogue``: fc1, its bias and GELU as one
+  ``torch._addmm_activation`` call (:func:`linear_gelu`), which on CUDA is one cuBLASLt GEMM with GELU in
+  its epilogue, GELU's tanh form (an approximation of the exact erf GELU: off in the native model).
 
 No data-dependent Python control flow and no host synchronisation in ``forward``: the module exports
 with dynamic batch and sequence dimensions.
@@ -184,8 +187,20 @@ def self_attention(
     return sdpa_rotary_attention(qkv, cos, sin, key_mask, scaling)
 
 
+def linear_gelu(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``GELU(linear(x))`` as one ``torch._addmm_activation``: on CUDA in half precision cuBLASLt's GEMM
+    with bias and GELU in its epilogue (GELU's tanh form), so the [tokens, ffn] activation is written
+    once instead of written, read and written again by a separate GELU pass; on the CPU addmm then the
+    exact GELU. AOTInductor calls it as an extern kernel (it has a C shim)."""
+    rows = x.reshape(-1, x.shape[-1])
+    hidden = torch._addmm_activation(linear.bias, rows, linear.weight.t(), use_gelu=True)
+    return hidden.view(*x.shape[:-1], linear.out_features)
+
+
 class Esm2Layer(nn.Module):
     """Pre-LN transformer layer: x += out_proj(attn(LN(x))); x += fc2(GELU(fc1(LN(x))))."""
+
+    gelu_epilogue = False  # fc1 + GELU by linear_gelu (engines' choice; module docstring)
 
     def __init__(self, config: Esm2Config):
         super().__init__()
@@ -211,7 +226,11 @@ class Esm2Layer(nn.Module):
         qkv = self.qkv(self.self_attn_layer_norm(x)).view(batch, length, 3, self.num_heads, self.head_dim)
         attn = self_attention(qkv, cos, sin, key_mask, self.scaling, kernel)
         x = x + self.out_proj(attn).to(x.dtype)
-        hidden = F.gelu(self.fc1(self.final_layer_norm(x)), approximate="none")
+        normed = self.final_layer_norm(x)
+        if self.gelu_epilogue:
+            hidden = linear_gelu(self.fc1, normed)
+        else:
+            hidden = F.gelu(self.fc1(normed), approximate="none")
         return x + self.fc2(hidden).to(x.dtype)
 
 
