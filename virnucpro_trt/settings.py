@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ DEFAULT_CPU_BATCH_TOKENS = 4096
 ATTENTION_KERNELS = ("efficient", "cudnn", "auto")
 DEFAULT_ATTENTION = "efficient"
 DEFAULT_CUDA_BATCH_TOKENS = 32768
+
+
+_SHARE_CHARACTERS = frozenset("0123456789.eE+-")  # PaddingCap.parse's share: what the C++ host takes
+_FLOOR = re.compile(r"-?[0-9]+")
+_INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -50,14 +56,22 @@ class PaddingCap:
 
     @classmethod
     def parse(cls, text: str) -> PaddingCap:
-        """``SHARE:FLOOR`` (e.g. ``0.05:8192``) or ``SHARE``."""
+        """``SHARE:FLOOR`` (e.g. ``0.05:8192``) or ``SHARE``: the share in decimal or exponent notation,
+        the floor a decimal integer; nothing else (no spaces, ``inf``, ``nan``, ``_`` or ``+`` on the
+        floor), the grammar ``virnucpro-host --max-padding`` reads, so both take the same texts."""
         share, _, floor = text.partition(":")
+        expected = "expected SHARE[:FLOOR_TOKENS], e.g. 0.05:8192"
+        if not share or not set(share) <= _SHARE_CHARACTERS:
+            raise ValueError(f"padding cap {text!r}: the share {share!r} is not a number ({expected})")
+        if floor and _FLOOR.fullmatch(floor) is None:
+            raise ValueError(f"padding cap {text!r}: the floor {floor!r} is not an integer ({expected})")
+        if floor and abs(int(floor)) > _INT64_MAX:
+            raise ValueError(f"padding cap {text!r}: the floor {floor!r} is out of range ({expected})")
         try:
             return cls(float(share), int(floor) if floor else 0)
         except ValueError as exc:
-            raise ValueError(
-                f"padding cap {text!r}: {exc} (expected SHARE[:FLOOR_TOKENS], e.g. 0.05:8192)"
-            ) from exc
+            message = str(exc) if "padding cap's" in str(exc) else f"the share {share!r} is not a number"
+            raise ValueError(f"padding cap {text!r}: {message} ({expected})") from exc
 
 
 # The batcher's padding cap when the user gives none; None: batches are the token budget's alone.
@@ -66,7 +80,7 @@ DEFAULT_PADDING_CAP: PaddingCap | None = None
 
 def parse_padding_cap(text: str) -> PaddingCap | None:
     """``--max-padding``'s value: ``SHARE[:FLOOR]`` or ``none`` (any case); ValueError otherwise."""
-    return None if text.strip().lower() == "none" else PaddingCap.parse(text)
+    return None if text.lower() == "none" else PaddingCap.parse(text)
 
 
 def padding_cap_text(cap: PaddingCap | None) -> str:

@@ -111,9 +111,10 @@ PaddingCap PaddingCap::parse(const std::string& text) {
   const std::string share = text.substr(0, colon);
   const std::string floor = colon == std::string::npos ? "" : text.substr(colon + 1);
   PaddingCap cap;
-  // strtod, after the character check: decimal or exponent notation only (no hex, inf, nan, spaces).
+  // strtod, after the character check: decimal or exponent notation only (no hex, inf, nan, spaces,
+  // nor an empty share); settings.PaddingCap.parse takes the same texts.
   char* end = nullptr;
-  if (only(share, "0123456789.eE+-")) cap.max_share = std::strtod(share.c_str(), &end);
+  if (!share.empty() && only(share, "0123456789.eE+-")) cap.max_share = std::strtod(share.c_str(), &end);
   if (end == nullptr || *end != '\0') {
     throw std::invalid_argument("padding cap '" + text + "': the share '" + share + "' is not a number");
   }

@@ -289,6 +289,10 @@ def test_bad_options_and_inputs_are_one_line_errors(host_tool, engines, engine_s
         ("--max-padding", "0.05:-1"): "floor must be >= 0 tokens, got -1",
         ("--max-padding", "0.05:1.5"): "the floor '1.5' is not an integer",
         ("--max-padding", " 0.05"): "the share ' 0.05' is not a number",
+        ("--max-padding", ":8192"): "the share '' is not a number",
+        ("--max-padding", "inf"): "the share 'inf' is not a number",
+        ("--max-padding", "0.05:+8"): "the floor '+8' is not an integer",
+        ("--max-padding", "0.05:" + "9" * 20): "the floor '" + "9" * 20 + "' is out of range",
     }
     for options, message in cases.items():
         (tmp_path / "out.pt").unlink(missing_ok=True)

@@ -70,15 +70,37 @@ def test_padding_cap_batches_are_maximal_and_within_the_rule():
 def test_padding_cap_parses_and_refuses_bad_values():
     assert PaddingCap.parse("0.05:8192") == PaddingCap(0.05, 8192)
     assert PaddingCap.parse("0.1") == PaddingCap(0.1, 0)
+    assert PaddingCap.parse("5e-2:") == PaddingCap(0.05, 0)  # exponent notation; an empty floor is 0
     for bad in ("x", "1.5", "0.05:-1", "-0.1", "0.05:many"):
         with pytest.raises(ValueError):
             PaddingCap.parse(bad)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [(" 0.05", "the share ' 0.05' is not a number"), ("inf", "the share 'inf' is not a number"),
+     ("nan", "the share 'nan' is not a number"), (":8192", "the share '' is not a number"),
+     ("0.0_5", "the share '0.0_5' is not a number"), ("0.05x", "the share '0.05x' is not a number"),
+     ("..", "the share '..' is not a number"), ("0.05: 8", "the floor ' 8' is not an integer"),
+     ("0.05:+8", "the floor '+8' is not an integer"), ("0.05:8_192", "the floor '8_192' is not an integer"),
+     ("0.05:1.5", "the floor '1.5' is not an integer"), ("0.05:" + "9" * 20, "is out of range"),
+     ("0.05:-1", "floor must be >= 0 tokens, got -1"), ("1", "share must be in [0, 1), got 1.0")],
+)  # fmt: skip
+def test_padding_cap_takes_only_what_the_cxx_host_takes(text: str, message: str) -> None:
+    """Python's ``--max-padding`` grammar is ``virnucpro-host``'s: spellings ``float()``/``int()`` would
+    take (spaces, inf, nan, underscores, a plus on the floor) are refused in one line, as the host
+    refuses them (tests/host_runtime/test_cpp_batching.py runs the same texts through the host)."""
+    with pytest.raises(ValueError) as info:
+        PaddingCap.parse(text)
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_the_option_text_reads_back_as_the_same_cap():
     """``--max-padding``'s text, as passed on to another run or to ``virnucpro-host``: the same double."""
     for cap in (PaddingCap(0.29, 64), PaddingCap(0.1), PaddingCap(1 / 3, 8192)):
         assert parse_padding_cap(padding_cap_text(cap)) == cap
-    assert parse_padding_cap(" NONE ") is None and padding_cap_text(None) == "none"
+    assert parse_padding_cap("NONE") is None and padding_cap_text(None) == "none"
+    with pytest.raises(ValueError, match="padding cap"):  # as the C++ host: no spaces around it
+        parse_padding_cap(" none")
     with pytest.raises(ValueError, match="padding cap"):
         parse_padding_cap("0.05:eight")
