@@ -52,7 +52,7 @@ from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES, merge_shard_results
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
 from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
-from virnucpro_trt.pipeline.shard_predictor import COUNT_KEYS, STAGES, PredictShardJob
+from virnucpro_trt.pipeline.shard_predictor import STAGES, PredictShardJob, total_counts
 from virnucpro_trt.pipeline.split_manifest import settings_for_input
 from virnucpro_trt.runtime.coordinator import (
     Coordinator,
@@ -461,10 +461,7 @@ def _summary(
 ) -> dict[str, Any]:
     """run.json: counts over every shard; timings and throughput over the shards run this time."""
     settings, timer, command, demo, started = ctx.settings, ctx.timer, ctx.command, ctx.demo, ctx.started
-    counts = dict.fromkeys(COUNT_KEYS, 0)
-    for marker in markers.values():
-        for key in COUNT_KEYS:
-            counts[key] += marker.report.counts.get(key, 0)
+    counts: dict[str, Any] = total_counts(marker.report.counts for marker in markers.values())
     counts.pop("records")
     counts.pop("chunks")
     counts.update(

@@ -23,7 +23,7 @@ import dataclasses
 import io
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +62,18 @@ COUNT_KEYS = (
     "esm_computed_tokens",
 )
 STAGES = ("prepare", "tokenize", "embed_dnabert", "embed_esm", "classify", "write")
+
+
+def total_counts(per_shard: Iterable[Mapping[str, int]]) -> dict[str, int | None]:
+    """Each of :data:`COUNT_KEYS` summed over the shards; None where a shard lacks it. A resumed run can
+    hold shards finished by an earlier version that did not count a key yet (the computed tokens came
+    in the sixteenth session's version): an unknown total, not a sum that silently leaves them out."""
+    totals: dict[str, int | None] = dict.fromkeys(COUNT_KEYS, 0)
+    for counts in per_shard:
+        for key in COUNT_KEYS:
+            value, total = counts.get(key), totals[key]
+            totals[key] = None if value is None or total is None else total + value
+    return totals
 # run.json's names for the shared path's stages (runtime/frame_path.STAGES).
 _STAGE_NAMES = {"dnabert": "embed_dnabert", "esm": "embed_esm"}
 
