@@ -26,6 +26,8 @@ CUTLASS_FP8 = (
     ("name", "expected", "also"),
     [
         ("nvjet_tst_256x128_64x4_2x1_v_bz_coopA_TNT", "GEMM", ()),
+        # cuBLASLt's GEMM with bias + GELU in its epilogue (the bf16 engines' fc1 since build recipe 7)
+        ("nvjet_sm90_tst_256x152_64x4_1x2_h_bz_coopA_gelubias_TNT", "GEMM", ("activation",)),
         ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1_kernel__5x_cublas",
          "GEMM", ()),
         (CUTLASS_FP8, "GEMM", ("quantisation",)),  # the fp8 GEMM is a GEMM, not a quantisation kernel
