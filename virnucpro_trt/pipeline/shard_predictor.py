@@ -62,6 +62,8 @@ COUNT_KEYS = (
     "esm_computed_tokens",
 )
 STAGES = ("prepare", "tokenize", "embed_dnabert", "embed_esm", "classify", "write")
+# run.json's names for the shared path's stages (runtime/frame_path.STAGES).
+_STAGE_NAMES = {"dnabert": "embed_dnabert", "esm": "embed_esm"}
 
 
 def total_counts(per_shard: Iterable[Mapping[str, int]]) -> dict[str, int | None]:
@@ -74,8 +76,6 @@ def total_counts(per_shard: Iterable[Mapping[str, int]]) -> dict[str, int | None
             value, total = counts.get(key), totals[key]
             totals[key] = None if value is None or total is None else total + value
     return totals
-# run.json's names for the shared path's stages (runtime/frame_path.STAGES).
-_STAGE_NAMES = {"dnabert": "embed_dnabert", "esm": "embed_esm"}
 
 
 @dataclass(frozen=True)
