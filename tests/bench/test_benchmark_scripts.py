@@ -353,6 +353,39 @@ def test_esm2_variants_bf16_layernorm_candidate_quantises_the_norms_output() -> 
     assert not torch.equal(a, b)  # the rounding before quantising is a different computation
 
 
+def test_esm2_variants_gelu_variant_sets_every_layers_epilogue() -> None:
+    """``bf16-kernel-gelu`` turns on every layer's GELU epilogue (the other variants leave it off); on the
+    CPU ``_addmm_activation`` is addmm then the exact GELU, so the embeddings are the ``bf16`` variant's
+    up to bf16 rounding of one fused op."""
+    _, plain, gelu = _bf16_and_variant("bf16-kernel-gelu", seed=6)
+    assert all(layer.gelu_epilogue for layer in gelu.layers)
+    assert not any(layer.gelu_epilogue for layer in plain.layers)
+    ids, mask = torch.randint(4, 24, (3, 17)), torch.ones(3, 17, dtype=torch.bool)
+    mask[2, 5:] = False
+    with torch.no_grad():
+        a, b = gelu(ids, mask), plain(ids, mask)
+    assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.9999
+
+
+def test_residual_stream_parity_tiny(tmp_path: Path) -> None:
+    """Both residual streams on every mix asked for, judged by the bf16 rule, in the committed format."""
+    script = _script("diagnostics/residual_stream_parity")
+    out = tmp_path / "residual.json"
+    assert script.main(["--tiny", "--mixes", "illumina:6,fixed:3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == set(_committed("cpu_residual_stream_parity_esm2_3b_outliers.json"))
+    rows = {(r["length_mix"], r["residual_fp32"]): r for r in report["results"]}
+    assert set(rows) == {(m, f) for m in ("illumina", "fixed") for f in (True, False)}
+    assert rows["fixed", True]["mean_tokens"] == 168.0 and rows["illumina", True]["proteins"] == 6
+    for row in rows.values():
+        assert 0.99 < row["min_cosine"] <= 1.0 and row["passed"] == (row["min_cosine"] >= 0.9995)
+    assert len(report["model"]["outlier_channels"]["channels"]) == 2  # the tiny model's width: 2
+    with pytest.raises(argparse.ArgumentTypeError):
+        script.parse_mixes("illumina:0")
+    with pytest.raises(argparse.ArgumentTypeError):
+        script.parse_mixes("long:5")
+
+
 def test_padding_by_mix_counts_the_engine_rounding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The padded fraction per encoder, length mix and run size: nothing for ESM-2 on 500 bp reads (168
     tokens each), rounding lengths up to the engine's multiple never pads less than the batcher alone,
