@@ -36,6 +36,34 @@ def _inputs(engine_set, tmp_path: Path) -> tuple[Path, tuple[np.ndarray, ...]]:
 
 
 def test_host_runtime_matches_the_python_runtime(host_tool, engines, tiny_set, tmp_path) -> None:
+    _host_matches_python(host_tool, engines, tmp_path)
+
+
+def test_the_host_runs_an_engine_that_calls_addmm_activation(host_tool, tiny_set, tmp_path, monkeypatch):
+    """CUDA bf16/fp16 ESM-2 engines (build recipe 7) compute fc1 + GELU by ``torch._addmm_activation``,
+    which AOTInductor calls through its C shim: the host's libtorch must resolve it as the Python
+    runtime's does. Here the rule is widened to the CPU's fp32 engines so that one calls it too."""
+    from virnucpro_trt.engines import inductor_backend
+    from virnucpro_trt.engines.build import BuildSettings, build_engines
+
+    monkeypatch.setattr(inductor_backend, "GELU_EPILOGUE_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(inductor_backend, "GELU_EPILOGUE_PRECISIONS", ("bf16", "fp16", "fp32"))
+    out = tmp_path / "engines"
+    build_engines(
+        BuildSettings(
+            dnabert=str(tiny_set.dnabert), esm=str(tiny_set.esm_hf), classifier=str(tiny_set.classifier),
+            outdir=out, backend="inductor", precision="fp32", device="cpu",
+        )
+    )  # fmt: skip
+    facts = json.loads((out / "manifest.json").read_text())["models"]["esm2"]["facts"]
+    assert facts["gelu_epilogue_layers"] > 0
+    assert facts["extern_kernels"]["_addmm_activation"] == facts["gelu_epilogue_layers"]
+    _host_matches_python(host_tool, out, tmp_path)
+
+
+def _host_matches_python(host_tool: Path, engines: Path, tmp_path: Path) -> None:
+    """The host's embeddings and probabilities on five frames equal the Python runtime's on the same
+    engines and token ids."""
     engine_set = open_engine_set(engines, CPU, {"dnabert-s": None, "esm2": None, "classifier": None})
     inputs, (dna_ids, dna_mask, esm_ids, esm_mask) = _inputs(engine_set, tmp_path)
     out = tmp_path / "outputs.pt"
