@@ -71,3 +71,14 @@ def reads_fasta(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reads.append(("empty_one", ""))
     reads.append(("all_n", "N" * 420))
     return _write_fasta(tmp_path_factory.mktemp("reads") / "reads.fa", reads)
+
+
+@pytest.fixture
+def gelu_epilogue_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Widen the build's GELU-epilogue rule (CUDA bf16/fp16 ESM-2 engines) to the CPU and fp32, so that a
+    CPU engine calls ``torch._addmm_activation`` as those engines do (the CPU's is addmm then the exact
+    GELU: results unchanged)."""
+    from virnucpro_trt.engines import inductor_backend
+
+    monkeypatch.setattr(inductor_backend, "GELU_EPILOGUE_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(inductor_backend, "GELU_EPILOGUE_PRECISIONS", ("bf16", "fp16", "fp32"))

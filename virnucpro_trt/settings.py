@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -33,6 +34,23 @@ _FLOOR = re.compile(r"-?[0-9]+")
 _INT64_MAX = 2**63 - 1
 
 
+def _parse_share(text: str) -> float:
+    if text and set(text) <= _SHARE_CHARACTERS:
+        with contextlib.suppress(ValueError):
+            return float(text)
+    raise ValueError(f"the share {text!r} is not a number")
+
+
+def _parse_floor(text: str) -> int:
+    if not text:
+        return 0
+    if _FLOOR.fullmatch(text) is None:
+        raise ValueError(f"the floor {text!r} is not an integer")
+    if abs(int(text)) > _INT64_MAX:
+        raise ValueError(f"the floor {text!r} is out of range")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class PaddingCap:
     """Close a batch early, before an item that would make padding more than ``max_share`` of the
@@ -60,18 +78,12 @@ class PaddingCap:
         the floor a decimal integer; nothing else (no spaces, ``inf``, ``nan``, ``_`` or ``+`` on the
         floor), the grammar ``virnucpro-host --max-padding`` reads, so both take the same texts."""
         share, _, floor = text.partition(":")
-        expected = "expected SHARE[:FLOOR_TOKENS], e.g. 0.05:8192"
-        if not share or not set(share) <= _SHARE_CHARACTERS:
-            raise ValueError(f"padding cap {text!r}: the share {share!r} is not a number ({expected})")
-        if floor and _FLOOR.fullmatch(floor) is None:
-            raise ValueError(f"padding cap {text!r}: the floor {floor!r} is not an integer ({expected})")
-        if floor and abs(int(floor)) > _INT64_MAX:
-            raise ValueError(f"padding cap {text!r}: the floor {floor!r} is out of range ({expected})")
         try:
-            return cls(float(share), int(floor) if floor else 0)
-        except ValueError as exc:
-            message = str(exc) if "padding cap's" in str(exc) else f"the share {share!r} is not a number"
-            raise ValueError(f"padding cap {text!r}: {message} ({expected})") from exc
+            return cls(_parse_share(share), _parse_floor(floor))
+        except ValueError as exc:  # the text's, or the rule's range (__post_init__)
+            raise ValueError(
+                f"padding cap {text!r}: {exc} (expected SHARE[:FLOOR_TOKENS], e.g. 0.05:8192)"
+            ) from None
 
 
 # The batcher's padding cap when the user gives none; None: batches are the token budget's alone.

@@ -401,16 +401,11 @@ def test_an_engine_without_its_gelu_epilogue_calls_fails_the_build() -> None:
         check_gelu_epilogue({"_addmm_activation": 35}, 36, "esm2 (bf16)")
 
 
-def test_a_gelu_epilogue_engine_calls_addmm_activation_and_equals_eager(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("gelu_epilogue_on_cpu")
+def test_a_gelu_epilogue_engine_calls_addmm_activation_and_equals_eager(tmp_path: Path) -> None:
     """The whole build path of the option, on the CPU (the rule widened to it here: on CUDA it is what
     the GPU test runs): the export keeps ``_addmm_activation``, AOTInductor calls it once per layer as
     an extern kernel, the build's check passes and says so in the facts, and the engine equals eager."""
-    from virnucpro_trt.engines import inductor_backend
-
-    monkeypatch.setattr(inductor_backend, "GELU_EPILOGUE_DEVICES", ("cuda", "cpu"))
-    monkeypatch.setattr(inductor_backend, "GELU_EPILOGUE_PRECISIONS", ("bf16", "fp16", "fp32"))
     model = random_esm2(seed=36)
     engine = _build(tmp_path, "esm2", model, ShapeRange(1, 4, 8, 2, 20, 45), 1, 3, gelu_epilogue=True)
     layers = len(model.layers)

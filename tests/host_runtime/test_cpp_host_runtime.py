@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from virnucpro_trt.engines.engine_set import open_engine_set
@@ -39,15 +40,13 @@ def test_host_runtime_matches_the_python_runtime(host_tool, engines, tiny_set, t
     _host_matches_python(host_tool, engines, tmp_path)
 
 
-def test_the_host_runs_an_engine_that_calls_addmm_activation(host_tool, tiny_set, tmp_path, monkeypatch):
+@pytest.mark.usefixtures("gelu_epilogue_on_cpu")
+def test_the_host_runs_an_engine_that_calls_addmm_activation(host_tool, tiny_set, tmp_path) -> None:
     """CUDA bf16/fp16 ESM-2 engines (build recipe 7) compute fc1 + GELU by ``torch._addmm_activation``,
     which AOTInductor calls through its C shim: the host's libtorch must resolve it as the Python
     runtime's does. Here the rule is widened to the CPU's fp32 engines so that one calls it too."""
-    from virnucpro_trt.engines import inductor_backend
     from virnucpro_trt.engines.build import BuildSettings, build_engines
 
-    monkeypatch.setattr(inductor_backend, "GELU_EPILOGUE_DEVICES", ("cuda", "cpu"))
-    monkeypatch.setattr(inductor_backend, "GELU_EPILOGUE_PRECISIONS", ("bf16", "fp16", "fp32"))
     out = tmp_path / "engines"
     build_engines(
         BuildSettings(

@@ -173,7 +173,7 @@ def _gelu_epilogue(model: torch.nn.Module, options: Any, device: torch.device, p
     whatever the model arrived with) where ``GELU_EPILOGUE_*`` say it applies; the number of layers set.
     Not fp8 (its layers quantise GELU's output in their own kernel, and are not these layers) nor fp32
     or CPU engines (no epilogue there; the exact GELU stays)."""
-    layers = [m for m in model.modules() if hasattr(m, "gelu_epilogue") and hasattr(m, "fc1")]
+    layers = [m for m in model.modules() if hasattr(m, "gelu_epilogue")]  # ESM-2's Esm2Layer
     wanted = (
         bool(_extra(options, "gelu_epilogue"))
         and device.type in GELU_EPILOGUE_DEVICES
