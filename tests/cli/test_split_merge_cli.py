@@ -299,7 +299,8 @@ def test_split_refusals_leave_nothing(split_reads, tmp_path):
 
 def test_a_small_input_in_many_parts_warns_and_says_how_to_spread_it(split_reads, tmp_path):
     """576 records are one shard by the default rule (at least 4,096 records): parts 2 and 3 are empty,
-    and the warning names the option that spreads the input; with it, no part is empty."""
+    and the warning names the option that spreads the input; with it, no part is empty; with too large a
+    value of it, the warning names that value."""
     result = run_cli("split", str(split_reads), "-o", str(tmp_path / "p"), "--parts", "3")
     assert result.code == 0, result.stderr
     manifest = json.loads((tmp_path / "p" / "split.json").read_text())
@@ -311,6 +312,13 @@ def test_a_small_input_in_many_parts_warns_and_says_how_to_spread_it(split_reads
     assert result.code == 0 and "are empty" not in result.stderr
     spread = json.loads((tmp_path / "q" / "split.json").read_text())
     assert [p["records"] for p in spread["parts"]] == [192] * 3
+    # given --shard-records, the warning names that value, not the default floor
+    result = run_cli(
+        "split", str(split_reads), "-o", str(tmp_path / "r"), "--parts", "3", "--shard-records", "576"
+    )
+    assert result.code == 0 and "2 part(s) are empty" in result.stderr
+    assert "with --shard-records 576; a smaller N spreads" in result.stderr
+    assert "by default" not in result.stderr
 
 
 def test_records_per_part_and_records_kept_as_read(split_reads, tmp_path):

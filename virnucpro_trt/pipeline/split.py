@@ -223,10 +223,13 @@ def _log_plan(manifest: SplitManifest, shards: int) -> None:
         )  # fmt: skip
     empty = [entry.index for entry in manifest.parts if not entry.records]
     if empty and manifest.records:
+        if manifest.shard_records is None:
+            why = f"a shard holds at least {MIN_SHARD_RECORDS} records by default, --shard-records N spreads"
+        else:
+            why = f"with --shard-records {manifest.shard_records}; a smaller N spreads"
         log.warning(
             "the input has only %d shard(s): %d part(s) are empty (they predict to header-only results); "
-            "a shard holds at least %d records by default, --shard-records N spreads a small input wider",
-            shards, len(empty), MIN_SHARD_RECORDS,
+            "%s a small input wider", shards, len(empty), why,
         )  # fmt: skip
 
 
