@@ -7,6 +7,7 @@ through the CLI) and that its side effect never happened.
 
 from __future__ import annotations
 
+import itertools
 import re
 import resource
 import zipfile
@@ -21,7 +22,7 @@ from tests.models.torchscript_payload import write_payload_archive
 from virnucpro_trt.errors import CheckpointError, UnsafePickleError
 from virnucpro_trt.models.checkpoint_io import safe_torch_load
 from virnucpro_trt.models.classifier import load_classifier_weights
-from virnucpro_trt.models.pickle_guard import MAX_CLASSIFIER_BYTES
+from virnucpro_trt.models.pickle_guard import MAX_CLASSIFIER_BYTES, module_stand_in
 from virnucpro_trt.models.torch_archive import load_torch_file
 
 
@@ -168,6 +169,40 @@ def test_code_running_globals_are_refused_before_they_are_called(tmp_path: Path)
     with pytest.raises(UnsafePickleError):
         load_classifier_weights(path)
     assert not marker.exists()
+
+
+def _build_onto(module: str, name: str, state: bytes) -> bytes:
+    """``{"x": <global module.name>}`` with ``state`` BUILT onto the global on its way in."""
+    value = forge.glob(module, name) + state + forge.BUILD
+    return forge.EMPTY_DICT + forge.MARK + forge.text("x") + value + forge.SETITEMS
+
+
+def test_no_pickle_can_change_an_allow_listed_global_for_the_files_read_after_it(tmp_path: Path) -> None:
+    """Every load gets the same allow-listed objects; BUILD onto one (a dict state, or slot state that
+    becomes setattr) must be refused, or one file could change how the next is read: HalfStorage
+    re-typed to bf16 made a clean fp16 checkpoint decode as bf16 in the same process."""
+    import types
+
+    from virnucpro_trt.models.torch_archive import TENSOR_GLOBALS
+
+    half = torch.randn(6).half()
+    torch.save({"h": half}, tmp_path / "half.pt")
+    bf16 = forge.glob("torch", "bfloat16")
+    dtype_state = forge.dict_of(dtype=bf16, __defaults__=forge.tup(forge.integer(1)))
+    states = {"dict": dtype_state, "slots": forge.tup(b"N", dtype_state)}
+    namespace = {("argparse", "Namespace"): types.SimpleNamespace}
+    targets = [*TENSOR_GLOBALS, ("__main__", "Net"), *namespace]
+    for (module, name), (form, state) in itertools.product(targets, states.items()):
+        body = forge.pickle_bytes(_build_onto(module, name, state))
+        path = forge.write_archive(tmp_path / "build.pth", body)
+        with pytest.raises(CheckpointError):
+            load_torch_file(path, extra_globals=namespace, stand_ins=module_stand_in)
+        with pytest.raises(CheckpointError):
+            load_classifier_weights(path)
+        loaded = safe_torch_load(tmp_path / "half.pt")["h"]
+        assert loaded.dtype == torch.float16 and torch.equal(loaded, half), (module, name, form)
+    assert {g.dtype for key, g in TENSOR_GLOBALS.items() if key[1] == "HalfStorage"} == {torch.float16}
+    assert module_stand_in("__main__", "Net").pickled_class == "__main__.Net"
 
 
 def test_a_real_checkpoint_still_loads_memory_mapped_and_equal(tmp_path: Path) -> None:

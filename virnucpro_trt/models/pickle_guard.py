@@ -25,7 +25,18 @@ _STAND_IN_MODULE_PREFIXES = ("__main__", "__mp_main__", "torch.nn.modules.")
 MAX_CLASSIFIER_BYTES = 256 << 20
 
 
-class PickledObject:
+class _StandInClass(type):
+    """The stand-in classes are shared by every load in the process: closed to attribute changes, so a
+    pickle cannot rewrite one for the files read after it (see ``torch_archive._refuse_build``)."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        raise UnsafePickleError(f"the pickle tries to change the stand-in class {cls.pickled_class}; refused")
+
+    def __delattr__(cls, name: str) -> None:
+        raise UnsafePickleError(f"the pickle tries to change the stand-in class {cls.pickled_class}; refused")
+
+
+class PickledObject(metaclass=_StandInClass):
     """Inert stand-in for a pickled class instance: it only keeps the state it was given."""
 
     pickled_class: str = "?"
@@ -65,7 +76,7 @@ def module_stand_in(module: str, name: str) -> type[PickledObject] | None:
     qualified = f"{module}.{name}"
     cls = _stand_in_cache.get(qualified)
     if cls is None:
-        cls = type(name, (PickledObject,), {"pickled_class": qualified})
+        cls = _StandInClass(name, (PickledObject,), {"pickled_class": qualified})
         _stand_in_cache[qualified] = cls
     return cls
 

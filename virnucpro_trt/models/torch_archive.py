@@ -43,11 +43,45 @@ _MAX_DIMS = 64
 StandIns = Callable[[str, str], Any]
 
 
+def _refuse_build(target: object, state: Any) -> None:
+    """``__setstate__`` of what the allow-list hands out: a pickle's BUILD onto it is refused.
+
+    The unpickler hands every file the same allow-listed objects. BUILD writes into an object's
+    ``__dict__`` or sets attributes, bypassing ``frozen=True``; onto a shared global that would change
+    how every later file in the process is read (``HalfStorage`` decoding fp16 as bf16, say), while the
+    file doing it still loads cleanly. ``torch.save`` only BUILDs onto objects the pickle itself made.
+    """
+    raise UnsafePickleError(f"the pickle tries to change the allow-listed global {target!r}; refused")
+
+
 @dataclass(frozen=True)
 class _StorageType:
     """What ``torch.FloatStorage`` & co. become while unpickling: only their dtype matters."""
 
     dtype: torch.dtype
+
+    __setstate__ = _refuse_build
+
+
+class _AllowedCall:
+    """An allow-listed function as the unpickler hands it out: callable, closed to BUILD and setattr
+    (a plain function's defaults and attributes could be rewritten; see :func:`_refuse_build`)."""
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: Callable[..., Any]):
+        object.__setattr__(self, "_call", call)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _refuse_build(self, value)
+
+    __setstate__ = _refuse_build
+
+    def __repr__(self) -> str:
+        return f"{self._call.__module__}.{self._call.__name__}"
 
 
 @dataclass(frozen=True)
@@ -156,6 +190,8 @@ def _encode(text: Any, encoding: Any = "latin1") -> bytes:
 
 
 # The globals a plain tensor checkpoint uses: containers, tensor rebuilders, storage types, dtypes.
+# Shared by every load, so each is closed to a pickle's BUILD: a built-in type or dtype (immutable), a
+# _StorageType or an _AllowedCall (both refuse it; tests try BUILD on every entry).
 TENSOR_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "dict"): dict,
@@ -167,12 +203,12 @@ TENSOR_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "float"): float,
     ("builtins", "bool"): bool,
     ("builtins", "str"): str,
-    ("_codecs", "encode"): _encode,
+    ("_codecs", "encode"): _AllowedCall(_encode),
     ("torch", "Size"): torch.Size,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_tensor"): _AllowedCall(_rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor_v2"): _AllowedCall(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_parameter"): _AllowedCall(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _AllowedCall(_rebuild_parameter),
     **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
     **{
         ("torch", name): getattr(torch, name)
