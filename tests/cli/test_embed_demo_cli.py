@@ -106,18 +106,40 @@ def test_embed_esm2_refuses_dna_unless_told_and_dnabert_refuses_protein(tiny_set
     assert "Traceback" not in result.stderr
 
     poly_ga = tmp_path / "poly_ga.faa"  # a real dipeptide-repeat protein made only of G and A
-    poly_ga.write_text(">polyGA\n" + "GA" * 25 + "\n>other\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    poly_ga.write_text(">polyGA\n" + "GA" * 25 + "\n")
     result, out = embed(poly_ga, "esm2", tiny_set.esm_hf)
-    assert result.code == 2 and "record 1 (id 'polyGA')" in result.stderr and not out.exists()
+    assert result.code == 2 and "(the first: record 1 (id 'polyGA'))" in result.stderr and not out.exists()
     result, out = embed(poly_ga, "esm2", tiny_set.esm_hf, "--allow-nucleotide-letters")
     assert result.code == 0, result.stderr
     with h5py.File(out) as h5:
-        assert [i.decode() for i in h5["ids"][:]] == ["polyGA", "other"]
+        assert [i.decode() for i in h5["ids"][:]] == ["polyGA"]
+    with poly_ga.open("a") as handle:  # among proteins, such a record needs no option
+        handle.write(">other\nMKTAYIAKQRQISFVKSHFSRQ\n>third\nMKVLAAGIWRRKK\n")
+    result, out = embed(poly_ga, "esm2", tiny_set.esm_hf)
+    assert result.code == 0, result.stderr
 
     proteins = tmp_path / "proteins.faa"  # protein letters given to the DNA model
     proteins.write_text(">p1\nMKTAYIAKQRQISFVKSHFSRQ\n")
     result, out = embed(proteins, "dnabert-s", tiny_set.dnabert)
     assert result.code == 2 and "is this a protein FASTA?" in result.stderr and not out.exists()
+
+
+def test_embed_reads_lower_case_letters_as_the_same_bases_and_residues(tiny_set, tmp_path):
+    """Both vocabularies are upper case: a soft-masked (lower-case) record embeds as its upper-case
+    self, not as a row of unknown tokens."""
+    cases = {
+        "dnabert-s": (tiny_set.dnabert, "ACGTTGCAAGGCTTAACGGATCCAGTACGATCGA"),
+        "esm2": (tiny_set.esm_hf, "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ"),
+    }
+    for model, (weights, text) in cases.items():
+        path = tmp_path / f"{model}.fa"
+        path.write_text(f">upper\n{text}\n>lower\n{text.lower()}\n>mixed\n{text[:9].lower()}{text[9:]}\n")
+        out = tmp_path / f"{model}.h5"
+        result = run_cli("embed", str(path), "--model", model, "--weights", str(weights), "-o", str(out))
+        assert result.code == 0, result.stderr
+        with h5py.File(out) as h5:
+            rows = np.asarray(h5["embeddings"][:])
+        np.testing.assert_allclose(rows[1:], rows[[0, 0]], atol=1e-6, rtol=0, err_msg=model)
 
 
 def test_prepare_cli_byte_identical_to_reference(reads_fasta, tmp_path):

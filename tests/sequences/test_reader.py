@@ -243,21 +243,24 @@ def _records(*seqs: str) -> list[SeqRecord]:
 
 
 def test_nucleotide_like_protein_inputs_are_refused() -> None:
-    from virnucpro_trt.sequences.reader import NUCLEOTIDE_LIKE_LENGTH, refuse_nucleotide_like
+    """Judged on the whole input: refused when most non-empty records are made only of A/C/G/T/U/N; a
+    few such records among proteins (poly-G frames from poly-G reads) pass."""
+    from virnucpro_trt.sequences.reader import refuse_nucleotide_like
 
     def check(*seqs: str) -> list[SeqRecord]:
         return list(refuse_nucleotide_like(_records(*seqs), "in.faa"))
 
-    proteins = ("MKTAYIAKQRQISFVKSHFSRQ", "GATTACA", "", "ACGT*")  # a short all-ACGT record among proteins
+    poly_g = "G" * 50  # a real frame: prepare keeps it from a NovaSeq poly-G read
+    proteins = ("MKTAYIAKQRQISFVKSHFSRQ", "GATTACA", "", "ACGT*", poly_g)  # 2 of 4 non-empty: not most
     assert [r.sequence for r in check(*proteins)] == list(proteins)
-    read = "acgtn" * 4  # 20 letters, lower case and N included
-    assert len(read) == NUCLEOTIDE_LIKE_LENGTH
-    with pytest.raises(InputFormatError, match=r"record 2 \(id 's1'\) looks like DNA/RNA, not protein"):
-        check("MKTAYIAKQR", read)
-    with pytest.raises(InputFormatError, match="every record is made only of A/C/G/T/U/N"):
-        check("ACGU", "", "GATTACA")  # short reads or primers: no record says protein
-    assert check("ACGU", "MKV") and check("") == _records("")  # one protein record, or nothing to judge
+    read = "acgtn" * 4  # lower case and N included
+    with pytest.raises(InputFormatError, match=r"2 of 3 records .* \(the first: record 2 \(id 's1'\)\)"):
+        check("MKTAYIAKQR", read, "", read)
+    with pytest.raises(InputFormatError, match="1 of 1 records are made only of A/C/G/T/U/N"):
+        check(poly_g)  # a lone poly-G protein cannot be told from DNA: the option says so
+    assert check("ACGU", "MKV") and check("") == _records("")  # half is not most; nothing to judge
     with pytest.raises(InputFormatError) as caught:
-        check("ACG")
+        check("ACG", "", "GATTACA")
     text = str(caught.value)
-    assert text.startswith("in.faa: every record") and "\n" not in text and "--model dnabert-s" in text
+    assert text.startswith("in.faa: 2 of 2 records") and "\n" not in text and "--model dnabert-s" in text
+    assert "--allow-nucleotide-letters" in text

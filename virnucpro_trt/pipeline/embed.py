@@ -68,7 +68,9 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
         with EmbeddingsWriter(settings.output, encoder.dim, attrs) as writer:
             while block := list(islice(records, _BLOCK_RECORDS)):
                 ids = [r.id for r in block]
-                seqs = [r.sequence for r in block]
+                # Upper-cased: both vocabularies are upper case, so a soft-masked (lower-case) read or
+                # protein would tokenize letter by letter as <unk> and embed as nonsense, silently.
+                seqs = [r.sequence.upper() for r in block]
                 nonempty = [i for i, s in enumerate(seqs) if s]
                 emb = np.full((len(block), encoder.dim), np.nan, dtype=np.float32)
                 if nonempty:

@@ -31,7 +31,6 @@ from virnucpro_trt.sequences.sources import (
 
 __all__ = [
     "DNA_ALPHABET",
-    "NUCLEOTIDE_LIKE_LENGTH",
     "PROTEIN_ALPHABET",
     "SeqRecord",
     "read_records",
@@ -44,10 +43,6 @@ DNA_ALPHABET = "ACGTURYSWKMBDHVN" + "ACGTURYSWKMBDHVN".lower()
 #: Amino-acid letters in either case, plus ``*`` (stop).
 PROTEIN_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz*"
 _ALPHABETS = {"dna": DNA_ALPHABET, "protein": PROTEIN_ALPHABET}
-#: A protein record at least this long made only of A, C, G, T, U and N is taken for DNA/RNA: at
-#: typical amino-acid frequencies those six letters make up ~26% of residues, so a real protein of 20
-#: residues has them alone with odds of ~0.26^20 = 2e-12, while any read of DNA has nothing else.
-NUCLEOTIDE_LIKE_LENGTH = 20
 _NUCLEOTIDE_LETTERS = str.maketrans("", "", "ACGTUNacgtun")
 
 
@@ -196,30 +191,30 @@ def _validated(
 
 
 def refuse_nucleotide_like(records: Iterable[SeqRecord], name: str) -> Iterator[SeqRecord]:
-    """Yield protein records, refusing an input that is DNA/RNA (:class:`InputFormatError`, one line).
+    """Yield protein records, refusing an input that is DNA/RNA (:class:`InputFormatError`, one line,
+    raised once the last record has passed).
 
     Nucleotide letters are valid amino-acid codes, so the protein alphabet alone lets a DNA FASTA
-    through to ESM-2, which then embeds nonsense without a word. Refused: a record of at least
-    :data:`NUCLEOTIDE_LIKE_LENGTH` letters made only of A, C, G, T, U and N (either case), or an input
-    whose every non-empty record is made only of them (short reads, primers). Callers offer a way
-    around it for the rare real protein that trips it (``embed --allow-nucleotide-letters``).
+    through to ESM-2, which then embeds nonsense without a word. Refused: an input where most non-empty
+    records are made only of A, C, G, T, U and N (either case). Judged on the whole input, not per
+    record: real proteins made only of those letters exist (poly-G and poly-Q-like frames that
+    ``prepare`` keeps from NovaSeq poly-G reads), and one of them must not fail a protein file. Callers
+    offer a way around it (``embed --allow-nucleotide-letters``).
     """
-    nucleotide_only = protein = False
+    nucleotide_only = non_empty = 0
+    first: SeqRecord | None = None
     for record in records:
         seq = record.sequence
-        if seq and not seq.translate(_NUCLEOTIDE_LETTERS):
-            if len(seq) >= NUCLEOTIDE_LIKE_LENGTH:
-                raise InputFormatError(
-                    f"{name}: {record_label(record.index + 1, record.id)} looks like DNA/RNA, not protein "
-                    f"(its {len(seq)} letters are all A/C/G/T/U/N){_NUCLEOTIDE_HINT}"
-                )
-            nucleotide_only = True
-        elif seq:
-            protein = True
+        if seq:
+            non_empty += 1
+            if not seq.translate(_NUCLEOTIDE_LETTERS):
+                nucleotide_only += 1
+                first = first or record
         yield record
-    if nucleotide_only and not protein:
+    if first is not None and 2 * nucleotide_only > non_empty:
         raise InputFormatError(
-            f"{name}: every record is made only of A/C/G/T/U/N: this looks like DNA/RNA, not protein"
+            f"{name}: {nucleotide_only} of {non_empty} records are made only of A/C/G/T/U/N (the first: "
+            f"{record_label(first.index + 1, first.id)}): this looks like DNA/RNA, not protein"
             f"{_NUCLEOTIDE_HINT}"
         )
 
