@@ -169,7 +169,12 @@ def sniff_format(stream: BinaryIO, name: str, compression: str) -> tuple[str, Bi
     if first in (b">", b"@") and (at == 0 or body[at - 1 : at] in (b"\n", b"\r")):
         return ("fasta" if first == b">" else "fastq"), rest
     line = text.splitlines()[0][:40].decode("utf-8", "replace").rstrip()
-    if first == b">" or b"\n>" in text:  # upstream would silently skip such lines as junk
+    if first == b">":  # indented: Biopython would take the line for junk before the first record
+        raise InputFormatError(
+            f"{name}: not FASTA/FASTQ: the first header {line!r} is indented; a header's '>' must be "
+            "the line's first character"
+        )
+    if b"\n>" in text:  # upstream would silently skip such lines as junk
         raise InputFormatError(f"{name}: not FASTA/FASTQ: text before the first '>' header: {line!r}")
     raise InputFormatError(
         f"{name}: not FASTA/FASTQ: the first non-blank line must start with '>' or '@', got {line!r}"
