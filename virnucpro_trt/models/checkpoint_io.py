@@ -9,6 +9,8 @@ are refused by format). Safetensors files cannot carry code at all. Errors are
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.names import member_path
+from virnucpro_trt.models.config_checks import show_value
 from virnucpro_trt.models.torch_archive import load_torch_file
 
 StateDict = dict[str, torch.Tensor]
@@ -31,6 +34,11 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 # A model folder's text files (config.json, shard indexes, tokenizer.json, vocab.txt): kilobytes to a few
 # MB in practice (DNABERT-S's tokenizer.json is ~300 KB; large BPE tokenizers ~20 MB).
 MAX_TEXT_BYTES = 64 << 20
+
+FP32_BYTES_PER_STORED_BYTE = 2
+"""What converting a checkpoint's floating tensors to fp32 can cost per byte stored: 2 for fp16/bf16
+files, 1 for fp32, 0.5 for fp64. More than this means tensors share storage (see
+:func:`check_fp32_bytes_fit_files`)."""
 
 
 def safe_torch_load(path: Path, extra_globals: Mapping[tuple[str, str], Any] | None = None) -> Any:
@@ -57,14 +65,52 @@ def _load_state_dict_file(path: Path) -> StateDict:
     if path.suffix == ".safetensors":
         return load_safetensors(path)
     loaded = safe_torch_load(path)
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+    if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(loaded).__name__}")
-    return dict(loaded)
+    return check_tensor_entries(loaded, f"{path}")
+
+
+def check_tensor_entries(entries: Mapping[Any, Any], where: str) -> StateDict:
+    """``entries`` as a state dict, refused unless every key is a string and every value a tensor.
+
+    A pickle can hold anything the allow-list permits (ints, lists, non-string keys): without this an
+    ``int`` where a tensor belongs fails later as an AttributeError, far from the file that caused it.
+    """
+    for key, value in entries.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{where}: a state-dict key is {show_value(key)}, not a string")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{where}: {key[:120]!r} holds {show_value(value)}, not a tensor")
+    return dict(entries)
+
+
+def is_present(path: Path) -> bool:
+    """Whether anything at all is at ``path``: a file, a folder, a device, a FIFO or a (broken) link."""
+    return os.path.lexists(path)
+
+
+def require_regular_file(path: Path) -> None:
+    """Refuse a model file that is present but is not (a link to) a regular file.
+
+    Such a name is never skipped in favour of a default or another file: a ``vocab.txt`` that is a FIFO,
+    a device (``/dev/zero``), a folder or a broken link must not silently become the default alphabet,
+    and it must not be opened either (a FIFO blocks, a device never ends).
+    """
+    if not path.is_file():
+        what = "a broken link" if not path.exists() else "not a regular file"
+        raise CheckpointError(f"{path}: {what}; refused (a model's files must be regular files)")
 
 
 def hf_weight_files(folder: Path) -> list[Path]:
-    """The weight files of a Hugging Face model folder, preferring safetensors, following shard indexes."""
+    """The weight files of a Hugging Face model folder, preferring safetensors, following shard indexes.
+
+    A weight or index name that is present but not a regular file is refused, not skipped for the next
+    candidate (:func:`require_regular_file`).
+    """
     for single, index in ((SAFETENSORS_SINGLE, SAFETENSORS_INDEX), (BIN_SINGLE, BIN_INDEX)):
+        for name in (single, index):
+            if is_present(folder / name):
+                require_regular_file(folder / name)
         if (folder / single).is_file():
             return [folder / single]
         if (folder / index).is_file():
@@ -106,8 +152,9 @@ def read_text_file(path: Path) -> str:
     Every loader of these files reads through here (one limit, one place; the bounded read itself is
     :func:`~virnucpro_trt.files.bounded_read.read_bounded`).
     """
-    if not path.is_file():
+    if not is_present(path):
         raise CheckpointError(f"{path.parent}: no {path.name}")
+    require_regular_file(path)
     try:
         raw = read_bounded(path, MAX_TEXT_BYTES)
     except FileTooLarge as exc:
@@ -142,7 +189,17 @@ def summarize(keys: Sequence[str], limit: int = 4) -> str:
 
 def check_state_dict(found: Mapping[str, torch.Tensor], model: torch.nn.Module, what: str) -> None:
     """Raise a CheckpointError naming missing, unexpected and shape-mismatched keys, if any."""
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    check_state_shapes(found, {name: tuple(t.shape) for name, t in model.state_dict().items()}, what)
+
+
+def check_state_shapes(
+    found: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], what: str
+) -> None:
+    """Raise a CheckpointError naming missing, unexpected, shape-mismatched and non-floating tensors.
+
+    Reads only names, shapes and dtypes: run it before any tensor is converted or copied, so that a file
+    of many extra keys (or keys aliasing one storage) is refused for what it is before it costs memory.
+    """
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     mismatched = [
@@ -157,17 +214,84 @@ def check_state_dict(found: Mapping[str, torch.Tensor], model: torch.nn.Module, 
         problems.append(f"unexpected keys {summarize(unexpected)}")
     if mismatched:
         problems.append(f"shape mismatch {summarize(mismatched, 2)}")
+    not_floating = sorted(
+        f"{name} ({found[name].dtype})"
+        for name in set(found) & set(expected)
+        if not found[name].is_floating_point()
+    )
+    if not_floating:
+        problems.append(f"not floating-point weights {summarize(not_floating, 2)}")
     if problems:
         raise CheckpointError(f"{what}: " + "; ".join(problems))
 
 
+def fp32_bytes(shapes: Iterable[tuple[int, ...]]) -> int:
+    """Bytes the tensors of these shapes take in fp32."""
+    return 4 * sum(math.prod(shape) for shape in shapes)
+
+
+def check_fp32_bytes_fit_files(
+    expected: Mapping[str, tuple[int, ...]], files: Sequence[Path], what: str
+) -> None:
+    """The fp32 weights the config implies must fit what the weight files can hold.
+
+    Every tensor of a file is a view of some storage, and views may share one: 1,500 keys over one 4 MB
+    fp16 storage, or every layer of a config's 1,000 layers viewing layer 0's tensors, cost a few MB on
+    disk and as many fp32 copies as there are keys once converted. Converting costs at most
+    :data:`FP32_BYTES_PER_STORED_BYTE` per stored byte when no storage is shared, so the config's fp32
+    total (the exact key and shape check has already made the kept tensors match it) is bounded by that
+    factor times the files' size, before anything is converted.
+    """
+    needed = fp32_bytes(expected.values())
+    stored = sum(path.stat().st_size for path in files)
+    if needed > FP32_BYTES_PER_STORED_BYTE * stored:
+        raise CheckpointError(
+            f"{what}: the config's weights take {needed} bytes in fp32, but the weight files hold only "
+            f"{stored} bytes: tensors share storage (repeated or aliased views); refused before "
+            "converting them"
+        )
+
+
 def layer_count(keys: Iterable[str], pattern: str) -> int:
     """Number of layers = 1 + the largest index captured by ``pattern`` (a regex with one group)."""
-    regex = re.compile(pattern)
-    indices = [int(m.group(1)) for key in keys if (m := regex.match(key))]
+    indices = layer_indices(keys, pattern)
     return max(indices) + 1 if indices else 0
 
 
+def layer_indices(keys: Iterable[str], pattern: str) -> set[int]:
+    """The layer indices captured by ``pattern`` (a regex with one group of digits) among ``keys``.
+
+    An index of more than 18 digits counts as 10**18 (no encoder has that many layers; ``int()`` of a
+    5,000-digit name would be a ValueError of its own).
+    """
+    regex = re.compile(pattern)
+    return {_layer_index(m.group(1)) for key in keys if (m := regex.match(key))}
+
+
+def _layer_index(digits: str) -> int:
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
+def missing_layers(keys: Iterable[str], pattern: str) -> str:
+    """'' when the layers named by ``keys`` are exactly 0..N-1, else a phrase saying which are absent.
+
+    The largest index alone would let one key ``layers.20000000.x`` stand for 20 million layers; every
+    layer up to it must have tensors before a layer count is taken from the keys.
+    """
+    indices = sorted(layer_indices(keys, pattern))
+    if not indices or len(indices) == indices[-1] + 1:
+        return ""
+    first_gap = next(i for i, index in enumerate(indices) if index != i)
+    return (
+        f"layer indices run to {indices[-1]} but only {len(indices)} layers have tensors "
+        f"(first missing: layer {first_gap})"
+    )
+
+
 def to_float32(state: StateDict) -> StateDict:
-    """fp32 contiguous copies where needed (fair-esm files are fp16; HF files may be bf16/fp16)."""
+    """fp32 contiguous copies where needed (fair-esm files are fp16; HF files may be bf16/fp16).
+
+    Only ever called on tensors whose names, shapes and total size have been checked
+    (:func:`check_state_shapes`, :func:`check_fp32_bytes_fit_files`): converting is what costs memory.
+    """
     return {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in state.items()}

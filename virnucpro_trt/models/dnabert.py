@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from virnucpro_trt.models.config_checks import check_encoder_sizes, checked_layer_norm_eps, config_int
 from virnucpro_trt.models.layers import Fp32LayerNorm, masked_mean
 
 PADDING_BIAS = -10000.0
@@ -33,7 +34,13 @@ PADDING_BIAS = -10000.0
 
 @dataclass(frozen=True)
 class DnabertConfig:
-    """The config.json fields the forward pass depends on (everything else there is training-only)."""
+    """The config.json fields the forward pass depends on (everything else there is training-only).
+
+    Every size is checked on construction (:func:`~virnucpro_trt.models.config_checks.check_encoder_sizes`:
+    positive, heads dividing the width, at most ``MAX_ENCODER_LAYERS`` layers) and so is the LayerNorm
+    epsilon: a config is read from a file, and 0 heads or a negative epsilon must be refused as such, not
+    surface as a ZeroDivisionError or as NaN embeddings.
+    """
 
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -43,21 +50,29 @@ class DnabertConfig:
     layer_norm_eps: float = 1e-12
     type_vocab_size: int = 2
 
+    def __post_init__(self) -> None:
+        sizes = {name: getattr(self, name) for name in _SIZE_FIELDS}
+        check_encoder_sizes(
+            sizes, width="hidden_size", heads="num_attention_heads", layers="num_hidden_layers"
+        )
+        checked_layer_norm_eps(self.layer_norm_eps, "layer_norm_eps")
+
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> DnabertConfig:
-        """Read a DNABERT-S / DNABERT-2 ``config.json`` dict (missing optional fields take the defaults)."""
+        """Read a DNABERT-S / DNABERT-2 ``config.json`` dict (missing optional fields take the defaults).
+
+        Sizes must be integers (``true``, ``"12"`` or 12.5 are refused, not coerced); ValueError or
+        KeyError says which field is wrong.
+        """
         names = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
         missing = [name for name in names if name not in config]
         if missing:
             raise KeyError(f"config.json lacks {', '.join(missing)}")
+        sizes = {name: config_int(config[name], name) for name in names}
         return cls(
-            hidden_size=int(config["hidden_size"]),
-            num_hidden_layers=int(config["num_hidden_layers"]),
-            num_attention_heads=int(config["num_attention_heads"]),
-            intermediate_size=int(config["intermediate_size"]),
-            vocab_size=int(config["vocab_size"]),
-            layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
-            type_vocab_size=int(config.get("type_vocab_size", 2)),
+            **sizes,
+            layer_norm_eps=checked_layer_norm_eps(config.get("layer_norm_eps", 1e-12), "layer_norm_eps"),
+            type_vocab_size=config_int(config.get("type_vocab_size", 2), "type_vocab_size"),
         )
 
     @property
@@ -65,8 +80,50 @@ class DnabertConfig:
         return self.hidden_size // self.num_attention_heads
 
 
+_SIZE_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "type_vocab_size",
+)
+
+
 DNABERT_S_CONFIG = DnabertConfig()
 """zhihan1996/DNABERT-S (same shapes as DNABERT-2-117M)."""
+
+
+def dnabert_state_shapes(config: DnabertConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of :class:`DnabertEncoder`'s state dict for ``config``, without building it.
+
+    A loader compares a checkpoint with this before converting a single tensor or constructing the
+    module (a hostile config or key set must cost nothing to refuse); a test keeps it equal to the
+    module's own ``state_dict()``.
+    """
+    hidden, inner = config.hidden_size, config.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.word_embeddings.weight": (config.vocab_size, hidden),
+        "embeddings.token_type_embeddings.weight": (config.type_vocab_size, hidden),
+        "embeddings.LayerNorm.weight": (hidden,),
+        "embeddings.LayerNorm.bias": (hidden,),
+    }
+    layer = {
+        "attention.self.Wqkv.weight": (3 * hidden, hidden),
+        "attention.self.Wqkv.bias": (3 * hidden,),
+        "attention.output.dense.weight": (hidden, hidden),
+        "attention.output.dense.bias": (hidden,),
+        "attention.output.LayerNorm.weight": (hidden,),
+        "attention.output.LayerNorm.bias": (hidden,),
+        "mlp.gated_layers.weight": (2 * inner, hidden),
+        "mlp.wo.weight": (hidden, inner),
+        "mlp.wo.bias": (hidden,),
+        "mlp.layernorm.weight": (hidden,),
+        "mlp.layernorm.bias": (hidden,),
+    }
+    for index in range(config.num_hidden_layers):
+        shapes.update({f"encoder.layer.{index}.{name}": shape for name, shape in layer.items()})
+    return shapes
 
 
 def alibi_slopes(num_heads: int) -> list[float]:

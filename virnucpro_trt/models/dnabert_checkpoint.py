@@ -9,6 +9,10 @@ Accepted layouts, told apart by their keys:
 ``pooler.*`` is unused by VirNucPro (it mean-pools the last layer) and ignored, as are the integer index
 buffers some saves contain. Anything else that is missing, extra or of the wrong shape is a
 :class:`CheckpointError` naming the keys.
+
+Every check reads names, shapes and dtypes only, and all of them run before a tensor is converted to
+fp32 or the module is built: converting is what costs memory, and a hostile file (1,500 extra keys
+viewing one storage, a config of absurd sizes) must be refused before it costs any.
 """
 
 from __future__ import annotations
@@ -22,19 +26,24 @@ import torch
 from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.models.checkpoint_io import (
     StateDict,
+    check_fp32_bytes_fit_files,
     check_state_dict,
+    check_state_shapes,
     hf_weight_files,
+    is_present,
     layer_count,
     load_weight_files,
+    missing_layers,
     read_json,
     summarize,
     to_float32,
 )
-from virnucpro_trt.models.dnabert import DnabertConfig, DnabertEncoder
+from virnucpro_trt.models.dnabert import DnabertConfig, DnabertEncoder, dnabert_state_shapes
 from virnucpro_trt.models.tokenization import DnaTokenizer, check_token_ids_fit
 
 _IGNORED = ("pooler.", "embeddings.position_ids", "embeddings.token_type_ids")
 _SIGNATURE = "embeddings.word_embeddings.weight"
+_LAYER_KEY = r"^encoder\.layer\.(\d+)\."
 
 
 def load_dnabert(path: str | Path) -> tuple[DnabertEncoder, DnaTokenizer, dict[str, Any]]:
@@ -49,13 +58,17 @@ def load_dnabert(path: str | Path) -> tuple[DnabertEncoder, DnaTokenizer, dict[s
     files = hf_weight_files(folder)
     raw = load_weight_files(files)
     state, layout, ignored = _strip_layout(raw, folder)
-    state = to_float32(state)
+    what = f"{folder}: DNABERT-S weights ({layout} layout)"
     _cross_check(state, config, folder)
+    expected = dnabert_state_shapes(config)
+    check_state_shapes(state, expected, what)
+    check_fp32_bytes_fit_files(expected, files, what)
     check_token_ids_fit(tokenizer, int(state[_SIGNATURE].shape[0]), str(folder / "tokenizer.json"))
 
+    state = to_float32(state)
     with torch.device("meta"):
         model = DnabertEncoder(config)
-    check_state_dict(state, model, f"{folder}: DNABERT-S weights ({layout} layout)")
+    check_state_dict(state, model, what)
     model.load_state_dict(state, strict=True, assign=True)
     model.eval().requires_grad_(False)
     info = {
@@ -90,9 +103,10 @@ def _config_and_tokenizer(folder: Path) -> tuple[DnabertConfig, DnaTokenizer]:
     try:
         config = DnabertConfig.from_hf_config(cfg)
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise CheckpointError(f"{folder / 'config.json'}: not a usable BERT config ({exc})") from exc
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise CheckpointError(f"{folder / 'config.json'}: not a usable BERT config ({reason})") from None
     tokenizer_file = folder / "tokenizer.json"
-    if not tokenizer_file.is_file():
+    if not is_present(tokenizer_file):
         raise CheckpointError(f"{folder}: no tokenizer.json")
     return config, DnaTokenizer.from_file(tokenizer_file)
 
@@ -123,18 +137,30 @@ def _strip_layout(raw: StateDict, folder: Path) -> tuple[StateDict, str, list[st
 
 
 def _cross_check(state: StateDict, config: DnabertConfig, folder: Path) -> None:
-    """Compare the shapes the tensors imply with config.json; report every disagreement."""
-    if _SIGNATURE not in state:
+    """Compare the shapes the tensors imply with config.json; report every disagreement.
+
+    Shapes only, never values. The layers named by the keys must be 0..N-1 with none absent: one key
+    ``encoder.layer.20000000.x`` must not stand for 20 million layers.
+    """
+    embedding = state.get(_SIGNATURE)
+    if embedding is None:
         return
-    vocab, hidden = state[_SIGNATURE].shape
+    if embedding.dim() != 2:
+        raise CheckpointError(
+            f"{folder}: {_SIGNATURE} has shape {tuple(embedding.shape)}, expected [vocab_size, hidden_size]"
+        )
+    gap = missing_layers(state, _LAYER_KEY)
+    if gap:
+        raise CheckpointError(f"{folder}: DNABERT-S weights: {gap}")
+    vocab, hidden = embedding.shape
     wo = state.get("encoder.layer.0.mlp.wo.weight")
     found = {
-        "num_hidden_layers": (config.num_hidden_layers, layer_count(state, r"^encoder\.layer\.(\d+)\.")),
+        "num_hidden_layers": (config.num_hidden_layers, layer_count(state, _LAYER_KEY)),
         "hidden_size": (config.hidden_size, hidden),
         "vocab_size": (config.vocab_size, vocab),
         "intermediate_size": (
             config.intermediate_size,
-            wo.shape[1] if wo is not None else config.intermediate_size,
+            wo.shape[1] if wo is not None and wo.dim() == 2 else config.intermediate_size,
         ),
     }
     wrong = [f"{name} {said} (tensors: {seen})" for name, (said, seen) in found.items() if said != seen]

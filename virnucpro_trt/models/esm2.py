@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from virnucpro_trt.models.config_checks import check_encoder_sizes, checked_layer_norm_eps
 from virnucpro_trt.models.layers import Fp32LayerNorm, masked_mean
 
 MASK_RATIO_TRAIN = 0.15 * 0.8
@@ -63,12 +64,24 @@ class Esm2Config:
     mask_id: int = 32
 
     def __post_init__(self) -> None:
+        """Check every size and the epsilon (ValueError): configs are read from files, and 0 heads,
+        negative sizes, 20 million layers or a negative epsilon must be refused here, not surface as a
+        ZeroDivisionError, a module that never finishes being built, or NaN embeddings."""
         if self.ffn_dim == 0:
             object.__setattr__(self, "ffn_dim", 4 * self.embed_dim)
-        if self.embed_dim % self.attention_heads or (self.embed_dim // self.attention_heads) % 2:
+        sizes = {
+            "embed_dim": self.embed_dim,
+            "num_layers": self.num_layers,
+            "attention_heads": self.attention_heads,
+            "ffn_dim": self.ffn_dim,
+            "vocab_size": self.vocab_size,
+        }
+        check_encoder_sizes(sizes, width="embed_dim", heads="attention_heads", layers="num_layers")
+        if (self.embed_dim // self.attention_heads) % 2:
             raise ValueError(
                 f"embed_dim {self.embed_dim} must split into {self.attention_heads} heads of even size"
             )
+        checked_layer_norm_eps(self.layer_norm_eps, "layer_norm_eps")
 
     @property
     def head_dim(self) -> int:

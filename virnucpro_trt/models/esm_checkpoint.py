@@ -8,6 +8,11 @@ saying what was found instead of loading into something else.
 
 The module is built on the meta device and the tensors are assigned to it: no time is spent on a random
 initialisation that would be overwritten, and a 3B model is not held twice in memory.
+
+Every check reads names, shapes and dtypes only, and all of them run before a tensor is converted to
+fp32 or anything is built: the config's sizes (:class:`Esm2Config`), the layers the keys name (all of
+0..N-1, none absent), the exact key set and shapes in fair-esm names, and the fp32 total against the
+files' size (:func:`~virnucpro_trt.models.checkpoint_io.check_fp32_bytes_fit_files`).
 """
 
 from __future__ import annotations
@@ -24,15 +29,22 @@ import torch
 from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.models.checkpoint_io import (
     StateDict,
+    check_fp32_bytes_fit_files,
     check_state_dict,
+    check_state_shapes,
+    check_tensor_entries,
     hf_weight_files,
+    is_present,
     layer_count,
     load_weight_files,
+    missing_layers,
     read_json,
+    require_regular_file,
     safe_torch_load,
     summarize,
     to_float32,
 )
+from virnucpro_trt.models.config_checks import checked_layer_norm_eps, config_bool, config_int
 from virnucpro_trt.models.esm2 import Esm2Config, Esm2Encoder, default_inv_freq
 from virnucpro_trt.models.tokenization import ProteinTokenizer, check_token_ids_fit
 
@@ -64,6 +76,7 @@ _HF_IGNORED = (
 )
 _FAIR_ESM_IGNORED = ("lm_head.", "contact_head.")
 _INV_FREQ = re.compile(r"^(layers\.\d+\.self_attn\.)?rot_emb\.inv_freq$")
+_LAYER_KEY = r"^layers\.(\d+)\."
 
 
 def load_esm2(path: str | Path) -> tuple[Esm2Encoder, ProteinTokenizer, dict[str, Any]]:
@@ -75,11 +88,13 @@ def load_esm2(path: str | Path) -> tuple[Esm2Encoder, ProteinTokenizer, dict[str
     path = Path(path)
     if path.is_dir():
         state, config, tokenizer, info = _read_hf_folder(path)
-    elif path.is_file():
+    elif is_present(path):
+        require_regular_file(path)
         state, config, tokenizer, info = _read_fair_esm(path)
     else:
         raise CheckpointError(f"{path}: no such ESM-2 checkpoint file or folder")
-    state, info["inv_freq"] = _to_encoder_state(state, config, str(path))
+    files = [Path(name) for name in info["weight_files"]]
+    state, info["inv_freq"] = _to_encoder_state(state, config, str(path), files)
     check_token_ids_fit(tokenizer, int(state["embed_tokens.weight"].shape[0]), _vocab_source(path))
     with torch.device("meta"):
         model = Esm2Encoder(config)
@@ -105,7 +120,7 @@ def check_esm2_tokenizer(path: str | Path) -> None:
 def _vocab_source(path: Path) -> str:
     """Where the tokenizer came from, for messages: the folder's vocab.txt, else the checkpoint."""
     vocab = path / "vocab.txt"
-    return str(vocab) if path.is_dir() and vocab.is_file() else str(path)
+    return str(vocab) if path.is_dir() and is_present(vocab) else str(path)
 
 
 def _hf_config_and_tokenizer(folder: Path) -> tuple[Esm2Config, ProteinTokenizer]:
@@ -119,7 +134,9 @@ def _hf_config_and_tokenizer(folder: Path) -> tuple[Esm2Config, ProteinTokenizer
     if cfg.get("is_folding_model"):
         raise CheckpointError(f"{where}: an ESMFold model, not an ESM-2 language model")
     vocab = folder / "vocab.txt"
-    tokenizer = ProteinTokenizer.from_vocab_file(vocab) if vocab.is_file() else ProteinTokenizer()
+    # Present but not a regular file (a FIFO, /dev/zero, a broken link) is refused by the reader, never
+    # replaced by the default alphabet.
+    tokenizer = ProteinTokenizer.from_vocab_file(vocab) if is_present(vocab) else ProteinTokenizer()
     return _hf_config(cfg, tokenizer, where), tokenizer
 
 
@@ -154,20 +171,22 @@ def _hf_config(cfg: dict[str, Any], tokenizer: ProteinTokenizer, where: str) -> 
     vocab_mask_id = tokenizer.mask_id if tokenizer.mask_id is not None else -1
     try:
         return Esm2Config(
-            num_layers=int(cfg["num_hidden_layers"]),
-            embed_dim=int(cfg["hidden_size"]),
-            attention_heads=int(cfg["num_attention_heads"]),
-            ffn_dim=int(cfg["intermediate_size"]),
-            vocab_size=int(cfg["vocab_size"]),
-            layer_norm_eps=float(cfg.get("layer_norm_eps", 1e-5)),
-            token_dropout=bool(cfg.get("token_dropout", True)),
+            num_layers=config_int(cfg["num_hidden_layers"], "num_hidden_layers"),
+            embed_dim=config_int(cfg["hidden_size"], "hidden_size"),
+            attention_heads=config_int(cfg["num_attention_heads"], "num_attention_heads"),
+            ffn_dim=config_int(cfg["intermediate_size"], "intermediate_size"),
+            vocab_size=config_int(cfg["vocab_size"], "vocab_size"),
+            layer_norm_eps=checked_layer_norm_eps(cfg.get("layer_norm_eps", 1e-5), "layer_norm_eps"),
+            token_dropout=config_bool(cfg.get("token_dropout", True), "token_dropout"),
             cls_id=tokenizer.cls_id,
             pad_id=tokenizer.pad_id,
             eos_id=tokenizer.eos_id,
-            mask_id=int(cfg.get("mask_token_id", vocab_mask_id)),
+            mask_id=config_int(cfg.get("mask_token_id", vocab_mask_id), "mask_token_id"),
         )
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise CheckpointError(f"{where}: not a usable EsmConfig ({exc})") from exc
+    except KeyError as exc:
+        raise CheckpointError(f"{where}: not a usable EsmConfig (no {exc.args[0]!r})") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"{where}: not a usable EsmConfig ({exc})") from None
 
 
 def _hf_to_fair_esm_names(raw: StateDict, prefixed: bool) -> tuple[StateDict, list[str]]:
@@ -195,6 +214,14 @@ def _namespace_value(args: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
+def _namespace_int(args: Any, *names: str, default: int | None = None) -> int:
+    """An integer fair-esm argument under any of ``names``; ValueError naming it when absent or not one."""
+    value = _namespace_value(args, *names, default=default)
+    if value is None:
+        raise ValueError(f"{names[0]} is missing")
+    return config_int(value, names[0])
+
+
 def _read_fair_esm(path: Path) -> tuple[StateDict, Esm2Config, ProteinTokenizer, dict[str, Any]]:
     # fair-esm pickles its training arguments as an argparse.Namespace: read as a plain namespace.
     data = safe_torch_load(path, extra_globals={("argparse", "Namespace"): types.SimpleNamespace})
@@ -210,7 +237,7 @@ def _read_fair_esm(path: Path) -> tuple[StateDict, Esm2Config, ProteinTokenizer,
 
     state: StateDict = {}
     ignored: list[str] = []
-    for key, tensor in data["model"].items():
+    for key, tensor in check_tensor_entries(data["model"], f"{path}: fair-esm 'model'").items():
         name = key.removeprefix("encoder.sentence_encoder.").removeprefix("encoder.")
         if name.startswith(_FAIR_ESM_IGNORED):
             ignored.append(key)
@@ -226,18 +253,16 @@ def _read_fair_esm(path: Path) -> tuple[StateDict, Esm2Config, ProteinTokenizer,
         )
     tokenizer = ProteinTokenizer()
     try:
-        embed_dim = int(_namespace_value(args, "encoder_embed_dim", "embed_dim"))
+        embed_dim = _namespace_int(args, "encoder_embed_dim", "embed_dim")
         config = Esm2Config(
-            num_layers=int(_namespace_value(args, "encoder_layers", "layers")),
+            num_layers=_namespace_int(args, "encoder_layers", "layers"),
             embed_dim=embed_dim,
-            attention_heads=int(_namespace_value(args, "encoder_attention_heads", "attention_heads")),
-            ffn_dim=int(
-                _namespace_value(args, "encoder_ffn_embed_dim", "ffn_embed_dim", default=4 * embed_dim)
-            ),
-            token_dropout=bool(_namespace_value(args, "token_dropout", default=True)),
+            attention_heads=_namespace_int(args, "encoder_attention_heads", "attention_heads"),
+            ffn_dim=_namespace_int(args, "encoder_ffn_embed_dim", "ffn_embed_dim", default=4 * embed_dim),
+            token_dropout=config_bool(_namespace_value(args, "token_dropout", default=True), "token_dropout"),
         )
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: fair-esm model arguments are incomplete ({exc})") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: fair-esm model arguments are not usable ({exc})") from None
     info = {
         "format": "fair-esm",
         "layout": "fair-esm",
@@ -248,57 +273,111 @@ def _read_fair_esm(path: Path) -> tuple[StateDict, Esm2Config, ProteinTokenizer,
     return state, config, tokenizer, info
 
 
-def _to_encoder_state(state: StateDict, config: Esm2Config, where: str) -> tuple[StateDict, str]:
+def fair_esm_state_shapes(config: Esm2Config) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of an ESM-2 encoder's tensors in fair-esm names (before q/k/v are fused), for
+    ``config``, rotary frequencies aside (optional in a checkpoint, checked on their own).
+
+    A loader compares a checkpoint with this before converting a single tensor or building anything; a
+    test keeps it equal to what the fair-esm writer produces from the module.
+    """
+    dim, ffn = config.embed_dim, config.ffn_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "embed_tokens.weight": (config.vocab_size, dim),
+        "emb_layer_norm_after.weight": (dim,),
+        "emb_layer_norm_after.bias": (dim,),
+    }
+    layer: dict[str, tuple[int, ...]] = {}
+    for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        layer[f"self_attn.{proj}.weight"] = (dim, dim)
+        layer[f"self_attn.{proj}.bias"] = (dim,)
+    for norm in ("self_attn_layer_norm", "final_layer_norm"):
+        layer[f"{norm}.weight"] = (dim,)
+        layer[f"{norm}.bias"] = (dim,)
+    layer.update({"fc1.weight": (ffn, dim), "fc1.bias": (ffn,), "fc2.weight": (dim, ffn), "fc2.bias": (dim,)})
+    for index in range(config.num_layers):
+        shapes.update({f"layers.{index}.{name}": shape for name, shape in layer.items()})
+    return shapes
+
+
+def _to_encoder_state(
+    state: StateDict, config: Esm2Config, where: str, files: list[Path]
+) -> tuple[StateDict, str]:
     """fair-esm-named tensors -> :class:`Esm2Encoder` state (fused qkv, one fp32 inv_freq).
 
-    Returns the state and where ``inv_freq`` came from (``"checkpoint"`` or ``"computed"``).
+    Everything is checked on names, shapes and dtypes first (module docstring); only then are the
+    tensors converted to fp32. Returns the state and where ``inv_freq`` came from (``"checkpoint"`` or
+    ``"computed"``).
     """
-    state = to_float32(state)
     _cross_check(state, config, where)
-
+    state = dict(state)
     inv_freqs = {k: state.pop(k) for k in sorted(state) if _INV_FREQ.match(k)}
-    if inv_freqs:
-        first_key, inv_freq = next(iter(inv_freqs.items()))
-        differing = [
-            k for k, v in inv_freqs.items() if v.shape != inv_freq.shape or not torch.equal(v, inv_freq)
-        ]
-        if differing:
-            raise CheckpointError(
-                f"{where}: rotary inv_freq differs between {first_key} and {summarize(differing)}"
-            )
-        if 2 * inv_freq.numel() != config.head_dim:
-            raise CheckpointError(
-                f"{where}: rotary inv_freq has {inv_freq.numel()} frequencies (head size "
-                f"{2 * inv_freq.numel()}), but {config.attention_heads} heads of {config.embed_dim} "
-                f"give head size {config.head_dim}"
-            )
-        state["rotary.inv_freq"] = inv_freq.reshape(-1)
-        source = "checkpoint"
-    else:
-        source = "computed"
-        state["rotary.inv_freq"] = default_inv_freq(config.head_dim)
+    inv_freq = _checked_inv_freq(inv_freqs, config, where)
+    expected = fair_esm_state_shapes(config)
+    check_state_shapes(state, expected, f"{where}: ESM-2 weights")
+    check_fp32_bytes_fit_files(expected, files, f"{where}: ESM-2 weights")
 
+    state = to_float32(state)
+    state["rotary.inv_freq"] = inv_freq if inv_freq is not None else default_inv_freq(config.head_dim)
     for index in range(config.num_layers):
         prefix = f"layers.{index}.self_attn."
         for kind in ("weight", "bias"):
             parts = [f"{prefix}{p}_proj.{kind}" for p in ("q", "k", "v")]
-            if all(p in state for p in parts):
-                state[f"layers.{index}.qkv.{kind}"] = torch.cat([state.pop(p) for p in parts], dim=0)
-            if f"{prefix}out_proj.{kind}" in state:
-                state[f"layers.{index}.out_proj.{kind}"] = state.pop(f"{prefix}out_proj.{kind}")
-    return state, source
+            state[f"layers.{index}.qkv.{kind}"] = torch.cat([state.pop(p) for p in parts], dim=0)
+            state[f"layers.{index}.out_proj.{kind}"] = state.pop(f"{prefix}out_proj.{kind}")
+    return state, "checkpoint" if inv_freq is not None else "computed"
+
+
+def _checked_inv_freq(inv_freqs: StateDict, config: Esm2Config, where: str) -> torch.Tensor | None:
+    """The checkpoint's one rotary ``inv_freq`` as fp32, or None when it has none.
+
+    Every copy (one per layer in the published files) must hold head_dim / 2 floating values, checked
+    before any is compared or converted, and all copies must be equal.
+    """
+    if not inv_freqs:
+        return None
+    first_key, inv_freq = next(iter(inv_freqs.items()))
+    for key, value in inv_freqs.items():
+        if not value.is_floating_point():
+            raise CheckpointError(f"{where}: rotary {key} is {value.dtype}, expected floating point")
+        if 2 * value.numel() != config.head_dim:
+            raise CheckpointError(
+                f"{where}: rotary inv_freq has {value.numel()} frequencies (head size "
+                f"{2 * value.numel()}), but {config.attention_heads} heads of {config.embed_dim} "
+                f"give head size {config.head_dim}"
+            )
+    differing = [
+        k
+        for k, v in inv_freqs.items()
+        if not torch.equal(v.reshape(-1).float(), inv_freq.reshape(-1).float())
+    ]
+    if differing:
+        raise CheckpointError(
+            f"{where}: rotary inv_freq differs between {first_key} and {summarize(differing)}"
+        )
+    return inv_freq.reshape(-1).float().contiguous()
 
 
 def _cross_check(state: StateDict, config: Esm2Config, where: str) -> None:
-    """Compare the shapes the tensors imply with what the config says; report every disagreement."""
-    vocab, dim = state["embed_tokens.weight"].shape
-    layers = layer_count(state, r"^layers\.(\d+)\.")
+    """Compare the shapes the tensors imply with what the config says; report every disagreement.
+
+    Shapes only, never values. The layers named by the keys must be 0..N-1 with none absent: one key
+    ``layers.20000000.fc1.bias`` must not stand for 20 million layers.
+    """
+    embedding = state["embed_tokens.weight"]
+    if embedding.dim() != 2:
+        raise CheckpointError(
+            f"{where}: embed_tokens.weight has shape {tuple(embedding.shape)}, expected [vocab, embed_dim]"
+        )
+    gap = missing_layers(state, _LAYER_KEY)
+    if gap:
+        raise CheckpointError(f"{where}: ESM-2 weights: {gap}")
+    vocab, dim = embedding.shape
     fc1 = state.get("layers.0.fc1.weight")
     found = {
-        "layers": (config.num_layers, layers),
+        "layers": (config.num_layers, layer_count(state, _LAYER_KEY)),
         "embed_dim": (config.embed_dim, dim),
         "vocab_size": (config.vocab_size, vocab),
-        "ffn_dim": (config.ffn_dim, fc1.shape[0] if fc1 is not None else config.ffn_dim),
+        "ffn_dim": (config.ffn_dim, fc1.shape[0] if fc1 is not None and fc1.dim() == 2 else config.ffn_dim),
     }
     wrong = [f"{name} {said} (tensors: {seen})" for name, (said, seen) in found.items() if said != seen]
     if wrong:

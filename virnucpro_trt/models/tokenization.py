@@ -7,6 +7,13 @@
 * :class:`ProteinTokenizer` reproduces fair-esm's ``BatchConverter`` for ESM-2: ``<cls>`` + the first 1024
   residues + ``<eos>``; characters outside the alphabet become ``<unk>``. Single characters go through a
   256-entry numpy lookup table over the bytes of the whole batch at once.
+
+``tokenizer.json`` is hostile input like every model file. The Rust library *panics* on some malformed
+files (a template naming an undefined special token, a garbled ``Precompiled`` normalizer), and a panic
+reaches Python as ``pyo3_runtime.PanicException``, a ``BaseException`` that no ``except Exception``
+catches. So the known triggers are refused before Rust sees the file (:func:`check_tokenizer_json`), every
+call into the library is wrapped (:func:`_rust_call`), and the file is probed with a few sequences at load
+time, so a broken file fails when it is loaded, not mid-run inside a worker.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +43,97 @@ ESM_TRUNCATION_RESIDUES = 1024
 """fair-esm ``esm-extract`` default ``truncation_seq_length``: residues kept before BOS/EOS are added."""
 
 _SPECIAL_TOKEN = re.compile(r"(<[^<>]+>)")
+
+DNA_PROBES: tuple[str, ...] = ("ACGT", "ACGTNACGTTGCATGCAN" * 8)
+"""Sequences every DNA tokenizer must encode at load time as ``[CLS] ... [SEP]`` (bases and N, short and
+over a hundred bases, as the reads are), through the batch encoder the runs use."""
+
+
+def _is_rust_panic(exc: BaseException) -> bool:
+    """Whether ``exc`` is pyo3's ``PanicException`` (a Rust panic; the class is not importable)."""
+    kind = type(exc)
+    return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+@contextmanager
+def _rust_call(source: str, doing: str, any_error: bool = False) -> Iterator[None]:
+    """Turn what the ``tokenizers`` library raises for a bad file into one CheckpointError naming it.
+
+    That is its plain ``Exception`` (it exports no error type; ``any_error``: every ``Exception``, for
+    calls whose only input is the file) and a Rust panic (``PanicException``, a ``BaseException``).
+    Anything else, KeyboardInterrupt and SystemExit included, passes through.
+    """
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except BaseException as exc:
+        library_error = type(exc) is Exception or (any_error and isinstance(exc, Exception))
+        if not (_is_rust_panic(exc) or library_error):
+            raise
+        kind = "the tokenizers library panicked" if _is_rust_panic(exc) else "tokenizers error"
+        raise CheckpointError(f"{source}: {doing} failed ({kind}: {_first_line(exc)})") from None
+
+
+def _walk(value: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object inside a parsed JSON value (iteratively: depth is not bounded by the file)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def check_tokenizer_json(data: Any, source: str) -> None:
+    """Refuse the tokenizer.json contents known to make the Rust library panic instead of erring.
+
+    * A ``TemplateProcessing`` whose template names a special token its ``special_tokens`` lacks
+      (panics at the first encode), or whose special token has no ids or as many ids as tokens.
+    * A ``Precompiled`` normalizer (SentencePiece's compiled character map): a short or garbled map
+      panics on load or at the first encode. DNA BPE tokenizers have no use for one.
+    """
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: not a tokenizers file (expected a JSON object)")
+    for node in _walk(data.get("normalizer")):
+        if node.get("type") == "Precompiled":
+            raise CheckpointError(
+                f"{source}: has a 'Precompiled' (SentencePiece) normalizer, which a DNA tokenizer does "
+                "not use and which the tokenizers library cannot read safely; refused"
+            )
+    for node in _walk(data.get("post_processor")):
+        if node.get("type") == "TemplateProcessing":
+            _check_template(node, source)
+
+
+def _check_template(template: dict[str, Any], source: str) -> None:
+    """Every special token a template names is defined, with as many ids as tokens (at least one)."""
+    specials = template.get("special_tokens")
+    if not isinstance(specials, dict):
+        raise CheckpointError(f"{source}: post-processor template without a 'special_tokens' object")
+    for name, entry in specials.items():
+        ids = entry.get("ids") if isinstance(entry, dict) else None
+        tokens = entry.get("tokens") if isinstance(entry, dict) else None
+        if not isinstance(ids, list) or not isinstance(tokens, list) or not ids or len(ids) != len(tokens):
+            raise CheckpointError(
+                f"{source}: post-processor special token {str(name)[:40]!r} needs as many ids as tokens "
+                "(at least one)"
+            )
+    for side in ("single", "pair"):
+        for piece in template.get(side) or []:
+            special = piece.get("SpecialToken") if isinstance(piece, dict) else None
+            if isinstance(special, dict) and special.get("id") not in specials:
+                raise CheckpointError(
+                    f"{source}: the post-processor's {side} template names the special token "
+                    f"{str(special.get('id'))[:40]!r}, which its special_tokens do not define"
+                )
 
 
 def pad_batch(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,32 +156,51 @@ class DnaTokenizer:
     """DNABERT-S tokenizer from ``tokenizer.json``: ``[CLS] BPE... [SEP]``, no truncation, no padding."""
 
     def __init__(self, tokenizer: tokenizers.Tokenizer, source: str = "<memory>"):
-        tokenizer.no_truncation()
-        tokenizer.no_padding()
-        self._tokenizer = tokenizer
         self.source = source
+        with _rust_call(source, "setting up the tokenizer", any_error=True):
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+            self._json = json.loads(tokenizer.to_str())
+        check_tokenizer_json(self._json, source)
+        self._tokenizer = tokenizer
         self.cls_id = self._special_id("[CLS]")
         self.sep_id = self._special_id("[SEP]")
         self.pad_id = self._special_id("[PAD]")
-        probe = tokenizer.encode("ACGT").ids
-        if len(probe) < 3 or probe[0] != self.cls_id or probe[-1] != self.sep_id:
-            raise CheckpointError(
-                f"{source}: the post-processor does not wrap input as [CLS] ... [SEP] (got ids {probe})"
-            )
+        self._probe()
+
+    def _probe(self) -> None:
+        """Encode :data:`DNA_PROBES` now: each must come out as ``[CLS] ... [SEP]``.
+
+        A file that breaks the library at encode time (or never wraps its input) then fails here, at
+        load, in the process that reports it, instead of at the first batch of every worker.
+        """
+        for probe in self.encode_batch(DNA_PROBES):
+            ids = probe.tolist()
+            if len(ids) < 3 or ids[0] != self.cls_id or ids[-1] != self.sep_id:
+                raise CheckpointError(
+                    f"{self.source}: the post-processor does not wrap input as [CLS] ... [SEP] "
+                    f"(got ids {ids[:8]}{' ...' if len(ids) > 8 else ''})"
+                )
 
     @classmethod
     def from_file(cls, path: str | Path) -> DnaTokenizer:
-        """``tokenizer.json``, read through the bounded reader every model text file goes through."""
+        """``tokenizer.json``, read through the bounded reader every model text file goes through, and
+        checked (:func:`check_tokenizer_json`) before the Rust library parses it."""
         text = read_text_file(Path(path))
         try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: not a readable tokenizers file (not valid JSON: {exc})") from None
+        except RecursionError:
+            raise CheckpointError(f"{path}: JSON nested too deeply for a tokenizers file") from None
+        check_tokenizer_json(data, str(path))
+        with _rust_call(str(path), "reading the tokenizers file", any_error=True):
             tokenizer = tokenizers.Tokenizer.from_str(text)
-        except Exception as exc:  # the Rust error type is not exported; report it in one line
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise CheckpointError(f"{path}: not a readable tokenizers file ({first_line})") from exc
         return cls(tokenizer, str(path))
 
     def _special_id(self, token: str) -> int:
-        token_id = self._tokenizer.token_to_id(token)
+        with _rust_call(self.source, f"looking up {token}"):
+            token_id = self._tokenizer.token_to_id(token)
         if token_id is None:
             raise CheckpointError(f"{self.source}: tokenizer has no {token} token")
         return int(token_id)
@@ -96,15 +214,20 @@ class DnaTokenizer:
         """The largest id this tokenizer can emit: over the vocabulary, the added tokens and every id
         the post-processor's template names (those are not checked against the vocabulary by
         ``tokenizers``). Ids need not be dense, so the vocabulary's size does not bound them."""
-        ids = list(self._tokenizer.get_vocab(with_added_tokens=True).values())
-        processor = json.loads(self._tokenizer.to_str()).get("post_processor")
-        ids.extend(_integers(processor))
+        with _rust_call(self.source, "reading the vocabulary"):
+            ids = list(self._tokenizer.get_vocab(with_added_tokens=True).values())
+        ids.extend(_integers(self._json.get("post_processor")))
         return max(ids, default=-1)
 
     def encode_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
-        """Token ids (int64) per sequence, using the Rust parallel batch encoder."""
-        encodings = self._tokenizer.encode_batch(list(sequences), add_special_tokens=True)
-        return [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
+        """Token ids (int64) per sequence, using the Rust parallel batch encoder.
+
+        A failure inside the library (an error or a Rust panic) is a CheckpointError naming the file:
+        the input is DNA text, so what breaks on it is the tokenizer.
+        """
+        with _rust_call(self.source, "encoding"):
+            encodings = self._tokenizer.encode_batch(list(sequences), add_special_tokens=True)
+            return [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
 
 
 def _integers(value: Any) -> list[int]:
