@@ -10,6 +10,7 @@ One torch thread everywhere: on CPU the thread count changes fp32 sums in the la
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import random
@@ -256,6 +257,14 @@ def test_merge_refuses_incomplete_mixed_or_mismatched_parts(tiny_set, small_shar
     lines = highest.read_text().splitlines(keepends=True)
     lines[1], lines[2] = lines[2], lines[1]
     highest.write_text("".join(lines))
+    _refused([a[0], a[1], damaged], out, "prediction_results_highestscore.csv is not the file its predict")
+    # the same file with a run.json forged to match it: the row order check still stops it
+    run = json.loads((damaged / "run.json").read_text())
+    run["outputs"][highest.name] = {
+        "bytes": highest.stat().st_size,
+        "sha256": hashlib.sha256(highest.read_bytes()).hexdigest(),
+    }
+    (damaged / "run.json").write_text(json.dumps(run))
     _refused([a[0], a[1], damaged], out, "out of order")
 
     # results already in OUTDIR are not overwritten

@@ -5,14 +5,27 @@ An engine directory holds one artifact per encoder (``dnabert-s.<arch>.<precisio
 ``manifest.json``. The manifest is written LAST: a directory without one is unfinished and is never
 used. Each encoder is checked against the fp32 PyTorch model (:mod:`~virnucpro_trt.engines.parity`)
 right after it is built; a failing engine fails the build with its figures unless ``keep_failing``.
+
+The engine folder is written like any output (:func:`check_engine_folder`, :func:`_publish`):
+
+* before anything is written, a folder holding anything build did not make — a user's file, a
+  symbolic link, a folder — is refused in one line (exit 2); its own files are the ones the folder's
+  manifest records (an earlier build's), which a rebuild replaces. ``force`` (no CLI flag sets it yet)
+  lets build replace other regular files at the names it writes; a symbolic link is refused even then;
+* every file is made inside a private staging folder that build creates in the engine folder
+  (``.build-XXXXXXXX``, ``mkdtemp``), then renamed over its final name: no existing path is ever opened
+  for writing, so a link planted at a name is replaced, never written through;
+* nothing reaches the engine folder until every engine passed its gate; the manifest is renamed in
+  last, and the staging folder (with whatever a failure left in it) is removed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +34,14 @@ from typing import Any
 import torch
 
 from virnucpro_trt import __version__
-from virnucpro_trt.engines.manifest import MANIFEST_NAME, EngineManifest, ModelEntry, now_iso
+from virnucpro_trt.engines.manifest import (
+    MANIFEST_NAME,
+    OWN_FILES_KEY,
+    EngineManifest,
+    ModelEntry,
+    now_iso,
+    own_file_names,
+)
 from virnucpro_trt.engines.parity import reference_embeddings, run_parity, synthetic_tokens
 from virnucpro_trt.engines.registry import choose_backend
 from virnucpro_trt.engines.spec import (
@@ -50,6 +70,9 @@ from virnucpro_trt.settings import DEFAULT_ATTENTION, EncoderSettings
 log = logging.getLogger(__name__)
 
 CLASSIFIER_FILE = "classifier.safetensors"
+TIMING_CACHE = "tensorrt.timing-cache"  # TensorRT: shared by the builds into one folder
+STAGING_PREFIX = ".build-"  # a build's private folder inside the engine folder
+TRT_CACHE_SUFFIX = ".trt-cache"  # ONNX Runtime's TensorRT provider caches beside an .onnx it loads
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,8 @@ class BuildSettings:
     keep_failing: bool = False
     hardware_compatible: bool = False
     attention: str = DEFAULT_ATTENTION
+    # Replace regular files at the names build writes even though it did not make them (never links).
+    force: bool = False
 
 
 def device_facts(device: torch.device) -> dict[str, Any]:
@@ -99,8 +124,77 @@ def _example(tokens: list, shapes: ShapeRange, pad_id: int) -> tuple[torch.Tenso
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
+def check_engine_folder(out: Path, force: bool = False) -> set[str]:
+    """Refuse, before anything is written, an engine folder holding what build did not make.
+
+    Its own files are those the folder's manifest records (:func:`own_file_names`), ONNX Runtime's
+    ``.trt-cache`` folders beside them, and staging folders of interrupted builds (left alone). Anything
+    else — a user's file or folder, any symbolic link — is refused in one line: a mistyped ``-o`` must
+    not replace a user's files, and a link must never make build write outside the folder. ``force``
+    accepts other regular files (they are replaced where build writes their names; the rest stay) but
+    never a link. Returns the own names.
+    """
+    if os.path.lexists(out) and not out.is_dir():
+        raise UserError(f"engine directory {out} exists and is not a folder; build into a folder")
+    if not out.exists():
+        return set()
+    own = own_file_names(out)
+    links, foreign = [], []
+    for entry in sorted(os.scandir(out), key=lambda e: e.name):
+        if entry.is_symlink():
+            links.append(entry.name)
+        elif _is_own(entry, own):
+            continue
+        elif entry.name.startswith(STAGING_PREFIX) and entry.is_dir():
+            log.warning("%s: %s was left by an interrupted build; remove it", out, entry.name)
+        elif not (force and entry.is_file()):
+            foreign.append(entry.name)
+    if links:
+        raise UserError(
+            f"engine directory {out} holds symbolic links ({_some(links)}); build writes only files of its "
+            "own there: remove them or build into another folder"
+        )
+    if foreign:
+        raise UserError(
+            f"engine directory {out} holds files virnucpro-trt build did not make ({_some(foreign)}); "
+            "build into a new or empty folder, or one holding an earlier build"
+        )
+    return own
+
+
+def _is_own(entry: os.DirEntry[str], own: set[str]) -> bool:
+    """A file an earlier build recorded, or the ``.trt-cache`` folder of an ``.onnx`` it recorded."""
+    if entry.is_file():
+        return entry.name in own
+    cached = entry.name.removesuffix(TRT_CACHE_SUFFIX)
+    return entry.is_dir() and cached != entry.name and cached in own
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def build_engines(settings: BuildSettings, command: list[str] | None = None) -> EngineManifest:
     """Build, gate and describe the engines; returns the manifest written to ``settings.outdir``."""
+    out = settings.outdir
+    own = check_engine_folder(out, settings.force)  # before anything is written or loaded
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        manifest = _build_into(settings, staging, own, command)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):  # a failed first build leaves no folder
+            out.rmdir()
+    log.info("engines written to %s in %.1fs", out, float(manifest.build.get("seconds", 0.0)))
+    return manifest
+
+
+def _build_into(
+    settings: BuildSettings, staging: Path, own: set[str], command: list[str] | None
+) -> EngineManifest:
+    """Build every file in ``staging``, gate it, then publish the set into ``settings.outdir``."""
     started = time.perf_counter()
     device = resolve_device(settings.device)
     if settings.precision == "fp8" and device.type != "cuda":
@@ -113,14 +207,12 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
     paths = {kind: resolve_model(spec, MODELS[kind].short) for kind, spec in named.items()}
     classifier = load_classifier_weights(paths["classifier"])
     out = settings.outdir
-    out.mkdir(parents=True, exist_ok=True)
-    # The manifest marks a finished directory: remove it first so a failed rebuild is never "finished".
-    with contextlib.suppress(FileNotFoundError):
-        (out / MANIFEST_NAME).unlink()
+    if TIMING_CACHE in own:  # an earlier build's cache makes TensorRT rebuilds much faster
+        shutil.copyfile(out / TIMING_CACHE, staging / TIMING_CACHE)
     budget = EncoderSettings(max_batch_tokens=settings.max_batch_tokens).batch_tokens_for(device.type)
     options = BuildOptions(
-        workdir=out,
-        timing_cache=out / "tensorrt.timing-cache",
+        workdir=staging,
+        timing_cache=staging / TIMING_CACHE,
         hardware_compatible=settings.hardware_compatible,
         max_batch_tokens=budget,
         attention=settings.attention,
@@ -130,11 +222,13 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
     dims: dict[str, int] = {}
     failures: list[str] = []
     for kind in ENCODER_NAMES:
-        entry, dim = _build_one(kind, paths[kind], settings, backend, device, arch, budget, options, failures)
+        entry, dim = _build_one(
+            kind, paths[kind], settings, backend, device, arch, budget, options, failures, staging
+        )
         entries[kind] = entry
         dims[kind] = dim
     check_classifier_width(classifier, dims["dnabert-s"], dims["esm2"], paths["classifier"])
-    save_classifier_safetensors(classifier, out / CLASSIFIER_FILE, source=str(paths["classifier"]))
+    save_classifier_safetensors(classifier, staging / CLASSIFIER_FILE, source=str(paths["classifier"]))
     classifier_identity = identify_checkpoint("classifier", paths["classifier"])
     entries["classifier"] = ModelEntry(
         kind="classifier",
@@ -144,7 +238,6 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
         source=str(paths["classifier"]),
         dim=classifier.input_dim,
     )
-    entries["classifier"].record_files(out)
     if failures and not settings.keep_failing:
         raise BuildError(
             "parity gate failed: " + "; ".join(failures) + " (use --keep-failing to keep such engines)"
@@ -157,7 +250,6 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
         models=entries,
         build={
             "time": now_iso(),
-            "seconds": round(time.perf_counter() - started, 1),
             "backend_choice": reason,
             "recipe_version": backend.recipe_version,
             "max_batch_tokens": budget,
@@ -168,9 +260,40 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
             "virnucpro_trt": __version__,
         },
     )
-    manifest.write(out)
-    log.info("engines written to %s in %.1fs", out, time.perf_counter() - started)
+    _publish(staging, out, manifest, own)
+    manifest.build["seconds"] = round(time.perf_counter() - started, 1)
+    manifest.write(staging)
+    _rename_into(staging, out, MANIFEST_NAME)  # last: the folder is finished
     return manifest
+
+
+def _publish(staging: Path, out: Path, manifest: EngineManifest, own: set[str]) -> None:
+    """Rename every built file from ``staging`` over its name in ``out``, then hash and stamp it there.
+
+    The stamps are taken after the rename (which changes a file's ctime), so later checks of the
+    unchanged set skip the re-hash. An earlier build's files that this one does not replace stay
+    recorded in ``build.own_files``, so a later build still knows them as its own.
+    """
+    names = [name for entry in manifest.models.values() for name in entry.file_names()]
+    extra = [TIMING_CACHE] if (staging / TIMING_CACHE).is_file() else []
+    for name in [*names, *extra]:
+        _rename_into(staging, out, name)
+    for entry in manifest.models.values():
+        entry.record_files(out)
+    kept = {n for n in own - {MANIFEST_NAME} if (out / n).is_file() and not (out / n).is_symlink()}
+    manifest.build[OWN_FILES_KEY] = sorted(kept.union(extra) - set(names))
+
+
+def _rename_into(staging: Path, out: Path, name: str) -> None:
+    """Move ``staging/name`` over ``out/name``; refused when ``out/name`` became a link or a folder.
+
+    ``os.replace`` swaps the directory entry: whatever was at the name (our earlier file, or with
+    ``force`` a user's) is unlinked, never opened, so nothing outside the folder is ever written.
+    """
+    target = out / name
+    if target.is_symlink() or (os.path.lexists(target) and not target.is_file()):
+        raise UserError(f"engine directory {out}: {name} is now a symbolic link or not a file (refused)")
+    os.replace(staging / name, target)
 
 
 def _build_one(
@@ -183,7 +306,9 @@ def _build_one(
     budget: int,
     options: BuildOptions,
     failures: list[str],
+    folder: Path,
 ) -> tuple[ModelEntry, int]:
+    """Build, load and gate one encoder in ``folder`` (the staging folder); its files are hashed later."""
     t0 = time.perf_counter()
     model, tokenizer, info, dim = load_encoder(kind, path)
     shapes = default_shape_range(kind, budget, settings.max_length)
@@ -195,7 +320,7 @@ def _build_one(
     log.info("building %s (%s, %s, %s) -> %s", kind, backend.name, settings.precision, device, name)
     request = BuildRequest(
         model, kind, _example(tokens, shapes, tokenizer.pad_id), shapes, settings.precision, device,
-        settings.outdir / name, options,
+        folder / name, options,
     )  # fmt: skip
     built = backend.build(request)
     build_s = time.perf_counter() - t0
@@ -207,7 +332,10 @@ def _build_one(
     log.info("%s parity: %s -> %s", kind, parity.describe(), "PASSED" if parity.passed else "FAILED")
     if not parity.passed:
         failures.append(f"{kind}: {parity.describe()}")
-    entry = ModelEntry(
+    facts = {**built.facts, "build_seconds": round(build_s, 1)}
+    if facts.get("timing_cache"):  # where the cache ends up, not the staging folder
+        facts["timing_cache"] = str(settings.outdir / TIMING_CACHE)
+    return ModelEntry(
         kind=kind,
         artifact=built.path.name,
         weights_sha256=info["weights_sha256"],
@@ -215,11 +343,9 @@ def _build_one(
         source=str(path),
         dim=dim,
         pad_id=tokenizer.pad_id,
-        tokenizer=_copy_tokenizer(kind, tokenizer, path, settings.outdir),
+        tokenizer=_copy_tokenizer(kind, tokenizer, path, folder),
         shapes=shapes.to_json(),
         files=[p.name for p in built.files if p != built.path],
         parity=parity.to_json(),
-        facts={**built.facts, "build_seconds": round(build_s, 1)},
-    )
-    entry.record_files(settings.outdir)
-    return entry, dim
+        facts=facts,
+    ), dim

@@ -10,6 +10,10 @@ names must be a plain name inside the folder (:mod:`virnucpro_trt.files.names`),
 artifacts, their external data, tokenizers, the classifier — must have the SHA-256 recorded beside it
 (:func:`verify_files`) before anything is loaded. Build-time stamps let an unchanged full-size set skip
 the re-hash (:mod:`virnucpro_trt.files.stamps`).
+
+The manifest is also what tells a later ``build`` into the same folder which files are its own
+(:func:`own_file_names`): the files its models name plus ``build.own_files`` (by-products such as the
+TensorRT timing cache, and an earlier build's files still in the folder).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 from virnucpro_trt import __version__
 from virnucpro_trt.errors import EngineMismatchError
 from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.digests import sha256_bytes, sha256_file
 from virnucpro_trt.files.names import UnsafeMemberName, check_member_name, member_path
 from virnucpro_trt.files.stamps import Stamp, file_stamp
@@ -36,6 +41,7 @@ SCHEMA = "virnucpro-trt/engine-manifest"
 SCHEMA_VERSION = 2
 MAX_MANIFEST_BYTES = 8 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+OWN_FILES_KEY = "own_files"  # in ``build``: further files of the folder that virnucpro-trt made
 
 
 @dataclass
@@ -206,6 +212,45 @@ class EngineManifest:
             schema_version=data["schema_version"],
             virnucpro_trt=str(data.get("virnucpro_trt", "?")),
         )
+
+
+def own_file_names(folder: Path) -> set[str]:
+    """The names ``folder/manifest.json`` records as files a virnucpro-trt build made there (empty set:
+    no manifest, or not one of ours). Read leniently — any schema version, unknown fields ignored —
+    because it only decides which files a rebuild may replace, never what is loaded; a symbolic link or
+    anything but a plain name counts as nothing.
+    """
+    path = folder / MANIFEST_NAME
+    if path.is_symlink() or not path.is_file():
+        return set()
+    try:
+        data = json.loads(read_bounded(path, MAX_MANIFEST_BYTES))
+    except (OSError, FileTooLarge, ValueError, RecursionError):
+        return set()
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        return set()
+    names: list[Any] = [MANIFEST_NAME]
+    models = data.get("models")
+    for entry in models.values() if isinstance(models, dict) else ():
+        if isinstance(entry, dict):
+            names += [entry.get("artifact"), entry.get("tokenizer")]
+            names += _listed(entry.get("files")) + _listed(entry.get("file_sha256"))
+    build = data.get("build")
+    names += _listed(build.get(OWN_FILES_KEY)) if isinstance(build, dict) else []
+    return {name for name in names if _plain_name(name)}
+
+
+def _listed(value: Any) -> list[Any]:
+    """The items of a JSON list, or the keys of a JSON object; nothing otherwise."""
+    return list(value) if isinstance(value, list | dict) else []
+
+
+def _plain_name(name: Any) -> bool:
+    try:
+        check_member_name(name, "")
+    except UnsafeMemberName:
+        return False
+    return True
 
 
 def now_iso() -> str:

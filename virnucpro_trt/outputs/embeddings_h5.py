@@ -4,6 +4,10 @@ Layout (documented in the README): ``ids`` (utf-8 strings [N]) and float32 matri
 attributes saying how they were pooled and by what. ``embed`` writes ``embeddings`` [N, D] (and a
 ``status`` per record); ``predict --save-embeddings`` writes ``dnabert`` [N, 768] and ``esm`` [N, 2560] per
 kept frame — the classifier's features, consolidated instead of upstream's per-split ``.pt`` files.
+
+A file read back (``merge`` reads the parts' files) is hostile input: HDF5 lets a dataset keep its bytes
+in other files (external raw storage, virtual datasets, soft and external links), so every dataset read
+goes through :func:`plain_dataset` first.
 """
 
 from __future__ import annotations
@@ -17,9 +21,51 @@ from typing import Any
 import h5py
 import numpy as np
 
+from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import remove_quietly, temporary_name
 
 _STR = h5py.string_dtype("utf-8")
+# Layouts whose bytes live in the file itself (a virtual dataset's layout is h5d.VIRTUAL).
+_INSIDE_LAYOUTS = (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED, h5py.h5d.COMPACT)
+
+
+class ForeignStorage(UserError):
+    """An HDF5 dataset that is not plain storage inside its own file (exit 2)."""
+
+
+def plain_dataset(handle: h5py.File, name: str, path: Path) -> h5py.Dataset:
+    """``handle[name]``, refused unless it is a dataset of this file whose bytes are stored in it.
+
+    The rule: a hard link in the root group to a dataset with contiguous, chunked or compact layout, no
+    external raw-data files, not virtual, and no filters (the tool never writes any). Why: reading a
+    soft/external link, a virtual dataset or external storage reads another file — any the user can
+    read — and the merge would copy its bytes into the results; a filter can make HDF5 load a plugin.
+    """
+    link = handle.get(name, getlink=True)
+    if link is None:
+        raise ForeignStorage(f"{path}: no dataset {name!r}")
+    if not isinstance(link, h5py.HardLink):
+        raise ForeignStorage(
+            f"{path}: {name!r} is an HDF5 {type(link).__name__} to data elsewhere, not a dataset of "
+            "the file (refused)"
+        )
+    dataset = handle[name]
+    if not isinstance(dataset, h5py.Dataset):
+        raise ForeignStorage(f"{path}: {name!r} is not a dataset")
+    plist = dataset.id.get_create_plist()
+    if (
+        dataset.is_virtual
+        or dataset.external
+        or plist.get_external_count()
+        or plist.get_layout() not in _INSIDE_LAYOUTS
+    ):
+        raise ForeignStorage(
+            f"{path}: dataset {name!r} keeps its data outside the file (HDF5 external storage or a "
+            "virtual dataset; refused)"
+        )
+    if plist.get_nfilters():
+        raise ForeignStorage(f"{path}: dataset {name!r} uses HDF5 filters, which virnucpro-trt never writes")
+    return dataset
 
 
 class _Appender:

@@ -13,7 +13,9 @@ file by the sequence of appends, so the same blocks give the same bytes.
 
 Part files are read as hostile: a header, a row shape or a sort order that is not what ``predict``
 writes stops the merge with :class:`PartFileError` (exit 2) naming the file, before anything is renamed
-into place.
+into place. An ``embeddings.h5`` dataset whose bytes are not stored in the file itself (HDF5 external
+storage, a virtual dataset, a soft or external link) is refused before any of it is read
+(:func:`~virnucpro_trt.outputs.embeddings_h5.plain_dataset`), and embedding widths are bounded.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ import h5py
 import numpy as np
 
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
+from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter, plain_dataset
 from virnucpro_trt.outputs.tables import SEQUENCE_COLUMNS
 
 _COPY_BUFFER = 1 << 20
 _KEPT_FRAMES = SEQUENCE_COLUMNS.index("kept_frames")
+_FRAME_DATASETS = ("ids", "dnabert", "esm")
+# Widest embedding accepted from a part (ESM-2 15B is 5120 wide): a block of rows is read at once.
+MAX_EMBEDDING_WIDTH = 1 << 14
 
 
 class PartFileError(UserError):
@@ -141,11 +146,17 @@ def embedding_attrs(path: Path) -> dict[str, str]:
     return attrs
 
 
+def _frame_datasets(handle: h5py.File, path: Path) -> tuple[Any, Any, Any]:
+    """``ids``, ``dnabert``, ``esm`` of an open part file, each stored inside the file (else refused)."""
+    ids, dnabert, esm = (plain_dataset(handle, name, path) for name in _FRAME_DATASETS)
+    return ids, dnabert, esm
+
+
 def embedding_dims(path: Path) -> tuple[int, int, int]:
     """``(frames, dnabert width, esm width)``, checking the datasets are what ``predict`` writes."""
     try:
         with h5py.File(path, "r") as handle:
-            ids, dnabert, esm = handle["ids"], handle["dnabert"], handle["esm"]
+            ids, dnabert, esm = _frame_datasets(handle, path)
             shapes = (ids.shape, dnabert.shape, esm.shape)
             dtypes_ok = dnabert.dtype == np.float32 and esm.dtype == np.float32
             ids_ok = h5py.check_string_dtype(ids.dtype) is not None
@@ -159,14 +170,16 @@ def embedding_dims(path: Path) -> tuple[int, int, int]:
         or not shapes[0][0] == shapes[1][0] == shapes[2][0]
     ):
         raise PartFileError(f"{path}: datasets ids/dnabert/esm are not one row per frame")
+    if not (0 < shapes[1][1] <= MAX_EMBEDDING_WIDTH and 0 < shapes[2][1] <= MAX_EMBEDDING_WIDTH):
+        raise PartFileError(f"{path}: embedding widths outside 1..{MAX_EMBEDDING_WIDTH}")
     return shapes[0][0], shapes[1][1], shapes[2][1]
 
 
 def append_embeddings(writer: FrameEmbeddingsWriter, path: Path, blocks: Iterable[int]) -> None:
     """Append a part's embeddings to ``writer`` in ``blocks`` of rows (one per shard), all of them."""
     with h5py.File(path, "r") as handle:
-        ids, dnabert, esm = handle["ids"].asstr(), handle["dnabert"], handle["esm"]
-        total = handle["ids"].shape[0]
+        raw_ids, dnabert, esm = _frame_datasets(handle, path)
+        ids, total = raw_ids.asstr(), raw_ids.shape[0]
         start = 0
         for size in blocks:
             if start + size > total:

@@ -8,7 +8,10 @@ merge stops (exit 2, one line naming the problem) before it writes anything. Wha
 * the settings fingerprint without the part-specific settings (input, part, ``--save-embeddings``:
   :func:`~virnucpro_trt.settings.settings_fingerprint` with ``across_parts``);
 * the virnucpro-trt version, backend, precision, engine directory, device type, the encoders'
-  ``weights_sha256`` and, when both parts carry it, ``model_identity``.
+  ``weights_sha256`` and, when both parts carry it, ``model_identity``;
+* every result file the merge reads is a regular file in its part folder with the size and SHA-256
+  the part's ``run.json`` records under ``outputs`` (:func:`verify_part_files`): a result edited after
+  ``predict`` is refused, naming the part and the file, instead of merged silently.
 
 The files are then written as ``predict`` writes them: ``.partial`` names renamed into place together
 at the end (:class:`~virnucpro_trt.outputs.atomic.ResultSet`), ``run.json`` last; ``embeddings.h5``
@@ -20,10 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
+import os
+import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,8 @@ from typing import Any
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
+from virnucpro_trt.files.json_fields import SHA256
+from virnucpro_trt.files.names import UnsafeMemberName, member_path
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -84,6 +92,18 @@ class PartResult:
     def has_embeddings(self) -> bool:
         return bool(self.run["settings"].get("save_embeddings")) and (self.folder / EMBEDDINGS_H5).is_file()
 
+    @property
+    def merged_files(self) -> list[str]:
+        """The part's files the merge reads."""
+        return [*FINAL_TEXT_FILES, *([EMBEDDINGS_H5] if self.has_embeddings else [])]
+
+    def shard_sizes(self) -> Iterator[int]:
+        """Records of each shard, lazily: a forged layout of 10^9 shards costs no memory, and the part's
+        sequences.tsv runs out of rows at its first missing one."""
+        for records, shards in self.part.layout:
+            for _ in range(shards):
+                yield records
+
 
 def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str, Any]:
     """Check the parts, write the merged result files into ``settings.outdir``; returns run.json."""
@@ -92,6 +112,8 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
     outdir = settings.outdir
     check_run_paths([], [outdir / RUN_JSON])  # not inside another run's working area
     parts = check_parts([read_part(folder) for folder in settings.parts])
+    for part in parts:
+        verify_part_files(part)
     existing = [
         name for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE) if (outdir / name).exists()
     ]
@@ -150,6 +172,52 @@ def read_part(folder: Path) -> PartResult:
         if not (folder / name).is_file():
             raise MergeRefused(f"{folder}: {name} is missing")
     return PartResult(folder, run, part)
+
+
+def verify_part_files(part: PartResult) -> None:
+    """Refuse a part whose result files are not the ones its ``predict`` wrote (run.json ``outputs``).
+
+    Each file the merge reads must be a regular file inside the part folder with the recorded size and
+    SHA-256. Why: run.json is the part's account of its results; a file edited, replaced or damaged
+    since would otherwise be merged silently into results that claim to be one run's.
+    """
+    outputs = part.run.get("outputs")
+    for name in part.merged_files:
+        entry = outputs.get(name) if isinstance(outputs, dict) else None
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("bytes"), int)
+            and isinstance(entry.get("sha256"), str)
+            and SHA256.fullmatch(entry["sha256"])
+        ):
+            raise MergeRefused(
+                f"{part.name}: its {RUN_JSON} records no size and SHA-256 for {name}; predict the part "
+                "again with this version"
+            )
+        try:
+            path = member_path(part.folder, name, str(part.folder))
+            size, digest = _size_and_sha256(path)
+        except (UnsafeMemberName, OSError) as exc:
+            raise MergeRefused(f"{part.name}: {name} cannot be checked: {exc}") from None
+        if size != entry["bytes"] or digest != entry["sha256"]:
+            raise MergeRefused(
+                f"{part.name}: {name} is not the file its predict wrote (size or SHA-256 differs from "
+                f"its {RUN_JSON}): it was changed or damaged since; predict the part again"
+            )
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    """Bytes and SHA-256 of a regular file, read from one descriptor (a FIFO or folder is refused, not
+    waited on)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        digest, size = hashlib.sha256(), 0
+        while block := handle.read(1 << 24):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
 
 
 def _check_shape(run: dict[str, Any]) -> None:
@@ -273,7 +341,7 @@ def _write_files(outdir: Path, parts: list[PartResult], embeddings: bool) -> Non
             )
             if writer is not None:
                 for part in parts:
-                    blocks = shard_frame_counts(part.folder / SEQUENCES_TSV, part.part.shard_sizes())
+                    blocks = shard_frame_counts(part.folder / SEQUENCES_TSV, part.shard_sizes())
                     append_embeddings(writer, part.folder / EMBEDDINGS_H5, blocks)
                 writer.commit()
             final.commit()

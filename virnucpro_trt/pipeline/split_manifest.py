@@ -9,7 +9,10 @@ changed file no longer matches its own id.
 SHA-256, runs that part with its layout (:func:`settings_for_input`). The file is read as hostile: at
 most :data:`MAX_SPLIT_JSON_BYTES`, every field type- and range-checked, the record ranges contiguous
 and the layouts adding up; anything else refuses the run (exit 2) rather than predicting the part with
-shards of its own, which ``merge`` would only refuse hours later.
+shards of its own, which ``merge`` would only refuse hours later. A part's records (and so its shards,
+each of at least one record) are bounded by what its bytes can hold (:func:`max_records`), checked
+against the part file itself before the layout is expanded: a few bytes of JSON must not make
+``predict`` allocate one entry per claimed shard.
 """
 
 from __future__ import annotations
@@ -35,10 +38,26 @@ SPLIT_SCHEMA = 1
 MAX_SPLIT_JSON_BYTES = 64 << 20
 PART_FILE = re.compile(r"part-(\d{4,9})\.fa(\.gz)?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# The smallest FASTA record is 2 bytes (">" and a line end), and deflate expands at most 1032-fold, so
+# a part file of N bytes holds at most N/2 records plain and 516*N gzip-compressed (split writes no other).
+_MIN_RECORD_BYTES = 2
+_GZIP_MAX_RATIO = 1032
+_GZIP_MAGIC = b"\x1f\x8b"
+_OTHER_COMPRESSION = (b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
 
 
 class SplitFileError(UserError):
     """``split.json`` is unreadable or inconsistent."""
+
+
+def max_records(size_bytes: int, gzip: bool) -> int:
+    """The most records a part file of ``size_bytes`` can hold (plain, or gzip-compressed).
+
+    Why: ``split.json`` is hostile input and predict expands a part's layout to one entry per shard, so a
+    claimed record count is only believed up to what the bytes it describes could ever contain.
+    """
+    decompressed = size_bytes * _GZIP_MAX_RATIO if gzip else size_bytes
+    return (decompressed + 1) // _MIN_RECORD_BYTES
 
 
 def part_label(index: int, parts: int) -> str:
@@ -204,6 +223,10 @@ def _parse(data: Any) -> SplitManifest:
             frames=_count(item, "frames"),
             layout=_layout(item.get("layout"), records),
         )
+        if records > max_records(entry.size_bytes, gzip=True):
+            raise ValueError(
+                f"part {number}: {records} records cannot fit in its {entry.size_bytes}-byte file"
+            )
         if entry.index != number or entry.first_record != next_record:
             raise ValueError(
                 f"part {number}: out of order (index {entry.index}, first record {entry.first_record})"
@@ -253,7 +276,33 @@ def find_part(path: Path, sha256: str) -> SplitPart | None:
             f"{path}: parts {', '.join(str(p.index) for p in chosen)} of {manifest_path} have its content; "
             "keep the part files under their own names"
         )
+    _check_part_holds(path, chosen[0], manifest_path)
     return manifest.split_part(chosen[0])
+
+
+def _check_part_holds(path: Path, entry: PartEntry, manifest_path: Path) -> None:
+    """Refuse a part whose listed size or record count its file cannot have (before any layout is used).
+
+    The SHA-256 already matched, so a size that differs, a compression split never writes, or more
+    records than the bytes can hold means the entry was forged: one line, exit 2, nothing allocated.
+    """
+    where = f"{manifest_path}: part {entry.index}"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise SplitFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if size != entry.size_bytes:
+        raise SplitFileError(f"{where} lists {entry.size_bytes} bytes, its file {path} has {size}")
+    if head.startswith(_OTHER_COMPRESSION):
+        raise SplitFileError(f"{where}: {path} is compressed in a way split never writes (refused)")
+    limit = max_records(size, gzip=head.startswith(_GZIP_MAGIC))
+    if entry.records > limit:
+        raise SplitFileError(
+            f"{where} lists {entry.records} records, more than its {size}-byte file can hold ({limit}): "
+            "split.json was forged or damaged (refused)"
+        )
 
 
 def settings_for_input(settings: PredictSettings, path: Path, sha256: str) -> PredictSettings:

@@ -1,0 +1,177 @@
+"""``build`` writes only files it makes, inside its folder (audit cases B1, B2, B3).
+
+* a symbolic link in the engine folder (``esm2.vocab.txt`` -> a file outside) is refused before
+  anything is written: its target is never touched, by ``build -o DIR`` or by ``predict --backend``
+  building into ``OUTDIR/engines``;
+* a user's files in the folder (``manifest.json``, ``classifier.safetensors``, anything else) are refused
+  in one line and kept; only an earlier build's files, recorded in its manifest, are replaced;
+* every file is made in a private staging folder and renamed into place: a finished build leaves no
+  staging folder, and a failed one leaves the earlier set as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.cli.helpers import run_cli
+from virnucpro_trt.engines.build import STAGING_PREFIX, check_engine_folder
+from virnucpro_trt.errors import UserError
+
+
+def _build(tiny_set, out: Path, *extra: str):
+    return run_cli(
+        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf),
+        "--classifier", str(tiny_set.classifier), "--backend", "onnxruntime", "--device", "cpu",
+        "--max-batch-tokens", "512", "--max-length", "256", "-o", str(out), *extra,
+    )  # fmt: skip
+
+
+def _one_error_line(result, *messages: str) -> None:
+    assert result.code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    for message in messages:
+        assert message in lines[0], lines
+
+
+def _manifest(folder: Path, **build) -> None:
+    """A manifest of this tool's schema naming a few files (what ``own_file_names`` reads)."""
+    models = {
+        "esm2": {"artifact": "esm2.cpu.fp32.onnx", "tokenizer": "esm2.vocab.txt", "files": []},
+        "classifier": {"artifact": "classifier.safetensors", "files": []},
+    }
+    body = {"schema": "virnucpro-trt/engine-manifest", "schema_version": 1, "models": models, "build": build}
+    (folder / "manifest.json").write_text(json.dumps(body))
+
+
+def test_links_are_refused_even_with_force(tmp_path):
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    (tmp_path / "victim.txt").write_text("victim")
+    (folder / "esm2.vocab.txt").symlink_to(tmp_path / "victim.txt")
+    for force in (False, True):
+        with pytest.raises(UserError, match=r"symbolic links \(esm2.vocab.txt\)"):
+            check_engine_folder(folder, force)
+
+
+def test_files_the_build_did_not_make_are_refused_unless_forced(tmp_path):
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"my": "own manifest"}')  # not ours: owns nothing
+    (folder / "classifier.safetensors").write_text("mine")
+    with pytest.raises(UserError, match=r"did not make \(classifier.safetensors, manifest.json\)"):
+        check_engine_folder(folder)
+    assert check_engine_folder(folder, force=True) == set()
+    (folder / "sub").mkdir()  # a folder is never taken over
+    with pytest.raises(UserError, match=r"did not make \(sub\)"):
+        check_engine_folder(folder, force=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is not a folder"):
+        check_engine_folder(tmp_path / "file")
+    assert check_engine_folder(tmp_path / "new") == set()
+
+
+def test_an_earlier_builds_files_are_its_own(tmp_path):
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    _manifest(folder, own_files=["tensorrt.timing-cache", "../escape"])
+    for name in ("esm2.cpu.fp32.onnx", "esm2.vocab.txt", "classifier.safetensors", "tensorrt.timing-cache"):
+        (folder / name).write_text("built")
+    (folder / "esm2.cpu.fp32.onnx.trt-cache").mkdir()  # ONNX Runtime's TensorRT cache beside it
+    (folder / f"{STAGING_PREFIX}x1y2z3").mkdir()  # an interrupted build's staging folder: left alone
+    own = check_engine_folder(folder)
+    assert own == {
+        "manifest.json", "esm2.cpu.fp32.onnx", "esm2.vocab.txt", "classifier.safetensors",
+        "tensorrt.timing-cache",
+    }  # fmt: skip
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"did not make \(notes.txt\)"):
+        check_engine_folder(folder)
+
+
+def test_build_never_writes_through_links(tiny_set, tmp_path):
+    """B1: the links' targets outside the folder keep their bytes; the build stops before writing."""
+    folder = tmp_path / "b1"
+    folder.mkdir()
+    (tmp_path / "victim_vocab.txt").write_text("victim vocab\n")
+    (tmp_path / "victim_tok.txt").write_text("victim tok\n")
+    (folder / "esm2.vocab.txt").symlink_to(tmp_path / "victim_vocab.txt")
+    (folder / "dnabert-s.tokenizer.json").symlink_to(tmp_path / "victim_tok.txt")
+    result = _build(tiny_set, folder)
+    _one_error_line(result, "symbolic links", "dnabert-s.tokenizer.json", "esm2.vocab.txt")
+    assert (tmp_path / "victim_vocab.txt").read_text() == "victim vocab\n"
+    assert (tmp_path / "victim_tok.txt").read_text() == "victim tok\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["dnabert-s.tokenizer.json", "esm2.vocab.txt"]
+
+
+def test_build_keeps_a_users_files(tiny_set, tmp_path):
+    """B2: a user's manifest.json and classifier.safetensors are neither replaced nor mixed with."""
+    folder = tmp_path / "b2"
+    folder.mkdir()
+    files = {
+        "manifest.json": '{"my": "own manifest"}\n',
+        "classifier.safetensors": "mine\n",
+        "notes.txt": "n",
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    _one_error_line(_build(tiny_set, folder), "did not make", "classifier.safetensors, manifest.json")
+    assert {p.name: p.read_text() for p in folder.iterdir()} == files
+
+
+def test_predict_never_writes_through_a_link_in_its_engine_cache(tiny_set, tmp_path):
+    """B3: predict --backend onnxruntime builds into OUTDIR/engines: refused before the build."""
+    fasta = tmp_path / "dna.fa"
+    fasta.write_text(">d1\nACGTACGTTAGCATCGATCGATCGTAGCTAGCTAGCATCGA\n")
+    out = tmp_path / "b3"
+    (out / "engines").mkdir(parents=True)
+    (tmp_path / "victim3.txt").write_text("victim3\n")
+    (out / "engines" / "esm2.vocab.txt").symlink_to(tmp_path / "victim3.txt")
+    result = run_cli(
+        "predict", str(fasta), "-o", str(out), "--dnabert", str(tiny_set.dnabert), "--esm",
+        str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier), "--backend", "onnxruntime",
+        "--device", "cpu", "--max-batch-tokens", "512",
+    )  # fmt: skip
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "symbolic links (esm2.vocab.txt)" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "victim3.txt").read_text() == "victim3\n"
+
+
+def test_a_rebuild_replaces_its_own_files_and_keeps_an_earlier_builds(tiny_set, tmp_path, monkeypatch):
+    """A finished build leaves exactly the manifest's files; a rebuild replaces them by rename (a hard
+    link to one keeps the old bytes), remembers an earlier build's file it did not replace, and a
+    failed rebuild leaves the finished set as it was."""
+    folder = tmp_path / "engines"
+    assert _build(tiny_set, folder).code == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    names = {n for m in manifest["models"].values() for n in m["file_sha256"]}
+    assert {p.name for p in folder.iterdir()} == names | {"manifest.json"}
+    assert manifest["build"]["own_files"] == []
+
+    vocab = (folder / "esm2.vocab.txt").read_bytes()
+    (folder / "esm2.vocab.txt").unlink()
+    (tmp_path / "kept.txt").write_text("not a vocabulary\n")  # the rebuild must not write into it
+    os.link(tmp_path / "kept.txt", folder / "esm2.vocab.txt")
+    (folder / "esm2.cpu.fp16.onnx").write_text("an earlier build's engine")
+    manifest["build"]["own_files"] = ["esm2.cpu.fp16.onnx"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = _build(tiny_set, folder)
+    assert result.code == 0, result.stderr
+    assert (tmp_path / "kept.txt").read_text() == "not a vocabulary\n"  # replaced, not written into
+    assert (folder / "esm2.vocab.txt").read_bytes() == vocab
+    rebuilt = json.loads((folder / "manifest.json").read_text())
+    assert rebuilt["build"]["own_files"] == ["esm2.cpu.fp16.onnx"]
+    assert not any(p.name.startswith(STAGING_PREFIX) for p in folder.iterdir())
+
+    import virnucpro_trt.engines.parity as parity
+
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # nothing computed differently can pass now
+    result = _build(tiny_set, folder)
+    assert result.code == 1 and "parity gate failed" in result.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
