@@ -1,8 +1,9 @@
 """Option groups shared by the commands, declared once; logging (-v/-q/--log-file) works before or after
 the command name.
 
-Only click and the torch-free tables (``settings``, ``models/kinds``) are imported here: ``cli/main.py``
-registers every command on each start-up, and ``virnucpro-trt --help`` must not pay for torch.
+Only click and the torch-free tables (``settings``, ``models/kinds``, ``errors``, ``files/names``) are
+imported here: ``cli/main.py`` registers every command on each start-up, and ``virnucpro-trt --help``
+must not pay for torch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 import click
 
+from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.models.kinds import MODELS
 from virnucpro_trt.settings import (
     CHUNK_LENGTHS,
@@ -102,9 +105,25 @@ def checkpoint_options(required: bool) -> Decorator:
     return decorate
 
 
+class OutputPath(click.Path):
+    """A path a command writes to (``-o``): refused in one line, exit 2, before anything runs, when it is
+    empty (``-o ""`` would quietly mean the current folder) or lies below a file (``-o notes.txt/out``
+    would fail later as a ``NotADirectoryError``)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value == "":
+            name = "/".join(param.opts) if param is not None and param.opts else "the output path"
+            if param is not None and param.param_type_name == "argument":
+                name = param.human_readable_name
+            raise UserError(f"{name}: an empty path; name the output (. for the current folder)")
+        converted = super().convert(value, param, ctx)
+        check_parent_folders(Path(converted))
+        return converted
+
+
 def outdir_option(help_text: str) -> Decorator:
     return click.option(
-        "-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path), help=help_text
+        "-o", "--outdir", required=True, type=OutputPath(file_okay=False, path_type=Path), help=help_text
     )
 
 

@@ -24,6 +24,7 @@ from virnucpro_trt.cli.command_options import (
     CLI_STATE,
     CONTEXT,
     DEFAULT_BUDGETS,
+    OutputPath,
     checkpoint_options,
     chunk_length_option,
     device_option,
@@ -183,7 +184,7 @@ def prepare(input_path: str, outdir: Path, chunk_length: str, force: bool) -> No
     "-o",
     "--output",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OutputPath(dir_okay=False, path_type=Path),
     help="HDF5 file with datasets ids (utf-8) and embeddings (float32 [N, D]).",
 )
 @click.option(
@@ -522,7 +523,7 @@ def env(as_json: bool) -> None:
 
 @cli.command("convert-classifier", context_settings=_CONTEXT)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output", type=OutputPath(dir_okay=False, path_type=Path))
 @replace_option
 @logging_options
 def convert_classifier(checkpoint: Path, output: Path, force: bool) -> None:
@@ -573,6 +574,11 @@ def main(argv: list[str] | None = None) -> None:
         _report(f"error: {line}", exc, unexpected=known is None)
     except Exception as exc:  # unexpected: one line, the traceback in the log file / with -vv
         _report(f"error: unexpected failure: {type(exc).__name__}: {exc}", exc, unexpected=True)
+        code = EXIT_FAILURE
+    except BaseException as exc:  # a Rust panic (pyo3's PanicException) is no Exception: still one line
+        if type(exc).__name__ != "PanicException":
+            raise
+        _report(f"error: unexpected failure: a library panicked: {exc}", exc, unexpected=True)
         code = EXIT_FAILURE
     sys.exit(code if isinstance(code, int) else 0)
 

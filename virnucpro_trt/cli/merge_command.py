@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from virnucpro_trt.cli.command_options import CONTEXT, logging_options
+from virnucpro_trt.cli.command_options import CONTEXT, OutputPath, logging_options
 from virnucpro_trt.settings import MergeSettings
 
 log = logging.getLogger("virnucpro_trt")
@@ -23,7 +23,7 @@ log = logging.getLogger("virnucpro_trt")
     type=click.Path(file_okay=False, path_type=Path),
 )  # fmt: skip
 @click.option(
-    "-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    "-o", "--outdir", required=True, type=OutputPath(file_okay=False, path_type=Path),
     help="Folder for the merged result files (must not hold results yet).",
 )  # fmt: skip
 @logging_options

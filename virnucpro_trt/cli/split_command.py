@@ -12,6 +12,7 @@ import click
 
 from virnucpro_trt.cli.command_options import (
     CONTEXT,
+    OutputPath,
     chunk_length_option,
     logging_options,
     shard_records_option,
@@ -24,7 +25,7 @@ log = logging.getLogger("virnucpro_trt")
 @click.command("split", context_settings=CONTEXT)
 @click.argument("input_path", metavar="INPUT")
 @click.option(
-    "-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    "-o", "--outdir", required=True, type=OutputPath(file_okay=False, path_type=Path),
     help="Empty folder for the part files and split.json.",
 )  # fmt: skip
 @click.option("--parts", type=click.IntRange(min=1), default=None, help="Exactly N parts.")

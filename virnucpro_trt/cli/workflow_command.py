@@ -10,14 +10,14 @@ from pathlib import Path
 
 import click
 
-from virnucpro_trt.cli.command_options import CONTEXT, logging_options
+from virnucpro_trt.cli.command_options import CONTEXT, OutputPath, logging_options
 
 log = logging.getLogger("virnucpro_trt")
 
 
 @click.command("workflow", context_settings=CONTEXT)
 @click.option(
-    "-o", "--outdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    "-o", "--outdir", required=True, type=OutputPath(file_okay=False, path_type=Path),
     help="Folder for Snakefile, config.yaml and profiles/slurm/config.yaml.",
 )  # fmt: skip
 @click.option(

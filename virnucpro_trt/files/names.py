@@ -54,3 +54,19 @@ def same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return a.resolve() == b.resolve()
+
+
+def check_parent_folders(path: Path) -> None:
+    """Refuse (exit 2) an output path that cannot be created because one of the folders above it is a
+    file (``-o notes.txt/out``): said in one line now, rather than as a ``NotADirectoryError`` later.
+
+    Only the first existing ancestor is looked at; missing folders are made by the command.
+    """
+    for folder in Path(path).parents:
+        if folder.is_dir():
+            return
+        if os.path.lexists(folder):
+            kind = "a dangling symbolic link" if folder.is_symlink() else "a file, not a folder"
+            raise UserError(
+                f"{folder} is {kind}, so {path} cannot be made below it; choose another output location"
+            )

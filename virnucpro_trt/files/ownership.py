@@ -63,6 +63,8 @@ def changed_since(folder: Path, name: str, entry: object) -> str | None:
     if not isinstance(entry, dict) or path.is_symlink() or not path.is_file():
         return changed
     stamp = entry.get("stamp")
+    if not (isinstance(stamp, list) and all(isinstance(v, int) for v in stamp)):
+        stamp = None  # a record is read as hostile: a malformed stamp only means "hash the file"
     if path.stat().st_size != entry.get("bytes") or not digest_holds(path, entry.get("sha256"), stamp):
         return changed
     return None

@@ -2,7 +2,9 @@
 
 ``run.json`` records ``demo_random_weights``, but people open ``sequences.tsv`` and see "virus"; a file
 named for what it says sits next to it in the folder listing. ``predict`` writes it only for a demo
-run and removes a stale one (it is one of the names a run writes, so an input there is refused).
+run and removes a stale one (it is one of the names a run writes, so an input there is refused) — only
+one a run wrote: a file of that name that no run.json accounts for is refused unless ``--force``, like
+any other result name.
 """
 
 from __future__ import annotations

@@ -8,20 +8,24 @@ one line naming the record, before any model is loaded and before any result fil
 from __future__ import annotations
 
 import logging
-import os
+import secrets
 import shutil
-import tempfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from virnucpro_trt.files.atomic import remove_quietly
 from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.exclusive import create_new
 from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file, is_stream
 from virnucpro_trt.runtime.shards import ShardSplitter
 from virnucpro_trt.sequences.prepare import prepare_blocks
-from virnucpro_trt.sequences.reader import read_records, refuse_nucleotide_like, spool_stdin
+from virnucpro_trt.sequences.reader import read_records, refuse_nucleotide_like
 
 log = logging.getLogger(__name__)
+
+_COPY_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -40,29 +44,35 @@ class InputSummary:
 
 
 def materialise(input_spec: str, spool: Path) -> tuple[Path, str]:
-    """Return a re-readable path for ``input_spec``: stdin or a pipe is copied to ``spool`` (removed
-    again if the copy fails; when it is returned, the caller removes it when done)."""
+    """Return a re-readable path for ``input_spec``: stdin or a pipe is copied to ``spool``.
+
+    The copy is a new file (:func:`~virnucpro_trt.files.exclusive.create_new`): a file or a symbolic
+    link already at ``spool`` is refused in one line, never written through, overwritten or removed.
+    A failed copy removes the file it created; when it is returned, the caller removes it when done.
+    """
     check_input_file(input_spec)
     if not is_stream(input_spec):
         return Path(input_spec), input_spec
     spool.parent.mkdir(parents=True, exist_ok=True)
+    out = create_new(spool)  # from here on, the file at ``spool`` is this run's
     try:
-        if input_spec == STDIN:
-            return spool_stdin(spool), "<stdin>"
-        with open(input_spec, "rb") as pipe, open(spool, "wb") as out:
-            shutil.copyfileobj(pipe, out, 1 << 20)
-        return spool, input_spec
+        with out:
+            if input_spec == STDIN:
+                shutil.copyfileobj(sys.stdin.buffer, out, _COPY_BLOCK)
+            else:
+                with open(input_spec, "rb") as pipe:
+                    shutil.copyfileobj(pipe, out, _COPY_BLOCK)
     except BaseException:
-        spool.unlink(missing_ok=True)
+        remove_quietly(spool)
         raise
+    return spool, "<stdin>" if input_spec == STDIN else input_spec
 
 
 def private_spool(folder: Path) -> Path:
-    """A fresh, unique file in ``folder`` for :func:`materialise` (commands that take no lock)."""
+    """A fresh name in ``folder`` for :func:`materialise` (commands that take no lock), not yet created:
+    ``materialise`` creates it exclusively, so a clash is refused rather than written over."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".stdin-", suffix=".input", dir=folder)
-    os.close(fd)
-    return Path(name)
+    return folder / f".stdin-{secrets.token_hex(8)}.input"
 
 
 def validate_input(

@@ -6,16 +6,19 @@ file:
 1. resolve the three models and the worker slots, check where the run reads and writes
    (``run_paths.py``), read the classifier and check an engine directory that needs no build — a
    missing or bad model, GPU or path fails before OUTDIR exists;
-2. hash the input and look at ``OUTDIR/.work``: resume it, or refuse work of another input/settings
-   (or a ``.work`` holding files the tool did not write);
+2. hash the input (stdin is first copied to a file the run creates new, never over another) and look
+   at OUTDIR: files at the result names must be this run's finished results, or the tool's results
+   that ``.work``'s state notes (a run killed between its merge and run.json); anything else is
+   refused unless ``--force``. Then ``.work``: resume it, or refuse work of another input/settings (or a
+   ``.work`` holding files the tool did not write, FIFOs included);
 3. validate the whole input in one pass that also writes it as shard files (a bad record fails with one
    line, no file written);
 4. build the engine directory if it needs it (once), identify every model by content and refuse
    finished shards computed with other weights, then run the shards on one worker per device
    (``runtime/coordinator.py``); finished shards of an earlier attempt are skipped;
 5. merge the per-shard results in input order into the final files (each renamed into place only when
-   all are complete), write run.json, and remove what the run wrote in ``.work`` (unless
-   ``--keep-work``).
+   all are complete), note them in ``.work``'s state, write run.json, and remove what the run wrote in
+   ``.work`` (unless ``--keep-work``).
 
 A failure before any shard finished removes everything the run created; a later one (or an interrupt)
 keeps ``.work`` for the rerun that resumes it.
@@ -28,6 +31,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -39,7 +43,9 @@ from virnucpro_trt import __version__
 from virnucpro_trt.engines.manifest import EngineManifest
 from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
+from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import changed_since, output_entry
 from virnucpro_trt.models.checkpoints import check_encoder_tokenizer
 from virnucpro_trt.models.classifier import load_classifier_weights
@@ -148,6 +154,7 @@ def run_predict(
     )
     if settings.classifier:
         _warn_chunk_length_mismatch(Path(settings.classifier), settings.chunk_length)
+    check_parent_folders(outdir)
     check_input_file(settings.input)
     check_run_paths(
         [settings.input, *(s for s in ctx.specs.values() if s)],
@@ -160,8 +167,10 @@ def run_predict(
     created_outdir = not outdir.exists()
     work_existed = (outdir / WORK_DIR).exists()
     try:
-        with outdir_lock(outdir):
-            path, display = materialise(settings.input, outdir / STDIN_SPOOL)
+        with outdir_lock(outdir) as lock:
+            path, display = materialise(settings.input, outdir / STDIN_SPOOL)  # never over another file
+            if lock is not None and path == outdir / STDIN_SPOOL:
+                lock.note(path)  # a rerun after a SIGKILL removes it (and only it)
             try:
                 with sigterm_as_interrupt():
                     try:
@@ -273,6 +282,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
         for name in (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE)
         if (outdir / name).is_file()
     }
+    work.record_outputs(summary_json["outputs"])  # ours, should the run die before run.json is written
     write_text_atomic(outdir / RUN_JSON, json.dumps(summary_json, indent=2) + "\n")
     if settings.run.keep_work:
         log.info("kept the work folder %s (--keep-work)", work.root)
@@ -286,24 +296,28 @@ def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> dict[str, Any
 
     "This very run": same input (SHA-256), same settings fingerprint, same model identity, and result
     files that still have the sizes and SHA-256 its run.json recorded. Then nothing is recomputed or
-    touched. Results of another run (or result files no run.json accounts for) are refused, exit 2,
-    unless ``--force``, which replaces them.
+    touched. Results of another run, this run's results changed since, or result files no run.json
+    accounts for are refused, exit 2, unless ``--force``, which replaces them.
     """
     settings = ctx.settings
     outdir = settings.outdir
     previous = read_run_json(outdir / RUN_JSON)
     if previous is None:
-        stray = [n for n in (*FINAL_TEXT_FILES, EMBEDDINGS_H5) if (outdir / n).exists()]
-        if stray and not work.root.exists() and not settings.run.force:
-            raise UserError(
-                f"{outdir} holds result files no finished run accounts for ({', '.join(stray)}); move them "
-                "away, choose another OUTDIR, or add --force to replace them"
-            )
+        _check_stray_results(outdir, work, settings.run.force)
         return None
     why = _difference(ctx, previous, sha256, work)
     if why is None:
-        log.info("%s already holds the results of this exact run (%s): nothing to do", outdir, RUN_JSON)
-        return {**previous, "reused": True}
+        changed = _changed_output(outdir, previous["outputs"])
+        if changed is None:
+            log.info("%s already holds the results of this exact run (%s): nothing to do", outdir, RUN_JSON)
+            return {**previous, "reused": True}
+        if settings.run.force:
+            log.warning("--force: making the results in %s again (%s)", outdir, changed)
+            return None
+        raise UserError(
+            f"{outdir} holds this same run's results, but {changed} since the run finished; add --force to "
+            "make the results again"
+        )
     if settings.run.force:
         log.warning("--force: replacing the results in %s (%s)", outdir, why)
         return None
@@ -313,8 +327,46 @@ def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> dict[str, Any
     )
 
 
+def _check_stray_results(outdir: Path, work: WorkDir, force: bool) -> None:
+    """Refuse (exit 2) files at the run's output names that no run.json accounts for, unless ``force``.
+
+    A run removes every one of those names before it writes its own, so each must be the tool's: listed
+    unchanged in ``.work``'s state (a run killed after its merge, before run.json wrote them). A user's
+    file, a link (a dangling one too) or anything else is refused — whether or not ``.work`` exists — and
+    a folder is refused even with ``force``: no run removes folders.
+    """
+    names = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE, RUN_JSON)
+    present = [name for name in names if os.path.lexists(outdir / name)]
+    for name in present:
+        path = outdir / name
+        if path.is_dir() and not path.is_symlink():
+            raise UserError(f"{path} is a folder; move it away or choose another OUTDIR")
+    recorded = work.recorded_outputs() if present else {}
+    stray = [n for n in present if n not in recorded or changed_since(outdir, n, recorded[n]) is not None]
+    if not stray:
+        return
+    listed = ", ".join(stray)
+    if force:
+        log.warning("--force: replacing %s in %s (no finished run accounts for them)", listed, outdir)
+        return
+    raise UserError(
+        f"{outdir} holds result files no finished run accounts for ({listed}); move them away, choose "
+        "another OUTDIR, or add --force to replace them"
+    )
+
+
+def _changed_output(outdir: Path, outputs: dict[str, Any]) -> str | None:
+    """Which result file of a finished run was removed or changed since it wrote it, or None."""
+    for name, entry in outputs.items():
+        if changed_since(outdir, name, entry) is not None:
+            gone = not os.path.lexists(outdir / name)
+            return f"its own {name} was {'removed' if gone else 'changed'}"
+    return None
+
+
 def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: WorkDir) -> str | None:
-    """Why ``previous`` (a run.json) is not this run, or None when it is."""
+    """Why ``previous`` (a run.json) is not a record of this run, or None when it is (its result files
+    are compared afterwards: :func:`_changed_output`)."""
     if previous.get("status") != "complete":
         return "it did not finish"
     if (previous.get("input") or {}).get("sha256") != sha256:
@@ -332,21 +384,17 @@ def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: W
     for name, entry in outputs.items():
         if name not in _OUTPUT_NAMES or not isinstance(entry, dict):
             return f"it lists an unexpected file {name!r}"
-        changed = changed_since(ctx.settings.outdir, name, entry)
-        if changed is not None:
-            return changed
     return None
 
 
 def read_run_json(path: Path) -> dict[str, Any] | None:
-    """A run.json, or None when there is none; a damaged or foreign one is treated as another run's."""
-    if not path.is_file():
+    """A run.json, or None when there is no regular file there; a damaged or foreign one is treated as
+    another run's. (A link, FIFO or folder there counts as none: the stray-file check then refuses it.)"""
+    if path.is_symlink() or not path.is_file():
         return None
     try:
-        if path.stat().st_size > MAX_RUN_JSON_BYTES:
-            return {"status": "unreadable"}
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_bounded(path, MAX_RUN_JSON_BYTES))
+    except (OSError, ValueError):  # FileTooLarge and a FIFO swapped in included
         return {"status": "unreadable"}
     return data if isinstance(data, dict) else {"status": "unreadable"}
 

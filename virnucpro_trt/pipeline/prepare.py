@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
 from virnucpro_trt.pipeline.inputs import materialise, private_spool, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths, is_stream
@@ -19,6 +20,7 @@ from virnucpro_trt.sequences.reader import read_records
 def run_prepare(input_spec: str, outdir: Path, chunk_length: int, force: bool = False) -> dict[str, int]:
     """Validate the whole input, then write both files (each appears only when complete)."""
     targets = [outdir / NUCLEOTIDE_FILE, outdir / PROTEIN_FILE]
+    check_parent_folders(outdir)
     check_input_file(input_spec)
     check_run_paths([input_spec], [*targets, record_path(outdir)])
     check_replaceable(targets, force)

@@ -22,23 +22,29 @@ silently thrown away — unless ``--force``, or unless not a single shard of it 
 is nothing to lose and it is discarded with a log line). A ``.work`` holding files the tool does not know
 is refused: they may be someone's, and a clean-up that removes only what it knows must not pretend to
 own them. Two runs on one output folder at the same time are refused too (:func:`outdir_lock`: an
-advisory ``flock`` the kernel releases even after SIGKILL).
+advisory ``flock`` the kernel releases even after SIGKILL). The lock file is never followed through a
+symbolic link, and a file at its name that the tool did not make is refused, never written or removed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import re
+import stat
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_bytes_atomic
+from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.json_fields import FieldError
-from virnucpro_trt.files.stamps import digest_holds
+from virnucpro_trt.files.names import check_member_name
+from virnucpro_trt.files.stamps import digest_holds, file_stamp
 from virnucpro_trt.runtime.shard_marker import MARKER_SUFFIX, RESULT_SUFFIXES, ShardMarker, marker_path
 from virnucpro_trt.runtime.shards import ShardSpec, read_shard_index
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
@@ -47,6 +53,10 @@ log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
 LOCK_FILE = ".work.lock"
+LOCK_TEXT = "virnucpro-trt run lock: removed when the run ends\n"
+_MAX_LOCK_BYTES = 1 << 16
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
 STATE_SCHEMA = 2
 MAX_STATE_BYTES = 16 << 20
 
@@ -69,28 +79,120 @@ WORK_NAMES: dict[str, tuple[re.Pattern[str], tuple[str, ...]]] = {
 }
 
 
+class OutdirLock:
+    """The held lock of one output folder (``OUTDIR/.work.lock``), which is also the run's note of the
+    files it keeps in OUTDIR only while it runs (the stdin copy).
+
+    The lock file holds :data:`LOCK_TEXT`, then one JSON line per such file with its stamp. A run killed
+    by SIGKILL leaves both behind; the next run on the folder takes the lock over (its text says the
+    tool wrote it) and removes each noted file that still carries its stamp — what the killed run made,
+    unchanged since — and nothing else.
+    """
+
+    def __init__(self, outdir: Path, fd: int) -> None:
+        self.outdir = outdir
+        self.path = outdir / LOCK_FILE
+        self._fd = fd
+        self._noted: list[dict[str, Any]] = []
+
+    def note(self, path: Path) -> None:
+        """Note ``path`` (a file just made in OUTDIR, removed by this run when done) in the lock file."""
+        self._noted.append({"file": path.name, "stamp": file_stamp(path)})
+        self.rewrite()
+
+    def rewrite(self) -> None:
+        """Write the lock file anew: :data:`LOCK_TEXT` and this run's notes (a killed run's are gone)."""
+        body = LOCK_TEXT + "".join(json.dumps(entry) + "\n" for entry in self._noted)
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, body.encode("utf-8"), 0)
+
+    def remove_left_behind(self, content: bytes) -> None:
+        """Remove the files a killed run noted in ``content`` (its lock file) that still carry their
+        stamps: they are that run's, unchanged since."""
+        for line in content.decode("utf-8", "replace").splitlines()[1:]:
+            try:
+                entry = json.loads(line)
+                path = self.outdir / check_member_name(entry["file"], "lock file entry")
+                stamp = entry["stamp"]
+            except (ValueError, KeyError, TypeError, UserError):
+                continue
+            if path.is_symlink() or not path.is_file():
+                continue
+            with contextlib.suppress(OSError):
+                if file_stamp(path) == stamp:
+                    log.info("removing %s, left by an interrupted run", path)
+                    path.unlink()
+
+    def still_ours(self) -> bool:
+        """True while ``OUTDIR/.work.lock`` is the very file this lock holds (not replaced since)."""
+        try:
+            here, held = os.lstat(self.path), os.fstat(self._fd)
+        except OSError:
+            return False
+        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _open_lock_file(path: Path) -> int:
+    """A read-write descriptor of the lock file, created when missing; a symbolic link, a folder or any
+    other non-regular file (or a hard link to another file) at its name is refused in one line."""
+    refused = f"{path} is not a lock file virnucpro-trt made"
+    advice = "move it away or choose another OUTDIR"
+    if path.is_symlink():
+        raise UserError(f"{path} is a symbolic link, not a lock file virnucpro-trt made; {advice}")
+    if os.path.lexists(path) and not path.is_file():
+        raise UserError(f"{refused} (not a regular file); {advice}")
+    try:
+        fd = os.open(path, _LOCK_FLAGS, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise UserError(f"{refused} (not a regular file); {advice}") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise UserError(f"{refused} (not a regular file of its own); {advice}")
+    return fd
+
+
 @contextlib.contextmanager
-def outdir_lock(outdir: Path) -> Iterator[None]:
-    """Hold ``OUTDIR/.work.lock`` for the run; another run on the same folder fails at once (exit 2)."""
+def outdir_lock(outdir: Path) -> Iterator[OutdirLock | None]:
+    """Hold ``OUTDIR/.work.lock`` for the run; another run on the same folder fails at once (exit 2).
+
+    The lock file is opened without following a symbolic link, and only a file that is empty or holds
+    :data:`LOCK_TEXT` (one the tool made, left by a killed run) is taken over; a user's file at that name
+    is refused, never written to or removed. At the end the file is removed if it is still the one held.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no protection, as before
-        yield
+        yield None
         return
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / LOCK_FILE
-    handle = open(path, "a+")  # noqa: SIM115 - held for the whole run
+    fd = _open_lock_file(path)
     try:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"{outdir} is being written by another virnucpro-trt run; wait for it") from None
+        content = os.pread(fd, _MAX_LOCK_BYTES + 1, 0)
+        if content and not content.startswith(LOCK_TEXT.encode()):
+            raise UserError(
+                f"{path} is not a lock file virnucpro-trt made (it holds something else); move it away or "
+                "choose another OUTDIR"
+            )
+        lock = OutdirLock(outdir, fd)
+        if not lock.still_ours():  # removed by a run that ended while this one opened it: another run's now
+            raise UserError(f"{outdir} is being written by another virnucpro-trt run; wait for it")
+        lock.remove_left_behind(content)
+        lock.rewrite()
         try:
-            yield
+            yield lock
         finally:
-            path.unlink(missing_ok=True)  # before unlocking: a waiting run then finds no stale file
+            if lock.still_ours():  # before unlocking: a waiting run then finds no stale file
+                path.unlink(missing_ok=True)
     finally:
-        handle.close()
+        os.close(fd)
 
 
 def inside_work_area(path: Path) -> Path | None:
@@ -136,6 +238,8 @@ class WorkDir:
                 elif entry.is_dir():
                     if not (sub == "" and entry.name in folders):
                         foreign.append(name + "/")
+                elif not entry.is_file():  # a FIFO, socket or device: never a file the tool wrote
+                    foreign.append(f"{name} [not a regular file]")
                 elif not files.fullmatch(entry.name):
                     foreign.append(name)
         return foreign
@@ -244,6 +348,25 @@ class WorkDir:
         state["weights"] = weights
         self._write_json(self.state_path, state)
 
+    def record_outputs(self, outputs: dict[str, Any]) -> None:
+        """Note in the state the result files just written in OUTDIR (``{name: {bytes, sha256}}``).
+
+        Until run.json is written, this is what says they are the tool's: a run killed in between leaves
+        them with no run.json, and its rerun may replace them only because they are noted here unchanged.
+        """
+        state = self._read_json(self.state_path)
+        if state is not None:
+            state["outputs"] = outputs
+            self._write_json(self.state_path, state)
+
+    def recorded_outputs(self) -> dict[str, Any]:
+        """The result files an earlier attempt noted (:meth:`record_outputs`); none when ``.work`` or its
+        state is a link, or the state is missing or damaged."""
+        if self.root.is_symlink() or self.state_path.is_symlink():
+            return {}
+        outputs = (self._read_json(self.state_path) or {}).get("outputs")
+        return outputs if isinstance(outputs, dict) else {}
+
     def finished_count(self) -> int:
         return len(list(self.results.glob(f"*{MARKER_SUFFIX}"))) if self.results.is_dir() else 0
 
@@ -328,10 +451,10 @@ class WorkDir:
 
     @staticmethod
     def _read_json(path: Path) -> dict[str, Any] | None:
+        """The JSON object in ``path``; None when it is missing, not a regular file (a FIFO there would
+        block the run forever), larger than :data:`MAX_STATE_BYTES` or not a JSON object."""
         try:
-            if path.stat().st_size > MAX_STATE_BYTES:
-                return None
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = json.loads(read_bounded(path, MAX_STATE_BYTES))
+        except (OSError, ValueError):  # FileTooLarge is a ValueError
             return None
         return data if isinstance(data, dict) else None

@@ -46,6 +46,7 @@ import numpy as np
 
 from virnucpro_trt.errors import InputFormatError
 from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.json_fields import SHA256
 from virnucpro_trt.files.stamps import digest_holds, file_stamp
@@ -59,6 +60,7 @@ MAX_SHARD_RECORDS = 16384
 MAX_SHARD_BASES = 32_000_000
 _WRITE_BUFFER = 1 << 20
 _SHARD_NAME = re.compile(r"shard-\d{6}\.fa")
+MAX_INDEX_BYTES = 256 << 20  # ~1 million shards' entries: far beyond any input
 INDEX_SCHEMA = 3  # 2: each shard's SHA-256; 3: and its stamp (an older index is stale: sharded again)
 
 log = logging.getLogger(__name__)
@@ -319,7 +321,8 @@ def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | N
     a size check alone let a same-size edit through.
     """
     try:
-        data = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+        # a regular file only (a FIFO there would block the run forever), of a bounded size
+        data = json.loads(read_bounded(folder / "index.json", MAX_INDEX_BYTES))
         if data.get("schema") != INDEX_SCHEMA:
             return None
         shards = [ShardSpec.from_json(item) for item in data["shards"]]

@@ -10,14 +10,18 @@ and generated reads, so the workflow runs end to end on any machine without down
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.exclusive import write_new_text
+from virnucpro_trt.files.names import check_parent_folders
 
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "profiles/slurm/config.yaml")
 _SOURCE = Path(__file__).parent
 DEMO_READS = 600
+DEMO_READS_FILE = "demo/reads.fa"
 # 3 shards of the demo's reads (256, 256, 88), one per part of its 3-part split; predict's default rule
 # would make them one shard (at least 4,096 records: runtime/shards.py), so one part and two empty ones.
 DEMO_SHARD_RECORDS = 256
@@ -25,32 +29,54 @@ DEMO_SEED = 2027
 
 
 def write_workflow(folder: Path, demo: bool = False) -> list[Path]:
-    """Copy the workflow files into ``folder`` (never over existing files); returns what was written."""
+    """Copy the workflow files into ``folder`` (never over existing files); returns what was written.
+
+    Each file is created new (``O_EXCL | O_NOFOLLOW``: ``files/exclusive.py``), so a file or a symbolic
+    link at one of the names — a dangling link included — is refused in one line, never written through.
+    A link in place of one of the subfolders it writes into (``profiles``, ``demo``) is refused too.
+    """
+    check_parent_folders(folder)
     targets = [folder / name for name in WORKFLOW_FILES]
     if demo:
-        targets.append(folder / "demo" / "reads.fa")
-    existing = [str(path) for path in targets if path.exists()]
-    if existing:
-        raise UserError(f"{existing[0]} exists; write the workflow into another folder (or remove it)")
+        targets.append(folder / DEMO_READS_FILE)
+    _check_free(folder, targets)
     texts = {name: (_SOURCE / name).read_text(encoding="utf-8") for name in WORKFLOW_FILES}
     if demo:
-        texts["config.yaml"] = _demo_config(texts["config.yaml"], folder.resolve())
+        texts["config.yaml"] = _demo_config(texts["config.yaml"], folder.resolve(), folder / DEMO_READS_FILE)
     for name, text in texts.items():
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        write_new_text(path, text)
     return targets
 
 
-def _demo_config(template: str, folder: Path) -> str:
-    """config.yaml with the demo models, generated reads and a result folder beside the workflow."""
+def _check_free(folder: Path, targets: list[Path]) -> None:
+    """Refuse (exit 2) a target name that is taken (by anything, links included), and a subfolder of
+    ``folder`` on the way to one that is a symbolic link or not a folder."""
+    for path in targets:
+        if os.path.lexists(path):
+            what = "exists" if not path.is_symlink() else "exists (a symbolic link)"
+            raise UserError(f"{path} {what}; write the workflow into another folder (or remove it)")
+        for sub in path.relative_to(folder).parents:
+            step = folder / sub
+            if step != folder and os.path.lexists(step) and (step.is_symlink() or not step.is_dir()):
+                raise UserError(
+                    f"{step} is {'a symbolic link' if step.is_symlink() else 'not a folder'}; write the "
+                    "workflow into another folder (or remove it)"
+                )
+
+
+def _demo_config(template: str, folder: Path, reads_path: Path) -> str:
+    """config.yaml with the demo models, generated reads (written new at ``reads_path``) and a result
+    folder beside the workflow."""
     from virnucpro_trt.demo import demo_inputs
-    from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta
+    from virnucpro_trt.sequences.synthetic import generate_reads
 
     models = demo_inputs()
-    reads = folder / "demo" / "reads.fa"
-    reads.parent.mkdir(parents=True, exist_ok=True)
-    write_fasta(generate_reads(DEMO_READS, 500, seed=DEMO_SEED, coding_fraction=0.6, prefix="demo"), reads)
+    reads = folder / DEMO_READS_FILE
+    reads_path.parent.mkdir(parents=True, exist_ok=True)
+    generated = generate_reads(DEMO_READS, 500, seed=DEMO_SEED, coding_fraction=0.6, prefix="demo")
+    write_new_text(reads_path, "".join(f">{rid}\n{seq}\n" for rid, seq in generated))  # 2-line FASTA
     values = {
         "input": str(reads),
         "outdir": str(folder / "demo-out"),

@@ -1,0 +1,352 @@
+"""A run writes only files it creates and removes only files it made: planted links, a user's files at the
+names a run uses, FIFOs in its working area and impossible output paths are each refused in one line
+(exit 2) and left as they were. Each test is the audit's case, done for real on the tiny models."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli.helpers import run_cli
+from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.bounded_read import NotARegularFile, read_bounded
+from virnucpro_trt.pipeline.inputs import materialise, private_spool
+from virnucpro_trt.runtime.resume import LOCK_FILE, LOCK_TEXT, WorkDir, outdir_lock
+from virnucpro_trt.runtime.shards import read_shard_index
+
+RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "sequences.tsv", "frames.tsv")
+
+
+def _predict(tiny_set, reads: Path | str, out: Path, *extra: str):
+    return run_cli(
+        "predict", str(reads), "-o", str(out), "--dnabert", str(tiny_set.dnabert),
+        "--esm", str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier), "--device", "cpu",
+        "--threads", "1", *extra,
+    )  # fmt: skip
+
+
+def _errors(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def _refused(result, *words: str) -> str:
+    """The one error line of a run refused with exit 2, holding every one of ``words``."""
+    errors = _errors(result)
+    assert result.code == 2 and len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture
+def stdin_reads(reads_fasta, monkeypatch):
+    """``predict -`` in this process: stdin holds the reads."""
+    data = reads_fasta.read_bytes()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    return data
+
+
+class _Unblocker:
+    """Opens a FIFO's write end after ``delay`` seconds, so a reader stuck on it (the bug) wakes up and
+    the test fails instead of hanging; ``needed`` says whether it had to."""
+
+    def __init__(self, fifo: Path, delay: float = 15.0) -> None:
+        self.fifo, self.delay, self.needed, self._stop = fifo, delay, False, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        if self._stop.wait(self.delay):
+            return
+        for _ in range(200):
+            try:
+                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # no reader (yet)
+                time.sleep(0.05)
+                continue
+            self.needed = True
+            os.close(fd)
+            return
+
+    def __enter__(self) -> _Unblocker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+# -- 1. the stdin copy ----------------------------------------------------------------------------
+
+
+def test_the_stdin_copy_never_follows_a_planted_link(tiny_set, stdin_reads, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data, not reads\n")
+    (out / ".stdin.input").symlink_to(victim)
+    _refused(_predict(tiny_set, "-", out), ".stdin.input", "symbolic link")
+    assert victim.read_text() == "precious data, not reads\n"
+    assert (out / ".stdin.input").is_symlink()
+    dangling = tmp_path / "out2"
+    dangling.mkdir()
+    (dangling / ".stdin.input").symlink_to(tmp_path / "created_by_the_run")
+    _refused(_predict(tiny_set, "-", dangling), "symbolic link")
+    assert not (tmp_path / "created_by_the_run").exists()
+
+
+def test_the_stdin_copy_never_overwrites_or_removes_a_users_file(tiny_set, stdin_reads, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".stdin.input").write_text("my notes\n")
+    _refused(_predict(tiny_set, "-", out), ".stdin.input", "did not make it")
+    assert (out / ".stdin.input").read_text() == "my notes\n"
+    assert sorted(p.name for p in out.iterdir()) == [".stdin.input"]
+
+
+def test_materialise_creates_its_copy_new_and_removes_only_that(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b">a\nACGT\n")))
+    taken = tmp_path / "taken"
+    taken.write_text("mine\n")
+    with pytest.raises(UserError, match="already exists"):
+        materialise("-", taken)
+    assert taken.read_text() == "mine\n"
+    spool = private_spool(tmp_path / "new")
+    assert not spool.exists()  # created by materialise itself, exclusively
+    path, display = materialise("-", spool)
+    assert (path, display) == (spool, "<stdin>") and spool.read_bytes() == b">a\nACGT\n"
+
+
+def test_a_stdin_copy_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
+    """The lock notes the copy with its stamp; a rerun after SIGKILL removes it only while unchanged."""
+    out = tmp_path / "out"
+    with outdir_lock(out) as lock:
+        spool = out / ".stdin.input"
+        spool.write_text(">a\nACGT\n")
+        lock.note(spool)
+        content = (out / LOCK_FILE).read_bytes()
+    killed = out / LOCK_FILE  # what SIGKILL leaves: the lock file and the copy
+    killed.write_bytes(content)
+    spool.write_text(">a\nACGT\n")  # a new file now: not the one noted
+    with outdir_lock(out):
+        pass
+    assert spool.exists(), "a file with another stamp is not the killed run's"
+    with outdir_lock(out) as lock:
+        lock.note(spool)
+        content = (out / LOCK_FILE).read_bytes()
+    killed.write_bytes(content)
+    with outdir_lock(out):
+        assert not spool.exists()
+    assert not killed.exists()
+
+
+# -- 2. result names no finished run accounts for -------------------------------------------------
+
+
+def test_an_empty_work_folder_does_not_let_a_run_replace_a_users_tables(tiny_set, reads_fasta, tmp_path):
+    out = tmp_path / "out"
+    (out / ".work").mkdir(parents=True)
+    (out / "frames.tsv").write_text("user's own table\n")
+    (out / "sequences.tsv").write_text("user's seqs\n")
+    _refused(_predict(tiny_set, reads_fasta, out), "no finished run accounts for", "frames.tsv", "--force")
+    assert (out / "frames.tsv").read_text() == "user's own table\n"
+    assert (out / "sequences.tsv").read_text() == "user's seqs\n"
+
+
+def test_a_users_demo_note_and_a_dangling_link_at_an_output_name_are_kept(tiny_set, reads_fasta, tmp_path):
+    note = tmp_path / "o4" / "DEMO_RANDOM_WEIGHTS.txt"
+    note.parent.mkdir()
+    note.write_text("my readme\n")
+    _refused(_predict(tiny_set, reads_fasta, note.parent), "DEMO_RANDOM_WEIGHTS.txt")
+    _refused(_predict(tiny_set, reads_fasta, note.parent, "--demo"), "DEMO_RANDOM_WEIGHTS.txt")  # demo -o
+    assert note.read_text() == "my readme\n"
+    link = tmp_path / "o11b" / "sequences.tsv"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "nonexistent")
+    _refused(_predict(tiny_set, reads_fasta, link.parent), "sequences.tsv")
+    assert link.is_symlink() and not (tmp_path / "nonexistent").exists()
+
+
+def test_results_of_a_run_killed_before_run_json_are_its_own(tiny_set, reads_fasta, tmp_path):
+    """Merged, then killed before run.json: ``.work`` notes the files, so the rerun may replace them; a
+    file edited since is the user's again."""
+    out = tmp_path / "out"
+    assert _predict(tiny_set, reads_fasta, out, "--keep-work").code == 0
+    expected = {name: (out / name).read_bytes() for name in RESULTS}
+    (out / "run.json").unlink()
+    assert set(WorkDir(out).recorded_outputs()) == set(RESULTS)
+    result = _predict(tiny_set, reads_fasta, out, "--keep-work")
+    assert result.code == 0, result.stderr
+    assert {name: (out / name).read_bytes() for name in RESULTS} == expected
+    (out / "run.json").unlink()
+    with open(out / "frames.tsv", "a") as handle:
+        handle.write("my own notes\n")
+    _refused(_predict(tiny_set, reads_fasta, out), "no finished run accounts for (frames.tsv)")
+    assert (out / "frames.tsv").read_text().endswith("my own notes\n")
+
+
+def test_a_result_removed_after_the_run_is_called_this_runs_own(tiny_set, reads_fasta, tmp_path):
+    out = tmp_path / "out"
+    assert _predict(tiny_set, reads_fasta, out).code == 0
+    (out / "sequences.tsv").unlink()
+    line = _refused(_predict(tiny_set, reads_fasta, out), "its own sequences.tsv was removed", "--force")
+    assert "another run" not in line and "make the results again" in line
+    assert _predict(tiny_set, reads_fasta, out, "--force").code == 0
+    assert (out / "sequences.tsv").is_file()
+
+
+# -- 3. the lock and the workflow's files ----------------------------------------------------------
+
+
+def test_the_lock_never_follows_a_link_nor_takes_a_users_file(tiny_set, reads_fasta, tmp_path):
+    linked = tmp_path / "o2"
+    linked.mkdir()
+    (linked / LOCK_FILE).symlink_to(tmp_path / "created_by_lock.txt")
+    _refused(_predict(tiny_set, reads_fasta, linked), ".work.lock", "symbolic link")
+    assert not (tmp_path / "created_by_lock.txt").exists() and (linked / LOCK_FILE).is_symlink()
+    users = tmp_path / "o2b"
+    users.mkdir()
+    (users / LOCK_FILE).write_text("mine\n")
+    _refused(_predict(tiny_set, reads_fasta, users), ".work.lock", "not a lock file virnucpro-trt made")
+    assert (users / LOCK_FILE).read_text() == "mine\n"
+    assert sorted(p.name for p in users.iterdir()) == [LOCK_FILE]
+
+
+def test_a_stale_lock_the_tool_made_is_taken_over_and_removed(tmp_path):
+    """What a SIGKILLed run leaves (this version's text, or an older version's empty file)."""
+    for content in (LOCK_TEXT, ""):
+        (tmp_path / LOCK_FILE).write_text(content)
+        with outdir_lock(tmp_path):
+            assert (tmp_path / LOCK_FILE).read_text() == LOCK_TEXT
+        assert not (tmp_path / LOCK_FILE).exists()
+    (tmp_path / "elsewhere").write_text("")
+    os.link(tmp_path / "elsewhere", tmp_path / LOCK_FILE)  # a hard link: writing it changes another file
+    with pytest.raises(UserError, match="not a lock file"), outdir_lock(tmp_path):
+        pass
+    assert (tmp_path / "elsewhere").read_text() == ""
+
+
+def test_the_workflow_is_never_written_through_a_link(tmp_path):
+    dangling = tmp_path / "w2"
+    dangling.mkdir()
+    (dangling / "Snakefile").symlink_to(tmp_path / "outside_created_by_workflow.txt")
+    _refused(run_cli("workflow", "-o", str(dangling)), "Snakefile", "symbolic link")
+    assert not (tmp_path / "outside_created_by_workflow.txt").exists()
+    folder = tmp_path / "w4"
+    folder.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (folder / "profiles").symlink_to(tmp_path / "elsewhere")
+    _refused(run_cli("workflow", "-o", str(folder)), "profiles", "symbolic link")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+    assert not (folder / "Snakefile").exists()
+
+
+# -- 4. FIFOs where the working area keeps its state -----------------------------------------------
+
+
+def test_a_fifo_is_never_read_as_a_file(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with _Unblocker(fifo) as unblocker:
+        with pytest.raises(NotARegularFile, match="not a regular file"):
+            read_bounded(fifo, 100)
+        with pytest.raises(NotARegularFile):
+            read_bounded(tmp_path, 100)  # a folder neither
+        (tmp_path / "shards").mkdir()
+        os.mkfifo(tmp_path / "shards" / "index.json")
+        assert read_shard_index(tmp_path / "shards") is None
+    assert not unblocker.needed
+
+
+@pytest.mark.parametrize("where", ["state.json", "shards/index.json"])
+def test_a_fifo_in_the_working_area_is_refused_not_waited_on(tiny_set, reads_fasta, tmp_path, where):
+    out = tmp_path / "out"
+    if where == "state.json":
+        (out / ".work").mkdir(parents=True)
+    else:  # a resumable .work whose shard index is now a FIFO
+        assert _predict(tiny_set, reads_fasta, out, "--keep-work").code == 0
+        for name in (*RESULTS, "run.json"):
+            (out / name).unlink()
+        (out / ".work" / where).unlink()
+    fifo = out / ".work" / where
+    os.mkfifo(fifo)
+    with _Unblocker(fifo) as unblocker:
+        result = _predict(tiny_set, reads_fasta, out)
+    assert not unblocker.needed, "the run blocked on the FIFO"
+    _refused(result, where, "not a regular file")
+    assert fifo.exists()
+
+
+# -- 5. the demo's model cache ---------------------------------------------------------------------
+
+
+def test_the_demo_never_removes_a_folder_it_did_not_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIRNUCPRO_TRT_CACHE", str(tmp_path / "cache"))
+    thesis = tmp_path / "cache" / "demo-models-v1" / "mywork" / "thesis.tex"
+    thesis.parent.mkdir(parents=True)
+    thesis.write_text("important\n")
+    _refused(run_cli("demo", "-o", str(tmp_path / "out")), "demo-models-v1", "VIRNUCPRO_TRT_CACHE")
+    assert thesis.read_text() == "important\n"
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["demo-models-v1"]
+
+
+# -- 6. output paths that cannot be made -----------------------------------------------------------
+
+
+def test_an_output_below_a_file_is_one_line_exit_2(tiny_set, reads_fasta, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("hi\n")
+    calls = {
+        "prepare": ("prepare", str(reads_fasta), "-o", str(afile / "sub")),
+        "embed": ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
+                  "--device", "cpu", "-o", str(afile / "x.h5")),
+        "convert-classifier": ("convert-classifier", str(tiny_set.classifier), str(afile / "c.safetensors")),
+        "workflow": ("workflow", "-o", str(afile / "wf")),
+    }  # fmt: skip
+    for args in calls.values():
+        _refused(run_cli(*args), f"{afile} is a file, not a folder")
+    _refused(_predict(tiny_set, reads_fasta, afile / "sub" / "deeper"), f"{afile} is a file, not a folder")
+    assert afile.read_text() == "hi\n"
+
+
+def test_an_empty_output_path_is_refused(tiny_set, reads_fasta, tmp_path, monkeypatch):
+    """``-o ""`` would mean the current folder: refused, and nothing is written there."""
+    monkeypatch.chdir(tmp_path)
+    models = ("--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
+              str(tiny_set.classifier), "--device", "cpu")  # fmt: skip
+    _refused(run_cli("prepare", str(reads_fasta), "-o", ""), "-o/--outdir: an empty path")
+    _refused(run_cli("predict", str(reads_fasta), "-o", "", *models), "-o/--outdir: an empty path")
+    _refused(run_cli("demo", "-o", ""), "-o/--outdir: an empty path")
+    embed = ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert), "-o", "")
+    _refused(run_cli(*embed), "-o/--output: an empty path")
+    _refused(run_cli("split", str(reads_fasta), "-o", "", "--parts", "2"), "-o/--outdir: an empty path")
+    _refused(run_cli("merge", str(tmp_path / "part"), "-o", ""), "-o/--outdir: an empty path")
+    _refused(run_cli("workflow", "-o", ""), "-o/--outdir: an empty path")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_json_records_the_outputs_in_the_work_state_too(tiny_set, reads_fasta, tmp_path):
+    """The note in ``.work`` and run.json agree on every result file."""
+    out = tmp_path / "out"
+    assert _predict(tiny_set, reads_fasta, out, "--keep-work").code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert WorkDir(out).recorded_outputs() == run["outputs"]
+
+
+def test_a_malformed_stamp_in_a_record_means_hash_the_file(tmp_path):
+    """A hostile run.json / state entry with a stamp that is no list is hashed, not a TypeError."""
+    from virnucpro_trt.files.ownership import changed_since, output_entry
+
+    (tmp_path / "frames.tsv").write_text("rows\n")
+    entry = {**output_entry(tmp_path / "frames.tsv"), "stamp": 5}
+    assert changed_since(tmp_path, "frames.tsv", entry) is None
+    assert changed_since(tmp_path, "frames.tsv", {**entry, "sha256": "0" * 64}) is not None

@@ -1,0 +1,46 @@
+"""Files a run creates for itself: never through a symbolic link, never over a file already there.
+
+A run may remove only what it made. A file it writes at a fixed name beside the user's files (the stdin
+copy, the workflow's files) is therefore created with ``O_CREAT | O_EXCL | O_NOFOLLOW``: if anything
+is at that name — a user's file, a planted symbolic link, dangling or not — the kernel refuses, and the
+run stops with one line (exit 2) instead of writing through the link or over the file. Whatever the
+run then removes is the file this call created.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from virnucpro_trt.errors import UserError
+
+_NO_LINKS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_LINKS
+
+
+def what_is_at(path: Path) -> str:
+    """A few words on what occupies ``path`` (for a refusal): a link, a folder or a file."""
+    if path.is_symlink():
+        return "is a symbolic link"
+    if path.is_dir():
+        return "is a folder"
+    return "already exists"
+
+
+def create_new(path: Path, mode: int = 0o666) -> BinaryIO:
+    """Open a new file at ``path`` for writing; :class:`UserError` when anything is already there."""
+    try:
+        fd = os.open(path, _CREATE_NEW, mode)
+    except FileExistsError:
+        raise UserError(
+            f"{path} {what_is_at(path)}; this run did not make it and will not write over it: move it "
+            "away or choose another output location"
+        ) from None
+    return os.fdopen(fd, "wb")
+
+
+def write_new_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) into a new file at ``path`` (see :func:`create_new`)."""
+    with create_new(path) as handle:
+        handle.write(text.encode("utf-8"))
