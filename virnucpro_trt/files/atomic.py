@@ -2,6 +2,8 @@
 
 A result is written under a temporary name unique to this process and thread (two writers of one file,
 e.g. a respawned worker racing an orphan, each rename their own complete copy) and renamed into place.
+The name also carries a random token and is created exclusively (``x`` mode: ``O_CREAT | O_EXCL``,
+which no symbolic link passes), so nothing planted at a guessable name is ever written through.
 Whatever fails on the way — a full disk in ``write``, ``flush`` or ``close`` included — the temporary
 file is removed before the error goes on: clean-up never depends on the failing handle closing cleanly.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +22,14 @@ PARTIAL_SUFFIX = ".partial"
 
 
 def temporary_name(path: Path) -> Path:
-    """``.NAME.<pid>-<thread>.partial`` beside ``path``."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{PARTIAL_SUFFIX}")
+    """``.NAME.<pid>-<thread>-<random>.partial`` beside ``path``; open it with :func:`exclusive_mode`."""
+    token = secrets.token_hex(4)
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-{token}{PARTIAL_SUFFIX}")
+
+
+def exclusive_mode(mode: str) -> str:
+    """``open`` mode that creates the file and fails if anything (a planted link too) is at the name."""
+    return mode.replace("w", "x")
 
 
 def close_quietly(handle: IO[Any]) -> None:
@@ -38,7 +47,7 @@ def remove_quietly(path: Path) -> None:
 def atomic_output(path: Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file for writing; on success it replaces ``path``, on any failure it is removed."""
     tmp = temporary_name(path)
-    handle = open(tmp, mode, **open_kwargs)  # noqa: SIM115 - closed on both paths below
+    handle = open(tmp, exclusive_mode(mode), **open_kwargs)  # noqa: SIM115 - closed on both paths below
     try:
         yield handle
         handle.close()

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from virnucpro_trt.files.atomic import close_quietly, remove_quietly, temporary_name
+from virnucpro_trt.files.atomic import close_quietly, exclusive_mode, remove_quietly, temporary_name
 
 
 class ResultSet:
@@ -29,7 +29,9 @@ class ResultSet:
             for name in self.names:
                 # A previous run's file must not survive next to a run that may fail.
                 remove_quietly(self.outdir / name)
-                self._handles[name] = open(self.partial(name), "w", encoding="utf-8", newline="\n")
+                self._handles[name] = open(
+                    self.partial(name), exclusive_mode("w"), encoding="utf-8", newline="\n"
+                )
         except BaseException:
             self._discard()
             raise

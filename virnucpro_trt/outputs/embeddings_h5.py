@@ -75,7 +75,7 @@ class _Appender:
         self.path = path
         self.partial = temporary_name(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.partial, "w")
+        self.file = h5py.File(self.partial, "x")  # created new: never through a planted link
         self.rows = 0
         for key, value in attrs.items():
             self.file.attrs[key] = value

@@ -1,0 +1,54 @@
+"""Temporary result files: unguessable names, created exclusively, so a planted link is never written
+through (``files/atomic.py``), for every writer that uses them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from virnucpro_trt.files import atomic
+from virnucpro_trt.outputs.atomic import ResultSet
+from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
+
+
+def _plant(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]:
+    """A link at the temporary name every writer will pick, pointing at a file outside."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    planted = tmp_path / "out" / ".planted.partial"
+    planted.parent.mkdir()
+    planted.symlink_to(victim)
+    monkeypatch.setattr(atomic, "temporary_name", lambda path: planted)
+    return victim, planted
+
+
+def test_temporary_names_differ_each_time(tmp_path: Path) -> None:
+    names = {atomic.temporary_name(tmp_path / "x.tsv") for _ in range(50)}
+    assert len(names) == 50 and all(n.name.startswith(".x.tsv.") and n.suffix == ".partial" for n in names)
+
+
+def test_no_writer_writes_through_a_link_at_its_temporary_name(monkeypatch, tmp_path: Path) -> None:
+    victim, planted = _plant(monkeypatch, tmp_path)
+    with pytest.raises(FileExistsError):
+        atomic.write_text_atomic(tmp_path / "out" / "a.txt", "new\n")
+    monkeypatch.setattr("virnucpro_trt.outputs.atomic.temporary_name", lambda path: planted)
+    with pytest.raises(FileExistsError), ResultSet(tmp_path / "out", ["b.tsv"]):
+        pass
+    monkeypatch.setattr("virnucpro_trt.outputs.embeddings_h5.temporary_name", lambda path: planted)
+    with pytest.raises((FileExistsError, OSError)):
+        EmbeddingsWriter(tmp_path / "out" / "e.h5", 4, {})
+    assert victim.read_text() == "keep me\n" and planted.is_symlink()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".planted.partial"]
+
+
+def test_writers_still_write(tmp_path: Path) -> None:
+    atomic.write_text_atomic(tmp_path / "a.txt", "x\n")
+    with ResultSet(tmp_path, ["b.tsv"]) as results:
+        results["b.tsv"].write("y\n")
+        results.commit()
+    with EmbeddingsWriter(tmp_path / "e.h5", 2, {}) as writer:
+        writer.append(["r"], np.ones((1, 2), dtype=np.float32), ["ok"])
+        writer.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.tsv", "e.h5"]
