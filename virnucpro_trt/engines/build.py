@@ -35,6 +35,7 @@ import torch
 
 from virnucpro_trt import __version__
 from virnucpro_trt.engines.manifest import (
+    CLASSIFIER_FILE,
     MANIFEST_NAME,
     OWN_FILES_KEY,
     EngineManifest,
@@ -69,7 +70,6 @@ from virnucpro_trt.settings import DEFAULT_ATTENTION, EncoderSettings
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_FILE = "classifier.safetensors"
 TIMING_CACHE = "tensorrt.timing-cache"  # TensorRT: shared by the builds into one folder
 STAGING_PREFIX = ".build-"  # a build's private folder inside the engine folder
 TRT_CACHE_SUFFIX = ".trt-cache"  # ONNX Runtime's TensorRT provider caches beside an .onnx it loads

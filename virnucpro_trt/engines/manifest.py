@@ -36,6 +36,7 @@ from virnucpro_trt.files.stamps import Stamp, file_stamp
 from virnucpro_trt.models.kinds import MODEL_NAMES
 
 MANIFEST_NAME = "manifest.json"
+CLASSIFIER_FILE = "classifier.safetensors"  # the name build gives an engine set's classifier
 SCHEMA = "virnucpro-trt/engine-manifest"
 # 2: every file of an entry carries its SHA-256 (file_sha256) and build-time stamp (file_stamps).
 SCHEMA_VERSION = 2

@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -329,6 +329,18 @@ def _metadata_eps(meta: Mapping[str, str], path: Path) -> float:
     except ValueError:  # not a number: refused below like NaN
         value = math.nan
     return _checked_eps(value, f"{path}: metadata bn_eps", _show(text))
+
+
+def classifier_source(path: Path) -> str | None:
+    """The file name a ``.safetensors`` classifier was converted from (its ``source`` metadata, which
+    ``convert-classifier`` and ``build`` write), or None when absent or unreadable (loading reports why)."""
+    try:
+        if path.suffix != ".safetensors" or path.stat().st_size > MAX_CLASSIFIER_BYTES:
+            return None
+        source = _safetensors_metadata(path).get("source")
+    except Exception:  # a hint only: the real load names what is wrong with the file
+        return None
+    return PurePath(source).name if source else None
 
 
 def _safetensors_metadata(path: Path) -> dict[str, str]:

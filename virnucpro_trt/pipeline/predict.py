@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from virnucpro_trt import __version__
-from virnucpro_trt.engines.manifest import EngineManifest
+from virnucpro_trt.engines.manifest import CLASSIFIER_FILE, EngineManifest
 from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
@@ -48,7 +48,7 @@ from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import changed_since, output_entry
 from virnucpro_trt.models.checkpoints import check_encoder_tokenizer
-from virnucpro_trt.models.classifier import load_classifier_weights
+from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2, MODELS
 from virnucpro_trt.models.resolve import resolve_model
@@ -152,8 +152,9 @@ def run_predict(
     ctx.slots = plan_worker_slots(
         settings.encoders.device, run.gpus, run.workers, settings.encoders.threads, run.workers_per_gpu
     )
-    if settings.classifier:
-        _warn_chunk_length_mismatch(Path(settings.classifier), settings.chunk_length)
+    if settings.classifier or settings.engines:
+        classifier = Path(settings.classifier or Path(settings.engines or "") / CLASSIFIER_FILE)
+        _warn_chunk_length_mismatch(classifier, settings.chunk_length)
     check_parent_folders(outdir)
     check_input_file(settings.input)
     check_run_paths(
@@ -587,13 +588,16 @@ def _embedding_attrs(settings: PredictSettings, precision: str) -> dict[str, str
 
 
 def _warn_chunk_length_mismatch(classifier_path: Path, chunk_length: int) -> None:
-    """Upstream names its classifiers ``300_model.pth`` / ``500_model.pth``: catch the obvious mix-up."""
-    name = classifier_path.name
-    for other in (300, 500):
-        if other != chunk_length and name.startswith(f"{other}_"):
-            log.warning(
-                "classifier %s looks trained for %d bp chunks but --chunk-length is %d",
-                name,
-                other,
-                chunk_length,
-            )
+    """Upstream names its classifiers ``300_model.pth`` / ``500_model.pth``: catch the obvious mix-up,
+    also through a converted or engine-folder ``.safetensors``, whose metadata names its source file.
+    A warning, not an error: the weights themselves do not say which chunk length they were trained on."""
+    names = [classifier_path.name, classifier_source(classifier_path)]
+    for name in filter(None, names):
+        for other in (300, 500):
+            if other != chunk_length and name.startswith(f"{other}_"):
+                origin = "" if name == classifier_path.name else f" (from {name})"
+                log.warning(
+                    "classifier %s%s looks trained for %d bp chunks but --chunk-length is %d",
+                    classifier_path.name, origin, other, chunk_length,
+                )  # fmt: skip
+                return
