@@ -6,6 +6,8 @@ import contextlib
 import io
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from virnucpro_trt.cli.main import main
 
@@ -30,3 +32,17 @@ def run_cli(*args: str) -> CliResult:
     for handler in list(logging.getLogger().handlers):
         logging.getLogger().removeHandler(handler)
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def predict_tiny(tiny_set: Any, reads: Path | str, out: Path, *extra: str) -> CliResult:
+    """``predict`` with the tiny model set on the CPU, one thread."""
+    return run_cli(
+        "predict", str(reads), "-o", str(out), "--dnabert", str(tiny_set.dnabert),
+        "--esm", str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier), "--device", "cpu",
+        "--threads", "1", *extra,
+    )  # fmt: skip
+
+
+def error_lines(result: CliResult) -> list[str]:
+    """The ``error:`` lines of a run's stderr."""
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.helpers import run_cli
+from tests.cli.helpers import error_lines, predict_tiny, run_cli
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.bounded_read import NotARegularFile, read_bounded
 from virnucpro_trt.pipeline.inputs import materialise, private_spool
@@ -24,21 +24,11 @@ from virnucpro_trt.runtime.shards import read_shard_index
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "sequences.tsv", "frames.tsv")
 
 
-def _predict(tiny_set, reads: Path | str, out: Path, *extra: str):
-    return run_cli(
-        "predict", str(reads), "-o", str(out), "--dnabert", str(tiny_set.dnabert),
-        "--esm", str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier), "--device", "cpu",
-        "--threads", "1", *extra,
-    )  # fmt: skip
-
-
-def _errors(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
 def _refused(result, *words: str) -> str:
     """The one error line of a run refused with exit 2, holding every one of ``words``."""
-    errors = _errors(result)
+    errors = error_lines(result)
     assert result.code == 2 and len(errors) == 1, result.stderr
     assert "Traceback" not in result.stderr
     for word in words:
@@ -93,13 +83,13 @@ def test_the_stdin_copy_never_follows_a_planted_link(tiny_set, stdin_reads, tmp_
     victim = tmp_path / "victim.txt"
     victim.write_text("precious data, not reads\n")
     (out / ".stdin.input").symlink_to(victim)
-    _refused(_predict(tiny_set, "-", out), ".stdin.input", "symbolic link")
+    _refused(predict_tiny(tiny_set, "-", out), ".stdin.input", "symbolic link")
     assert victim.read_text() == "precious data, not reads\n"
     assert (out / ".stdin.input").is_symlink()
     dangling = tmp_path / "out2"
     dangling.mkdir()
     (dangling / ".stdin.input").symlink_to(tmp_path / "created_by_the_run")
-    _refused(_predict(tiny_set, "-", dangling), "symbolic link")
+    _refused(predict_tiny(tiny_set, "-", dangling), "symbolic link")
     assert not (tmp_path / "created_by_the_run").exists()
 
 
@@ -107,7 +97,7 @@ def test_the_stdin_copy_never_overwrites_or_removes_a_users_file(tiny_set, stdin
     out = tmp_path / "out"
     out.mkdir()
     (out / ".stdin.input").write_text("my notes\n")
-    _refused(_predict(tiny_set, "-", out), ".stdin.input", "did not make it")
+    _refused(predict_tiny(tiny_set, "-", out), ".stdin.input", "did not make it")
     assert (out / ".stdin.input").read_text() == "my notes\n"
     assert sorted(p.name for p in out.iterdir()) == [".stdin.input"]
 
@@ -156,7 +146,8 @@ def test_an_empty_work_folder_does_not_let_a_run_replace_a_users_tables(tiny_set
     (out / ".work").mkdir(parents=True)
     (out / "frames.tsv").write_text("user's own table\n")
     (out / "sequences.tsv").write_text("user's seqs\n")
-    _refused(_predict(tiny_set, reads_fasta, out), "no finished run accounts for", "frames.tsv", "--force")
+    result = predict_tiny(tiny_set, reads_fasta, out)
+    _refused(result, "no finished run accounts for", "frames.tsv", "--force")
     assert (out / "frames.tsv").read_text() == "user's own table\n"
     assert (out / "sequences.tsv").read_text() == "user's seqs\n"
 
@@ -165,13 +156,13 @@ def test_a_users_demo_note_and_a_dangling_link_at_an_output_name_are_kept(tiny_s
     note = tmp_path / "o4" / "DEMO_RANDOM_WEIGHTS.txt"
     note.parent.mkdir()
     note.write_text("my readme\n")
-    _refused(_predict(tiny_set, reads_fasta, note.parent), "DEMO_RANDOM_WEIGHTS.txt")
-    _refused(_predict(tiny_set, reads_fasta, note.parent, "--demo"), "DEMO_RANDOM_WEIGHTS.txt")  # demo -o
+    _refused(predict_tiny(tiny_set, reads_fasta, note.parent), "DEMO_RANDOM_WEIGHTS.txt")
+    _refused(predict_tiny(tiny_set, reads_fasta, note.parent, "--demo"), "DEMO_RANDOM_WEIGHTS.txt")  # demo -o
     assert note.read_text() == "my readme\n"
     link = tmp_path / "o11b" / "sequences.tsv"
     link.parent.mkdir()
     link.symlink_to(tmp_path / "nonexistent")
-    _refused(_predict(tiny_set, reads_fasta, link.parent), "sequences.tsv")
+    _refused(predict_tiny(tiny_set, reads_fasta, link.parent), "sequences.tsv")
     assert link.is_symlink() and not (tmp_path / "nonexistent").exists()
 
 
@@ -179,27 +170,27 @@ def test_results_of_a_run_killed_before_run_json_are_its_own(tiny_set, reads_fas
     """Merged, then killed before run.json: ``.work`` notes the files, so the rerun may replace them; a
     file edited since is the user's again."""
     out = tmp_path / "out"
-    assert _predict(tiny_set, reads_fasta, out, "--keep-work").code == 0
+    assert predict_tiny(tiny_set, reads_fasta, out, "--keep-work").code == 0
     expected = {name: (out / name).read_bytes() for name in RESULTS}
     (out / "run.json").unlink()
     assert set(WorkDir(out).recorded_outputs()) == set(RESULTS)
-    result = _predict(tiny_set, reads_fasta, out, "--keep-work")
+    result = predict_tiny(tiny_set, reads_fasta, out, "--keep-work")
     assert result.code == 0, result.stderr
     assert {name: (out / name).read_bytes() for name in RESULTS} == expected
     (out / "run.json").unlink()
     with open(out / "frames.tsv", "a") as handle:
         handle.write("my own notes\n")
-    _refused(_predict(tiny_set, reads_fasta, out), "no finished run accounts for (frames.tsv)")
+    _refused(predict_tiny(tiny_set, reads_fasta, out), "no finished run accounts for (frames.tsv)")
     assert (out / "frames.tsv").read_text().endswith("my own notes\n")
 
 
 def test_a_result_removed_after_the_run_is_called_this_runs_own(tiny_set, reads_fasta, tmp_path):
     out = tmp_path / "out"
-    assert _predict(tiny_set, reads_fasta, out).code == 0
+    assert predict_tiny(tiny_set, reads_fasta, out).code == 0
     (out / "sequences.tsv").unlink()
-    line = _refused(_predict(tiny_set, reads_fasta, out), "its own sequences.tsv was removed", "--force")
+    line = _refused(predict_tiny(tiny_set, reads_fasta, out), "its own sequences.tsv was removed", "--force")
     assert "another run" not in line and "make the results again" in line
-    assert _predict(tiny_set, reads_fasta, out, "--force").code == 0
+    assert predict_tiny(tiny_set, reads_fasta, out, "--force").code == 0
     assert (out / "sequences.tsv").is_file()
 
 
@@ -210,12 +201,12 @@ def test_the_lock_never_follows_a_link_nor_takes_a_users_file(tiny_set, reads_fa
     linked = tmp_path / "o2"
     linked.mkdir()
     (linked / LOCK_FILE).symlink_to(tmp_path / "created_by_lock.txt")
-    _refused(_predict(tiny_set, reads_fasta, linked), ".work.lock", "symbolic link")
+    _refused(predict_tiny(tiny_set, reads_fasta, linked), ".work.lock", "symbolic link")
     assert not (tmp_path / "created_by_lock.txt").exists() and (linked / LOCK_FILE).is_symlink()
     users = tmp_path / "o2b"
     users.mkdir()
     (users / LOCK_FILE).write_text("mine\n")
-    _refused(_predict(tiny_set, reads_fasta, users), ".work.lock", "not a lock file virnucpro-trt made")
+    _refused(predict_tiny(tiny_set, reads_fasta, users), ".work.lock", "not a lock file virnucpro-trt made")
     assert (users / LOCK_FILE).read_text() == "mine\n"
     assert sorted(p.name for p in users.iterdir()) == [LOCK_FILE]
 
@@ -272,14 +263,14 @@ def test_a_fifo_in_the_working_area_is_refused_not_waited_on(tiny_set, reads_fas
     if where == "state.json":
         (out / ".work").mkdir(parents=True)
     else:  # a resumable .work whose shard index is now a FIFO
-        assert _predict(tiny_set, reads_fasta, out, "--keep-work").code == 0
+        assert predict_tiny(tiny_set, reads_fasta, out, "--keep-work").code == 0
         for name in (*RESULTS, "run.json"):
             (out / name).unlink()
         (out / ".work" / where).unlink()
     fifo = out / ".work" / where
     os.mkfifo(fifo)
     with _Unblocker(fifo) as unblocker:
-        result = _predict(tiny_set, reads_fasta, out)
+        result = predict_tiny(tiny_set, reads_fasta, out)
     assert not unblocker.needed, "the run blocked on the FIFO"
     _refused(result, where, "not a regular file")
     assert fifo.exists()
@@ -314,7 +305,8 @@ def test_an_output_below_a_file_is_one_line_exit_2(tiny_set, reads_fasta, tmp_pa
     }  # fmt: skip
     for args in calls.values():
         _refused(run_cli(*args), f"{afile} is a file, not a folder")
-    _refused(_predict(tiny_set, reads_fasta, afile / "sub" / "deeper"), f"{afile} is a file, not a folder")
+    result = predict_tiny(tiny_set, reads_fasta, afile / "sub" / "deeper")
+    _refused(result, f"{afile} is a file, not a folder")
     assert afile.read_text() == "hi\n"
 
 
@@ -337,7 +329,7 @@ def test_an_empty_output_path_is_refused(tiny_set, reads_fasta, tmp_path, monkey
 def test_run_json_records_the_outputs_in_the_work_state_too(tiny_set, reads_fasta, tmp_path):
     """The note in ``.work`` and run.json agree on every result file."""
     out = tmp_path / "out"
-    assert _predict(tiny_set, reads_fasta, out, "--keep-work").code == 0
+    assert predict_tiny(tiny_set, reads_fasta, out, "--keep-work").code == 0
     run = json.loads((out / "run.json").read_text())
     assert WorkDir(out).recorded_outputs() == run["outputs"]
 

@@ -13,21 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.helpers import run_cli
+from tests.cli.helpers import error_lines, predict_tiny, run_cli
 
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "sequences.tsv", "frames.tsv")
 
 
-def _predict(tiny_set, reads: Path, out: Path, *extra: str):
-    return run_cli(
-        "predict", str(reads), "-o", str(out), "--dnabert", str(tiny_set.dnabert),
-        "--esm", str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier), "--device", "cpu",
-        "--threads", "1", *extra,
-    )  # fmt: skip
-
-
-def _errors(result) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
 def _snapshot(out: Path) -> dict[str, tuple[int, bytes]]:
@@ -37,14 +27,14 @@ def _snapshot(out: Path) -> dict[str, tuple[int, bytes]]:
 @pytest.fixture(scope="module")
 def finished(tiny_set, reads_fasta, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "out"
-    result = _predict(tiny_set, reads_fasta, out)
+    result = predict_tiny(tiny_set, reads_fasta, out)
     assert result.code == 0, result.stderr
     return out
 
 
 def test_the_same_command_on_a_finished_outdir_touches_nothing(tiny_set, reads_fasta, finished):
     before = _snapshot(finished)
-    result = _predict(tiny_set, reads_fasta, finished)
+    result = predict_tiny(tiny_set, reads_fasta, finished)
     assert result.code == 0 and "already finished, nothing recomputed" in result.stderr, result.stderr
     assert _snapshot(finished) == before
     run = json.loads((finished / "run.json").read_text())
@@ -64,11 +54,11 @@ def test_another_input_or_settings_are_refused_then_replaced_with_force(
     other.write_text(">x\n" + "ATGAAACCCGGGTTT" * 40 + "\n")
     cases = (((other,), "a different input"), ((reads_fasta, "--chunk-length", "300"), "different settings"))
     for args, why in cases:
-        result = _predict(tiny_set, *args[:1], out, *args[1:])
-        assert result.code == 2 and len(_errors(result)) == 1, result.stderr
-        assert why in _errors(result)[0] and "--force" in _errors(result)[0]
+        result = predict_tiny(tiny_set, *args[:1], out, *args[1:])
+        assert result.code == 2 and len(error_lines(result)) == 1, result.stderr
+        assert why in error_lines(result)[0] and "--force" in error_lines(result)[0]
         assert _snapshot(out) == before
-    result = _predict(tiny_set, other, out, "--force")
+    result = predict_tiny(tiny_set, other, out, "--force")
     assert result.code == 0, result.stderr
     assert json.loads((out / "run.json").read_text())["counts"]["records"] == 1
 
@@ -82,10 +72,10 @@ def test_results_changed_after_the_run_or_without_a_run_json_are_not_overwritten
         (out / path.name).write_bytes(path.read_bytes())
     with open(out / "frames.tsv", "a") as handle:
         handle.write("my own notes\n")
-    result = _predict(tiny_set, reads_fasta, out)
+    result = predict_tiny(tiny_set, reads_fasta, out)
     assert result.code == 2 and "frames.tsv was changed" in result.stderr
     (out / "run.json").unlink()
-    result = _predict(tiny_set, reads_fasta, out)
+    result = predict_tiny(tiny_set, reads_fasta, out)
     assert result.code == 2 and "no finished run accounts for" in result.stderr
     assert (out / "frames.tsv").read_text().endswith("my own notes\n")
 
@@ -99,8 +89,8 @@ def test_an_unwritable_outdir_is_one_line_exit_2(tiny_set, reads_fasta, tmp_path
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", read_only)
-    result = _predict(tiny_set, reads_fasta, tmp_path / "ro" / "out")
-    assert result.code == 2 and _errors(result) == [
+    result = predict_tiny(tiny_set, reads_fasta, tmp_path / "ro" / "out")
+    assert result.code == 2 and error_lines(result) == [
         f"error: cannot write ({tmp_path / 'ro' / 'out'}): Read-only file system; choose a location you can "
         "write to"
     ]
@@ -127,11 +117,11 @@ def test_a_text_file_as_classifier_and_a_missing_engine_dir_say_what_they_are(
         "predict", str(reads_fasta), "-o", str(tmp_path / "o1"), "--dnabert", str(tiny_set.dnabert),
         "--esm", str(tiny_set.esm_hf), "--classifier", str(notes),
     )  # fmt: skip
-    assert result.code == 2 and len(_errors(result)) == 1
-    assert "not a PyTorch checkpoint" in _errors(result)[0]
+    assert result.code == 2 and len(error_lines(result)) == 1
+    assert "not a PyTorch checkpoint" in error_lines(result)[0]
     missing = tmp_path / "no-such-engines"
     result = run_cli("predict", str(reads_fasta), "-o", str(tmp_path / "o2"), "--engines", str(missing))
-    assert result.code == 2 and _errors(result) == [
+    assert result.code == 2 and error_lines(result) == [
         f"error: engine directory {missing}: no such directory; build one there with "
         f"`virnucpro-trt build ... -o {missing}` (or check the path)"
     ]
@@ -152,5 +142,6 @@ def test_a_pipe_is_read_once_and_a_device_is_refused(tiny_set, reads_fasta, fini
     for name in RESULTS:
         assert (out / name).read_bytes() == (finished / name).read_bytes(), name
     assert sorted(p.name for p in out.iterdir()) == sorted([*RESULTS, "run.json"])
-    refused = _predict(tiny_set, Path("/dev/zero"), tmp_path / "zero")
-    assert refused.code == 2 and _errors(refused) == ["error: input /dev/zero: not a regular file or a pipe"]
+    refused = predict_tiny(tiny_set, Path("/dev/zero"), tmp_path / "zero")
+    expected = ["error: input /dev/zero: not a regular file or a pipe"]
+    assert refused.code == 2 and error_lines(refused) == expected

@@ -288,6 +288,19 @@ def missing_layers(keys: Iterable[str], pattern: str) -> str:
     )
 
 
+def embedding_shape(state: StateDict, key: str, layer_pattern: str, where: str, expected: str) -> torch.Size:
+    """The word embedding's shape, once it is known to be 2-D (``expected`` names its axes) and the layers
+    the keys name (``layer_pattern``) run 0..N-1 with none absent (:func:`missing_layers`): what an
+    encoder's cross-check of config against tensors may then read its sizes from."""
+    embedding = state[key]
+    if embedding.dim() != 2:
+        raise CheckpointError(f"{where}: {key} has shape {tuple(embedding.shape)}, expected {expected}")
+    gap = missing_layers(state, layer_pattern)
+    if gap:
+        raise CheckpointError(f"{where}: {gap}")
+    return embedding.shape
+
+
 def to_float32(state: StateDict) -> StateDict:
     """fp32 contiguous copies where needed (fair-esm files are fp16; HF files may be bf16/fp16).
 

@@ -29,11 +29,11 @@ from virnucpro_trt.models.checkpoint_io import (
     check_fp32_bytes_fit_files,
     check_state_dict,
     check_state_shapes,
+    embedding_shape,
     hf_weight_files,
     is_present,
     layer_count,
     load_weight_files,
-    missing_layers,
     read_json,
     summarize,
     to_float32,
@@ -142,17 +142,10 @@ def _cross_check(state: StateDict, config: DnabertConfig, folder: Path) -> None:
     Shapes only, never values. The layers named by the keys must be 0..N-1 with none absent: one key
     ``encoder.layer.20000000.x`` must not stand for 20 million layers.
     """
-    embedding = state.get(_SIGNATURE)
-    if embedding is None:
+    if _SIGNATURE not in state:
         return
-    if embedding.dim() != 2:
-        raise CheckpointError(
-            f"{folder}: {_SIGNATURE} has shape {tuple(embedding.shape)}, expected [vocab_size, hidden_size]"
-        )
-    gap = missing_layers(state, _LAYER_KEY)
-    if gap:
-        raise CheckpointError(f"{folder}: DNABERT-S weights: {gap}")
-    vocab, hidden = embedding.shape
+    where = f"{folder}: DNABERT-S weights"
+    vocab, hidden = embedding_shape(state, _SIGNATURE, _LAYER_KEY, where, "[vocab_size, hidden_size]")
     wo = state.get("encoder.layer.0.mlp.wo.weight")
     found = {
         "num_hidden_layers": (config.num_hidden_layers, layer_count(state, _LAYER_KEY)),

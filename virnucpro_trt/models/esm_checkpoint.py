@@ -33,11 +33,11 @@ from virnucpro_trt.models.checkpoint_io import (
     check_state_dict,
     check_state_shapes,
     check_tensor_entries,
+    embedding_shape,
     hf_weight_files,
     is_present,
     layer_count,
     load_weight_files,
-    missing_layers,
     read_json,
     require_regular_file,
     safe_torch_load,
@@ -363,15 +363,9 @@ def _cross_check(state: StateDict, config: Esm2Config, where: str) -> None:
     Shapes only, never values. The layers named by the keys must be 0..N-1 with none absent: one key
     ``layers.20000000.fc1.bias`` must not stand for 20 million layers.
     """
-    embedding = state["embed_tokens.weight"]
-    if embedding.dim() != 2:
-        raise CheckpointError(
-            f"{where}: embed_tokens.weight has shape {tuple(embedding.shape)}, expected [vocab, embed_dim]"
-        )
-    gap = missing_layers(state, _LAYER_KEY)
-    if gap:
-        raise CheckpointError(f"{where}: ESM-2 weights: {gap}")
-    vocab, dim = embedding.shape
+    vocab, dim = embedding_shape(
+        state, "embed_tokens.weight", _LAYER_KEY, f"{where}: ESM-2 weights", "[vocab, embed_dim]"
+    )
     fc1 = state.get("layers.0.fc1.weight")
     found = {
         "layers": (config.num_layers, layer_count(state, _LAYER_KEY)),
