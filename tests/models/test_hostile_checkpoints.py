@@ -381,3 +381,13 @@ def test_expected_shapes_are_the_modules_own() -> None:
         if k.startswith(prefix) and not k.endswith("rot_emb.inv_freq")
     }
     assert fair_esm_state_shapes(TINY_ESM2_CONFIG) == encoder
+
+
+def test_a_file_of_a_hugging_face_esm_folder_is_named_as_such(tiny_set) -> None:
+    """``--esm FOLDER/model.safetensors`` (the weights file, not its folder) says to give the folder,
+    rather than that the file is no torch.save archive."""
+    from virnucpro_trt.models.esm_checkpoint import load_esm2
+
+    for name in sorted(p.name for p in tiny_set.esm_hf.iterdir() if p.is_file()):
+        with pytest.raises(CheckpointError, match=r"a file of a Hugging Face model folder; give the folder"):
+            load_esm2(tiny_set.esm_hf / name)

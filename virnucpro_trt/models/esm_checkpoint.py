@@ -90,6 +90,11 @@ def load_esm2(path: str | Path) -> tuple[Esm2Encoder, ProteinTokenizer, dict[str
         state, config, tokenizer, info = _read_hf_folder(path)
     elif is_present(path):
         require_regular_file(path)
+        if (path.parent / "config.json").is_file() and path.suffix != ".pt":
+            raise CheckpointError(
+                f"{path}: a file of a Hugging Face model folder; give the folder itself ({path.parent}), "
+                "or a fair-esm .pt file"
+            )
         state, config, tokenizer, info = _read_fair_esm(path)
     else:
         raise CheckpointError(f"{path}: no such ESM-2 checkpoint file or folder")
