@@ -66,6 +66,16 @@ std::string current_arch(const c10::Device& device) {
 
 EngineManifest EngineManifest::read(const std::filesystem::path& folder) {
   const auto path = folder / "manifest.json";
+  std::error_code error;
+  const auto status = std::filesystem::status(path, error);
+  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+    throw EngineMismatch(path.string() + " is not a regular file");  // a FIFO would block, /dev/zero never end
+  }
+  // The Python reader's bound (engines/manifest.py): a real manifest is a few KB.
+  constexpr std::uintmax_t kMaxManifestBytes = std::uintmax_t{8} << 20;
+  if (std::filesystem::exists(status) && std::filesystem::file_size(path, error) > kMaxManifestBytes) {
+    throw EngineMismatch(path.string() + " is larger than a manifest can be (8 MiB)");
+  }
   std::ifstream in(path);
   if (!in) {
     throw EngineMismatch(folder.string() + " is not an engine directory (no manifest.json); build one with "

@@ -21,9 +21,15 @@
 // work (default: libtorch's, one per core; on CUDA that work is small per batch, and a thread pool
 // woken per operation may cost more than it saves). Exit codes as the Python CLI: 0 ok, 2 bad
 // usage/input or engines that do not fit this host (one line on stderr), 1 any other failure.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -186,11 +192,95 @@ int check(const Options& options, const c10::Device& device) {
   return 0;
 }
 
+// The most INPUTS.pt may hold: token ids and masks of ~100 million frames (far more than one call needs).
+constexpr std::uintmax_t kMaxInputBytes = std::uintmax_t{64} << 30;
+
+// INPUTS.pt's bytes: a regular file (a FIFO would block, /dev/zero never end) of a bounded size.
+std::optional<std::vector<char>> read_inputs(const std::string& name, std::string& problem) {
+  std::error_code error;
+  const auto status = std::filesystem::status(name, error);
+  if (error || !std::filesystem::is_regular_file(status)) {
+    problem = "cannot read " + name + " (not a regular file)";
+    return std::nullopt;
+  }
+  const auto size = std::filesystem::file_size(name, error);
+  if (error || size > kMaxInputBytes) {
+    problem = name + " is larger than an input file can be (" + std::to_string(kMaxInputBytes) + " bytes)";
+    return std::nullopt;
+  }
+  std::ifstream in(name, std::ios::binary);
+  std::vector<char> bytes(static_cast<size_t>(size));
+  if (!in || !in.read(bytes.data(), static_cast<std::streamsize>(size))) {
+    problem = "cannot read " + name;
+    return std::nullopt;
+  }
+  return bytes;
+}
+
+// Ids are token ids (>= 0) and masks 0 or 1, as the Python runtime writes them; anything else would reach
+// the engine's kernels, whose bounds checks abort the process rather than throw.
+std::optional<std::string> check_inputs(const std::vector<c10::IValue>& items, const std::string& name) {
+  static const char* kNames[] = {"dna_ids", "dna_mask", "protein_ids", "protein_mask"};
+  for (size_t i = 0; i < items.size(); ++i) {
+    const auto& tensor = items[i].toTensor();
+    if (tensor.scalar_type() != at::kLong || tensor.dim() != 2 || tensor.is_sparse()) {
+      return name + ": " + kNames[i] + " must be a 2-D int64 tensor";
+    }
+    if (tensor.numel() == 0) continue;
+    const bool mask = i % 2 == 1;
+    const auto low = tensor.min().item<int64_t>(), high = tensor.max().item<int64_t>();
+    if (low < 0 || (mask && high > 1)) {
+      return name + ": " + kNames[i] + (mask ? " must hold only 0 and 1" : " holds a negative token id");
+    }
+  }
+  return std::nullopt;
+}
+
+// Writes OUTPUTS.pt (or the timing file) whole or not at all: a new temporary file beside it (never
+// through a link), its write checked, then renamed over the name. Only a regular file is replaced: a
+// link, folder, device or FIFO at the name is refused.
+std::optional<std::string> write_whole(const std::string& name, const std::string& data) {
+  std::error_code error;
+  const std::filesystem::path target(name);
+  const auto status = std::filesystem::symlink_status(target, error);
+  if (std::filesystem::is_symlink(status)) {
+    return "cannot write " + name + ": it is a symbolic link (refused: it could point anywhere)";
+  }
+  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+    return "cannot write " + name + ": it is not a regular file (a folder, device or FIFO is never replaced)";
+  }
+  const auto parent = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
+  if (!std::filesystem::is_directory(parent, error)) {
+    return "cannot write " + name + ": " + parent.string() + " is not a folder";
+  }
+  const auto temporary = parent / ("." + target.filename().string() + "." + std::to_string(::getpid()) + ".partial");
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+  if (fd < 0) return "cannot write " + name + ": " + std::strerror(errno);
+  size_t written = 0;
+  while (written < data.size()) {
+    const auto n = ::write(fd, data.data() + written, data.size() - written);
+    if (n <= 0) break;
+    written += static_cast<size_t>(n);
+  }
+  const bool ok = written == data.size() && ::fsync(fd) == 0;
+  const int saved = errno;
+  if (::close(fd) != 0 || !ok) {
+    std::filesystem::remove(temporary, error);
+    return "cannot write " + name + ": " + std::strerror(ok ? errno : saved);
+  }
+  std::filesystem::rename(temporary, target, error);
+  if (error) {
+    std::filesystem::remove(temporary, error);
+    return "cannot write " + name + ": " + error.message();
+  }
+  return std::nullopt;
+}
+
 int run(const Options& options, const c10::Device& device) {
-  std::ifstream in(options.positional[1], std::ios::binary);
-  if (!in) return usage("cannot read " + options.positional[1]);
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto loaded = torch::pickle_load(bytes);
+  std::string problem;
+  const auto bytes = read_inputs(options.positional[1], problem);
+  if (!bytes) return usage(problem);
+  const auto loaded = torch::pickle_load(*bytes);
   const auto* tuple = loaded.isTuple() ? &loaded.toTupleRef() : nullptr;
   if (!tuple || tuple->elements().size() != 4) {
     return usage(options.positional[1] + " must hold (dna_ids, dna_mask, protein_ids, protein_mask)");
@@ -199,6 +289,7 @@ int run(const Options& options, const c10::Device& device) {
   for (const auto& item : items) {
     if (!item.isTensor()) return usage(options.positional[1] + " must hold four tensors");
   }
+  if (const auto bad = check_inputs(items, options.positional[1])) return usage(*bad);
   if (options.cpu_threads > 0) at::set_num_threads(static_cast<int>(options.cpu_threads));
   double start = clock_after(device);
   virnucpro::EngineSet engines(options.positional[0], device, options.verify);
@@ -218,7 +309,10 @@ int run(const Options& options, const c10::Device& device) {
     print_batches("esm2", pass.esm_batches);
   }
   const auto out = torch::pickle_save(c10::ivalue::Tuple::create({pass.dna, pass.esm, pass.probabilities}));
-  std::ofstream(options.positional[2], std::ios::binary).write(out.data(), static_cast<std::streamsize>(out.size()));
+  if (const auto failed = write_whole(options.positional[2], std::string(out.begin(), out.end()))) {
+    std::cerr << "Error: " << *failed << "\n";
+    return 1;
+  }
   if (!options.timing.empty()) {
     const auto& manifest = engines.manifest();
     const nlohmann::json timing = {
@@ -242,9 +336,7 @@ int run(const Options& options, const c10::Device& device) {
         {"rule", "seconds between device-synchronised clock reads; inputs' host-to-device and results' "
                  "device-to-host copies included; engine loading and the warm-up pass excluded"},
     };
-    std::ofstream file(options.timing);
-    if (!file) return usage("cannot write " + options.timing);
-    file << timing.dump(2) << "\n";
+    if (const auto failed = write_whole(options.timing, timing.dump(2) + "\n")) return usage(*failed);
   }
   std::cout << "embedded " << pass.dna.size(0) << " frames\n";
   return 0;

@@ -5,6 +5,7 @@ the engines come from conftest.py)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -174,3 +175,46 @@ def test_scores_that_overflow_stop_the_host_with_one_line(host_tool, engines, tm
     assert done.returncode == 1 and len(errors) == 1, done.stderr
     assert "the classifier produced NaN/Inf scores for" in errors[0] and "of 5 frame(s)" in errors[0]
     assert not out.exists()
+
+
+def test_the_host_refuses_hostile_inputs_and_outputs_in_one_line(host_tool, engines, tmp_path) -> None:
+    """Found by the eighteenth session's audit: negative ids and masks other than 0/1 reached the
+    engine's kernels (whose bounds checks abort the process); a FIFO as INPUTS.pt blocked forever; a
+    link at OUTPUTS.pt was written through, and a failed write ended with exit 0."""
+    ids, mask = torch.full((2, 4), 5, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)
+
+    def host(inputs: Path, outputs: Path | str) -> subprocess.CompletedProcess[str]:
+        command = [str(host_tool), str(engines), str(inputs), str(outputs)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    for name, tensors, needle in (
+        ("negative", (ids, mask, -ids, mask), "protein_ids holds a negative token id"),
+        ("mask", (ids, mask * 5, ids, mask), "dna_mask must hold only 0 and 1"),
+        ("int32", (ids.int(), mask, ids, mask), "dna_ids must be a 2-D int64 tensor"),
+    ):
+        path = tmp_path / f"{name}.pt"
+        torch.save(tensors, path)
+        refused = host(path, tmp_path / f"{name}.out.pt")
+        assert refused.returncode == 2 and needle in refused.stderr, (name, refused.stderr)
+        assert refused.stderr.count("Error:") == 1 and not (tmp_path / f"{name}.out.pt").exists()
+
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    refused = host(fifo, tmp_path / "o.pt")
+    assert refused.returncode == 2 and "not a regular file" in refused.stderr
+
+    good = tmp_path / "good.pt"
+    torch.save((ids, mask, ids, mask), good)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep\n")
+    (tmp_path / "link.pt").symlink_to(victim)
+    refused = host(good, tmp_path / "link.pt")
+    assert refused.returncode != 0 and "symbolic link" in refused.stderr and victim.read_text() == "keep\n"
+    failed = host(good, tmp_path / "victim.txt" / "below.pt")
+    assert failed.returncode != 0 and "cannot write" in failed.stderr, failed.stderr
+    fifo_out = tmp_path / "out.fifo"
+    os.mkfifo(fifo_out)  # never replaced (nor, as root, a device node such as /dev/full)
+    failed = host(good, fifo_out)
+    assert failed.returncode != 0 and "not a regular file" in failed.stderr and fifo_out.is_fifo()
+    assert host(good, tmp_path / "out.pt").returncode == 0 and (tmp_path / "out.pt").stat().st_size > 0
+    assert not list(tmp_path.glob(".*.partial"))
