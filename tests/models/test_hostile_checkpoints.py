@@ -255,16 +255,16 @@ def test_layers_missing_between_the_named_ones_are_refused_before_anything_is_bu
 FAIR_ESM_FIELDS = {
     "non_tensor_value": (
         lambda a, m: (a, {**m, "encoder.sentence_encoder.layers.0.fc1.bias": 5}),
-        "holds a int",
+        r"holds 5 \(int\)",
     ),
-    "non_string_key": (lambda a, m: (a, {**m, 7: torch.zeros(1)}), "a state-dict key is a int"),
+    "non_string_key": (lambda a, m: (a, {**m, 7: torch.zeros(1)}), r"a state-dict key is 7 \(int\)"),
     "one_d_embedding": (
         lambda a, m: (a, {**m, "encoder.sentence_encoder.embed_tokens.weight": torch.zeros(33)}),
         r"embed_tokens\.weight has shape \(33,\)",
     ),
     "zero_heads": (lambda a, m: ({**a, "encoder_attention_heads": 0}, m), "attention_heads is 0"),
     "negative_heads": (lambda a, m: ({**a, "encoder_attention_heads": -8}, m), "attention_heads is -8"),
-    "string_layers": (lambda a, m: ({**a, "encoder_layers": "2"}, m), r"encoder_layers is a str \('2'\)"),
+    "string_layers": (lambda a, m: ({**a, "encoder_layers": "2"}, m), r"encoder_layers is '2' \(str\)"),
 }
 
 
@@ -391,3 +391,18 @@ def test_a_file_of_a_hugging_face_esm_folder_is_named_as_such(tiny_set) -> None:
     for name in sorted(p.name for p in tiny_set.esm_hf.iterdir() if p.is_file()):
         with pytest.raises(CheckpointError, match=r"a file of a Hugging Face model folder; give the folder"):
             load_esm2(tiny_set.esm_hf / name)
+
+
+def test_messages_show_hostile_values_without_failing_on_them() -> None:
+    """A 5000-digit integer's repr raises and a deeply nested list's recurses: a refusal message must not
+    (the epsilon check once put ``repr(value)`` in its message)."""
+    from virnucpro_trt.models.config_checks import checked_layer_norm_eps, show_value
+
+    nested: list = []
+    inner = nested
+    for _ in range(100_000):
+        inner.append([])
+        inner = inner[0]
+    assert show_value(10**5000) == "a value of type int" and show_value(nested) == "a value of type list"
+    with pytest.raises(ValueError, match="layer_norm_eps is a value of type int, expected a finite number"):
+        checked_layer_norm_eps(10**5000, "layer_norm_eps")

@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.files.atomic import write_bytes_atomic
+from virnucpro_trt.models.config_checks import as_float, show_value
 from virnucpro_trt.models.identity import WeightsIdentity, confirm_checkpoint, confirm_still
 from virnucpro_trt.models.pickle_guard import MAX_CLASSIFIER_BYTES, PickledObject, restricted_torch_load
 
@@ -154,8 +155,8 @@ def _from_pickled_module(root: PickledObject, path: Path) -> ClassifierWeights:
         for attribute, (tensor, dim) in attributes.items():
             if attribute in state and not _is_int(state[attribute], tensors[tensor].shape[dim]):
                 raise CheckpointError(
-                    f"{path}: {child}.{attribute} is {_show(state[attribute])}, but '{tensor}' has shape "
-                    f"{tuple(tensors[tensor].shape)}"
+                    f"{path}: {child}.{attribute} is {show_value(state[attribute])}, but '{tensor}' has "
+                    f"shape {tuple(tensors[tensor].shape)}"
                 )
     bn1 = modules["bn1"].state
     eps = _checked_eps(bn1["eps"], f"{path}: {_EPS_KEY}") if "eps" in bn1 else 1e-5
@@ -164,17 +165,6 @@ def _from_pickled_module(root: PickledObject, path: Path) -> ClassifierWeights:
 
 def _is_int(value: Any, expected: int) -> bool:
     return type(value) is int and value == expected
-
-
-def _show(value: Any) -> str:
-    """A hostile value for a one-line message: short scalars shown, anything else by its type only
-    (the repr of a deeply nested list recurses, and that of a 5000-digit integer raises)."""
-    kind = type(value).__name__
-    if isinstance(value, str):
-        return f"{value[:40]!r} (str)"
-    if isinstance(value, float) or (isinstance(value, int) and value.bit_length() <= 64):
-        return f"{value!r} ({kind})"
-    return f"a value of type {kind}"
 
 
 def _checked_eps(value: Any, where: str, shown: str | None = None) -> float:
@@ -189,14 +179,11 @@ def _checked_eps(value: Any, where: str, shown: str | None = None) -> float:
         if value.numel() != 1 or not value.is_floating_point():
             raise CheckpointError(f"{where} is a {value.dtype} tensor of shape {tuple(value.shape)}")
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CheckpointError(f"{where} is {_show(value)}, expected a finite number > 0")
-    try:
-        eps = float(value)
-    except OverflowError:
-        eps = math.inf
+    eps = as_float(value)
+    if eps is None:
+        raise CheckpointError(f"{where} is {show_value(value)}, expected a finite number > 0")
     if not math.isfinite(eps) or eps <= 0:
-        raise CheckpointError(f"{where} is {shown or _show(value)}, expected a finite number > 0")
+        raise CheckpointError(f"{where} is {shown or show_value(value)}, expected a finite number > 0")
     return eps
 
 
@@ -328,7 +315,7 @@ def _metadata_eps(meta: Mapping[str, str], path: Path) -> float:
         value = float(text)
     except ValueError:  # not a number: refused below like NaN
         value = math.nan
-    return _checked_eps(value, f"{path}: metadata bn_eps", _show(text))
+    return _checked_eps(value, f"{path}: metadata bn_eps", show_value(text))
 
 
 def classifier_source(path: Path) -> str | None:

@@ -23,9 +23,25 @@ MAX_LAYER_NORM_EPS = 0.1
 
 
 def show_value(value: Any) -> str:
-    """A hostile value in a message: its type, and its text only when that is short."""
-    text = repr(value)
-    return f"a {type(value).__name__} ({text})" if len(text) <= 40 else f"a {type(value).__name__}"
+    """A hostile value for a one-line message: short scalars shown, anything else by its type only
+    (the repr of a deeply nested list recurses, and that of a 5000-digit integer raises)."""
+    kind = type(value).__name__
+    if isinstance(value, str):
+        return f"{value[:40]!r} (str)"
+    if isinstance(value, float) or (isinstance(value, int) and value.bit_length() <= 64):
+        return f"{value!r} ({kind})"
+    return f"a value of type {kind}"
+
+
+def as_float(value: Any) -> float | None:
+    """A JSON or pickled number as a float (``inf`` when too large for one); None for anything else,
+    ``True`` included. What an epsilon check reads before it judges the range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def checked_layer_norm_eps(value: Any, what: str) -> float:
@@ -34,14 +50,13 @@ def checked_layer_norm_eps(value: Any, what: str) -> float:
     LayerNorm divides by sqrt(var + eps): a negative or zero eps turns constant rows into NaN or Inf, and
     NaN or a huge eps silently flattens every activation.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    eps = as_float(value)
+    if eps is None:
         raise ValueError(f"{what} is {show_value(value)}, expected a number")
-    try:
-        eps = float(value)
-    except OverflowError:
-        eps = math.inf
     if not math.isfinite(eps) or not 0 < eps <= MAX_LAYER_NORM_EPS:
-        raise ValueError(f"{what} is {value!r}, expected a finite number > 0 and <= {MAX_LAYER_NORM_EPS}")
+        raise ValueError(
+            f"{what} is {show_value(value)}, expected a finite number > 0 and <= {MAX_LAYER_NORM_EPS}"
+        )
     return eps
 
 
