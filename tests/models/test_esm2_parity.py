@@ -177,6 +177,65 @@ def test_sharded_checkpoints(tmp_path: Path, weights_format: str, as_tensors) ->
     assert_matches_hf(encoder, hf_model(sharded), ids, mask)
 
 
+def _as_hub_cache(folder: Path, cache: Path, repo_id: str) -> Path:
+    """``folder`` laid out as huggingface_hub's cache keeps a download: each snapshot file is a relative
+    link into the repository's ``blobs/`` folder, named by its content hash."""
+    import hashlib
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        (repo / "blobs" / digest).write_bytes(file.read_bytes())
+        (snapshot / file.name).symlink_to(Path("../../blobs") / digest)
+    return snapshot
+
+
+@pytest.mark.parametrize("weights_format", ["safetensors", "bin"])
+def test_a_sharded_checkpoint_in_the_hugging_face_cache_loads_by_its_id(
+    tmp_path: Path, weights_format: str, as_tensors, monkeypatch
+) -> None:
+    from huggingface_hub import constants
+
+    from virnucpro_trt.models.resolve import resolve_model
+
+    sharded = write_esm_hf_checkpoint(tmp_path / "sharded", seed=5, shards=2, weights_format=weights_format)
+    snapshot = _as_hub_cache(sharded, tmp_path / "hub", "facebook/esm2_t36_3B_UR50D")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    found = resolve_model("facebook/esm2_t36_3B_UR50D", "esm2")
+    assert found.resolve() == snapshot.resolve()
+    encoder, _, info = load_esm2(found)
+    assert len(info["weight_files"]) == 2
+    reference, _, _ = load_esm2(sharded)
+    ids, mask = protein_batch(as_tensors, seed=3)
+    with torch.no_grad():
+        assert torch.equal(encoder(ids, mask), reference(ids, mask))
+
+
+def test_a_shard_index_naming_a_path_or_a_folder_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from virnucpro_trt.errors import UserError
+
+    sharded = write_esm_hf_checkpoint(tmp_path / "sharded", seed=5, shards=2)
+    index = sharded / "model.safetensors.index.json"
+    plan = json.loads(index.read_text())
+    first = next(iter(plan["weight_map"]))
+    (sharded / "sub").mkdir()
+    refusals = (("../sharded/x.safetensors", "not a plain file name"), ("sub", "not a regular file"))
+    for name, message in refusals:
+        plan["weight_map"][first] = name
+        index.write_text(json.dumps(plan))
+        with pytest.raises(UserError, match=message):
+            load_esm2(sharded)
+
+
 def test_bare_esmmodel_layout_without_prefix(tmp_path: Path, esm_hf_dir: Path, as_tensors) -> None:
     from safetensors.torch import load_file, save_file
 

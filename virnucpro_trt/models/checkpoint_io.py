@@ -20,7 +20,7 @@ import torch
 
 from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
-from virnucpro_trt.files.names import member_path
+from virnucpro_trt.files.names import check_member_name
 from virnucpro_trt.models.config_checks import show_value
 from virnucpro_trt.models.torch_archive import load_torch_file
 
@@ -105,7 +105,9 @@ def hf_weight_files(folder: Path) -> list[Path]:
     """The weight files of a Hugging Face model folder, preferring safetensors, following shard indexes.
 
     A weight or index name that is present but not a regular file is refused, not skipped for the next
-    candidate (:func:`require_regular_file`).
+    candidate (:func:`require_regular_file`). A shard index may only name plain files of the folder, but
+    those may be links, as the single weight file may: the Hugging Face cache keeps every snapshot file as
+    a link into the repository's ``blobs/`` folder, so sharded models (ESM-2 3B is one) live that way.
     """
     for single, index in ((SAFETENSORS_SINGLE, SAFETENSORS_INDEX), (BIN_SINGLE, BIN_INDEX)):
         for name in (single, index):
@@ -118,10 +120,12 @@ def hf_weight_files(folder: Path) -> list[Path]:
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointError(f"{folder / index}: not a shard index (no 'weight_map' object)")
             names = sorted({str(name) for name in weight_map.values()})
-            shards = [member_path(folder, name, f"{folder / index}") for name in names]
-            missing = [p.name for p in shards if not p.is_file()]
+            shards = [folder / check_member_name(name, f"{folder / index}") for name in names]
+            missing = [p.name for p in shards if not is_present(p)]
             if missing:
                 raise CheckpointError(f"{folder}: shard index lists missing files {', '.join(missing)}")
+            for shard in shards:
+                require_regular_file(shard)
             return shards
     present = ", ".join(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else "nothing"
     raise CheckpointError(
