@@ -61,6 +61,45 @@ def test_esm_missing_key_is_named(tmp_path: Path, esm_hf_dir: Path) -> None:
         load_esm2(folder)
 
 
+def _legacy_norm_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """LayerNorm parameters named as transformers 5.x's save_pretrained writes them (gamma/beta)."""
+    return {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in state.items()
+    }
+
+
+def test_folders_saved_by_transformers_5_load_as_the_same_model(
+    tmp_path: Path, dnabert_dir: Path, esm_hf_dir: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    esm = _copy(esm_hf_dir, tmp_path / "esm")
+    state = _legacy_norm_names(load_file(esm / "model.safetensors"))
+    assert any(k.endswith("LayerNorm.gamma") for k in state)
+    shared = [k for k in state if k.endswith("rotary_embeddings.inv_freq")]
+    inv_freq = state[shared[0]]
+    for key in shared:  # one wildcard key for the layers' one inv_freq, as transformers 5.x writes it
+        del state[key]
+    state["esm.encoder.layer.*.attention.self.rotary_embeddings.inv_freq"] = inv_freq
+    save_file(state, esm / "model.safetensors")
+    dnabert = _copy(dnabert_dir, tmp_path / "dnabert")
+    dna_state = _legacy_norm_names(torch.load(dnabert / "pytorch_model.bin", weights_only=True))
+    assert any(k.endswith("LayerNorm.gamma") for k in dna_state)
+    torch.save(dna_state, dnabert / "pytorch_model.bin")
+    for load, original, legacy in ((load_esm2, esm_hf_dir, esm), (load_dnabert, dnabert_dir, dnabert)):
+        expected, _, expected_info = load(original)
+        found, _, info = load(legacy)
+        assert info["ignored_keys"] == expected_info["ignored_keys"]
+        pairs = zip(expected.state_dict().items(), found.state_dict().items(), strict=True)
+        for (name, want), (_, got) in pairs:
+            assert torch.equal(want, got), name
+    gamma = state["esm.encoder.layer.0.LayerNorm.gamma"].clone()
+    save_file(dict(state, **{"esm.encoder.layer.0.LayerNorm.weight": gamma}), esm / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"both esm\.encoder\.layer\.0\.LayerNorm\.gamma and"):
+        load_esm2(esm)
+
+
 def test_wrong_layouts_say_what_was_found(
     tmp_path: Path, dnabert_dir: Path, esm_hf_dir: Path, esm_fairesm_file: Path
 ) -> None:

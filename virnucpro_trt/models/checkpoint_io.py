@@ -150,6 +150,29 @@ def load_weight_files(files: Iterable[Path]) -> StateDict:
     return merged
 
 
+# transformers' legacy LayerNorm parameter names and the current ones.
+_LEGACY_NORM_SUFFIXES = (("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias"))
+
+
+def with_current_norm_names(raw: StateDict, where: str) -> StateDict:
+    """A Hugging Face state dict with ``LayerNorm.gamma``/``.beta`` keys named ``.weight``/``.bias``.
+
+    transformers reads both spellings as one, and its 5.x ``save_pretrained`` writes the legacy one, so a
+    folder that transformers itself wrote and reads back must load here too. A file that holds both
+    spellings of one parameter is refused: which of the two transformers would use is not ours to guess.
+    """
+    renamed: StateDict = {}
+    for key, tensor in raw.items():
+        name = key
+        for legacy, current in _LEGACY_NORM_SUFFIXES:
+            if key.endswith(legacy):
+                name = key[: -len(legacy)] + current
+                if name in raw:
+                    raise CheckpointError(f"{where}: holds both {key} and {name}")
+        renamed[name] = tensor
+    return renamed
+
+
 def read_text_file(path: Path) -> str:
     """A model folder's text file, read whole but never past :data:`MAX_TEXT_BYTES`.
 

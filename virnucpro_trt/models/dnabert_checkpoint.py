@@ -37,6 +37,7 @@ from virnucpro_trt.models.checkpoint_io import (
     read_json,
     summarize,
     to_float32,
+    with_current_norm_names,
 )
 from virnucpro_trt.models.dnabert import DnabertConfig, DnabertEncoder, dnabert_state_shapes
 from virnucpro_trt.models.tokenization import DnaTokenizer, check_token_ids_fit
@@ -56,7 +57,7 @@ def load_dnabert(path: str | Path) -> tuple[DnabertEncoder, DnaTokenizer, dict[s
     folder = Path(path)
     config, tokenizer = _config_and_tokenizer(folder)
     files = hf_weight_files(folder)
-    raw = load_weight_files(files)
+    raw = with_current_norm_names(load_weight_files(files), str(folder))
     state, layout, ignored = _strip_layout(raw, folder)
     what = f"{folder}: DNABERT-S weights ({layout} layout)"
     _cross_check(state, config, folder)

@@ -43,6 +43,7 @@ from virnucpro_trt.models.checkpoint_io import (
     safe_torch_load,
     summarize,
     to_float32,
+    with_current_norm_names,
 )
 from virnucpro_trt.models.config_checks import checked_layer_norm_eps, config_bool, config_int
 from virnucpro_trt.models.esm2 import Esm2Config, Esm2Encoder, default_inv_freq
@@ -64,6 +65,8 @@ _HF_RENAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^encoder\.layer\.(\d+)\.LayerNorm\.", r"layers.\1.final_layer_norm."),
         (r"^encoder\.emb_layer_norm_after\.", "emb_layer_norm_after."),
         (r"^rotary_embeddings\.inv_freq$", "rot_emb.inv_freq"),
+        # transformers 5.x saves the layers' one shared inv_freq once, under a wildcard layer index.
+        (r"^encoder\.layer\.\*\.attention\.self\.rotary_embeddings\.inv_freq$", "rot_emb.inv_freq"),
     )
 )
 # Heads and bookkeeping tensors the encoder does not use.
@@ -149,7 +152,7 @@ def _read_hf_folder(folder: Path) -> tuple[StateDict, Esm2Config, ProteinTokeniz
     config, tokenizer = _hf_config_and_tokenizer(folder)
 
     files = hf_weight_files(folder)
-    raw = load_weight_files(files)
+    raw = with_current_norm_names(load_weight_files(files), str(folder))
     prefixed = any(key.startswith("esm.") for key in raw)
     state, ignored = _hf_to_fair_esm_names(raw, prefixed)
     if "embed_tokens.weight" not in state or "layers.0.self_attn.q_proj.weight" not in state:
