@@ -66,6 +66,24 @@ def test_pickle_records_main_class_like_upstream(tmp_path):
         torch.load(path, weights_only=True)
 
 
+def test_the_upstream_class_pickled_from_a_module_other_than_main_loads_the_same(tmp_path, monkeypatch):
+    """``torch.save(model)`` with MLPClassifier imported from a module names that module, not __main__."""
+    model = random_upstream_classifier(24, hidden_dim=16, seed=4)
+    reference = tmp_path / "main.pth"
+    save_as_upstream_pickle(model, reference)
+    monkeypatch.setattr(UpstreamClass, "__module__", "train_virnucpro")
+    monkeypatch.setitem(sys.modules, "train_virnucpro", type(sys)("train_virnucpro"))
+    monkeypatch.setattr(sys.modules["train_virnucpro"], "MLPClassifier", UpstreamClass, raising=False)
+    moved = tmp_path / "moved.pth"
+    torch.save(model, moved)
+    with zipfile.ZipFile(moved) as zf:
+        assert b"train_virnucpro" in zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    expected, got = load_classifier_weights(reference), load_classifier_weights(moved)
+    assert expected.tensors.keys() == got.tensors.keys()
+    for name, tensor in expected.tensors.items():
+        assert torch.equal(tensor, got.tensors[name]), name
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))

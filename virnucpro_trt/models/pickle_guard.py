@@ -5,10 +5,11 @@ Upstream VirNucPro saves its classifier as a WHOLE pickled module (``torch.save(
 in the training script's ``__main__``. Such a file cannot be read with ``weights_only=True``, and reading
 it with plain ``pickle`` would execute whatever callable the file names. It is read by
 :func:`~virnucpro_trt.models.torch_archive.load_torch_file` (never ``torch.load``), whose allow-list holds
-tensors and plain containers; on top of that, module classes (``__main__.*`` and ``torch.nn.modules.*``)
-become inert :class:`PickledObject` stand-ins that only record the state the pickle hands them — no
-``nn.Module`` code runs. Any other global (``os.system``, ``builtins.eval``, ...) is refused before it
-can be called. :mod:`virnucpro_trt.models.classifier` turns the tree of stand-ins into a state dict.
+tensors and plain containers; on top of that, module classes (``__main__.*``, ``torch.nn.modules.*`` and
+upstream's ``MLPClassifier`` from any module) become inert :class:`PickledObject` stand-ins that only record
+the state the pickle hands them — no ``nn.Module`` code runs. Any other global (``os.system``,
+``builtins.eval``, ...) is refused before it can be called. :mod:`virnucpro_trt.models.classifier` turns
+the tree of stand-ins into a state dict.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from virnucpro_trt.models.torch_archive import load_torch_file
 
 # Module paths whose classes are replaced by stand-ins (their code never runs).
 _STAND_IN_MODULE_PREFIXES = ("__main__", "__mp_main__", "torch.nn.modules.")
+# Upstream's class name, from whatever module it was pickled: a script run as ``__main__`` names
+# ``__main__.MLPClassifier``, the same class imported from a module (``train.MLPClassifier``, a test file)
+# names that module. Neither is imported: both become the same kind of inert stand-in.
+_UPSTREAM_CLASS = "MLPClassifier"
 # A classifier is 3328 x 512 fp32 weights (6.8 MB); nothing this loader accepts is anywhere near this.
 MAX_CLASSIFIER_BYTES = 256 << 20
 
@@ -71,7 +76,10 @@ _stand_in_cache: dict[str, type[PickledObject]] = {}
 
 def module_stand_in(module: str, name: str) -> type[PickledObject] | None:
     """The stand-in class for ``module.name`` when it is a module class, else None (refused)."""
-    if not (module.startswith(_STAND_IN_MODULE_PREFIXES) and name.isidentifier()):
+    if not name.isidentifier():
+        return None
+    named_module = name == _UPSTREAM_CLASS and all(part.isidentifier() for part in module.split("."))
+    if not (module.startswith(_STAND_IN_MODULE_PREFIXES) or named_module):
         return None
     qualified = f"{module}.{name}"
     cls = _stand_in_cache.get(qualified)
