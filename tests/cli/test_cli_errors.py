@@ -272,6 +272,27 @@ def test_scores_that_overflow_to_nan_fail_the_run_without_results(tiny_set, codi
     assert not (out / "prediction_results.txt").exists() and not (out / "run.json").exists()
 
 
+def test_encoder_weights_with_nan_fail_the_run_in_one_line_that_names_the_weights(
+    tiny_set, coding_reads, tmp_path
+):
+    """The message used to say only 'try --precision fp32', also to a run that was fp32 already."""
+    from safetensors.torch import load_file, save_file
+
+    esm = tmp_path / "esm"
+    shutil.copytree(tiny_set.esm_hf, esm)
+    state = load_file(esm / "model.safetensors")
+    state["esm.encoder.layer.0.output.dense.bias"][:] = float("nan")
+    save_file(state, esm / "model.safetensors")
+    out = tmp_path / "out"
+    result = run_cli(
+        "-q", "predict", str(coding_reads), "-o", str(out), "--dnabert", str(tiny_set.dnabert),
+        "--esm", str(esm), "--classifier", str(tiny_set.classifier), "--device", "cpu",
+    )  # fmt: skip
+    _only_line(result, 1, "produced NaN/Inf embeddings")
+    assert "the model's weights hold NaN/Inf" in result.stderr
+    assert not (out / "prediction_results.txt").exists() and not (out / "run.json").exists()
+
+
 def test_tokenizer_past_the_embedding_is_refused_before_any_work(
     tiny_set, coding_reads, tmp_path, monkeypatch
 ):

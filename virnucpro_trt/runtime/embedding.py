@@ -190,7 +190,8 @@ def _embed_batch(
         names = [labels[i] if labels is not None else f"#{i}" for i in bad[:3]]
         raise NonFiniteError(
             f"{backend.name} produced NaN/Inf embeddings for {len(bad)} item(s) of a batch "
-            f"of {len(batch)} (e.g. {', '.join(names)}); try --precision fp32"
+            f"of {len(batch)} (e.g. {', '.join(names)}): the model's weights hold NaN/Inf, or a reduced "
+            "precision overflowed (then try --precision fp32)"
         )
     out[batch] = pooled
     if stats is not None:
