@@ -100,6 +100,20 @@ def test_folders_saved_by_transformers_5_load_as_the_same_model(
         load_esm2(esm)
 
 
+def test_esm_special_ids_given_as_null_are_vocab_txts_and_a_disagreeing_one_is_refused(
+    tmp_path: Path, esm_hf_dir: Path
+) -> None:
+    expected, tokenizer, _ = load_esm2(esm_hf_dir)
+    folder = _copy(esm_hf_dir, tmp_path / "null_ids")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "mask_token_id": None, "pad_token_id": None}))
+    found, _, _ = load_esm2(folder)
+    assert found.config == expected.config and found.config.mask_id == tokenizer.mask_id
+    (folder / "config.json").write_text(json.dumps({**config, "pad_token_id": 7}))
+    with pytest.raises(CheckpointError, match=r"pad_token_id 7 disagrees with vocab.txt \(1\)"):
+        load_esm2(folder)
+
+
 def test_wrong_layouts_say_what_was_found(
     tmp_path: Path, dnabert_dir: Path, esm_hf_dir: Path, esm_fairesm_file: Path
 ) -> None:

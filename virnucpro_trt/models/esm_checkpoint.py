@@ -171,7 +171,11 @@ def _read_hf_folder(folder: Path) -> tuple[StateDict, Esm2Config, ProteinTokeniz
 
 
 def _hf_config(cfg: dict[str, Any], tokenizer: ProteinTokenizer, where: str) -> Esm2Config:
-    """EsmConfig fields -> Esm2Config; special ids must agree with vocab.txt."""
+    """EsmConfig fields -> Esm2Config; special ids must agree with vocab.txt.
+
+    A special id given as null is not stated (EsmConfig's own default is None), so vocab.txt's is used.
+    """
+    cfg = {key: value for key, value in cfg.items() if not (key.endswith("_token_id") and value is None)}
     for field, token_id in (("mask_token_id", tokenizer.mask_id), ("pad_token_id", tokenizer.pad_id)):
         if field in cfg and token_id is not None and cfg[field] != token_id:
             raise CheckpointError(f"{where}: {field} {cfg[field]} disagrees with vocab.txt ({token_id})")
