@@ -11,7 +11,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
 #include <cstdlib>
+#include <system_error>
 
 #ifdef VIRNUCPRO_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -64,13 +66,54 @@ constexpr const char* kMeta = "virnucpro.";
 
 int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
-std::string meta(const std::unordered_map<std::string, std::string>& metadata, const std::string& key,
-                 const std::string& file) {
+using Metadata = std::unordered_map<std::string, std::string>;
+
+std::string meta(const Metadata& metadata, const std::string& key, const std::string& file) {
   const auto it = metadata.find(kMeta + key);
   if (it == metadata.end()) {
     throw EngineMismatch(file + " was not built by virnucpro's inductor backend (no " + kMeta + key + ")");
   }
   return it->second;
+}
+
+// A number of the package's metadata: decimal digits only (std::stoll would take "12abc" as 12 and throw
+// out_of_range past int64) in [low, high].
+int64_t meta_integer(const Metadata& metadata, const std::string& key, const std::string& file, int64_t low,
+                     int64_t high) {
+  const auto text = meta(metadata, key, file);
+  int64_t value = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  const bool digits = !text.empty() && std::isdigit(static_cast<unsigned char>(text[0]));
+  if (!digits || error != std::errc() || end != text.data() + text.size() || value < low || value > high) {
+    throw EngineMismatch(file + ": " + kMeta + key + " is not an integer in [" + std::to_string(low) + ", " +
+                         std::to_string(high) + "]");
+  }
+  return value;
+}
+
+// The box compiled into the package, held to the rules the Python side builds it by (GraphShapes in
+// inductor_shapes.py): 1 <= min <= max for batch and length, lengths multiples of sequence_multiple.
+ShapeBox compiled_box(const Metadata& metadata, const std::string& file) {
+  ShapeBox graph;
+  graph.sequence_multiple = meta_integer(metadata, "graph.sequence_multiple", file, 1, kMaxLength);
+  graph.min_batch = meta_integer(metadata, "graph.min_batch", file, 1, kMaxBatch);
+  graph.max_batch = meta_integer(metadata, "graph.max_batch", file, graph.min_batch, kMaxBatch);
+  graph.min_length = meta_integer(metadata, "graph.min_length", file, 1, kMaxLength);
+  graph.max_length = meta_integer(metadata, "graph.max_length", file, graph.min_length, kMaxLength);
+  if (graph.min_length % graph.sequence_multiple != 0 || graph.max_length % graph.sequence_multiple != 0) {
+    throw EngineMismatch(file + ": its compiled lengths are not multiples of its sequence multiple");
+  }
+  return graph;
+}
+
+// The package's vocabulary size. A package without it (built before virnucpro.vocab_size was recorded)
+// is refused: without it no token id can be checked, and an id past the table aborts the process.
+int64_t compiled_vocab(const Metadata& metadata, const std::string& file) {
+  if (!metadata.count(std::string(kMeta) + "vocab_size")) {
+    throw EngineMismatch(file + " records no vocabulary size (built by an older virnucpro-trt), so its token "
+                         "ids cannot be checked: rebuild the engines with `virnucpro-trt build --backend inductor`");
+  }
+  return meta_integer(metadata, "vocab_size", file, 1, kMaxVocab);
 }
 
 }  // namespace
@@ -87,11 +130,48 @@ Encoder::Encoder(const EngineManifest& manifest, const std::string& kind, const 
   if (found != expected) {
     throw EngineMismatch(path + " holds " + found + " but the manifest promises " + expected);
   }
-  graph_.min_batch = std::stoll(meta(metadata, "graph.min_batch", path));
-  graph_.max_batch = std::stoll(meta(metadata, "graph.max_batch", path));
-  graph_.min_length = std::stoll(meta(metadata, "graph.min_length", path));
-  graph_.max_length = std::stoll(meta(metadata, "graph.max_length", path));
-  graph_.sequence_multiple = std::stoll(meta(metadata, "graph.sequence_multiple", path));
+  graph_ = compiled_box(metadata, path);
+  vocab_size_ = compiled_vocab(metadata, path);
+  check_manifest_fits(path);
+}
+
+// The manifest's promises must hold for the package, as the Python loader requires (check_metadata in
+// inductor_runner.py): its largest batch and length inside the compiled box (smaller ones are padded up
+// into it), the same vocabulary where the manifest records one, and a pad id inside it (the runner pads
+// with it, and an id past the table aborts the process inside the kernel).
+void Encoder::check_manifest_fits(const std::string& path) const {
+  const auto& promised = entry_.shapes;
+  if (promised.max_batch > graph_.max_batch || promised.max_length > graph_.max_length) {
+    throw EngineMismatch(path + " accepts at most " + std::to_string(graph_.max_batch) + " x " +
+                         std::to_string(graph_.max_length) + ", the manifest promises " +
+                         std::to_string(promised.max_batch) + " x " + std::to_string(promised.max_length) +
+                         "; rebuild the engines");
+  }
+  if (entry_.vocab_size != 0 && entry_.vocab_size != vocab_size_) {
+    throw EngineMismatch(path + " embeds " + std::to_string(vocab_size_) + " tokens but the manifest says " +
+                         std::to_string(entry_.vocab_size) + "; rebuild the engines");
+  }
+  if (entry_.pad_id >= vocab_size_) {
+    throw EngineMismatch("the manifest's " + entry_.kind + " pad_id " + std::to_string(entry_.pad_id) +
+                         " is outside the " + std::to_string(vocab_size_) + "-token vocabulary of " + path +
+                         "; rebuild the engines");
+  }
+}
+
+std::string Encoder::refusal(const at::Tensor& input_ids, const at::Tensor& attention_mask) const {
+  if (input_ids.numel() > 0) {
+    const auto [low, high] = torch::aminmax(input_ids);
+    const auto lowest = low.item<int64_t>(), highest = high.item<int64_t>();
+    if (lowest < 0 || highest >= vocab_size_) {
+      return "token id " + std::to_string(lowest < 0 ? lowest : highest) + " is outside the " + entry_.kind +
+             " vocabulary (ids 0 to " + std::to_string(vocab_size_ - 1) + ")";
+    }
+  }
+  if (attention_mask.numel() > 0) {
+    const auto [low, high] = torch::aminmax(attention_mask);
+    if (low.item<int64_t>() < 0 || high.item<int64_t>() > 1) return "the attention mask must hold only 0 and 1";
+  }
+  return "";
 }
 
 Encoder::~Encoder() = default;
@@ -107,14 +187,17 @@ at::Tensor Encoder::embed(const at::Tensor& input_ids, const at::Tensor& attenti
                                 std::to_string(entry_.shapes.max_batch) + " x " +
                                 std::to_string(entry_.shapes.max_length) + ")");
   }
+  const auto cpu_ids = input_ids.to(torch::kCPU, torch::kInt64);
+  const auto cpu_mask = attention_mask.to(torch::kCPU, torch::kInt64);
+  if (const auto why = refusal(cpu_ids, cpu_mask); !why.empty()) throw std::invalid_argument(entry_.kind + ": " + why);
   // Right-pad into the box: length to a multiple (and the minimum) with pad id / mask 0, batch up to the
   // minimum with copies of row 0 -- the Python runner's rule, so both give the same numbers.
   const auto [rows, cols] = computed_shape(batch, length);
   auto ids = torch::full({rows, cols}, entry_.pad_id, torch::kInt64);
   auto mask = torch::zeros({rows, cols}, torch::kInt64);
   using torch::indexing::Slice;
-  ids.index_put_({Slice(0, batch), Slice(0, length)}, input_ids.to(torch::kCPU, torch::kInt64));
-  mask.index_put_({Slice(0, batch), Slice(0, length)}, attention_mask.to(torch::kCPU, torch::kInt64));
+  ids.index_put_({Slice(0, batch), Slice(0, length)}, cpu_ids);
+  mask.index_put_({Slice(0, batch), Slice(0, length)}, cpu_mask);
   if (rows > batch) {
     ids.index_put_({Slice(batch, rows)}, ids[0]);
     mask.index_put_({Slice(batch, rows)}, mask[0]);

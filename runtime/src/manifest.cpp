@@ -2,6 +2,7 @@
 // The manifest is read as hostile input: every file it names must be a plain name inside the folder,
 // and every file must have the SHA-256 recorded beside it before anything is loaded.
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <vector>
 
@@ -62,6 +63,76 @@ std::string current_arch(const c10::Device& device) {
 #endif
 }
 
+// A manifest integer: a JSON integer (not 2.7, "3", true or 2^64-1, which get<int64_t> would silently
+// truncate or wrap) in [low, high]; anything else is refused with the field's name.
+int64_t integer(const nlohmann::json& value, const std::string& field, int64_t low, int64_t high) {
+  constexpr auto kLargest = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+  const bool fits =
+      value.is_number_integer() && (!value.is_number_unsigned() || value.get<uint64_t>() <= kLargest);
+  if (fits) {
+    const auto number = value.get<int64_t>();
+    if (number >= low && number <= high) return number;
+  }
+  // A scalar is shown (cut short); anything else by its type only (dumping a deep array recurses).
+  std::string shown = value.is_primitive() ? value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+                                           : std::string("a JSON ") + value.type_name();
+  if (shown.size() > 40) shown = shown.substr(0, 40) + "...";
+  throw EngineMismatch(field + " must be an integer in [" + std::to_string(low) + ", " + std::to_string(high) +
+                       "], not " + shown);
+}
+
+// An encoder's promised shape range: positive, bounded, min <= (opt <=) max; opt_* are only checked.
+ShapeBox shape_box(const nlohmann::json& s, const std::string& field) {
+  if (!s.is_object()) throw EngineMismatch(field + " must be an object of min/max batch and length");
+  ShapeBox box;
+  box.min_batch = integer(s.at("min_batch"), field + ".min_batch", 1, kMaxBatch);
+  box.max_batch = integer(s.at("max_batch"), field + ".max_batch", box.min_batch, kMaxBatch);
+  box.min_length = integer(s.at("min_length"), field + ".min_length", 1, kMaxLength);
+  box.max_length = integer(s.at("max_length"), field + ".max_length", box.min_length, kMaxLength);
+  if (s.contains("opt_batch")) integer(s.at("opt_batch"), field + ".opt_batch", box.min_batch, box.max_batch);
+  if (s.contains("opt_length")) integer(s.at("opt_length"), field + ".opt_length", box.min_length, box.max_length);
+  return box;
+}
+
+bool is_encoder(const std::string& kind) { return kind == "dnabert-s" || kind == "esm2"; }
+
+// The manifest's fields into `m`; throws nlohmann's exceptions for a missing field or a wrong type and
+// EngineMismatch for a value out of range.
+void read_fields(const nlohmann::json& data, EngineManifest& m) {
+  m.schema_version = static_cast<int>(integer(data.at("schema_version"), "schema_version", 0, 1 << 20));
+  m.backend = data.at("backend").get<std::string>();
+  m.precision = data.at("precision").get<std::string>();
+  m.device_type = data.at("device").at("type").get<std::string>();
+  m.device_arch = data.at("device").value("arch", "");
+  m.torch_version = data.value("libraries", nlohmann::json::object()).value("torch", "");
+  if (const auto build = data.value("build", nlohmann::json::object()); build.is_object()) {
+    if (const auto budget = build.value("max_batch_tokens", nlohmann::json()); !budget.is_null()) {
+      m.max_batch_tokens = integer(budget, "build.max_batch_tokens", 1, kMaxBatchTokens);
+    }
+  }
+  for (const auto& [kind, entry] : data.at("models").items()) {
+    ModelEntry e;
+    e.kind = kind;
+    e.artifact = entry.at("artifact").get<std::string>();
+    e.file_sha256 = entry.at("file_sha256").get<std::map<std::string, std::string>>();
+    for (const auto& [name, sha] : e.file_sha256) {
+      if (!plain_name(name)) throw EngineMismatch("'" + name + "' is not a plain file name");
+    }
+    if (!plain_name(e.artifact) || !e.file_sha256.count(e.artifact)) {
+      throw EngineMismatch("the " + kind + " artifact '" + e.artifact +
+                           "' is not a plain file name with a recorded SHA-256");
+    }
+    const std::string field = "models." + kind;
+    e.dim = integer(entry.at("dim"), field + ".dim", 1, kMaxDim);
+    e.pad_id = integer(entry.at("pad_id"), field + ".pad_id", 0, kMaxVocab - 1);
+    if (entry.contains("vocab_size")) {  // written since the host checks ids; the package's is the rule
+      e.vocab_size = integer(entry.at("vocab_size"), field + ".vocab_size", 0, kMaxVocab);
+    }
+    if (is_encoder(kind)) e.shapes = shape_box(entry.at("shapes"), field + ".shapes");
+    m.models.emplace(kind, e);
+  }
+}
+
 }  // namespace
 
 EngineManifest EngineManifest::read(const std::filesystem::path& folder) {
@@ -93,41 +164,11 @@ EngineManifest EngineManifest::read(const std::filesystem::path& folder) {
   EngineManifest m;
   m.folder = folder;
   try {
-    m.schema_version = data.at("schema_version").get<int>();
-    m.backend = data.at("backend").get<std::string>();
-    m.precision = data.at("precision").get<std::string>();
-    m.device_type = data.at("device").at("type").get<std::string>();
-    m.device_arch = data.at("device").value("arch", "");
-    m.torch_version = data.value("libraries", nlohmann::json::object()).value("torch", "");
-    if (const auto build = data.value("build", nlohmann::json::object()); build.is_object()) {
-      if (const auto budget = build.value("max_batch_tokens", nlohmann::json()); budget.is_number_integer()) {
-        m.max_batch_tokens = budget.get<int64_t>();
-      }
-    }
-    for (const auto& [kind, entry] : data.at("models").items()) {
-      ModelEntry e;
-      e.kind = kind;
-      e.artifact = entry.at("artifact").get<std::string>();
-      e.file_sha256 = entry.at("file_sha256").get<std::map<std::string, std::string>>();
-      for (const auto& [name, sha] : e.file_sha256) {
-        if (!plain_name(name)) throw EngineMismatch(path.string() + ": '" + name + "' is not a plain file name");
-      }
-      if (!plain_name(e.artifact) || !e.file_sha256.count(e.artifact)) {
-        throw EngineMismatch(path.string() + ": the " + kind + " artifact '" + e.artifact +
-                             "' is not a plain file name with a recorded SHA-256");
-      }
-      e.dim = entry.at("dim").get<int64_t>();
-      e.pad_id = entry.at("pad_id").get<int64_t>();
-      if (const auto s = entry.value("shapes", nlohmann::json()); s.is_object()) {  // encoders only
-        e.shapes.min_batch = s.at("min_batch").get<int64_t>();
-        e.shapes.max_batch = s.at("max_batch").get<int64_t>();
-        e.shapes.min_length = s.at("min_length").get<int64_t>();
-        e.shapes.max_length = s.at("max_length").get<int64_t>();
-      }
-      m.models.emplace(kind, e);
-    }
+    read_fields(data, m);
   } catch (const nlohmann::json::exception& error) {
     throw EngineMismatch(path.string() + " lacks a field this runtime needs: " + error.what());
+  } catch (const EngineMismatch& error) {
+    throw EngineMismatch(path.string() + ": " + error.what());
   }
   return m;
 }

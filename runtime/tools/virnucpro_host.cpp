@@ -49,6 +49,7 @@
 
 #include "virnucpro/batching.h"
 #include "virnucpro/runtime.h"
+#include "virnucpro/tensor_archive.h"
 
 namespace {
 
@@ -276,24 +277,45 @@ std::optional<std::string> write_whole(const std::string& name, const std::strin
   return std::nullopt;
 }
 
+// Bad input data: one line on stderr, exit 2 (no usage text: the command line was right).
+int refuse(const std::string& message) {
+  std::cerr << "Error: " << message << "\n";
+  return 2;
+}
+
+// Token ids each encoder can embed: below its package's vocabulary size (Encoder::refusal), checked on the
+// whole input once the engines are loaded and before either runs.
+std::optional<std::string> check_vocabularies(virnucpro::EngineSet& engines, const std::vector<c10::IValue>& items,
+                                              const std::string& name) {
+  if (auto why = engines.dnabert().refusal(items[0].toTensor(), items[1].toTensor()); !why.empty()) {
+    return name + ": dna_ids: " + why;
+  }
+  if (auto why = engines.esm().refusal(items[2].toTensor(), items[3].toTensor()); !why.empty()) {
+    return name + ": protein_ids: " + why;
+  }
+  return std::nullopt;
+}
+
 int run(const Options& options, const c10::Device& device) {
   std::string problem;
-  const auto bytes = read_inputs(options.positional[1], problem);
+  const auto& name = options.positional[1];
+  const auto bytes = read_inputs(name, problem);
   if (!bytes) return usage(problem);
-  const auto loaded = torch::pickle_load(*bytes);
+  const auto loaded = virnucpro::load_tensor_archive(*bytes, name);  // std::invalid_argument: exit 2
   const auto* tuple = loaded.isTuple() ? &loaded.toTupleRef() : nullptr;
   if (!tuple || tuple->elements().size() != 4) {
-    return usage(options.positional[1] + " must hold (dna_ids, dna_mask, protein_ids, protein_mask)");
+    return refuse(name + " must hold (dna_ids, dna_mask, protein_ids, protein_mask)");
   }
   const std::vector<c10::IValue> items(tuple->elements().begin(), tuple->elements().end());
   for (const auto& item : items) {
-    if (!item.isTensor()) return usage(options.positional[1] + " must hold four tensors");
+    if (!item.isTensor()) return refuse(name + " must hold four tensors");
   }
-  if (const auto bad = check_inputs(items, options.positional[1])) return usage(*bad);
+  if (const auto bad = check_inputs(items, name)) return refuse(*bad);
   if (options.cpu_threads > 0) at::set_num_threads(static_cast<int>(options.cpu_threads));
   double start = clock_after(device);
   virnucpro::EngineSet engines(options.positional[0], device, options.verify);
   const double load_s = clock_after(device) - start;
+  if (const auto bad = check_vocabularies(engines, items, name)) return refuse(*bad);
   const int64_t budget = options.max_batch_tokens > 0            ? options.max_batch_tokens
                          : engines.manifest().max_batch_tokens > 0 ? engines.manifest().max_batch_tokens
                                                                    : virnucpro::kFallbackBatchTokens;

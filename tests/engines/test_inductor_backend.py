@@ -310,6 +310,8 @@ def test_loading_skips_the_cpu_isa_probe(esm_engine: Engine, monkeypatch: pytest
     monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", probe)
     compiled = load_package(esm_engine.built.path, CPU)
     assert compiled.get_metadata()["AOTI_DEVICE_KEY"] == "cpu"
+    # the vocabulary size the C++ host holds token ids to (an id past it aborts inside the kernel)
+    assert compiled.get_metadata()["virnucpro.vocab_size"] == str(esm_engine.model.config.vocab_size)
     ids, mask = esm_engine.batch(np.random.default_rng(8), 3, 16)
     with torch.inference_mode():
         out = compiled(torch.from_numpy(ids), torch.from_numpy(mask))
@@ -589,7 +591,7 @@ def test_a_failed_compile_is_reported_with_the_compilers_first_error() -> None:
 
 
 def test_the_build_recipe_pins_the_build_defaults() -> None:
-    """Every default that shapes an AOTInductor engine, as of build recipe 7. Changing one fails here on
+    """Every default that shapes an AOTInductor engine, as of build recipe 8. Changing one fails here on
     purpose: raise ``InductorBackend.recipe_version`` with it (``bench`` then rebuilds the engines of its
     work folders) and write the new defaults below."""
     from virnucpro_trt.engines.fp8_quantize import row_launch_facts
@@ -599,7 +601,7 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
     from virnucpro_trt.engines.spec import BuildOptions
     from virnucpro_trt.settings import DEFAULT_ATTENTION
 
-    assert InductorBackend.recipe_version == 7
+    assert InductorBackend.recipe_version == 8
     assert EXTRA_DEFAULTS == {
         "sequence_multiple": 1,
         "min_export_batch": 1,

@@ -123,6 +123,22 @@ def test_unreadable_or_foreign_manifests(tmp_path):
         EngineManifest.read(tmp_path)
 
 
+def test_the_vocabulary_size_is_read_back_and_holds_the_pad_id(tmp_path):
+    """``vocab_size`` (written since the C++ host checks token ids) round-trips; an older manifest
+    without it reads as 0 (not recorded); a pad id outside a recorded vocabulary is refused."""
+    manifest = _manifest()
+    manifest.models["dnabert-s"].vocab_size = 4096
+    manifest.write(tmp_path)
+    back = EngineManifest.read(tmp_path)
+    assert back.models["dnabert-s"].vocab_size == 4096 and back.models["esm2"].vocab_size == 0
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    for value, needle in ((4096, "pad_id 4096 is outside its 4096-token vocabulary"), (2.5, "wrong type")):
+        data["models"]["dnabert-s"].update(pad_id=value)
+        (tmp_path / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(EngineMismatchError, match=needle):
+            EngineManifest.read(tmp_path)
+
+
 def test_verify_files_names_the_missing_file_and_the_damaged_one(tmp_path):
     manifest = _manifest()
     for entry in manifest.models.values():

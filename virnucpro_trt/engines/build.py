@@ -53,6 +53,7 @@ from virnucpro_trt.engines.spec import (
     arch_tag,
     artifact_name,
     default_shape_range,
+    vocab_size,
 )
 from virnucpro_trt.errors import BuildError, UserError
 from virnucpro_trt.models.checkpoints import load_encoder
@@ -311,6 +312,7 @@ def _build_one(
     """Build, load and gate one encoder in ``folder`` (the staging folder); its files are hashed later."""
     t0 = time.perf_counter()
     model, tokenizer, info, dim = load_encoder(kind, path)
+    vocab = vocab_size(model, kind)
     shapes = default_shape_range(kind, budget, settings.max_length)
     tokens = synthetic_tokens(kind, tokenizer, shapes.max_length)
     # The reference comes first: a backend may cast the model in place while compiling it.
@@ -343,6 +345,7 @@ def _build_one(
         source=str(path),
         dim=dim,
         pad_id=tokenizer.pad_id,
+        vocab_size=vocab,
         tokenizer=_copy_tokenizer(kind, tokenizer, path, folder),
         shapes=shapes.to_json(),
         files=[p.name for p in built.files if p != built.path],

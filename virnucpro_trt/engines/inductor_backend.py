@@ -69,7 +69,8 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
   traffic). That graph builds with torch 2.11's AOTInductor on CUDA only since the wrapper's size-array
   cache is off (:mod:`~virnucpro_trt.engines.aoti_int_arrays`; it named arrays it never declared).
 * One ``.pt2`` file holds code, kernels and weights (bf16 ESM-2 3B: ~5.6 GB; AOTI mmaps weights above
-  2 GB), and the graph box/kind/precision/width as AOTI metadata that ``load`` checks.
+  2 GB), and the graph box/kind/precision/width as AOTI metadata that ``load`` checks, with the
+  vocabulary size (``virnucpro.vocab_size``) that the C++ host holds token ids to.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ from virnucpro_trt.engines.inductor_configs import inductor_configs
 from virnucpro_trt.engines.inductor_model import DTYPES, device_copy, freeze_position_tables
 from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata, extern_kernels, load_package
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes, exported_bounds, tile_example
-from virnucpro_trt.engines.spec import BuildRequest, BuiltArtifact, LoadRequest
+from virnucpro_trt.engines.spec import BuildRequest, BuiltArtifact, LoadRequest, vocab_size
 from virnucpro_trt.errors import BuildError, EngineMismatchError
 from virnucpro_trt.runtime.attention_kernel import attention_kernel, check_lowered_attention
 from virnucpro_trt.runtime.embedding import EmbeddingBackend
@@ -260,6 +261,7 @@ def _export_and_compile(
         f"{META_PREFIX}kind": kind,
         f"{META_PREFIX}precision": precision,
         f"{META_PREFIX}dim": str(dim),
+        f"{META_PREFIX}vocab_size": str(vocab_size(request.model, kind)),
     }
     configs = inductor_configs(device, options, metadata)
     attempt, fresh = 0, False
@@ -294,8 +296,9 @@ class InductorBackend:
     #    removed since);
     # 5: ESM-2's attention by the project's Triton kernel on CUDA (rotary and layout in it);
     # 6: that kernel by halves, 64 x 32 keys, and fp8's qkv bias added in it;
-    # 7: bf16/fp16 ESM-2's fc1 + GELU as one cuBLASLt GEMM (gelu_epilogue).
-    recipe_version = 7
+    # 7: bf16/fp16 ESM-2's fc1 + GELU as one cuBLASLt GEMM (gelu_epilogue);
+    # 8: the package records its vocabulary size (virnucpro.vocab_size), which the C++ host requires.
+    recipe_version = 8
 
     def availability(self, device: torch.device, precision: str) -> str | None:
         if precision not in DTYPES:

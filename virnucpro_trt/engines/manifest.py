@@ -55,6 +55,7 @@ class ModelEntry:
     source: str  # the spec / path it was built from (informational)
     dim: int = 0
     pad_id: int = 0
+    vocab_size: int = 0  # rows of an encoder's token embedding; 0: not recorded (classifier, older builds)
     tokenizer: str | None = None  # file name inside the engine directory
     shapes: dict[str, int] | None = None
     files: list[str] = field(default_factory=list)  # every further file of the artifact (external data...)
@@ -87,6 +88,7 @@ _ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
     "source": (str,),
     "dim": (int,),
     "pad_id": (int,),
+    "vocab_size": (int,),
     "tokenizer": (str, type(None)),
     "shapes": (dict, type(None)),
     "files": (list,),
@@ -125,6 +127,9 @@ def _entry_from_json(kind: str, data: Any, path: Path) -> ModelEntry:
         isinstance(v, str) and _SHA256.fullmatch(v) for v in entry.file_sha256.values()
     ):
         raise EngineMismatchError(f"{what}: file_sha256 must give one SHA-256 for each of {', '.join(names)}")
+    if entry.vocab_size < 0 or (entry.vocab_size and not 0 <= entry.pad_id < entry.vocab_size):
+        vocab = entry.vocab_size
+        raise EngineMismatchError(f"{what}: pad_id {entry.pad_id} is outside its {vocab}-token vocabulary")
     if kind == "classifier" and not entry.artifact.endswith(".safetensors"):
         raise EngineMismatchError(f"{what}: the classifier of an engine directory must be .safetensors")
     return entry

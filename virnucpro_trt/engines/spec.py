@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from virnucpro_trt.errors import BuildError
 from virnucpro_trt.models.kinds import ENCODERS, EncoderName
 from virnucpro_trt.runtime.embedding import EmbeddingBackend
 from virnucpro_trt.settings import DEFAULT_ATTENTION
@@ -76,6 +77,17 @@ def arch_tag(device: torch.device) -> str:
 def artifact_name(model: ModelKind, arch: str, precision: str, extension: str) -> str:
     """``esm2.sm90.bf16.pt2``: model, architecture, precision, backend's file type."""
     return f"{model}.{arch}.{precision}.{extension}"
+
+
+def vocab_size(model: torch.nn.Module, kind: str) -> int:
+    """Rows of an encoder's token embedding (``config.vocab_size``, which the checkpoint loaders hold to
+    the table's shape). Recorded in the manifest and in an AOTInductor package, because a token id at or
+    past it makes a compiled embedding kernel abort the process (its bounds check is an assert, not an
+    exception): the C++ host refuses such ids, and a pad id outside the table, before any kernel runs."""
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise BuildError(f"{kind}: the model declares no vocabulary size (config.vocab_size)")
+    return size
 
 
 @dataclass

@@ -50,13 +50,23 @@ struct ShapeBox {
   int64_t min_batch = 1, max_batch = 1, min_length = 1, max_length = 1, sequence_multiple = 1;
 };
 
+// Bounds on the sizes a manifest or a package may declare: far beyond any real engine (ESM-2 15B is 5120
+// wide with 33 tokens, the budget batcher caps batches at 4096 items, ESM-2 reads 1026 tokens), and small
+// enough that no product of two of them overflows int64.
+constexpr int64_t kMaxDim = int64_t{1} << 20;          // an encoder's width, the classifier's input width
+constexpr int64_t kMaxVocab = int64_t{1} << 24;        // an encoder's vocabulary (token ids below it)
+constexpr int64_t kMaxBatch = int64_t{1} << 20;        // rows of one engine call
+constexpr int64_t kMaxLength = int64_t{1} << 20;       // tokens of one item
+constexpr int64_t kMaxBatchTokens = int64_t{1} << 40;  // the build's token budget
+
 struct ModelEntry {
   std::string kind;      // "dnabert-s", "esm2" or "classifier"
   std::string artifact;  // plain file name inside the engine directory (checked when read)
   std::map<std::string, std::string> file_sha256;  // every file the entry loads -> its SHA-256
   int64_t dim = 0;
   int64_t pad_id = 0;
-  ShapeBox shapes;  // the manifest's promised range (max_batch, max_length)
+  int64_t vocab_size = 0;  // 0: not recorded (the classifier; manifests older than the field)
+  ShapeBox shapes;         // the manifest's promised range (max_batch, max_length)
 };
 
 struct EngineManifest {
@@ -84,27 +94,41 @@ class Encoder {
 
   // input_ids / attention_mask: int64 [B, T] (any device). Returns float32 [B, dim] on the CPU.
   // The host-to-device copy of the inputs and the copy of the result back happen here. Throws
-  // OutOfMemory when the device ran out of memory during the call.
+  // OutOfMemory when the device ran out of memory during the call, std::invalid_argument for inputs
+  // that `refusal` refuses.
   at::Tensor embed(const at::Tensor& input_ids, const at::Tensor& attention_mask);
+
+  // Why int64 CPU ids/mask must not reach this engine (empty when they may): an id outside
+  // [0, vocab_size) or a mask value other than 0/1. The compiled kernels check indices with asserts
+  // that abort the process, so embed() refuses such inputs before any kernel runs, and a caller can ask
+  // first for a whole input.
+  std::string refusal(const at::Tensor& input_ids, const at::Tensor& attention_mask) const;
 
   // (rows, length) the graph runs for a batch of `batch` x `length`: the Python runner's padded_shape.
   std::pair<int64_t, int64_t> computed_shape(int64_t batch, int64_t length) const;
 
   const std::string& kind() const { return entry_.kind; }
   int64_t dim() const { return entry_.dim; }
+  int64_t vocab_size() const { return vocab_size_; }  // the package's (virnucpro.vocab_size)
   int64_t max_batch() const { return entry_.shapes.max_batch; }    // the manifest's promise, which the
   int64_t max_length() const { return entry_.shapes.max_length; }  // Python batcher is held to as well
   const ShapeBox& graph() const { return graph_; }
 
  private:
+  void check_manifest_fits(const std::string& path) const;
+
   ModelEntry entry_;
   ShapeBox graph_;
+  int64_t vocab_size_ = 0;
   c10::Device device_;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
 };
 
 // Upstream's MLP: Linear -> BatchNorm1d (running statistics) -> ReLU -> Linear -> softmax, in fp32 on
 // `device` (on a GPU there, as the Python runtime runs it; libtorch's default keeps TF32 off in matmuls).
+// The file is checked as the Python loader checks a classifier (models/classifier.py): exactly its eight
+// tensors, floating point, shapes that fit each other, finite values, variances >= 0, and a bn_eps in
+// (0, 0.1]; anything else throws EngineMismatch (one line).
 class Classifier {
  public:
   explicit Classifier(const std::filesystem::path& safetensors_file,
@@ -137,7 +161,10 @@ class EngineSet {
   std::unique_ptr<Classifier> classifier_;
 };
 
-// Reads a safetensors file (F32/F16/BF16/I64 tensors) into CPU tensors; `metadata` gets __metadata__.
+// Reads a safetensors file (F64/F32/F16/BF16/I64 tensors) into CPU tensors; `metadata` gets __metadata__.
+// The file is hostile input: a header over 1 MiB is refused before it is read, and every tensor must
+// have a known dtype, a shape whose byte count is its data's, and data inside the file that no other
+// tensor's overlaps. Throws std::runtime_error (one line) naming the file otherwise.
 std::map<std::string, at::Tensor> read_safetensors(
     const std::filesystem::path& file, std::map<std::string, std::string>* metadata = nullptr);
 

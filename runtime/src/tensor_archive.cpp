@@ -1,0 +1,329 @@
+// A torch.save archive (the host's INPUTS.pt) read as hostile input: its data.pkl is checked before
+// libtorch unpickles it.
+//
+// libtorch's unpickler trusts its input. With libtorch 2.13 (tests/host_runtime): a data.pkl of ~10^6
+// nested lists or 1-tuples kills the process (SIGSEGV: the value's destruction recurses once per level);
+// a storage that claims more elements than its record holds gives a tensor over memory it does not own
+// (SIGSEGV, or ids read from elsewhere); a LONG_BINPUT grows the memo to any id it names; and a pop
+// across a MARK makes it index outside its stack. So data.pkl is first replayed on a model of the pickle
+// machine that accepts only what torch.save writes for tensors in tuples (protocol 2):
+//  * at most 64 KiB (four tensors pickle in ~330 bytes), values nested at most 16 deep (a tuple of
+//    tensors is 5 deep), and no pop across the innermost MARK;
+//  * opcodes: MARK, TUPLE(1-3), EMPTY_TUPLE, NONE, NEWTRUE/NEWFALSE, BININT(1/2), LONG1, BINUNICODE,
+//    GLOBAL, BINPERSID, REDUCE, BINPUT/LONG_BINPUT, BINGET/LONG_BINGET, STOP -- no lists, dicts or sets;
+//  * globals: torch._utils._rebuild_tensor_v2, collections.OrderedDict (a tensor's empty hooks) and the
+//    typed storage classes torch.<Type>Storage, each called only as torch.save calls it;
+//  * memo ids in the order pickle assigns them, read only once written;
+//  * each storage ('storage', torch.<Type>Storage, key, location, numel) fits in its record data/<key>,
+//    and each tensor's offset, sizes and strides (all >= 0) stay inside its storage.
+#include "virnucpro/tensor_archive.h"
+
+#include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/read_adapter_interface.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/jit/serialization/import_read.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <optional>
+#include <stdexcept>
+
+namespace virnucpro {
+namespace {
+
+constexpr size_t kMaxPickleBytes = size_t{64} << 10;
+constexpr int kMaxDepth = 16;
+constexpr size_t kMaxGlobalName = 256;
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// Text from the file for a one-line message: cut short, anything unprintable as '?'.
+std::string shown(const std::string& text) {
+  std::string out = text.substr(0, 40);
+  for (auto& c : out) {
+    if (c < 0x20 || c == 0x7f) c = '?';
+  }
+  return out + (text.size() > 40 ? "..." : "");
+}
+
+// The archive's bytes for libtorch's zip reader, without the copy torch::pickle_load makes of them.
+class BytesReader final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  explicit BytesReader(const std::vector<char>& bytes) : bytes_(bytes) {}
+  size_t size() const override { return bytes_.size(); }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* /*what*/) const override {
+    if (pos >= bytes_.size()) return 0;
+    n = static_cast<size_t>(std::min<uint64_t>(n, bytes_.size() - pos));
+    std::memcpy(buf, bytes_.data() + pos, n);
+    return n;
+  }
+
+ private:
+  const std::vector<char>& bytes_;
+};
+
+// Element size of the storage class torch.save names ("torch.LongStorage"), 0 for any other name: the
+// scalar types libtorch's unpickler resolves, through the same list.
+size_t storage_element_size(const std::string& global) {
+#define VIRNUCPRO_STORAGE(_, Name) \
+  if (global == "torch." #Name "Storage") return c10::elementSize(c10::ScalarType::Name);
+  AT_FORALL_SCALAR_TYPES_WITH_COMPLEX_AND_QINTS(VIRNUCPRO_STORAGE)
+#undef VIRNUCPRO_STORAGE
+  return 0;
+}
+
+// What the check knows of a value on the pickle machine's stack. Every value is immutable once built
+// (no list or dict is accepted), so the memo can share them and a depth never changes.
+struct Value {
+  enum class Kind { kScalar, kInt, kText, kGlobal, kTuple, kStorage, kTensor };
+  Kind kind = Kind::kScalar;
+  int depth = 0;                                  // 0 for a scalar, else 1 + the deepest part
+  int64_t number = 0;                             // kInt: the value; kStorage: its element count
+  std::string text;                               // kText: the string; kGlobal: "module.name"
+  std::vector<std::shared_ptr<const Value>> items;  // kTuple
+};
+using Ref = std::shared_ptr<const Value>;
+
+class PickleCheck {
+ public:
+  // `archive_bytes`: the archive's size, which no record of it can exceed unless it is compressed (torch.save
+  // stores records uncompressed; a compressed one could claim any size).
+  PickleCheck(const char* data, size_t size, caffe2::serialize::PyTorchStreamReader& archive, size_t archive_bytes)
+      : data_(data), size_(size), archive_bytes_(archive_bytes), archive_(archive) {}
+
+  // Replays the whole pickle; throws std::invalid_argument naming the first thing refused.
+  void run() {
+    if (take(1) != 0x80 || take(1) != 2) fail("is not a protocol-2 pickle (what torch.save writes)");
+    for (;;) {
+      op_at_ = pos_;
+      const auto op = static_cast<unsigned>(take(1));
+      switch (op) {
+        case '(': marks_.push_back(stack_.size()); break;
+        case ')': tuple({}); break;
+        case 't': tuple(pop_to_mark()); break;
+        case 0x85: case 0x86: case 0x87: tuple(pop_n(op - 0x84)); break;  // TUPLE1..3
+        case 'N': case 0x88: case 0x89: push(Value{}); break;              // None, True, False
+        case 'K': integer(static_cast<int64_t>(take(1))); break;
+        case 'M': integer(static_cast<int64_t>(take(2))); break;
+        case 'J': integer(static_cast<int32_t>(take(4))); break;
+        case 0x8a: long1(); break;
+        case 'X': text(take_bytes(take(4))); break;
+        case 'c': global(); break;
+        case 'Q': persistent_id(); break;
+        case 'R': reduce(); break;
+        case 'q': put(take(1)); break;
+        case 'r': put(take(4)); break;
+        case 'h': get(take(1)); break;
+        case 'j': get(take(4)); break;
+        case '.':
+          if (stack_.size() != 1 || !marks_.empty()) fail("does not end with exactly one object");
+          return;
+        default: {
+          char hex[8];
+          std::snprintf(hex, sizeof hex, "0x%02x", op);
+          fail(std::string("uses pickle opcode ") + hex + ", which torch.save does not write for tensors");
+        }
+      }
+    }
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const {
+    throw std::invalid_argument("data.pkl " + why + " (byte " + std::to_string(op_at_) + ")");
+  }
+
+  // The next n bytes as a little-endian unsigned number (n <= 8).
+  uint64_t take(size_t n) {
+    if (n > size_ - pos_) fail("ends in the middle of an instruction");
+    uint64_t value = 0;
+    for (size_t i = 0; i < n; ++i) value |= uint64_t{static_cast<unsigned char>(data_[pos_ + i])} << (8 * i);
+    pos_ += n;
+    return value;
+  }
+  std::string take_bytes(uint64_t n) {
+    if (n > size_ - pos_) fail("ends in the middle of a string");
+    std::string out(data_ + pos_, static_cast<size_t>(n));
+    pos_ += static_cast<size_t>(n);
+    return out;
+  }
+  std::string take_line() {
+    const auto end = std::find(data_ + pos_, data_ + std::min(size_, pos_ + kMaxGlobalName), '\n');
+    if (end == data_ + std::min(size_, pos_ + kMaxGlobalName)) fail("names a global without an end");
+    std::string out(data_ + pos_, end);
+    pos_ = static_cast<size_t>(end - data_) + 1;
+    return out;
+  }
+
+  // The stack above the innermost MARK is all an instruction may take.
+  size_t fence() const { return marks_.empty() ? 0 : marks_.back(); }
+  void push(Ref value) {
+    if (value->depth > kMaxDepth) fail("nests values deeper than " + std::to_string(kMaxDepth) + " levels");
+    stack_.push_back(std::move(value));
+  }
+  void push(Value value) { push(std::make_shared<const Value>(std::move(value))); }
+  Ref pop() {
+    if (stack_.size() <= fence()) fail("takes more values than it pushed");
+    auto top = std::move(stack_.back());
+    stack_.pop_back();
+    return top;
+  }
+  std::vector<Ref> pop_n(size_t n) {
+    std::vector<Ref> items(n);
+    for (size_t i = n; i-- > 0;) items[i] = pop();
+    return items;
+  }
+  std::vector<Ref> pop_to_mark() {
+    if (marks_.empty()) fail("closes a tuple it never opened");
+    const size_t count = stack_.size() - marks_.back();
+    auto items = pop_n(count);
+    marks_.pop_back();
+    return items;
+  }
+
+  void tuple(std::vector<Ref> items) {
+    Value value{Value::Kind::kTuple, 1};
+    for (const auto& item : items) value.depth = std::max(value.depth, item->depth + 1);
+    value.items = std::move(items);
+    push(std::move(value));
+  }
+  void integer(int64_t number) { push(Value{Value::Kind::kInt, 0, number}); }
+  void long1() {
+    const auto n = take(1);
+    if (n > 8) fail("holds an integer wider than 64 bits");
+    auto number = take(n);
+    if (n > 0 && n < 8 && (number >> (8 * n - 1)) & 1) number |= ~uint64_t{0} << (8 * n);  // sign-extend
+    integer(static_cast<int64_t>(number));
+  }
+  void text(std::string bytes) { push(Value{Value::Kind::kText, 0, 0, std::move(bytes)}); }
+
+  void global() {
+    auto name = take_line();
+    name += "." + take_line();
+    const bool known = name == "torch._utils._rebuild_tensor_v2" || name == "collections.OrderedDict" ||
+                       storage_element_size(name) > 0;
+    if (!known) fail("refers to " + shown(name) + ", which a file of tensors has no use for");
+    push(Value{Value::Kind::kGlobal, 0, 0, std::move(name)});
+  }
+
+  // ('storage', torch.<Type>Storage, key, location, numel): libtorch makes a storage of numel elements
+  // over the bytes of record data/<key>, trusting that they are that many.
+  void persistent_id() {
+    const auto id = pop();
+    const auto& p = id->items;
+    const bool shaped = id->kind == Value::Kind::kTuple && p.size() == 5 && p[0]->kind == Value::Kind::kText &&
+                        p[0]->text == "storage" && p[1]->kind == Value::Kind::kGlobal &&
+                        p[2]->kind == Value::Kind::kText && p[3]->kind == Value::Kind::kText &&
+                        p[4]->kind == Value::Kind::kInt && p[4]->number >= 0;
+    const size_t element = shaped ? storage_element_size(p[1]->text) : 0;
+    if (element == 0) fail("has a persistent id that is not a storage torch.save writes");
+    const auto numel = static_cast<uint64_t>(p[4]->number);
+    if (numel > 0) {
+      const std::string record = "data/" + p[2]->text;
+      if (!archive_.hasRecord(record)) fail("names storage '" + shown(p[2]->text) + "', which has no record");
+      const uint64_t bytes = archive_.getRecordSize(record);
+      if (bytes > archive_bytes_) fail("has a storage record larger than the archive itself");
+      if (numel > bytes / element) {
+        fail("says storage '" + shown(p[2]->text) + "' holds " + std::to_string(numel) +
+             " elements, more than its record's " + std::to_string(bytes) + " bytes");
+      }
+    }
+    push(Value{Value::Kind::kStorage, id->depth + 1, p[4]->number});
+  }
+  void reduce() {
+    const auto args = pop();
+    const auto callable = pop();
+    if (callable->kind != Value::Kind::kGlobal || args->kind != Value::Kind::kTuple) {
+      fail("calls something other than a known global with a tuple");
+    }
+    if (callable->text == "collections.OrderedDict" && args->items.empty()) {
+      push(Value{});  // a tensor's (empty) backward hooks; libtorch replaces them with None
+    } else if (callable->text == "torch._utils._rebuild_tensor_v2") {
+      check_tensor(*args);
+      push(Value{Value::Kind::kTensor, args->depth + 1});
+    } else {
+      fail("calls " + shown(callable->text) + " as torch.save never does");
+    }
+  }
+
+  // _rebuild_tensor_v2(storage, offset, sizes, strides, ...): every element the view reaches must lie
+  // inside the storage (offset + sum((size - 1) * stride) < numel), with nothing negative.
+  void check_tensor(const Value& args) {
+    const auto& a = args.items;
+    const auto ints = [](const Ref& v) {
+      return v->kind == Value::Kind::kTuple && std::all_of(v->items.begin(), v->items.end(), [](const Ref& i) {
+               return i->kind == Value::Kind::kInt && i->number >= 0;
+             });
+    };
+    if (a.size() < 4 || a[0]->kind != Value::Kind::kStorage || a[1]->kind != Value::Kind::kInt ||
+        a[1]->number < 0 || !ints(a[2]) || !ints(a[3]) || a[2]->items.size() != a[3]->items.size()) {
+      fail("rebuilds a tensor from something other than a storage, an offset, sizes and strides");
+    }
+    int64_t last = a[1]->number;
+    bool empty = false, overflow = false;
+    for (size_t i = 0; i < a[2]->items.size(); ++i) {
+      const int64_t size = a[2]->items[i]->number, stride = a[3]->items[i]->number;
+      int64_t reach = 0;
+      empty = empty || size == 0;
+      overflow = overflow || (size > 0 && (__builtin_mul_overflow(size - 1, stride, &reach) ||
+                                           __builtin_add_overflow(last, reach, &last)));
+    }
+    if (!empty && (overflow || last >= a[0]->number)) fail("has a tensor that reaches past its storage");
+  }
+
+  void put(uint64_t id) {
+    if (stack_.size() <= fence()) fail("memoizes a value it has not pushed");
+    if (id > memo_.size()) fail("memoizes out of order (id " + std::to_string(id) + ")");
+    if (id == memo_.size()) {
+      memo_.push_back(stack_.back());
+    } else {
+      memo_[id] = stack_.back();
+    }
+  }
+  void get(uint64_t id) {
+    if (id >= memo_.size()) fail("reads a memo entry it never wrote (id " + std::to_string(id) + ")");
+    push(memo_[id]);
+  }
+
+  const char* data_;
+  size_t size_, archive_bytes_, pos_ = 0, op_at_ = 0;
+  caffe2::serialize::PyTorchStreamReader& archive_;
+  std::vector<Ref> stack_, memo_;
+  std::vector<size_t> marks_;
+};
+
+// data.pkl of the archive, checked (throws std::invalid_argument).
+void check_tensor_pickle(caffe2::serialize::PyTorchStreamReader& archive, size_t archive_size) {
+  const size_t size = archive.getRecordSize("data.pkl");
+  if (size > kMaxPickleBytes) {
+    throw std::invalid_argument("data.pkl is " + std::to_string(size) + " bytes; a tuple of tensors pickles in " +
+                                "far fewer (at most " + std::to_string(kMaxPickleBytes) + " are read)");
+  }
+  const auto [pickle, read] = archive.getRecord("data.pkl");
+  PickleCheck(static_cast<const char*>(pickle.get()), read, archive, archive_size).run();
+}
+
+}  // namespace
+
+c10::IValue load_tensor_archive(const std::vector<char>& bytes, const std::string& name) {
+  try {
+    caffe2::serialize::PyTorchStreamReader archive(std::make_shared<BytesReader>(bytes));
+    check_tensor_pickle(archive, bytes.size());
+    return torch::jit::readArchiveAndTensors("data", "", "", std::nullopt, std::nullopt, std::nullopt, archive);
+  } catch (const std::invalid_argument& error) {
+    throw std::invalid_argument(name + ": " + error.what() +
+                                "; write it with torch.save((dna_ids, dna_mask, protein_ids, protein_mask))");
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const c10::Error& error) {
+    throw std::invalid_argument(name + " is not a torch.save archive this host can read: " +
+                                first_line(error.what_without_backtrace()));
+  } catch (const std::exception& error) {
+    throw std::invalid_argument(name + " cannot be read: " + first_line(error.what()));
+  }
+}
+
+}  // namespace virnucpro

@@ -1,0 +1,330 @@
+"""The C++ host reads every file as hostile: token ids past an encoder's vocabulary, a pad id outside it,
+pickles that crash libtorch's unpickler, a manifest box or number that does not fit the package, and a
+classifier file Python would refuse all end in one line and exit 2 -- never a signal, never exit 0.
+Each case here crashed (SIGABRT/SIGSEGV) or was accepted before the host checked it (the
+audit's remaining gaps)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from virnucpro_trt.files.digests import sha256_file
+
+IDS = torch.full((2, 4), 5, dtype=torch.long)
+MASK = torch.ones(2, 4, dtype=torch.long)
+
+
+def _run(host_tool: Path, engines: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [str(host_tool), str(engines), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def _assert_refused(done: subprocess.CompletedProcess[str], needle: str, outputs: Path | None = None) -> None:
+    """Exit 2 (not a signal: a negative return code), one line on stderr naming the problem, no output."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], done.stderr[-2000:]
+    assert outputs is None or not outputs.exists()
+
+
+def _inputs(tmp_path: Path, name: str, tensors: tuple[torch.Tensor, ...] = (IDS, MASK, IDS, MASK)) -> Path:
+    path = tmp_path / f"{name}.pt"
+    torch.save(tensors, path)
+    return path
+
+
+def _copy(engines: Path, tmp_path: Path, name: str) -> tuple[Path, dict]:
+    folder = tmp_path / name
+    shutil.copytree(engines, folder)
+    return folder, json.loads((folder / "manifest.json").read_text())
+
+
+def _write_manifest(folder: Path, manifest: dict, changed: dict[str, str] | None = None) -> None:
+    """Write ``manifest``, recording the new SHA-256 of each changed file (kind -> file name)."""
+    for kind, name in (changed or {}).items():
+        manifest["models"][kind]["file_sha256"][name] = sha256_file(folder / name)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+# ------------------------------------------------------------------------------------- token ids (gap 1)
+def test_token_ids_past_the_vocabulary_are_refused_before_any_kernel(host_tool, engines, tmp_path) -> None:
+    """An id at the vocabulary size reached the compiled embedding kernel, whose bounds check aborted
+    the process (SIGABRT). The package now records its vocabulary size and the host checks every id."""
+    manifest = json.loads((engines / "manifest.json").read_text())
+    for kind, index, name in (("dnabert-s", 0, "dna_ids"), ("esm2", 2, "protein_ids")):
+        vocab = manifest["models"][kind]["vocab_size"]
+        tensors = [IDS, MASK, IDS, MASK]
+        tensors[index] = IDS.clone().index_fill_(1, torch.tensor([3]), vocab)
+        out = tmp_path / f"{kind}.out.pt"
+        done = _run(host_tool, engines, _inputs(tmp_path, kind, tuple(tensors)), out)
+        _assert_refused(done, f"{name}: token id {vocab} is outside the {kind} vocabulary", out)
+
+
+def test_a_pad_id_outside_the_vocabulary_is_refused(host_tool, engines, tmp_path) -> None:
+    """A manifest pad id past the vocabulary aborted the process as soon as a batch was padded (here a
+    one-token item padded to the graph's minimum length)."""
+    one = torch.full((1, 1), 5, dtype=torch.long)
+    inputs = _inputs(tmp_path, "one", (one, torch.ones_like(one), one, torch.ones_like(one)))
+    folder, manifest = _copy(engines, tmp_path, "pad")
+    entry = manifest["models"]["dnabert-s"]
+    entry["pad_id"] = entry["vocab_size"]
+    _write_manifest(folder, manifest)
+    _assert_refused(_run(host_tool, folder, inputs, tmp_path / "o.pt"), "pad_id", tmp_path / "o.pt")
+
+    entry["pad_id"], entry["vocab_size"] = 0, entry["vocab_size"] + 1  # the package's size is the rule
+    _write_manifest(folder, manifest)
+    _assert_refused(_run(host_tool, folder, inputs, tmp_path / "o.pt"), "but the manifest says")
+
+
+def test_a_package_without_a_vocabulary_size_is_refused(host_tool, engines, tmp_path) -> None:
+    """An engine built before the package recorded ``virnucpro.vocab_size`` cannot have its ids checked:
+    refused with the way out (rebuild), as its metadata is read."""
+    folder, manifest = _copy(engines, tmp_path, "old_package")
+    entry = manifest["models"]["esm2"]
+    del entry["vocab_size"]  # nor did its manifest record one
+    package = folder / entry["artifact"]
+    with zipfile.ZipFile(package) as archive:
+        members = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    with zipfile.ZipFile(package, "w", zipfile.ZIP_STORED) as archive:
+        for info, data in members:
+            if info.filename.endswith("_metadata.json"):
+                metadata = json.loads(data)
+                del metadata["virnucpro.vocab_size"]
+                data = json.dumps(metadata).encode()
+            archive.writestr(info, data)
+    _write_manifest(folder, manifest, {"esm2": entry["artifact"]})
+    done = _run(host_tool, folder, _inputs(tmp_path, "good"), tmp_path / "o.pt")
+    _assert_refused(done, "records no vocabulary size", tmp_path / "o.pt")
+    assert "rebuild the engines with `virnucpro-trt build --backend inductor`" in done.stderr
+
+
+# ------------------------------------------------------------------------------------ INPUTS.pt (gap 2)
+def _with_pickle(tmp_path: Path, name: str, edit: Callable[[bytes], bytes]) -> Path:
+    """A torch.save archive of the good inputs whose data.pkl is ``edit(data.pkl)``."""
+    good = _inputs(tmp_path, "template")
+    path = tmp_path / f"{name}.pt"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as target:
+        for member in source.namelist():
+            data = source.read(member)
+            target.writestr(member, edit(data) if member.endswith("/data.pkl") else data)
+    return path
+
+
+NESTED = 10**6
+PICKLES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    # ~10^6 nested lists: libtorch's unpickler builds them, and their destruction overflows the stack
+    "nested_lists": (
+        lambda _: b"\x80\x02" + b"]" * NESTED + b"a" * (NESTED - 1) + b".",
+        "data.pkl is 2000002 bytes",
+    ),
+    # small enough to be read, too deep to be a tuple of tensors
+    "nested_tuples": (lambda _: b"\x80\x02)" + b"\x85" * 40 + b".", "nests values deeper than 16 levels"),
+    "a_list": (lambda _: b"\x80\x02]K\x01a.", "uses pickle opcode 0x5d"),
+    "a_foreign_global": (lambda _: b"\x80\x02cos\nsystem\n.", "refers to os.system"),
+    "a_memo_id_of_2e31": (lambda _: b"\x80\x02)r\xff\xff\xff\x7f.", "memoizes out of order"),
+    "a_pop_across_a_mark": (lambda _: b"\x80\x02K\x01(\x85.", "takes more values than it pushed"),
+    # the first storage claims 10^8 int64 elements over its 64-byte record (SIGSEGV reading the ids)
+    "a_storage_past_its_record": (
+        lambda pkl: pkl.replace(b"K\x08t", b"J\x00\xe1\xf5\x05t", 1),
+        "holds 100000000 elements, more than its record's 64 bytes",
+    ),
+    # a view reaching past its storage: sizes [2, 5] over 8 elements
+    "a_view_past_its_storage": (
+        lambda pkl: pkl.replace(b"K\x02K\x04\x86", b"K\x02K\x05\x86", 1),
+        "has a tensor that reaches past its storage",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PICKLES)
+def test_inputs_pickles_are_checked_before_libtorch_unpickles_them(
+    host_tool, engines, tmp_path, case
+) -> None:
+    edit, needle = PICKLES[case]
+    out = tmp_path / "o.pt"
+    _assert_refused(_run(host_tool, engines, _with_pickle(tmp_path, case, edit), out), needle, out)
+
+
+def test_what_torch_save_writes_passes_the_pickle_check(host_tool, engines, tmp_path) -> None:
+    """Views sharing a storage, int32 ids (refused later, by dtype) and a non-archive: each gets to the
+    check that names it."""
+    shared = torch.full((2, 6), 5, dtype=torch.long)
+    out = tmp_path / "o.pt"
+    inputs = _inputs(tmp_path, "views", (shared[:, :4], MASK, shared[:, 2:], MASK))
+    done = _run(host_tool, engines, inputs, out)
+    assert done.returncode == 0 and out.stat().st_size > 0, done.stderr
+    done = _run(host_tool, engines, _inputs(tmp_path, "int32", (IDS.int(), MASK, IDS, MASK)), out)
+    _assert_refused(done, "dna_ids must be a 2-D int64 tensor")
+    legacy = tmp_path / "legacy.pt"
+    torch.save((IDS, MASK, IDS, MASK), legacy, _use_new_zipfile_serialization=False)
+    _assert_refused(_run(host_tool, engines, legacy, out), "is not a torch.save archive this host can read")
+
+
+# --------------------------------------------------------------------------- the manifest (gaps 3 and 5)
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        (("models", "esm2", "dim"), 64.5, "models.esm2.dim must be an integer"),
+        (("models", "dnabert-s", "pad_id"), -1, "models.dnabert-s.pad_id must be an integer in [0,"),
+        (("models", "esm2", "shapes", "max_batch"), 0, "models.esm2.shapes.max_batch must be an integer"),
+        (
+            ("models", "esm2", "shapes", "min_length"),
+            2000,
+            "models.esm2.shapes.max_length must be an integer",
+        ),
+        (("models", "esm2", "shapes", "max_length"), 10**12, "models.esm2.shapes.max_length must be"),
+        (("models", "classifier", "dim"), -128, "models.classifier.dim must be an integer in [1,"),
+        (("build", "max_batch_tokens"), 0, "build.max_batch_tokens must be an integer in [1,"),
+        (("build", "max_batch_tokens"), 2**64 - 1, "build.max_batch_tokens must be an integer"),
+        (("schema_version",), 2.5, "schema_version must be an integer"),
+    ],
+)
+def test_manifest_numbers_must_be_integers_in_range(
+    host_tool, engines, tmp_path, field, value, needle
+) -> None:
+    """nlohmann's get<int64_t> read 2.7 as 2 and took negatives and zeros: now each integer field is a
+    JSON integer in its range, else one line."""
+    folder, manifest = _copy(engines, tmp_path, "numbers")
+    place = manifest
+    for key in field[:-1]:
+        place = place[key]
+    place[field[-1]] = value
+    _write_manifest(folder, manifest)
+    _assert_refused(_run(host_tool, folder, "--check"), needle)
+
+
+def test_the_manifest_box_must_fit_the_compiled_one(host_tool, engines, tmp_path) -> None:
+    """A manifest promising longer items (or larger batches) than the package was compiled for is
+    refused, as the Python loader refuses it (check_metadata): smaller minimums are padded up instead."""
+    inputs = _inputs(tmp_path, "good")
+    for key in ("max_length", "max_batch"):
+        folder, manifest = _copy(engines, tmp_path, key)
+        manifest["models"]["esm2"]["shapes"][key] += 1
+        _write_manifest(folder, manifest)
+        _assert_refused(
+            _run(host_tool, folder, inputs, tmp_path / "o.pt"), "accepts at most", tmp_path / "o.pt"
+        )
+    folder, manifest = _copy(engines, tmp_path, "smaller")
+    manifest["models"]["esm2"]["shapes"].update(min_length=3, max_length=200, opt_length=100)
+    _write_manifest(folder, manifest)
+    assert _run(host_tool, folder, inputs, tmp_path / "o.pt").returncode == 0
+
+
+# ------------------------------------------------------------------------------------ the classifier (gap 4)
+def _tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {name: f.get_tensor(name) for name in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+
+
+def _resaved(change: Callable[[dict, dict], None]) -> Callable[[Path], None]:
+    """An edit that saves the classifier again with ``change(tensors, metadata)`` applied."""
+
+    def edit(path: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors, metadata = _tensors(path)
+        change(tensors, metadata)
+        save_file(tensors, str(path), metadata=metadata)
+
+    return edit
+
+
+def _header_edited(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    """An edit of the safetensors header only (the data section stays as it was)."""
+
+    def edit(path: Path) -> None:
+        raw = path.read_bytes()
+        (size,) = struct.unpack("<Q", raw[:8])
+        header = json.loads(raw[8 : 8 + size])
+        change(header)
+        text = json.dumps(header).encode()
+        path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+
+    return edit
+
+
+def _first_two(header: dict) -> tuple[dict, dict]:
+    """The two [hidden] float32 tensors whose data comes first (both of one size)."""
+    entries = sorted((v for k, v in header.items() if k != "__metadata__"), key=lambda v: v["data_offsets"])
+    same = [v for v in entries if v["shape"] == entries[0]["shape"]]
+    return same[0], same[1]
+
+
+def _overlap(header: dict) -> None:
+    first, second = _first_two(header)
+    second["data_offsets"] = list(first["data_offsets"])
+
+
+def _past_the_end(header: dict) -> None:
+    last = max((v for k, v in header.items() if k != "__metadata__"), key=lambda v: v["data_offsets"])
+    last["data_offsets"] = [last["data_offsets"][0] + 8, last["data_offsets"][1] + 8]
+
+
+def _wrong_byte_count(header: dict) -> None:
+    first, _ = _first_two(header)
+    first["shape"] = [first["shape"][0] + 1]
+
+
+def _huge_header(path: Path) -> None:
+    """A header of 100 MB (a sparse file: refused before a byte of it is read)."""
+    with open(path, "r+b") as f:
+        f.write(struct.pack("<Q", 100_000_000))
+        f.truncate(8 + 100_000_000 + 64)
+
+
+CLASSIFIERS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "extra_tensor": (
+        _resaved(lambda t, m: t.update(extra=torch.zeros(2))),
+        "holds 'extra', which is no classifier",
+    ),
+    "missing_tensor": (_resaved(lambda t, m: t.pop("bn1.bias")), "has no bn1.bias"),
+    "integer_tensor": (
+        _resaved(lambda t, m: t.update({"hidden_layer.bias": t["hidden_layer.bias"].long()})),
+        "'hidden_layer.bias' holds Long values, expected floating point",
+    ),
+    "inconsistent_shape": (
+        _resaved(lambda t, m: t.update({"bn1.weight": torch.ones(t["bn1.weight"].numel() + 1)})),
+        "'bn1.weight' has shape",
+    ),
+    "nan_value": (
+        _resaved(lambda t, m: t["bn1.running_mean"].__setitem__(0, float("nan"))),
+        "'bn1.running_mean' holds NaN/Inf values",
+    ),
+    "negative_variance": (
+        _resaved(lambda t, m: t["bn1.running_var"].__setitem__(0, -1.0)),
+        "'bn1.running_var' holds negative variances",
+    ),
+    "eps_zero": (
+        _resaved(lambda t, m: m.update(bn_eps="0.0")),
+        "metadata bn_eps '0.0' is not a number in (0, 0.1]",
+    ),
+    "eps_large": (_resaved(lambda t, m: m.update(bn_eps="0.5")), "metadata bn_eps '0.5'"),
+    "eps_text": (_resaved(lambda t, m: m.update(bn_eps="1e-5x")), "metadata bn_eps '1e-5x'"),
+    "eps_nan": (_resaved(lambda t, m: m.update(bn_eps="nan")), "metadata bn_eps 'nan'"),
+    "overlapping_offsets": (_header_edited(_overlap), "overlaps another"),
+    "offsets_past_the_end": (_header_edited(_past_the_end), "leaves a gap"),
+    "byte_count_not_the_shape": (_header_edited(_wrong_byte_count), "bytes for a shape of"),
+    "huge_header": (_huge_header, "a header of 100000000 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", CLASSIFIERS)
+def test_the_classifier_file_is_checked_as_python_checks_it(host_tool, engines, tmp_path, case) -> None:
+    edit, needle = CLASSIFIERS[case]
+    folder, manifest = _copy(engines, tmp_path, case)
+    name = manifest["models"]["classifier"]["artifact"]
+    edit(folder / name)
+    _write_manifest(folder, manifest, {"classifier": name})
+    out = tmp_path / "o.pt"
+    _assert_refused(_run(host_tool, folder, _inputs(tmp_path, "good"), out), needle, out)
