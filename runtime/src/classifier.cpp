@@ -162,9 +162,8 @@ namespace {
 constexpr const char* kTensorNames[] = {"hidden_layer.weight", "hidden_layer.bias",   "bn1.weight",
                                         "bn1.bias",            "bn1.running_mean",    "bn1.running_var",
                                         "output_layer.weight", "output_layer.bias"};
-// BatchNorm's epsilon: torch's default is 1e-5; the project's bound on a normalisation epsilon
-// (models/config_checks.py MAX_LAYER_NORM_EPS) is 0.1, past which it flattens every activation.
-constexpr double kDefaultEps = 1e-5, kMaxEps = 0.1;
+// BatchNorm's epsilon when the file states none: torch's default.
+constexpr double kDefaultEps = 1e-5;
 
 // Upstream's shapes (models/classifier.py _check_shapes): hidden_layer.weight [H, D] fixes the others.
 void check_shapes(const std::map<std::string, at::Tensor>& t, const std::string& file) {
@@ -186,7 +185,8 @@ void check_shapes(const std::map<std::string, at::Tensor>& t, const std::string&
 }
 
 // The bn_eps the file's metadata carries as text (Python's repr of a float; the default when absent):
-// the whole text a number, finite, in (0, kMaxEps].
+// the whole text a number, finite and > 0, as the Python loader requires (models/classifier.py
+// _checked_eps): BatchNorm divides by sqrt(running_var + eps).
 double metadata_eps(const std::map<std::string, std::string>& metadata, const std::string& file) {
   const auto it = metadata.find("bn_eps");
   if (it == metadata.end()) return kDefaultEps;
@@ -195,8 +195,8 @@ double metadata_eps(const std::map<std::string, std::string>& metadata, const st
   errno = 0;
   const double eps = std::strtod(text, &end);
   const bool whole = !it->second.empty() && end == text + it->second.size() && errno == 0;
-  if (!whole || !std::isfinite(eps) || eps <= 0 || eps > kMaxEps) {
-    throw EngineMismatch(file + ": metadata bn_eps '" + printable(it->second) + "' is not a number in (0, 0.1]");
+  if (!whole || !std::isfinite(eps) || eps <= 0) {
+    throw EngineMismatch(file + ": metadata bn_eps '" + printable(it->second) + "' is not a finite number > 0");
   }
   return eps;
 }

@@ -307,9 +307,9 @@ CLASSIFIERS: dict[str, tuple[Callable[[Path], None], str]] = {
     ),
     "eps_zero": (
         _resaved(lambda t, m: m.update(bn_eps="0.0")),
-        "metadata bn_eps '0.0' is not a number in (0, 0.1]",
+        "metadata bn_eps '0.0' is not a finite number > 0",
     ),
-    "eps_large": (_resaved(lambda t, m: m.update(bn_eps="0.5")), "metadata bn_eps '0.5'"),
+    "eps_infinite": (_resaved(lambda t, m: m.update(bn_eps="inf")), "metadata bn_eps 'inf'"),
     "eps_text": (_resaved(lambda t, m: m.update(bn_eps="1e-5x")), "metadata bn_eps '1e-5x'"),
     "eps_nan": (_resaved(lambda t, m: m.update(bn_eps="nan")), "metadata bn_eps 'nan'"),
     "overlapping_offsets": (_header_edited(_overlap), "overlaps another"),

@@ -127,8 +127,8 @@ class Encoder {
 // Upstream's MLP: Linear -> BatchNorm1d (running statistics) -> ReLU -> Linear -> softmax, in fp32 on
 // `device` (on a GPU there, as the Python runtime runs it; libtorch's default keeps TF32 off in matmuls).
 // The file is checked as the Python loader checks a classifier (models/classifier.py): exactly its eight
-// tensors, floating point, shapes that fit each other, finite values, variances >= 0, and a bn_eps in
-// (0, 0.1]; anything else throws EngineMismatch (one line).
+// tensors, floating point, shapes that fit each other, finite values, variances >= 0, and a finite
+// bn_eps > 0; anything else throws EngineMismatch (one line).
 class Classifier {
  public:
   explicit Classifier(const std::filesystem::path& safetensors_file,
