@@ -101,13 +101,33 @@ def resolve_model(spec: str | os.PathLike[str], kind: str) -> Path:
     return res.path
 
 
+# What a download fetches besides the weights: configs, shard indexes, tokenizer and vocabulary files,
+# the model card and a model's own code files (kept for the user's other tools; never run here).
+_MODEL_FILES = ("*.json", "*.txt", "*.model", "*.md", "*.py")
+# The weight formats, in the loaders' order of preference (checkpoint_io.hf_weight_files).
+_WEIGHT_FORMATS = ("*.safetensors", "*.bin")
+
+
+def _fetch_one_weight_format(repo_id: str) -> Path:
+    """The repo's files with only the first weight format it has: model repos often hold the same weights
+    two or three times (safetensors, PyTorch .bin, TensorFlow .h5; ~11 GB each for ESM-2 3B), and the
+    loaders read one. Each try downloads only what matches; a repo with neither format comes whole."""
+    from huggingface_hub import snapshot_download
+
+    for weights in _WEIGHT_FORMATS:
+        folder = Path(snapshot_download(repo_id, allow_patterns=[*_MODEL_FILES, weights]))
+        if next(folder.glob(weights), None) is not None:
+            return folder
+    return Path(snapshot_download(repo_id))
+
+
 def download_model(repo_id: str) -> Path:
-    """Explicit, user-requested download of a Hugging Face repo into the local cache.
+    """Explicit, user-requested download of a Hugging Face repo into the local cache, in one weight
+    format (:func:`_fetch_one_weight_format`).
 
     The hub's failures become one line naming the cause and the way out: no network (or
     ``HF_HUB_OFFLINE`` set), an unknown or gated repository, a full disk.
     """
-    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -116,7 +136,7 @@ def download_model(repo_id: str) -> Path:
     )
 
     try:
-        return Path(snapshot_download(repo_id))
+        return _fetch_one_weight_format(repo_id)
     except GatedRepoError:
         raise ModelNotFoundError(
             f"{repo_id} is gated on the Hugging Face hub: accept its terms there and log in "
