@@ -175,3 +175,34 @@ def test_cpu_sessions_use_every_available_cpu_and_all_optimizations() -> None:
     options = session_options()
     assert options.intra_op_num_threads == available_cpus()
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_external_data_is_read_only_from_plain_files_of_the_engines_folder(built, tmp_path: Path) -> None:
+    """An engine directory is hostile: an ONNX file naming '../x', an absolute path or a link out of its
+    folder as external data is refused before ONNX Runtime opens it (releases before 1.24 read it)."""
+    import onnx
+
+    artifact, _ = built["esm2"]
+    model = onnx.load(str(artifact.path))
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    path = folder / artifact.path.name
+    onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=1024)
+    request = LoadRequest(path, "esm2", CPU, "fp32", DIM["esm2"], PAD["esm2"], SHAPES)
+    assert ONNXRUNTIME_BACKEND.load(request) is not None  # external data beside it: accepted
+
+    (tmp_path / "weights.bin").write_bytes((folder / "weights.bin").read_bytes())
+    (folder / "link.bin").symlink_to(tmp_path / "weights.bin")
+    for location, message in (
+        ("../weights.bin", "not a plain file name"),
+        (str(tmp_path / "weights.bin"), "not a plain file name"),
+        ("link.bin", "outside"),
+    ):
+        edited = onnx.load(str(path), load_external_data=False)
+        for tensor in edited.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        path.write_bytes(edited.SerializeToString())
+        with pytest.raises(UserError, match=message):
+            ONNXRUNTIME_BACKEND.load(request)

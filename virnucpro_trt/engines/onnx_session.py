@@ -7,6 +7,7 @@ onnxruntime at module import time (the CLI has to start, and say what is missing
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -52,7 +53,46 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
+def _graph_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto a graph holds: initializers, sparse ones' parts, and node attributes' tensors,
+    subgraphs (If/Loop/Scan bodies) included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
+            for sparse in attribute.sparse_tensors:
+                yield from (sparse.values, sparse.indices)
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            for subgraph in [*subgraphs, *attribute.graphs]:
+                yield from _graph_tensors(subgraph)
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse an ONNX file whose tensors read external data from anywhere but a plain file of its own
+    folder (:func:`~virnucpro_trt.files.names.member_path`: no separators, no ``..``, no absolute path,
+    no link out). An engine directory is hostile input, and ONNX Runtime releases before 1.24 read any
+    path the file names (``../../etc/...``) into the weights. The graph is parsed without its external
+    data, so this reads only the .onnx file itself."""
+    import onnx
+
+    from virnucpro_trt.files.names import member_path
+
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in _graph_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {entry.key: entry.value for entry in tensor.external_data}
+            member_path(path.parent, entries.get("location"), f"{path} (tensor {tensor.name!r})")
+
+
 def create_session(path: Path, providers: list[Any], threads: int | None = None) -> Any:
-    """An ``InferenceSession`` for ``path`` (external data is found next to it) with ``providers``."""
+    """An ``InferenceSession`` for ``path`` (external data is found next to it, and only there:
+    :func:`check_external_data`) with ``providers``."""
+    check_external_data(path)
     ort = import_onnxruntime()
     return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)

@@ -173,6 +173,8 @@ def _open(path: Path, providers: list[Any], wanted: str, precision: str) -> Any:
     a GPU provider's libraries fail to load)."""
     try:
         session = create_session(path, providers)
+    except UserError:  # the file itself refused (check_external_data): bad input, said as it is
+        raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0]
         raise RunFailure(f"ONNX Runtime cannot open {path.name} ({precision}) on {wanted}: {first}") from exc
