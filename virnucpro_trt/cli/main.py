@@ -541,7 +541,10 @@ def convert_classifier(checkpoint: Path, output: Path, force: bool) -> None:
 @click.argument("repo_id")
 @logging_options
 def download(repo_id: str) -> None:
-    """Download a Hugging Face model (e.g. zhihan1996/DNABERT-S) into the local cache. Uses the network."""
+    """Download a Hugging Face model (e.g. zhihan1996/DNABERT-S) into the local cache. Uses the network.
+
+    Fetches one copy of the weights (safetensors, else PyTorch .bin) with the config and tokenizer files.
+    """
     from virnucpro_trt.models.resolve import download_model
 
     path = download_model(repo_id)
