@@ -76,9 +76,10 @@ def _graph_tensors(graph: Any) -> Iterator[Any]:
 def check_external_data(path: Path) -> None:
     """Refuse an ONNX file whose tensors read external data from anywhere but a plain file of its own
     folder (:func:`~virnucpro_trt.files.names.member_path`: no separators, no ``..``, no absolute path,
-    no link out). An engine directory is hostile input, and ONNX Runtime releases before 1.24 read any
-    path the file names (``../../etc/...``) into the weights. The graph is parsed without its external
-    data, so this reads only the .onnx file itself."""
+    no link out). An engine directory is hostile input: ONNX Runtime read any path the file names
+    (``../../etc/...``) into the weights until its own check of late 2025, and sparse tensors escaped that
+    check in later releases; the oldest onnxruntime this package accepts (1.18) has none. The graph is
+    parsed without its external data, so this reads only the .onnx file itself."""
     import onnx
 
     from virnucpro_trt.files.names import member_path
