@@ -162,6 +162,31 @@ def test_a_killed_part_resumes_on_the_rerun_with_identical_results(demo_workflow
     assert "resuming:" in (tmp_path / "out" / "logs" / "predict" / "0002.log").read_text()
 
 
+@pytest.mark.slow
+def test_reruns_after_a_config_change_redo_the_parts_and_take_false_as_false(demo_workflow, tmp_path):
+    """Snakemake reruns a job after removing its declared outputs; demo's DEMO_RANDOM_WEIGHTS.txt and a
+    no-longer-asked-for embeddings.h5 were not declared, so predict and merge refused their folders. And
+    `--config demo=false` (the string 'false') counted as true."""
+    out = tmp_path / "out"
+
+    def run(*config: str, force: bool = False) -> None:
+        args = ["--config", f"outdir={out}", "shard_records=40", *config] + (["-F"] if force else [])
+        code, log = _finish(_snakemake(demo_workflow, *args))
+        assert code == 0, log
+
+    run()  # demo: true, as `workflow --demo` wrote config.yaml
+    assert (out / "DEMO_RANDOM_WEIGHTS.txt").is_file()
+    run(force=True)  # every job again, over its own earlier results
+    run("demo=false", "save_embeddings=true")
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["demo_random_weights"] is False and (out / "embeddings.h5").is_file()
+    assert not list(out.rglob("DEMO_RANDOM_WEIGHTS.txt"))
+    run("demo=false", "save_embeddings=false")
+    assert not list(out.rglob("embeddings.h5"))
+    code, log = _finish(_snakemake(demo_workflow, "-n", "--config", f"outdir={out}", "demo=maybe"))
+    assert code != 0 and "demo must be true or false, got 'maybe'" in log
+
+
 def _dry_run(demo_workflow: Path, *config: str) -> str:
     code, log = _finish(
         _snakemake(demo_workflow, "--profile", "wf/profiles/slurm", "-n", "--config", "outdir=dry", *config)
