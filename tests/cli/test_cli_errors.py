@@ -319,3 +319,20 @@ def test_tokenizer_past_the_embedding_is_refused_before_any_work(
         )  # fmt: skip
         _only_line(result, 2, "the tokenizer emits token ids up to")
         assert str(where) in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["predict", "--demo", "--workers", "0", "-o", "x"], "Invalid value for '--workers'"),
+        (["predict", "reads.fa"], "Missing option '-o' / '--outdir'"),
+        (["predict", "--demo", "--chunk-length", "400", "-o", "x"], "Invalid value for '--chunk-length'"),
+        (["no-such-command"], "No such command 'no-such-command'"),
+    ],
+)
+def test_usage_errors_are_one_line_that_points_to_help(args, needle, tmp_path):
+    """click prints usage, a hint, a blank line and the error: four lines; the rule is one."""
+    result = run_cli(*args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.code == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and needle in lines[0] and "--help'" in lines[0]

@@ -80,7 +80,7 @@ def test_the_cap_is_a_result_setting_and_no_cap_keeps_the_old_fingerprint(runs):
 def test_a_bad_cap_is_one_line_and_nothing_is_written(tiny_set, mixed_reads, tmp_path, value):
     result = _predict(tiny_set, mixed_reads, tmp_path / "out", "--max-padding", value)
     assert result.code == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr
     assert "'--max-padding'" in errors[0] and f"padding cap '{value}'" in errors[0]
     assert not (tmp_path / "out").exists()

@@ -557,6 +557,10 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="virnucpro-trt", standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
+    except click.UsageError as exc:  # click prints usage, a hint and a blank line: one line instead
+        command = exc.ctx.command_path if exc.ctx is not None else "virnucpro-trt"
+        click.echo(f"error: {exc.format_message()} (see '{command} --help')", err=True)
+        code = exc.exit_code
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
