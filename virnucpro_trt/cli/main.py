@@ -279,7 +279,8 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--force",
         is_flag=True,
-        help="Discard unfinished work in OUTDIR/.work that belongs to another input or other settings.",
+        help="Replace what OUTDIR holds at predict's result names: another run's results or unfinished "
+        "work (OUTDIR/.work) of another input or settings, and files of yours at those names.",
     )
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
