@@ -59,3 +59,23 @@ def test_several_workers_per_gpu_share_its_threads(four_gpus):
     assert [s.device for s in plan_worker_slots("cuda:1", None, None, 6, per_gpu=3)] == ["cuda:1"] * 3
     with pytest.raises(UserError, match="on the CPU choose --workers"):
         plan_worker_slots("cpu", None, None, 4, per_gpu=2)
+
+
+def test_a_full_disk_or_a_read_only_location_ends_the_run_at_once_instead_of_three_respawns():
+    """They failed each shard three times (a respawned worker meets the same disk) before the run ended
+    with 'OSError: [Errno 28] ...'; now the first one ends it with the one line main() gives them."""
+    import errno
+
+    from virnucpro_trt.runtime.worker import WorkerSlot, _report_failure
+    from virnucpro_trt.runtime.worker_messages import Failed, Fatal
+
+    sent: list = []
+    slot = WorkerSlot(0, "cpu")
+    full = OSError(errno.ENOSPC, "No space left on device", "out/.work/results/shard-000002.frames.tsv")
+    _report_failure(sent.append, slot, 2, full)
+    _report_failure(sent.append, slot, 3, OSError(errno.EROFS, "Read-only file system", "out/.work"))
+    _report_failure(sent.append, slot, 4, RuntimeError("a bug"))
+    assert [type(m) for m in sent] == [Fatal, Fatal, Failed]
+    assert sent[0].exit_code == 1 and "(out/.work/results/shard-000002.frames.tsv)" in sent[0].message
+    assert "free space" in sent[0].message
+    assert sent[1].exit_code == 2 and "choose a location you can write to" in sent[1].message

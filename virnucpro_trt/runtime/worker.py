@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-from virnucpro_trt.errors import VirnucproError
+from virnucpro_trt.errors import VirnucproError, describe_os_error
 from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
@@ -208,11 +208,17 @@ def _process_loop(
 def _report_failure(send: _Sender, slot: WorkerSlot, shard_id: int | None, exc: Exception) -> int:
     """Tell the coordinator why this worker stops; its exit code.
 
-    A :class:`VirnucproError` is ``fatal`` (retrying gives the same answer: the run ends); anything else
-    is ``failed`` (the worker is respawned and ``shard_id``, if any, re-queued).
+    A :class:`VirnucproError` is ``fatal`` (retrying gives the same answer: the run ends), and so is a
+    file-system failure the user has to fix first (a full disk, a read-only location:
+    :func:`~virnucpro_trt.errors.describe_os_error`), which three respawns would only repeat; anything
+    else is ``failed`` (the worker is respawned and ``shard_id``, if any, re-queued).
     """
+    known = describe_os_error(exc) if isinstance(exc, OSError) else None
     if isinstance(exc, VirnucproError):
         send(Fatal(slot.index, exc.exit_code, str(exc), traceback.format_exc()))
+    elif known is not None:
+        line, code = known
+        send(Fatal(slot.index, code, line, traceback.format_exc()))
     else:
         send(Failed(slot.index, shard_id, _one_line(exc), traceback.format_exc()))
     return EXIT_FAILED

@@ -62,7 +62,8 @@ class Failed:
 
 @dataclass(frozen=True)
 class Fatal:
-    """A :class:`~virnucpro_trt.errors.VirnucproError`: retrying gives the same answer, the run ends."""
+    """A :class:`~virnucpro_trt.errors.VirnucproError`, or a full disk or read-only location: retrying gives
+    the same answer, the run ends."""
 
     slot: int
     exit_code: int
