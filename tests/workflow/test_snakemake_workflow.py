@@ -182,7 +182,9 @@ def test_reruns_after_a_config_change_redo_the_parts_and_take_false_as_false(dem
     assert run_json["demo_random_weights"] is False and (out / "embeddings.h5").is_file()
     assert not list(out.rglob("DEMO_RANDOM_WEIGHTS.txt"))
     run("demo=false", "save_embeddings=false")
-    assert not list(out.rglob("embeddings.h5"))
+    assert not (out / "embeddings.h5").exists() and not list((out / "part-results").rglob("embeddings.h5"))
+    moved = sorted(p.name.split(".")[:2] for p in (out / "logs" / "replaced").iterdir())
+    assert moved == [["DEMO_RANDOM_WEIGHTS", "txt"], ["embeddings", "h5"]]  # OUTDIR's: moved, not deleted
     code, log = _finish(_snakemake(demo_workflow, "-n", "--config", f"outdir={out}", "demo=maybe"))
     assert code != 0 and "demo must be true or false, got 'maybe'" in log
 
