@@ -234,7 +234,8 @@ def test_work_dir_state_refusal_force_and_marker_checks(tmp_path):
 
     for shard in shards:
         write_shard_results(work.results, shard, contents, REPORT)
-    with pytest.raises(UserError, match=r"different input.*--force"):
+    edited = r"different input \(another file, or this one edited since the run started\).*--force"
+    with pytest.raises(UserError, match=edited):
         work.open("sha-b", "fp-1", force=False)
     with pytest.raises(UserError, match="different settings"):
         work.open("sha-a", "fp-9", force=False)

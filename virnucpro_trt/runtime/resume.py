@@ -292,7 +292,9 @@ class WorkDir:
         if same_input and same_settings and state.get("schema") == STATE_SCHEMA:
             return True
         done = self.finished_count()
-        what = "input" if not same_input else "settings"
+        what = (
+            "input (another file, or this one edited since the run started)" if not same_input else "settings"
+        )
         if force:
             log.warning("--force: discarding the unfinished work in %s", self.root)
         elif done == 0:
@@ -300,7 +302,7 @@ class WorkDir:
         else:
             raise UserError(
                 f"{self.root} holds {done} finished shard(s) of a run with a different {what}; rerun the "
-                "original command to finish it, or add --force to discard it"
+                "original command on the original input to finish it, or add --force to discard it"
             )
         self.wipe()
         return False
