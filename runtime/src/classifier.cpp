@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 
 #include "virnucpro/runtime.h"
+#include "virnucpro/text.h"
 
 namespace virnucpro {
 namespace {
@@ -31,13 +32,6 @@ const std::map<std::string, at::ScalarType>& safetensors_dtypes() {
   static const std::map<std::string, at::ScalarType> dtypes = {
       {"F64", at::kDouble}, {"F32", at::kFloat}, {"F16", at::kHalf}, {"BF16", at::kBFloat16}, {"I64", at::kLong}};
   return dtypes;
-}
-
-// Text from the file for a one-line message: cut short, anything unprintable as '?'.
-std::string printable(const std::string& text) {
-  std::string out = text.substr(0, 60);
-  std::replace_if(out.begin(), out.end(), [](char c) { return c >= 0 && c < 0x20; }, '?');
-  return out + (text.size() > 60 ? "..." : "");
 }
 
 struct Entry {

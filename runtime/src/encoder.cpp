@@ -20,6 +20,7 @@
 #endif
 
 #include "virnucpro/runtime.h"
+#include "virnucpro/text.h"
 
 namespace virnucpro {
 namespace {
@@ -46,8 +47,6 @@ int64_t device_ooms(const c10::Device& device) {
   (void)device;
   return 0;
 }
-
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 #ifdef VIRNUCPRO_TEST_HOOKS
 // Fault injection for tests (no device can be made to run out of memory on demand), compiled only into

@@ -17,6 +17,7 @@
 //  * each storage ('storage', torch.<Type>Storage, key, location, numel) fits in its record data/<key>,
 //    and each tensor's offset, sizes and strides (all >= 0) stay inside its storage.
 #include "virnucpro/tensor_archive.h"
+#include "virnucpro/text.h"
 
 #include <caffe2/serialize/inline_container.h>
 #include <caffe2/serialize/read_adapter_interface.h>
@@ -38,17 +39,6 @@ namespace {
 constexpr size_t kMaxPickleBytes = size_t{64} << 10;
 constexpr int kMaxDepth = 16;
 constexpr size_t kMaxGlobalName = 256;
-
-std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
-
-// Text from the file for a one-line message: cut short, anything unprintable as '?'.
-std::string shown(const std::string& text) {
-  std::string out = text.substr(0, 40);
-  for (auto& c : out) {
-    if (c < 0x20 || c == 0x7f) c = '?';
-  }
-  return out + (text.size() > 40 ? "..." : "");
-}
 
 // The archive's bytes for libtorch's zip reader, without the copy torch::pickle_load makes of them.
 class BytesReader final : public caffe2::serialize::ReadAdapterInterface {
@@ -205,7 +195,7 @@ class PickleCheck {
     name += "." + take_line();
     const bool known = name == "torch._utils._rebuild_tensor_v2" || name == "collections.OrderedDict" ||
                        storage_element_size(name) > 0;
-    if (!known) fail("refers to " + shown(name) + ", which a file of tensors has no use for");
+    if (!known) fail("refers to " + printable(name) + ", which a file of tensors has no use for");
     push(Value{Value::Kind::kGlobal, 0, 0, std::move(name)});
   }
 
@@ -223,11 +213,11 @@ class PickleCheck {
     const auto numel = static_cast<uint64_t>(p[4]->number);
     if (numel > 0) {
       const std::string record = "data/" + p[2]->text;
-      if (!archive_.hasRecord(record)) fail("names storage '" + shown(p[2]->text) + "', which has no record");
+      if (!archive_.hasRecord(record)) fail("names storage '" + printable(p[2]->text) + "', which has no record");
       const uint64_t bytes = archive_.getRecordSize(record);
       if (bytes > archive_bytes_) fail("has a storage record larger than the archive itself");
       if (numel > bytes / element) {
-        fail("says storage '" + shown(p[2]->text) + "' holds " + std::to_string(numel) +
+        fail("says storage '" + printable(p[2]->text) + "' holds " + std::to_string(numel) +
              " elements, more than its record's " + std::to_string(bytes) + " bytes");
       }
     }
@@ -245,7 +235,7 @@ class PickleCheck {
       check_tensor(*args);
       push(Value{Value::Kind::kTensor, args->depth + 1});
     } else {
-      fail("calls " + shown(callable->text) + " as torch.save never does");
+      fail("calls " + printable(callable->text) + " as torch.save never does");
     }
   }
 
