@@ -309,3 +309,5 @@ class MergeSettings:
 
     parts: tuple[Path, ...]
     outdir: Path
+    force: bool = False  # replace what OUTDIR holds at merge's result names
+

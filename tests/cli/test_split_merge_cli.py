@@ -11,17 +11,19 @@ One torch thread everywhere: on CPU the thread count changes fp32 sums in the la
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import random
 import shutil
 import string
+import sys
 from pathlib import Path
 
 import pytest
 
 import virnucpro_trt.runtime.shards as shards_module
-from tests.cli.helpers import run_cli
+from tests.cli.helpers import error_lines, run_cli
 from virnucpro_trt.sequences.synthetic import generate_reads
 
 TEXT_FILES = (
@@ -271,7 +273,7 @@ def test_merge_refuses_incomplete_mixed_or_mismatched_parts(tiny_set, small_shar
     out.mkdir()
     (out / "run.json").write_text("{}")
     result = run_cli("merge", *map(str, a), "-o", str(out))
-    assert result.code == 2 and "already holds run.json" in result.stderr
+    assert result.code == 2 and "cannot reuse (run.json: not a finished merge)" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["run.json"]
 
 
@@ -388,3 +390,114 @@ def test_min_length_parts_merge_to_the_single_run_and_must_agree(tiny_set, split
     again = tmp_path / "again"
     _ok("predict", str(tmp_path / "parts" / "part-0002.fa"), "-o", str(again), *_models(tiny_set))
     _refused([outs[0], again], tmp_path / "refused", "settings differ (min_length: 501 vs 0)")
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder``: its modification time and bytes (a rerun must touch none)."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*")}
+
+
+def test_split_rerun_onto_its_own_split_does_nothing_and_other_splits_are_refused(
+    split_reads, tmp_path, monkeypatch
+):
+    """The same command again: exit 0, nothing written (stdin with the same bytes too). Every other
+    split (settings, cuts, input, a part edited since, a file split did not write, a damaged split.json)
+    is refused in one line, the folder left as it was."""
+    parts = tmp_path / "p"
+    args = ["--parts", "3", "--shard-records", "100"]
+    _ok("split", str(split_reads), "-o", str(parts), *args)
+    before = _tree(parts)
+    result = run_cli("split", str(split_reads), "-o", str(parts), *args)
+    assert result.code == 0 and "already holds this split" in result.stderr, result.stderr
+    assert _tree(parts) == before
+    # the same bytes from stdin, and cuts asked another way that fall on the same shards
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(split_reads.read_bytes())))
+    assert run_cli("split", "-", "-o", str(parts), *args).code == 0
+    records = [p["records"] for p in json.loads((parts / "split.json").read_text())["parts"]]
+    assert records == [200, 200, 176]
+    _ok("split", str(split_reads), "-o", str(parts), "--records-per-part", "200", "--shard-records", "100")
+    assert _tree(parts) == before
+
+    other = tmp_path / "other.fa"
+    other.write_bytes(split_reads.read_bytes().replace(b"ACGT", b"ACGA", 1))
+    for call, message in (
+        ([str(split_reads), "--parts", "2", "--shard-records", "100"], "other part cuts than --parts 2"),
+        ([str(split_reads), *args, "--gzip"], "holds another split (plain parts)"),
+        ([str(split_reads), "--parts", "3", "--shard-records", "50"], "(--shard-records 100)"),
+        ([str(split_reads), "--parts", "3"], "(--shard-records 100)"),
+        ([str(split_reads), *args, "--chunk-length", "300"], "(--chunk-length 500)"),
+        ([str(other), *args], "holds another split (of another input)"),
+    ):
+        result = run_cli("split", call[0], "-o", str(parts), *call[1:])
+        assert result.code == 2 and message in result.stderr, (call, result.stderr)
+        assert len(error_lines(result)) == 1
+        assert _tree(parts) == before
+
+    edited = parts / "part-0002.fa"
+    edited.write_bytes(edited.read_bytes().replace(b"A", b"C", 1))
+    result = run_cli("split", str(split_reads), "-o", str(parts), *args)
+    assert result.code == 2 and "holds this split, but its part-0002.fa was changed" in result.stderr
+    edited.unlink()
+    result = run_cli("split", str(split_reads), "-o", str(parts), *args)
+    assert result.code == 2 and "its part-0002.fa was changed or removed" in result.stderr
+
+    theirs = tmp_path / "theirs"
+    _ok("split", str(split_reads), "-o", str(theirs), *args)
+    (theirs / "notes.txt").write_text("mine")
+    result = run_cli("split", str(split_reads), "-o", str(theirs), *args)
+    assert result.code == 2 and "is not empty (notes.txt)" in result.stderr
+    (theirs / "notes.txt").unlink()
+    manifest = theirs / "split.json"
+    manifest.write_text(manifest.read_text().replace('"records": 200', '"records": 201', 1))
+    result = run_cli("split", str(split_reads), "-o", str(theirs), *args)
+    assert result.code == 2 and "holds no split this command can reuse" in result.stderr
+    assert (theirs / "part-0001.fa").exists() and len(list(theirs.iterdir())) == 4
+
+
+def test_merge_rerun_onto_its_own_results_does_nothing_and_force_replaces_others(
+    small_shards, default_shards, tmp_path
+):
+    """The same merge again: exit 0, nothing written. Another split's parts, this merge's results edited
+    since, a user's file or a part's own predict results at the result names: refused, one line, the
+    folder as it was; --force replaces them and leaves no earlier result file beside the new ones (a
+    folder at a result name is refused even then)."""
+    _, _, a, _ = small_shards
+    _, merged_b, b, _ = default_shards
+    out = tmp_path / "m"
+    _ok("merge", *map(str, a), "-o", str(out))
+    run = _run(out)
+    assert sorted(run["outputs"]) == sorted((*TEXT_FILES, "embeddings.h5"))
+    assert [p["run_json_sha256"] for p in run["parts"]] == [
+        hashlib.sha256((folder / "run.json").read_bytes()).hexdigest() for folder in a
+    ]
+    before = _tree(out)
+    result = run_cli("merge", *map(str, a), "-o", str(out))
+    assert result.code == 0 and "already holds this merge's results" in result.stderr, result.stderr
+    assert _tree(out) == before
+
+    def refused(outs: list[Path], outdir: Path, message: str) -> None:
+        was = _tree(outdir)
+        result = run_cli("merge", *map(str, outs), "-o", str(outdir))
+        assert result.code == 2 and len(error_lines(result)) == 1, result.stderr
+        assert message in result.stderr and "add --force to replace them" in result.stderr, result.stderr
+        assert _tree(outdir) == was
+
+    refused(b, out, "a merge of another split")
+    refused(a, a[0], "not a finished merge")  # a part's own folder: its predict results stay
+    edited = _edited_copy(a[1], tmp_path / "repredicted", lambda r: r.update(finished="later"))
+    refused([a[0], edited, a[2]], out, "a merge of other part results")
+    frames = out / "frames.tsv"
+    frames.write_text(frames.read_text() + "extra\trow\n")
+    refused(a, out, "holds this merge's results, but its frames.tsv was changed or removed since")
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "sequences.tsv").write_text("my notes\n")
+    refused(a, user, "(sequences.tsv: no run.json accounts for them)")
+
+    _ok("merge", *map(str, b), "-o", str(out), "--force")
+    assert sorted(p.name for p in out.iterdir()) == sorted((*TEXT_FILES, "run.json"))  # embeddings.h5 gone
+    for name in TEXT_FILES:
+        assert (out / name).read_bytes() == (merged_b / name).read_bytes(), name
+    (out / "embeddings.h5").mkdir()
+    result = run_cli("merge", *map(str, a), "-o", str(out), "--force")
+    assert result.code == 2 and "embeddings.h5 is a folder" in result.stderr

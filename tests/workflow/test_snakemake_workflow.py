@@ -81,8 +81,26 @@ def test_workflow_writes_its_files_and_never_over_existing_ones(demo_workflow, t
     assert f'dnabert: "{tiny_set.dnabert}"' in config and "parts: 3" in config
     assert f'outdir: "{wf.resolve() / "demo-out"}"' in config
     assert "\ndemo: true" in config
+    # the same command again: nothing written; another config over this one: refused, nothing written
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in wf.rglob("*") if p.is_file()}
+    models = DemoInputs(tiny_set.dnabert, tiny_set.esm_hf, tiny_set.classifier, Path("unused"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("virnucpro_trt.demo.demo_inputs", lambda: models)
+        result = run_cli("workflow", "-o", str(wf), "--demo")
+    assert result.code == 0 and "already holds this workflow: nothing to do" in result.stderr
     result = run_cli("workflow", "-o", str(wf))
-    assert result.code == 2 and "Snakefile exists" in result.stderr
+    assert result.code == 2 and "config.yaml exists with other content" in result.stderr
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in wf.rglob("*") if p.is_file()} == before
+    # a workflow folder missing a file (an interrupted write): the rest is written
+    half = tmp_path / "half"
+    assert run_cli("workflow", "-o", str(half)).code == 0
+    (half / "profiles" / "slurm" / "config.yaml").unlink()
+    result = run_cli("workflow", "-o", str(half))
+    assert result.code == 0 and "wrote" in result.stderr and (half / "profiles/slurm/config.yaml").is_file()
+    (half / "Snakefile").unlink()
+    (half / "Snakefile").symlink_to(wf / "Snakefile")  # the same bytes, through a link: refused
+    result = run_cli("workflow", "-o", str(half))
+    assert result.code == 2 and "Snakefile exists (a symbolic link)" in result.stderr
     result = run_cli("workflow", "-o", str(tmp_path / "plain"))
     assert result.code == 0
     assert 'input: ""' in (tmp_path / "plain" / "config.yaml").read_text()

@@ -24,18 +24,24 @@ log = logging.getLogger("virnucpro_trt")
 )  # fmt: skip
 @click.option(
     "-o", "--outdir", required=True, type=OutputPath(file_okay=False, path_type=Path),
-    help="Folder for the merged result files (must not hold results yet).",
+    help="Folder for the merged result files.",
+)  # fmt: skip
+@click.option(
+    "--force", is_flag=True,
+    help="Replace what OUTDIR holds at merge's result names (another run's or merge's results, or files "
+    "of yours at those names).",
 )  # fmt: skip
 @logging_options
-def merge(part_outs: tuple[Path, ...], outdir: Path) -> None:
+def merge(part_outs: tuple[Path, ...], outdir: Path, force: bool) -> None:
     """Join the predict output folders of every part of one split into one run's result files.
 
     Refuses (exit 2, nothing written) a missing part, a part given twice, parts of different splits
-    and parts run with different models, weights, engines or settings.
+    and parts run with different models, weights, engines or settings. Run again onto its own finished
+    results, it does nothing (exit 0); other results in OUTDIR are refused unless --force.
     """
     from virnucpro_trt.pipeline.merge_parts import run_merge
 
-    summary = run_merge(MergeSettings(tuple(part_outs), outdir), command=sys.argv)
+    summary = run_merge(MergeSettings(tuple(part_outs), outdir, force), command=sys.argv)
     counts = summary["counts"]
     log.info(
         "PASSED: %d part(s), %d records, %d frames scored, %d sequences labelled virus -> %s",

@@ -39,6 +39,8 @@ def workflow(outdir: Path, demo: bool) -> None:
     written = write_workflow(outdir, demo=demo)
     for path in written:
         log.info("wrote %s", path)
+    if not written:
+        log.info("%s already holds this workflow: nothing to do", outdir)
     if demo:
         log.warning("DEMO: the models are RANDOM WEIGHTS built for this demo — the labels mean nothing")
     log.info("PASSED: run it with: snakemake -s %s --cores 2", outdir / "Snakefile")

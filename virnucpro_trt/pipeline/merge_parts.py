@@ -16,7 +16,13 @@ merge stops (exit 2, one line naming the problem) before it writes anything. Wha
 The files are then written as ``predict`` writes them: ``.partial`` names renamed into place together
 at the end (:class:`~virnucpro_trt.outputs.atomic.ResultSet`), ``run.json`` last; ``embeddings.h5``
 only when every part saved embeddings. ``run.json`` sums counts, timings and shard figures over the
-parts, recomputes throughput from the sums (per device-second), and lists each part's provenance.
+parts, recomputes throughput from the sums (per device-second), lists each part's provenance (with the
+SHA-256 of the part's ``run.json``) and, as ``predict``'s does, each result file's size and SHA-256.
+
+Idempotent, as ``predict`` is: an OUTDIR that already holds this very merge (same split, the same part
+``run.json`` files, its result files unchanged) is left as it is, exit 0. Anything else at the result
+names (another run's or merge's results, this merge's edited since, a user's file) is refused, exit 2,
+unless ``--force``, which replaces them (:func:`_finished_merge`); folders there are refused even then.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.json_fields import SHA256
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
+from virnucpro_trt.files.ownership import changed_since, output_entry
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -58,7 +65,7 @@ from virnucpro_trt.outputs.upstream import (
     PREDICTION_HEADER,
     PREDICTION_RESULTS,
 )
-from virnucpro_trt.pipeline.predict import EMBEDDINGS_H5, MAX_RUN_JSON_BYTES, RUN_JSON
+from virnucpro_trt.pipeline.predict import EMBEDDINGS_H5, MAX_RUN_JSON_BYTES, RUN_JSON, read_run_json
 from virnucpro_trt.pipeline.run_paths import check_run_paths
 from virnucpro_trt.runtime.resume import outdir_lock
 from virnucpro_trt.settings import MergeSettings, SplitPart, settings_fingerprint
@@ -83,6 +90,7 @@ class PartResult:
     folder: Path
     run: dict[str, Any]
     part: SplitPart
+    run_sha256: str  # of the part's run.json bytes: what identifies its results in a merge's record
 
     @property
     def name(self) -> str:
@@ -114,16 +122,12 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
     parts = check_parts([read_part(folder) for folder in settings.parts])
     for part in parts:
         verify_part_files(part)
-    existing = [
-        name for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE) if (outdir / name).exists()
-    ]
-    if existing:
-        raise MergeRefused(
-            f"{outdir} already holds {', '.join(existing)}; merge into a folder without results"
-        )
     created = not outdir.exists()
     try:
         with outdir_lock(outdir):
+            finished = _finished_merge(outdir, parts, settings.force)
+            if finished is not None:
+                return finished
             embeddings = all(p.has_embeddings for p in parts)
             if not embeddings and any(p.has_embeddings for p in parts):
                 log.warning("not every part saved embeddings: no embeddings.h5 is written")
@@ -131,11 +135,68 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
             summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
             if summary["demo_random_weights"]:
                 write_demo_note(outdir)
+            written = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE)
+            summary["outputs"] = {n: output_entry(outdir / n) for n in written if (outdir / n).is_file()}
             write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n")
     finally:
         if created and outdir.is_dir() and not any(outdir.iterdir()):  # a failed merge leaves no folder
             outdir.rmdir()
     return summary
+
+
+_RESULT_NAMES = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE, RUN_JSON)
+
+
+def _finished_merge(outdir: Path, parts: list[PartResult], force: bool) -> dict[str, Any] | None:
+    """The run.json of the merge OUTDIR already holds, when it is this very merge; else None, once what
+    is at the result names may be replaced (nothing there, or ``force``: then the names this merge may
+    not write again are removed, so no earlier file is left beside its results). Otherwise refused."""
+    present = [name for name in _RESULT_NAMES if os.path.lexists(outdir / name)]
+    for name in present:
+        if (outdir / name).is_dir() and not (outdir / name).is_symlink():
+            raise MergeRefused(f"{outdir / name} is a folder; move it away or choose another OUTDIR")
+    if not present:
+        return None
+    previous = read_run_json(outdir / RUN_JSON)
+    why = "no run.json accounts for them" if previous is None else _other_merge(previous, parts, present)
+    if why is None:
+        changed = next(
+            (c for n, e in previous["outputs"].items() if (c := changed_since(outdir, n, e)) is not None),
+            None,
+        )
+        if changed is None:
+            log.info("%s already holds this merge's results (%s): nothing to do", outdir, RUN_JSON)
+            return {**previous, "reused": True}
+        problem = f"this merge's results, but {changed}"
+    else:
+        problem = f"results it cannot reuse ({', '.join(present)}: {why})"
+    if not force:
+        raise MergeRefused(f"{outdir} holds {problem}; choose another OUTDIR, or add --force to replace them")
+    log.warning("--force: replacing %s in %s", ", ".join(present), outdir)
+    for name in present:
+        (outdir / name).unlink()
+    return None
+
+
+def _other_merge(previous: dict[str, Any], parts: list[PartResult], present: list[str]) -> str | None:
+    """Why ``previous`` (a run.json) is not the record of merging ``parts`` into the files ``present``,
+    in words, or None."""
+    if previous.get("status") != "complete" or not isinstance(previous.get("split"), dict):
+        return "not a finished merge"
+    if previous["split"].get("split_id") != parts[0].part.split_id:
+        return "a merge of another split"
+    listed = previous.get("parts")
+    if not isinstance(listed, list):
+        return "not a finished merge"
+    recorded = [p.get("run_json_sha256") if isinstance(p, dict) else None for p in listed]
+    if recorded != [p.run_sha256 for p in parts]:
+        return "a merge of other part results"
+    outputs = previous.get("outputs")
+    if not isinstance(outputs, dict) or not outputs or any(n not in _RESULT_NAMES for n in outputs):
+        return "its run.json records no result files"
+    if any(n != RUN_JSON and n not in outputs for n in present):
+        return "files its run.json does not account for"
+    return None
 
 
 def read_part(folder: Path) -> PartResult:
@@ -171,7 +232,7 @@ def read_part(folder: Path) -> PartResult:
     for name in names:
         if not (folder / name).is_file():
             raise MergeRefused(f"{folder}: {name} is missing")
-    return PartResult(folder, run, part)
+    return PartResult(folder, run, part, hashlib.sha256(raw).hexdigest())
 
 
 def verify_part_files(part: PartResult) -> None:
@@ -441,4 +502,5 @@ def _provenance(part: PartResult) -> dict[str, Any]:
         "restarts": run.get("restarts"),
         "settings_fingerprint": run["settings_fingerprint"],
         "command": run.get("command"),
+        "run_json_sha256": part.run_sha256,
     }

@@ -17,6 +17,11 @@ Atomic: everything is written into ``PARTS_DIR/.split.work`` and moved into plac
 part is complete, ``split.json`` last. ``PARTS_DIR`` must be empty (a leftover ``.split.work`` of an
 interrupted split is removed when it holds only names split writes; anything else is refused), so parts
 of two splits never sit side by side. An input inside ``PARTS_DIR`` is refused before anything is made.
+
+Idempotent: a ``PARTS_DIR`` that holds exactly what this command would write (:func:`_finished_split`:
+the same version, input bytes, chunk length, shard rule, part cuts and compression, and every part file
+still as ``split.json`` records it) is left as it is, exit 0, so a rerun of a finished command (by hand
+or by a workflow manager) does not fail. Any other split there is refused, naming the difference.
 """
 
 from __future__ import annotations
@@ -30,17 +35,21 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import NoReturn
 
 from virnucpro_trt import __version__
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.ownership import changed_since
 from virnucpro_trt.pipeline.inputs import materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.pipeline.split_manifest import (
     SPLIT_JSON,
     PartEntry,
+    SplitFileError,
     SplitManifest,
     part_file_name,
+    read_split_manifest,
     run_length,
     write_split_manifest,
 )
@@ -104,11 +113,13 @@ def run_split(settings: SplitSettings) -> SplitManifest:
     outdir.mkdir(parents=True, exist_ok=True)
     try:
         with outdir_lock(outdir):
-            _check_empty(outdir)
+            others = _check_empty(outdir)
             work = outdir / SPLIT_WORK
             work.mkdir()
             try:
                 with sigterm_as_interrupt():
+                    if others:
+                        return _finished_split(settings, work, others)
                     return _split(settings, work)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
@@ -120,7 +131,9 @@ def run_split(settings: SplitSettings) -> SplitManifest:
 _OURS = re.compile(r"part-\d+\.fa(\.gz)?|stdin\.input|pieces|pieces/piece-\d{7}\.fa")
 
 
-def _check_empty(outdir: Path) -> None:
+def _check_empty(outdir: Path) -> list[str]:
+    """The names in ``outdir`` (a leftover ``.split.work`` removed first); refused unless none, or a
+    ``split.json`` among them (then :func:`_finished_split` decides)."""
     leftover = outdir / SPLIT_WORK
     if leftover.is_dir() and not leftover.is_symlink():
         found = [p for p in leftover.rglob("*")]
@@ -132,9 +145,72 @@ def _check_empty(outdir: Path) -> None:
         log.info("removing %s, left by an interrupted split", leftover)
         shutil.rmtree(leftover)
     others = sorted(p.name for p in outdir.iterdir() if p.name != LOCK_FILE)
-    if others:
-        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise UserError(f"{outdir} is not empty ({listed}); split writes its parts into an empty folder")
+    if others and SPLIT_JSON not in others:
+        _refuse_not_empty(outdir, others)
+    return others
+
+
+def _refuse_not_empty(outdir: Path, names: list[str]) -> NoReturn:
+    listed = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    raise UserError(f"{outdir} is not empty ({listed}); split writes its parts into an empty folder")
+
+
+def _finished_split(settings: SplitSettings, work: Path, names: list[str]) -> SplitManifest:
+    """The split ``settings.outdir`` already holds, when it is exactly what this command would write.
+
+    The settings first, then the input and the part files (each read once, hashed); then the part cuts
+    are recomputed by :func:`part_ranges` from the recorded shard layout, which the same input, version
+    and shard rule reproduce. Anything else is refused in one line naming the first difference.
+    """
+    outdir = settings.outdir
+    try:
+        manifest = read_split_manifest(outdir / SPLIT_JSON)
+    except SplitFileError as exc:
+        raise UserError(f"{outdir} is not empty and holds no split this command can reuse ({exc})") from None
+    foreign = [name for name in names if name not in {SPLIT_JSON, *(p.file for p in manifest.parts)}]
+    if foreign:
+        _refuse_not_empty(outdir, foreign)
+    why = _other_split(settings, manifest, work)
+    if why is not None:
+        raise UserError(f"{outdir} holds another split ({why}); choose an empty folder, or move it away")
+    for entry in manifest.parts:
+        changed = changed_since(outdir, entry.file, {"bytes": entry.size_bytes, "sha256": entry.sha256})
+        if changed is not None:
+            raise UserError(f"{outdir} holds this split, but {changed}; split again into an empty folder")
+    # the part files are the recorded ones, so each layout is bounded by its file's real bytes
+    sizes = [records for entry in manifest.parts for records, count in entry.layout for _ in range(count)]
+    cuts = part_ranges(sizes, settings.parts, settings.records_per_part)
+    names = [part_file_name(i, len(cuts), settings.gzip) for i in range(1, len(cuts) + 1)]
+    shards = [end - start for start, end in cuts]
+    if shards != [e.shards for e in manifest.parts] or names != [e.file for e in manifest.parts]:
+        asked = (
+            f"--parts {settings.parts}"
+            if settings.parts
+            else f"--records-per-part {settings.records_per_part}"
+        )
+        raise UserError(
+            f"{outdir} holds a split of this input with other part cuts than {asked}; choose "
+            "an empty folder, or move it away"
+        )
+    log.info("%s already holds this split (%s): nothing to do", outdir, manifest.split_id[:12])
+    return manifest
+
+
+def _other_split(settings: SplitSettings, manifest: SplitManifest, work: Path) -> str | None:
+    """Why ``manifest`` was made from another input or with other settings, in words, or None."""
+    if manifest.version != __version__:
+        return f"made by virnucpro-trt {manifest.version}"
+    if manifest.chunk_length != settings.chunk_length:
+        return f"--chunk-length {manifest.chunk_length}"
+    if manifest.shard_records != settings.shard_records:
+        made = manifest.shard_records
+        return f"--shard-records {made}" if made is not None else "the default shard size"
+    if any(entry.file.endswith(".gz") != settings.gzip for entry in manifest.parts):
+        return "gzip-compressed parts" if not settings.gzip else "plain parts"
+    path, _ = materialise(settings.input, work / "stdin.input")
+    if sha256_file(path) != manifest.input_sha256:
+        return "of another input"
+    return None
 
 
 def _split(settings: SplitSettings, work: Path) -> SplitManifest:

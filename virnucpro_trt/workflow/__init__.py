@@ -29,34 +29,33 @@ DEMO_SEED = 2027
 
 
 def write_workflow(folder: Path, demo: bool = False) -> list[Path]:
-    """Copy the workflow files into ``folder`` (never over existing files); returns what was written.
+    """Copy the workflow files into ``folder`` (never over other files); returns what was written.
 
-    Each file is created new (``O_EXCL | O_NOFOLLOW``: ``files/exclusive.py``), so a file or a symbolic
-    link at one of the names — a dangling link included — is refused in one line, never written through.
-    A link in place of one of the subfolders it writes into (``profiles``, ``demo``) is refused too.
+    Idempotent: a file already holding exactly the bytes it would get counts as written, so the same
+    command again writes nothing (exit 0) and one interrupted half way writes the rest. A file at one
+    of the names with other content, a symbolic link (a dangling one included) or anything else there
+    is refused in one line before anything is written; each new file is created exclusively
+    (``O_EXCL | O_NOFOLLOW``: ``files/exclusive.py``), never written through. A link in place of one of
+    the subfolders it writes into (``profiles``, ``demo``) is refused too.
     """
     check_parent_folders(folder)
-    targets = [folder / name for name in WORKFLOW_FILES]
-    if demo:
-        targets.append(folder / DEMO_READS_FILE)
-    _check_free(folder, targets)
     texts = {name: (_SOURCE / name).read_text(encoding="utf-8") for name in WORKFLOW_FILES}
     if demo:
-        texts["config.yaml"] = _demo_config(texts["config.yaml"], folder.resolve(), folder / DEMO_READS_FILE)
-    for name, text in texts.items():
+        texts["config.yaml"], texts[DEMO_READS_FILE] = _demo_texts(texts["config.yaml"], folder.resolve())
+    missing = _missing(folder, texts)
+    for name in missing:
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_new_text(path, text)
-    return targets
+        write_new_text(path, texts[name])
+    return [folder / name for name in missing]
 
 
-def _check_free(folder: Path, targets: list[Path]) -> None:
-    """Refuse (exit 2) a target name that is taken (by anything, links included), and a subfolder of
-    ``folder`` on the way to one that is a symbolic link or not a folder."""
-    for path in targets:
-        if os.path.lexists(path):
-            what = "exists" if not path.is_symlink() else "exists (a symbolic link)"
-            raise UserError(f"{path} {what}; write the workflow into another folder (or remove it)")
+def _missing(folder: Path, texts: dict[str, str]) -> list[str]:
+    """The names still to write. Refuses (exit 2) a name taken by anything but a regular file with these
+    very bytes (links included), and a subfolder on the way that is a symbolic link or not a folder."""
+    missing = []
+    for name, text in texts.items():
+        path = folder / name
         for sub in path.relative_to(folder).parents:
             step = folder / sub
             if step != folder and os.path.lexists(step) and (step.is_symlink() or not step.is_dir()):
@@ -64,19 +63,28 @@ def _check_free(folder: Path, targets: list[Path]) -> None:
                     f"{step} is {'a symbolic link' if step.is_symlink() else 'not a folder'}; write the "
                     "workflow into another folder (or remove it)"
                 )
+        if not os.path.lexists(path):
+            missing.append(name)
+        elif path.is_symlink() or not path.is_file():
+            what = "a symbolic link" if path.is_symlink() else "not a regular file"
+            raise UserError(f"{path} exists ({what}); write the workflow into another folder (or remove it)")
+        elif path.stat().st_size != len(data := text.encode()) or path.read_bytes() != data:
+            raise UserError(
+                f"{path} exists with other content; write the workflow into another folder (or remove it)"
+            )
+    return missing
 
 
-def _demo_config(template: str, folder: Path, reads_path: Path) -> str:
-    """config.yaml with the demo models, generated reads (written new at ``reads_path``) and a result
-    folder beside the workflow."""
+def _demo_texts(template: str, folder: Path) -> tuple[str, str]:
+    """config.yaml with the demo models, generated reads (at ``DEMO_READS_FILE``) and a result folder
+    beside the workflow, and the reads' FASTA text (deterministic: a rerun compares equal)."""
     from virnucpro_trt.demo import demo_inputs
     from virnucpro_trt.sequences.synthetic import generate_reads
 
     models = demo_inputs()
     reads = folder / DEMO_READS_FILE
-    reads_path.parent.mkdir(parents=True, exist_ok=True)
     generated = generate_reads(DEMO_READS, 500, seed=DEMO_SEED, coding_fraction=0.6, prefix="demo")
-    write_new_text(reads_path, "".join(f">{rid}\n{seq}\n" for rid, seq in generated))  # 2-line FASTA
+    fasta = "".join(f">{rid}\n{seq}\n" for rid, seq in generated)  # 2-line FASTA
     values = {
         "input": str(reads),
         "outdir": str(folder / "demo-out"),
@@ -94,4 +102,4 @@ def _demo_config(template: str, folder: Path, reads_path: Path) -> str:
         # JSON strings are YAML double-quoted scalars: any path is written safely.
         text, count = re.subn(rf"(?m)^{key}: [^#\n]*", f"{key}: {json.dumps(value)}  ", text, count=1)
         assert count == 1, key
-    return "# DEMO: random-weight models and generated reads (virnucpro-trt workflow --demo)\n" + text
+    return "# DEMO: random-weight models and generated reads (virnucpro-trt workflow --demo)\n" + text, fasta
