@@ -88,6 +88,37 @@ def test_missing_input_and_missing_model_say_where(tiny_set, tmp_path):
     _assert_one_line_error(result, "hub")
 
 
+def test_models_given_in_each_others_place_are_named_before_the_input_is_read(tiny_set, tmp_path):
+    """Each swap is one line that says what the file is, before the input is read: the input here is
+    bad at record 2, so an input error would mean the models were checked too late. The classifier as
+    --esm is named as the classifier, not reported as a code-execution attempt; any other whole pickled
+    module is refused as one, and a pickle that calls a function still is (nothing runs)."""
+    reads = tmp_path / "r.fa"
+    reads.write_bytes(BAD_INPUTS["digits"][0])
+    dnabert, esm, classifier = str(tiny_set.dnabert), str(tiny_set.esm_hf), str(tiny_set.classifier)
+    module = tmp_path / "linear.pt"
+    torch.save(torch.nn.Linear(2, 2), module)
+    for models, needle in (
+        ((dnabert, classifier, classifier), "upstream's VirNucPro classifier (a pickled "),
+        ((dnabert, esm, str(tiny_set.esm_pt)), "a fair-esm (ESM) checkpoint, not a VirNucPro classifier"),
+        ((dnabert, str(module), classifier), "a whole pickled module (torch.nn.modules.linear.Linear)"),
+        ((classifier, esm, classifier), "not a DNABERT-S model folder"),
+        ((esm, esm, classifier), "expected 'bert'"),
+        ((dnabert, dnabert, classifier), "expected 'esm'"),
+    ):
+        out = tmp_path / "o"
+        result = run_cli(
+            "predict", str(reads), "-o", str(out), "--dnabert", models[0], "--esm", models[1],
+            "--classifier", models[2], "--device", "cpu",
+        )  # fmt: skip
+        _assert_one_line_error(result, needle)
+        assert "record 2" not in result.stderr and not out.exists(), result.stderr
+    assert "arbitrary code" not in run_cli(
+        "predict", str(reads), "-o", str(tmp_path / "o"), "--dnabert", dnabert, "--esm", classifier,
+        "--classifier", classifier, "--device", "cpu",
+    ).stderr  # fmt: skip
+
+
 def test_classifier_width_mismatch_is_a_user_error(tiny_set, tmp_path):
     reads = tmp_path / "r.fa"
     reads.write_text(GOOD)

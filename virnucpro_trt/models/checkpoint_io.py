@@ -22,6 +22,7 @@ from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.names import check_member_name
 from virnucpro_trt.models.config_checks import show_value
+from virnucpro_trt.models.pickle_guard import module_stand_in
 from virnucpro_trt.models.torch_archive import load_torch_file
 
 StateDict = dict[str, torch.Tensor]
@@ -46,9 +47,25 @@ def safe_torch_load(path: Path, extra_globals: Mapping[tuple[str, str], Any] | N
 
     :func:`~virnucpro_trt.models.torch_archive.load_torch_file` refuses TorchScript, tar and legacy files
     and any global outside the tensor allow-list; ``extra_globals`` widens it for known harmless types
-    (fair-esm's ``argparse.Namespace``).
+    (fair-esm's ``argparse.Namespace``). A whole pickled module (a class of ``__main__``,
+    ``torch.nn.modules`` or upstream's ``MLPClassifier``) is refused as what it is — most likely the
+    classifier given in an encoder's place — rather than as a code-execution attempt.
     """
-    return load_torch_file(path, extra_globals=extra_globals, use_mmap=True)
+
+    def refuse_module(module: str, name: str) -> None:
+        if module_stand_in(module, name) is None:
+            return None  # refused as any other global
+        if name == "MLPClassifier":
+            raise CheckpointError(
+                f"{path}: upstream's VirNucPro classifier (a pickled {module}.{name}), not this model's "
+                "weights; give it as --classifier"
+            )
+        raise CheckpointError(
+            f"{path}: a whole pickled module ({module}.{name}), not a checkpoint of weights; save its "
+            "state_dict() instead"
+        )
+
+    return load_torch_file(path, extra_globals=extra_globals, stand_ins=refuse_module, use_mmap=True)
 
 
 def load_safetensors(path: Path) -> StateDict:

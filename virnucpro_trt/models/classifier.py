@@ -228,7 +228,7 @@ def _from_state_dict(state: Mapping[Any, Any], path: Path) -> ClassifierWeights:
         state = {k[len("module.") :]: v for k, v in state.items()}
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
-        names = sorted(str(k)[:60] for k in state)
+        names = sorted(str(k)[:60] for k in state if k != _EPS_KEY)  # not the epsilon a .safetensors adds
         raise CheckpointError(
             f"{path} is a state dict without the classifier tensors (missing {', '.join(missing)}; "
             f"found {', '.join(names[:8])}{'...' if len(names) > 8 else ''})"
@@ -297,6 +297,10 @@ def _read_classifier(path: Path) -> ClassifierWeights:
         if isinstance(obj, PickledObject):
             weights = _from_pickled_module(obj, path)
         elif isinstance(obj, Mapping):
+            if "model" in obj and ("args" in obj or "cfg" in obj):
+                raise CheckpointError(
+                    f"{path}: a fair-esm (ESM) checkpoint, not a VirNucPro classifier; give it as --esm"
+                )
             if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
                 obj = obj["state_dict"]
             weights = _from_state_dict(obj, path)

@@ -92,13 +92,7 @@ def load_esm2(path: str | Path) -> tuple[Esm2Encoder, ProteinTokenizer, dict[str
     if path.is_dir():
         state, config, tokenizer, info = _read_hf_folder(path)
     elif is_present(path):
-        require_regular_file(path)
-        if (path.parent / "config.json").is_file() and path.suffix != ".pt":
-            raise CheckpointError(
-                f"{path}: a file of a Hugging Face model folder; give the folder itself ({path.parent}), "
-                "or a fair-esm .pt file"
-            )
-        state, config, tokenizer, info = _read_fair_esm(path)
+        state, config, tokenizer, info = _read_esm_file(path)
     else:
         raise CheckpointError(f"{path}: no such ESM-2 checkpoint file or folder")
     files = [Path(name) for name in info["weight_files"]]
@@ -116,13 +110,28 @@ def load_esm2(path: str | Path) -> tuple[Esm2Encoder, ProteinTokenizer, dict[str
 def check_esm2_tokenizer(path: str | Path) -> None:
     """Without reading the weights: every id of an HF folder's ``vocab.txt`` must index a row of the
     embedding config.json declares (the loader checks the tensors against config.json, and the ids
-    against the tensors). A fair-esm ``.pt`` has no tokenizer file: its alphabet is fair-esm's own,
-    checked against the tensors when they are loaded. Cheap, so a run's main process can refuse a
-    mismatched pair before any worker starts."""
+    against the tensors). A fair-esm ``.pt`` has no tokenizer file (its alphabet is fair-esm's own,
+    checked against the tensors when they are loaded); its archive is read memory-mapped and its keys
+    and arguments checked (:func:`_read_fair_esm`), so a file of another kind (the classifier given as
+    ``--esm``) is refused here too. Cheap, so a run's main process can refuse a wrong or mismatched
+    checkpoint before it reads the input or any worker starts."""
     path = Path(path)
     if path.is_dir():
         config, tokenizer = _hf_config_and_tokenizer(path)
         check_token_ids_fit(tokenizer, config.vocab_size, _vocab_source(path))
+    elif is_present(path):
+        _read_esm_file(path)
+
+
+def _read_esm_file(path: Path) -> tuple[StateDict, Esm2Config, ProteinTokenizer, dict[str, Any]]:
+    """A checkpoint given as a file: a fair-esm ``.pt`` (a weight file of an HF folder is refused)."""
+    require_regular_file(path)
+    if (path.parent / "config.json").is_file() and path.suffix != ".pt":
+        raise CheckpointError(
+            f"{path}: a file of a Hugging Face model folder; give the folder itself ({path.parent}), "
+            "or a fair-esm .pt file"
+        )
+    return _read_fair_esm(path)
 
 
 def _vocab_source(path: Path) -> str:

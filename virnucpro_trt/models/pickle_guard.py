@@ -14,6 +14,7 @@ the tree of stand-ins into a state dict.
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import Any
 
@@ -90,5 +91,14 @@ def module_stand_in(module: str, name: str) -> type[PickledObject] | None:
 
 
 def restricted_torch_load(path: Path) -> Any:
-    """A ``torch.save`` archive of a whole module or a state dict, with module classes as stand-ins."""
-    return load_torch_file(path, stand_ins=module_stand_in, max_storage_bytes=MAX_CLASSIFIER_BYTES)
+    """A ``torch.save`` archive of a whole module or a state dict, with module classes as stand-ins.
+
+    ``argparse.Namespace`` reads as a plain namespace, as for fair-esm files, so a fair-esm checkpoint
+    given in the classifier's place is told apart by its keys (not refused as a code-execution attempt).
+    """
+    return load_torch_file(
+        path,
+        extra_globals={("argparse", "Namespace"): types.SimpleNamespace},
+        stand_ins=module_stand_in,
+        max_storage_bytes=MAX_CLASSIFIER_BYTES,
+    )
