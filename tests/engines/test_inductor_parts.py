@@ -473,9 +473,13 @@ def test_export_errors_become_one_line_build_errors(monkeypatch: pytest.MonkeyPa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the H200 host)")
 @pytest.mark.parametrize("cols", [64, 96, 2560, 3000, 10240])
 def test_the_triton_kernel_quantises_like_the_reference(cols: int) -> None:
-    from virnucpro_trt.engines.fp8_quantize import TRITON_MODES, quantize_rows
+    """The default launch against the reference of the GELU form it evaluates: the tanh form by the
+    hardware's tanh.approx (relative error 2^-11) since that became the engines' default, with the
+    tolerances of :func:`test_every_row_launch_quantises_like_the_reference`."""
+    from virnucpro_trt.engines.fp8_quantize import GELU_TANH, ROW_LAUNCH, TRITON_MODES, quantize_rows
 
     assert BIAS_GELU in TRITON_MODES
+    tanh = ROW_LAUNCH[BIAS_GELU].erf == GELU_TANH
     cuda = torch.device("cuda", 0)
     gen = torch.Generator(device=cuda).manual_seed(cols)
     x = torch.randn(333, cols, generator=gen, device=cuda) * 2
@@ -485,10 +489,10 @@ def test_the_triton_kernel_quantises_like_the_reference(cols: int) -> None:
     x = x.to(torch.bfloat16)
     bias = (0.1 * torch.randn(cols, generator=gen, device=cuda)).to(torch.bfloat16)
     q, scale = quantize_rows(x, BIAS_GELU, bias=bias)
-    want_q, want_scale = quantize_rows_reference(x, BIAS_GELU, bias=bias)
-    torch.testing.assert_close(scale, want_scale, rtol=1e-5, atol=0)
+    want_q, want_scale = quantize_rows_reference(x, BIAS_GELU, bias=bias, gelu_tanh=tanh)
+    torch.testing.assert_close(scale, want_scale, rtol=1e-3 if tanh else 1e-5, atol=0)
     differ = (q.float() != want_q.float()).float().mean().item()
-    assert differ < 1e-3  # e4m3 ties and erf ulps only
+    assert differ < (2e-2 if tanh else 1e-3)  # e4m3 ties and tanh.approx / erf ulps only
     assert (q.float() * scale - want_q.float() * want_scale).abs().max() <= 2 * want_scale.max() * 32
 
 
