@@ -317,6 +317,7 @@ def test_a_small_input_in_many_parts_warns_and_says_how_to_spread_it(split_reads
     manifest = json.loads((tmp_path / "p" / "split.json").read_text())
     assert [p["records"] for p in manifest["parts"]] == [576, 0, 0]
     assert "2 part(s) are empty" in result.stderr and "--shard-records N" in result.stderr
+    assert "part-0003.fa: no records (predicts to header-only results)" in result.stderr  # not "1-0"
     result = run_cli(
         "split", str(split_reads), "-o", str(tmp_path / "q"), "--parts", "3", "--shard-records", "192"
     )

@@ -293,6 +293,9 @@ def _log_plan(manifest: SplitManifest, shards: int) -> None:
         manifest.records_per_shard, len(manifest.parts),
     )  # fmt: skip
     for entry in manifest.parts:
+        if not entry.records:
+            log.info("  %s: no records (predicts to header-only results)", entry.file)
+            continue
         log.info(
             "  %s: records %d-%d, %d shard(s), %d kept frame(s)", entry.file, entry.first_record + 1,
             entry.first_record + entry.records, entry.shards, entry.frames,
