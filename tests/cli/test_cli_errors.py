@@ -101,7 +101,7 @@ def test_models_given_in_each_others_place_are_named_before_the_input_is_read(ti
     for models, needle in (
         ((dnabert, classifier, classifier), "upstream's VirNucPro classifier (a pickled "),
         ((dnabert, esm, str(tiny_set.esm_pt)), "a fair-esm (ESM) checkpoint, not a VirNucPro classifier"),
-        ((dnabert, str(module), classifier), "a whole pickled module (torch.nn.modules.linear.Linear)"),
+        ((dnabert, str(module), classifier), "holds a pickled torch.nn.modules.linear.Linear object"),
         ((classifier, esm, classifier), "not a DNABERT-S model folder"),
         ((esm, esm, classifier), "expected 'bert'"),
         ((dnabert, dnabert, classifier), "expected 'esm'"),
@@ -117,6 +117,37 @@ def test_models_given_in_each_others_place_are_named_before_the_input_is_read(ti
         "predict", str(reads), "-o", str(tmp_path / "o"), "--dnabert", dnabert, "--esm", classifier,
         "--classifier", classifier, "--device", "cpu",
     ).stderr  # fmt: skip
+    # a checkpoint far larger than any classifier (a sparse file: an encoder's size) as --classifier
+    big = tmp_path / "big.pth"
+    with open(big, "wb") as handle:
+        handle.truncate(300 << 20)
+    result = run_cli(
+        "predict", str(reads), "-o", str(tmp_path / "o"), "--dnabert", dnabert, "--esm", esm,
+        "--classifier", str(big), "--device", "cpu",
+    )  # fmt: skip
+    _assert_one_line_error(result, "300 MiB, far too large for a VirNucPro classifier")
+    # a pickle that calls a function is refused as before, and nothing of it runs
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "args": {}, "x": _Calls(marker)}, evil)
+    result = run_cli(
+        "predict", str(reads), "-o", str(tmp_path / "o"), "--dnabert", dnabert, "--esm", str(evil),
+        "--classifier", classifier, "--device", "cpu",
+    )  # fmt: skip
+    _assert_one_line_error(result, "refused to unpickle global")
+    assert not marker.exists()
+
+
+class _Calls:
+    """Pickles as a call of ``os.system`` (what a hostile checkpoint would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_classifier_width_mismatch_is_a_user_error(tiny_set, tmp_path):

@@ -484,7 +484,17 @@ def test_merge_rerun_onto_its_own_results_does_nothing_and_force_replaces_others
         assert _tree(outdir) == was
 
     refused(b, out, "a merge of another split")
-    refused(a, a[0], "not a finished merge")  # a part's own folder: its predict results stay
+    for force in ((), ("--force",)):  # a part's own folder: its predict results stay, even with --force
+        was = _tree(a[0])
+        result = run_cli("merge", *map(str, a), "-o", str(a[0]), *force)
+        assert result.code == 2 and f"is part 1 ({a[0]})'s own folder" in result.stderr, result.stderr
+        assert _tree(a[0]) == was
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    run_json = json.loads((damaged / "run.json").read_text())
+    del run_json["counts"]
+    (damaged / "run.json").write_text(json.dumps(run_json))
+    refused(a, damaged, "its run.json is damaged")  # one line, not a KeyError from the reused summary
     edited = _edited_copy(a[1], tmp_path / "repredicted", lambda r: r.update(finished="later"))
     refused([a[0], edited, a[2]], out, "a merge of other part results")
     frames = out / "frames.tsv"

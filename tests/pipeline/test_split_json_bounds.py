@@ -28,10 +28,16 @@ from virnucpro_trt.pipeline.split_manifest import (
 ONE_READ = ">d1\nACGTACGTTAGCATCGATCGATCGTAGCTAGCTAGCATCGA\n"
 
 
-def _forged(folder: Path, records: int, size_bytes: int | None = None, data: bytes | None = None) -> Path:
+def _forged(
+    folder: Path,
+    records: int,
+    size_bytes: int | None = None,
+    data: bytes | None = None,
+    name: str = "part-0001.fa",
+) -> Path:
     """``folder/part-0001.fa`` (one read) listed in ``split.json`` as ``records`` one-record shards."""
     folder.mkdir(parents=True, exist_ok=True)
-    part = folder / "part-0001.fa"
+    part = folder / name
     part.write_bytes(data if data is not None else ONE_READ.encode())
     sha = sha256_file(part)
     size = part.stat().st_size if size_bytes is None else size_bytes
@@ -68,8 +74,15 @@ def test_more_records_than_a_plain_part_can_hold_are_refused(tmp_path):
 
 def test_a_gzip_part_gets_the_gzip_bound_and_other_compressions_are_refused(tmp_path):
     data = gzip.compress(ONE_READ.encode() * 50, mtime=0)
-    part = _forged(tmp_path / "gz", 50, data=data)
+    part = _forged(tmp_path / "gz", 50, data=data, name="part-0001.fa.gz")
     assert find_part(part, sha256_file(part)).shard_sizes() == [1] * 50
+    # gzip content under a plain name (or plain under .gz) is never split's: refused, not given 516x
+    hidden = _forged(tmp_path / "hidden", 50, data=data)
+    with pytest.raises(SplitFileError, match="compressed in a way split never writes"):
+        find_part(hidden, sha256_file(hidden))
+    plain = _forged(tmp_path / "plain", 1, name="part-0001.fa.gz")
+    with pytest.raises(SplitFileError, match="compressed in a way split never writes"):
+        find_part(plain, sha256_file(plain))
     bz = _forged(tmp_path / "bz", 1, data=b"BZh91AY&SY" + b"\0" * 40)
     with pytest.raises(SplitFileError, match="compressed in a way split never writes"):
         find_part(bz, sha256_file(bz))
@@ -86,3 +99,22 @@ def test_predict_of_a_forged_part_exits_2_in_one_line(tiny_set, tmp_path):
     assert lines[-1].startswith("error: ") and "more than its 46-byte file can hold" in lines[-1]
     assert "Traceback" not in result.stderr
     assert json.loads((part.parent / "split.json").read_text())["parts"][0]["records"] == 10_000
+
+
+def test_a_split_rerun_onto_a_forged_layout_is_refused_before_expanding_it(tmp_path):
+    """split run again onto a PARTS_DIR whose split.json claims 20,000 one-record shards for a 46-byte
+    plain part (within split.json's own gzip bound; input, version and settings all matching): refused
+    by the part's real bytes, in one line, before the claimed layout is expanded or anything written."""
+    from virnucpro_trt import __version__
+
+    part = _forged(tmp_path / "parts", 20_000)
+    data = json.loads((part.parent / "split.json").read_text())
+    assert data["version"] == __version__  # else the rerun would stop at the version, not the layout
+    reads = tmp_path / "x.fa"
+    reads.write_bytes(part.read_bytes())  # the input split.json names, by SHA-256
+    before = sorted(p.name for p in part.parent.iterdir())
+    result = run_cli("split", str(reads), "-o", str(part.parent), "--parts", "1", "--shard-records", "1")
+    assert result.code == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "lists 20000 records, more than its 46-byte file can hold" in last
+    assert sorted(p.name for p in part.parent.iterdir()) == before

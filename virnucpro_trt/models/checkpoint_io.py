@@ -57,12 +57,12 @@ def safe_torch_load(path: Path, extra_globals: Mapping[tuple[str, str], Any] | N
             return None  # refused as any other global
         if name == "MLPClassifier":
             raise CheckpointError(
-                f"{path}: upstream's VirNucPro classifier (a pickled {module}.{name}), not this model's "
+                f"{path}: upstream's VirNucPro classifier (a pickled {module}.{name}), not an encoder's "
                 "weights; give it as --classifier"
             )
         raise CheckpointError(
-            f"{path}: a whole pickled module ({module}.{name}), not a checkpoint of weights; save its "
-            "state_dict() instead"
+            f"{path}: holds a pickled {module}.{name} object (none of its code is run), not a checkpoint "
+            "of weights; save the model's state_dict() instead"
         )
 
     return load_torch_file(path, extra_globals=extra_globals, stand_ins=refuse_module, use_mmap=True)

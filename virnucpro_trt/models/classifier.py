@@ -281,9 +281,13 @@ def load_classifier_weights(path: str | Path, identity: WeightsIdentity | None =
 
 
 def _read_classifier(path: Path) -> ClassifierWeights:
+    size = path.stat().st_size
+    if size > MAX_CLASSIFIER_BYTES:  # upstream's is ~7 MB: most likely an encoder given in its place
+        raise CheckpointError(
+            f"{path}: {size / 2**20:.0f} MiB, far too large for a VirNucPro classifier (~7 MB); an "
+            "encoder's checkpoint goes to --esm or --dnabert"
+        )
     if path.suffix == ".safetensors":
-        if path.stat().st_size > MAX_CLASSIFIER_BYTES:
-            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, far too large for a classifier")
         try:
             tensors = load_file(str(path))
             meta = _safetensors_metadata(path)

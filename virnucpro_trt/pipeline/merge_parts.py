@@ -122,6 +122,8 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
     parts = check_parts([read_part(folder) for folder in settings.parts])
     for part in parts:
         verify_part_files(part)
+        if outdir.is_dir() and os.path.samefile(outdir, part.folder):
+            raise MergeRefused(f"{outdir} is {part.name}'s own folder; merge into another folder")
     created = not outdir.exists()
     try:
         with outdir_lock(outdir):
@@ -185,6 +187,13 @@ def _other_merge(previous: dict[str, Any], parts: list[PartResult], present: lis
         return "not a finished merge"
     if previous["split"].get("split_id") != parts[0].part.split_id:
         return "a merge of another split"
+    counts = previous.get("counts")
+    if (
+        previous["split"].get("parts") != len(parts)
+        or not isinstance(counts, dict)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values())
+    ):
+        return "its run.json is damaged"
     listed = previous.get("parts")
     if not isinstance(listed, list):
         return "not a finished merge"

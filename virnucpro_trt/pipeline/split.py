@@ -48,6 +48,7 @@ from virnucpro_trt.pipeline.split_manifest import (
     PartEntry,
     SplitFileError,
     SplitManifest,
+    check_part_holds,
     part_file_name,
     read_split_manifest,
     run_length,
@@ -83,17 +84,19 @@ def part_ranges(
     total = bounds[-1]
     if records_per_part is not None:
         count = min(max(1, -(-total // records_per_part)), max(1, shards))
-        targets = [(j * records_per_part, 1) for j in range(1, count)]
+        denominator = 1
+        targets = [j * records_per_part for j in range(1, count)]
     else:
         assert parts is not None
-        count = parts
-        targets = [(j * total, count) for j in range(1, count)]
+        count = denominator = parts
+        targets = [j * total for j in range(1, count)]
+    scaled = [b * denominator for b in bounds]  # the cut targets as fractions over one denominator
     cuts = [0]
-    for j, (numerator, denominator) in enumerate(targets, start=1):
+    for j, numerator in enumerate(targets, start=1):
         if shards < count:  # one shard per part, then empty parts
             cut = min(j, shards)
         else:
-            at = bisect.bisect_left([b * denominator for b in bounds], numerator)
+            at = bisect.bisect_left(scaled, numerator)
             candidates = [i for i in (at - 1, at) if 0 <= i <= shards]
             nearest = min(candidates, key=lambda i: (abs(bounds[i] * denominator - numerator), i))
             cut = min(max(nearest, cuts[-1] + 1), shards - (count - j))
@@ -177,7 +180,9 @@ def _finished_split(settings: SplitSettings, work: Path, names: list[str]) -> Sp
         changed = changed_since(outdir, entry.file, {"bytes": entry.size_bytes, "sha256": entry.sha256})
         if changed is not None:
             raise UserError(f"{outdir} holds this split, but {changed}; split again into an empty folder")
-    # the part files are the recorded ones, so each layout is bounded by its file's real bytes
+        # as predict of the part would: its records within what its bytes, as compressed, can hold
+        check_part_holds(outdir / entry.file, entry, outdir / SPLIT_JSON)
+    # so the expanded layouts are bounded by the part files' real bytes
     sizes = [records for entry in manifest.parts for records, count in entry.layout for _ in range(count)]
     cuts = part_ranges(sizes, settings.parts, settings.records_per_part)
     names = [part_file_name(i, len(cuts), settings.gzip) for i in range(1, len(cuts) + 1)]

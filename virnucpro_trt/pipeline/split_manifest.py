@@ -276,15 +276,16 @@ def find_part(path: Path, sha256: str) -> SplitPart | None:
             f"{path}: parts {', '.join(str(p.index) for p in chosen)} of {manifest_path} have its content; "
             "keep the part files under their own names"
         )
-    _check_part_holds(path, chosen[0], manifest_path)
+    check_part_holds(path, chosen[0], manifest_path)
     return manifest.split_part(chosen[0])
 
 
-def _check_part_holds(path: Path, entry: PartEntry, manifest_path: Path) -> None:
+def check_part_holds(path: Path, entry: PartEntry, manifest_path: Path) -> None:
     """Refuse a part whose listed size or record count its file cannot have (before any layout is used).
 
-    The SHA-256 already matched, so a size that differs, a compression split never writes, or more
-    records than the bytes can hold means the entry was forged: one line, exit 2, nothing allocated.
+    The SHA-256 already matched, so a size that differs, a compression split never writes (gzip
+    content exactly when the listed name ends in ``.gz``), or more records than the bytes can hold means
+    the entry was forged: one line, exit 2, nothing allocated.
     """
     where = f"{manifest_path}: part {entry.index}"
     try:
@@ -295,9 +296,10 @@ def _check_part_holds(path: Path, entry: PartEntry, manifest_path: Path) -> None
         raise SplitFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if size != entry.size_bytes:
         raise SplitFileError(f"{where} lists {entry.size_bytes} bytes, its file {path} has {size}")
-    if head.startswith(_OTHER_COMPRESSION):
+    gzip = head.startswith(_GZIP_MAGIC)
+    if head.startswith(_OTHER_COMPRESSION) or gzip != entry.file.endswith(".gz"):
         raise SplitFileError(f"{where}: {path} is compressed in a way split never writes (refused)")
-    limit = max_records(size, gzip=head.startswith(_GZIP_MAGIC))
+    limit = max_records(size, gzip=gzip)
     if entry.records > limit:
         raise SplitFileError(
             f"{where} lists {entry.records} records, more than its {size}-byte file can hold ({limit}): "
