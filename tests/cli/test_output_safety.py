@@ -138,6 +138,48 @@ def test_a_stdin_copy_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
     assert not killed.exists()
 
 
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_run_stopped_while_copying_stdin_leaves_nothing_its_rerun_trips_on(
+    tiny_set, reads_fasta, tmp_path, monkeypatch, sig
+):
+    """predict - killed (or sent SIGTERM) while stdin is still being copied: SIGTERM is an interrupt
+    (exit 130, the copy and the folder it made removed); after SIGKILL the rerun removes the copy it
+    finds noted as still growing. Either way the same command then runs (it used to be refused for
+    good: '.stdin.input already exists; this run did not make it')."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [
+        sys.executable, "-m", "virnucpro_trt", "predict", "-", "-o", str(out), "--dnabert",
+        str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier),
+        "--device", "cpu", "--threads", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None
+    data = reads_fasta.read_bytes()
+    proc.stdin.write(data[: len(data) // 2])  # the rest never comes: the copy waits for it
+    proc.stdin.flush()
+    deadline = time.monotonic() + 120
+    while not (out / ".stdin.input").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(getattr(signal, sig))
+    _, stderr = proc.communicate(timeout=60)
+    if sig == "SIGTERM":
+        assert proc.returncode == 130 and b"interrupted" in stderr, stderr
+        assert not out.exists()
+    else:
+        assert (out / ".stdin.input").exists() and (out / LOCK_FILE).exists()  # what SIGKILL leaves
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    result = predict_tiny(tiny_set, "-", out)
+    assert result.code == 0, result.stderr
+    assert not (out / ".stdin.input").exists() and not (out / LOCK_FILE).exists()
+
+
 # -- 2. result names no finished run accounts for -------------------------------------------------
 
 

@@ -361,3 +361,40 @@ def test_a_shard_edited_in_work_is_not_trusted_on_resume(models, reads, referenc
     assert resumed.code == 0, resumed.stderr
     assert "shard-000001.fa changed since it was written" in resumed.stderr
     assert _same_results(reference, out)
+
+
+def _other_eps(text: str) -> str:
+    return json.dumps({**json.loads(text), "layer_norm_eps": 0.01})
+
+
+def _two_residues_swapped(text: str) -> str:
+    lines = text.split("\n")
+    lines[5], lines[6] = lines[6], lines[5]  # two amino acids' ids (the special tokens stay where they are)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("model", "name", "edit"),
+    [
+        ("esm", "config.json", _other_eps),
+        ("dnabert", "config.json", _other_eps),
+        ("esm", "vocab.txt", _two_residues_swapped),
+    ],
+)
+def test_an_edited_config_or_vocabulary_is_another_model(models, reads, tmp_path, model, name, edit):
+    """config.json and the vocabulary change the results as the weights do: a finished run is not
+    reused, and its shards are not resumed, with a folder whose config or vocabulary was edited since
+    (the identity hashed only the weight files: the audit's stale reuse and half-and-half resume)."""
+    copy = Path(shutil.copytree(models[model], tmp_path / "model"))
+    edited = dict(models, **{model: copy})
+    out = tmp_path / "out"
+    assert run_cli(*_args(edited, reads, out, "--keep-work")).code == 0
+    text = (copy / name).read_text()
+    assert edit(text) != text
+    (copy / name).write_text(edit(text))
+    rerun = run_cli(*_args(edited, reads, out))
+    assert rerun.code == 2 and "other model weights or configuration" in _errors(rerun)[0], rerun.stderr
+    (out / "run.json").unlink()  # what a kill before run.json leaves: finished shards only
+    (out / "prediction_results.txt").unlink()
+    resumed = run_cli(*_args(edited, reads, out))
+    assert resumed.code == 2 and "other model weights or configuration" in _errors(resumed)[0], resumed.stderr

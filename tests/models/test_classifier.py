@@ -142,6 +142,28 @@ def test_state_dict_and_safetensors_round_trip(tmp_path):
     assert from_st.bn_eps == pytest.approx(1e-5)
 
 
+def test_the_same_weights_convert_to_the_same_bytes_in_every_process(tmp_path):
+    """safetensors orders the metadata by a per-process hash map; the files are written with a sorted
+    header, so converting (or building) again gives the same file and the same SHA-256 (a finished
+    run then recognises its classifier). Each conversion runs in its own process."""
+    import subprocess
+    import sys
+
+    model = random_upstream_classifier(40, seed=5)
+    torch.save(model.state_dict(), tmp_path / "sd.pth")
+    script = (
+        "import sys; from virnucpro_trt.models.classifier import load_classifier_weights as L, "
+        "save_classifier_safetensors as S; S(L(sys.argv[1]), sys.argv[2], 'sd.pth')"
+    )
+    outputs = [tmp_path / f"c{i}.safetensors" for i in range(4)]
+    for out in outputs:
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / "sd.pth"), str(out)], check=True)
+    assert len({out.read_bytes() for out in outputs}) == 1
+    header = outputs[0].read_bytes()[8:]
+    assert header.startswith(b'{"__metadata__":{"bn_eps":"1e-05","format":"virnucpro-classifier",')
+    assert load_classifier_weights(outputs[0]).bn_eps == pytest.approx(1e-5)
+
+
 def test_wrong_layout_is_a_clear_error(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"encoder.weight": torch.zeros(3, 3)}, path)

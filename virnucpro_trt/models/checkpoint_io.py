@@ -150,9 +150,18 @@ def hf_weight_files(folder: Path) -> list[Path]:
     )
 
 
+# A model folder's text files that the loaders read beside the weights. They change the results as much
+# as the weights do (config.json's layer_norm_eps, the vocabulary's ids), so they are part of the
+# checkpoint's identity: an edited config must not pass for the weights a finished run used.
+CONFIGURING_FILES = ("config.json", "tokenizer.json", "vocab.txt")
+
+
 def checkpoint_files(path: Path) -> list[Path]:
-    """The files whose contents identify a checkpoint: the file itself, or a folder's weight files."""
-    return [path] if path.is_file() else hf_weight_files(path)
+    """The files whose contents identify a checkpoint: the file itself, or a folder's weight files and
+    the :data:`CONFIGURING_FILES` it has."""
+    if path.is_file():
+        return [path]
+    return [*hf_weight_files(path), *(path / name for name in CONFIGURING_FILES if (path / name).is_file())]
 
 
 def load_weight_files(files: Iterable[Path]) -> StateDict:

@@ -359,7 +359,23 @@ def save_classifier_safetensors(weights: ClassifierWeights, path: str | Path, so
         "source": source,
     }
     data = safetensors_bytes({k: v.contiguous() for k, v in weights.tensors.items()}, metadata=meta)
-    write_bytes_atomic(Path(path), data)
+    write_bytes_atomic(Path(path), _sorted_header(data))
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its JSON header's keys in sorted order, same length.
+
+    Why: safetensors writes the metadata in its hash map's order, which changes from process to
+    process, so the same weights converted twice were different files (another SHA-256: a finished
+    run refused its own classifier as other weights). Readers take the header as JSON, in any order;
+    the data section is untouched.
+    """
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    if len(text) > length:  # not expected (the same JSON, compact); keep the library's bytes
+        return data
+    return data[:8] + text + b" " * (length - len(text)) + data[8 + length :]
 
 
 def check_classifier_width(

@@ -6,8 +6,10 @@ run.json record the SHA-256 of the weights. Hashing is not free (~12 GB for the 
 each recorded hash keeps the stamps of its files (:mod:`virnucpro_trt.files.stamps`), and a file that
 still carries its stamp reuses the hash.
 
-The hash of a classifier is the SHA-256 of its one file; an encoder's combines its weight files in name
-order (:func:`~virnucpro_trt.files.digests.sha256_of_files`), so a copied Hugging Face folder keeps it.
+The hash of a classifier is the SHA-256 of its one file; an encoder's combines its weight files and the
+folder's configuring files (config.json, tokenizer.json, vocab.txt: they change results as much as the
+weights) in name order (:func:`~virnucpro_trt.files.digests.sha256_of_files`), so a copied Hugging Face
+folder keeps it. ``weights_sha256``, as run.json and the manifests call it, is this hash.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import logging
 import secrets
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,12 +44,16 @@ class InputSummary:
     frames: int = 0
 
 
-def materialise(input_spec: str, spool: Path) -> tuple[Path, str]:
+def materialise(
+    input_spec: str, spool: Path, on_create: Callable[[Path], None] | None = None
+) -> tuple[Path, str]:
     """Return a re-readable path for ``input_spec``: stdin or a pipe is copied to ``spool``.
 
     The copy is a new file (:func:`~virnucpro_trt.files.exclusive.create_new`): a file or a symbolic
     link already at ``spool`` is refused in one line, never written through, overwritten or removed.
     A failed copy removes the file it created; when it is returned, the caller removes it when done.
+    ``on_create`` is told of the file as soon as it exists, before the copy (a run killed while copying
+    can then be cleaned up after by the next one: ``OutdirLock.note``).
     """
     check_input_file(input_spec)
     if not is_stream(input_spec):
@@ -56,6 +61,8 @@ def materialise(input_spec: str, spool: Path) -> tuple[Path, str]:
     spool.parent.mkdir(parents=True, exist_ok=True)
     out = create_new(spool)  # from here on, the file at ``spool`` is this run's
     try:
+        if on_create is not None:
+            on_create(spool)
         with out:
             if input_spec == STDIN:
                 shutil.copyfileobj(sys.stdin.buffer, out, _COPY_BLOCK)

@@ -169,7 +169,11 @@ def run_predict(
     work_existed = (outdir / WORK_DIR).exists()
     try:
         with outdir_lock(outdir) as lock:
-            path, display = materialise(settings.input, outdir / STDIN_SPOOL)  # never over another file
+            with sigterm_as_interrupt():  # SIGTERM while stdin is copied: removed like Ctrl-C
+                # never over another file; noted while it grows, so a SIGKILL's leftover goes on the rerun
+                path, display = materialise(
+                    settings.input, outdir / STDIN_SPOOL, lock.note_growing if lock is not None else None
+                )
             if lock is not None and path == outdir / STDIN_SPOOL:
                 lock.note(path)  # a rerun after a SIGKILL removes it (and only it)
             try:
@@ -378,7 +382,10 @@ def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: W
         return "its engines are not there any more"
     _, identity = _identify_models(ctx, ctx.engines, work, previous.get("model_weights"))
     if previous.get("model_identity") != identity:
-        return "other model weights"
+        old = previous.get("model_identity")
+        old = old if isinstance(old, dict) else {}
+        changed = ", ".join(k for k in identity if old.get(k) != identity[k]) or "model identity"
+        return f"other model weights or configuration: {changed}"
     outputs = previous.get("outputs")
     if not isinstance(outputs, dict) or not outputs:
         return "it records no result files"

@@ -86,7 +86,9 @@ class OutdirLock:
     The lock file holds :data:`LOCK_TEXT`, then one JSON line per such file with its stamp. A run killed
     by SIGKILL leaves both behind; the next run on the folder takes the lock over (its text says the
     tool wrote it) and removes each noted file that still carries its stamp — what the killed run made,
-    unchanged since — and nothing else.
+    unchanged since — and nothing else. A file noted while still being written (``growing``: the stdin
+    copy, noted as soon as it is created) is removed when it is still that very file (same inode and
+    device), since its size and times were still changing when the run was killed.
     """
 
     def __init__(self, outdir: Path, fd: int) -> None:
@@ -95,10 +97,16 @@ class OutdirLock:
         self._fd = fd
         self._noted: list[dict[str, Any]] = []
 
-    def note(self, path: Path) -> None:
-        """Note ``path`` (a file just made in OUTDIR, removed by this run when done) in the lock file."""
-        self._noted.append({"file": path.name, "stamp": file_stamp(path)})
+    def note(self, path: Path, growing: bool = False) -> None:
+        """Note ``path`` (a file this run made in OUTDIR, removed by it when done) in the lock file, in
+        place of an earlier note of it; ``growing``: the file is still being written."""
+        entry = {"file": path.name, "stamp": file_stamp(path), **({"growing": True} if growing else {})}
+        self._noted = [e for e in self._noted if e["file"] != path.name] + [entry]
         self.rewrite()
+
+    def note_growing(self, path: Path) -> None:
+        """:meth:`note` of a file just created and still being written."""
+        self.note(path, growing=True)
 
     def rewrite(self) -> None:
         """Write the lock file anew: :data:`LOCK_TEXT` and this run's notes (a killed run's are gone)."""
@@ -116,10 +124,11 @@ class OutdirLock:
                 stamp = entry["stamp"]
             except (ValueError, KeyError, TypeError, UserError):
                 continue
-            if path.is_symlink() or not path.is_file():
+            if path.is_symlink() or not path.is_file() or not isinstance(stamp, list) or len(stamp) != 5:
                 continue
             with contextlib.suppress(OSError):
-                if file_stamp(path) == stamp:
+                found = file_stamp(path)
+                if found == stamp or (entry.get("growing") is True and found[3:] == stamp[3:]):
                     log.info("removing %s, left by an interrupted run", path)
                     path.unlink()
 
@@ -295,13 +304,14 @@ class WorkDir:
         what = (
             "input (another file, or this one edited since the run started)" if not same_input else "settings"
         )
+        article = "a different" if not same_input else "different"
         if force:
             log.warning("--force: discarding the unfinished work in %s", self.root)
         elif done == 0:
-            log.info("discarding %s: started for another %s and no shard had finished", self.root, what)
+            log.info("discarding %s: started for %s %s and no shard had finished", self.root, article, what)
         else:
             raise UserError(
-                f"{self.root} holds {done} finished shard(s) of a run with a different {what}; rerun the "
+                f"{self.root} holds {done} finished shard(s) of a run with {article} {what}; rerun the "
                 "original command on the original input to finish it, or add --force to discard it"
             )
         self.wipe()
@@ -339,11 +349,13 @@ class WorkDir:
                 changed = [k for k in identity if old.get(k) != identity[k]]
                 if not force:
                     raise UserError(
-                        f"{self.root} holds {done} finished shard(s) computed with other model weights "
-                        f"({', '.join(changed) or 'model identity'} changed since); restore the original "
-                        "files and rerun, or add --force to discard that work"
+                        f"{self.root} holds {done} finished shard(s) computed with other model weights or "
+                        f"configuration ({', '.join(changed) or 'model identity'} changed since); restore"
+                        " the original files and rerun, or add --force to discard that work"
                     )
-                log.warning("--force: discarding %d shard(s) computed with other model weights", done)
+                log.warning(
+                    "--force: discarding %d shard(s) computed with other model weights or configuration", done
+                )
                 self._remove_ours("results")
                 self.results.mkdir(parents=True, exist_ok=True)
         state["model_identity"] = identity
