@@ -174,6 +174,20 @@ def test_demo_runs_end_to_end_and_says_random(tiny_set, tmp_path, monkeypatch):
     rows = check_sequence_rows(out)
     assert {r["status"] for r in rows.values()} == {"scored", "no_stop_free_frame", "empty"}
     assert {r["label"] for r in rows.values() if r["status"] == "scored"} == {"virus", "others"}
+    # The demo's models given by path onto the demo's folder: the same results, but not a --demo run,
+    # so it is not reused as one (the DEMO marker would not match the command), and vice versa.
+    models = run["models"]
+    by_path = [
+        "predict", run["input"]["path"], "-o", str(out), "--dnabert", models["dnabert"]["path"],
+        "--esm", models["esm"]["path"], "--classifier", models["classifier"]["path"],
+    ]  # fmt: skip
+    result = run_cli(*by_path)
+    assert result.code == 2 and "results of another run (a --demo run)" in result.stderr, result.stderr
+    plain = tmp_path / "plain"
+    assert run_cli(*by_path[:3], str(plain), *by_path[4:]).code == 0
+    result = run_cli("predict", "--demo", "-o", str(plain))
+    assert result.code == 2 and "(not a --demo run)" in result.stderr, result.stderr
+    assert not (plain / "DEMO_RANDOM_WEIGHTS.txt").exists()
     # Second run reuses the cached models (and predict --demo is the same thing).
     result = run_cli("predict", "--demo", "-o", str(tmp_path / "demo2"), "-q")
     assert result.code == 0, result.stderr

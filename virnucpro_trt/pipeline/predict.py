@@ -378,6 +378,8 @@ def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: W
         return "a different input"
     if previous.get("settings_fingerprint") != ctx.settings.fingerprint():
         return "different settings"
+    if bool(previous.get("demo_random_weights")) != ctx.demo:  # the DEMO marker must match the command
+        return "a --demo run" if not ctx.demo else "not a --demo run"
     if ctx.settings.encoders.backend not in (None, "torch") and ctx.engines is None:
         return "its engines are not there any more"
     _, identity = _identify_models(ctx, ctx.engines, work, previous.get("model_weights"))
