@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,11 @@ class RunControl:
     workers_per_gpu: int = 1  # CUDA worker processes per GPU (each loads its own engines)
 
 
+def expand_layout(layout: Iterable[tuple[int, int]]) -> list[int]:
+    """``[(256, 2), (100, 1)]`` -> ``[256, 256, 100]``: a run-length shard layout as records per shard."""
+    return [records for records, shards in layout for _ in range(shards)]
+
+
 @dataclass(frozen=True)
 class SplitPart:
     """Which part of which split a ``predict`` input is, and the shard layout it must be run with.
@@ -163,7 +169,7 @@ class SplitPart:
 
     def shard_sizes(self) -> list[int]:
         """Records of each shard, in order (the layout expanded)."""
-        return [records for records, shards in self.layout for _ in range(shards)]
+        return expand_layout(self.layout)
 
     @classmethod
     def from_json(cls, data: Any) -> SplitPart:
@@ -310,4 +316,3 @@ class MergeSettings:
     parts: tuple[Path, ...]
     outdir: Path
     force: bool = False  # replace what OUTDIR holds at merge's result names
-

@@ -499,7 +499,7 @@ def test_merge_rerun_onto_its_own_results_does_nothing_and_force_replaces_others
     refused([a[0], edited, a[2]], out, "a merge of other part results")
     frames = out / "frames.tsv"
     frames.write_text(frames.read_text() + "extra\trow\n")
-    refused(a, out, "holds this merge's results, but its frames.tsv was changed or removed since")
+    refused(a, out, "holds this merge's results, but its own frames.tsv was changed")
     user = tmp_path / "user"
     user.mkdir()
     (user / "sequences.tsv").write_text("my notes\n")

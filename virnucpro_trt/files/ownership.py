@@ -70,6 +70,16 @@ def changed_since(folder: Path, name: str, entry: object) -> str | None:
     return None
 
 
+def changed_output(folder: Path, outputs: dict[str, Any]) -> str | None:
+    """Which file of a run's recorded ``outputs`` (name -> entry) was removed or changed since it was
+    written, in words, or None when all are as recorded (predict's and merge's reruns)."""
+    for name, entry in outputs.items():
+        if changed_since(folder, name, entry) is not None:
+            gone = not os.path.lexists(folder / name)
+            return f"its own {name} was {'removed' if gone else 'changed'}"
+    return None
+
+
 def _read_record(folder: Path) -> dict[str, dict[str, Any]]:
     """The entries of ``folder``'s record that are well formed; none when it is missing or damaged."""
     path = record_path(folder)

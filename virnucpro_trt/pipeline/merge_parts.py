@@ -45,7 +45,7 @@ from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.json_fields import SHA256
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
-from virnucpro_trt.files.ownership import changed_since, output_entry
+from virnucpro_trt.files.ownership import changed_output, output_entry
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -162,10 +162,7 @@ def _finished_merge(outdir: Path, parts: list[PartResult], force: bool) -> dict[
     previous = read_run_json(outdir / RUN_JSON)
     why = "no run.json accounts for them" if previous is None else _other_merge(previous, parts, present)
     if why is None:
-        changed = next(
-            (c for n, e in previous["outputs"].items() if (c := changed_since(outdir, n, e)) is not None),
-            None,
-        )
+        changed = changed_output(outdir, previous["outputs"])
         if changed is None:
             log.info("%s already holds this merge's results (%s): nothing to do", outdir, RUN_JSON)
             return {**previous, "reused": True}

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.names import check_parent_folders
-from virnucpro_trt.files.ownership import changed_since, output_entry
+from virnucpro_trt.files.ownership import changed_output, changed_since, output_entry
 from virnucpro_trt.models.checkpoints import check_encoder_tokenizer
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
@@ -68,7 +69,7 @@ from virnucpro_trt.runtime.coordinator import (
     sigterm_as_interrupt,
 )
 from virnucpro_trt.runtime.progress import ProgressTasks, SilentProgress
-from virnucpro_trt.runtime.resume import LOCK_FILE, WORK_DIR, WorkDir, outdir_lock
+from virnucpro_trt.runtime.resume import LOCK_FILE, WORK_DIR, WorkDir, changed_models, outdir_lock
 from virnucpro_trt.runtime.shard_marker import ShardMarker, result_roles
 from virnucpro_trt.runtime.shards import ShardSpec, ShardSplitter, default_shard_records, write_shard_index
 from virnucpro_trt.runtime.worker import WorkerSlot
@@ -171,9 +172,8 @@ def run_predict(
         with outdir_lock(outdir) as lock:
             with sigterm_as_interrupt():  # SIGTERM while stdin is copied: removed like Ctrl-C
                 # never over another file; noted while it grows, so a SIGKILL's leftover goes on the rerun
-                path, display = materialise(
-                    settings.input, outdir / STDIN_SPOOL, lock.note_growing if lock is not None else None
-                )
+                noted = functools.partial(lock.note, growing=True) if lock is not None else None
+                path, display = materialise(settings.input, outdir / STDIN_SPOOL, noted)
             if lock is not None and path == outdir / STDIN_SPOOL:
                 lock.note(path)  # a rerun after a SIGKILL removes it (and only it)
             try:
@@ -312,7 +312,7 @@ def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> dict[str, Any
         return None
     why = _difference(ctx, previous, sha256, work)
     if why is None:
-        changed = _changed_output(outdir, previous["outputs"])
+        changed = changed_output(outdir, previous["outputs"])
         if changed is None:
             log.info("%s already holds the results of this exact run (%s): nothing to do", outdir, RUN_JSON)
             return {**previous, "reused": True}
@@ -360,18 +360,9 @@ def _check_stray_results(outdir: Path, work: WorkDir, force: bool) -> None:
     )
 
 
-def _changed_output(outdir: Path, outputs: dict[str, Any]) -> str | None:
-    """Which result file of a finished run was removed or changed since it wrote it, or None."""
-    for name, entry in outputs.items():
-        if changed_since(outdir, name, entry) is not None:
-            gone = not os.path.lexists(outdir / name)
-            return f"its own {name} was {'removed' if gone else 'changed'}"
-    return None
-
-
 def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: WorkDir) -> str | None:
     """Why ``previous`` (a run.json) is not a record of this run, or None when it is (its result files
-    are compared afterwards: :func:`_changed_output`)."""
+    are compared afterwards: :func:`~virnucpro_trt.files.ownership.changed_output`)."""
     if previous.get("status") != "complete":
         return "it did not finish"
     if (previous.get("input") or {}).get("sha256") != sha256:
@@ -384,9 +375,7 @@ def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: W
         return "its engines are not there any more"
     _, identity = _identify_models(ctx, ctx.engines, work, previous.get("model_weights"))
     if previous.get("model_identity") != identity:
-        old = previous.get("model_identity")
-        old = old if isinstance(old, dict) else {}
-        changed = ", ".join(k for k in identity if old.get(k) != identity[k]) or "model identity"
+        changed = changed_models(previous.get("model_identity"), identity)
         return f"other model weights or configuration: {changed}"
     outputs = previous.get("outputs")
     if not isinstance(outputs, dict) or not outputs:

@@ -63,7 +63,7 @@ from virnucpro_trt.runtime.shards import (
     append_files,
     default_shard_records,
 )
-from virnucpro_trt.settings import SplitSettings
+from virnucpro_trt.settings import SplitSettings, expand_layout
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +183,11 @@ def _finished_split(settings: SplitSettings, work: Path, names: list[str]) -> Sp
         # as predict of the part would: its records within what its bytes, as compressed, can hold
         check_part_holds(outdir / entry.file, entry, outdir / SPLIT_JSON)
     # so the expanded layouts are bounded by the part files' real bytes
-    sizes = [records for entry in manifest.parts for records, count in entry.layout for _ in range(count)]
+    sizes = expand_layout(pair for entry in manifest.parts for pair in entry.layout)
     cuts = part_ranges(sizes, settings.parts, settings.records_per_part)
-    names = [part_file_name(i, len(cuts), settings.gzip) for i in range(1, len(cuts) + 1)]
+    files = [part_file_name(i, len(cuts), settings.gzip) for i in range(1, len(cuts) + 1)]
     shards = [end - start for start, end in cuts]
-    if shards != [e.shards for e in manifest.parts] or names != [e.file for e in manifest.parts]:
+    if shards != [e.shards for e in manifest.parts] or files != [e.file for e in manifest.parts]:
         asked = (
             f"--parts {settings.parts}"
             if settings.parts

@@ -104,10 +104,6 @@ class OutdirLock:
         self._noted = [e for e in self._noted if e["file"] != path.name] + [entry]
         self.rewrite()
 
-    def note_growing(self, path: Path) -> None:
-        """:meth:`note` of a file just created and still being written."""
-        self.note(path, growing=True)
-
     def rewrite(self) -> None:
         """Write the lock file anew: :data:`LOCK_TEXT` and this run's notes (a killed run's are gone)."""
         body = LOCK_TEXT + "".join(json.dumps(entry) + "\n" for entry in self._noted)
@@ -202,6 +198,13 @@ def outdir_lock(outdir: Path) -> Iterator[OutdirLock | None]:
                 path.unlink(missing_ok=True)
     finally:
         os.close(fd)
+
+
+def changed_models(recorded: Any, identity: dict[str, str | None]) -> str:
+    """The models (``dnabert-s``, ``esm2``, ``classifier``, ``engines``) whose identity differs from the
+    ``recorded`` one (a state file's or run.json's, read as hostile), for messages."""
+    old = recorded if isinstance(recorded, dict) else {}
+    return ", ".join(k for k in identity if old.get(k) != identity[k]) or "model identity"
 
 
 def inside_work_area(path: Path) -> Path | None:
@@ -345,12 +348,10 @@ class WorkDir:
         if recorded != identity:
             done = self.finished_count()
             if recorded is not None and done:
-                old = recorded if isinstance(recorded, dict) else {}
-                changed = [k for k in identity if old.get(k) != identity[k]]
                 if not force:
                     raise UserError(
                         f"{self.root} holds {done} finished shard(s) computed with other model weights or "
-                        f"configuration ({', '.join(changed) or 'model identity'} changed since); restore"
+                        f"configuration ({changed_models(recorded, identity)} changed since); restore"
                         " the original files and rerun, or add --force to discard that work"
                     )
                 log.warning(
