@@ -74,3 +74,35 @@ def test_converted_classifier_follows_the_umask_like_every_other_file(tiny_set, 
         assert result.code == 0, result.stderr
         assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask == stat.S_IMODE(other.stat().st_mode)
         assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_log_file_where_the_command_writes_is_refused_before_it_is_opened(tiny_set, reads_fasta, tmp_path):
+    """A log at a result name was opened first, then taken for a result no run accounts for (or, with
+    --force, replaced under the open log); inside OUTDIR under another name it is fine, reruns too."""
+    out, parts = tmp_path / "out", tmp_path / "parts"
+    predict = ("predict", str(reads_fasta), "-o", str(out), *_models(tiny_set))
+    cases = [
+        (*predict, "--log-file", str(out / "run.json")),
+        (*predict, "--log-file", str(out / ".work")),
+        ("prepare", str(reads_fasta), "-o", str(out), "--log-file", str(out / "identified_protein.faa")),
+        ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
+         "-o", str(out / "e.h5"), "--log-file", str(out / "e.h5")),
+        ("convert-classifier", str(tiny_set.classifier), str(out / "c.safetensors"),
+         "--log-file", str(out / "c.safetensors")),
+        ("split", str(reads_fasta), "--parts", "2", "-o", str(parts), "--log-file", str(parts / "split.log")),
+    ]  # fmt: skip
+    for args in cases:
+        log = args[-1]
+        result = run_cli(*args, "--force") if args[0] != "split" else run_cli(*args)
+        assert result.code == 2 and result.stderr.strip().splitlines() == [
+            f"error: --log-file {log} is where {args[0]} writes its output; put the log beside it (or under "
+            "another name)"
+        ], (args, result.stderr)
+        assert not os.path.lexists(log), args
+    result = run_cli("--log-file", str(out / "frames.tsv"), *predict)
+    assert result.code == 2 and "--log-file" in result.stderr  # the group's --log-file is the same log
+    for _ in range(2):  # beside the results in OUTDIR: a finished run, then "nothing to do"
+        log = out / "run.log"
+        result = run_cli(*predict, "--log-file", str(log))
+        assert result.code == 0, result.stderr
+    assert "nothing to do" in result.stderr and "PASSED" in (out / "run.log").read_text()

@@ -42,6 +42,23 @@ def test_the_same_command_on_a_finished_outdir_touches_nothing(tiny_set, reads_f
     assert set(run["model_weights"]) == {"dnabert-s", "esm2", "classifier"}
 
 
+def test_force_on_an_unchanged_finished_run_computes_it_again(tiny_set, reads_fasta, finished, tmp_path):
+    """--force asks to compute: on this very run's unchanged results it runs again (same bytes), where it
+    used to say "nothing to do"."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in finished.iterdir():
+        (out / path.name).write_bytes(path.read_bytes())
+    first = json.loads((out / "run.json").read_text())
+    result = predict_tiny(tiny_set, reads_fasta, out, "--force")
+    assert result.code == 0 and "--force: computing this run again" in result.stderr, result.stderr
+    assert "nothing recomputed" not in result.stderr
+    again = json.loads((out / "run.json").read_text())
+    assert not again.get("reused") and again["timings_s"] != first["timings_s"]
+    assert again["outputs"] == first["outputs"]  # deterministic: the same result bytes
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # .work removed as usual
+
+
 def test_another_input_or_settings_are_refused_then_replaced_with_force(
     tiny_set, reads_fasta, finished, tmp_path
 ):
@@ -94,6 +111,20 @@ def test_an_unwritable_outdir_is_one_line_exit_2(tiny_set, reads_fasta, tmp_path
         f"error: cannot write ({tmp_path / 'ro' / 'out'}): Read-only file system; choose a location you can "
         "write to"
     ]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (no folder can be made)")
+def test_an_output_folder_that_cannot_be_created_is_one_line_exit_2(tiny_set, reads_fasta):
+    """Below /proc a folder cannot be made (ENOENT): it is a place to change, not an unexpected failure."""
+    where = "/proc/virnucpro-trt-test"
+    for result in (
+        predict_tiny(tiny_set, reads_fasta, Path(where) / "out"),
+        run_cli("prepare", str(reads_fasta), "-o", where, "--chunk-length", "500"),
+        run_cli("split", str(reads_fasta), "--parts", "2", "-o", where),
+    ):
+        assert result.code == 2 and error_lines(result) == [
+            f"error: cannot create or open ({where}): No such file or directory"
+        ], result.stderr
 
 
 def test_offline_download_is_one_line_exit_2(tmp_path):

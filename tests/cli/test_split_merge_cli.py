@@ -475,6 +475,10 @@ def test_merge_rerun_onto_its_own_results_does_nothing_and_force_replaces_others
     result = run_cli("merge", *map(str, a), "-o", str(out))
     assert result.code == 0 and "already holds this merge's results" in result.stderr, result.stderr
     assert _tree(out) == before
+    result = run_cli("merge", *map(str, a), "-o", str(out), "--force")  # asked to merge: it merges again
+    assert result.code == 0 and "already holds" not in result.stderr, result.stderr
+    assert _run(out)["outputs"] == run["outputs"] and _tree(out) != before  # same bytes, written anew
+    before = _tree(out)
 
     def refused(outs: list[Path], outdir: Path, message: str) -> None:
         was = _tree(outdir)

@@ -26,7 +26,7 @@ from tests.cli.helpers import run_cli
 from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.models import dnabert_checkpoint, esm_checkpoint, tokenization
 from virnucpro_trt.models.checkpoint_io import safe_torch_load
-from virnucpro_trt.models.checkpoints import check_encoder_tokenizer, load_dnabert, load_esm2
+from virnucpro_trt.models.checkpoints import load_dnabert, load_esm2, precheck_encoder
 from virnucpro_trt.models.dnabert import DnabertEncoder, dnabert_state_shapes
 from virnucpro_trt.models.esm_checkpoint import fair_esm_state_shapes
 from virnucpro_trt.models.random_checkpoints import (
@@ -108,7 +108,7 @@ def test_tokenizer_files_that_make_the_library_panic_are_refused_at_load(
     for load in (
         DnaTokenizer.from_file,
         lambda _: load_dnabert(folder),
-        lambda _: check_encoder_tokenizer("dnabert-s", folder),
+        lambda _: precheck_encoder("dnabert-s", folder),
     ):
         with pytest.raises(CheckpointError, match=message) as caught:
             load(folder / "tokenizer.json")
@@ -344,7 +344,7 @@ def test_a_vocab_txt_that_is_not_a_regular_file_is_refused_not_ignored(
     folder = _copy(esm_hf_dir, tmp_path / "esm")
     (folder / "vocab.txt").unlink()
     make(folder / "vocab.txt")
-    for load in (load_esm2, lambda f: check_encoder_tokenizer("esm2", f)):
+    for load in (load_esm2, lambda f: precheck_encoder("esm2", f)):
         with pytest.raises(
             CheckpointError, match=r"vocab\.txt: (not a regular file|a broken link)"
         ) as caught:

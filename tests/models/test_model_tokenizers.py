@@ -11,7 +11,7 @@ import pytest
 
 from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.models import checkpoint_io
-from virnucpro_trt.models.checkpoints import check_encoder_tokenizer, load_dnabert, load_esm2
+from virnucpro_trt.models.checkpoints import load_dnabert, load_esm2, precheck_encoder
 from virnucpro_trt.models.random_checkpoints import random_dna, train_dna_tokenizer
 from virnucpro_trt.models.tokenization import FAIR_ESM_ALPHABET, DnaTokenizer, ProteinTokenizer, pad_batch
 
@@ -117,13 +117,13 @@ def test_tokenizer_ids_past_the_embedding_are_refused_by_loader_and_preflight(
     with open(esm / "vocab.txt", "a") as handle:
         handle.write("<extra>\n")
     for kind, folder, load in (("dnabert-s", dnabert, load_dnabert), ("esm2", esm, load_esm2)):
-        for check in (load, lambda path, kind=kind: check_encoder_tokenizer(kind, path)):
+        for check in (load, lambda path, kind=kind: precheck_encoder(kind, path)):
             with pytest.raises(
                 CheckpointError, match=r"the tokenizer emits token ids up to \d+, but the word "
             ):
                 check(folder)
-    check_encoder_tokenizer("dnabert-s", dnabert_dir)  # the real pairs pass
-    check_encoder_tokenizer("esm2", esm_hf_dir)
+    precheck_encoder("dnabert-s", dnabert_dir)  # the real pairs pass
+    precheck_encoder("esm2", esm_hf_dir)
 
 
 def test_tokenizer_files_are_read_with_the_model_text_limit(tmp_path: Path, monkeypatch) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.files.names import check_parent_folders
+from virnucpro_trt.files.names import check_parent_folders, is_within, same_file
 from virnucpro_trt.models.kinds import MODELS
 from virnucpro_trt.settings import (
     CHUNK_LENGTHS,
@@ -75,9 +75,58 @@ def start_logging(verbose: int, quiet: bool, log_file: Path | None) -> None:
         verbose += int(root.params.get("verbose") or 0)
         quiet = quiet or bool(root.params.get("quiet"))
         log_file = log_file or root.params.get("log_file")
+    if context is not None and log_file is not None:
+        check_log_file_place(log_file, context)
     setup_logging(verbose, quiet, log_file)
     CLI_STATE.update(verbose=verbose, quiet=quiet)
     logging.getLogger("virnucpro_trt").debug("virnucpro-trt %s: %s", __version__, " ".join(sys.argv))
+
+
+def _names_written(command: str) -> tuple[str, ...] | None:
+    """The names ``command`` writes directly in its ``-o`` folder; None when the whole folder is its own
+    (an engine directory, a split's parts folder). Read from the modules that write them, at run time."""
+    if command in ("predict", "demo"):
+        from virnucpro_trt.pipeline.predict import ENGINE_CACHE, OUTPUT_NAMES
+
+        return (*OUTPUT_NAMES, ENGINE_CACHE)
+    if command == "merge":
+        from virnucpro_trt.pipeline.merge_parts import RESULT_NAMES
+
+        return RESULT_NAMES
+    if command == "prepare":
+        from virnucpro_trt.sequences.prepare import NUCLEOTIDE_FILE, PROTEIN_FILE
+
+        return (NUCLEOTIDE_FILE, PROTEIN_FILE)
+    if command == "workflow":
+        from virnucpro_trt.workflow import DEMO_READS_FILE, WORKFLOW_FILES
+
+        return tuple(Path(name).parts[0] for name in (*WORKFLOW_FILES, DEMO_READS_FILE))
+    return None
+
+
+def check_log_file_place(log_file: Path, context: click.Context) -> None:
+    """Refuse (exit 2, before the log is opened) a ``--log-file`` where the command writes: its output
+    file, or in its ``-o`` folder a hidden name (work folder, lock, records) or a name it writes there.
+
+    Opened first, such a log would be taken for a result that no run accounts for (a refusal naming the
+    wrong reason) or, with ``--force``, be replaced under the open log. Elsewhere in OUTDIR is fine.
+    """
+    for param in context.command.params:
+        value = context.params.get(param.name or "")
+        if not isinstance(param.type, OutputPath) or value is None:
+            continue
+        output = Path(value)
+        if param.type.dir_okay and is_within(log_file, output) and not same_file(log_file, output):
+            first = log_file.resolve().relative_to(output.resolve()).parts[0]
+            names = _names_written(context.command.name or "")
+            clash = names is None or first.startswith(".") or first in names
+        else:
+            clash = same_file(log_file, output)
+        if clash:
+            raise UserError(
+                f"--log-file {log_file} is where {context.command.name} writes its output; put the log "
+                "beside it (or under another name)"
+            )
 
 
 def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:

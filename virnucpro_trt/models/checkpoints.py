@@ -13,11 +13,11 @@ from typing import Any
 import torch
 
 from virnucpro_trt.models.dnabert_checkpoint import check_dnabert_tokenizer, load_dnabert
-from virnucpro_trt.models.esm_checkpoint import check_esm2_tokenizer, load_esm2
+from virnucpro_trt.models.esm_checkpoint import load_esm2, precheck_esm2
 from virnucpro_trt.models.identity import WeightsIdentity, confirm_checkpoint, confirm_still
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 
-__all__ = ["check_encoder_tokenizer", "load_dnabert", "load_encoder", "load_esm2"]
+__all__ = ["load_dnabert", "load_encoder", "load_esm2", "precheck_encoder"]
 
 
 def load_encoder(
@@ -43,11 +43,13 @@ def load_encoder(
     return model, tokenizer, info, dim
 
 
-def check_encoder_tokenizer(kind: str, path: Path) -> None:
-    """The checkpoint's tokenizer file, read and checked against the embedding rows its config declares,
-    without loading the weights: what a run's main process checks before its workers load the encoders
-    (an id past the embedding would otherwise fail inside every worker, at the first batch holding it)."""
+def precheck_encoder(kind: str, path: Path) -> None:
+    """What a run's main process checks of an encoder checkpoint before its workers load it, without
+    loading the weights: the tokenizer file against the embedding rows its config declares (an id past
+    the embedding would otherwise fail inside every worker, at the first batch holding it) and, for a
+    fair-esm ``.pt``, its structure (keys and args, memory-mapped), so a file of the wrong kind is named
+    before the input is read. The workers read the same file again; the first read is cheap."""
     if kind == "dnabert-s":
         check_dnabert_tokenizer(path)
     else:
-        check_esm2_tokenizer(path)
+        precheck_esm2(path)

@@ -107,7 +107,7 @@ def load_esm2(path: str | Path) -> tuple[Esm2Encoder, ProteinTokenizer, dict[str
     return model, tokenizer, info
 
 
-def check_esm2_tokenizer(path: str | Path) -> None:
+def precheck_esm2(path: str | Path) -> None:
     """Without reading the weights: every id of an HF folder's ``vocab.txt`` must index a row of the
     embedding config.json declares (the loader checks the tensors against config.json, and the ids
     against the tensors). A fair-esm ``.pt`` has no tokenizer file (its alphabet is fair-esm's own,

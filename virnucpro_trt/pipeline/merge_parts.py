@@ -146,14 +146,15 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
     return summary
 
 
-_RESULT_NAMES = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE, RUN_JSON)
+RESULT_NAMES = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE, RUN_JSON)
 
 
 def _finished_merge(outdir: Path, parts: list[PartResult], force: bool) -> dict[str, Any] | None:
-    """The run.json of the merge OUTDIR already holds, when it is this very merge; else None, once what
-    is at the result names may be replaced (nothing there, or ``force``: then the names this merge may
-    not write again are removed, so no earlier file is left beside its results). Otherwise refused."""
-    present = [name for name in _RESULT_NAMES if os.path.lexists(outdir / name)]
+    """The run.json of the merge OUTDIR already holds, when it is this very merge (and not ``force``,
+    which asks to merge again); else None, once what is at the result names may be replaced (nothing
+    there, or ``force``: then the names this merge may not write again are removed, so no earlier file
+    is left beside its results). Otherwise refused."""
+    present = [name for name in RESULT_NAMES if os.path.lexists(outdir / name)]
     for name in present:
         if (outdir / name).is_dir() and not (outdir / name).is_symlink():
             raise MergeRefused(f"{outdir / name} is a folder; move it away or choose another OUTDIR")
@@ -163,7 +164,7 @@ def _finished_merge(outdir: Path, parts: list[PartResult], force: bool) -> dict[
     why = "no run.json accounts for them" if previous is None else _other_merge(previous, parts, present)
     if why is None:
         changed = changed_output(outdir, previous["outputs"])
-        if changed is None:
+        if changed is None and not force:
             log.info("%s already holds this merge's results (%s): nothing to do", outdir, RUN_JSON)
             return {**previous, "reused": True}
         problem = f"this merge's results, but {changed}"
@@ -198,7 +199,7 @@ def _other_merge(previous: dict[str, Any], parts: list[PartResult], present: lis
     if recorded != [p.run_sha256 for p in parts]:
         return "a merge of other part results"
     outputs = previous.get("outputs")
-    if not isinstance(outputs, dict) or not outputs or any(n not in _RESULT_NAMES for n in outputs):
+    if not isinstance(outputs, dict) or not outputs or any(n not in RESULT_NAMES for n in outputs):
         return "its run.json records no result files"
     if any(n != RUN_JSON and n not in outputs for n in present):
         return "files its run.json does not account for"

@@ -48,7 +48,7 @@ from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import changed_output, changed_since, output_entry
-from virnucpro_trt.models.checkpoints import check_encoder_tokenizer
+from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2, MODELS
@@ -86,7 +86,7 @@ EMBEDDINGS_H5 = "embeddings.h5"
 STDIN_SPOOL = ".stdin.input"  # stdin copied here (under the lock) so it can be hashed and read twice
 ENGINE_CACHE = "engines"  # --backend without --engines builds here
 # Every file a run writes directly in OUTDIR (an input at one of these paths is refused).
-_OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE, LOCK_FILE, STDIN_SPOOL)
+OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE, LOCK_FILE, STDIN_SPOOL)
 INTERRUPTED = "interrupted; rerun the same command to resume"
 MAX_RUN_JSON_BYTES = 64 << 20
 _SUMMARY_FIELDS = ("sha256", "size_bytes", "records", "empty_records", "bases", "chunks", "frames")
@@ -160,7 +160,7 @@ def run_predict(
     check_input_file(settings.input)
     check_run_paths(
         [settings.input, *(s for s in ctx.specs.values() if s)],
-        [outdir / name for name in _OUTPUT_NAMES],
+        [outdir / name for name in OUTPUT_NAMES],
         [outdir / WORK_DIR, *([outdir / ENGINE_CACHE] if settings.engines is None else [])],
     )
     with ctx.timer.stage("check_models"):  # a bad classifier or engine directory fails before OUTDIR exists
@@ -211,7 +211,7 @@ def _preflight(ctx: _RunContext) -> CheckedEngines | None:
         for kind in ENCODER_NAMES:
             spec = ctx.specs[kind]
             if spec:
-                check_encoder_tokenizer(kind, resolve_model(spec, MODELS[kind].short))
+                precheck_encoder(kind, resolve_model(spec, MODELS[kind].short))
     cache = _engine_cache(settings)
     try:
         return engine_dir_for_run(device_settings, ctx.specs, settings.engines, False, cache, build=False)
@@ -301,8 +301,9 @@ def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> dict[str, Any
 
     "This very run": same input (SHA-256), same settings fingerprint, same model identity, and result
     files that still have the sizes and SHA-256 its run.json recorded. Then nothing is recomputed or
-    touched. Results of another run, this run's results changed since, or result files no run.json
-    accounts for are refused, exit 2, unless ``--force``, which replaces them.
+    touched, unless ``--force``: asked to compute, it computes (same results, new timings). Results of
+    another run, this run's results changed since, or result files no run.json accounts for are
+    refused, exit 2, unless ``--force``, which replaces them.
     """
     settings = ctx.settings
     outdir = settings.outdir
@@ -313,6 +314,9 @@ def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> dict[str, Any
     why = _difference(ctx, previous, sha256, work)
     if why is None:
         changed = changed_output(outdir, previous["outputs"])
+        if changed is None and settings.run.force:
+            log.warning("--force: computing this run again in %s (its results were unchanged)", outdir)
+            return None
         if changed is None:
             log.info("%s already holds the results of this exact run (%s): nothing to do", outdir, RUN_JSON)
             return {**previous, "reused": True}
@@ -381,7 +385,7 @@ def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: W
     if not isinstance(outputs, dict) or not outputs:
         return "it records no result files"
     for name, entry in outputs.items():
-        if name not in _OUTPUT_NAMES or not isinstance(entry, dict):
+        if name not in OUTPUT_NAMES or not isinstance(entry, dict):
             return f"it lists an unexpected file {name!r}"
     return None
 
