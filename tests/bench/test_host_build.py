@@ -17,11 +17,9 @@ def _fake_cmake(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         commands.append(command)
         if command[1] == "-S":  # configure: leave a cache behind as cmake does
             build = Path(command[command.index("-B") + 1])
-            hooks = next(a.split("=")[1] for a in command if a.startswith(f"-D{host_build.HOOKS}="))
             (build / host_build.CACHE).write_text(
                 "# comment\n//help\nCMAKE_PREFIX_PATH:UNINITIALIZED=" + torch.utils.cmake_prefix_path + "\n"
                 "CUDA_NVCC_EXECUTABLE:FILEPATH=/opt/cuda/bin/nvcc\n"
-                f"{host_build.HOOKS}:BOOL={hooks}\n"
             )
         return 0.5
 
@@ -37,12 +35,10 @@ def test_configures_once_per_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     configure = commands[0]
     assert f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}" in configure
     assert any(arg.startswith("-DNLOHMANN_JSON_INCLUDE_DIR=") for arg in configure)
-    assert commands[1] == ["cmake", "--build", str(build), "-j", "3"]
-    assert "-DVIRNUCPRO_TEST_HOOKS=OFF" in configure  # production builds have no fault injection
+    assert commands[1] == ["cmake", "--build", str(build), "-j", "3", "--target", "virnucpro-host"]
     assert first.cache == {
         "CMAKE_PREFIX_PATH": torch.utils.cmake_prefix_path,
         "CUDA_NVCC_EXECUTABLE": "/opt/cuda/bin/nvcc",
-        "VIRNUCPRO_TEST_HOOKS": "OFF",
     }
 
     again = host_build.build_host(build, jobs=3)
@@ -65,17 +61,26 @@ def test_a_failing_step_names_the_command(tmp_path: Path) -> None:
         host_build._run(["false"], "configuring")
 
 
-def test_the_test_hooks_setting_reconfigures_in_place(
+def test_the_test_hooks_tool_is_built_beside_the_production_one_in_the_same_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Asking for the test suite's fault injection in a folder built without it (or the reverse)
-    configures again, keeping the folder's other configuration; asking the same way reuses it."""
+    """Fault injection is a target of its own, not a configuration: asking for it builds one more target
+    in the folder as configured (no configure), and names that tool; the default build never has it."""
     commands = _fake_cmake(monkeypatch)
     build = tmp_path / "build"
     host_build.build_host(build, jobs=1)
-    (build / "CMakeFiles").mkdir()
     hooked = host_build.build_host(build, jobs=1, test_hooks=True)
-    assert hooked.configured and "-DVIRNUCPRO_TEST_HOOKS=ON" in commands[2]
-    assert (build / "CMakeFiles").is_dir() and hooked.cache["VIRNUCPRO_TEST_HOOKS"] == "ON"
-    assert not host_build.build_host(build, jobs=1, test_hooks=True).configured
-    assert host_build.build_host(build, jobs=1).configured
+    assert not hooked.configured and hooked.tool == build / "virnucpro-host-test-hooks"
+    assert commands[2][-3:] == ["--target", "virnucpro-host", "virnucpro-host-test-hooks"]
+    assert not any(arg.startswith("-D") and "HOOKS" in arg for command in commands for arg in command)
+
+
+def test_cmake_keeps_fault_injection_out_of_the_production_targets() -> None:
+    """The CMake file itself: the fault-injection define is set on the test-hooks library only, and it
+    and its tool are outside the default build."""
+    text = (host_build.REPO / "CMakeLists.txt").read_text()
+    defines = [line for line in text.splitlines() if "VIRNUCPRO_TEST_HOOKS" in line and "definitions" in line]
+    only = "target_compile_definitions(virnucpro_runtime_test_hooks PRIVATE VIRNUCPRO_TEST_HOOKS)"
+    assert defines == [only]
+    assert "add_library(virnucpro_runtime_test_hooks EXCLUDE_FROM_ALL" in text
+    assert "add_executable(virnucpro-host-test-hooks EXCLUDE_FROM_ALL" in text

@@ -17,19 +17,25 @@ from virnucpro_trt.bench.host_build import HostBuild, build_host
 
 
 @pytest.fixture(scope="session")
-def host_build(tmp_path_factory: pytest.TempPathFactory) -> HostBuild:
+def host_build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One build folder for both tools: the production one and its fault-injection twin share every
+    object file but the encoder's."""
     if shutil.which("cmake") is None or shutil.which("c++") is None:
         pytest.skip("the C++ host runtime needs cmake and a C++ compiler")
-    jobs = min(os.cpu_count() or 2, 8)
-    return build_host(tmp_path_factory.mktemp("host_build"), jobs=jobs, test_hooks=True)  # fault injection
+    return tmp_path_factory.mktemp("host_build")
 
 
 @pytest.fixture(scope="session")
-def production_build(tmp_path_factory: pytest.TempPathFactory) -> HostBuild:
-    """The host as users build it: no test hooks (the benchmark script builds this way)."""
-    if shutil.which("cmake") is None or shutil.which("c++") is None:
-        pytest.skip("the C++ host runtime needs cmake and a C++ compiler")
-    return build_host(tmp_path_factory.mktemp("production_build"), jobs=min(os.cpu_count() or 2, 8))
+def host_build(host_build_dir: Path) -> HostBuild:
+    """The test suite's host: fault injection compiled in (the production tool is built beside it)."""
+    return build_host(host_build_dir, jobs=min(os.cpu_count() or 2, 8), test_hooks=True)
+
+
+@pytest.fixture(scope="session")
+def production_build(host_build: HostBuild) -> HostBuild:
+    """The host as users build it (the default target, no test hooks; the benchmark script builds this
+    way), from the folder the test host was built in: nothing is compiled again."""
+    return build_host(host_build.build_dir, jobs=min(os.cpu_count() or 2, 8))
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ the CUDA toolkit root is picked by ``CMakeLists.txt`` itself (see its "CUDA libt
 
 A build folder is reused while it was configured for the same torch (its cache's ``CMAKE_PREFIX_PATH``);
 one configured for another torch is configured afresh, because CMake keeps the first Torch_DIR it found.
-The test suite's fault injection (``VIRNUCPRO_TEST_HOOKS``) is compiled in only when asked for; a
-folder configured the other way is configured again.
+The test suite's fault injection lives in its own tool (``virnucpro-host-test-hooks``), outside the
+default build: built only when asked for, in the same folder, sharing every object file but one.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from virnucpro_trt.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = "virnucpro-host"
+TEST_HOOKS_TOOL = "virnucpro-host-test-hooks"  # the test suite's fault injection compiled in (never in TOOL)
 CACHE = "CMakeCache.txt"
-HOOKS = "VIRNUCPRO_TEST_HOOKS"  # CMake option: the test suite's fault injection (never in production builds)
 # What a report records of the configuration: which torch, compiler, CUDA toolkit (as a CUDA libtorch's
 # FindCUDA cached it) and OpenSSL it found.
 REPORTED_CACHE = (
@@ -40,7 +40,6 @@ REPORTED_CACHE = (
     "CUDA_NVCC_EXECUTABLE",
     "CUDA_CUDART_LIBRARY",
     "OPENSSL_CRYPTO_LIBRARY",
-    HOOKS,
 )
 
 
@@ -78,11 +77,9 @@ def nlohmann_include() -> Path:
     raise UserError("the C++ host needs nlohmann/json: pip install nlohmann-json")
 
 
-def configure_command(build_dir: Path, source: Path = REPO, test_hooks: bool = False) -> list[str]:
-    """The ``cmake`` configure command for ``build_dir`` against this interpreter's torch (``test_hooks``:
-    with the test suite's fault injection compiled in)."""
+def configure_command(build_dir: Path, source: Path = REPO) -> list[str]:
+    """The ``cmake`` configure command for ``build_dir`` against this interpreter's torch."""
     command = ["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"]
-    command += [f"-D{HOOKS}={'ON' if test_hooks else 'OFF'}"]
     command += [f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
     command += [f"-DNLOHMANN_JSON_INCLUDE_DIR={nlohmann_include()}"]
     if shutil.which("ninja"):
@@ -115,22 +112,23 @@ def _run(command: list[str], what: str) -> float:
 def build_host(
     build_dir: Path, jobs: int | None = None, source: Path = REPO, test_hooks: bool = False
 ) -> HostBuild:
-    """Configure (unless ``build_dir`` is already configured for this torch and ``test_hooks`` setting)
-    and build ``virnucpro-host``; ``test_hooks`` only for the test suite."""
+    """Configure (unless ``build_dir`` is already configured for this torch) and build ``virnucpro-host``;
+    ``test_hooks`` (the test suite only) also builds its fault-injection twin, which the result names."""
     build_dir = build_dir.resolve()
-    cache = read_cache(build_dir)
-    configured_for = cache.get("CMAKE_PREFIX_PATH")
+    configured_for = read_cache(build_dir).get("CMAKE_PREFIX_PATH")
     configure_s = 0.0
-    other_torch = configured_for != torch.utils.cmake_prefix_path
-    configure = other_torch or cache.get(HOOKS) != ("ON" if test_hooks else "OFF")
+    configure = configured_for != torch.utils.cmake_prefix_path
     if configure:
-        if configured_for is not None and other_torch:  # another torch: start the configuration afresh
+        if configured_for is not None:  # another torch: start the configuration afresh
             (build_dir / CACHE).unlink()
             shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
         build_dir.mkdir(parents=True, exist_ok=True)
-        configure_s = _run(configure_command(build_dir, source, test_hooks), "configuring the C++ host")
+        configure_s = _run(configure_command(build_dir, source), "configuring the C++ host")
     jobs = jobs or os.cpu_count() or 1
-    build_s = _run(["cmake", "--build", str(build_dir), "-j", str(jobs)], "building the C++ host")
+    targets = [TOOL, TEST_HOOKS_TOOL] if test_hooks else [TOOL]
+    build = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *targets]
+    build_s = _run(build, "building the C++ host")
     cache = read_cache(build_dir)
     reported = {k: cache[k] for k in REPORTED_CACHE if k in cache}
-    return HostBuild(build_dir / TOOL, build_dir, configure, configure_s, build_s, reported)
+    tool = build_dir / (TEST_HOOKS_TOOL if test_hooks else TOOL)
+    return HostBuild(tool, build_dir, configure, configure_s, build_s, reported)
