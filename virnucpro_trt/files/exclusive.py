@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.atomic import remove_quietly, temporary_name
 
 _NO_LINKS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_LINKS
@@ -41,6 +42,24 @@ def create_new(path: Path, mode: int = 0o666) -> BinaryIO:
 
 
 def write_new_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) into a new file at ``path`` (see :func:`create_new`)."""
-    with create_new(path) as handle:
-        handle.write(text.encode("utf-8"))
+    """Write ``text`` (UTF-8) into a new file at ``path``, whole or not at all: written under a private
+    temporary name, then hard-linked to ``path`` (``link`` fails on anything already there, as
+    :func:`create_new` does) and the temporary name removed. Interrupted, it leaves no file cut short at
+    ``path`` for a rerun to stumble on; a SIGKILL at worst leaves a hidden ``.partial`` beside it. On a
+    file system without hard links it is written in place (exclusively, as before)."""
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(text.encode("utf-8"))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise UserError(
+                f"{path} {what_is_at(path)}; this run did not make it and will not write over it: move it "
+                "away or choose another output location"
+            ) from None
+        except OSError:  # a file system without hard links: written in place, still exclusively
+            with create_new(path) as handle:
+                handle.write(text.encode("utf-8"))
+    finally:
+        remove_quietly(tmp)

@@ -32,8 +32,8 @@ def write_workflow(folder: Path, demo: bool = False) -> list[Path]:
     """Copy the workflow files into ``folder`` (never over other files); returns what was written.
 
     Idempotent: a file already holding exactly the bytes it would get counts as written, so the same
-    command again writes nothing (exit 0) and one interrupted between files writes the rest (a file cut
-    short has other bytes: it is refused, to be removed by hand). A file at one
+    command again writes nothing (exit 0) and one interrupted between files writes the rest (each file
+    appears whole or not at all: :func:`~virnucpro_trt.files.exclusive.write_new_text`). A file at one
     of the names with other content, a symbolic link (a dangling one included) or anything else there
     is refused in one line before anything is written; each new file is created exclusively
     (``O_EXCL | O_NOFOLLOW``: ``files/exclusive.py``), never written through. A link in place of one of
