@@ -103,7 +103,9 @@ def _check_one(
 ) -> None:
     """All record-level checks, in the order a user would fix them; raises the first that fails."""
     if not rid:
-        raise InputFormatError(f"{name}: {record_label(number, None)} has an empty id (title {title!r})")
+        raise InputFormatError(  # titles are right-stripped: '>' alone or followed by blanks only
+            f"{name}: {record_label(number, None)} has an empty id (nothing but blanks after its '>')"
+        )
     if not title.isascii() and _SURROGATE.search(title):
         raise InputFormatError(f"{name}: {record_label(number, rid)}: header is not UTF-8 text")
     if "\0" in title:
