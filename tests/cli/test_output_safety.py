@@ -231,7 +231,7 @@ def test_a_result_removed_after_the_run_is_called_this_runs_own(tiny_set, reads_
     assert predict_tiny(tiny_set, reads_fasta, out).code == 0
     (out / "sequences.tsv").unlink()
     line = _refused(predict_tiny(tiny_set, reads_fasta, out), "its own sequences.tsv was removed", "--force")
-    assert "another run" not in line and "make the results again" in line
+    assert "another run" not in line and "add --force to make them again" in line
     assert predict_tiny(tiny_set, reads_fasta, out, "--force").code == 0
     assert (out / "sequences.tsv").is_file()
 

@@ -473,7 +473,7 @@ def test_merge_rerun_onto_its_own_results_does_nothing_and_force_replaces_others
     ]
     before = _tree(out)
     result = run_cli("merge", *map(str, a), "-o", str(out))
-    assert result.code == 0 and "already holds this merge's results" in result.stderr, result.stderr
+    assert result.code == 0 and "already holds the results of this merge" in result.stderr, result.stderr
     assert _tree(out) == before
     result = run_cli("merge", *map(str, a), "-o", str(out), "--force")  # asked to merge: it merges again
     assert result.code == 0 and "already holds" not in result.stderr, result.stderr
@@ -484,7 +484,8 @@ def test_merge_rerun_onto_its_own_results_does_nothing_and_force_replaces_others
         was = _tree(outdir)
         result = run_cli("merge", *map(str, outs), "-o", str(outdir))
         assert result.code == 2 and len(error_lines(result)) == 1, result.stderr
-        assert message in result.stderr and "add --force to replace them" in result.stderr, result.stderr
+        fix = "make them again" if "of this merge" in message else "replace them"
+        assert message in result.stderr and f"add --force to {fix}" in result.stderr, result.stderr
         assert _tree(outdir) == was
 
     refused(b, out, "a merge of another split")
@@ -503,7 +504,7 @@ def test_merge_rerun_onto_its_own_results_does_nothing_and_force_replaces_others
     refused([a[0], edited, a[2]], out, "a merge of other part results")
     frames = out / "frames.tsv"
     frames.write_text(frames.read_text() + "extra\trow\n")
-    refused(a, out, "holds this merge's results, but its own frames.tsv was changed")
+    refused(a, out, "holds the results of this merge, but its own frames.tsv was changed")
     user = tmp_path / "user"
     user.mkdir()
     (user / "sequences.tsv").write_text("my notes\n")

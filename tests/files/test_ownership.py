@@ -146,3 +146,20 @@ def test_an_unwritable_record_is_a_warning_not_a_failure(
     monkeypatch.setattr(ownership, "write_text_atomic", refuse)
     record_written([target])
     assert "a rerun onto them will need --force" in caplog.text
+
+
+def test_a_finished_job_is_reused_computed_again_or_refused_by_one_rule(tmp_path: Path) -> None:
+    """predict's and merge's reruns: this job's unchanged results are reused (or computed again with
+    force); changed since, or another job's, refused naming why unless force."""
+    outputs = {"frames.tsv": output_entry(_write(tmp_path / "frames.tsv"))}
+    reuse = ownership.reuse_finished
+    assert reuse(tmp_path, outputs, None, False, "this run", "another run's") is True
+    assert reuse(tmp_path, outputs, None, True, "this run", "another run's") is False
+    with pytest.raises(UserError, match=r"holds another run's \(a different input\); .* --force to replace"):
+        reuse(tmp_path, outputs, "a different input", False, "this run", "another run's")
+    assert reuse(tmp_path, outputs, "a different input", True, "this run", "another run's") is False
+    _write(tmp_path / "frames.tsv", b"edited\n")
+    with pytest.raises(UserError, match=r"of this run, but its own frames\.tsv was changed since; .* make"):
+        reuse(tmp_path, outputs, None, False, "this run", "another run's")
+    assert reuse(tmp_path, outputs, None, True, "this run", "another run's") is False
+    assert (tmp_path / "frames.tsv").read_bytes() == b"edited\n"  # deciding removes nothing

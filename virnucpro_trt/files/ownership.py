@@ -80,6 +80,35 @@ def changed_output(folder: Path, outputs: dict[str, Any]) -> str | None:
     return None
 
 
+def reuse_finished(
+    folder: Path, outputs: dict[str, Any] | None, why: str | None, force: bool, job: str, other: str
+) -> bool:
+    """What a rerun does with the finished results ``folder`` holds (``predict``'s run, ``merge``'s merge),
+    one rule for both: True to reuse them (nothing to do), False to compute (``force``), else refused.
+
+    ``why`` says why their run.json is not this very ``job``'s record (None: it is, and ``outputs`` is
+    what it recorded). This job's results still as recorded are reused, or computed again when ``force``
+    asks to compute; changed since, or another job's (``other`` names them), they are refused (exit 2,
+    one line naming the difference) unless ``force``, which replaces them.
+    """
+    if why is None:
+        changed = changed_output(folder, outputs or {})
+        if changed is None and not force:
+            log.info("%s already holds the results of %s (run.json): nothing to do", folder, job)
+            return True
+        if changed is None:
+            log.warning("--force: computing %s again in %s (its results were unchanged)", job, folder)
+            return False
+        problem = f"the results of {job}, but {changed} since"
+    else:
+        problem = f"{other} ({why})"
+    if force:
+        log.warning("--force: replacing what %s holds: %s", folder, problem)
+        return False
+    fix = "make them again" if why is None else "replace them"
+    raise UserError(f"{folder} holds {problem}; choose another OUTDIR, or add --force to {fix}")
+
+
 def _read_record(folder: Path) -> dict[str, dict[str, Any]]:
     """The entries of ``folder``'s record that are well formed; none when it is missing or damaged."""
     path = record_path(folder)

@@ -45,7 +45,7 @@ from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.json_fields import SHA256
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
-from virnucpro_trt.files.ownership import changed_output, output_entry
+from virnucpro_trt.files.ownership import output_entry, reuse_finished
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -162,18 +162,13 @@ def _finished_merge(outdir: Path, parts: list[PartResult], force: bool) -> dict[
         return None
     previous = read_run_json(outdir / RUN_JSON)
     why = "no run.json accounts for them" if previous is None else _other_merge(previous, parts, present)
-    if why is None:
-        changed = changed_output(outdir, previous["outputs"])
-        if changed is None and not force:
-            log.info("%s already holds this merge's results (%s): nothing to do", outdir, RUN_JSON)
-            return {**previous, "reused": True}
-        problem = f"this merge's results, but {changed}"
-    else:
-        problem = f"results it cannot reuse ({', '.join(present)}: {why})"
-    if not force:
-        raise MergeRefused(f"{outdir} holds {problem}; choose another OUTDIR, or add --force to replace them")
-    log.warning("--force: replacing %s in %s", ", ".join(present), outdir)
-    for name in present:
+    if why is not None:
+        why = f"{', '.join(present)}: {why}"
+    outputs = previous.get("outputs") if previous is not None else None
+    if reuse_finished(outdir, outputs, why, force, "this merge", "results it cannot reuse"):
+        assert previous is not None
+        return {**previous, "reused": True}
+    for name in present:  # --force: no earlier result is left beside this merge's
         (outdir / name).unlink()
     return None
 

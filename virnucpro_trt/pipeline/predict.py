@@ -47,7 +47,7 @@ from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.names import check_parent_folders
-from virnucpro_trt.files.ownership import changed_output, changed_since, output_entry
+from virnucpro_trt.files.ownership import changed_since, output_entry, reuse_finished
 from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
@@ -312,28 +312,10 @@ def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> dict[str, Any
         _check_stray_results(outdir, work, settings.run.force)
         return None
     why = _difference(ctx, previous, sha256, work)
-    if why is None:
-        changed = changed_output(outdir, previous["outputs"])
-        if changed is None and settings.run.force:
-            log.warning("--force: computing this run again in %s (its results were unchanged)", outdir)
-            return None
-        if changed is None:
-            log.info("%s already holds the results of this exact run (%s): nothing to do", outdir, RUN_JSON)
-            return {**previous, "reused": True}
-        if settings.run.force:
-            log.warning("--force: making the results in %s again (%s)", outdir, changed)
-            return None
-        raise UserError(
-            f"{outdir} holds this same run's results, but {changed} since the run finished; add --force to "
-            "make the results again"
-        )
-    if settings.run.force:
-        log.warning("--force: replacing the results in %s (%s)", outdir, why)
-        return None
-    raise UserError(
-        f"{outdir} holds the results of another run ({why}); choose another OUTDIR, or add --force to "
-        "replace them"
-    )
+    another = "the results of another run"
+    if reuse_finished(outdir, previous.get("outputs"), why, settings.run.force, "this run", another):
+        return {**previous, "reused": True}
+    return None
 
 
 def _check_stray_results(outdir: Path, work: WorkDir, force: bool) -> None:
