@@ -277,3 +277,25 @@ def test_nucleotide_like_protein_inputs_are_refused() -> None:
     text = str(caught.value)
     assert text.startswith("in.faa: 2 of 2 records") and "\n" not in text and "--model dnabert-s" in text
     assert "--allow-nucleotide-letters" in text
+
+
+def test_a_record_or_header_past_its_bound_is_one_line(tmp_path, monkeypatch):
+    """One record may hold as many letters as one shard may hold bases (a worker's memory is bounded
+    per shard, and a record never spans shards), a header 64 Ki characters: past either, refused naming
+    the record, where a 100 Mbp read made a worker hold 1.3 million frames and die of memory."""
+    from virnucpro_trt.runtime.shards import MAX_SHARD_BASES
+    from virnucpro_trt.sequences import reader
+
+    assert reader.MAX_RECORD_LETTERS == MAX_SHARD_BASES
+    monkeypatch.setattr(reader, "MAX_RECORD_LETTERS", 1000)
+    monkeypatch.setattr(reader, "MAX_TITLE_CHARS", 50)
+    path = tmp_path / "long.fa"
+    path.write_text(">ok\n" + "ACGT" * 250 + "\n>long\n" + "ACGT" * 250 + "\nA\n")
+    too_long = r"record 2 \(id 'long'\) is 1,001 letters long, more than the 1,000 one record may have"
+    with pytest.raises(InputFormatError, match=too_long):
+        list(read_records(path))
+    path.write_text(">ok\nACGT\n>" + "h" * 51 + "\nACGT\n")
+    with pytest.raises(InputFormatError, match=r"record 2: header of 51 characters, more than the 50"):
+        list(read_records(path))
+    path.write_text(">" + "h" * 50 + "\n" + "ACGT" * 250 + "\n")
+    assert [len(r.sequence) for r in read_records(path)] == [1000]

@@ -57,6 +57,12 @@ class SeqRecord:
 
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
+# Bounds on one record, so that one hostile or mistaken record cannot exhaust memory downstream (a
+# worker holds a shard's frames and embeddings, ~13 kB per kept frame; one record never spans shards):
+# a record may be as long as a shard may hold bases (runtime/shards.MAX_SHARD_BASES: a 32 Mbp contig is
+# up to ~400,000 frames, a few GB in one worker), a header as long as no real one is.
+MAX_RECORD_LETTERS = 32_000_000
+MAX_TITLE_CHARS = 65_536
 
 
 def _bad_character(seq: str, allowed: str) -> tuple[int, str] | None:
@@ -99,9 +105,20 @@ def _ids(titles: list[str]) -> list[str]:
 
 
 def _check_one(
-    name: str, number: int, rid: str, title: str, seen: dict[str, int], message: str | None
+    name: str, number: int, rid: str, title: str, seen: dict[str, int], message: str | None, letters: int
 ) -> None:
     """All record-level checks, in the order a user would fix them; raises the first that fails."""
+    if len(title) > MAX_TITLE_CHARS:
+        raise InputFormatError(
+            f"{name}: {record_label(number, None)}: header of {len(title):,} characters, more than the "
+            f"{MAX_TITLE_CHARS:,} one may have"
+        )
+    if letters > MAX_RECORD_LETTERS:
+        raise InputFormatError(
+            f"{name}: {record_label(number, rid or None)} is {letters:,} letters long, more than the "
+            f"{MAX_RECORD_LETTERS:,} one record may have (memory is bounded per record); cut it into pieces "
+            "first (e.g. seqkit sliding)"
+        )
     if not rid:
         raise InputFormatError(  # titles are right-stripped: '>' alone or followed by blanks only
             f"{name}: {record_label(number, None)} has an empty id (nothing but blanks after its '>')"
@@ -119,9 +136,13 @@ def _check_one(
         )
 
 
-def _block_is_clean(ids: list[str], titles: list[str], seen: dict[str, int]) -> bool:
+def _block_is_clean(ids: list[str], titles: list[str], seqs: list[str], seen: dict[str, int]) -> bool:
     """Cheap whole-block test that no record-level check can fail (the usual case)."""
     if not all(ids) or len(set(ids)) != len(ids) or not seen.keys().isdisjoint(ids):
+        return False
+    if max(map(len, seqs), default=0) > MAX_RECORD_LETTERS:
+        return False
+    if max(map(len, titles), default=0) > MAX_TITLE_CHARS:
         return False
     joined = "".join(titles)
     return joined.isascii() and "\0" not in joined
@@ -180,14 +201,14 @@ def _validated(
             bad = _first_bad_sequence(seqs, allowed, allowed_bytes)
         ids = _ids(titles)
         count = len(ids)
-        if bad is None and _block_is_clean(ids, titles, seen):
+        if bad is None and _block_is_clean(ids, titles, seqs, seen):
             seen.update(zip(ids, range(index + 1, index + count + 1), strict=True))
             yield from map(SeqRecord, range(index, index + count), ids, titles, seqs)
             index += count
             continue
         for offset, (rid, title, seq) in enumerate(zip(ids, titles, seqs, strict=True)):
             message = _bad_sequence_message(seq, allowed, alphabet) if offset == bad else None
-            _check_one(name, index + 1, rid, title, seen, message)
+            _check_one(name, index + 1, rid, title, seen, message, len(seq))
             yield SeqRecord(index, rid, title, seq)
             index += 1
 
