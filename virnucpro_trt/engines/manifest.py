@@ -29,8 +29,9 @@ from typing import Any
 from virnucpro_trt import __version__
 from virnucpro_trt.errors import EngineMismatchError
 from virnucpro_trt.files.atomic import write_text_atomic
-from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
+from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_bytes, sha256_file
+from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, check_member_name, member_path
 from virnucpro_trt.files.stamps import Stamp, file_stamp
 from virnucpro_trt.models.kinds import MODEL_NAMES
@@ -190,8 +191,8 @@ class EngineManifest:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise EngineMismatchError(f"{path} is {path.stat().st_size} bytes, too large for a manifest")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = parse_json(path.read_text(encoding="utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError included
             raise EngineMismatchError(f"{path} is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise EngineMismatchError(f"{path} is not a virnucpro-trt engine manifest")
@@ -230,8 +231,8 @@ def own_file_names(folder: Path) -> set[str]:
     if path.is_symlink() or not path.is_file():
         return set()
     try:
-        data = json.loads(read_bounded(path, MAX_MANIFEST_BYTES))
-    except (OSError, FileTooLarge, ValueError, RecursionError):
+        data = parse_json(read_bounded(path, MAX_MANIFEST_BYTES))
+    except (OSError, ValueError):  # FileTooLarge is a ValueError
         return set()
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         return set()

@@ -24,6 +24,16 @@ class FieldError(ValueError):
     """A JSON file, or one of its fields, is not what the tool writes there."""
 
 
+def parse_json(raw: str | bytes) -> Any:
+    """``json.loads`` for files read as hostile: every way the text can be wrong is a ``ValueError``
+    (invalid JSON, an integer of more digits than Python converts, and nesting deep enough to exhaust
+    the parser's recursion, which is otherwise a ``RecursionError`` that no caller expects)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def read_json_object(path: Path, max_bytes: int) -> dict[str, Any]:
     """The JSON object in ``path``; :class:`FieldError` if it is larger than ``max_bytes``, not JSON or
     not an object (``OSError`` when it cannot be read at all)."""
@@ -32,7 +42,7 @@ def read_json_object(path: Path, max_bytes: int) -> dict[str, Any]:
     except FileTooLarge as exc:
         raise FieldError(str(exc)) from None
     try:
-        data = json.loads(raw)
+        data = parse_json(raw)
     except ValueError:
         raise FieldError("not JSON") from None
     return obj(data, "the file")

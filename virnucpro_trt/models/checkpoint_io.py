@@ -8,7 +8,6 @@ are refused by format). Safetensors files cannot carry code at all. Errors are
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -20,6 +19,7 @@ import torch
 
 from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
+from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_member_name
 from virnucpro_trt.models.config_checks import show_value
 from virnucpro_trt.models.pickle_guard import module_stand_in
@@ -224,11 +224,9 @@ def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a checkpoint folder (size bounded: it is read whole)."""
     text = read_text_file(path)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    except RecursionError:
-        raise CheckpointError(f"{path}: JSON nested too deeply for a model's file") from None
+        data = parse_json(text)
+    except ValueError as exc:  # not JSON, nested too deeply, an integer of too many digits
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data

@@ -30,6 +30,7 @@ import numpy as np
 import tokenizers
 
 from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.models.checkpoint_io import read_text_file
 
 FAIR_ESM_ALPHABET: tuple[str, ...] = (
@@ -188,11 +189,9 @@ class DnaTokenizer:
         checked (:func:`check_tokenizer_json`) before the Rust library parses it."""
         text = read_text_file(Path(path))
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = parse_json(text)
+        except ValueError as exc:  # not JSON, nested too deeply, an integer of too many digits
             raise CheckpointError(f"{path}: not a readable tokenizers file (not valid JSON: {exc})") from None
-        except RecursionError:
-            raise CheckpointError(f"{path}: JSON nested too deeply for a tokenizers file") from None
         check_tokenizer_json(data, str(path))
         with _rust_call(str(path), "reading the tokenizers file", any_error=True):
             tokenizer = tokenizers.Tokenizer.from_str(text)

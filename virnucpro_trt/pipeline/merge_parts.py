@@ -43,7 +43,7 @@ from typing import Any
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
-from virnucpro_trt.files.json_fields import SHA256
+from virnucpro_trt.files.json_fields import SHA256, parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
 from virnucpro_trt.files.ownership import output_entry, reuse_finished
 from virnucpro_trt.outputs.atomic import ResultSet
@@ -213,11 +213,11 @@ def read_part(folder: Path) -> PartResult:
     except OSError:
         raise MergeRefused(f"{folder}: no {RUN_JSON}: the part's predict has not finished") from None
     try:
-        run = json.loads(raw.decode("utf-8"))
+        run = parse_json(raw.decode("utf-8"))
         if not isinstance(run, dict) or run.get("tool") != "virnucpro-trt" or run.get("status") != "complete":
             raise ValueError("not a complete virnucpro-trt run")
         _check_shape(run)
-    except (UnicodeDecodeError, ValueError, RecursionError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:  # UnicodeDecodeError included
         raise MergeRefused(f"{path}: not a predict result: {exc}") from None
     if run["settings"].get("part") is None:
         raise MergeRefused(

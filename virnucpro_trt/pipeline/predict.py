@@ -46,6 +46,7 @@ from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import changed_since, output_entry, reuse_finished
 from virnucpro_trt.models.checkpoints import precheck_encoder
@@ -378,7 +379,7 @@ def read_run_json(path: Path) -> dict[str, Any] | None:
     if path.is_symlink() or not path.is_file():
         return None
     try:
-        data = json.loads(read_bounded(path, MAX_RUN_JSON_BYTES))
+        data = parse_json(read_bounded(path, MAX_RUN_JSON_BYTES))
     except (OSError, ValueError):  # FileTooLarge and a FIFO swapped in included
         return {"status": "unreadable"}
     return data if isinstance(data, dict) else {"status": "unreadable"}

@@ -29,6 +29,7 @@ from typing import Any
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
+from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.settings import PredictSettings, SplitPart
 
 log = logging.getLogger(__name__)
@@ -164,9 +165,9 @@ def read_split_manifest(path: Path) -> SplitManifest:
     except OSError as exc:
         raise SplitFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = parse_json(raw.decode("utf-8"))
         manifest = _parse(data)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError included
         raise SplitFileError(f"{path}: not a valid split file: {exc}") from None
     return manifest
 

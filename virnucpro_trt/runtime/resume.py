@@ -42,7 +42,7 @@ from typing import Any
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
-from virnucpro_trt.files.json_fields import FieldError
+from virnucpro_trt.files.json_fields import FieldError, parse_json
 from virnucpro_trt.files.names import check_member_name
 from virnucpro_trt.files.stamps import digest_holds, file_stamp
 from virnucpro_trt.runtime.shard_marker import MARKER_SUFFIX, RESULT_SUFFIXES, ShardMarker, marker_path
@@ -115,7 +115,7 @@ class OutdirLock:
         stamps: they are that run's, unchanged since."""
         for line in content.decode("utf-8", "replace").splitlines()[1:]:
             try:
-                entry = json.loads(line)
+                entry = parse_json(line)
                 path = self.outdir / check_member_name(entry["file"], "lock file entry")
                 stamp = entry["stamp"]
             except (ValueError, KeyError, TypeError, UserError):
@@ -469,7 +469,7 @@ class WorkDir:
         """The JSON object in ``path``; None when it is missing, not a regular file (a FIFO there would
         block the run forever), larger than :data:`MAX_STATE_BYTES` or not a JSON object."""
         try:
-            data = json.loads(read_bounded(path, MAX_STATE_BYTES))
+            data = parse_json(read_bounded(path, MAX_STATE_BYTES))
         except (OSError, ValueError):  # FileTooLarge is a ValueError
             return None
         return data if isinstance(data, dict) else None

@@ -48,7 +48,7 @@ from virnucpro_trt.errors import InputFormatError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_file
-from virnucpro_trt.files.json_fields import SHA256
+from virnucpro_trt.files.json_fields import SHA256, parse_json
 from virnucpro_trt.files.stamps import digest_holds, file_stamp
 from virnucpro_trt.sequences.prepare import PreparedBlock
 from virnucpro_trt.sequences.reader import SeqRecord
@@ -322,7 +322,7 @@ def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | N
     """
     try:
         # a regular file only (a FIFO there would block the run forever), of a bounded size
-        data = json.loads(read_bounded(folder / "index.json", MAX_INDEX_BYTES))
+        data = parse_json(read_bounded(folder / "index.json", MAX_INDEX_BYTES))
         if data.get("schema") != INDEX_SCHEMA:
             return None
         shards = [ShardSpec.from_json(item) for item in data["shards"]]
