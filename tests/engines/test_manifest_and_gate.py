@@ -296,3 +296,26 @@ def test_synthetic_batch_is_deterministic_and_varied():
     assert a == b and len({len(s) for s in a}) > 6 and max(len(s) for s in a) <= 501
     proteins = synthetic_sequences("esm2")
     assert all(8 <= len(p) <= 166 for p in proteins)
+
+
+def test_hostile_numbers_and_a_linked_manifest_are_refused_before_any_engine_runs(tmp_path):
+    """Read as hostile: a shape bound or token budget that is no integer in range, and a manifest that
+    is a link to a file elsewhere, are refused in one line (a bad budget killed each worker at its first
+    batch, three times, before the run failed)."""
+    from virnucpro_trt.engines import engine_set
+
+    shapes = default_shape_range("esm2", 4096).to_json()
+    bad = (("max_batch", 10**12), ("max_length", 1026.0), ("opt_batch", "8"), ("min_batch", True))
+    for name, value in bad:
+        with pytest.raises(ValueError, match=f"{name} {value!r} is not an integer"):
+            ShapeRange.from_json({**shapes, name: value})
+    for budget in ("abc", [1], -5, 10**15, 1e300):
+        manifest = _manifest(build={"max_batch_tokens": budget})
+        with pytest.raises(EngineMismatchError, match=r"build\.max_batch_tokens .* is not a token budget"):
+            engine_set._load(tmp_path, manifest, torch.device("cpu"))
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(_manifest().to_json()))
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "manifest.json").symlink_to(elsewhere)
+    with pytest.raises(EngineMismatchError, match="is a symbolic link"):
+        EngineManifest.read(tmp_path / "set")

@@ -183,6 +183,8 @@ class EngineManifest:
     @classmethod
     def read(cls, folder: Path) -> EngineManifest:
         path = folder / MANIFEST_NAME
+        if path.is_symlink():  # like every file of the set: a plain file inside the folder, never elsewhere
+            raise EngineMismatchError(f"{path} is a symbolic link; a manifest is a plain file in its folder")
         if not path.is_file():
             raise EngineMismatchError(
                 f"{folder} is not an engine directory (no {MANIFEST_NAME}); build one with "

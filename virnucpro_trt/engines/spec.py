@@ -25,6 +25,9 @@ ModelKind = EncoderName  # the encoders an engine directory holds, by name
 MIN_LENGTH = 2  # [CLS] [SEP] / <cls> <eos>: the shortest real input
 
 
+MAX_SHAPE = 1 << 20  # a bound of a manifest's shape range: far past any batch or length an engine takes
+
+
 @dataclass(frozen=True)
 class ShapeRange:
     """Dynamic input shapes an engine accepts: batch and sequence (token) dimensions, min/opt/max."""
@@ -50,7 +53,13 @@ class ShapeRange:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShapeRange:
-        return cls(**{f.name: int(data[f.name]) for f in dataclasses.fields(cls)})
+        """From a manifest, read as hostile: each bound a JSON integer of at most :data:`MAX_SHAPE`
+        (``ValueError`` otherwise; a float, a string or 10**12 rows is no shape an engine was built for)."""
+        values = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        for name, value in values.items():
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SHAPE:
+                raise ValueError(f"{name} {value!r} is not an integer from 1 to {MAX_SHAPE}")
+        return cls(**values)
 
 
 def default_shape_range(model: ModelKind, max_batch_tokens: int, max_length: int | None = None) -> ShapeRange:
