@@ -279,6 +279,7 @@ def test_weights_that_overflow_fp32_and_negative_variances_are_refused(tmp_path)
         (float("inf"), r"inf \(float\)"),
         pytest.param(10**400, "a value of type int", id="huge-int"),
         (torch.tensor([1e-5, 1e-5]), "tensor of shape"),
+        (1e300, r"1e\+300 \(float\), more than 0\.1"),  # accepted before: every score became alike
     ],
 )
 def test_pickled_bn_eps_must_be_a_finite_positive_number(tmp_path, eps, shown: str) -> None:
@@ -289,7 +290,9 @@ def test_pickled_bn_eps_must_be_a_finite_positive_number(tmp_path, eps, shown: s
         load_classifier_weights(path)
 
 
-@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "abc", "", "-1e-05", "0", "0.0", "1e-400"])
+@pytest.mark.parametrize(
+    "text", ["nan", "NaN", "inf", "-inf", "abc", "", "-1e-05", "0", "0.0", "1e-400", "1e300"]
+)
 def test_safetensors_bn_eps_must_be_a_finite_positive_number(tmp_path, text: str) -> None:
     path = _safetensors(tmp_path, "eps.safetensors", bn_eps=text)
     with pytest.raises(
@@ -299,10 +302,8 @@ def test_safetensors_bn_eps_must_be_a_finite_positive_number(tmp_path, text: str
 
 
 def test_usable_eps_values_are_kept(tmp_path) -> None:
-    assert (
-        load_classifier_weights(_pickled(tmp_path, "int.pth", lambda m: setattr(m.bn1, "eps", 1))).bn_eps
-        == 1.0
-    )
+    bound = _pickled(tmp_path, "bound.pth", lambda m: setattr(m.bn1, "eps", 0.1))  # MAX_BN_EPS itself
+    assert load_classifier_weights(bound).bn_eps == 0.1
     assert load_classifier_weights(_safetensors(tmp_path, "a.safetensors", bn_eps="0.001")).bn_eps == 1e-3
     assert load_classifier_weights(_pickled(tmp_path, "d.pth", lambda m: None)).bn_eps == 1e-5
 

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.files.atomic import write_bytes_atomic
-from virnucpro_trt.models.config_checks import as_float, show_value
+from virnucpro_trt.models.config_checks import MAX_LAYER_NORM_EPS, as_float, show_value
 from virnucpro_trt.models.identity import WeightsIdentity, confirm_checkpoint, confirm_still
 from virnucpro_trt.models.pickle_guard import MAX_CLASSIFIER_BYTES, PickledObject, restricted_torch_load
 
@@ -52,6 +52,7 @@ _REQUIRED = (
     "output_layer.bias",
 )
 _EPS_KEY = "bn1.eps"
+MAX_BN_EPS = MAX_LAYER_NORM_EPS  # the encoders' bound on their normalisation epsilons (torch's default: 1e-5)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ def _checked_eps(value: Any, where: str, shown: str | None = None) -> float:
     """BatchNorm's epsilon as a finite float > 0, else a CheckpointError naming ``where``.
 
     BatchNorm divides by sqrt(running_var + eps): an eps that is NaN, infinite, zero or negative makes
-    scores NaN (or makes torch raise inside every worker), and a string or a tuple is no epsilon at all.
+    scores NaN (or makes torch raise inside every worker), one past :data:`MAX_BN_EPS` makes every score
+    alike, and a string or a tuple is no epsilon at all.
     A one-element tensor is accepted (a state dict may hold one). ``shown`` is how a message shows the
     value when it was parsed from text.
     """
@@ -184,6 +186,11 @@ def _checked_eps(value: Any, where: str, shown: str | None = None) -> float:
         raise CheckpointError(f"{where} is {show_value(value)}, expected a finite number > 0")
     if not math.isfinite(eps) or eps <= 0:
         raise CheckpointError(f"{where} is {shown or show_value(value)}, expected a finite number > 0")
+    if eps > MAX_BN_EPS:
+        raise CheckpointError(
+            f"{where} is {shown or show_value(value)}, more than {MAX_BN_EPS}: no BatchNorm is trained "
+            "with it, and it flattens the normalisation (every score alike)"
+        )
     return eps
 
 
