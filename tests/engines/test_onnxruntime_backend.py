@@ -206,3 +206,16 @@ def test_external_data_is_read_only_from_plain_files_of_the_engines_folder(built
         path.write_bytes(edited.SerializeToString())
         with pytest.raises(UserError, match=message):
             ONNXRUNTIME_BACKEND.load(request)
+    # From an engine directory, the file must also be one its manifest lists (and so hashed): a file
+    # beside the .onnx that the manifest skips was read unverified.
+    edited = onnx.load(str(path), load_external_data=False)
+    for tensor in edited.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "weights.bin"
+    path.write_bytes(edited.SerializeToString())
+    listed = dataclasses.replace(request, listed=frozenset({path.name, "weights.bin"}))
+    assert ONNXRUNTIME_BACKEND.load(listed) is not None
+    unlisted = dataclasses.replace(request, listed=frozenset({path.name}))
+    with pytest.raises(UserError, match=r"'weights\.bin', a file the engine directory's manifest does not"):
+        ONNXRUNTIME_BACKEND.load(unlisted)

@@ -13,6 +13,7 @@ cannot make a directory from an untrusted source safe (README, "Security model")
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,9 +195,9 @@ def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> Engin
         except (KeyError, TypeError, ValueError):
             raise EngineMismatchError(f"{folder}: the manifest's {kind} shape range is malformed") from None
         artifact = folder / entry.artifact
-        runner = backend.load(
-            LoadRequest(artifact, kind, device, manifest.precision, entry.dim, entry.pad_id, shapes)
-        )
+        listed = frozenset(entry.file_names())  # an artifact reads no file beside it the manifest skips
+        request = LoadRequest(artifact, kind, device, manifest.precision, entry.dim, entry.pad_id, shapes)
+        runner = backend.load(dataclasses.replace(request, listed=listed))
         tokenizer_path = folder / entry.tokenizer
         tokenizer = (
             DnaTokenizer.from_file(tokenizer_path)

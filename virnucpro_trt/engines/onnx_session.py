@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from virnucpro_trt.environment import available_cpus
+from virnucpro_trt.errors import UserError
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -73,13 +74,15 @@ def _graph_tensors(graph: Any) -> Iterator[Any]:
                 yield from _graph_tensors(subgraph)
 
 
-def check_external_data(path: Path) -> None:
+def check_external_data(path: Path, listed: frozenset[str] | None = None) -> None:
     """Refuse an ONNX file whose tensors read external data from anywhere but a plain file of its own
     folder (:func:`~virnucpro_trt.files.names.member_path`: no separators, no ``..``, no absolute path,
     no link out). An engine directory is hostile input: ONNX Runtime read any path the file names
     (``../../etc/...``) into the weights until its own check of late 2025, and sparse tensors escaped that
-    check in later releases; the oldest onnxruntime this package accepts (1.18) has none. The graph is
-    parsed without its external data, so this reads only the .onnx file itself."""
+    check in later releases; the oldest onnxruntime this package accepts (1.18) has none. With ``listed``
+    (an engine directory's manifest's files for this model), the file must also be one the manifest
+    lists, so its SHA-256 was checked: an unlisted file beside the .onnx was read unverified. The graph
+    is parsed without its external data, so this reads only the .onnx file itself."""
     import onnx
 
     from virnucpro_trt.files.names import member_path
@@ -88,12 +91,20 @@ def check_external_data(path: Path) -> None:
     for tensor in _graph_tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             entries = {entry.key: entry.value for entry in tensor.external_data}
-            member_path(path.parent, entries.get("location"), f"{path} (tensor {tensor.name!r})")
+            location = entries.get("location")
+            member_path(path.parent, location, f"{path} (tensor {tensor.name!r})")
+            if listed is not None and location not in listed:
+                raise UserError(
+                    f"{path} (tensor {tensor.name!r}) reads its data from {location!r}, a file the engine "
+                    "directory's manifest does not list (so no SHA-256 covers it); rebuild the engines"
+                )
 
 
-def create_session(path: Path, providers: list[Any], threads: int | None = None) -> Any:
-    """An ``InferenceSession`` for ``path`` (external data is found next to it, and only there:
-    :func:`check_external_data`) with ``providers``."""
-    check_external_data(path)
+def create_session(
+    path: Path, providers: list[Any], threads: int | None = None, listed: frozenset[str] | None = None
+) -> Any:
+    """An ``InferenceSession`` for ``path`` (external data is found next to it, and only there, among
+    the ``listed`` files when given: :func:`check_external_data`) with ``providers``."""
+    check_external_data(path, listed)
     ort = import_onnxruntime()
     return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)

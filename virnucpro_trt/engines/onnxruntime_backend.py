@@ -144,7 +144,7 @@ class OnnxRuntimeBackend:
         if not path.is_file():
             raise EngineMismatchError(f"ONNX engine {path} does not exist; rebuild the engines")
         if device.type == "cpu":
-            session = _open(path, [CPU_PROVIDER], CPU_PROVIDER, precision)
+            session = _open(path, [CPU_PROVIDER], CPU_PROVIDER, precision, request.listed)
             return OrtRunner(session, request)
         if device.type != "cuda":
             raise UserError(f"ONNX Runtime engines run on cpu or cuda, not {device}")
@@ -168,11 +168,13 @@ def validation_providers(device: torch.device) -> list[Any]:
     return [CPU_PROVIDER]
 
 
-def _open(path: Path, providers: list[Any], wanted: str, precision: str) -> Any:
+def _open(
+    path: Path, providers: list[Any], wanted: str, precision: str, listed: frozenset[str] | None
+) -> Any:
     """A session on ``providers`` that really runs on ``wanted`` (ORT silently falls back to the CPU when
     a GPU provider's libraries fail to load)."""
     try:
-        session = create_session(path, providers)
+        session = create_session(path, providers, listed=listed)
     except UserError:  # the file itself refused (check_external_data): bad input, said as it is
         raise
     except Exception as exc:
@@ -290,7 +292,7 @@ class OrtCudaRunner(OrtRunner):
         providers = cuda_provider_list(
             wanted, self.device.index, stream, request.precision, request.shapes, cache_dir
         )
-        super().__init__(_open(path, providers, wanted, request.precision), request)
+        super().__init__(_open(path, providers, wanted, request.precision, request.listed), request)
         self.output = torch.empty(
             (request.shapes.max_batch, request.dim), dtype=torch.float32, device=self.device
         )

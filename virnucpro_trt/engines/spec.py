@@ -140,6 +140,9 @@ class LoadRequest:
     dim: int
     pad_id: int
     shapes: ShapeRange
+    # From an engine directory: the file names its manifest lists (and hashes) for this model; a file
+    # the artifact reads beside it must be one of them. None: a fresh build's own file (its validation).
+    listed: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
