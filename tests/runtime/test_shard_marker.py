@@ -170,3 +170,20 @@ def test_a_marker_of_schema_1_is_still_read_and_its_files_hashed(tmp_path: Path)
     assert all(entry.stamp == () for entry in finished.files.values())
     (work.results / "shard-000003.prediction.txt").write_bytes(b"P\n")  # no stamp: the hash sees it
     assert work.finished_shards([SHARD], result_roles(embeddings=False)) == {}
+
+
+def test_a_damaged_state_file_says_it_discards_finished_shards(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """state.json names the run the finished shards belong to; damaged, they cannot be trusted and are
+    computed again, and the run says so (they were discarded without a word)."""
+    work, _ = _written(tmp_path)
+    work.write_state("a" * 64, "f" * 64, {})
+    for damaged in (b"{", b"[]", b"[" * 100_000):
+        work.state_path.write_bytes(damaged)
+        with caplog.at_level(logging.WARNING):
+            assert work.open("a" * 64, "f" * 64, force=False) is False
+        assert "state.json is missing or damaged, so its 1 finished shard(s)" in caplog.text
+        assert not work.root.exists()
+        caplog.clear()
+        work, _ = _written(tmp_path)

@@ -296,7 +296,13 @@ class WorkDir:
             return False
         self.check_ours()
         state = self._read_json(self.state_path)
-        if state is None:  # died before the shards were written: nothing worth keeping
+        if state is None:  # died before the shards were written, or damaged: which run it was is unknown
+            done = self.finished_count()
+            if done:
+                log.warning(
+                    "discarding %s: its %s is missing or damaged, so its %d finished shard(s) cannot be "
+                    "told to be this run's; they are computed again", self.root, self.state_path.name, done,
+                )  # fmt: skip
             self.wipe()
             return False
         same_input = state.get("input_sha256") == input_sha256
