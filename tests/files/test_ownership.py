@@ -104,14 +104,37 @@ def test_links_folders_and_the_record_itself(tmp_path: Path) -> None:
 
 def test_a_damaged_or_foreign_record_vouches_for_nothing(tmp_path: Path) -> None:
     target = _write(tmp_path / "out.h5")
-    for text in ("not json", json.dumps({"schema": 99, "files": {}}), json.dumps([1, 2])):
+    signed = {"tool": "virnucpro-trt"}
+    for text in (json.dumps({**signed, "schema": 99, "files": {}}), json.dumps({**signed, "files": [1]})):
         record_path(tmp_path).write_text(text)
         with pytest.raises(UserError, match="did not write it"):
             check_replaceable([target], force=False)
     entry = {**output_entry(target), "sha256": "0" * 64}  # names the file with another digest
-    record_path(tmp_path).write_text(json.dumps({"schema": 1, "files": {"out.h5": entry}}))
+    record_path(tmp_path).write_text(json.dumps({**signed, "schema": 1, "files": {"out.h5": entry}}))
     with pytest.raises(UserError, match="changed since"):
         check_replaceable([target], force=False)
+
+
+def test_a_file_at_the_records_name_that_is_no_record_of_ours_is_not_replaced(tmp_path: Path) -> None:
+    """Recording the outputs replaces the file at the record's name: a user's notes or a link there
+    were replaced without a word; refused before anything is written, unless --force."""
+    target = tmp_path / "out.h5"
+    elsewhere = _write(tmp_path / "elsewhere.txt", b"theirs\n")
+    for make in (
+        lambda p: p.write_text("my notes\n"),
+        lambda p: p.write_text(json.dumps({"schema": 1, "files": {}})),  # unsigned: not ours
+        lambda p: p.write_text("[1, 2]"),
+        lambda p: p.symlink_to(elsewhere),
+    ):
+        record = record_path(tmp_path)
+        if os.path.lexists(record):
+            record.unlink()
+        make(record)
+        refused = r"outputs\.json (is not a plain file|is not virnucpro-trt's record)"
+        with pytest.raises(UserError, match=refused):
+            check_replaceable([target], force=False)
+        check_replaceable([target], force=True)  # --force takes it over
+    assert elsewhere.read_bytes() == b"theirs\n"
 
 
 def test_records_keep_other_outputs_and_drop_removed_ones(tmp_path: Path) -> None:

@@ -147,11 +147,37 @@ def _not_ours(target: Path) -> str | None:
     return None
 
 
+def _foreign_record(folder: Path) -> str | None:
+    """Why the file at ``folder``'s record name is not a record this tool wrote (it would be replaced
+    when the outputs are recorded), or None: absent, or a JSON object the tool signed."""
+    path = record_path(folder)
+    if not os.path.lexists(path):
+        return None
+    if path.is_symlink() or not path.is_file():
+        return "is not a plain file"
+    try:
+        data = read_json_object(path, MAX_RECORD_BYTES)
+    except (OSError, FieldError):
+        return "is not virnucpro-trt's record of written files"
+    return None if data.get("tool") == "virnucpro-trt" else "is not virnucpro-trt's record of written files"
+
+
 def check_replaceable(targets: Iterable[Path], force: bool) -> None:
-    """Refuse (exit 2) an output path that holds a file the tool did not write, unless ``force``.
+    """Refuse (exit 2) an output path that holds a file the tool did not write, unless ``force``; the
+    same for a file at the record's name that is not a record of ours (writing the record replaces it).
 
     Called before anything is written; see the module docstring for the rule.
     """
+    targets = list(targets)
+    for folder in dict.fromkeys(target.parent for target in targets):
+        why = _foreign_record(folder)
+        if why is not None and force:
+            log.warning("--force: replacing %s (it %s)", record_path(folder), why)
+        elif why is not None:
+            raise UserError(
+                f"{record_path(folder)} {why}; move it away, choose another output folder, or add --force "
+                "to replace it"
+            )
     for target in targets:
         if target.name == RECORD:
             raise UserError(f"{target}: virnucpro-trt keeps its record of written files under this name")
