@@ -164,6 +164,8 @@ class DnaTokenizer:
             self._json = json.loads(tokenizer.to_str())
         check_tokenizer_json(self._json, source)
         self._tokenizer = tokenizer
+        # The most letters one token can stand for: a sequence of n letters has at least n / this tokens.
+        self.longest_token = max(map(len, tokenizer.get_vocab(with_added_tokens=False)), default=1)
         self.cls_id = self._special_id("[CLS]")
         self.sep_id = self._special_id("[SEP]")
         self.pad_id = self._special_id("[PAD]")

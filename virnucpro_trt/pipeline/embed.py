@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from virnucpro_trt import __version__
+from virnucpro_trt.errors import InputFormatError
 from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
 from virnucpro_trt.models.kinds import ENCODERS
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
@@ -74,7 +75,15 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
                 nonempty = [i for i, s in enumerate(seqs) if s]
                 emb = np.full((len(block), encoder.dim), np.nan, dtype=np.float32)
                 if nonempty:
+                    if kind == "dnabert-s":
+                        _refuse_long_dna(ids, seqs, encoder.tokenizer, encoder.max_batch_tokens, display)
                     tokens = encoder.tokenizer.encode_batch([seqs[i] for i in nonempty])
+                    if kind == "dnabert-s":
+                        longest = max(range(len(tokens)), key=lambda i: len(tokens[i]))
+                        _refuse_long_dna(
+                            [ids[nonempty[longest]]], [seqs[nonempty[longest]]], encoder.tokenizer,
+                            encoder.max_batch_tokens, display, len(tokens[longest]),
+                        )  # fmt: skip
                     emb[nonempty] = encoder.embed(tokens, [ids[i] for i in nonempty])
                 writer.append(ids, emb, ["ok" if s else "empty" for s in seqs])
             writer.commit()
@@ -84,3 +93,24 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
         if is_stream(settings.input):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def _refuse_long_dna(
+    ids: list[str], seqs: list[str], tokenizer: Any, budget: int, name: str, tokens: int | None = None
+) -> None:
+    """Refuse (one line) a record that DNABERT-S would take in more tokens than one batch's budget.
+
+    ``embed --model dnabert-s`` gives DNABERT-S each record whole (``predict`` gives it frames of at most
+    C+1 bases), and attention memory grows with the square of a sequence's tokens: a contig of some
+    100 kbp exhausted a machine's memory. Raising ``--max-batch-tokens`` lets such a record through on
+    purpose. Before tokenizing, a record of more letters than the budget times the longest vocabulary
+    token is refused outright (tokenizing 100 Mbp took 24 GB); after it, ``tokens`` is the exact count.
+    """
+    for rid, seq in zip(ids, seqs, strict=True):
+        count = tokens if tokens is not None else -(-len(seq) // tokenizer.longest_token)
+        if count > budget:
+            raise InputFormatError(
+                f"{name}: {rid!r} is {len(seq):,} bases, {'at least ' if tokens is None else ''}{count:,} "
+                f"DNABERT-S tokens, more than one batch of --max-batch-tokens {budget} holds; raise "
+                "--max-batch-tokens to embed it whole (attention memory grows with its square) or cut it"
+            )
