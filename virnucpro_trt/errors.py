@@ -65,16 +65,14 @@ class NonFiniteError(RunFailure):
 
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
-_CANNOT_CREATE = {errno.ENOENT, errno.ENOTDIR}
+CANNOT_CREATE = {errno.ENOENT, errno.ENOTDIR}  # an output path cannot be made there (cli/main.py)
 
 
 def describe_os_error(exc: OSError) -> tuple[str, int] | None:
     """One line and an exit code for the file-system failures users meet and can fix, else None.
 
     A full disk (or quota, or file-size limit) is a failed run (exit 1): what finished is kept and a
-    rerun resumes. A read-only or forbidden location is a usage error (exit 2): choose another one, and
-    so is a named path that cannot be created or opened (an output below ``/proc``, a folder removed
-    while the command ran): inputs are checked to exist before anything runs, so this is about a place.
+    rerun resumes. A read-only or forbidden location is a usage error (exit 2): choose another one.
     """
     where = f" ({exc.filename})" if exc.filename else ""
     reason = exc.strerror or str(exc)
@@ -82,6 +80,4 @@ def describe_os_error(exc: OSError) -> tuple[str, int] | None:
         return f"{reason}{where}: free space (or raise the limit) and rerun the same command", EXIT_FAILURE
     if exc.errno in _NOT_WRITABLE:
         return f"cannot write{where}: {reason}; choose a location you can write to", EXIT_USAGE
-    if exc.errno in _CANNOT_CREATE and exc.filename:
-        return f"cannot create or open{where}: {reason}", EXIT_USAGE
     return None

@@ -28,6 +28,10 @@ DEFAULT_CPU_BATCH_TOKENS = 4096
 ATTENTION_KERNELS = ("efficient", "cudnn", "auto")
 DEFAULT_ATTENTION = "efficient"
 DEFAULT_CUDA_BATCH_TOKENS = 32768
+# Upper bounds an engine manifest's numbers are held to (read as hostile), and so the options that
+# write them: far past any budget or length a device runs in one batch.
+MAX_BATCH_TOKENS = 1 << 24
+MAX_SHAPE = 1 << 20
 
 
 _SHARE_CHARACTERS = frozenset("0123456789.eE+-")  # PaddingCap.parse's share: what the C++ host takes

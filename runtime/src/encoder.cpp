@@ -50,7 +50,7 @@ int64_t device_ooms(const c10::Device& device) {
 
 #ifdef VIRNUCPRO_TEST_HOOKS
 // Fault injection for tests (no device can be made to run out of memory on demand), compiled only into
-// the test suite's builds (CMake option VIRNUCPRO_TEST_HOOKS): VIRNUCPRO_HOST_TEST_OOM_ROWS=N makes every
+// the test suite's tool (CMake target virnucpro-host-test-hooks): VIRNUCPRO_HOST_TEST_OOM_ROWS=N makes every
 // call on a batch of more than N rows fail as out of memory before it runs. Read once.
 int64_t injected_oom_rows() {
   static const int64_t rows = [] {

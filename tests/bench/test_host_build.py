@@ -84,3 +84,10 @@ def test_cmake_keeps_fault_injection_out_of_the_production_targets() -> None:
     assert defines == [only]
     assert "add_library(virnucpro_runtime_test_hooks EXCLUDE_FROM_ALL" in text
     assert "add_executable(virnucpro-host-test-hooks EXCLUDE_FROM_ALL" in text
+    mentions = sorted(
+        str(path.relative_to(host_build.REPO))
+        for path in (host_build.REPO / "runtime").rglob("*")
+        if path.is_file() and "VIRNUCPRO_TEST_HOOKS" in path.read_text(errors="replace")
+    )
+    assert mentions == ["runtime/src/encoder.cpp"]  # the one file the twin compiles apart: a hook elsewhere
+    # would be compiled out of the test tool too (the other sources are shared with production)

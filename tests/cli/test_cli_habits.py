@@ -84,6 +84,7 @@ def test_a_log_file_where_the_command_writes_is_refused_before_it_is_opened(tiny
     cases = [
         (*predict, "--log-file", str(out / "run.json")),
         (*predict, "--log-file", str(out / ".work")),
+        (*predict, "--log-file", str(out / ".frames.tsv.12-34-abcd.partial")),  # a temporary name of it
         ("prepare", str(reads_fasta), "-o", str(out), "--log-file", str(out / "identified_protein.faa")),
         ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
          "-o", str(out / "e.h5"), "--log-file", str(out / "e.h5")),
@@ -106,3 +107,5 @@ def test_a_log_file_where_the_command_writes_is_refused_before_it_is_opened(tiny
         result = run_cli(*predict, "--log-file", str(log))
         assert result.code == 0, result.stderr
     assert "nothing to do" in result.stderr and "PASSED" in (out / "run.log").read_text()
+    result = run_cli(*predict, "--log-file", str(out / ".predict.log"))  # hidden, but not a name it writes
+    assert result.code == 0 and (out / ".predict.log").is_file(), result.stderr

@@ -142,21 +142,27 @@ def test_embed_reads_lower_case_letters_as_the_same_bases_and_residues(tiny_set,
         np.testing.assert_allclose(rows[1:], rows[[0, 0]], atol=1e-6, rtol=0, err_msg=model)
 
 
-def test_embed_dnabert_refuses_a_record_past_one_batch_unless_the_budget_is_raised(tiny_set, tmp_path):
-    """DNABERT-S takes each record whole in embed: one past the token budget is named in one line (a
-    100 Mbp read was tokenized whole and the process killed at 24 GB); a raised budget embeds it."""
+def test_embed_dnabert_refuses_a_record_past_its_token_limit_unless_the_budget_is_raised(
+    tiny_set, tmp_path, monkeypatch
+):
+    """DNABERT-S takes each record whole in embed: one past the larger of the batch budget and
+    DNABERT_RECORD_TOKENS is named in one line before anything is embedded (a 100 Mbp read was
+    tokenized whole and the process killed at 24 GB); a raised budget embeds it."""
+    from virnucpro_trt.pipeline import embed
+
+    monkeypatch.setattr(embed, "DNABERT_RECORD_TOKENS", 16)  # the tiny model's scale
     rng = np.random.default_rng(5)
     reads = tmp_path / "contigs.fa"
     long = "".join(rng.choice(list("ACGT"), 6000))
     reads.write_text(f">short\nACGTACGTAAGG\n>contig_7\n{long}\n")
     args = ("embed", str(reads), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert), "--device")
     args = (*args, "cpu")
-    for budget in ("64", "1024"):  # refused before tokenizing (6,000 letters), then after it
+    for budget in ("64", "1024"):  # refused on its letters alone (6,000), then on its counted tokens
         result = run_cli(*args, "-o", str(tmp_path / "e.h5"), "--max-batch-tokens", budget)
         assert result.code == 2 and result.stderr.strip().splitlines()[-1].startswith(
-            f"error: {reads}: 'contig_7' is 6,000 bases, "
+            f"error: {reads}: 'contig_7' is 6,000 bases, {'at least ' if budget == '64' else ''}"
         ), result.stderr
-        assert f"more than one batch of --max-batch-tokens {budget} holds" in result.stderr
+        assert f"more than the {int(budget):,} one record may take" in result.stderr
         assert len([line for line in result.stderr.splitlines() if line.startswith("error")]) == 1
         assert not (tmp_path / "e.h5").exists()
     result = run_cli(*args, "-o", str(tmp_path / "e.h5"), "--max-batch-tokens", "8192")

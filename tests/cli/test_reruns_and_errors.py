@@ -123,8 +123,17 @@ def test_an_output_folder_that_cannot_be_created_is_one_line_exit_2(tiny_set, re
         run_cli("split", str(reads_fasta), "--parts", "2", "-o", where),
     ):
         assert result.code == 2 and error_lines(result) == [
-            f"error: cannot create or open ({where}): No such file or directory"
+            f"error: cannot create {where}: No such file or directory; choose another output location"
         ], result.stderr
+
+
+def test_a_missing_file_that_is_no_output_stays_an_unexpected_failure() -> None:
+    """Only a path on the way to the command's outputs is a place to change; a cache or input file gone
+    mid-run is not (workers treat it as a failure to retry, not a usage error)."""
+    from virnucpro_trt.errors import describe_os_error
+
+    gone = FileNotFoundError(errno.ENOENT, "No such file or directory", "/root/.cache/x.so")
+    assert describe_os_error(gone) is None
 
 
 def test_offline_download_is_one_line_exit_2(tmp_path):

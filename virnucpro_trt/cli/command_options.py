@@ -25,6 +25,7 @@ from virnucpro_trt.settings import (
     DEFAULT_CPU_BATCH_TOKENS,
     DEFAULT_CUDA_BATCH_TOKENS,
     DEFAULT_PADDING_CAP,
+    MAX_BATCH_TOKENS,
     PRECISIONS,
     PaddingCap,
     padding_cap_text,
@@ -83,20 +84,24 @@ def start_logging(verbose: int, quiet: bool, log_file: Path | None) -> None:
 
 
 def _names_written(command: str) -> tuple[str, ...] | None:
-    """The names ``command`` writes directly in its ``-o`` folder; None when the whole folder is its own
-    (an engine directory, a split's parts folder). Read from the modules that write them, at run time."""
+    """The names ``command`` writes directly in its ``-o`` folder, hidden ones included (a temporary
+    ``.NAME.*.partial`` beside each is its too); None when the whole folder is its own (an engine
+    directory, a split's parts folder). Read from the modules that write them, at run time."""
     if command in ("predict", "demo"):
         from virnucpro_trt.pipeline.predict import ENGINE_CACHE, OUTPUT_NAMES
+        from virnucpro_trt.runtime.resume import WORK_DIR
 
-        return (*OUTPUT_NAMES, ENGINE_CACHE)
+        return (*OUTPUT_NAMES, ENGINE_CACHE, WORK_DIR)
     if command == "merge":
         from virnucpro_trt.pipeline.merge_parts import RESULT_NAMES
+        from virnucpro_trt.runtime.resume import LOCK_FILE
 
-        return RESULT_NAMES
+        return (*RESULT_NAMES, LOCK_FILE)
     if command == "prepare":
+        from virnucpro_trt.files.ownership import RECORD
         from virnucpro_trt.sequences.prepare import NUCLEOTIDE_FILE, PROTEIN_FILE
 
-        return (NUCLEOTIDE_FILE, PROTEIN_FILE)
+        return (NUCLEOTIDE_FILE, PROTEIN_FILE, RECORD)
     if command == "workflow":
         from virnucpro_trt.workflow import DEMO_READS_FILE, WORKFLOW_FILES
 
@@ -104,9 +109,17 @@ def _names_written(command: str) -> tuple[str, ...] | None:
     return None
 
 
+def _written_there(first: str, names: tuple[str, ...]) -> bool:
+    """Whether ``first`` (a name directly in the output folder) is one of ``names`` or a temporary
+    file the command writes one of them under (``files/atomic.temporary_name``)."""
+    if first in names:
+        return True
+    return first.endswith(".partial") and any(first.startswith(f".{name}.") for name in names)
+
+
 def check_log_file_place(log_file: Path, context: click.Context) -> None:
     """Refuse (exit 2, before the log is opened) a ``--log-file`` where the command writes: its output
-    file, or in its ``-o`` folder a hidden name (work folder, lock, records) or a name it writes there.
+    file, or in its ``-o`` folder a name it writes there (results, work folder, lock, records).
 
     Opened first, such a log would be taken for a result that no run accounts for (a refusal naming the
     wrong reason) or, with ``--force``, be replaced under the open log. Elsewhere in OUTDIR is fine.
@@ -119,7 +132,7 @@ def check_log_file_place(log_file: Path, context: click.Context) -> None:
         if param.type.dir_okay and is_within(log_file, output) and not same_file(log_file, output):
             first = log_file.resolve().relative_to(output.resolve()).parts[0]
             names = _names_written(context.command.name or "")
-            clash = names is None or first.startswith(".") or first in names
+            clash = names is None or _written_there(first, names)
         else:
             clash = same_file(log_file, output)
         if clash:
@@ -167,6 +180,7 @@ class OutputPath(click.Path):
             raise UserError(f"{name}: an empty path; name the output (. for the current folder)")
         converted = super().convert(value, param, ctx)
         check_parent_folders(Path(converted))
+        CLI_STATE.setdefault("outputs", []).append(Path(converted).absolute())
         return converted
 
 
@@ -211,7 +225,9 @@ def precision_option(default: str | None, help_text: str | None = None) -> Decor
 
 def max_batch_tokens_option(help_text: str) -> Decorator:
     """The token budget per batch (padded tokens); ``help_text`` says what it is for in that command."""
-    return click.option("--max-batch-tokens", type=click.IntRange(min=16), default=None, help=help_text)
+    return click.option(
+        "--max-batch-tokens", type=click.IntRange(min=16, max=MAX_BATCH_TOKENS), default=None, help=help_text
+    )
 
 
 class PaddingCapType(click.ParamType):

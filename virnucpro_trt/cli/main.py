@@ -38,13 +38,14 @@ from virnucpro_trt.cli.command_options import (
     shard_records_option,
 )
 from virnucpro_trt.engines.registry import auto_help
-from virnucpro_trt.errors import EXIT_FAILURE, EXIT_USAGE, VirnucproError, describe_os_error
+from virnucpro_trt.errors import CANNOT_CREATE, EXIT_FAILURE, EXIT_USAGE, VirnucproError, describe_os_error
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
 from virnucpro_trt.settings import (
     ATTENTION_KERNELS,
     BACKENDS,
     DEFAULT_ATTENTION,
     ENGINE_BACKENDS,
+    MAX_SHAPE,
     EmbedSettings,
     EncoderSettings,
     PaddingCap,
@@ -280,7 +281,8 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--force",
         is_flag=True,
         help="Replace what OUTDIR holds at predict's result names: another run's results or unfinished "
-        "work (OUTDIR/.work) of another input or settings, and files of yours at those names.",
+        "work (OUTDIR/.work) of another input or settings, and files of yours at those names; on this "
+        "run's own finished results, compute them again.",
     )
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -436,7 +438,7 @@ def demo(
 @max_batch_tokens_option(f"Token budget the engines are shaped for (default {DEFAULT_BUDGETS}).")
 @click.option(
     "--max-length",
-    type=click.IntRange(min=4),
+    type=click.IntRange(min=4, max=MAX_SHAPE),
     default=None,
     help=f"Longest input in tokens (default: {DNABERT_S.max_length} for {DNABERT_S.title}, "
     f"{ESM2.max_length} for {ESM2.title}).",
@@ -554,6 +556,7 @@ def download(repo_id: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps every failure to one line and a documented exit code."""
+    CLI_STATE["outputs"] = []  # the output paths this command names (OutputPath), for the error lines
     try:
         code = cli.main(args=argv, prog_name="virnucpro-trt", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -577,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         code = 0
     except OSError as exc:
-        known = describe_os_error(exc)
+        known = describe_os_error(exc) or _output_not_creatable(exc)
         line, code = known if known else (f"unexpected failure: {type(exc).__name__}: {exc}", EXIT_FAILURE)
         _report(f"error: {line}", exc, unexpected=known is None)
     except Exception as exc:  # unexpected: one line, the traceback in the log file / with -vv
@@ -589,6 +592,20 @@ def main(argv: list[str] | None = None) -> None:
         _report(f"error: unexpected failure: a library panicked: {exc}", exc, unexpected=True)
         code = EXIT_FAILURE
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _output_not_creatable(exc: OSError) -> tuple[str, int] | None:
+    """A missing-path error on the way to one of the command's output paths (``-o`` below ``/proc``,
+    where no folder can be made): a place to change, exit 2. Elsewhere (an input or a cache file gone
+    mid-run) it stays an unexpected failure."""
+    if exc.errno not in CANNOT_CREATE or not exc.filename:
+        return None
+    failed = Path(os.fsdecode(exc.filename)).absolute()
+    for output in CLI_STATE.get("outputs", ()):
+        if failed == output or failed in output.parents or output in failed.parents:
+            reason = exc.strerror or str(exc)
+            return f"cannot create {failed}: {reason}; choose another output location", EXIT_USAGE
+    return None
 
 
 def _report(line: str, exc: BaseException, unexpected: bool = False) -> None:

@@ -29,7 +29,7 @@ log = logging.getLogger("virnucpro_trt")
 @click.option(
     "--force", is_flag=True,
     help="Replace what OUTDIR holds at merge's result names (another run's or merge's results, or files "
-    "of yours at those names).",
+    "of yours at those names); on this merge's own results, merge again.",
 )  # fmt: skip
 @logging_options
 def merge(part_outs: tuple[Path, ...], outdir: Path, force: bool) -> None:

@@ -39,7 +39,7 @@ from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 from virnucpro_trt.runtime.encoder import LoadedEncoder
-from virnucpro_trt.settings import DEFAULT_CPU_BATCH_TOKENS
+from virnucpro_trt.settings import DEFAULT_CPU_BATCH_TOKENS, MAX_BATCH_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -174,16 +174,13 @@ def _read_or_none(folder: Path) -> EngineManifest | None:
     return EngineManifest.read(folder)
 
 
-MAX_MANIFEST_BUDGET = 1 << 24  # tokens per batch: far past what any device runs in one batch
-
-
 def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> EngineSet:
     backend = get_backend(manifest.backend)
     budget = manifest.build.get("max_batch_tokens") or DEFAULT_CPU_BATCH_TOKENS
-    if not isinstance(budget, int) or isinstance(budget, bool) or not 16 <= budget <= MAX_MANIFEST_BUDGET:
+    if not isinstance(budget, int) or isinstance(budget, bool) or not 16 <= budget <= MAX_BATCH_TOKENS:
         raise EngineMismatchError(  # checked here: a worker would fail on it at its first batch, 3 times
             f"{folder}: the manifest's build.max_batch_tokens {budget!r} is not a token budget (an integer "
-            f"from 16 to {MAX_MANIFEST_BUDGET})"
+            f"from 16 to {MAX_BATCH_TOKENS})"
         )
     encoders = {}
     for kind in ENCODER_NAMES:

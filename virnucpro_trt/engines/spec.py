@@ -19,13 +19,10 @@ import torch
 from virnucpro_trt.errors import BuildError
 from virnucpro_trt.models.kinds import ENCODERS, EncoderName
 from virnucpro_trt.runtime.embedding import EmbeddingBackend
-from virnucpro_trt.settings import DEFAULT_ATTENTION
+from virnucpro_trt.settings import DEFAULT_ATTENTION, MAX_SHAPE
 
 ModelKind = EncoderName  # the encoders an engine directory holds, by name
 MIN_LENGTH = 2  # [CLS] [SEP] / <cls> <eos>: the shortest real input
-
-
-MAX_SHAPE = 1 << 20  # a bound of a manifest's shape range: far past any batch or length an engine takes
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from virnucpro_trt.engines.onnx_export import INPUT_NAMES
 from virnucpro_trt.engines.tensorrt_profiles import Profile
 from virnucpro_trt.errors import BuildError, EngineMismatchError, RunFailure, ShapeRangeError
 from virnucpro_trt.files.atomic import write_bytes_atomic
+from virnucpro_trt.files.json_fields import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ def read_sidecar(plan_path: Path) -> dict[str, Any]:
     path = sidecar_path(plan_path)
     if not path.is_file():
         return {}
-    return json.loads(path.read_text())
+    return parse_json(path.read_text())
 
 
 TORCH_DTYPES: dict[str, torch.dtype] = {

@@ -29,15 +29,19 @@ def what_is_at(path: Path) -> str:
     return "already exists"
 
 
+def _taken(path: Path) -> UserError:
+    return UserError(
+        f"{path} {what_is_at(path)}; this run did not make it and will not write over it: move it away or "
+        "choose another output location"
+    )
+
+
 def create_new(path: Path, mode: int = 0o666) -> BinaryIO:
     """Open a new file at ``path`` for writing; :class:`UserError` when anything is already there."""
     try:
         fd = os.open(path, _CREATE_NEW, mode)
     except FileExistsError:
-        raise UserError(
-            f"{path} {what_is_at(path)}; this run did not make it and will not write over it: move it "
-            "away or choose another output location"
-        ) from None
+        raise _taken(path) from None
     return os.fdopen(fd, "wb")
 
 
@@ -54,10 +58,7 @@ def write_new_text(path: Path, text: str) -> None:
         try:
             os.link(tmp, path)
         except FileExistsError:
-            raise UserError(
-                f"{path} {what_is_at(path)}; this run did not make it and will not write over it: move it "
-                "away or choose another output location"
-            ) from None
+            raise _taken(path) from None
         except OSError:  # a file system without hard links: written in place, still exclusively
             with create_new(path) as handle:
                 handle.write(text.encode("utf-8"))

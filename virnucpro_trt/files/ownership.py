@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 RECORD = ".virnucpro-trt-outputs.json"
 RECORD_SCHEMA = 1
-MAX_RECORD_BYTES = 4 << 20
+MAX_RECORD_BYTES = 64 << 20  # ~290,000 outputs in one folder (a record entry is ~225 bytes)
 
 
 def record_path(folder: Path) -> Path:

@@ -32,6 +32,9 @@ from virnucpro_trt.settings import EmbedSettings
 log = logging.getLogger(__name__)
 
 _BLOCK_RECORDS = 65536
+# Tokens one DNABERT-S record may take in embed whatever the batch budget: a 16,384-token sequence's
+# attention scores are 12 heads x 16,384^2 x 4 bytes = 13 GB per layer in fp32 on a CPU.
+DNABERT_RECORD_TOKENS = 16384
 
 
 def run_embed(settings: EmbedSettings) -> dict[str, Any]:
@@ -63,6 +66,11 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
             "pooling": model.pooling,
             "input_sha256": summary.sha256,
         }
+        limit = max(encoder.max_batch_tokens, DNABERT_RECORD_TOKENS)
+        if kind == "dnabert-s":  # before any work: records whose letters alone are too many tokens
+            for record in read_records(path, alphabet):
+                fewest = -(-len(record.sequence) // encoder.tokenizer.longest_token)
+                _refuse_long_dna(record.id, record.sequence, limit, display, fewest, exact=False)
         with contextlib.suppress(FileNotFoundError):
             settings.output.unlink()
         records = read_records(path, alphabet)
@@ -75,15 +83,11 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
                 nonempty = [i for i, s in enumerate(seqs) if s]
                 emb = np.full((len(block), encoder.dim), np.nan, dtype=np.float32)
                 if nonempty:
-                    if kind == "dnabert-s":
-                        _refuse_long_dna(ids, seqs, encoder.tokenizer, encoder.max_batch_tokens, display)
                     tokens = encoder.tokenizer.encode_batch([seqs[i] for i in nonempty])
                     if kind == "dnabert-s":
                         longest = max(range(len(tokens)), key=lambda i: len(tokens[i]))
-                        _refuse_long_dna(
-                            [ids[nonempty[longest]]], [seqs[nonempty[longest]]], encoder.tokenizer,
-                            encoder.max_batch_tokens, display, len(tokens[longest]),
-                        )  # fmt: skip
+                        record = block[nonempty[longest]]
+                        _refuse_long_dna(record.id, record.sequence, limit, display, len(tokens[longest]))
                     emb[nonempty] = encoder.embed(tokens, [ids[i] for i in nonempty])
                 writer.append(ids, emb, ["ok" if s else "empty" for s in seqs])
             writer.commit()
@@ -95,22 +99,20 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
                 path.unlink()
 
 
-def _refuse_long_dna(
-    ids: list[str], seqs: list[str], tokenizer: Any, budget: int, name: str, tokens: int | None = None
-) -> None:
-    """Refuse (one line) a record that DNABERT-S would take in more tokens than one batch's budget.
+def _refuse_long_dna(rid: str, seq: str, limit: int, name: str, tokens: int, exact: bool = True) -> None:
+    """Refuse (one line) a record that DNABERT-S would take in more than ``limit`` tokens.
 
     ``embed --model dnabert-s`` gives DNABERT-S each record whole (``predict`` gives it frames of at most
-    C+1 bases), and attention memory grows with the square of a sequence's tokens: a contig of some
-    100 kbp exhausted a machine's memory. Raising ``--max-batch-tokens`` lets such a record through on
-    purpose. Before tokenizing, a record of more letters than the budget times the longest vocabulary
-    token is refused outright (tokenizing 100 Mbp took 24 GB); after it, ``tokens`` is the exact count.
+    C+1 bases), and attention memory grows with the square of a sequence's tokens: the limit is the
+    larger of one batch's budget and :data:`DNABERT_RECORD_TOKENS` (a phage genome of ~50 kbp passes
+    with the defaults); raising ``--max-batch-tokens`` lets a longer record through on purpose. Before
+    anything is embedded the whole input is screened by a lower bound on its tokens (letters over the
+    longest vocabulary token: tokenizing 100 Mbp took 24 GB); ``exact`` counts come per block.
     """
-    for rid, seq in zip(ids, seqs, strict=True):
-        count = tokens if tokens is not None else -(-len(seq) // tokenizer.longest_token)
-        if count > budget:
-            raise InputFormatError(
-                f"{name}: {rid!r} is {len(seq):,} bases, {'at least ' if tokens is None else ''}{count:,} "
-                f"DNABERT-S tokens, more than one batch of --max-batch-tokens {budget} holds; raise "
-                "--max-batch-tokens to embed it whole (attention memory grows with its square) or cut it"
-            )
+    if tokens > limit:
+        raise InputFormatError(
+            f"{name}: {rid!r} is {len(seq):,} bases, {'' if exact else 'at least '}{tokens:,} DNABERT-S "
+            f"tokens, more than the {limit:,} one record may take (the larger of --max-batch-tokens and "
+            f"{DNABERT_RECORD_TOKENS:,}); raise --max-batch-tokens to embed it whole (attention memory "
+            "grows with the square of its tokens) or cut it"
+        )
