@@ -75,12 +75,15 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
 import re
 import shutil
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +241,18 @@ class _Compiled:
     fresh_int_arrays: bool = False  # compiled with the wrapper's size-array cache off (aoti_int_arrays)
 
 
+@contextlib.contextmanager
+def _torch_deprecations_off() -> Iterator[None]:
+    """Silence the deprecation torch's own export and packaging code trips over (``isinstance(treespec,
+    LeafSpec)``, printed from ``copyreg`` twice per build with torch 2.11): nothing a user can act on,
+    and the only lines a build printed besides its own. Other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def _export_and_compile(
     model: torch.nn.Module,
     inputs: tuple[torch.Tensor, ...],
@@ -249,7 +264,7 @@ def _export_and_compile(
     kind, shapes, precision, device, options = (
         request.kind, request.shapes, request.precision, request.device, request.options,
     )  # fmt: skip
-    with attention_kernel(options.attention, device):
+    with attention_kernel(options.attention, device), _torch_deprecations_off():
         program = _export(model, inputs, requested, f"{kind} ({precision})")
     graph = exported_bounds(program, requested)
     if graph.max_batch < shapes.max_batch or graph.max_length < shapes.max_length:
@@ -269,7 +284,11 @@ def _export_and_compile(
         for attempt in range(1, COMPILE_ATTEMPTS + 1):
             try:
                 # Inductor lowers SDPA here; the wrapper declares each size array where it is used
-                with attention_kernel(options.attention, device), fresh_int_array_declarations() as fresh:
+                with (
+                    attention_kernel(options.attention, device),
+                    fresh_int_array_declarations() as fresh,
+                    _torch_deprecations_off(),
+                ):
                     torch._inductor.aoti_compile_and_package(
                         program,
                         package_path=str(out_path),
