@@ -47,6 +47,26 @@ def test_dna_tokenizer_without_template_is_refused(tmp_path: Path) -> None:
         DnaTokenizer.from_file(tmp_path / "tokenizer.json")
 
 
+def test_a_tokenizer_that_reads_dna_as_unknown_is_refused(tmp_path: Path) -> None:
+    """A tokenizer.json without DNA tokens made every read [CLS] [UNK]... [SEP] and embedded it without
+    a word; a base that comes out as [UNK] is refused at load."""
+    import tokenizers
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "A": 5, "C": 6, "G": 7, "X": 8}
+    for kept in (vocab, {k: v for k, v in vocab.items() if k != "G"}):
+        model = tokenizers.models.BPE(vocab=kept, merges=[], unk_token="[UNK]")
+        tokenizer = tokenizers.Tokenizer(model)
+        tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+        tokenizer.save(str(tmp_path / "tokenizer.json"))
+        with pytest.raises(CheckpointError, match=r"reads plain DNA \((Ts|Gs)\) as \[UNK\]"):
+            DnaTokenizer.from_file(tmp_path / "tokenizer.json")
+    trained = train_dna_tokenizer(128, seed=1)  # every base in its alphabet: loads
+    trained.save(str(tmp_path / "tokenizer.json"))
+    DnaTokenizer.from_file(tmp_path / "tokenizer.json")
+
+
 def test_protein_truncation_at_1024_residues() -> None:
     tokenizer = ProteinTokenizer()
     protein = "".join(np.random.default_rng(0).choice(list("ACDEFGHIKLMNPQRSTVWY"), 1500))

@@ -172,7 +172,8 @@ class DnaTokenizer:
         self._probe()
 
     def _probe(self) -> None:
-        """Encode :data:`DNA_PROBES` now: each must come out as ``[CLS] ... [SEP]``.
+        """Encode :data:`DNA_PROBES` now: each must come out as ``[CLS] ... [SEP]``, and runs of each
+        base without ``[UNK]``.
 
         A file that breaks the library at encode time (or never wraps its input) then fails here, at
         load, in the process that reports it, instead of at the first batch of every worker.
@@ -183,6 +184,15 @@ class DnaTokenizer:
                 raise CheckpointError(
                     f"{self.source}: the post-processor does not wrap input as [CLS] ... [SEP] "
                     f"(got ids {ids[:8]}{' ...' if len(ids) > 8 else ''})"
+                )
+        with _rust_call(self.source, "looking up [UNK]"):
+            unk = self._tokenizer.token_to_id("[UNK]")
+        runs = [base * 12 for base in "ACGT"]
+        for run, ids in zip(runs, self.encode_batch(runs), strict=True):
+            if unk is not None and unk in ids[1:-1].tolist():
+                raise CheckpointError(  # every read would embed as unknown tokens, without a word
+                    f"{self.source}: the tokenizer reads plain DNA ({run[0]}s) as [UNK]; it is no DNA "
+                    "tokenizer (DNABERT-S's BPE covers every base)"
                 )
 
     @classmethod
