@@ -219,3 +219,16 @@ def test_external_data_is_read_only_from_plain_files_of_the_engines_folder(built
     unlisted = dataclasses.replace(request, listed=frozenset({path.name}))
     with pytest.raises(UserError, match=r"'weights\.bin', a file the engine directory's manifest does not"):
         ONNXRUNTIME_BACKEND.load(unlisted)
+
+
+def test_an_engine_given_in_the_other_ones_place_is_refused_at_load(built) -> None:
+    """Its recorded kind, precision and output width must be the manifest's, as AOTInductor packages'
+    are: swapped engines (hashes rewritten) failed at the first batch of every worker, three times."""
+    dna, _ = built["dnabert-s"]
+    as_esm = LoadRequest(dna.path, "esm2", CPU, "fp32", DIM["esm2"], PAD["esm2"], SHAPES)
+    swapped = r"does not match its manifest: kind dnabert-s \(expected esm2\)"
+    with pytest.raises(EngineMismatchError, match=swapped):
+        ONNXRUNTIME_BACKEND.load(as_esm)
+    as_bf16 = LoadRequest(dna.path, "dnabert-s", CPU, "bf16", DIM["dnabert-s"], PAD["dnabert-s"], SHAPES)
+    with pytest.raises(EngineMismatchError, match=r"precision fp32 \(expected bf16\)"):
+        ONNXRUNTIME_BACKEND.load(as_bf16)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -82,6 +83,13 @@ class FakeOrtSession:
 
     def get_providers(self) -> list[str]:
         return ["CPUExecutionProvider"]
+
+    def get_modelmeta(self) -> SimpleNamespace:  # what an esm2 fp32 export records (onnx_export)
+        meta = {"virnucpro_trt.kind": "esm2", "virnucpro_trt.precision": "fp32"}
+        return SimpleNamespace(custom_metadata_map=meta)
+
+    def get_outputs(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(shape=["batch", 3])]
 
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         ids, mask = feeds.values()

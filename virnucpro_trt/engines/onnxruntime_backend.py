@@ -239,12 +239,29 @@ def work_stream(device: torch.device) -> torch.cuda.Stream:
     return current if current.cuda_stream != 0 else torch.cuda.Stream(device)
 
 
+def _check_metadata(session: Any, request: LoadRequest) -> None:
+    """The session's model must be the engine its manifest says (kind, precision, output width), as the
+    inductor backend checks its packages: two engines swapped (their hashes rewritten) otherwise failed
+    at the first batch in every worker, three times, with ONNX Runtime's own error lines."""
+    meta = session.get_modelmeta().custom_metadata_map
+    found = {k: meta.get(f"virnucpro_trt.{k}") for k in ("kind", "precision")}
+    outputs = session.get_outputs()
+    width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    found["dim"] = str(width) if isinstance(width, int) else None
+    expected = {"kind": request.kind, "precision": request.precision, "dim": str(request.dim)}
+    wrong = [f"{k} {found[k]} (expected {expected[k]})" for k in expected if found[k] != expected[k]]
+    if wrong:
+        name = Path(request.path).name
+        raise EngineMismatchError(f"{name} does not match its manifest: {', '.join(wrong)}; rebuild them")
+
+
 class OrtRunner:
     """:class:`~virnucpro_trt.runtime.embedding.EmbeddingBackend` on the ORT CPU provider."""
 
     name = "onnxruntime"
 
     def __init__(self, session: Any, request: LoadRequest):
+        _check_metadata(session, request)
         self.session = session
         self.kind = request.kind
         self.dim = request.dim
