@@ -96,7 +96,7 @@ def test_a_log_file_where_the_command_writes_is_refused_before_it_is_opened(tiny
         log = args[-1]
         result = run_cli(*args, "--force") if args[0] != "split" else run_cli(*args)
         assert result.code == 2 and result.stderr.strip().splitlines() == [
-            f"error: --log-file {log} is where {args[0]} writes its output; put the log beside it (or under "
+            f"error: --log-file {log} is where {args[0]} writes its output; put the log elsewhere (or under "
             "another name)"
         ], (args, result.stderr)
         assert not os.path.lexists(log), args
@@ -109,3 +109,20 @@ def test_a_log_file_where_the_command_writes_is_refused_before_it_is_opened(tiny
     assert "nothing to do" in result.stderr and "PASSED" in (out / "run.log").read_text()
     result = run_cli(*predict, "--log-file", str(out / ".predict.log"))  # hidden, but not a name it writes
     assert result.code == 0 and (out / ".predict.log").is_file(), result.stderr
+
+    # What the command reads, and files with other names: the log is appended to, so it would change them
+    run_json = (out / "run.json").read_bytes()
+    (tmp_path / "hard.log").hardlink_to(out / "run.json")
+    reads_before = reads_fasta.read_bytes()
+    for log, what in (
+        (reads_fasta, f"{reads_fasta}, which predict reads"),
+        (tiny_set.dnabert / "config.json", f"inside {tiny_set.dnabert}, which predict reads"),
+        (tmp_path / "hard.log", "a file with other names (hard links)"),
+    ):
+        result = run_cli(*predict, "--log-file", str(log))
+        assert result.code == 2 and f"--log-file {log} is {what}" in result.stderr, result.stderr
+    assert (out / "run.json").read_bytes() == run_json and reads_fasta.read_bytes() == reads_before
+    record = out.parent / "e" / ".virnucpro-trt-outputs.json"  # beside a file output: its record
+    result = run_cli("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
+                     "-o", str(out.parent / "e" / "x.h5"), "--log-file", str(record))  # fmt: skip
+    assert result.code == 2 and "is where embed writes its output" in result.stderr and not record.exists()

@@ -157,6 +157,11 @@ def test_embed_dnabert_refuses_a_record_past_its_token_limit_unless_the_budget_i
     reads.write_text(f">short\nACGTACGTAAGG\n>contig_7\n{long}\n")
     args = ("embed", str(reads), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert), "--device")
     args = (*args, "cpu")
+    short = tmp_path / "short.fa"
+    short.write_text(">short\nACGTACGTAAGG\n")
+    earlier = run_cli(*args[:1], str(short), *args[2:], "-o", str(tmp_path / "e.h5"))
+    assert earlier.code == 0, earlier.stderr
+    before = (tmp_path / "e.h5").read_bytes()
     for budget in ("64", "1024"):  # refused on its letters alone (6,000), then on its counted tokens
         result = run_cli(*args, "-o", str(tmp_path / "e.h5"), "--max-batch-tokens", budget)
         assert result.code == 2 and result.stderr.strip().splitlines()[-1].startswith(
@@ -164,7 +169,7 @@ def test_embed_dnabert_refuses_a_record_past_its_token_limit_unless_the_budget_i
         ), result.stderr
         assert f"more than the {int(budget):,} one record may take" in result.stderr
         assert len([line for line in result.stderr.splitlines() if line.startswith("error")]) == 1
-        assert not (tmp_path / "e.h5").exists()
+        assert (tmp_path / "e.h5").read_bytes() == before  # refused before the earlier output went
     result = run_cli(*args, "-o", str(tmp_path / "e.h5"), "--max-batch-tokens", "8192")
     assert result.code == 0, result.stderr
     with h5py.File(tmp_path / "e.h5") as handle:

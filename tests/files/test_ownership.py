@@ -135,6 +135,11 @@ def test_a_file_at_the_records_name_that_is_no_record_of_ours_is_not_replaced(tm
             check_replaceable([target], force=False)
         check_replaceable([target], force=True)  # --force takes it over
     assert elsewhere.read_bytes() == b"theirs\n"
+    record = record_path(tmp_path)
+    record.unlink()
+    record.mkdir()  # a folder there: refused even with --force (no command removes folders)
+    with pytest.raises(UserError, match=r"outputs\.json is a folder"):
+        check_replaceable([target], force=True)
 
 
 def test_records_keep_other_outputs_and_drop_removed_ones(tmp_path: Path) -> None:

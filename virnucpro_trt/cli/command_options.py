@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.names import check_parent_folders, is_within, same_file
+from virnucpro_trt.files.ownership import RECORD
 from virnucpro_trt.models.kinds import MODELS
 from virnucpro_trt.settings import (
     CHUNK_LENGTHS,
@@ -118,28 +120,47 @@ def _written_there(first: str, names: tuple[str, ...]) -> bool:
 
 
 def check_log_file_place(log_file: Path, context: click.Context) -> None:
-    """Refuse (exit 2, before the log is opened) a ``--log-file`` where the command writes: its output
-    file, or in its ``-o`` folder a name it writes there (results, work folder, lock, records).
+    """Refuse (exit 2, before the log is opened) a ``--log-file`` that is, or lies in, something the
+    command reads or writes: its output file (or, beside it, the outputs record and the temporary
+    names it writes under), in its ``-o`` folder a name it writes there (results, work folder, lock,
+    records, temporary names), an input file or a file inside an input folder (reads, checkpoints, a
+    merge's parts), or a file with other names (hard links: appending to it appends to them).
 
-    Opened first, such a log would be taken for a result that no run accounts for (a refusal naming the
-    wrong reason) or, with ``--force``, be replaced under the open log. Elsewhere in OUTDIR is fine.
+    The log is appended to, so opened first it would change an input (a part's run.json, the reads, a
+    checkpoint) or be taken for a result no run accounts for (a refusal naming the wrong reason), or
+    with ``--force`` be replaced under the open log. Elsewhere, OUTDIR included, is fine.
     """
+    command = context.command.name or ""
+
+    def refuse(what: str) -> NoReturn:
+        raise UserError(f"--log-file {log_file} is {what}; put the log elsewhere (or under another name)")
+
+    if log_file.is_file() and not log_file.is_symlink() and log_file.stat().st_nlink > 1:
+        refuse("a file with other names (hard links), which the log would be appended to")
     for param in context.command.params:
         value = context.params.get(param.name or "")
-        if not isinstance(param.type, OutputPath) or value is None:
+        if param.name == "log_file":
             continue
-        output = Path(value)
-        if param.type.dir_okay and is_within(log_file, output) and not same_file(log_file, output):
-            first = log_file.resolve().relative_to(output.resolve()).parts[0]
-            names = _names_written(context.command.name or "")
-            clash = names is None or _written_there(first, names)
-        else:
-            clash = same_file(log_file, output)
-        if clash:
-            raise UserError(
-                f"--log-file {log_file} is where {context.command.name} writes its output; put the log "
-                "beside it (or under another name)"
-            )
+        if isinstance(param.type, OutputPath) and value is not None:
+            output = Path(value)
+            if param.type.dir_okay and is_within(log_file, output) and not same_file(log_file, output):
+                first = log_file.resolve().relative_to(output.resolve()).parts[0]
+                names = _names_written(command)
+                clash = names is None or _written_there(first, names)
+            else:
+                beside = (output.name, RECORD)  # a file output: its record and temporaries beside it
+                clash = same_file(log_file, output) or (
+                    same_file(log_file.parent, output.parent) and _written_there(log_file.name, beside)
+                )
+            if clash:
+                refuse(f"where {command} writes its output")
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if isinstance(item, (str, Path)) and str(item) not in ("", "-") and os.path.exists(item):
+                given = Path(item)
+                if same_file(log_file, given) or (given.is_dir() and is_within(log_file, given)):
+                    refuse(f"{'inside ' if given.is_dir() else ''}{given}, which {command} reads")
 
 
 def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -171,6 +171,8 @@ def check_replaceable(targets: Iterable[Path], force: bool) -> None:
     targets = list(targets)
     for folder in dict.fromkeys(target.parent for target in targets):
         why = _foreign_record(folder)
+        if why is not None and record_path(folder).is_dir() and not record_path(folder).is_symlink():
+            raise UserError(f"{record_path(folder)} is a folder; move it away or choose another folder")
         if why is not None and force:
             log.warning("--force: replacing %s (it %s)", record_path(folder), why)
         elif why is not None:

@@ -67,10 +67,13 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
             "input_sha256": summary.sha256,
         }
         limit = max(encoder.max_batch_tokens, DNABERT_RECORD_TOKENS)
-        if kind == "dnabert-s":  # before any work: records whose letters alone are too many tokens
+        if kind == "dnabert-s":  # before anything is written or removed: every record within the limit
             for record in read_records(path, alphabet):
                 fewest = -(-len(record.sequence) // encoder.tokenizer.longest_token)
                 _refuse_long_dna(record.id, record.sequence, limit, display, fewest, exact=False)
+                if len(record.sequence) + 2 > limit:  # at most one token a letter, plus [CLS] and [SEP]
+                    (ids,) = encoder.tokenizer.encode_batch([record.sequence.upper()])
+                    _refuse_long_dna(record.id, record.sequence, limit, display, len(ids))
         with contextlib.suppress(FileNotFoundError):
             settings.output.unlink()
         records = read_records(path, alphabet)
@@ -84,10 +87,6 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
                 emb = np.full((len(block), encoder.dim), np.nan, dtype=np.float32)
                 if nonempty:
                     tokens = encoder.tokenizer.encode_batch([seqs[i] for i in nonempty])
-                    if kind == "dnabert-s":
-                        longest = max(range(len(tokens)), key=lambda i: len(tokens[i]))
-                        record = block[nonempty[longest]]
-                        _refuse_long_dna(record.id, record.sequence, limit, display, len(tokens[longest]))
                     emb[nonempty] = encoder.embed(tokens, [ids[i] for i in nonempty])
                 writer.append(ids, emb, ["ok" if s else "empty" for s in seqs])
             writer.commit()
@@ -106,8 +105,9 @@ def _refuse_long_dna(rid: str, seq: str, limit: int, name: str, tokens: int, exa
     C+1 bases), and attention memory grows with the square of a sequence's tokens: the limit is the
     larger of one batch's budget and :data:`DNABERT_RECORD_TOKENS` (a phage genome of ~50 kbp passes
     with the defaults); raising ``--max-batch-tokens`` lets a longer record through on purpose. Before
-    anything is embedded the whole input is screened by a lower bound on its tokens (letters over the
-    longest vocabulary token: tokenizing 100 Mbp took 24 GB); ``exact`` counts come per block.
+    anything is written or removed the whole input is screened: a lower bound on each record's tokens
+    (letters over the longest vocabulary token: tokenizing 100 Mbp took 24 GB), then an ``exact`` count
+    for a record long enough to pass the limit (no token is shorter than a letter).
     """
     if tokens > limit:
         raise InputFormatError(

@@ -109,9 +109,10 @@ def _check_one(
 ) -> None:
     """All record-level checks, in the order a user would fix them; raises the first that fails."""
     if len(title) > MAX_TITLE_CHARS:
+        shown = rid if len(rid) <= 60 else rid[:60] + "..."
         raise InputFormatError(
-            f"{name}: {record_label(number, None)}: header of {len(title):,} characters, more than the "
-            f"{MAX_TITLE_CHARS:,} one may have"
+            f"{name}: {record_label(number, shown or None)}: header of {len(title):,} characters, more than "
+            f"the {MAX_TITLE_CHARS:,} one may have"
         )
     if letters > MAX_RECORD_LETTERS:
         raise InputFormatError(
