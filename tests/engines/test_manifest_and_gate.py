@@ -307,7 +307,7 @@ def test_hostile_numbers_and_a_linked_manifest_are_refused_before_any_engine_run
     shapes = default_shape_range("esm2", 4096).to_json()
     bad = (("max_batch", 10**12), ("max_length", 1026.0), ("opt_batch", "8"), ("min_batch", True))
     for name, value in bad:
-        with pytest.raises(ValueError, match=f"{name} {value!r} is not an integer"):
+        with pytest.raises(ValueError, match=f"{name}: not an integer"):
             ShapeRange.from_json({**shapes, name: value})
     for budget in ("abc", [1], -5, 10**15, 1e300):
         manifest = _manifest(build={"max_batch_tokens": budget})

@@ -13,7 +13,6 @@ cannot make a directory from an untrusted source safe (README, "Security model")
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from virnucpro_trt.engines.manifest import (
 from virnucpro_trt.engines.registry import get_backend
 from virnucpro_trt.engines.spec import LoadRequest, ShapeRange
 from virnucpro_trt.errors import EngineMismatchError, UserError
+from virnucpro_trt.files.json_fields import FieldError, count
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS
@@ -176,12 +176,14 @@ def _read_or_none(folder: Path) -> EngineManifest | None:
 
 def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> EngineSet:
     backend = get_backend(manifest.backend)
-    budget = manifest.build.get("max_batch_tokens") or DEFAULT_CPU_BATCH_TOKENS
-    if not isinstance(budget, int) or isinstance(budget, bool) or not 16 <= budget <= MAX_BATCH_TOKENS:
-        raise EngineMismatchError(  # checked here: a worker would fail on it at its first batch, 3 times
-            f"{folder}: the manifest's build.max_batch_tokens {budget!r} is not a token budget (an integer "
+    given = manifest.build.get("max_batch_tokens") or DEFAULT_CPU_BATCH_TOKENS
+    try:  # checked here: a worker would fail on it at its first batch, three times
+        budget = count({"max_batch_tokens": given}, "max_batch_tokens", 16, MAX_BATCH_TOKENS)
+    except FieldError:
+        raise EngineMismatchError(
+            f"{folder}: the manifest's build.max_batch_tokens {given!r} is not a token budget (an integer "
             f"from 16 to {MAX_BATCH_TOKENS})"
-        )
+        ) from None
     encoders = {}
     for kind in ENCODER_NAMES:
         entry = manifest.models[kind]
@@ -193,8 +195,9 @@ def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> Engin
             raise EngineMismatchError(f"{folder}: the manifest's {kind} shape range is malformed") from None
         artifact = folder / entry.artifact
         listed = frozenset(entry.file_names())  # an artifact reads no file beside it the manifest skips
-        request = LoadRequest(artifact, kind, device, manifest.precision, entry.dim, entry.pad_id, shapes)
-        runner = backend.load(dataclasses.replace(request, listed=listed))
+        runner = backend.load(
+            LoadRequest(artifact, kind, device, manifest.precision, entry.dim, entry.pad_id, shapes, listed)
+        )
         tokenizer_path = folder / entry.tokenizer
         tokenizer = (
             DnaTokenizer.from_file(tokenizer_path)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from virnucpro_trt.errors import BuildError
+from virnucpro_trt.files.json_fields import count
 from virnucpro_trt.models.kinds import ENCODERS, EncoderName
 from virnucpro_trt.runtime.embedding import EmbeddingBackend
 from virnucpro_trt.settings import DEFAULT_ATTENTION, MAX_SHAPE
@@ -51,12 +52,8 @@ class ShapeRange:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShapeRange:
         """From a manifest, read as hostile: each bound a JSON integer of at most :data:`MAX_SHAPE`
-        (``ValueError`` otherwise; a float, a string or 10**12 rows is no shape an engine was built for)."""
-        values = {f.name: data[f.name] for f in dataclasses.fields(cls)}
-        for name, value in values.items():
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SHAPE:
-                raise ValueError(f"{name} {value!r} is not an integer from 1 to {MAX_SHAPE}")
-        return cls(**values)
+        (a ``ValueError`` otherwise: a float, a string or 10**12 rows is no shape an engine was built for)."""
+        return cls(**{f.name: count(data, f.name, 1, MAX_SHAPE) for f in dataclasses.fields(cls)})
 
 
 def default_shape_range(model: ModelKind, max_batch_tokens: int, max_length: int | None = None) -> ShapeRange:

@@ -58,11 +58,13 @@ def obj(value: Any, where: str, keys: Collection[str] | None = None) -> dict[str
     return value
 
 
-def count(data: dict[str, Any], key: str, minimum: int = 0) -> int:
-    """An integer >= ``minimum`` (``true``/``false`` are not integers here)."""
+def count(data: dict[str, Any], key: str, minimum: int = 0, maximum: int | None = None) -> int:
+    """An integer >= ``minimum`` and, when given, <= ``maximum`` (``true``/``false`` are not integers)."""
     value = data.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise FieldError(f"{key}: not an integer >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise FieldError(f"{key}: not an integer from {minimum} to {maximum}")
     return value
 
 
