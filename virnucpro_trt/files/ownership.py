@@ -109,20 +109,25 @@ def reuse_finished(
     raise UserError(f"{folder} holds {problem}; choose another OUTDIR, or add --force to {fix}")
 
 
-def _read_record(folder: Path) -> dict[str, dict[str, Any]]:
-    """The entries of ``folder``'s record that are well formed; none when it is missing or damaged."""
+_FOREIGN = "is not virnucpro-trt's record of written files"
+
+
+def _read_record(folder: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """``folder``'s record, read once: its well-formed entries (none when it is missing or damaged), and
+    why the file at its name is not a record this tool wrote (None: absent, or a JSON object the tool
+    signed). Writing the record replaces that file, so a foreign one must not be written over unseen."""
     path = record_path(folder)
+    if not os.path.lexists(path):
+        return {}, None
     if path.is_symlink() or not path.is_file():
-        return {}
+        return {}, "is a folder" if path.is_dir() and not path.is_symlink() else "is not a plain file"
     try:
         data = read_json_object(path, MAX_RECORD_BYTES)
     except (OSError, FieldError):
-        return {}
+        return {}, _FOREIGN
     files = data.get("files") if data.get("schema") == RECORD_SCHEMA else None
-    if not isinstance(files, dict):
-        return {}
     entries = {}
-    for name, entry in files.items():
+    for name, entry in files.items() if isinstance(files, dict) else ():
         if (
             os.sep not in name
             and name not in ("", ".", "..")
@@ -132,14 +137,15 @@ def _read_record(folder: Path) -> dict[str, dict[str, Any]]:
             and SHA256.fullmatch(entry["sha256"])
         ):
             entries[name] = entry
-    return entries
+    return entries, None if data.get("tool") == "virnucpro-trt" else _FOREIGN
 
 
-def _not_ours(target: Path) -> str | None:
-    """Why the file at ``target`` may not be replaced without ``--force``, or None when it may."""
+def _not_ours(target: Path, entries: dict[str, dict[str, Any]]) -> str | None:
+    """Why the file at ``target`` may not be replaced without ``--force`` (``entries``: its folder's
+    record), or None when it may."""
     if not target.is_symlink() and target.is_file() and target.stat().st_size == 0:
         return None  # nothing in it to lose
-    entry = _read_record(target.parent).get(target.name)
+    entry = entries.get(target.name)
     if entry is None:
         return "virnucpro-trt did not write it"
     if changed_since(target.parent, target.name, entry) is not None:
@@ -147,31 +153,17 @@ def _not_ours(target: Path) -> str | None:
     return None
 
 
-def _foreign_record(folder: Path) -> str | None:
-    """Why the file at ``folder``'s record name is not a record this tool wrote (it would be replaced
-    when the outputs are recorded), or None: absent, or a JSON object the tool signed."""
-    path = record_path(folder)
-    if not os.path.lexists(path):
-        return None
-    if path.is_symlink() or not path.is_file():
-        return "is not a plain file"
-    try:
-        data = read_json_object(path, MAX_RECORD_BYTES)
-    except (OSError, FieldError):
-        return "is not virnucpro-trt's record of written files"
-    return None if data.get("tool") == "virnucpro-trt" else "is not virnucpro-trt's record of written files"
-
-
 def check_replaceable(targets: Iterable[Path], force: bool) -> None:
     """Refuse (exit 2) an output path that holds a file the tool did not write, unless ``force``; the
-    same for a file at the record's name that is not a record of ours (writing the record replaces it).
+    same for a file at the record's name that is not a record of ours (writing the record replaces it),
+    and a folder there even with ``force``.
 
     Called before anything is written; see the module docstring for the rule.
     """
     targets = list(targets)
-    for folder in dict.fromkeys(target.parent for target in targets):
-        why = _foreign_record(folder)
-        if why is not None and record_path(folder).is_dir() and not record_path(folder).is_symlink():
+    records = {folder: _read_record(folder) for folder in dict.fromkeys(t.parent for t in targets)}
+    for folder, (_, why) in records.items():
+        if why == "is a folder":
             raise UserError(f"{record_path(folder)} is a folder; move it away or choose another folder")
         if why is not None and force:
             log.warning("--force: replacing %s (it %s)", record_path(folder), why)
@@ -187,7 +179,7 @@ def check_replaceable(targets: Iterable[Path], force: bool) -> None:
             continue
         if target.is_dir() and not target.is_symlink():
             raise UserError(f"{target} is a folder; choose another output path")
-        why = _not_ours(target)
+        why = _not_ours(target, records[target.parent][0])
         if why is None:
             continue
         if force:
@@ -208,7 +200,7 @@ def record_written(targets: Iterable[Path]) -> None:
         by_folder.setdefault(target.parent, []).append(target)
     for folder, written in by_folder.items():
         try:
-            entries = {n: e for n, e in _read_record(folder).items() if os.path.lexists(folder / n)}
+            entries = {n: e for n, e in _read_record(folder)[0].items() if os.path.lexists(folder / n)}
             for target in written:
                 stamp = file_stamp(target)  # before hashing: a change in between will not match it
                 entries[target.name] = {**output_entry(target), "stamp": stamp}
