@@ -100,7 +100,6 @@ def _names_written(command: str) -> tuple[str, ...] | None:
 
         return (*RESULT_NAMES, LOCK_FILE)
     if command == "prepare":
-        from virnucpro_trt.files.ownership import RECORD
         from virnucpro_trt.sequences.prepare import NUCLEOTIDE_FILE, PROTEIN_FILE
 
         return (NUCLEOTIDE_FILE, PROTEIN_FILE, RECORD)

@@ -66,8 +66,8 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
             "pooling": model.pooling,
             "input_sha256": summary.sha256,
         }
-        limit = max(encoder.max_batch_tokens, DNABERT_RECORD_TOKENS)
         if kind == "dnabert-s":  # before anything is written or removed: every record within the limit
+            limit = max(encoder.max_batch_tokens, DNABERT_RECORD_TOKENS)
             for record in read_records(path, alphabet):
                 fewest = -(-len(record.sequence) // encoder.tokenizer.longest_token)
                 _refuse_long_dna(record.id, record.sequence, limit, display, fewest, exact=False)
