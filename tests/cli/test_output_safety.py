@@ -352,6 +352,39 @@ def test_an_output_below_a_file_is_one_line_exit_2(tiny_set, reads_fasta, tmp_pa
     assert afile.read_text() == "hi\n"
 
 
+def _bad_input_calls(tiny_set, reads: str, out: Path) -> dict[str, tuple[str, ...]]:
+    dnabert = ("--model", "dnabert-s", "--weights", str(tiny_set.dnabert), "--device", "cpu")
+    models = ("--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
+              str(tiny_set.classifier), "--device", "cpu", "--threads", "1")  # fmt: skip
+    return {
+        "prepare": ("prepare", reads, "-o", str(out / "prepare" / "a" / "b")),
+        "predict": ("predict", reads, "-o", str(out / "predict" / "a" / "b"), *models),
+        "split": ("split", reads, "--parts", "2", "-o", str(out / "split" / "a" / "b")),
+        "embed": ("embed", reads, *dnabert, "-o", str(out / "embed" / "a" / "x.h5")),
+    }
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_a_failed_run_leaves_no_folder_it_made(tiny_set, tmp_path, monkeypatch, source):
+    """``-o new/a/b`` with a bad record: every level the run made is gone again, and the message names
+    the input as the user gave it (``<stdin>``, not the run's private copy of it)."""
+    bad = ">r1\nACGTACGT\n>r2\nACG!T\n"
+    reads, name = str(tmp_path / "bad.fa"), str(tmp_path / "bad.fa")
+    Path(reads).write_text(bad)
+    out = tmp_path / "out"
+    out.mkdir()
+    for command, args in _bad_input_calls(tiny_set, "-" if source == "stdin" else reads, out).items():
+        if source == "stdin":
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(bad.encode())))
+            name = "<stdin>"
+        result = run_cli(*args)
+        assert result.code == 2 and error_lines(result) == [
+            f"error: {name}: record 2 (id 'r2'): invalid DNA character '!' at position 4; allowed: IUPAC "
+            "nucleotide codes ACGTURYSWKMBDHVN in either case"
+        ], (command, result.stderr)
+        assert list(out.iterdir()) == [], (command, list(out.rglob("*")))
+
+
 def test_an_empty_output_path_is_refused(tiny_set, reads_fasta, tmp_path, monkeypatch):
     """``-o ""`` would mean the current folder: refused, and nothing is written there."""
     monkeypatch.chdir(tmp_path)

@@ -117,14 +117,17 @@ def test_an_unwritable_outdir_is_one_line_exit_2(tiny_set, reads_fasta, tmp_path
 def test_an_output_folder_that_cannot_be_created_is_one_line_exit_2(tiny_set, reads_fasta):
     """Below /proc a folder cannot be made (ENOENT): it is a place to change, not an unexpected failure."""
     where = "/proc/virnucpro-trt-test"
+    dnabert = ("--model", "dnabert-s", "--weights", str(tiny_set.dnabert), "--device", "cpu")
     for result in (
         predict_tiny(tiny_set, reads_fasta, Path(where) / "out"),
         run_cli("prepare", str(reads_fasta), "-o", where, "--chunk-length", "500"),
         run_cli("split", str(reads_fasta), "--parts", "2", "-o", where),
+        run_cli("embed", str(reads_fasta), *dnabert, "-o", f"{where}/x.h5"),
     ):
         assert result.code == 2 and error_lines(result) == [
             f"error: cannot create {where}: No such file or directory; choose another output location"
         ], result.stderr
+        assert "loaded" not in result.stderr  # refused before any model is loaded
 
 
 def test_a_missing_file_that_is_no_output_stays_an_unexpected_failure() -> None:

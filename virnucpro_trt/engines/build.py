@@ -56,6 +56,7 @@ from virnucpro_trt.engines.spec import (
     vocab_size,
 )
 from virnucpro_trt.errors import BuildError, UserError
+from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import (
     check_classifier_width,
@@ -179,15 +180,12 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
     """Build, gate and describe the engines; returns the manifest written to ``settings.outdir``."""
     out = settings.outdir
     own = check_engine_folder(out, settings.force)  # before anything is written or loaded
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
-    try:
-        manifest = _build_into(settings, staging, own, command)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and out.is_dir() and not any(out.iterdir()):  # a failed first build leaves no folder
-            out.rmdir()
+    with made_folder(out):  # a failed first build leaves no folder it made
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+        try:
+            manifest = _build_into(settings, staging, own, command)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     log.info("engines written to %s in %.1fs", out, float(manifest.build.get("seconds", 0.0)))
     return manifest
 

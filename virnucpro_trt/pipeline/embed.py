@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from virnucpro_trt import __version__
 from virnucpro_trt.errors import InputFormatError
+from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
 from virnucpro_trt.models.kinds import ENCODERS
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
@@ -38,64 +40,71 @@ DNABERT_RECORD_TOKENS = 16384
 
 
 def run_embed(settings: EmbedSettings) -> dict[str, Any]:
-    """Validate the input, load the encoder, embed block by block; the file appears only when complete."""
-    model = ENCODERS[settings.model]
-    alphabet = model.alphabet
+    """Check the paths, make the output's folder (before the model loads: a place where none can be
+    made fails first), then embed; a failed run leaves no folder it made."""
     check_input_file(settings.input)
     check_run_paths(
         [settings.input, settings.weights], [settings.output, record_path(settings.output.parent)]
     )
     check_replaceable([settings.output], settings.force)
-    spool = private_spool(settings.output.parent) if is_stream(settings.input) else settings.output
-    path, display = materialise(settings.input, spool)
-    try:
-        refuse = settings.model == "esm2" and not settings.allow_nucleotide_letters
-        summary = validate_input(path, display, alphabet, refuse_nucleotides=refuse)
-        kind = model.name
-        models = open_models(
-            settings.encoders, {kind: settings.weights}, (kind,), False, settings.engines, settings.rebuild
-        )
-        encoder = models.encoders[kind]
-        attrs = {
-            "tool": f"virnucpro-trt {__version__}",
-            "model": settings.model,
-            "weights": settings.weights or str(settings.engines),
-            "weights_sha256": str(encoder.info.get("weights_sha256")),
-            "precision": models.precision,
-            "backend": models.backend,
-            "pooling": model.pooling,
-            "input_sha256": summary.sha256,
-        }
-        if kind == "dnabert-s":  # before anything is written or removed: every record within the limit
-            limit = max(encoder.max_batch_tokens, DNABERT_RECORD_TOKENS)
-            for record in read_records(path, alphabet):
-                fewest = -(-len(record.sequence) // encoder.tokenizer.longest_token)
-                _refuse_long_dna(record.id, record.sequence, limit, display, fewest, exact=False)
-                if len(record.sequence) + 2 > limit:  # at most one token a letter, plus [CLS] and [SEP]
-                    (ids,) = encoder.tokenizer.encode_batch([record.sequence.upper()])
-                    _refuse_long_dna(record.id, record.sequence, limit, display, len(ids))
-        with contextlib.suppress(FileNotFoundError):
-            settings.output.unlink()
-        records = read_records(path, alphabet)
-        with EmbeddingsWriter(settings.output, encoder.dim, attrs) as writer:
-            while block := list(islice(records, _BLOCK_RECORDS)):
-                ids = [r.id for r in block]
-                # Upper-cased: both vocabularies are upper case, so a soft-masked (lower-case) read or
-                # protein would tokenize letter by letter as <unk> and embed as nonsense, silently.
-                seqs = [r.sequence.upper() for r in block]
-                nonempty = [i for i, s in enumerate(seqs) if s]
-                emb = np.full((len(block), encoder.dim), np.nan, dtype=np.float32)
-                if nonempty:
-                    tokens = encoder.tokenizer.encode_batch([seqs[i] for i in nonempty])
-                    emb[nonempty] = encoder.embed(tokens, [ids[i] for i in nonempty])
-                writer.append(ids, emb, ["ok" if s else "empty" for s in seqs])
-            writer.commit()
-        record_written([settings.output])
-        return {"records": summary.records, "dim": encoder.dim, "empty": summary.empty_records}
-    finally:
-        if is_stream(settings.input):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+    with made_folder(settings.output.parent):
+        spool = private_spool(settings.output.parent) if is_stream(settings.input) else settings.output
+        path, display = materialise(settings.input, spool)
+        try:
+            return _embed(settings, path, display)
+        finally:
+            if is_stream(settings.input):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+def _embed(settings: EmbedSettings, path: Path, display: str) -> dict[str, Any]:
+    """Validate the input, load the encoder, embed block by block; the file appears only when complete."""
+    model = ENCODERS[settings.model]
+    alphabet = model.alphabet
+    refuse = settings.model == "esm2" and not settings.allow_nucleotide_letters
+    summary = validate_input(path, display, alphabet, refuse_nucleotides=refuse)
+    kind = model.name
+    models = open_models(
+        settings.encoders, {kind: settings.weights}, (kind,), False, settings.engines, settings.rebuild
+    )
+    encoder = models.encoders[kind]
+    attrs = {
+        "tool": f"virnucpro-trt {__version__}",
+        "model": settings.model,
+        "weights": settings.weights or str(settings.engines),
+        "weights_sha256": str(encoder.info.get("weights_sha256")),
+        "precision": models.precision,
+        "backend": models.backend,
+        "pooling": model.pooling,
+        "input_sha256": summary.sha256,
+    }
+    if kind == "dnabert-s":  # before anything is written or removed: every record within the limit
+        limit = max(encoder.max_batch_tokens, DNABERT_RECORD_TOKENS)
+        for record in read_records(path, alphabet):
+            fewest = -(-len(record.sequence) // encoder.tokenizer.longest_token)
+            _refuse_long_dna(record.id, record.sequence, limit, display, fewest, exact=False)
+            if len(record.sequence) + 2 > limit:  # at most one token a letter, plus [CLS] and [SEP]
+                (ids,) = encoder.tokenizer.encode_batch([record.sequence.upper()])
+                _refuse_long_dna(record.id, record.sequence, limit, display, len(ids))
+    with contextlib.suppress(FileNotFoundError):
+        settings.output.unlink()
+    records = read_records(path, alphabet)
+    with EmbeddingsWriter(settings.output, encoder.dim, attrs) as writer:
+        while block := list(islice(records, _BLOCK_RECORDS)):
+            ids = [r.id for r in block]
+            # Upper-cased: both vocabularies are upper case, so a soft-masked (lower-case) read or
+            # protein would tokenize letter by letter as <unk> and embed as nonsense, silently.
+            seqs = [r.sequence.upper() for r in block]
+            nonempty = [i for i, s in enumerate(seqs) if s]
+            emb = np.full((len(block), encoder.dim), np.nan, dtype=np.float32)
+            if nonempty:
+                tokens = encoder.tokenizer.encode_batch([seqs[i] for i in nonempty])
+                emb[nonempty] = encoder.embed(tokens, [ids[i] for i in nonempty])
+            writer.append(ids, emb, ["ok" if s else "empty" for s in seqs])
+        writer.commit()
+    record_written([settings.output])
+    return {"records": summary.records, "dim": encoder.dim, "empty": summary.empty_records}
 
 
 def _refuse_long_dna(rid: str, seq: str, limit: int, name: str, tokens: int, exact: bool = True) -> None:

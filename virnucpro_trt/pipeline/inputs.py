@@ -106,7 +106,7 @@ def validate_input(
     if splitter is not None and chunk_length is None:
         raise ValueError("sharding needs chunk_length (frames are counted per shard)")
     if chunk_length is None:
-        stream = read_records(path, alphabet)
+        stream = read_records(path, alphabet, display_name)
         if refuse_nucleotides:
             stream = refuse_nucleotide_like(stream, display_name)
         for record in stream:
@@ -115,7 +115,7 @@ def validate_input(
             bases += n
             empty += n == 0
     else:
-        stream = read_records(path, alphabet)
+        stream = read_records(path, alphabet, display_name)
         source = splitter.wrap(stream) if splitter else stream
         blocks = prepare_blocks(source, chunk_length, min_length=min_length)
         for block in blocks:

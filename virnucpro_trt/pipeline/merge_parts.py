@@ -43,6 +43,7 @@ from typing import Any
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
+from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import SHA256, parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
 from virnucpro_trt.files.ownership import output_entry, reuse_finished
@@ -124,25 +125,20 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
         verify_part_files(part)
         if outdir.is_dir() and os.path.samefile(outdir, part.folder):
             raise MergeRefused(f"{outdir} is {part.name}'s own folder; merge into another folder")
-    created = not outdir.exists()
-    try:
-        with outdir_lock(outdir):
-            finished = _finished_merge(outdir, parts, settings.force)
-            if finished is not None:
-                return finished
-            embeddings = all(p.has_embeddings for p in parts)
-            if not embeddings and any(p.has_embeddings for p in parts):
-                log.warning("not every part saved embeddings: no embeddings.h5 is written")
-            _write_files(outdir, parts, embeddings)
-            summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
-            if summary["demo_random_weights"]:
-                write_demo_note(outdir)
-            written = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE)
-            summary["outputs"] = {n: output_entry(outdir / n) for n in written if (outdir / n).is_file()}
-            write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n")
-    finally:
-        if created and outdir.is_dir() and not any(outdir.iterdir()):  # a failed merge leaves no folder
-            outdir.rmdir()
+    with made_folder(outdir), outdir_lock(outdir):  # a failed merge leaves no folder it made
+        finished = _finished_merge(outdir, parts, settings.force)
+        if finished is not None:
+            return finished
+        embeddings = all(p.has_embeddings for p in parts)
+        if not embeddings and any(p.has_embeddings for p in parts):
+            log.warning("not every part saved embeddings: no embeddings.h5 is written")
+        _write_files(outdir, parts, embeddings)
+        summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
+        if summary["demo_random_weights"]:
+            write_demo_note(outdir)
+        written = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE)
+        summary["outputs"] = {n: output_entry(outdir / n) for n in written if (outdir / n).is_file()}
+        write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n")
     return summary
 
 

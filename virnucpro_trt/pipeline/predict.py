@@ -46,6 +46,7 @@ from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import changed_since, output_entry, reuse_finished
@@ -167,36 +168,31 @@ def run_predict(
     with ctx.timer.stage("check_models"):  # a bad classifier or engine directory fails before OUTDIR exists
         ctx.engines = _preflight(ctx)
 
-    created_outdir = not outdir.exists()
     work_existed = (outdir / WORK_DIR).exists()
-    try:
-        with outdir_lock(outdir) as lock:
-            with sigterm_as_interrupt():  # SIGTERM while stdin is copied: removed like Ctrl-C
-                # never over another file; noted while it grows, so a SIGKILL's leftover goes on the rerun
-                noted = functools.partial(lock.note, growing=True) if lock is not None else None
-                path, display = materialise(settings.input, outdir / STDIN_SPOOL, noted)
-            if lock is not None and path == outdir / STDIN_SPOOL:
-                lock.note(path)  # a rerun after a SIGKILL removes it (and only it)
-            try:
-                with sigterm_as_interrupt():
-                    try:
-                        return _run(ctx, path, display)
-                    except KeyboardInterrupt:
-                        raise RunInterrupted(INTERRUPTED) from None
-            except RunInterrupted:
-                raise
-            except BaseException:
-                work = WorkDir(outdir)
-                if not work_existed and work.finished_count() == 0:  # nothing worth resuming: all ours
-                    work.wipe()
-                raise
-            finally:
-                if path == outdir / STDIN_SPOOL:
-                    remove_quietly(path)
-    finally:
-        if created_outdir:
-            with contextlib.suppress(OSError):  # only when empty: it holds results or resumable work
-                outdir.rmdir()
+    # a failed run leaves no folder it made; one holding results or resumable work stays
+    with made_folder(outdir), outdir_lock(outdir) as lock:
+        with sigterm_as_interrupt():  # SIGTERM while stdin is copied: removed like Ctrl-C
+            # never over another file; noted while it grows, so a SIGKILL's leftover goes on the rerun
+            noted = functools.partial(lock.note, growing=True) if lock is not None else None
+            path, display = materialise(settings.input, outdir / STDIN_SPOOL, noted)
+        if lock is not None and path == outdir / STDIN_SPOOL:
+            lock.note(path)  # a rerun after a SIGKILL removes it (and only it)
+        try:
+            with sigterm_as_interrupt():
+                try:
+                    return _run(ctx, path, display)
+                except KeyboardInterrupt:
+                    raise RunInterrupted(INTERRUPTED) from None
+        except RunInterrupted:
+            raise
+        except BaseException:
+            work = WorkDir(outdir)
+            if not work_existed and work.finished_count() == 0:  # nothing worth resuming: all ours
+                work.wipe()
+            raise
+        finally:
+            if path == outdir / STDIN_SPOOL:
+                remove_quietly(path)
 
 
 def _preflight(ctx: _RunContext) -> CheckedEngines | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
 from virnucpro_trt.pipeline.inputs import materialise, private_spool, validate_input
@@ -24,13 +25,14 @@ def run_prepare(input_spec: str, outdir: Path, chunk_length: int, force: bool = 
     check_input_file(input_spec)
     check_run_paths([input_spec], [*targets, record_path(outdir)])
     check_replaceable(targets, force)
-    path, display = materialise(input_spec, private_spool(outdir) if is_stream(input_spec) else outdir)
-    try:
-        validate_input(path, display)
-        counts = write_identified_files(read_records(path, "dna"), outdir, chunk_length)
-        record_written(targets)
-        return counts
-    finally:
-        if is_stream(input_spec):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+    with made_folder(outdir):
+        path, display = materialise(input_spec, private_spool(outdir) if is_stream(input_spec) else outdir)
+        try:
+            validate_input(path, display)
+            counts = write_identified_files(read_records(path, "dna"), outdir, chunk_length)
+            record_written(targets)
+            return counts
+        finally:
+            if is_stream(input_spec):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()

@@ -40,6 +40,7 @@ from typing import NoReturn
 from virnucpro_trt import __version__
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.ownership import changed_since
 from virnucpro_trt.pipeline.inputs import materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
@@ -112,23 +113,17 @@ def run_split(settings: SplitSettings) -> SplitManifest:
         raise UserError(f"{outdir}: exists and is not a folder")
     check_input_file(settings.input)
     check_run_paths([settings.input], [outdir / SPLIT_JSON], [outdir])
-    created = not outdir.exists()
-    outdir.mkdir(parents=True, exist_ok=True)
-    try:
-        with outdir_lock(outdir):
-            others = _check_empty(outdir)
-            work = outdir / SPLIT_WORK
-            work.mkdir()
-            try:
-                with sigterm_as_interrupt():
-                    if others:
-                        return _finished_split(settings, work, others)
-                    return _split(settings, work)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-    finally:
-        if created and not any(outdir.iterdir()):  # a failed split leaves no folder it made
-            outdir.rmdir()
+    with made_folder(outdir), outdir_lock(outdir):  # a failed split leaves no folder it made
+        others = _check_empty(outdir)
+        work = outdir / SPLIT_WORK
+        work.mkdir()
+        try:
+            with sigterm_as_interrupt():
+                if others:
+                    return _finished_split(settings, work, others)
+                return _split(settings, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 _OURS = re.compile(r"part-\d+\.fa(\.gz)?|stdin\.input|pieces|pieces/piece-\d{7}\.fa")

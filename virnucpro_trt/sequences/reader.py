@@ -150,7 +150,7 @@ def _block_is_clean(ids: list[str], titles: list[str], seqs: list[str], seen: di
 
 
 def read_records(
-    path: str | os.PathLike[str], alphabet: Literal["dna", "protein"] = "dna"
+    path: str | os.PathLike[str], alphabet: Literal["dna", "protein"] = "dna", name: str | None = None
 ) -> Iterator[SeqRecord]:
     """Yield the records of a FASTA/FASTQ file (plain/gzip/bzip2/xz, ``-`` = stdin), validated.
 
@@ -160,13 +160,14 @@ def read_records(
     either case, kept as read; protein: letters and ``*``), undecodable bytes, malformed FASTQ,
     corrupt compressed data. Records before the bad one are yielded first. Empty records (a header
     without sequence) are valid and have ``sequence == ""``; an empty or blank file yields nothing
-    (the caller decides whether to warn).
+    (the caller decides whether to warn). Messages name the input ``name``, by default its path (the
+    caller of a copy of stdin passes ``<stdin>``: the user never named the copy).
     """
     if alphabet not in _ALPHABETS:
         raise ValueError(f"alphabet must be 'dna' or 'protein', got {alphabet!r}")
-    name = display_name(path)
+    name = name or display_name(path)
     with ExitStack() as stack:
-        stream, compression = open_input(path, stack)
+        stream, compression = open_input(path, stack, name)
         fmt, stream = sniff_format(stream, name, compression)
         if fmt == "empty":
             return

@@ -100,16 +100,18 @@ def _magic(head: bytes, table: dict[bytes, str]) -> str | None:
     return next((kind for magic, kind in table.items() if head.startswith(magic)), None)
 
 
-def open_input(path: str | os.PathLike[str], stack: ExitStack) -> tuple[BinaryIO, str]:
+def open_input(
+    path: str | os.PathLike[str], stack: ExitStack, name: str | None = None
+) -> tuple[BinaryIO, str]:
     """Open ``path`` (``-`` = stdin) and return ``(decompressed byte stream, compression name)``.
 
     The stream is registered on ``stack`` for closing. Raises :class:`InputFormatError` for missing
-    files, unsupported compressions and binary data.
+    files, unsupported compressions and binary data, naming the input ``name`` (default: its path).
     """
-    name = display_name(path)
+    name = name or display_name(path)
     try:
         # The ExitStack owns the handle: it must outlive this function (SIM115 does not see that).
-        raw: BinaryIO = sys.stdin.buffer if name == "<stdin>" else stack.enter_context(open(path, "rb"))  # noqa: SIM115
+        raw: BinaryIO = sys.stdin.buffer if str(path) == "-" else stack.enter_context(open(path, "rb"))  # noqa: SIM115
     except FileNotFoundError:
         raise InputFormatError(f"{name}: input file not found") from None
     except IsADirectoryError:

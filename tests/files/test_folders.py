@@ -1,0 +1,44 @@
+"""``made_folder``: the output folders a run makes are removed again when it leaves them empty, and no
+folder that was there before it is ever removed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from virnucpro_trt.files.folders import made_folder
+
+
+def test_every_level_it_made_goes_when_the_run_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), made_folder(tmp_path / "a" / "b" / "c") as folder:
+        assert folder.is_dir()
+        raise RuntimeError("a bad record")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folders_that_were_there_stay_even_when_empty(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    with made_folder(tmp_path / "a" / "b" / "c"):
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["a"] and list((tmp_path / "a").iterdir()) == []
+    with made_folder(tmp_path / "a"):
+        pass
+    assert (tmp_path / "a").is_dir()
+
+
+def test_a_folder_holding_results_stays_and_so_does_every_level_above(tmp_path: Path) -> None:
+    with made_folder(tmp_path / "a" / "b" / "c") as folder:
+        (folder / "result.txt").write_text("x\n")
+    assert (tmp_path / "a" / "b" / "c" / "result.txt").is_file()
+    with made_folder(tmp_path / "x" / "y") as folder:
+        (folder.parent / "note.txt").write_text("someone else's\n")  # written beside it meanwhile
+    assert not (tmp_path / "x" / "y").exists() and (tmp_path / "x" / "note.txt").is_file()
+
+
+def test_a_link_in_the_way_is_not_removed(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with made_folder(tmp_path / "link" / "new"):
+        pass
+    assert (tmp_path / "link").is_symlink() and list((tmp_path / "real").iterdir()) == []
