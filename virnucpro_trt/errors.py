@@ -63,7 +63,7 @@ class NonFiniteError(RunFailure):
     """A batch produced NaN or Inf: results would be silently wrong, so the batch fails."""
 
 
-_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # a failed run to rerun, not a place to change
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 CANNOT_CREATE = {errno.ENOENT, errno.ENOTDIR}  # an output path cannot be made there (cli/main.py)
 
@@ -76,7 +76,7 @@ def describe_os_error(exc: OSError) -> tuple[str, int] | None:
     """
     where = f" ({exc.filename})" if exc.filename else ""
     reason = exc.strerror or str(exc)
-    if exc.errno in _NO_SPACE:
+    if exc.errno in NO_SPACE:
         return f"{reason}{where}: free space (or raise the limit) and rerun the same command", EXIT_FAILURE
     if exc.errno in _NOT_WRITABLE:
         return f"cannot write{where}: {reason}; choose a location you can write to", EXIT_USAGE

@@ -180,6 +180,40 @@ def test_a_run_stopped_while_copying_stdin_leaves_nothing_its_rerun_trips_on(
     assert not (out / ".stdin.input").exists() and not (out / LOCK_FILE).exists()
 
 
+@pytest.mark.parametrize("command", ["prepare", "embed", "split"])
+def test_sigterm_is_an_interrupt_for_every_command(tiny_set, reads_fasta, tmp_path, command):
+    """A scheduler's SIGTERM (Slurm's time limit, Snakemake's cancel) while stdin is still being copied:
+    the command cleans up like Ctrl-C (exit 130, "interrupted"), so neither the copy of stdin nor the
+    folders the run made stay behind (prepare and embed had died at once, leaving both)."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "new" / "out"
+    args = {
+        "prepare": ["-o", str(out)],
+        "embed": ["--model", "dnabert-s", "--weights", str(tiny_set.dnabert), "--device", "cpu",
+                  "-o", str(out / "x.h5")],
+        "split": ["--parts", "2", "-o", str(out)],
+    }[command]  # fmt: skip
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "virnucpro_trt", command, "-", *args]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None
+    data = reads_fasta.read_bytes()
+    proc.stdin.write(data[: len(data) // 2])  # the rest never comes: the copy waits for it
+    proc.stdin.flush()
+    deadline = time.monotonic() + 120
+    while not any(out.rglob("*stdin*")):  # the copy of stdin has begun
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stderr.decode().strip().splitlines()[-1] == "interrupted", stderr
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+
+
 # -- 2. result names no finished run accounts for -------------------------------------------------
 
 

@@ -107,8 +107,8 @@ def test_an_unwritable_outdir_is_one_line_exit_2(tiny_set, reads_fasta, tmp_path
 
     monkeypatch.setattr(Path, "mkdir", read_only)
     result = predict_tiny(tiny_set, reads_fasta, tmp_path / "ro" / "out")
-    assert result.code == 2 and error_lines(result) == [
-        f"error: cannot write ({tmp_path / 'ro' / 'out'}): Read-only file system; choose a location you can "
+    assert result.code == 2 and error_lines(result) == [  # the first level that could not be made
+        f"error: cannot write ({tmp_path / 'ro'}): Read-only file system; choose a location you can "
         "write to"
     ]
 
@@ -128,6 +128,15 @@ def test_an_output_folder_that_cannot_be_created_is_one_line_exit_2(tiny_set, re
             f"error: cannot create {where}: No such file or directory; choose another output location"
         ], result.stderr
         assert "loaded" not in result.stderr  # refused before any model is loaded
+    # /proc itself exists, but no file can be made in it: refused before the model loads, too
+    for result in (
+        run_cli("embed", str(reads_fasta), *dnabert, "-o", "/proc/x.h5"),
+        run_cli("prepare", str(reads_fasta), "-o", "/proc"),
+    ):
+        assert result.code == 2 and error_lines(result) == [
+            "error: cannot write in /proc: No such file or directory; choose another output location"
+        ], result.stderr
+        assert "loaded" not in result.stderr
 
 
 def test_a_missing_file_that_is_no_output_stays_an_unexpected_failure() -> None:

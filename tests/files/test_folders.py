@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.folders import made_folder
 
 
@@ -42,3 +43,36 @@ def test_a_link_in_the_way_is_not_removed(tmp_path: Path) -> None:
     with made_folder(tmp_path / "link" / "new"):
         pass
     assert (tmp_path / "link").is_symlink() and list((tmp_path / "real").iterdir()) == []
+
+
+def test_a_folder_reached_through_dotdot_below_a_new_one_is_never_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-o new/../P/Q/out``: P and P/Q were there (reached through ``new``, which the call makes), so
+    only ``out`` and ``new`` are this call's to remove."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "P" / "Q").mkdir(parents=True)
+    with pytest.raises(RuntimeError), made_folder(Path("new/../P/Q/out")):
+        assert (tmp_path / "P" / "Q" / "out").is_dir() and (tmp_path / "new").is_dir()
+        raise RuntimeError("a bad record")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["P", "P/Q"]
+
+
+def test_a_dangling_link_or_a_file_in_the_way_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "dang").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "afile").write_text("x\n")
+    for name, what in (("dang", "a dangling symbolic link"), ("afile", "a file, not a folder")):
+        with pytest.raises(UserError, match=f"{name} is {what}; choose another output location"):
+            made_folder(tmp_path / name).__enter__()
+    assert (tmp_path / "dang").is_symlink() and (tmp_path / "afile").read_text() == "x\n"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (no file can be made)")
+def test_a_folder_where_no_file_can_be_made_is_refused_at_once() -> None:
+    with pytest.raises(UserError, match=r"^cannot write in /proc: .*; choose another output location$"):
+        made_folder(Path("/proc")).__enter__()
+
+
+def test_the_writability_probe_leaves_nothing(tmp_path: Path) -> None:
+    with made_folder(tmp_path / "out") as folder:
+        assert list(folder.iterdir()) == []

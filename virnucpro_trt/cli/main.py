@@ -39,6 +39,7 @@ from virnucpro_trt.cli.command_options import (
 )
 from virnucpro_trt.engines.registry import auto_help
 from virnucpro_trt.errors import CANNOT_CREATE, EXIT_FAILURE, EXIT_USAGE, VirnucproError, describe_os_error
+from virnucpro_trt.interrupts import sigterm_as_interrupt
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
 from virnucpro_trt.settings import (
     ATTENTION_KERNELS,
@@ -558,7 +559,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps every failure to one line and a documented exit code."""
     CLI_STATE["outputs"] = []  # the output paths this command names (OutputPath), for the error lines
     try:
-        code = cli.main(args=argv, prog_name="virnucpro-trt", standalone_mode=False)
+        with sigterm_as_interrupt():  # a scheduler's stop cleans up like Ctrl-C (interrupts.py)
+            code = cli.main(args=argv, prog_name="virnucpro-trt", standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
     except click.UsageError as exc:  # click prints usage, a hint and a blank line: one line instead

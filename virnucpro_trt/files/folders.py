@@ -1,29 +1,65 @@
-"""Output folders a run makes: created with every missing level, and removed again when left empty.
+"""Output folders a run makes: created level by level, checked writable, removed again when left empty.
 
 A run may remove only what it made. ``-o new/deeper/out`` makes three folders; a run that fails before
 writing anything there (a bad record, a refused model) must not leave them behind, nor remove a folder
-that was there before it started. :func:`made_folder` notes which levels were missing, creates them, and
-on the way out removes those it made that are still empty, deepest first (a folder holding results or
-resumable work stays, and so does every level above it).
+that was there before it started. So :func:`made_folder` creates the path one level at a time as
+written, noting the levels its own ``mkdir`` created: a level that already existed is never noted, even
+when it is reached through ``..`` below a new one (``-o new/../existing``, where a check of the path
+as written sees ``existing`` missing until ``new`` exists). On the way out it removes the levels it
+made that are still empty, deepest first (a folder holding results or resumable work stays, and so does
+every level above it).
+
+Before the command reads anything big or loads a model, a file is made and removed in the folder: a
+place where nothing can be written (``/proc``, a read-only mount) is refused in one line at the start,
+not after minutes of work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from virnucpro_trt.errors import NO_SPACE, UserError
 
 
 @contextlib.contextmanager
 def made_folder(folder: Path) -> Iterator[Path]:
-    """Create ``folder`` with its missing parents; on exit remove the levels this call made, if empty."""
-    missing = [level for level in (folder, *folder.parents) if not level.exists() and not level.is_symlink()]
-    folder.mkdir(parents=True, exist_ok=True)
+    """Create ``folder`` level by level and check a file can be made in it; on exit remove the levels
+    this call made, if empty."""
+    made: list[Path] = []
     try:
+        for level in (*reversed(folder.parents), folder):
+            try:
+                level.mkdir()
+            except OSError as exc:
+                if level.is_dir():  # there before (mkdir may say EEXIST, or EROFS on a read-only mount)
+                    continue
+                if os.path.lexists(level):
+                    kind = "a dangling symbolic link" if level.is_symlink() else "a file, not a folder"
+                    raise UserError(f"{level} is {kind}; choose another output location") from None
+                raise exc from None
+            made.append(level)
+        _check_writable(folder)
         yield folder
     finally:
-        for level in missing:  # deepest first; stops at the first that holds something
+        for level in reversed(made):  # deepest first; stops at the first that holds something
             try:
                 level.rmdir()
             except OSError:
                 break
+
+
+def _check_writable(folder: Path) -> None:
+    """Make and remove one empty file in ``folder``; refuse it in one line (exit 2) when that fails."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".virnucpro-trt-probe-", dir=folder)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:  # a full disk: the failed-run message, exit 1 (cli/main.py)
+            raise
+        reason = exc.strerror or str(exc)
+        raise UserError(f"cannot write in {folder}: {reason}; choose another output location") from None
+    os.close(fd)
+    os.unlink(probe)

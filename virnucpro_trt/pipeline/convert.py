@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
 from virnucpro_trt.models.classifier import (
     ClassifierWeights,
@@ -26,7 +27,7 @@ def run_convert_classifier(checkpoint: Path, output: Path, force: bool = False) 
     check_run_paths([checkpoint], [output, record_path(output.parent)])
     check_replaceable([output], force)
     weights = load_classifier_weights(checkpoint)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_classifier_safetensors(weights, output, source=checkpoint.name)
-    record_written([output])
+    with made_folder(output.parent):
+        save_classifier_safetensors(weights, output, source=checkpoint.name)
+        record_written([output])
     return weights

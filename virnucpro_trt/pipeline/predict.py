@@ -68,7 +68,6 @@ from virnucpro_trt.runtime.coordinator import (
     CoordinatorReport,
     RunInterrupted,
     plan_worker_slots,
-    sigterm_as_interrupt,
 )
 from virnucpro_trt.runtime.progress import ProgressTasks, SilentProgress
 from virnucpro_trt.runtime.resume import LOCK_FILE, WORK_DIR, WorkDir, changed_models, outdir_lock
@@ -132,7 +131,8 @@ def run_predict(
 ) -> dict[str, Any]:
     """Run the whole prediction and return the run summary (also written as run.json).
 
-    Raises :class:`~virnucpro_trt.runtime.coordinator.RunInterrupted` (exit 130) on SIGINT/SIGTERM,
+    Raises :class:`~virnucpro_trt.runtime.coordinator.RunInterrupted` (exit 130) on SIGINT (and SIGTERM
+    under :func:`~virnucpro_trt.interrupts.sigterm_as_interrupt`, as every command runs),
     with the finished shards kept in ``OUTDIR/.work`` for a rerun of the same command. Any other failure
     before a shard finished removes everything this run created (OUTDIR included, when it made it).
     """
@@ -171,18 +171,17 @@ def run_predict(
     work_existed = (outdir / WORK_DIR).exists()
     # a failed run leaves no folder it made; one holding results or resumable work stays
     with made_folder(outdir), outdir_lock(outdir) as lock:
-        with sigterm_as_interrupt():  # SIGTERM while stdin is copied: removed like Ctrl-C
-            # never over another file; noted while it grows, so a SIGKILL's leftover goes on the rerun
-            noted = functools.partial(lock.note, growing=True) if lock is not None else None
-            path, display = materialise(settings.input, outdir / STDIN_SPOOL, noted)
+        # never over another file; noted while it grows, so a SIGKILL's leftover goes on the rerun (a
+        # SIGTERM is an interrupt: cli/main.py)
+        noted = functools.partial(lock.note, growing=True) if lock is not None else None
+        path, display = materialise(settings.input, outdir / STDIN_SPOOL, noted)
         if lock is not None and path == outdir / STDIN_SPOOL:
             lock.note(path)  # a rerun after a SIGKILL removes it (and only it)
         try:
-            with sigterm_as_interrupt():
-                try:
-                    return _run(ctx, path, display)
-                except KeyboardInterrupt:
-                    raise RunInterrupted(INTERRUPTED) from None
+            try:
+                return _run(ctx, path, display)
+            except KeyboardInterrupt:
+                raise RunInterrupted(INTERRUPTED) from None
         except RunInterrupted:
             raise
         except BaseException:

@@ -55,7 +55,6 @@ from virnucpro_trt.pipeline.split_manifest import (
     run_length,
     write_split_manifest,
 )
-from virnucpro_trt.runtime.coordinator import sigterm_as_interrupt
 from virnucpro_trt.runtime.resume import LOCK_FILE, outdir_lock
 from virnucpro_trt.runtime.shards import (
     MIN_SHARD_RECORDS,
@@ -118,10 +117,9 @@ def run_split(settings: SplitSettings) -> SplitManifest:
         work = outdir / SPLIT_WORK
         work.mkdir()
         try:
-            with sigterm_as_interrupt():
-                if others:
-                    return _finished_split(settings, work, others)
-                return _split(settings, work)
+            if others:
+                return _finished_split(settings, work, others)
+            return _split(settings, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
