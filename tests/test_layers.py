@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("engines", "outputs"),
     ("runtime",),
     ("models", "sequences"),
-    ("files", "settings", "environment"),
+    ("files", "settings", "environment", "interrupts"),
     ("errors",),
     (ROOT,),
 ]
