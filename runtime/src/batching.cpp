@@ -1,8 +1,10 @@
 // Token-budget batching (see batching.h for the rule) and the loop that feeds an encoder its batches.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <numeric>
 #include <sstream>
@@ -16,6 +18,41 @@
 
 namespace virnucpro {
 namespace {
+
+// What the host does with a batch's embeddings once the device has computed them -- check that every
+// value is finite, put the rows in their places -- runs on this thread. The batch comes back as a
+// contiguous float32 CPU tensor of a few hundred thousand values, past libtorch's grain size, so
+// torch::isfinite(...).all() and index_copy_ would go through its intra-op thread pool, whose threads
+// fall asleep while the device computes each batch and must be woken for every one: on one 16-thread GPU
+// host that wake-up was the host's largest own cost (its --timing). One pass here takes well under a
+// millisecond. Another dtype, layout or device takes libtorch's path.
+bool plain_floats(const at::Tensor& values) {
+  return values.device().is_cpu() && values.scalar_type() == torch::kFloat32 && values.is_contiguous();
+}
+
+bool all_finite(const at::Tensor& values) {
+  if (!plain_floats(values)) return torch::isfinite(values).all().item<bool>();
+  const float* data = values.data_ptr<float>();
+  bool finite = true;
+  for (int64_t i = 0, n = values.numel(); i < n; ++i) finite &= std::isfinite(data[i]);
+  return finite;
+}
+
+// out[batch[k]] = pooled[k] for every k (index_copy_ with `rows`, the same indices as a tensor).
+void place_rows(at::Tensor& out, const std::vector<int64_t>& batch, const at::Tensor& rows, const at::Tensor& pooled) {
+  const bool plain = plain_floats(out) && plain_floats(pooled) && out.dim() == 2 && pooled.dim() == 2 &&
+                     pooled.size(0) == static_cast<int64_t>(batch.size()) && pooled.size(1) == out.size(1);
+  if (!plain) {
+    out.index_copy_(0, rows, pooled);
+    return;
+  }
+  const int64_t width = out.size(1);
+  float* target = out.data_ptr<float>();
+  const float* source = pooled.data_ptr<float>();
+  for (size_t k = 0; k < batch.size(); ++k) {
+    std::memcpy(target + batch[k] * width, source + static_cast<int64_t>(k) * width, sizeof(float) * width);
+  }
+}
 
 // One batch into `out`; when the encoder runs out of memory, the batch in halves, each run the same way
 // (the Python runtime's rule, runtime/embedding.py), so a budget too large for the device costs speed, not
@@ -53,14 +90,14 @@ void embed_batch(Encoder& encoder, const at::Tensor& ids, const at::Tensor& mask
     embed_batch(encoder, ids, mask, lengths, second, out, stats, batches_run);
     return;
   }
-  const bool finite = torch::isfinite(pooled).all().item<bool>();
+  const bool finite = all_finite(pooled);
   lap(timed.check_s);
   if (!finite) {
     throw std::runtime_error(encoder.kind() + " produced NaN/Inf embeddings in a batch of " +
                              std::to_string(batch.size()) + " items (e.g. #" + std::to_string(batch.front()) +
                              "); try --precision fp32");
   }
-  out.index_copy_(0, rows, pooled);
+  place_rows(out, batch, rows, pooled);
   if (stats) {
     const auto [graph_rows, graph_length] = encoder.computed_shape(static_cast<int64_t>(batch.size()), length);
     stats->batches += 1;

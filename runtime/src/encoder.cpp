@@ -13,6 +13,7 @@
 #include <cctype>
 #include <charconv>
 #include <cstdlib>
+#include <limits>
 #include <system_error>
 
 #ifdef VIRNUCPRO_WITH_CUDA
@@ -58,6 +59,16 @@ int64_t injected_oom_rows() {
     return value ? std::strtoll(value, nullptr, 10) : -1;
   }();
   return rows;
+}
+
+// VIRNUCPRO_HOST_TEST_NAN_AT=I puts a NaN at flat index I of every batch's embeddings (negative: from the
+// end), where a numerically broken engine would, so the tests can see the host refuse the batch.
+void inject_nan(at::Tensor& pooled) {
+  static const char* value = std::getenv("VIRNUCPRO_HOST_TEST_NAN_AT");
+  if (value == nullptr || pooled.numel() == 0) return;
+  int64_t at = std::strtoll(value, nullptr, 10);
+  if (at < 0) at += pooled.numel();
+  if (at >= 0 && at < pooled.numel()) pooled.view({-1})[at] = std::numeric_limits<float>::quiet_NaN();
 }
 #endif
 
@@ -216,7 +227,11 @@ at::Tensor Encoder::embed(const at::Tensor& input_ids, const at::Tensor& attenti
     }
 #endif
     auto outputs = loader_->run({ids.to(device_), mask.to(device_)});
-    return outputs.at(0).slice(0, 0, batch).to(torch::kCPU, torch::kFloat32).contiguous();
+    auto pooled = outputs.at(0).slice(0, 0, batch).to(torch::kCPU, torch::kFloat32).contiguous();
+#ifdef VIRNUCPRO_TEST_HOOKS
+    inject_nan(pooled);
+#endif
+    return pooled;
   } catch (const OutOfMemory&) {
     throw;
   } catch (const c10::OutOfMemoryError& error) {

@@ -230,6 +230,24 @@ def test_a_batch_that_runs_out_of_memory_is_run_in_halves(host_tool, engines, en
     assert "(batch 1 x" in errors[0] and not (tmp_path / "none.pt").exists()
 
 
+@pytest.mark.parametrize("where", ["0", "-1", "-129"])
+def test_a_batch_with_a_nan_embedding_stops_the_host(host_tool, engines, engine_set, tmp_path, where) -> None:
+    """A NaN anywhere in a batch's embeddings (the host's test fault puts one at the first value, the
+    last, or inside the last row but one) stops the host with one line, exit 1, and no outputs, as the
+    Python runtime fails such a batch: the check reads every value."""
+    tokens = _tokens(engine_set, [300, 120, 250, 31, 500], [98, 40, 166, 10, 49], seed=7)
+    arrays = [*pad_batch(tokens["dnabert-s"], 0), *pad_batch(tokens["esm2"], 0)]
+    torch.save(tuple(torch.from_numpy(a) for a in arrays), tmp_path / "in.pt")
+    done = subprocess.run(
+        [str(host_tool), str(engines), str(tmp_path / "in.pt"), str(tmp_path / "none.pt")],
+        capture_output=True, text=True, env={**os.environ, "VIRNUCPRO_HOST_TEST_NAN_AT": where},
+    )  # fmt: skip
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error")]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert "dnabert-s produced NaN/Inf embeddings in a batch of" in errors[0]
+    assert not (tmp_path / "none.pt").exists()
+
+
 def test_a_production_build_has_no_fault_injection(production_build, engines, engine_set, tmp_path) -> None:
     """The fault hook is compiled only into the test suite's host: a default build ignores
     VIRNUCPRO_HOST_TEST_OOM_ROWS and embeds every batch whole."""
