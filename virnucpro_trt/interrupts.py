@@ -17,16 +17,19 @@ from collections.abc import Iterator
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``KeyboardInterrupt`` in the main thread (elsewhere: unchanged)."""
+    """Within the block, the first SIGTERM raises ``KeyboardInterrupt`` in the main thread and later ones
+    are ignored while the command cleans up (elsewhere: unchanged). Python runs the handler between
+    bytecodes: a SIGTERM during one long native call (a compiler's build) takes effect when it returns."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def _raise(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the clean-up short
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _raise)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

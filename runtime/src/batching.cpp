@@ -1,7 +1,7 @@
 // Token-budget batching (see batching.h for the rule) and the loop that feeds an encoder its batches.
 #include <algorithm>
 #include <chrono>
-#include <cmath>
+#include <cstdint>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -30,11 +30,19 @@ bool plain_floats(const at::Tensor& values) {
   return values.device().is_cpu() && values.scalar_type() == torch::kFloat32 && values.is_contiguous();
 }
 
+// The exponent bits, not std::isfinite: a host built with -ffast-math (-ffinite-math-only) may fold
+// std::isfinite to true and let NaN embeddings through.
 bool all_finite(const at::Tensor& values) {
   if (!plain_floats(values)) return torch::isfinite(values).all().item<bool>();
+  static_assert(sizeof(float) == sizeof(uint32_t), "IEEE-754 binary32 floats");
+  constexpr uint32_t kExponent = 0x7f800000u;  // all ones: Inf or NaN
   const float* data = values.data_ptr<float>();
   bool finite = true;
-  for (int64_t i = 0, n = values.numel(); i < n; ++i) finite &= std::isfinite(data[i]);
+  for (int64_t i = 0, n = values.numel(); i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, data + i, sizeof bits);
+    finite &= (bits & kExponent) != kExponent;
+  }
   return finite;
 }
 

@@ -186,7 +186,12 @@ def test_resume_after_sigkill_of_the_process_group(tiny_set, many_reads, referen
 
 
 @pytest.mark.slow
-def test_sigint_stops_workers_and_the_run_resumes(tiny_set, many_reads, reference_small, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_an_interrupt_stops_workers_and_the_run_resumes(
+    tiny_set, many_reads, reference_small, tmp_path, stop
+):
+    """Ctrl-C in a terminal (SIGINT to the whole process group), or a scheduler's stop (SIGTERM to the
+    main process only): the workers are stopped, the finished shards kept, exit 130; the rerun resumes."""
     out = tmp_path / "out"
     args = _args(tiny_set, many_reads, out, *SMALL_SHARDS)
     cmd = [sys.executable, "-m", "virnucpro_trt", *args, "--workers", "2", "--threads", "2"]
@@ -201,7 +206,10 @@ def test_sigint_stops_workers_and_the_run_resumes(tiny_set, many_reads, referenc
     )
     try:
         _wait_for_a_finished_shard(proc, out / ".work" / "results")
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        if stop == "SIGINT":
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        else:
+            os.kill(proc.pid, signal.SIGTERM)  # what a scheduler's stop does
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:

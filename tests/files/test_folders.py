@@ -76,3 +76,9 @@ def test_a_folder_where_no_file_can_be_made_is_refused_at_once() -> None:
 def test_the_writability_probe_leaves_nothing(tmp_path: Path) -> None:
     with made_folder(tmp_path / "out") as folder:
         assert list(folder.iterdir()) == []
+
+
+def test_a_level_the_run_removed_itself_does_not_keep_the_ones_above(tmp_path: Path) -> None:
+    with made_folder(tmp_path / "m" / "n") as folder:
+        folder.rmdir()
+    assert list(tmp_path.iterdir()) == []

@@ -249,16 +249,16 @@ def test_a_batch_with_a_nan_embedding_stops_the_host(host_tool, engines, engine_
 
 
 def test_a_production_build_has_no_fault_injection(production_build, engines, engine_set, tmp_path) -> None:
-    """The fault hook is compiled only into the test suite's host: a default build ignores
-    VIRNUCPRO_HOST_TEST_OOM_ROWS and embeds every batch whole."""
+    """The fault hooks are compiled only into the test suite's host: a default build ignores
+    VIRNUCPRO_HOST_TEST_OOM_ROWS and VIRNUCPRO_HOST_TEST_NAN_AT, and embeds every batch whole."""
     production = production_build.tool
     tokens = _tokens(engine_set, [300, 120, 250, 31, 500], [98, 40, 166, 10, 49], seed=6)
     batches, got, timing = _run(
         production, engines, engine_set, tokens, tmp_path, "--max-batch-tokens", "4096",
-        "--print-batches", env={"VIRNUCPRO_HOST_TEST_OOM_ROWS": "0"},
+        "--print-batches", env={"VIRNUCPRO_HOST_TEST_OOM_ROWS": "0", "VIRNUCPRO_HOST_TEST_NAN_AT": "0"},
     )  # fmt: skip
     want = _python_batches(engine_set, tokens, 4096)
-    assert "ran out of memory" not in timing["stderr"]
+    assert "ran out of memory" not in timing["stderr"] and "NaN" not in timing["stderr"]
     for kind, encoder in (("dnabert-s", engine_set.dnabert), ("esm2", engine_set.esm)):
         assert batches[kind] == want[kind]
         np.testing.assert_allclose(got[kind], embed_sequences(encoder.backend, tokens[kind], 4096), atol=1e-5)

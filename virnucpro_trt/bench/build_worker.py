@@ -42,24 +42,39 @@ def build_in_child(settings: Any) -> None:
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
     ) as child:
         assert child.stdout is not None
-        for raw in child.stdout:
-            line = raw.rstrip()
-            if line.startswith(_ERROR_PREFIX):
-                error = line[len(_ERROR_PREFIX) :]
-            elif line.startswith(_LOG_PREFIX):
-                level, _, message = line[len(_LOG_PREFIX) :].partition(" ")
-                log.log(
-                    logging.getLevelName(level) if level.isupper() else logging.INFO, "build: %s", message
-                )
-            elif line:
-                tail.append(line)
-                log.debug("build: %s", line)
+        try:
+            for raw in child.stdout:
+                line = raw.rstrip()
+                if line.startswith(_ERROR_PREFIX):
+                    error = line[len(_ERROR_PREFIX) :]
+                elif line.startswith(_LOG_PREFIX):
+                    level, _, message = line[len(_LOG_PREFIX) :].partition(" ")
+                    log.log(
+                        logging.getLevelName(level) if level.isupper() else logging.INFO, "build: %s", message
+                    )
+                elif line:
+                    tail.append(line)
+                    log.debug("build: %s", line)
+        except BaseException:  # interrupted (SIGTERM reaches only this process): the child goes too
+            _stop(child)
+            raise
         code = child.wait()
     if code == 0:
         return
     if error is None and code < 0:
         error = f"the build process was killed by {signal.Signals(-code).name}"
     raise BuildFailed(error or f"the build process exited with {code}: {tail[-1] if tail else 'no output'}")
+
+
+def _stop(child: subprocess.Popen[str]) -> None:
+    """Terminate the build child and wait for it (killed after 30 s), so it holds no device nor folder
+    that the interrupted parent is about to clean up."""
+    child.terminate()
+    try:
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def main(argv: list[str]) -> int:

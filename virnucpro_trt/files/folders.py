@@ -48,18 +48,22 @@ def made_folder(folder: Path) -> Iterator[Path]:
         for level in reversed(made):  # deepest first; stops at the first that holds something
             try:
                 level.rmdir()
+            except FileNotFoundError:  # removed meanwhile (by the run itself): the ones above may be empty
+                continue
             except OSError:
                 break
 
 
 def _check_writable(folder: Path) -> None:
-    """Make and remove one empty file in ``folder``; refuse it in one line (exit 2) when that fails."""
+    """Make one empty file in ``folder`` and close it; refuse the folder in one line (exit 2) when that
+    fails. The file has no name where the system allows (Linux's ``O_TMPFILE``), elsewhere it is
+    unlinked as soon as it is made: an interrupted run leaves no probe that the next run would have to
+    take for a stranger's file."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=".virnucpro-trt-probe-", dir=folder)
+        with tempfile.TemporaryFile(prefix=".virnucpro-trt-probe-", dir=folder):
+            pass
     except OSError as exc:
         if exc.errno in NO_SPACE:  # a full disk: the failed-run message, exit 1 (cli/main.py)
             raise
         reason = exc.strerror or str(exc)
         raise UserError(f"cannot write in {folder}: {reason}; choose another output location") from None
-    os.close(fd)
-    os.unlink(probe)

@@ -16,8 +16,9 @@ Why it is shaped like this:
 * **Deterministic errors** (:class:`~virnucpro_trt.errors.VirnucproError`: wrong model, NaN embeddings,
   a sequence longer than an engine's shape range) end the run at once with their own message and exit
   code: retrying would only repeat them.
-* **SIGINT/SIGTERM** stop the workers (SIGTERM to processes; inline: at the next batch) and raise
-  :class:`RunInterrupted`; finished shards stay in ``OUTDIR/.work`` for the rerun to skip.
+* **SIGINT** (and SIGTERM, which the CLI turns into the same interrupt: ``interrupts.py``) stops the
+  workers (SIGTERM to processes; inline: at the next batch) and raises :class:`RunInterrupted`; finished
+  shards stay in ``OUTDIR/.work`` for the rerun to skip.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ _JOIN_S = 10.0
 
 
 class RunInterrupted(VirnucproError):
-    """SIGINT/SIGTERM: workers stopped, finished shards kept for a rerun."""
+    """SIGINT (or the CLI's SIGTERM): workers stopped, finished shards kept for a rerun."""
 
     exit_code = 130
 
@@ -455,12 +456,13 @@ class Coordinator:
         self.workers.clear()
 
     def _stop_all(self) -> None:
-        """Stop every worker now (failure or interrupt); a second Ctrl-C meanwhile is ignored."""
+        """Stop every worker now (failure or interrupt); a further Ctrl-C or SIGTERM meanwhile is ignored
+        (raised in the middle of the reaping, it would leave workers running)."""
         if not self.workers:
             return
-        previous = None
+        previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             for worker in self.workers.values():
                 worker.terminate()
@@ -469,8 +471,8 @@ class Coordinator:
                 _reap(worker, max(0.1, deadline - time.monotonic()), "kill")
             self.workers.clear()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _reap(worker: _Worker, wait_s: float, escalate: str) -> None:

@@ -1,0 +1,41 @@
+"""SIGTERM as Ctrl-C (``interrupts.py``): raised once as KeyboardInterrupt, ignored while the command
+cleans up, the previous handler back afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from virnucpro_trt.interrupts import sigterm_as_interrupt
+
+
+def test_the_first_sigterm_interrupts_and_a_second_is_ignored_during_the_clean_up() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = False
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not interrupt")
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's second signal: ignored, not a new interrupt
+            cleaned = True
+    assert cleaned and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_handler_not_set_from_python_comes_back_as_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = signal.signal
+    calls: list[object] = []
+
+    def recording(sig: int, handler: object) -> object:
+        calls.append(handler)
+        previous = real(sig, handler)  # type: ignore[arg-type]
+        return None if len(calls) == 1 else previous  # what signal.signal says for a C-level handler
+
+    monkeypatch.setattr(signal, "signal", recording)
+    with sigterm_as_interrupt():
+        pass
+    monkeypatch.undo()
+    assert calls[-1] == signal.SIG_DFL
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
