@@ -138,6 +138,30 @@ def test_a_stdin_copy_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
     assert not killed.exists()
 
 
+def _signal_while_copying_stdin(args: list[str], data: bytes, out: Path, sig: str) -> tuple[int, bytes]:
+    """``virnucpro-trt ARGS`` in a new process, given half of ``data`` on stdin (the rest never comes, so
+    the copy of stdin waits); once the copy exists below ``out``, send ``sig``. Returns the exit code and
+    stderr."""
+    import signal
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "virnucpro_trt", *args]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdin is not None
+    proc.stdin.write(data[: len(data) // 2])
+    proc.stdin.flush()
+    deadline = time.monotonic() + 120
+    while not any(out.rglob("*stdin*")):  # the copy of stdin has begun
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(getattr(signal, sig))
+    _, stderr = proc.communicate(timeout=60)
+    return proc.returncode, stderr
+
+
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
 def test_a_run_stopped_while_copying_stdin_leaves_nothing_its_rerun_trips_on(
     tiny_set, reads_fasta, tmp_path, monkeypatch, sig
@@ -146,31 +170,15 @@ def test_a_run_stopped_while_copying_stdin_leaves_nothing_its_rerun_trips_on(
     (exit 130, the copy and the folder it made removed); after SIGKILL the rerun removes the copy it
     finds noted as still growing. Either way the same command then runs (it used to be refused for
     good: '.stdin.input already exists; this run did not make it')."""
-    import signal
-    import subprocess
-
     out = tmp_path / "out"
-    repo = Path(__file__).resolve().parents[2]
-    cmd = [
-        sys.executable, "-m", "virnucpro_trt", "predict", "-", "-o", str(out), "--dnabert",
-        str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier),
-        "--device", "cpu", "--threads", "1",
+    args = [
+        "predict", "-", "-o", str(out), "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf),
+        "--classifier", str(tiny_set.classifier), "--device", "cpu", "--threads", "1",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert proc.stdin is not None
     data = reads_fasta.read_bytes()
-    proc.stdin.write(data[: len(data) // 2])  # the rest never comes: the copy waits for it
-    proc.stdin.flush()
-    deadline = time.monotonic() + 120
-    while not (out / ".stdin.input").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(getattr(signal, sig))
-    _, stderr = proc.communicate(timeout=60)
+    code, stderr = _signal_while_copying_stdin(args, data, out, sig)
     if sig == "SIGTERM":
-        assert proc.returncode == 130 and b"interrupted" in stderr, stderr
+        assert code == 130 and b"interrupted" in stderr, stderr
         assert not out.exists()
     else:
         assert (out / ".stdin.input").exists() and (out / LOCK_FILE).exists()  # what SIGKILL leaves
@@ -185,9 +193,6 @@ def test_sigterm_is_an_interrupt_for_every_command(tiny_set, reads_fasta, tmp_pa
     """A scheduler's SIGTERM (Slurm's time limit, Snakemake's cancel) while stdin is still being copied:
     the command cleans up like Ctrl-C (exit 130, "interrupted"), so neither the copy of stdin nor the
     folders the run made stay behind (prepare and embed had died at once, leaving both)."""
-    import signal
-    import subprocess
-
     out = tmp_path / "new" / "out"
     args = {
         "prepare": ["-o", str(out)],
@@ -195,22 +200,9 @@ def test_sigterm_is_an_interrupt_for_every_command(tiny_set, reads_fasta, tmp_pa
                   "-o", str(out / "x.h5")],
         "split": ["--parts", "2", "-o", str(out)],
     }[command]  # fmt: skip
-    repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "virnucpro_trt", command, "-", *args]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert proc.stdin is not None
     data = reads_fasta.read_bytes()
-    proc.stdin.write(data[: len(data) // 2])  # the rest never comes: the copy waits for it
-    proc.stdin.flush()
-    deadline = time.monotonic() + 120
-    while not any(out.rglob("*stdin*")):  # the copy of stdin has begun
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and stderr.decode().strip().splitlines()[-1] == "interrupted", stderr
+    code, stderr = _signal_while_copying_stdin([command, "-", *args], data, out, "SIGTERM")
+    assert code == 130 and stderr.decode().strip().splitlines()[-1] == "interrupted", stderr
     assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
 
 

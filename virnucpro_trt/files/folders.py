@@ -9,8 +9,9 @@ as written sees ``existing`` missing until ``new`` exists). On the way out it re
 made that are still empty, deepest first (a folder holding results or resumable work stays, and so does
 every level above it).
 
-Before the command reads anything big or loads a model, a file is made and removed in the folder: a
-place where nothing can be written (``/proc``, a read-only mount) is refused in one line at the start,
+As the folder is entered, a file is made there (without a name: nothing can be left behind): a place
+where nothing can be written (``/proc``, a read-only mount) is refused in one line when the command
+starts its writing, which every command does before it reads the input through or loads an encoder,
 not after minutes of work.
 """
 
