@@ -20,20 +20,16 @@ namespace virnucpro {
 namespace {
 
 // What the host does with a batch's embeddings once the device has computed them -- check that every
-// value is finite, put the rows in their places -- runs on this thread. The batch comes back as a
-// contiguous float32 CPU tensor of a few hundred thousand values, past libtorch's grain size, so
-// torch::isfinite(...).all() and index_copy_ would go through its intra-op thread pool, whose threads
-// fall asleep while the device computes each batch and must be woken for every one: on one 16-thread GPU
-// host that wake-up was the host's largest own cost (its --timing). One pass here takes well under a
-// millisecond. Another dtype, layout or device takes libtorch's path.
-bool plain_floats(const at::Tensor& values) {
-  return values.device().is_cpu() && values.scalar_type() == torch::kFloat32 && values.is_contiguous();
-}
+// value is finite, put the rows in their places -- runs on this thread. Encoder::embed returns the batch
+// as a contiguous float32 CPU tensor [rows, dim] of a few hundred thousand values, past libtorch's grain
+// size, so torch::isfinite(...).all() and index_copy_ would go through its intra-op thread pool, whose
+// threads fall asleep while the device computes each batch and must be woken for every one: on one
+// 16-thread GPU host that wake-up was the host's largest own cost (its --timing). One pass here takes well
+// under a millisecond.
 
 // The exponent bits, not std::isfinite: a host built with -ffast-math (-ffinite-math-only) may fold
 // std::isfinite to true and let NaN embeddings through.
 bool all_finite(const at::Tensor& values) {
-  if (!plain_floats(values)) return torch::isfinite(values).all().item<bool>();
   static_assert(sizeof(float) == sizeof(uint32_t), "IEEE-754 binary32 floats");
   constexpr uint32_t kExponent = 0x7f800000u;  // all ones: Inf or NaN
   const float* data = values.data_ptr<float>();
@@ -46,14 +42,8 @@ bool all_finite(const at::Tensor& values) {
   return finite;
 }
 
-// out[batch[k]] = pooled[k] for every k (index_copy_ with `rows`, the same indices as a tensor).
-void place_rows(at::Tensor& out, const std::vector<int64_t>& batch, const at::Tensor& rows, const at::Tensor& pooled) {
-  const bool plain = plain_floats(out) && plain_floats(pooled) && out.dim() == 2 && pooled.dim() == 2 &&
-                     pooled.size(0) == static_cast<int64_t>(batch.size()) && pooled.size(1) == out.size(1);
-  if (!plain) {
-    out.index_copy_(0, rows, pooled);
-    return;
-  }
+// out[batch[k]] = pooled[k] for every k (both contiguous float32, rows of the same width).
+void place_rows(at::Tensor& out, const std::vector<int64_t>& batch, const at::Tensor& pooled) {
   const int64_t width = out.size(1);
   float* target = out.data_ptr<float>();
   const float* source = pooled.data_ptr<float>();
@@ -62,9 +52,6 @@ void place_rows(at::Tensor& out, const std::vector<int64_t>& batch, const at::Te
   }
 }
 
-// One batch into `out`; when the encoder runs out of memory, the batch in halves, each run the same way
-// (the Python runtime's rule, runtime/embedding.py), so a budget too large for the device costs speed, not
-// the run. `batches_run` and `stats` get the batches that ran. A single item that does not fit rethrows.
 void embed_batch(Encoder& encoder, const at::Tensor& ids, const at::Tensor& mask, const std::vector<int64_t>& lengths,
                  const std::vector<int64_t>& batch, at::Tensor& out, BatchStats* stats,
                  std::vector<std::vector<int64_t>>* batches_run) {
@@ -98,6 +85,10 @@ void embed_batch(Encoder& encoder, const at::Tensor& ids, const at::Tensor& mask
     embed_batch(encoder, ids, mask, lengths, second, out, stats, batches_run);
     return;
   }
+  if (!pooled.device().is_cpu() || pooled.scalar_type() != torch::kFloat32 || !pooled.is_contiguous() ||
+      pooled.dim() != 2 || pooled.size(0) != static_cast<int64_t>(batch.size()) || pooled.size(1) != out.size(1)) {
+    throw std::logic_error(encoder.kind() + ": embeddings not in Encoder::embed's layout");  // a bug, not input
+  }
   const bool finite = all_finite(pooled);
   lap(timed.check_s);
   if (!finite) {
@@ -105,7 +96,7 @@ void embed_batch(Encoder& encoder, const at::Tensor& ids, const at::Tensor& mask
                              std::to_string(batch.size()) + " items (e.g. #" + std::to_string(batch.front()) +
                              "); try --precision fp32");
   }
-  place_rows(out, batch, rows, pooled);
+  place_rows(out, batch, pooled);
   if (stats) {
     const auto [graph_rows, graph_length] = encoder.computed_shape(static_cast<int64_t>(batch.size()), length);
     stats->batches += 1;
