@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from virnucpro_trt.errors import NO_SPACE, UserError
+from virnucpro_trt.files.names import not_a_folder
 
 
 @contextlib.contextmanager
@@ -39,8 +40,8 @@ def made_folder(folder: Path) -> Iterator[Path]:
                 if level.is_dir():  # there before (mkdir may say EEXIST, or EROFS on a read-only mount)
                     continue
                 if os.path.lexists(level):
-                    kind = "a dangling symbolic link" if level.is_symlink() else "a file, not a folder"
-                    raise UserError(f"{level} is {kind}; choose another output location") from None
+                    what = not_a_folder(level)
+                    raise UserError(f"{level} is {what}; choose another output location") from None
                 raise exc from None
             made.append(level)
         _check_writable(folder)

@@ -56,6 +56,11 @@ def same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
+def not_a_folder(path: Path) -> str:
+    """What occupies ``path`` where a folder should be (it exists and is not one), for a refusal."""
+    return "a dangling symbolic link" if path.is_symlink() else "a file, not a folder"
+
+
 def check_parent_folders(path: Path) -> None:
     """Refuse (exit 2) an output path that cannot be created because one of the folders above it is a
     file (``-o notes.txt/out``): said in one line now, rather than as a ``NotADirectoryError`` later.
@@ -66,7 +71,7 @@ def check_parent_folders(path: Path) -> None:
         if folder.is_dir():
             return
         if os.path.lexists(folder):
-            kind = "a dangling symbolic link" if folder.is_symlink() else "a file, not a folder"
             raise UserError(
-                f"{folder} is {kind}, so {path} cannot be made below it; choose another output location"
+                f"{folder} is {not_a_folder(folder)}, so {path} cannot be made below it; choose another "
+                "output location"
             )

@@ -26,8 +26,8 @@ from virnucpro_trt.files.ownership import check_replaceable, record_path, record
 from virnucpro_trt.models.kinds import ENCODERS
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.encoders import open_models
-from virnucpro_trt.pipeline.inputs import materialise, private_spool, validate_input
-from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths, is_stream
+from virnucpro_trt.pipeline.inputs import readable_input, validate_input
+from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.sequences.reader import read_records
 from virnucpro_trt.settings import EmbedSettings
 
@@ -47,15 +47,9 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
         [settings.input, settings.weights], [settings.output, record_path(settings.output.parent)]
     )
     check_replaceable([settings.output], settings.force)
-    with made_folder(settings.output.parent):
-        spool = private_spool(settings.output.parent) if is_stream(settings.input) else settings.output
-        path, display = materialise(settings.input, spool)
-        try:
-            return _embed(settings, path, display)
-        finally:
-            if is_stream(settings.input):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+    folder = settings.output.parent
+    with made_folder(folder), readable_input(settings.input, folder) as (path, display):
+        return _embed(settings, path, display)
 
 
 def _embed(settings: EmbedSettings, path: Path, display: str) -> dict[str, Any]:

@@ -7,11 +7,12 @@ one line naming the record, before any model is loaded and before any result fil
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -73,6 +74,20 @@ def materialise(
         remove_quietly(spool)
         raise
     return spool, "<stdin>" if input_spec == STDIN else input_spec
+
+
+@contextlib.contextmanager
+def readable_input(input_spec: str, folder: Path) -> Iterator[tuple[Path, str]]:
+    """``input_spec`` as a path that can be read more than once, with the name messages give it, for the
+    commands that take no lock (``prepare``, ``embed``): stdin or a pipe is copied to a private name in
+    ``folder`` (:func:`private_spool`), and the copy is removed on the way out, whatever happens."""
+    stream = is_stream(input_spec)
+    path, display = materialise(input_spec, private_spool(folder) if stream else Path(input_spec))
+    try:
+        yield path, display
+    finally:
+        if stream:
+            remove_quietly(path)
 
 
 def private_spool(folder: Path) -> Path:

@@ -6,14 +6,13 @@ their paths is refused unless ``force`` (``files/ownership.py``: the rule every 
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
-from virnucpro_trt.pipeline.inputs import materialise, private_spool, validate_input
-from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths, is_stream
+from virnucpro_trt.pipeline.inputs import readable_input, validate_input
+from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.sequences.prepare import NUCLEOTIDE_FILE, PROTEIN_FILE, write_identified_files
 from virnucpro_trt.sequences.reader import read_records
 
@@ -25,14 +24,8 @@ def run_prepare(input_spec: str, outdir: Path, chunk_length: int, force: bool = 
     check_input_file(input_spec)
     check_run_paths([input_spec], [*targets, record_path(outdir)])
     check_replaceable(targets, force)
-    with made_folder(outdir):
-        path, display = materialise(input_spec, private_spool(outdir) if is_stream(input_spec) else outdir)
-        try:
-            validate_input(path, display)
-            counts = write_identified_files(read_records(path, "dna"), outdir, chunk_length)
-            record_written(targets)
-            return counts
-        finally:
-            if is_stream(input_spec):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+    with made_folder(outdir), readable_input(input_spec, outdir) as (path, display):
+        validate_input(path, display)
+        counts = write_identified_files(read_records(path, "dna"), outdir, chunk_length)
+        record_written(targets)
+        return counts
