@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -194,3 +196,28 @@ def test_a_crashing_build_child_is_named_by_its_signal(tmp_path, monkeypatch) ->
         build_worker.build_in_child(
             BuildSettings("d", "e", "c", tmp_path / "engines", "inductor", "bf16", "cpu")
         )
+
+
+def test_an_interrupted_bench_stops_its_build_child(tmp_path, monkeypatch) -> None:
+    """Ctrl-C (or SIGTERM, which the CLI turns into it) reaches only bench's own process; the build child
+    must not go on compiling into a folder the interrupted run is about to clean up."""
+    from virnucpro_trt.bench import build_worker
+    from virnucpro_trt.engines.build import BuildSettings
+
+    pid_file = tmp_path / "child.pid"
+    slow = tmp_path / "slow.sh"
+    slow.write_text(f"#!/bin/sh\necho $$ > {pid_file}\necho 'compiling...'\nexec sleep 30\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(build_worker.sys, "executable", str(slow))
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_worker.log, "debug", interrupted)  # the Ctrl-C lands as the first line is read
+    with pytest.raises(KeyboardInterrupt):
+        build_worker.build_in_child(
+            BuildSettings("d", "e", "c", tmp_path / "engines", "inductor", "bf16", "cpu")
+        )
+    child = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # stopped and reaped, not left sleeping
+        os.kill(child, 0)
