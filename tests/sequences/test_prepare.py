@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,24 @@ def test_writer_fed_with_blocks_matches(fasta: Path, tmp_path: Path) -> None:
     assert writer.counts == counts
     for name in (NUCLEOTIDE_FILE, PROTEIN_FILE):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_nothing_planted_at_a_temporary_name_is_written_through(fasta: Path, tmp_path: Path) -> None:
+    """The files are written under unguessable names, created new: a link planted where an older
+    version put them (``.NAME.<pid>.partial``) is neither followed nor removed."""
+    outdir, victim = tmp_path / "out", tmp_path / "victim.txt"
+    outdir.mkdir()
+    victim.write_text("not ours\n")
+    planted = [outdir / f".{name}.{os.getpid()}.partial" for name in (NUCLEOTIDE_FILE, PROTEIN_FILE)]
+    for link in planted:
+        link.symlink_to(victim)
+    write_identified_files(read_records(fasta), outdir, 500)
+    assert victim.read_text() == "not ours\n"
+    assert all(link.is_symlink() for link in planted)
+    assert (outdir / PROTEIN_FILE).read_text().startswith(">")
+    assert sorted(p.name for p in outdir.iterdir() if not p.is_symlink()) == sorted(
+        [NUCLEOTIDE_FILE, PROTEIN_FILE]
+    )
 
 
 def test_block_structure(fasta: Path) -> None:

@@ -19,7 +19,7 @@ from Bio.SeqIO.QualityIO import FastqGeneralIterator
 from virnucpro_trt.errors import InputFormatError, UserError
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.sequences import sources
-from virnucpro_trt.sequences.reader import SeqRecord, read_records, spool_stdin
+from virnucpro_trt.sequences.reader import SeqRecord, read_records
 
 FASTA = ">r1 first read\nACGTACGTNN\nacgt\n>r2\nRYSWKMBDHVU\n>r3\tdesc\n\n"
 EXPECTED = [
@@ -242,13 +242,10 @@ def test_unknown_alphabet(tmp_path: Path) -> None:
         list(read_records(_write(tmp_path, "a.fa", FASTA), "rna"))  # type: ignore[arg-type]
 
 
-def test_sha256_and_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sha256(tmp_path: Path) -> None:
     data = gzip.compress(FASTA.encode())
     path = _write(tmp_path, "a.gz", data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
-    spooled = spool_stdin(tmp_path / "stdin.bin")
-    assert spooled.read_bytes() == data and list(read_records(spooled)) == EXPECTED
 
 
 def _records(*seqs: str) -> list[SeqRecord]:

@@ -16,7 +16,7 @@ from virnucpro_trt.sequences.prepare import (
     prepare_blocks,
     write_identified_files,
 )
-from virnucpro_trt.sequences.reader import SeqRecord, read_records, spool_stdin
+from virnucpro_trt.sequences.reader import SeqRecord, read_records
 from virnucpro_trt.sequences.translation import FrameSelection, reverse_complement, select_frames
 
 __all__ = [
@@ -37,6 +37,5 @@ __all__ = [
     "read_records",
     "reverse_complement",
     "select_frames",
-    "spool_stdin",
     "write_identified_files",
 ]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virnucpro_trt.files.atomic import exclusive_mode, temporary_name
 from virnucpro_trt.sequences.chunking import chunk_bounds
 from virnucpro_trt.sequences.reader import SeqRecord
 from virnucpro_trt.sequences.translation import FRAME_SUFFIXES, FrameSelection, select_frames
@@ -307,8 +308,9 @@ class IdentifiedFilesWriter:
     def __init__(self, outdir: str | os.PathLike[str]) -> None:
         self.outdir = Path(outdir)
         self.targets = (self.outdir / NUCLEOTIDE_FILE, self.outdir / PROTEIN_FILE)
-        # Our own temporary names (not mkstemp) so the final files get the usual umask permissions.
-        self._temps = tuple(t.with_name(f".{t.name}.{os.getpid()}.partial") for t in self.targets)
+        # Unguessable names created exclusively (files.atomic: nothing planted at a name is written
+        # through); not mkstemp, so the final files get the usual umask permissions.
+        self._temps = tuple(temporary_name(t) for t in self.targets)
         self._stack = ExitStack()
         self.counts = dict.fromkeys(
             ("records", "empty_records", "bases", "chunks", "frames", "records_without_frames"), 0
@@ -319,8 +321,9 @@ class IdentifiedFilesWriter:
         for target in self.targets:
             target.unlink(missing_ok=True)
         try:
+            mode = exclusive_mode("w")
             self._nuc, self._prot = (
-                self._stack.enter_context(open(tmp, "w", encoding="utf-8", newline="\n", buffering=1 << 20))  # noqa: SIM115
+                self._stack.enter_context(open(tmp, mode, encoding="utf-8", newline="\n", buffering=1 << 20))  # noqa: SIM115
                 for tmp in self._temps
             )
         except BaseException:

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import sys
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from virnucpro_trt.errors import InputFormatError
 from virnucpro_trt.sequences.parsing import Block, fasta_blocks, fastq_blocks, first_id, record_label
 from virnucpro_trt.sequences.sources import (
-    BLOCK_BYTES,
     CorruptInput,
     decoded_blocks,
     display_name,
@@ -35,7 +31,6 @@ __all__ = [
     "SeqRecord",
     "read_records",
     "refuse_nucleotide_like",
-    "spool_stdin",
 ]
 
 #: IUPAC nucleotide codes (U included), either case. Kept as read: translation decides what they mean.
@@ -254,11 +249,3 @@ def _describe(alphabet: str) -> str:
     if alphabet == "dna":
         return "IUPAC nucleotide codes ACGTURYSWKMBDHVN in either case"
     return "letters A-Z in either case and '*'"
-
-
-def spool_stdin(dest: Path) -> Path:
-    """Copy stdin's raw bytes to ``dest`` so a piped input can be hashed and read more than once."""
-    dest = Path(dest)
-    with open(dest, "wb") as out:
-        shutil.copyfileobj(sys.stdin.buffer, out, BLOCK_BYTES)
-    return dest
