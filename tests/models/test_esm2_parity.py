@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.models.checkpoints import load_esm2
 from virnucpro_trt.models.esm2 import ESM2_CONFIGS, MASK_RATIO_TRAIN, Esm2Config, default_inv_freq
 from virnucpro_trt.models.random_checkpoints import (
@@ -158,6 +160,32 @@ def test_token_dropout_scaling_without_and_with_mask(esm_hf_dir: Path, as_tensor
         torch.testing.assert_close(embedded[row], expected, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(embedded[0][real[0]], table[ids[0][real[0]]] * 0.88, atol=1e-6, rtol=1e-6)
     assert_matches_hf(encoder, hf_model(esm_hf_dir), ids, mask)
+
+
+def test_a_config_that_leaves_fields_out_means_what_transformers_reads(
+    tmp_path: Path, as_tensors
+) -> None:
+    """A hand-written config.json without ``token_dropout`` and ``layer_norm_eps`` gets EsmConfig's
+    defaults (false, 1e-12), as transformers loads it; ESM-2's own values (true, 1e-5) scaled every
+    embedding by 0.88."""
+    folder = write_esm_hf_checkpoint(tmp_path / "minimal", seed=6)
+    config = json.loads((folder / "config.json").read_text())
+    assert config.pop("token_dropout") is True and config.pop("layer_norm_eps") == 1e-5
+    (folder / "config.json").write_text(json.dumps(config))
+    encoder, _, info = load_esm2(folder)
+    assert info["config"]["token_dropout"] is False and info["config"]["layer_norm_eps"] == 1e-12
+    assert_matches_hf(encoder, hf_model(folder), *protein_batch(as_tensors, seed=6))
+
+
+@pytest.mark.parametrize("theta", [500000.0, "10000", True])
+def test_a_rotary_base_other_than_esm2s_is_refused(tmp_path: Path, theta: object) -> None:
+    folder = write_esm_hf_checkpoint(tmp_path / "theta", seed=6)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "rope_theta": theta}))
+    with pytest.raises(CheckpointError, match=r"rope_theta is .*base 10000, and no other is supported"):
+        load_esm2(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "rope_theta": 10000.0}))  # transformers 5
+    load_esm2(folder)
 
 
 @pytest.mark.parametrize("weights_format", ["safetensors", "bin"])

@@ -45,8 +45,8 @@ from virnucpro_trt.models.checkpoint_io import (
     to_float32,
     with_current_norm_names,
 )
-from virnucpro_trt.models.config_checks import checked_layer_norm_eps, config_bool, config_int
-from virnucpro_trt.models.esm2 import Esm2Config, Esm2Encoder, default_inv_freq
+from virnucpro_trt.models.config_checks import checked_layer_norm_eps, config_bool, config_int, show_value
+from virnucpro_trt.models.esm2 import ROTARY_BASE, Esm2Config, Esm2Encoder, default_inv_freq
 from virnucpro_trt.models.tokenization import ProteinTokenizer, check_token_ids_fit
 
 # Hugging Face EsmModel names -> fair-esm names (applied after the ``esm.`` prefix is removed).
@@ -182,8 +182,18 @@ def _read_hf_folder(folder: Path) -> tuple[StateDict, Esm2Config, ProteinTokeniz
 def _hf_config(cfg: dict[str, Any], tokenizer: ProteinTokenizer, where: str) -> Esm2Config:
     """EsmConfig fields -> Esm2Config; special ids must agree with vocab.txt.
 
-    A special id given as null is not stated (EsmConfig's own default is None), so vocab.txt's is used.
+    A field the file leaves out means what it means to transformers, the format's owner: EsmConfig's
+    default (``token_dropout`` false, ``layer_norm_eps`` 1e-12), not ESM-2's values (true, 1e-5), which
+    every published ESM-2 config states. A special id given as null is not stated (EsmConfig's own
+    default is None), so vocab.txt's is used. A rotary base other than ESM-2's 10000 is refused: the
+    model takes ``inv_freq`` from the weights and computes it with that base only when they lack it.
     """
+    theta = cfg.get("rope_theta", ROTARY_BASE)
+    if isinstance(theta, bool) or not isinstance(theta, int | float) or theta != ROTARY_BASE:
+        raise CheckpointError(
+            f"{where}: rope_theta is {show_value(theta)}; ESM-2 rotates with base {ROTARY_BASE:g}, "
+            "and no other is supported"
+        )
     cfg = {key: value for key, value in cfg.items() if not (key.endswith("_token_id") and value is None)}
     for field, token_id in (("mask_token_id", tokenizer.mask_id), ("pad_token_id", tokenizer.pad_id)):
         if field in cfg and token_id is not None and cfg[field] != token_id:
@@ -197,8 +207,8 @@ def _hf_config(cfg: dict[str, Any], tokenizer: ProteinTokenizer, where: str) -> 
             attention_heads=config_int(cfg["num_attention_heads"], "num_attention_heads"),
             ffn_dim=config_int(cfg["intermediate_size"], "intermediate_size"),
             vocab_size=config_int(cfg["vocab_size"], "vocab_size"),
-            layer_norm_eps=checked_layer_norm_eps(cfg.get("layer_norm_eps", 1e-5), "layer_norm_eps"),
-            token_dropout=config_bool(cfg.get("token_dropout", True), "token_dropout"),
+            layer_norm_eps=checked_layer_norm_eps(cfg.get("layer_norm_eps", 1e-12), "layer_norm_eps"),
+            token_dropout=config_bool(cfg.get("token_dropout", False), "token_dropout"),
             cls_id=tokenizer.cls_id,
             pad_id=tokenizer.pad_id,
             eos_id=tokenizer.eos_id,
