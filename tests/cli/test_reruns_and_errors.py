@@ -197,3 +197,25 @@ def test_a_pipe_is_read_once_and_a_device_is_refused(tiny_set, reads_fasta, fini
     refused = predict_tiny(tiny_set, Path("/dev/zero"), tmp_path / "zero")
     expected = ["error: input /dev/zero: not a regular file or a pipe"]
     assert refused.code == 2 and error_lines(refused) == expected
+
+
+@pytest.mark.parametrize("command", ["predict", "prepare", "embed", "split"])
+def test_an_input_that_cannot_be_read_is_one_line_before_any_output(tiny_set, tmp_path, command) -> None:
+    """A regular file whose bytes cannot be read (a link to /proc/self/mem gives EIO, like a failing
+    disk) was an unexpected OSError, exit 1; it is now named, exit 2, before the output exists."""
+    unreadable = tmp_path / "reads.fa"
+    unreadable.symlink_to("/proc/self/mem")
+    out = tmp_path / "out"
+    if command == "predict":
+        result = predict_tiny(tiny_set, unreadable, out)
+    elif command == "embed":
+        out = tmp_path / "out" / "e.h5"
+        result = run_cli("embed", str(unreadable), "--model", "esm2", "--weights", str(tiny_set.esm_hf),
+                         "-o", str(out), "--device", "cpu")  # fmt: skip
+    elif command == "split":
+        result = run_cli("split", str(unreadable), "-o", str(out), "--parts", "2")
+    else:
+        result = run_cli("prepare", str(unreadable), "-o", str(out))
+    assert result.code == 2
+    assert error_lines(result) == [f"error: input {unreadable}: cannot be read (Input/output error)"]
+    assert not (tmp_path / "out").exists()

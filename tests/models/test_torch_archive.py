@@ -73,6 +73,24 @@ def test_tar_and_legacy_formats_are_refused_by_name(tmp_path: Path) -> None:
         load_torch_file(tar)
 
 
+def test_a_truncated_archive_and_an_unreadable_file_say_so(tmp_path: Path) -> None:
+    """A half-downloaded checkpoint is named as damaged, not as "not a PyTorch checkpoint"; a file that
+    cannot be read at all (a link to /proc/self/mem: EIO) is a one-line CheckpointError, not an
+    unexpected OSError (exit 1)."""
+    whole = tmp_path / "whole.pth"
+    torch.save({"w": torch.zeros(4096)}, whole)
+    half = tmp_path / "half.pth"
+    half.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"half\.pth: a truncated or damaged zip archive"):
+        load_torch_file(half)
+    unreadable = tmp_path / "mem.pth"
+    unreadable.symlink_to("/proc/self/mem")
+    with pytest.raises(CheckpointError, match=r"mem\.pth: cannot be read \(Input/output error\)"):
+        load_classifier_weights(unreadable)
+    result = run_cli("convert-classifier", str(unreadable), str(tmp_path / "out.safetensors"))
+    assert result.code == 2 and result.stderr.count("\n") == 1 and "cannot be read" in result.stderr
+
+
 def test_a_compressed_record_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
     """The zip bomb: 256 MiB of zeros deflate to ~256 KB; nothing may inflate them to see what they are."""
     size = 256 << 20

@@ -219,13 +219,19 @@ TENSOR_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 def _sniff_other_format(path: Path) -> str:
-    """What a file that is not a zip archive is, for the refusal message."""
-    with open(path, "rb") as handle:
-        head = handle.read(512)
+    """What a file that is not a zip archive is, for the refusal message (a file that cannot even be
+    read, such as a link to ``/proc/self/mem``, is named too, not left to an unexpected OSError)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
     if len(head) > 262 and head[257:262] == b"ustar":
         return "a tar-format torch checkpoint (torch < 0.4)"
     if head[:1] == b"\x80":
         return "a legacy (pre-1.6) torch pickle"
+    if head[:4] == b"PK\x03\x04":  # a zip's first entry, but no central directory at the end
+        return "a truncated or damaged zip archive (an interrupted download or copy?)"
     return "not a PyTorch checkpoint"
 
 

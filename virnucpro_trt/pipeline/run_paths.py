@@ -27,7 +27,9 @@ def is_stream(input_spec: str) -> bool:
 
 def check_input_file(input_spec: str) -> None:
     """The input exists and is a regular file or a pipe (stdin too), so a missing input fails before
-    OUTDIR exists and a device such as /dev/zero is never read."""
+    OUTDIR exists and a device such as /dev/zero is never read. A regular file must give its first
+    byte: one that cannot be read (no permission, EIO from a failing disk or a link to /proc/self/mem)
+    is named in one line here, not met as an unexpected OSError half-way through a run."""
     if input_spec == STDIN:
         return
     path = Path(input_spec)
@@ -37,6 +39,12 @@ def check_input_file(input_spec: str) -> None:
         raise InputFormatError(f"input {input_spec}: is a directory, expected a FASTA/FASTQ file")
     if not (path.is_file() or is_stream(input_spec)):
         raise InputFormatError(f"input {input_spec}: not a regular file or a pipe")
+    if path.is_file():
+        try:
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise InputFormatError(f"input {input_spec}: cannot be read ({exc.strerror or exc})") from None
 
 
 def check_run_paths(
