@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -219,3 +220,18 @@ def test_an_input_that_cannot_be_read_is_one_line_before_any_output(tiny_set, tm
     assert result.code == 2
     assert error_lines(result) == [f"error: input {unreadable}: cannot be read (Input/output error)"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json"])
+def test_a_model_file_that_cannot_be_read_is_named_in_one_line(tiny_set, tmp_path, name) -> None:
+    """The weights' hash read every file of the folder first: EIO there was an unexpected OSError, exit 1."""
+    folder = tmp_path / "dnabert"
+    shutil.copytree(tiny_set.dnabert, folder)
+    (folder / name).unlink()
+    (folder / name).symlink_to("/proc/self/mem")
+    reads = tmp_path / "reads.fa"
+    reads.write_text(">a\nACGTACGTAC\n")
+    result = run_cli("embed", str(reads), "--model", "dnabert-s", "--weights", str(folder),
+                     "-o", str(tmp_path / "e.h5"), "--device", "cpu")  # fmt: skip
+    assert result.code == 2
+    assert error_lines(result) == [f"error: {folder / name}: cannot read (Input/output error)"]

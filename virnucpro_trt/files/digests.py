@@ -15,11 +15,17 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of the file's raw bytes."""
+    """Hex SHA-256 of the file's raw bytes. A failed read (EIO) is an ``OSError`` that names the file,
+    as a failed open does, so a caller can say which file it was."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while data := handle.read(_BLOCK):
-            digest.update(data)
+        try:
+            while data := handle.read(_BLOCK):
+                digest.update(data)
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
     return digest.hexdigest()
 
 

@@ -224,7 +224,7 @@ def _sniff_other_format(path: Path) -> str:
     try:
         with open(path, "rb") as handle:
             head = handle.read(512)
-    except OSError as exc:
+    except OSError as exc:  # the reason is then the whole message
         return f"cannot be read ({exc.strerror or exc})"
     if len(head) > 262 and head[257:262] == b"ustar":
         return "a tar-format torch checkpoint (torch < 0.4)"
@@ -392,9 +392,10 @@ def load_torch_file(
     """
     path = Path(path)
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{path}: {_sniff_other_format(path)}; only torch.save zip archives (torch >= 1.6) are read"
-        )
+        what = _sniff_other_format(path)
+        if what.startswith("cannot be read"):
+            raise CheckpointError(f"{path}: {what}")
+        raise CheckpointError(f"{path}: {what}; only torch.save zip archives (torch >= 1.6) are read")
     try:
         with zipfile.ZipFile(path) as zf:
             reader = _ArchiveReader(path, zf, max_storage_bytes, use_mmap)
