@@ -72,7 +72,9 @@ def describe_os_error(exc: OSError) -> tuple[str, int] | None:
     """One line and an exit code for the file-system failures users meet and can fix, else None.
 
     A full disk (or quota, or file-size limit) is a failed run (exit 1): what finished is kept and a
-    rerun resumes. A read-only or forbidden location is a usage error (exit 2): choose another one.
+    rerun resumes. A read-only or forbidden location is a usage error (exit 2): choose another one. An
+    I/O error (a failing disk or network file system) is a failed run, named as such; the inputs and
+    model files it meets first are refused by name before (``check_input_file``, the weights' hash).
     """
     where = f" ({exc.filename})" if exc.filename else ""
     reason = exc.strerror or str(exc)
@@ -80,4 +82,6 @@ def describe_os_error(exc: OSError) -> tuple[str, int] | None:
         return f"{reason}{where}: free space (or raise the limit) and rerun the same command", EXIT_FAILURE
     if exc.errno in _NOT_WRITABLE:
         return f"cannot write{where}: {reason}; choose a location you can write to", EXIT_USAGE
+    if exc.errno == errno.EIO:
+        return f"{reason}{where}: the storage failed to read or write; check it and rerun", EXIT_FAILURE
     return None

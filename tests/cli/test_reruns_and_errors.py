@@ -142,11 +142,18 @@ def test_an_output_folder_that_cannot_be_created_is_one_line_exit_2(tiny_set, re
 
 def test_a_missing_file_that_is_no_output_stays_an_unexpected_failure() -> None:
     """Only a path on the way to the command's outputs is a place to change; a cache or input file gone
-    mid-run is not (workers treat it as a failure to retry, not a usage error)."""
+    mid-run is not (workers treat it as a failure to retry, not a usage error). An I/O error is a failed
+    run too, but named as one (it was "unexpected failure: OSError")."""
     from virnucpro_trt.errors import describe_os_error
 
     gone = FileNotFoundError(errno.ENOENT, "No such file or directory", "/root/.cache/x.so")
     assert describe_os_error(gone) is None
+    failing = OSError(errno.EIO, "Input/output error", "/data/engines/esm2.pt2")
+    assert describe_os_error(failing) == (
+        "Input/output error (/data/engines/esm2.pt2): the storage failed to read or write; check it and "
+        "rerun",
+        1,
+    )
 
 
 def test_offline_download_is_one_line_exit_2(tmp_path):
