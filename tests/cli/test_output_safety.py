@@ -252,6 +252,38 @@ def test_results_of_a_run_killed_before_run_json_are_its_own(tiny_set, reads_fas
     assert (out / "frames.tsv").read_text().endswith("my own notes\n")
 
 
+@pytest.mark.parametrize("save_embeddings", [False, True])
+def test_a_run_interrupted_while_its_results_are_renamed_into_place_reruns(
+    tiny_set, reads_fasta, tmp_path, monkeypatch, save_embeddings
+):
+    """The results are noted in ``.work`` before the first is renamed into place. They were noted only
+    after all were renamed and hashed: an interrupt or SIGKILL in between left complete-looking files
+    that no record explained, and the rerun refused them."""
+    import virnucpro_trt.outputs.atomic as result_files
+
+    extra = ("--save-embeddings",) if save_embeddings else ()
+    finished = tmp_path / "finished"
+    assert predict_tiny(tiny_set, reads_fasta, finished, *extra).code == 0
+    real_replace = os.replace
+
+    def interrupted_at_sequences(src, dst):
+        if Path(dst).name == "sequences.tsv":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(result_files.os, "replace", interrupted_at_sequences)
+    assert predict_tiny(tiny_set, reads_fasta, out, *extra).code == 130
+    monkeypatch.setattr(result_files.os, "replace", real_replace)
+    assert (out / "prediction_results_highestscore.csv").is_file() and not (out / "run.json").exists()
+    result = predict_tiny(tiny_set, reads_fasta, out, *extra)
+    assert result.code == 0, result.stderr
+    names = (*RESULTS, *(("embeddings.h5",) if save_embeddings else ()))
+    for name in names:
+        assert (out / name).read_bytes() == (finished / name).read_bytes(), name
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]
+
+
 def test_a_result_removed_after_the_run_is_called_this_runs_own(tiny_set, reads_fasta, tmp_path):
     out = tmp_path / "out"
     assert predict_tiny(tiny_set, reads_fasta, out).code == 0

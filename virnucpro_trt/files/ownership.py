@@ -31,7 +31,7 @@ from typing import Any
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
-from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.digests import sha256_bytes, sha256_file
 from virnucpro_trt.files.json_fields import SHA256, FieldError, read_json_object
 from virnucpro_trt.files.stamps import digest_holds, file_stamp
 
@@ -50,6 +50,12 @@ def record_path(folder: Path) -> Path:
 def output_entry(path: Path) -> dict[str, Any]:
     """``{"bytes", "sha256"}`` of a file the tool has just written: what a record keeps of it."""
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def text_entry(text: str) -> dict[str, Any]:
+    """:func:`output_entry` of the file ``write_text_atomic`` makes of ``text``, before it is written."""
+    data = text.encode("utf-8")
+    return {"bytes": len(data), "sha256": sha256_bytes(data)}
 
 
 def changed_since(folder: Path, name: str, entry: object) -> str | None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from virnucpro_trt.files.atomic import close_quietly, exclusive_mode, remove_quietly, temporary_name
+from virnucpro_trt.files.ownership import output_entry
 
 
 class ResultSet:
@@ -22,6 +23,7 @@ class ResultSet:
         self.names = names
         self._handles: dict[str, IO[str]] = {}
         self._temporary = {name: temporary_name(outdir / name) for name in names}
+        self._closed = False
 
     def __enter__(self) -> ResultSet:
         self.outdir.mkdir(parents=True, exist_ok=True)
@@ -44,10 +46,28 @@ class ResultSet:
         return self._handles[name]
 
     def commit(self) -> None:
+        """:meth:`close`, then :meth:`rename`."""
+        self.close()
+        self.rename()
+
+    def close(self) -> None:
+        """Flush every file to disk and close it; they stay under their temporary names, complete, so
+        :meth:`entries` can record them before :meth:`rename` shows them (a full disk fails here)."""
         for handle in self._handles.values():
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
+        self._closed = True
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """``{name: {bytes, sha256}}`` of the closed files, under their final names (what a rerun checks
+        them against: a rename keeps the bytes)."""
+        assert self._closed
+        return {name: output_entry(self.partial(name)) for name in self.names}
+
+    def rename(self) -> None:
+        """Rename the closed files into place (atomic each)."""
+        assert self._closed
         for name in self.names:
             os.replace(self.partial(name), self.outdir / name)
         self._handles.clear()
@@ -59,6 +79,6 @@ class ResultSet:
         self._handles.clear()
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self._handles:  # not committed: remove the temporary files
+        if self._handles:  # not renamed: remove the temporary files
             self._discard()
 

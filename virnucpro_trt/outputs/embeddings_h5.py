@@ -23,6 +23,7 @@ import numpy as np
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import remove_quietly, temporary_name
+from virnucpro_trt.files.ownership import output_entry
 
 _STR = h5py.string_dtype("utf-8")
 # Layouts whose bytes live in the file itself (a virtual dataset's layout is h5d.VIRTUAL).
@@ -99,7 +100,19 @@ class _Appender:
         self.rows += n
 
     def commit(self) -> None:
+        """:meth:`close`, then :meth:`rename`."""
+        self.close()
+        self.rename()
+
+    def close(self) -> None:
+        """Close the file, complete, still under its temporary name (see ``ResultSet.close``)."""
         self.file.close()
+
+    def entry(self) -> dict[str, Any]:
+        """``{bytes, sha256}`` of the closed file, for its final name."""
+        return output_entry(self.partial)
+
+    def rename(self) -> None:
         os.replace(self.partial, self.path)
 
     def __enter__(self) -> _Appender:

@@ -10,7 +10,9 @@ of them are complete (:class:`~virnucpro_trt.outputs.atomic.ResultSet`), as a si
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -30,11 +32,14 @@ def merge_shard_results(
     shards: list[ShardSpec],
     markers: dict[int, ShardMarker],
     embeddings: FrameEmbeddingsWriter | None = None,
+    record: Callable[[dict[str, dict[str, Any]]], None] | None = None,
 ) -> int:
     """Write the final files from every shard's results; returns the number of chunks with frames.
 
     ``markers`` maps shard id to its done-marker (which names the shard's files). ``embeddings``, when
-    given, is filled and committed too, before the text files are renamed into place.
+    given, is filled and committed too. ``record`` is given every file's final name and entry (size,
+    SHA-256) once all are complete and before any is renamed into place: a run killed while renaming
+    them, or before its run.json, leaves files its rerun can tell are its own.
     """
     maxima = ChunkMaxima()
     with ResultSet(outdir, FINAL_TEXT_FILES) as final:
@@ -56,7 +61,14 @@ def merge_shard_results(
                 ids, dnabert, esm = read_embeddings_npz(results / files[EMBEDDINGS_ROLE].name)
                 embeddings.append(ids, dnabert, esm)
         maxima.write(final[HIGHEST_SCORE])
+        final.close()
+        entries = final.entries()
         if embeddings is not None:
-            embeddings.commit()
-        final.commit()
+            embeddings.close()
+            entries[embeddings.path.name] = embeddings.entry()
+        if record is not None:
+            record(entries)
+        if embeddings is not None:
+            embeddings.rename()
+        final.rename()
     return len(maxima)
