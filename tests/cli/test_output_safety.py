@@ -138,6 +138,34 @@ def test_a_stdin_copy_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
     assert not killed.exists()
 
 
+def test_results_noted_in_the_lock_are_carried_over_and_never_removed(tmp_path):
+    """A merge's note of its results survives a failed run (the lock file stays) and the next run's
+    takeover (carried into its lock file); a malformed note is dropped; nothing is removed for it."""
+    out = tmp_path / "out"
+    good = {"bytes": 3, "sha256": "a" * 64}
+    with pytest.raises(RuntimeError), outdir_lock(out) as lock:
+        lock.note_results({"sequences.tsv": good})
+        raise RuntimeError("stopped before run.json")
+    assert (out / LOCK_FILE).is_file()  # kept: it notes results no run.json accounts for
+    (out / "sequences.tsv").write_text("abc")
+    hostile = {"../x": good, "frames.tsv": {"bytes": "3", "sha256": "a" * 64}, "b.tsv": {"bytes": 1}}
+    with open(out / LOCK_FILE, "a") as handle:
+        handle.write(json.dumps({"results": hostile}) + "\n")  # the last note is the one taken
+    with outdir_lock(out) as lock:
+        assert lock.results == {}
+    assert not (out / LOCK_FILE).exists() and (out / "sequences.tsv").read_text() == "abc"
+    with pytest.raises(RuntimeError), outdir_lock(out) as lock:
+        lock.note_results({"sequences.tsv": good})
+        raise RuntimeError
+    with pytest.raises(RuntimeError), outdir_lock(out) as lock:  # killed again before it noted its own
+        assert lock.results == {"sequences.tsv": good}
+        raise RuntimeError
+    with outdir_lock(out) as lock:
+        assert lock.results == {"sequences.tsv": good}
+        lock.forget_results()
+    assert not (out / LOCK_FILE).exists() and (out / "sequences.tsv").read_text() == "abc"
+
+
 def _signal_while_copying_stdin(args: list[str], data: bytes, out: Path, sig: str) -> tuple[int, bytes]:
     """``virnucpro-trt ARGS`` in a new process, given half of ``data`` on stdin (the rest never comes, so
     the copy of stdin waits); once the copy exists below ``out``, send ``sig``. Returns the exit code and

@@ -14,6 +14,7 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import random
 import shutil
 import string
@@ -517,3 +518,33 @@ def test_merge_rerun_onto_its_own_results_does_nothing_and_force_replaces_others
     (out / "embeddings.h5").mkdir()
     result = run_cli("merge", *map(str, a), "-o", str(out), "--force")
     assert result.code == 2 and "embeddings.h5 is a folder" in result.stderr
+
+
+def test_a_merge_stopped_while_its_results_are_renamed_into_place_reruns(small_shards, tmp_path, monkeypatch):
+    """The merged files are noted in the lock file before the first is renamed into place (a SIGKILL
+    leaves that note too), and the lock file stays while no run.json accounts for them. Stopped in
+    between, a merge left complete-looking files that its rerun refused ("no run.json accounts for
+    them")."""
+    import virnucpro_trt.outputs.atomic as result_files
+
+    _, merged, a, _ = small_shards
+    out = tmp_path / "m"
+    real_replace = os.replace
+
+    def stopped_at_sequences(src, dst):
+        if Path(dst).name == "sequences.tsv":
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(result_files.os, "replace", stopped_at_sequences)
+    assert run_cli("merge", *map(str, a), "-o", str(out)).code == 130
+    monkeypatch.undo()
+    assert (out / "prediction_results_highestscore.csv").is_file() and not (out / "run.json").exists()
+    assert "results" in (out / ".work.lock").read_text()
+    result = run_cli("merge", *map(str, a), "-o", str(out))
+    assert result.code == 0, result.stderr
+    _assert_same_files(merged, out, embeddings=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted((*TEXT_FILES, "embeddings.h5", "run.json"))
+    (out / "run.json").unlink()  # no note now: the files are refused as before
+    refused = run_cli("merge", *map(str, a), "-o", str(out))
+    assert refused.code == 2 and "no run.json accounts for them" in refused.stderr

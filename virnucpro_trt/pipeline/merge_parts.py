@@ -35,7 +35,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,9 +46,9 @@ from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import SHA256, parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
-from virnucpro_trt.files.ownership import output_entry, reuse_finished
+from virnucpro_trt.files.ownership import changed_since, reuse_finished, text_entry
 from virnucpro_trt.outputs.atomic import ResultSet
-from virnucpro_trt.outputs.demo_note import DEMO_NOTE, write_demo_note
+from virnucpro_trt.outputs.demo_note import DEMO_NOTE, DEMO_NOTE_TEXT, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES
 from virnucpro_trt.outputs.part_merge import (
@@ -125,31 +125,46 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
         verify_part_files(part)
         if outdir.is_dir() and os.path.samefile(outdir, part.folder):
             raise MergeRefused(f"{outdir} is {part.name}'s own folder; merge into another folder")
-    with made_folder(outdir), outdir_lock(outdir):  # a failed merge leaves no folder it made
-        finished = _finished_merge(outdir, parts, settings.force)
+    with made_folder(outdir), outdir_lock(outdir) as lock:  # a failed merge leaves no folder it made
+        finished = _finished_merge(outdir, parts, settings.force, lock.results if lock is not None else {})
         if finished is not None:
             return finished
         embeddings = all(p.has_embeddings for p in parts)
         if not embeddings and any(p.has_embeddings for p in parts):
             log.warning("not every part saved embeddings: no embeddings.h5 is written")
-        _write_files(outdir, parts, embeddings)
+        demo = _demo_random_weights([part.run for part in parts])
+        outputs: dict[str, dict[str, Any]] = {}
+
+        def record(entries: dict[str, dict[str, Any]]) -> None:
+            """Note the results in the lock before they are renamed into place (see predict's)."""
+            outputs.update(entries)
+            if demo:
+                outputs[DEMO_NOTE] = text_entry(DEMO_NOTE_TEXT)
+            if lock is not None:
+                lock.note_results(outputs)
+
+        _write_files(outdir, parts, embeddings, record)
         summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
-        if summary["demo_random_weights"]:
+        if demo:
             write_demo_note(outdir)
-        written = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE)
-        summary["outputs"] = {n: output_entry(outdir / n) for n in written if (outdir / n).is_file()}
+        summary["outputs"] = outputs
         write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n")
+        if lock is not None:
+            lock.forget_results()
     return summary
 
 
 RESULT_NAMES = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE, RUN_JSON)
 
 
-def _finished_merge(outdir: Path, parts: list[PartResult], force: bool) -> dict[str, Any] | None:
+def _finished_merge(
+    outdir: Path, parts: list[PartResult], force: bool, left: dict[str, Any]
+) -> dict[str, Any] | None:
     """The run.json of the merge OUTDIR already holds, when it is this very merge (and not ``force``,
     which asks to merge again); else None, once what is at the result names may be replaced (nothing
-    there, or ``force``: then the names this merge may not write again are removed, so no earlier file
-    is left beside its results). Otherwise refused."""
+    there; files a merge killed before its run.json noted in the lock, ``left``, still as noted; or
+    ``force``: then the names this merge may not write again are removed, so no earlier file is left
+    beside its results). Otherwise refused."""
     present = [name for name in RESULT_NAMES if os.path.lexists(outdir / name)]
     for name in present:
         if (outdir / name).is_dir() and not (outdir / name).is_symlink():
@@ -157,6 +172,11 @@ def _finished_merge(outdir: Path, parts: list[PartResult], force: bool) -> dict[
     if not present:
         return None
     previous = read_run_json(outdir / RUN_JSON)
+    if previous is None and all(n in left and changed_since(outdir, n, left[n]) is None for n in present):
+        log.info("replacing %s, left by a merge interrupted before its run.json", ", ".join(present))
+        for name in present:
+            (outdir / name).unlink()
+        return None
     why = "no run.json accounts for them" if previous is None else _other_merge(previous, parts, present)
     if why is not None:
         why = f"{', '.join(present)}: {why}"
@@ -376,7 +396,14 @@ def _first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str) -> str 
     return None
 
 
-def _write_files(outdir: Path, parts: list[PartResult], embeddings: bool) -> None:
+def _write_files(
+    outdir: Path,
+    parts: list[PartResult],
+    embeddings: bool,
+    record: Callable[[dict[str, dict[str, Any]]], None],
+) -> None:
+    """The merged files, written complete under temporary names, given to ``record`` (name -> size and
+    SHA-256), then renamed into place."""
     with contextlib.ExitStack() as stack:
         writer = None
         if embeddings:
@@ -402,8 +429,20 @@ def _write_files(outdir: Path, parts: list[PartResult], embeddings: bool) -> Non
                 for part in parts:
                     blocks = shard_frame_counts(part.folder / SEQUENCES_TSV, part.shard_sizes())
                     append_embeddings(writer, part.folder / EMBEDDINGS_H5, blocks)
-                writer.commit()
-            final.commit()
+            final.close()
+            entries = final.entries()
+            if writer is not None:
+                writer.close()
+                entries[EMBEDDINGS_H5] = writer.entry()
+            record(entries)
+            if writer is not None:
+                writer.rename()
+            final.rename()
+
+
+def _demo_random_weights(runs: list[dict[str, Any]]) -> bool:
+    """Whether the merge is of demo runs (random weights): its run.json says so, and the note is written."""
+    return any(bool(r.get("demo_random_weights")) for r in runs)
 
 
 def _summed(runs: list[dict[str, Any]], section: str) -> dict[str, Any]:
@@ -442,7 +481,7 @@ def _summary(
         "tool": "virnucpro-trt",
         "version": first["version"],
         "status": "complete",
-        "demo_random_weights": any(bool(r.get("demo_random_weights")) for r in runs),
+        "demo_random_weights": _demo_random_weights(runs),
         "command": list(command),
         "started": min(str(r.get("started", "")) for r in runs) or started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

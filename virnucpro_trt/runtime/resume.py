@@ -42,7 +42,7 @@ from typing import Any
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
-from virnucpro_trt.files.json_fields import FieldError, parse_json
+from virnucpro_trt.files.json_fields import SHA256, FieldError, parse_json
 from virnucpro_trt.files.names import check_member_name
 from virnucpro_trt.files.stamps import digest_holds, file_stamp
 from virnucpro_trt.runtime.shard_marker import MARKER_SUFFIX, RESULT_SUFFIXES, ShardMarker, marker_path
@@ -96,6 +96,21 @@ class OutdirLock:
         self.path = outdir / LOCK_FILE
         self._fd = fd
         self._noted: list[dict[str, Any]] = []
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def note_results(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Note the result files (name -> size and SHA-256) a run is about to rename into OUTDIR, for a
+        command without a work folder (``merge``; ``predict`` notes them in ``.work``). Passive: nothing
+        is removed for it; until the run's run.json accounts for the files, a rerun may replace those
+        still as noted (:attr:`results`, carried over from a killed run's lock file). A run that fails
+        while they are noted keeps the lock file, so its rerun finds them."""
+        self.results = dict(entries)
+        self.rewrite()
+
+    def forget_results(self) -> None:
+        """The noted results are accounted for (run.json written): the lock file may go at the end."""
+        self.results = {}
+        self.rewrite()
 
     def note(self, path: Path, growing: bool = False) -> None:
         """Note ``path`` (a file this run made in OUTDIR, removed by it when done) in the lock file, in
@@ -106,16 +121,21 @@ class OutdirLock:
 
     def rewrite(self) -> None:
         """Write the lock file anew: :data:`LOCK_TEXT` and this run's notes (a killed run's are gone)."""
-        body = LOCK_TEXT + "".join(json.dumps(entry) + "\n" for entry in self._noted)
+        notes = [*self._noted, *([{"results": self.results}] if self.results else [])]
+        body = LOCK_TEXT + "".join(json.dumps(entry) + "\n" for entry in notes)
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, body.encode("utf-8"), 0)
 
     def remove_left_behind(self, content: bytes) -> None:
         """Remove the files a killed run noted in ``content`` (its lock file) that still carry their
-        stamps: they are that run's, unchanged since."""
+        stamps: they are that run's, unchanged since. Its noted results are only carried over
+        (:meth:`note_results`)."""
         for line in content.decode("utf-8", "replace").splitlines()[1:]:
             try:
                 entry = parse_json(line)
+                if isinstance(entry, dict) and isinstance(entry.get("results"), dict):
+                    self.results = {n: e for n, e in entry["results"].items() if _result_entry(n, e)}
+                    continue
                 path = self.outdir / check_member_name(entry["file"], "lock file entry")
                 stamp = entry["stamp"]
             except (ValueError, KeyError, TypeError, UserError):
@@ -135,6 +155,20 @@ class OutdirLock:
         except OSError:
             return False
         return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _result_entry(name: object, entry: object) -> bool:
+    """Whether a lock file's result note is well formed: a plain name, its size and SHA-256."""
+    try:
+        check_member_name(name, "lock file result")
+    except UserError:
+        return False
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("bytes"), int)
+        and isinstance(entry.get("sha256"), str)
+        and SHA256.fullmatch(entry["sha256"]) is not None
+    )
 
 
 def _open_lock_file(path: Path) -> int:
@@ -194,7 +228,9 @@ def outdir_lock(outdir: Path) -> Iterator[OutdirLock | None]:
         try:
             yield lock
         finally:
-            if lock.still_ours():  # before unlocking: a waiting run then finds no stale file
+            # Before unlocking, so a waiting run finds no stale file; kept while it notes results that no
+            # run.json accounts for yet (a failed merge's rerun needs them).
+            if lock.still_ours() and not lock.results:
                 path.unlink(missing_ok=True)
     finally:
         os.close(fd)
