@@ -39,3 +39,22 @@ def test_a_handler_not_set_from_python_comes_back_as_the_default(monkeypatch: py
     monkeypatch.undo()
     assert calls[-1] == signal.SIG_DFL
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_a_signal_while_the_program_exits_after_its_command_does_not_kill_it() -> None:
+    """Python's exit after a finished command takes up to a second (torch's modules); a SIGTERM there
+    killed the program (exit 143) after a complete run. The program (``console``) ignores SIGINT and
+    SIGTERM once its command is done; exit 0 stands."""
+    import subprocess
+    import sys
+
+    script = (
+        "import atexit, os, signal, sys, time\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.3)))\n"
+        "sys.argv = ['virnucpro-trt', '--version']\n"
+        "from virnucpro_trt.cli.main import console\n"
+        "console()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()

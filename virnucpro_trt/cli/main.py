@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -596,6 +597,20 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def console() -> None:
+    """The ``virnucpro-trt`` program (and ``python -m virnucpro_trt``): :func:`main`, then SIGINT and
+    SIGTERM ignored while the process exits.
+
+    The command has finished and said so by then; Python's own exit (the modules torch loaded) still
+    takes up to a second, and a SIGTERM in it killed the process, exit 143, after a complete run. Only
+    the program does this: :func:`main` also runs inside other processes (the tests)."""
+    try:
+        main()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _output_not_creatable(exc: OSError) -> tuple[str, int] | None:
     """A missing-path error on the way to one of the command's output paths (``-o`` below ``/proc``,
     where no folder can be made): a place to change, exit 2. Elsewhere (an input or a cache file gone
@@ -618,7 +633,7 @@ def _report(line: str, exc: BaseException, unexpected: bool = False) -> None:
     click.echo(first_line, err=True)
 
 
-__all__ = ["EXIT_USAGE", "cli", "main"]
+__all__ = ["EXIT_USAGE", "cli", "console", "main"]
 
 
 def _register_optional_commands() -> None:
