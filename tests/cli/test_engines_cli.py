@@ -283,6 +283,20 @@ def test_manifest_names_leading_out_of_the_folder_are_refused(engine_dir, reads_
     assert not (tmp_path / "out").exists()
 
 
+def test_an_edited_gate_result_or_vocabulary_size_is_refused(engine_dir, reads_fasta, tmp_path):
+    """A build that fails its parity gate writes no manifest, so ``parity.passed: false`` is an edit;
+    a vocabulary smaller than the tokenizer's ids contradicts the files the hashes hold. Both ran."""
+    engines = _copy_engines(engine_dir, tmp_path / "engines")
+    original = (engines / "manifest.json").read_text()
+    parity = json.loads(original)["models"]["esm2"]["parity"]
+    _edit_manifest(engines, "esm2", parity={**parity, "passed": False})
+    _refused(_predict_with(engines, reads_fasta, tmp_path / "out"), "failed its parity gate")
+    (engines / "manifest.json").write_text(original)
+    _edit_manifest(engines, "esm2", vocab_size=5)
+    _refused(_predict_with(engines, reads_fasta, tmp_path / "out"), "the word embedding has 5 rows")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_torchscript_classifier_named_by_the_manifest_never_runs(engine_dir, reads_fasta, tmp_path):
     from tests.models.torchscript_payload import write_payload_archive
     from virnucpro_trt.files.digests import sha256_file

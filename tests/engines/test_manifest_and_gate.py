@@ -11,6 +11,7 @@ import torch
 
 from virnucpro_trt.engines import registry
 from virnucpro_trt.engines.manifest import (
+    SCHEMA_VERSION,
     EngineManifest,
     ModelEntry,
     Present,
@@ -120,6 +121,10 @@ def test_unreadable_or_foreign_manifests(tmp_path):
     data["schema_version"] = 99
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(EngineMismatchError, match="schema 99"):
+        EngineManifest.read(tmp_path)
+    data["schema_version"] = str(SCHEMA_VERSION)  # was "has manifest schema 2, this version reads 2"
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineMismatchError, match=f"schema '{SCHEMA_VERSION}' \\(str\\), this version reads"):
         EngineManifest.read(tmp_path)
 
 

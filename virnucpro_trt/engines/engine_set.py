@@ -37,7 +37,7 @@ from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_w
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS
 from virnucpro_trt.models.resolve import resolve_model
-from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
+from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, check_token_ids_fit
 from virnucpro_trt.runtime.encoder import LoadedEncoder
 from virnucpro_trt.settings import DEFAULT_CPU_BATCH_TOKENS, MAX_BATCH_TOKENS
 
@@ -204,6 +204,8 @@ def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> Engin
             if kind == "dnabert-s"
             else ProteinTokenizer.from_vocab_file(tokenizer_path)
         )
+        if entry.vocab_size:  # recorded since build recipe 8; the C++ host holds ids to the package's own
+            check_token_ids_fit(tokenizer, entry.vocab_size, f"{folder} ({kind})")
         info = {
             "spec": str(folder),
             "path": str(artifact),

@@ -34,6 +34,7 @@ from virnucpro_trt.files.digests import sha256_bytes, sha256_file
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, check_member_name, member_path
 from virnucpro_trt.files.stamps import Stamp, file_stamp
+from virnucpro_trt.models.config_checks import show_value
 from virnucpro_trt.models.kinds import MODEL_NAMES
 
 MANIFEST_NAME = "manifest.json"
@@ -133,6 +134,8 @@ def _entry_from_json(kind: str, data: Any, path: Path) -> ModelEntry:
         raise EngineMismatchError(f"{what}: pad_id {entry.pad_id} is outside its {vocab}-token vocabulary")
     if kind == "classifier" and not entry.artifact.endswith(".safetensors"):
         raise EngineMismatchError(f"{what}: the classifier of an engine directory must be .safetensors")
+    if entry.parity.get("passed") is False:  # a build that fails its gate writes no manifest: edited
+        raise EngineMismatchError(f"{what}: failed its parity gate when it was built; rebuild the engines")
     return entry
 
 
@@ -200,7 +203,7 @@ class EngineManifest:
             raise EngineMismatchError(f"{path} is not a virnucpro-trt engine manifest")
         if data.get("schema_version") != SCHEMA_VERSION:
             raise EngineMismatchError(
-                f"{path} has manifest schema {data.get('schema_version')}, this version reads "
+                f"{path} has manifest schema {show_value(data.get('schema_version'))}, this version reads "
                 f"{SCHEMA_VERSION}: rebuild the engines (`virnucpro-trt build`, or `--rebuild`)"
             )
         for key, types in (("backend", str), ("precision", str), ("device", dict), ("libraries", dict)):
