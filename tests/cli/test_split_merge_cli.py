@@ -237,7 +237,16 @@ def test_merge_refuses_incomplete_mixed_or_mismatched_parts(tiny_set, small_shar
     for name, edit, message in (
         ("weights", lambda r: r["models"]["esm"].update(weights_sha256="0" * 64), "esm weights differ"),
         ("identity", lambda r: r.update(model_identity={"classifier": "1" * 64}), "model_identity differs"),
-        ("engines", lambda r: r.update(engines="/elsewhere/engines"), "engines None vs /elsewhere/engines"),
+        (
+            "engines",  # other engines: their content is in model_identity, and the part has no identity
+            lambda r: (r.update(engines="/elsewhere/engines"), r.pop("model_identity")),
+            "engines None vs /elsewhere/engines",
+        ),
+        (
+            "engines_identity",
+            lambda r: (r.update(engines="/elsewhere/engines"), r["model_identity"].update(engines="2" * 64)),
+            "model_identity differs",
+        ),
         ("precision", lambda r: r.update(precision="bf16"), "precision fp32 vs bf16"),
         ("version", lambda r: r.update(version="0.0.1"), "virnucpro-trt"),
         ("device", lambda r: r["device"].update(device="cuda:0"), "device cpu vs cuda"),
@@ -252,6 +261,11 @@ def test_merge_refuses_incomplete_mixed_or_mismatched_parts(tiny_set, small_shar
             _refused([first, _edited_copy(a[1], tmp_path / name, edit), a[2]], out, message)
             continue
         _refused([a[0], _edited_copy(a[1], tmp_path / name, edit), a[2]], out, message)
+    # parts that each built the same engines into their own folder (predict --backend, no --engines):
+    # the engine directories differ by path only, and model_identity names them by content
+    assert _run(a[0])["model_identity"] == _run(a[1])["model_identity"]
+    moved = _edited_copy(a[1], tmp_path / "own_engines", lambda r: r.update(engines="/part2/engines"))
+    _ok("merge", str(a[0]), str(moved), str(a[2]), "-o", str(tmp_path / "own_engines_merged"))
 
     # a damaged result file is found while merging: nothing is renamed into place
     damaged = tmp_path / "damaged"

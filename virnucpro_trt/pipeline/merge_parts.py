@@ -362,7 +362,11 @@ def _difference(a: PartResult, b: PartResult) -> str | None:
     ia, ib = ra.get("model_identity"), rb.get("model_identity")
     if ia is not None and ib is not None and ia != ib:
         return "model_identity differs (other weights or engines)"
-    for key in ("backend", "precision", "engines"):
+    # The engine directory is compared by its path only when a part lacks model_identity, which names
+    # the engines by content: parts that each built the same engines into their own folders merge.
+    by_content = ia is not None and ib is not None
+    keys = ("backend", "precision") if by_content else ("backend", "precision", "engines")
+    for key in keys:
         if ra.get(key) != rb.get(key):
             return f"{key} {ra.get(key)} vs {rb.get(key)}"
     da, db = (str(r["device"].get("device", "")).split(":")[0] for r in (ra, rb))
