@@ -107,6 +107,11 @@ def test_a_result_file_linked_from_outside_or_unrecorded_is_refused(parts, tmp_p
     shutil.move(linked / "frames.tsv", outside)
     (linked / "frames.tsv").symlink_to(outside)
     _refused([linked, parts[1]], tmp_path / "out", "frames.tsv", "outside")
+    linked_run = tmp_path / "linked_run"
+    shutil.copytree(parts[0], linked_run)
+    shutil.move(linked_run / "run.json", tmp_path / "run.json")
+    (linked_run / "run.json").symlink_to(tmp_path / "run.json")
+    _refused([linked_run, parts[1]], tmp_path / "out", "run.json is a symbolic link")
 
     unrecorded = tmp_path / "unrecorded"
     shutil.copytree(parts[0], unrecorded)
@@ -114,6 +119,30 @@ def test_a_result_file_linked_from_outside_or_unrecorded_is_refused(parts, tmp_p
     del run["outputs"]["sequences.tsv"]
     (unrecorded / "run.json").write_text(json.dumps(run))
     _refused([unrecorded, parts[1]], tmp_path / "out", "records no size and SHA-256 for sequences.tsv")
+
+
+@pytest.mark.parametrize("table", ["sequences.tsv", "frames.tsv", "prediction_results.txt"])
+def test_a_row_removed_with_run_json_forged_to_match_is_refused(parts, tmp_path, table):
+    """The hashes hold only what run.json says; the rows are held to the part's records (split.json)
+    and kept frames. A part missing one row merged into a sequences.tsv that lacked a record."""
+    forged = tmp_path / "forged"
+    shutil.copytree(parts[1], forged)
+    path = forged / table
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]))
+    _rehash(forged, table)
+    _refused([parts[0], forged], tmp_path / "out", f"{table}: {len(lines) - 2} rows, but the part has")
+
+
+@pytest.mark.parametrize("frames", [+5, -1])
+def test_a_part_whose_run_json_miscounts_its_frames_is_refused(parts, tmp_path, frames):
+    edited = tmp_path / "edited"
+    shutil.copytree(parts[0], edited)
+    run = json.loads((edited / "run.json").read_text())
+    run["counts"]["frames"] = run["counts"]["frames"] + frames if frames > 0 else frames
+    (edited / "run.json").write_text(json.dumps(run))
+    needle = "rows, but the part has" if frames > 0 else "counts.frames: not a count"
+    _refused([edited, parts[1]], tmp_path / "out", needle)
 
 
 def _rewrite_esm(path: Path, make_esm) -> None:

@@ -21,7 +21,6 @@ storage, a virtual dataset, a soft or external link) is refused before any of it
 from __future__ import annotations
 
 import heapq
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -60,14 +59,19 @@ def _check_header(handle: IO[str], path: Path, header: str) -> None:
         raise PartFileError(f"{path}: its header is not {header.rstrip()!r}")
 
 
-def append_table(out: IO[str], path: Path, header: str) -> None:
-    """Copy a part's table into ``out`` without its header (which must be ``header``)."""
+def append_table(out: IO[str], path: Path, header: str) -> int:
+    """Copy a part's table into ``out`` without its header (which must be ``header``); returns its rows
+    (lines), for the merge to hold against the part's record and frame counts."""
+    rows = 0
     with _open_text(path) as handle:
         _check_header(handle, path, header)
         try:
-            shutil.copyfileobj(handle, out, _COPY_BUFFER)
+            while block := handle.read(_COPY_BUFFER):
+                out.write(block)
+                rows += block.count("\n")
         except UnicodeDecodeError:
             raise PartFileError(f"{path}: not UTF-8 text") from None
+    return rows
 
 
 def _sorted_rows(path: Path, header: str) -> Iterator[tuple[str, str]]:

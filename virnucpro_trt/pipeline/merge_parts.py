@@ -222,6 +222,8 @@ def read_part(folder: Path) -> PartResult:
     path = folder / RUN_JSON
     if not folder.is_dir():
         raise MergeRefused(f"{folder}: no such folder (a part's predict output folder)")
+    if path.is_symlink():  # like its result files: the part's own, inside its folder
+        raise MergeRefused(f"{path} is a symbolic link; a part's run.json is a plain file in its folder")
     try:
         raw = read_bounded(path, MAX_RUN_JSON_BYTES)
     except FileTooLarge as exc:
@@ -310,8 +312,8 @@ def _check_shape(run: dict[str, Any]) -> None:
             raise ValueError(f"{key}: missing or not a {kind.__name__}")
     for section in ("counts", "shards"):
         for key, value in run[section].items():
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{section}.{key}: not an integer")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{section}.{key}: not a count (an integer >= 0)")
     for key, value in run["timings_s"].items():
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"timings_s.{key}: not a number")
@@ -425,7 +427,8 @@ def _write_files(
             for name, header in _HEADERS.items():
                 final[name].write(header)
                 for part in parts:
-                    append_table(final[name], part.folder / name, header)
+                    rows = append_table(final[name], part.folder / name, header)
+                    _check_rows(part, name, rows)
             merge_sorted_table(
                 final[HIGHEST_SCORE], [p.folder / HIGHEST_SCORE for p in parts], HIGHEST_HEADER
             )
@@ -442,6 +445,18 @@ def _write_files(
             if writer is not None:
                 writer.rename()
             final.rename()
+
+
+def _check_rows(part: PartResult, name: str, rows: int) -> None:
+    """A part's table holds one row per record of the part (``sequences.tsv``: the part as split.json
+    made it) or per kept frame (the others: its run.json's count), else it is refused: a row removed
+    with run.json's hashes forged to match was merged into files that claimed every record."""
+    if name == SEQUENCES_TSV:
+        expected, what = part.part.records, "records (split.json)"
+    else:
+        expected, what = part.run["counts"].get("frames"), "kept frames (its run.json)"
+    if rows != expected:
+        raise MergeRefused(f"{part.folder / name}: {rows} rows, but the part has {expected} {what}")
 
 
 def _demo_random_weights(runs: list[dict[str, Any]]) -> bool:
