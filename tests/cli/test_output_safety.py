@@ -312,6 +312,53 @@ def test_a_run_interrupted_while_its_results_are_renamed_into_place_reruns(
     assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]
 
 
+def _killed_while_closing_results(args: list[str]) -> int:
+    """``virnucpro-trt ARGS`` in a new process that dies like SIGKILL (``os._exit``, no clean-up) once
+    its result files are written under their temporary names, as they are closed."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    script = (
+        "import os, sys\n"
+        "import virnucpro_trt.outputs.atomic as result_files\n"
+        "result_files.ResultSet.close = lambda self: os._exit(137)\n"
+        "from virnucpro_trt.cli.main import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, timeout=300)
+    return done.returncode
+
+
+@pytest.mark.parametrize("command", ["predict", "merge"])
+def test_temporary_result_files_left_by_a_sigkill_are_removed_by_the_rerun(
+    tiny_set, reads_fasta, tmp_path, command
+):
+    """The temporary result files are noted in the run's lock as they are created; the rerun after a
+    SIGKILL removes them (they stayed, hidden, beside the results of every later run)."""
+    models = ["--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
+              str(tiny_set.classifier), "--device", "cpu", "--threads", "1", "--save-embeddings"]  # fmt: skip
+    out = tmp_path / "out"
+    if command == "predict":
+        args = ["predict", str(reads_fasta), "-o", str(out), *models]
+    else:
+        assert run_cli("split", str(reads_fasta), "-o", str(tmp_path / "parts"), "--parts", "2").code == 0
+        parts = []
+        for index in (1, 2):
+            part = tmp_path / f"part{index}"
+            reads = tmp_path / "parts" / f"part-000{index}.fa"
+            assert run_cli("predict", str(reads), "-o", str(part), *models).code == 0
+            parts.append(str(part))
+        args = ["merge", *parts, "-o", str(out)]
+    assert _killed_while_closing_results(args) == 137
+    left = sorted(p.name for p in out.iterdir() if p.name.endswith(".partial"))
+    assert len(left) == 5, left  # four tables and embeddings.h5
+    result = run_cli(*args)
+    assert result.code == 0, result.stderr
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".partial")]
+    assert {*RESULTS, "embeddings.h5", "run.json"} <= {p.name for p in out.iterdir()}
+
+
 def test_a_result_removed_after_the_run_is_called_this_runs_own(tiny_set, reads_fasta, tmp_path):
     out = tmp_path / "out"
     assert predict_tiny(tiny_set, reads_fasta, out).code == 0

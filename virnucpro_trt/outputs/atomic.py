@@ -8,6 +8,7 @@ leaves a file that looks finished — nor a truncated temporary one, even when t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,9 +19,12 @@ from virnucpro_trt.files.ownership import output_entry
 class ResultSet:
     """A group of text result files committed together at the end of a run."""
 
-    def __init__(self, outdir: Path, names: list[str]):
+    def __init__(self, outdir: Path, names: list[str], on_create: Callable[[Path], None] | None = None):
+        """``on_create`` is told of each temporary file as soon as it exists (a run's lock notes it, so
+        the rerun after a SIGKILL removes it: ``OutdirLock.note``)."""
         self.outdir = outdir
         self.names = names
+        self._on_create = on_create
         self._handles: dict[str, IO[str]] = {}
         self._temporary = {name: temporary_name(outdir / name) for name in names}
         self._closed = False
@@ -34,6 +38,8 @@ class ResultSet:
                 self._handles[name] = open(
                     self.partial(name), exclusive_mode("w"), encoding="utf-8", newline="\n"
                 )
+                if self._on_create is not None:
+                    self._on_create(self.partial(name))
         except BaseException:
             self._discard()
             raise

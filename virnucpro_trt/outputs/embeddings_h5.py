@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,23 @@ def plain_dataset(handle: h5py.File, name: str, path: Path) -> h5py.Dataset:
 class _Appender:
     """Resizable HDF5 datasets grown by appending row blocks."""
 
-    def __init__(self, path: Path, columns: dict[str, tuple[Any, tuple[int, ...]]], attrs: dict[str, str]):
+    def __init__(
+        self,
+        path: Path,
+        columns: dict[str, tuple[Any, tuple[int, ...]]],
+        attrs: dict[str, str],
+        on_create: Callable[[Path], None] | None = None,
+    ):
         self.path = path
         self.partial = temporary_name(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = h5py.File(self.partial, "x")  # created new: never through a planted link
+        if on_create is not None:  # told as soon as it exists (see ResultSet)
+            try:
+                on_create(self.partial)
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
         self.rows = 0
         for key, value in attrs.items():
             self.file.attrs[key] = value
@@ -128,11 +140,19 @@ class _Appender:
 class FrameEmbeddingsWriter(_Appender):
     """``predict --save-embeddings``: per kept frame, the two encoder outputs the classifier sees."""
 
-    def __init__(self, path: Path, dnabert_dim: int, esm_dim: int, attrs: dict[str, str]):
+    def __init__(
+        self,
+        path: Path,
+        dnabert_dim: int,
+        esm_dim: int,
+        attrs: dict[str, str],
+        on_create: Callable[[Path], None] | None = None,
+    ):
         super().__init__(
             path,
             {"ids": (_STR, ()), "dnabert": (np.float32, (dnabert_dim,)), "esm": (np.float32, (esm_dim,))},
             attrs,
+            on_create,
         )
 
     def append(self, ids: Sequence[str], dnabert: np.ndarray, esm: np.ndarray) -> None:  # type: ignore[override]

@@ -33,16 +33,18 @@ def merge_shard_results(
     markers: dict[int, ShardMarker],
     embeddings: FrameEmbeddingsWriter | None = None,
     record: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+    on_create: Callable[[Path], None] | None = None,
 ) -> int:
     """Write the final files from every shard's results; returns the number of chunks with frames.
 
     ``markers`` maps shard id to its done-marker (which names the shard's files). ``embeddings``, when
     given, is filled and committed too. ``record`` is given every file's final name and entry (size,
     SHA-256) once all are complete and before any is renamed into place: a run killed while renaming
-    them, or before its run.json, leaves files its rerun can tell are its own.
+    them, or before its run.json, leaves files its rerun can tell are its own. ``on_create`` is told of
+    each temporary file as it is created (:class:`~virnucpro_trt.outputs.atomic.ResultSet`).
     """
     maxima = ChunkMaxima()
-    with ResultSet(outdir, FINAL_TEXT_FILES) as final:
+    with ResultSet(outdir, FINAL_TEXT_FILES, on_create) as final:
         final[PREDICTION_RESULTS].write(PREDICTION_HEADER)
         write_sequence_rows(final[SEQUENCES_TSV], None)
         write_frame_rows(final[FRAMES_TSV], None)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -143,7 +144,8 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
             if lock is not None:
                 lock.note_results(outputs)
 
-        _write_files(outdir, parts, embeddings, record)
+        noted = functools.partial(lock.note, growing=True) if lock is not None else None
+        _write_files(outdir, parts, embeddings, record, noted)
         summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
         if demo:
             write_demo_note(outdir)
@@ -407,9 +409,10 @@ def _write_files(
     parts: list[PartResult],
     embeddings: bool,
     record: Callable[[dict[str, dict[str, Any]]], None],
+    on_create: Callable[[Path], None] | None,
 ) -> None:
-    """The merged files, written complete under temporary names, given to ``record`` (name -> size and
-    SHA-256), then renamed into place."""
+    """The merged files, written complete under temporary names (each told to ``on_create`` as it is
+    created), given to ``record`` (name -> size and SHA-256), then renamed into place."""
     with contextlib.ExitStack() as stack:
         writer = None
         if embeddings:
@@ -421,9 +424,9 @@ def _write_files(
                 if not same_attrs or embedding_dims(path)[1:] != (dnabert_dim, esm_dim):
                     raise MergeRefused(f"{path}: other embedding widths or attributes than part 1's")
             writer = stack.enter_context(
-                FrameEmbeddingsWriter(outdir / EMBEDDINGS_H5, dnabert_dim, esm_dim, attrs)
+                FrameEmbeddingsWriter(outdir / EMBEDDINGS_H5, dnabert_dim, esm_dim, attrs, on_create)
             )
-        with ResultSet(outdir, FINAL_TEXT_FILES) as final:
+        with ResultSet(outdir, FINAL_TEXT_FILES, on_create) as final:
             for name, header in _HEADERS.items():
                 final[name].write(header)
                 for part in parts:

@@ -121,6 +121,8 @@ class _RunContext:
     demo: bool
     started: tuple[dt.datetime, float]
     engines: CheckedEngines | None = None  # checked before OUTDIR existed, when no build was needed
+    # notes a temporary file in OUTDIR in the run's lock, so the rerun after a SIGKILL removes it
+    note_temporary: Callable[[Path], None] | None = None
 
 
 def run_predict(
@@ -174,6 +176,7 @@ def run_predict(
         # never over another file; noted while it grows, so a SIGKILL's leftover goes on the rerun (a
         # SIGTERM is an interrupt: cli/main.py)
         noted = functools.partial(lock.note, growing=True) if lock is not None else None
+        ctx.note_temporary = noted
         path, display = materialise(settings.input, outdir / STDIN_SPOOL, noted)
         if lock is not None and path == outdir / STDIN_SPOOL:
             lock.note(path)  # a rerun after a SIGKILL removes it (and only it)
@@ -281,7 +284,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
         work.record_outputs(outputs)
 
     with timer.stage("merge"):
-        chunks_with_frames = _merge(settings, work, shards, markers, facts, record)
+        chunks_with_frames = _merge(settings, work, shards, markers, facts, record, ctx.note_temporary)
     summary_json = _summary(
         ctx, summary, shards, markers, report, facts, skipped, chunks_with_frames, identity
     )
@@ -467,6 +470,7 @@ def _merge(
     markers: dict[int, ShardMarker],
     facts: WorkerFacts,
     record: Callable[[dict[str, dict[str, Any]]], None],
+    on_create: Callable[[Path], None] | None,
 ) -> int:
     outdir = settings.outdir
     with contextlib.ExitStack() as stack:
@@ -478,9 +482,10 @@ def _merge(
                     facts.dnabert.dim,
                     facts.esm.dim,
                     _embedding_attrs(settings, facts.precision),
+                    on_create,
                 )
             )
-        return merge_shard_results(outdir, work.results, shards, markers, embeddings, record)
+        return merge_shard_results(outdir, work.results, shards, markers, embeddings, record, on_create)
 
 
 def _summary(
