@@ -283,14 +283,17 @@ def test_manifest_names_leading_out_of_the_folder_are_refused(engine_dir, reads_
     assert not (tmp_path / "out").exists()
 
 
-def test_an_edited_gate_result_or_vocabulary_size_is_refused(engine_dir, reads_fasta, tmp_path):
-    """A build that fails its parity gate writes no manifest, so ``parity.passed: false`` is an edit;
-    a vocabulary smaller than the tokenizer's ids contradicts the files the hashes hold. Both ran."""
+def test_a_failed_gate_is_said_and_an_edited_vocabulary_size_is_refused(engine_dir, reads_fasta, tmp_path):
+    """An engine that failed its parity gate (kept by ``build --keep-failing``) runs, with one warning
+    (it ran silently); a vocabulary smaller than the tokenizer's ids contradicts the files the hashes
+    hold, and is refused before any worker starts (it ran)."""
     engines = _copy_engines(engine_dir, tmp_path / "engines")
     original = (engines / "manifest.json").read_text()
     parity = json.loads(original)["models"]["esm2"]["parity"]
     _edit_manifest(engines, "esm2", parity={**parity, "passed": False})
-    _refused(_predict_with(engines, reads_fasta, tmp_path / "out"), "failed its parity gate")
+    result = _predict_with(engines, reads_fasta, tmp_path / "kept")
+    assert result.code == 0, result.stderr
+    assert result.stderr.count("the esm2 engine in") == 1 and "failed its parity gate" in result.stderr
     (engines / "manifest.json").write_text(original)
     _edit_manifest(engines, "esm2", vocab_size=5)
     _refused(_predict_with(engines, reads_fasta, tmp_path / "out"), "the word embedding has 5 rows")

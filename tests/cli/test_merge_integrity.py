@@ -121,7 +121,9 @@ def test_a_result_file_linked_from_outside_or_unrecorded_is_refused(parts, tmp_p
     _refused([unrecorded, parts[1]], tmp_path / "out", "records no size and SHA-256 for sequences.tsv")
 
 
-@pytest.mark.parametrize("table", ["sequences.tsv", "frames.tsv", "prediction_results.txt"])
+@pytest.mark.parametrize(
+    "table", ["sequences.tsv", "frames.tsv", "prediction_results.txt", "prediction_results_highestscore.csv"]
+)
 def test_a_row_removed_with_run_json_forged_to_match_is_refused(parts, tmp_path, table):
     """The hashes hold only what run.json says; the rows are held to the part's records (split.json)
     and kept frames. A part missing one row merged into a sequences.tsv that lacked a record."""

@@ -562,3 +562,28 @@ def test_a_merge_stopped_while_its_results_are_renamed_into_place_reruns(small_s
     (out / "run.json").unlink()  # no note now: the files are refused as before
     refused = run_cli("merge", *map(str, a), "-o", str(out))
     assert refused.code == 2 and "no run.json accounts for them" in refused.stderr
+
+
+def test_a_merge_stopped_after_its_run_json_leaves_no_lock_after_its_rerun(
+    small_shards, tmp_path, monkeypatch
+):
+    """Stopped between run.json and dropping its note, the merge keeps its lock file; the rerun, which
+    finds the merge finished, drops the note and the lock file with it (they stayed for good)."""
+    from virnucpro_trt.runtime.resume import OutdirLock
+
+    _, _, a, _ = small_shards
+    out = tmp_path / "m"
+    real_forget = OutdirLock.forget_results
+
+    def stopped(self):
+        if self.results:
+            raise KeyboardInterrupt
+        real_forget(self)
+
+    monkeypatch.setattr(OutdirLock, "forget_results", stopped)
+    assert run_cli("merge", *map(str, a), "-o", str(out)).code == 130
+    monkeypatch.undo()
+    assert (out / "run.json").is_file() and "results" in (out / ".work.lock").read_text()
+    result = run_cli("merge", *map(str, a), "-o", str(out))
+    assert result.code == 0 and "already holds the results of this merge" in result.stderr, result.stderr
+    assert not (out / ".work.lock").exists()

@@ -7,6 +7,7 @@ Nothing here reaches the network except ``download``, which exists to do exactly
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -598,17 +599,27 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def console() -> None:
-    """The ``virnucpro-trt`` program (and ``python -m virnucpro_trt``): :func:`main`, then SIGINT and
-    SIGTERM ignored while the process exits.
+    """The ``virnucpro-trt`` program (and ``python -m virnucpro_trt``): :func:`main`; then a SIGINT or
+    SIGTERM while the process exits ends it at once with the command's own exit code.
 
     The command has finished and said so by then; Python's own exit (the modules torch loaded) still
-    takes up to a second, and a SIGTERM in it killed the process, exit 143, after a complete run. Only
-    the program does this: :func:`main` also runs inside other processes (the tests)."""
+    takes up to a second, and a SIGTERM in it killed the process, exit 143, after a complete run. The
+    signal still stops an exit that hangs. Only the program does this: :func:`main` also runs inside
+    other processes (the tests)."""
     try:
         main()
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+
+        def _exit_now(signum: int, frame: object) -> None:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
+        signal.signal(signal.SIGINT, _exit_now)
+        signal.signal(signal.SIGTERM, _exit_now)
+        raise
 
 
 def _output_not_creatable(exc: OSError) -> tuple[str, int] | None:

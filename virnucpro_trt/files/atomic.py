@@ -14,7 +14,7 @@ import contextlib
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,11 +44,16 @@ def remove_quietly(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file for writing; on success it replaces ``path``, on any failure it is removed."""
+def atomic_output(
+    path: Path, mode: str = "wb", on_create: Callable[[Path], None] | None = None, **open_kwargs: Any
+) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing; on success it replaces ``path``, on any failure it is removed.
+    ``on_create`` is told of the temporary file as soon as it exists (a run's lock notes it)."""
     tmp = temporary_name(path)
     handle = open(tmp, exclusive_mode(mode), **open_kwargs)  # noqa: SIM115 - closed on both paths below
     try:
+        if on_create is not None:
+            on_create(tmp)
         yield handle
         handle.close()
         os.replace(tmp, path)
@@ -63,6 +68,6 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_output(path, "w", encoding="utf-8", newline="\n") as handle:
+def write_text_atomic(path: Path, text: str, on_create: Callable[[Path], None] | None = None) -> None:
+    with atomic_output(path, "w", on_create, encoding="utf-8", newline="\n") as handle:
         handle.write(text)

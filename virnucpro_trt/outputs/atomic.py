@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from virnucpro_trt.files.atomic import close_quietly, exclusive_mode, remove_quietly, temporary_name
 from virnucpro_trt.files.ownership import output_entry
+
+if TYPE_CHECKING:
+    from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 
 
 class ResultSet:
@@ -70,6 +73,24 @@ class ResultSet:
         them against: a rename keeps the bytes)."""
         assert self._closed
         return {name: output_entry(self.partial(name)) for name in self.names}
+
+    def publish(
+        self,
+        record: Callable[[dict[str, dict[str, Any]]], None],
+        appender: FrameEmbeddingsWriter | None = None,
+    ) -> None:
+        """Close these files (and ``appender``'s, an ``embeddings.h5``), give ``record`` every file's
+        final name and entry, then rename them into place: a run stopped while renaming them, or
+        before its run.json, leaves files its rerun can tell are its own."""
+        self.close()
+        entries = self.entries()
+        if appender is not None:
+            appender.close()
+            entries[appender.path.name] = appender.entry()
+        record(entries)
+        if appender is not None:
+            appender.rename()
+        self.rename()
 
     def rename(self) -> None:
         """Rename the closed files into place (atomic each)."""

@@ -9,9 +9,12 @@ any other result name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.files.ownership import text_entry
 
 DEMO_NOTE = "DEMO_RANDOM_WEIGHTS.txt"
 DEMO_NOTE_TEXT = (
@@ -22,7 +25,13 @@ DEMO_NOTE_TEXT = (
 )
 
 
-def write_demo_note(outdir: Path) -> Path:
+def write_demo_note(outdir: Path, on_create: Callable[[Path], None] | None = None) -> Path:
     path = outdir / DEMO_NOTE
-    write_text_atomic(path, DEMO_NOTE_TEXT)
+    write_text_atomic(path, DEMO_NOTE_TEXT, on_create)
     return path
+
+
+def with_demo_note(entries: dict[str, dict[str, Any]], demo: bool) -> dict[str, dict[str, Any]]:
+    """A run's result entries (name -> size and SHA-256) with the demo note's when it writes one: what
+    predict and merge record before their files are renamed into place, and then put in run.json."""
+    return {**entries, DEMO_NOTE: text_entry(DEMO_NOTE_TEXT)} if demo else dict(entries)

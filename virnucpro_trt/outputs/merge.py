@@ -63,14 +63,5 @@ def merge_shard_results(
                 ids, dnabert, esm = read_embeddings_npz(results / files[EMBEDDINGS_ROLE].name)
                 embeddings.append(ids, dnabert, esm)
         maxima.write(final[HIGHEST_SCORE])
-        final.close()
-        entries = final.entries()
-        if embeddings is not None:
-            embeddings.close()
-            entries[embeddings.path.name] = embeddings.entry()
-        if record is not None:
-            record(entries)
-        if embeddings is not None:
-            embeddings.rename()
-        final.rename()
+        final.publish(record or (lambda entries: None), embeddings)
     return len(maxima)

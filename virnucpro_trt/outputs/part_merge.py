@@ -92,22 +92,28 @@ def _sorted_rows(path: Path, header: str) -> Iterator[tuple[str, str]]:
             raise PartFileError(f"{path}: not UTF-8 text") from None
 
 
-def merge_sorted_table(out: IO[str], paths: list[Path], header: str) -> int:
-    """k-way merge of the parts' sorted rows into ``out`` (header first); returns the row count.
+def merge_sorted_table(out: IO[str], paths: list[Path], header: str) -> list[int]:
+    """k-way merge of the parts' sorted rows into ``out`` (header first); returns each part's row count
+    (for the merge to hold against the part's own count).
 
     A chunk id in two parts cannot come from one split (read ids are unique across the input): it
     stops the merge rather than writing a file one run would never write.
     """
     out.write(header)
-    rows = 0
+    rows = [0] * len(paths)
+
+    def counted(index: int, path: Path) -> Iterator[tuple[str, str]]:
+        for item in _sorted_rows(path, header):
+            rows[index] += 1
+            yield item
+
     previous: str | None = None
-    streams = [_sorted_rows(path, header) for path in paths]
+    streams = [counted(index, path) for index, path in enumerate(paths)]
     for key, row in heapq.merge(*streams, key=lambda item: item[0]):
         if key == previous:
             raise PartFileError(f"chunk id {key!r} appears in two parts: they are not parts of one input")
         previous = key
         out.write(row)
-        rows += 1
     return rows
 
 

@@ -47,9 +47,9 @@ from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import SHA256, parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
-from virnucpro_trt.files.ownership import changed_since, reuse_finished, text_entry
+from virnucpro_trt.files.ownership import changed_since, reuse_finished
 from virnucpro_trt.outputs.atomic import ResultSet
-from virnucpro_trt.outputs.demo_note import DEMO_NOTE, DEMO_NOTE_TEXT, write_demo_note
+from virnucpro_trt.outputs.demo_note import DEMO_NOTE, with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES
 from virnucpro_trt.outputs.part_merge import (
@@ -128,6 +128,8 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
             raise MergeRefused(f"{outdir} is {part.name}'s own folder; merge into another folder")
     with made_folder(outdir), outdir_lock(outdir) as lock:  # a failed merge leaves no folder it made
         finished = _finished_merge(outdir, parts, settings.force, lock.results if lock is not None else {})
+        if lock is not None:  # the noted files are now removed, or accounted for by run.json
+            lock.forget_results()
         if finished is not None:
             return finished
         embeddings = all(p.has_embeddings for p in parts)
@@ -138,9 +140,7 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
 
         def record(entries: dict[str, dict[str, Any]]) -> None:
             """Note the results in the lock before they are renamed into place (see predict's)."""
-            outputs.update(entries)
-            if demo:
-                outputs[DEMO_NOTE] = text_entry(DEMO_NOTE_TEXT)
+            outputs.update(with_demo_note(entries, demo))
             if lock is not None:
                 lock.note_results(outputs)
 
@@ -148,9 +148,9 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
         _write_files(outdir, parts, embeddings, record, noted)
         summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
         if demo:
-            write_demo_note(outdir)
+            write_demo_note(outdir, noted)
         summary["outputs"] = outputs
-        write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n", noted)
         if lock is not None:
             lock.forget_results()
     return summary
@@ -432,30 +432,28 @@ def _write_files(
                 for part in parts:
                     rows = append_table(final[name], part.folder / name, header)
                     _check_rows(part, name, rows)
-            merge_sorted_table(
+            highest = merge_sorted_table(
                 final[HIGHEST_SCORE], [p.folder / HIGHEST_SCORE for p in parts], HIGHEST_HEADER
             )
+            for part, rows in zip(parts, highest, strict=True):
+                _check_rows(part, HIGHEST_SCORE, rows)
             if writer is not None:
                 for part in parts:
                     blocks = shard_frame_counts(part.folder / SEQUENCES_TSV, part.shard_sizes())
                     append_embeddings(writer, part.folder / EMBEDDINGS_H5, blocks)
-            final.close()
-            entries = final.entries()
-            if writer is not None:
-                writer.close()
-                entries[EMBEDDINGS_H5] = writer.entry()
-            record(entries)
-            if writer is not None:
-                writer.rename()
-            final.rename()
+            final.publish(record, writer)
 
 
 def _check_rows(part: PartResult, name: str, rows: int) -> None:
     """A part's table holds one row per record of the part (``sequences.tsv``: the part as split.json
-    made it) or per kept frame (the others: its run.json's count), else it is refused: a row removed
-    with run.json's hashes forged to match was merged into files that claimed every record."""
+    made it), per chunk with kept frames (the highest-score file) or per kept frame (the others; both
+    its run.json's counts), else it is refused: a row removed with run.json's hashes forged to match
+    was merged into files that claimed every record."""
     if name == SEQUENCES_TSV:
         expected, what = part.part.records, "records (split.json)"
+    elif name == HIGHEST_SCORE:
+        expected = part.run["counts"].get("chunks_with_frames")
+        what = "chunks with kept frames (its run.json)"
     else:
         expected, what = part.run["counts"].get("frames"), "kept frames (its run.json)"
     if rows != expected:

@@ -49,13 +49,13 @@ from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_parent_folders
-from virnucpro_trt.files.ownership import changed_since, reuse_finished, text_entry
+from virnucpro_trt.files.ownership import changed_since, reuse_finished
 from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2, MODELS
 from virnucpro_trt.models.resolve import resolve_model
-from virnucpro_trt.outputs.demo_note import DEMO_NOTE, DEMO_NOTE_TEXT, write_demo_note
+from virnucpro_trt.outputs.demo_note import DEMO_NOTE, with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES, merge_shard_results
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
@@ -278,9 +278,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     def record(entries: dict[str, dict[str, Any]]) -> None:
         """Note the result files in ``.work``'s state before they are renamed into place: a run killed
         from there to its run.json leaves files its rerun knows as its own (``_check_stray_results``)."""
-        outputs.update(entries)
-        if ctx.demo:
-            outputs[DEMO_NOTE] = text_entry(DEMO_NOTE_TEXT)
+        outputs.update(with_demo_note(entries, ctx.demo))
         work.record_outputs(outputs)
 
     with timer.stage("merge"):
@@ -289,10 +287,10 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
         ctx, summary, shards, markers, report, facts, skipped, chunks_with_frames, identity
     )
     if ctx.demo:
-        write_demo_note(outdir)
+        write_demo_note(outdir, ctx.note_temporary)
     summary_json["model_weights"] = {kind: w.to_json() for kind, w in known.weights.items()}
     summary_json["outputs"] = outputs
-    write_text_atomic(outdir / RUN_JSON, json.dumps(summary_json, indent=2) + "\n")
+    write_text_atomic(outdir / RUN_JSON, json.dumps(summary_json, indent=2) + "\n", ctx.note_temporary)
     if settings.run.keep_work:
         log.info("kept the work folder %s (--keep-work)", work.root)
     else:

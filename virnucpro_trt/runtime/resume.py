@@ -81,7 +81,8 @@ WORK_NAMES: dict[str, tuple[re.Pattern[str], tuple[str, ...]]] = {
 
 class OutdirLock:
     """The held lock of one output folder (``OUTDIR/.work.lock``), which is also the run's note of the
-    files it keeps in OUTDIR only while it runs (the stdin copy).
+    files it keeps in OUTDIR only while it runs (the stdin copy, the temporary result files) and, for
+    ``merge``, of its results until its run.json accounts for them (:meth:`note_results`).
 
     The lock file holds :data:`LOCK_TEXT`, then one JSON line per such file with its stamp. A run killed
     by SIGKILL leaves both behind; the next run on the folder takes the lock over (its text says the
@@ -122,9 +123,9 @@ class OutdirLock:
     def rewrite(self) -> None:
         """Write the lock file anew: :data:`LOCK_TEXT` and this run's notes (a killed run's are gone)."""
         notes = [*self._noted, *([{"results": self.results}] if self.results else [])]
-        body = LOCK_TEXT + "".join(json.dumps(entry) + "\n" for entry in notes)
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, body.encode("utf-8"), 0)
+        data = (LOCK_TEXT + "".join(json.dumps(entry) + "\n" for entry in notes)).encode("utf-8")
+        os.pwrite(self._fd, data, 0)  # then cut what is left of a longer body: a SIGKILL in between
+        os.ftruncate(self._fd, len(data))  # leaves the new notes, never an empty file
 
     def remove_left_behind(self, content: bytes) -> None:
         """Remove the files a killed run noted in ``content`` (its lock file) that still carry their
@@ -199,7 +200,8 @@ def outdir_lock(outdir: Path) -> Iterator[OutdirLock | None]:
 
     The lock file is opened without following a symbolic link, and only a file that is empty or holds
     :data:`LOCK_TEXT` (one the tool made, left by a killed run) is taken over; a user's file at that name
-    is refused, never written to or removed. At the end the file is removed if it is still the one held.
+    is refused, never written to or removed. At the end the file is removed if it is still the one held
+    and notes no results that no run.json accounts for yet (:meth:`OutdirLock.note_results`).
     """
     try:
         import fcntl
@@ -406,7 +408,8 @@ class WorkDir:
         self._write_json(self.state_path, state)
 
     def record_outputs(self, outputs: dict[str, Any]) -> None:
-        """Note in the state the result files just written in OUTDIR (``{name: {bytes, sha256}}``).
+        """Note in the state the result files about to be renamed into OUTDIR (``{name: {bytes, sha256}}``
+        of their complete temporary files).
 
         Until run.json is written, this is what says they are the tool's: a run killed in between leaves
         them with no run.json, and its rerun may replace them only because they are noted here unchanged.

@@ -35,6 +35,7 @@ read only when a shard starts and does nothing when unset.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -211,9 +212,11 @@ def _report_failure(send: _Sender, slot: WorkerSlot, shard_id: int | None, exc: 
     A :class:`VirnucproError` is ``fatal`` (retrying gives the same answer: the run ends), and so is a
     file-system failure the user has to fix first (a full disk, a read-only location:
     :func:`~virnucpro_trt.errors.describe_os_error`), which three respawns would only repeat; anything
-    else is ``failed`` (the worker is respawned and ``shard_id``, if any, re-queued).
+    else is ``failed`` (the worker is respawned and ``shard_id``, if any, re-queued), an I/O error too:
+    on a network file system it may pass.
     """
-    known = describe_os_error(exc) if isinstance(exc, OSError) else None
+    retried = isinstance(exc, OSError) and exc.errno == errno.EIO
+    known = describe_os_error(exc) if isinstance(exc, OSError) and not retried else None
     if isinstance(exc, VirnucproError):
         send(Fatal(slot.index, exc.exit_code, str(exc), traceback.format_exc()))
     elif known is not None:
