@@ -52,6 +52,17 @@ def output_entry(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
+def is_output_entry(entry: object) -> bool:
+    """Whether ``entry`` (read from a record, a run.json or a lock file: hostile) has the shape
+    :func:`output_entry` writes: ``bytes`` an integer, ``sha256`` a hex SHA-256."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("bytes"), int)
+        and isinstance(entry.get("sha256"), str)
+        and SHA256.fullmatch(entry["sha256"]) is not None
+    )
+
+
 def text_entry(text: str) -> dict[str, Any]:
     """:func:`output_entry` of the file ``write_text_atomic`` makes of ``text``, before it is written."""
     data = text.encode("utf-8")
@@ -134,14 +145,7 @@ def _read_record(folder: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
     files = data.get("files") if data.get("schema") == RECORD_SCHEMA else None
     entries = {}
     for name, entry in files.items() if isinstance(files, dict) else ():
-        if (
-            os.sep not in name
-            and name not in ("", ".", "..")
-            and isinstance(entry, dict)
-            and isinstance(entry.get("bytes"), int)
-            and isinstance(entry.get("sha256"), str)
-            and SHA256.fullmatch(entry["sha256"])
-        ):
+        if os.sep not in name and name not in ("", ".", "..") and is_output_entry(entry):
             entries[name] = entry
     return entries, None if data.get("tool") == "virnucpro-trt" else _FOREIGN
 

@@ -45,9 +45,9 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.folders import made_folder
-from virnucpro_trt.files.json_fields import SHA256, parse_json
+from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
-from virnucpro_trt.files.ownership import changed_since, reuse_finished
+from virnucpro_trt.files.ownership import changed_since, is_output_entry, reuse_finished
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -267,12 +267,7 @@ def verify_part_files(part: PartResult) -> None:
     outputs = part.run.get("outputs")
     for name in part.merged_files:
         entry = outputs.get(name) if isinstance(outputs, dict) else None
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("bytes"), int)
-            and isinstance(entry.get("sha256"), str)
-            and SHA256.fullmatch(entry["sha256"])
-        ):
+        if not is_output_entry(entry):
             raise MergeRefused(
                 f"{part.name}: its {RUN_JSON} records no size and SHA-256 for {name}; predict the part "
                 "again with this version"

@@ -42,8 +42,9 @@ from typing import Any
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
-from virnucpro_trt.files.json_fields import SHA256, FieldError, parse_json
+from virnucpro_trt.files.json_fields import FieldError, parse_json
 from virnucpro_trt.files.names import check_member_name
+from virnucpro_trt.files.ownership import is_output_entry
 from virnucpro_trt.files.stamps import digest_holds, file_stamp
 from virnucpro_trt.runtime.shard_marker import MARKER_SUFFIX, RESULT_SUFFIXES, ShardMarker, marker_path
 from virnucpro_trt.runtime.shards import ShardSpec, read_shard_index
@@ -164,12 +165,7 @@ def _result_entry(name: object, entry: object) -> bool:
         check_member_name(name, "lock file result")
     except UserError:
         return False
-    return (
-        isinstance(entry, dict)
-        and isinstance(entry.get("bytes"), int)
-        and isinstance(entry.get("sha256"), str)
-        and SHA256.fullmatch(entry["sha256"]) is not None
-    )
+    return is_output_entry(entry)
 
 
 def _open_lock_file(path: Path) -> int:
