@@ -86,15 +86,19 @@ def test_a_log_file_where_the_command_writes_is_refused_before_it_is_opened(tiny
         (*predict, "--log-file", str(out / ".work")),
         (*predict, "--log-file", str(out / ".frames.tsv.12-34-abcd.partial")),  # a temporary name of it
         ("prepare", str(reads_fasta), "-o", str(out), "--log-file", str(out / "identified_protein.faa")),
+        ("prepare", str(reads_fasta), "-o", str(out), "--log-file", str(out / ".work.lock")),  # its lock
         ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
          "-o", str(out / "e.h5"), "--log-file", str(out / "e.h5")),
+        ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
+         "-o", str(out / "e.h5"), "--log-file", str(out / ".e.h5.lock")),  # its lock, beside it
+        ("workflow", "-o", str(parts), "--log-file", str(parts / ".work.lock")),
         ("convert-classifier", str(tiny_set.classifier), str(out / "c.safetensors"),
          "--log-file", str(out / "c.safetensors")),
         ("split", str(reads_fasta), "--parts", "2", "-o", str(parts), "--log-file", str(parts / "split.log")),
     ]  # fmt: skip
     for args in cases:
         log = args[-1]
-        result = run_cli(*args, "--force") if args[0] != "split" else run_cli(*args)
+        result = run_cli(*args, "--force") if args[0] not in ("split", "workflow") else run_cli(*args)
         assert result.code == 2 and result.stderr.strip().splitlines() == [
             f"error: --log-file {log} is where {args[0]} writes its output; put the log elsewhere (or under "
             "another name)"

@@ -4,6 +4,7 @@ names a run uses, FIFOs in its working area and impossible output paths are each
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -16,10 +17,15 @@ import pytest
 
 from tests.cli.helpers import error_lines, predict_tiny, run_cli
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.atomic import temporary_name
 from virnucpro_trt.files.bounded_read import NotARegularFile, read_bounded
+from virnucpro_trt.files.ownership import RECORD
+from virnucpro_trt.files.run_lock import LOCK_FILE, LOCK_TEXT, outdir_lock, output_lock
+from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.inputs import materialise, private_spool
-from virnucpro_trt.runtime.resume import LOCK_FILE, LOCK_TEXT, WorkDir, outdir_lock
+from virnucpro_trt.runtime.resume import WorkDir
 from virnucpro_trt.runtime.shards import read_shard_index
+from virnucpro_trt.sequences.prepare import IdentifiedFilesWriter
 
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "sequences.tsv", "frames.tsv")
 
@@ -550,3 +556,99 @@ def test_a_malformed_stamp_in_a_record_means_hash_the_file(tmp_path):
     entry = {**output_entry(tmp_path / "frames.tsv"), "stamp": 5}
     assert changed_since(tmp_path, "frames.tsv", entry) is None
     assert changed_since(tmp_path, "frames.tsv", {**entry, "sha256": "0" * 64}) is not None
+
+
+@pytest.mark.parametrize("command", ["prepare", "embed"])
+def test_a_stdin_copy_left_by_a_killed_prepare_or_embed_is_removed_by_its_rerun(
+    tiny_set, reads_fasta, tmp_path, monkeypatch, command
+):
+    """SIGKILL while stdin is still being copied left a hidden ``.stdin-*.input`` that no rerun removed
+    (these commands took no lock); now the output's lock notes it and the rerun removes it."""
+    out = tmp_path / "out"
+    args = {
+        "prepare": ["-o", str(out)],
+        "embed": ["--model", "dnabert-s", "--weights", str(tiny_set.dnabert), "--device", "cpu",
+                  "--threads", "1", "-o", str(out / "x.h5")],
+    }[command]  # fmt: skip
+    lock = {"prepare": LOCK_FILE, "embed": ".x.h5.lock"}[command]
+    data = reads_fasta.read_bytes()
+    code, stderr = _signal_while_copying_stdin([command, "-", *args], data, out, "SIGKILL")
+    assert code == -9, stderr
+    left = sorted(p.name for p in out.iterdir())
+    assert lock in left and any(name.startswith(".stdin-") for name in left), left  # what SIGKILL leaves
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    result = run_cli(command, "-", *args)
+    assert result.code == 0, result.stderr
+    results = {"prepare": ["identified_nucleotide.fa", "identified_protein.faa"], "embed": ["x.h5"]}[command]
+    assert sorted(p.name for p in out.iterdir()) == sorted([RECORD, *results])
+
+
+def test_the_temporary_files_of_a_killed_prepare_embed_or_workflow_are_removed_by_the_rerun(
+    tiny_set, reads_fasta, tmp_path
+):
+    """What a SIGKILL in the middle of writing leaves (the lock file noting the temporary files, and the
+    files): the same command again removes them and writes its results. They used to stay, hidden,
+    beside every later result. A workflow's temporary files lie in subfolders: noted with their path."""
+    prep, emb, flow = tmp_path / "prep", tmp_path / "emb", tmp_path / "flow"
+    with outdir_lock(prep) as lock:
+        writer = IdentifiedFilesWriter(prep, functools.partial(lock.note, growing=True)).__enter__()
+        writer._nuc.write(">x\nACGT\n")
+        writer._stack.close()  # closed, not removed: the run is killed here
+        killed = {prep / LOCK_FILE: (prep / LOCK_FILE).read_bytes()}
+    with output_lock(emb / "x.h5") as lock:
+        EmbeddingsWriter(emb / "x.h5", 4, {}, functools.partial(lock.note, growing=True)).file.close()
+        killed[emb / ".x.h5.lock"] = (emb / ".x.h5.lock").read_bytes()
+    with outdir_lock(flow) as lock:
+        (flow / "profiles" / "slurm").mkdir(parents=True)
+        partial = temporary_name(flow / "profiles" / "slurm" / "config.yaml")
+        partial.write_text("cut short")
+        lock.note(partial, growing=True)
+        partial.write_text("cut short, and longer")  # still growing when killed
+        killed[flow / LOCK_FILE] = (flow / LOCK_FILE).read_bytes()
+    for path, content in killed.items():
+        path.write_bytes(content)
+    assert len([p for p in tmp_path.rglob("*.partial")]) == 4
+    runs = [
+        ("prepare", str(reads_fasta), "-o", str(prep)),
+        ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert), "--device",
+         "cpu", "--threads", "1", "-o", str(emb / "x.h5")),
+        ("workflow", "-o", str(flow)),
+    ]  # fmt: skip
+    for args in runs:
+        result = run_cli(*args)
+        assert result.code == 0, (args, result.stderr)
+    assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob("*.lock"))
+    assert (flow / "profiles" / "slurm" / "config.yaml").is_file() and (emb / "x.h5").is_file()
+
+
+def test_a_noted_path_is_followed_through_real_folders_only(tmp_path):
+    """A lock file's note names a file below the folder: one reached through a symbolic link (or a note
+    leading out with ``..``) is not removed, even when it is the very file noted."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    kept = elsewhere / ".x.partial"
+    kept.write_text("someone's")
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "link").symlink_to(elsewhere)
+    with outdir_lock(out) as lock:
+        lock.note(out / "sub" / "link" / ".x.partial")
+        lock._noted.append({"file": "../elsewhere/.x.partial", "stamp": lock._noted[0]["stamp"]})
+        lock.rewrite()
+        content = (out / LOCK_FILE).read_bytes()
+    (out / LOCK_FILE).write_bytes(content)
+    with outdir_lock(out):
+        pass
+    assert kept.read_text() == "someone's"
+
+
+def test_two_embeds_into_one_folder_run_side_by_side_but_not_onto_one_file(tiny_set, reads_fasta, tmp_path):
+    """``embed`` locks its output file, not the folder: DNABERT-S and ESM-2 embeddings written into one
+    folder at once both run; a second run onto the same file is refused while the first writes it."""
+    out = tmp_path / "emb"
+    args = ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
+            "--device", "cpu", "--threads", "1", "-o")  # fmt: skip
+    with output_lock(out / "a.h5"):
+        _refused(run_cli(*args, str(out / "a.h5")), f"{out / 'a.h5'} is being written by another")
+        result = run_cli(*args, str(out / "b.h5"))
+        assert result.code == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [RECORD, "b.h5"]

@@ -569,18 +569,18 @@ def test_a_merge_stopped_after_its_run_json_leaves_no_lock_after_its_rerun(
 ):
     """Stopped between run.json and dropping its note, the merge keeps its lock file; the rerun, which
     finds the merge finished, drops the note and the lock file with it (they stayed for good)."""
-    from virnucpro_trt.runtime.resume import OutdirLock
+    from virnucpro_trt.files.run_lock import RunLock
 
     _, _, a, _ = small_shards
     out = tmp_path / "m"
-    real_forget = OutdirLock.forget_results
+    real_forget = RunLock.forget_results
 
     def stopped(self):
         if self.results:
             raise KeyboardInterrupt
         real_forget(self)
 
-    monkeypatch.setattr(OutdirLock, "forget_results", stopped)
+    monkeypatch.setattr(RunLock, "forget_results", stopped)
     assert run_cli("merge", *map(str, a), "-o", str(out)).code == 130
     monkeypatch.undo()
     assert (out / "run.json").is_file() and "results" in (out / ".work.lock").read_text()

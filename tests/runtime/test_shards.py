@@ -10,9 +10,10 @@ import pytest
 
 from virnucpro_trt.errors import InputFormatError, UserError
 from virnucpro_trt.files.digests import sha256_file
+from virnucpro_trt.files.run_lock import outdir_lock
 from virnucpro_trt.outputs.shard_results import write_shard_results
 from virnucpro_trt.pipeline.inputs import validate_input
-from virnucpro_trt.runtime.resume import WorkDir, outdir_lock
+from virnucpro_trt.runtime.resume import WorkDir
 from virnucpro_trt.runtime.shard_marker import ShardReport, marker_path, result_roles
 from virnucpro_trt.runtime.shards import (
     INDEX_SCHEMA,

@@ -21,6 +21,7 @@ import click
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.names import check_parent_folders, is_within, same_file
 from virnucpro_trt.files.ownership import RECORD
+from virnucpro_trt.files.run_lock import LOCK_FILE, output_lock_name
 from virnucpro_trt.models.kinds import MODELS
 from virnucpro_trt.settings import (
     CHUNK_LENGTHS,
@@ -96,17 +97,16 @@ def _names_written(command: str) -> tuple[str, ...] | None:
         return (*OUTPUT_NAMES, ENGINE_CACHE, WORK_DIR)
     if command == "merge":
         from virnucpro_trt.pipeline.merge_parts import RESULT_NAMES
-        from virnucpro_trt.runtime.resume import LOCK_FILE
 
         return (*RESULT_NAMES, LOCK_FILE)
     if command == "prepare":
         from virnucpro_trt.sequences.prepare import NUCLEOTIDE_FILE, PROTEIN_FILE
 
-        return (NUCLEOTIDE_FILE, PROTEIN_FILE, RECORD)
+        return (NUCLEOTIDE_FILE, PROTEIN_FILE, RECORD, LOCK_FILE)
     if command == "workflow":
         from virnucpro_trt.workflow import DEMO_READS_FILE, WORKFLOW_FILES
 
-        return tuple(Path(name).parts[0] for name in (*WORKFLOW_FILES, DEMO_READS_FILE))
+        return (*(Path(name).parts[0] for name in (*WORKFLOW_FILES, DEMO_READS_FILE)), LOCK_FILE)
     return None
 
 
@@ -147,7 +147,8 @@ def check_log_file_place(log_file: Path, context: click.Context) -> None:
                 names = _names_written(command)
                 clash = names is None or _written_there(first, names)
             else:
-                beside = (output.name, RECORD)  # a file output: its record and temporaries beside it
+                # a file output: its record, its lock and the temporaries beside it
+                beside = (output.name, RECORD, output_lock_name(output))
                 clash = same_file(log_file, output) or (
                     same_file(log_file.parent, output.parent) and _written_there(log_file.name, beside)
                 )

@@ -10,6 +10,7 @@ run then removes is the file this call created.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,15 +46,18 @@ def create_new(path: Path, mode: int = 0o666) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def write_new_text(path: Path, text: str) -> None:
+def write_new_text(path: Path, text: str, on_create: Callable[[Path], None] | None = None) -> None:
     """Write ``text`` (UTF-8) into a new file at ``path``, whole or not at all: written under a private
     temporary name, then hard-linked to ``path`` (``link`` fails on anything already there, as
     :func:`create_new` does) and the temporary name removed. Interrupted, it leaves no file cut short at
-    ``path`` for a rerun to stumble on; a SIGKILL at worst leaves a hidden ``.partial`` beside it. On a
+    ``path`` for a rerun to stumble on; a SIGKILL at worst leaves a hidden ``.partial`` beside it, which
+    ``on_create`` is told of as soon as it exists (a run's lock notes it for the rerun to remove). On a
     file system without hard links it is written in place (exclusively, as before)."""
     tmp = temporary_name(path)
     try:
         with open(tmp, "xb") as handle:
+            if on_create is not None:
+                on_create(tmp)
             handle.write(text.encode("utf-8"))
         try:
             os.link(tmp, path)

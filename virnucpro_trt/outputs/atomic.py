@@ -24,7 +24,7 @@ class ResultSet:
 
     def __init__(self, outdir: Path, names: list[str], on_create: Callable[[Path], None] | None = None):
         """``on_create`` is told of each temporary file as soon as it exists (a run's lock notes it, so
-        the rerun after a SIGKILL removes it: ``OutdirLock.note``)."""
+        the rerun after a SIGKILL removes it: ``RunLock.note``)."""
         self.outdir = outdir
         self.names = names
         self._on_create = on_create

@@ -162,10 +162,11 @@ class FrameEmbeddingsWriter(_Appender):
 class EmbeddingsWriter(_Appender):
     """``embed``: one pooled embedding per input record, in input order, with a status per record."""
 
-    def __init__(self, path: Path, dim: int, attrs: dict[str, str]):
-        super().__init__(
-            path, {"ids": (_STR, ()), "embeddings": (np.float32, (dim,)), "status": (_STR, ())}, attrs
-        )
+    def __init__(
+        self, path: Path, dim: int, attrs: dict[str, str], on_create: Callable[[Path], None] | None = None
+    ):
+        columns = {"ids": (_STR, ()), "embeddings": (np.float32, (dim,)), "status": (_STR, ())}
+        super().__init__(path, columns, attrs, on_create)
 
     def append(self, ids: Sequence[str], embeddings: np.ndarray, status: Sequence[str]) -> None:  # type: ignore[override]
         super().append(ids=list(ids), embeddings=embeddings, status=list(status))

@@ -12,7 +12,9 @@ path is refused unless ``--force`` (``files/ownership.py``: the rule every comma
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from virnucpro_trt import __version__
 from virnucpro_trt.errors import InputFormatError
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
+from virnucpro_trt.files.run_lock import output_lock, output_lock_name
 from virnucpro_trt.models.kinds import ENCODERS
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.encoders import open_models
@@ -41,19 +44,25 @@ DNABERT_RECORD_TOKENS = 16384
 
 def run_embed(settings: EmbedSettings) -> dict[str, Any]:
     """Check the paths, make the output's folder (before the model loads: a place where none can be
-    made fails first), then embed; a failed run leaves no folder it made."""
+    made fails first), then embed; a failed run leaves no folder it made. The output's lock is held
+    throughout (one run per output file; it notes the stdin copy and the temporary file, so the rerun
+    after a SIGKILL removes them)."""
     check_input_file(settings.input)
-    check_run_paths(
-        [settings.input, settings.weights], [settings.output, record_path(settings.output.parent)]
-    )
-    check_replaceable([settings.output], settings.force)
     folder = settings.output.parent
-    with made_folder(folder), readable_input(settings.input, folder) as (path, display):
-        return _embed(settings, path, display)
+    outputs = [settings.output, record_path(folder), folder / output_lock_name(settings.output)]
+    check_run_paths([settings.input, settings.weights], outputs)
+    check_replaceable([settings.output], settings.force)
+    with made_folder(folder), output_lock(settings.output) as lock:
+        noted = functools.partial(lock.note, growing=True) if lock is not None else None
+        with readable_input(settings.input, folder, noted) as (path, display):
+            return _embed(settings, path, display, noted)
 
 
-def _embed(settings: EmbedSettings, path: Path, display: str) -> dict[str, Any]:
-    """Validate the input, load the encoder, embed block by block; the file appears only when complete."""
+def _embed(
+    settings: EmbedSettings, path: Path, display: str, on_create: Callable[[Path], None] | None
+) -> dict[str, Any]:
+    """Validate the input, load the encoder, embed block by block; the file appears only when complete
+    (its temporary file told to ``on_create`` as soon as it exists)."""
     model = ENCODERS[settings.model]
     alphabet = model.alphabet
     refuse = settings.model == "esm2" and not settings.allow_nucleotide_letters
@@ -84,7 +93,7 @@ def _embed(settings: EmbedSettings, path: Path, display: str) -> dict[str, Any]:
     with contextlib.suppress(FileNotFoundError):
         settings.output.unlink()
     records = read_records(path, alphabet)
-    with EmbeddingsWriter(settings.output, encoder.dim, attrs) as writer:
+    with EmbeddingsWriter(settings.output, encoder.dim, attrs, on_create) as writer:
         while block := list(islice(records, _BLOCK_RECORDS)):
             ids = [r.id for r in block]
             # Upper-cased: both vocabularies are upper case, so a soft-masked (lower-case) read or

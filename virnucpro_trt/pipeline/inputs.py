@@ -54,7 +54,7 @@ def materialise(
     link already at ``spool`` is refused in one line, never written through, overwritten or removed.
     A failed copy removes the file it created; when it is returned, the caller removes it when done.
     ``on_create`` is told of the file as soon as it exists, before the copy (a run killed while copying
-    can then be cleaned up after by the next one: ``OutdirLock.note``).
+    can then be cleaned up after by the next one: ``RunLock.note``).
     """
     check_input_file(input_spec)
     if not is_stream(input_spec):
@@ -77,12 +77,16 @@ def materialise(
 
 
 @contextlib.contextmanager
-def readable_input(input_spec: str, folder: Path) -> Iterator[tuple[Path, str]]:
+def readable_input(
+    input_spec: str, folder: Path, on_create: Callable[[Path], None] | None = None
+) -> Iterator[tuple[Path, str]]:
     """``input_spec`` as a path that can be read more than once, with the name messages give it, for the
-    commands that take no lock (``prepare``, ``embed``): stdin or a pipe is copied to a private name in
-    ``folder`` (:func:`private_spool`), and the copy is removed on the way out, whatever happens."""
+    commands whose folder may hold other runs' copies too (``prepare``, ``embed``): stdin or a pipe is
+    copied to a private name in ``folder`` (:func:`private_spool`), and the copy is removed on the way
+    out, whatever happens; ``on_create`` as in :func:`materialise`."""
     stream = is_stream(input_spec)
-    path, display = materialise(input_spec, private_spool(folder) if stream else Path(input_spec))
+    spec = private_spool(folder) if stream else Path(input_spec)
+    path, display = materialise(input_spec, spec, on_create)
     try:
         yield path, display
     finally:

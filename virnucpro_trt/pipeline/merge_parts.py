@@ -48,6 +48,7 @@ from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
 from virnucpro_trt.files.ownership import changed_since, is_output_entry, reuse_finished
+from virnucpro_trt.files.run_lock import outdir_lock
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -69,7 +70,6 @@ from virnucpro_trt.outputs.upstream import (
 )
 from virnucpro_trt.pipeline.predict import EMBEDDINGS_H5, MAX_RUN_JSON_BYTES, RUN_JSON, read_run_json
 from virnucpro_trt.pipeline.run_paths import check_run_paths
-from virnucpro_trt.runtime.resume import outdir_lock
 from virnucpro_trt.settings import MergeSettings, SplitPart, settings_fingerprint
 
 log = logging.getLogger(__name__)

@@ -50,6 +50,7 @@ from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import changed_since, reuse_finished
+from virnucpro_trt.files.run_lock import LOCK_FILE, outdir_lock
 from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
@@ -70,7 +71,7 @@ from virnucpro_trt.runtime.coordinator import (
     plan_worker_slots,
 )
 from virnucpro_trt.runtime.progress import ProgressTasks, SilentProgress
-from virnucpro_trt.runtime.resume import LOCK_FILE, WORK_DIR, WorkDir, changed_models, outdir_lock
+from virnucpro_trt.runtime.resume import WORK_DIR, WorkDir, changed_models
 from virnucpro_trt.runtime.shard_marker import ShardMarker, result_roles
 from virnucpro_trt.runtime.shards import ShardSpec, ShardSplitter, default_shard_records, write_shard_index
 from virnucpro_trt.runtime.worker import WorkerSlot

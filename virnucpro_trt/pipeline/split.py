@@ -42,6 +42,7 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.ownership import changed_since
+from virnucpro_trt.files.run_lock import LOCK_FILE, outdir_lock
 from virnucpro_trt.pipeline.inputs import materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.pipeline.split_manifest import (
@@ -55,7 +56,6 @@ from virnucpro_trt.pipeline.split_manifest import (
     run_length,
     write_split_manifest,
 )
-from virnucpro_trt.runtime.resume import LOCK_FILE, outdir_lock
 from virnucpro_trt.runtime.shards import (
     MIN_SHARD_RECORDS,
     PlannedShard,

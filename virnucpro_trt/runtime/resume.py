@@ -21,21 +21,16 @@ hashes of the three checkpoints and of the engine set) is refused (exit 2) rathe
 silently thrown away — unless ``--force``, or unless not a single shard of it had finished (then there
 is nothing to lose and it is discarded with a log line). A ``.work`` holding files the tool does not know
 is refused: they may be someone's, and a clean-up that removes only what it knows must not pretend to
-own them. Two runs on one output folder at the same time are refused too (:func:`outdir_lock`: an
-advisory ``flock`` the kernel releases even after SIGKILL). The lock file is never followed through a
-symbolic link, and a file at its name that the tool did not make is refused, never written or removed.
+own them. Two runs on one output folder at the same time are refused too
+(:func:`~virnucpro_trt.files.run_lock.outdir_lock`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
-import os
 import re
-import stat
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +38,8 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.json_fields import FieldError, parse_json
-from virnucpro_trt.files.names import check_member_name
-from virnucpro_trt.files.ownership import is_output_entry
-from virnucpro_trt.files.stamps import digest_holds, file_stamp
+from virnucpro_trt.files.run_lock import LOCK_FILE
+from virnucpro_trt.files.stamps import digest_holds
 from virnucpro_trt.runtime.shard_marker import MARKER_SUFFIX, RESULT_SUFFIXES, ShardMarker, marker_path
 from virnucpro_trt.runtime.shards import ShardSpec, read_shard_index
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
@@ -53,11 +47,6 @@ from virnucpro_trt.runtime.worker_facts import WorkerFacts
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
-LOCK_FILE = ".work.lock"
-LOCK_TEXT = "virnucpro-trt run lock: removed when the run ends\n"
-_MAX_LOCK_BYTES = 1 << 16
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
 STATE_SCHEMA = 2
 MAX_STATE_BYTES = 16 << 20
 
@@ -78,160 +67,6 @@ WORK_NAMES: dict[str, tuple[re.Pattern[str], tuple[str, ...]]] = {
         (),
     ),
 }
-
-
-class OutdirLock:
-    """The held lock of one output folder (``OUTDIR/.work.lock``), which is also the run's note of the
-    files it keeps in OUTDIR only while it runs (the stdin copy, the temporary result files) and, for
-    ``merge``, of its results until its run.json accounts for them (:meth:`note_results`).
-
-    The lock file holds :data:`LOCK_TEXT`, then one JSON line per such file with its stamp. A run killed
-    by SIGKILL leaves both behind; the next run on the folder takes the lock over (its text says the
-    tool wrote it) and removes each noted file that still carries its stamp — what the killed run made,
-    unchanged since — and nothing else. A file noted while still being written (``growing``: the stdin
-    copy, noted as soon as it is created) is removed when it is still that very file (same inode and
-    device), since its size and times were still changing when the run was killed.
-    """
-
-    def __init__(self, outdir: Path, fd: int) -> None:
-        self.outdir = outdir
-        self.path = outdir / LOCK_FILE
-        self._fd = fd
-        self._noted: list[dict[str, Any]] = []
-        self.results: dict[str, dict[str, Any]] = {}
-
-    def note_results(self, entries: dict[str, dict[str, Any]]) -> None:
-        """Note the result files (name -> size and SHA-256) a run is about to rename into OUTDIR, for a
-        command without a work folder (``merge``; ``predict`` notes them in ``.work``). Passive: nothing
-        is removed for it; until the run's run.json accounts for the files, a rerun may replace those
-        still as noted (:attr:`results`, carried over from a killed run's lock file). A run that fails
-        while they are noted keeps the lock file, so its rerun finds them."""
-        self.results = dict(entries)
-        self.rewrite()
-
-    def forget_results(self) -> None:
-        """The noted results are accounted for (run.json written): the lock file may go at the end."""
-        self.results = {}
-        self.rewrite()
-
-    def note(self, path: Path, growing: bool = False) -> None:
-        """Note ``path`` (a file this run made in OUTDIR, removed by it when done) in the lock file, in
-        place of an earlier note of it; ``growing``: the file is still being written."""
-        entry = {"file": path.name, "stamp": file_stamp(path), **({"growing": True} if growing else {})}
-        self._noted = [e for e in self._noted if e["file"] != path.name] + [entry]
-        self.rewrite()
-
-    def rewrite(self) -> None:
-        """Write the lock file anew: :data:`LOCK_TEXT` and this run's notes (a killed run's are gone)."""
-        notes = [*self._noted, *([{"results": self.results}] if self.results else [])]
-        data = (LOCK_TEXT + "".join(json.dumps(entry) + "\n" for entry in notes)).encode("utf-8")
-        os.pwrite(self._fd, data, 0)  # then cut what is left of a longer body: a SIGKILL in between
-        os.ftruncate(self._fd, len(data))  # leaves the new notes, never an empty file
-
-    def remove_left_behind(self, content: bytes) -> None:
-        """Remove the files a killed run noted in ``content`` (its lock file) that still carry their
-        stamps: they are that run's, unchanged since. Its noted results are only carried over
-        (:meth:`note_results`)."""
-        for line in content.decode("utf-8", "replace").splitlines()[1:]:
-            try:
-                entry = parse_json(line)
-                if isinstance(entry, dict) and isinstance(entry.get("results"), dict):
-                    self.results = {n: e for n, e in entry["results"].items() if _result_entry(n, e)}
-                    continue
-                path = self.outdir / check_member_name(entry["file"], "lock file entry")
-                stamp = entry["stamp"]
-            except (ValueError, KeyError, TypeError, UserError):
-                continue
-            if path.is_symlink() or not path.is_file() or not isinstance(stamp, list) or len(stamp) != 5:
-                continue
-            with contextlib.suppress(OSError):
-                found = file_stamp(path)
-                if found == stamp or (entry.get("growing") is True and found[3:] == stamp[3:]):
-                    log.info("removing %s, left by an interrupted run", path)
-                    path.unlink()
-
-    def still_ours(self) -> bool:
-        """True while ``OUTDIR/.work.lock`` is the very file this lock holds (not replaced since)."""
-        try:
-            here, held = os.lstat(self.path), os.fstat(self._fd)
-        except OSError:
-            return False
-        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
-
-
-def _result_entry(name: object, entry: object) -> bool:
-    """Whether a lock file's result note is well formed: a plain name, its size and SHA-256."""
-    try:
-        check_member_name(name, "lock file result")
-    except UserError:
-        return False
-    return is_output_entry(entry)
-
-
-def _open_lock_file(path: Path) -> int:
-    """A read-write descriptor of the lock file, created when missing; a symbolic link, a folder or any
-    other non-regular file (or a hard link to another file) at its name is refused in one line."""
-    refused = f"{path} is not a lock file virnucpro-trt made"
-    advice = "move it away or choose another OUTDIR"
-    if path.is_symlink():
-        raise UserError(f"{path} is a symbolic link, not a lock file virnucpro-trt made; {advice}")
-    if os.path.lexists(path) and not path.is_file():
-        raise UserError(f"{refused} (not a regular file); {advice}")
-    try:
-        fd = os.open(path, _LOCK_FLAGS, 0o666)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-            raise UserError(f"{refused} (not a regular file); {advice}") from None
-        raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        os.close(fd)
-        raise UserError(f"{refused} (not a regular file of its own); {advice}")
-    return fd
-
-
-@contextlib.contextmanager
-def outdir_lock(outdir: Path) -> Iterator[OutdirLock | None]:
-    """Hold ``OUTDIR/.work.lock`` for the run; another run on the same folder fails at once (exit 2).
-
-    The lock file is opened without following a symbolic link, and only a file that is empty or holds
-    :data:`LOCK_TEXT` (one the tool made, left by a killed run) is taken over; a user's file at that name
-    is refused, never written to or removed. At the end the file is removed if it is still the one held
-    and notes no results that no run.json accounts for yet (:meth:`OutdirLock.note_results`).
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no protection, as before
-        yield None
-        return
-    outdir.mkdir(parents=True, exist_ok=True)
-    path = outdir / LOCK_FILE
-    fd = _open_lock_file(path)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{outdir} is being written by another virnucpro-trt run; wait for it") from None
-        content = os.pread(fd, _MAX_LOCK_BYTES + 1, 0)
-        if content and not content.startswith(LOCK_TEXT.encode()):
-            raise UserError(
-                f"{path} is not a lock file virnucpro-trt made (it holds something else); move it away or "
-                "choose another OUTDIR"
-            )
-        lock = OutdirLock(outdir, fd)
-        if not lock.still_ours():  # removed by a run that ended while this one opened it: another run's now
-            raise UserError(f"{outdir} is being written by another virnucpro-trt run; wait for it")
-        lock.remove_left_behind(content)
-        lock.rewrite()
-        try:
-            yield lock
-        finally:
-            # Before unlocking, so a waiting run finds no stale file; kept while it notes results that no
-            # run.json accounts for yet (a failed merge's rerun needs them).
-            if lock.still_ours() and not lock.results:
-                path.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
 
 
 def changed_models(recorded: Any, identity: dict[str, str | None]) -> str:

@@ -13,7 +13,7 @@ object per frame) because at tens of thousands of reads per second the per-objec
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from itertools import islice
@@ -302,11 +302,15 @@ class IdentifiedFilesWriter:
     Use it directly when the blocks also feed the models (one translation pass for both), or through
     :func:`write_identified_files`. On entry stale copies from an earlier run are removed; on an
     exception the partial files are deleted, so a failure (bad record half-way, disk full, Ctrl-C)
-    never leaves a file that looks finished.
+    never leaves a file that looks finished. ``on_create`` is told of each temporary file as soon as it
+    exists (the run's lock notes it, so the rerun after a SIGKILL removes it: ``RunLock.note``).
     """
 
-    def __init__(self, outdir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, outdir: str | os.PathLike[str], on_create: Callable[[Path], None] | None = None
+    ) -> None:
         self.outdir = Path(outdir)
+        self._on_create = on_create
         self.targets = (self.outdir / NUCLEOTIDE_FILE, self.outdir / PROTEIN_FILE)
         # Unguessable names created exclusively (files.atomic: nothing planted at a name is written
         # through); not mkstemp, so the final files get the usual umask permissions.
@@ -322,10 +326,13 @@ class IdentifiedFilesWriter:
             target.unlink(missing_ok=True)
         try:
             mode = exclusive_mode("w")
-            self._nuc, self._prot = (
-                self._stack.enter_context(open(tmp, mode, encoding="utf-8", newline="\n", buffering=1 << 20))  # noqa: SIM115
-                for tmp in self._temps
-            )
+            handles = []
+            for tmp in self._temps:
+                handle = open(tmp, mode, encoding="utf-8", newline="\n", buffering=1 << 20)
+                handles.append(self._stack.enter_context(handle))
+                if self._on_create is not None:
+                    self._on_create(tmp)
+            self._nuc, self._prot = handles
         except BaseException:
             self._abort()
             raise
@@ -371,6 +378,7 @@ def write_identified_files(
     chunk_length: int,
     *,
     block_records: int = DEFAULT_BLOCK_RECORDS,
+    on_create: Callable[[Path], None] | None = None,
 ) -> dict[str, int]:
     """Write ``identified_nucleotide.fa`` and ``identified_protein.faa`` exactly as upstream does.
 
@@ -378,7 +386,7 @@ def write_identified_files(
     ``empty_records``, ``bases``, ``chunks``, ``frames`` (kept) and ``records_without_frames``
     (non-empty records with no kept frame: upstream silently has no row for them).
     """
-    with IdentifiedFilesWriter(outdir) as writer:
+    with IdentifiedFilesWriter(outdir, on_create) as writer:
         for block in prepare_blocks(records, chunk_length, block_records=block_records):
             writer.write(block)
     return writer.counts

@@ -9,6 +9,7 @@ and generated reads, so the workflow runs end to end on any machine without down
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.exclusive import write_new_text
+from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
+from virnucpro_trt.files.run_lock import outdir_lock
 
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "profiles/slurm/config.yaml")
 _SOURCE = Path(__file__).parent
@@ -37,17 +40,23 @@ def write_workflow(folder: Path, demo: bool = False) -> list[Path]:
     of the names with other content, a symbolic link (a dangling one included) or anything else there
     is refused in one line before anything is written; each new file is created exclusively
     (``O_EXCL | O_NOFOLLOW``: ``files/exclusive.py``), never written through. A link in place of one of
-    the subfolders it writes into (``profiles``, ``demo``) is refused too.
+    the subfolders it writes into (``profiles``, ``demo``) is refused too. The files are written holding
+    the folder's lock (one run at a time; it notes each temporary file, so the rerun after a SIGKILL
+    removes it), in a folder made for them only if it was missing (removed again on a failure).
     """
     check_parent_folders(folder)
     texts = {name: (_SOURCE / name).read_text(encoding="utf-8") for name in WORKFLOW_FILES}
     if demo:
         texts["config.yaml"], texts[DEMO_READS_FILE] = _demo_texts(texts["config.yaml"], folder.resolve())
     missing = _missing(folder, texts)
-    for name in missing:
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_new_text(path, texts[name])
+    if not missing:
+        return []
+    with made_folder(folder), outdir_lock(folder) as lock:
+        noted = functools.partial(lock.note, growing=True) if lock is not None else None
+        for name in missing:
+            path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_new_text(path, texts[name], noted)
     return [folder / name for name in missing]
 
 
