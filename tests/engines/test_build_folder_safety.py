@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 from tests.cli.helpers import run_cli
 from virnucpro_trt.engines.build import STAGING_PREFIX, check_engine_folder
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.run_lock import LOCK_FILE, outdir_lock
 
 
 def _build(tiny_set, out: Path, *extra: str):
@@ -175,3 +177,33 @@ def test_a_rebuild_replaces_its_own_files_and_keeps_an_earlier_builds(tiny_set, 
     result = _build(tiny_set, folder)
     assert result.code == 1 and "parity gate failed" in result.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_killed_builds_staging_folder_goes_with_the_next_build_and_two_builds_never_share_a_folder(
+    tiny_set, tmp_path
+):
+    """A build killed by SIGKILL left its staging folder (gigabytes at full size) for every later build
+    to warn about; its lock now notes it, so the next build removes it — and only it: a staging folder
+    no lock noted (or a new folder at the noted name) is kept, named in a warning. A second build into a
+    folder another build is writing is refused (the two used to mix their files)."""
+    folder = tmp_path / "engines"
+    with outdir_lock(folder) as lock:  # what a killed build leaves: its lock file and staging folder
+        killed = folder / f"{STAGING_PREFIX}killed1"
+        (killed / "sub").mkdir(parents=True)
+        (killed / "sub" / "esm2.cpu.fp32.onnx").write_bytes(b"half an engine")
+        lock.note_folder(killed)
+        content = (folder / LOCK_FILE).read_bytes()
+    (folder / LOCK_FILE).write_bytes(content)
+    stray = folder / f"{STAGING_PREFIX}older"
+    stray.mkdir()
+    with open(folder / LOCK_FILE, "rb") as held:  # a build running: its lock is held
+        fcntl.flock(held, fcntl.LOCK_EX)
+        _one_error_line(_build(tiny_set, folder), f"{folder} is being written by another virnucpro-trt run")
+    assert killed.is_dir()  # the refused build removed nothing
+    result = _build(tiny_set, folder)
+    assert result.code == 0, result.stderr
+    assert not killed.exists() and not (folder / LOCK_FILE).exists()
+    assert stray.is_dir() and f"{STAGING_PREFIX}older was left by an interrupted build" in result.stderr
+    killed.mkdir()  # a new folder at the noted name: not the one the killed build made
+    (folder / LOCK_FILE).write_bytes(content)
+    assert _build(tiny_set, folder).code == 0 and killed.is_dir()

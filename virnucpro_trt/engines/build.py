@@ -16,7 +16,10 @@ The engine folder is written like any output (:func:`check_engine_folder`, :func
   (``.build-XXXXXXXX``, ``mkdtemp``), then renamed over its final name: no existing path is ever opened
   for writing, so a link planted at a name is replaced, never written through;
 * nothing reaches the engine folder until every engine passed its gate; the manifest is renamed in
-  last, and the staging folder (with whatever a failure left in it) is removed.
+  last, and the staging folder (with whatever a failure left in it) is removed;
+* the folder's run lock (``files/run_lock.py``) is held throughout: a second build into the same folder
+  is refused (two at once would mix their files), and the lock notes the staging folder, so the build
+  after a SIGKILL removes the killed build's (gigabytes, for full-size models).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from virnucpro_trt.engines.spec import (
 )
 from virnucpro_trt.errors import BuildError, UserError
 from virnucpro_trt.files.folders import made_folder
+from virnucpro_trt.files.run_lock import LOCK_FILE, outdir_lock
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import (
     check_classifier_width,
@@ -130,7 +134,7 @@ def check_engine_folder(out: Path, force: bool = False) -> set[str]:
     """Refuse, before anything is written, an engine folder holding what build did not make.
 
     Its own files are those the folder's manifest records (:func:`own_file_names`), ONNX Runtime's
-    ``.trt-cache`` folders beside them, and staging folders of interrupted builds (left alone). Anything
+    ``.trt-cache`` folders beside them, the run lock, and staging folders of interrupted builds. Anything
     else — a user's file or folder, any symbolic link — is refused in one line: a mistyped ``-o`` must
     not replace a user's files, and a link must never make build write outside the folder. ``force``
     accepts other regular files (they are replaced where build writes their names; the rest stay) but
@@ -148,7 +152,9 @@ def check_engine_folder(out: Path, force: bool = False) -> set[str]:
         elif _is_own(entry, own):
             continue
         elif entry.name.startswith(STAGING_PREFIX) and entry.is_dir():
-            log.warning("%s: %s was left by an interrupted build; remove it", out, entry.name)
+            continue  # removed by the lock when noted there (build_engines), else named in a warning
+        elif entry.name == LOCK_FILE and entry.is_file():
+            continue  # what is at that name is checked when the lock is taken
         elif not (force and entry.is_file()):
             foreign.append(entry.name)
     if links:
@@ -180,8 +186,13 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
     """Build, gate and describe the engines; returns the manifest written to ``settings.outdir``."""
     out = settings.outdir
     own = check_engine_folder(out, settings.force)  # before anything is written or loaded
-    with made_folder(out):  # a failed first build leaves no folder it made
+    with made_folder(out), outdir_lock(out) as lock:  # a failed first build leaves no folder it made
+        for left in sorted(out.glob(f"{STAGING_PREFIX}*")):  # what the lock did not note as a killed build's
+            if left.is_dir() and not left.is_symlink():
+                log.warning("%s: %s was left by an interrupted build; remove it", out, left.name)
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+        if lock is not None:
+            lock.note_folder(staging)
         try:
             manifest = _build_into(settings, staging, own, command)
         finally:

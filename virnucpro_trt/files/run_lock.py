@@ -9,8 +9,8 @@ followed through a symbolic link, and a file at its name that the tool did not m
 written to or removed.
 
 The lock file is also the run's note of the files it makes there only while it runs (the stdin copy,
-temporary result files): a run killed by SIGKILL cannot remove them, so the next run on the same
-output removes them for it (:class:`RunLock`), and nothing else.
+temporary result files, ``build``'s private staging folder): a run killed by SIGKILL cannot remove
+them, so the next run on the same output removes them for it (:class:`RunLock`), and nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +57,8 @@ class RunLock:
     over (its text says the tool wrote it) and removes each noted file that still carries its stamp —
     what the killed run made, unchanged since — and nothing else. A file noted while still being written
     (``growing``: noted as soon as it is created) is removed when it is still that very file (same inode
-    and device), since its size and times were still changing when the run was killed.
+    and device), since its size and times were still changing when the run was killed; so is a folder
+    the run made for itself (:meth:`note_folder`), with all it holds.
     """
 
     def __init__(self, folder: Path, path: Path, fd: int) -> None:
@@ -88,6 +90,14 @@ class RunLock:
         self._noted = [e for e in self._noted if e["file"] != name] + [entry]
         self.rewrite()
 
+    def note_folder(self, path: Path) -> None:
+        """Note ``path``, a private folder this run made below the lock's folder (``mkdtemp``: mode 0700)
+        and removes with all it holds when done (``build``'s staging folder)."""
+        name = path.relative_to(self.folder).as_posix()
+        self._noted = [e for e in self._noted if e.get("folder") != name]
+        self._noted.append({"folder": name, "stamp": file_stamp(path)})
+        self.rewrite()
+
     def rewrite(self) -> None:
         """Write the lock file anew: :data:`LOCK_TEXT` and this run's notes (a killed run's are gone)."""
         notes = [*self._noted, *([{"results": self.results}] if self.results else [])]
@@ -105,7 +115,8 @@ class RunLock:
                 if isinstance(entry, dict) and isinstance(entry.get("results"), dict):
                     self.results = {n: e for n, e in entry["results"].items() if _result_entry(n, e)}
                     continue
-                path = self._noted_path(entry["file"])
+                folder = "folder" in entry
+                path = self._noted_path(entry["folder"] if folder else entry["file"], folder)
                 stamp = entry["stamp"]
             except (ValueError, KeyError, TypeError, UserError):
                 continue
@@ -113,13 +124,18 @@ class RunLock:
                 continue
             with contextlib.suppress(OSError):
                 found = file_stamp(path)
-                if found == stamp or (entry.get("growing") is True and found[3:] == stamp[3:]):
+                same_inode = found[3:] == stamp[3:]
+                if found == stamp or (same_inode and (folder or entry.get("growing") is True)):
                     log.info("removing %s, left by an interrupted run", path)
-                    path.unlink()
+                    if folder:
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
 
-    def _noted_path(self, name: object) -> Path | None:
-        """The regular file a lock file's note names below the folder, reached through real folders only
-        (no symbolic link on the way); None when it is anything else. Each step must be a plain name."""
+    def _noted_path(self, name: object, folder: bool) -> Path | None:
+        """The regular file (or with ``folder``, the folder) a lock file's note names below the lock's
+        folder, reached through real folders only (no symbolic link on the way); None when it is
+        anything else. Each step must be a plain name."""
         if not isinstance(name, str):
             raise TypeError(name)
         path = self.folder
@@ -127,7 +143,9 @@ class RunLock:
             if path != self.folder and (path.is_symlink() or not path.is_dir()):
                 return None
             path = path / check_member_name(part, "lock file entry")
-        return None if path.is_symlink() or not path.is_file() else path
+        if path.is_symlink():
+            return None
+        return path if (path.is_dir() if folder else path.is_file()) else None
 
     def still_ours(self) -> bool:
         """True while the lock file at its name is the very file this lock holds (not replaced since)."""
