@@ -90,7 +90,7 @@ def test_a_log_file_where_the_command_writes_is_refused_before_it_is_opened(tiny
         ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
          "-o", str(out / "e.h5"), "--log-file", str(out / "e.h5")),
         ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
-         "-o", str(out / "e.h5"), "--log-file", str(out / ".e.h5.lock")),  # its lock, beside it
+         "-o", str(out / "e.h5"), "--log-file", str(out / ".e.h5.run.lock")),  # its lock, beside it
         ("workflow", "-o", str(parts), "--log-file", str(parts / ".work.lock")),
         ("convert-classifier", str(tiny_set.classifier), str(out / "c.safetensors"),
          "--log-file", str(out / "c.safetensors")),

@@ -570,7 +570,7 @@ def test_a_stdin_copy_left_by_a_killed_prepare_or_embed_is_removed_by_its_rerun(
         "embed": ["--model", "dnabert-s", "--weights", str(tiny_set.dnabert), "--device", "cpu",
                   "--threads", "1", "-o", str(out / "x.h5")],
     }[command]  # fmt: skip
-    lock = {"prepare": LOCK_FILE, "embed": ".x.h5.lock"}[command]
+    lock = {"prepare": LOCK_FILE, "embed": ".x.h5.run.lock"}[command]
     data = reads_fasta.read_bytes()
     code, stderr = _signal_while_copying_stdin([command, "-", *args], data, out, "SIGKILL")
     assert code == -9, stderr
@@ -597,7 +597,7 @@ def test_the_temporary_files_of_a_killed_prepare_embed_or_workflow_are_removed_b
         killed = {prep / LOCK_FILE: (prep / LOCK_FILE).read_bytes()}
     with output_lock(emb / "x.h5") as lock:
         EmbeddingsWriter(emb / "x.h5", 4, {}, functools.partial(lock.note, growing=True)).file.close()
-        killed[emb / ".x.h5.lock"] = (emb / ".x.h5.lock").read_bytes()
+        killed[emb / ".x.h5.run.lock"] = (emb / ".x.h5.run.lock").read_bytes()
     with outdir_lock(flow) as lock:
         (flow / "profiles" / "slurm").mkdir(parents=True)
         partial = temporary_name(flow / "profiles" / "slurm" / "config.yaml")
@@ -621,24 +621,58 @@ def test_the_temporary_files_of_a_killed_prepare_embed_or_workflow_are_removed_b
     assert (flow / "profiles" / "slurm" / "config.yaml").is_file() and (emb / "x.h5").is_file()
 
 
-def test_a_noted_path_is_followed_through_real_folders_only(tmp_path):
-    """A lock file's note names a file below the folder: one reached through a symbolic link (or a note
-    leading out with ``..``) is not removed, even when it is the very file noted."""
+def _stamp_of(path: Path) -> list[int]:
+    st = os.lstat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed_runs_own_files(tmp_path):
+    """A lock file is hostile input: anyone who can write the folder can write one, and inodes can be
+    read with ``stat``. Notes naming a user's folder (it was removed whole), a user's file noted as
+    growing, the lock file itself, a file reached through a symbolic link or ``..``, or a name too long
+    for the file system (the run failed with a traceback, and every rerun with it) are passed over. Only
+    the names the tool gives what it keeps while it runs are removed, while still the noted file."""
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "userdata").mkdir(parents=True)
+    (out / "userdata" / "a.txt").write_text("mine")
+    (out / "notes.txt").write_text("mine")
+    (out / "sub").mkdir()
     elsewhere.mkdir()
-    kept = elsewhere / ".x.partial"
-    kept.write_text("someone's")
-    (out / "sub").mkdir(parents=True)
+    outside = elsewhere / ".x.1-2-abcdef01.partial"
+    outside.write_text("someone's")
     (out / "sub" / "link").symlink_to(elsewhere)
+    ours = out / "sub" / ".y.3-4-abcdef02.partial"  # a killed run's temporary file, in a subfolder
+    ours.write_text("half")
+    staging = out / ".build-k1ll3d_x"
+    (staging / "deep").mkdir(parents=True)
+    notes = [
+        {"folder": "userdata", "stamp": _stamp_of(out / "userdata")},
+        {"file": "notes.txt", "growing": True, "stamp": _stamp_of(out / "notes.txt")},
+        {"file": LOCK_FILE, "growing": True, "stamp": [0, 0, 0, 0, 0]},
+        {"file": "sub/link/.x.1-2-abcdef01.partial", "growing": True, "stamp": _stamp_of(outside)},
+        {"file": "../elsewhere/.x.1-2-abcdef01.partial", "growing": True, "stamp": _stamp_of(outside)},
+        {"folder": "sub/link", "stamp": _stamp_of(elsewhere)},
+        {"file": "a" * 300, "stamp": [0, 0, 0, 0, 0]},
+        {"file": "sub/" + "b" * 300 + "/.z.5-6-abcdef03.partial", "stamp": [0, 0, 0, 0, 0]},
+        {"file": "sub/.y.3-4-abcdef02.partial", "growing": True, "stamp": [0, 0, 0, *_stamp_of(ours)[3:]]},
+        {"folder": ".build-k1ll3d_x", "stamp": _stamp_of(staging)},
+    ]
+    (out / LOCK_FILE).write_text(LOCK_TEXT + "".join(json.dumps(note) + "\n" for note in notes))
     with outdir_lock(out) as lock:
-        lock.note(out / "sub" / "link" / ".x.partial")
-        lock._noted.append({"file": "../elsewhere/.x.partial", "stamp": lock._noted[0]["stamp"]})
-        lock.rewrite()
-        content = (out / LOCK_FILE).read_bytes()
-    (out / LOCK_FILE).write_bytes(content)
-    with outdir_lock(out):
-        pass
-    assert kept.read_text() == "someone's"
+        assert (out / LOCK_FILE).is_file() and lock.still_ours()
+        (out / ".build-n3wn3w_y").mkdir()
+        lock.note_folder(out / ".build-n3wn3w_y")
+        spool = out / ".stdin.input"
+        spool.write_text(">a\nACGT\n")
+        lock.note(spool)  # after a folder's note (it raised KeyError)
+        with pytest.raises(ValueError):
+            lock.note(out / "notes.txt")  # not a name a run keeps only while it runs
+        (out / ".build-n3wn3w_y").rmdir()
+        spool.unlink()
+    assert (out / "userdata" / "a.txt").read_text() == "mine" and (out / "notes.txt").read_text() == "mine"
+    assert outside.read_text() == "someone's" and (out / "sub" / "link").is_symlink()
+    assert not ours.exists() and not staging.exists()  # the killed run's own: removed
+    assert not (out / LOCK_FILE).exists()
 
 
 def test_two_embeds_into_one_folder_run_side_by_side_but_not_onto_one_file(tiny_set, reads_fasta, tmp_path):

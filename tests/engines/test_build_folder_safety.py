@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.cli.helpers import run_cli
-from virnucpro_trt.engines.build import STAGING_PREFIX, check_engine_folder
+from virnucpro_trt.engines.build import check_engine_folder
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.files.run_lock import LOCK_FILE, outdir_lock
+from virnucpro_trt.files.run_lock import LOCK_FILE, STAGING_PREFIX, outdir_lock
 
 
 def _build(tiny_set, out: Path, *extra: str):
@@ -188,7 +188,7 @@ def test_a_killed_builds_staging_folder_goes_with_the_next_build_and_two_builds_
     folder another build is writing is refused (the two used to mix their files)."""
     folder = tmp_path / "engines"
     with outdir_lock(folder) as lock:  # what a killed build leaves: its lock file and staging folder
-        killed = folder / f"{STAGING_PREFIX}killed1"
+        killed = folder / f"{STAGING_PREFIX}killed12"
         (killed / "sub").mkdir(parents=True)
         (killed / "sub" / "esm2.cpu.fp32.onnx").write_bytes(b"half an engine")
         lock.note_folder(killed)

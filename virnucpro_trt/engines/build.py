@@ -60,7 +60,7 @@ from virnucpro_trt.engines.spec import (
 )
 from virnucpro_trt.errors import BuildError, UserError
 from virnucpro_trt.files.folders import made_folder
-from virnucpro_trt.files.run_lock import LOCK_FILE, outdir_lock
+from virnucpro_trt.files.run_lock import LOCK_FILE, STAGING_PREFIX, outdir_lock
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import (
     check_classifier_width,
@@ -77,7 +77,6 @@ from virnucpro_trt.settings import DEFAULT_ATTENTION, EncoderSettings
 log = logging.getLogger(__name__)
 
 TIMING_CACHE = "tensorrt.timing-cache"  # TensorRT: shared by the builds into one folder
-STAGING_PREFIX = ".build-"  # a build's private folder inside the engine folder
 TRT_CACHE_SUFFIX = ".trt-cache"  # ONNX Runtime's TensorRT provider caches beside an .onnx it loads
 
 

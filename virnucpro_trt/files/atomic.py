@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 PARTIAL_SUFFIX = ".partial"
+TEMPORARY_NAME = re.compile(r"\..+\.\d+-\d+-[0-9a-f]{8}\.partial")  # what temporary_name makes
 
 
 def temporary_name(path: Path) -> Path:

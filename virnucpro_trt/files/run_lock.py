@@ -1,16 +1,20 @@
 """Run locks: one run at a time on an output, and the note of what that run keeps there while it runs.
 
-Every command that writes results holds one while it writes: ``predict``, ``merge``, ``split``,
-``prepare`` and ``workflow`` on their output folder (``OUTDIR/.work.lock``: :func:`outdir_lock`),
-``embed`` on its output file (``.NAME.lock`` beside it: :func:`output_lock`, so embeddings written into
-one folder side by side still run side by side). A second run on the same output fails at once (exit 2):
-the lock is an advisory ``flock``, which the kernel releases even after SIGKILL. The lock file is never
-followed through a symbolic link, and a file at its name that the tool did not make is refused, never
-written to or removed.
+Every command that writes results into a place of its own holds one while it writes: ``predict``,
+``merge``, ``split``, ``prepare``, ``workflow`` and ``build`` on their output folder
+(``OUTDIR/.work.lock``: :func:`outdir_lock`), ``embed`` on its output file (``.NAME.run.lock`` beside
+it: :func:`output_lock`, so embeddings written into one folder side by side still run side by side). A
+second run on the same output fails at once (exit 2): the lock is an advisory ``flock``, which the
+kernel releases even after SIGKILL. The lock file is never followed through a symbolic link, and a file
+at its name that the tool did not make (or that another user owns) is refused, never written to or
+removed.
 
 The lock file is also the run's note of the files it makes there only while it runs (the stdin copy,
 temporary result files, ``build``'s private staging folder): a run killed by SIGKILL cannot remove
-them, so the next run on the same output removes them for it (:class:`RunLock`), and nothing else.
+them, so the next run on the same output removes them for it (:class:`RunLock`), and nothing else. A
+lock file is read as hostile input: only names the tool gives such files (:data:`STDIN_COPY`,
+:func:`private_stdin_copy_name`, ``files.atomic`` temporaries, :data:`STAGING_PREFIX` folders) are ever
+removed, each only while it is still the very file the killed run made.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import errno
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
 import stat
 from collections.abc import Iterator
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.atomic import TEMPORARY_NAME
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_member_name
 from virnucpro_trt.files.ownership import is_output_entry
@@ -39,16 +46,29 @@ LOCK_TEXT = "virnucpro-trt run lock: removed when the run ends\n"
 _MAX_LOCK_BYTES = 1 << 16
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
+_FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
+
+# The names of what a run keeps in its output's folder only while it runs, the only names a lock file's
+# notes may have its rerun remove.
+STDIN_COPY = ".stdin.input"  # predict's copy of stdin: one per folder (the folder's lock)
+STAGING_PREFIX = ".build-"  # build's private folder in the engine folder (``mkdtemp``: 8 more letters)
+_NOTED_FILE = re.compile(rf"{TEMPORARY_NAME.pattern}|\.stdin(-[0-9a-f]{{16}})?\.input")
+_NOTED_FOLDER = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")
+
+
+def private_stdin_copy_name() -> str:
+    """A fresh name for a copy of stdin in a folder several runs may share (``prepare``, ``embed``)."""
+    return f".stdin-{secrets.token_hex(8)}.input"
 
 
 def output_lock_name(output: Path) -> str:
-    """The name of ``output``'s lock file, beside it (:func:`output_lock`)."""
-    return f".{output.name}.lock"
+    """The name of ``output``'s lock file, beside it (:func:`output_lock`); never the folder lock's."""
+    return f".{output.name}.run.lock"
 
 
 class RunLock:
-    """The held lock of one output (its folder's ``.work.lock``, or a file's ``.NAME.lock``), which is
-    also the run's note of the files it keeps in that folder only while it runs (the stdin copy, the
+    """The held lock of one output (its folder's ``.work.lock``, or a file's ``.NAME.run.lock``), which
+    is also the run's note of the files it keeps in that folder only while it runs (the stdin copy, the
     temporary result files) and, for ``merge``, of its results until its run.json accounts for them
     (:meth:`note_results`).
 
@@ -57,8 +77,11 @@ class RunLock:
     over (its text says the tool wrote it) and removes each noted file that still carries its stamp —
     what the killed run made, unchanged since — and nothing else. A file noted while still being written
     (``growing``: noted as soon as it is created) is removed when it is still that very file (same inode
-    and device), since its size and times were still changing when the run was killed; so is a folder
-    the run made for itself (:meth:`note_folder`), with all it holds.
+    and device), since its size and times were still changing when the run was killed; so is a staging
+    folder the run made for itself (:meth:`note_folder`), with all it holds. Only the names the tool
+    gives such files are removed (:data:`_NOTED_FILE`, :data:`_NOTED_FOLDER`), each reached through real
+    folders only (descriptors opened without following links, so no folder on the way can be swapped for
+    a link between the check and the removal).
     """
 
     def __init__(self, folder: Path, path: Path, fd: int) -> None:
@@ -83,19 +106,23 @@ class RunLock:
         self.rewrite()
 
     def note(self, path: Path, growing: bool = False) -> None:
-        """Note ``path`` (a file this run made in the lock's folder or below it, removed by the run when
-        done) in the lock file, in place of an earlier note of it; ``growing``: still being written."""
+        """Note ``path`` (a file this run made in the lock's folder or below it, under one of the names
+        :data:`_NOTED_FILE` allows, removed by the run when done) in the lock file, in place of an earlier
+        note of it; ``growing``: still being written."""
         name = path.relative_to(self.folder).as_posix()
+        if not _NOTED_FILE.fullmatch(path.name):
+            raise ValueError(f"{path.name}: not a name a run keeps only while it runs")
         entry = {"file": name, "stamp": file_stamp(path), **({"growing": True} if growing else {})}
-        self._noted = [e for e in self._noted if e["file"] != name] + [entry]
+        self._noted = [e for e in self._noted if e.get("file") != name] + [entry]
         self.rewrite()
 
     def note_folder(self, path: Path) -> None:
-        """Note ``path``, a private folder this run made below the lock's folder (``mkdtemp``: mode 0700)
-        and removes with all it holds when done (``build``'s staging folder)."""
-        name = path.relative_to(self.folder).as_posix()
-        self._noted = [e for e in self._noted if e.get("folder") != name]
-        self._noted.append({"folder": name, "stamp": file_stamp(path)})
+        """Note ``path``, a private staging folder this run made in the lock's folder (``mkdtemp`` with
+        :data:`STAGING_PREFIX`: mode 0700) and removes with all it holds when done (``build``)."""
+        if path.parent != self.folder or not _NOTED_FOLDER.fullmatch(path.name):
+            raise ValueError(f"{path}: not a staging folder of {self.folder}")
+        self._noted = [e for e in self._noted if e.get("folder") != path.name]
+        self._noted.append({"folder": path.name, "stamp": file_stamp(path)})
         self.rewrite()
 
     def rewrite(self) -> None:
@@ -106,46 +133,52 @@ class RunLock:
         os.ftruncate(self._fd, len(data))  # leaves the new notes, never an empty file
 
     def remove_left_behind(self, content: bytes) -> None:
-        """Remove the files a killed run noted in ``content`` (its lock file) that still carry their
-        stamps: they are that run's, unchanged since. Its noted results are only carried over
-        (:meth:`note_results`)."""
+        """Remove the files a killed run noted in ``content`` (its lock file, read as hostile) that still
+        carry their stamps: they are that run's, unchanged since. Its noted results are only carried
+        over (:meth:`note_results`). A note that is malformed, or names anything else, is passed over."""
         for line in content.decode("utf-8", "replace").splitlines()[1:]:
             try:
                 entry = parse_json(line)
                 if isinstance(entry, dict) and isinstance(entry.get("results"), dict):
                     self.results = {n: e for n, e in entry["results"].items() if _result_entry(n, e)}
                     continue
-                folder = "folder" in entry
-                path = self._noted_path(entry["folder"] if folder else entry["file"], folder)
-                stamp = entry["stamp"]
-            except (ValueError, KeyError, TypeError, UserError):
+                if isinstance(entry, dict) and "folder" in entry:
+                    self._remove_noted_folder(entry["folder"], entry["stamp"])
+                else:
+                    self._remove_noted_file(entry["file"], entry["stamp"], entry.get("growing") is True)
+            except (ValueError, KeyError, TypeError, UserError, OSError):
                 continue
-            if path is None or not isinstance(stamp, list) or len(stamp) != 5:
-                continue
-            with contextlib.suppress(OSError):
-                found = file_stamp(path)
-                same_inode = found[3:] == stamp[3:]
-                if found == stamp or (same_inode and (folder or entry.get("growing") is True)):
-                    log.info("removing %s, left by an interrupted run", path)
-                    if folder:
-                        shutil.rmtree(path)
-                    else:
-                        path.unlink()
 
-    def _noted_path(self, name: object, folder: bool) -> Path | None:
-        """The regular file (or with ``folder``, the folder) a lock file's note names below the lock's
-        folder, reached through real folders only (no symbolic link on the way); None when it is
-        anything else. Each step must be a plain name."""
-        if not isinstance(name, str):
-            raise TypeError(name)
-        path = self.folder
-        for part in name.split("/"):
-            if path != self.folder and (path.is_symlink() or not path.is_dir()):
-                return None
-            path = path / check_member_name(part, "lock file entry")
-        if path.is_symlink():
-            return None
-        return path if (path.is_dir() if folder else path.is_file()) else None
+    def _remove_noted_file(self, name: object, stamp: object, growing: bool) -> None:
+        """Remove the file ``name`` (a path below the folder, read from a note) when it is the noted one."""
+        if not isinstance(name, str) or not _is_stamp(stamp):
+            return
+        *folders, last = name.split("/")
+        if not _NOTED_FILE.fullmatch(check_member_name(last, "lock file entry")):
+            return
+        fd = os.open(self.folder, _FOLDER_FLAGS)
+        try:
+            for part in folders:  # each step a real folder: O_NOFOLLOW fails on a link
+                step = os.open(check_member_name(part, "lock file entry"), _FOLDER_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = step
+            st = os.stat(last, dir_fd=fd, follow_symlinks=False)
+            found = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+            if stat.S_ISREG(st.st_mode) and (found == stamp or (growing and found[3:] == stamp[3:])):
+                log.info("removing %s, left by an interrupted run", self.folder / name)
+                os.unlink(last, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def _remove_noted_folder(self, name: object, stamp: object) -> None:
+        """Remove the staging folder ``name`` (read from a note) when it is the very folder noted."""
+        if not isinstance(name, str) or not _NOTED_FOLDER.fullmatch(name) or not _is_stamp(stamp):
+            return
+        path = self.folder / name
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and [st.st_ino, st.st_dev] == stamp[3:]:
+            log.info("removing %s, left by an interrupted build", path)
+            shutil.rmtree(path)  # refuses a symbolic link; never follows one inside
 
     def still_ours(self) -> bool:
         """True while the lock file at its name is the very file this lock holds (not replaced since)."""
@@ -154,6 +187,10 @@ class RunLock:
         except OSError:
             return False
         return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _is_stamp(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 5 and all(type(v) is int for v in value)
 
 
 def _result_entry(name: object, entry: object) -> bool:
@@ -194,8 +231,8 @@ def outdir_lock(outdir: Path) -> contextlib.AbstractContextManager[RunLock | Non
 
 
 def output_lock(output: Path) -> contextlib.AbstractContextManager[RunLock | None]:
-    """Hold ``.NAME.lock`` beside the output file ``output`` for the run; another run writing the same
-    file fails at once (exit 2). See :func:`_held_lock`."""
+    """Hold ``.NAME.run.lock`` beside the output file ``output`` for the run; another run writing the
+    same file fails at once (exit 2). See :func:`_held_lock`."""
     return _held_lock(output.parent, output.parent / output_lock_name(output), output, "output path")
 
 

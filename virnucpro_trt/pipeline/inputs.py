@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Literal
 from virnucpro_trt.files.atomic import remove_quietly
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.exclusive import create_new
+from virnucpro_trt.files.run_lock import private_stdin_copy_name
 from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file, is_stream
 from virnucpro_trt.runtime.shards import ShardSplitter
 from virnucpro_trt.sequences.prepare import prepare_blocks
@@ -95,10 +95,10 @@ def readable_input(
 
 
 def private_spool(folder: Path) -> Path:
-    """A fresh name in ``folder`` for :func:`materialise` (commands that take no lock), not yet created:
-    ``materialise`` creates it exclusively, so a clash is refused rather than written over."""
+    """A fresh name in ``folder`` for :func:`materialise` (commands whose folder other runs may share), not
+    yet created: ``materialise`` creates it exclusively, so a clash is refused rather than written over."""
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f".stdin-{secrets.token_hex(8)}.input"
+    return folder / private_stdin_copy_name()
 
 
 def validate_input(

@@ -50,7 +50,7 @@ from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import changed_since, reuse_finished
-from virnucpro_trt.files.run_lock import LOCK_FILE, outdir_lock
+from virnucpro_trt.files.run_lock import LOCK_FILE, STDIN_COPY, outdir_lock
 from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
@@ -85,10 +85,9 @@ log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
 EMBEDDINGS_H5 = "embeddings.h5"
-STDIN_SPOOL = ".stdin.input"  # stdin copied here (under the lock) so it can be hashed and read twice
 ENGINE_CACHE = "engines"  # --backend without --engines builds here
 # Every file a run writes directly in OUTDIR (an input at one of these paths is refused).
-OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE, LOCK_FILE, STDIN_SPOOL)
+OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE, LOCK_FILE, STDIN_COPY)
 INTERRUPTED = "interrupted; rerun the same command to resume"
 MAX_RUN_JSON_BYTES = 64 << 20
 _SUMMARY_FIELDS = ("sha256", "size_bytes", "records", "empty_records", "bases", "chunks", "frames")
@@ -178,8 +177,8 @@ def run_predict(
         # SIGTERM is an interrupt: cli/main.py)
         noted = functools.partial(lock.note, growing=True) if lock is not None else None
         ctx.note_temporary = noted
-        path, display = materialise(settings.input, outdir / STDIN_SPOOL, noted)
-        if lock is not None and path == outdir / STDIN_SPOOL:
+        path, display = materialise(settings.input, outdir / STDIN_COPY, noted)
+        if lock is not None and path == outdir / STDIN_COPY:
             lock.note(path)  # a rerun after a SIGKILL removes it (and only it)
         try:
             try:
@@ -194,7 +193,7 @@ def run_predict(
                 work.wipe()
             raise
         finally:
-            if path == outdir / STDIN_SPOOL:
+            if path == outdir / STDIN_COPY:
                 remove_quietly(path)
 
 
