@@ -24,6 +24,17 @@ def _plant(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]
     return victim, planted
 
 
+def test_every_temporary_name_is_one_a_run_lock_may_remove(tmp_path: Path) -> None:
+    """A lock's rerun removes only names of this form (``files/run_lock.py``): one that did not match,
+    for an output named with a newline, a space or a dot, would be refused when noted."""
+    for name in ("x.tsv", "a\nb.h5", "with space", ".hidden", "é.fa", "x.1-2-abcdef01.partial"):
+        made = atomic.temporary_name(tmp_path / name).name
+        assert atomic.TEMPORARY_NAME.fullmatch(made), made
+    others = ("notes.txt", ".x.partial", ".x.1-2-ABCDEF01.partial", "x.1-2-abcdef01.partial", ".work.lock")
+    for name in others:
+        assert not atomic.TEMPORARY_NAME.fullmatch(name), name
+
+
 def test_temporary_names_differ_each_time(tmp_path: Path) -> None:
     names = {atomic.temporary_name(tmp_path / "x.tsv") for _ in range(50)}
     assert len(names) == 50 and all(n.name.startswith(".x.tsv.") and n.suffix == ".partial" for n in names)

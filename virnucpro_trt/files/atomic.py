@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 PARTIAL_SUFFIX = ".partial"
-TEMPORARY_NAME = re.compile(r"\..+\.\d+-\d+-[0-9a-f]{8}\.partial")  # what temporary_name makes
+TEMPORARY_NAME = re.compile(r"\.[^/]+\.\d+-\d+-[0-9a-f]{8}\.partial")  # what temporary_name makes
 
 
 def temporary_name(path: Path) -> Path:
