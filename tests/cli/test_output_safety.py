@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -20,12 +21,16 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import temporary_name
 from virnucpro_trt.files.bounded_read import NotARegularFile, read_bounded
 from virnucpro_trt.files.ownership import RECORD
-from virnucpro_trt.files.run_lock import LOCK_FILE, LOCK_TEXT, outdir_lock, output_lock
+from virnucpro_trt.files.run_lock import LOCK_FILE, LOCK_TEXT, KeptFiles, outdir_lock, output_lock
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.inputs import materialise, private_spool
+from virnucpro_trt.pipeline.merge_parts import KEPT_FILES as MERGE_KEPT
+from virnucpro_trt.pipeline.predict import KEPT_FILES as PREDICT_KEPT
+from virnucpro_trt.pipeline.prepare import KEPT_FILES as PREPARE_KEPT
 from virnucpro_trt.runtime.resume import WorkDir
 from virnucpro_trt.runtime.shards import read_shard_index
 from virnucpro_trt.sequences.prepare import IdentifiedFilesWriter
+from virnucpro_trt.workflow import KEPT_FILES as WORKFLOW_KEPT
 
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "sequences.tsv", "frames.tsv")
 
@@ -124,7 +129,7 @@ def test_materialise_creates_its_copy_new_and_removes_only_that(tmp_path, monkey
 def test_a_stdin_copy_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
     """The lock notes the copy with its stamp; a rerun after SIGKILL removes it only while unchanged."""
     out = tmp_path / "out"
-    with outdir_lock(out) as lock:
+    with outdir_lock(out, PREDICT_KEPT) as lock:
         spool = out / ".stdin.input"
         spool.write_text(">a\nACGT\n")
         lock.note(spool)
@@ -132,14 +137,14 @@ def test_a_stdin_copy_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
     killed = out / LOCK_FILE  # what SIGKILL leaves: the lock file and the copy
     killed.write_bytes(content)
     spool.write_text(">a\nACGT\n")  # a new file now: not the one noted
-    with outdir_lock(out):
+    with outdir_lock(out, PREDICT_KEPT):
         pass
     assert spool.exists(), "a file with another stamp is not the killed run's"
-    with outdir_lock(out) as lock:
+    with outdir_lock(out, PREDICT_KEPT) as lock:
         lock.note(spool)
         content = (out / LOCK_FILE).read_bytes()
     killed.write_bytes(content)
-    with outdir_lock(out):
+    with outdir_lock(out, PREDICT_KEPT):
         assert not spool.exists()
     assert not killed.exists()
 
@@ -149,7 +154,7 @@ def test_results_noted_in_the_lock_are_carried_over_and_never_removed(tmp_path):
     takeover (carried into its lock file); a malformed note is dropped; nothing is removed for it."""
     out = tmp_path / "out"
     good = {"bytes": 3, "sha256": "a" * 64}
-    with pytest.raises(RuntimeError), outdir_lock(out) as lock:
+    with pytest.raises(RuntimeError), outdir_lock(out, MERGE_KEPT) as lock:
         lock.note_results({"sequences.tsv": good})
         raise RuntimeError("stopped before run.json")
     assert (out / LOCK_FILE).is_file()  # kept: it notes results no run.json accounts for
@@ -157,19 +162,34 @@ def test_results_noted_in_the_lock_are_carried_over_and_never_removed(tmp_path):
     hostile = {"../x": good, "frames.tsv": {"bytes": "3", "sha256": "a" * 64}, "b.tsv": {"bytes": 1}}
     with open(out / LOCK_FILE, "a") as handle:
         handle.write(json.dumps({"results": hostile}) + "\n")  # the last note is the one taken
-    with outdir_lock(out) as lock:
+    with outdir_lock(out, MERGE_KEPT) as lock:
         assert lock.results == {}
     assert not (out / LOCK_FILE).exists() and (out / "sequences.tsv").read_text() == "abc"
-    with pytest.raises(RuntimeError), outdir_lock(out) as lock:
+    with pytest.raises(RuntimeError), outdir_lock(out, MERGE_KEPT) as lock:
         lock.note_results({"sequences.tsv": good})
         raise RuntimeError
-    with pytest.raises(RuntimeError), outdir_lock(out) as lock:  # killed again before it noted its own
+    # killed again before it noted its own
+    with pytest.raises(RuntimeError), outdir_lock(out, MERGE_KEPT) as lock:
         assert lock.results == {"sequences.tsv": good}
         raise RuntimeError
-    with outdir_lock(out) as lock:
+    with outdir_lock(out, MERGE_KEPT) as lock:
         assert lock.results == {"sequences.tsv": good}
         lock.forget_results()
     assert not (out / LOCK_FILE).exists() and (out / "sequences.tsv").read_text() == "abc"
+    with pytest.raises(RuntimeError), outdir_lock(out, MERGE_KEPT) as lock:
+        lock.note_results({"sequences.tsv": good})
+        raise RuntimeError
+    for kept in (PREPARE_KEPT, PREDICT_KEPT):  # only merge keeps results: anyone else's lock drops the note
+        with outdir_lock(out, kept) as lock:
+            assert lock.results == {}
+        assert not (out / LOCK_FILE).exists()  # it used to stay after every successful run
+        (out / LOCK_FILE).write_text(LOCK_TEXT + json.dumps({"results": {"sequences.tsv": good}}) + "\n")
+    with outdir_lock(out, MERGE_KEPT) as lock:
+        assert lock.results == {"sequences.tsv": good}
+    hostile = {"sequences.tsv": {"bytes": True, "sha256": "a" * 64}}  # a bool is not a size
+    (out / LOCK_FILE).write_text(LOCK_TEXT + json.dumps({"results": hostile}) + "\n")
+    with outdir_lock(out, MERGE_KEPT) as lock:
+        assert lock.results == {}
 
 
 def _signal_while_copying_stdin(args: list[str], data: bytes, out: Path, sig: str) -> tuple[int, bytes]:
@@ -177,7 +197,6 @@ def _signal_while_copying_stdin(args: list[str], data: bytes, out: Path, sig: st
     the copy of stdin waits); once the copy exists below ``out``, send ``sig``. Returns the exit code and
     stderr."""
     import signal
-    import subprocess
 
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
@@ -321,7 +340,6 @@ def test_a_run_interrupted_while_its_results_are_renamed_into_place_reruns(
 def _killed_while_closing_results(args: list[str]) -> int:
     """``virnucpro-trt ARGS`` in a new process that dies like SIGKILL (``os._exit``, no clean-up) once
     its result files are written under their temporary names, as they are closed."""
-    import subprocess
 
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
@@ -575,7 +593,7 @@ def test_a_stdin_copy_left_by_a_killed_prepare_or_embed_is_removed_by_its_rerun(
     code, stderr = _signal_while_copying_stdin([command, "-", *args], data, out, "SIGKILL")
     assert code == -9, stderr
     left = sorted(p.name for p in out.iterdir())
-    assert lock in left and any(name.startswith(".stdin-") for name in left), left  # what SIGKILL leaves
+    assert lock in left and any("stdin-" in name for name in left), left  # what SIGKILL leaves
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
     result = run_cli(command, "-", *args)
     assert result.code == 0, result.stderr
@@ -590,7 +608,7 @@ def test_the_temporary_files_of_a_killed_prepare_embed_or_workflow_are_removed_b
     files): the same command again removes them and writes its results. They used to stay, hidden,
     beside every later result. A workflow's temporary files lie in subfolders: noted with their path."""
     prep, emb, flow = tmp_path / "prep", tmp_path / "emb", tmp_path / "flow"
-    with outdir_lock(prep) as lock:
+    with outdir_lock(prep, PREPARE_KEPT) as lock:
         writer = IdentifiedFilesWriter(prep, functools.partial(lock.note, growing=True)).__enter__()
         writer._nuc.write(">x\nACGT\n")
         writer._stack.close()  # closed, not removed: the run is killed here
@@ -598,7 +616,7 @@ def test_the_temporary_files_of_a_killed_prepare_embed_or_workflow_are_removed_b
     with output_lock(emb / "x.h5") as lock:
         EmbeddingsWriter(emb / "x.h5", 4, {}, functools.partial(lock.note, growing=True)).file.close()
         killed[emb / ".x.h5.run.lock"] = (emb / ".x.h5.run.lock").read_bytes()
-    with outdir_lock(flow) as lock:
+    with outdir_lock(flow, WORKFLOW_KEPT) as lock:
         (flow / "profiles" / "slurm").mkdir(parents=True)
         partial = temporary_name(flow / "profiles" / "slurm" / "config.yaml")
         partial.write_text("cut short")
@@ -626,53 +644,89 @@ def _stamp_of(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
-def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed_runs_own_files(tmp_path):
-    """A lock file is hostile input: anyone who can write the folder can write one, and inodes can be
-    read with ``stat``. Notes naming a user's folder (it was removed whole), a user's file noted as
-    growing, the lock file itself, a file reached through a symbolic link or ``..``, or a name too long
-    for the file system (the run failed with a traceback, and every rerun with it) are passed over. Only
-    the names the tool gives what it keeps while it runs are removed, while still the noted file."""
+def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed_runs_own_files(
+    tmp_path, request
+):
+    """A lock file is hostile: anyone who can write the folder can write one, and inodes can be read with
+    ``stat``. Passed over: notes naming a user's folder (it was removed whole; renamed to a staging
+    name it still lacks the token only its maker could write into it), a user's file noted as growing,
+    the lock file itself, a file reached through a symbolic link or ``..``, a name too long for the file
+    system (the run failed, and every rerun with it), another command's temporaries (a live ``embed``'s
+    in the same folder or a subfolder), a staging folder in a lock that keeps none, a tree too deep for
+    recursion. Only what this command keeps there is removed, while still the noted file."""
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     (out / "userdata").mkdir(parents=True)
     (out / "userdata" / "a.txt").write_text("mine")
+    (out / ".build-us3rd4ta").mkdir()  # a user's folder renamed to a staging name, open to all
+    (out / ".build-us3rd4ta" / "a.txt").write_text("mine")
+    (out / ".build-us3rd4ta" / ".virnucpro-trt-staging").write_text("ab" * 16)  # by anyone
+    (out / ".build-us3rd4ta").chmod(0o777)
     (out / "notes.txt").write_text("mine")
     (out / "sub").mkdir()
     elsewhere.mkdir()
     outside = elsewhere / ".x.1-2-abcdef01.partial"
     outside.write_text("someone's")
     (out / "sub" / "link").symlink_to(elsewhere)
-    ours = out / "sub" / ".y.3-4-abcdef02.partial"  # a killed run's temporary file, in a subfolder
+    live = [out / ".e.h5.1-2-abcdef04.partial", out / ".e.h5.stdin-0123456789abcdef.input",
+            out / "sub" / ".c.h5.1-2-cafebabe.partial"]  # fmt: skip
+    for path in live:
+        path.write_text("another run's, still being written")
+    ours = out / ".frames.tsv.3-4-abcdef02.partial"  # the killed run's temporary file
     ours.write_text("half")
-    staging = out / ".build-k1ll3d_x"
-    (staging / "deep").mkdir(parents=True)
+    staging = out / ".build-k1ll3d_x"  # the killed build's staging folder: its token inside
+    staging.mkdir(mode=0o700)  # as mkdtemp makes it
+    # left by a failure, a tree this deep would break pytest's own (recursive) clean-up of tmp_path
+    request.addfinalizer(lambda: subprocess.run(["rm", "-rf", str(staging)], check=False))
+    fd = os.open(staging, os.O_RDONLY)
+    for _ in range(1200):  # deeper than Python's recursion limit
+        os.mkdir("d", dir_fd=fd)
+        deeper = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    os.close(fd)
+    (staging / ".virnucpro-trt-staging").write_text("ab" * 16)
     notes = [
-        {"folder": "userdata", "stamp": _stamp_of(out / "userdata")},
+        {"folder": "userdata", "stamp": _stamp_of(out / "userdata"), "token": "ab" * 16},
+        {"folder": ".build-us3rd4ta", "stamp": _stamp_of(out / ".build-us3rd4ta"), "token": "ab" * 16},
         {"file": "notes.txt", "growing": True, "stamp": _stamp_of(out / "notes.txt")},
         {"file": LOCK_FILE, "growing": True, "stamp": [0, 0, 0, 0, 0]},
         {"file": "sub/link/.x.1-2-abcdef01.partial", "growing": True, "stamp": _stamp_of(outside)},
         {"file": "../elsewhere/.x.1-2-abcdef01.partial", "growing": True, "stamp": _stamp_of(outside)},
-        {"folder": "sub/link", "stamp": _stamp_of(elsewhere)},
+        {"folder": "sub/link", "stamp": _stamp_of(elsewhere), "token": "ab" * 16},
         {"file": "a" * 300, "stamp": [0, 0, 0, 0, 0]},
         {"file": "sub/" + "b" * 300 + "/.z.5-6-abcdef03.partial", "stamp": [0, 0, 0, 0, 0]},
-        {"file": "sub/.y.3-4-abcdef02.partial", "growing": True, "stamp": [0, 0, 0, *_stamp_of(ours)[3:]]},
-        {"folder": ".build-k1ll3d_x", "stamp": _stamp_of(staging)},
+        *({"file": p.relative_to(out).as_posix(), "growing": True, "stamp": _stamp_of(p)} for p in live),
+        {"file": ours.name, "growing": True, "stamp": [0, 0, 0, *_stamp_of(ours)[3:]]},
+        {"folder": staging.name, "stamp": _stamp_of(staging), "token": "ab" * 16},
     ]
-    (out / LOCK_FILE).write_text(LOCK_TEXT + "".join(json.dumps(note) + "\n" for note in notes))
-    with outdir_lock(out) as lock:
-        assert (out / LOCK_FILE).is_file() and lock.still_ours()
-        (out / ".build-n3wn3w_y").mkdir()
-        lock.note_folder(out / ".build-n3wn3w_y")
+    hand_written = LOCK_TEXT + "".join(json.dumps(note) + "\n" for note in notes)
+    (out / LOCK_FILE).write_text(hand_written)
+    with outdir_lock(out, PREDICT_KEPT) as lock:  # keeps no staging folder: that note is passed over
+        assert lock.still_ours()
+    assert staging.is_dir() and not ours.exists()
+    (out / LOCK_FILE).write_text(hand_written)
+    with outdir_lock(out, KeptFiles(staging=True)) as lock:  # build's: the killed one's staging goes
+        assert lock.still_ours()
+        new = out / ".build-n3wn3w_y"
+        new.mkdir()
+        lock.note_folder(new)
+        with pytest.raises(ValueError):
+            lock.note(out / "notes.txt")  # not a file this command keeps
+    assert not staging.exists()
+    assert (out / "userdata" / "a.txt").read_text() == "mine" and (out / "notes.txt").read_text() == "mine"
+    assert (out / ".build-us3rd4ta" / "a.txt").read_text() == "mine"
+    assert outside.read_text() == "someone's" and (out / "sub" / "link").is_symlink()
+    assert all(path.read_text() == "another run's, still being written" for path in live)
+    assert not (out / LOCK_FILE).exists()
+    assert len((new / ".virnucpro-trt-staging").read_text()) == 32  # the token a rerun asks of it
+    with outdir_lock(out, PREDICT_KEPT) as lock:
         spool = out / ".stdin.input"
         spool.write_text(">a\nACGT\n")
-        lock.note(spool)  # after a folder's note (it raised KeyError)
+        lock.note(spool)
         with pytest.raises(ValueError):
-            lock.note(out / "notes.txt")  # not a name a run keeps only while it runs
-        (out / ".build-n3wn3w_y").rmdir()
-        spool.unlink()
-    assert (out / "userdata" / "a.txt").read_text() == "mine" and (out / "notes.txt").read_text() == "mine"
-    assert outside.read_text() == "someone's" and (out / "sub" / "link").is_symlink()
-    assert not ours.exists() and not staging.exists()  # the killed run's own: removed
-    assert not (out / LOCK_FILE).exists()
+            lock.note(out / ".e.h5.1-2-abcdef04.partial")  # another output's temporary
+        with pytest.raises(ValueError):
+            lock.note_folder(new)  # predict keeps no staging folder
 
 
 def test_two_embeds_into_one_folder_run_side_by_side_but_not_onto_one_file(tiny_set, reads_fasta, tmp_path):

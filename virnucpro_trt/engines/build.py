@@ -60,7 +60,7 @@ from virnucpro_trt.engines.spec import (
 )
 from virnucpro_trt.errors import BuildError, UserError
 from virnucpro_trt.files.folders import made_folder
-from virnucpro_trt.files.run_lock import LOCK_FILE, STAGING_PREFIX, outdir_lock
+from virnucpro_trt.files.run_lock import LOCK_FILE, STAGING_PREFIX, KeptFiles, outdir_lock
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import (
     check_classifier_width,
@@ -185,7 +185,8 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
     """Build, gate and describe the engines; returns the manifest written to ``settings.outdir``."""
     out = settings.outdir
     own = check_engine_folder(out, settings.force)  # before anything is written or loaded
-    with made_folder(out), outdir_lock(out) as lock:  # a failed first build leaves no folder it made
+    # a failed first build leaves no folder it made; the lock keeps (and after a SIGKILL removes) staging
+    with made_folder(out), outdir_lock(out, KeptFiles(staging=True)) as lock:
         for left in sorted(out.glob(f"{STAGING_PREFIX}*")):  # what the lock did not note as a killed build's
             if left.is_dir() and not left.is_symlink():
                 log.warning("%s: %s was left by an interrupted build; remove it", out, left.name)

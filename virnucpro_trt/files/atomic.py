@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 PARTIAL_SUFFIX = ".partial"
-TEMPORARY_NAME = re.compile(r"\.[^/]+\.\d+-\d+-[0-9a-f]{8}\.partial")  # what temporary_name makes
+# What temporary_name makes; ``target``: the name of the file it becomes.
+TEMPORARY_NAME = re.compile(r"\.(?P<target>[^/]+)\.\d+-\d+-[0-9a-f]{8}\.partial")
 
 
 def temporary_name(path: Path) -> Path:

@@ -6,15 +6,15 @@ Every command that writes results into a place of its own holds one while it wri
 it: :func:`output_lock`, so embeddings written into one folder side by side still run side by side). A
 second run on the same output fails at once (exit 2): the lock is an advisory ``flock``, which the
 kernel releases even after SIGKILL. The lock file is never followed through a symbolic link, and a file
-at its name that the tool did not make (or that another user owns) is refused, never written to or
-removed.
+at its name that the tool did not make is refused, never written to or removed.
 
 The lock file is also the run's note of the files it makes there only while it runs (the stdin copy,
 temporary result files, ``build``'s private staging folder): a run killed by SIGKILL cannot remove
-them, so the next run on the same output removes them for it (:class:`RunLock`), and nothing else. A
-lock file is read as hostile input: only names the tool gives such files (:data:`STDIN_COPY`,
-:func:`private_stdin_copy_name`, ``files.atomic`` temporaries, :data:`STAGING_PREFIX` folders) are ever
-removed, each only while it is still the very file the killed run made.
+them, so the next run on the same output removes them for it (:class:`RunLock`), and nothing else.
+A lock file is hostile input (whoever can write the folder can write one, and inodes are public), so a
+note is followed only where it names what this very command keeps there (:class:`KeptFiles`: the
+temporaries of its own output names, its own stdin copy, for ``build`` a staging folder that holds
+the secret token the note carries), each only while it is still the very file the killed run made.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,27 +43,63 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".work.lock"
 LOCK_TEXT = "virnucpro-trt run lock: removed when the run ends\n"
+RUN_LOCK_SUFFIX = ".run.lock"  # an output file's lock: .NAME.run.lock beside it
 _MAX_LOCK_BYTES = 1 << 16
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
-_FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC
+_FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
 
-# The names of what a run keeps in its output's folder only while it runs, the only names a lock file's
-# notes may have its rerun remove.
 STDIN_COPY = ".stdin.input"  # predict's copy of stdin: one per folder (the folder's lock)
+_PRIVATE_STDIN = r"stdin-[0-9a-f]{16}\.input"  # a copy of stdin in a folder other runs may share
 STAGING_PREFIX = ".build-"  # build's private folder in the engine folder (``mkdtemp``: 8 more letters)
-_NOTED_FILE = re.compile(rf"{TEMPORARY_NAME.pattern}|\.stdin(-[0-9a-f]{{16}})?\.input")
-_NOTED_FOLDER = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")
+_STAGING = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")
+STAGING_TOKEN = ".virnucpro-trt-staging"  # in a staging folder: the token its lock note carries
+_TOKEN = re.compile(r"[0-9a-f]{32}")
 
 
-def private_stdin_copy_name() -> str:
-    """A fresh name for a copy of stdin in a folder several runs may share (``prepare``, ``embed``)."""
-    return f".stdin-{secrets.token_hex(8)}.input"
+@dataclass(frozen=True)
+class KeptFiles:
+    """What one command keeps in its lock's folder only while it runs: the only things a lock file may
+    have its rerun remove there, whatever else a (hand-written) note names.
+
+    ``outputs``: paths below the folder whose ``files.atomic`` temporaries are the command's; ``stdin``:
+    the names of its copies of stdin; ``staging``: ``build``'s staging folders; ``results``: ``merge``'s
+    note of its results is carried over (:meth:`RunLock.note_results`).
+    """
+
+    outputs: tuple[str, ...] = ()
+    stdin: re.Pattern[str] | None = None
+    staging: bool = False
+    results: bool = False
+
+    def file_may_go(self, name: str) -> bool:
+        """Whether ``name`` (a path below the folder, from a note) is a file this command keeps there."""
+        *folders, last = name.split("/")
+        temporary = TEMPORARY_NAME.fullmatch(last)
+        if temporary is not None:
+            return "/".join([*folders, temporary["target"]]) in self.outputs
+        return not folders and self.stdin is not None and self.stdin.fullmatch(last) is not None
+
+
+FOLDER_STDIN = re.compile(rf"{re.escape(STDIN_COPY)}|\.{_PRIVATE_STDIN}")  # the stdin copies of a folder lock
+
+
+def private_stdin_copy_name(output: Path | None = None) -> str:
+    """A fresh name for a copy of stdin in a folder several runs may share: ``.stdin-<hex>.input`` for a
+    command holding the folder's lock (``prepare``), ``.NAME.stdin-<hex>.input`` for ``output``'s."""
+    prefix = f".{output.name}." if output is not None else "."
+    return f"{prefix}stdin-{secrets.token_hex(8)}.input"
 
 
 def output_lock_name(output: Path) -> str:
     """The name of ``output``'s lock file, beside it (:func:`output_lock`); never the folder lock's."""
-    return f".{output.name}.run.lock"
+    return f".{output.name}{RUN_LOCK_SUFFIX}"
+
+
+def is_lock_name(name: str) -> bool:
+    """Whether ``name`` is a name run locks are kept under (an output there is refused)."""
+    return name == LOCK_FILE or name.endswith(RUN_LOCK_SUFFIX)
 
 
 class RunLock:
@@ -74,19 +110,20 @@ class RunLock:
 
     The lock file holds :data:`LOCK_TEXT`, then one JSON line per such file (its path below the folder)
     with its stamp. A run killed by SIGKILL leaves both behind; the next run on the output takes the lock
-    over (its text says the tool wrote it) and removes each noted file that still carries its stamp —
-    what the killed run made, unchanged since — and nothing else. A file noted while still being written
-    (``growing``: noted as soon as it is created) is removed when it is still that very file (same inode
-    and device), since its size and times were still changing when the run was killed; so is a staging
-    folder the run made for itself (:meth:`note_folder`), with all it holds. Only the names the tool
-    gives such files are removed (:data:`_NOTED_FILE`, :data:`_NOTED_FOLDER`), each reached through real
-    folders only (descriptors opened without following links, so no folder on the way can be swapped for
-    a link between the check and the removal).
+    over (its text says the tool wrote it) and removes each noted file that is one ``kept`` names and
+    still carries its stamp — what the killed run made, unchanged since — and nothing else. A file
+    noted while still being written (``growing``: noted as soon as it is created) is removed when it is
+    still that very file (same inode and device), since its size and times were still changing when
+    the run was killed. Files are reached through descriptors opened without following links, so no
+    folder on the way can be swapped for a link between the check and the removal. A staging folder
+    (:meth:`note_folder`) is removed with all it holds when it is the noted folder and holds the noted
+    token, which only its maker could have written into it (``mkdtemp``: mode 0700).
     """
 
-    def __init__(self, folder: Path, path: Path, fd: int) -> None:
+    def __init__(self, folder: Path, path: Path, fd: int, kept: KeptFiles) -> None:
         self.folder = folder
         self.path = path
+        self.kept = kept
         self._fd = fd
         self._noted: list[dict[str, Any]] = []
         self.results: dict[str, dict[str, Any]] = {}
@@ -97,6 +134,8 @@ class RunLock:
         is removed for it; until the run's run.json accounts for the files, a rerun may replace those
         still as noted (:attr:`results`, carried over from a killed run's lock file). A run that fails
         while they are noted keeps the lock file, so its rerun finds them."""
+        if not self.kept.results:
+            raise ValueError("this command's lock does not carry results")
         self.results = dict(entries)
         self.rewrite()
 
@@ -106,23 +145,28 @@ class RunLock:
         self.rewrite()
 
     def note(self, path: Path, growing: bool = False) -> None:
-        """Note ``path`` (a file this run made in the lock's folder or below it, under one of the names
-        :data:`_NOTED_FILE` allows, removed by the run when done) in the lock file, in place of an earlier
+        """Note ``path`` (a file this run made in the lock's folder or below it, one of those its
+        :class:`KeptFiles` names, removed by the run when done) in the lock file, in place of an earlier
         note of it; ``growing``: still being written."""
         name = path.relative_to(self.folder).as_posix()
-        if not _NOTED_FILE.fullmatch(path.name):
-            raise ValueError(f"{path.name}: not a name a run keeps only while it runs")
+        if not self.kept.file_may_go(name):
+            raise ValueError(f"{name}: not a file this command keeps only while it runs")
         entry = {"file": name, "stamp": file_stamp(path), **({"growing": True} if growing else {})}
         self._noted = [e for e in self._noted if e.get("file") != name] + [entry]
         self.rewrite()
 
     def note_folder(self, path: Path) -> None:
-        """Note ``path``, a private staging folder this run made in the lock's folder (``mkdtemp`` with
-        :data:`STAGING_PREFIX`: mode 0700) and removes with all it holds when done (``build``)."""
-        if path.parent != self.folder or not _NOTED_FOLDER.fullmatch(path.name):
+        """Note ``path``, a staging folder this run has just made in the lock's folder (``mkdtemp`` with
+        :data:`STAGING_PREFIX`), and write a fresh token into it (:data:`STAGING_TOKEN`), the proof its
+        rerun asks of the folder before removing it with all it holds (``build``)."""
+        if not self.kept.staging or path.parent != self.folder or not _STAGING.fullmatch(path.name):
             raise ValueError(f"{path}: not a staging folder of {self.folder}")
+        token = secrets.token_hex(16)
+        fd = os.open(path / STAGING_TOKEN, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(token)
         self._noted = [e for e in self._noted if e.get("folder") != path.name]
-        self._noted.append({"folder": path.name, "stamp": file_stamp(path)})
+        self._noted.append({"folder": path.name, "stamp": file_stamp(path), "token": token})
         self.rewrite()
 
     def rewrite(self) -> None:
@@ -133,17 +177,20 @@ class RunLock:
         os.ftruncate(self._fd, len(data))  # leaves the new notes, never an empty file
 
     def remove_left_behind(self, content: bytes) -> None:
-        """Remove the files a killed run noted in ``content`` (its lock file, read as hostile) that still
-        carry their stamps: they are that run's, unchanged since. Its noted results are only carried
-        over (:meth:`note_results`). A note that is malformed, or names anything else, is passed over."""
+        """Remove the files a killed run noted in ``content`` (its lock file, read as hostile) that are
+        this command's and still carry their stamps: they are that run's, unchanged since. Its noted
+        results are only carried over, by a command that keeps results (:meth:`note_results`). A note
+        that is malformed, or names anything else, is passed over."""
         for line in content.decode("utf-8", "replace").splitlines()[1:]:
             try:
                 entry = parse_json(line)
-                if isinstance(entry, dict) and isinstance(entry.get("results"), dict):
-                    self.results = {n: e for n, e in entry["results"].items() if _result_entry(n, e)}
+                if not isinstance(entry, dict):
                     continue
-                if isinstance(entry, dict) and "folder" in entry:
-                    self._remove_noted_folder(entry["folder"], entry["stamp"])
+                if isinstance(entry.get("results"), dict):
+                    if self.kept.results:
+                        self.results = {n: e for n, e in entry["results"].items() if _result_entry(n, e)}
+                elif "folder" in entry:
+                    self._remove_noted_folder(entry["folder"], entry["stamp"], entry["token"])
                 else:
                     self._remove_noted_file(entry["file"], entry["stamp"], entry.get("growing") is True)
             except (ValueError, KeyError, TypeError, UserError, OSError):
@@ -151,18 +198,16 @@ class RunLock:
 
     def _remove_noted_file(self, name: object, stamp: object, growing: bool) -> None:
         """Remove the file ``name`` (a path below the folder, read from a note) when it is the noted one."""
-        if not isinstance(name, str) or not _is_stamp(stamp):
+        if not isinstance(name, str) or not _is_stamp(stamp) or not self.kept.file_may_go(name):
             return
         *folders, last = name.split("/")
-        if not _NOTED_FILE.fullmatch(check_member_name(last, "lock file entry")):
-            return
         fd = os.open(self.folder, _FOLDER_FLAGS)
         try:
             for part in folders:  # each step a real folder: O_NOFOLLOW fails on a link
                 step = os.open(check_member_name(part, "lock file entry"), _FOLDER_FLAGS, dir_fd=fd)
                 os.close(fd)
                 fd = step
-            st = os.stat(last, dir_fd=fd, follow_symlinks=False)
+            st = os.stat(check_member_name(last, "lock file entry"), dir_fd=fd, follow_symlinks=False)
             found = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
             if stat.S_ISREG(st.st_mode) and (found == stamp or (growing and found[3:] == stamp[3:])):
                 log.info("removing %s, left by an interrupted run", self.folder / name)
@@ -170,15 +215,29 @@ class RunLock:
         finally:
             os.close(fd)
 
-    def _remove_noted_folder(self, name: object, stamp: object) -> None:
-        """Remove the staging folder ``name`` (read from a note) when it is the very folder noted."""
-        if not isinstance(name, str) or not _NOTED_FOLDER.fullmatch(name) or not _is_stamp(stamp):
+    def _remove_noted_folder(self, name: object, stamp: object, token: object) -> None:
+        """Remove the staging folder ``name`` (read from a note) when it is the very folder noted, still
+        private to this user as ``mkdtemp`` made it (no one else may write into it) and holds the note's
+        token; through descriptors, without recursion (a deep tree is no error)."""
+        if not (self.kept.staging and isinstance(name, str) and _STAGING.fullmatch(name)):
             return
-        path = self.folder / name
-        st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode) and [st.st_ino, st.st_dev] == stamp[3:]:
-            log.info("removing %s, left by an interrupted build", path)
-            shutil.rmtree(path)  # refuses a symbolic link; never follows one inside
+        if not (_is_stamp(stamp) and isinstance(token, str) and _TOKEN.fullmatch(token)):
+            return
+        parent = os.open(self.folder, _FOLDER_FLAGS)
+        try:
+            top = os.open(name, _FOLDER_FLAGS, dir_fd=parent)
+            try:
+                st = os.fstat(top)
+                private = st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077 == 0
+                if [st.st_ino, st.st_dev] != stamp[3:] or not private or _read_token(top) != token:
+                    return
+                log.info("removing %s, left by an interrupted build", self.folder / name)
+                _empty_folder(top)
+            finally:
+                os.close(top)
+            os.rmdir(name, dir_fd=parent)  # only an empty folder: one swapped in since loses nothing
+        finally:
+            os.close(parent)
 
     def still_ours(self) -> bool:
         """True while the lock file at its name is the very file this lock holds (not replaced since)."""
@@ -187,6 +246,45 @@ class RunLock:
         except OSError:
             return False
         return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _read_token(folder_fd: int) -> str | None:
+    """The token a staging folder (open as ``folder_fd``) holds, or None when it holds none."""
+    try:
+        fd = os.open(STAGING_TOKEN, os.O_RDONLY | _NOFOLLOW | _CLOEXEC, dir_fd=folder_fd)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None
+        return handle.read(64).decode("ascii", "replace")
+
+
+def _empty_folder(top: int) -> None:
+    """Remove everything inside the open folder ``top``: files unlinked, folders entered through
+    descriptors opened without following links and removed once empty. A loop, not recursion."""
+    stack: list[tuple[int, str]] = []  # the folders entered below ``top``: descriptor, name in its parent
+    try:
+        current = top
+        while True:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in os.scandir(current)]
+            for entry_name, is_dir in entries:
+                if not is_dir:
+                    os.unlink(entry_name, dir_fd=current)
+            deeper = next((n for n, is_dir in entries if is_dir), None)
+            if deeper is not None:
+                stack.append((os.open(deeper, _FOLDER_FLAGS, dir_fd=current), deeper))
+                current = stack[-1][0]
+                continue
+            if not stack:
+                return
+            fd, entered = stack.pop()
+            os.close(fd)
+            current = stack[-1][0] if stack else top
+            os.rmdir(entered, dir_fd=current)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
 
 
 def _is_stamp(value: object) -> bool:
@@ -199,7 +297,7 @@ def _result_entry(name: object, entry: object) -> bool:
         check_member_name(name, "lock file result")
     except UserError:
         return False
-    return is_output_entry(entry)
+    return is_output_entry(entry) and type(entry["bytes"]) is int  # type: ignore[index]
 
 
 def _open_lock_file(path: Path, elsewhere: str) -> int:
@@ -224,20 +322,30 @@ def _open_lock_file(path: Path, elsewhere: str) -> int:
     return fd
 
 
-def outdir_lock(outdir: Path) -> contextlib.AbstractContextManager[RunLock | None]:
+def outdir_lock(
+    outdir: Path, kept: KeptFiles | None = None
+) -> contextlib.AbstractContextManager[RunLock | None]:
     """Hold ``OUTDIR/.work.lock`` for the run (the folder is made when missing); another run on the same
-    folder fails at once (exit 2). See :func:`_held_lock`."""
-    return _held_lock(outdir, outdir / LOCK_FILE, outdir, "OUTDIR")
+    folder fails at once (exit 2). ``kept``: what the command keeps there while it runs (nothing when
+    None). See :func:`_held_lock`."""
+    return _held_lock(outdir, outdir / LOCK_FILE, outdir, "OUTDIR", kept or KeptFiles())
 
 
 def output_lock(output: Path) -> contextlib.AbstractContextManager[RunLock | None]:
     """Hold ``.NAME.run.lock`` beside the output file ``output`` for the run; another run writing the
-    same file fails at once (exit 2). See :func:`_held_lock`."""
-    return _held_lock(output.parent, output.parent / output_lock_name(output), output, "output path")
+    same file fails at once (exit 2). It keeps the file's temporaries and its copies of stdin
+    (:func:`private_stdin_copy_name` with ``output``). See :func:`_held_lock`."""
+    if is_lock_name(output.name):
+        raise UserError(f"{output}: run locks are kept under names like this; choose another output name")
+    stdin = re.compile(re.escape(f".{output.name}.") + _PRIVATE_STDIN)
+    kept = KeptFiles(outputs=(output.name,), stdin=stdin)
+    return _held_lock(output.parent, output.parent / output_lock_name(output), output, "output path", kept)
 
 
 @contextlib.contextmanager
-def _held_lock(folder: Path, path: Path, output: Path, elsewhere: str) -> Iterator[RunLock | None]:
+def _held_lock(
+    folder: Path, path: Path, output: Path, elsewhere: str, kept: KeptFiles
+) -> Iterator[RunLock | None]:
     """Hold the lock file ``path`` (in ``folder``) while writing ``output``.
 
     The lock file is opened without following a symbolic link, and only a file that is empty or holds
@@ -264,7 +372,7 @@ def _held_lock(folder: Path, path: Path, output: Path, elsewhere: str) -> Iterat
                 f"{path} is not a lock file virnucpro-trt made (it holds something else); move it away or "
                 f"choose another {elsewhere}"
             )
-        lock = RunLock(folder, path, fd)
+        lock = RunLock(folder, path, fd, kept)
         if not lock.still_ours():  # removed by a run that ended while this one opened it: another run's now
             raise UserError(busy)
         lock.remove_left_behind(content)

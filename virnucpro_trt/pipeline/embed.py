@@ -54,7 +54,7 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
     check_replaceable([settings.output], settings.force)
     with made_folder(folder), output_lock(settings.output) as lock:
         noted = functools.partial(lock.note, growing=True) if lock is not None else None
-        with readable_input(settings.input, folder, noted) as (path, display):
+        with readable_input(settings.input, folder, noted, settings.output) as (path, display):
             return _embed(settings, path, display, noted)
 
 

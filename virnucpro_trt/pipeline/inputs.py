@@ -78,14 +78,15 @@ def materialise(
 
 @contextlib.contextmanager
 def readable_input(
-    input_spec: str, folder: Path, on_create: Callable[[Path], None] | None = None
+    input_spec: str, folder: Path, on_create: Callable[[Path], None] | None = None, output: Path | None = None
 ) -> Iterator[tuple[Path, str]]:
     """``input_spec`` as a path that can be read more than once, with the name messages give it, for the
     commands whose folder may hold other runs' copies too (``prepare``, ``embed``): stdin or a pipe is
     copied to a private name in ``folder`` (:func:`private_spool`), and the copy is removed on the way
-    out, whatever happens; ``on_create`` as in :func:`materialise`."""
+    out, whatever happens; ``on_create`` as in :func:`materialise`; ``output``: the output file the run
+    locks (its copy's name carries it), None for a command holding the folder's lock."""
     stream = is_stream(input_spec)
-    spec = private_spool(folder) if stream else Path(input_spec)
+    spec = private_spool(folder, output) if stream else Path(input_spec)
     path, display = materialise(input_spec, spec, on_create)
     try:
         yield path, display
@@ -94,11 +95,11 @@ def readable_input(
             remove_quietly(path)
 
 
-def private_spool(folder: Path) -> Path:
+def private_spool(folder: Path, output: Path | None = None) -> Path:
     """A fresh name in ``folder`` for :func:`materialise` (commands whose folder other runs may share), not
     yet created: ``materialise`` creates it exclusively, so a clash is refused rather than written over."""
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / private_stdin_copy_name()
+    return folder / private_stdin_copy_name(output)
 
 
 def validate_input(

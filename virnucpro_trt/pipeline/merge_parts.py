@@ -48,7 +48,7 @@ from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
 from virnucpro_trt.files.ownership import changed_since, is_output_entry, reuse_finished
-from virnucpro_trt.files.run_lock import outdir_lock
+from virnucpro_trt.files.run_lock import KeptFiles, outdir_lock
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -126,7 +126,8 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
         verify_part_files(part)
         if outdir.is_dir() and os.path.samefile(outdir, part.folder):
             raise MergeRefused(f"{outdir} is {part.name}'s own folder; merge into another folder")
-    with made_folder(outdir), outdir_lock(outdir) as lock:  # a failed merge leaves no folder it made
+    # a failed merge leaves no folder it made
+    with made_folder(outdir), outdir_lock(outdir, KEPT_FILES) as lock:
         finished = _finished_merge(outdir, parts, settings.force, lock.results if lock is not None else {})
         if lock is not None:  # the noted files are now removed, or accounted for by run.json
             lock.forget_results()
@@ -157,6 +158,7 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
 
 
 RESULT_NAMES = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE, RUN_JSON)
+KEPT_FILES = KeptFiles(outputs=RESULT_NAMES, results=True)  # its results' temporaries, and its note of them
 
 
 def _finished_merge(

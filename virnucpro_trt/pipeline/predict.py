@@ -50,7 +50,7 @@ from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import changed_since, reuse_finished
-from virnucpro_trt.files.run_lock import LOCK_FILE, STDIN_COPY, outdir_lock
+from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, KeptFiles, outdir_lock
 from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
@@ -88,6 +88,8 @@ EMBEDDINGS_H5 = "embeddings.h5"
 ENGINE_CACHE = "engines"  # --backend without --engines builds here
 # Every file a run writes directly in OUTDIR (an input at one of these paths is refused).
 OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE, LOCK_FILE, STDIN_COPY)
+# What a run keeps in OUTDIR while it runs: its result files' temporaries and its copy of stdin.
+KEPT_FILES = KeptFiles((*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE), stdin=FOLDER_STDIN)
 INTERRUPTED = "interrupted; rerun the same command to resume"
 MAX_RUN_JSON_BYTES = 64 << 20
 _SUMMARY_FIELDS = ("sha256", "size_bytes", "records", "empty_records", "bases", "chunks", "frames")
@@ -172,7 +174,7 @@ def run_predict(
 
     work_existed = (outdir / WORK_DIR).exists()
     # a failed run leaves no folder it made; one holding results or resumable work stays
-    with made_folder(outdir), outdir_lock(outdir) as lock:
+    with made_folder(outdir), outdir_lock(outdir, KEPT_FILES) as lock:
         # never over another file; noted while it grows, so a SIGKILL's leftover goes on the rerun (a
         # SIGTERM is an interrupt: cli/main.py)
         noted = functools.partial(lock.note, growing=True) if lock is not None else None

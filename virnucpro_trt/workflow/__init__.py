@@ -19,7 +19,7 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.exclusive import write_new_text
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
-from virnucpro_trt.files.run_lock import outdir_lock
+from virnucpro_trt.files.run_lock import KeptFiles, outdir_lock
 
 WORKFLOW_FILES = ("Snakefile", "config.yaml", "profiles/slurm/config.yaml")
 _SOURCE = Path(__file__).parent
@@ -29,6 +29,7 @@ DEMO_READS_FILE = "demo/reads.fa"
 # would make them one shard (at least 4,096 records: runtime/shards.py), so one part and two empty ones.
 DEMO_SHARD_RECORDS = 256
 DEMO_SEED = 2027
+KEPT_FILES = KeptFiles((*WORKFLOW_FILES, DEMO_READS_FILE))  # their temporaries: what a run keeps there
 
 
 def write_workflow(folder: Path, demo: bool = False) -> list[Path]:
@@ -51,7 +52,7 @@ def write_workflow(folder: Path, demo: bool = False) -> list[Path]:
     missing = _missing(folder, texts)
     if not missing:
         return []
-    with made_folder(folder), outdir_lock(folder) as lock:
+    with made_folder(folder), outdir_lock(folder, KEPT_FILES) as lock:
         noted = functools.partial(lock.note, growing=True) if lock is not None else None
         for name in missing:
             path = folder / name
