@@ -383,6 +383,9 @@ def _held_lock(
             # Before unlocking, so a waiting run finds no stale file; kept while it notes results that no
             # run.json accounts for yet (a failed merge's rerun needs them).
             if lock.still_ours() and not lock.results:
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:  # e.g. another user's file in a sticky folder: the run's work stands
+                    log.warning("could not remove the lock file %s (%s); remove it by hand", path, exc)
     finally:
         os.close(fd)
