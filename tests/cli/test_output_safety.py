@@ -760,3 +760,19 @@ def test_a_lock_file_the_run_cannot_remove_at_the_end_is_a_warning_not_a_failure
     assert result.code == 0, result.stderr
     assert "could not remove the lock file" in result.stderr
     assert (out / "identified_protein.faa").is_file()
+
+
+def test_an_output_named_like_a_run_lock_is_refused_even_with_force(tiny_set, reads_fasta, tmp_path):
+    """``embed --force -o DIR/.x.h5.run.lock`` replaced a running embed's lock file (a second run onto
+    x.h5 could then start); ``convert-classifier`` could do the same to a folder's ``.work.lock``."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (".x.h5.run.lock", LOCK_FILE):
+        (out / name).write_text(LOCK_TEXT)
+    embed = ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
+             "--device", "cpu", "--force", "-o", str(out / ".x.h5.run.lock"))  # fmt: skip
+    _refused(run_cli(*embed), "run locks are kept under names like this")
+    convert = ("convert-classifier", str(tiny_set.classifier), str(out / LOCK_FILE), "--force")
+    _refused(run_cli(*convert), "run locks are kept under names like this")
+    assert sorted(p.name for p in out.iterdir()) == sorted([".x.h5.run.lock", LOCK_FILE])
+    assert all((out / name).read_text() == LOCK_TEXT for name in (".x.h5.run.lock", LOCK_FILE))

@@ -97,9 +97,11 @@ def output_lock_name(output: Path) -> str:
     return f".{output.name}{RUN_LOCK_SUFFIX}"
 
 
-def is_lock_name(name: str) -> bool:
-    """Whether ``name`` is a name run locks are kept under (an output there is refused)."""
-    return name == LOCK_FILE or name.endswith(RUN_LOCK_SUFFIX)
+def check_not_a_lock_name(output: Path) -> None:
+    """Refuse (exit 2) an output file named as run locks are named: written there, it would replace
+    another run's lock (with ``--force``) and let a second run onto that run's output."""
+    if output.name == LOCK_FILE or output.name.endswith(RUN_LOCK_SUFFIX):
+        raise UserError(f"{output}: run locks are kept under names like this; choose another output name")
 
 
 class RunLock:
@@ -335,8 +337,7 @@ def output_lock(output: Path) -> contextlib.AbstractContextManager[RunLock | Non
     """Hold ``.NAME.run.lock`` beside the output file ``output`` for the run; another run writing the
     same file fails at once (exit 2). It keeps the file's temporaries and its copies of stdin
     (:func:`private_stdin_copy_name` with ``output``). See :func:`_held_lock`."""
-    if is_lock_name(output.name):
-        raise UserError(f"{output}: run locks are kept under names like this; choose another output name")
+    check_not_a_lock_name(output)
     stdin = re.compile(re.escape(f".{output.name}.") + _PRIVATE_STDIN)
     kept = KeptFiles(outputs=(output.name,), stdin=stdin)
     return _held_lock(output.parent, output.parent / output_lock_name(output), output, "output path", kept)

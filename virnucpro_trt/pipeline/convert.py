@@ -13,6 +13,7 @@ from pathlib import Path
 
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
+from virnucpro_trt.files.run_lock import check_not_a_lock_name
 from virnucpro_trt.models.classifier import (
     ClassifierWeights,
     load_classifier_weights,
@@ -25,6 +26,7 @@ def run_convert_classifier(checkpoint: Path, output: Path, force: bool = False) 
     """Check both paths, read ``checkpoint`` (no pickled code runs), write ``output`` whole or not at all;
     returns the weights."""
     check_run_paths([checkpoint], [output, record_path(output.parent)])
+    check_not_a_lock_name(output)
     check_replaceable([output], force)
     weights = load_classifier_weights(checkpoint)
     with made_folder(output.parent):
