@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from tests.cli.helpers import error_lines, predict_tiny, run_cli
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import temporary_name
 from virnucpro_trt.files.bounded_read import NotARegularFile, read_bounded
-from virnucpro_trt.files.ownership import RECORD
+from virnucpro_trt.files.ownership import RECORD, changed_since
 from virnucpro_trt.files.run_lock import LOCK_FILE, LOCK_TEXT, KeptFiles, outdir_lock, output_lock
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.inputs import materialise, private_spool
@@ -644,16 +645,15 @@ def _stamp_of(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
-def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed_runs_own_files(
-    tmp_path, request
-):
+def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed_runs_own_files(tmp_path):
     """A lock file is hostile: anyone who can write the folder can write one, and inodes can be read with
     ``stat``. Passed over: notes naming a user's folder (it was removed whole; renamed to a staging
     name it still lacks the token only its maker could write into it), a user's file noted as growing,
     the lock file itself, a file reached through a symbolic link or ``..``, a name too long for the file
     system (the run failed, and every rerun with it), another command's temporaries (a live ``embed``'s
-    in the same folder or a subfolder), a staging folder in a lock that keeps none, a tree too deep for
-    recursion. Only what this command keeps there is removed, while still the noted file."""
+    in the same folder or a subfolder), a staging folder in a lock that keeps none, one deeper than any
+    build makes (it recursed, and failed every run), one whose token is a FIFO (it hung the run). Only
+    what this command keeps there is removed, while still the noted file."""
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     (out / "userdata").mkdir(parents=True)
     (out / "userdata" / "a.txt").write_text("mine")
@@ -675,16 +675,24 @@ def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed
     ours.write_text("half")
     staging = out / ".build-k1ll3d_x"  # the killed build's staging folder: its token inside
     staging.mkdir(mode=0o700)  # as mkdtemp makes it
-    # left by a failure, a tree this deep would break pytest's own (recursive) clean-up of tmp_path
-    request.addfinalizer(lambda: subprocess.run(["rm", "-rf", str(staging)], check=False))
-    fd = os.open(staging, os.O_RDONLY)
-    for _ in range(1200):  # deeper than Python's recursion limit
+    (staging / "a" / "b" / "c").mkdir(parents=True)
+    for folder in (staging, staging / "a", staging / "a" / "b" / "c"):
+        (folder / "esm2.onnx").write_text("half an engine")
+    (staging / "a" / "out").symlink_to(elsewhere)  # a link inside: removed, never followed
+    (staging / ".virnucpro-trt-staging").write_text("ab" * 16)
+    deep = out / ".build-d33p_tr3"  # a private staging folder deeper than any build makes: left as it is
+    deep.mkdir(mode=0o700)
+    fd = os.open(deep, os.O_RDONLY)
+    for _ in range(100):  # one descriptor per level: removal stops at 64 (and used to recurse)
         os.mkdir("d", dir_fd=fd)
         deeper = os.open("d", os.O_RDONLY, dir_fd=fd)
         os.close(fd)
         fd = deeper
     os.close(fd)
-    (staging / ".virnucpro-trt-staging").write_text("ab" * 16)
+    (deep / ".virnucpro-trt-staging").write_text("cd" * 16)
+    fifo = out / ".build-f1f0f1f0"  # a FIFO in place of the token: it hung the run
+    fifo.mkdir(mode=0o700)
+    os.mkfifo(fifo / ".virnucpro-trt-staging")
     notes = [
         {"folder": "userdata", "stamp": _stamp_of(out / "userdata"), "token": "ab" * 16},
         {"folder": ".build-us3rd4ta", "stamp": _stamp_of(out / ".build-us3rd4ta"), "token": "ab" * 16},
@@ -698,6 +706,8 @@ def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed
         *({"file": p.relative_to(out).as_posix(), "growing": True, "stamp": _stamp_of(p)} for p in live),
         {"file": ours.name, "growing": True, "stamp": [0, 0, 0, *_stamp_of(ours)[3:]]},
         {"folder": staging.name, "stamp": _stamp_of(staging), "token": "ab" * 16},
+        {"folder": deep.name, "stamp": _stamp_of(deep), "token": "cd" * 16},
+        {"folder": fifo.name, "stamp": _stamp_of(fifo), "token": "ab" * 16},
     ]
     hand_written = LOCK_TEXT + "".join(json.dumps(note) + "\n" for note in notes)
     (out / LOCK_FILE).write_text(hand_written)
@@ -712,7 +722,8 @@ def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed
         lock.note_folder(new)
         with pytest.raises(ValueError):
             lock.note(out / "notes.txt")  # not a file this command keeps
-    assert not staging.exists()
+    assert not staging.exists() and (elsewhere / ".x.1-2-abcdef01.partial").is_file()
+    assert (deep / ".virnucpro-trt-staging").is_file() and (fifo / ".virnucpro-trt-staging").exists()
     assert (out / "userdata" / "a.txt").read_text() == "mine" and (out / "notes.txt").read_text() == "mine"
     assert (out / ".build-us3rd4ta" / "a.txt").read_text() == "mine"
     assert outside.read_text() == "someone's" and (out / "sub" / "link").is_symlink()
@@ -776,3 +787,40 @@ def test_an_output_named_like_a_run_lock_is_refused_even_with_force(tiny_set, re
     _refused(run_cli(*convert), "run locks are kept under names like this")
     assert sorted(p.name for p in out.iterdir()) == sorted([".x.h5.run.lock", LOCK_FILE])
     assert all((out / name).read_text() == LOCK_TEXT for name in (".x.h5.run.lock", LOCK_FILE))
+
+
+def test_notes_are_followed_only_from_a_lock_file_no_one_else_may_write_and_results_only_by_hash(
+    tmp_path, caplog
+):
+    """A lock file others may write (group-writable under umask 002, as it used to be created) is not
+    this user's run's word: its notes are not followed. A results note's stamp (which anyone can read
+    with ``stat``) made merge take a user's table for its own without hashing it; only the size and
+    SHA-256 are carried now."""
+    out = tmp_path / "out"
+    previous = os.umask(0o002)  # a shared project's umask: files group-writable
+    try:
+        with outdir_lock(out, PREDICT_KEPT):
+            assert stat.S_IMODE((out / LOCK_FILE).stat().st_mode) & 0o022 == 0  # created 0644 at most
+    finally:
+        os.umask(previous)
+    table = out / "prediction_results.txt"
+    table.write_text("the user's own table\n")
+    forged = {table.name: {"bytes": table.stat().st_size, "sha256": "0" * 64, "stamp": _stamp_of(table)}}
+    (out / LOCK_FILE).write_text(LOCK_TEXT + json.dumps({"results": forged}) + "\n")
+    with outdir_lock(out, MERGE_KEPT) as lock:
+        assert lock.results == {table.name: {"bytes": table.stat().st_size, "sha256": "0" * 64}}
+        assert changed_since(out, table.name, lock.results[table.name]) is not None  # hashed: not merge's
+        lock.forget_results()
+    killed = out / ".frames.tsv.7-8-abcdef09.partial"  # a killed predict's temporary
+    killed.write_text("half")
+    note = {"file": killed.name, "growing": True, "stamp": _stamp_of(killed)}
+    (out / LOCK_FILE).write_text(LOCK_TEXT + json.dumps(note) + "\n")
+    (out / LOCK_FILE).chmod(0o664)
+    with outdir_lock(out, PREDICT_KEPT):
+        pass
+    assert killed.is_file() and "its notes are not followed" in caplog.text
+    (out / LOCK_FILE).write_text(LOCK_TEXT + json.dumps(note) + "\n")
+    (out / LOCK_FILE).chmod(0o644)
+    with outdir_lock(out, PREDICT_KEPT):
+        pass
+    assert not killed.exists()

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 PARTIAL_SUFFIX = ".partial"
 # What temporary_name makes; ``target``: the name of the file it becomes.
-TEMPORARY_NAME = re.compile(r"\.(?P<target>[^/]+)\.\d+-\d+-[0-9a-f]{8}\.partial")
+TEMPORARY_NAME = re.compile(r"\.(?P<target>[^/]+)\.[0-9]+-[0-9]+-[0-9a-f]{8}\.partial")
 
 
 def temporary_name(path: Path) -> Path:

@@ -56,6 +56,7 @@ STAGING_PREFIX = ".build-"  # build's private folder in the engine folder (``mkd
 _STAGING = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")
 STAGING_TOKEN = ".virnucpro-trt-staging"  # in a staging folder: the token its lock note carries
 _TOKEN = re.compile(r"[0-9a-f]{32}")
+_MAX_STAGING_DEPTH = 64  # a build's staging folder is a few levels deep
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,9 @@ class RunLock:
                 if not isinstance(entry, dict):
                     continue
                 if isinstance(entry.get("results"), dict):
-                    if self.kept.results:
-                        self.results = {n: e for n, e in entry["results"].items() if _result_entry(n, e)}
+                    if self.kept.results:  # size and SHA-256 only: a stamp anyone can read is no proof
+                        results = entry["results"].items()
+                        self.results = {n: _entry_of(e) for n, e in results if _result_entry(n, e)}
                 elif "folder" in entry:
                     self._remove_noted_folder(entry["folder"], entry["stamp"], entry["token"])
                 else:
@@ -251,9 +253,10 @@ class RunLock:
 
 
 def _read_token(folder_fd: int) -> str | None:
-    """The token a staging folder (open as ``folder_fd``) holds, or None when it holds none."""
+    """The token a staging folder (open as ``folder_fd``) holds, or None when it holds none (or holds
+    anything but a regular file there: opened without blocking, so a FIFO cannot hang the run)."""
     try:
-        fd = os.open(STAGING_TOKEN, os.O_RDONLY | _NOFOLLOW | _CLOEXEC, dir_fd=folder_fd)
+        fd = os.open(STAGING_TOKEN, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC, dir_fd=folder_fd)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as handle:
@@ -263,30 +266,51 @@ def _read_token(folder_fd: int) -> str | None:
 
 
 def _empty_folder(top: int) -> None:
-    """Remove everything inside the open folder ``top``: files unlinked, folders entered through
-    descriptors opened without following links and removed once empty. A loop, not recursion."""
-    stack: list[tuple[int, str]] = []  # the folders entered below ``top``: descriptor, name in its parent
+    """Remove everything inside the open folder ``top`` but its token, then the token: files unlinked,
+    folders entered through descriptors opened without following links (never onto another file system:
+    a mount inside is left, and so is the folder) and removed once empty. A loop over one listing per
+    folder, not recursion; at most :data:`_MAX_STAGING_DEPTH` levels (one descriptor each). Whatever
+    fails leaves the token, so the folder is still recognisably the killed build's."""
+    device = os.fstat(top).st_dev
+    stack: list[tuple[int, str, list[str]]] = []  # folders entered: descriptor, name, subfolders left
     try:
-        current = top
+        current, pending = top, _clear_files(top, keep=STAGING_TOKEN)
         while True:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in os.scandir(current)]
-            for entry_name, is_dir in entries:
-                if not is_dir:
-                    os.unlink(entry_name, dir_fd=current)
-            deeper = next((n for n, is_dir in entries if is_dir), None)
-            if deeper is not None:
-                stack.append((os.open(deeper, _FOLDER_FLAGS, dir_fd=current), deeper))
-                current = stack[-1][0]
+            if pending:
+                name = pending.pop()
+                fd = os.open(name, _FOLDER_FLAGS, dir_fd=current)
+                if os.fstat(fd).st_dev != device or len(stack) >= _MAX_STAGING_DEPTH:
+                    os.close(fd)
+                    raise OSError(errno.EXDEV, "another file system, or too deep", name)
+                stack.append((fd, name, pending))
+                current, pending = fd, _clear_files(fd)
                 continue
             if not stack:
-                return
-            fd, entered = stack.pop()
+                break
+            fd, name, pending = stack.pop()
             os.close(fd)
             current = stack[-1][0] if stack else top
-            os.rmdir(entered, dir_fd=current)
+            os.rmdir(name, dir_fd=current)
+        os.unlink(STAGING_TOKEN, dir_fd=top)
     finally:
-        for fd, _ in stack:
+        for fd, _, _ in stack:
             os.close(fd)
+
+
+def _clear_files(folder: int, keep: str | None = None) -> list[str]:
+    """Unlink every entry of the open ``folder`` that is not a folder (links included, never followed)
+    but ``keep``; returns the names of its subfolders."""
+    folders = []
+    for entry in list(os.scandir(folder)):
+        if entry.is_dir(follow_symlinks=False):
+            folders.append(entry.name)
+        elif entry.name != keep:
+            os.unlink(entry.name, dir_fd=folder)
+    return folders
+
+
+def _entry_of(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"bytes": entry["bytes"], "sha256": entry["sha256"]}
 
 
 def _is_stamp(value: object) -> bool:
@@ -312,7 +336,7 @@ def _open_lock_file(path: Path, elsewhere: str) -> int:
     if os.path.lexists(path) and not path.is_file():
         raise UserError(f"{refused} (not a regular file); {advice}")
     try:
-        fd = os.open(path, _LOCK_FLAGS, 0o666)
+        fd = os.open(path, _LOCK_FLAGS, 0o644)  # only its maker may write notes into it
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
             raise UserError(f"{refused} (not a regular file); {advice}") from None
@@ -322,6 +346,13 @@ def _open_lock_file(path: Path, elsewhere: str) -> int:
         os.close(fd)
         raise UserError(f"{refused} (not a regular file of its own); {advice}")
     return fd
+
+
+def _notes_trusted(fd: int) -> bool:
+    """Whether the notes of the open lock file ``fd`` may be followed: it is this user's and no one
+    else may write it (as this tool creates it), so what it notes was written by this user's run."""
+    st = os.fstat(fd)
+    return (not hasattr(os, "geteuid") or st.st_uid == os.geteuid()) and not st.st_mode & 0o022
 
 
 def outdir_lock(
@@ -376,7 +407,14 @@ def _held_lock(
         lock = RunLock(folder, path, fd, kept)
         if not lock.still_ours():  # removed by a run that ended while this one opened it: another run's now
             raise UserError(busy)
-        lock.remove_left_behind(content)
+        if _notes_trusted(fd):
+            lock.remove_left_behind(content)
+        elif content.strip() != LOCK_TEXT.strip().encode():
+            log.warning(
+                "%s belongs to another user or others may write it: its notes are not followed (nothing "
+                "it names is removed)",
+                path,
+            )
         lock.rewrite()
         try:
             yield lock
