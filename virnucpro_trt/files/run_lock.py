@@ -409,7 +409,7 @@ def _held_lock(
             raise UserError(busy)
         if _notes_trusted(fd):
             lock.remove_left_behind(content)
-        elif content.strip() != LOCK_TEXT.strip().encode():
+        elif len(content.splitlines()) > 1:  # it holds notes
             log.warning(
                 "%s belongs to another user or others may write it: its notes are not followed (nothing "
                 "it names is removed)",
