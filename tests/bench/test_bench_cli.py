@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import json
 import subprocess
 import sys
 import types
@@ -125,7 +126,11 @@ def test_plot_draws_one_bar_per_configuration_with_speedup_labels(bench_run, mon
     assert labels[0] == "1.00x" and labels[-1] == "unavailable"
     assert all(label.endswith("x") for label in labels[:-1])
     (_, save_args, _) = next(c for c in recorder.calls if c[0] == "savefig")
-    assert save_args[0] == tmp_path / "bench.png"
+    written = Path(save_args[0].name)  # a temporary file beside it, renamed into place when whole
+    assert written.parent == tmp_path and written.name.startswith(".bench.png.") and written.name.endswith(
+        ".partial"
+    )
+    assert (tmp_path / "bench.png").is_file() and not written.exists()
 
 
 def test_table_goes_to_stdout_and_the_status_line_to_stderr(bench_run) -> None:
@@ -159,3 +164,31 @@ def test_the_gpu_workflow_runs_a_valid_bench_command() -> None:
     assert str(params["json_path"]) == "bench.json" and str(params["plot_path"]) == "bench.png"
     uploaded = next(step for step in job["steps"] if "upload-artifact" in step.get("uses", ""))
     assert set(uploaded["with"]["path"].split()) == {"bench.json", "bench.png"}
+
+
+def test_json_and_plot_replace_only_what_bench_wrote(bench_run, tmp_path: Path) -> None:
+    """``--json`` and ``--plot`` follow every command's output rule: a user's file there was overwritten
+    (a mistyped ``--json reads.fa`` lost the reads); now it is refused before the run, one line, unless
+    ``--force``, while bench's own earlier report is replaced; an input named as a report is refused."""
+    quick = ("--backends", "torch", "--reference-frames", "10")
+    mine = tmp_path / "notes.json"
+    mine.write_text("my notes\n")
+    for option in ("--json", "--plot"):
+        result = bench(bench_run.workdir, *quick, option, str(mine))
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.code == 2 and len(lines) == 1 and "virnucpro-trt did not write it" in lines[0], lines
+    assert mine.read_text() == "my notes\n"
+    reads = tmp_path / "reads.fa"
+    reads.write_text(">r\n" + "ACGT" * 150 + "\n")
+    result = run_cli("bench", str(reads), "--random-weights", "tiny", "--json", str(reads), "--force")
+    assert result.code == 2 and "a file this run writes" in result.stderr
+    assert reads.read_text().startswith(">r")
+    result = bench(bench_run.workdir, *quick, "--json", str(mine), "--plot", str(mine), "--force")
+    assert result.code == 2 and "give each its own file" in result.stderr
+    out = tmp_path / "report.json"
+    for _ in range(2):  # the second run replaces the first one's report
+        result = bench(bench_run.workdir, *quick, "--json", str(out))
+        assert result.code == 0, result.stderr
+    assert json.loads(out.read_text())["results"][0]["config"] == "reference"
+    result = bench(bench_run.workdir, *quick, "--json", str(mine), "--force")
+    assert result.code == 0 and json.loads(mine.read_text())["results"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.atomic import atomic_output
 
 INSTALL_HINT = "pip install matplotlib"
 _COLOURS = {"reference": "#7f7f7f", "torch": "#1f77b4"}
@@ -57,6 +58,7 @@ def draw(report: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, top * 1.15)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_output(path, "wb") as handle:  # whole or not at all, never through a link at the name
+        fig.savefig(handle, dpi=120, format="png")
     plt.close(fig)
     return path

@@ -18,11 +18,13 @@ import click
 from virnucpro_trt.cli.command_options import (
     CONTEXT,
     DEFAULT_BUDGETS,
+    OutputPath,
     checkpoint_options,
     chunk_length_option,
     device_option,
     logging_options,
     max_batch_tokens_option,
+    replace_option,
 )
 from virnucpro_trt.models.kinds import MODELS
 from virnucpro_trt.settings import ENGINE_BACKENDS, PRECISIONS
@@ -148,14 +150,15 @@ def _check_sources(
 )
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
 @click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here."
+    "--json", "json_path", type=OutputPath(dir_okay=False, path_type=Path), help="Write the results here."
 )
 @click.option(
     "--plot",
     "plot_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OutputPath(dir_okay=False, path_type=Path),
     help="Draw frames/s bars with speedup labels (PNG; needs matplotlib).",
 )
+@replace_option
 @click.option(
     "--gate",
     type=click.FloatRange(min=0.0, min_open=True),
@@ -186,6 +189,7 @@ def bench(
     threads: int | None,
     json_path: Path | None,
     plot_path: Path | None,
+    force: bool,
     gate: float | None,
 ) -> None:
     """Compare the upstream way (reference), eager PyTorch and every engine on one workload.
@@ -214,6 +218,8 @@ def bench(
         random_weights,
         length_mix,
     )
+    reports = [path for path in (json_path, plot_path) if path is not None]
+    _check_report_paths(reports, [input_path, dnabert, esm, classifier, *engines], force)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model lookups never download
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if plot_path is not None:
@@ -251,15 +257,34 @@ def bench(
     _run(settings, json_path, plot_path, gate)
 
 
+def _check_report_paths(reports: list[Path], inputs: list[Any], force: bool) -> None:
+    """The ``--json`` and ``--plot`` files follow every command's output rule (``files/ownership.py``):
+    a file there that bench did not write is refused before the run (exit 2) unless ``--force``, and
+    neither may be one of the run's inputs nor the other report; checked before anything runs."""
+    from virnucpro_trt.errors import UserError
+    from virnucpro_trt.files.names import check_parent_folders, same_file
+    from virnucpro_trt.files.ownership import check_replaceable, record_path
+    from virnucpro_trt.pipeline.run_paths import check_run_paths
+
+    if len(reports) == 2 and same_file(*reports):
+        raise UserError(f"--json and --plot both name {reports[0]}; give each its own file")
+    for path in reports:
+        check_parent_folders(path)
+    check_run_paths(inputs, [*reports, *(record_path(path.parent) for path in reports)])
+    check_replaceable(reports, force)
+
+
 def _run(settings: Any, json_path: Path | None, plot_path: Path | None, gate: float | None) -> None:
     from virnucpro_trt.bench.gate import evaluate_gate
     from virnucpro_trt.bench.report import write_json
     from virnucpro_trt.bench.runner import run_bench
     from virnucpro_trt.bench.table import print_table
+    from virnucpro_trt.files.ownership import record_written
 
     def save(report: dict[str, Any]) -> None:  # after every row: a run cut short keeps its figures
         if json_path is not None:
             write_json(report, json_path)
+            record_written([json_path])  # so the next row, and a rerun, may replace it
 
     report = run_bench(settings, on_row=save)
     verdict = evaluate_gate(report["results"], gate) if gate is not None else None
@@ -270,6 +295,7 @@ def _run(settings: Any, json_path: Path | None, plot_path: Path | None, gate: fl
         from virnucpro_trt.bench.plot import draw
 
         draw(report, plot_path)
+        record_written([plot_path])
         log.info("plot written to %s", plot_path)
     _finish(report, verdict)
 
