@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -221,3 +222,24 @@ def test_an_interrupted_bench_stops_its_build_child(tmp_path, monkeypatch) -> No
     child = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):  # stopped and reaped, not left sleeping
         os.kill(child, 0)
+
+
+def test_a_damaged_random_set_marker_means_write_the_set_again(tmp_path) -> None:
+    """The marker of a finished random-weight set is read as hostile: a list, garbage or a link there
+    crashed bench (``.get`` on a list) or was followed; now the set is simply written again."""
+    from virnucpro_trt.bench.models import write_random_models
+
+    root = tmp_path / "set"
+    write_random_models(root, "tiny")
+    marker = root / "random-weights.json"
+    for damaged in ("[1, 2]", "{", '"tiny"'):
+        marker.write_text(damaged)
+        models = write_random_models(root, "tiny")
+        assert json.loads(marker.read_text())["size"] == "tiny" and models.classifier.is_file()
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text('{"size": "tiny", "mine": true}\n')
+    marker.unlink()
+    marker.symlink_to(elsewhere)
+    write_random_models(root, "tiny")  # a link is not a marker: written again, the link replaced
+    assert elsewhere.read_text() == '{"size": "tiny", "mine": true}\n'
+    assert not marker.is_symlink() and json.loads(marker.read_text())["size"] == "tiny"

@@ -23,6 +23,8 @@ from typing import Any, Literal
 import torch
 
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.atomic import write_text_atomic
+from virnucpro_trt.files.json_fields import FieldError, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ def write_random_models(root: Path, size: RandomSize, device: str | torch.device
         f"random-weights {size}",
     )
     marker = root / _MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("size") == size:
+    if _finished_set(marker) == size:
         log.info("reusing %s random-weight checkpoints in %s", size, root)
         return models
     started = time.perf_counter()
@@ -132,9 +134,20 @@ def write_random_models(root: Path, size: RandomSize, device: str | torch.device
         torch.cuda.empty_cache()
     width = dna_config.hidden_size + esm_config.embed_dim
     write_upstream_classifier(models.classifier, width, seed=_SEEDS["classifier"])
-    marker.write_text(json.dumps(facts) + "\n")
+    write_text_atomic(marker, json.dumps(facts) + "\n")  # a link at the name is replaced, not followed
     log.info("wrote %s random-weight checkpoints in %.1fs (%s)", size, time.perf_counter() - started, root)
     return models
+
+
+def _finished_set(marker: Path) -> object:
+    """The size a finished set's marker names (read as hostile: bounded, an object, a regular file), or
+    None when there is none to reuse (missing, or anything else: the set is then written again)."""
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    try:
+        return read_json_object(marker, 1 << 16).get("size")
+    except (OSError, FieldError):
+        return None
 
 
 @dataclass
