@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -224,22 +223,31 @@ def test_an_interrupted_bench_stops_its_build_child(tmp_path, monkeypatch) -> No
         os.kill(child, 0)
 
 
-def test_a_damaged_random_set_marker_means_write_the_set_again(tmp_path) -> None:
-    """The marker of a finished random-weight set is read as hostile: a list, garbage or a link there
-    crashed bench (``.get`` on a list) or was followed; now the set is simply written again."""
+def test_a_random_set_is_written_whole_and_a_folder_bench_did_not_finish_is_refused(tmp_path) -> None:
+    """The random-weight set is written beside its folder and renamed into place whole. A folder at its
+    name without a finished set's marker (a user's files, a planted link, a damaged marker) is refused
+    in one line: bench wrote its checkpoints into it in place, over a user's file and through a link
+    (helper-37), and ran on weights it did not make; a JSON list as the marker crashed it."""
     from virnucpro_trt.bench.models import write_random_models
+    from virnucpro_trt.errors import UserError
 
     root = tmp_path / "set"
-    write_random_models(root, "tiny")
+    models = write_random_models(root, "tiny")
+    assert models.classifier.is_file() and not [p for p in tmp_path.iterdir() if p.name != "set"]
+    assert write_random_models(root, "tiny") == models  # reused
     marker = root / "random-weights.json"
     for damaged in ("[1, 2]", "{", '"tiny"'):
         marker.write_text(damaged)
-        models = write_random_models(root, "tiny")
-        assert json.loads(marker.read_text())["size"] == "tiny" and models.classifier.is_file()
-    elsewhere = tmp_path / "elsewhere.json"
-    elsewhere.write_text('{"size": "tiny", "mine": true}\n')
-    marker.unlink()
-    marker.symlink_to(elsewhere)
-    write_random_models(root, "tiny")  # a link is not a marker: written again, the link replaced
-    assert elsewhere.read_text() == '{"size": "tiny", "mine": true}\n'
-    assert not marker.is_symlink() and json.loads(marker.read_text())["size"] == "tiny"
+        with pytest.raises(UserError, match="not a random-weight set bench finished"):
+            write_random_models(root, "tiny")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    other = tmp_path / "other"
+    (other / "DNABERT-S").mkdir(parents=True)
+    (other / "DNABERT-S" / "config.json").symlink_to(victim)
+    (other / "500_model.pth").write_text("mine\n")
+    with pytest.raises(UserError, match="not a random-weight set bench finished"):
+        write_random_models(other, "tiny")
+    assert victim.read_text() == "precious\n" and (other / "500_model.pth").read_text() == "mine\n"
+    (tmp_path / "empty").mkdir()
+    assert write_random_models(tmp_path / "empty", "tiny").classifier.is_file()  # an empty folder is fine

@@ -168,6 +168,18 @@ def test_offline_download_is_one_line_exit_2(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("repo_id", ["../../etc", "a/b/c", ""])
+def test_a_download_of_something_that_is_no_repository_id_is_a_usage_error(repo_id, monkeypatch, tmp_path):
+    """It was exit 1, "unexpected failure" with huggingface_hub's own error (helper-37)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    result = run_cli("download", repo_id)
+    assert result.code == 2 and result.stderr.strip().splitlines() == [
+        f"error: {repo_id!r} is not a Hugging Face repository id: expected OWNER/NAME, e.g. "
+        "zhihan1996/DNABERT-S"
+    ]
+    assert not (tmp_path / "hf").exists()
+
+
 def test_a_text_file_as_classifier_and_a_missing_engine_dir_say_what_they_are(
     tiny_set, reads_fasta, tmp_path
 ):

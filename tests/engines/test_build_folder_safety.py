@@ -208,3 +208,29 @@ def test_a_killed_builds_staging_folder_goes_with_the_next_build_and_two_builds_
     killed.mkdir()  # a new folder at the noted name: not the one the killed build made
     (folder / LOCK_FILE).write_bytes(content)
     assert _build(tiny_set, folder).code == 0 and killed.is_dir()
+
+
+def test_predict_refuses_a_link_at_its_own_engine_folder(tiny_set, reads_fasta, tmp_path):
+    """``predict --backend`` without ``--engines`` builds into ``OUTDIR/engines``; a symbolic link there
+    made it build into (or replace the engines of) the folder it points to (helper-37)."""
+    out, elsewhere = tmp_path / "p", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "engines").symlink_to(elsewhere)
+    result = run_cli(
+        "predict", str(reads_fasta), "-o", str(out), "--dnabert", str(tiny_set.dnabert), "--esm",
+        str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier), "--backend", "onnxruntime",
+        "--device", "cpu",
+    )  # fmt: skip
+    _one_error_line(result, "engines is a symbolic link", "--engines")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_manifest_that_is_a_fifo_does_not_stall_bench(tmp_path):
+    """bench compares an engine folder's manifest before and after building; a FIFO there hung it."""
+    from virnucpro_trt.bench.configs import _manifest_text
+
+    os.mkfifo(tmp_path / "manifest.json")
+    assert _manifest_text(tmp_path / "manifest.json") is None
+    (tmp_path / "m.json").write_text('{"a": 1}')
+    assert _manifest_text(tmp_path / "m.json") == '{"a": 1}'

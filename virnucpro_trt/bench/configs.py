@@ -34,7 +34,9 @@ import torch
 
 from virnucpro_trt.bench.models import MasterEncoders, ModelSet
 from virnucpro_trt.bench.peer import PEER, compile_backends, peer_unavailable_reason
+from virnucpro_trt.engines.manifest import MAX_MANIFEST_BYTES
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.models.kinds import ENCODER_NAMES
 from virnucpro_trt.runtime.frame_path import FrameModels
 from virnucpro_trt.settings import ENGINE_BACKENDS, PRECISIONS, EncoderSettings
@@ -327,7 +329,9 @@ def _stale_recipe(folder: Path, backend_name: str) -> str | None:
 
 
 def _manifest_text(path: Path) -> str | None:
+    """The manifest's text, to tell a reused engine set from one just built; None when there is no
+    readable one (read as hostile: bounded, a regular file, so a FIFO or /dev/zero cannot stall bench)."""
     try:
-        return path.read_text()
-    except OSError:
+        return read_bounded(path, MAX_MANIFEST_BYTES).decode("utf-8", "replace")
+    except (OSError, ValueError):
         return None

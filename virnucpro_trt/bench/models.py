@@ -15,6 +15,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,6 @@ from typing import Any, Literal
 import torch
 
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.json_fields import FieldError, read_json_object
 
 log = logging.getLogger(__name__)
@@ -78,11 +80,54 @@ def random_models_in(workdir: Path, size: RandomSize, device: str | torch.device
 def write_random_models(root: Path, size: RandomSize, device: str | torch.device = "cpu") -> ModelSet:
     """Random checkpoints in the real formats under ``root`` (reused when a finished set is there).
 
+    The set is written into a private folder beside ``root`` and renamed into place whole, marker last:
+    a folder at ``root`` is a finished set exactly when it holds the marker. Anything else there (a
+    user's files, links, a set cut short before this rule) is refused in one line, never written into,
+    through or over, so bench never runs on weights it did not make.
+
     ``full``: DNABERT-S 12x768 with a 4096-token BPE tokenizer, ESM-2 3B as a Hugging Face folder in fp16
     safetensors (the published files are fp16), an upstream-pickled 3328->512->2 classifier. ``tiny``: the
     test-suite sizes. ``-outliers``: the same with outlier channels in both encoders. The ESM-2 weights are
     drawn on ``device`` (drawing 2.8e9 numbers on a CPU is slow).
     """
+    if size not in RANDOM_SIZES:
+        raise UserError(f"--random-weights {size}: expected one of {', '.join(RANDOM_SIZES)}")
+    full = size.startswith("full")
+    models = ModelSet(
+        root / "DNABERT-S",
+        root / ("esm2_t36_3B_UR50D" if full else "esm2_tiny"),
+        root / "500_model.pth",
+        f"random-weights {size}",
+    )
+    if _finished_set(root / _MARKER) == size:
+        log.info("reusing %s random-weight checkpoints in %s", size, root)
+        return models
+    _refuse_foreign(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        names = (models.dnabert.name, models.esm.name, models.classifier.name)
+        _write_set(staging, size, device, ModelSet(*(staging / name for name in names), models.source))
+        os.rename(staging, root)  # also replaces an empty folder there
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return models
+
+
+def _refuse_foreign(root: Path) -> None:
+    """Refuse (exit 2) anything at ``root`` but nothing or an empty folder: not a set bench finished."""
+    if not os.path.lexists(root):
+        return
+    if root.is_dir() and not root.is_symlink() and not any(root.iterdir()):
+        return
+    raise UserError(
+        f"{root} is not a random-weight set bench finished (no {_MARKER} of one in it); move it away or "
+        "choose another --workdir"
+    )
+
+
+def _write_set(root: Path, size: RandomSize, device: str | torch.device, models: ModelSet) -> None:
+    """Write the checkpoints of ``models`` (all under ``root``) and then the marker."""
     from virnucpro_trt.models.dnabert import DNABERT_S_CONFIG
     from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
     from virnucpro_trt.models.random_checkpoints import (
@@ -96,22 +141,9 @@ def write_random_models(root: Path, size: RandomSize, device: str | torch.device
     )
     from virnucpro_trt.models.random_classifier import write_upstream_classifier
 
-    if size not in RANDOM_SIZES:
-        raise UserError(f"--random-weights {size}: expected one of {', '.join(RANDOM_SIZES)}")
+    started = time.perf_counter()
     full = size.startswith("full")
     outliers = size.endswith("-outliers")
-    models = ModelSet(
-        root / "DNABERT-S",
-        root / ("esm2_t36_3B_UR50D" if full else "esm2_tiny"),
-        root / "500_model.pth",
-        f"random-weights {size}",
-    )
-    marker = root / _MARKER
-    if _finished_set(marker) == size:
-        log.info("reusing %s random-weight checkpoints in %s", size, root)
-        return models
-    started = time.perf_counter()
-    root.mkdir(parents=True, exist_ok=True)
     dna_config = DNABERT_S_CONFIG if full else TINY_DNABERT_CONFIG
     esm_config = ESM2_T36_3B_CONFIG if full else TINY_ESM2_CONFIG
     dna_model = random_dnabert(dna_config, seed=_SEEDS["dnabert"])
@@ -134,9 +166,8 @@ def write_random_models(root: Path, size: RandomSize, device: str | torch.device
         torch.cuda.empty_cache()
     width = dna_config.hidden_size + esm_config.embed_dim
     write_upstream_classifier(models.classifier, width, seed=_SEEDS["classifier"])
-    write_text_atomic(marker, json.dumps(facts) + "\n")  # a link at the name is replaced, not followed
-    log.info("wrote %s random-weight checkpoints in %.1fs (%s)", size, time.perf_counter() - started, root)
-    return models
+    (root / _MARKER).write_text(json.dumps(facts) + "\n")
+    log.info("wrote %s random-weight checkpoints in %.1fs", size, time.perf_counter() - started)
 
 
 def _finished_set(marker: Path) -> object:

@@ -133,7 +133,7 @@ def _check_sources(
 )
 @click.option(
     "--workdir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutputPath(file_okay=False, path_type=Path),
     default=None,
     help="Where random checkpoints and built engines go, reused by later runs (default: a temporary folder).",
 )

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from virnucpro_trt.errors import ModelNotFoundError
+from virnucpro_trt.errors import ModelNotFoundError, UserError
 
 DNABERT_S_REPO = "zhihan1996/DNABERT-S"
 ESM2_3B_REPO = "facebook/esm2_t36_3B_UR50D"
@@ -131,12 +131,17 @@ def download_model(repo_id: str) -> Path:
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
     )
 
     try:
         return _fetch_one_weight_format(repo_id)
+    except HFValidationError:
+        raise UserError(
+            f"{repo_id!r} is not a Hugging Face repository id: expected OWNER/NAME, e.g. zhihan1996/DNABERT-S"
+        ) from None
     except GatedRepoError:
         raise ModelNotFoundError(
             f"{repo_id} is gated on the Hugging Face hub: accept its terms there and log in "

@@ -223,7 +223,16 @@ def _preflight(ctx: _RunContext) -> CheckedEngines | None:
 
 
 def _engine_cache(settings: PredictSettings) -> Path:
-    return settings.outdir / ENGINE_CACHE
+    """``OUTDIR/engines``, where ``--backend`` without ``--engines`` builds: a folder of this run's own,
+    so a symbolic link there (which would make the build write, or replace engines, elsewhere) is
+    refused in one line."""
+    cache = settings.outdir / ENGINE_CACHE
+    if cache.is_symlink():
+        raise UserError(
+            f"{cache} is a symbolic link; predict builds its engines there itself. Give an engine folder "
+            "with --engines, or move the link away"
+        )
+    return cache
 
 
 def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
