@@ -82,3 +82,18 @@ def test_a_level_the_run_removed_itself_does_not_keep_the_ones_above(tmp_path: P
     with made_folder(tmp_path / "m" / "n") as folder:
         folder.rmdir()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nothing_there_means_no_entry_or_an_empty_real_folder(tmp_path):
+    """What a folder renamed into place whole may replace (the demo's model cache, bench's random set)."""
+    from virnucpro_trt.files.folders import nothing_there
+
+    assert nothing_there(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    assert nothing_there(tmp_path / "empty")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert not any(nothing_there(tmp_path / name) for name in ("full", "file", "link", "dangling"))

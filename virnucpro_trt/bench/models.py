@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.folders import nothing_there
 from virnucpro_trt.files.json_fields import FieldError, read_json_object
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,7 @@ def write_random_models(root: Path, size: RandomSize, device: str | torch.device
 
 def _refuse_foreign(root: Path) -> None:
     """Refuse (exit 2) anything at ``root`` but nothing or an empty folder: not a set bench finished."""
-    if not os.path.lexists(root):
-        return
-    if root.is_dir() and not root.is_symlink() and not any(root.iterdir()):
+    if nothing_there(root):
         return
     raise UserError(
         f"{root} is not a random-weight set bench finished (no {_MARKER} of one in it); move it away or "

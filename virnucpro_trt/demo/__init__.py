@@ -27,6 +27,7 @@ from pathlib import Path
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.bounded_read import read_bounded
+from virnucpro_trt.files.folders import nothing_there
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +165,7 @@ def _built_by_demo(root: Path) -> bool:
 
 def _refuse_foreign(root: Path) -> None:
     """Refuse (exit 2) anything at ``root`` that is neither missing nor an empty folder."""
-    if not os.path.lexists(root):
-        return
-    if root.is_dir() and not root.is_symlink() and not any(root.iterdir()):
+    if nothing_there(root):
         return
     raise UserError(
         f"{root} exists but is not a demo model set virnucpro-trt built (no demo README.txt in it); move "

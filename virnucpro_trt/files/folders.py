@@ -69,3 +69,11 @@ def _check_writable(folder: Path) -> None:
             raise
         reason = exc.strerror or str(exc)
         raise UserError(f"cannot write in {folder}: {reason}; choose another output location") from None
+
+
+def nothing_there(path: Path) -> bool:
+    """Whether ``path`` is free for a folder a run renames into place whole: nothing at the name, or an
+    empty real folder (``rename`` replaces it). Anything else there is someone's, to be refused."""
+    if not os.path.lexists(path):
+        return True
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
