@@ -23,6 +23,7 @@ from virnucpro_trt.files.atomic import temporary_name
 from virnucpro_trt.files.bounded_read import NotARegularFile, read_bounded
 from virnucpro_trt.files.ownership import RECORD, changed_since
 from virnucpro_trt.files.run_lock import LOCK_FILE, LOCK_TEXT, KeptFiles, outdir_lock, output_lock
+from virnucpro_trt.files.stamps import stat_stamp
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.inputs import materialise, private_spool
 from virnucpro_trt.pipeline.merge_parts import KEPT_FILES as MERGE_KEPT
@@ -641,8 +642,7 @@ def test_the_temporary_files_of_a_killed_prepare_embed_or_workflow_are_removed_b
 
 
 def _stamp_of(path: Path) -> list[int]:
-    st = os.lstat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+    return stat_stamp(os.lstat(path))
 
 
 def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed_runs_own_files(tmp_path):

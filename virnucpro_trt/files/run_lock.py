@@ -37,7 +37,7 @@ from virnucpro_trt.files.atomic import TEMPORARY_NAME
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_member_name
 from virnucpro_trt.files.ownership import is_output_entry
-from virnucpro_trt.files.stamps import file_stamp
+from virnucpro_trt.files.stamps import file_stamp, stat_stamp
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class RunLock:
                 os.close(fd)
                 fd = step
             st = os.stat(check_member_name(last, "lock file entry"), dir_fd=fd, follow_symlinks=False)
-            found = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+            found = stat_stamp(st)
             if stat.S_ISREG(st.st_mode) and (found == stamp or (growing and found[3:] == stamp[3:])):
                 log.info("removing %s, left by an interrupted run", self.folder / name)
                 os.unlink(last, dir_fd=fd)

@@ -26,7 +26,11 @@ Stamp = list[int]
 
 
 def file_stamp(path: str | os.PathLike[str]) -> Stamp:
-    st = os.stat(path)
+    return stat_stamp(os.stat(path))
+
+
+def stat_stamp(st: os.stat_result) -> Stamp:
+    """The stamp of a file already ``stat``-ed (through a descriptor, say)."""
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
