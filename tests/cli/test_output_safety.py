@@ -511,6 +511,33 @@ def test_an_output_below_a_file_is_one_line_exit_2(tiny_set, reads_fasta, tmp_pa
     assert afile.read_text() == "hi\n"
 
 
+@pytest.mark.parametrize("where", ["log-file", "group-log-file", "cache-is-a-file", "cache-below-a-file",
+                                   "bench-workdir"])
+def test_a_place_of_the_run_below_a_file_is_one_line_exit_2(reads_fasta, tmp_path, monkeypatch, where):
+    """Not only ``-o``: a ``--log-file`` (after the command or before it), the demo's model cache
+    (``VIRNUCPRO_TRT_CACHE``) and bench's ``--workdir`` that cannot be made because a file is in the way
+    are a place to change (exit 2), not an "unexpected failure" (exit 1)."""
+    afile = tmp_path / "afile"
+    afile.write_text("hi\n")
+    monkeypatch.setenv("VIRNUCPRO_TRT_CACHE", str(tmp_path / "cache"))
+    demo = ("demo", "-o", str(tmp_path / "out"))
+    if where == "log-file":
+        args, advice = (*demo, "--log-file", str(afile / "run.log")), "put the log elsewhere"
+    elif where == "group-log-file":
+        args, advice = ("--log-file", str(afile / "run.log"), *demo), "put the log elsewhere"
+    elif where.startswith("cache"):
+        cache = afile if where == "cache-is-a-file" else afile / "cache"
+        monkeypatch.setenv("VIRNUCPRO_TRT_CACHE", str(cache))
+        args, advice = demo, "set VIRNUCPRO_TRT_CACHE to a folder"
+    else:
+        args = ("bench", "--reads", "8", "--backends", "torch", "--random-weights", "tiny",
+                "--workdir", str(afile / "w"))  # fmt: skip
+        advice = "choose another output location"
+    _refused(run_cli(*args), f"{afile} is a file, not a folder", advice)
+    assert afile.read_text() == "hi\n"
+    assert not (tmp_path / "out").exists()
+
+
 def _bad_input_calls(tiny_set, reads: str, out: Path) -> dict[str, tuple[str, ...]]:
     dnabert = ("--model", "dnabert-s", "--weights", str(tiny_set.dnabert), "--device", "cpu")
     models = ("--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",

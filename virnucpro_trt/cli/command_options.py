@@ -134,6 +134,7 @@ def check_log_file_place(log_file: Path, context: click.Context) -> None:
     def refuse(what: str) -> NoReturn:
         raise UserError(f"--log-file {log_file} is {what}; put the log elsewhere (or under another name)")
 
+    check_parent_folders(log_file, "put the log elsewhere")
     if log_file.is_file() and not log_file.is_symlink() and log_file.stat().st_nlink > 1:
         refuse("a file with other names (hard links), which the log would be appended to")
     for param in context.command.params:

@@ -28,6 +28,7 @@ from pathlib import Path
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.folders import nothing_there
+from virnucpro_trt.files.names import check_parent_folders
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ def demo_inputs() -> DemoInputs:
     folder, a file) is refused in one line and left as it is: the demo removes only what it made.
     """
     root = cache_root() / f"demo-models-{DEMO_VERSION}"
+    check_parent_folders(root, "set VIRNUCPRO_TRT_CACHE to a folder")
     paths = _layout(root)
     if not _built_by_demo(root):
         _refuse_foreign(root)

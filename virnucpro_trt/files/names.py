@@ -61,9 +61,10 @@ def not_a_folder(path: Path) -> str:
     return "a dangling symbolic link" if path.is_symlink() else "a file, not a folder"
 
 
-def check_parent_folders(path: Path) -> None:
-    """Refuse (exit 2) an output path that cannot be created because one of the folders above it is a
-    file (``-o notes.txt/out``): said in one line now, rather than as a ``NotADirectoryError`` later.
+def check_parent_folders(path: Path, advice: str = "choose another output location") -> None:
+    """Refuse (exit 2) a path a command makes that cannot be created because one of the folders above it
+    is a file (``-o notes.txt/out``, ``--log-file notes.txt/run.log``, a cache variable naming a file):
+    said in one line now, with ``advice``, rather than as a ``NotADirectoryError`` later.
 
     Only the first existing ancestor is looked at; missing folders are made by the command.
     """
@@ -72,6 +73,5 @@ def check_parent_folders(path: Path) -> None:
             return
         if os.path.lexists(folder):
             raise UserError(
-                f"{folder} is {not_a_folder(folder)}, so {path} cannot be made below it; choose another "
-                "output location"
+                f"{folder} is {not_a_folder(folder)}, so {path} cannot be made below it; {advice}"
             )
