@@ -8,6 +8,7 @@ import functools
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -666,6 +667,44 @@ def test_the_temporary_files_of_a_killed_prepare_embed_or_workflow_are_removed_b
         assert result.code == 0, (args, result.stderr)
     assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob("*.lock"))
     assert (flow / "profiles" / "slurm" / "config.yaml").is_file() and (emb / "x.h5").is_file()
+
+
+_KILL_AT_THE_RECORD = """
+import os, signal, sys
+from virnucpro_trt.cli.main import main
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if os.fspath(dst).endswith(".virnucpro-trt-outputs.json"):  # the record's temporary is written
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("command", ["prepare", "embed"])
+def test_the_outputs_records_temporary_left_by_a_sigkill_is_removed_by_the_rerun(
+    tiny_set, reads_fasta, tmp_path, command
+):
+    """A SIGKILL while ``prepare`` or ``embed`` renames its outputs record into place left the record's
+    hidden ``.partial`` file, which no rerun removed (the lock did not note it); now it is noted and the
+    rerun removes it."""
+    out = tmp_path / "out"
+    args = {
+        "prepare": ["prepare", str(reads_fasta), "-o", str(out)],
+        "embed": ["embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
+                  "--device", "cpu", "--threads", "1", "-o", str(out / "x.h5")],
+    }[command]  # fmt: skip
+    script = [sys.executable, "-c", _KILL_AT_THE_RECORD, *args]
+    killed = subprocess.run(script, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    lock = {"prepare": LOCK_FILE, "embed": ".x.h5.run.lock"}[command]
+    left = sorted(p.name for p in out.iterdir())
+    assert lock in left and any(name.startswith(f".{RECORD}.") for name in left), left
+    result = run_cli(*args, "--force")  # the outputs are whole, but the record of them never landed
+    assert result.code == 0, result.stderr
+    results = {"prepare": ["identified_nucleotide.fa", "identified_protein.faa"], "embed": ["x.h5"]}[command]
+    assert sorted(p.name for p in out.iterdir()) == sorted([RECORD, *results])
 
 
 def _stamp_of(path: Path) -> list[int]:

@@ -168,7 +168,7 @@ def test_an_unwritable_record_is_a_warning_not_a_failure(
 ) -> None:
     target = _write(tmp_path / "out.h5")
 
-    def refuse(path: Path, text: str) -> None:
+    def refuse(path: Path, text: str, on_create: object = None) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(ownership, "write_text_atomic", refuse)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -201,10 +201,11 @@ def check_replaceable(targets: Iterable[Path], force: bool) -> None:
         )
 
 
-def record_written(targets: Iterable[Path]) -> None:
+def record_written(targets: Iterable[Path], on_create: Callable[[Path], None] | None = None) -> None:
     """Record ``targets`` (just written, complete) in their folders' records; entries whose file is gone
     are dropped. A record that cannot be written is a warning: the outputs are complete, only a rerun
-    onto them will need ``--force``."""
+    onto them will need ``--force``. ``on_create`` is told the record's temporary file as soon as it
+    exists (a run lock notes it, so the rerun after a SIGKILL in that moment removes it)."""
     by_folder: dict[Path, list[Path]] = {}
     for target in targets:
         by_folder.setdefault(target.parent, []).append(target)
@@ -215,7 +216,8 @@ def record_written(targets: Iterable[Path]) -> None:
                 stamp = file_stamp(target)  # before hashing: a change in between will not match it
                 entries[target.name] = {**output_entry(target), "stamp": stamp}
             body = {"tool": "virnucpro-trt", "schema": RECORD_SCHEMA, "files": entries}
-            write_text_atomic(record_path(folder), json.dumps(body, indent=1, sort_keys=True) + "\n")
+            text = json.dumps(body, indent=1, sort_keys=True) + "\n"
+            write_text_atomic(record_path(folder), text, on_create)
         except OSError as exc:
             log.warning(
                 "could not record the files written in %s (%s): a rerun onto them will need --force",

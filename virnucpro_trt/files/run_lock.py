@@ -36,7 +36,7 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import TEMPORARY_NAME
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_member_name
-from virnucpro_trt.files.ownership import is_output_entry
+from virnucpro_trt.files.ownership import RECORD, is_output_entry
 from virnucpro_trt.files.stamps import file_stamp, stat_stamp
 
 log = logging.getLogger(__name__)
@@ -366,11 +366,12 @@ def outdir_lock(
 
 def output_lock(output: Path) -> contextlib.AbstractContextManager[RunLock | None]:
     """Hold ``.NAME.run.lock`` beside the output file ``output`` for the run; another run writing the
-    same file fails at once (exit 2). It keeps the file's temporaries and its copies of stdin
+    same file fails at once (exit 2). It keeps the file's temporaries (and the outputs record's, which
+    runs side by side write under names of their own) and its copies of stdin
     (:func:`private_stdin_copy_name` with ``output``). See :func:`_held_lock`."""
     check_not_a_lock_name(output)
     stdin = re.compile(re.escape(f".{output.name}.") + _PRIVATE_STDIN)
-    kept = KeptFiles(outputs=(output.name,), stdin=stdin)
+    kept = KeptFiles(outputs=(output.name, RECORD), stdin=stdin)
     return _held_lock(output.parent, output.parent / output_lock_name(output), output, "output path", kept)
 
 

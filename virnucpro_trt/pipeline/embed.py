@@ -106,7 +106,7 @@ def _embed(
                 emb[nonempty] = encoder.embed(tokens, [ids[i] for i in nonempty])
             writer.append(ids, emb, ["ok" if s else "empty" for s in seqs])
         writer.commit()
-    record_written([settings.output])
+    record_written([settings.output], on_create)
     return {"records": summary.records, "dim": encoder.dim, "empty": summary.empty_records}
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
-from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
+from virnucpro_trt.files.ownership import RECORD, check_replaceable, record_path, record_written
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, KeptFiles, outdir_lock
 from virnucpro_trt.pipeline.inputs import readable_input, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.sequences.prepare import NUCLEOTIDE_FILE, PROTEIN_FILE, write_identified_files
 from virnucpro_trt.sequences.reader import read_records
 
-KEPT_FILES = KeptFiles((NUCLEOTIDE_FILE, PROTEIN_FILE), stdin=FOLDER_STDIN)  # what a run keeps there
+KEPT_FILES = KeptFiles((NUCLEOTIDE_FILE, PROTEIN_FILE, RECORD), stdin=FOLDER_STDIN)  # what a run keeps there
 
 
 def run_prepare(input_spec: str, outdir: Path, chunk_length: int, force: bool = False) -> dict[str, int]:
@@ -35,5 +35,5 @@ def run_prepare(input_spec: str, outdir: Path, chunk_length: int, force: bool = 
         with readable_input(input_spec, outdir, noted) as (path, display):
             validate_input(path, display)
             counts = write_identified_files(read_records(path, "dna"), outdir, chunk_length, on_create=noted)
-            record_written(targets)
+            record_written(targets, noted)
             return counts
