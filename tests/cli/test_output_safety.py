@@ -682,28 +682,30 @@ main(sys.argv[1:])
 """
 
 
-@pytest.mark.parametrize("command", ["prepare", "embed"])
+@pytest.mark.parametrize("command", ["prepare", "embed", "convert-classifier"])
 def test_the_outputs_records_temporary_left_by_a_sigkill_is_removed_by_the_rerun(
     tiny_set, reads_fasta, tmp_path, command
 ):
-    """A SIGKILL while ``prepare`` or ``embed`` renames its outputs record into place left the record's
-    hidden ``.partial`` file, which no rerun removed (the lock did not note it); now it is noted and the
-    rerun removes it."""
+    """A SIGKILL while ``prepare``, ``embed`` or ``convert-classifier`` renames its outputs record into
+    place left the record's hidden ``.partial`` file, which no rerun removed (the lock did not note it;
+    ``convert-classifier`` held none); now it is noted and the rerun removes it."""
     out = tmp_path / "out"
     args = {
         "prepare": ["prepare", str(reads_fasta), "-o", str(out)],
         "embed": ["embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
                   "--device", "cpu", "--threads", "1", "-o", str(out / "x.h5")],
+        "convert-classifier": ["convert-classifier", str(tiny_set.classifier), str(out / "c.safetensors")],
     }[command]  # fmt: skip
     script = [sys.executable, "-c", _KILL_AT_THE_RECORD, *args]
     killed = subprocess.run(script, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    lock = {"prepare": LOCK_FILE, "embed": ".x.h5.run.lock"}[command]
+    lock = {"prepare": LOCK_FILE, "embed": ".x.h5.run.lock", "convert-classifier": ".c.safetensors.run.lock"}
     left = sorted(p.name for p in out.iterdir())
-    assert lock in left and any(name.startswith(f".{RECORD}.") for name in left), left
+    assert lock[command] in left and any(name.startswith(f".{RECORD}.") for name in left), left
     result = run_cli(*args, "--force")  # the outputs are whole, but the record of them never landed
     assert result.code == 0, result.stderr
-    results = {"prepare": ["identified_nucleotide.fa", "identified_protein.faa"], "embed": ["x.h5"]}[command]
+    results = {"prepare": ["identified_nucleotide.fa", "identified_protein.faa"], "embed": ["x.h5"],
+               "convert-classifier": ["c.safetensors"]}[command]  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == sorted([RECORD, *results])
 
 

@@ -66,8 +66,8 @@ def atomic_output(
         raise
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with atomic_output(path, "wb") as handle:
+def write_bytes_atomic(path: Path, data: bytes, on_create: Callable[[Path], None] | None = None) -> None:
+    with atomic_output(path, "wb", on_create) as handle:
         handle.write(data)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
@@ -352,12 +352,18 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def save_classifier_safetensors(weights: ClassifierWeights, path: str | Path, source: str = "") -> None:
+def save_classifier_safetensors(
+    weights: ClassifierWeights,
+    path: str | Path,
+    source: str = "",
+    on_create: Callable[[Path], None] | None = None,
+) -> None:
     """Write the classifier in the safe format (tensors + BatchNorm epsilon in the metadata).
 
     Written whole or not at all, with the umask's permissions like every other file the tool writes
     (safetensors' ``save_file`` creates it mode 0600, which locks other users out of a shared engine
-    directory); the classifier is a few MB, so the bytes are built in memory.
+    directory); the classifier is a few MB, so the bytes are built in memory. ``on_create`` is told the
+    temporary file as soon as it exists (a run lock notes it).
     """
     meta = {
         "format": "virnucpro-classifier",
@@ -366,7 +372,7 @@ def save_classifier_safetensors(weights: ClassifierWeights, path: str | Path, so
         "source": source,
     }
     data = safetensors_bytes({k: v.contiguous() for k, v in weights.tensors.items()}, metadata=meta)
-    write_bytes_atomic(Path(path), _sorted_header(data))
+    write_bytes_atomic(Path(path), _sorted_header(data), on_create)
 
 
 def _sorted_header(data: bytes) -> bytes:
