@@ -156,6 +156,32 @@ def test_mismatching_engines_are_refused_then_rebuilt(tiny_set, reads_fasta, tmp
     assert json.loads((engines / "manifest.json").read_text())["libraries"] != {"onnxruntime": "0.0.1"}
 
 
+def test_a_damaged_engine_file_is_replaced_by_predict_rebuild_or_build_force_only(
+    tiny_set, reads_fasta, tmp_path
+):
+    """An engine file changed since its build (damaged, or edited by someone) is refused by predict; a
+    plain rebuild refuses to replace it too (it may be a user's file now), ``predict --rebuild`` (the
+    remedy the refusal names) and ``build --force`` replace it."""
+    engines = tmp_path / "engines"
+    assert _build(tiny_set, engines, "onnxruntime").code == 0
+    vocab = engines / "esm2.vocab.txt"
+    built = vocab.read_bytes()
+    vocab.write_bytes(built + b"X\n")
+    predict = ("predict", str(reads_fasta), "-o", str(tmp_path / "o1"), "--engines", str(engines), "-q")
+    result = run_cli(*predict)
+    assert result.code == 2 and "does not match the SHA-256" in result.stderr, result.stderr
+    result = _build(tiny_set, engines, "onnxruntime")
+    assert result.code == 2 and "esm2.vocab.txt changed since the build" in result.stderr, result.stderr
+    assert vocab.read_bytes() == built + b"X\n"
+    models = ("--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
+              str(tiny_set.classifier), "--backend", "onnxruntime")  # fmt: skip
+    result = run_cli(*predict, "--rebuild", *models)
+    assert result.code == 0 and vocab.read_bytes() == built, result.stderr
+    vocab.write_bytes(built + b"Y\n")
+    result = _build(tiny_set, engines, "onnxruntime", "--force")
+    assert result.code == 0 and vocab.read_bytes() == built, result.stderr
+
+
 def test_not_an_engine_directory(tmp_path, reads_fasta):
     result = run_cli("predict", str(reads_fasta), "-o", str(tmp_path / "o"), "--engines", str(tmp_path))
     assert result.code == 2 and "not an engine directory" in result.stderr

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.cli.helpers import run_cli
 from virnucpro_trt.engines.build import check_engine_folder
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.run_lock import LOCK_FILE, STAGING_PREFIX, KeptFiles, outdir_lock
+from virnucpro_trt.files.stamps import stat_stamp
 
 
 def _build(tiny_set, out: Path, *extra: str):
@@ -95,6 +97,36 @@ def test_an_earlier_builds_files_are_its_own(tmp_path):
         check_engine_folder(folder)
 
 
+def test_an_own_file_changed_since_the_build_is_refused_unless_forced(tmp_path):
+    """The manifest names a build's files and records their SHA-256: a file at such a name that no longer
+    has it (a user edited the tokenizer, or copied a classifier of theirs over it) is theirs now, and a
+    rebuild must not replace it. The recorded stamp spares the hash of an unchanged file."""
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    files = {"esm2.vocab.txt": b"built vocab\n", "classifier.safetensors": b"built classifier"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    body = {
+        "schema": "virnucpro-trt/engine-manifest",
+        "models": {"esm2": {"artifact": "classifier.safetensors", "tokenizer": "esm2.vocab.txt",
+                            "file_sha256": hashes, "file_stamps": {"esm2.vocab.txt": "not a stamp"}}},
+    }  # fmt: skip
+    (folder / "manifest.json").write_text(json.dumps(body))
+    assert check_engine_folder(folder) == {"manifest.json", *files}
+    (folder / "esm2.vocab.txt").write_bytes(b"my edited vocab\n")
+    with pytest.raises(UserError, match=r"esm2.vocab.txt changed since the build"):
+        check_engine_folder(folder)
+    assert check_engine_folder(folder, force=True) == {"manifest.json", *files}
+    (folder / "esm2.vocab.txt").write_bytes(b"built vocab\n")  # the recorded bytes: the build's again
+    assert check_engine_folder(folder) == {"manifest.json", *files}
+    stamp = [*stat_stamp(os.stat(folder / "classifier.safetensors"))]
+    body["models"]["esm2"]["file_stamps"] = {"classifier.safetensors": stamp}
+    body["models"]["esm2"]["file_sha256"]["classifier.safetensors"] = "0" * 64  # the stamp alone holds
+    (folder / "manifest.json").write_text(json.dumps(body))
+    assert check_engine_folder(folder) == {"manifest.json", *files}
+
+
 def test_build_never_writes_through_links(tiny_set, tmp_path):
     """B1: the links' targets outside the folder keep their bytes; the build stops before writing."""
     folder = tmp_path / "b1"
@@ -146,8 +178,9 @@ def test_predict_never_writes_through_a_link_in_its_engine_cache(tiny_set, tmp_p
 
 def test_a_rebuild_replaces_its_own_files_and_keeps_an_earlier_builds(tiny_set, tmp_path, monkeypatch):
     """A finished build leaves exactly the manifest's files; a rebuild replaces them by rename (a hard
-    link to one keeps the old bytes), remembers an earlier build's file it did not replace, and a
-    failed rebuild leaves the finished set as it was."""
+    link to one is never written into), remembers an earlier build's file it did not replace, and a
+    failed rebuild leaves the finished set as it was. A file at an own name that is no longer the one
+    the build recorded (edited, or another file put there) is refused, not replaced."""
     folder = tmp_path / "engines"
     assert _build(tiny_set, folder).code == 0
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -162,9 +195,12 @@ def test_a_rebuild_replaces_its_own_files_and_keeps_an_earlier_builds(tiny_set, 
     (folder / "esm2.cpu.fp16.onnx").write_text("an earlier build's engine")
     manifest["build"]["own_files"] = ["esm2.cpu.fp16.onnx"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    _one_error_line(_build(tiny_set, folder), "esm2.vocab.txt changed since the build that made them")
+    assert (tmp_path / "kept.txt").read_text() == "not a vocabulary\n"
+    (tmp_path / "kept.txt").write_bytes(vocab)  # the recorded bytes again, in another file (a new stamp)
     result = _build(tiny_set, folder)
     assert result.code == 0, result.stderr
-    assert (tmp_path / "kept.txt").read_text() == "not a vocabulary\n"  # replaced, not written into
+    assert (tmp_path / "kept.txt").stat().st_nlink == 1  # replaced by rename, not written into
     assert (folder / "esm2.vocab.txt").read_bytes() == vocab
     rebuilt = json.loads((folder / "manifest.json").read_text())
     assert rebuilt["build"]["own_files"] == ["esm2.cpu.fp16.onnx"]

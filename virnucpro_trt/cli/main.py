@@ -459,6 +459,12 @@ def demo(
     "project's own Triton attention instead). cudnn plans every new batch shape, which runs with varying "
     "batches pay again and again.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace files at the names build writes that it did not make, or that changed since the build "
+    "that made them (never a symbolic link; other files in the folder stay).",
+)
 @logging_options
 def build(
     dnabert: str,
@@ -473,6 +479,7 @@ def build(
     keep_failing: bool,
     hardware_compatible: bool,
     attention: str,
+    force: bool,
 ) -> None:
     """Compile DNABERT-S and ESM-2 into engines for this machine, parity-gated, with a manifest."""
     _offline()
@@ -480,7 +487,7 @@ def build(
 
     settings = BuildSettings(
         dnabert, esm, classifier, outdir, backend, precision, device, max_batch_tokens, max_length,
-        keep_failing, hardware_compatible, attention,
+        keep_failing, hardware_compatible, attention, force,
     )  # fmt: skip
     manifest = build_engines(settings, command=sys.argv)
     for kind in ENCODER_NAMES:

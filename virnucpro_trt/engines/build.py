@@ -10,8 +10,10 @@ The engine folder is written like any output (:func:`check_engine_folder`, :func
 
 * before anything is written, a folder holding anything build did not make — a user's file, a
   symbolic link, a folder — is refused in one line (exit 2); its own files are the ones the folder's
-  manifest records (an earlier build's), which a rebuild replaces. ``force`` (no CLI flag sets it yet)
-  lets build replace other regular files at the names it writes; a symbolic link is refused even then;
+  manifest records (an earlier build's) while they still have the SHA-256 it records, which a rebuild
+  replaces (one changed since is the user's now, unless ``predict --rebuild`` asks for it again).
+  ``force`` (``build --force``) lets build replace other regular files at the names it writes; a
+  symbolic link is refused even then;
 * every file is made inside a private staging folder that build creates in the engine folder
   (``.build-XXXXXXXX``, ``mkdtemp``), then renamed over its final name: no existing path is ever opened
   for writing, so a link planted at a name is replaced, never written through;
@@ -45,6 +47,7 @@ from virnucpro_trt.engines.manifest import (
     ModelEntry,
     now_iso,
     own_file_names,
+    recorded_digests,
 )
 from virnucpro_trt.engines.parity import reference_embeddings, run_parity, synthetic_tokens
 from virnucpro_trt.engines.registry import choose_backend
@@ -61,6 +64,7 @@ from virnucpro_trt.engines.spec import (
 from virnucpro_trt.errors import BuildError, UserError
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.run_lock import LOCK_FILE, STAGING_PREFIX, KeptFiles, outdir_lock
+from virnucpro_trt.files.stamps import digest_holds
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import (
     check_classifier_width,
@@ -98,6 +102,9 @@ class BuildSettings:
     attention: str = DEFAULT_ATTENTION
     # Replace regular files at the names build writes even though it did not make them (never links).
     force: bool = False
+    # Replace the files an earlier build made there even where they changed since (``predict --rebuild``:
+    # the rebuild that a damaged or modified engine file asks for); never another file, never a link.
+    replace_changed: bool = False
 
 
 def device_facts(device: torch.device) -> dict[str, Any]:
@@ -129,7 +136,7 @@ def _example(tokens: list, shapes: ShapeRange, pad_id: int) -> tuple[torch.Tenso
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def check_engine_folder(out: Path, force: bool = False) -> set[str]:
+def check_engine_folder(out: Path, force: bool = False, replace_changed: bool = False) -> set[str]:
     """Refuse, before anything is written, an engine folder holding what build did not make.
 
     Its own files are those the folder's manifest records (:func:`own_file_names`), ONNX Runtime's
@@ -137,17 +144,21 @@ def check_engine_folder(out: Path, force: bool = False) -> set[str]:
     else — a user's file or folder, any symbolic link — is refused in one line: a mistyped ``-o`` must
     not replace a user's files, and a link must never make build write outside the folder. ``force``
     accepts other regular files (they are replaced where build writes their names; the rest stay) but
-    never a link. Returns the own names.
+    never a link. A file at a name the manifest records with its SHA-256 that no longer has it (edited,
+    or another file put there) is refused unless ``force`` or ``replace_changed``. Returns the own names.
     """
     if os.path.lexists(out) and not out.is_dir():
         raise UserError(f"engine directory {out} exists and is not a folder; build into a folder")
     if not out.exists():
         return set()
-    own = own_file_names(out)
-    links, foreign = [], []
+    own, digests = own_file_names(out), recorded_digests(out)
+    links, foreign, edited = [], [], []
     for entry in sorted(os.scandir(out), key=lambda e: e.name):
         if entry.is_symlink():
             links.append(entry.name)
+        elif _is_own(entry, own) and entry.name in digests and not _still_built(out, entry, digests):
+            if not (force or replace_changed):
+                edited.append(entry.name)
         elif _is_own(entry, own):
             continue
         elif entry.name.startswith(STAGING_PREFIX) and entry.is_dir():
@@ -166,7 +177,22 @@ def check_engine_folder(out: Path, force: bool = False) -> set[str]:
             f"engine directory {out} holds files virnucpro-trt build did not make ({_some(foreign)}); "
             "build into a new or empty folder, or one holding an earlier build"
         )
+    if edited:
+        raise UserError(
+            f"engine directory {out}: {_some(edited)} changed since the build that made them (not the "
+            "SHA-256 its manifest records): move them away if they are yours, or add --force to replace them"
+        )
     return own
+
+
+def _still_built(out: Path, entry: os.DirEntry[str], digests: dict[str, tuple[Any, Any]]) -> bool:
+    """Whether the own file ``entry`` is still the one the earlier build recorded (its stamp, else its
+    SHA-256): a file edited or replaced since is the user's now, and a rebuild must not replace it."""
+    sha256, stamp = digests[entry.name]
+    try:
+        return digest_holds(out / entry.name, sha256, stamp)
+    except OSError:  # gone or unreadable in between: not shown to be ours
+        return False
 
 
 def _is_own(entry: os.DirEntry[str], own: set[str]) -> bool:
@@ -184,7 +210,7 @@ def _some(names: list[str]) -> str:
 def build_engines(settings: BuildSettings, command: list[str] | None = None) -> EngineManifest:
     """Build, gate and describe the engines; returns the manifest written to ``settings.outdir``."""
     out = settings.outdir
-    own = check_engine_folder(out, settings.force)  # before anything is written or loaded
+    own = check_engine_folder(out, settings.force, settings.replace_changed)  # before anything is written
     # a failed first build leaves no folder it made; the lock keeps (and after a SIGKILL removes) staging
     with made_folder(out), outdir_lock(out, KeptFiles(staging=True)) as lock:
         for left in sorted(out.glob(f"{STAGING_PREFIX}*")):  # what the lock did not note as a killed build's

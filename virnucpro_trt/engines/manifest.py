@@ -230,14 +230,8 @@ def own_file_names(folder: Path) -> set[str]:
     because it only decides which files a rebuild may replace, never what is loaded; a symbolic link or
     anything but a plain name counts as nothing.
     """
-    path = folder / MANIFEST_NAME
-    if path.is_symlink() or not path.is_file():
-        return set()
-    try:
-        data = parse_json(read_bounded(path, MAX_MANIFEST_BYTES))
-    except (OSError, ValueError):  # FileTooLarge is a ValueError
-        return set()
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    data = _lenient_manifest(folder)
+    if data is None:
         return set()
     names: list[Any] = [MANIFEST_NAME]
     models = data.get("models")
@@ -248,6 +242,37 @@ def own_file_names(folder: Path) -> set[str]:
     build = data.get("build")
     names += _listed(build.get(OWN_FILES_KEY)) if isinstance(build, dict) else []
     return {name for name in names if _plain_name(name)}
+
+
+def recorded_digests(folder: Path) -> dict[str, tuple[Any, Any]]:
+    """``{name: (sha256, stamp)}`` of each file whose SHA-256 ``folder/manifest.json`` records (read as
+    leniently as :func:`own_file_names`): a rebuild takes such a file for its own only while it is still
+    the file the build recorded, not one edited or replaced since (``files/stamps.digest_holds``)."""
+    data = _lenient_manifest(folder)
+    models = data.get("models") if data is not None else None
+    digests: dict[str, tuple[Any, Any]] = {}
+    for entry in models.values() if isinstance(models, dict) else ():
+        hashes = entry.get("file_sha256") if isinstance(entry, dict) else None
+        stamps = entry.get("file_stamps") if isinstance(entry, dict) else None
+        for name, sha256 in hashes.items() if isinstance(hashes, dict) else ():
+            stamp = stamps.get(name) if isinstance(stamps, dict) else None
+            valid_stamp = isinstance(stamp, list) and all(type(v) is int for v in stamp)
+            if _plain_name(name):
+                digests[name] = (sha256, stamp if valid_stamp else None)
+    return digests
+
+
+def _lenient_manifest(folder: Path) -> dict[str, Any] | None:
+    """``folder/manifest.json`` as a JSON object of this tool's schema, or None (missing, a link, not a
+    regular file, too large, not JSON, another schema)."""
+    path = folder / MANIFEST_NAME
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        data = parse_json(read_bounded(path, MAX_MANIFEST_BYTES))
+    except (OSError, ValueError):  # FileTooLarge is a ValueError
+        return None
+    return data if isinstance(data, dict) and data.get("schema") == SCHEMA else None
 
 
 def _listed(value: Any) -> list[Any]:

@@ -179,6 +179,7 @@ def _build_settings(
         precision=encoders.precision or "fp32",
         device=str(device),
         max_batch_tokens=encoders.max_batch_tokens,
+        replace_changed=True,  # --rebuild is the remedy for an engine file modified or damaged in place
     )
 
 
