@@ -236,22 +236,46 @@ class PredictSettings:
     # upstream does.
     min_length: int = 0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, device_type: str | None = None) -> dict[str, Any]:
+        """The settings as JSON; with ``device_type`` (``cpu`` or ``cuda``: where the run computes), the
+        encoder choices as they act (:func:`_encoders_as_run`), as run.json and ``.work`` record them."""
         data = dataclasses.asdict(self)
         data["outdir"] = str(self.outdir)
         data["engines"] = str(self.engines) if self.engines else None
         gpus = self.run.gpus
         data["run"]["gpus"] = list(gpus) if gpus is not None else None
+        if device_type is not None:
+            data["encoders"] = _encoders_as_run(data["encoders"], device_type, self.engines is not None)
         return data
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, device_type: str | None = None) -> str:
         """Hash of the settings that change results (not where they are written, nor by how many workers).
 
         It is the resume key of ``OUTDIR/.work`` together with the input's SHA-256 and the model identity.
         Model and engine paths stay out: the identity (content hashes) stands for them, so a moved
-        checkpoint folder still resumes while a file replaced at the same path does not.
+        checkpoint folder still resumes while a file replaced at the same path does not. ``device_type``:
+        as in :meth:`to_json` (a run always gives it).
         """
-        return settings_fingerprint(self.to_json())
+        return settings_fingerprint(self.to_json(device_type))
+
+
+def _encoders_as_run(encoders: dict[str, Any], device_type: str, engine_set: bool) -> dict[str, Any]:
+    """``EncoderSettings`` JSON with each choice as it acts, so that naming a default is the same run as
+    leaving it out (``--precision fp32``, ``--backend torch``, ``--max-batch-tokens 4096`` on the CPU,
+    ``--device cpu`` where ``auto`` is the CPU): a rerun resumes and ``merge`` takes the parts, as their
+    result bytes are the same. A default stays spelled as None (the fingerprint runs had without the
+    option); the device is its type, as ``cuda:0`` and ``cuda:1`` of one machine compute alike. With an
+    engine set named (``--engines``) its identity stands for backend and precision, which must match it.
+    """
+    data = dict(encoders, device=device_type)
+    if data.get("backend") == "torch" or engine_set:
+        data["backend"] = None
+    if data.get("precision") == "fp32" or engine_set:  # eager and engine builds both default to fp32
+        data["precision"] = None
+    default_budget = EncoderSettings().batch_tokens_for(device_type)
+    if not engine_set and data.get("max_batch_tokens") == default_budget:  # a build's default is the same
+        data["max_batch_tokens"] = None
+    return data
 
 
 # Settings that never change a result byte: where results go, rebuilding engines, how the run is carried
@@ -281,6 +305,29 @@ def settings_fingerprint(settings: dict[str, Any], across_parts: bool = False) -
         if data["encoders"].get("padding_cap", 0) is None:  # the fingerprint before --max-padding existed
             data["encoders"].pop("padding_cap")
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def settings_difference(a: dict[str, Any], b: dict[str, Any], across_parts: bool = False) -> str:
+    """The first setting that changes results and differs between two recorded settings (run.json), as
+    ``name: x vs y``, for a refusal; the keys :func:`settings_fingerprint` leaves out are passed over."""
+    skipped = _NOT_RESULTS + (_PER_PART if across_parts else ())
+    return _first_difference(a, b, "", skipped) or "fingerprints differ"
+
+
+def _first_difference(
+    a: dict[str, Any], b: dict[str, Any], prefix: str, skipped: tuple[str, ...]
+) -> str | None:
+    for key in sorted(set(a) | set(b)):
+        if not prefix and key in skipped:
+            continue
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            inner = _first_difference(va, vb, f"{prefix}{key}.", skipped)
+            if inner:
+                return inner
+        elif va != vb and not (prefix == "encoders." and key == "threads"):
+            return f"{prefix}{key}: {va} vs {vb}"
+    return None
 
 
 @dataclass(frozen=True)

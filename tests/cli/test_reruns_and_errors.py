@@ -43,6 +43,27 @@ def test_the_same_command_on_a_finished_outdir_touches_nothing(tiny_set, reads_f
     assert set(run["model_weights"]) == {"dnabert-s", "esm2", "classifier"}
 
 
+def test_naming_a_default_is_the_same_run_and_a_real_difference_is_named(
+    tiny_set, reads_fasta, finished, tmp_path
+):
+    """``--precision fp32``, ``--backend torch``, ``--max-batch-tokens 4096`` (the CPU default) and
+    ``--device auto`` (the CPU here) compute the same bytes as leaving them out: the rerun finds its
+    finished run (it was refused as "different settings"). A setting that does differ is named."""
+    import torch
+
+    before = _snapshot(finished)
+    defaults = ["--precision", "fp32", "--backend", "torch", "--max-batch-tokens", "4096"]
+    if not torch.cuda.is_available():
+        defaults += ["--device", "auto"]
+    result = predict_tiny(tiny_set, reads_fasta, finished, *defaults)
+    assert result.code == 0 and "already finished, nothing recomputed" in result.stderr, result.stderr
+    assert _snapshot(finished) == before
+    result = predict_tiny(tiny_set, reads_fasta, finished, "--max-batch-tokens", "2048")
+    assert result.code == 2, result.stderr
+    assert "different settings (encoders.max_batch_tokens: None vs 2048)" in error_lines(result)[0]
+    assert _snapshot(finished) == before
+
+
 def test_force_on_an_unchanged_finished_run_computes_it_again(tiny_set, reads_fasta, finished, tmp_path):
     """--force asks to compute: on this very run's unchanged results it runs again (same bytes), where it
     used to say "nothing to do"."""

@@ -70,7 +70,7 @@ from virnucpro_trt.outputs.upstream import (
 )
 from virnucpro_trt.pipeline.predict import EMBEDDINGS_H5, MAX_RUN_JSON_BYTES, RUN_JSON, read_run_json
 from virnucpro_trt.pipeline.run_paths import check_run_paths
-from virnucpro_trt.settings import MergeSettings, SplitPart, settings_fingerprint
+from virnucpro_trt.settings import MergeSettings, SplitPart, settings_difference, settings_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -374,31 +374,12 @@ def _difference(a: PartResult, b: PartResult) -> str | None:
     if da != db:
         return f"device {da} vs {db}"
     if settings_fingerprint(ra["settings"], True) != settings_fingerprint(rb["settings"], True):
-        return f"settings differ ({_settings_diff(ra['settings'], rb['settings'])})"
+        return f"settings differ ({settings_difference(ra['settings'], rb['settings'], True)})"
     return None
 
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _settings_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
-    """The first setting that differs, as ``name: x vs y`` (the per-part ones left out)."""
-    return _first_difference(a, b, "") or "fingerprints differ"
-
-
-def _first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str) -> str | None:
-    for key in sorted(set(a) | set(b)):
-        if not prefix and key in ("input", "part", "save_embeddings", "outdir", "rebuild", "run"):
-            continue
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            inner = _first_difference(va, vb, f"{prefix}{key}.")
-            if inner:
-                return inner
-        elif va != vb and not (prefix == "encoders." and key == "threads"):
-            return f"{prefix}{key}: {va} vs {vb}"
-    return None
 
 
 def _write_files(

@@ -76,7 +76,7 @@ from virnucpro_trt.runtime.shard_marker import ShardMarker, result_roles
 from virnucpro_trt.runtime.shards import ShardSpec, ShardSplitter, default_shard_records, write_shard_index
 from virnucpro_trt.runtime.worker import WorkerSlot
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
-from virnucpro_trt.settings import PredictSettings
+from virnucpro_trt.settings import PredictSettings, settings_difference
 
 if TYPE_CHECKING:
     from virnucpro_trt.engines.engine_set import CheckedEngines
@@ -125,6 +125,11 @@ class _RunContext:
     engines: CheckedEngines | None = None  # checked before OUTDIR existed, when no build was needed
     # notes a temporary file in OUTDIR in the run's lock, so the rerun after a SIGKILL removes it
     note_temporary: Callable[[Path], None] | None = None
+
+    @property
+    def device_type(self) -> str:
+        """``cpu`` or ``cuda``: where the run computes (what its recorded settings name)."""
+        return self.slots[0].device.split(":")[0]
 
 
 def run_predict(
@@ -246,11 +251,11 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
         finished = _finished_run(ctx, sha256, work)
     if finished is not None:
         return finished
-    resumed = work.open(sha256, settings.fingerprint(), settings.run.force)
+    resumed = work.open(sha256, settings.fingerprint(ctx.device_type), settings.run.force)
     index = work.shard_index() if resumed else None
     if index is None:
         with timer.stage("validate_input"):
-            summary, shards = _validate_and_shard(settings, work, path, display, sha256)
+            summary, shards = _validate_and_shard(settings, work, path, display, sha256, ctx.device_type)
     else:
         shards, extra = index
         summary = InputSummary(path, display, **{k: extra["input"][k] for k in _SUMMARY_FIELDS})
@@ -366,8 +371,10 @@ def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: W
         return "it did not finish"
     if (previous.get("input") or {}).get("sha256") != sha256:
         return "a different input"
-    if previous.get("settings_fingerprint") != ctx.settings.fingerprint():
-        return "different settings"
+    if previous.get("settings_fingerprint") != ctx.settings.fingerprint(ctx.device_type):
+        recorded = previous.get("settings")
+        recorded = recorded if isinstance(recorded, dict) else {}
+        return f"different settings ({settings_difference(recorded, ctx.settings.to_json(ctx.device_type))})"
     if bool(previous.get("demo_random_weights")) != ctx.demo:  # the DEMO marker must match the command
         return "a --demo run" if not ctx.demo else "not a --demo run"
     if ctx.settings.encoders.backend not in (None, "torch") and ctx.engines is None:
@@ -426,7 +433,7 @@ def _identify_models(
 
 
 def _validate_and_shard(
-    settings: PredictSettings, work: WorkDir, path: Path, display: str, sha256: str
+    settings: PredictSettings, work: WorkDir, path: Path, display: str, sha256: str, device_type: str
 ) -> tuple[InputSummary, list[ShardSpec]]:
     """The validation pass, writing the input as shard files on the way; then the resume key."""
     folder = work.fresh_shards_folder()
@@ -442,7 +449,7 @@ def _validate_and_shard(
         extra = {"input": {k: getattr(summary, k) for k in _SUMMARY_FIELDS}, "records_per_shard": per_shard}
         write_shard_index(folder, shards, extra)
         work.commit_shards(folder)
-        work.write_state(sha256, settings.fingerprint(), settings.to_json())
+        work.write_state(sha256, settings.fingerprint(device_type), settings.to_json(device_type))
     except BaseException:
         work.wipe()  # a bad input leaves nothing behind
         raise
@@ -538,8 +545,8 @@ def _summary(
         "command": list(command),
         "started": started[0].isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings.to_json(),
-        "settings_fingerprint": settings.fingerprint(),
+        "settings": settings.to_json(ctx.device_type),
+        "settings_fingerprint": settings.fingerprint(ctx.device_type),
         "input": {
             "path": summary_in.display_name,
             "sha256": summary_in.sha256,
