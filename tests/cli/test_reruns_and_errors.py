@@ -64,6 +64,38 @@ def test_naming_a_default_is_the_same_run_and_a_real_difference_is_named(
     assert _snapshot(finished) == before
 
 
+_KILL_ONCE_RUN_JSON_IS_IN_PLACE = """
+import os, signal, sys
+from virnucpro_trt.cli.main import main
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    real_replace(src, dst, *args, **kwargs)
+    if os.fspath(dst).endswith("run.json"):  # finished: .work is removed next
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+main(sys.argv[1:])
+"""
+
+
+def test_work_left_by_a_run_killed_after_its_run_json_goes_with_the_rerun(tiny_set, reads_fasta, tmp_path):
+    """A SIGKILL (or a signal) between run.json and the removal of ``.work`` left the input's copy and
+    every shard's results in ``OUTDIR/.work`` for good: the rerun found the run finished and touched
+    nothing. It now removes that run's ``.work`` (and still recomputes nothing)."""
+    out = tmp_path / "out"
+    args = ["predict", str(reads_fasta), "-o", str(out), "--dnabert", str(tiny_set.dnabert), "--esm",
+            str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier), "--device", "cpu",
+            "--threads", "1"]  # fmt: skip
+    script = [sys.executable, "-c", _KILL_ONCE_RUN_JSON_IS_IN_PLACE, *args]
+    killed = subprocess.run(script, text=True, capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    assert (out / ".work").is_dir() and (out / "run.json").is_file()
+    before = {name: got for name, got in _snapshot(out).items() if name != ".work.lock"}
+    result = predict_tiny(tiny_set, reads_fasta, out)
+    assert result.code == 0 and "already finished, nothing recomputed" in result.stderr, result.stderr
+    assert not (out / ".work").exists() and _snapshot(out) == before
+    assert not (out / ".work.lock").exists()
+
+
 def test_force_on_an_unchanged_finished_run_computes_it_again(tiny_set, reads_fasta, finished, tmp_path):
     """--force asks to compute: on this very run's unchanged results it runs again (same bytes), where it
     used to say "nothing to do"."""

@@ -332,8 +332,23 @@ def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> dict[str, Any
     why = _difference(ctx, previous, sha256, work)
     another = "the results of another run"
     if reuse_finished(outdir, previous.get("outputs"), why, settings.run.force, "this run", another):
+        _remove_leftover_work(ctx, previous, sha256, work)
         return {**previous, "reused": True}
     return None
+
+
+def _remove_leftover_work(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: WorkDir) -> None:
+    """``.work`` of this very run, left after its run.json was written (a signal or a SIGKILL while the
+    run removed it): removed now, as that run would have (the input's copy in shards, every shard's
+    results). Kept where that run or this one asks for ``--keep-work``."""
+    recorded = previous.get("settings")
+    run = recorded.get("run") if isinstance(recorded, dict) else None
+    kept = isinstance(run, dict) and run.get("keep_work") is True
+    if kept or ctx.settings.run.keep_work:
+        return
+    if work.holds_run(sha256, ctx.settings.fingerprint(ctx.device_type)):
+        log.info("removing %s, left by this run after it finished", work.root)
+        work.wipe()
 
 
 def _check_stray_results(outdir: Path, work: WorkDir, force: bool) -> None:

@@ -332,6 +332,18 @@ class WorkDir:
             log.warning("ignoring %s: %s", self.facts_path, exc)
             return None
 
+    def holds_run(self, input_sha256: str, fingerprint: str) -> bool:
+        """Whether ``.work`` is a folder whose state names this input and these settings (a finished
+        run's leftover, when its run.json says so too)."""
+        if self.root.is_symlink() or not self.root.is_dir():
+            return False
+        state = self._read_json(self.state_path)
+        return (
+            state is not None
+            and state.get("input_sha256") == input_sha256
+            and state.get("settings_fingerprint") == fingerprint
+        )
+
     # -- housekeeping ----------------------------------------------------------------------------
     def wipe(self) -> None:
         """Remove everything the tool writes under ``.work`` — and nothing else."""
