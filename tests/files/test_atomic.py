@@ -63,3 +63,48 @@ def test_writers_still_write(tmp_path: Path) -> None:
         writer.append(["r"], np.ones((1, 2), dtype=np.float32), ["ok"])
         writer.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.tsv", "e.h5"]
+
+
+def test_an_interrupt_just_after_a_temporary_file_is_created_leaves_nothing(monkeypatch, tmp_path: Path):
+    """SIGINT/SIGTERM (a KeyboardInterrupt here) landing between the creation of a temporary file and the
+    writer's hold on it left the hidden ``.partial`` behind (seen with signals sent as the files
+    appeared); every writer now removes it."""
+    import builtins
+
+    import h5py
+
+    real_open, real_file = builtins.open, h5py.File
+
+    def open_then_interrupt(*args, **kwargs):
+        real_open(*args, **kwargs).close()
+        raise KeyboardInterrupt
+
+    def file_then_interrupt(*args, **kwargs):
+        real_file(*args, **kwargs).close()
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(atomic, "open", open_then_interrupt, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_text_atomic(out / "a.txt", "x\n")
+    monkeypatch.setattr("virnucpro_trt.outputs.atomic.open", open_then_interrupt, raising=False)
+    with pytest.raises(KeyboardInterrupt), ResultSet(out, ["b.tsv", "c.tsv"]):
+        pass
+    monkeypatch.setattr(h5py, "File", file_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        EmbeddingsWriter(out / "e.h5", 4, {})
+    assert list(out.iterdir()) == []
+
+
+def test_an_interrupt_while_an_embeddings_file_is_set_up_leaves_nothing(monkeypatch, tmp_path: Path) -> None:
+    """Its datasets are made before any ``with`` holds the writer: a failure there removed nothing."""
+    import h5py
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(h5py.File, "create_dataset", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        EmbeddingsWriter(tmp_path / "e.h5", 4, {})
+    assert list(tmp_path.iterdir()) == []

@@ -51,18 +51,26 @@ def atomic_output(
     path: Path, mode: str = "wb", on_create: Callable[[Path], None] | None = None, **open_kwargs: Any
 ) -> Iterator[IO[Any]]:
     """Open a temporary file for writing; on success it replaces ``path``, on any failure it is removed.
-    ``on_create`` is told of the temporary file as soon as it exists (a run's lock notes it)."""
+    ``on_create`` is told of the temporary file as soon as it exists (a run's lock notes it).
+
+    The open is inside the clean-up: an interrupt (SIGINT, SIGTERM) that lands between the file's
+    creation and the first line after it still removes the file. Only the open's own failure (the
+    random name taken, which only a planted file does) leaves what is at the name alone.
+    """
     tmp = temporary_name(path)
-    handle = open(tmp, exclusive_mode(mode), **open_kwargs)  # noqa: SIM115 - closed on both paths below
+    handle: IO[Any] | None = None
     try:
+        handle = open(tmp, exclusive_mode(mode), **open_kwargs)  # noqa: SIM115 - closed on both paths
         if on_create is not None:
             on_create(tmp)
         yield handle
         handle.close()
         os.replace(tmp, path)
-    except BaseException:
-        close_quietly(handle)
-        remove_quietly(tmp)
+    except BaseException as exc:
+        if handle is not None:
+            close_quietly(handle)
+        if not isinstance(exc, FileExistsError) or handle is not None:  # not a name someone else holds
+            remove_quietly(tmp)
         raise
 
 

@@ -34,17 +34,22 @@ class ResultSet:
 
     def __enter__(self) -> ResultSet:
         self.outdir.mkdir(parents=True, exist_ok=True)
+        opening = None
         try:
             for name in self.names:
                 # A previous run's file must not survive next to a run that may fail.
                 remove_quietly(self.outdir / name)
+                opening = name
                 self._handles[name] = open(
                     self.partial(name), exclusive_mode("w"), encoding="utf-8", newline="\n"
                 )
                 if self._on_create is not None:
                     self._on_create(self.partial(name))
-        except BaseException:
+        except BaseException as exc:
             self._discard()
+            # an interrupt between a file's creation and its handle being kept: the file is ours too
+            if opening is not None and not isinstance(exc, FileExistsError):
+                remove_quietly(self.partial(opening))
             raise
         return self
 

@@ -81,25 +81,31 @@ class _Appender:
     ):
         self.path = path
         self.partial = temporary_name(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = h5py.File(self.partial, "x")  # created new: never through a planted link
-        if on_create is not None:  # told as soon as it exists (see ResultSet)
-            try:
-                on_create(self.partial)
-            except BaseException:
-                self.__exit__(None, None, None)
-                raise
         self.rows = 0
-        for key, value in attrs.items():
-            self.file.attrs[key] = value
-        for name, (dtype, tail) in columns.items():
-            self.file.create_dataset(
-                name,
-                shape=(0, *tail),
-                maxshape=(None, *tail),
-                dtype=dtype,
-                chunks=(max(1, min(4096, 2**20 // max(1, int(np.prod(tail or (1,)))))), *tail),
-            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.file = h5py.File(self.partial, "x")  # created new: never through a planted link
+        except FileExistsError:  # the random name taken (only a planted file does that): left alone
+            raise
+        except BaseException:  # an interrupt between the file's creation and here
+            remove_quietly(self.partial)
+            raise
+        try:  # from here on, any failure or interrupt removes the file (no ``with`` holds it yet)
+            if on_create is not None:  # told as soon as it exists (see ResultSet)
+                on_create(self.partial)
+            for key, value in attrs.items():
+                self.file.attrs[key] = value
+            for name, (dtype, tail) in columns.items():
+                self.file.create_dataset(
+                    name,
+                    shape=(0, *tail),
+                    maxshape=(None, *tail),
+                    dtype=dtype,
+                    chunks=(max(1, min(4096, 2**20 // max(1, int(np.prod(tail or (1,)))))), *tail),
+                )
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
 
     def append(self, **columns: Any) -> None:
         n = len(next(iter(columns.values())))
