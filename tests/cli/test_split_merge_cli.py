@@ -323,6 +323,51 @@ def test_split_refusals_leave_nothing(split_reads, tmp_path):
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["mine.txt"]
 
 
+_KILL_BEFORE_SPLIT_JSON = """
+import os, signal, sys
+from virnucpro_trt.cli.main import main
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    if os.fspath(dst).endswith(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_replace(src, dst, *args, **kwargs)
+os.replace = replace
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("killed_at", ["part-0002.fa", "split.json"])
+def test_a_split_killed_before_its_split_json_is_redone_by_its_rerun(split_reads, tmp_path, killed_at):
+    """A SIGKILL after some parts were renamed into place, or while split.json was written, left parts
+    (and split.json's temporary file) that made every rerun fail ("not empty"), even after a workflow
+    manager removed the parts. The lock now notes them: the same command removes them and splits again;
+    a file of the user's there is still refused."""
+    import subprocess
+
+    out = tmp_path / "p"
+    cut = ["--parts", "3", "--shard-records", "64"]
+    args = ["split", str(split_reads), "-o", str(out), *cut]
+    killed = subprocess.run([sys.executable, "-c", _KILL_BEFORE_SPLIT_JSON, killed_at, *args], text=True,
+                            capture_output=True)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    left = sorted(p.name for p in out.iterdir())
+    assert "part-0001.fa" in left and "split.json" not in left, left
+    _ok(*args)
+    written = ["part-0001.fa", "part-0002.fa", "part-0003.fa", "split.json"]
+    assert sorted(p.name for p in out.iterdir()) == written
+    again = tmp_path / "again"
+    _ok("split", str(split_reads), "-o", str(again), *cut)
+    for name in written:
+        assert (out / name).read_bytes() == (again / name).read_bytes()
+    mine = tmp_path / "q"
+    script = [sys.executable, "-c", _KILL_BEFORE_SPLIT_JSON, "split.json"]
+    subprocess.run([*script, "split", str(split_reads), "-o", str(mine), *cut], capture_output=True)
+    (mine / "part-0001.fa").write_text(">mine\nACGT\n")  # no longer the part the split noted
+    result = run_cli("split", str(split_reads), "-o", str(mine), *cut)
+    assert result.code == 2 and "is not empty (part-0001.fa)" in result.stderr, result.stderr
+    assert (mine / "part-0001.fa").read_text() == ">mine\nACGT\n"
+
+
 def test_a_small_input_in_many_parts_warns_and_says_how_to_spread_it(split_reads, tmp_path):
     """576 records are one shard by the default rule (at least 4,096 records): parts 2 and 3 are empty,
     and the warning names the option that spreads the input; with it, no part is empty; with too large a

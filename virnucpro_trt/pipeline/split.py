@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import gzip as gzip_module
 import itertools
 import logging
@@ -35,14 +36,14 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from virnucpro_trt import __version__
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.ownership import changed_since
-from virnucpro_trt.files.run_lock import LOCK_FILE, outdir_lock
+from virnucpro_trt.files.run_lock import LOCK_FILE, KeptFiles, RunLock, outdir_lock
 from virnucpro_trt.pipeline.inputs import materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.pipeline.split_manifest import (
@@ -105,6 +106,11 @@ def part_ranges(
     return list(itertools.pairwise(cuts))
 
 
+# What a split keeps in OUTDIR while it runs: split.json's temporary file, and (noted as results) the
+# parts renamed into place before split.json, so the split after a SIGKILL in between removes them.
+KEPT_FILES = KeptFiles(outputs=(SPLIT_JSON,), results=True)
+
+
 def run_split(settings: SplitSettings) -> SplitManifest:
     """Write the part files and ``split.json`` into ``settings.outdir``; returns the manifest."""
     outdir = settings.outdir
@@ -112,14 +118,17 @@ def run_split(settings: SplitSettings) -> SplitManifest:
         raise UserError(f"{outdir}: exists and is not a folder")
     check_input_file(settings.input)
     check_run_paths([settings.input], [outdir / SPLIT_JSON], [outdir])
-    with made_folder(outdir), outdir_lock(outdir):  # a failed split leaves no folder it made
-        others = _check_empty(outdir)
+    # a failed split leaves no folder it made
+    with made_folder(outdir), outdir_lock(outdir, KEPT_FILES) as lock:
+        others = _check_empty(outdir, lock.results if lock is not None else {})
+        if lock is not None:  # the parts a killed split noted are removed now, or were not its own
+            lock.forget_results()
         work = outdir / SPLIT_WORK
         work.mkdir()
         try:
             if others:
                 return _finished_split(settings, work, others)
-            return _split(settings, work)
+            return _split(settings, work, lock)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -127,9 +136,10 @@ def run_split(settings: SplitSettings) -> SplitManifest:
 _OURS = re.compile(r"part-\d+\.fa(\.gz)?|stdin\.input|pieces|pieces/piece-\d{7}\.fa")
 
 
-def _check_empty(outdir: Path) -> list[str]:
+def _check_empty(outdir: Path, left: dict[str, Any]) -> list[str]:
     """The names in ``outdir`` (a leftover ``.split.work`` removed first); refused unless none, or a
-    ``split.json`` among them (then :func:`_finished_split` decides)."""
+    ``split.json`` among them (then :func:`_finished_split` decides). Parts a split killed before its
+    split.json noted in the lock (``left``), still as noted, are removed first: its rerun starts over."""
     leftover = outdir / SPLIT_WORK
     if leftover.is_dir() and not leftover.is_symlink():
         found = [p for p in leftover.rglob("*")]
@@ -141,6 +151,12 @@ def _check_empty(outdir: Path) -> list[str]:
         log.info("removing %s, left by an interrupted split", leftover)
         shutil.rmtree(leftover)
     others = sorted(p.name for p in outdir.iterdir() if p.name != LOCK_FILE)
+    killed = [name for name in others if name in left and changed_since(outdir, name, left[name]) is None]
+    if killed and SPLIT_JSON not in others:
+        log.info("removing %s, left by a split interrupted before its %s", ", ".join(killed), SPLIT_JSON)
+        for name in killed:
+            (outdir / name).unlink()
+        others = [name for name in others if name not in killed]
     if others and SPLIT_JSON not in others:
         _refuse_not_empty(outdir, others)
     return others
@@ -211,7 +227,7 @@ def _other_split(settings: SplitSettings, manifest: SplitManifest, work: Path) -
     return None
 
 
-def _split(settings: SplitSettings, work: Path) -> SplitManifest:
+def _split(settings: SplitSettings, work: Path, lock: RunLock | None) -> SplitManifest:
     path, display = materialise(settings.input, work / "stdin.input")
     sha256 = sha256_file(path)
     splitter = ShardSplitter(work / "pieces", settings.shard_records, titles=True)
@@ -252,7 +268,7 @@ def _split(settings: SplitSettings, work: Path) -> SplitManifest:
         parts=tuple(entries),
         version=__version__,
     )
-    _commit(work, settings.outdir, manifest)
+    _commit(work, settings.outdir, manifest, lock)
     _log_plan(manifest, len(planned))
     return manifest
 
@@ -269,14 +285,22 @@ def _write_part(path: Path, shards: list[PlannedShard], gzip: bool) -> None:
             append_files(pieces, raw, remove=True)
 
 
-def _commit(work: Path, outdir: Path, manifest: SplitManifest) -> None:
-    """Move the parts into place, then write split.json: a split without split.json is not one."""
+def _commit(work: Path, outdir: Path, manifest: SplitManifest, lock: RunLock | None) -> None:
+    """Move the parts into place, then write split.json: a split without split.json is not one. The
+    parts are noted in the lock first, and split.json's temporary file as it is made, so what a SIGKILL
+    in between leaves is removed by the rerun."""
     moved: list[Path] = []
+    noted = None
+    if lock is not None:
+        lock.note_results({e.file: {"bytes": e.size_bytes, "sha256": e.sha256} for e in manifest.parts})
+        noted = functools.partial(lock.note, growing=True)
     try:
         for entry in manifest.parts:
             os.replace(work / entry.file, outdir / entry.file)
             moved.append(outdir / entry.file)
-        write_split_manifest(outdir, manifest)
+        write_split_manifest(outdir, manifest, noted)
+        if lock is not None:
+            lock.forget_results()
     except BaseException:
         for path in moved:
             with contextlib.suppress(FileNotFoundError):

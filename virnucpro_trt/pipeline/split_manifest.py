@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,9 +150,12 @@ class SplitManifest:
         )
 
 
-def write_split_manifest(folder: Path, manifest: SplitManifest) -> Path:
+def write_split_manifest(
+    folder: Path, manifest: SplitManifest, on_create: Callable[[Path], None] | None = None
+) -> Path:
+    """``folder/split.json``, written whole; ``on_create`` is told its temporary file (a lock notes it)."""
     path = folder / SPLIT_JSON
-    write_text_atomic(path, json.dumps(manifest.to_json(), indent=1) + "\n")
+    write_text_atomic(path, json.dumps(manifest.to_json(), indent=1) + "\n", on_create)
     return path
 
 
