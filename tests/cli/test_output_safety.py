@@ -572,6 +572,29 @@ def test_a_failed_run_leaves_no_folder_it_made(tiny_set, tmp_path, monkeypatch, 
         assert list(out.iterdir()) == [], (command, list(out.rglob("*")))
 
 
+@pytest.mark.parametrize("work_before", ["none", "empty"])
+def test_a_run_failing_before_any_shard_finished_leaves_no_work_even_in_a_work_folder_that_was_there(
+    tiny_set, reads_fasta, tmp_path, monkeypatch, work_before
+):
+    """A failure after the input was copied into ``.work`` (its shards), before any shard finished: what
+    the run wrote in ``.work`` goes. With a ``.work`` already there (an empty one, or one a killed run
+    left with no shard finished) the copy of the input used to stay for good."""
+    import virnucpro_trt.pipeline.predict as predict_module
+
+    out = tmp_path / "out"
+    if work_before == "empty":
+        (out / ".work").mkdir(parents=True)
+
+    def fail(*args, **kwargs):
+        raise UserError("the models cannot be identified (a test's failure)")
+
+    monkeypatch.setattr(predict_module, "_identify_models", fail)
+    result = predict_tiny(tiny_set, reads_fasta, out)
+    assert result.code == 2 and "a test's failure" in result.stderr, result.stderr
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.exists() else []
+    assert left == [], left
+
+
 def test_an_empty_output_path_is_refused(tiny_set, reads_fasta, tmp_path, monkeypatch):
     """``-o ""`` would mean the current folder: refused, and nothing is written there."""
     monkeypatch.chdir(tmp_path)

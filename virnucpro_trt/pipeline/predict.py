@@ -177,7 +177,6 @@ def run_predict(
     with ctx.timer.stage("check_models"):  # a bad classifier or engine directory fails before OUTDIR exists
         ctx.engines = _preflight(ctx)
 
-    work_existed = (outdir / WORK_DIR).exists()
     # a failed run leaves no folder it made; one holding results or resumable work stays
     with made_folder(outdir), outdir_lock(outdir, KEPT_FILES) as lock:
         # never over another file; noted while it grows, so a SIGKILL's leftover goes on the rerun (a
@@ -196,7 +195,9 @@ def run_predict(
             raise
         except BaseException:
             work = WorkDir(outdir)
-            if not work_existed and work.finished_count() == 0:  # nothing worth resuming: all ours
+            # nothing worth resuming: what the tool wrote there goes, also in a .work that was there
+            # before (an empty one, or a killed run's with no shard finished); anything else stays
+            if work.finished_count() == 0:
                 work.wipe()
             raise
         finally:
