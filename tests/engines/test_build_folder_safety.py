@@ -127,6 +127,34 @@ def test_an_own_file_changed_since_the_build_is_refused_unless_forced(tmp_path):
     assert check_engine_folder(folder) == {"manifest.json", *files}
 
 
+def test_a_rebuild_at_another_precision_removes_the_earlier_builds_engines(tiny_set, tmp_path, monkeypatch):
+    """The earlier build's engine files that the new manifest does not name (fp32 after an fp16 build)
+    can serve no run: they went on being carried as own files, gigabytes each at full size. They are
+    removed now, each while it is still the file that build recorded; a changed one is kept and named."""
+    folder = tmp_path / "engines"
+    assert _build(tiny_set, folder).code == 0
+    first = json.loads((folder / "manifest.json").read_text())
+    fp32 = {n for m in first["models"].values() for n in m["file_sha256"] if ".fp32." in n}
+    assert fp32 and all((folder / n).is_file() for n in fp32)
+    result = _build(tiny_set, folder, "--precision", "fp16")
+    assert result.code == 0, result.stderr
+    second = json.loads((folder / "manifest.json").read_text())
+    names = {n for m in second["models"].values() for n in m["file_sha256"]}
+    assert {p.name for p in folder.iterdir()} == names | {"manifest.json"}
+    assert not fp32 & names and second["build"]["own_files"] == []
+
+    from virnucpro_trt.engines import build
+
+    warned: list[str] = []
+    monkeypatch.setattr(build.log, "warning", lambda message, *args: warned.append(message % args))
+    (folder / "old.onnx").write_text("edited since")
+    (folder / "gone.onnx").write_text("as built")
+    digest = hashlib.sha256(b"as built").hexdigest()
+    build._remove_stale(folder, {name: (digest, None) for name in ("old.onnx", "gone.onnx", "missing.onnx")})
+    assert (folder / "old.onnx").read_text() == "edited since" and not (folder / "gone.onnx").exists()
+    assert warned == [f"{folder}: kept old.onnx, changed since the earlier build that made it"]
+
+
 def test_build_never_writes_through_links(tiny_set, tmp_path):
     """B1: the links' targets outside the folder keep their bytes; the build stops before writing."""
     folder = tmp_path / "b1"

@@ -296,28 +296,61 @@ def _build_into(
             "virnucpro_trt": __version__,
         },
     )
-    _publish(staging, out, manifest, own)
+    stale = _publish(staging, out, manifest, own)
     manifest.build["seconds"] = round(time.perf_counter() - started, 1)
     manifest.write(staging)
     _rename_into(staging, out, MANIFEST_NAME)  # last: the folder is finished
+    _remove_stale(out, stale)
     return manifest
 
 
-def _publish(staging: Path, out: Path, manifest: EngineManifest, own: set[str]) -> None:
-    """Rename every built file from ``staging`` over its name in ``out``, then hash and stamp it there.
+def _publish(
+    staging: Path, out: Path, manifest: EngineManifest, own: set[str]
+) -> dict[str, tuple[Any, Any]]:
+    """Rename every built file from ``staging`` over its name in ``out``, then hash and stamp it there;
+    returns the earlier build's stale files (see :func:`_remove_stale`).
 
     The stamps are taken after the rename (which changes a file's ctime), so later checks of the
-    unchanged set skip the re-hash. An earlier build's files that this one does not replace stay
-    recorded in ``build.own_files``, so a later build still knows them as its own.
+    unchanged set skip the re-hash. An earlier build's files that this one does not replace and that
+    are not stale stay recorded in ``build.own_files``, so a later build still knows them as its own.
     """
+    earlier = recorded_digests(out)  # the manifest there is still the earlier build's
     names = [name for entry in manifest.models.values() for name in entry.file_names()]
     extra = [TIMING_CACHE] if (staging / TIMING_CACHE).is_file() else []
     for name in [*names, *extra]:
         _rename_into(staging, out, name)
     for entry in manifest.models.values():
         entry.record_files(out)
+    stale = {
+        name: digest
+        for name, digest in earlier.items()
+        if name in own and name not in names and name != TIMING_CACHE
+        and not os.path.lexists(out / f"{name}{TRT_CACHE_SUFFIX}")  # its TensorRT cache still names it
+    }  # fmt: skip
     kept = {n for n in own - {MANIFEST_NAME} if (out / n).is_file() and not (out / n).is_symlink()}
-    manifest.build[OWN_FILES_KEY] = sorted(kept.union(extra) - set(names))
+    manifest.build[OWN_FILES_KEY] = sorted(kept.union(extra) - set(names) - set(stale))
+    return stale
+
+
+def _remove_stale(out: Path, stale: dict[str, tuple[Any, Any]]) -> None:
+    """Remove the earlier build's engine files this build did not write again (another precision,
+    backend or device: the new manifest no longer names them, so no run can use them, and at full size
+    they are gigabytes), each only while it is still the file that build recorded; one changed since is
+    the user's, kept and named."""
+    for name, (sha256, stamp) in sorted(stale.items()):
+        path = out / name
+        if not os.path.lexists(path):
+            continue
+        try:
+            ours = not path.is_symlink() and path.is_file() and digest_holds(path, sha256, stamp)
+            if ours:
+                path.unlink()
+        except OSError:  # gone or unreadable in between: left as it is
+            ours = False
+        if ours:
+            log.info("%s: removed %s, an earlier build's file this build's manifest does not name", out, name)
+        else:
+            log.warning("%s: kept %s, changed since the earlier build that made it", out, name)
 
 
 def _rename_into(staging: Path, out: Path, name: str) -> None:
