@@ -96,6 +96,31 @@ def test_work_left_by_a_run_killed_after_its_run_json_goes_with_the_rerun(tiny_s
     assert not (out / ".work.lock").exists()
 
 
+def test_an_interrupt_while_a_finished_run_removes_its_work_folder_is_no_failure(
+    tiny_set, reads_fasta, tmp_path, monkeypatch
+):
+    """Ctrl-C (or a scheduler's SIGTERM) after run.json is in place, while ``.work`` is being removed,
+    ended the run with exit 130 though its results were complete, so a workflow manager took the job for
+    failed. It is a warning now; the rerun removes what is left of ``.work``."""
+    from virnucpro_trt.runtime.resume import WorkDir
+
+    out = tmp_path / "out"
+    real_wipe = WorkDir.wipe
+
+    def interrupted_once_finished(self):
+        if (out / "run.json").exists():
+            raise KeyboardInterrupt
+        real_wipe(self)
+
+    monkeypatch.setattr(WorkDir, "wipe", interrupted_once_finished)
+    result = predict_tiny(tiny_set, reads_fasta, out)
+    assert result.code == 0 and "interrupted while removing" in result.stderr, result.stderr
+    assert (out / ".work").is_dir()
+    monkeypatch.setattr(WorkDir, "wipe", real_wipe)
+    result = predict_tiny(tiny_set, reads_fasta, out)
+    assert result.code == 0 and "nothing recomputed" in result.stderr and not (out / ".work").exists()
+
+
 def test_force_on_an_unchanged_finished_run_computes_it_again(tiny_set, reads_fasta, finished, tmp_path):
     """--force asks to compute: on this very run's unchanged results it runs again (same bytes), where it
     used to say "nothing to do"."""

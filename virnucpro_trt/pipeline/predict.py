@@ -311,7 +311,13 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     if settings.run.keep_work:
         log.info("kept the work folder %s (--keep-work)", work.root)
     else:
-        work.wipe()
+        try:
+            work.wipe()
+        except KeyboardInterrupt:  # the results and run.json are complete: the run is done, not stopped
+            log.warning(
+                "interrupted while removing %s; the results are complete (the same command removes it)",
+                work.root,
+            )
     return summary_json
 
 
