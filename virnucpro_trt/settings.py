@@ -261,19 +261,22 @@ class PredictSettings:
 
 def _encoders_as_run(encoders: dict[str, Any], device_type: str, engine_set: bool) -> dict[str, Any]:
     """``EncoderSettings`` JSON with each choice as it acts, so that naming a default is the same run as
-    leaving it out (``--precision fp32``, ``--backend torch``, ``--max-batch-tokens 4096`` on the CPU,
-    ``--device cpu`` where ``auto`` is the CPU): a rerun resumes and ``merge`` takes the parts, as their
-    result bytes are the same. A default stays spelled as None (the fingerprint runs had without the
-    option); the device is its type, as ``cuda:0`` and ``cuda:1`` of one machine compute alike. With an
-    engine set named (``--engines``) its identity stands for backend and precision, which must match it.
+    leaving it out (``--precision fp32``, ``--backend torch``, in an eager run the device's default
+    ``--max-batch-tokens``, ``--device cpu`` where ``auto`` is the CPU): a rerun resumes and ``merge``
+    takes the parts, as their result bytes are the same. A default stays spelled as None (the
+    fingerprint runs had without the option); the device is its type, as ``cuda:0`` and ``cuda:1`` of
+    one machine compute alike. With an engine set named (``--engines``) its identity stands for backend
+    and precision, which must match it.
     """
     data = dict(encoders, device=device_type)
     if data.get("backend") == "torch" or engine_set:
         data["backend"] = None
     if data.get("precision") == "fp32" or engine_set:  # eager and engine builds both default to fp32
         data["precision"] = None
-    default_budget = EncoderSettings().batch_tokens_for(device_type)
-    if not engine_set and data.get("max_batch_tokens") == default_budget:  # a build's default is the same
+    # Eager only: with engines (named, or built into OUTDIR/engines) an unset budget is the one the set
+    # was built for, whatever the device's default is.
+    eager = not engine_set and data.get("backend") is None
+    if eager and data.get("max_batch_tokens") == EncoderSettings().batch_tokens_for(device_type):
         data["max_batch_tokens"] = None
     return data
 

@@ -368,6 +368,41 @@ def test_a_split_killed_before_its_split_json_is_redone_by_its_rerun(split_reads
     assert (mine / "part-0001.fa").read_text() == ">mine\nACGT\n"
 
 
+def test_a_killed_merges_results_are_never_taken_for_a_splits_parts(split_reads, tmp_path):
+    """The results a merge notes in its lock (killed before its run.json) are not split's to remove: a
+    split into that folder is refused, and the files stay."""
+    from virnucpro_trt.files.run_lock import outdir_lock
+    from virnucpro_trt.pipeline.merge_parts import KEPT_FILES as MERGE_KEPT
+
+    out = tmp_path / "m"
+    with outdir_lock(out, MERGE_KEPT) as lock:
+        (out / "frames.tsv").write_text("merged rows\n")
+        digest = hashlib.sha256(b"merged rows\n").hexdigest()
+        lock.note_results({"frames.tsv": {"bytes": 12, "sha256": digest}})
+        killed = (out / ".work.lock").read_bytes()
+    (out / ".work.lock").write_bytes(killed)  # what a SIGKILL leaves
+    result = run_cli("split", str(split_reads), "-o", str(out), "--parts", "2")
+    assert result.code == 2 and "is not empty (frames.tsv)" in result.stderr, result.stderr
+    assert (out / "frames.tsv").read_text() == "merged rows\n"
+
+
+def test_a_split_stopped_while_renaming_its_parts_leaves_no_folder(split_reads, tmp_path, monkeypatch):
+    """Ctrl-C while the parts are renamed into place: the parts go again and, with them noted no more,
+    so does the lock file and the folder the split made."""
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.fspath(dst).endswith("part-0002.fa"):
+            raise KeyboardInterrupt
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    args = ("--parts", "3", "--shard-records", "64")
+    result = run_cli("split", str(split_reads), "-o", str(tmp_path / "p"), *args)
+    assert result.code == 130, result.stderr
+    assert not (tmp_path / "p").exists()
+
+
 def test_a_small_input_in_many_parts_warns_and_says_how_to_spread_it(split_reads, tmp_path):
     """576 records are one shard by the default rule (at least 4,096 records): parts 2 and 3 are empty,
     and the warning names the option that spreads the input; with it, no part is empty; with too large a

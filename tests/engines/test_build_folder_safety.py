@@ -150,9 +150,27 @@ def test_a_rebuild_at_another_precision_removes_the_earlier_builds_engines(tiny_
     (folder / "old.onnx").write_text("edited since")
     (folder / "gone.onnx").write_text("as built")
     digest = hashlib.sha256(b"as built").hexdigest()
-    build._remove_stale(folder, {name: (digest, None) for name in ("old.onnx", "gone.onnx", "missing.onnx")})
+    build._remove_stale(folder, dict.fromkeys(("old.onnx", "gone.onnx", "missing.onnx"), digest))
     assert (folder / "old.onnx").read_text() == "edited since" and not (folder / "gone.onnx").exists()
     assert warned == [f"{folder}: kept old.onnx, changed since the earlier build that made it"]
+
+
+def test_a_manifest_edited_to_name_a_users_file_never_gets_it_removed(tiny_set, tmp_path):
+    """Anyone can read a file's stamp with ``stat``: a manifest.json edited to name a user's file with its
+    stamp (and any hash) made the rebuild remove it as the earlier build's stale engine. Only a manifest
+    the strict reader takes, and the file's own SHA-256, let a stale file go."""
+    folder = tmp_path / "engines"
+    assert _build(tiny_set, folder).code == 0
+    thesis = folder / "thesis.tex"
+    thesis.write_text("my thesis\n")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["models"]["classifier"]
+    entry["file_sha256"]["thesis.tex"] = "0" * 64
+    entry["file_stamps"]["thesis.tex"] = stat_stamp(os.stat(thesis))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    result = _build(tiny_set, folder)
+    assert result.code == 0, result.stderr
+    assert thesis.read_text() == "my thesis\n"
 
 
 def test_build_never_writes_through_links(tiny_set, tmp_path):

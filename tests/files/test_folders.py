@@ -97,3 +97,15 @@ def test_nothing_there_means_no_entry_or_an_empty_real_folder(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "empty")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     assert not any(nothing_there(tmp_path / name) for name in ("full", "file", "link", "dangling"))
+
+
+def test_what_is_in_the_way_of_a_folder_is_named_as_it_is(tmp_path):
+    """A link to a file is not "dangling": the refusal names what the user will find there."""
+    from virnucpro_trt.files.names import not_a_folder
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "to-file").symlink_to(tmp_path / "afile")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    assert not_a_folder(tmp_path / "afile") == "a file, not a folder"
+    assert not_a_folder(tmp_path / "to-file") == "a symbolic link to a file, not a folder"
+    assert not_a_folder(tmp_path / "dangling") == "a dangling symbolic link"

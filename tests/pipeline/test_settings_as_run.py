@@ -35,6 +35,9 @@ def test_what_changes_results_still_changes_the_fingerprint():
         assert _settings(**other).fingerprint("cpu") != plain, other
     built = _settings(backend="onnxruntime")
     assert _settings(backend="onnxruntime", precision="fp32").fingerprint("cpu") == built.fingerprint("cpu")
+    # engines built into OUTDIR/engines run an unset budget at the set's own: not the device's default
+    spelled = _settings(backend="onnxruntime", max_batch_tokens=4096)
+    assert spelled.fingerprint("cpu") != built.fingerprint("cpu")
     assert dataclasses.replace(_settings(), chunk_length=300).fingerprint("cpu") != plain
 
 

@@ -61,7 +61,8 @@ from virnucpro_trt.engines.spec import (
     default_shape_range,
     vocab_size,
 )
-from virnucpro_trt.errors import BuildError, UserError
+from virnucpro_trt.errors import BuildError, EngineMismatchError, UserError
+from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.run_lock import LOCK_FILE, STAGING_PREFIX, KeptFiles, outdir_lock
 from virnucpro_trt.files.stamps import digest_holds
@@ -304,9 +305,7 @@ def _build_into(
     return manifest
 
 
-def _publish(
-    staging: Path, out: Path, manifest: EngineManifest, own: set[str]
-) -> dict[str, tuple[Any, Any]]:
+def _publish(staging: Path, out: Path, manifest: EngineManifest, own: set[str]) -> dict[str, str]:
     """Rename every built file from ``staging`` over its name in ``out``, then hash and stamp it there;
     returns the earlier build's stale files (see :func:`_remove_stale`).
 
@@ -314,7 +313,7 @@ def _publish(
     unchanged set skip the re-hash. An earlier build's files that this one does not replace and that
     are not stale stay recorded in ``build.own_files``, so a later build still knows them as its own.
     """
-    earlier = recorded_digests(out)  # the manifest there is still the earlier build's
+    earlier = _earlier_set(out)  # the manifest there is still the earlier build's
     names = [name for entry in manifest.models.values() for name in entry.file_names()]
     extra = [TIMING_CACHE] if (staging / TIMING_CACHE).is_file() else []
     for name in [*names, *extra]:
@@ -332,17 +331,32 @@ def _publish(
     return stale
 
 
-def _remove_stale(out: Path, stale: dict[str, tuple[Any, Any]]) -> None:
+def _earlier_set(out: Path) -> dict[str, str]:
+    """``{name: SHA-256}`` of every file the engine set in ``out`` names, when its manifest is one the
+    strict reader takes (what a run would use); else nothing. Only such files may go as stale: a
+    manifest anyone edited to name a user's file is no valid set, and a stamp (readable by anyone with
+    ``stat``) is no proof, so removal asks for the SHA-256 itself."""
+    if not (out / MANIFEST_NAME).is_file():
+        return {}
+    try:
+        manifest = EngineManifest.read(out)
+    except (EngineMismatchError, OSError, ValueError):
+        return {}
+    entries = manifest.models.values()
+    return {name: entry.file_sha256[name] for entry in entries for name in entry.file_names()}
+
+
+def _remove_stale(out: Path, stale: dict[str, str]) -> None:
     """Remove the earlier build's engine files this build did not write again (another precision,
     backend or device: the new manifest no longer names them, so no run can use them, and at full size
-    they are gigabytes), each only while it is still the file that build recorded; one changed since is
-    the user's, kept and named."""
-    for name, (sha256, stamp) in sorted(stale.items()):
+    they are gigabytes), each only while it still has the SHA-256 that build recorded (read again here);
+    one changed since is the user's, kept and named."""
+    for name, sha256 in sorted(stale.items()):
         path = out / name
         if not os.path.lexists(path):
             continue
         try:
-            ours = not path.is_symlink() and path.is_file() and digest_holds(path, sha256, stamp)
+            ours = not path.is_symlink() and path.is_file() and sha256_file(path) == sha256
             if ours:
                 path.unlink()
         except OSError:  # gone or unreadable in between: left as it is

@@ -58,7 +58,9 @@ def same_file(a: Path, b: Path) -> bool:
 
 def not_a_folder(path: Path) -> str:
     """What occupies ``path`` where a folder should be (it exists and is not one), for a refusal."""
-    return "a dangling symbolic link" if path.is_symlink() else "a file, not a folder"
+    if path.is_symlink():
+        return "a symbolic link to a file, not a folder" if path.exists() else "a dangling symbolic link"
+    return "a file, not a folder"
 
 
 def check_parent_folders(path: Path, advice: str = "choose another output location") -> None:

@@ -133,6 +133,7 @@ def run_split(settings: SplitSettings) -> SplitManifest:
             shutil.rmtree(work, ignore_errors=True)
 
 
+_PART_NAME = re.compile(r"part-\d+\.fa(\.gz)?")
 _OURS = re.compile(r"part-\d+\.fa(\.gz)?|stdin\.input|pieces|pieces/piece-\d{7}\.fa")
 
 
@@ -151,7 +152,11 @@ def _check_empty(outdir: Path, left: dict[str, Any]) -> list[str]:
         log.info("removing %s, left by an interrupted split", leftover)
         shutil.rmtree(leftover)
     others = sorted(p.name for p in outdir.iterdir() if p.name != LOCK_FILE)
-    killed = [name for name in others if name in left and changed_since(outdir, name, left[name]) is None]
+    killed = [
+        name
+        for name in others
+        if _PART_NAME.fullmatch(name) and name in left and changed_since(outdir, name, left[name]) is None
+    ]  # a lock's results note names another command's results too (merge's): only parts are split's
     if killed and SPLIT_JSON not in others:
         log.info("removing %s, left by a split interrupted before its %s", ", ".join(killed), SPLIT_JSON)
         for name in killed:
@@ -305,6 +310,8 @@ def _commit(work: Path, outdir: Path, manifest: SplitManifest, lock: RunLock | N
         for path in moved:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        if lock is not None:  # the parts are gone again: nothing for a rerun to find
+            lock.forget_results()
         raise
 
 
