@@ -134,7 +134,7 @@ def run_split(settings: SplitSettings) -> SplitManifest:
 
 
 _PART_NAME = re.compile(r"part-\d+\.fa(\.gz)?")
-_OURS = re.compile(r"part-\d+\.fa(\.gz)?|stdin\.input|pieces|pieces/piece-\d{7}\.fa")
+_OURS = re.compile(rf"{_PART_NAME.pattern}|stdin\.input|pieces|pieces/piece-\d{{7}}\.fa")
 
 
 def _check_empty(outdir: Path, left: dict[str, Any]) -> list[str]:
