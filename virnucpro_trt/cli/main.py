@@ -459,12 +459,7 @@ def demo(
     "project's own Triton attention instead). cudnn plans every new batch shape, which runs with varying "
     "batches pay again and again.",
 )
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Replace files at the names build writes that it did not make, or that changed since the build "
-    "that made them (never a symbolic link; other files in the folder stay).",
-)
+@replace_option
 @logging_options
 def build(
     dnabert: str,
