@@ -5,6 +5,7 @@ fix, with the right exit code."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -114,11 +115,71 @@ def test_an_interrupt_while_a_finished_run_removes_its_work_folder_is_no_failure
 
     monkeypatch.setattr(WorkDir, "wipe", interrupted_once_finished)
     result = predict_tiny(tiny_set, reads_fasta, out)
-    assert result.code == 0 and "interrupted while removing" in result.stderr, result.stderr
+    assert result.code == 0 and "interrupted after the results were complete" in result.stderr, result.stderr
+    assert "removes what is left of" in result.stderr
     assert (out / ".work").is_dir()
     monkeypatch.setattr(WorkDir, "wipe", real_wipe)
     result = predict_tiny(tiny_set, reads_fasta, out)
     assert result.code == 0 and "nothing recomputed" in result.stderr and not (out / ".work").exists()
+
+
+@pytest.mark.parametrize("where", ["lock release", "stdin copy removal", "after --keep-work"])
+def test_an_interrupt_anywhere_after_run_json_is_no_failure(
+    tiny_set, reads_fasta, tmp_path, monkeypatch, where
+):
+    """The moments after run.json outside the ``.work`` removal (the log line of ``--keep-work``, the
+    removal of the stdin copy, the lock's release) ended the run with exit 130 though its results were
+    complete. Now any interrupt once run.json is in place is a warning and exit 0, and the same command
+    then finds the run finished."""
+    from virnucpro_trt.files import run_lock
+    from virnucpro_trt.pipeline import predict
+
+    out = tmp_path / "out"
+    extra: list[str] = []
+    stdin = None
+    if where == "lock release":
+        real_still_ours = run_lock.RunLock.still_ours
+
+        def still_ours(self):
+            if (out / "run.json").exists():
+                raise KeyboardInterrupt
+            return real_still_ours(self)
+
+        monkeypatch.setattr(run_lock.RunLock, "still_ours", still_ours)
+    elif where == "stdin copy removal":
+        real_remove = predict.remove_quietly
+
+        def remove_quietly(path):
+            if (out / "run.json").exists():
+                raise KeyboardInterrupt
+            real_remove(path)
+
+        monkeypatch.setattr(predict, "remove_quietly", remove_quietly)
+        stdin = reads_fasta.read_text()
+    else:
+        real_info = predict.log.info
+
+        def info(message, *args, **kwargs):
+            if message.startswith("kept the work folder"):
+                raise KeyboardInterrupt
+            real_info(message, *args, **kwargs)
+
+        monkeypatch.setattr(predict.log, "info", info)
+        extra = ["--keep-work"]
+    source = "-" if stdin is not None else reads_fasta
+    with pytest.MonkeyPatch.context() as m:
+        if stdin is not None:
+            m.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin.encode())))
+        result = predict_tiny(tiny_set, source, out, *extra)
+    assert result.code == 0, result.stderr
+    assert "interrupted after the results were complete; they stand" in result.stderr
+    assert ("removes what is left of" in result.stderr) == (where != "after --keep-work")
+    run = json.loads((out / "run.json").read_text())
+    assert set(run["outputs"]) == set(RESULTS)
+    monkeypatch.undo()
+    result = predict_tiny(tiny_set, reads_fasta, out, *extra)  # the same bytes: the same run
+    assert result.code == 0 and "nothing recomputed" in result.stderr, result.stderr
+    assert not (out / ".work.lock").exists()
 
 
 def test_force_on_an_unchanged_finished_run_computes_it_again(tiny_set, reads_fasta, finished, tmp_path):

@@ -68,6 +68,7 @@ from virnucpro_trt.outputs.upstream import (
     PREDICTION_HEADER,
     PREDICTION_RESULTS,
 )
+from virnucpro_trt.pipeline.completion import Completion
 from virnucpro_trt.pipeline.predict import EMBEDDINGS_H5, MAX_RUN_JSON_BYTES, RUN_JSON, read_run_json
 from virnucpro_trt.pipeline.run_paths import check_run_paths
 from virnucpro_trt.settings import MergeSettings, SplitPart, settings_difference, settings_fingerprint
@@ -126,8 +127,9 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
         verify_part_files(part)
         if outdir.is_dir() and os.path.samefile(outdir, part.folder):
             raise MergeRefused(f"{outdir} is {part.name}'s own folder; merge into another folder")
+    completion = Completion()
     # a failed merge leaves no folder it made
-    with made_folder(outdir), outdir_lock(outdir, KEPT_FILES) as lock:
+    with completion.interrupt_is_no_failure(), made_folder(outdir), outdir_lock(outdir, KEPT_FILES) as lock:
         finished = _finished_merge(outdir, parts, settings.force, lock.results if lock is not None else {})
         if lock is not None:  # the noted files are now removed, or accounted for by run.json
             lock.forget_results()
@@ -152,9 +154,11 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
             write_demo_note(outdir, noted)
         summary["outputs"] = outputs
         write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n", noted)
+        completion.done(summary)  # from here an interrupt only cuts the clean-up short
         if lock is not None:
             lock.forget_results()
-    return summary
+    assert completion.summary is not None
+    return completion.summary
 
 
 RESULT_NAMES = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE, RUN_JSON)

@@ -59,6 +59,7 @@ from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.outputs.demo_note import DEMO_NOTE, with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES, merge_shard_results
+from virnucpro_trt.pipeline.completion import Completion
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
 from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
@@ -125,6 +126,8 @@ class _RunContext:
     engines: CheckedEngines | None = None  # checked before OUTDIR existed, when no build was needed
     # notes a temporary file in OUTDIR in the run's lock, so the rerun after a SIGKILL removes it
     note_temporary: Callable[[Path], None] | None = None
+    # the summary, once run.json is in place: an interrupt after that is no failure
+    completion: Completion = dataclasses.field(default_factory=Completion)
 
     @property
     def device_type(self) -> str:
@@ -177,8 +180,14 @@ def run_predict(
     with ctx.timer.stage("check_models"):  # a bad classifier or engine directory fails before OUTDIR exists
         ctx.engines = _preflight(ctx)
 
+    work_left = f" (the same command removes what is left of {outdir / WORK_DIR})"
+    left = "" if settings.run.keep_work else work_left
     # a failed run leaves no folder it made; one holding results or resumable work stays
-    with made_folder(outdir), outdir_lock(outdir, KEPT_FILES) as lock:
+    with (
+        ctx.completion.interrupt_is_no_failure(left),
+        made_folder(outdir),
+        outdir_lock(outdir, KEPT_FILES) as lock,
+    ):
         # never over another file; noted while it grows, so a SIGKILL's leftover goes on the rerun (a
         # SIGTERM is an interrupt: cli/main.py)
         noted = functools.partial(lock.note, growing=True) if lock is not None else None
@@ -203,6 +212,8 @@ def run_predict(
         finally:
             if path == outdir / STDIN_COPY:
                 remove_quietly(path)
+    assert ctx.completion.summary is not None  # the block returns unless interrupted once complete
+    return ctx.completion.summary
 
 
 def _preflight(ctx: _RunContext) -> CheckedEngines | None:
@@ -308,16 +319,11 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     summary_json["model_weights"] = {kind: w.to_json() for kind, w in known.weights.items()}
     summary_json["outputs"] = outputs
     write_text_atomic(outdir / RUN_JSON, json.dumps(summary_json, indent=2) + "\n", ctx.note_temporary)
+    ctx.completion.done(summary_json)  # from here an interrupt only cuts the clean-up short
     if settings.run.keep_work:
         log.info("kept the work folder %s (--keep-work)", work.root)
     else:
-        try:
-            work.wipe()
-        except KeyboardInterrupt:  # the results and run.json are complete: the run is done, not stopped
-            log.warning(
-                "interrupted while removing %s; the results are complete (the same command removes it)",
-                work.root,
-            )
+        work.wipe()
     return summary_json
 
 
