@@ -634,3 +634,34 @@ def test_fp8_gemm_autotune_ways_reasons_and_comparison(
     assert all(r["status"] == "ok" and r["max_diff_of_max"] == 0 and r["ms"] > 0 for r in measured)
     assert all(r["vs_cublas"] > 0 and r["kernels"] == ["stand-in"] for r in measured)
     assert next(r for r in measured if r["way"] == "cublas")["vs_cublas"] == 1.0
+
+
+def test_attention_kernel_variants_compute_the_kernels_function_in_the_interpreter() -> None:
+    """``diagnostics/attention_kernel_variants.py`` on the CPU, under Triton's interpreter: every variant
+    that claims the kernel's function (the split dot, the keys rotated once) agrees with the committed
+    kernel and with fp32; the ones that leave a step out (``-nobias``, ``-norotk``) do not, so their
+    timings say what that step costs."""
+    import ast
+    import os
+    import subprocess
+
+    pytest.importorskip("triton")
+    script = ROOT / "benchmarks" / "diagnostics" / "attention_kernel_variants.py"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [
+        ast.literal_eval(line.split(" ", 1)[1])
+        for line in done.stdout.splitlines()
+        if line.startswith("fixed")
+    ]
+    names = {row["variant"] for row in rows}
+    assert {"committed", "committed-nobias", "split-norotk:64x32x4x1"} <= names
+    assert any(n.startswith("once:") for n in names) and any(n.startswith("split:") for n in names)
+    for row in rows:
+        if "no" in row["variant"].split(":")[0]:
+            assert row["max_vs_committed"] is None and row["max_vs_fp32"] > 0.1, row
+        else:
+            assert row["max_vs_committed"] < 4e-3 and row["max_vs_fp32"] < 4e-3, row
