@@ -23,7 +23,14 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import temporary_name
 from virnucpro_trt.files.bounded_read import NotARegularFile, read_bounded
 from virnucpro_trt.files.ownership import RECORD, changed_since
-from virnucpro_trt.files.run_lock import LOCK_FILE, LOCK_TEXT, KeptFiles, outdir_lock, output_lock
+from virnucpro_trt.files.run_lock import (
+    BUILD_STAGING,
+    LOCK_FILE,
+    LOCK_TEXT,
+    KeptFiles,
+    outdir_lock,
+    output_lock,
+)
 from virnucpro_trt.files.stamps import stat_stamp
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.inputs import materialise, private_spool
@@ -492,6 +499,55 @@ def test_the_demo_never_removes_a_folder_it_did_not_build(tmp_path, monkeypatch)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["demo-models-v1"]
 
 
+_KILLED_WRITING_MODELS = """
+import os, signal, sys
+from pathlib import Path
+import virnucpro_trt.demo as demo
+import virnucpro_trt.bench.models as bench_models
+
+def killed(root, *args):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "partial.bin").write_bytes(b"w" * 4096)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+demo.build_demo_models = killed
+bench_models._write_set = killed
+if sys.argv[1] == "demo":
+    demo.demo_inputs()
+else:
+    bench_models.random_models_in(Path(sys.argv[2]), "tiny")
+"""
+
+
+@pytest.mark.parametrize("writer", ["demo", "bench"])
+def test_model_sets_cut_short_by_a_sigkill_leave_nothing_after_the_next_run(tmp_path, monkeypatch, writer):
+    """The demo's model set and bench's random-weight sets are written in a private folder beside their
+    name; a SIGKILL there left it for good (bench's full-size set: gigabytes in ``--workdir``). The next
+    run removes it now, and writes the set."""
+    import os
+    import subprocess
+    import sys
+
+    cache, workdir = tmp_path / "cache", tmp_path / "work"
+    env = {**os.environ, "VIRNUCPRO_TRT_CACHE": str(cache)}
+    script = [sys.executable, "-c", _KILLED_WRITING_MODELS, writer, str(workdir)]
+    killed = subprocess.run(script, env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    folder = cache if writer == "demo" else workdir
+    assert any(p.name.endswith(".run.lock") for p in folder.iterdir())
+    assert any(p.is_dir() and p.name.startswith(".") for p in folder.iterdir())
+    if writer == "demo":
+        from virnucpro_trt.demo import demo_inputs
+
+        monkeypatch.setenv("VIRNUCPRO_TRT_CACHE", str(cache))
+        assert demo_inputs().classifier.is_file()
+    else:
+        from virnucpro_trt.bench.models import random_models_in
+
+        assert random_models_in(workdir, "tiny").classifier.is_file()
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
 # -- 6. output paths that cannot be made -----------------------------------------------------------
 
 
@@ -806,7 +862,7 @@ def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed
         assert lock.still_ours()
     assert staging.is_dir() and not ours.exists()
     (out / LOCK_FILE).write_text(hand_written)
-    with outdir_lock(out, KeptFiles(staging=True)) as lock:  # build's: the killed one's staging goes
+    with outdir_lock(out, KeptFiles(staging=BUILD_STAGING)) as lock:  # build's: the killed one's staging goes
         assert lock.still_ours()
         new = out / ".build-n3wn3w_y"
         new.mkdir()

@@ -22,7 +22,7 @@ import pytest
 from tests.cli.helpers import run_cli
 from virnucpro_trt.engines.build import check_engine_folder
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.files.run_lock import LOCK_FILE, STAGING_PREFIX, KeptFiles, outdir_lock
+from virnucpro_trt.files.run_lock import BUILD_STAGING, LOCK_FILE, STAGING_PREFIX, KeptFiles, outdir_lock
 from virnucpro_trt.files.stamps import stat_stamp
 
 
@@ -269,7 +269,8 @@ def test_a_killed_builds_staging_folder_goes_with_the_next_build_and_two_builds_
     no lock noted (or a new folder at the noted name) is kept, named in a warning. A second build into a
     folder another build is writing is refused (the two used to mix their files)."""
     folder = tmp_path / "engines"
-    with outdir_lock(folder, KeptFiles(staging=True)) as lock:  # what a killed build leaves: lock, staging
+    # what a killed build leaves: lock, staging
+    with outdir_lock(folder, KeptFiles(staging=BUILD_STAGING)) as lock:
         killed = folder / f"{STAGING_PREFIX}killed12"
         killed.mkdir(mode=0o700)  # as mkdtemp makes it
         (killed / "sub").mkdir()

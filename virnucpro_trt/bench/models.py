@@ -15,9 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +23,8 @@ from typing import Any, Literal
 import torch
 
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.files.folders import nothing_there
 from virnucpro_trt.files.json_fields import FieldError, read_json_object
+from virnucpro_trt.files.whole_folder import write_folder_whole
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +78,11 @@ def random_models_in(workdir: Path, size: RandomSize, device: str | torch.device
 def write_random_models(root: Path, size: RandomSize, device: str | torch.device = "cpu") -> ModelSet:
     """Random checkpoints in the real formats under ``root`` (reused when a finished set is there).
 
-    The set is written into a private folder beside ``root`` and renamed into place whole, marker last:
-    a folder at ``root`` is a finished set exactly when it holds the marker. Anything else there (a
-    user's files, links, a set cut short before this rule) is refused in one line, never written into,
-    through or over, so bench never runs on weights it did not make.
+    The set is written whole or not at all, marker last
+    (:func:`~virnucpro_trt.files.whole_folder.write_folder_whole`): a folder at ``root`` is a finished set
+    exactly when it holds the marker. Anything else there (a user's files, links, a set cut short before
+    this rule) is refused in one line, never written into, through or over, so bench never runs on
+    weights it did not make.
 
     ``full``: DNABERT-S 12x768 with a 4096-token BPE tokenizer, ESM-2 3B as a Hugging Face folder in fp16
     safetensors (the published files are fp16), an upstream-pickled 3328->512->2 classifier. ``tiny``: the
@@ -100,29 +98,22 @@ def write_random_models(root: Path, size: RandomSize, device: str | torch.device
         root / "500_model.pth",
         f"random-weights {size}",
     )
-    if _finished_set(root / _MARKER) == size:
-        log.info("reusing %s random-weight checkpoints in %s", size, root)
-        return models
-    _refuse_foreign(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
-    try:
-        names = (models.dnabert.name, models.esm.name, models.classifier.name)
-        _write_set(staging, size, device, ModelSet(*(staging / name for name in names), models.source))
-        os.rename(staging, root)  # also replaces an empty folder there
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return models
-
-
-def _refuse_foreign(root: Path) -> None:
-    """Refuse (exit 2) anything at ``root`` but nothing or an empty folder: not a set bench finished."""
-    if nothing_there(root):
-        return
-    raise UserError(
+    foreign = (
         f"{root} is not a random-weight set bench finished (no {_MARKER} of one in it); move it away or "
         "choose another --workdir"
     )
+    names = (models.dnabert.name, models.esm.name, models.classifier.name)
+
+    def write(staging: Path) -> None:
+        _write_set(staging, size, device, ModelSet(*(staging / name for name in names), models.source))
+
+    def finished(folder: Path) -> bool:
+        return _finished_set(folder / _MARKER) == size
+
+    made = write_folder_whole(root, write, finished, foreign, "--workdir")
+    if not made:
+        log.info("reusing %s random-weight checkpoints in %s", size, root)
+    return models
 
 
 def _write_set(root: Path, size: RandomSize, device: str | torch.device, models: ModelSet) -> None:

@@ -19,16 +19,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.bounded_read import read_bounded
-from virnucpro_trt.files.folders import nothing_there
 from virnucpro_trt.files.names import check_parent_folders
+from virnucpro_trt.files.whole_folder import write_folder_whole
 
 log = logging.getLogger(__name__)
 
@@ -129,28 +126,25 @@ def _only_warnings() -> Iterator[None]:
 def demo_inputs() -> DemoInputs:
     """The cached demo models (built on first use) and the bundled example reads.
 
-    The set is built in a private folder and renamed into place whole, so a folder at the cache path is
-    a set the demo built exactly when it holds the demo's README.txt. Anything else there (a user's
-    folder, a file) is refused in one line and left as it is: the demo removes only what it made.
+    The set is built whole or not at all (:func:`~virnucpro_trt.files.whole_folder.write_folder_whole`),
+    so a folder at the cache path is a set the demo built exactly when it holds the demo's README.txt.
+    Anything else there (a user's folder, a file) is refused in one line and left as it is: the demo
+    removes only what it made.
     """
     root = cache_root() / f"demo-models-{DEMO_VERSION}"
     check_parent_folders(root, "set VIRNUCPRO_TRT_CACHE to a folder")
     paths = _layout(root)
     if not _built_by_demo(root):
-        _refuse_foreign(root)
-        root.parent.mkdir(parents=True, exist_ok=True)
-        log.info("building the random-weight demo models once in %s", root)
-        tmp = Path(tempfile.mkdtemp(prefix=".demo-build-", dir=root.parent))
-        try:
-            build_demo_models(tmp)
-            try:
-                os.rename(tmp, root)  # also replaces an empty folder there
-            except OSError:  # built concurrently by another process, or something else appeared there
-                if not _built_by_demo(root):
-                    _refuse_foreign(root)
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # the private build folder: this run's
+        foreign = (
+            f"{root} exists but is not a demo model set virnucpro-trt built (no demo README.txt in it); "
+            "move it away, or set VIRNUCPRO_TRT_CACHE to another folder"
+        )
+
+        def build(staging: Path) -> None:
+            log.info("building the random-weight demo models once in %s", root)
+            build_demo_models(staging)
+
+        write_folder_whole(root, build, _built_by_demo, foreign, "VIRNUCPRO_TRT_CACHE")
     return paths
 
 
@@ -163,13 +157,3 @@ def _built_by_demo(root: Path) -> bool:
         return read_bounded(readme, len(README_TEXT.encode())) == README_TEXT.encode()
     except (OSError, ValueError):  # not a regular file, unreadable, or longer than the demo's
         return False
-
-
-def _refuse_foreign(root: Path) -> None:
-    """Refuse (exit 2) anything at ``root`` that is neither missing nor an empty folder."""
-    if nothing_there(root):
-        return
-    raise UserError(
-        f"{root} exists but is not a demo model set virnucpro-trt built (no demo README.txt in it); move "
-        "it away, or set VIRNUCPRO_TRT_CACHE to another folder"
-    )

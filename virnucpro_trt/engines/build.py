@@ -64,7 +64,7 @@ from virnucpro_trt.engines.spec import (
 from virnucpro_trt.errors import BuildError, EngineMismatchError, UserError
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
-from virnucpro_trt.files.run_lock import LOCK_FILE, STAGING_PREFIX, KeptFiles, outdir_lock
+from virnucpro_trt.files.run_lock import BUILD_STAGING, LOCK_FILE, STAGING_PREFIX, KeptFiles, outdir_lock
 from virnucpro_trt.files.stamps import digest_holds
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import (
@@ -213,7 +213,7 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
     out = settings.outdir
     own = check_engine_folder(out, settings.force, settings.replace_changed)  # before anything is written
     # a failed first build leaves no folder it made; the lock keeps (and after a SIGKILL removes) staging
-    with made_folder(out), outdir_lock(out, KeptFiles(staging=True)) as lock:
+    with made_folder(out), outdir_lock(out, KeptFiles(staging=BUILD_STAGING)) as lock:
         for left in sorted(out.glob(f"{STAGING_PREFIX}*")):  # what the lock did not note as a killed build's
             if left.is_dir() and not left.is_symlink():
                 log.warning("%s: %s was left by an interrupted build; remove it", out, left.name)

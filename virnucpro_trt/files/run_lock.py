@@ -53,7 +53,14 @@ _FOLDER_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEX
 STDIN_COPY = ".stdin.input"  # predict's copy of stdin: one per folder (the folder's lock)
 _PRIVATE_STDIN = r"stdin-[0-9a-f]{16}\.input"  # a copy of stdin in a folder other runs may share
 STAGING_PREFIX = ".build-"  # build's private folder in the engine folder (``mkdtemp``: 8 more letters)
-_STAGING = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")
+
+
+def staging_names(prefix: str) -> re.Pattern[str]:
+    """The names ``tempfile.mkdtemp(prefix=prefix)`` makes: ``prefix`` and 8 letters of its alphabet."""
+    return re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")
+
+
+BUILD_STAGING = staging_names(STAGING_PREFIX)
 STAGING_TOKEN = ".virnucpro-trt-staging"  # in a staging folder: the token its lock note carries
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _MAX_STAGING_DEPTH = 64  # a build's staging folder is a few levels deep
@@ -65,13 +72,14 @@ class KeptFiles:
     have its rerun remove there, whatever else a (hand-written) note names.
 
     ``outputs``: paths below the folder whose ``files.atomic`` temporaries are the command's; ``stdin``:
-    the names of its copies of stdin; ``staging``: ``build``'s staging folders; ``results``: ``merge``'s
-    note of its results is carried over (:meth:`RunLock.note_results`).
+    the names of its copies of stdin; ``staging``: the names of its private staging folders (``build``'s,
+    and those in which ``demo`` and ``bench`` write a model set: :func:`folder_lock`); ``results``:
+    ``merge``'s note of its results is carried over (:meth:`RunLock.note_results`).
     """
 
     outputs: tuple[str, ...] = ()
     stdin: re.Pattern[str] | None = None
-    staging: bool = False
+    staging: re.Pattern[str] | None = None
     results: bool = False
 
     def file_may_go(self, name: str) -> bool:
@@ -159,10 +167,11 @@ class RunLock:
         self.rewrite()
 
     def note_folder(self, path: Path) -> None:
-        """Note ``path``, a staging folder this run has just made in the lock's folder (``mkdtemp`` with
-        :data:`STAGING_PREFIX`), and write a fresh token into it (:data:`STAGING_TOKEN`), the proof its
-        rerun asks of the folder before removing it with all it holds (``build``)."""
-        if not self.kept.staging or path.parent != self.folder or not _STAGING.fullmatch(path.name):
+        """Note ``path``, a staging folder this run has just made in the lock's folder (``mkdtemp``, a name
+        :attr:`KeptFiles.staging` matches), and write a fresh token into it (:data:`STAGING_TOKEN`), the
+        proof its rerun asks of the folder before removing it with all it holds."""
+        staging = self.kept.staging
+        if staging is None or path.parent != self.folder or not staging.fullmatch(path.name):
             raise ValueError(f"{path}: not a staging folder of {self.folder}")
         token = secrets.token_hex(16)
         fd = os.open(path / STAGING_TOKEN, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
@@ -223,7 +232,8 @@ class RunLock:
         """Remove the staging folder ``name`` (read from a note) when it is the very folder noted, still
         private to this user as ``mkdtemp`` made it (no one else may write into it) and holds the note's
         token; through descriptors, without recursion (a deep tree is no error)."""
-        if not (self.kept.staging and isinstance(name, str) and _STAGING.fullmatch(name)):
+        staging = self.kept.staging
+        if not (staging is not None and isinstance(name, str) and staging.fullmatch(name)):
             return
         if not (_is_stamp(stamp) and isinstance(token, str) and _TOKEN.fullmatch(token)):
             return
@@ -235,7 +245,7 @@ class RunLock:
                 private = st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077 == 0
                 if [st.st_ino, st.st_dev] != stamp[3:] or not private or _read_token(top) != token:
                     return
-                log.info("removing %s, left by an interrupted build", self.folder / name)
+                log.info("removing %s, left by an interrupted run", self.folder / name)
                 _empty_folder(top)
             finally:
                 os.close(top)
@@ -245,11 +255,16 @@ class RunLock:
 
     def still_ours(self) -> bool:
         """True while the lock file at its name is the very file this lock holds (not replaced since)."""
-        try:
-            here, held = os.lstat(self.path), os.fstat(self._fd)
-        except OSError:
-            return False
-        return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+        return _held_at(self.path, self._fd)
+
+
+def _held_at(path: Path, fd: int) -> bool:
+    """True when the file at ``path`` (not followed through a link) is the open file ``fd``."""
+    try:
+        here, held = os.lstat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _read_token(folder_fd: int) -> str | None:
@@ -375,11 +390,21 @@ def output_lock(output: Path) -> contextlib.AbstractContextManager[RunLock | Non
     return _held_lock(output.parent, output.parent / output_lock_name(output), output, "output path", kept)
 
 
+def folder_lock(root: Path, elsewhere: str) -> contextlib.AbstractContextManager[RunLock | None]:
+    """Hold ``.NAME.run.lock`` beside the folder ``root``, which the run writes whole in a private staging
+    folder beside it (``.NAME-`` and 8 letters: :func:`staging_names`; ``files.whole_folder``). A second
+    run waits for the first (then finds its folder) instead of failing. ``elsewhere``: what to choose
+    instead when a file at the lock's name is not one the tool made. See :func:`_held_lock`."""
+    kept = KeptFiles(staging=staging_names(f".{root.name}-"))
+    return _held_lock(root.parent, root.parent / output_lock_name(root), root, elsewhere, kept, wait=True)
+
+
 @contextlib.contextmanager
 def _held_lock(
-    folder: Path, path: Path, output: Path, elsewhere: str, kept: KeptFiles
+    folder: Path, path: Path, output: Path, elsewhere: str, kept: KeptFiles, wait: bool = False
 ) -> Iterator[RunLock | None]:
-    """Hold the lock file ``path`` (in ``folder``) while writing ``output``.
+    """Hold the lock file ``path`` (in ``folder``) while writing ``output``; held by another run, fail at
+    once (exit 2), or with ``wait`` wait for it.
 
     The lock file is opened without following a symbolic link, and only a file that is empty or holds
     :data:`LOCK_TEXT` (one the tool made, left by a killed run) is taken over; a user's file at that name
@@ -395,10 +420,19 @@ def _held_lock(
     fd = _open_lock_file(path, elsewhere)
     busy = f"{output} is being written by another virnucpro-trt run; wait for it"
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(busy) from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise UserError(busy) from None
+                log.info("%s is being written by another virnucpro-trt run; waiting for it", output)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if not wait or _held_at(path, fd):
+                break
+            os.close(fd)  # the run waited for removed its lock file as it ended: take the one there now
+            fd = -1
+            fd = _open_lock_file(path, elsewhere)
         content = os.pread(fd, _MAX_LOCK_BYTES + 1, 0)
         if content and not content.startswith(LOCK_TEXT.encode()):
             raise UserError(
@@ -428,4 +462,5 @@ def _held_lock(
                 except OSError as exc:  # e.g. another user's file in a sticky folder: the run's work stands
                     log.warning("could not remove the lock file %s (%s); remove it by hand", path, exc)
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
