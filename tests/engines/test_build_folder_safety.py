@@ -142,6 +142,7 @@ def test_a_rebuild_at_another_precision_removes_the_earlier_builds_engines(tiny_
     names = {n for m in second["models"].values() for n in m["file_sha256"]}
     assert {p.name for p in folder.iterdir()} == names | {"manifest.json"}
     assert not fp32 & names and second["build"]["own_files"] == []
+    assert set(second["build"]["stale_files"]) == fp32  # recorded, and removed once the manifest was in
 
     from virnucpro_trt.engines import build
 
@@ -153,6 +154,50 @@ def test_a_rebuild_at_another_precision_removes_the_earlier_builds_engines(tiny_
     build._remove_stale(folder, dict.fromkeys(("old.onnx", "gone.onnx", "missing.onnx"), digest))
     assert (folder / "old.onnx").read_text() == "edited since" and not (folder / "gone.onnx").exists()
     assert warned == [f"{folder}: kept old.onnx, changed since the earlier build that made it"]
+
+
+_KILLED_AFTER_THE_MANIFEST = """
+import os, signal, sys
+from virnucpro_trt.cli.main import main
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    real_replace(src, dst, *args, **kwargs)
+    target = os.fspath(dst)
+    if target.endswith("manifest.json") and os.path.basename(os.path.dirname(target)) == "engines":
+        # the new set is in place (not the manifest written in the staging folder); stale files go next
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+main(sys.argv[1:])
+"""
+
+
+def test_a_rebuild_killed_before_it_removed_the_earlier_engines_leaves_them_to_the_next(tiny_set, tmp_path):
+    """Killed between its manifest and the removal of the earlier build's engines, a rebuild left those
+    files recorded nowhere: the next build refused the folder ("files build did not make"). The manifest
+    now records them as stale, so the next build removes them (and only while unchanged)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "engines"
+    assert _build(tiny_set, folder).code == 0
+    first = json.loads((folder / "manifest.json").read_text())
+    fp32 = {n for m in first["models"].values() for n in m["file_sha256"] if ".fp32." in n}
+    args = [
+        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
+        str(tiny_set.classifier), "--backend", "onnxruntime", "--device", "cpu", "--max-batch-tokens", "512",
+        "--max-length", "256", "-o", str(folder), "--precision", "fp16",
+    ]  # fmt: skip
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AFTER_THE_MANIFEST, *args], capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    second = json.loads((folder / "manifest.json").read_text())
+    assert second["precision"] == "fp16" and set(second["build"]["stale_files"]) == fp32
+    assert all((folder / n).is_file() for n in fp32)  # not yet removed
+    result = _build(tiny_set, folder, "--precision", "fp16")
+    assert result.code == 0, result.stderr
+    third = json.loads((folder / "manifest.json").read_text())
+    names = {n for m in third["models"].values() for n in m["file_sha256"]}
+    assert {p.name for p in folder.iterdir()} == names | {"manifest.json"}
+    assert set(third["build"]["stale_files"]) == fp32 and third["build"]["own_files"] == []  # gone now
 
 
 def test_a_manifest_edited_to_name_a_users_file_never_gets_it_removed(tiny_set, tmp_path):

@@ -43,11 +43,13 @@ from virnucpro_trt.engines.manifest import (
     CLASSIFIER_FILE,
     MANIFEST_NAME,
     OWN_FILES_KEY,
+    STALE_FILES_KEY,
     EngineManifest,
     ModelEntry,
     now_iso,
     own_file_names,
     recorded_digests,
+    stale_files,
 )
 from virnucpro_trt.engines.parity import reference_embeddings, run_parity, synthetic_tokens
 from virnucpro_trt.engines.registry import choose_backend
@@ -322,18 +324,20 @@ def _publish(staging: Path, out: Path, manifest: EngineManifest, own: set[str]) 
         entry.record_files(out)
     stale = {
         name: digest
-        for name, digest in earlier.items()
-        if name in own and name not in names and name != TIMING_CACHE
+        for name, digest in sorted(earlier.items())
+        if name in own and name not in names and name != TIMING_CACHE and os.path.lexists(out / name)
         and not os.path.lexists(out / f"{name}{TRT_CACHE_SUFFIX}")  # its TensorRT cache still names it
     }  # fmt: skip
     kept = {n for n in own - {MANIFEST_NAME} if (out / n).is_file() and not (out / n).is_symlink()}
     manifest.build[OWN_FILES_KEY] = sorted(kept.union(extra) - set(names) - set(stale))
+    manifest.build[STALE_FILES_KEY] = stale  # removed after the manifest (killed between: the next build)
     return stale
 
 
 def _earlier_set(out: Path) -> dict[str, str]:
-    """``{name: SHA-256}`` of every file the engine set in ``out`` names, when its manifest is one the
-    strict reader takes (what a run would use); else nothing. Only such files may go as stale: a
+    """``{name: SHA-256}`` of every file the engine set in ``out`` names (and the stale files it records,
+    which that build was killed before removing), when its manifest is one the strict reader takes (what
+    a run would use); else nothing. Only such files may go as stale: a
     manifest anyone edited to name a user's file is no valid set, and a stamp (readable by anyone with
     ``stat``) is no proof, so removal asks for the SHA-256 itself."""
     if not (out / MANIFEST_NAME).is_file():
@@ -343,7 +347,8 @@ def _earlier_set(out: Path) -> dict[str, str]:
     except (EngineMismatchError, OSError, ValueError):
         return {}
     entries = manifest.models.values()
-    return {name: entry.file_sha256[name] for entry in entries for name in entry.file_names()}
+    named = {name: entry.file_sha256[name] for entry in entries for name in entry.file_names()}
+    return {**stale_files(manifest.build), **named}  # and what that build left to remove, if it was killed
 
 
 def _remove_stale(out: Path, stale: dict[str, str]) -> None:

@@ -45,6 +45,9 @@ SCHEMA_VERSION = 2
 MAX_MANIFEST_BYTES = 8 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 OWN_FILES_KEY = "own_files"  # in ``build``: further files of the folder that virnucpro-trt made
+# in ``build``: {name: SHA-256} of the earlier build's files this build removes once its manifest is in
+# place; recorded, so a build killed before it removed them leaves them known to the next build
+STALE_FILES_KEY = "stale_files"
 
 
 @dataclass
@@ -240,7 +243,8 @@ def own_file_names(folder: Path) -> set[str]:
             names += [entry.get("artifact"), entry.get("tokenizer")]
             names += _listed(entry.get("files")) + _listed(entry.get("file_sha256"))
     build = data.get("build")
-    names += _listed(build.get(OWN_FILES_KEY)) if isinstance(build, dict) else []
+    if isinstance(build, dict):
+        names += _listed(build.get(OWN_FILES_KEY)) + _listed(build.get(STALE_FILES_KEY))
     return {name for name in names if _plain_name(name)}
 
 
@@ -259,7 +263,22 @@ def recorded_digests(folder: Path) -> dict[str, tuple[Any, Any]]:
             valid_stamp = isinstance(stamp, list) and all(type(v) is int for v in stamp)
             if _plain_name(name):
                 digests[name] = (sha256, stamp if valid_stamp else None)
+    for name, sha256 in stale_files(data.get("build") if data is not None else None).items():
+        digests.setdefault(name, (sha256, None))  # an earlier build's file not yet removed: no stamp kept
     return digests
+
+
+def stale_files(build: Any) -> dict[str, str]:
+    """``{name: SHA-256}`` a manifest's ``build`` section records as stale (:data:`STALE_FILES_KEY`),
+    read as hostile: plain names with well-formed digests only."""
+    recorded = build.get(STALE_FILES_KEY) if isinstance(build, dict) else None
+    if not isinstance(recorded, dict):
+        return {}
+    return {
+        name: sha256
+        for name, sha256 in recorded.items()
+        if _plain_name(name) and isinstance(sha256, str) and _SHA256.fullmatch(sha256)
+    }
 
 
 def _lenient_manifest(folder: Path) -> dict[str, Any] | None:
