@@ -78,7 +78,7 @@ def test_embed_esm_matches_transformers_for_both_formats(tiny_set, reads_fasta, 
 
 def test_embed_refuses_dna_alphabet_errors(tiny_set, tmp_path):
     fasta = tmp_path / "prot.faa"
-    fasta.write_text(">p\nMKVLEQ\n")  # L, E, Q are not IUPAC nucleotide codes
+    fasta.write_text(">p\nMKVLEQ\n")  # a protein: fewer than half its letters are A/C/G/T/U/N
     result = run_cli(
         "embed",
         str(fasta),
@@ -121,7 +121,7 @@ def test_embed_esm2_refuses_dna_unless_told_and_dnabert_refuses_protein(tiny_set
     proteins = tmp_path / "proteins.faa"  # protein letters given to the DNA model
     proteins.write_text(">p1\nMKTAYIAKQRQISFVKSHFSRQ\n")
     result, out = embed(proteins, "dnabert-s", tiny_set.dnabert)
-    assert result.code == 2 and "is this a protein FASTA?" in result.stderr and not out.exists()
+    assert result.code == 2 and "1 of 1 records are protein, not DNA" in result.stderr and not out.exists()
 
 
 def test_embed_reads_lower_case_letters_as_the_same_bases_and_residues(tiny_set, tmp_path):

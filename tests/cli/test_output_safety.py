@@ -622,8 +622,8 @@ def test_a_failed_run_leaves_no_folder_it_made(tiny_set, tmp_path, monkeypatch, 
             name = "<stdin>"
         result = run_cli(*args)
         assert result.code == 2 and error_lines(result) == [
-            f"error: {name}: record 2 (id 'r2'): invalid DNA character '!' at position 4; allowed: IUPAC "
-            "nucleotide codes ACGTURYSWKMBDHVN in either case"
+            f"error: {name}: record 2 (id 'r2'): invalid DNA character '!' at position 4; allowed: letters "
+            "in either case (IUPAC nucleotide codes; others yield no amino acid), '-', '.' and '*'"
         ], (command, result.stderr)
         assert list(out.iterdir()) == [], (command, list(out.rglob("*")))
 

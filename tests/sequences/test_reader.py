@@ -19,7 +19,7 @@ from Bio.SeqIO.QualityIO import FastqGeneralIterator
 from virnucpro_trt.errors import InputFormatError, UserError
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.sequences import sources
-from virnucpro_trt.sequences.reader import SeqRecord, read_records
+from virnucpro_trt.sequences.reader import SeqRecord, judge_dna_letters, read_records
 
 FASTA = ">r1 first read\nACGTACGTNN\nacgt\n>r2\nRYSWKMBDHVU\n>r3\tdesc\n\n"
 EXPECTED = [
@@ -172,14 +172,14 @@ def test_empty_inputs(tmp_path: Path) -> None:
 def test_protein_alphabet(tmp_path: Path) -> None:
     path = _write(tmp_path, "p.faa", ">p1\nMKVLAAGE*\n>p2\nwxyz\n")
     assert [r.sequence for r in read_records(path, "protein")] == ["MKVLAAGE*", "wxyz"]
-    assert "record 1 (id 'p1')" in _error(path)  # a protein FASTA is not DNA
+    with pytest.raises(InputFormatError, match=r"2 of 2 records are protein, not DNA .*record 1 \(id 'p1'\)"):
+        list(judge_dna_letters(read_records(path), str(path)))  # a protein FASTA is not DNA
     message = _error(_write(tmp_path, "d.faa", ">p1\nMKV1\n"), "protein")
     assert "record 1 (id 'p1')" in message and "'1'" in message and "position 4" in message
 
 
 _MANY = b"".join(b">r%d\nACGT\n" % i for i in range(9999))
 BAD_INPUTS = [
-    ("protein.fa", b">ok\nACGT\n>prot1\nMKVLA\n", ["record 2 (id 'prot1')", "'L'", "position 4", "protein"]),
     ("digits.fa", b">r1\nACGT1\n", ["record 1 (id 'r1')", "'1'", "position 5"]),
     ("binary.bin", bytes(range(256)) * 4, ["NUL", "binary"]),
     ("zstd.fa", b"\x28\xb5\x2f\xfd" + b"\0" * 30, ["zstd"]),
@@ -203,7 +203,7 @@ BAD_INPUTS = [
     ),
     ("captions.fq", b"@q1\nACGT\n+q9\nIIII\n", ["record 1", "captions differ"]),
     ("space.fq", b"@q1\nACGT\n+\nIIII\n@q2\nAC GT\n+\nIIIII\n", ["record 2", "Whitespace"]),
-    ("bad_seq.fq", b"@q1\nACGT\n+\nIIII\n@q2\nACXT\n+\nIIII\n", ["record 2 (id 'q2')", "'X'", "position 3"]),
+    ("bad_seq.fq", b"@q1\nACGT\n+\nIIII\n@q2\nAC#T\n+\nIIII\n", ["record 2 (id 'q2')", "'#'", "position 3"]),
 ]
 
 
@@ -233,7 +233,7 @@ def test_records_before_the_bad_one_are_yielded(tmp_path: Path) -> None:
 
 def test_first_error_in_file_order_wins(tmp_path: Path) -> None:
     # record 2 has a bad character, record 3 a duplicate id: record 2 must be reported
-    message = _error(_write(tmp_path, "two.fa", ">a\nACGT\n>b\nAXGT\n>a\nAC\n"))
+    message = _error(_write(tmp_path, "two.fa", ">a\nACGT\n>b\nA1GT\n>a\nAC\n"))
     assert "record 2 (id 'b')" in message
 
 
@@ -297,3 +297,29 @@ def test_a_record_or_header_past_its_bound_is_one_line(tmp_path, monkeypatch):
         list(read_records(path))
     path.write_text(">" + "h" * 50 + "\n" + "ACGT" * 250 + "\n")
     assert [len(r.sequence) for r in read_records(path)] == [1000]
+
+
+def test_dna_records_keep_any_letter_and_gaps_as_upstream_reads_them(tmp_path: Path, caplog) -> None:
+    """Upstream reads whatever Biopython parses: an X-masked or gapped read is scored, its odd letters
+    dropped with their codons. They used to be refused (exit 2). Accepted now, with one warning naming
+    the first; digits and other marks are still no sequence."""
+    path = _write(tmp_path, "odd.fa", ">x1\nGGCXXXAAC\n>g\nAC-GT.ac*\n>ok\nACGT\n>e\nACGTEFACGT\n")
+    with caplog.at_level("WARNING"):
+        records = list(judge_dna_letters(read_records(path), "odd.fa"))
+    assert [r.sequence for r in records] == ["GGCXXXAAC", "AC-GT.ac*", "ACGT", "ACGTEFACGT"]
+    assert "odd.fa: 3 record(s) hold letters outside the IUPAC nucleotide codes" in caplog.text
+    assert "(the first: record 1 (id 'x1'), 'X')" in caplog.text
+    masked = _write(tmp_path, "masked.fa", ">m\n" + "X" * 40 + "\n")  # all masked: no protein either
+    assert len(list(judge_dna_letters(read_records(masked), "masked.fa"))) == 1
+    assert "'1'" in _error(_write(tmp_path, "d.fa", ">r\nAC1GT\n"))
+
+
+def test_an_input_that_is_protein_is_refused_whole_but_one_odd_record_is_not(tmp_path: Path) -> None:
+    """A protein FASTA given as reads would be scored as nonsense: refused when most records are
+    protein (fewer than half their letters A/C/G/T/U/N); one protein-like record among reads passes."""
+    proteins = ">p1\nMKTAYIAKQRQISFVKSHFSRQ\n>p2\nMKVLAAGIWRRKKLLEEF\n"
+    path = _write(tmp_path, "p.fa", ">r1\nACGTACGTAC\n" + proteins)
+    with pytest.raises(InputFormatError, match=r"2 of 3 records are protein, not DNA \(the first: record 2"):
+        list(judge_dna_letters(read_records(path), "p.fa"))
+    mixed = _write(tmp_path, "m.fa", ">r1\nACGTACGTAC\n>r2\nGGGCCCAAAT\n>p1\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    assert len(list(judge_dna_letters(read_records(mixed), "m.fa"))) == 3

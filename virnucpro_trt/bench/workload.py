@@ -18,7 +18,7 @@ import numpy as np
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.sequences.prepare import prepare_blocks
-from virnucpro_trt.sequences.reader import SeqRecord, read_records
+from virnucpro_trt.sequences.reader import SeqRecord, judge_dna_letters, read_records
 from virnucpro_trt.sequences.synthetic import LENGTH_MIXES, generate_reads, mix_lengths
 
 DEFAULT_READS = 1000
@@ -129,7 +129,7 @@ def generated_workload(
 
 def fasta_workload(path: Path, chunk_length: int = 500) -> Workload:
     """The reads of a FASTA/FASTQ file, validated (a bad record is a one-line usage error)."""
-    records = list(read_records(path, "dna"))
+    records = list(judge_dna_letters(read_records(path, "dna"), str(path)))
     if not records:
         raise UserError(f"{path} holds no reads")
     return _checked(Workload(records, _count_frames(records, chunk_length), chunk_length, str(path), {}))

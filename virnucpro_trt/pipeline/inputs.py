@@ -23,7 +23,7 @@ from virnucpro_trt.files.run_lock import private_stdin_copy_name
 from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file, is_stream
 from virnucpro_trt.runtime.shards import ShardSplitter
 from virnucpro_trt.sequences.prepare import prepare_blocks
-from virnucpro_trt.sequences.reader import read_records, refuse_nucleotide_like
+from virnucpro_trt.sequences.reader import judge_dna_letters, read_records, refuse_nucleotide_like
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +125,10 @@ def validate_input(
     records = empty = bases = chunks = frames = too_short = 0
     if splitter is not None and chunk_length is None:
         raise ValueError("sharding needs chunk_length (frames are counted per shard)")
+    stream = read_records(path, alphabet, display_name)
+    if alphabet == "dna":
+        stream = judge_dna_letters(stream, display_name)
     if chunk_length is None:
-        stream = read_records(path, alphabet, display_name)
         if refuse_nucleotides:
             stream = refuse_nucleotide_like(stream, display_name)
         for record in stream:
@@ -135,7 +137,6 @@ def validate_input(
             bases += n
             empty += n == 0
     else:
-        stream = read_records(path, alphabet, display_name)
         source = splitter.wrap(stream) if splitter else stream
         blocks = prepare_blocks(source, chunk_length, min_length=min_length)
         for block in blocks:

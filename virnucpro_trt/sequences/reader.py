@@ -8,8 +8,10 @@ Validation runs once per block at C speed; the per-record checks only run for a 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import string
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -25,20 +27,32 @@ from virnucpro_trt.sequences.sources import (
     sniff_format,
 )
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "DNA_ALPHABET",
+    "IUPAC_NUCLEOTIDES",
     "PROTEIN_ALPHABET",
     "SeqRecord",
+    "judge_dna_letters",
     "read_records",
     "refuse_nucleotide_like",
 ]
 
-#: IUPAC nucleotide codes (U included), either case. Kept as read: translation decides what they mean.
-DNA_ALPHABET = "ACGTURYSWKMBDHVN" + "ACGTURYSWKMBDHVN".lower()
+#: IUPAC nucleotide codes (U included), either case: what DNA records are made of.
+IUPAC_NUCLEOTIDES = "ACGTURYSWKMBDHVN" + "ACGTURYSWKMBDHVN".lower()
+#: What a DNA record may hold, kept as read: any letter, the gaps ``-`` and ``.``, and ``*``. Upstream
+#: reads whatever Biopython parses; translation drops a codon with anything but A/C/G/T in it and the
+#: DNA tokenizer reads such a letter as unknown, so an X-masked or gapped read is scored as upstream
+#: scores it (:func:`judge_dna_letters` warns, and refuses an input that is protein). Digits and other
+#: marks are no sequence text: refused.
+DNA_ALPHABET = string.ascii_letters + "-.*"
 #: Amino-acid letters in either case, plus ``*`` (stop).
 PROTEIN_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz*"
 _ALPHABETS = {"dna": DNA_ALPHABET, "protein": PROTEIN_ALPHABET}
 _NUCLEOTIDE_LETTERS = str.maketrans("", "", "ACGTUNacgtun")
+_IUPAC_DELETED = str.maketrans("", "", IUPAC_NUCLEOTIDES)
+_MASKS_DELETED = str.maketrans("", "", "Xx-.")  # hard-masked bases and gaps: neither DNA nor protein
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +84,8 @@ def _bad_sequence_message(seq: str, allowed: str, alphabet: str) -> str:
     position, char = _bad_character(seq, allowed)  # type: ignore[misc]
     if _SURROGATE.fullmatch(char):
         return f"undecodable byte 0x{ord(char) - 0xDC00:02x} at position {position} (input is not UTF-8 text)"
-    hint = " (is this a protein FASTA?)" if alphabet == "dna" and char.isalpha() else ""
     return (
-        f"invalid {alphabet.upper()} character {char!r} at position {position}{hint}; "
+        f"invalid {alphabet.upper()} character {char!r} at position {position}; "
         f"allowed: {_describe(alphabet)}"
     )
 
@@ -239,6 +252,52 @@ def refuse_nucleotide_like(records: Iterable[SeqRecord], name: str) -> Iterator[
         )
 
 
+def judge_dna_letters(records: Iterable[SeqRecord], name: str) -> Iterator[SeqRecord]:
+    """Yield DNA records; once the last has passed, refuse an input that is protein, else warn once
+    about letters outside the IUPAC nucleotide codes.
+
+    Such letters (an X-masked read, alignment gaps, a stray letter) are read as upstream reads them:
+    a codon holding one yields no amino acid, and DNABERT-S reads it as an unknown token. A protein
+    FASTA given as reads would be scored the same way, as nonsense, without a word: refused
+    (:class:`InputFormatError`, one line) when most non-empty records are proteins, i.e. fewer than
+    half of their letters (masks and gaps aside) are A/C/G/T/U/N: about a quarter of a real protein's
+    residues are, nearly all of a read's. Judged on the whole input, as :func:`refuse_nucleotide_like`
+    judges protein input: one odd record must not fail a run.
+    """
+    outside = proteins = non_empty = 0
+    first_outside: tuple[SeqRecord, str] | None = None
+    first_protein: SeqRecord | None = None
+    for record in records:
+        seq = record.sequence
+        if seq:
+            non_empty += 1
+            rest = seq.translate(_IUPAC_DELETED)
+            if rest:
+                outside += 1
+                first_outside = first_outside or (record, rest[0])
+                letters = seq.translate(_MASKS_DELETED)
+                if 2 * len(letters.translate(_NUCLEOTIDE_LETTERS)) > len(letters):
+                    proteins += 1
+                    first_protein = first_protein or record
+        yield record
+    if first_protein is not None and 2 * proteins > non_empty:
+        raise InputFormatError(
+            f"{name}: {proteins} of {non_empty} records are protein, not DNA (the first: "
+            f"{record_label(first_protein.index + 1, first_protein.id)}); give the reads, or embed "
+            "proteins with embed --model esm2"
+        )
+    if first_outside is not None:
+        record, letter = first_outside
+        log.warning(
+            "%s: %d record(s) hold letters outside the IUPAC nucleotide codes (the first: %s, %r); a codon "
+            "holding one yields no amino acid, and DNABERT-S reads them as unknown tokens, as upstream does",
+            name,
+            outside,
+            record_label(record.index + 1, record.id),
+            letter,
+        )
+
+
 _NUCLEOTIDE_HINT = (
     "; esm2 embeds proteins: use --model dnabert-s for DNA, or translate the reads first "
     "(virnucpro-trt prepare); --allow-nucleotide-letters embeds such records as protein anyway"
@@ -247,5 +306,5 @@ _NUCLEOTIDE_HINT = (
 
 def _describe(alphabet: str) -> str:
     if alphabet == "dna":
-        return "IUPAC nucleotide codes ACGTURYSWKMBDHVN in either case"
+        return "letters in either case (IUPAC nucleotide codes; others yield no amino acid), '-', '.' and '*'"
     return "letters A-Z in either case and '*'"
