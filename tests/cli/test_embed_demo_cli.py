@@ -76,6 +76,23 @@ def test_embed_esm_matches_transformers_for_both_formats(tiny_set, reads_fasta, 
             np.testing.assert_allclose(h5["embeddings"][:], expected, atol=1e-5, rtol=0)
 
 
+def test_embed_esm_takes_gaps_as_the_vocabulary_tokens_they_are(tiny_set, tmp_path):
+    """``-`` and ``.`` are tokens of ESM-2's vocabulary (an aligned protein holds them); they were
+    refused as input errors. They embed now as transformers embeds them."""
+    proteins = {"gapped": "MK-LV.AG--W", "dots": "MKT.AYIA", "plain": "MKTAYIA"}
+    fasta = tmp_path / "gaps.faa"
+    fasta.write_text("".join(f">{pid}\n{seq}\n" for pid, seq in proteins.items()))
+    out = tmp_path / "gaps.h5"
+    args = ["embed", str(fasta), "--model", "esm2", "--weights", str(tiny_set.esm_hf), "-o", str(out)]
+    result = run_cli(*args, "--device", "cpu")
+    assert result.code == 0, result.stderr
+    reference = _esm_reference(tiny_set.esm_hf)
+    with h5py.File(out) as h5:
+        assert [i.decode() for i in h5["ids"][:]] == list(proteins)
+        expected = np.stack([reference(seq) for seq in proteins.values()])
+        np.testing.assert_allclose(h5["embeddings"][:], expected, atol=1e-5, rtol=0)
+
+
 def test_embed_refuses_dna_alphabet_errors(tiny_set, tmp_path):
     fasta = tmp_path / "prot.faa"
     fasta.write_text(">p\nMKVLEQ\n")  # a protein: fewer than half its letters are A/C/G/T/U/N

@@ -170,9 +170,9 @@ def test_empty_inputs(tmp_path: Path) -> None:
 
 
 def test_protein_alphabet(tmp_path: Path) -> None:
-    path = _write(tmp_path, "p.faa", ">p1\nMKVLAAGE*\n>p2\nwxyz\n")
-    assert [r.sequence for r in read_records(path, "protein")] == ["MKVLAAGE*", "wxyz"]
-    with pytest.raises(InputFormatError, match=r"2 of 2 records are protein, not DNA .*record 1 \(id 'p1'\)"):
+    path = _write(tmp_path, "p.faa", ">p1\nMKVLAAGE*\n>p2\nwxyz\n>p3\nMK-L.A\n")  # gaps: ESM-2 tokens
+    assert [r.sequence for r in read_records(path, "protein")] == ["MKVLAAGE*", "wxyz", "MK-L.A"]
+    with pytest.raises(InputFormatError, match=r"3 of 3 records are protein, not DNA .*record 1 \(id 'p1'\)"):
         list(judge_dna_letters(read_records(path), str(path)))  # a protein FASTA is not DNA
     message = _error(_write(tmp_path, "d.faa", ">p1\nMKV1\n"), "protein")
     assert "record 1 (id 'p1')" in message and "'1'" in message and "position 4" in message

@@ -213,8 +213,9 @@ def embed(
 ) -> None:
     """Pooled embeddings of every record of INPUT, in input order, as HDF5.
 
-    INPUT is DNA for dnabert-s (IUPAC codes) and protein for esm2 (letters and '*'; an input that
-    looks like DNA/RNA is refused unless --allow-nucleotide-letters).
+    INPUT is DNA for dnabert-s (letters, '-', '.' and '*'; an input that is protein is refused) and
+    protein for esm2 (letters, '*', '-' and '.'; an input that looks like DNA/RNA is refused unless
+    --allow-nucleotide-letters).
     """
     _offline()
     from virnucpro_trt.pipeline.embed import run_embed

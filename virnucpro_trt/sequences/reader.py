@@ -47,8 +47,9 @@ IUPAC_NUCLEOTIDES = "ACGTURYSWKMBDHVN" + "ACGTURYSWKMBDHVN".lower()
 #: scores it (:func:`judge_dna_letters` warns, and refuses an input that is protein). Digits and other
 #: marks are no sequence text: refused.
 DNA_ALPHABET = string.ascii_letters + "-.*"
-#: Amino-acid letters in either case, plus ``*`` (stop).
-PROTEIN_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz*"
+#: Amino-acid letters in either case, ``*`` (stop), and the gaps ``-`` and ``.``, which ESM-2's vocabulary
+#: holds as tokens of their own.
+PROTEIN_ALPHABET = string.ascii_letters + "*-."
 _ALPHABETS = {"dna": DNA_ALPHABET, "protein": PROTEIN_ALPHABET}
 _NUCLEOTIDE_LETTERS = str.maketrans("", "", "ACGTUNacgtun")
 _IUPAC_DELETED = str.maketrans("", "", IUPAC_NUCLEOTIDES)
@@ -307,4 +308,4 @@ _NUCLEOTIDE_HINT = (
 def _describe(alphabet: str) -> str:
     if alphabet == "dna":
         return "letters in either case (IUPAC nucleotide codes; others yield no amino acid), '-', '.' and '*'"
-    return "letters A-Z in either case and '*'"
+    return "letters A-Z in either case, '*', '-' and '.'"
