@@ -122,6 +122,11 @@ def test_embed_esm2_refuses_dna_unless_told_and_dnabert_refuses_protein(tiny_set
     assert "looks like DNA/RNA, not protein" in lines[0] and "--model dnabert-s" in lines[0]
     assert "Traceback" not in result.stderr
 
+    aligned = tmp_path / "aligned.fa"  # gapped DNA (an alignment) is DNA: gaps are ESM-2 tokens now
+    aligned.write_text(">a1\nACGT--ACGTTG.CA\n>a2\nAC-GTACGTT\n")
+    result, out = embed(aligned, "esm2", tiny_set.esm_hf)
+    assert result.code == 2 and "2 of 2 records are made only of A/C/G/T/U/N" in result.stderr, result.stderr
+
     poly_ga = tmp_path / "poly_ga.faa"  # a real dipeptide-repeat protein made only of G and A
     poly_ga.write_text(">polyGA\n" + "GA" * 25 + "\n")
     result, out = embed(poly_ga, "esm2", tiny_set.esm_hf)

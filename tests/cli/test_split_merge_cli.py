@@ -670,3 +670,22 @@ def test_a_merge_stopped_after_its_run_json_leaves_no_lock_after_its_rerun(
     result = run_cli("merge", *map(str, a), "-o", str(out))
     assert result.code == 0 and "already holds the results of this merge" in result.stderr, result.stderr
     assert not (out / ".work.lock").exists()
+
+
+def test_parts_of_an_input_with_a_few_protein_like_records_run_as_the_whole_does(tiny_set, tmp_path):
+    """Whether an input is protein is judged on the whole input: a few protein-like records among reads
+    pass. ``split`` judges the whole; a part holding mostly those records was refused by its own
+    ``predict`` ("2 of 3 records are protein"), so the split input could not be run at all. A part
+    now warns only, and the merge is the single run's bytes."""
+    protein, dna = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ" * 4, "ACGTACGTTAGCATCGATCGATCGATCGTACG" * 4
+    reads = tmp_path / "in.fa"
+    reads.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in [
+        ("p1", protein), ("p2", protein), ("d1", dna), ("d2", dna), ("d3", dna)]))  # fmt: skip
+    single, merged, _, manifest = _split_predict_merge(
+        tiny_set, reads, tmp_path, ["--records-per-part", "3"], ["--shard-records", "1"], []
+    )
+    assert len(manifest["parts"]) == 2
+    _assert_same_files(single, merged, embeddings=False)
+    alone = run_cli("predict", str(tmp_path / "parts" / manifest["parts"][0]["file"]), "-o",
+                    str(tmp_path / "again"), *_models(tiny_set))  # fmt: skip
+    assert alone.code == 0 and "2 of them look like protein" in alone.stderr, alone.stderr

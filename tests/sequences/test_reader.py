@@ -307,7 +307,7 @@ def test_dna_records_keep_any_letter_and_gaps_as_upstream_reads_them(tmp_path: P
     with caplog.at_level("WARNING"):
         records = list(judge_dna_letters(read_records(path), "odd.fa"))
     assert [r.sequence for r in records] == ["GGCXXXAAC", "AC-GT.ac*", "ACGT", "ACGTEFACGT"]
-    assert "odd.fa: 3 record(s) hold letters outside the IUPAC nucleotide codes" in caplog.text
+    assert "odd.fa: 3 record(s) hold characters outside the IUPAC nucleotide codes" in caplog.text
     assert "(the first: record 1 (id 'x1'), 'X')" in caplog.text
     masked = _write(tmp_path, "masked.fa", ">m\n" + "X" * 40 + "\n")  # all masked: no protein either
     assert len(list(judge_dna_letters(read_records(masked), "masked.fa"))) == 1
@@ -323,3 +323,23 @@ def test_an_input_that_is_protein_is_refused_whole_but_one_odd_record_is_not(tmp
         list(judge_dna_letters(read_records(path), "p.fa"))
     mixed = _write(tmp_path, "m.fa", ">r1\nACGTACGTAC\n>r2\nGGGCCCAAAT\n>p1\nMKTAYIAKQRQISFVKSHFSRQ\n")
     assert len(list(judge_dna_letters(read_records(mixed), "m.fa"))) == 3
+
+
+def test_odd_letters_are_found_in_every_batch_of_records(tmp_path: Path, caplog) -> None:
+    """Records are judged a batch at a time; one odd record past the first batches, and a protein
+    majority spread over several, are still found."""
+    reads = "".join(f">r{i}\nACGTACGTAC\n" for i in range(2100))
+    path = _write(tmp_path, "many.fa", reads + ">late\nACGTXACGT\n>empty\n")
+    with caplog.at_level("WARNING"):
+        assert len(list(judge_dna_letters(read_records(path), "many.fa"))) == 2102
+    assert "1 record(s)" in caplog.text and "record 2101 (id 'late'), 'X'" in caplog.text
+    proteins = "".join(f">p{i}\nMKTAYIAKQRQISFVKSHFSRQ\n" for i in range(2101))
+    with pytest.raises(InputFormatError, match="2101 of 4201 records are protein"):
+        list(judge_dna_letters(read_records(_write(tmp_path, "p.fa", reads + proteins)), "p.fa"))
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a part of a split input: warned, not refused (split judged it)
+        parts = judge_dna_letters(
+            read_records(_write(tmp_path, "q.fa", proteins)), "q.fa", refuse_protein=False
+        )
+        assert len(list(parts)) == 2101
+    assert "2101 of them look like protein" in caplog.text

@@ -111,6 +111,7 @@ def validate_input(
     sha256: str | None = None,
     min_length: int = 0,
     refuse_nucleotides: bool = False,
+    refuse_protein: bool = True,
 ) -> InputSummary:
     """Read every record once (raising :class:`InputFormatError` on the first bad one) and count.
 
@@ -120,14 +121,16 @@ def validate_input(
     ``sha256``, when the caller already hashed the file, saves hashing it again. ``min_length`` leaves
     shorter reads unchunked (``predict --min-length``), so the frame counts are the run's.
     ``refuse_nucleotides`` (protein input for ESM-2) refuses DNA/RNA given as protein
-    (:func:`~virnucpro_trt.sequences.reader.refuse_nucleotide_like`).
+    (:func:`~virnucpro_trt.sequences.reader.refuse_nucleotide_like`); DNA input that is protein is
+    refused unless not ``refuse_protein`` (a part of a split input: ``split`` judged the whole input)
+    (:func:`~virnucpro_trt.sequences.reader.judge_dna_letters`).
     """
     records = empty = bases = chunks = frames = too_short = 0
     if splitter is not None and chunk_length is None:
         raise ValueError("sharding needs chunk_length (frames are counted per shard)")
     stream = read_records(path, alphabet, display_name)
     if alphabet == "dna":
-        stream = judge_dna_letters(stream, display_name)
+        stream = judge_dna_letters(stream, display_name, refuse_protein)
     if chunk_length is None:
         if refuse_nucleotides:
             stream = refuse_nucleotide_like(stream, display_name)

@@ -470,7 +470,7 @@ def _validate_and_shard(
         splitter = ShardSplitter(folder, settings.shard_records, layout)
         summary = validate_input(
             path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256,
-            min_length=settings.min_length,
+            min_length=settings.min_length, refuse_protein=settings.part is None,  # split judged the whole
         )  # fmt: skip
         shards = splitter.finish()
         per_shard = settings.shard_records or default_shard_records(summary.records)

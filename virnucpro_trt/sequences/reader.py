@@ -54,6 +54,9 @@ _ALPHABETS = {"dna": DNA_ALPHABET, "protein": PROTEIN_ALPHABET}
 _NUCLEOTIDE_LETTERS = str.maketrans("", "", "ACGTUNacgtun")
 _IUPAC_DELETED = str.maketrans("", "", IUPAC_NUCLEOTIDES)
 _MASKS_DELETED = str.maketrans("", "", "Xx-.")  # hard-masked bases and gaps: neither DNA nor protein
+_GAPS_DELETED = str.maketrans("", "", "-.")
+_IUPAC_BYTES = IUPAC_NUCLEOTIDES.encode("ascii")
+_JUDGED_TOGETHER = 1024  # records checked in one C-speed pass (the common case: nothing to say)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,13 +235,14 @@ def refuse_nucleotide_like(records: Iterable[SeqRecord], name: str) -> Iterator[
     through to ESM-2, which then embeds nonsense without a word. Refused: an input where most non-empty
     records are made only of A, C, G, T, U and N (either case). Judged on the whole input, not per
     record: real proteins made only of those letters exist (poly-G and poly-Q-like frames that
-    ``prepare`` keeps from NovaSeq poly-G reads), and one of them must not fail a protein file. Callers
-    offer a way around it (``embed --allow-nucleotide-letters``).
+    ``prepare`` keeps from NovaSeq poly-G reads), and one of them must not fail a protein file. Gaps
+    (``-``, ``.``) are set aside: an aligned DNA record is still DNA. Callers offer a way around it
+    (``embed --allow-nucleotide-letters``).
     """
     nucleotide_only = non_empty = 0
     first: SeqRecord | None = None
     for record in records:
-        seq = record.sequence
+        seq = record.sequence.translate(_GAPS_DELETED)
         if seq:
             non_empty += 1
             if not seq.translate(_NUCLEOTIDE_LETTERS):
@@ -253,50 +257,71 @@ def refuse_nucleotide_like(records: Iterable[SeqRecord], name: str) -> Iterator[
         )
 
 
-def judge_dna_letters(records: Iterable[SeqRecord], name: str) -> Iterator[SeqRecord]:
+def judge_dna_letters(
+    records: Iterable[SeqRecord], name: str, refuse_protein: bool = True
+) -> Iterator[SeqRecord]:
     """Yield DNA records; once the last has passed, refuse an input that is protein, else warn once
-    about letters outside the IUPAC nucleotide codes.
+    about characters outside the IUPAC nucleotide codes.
 
-    Such letters (an X-masked read, alignment gaps, a stray letter) are read as upstream reads them:
+    Such characters (an X-masked read, alignment gaps, a stray letter) are read as upstream reads them:
     a codon holding one yields no amino acid, and DNABERT-S reads it as an unknown token. A protein
     FASTA given as reads would be scored the same way, as nonsense, without a word: refused
     (:class:`InputFormatError`, one line) when most non-empty records are proteins, i.e. fewer than
     half of their letters (masks and gaps aside) are A/C/G/T/U/N: about a quarter of a real protein's
     residues are, nearly all of a read's. Judged on the whole input, as :func:`refuse_nucleotide_like`
-    judges protein input: one odd record must not fail a run.
+    judges protein input: one odd record must not fail a run. ``refuse_protein=False`` only warns (a
+    part of a split input, which ``split`` judged whole). Records are checked a batch at a time at C
+    speed; only a batch holding such characters is looked at record by record.
     """
     outside = proteins = non_empty = 0
     first_outside: tuple[SeqRecord, str] | None = None
     first_protein: SeqRecord | None = None
-    for record in records:
-        seq = record.sequence
-        if seq:
-            non_empty += 1
-            rest = seq.translate(_IUPAC_DELETED)
-            if rest:
-                outside += 1
-                first_outside = first_outside or (record, rest[0])
-                letters = seq.translate(_MASKS_DELETED)
-                if 2 * len(letters.translate(_NUCLEOTIDE_LETTERS)) > len(letters):
-                    proteins += 1
-                    first_protein = first_protein or record
-        yield record
-    if first_protein is not None and 2 * proteins > non_empty:
+    batch: list[SeqRecord] = []
+    for record in _then_none(records):
+        if record is not None:
+            batch.append(record)
+            if len(batch) < _JUDGED_TOGETHER:
+                continue
+        seqs = [r.sequence for r in batch]
+        non_empty += len(seqs) - seqs.count("")
+        if "".join(seqs).encode("ascii", "replace").translate(None, _IUPAC_BYTES):  # which records
+            for each in batch:
+                seq = each.sequence
+                rest = seq.translate(_IUPAC_DELETED)
+                if rest:
+                    outside += 1
+                    first_outside = first_outside or (each, rest[0])
+                    letters = seq.translate(_MASKS_DELETED)
+                    if 2 * len(letters.translate(_NUCLEOTIDE_LETTERS)) > len(letters):
+                        proteins += 1
+                        first_protein = first_protein or each
+        yield from batch
+        batch = []
+    if first_protein is not None and 2 * proteins > non_empty and refuse_protein:
         raise InputFormatError(
             f"{name}: {proteins} of {non_empty} records are protein, not DNA (the first: "
             f"{record_label(first_protein.index + 1, first_protein.id)}); give the reads, or embed "
             "proteins with embed --model esm2"
         )
     if first_outside is not None:
-        record, letter = first_outside
+        record, char = first_outside
+        protein_like = f"; {proteins} of them look like protein" if proteins else ""
         log.warning(
-            "%s: %d record(s) hold letters outside the IUPAC nucleotide codes (the first: %s, %r); a codon "
-            "holding one yields no amino acid, and DNABERT-S reads them as unknown tokens, as upstream does",
+            "%s: %d record(s) hold characters outside the IUPAC nucleotide codes (the first: %s, %r)%s; a "
+            "codon holding one yields no amino acid, and DNABERT-S reads them as unknown tokens, as "
+            "upstream does",
             name,
             outside,
             record_label(record.index + 1, record.id),
-            letter,
+            char,
+            protein_like,
         )
+
+
+def _then_none(records: Iterable[SeqRecord]) -> Iterator[SeqRecord | None]:
+    """``records``, then one None (the signal to judge the last, partial batch)."""
+    yield from records
+    yield None
 
 
 _NUCLEOTIDE_HINT = (
