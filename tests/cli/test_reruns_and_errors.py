@@ -176,10 +176,15 @@ def test_an_interrupt_anywhere_after_run_json_is_no_failure(
     assert ("removes what is left of" in result.stderr) == (where != "after --keep-work")
     run = json.loads((out / "run.json").read_text())
     assert set(run["outputs"]) == set(RESULTS)
+    if where == "stdin copy removal":  # the lock stayed, noting the copy the interrupt left
+        assert (out / ".stdin.input").exists() and (out / ".work.lock").exists()
     monkeypatch.undo()
-    result = predict_tiny(tiny_set, reads_fasta, out, *extra)  # the same bytes: the same run
+    with pytest.MonkeyPatch.context() as m:  # the same command (stdin again, where it was stdin)
+        if stdin is not None:
+            m.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin.encode())))
+        result = predict_tiny(tiny_set, source, out, *extra)
     assert result.code == 0 and "nothing recomputed" in result.stderr, result.stderr
-    assert not (out / ".work.lock").exists()
+    assert not (out / ".work.lock").exists() and not (out / ".stdin.input").exists()
 
 
 def test_force_on_an_unchanged_finished_run_computes_it_again(tiny_set, reads_fasta, finished, tmp_path):

@@ -99,3 +99,46 @@ def test_a_second_run_waits_for_the_first_and_finds_its_folder(tmp_path: Path) -
     second.join(30)
     assert results == [False] and written == ["first"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
+def test_a_clean_up_cut_short_keeps_the_lock_that_notes_the_staging_folder(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A second Ctrl-C while the staging folder of an interrupted run was removed: the lock file (its
+    only note) went anyway, and the next run could only name the leftover. The lock now stays while
+    what it notes is still there, and the next run removes it."""
+    import virnucpro_trt.files.whole_folder as whole_folder
+
+    root = tmp_path / "models"
+    real_rmtree = whole_folder.shutil.rmtree
+
+    def interrupted(staging: Path) -> None:
+        (staging / "weights.bin").write_bytes(b"w" * 4096)
+        raise KeyboardInterrupt
+
+    def rmtree_cut_short(path, ignore_errors=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(whole_folder.shutil, "rmtree", rmtree_cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        write_folder_whole(root, interrupted, _finished, "foreign", "place")
+    monkeypatch.setattr(whole_folder.shutil, "rmtree", real_rmtree)
+    assert ".models.run.lock" in [p.name for p in tmp_path.iterdir()]
+    assert write_folder_whole(root, _write, _finished, "foreign", "place")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]
+
+
+def test_a_finished_folder_is_used_without_a_lock(tmp_path: Path, monkeypatch) -> None:
+    """A finished set in a folder this user cannot write (a shared, read-only --workdir) is used as it
+    is: no lock file is made for it (making one there failed)."""
+    import virnucpro_trt.files.whole_folder as whole_folder
+
+    root = tmp_path / "models"
+    assert write_folder_whole(root, _write, _finished, "foreign", "place")
+
+    def no_lock(*args, **kwargs):
+        raise PermissionError("read-only folder")
+
+    monkeypatch.setattr(whole_folder, "folder_lock", no_lock)
+    assert not write_folder_whole(root, _write, _finished, "foreign", "place")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]

@@ -257,6 +257,16 @@ class RunLock:
         """True while the lock file at its name is the very file this lock holds (not replaced since)."""
         return _held_at(self.path, self._fd)
 
+    def notes_what_is_left(self) -> bool:
+        """True while a file or folder this run noted is still there: its clean-up was cut short (an
+        interrupt while it removed its copy of stdin or its staging folder), so the lock file must stay
+        for the next run to remove them. A run that ends normally has renamed or removed them all."""
+        for entry in self._noted:
+            name = entry.get("file", entry.get("folder"))
+            if isinstance(name, str) and os.path.lexists(self.folder / name):
+                return True
+        return False
+
 
 def _held_at(path: Path, fd: int) -> bool:
     """True when the file at ``path`` (not followed through a link) is the open file ``fd``."""
@@ -455,8 +465,9 @@ def _held_lock(
             yield lock
         finally:
             # Before unlocking, so a waiting run finds no stale file; kept while it notes results that no
-            # run.json accounts for yet (a failed merge's rerun needs them).
-            if lock.still_ours() and not lock.results:
+            # run.json accounts for yet (a failed merge's rerun needs them), or files and folders that
+            # are still there (a clean-up cut short: the next run removes them).
+            if lock.still_ours() and not lock.results and not lock.notes_what_is_left():
                 try:
                     path.unlink(missing_ok=True)
                 except OSError as exc:  # e.g. another user's file in a sticky folder: the run's work stands

@@ -31,9 +31,11 @@ def write_folder_whole(
     holds; True when this call made it. ``foreign``: the one-line refusal (exit 2) of anything else at
     ``root`` (not missing, not an empty folder); ``elsewhere``: what to choose instead when a file at
     the lock's name is not the tool's."""
+    if finished(root):  # no lock needed to read a finished folder (which may be in a read-only place)
+        return False
     root.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(root, elsewhere) as lock:
-        if finished(root):
+        if finished(root):  # made by the run this one waited for
             return False
         if not nothing_there(root):
             raise UserError(foreign)
