@@ -200,6 +200,24 @@ def test_a_rebuild_killed_before_it_removed_the_earlier_engines_leaves_them_to_t
     assert set(third["build"]["stale_files"]) == fp32 and third["build"]["own_files"] == []  # gone now
 
 
+def test_a_name_recorded_as_stale_is_the_tools_only_while_its_file_is_the_recorded_one(tmp_path):
+    """The manifest keeps the earlier build's stale names after they were removed: a file a user puts
+    at such a name later is theirs (refused as any foreign file, even by predict --rebuild), while the
+    very file the killed build left (its recorded SHA-256) is the tool's, to be removed."""
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    left = b"the earlier build's engine"
+    stale = {"esm2.cpu.fp32.onnx": hashlib.sha256(left).hexdigest()}
+    manifest = {"schema": "virnucpro-trt/engine-manifest", "models": {}, "build": {"stale_files": stale}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "esm2.cpu.fp32.onnx").write_bytes(b"a user's engine, restored from a backup")
+    for replace_changed in (False, True):
+        with pytest.raises(UserError, match="files virnucpro-trt build did not make"):
+            check_engine_folder(folder, replace_changed=replace_changed)
+    (folder / "esm2.cpu.fp32.onnx").write_bytes(left)
+    assert check_engine_folder(folder) == {"manifest.json", "esm2.cpu.fp32.onnx"}
+
+
 def test_a_manifest_edited_to_name_a_users_file_never_gets_it_removed(tiny_set, tmp_path):
     """Anyone can read a file's stamp with ``stat``: a manifest.json edited to name a user's file with its
     stamp (and any hash) made the rebuild remove it as the earlier build's stale engine. Only a manifest

@@ -49,6 +49,7 @@ from virnucpro_trt.engines.manifest import (
     now_iso,
     own_file_names,
     recorded_digests,
+    recorded_stale,
     stale_files,
 )
 from virnucpro_trt.engines.parity import reference_embeddings, run_parity, synthetic_tokens
@@ -154,7 +155,7 @@ def check_engine_folder(out: Path, force: bool = False, replace_changed: bool = 
         raise UserError(f"engine directory {out} exists and is not a folder; build into a folder")
     if not out.exists():
         return set()
-    own, digests = own_file_names(out), recorded_digests(out)
+    own, digests = own_file_names(out) | _stale_still_built(out), recorded_digests(out)
     links, foreign, edited = [], [], []
     for entry in sorted(os.scandir(out), key=lambda e: e.name):
         if entry.is_symlink():
@@ -204,6 +205,21 @@ def _is_own(entry: os.DirEntry[str], own: set[str]) -> bool:
         return entry.name in own
     cached = entry.name.removesuffix(TRT_CACHE_SUFFIX)
     return entry.is_dir() and cached != entry.name and cached in own
+
+
+def _stale_still_built(out: Path) -> set[str]:
+    """The earlier build's stale files (:func:`recorded_stale`: a build killed before it removed them)
+    that still have their recorded SHA-256: the tool's, for this build to remove. Anything else at such
+    a name (a file put there since) is a user's, refused like any other."""
+    names = set()
+    for name, sha256 in recorded_stale(out).items():
+        path = out / name
+        try:
+            if not path.is_symlink() and path.is_file() and sha256_file(path) == sha256:
+                names.add(name)
+        except OSError:  # gone or unreadable: not ours to count
+            continue
+    return names
 
 
 def _some(names: list[str]) -> str:

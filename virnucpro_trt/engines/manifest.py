@@ -243,8 +243,7 @@ def own_file_names(folder: Path) -> set[str]:
             names += [entry.get("artifact"), entry.get("tokenizer")]
             names += _listed(entry.get("files")) + _listed(entry.get("file_sha256"))
     build = data.get("build")
-    if isinstance(build, dict):
-        names += _listed(build.get(OWN_FILES_KEY)) + _listed(build.get(STALE_FILES_KEY))
+    names += _listed(build.get(OWN_FILES_KEY)) if isinstance(build, dict) else []
     return {name for name in names if _plain_name(name)}
 
 
@@ -263,9 +262,16 @@ def recorded_digests(folder: Path) -> dict[str, tuple[Any, Any]]:
             valid_stamp = isinstance(stamp, list) and all(type(v) is int for v in stamp)
             if _plain_name(name):
                 digests[name] = (sha256, stamp if valid_stamp else None)
-    for name, sha256 in stale_files(data.get("build") if data is not None else None).items():
-        digests.setdefault(name, (sha256, None))  # an earlier build's file not yet removed: no stamp kept
     return digests
+
+
+def recorded_stale(folder: Path) -> dict[str, str]:
+    """``{name: SHA-256}`` of the earlier build's files that ``folder/manifest.json`` (read leniently)
+    records as stale (:data:`STALE_FILES_KEY`): removed right after that manifest was written, unless
+    the build was killed in between. A file at such a name is the tool's only while it has that
+    SHA-256 (``build.check_engine_folder``); once removed, the name is nobody's."""
+    data = _lenient_manifest(folder)
+    return stale_files(data.get("build") if data is not None else None)
 
 
 def stale_files(build: Any) -> dict[str, str]:
