@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
         }
         write_json(report, args.json)
-    print(json.dumps({"written": str(args.json)}) if args.json else "")
+    print(json.dumps({"written": str(args.json) if args.json and not small else None}))
     return 0
 
 

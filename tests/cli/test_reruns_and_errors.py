@@ -118,6 +118,9 @@ def test_an_interrupt_while_a_finished_run_removes_its_work_folder_is_no_failure
     assert result.code == 0 and "interrupted after the results were complete" in result.stderr, result.stderr
     assert "removes what is left of" in result.stderr
     assert (out / ".work").is_dir()
+    result = predict_tiny(tiny_set, reads_fasta, out)  # interrupted again, as the rerun removes .work
+    assert result.code == 0 and "interrupted after the results were complete" in result.stderr, result.stderr
+    assert "nothing recomputed" in result.stderr and (out / ".work").is_dir()
     monkeypatch.setattr(WorkDir, "wipe", real_wipe)
     result = predict_tiny(tiny_set, reads_fasta, out)
     assert result.code == 0 and "nothing recomputed" in result.stderr and not (out / ".work").exists()

@@ -25,8 +25,14 @@ class Completion:
         self.summary: dict[str, Any] | None = None
 
     def done(self, summary: dict[str, Any]) -> None:
-        """Call right after run.json is renamed into place."""
+        """Call right after run.json is renamed into place (or found to hold this very run's results)."""
         self.summary = summary
+
+    def result(self) -> dict[str, Any]:
+        """The summary, after :meth:`interrupt_is_no_failure` ended a block on an interrupt."""
+        if self.summary is None:
+            raise RuntimeError("the run ended without a summary")  # the block returned or raised before
+        return self.summary
 
     @contextlib.contextmanager
     def interrupt_is_no_failure(self, left: str = "") -> Iterator[None]:

@@ -157,8 +157,7 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
         completion.done(summary)  # from here an interrupt only cuts the clean-up short
         if lock is not None:
             lock.forget_results()
-    assert completion.summary is not None
-    return completion.summary
+    return completion.result()  # the block returns, unless interrupted once its results were complete
 
 
 RESULT_NAMES = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE, RUN_JSON)

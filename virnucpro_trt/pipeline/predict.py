@@ -212,8 +212,7 @@ def run_predict(
         finally:
             if path == outdir / STDIN_COPY:
                 remove_quietly(path)
-    assert ctx.completion.summary is not None  # the block returns unless interrupted once complete
-    return ctx.completion.summary
+    return ctx.completion.result()  # the block returns, unless interrupted once its results were complete
 
 
 def _preflight(ctx: _RunContext) -> CheckedEngines | None:
@@ -345,8 +344,10 @@ def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> dict[str, Any
     why = _difference(ctx, previous, sha256, work)
     another = "the results of another run"
     if reuse_finished(outdir, previous.get("outputs"), why, settings.run.force, "this run", another):
+        reused = {**previous, "reused": True}
+        ctx.completion.done(reused)  # the results are complete: an interrupt below cuts only the clean-up
         _remove_leftover_work(ctx, previous, sha256, work)
-        return {**previous, "reused": True}
+        return reused
     return None
 
 
