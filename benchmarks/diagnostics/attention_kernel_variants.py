@@ -40,23 +40,24 @@ _MASKED = tl.constexpr(-1.0e30)
 
 
 @triton.jit
+def _online_step(scores, real, v, top, total, acc):
+    """One key block of FlashAttention's online softmax, as the committed kernel computes it: ``scores``
+    (log2 units) of the real keys, padded ones masked; returns the new running max, sum and output."""
+    scores = tl.where(real[None, :], scores, _MASKED)
+    new_top = tl.maximum(top, tl.max(scores, axis=1))
+    rescale = tl.math.exp2(top - new_top)
+    weights = tl.math.exp2(scores - new_top[:, None])
+    total = total * rescale + tl.sum(weights, axis=1)
+    acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
+    return new_top, total, acc
+
+
+@triton.jit
 def _once_kernel(
-    qkv_ptr,
-    bias_ptr,
-    cos_ptr,
-    sin_ptr,
-    real_ptr,
-    out_ptr,
-    keys_ptr,
-    length,
-    heads,
-    scaling,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    qkv_ptr, bias_ptr, cos_ptr, sin_ptr, real_ptr, out_ptr, keys_ptr, length, heads, scaling,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
     ROT_BLOCK: tl.constexpr,
-):
+):  # fmt: skip
     pid = tl.program_id(0)
     row = pid // heads
     head = pid % heads
@@ -70,17 +71,9 @@ def _once_kernel(
         inside = keys < length
         k_rows = (first + keys)[:, None] * (3 * width) + head * HEAD_DIM
         k = ra._rotated(
-            qkv_ptr + k_rows + width,
-            head_bias + width,
-            keys,
-            inside,
-            cos_ptr,
-            sin_ptr,
-            scaling,
-            HEAD_DIM,
-            False,
-            HAS_BIAS,
-        )
+            qkv_ptr + k_rows + width, head_bias + width, keys, inside, cos_ptr, sin_ptr, scaling,
+            HEAD_DIM, False, HAS_BIAS,
+        )  # fmt: skip
         tl.store(scratch + keys[:, None] * HEAD_DIM + cols[None, :], k, mask=inside[:, None])
     tl.debug_barrier()
     for q_start in range(0, length, BLOCK_M):
@@ -102,13 +95,7 @@ def _once_kernel(
             v = tl.load(qkv_ptr + k_rows + 2 * width + cols[None, :], mask=k_inside[:, None], other=0.0)
             v = ra._with_bias(v, head_bias + 2 * width, cols, HAS_BIAS)
             scores = tl.dot(q, tl.trans(k)) * _LOG2E
-            scores = tl.where(real[None, :], scores, _MASKED)
-            new_top = tl.maximum(top, tl.max(scores, axis=1))
-            rescale = tl.math.exp2(top - new_top)
-            weights = tl.math.exp2(scores - new_top[:, None])
-            total = total * rescale + tl.sum(weights, axis=1)
-            acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
-            top = new_top
+            top, total, acc = _online_step(scores, real, v, top, total, acc)
         out = acc / total[:, None]
         out_rows = (first + queries)[:, None] * width + head * HEAD_DIM
         tl.store(out_ptr + out_rows + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=q_inside[:, None])
@@ -116,18 +103,9 @@ def _once_kernel(
 
 @triton.jit
 def _halves(
-    base,
-    bias_ptr,
-    rows,
-    inside,
-    cos_ptr,
-    sin_ptr,
-    scaling,
-    HEAD_DIM: tl.constexpr,
-    SCALE: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    ROTATE: tl.constexpr = True,
-):
+    base, bias_ptr, rows, inside, cos_ptr, sin_ptr, scaling,
+    HEAD_DIM: tl.constexpr, SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, ROTATE: tl.constexpr = True,
+):  # fmt: skip
     half: tl.constexpr = HEAD_DIM // 2
     cols = tl.arange(0, half)
     x1 = tl.load(base + cols[None, :], mask=inside[:, None], other=0.0)
@@ -149,21 +127,10 @@ def _halves(
 
 @triton.jit
 def _split_kernel(
-    qkv_ptr,
-    bias_ptr,
-    cos_ptr,
-    sin_ptr,
-    real_ptr,
-    out_ptr,
-    length,
-    heads,
-    scaling,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    qkv_ptr, bias_ptr, cos_ptr, sin_ptr, real_ptr, out_ptr, length, heads, scaling,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
     ROTATE_K: tl.constexpr,
-):
+):  # fmt: skip
     row = tl.program_id(1) // heads
     head = tl.program_id(1) % heads
     width = heads * HEAD_DIM
@@ -185,120 +152,56 @@ def _split_kernel(
         real = tl.load(real_ptr + first + keys, mask=k_inside, other=0) != 0
         k_rows = (first + keys)[:, None] * (3 * width) + head * HEAD_DIM
         k1, k2 = _halves(
-            qkv_ptr + k_rows + width,
-            head_bias + width,
-            keys,
-            k_inside,
-            cos_ptr,
-            sin_ptr,
-            scaling,
-            HEAD_DIM,
-            False,
-            HAS_BIAS,
-            ROTATE_K,
-        )
+            qkv_ptr + k_rows + width, head_bias + width, keys, k_inside, cos_ptr, sin_ptr, scaling,
+            HEAD_DIM, False, HAS_BIAS, ROTATE_K,
+        )  # fmt: skip
         v = tl.load(qkv_ptr + k_rows + 2 * width + cols[None, :], mask=k_inside[:, None], other=0.0)
         v = ra._with_bias(v, head_bias + 2 * width, cols, HAS_BIAS)
         scores = tl.dot(q1, tl.trans(k1), acc=tl.dot(q2, tl.trans(k2))) * _LOG2E
-        scores = tl.where(real[None, :], scores, _MASKED)
-        new_top = tl.maximum(top, tl.max(scores, axis=1))
-        rescale = tl.math.exp2(top - new_top)
-        weights = tl.math.exp2(scores - new_top[:, None])
-        total = total * rescale + tl.sum(weights, axis=1)
-        acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
-        top = new_top
+        top, total, acc = _online_step(scores, real, v, top, total, acc)
     out = acc / total[:, None]
     out_rows = (first + queries)[:, None] * width + head * HEAD_DIM
     tl.store(out_ptr + out_rows + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=q_inside[:, None])
 
 
-def split(
-    qkv,
-    cos,
-    sin,
-    real,
-    scaling,
-    bias,
-    block_m=64,
-    block_n=32,
-    warps=4,
-    stages=1,
-    has_bias=True,
-    rotate_k=True,
-):
+def _launch(kernel, grid, qkv, bias, cos, sin, real, scratch, scaling, warps, stages, **constexprs):
+    """Run one of the kernels on ``qkv`` [B, T, 3, H, d] -> [B, T, H * d] (``scratch``: the keys' buffer
+    of the ``once`` kernel, else None)."""
     batch, length, _, heads, head_dim = qkv.shape
     out = torch.empty((batch, length, heads * head_dim), device=qkv.device, dtype=qkv.dtype)
-    grid = (triton.cdiv(length, block_m), batch * heads)
-    _split_kernel[grid](
-        qkv,
-        bias,
-        cos.float().contiguous(),
-        sin.float().contiguous(),
-        real.to(torch.uint8).contiguous(),
-        out,
-        length,
-        heads,
-        scaling,
-        HEAD_DIM=head_dim,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        HAS_BIAS=has_bias,
-        ROTATE_K=rotate_k,
-        num_warps=warps,
-        num_stages=stages,
-    )
+    tables = cos.float().contiguous(), sin.float().contiguous(), real.to(torch.uint8).contiguous()
+    buffers = (out,) if scratch is None else (out, scratch)
+    kernel[grid](
+        qkv, bias, *tables, *buffers, length, heads, scaling, HEAD_DIM=head_dim, num_warps=warps,
+        num_stages=stages, **constexprs,
+    )  # fmt: skip
     return out
 
 
-def once(qkv, cos, sin, real, scaling, bias, block_m=64, block_n=32, warps=4, stages=1, rot=32):
+def split(qkv, cos, sin, real, scaling, bias, m=64, n=32, warps=4, stages=1, has_bias=True, rotate_k=True):
+    grid = (triton.cdiv(qkv.shape[1], m), qkv.shape[0] * qkv.shape[3])
+    return _launch(
+        _split_kernel, grid, qkv, bias, cos, sin, real, None, scaling, warps, stages, BLOCK_M=m, BLOCK_N=n,
+        HAS_BIAS=has_bias, ROTATE_K=rotate_k,
+    )  # fmt: skip
+
+
+def once(qkv, cos, sin, real, scaling, bias, m=64, n=32, warps=4, stages=1, rot=32):
     batch, length, _, heads, head_dim = qkv.shape
-    out = torch.empty((batch, length, heads * head_dim), device=qkv.device, dtype=qkv.dtype)
     scratch = torch.empty((batch * heads, length, head_dim), device=qkv.device, dtype=qkv.dtype)
-    _once_kernel[(batch * heads,)](
-        qkv,
-        bias,
-        cos.float().contiguous(),
-        sin.float().contiguous(),
-        real.to(torch.uint8).contiguous(),
-        out,
-        scratch,
-        length,
-        heads,
-        scaling,
-        HEAD_DIM=head_dim,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        HAS_BIAS=True,
-        ROT_BLOCK=rot,
-        num_warps=warps,
-        num_stages=stages,
-    )
-    return out
+    return _launch(
+        _once_kernel, (batch * heads,), qkv, bias, cos, sin, real, scratch, scaling, warps, stages,
+        BLOCK_M=m, BLOCK_N=n, HAS_BIAS=True, ROT_BLOCK=rot,
+    )  # fmt: skip
 
 
-def committed(qkv, cos, sin, real, scaling, bias, launch=None, has_bias=True):
-    launch = launch or ra.ATTENTION_LAUNCH
-    batch, length, _, heads, head_dim = qkv.shape
-    out = torch.empty((batch, length, heads * head_dim), device=qkv.device, dtype=qkv.dtype)
-    grid = (triton.cdiv(length, launch.block_m), batch * heads)
-    ra._rotary_attention_kernel[grid](
-        qkv,
-        bias,
-        cos.float().contiguous(),
-        sin.float().contiguous(),
-        real.to(torch.uint8).contiguous(),
-        out,
-        length,
-        heads,
-        scaling,
-        HEAD_DIM=head_dim,
-        BLOCK_M=launch.block_m,
-        BLOCK_N=launch.block_n,
-        HAS_BIAS=has_bias,
-        num_warps=launch.num_warps,
-        num_stages=launch.num_stages,
-    )
-    return out
+def committed(qkv, cos, sin, real, scaling, bias, has_bias=True):
+    launch = ra.ATTENTION_LAUNCH
+    grid = (triton.cdiv(qkv.shape[1], launch.block_m), qkv.shape[0] * qkv.shape[3])
+    return _launch(
+        ra._rotary_attention_kernel, grid, qkv, bias, cos, sin, real, None, scaling, launch.num_warps,
+        launch.num_stages, BLOCK_M=launch.block_m, BLOCK_N=launch.block_n, HAS_BIAS=has_bias,
+    )  # fmt: skip
 
 
 def variants(args: tuple, small: bool) -> dict:
