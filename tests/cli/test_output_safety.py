@@ -875,7 +875,9 @@ def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed
     assert (out / ".build-us3rd4ta" / "a.txt").read_text() == "mine"
     assert outside.read_text() == "someone's" and (out / "sub" / "link").is_symlink()
     assert all(path.read_text() == "another run's, still being written" for path in live)
-    assert not (out / LOCK_FILE).exists()
+    # the noted staging folder is still there (left here as a killed build leaves it): the lock file,
+    # its only note, stays for the next run to remove it
+    assert (out / LOCK_FILE).exists() and new.name in (out / LOCK_FILE).read_text()
     assert len((new / ".virnucpro-trt-staging").read_text()) == 32  # the token a rerun asks of it
     with outdir_lock(out, PREDICT_KEPT) as lock:
         spool = out / ".stdin.input"
@@ -885,6 +887,8 @@ def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed
             lock.note(out / ".e.h5.1-2-abcdef04.partial")  # another output's temporary
         with pytest.raises(ValueError):
             lock.note_folder(new)  # predict keeps no staging folder
+        spool.unlink()  # as predict removes its copy when it ends
+    assert not (out / LOCK_FILE).exists()  # nothing this run noted is left
 
 
 def test_two_embeds_into_one_folder_run_side_by_side_but_not_onto_one_file(tiny_set, reads_fasta, tmp_path):
