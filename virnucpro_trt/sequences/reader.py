@@ -15,6 +15,7 @@ import string
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from itertools import islice
 from typing import Literal
 
 from virnucpro_trt.errors import InputFormatError
@@ -276,12 +277,8 @@ def judge_dna_letters(
     outside = proteins = non_empty = 0
     first_outside: tuple[SeqRecord, str] | None = None
     first_protein: SeqRecord | None = None
-    batch: list[SeqRecord] = []
-    for record in _then_none(records):
-        if record is not None:
-            batch.append(record)
-            if len(batch) < _JUDGED_TOGETHER:
-                continue
+    stream = iter(records)
+    while batch := list(islice(stream, _JUDGED_TOGETHER)):
         seqs = [r.sequence for r in batch]
         non_empty += len(seqs) - seqs.count("")
         if "".join(seqs).encode("ascii", "replace").translate(None, _IUPAC_BYTES):  # which records
@@ -296,7 +293,6 @@ def judge_dna_letters(
                         proteins += 1
                         first_protein = first_protein or each
         yield from batch
-        batch = []
     if first_protein is not None and 2 * proteins > non_empty and refuse_protein:
         raise InputFormatError(
             f"{name}: {proteins} of {non_empty} records are protein, not DNA (the first: "
@@ -316,12 +312,6 @@ def judge_dna_letters(
             char,
             protein_like,
         )
-
-
-def _then_none(records: Iterable[SeqRecord]) -> Iterator[SeqRecord | None]:
-    """``records``, then one None (the signal to judge the last, partial batch)."""
-    yield from records
-    yield None
 
 
 _NUCLEOTIDE_HINT = (
