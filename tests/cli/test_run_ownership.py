@@ -363,6 +363,32 @@ def test_a_shard_edited_in_work_is_not_trusted_on_resume(models, reads, referenc
     assert _same_results(reference, out)
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda index: index.pop("input"),
+        lambda index: index["input"].update(records="50"),
+        lambda index: index["shards"][0].update(first=None),
+        lambda index: index["shards"][0].pop("frames"),
+    ],
+    ids=["no input", "records a string", "first null", "no frames"],
+)
+def test_a_damaged_shard_index_is_redone_on_resume(models, reads, reference, tmp_path, damage):
+    """``.work/shards/index.json`` with a field missing or of another type is a stale index (the input
+    is sharded again), not a ``KeyError`` ending the resumed run as an unexpected failure."""
+    out = tmp_path / "out"
+    assert run_cli(*_args(models, reads, out, "--keep-work")).code == 0
+    for name in (*RESULT_FILES, "run.json"):  # as if killed before the merge
+        (out / name).unlink()
+    path = out / ".work" / "shards" / "index.json"
+    index = json.loads(path.read_text())
+    damage(index)
+    path.write_text(json.dumps(index))
+    resumed = run_cli(*_args(models, reads, out))
+    assert resumed.code == 0, resumed.stderr
+    assert _same_results(reference, out)
+
+
 def _other_eps(text: str) -> str:
     return json.dumps({**json.loads(text), "layer_norm_eps": 0.01})
 

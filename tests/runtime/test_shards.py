@@ -18,6 +18,8 @@ from virnucpro_trt.runtime.shard_marker import ShardReport, marker_path, result_
 from virnucpro_trt.runtime.shards import (
     INDEX_SCHEMA,
     PIECE_RECORDS,
+    InputCounts,
+    ShardIndex,
     ShardSplitter,
     default_shard_records,
     read_shard_index,
@@ -112,16 +114,59 @@ def test_a_layout_gives_exactly_its_shards_and_must_be_filled_exactly(tmp_path, 
             splitter.finish()
 
 
+COUNTS = InputCounts(sha256="a" * 64, size_bytes=26_000, records=50, empty_records=0, bases=25_000, chunks=50,
+                     frames=80)  # fmt: skip
+
+
+def _index(shards: list) -> ShardIndex:
+    return ShardIndex(shards, COUNTS, 20)
+
+
 def test_index_round_trip_and_damaged_shard(tmp_path):
     reads = _write_reads(tmp_path / "r.fa", 50)
     _, shards = _shard(tmp_path, reads, 20)
     folder = tmp_path / "shards"
-    write_shard_index(folder, shards, {"input": {"records": 50}})
-    loaded, extra = read_shard_index(folder)
-    assert loaded == shards and extra == {"input": {"records": 50}}
+    write_shard_index(folder, _index(shards))
+    assert read_shard_index(folder) == _index(shards)
     assert all(s.sha256 == sha256_file(folder / s.file) for s in shards)
     (folder / shards[1].file).write_text(">x\nACGT\n")
     assert read_shard_index(folder) is None
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value"),
+    [
+        ("top", "input", None),
+        ("top", "records_per_shard", 0),
+        ("top", "shards", {"0": {}}),
+        ("input", "records", "50"),
+        ("input", "sha256", "not a digest"),
+        ("input", "frames", True),
+        ("input", "extra", 1),
+        ("shard", "first", None),
+        ("shard", "records", -1),
+        ("shard", "file", "../r.fa"),
+        ("shard", "stamp", [1, "2"]),
+        ("shard", "extra", 1),
+    ],
+)
+def test_an_index_with_any_field_not_as_written_is_stale(tmp_path, where, key, value):
+    """Every field is read typed: a missing or retyped one makes the index stale (the input is sharded
+    again), where a ``KeyError`` or ``TypeError`` used to surface later, in the run."""
+    reads = _write_reads(tmp_path / "r.fa", 50)
+    _, shards = _shard(tmp_path, reads, 20)
+    folder = tmp_path / "shards"
+    write_shard_index(folder, _index(shards))
+    path = folder / "index.json"
+    data = json.loads(path.read_text())
+    target = {"top": data, "input": data["input"], "shard": data["shards"][0]}[where]
+    target[key] = value
+    path.write_text(json.dumps(data))
+    assert read_shard_index(folder) is None
+    for name in ("input", "shards"):
+        damaged = {k: v for k, v in json.loads(path.read_text()).items() if k != name}
+        path.write_text(json.dumps(damaged))
+        assert read_shard_index(folder) is None
 
 
 def test_shards_joined_from_pieces_are_hashed_as_they_are_written(tmp_path, monkeypatch):
@@ -143,7 +188,7 @@ def test_a_same_size_edit_of_a_shard_makes_the_index_stale(tmp_path, caplog):
     reads = _write_reads(tmp_path / "r.fa", 50)
     _, shards = _shard(tmp_path, reads, 20)
     folder = tmp_path / "shards"
-    write_shard_index(folder, shards, {})
+    write_shard_index(folder, _index(shards))
     path = folder / shards[1].file
     text = path.read_text()
     stat = path.stat()
@@ -182,7 +227,7 @@ def test_a_resume_does_not_read_untouched_shards_again(tmp_path, monkeypatch):
     reads = _write_reads(tmp_path / "r.fa", 50)
     _, shards = _shard(tmp_path, reads, 20)
     folder = tmp_path / "shards"
-    write_shard_index(folder, shards, {})
+    write_shard_index(folder, _index(shards))
     hashed: list[Path] = []
     monkeypatch.setattr(stamps, "sha256_file", lambda path: hashed.append(Path(path)) or "0" * 64)
     assert read_shard_index(folder) is not None and hashed == []
@@ -199,7 +244,7 @@ def _commit_shards(work: WorkDir, reads: Path) -> list:
     splitter = ShardSplitter(folder, 20)
     validate_input(reads, "r.fa", "dna", 300, splitter=splitter)
     shards = splitter.finish()
-    write_shard_index(folder, shards, {})
+    write_shard_index(folder, _index(shards))
     work.commit_shards(folder)
     work.write_state("sha-a", "fp-1", {})
     return shards

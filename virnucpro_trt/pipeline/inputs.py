@@ -12,7 +12,7 @@ import logging
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +21,7 @@ from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.exclusive import create_new
 from virnucpro_trt.files.run_lock import private_stdin_copy_name
 from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file, is_stream
-from virnucpro_trt.runtime.shards import ShardSplitter
+from virnucpro_trt.runtime.shards import InputCounts, ShardSplitter
 from virnucpro_trt.sequences.prepare import prepare_blocks
 from virnucpro_trt.sequences.reader import judge_dna_letters, read_records, refuse_nucleotide_like
 
@@ -43,6 +43,17 @@ class InputSummary:
     bases: int
     chunks: int = 0
     frames: int = 0
+
+    @property
+    def counts(self) -> InputCounts:
+        """What the shard index keeps of it (all but where it is read from)."""
+        fields = InputCounts.__dataclass_fields__
+        return InputCounts(**{name: getattr(self, name) for name in fields})
+
+    @classmethod
+    def from_counts(cls, path: Path, display_name: str, counts: InputCounts) -> InputSummary:
+        """The summary of a resumed run, from its shard index."""
+        return cls(path, display_name, **asdict(counts))
 
 
 def materialise(

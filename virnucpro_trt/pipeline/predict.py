@@ -74,7 +74,13 @@ from virnucpro_trt.runtime.coordinator import (
 from virnucpro_trt.runtime.progress import ProgressTasks, SilentProgress
 from virnucpro_trt.runtime.resume import WORK_DIR, WorkDir, changed_models
 from virnucpro_trt.runtime.shard_marker import ShardMarker, result_roles
-from virnucpro_trt.runtime.shards import ShardSpec, ShardSplitter, default_shard_records, write_shard_index
+from virnucpro_trt.runtime.shards import (
+    ShardIndex,
+    ShardSpec,
+    ShardSplitter,
+    default_shard_records,
+    write_shard_index,
+)
 from virnucpro_trt.runtime.worker import WorkerSlot
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
 from virnucpro_trt.settings import PredictSettings, settings_difference
@@ -93,7 +99,6 @@ OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE, LOCK_FILE
 KEPT_FILES = KeptFiles((*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE), stdin=FOLDER_STDIN)
 INTERRUPTED = "interrupted; rerun the same command to resume"
 MAX_RUN_JSON_BYTES = 64 << 20
-_SUMMARY_FIELDS = ("sha256", "size_bytes", "records", "empty_records", "bases", "chunks", "frames")
 
 
 class _Timer:
@@ -268,8 +273,8 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
         with timer.stage("validate_input"):
             summary, shards = _validate_and_shard(settings, work, path, display, sha256, ctx.device_type)
     else:
-        shards, extra = index
-        summary = InputSummary(path, display, **{k: extra["input"][k] for k in _SUMMARY_FIELDS})
+        shards = index.shards
+        summary = InputSummary.from_counts(path, display, index.input)
         timer.totals["validate_input"] += 0.0
     with timer.stage("check_engines"):  # built here, once, before any worker exists
         engines = ctx.engines or engine_dir_for_run(
@@ -475,8 +480,7 @@ def _validate_and_shard(
         )  # fmt: skip
         shards = splitter.finish()
         per_shard = settings.shard_records or default_shard_records(summary.records)
-        extra = {"input": {k: getattr(summary, k) for k in _SUMMARY_FIELDS}, "records_per_shard": per_shard}
-        write_shard_index(folder, shards, extra)
+        write_shard_index(folder, ShardIndex(shards, summary.counts, per_shard))
         work.commit_shards(folder)
         work.write_state(sha256, settings.fingerprint(device_type), settings.to_json(device_type))
     except BaseException:

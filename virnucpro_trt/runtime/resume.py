@@ -41,7 +41,7 @@ from virnucpro_trt.files.json_fields import FieldError, parse_json
 from virnucpro_trt.files.run_lock import LOCK_FILE
 from virnucpro_trt.files.stamps import digest_holds
 from virnucpro_trt.runtime.shard_marker import MARKER_SUFFIX, RESULT_SUFFIXES, ShardMarker, marker_path
-from virnucpro_trt.runtime.shards import ShardSpec, read_shard_index
+from virnucpro_trt.runtime.shards import PIECE_FILE, SHARD_FILE, ShardIndex, ShardSpec, read_shard_index
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ STATE_SCHEMA = 2
 MAX_STATE_BYTES = 16 << 20
 
 _PARTIAL = r"\.[^/]+\.partial"  # files.atomic temporaries: .NAME.<pid>-<thread>.partial
-_SHARD_FILES = re.compile(r"shard-\d{6}\.fa|piece-\d{7}\.fa|index\.json(\.tmp)?|" + _PARTIAL)
+_SHARD_FILES = re.compile(rf"{SHARD_FILE.pattern}|{PIECE_FILE.pattern}|index\.json(\.tmp)?|{_PARTIAL}")
 # Every name the tool writes under .work, per folder (a regex for the files, the subfolders by name).
 WORK_NAMES: dict[str, tuple[re.Pattern[str], tuple[str, ...]]] = {
     "": (re.compile(r"state\.json|facts\.json|" + _PARTIAL), ("shards", "shards.tmp", "results")),
@@ -262,7 +262,7 @@ class WorkDir:
         return len(list(self.results.glob(f"*{MARKER_SUFFIX}"))) if self.results.is_dir() else 0
 
     # -- shards ----------------------------------------------------------------------------------
-    def shard_index(self) -> tuple[list[ShardSpec], dict[str, Any]] | None:
+    def shard_index(self) -> ShardIndex | None:
         return read_shard_index(self.shards) if self.shards.is_dir() else None
 
     def fresh_shards_folder(self) -> Path:

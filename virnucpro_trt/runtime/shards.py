@@ -48,7 +48,7 @@ from virnucpro_trt.errors import InputFormatError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_file
-from virnucpro_trt.files.json_fields import SHA256, parse_json
+from virnucpro_trt.files.json_fields import SHA256, FieldError, count, obj, parse_json, text
 from virnucpro_trt.files.stamps import digest_holds, file_stamp
 from virnucpro_trt.sequences.prepare import PreparedBlock
 from virnucpro_trt.sequences.reader import SeqRecord
@@ -59,7 +59,7 @@ MIN_SHARD_RECORDS = 4096
 MAX_SHARD_RECORDS = 16384
 MAX_SHARD_BASES = 32_000_000
 _WRITE_BUFFER = 1 << 20
-_SHARD_NAME = re.compile(r"shard-\d{6}\.fa")
+SHARD_FILE = re.compile(r"shard-\d{6}\.fa")
 MAX_INDEX_BYTES = 256 << 20  # ~1 million shards' entries: far beyond any input
 INDEX_SCHEMA = 3  # 2: each shard's SHA-256; 3: and its stamp (an older index is stale: sharded again)
 
@@ -71,6 +71,14 @@ def default_shard_records(records: int) -> int:
     pieces = round(records / TARGET_SHARDS / PIECE_RECORDS)
     fewest = max(1, MIN_SHARD_RECORDS // PIECE_RECORDS)
     return PIECE_RECORDS * max(fewest, min(MAX_SHARD_RECORDS // PIECE_RECORDS, pieces))
+
+
+PIECE_FILE = re.compile(r"piece-\d{7}\.fa")
+
+
+def piece_file_name(index: int) -> str:
+    """``piece-0000042.fa``: the 42nd run of records written while the input is read (see the class)."""
+    return f"piece-{index:07d}.fa"
 
 
 def shard_stem(shard_id: int) -> str:
@@ -110,8 +118,51 @@ class ShardSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ShardSpec:
-        return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+    def from_json(cls, data: Any) -> ShardSpec:
+        """A shard as the index records it; :class:`FieldError` for anything else (a stale index)."""
+        data = obj(data, "shard", cls.__dataclass_fields__)
+        stamp = data["stamp"]
+        if not isinstance(stamp, list) or not all(type(v) is int for v in stamp):  # bool is not int here
+            raise FieldError("stamp: not a list of integers")
+        return cls(
+            **{key: count(data, key) for key in ("id", "first", "records", "bases", "chunks", "frames")},
+            file=text(data, "file", SHARD_FILE),
+            size_bytes=count(data, "size_bytes"),
+            sha256=text(data, "sha256", SHA256),
+            stamp=list(stamp),
+        )
+
+
+@dataclass(frozen=True)
+class InputCounts:
+    """What the validation pass counted in the whole input. The shard index keeps it, so a resumed run
+    takes it from there instead of reading the input again."""
+
+    sha256: str
+    size_bytes: int
+    records: int
+    empty_records: int
+    bases: int
+    chunks: int
+    frames: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> InputCounts:
+        data = obj(data, "input", cls.__dataclass_fields__)
+        numbers = {key: count(data, key) for key in cls.__dataclass_fields__ if key != "sha256"}
+        return cls(sha256=text(data, "sha256", SHA256), **numbers)
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """``.work/shards/index.json``: the shard files, the input they were cut from and the shard size."""
+
+    shards: list[ShardSpec]
+    input: InputCounts
+    records_per_shard: int
 
 
 @dataclass
@@ -191,7 +242,7 @@ class ShardSplitter:
                 if piece is None:
                     if self.layout is not None and len(self._pieces) >= len(self.layout):
                         self._check_layout(more=True)
-                    piece = _Piece(record.index, self.folder / f"piece-{len(self._pieces):07d}.fa")
+                    piece = _Piece(record.index, self.folder / piece_file_name(len(self._pieces)))
                     self._pieces.append(piece)
                     self._starts.append(record.index)
                     handle = open(piece.path, "w", encoding="utf-8", newline="\n")  # noqa: SIM115
@@ -260,7 +311,7 @@ class ShardSplitter:
         """Join the pieces of each planned shard into its shard file."""
         shards = []
         for shard_id, planned in enumerate(self.plan()):
-            name = f"shard-{shard_id:06d}.fa"
+            name = f"{shard_stem(shard_id)}.fa"
             target = self.folder / name
             sha256 = None
             if len(planned.pieces) == 1:
@@ -304,41 +355,43 @@ def append_files(paths: Iterable[Path], out: Any, remove: bool = False) -> str:
     return digest.hexdigest()
 
 
-def write_shard_index(folder: Path, shards: list[ShardSpec], extra: dict[str, Any]) -> None:
-    """``index.json`` beside the shard files: the shard list (each shard's size and SHA-256 included)
-    plus whatever the caller needs on resume."""
-    data = {"schema": INDEX_SCHEMA, "shards": [s.to_json() for s in shards], **extra}
+def write_shard_index(folder: Path, index: ShardIndex) -> None:
+    """``index.json`` beside the shard files (each shard's size, SHA-256 and stamp included)."""
+    data = {
+        "schema": INDEX_SCHEMA,
+        "shards": [s.to_json() for s in index.shards],
+        "input": index.input.to_json(),
+        "records_per_shard": index.records_per_shard,
+    }
     write_text_atomic(folder / "index.json", json.dumps(data, indent=1) + "\n")
 
 
-def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | None:
-    """The shard list written by :func:`write_shard_index`, or None if it is missing, unreadable, of
-    another schema, or any shard file is missing or no longer has the size and SHA-256 recorded when it
-    was written (then the caller shards the input again and redoes every shard, as for any stale state:
-    a shard edited in ``.work`` would otherwise be run as if it were the user's records).
+def read_shard_index(folder: Path) -> ShardIndex | None:
+    """The index written by :func:`write_shard_index`, or None if it is missing, unreadable, of another
+    schema, holds any field not as written (a field missing or of another type is a stale index, never
+    a ``KeyError`` later), or any shard file is missing or no longer has the size and SHA-256 recorded
+    when it was written (then the caller shards the input again and redoes every shard, as for any
+    stale state: a shard edited in ``.work`` would otherwise be run as if it were the user's records).
 
     A shard that still carries its recorded stamp is the file written (no re-read); any other is hashed:
     a size check alone let a same-size edit through.
     """
     try:
         # a regular file only (a FIFO there would block the run forever), of a bounded size
-        data = parse_json(read_bounded(folder / "index.json", MAX_INDEX_BYTES))
+        data = obj(parse_json(read_bounded(folder / "index.json", MAX_INDEX_BYTES)), "the index")
         if data.get("schema") != INDEX_SCHEMA:
             return None
-        shards = [ShardSpec.from_json(item) for item in data["shards"]]
-        if not all(
-            isinstance(s.file, str)
-            and _SHARD_NAME.fullmatch(s.file)
-            and isinstance(s.sha256, str)
-            and SHA256.fullmatch(s.sha256)
-            and isinstance(s.stamp, list)
-            and all(isinstance(v, int) for v in s.stamp)
-            for s in shards
-        ):
+        shards = data.get("shards")
+        if not isinstance(shards, list):
             return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        index = ShardIndex(
+            shards=[ShardSpec.from_json(item) for item in shards],
+            input=InputCounts.from_json(data.get("input")),
+            records_per_shard=count(data, "records_per_shard", 1),
+        )
+    except (OSError, ValueError):  # FieldError is a ValueError
         return None
-    for shard in shards:
+    for shard in index.shards:
         path = folder / shard.file
         if not path.is_file() or path.stat().st_size != shard.size_bytes:
             return None
@@ -349,5 +402,4 @@ def read_shard_index(folder: Path) -> tuple[list[ShardSpec], dict[str, Any]] | N
                 path,
             )
             return None
-    extra = {k: v for k, v in data.items() if k not in ("schema", "shards")}
-    return shards, extra
+    return index
