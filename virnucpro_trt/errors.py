@@ -13,6 +13,7 @@ import errno
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 class VirnucproError(Exception):
@@ -61,6 +62,16 @@ class BuildError(RunFailure):
 
 class NonFiniteError(RunFailure):
     """A batch produced NaN or Inf: results would be silently wrong, so the batch fails."""
+
+
+def one_line(exc: BaseException, limit: int | None = None, name: bool = True) -> str:
+    """An exception as one line: ``TypeName: message``, every run of whitespace (line ends included) one
+    space, cut to ``limit`` characters. ``name=False`` leaves the type out, for a message the tool wrote
+    itself. Rows, logs and worker reports carry failures this way, so one failure never spans lines."""
+    text = " ".join(str(exc).split())
+    if name:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if limit is None else text[:limit]
 
 
 NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # a failed run to rerun, not a place to change

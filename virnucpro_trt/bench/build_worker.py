@@ -11,7 +11,6 @@ log lines as they come (so a long build shows progress) and keeps the last error
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import signal
@@ -19,8 +18,12 @@ import subprocess
 import sys
 import traceback
 from collections import deque
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from virnucpro_trt.errors import one_line
+
+if TYPE_CHECKING:
+    from virnucpro_trt.engines.build import BuildSettings
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +35,9 @@ class BuildFailed(Exception):
     """The build child failed; the message is its one-line reason."""
 
 
-def build_in_child(settings: Any) -> None:
+def build_in_child(settings: BuildSettings) -> None:
     """Run :func:`virnucpro_trt.engines.build.build_engines` for ``settings`` in a child process."""
-    payload = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()}
-    command = [sys.executable, "-m", "virnucpro_trt.bench.build_worker", json.dumps(payload)]
+    command = [sys.executable, "-m", "virnucpro_trt.bench.build_worker", json.dumps(settings.to_json())]
     tail: deque[str] = deque(maxlen=20)
     error: str | None = None
     with subprocess.Popen(
@@ -85,12 +87,11 @@ def main(argv: list[str]) -> int:
     try:
         from virnucpro_trt.engines.build import BuildSettings, build_engines
 
-        data = json.loads(argv[0])
-        data["outdir"] = Path(data["outdir"])
-        build_engines(BuildSettings(**data), command=["virnucpro-trt", "bench", "(engine build)"])
+        settings = BuildSettings.from_json(json.loads(argv[0]))
+        build_engines(settings, command=["virnucpro-trt", "bench", "(engine build)"])
     except Exception as exc:
         traceback.print_exc(file=sys.stdout)  # the parent keeps it at debug level (--log-file)
-        print(f"{_ERROR_PREFIX}{type(exc).__name__}: {' '.join(str(exc).split())}", flush=True)
+        print(f"{_ERROR_PREFIX}{one_line(exc)}", flush=True)
         return 1
     return 0
 

@@ -35,7 +35,7 @@ import torch
 from virnucpro_trt.bench.models import MasterEncoders, ModelSet
 from virnucpro_trt.bench.peer import PEER, compile_backends, peer_unavailable_reason
 from virnucpro_trt.engines.manifest import MAX_MANIFEST_BYTES
-from virnucpro_trt.errors import UserError
+from virnucpro_trt.errors import UserError, one_line
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.models.kinds import ENCODER_NAMES
 from virnucpro_trt.runtime.frame_path import FrameModels
@@ -235,10 +235,6 @@ def _open_peer(spec: ConfigSpec, ctx: OpenContext) -> Opened:
     return opened
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:400]
-
-
 def _open_engines(spec: ConfigSpec, ctx: OpenContext) -> Opened:
     from virnucpro_trt.engines.manifest import MANIFEST_NAME
     from virnucpro_trt.engines.registry import get_backend
@@ -263,7 +259,7 @@ def _open_engines(spec: ConfigSpec, ctx: OpenContext) -> Opened:
         )  # fmt: skip
     except EngineMismatchError as exc:
         if given:  # built for another GPU, other libraries or other weights: cannot run here
-            raise Unavailable(_one_line(exc)) from None
+            raise Unavailable(one_line(exc, 400, name=False)) from None
         raise
     manifest_build = run.engine_build
     budget = run.encoders["esm2"].max_batch_tokens
@@ -305,7 +301,7 @@ def _build_if_needed(spec: ConfigSpec, ctx: OpenContext, folder: Path, exists: b
                 return
             log.warning("rebuilding %s engines in %s: %s", spec.name, folder, stale)
         except EngineMismatchError as exc:
-            log.warning("rebuilding %s engines in %s: %s", spec.name, folder, _one_line(exc))
+            log.warning("rebuilding %s engines in %s: %s", spec.name, folder, one_line(exc, 400, name=False))
     log.info("building %s engines in %s (in a child process)", spec.name, folder)
     settings = BuildSettings(
         str(ctx.models.dnabert), str(ctx.models.esm), str(ctx.models.classifier), folder,

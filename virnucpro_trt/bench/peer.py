@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from virnucpro_trt.engines.inductor_fp8 import fp8_unavailable_reason
+from virnucpro_trt.errors import one_line
 from virnucpro_trt.runtime.embedding import TorchBackend
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def peer_unavailable_reason(precision: str, device: torch.device) -> str | None:
         try:
             _torchao_fp8()
         except ImportError as exc:
-            problems.append(f"{' '.join(str(exc).split())[:300]}; {INSTALL_HINT}")
+            problems.append(f"{one_line(exc, 300, name=False)}; {INSTALL_HINT}")
     return "; ".join(problems) or None
 
 

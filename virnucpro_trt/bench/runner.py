@@ -44,7 +44,7 @@ from virnucpro_trt.bench.report import fill_compile_speedups, new_report, result
 from virnucpro_trt.bench.timing import measure
 from virnucpro_trt.bench.workload import Workload, fasta_workload, generated_workload
 from virnucpro_trt.environment import available_cpus
-from virnucpro_trt.errors import UserError
+from virnucpro_trt.errors import UserError, one_line
 from virnucpro_trt.settings import ENGINE_BACKENDS
 
 log = logging.getLogger(__name__)
@@ -191,8 +191,8 @@ def _run_one(
         return result_row(spec, ctx.device, "unavailable", reason=str(exc)), None
     except Exception as exc:
         log.debug("%s failed to open", spec.name, exc_info=True)
-        log.error("%s: failed: %s", spec.name, _reason(exc))
-        return result_row(spec, ctx.device, "failed", reason=_reason(exc)), None
+        log.error("%s: failed: %s", spec.name, one_line(exc, 400))
+        return result_row(spec, ctx.device, "failed", reason=one_line(exc, 400)), None
     facts: dict[str, Any] = {
         "batching": opened.batching, "engine": opened.engine, "compile": opened.compile,
         "open_s": opened.open_s,
@@ -212,8 +212,8 @@ def _run_one(
         parity = path_parity(parity_reference, result, spec.precision) if parity_reference else None
     except Exception as exc:
         log.debug("%s failed", spec.name, exc_info=True)
-        log.error("%s: failed: %s", spec.name, _reason(exc))
-        return result_row(spec, ctx.device, "failed", reason=_reason(exc), **facts), None
+        log.error("%s: failed: %s", spec.name, one_line(exc, 400))
+        return result_row(spec, ctx.device, "failed", reason=one_line(exc, 400), **facts), None
     finally:
         if opened.finish is not None:
             opened.finish()
@@ -240,11 +240,6 @@ def _run_one(
         f", {row['speedup_vs_reference']:.2f}x the reference" if row["speedup_vs_reference"] else "",
     )  # fmt: skip
     return row, result
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:400]
 
 
 def _release(device: torch.device) -> None:

@@ -40,7 +40,14 @@ from virnucpro_trt.cli.command_options import (
     shard_records_option,
 )
 from virnucpro_trt.engines.registry import auto_help
-from virnucpro_trt.errors import CANNOT_CREATE, EXIT_FAILURE, EXIT_USAGE, VirnucproError, describe_os_error
+from virnucpro_trt.errors import (
+    CANNOT_CREATE,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    VirnucproError,
+    describe_os_error,
+)
 from virnucpro_trt.interrupts import sigterm_as_interrupt
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
 from virnucpro_trt.settings import (
@@ -577,10 +584,10 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
-        code = 130
+        code = EXIT_INTERRUPTED
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        code = 130
+        code = EXIT_INTERRUPTED
     except VirnucproError as exc:
         _report(f"error: {exc}", exc)
         code = exc.exit_code

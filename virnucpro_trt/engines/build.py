@@ -32,7 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,14 @@ class BuildSettings:
     # Replace the files an earlier build made there even where they changed since (``predict --rebuild``:
     # the rebuild that a damaged or modified engine file asks for); never another file, never a link.
     replace_changed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """For a build in a child process (``bench``): every field is a JSON scalar but ``outdir``."""
+        return {**asdict(self), "outdir": str(self.outdir)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BuildSettings:
+        return cls(**{**data, "outdir": Path(data["outdir"])})
 
 
 def device_facts(device: torch.device) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from virnucpro_trt.files.run_lock import LOCK_FILE, KeptFiles, RunLock, outdir_l
 from virnucpro_trt.pipeline.inputs import materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.pipeline.split_manifest import (
+    PART_FILE,
     SPLIT_JSON,
     PartEntry,
     SplitFileError,
@@ -59,6 +60,7 @@ from virnucpro_trt.pipeline.split_manifest import (
 )
 from virnucpro_trt.runtime.shards import (
     MIN_SHARD_RECORDS,
+    PIECE_FILE,
     PlannedShard,
     ShardSplitter,
     append_files,
@@ -133,8 +135,7 @@ def run_split(settings: SplitSettings) -> SplitManifest:
             shutil.rmtree(work, ignore_errors=True)
 
 
-_PART_NAME = re.compile(r"part-\d+\.fa(\.gz)?")
-_OURS = re.compile(rf"{_PART_NAME.pattern}|stdin\.input|pieces|pieces/piece-\d{{7}}\.fa")
+_OURS = re.compile(rf"{PART_FILE.pattern}|stdin\.input|pieces|pieces/{PIECE_FILE.pattern}")
 
 
 def _check_empty(outdir: Path, left: dict[str, Any]) -> list[str]:
@@ -155,7 +156,7 @@ def _check_empty(outdir: Path, left: dict[str, Any]) -> list[str]:
     killed = [
         name
         for name in others
-        if _PART_NAME.fullmatch(name) and name in left and changed_since(outdir, name, left[name]) is None
+        if PART_FILE.fullmatch(name) and name in left and changed_since(outdir, name, left[name]) is None
     ]  # a lock's results note names another command's results too (merge's): only parts are split's
     if killed and SPLIT_JSON not in others:
         log.info("removing %s, left by a split interrupted before its %s", ", ".join(killed), SPLIT_JSON)

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from virnucpro_trt.environment import available_cpus
-from virnucpro_trt.errors import RunFailure, UserError, VirnucproError
+from virnucpro_trt.errors import EXIT_INTERRUPTED, RunFailure, UserError, VirnucproError
 from virnucpro_trt.runtime.device import resolve_device
 from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
@@ -74,7 +74,7 @@ _JOIN_S = 10.0
 class RunInterrupted(VirnucproError):
     """SIGINT (or the CLI's SIGTERM): workers stopped, finished shards kept for a rerun."""
 
-    exit_code = 130
+    exit_code = EXIT_INTERRUPTED
 
 
 class ShardFailedError(RunFailure):

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-from virnucpro_trt.errors import VirnucproError, describe_os_error
+from virnucpro_trt.errors import EXIT_FAILURE, VirnucproError, describe_os_error, one_line
 from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
@@ -67,7 +67,7 @@ from virnucpro_trt.runtime.worker_messages import (
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "VIRNUCPRO_TEST_FAIL_SHARD"
-EXIT_FAILED = 1
+EXIT_FAILED = EXIT_FAILURE  # the worker's own failure (its parent names the shard)
 EXIT_INJECTED = 3
 _POLL_S = 0.2
 
@@ -223,7 +223,7 @@ def _report_failure(send: _Sender, slot: WorkerSlot, shard_id: int | None, exc: 
         line, code = known
         send(Fatal(slot.index, code, line, traceback.format_exc()))
     else:
-        send(Failed(slot.index, shard_id, _one_line(exc), traceback.format_exc()))
+        send(Failed(slot.index, shard_id, one_line(exc), traceback.format_exc()))
     return EXIT_FAILED
 
 
@@ -279,11 +279,6 @@ def _maybe_inject_fault(task: ShardTask, own_process: bool) -> None:
             handler.flush()
         os._exit(EXIT_INJECTED)
     raise _InjectedCrash
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class _PipeLogHandler(logging.Handler):
