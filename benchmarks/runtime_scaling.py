@@ -44,8 +44,9 @@ from typing import Any
 import torch
 
 from virnucpro_trt.bench.cli_run import run_cli
+from virnucpro_trt.bench.config_names import RANDOM_SIZES
 from virnucpro_trt.bench.hardware import script_environment
-from virnucpro_trt.bench.models import RANDOM_SIZES, random_models_in
+from virnucpro_trt.bench.models import random_models_in
 from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.workload import generated_workload
 from virnucpro_trt.sequences.prepare import prepare_blocks

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CHUNK_LENGTHS = (300, 500)
-# The backends a compiled engine can be built with (engines/registry.py says where each lives and what
-# it has been verified on).
-ENGINE_BACKENDS = ("onnxruntime", "inductor", "tensorrt")
+from virnucpro_trt.engines.registry import BACKENDS as _ENGINE_REGISTRY
+
+CHUNK_LENGTHS = (300, 500)  # upstream trained one classifier for each
+DEFAULT_CHUNK_LENGTH = 500
+# The backends a compiled engine can be built with (engines/registry.py lists them, where each lives and
+# what it has been verified on).
+ENGINE_BACKENDS = tuple(_ENGINE_REGISTRY)
 # "torch" runs the native models eagerly; the others are compiled engines (built into ENGINE_DIR or,
 # without --engines, into OUTDIR/engines and reused while they match). "auto" picks an engine backend.
 BACKENDS = ("torch", "auto", *ENGINE_BACKENDS)
@@ -221,7 +224,7 @@ class PredictSettings:
     dnabert: str | None  # None: taken from --engines
     esm: str | None
     classifier: str | None
-    chunk_length: int = 500
+    chunk_length: int = DEFAULT_CHUNK_LENGTH
     encoders: EncoderSettings = dataclasses.field(default_factory=EncoderSettings)
     save_embeddings: bool = False
     engines: Path | None = None
@@ -358,7 +361,7 @@ class SplitSettings:
     outdir: Path
     parts: int | None = None  # exactly this many parts (some empty when the input has fewer shards)
     records_per_part: int | None = None  # or parts of about this many records
-    chunk_length: int = 500  # only for the kept-frame counts split.json reports per part
+    chunk_length: int = DEFAULT_CHUNK_LENGTH  # only for the kept-frame counts split.json reports per part
     shard_records: int | None = None  # as predict's --shard-records (None: its default rule)
     gzip: bool = False
 

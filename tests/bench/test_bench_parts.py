@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from virnucpro_trt.bench.configs import ConfigSpec, parse_backends, plan_configurations
-from virnucpro_trt.bench.parity import cosines, path_parity
+from virnucpro_trt.bench.parity import path_parity
 from virnucpro_trt.bench.path import PathResult
 from virnucpro_trt.bench.timing import StageClock, measure
+from virnucpro_trt.engines.parity import cosines
 from virnucpro_trt.errors import UserError
 
 

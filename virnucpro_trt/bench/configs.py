@@ -32,21 +32,25 @@ from typing import Any
 
 import torch
 
+from virnucpro_trt.bench.config_names import (
+    AUTO_PRECISION,
+    BENCH_BACKENDS,
+    EAGER,
+    PEER,
+    REFERENCE,
+    parse_precisions,
+)
 from virnucpro_trt.bench.models import MasterEncoders, ModelSet
-from virnucpro_trt.bench.peer import PEER, compile_backends, peer_unavailable_reason
+from virnucpro_trt.bench.peer import compile_backends, peer_unavailable_reason
 from virnucpro_trt.engines.manifest import MAX_MANIFEST_BYTES
 from virnucpro_trt.errors import UserError, one_line
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.models.kinds import ENCODER_NAMES
 from virnucpro_trt.runtime.frame_path import FrameModels
-from virnucpro_trt.settings import ENGINE_BACKENDS, PRECISIONS, EncoderSettings
+from virnucpro_trt.settings import ENGINE_BACKENDS, EncoderSettings
 
 log = logging.getLogger(__name__)
 
-REFERENCE = "reference"
-EAGER = "torch"
-BENCH_BACKENDS = (EAGER, *ENGINE_BACKENDS, PEER)
-AUTO_PRECISION = "auto"
 # Upstream's batching: DNABERT-S embedded one read frame at a time (a budget of one token gives batches
 # of one without padding), ESM-2 through fair-esm's extract loop with toks_per_batch=2048.
 REFERENCE_DNABERT_BATCH_TOKENS = 1
@@ -87,20 +91,6 @@ def parse_backends(text: str) -> tuple[str, ...]:
         if name not in BENCH_BACKENDS:
             raise UserError(f"--backends: unknown backend {name!r}; available: {', '.join(BENCH_BACKENDS)}")
         names.append(name)
-    return tuple(names)
-
-
-def parse_precisions(text: str) -> tuple[str, ...]:
-    """``bf16,fp8`` -> ``("bf16", "fp8")``; ``auto`` stays until the device is known. Order kept."""
-    names: list[str] = []
-    for raw in text.split(","):
-        name = raw.strip().lower()
-        if name and name not in names:
-            names.append(name)
-    unknown = [n for n in names if n not in (AUTO_PRECISION, *PRECISIONS)]
-    if unknown or not names:
-        choices = ", ".join((AUTO_PRECISION, *PRECISIONS))
-        raise UserError(f"--precision {text!r}: expected a comma-separated list of {choices}")
     return tuple(names)
 
 

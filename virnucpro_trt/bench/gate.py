@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-NOT_ENGINES = ("reference", "torch", "compile")
+from virnucpro_trt.bench.config_names import NOT_ENGINES, REFERENCE
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def parity_failures(results: list[dict[str, Any]]) -> list[str]:
     return [
         r["config"]
         for r in results
-        if r.get("status") == "ok" and r["backend"] != "reference" and not _parity_passed(r)
+        if r.get("status") == "ok" and r["backend"] != REFERENCE and not _parity_passed(r)
     ]
 
 

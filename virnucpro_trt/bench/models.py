@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import torch
 
+from virnucpro_trt.bench.config_names import RANDOM_SIZES
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.json_fields import FieldError, read_json_object
 from virnucpro_trt.files.whole_folder import write_folder_whole
@@ -29,7 +30,6 @@ from virnucpro_trt.files.whole_folder import write_folder_whole
 log = logging.getLogger(__name__)
 
 RandomSize = Literal["full", "tiny", "full-outliers", "tiny-outliers"]
-RANDOM_SIZES: tuple[str, ...] = ("full", "tiny", "full-outliers", "tiny-outliers")
 _MARKER = "random-weights.json"  # written last: a folder without it is unfinished
 _SEEDS = {"dnabert": 1, "esm": 2, "classifier": 3, "outliers": 4}
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from virnucpro_trt.bench.path import PathResult
-from virnucpro_trt.engines.parity import FP32_MAX_ABS, MIN_COSINE
+from virnucpro_trt.engines.parity import FP32_MAX_ABS, MIN_COSINE, cosines
 
 # docs/performance.md's label-agreement goals; fp32 is held to the half-precision figure (it only differs
 # from the reference in summation order).
@@ -33,18 +33,6 @@ def _aligned(reference: PathResult, got: PathResult) -> tuple[np.ndarray, np.nda
     ref_rows = [i for i, frame_id in enumerate(reference.frame_ids) if frame_id in position]
     got_rows = [position[reference.frame_ids[i]] for i in ref_rows]
     return np.asarray(ref_rows, dtype=np.int64), np.asarray(got_rows, dtype=np.int64)
-
-
-def cosines(reference: np.ndarray, got: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity in float64, clipped to [-1, 1]; identical rows give exactly 1.
-
-    Float64 rounding can put the cosine of a vector with itself a hair off 1 either way, which would make
-    the reference's own "trivially perfect" parity read 0.9999999999999998.
-    """
-    ref64, got64 = reference.astype(np.float64), got.astype(np.float64)
-    norms = np.linalg.norm(ref64, axis=1) * np.linalg.norm(got64, axis=1)
-    cos = np.clip((ref64 * got64).sum(axis=1) / np.maximum(norms, 1e-30), -1.0, 1.0)
-    return np.where((reference == got).all(axis=1), 1.0, cos)
 
 
 def _per_frame(reference: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -27,13 +27,13 @@ from typing import Any
 
 import torch
 
+from virnucpro_trt.bench.config_names import PEER
 from virnucpro_trt.engines.inductor_fp8 import fp8_unavailable_reason
 from virnucpro_trt.errors import one_line
 from virnucpro_trt.runtime.embedding import TorchBackend
 
 log = logging.getLogger(__name__)
 
-PEER = "compile"
 TORCHAO_FP8 = "torchao Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())"
 INSTALL_HINT = "pip install 'virnucpro-trt[peer]' (benchmarks/stage_torchao.sh for hosts without network)"
 

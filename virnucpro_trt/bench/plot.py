@@ -11,11 +11,12 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from virnucpro_trt.bench.config_names import EAGER, REFERENCE
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import atomic_output
 
 INSTALL_HINT = "pip install matplotlib"
-_COLOURS = {"reference": "#7f7f7f", "torch": "#1f77b4"}
+_COLOURS = {REFERENCE: "#7f7f7f", EAGER: "#1f77b4"}
 _ENGINE_COLOUR = "#2ca02c"
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from virnucpro_trt import __version__
+from virnucpro_trt.bench.config_names import PEER, REFERENCE
 from virnucpro_trt.files.atomic import write_text_atomic
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ RESULT_KEYS = (
     "tokens_per_s", "speedup_vs_reference", "speedup_vs_compile", "compile_baseline", "parity", "batching",
     "padding", "engine", "compile", "open_s",
 )  # fmt: skip
-PEER_BACKEND = "compile"
 PEER_DEFAULT_PRECISION = "bf16"
 
 
@@ -107,7 +107,7 @@ def result_row(
         frames_per_s = frames / seconds
         reads_per_s = frames_per_s * workload["reads"] / workload["frames"]
         tokens_per_s = tokens / seconds
-        if spec.backend == "reference":
+        if spec.backend == REFERENCE:
             speedup = 1.0
         elif reference_row is not None and reference_row.get("frames_per_s"):
             speedup = frames_per_s / reference_row["frames_per_s"]
@@ -145,7 +145,7 @@ def result_row(
 
 def compile_baseline(rows: list[dict[str, Any]], precision: str) -> dict[str, Any] | None:
     """The peer a row of ``precision`` is compared with (see the module docstring), or None."""
-    ran = [r for r in rows if r["backend"] == PEER_BACKEND and r["status"] == "ok" and r["frames_per_s"]]
+    ran = [r for r in rows if r["backend"] == PEER and r["status"] == "ok" and r["frames_per_s"]]
     for wanted in (precision, PEER_DEFAULT_PRECISION):
         for row in ran:
             if row["precision"] == wanted:

@@ -21,8 +21,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from virnucpro_trt.bench.config_names import DEFAULT_BENCH_BACKENDS, REFERENCE
 from virnucpro_trt.bench.configs import (
-    REFERENCE,
     ConfigSpec,
     OpenContext,
     Unavailable,
@@ -42,10 +42,18 @@ from virnucpro_trt.bench.parity import path_parity
 from virnucpro_trt.bench.path import STAGES, PathResult, run_path
 from virnucpro_trt.bench.report import fill_compile_speedups, new_report, result_row
 from virnucpro_trt.bench.timing import measure
-from virnucpro_trt.bench.workload import Workload, fasta_workload, generated_workload
+from virnucpro_trt.bench.workload import (
+    DEFAULT_CODING_FRACTION,
+    DEFAULT_READ_LENGTH,
+    DEFAULT_READS,
+    DEFAULT_SEED,
+    Workload,
+    fasta_workload,
+    generated_workload,
+)
 from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import UserError, one_line
-from virnucpro_trt.settings import ENGINE_BACKENDS
+from virnucpro_trt.settings import DEFAULT_CHUNK_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +65,17 @@ class BenchSettings:
     """Everything a bench run needs (the CLI fills it; ``run_bench`` never reads the command line)."""
 
     input: Path | None = None
-    reads: int = 1000
-    read_length: int = 500
+    reads: int = DEFAULT_READS
+    read_length: int = DEFAULT_READ_LENGTH
     length_mix: str = "fixed"  # see sequences/synthetic.LENGTH_MIXES
-    seed: int = 42
-    coding_fraction: float = 0.7
-    chunk_length: int = 500
+    seed: int = DEFAULT_SEED
+    coding_fraction: float = DEFAULT_CODING_FRACTION
+    chunk_length: int = DEFAULT_CHUNK_LENGTH
     dnabert: str | None = None
     esm: str | None = None
     classifier: str | None = None
     random_weights: str | None = None  # "full" | "tiny" | "full-outliers" | "tiny-outliers"
-    backends: tuple[str, ...] = ("torch", *ENGINE_BACKENDS)
+    backends: tuple[str, ...] = DEFAULT_BENCH_BACKENDS
     precision: str = "auto"  # one or several, comma-separated: "bf16,fp8"
     engines: tuple[Path, ...] = ()
     workdir: Path | None = None

@@ -20,6 +20,7 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.sequences.prepare import prepare_blocks
 from virnucpro_trt.sequences.reader import SeqRecord, judge_dna_letters, read_records
 from virnucpro_trt.sequences.synthetic import LENGTH_MIXES, generate_reads, mix_lengths
+from virnucpro_trt.settings import DEFAULT_CHUNK_LENGTH
 
 DEFAULT_READS = 1000
 DEFAULT_READ_LENGTH = 500
@@ -102,7 +103,7 @@ def generated_workload(
     read_length: int = DEFAULT_READ_LENGTH,
     seed: int = DEFAULT_SEED,
     coding_fraction: float = DEFAULT_CODING_FRACTION,
-    chunk_length: int = 500,
+    chunk_length: int = DEFAULT_CHUNK_LENGTH,
     length_mix: str = "fixed",
 ) -> Workload:
     """Seeded synthetic reads with coding regions: the same arguments give the same reads everywhere.
@@ -127,7 +128,7 @@ def generated_workload(
     return _checked(Workload(records, _count_frames(records, chunk_length), chunk_length, "generated", facts))
 
 
-def fasta_workload(path: Path, chunk_length: int = 500) -> Workload:
+def fasta_workload(path: Path, chunk_length: int = DEFAULT_CHUNK_LENGTH) -> Workload:
     """The reads of a FASTA/FASTQ file, validated (a bad record is a one-line usage error)."""
     records = list(judge_dna_letters(read_records(path, "dna"), str(path)))
     if not records:

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from virnucpro_trt.bench.config_names import DEFAULT_BENCH_BACKENDS, RANDOM_SIZES, parse_precisions
 from virnucpro_trt.cli.command_options import (
     CONTEXT,
     DEFAULT_BUDGETS,
@@ -26,32 +27,27 @@ from virnucpro_trt.cli.command_options import (
     max_batch_tokens_option,
     replace_option,
 )
+from virnucpro_trt.errors import UserError
 from virnucpro_trt.models.kinds import MODELS
-from virnucpro_trt.settings import ENGINE_BACKENDS, PRECISIONS
 
 log = logging.getLogger("virnucpro_trt")
 
-_DEFAULT_BACKENDS = ",".join(("torch", *ENGINE_BACKENDS))
+_DEFAULT_BACKENDS = ",".join(DEFAULT_BENCH_BACKENDS)
 _BACKENDS_HELP = (
     "Comma-separated configurations to compare with the reference: torch (eager PyTorch at --precision), "
     "onnxruntime, inductor, tensorrt (engines built on the fly into --workdir by the real build code), "
     "compile (the peer: the same models under torch.compile; fp8 through torchao's float8 quantisation). "
     f"Default: {_DEFAULT_BACKENDS}; with --engines: torch."
 )
-_PRECISIONS = ("auto", *PRECISIONS)
-_RANDOM_SIZES = ("full", "tiny", "full-outliers", "tiny-outliers")  # bench/models.RANDOM_SIZES
 _LENGTH_MIXES = ("fixed", "mixed", "illumina")  # sequences/synthetic.LENGTH_MIXES
 
 
 def _precisions(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """One precision or several, comma-separated (each configuration runs at each)."""
-    names = [v.strip().lower() for v in value.split(",")]
-    bad = [n for n in names if n not in _PRECISIONS]
-    if bad or not any(names):
-        raise click.BadParameter(
-            f"{value!r}: expected one or more of {', '.join(_PRECISIONS)}, comma-separated", ctx, param
-        )
-    return ",".join(dict.fromkeys(names))
+    try:
+        return ",".join(parse_precisions(value))
+    except UserError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def _usage(message: str) -> click.UsageError:
@@ -78,7 +74,7 @@ def _check_sources(
         missing = [flag for flag, value in models.items() if not value]
         raise _usage(
             f"missing {', '.join(missing)} "
-            f"(or --random-weights {'|'.join(_RANDOM_SIZES)} for random weights of the real shapes)"
+            f"(or --random-weights {'|'.join(RANDOM_SIZES)} for random weights of the real shapes)"
         )
 
 
@@ -109,7 +105,7 @@ def _check_sources(
 @checkpoint_options(required=False)
 @click.option(
     "--random-weights",
-    type=click.Choice(_RANDOM_SIZES),
+    type=click.Choice(RANDOM_SIZES),
     default=None,
     help="Random weights in the real formats instead of checkpoints: full (DNABERT-S 12x768 + ESM-2 3B; "
     "GPU speed work) or tiny (CPU tests); -outliers: the same with a few LayerNorm gain channels scaled "
@@ -228,13 +224,14 @@ def bench(
         require_matplotlib()  # before the run, not after it
     from virnucpro_trt.bench.configs import parse_backends
     from virnucpro_trt.bench.runner import BenchSettings
+    from virnucpro_trt.bench.workload import DEFAULT_READ_LENGTH, DEFAULT_READS
 
     if input_path is not None and not input_path.is_file():
         raise _usage(f"INPUT {input_path} is not a file")
     settings = BenchSettings(
         input=input_path,
-        reads=reads or 1000,
-        read_length=read_length or 500,
+        reads=reads or DEFAULT_READS,
+        read_length=read_length or DEFAULT_READ_LENGTH,
         length_mix=length_mix or "fixed",
         seed=seed,
         coding_fraction=coding_fraction,

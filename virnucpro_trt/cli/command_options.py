@@ -25,6 +25,7 @@ from virnucpro_trt.files.run_lock import LOCK_FILE, output_lock_name
 from virnucpro_trt.models.kinds import MODELS
 from virnucpro_trt.settings import (
     CHUNK_LENGTHS,
+    DEFAULT_CHUNK_LENGTH,
     DEFAULT_CPU_BATCH_TOKENS,
     DEFAULT_CUDA_BATCH_TOKENS,
     DEFAULT_PADDING_CAP,
@@ -218,7 +219,7 @@ def chunk_length_option(
     return click.option(
         "--chunk-length",
         type=click.Choice([str(c) for c in CHUNK_LENGTHS]),
-        default="500",
+        default=str(DEFAULT_CHUNK_LENGTH),
         show_default=True,
         help=help_text,
     )

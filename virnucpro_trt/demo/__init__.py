@@ -94,13 +94,13 @@ def _center_classifier(paths: DemoInputs, width: int, seed: int) -> None:
     from virnucpro_trt.pipeline.encoders import open_models
     from virnucpro_trt.runtime.frame_path import prepare_frames, score_frames
     from virnucpro_trt.sequences.reader import read_records
-    from virnucpro_trt.settings import EncoderSettings
+    from virnucpro_trt.settings import DEFAULT_CHUNK_LENGTH, EncoderSettings
 
     specs = {"dnabert-s": str(paths.dnabert), "esm2": str(paths.esm), "classifier": str(paths.classifier)}
     with _only_warnings():
         runs = open_models(EncoderSettings(device="cpu"), specs, ("dnabert-s", "esm2"), True)
         models = runs.frame_models()
-        frames = prepare_frames(models, read_records(paths.reads, "dna"), 500)
+        frames = prepare_frames(models, read_records(paths.reads, "dna"), DEFAULT_CHUNK_LENGTH)
         probs = score_frames(models, frames).probabilities
     # the scores as prediction_results.txt prints them, read back (what the demo models were built from)
     p_others, p_virus = (np.array(f32_column(probs[:, k]), dtype=np.float64) for k in (0, 1))

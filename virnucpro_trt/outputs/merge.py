@@ -16,13 +16,19 @@ from typing import Any
 
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
+from virnucpro_trt.outputs.names import (
+    FINAL_TEXT_FILES,
+    FRAMES_TSV,
+    HIGHEST_SCORE,
+    PREDICTION_RESULTS,
+    SEQUENCES_TSV,
+)
 from virnucpro_trt.outputs.shard_results import read_embeddings_npz
-from virnucpro_trt.outputs.tables import FRAMES_TSV, SEQUENCES_TSV, write_frame_rows, write_sequence_rows
-from virnucpro_trt.outputs.upstream import HIGHEST_SCORE, PREDICTION_HEADER, PREDICTION_RESULTS, ChunkMaxima
+from virnucpro_trt.outputs.tables import write_frame_rows, write_sequence_rows
+from virnucpro_trt.outputs.upstream import PREDICTION_HEADER, ChunkMaxima
 from virnucpro_trt.runtime.shard_marker import EMBEDDINGS_ROLE, ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
 
-FINAL_TEXT_FILES = [PREDICTION_RESULTS, HIGHEST_SCORE, SEQUENCES_TSV, FRAMES_TSV]
 _COPY_BUFFER = 1 << 20
 
 

@@ -33,9 +33,6 @@ from virnucpro_trt.models.classifier import LABELS
 from virnucpro_trt.outputs.formatting import f32_column
 from virnucpro_trt.sequences.prepare import PreparedBlock
 
-SEQUENCES_TSV = "sequences.tsv"
-FRAMES_TSV = "frames.tsv"
-
 SEQUENCE_COLUMNS = (
     "sequence_id",
     "length",

@@ -19,8 +19,6 @@ import numpy as np
 from virnucpro_trt.models.classifier import LABELS
 from virnucpro_trt.outputs.formatting import f32_column
 
-PREDICTION_RESULTS = "prediction_results.txt"
-HIGHEST_SCORE = "prediction_results_highestscore.csv"
 PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
 HIGHEST_HEADER = "Modified_ID\tIs_Virus\n"
 

@@ -50,9 +50,18 @@ from virnucpro_trt.files.names import UnsafeMemberName, member_path
 from virnucpro_trt.files.ownership import changed_since, is_output_entry, reuse_finished
 from virnucpro_trt.files.run_lock import KeptFiles, outdir_lock
 from virnucpro_trt.outputs.atomic import ResultSet
-from virnucpro_trt.outputs.demo_note import DEMO_NOTE, with_demo_note, write_demo_note
+from virnucpro_trt.outputs.demo_note import with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
-from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES
+from virnucpro_trt.outputs.names import (
+    EMBEDDINGS_H5,
+    FINAL_TEXT_FILES,
+    FRAMES_TSV,
+    HIGHEST_SCORE,
+    PREDICTION_RESULTS,
+    RESULT_NAMES,
+    RUN_JSON,
+    SEQUENCES_TSV,
+)
 from virnucpro_trt.outputs.part_merge import (
     append_embeddings,
     append_table,
@@ -61,15 +70,10 @@ from virnucpro_trt.outputs.part_merge import (
     merge_sorted_table,
     shard_frame_counts,
 )
-from virnucpro_trt.outputs.tables import FRAME_COLUMNS, FRAMES_TSV, SEQUENCE_COLUMNS, SEQUENCES_TSV
-from virnucpro_trt.outputs.upstream import (
-    HIGHEST_HEADER,
-    HIGHEST_SCORE,
-    PREDICTION_HEADER,
-    PREDICTION_RESULTS,
-)
+from virnucpro_trt.outputs.tables import FRAME_COLUMNS, SEQUENCE_COLUMNS
+from virnucpro_trt.outputs.upstream import HIGHEST_HEADER, PREDICTION_HEADER
 from virnucpro_trt.pipeline.completion import Completion
-from virnucpro_trt.pipeline.predict import EMBEDDINGS_H5, MAX_RUN_JSON_BYTES, RUN_JSON, read_run_json
+from virnucpro_trt.pipeline.predict import MAX_RUN_JSON_BYTES, read_run_json
 from virnucpro_trt.pipeline.run_paths import check_run_paths
 from virnucpro_trt.settings import MergeSettings, SplitPart, settings_difference, settings_fingerprint
 
@@ -160,7 +164,6 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
     return completion.result()  # the block returns, unless interrupted once its results were complete
 
 
-RESULT_NAMES = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE, RUN_JSON)
 KEPT_FILES = KeptFiles(outputs=RESULT_NAMES, results=True)  # its results' temporaries, and its note of them
 
 

@@ -56,9 +56,10 @@ from virnucpro_trt.models.classifier import classifier_source, load_classifier_w
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2, MODELS
 from virnucpro_trt.models.resolve import resolve_model
-from virnucpro_trt.outputs.demo_note import DEMO_NOTE, with_demo_note, write_demo_note
+from virnucpro_trt.outputs.demo_note import with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
-from virnucpro_trt.outputs.merge import FINAL_TEXT_FILES, merge_shard_results
+from virnucpro_trt.outputs.merge import merge_shard_results
+from virnucpro_trt.outputs.names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JSON
 from virnucpro_trt.pipeline.completion import Completion
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
 from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input
@@ -83,20 +84,18 @@ from virnucpro_trt.runtime.shards import (
 )
 from virnucpro_trt.runtime.worker import WorkerSlot
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
-from virnucpro_trt.settings import PredictSettings, settings_difference
+from virnucpro_trt.settings import CHUNK_LENGTHS, PredictSettings, settings_difference
 
 if TYPE_CHECKING:
     from virnucpro_trt.engines.engine_set import CheckedEngines
 
 log = logging.getLogger(__name__)
 
-RUN_JSON = "run.json"
-EMBEDDINGS_H5 = "embeddings.h5"
 ENGINE_CACHE = "engines"  # --backend without --engines builds here
 # Every file a run writes directly in OUTDIR (an input at one of these paths is refused).
-OUTPUT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE, LOCK_FILE, STDIN_COPY)
+OUTPUT_NAMES = (*RESULT_NAMES, LOCK_FILE, STDIN_COPY)
 # What a run keeps in OUTDIR while it runs: its result files' temporaries and its copy of stdin.
-KEPT_FILES = KeptFiles((*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE), stdin=FOLDER_STDIN)
+KEPT_FILES = KeptFiles(RESULT_NAMES, stdin=FOLDER_STDIN)
 INTERRUPTED = "interrupted; rerun the same command to resume"
 MAX_RUN_JSON_BYTES = 64 << 20
 
@@ -287,7 +286,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
     with timer.stage("identify_models"):
         known, identity = _identify_models(ctx, engines, work)
         work.confirm_models(identity, {k: w.to_json() for k, w in known.weights.items()}, settings.run.force)
-    for name in (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE):  # no older result beside this run
+    for name in RESULT_NAMES:  # no older result beside this run
         remove_quietly(outdir / name)
 
     markers = work.finished_shards(shards, result_roles(settings.save_embeddings))
@@ -378,7 +377,7 @@ def _check_stray_results(outdir: Path, work: WorkDir, force: bool) -> None:
     file, a link (a dangling one too) or anything else is refused — whether or not ``.work`` exists — and
     a folder is refused even with ``force``: no run removes folders.
     """
-    names = (*FINAL_TEXT_FILES, EMBEDDINGS_H5, DEMO_NOTE, RUN_JSON)
+    names = RESULT_NAMES
     present = [name for name in names if os.path.lexists(outdir / name)]
     for name in present:
         path = outdir / name
@@ -633,7 +632,7 @@ def _warn_chunk_length_mismatch(classifier_path: Path, chunk_length: int) -> Non
     A warning, not an error: the weights themselves do not say which chunk length they were trained on."""
     names = [classifier_path.name, classifier_source(classifier_path)]
     for name in filter(None, names):
-        for other in (300, 500):
+        for other in CHUNK_LENGTHS:
             if other != chunk_length and name.startswith(f"{other}_"):
                 origin = "" if name == classifier_path.name else f" (from {name})"
                 log.warning(

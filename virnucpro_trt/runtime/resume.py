@@ -40,6 +40,7 @@ from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.json_fields import FieldError, parse_json
 from virnucpro_trt.files.run_lock import LOCK_FILE
 from virnucpro_trt.files.stamps import digest_holds
+from virnucpro_trt.outputs.names import RUN_JSON
 from virnucpro_trt.runtime.shard_marker import MARKER_SUFFIX, RESULT_SUFFIXES, ShardMarker, marker_path
 from virnucpro_trt.runtime.shards import PIECE_FILE, SHARD_FILE, ShardIndex, ShardSpec, read_shard_index
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
@@ -87,7 +88,7 @@ def inside_work_area(path: Path) -> Path | None:
         if folder.name != WORK_DIR:
             continue
         ours = any((folder / name).exists() for name in ("state.json", "shards", "results", "shards.tmp"))
-        if ours or any((folder.parent / name).exists() for name in (LOCK_FILE, "run.json")):
+        if ours or any((folder.parent / name).exists() for name in (LOCK_FILE, RUN_JSON)):
             return folder
     return None
 

@@ -1,0 +1,21 @@
+"""The one table of the files a finished run (``predict``, or ``merge`` of a split's parts) leaves in
+OUTDIR. Torch-free, so the Snakefile and the CLI's path checks can import it without loading models."""
+
+from __future__ import annotations
+
+PREDICTION_RESULTS = "prediction_results.txt"  # upstream's names, kept
+HIGHEST_SCORE = "prediction_results_highestscore.csv"
+SEQUENCES_TSV = "sequences.tsv"
+FRAMES_TSV = "frames.tsv"
+RUN_JSON = "run.json"
+EMBEDDINGS_H5 = "embeddings.h5"
+DEMO_NOTE = "DEMO_RANDOM_WEIGHTS.txt"  # beside results computed with the demo's random weights
+
+FINAL_TEXT_FILES = (PREDICTION_RESULTS, HIGHEST_SCORE, SEQUENCES_TSV, FRAMES_TSV)
+# Every result file a run may write, whatever its options (an older one of any is removed first).
+RESULT_NAMES = (*FINAL_TEXT_FILES, RUN_JSON, EMBEDDINGS_H5, DEMO_NOTE)
+
+
+def result_file_names(save_embeddings: bool, demo: bool) -> list[str]:
+    """The files one finished run writes, run.json included, for its options."""
+    return [*FINAL_TEXT_FILES, RUN_JSON] + [EMBEDDINGS_H5] * save_embeddings + [DEMO_NOTE] * demo
