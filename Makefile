@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 # torch is installed first and on its own so an existing install is respected and pip does not pull a
-# different build through a loose range; override e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for CUDA.
+# different build through a loose range. From PyPI on Linux this is the CUDA build (GBs of CUDA
+# libraries); for the CPU-only build say TORCH_SPEC="torch==2.13.0 --index-url
+# https://download.pytorch.org/whl/cpu" (or the CUDA index of your driver for GPUs).
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
@@ -21,6 +23,8 @@ demo: setup
 	$(BIN)/virnucpro-trt demo -o demo-out
 
 test: setup
+	@command -v g++ >/dev/null && command -v cmake >/dev/null || \
+		{ echo "make test needs g++ (AOTInductor engines) and cmake (the C++ host runtime)" >&2; exit 1; }
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
