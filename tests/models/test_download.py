@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from pathlib import Path
 
 import huggingface_hub
@@ -58,3 +59,28 @@ def test_a_download_fetches_one_weight_format_with_the_model_files(
         assert {"model.safetensors.index.json", "vocab.txt", "tokenizer_config.json"} <= got
     if files is DNABERT_S_FILES:
         assert "tokenizer.json" in got
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "named"),
+    [
+        ("esm", "facebook/esm2_t6_8M_UR50D", "download facebook/esm2_t6_8M_UR50D"),
+        ("esm", "esm2_t12_35M_UR50D", "download facebook/esm2_t12_35M_UR50D"),
+        ("esm", "esm2_t12_35M_UR50D", "esm2_t12_35M_UR50D.pt in"),
+        ("esm", "no/such-place/here", "download facebook/esm2_t36_3B_UR50D"),
+        ("dnabert", "someone/DNABERT-2-117M", "download someone/DNABERT-2-117M"),
+    ],
+)
+def test_a_missing_model_is_named_in_how_to_get_it(tmp_path: Path, monkeypatch, kind, spec, named) -> None:
+    """The hint names the model asked for (it named ESM-2 3B whatever ESM-2 was missing: helper-43)."""
+    from huggingface_hub import constants
+
+    from virnucpro_trt.errors import ModelNotFoundError
+    from virnucpro_trt.models.resolve import resolve_model
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=re.escape(named)):
+        resolve_model(spec, kind)

@@ -78,15 +78,18 @@ def _resolve(spec: str, kind: str, hf_default_org: str | None) -> Resolution:
     return res
 
 
-def _how_to_get(kind: str) -> str:
-    if kind == "dnabert":
-        return f"get it with `virnucpro-trt download {DNABERT_S_REPO}` (or `hf download {DNABERT_S_REPO}`)"
+def _how_to_get(kind: str, spec: str) -> str:
+    """How to get the model asked for: the repository or fair-esm name given, else upstream's model."""
+    if kind == "classifier":
+        return f"the upstream classifiers come from {UPSTREAM_CLASSIFIER_URL}"
+    fair_esm = kind == "esm" and _FAIR_ESM_NAME.match(spec) is not None
+    default = DNABERT_S_REPO if kind == "dnabert" else ESM2_3B_REPO
+    repo = spec if _HF_ID.match(spec) else f"facebook/{spec}" if fair_esm else default
+    hint = f"get it with `virnucpro-trt download {repo}` (or `hf download {repo}`)"
     if kind == "esm":
-        return (
-            f"get it with `virnucpro-trt download {ESM2_3B_REPO}` (Hugging Face folder) or place fair-esm's "
-            f"{ESM2_3B_NAME}.pt in {_torch_hub_dir() / 'checkpoints'}"
-        )
-    return f"the upstream classifiers come from {UPSTREAM_CLASSIFIER_URL}"
+        name = spec if fair_esm else repo.rsplit("/", 1)[-1]
+        hint += f", or place fair-esm's {name}.pt in {_torch_hub_dir() / 'checkpoints'}"
+    return hint
 
 
 def resolve_model(spec: str | os.PathLike[str], kind: str) -> Path:
@@ -96,7 +99,7 @@ def resolve_model(spec: str | os.PathLike[str], kind: str) -> Path:
     if res.path is None:
         looked = "; ".join(res.looked)
         raise ModelNotFoundError(
-            f"{kind} model '{spec}' not found (looked in: {looked}); {_how_to_get(kind)}"
+            f"{kind} model '{spec}' not found (looked in: {looked}); {_how_to_get(kind, spec)}"
         )
     return res.path
 
