@@ -34,8 +34,9 @@ from typing import Any
 import torch
 
 from virnucpro_trt.errors import CheckpointError, UnsafePickleError
+from virnucpro_trt.models.pickle_expansion import check_pickle_expansion
 
-MAX_PICKLE_BYTES = 64 << 20  # data.pkl of a 15B-parameter checkpoint is well under 1 MB
+MAX_PICKLE_BYTES = 16 << 20  # data.pkl of a 15B-parameter checkpoint is well under 1 MB; read before it is walked
 _TORCHSCRIPT_MARKERS = ("constants.pkl", "code/", "model.json", "bytecode.pkl", "attributes.pkl")
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (skipped), file name length, extra field length
 _MAX_DIMS = 64
@@ -402,6 +403,7 @@ def load_torch_file(
             if reader.byteorder() != "little":
                 raise CheckpointError(f"{path}: a big-endian archive; re-save it on a little-endian machine")
             data = reader.read_small("data.pkl", MAX_PICKLE_BYTES)
+            check_pickle_expansion(data, f"{path}: data.pkl")  # before any of it is built
             return _Unpickler(data, reader, extra_globals or {}, stand_ins).load()
     except CheckpointError as exc:  # the tensor rebuilders and stand-ins do not know the file: name it
         if str(exc).startswith(str(path)):
