@@ -34,6 +34,7 @@ from virnucpro_trt.models.random_checkpoints import (
     TINY_ESM2_CONFIG,
     esm_fairesm_state_dict,
     random_esm2,
+    write_esm_hf_checkpoint,
 )
 from virnucpro_trt.models.tokenization import DnaTokenizer
 
@@ -112,6 +113,28 @@ def test_tokenizer_files_that_make_the_library_panic_are_refused_at_load(
     ):
         with pytest.raises(CheckpointError, match=message) as caught:
             load(folder / "tokenizer.json")
+        assert "tokenizer.json" in _one_line(caught)
+
+
+@pytest.mark.parametrize("dropout", [0.9, 1, "0.5", True])
+def test_bpe_dropout_is_refused_as_it_makes_tokenization_random(
+    dropout: Any, dnabert_dir: Path, tmp_path: Path
+) -> None:
+    """``model.dropout`` 0.9 passed every check and made two identical runs' results differ (helper-42):
+    tokenization must be a function of the read. Null or 0 is what trained tokenizers ship."""
+    folder = _copy(dnabert_dir, tmp_path / "dropout")
+    path = folder / "tokenizer.json"
+    for accepted in (None, 0, 0.0):
+        _edit_json(path, lambda data, value=accepted: data["model"].update(dropout=value))
+        DnaTokenizer.from_file(path)
+    _edit_json(path, lambda data: data["model"].update(dropout=dropout))
+    for load in (
+        DnaTokenizer.from_file,
+        lambda _: load_dnabert(folder),
+        lambda _: precheck_encoder("dnabert-s", folder),
+    ):
+        with pytest.raises(CheckpointError, match=r"BPE dropout .* makes tokenization random") as caught:
+            load(path)
         assert "tokenizer.json" in _one_line(caught)
 
 
@@ -406,3 +429,32 @@ def test_messages_show_hostile_values_without_failing_on_them() -> None:
     assert show_value(10**5000) == "a value of type int" and show_value(nested) == "a value of type list"
     with pytest.raises(ValueError, match="layer_norm_eps is a value of type int, expected a finite number"):
         checked_layer_norm_eps(10**5000, "layer_norm_eps")
+
+
+def _add_to_safetensors_header(path: Path, name: str, entry_of_end: Any) -> None:
+    """Add ``name`` to a safetensors file's JSON header (its 8-byte length rewritten, the data kept)."""
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + length])
+    end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+    header[name] = entry_of_end(end)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + length :])
+
+
+def test_a_safetensors_shape_torch_cannot_make_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """``shape: [0, 2**63]`` holds no bytes, so safetensors accepts it, and torch's reshape then raised a
+    TypeError with its C++ trace in the message: exit 1 from every command (helper-42). It is the file's
+    fault: exit 2, one line naming it."""
+    folder = write_esm_hf_checkpoint(tmp_path / "esm", seed=3)
+    huge = {"dtype": "F32", "shape": [0, 2**63]}
+    weights = folder / "model.safetensors"
+    _add_to_safetensors_header(weights, "zz", lambda end: {**huge, "data_offsets": [end, end]})
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: a tensor its header describes cannot be"):
+        load_esm2(folder)
+    proteins, out = tmp_path / "p.fa", tmp_path / "out.h5"
+    proteins.write_text(">p1\nMKTAYIAKQR\n")
+    result = run_cli("embed", str(proteins), "--model", "esm2", "--weights", str(folder), "-o", str(out))
+    assert result.code == 2 and result.stderr.count("\n") == 1 and "cannot be made" in result.stderr
+    assert not out.exists()

@@ -76,6 +76,9 @@ def load_safetensors(path: Path) -> StateDict:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: cannot read as safetensors ({exc})") from exc
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:  # a header torch cannot build
+        reason = " ".join(str(exc).split("\n", 1)[0].split())[:200]  # its first line: not torch's C++ trace
+        raise CheckpointError(f"{path}: a tensor its header describes cannot be made ({reason})") from exc
 
 
 def _load_state_dict_file(path: Path) -> StateDict:

@@ -100,9 +100,20 @@ def check_tokenizer_json(data: Any, source: str) -> None:
       (panics at the first encode), or whose special token has no ids or as many ids as tokens.
     * A ``Precompiled`` normalizer (SentencePiece's compiled character map): a short or garbled map
       panics on load or at the first encode. DNA BPE tokenizers have no use for one.
+
+    And the one setting that makes tokenization random: BPE ``dropout`` (a training-time augmentation)
+    skips merges by chance at every encode, so the same reads would embed differently run to run, and
+    resumed shards, merged parts and reruns would silently disagree. It must be absent, null or 0.
     """
     if not isinstance(data, dict):
         raise CheckpointError(f"{source}: not a tokenizers file (expected a JSON object)")
+    model = data.get("model")
+    dropout = model.get("dropout") if isinstance(model, dict) else None
+    if dropout not in (None, 0, 0.0) or isinstance(dropout, bool):
+        raise CheckpointError(
+            f"{source}: its model sets BPE dropout {str(dropout)[:20]}, which makes tokenization random "
+            "(a training setting); set it to null"
+        )
     for node in _walk(data.get("normalizer")):
         if node.get("type") == "Precompiled":
             raise CheckpointError(
