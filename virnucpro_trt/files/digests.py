@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from virnucpro_trt.errors import UserError
+
 _BLOCK = 1 << 24
 
 
@@ -14,18 +16,35 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class MoreBytesThanItsSize(UserError):
+    """A file gave more bytes than its size says: a pseudo-file (``/proc``, a device) or one being written."""
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of the file's raw bytes. A failed read (EIO) is an ``OSError`` that names the file,
-    as a failed open does, so a caller can say which file it was."""
+    as a failed open does, so a caller can say which file it was.
+
+    At most the size the open file reports is read: a ``/proc`` pseudo-file reports 0 and then yields
+    without end (``/proc/self/pagemap``: hundreds of GB), so one byte more than that size is refused
+    (:class:`MoreBytesThanItsSize`) instead of hashed for as long as it goes on.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         try:
-            while data := handle.read(_BLOCK):
+            left = os.fstat(handle.fileno()).st_size
+            while left > 0 and (data := handle.read(min(_BLOCK, left))):
                 digest.update(data)
+                left -= len(data)
+            more = handle.read(1)
         except OSError as exc:
             if exc.filename is not None:
                 raise
             raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
+    if more:
+        raise MoreBytesThanItsSize(
+            f"{os.fspath(path)}: holds more bytes than its size says (a /proc or device file, or one being "
+            "written); refused"
+        )
     return digest.hexdigest()
 
 
