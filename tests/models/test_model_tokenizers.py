@@ -92,6 +92,21 @@ def test_protein_vocab_file_order_is_honoured(tmp_path: Path) -> None:
     assert tokenizer.encode_batch(["LA"])[0].tolist() == [0, 5, 4, 2]
 
 
+@pytest.mark.parametrize("blank_at", [5, 12, len(FAIR_ESM_ALPHABET)])
+def test_a_blank_line_in_vocab_txt_holds_an_id_as_in_transformers(tmp_path: Path, blank_at: int) -> None:
+    """transformers' EsmTokenizer keeps every line of vocab.txt as a token, blank ones too; dropping them
+    shifted every later id (``MKLA`` -> 0,20,15,4,5,2 here, 0,21,16,5,6,2 in transformers: helper-42)."""
+    transformers = pytest.importorskip("transformers")
+    tokens = list(FAIR_ESM_ALPHABET)
+    tokens.insert(blank_at, "")
+    (tmp_path / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    ours = ProteinTokenizer.from_vocab_file(tmp_path / "vocab.txt")
+    theirs = transformers.EsmTokenizer(str(tmp_path / "vocab.txt"))
+    for protein in ("MKLA", "ACDEFGHIKLMNPQRSTVWYXBZUO", "M<mask>K"):
+        assert ours.encode_batch([protein])[0].tolist() == theirs(protein)["input_ids"], protein
+    assert ours.vocab_size == len(tokens) and ours.max_id == len(tokens) - 1 - (blank_at == len(tokens) - 1)
+
+
 def test_pad_batch_right_pads() -> None:
     ids, mask = pad_batch([np.array([5, 6, 7]), np.array([8])], pad_id=1)
     assert ids.tolist() == [[5, 6, 7], [8, 1, 1]]

@@ -313,10 +313,15 @@ class ProteinTokenizer:
     def from_vocab_file(
         cls, path: str | Path, max_residues: int = ESM_TRUNCATION_RESIDUES
     ) -> ProteinTokenizer:
-        """Read an HF ESM ``vocab.txt`` (one token per line, in id order; size bounded, no repeats)."""
+        """Read an HF ESM ``vocab.txt`` (one token per line, in id order; size bounded, no repeats).
+
+        Every line is a token, a blank one too, as transformers' ``EsmTokenizer`` reads the file: the id
+        of a token is its line number, so dropping blank lines would shift every id after one (the
+        embeddings would silently differ from the reference's). A blank token is never emitted.
+        """
         lines = read_text_file(Path(path)).splitlines()
-        tokens = [line.strip() for line in lines if line.strip()]
-        repeated = sorted(t for t, n in Counter(tokens).items() if n > 1)
+        tokens = [line.strip() for line in lines]
+        repeated = sorted(t for t, n in Counter(tokens).items() if n > 1 and t)
         if repeated:
             raise CheckpointError(f"{path}: repeats the token(s) {', '.join(repeated[:4])[:80]}")
         return cls(tokens, max_residues)
@@ -327,8 +332,9 @@ class ProteinTokenizer:
 
     @property
     def max_id(self) -> int:
-        """Ids are positions in the vocabulary: the largest is its size - 1."""
-        return len(self.tokens) - 1
+        """Ids are positions in the vocabulary: the largest one a token that can be emitted has (blank
+        lines of a vocab.txt hold ids but are never emitted)."""
+        return max(index for index, token in enumerate(self.tokens) if token)
 
     def encode_batch(self, sequences: Sequence[str]) -> list[np.ndarray]:
         """``<cls>`` + first ``max_residues`` tokens + ``<eos>`` per sequence, int64."""
