@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,24 @@ def test_bare_esmmodel_layout_without_prefix(tmp_path: Path, esm_hf_dir: Path, a
     ids, mask = protein_batch(as_tensors, seed=4)
     with torch.no_grad():
         assert torch.equal(encoder(ids, mask), reference(ids, mask))
+
+
+def test_a_cache_ref_leading_out_of_the_cache_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """``refs/main`` holding ``../../../elsewhere`` made the lookup load a folder outside the Hugging Face
+    cache under the repository's name (helper-42): refused, naming the repository."""
+    from huggingface_hub import constants
+
+    from virnucpro_trt.errors import ModelNotFoundError
+    from virnucpro_trt.models.resolve import resolve_model
+
+    folder = write_esm_hf_checkpoint(tmp_path / "model", seed=5)
+    snapshot = _as_hub_cache(folder, tmp_path / "hub", "facebook/esm2_t6_8M_UR50D")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert resolve_model("facebook/esm2_t6_8M_UR50D", "esm").resolve() == snapshot.resolve()
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(folder, elsewhere)
+    (snapshot.parent.parent / "refs" / "main").write_text("../../../elsewhere")  # snapshots/<ref>
+    assert (snapshot.parent / "../../../elsewhere").resolve() == elsewhere.resolve()
+    with pytest.raises(ModelNotFoundError, match="ref leads outside the cache"):
+        resolve_model("facebook/esm2_t6_8M_UR50D", "esm")

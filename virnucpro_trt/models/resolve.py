@@ -42,9 +42,17 @@ def _hf_cache_lookup(repo_id: str, res: Resolution) -> Path | None:
         return None
     res.looked.append(f"Hugging Face cache {constants.HF_HUB_CACHE} for '{repo_id}'")
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        found = Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # any miss: not cached, partial cache, bad id
         return None
+    # A ref file is text the cache's owner wrote: ``refs/main`` holding ``../../../elsewhere`` led the
+    # lookup out of the cache. A snapshot is a folder inside the cache, or not this repository's.
+    cache = Path(constants.HF_HUB_CACHE).resolve()
+    if not found.resolve().is_relative_to(cache):
+        raise ModelNotFoundError(
+            f"'{repo_id}': the Hugging Face cache's ref leads outside the cache ({found}); refused"
+        )
+    return found
 
 
 def _torch_hub_dir() -> Path:
