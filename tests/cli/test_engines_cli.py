@@ -326,6 +326,18 @@ def test_a_failed_gate_is_said_and_an_edited_vocabulary_size_is_refused(engine_d
     assert not (tmp_path / "out").exists()
 
 
+def test_a_pad_id_not_the_tokenizers_is_refused(engine_dir, reads_fasta, tmp_path):
+    """A manifest without a vocabulary size (written before it was recorded) bounded its pad id by
+    nothing but 2^24: an id past the tokenizer's ran (helper-46). The pad id is the tokenizer's."""
+    engines = _copy_engines(engine_dir, tmp_path / "engines")
+    for kind, pad_id in (("esm2", 1000), ("dnabert-s", 0)):  # DNABERT-S's [PAD] is 3
+        original = (engines / "manifest.json").read_text()
+        _edit_manifest(engines, kind, vocab_size=0, pad_id=pad_id)
+        _refused(_predict_with(engines, reads_fasta, tmp_path / "out"), f"pad_id {pad_id} for {kind}")
+        (engines / "manifest.json").write_text(original)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_torchscript_classifier_named_by_the_manifest_never_runs(engine_dir, reads_fasta, tmp_path):
     from tests.models.torchscript_payload import write_payload_archive
     from virnucpro_trt.files.digests import sha256_file

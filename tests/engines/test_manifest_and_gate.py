@@ -324,3 +324,56 @@ def test_hostile_numbers_and_a_linked_manifest_are_refused_before_any_engine_run
     (tmp_path / "set" / "manifest.json").symlink_to(elsewhere)
     with pytest.raises(EngineMismatchError, match="is a symbolic link"):
         EngineManifest.read(tmp_path / "set")
+
+
+def _entry_edited(tmp_path, kind: str, **fields) -> None:
+    """Write ``_manifest()`` with ``models[kind]`` changed to ``fields`` (``None``: the field removed)."""
+    data = _manifest().to_json()
+    for name, value in fields.items():
+        if value is None:
+            data["models"][kind].pop(name, None)
+        else:
+            data["models"][kind][name] = value
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "needle"),
+    [
+        # vocab_size not recorded (0 or absent): the pad id was not checked at all. 2**70 failed every
+        # shard three times (OverflowError while padding, exit 1); -5 ran, indexing the table from its end.
+        ("esm2", {"pad_id": 2**70, "vocab_size": 0}, "pad_id 1180591620717411303424 is not a token id"),
+        ("esm2", {"pad_id": -5, "vocab_size": None}, "pad_id -5 is not a token id"),
+        ("dnabert-s", {"pad_id": -1, "vocab_size": 0}, "pad_id -1 is not a token id"),
+        ("classifier", {"pad_id": 2**63}, "pad_id 9223372036854775808 is not a token id"),
+        # vocab_size itself bounded (it held any pad id below it)
+        ("esm2", {"pad_id": 2**62, "vocab_size": 2**70}, "vocab_size 1180591620717411303424 is not a voc"),
+        ("esm2", {"pad_id": 1, "vocab_size": (1 << 24) + 1}, "vocab_size 16777217 is not a vocabulary size"),
+        ("esm2", {"pad_id": 1, "vocab_size": -3}, "vocab_size -3 is not a vocabulary size"),
+        ("esm2", {"pad_id": -5, "vocab_size": 33}, "pad_id -5 is outside its 33-token vocabulary"),
+        ("esm2", {"pad_id": True, "vocab_size": 33}, "pad_id has the wrong type"),
+        ("esm2", {"pad_id": 1, "vocab_size": True}, "vocab_size has the wrong type"),
+    ],
+)
+def test_a_pad_id_or_vocabulary_size_out_of_range_is_refused_at_the_manifest(tmp_path, kind, fields, needle):
+    """Every entry's pad id is a token id and its vocabulary size a bounded count, recorded or not:
+    refused in one line (EngineMismatchError, exit 2) when the manifest is read, before any worker."""
+    _entry_edited(tmp_path, kind, **fields)
+    with pytest.raises(EngineMismatchError, match=needle) as caught:
+        EngineManifest.read(tmp_path)
+    assert caught.value.exit_code == 2 and "\n" not in str(caught.value)
+
+
+def test_the_token_fields_a_build_writes_are_read(tmp_path):
+    """What ``build`` writes (each encoder's vocabulary and its tokenizer's pad id; the classifier's
+    0 and 0, it has no tokens) and what a build older than ``vocab_size`` wrote (none) still read."""
+    _entry_edited(tmp_path, "esm2", pad_id=1, vocab_size=33)
+    assert EngineManifest.read(tmp_path).models["esm2"].vocab_size == 33
+    _entry_edited(tmp_path, "dnabert-s", pad_id=4095, vocab_size=4096)
+    assert EngineManifest.read(tmp_path).models["dnabert-s"].pad_id == 4095
+    _entry_edited(tmp_path, "esm2", pad_id=(1 << 24) - 1, vocab_size=1 << 24)  # the bound itself
+    assert EngineManifest.read(tmp_path).models["esm2"].vocab_size == 1 << 24
+    _entry_edited(tmp_path, "esm2", pad_id=1, vocab_size=None)  # an older build: not recorded
+    back = EngineManifest.read(tmp_path)
+    assert back.models["esm2"].vocab_size == 0 and back.models["esm2"].pad_id == 1
+    assert back.models["classifier"].pad_id == 0 and back.models["classifier"].vocab_size == 0

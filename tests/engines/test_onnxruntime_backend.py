@@ -221,6 +221,26 @@ def test_external_data_is_read_only_from_plain_files_of_the_engines_folder(built
         ONNXRUNTIME_BACKEND.load(unlisted)
 
 
+def test_exported_engines_pass_the_whole_model_external_data_check(built, tmp_path: Path) -> None:
+    """The check now walks every tensor of the file (model-local functions included): the exporter's
+    own files, inline or with their weights in a listed side file, still pass it and load."""
+    import onnx
+
+    from virnucpro_trt.engines.onnx_session import check_external_data
+
+    for kind, (artifact, _) in built.items():
+        check_external_data(artifact.path, frozenset(p.name for p in artifact.files))
+        folder = tmp_path / kind
+        folder.mkdir()
+        path = folder / artifact.path.name
+        model = onnx.load(str(artifact.path))
+        onnx.save_model(model, str(path), save_as_external_data=True, location="w.bin", size_threshold=256)
+        listed = frozenset({path.name, "w.bin"})
+        check_external_data(path, listed)
+        request = LoadRequest(path, kind, CPU, "fp32", DIM[kind], PAD[kind], SHAPES, listed)
+        assert ONNXRUNTIME_BACKEND.load(request) is not None
+
+
 def test_an_engine_given_in_the_other_ones_place_is_refused_at_load(built) -> None:
     """Its recorded kind, precision and output width must be the manifest's, as AOTInductor packages'
     are: swapped engines (hashes rewritten) failed at the first batch of every worker, three times."""

@@ -44,6 +44,7 @@ SCHEMA = "virnucpro-trt/engine-manifest"
 SCHEMA_VERSION = 2
 MAX_MANIFEST_BYTES = 8 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_VOCAB_SIZE = 1 << 24  # an encoder's vocabulary, as the C++ host bounds it (kMaxVocab)
 OWN_FILES_KEY = "own_files"  # in ``build``: further files of the folder that virnucpro-trt made
 # in ``build``: {name: SHA-256} of the earlier build's files this build removes once its manifest is in
 # place; recorded, so a build killed before it removed them leaves them known to the next build
@@ -106,6 +107,26 @@ _ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
 _REQUIRED_FIELDS = ("kind", "artifact", "weights_sha256", "source", "file_sha256")
 
 
+def _check_token_fields(entry: ModelEntry, what: str) -> None:
+    """``vocab_size`` is 0 (not recorded: the classifier, encoders built before it was) or 1 to
+    :data:`MAX_VOCAB_SIZE`; ``pad_id`` is a token id: below ``vocab_size`` when recorded, else below
+    :data:`MAX_VOCAB_SIZE` (the C++ host's rule too). Only the tokenizer could bound an unrecorded
+    vocabulary more tightly. A pad id of 2**70 failed every shard three times (OverflowError while
+    padding), a negative one ran, indexing the embedding from its end."""
+    vocab = entry.vocab_size
+    if not 0 <= vocab <= MAX_VOCAB_SIZE:
+        raise EngineMismatchError(
+            f"{what}: vocab_size {vocab} is not a vocabulary size (0, not recorded, or 1 to {MAX_VOCAB_SIZE})"
+        )
+    if vocab and not 0 <= entry.pad_id < vocab:
+        raise EngineMismatchError(f"{what}: pad_id {entry.pad_id} is outside its {vocab}-token vocabulary")
+    if not 0 <= entry.pad_id < MAX_VOCAB_SIZE:
+        raise EngineMismatchError(
+            f"{what}: pad_id {entry.pad_id} is not a token id (0 to {MAX_VOCAB_SIZE - 1}); "
+            "rebuild the engines"
+        )
+
+
 def _entry_from_json(kind: str, data: Any, path: Path) -> ModelEntry:
     if not isinstance(data, dict):
         raise EngineMismatchError(f"{path}: models.{kind} is not an object")
@@ -132,9 +153,7 @@ def _entry_from_json(kind: str, data: Any, path: Path) -> ModelEntry:
         isinstance(v, str) and _SHA256.fullmatch(v) for v in entry.file_sha256.values()
     ):
         raise EngineMismatchError(f"{what}: file_sha256 must give one SHA-256 for each of {', '.join(names)}")
-    if entry.vocab_size < 0 or (entry.vocab_size and not 0 <= entry.pad_id < entry.vocab_size):
-        vocab = entry.vocab_size
-        raise EngineMismatchError(f"{what}: pad_id {entry.pad_id} is outside its {vocab}-token vocabulary")
+    _check_token_fields(entry, what)
     if kind == "classifier" and not entry.artifact.endswith(".safetensors"):
         raise EngineMismatchError(f"{what}: the classifier of an engine directory must be .safetensors")
     return entry

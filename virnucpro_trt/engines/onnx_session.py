@@ -54,24 +54,40 @@ def session_options(threads: int | None = None) -> Any:
     return options
 
 
-def _graph_tensors(graph: Any) -> Iterator[Any]:
-    """Every TensorProto a graph holds: initializers, sparse ones' parts, and node attributes' tensors,
-    subgraphs (If/Loop/Scan bodies) included."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield from (sparse.values, sparse.indices)
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("sparse_tensor"):
-                yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
-            for sparse in attribute.sparse_tensors:
-                yield from (sparse.values, sparse.indices)
-            subgraphs = [attribute.g] if attribute.HasField("g") else []
-            for subgraph in [*subgraphs, *attribute.graphs]:
-                yield from _graph_tensors(subgraph)
+def _model_tensors(model: Any) -> Iterator[Any]:
+    """Every TensorProto anywhere in ``model``: the graph's initializers and sparse initializers, node
+    attributes' tensors (``t``, ``tensors``, sparse ones' values and indices), subgraphs (If/Loop/Scan
+    bodies) at any depth, the model-local functions (``model.functions``: their nodes, their attributes'
+    default values, their subgraphs) and the training graphs. Found by walking every message field of
+    the protobuf rather than a list of the places known today, so a tensor in a place a list forgot
+    (model-local functions were) is still checked. Iterative: a deeply nested file cannot exhaust the
+    stack; large scalar arrays (inline weights) are never iterated."""
+    import onnx
+    from google.protobuf.message import Message
+
+    stack = [model]
+    while stack:
+        message = stack.pop()
+        if isinstance(message, onnx.TensorProto):
+            yield message
+            continue  # a tensor holds no further tensors
+        for field, value in message.ListFields():
+            if field.type != field.TYPE_MESSAGE:
+                continue
+            if isinstance(value, Message):
+                stack.append(value)
+            else:
+                stack.extend(value)
+
+
+def _locations(tensor: Any) -> list[Any]:
+    """The external-data locations ``tensor`` names (each one: ONNX Runtime releases differ in which of
+    several they use); ``[None]`` for external data that names none."""
+    import onnx
+
+    if tensor.data_location != onnx.TensorProto.EXTERNAL and not len(tensor.external_data):
+        return []
+    return [entry.value for entry in tensor.external_data if entry.key == "location"] or [None]
 
 
 def check_external_data(path: Path, listed: frozenset[str] | None = None) -> None:
@@ -79,19 +95,19 @@ def check_external_data(path: Path, listed: frozenset[str] | None = None) -> Non
     folder (:func:`~virnucpro_trt.files.names.member_path`: no separators, no ``..``, no absolute path,
     no link out). An engine directory is hostile input: ONNX Runtime read any path the file names
     (``../../etc/...``) into the weights until its own check of late 2025, and sparse tensors escaped that
-    check in later releases; the oldest onnxruntime this package accepts (1.18) has none. With ``listed``
-    (an engine directory's manifest's files for this model), the file must also be one the manifest
-    lists, so its SHA-256 was checked: an unlisted file beside the .onnx was read unverified. The graph
-    is parsed without its external data, so this reads only the .onnx file itself."""
+    check in later releases; the oldest onnxruntime this package accepts (1.18) has none. Every tensor
+    of the file is checked (:func:`_model_tensors`), those of model-local functions included: ONNX
+    Runtime reads a function's Constant from its external file too. With ``listed`` (an engine
+    directory's manifest's files for this model), the file must also be one the manifest lists, so its
+    SHA-256 was checked: an unlisted file beside the .onnx was read unverified. The graph is parsed
+    without its external data, so this reads only the .onnx file itself."""
     import onnx
 
     from virnucpro_trt.files.names import member_path
 
     model = onnx.load(str(path), load_external_data=False)
-    for tensor in _graph_tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            entries = {entry.key: entry.value for entry in tensor.external_data}
-            location = entries.get("location")
+    for tensor in _model_tensors(model):
+        for location in _locations(tensor):
             member_path(path.parent, location, f"{path} (tensor {tensor.name!r})")
             if listed is not None and location not in listed:
                 raise UserError(
