@@ -25,8 +25,10 @@ def test_wheel_and_sdist_build_and_the_wheel_runs_the_demo_outside_the_checkout(
     (sdist,) = dist.glob("virnucpro_trt-*.tar.gz")
     with tarfile.open(sdist) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
-    wanted = {"LICENSE", "CMakeLists.txt", "runtime/src/manifest.cpp", "virnucpro_trt/workflow/Snakefile",
-              "Makefile", "tests/conftest.py", "tests/cli/helpers.py", "tests/data/worked_example.fa"}  # fmt: skip
+    wanted = {
+        "LICENSE", "CMakeLists.txt", "runtime/src/manifest.cpp", "virnucpro_trt/workflow/Snakefile",
+        "Makefile", "tests/conftest.py", "tests/cli/helpers.py", "tests/data/worked_example.fa",
+    }  # fmt: skip
     assert not [name for name in names if "__pycache__" in name]
     assert wanted <= names
 

@@ -36,7 +36,8 @@ import torch
 from virnucpro_trt.errors import CheckpointError, UnsafePickleError
 from virnucpro_trt.models.pickle_expansion import check_pickle_expansion
 
-MAX_PICKLE_BYTES = 16 << 20  # data.pkl of a 15B-parameter checkpoint is well under 1 MB; read before it is walked
+# data.pkl of a 15B-parameter checkpoint is well under 1 MB; it is read whole, then walked (pickle_expansion)
+MAX_PICKLE_BYTES = 16 << 20
 _TORCHSCRIPT_MARKERS = ("constants.pkl", "code/", "model.json", "bytecode.pkl", "attributes.pkl")
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (skipped), file name length, extra field length
 _MAX_DIMS = 64
