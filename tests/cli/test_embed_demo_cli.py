@@ -227,6 +227,18 @@ def test_demo_runs_end_to_end_and_says_random(tiny_set, tmp_path, monkeypatch):
     run = json.loads((out / "run.json").read_text())
     assert run["demo_random_weights"] is True
     assert run["counts"]["frames"] > 0
+    # A rerun finds it finished and still says DEMO; a changed result is refused, naming --force, which
+    # demo takes (it said "add --force" and had none: helper-43).
+    again = run_cli("demo", "-o", str(out))
+    assert again.code == 0 and "PASSED (DEMO, RANDOM WEIGHTS" in again.stderr.strip().splitlines()[-1]
+    results = out / "prediction_results.txt"
+    kept = results.read_bytes()
+    results.write_bytes(kept + b"my edit\n")
+    edited = run_cli("demo", "-o", str(out))
+    assert edited.code == 2 and "--force" in edited.stderr
+    forced = run_cli("demo", "-o", str(out), "--force")
+    assert forced.code == 0, forced.stderr
+    assert results.read_bytes() == kept
     rows = check_sequence_rows(out)
     assert {r["status"] for r in rows.values()} == {"scored", "no_stop_free_frame", "empty"}
     assert {r["label"] for r in rows.values() if r["status"] == "scored"} == {"virus", "others"}

@@ -121,6 +121,7 @@ def test_snakemake_run_equals_one_predict_and_a_rerun_does_nothing(demo_workflow
         run["settings_fingerprint"] == json.loads((single / "run.json").read_text())["settings_fingerprint"]
     )
     assert (out / "logs" / "predict" / "0002.log").read_text().count("PASSED (DEMO, RANDOM WEIGHTS") == 1
+    assert (out / "logs" / "merge.log").read_text().count("PASSED (DEMO, RANDOM WEIGHTS") == 1  # merge too
     assert run["demo_random_weights"] is True and (out / "DEMO_RANDOM_WEIGHTS.txt").is_file()
 
     code, log = _finish(_snakemake(demo_workflow))

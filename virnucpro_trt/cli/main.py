@@ -50,6 +50,7 @@ from virnucpro_trt.errors import (
 )
 from virnucpro_trt.interrupts import sigterm_as_interrupt
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
+from virnucpro_trt.outputs.names import DEMO_LABEL
 from virnucpro_trt.settings import (
     ATTENTION_KERNELS,
     BACKENDS,
@@ -388,16 +389,17 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
         click.echo(str(exc), err=True)
         raise click.exceptions.Exit(exc.exit_code) from None
     counts = summary["counts"]
+    label = DEMO_LABEL if demo else ""
     if summary.get("reused"):
         log.info(
-            "PASSED: already finished, nothing recomputed: %d records, %d frames scored, %d sequences "
+            "PASSED%s: already finished, nothing recomputed: %d records, %d frames scored, %d sequences "
             "labelled virus in %s",
-            counts["records"], counts["frames"], counts["virus_sequences"], settings.outdir,
+            label, counts["records"], counts["frames"], counts["virus_sequences"], settings.outdir,
         )  # fmt: skip
         return
     log.info(
         "PASSED%s: %d records, %d frames scored, %d sequences labelled virus -> %s (%.1f s)",
-        " (DEMO, RANDOM WEIGHTS: the labels mean nothing)" if demo else "",
+        label,
         counts["records"],
         counts["frames"],
         counts["virus_sequences"],
@@ -410,9 +412,20 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
 @outdir_option("Output folder.")
 @chunk_length_option()
 @encoder_options
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace what OUTDIR holds at the demo's result names (another run's results, files of yours "
+    "there, or this demo's results changed since); on the demo's own finished results, run it again.",
+)
 @logging_options
 def demo(
-    outdir: Path, chunk_length: str, encoders: EncoderSettings, engines: Path | None, rebuild: bool
+    outdir: Path,
+    chunk_length: str,
+    encoders: EncoderSettings,
+    engines: Path | None,
+    rebuild: bool,
+    force: bool,
 ) -> None:
     """Run predict end to end on example reads with a small RANDOM-WEIGHT model set (built once, cached)."""
     _offline()
@@ -430,6 +443,7 @@ def demo(
         False,
         engines,
         rebuild,
+        run=RunControl(force=force),
     )
     _run_predict(settings, True)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from virnucpro_trt.cli.command_options import CONTEXT, OutputPath, logging_options
+from virnucpro_trt.outputs.names import DEMO_LABEL
 from virnucpro_trt.settings import MergeSettings
 
 log = logging.getLogger("virnucpro_trt")
@@ -44,7 +45,8 @@ def merge(part_outs: tuple[Path, ...], outdir: Path, force: bool) -> None:
     summary = run_merge(MergeSettings(tuple(part_outs), outdir, force), command=sys.argv)
     counts = summary["counts"]
     log.info(
-        "PASSED: %d part(s), %d records, %d frames scored, %d sequences labelled virus -> %s",
+        "PASSED%s: %d part(s), %d records, %d frames scored, %d sequences labelled virus -> %s",
+        DEMO_LABEL if summary.get("demo_random_weights") else "",
         summary["split"]["parts"], counts["records"], counts["frames"], counts.get("virus_sequences", 0),
         outdir,
     )  # fmt: skip
