@@ -140,8 +140,13 @@ def _read_record(folder: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
         return {}, "is a folder" if path.is_dir() and not path.is_symlink() else "is not a plain file"
     try:
         data = read_json_object(path, MAX_RECORD_BYTES)
+        owner = path.stat().st_uid
     except (OSError, FieldError):
         return {}, _FOREIGN
+    if hasattr(os, "geteuid") and owner != os.geteuid():
+        # Another user's record vouches for nothing of this user's: in a shared sticky folder (/tmp) it
+        # could list a victim's file, size and SHA-256 so that the victim's next run replaced it unasked.
+        return {}, None
     files = data.get("files") if data.get("schema") == RECORD_SCHEMA else None
     entries = {}
     for name, entry in files.items() if isinstance(files, dict) else ():
