@@ -62,8 +62,7 @@ def _model_tensors(model: Any) -> Iterator[Any]:
     the protobuf rather than a list of the places known today, so a tensor in a place a list forgot
     (model-local functions were) is still checked. Iterative: a deeply nested file cannot exhaust the
     stack; large scalar arrays (inline weights) are never iterated."""
-    import onnx
-    from google.protobuf.message import Message
+    import onnx  # its messages are protobuf messages (ListFields); protobuf itself comes with onnx
 
     stack = [model]
     while stack:
@@ -74,7 +73,7 @@ def _model_tensors(model: Any) -> Iterator[Any]:
         for field, value in message.ListFields():
             if field.type != field.TYPE_MESSAGE:
                 continue
-            if isinstance(value, Message):
+            if hasattr(value, "ListFields"):  # one message; otherwise a repeated field of them
                 stack.append(value)
             else:
                 stack.extend(value)
