@@ -66,9 +66,9 @@ class PaddingCap:
 
     Why: a group of items of many lengths fills one budget with every length, so much of a batch can be
     padding; cutting where the length falls trades that for more, smaller batches, and the floor keeps
-    them large enough for the device. Opt-in, not the default: on an H200 it helped 100-1000 bp reads
-    and cost short uniform (150 bp) reads more than it saved, while larger shards helped both
-    (``runtime.shards``; measurement log, sixteenth session). The rule is runtime/batching.py's.
+    them large enough for the device. Opt-in, not the default: on an H200 it helped mixed-length reads
+    and cost short reads of nearly one length more than it saved, while larger shards helped both
+    (``runtime.shards``; measurement log, 2026-12-04, sixteenth session). The rule is runtime/batching.py's.
     """
 
     max_share: float

@@ -6,8 +6,9 @@ identity (torch 2.13: ``id(writeline.__self__)``; earlier: the bound method unde
 A later hit returns the name without writing anything. When the first writer's lines are not in the
 final wrapper (memory planning writes two passes; a short-lived buffer is dropped and a new one takes
 its address), the hit names an array that is declared nowhere, and the C++ compile fails with
-``'int_array_292' was not declared in this scope``. On the H200 this broke two of three fp8 ESM-2 builds
-in one session, at random (measurement log, tenth and sixteenth sessions; pytorch#193621).
+``'int_array_292' was not declared in this scope``. On the H200 this broke fp8 ESM-2 builds at random,
+the same command building on the next try (measurement log, 2026-12-03, tenth session, and 2026-12-04,
+sixteenth session; pytorch#193621).
 
 The remedy: every call declares a fresh array at the point of use, so a name is always declared in the
 lines that use it. That is what the uncached implementation does; the cost is a few more lines of

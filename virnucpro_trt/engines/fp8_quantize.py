@@ -15,12 +15,13 @@ registers as two power-of-two pieces (:func:`resident_pieces`) and reads it once
 
 * BIAS_GELU needs no GELU pass for the amax: GELU rises on [-0.75, inf) and stays within 0.17 in
   magnitude below 0, so when GELU(max z) >= 0.17 it *is* the row's amax; a row whose maximum is smaller
-  gets an exact pass. The kernel is bound by evaluating GELU, not by memory: erf from a polynomial
-  (|error| <= 1.5e-7, :data:`ERF_COEFFS`) was 11% faster than libdevice's ``erff``, and GELU's tanh
-  form by the hardware tanh (one MUFU op, :data:`GELU_TANH`, the engines' default) takes the kernel from
-  0.54 to 0.31 ms per batch on the H200. Its |difference| from the erf form (<= 4.8e-4) is below the
+  gets an exact pass. The kernel is bound by evaluating GELU, not by memory, so the cheaper the GELU
+  the faster the kernel: erf from a polynomial (|error| <= 1.5e-7, :data:`ERF_COEFFS`) beat libdevice's
+  ``erff``, and GELU's tanh form by the hardware tanh (one MUFU op, :data:`GELU_TANH`, the engines'
+  default) beat the polynomial, each at the same parity on the H200 (measurement log, 2026-12-02, fifth
+  session, and 2026-12-03, eighth session). Its |difference| from the erf form (<= 4.8e-4) is below the
   bf16 rounding of the GEMM output it is applied to except in the far negative lobe, and far below the
-  e4m3 rounding after it (half a step is 3-6% of a value) (measurement log).
+  e4m3 rounding after it (half a step is 3-6% of a value).
 * LAYERNORM takes mean and variance in one pass, per chunk and merged across chunks (Chan's update:
   no cancellation when the mean is large against the spread, as in the residual stream's outlier
   channels), then an amax pass and the store pass; with a residual, the sum is written out on the first.
@@ -385,9 +386,9 @@ if triton is not None:
         tl.store(scale_ptr + tl.program_id(0), amax / _FP8_MAX)
 
 
-# The engines' launches: fc1's 10,240-wide rows in chunks of 2048 (5) with GELU's tanh form (+3.8% on
-# the layers at the same parity, eighth session), the 2,560-wide ones in chunks of 512 (5; the resident
-# row is faster alone but 3.9% slower in the layers). Measurement log.
+# The engines' launches: fc1's 10,240-wide rows in chunks of 2048 (5) with GELU's tanh form (faster in
+# the layers at the same parity), the 2,560-wide ones in chunks of 512 (5; the resident row is faster
+# alone but slower in the layers). Measurement log, 2026-12-03, eighth session.
 ROW_LAUNCH: Mapping[int, RowLaunch] = MappingProxyType(
     {
         BIAS_GELU: RowLaunch(chunk=2048, erf=GELU_TANH),
@@ -542,7 +543,7 @@ def _registered_ops() -> tuple[Any, ...]:
 
 
 # Modes the engines run as Triton kernels by default: all three, each measured faster at parity than
-# Inductor's fusion of the references (measurement log, 2026-12-02, both sessions).
+# Inductor's fusion of the references (measurement log, 2026-12-02, second and third sessions).
 TRITON_MODES = frozenset(MODES)
 
 

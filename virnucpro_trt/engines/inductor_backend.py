@@ -19,10 +19,11 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
   T to a multiple of m (pad id, mask 0: results do not change, tested) and the graph is exported with
   ``T = m * Dim``, so Inductor can prove that every T-strided buffer is m-element aligned. m=8 was the
   CUDA default, for the attention bias (the memory-efficient SDPA kernel wants its row stride to be a
-  multiple of 8, and Inductor's SDPA lowering pads a bias whose alignment it cannot prove). Measured on
-  the H200, the pad tokens cost more than that re-layout: on Illumina-length reads (49-token proteins,
-  8.8% padded at m=8) m=1 embeds 7% more proteins/s in ESM-2 and 13% more frames/s in DNABERT-S, at
-  the same parity (docs/measurements.md); 500 bp proteins (168 tokens) are multiples of 8 anyway.
+  multiple of 8, and Inductor's SDPA lowering pads a bias whose alignment it cannot prove). But the pad
+  tokens cost more than that re-layout: on Illumina-length reads (49-token proteins, which m=8 pads
+  noticeably) m=1 embeds more proteins/s in ESM-2 and more frames/s in DNABERT-S, at the same parity on
+  the H200 (measurement log, 2026-12-02, fifth session); 500 bp proteins (168 tokens) are multiples of
+  8 anyway.
 * Attention stays on a fused SDPA kernel. ESM-2 passes a boolean key-padding mask [B, 1, 1, T];
   DNABERT-S an additive ALiBi + padding bias [B, H, T, T]. On CPU Inductor lowers both to
   ``_scaled_dot_product_flash_attention_for_cpu``, the boolean mask turned into an additive float bias
@@ -34,43 +35,48 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
   batches are nearly all new shapes (``BuildOptions.attention``,
   :mod:`virnucpro_trt.runtime.attention_kernel`). The build checks the lowered call (``extern_kernels``
   in the facts) against the request. Attention is ~1% of ESM-2 3B's FLOPs at 170 tokens (T / 6D), but the
-  memory-efficient kernel is Ampere code and takes a tenth of the bf16 forward on the H200: the next
-  lever once the GEMMs are at peak (DEVELOPERS.md, "Open problems").
+  memory-efficient kernel is Ampere code and takes a far larger share of the bf16 forward than of its
+  FLOPs on the H200 (profile: measurement log, 2026-12-02): the next lever once the GEMMs are at peak
+  (DEVELOPERS.md, "Open problems").
 * Batch 1: exported as a dynamic dim with ``min=1`` (torch 2.13 keeps it once the example batch is >= 2;
   2.11 not checked here). The runner pads any batch below the graph's minimum, as the exporter recorded
   it, by repeating row 0 (and drops those rows); ``extra["min_export_batch"]=2`` forces that path.
 * Rotary tables are frozen (``extra["frozen_rotary"]``, default true): ESM-2's cos/sin for every
   position up to the graph's longest sequence are computed once at build time and stored in the
-  package (0.5 MB), and the graph slices them. Computed in the graph from ``arange(T)``, Inductor fuses
-  cos/sin into each layer's rotary kernel and so evaluates them 36 times per forward.
+  package (0.5 MB: two fp32 tables, positions x head size), and the graph slices them. Computed in the
+  graph from ``arange(T)``, Inductor fuses cos/sin into each layer's rotary kernel and so evaluates them
+  36 times per forward.
 * ESM-2's attention is the project's own Triton kernel in CUDA half-precision engines
   (``extra["rotary_attention_kernel"]``, default true; :mod:`~virnucpro_trt.engines.rotary_attention`):
   it reads q, k and v from the fused projection, applies rotary and the key padding as it loads them and
-  writes out_proj's input layout, so the rotary/layout kernels and SDPA's mask bias go. On the H200 the
-  fp8 layers ran 4% faster with it at the same parity (measurement log). It replaces SDPA, and
-  ``attention`` does not apply to it (DNABERT-S and fp32 or CPU ESM-2 engines keep SDPA); the
-  build checks that the engine calls no SDPA kernel.
+  writes out_proj's input layout, so the rotary/layout kernels and SDPA's mask bias go. The fp8 layers
+  ran faster with it at the same parity on the H200 (measurement log, 2026-12-03, eleventh session).
+  It replaces SDPA, and ``attention`` does not apply to it (DNABERT-S and fp32 or CPU ESM-2 engines
+  keep SDPA); the build checks that the engine calls no SDPA kernel.
 * With that kernel, fp8 ESM-2 leaves qkv's bias to it (``extra["fp8_qkv_bias_in_attention"]``, default
   true): with SDPA Inductor fused the add into the rotary/layout kernels, but it cannot fuse into a user
   Triton kernel, so the add after the GEMM became a pass of its own; the kernel adds the bias as it
-  loads q, k and v, with the same rounding. The fp8 layers ran 1.6% faster with it on the H200, at the
-  same parity (measurement log).
+  loads q, k and v, with the same rounding. The fp8 layers ran faster with it at the same parity on the
+  H200 (measurement log, 2026-12-03, twelfth session).
 * fp8 ESM-2 folds each layer's last residual add into the next layer's LayerNorm kernel
-  (``extra["fp8_fold_residual"]``, default true): Inductor's standalone add kernel ran at ~40%
-  of the bandwidth inside the engine, and the fold was faster at the same parity on the H200.
+  (``extra["fp8_fold_residual"]``, default true): Inductor's standalone add kernel ran far slower inside
+  the engine than in the same layers compiled for one static shape (measurement log, 2026-12-02, third
+  session), and the fold was faster at the same parity on the H200 (measurement log, 2026-12-02, fifth
+  session).
 * bf16/fp16 ESM-2 on CUDA computes fc1 and GELU as one cuBLASLt GEMM with GELU in its epilogue
   (``extra["gelu_epilogue"]``, default true; :func:`~virnucpro_trt.models.esm2.linear_gelu`), GELU's
   tanh form, as the fp8 engines compute it: the [tokens, 10240] activation is written once instead of
-  written, read and written again by Inductor's separate bias + GELU kernel. The bf16 engine ran 4% faster
-  at the same parity on the H200 (measurement log). The build checks that the engine calls
-  ``_addmm_activation`` once per layer (Inductor could otherwise decompose it).
+  written, read and written again by Inductor's separate bias + GELU kernel. The bf16 engine ran faster
+  at the same parity on the H200 (measurement log, 2026-12-04, seventeenth session). The build checks
+  that the engine calls ``_addmm_activation`` once per layer (Inductor could otherwise decompose it).
 * ESM-2's residual stream stays fp32 in half-precision engines (the native model's default, for
   bf16 parity); ``extra["residual_fp32"]=false`` keeps it in the engine's dtype (half the row kernels'
   traffic). That graph builds with torch 2.11's AOTInductor on CUDA only since the wrapper's size-array
   cache is off (:mod:`~virnucpro_trt.engines.aoti_int_arrays`; it named arrays it never declared).
-* One ``.pt2`` file holds code, kernels and weights (bf16 ESM-2 3B: ~5.6 GB; AOTI mmaps weights above
-  2 GB), and the graph box/kind/precision/width as AOTI metadata that ``load`` checks, with the
-  vocabulary size (``virnucpro.vocab_size``) that the C++ host holds token ids to.
+* One ``.pt2`` file holds code, kernels and weights (bf16 ESM-2 3B's is several GB: measurement log,
+  2026-11-29; AOTI mmaps weights above 2 GB), and the graph box/kind/precision/width as AOTI metadata
+  that ``load`` checks, with the vocabulary size (``virnucpro.vocab_size``) that the C++ host holds
+  token ids to.
 """
 
 from __future__ import annotations
@@ -226,8 +232,8 @@ def _export(model: torch.nn.Module, example: tuple[torch.Tensor, ...], graph: Gr
 # not declared in this scope"), at random: the same program compiles on another try (measurement log,
 # tenth and sixteenth sessions; pytorch#193621). The build compiles with that declaration cache off
 # (aoti_int_arrays), and tries again on that fault should it still come: other compile errors repeat on
-# every try. GCC quotes the name with typographic quotes in a UTF-8 locale ('...' elsewhere); until the
-# sixteenth session only the ASCII form was matched, so the retries never ran on the H200.
+# every try. GCC quotes the name with typographic quotes in a UTF-8 locale ('...' elsewhere); a retry that
+# matched only the ASCII form never ran on the H200 (measurement log, 2026-12-04, sixteenth session).
 COMPILE_ATTEMPTS = 3
 _UNDECLARED_SIZE_ARRAY = re.compile(r"['\u2018`]int_array_\d+['\u2019] was not declared in this scope")
 

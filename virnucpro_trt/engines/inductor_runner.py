@@ -35,10 +35,11 @@ def load_package(path: Path, device: torch.device) -> Any:
     Why not plain ``aoti_load_package``: on its way to the C++ loader it calls
     ``torch._inductor.codecache.get_device_information``, whose ``pick_vec_isa()`` compiles a test
     program per CPU instruction set and runs each in a fresh interpreter that imports torch — most of a
-    worker's start-up on the H200 host (benchmarks/diagnostics/first_load_profile.py), spent for a
-    warning-only comparison that the engine manifest check already makes. The
-    C++ loader and the wrapper object are the ones ``aoti_load_package`` ends up with; where this torch
-    lacks them (older releases), the public function is used.
+    worker's start-up on the H200 host (measurement log, 2026-11-29; measured by
+    benchmarks/diagnostics/first_load_profile.py), spent for a warning-only comparison that the engine
+    manifest check already makes. The C++ loader and the wrapper object are the ones
+    ``aoti_load_package`` ends up with; where this torch lacks them (older releases), the public
+    function is used.
     """
     expose_cxx_runtime()
     index = -1

@@ -1,13 +1,14 @@
 """ESM-2's attention as one Triton kernel: rotary, key padding and softmax(q k^T) v, read straight from
 the fused qkv projection and written straight into out_proj's input layout.
 
-Why: with SDPA, an fp8 ESM-2 3B engine on the H200 spent about a quarter of its forward in the
+Why: with SDPA, an fp8 ESM-2 3B engine on the H200 spent a large share of its forward in the
 memory-efficient attention kernel and the kernels that rotate q and k and lay q, k, v out as
-[B, H, T, d] for it (profiles: docs/measurements.md), for ~1% of the FLOPs: at 168 tokens per protein
-the cost is moving q, k, v and the [B, 1, T, T] mask bias SDPA takes. This kernel reads each head's q,
-k and v from the projection output [B, T, 3, H, d], rotates q and k by halves as it loads them (each
-value and half of each rotary table read once), takes the key padding as one byte per key, and writes
-[B, T, H * d]: no layout pass, no mask bias, no rotary pass.
+[B, H, T, d] for it (profiles: measurement log, 2026-12-02, third session, and 2026-12-03, tenth
+session), for ~1% of the FLOPs: at 168 tokens per protein the cost is moving q, k, v and the
+[B, 1, T, T] mask bias SDPA takes. This kernel reads each head's q, k and v from the projection
+output [B, T, 3, H, d], rotates q and k by halves as it loads them (each value and half of each rotary
+table read once), takes the key padding as one byte per key, and writes [B, T, H * d]: no layout pass,
+no mask bias, no rotary pass.
 
 Same function as :func:`virnucpro_trt.models.esm2.sdpa_rotary_attention` with a boolean key mask: q scaled
 and rounded to the input dtype, rotary in fp32 rounded to the input dtype, scores and softmax in fp32
@@ -52,7 +53,7 @@ class AttentionLaunch:
     :data:`ATTENTION_LAUNCH` is what engines build with: one stage, because a row's keys are few (168
     at 500 bp: three to six blocks) and a software pipeline then only costs registers and shared memory;
     64 queries against 32 keys at a time was the fastest of the launches tried on the H200, at 500 bp
-    and on both read-length mixes (measurement log).
+    and on both read-length mixes (measurement log, 2026-12-03, twelfth session).
     ``benchmarks/diagnostics/attention_kernels.py --kernels rotary-triton:MxNxWxS`` times others
     (:func:`launch_in_effect`).
     """

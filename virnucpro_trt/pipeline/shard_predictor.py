@@ -68,8 +68,8 @@ _STAGE_NAMES = {"dnabert": "embed_dnabert", "esm": "embed_esm"}
 
 def total_counts(per_shard: Iterable[Mapping[str, int]]) -> dict[str, int | None]:
     """Each of :data:`COUNT_KEYS` summed over the shards; None where a shard lacks it. A resumed run can
-    hold shards finished by an earlier version that did not count a key yet (the computed tokens came
-    in the sixteenth session's version): an unknown total, not a sum that silently leaves them out."""
+    hold shards finished by an earlier version that did not count a key yet (the computed tokens were
+    added after the other counts): an unknown total, not a sum that silently leaves them out."""
     totals: dict[str, int | None] = dict.fromkeys(COUNT_KEYS, 0)
     for counts in per_shard:
         for key in COUNT_KEYS:

@@ -64,8 +64,9 @@ class FrameModels:
     ) -> FrameModels:
         """Check the classifier's width against the encoders and put it on ``device``.
 
-        On CUDA the classifier runs on the GPU in fp32 with TF32 off (upstream's arithmetic): on 16 CPU
-        cores it cost 2% of a full-size run (DEVELOPERS.md's measurement log).
+        On CUDA the classifier runs on the GPU in fp32 with TF32 off (upstream's arithmetic): on the CPU
+        it cost a visible share of a full-size run's shard work, on the GPU next to nothing (measurement
+        log, 2026-11-29).
         """
         check_classifier_width(weights, dnabert.dim, esm.dim, classifier_path or "classifier")
         classifier = MLPClassifier.from_weights(weights)

@@ -9,9 +9,9 @@ size must come from the input alone:
 * default: ``clamp(records / 64, 4096, 16384)`` rounded to a multiple of 256 — about 64 shards on large
   inputs, so 8 GPUs get ~8 each and a lost shard costs little; but never under 4,096 records, because a
   shard is batched on its own: a few hundred reads of mixed lengths fill about one token budget with every
-  length, so a quarter of ESM-2's computed tokens were padding (256-record shards: 27% fewer frames/s on
-  100-1000 bp reads than 4,096-record ones on an H200, measurement log, sixteenth session). The cost is
-  balance on many GPUs for inputs under ~260,000 records, at most one shard's time (a few seconds);
+  length, so much of ESM-2's computed work is padding, and such small shards ran mixed-length reads
+  markedly slower than 4,096-record ones on an H200 (measurement log, 2026-12-04, sixteenth session). The
+  cost is balance on many GPUs for inputs under ~260,000 records, at most one shard's time (a few seconds);
 * either way a shard also closes once it holds :data:`MAX_SHARD_BASES` bases, so inputs of long
   records (contigs, genomes) keep a shard's frames comfortably in memory.
 
