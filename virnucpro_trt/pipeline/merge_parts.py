@@ -73,8 +73,8 @@ from virnucpro_trt.outputs.part_merge import (
 from virnucpro_trt.outputs.tables import FRAME_COLUMNS, SEQUENCE_COLUMNS
 from virnucpro_trt.outputs.upstream import HIGHEST_HEADER, PREDICTION_HEADER
 from virnucpro_trt.pipeline.completion import Completion
-from virnucpro_trt.pipeline.predict import MAX_RUN_JSON_BYTES, read_run_json
 from virnucpro_trt.pipeline.run_paths import check_run_paths
+from virnucpro_trt.pipeline.run_record import MAX_RUN_JSON_BYTES, read_run_json, throughput
 from virnucpro_trt.settings import MergeSettings, SplitPart, settings_difference, settings_fingerprint
 
 log = logging.getLogger(__name__)
@@ -475,8 +475,6 @@ def _summary(
     counts = _summed(runs, "counts")
     timings = {k: round(v, 4) for k, v in sorted(_summed(runs, "timings_s").items())}
     timings["merge_parts"] = round(merge_s, 4)
-    frames = counts.get("frames", 0)
-    encoder_s = timings.get("embed_dnabert", 0.0) + timings.get("embed_esm", 0.0)
     steady = [(r.get("throughput") or {}).get("steady_s") for r in runs]
     steady_s = sum(steady) if all(isinstance(s, int | float) for s in steady) else None
     shards = _summed(runs, "shards")
@@ -499,15 +497,9 @@ def _summary(
     summary.update(
         counts=counts,
         timings_s=timings,
-        throughput={
-            # as in one run, but over the parts' summed device time (a part resumed after an
-            # interruption counts only its last attempt's time)
-            "frames_per_s_encoders": round(frames / max(encoder_s, 1e-9), 2),
-            "frames_per_s_workers_wall": round(frames / max(timings.get("workers", 0.0), 1e-9), 2),
-            "frames_per_s_steady": round(frames / steady_s, 2) if steady_s else None,
-            "steady_s": round(steady_s, 4) if steady_s is not None else None,
-            "reads_per_s_total": round(counts.get("records", 0) / max(timings.get("total", 0.0), 1e-9), 2),
-        },
+        # as in one run, but over the parts' summed device time (a part resumed after an interruption
+        # counts only its last attempt's time)
+        throughput=throughput(counts.get("frames", 0), counts.get("records", 0), timings, steady_s),
         device=first["device"],
         precision=first.get("precision"),
         backend=first.get("backend"),

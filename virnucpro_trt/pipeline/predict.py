@@ -44,10 +44,8 @@ from virnucpro_trt import __version__
 from virnucpro_trt.engines.manifest import CLASSIFIER_FILE, EngineManifest
 from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
-from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
-from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import changed_since, reuse_finished
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, KeptFiles, outdir_lock
@@ -64,6 +62,7 @@ from virnucpro_trt.pipeline.completion import Completion
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
 from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
+from virnucpro_trt.pipeline.run_record import read_run_json, throughput
 from virnucpro_trt.pipeline.shard_predictor import STAGES, PredictShardJob, total_counts
 from virnucpro_trt.pipeline.split_manifest import settings_for_input
 from virnucpro_trt.runtime.coordinator import (
@@ -97,7 +96,6 @@ OUTPUT_NAMES = (*RESULT_NAMES, LOCK_FILE, STDIN_COPY)
 # What a run keeps in OUTDIR while it runs: its result files' temporaries and its copy of stdin.
 KEPT_FILES = KeptFiles(RESULT_NAMES, stdin=FOLDER_STDIN)
 INTERRUPTED = "interrupted; rerun the same command to resume"
-MAX_RUN_JSON_BYTES = 64 << 20
 
 
 class _Timer:
@@ -425,18 +423,6 @@ def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: W
     return None
 
 
-def read_run_json(path: Path) -> dict[str, Any] | None:
-    """A run.json, or None when there is no regular file there; a damaged or foreign one is treated as
-    another run's. (A link, FIFO or folder there counts as none: the stray-file check then refuses it.)"""
-    if path.is_symlink() or not path.is_file():
-        return None
-    try:
-        data = parse_json(read_bounded(path, MAX_RUN_JSON_BYTES))
-    except (OSError, ValueError):  # FileTooLarge and a FIFO swapped in included
-        return {"status": "unreadable"}
-    return data if isinstance(data, dict) else {"status": "unreadable"}
-
-
 def _identify_models(
     ctx: _RunContext,
     engines: CheckedEngines | None,
@@ -567,7 +553,6 @@ def _summary(
     totals["load_models"] = max((w["load_models_s"] for w in workers), default=0.0)
     totals["total"] = time.perf_counter() - started[1]
     frames_run = sum(m.frames for m in ran.values())
-    encoder_s = totals["embed_dnabert"] + totals["embed_esm"]
     steady_s = report.steady_s if report is not None else None
     return {
         "tool": "virnucpro-trt",
@@ -588,17 +573,7 @@ def _summary(
         "model_identity": identity,
         "counts": counts,
         "timings_s": {k: round(v, 4) for k, v in sorted(totals.items())},
-        "throughput": {
-            # per worker: frames over the time a worker spent in the encoders (summed over workers)
-            "frames_per_s_encoders": round(frames_run / max(encoder_s, 1e-9), 2),
-            # the whole run: frames over the wall time the workers ran
-            "frames_per_s_workers_wall": round(frames_run / max(totals["workers"], 1e-9), 2),
-            # steady state: from the moment every worker had its models loaded to the last shard done
-            # (worker start-up before it and shutdown after it left out)
-            "frames_per_s_steady": round(frames_run / steady_s, 2) if steady_s else None,
-            "steady_s": round(steady_s, 4) if steady_s is not None else None,
-            "reads_per_s_total": round(summary_in.records / max(totals["total"], 1e-9), 2),
-        },
+        "throughput": throughput(frames_run, summary_in.records, totals, steady_s),  # of the shards run now
         "device": facts.device.to_json(),
         "precision": facts.precision,
         "backend": facts.backend,
