@@ -26,6 +26,7 @@ from virnucpro_trt.bench.config_names import RANDOM_SIZES
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.json_fields import FieldError, read_json_object
 from virnucpro_trt.files.whole_folder import write_folder_whole
+from virnucpro_trt.models.kinds import checkpoint_specs
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class ModelSet:
 
     def specs(self) -> dict[str, str]:
         """As the engine code names them (``dnabert-s``/``esm2``/``classifier``)."""
-        return {"dnabert-s": str(self.dnabert), "esm2": str(self.esm), "classifier": str(self.classifier)}
+        specs = checkpoint_specs(self.dnabert, self.esm, self.classifier)
+        return {kind: str(spec) for kind, spec in specs.items()}
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -28,7 +28,7 @@ from virnucpro_trt.cli.command_options import (
     replace_option,
 )
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.models.kinds import MODELS
+from virnucpro_trt.models.kinds import MODELS, checkpoint_specs
 
 log = logging.getLogger("virnucpro_trt")
 
@@ -205,7 +205,7 @@ def bench(
         virnucpro-trt bench --random-weights full-outliers --reads 20000 --backends torch,compile,inductor \\
             --precision bf16,fp8 --json bench.json
     """
-    named = {"dnabert-s": dnabert, "esm2": esm, "classifier": classifier}
+    named = checkpoint_specs(dnabert, esm, classifier)
     _check_sources(
         input_path,
         reads,

@@ -89,6 +89,7 @@ def _center_classifier(paths: DemoInputs, width: int, seed: int) -> None:
     import numpy as np
     import torch
 
+    from virnucpro_trt.models.kinds import checkpoint_specs
     from virnucpro_trt.models.random_classifier import random_upstream_classifier, save_as_upstream_pickle
     from virnucpro_trt.outputs.formatting import f32_column
     from virnucpro_trt.pipeline.encoders import open_models
@@ -96,7 +97,7 @@ def _center_classifier(paths: DemoInputs, width: int, seed: int) -> None:
     from virnucpro_trt.sequences.reader import read_records
     from virnucpro_trt.settings import DEFAULT_CHUNK_LENGTH, EncoderSettings
 
-    specs = {"dnabert-s": str(paths.dnabert), "esm2": str(paths.esm), "classifier": str(paths.classifier)}
+    specs = checkpoint_specs(paths.dnabert, paths.esm, paths.classifier)
     with _only_warnings():
         runs = open_models(EncoderSettings(device="cpu"), specs, ("dnabert-s", "esm2"), True)
         models = runs.frame_models()

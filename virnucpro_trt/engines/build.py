@@ -76,7 +76,7 @@ from virnucpro_trt.models.classifier import (
     save_classifier_safetensors,
 )
 from virnucpro_trt.models.identity import identify_checkpoint
-from virnucpro_trt.models.kinds import ENCODER_NAMES, ENCODERS, MODELS
+from virnucpro_trt.models.kinds import ENCODER_NAMES, ENCODERS, MODELS, checkpoint_specs
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
 from virnucpro_trt.runtime.device import configure_fp32_reference, resolve_device
@@ -266,7 +266,7 @@ def _build_into(
     log.info("engine backend: %s (%s)", backend.name, reason)
     configure_fp32_reference()
 
-    named = {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier}
+    named = checkpoint_specs(settings.dnabert, settings.esm, settings.classifier)
     paths = {kind: resolve_model(spec, MODELS[kind].short) for kind, spec in named.items()}
     classifier = load_classifier_weights(paths["classifier"])
     out = settings.outdir

@@ -70,3 +70,10 @@ MODELS: dict[str, ModelInfo] = {**ENCODERS, CLASSIFIER.name: CLASSIFIER}
 ENCODER_NAMES: tuple[EncoderName, ...] = ("dnabert-s", "esm2")
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 assert tuple(ENCODERS) == ENCODER_NAMES
+
+
+def checkpoint_specs(dnabert: object, esm: object, classifier: object) -> dict[str, str | None]:
+    """The three checkpoints by model name, as the engine and run code key them (a path or cache name
+    each, as text; None where not given: taken from an engine directory)."""
+    given = (dnabert, esm, classifier)
+    return {name: None if spec is None else str(spec) for name, spec in zip(MODEL_NAMES, given, strict=True)}

@@ -52,7 +52,7 @@ from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, Ke
 from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
-from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2, MODELS
+from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2, MODELS, checkpoint_specs
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.outputs.demo_note import with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -152,7 +152,7 @@ def run_predict(
     """
     ctx = _RunContext(
         settings,
-        {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier},
+        checkpoint_specs(settings.dnabert, settings.esm, settings.classifier),
         [],
         progress or SilentProgress(),
         _Timer(),

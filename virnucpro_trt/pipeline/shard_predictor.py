@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from virnucpro_trt.errors import RunFailure
-from virnucpro_trt.models.kinds import ENCODER_NAMES
+from virnucpro_trt.models.kinds import ENCODER_NAMES, checkpoint_specs
 from virnucpro_trt.outputs.shard_results import embeddings_npz, write_shard_results
 from virnucpro_trt.outputs.tables import write_frame_rows, write_sequence_rows
 from virnucpro_trt.outputs.upstream import ChunkMaxima, write_prediction_rows
@@ -107,7 +107,7 @@ class PredictShardProcessor:
         self.job = job
         self.slot = slot
         encoders = dataclasses.replace(settings.encoders, device=slot.device, threads=slot.threads)
-        named = {"dnabert-s": settings.dnabert, "esm2": settings.esm, "classifier": settings.classifier}
+        named = checkpoint_specs(settings.dnabert, settings.esm, settings.classifier)
         # With engines, the coordinator already checked the named checkpoints against the manifest.
         engines = job.known.engines.folder if job.known.engines is not None else None
         specs = named if engines is None else dict.fromkeys(named)
