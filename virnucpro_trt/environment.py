@@ -7,6 +7,7 @@ absence is reported, never raised.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import math
@@ -159,16 +160,11 @@ def cuda_devices() -> list[dict[str, Any]]:
     if not torch.cuda.is_available():
         return []
     devices = []
+    from virnucpro_trt.runtime.device import CudaProperties
+
     for index in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(index)
-        devices.append(
-            {
-                "index": index,
-                "name": props.name,
-                "compute_capability": f"{props.major}.{props.minor}",
-                "memory_gib": round(props.total_memory / 2**30, 1),
-            }
-        )
+        gpu = CudaProperties.of(index)
+        devices.append({"index": index, **dataclasses.asdict(gpu)})
     return devices
 
 

@@ -18,6 +18,7 @@ import torch
 from virnucpro_trt import __version__
 from virnucpro_trt.bench.peer import torchao_version
 from virnucpro_trt.environment import available_cpus, cpu_model, library_versions, onnxruntime_providers
+from virnucpro_trt.runtime.device import CudaProperties
 
 
 def driver_version() -> str:
@@ -43,12 +44,8 @@ def driver_version() -> str:
 
 def gpu_facts(device: torch.device) -> dict[str, Any]:
     """Name, compute capability and memory of a CUDA device."""
-    props = torch.cuda.get_device_properties(device)
-    return {
-        "gpu": props.name,
-        "compute_capability": f"{props.major}.{props.minor}",
-        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-    }
+    gpu = CudaProperties.of(device)
+    return {"gpu": gpu.name, "compute_capability": gpu.compute_capability, "gpu_memory_gib": gpu.memory_gib}
 
 
 def hardware_report(device: torch.device) -> dict[str, Any]:

@@ -79,7 +79,7 @@ from virnucpro_trt.models.identity import identify_checkpoint
 from virnucpro_trt.models.kinds import ENCODER_NAMES, ENCODERS, MODELS, checkpoint_specs
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
-from virnucpro_trt.runtime.device import configure_fp32_reference, resolve_device
+from virnucpro_trt.runtime.device import CudaProperties, configure_fp32_reference, resolve_device
 from virnucpro_trt.settings import DEFAULT_ATTENTION, EncoderSettings
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,8 @@ class BuildSettings:
 def device_facts(device: torch.device) -> dict[str, Any]:
     facts: dict[str, Any] = {"type": device.type, "arch": arch_tag(device)}
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        facts.update(name=props.name, compute_capability=f"{props.major}.{props.minor}")
+        gpu = CudaProperties.of(device)
+        facts.update(name=gpu.name, compute_capability=gpu.compute_capability)
     else:
         facts["name"] = "cpu"
     return facts

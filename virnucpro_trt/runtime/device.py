@@ -66,6 +66,21 @@ def configure_fp32_reference() -> None:
 
 
 @dataclass(frozen=True)
+class CudaProperties:
+    """What every record of a GPU states about it (run.json, manifests, bench reports, ``env``), read
+    from the driver in one place."""
+
+    name: str
+    compute_capability: str  # "9.0"
+    memory_gib: float  # rounded to 0.1
+
+    @classmethod
+    def of(cls, device: torch.device | int) -> CudaProperties:
+        props = torch.cuda.get_device_properties(device)
+        return cls(props.name, f"{props.major}.{props.minor}", round(props.total_memory / 2**30, 1))
+
+
+@dataclass(frozen=True)
 class DeviceFacts:
     """What run.json records about the device: CUDA properties on a GPU, torch's threads on a CPU."""
 
@@ -107,9 +122,7 @@ class DeviceFacts:
 def describe_device(device: torch.device) -> DeviceFacts:
     """What run.json records about the device."""
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return DeviceFacts(
-            str(device), torch.__version__, props.name, f"{props.major}.{props.minor}",
-            round(props.total_memory / 2**30, 1), torch.version.cuda,
-        )  # fmt: skip
+        gpu = CudaProperties.of(device)
+        name, capability, memory = gpu.name, gpu.compute_capability, gpu.memory_gib
+        return DeviceFacts(str(device), torch.__version__, name, capability, memory, torch.version.cuda)
     return DeviceFacts(str(device), torch.__version__, "cpu", threads=torch.get_num_threads())
