@@ -283,6 +283,29 @@ def test_bare_esmmodel_layout_without_prefix(tmp_path: Path, esm_hf_dir: Path, a
         assert torch.equal(encoder(ids, mask), reference(ids, mask))
 
 
+def test_a_fine_tuned_sequence_classifier_loads_its_encoder(
+    tmp_path: Path, esm_hf_dir: Path, as_tensors
+) -> None:
+    """``EsmForSequenceClassification`` (``esm.`` + a ``classifier.`` head) holds the same encoder: its
+    head is set aside as the masked-LM head is (it was refused as unexpected keys: helper-48)."""
+    from safetensors.torch import load_file, save_file
+
+    tuned = shutil.copytree(esm_hf_dir, tmp_path / "tuned")
+    state = load_file(esm_hf_dir / "model.safetensors")
+    state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+    width = state["esm.embeddings.word_embeddings.weight"].shape[1]
+    state.update({
+        "classifier.dense.weight": torch.zeros(width, width), "classifier.dense.bias": torch.zeros(width),
+        "classifier.out_proj.weight": torch.zeros(2, width), "classifier.out_proj.bias": torch.zeros(2),
+    })  # fmt: skip
+    save_file(state, tuned / "model.safetensors")
+    encoder, _, _ = load_esm2(tuned)
+    reference, _, _ = load_esm2(esm_hf_dir)
+    ids, mask = protein_batch(as_tensors, seed=6)
+    with torch.no_grad():
+        assert torch.equal(encoder(ids, mask), reference(ids, mask))
+
+
 def test_a_cache_ref_leading_out_of_the_cache_is_refused(tmp_path: Path, monkeypatch) -> None:
     """``refs/main`` holding ``../../../elsewhere`` made the lookup load a folder outside the Hugging Face
     cache under the repository's name (helper-42): refused, naming the repository."""

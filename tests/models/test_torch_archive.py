@@ -83,6 +83,11 @@ def test_a_truncated_archive_and_an_unreadable_file_say_so(tmp_path: Path) -> No
     half.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"half\.pth: a truncated or damaged zip archive"):
         load_torch_file(half)
+    pointer = tmp_path / "500_model.pth"  # a clone without `git lfs pull`
+    lfs = "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 6815744\n"
+    pointer.write_text(lfs)
+    with pytest.raises(CheckpointError, match=r"500_model\.pth: a Git LFS pointer, not the weights"):
+        load_torch_file(pointer)
     unreadable = tmp_path / "mem.pth"
     unreadable.symlink_to("/proc/self/mem")
     with pytest.raises(CheckpointError, match=r"mem\.pth: cannot be read \(Input/output error\)"):

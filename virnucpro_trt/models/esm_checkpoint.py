@@ -70,8 +70,9 @@ _HF_RENAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     )
 )
 # Heads and bookkeeping tensors the encoder does not use.
-_HF_IGNORED = (
+_HF_IGNORED = (  # heads on top of the encoder (masked LM, contacts, pooler, a fine-tuned classifier)
     "lm_head.",
+    "classifier.",
     "contact_head.",
     "pooler.",
     "embeddings.position_ids",

@@ -234,6 +234,8 @@ def _sniff_other_format(path: Path) -> str:
         return "a legacy (pre-1.6) torch pickle"
     if head[:4] == b"PK\x03\x04":  # a zip's first entry, but no central directory at the end
         return "a truncated or damaged zip archive (an interrupted download or copy?)"
+    if head.startswith(b"version https://git-lfs."):  # a clone without `git lfs pull`
+        return "a Git LFS pointer, not the weights (fetch them: `git lfs pull` in its repository)"
     return "not a PyTorch checkpoint"
 
 
