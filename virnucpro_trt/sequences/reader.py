@@ -185,7 +185,7 @@ def read_records(
         if fmt == "empty":
             return
         texts = decoded_blocks(stream, compression)
-        blocks = fasta_blocks(texts) if fmt == "fasta" else fastq_blocks(texts, name)
+        blocks = fasta_blocks(texts, name) if fmt == "fasta" else fastq_blocks(texts, name)
         last: SeqRecord | None = None
         try:
             for last in _validated(blocks, name, alphabet):
