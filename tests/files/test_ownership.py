@@ -117,15 +117,21 @@ def test_a_damaged_or_foreign_record_vouches_for_nothing(tmp_path: Path) -> None
 
 def test_another_users_record_vouches_for_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In a shared sticky folder (/tmp) another user could plant a record naming this user's file with
-    its size and SHA-256; the next prepare/embed/convert-classifier replaced it unasked (helper-42)."""
+    its size and SHA-256; the next prepare/embed/convert-classifier replaced it unasked (helper-42). In a
+    folder only its owner or group writes, the members' records stay trusted (helper-49)."""
     target = _write(tmp_path / "out.h5")
     record_written([target])
     check_replaceable([target], force=False)  # this user's own record: replaced quietly
     owner = record_path(tmp_path).stat().st_uid
     monkeypatch.setattr(ownership.os, "geteuid", lambda: owner + 1)  # the record is now someone else's
-    with pytest.raises(UserError, match="did not write it"):
-        check_replaceable([target], force=False)
-    check_replaceable([target], force=True)
+    tmp_path.chmod(0o755)
+    check_replaceable([target], force=False)  # a folder only its owner (or a group) writes: trusted
+    for shared in (0o1777, 0o757):  # sticky like /tmp, or writable by anyone
+        tmp_path.chmod(shared)
+        with pytest.raises(UserError, match="did not write it"):
+            check_replaceable([target], force=False)
+        check_replaceable([target], force=True)
+    tmp_path.chmod(0o755)
 
 
 def test_a_file_at_the_records_name_that_is_no_record_of_ours_is_not_replaced(tmp_path: Path) -> None:

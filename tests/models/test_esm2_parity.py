@@ -323,5 +323,11 @@ def test_a_cache_ref_leading_out_of_the_cache_is_refused(tmp_path: Path, monkeyp
     shutil.copytree(folder, elsewhere)
     (snapshot.parent.parent / "refs" / "main").write_text("../../../elsewhere")  # snapshots/<ref>
     assert (snapshot.parent / "../../../elsewhere").resolve() == elsewhere.resolve()
-    with pytest.raises(ModelNotFoundError, match="ref leads outside the cache"):
+    with pytest.raises(ModelNotFoundError, match="ref leads outside its snapshots"):
+        resolve_model("facebook/esm2_t6_8M_UR50D", "esm")
+    other = _as_hub_cache(folder, tmp_path / "hub", "someone/other-model")  # another repository's snapshot
+    ref = f"../../models--someone--other-model/snapshots/{other.name}"
+    (snapshot.parent.parent / "refs" / "main").write_text(ref)
+    assert (snapshot.parent / ref).resolve() == other.resolve()
+    with pytest.raises(ModelNotFoundError, match="ref leads outside its snapshots"):
         resolve_model("facebook/esm2_t6_8M_UR50D", "esm")

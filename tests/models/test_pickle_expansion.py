@@ -17,10 +17,15 @@ import pytest
 from tests.cli.helpers import run_cli
 from tests.models import archive_forge as forge
 from virnucpro_trt.errors import CheckpointError
-from virnucpro_trt.models.pickle_expansion import MAX_DEPTH, PickleTooExpansive, check_pickle_expansion
+from virnucpro_trt.models.pickle_expansion import (
+    MAX_DEPTH,
+    MAX_OBJECTS,
+    PickleTooExpansive,
+    check_pickle_expansion,
+)
 from virnucpro_trt.models.torch_archive import load_torch_file
 
-BINPUT, BINGET, TUPLE2, NONE = b"q", b"h", b"\x86", b"N"
+BINPUT, BINGET, TUPLE2, NONE, POP = b"q", b"h", b"\x86", b"N", b"0"
 
 
 def _doubling(levels: int) -> bytes:
@@ -53,13 +58,43 @@ def test_a_doubling_pickle_is_refused_at_once(build: str) -> None:
 
 
 def _set_doubling(levels: int) -> bytes:
-    """The same through frozensets of a tuple: ``f(i+1) = frozenset({(f(i), f(i))})``."""
+    """The same through frozensets of a tuple: ``f(i+1) = frozenset({(f(i), f(i))})``. The unpickler
+    itself gets through it (a frozenset caches its hash), but a ``repr`` or comparison of it would not."""
     body = [NONE, BINPUT + b"\x00"]
     for i in range(levels):
         pair = BINGET + bytes([i]) + BINGET + bytes([i]) + TUPLE2
         body.append(b"(" + pair + b"\x91" + BINPUT + bytes([i + 1]))  # MARK, (f_i, f_i), FROZENSET
     body.append(b"\x8f(" + BINGET + bytes([levels]) + b"\x90")  # EMPTY_SET, MARK, item, ADDITEMS
     return forge.pickle_bytes(b"".join(body))
+
+
+def _string_doubling(levels: int, length: int) -> bytes:
+    """``str(t_levels)`` where ``t_0`` is a string of ``length`` and ``t_(i+1) = (t_i, t_i)``: few objects,
+    but ``str`` of it is ``length * 2^levels`` characters (helper-49: 977 GiB from 1 MB)."""
+    body = [forge.glob("builtins", "str"), forge.text("x" * length), BINPUT + b"\x00", POP]
+    for i in range(levels):
+        body.append(BINGET + bytes([i]) + BINGET + bytes([i]) + TUPLE2 + BINPUT + bytes([i + 1]) + POP)
+    body += [BINGET + bytes([levels]), b"\x85", forge.REDUCE]  # str((t_levels,)...): TUPLE1, REDUCE
+    return forge.pickle_bytes(b"".join(body))
+
+
+def test_a_shared_long_string_counts_by_its_length() -> None:
+    with pytest.raises(PickleTooExpansive, match="objects and characters"):
+        check_pickle_expansion(_string_doubling(20, 1 << 20), "strbomb.pth")
+    check_pickle_expansion(_string_doubling(3, 1000), "small.pth")  # 8,000 characters: fine
+    assert len(pickle.loads(_string_doubling(3, 1000))) > 8000
+
+
+def test_too_many_objects_are_refused_before_the_walk_and_messages_stay_short() -> None:
+    many = forge.PROTO + b"]" + b"(" + b"N" * (MAX_OBJECTS + 10) + b"e" + forge.STOP  # a list of Nones
+    start = time.perf_counter()
+    with pytest.raises(PickleTooExpansive, match="describes more than"):
+        check_pickle_expansion(many, "wide.pth")
+    assert time.perf_counter() - start < 30
+    huge_float = forge.PROTO + b"F" + b"1" * (1 << 20) + b"x\n" + forge.STOP  # genops quotes the argument
+    with pytest.raises(CheckpointError, match="not a valid pickle") as caught:
+        check_pickle_expansion(huge_float, "float.pth")
+    assert len(str(caught.value)) < 400
 
 
 def test_deep_nesting_is_refused_and_a_self_reference_is_not_a_bomb() -> None:

@@ -158,15 +158,25 @@ def test_an_index_with_any_field_not_as_written_is_stale(tmp_path, where, key, v
     folder = tmp_path / "shards"
     write_shard_index(folder, _index(shards))
     path = folder / "index.json"
-    data = json.loads(path.read_text())
+    written = path.read_text()
+    data = json.loads(written)
     target = {"top": data, "input": data["input"], "shard": data["shards"][0]}[where]
     target[key] = value
     path.write_text(json.dumps(data))
     assert read_shard_index(folder) is None
-    for name in ("input", "shards"):
-        damaged = {k: v for k, v in json.loads(path.read_text()).items() if k != name}
-        path.write_text(json.dumps(damaged))
-        assert read_shard_index(folder) is None
+    path.write_text(written)
+    assert read_shard_index(folder) == _index(shards)  # as written: trusted
+
+
+@pytest.mark.parametrize("name", ["input", "shards", "records_per_shard"])
+def test_an_index_without_a_field_is_stale(tmp_path, name):
+    reads = _write_reads(tmp_path / "r.fa", 50)
+    _, shards = _shard(tmp_path, reads, 20)
+    folder = tmp_path / "shards"
+    write_shard_index(folder, _index(shards))
+    path = folder / "index.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != name}))
+    assert read_shard_index(folder) is None
 
 
 def test_shards_joined_from_pieces_are_hashed_as_they_are_written(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -140,12 +141,14 @@ def _read_record(folder: Path) -> tuple[dict[str, dict[str, Any]], str | None]:
         return {}, "is a folder" if path.is_dir() and not path.is_symlink() else "is not a plain file"
     try:
         data = read_json_object(path, MAX_RECORD_BYTES)
-        owner = path.stat().st_uid
+        owner, folder_mode = path.stat().st_uid, folder.stat().st_mode
     except (OSError, FieldError):
         return {}, _FOREIGN
-    if hasattr(os, "geteuid") and owner != os.geteuid():
-        # Another user's record vouches for nothing of this user's: in a shared sticky folder (/tmp) it
-        # could list a victim's file, size and SHA-256 so that the victim's next run replaced it unasked.
+    if hasattr(os, "geteuid") and owner != os.geteuid() and folder_mode & (stat.S_ISVTX | stat.S_IWOTH):
+        # In a folder anyone may write into (/tmp), another user's record vouches for nothing of this
+        # user's: it could list a victim's file, size and SHA-256 so that the victim's next run replaced
+        # it unasked. (In a group's shared folder the members' records are trusted as before; there they
+        # may replace each other's files anyway.)
         return {}, None
     files = data.get("files") if data.get("schema") == RECORD_SCHEMA else None
     entries = {}

@@ -18,7 +18,6 @@ from virnucpro_trt.errors import ModelNotFoundError, UserError
 
 DNABERT_S_REPO = "zhihan1996/DNABERT-S"
 ESM2_3B_REPO = "facebook/esm2_t36_3B_UR50D"
-ESM2_3B_NAME = "esm2_t36_3B_UR50D"
 UPSTREAM_CLASSIFIER_URL = "https://github.com/Li-Jing-1997/VirNucPro (files 300_model.pth, 500_model.pth)"
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -46,11 +45,12 @@ def _hf_cache_lookup(repo_id: str, res: Resolution) -> Path | None:
     except Exception:  # any miss: not cached, partial cache, bad id
         return None
     # A ref file is text the cache's owner wrote: ``refs/main`` holding ``../../../elsewhere`` led the
-    # lookup out of the cache. A snapshot is a folder inside the cache, or not this repository's.
-    cache = Path(constants.HF_HUB_CACHE).resolve()
-    if not found.resolve().is_relative_to(cache):
+    # lookup out of the cache, or into another repository's snapshots. A snapshot of this repository is
+    # a folder in its own ``snapshots/``.
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    if found.resolve().parent != repo.resolve():
         raise ModelNotFoundError(
-            f"'{repo_id}': the Hugging Face cache's ref leads outside the cache ({found}); refused"
+            f"'{repo_id}': the Hugging Face cache's ref leads outside its snapshots ({found}); refused"
         )
     return found
 

@@ -24,6 +24,7 @@ import collections
 import io
 import mmap
 import pickle
+import reprlib
 import struct
 import zipfile
 from collections.abc import Callable, Mapping
@@ -307,10 +308,10 @@ class _ArchiveReader:
     def storage(self, pid: Any) -> _Storage:
         """``persistent_load`` for ``('storage', type, key, location, numel)``."""
         if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
-            raise CheckpointError(f"{self.path}: unexpected persistent id {str(pid)[:80]}")
+            raise CheckpointError(f"{self.path}: unexpected persistent id {reprlib.repr(pid)}")
         _, storage_type, key, _location, numel = pid
         if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not key.isalnum():
-            raise CheckpointError(f"{self.path}: malformed storage reference {str(pid)[:80]}")
+            raise CheckpointError(f"{self.path}: malformed storage reference {reprlib.repr(pid)}")
         numel = _int(numel, "storage size")
         if key in self.storages:
             cached = self.storages[key]
