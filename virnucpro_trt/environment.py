@@ -152,6 +152,24 @@ def library_versions() -> dict[str, str | None]:
     return {name: _version(name) for name in _LIBRARIES}
 
 
+@dataclasses.dataclass(frozen=True)
+class CudaProperties:
+    """What every record of a GPU states about it (run.json, manifests, bench reports, ``env``), read
+    from the driver in one place."""
+
+    name: str
+    compute_capability: str  # "9.0"
+    memory_gib: float  # rounded to 0.1
+
+    @classmethod
+    def of(cls, device: Any) -> CudaProperties:
+        """Of ``device`` (a ``torch.device`` or an index); torch is imported here, not by ``env``."""
+        import torch
+
+        props = torch.cuda.get_device_properties(device)
+        return cls(props.name, f"{props.major}.{props.minor}", round(props.total_memory / 2**30, 1))
+
+
 def cuda_devices() -> list[dict[str, Any]]:
     try:
         import torch
@@ -160,8 +178,6 @@ def cuda_devices() -> list[dict[str, Any]]:
     if not torch.cuda.is_available():
         return []
     devices = []
-    from virnucpro_trt.runtime.device import CudaProperties
-
     for index in range(torch.cuda.device_count()):
         gpu = CudaProperties.of(index)
         devices.append({"index": index, **dataclasses.asdict(gpu)})

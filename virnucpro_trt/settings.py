@@ -12,13 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from virnucpro_trt.engines.registry import BACKENDS as _ENGINE_REGISTRY
-
 CHUNK_LENGTHS = (300, 500)  # upstream trained one classifier for each
 DEFAULT_CHUNK_LENGTH = 500
-# The backends a compiled engine can be built with (engines/registry.py lists them, where each lives and
-# what it has been verified on).
-ENGINE_BACKENDS = tuple(_ENGINE_REGISTRY)
+# The backends a compiled engine can be built with (engines/registry.py says where each lives and what
+# it has been verified on, and checks that it describes exactly these).
+ENGINE_BACKENDS = ("onnxruntime", "inductor", "tensorrt")
 # "torch" runs the native models eagerly; the others are compiled engines (built into ENGINE_DIR or,
 # without --engines, into OUTDIR/engines and reused while they match). "auto" picks an engine backend.
 BACKENDS = ("torch", "auto", *ENGINE_BACKENDS)

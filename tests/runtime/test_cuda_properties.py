@@ -7,7 +7,8 @@ import types
 import pytest
 import torch
 
-from virnucpro_trt.runtime.device import CudaProperties, describe_device
+from virnucpro_trt.environment import CudaProperties
+from virnucpro_trt.runtime.device import describe_device
 
 H200 = types.SimpleNamespace(name="NVIDIA H200", major=9, minor=0, total_memory=int(139.8 * 2**30) + 12345)
 

@@ -17,8 +17,13 @@ import torch
 
 from virnucpro_trt import __version__
 from virnucpro_trt.bench.peer import torchao_version
-from virnucpro_trt.environment import available_cpus, cpu_model, library_versions, onnxruntime_providers
-from virnucpro_trt.runtime.device import CudaProperties
+from virnucpro_trt.environment import (
+    CudaProperties,
+    available_cpus,
+    cpu_model,
+    library_versions,
+    onnxruntime_providers,
+)
 
 
 def driver_version() -> str:

@@ -64,6 +64,7 @@ from virnucpro_trt.engines.spec import (
     default_shape_range,
     vocab_size,
 )
+from virnucpro_trt.environment import CudaProperties
 from virnucpro_trt.errors import BuildError, EngineMismatchError, UserError
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
@@ -79,7 +80,7 @@ from virnucpro_trt.models.identity import identify_checkpoint
 from virnucpro_trt.models.kinds import ENCODER_NAMES, ENCODERS, MODELS, checkpoint_specs
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, pad_batch
-from virnucpro_trt.runtime.device import CudaProperties, configure_fp32_reference, resolve_device
+from virnucpro_trt.runtime.device import configure_fp32_reference, resolve_device
 from virnucpro_trt.settings import DEFAULT_ATTENTION, EncoderSettings
 
 log = logging.getLogger(__name__)

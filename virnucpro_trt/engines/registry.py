@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.settings import ENGINE_BACKENDS
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +62,8 @@ BACKENDS: dict[str, BackendInfo] = {
         "never run: no TensorRT builder can be installed on the project's machines",
     ),
 }
+
+assert tuple(BACKENDS) == ENGINE_BACKENDS, "settings.ENGINE_BACKENDS names the backends described here"
 
 # Preference of ``auto`` per device type (fastest first); only verified backends are ever taken.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {

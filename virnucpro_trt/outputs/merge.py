@@ -14,15 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from virnucpro_trt.outputs.atomic import ResultSet
-from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
-from virnucpro_trt.outputs.names import (
+from virnucpro_trt.files.result_names import (
     FINAL_TEXT_FILES,
     FRAMES_TSV,
     HIGHEST_SCORE,
     PREDICTION_RESULTS,
     SEQUENCES_TSV,
 )
+from virnucpro_trt.outputs.atomic import ResultSet
+from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.shard_results import read_embeddings_npz
 from virnucpro_trt.outputs.tables import write_frame_rows, write_sequence_rows
 from virnucpro_trt.outputs.upstream import PREDICTION_HEADER, ChunkMaxima

@@ -48,11 +48,7 @@ from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
 from virnucpro_trt.files.ownership import changed_since, is_output_entry, reuse_finished
-from virnucpro_trt.files.run_lock import KeptFiles, outdir_lock
-from virnucpro_trt.outputs.atomic import ResultSet
-from virnucpro_trt.outputs.demo_note import with_demo_note, write_demo_note
-from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
-from virnucpro_trt.outputs.names import (
+from virnucpro_trt.files.result_names import (
     EMBEDDINGS_H5,
     FINAL_TEXT_FILES,
     FRAMES_TSV,
@@ -62,6 +58,10 @@ from virnucpro_trt.outputs.names import (
     RUN_JSON,
     SEQUENCES_TSV,
 )
+from virnucpro_trt.files.run_lock import KeptFiles, outdir_lock
+from virnucpro_trt.outputs.atomic import ResultSet
+from virnucpro_trt.outputs.demo_note import with_demo_note, write_demo_note
+from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.part_merge import (
     append_embeddings,
     append_table,

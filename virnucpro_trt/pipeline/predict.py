@@ -48,6 +48,7 @@ from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import changed_since, reuse_finished
+from virnucpro_trt.files.result_names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JSON
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, KeptFiles, outdir_lock
 from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
@@ -57,7 +58,6 @@ from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.outputs.demo_note import with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import merge_shard_results
-from virnucpro_trt.outputs.names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JSON
 from virnucpro_trt.pipeline.completion import Completion
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
 from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from virnucpro_trt.environment import CudaProperties
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.json_fields import count, number, obj, optional_text, text
 
@@ -63,21 +64,6 @@ def configure_fp32_reference() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
-
-
-@dataclass(frozen=True)
-class CudaProperties:
-    """What every record of a GPU states about it (run.json, manifests, bench reports, ``env``), read
-    from the driver in one place."""
-
-    name: str
-    compute_capability: str  # "9.0"
-    memory_gib: float  # rounded to 0.1
-
-    @classmethod
-    def of(cls, device: torch.device | int) -> CudaProperties:
-        props = torch.cuda.get_device_properties(device)
-        return cls(props.name, f"{props.major}.{props.minor}", round(props.total_memory / 2**30, 1))
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,9 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.json_fields import FieldError, parse_json
+from virnucpro_trt.files.result_names import RUN_JSON
 from virnucpro_trt.files.run_lock import LOCK_FILE
 from virnucpro_trt.files.stamps import digest_holds
-from virnucpro_trt.outputs.names import RUN_JSON
 from virnucpro_trt.runtime.shard_marker import MARKER_SUFFIX, RESULT_SUFFIXES, ShardMarker, marker_path
 from virnucpro_trt.runtime.shards import PIECE_FILE, SHARD_FILE, ShardIndex, ShardSpec, read_shard_index
 from virnucpro_trt.runtime.worker_facts import WorkerFacts

@@ -1,5 +1,6 @@
 """The one table of the files a finished run (``predict``, or ``merge`` of a split's parts) leaves in
-OUTDIR. Torch-free, so the Snakefile and the CLI's path checks can import it without loading models."""
+OUTDIR. Here, in the lowest layer, so that every layer names them alike (the ``.work`` checks, the
+writers, the CLI, the Snakefile), and torch-free."""
 
 from __future__ import annotations
 
