@@ -42,3 +42,16 @@ def test_a_weights_file_linked_to_proc_is_refused_in_one_line(tiny_set, reads_fa
     last = result.stderr.strip().splitlines()[-1]
     assert result.code == 2 and last.startswith("error: ") and "pytorch_model.bin: holds more bytes" in last
     assert "Traceback" not in result.stderr
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Opened without blocking and typed on the descriptor, as every bounded read is (one path for merge's
+    part check and every other hash)."""
+    import os
+
+    from virnucpro_trt.files.bounded_read import NotARegularFile
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(NotARegularFile, match="not a regular file"):
+        sha256_file(fifo)

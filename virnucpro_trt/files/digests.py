@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from virnucpro_trt.errors import UserError
+from virnucpro_trt.files.bounded_read import open_regular
 
 _BLOCK = 1 << 24
 
@@ -24,12 +25,14 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of the file's raw bytes. A failed read (EIO) is an ``OSError`` that names the file,
     as a failed open does, so a caller can say which file it was.
 
-    At most the size the open file reports is read: a ``/proc`` pseudo-file reports 0 and then yields
-    without end (``/proc/self/pagemap``: hundreds of GB), so one byte more than that size is refused
-    (:class:`MoreBytesThanItsSize`) instead of hashed for as long as it goes on.
+    Only a regular file is read (:func:`~virnucpro_trt.files.bounded_read.open_regular`: a FIFO or
+    device is ``NotARegularFile``, an ``OSError``), and at most the size the open file reports: a
+    ``/proc`` pseudo-file reports 0 and then yields without end (``/proc/self/pagemap``: hundreds of
+    GB), so one byte more than that size is refused (:class:`MoreBytesThanItsSize`) instead of hashed
+    for as long as it goes on.
     """
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with os.fdopen(open_regular(Path(path)), "rb") as handle:  # a FIFO swapped in is refused, not waited on
         try:
             left = os.fstat(handle.fileno()).st_size
             while left > 0 and (data := handle.read(min(_BLOCK, left))):

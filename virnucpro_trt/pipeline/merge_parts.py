@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -281,29 +280,15 @@ def verify_part_files(part: PartResult) -> None:
                 "again with this version"
             )
         try:
-            path = member_path(part.folder, name, str(part.folder))
-            size, digest = _size_and_sha256(path)
+            member_path(part.folder, name, str(part.folder))  # a plain file inside the part's folder
+            changed = changed_since(part.folder, name, entry)  # predict's own rule for its results
         except (UnsafeMemberName, OSError) as exc:
             raise MergeRefused(f"{part.name}: {name} cannot be checked: {exc}") from None
-        if size != entry["bytes"] or digest != entry["sha256"]:
+        if changed is not None:
             raise MergeRefused(
                 f"{part.name}: {name} is not the file its predict wrote (size or SHA-256 differs from "
                 f"its {RUN_JSON}): it was changed or damaged since; predict the part again"
             )
-
-
-def _size_and_sha256(path: Path) -> tuple[int, str]:
-    """Bytes and SHA-256 of a regular file, read from one descriptor (a FIFO or folder is refused, not
-    waited on)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path} is not a regular file")
-        digest, size = hashlib.sha256(), 0
-        while block := handle.read(1 << 24):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
 
 
 def _check_shape(run: dict[str, Any]) -> None:
