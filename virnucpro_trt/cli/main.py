@@ -48,9 +48,9 @@ from virnucpro_trt.errors import (
     VirnucproError,
     describe_os_error,
 )
-from virnucpro_trt.files.result_names import DEMO_LABEL
 from virnucpro_trt.interrupts import sigterm_as_interrupt
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
+from virnucpro_trt.outputs.demo_note import DEMO_LABEL
 from virnucpro_trt.settings import (
     ATTENTION_KERNELS,
     BACKENDS,

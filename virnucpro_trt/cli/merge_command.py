@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from virnucpro_trt.cli.command_options import CONTEXT, OutputPath, logging_options
-from virnucpro_trt.files.result_names import DEMO_LABEL
+from virnucpro_trt.outputs.demo_note import DEMO_LABEL
 from virnucpro_trt.settings import MergeSettings
 
 log = logging.getLogger("virnucpro_trt")

@@ -11,7 +11,6 @@ FRAMES_TSV = "frames.tsv"
 RUN_JSON = "run.json"
 EMBEDDINGS_H5 = "embeddings.h5"
 DEMO_NOTE = "DEMO_RANDOM_WEIGHTS.txt"  # beside results computed with the demo's random weights
-DEMO_LABEL = " (DEMO, RANDOM WEIGHTS: the labels mean nothing)"  # in the last line of every such command
 
 FINAL_TEXT_FILES = (PREDICTION_RESULTS, HIGHEST_SCORE, SEQUENCES_TSV, FRAMES_TSV)
 # Every result file a run may write, whatever its options (an older one of any is removed first).

@@ -36,6 +36,7 @@ class Resolution:
 def _hf_cache_lookup(repo_id: str, res: Resolution) -> Path | None:
     try:
         from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.file_download import repo_folder_name
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         res.looked.append("Hugging Face cache (huggingface_hub not installed)")
         return None
@@ -47,7 +48,7 @@ def _hf_cache_lookup(repo_id: str, res: Resolution) -> Path | None:
     # A ref file is text the cache's owner wrote: ``refs/main`` holding ``../../../elsewhere`` led the
     # lookup out of the cache, or into another repository's snapshots. A snapshot of this repository is
     # a folder in its own ``snapshots/``.
-    repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "snapshots"
     if found.resolve().parent != repo.resolve():
         raise ModelNotFoundError(
             f"'{repo_id}': the Hugging Face cache's ref leads outside its snapshots ({found}); refused"
