@@ -245,28 +245,21 @@ def _open_engine(precision: str, args: argparse.Namespace, ctx: dict[str, Any]) 
 
 
 def _built(precision: str, args: argparse.Namespace, ctx: dict[str, Any]) -> tuple[Path, str]:
-    """An inductor engine set built (or reused) in ``--workdir`` by the real build code."""
+    """An inductor engine set built (or reused) in ``--workdir`` by the real build code, which keeps a
+    set that is what it would build now (``engines/finished_build.py``)."""
     from virnucpro_trt.bench.models import random_models_in
     from virnucpro_trt.engines.build import BuildSettings, build_engines
-    from virnucpro_trt.engines.engine_set import check_engine_set
-    from virnucpro_trt.errors import EngineMismatchError
 
     device: torch.device = ctx["device"]
     size = "tiny" if args.tiny else "full"
     models = random_models_in(args.workdir, size, device)  # type: ignore[arg-type]
     folder = args.workdir / f"engines-inductor-{precision}"
-    try:
-        check_engine_set(folder, device, models.specs())
-        return folder, "reused"
-    except EngineMismatchError:
-        pass
-    print(f"building inductor {precision} engines in {folder} ...", flush=True)
     settings = BuildSettings(
         str(models.dnabert), str(models.esm), str(models.classifier), folder, "inductor", precision,
         str(device), args.max_batch_tokens,
     )  # fmt: skip
-    build_engines(settings, ["python3", "benchmarks/profile_esm2.py", "--build"])
-    return folder, "built"
+    outcome = build_engines(settings, ["python3", "benchmarks/profile_esm2.py", "--build"])
+    return folder, "built" if outcome.built else "reused"
 
 
 # ----------------------------------------------------------------------------- one variant

@@ -192,6 +192,6 @@ def test_engines_of_an_older_build_recipe_are_rebuilt_not_measured(bench_run, tm
     manifest_path.write_text(json.dumps(manifest))
     source, stderr = engine_source("older")
     assert source == "built"
-    assert f"built with build recipe 0, this version's is {OnnxRuntimeBackend.recipe_version}" in stderr
+    assert f"build recipe: built 0, asked {OnnxRuntimeBackend.recipe_version}" in stderr
     rebuilt = json.loads(manifest_path.read_text())["build"]
     assert rebuilt["recipe_version"] == OnnxRuntimeBackend.recipe_version

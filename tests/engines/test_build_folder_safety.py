@@ -307,7 +307,7 @@ def test_a_rebuild_replaces_its_own_files_and_keeps_an_earlier_builds(tiny_set, 
     _one_error_line(_build(tiny_set, folder), "esm2.vocab.txt changed since the build that made them")
     assert (tmp_path / "kept.txt").read_text() == "not a vocabulary\n"
     (tmp_path / "kept.txt").write_bytes(vocab)  # the recorded bytes again, in another file (a new stamp)
-    result = _build(tiny_set, folder)
+    result = _build(tiny_set, folder, "--force")  # the same set is there again: only --force builds it
     assert result.code == 0, result.stderr
     assert (tmp_path / "kept.txt").stat().st_nlink == 1  # replaced by rename, not written into
     assert (folder / "esm2.vocab.txt").read_bytes() == vocab
@@ -319,7 +319,7 @@ def test_a_rebuild_replaces_its_own_files_and_keeps_an_earlier_builds(tiny_set, 
 
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # nothing computed differently can pass now
-    result = _build(tiny_set, folder)
+    result = _build(tiny_set, folder, "--force")
     assert result.code == 1 and "parity gate failed" in result.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 

@@ -10,8 +10,8 @@
 * one configuration per engine backend (``onnxruntime``, ``inductor``, ``tensorrt``), built on the fly by
   the real build code (:func:`virnucpro_trt.engines.build.build_engines`, parity gate included; in a child
   process, see :mod:`.build_worker`) into ``WORKDIR/engines-<backend>-<precision>`` and reused there
-  while its manifest matches and records this version's build recipe (else rebuilt: a bench's figures
-  are the current recipe's), or taken from an ``--engines`` directory as it is.
+  while it holds the set ``build`` would make now, build recipe and token budget included (else rebuilt:
+  a bench's figures are the current recipe's and budget's), or taken from an ``--engines`` directory as it is.
 
 Every configuration is opened by ``predict``'s own code (:func:`virnucpro_trt.pipeline.encoders.open_models`)
 and runs ``predict``'s own path (:mod:`virnucpro_trt.runtime.frame_path`); the reference differs only in
@@ -276,42 +276,27 @@ def _manifest_libraries(folder: Path) -> dict[str, str]:
 
 
 def _build_if_needed(spec: ConfigSpec, ctx: OpenContext, folder: Path, exists: bool) -> None:
-    """Leave ``folder`` holding engines that fit: reused while its manifest matches, else built in a child
-    process (a crash while building becomes this configuration's failure, not the run's)."""
+    """Leave ``folder`` holding engines that fit: reused while it holds the set ``build`` would make now
+    (``engines/finished_build.py``: the same checkpoints, settings, token budget and build recipe, every
+    file intact), else built in a child process (a crash while building becomes this configuration's
+    failure, not the run's)."""
     from virnucpro_trt.bench.build_worker import build_in_child
-    from virnucpro_trt.engines.build import BuildSettings
-    from virnucpro_trt.engines.engine_set import check_engine_set
-    from virnucpro_trt.errors import EngineMismatchError
+    from virnucpro_trt.engines.build import BuildPlan, BuildSettings
 
-    if exists:
-        try:
-            check_engine_set(folder, ctx.device, ctx.models.specs())
-            stale = _stale_recipe(folder, spec.backend)
-            if stale is None:
-                return
-            log.warning("rebuilding %s engines in %s: %s", spec.name, folder, stale)
-        except EngineMismatchError as exc:
-            log.warning("rebuilding %s engines in %s: %s", spec.name, folder, one_line(exc, 400, name=False))
-    log.info("building %s engines in %s (in a child process)", spec.name, folder)
     settings = BuildSettings(
         str(ctx.models.dnabert), str(ctx.models.esm), str(ctx.models.classifier), folder,
         spec.backend, spec.precision, str(ctx.device), ctx.batch_tokens,
     )  # fmt: skip
+    if exists:
+        try:
+            differences = BuildPlan.of(settings).differences(settings)
+        except Exception as exc:  # the child's build meets it again and fails this configuration alone
+            differences = [one_line(exc, 400, name=False)]
+        if not differences:
+            return
+        log.warning("rebuilding %s engines in %s: %s", spec.name, folder, "; ".join(differences))
+    log.info("building %s engines in %s (in a child process)", spec.name, folder)
     build_in_child(settings)
-
-
-def _stale_recipe(folder: Path, backend_name: str) -> str | None:
-    """Why the engines bench built earlier in ``folder`` are not what this version builds (None: they
-    are): their build recipe (``EngineBackend.recipe_version``) is older or newer, or not recorded."""
-    from virnucpro_trt.engines.manifest import EngineManifest
-    from virnucpro_trt.engines.registry import get_backend
-
-    recorded = EngineManifest.read(folder).build.get("recipe_version")
-    current = get_backend(backend_name).recipe_version
-    if recorded == current:
-        return None
-    was = "no recorded build recipe" if recorded is None else f"build recipe {recorded}"
-    return f"built with {was}, this version's is {current}"
 
 
 def _manifest_text(path: Path) -> str | None:

@@ -282,13 +282,17 @@ def max_padding_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def replace_option(func: Callable[..., Any]) -> Callable[..., Any]:
+def replace_option(func: Callable[..., Any] | None = None, *, also: str = "") -> Any:
     """``--force`` for a command that owns no run folder: replace a file at an output path even when
     virnucpro-trt did not write it (or it changed since). Without it such a file is refused, exit 2
-    (``files/ownership.py``); the tool's own unchanged output is replaced either way."""
+    (``files/ownership.py``); the tool's own unchanged output is replaced either way. ``also``: what
+    else the flag does for this command (one sentence)."""
+    if func is None:
+        return lambda f: replace_option(f, also=also)
     return click.option(
         "--force",
         is_flag=True,
         help="Replace a file at the output path that virnucpro-trt did not write (or that changed since "
-        "it wrote it). Without it such a file is refused; the tool's own earlier output is replaced anyway.",
+        "it wrote it). Without it such a file is refused; the tool's own earlier output is replaced anyway."
+        + (f" {also}" if also else ""),
     )(func)

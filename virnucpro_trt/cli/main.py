@@ -481,7 +481,7 @@ def demo(
     "project's own Triton attention instead). cudnn plans every new batch shape, which runs with varying "
     "batches pay again and again.",
 )
-@replace_option
+@replace_option(also="And build again when the folder already holds the same engines (else skipped).")
 @logging_options
 def build(
     dnabert: str,
@@ -506,7 +506,8 @@ def build(
         dnabert, esm, classifier, outdir, backend, precision, device, max_batch_tokens, max_length,
         keep_failing, hardware_compatible, attention, force,
     )  # fmt: skip
-    manifest = build_engines(settings, command=sys.argv)
+    outcome = build_engines(settings, command=sys.argv)
+    manifest = outcome.manifest
     for kind in ENCODER_NAMES:
         entry = manifest.models[kind]
         parity = entry.parity
@@ -515,7 +516,8 @@ def build(
             parity["min_cosine"], "passed" if parity["passed"] else "FAILED (kept)",
         )  # fmt: skip
     log.info(
-        "PASSED: %s %s engines for %s in %s",
+        "%s: %s %s engines for %s in %s",
+        "PASSED" if outcome.built else "UP TO DATE",
         manifest.backend,
         manifest.precision,
         manifest.device.get("name"),

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from virnucpro_trt import __version__
+from virnucpro_trt.engines.finished_build import build_differences
 from virnucpro_trt.engines.manifest import (
     CLASSIFIER_FILE,
     MANIFEST_NAME,
@@ -235,12 +236,57 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-def build_engines(settings: BuildSettings, command: list[str] | None = None) -> EngineManifest:
-    """Build, gate and describe the engines; returns the manifest written to ``settings.outdir``."""
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build resolved before compiling: the device, the backend (and why), the token budget."""
+
+    device: torch.device
+    backend: Any  # an EngineBackend from the registry
+    reason: str
+    budget: int
+
+    @classmethod
+    def of(cls, settings: BuildSettings) -> BuildPlan:
+        device = resolve_device(settings.device)
+        if settings.precision == "fp8" and device.type != "cuda":
+            raise UserError("--precision fp8 needs a CUDA GPU (Hopper/Ada class) to build and run")
+        backend, reason = choose_backend(settings.backend, device, settings.precision)
+        budget = EncoderSettings(max_batch_tokens=settings.max_batch_tokens).batch_tokens_for(device.type)
+        return cls(device, backend, reason, budget)
+
+    def differences(self, settings: BuildSettings) -> list[str]:
+        """Why ``settings.outdir`` does not already hold this build's set (empty: it does)."""
+        return build_differences(settings, device_facts(self.device), self.backend, self.budget)
+
+
+@dataclass(frozen=True)
+class BuildOutcome:
+    """The engine set in the folder, and whether this build made it or found it there already made."""
+
+    manifest: EngineManifest
+    built: bool
+
+
+def build_engines(settings: BuildSettings, command: list[str] | None = None) -> BuildOutcome:
+    """Build, gate and describe the engines into ``settings.outdir``; a folder that already holds the set
+    this build would make (``finished_build``) is left as it is, unless ``force`` or ``replace_changed``."""
     out = settings.outdir
     own = check_engine_folder(out, settings.force, settings.replace_changed)  # before anything is written
+    plan = BuildPlan.of(settings)
     # a failed first build leaves no folder it made; the lock keeps (and after a SIGKILL removes) staging
     with made_folder(out), outdir_lock(out, KeptFiles(staging=BUILD_STAGING)) as lock:
+        if not (settings.force or settings.replace_changed):
+            differences = plan.differences(settings)
+            if not differences:
+                manifest = EngineManifest.read(out)
+                log.info(
+                    "%s already holds these engines (built %s from the same checkpoints and settings); "
+                    "nothing to build (--force builds them again)", out, manifest.build.get("time"),
+                )  # fmt: skip
+                return BuildOutcome(manifest, built=False)
+            if (out / MANIFEST_NAME).is_file():
+                log.info("building again in %s: %s", out, "; ".join(differences))
+        log.info("engine backend: %s (%s)", plan.backend.name, plan.reason)
         for left in sorted(out.glob(f"{STAGING_PREFIX}*")):  # what the lock did not note as a killed build's
             if left.is_dir() and not left.is_symlink():
                 log.warning("%s: %s was left by an interrupted build; remove it", out, left.name)
@@ -248,23 +294,19 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
         if lock is not None:
             lock.note_folder(staging)
         try:
-            manifest = _build_into(settings, staging, own, command)
+            manifest = _build_into(settings, plan, staging, own, command)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     log.info("engines written to %s in %.1fs", out, float(manifest.build.get("seconds", 0.0)))
-    return manifest
+    return BuildOutcome(manifest, built=True)
 
 
 def _build_into(
-    settings: BuildSettings, staging: Path, own: set[str], command: list[str] | None
+    settings: BuildSettings, plan: BuildPlan, staging: Path, own: set[str], command: list[str] | None
 ) -> EngineManifest:
     """Build every file in ``staging``, gate it, then publish the set into ``settings.outdir``."""
     started = time.perf_counter()
-    device = resolve_device(settings.device)
-    if settings.precision == "fp8" and device.type != "cuda":
-        raise UserError("--precision fp8 needs a CUDA GPU (Hopper/Ada class) to build and run")
-    backend, reason = choose_backend(settings.backend, device, settings.precision)
-    log.info("engine backend: %s (%s)", backend.name, reason)
+    device, backend, reason, budget = plan.device, plan.backend, plan.reason, plan.budget
     configure_fp32_reference()
 
     named = checkpoint_specs(settings.dnabert, settings.esm, settings.classifier)
@@ -273,7 +315,6 @@ def _build_into(
     out = settings.outdir
     if TIMING_CACHE in own:  # an earlier build's cache makes TensorRT rebuilds much faster
         shutil.copyfile(out / TIMING_CACHE, staging / TIMING_CACHE)
-    budget = EncoderSettings(max_batch_tokens=settings.max_batch_tokens).batch_tokens_for(device.type)
     options = BuildOptions(
         workdir=staging,
         timing_cache=staging / TIMING_CACHE,

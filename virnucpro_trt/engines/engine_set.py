@@ -31,13 +31,14 @@ from virnucpro_trt.engines.manifest import (
 )
 from virnucpro_trt.engines.registry import get_backend
 from virnucpro_trt.engines.spec import LoadRequest, ShapeRange
-from virnucpro_trt.errors import CheckpointError, EngineMismatchError, UserError
+from virnucpro_trt.engines.vocabularies import check_vocabularies
+from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.files.json_fields import FieldError, count
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS
 from virnucpro_trt.models.resolve import resolve_model
-from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer, check_token_ids_fit
+from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 from virnucpro_trt.runtime.encoder import LoadedEncoder
 from virnucpro_trt.settings import DEFAULT_CPU_BATCH_TOKENS, MAX_BATCH_TOKENS
 
@@ -115,7 +116,7 @@ def check_engine_set(
     manifest, verified = _check(folder, device, weights, rebuild, None)
     # The classifier is small: read it now, so a bad one fails before any input is processed.
     load_classifier_weights(folder / manifest.models["classifier"].artifact)
-    _check_vocabularies(folder, manifest)
+    check_vocabularies(folder, manifest)
     for kind in ENCODER_NAMES:  # kept by `build --keep-failing`: used, but said once per run
         if manifest.models[kind].parity.get("passed") is False:
             log.warning(
@@ -172,37 +173,8 @@ def _check(
         raise UserError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
     assert rebuild is not None
     log.warning("rebuilding engines in %s: %s", folder, "; ".join(problems))
-    manifest = build_engines(rebuild)
+    manifest = build_engines(rebuild).manifest
     return manifest, verify_files(manifest, folder)
-
-
-def _check_vocabularies(folder: Path, manifest: EngineManifest) -> None:
-    """Each encoder's tokenizer (its file verified) emits no id past the vocabulary the manifest records
-    (since build recipe 8; the C++ host holds ids to the package's own record), and the manifest's pad
-    id is the tokenizer's, which the build wrote (a manifest without a vocabulary size, from before
-    recipe 8, is bounded by this alone). A manifest that says otherwise was edited, and is refused once,
-    in the main process, before any worker loads the engines (the workers' own check of the set skips
-    it: their tokenizers are the files checked here)."""
-    for kind in ENCODER_NAMES:
-        entry = manifest.models[kind]
-        if entry.tokenizer is None:
-            continue
-        path = folder / entry.tokenizer
-        if kind == "dnabert-s":
-            tokenizer: DnaTokenizer | ProteinTokenizer = DnaTokenizer.from_file(path)
-        else:
-            tokenizer = ProteinTokenizer.from_vocab_file(path)
-        if entry.pad_id != tokenizer.pad_id:
-            raise EngineMismatchError(
-                f"{folder}: the manifest's pad_id {entry.pad_id} for {kind} is not its tokenizer's "
-                f"({tokenizer.pad_id}); rebuild the engines"
-            )
-        if not entry.vocab_size:
-            continue
-        try:
-            check_token_ids_fit(tokenizer, entry.vocab_size, f"{folder} ({kind})")
-        except CheckpointError as exc:
-            raise EngineMismatchError(str(exc)) from None
 
 
 def _read_or_none(folder: Path) -> EngineManifest | None:

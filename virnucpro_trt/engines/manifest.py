@@ -111,7 +111,7 @@ def _check_token_fields(entry: ModelEntry, what: str) -> None:
     """``vocab_size`` is 0 (not recorded: the classifier, encoders built before it was) or 1 to
     :data:`MAX_VOCAB_SIZE`; ``pad_id`` is a token id: below ``vocab_size`` when recorded, else below
     :data:`MAX_VOCAB_SIZE` (the C++ host's rule too); an unrecorded vocabulary is bounded more tightly
-    where the tokenizer is read (``engine_set._check_vocabularies``: the pad id must be its). A pad id
+    where the tokenizer is read (``vocabularies.check_vocabularies``: the pad id must be its). A pad id
     of 2**70 failed every shard three times (OverflowError while padding), a negative one ran, indexing
     the embedding from its end."""
     vocab = entry.vocab_size

@@ -168,9 +168,9 @@ class EngineBackend(Protocol):
     name: str
     extension: str
     # The build recipe: raised whenever a build default changes what an engine computes or how fast
-    # (tests pin the defaults to it). Recorded in the manifest; ``bench`` rebuilds the engines it made
-    # in its work folder when theirs differs, so its figures are this version's. ``predict`` ignores it:
-    # an older engine still gives its answers.
+    # (tests pin the defaults to it). Recorded in the manifest; ``build`` (so ``bench`` too) builds a
+    # folder's set again when theirs differs, so a bench's figures are this version's. ``predict``
+    # ignores it: an older engine still gives its answers.
     recipe_version: int
 
     def availability(self, device: torch.device, precision: str) -> str | None:

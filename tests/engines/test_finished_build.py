@@ -1,0 +1,169 @@
+"""A rerun of ``build`` finds the set it would make already in its folder, and leaves it (no recompile).
+
+Everything that decides what the engines compute or how fast must match for the set to count as made
+(``engines/finished_build.py``); each such difference, and any damage a run would refuse, builds again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.cli.helpers import run_cli
+from virnucpro_trt.engines.build import BuildPlan, BuildSettings
+
+
+def _cli_build(tiny_set, out: Path, *extra: str):
+    return run_cli(
+        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf),
+        "--classifier", str(tiny_set.classifier), "--backend", "onnxruntime", "--device", "cpu",
+        "--max-batch-tokens", "512", "--max-length", "256", "-o", str(out), *extra,
+    )  # fmt: skip
+
+
+def _settings(tiny_set, out: Path, **changes) -> BuildSettings:
+    base = BuildSettings(
+        str(tiny_set.dnabert), str(tiny_set.esm_hf), str(tiny_set.classifier), out,
+        backend="onnxruntime", device="cpu", max_batch_tokens=512, max_length=256,
+    )  # fmt: skip
+    return dataclasses.replace(base, **changes)
+
+
+def _differences(settings: BuildSettings) -> list[str]:
+    return BuildPlan.of(settings).differences(settings)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def built(tiny_set, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("finished") / "engines"
+    result = _cli_build(tiny_set, out)
+    assert result.code == 0, result.stderr
+    assert "PASSED: onnxruntime fp32 engines" in result.stderr
+    return out
+
+
+def test_a_rerun_with_nothing_changed_leaves_the_set_and_force_builds_it_again(tiny_set, built, tmp_path):
+    out = tmp_path / "engines"
+    shutil.copytree(built, out)  # a copy keeps its files' content, so stamps differ and hashes are checked
+    before = _snapshot(out)
+    result = _cli_build(tiny_set, out)
+    assert result.code == 0, result.stderr
+    assert "already holds these engines" in result.stderr and "--force builds them again" in result.stderr
+    assert "UP TO DATE: onnxruntime fp32 engines" in result.stderr
+    assert "building dnabert-s" not in result.stderr
+    assert _snapshot(out) == before  # not one file written, the manifest included
+
+    result = _cli_build(tiny_set, out, "--force")
+    assert result.code == 0, result.stderr
+    assert "building dnabert-s" in result.stderr and "PASSED: onnxruntime fp32 engines" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["build"]["time"] >= json.loads(before["manifest.json"][1])["build"]["time"]
+    assert _snapshot(out)["manifest.json"] != before["manifest.json"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"max_length": 128}, "esm2 shapes: built"),
+        ({"max_batch_tokens": 1024}, "token budget: built 512, asked 1024"),
+        ({"attention": "cudnn"}, "--attention: built efficient, asked cudnn"),
+        ({"hardware_compatible": True}, "--hardware-compatible: built False, asked True"),
+        ({"backend": "inductor"}, "backend: built onnxruntime, asked inductor"),
+    ],
+)
+def test_each_setting_that_shapes_the_engines_builds_again(tiny_set, built, changes, said) -> None:
+    assert _differences(_settings(tiny_set, built)) == []
+    differences = _differences(_settings(tiny_set, built, **changes))
+    assert any(said in d for d in differences), differences
+
+
+def test_other_checkpoint_contents_build_again_and_the_same_contents_elsewhere_do_not(
+    tiny_set, built, tmp_path
+) -> None:
+    same = tmp_path / "classifier-copy.pth"
+    shutil.copyfile(tiny_set.classifier, same)
+    assert _differences(_settings(tiny_set, built, classifier=str(same))) == []
+    assert _differences(_settings(tiny_set, built, classifier=str(tiny_set.classifier_300))) == [
+        "classifier checkpoint differs from the one the set was built from"
+    ]
+    esm = tmp_path / "esm2"
+    shutil.copytree(tiny_set.esm_hf, esm)
+    config = json.loads((esm / "config.json").read_text())
+    config["layer_norm_eps"] = 1e-6  # a configuring file changes what the encoder computes
+    (esm / "config.json").write_text(json.dumps(config))
+    assert _differences(_settings(tiny_set, built, esm=str(esm))) == [
+        "esm2 checkpoint differs from the one the set was built from"
+    ]
+
+
+def _edited_copy(built: Path, tmp_path: Path, edit) -> Path:
+    out = tmp_path / "engines"
+    shutil.copytree(built, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(out, manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def _set_recipe(out, manifest):
+    manifest["build"]["recipe_version"] = 0
+
+
+def _kept_failure(out, manifest):
+    manifest["models"]["esm2"]["parity"]["passed"] = False
+    manifest["build"]["parity_failures_kept"] = ["esm2: min cosine 0.5"]
+
+
+def _damaged_file(out, manifest):
+    artifact = manifest["models"]["esm2"]["artifact"]
+    (out / artifact).write_bytes((out / artifact).read_bytes()[:-1] + b"\0")
+
+
+def _wrong_pad(out, manifest):
+    manifest["models"]["esm2"]["pad_id"] = 0
+
+
+def _stale_left(out, manifest):
+    (out / "esm2.cpu.fp16.onnx").write_bytes(b"an earlier build's engine")
+    manifest["build"]["stale_files"] = {"esm2.cpu.fp16.onnx": "0" * 64}
+
+
+def _other_version(out, manifest):
+    manifest["virnucpro_trt"] = "0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (_set_recipe, "build recipe: built 0, asked"),
+        (_kept_failure, "did not pass its parity gate"),
+        (_damaged_file, "does not match the SHA-256 its manifest records"),
+        (_wrong_pad, "is not its tokenizer's"),
+        (_stale_left, "an earlier build's files are still to be removed"),
+        (_other_version, "virnucpro-trt version: built 0.0.1"),
+    ],
+)
+def test_a_set_a_run_would_refuse_or_another_recipe_made_is_built_again(
+    tiny_set, built, tmp_path, edit, said
+) -> None:
+    out = _edited_copy(built, tmp_path, edit)
+    differences = _differences(_settings(tiny_set, out))
+    assert any(said in d for d in differences), differences
+
+
+def test_a_damaged_set_is_rebuilt_by_a_plain_rerun(tiny_set, built, tmp_path) -> None:
+    """The way out that `predict` names for a damaged set ("rebuild the engines") works without --force
+    when the damaged file is the tool's (here the manifest's pad id, which only the manifest holds)."""
+    out = _edited_copy(built, tmp_path, _wrong_pad)
+    result = _cli_build(tiny_set, out)
+    assert result.code == 0, result.stderr
+    assert "building again in" in result.stderr and "PASSED" in result.stderr
+    assert json.loads((out / "manifest.json").read_text())["models"]["esm2"]["pad_id"] == 1

@@ -1,0 +1,110 @@
+"""Whether an engine folder already holds what ``build`` was asked to make: then the build is skipped.
+
+A rerun of ``build`` with nothing changed used to compile again (minutes at full size) to write the same
+set. The folder's set is taken as this build's only when everything that decides what the engines
+compute, and how fast, is what this build would record:
+
+* the strict manifest reader takes the folder's manifest, and every file it names still has its
+  SHA-256 (stamps spare the re-hash), with no earlier build's stale file left to remove;
+* the same program version and build recipe, backend (``auto`` resolved as this build resolves it),
+  precision, device facts (type, architecture, name), bound library versions, token budget, shape
+  ranges (``--max-length``), ``--hardware-compatible`` and ``--attention``;
+* the same three checkpoints by content (their ``weights_sha256``: weights, config and tokenizer files);
+* every encoder passed its parity gate (a set kept by ``--keep-failing`` is built again);
+* its tokenizers bound by the vocabularies the manifest records (``vocabularies.check_vocabularies``):
+  a set that ``predict`` would refuse is never taken as finished, so "rebuild the engines" always works.
+
+``build --force`` builds again regardless; ``predict --rebuild`` only builds a set that does not fit.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from virnucpro_trt import __version__
+from virnucpro_trt.engines.manifest import MANIFEST_NAME, EngineManifest, stale_files, verify_files
+from virnucpro_trt.engines.spec import EngineBackend, default_shape_range
+from virnucpro_trt.engines.vocabularies import check_vocabularies
+from virnucpro_trt.errors import EngineMismatchError
+from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
+from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS, checkpoint_specs
+from virnucpro_trt.models.resolve import resolve_model
+
+if TYPE_CHECKING:
+    from virnucpro_trt.engines.build import BuildSettings
+
+
+def build_differences(
+    settings: BuildSettings, device_facts: dict, backend: EngineBackend, budget: int
+) -> list[str]:
+    """Why the set in ``settings.outdir`` is not the one this build would make (empty: it is).
+
+    ``device_facts``, ``backend`` and ``budget`` are what the build resolved for this run.
+    """
+    out = settings.outdir
+    if not (out / MANIFEST_NAME).is_file():
+        return [f"no {MANIFEST_NAME}"]
+    try:
+        manifest = EngineManifest.read(out)
+    except (EngineMismatchError, OSError, ValueError) as exc:
+        return [f"its manifest is not readable ({exc})"]
+    differences = _setting_differences(manifest, settings, device_facts, backend, budget)
+    if differences:  # before any hashing: a changed option is reason enough
+        return differences
+    differences += _weight_differences(manifest, settings)
+    if any(os.path.lexists(out / name) for name in stale_files(manifest.build)):
+        differences.append("an earlier build's files are still to be removed")
+    if not differences:
+        try:
+            verify_files(manifest, out)
+            check_vocabularies(out, manifest)
+        except (EngineMismatchError, OSError) as exc:
+            differences.append(str(exc))
+    return differences
+
+
+def _setting_differences(
+    manifest: EngineManifest, settings: BuildSettings, device_facts: dict, backend: EngineBackend, budget: int
+) -> list[str]:
+    build = manifest.build
+    asked = {
+        "virnucpro-trt version": (manifest.virnucpro_trt, __version__),
+        "backend": (manifest.backend, backend.name),
+        "build recipe": (build.get("recipe_version"), backend.recipe_version),
+        "precision": (manifest.precision, settings.precision),
+        "device": (manifest.device, device_facts),
+        "libraries": (manifest.libraries, backend.library_versions()),
+        "token budget": (build.get("max_batch_tokens"), budget),
+        "--hardware-compatible": (build.get("hardware_compatible"), settings.hardware_compatible),
+        "--attention": (build.get("attention_option"), settings.attention),
+    }
+    differences = [f"{what}: built {was}, asked {now}" for what, (was, now) in asked.items() if was != now]
+    for kind in ENCODER_NAMES:
+        entry = manifest.models.get(kind)
+        shapes = default_shape_range(kind, budget, settings.max_length).to_json()
+        if entry is None or entry.shapes != shapes:
+            differences.append(f"{kind} shapes: built {entry.shapes if entry else None}, asked {shapes}")
+        elif entry.parity.get("passed") is not True:
+            differences.append(f"the {kind} engine did not pass its parity gate (kept by --keep-failing)")
+    if build.get("parity_failures_kept"):
+        differences.append("engines that failed their parity gate were kept")
+    return differences
+
+
+def _weight_differences(manifest: EngineManifest, settings: BuildSettings) -> list[str]:
+    """The checkpoints named now against those the set was built from, by content (stamps first)."""
+    differences = []
+    named = checkpoint_specs(settings.dnabert, settings.esm, settings.classifier)
+    for kind, spec in named.items():
+        entry = manifest.models.get(kind)
+        if entry is None:
+            differences.append(f"the set holds no {kind}")
+            continue
+        # a checkpoint that cannot be read fails here as the build itself would, in its words
+        path = resolve_model(spec, MODELS[kind].short)
+        known = WeightsIdentity(entry.weights_sha256, entry.source_stamp)
+        sha256 = identify_checkpoint(kind, path, known).sha256
+        if sha256 != entry.weights_sha256:
+            differences.append(f"{kind} checkpoint differs from the one the set was built from")
+    return differences
