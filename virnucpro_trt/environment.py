@@ -13,6 +13,7 @@ import importlib.metadata
 import math
 import os
 import platform
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -138,6 +139,31 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+# /proc/cpuinfo flags that name instructions a compiler may emit under -march=native (x86); the rest
+# (hypervisor, constant_tsc, bug workarounds...) differ between machines that run the same code.
+_X86_ISA_FLAG = re.compile(
+    r"(mmx|sse|ssse|pni|avx|fma|f16c|bmi|adx|aes|pclmul|sha|movbe|rdrand|rdseed|abm|lzcnt|popcnt|tbm|xop|"
+    r"vaes|vpclmul|gfni|amx|cx16|clflushopt|clwb|xsave|fsgsbase|3dnow|movdir|serialize|waitpkg|cldemote)"
+)
+
+
+def cpu_instruction_sets(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The instruction-set extensions of this CPU, sorted (Linux: ``flags`` on x86, ``Features`` on Arm;
+    empty elsewhere). AOTInductor compiles a CPU engine with ``-march=native``: the engine may use any
+    of these, and dies of SIGILL on a CPU that lacks one, so the manifest records them."""
+    try:
+        lines = cpuinfo.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return sorted({flag for flag in value.split() if _X86_ISA_FLAG.match(flag)})
+        if key.strip() == "Features":
+            return sorted(set(value.split()))
+    return []
 
 
 def _version(distribution: str) -> str | None:

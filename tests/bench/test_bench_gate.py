@@ -169,6 +169,7 @@ def test_engines_of_an_older_build_recipe_are_rebuilt_not_measured(bench_run, tm
     """A work folder's engines are reused while they record this version's build recipe; from an older
     recipe (here: the manifest says 0) they are rebuilt, so a bench never reports an old recipe's speed
     as this version's. Done on a copy: the shared work folder stays as the other tests expect it."""
+    from virnucpro_trt.engines.manifest import SEAL_KEY, manifest_seal
     from virnucpro_trt.engines.onnxruntime_backend import OnnxRuntimeBackend
 
     workdir = tmp_path / "work"
@@ -189,6 +190,7 @@ def test_engines_of_an_older_build_recipe_are_rebuilt_not_measured(bench_run, tm
     assert source == "reused" and "rebuilding" not in stderr
     manifest = json.loads(manifest_path.read_text())
     manifest["build"]["recipe_version"] = 0
+    manifest["build"][SEAL_KEY] = manifest_seal(manifest)  # as a build of that recipe would have sealed it
     manifest_path.write_text(json.dumps(manifest))
     source, stderr = engine_source("older")
     assert source == "built"

@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 from tests.cli.helpers import run_cli
-from virnucpro_trt.engines.build import BuildPlan, BuildSettings
+from virnucpro_trt.engines.build import BuildPlan, BuildSettings, device_facts
+from virnucpro_trt.engines.manifest import (
+    SEAL_KEY,
+    EngineManifest,
+    Present,
+    manifest_mismatches,
+    manifest_seal,
+)
+from virnucpro_trt.environment import cpu_instruction_sets
+from virnucpro_trt.files.run_lock import LOCK_FILE
 
 
 def _cli_build(tiny_set, out: Path, *extra: str):
@@ -104,11 +113,15 @@ def test_other_checkpoint_contents_build_again_and_the_same_contents_elsewhere_d
     ]
 
 
-def _edited_copy(built: Path, tmp_path: Path, edit) -> Path:
+def _edited_copy(built: Path, tmp_path: Path, edit, seal: bool = True) -> Path:
+    """A copy of the set with its manifest edited, sealed again as a build would have written it (the
+    other differences are what is tested) unless ``seal`` is False."""
     out = tmp_path / "engines"
     shutil.copytree(built, out)
     manifest = json.loads((out / "manifest.json").read_text())
     edit(out, manifest)
+    if seal:
+        manifest["build"][SEAL_KEY] = manifest_seal(manifest)
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -140,6 +153,18 @@ def _other_version(out, manifest):
     manifest["virnucpro_trt"] = "0.0.1"
 
 
+def _budget_as_float(out, manifest):
+    manifest["build"]["max_batch_tokens"] = 512.0
+
+
+def _other_cpu(out, manifest):
+    manifest["device"]["instruction_sets"] = [*manifest["device"]["instruction_sets"], "avx10_2"]
+
+
+def _other_exporter(out, manifest):
+    manifest["models"]["dnabert-s"]["facts"]["library_versions"]["torch"] = "1.0.0"
+
+
 @pytest.mark.parametrize(
     ("edit", "said"),
     [
@@ -149,6 +174,9 @@ def _other_version(out, manifest):
         (_wrong_pad, "is not its tokenizer's"),
         (_stale_left, "an earlier build's files are still to be removed"),
         (_other_version, "virnucpro-trt version: built 0.0.1"),
+        (_budget_as_float, "token budget: built 512.0, asked 512"),
+        (_other_cpu, "device: built {'instruction_sets'"),
+        (_other_exporter, "dnabert-s exported with: built {'torch': '1.0.0'}"),
     ],
 )
 def test_a_set_a_run_would_refuse_or_another_recipe_made_is_built_again(
@@ -159,11 +187,78 @@ def test_a_set_a_run_would_refuse_or_another_recipe_made_is_built_again(
     assert any(said in d for d in differences), differences
 
 
+@pytest.mark.parametrize("edit", [_wrong_pad, _budget_as_float, _other_version])
+def test_any_edit_of_the_manifest_breaks_its_seal(tiny_set, built, tmp_path, edit) -> None:
+    """An edited manifest may be one predict refuses in ways the comparisons above do not foresee (a
+    dimension, a tokenizer dropped): a manifest not as its build wrote it is never a finished set."""
+    assert EngineManifest.read(built).sealed
+    out = _edited_copy(built, tmp_path, edit, seal=False)
+    assert not EngineManifest.read(out).sealed
+    assert _differences(_settings(tiny_set, out)) == [
+        "its manifest was edited since the build wrote it (or written before builds sealed it)"
+    ]
+
+
 def test_a_damaged_set_is_rebuilt_by_a_plain_rerun(tiny_set, built, tmp_path) -> None:
     """The way out that `predict` names for a damaged set ("rebuild the engines") works without --force
     when the damaged file is the tool's (here the manifest's pad id, which only the manifest holds)."""
-    out = _edited_copy(built, tmp_path, _wrong_pad)
+    out = _edited_copy(built, tmp_path, _wrong_pad, seal=False)
     result = _cli_build(tiny_set, out)
     assert result.code == 0, result.stderr
     assert "building again in" in result.stderr and "PASSED" in result.stderr
     assert json.loads((out / "manifest.json").read_text())["models"]["esm2"]["pad_id"] == 1
+
+
+def test_an_intact_set_in_a_read_only_folder_is_up_to_date_and_a_stray_file_does_not_matter(
+    tiny_set, built, tmp_path, monkeypatch
+) -> None:
+    """Finding the set made writes nothing, so it neither takes the run lock (which needs a writable
+    folder) nor judges the folder's other files (which only matter to a build that writes)."""
+    import virnucpro_trt.engines.build as build
+
+    out = tmp_path / "engines"
+    shutil.copytree(built, out)
+    (out / "notes.txt").write_text("mine\n")
+
+    def no_lock(*args, **kwargs):
+        raise AssertionError("the run lock was taken")
+
+    monkeypatch.setattr(build, "outdir_lock", no_lock)  # as root, a mode of 555 stops no write
+    out.chmod(0o555)
+    try:
+        result = _cli_build(tiny_set, out)
+    finally:
+        out.chmod(0o755)
+    assert result.code == 0, result.stderr
+    assert "UP TO DATE" in result.stderr and "parity" not in result.stderr  # one line says it: no gate ran
+    assert (out / "notes.txt").read_text() == "mine\n" and not (out / LOCK_FILE).exists()
+
+
+def test_the_cpu_instruction_sets_are_read_from_cpuinfo(tmp_path) -> None:
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu avx2 hypervisor avx512f sse4_2 constant_tsc fma\n\n"
+                   "processor\t: 1\nflags\t\t: fpu avx2\n")  # fmt: skip
+    assert cpu_instruction_sets(x86) == ["avx2", "avx512f", "fma", "sse4_2"]
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve2 bf16\n")
+    assert cpu_instruction_sets(arm) == ["asimd", "bf16", "fp", "sve2"]
+    assert cpu_instruction_sets(tmp_path / "absent") == []
+
+
+def test_a_cpu_engine_of_compiled_code_is_refused_on_a_cpu_lacking_its_instructions(built) -> None:
+    """AOTInductor compiles CPU engines with -march=native: on a CPU lacking one of the build CPU's
+    instruction sets the engine would die of SIGILL, so the manifest check refuses it; an ONNX file
+    is portable (ONNX Runtime picks its kernels when it runs) and is not held to them."""
+    import torch
+
+    manifest = EngineManifest.read(built)
+    here = device_facts(torch.device("cpu"))
+    assert manifest.device["instruction_sets"] == here["instruction_sets"] == cpu_instruction_sets()
+    manifest.device["instruction_sets"] = [*here["instruction_sets"], "avx10_2", "amx_tile"]
+    compiled = Present(here, {}, {}, native_cpu_code=True)
+    assert manifest_mismatches(manifest, compiled) == [
+        "built on a CPU with instructions this one lacks (amx_tile, avx10_2)"
+    ]
+    assert manifest_mismatches(manifest, Present(here, {}, {}, native_cpu_code=False)) == []
+    manifest.device["instruction_sets"] = here["instruction_sets"][:3]  # built on an older CPU: runs here
+    assert manifest_mismatches(manifest, compiled) == []

@@ -293,6 +293,7 @@ def _build_if_needed(spec: ConfigSpec, ctx: OpenContext, folder: Path, exists: b
         except Exception as exc:  # the child's build meets it again and fails this configuration alone
             differences = [one_line(exc, 400, name=False)]
         if not differences:
+            log.info("reusing the %s engines in %s (what a build would make now)", spec.name, folder)
             return
         log.warning("rebuilding %s engines in %s: %s", spec.name, folder, "; ".join(differences))
     log.info("building %s engines in %s (in a child process)", spec.name, folder)

@@ -508,7 +508,7 @@ def build(
     )  # fmt: skip
     outcome = build_engines(settings, command=sys.argv)
     manifest = outcome.manifest
-    for kind in ENCODER_NAMES:
+    for kind in ENCODER_NAMES if outcome.built else ():  # a set found made was gated when it was built
         entry = manifest.models[kind]
         parity = entry.parity
         log.info(

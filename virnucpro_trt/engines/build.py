@@ -65,7 +65,7 @@ from virnucpro_trt.engines.spec import (
     default_shape_range,
     vocab_size,
 )
-from virnucpro_trt.environment import CudaProperties
+from virnucpro_trt.environment import CudaProperties, cpu_instruction_sets
 from virnucpro_trt.errors import BuildError, EngineMismatchError, UserError
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
@@ -127,7 +127,7 @@ def device_facts(device: torch.device) -> dict[str, Any]:
         gpu = CudaProperties.of(device)
         facts.update(name=gpu.name, compute_capability=gpu.compute_capability)
     else:
-        facts["name"] = "cpu"
+        facts.update(name="cpu", instruction_sets=cpu_instruction_sets())
     return facts
 
 
@@ -269,27 +269,23 @@ class BuildOutcome:
 
 def build_engines(settings: BuildSettings, command: list[str] | None = None) -> BuildOutcome:
     """Build, gate and describe the engines into ``settings.outdir``; a folder that already holds the set
-    this build would make (``finished_build``) is left as it is, unless ``force`` or ``replace_changed``."""
+    this build would make (``finished_build``) is left as it is, unless ``force`` or ``replace_changed``.
+
+    That check reads and writes nothing but the set's own files, so it comes before the folder's other
+    contents are judged and before the run lock (an intact set in a read-only folder is up to date); it
+    is made again under the lock, where another build may have finished the set in between.
+    """
     out = settings.outdir
-    own = check_engine_folder(out, settings.force, settings.replace_changed)  # before anything is written
     plan = BuildPlan.of(settings)
+    if (found := _finished(settings, plan, say_why=False)) is not None:
+        return found
+    own = check_engine_folder(out, settings.force, settings.replace_changed)  # before anything is written
     # a failed first build leaves no folder it made; the lock keeps (and after a SIGKILL removes) staging
     with made_folder(out), outdir_lock(out, KeptFiles(staging=BUILD_STAGING)) as lock:
-        if not (settings.force or settings.replace_changed):
-            differences = plan.differences(settings)
-            if not differences:
-                manifest = EngineManifest.read(out)
-                log.info(
-                    "%s already holds these engines (built %s from the same checkpoints and settings); "
-                    "nothing to build (--force builds them again)", out, manifest.build.get("time"),
-                )  # fmt: skip
-                return BuildOutcome(manifest, built=False)
-            if (out / MANIFEST_NAME).is_file():
-                log.info("building again in %s: %s", out, "; ".join(differences))
+        if (found := _finished(settings, plan, say_why=True)) is not None:
+            return found
         log.info("engine backend: %s (%s)", plan.backend.name, plan.reason)
-        for left in sorted(out.glob(f"{STAGING_PREFIX}*")):  # what the lock did not note as a killed build's
-            if left.is_dir() and not left.is_symlink():
-                log.warning("%s: %s was left by an interrupted build; remove it", out, left.name)
+        _warn_left_staging(out)
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
         if lock is not None:
             lock.note_folder(staging)
@@ -299,6 +295,34 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
             shutil.rmtree(staging, ignore_errors=True)
     log.info("engines written to %s in %.1fs", out, float(manifest.build.get("seconds", 0.0)))
     return BuildOutcome(manifest, built=True)
+
+
+def _finished(settings: BuildSettings, plan: BuildPlan, say_why: bool) -> BuildOutcome | None:
+    """The folder's set when it is the one this build would make (never with ``force`` or
+    ``replace_changed``), else None; ``say_why`` logs the differences of a folder with a manifest."""
+    if settings.force or settings.replace_changed:
+        return None
+    out = settings.outdir
+    differences = plan.differences(settings)
+    if differences:
+        if say_why and (out / MANIFEST_NAME).is_file():
+            log.info("building again in %s: %s", out, "; ".join(differences))
+        return None
+    manifest = EngineManifest.read(out)
+    log.info(
+        "%s already holds these engines (built %s from the same checkpoints and settings); nothing to "
+        "build (--force builds them again)", out, manifest.build.get("time"),
+    )  # fmt: skip
+    _warn_left_staging(out)
+    return BuildOutcome(manifest, built=False)
+
+
+def _warn_left_staging(out: Path) -> None:
+    """Name the staging folders an interrupted build left that its lock did not note (those it noted
+    were removed when the lock was taken)."""
+    for left in sorted(out.glob(f"{STAGING_PREFIX}*")):
+        if left.is_dir() and not left.is_symlink():
+            log.warning("%s: %s was left by an interrupted build; remove it", out, left.name)
 
 
 def _build_into(

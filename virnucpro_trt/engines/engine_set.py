@@ -145,7 +145,9 @@ def _check(
     present_weights = _user_weights(weights, manifest)
     if manifest is not None:
         backend = get_backend(manifest.backend)
-        present = Present(device_facts(device), backend.library_versions(), present_weights)
+        present = Present(
+            device_facts(device), backend.library_versions(), present_weights, backend.native_cpu_code
+        )
         problems = manifest_mismatches(manifest, present)
         if not problems:
             try:

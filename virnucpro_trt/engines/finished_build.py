@@ -4,11 +4,13 @@ A rerun of ``build`` with nothing changed used to compile again (minutes at full
 set. The folder's set is taken as this build's only when everything that decides what the engines
 compute, and how fast, is what this build would record:
 
-* the strict manifest reader takes the folder's manifest, and every file it names still has its
-  SHA-256 (stamps spare the re-hash), with no earlier build's stale file left to remove;
+* the strict manifest reader takes the folder's manifest, still sealed as the build wrote it
+  (``manifest.manifest_seal``: an edited manifest may be one ``predict`` refuses), and every file it
+  names still has its SHA-256 (stamps spare the re-hash), with no earlier build's stale file left;
 * the same program version and build recipe, backend (``auto`` resolved as this build resolves it),
-  precision, device facts (type, architecture, name), bound library versions, token budget, shape
-  ranges (``--max-length``), ``--hardware-compatible`` and ``--attention``;
+  precision, device facts (type, architecture, name; a CPU's instruction sets, which AOTInductor
+  compiles for), bound library versions and, for an ONNX export, the exporter's (torch, onnx,
+  onnxscript), token budget, shape ranges (``--max-length``), ``--hardware-compatible``, ``--attention``;
 * the same three checkpoints by content (their ``weights_sha256``: weights, config and tokenizer files);
 * every encoder passed its parity gate (a set kept by ``--keep-failing`` is built again);
 * its tokenizers bound by the vocabularies the manifest records (``vocabularies.check_vocabularies``):
@@ -19,6 +21,7 @@ compute, and how fast, is what this build would record:
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING
 
@@ -26,7 +29,7 @@ from virnucpro_trt import __version__
 from virnucpro_trt.engines.manifest import MANIFEST_NAME, EngineManifest, stale_files, verify_files
 from virnucpro_trt.engines.spec import EngineBackend, default_shape_range
 from virnucpro_trt.engines.vocabularies import check_vocabularies
-from virnucpro_trt.errors import EngineMismatchError
+from virnucpro_trt.errors import CheckpointError, EngineMismatchError
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS, checkpoint_specs
 from virnucpro_trt.models.resolve import resolve_model
@@ -49,6 +52,8 @@ def build_differences(
         manifest = EngineManifest.read(out)
     except (EngineMismatchError, OSError, ValueError) as exc:
         return [f"its manifest is not readable ({exc})"]
+    if not manifest.sealed:
+        return ["its manifest was edited since the build wrote it (or written before builds sealed it)"]
     differences = _setting_differences(manifest, settings, device_facts, backend, budget)
     if differences:  # before any hashing: a changed option is reason enough
         return differences
@@ -59,7 +64,7 @@ def build_differences(
         try:
             verify_files(manifest, out)
             check_vocabularies(out, manifest)
-        except (EngineMismatchError, OSError) as exc:
+        except (EngineMismatchError, CheckpointError, OSError) as exc:
             differences.append(str(exc))
     return differences
 
@@ -79,17 +84,43 @@ def _setting_differences(
         "--hardware-compatible": (build.get("hardware_compatible"), settings.hardware_compatible),
         "--attention": (build.get("attention_option"), settings.attention),
     }
-    differences = [f"{what}: built {was}, asked {now}" for what, (was, now) in asked.items() if was != now]
+    differences = [_differ(what, was, now) for what, (was, now) in asked.items() if _json(was) != _json(now)]
     for kind in ENCODER_NAMES:
-        entry = manifest.models.get(kind)
+        entry = manifest.models[kind]
         shapes = default_shape_range(kind, budget, settings.max_length).to_json()
-        if entry is None or entry.shapes != shapes:
-            differences.append(f"{kind} shapes: built {entry.shapes if entry else None}, asked {shapes}")
+        exported = entry.facts.get("library_versions")
+        if _json(entry.shapes) != _json(shapes):
+            differences.append(_differ(f"{kind} shapes", entry.shapes, shapes))
+        elif exported is not None and _json(exported) != _json(now := _exporter_versions()):
+            differences.append(_differ(f"{kind} exported with", exported, now))
         elif entry.parity.get("passed") is not True:
             differences.append(f"the {kind} engine did not pass its parity gate (kept by --keep-failing)")
     if build.get("parity_failures_kept"):
         differences.append("engines that failed their parity gate were kept")
     return differences
+
+
+def _json(value: object) -> str:
+    """Compared as JSON text: 512.0 is not the budget 512, whatever Python's == says."""
+    return json.dumps(value, sort_keys=True)
+
+
+def _differ(what: str, was: object, now: object) -> str:
+    """``what: built X, asked Y``, naming only the keys that differ where both are objects."""
+    if isinstance(was, dict) and isinstance(now, dict):
+        keys = sorted(k for k in {*was, *now} if _json(was.get(k)) != _json(now.get(k)))
+        was, now = ({k: d.get(k) for k in keys} for d in (was, now))
+    return f"{what}: built {was}, asked {now}"
+
+
+def _exporter_versions() -> dict[str, str] | None:
+    """The versions an ONNX export would record now (None where the exporter cannot be imported)."""
+    try:
+        from virnucpro_trt.engines.onnx_export import exporter_versions
+
+        return exporter_versions()
+    except ImportError:
+        return None
 
 
 def _weight_differences(manifest: EngineManifest, settings: BuildSettings) -> list[str]:

@@ -324,6 +324,7 @@ class InductorBackend:
     # 7: bf16/fp16 ESM-2's fc1 + GELU as one cuBLASLt GEMM (gelu_epilogue);
     # 8: the package records its vocabulary size (virnucpro.vocab_size), which the C++ host requires.
     recipe_version = 8
+    native_cpu_code = True
 
     def availability(self, device: torch.device, precision: str) -> str | None:
         if precision not in DTYPES:

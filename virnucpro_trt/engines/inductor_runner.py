@@ -37,7 +37,8 @@ def load_package(path: Path, device: torch.device) -> Any:
     program per CPU instruction set and runs each in a fresh interpreter that imports torch — most of a
     worker's start-up on the H200 host (measurement log, 2026-11-29; measured by
     benchmarks/diagnostics/first_load_profile.py), spent for a warning-only comparison that the engine
-    manifest check already makes. The C++ loader and the wrapper object are the ones
+    manifest check already makes (for a CPU engine: the build CPU's instruction sets, which this one
+    must have). The C++ loader and the wrapper object are the ones
     ``aoti_load_package`` ends up with; where this torch lacks them (older releases), the public
     function is used.
     """

@@ -45,6 +45,7 @@ SCHEMA_VERSION = 2
 MAX_MANIFEST_BYTES = 8 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_VOCAB_SIZE = 1 << 24  # an encoder's vocabulary, as the C++ host bounds it (kMaxVocab)
+SEAL_KEY = "manifest_sha256"  # in ``build``: see :func:`manifest_seal`
 OWN_FILES_KEY = "own_files"  # in ``build``: further files of the folder that virnucpro-trt made
 # in ``build``: {name: SHA-256} of the earlier build's files this build removes once its manifest is in
 # place; recorded, so a build killed before it removed them leaves them known to the next build
@@ -173,6 +174,9 @@ class EngineManifest:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
     virnucpro_trt: str = __version__
+    # Read back: whether the file still holds the SHA-256 of its own content that write() put in it
+    # (``build.manifest_sha256``); not written itself.
+    sealed: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -200,6 +204,9 @@ class EngineManifest:
         return sha256_bytes(json.dumps(what, sort_keys=True).encode())
 
     def write(self, folder: Path) -> Path:
+        """Write ``manifest.json``, sealed with the SHA-256 of its own content (:func:`manifest_seal`)."""
+        self.build.pop(SEAL_KEY, None)
+        self.build[SEAL_KEY] = manifest_seal(self.to_json())
         path = folder / MANIFEST_NAME
         write_text_atomic(path, json.dumps(self.to_json(), indent=2) + "\n")
         return path
@@ -244,7 +251,22 @@ class EngineManifest:
             schema=data["schema"],
             schema_version=data["schema_version"],
             virnucpro_trt=str(data.get("virnucpro_trt", "?")),
+            sealed=isinstance(build, dict) and build.get(SEAL_KEY) == manifest_seal(data),
         )
+
+
+def manifest_seal(data: dict[str, Any]) -> str:
+    """SHA-256 of a manifest's JSON (sorted keys, compact) without its own ``build.manifest_sha256``.
+
+    A rerun of ``build`` keeps a folder's set only while its manifest is the one a build wrote: an edited
+    manifest (a dimension, a budget written as 512.0, a tokenizer dropped) may be one ``predict``
+    refuses, and "rebuild the engines" must then build, not find the set up to date. Not a signature:
+    an engine folder is trusted like a binary (README, "Security model"); this catches edits, not forgery.
+    """
+    build = data.get("build")
+    unsealed = {k: v for k, v in build.items() if k != SEAL_KEY} if isinstance(build, dict) else build
+    text = json.dumps({**data, "build": unsealed}, sort_keys=True, separators=(",", ":"))
+    return sha256_bytes(text.encode())
 
 
 def own_file_names(folder: Path) -> set[str]:
@@ -344,6 +366,7 @@ class Present:
     device: dict[str, Any]
     libraries: dict[str, str]  # the backend's bound libraries, current versions
     weights: dict[str, str]  # kind -> sha256 of the checkpoint the user named (absent: not named)
+    native_cpu_code: bool = False  # the backend's CPU artifacts hold machine code for the build's CPU
 
 
 def manifest_mismatches(manifest: EngineManifest, present: Present) -> list[str]:
@@ -361,6 +384,14 @@ def manifest_mismatches(manifest: EngineManifest, present: Present) -> list[str]
             f"built for {want.get('name')} ({want.get('arch')}), "
             f"running on {have.get('name')} ({have.get('arch')})"
         )
+    elif want.get("type") == "cpu" and present.native_cpu_code:
+        built_for = {x for x in _listed(want.get("instruction_sets")) if isinstance(x, str)}
+        lacking = sorted(built_for - set(_listed(have.get("instruction_sets"))))
+        if lacking:  # the engine may use them: run here, it would die of SIGILL
+            problems.append(
+                f"built on a CPU with instructions this one lacks ({', '.join(map(str, lacking[:6]))}"
+                f"{' ...' if len(lacking) > 6 else ''})"
+            )
     for library, version in manifest.libraries.items():
         current = present.libraries.get(library)
         if current != version:

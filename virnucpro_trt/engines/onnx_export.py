@@ -136,7 +136,7 @@ def export_onnx(
         "external_data": [p.name for p in files if p != out_path],
         "softmax_upcast_to_fp32": upcast,
         "op_dtypes": onnx_graph.float_op_dtypes(graph),
-        "library_versions": _exporter_versions(),
+        "library_versions": exporter_versions(),
     }
     if validate:
         with torch.inference_mode():
@@ -363,7 +363,7 @@ def _provider_name(provider: Any) -> str:
     return provider[0] if isinstance(provider, tuple) else str(provider)
 
 
-def _exporter_versions() -> dict[str, str]:
+def exporter_versions() -> dict[str, str]:
     import onnx
     import onnxscript
 

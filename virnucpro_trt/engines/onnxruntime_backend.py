@@ -67,6 +67,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     extension = "onnx"
     recipe_version = 1
+    native_cpu_code = False
 
     def __init__(self, provider: str | None = None):
         self.provider = provider

@@ -172,6 +172,9 @@ class EngineBackend(Protocol):
     # folder's set again when theirs differs, so a bench's figures are this version's. ``predict``
     # ignores it: an older engine still gives its answers.
     recipe_version: int
+    # Whether an artifact built for the CPU holds machine code for the build machine's CPU (AOTInductor's
+    # -march=native): then a CPU lacking one of the recorded instruction sets must not load it.
+    native_cpu_code: bool
 
     def availability(self, device: torch.device, precision: str) -> str | None:
         """``None`` if this backend can build and run here, else the reason it cannot (one line)."""

@@ -155,6 +155,7 @@ class TensorRTBackend:
     name = "tensorrt"
     extension = "plan"
     recipe_version = 1
+    native_cpu_code = False
 
     def availability(self, device: torch.device, precision: str) -> str | None:
         if precision == "fp8":
