@@ -228,6 +228,38 @@ def test_another_input_or_settings_are_refused_then_replaced_with_force(
     assert json.loads((out / "run.json").read_text())["counts"]["records"] == 1
 
 
+def test_a_damaged_run_json_is_another_runs_in_one_line_and_its_record_is_what_it_read(
+    tiny_set, reads_fasta, finished, tmp_path
+):
+    """run.json written by predict is what its typed record writes back, byte for byte; a field of the
+    wrong type makes it another run's (exit 2, one line naming the field), never a traceback, and
+    ``--force`` replaces it."""
+    from virnucpro_trt.pipeline.run_record import RunRecord
+
+    raw = (finished / "run.json").read_text()
+    assert RunRecord.from_json(json.loads(raw)).text() == raw
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in finished.iterdir():
+        (out / path.name).write_bytes(path.read_bytes())
+    for edit, why in (
+        (lambda r: r["counts"].update(records="2"), "its run.json is damaged: counts.records: not a count"),
+        (lambda r: r.update(outputs=["frames.tsv"]), "its run.json is damaged: outputs: "),
+        (lambda r: r.update(status="running"), "(it did not finish)"),
+    ):
+        run = json.loads(raw)
+        edit(run)
+        (out / "run.json").write_text(json.dumps(run))
+        before = _snapshot(out)
+        result = predict_tiny(tiny_set, reads_fasta, out)
+        assert result.code == 2 and len(error_lines(result)) == 1, result.stderr
+        assert why in error_lines(result)[0] and "--force" in error_lines(result)[0], result.stderr
+        assert _snapshot(out) == before
+    result = predict_tiny(tiny_set, reads_fasta, out, "--force")
+    assert result.code == 0, result.stderr
+    assert (out / "frames.tsv").read_bytes() == (finished / "frames.tsv").read_bytes()
+
+
 def test_results_changed_after_the_run_or_without_a_run_json_are_not_overwritten(
     tiny_set, reads_fasta, finished, tmp_path
 ):

@@ -115,6 +115,21 @@ def default_shards(tiny_set, split_reads, tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_every_run_json_is_what_its_typed_record_writes_back(small_shards):
+    """The one record knows every key predict and merge write: read back and written again, each
+    run.json (the whole input's, each part's, the merge's) is the same bytes."""
+    from virnucpro_trt.pipeline.run_record import RunRecord
+
+    single, merged, outs, _ = small_shards
+    for folder in (single, merged, *outs):
+        raw = (folder / "run.json").read_text()
+        record = RunRecord.from_json(json.loads(raw))
+        assert record.text() == raw, folder
+        is_merge = folder == merged
+        assert (record.split is not None) == is_merge and (record.model_weights is None) == is_merge
+
+
+@pytest.mark.slow
 def test_small_shards_merge_to_the_single_run_bytes(small_shards, split_reads):
     single, merged, outs, manifest = small_shards
     _assert_same_files(single, merged, embeddings=True)

@@ -388,13 +388,13 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
     except RunInterrupted as exc:
         click.echo(str(exc), err=True)
         raise click.exceptions.Exit(exc.exit_code) from None
-    counts = summary["counts"]
+    counts = summary.counts
     label = DEMO_LABEL if demo else ""
-    if summary.get("reused"):
+    if summary.reused:
         log.info(
             "PASSED%s: already finished, nothing recomputed: %d records, %d frames scored, %d sequences "
             "labelled virus in %s",
-            label, counts["records"], counts["frames"], counts["virus_sequences"], settings.outdir,
+            label, counts["records"], counts["frames"], counts.get("virus_sequences") or 0, settings.outdir,
         )  # fmt: skip
         return
     log.info(
@@ -404,7 +404,7 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
         counts["frames"],
         counts["virus_sequences"],
         settings.outdir,
-        summary["timings_s"]["total"],
+        summary.timings_s["total"],
     )
 
 

@@ -43,10 +43,11 @@ def merge(part_outs: tuple[Path, ...], outdir: Path, force: bool) -> None:
     from virnucpro_trt.pipeline.merge_parts import run_merge
 
     summary = run_merge(MergeSettings(tuple(part_outs), outdir, force), command=sys.argv)
-    counts = summary["counts"]
+    counts, split = summary.counts, summary.split
     log.info(
         "PASSED%s: %d part(s), %d records, %d frames scored, %d sequences labelled virus -> %s",
-        DEMO_LABEL if summary.get("demo_random_weights") else "",
-        summary["split"]["parts"], counts["records"], counts["frames"], counts.get("virus_sequences", 0),
+        DEMO_LABEL if summary.demo_random_weights else "",
+        split.parts if split is not None else 0, counts["records"], counts["frames"],
+        counts.get("virus_sequences", 0),
         outdir,
     )  # fmt: skip

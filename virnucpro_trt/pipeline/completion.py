@@ -11,25 +11,25 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any
 
+from virnucpro_trt.pipeline.run_record import RunRecord
 from virnucpro_trt.runtime.coordinator import RunInterrupted
 
 log = logging.getLogger(__name__)
 
 
 class Completion:
-    """Holds a run's summary from the moment its run.json is in place (:meth:`done`)."""
+    """Holds a run's record from the moment its run.json is in place (:meth:`done`)."""
 
     def __init__(self) -> None:
-        self.summary: dict[str, Any] | None = None
+        self.summary: RunRecord | None = None
 
-    def done(self, summary: dict[str, Any]) -> None:
+    def done(self, summary: RunRecord) -> None:
         """Call right after run.json is renamed into place (or found to hold this very run's results)."""
         self.summary = summary
 
-    def result(self) -> dict[str, Any]:
-        """The summary, after :meth:`interrupt_is_no_failure` ended a block on an interrupt."""
+    def result(self) -> RunRecord:
+        """The record, after :meth:`interrupt_is_no_failure` ended a block on an interrupt."""
         if self.summary is None:
             raise RuntimeError("the run ended without a summary")  # the block returned or raised before
         return self.summary

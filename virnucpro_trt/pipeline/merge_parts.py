@@ -28,6 +28,7 @@ unless ``--force``, which replaces them (:func:`_finished_merge`); folders there
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -73,7 +74,16 @@ from virnucpro_trt.outputs.tables import FRAME_COLUMNS, SEQUENCE_COLUMNS
 from virnucpro_trt.outputs.upstream import HIGHEST_HEADER, PREDICTION_HEADER
 from virnucpro_trt.pipeline.completion import Completion
 from virnucpro_trt.pipeline.run_paths import check_run_paths
-from virnucpro_trt.pipeline.run_record import MAX_RUN_JSON_BYTES, read_run_json, throughput
+from virnucpro_trt.pipeline.run_record import (
+    MAX_RUN_JSON_BYTES,
+    NotFinishedRun,
+    RunInput,
+    RunRecord,
+    RunRecordError,
+    SplitOrigin,
+    read_run_record,
+    throughput,
+)
 from virnucpro_trt.settings import MergeSettings, SplitPart, settings_difference, settings_fingerprint
 
 log = logging.getLogger(__name__)
@@ -94,7 +104,7 @@ class PartResult:
     """One part's ``predict`` output folder, as far as the merge needs it."""
 
     folder: Path
-    run: dict[str, Any]
+    run: RunRecord
     part: SplitPart
     run_sha256: str  # of the part's run.json bytes: what identifies its results in a merge's record
 
@@ -104,7 +114,7 @@ class PartResult:
 
     @property
     def has_embeddings(self) -> bool:
-        return bool(self.run["settings"].get("save_embeddings")) and (self.folder / EMBEDDINGS_H5).is_file()
+        return self.run.saved_embeddings and (self.folder / EMBEDDINGS_H5).is_file()
 
     @property
     def merged_files(self) -> list[str]:
@@ -119,8 +129,9 @@ class PartResult:
                 yield records
 
 
-def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str, Any]:
-    """Check the parts, write the merged result files into ``settings.outdir``; returns run.json."""
+def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> RunRecord:
+    """Check the parts, write the merged result files into ``settings.outdir``; returns the record
+    (also written as run.json)."""
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     outdir = settings.outdir
@@ -155,8 +166,8 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> dict[str,
         summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
         if demo:
             write_demo_note(outdir, noted)
-        summary["outputs"] = outputs
-        write_text_atomic(outdir / RUN_JSON, json.dumps(summary, indent=2) + "\n", noted)
+        summary = dataclasses.replace(summary, outputs=outputs)
+        write_text_atomic(outdir / RUN_JSON, summary.text(), noted)
         completion.done(summary)  # from here an interrupt only cuts the clean-up short
         if lock is not None:
             lock.forget_results()
@@ -168,7 +179,7 @@ KEPT_FILES = KeptFiles(outputs=RESULT_NAMES, results=True)  # its results' tempo
 
 def _finished_merge(
     outdir: Path, parts: list[PartResult], force: bool, left: dict[str, Any]
-) -> dict[str, Any] | None:
+) -> RunRecord | None:
     """The run.json of the merge OUTDIR already holds, when it is this very merge (and not ``force``,
     which asks to merge again); else None, once what is at the result names may be replaced (nothing
     there; files a merge killed before its run.json noted in the lock, ``left``, still as noted; or
@@ -180,46 +191,44 @@ def _finished_merge(
             raise MergeRefused(f"{outdir / name} is a folder; move it away or choose another OUTDIR")
     if not present:
         return None
-    previous = read_run_json(outdir / RUN_JSON)
-    if previous is None and all(n in left and changed_since(outdir, n, left[n]) is None for n in present):
-        log.info("replacing %s, left by a merge interrupted before its run.json", ", ".join(present))
-        for name in present:
-            (outdir / name).unlink()
-        return None
-    why = "no run.json accounts for them" if previous is None else _other_merge(previous, parts, present)
+    try:
+        previous = read_run_record(outdir / RUN_JSON)
+    except NotFinishedRun:
+        previous, why = None, "not a finished merge"
+    except RunRecordError:
+        previous, why = None, "its run.json is damaged"
+    else:
+        if previous is None and all(n in left and changed_since(outdir, n, left[n]) is None for n in present):
+            log.info("replacing %s, left by a merge interrupted before its run.json", ", ".join(present))
+            for name in present:
+                (outdir / name).unlink()
+            return None
+        why = "no run.json accounts for them" if previous is None else _other_merge(previous, parts, present)
     if why is not None:
         why = f"{', '.join(present)}: {why}"
-    outputs = previous.get("outputs") if previous is not None else None
+    outputs = previous.outputs if previous is not None else None
     if reuse_finished(outdir, outputs, why, force, "this merge", "results it cannot reuse"):
         assert previous is not None
-        return {**previous, "reused": True}
+        return dataclasses.replace(previous, reused=True)
     for name in present:  # --force: no earlier result is left beside this merge's
         (outdir / name).unlink()
     return None
 
 
-def _other_merge(previous: dict[str, Any], parts: list[PartResult], present: list[str]) -> str | None:
+def _other_merge(previous: RunRecord, parts: list[PartResult], present: list[str]) -> str | None:
     """Why ``previous`` (a run.json) is not the record of merging ``parts`` into the files ``present``,
     in words, or None."""
-    if previous.get("status") != "complete" or not isinstance(previous.get("split"), dict):
+    recorded = previous.part_run_sha256s
+    if previous.split is None or recorded is None:  # a predict's record
         return "not a finished merge"
-    if previous["split"].get("split_id") != parts[0].part.split_id:
+    if previous.split.split_id != parts[0].part.split_id:
         return "a merge of another split"
-    counts = previous.get("counts")
-    if (
-        previous["split"].get("parts") != len(parts)
-        or not isinstance(counts, dict)
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values())
-    ):
-        return "its run.json is damaged"
-    listed = previous.get("parts")
-    if not isinstance(listed, list):
-        return "not a finished merge"
-    recorded = [p.get("run_json_sha256") if isinstance(p, dict) else None for p in listed]
+    if previous.split.parts != len(parts) or any(v is None for v in previous.counts.values()):
+        return "its run.json is damaged"  # a merge sums known counts only
     if recorded != [p.run_sha256 for p in parts]:
         return "a merge of other part results"
-    outputs = previous.get("outputs")
-    if not isinstance(outputs, dict) or not outputs or any(n not in RESULT_NAMES for n in outputs):
+    outputs = previous.outputs
+    if not outputs or any(n not in RESULT_NAMES for n in outputs):
         return "its run.json records no result files"
     if any(n != RUN_JSON and n not in outputs for n in present):
         return "files its run.json does not account for"
@@ -240,24 +249,24 @@ def read_part(folder: Path) -> PartResult:
     except OSError:
         raise MergeRefused(f"{folder}: no {RUN_JSON}: the part's predict has not finished") from None
     try:
-        run = parse_json(raw.decode("utf-8"))
-        if not isinstance(run, dict) or run.get("tool") != "virnucpro-trt" or run.get("status") != "complete":
-            raise ValueError("not a complete virnucpro-trt run")
-        _check_shape(run)
-    except (ValueError, TypeError) as exc:  # UnicodeDecodeError included
+        run = RunRecord.from_json(parse_json(raw.decode("utf-8")))
+        for key, value in run.counts.items():
+            if value is None:  # unknown: a part's counts are summed, so each must be known
+                raise ValueError(f"counts.{key}: not a count (an integer >= 0)")
+    except ValueError as exc:  # UnicodeDecodeError and RunRecordError included
         raise MergeRefused(f"{path}: not a predict result: {exc}") from None
-    if run["settings"].get("part") is None:
+    if run.settings.get("part") is None:
         raise MergeRefused(
             f"{folder}: its input was not a part of a split (predict each part file from PARTS_DIR, "
             "where split.json lists it)"
         )
     try:
-        part = SplitPart.from_json(run["settings"]["part"])
+        part = SplitPart.from_json(run.settings["part"])
     except ValueError as exc:
         raise MergeRefused(f"{path}: {exc}") from None
-    if run["input"]["sha256"] != part.sha256 or run["counts"]["records"] != part.records:
+    if run.input.sha256 != part.sha256 or run.counts.get("records") != part.records:
         raise MergeRefused(f"{folder}: its input is not the part its run.json names")
-    names = [*FINAL_TEXT_FILES, *([EMBEDDINGS_H5] if run["settings"].get("save_embeddings") else [])]
+    names = [*FINAL_TEXT_FILES, *([EMBEDDINGS_H5] if run.saved_embeddings else [])]
     for name in names:
         if not (folder / name).is_file():
             raise MergeRefused(f"{folder}: {name} is missing")
@@ -271,9 +280,8 @@ def verify_part_files(part: PartResult) -> None:
     SHA-256. Why: run.json is the part's account of its results; a file edited, replaced or damaged
     since would otherwise be merged silently into results that claim to be one run's.
     """
-    outputs = part.run.get("outputs")
     for name in part.merged_files:
-        entry = outputs.get(name) if isinstance(outputs, dict) else None
+        entry = part.run.outputs.get(name)
         if not is_output_entry(entry):
             raise MergeRefused(
                 f"{part.name}: its {RUN_JSON} records no size and SHA-256 for {name}; predict the part "
@@ -289,26 +297,6 @@ def verify_part_files(part: PartResult) -> None:
                 f"{part.name}: {name} is not the file its predict wrote (size or SHA-256 differs from "
                 f"its {RUN_JSON}): it was changed or damaged since; predict the part again"
             )
-
-
-def _check_shape(run: dict[str, Any]) -> None:
-    """The keys the merge reads, with their types: a damaged or foreign file fails here."""
-    for key, kind in (
-        ("settings", dict), ("settings_fingerprint", str), ("input", dict), ("models", dict),
-        ("counts", dict), ("timings_s", dict), ("shards", dict), ("workers", list), ("device", dict),
-        ("version", str),
-    ):  # fmt: skip
-        if not isinstance(run.get(key), kind):
-            raise ValueError(f"{key}: missing or not a {kind.__name__}")
-    for section in ("counts", "shards"):
-        for key, value in run[section].items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{section}.{key}: not a count (an integer >= 0)")
-    for key, value in run["timings_s"].items():
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ValueError(f"timings_s.{key}: not a number")
-    if not isinstance(run["input"].get("sha256"), str) or not isinstance(run["counts"].get("records"), int):
-        raise ValueError("input.sha256 / counts.records missing")
 
 
 def check_parts(parts: list[PartResult]) -> list[PartResult]:
@@ -345,13 +333,13 @@ def check_parts(parts: list[PartResult]) -> list[PartResult]:
 def _difference(a: PartResult, b: PartResult) -> str | None:
     """What makes two parts' results incomparable, in words, or None."""
     ra, rb = a.run, b.run
-    if ra["version"] != rb["version"]:
-        return f"virnucpro-trt {ra['version']} vs {rb['version']}"
+    if ra.version != rb.version:
+        return f"virnucpro-trt {ra.version} vs {rb.version}"
     for kind in ("dnabert", "esm"):
-        wa, wb = (_dict(r["models"].get(kind)).get("weights_sha256") for r in (ra, rb))
+        wa, wb = ra.weights_sha256(kind), rb.weights_sha256(kind)
         if wa != wb:
             return f"{kind} weights differ ({str(wa)[:12]} vs {str(wb)[:12]})"
-    ia, ib = ra.get("model_identity"), rb.get("model_identity")
+    ia, ib = ra.model_identity, rb.model_identity
     if ia is not None and ib is not None and ia != ib:
         return "model_identity differs (other weights or engines)"
     # The engine directory is compared by its path only when a part lacks model_identity, which names
@@ -359,18 +347,14 @@ def _difference(a: PartResult, b: PartResult) -> str | None:
     by_content = ia is not None and ib is not None
     keys = ("backend", "precision") if by_content else ("backend", "precision", "engines")
     for key in keys:
-        if ra.get(key) != rb.get(key):
-            return f"{key} {ra.get(key)} vs {rb.get(key)}"
-    da, db = (str(r["device"].get("device", "")).split(":")[0] for r in (ra, rb))
-    if da != db:
-        return f"device {da} vs {db}"
-    if settings_fingerprint(ra["settings"], True) != settings_fingerprint(rb["settings"], True):
-        return f"settings differ ({settings_difference(ra['settings'], rb['settings'], True)})"
+        va, vb = getattr(ra, key), getattr(rb, key)
+        if va != vb:
+            return f"{key} {va} vs {vb}"
+    if ra.device_type != rb.device_type:
+        return f"device {ra.device_type} vs {rb.device_type}"
+    if settings_fingerprint(ra.settings, True) != settings_fingerprint(rb.settings, True):
+        return f"settings differ ({settings_difference(ra.settings, rb.settings, True)})"
     return None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _write_files(
@@ -421,24 +405,25 @@ def _check_rows(part: PartResult, name: str, rows: int) -> None:
     if name == SEQUENCES_TSV:
         expected, what = part.part.records, "records (split.json)"
     elif name == HIGHEST_SCORE:
-        expected = part.run["counts"].get("chunks_with_frames")
+        expected = part.run.counts.get("chunks_with_frames")
         what = "chunks with kept frames (its run.json)"
     else:
-        expected, what = part.run["counts"].get("frames"), "kept frames (its run.json)"
+        expected, what = part.run.counts.get("frames"), "kept frames (its run.json)"
     if rows != expected:
         raise MergeRefused(f"{part.folder / name}: {rows} rows, but the part has {expected} {what}")
 
 
-def _demo_random_weights(runs: list[dict[str, Any]]) -> bool:
+def _demo_random_weights(runs: list[RunRecord]) -> bool:
     """Whether the merge is of demo runs (random weights): its run.json says so, and the note is written."""
-    return any(bool(r.get("demo_random_weights")) for r in runs)
+    return any(r.demo_random_weights for r in runs)
 
 
-def _summed(runs: list[dict[str, Any]], section: str) -> dict[str, Any]:
+def _summed(tables: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table of figures (counts, timings, shards) summed over the parts, keys in first-seen order."""
     keys: list[str] = []
-    for run in runs:
-        keys += [k for k in run[section] if k not in keys]
-    return {k: sum(run[section].get(k, 0) for run in runs) for k in keys}
+    for table in tables:
+        keys += [k for k in table if k not in keys]
+    return {k: sum(table.get(k, 0) for table in tables) for k in keys}
 
 
 def _summary(
@@ -448,77 +433,69 @@ def _summary(
     command: Sequence[str],
     started: dt.datetime,
     merge_s: float,
-) -> dict[str, Any]:
-    """run.json of the merged result: one run's keys, figures summed over the parts."""
+) -> RunRecord:
+    """run.json of the merged result, but its ``outputs``: one run's keys, figures summed over the parts."""
     runs = [p.run for p in parts]
     first, split = runs[0], parts[0].part
-    settings = json.loads(json.dumps(first["settings"]))
+    settings = json.loads(json.dumps(first.settings))
     settings.update(
         input=split.input, outdir=str(outdir), part=None, shard_records=split.shard_records,
         save_embeddings=embeddings,
     )  # fmt: skip
-    counts = _summed(runs, "counts")
-    timings = {k: round(v, 4) for k, v in sorted(_summed(runs, "timings_s").items())}
+    counts = _summed([r.counts for r in runs])
+    timings = {k: round(v, 4) for k, v in sorted(_summed([r.timings_s for r in runs]).items())}
     timings["merge_parts"] = round(merge_s, 4)
-    steady = [(r.get("throughput") or {}).get("steady_s") for r in runs]
-    steady_s = sum(steady) if all(isinstance(s, int | float) for s in steady) else None
-    shards = _summed(runs, "shards")
+    steady = [r.steady_s for r in runs]
+    steady_s = sum(s for s in steady if s is not None) if all(s is not None for s in steady) else None
+    shards = _summed([r.shards for r in runs])
     shards["records_per_shard"] = split.records_per_shard
-    summary: dict[str, Any] = {
-        "tool": "virnucpro-trt",
-        "version": first["version"],
-        "status": "complete",
-        "demo_random_weights": _demo_random_weights(runs),
-        "command": list(command),
-        "started": min(str(r.get("started", "")) for r in runs) or started.isoformat(timespec="seconds"),
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings,
-        "settings_fingerprint": settings_fingerprint(settings),
-        "input": {"path": split.input, "sha256": split.input_sha256, "size_bytes": split.input_size_bytes},
-        "models": first["models"],
-    }
-    if all(r.get("model_identity") is not None for r in runs):
-        summary["model_identity"] = first["model_identity"]
-    summary.update(
+    return RunRecord(
+        version=first.version,
+        demo_random_weights=_demo_random_weights(runs),
+        command=tuple(command),
+        started=min(r.started for r in runs) or started.isoformat(timespec="seconds"),
+        finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        settings=settings,
+        settings_fingerprint=settings_fingerprint(settings),
+        input=RunInput(split.input, split.input_sha256, split.input_size_bytes),
+        models=first.models,
+        model_identity=first.model_identity if all(r.model_identity is not None for r in runs) else None,
         counts=counts,
         timings_s=timings,
         # as in one run, but over the parts' summed device time (a part resumed after an interruption
         # counts only its last attempt's time)
         throughput=throughput(counts.get("frames", 0), counts.get("records", 0), timings, steady_s),
-        device=first["device"],
-        precision=first.get("precision"),
-        backend=first.get("backend"),
-        engines=first.get("engines"),
+        device=first.device,
+        precision=first.precision,
+        backend=first.backend,
+        engines=first.engines,
         shards=shards,
-        workers=[{"part": p.part.index, **w} for p in parts for w in p.run["workers"] if isinstance(w, dict)],
-        restarts=sum(int(r.get("restarts", 0) or 0) for r in runs),
-        split={
-            "split_id": split.split_id,
-            "parts": split.parts,
-            "records_per_shard": split.records_per_shard,
-            "shard_records": split.shard_records,
-        },
-        parts=[_provenance(p) for p in parts],
+        workers=tuple({"part": p.part.index, **w} for p in parts for w in p.run.workers),
+        restarts=sum(r.restarts for r in runs),
+        split=SplitOrigin(split.split_id, split.parts, split.records_per_shard, split.shard_records),
+        parts=tuple(_provenance(p) for p in parts),
+        outputs={},  # the merged files, once written (run_merge)
     )
-    return summary
 
 
 def _provenance(part: PartResult) -> dict[str, Any]:
+    """One part in the merge's ``parts``: where it came from, and its run.json's SHA-256 (what a rerun
+    of the merge compares)."""
     run = part.run
     return {
         "part": part.part.index,
         "folder": str(part.folder),
-        "input": run["input"],
+        "input": run.input.to_json(),
         "first_record": part.part.first_record,
         "records": part.part.records,
-        "frames": run["counts"].get("frames"),
-        "started": run.get("started"),
-        "finished": run.get("finished"),
-        "total_s": run["timings_s"].get("total"),
-        "device": run["device"],
-        "shards": run["shards"],
-        "restarts": run.get("restarts"),
-        "settings_fingerprint": run["settings_fingerprint"],
-        "command": run.get("command"),
+        "frames": run.counts.get("frames"),
+        "started": run.started,
+        "finished": run.finished,
+        "total_s": run.timings_s.get("total"),
+        "device": run.device,
+        "shards": run.shards,
+        "restarts": run.restarts,
+        "settings_fingerprint": run.settings_fingerprint,
+        "command": list(run.command),
         "run_json_sha256": part.run_sha256,
     }

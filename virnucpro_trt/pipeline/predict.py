@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
-import json
 import logging
 import os
 import time
@@ -62,7 +61,14 @@ from virnucpro_trt.pipeline.completion import Completion
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
 from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
-from virnucpro_trt.pipeline.run_record import read_run_json, throughput
+from virnucpro_trt.pipeline.run_record import (
+    NotFinishedRun,
+    RunInput,
+    RunRecord,
+    RunRecordError,
+    read_run_record,
+    throughput,
+)
 from virnucpro_trt.pipeline.shard_predictor import STAGES, PredictShardJob, total_counts
 from virnucpro_trt.pipeline.split_manifest import settings_for_input
 from virnucpro_trt.runtime.coordinator import (
@@ -142,8 +148,8 @@ def run_predict(
     progress: ProgressTasks | None = None,
     command: Sequence[str] = (),
     demo: bool = False,
-) -> dict[str, Any]:
-    """Run the whole prediction and return the run summary (also written as run.json).
+) -> RunRecord:
+    """Run the whole prediction and return its record (also written as run.json).
 
     Raises :class:`~virnucpro_trt.runtime.coordinator.RunInterrupted` (exit 130) on SIGINT (and SIGTERM
     under :func:`~virnucpro_trt.interrupts.sigterm_as_interrupt`, as every command runs),
@@ -253,7 +259,7 @@ def _engine_cache(settings: PredictSettings) -> Path:
     return cache
 
 
-def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
+def _run(ctx: _RunContext, path: Path, display: str) -> RunRecord:
     settings, timer = ctx.settings, ctx.timer
     outdir = settings.outdir
     work = WorkDir(outdir)
@@ -312,55 +318,62 @@ def _run(ctx: _RunContext, path: Path, display: str) -> dict[str, Any]:
 
     with timer.stage("merge"):
         chunks_with_frames = _merge(settings, work, shards, markers, facts, record, ctx.note_temporary)
-    summary_json = _summary(
-        ctx, summary, shards, markers, report, facts, skipped, chunks_with_frames, identity
-    )
+    run_record = _summary(ctx, summary, shards, markers, report, facts, skipped, chunks_with_frames, identity)
     if ctx.demo:
         write_demo_note(outdir, ctx.note_temporary)
-    summary_json["model_weights"] = {kind: w.to_json() for kind, w in known.weights.items()}
-    summary_json["outputs"] = outputs
-    write_text_atomic(outdir / RUN_JSON, json.dumps(summary_json, indent=2) + "\n", ctx.note_temporary)
-    ctx.completion.done(summary_json)  # from here an interrupt only cuts the clean-up short
+    run_record = dataclasses.replace(
+        run_record,
+        model_weights={kind: w.to_json() for kind, w in known.weights.items()},
+        outputs=outputs,
+    )
+    write_text_atomic(outdir / RUN_JSON, run_record.text(), ctx.note_temporary)
+    ctx.completion.done(run_record)  # from here an interrupt only cuts the clean-up short
     if settings.run.keep_work:
         log.info("kept the work folder %s (--keep-work)", work.root)
     else:
         work.wipe()
-    return summary_json
+    return run_record
 
 
-def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> dict[str, Any] | None:
-    """The summary of the run OUTDIR already holds, when it is this very run; else None.
+def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> RunRecord | None:
+    """The record of the run OUTDIR already holds, when it is this very run; else None.
 
     "This very run": same input (SHA-256), same settings fingerprint, same model identity, and result
     files that still have the sizes and SHA-256 its run.json recorded. Then nothing is recomputed or
     touched, unless ``--force``: asked to compute, it computes (same results, new timings). Results of
     another run, this run's results changed since, or result files no run.json accounts for are
-    refused, exit 2, unless ``--force``, which replaces them.
+    refused, exit 2, unless ``--force``, which replaces them. A run.json that is no record of a finished
+    run (not JSON, unfinished, a field missing or mistyped) is another run's.
     """
     settings = ctx.settings
     outdir = settings.outdir
-    previous = read_run_json(outdir / RUN_JSON)
-    if previous is None:
-        _check_stray_results(outdir, work, settings.run.force)
-        return None
-    why = _difference(ctx, previous, sha256, work)
+    try:
+        previous = read_run_record(outdir / RUN_JSON)
+    except NotFinishedRun:
+        previous, why = None, "it did not finish"
+    except RunRecordError as exc:
+        previous, why = None, f"its run.json is damaged: {exc}"
+    else:
+        if previous is None:
+            _check_stray_results(outdir, work, settings.run.force)
+            return None
+        why = _difference(ctx, previous, sha256, work)
     another = "the results of another run"
-    if reuse_finished(outdir, previous.get("outputs"), why, settings.run.force, "this run", another):
-        reused = {**previous, "reused": True}
+    outputs = previous.outputs if previous is not None else None
+    if reuse_finished(outdir, outputs, why, settings.run.force, "this run", another):
+        assert previous is not None
+        reused = dataclasses.replace(previous, reused=True)
         ctx.completion.done(reused)  # the results are complete: an interrupt below cuts only the clean-up
         _remove_leftover_work(ctx, previous, sha256, work)
         return reused
     return None
 
 
-def _remove_leftover_work(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: WorkDir) -> None:
+def _remove_leftover_work(ctx: _RunContext, previous: RunRecord, sha256: str, work: WorkDir) -> None:
     """``.work`` of this very run, left after its run.json was written (a signal or a SIGKILL while the
     run removed it): removed now, as that run would have (the input's copy in shards, every shard's
     results). Kept where that run or this one asks for ``--keep-work``."""
-    recorded = previous.get("settings")
-    run = recorded.get("run") if isinstance(recorded, dict) else None
-    kept = isinstance(run, dict) and run.get("keep_work") is True
-    if kept or ctx.settings.run.keep_work:
+    if previous.keep_work or ctx.settings.run.keep_work:
         return
     if work.holds_run(sha256, ctx.settings.fingerprint(ctx.device_type)):
         log.info("removing %s, left by this run after it finished", work.root)
@@ -395,30 +408,26 @@ def _check_stray_results(outdir: Path, work: WorkDir, force: bool) -> None:
     )
 
 
-def _difference(ctx: _RunContext, previous: dict[str, Any], sha256: str, work: WorkDir) -> str | None:
+def _difference(ctx: _RunContext, previous: RunRecord, sha256: str, work: WorkDir) -> str | None:
     """Why ``previous`` (a run.json) is not a record of this run, or None when it is (its result files
     are compared afterwards: :func:`~virnucpro_trt.files.ownership.changed_output`)."""
-    if previous.get("status") != "complete":
-        return "it did not finish"
-    if (previous.get("input") or {}).get("sha256") != sha256:
+    if previous.input.sha256 != sha256:
         return "a different input"
-    if previous.get("settings_fingerprint") != ctx.settings.fingerprint(ctx.device_type):
-        recorded = previous.get("settings")
-        recorded = recorded if isinstance(recorded, dict) else {}
-        return f"different settings ({settings_difference(recorded, ctx.settings.to_json(ctx.device_type))})"
-    if bool(previous.get("demo_random_weights")) != ctx.demo:  # the DEMO marker must match the command
+    if previous.settings_fingerprint != ctx.settings.fingerprint(ctx.device_type):
+        current = ctx.settings.to_json(ctx.device_type)
+        return f"different settings ({settings_difference(previous.settings, current)})"
+    if previous.demo_random_weights != ctx.demo:  # the DEMO marker must match the command
         return "a --demo run" if not ctx.demo else "not a --demo run"
     if ctx.settings.encoders.backend not in (None, "torch") and ctx.engines is None:
         return "its engines are not there any more"
-    _, identity = _identify_models(ctx, ctx.engines, work, previous.get("model_weights"))
-    if previous.get("model_identity") != identity:
-        changed = changed_models(previous.get("model_identity"), identity)
+    _, identity = _identify_models(ctx, ctx.engines, work, previous.model_weights)
+    if previous.model_identity != identity:
+        changed = changed_models(previous.model_identity, identity)
         return f"other model weights or configuration: {changed}"
-    outputs = previous.get("outputs")
-    if not isinstance(outputs, dict) or not outputs:
+    if not previous.outputs:
         return "it records no result files"
-    for name, entry in outputs.items():
-        if name not in OUTPUT_NAMES or not isinstance(entry, dict):
+    for name in previous.outputs:
+        if name not in OUTPUT_NAMES:
             return f"it lists an unexpected file {name!r}"
     return None
 
@@ -532,8 +541,9 @@ def _summary(
     skipped: int,
     chunks_with_frames: int,
     identity: dict[str, str | None],
-) -> dict[str, Any]:
-    """run.json: counts over every shard; timings and throughput over the shards run this time."""
+) -> RunRecord:
+    """run.json, all but ``model_weights`` and ``outputs``: counts over every shard; timings and
+    throughput over the shards run this time."""
     settings, timer, command, demo, started = ctx.settings, ctx.timer, ctx.command, ctx.demo, ctx.started
     counts: dict[str, Any] = total_counts(marker.report.counts for marker in markers.values())
     counts.pop("records")
@@ -554,40 +564,35 @@ def _summary(
     totals["total"] = time.perf_counter() - started[1]
     frames_run = sum(m.frames for m in ran.values())
     steady_s = report.steady_s if report is not None else None
-    return {
-        "tool": "virnucpro-trt",
-        "version": __version__,
-        "status": "complete",
-        "demo_random_weights": demo,
-        "command": list(command),
-        "started": started[0].isoformat(timespec="seconds"),
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings.to_json(ctx.device_type),
-        "settings_fingerprint": settings.fingerprint(ctx.device_type),
-        "input": {
-            "path": summary_in.display_name,
-            "sha256": summary_in.sha256,
-            "size_bytes": summary_in.size_bytes,
-        },
-        "models": facts.models_json(),
-        "model_identity": identity,
-        "counts": counts,
-        "timings_s": {k: round(v, 4) for k, v in sorted(totals.items())},
-        "throughput": throughput(frames_run, summary_in.records, totals, steady_s),  # of the shards run now
-        "device": facts.device.to_json(),
-        "precision": facts.precision,
-        "backend": facts.backend,
-        "engines": facts.engines,
-        "shards": {
+    return RunRecord(
+        version=__version__,
+        demo_random_weights=demo,
+        command=tuple(command),
+        started=started[0].isoformat(timespec="seconds"),
+        finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        settings=settings.to_json(ctx.device_type),
+        settings_fingerprint=settings.fingerprint(ctx.device_type),
+        input=RunInput(summary_in.display_name, summary_in.sha256, summary_in.size_bytes),
+        models=facts.models_json(),
+        model_identity=identity,
+        counts=counts,
+        timings_s={k: round(v, 4) for k, v in sorted(totals.items())},
+        throughput=throughput(frames_run, summary_in.records, totals, steady_s),  # of the shards run now
+        device=facts.device.to_json(),
+        precision=facts.precision,
+        backend=facts.backend,
+        engines=facts.engines,
+        shards={
             "total": len(shards),
             "records_per_shard": settings.shard_records or default_shard_records(summary_in.records),
             "processed": len(ran),
             "skipped": skipped,
             "failed_attempts": report.failed_attempts if report is not None else 0,
         },
-        "workers": workers,
-        "restarts": report.restarts if report is not None else 0,
-    }
+        workers=tuple(workers),
+        restarts=report.restarts if report is not None else 0,
+        outputs={},  # the result files, once written (_run)
+    )
 
 
 def _embedding_attrs(settings: PredictSettings, precision: str) -> dict[str, str]:
