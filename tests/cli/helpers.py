@@ -43,6 +43,15 @@ def predict_tiny(tiny_set: Any, reads: Path | str, out: Path, *extra: str) -> Cl
     )  # fmt: skip
 
 
+def build_tiny(tiny_set: Any, out: Path, *extra: str) -> CliResult:
+    """``build`` of the tiny model set into ``out``: ONNX Runtime on the CPU, small shapes (seconds)."""
+    return run_cli(
+        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf),
+        "--classifier", str(tiny_set.classifier), "--backend", "onnxruntime", "--device", "cpu",
+        "--max-batch-tokens", "512", "--max-length", "256", "-o", str(out), *extra,
+    )  # fmt: skip
+
+
 def error_lines(result: CliResult) -> list[str]:
     """The ``error:`` lines of a run's stderr."""
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]

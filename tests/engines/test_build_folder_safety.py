@@ -19,19 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.helpers import run_cli
+from tests.cli.helpers import build_tiny, run_cli
 from virnucpro_trt.engines.build import check_engine_folder
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.run_lock import BUILD_STAGING, LOCK_FILE, STAGING_PREFIX, KeptFiles, outdir_lock
 from virnucpro_trt.files.stamps import stat_stamp
-
-
-def _build(tiny_set, out: Path, *extra: str):
-    return run_cli(
-        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf),
-        "--classifier", str(tiny_set.classifier), "--backend", "onnxruntime", "--device", "cpu",
-        "--max-batch-tokens", "512", "--max-length", "256", "-o", str(out), *extra,
-    )  # fmt: skip
 
 
 def _one_error_line(result, *messages: str) -> None:
@@ -132,11 +124,11 @@ def test_a_rebuild_at_another_precision_removes_the_earlier_builds_engines(tiny_
     can serve no run: they went on being carried as own files, gigabytes each at full size. They are
     removed now, each while it is still the file that build recorded; a changed one is kept and named."""
     folder = tmp_path / "engines"
-    assert _build(tiny_set, folder).code == 0
+    assert build_tiny(tiny_set, folder).code == 0
     first = json.loads((folder / "manifest.json").read_text())
     fp32 = {n for m in first["models"].values() for n in m["file_sha256"] if ".fp32." in n}
     assert fp32 and all((folder / n).is_file() for n in fp32)
-    result = _build(tiny_set, folder, "--precision", "fp16")
+    result = build_tiny(tiny_set, folder, "--precision", "fp16")
     assert result.code == 0, result.stderr
     second = json.loads((folder / "manifest.json").read_text())
     names = {n for m in second["models"].values() for n in m["file_sha256"]}
@@ -179,7 +171,7 @@ def test_a_rebuild_killed_before_it_removed_the_earlier_engines_leaves_them_to_t
     import sys
 
     folder = tmp_path / "engines"
-    assert _build(tiny_set, folder).code == 0
+    assert build_tiny(tiny_set, folder).code == 0
     first = json.loads((folder / "manifest.json").read_text())
     fp32 = {n for m in first["models"].values() for n in m["file_sha256"] if ".fp32." in n}
     args = [
@@ -192,7 +184,7 @@ def test_a_rebuild_killed_before_it_removed_the_earlier_engines_leaves_them_to_t
     second = json.loads((folder / "manifest.json").read_text())
     assert second["precision"] == "fp16" and set(second["build"]["stale_files"]) == fp32
     assert all((folder / n).is_file() for n in fp32)  # not yet removed
-    result = _build(tiny_set, folder, "--precision", "fp16")
+    result = build_tiny(tiny_set, folder, "--precision", "fp16")
     assert result.code == 0, result.stderr
     third = json.loads((folder / "manifest.json").read_text())
     names = {n for m in third["models"].values() for n in m["file_sha256"]}
@@ -223,7 +215,7 @@ def test_a_manifest_edited_to_name_a_users_file_never_gets_it_removed(tiny_set, 
     stamp (and any hash) made the rebuild remove it as the earlier build's stale engine. Only a manifest
     the strict reader takes, and the file's own SHA-256, let a stale file go."""
     folder = tmp_path / "engines"
-    assert _build(tiny_set, folder).code == 0
+    assert build_tiny(tiny_set, folder).code == 0
     thesis = folder / "thesis.tex"
     thesis.write_text("my thesis\n")
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -231,7 +223,7 @@ def test_a_manifest_edited_to_name_a_users_file_never_gets_it_removed(tiny_set, 
     entry["file_sha256"]["thesis.tex"] = "0" * 64
     entry["file_stamps"]["thesis.tex"] = stat_stamp(os.stat(thesis))
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    result = _build(tiny_set, folder)
+    result = build_tiny(tiny_set, folder)
     assert result.code == 0, result.stderr
     assert thesis.read_text() == "my thesis\n"
 
@@ -244,7 +236,7 @@ def test_build_never_writes_through_links(tiny_set, tmp_path):
     (tmp_path / "victim_tok.txt").write_text("victim tok\n")
     (folder / "esm2.vocab.txt").symlink_to(tmp_path / "victim_vocab.txt")
     (folder / "dnabert-s.tokenizer.json").symlink_to(tmp_path / "victim_tok.txt")
-    result = _build(tiny_set, folder)
+    result = build_tiny(tiny_set, folder)
     _one_error_line(result, "symbolic links", "dnabert-s.tokenizer.json", "esm2.vocab.txt")
     assert (tmp_path / "victim_vocab.txt").read_text() == "victim vocab\n"
     assert (tmp_path / "victim_tok.txt").read_text() == "victim tok\n"
@@ -262,7 +254,7 @@ def test_build_keeps_a_users_files(tiny_set, tmp_path):
     }
     for name, text in files.items():
         (folder / name).write_text(text)
-    _one_error_line(_build(tiny_set, folder), "did not make", "classifier.safetensors, manifest.json")
+    _one_error_line(build_tiny(tiny_set, folder), "did not make", "classifier.safetensors, manifest.json")
     assert {p.name: p.read_text() for p in folder.iterdir()} == files
 
 
@@ -291,7 +283,7 @@ def test_a_rebuild_replaces_its_own_files_and_keeps_an_earlier_builds(tiny_set, 
     failed rebuild leaves the finished set as it was. A file at an own name that is no longer the one
     the build recorded (edited, or another file put there) is refused, not replaced."""
     folder = tmp_path / "engines"
-    assert _build(tiny_set, folder).code == 0
+    assert build_tiny(tiny_set, folder).code == 0
     manifest = json.loads((folder / "manifest.json").read_text())
     names = {n for m in manifest["models"].values() for n in m["file_sha256"]}
     assert {p.name for p in folder.iterdir()} == names | {"manifest.json"}
@@ -304,10 +296,10 @@ def test_a_rebuild_replaces_its_own_files_and_keeps_an_earlier_builds(tiny_set, 
     (folder / "esm2.cpu.fp16.onnx").write_text("an earlier build's engine")
     manifest["build"]["own_files"] = ["esm2.cpu.fp16.onnx"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    _one_error_line(_build(tiny_set, folder), "esm2.vocab.txt changed since the build that made them")
+    _one_error_line(build_tiny(tiny_set, folder), "esm2.vocab.txt changed since the build that made them")
     assert (tmp_path / "kept.txt").read_text() == "not a vocabulary\n"
     (tmp_path / "kept.txt").write_bytes(vocab)  # the recorded bytes again, in another file (a new stamp)
-    result = _build(tiny_set, folder, "--force")  # the same set is there again: only --force builds it
+    result = build_tiny(tiny_set, folder, "--force")  # the same set is there again: only --force builds it
     assert result.code == 0, result.stderr
     assert (tmp_path / "kept.txt").stat().st_nlink == 1  # replaced by rename, not written into
     assert (folder / "esm2.vocab.txt").read_bytes() == vocab
@@ -319,7 +311,7 @@ def test_a_rebuild_replaces_its_own_files_and_keeps_an_earlier_builds(tiny_set, 
 
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # nothing computed differently can pass now
-    result = _build(tiny_set, folder, "--force")
+    result = build_tiny(tiny_set, folder, "--force")
     assert result.code == 1 and "parity gate failed" in result.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
@@ -345,15 +337,16 @@ def test_a_killed_builds_staging_folder_goes_with_the_next_build_and_two_builds_
     stray.mkdir()
     with open(folder / LOCK_FILE, "rb") as held:  # a build running: its lock is held
         fcntl.flock(held, fcntl.LOCK_EX)
-        _one_error_line(_build(tiny_set, folder), f"{folder} is being written by another virnucpro-trt run")
+        refused = build_tiny(tiny_set, folder)
+        _one_error_line(refused, f"{folder} is being written by another virnucpro-trt run")
     assert killed.is_dir()  # the refused build removed nothing
-    result = _build(tiny_set, folder)
+    result = build_tiny(tiny_set, folder)
     assert result.code == 0, result.stderr
     assert not killed.exists() and not (folder / LOCK_FILE).exists()
     assert stray.is_dir() and f"{STAGING_PREFIX}older was left by an interrupted build" in result.stderr
     killed.mkdir()  # a new folder at the noted name: not the one the killed build made
     (folder / LOCK_FILE).write_bytes(content)
-    assert _build(tiny_set, folder).code == 0 and killed.is_dir()
+    assert build_tiny(tiny_set, folder).code == 0 and killed.is_dir()
 
 
 def test_predict_refuses_a_link_at_its_own_engine_folder(tiny_set, reads_fasta, tmp_path):

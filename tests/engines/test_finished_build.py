@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.helpers import run_cli
+from tests.cli.helpers import build_tiny
 from virnucpro_trt.engines.build import BuildPlan, BuildSettings, device_facts
 from virnucpro_trt.engines.manifest import (
     SEAL_KEY,
@@ -24,14 +24,6 @@ from virnucpro_trt.engines.manifest import (
 )
 from virnucpro_trt.environment import cpu_instruction_sets
 from virnucpro_trt.files.run_lock import LOCK_FILE
-
-
-def _cli_build(tiny_set, out: Path, *extra: str):
-    return run_cli(
-        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf),
-        "--classifier", str(tiny_set.classifier), "--backend", "onnxruntime", "--device", "cpu",
-        "--max-batch-tokens", "512", "--max-length", "256", "-o", str(out), *extra,
-    )  # fmt: skip
 
 
 def _settings(tiny_set, out: Path, **changes) -> BuildSettings:
@@ -53,7 +45,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
 @pytest.fixture(scope="module")
 def built(tiny_set, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "engines"
-    result = _cli_build(tiny_set, out)
+    result = build_tiny(tiny_set, out)
     assert result.code == 0, result.stderr
     assert "PASSED: onnxruntime fp32 engines" in result.stderr
     return out
@@ -63,14 +55,14 @@ def test_a_rerun_with_nothing_changed_leaves_the_set_and_force_builds_it_again(t
     out = tmp_path / "engines"
     shutil.copytree(built, out)  # a copy keeps its files' content, so stamps differ and hashes are checked
     before = _snapshot(out)
-    result = _cli_build(tiny_set, out)
+    result = build_tiny(tiny_set, out)
     assert result.code == 0, result.stderr
     assert "already holds these engines" in result.stderr and "--force builds them again" in result.stderr
     assert "UP TO DATE: onnxruntime fp32 engines" in result.stderr
     assert "building dnabert-s" not in result.stderr
     assert _snapshot(out) == before  # not one file written, the manifest included
 
-    result = _cli_build(tiny_set, out, "--force")
+    result = build_tiny(tiny_set, out, "--force")
     assert result.code == 0, result.stderr
     assert "building dnabert-s" in result.stderr and "PASSED: onnxruntime fp32 engines" in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
@@ -203,7 +195,7 @@ def test_a_damaged_set_is_rebuilt_by_a_plain_rerun(tiny_set, built, tmp_path) ->
     """The way out that `predict` names for a damaged set ("rebuild the engines") works without --force
     when the damaged file is the tool's (here the manifest's pad id, which only the manifest holds)."""
     out = _edited_copy(built, tmp_path, _wrong_pad, seal=False)
-    result = _cli_build(tiny_set, out)
+    result = build_tiny(tiny_set, out)
     assert result.code == 0, result.stderr
     assert "building again in" in result.stderr and "PASSED" in result.stderr
     assert json.loads((out / "manifest.json").read_text())["models"]["esm2"]["pad_id"] == 1
@@ -226,7 +218,7 @@ def test_an_intact_set_in_a_read_only_folder_is_up_to_date_and_a_stray_file_does
     monkeypatch.setattr(build, "outdir_lock", no_lock)  # as root, a mode of 555 stops no write
     out.chmod(0o555)
     try:
-        result = _cli_build(tiny_set, out)
+        result = build_tiny(tiny_set, out)
     finally:
         out.chmod(0o755)
     assert result.code == 0, result.stderr
