@@ -246,6 +246,9 @@ def test_a_damaged_run_json_is_another_runs_in_one_line_and_its_record_is_what_i
         (lambda r: r["counts"].update(records="2"), "its run.json is damaged: counts.records: not a count"),
         (lambda r: r.update(outputs=["frames.tsv"]), "its run.json is damaged: outputs: "),
         (lambda r: r.update(status="running"), "(it did not finish)"),
+        # the summary line prints it: a record without it is damaged, not "0 sequences labelled virus"
+        (lambda r: r["counts"].pop("virus_sequences"), "damaged: counts.virus_sequences: not a count"),
+        (lambda r: r["timings_s"].update(total=10**400), "damaged: timings_s.total: not a number"),
     ):
         run = json.loads(raw)
         edit(run)

@@ -609,7 +609,18 @@ def test_merge_rerun_onto_its_own_results_does_nothing_and_force_replaces_others
     run_json = json.loads((damaged / "run.json").read_text())
     del run_json["counts"]
     (damaged / "run.json").write_text(json.dumps(run_json))
-    refused(a, damaged, "its run.json is damaged")  # one line, not a KeyError from the reused summary
+    refused(a, damaged, "its run.json is damaged: counts")  # one line naming the field, not a KeyError
+    for edit in (  # a record that no longer says what its parts say is no record of this merge
+        lambda r: r["counts"].update(virus_sequences=0),
+        lambda r: r["counts"].update(frames=r["counts"]["frames"] + 1),
+        lambda r: r.update(demo_random_weights=True),
+    ):
+        shutil.rmtree(damaged)
+        shutil.copytree(out, damaged)
+        run_json = json.loads((damaged / "run.json").read_text())
+        edit(run_json)
+        (damaged / "run.json").write_text(json.dumps(run_json, indent=2) + "\n")
+        refused(a, damaged, "its run.json's counts or demo flag are not its parts' (edited since)")
     edited = _edited_copy(a[1], tmp_path / "repredicted", lambda r: r.update(finished="later"))
     refused([a[0], edited, a[2]], out, "a merge of other part results")
     frames = out / "frames.tsv"
@@ -704,3 +715,18 @@ def test_parts_of_an_input_with_a_few_protein_like_records_run_as_the_whole_does
     alone = run_cli("predict", str(tmp_path / "parts" / manifest["parts"][0]["file"]), "-o",
                     str(tmp_path / "again"), *_models(tiny_set))  # fmt: skip
     assert alone.code == 0 and "2 of them look like protein" in alone.stderr, alone.stderr
+
+
+@pytest.mark.slow
+def test_a_part_lacking_a_count_or_with_figures_past_any_float_is_refused(small_shards, tmp_path):
+    """A part's record without the counts the merge sums, or with a count it does not know (a resumed
+    run's None), would make the merged total an under-count; timings past any float would overflow
+    halfway through writing the results. Each is refused in one line, naming the field."""
+    _, _, a, _ = small_shards
+    for name, edit, field in (
+        ("lacking", lambda r: r["counts"].pop("virus_sequences"), "counts.virus_sequences"),
+        ("unknown", lambda r: r["counts"].update(esm_tokens=None), "counts.esm_tokens"),
+        ("huge", lambda r: r["timings_s"].update(total=10**400), "timings_s.total"),
+    ):
+        part = _edited_copy(a[1], tmp_path / name, edit)
+        _refused([a[0], part, a[2]], tmp_path / f"m-{name}", field)

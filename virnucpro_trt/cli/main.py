@@ -394,7 +394,7 @@ def _run_predict(settings: PredictSettings, demo: bool) -> None:
         log.info(
             "PASSED%s: already finished, nothing recomputed: %d records, %d frames scored, %d sequences "
             "labelled virus in %s",
-            label, counts["records"], counts["frames"], counts.get("virus_sequences") or 0, settings.outdir,
+            label, counts["records"], counts["frames"], counts["virus_sequences"], settings.outdir,
         )  # fmt: skip
         return
     log.info(

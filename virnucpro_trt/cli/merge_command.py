@@ -48,6 +48,6 @@ def merge(part_outs: tuple[Path, ...], outdir: Path, force: bool) -> None:
         "PASSED%s: %d part(s), %d records, %d frames scored, %d sequences labelled virus -> %s",
         DEMO_LABEL if summary.demo_random_weights else "",
         split.parts if split is not None else 0, counts["records"], counts["frames"],
-        counts.get("virus_sequences", 0),
+        counts["virus_sequences"],
         outdir,
     )  # fmt: skip

@@ -195,8 +195,8 @@ def _finished_merge(
         previous = read_run_record(outdir / RUN_JSON)
     except NotFinishedRun:
         previous, why = None, "not a finished merge"
-    except RunRecordError:
-        previous, why = None, "its run.json is damaged"
+    except RunRecordError as exc:
+        previous, why = None, f"its run.json is damaged: {exc}"
     else:
         if previous is None and all(n in left and changed_since(outdir, n, left[n]) is None for n in present):
             log.info("replacing %s, left by a merge interrupted before its run.json", ", ".join(present))
@@ -223,10 +223,13 @@ def _other_merge(previous: RunRecord, parts: list[PartResult], present: list[str
         return "not a finished merge"
     if previous.split.split_id != parts[0].part.split_id:
         return "a merge of another split"
-    if previous.split.parts != len(parts) or any(v is None for v in previous.counts.values()):
-        return "its run.json is damaged"  # a merge sums known counts only
+    if previous.split.parts != len(parts):
+        return "its run.json is damaged"
     if recorded != [p.run_sha256 for p in parts]:
         return "a merge of other part results"
+    runs = [p.run for p in parts]  # each checked against the SHA-256 recorded: its figures are the parts'
+    if previous.counts != _summed_counts(runs) or previous.demo_random_weights != _demo_random_weights(runs):
+        return "its run.json's counts or demo flag are not its parts' (edited since)"
     outputs = previous.outputs
     if not outputs or any(n not in RESULT_NAMES for n in outputs):
         return "its run.json records no result files"
@@ -418,6 +421,18 @@ def _demo_random_weights(runs: list[RunRecord]) -> bool:
     return any(r.demo_random_weights for r in runs)
 
 
+def _summed_counts(runs: list[RunRecord]) -> dict[str, int | None]:
+    """The parts' counts summed key by key (first-seen order); None where a part lacks a key or does not
+    know it (``total_counts``' rule for a resumed run's shards): an unknown total, never an under-count."""
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run.counts if k not in keys]
+    return {
+        k: None if any(r.counts.get(k) is None for r in runs) else sum(r.counts[k] or 0 for r in runs)
+        for k in keys
+    }
+
+
 def _summed(tables: list[dict[str, Any]]) -> dict[str, Any]:
     """One table of figures (counts, timings, shards) summed over the parts, keys in first-seen order."""
     keys: list[str] = []
@@ -442,7 +457,7 @@ def _summary(
         input=split.input, outdir=str(outdir), part=None, shard_records=split.shard_records,
         save_embeddings=embeddings,
     )  # fmt: skip
-    counts = _summed([r.counts for r in runs])
+    counts = _summed_counts(runs)
     timings = {k: round(v, 4) for k, v in sorted(_summed([r.timings_s for r in runs]).items())}
     timings["merge_parts"] = round(merge_s, 4)
     steady = [r.steady_s for r in runs]

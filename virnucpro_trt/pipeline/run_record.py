@@ -25,7 +25,8 @@ MAX_RUN_JSON_BYTES = 64 << 20
 UNREADABLE: dict[str, Any] = {"status": "unreadable"}  # a damaged or foreign file: another run's
 TOOL = "virnucpro-trt"
 COMPLETE = "complete"  # the only status a run.json is written with: it is written when the run is
-READ_COUNTS = ("records", "frames")  # the counts every reader uses: known in any record
+READ_COUNTS = ("records", "frames", "virus_sequences")
+_MAX_FIGURE = 10**15  # seconds or counts no run reaches  # the counts every reader uses: known in any record
 
 
 class RunRecordError(FieldError):
@@ -50,7 +51,8 @@ def _is_count(value: Any) -> bool:
 def _is_number(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)  # JSON's NaN and Infinity extensions are refused
-    return isinstance(value, int) and not isinstance(value, bool)
+    # an integer past any float (10**400) would overflow where figures are summed and rounded
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _MAX_FIGURE
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
