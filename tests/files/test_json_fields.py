@@ -10,7 +10,7 @@ import pytest
 
 from virnucpro_trt.engines.manifest import MANIFEST_NAME, EngineManifest
 from virnucpro_trt.errors import CheckpointError, EngineMismatchError
-from virnucpro_trt.files.json_fields import FieldError, parse_json, read_json_object
+from virnucpro_trt.files.json_fields import FieldError, number, parse_json, read_json_object, timings
 from virnucpro_trt.models.checkpoint_io import read_json
 
 DEEP = "[" * 200_000 + "]" * 200_000  # past the parser's recursion: a RecursionError before
@@ -39,3 +39,14 @@ def test_a_model_config_and_an_engine_manifest_are_refused_in_one_line(text: str
 
 def test_ordinary_json_reads_as_json() -> None:
     assert parse_json(b'{"a": [1, 2.5, null]}') == json.loads('{"a": [1, 2.5, null]}')
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), float("nan"), float("inf"), True, "1", None])
+def test_a_number_no_float_holds_is_a_field_error_not_an_overflow(value: object) -> None:
+    """A shard marker's or worker's seconds of 10**400 made ``math.isfinite`` raise OverflowError, an
+    unexpected failure instead of "redo that work"."""
+    with pytest.raises(FieldError, match="total: not a finite number"):
+        timings({"timings_s": {"total": value}}, "timings_s")
+    with pytest.raises(FieldError):
+        number({"x": value}, "x")
+    assert number({"x": 10**300}, "x") == 1e300

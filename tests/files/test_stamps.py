@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from virnucpro_trt.engines import engine_set
+from virnucpro_trt.engines.checkpoint_hashes import present_weights
 from virnucpro_trt.engines.manifest import EngineManifest, ModelEntry
 from virnucpro_trt.files.digests import sha256_file, sha256_of_files
 from virnucpro_trt.files.stamps import stamp_files, unchanged
@@ -100,20 +100,20 @@ def test_check_reuses_the_recorded_digest_only_for_unchanged_files(
     monkeypatch.setattr(identity, "sha256_of_files", counting(sha256_of_files))
     monkeypatch.setattr(identity, "sha256_file", counting(sha256_file))
 
-    assert engine_set._user_weights(specs, manifest) == {"esm2": esm_sha, "classifier": classifier_sha}
+    assert present_weights(specs, manifest) == {"esm2": esm_sha, "classifier": classifier_sha}
     assert hashed == []  # nothing read
 
     weights = checkpoint_files(esm)[0]
     stat = os.stat(weights)
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000))  # touched: hashed again, same digest
-    assert engine_set._user_weights(specs, manifest)["esm2"] == esm_sha
+    assert present_weights(specs, manifest)["esm2"] == esm_sha
     assert hashed == ["sha256_of_files"]
 
     with open(classifier, "ab") as handle:  # really changed: hashed, and the digest differs
         handle.write(b"\0")
-    assert engine_set._user_weights(specs, manifest)["classifier"] != classifier_sha
+    assert present_weights(specs, manifest)["classifier"] != classifier_sha
     assert hashed == ["sha256_of_files", "sha256_of_files", "sha256_file"]
-    assert engine_set._user_weights(specs, None) == engine_set._user_weights(specs, EngineManifest(
+    assert present_weights(specs, None) == present_weights(specs, EngineManifest(
         "onnxruntime", "fp32", {"type": "cpu"}, {}, {}
     ))  # fmt: skip
 

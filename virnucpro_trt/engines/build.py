@@ -272,18 +272,21 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
     this build would make (``finished_build``) is left as it is, unless ``force`` or ``replace_changed``.
 
     That check reads and writes nothing but the set's own files, so it comes before the folder's other
-    contents are judged and before the run lock (an intact set in a read-only folder is up to date); it
-    is made again under the lock, where another build may have finished the set in between.
+    contents are judged and before the run lock (an intact set in a read-only folder is up to date). It
+    is made once: a build that finished the same set while this one waited for nothing but the lock is
+    built again, correctly, rather than every build hashing a changed checkpoint twice.
     """
     out = settings.outdir
     plan = BuildPlan.of(settings)
-    if (found := _finished(settings, plan, say_why=False)) is not None:
-        return found
+    again = settings.force or settings.replace_changed  # asked to build whatever the folder holds
+    differences = [] if again else plan.differences(settings)
+    if not again and not differences:
+        return _found_made(out)
     own = check_engine_folder(out, settings.force, settings.replace_changed)  # before anything is written
     # a failed first build leaves no folder it made; the lock keeps (and after a SIGKILL removes) staging
     with made_folder(out), outdir_lock(out, KeptFiles(staging=BUILD_STAGING)) as lock:
-        if (found := _finished(settings, plan, say_why=True)) is not None:
-            return found
+        if differences and (out / MANIFEST_NAME).is_file():
+            log.info("building again in %s: %s", out, "; ".join(differences))
         log.info("engine backend: %s (%s)", plan.backend.name, plan.reason)
         _warn_left_staging(out)
         staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
@@ -297,17 +300,8 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
     return BuildOutcome(manifest, built=True)
 
 
-def _finished(settings: BuildSettings, plan: BuildPlan, say_why: bool) -> BuildOutcome | None:
-    """The folder's set when it is the one this build would make (never with ``force`` or
-    ``replace_changed``), else None; ``say_why`` logs the differences of a folder with a manifest."""
-    if settings.force or settings.replace_changed:
-        return None
-    out = settings.outdir
-    differences = plan.differences(settings)
-    if differences:
-        if say_why and (out / MANIFEST_NAME).is_file():
-            log.info("building again in %s: %s", out, "; ".join(differences))
-        return None
+def _found_made(out: Path) -> BuildOutcome:
+    """The folder's set, found to be the one this build would make: said in one line, left as it is."""
     manifest = EngineManifest.read(out)
     log.info(
         "%s already holds these engines (built %s from the same checkpoints and settings); nothing to "

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from virnucpro_trt.engines.build import BuildSettings, build_engines, device_facts
+from virnucpro_trt.engines.checkpoint_hashes import present_weights
 from virnucpro_trt.engines.manifest import (
     MANIFEST_NAME,
     EngineManifest,
@@ -35,9 +36,7 @@ from virnucpro_trt.engines.vocabularies import check_vocabularies
 from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.files.json_fields import FieldError, count
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
-from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS
-from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 from virnucpro_trt.runtime.encoder import LoadedEncoder
 from virnucpro_trt.settings import DEFAULT_CPU_BATCH_TOKENS, MAX_BATCH_TOKENS
@@ -55,23 +54,6 @@ class EngineSet:
     esm: LoadedEncoder
     classifier: ClassifierWeights
     classifier_path: Path
-
-
-def _user_weights(specs: dict[str, str | None], manifest: EngineManifest | None) -> dict[str, str]:
-    """sha256 of the checkpoints the user named (to check the engines were built from them).
-
-    Files that are still exactly the ones the build read (their stamps in the manifest) take the
-    recorded digest instead of being read again.
-    """
-    hashes: dict[str, str] = {}
-    for kind, spec in specs.items():
-        if not spec:
-            continue
-        resolved = resolve_model(spec, MODELS[kind].short)
-        entry = manifest.models.get(kind) if manifest is not None else None
-        known = WeightsIdentity(entry.weights_sha256, entry.source_stamp) if entry is not None else None
-        hashes[kind] = identify_checkpoint(kind, resolved, known).sha256
-    return hashes
 
 
 @dataclass(frozen=True)
@@ -142,11 +124,11 @@ def _check(
         manifest, unreadable = None, str(exc)
     else:
         unreadable = f"no {MANIFEST_NAME} in {folder}"
-    present_weights = _user_weights(weights, manifest)
+    weights_here = present_weights(weights, manifest)
     if manifest is not None:
         backend = get_backend(manifest.backend)
         present = Present(
-            device_facts(device), backend.library_versions(), present_weights, backend.native_cpu_code
+            device_facts(device), backend.library_versions(), weights_here, backend.native_cpu_code
         )
         problems = manifest_mismatches(manifest, present)
         if not problems:

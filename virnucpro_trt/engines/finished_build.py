@@ -26,13 +26,17 @@ import os
 from typing import TYPE_CHECKING
 
 from virnucpro_trt import __version__
-from virnucpro_trt.engines.manifest import MANIFEST_NAME, EngineManifest, stale_files, verify_files
+from virnucpro_trt.engines.checkpoint_hashes import present_weights
+from virnucpro_trt.engines.manifest import (
+    MANIFEST_NAME,
+    EngineManifest,
+    stale_files,
+    verify_files,
+)
 from virnucpro_trt.engines.spec import EngineBackend, default_shape_range
 from virnucpro_trt.engines.vocabularies import check_vocabularies
 from virnucpro_trt.errors import CheckpointError, EngineMismatchError
-from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
-from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS, checkpoint_specs
-from virnucpro_trt.models.resolve import resolve_model
+from virnucpro_trt.models.kinds import ENCODER_NAMES, checkpoint_specs
 
 if TYPE_CHECKING:
     from virnucpro_trt.engines.build import BuildSettings
@@ -124,18 +128,12 @@ def _exporter_versions() -> dict[str, str] | None:
 
 
 def _weight_differences(manifest: EngineManifest, settings: BuildSettings) -> list[str]:
-    """The checkpoints named now against those the set was built from, by content (stamps first)."""
-    differences = []
+    """The checkpoints named now against those the set was built from, by content (stamps first: the
+    rule ``predict`` checks an engine set's weights by). A checkpoint that cannot be read fails here
+    as the build itself would, in its words."""
     named = checkpoint_specs(settings.dnabert, settings.esm, settings.classifier)
-    for kind, spec in named.items():
-        entry = manifest.models.get(kind)
-        if entry is None:
-            differences.append(f"the set holds no {kind}")
-            continue
-        # a checkpoint that cannot be read fails here as the build itself would, in its words
-        path = resolve_model(spec, MODELS[kind].short)
-        known = WeightsIdentity(entry.weights_sha256, entry.source_stamp)
-        sha256 = identify_checkpoint(kind, path, known).sha256
-        if sha256 != entry.weights_sha256:
-            differences.append(f"{kind} checkpoint differs from the one the set was built from")
-    return differences
+    return [
+        f"{kind} checkpoint differs from the one the set was built from"
+        for kind, sha256 in present_weights(dict(named), manifest).items()
+        if sha256 != manifest.models[kind].weights_sha256
+    ]

@@ -68,10 +68,22 @@ def count(data: dict[str, Any], key: str, minimum: int = 0, maximum: int | None 
     return value
 
 
+def finite_number(value: Any) -> bool:
+    """Whether ``value`` is a JSON number a float holds: not ``true``/``false``, not NaN or Infinity, and
+    not an integer past any float (10**400: ``math.isfinite`` raises OverflowError on it, and so would
+    every sum or rounding of it further on)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def number(data: dict[str, Any], key: str, minimum: float = -math.inf) -> float:
     """A finite number >= ``minimum``."""
     value = data.get(key)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+    if not finite_number(value):
         raise FieldError(f"{key}: not a finite number")
     if value < minimum:
         raise FieldError(f"{key}: below {minimum}")

@@ -76,12 +76,10 @@ from virnucpro_trt.pipeline.completion import Completion
 from virnucpro_trt.pipeline.run_paths import check_run_paths
 from virnucpro_trt.pipeline.run_record import (
     MAX_RUN_JSON_BYTES,
-    NotFinishedRun,
     RunInput,
     RunRecord,
-    RunRecordError,
     SplitOrigin,
-    read_run_record,
+    read_previous_run,
     throughput,
 )
 from virnucpro_trt.settings import MergeSettings, SplitPart, settings_difference, settings_fingerprint
@@ -191,19 +189,16 @@ def _finished_merge(
             raise MergeRefused(f"{outdir / name} is a folder; move it away or choose another OUTDIR")
     if not present:
         return None
-    try:
-        previous = read_run_record(outdir / RUN_JSON)
-    except NotFinishedRun:
-        previous, why = None, "not a finished merge"
-    except RunRecordError as exc:
-        previous, why = None, f"its run.json is damaged: {exc}"
-    else:
-        if previous is None and all(n in left and changed_since(outdir, n, left[n]) is None for n in present):
+    previous, why = read_previous_run(outdir / RUN_JSON, "not a finished merge")
+    if previous is None and why is None:
+        if all(n in left and changed_since(outdir, n, left[n]) is None for n in present):
             log.info("replacing %s, left by a merge interrupted before its run.json", ", ".join(present))
             for name in present:
                 (outdir / name).unlink()
             return None
-        why = "no run.json accounts for them" if previous is None else _other_merge(previous, parts, present)
+        why = "no run.json accounts for them"
+    elif previous is not None:
+        why = _other_merge(previous, parts, present)
     if why is not None:
         why = f"{', '.join(present)}: {why}"
     outputs = previous.outputs if previous is not None else None

@@ -62,11 +62,9 @@ from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
 from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.pipeline.run_record import (
-    NotFinishedRun,
     RunInput,
     RunRecord,
-    RunRecordError,
-    read_run_record,
+    read_previous_run,
     throughput,
 )
 from virnucpro_trt.pipeline.shard_predictor import STAGES, PredictShardJob, total_counts
@@ -347,16 +345,11 @@ def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> RunRecord | N
     """
     settings = ctx.settings
     outdir = settings.outdir
-    try:
-        previous = read_run_record(outdir / RUN_JSON)
-    except NotFinishedRun:
-        previous, why = None, "it did not finish"
-    except RunRecordError as exc:
-        previous, why = None, f"its run.json is damaged: {exc}"
-    else:
-        if previous is None:
-            _check_stray_results(outdir, work, settings.run.force)
-            return None
+    previous, why = read_previous_run(outdir / RUN_JSON, "it did not finish")
+    if previous is None and why is None:
+        _check_stray_results(outdir, work, settings.run.force)
+        return None
+    if previous is not None:
         why = _difference(ctx, previous, sha256, work)
     another = "the results of another run"
     outputs = previous.outputs if previous is not None else None

@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from virnucpro_trt.files.bounded_read import read_bounded
-from virnucpro_trt.files.json_fields import SHA256, FieldError, parse_json
+from virnucpro_trt.files.json_fields import SHA256, FieldError, finite_number, parse_json
 
 MAX_RUN_JSON_BYTES = 64 << 20
 UNREADABLE: dict[str, Any] = {"status": "unreadable"}  # a damaged or foreign file: another run's
 TOOL = "virnucpro-trt"
 COMPLETE = "complete"  # the only status a run.json is written with: it is written when the run is
-READ_COUNTS = ("records", "frames", "virus_sequences")
-_MAX_FIGURE = 10**15  # seconds or counts no run reaches  # the counts every reader uses: known in any record
+READ_COUNTS = ("records", "frames", "virus_sequences")  # the counts every reader uses: known in any record
 
 
 class RunRecordError(FieldError):
@@ -46,13 +44,6 @@ def _fail(where: str, what: str) -> RunRecordError:
 
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)  # JSON's NaN and Infinity extensions are refused
-    # an integer past any float (10**400) would overflow where figures are summed and rounded
-    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _MAX_FIGURE
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
@@ -243,11 +234,11 @@ class RunRecord:
             _count(counts.get(key), f"counts.{key}")
         timings = _object(data.get("timings_s"), "timings_s")
         for key, value in timings.items():
-            if not _is_number(value) or value < 0:
+            if not finite_number(value) or value < 0:
                 raise _fail(f"timings_s.{key}", "not a number of seconds")
         throughput = _object(data.get("throughput"), "throughput")
         steady_s = throughput.get("steady_s")
-        if steady_s is not None and not (_is_number(steady_s) and steady_s >= 0):
+        if steady_s is not None and not (finite_number(steady_s) and steady_s >= 0):
             raise _fail("throughput.steady_s", "not a number of seconds")
         shards = _object(data.get("shards"), "shards")
         for key, value in shards.items():
@@ -340,6 +331,19 @@ def read_run_record(path: Path) -> RunRecord | None:
     record of a finished run."""
     data = read_run_json(path)
     return None if data is None else RunRecord.from_json(data)
+
+
+def read_previous_run(path: Path, unfinished: str) -> tuple[RunRecord | None, str | None]:
+    """What a rerun finds at ``path``: ``(record, None)``; ``(None, None)`` when there is no run.json;
+    ``(None, why)`` when it is no usable record: ``unfinished`` (the caller's words) for another tool's
+    or an unfinished run's, else "its run.json is damaged" naming the field. Either way the results
+    beside such a file are another run's."""
+    try:
+        return read_run_record(path), None
+    except NotFinishedRun:
+        return None, unfinished
+    except RunRecordError as exc:
+        return None, f"its run.json is damaged: {exc}"
 
 
 def throughput(
