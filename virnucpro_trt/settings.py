@@ -350,6 +350,23 @@ class EmbedSettings:
     # replace a file at the output path that virnucpro-trt did not write (files/ownership.py)
     force: bool = False
 
+    def to_json(self, device_type: str) -> dict[str, Any]:
+        """The settings as JSON, the encoder choices as they act on ``device_type`` (as predict's)."""
+        data = dataclasses.asdict(self)
+        data["output"] = str(self.output)
+        data["engines"] = str(self.engines) if self.engines else None
+        data["encoders"] = _encoders_as_run(data["encoders"], device_type, self.engines is not None)
+        return data
+
+    def fingerprint(self, device_type: str) -> str:
+        """Hash of the settings that change the embeddings, by :func:`settings_fingerprint`'s rule: not
+        where they are written, nor the checkpoint's or engines' paths (their content identity stands for
+        them), nor ``--force``."""
+        data = self.to_json(device_type)
+        for key in ("output", "weights", "force"):
+            data.pop(key)
+        return settings_fingerprint(data)
+
 
 @dataclass(frozen=True)
 class SplitSettings:

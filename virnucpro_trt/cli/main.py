@@ -234,7 +234,10 @@ def embed(
         input_path, output, model_name, weights, encoders, engines, rebuild, allow_nucleotide_letters, force
     )
     summary = run_embed(settings)
-    log.info("PASSED: %d embeddings of width %d -> %s", summary["records"], summary["dim"], output)
+    if summary.computed:
+        log.info("PASSED: %d embeddings of width %d -> %s", summary.records, summary.dim, output)
+    else:
+        log.info("UP TO DATE: %d embeddings -> %s", summary.records, output)
 
 
 def _parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:

@@ -209,11 +209,34 @@ def check_replaceable(targets: Iterable[Path], force: bool) -> None:
         )
 
 
-def record_written(targets: Iterable[Path], on_create: Callable[[Path], None] | None = None) -> None:
+def recorded_made(target: Path) -> object:
+    """What ``target``'s record entry says it was made from (the ``made`` given to :func:`record_written`),
+    while the file there is still the one recorded; None otherwise (no record, a foreign one, no such
+    entry, or the file changed, removed or a link since).
+
+    The value is read from a file anyone in the folder may edit: a caller compares it with what it would
+    record now and reuses the output only on equality, never acting on its shape.
+    """
+    entries, why = _read_record(target.parent)
+    entry = entries.get(target.name)
+    if why is not None or entry is None or target.is_symlink():
+        return None
+    if changed_since(target.parent, target.name, entry) is not None:
+        return None
+    return entry.get("made")
+
+
+def record_written(
+    targets: Iterable[Path],
+    on_create: Callable[[Path], None] | None = None,
+    made: dict[str, Any] | None = None,
+) -> None:
     """Record ``targets`` (just written, complete) in their folders' records; entries whose file is gone
     are dropped. A record that cannot be written is a warning: the outputs are complete, only a rerun
     onto them will need ``--force``. ``on_create`` is told the record's temporary file as soon as it
-    exists (a run lock notes it, so the rerun after a SIGKILL in that moment removes it)."""
+    exists (a run lock notes it, so the rerun after a SIGKILL in that moment removes it). ``made`` (JSON)
+    is kept with each target's entry: what it was computed from, so that a rerun can tell its own
+    finished output (:func:`recorded_made`)."""
     by_folder: dict[Path, list[Path]] = {}
     for target in targets:
         by_folder.setdefault(target.parent, []).append(target)
@@ -223,6 +246,8 @@ def record_written(targets: Iterable[Path], on_create: Callable[[Path], None] | 
             for target in written:
                 stamp = file_stamp(target)  # before hashing: a change in between will not match it
                 entries[target.name] = {**output_entry(target), "stamp": stamp}
+                if made is not None:
+                    entries[target.name]["made"] = made
             body = {"tool": "virnucpro-trt", "schema": RECORD_SCHEMA, "files": entries}
             text = json.dumps(body, indent=1, sort_keys=True) + "\n"
             write_text_atomic(record_path(folder), text, on_create)

@@ -6,7 +6,8 @@ written in input order. An empty record has nothing to embed: its row is NaN wit
 every input id is present and nobody mistakes a placeholder for an embedding.
 
 The output replaces only a file an earlier command wrote there, unchanged since; anything else at that
-path is refused unless ``--force`` (``files/ownership.py``: the rule every command follows).
+path is refused unless ``--force`` (``files/ownership.py``: the rule every command follows). A rerun
+onto its own finished output computes nothing (:func:`_made`): a large protein set is hours of GPU time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,16 @@ import numpy as np
 from virnucpro_trt import __version__
 from virnucpro_trt.errors import InputFormatError
 from virnucpro_trt.files.folders import made_folder
-from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written
+from virnucpro_trt.files.ownership import check_replaceable, record_path, record_written, recorded_made
 from virnucpro_trt.files.run_lock import output_lock, output_lock_name
-from virnucpro_trt.models.kinds import ENCODERS
+from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
+from virnucpro_trt.models.kinds import ENCODERS, MODELS
+from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
-from virnucpro_trt.pipeline.encoders import open_models
+from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run, open_models
 from virnucpro_trt.pipeline.inputs import readable_input, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
+from virnucpro_trt.runtime.device import resolve_device
 from virnucpro_trt.sequences.reader import read_records
 from virnucpro_trt.settings import EmbedSettings
 
@@ -42,7 +47,18 @@ _BLOCK_RECORDS = 65536
 DNABERT_RECORD_TOKENS = 16384
 
 
-def run_embed(settings: EmbedSettings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EmbedSummary:
+    """What ``embed`` did: the input's records (``empty`` of them without a letter), the width of the
+    embeddings (None when nothing was computed), and whether it computed them or found them made."""
+
+    records: int
+    empty: int
+    dim: int | None
+    computed: bool
+
+
+def run_embed(settings: EmbedSettings) -> EmbedSummary:
     """Check the paths, make the output's folder (before the model loads: a place where none can be
     made fails first), then embed; a failed run leaves no folder it made. The output's lock is held
     throughout (one run per output file; it notes the stdin copy and the temporary file, so the rerun
@@ -60,17 +76,27 @@ def run_embed(settings: EmbedSettings) -> dict[str, Any]:
 
 def _embed(
     settings: EmbedSettings, path: Path, display: str, on_create: Callable[[Path], None] | None
-) -> dict[str, Any]:
-    """Validate the input, load the encoder, embed block by block; the file appears only when complete
-    (its temporary file told to ``on_create`` as soon as it exists)."""
+) -> EmbedSummary:
+    """Validate the input, identify the model, and either find the output made or load the encoder and
+    embed block by block; the file appears only when complete (its temporary file told to ``on_create``
+    as soon as it exists)."""
     model = ENCODERS[settings.model]
     alphabet = model.alphabet
     refuse = settings.model == "esm2" and not settings.allow_nucleotide_letters
     summary = validate_input(path, display, alphabet, refuse_nucleotides=refuse)
     kind = model.name
+    previous = recorded_made(settings.output)
+    known, made = _made(settings, summary.sha256, previous)
+    if isinstance(previous, dict) and previous.get("key") == made["key"]:
+        if not settings.force:
+            log.info("%s already holds these embeddings (same input, settings and model): nothing to do "
+                     "(--force computes them again)", settings.output)  # fmt: skip
+            return EmbedSummary(summary.records, summary.empty_records, None, computed=False)
+        log.warning("--force: computing %s again (it was unchanged)", settings.output)
     models = open_models(
-        settings.encoders, {kind: settings.weights}, (kind,), False, settings.engines, settings.rebuild
-    )
+        settings.encoders, {kind: settings.weights}, (kind,), False, settings.engines, settings.rebuild,
+        known=known,
+    )  # fmt: skip
     encoder = models.encoders[kind]
     attrs = {
         "tool": f"virnucpro-trt {__version__}",
@@ -106,8 +132,41 @@ def _embed(
                 emb[nonempty] = encoder.embed(tokens, [ids[i] for i in nonempty])
             writer.append(ids, emb, ["ok" if s else "empty" for s in seqs])
         writer.commit()
-    record_written([settings.output], on_create)
-    return {"records": summary.records, "dim": encoder.dim, "empty": summary.empty_records}
+    record_written([settings.output], on_create, made)
+    return EmbedSummary(summary.records, summary.empty_records, encoder.dim, computed=True)
+
+
+def _made(settings: EmbedSettings, input_sha256: str, previous: object) -> tuple[RunWeights, dict[str, Any]]:
+    """The model as checked (for loading it without hashing again), and what the output is made from, as
+    its record entry keeps it (``files/ownership.py``: ``made``).
+
+    ``key`` decides whether a finished output is this run's: the tool's version, the input's SHA-256,
+    the settings fingerprint (:meth:`EmbedSettings.fingerprint`) and the model's content identity: the
+    checkpoint's hash, or the engine set's identity after its checks (a set that needs building is
+    built first, or refused, exactly as loading it would). ``weights`` keeps the checkpoint's file
+    stamps, so a rerun onto unchanged files hashes nothing (~6 GB for ESM-2 3B); a recorded value of
+    another shape is ignored.
+    """
+    kind = ENCODERS[settings.model].name
+    device_type = resolve_device(settings.encoders.device).type
+    key: dict[str, Any] = {
+        "command": "embed",
+        "version": __version__,
+        "input_sha256": input_sha256,
+        "settings_fingerprint": settings.fingerprint(device_type),
+    }
+    checked = engine_dir_for_run(
+        settings.encoders, {kind: settings.weights}, settings.engines, settings.rebuild, None
+    )
+    if checked is not None:
+        key["model"] = {"engines": checked.identity}
+        return RunWeights(engines=checked), {"key": key}
+    assert settings.weights is not None  # the CLI asks for --weights without --engines
+    recorded = previous.get("weights") if isinstance(previous, dict) else None
+    path = resolve_model(settings.weights, MODELS[kind].short)
+    weights = identify_checkpoint(kind, path, WeightsIdentity.from_json(recorded))
+    key["model"] = {"weights_sha256": weights.sha256}
+    return RunWeights(weights={kind: weights}), {"key": key, "weights": weights.to_json()}
 
 
 def _refuse_long_dna(rid: str, seq: str, limit: int, name: str, tokens: int, exact: bool = True) -> None:
