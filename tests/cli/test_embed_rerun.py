@@ -140,3 +140,43 @@ def test_a_rerun_on_engines_computes_nothing(tiny_set, proteins, tmp_path):
     assert _identity(out) == written
     budget = run_cli(*args, "--threads", "1", "--max-batch-tokens", "256")
     assert budget.code == 0 and "PASSED" in budget.stderr, budget.stderr
+
+
+def test_a_made_up_hash_beside_real_stamps_is_not_written_into_the_output(proteins, esm_copy, tmp_path):
+    """The record's stamps spare hashing for a skip only: embeddings computed after all carry the hash of
+    the weights read now, not one copied from the (editable) record."""
+    import h5py
+
+    out = tmp_path / "emb.h5"
+    assert _embed(proteins, esm_copy, out).code == 0
+    with h5py.File(out, "r") as handle:
+        real = handle.attrs["weights_sha256"]
+    record_file = tmp_path / RECORD
+    record = json.loads(record_file.read_text())
+    record["files"]["emb.h5"]["made"]["weights"]["sha256"] = "0" * 64  # the stamps still match
+    record_file.write_text(json.dumps(record))
+    again = _embed(proteins, esm_copy, out)
+    assert again.code == 0 and "PASSED" in again.stderr, again.stderr
+    with h5py.File(out, "r") as handle:
+        assert handle.attrs["weights_sha256"] == real
+    assert "UP TO DATE" in _embed(proteins, esm_copy, out).stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [(("--precision", "fp16"), "--precision fp16 asked"), (("--backend", "inductor"), "--backend inductor")],
+)
+def test_a_rerun_on_engines_refuses_what_a_fresh_run_refuses(tiny_set, proteins, tmp_path, option, said):
+    """A named engine set's identity stands for its backend and precision in the key, so a rerun asking for
+    others must be refused as a fresh run is, not told UP TO DATE."""
+    engines = tmp_path / "engines"
+    assert build_tiny(tiny_set, engines).code == 0
+    out = tmp_path / "emb.h5"
+    args = ("embed", str(proteins), "--model", "esm2", "--engines", str(engines), "--threads", "1")
+    assert run_cli(*args, "-o", str(out)).code == 0
+    written = _identity(out)
+    for target in (out, tmp_path / "fresh.h5"):
+        result = run_cli(*args, "-o", str(target), *option)
+        assert result.code == 2 and said in result.stderr, result.stderr
+        assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert _identity(out) == written and not (tmp_path / "fresh.h5").exists()

@@ -96,6 +96,24 @@ def test_predict_with_engines_matches_torch_backend(engine_dir, reads_fasta, tor
     assert run["engines"] == str(engine_dir)
 
 
+def test_predict_refuses_a_precision_or_backend_its_engines_are_not_on_a_rerun_too(
+    engine_dir, reads_fasta, tmp_path
+):
+    """A named set's identity stands for its backend and precision in the settings fingerprint, so a rerun
+    onto finished results asking for others must be refused as a fresh run is (exit 2, one line), not
+    reported finished."""
+    built = json.loads((engine_dir / "manifest.json").read_text())["backend"]
+    other = "inductor" if built == "onnxruntime" else "onnxruntime"
+    args = ("predict", str(reads_fasta), "--engines", str(engine_dir), *BATCHING)
+    assert run_cli(*args, "-o", str(tmp_path / "done")).code == 0
+    for option, said in ((("--precision", "fp16"), "--precision fp16 asked"), (("--backend", other), other)):
+        for out in (tmp_path / "done", tmp_path / "fresh"):
+            result = run_cli(*args, "-o", str(out), *option)
+            errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+            assert result.code == 2 and len(errors) == 1 and said in errors[0], result.stderr
+    assert not (tmp_path / "fresh").exists()
+
+
 def test_embed_with_engines_matches_torch(engine_dir, tiny_set, tmp_path):
     fasta = tmp_path / "p.faa"
     fasta.write_text(">a\nMKVLAAGIVGLLLAEE\n>b\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n>c\nMW\n")

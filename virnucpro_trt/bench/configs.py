@@ -254,7 +254,7 @@ def _open_engines(spec: ConfigSpec, ctx: OpenContext) -> Opened:
     manifest_build = run.engine_build
     budget = run.encoders["esm2"].max_batch_tokens
     source = "given" if given else ("reused" if before == _manifest_text(folder / MANIFEST_NAME) else "built")
-    manifest_models = {kind: run.encoders[kind].info.get("parity") or {} for kind in ENCODER_NAMES}
+    manifest_models = {kind: run.encoders[kind].origin.parity or {} for kind in ENCODER_NAMES}
     engine = {
         "dir": str(folder),
         "source": source,

@@ -27,6 +27,7 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.json_fields import FieldError, read_json_object
 from virnucpro_trt.files.whole_folder import write_folder_whole
 from virnucpro_trt.models.kinds import checkpoint_specs
+from virnucpro_trt.models.origin import EncoderOrigin
 
 log = logging.getLogger(__name__)
 
@@ -182,19 +183,20 @@ class MasterEncoders:
     configuration. Moving or casting a module changes it in place, hence the copies.
     """
 
-    loaded: dict[tuple[str, str], tuple[torch.nn.Module, Any, dict[str, Any], int]] = field(
+    loaded: dict[tuple[str, str], tuple[torch.nn.Module, Any, EncoderOrigin, int]] = field(
         default_factory=dict
     )
     load_s: float = 0.0
 
     def __call__(
         self, kind: str, path: Path, known: Any = None
-    ) -> tuple[torch.nn.Module, Any, dict[str, Any], int]:
-        """A copy of the master (``known``, a run's checked identity, does not arise in bench)."""
-        model, tokenizer, info, dim = self.master(kind, path)
-        return copy.deepcopy(model), tokenizer, dict(info), dim
+    ) -> tuple[torch.nn.Module, Any, EncoderOrigin, int]:
+        """A copy of the master (``known``, a run's checked identity, does not arise in bench); the
+        origin is frozen, so every copy shares it."""
+        model, tokenizer, origin, dim = self.master(kind, path)
+        return copy.deepcopy(model), tokenizer, origin, dim
 
-    def master(self, kind: str, path: Path) -> tuple[torch.nn.Module, Any, dict[str, Any], int]:
+    def master(self, kind: str, path: Path) -> tuple[torch.nn.Module, Any, EncoderOrigin, int]:
         """The loaded master itself (not a copy: never move or cast it)."""
         from virnucpro_trt.models.checkpoints import load_encoder
 

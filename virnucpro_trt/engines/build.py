@@ -482,7 +482,8 @@ def _build_one(
 ) -> tuple[ModelEntry, int]:
     """Build, load and gate one encoder in ``folder`` (the staging folder); its files are hashed later."""
     t0 = time.perf_counter()
-    model, tokenizer, info, dim = load_encoder(kind, path)
+    model, tokenizer, origin, dim = load_encoder(kind, path)
+    assert origin.weights_identity is not None  # load_encoder always identifies the checkpoint
     vocab = vocab_size(model, kind)
     shapes = default_shape_range(kind, budget, settings.max_length)
     tokens = synthetic_tokens(kind, tokenizer, shapes.max_length)
@@ -511,8 +512,8 @@ def _build_one(
     return ModelEntry(
         kind=kind,
         artifact=built.path.name,
-        weights_sha256=info["weights_sha256"],
-        source_stamp=info["weights_identity"].stamps,
+        weights_sha256=origin.weights_sha256,
+        source_stamp=origin.weights_identity.stamps,
         source=str(path),
         dim=dim,
         pad_id=tokenizer.pad_id,

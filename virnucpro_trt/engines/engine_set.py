@@ -37,6 +37,7 @@ from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.files.json_fields import FieldError, count
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS
+from virnucpro_trt.models.origin import EncoderOrigin
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 from virnucpro_trt.runtime.encoder import LoadedEncoder
 from virnucpro_trt.settings import DEFAULT_CPU_BATCH_TOKENS, MAX_BATCH_TOKENS
@@ -63,6 +64,8 @@ class CheckedEngines:
     folder: Path
     identity: str  # EngineManifest.identity(): what the set computes
     verified: VerifiedFiles  # the stamps of the files whose SHA-256 was checked
+    backend: str  # the manifest's, so a run can refuse a --backend/--precision the set is not
+    precision: str
 
 
 def open_engine_set(
@@ -106,7 +109,7 @@ def check_engine_set(
                 "--keep-failing`): its results may differ from the checkpoint's beyond the gate's rule",
                 kind, folder,
             )  # fmt: skip
-    return CheckedEngines(folder, manifest.identity(), verified)
+    return CheckedEngines(folder, manifest.identity(), verified, manifest.backend, manifest.precision)
 
 
 def _check(
@@ -197,16 +200,16 @@ def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> Engin
             if kind == "dnabert-s"
             else ProteinTokenizer.from_vocab_file(tokenizer_path)
         )
-        info = {
-            "spec": str(folder),
-            "path": str(artifact),
-            "format": f"{manifest.backend} engine",
-            "layout": entry.artifact,
-            "weights_sha256": entry.weights_sha256,
-            "source": entry.source,
-            "parity": entry.parity,
-        }
-        encoders[kind] = LoadedEncoder(kind, runner, tokenizer, entry.dim, budget, info)
+        origin = EncoderOrigin(
+            spec=str(folder),
+            path=str(artifact),
+            format=f"{manifest.backend} engine",
+            layout=entry.artifact,
+            weights_sha256=entry.weights_sha256,
+            source=entry.source,
+            parity=entry.parity,
+        )
+        encoders[kind] = LoadedEncoder(kind, runner, tokenizer, entry.dim, budget, origin)
         log.info("loaded %s engine %s (%s, %s)", kind, entry.artifact, manifest.backend, manifest.precision)
     classifier_path = folder / manifest.models["classifier"].artifact
     return EngineSet(

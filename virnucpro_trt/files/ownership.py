@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 RECORD = ".virnucpro-trt-outputs.json"
 RECORD_SCHEMA = 1
-MAX_RECORD_BYTES = 64 << 20  # ~290,000 outputs in one folder (a record entry is ~225 bytes)
+# ~290,000 outputs in one folder (an entry is ~225 bytes; ~1 kB for embed's, with what it was made from)
+MAX_RECORD_BYTES = 64 << 20
 
 
 def record_path(folder: Path) -> Path:

@@ -1,20 +1,22 @@
 """One import point for the encoder checkpoint loaders.
 
-``load_dnabert`` and ``load_esm2`` return ``(model fp32 CPU eval, tokenizer, info)``; :func:`load_encoder`
-adds the weights' identity (:mod:`virnucpro_trt.models.identity`: ``weights_sha256``, and
-``weights_identity`` with the stamps) that engine manifests, resume keys and run.json record.
+``load_dnabert`` and ``load_esm2`` return ``(model fp32 CPU eval, tokenizer, info)``, ``info`` a dict of
+their own (weight files, config, ignored keys) for this package and its tests. :func:`load_encoder` is
+the boundary: it returns a typed :class:`~virnucpro_trt.models.origin.EncoderOrigin` instead, with the
+weights' identity (:mod:`virnucpro_trt.models.identity`: ``weights_sha256``, and ``weights_identity``
+with the stamps) that engine manifests, resume keys and run.json record.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from virnucpro_trt.models.dnabert_checkpoint import check_dnabert_tokenizer, load_dnabert
 from virnucpro_trt.models.esm_checkpoint import load_esm2, precheck_esm2
 from virnucpro_trt.models.identity import WeightsIdentity, confirm_checkpoint, confirm_still
+from virnucpro_trt.models.origin import EncoderOrigin
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 
 __all__ = ["load_dnabert", "load_encoder", "load_esm2", "precheck_encoder"]
@@ -22,8 +24,8 @@ __all__ = ["load_dnabert", "load_encoder", "load_esm2", "precheck_encoder"]
 
 def load_encoder(
     kind: str, path: Path, identity: WeightsIdentity | None = None
-) -> tuple[torch.nn.Module, DnaTokenizer | ProteinTokenizer, dict[str, Any], int]:
-    """``(model, tokenizer, info, width)`` of ``dnabert-s`` or ``esm2``; ``info`` gains ``weights_sha256``.
+) -> tuple[torch.nn.Module, DnaTokenizer | ProteinTokenizer, EncoderOrigin, int]:
+    """``(model, tokenizer, origin, width)`` of ``dnabert-s`` or ``esm2``; ``origin`` names the weights.
 
     ``identity`` is what the caller already knows of ``path`` (a run's coordinator hashed it): reused
     while the files carry its stamps, and refused when they no longer hold those weights. The files are
@@ -37,10 +39,11 @@ def load_encoder(
         model, tokenizer, info = load_esm2(path)
         dim = model.config.embed_dim
     confirm_still(found, path)
-    info = dict(info)
-    info["weights_sha256"] = found.sha256
-    info["weights_identity"] = found
-    return model, tokenizer, info, dim
+    origin = EncoderOrigin(
+        path=info["path"], format=info["format"], layout=info["layout"], weights_sha256=found.sha256,
+        weights_identity=found,
+    )  # fmt: skip
+    return model, tokenizer, origin, dim
 
 
 def precheck_encoder(kind: str, path: Path) -> None:

@@ -93,6 +93,9 @@ def _embed(
                      "(--force computes them again)", settings.output)  # fmt: skip
             return EmbedSummary(summary.records, summary.empty_records, None, computed=False)
         log.warning("--force: computing %s again (it was unchanged)", settings.output)
+    recorded = WeightsIdentity.from_json(previous.get("weights")) if isinstance(previous, dict) else None
+    if recorded is not None and recorded in known.weights.values():  # the record's hash spares a skip's
+        known, made = _made(settings, summary.sha256, None)  # hashing only: computed, the hash is taken now
     models = open_models(
         settings.encoders, {kind: settings.weights}, (kind,), False, settings.engines, settings.rebuild,
         known=known,
@@ -102,7 +105,7 @@ def _embed(
         "tool": f"virnucpro-trt {__version__}",
         "model": settings.model,
         "weights": settings.weights or str(settings.engines),
-        "weights_sha256": str(encoder.info.get("weights_sha256")),
+        "weights_sha256": encoder.origin.weights_sha256,
         "precision": models.precision,
         "backend": models.backend,
         "pooling": model.pooling,
@@ -145,7 +148,8 @@ def _made(settings: EmbedSettings, input_sha256: str, previous: object) -> tuple
     checkpoint's hash, or the engine set's identity after its checks (a set that needs building is
     built first, or refused, exactly as loading it would). ``weights`` keeps the checkpoint's file
     stamps, so a rerun onto unchanged files hashes nothing (~6 GB for ESM-2 3B); a recorded value of
-    another shape is ignored.
+    another shape is ignored. The record is anyone's to edit (stamps copied beside a made-up hash), so
+    embeddings computed after all are recorded with a hash taken now (``previous`` None).
     """
     kind = ENCODERS[settings.model].name
     device_type = resolve_device(settings.encoders.device).type

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from virnucpro_trt.environment import available_cpus
-from virnucpro_trt.errors import UserError
+from virnucpro_trt.errors import EngineMismatchError, UserError
 from virnucpro_trt.models.checkpoints import load_encoder
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity
 from virnucpro_trt.models.kinds import MODELS, EncoderName
+from virnucpro_trt.models.origin import EncoderOrigin
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.runtime.device import (
     configure_fp32_reference,
@@ -43,9 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EncoderLoader = Callable[
-    [str, Path, "WeightsIdentity | None"], tuple[torch.nn.Module, Any, dict[str, Any], int]
+    [str, Path, "WeightsIdentity | None"], tuple[torch.nn.Module, Any, EncoderOrigin, int]
 ]
-"""``(kind, path, known identity) -> (fp32 CPU module, tokenizer, info, width)``: :func:`load_encoder`'s
+"""``(kind, path, known identity) -> (fp32 CPU module, tokenizer, origin, width)``: :func:`load_encoder`'s
 signature. A caller that opens the same checkpoints many times (``bench``) passes one that hands out
 copies of modules it loaded once."""
 
@@ -99,8 +100,7 @@ def _load_eager(
 ) -> LoadedEncoder:
     started = time.perf_counter()
     path = resolve_model(spec, MODELS[kind].short)
-    model, tokenizer, info, dim = loader(kind, path, known)
-    info["spec"] = spec
+    model, tokenizer, origin, dim = loader(kind, path, known)
     backend = TorchBackend(model, dim, tokenizer.pad_id, device, dtype)
     log.info(
         "loaded %s from %s (%d-wide, %s, %s) in %.1fs",
@@ -111,7 +111,7 @@ def _load_eager(
         dtype,
         time.perf_counter() - started,
     )
-    return LoadedEncoder(kind, backend, tokenizer, dim, budget, info)
+    return LoadedEncoder(kind, backend, tokenizer, dim, budget, dataclasses.replace(origin, spec=spec))
 
 
 def engine_dir_for_run(
@@ -145,9 +145,29 @@ def engine_dir_for_run(
         specs,
         _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None,
     )
+    refuse_other_engines(encoders, backend, folder, checked.backend, checked.precision)
     if device.type == "cuda":  # the build's models are gone; give their memory back to the workers
         torch.cuda.empty_cache()
     return checked
+
+
+def refuse_other_engines(
+    encoders: EncoderSettings, backend: str, folder: Path, built_backend: str, built_precision: str
+) -> None:
+    """Refuse (one line, exit 2) an engine set other than the ``--precision``/``--backend`` asked for
+    (``backend``: as :func:`_engine_choice` resolved it). Checked where a set is checked and where it is
+    loaded, so a rerun that finds its results made (whose settings fingerprint leaves both out for a
+    named set: the set's identity stands for them) refuses what a fresh run would.
+    """
+    if encoders.precision and encoders.precision != built_precision:
+        raise EngineMismatchError(
+            f"--precision {encoders.precision} asked, but the engines in {folder} are {built_precision}; "
+            "rebuild them or drop --precision"
+        )
+    if backend not in ("engine", "auto") and backend != built_backend:
+        raise EngineMismatchError(
+            f"--backend {backend} asked, but the engines in {folder} are {built_backend}"
+        )
 
 
 def _engine_choice(
@@ -270,13 +290,7 @@ def _open_engines(
     rebuild = _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None
     engine_set = open_engine_set(folder, device, specs, rebuild, checked)
     manifest = engine_set.manifest
-    if encoders.precision and encoders.precision != manifest.precision:
-        raise UserError(
-            f"--precision {encoders.precision} asked, but the engines in {folder} are {manifest.precision}; "
-            "rebuild them or drop --precision"
-        )
-    if backend not in ("engine", "auto") and backend != manifest.backend:
-        raise UserError(f"--backend {backend} asked, but the engines in {folder} are {manifest.backend}")
+    refuse_other_engines(encoders, backend, folder, manifest.backend, manifest.precision)
     # The engine set's encoders carry the build's budget; --max-batch-tokens overrides it.
     loaded = {
         kind: dataclasses.replace(enc, max_batch_tokens=encoders.max_batch_tokens or enc.max_batch_tokens)

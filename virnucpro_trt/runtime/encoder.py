@@ -9,11 +9,12 @@ DNABERT-S forward, 2048 tokens per ESM-2 batch) through :func:`dataclasses.repla
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from virnucpro_trt.models.origin import EncoderOrigin
 from virnucpro_trt.runtime.embedding import BatchStats, EmbeddingBackend, embed_sequences
 from virnucpro_trt.settings import PaddingCap
 
@@ -22,8 +23,9 @@ from virnucpro_trt.settings import PaddingCap
 class LoadedEncoder:
     """An encoder ready to embed: its backend, tokenizer, width, batch token budget and provenance.
 
-    ``kind`` is ``dnabert-s`` or ``esm2``; ``info`` holds what run.json records (path, layout, weights
-    hash; for engines also the build's parity); ``padding_cap`` may close a batch before its budget is
+    ``kind`` is ``dnabert-s`` or ``esm2``; ``origin`` is where it came from, typed
+    (:class:`~virnucpro_trt.models.origin.EncoderOrigin`: what run.json records — path, layout, weights
+    hash — and for engines the build's parity); ``padding_cap`` may close a batch before its budget is
     full (:class:`~virnucpro_trt.settings.PaddingCap`).
     """
 
@@ -32,7 +34,7 @@ class LoadedEncoder:
     tokenizer: Any  # DnaTokenizer | ProteinTokenizer
     dim: int
     max_batch_tokens: int
-    info: dict[str, Any] = field(default_factory=dict)
+    origin: EncoderOrigin
     padding_cap: PaddingCap | None = None
 
     def embed(

@@ -35,10 +35,6 @@ from virnucpro_trt.runtime.encoder import LoadedEncoder
 MAX_FACTS_BYTES = 1 << 20  # about 1 KB in practice
 
 
-def _optional_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
@@ -57,14 +53,14 @@ class EncoderFacts:
 
     @classmethod
     def of(cls, encoder: LoadedEncoder) -> EncoderFacts:
-        info = encoder.info
+        origin = encoder.origin
         return cls(
-            spec=_optional_str(info.get("spec")),
-            path=_optional_str(info.get("path")),
-            format=_optional_str(info.get("format")),
-            layout=_optional_str(info.get("layout")),
+            spec=origin.spec,
+            path=origin.path,
+            format=origin.format,
+            layout=origin.layout,
             dim=encoder.dim,
-            weights_sha256=_optional_str(info.get("weights_sha256")),
+            weights_sha256=origin.weights_sha256,
             max_batch_tokens=encoder.max_batch_tokens,
         )
 
