@@ -3,6 +3,7 @@
 // and every file must have the SHA-256 recorded beside it before anything is loaded.
 #include <fstream>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <vector>
 
@@ -96,6 +97,30 @@ ShapeBox shape_box(const nlohmann::json& s, const std::string& field) {
 
 bool is_encoder(const std::string& kind) { return kind == "dnabert-s" || kind == "esm2"; }
 
+// Bounds on device.instruction_sets (a real x86 list is ~80 names of a few letters).
+constexpr size_t kMaxInstructionSets = 4096;
+constexpr size_t kMaxInstructionSetName = 64;
+
+// This CPU's instruction-set extensions: Linux's /proc/cpuinfo `flags` (x86) or `Features` (Arm) line,
+// empty where there is none. The build records a filtered subset of its CPU's (environment.py keeps
+// the instruction-set flags only); a recorded name missing here is one this CPU may not execute.
+std::set<std::string> cpu_instruction_sets(const std::filesystem::path& cpuinfo = "/proc/cpuinfo") {
+  std::ifstream in(cpuinfo);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, colon);
+    key.erase(key.find_last_not_of(" \t") + 1);
+    if (key != "flags" && key != "Features") continue;
+    std::istringstream words(line.substr(colon + 1));
+    std::set<std::string> found;
+    for (std::string word; words >> word;) found.insert(word);
+    return found;
+  }
+  return {};
+}
+
 // The manifest's fields into `m`; throws nlohmann's exceptions for a missing field or a wrong type and
 // EngineMismatch for a value out of range.
 void read_fields(const nlohmann::json& data, EngineManifest& m) {
@@ -104,6 +129,19 @@ void read_fields(const nlohmann::json& data, EngineManifest& m) {
   m.precision = data.at("precision").get<std::string>();
   m.device_type = data.at("device").at("type").get<std::string>();
   m.device_arch = data.at("device").value("arch", "");
+  if (const auto& device = data.at("device"); device.contains("instruction_sets")) {
+    const auto& sets = device.at("instruction_sets");
+    if (!sets.is_array() || sets.size() > kMaxInstructionSets) {
+      throw EngineMismatch("device.instruction_sets must be a list of at most " +
+                           std::to_string(kMaxInstructionSets) + " names");
+    }
+    for (const auto& name : sets) {
+      if (!name.is_string() || name.get<std::string>().size() > kMaxInstructionSetName) {
+        throw EngineMismatch("device.instruction_sets must hold instruction-set names");
+      }
+      m.instruction_sets.push_back(name.get<std::string>());
+    }
+  }
   m.torch_version = data.value("libraries", nlohmann::json::object()).value("torch", "");
   if (const auto build = data.value("build", nlohmann::json::object()); build.is_object()) {
     if (const auto budget = build.value("max_batch_tokens", nlohmann::json()); !budget.is_null()) {
@@ -191,6 +229,22 @@ std::string EngineManifest::mismatches(const c10::Device& device, bool verify_fi
       problems.push_back("built for CUDA, but the linked libtorch sees no CUDA device");
     } else if (const auto arch = current_arch(device); arch != device_arch) {
       problems.push_back("built for " + device_arch + ", running on " + arch);
+    }
+  } else if (!instruction_sets.empty()) {  // a CPU engine run here without them would die of SIGILL
+    const auto have = cpu_instruction_sets();
+    std::set<std::string> lacking;
+    for (const auto& name : instruction_sets) {
+      if (!have.count(name)) lacking.insert(name);
+    }
+    if (!lacking.empty()) {
+      std::string listed;
+      size_t shown = 0;
+      for (const auto& name : lacking) {
+        if (shown++ == 6) break;
+        listed += (listed.empty() ? "" : ", ") + name;
+      }
+      problems.push_back("built on a CPU with instructions this one lacks (" + listed +
+                         (lacking.size() > 6 ? " ..." : "") + ")");
     }
   }
   if (!torch_version.empty() && release(torch_version) != release(TORCH_VERSION)) {

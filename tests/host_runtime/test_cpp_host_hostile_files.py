@@ -202,6 +202,25 @@ def test_manifest_numbers_must_be_integers_in_range(
     _assert_refused(_run(host_tool, folder, "--check"), needle)
 
 
+def test_a_cpu_engine_built_with_instructions_this_cpu_lacks_is_refused(host_tool, engines, tmp_path) -> None:
+    """AOTInductor compiles CPU engines with -march=native: run on a CPU without one of the build CPU's
+    extensions, an engine dies of SIGILL. The host refuses it first, as Python's check does."""
+    manifest = json.loads((engines / "manifest.json").read_text())
+    assert manifest["device"]["type"] == "cpu" and manifest["device"]["instruction_sets"]  # recorded
+    assert _run(host_tool, engines, "--check").returncode == 0  # this CPU built it
+    folder, manifest = _copy(engines, tmp_path, "isa")
+    manifest["device"]["instruction_sets"] += ["avx1024_made_up", "zz_made_up"]
+    _write_manifest(folder, manifest)
+    _assert_refused(
+        _run(host_tool, folder, "--check"),
+        "built on a CPU with instructions this one lacks (avx1024_made_up, zz_made_up)",
+    )
+    for bad, needle in (("avx2", "must be a list"), ([7], "must hold instruction-set names")):
+        manifest["device"]["instruction_sets"] = bad
+        _write_manifest(folder, manifest)
+        _assert_refused(_run(host_tool, folder, "--check"), f"device.instruction_sets {needle}")
+
+
 def test_the_manifest_box_must_fit_the_compiled_one(host_tool, engines, tmp_path) -> None:
     """A manifest promising longer items (or larger batches) than the package was compiled for is
     refused, as the Python loader refuses it (check_metadata): smaller minimums are padded up instead."""

@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <ATen/Tensor.h>
 #include <c10/core/Device.h>
@@ -75,6 +76,9 @@ struct EngineManifest {
   std::string backend, precision, device_type, device_arch, torch_version;
   std::map<std::string, ModelEntry> models;
   int64_t max_batch_tokens = 0;  // the build's token budget (build.max_batch_tokens); 0 when not recorded
+  // device.instruction_sets: a CPU build's instruction-set extensions (AOTInductor compiles CPU engines
+  // with -march=native, so the engine may use any of them); empty for CUDA and older manifests.
+  std::vector<std::string> instruction_sets;
 
   // Reads FOLDER/manifest.json; throws EngineMismatch when it is missing or not a manifest.
   static EngineManifest read(const std::filesystem::path& folder);
