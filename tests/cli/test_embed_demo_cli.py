@@ -256,6 +256,12 @@ def test_demo_runs_end_to_end_and_says_random(tiny_set, tmp_path, monkeypatch):
     result = run_cli("predict", "--demo", "-o", str(plain))
     assert result.code == 2 and "(not a --demo run)" in result.stderr, result.stderr
     assert not (plain / "DEMO_RANDOM_WEIGHTS.txt").exists()
+    # Results of another version of the tool are another run's (never reused as this one's), as are
+    # unfinished shards of it.
+    record = json.loads((plain / "run.json").read_text())
+    (plain / "run.json").write_text(json.dumps({**record, "version": "0.0.9"}))
+    result = run_cli(*by_path[:3], str(plain), *by_path[4:])
+    assert result.code == 2 and "(made by virnucpro-trt 0.0.9, this is" in result.stderr, result.stderr
     # Second run reuses the cached models (and predict --demo is the same thing).
     result = run_cli("predict", "--demo", "-o", str(tmp_path / "demo2"), "-q")
     assert result.code == 0, result.stderr

@@ -187,3 +187,34 @@ def test_a_damaged_state_file_says_it_discards_finished_shards(
         assert not work.root.exists()
         caplog.clear()
         work, _ = _written(tmp_path)
+
+
+@pytest.mark.parametrize("recorded", ["0.0.9", None, 7])
+def test_finished_shards_of_another_version_are_never_mixed_in(tmp_path: Path, recorded: object) -> None:
+    """The tool's version is part of the resume key: shards computed by another version's code (or by a
+    state that does not say which) are refused while any finished, discarded with --force, and a state
+    without finished shards is simply discarded."""
+    from virnucpro_trt import __version__
+    from virnucpro_trt.errors import UserError
+
+    work, _ = _written(tmp_path)
+    work.write_state("a" * 64, "f" * 64, {})
+    assert json.loads(work.state_path.read_text())["version"] == __version__
+    assert work.open("a" * 64, "f" * 64, force=False) is True
+    assert work.holds_run("a" * 64, "f" * 64)
+    state = json.loads(work.state_path.read_text())
+    state["version"] = recorded
+    if recorded is None:
+        del state["version"]
+    work.state_path.write_text(json.dumps(state))
+    assert not work.holds_run("a" * 64, "f" * 64)
+    with pytest.raises(UserError, match=r"1 finished shard\(s\) of a run with another virnucpro-trt version"):
+        work.open("a" * 64, "f" * 64, force=False)
+    assert work.state_path.exists()
+    shown = recorded if isinstance(recorded, str) else "unknown"
+    try:
+        work.open("a" * 64, "f" * 64, force=False)
+    except UserError as exc:
+        assert f"({shown}, this is {__version__})" in str(exc) and "rerun that version" in str(exc)
+    assert work.open("a" * 64, "f" * 64, force=True) is False
+    assert not work.root.exists()

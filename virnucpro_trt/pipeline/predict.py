@@ -409,6 +409,8 @@ def _difference(ctx: _RunContext, previous: RunRecord, sha256: str, work: WorkDi
     if previous.settings_fingerprint != ctx.settings.fingerprint(ctx.device_type):
         current = ctx.settings.to_json(ctx.device_type)
         return f"different settings ({settings_difference(previous.settings, current)})"
+    if previous.version != __version__:  # results are never reused across versions, as shards are not
+        return f"made by virnucpro-trt {previous.version}, this is {__version__}"
     if previous.demo_random_weights != ctx.demo:  # the DEMO marker must match the command
         return "a --demo run" if not ctx.demo else "not a --demo run"
     if ctx.settings.encoders.backend not in (None, "torch") and ctx.engines is None:

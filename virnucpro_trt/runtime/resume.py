@@ -2,7 +2,7 @@
 
 Layout (every name the tool writes there is in :data:`WORK_NAMES`; nothing else is ever removed)::
 
-    .work/state.json          input SHA-256 + settings fingerprint (the resume key) + model identity
+    .work/state.json          the resume key (input SHA-256, settings fingerprint, tool version) + models
     .work/shards/             shard-NNNNNN.fa (2-line FASTA) + index.json (shard list, input summary)
     .work/results/            per-shard result files + shard-NNNNNN.done.json markers
     .work/facts.json          models/device facts from the first worker (for run.json on a full resume)
@@ -16,8 +16,9 @@ way: each must still have the size and SHA-256 ``index.json`` recorded when it w
 (itself identified by SHA-256 in the resume key) is sharded again and every shard redone, as for any
 other stale index — a shard edited in place would otherwise be run as if it held the user's records.
 
-Unfinished work for another input, other settings or other model weights (the model identity: content
-hashes of the three checkpoints and of the engine set) is refused (exit 2) rather than mixed in or
+Unfinished work for another input, other settings, another virnucpro-trt version (its code makes the
+shards' results) or other model weights (the model identity: content hashes of the three checkpoints and
+of the engine set) is refused (exit 2) rather than mixed in or
 silently thrown away — unless ``--force``, or unless not a single shard of it had finished (then there
 is nothing to lose and it is discarded with a log line). A ``.work`` holding files the tool does not know
 is refused: they may be someone's, and a clean-up that removes only what it knows must not pretend to
@@ -34,6 +35,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from virnucpro_trt import __version__
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
@@ -155,7 +157,8 @@ class WorkDir:
             left = sorted(p.name for p in folder.iterdir())
             log.warning("left %s in place: it holds files this run did not write (%s)", folder, left)
 
-    # -- the resume key --------------------------------------------------------------------------
+    # -- the resume key: the input's SHA-256, the settings fingerprint, the tool's version (and the models,
+    # confirm_models) --------------------------------------------------------------------------------
     def open(self, input_sha256: str, fingerprint: str, force: bool) -> bool:
         """Decide what to do with an existing ``.work``; returns True when it is resumed.
 
@@ -177,21 +180,27 @@ class WorkDir:
             return False
         same_input = state.get("input_sha256") == input_sha256
         same_settings = state.get("settings_fingerprint") == fingerprint
-        if same_input and same_settings and state.get("schema") == STATE_SCHEMA:
+        same_version = state.get("version") == __version__  # shards of two versions are never mixed
+        if same_input and same_settings and same_version and state.get("schema") == STATE_SCHEMA:
             return True
         done = self.finished_count()
-        what = (
-            "input (another file, or this one edited since the run started)" if not same_input else "settings"
-        )
-        article = "a different" if not same_input else "different"
+        if not same_input:
+            what = "a different input (another file, or this one edited since the run started)"
+        elif not same_settings:
+            what = "different settings"
+        else:
+            recorded = _version_text(state.get("version"))
+            what = f"another virnucpro-trt version ({recorded}, this is {__version__})"
         if force:
             log.warning("--force: discarding the unfinished work in %s", self.root)
         elif done == 0:
-            log.info("discarding %s: started for %s %s and no shard had finished", self.root, article, what)
+            log.info("discarding %s: started with %s and no shard had finished", self.root, what)
         else:
+            original = "the original command on the original input"
+            fix = "that version" if same_input and same_settings else original
             raise UserError(
-                f"{self.root} holds {done} finished shard(s) of a run with {article} {what}; rerun the "
-                "original command on the original input to finish it, or add --force to discard it"
+                f"{self.root} holds {done} finished shard(s) of a run with {what}; rerun {fix} to finish "
+                "it, or add --force to discard it"
             )
         self.wipe()
         return False
@@ -199,6 +208,7 @@ class WorkDir:
     def write_state(self, input_sha256: str, fingerprint: str, settings: dict[str, Any]) -> None:
         data = {
             "schema": STATE_SCHEMA,
+            "version": __version__,
             "input_sha256": input_sha256,
             "settings_fingerprint": fingerprint,
             "settings": settings,
@@ -343,6 +353,7 @@ class WorkDir:
             state is not None
             and state.get("input_sha256") == input_sha256
             and state.get("settings_fingerprint") == fingerprint
+            and state.get("version") == __version__
         )
 
     # -- housekeeping ----------------------------------------------------------------------------
@@ -362,3 +373,9 @@ class WorkDir:
         except (OSError, ValueError):  # FileTooLarge is a ValueError
             return None
         return data if isinstance(data, dict) else None
+
+
+def _version_text(value: object) -> str:
+    """A recorded version for a message: a short string as it is, anything else (a state written before
+    versions were recorded, or edited) as unknown."""
+    return value if isinstance(value, str) and len(value) <= 40 and value.isprintable() else "unknown"
