@@ -74,6 +74,14 @@ def one_line(exc: BaseException, limit: int | None = None, name: bool = True) ->
     return text if limit is None else text[:limit]
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """A value read from a hostile file, for a one-line message: a printable string as it is, anything
+    else (a newline, an escape sequence, a number, null) by its repr, cut to ``limit`` characters. Why: a
+    value in a file must neither split a message's one line nor drive the terminal."""
+    text = value if isinstance(value, str) and value.isprintable() else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # a failed run to rerun, not a place to change
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 CANNOT_CREATE = {errno.ENOENT, errno.ENOTDIR}  # an output path cannot be made there (cli/main.py)

@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "virnucpro/text.h"
+
 #if __has_include(<torch/headeronly/version.h>)
 #include <torch/headeronly/version.h>
 #else
@@ -136,7 +138,11 @@ void read_fields(const nlohmann::json& data, EngineManifest& m) {
                            std::to_string(kMaxInstructionSets) + " names");
     }
     for (const auto& name : sets) {
-      if (!name.is_string() || name.get<std::string>().size() > kMaxInstructionSetName) {
+      if (!name.is_string() || name.get<std::string>().empty() ||
+          name.get<std::string>().size() > kMaxInstructionSetName ||
+          name.get<std::string>().find_first_not_of("abcdefghijklmnopqrstuvwxyz"
+                                                    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
+              std::string::npos) {
         throw EngineMismatch("device.instruction_sets must hold instruction-set names");
       }
       m.instruction_sets.push_back(name.get<std::string>());
@@ -218,17 +224,17 @@ std::string EngineManifest::mismatches(const c10::Device& device, bool verify_fi
                        std::to_string(kSchemaVersion));
   }
   if (backend != "inductor") {
-    problems.push_back("backend " + backend +
+    problems.push_back("backend " + printable(backend) +
                        " (the C++ host runtime runs AOTInductor engine sets: build with --backend inductor)");
   }
   const std::string have_type = device.is_cuda() ? "cuda" : "cpu";
   if (device_type != have_type) {
-    problems.push_back("built for " + device_type + ", running on " + have_type);
+    problems.push_back("built for " + printable(device_type) + ", running on " + have_type);
   } else if (device.is_cuda()) {
     if (!torch::cuda::is_available()) {
       problems.push_back("built for CUDA, but the linked libtorch sees no CUDA device");
     } else if (const auto arch = current_arch(device); arch != device_arch) {
-      problems.push_back("built for " + device_arch + ", running on " + arch);
+      problems.push_back("built for " + printable(device_arch) + ", running on " + arch);
     }
   } else if (!instruction_sets.empty()) {  // a CPU engine run here without them would die of SIGILL
     const auto have = cpu_instruction_sets();
@@ -241,14 +247,14 @@ std::string EngineManifest::mismatches(const c10::Device& device, bool verify_fi
       size_t shown = 0;
       for (const auto& name : lacking) {
         if (shown++ == 6) break;
-        listed += (listed.empty() ? "" : ", ") + name;
+        listed += (listed.empty() ? "" : ", ") + printable(name);
       }
       problems.push_back("built on a CPU with instructions this one lacks (" + listed +
                          (lacking.size() > 6 ? " ..." : "") + ")");
     }
   }
   if (!torch_version.empty() && release(torch_version) != release(TORCH_VERSION)) {
-    problems.push_back("built with torch " + torch_version + ", linked libtorch is " + TORCH_VERSION);
+    problems.push_back("built with torch " + printable(torch_version) + ", linked libtorch is " + TORCH_VERSION);
   }
   for (const char* kind : {"dnabert-s", "esm2", "classifier"}) {
     const auto it = models.find(kind);

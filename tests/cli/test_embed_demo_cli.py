@@ -262,6 +262,11 @@ def test_demo_runs_end_to_end_and_says_random(tiny_set, tmp_path, monkeypatch):
     (plain / "run.json").write_text(json.dumps({**record, "version": "0.0.9"}))
     result = run_cli(*by_path[:3], str(plain), *by_path[4:])
     assert result.code == 2 and "(made by virnucpro-trt 0.0.9, this is" in result.stderr, result.stderr
+    (plain / "run.json").write_text(json.dumps({**record, "version": "9\nerror: fake\x1b[31m"}))
+    result = run_cli(*by_path[:3], str(plain), *by_path[4:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.code == 2 and len(errors) == 1 and "--force" in errors[0], result.stderr
+    assert "\x1b" not in result.stderr and "'9\\nerror: fake\\x1b[31m'" in errors[0], errors
     # Second run reuses the cached models (and predict --demo is the same thing).
     result = run_cli("predict", "--demo", "-o", str(tmp_path / "demo2"), "-q")
     assert result.code == 0, result.stderr

@@ -229,6 +229,24 @@ def test_backend_without_engines_builds_into_outdir_and_reuses(tiny_set, reads_f
     assert second.code == 0 and "rebuilding" not in second.stderr
 
 
+def test_a_rebuildable_set_of_another_backend_is_rebuilt_as_asked(tiny_set, reads_fasta, tmp_path):
+    """OUTDIR/engines is predict's own, and a set named with --rebuild may be rebuilt: asked for another
+    backend they are rebuilt as asked (they were refused, "rebuild them"); a named set without --rebuild
+    is still refused."""
+    models = ("--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf),
+              "--classifier", str(tiny_set.classifier), "--device", "cpu", *BATCHING)  # fmt: skip
+    out = tmp_path / "out"
+    assert run_cli("predict", str(reads_fasta), "-o", str(out), *models, "--backend", "onnxruntime").code == 0
+    again = run_cli("predict", str(reads_fasta), "-o", str(out), *models, "--backend", "inductor", "--force")
+    assert again.code == 0, again.stderr
+    assert "they are onnxruntime fp32, inductor fp32 asked" in again.stderr
+    assert json.loads((out / "engines" / "manifest.json").read_text())["backend"] == "inductor"
+    assert json.loads((out / "run.json").read_text())["backend"] == "inductor"
+    named = ("predict", str(reads_fasta), "--engines", str(out / "engines"), "--backend", "onnxruntime")
+    refused = run_cli(*named, "-o", str(tmp_path / "named"), *BATCHING)
+    assert refused.code == 2 and "--backend onnxruntime asked, but the engines in" in refused.stderr
+
+
 def test_parity_gate_can_fail_the_build(tiny_set, tmp_path, monkeypatch):
     import virnucpro_trt.engines.parity as parity
 

@@ -210,3 +210,32 @@ def test_a_finished_job_is_reused_computed_again_or_refused_by_one_rule(tmp_path
         reuse(tmp_path, outputs, None, False, "this run", "another run's")
     assert reuse(tmp_path, outputs, None, True, "this run", "another run's") is False
     assert (tmp_path / "frames.tsv").read_bytes() == b"edited\n"  # deciding removes nothing
+
+
+def test_two_commands_finishing_in_one_folder_keep_both_entries(tmp_path: Path, monkeypatch) -> None:
+    """Recording reads the folder's record, adds its entries and writes it back. A large output takes
+    seconds to hash: a second command that recorded its own output meanwhile lost its entry (its rerun
+    was then refused as "not written by virnucpro-trt"). Outputs are hashed first, and the record is
+    read and written under a lock on the folder."""
+    import threading
+    import time
+
+    slow, fast = _write(tmp_path / "slow.h5"), _write(tmp_path / "fast.h5")
+    hashing = threading.Event()
+    real_entry = ownership.output_entry
+
+    def slow_entry(path: Path) -> dict:
+        if path.name == "slow.h5":
+            hashing.set()
+            time.sleep(1.0)
+        return real_entry(path)
+
+    monkeypatch.setattr(ownership, "output_entry", slow_entry)
+    first = threading.Thread(target=record_written, args=([slow],))
+    first.start()
+    assert hashing.wait(10)
+    record_written([fast])  # while the first is still hashing
+    first.join(10)
+    files = json.loads(record_path(tmp_path).read_text())["files"]
+    assert sorted(files) == ["fast.h5", "slow.h5"]
+    check_replaceable([slow, fast], force=False)  # both the tool's, so both may be replaced

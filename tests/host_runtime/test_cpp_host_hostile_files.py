@@ -215,10 +215,26 @@ def test_a_cpu_engine_built_with_instructions_this_cpu_lacks_is_refused(host_too
         _run(host_tool, folder, "--check"),
         "built on a CPU with instructions this one lacks (avx1024_made_up, zz_made_up)",
     )
-    for bad, needle in (("avx2", "must be a list"), ([7], "must hold instruction-set names")):
+    names = "must hold instruction-set names"
+    for bad, needle in (("avx2", "must be a list"), ([7], names), ([""], names), (["avx2 sse"], names),
+                        (["bad\nname"], names), (["x" * 65], names), (["\x1b[31m"], names)):  # fmt: skip
         manifest["device"]["instruction_sets"] = bad
         _write_manifest(folder, manifest)
         _assert_refused(_run(host_tool, folder, "--check"), f"device.instruction_sets {needle}")
+
+
+@pytest.mark.parametrize("field", ["backend", "torch"])
+def test_a_manifest_string_cannot_break_the_one_line_error(host_tool, engines, tmp_path, field) -> None:
+    """Strings the manifest names in a refusal (its backend, its torch release) are shown printable: a
+    newline or an escape sequence in them must not make the error two lines or colour the terminal."""
+    folder, manifest = _copy(engines, tmp_path, field)
+    if field == "backend":
+        manifest["backend"] = "induct\nor\x1b[31m"
+    else:
+        manifest["libraries"]["torch"] = "9.9\nerror: fake"
+    _write_manifest(folder, manifest)
+    done = _run(host_tool, folder, "--check")
+    _assert_refused(done, "induct?or?[31m" if field == "backend" else "built with torch 9.9?error: fake")
 
 
 def test_the_manifest_box_must_fit_the_compiled_one(host_tool, engines, tmp_path) -> None:

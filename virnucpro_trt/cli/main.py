@@ -205,7 +205,10 @@ def prepare(input_path: str, outdir: Path, chunk_length: str, force: bool) -> No
     help="esm2: embed records made only of A/C/G/T/U/N as protein. Without it, an input that looks like "
     "DNA/RNA is refused (a record of 20+ such letters, or every record made of them).",
 )
-@replace_option
+@replace_option(
+    also="A rerun onto its own unchanged output made from the same input, settings and model computes "
+    "nothing (UP TO DATE); with --force it computes the embeddings again."
+)
 @functools.partial(encoder_options, without_engines=_ENGINES_NEEDED)
 @logging_options
 def embed(

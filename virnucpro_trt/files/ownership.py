@@ -22,11 +22,12 @@ into one folder at the same instant may lose one record entry: that output is th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +228,27 @@ def recorded_made(target: Path) -> object:
     return entry.get("made")
 
 
+@contextlib.contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``folder`` itself (no file is added to it) while its record is read
+    and written again: two commands finishing in one folder (two ``embed`` outputs) each keep their entry,
+    where one was lost and that output then refused on its rerun. Where the file system has no such
+    locks (not POSIX, some network mounts) the record is updated unlocked, as it was before."""
+    try:
+        import fcntl
+
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def record_written(
     targets: Iterable[Path],
     on_create: Callable[[Path], None] | None = None,
@@ -243,15 +265,17 @@ def record_written(
         by_folder.setdefault(target.parent, []).append(target)
     for folder, written in by_folder.items():
         try:
-            entries = {n: e for n, e in _read_record(folder)[0].items() if os.path.lexists(folder / n)}
-            for target in written:
+            new: dict[str, dict[str, Any]] = {}
+            for target in written:  # hashed before the folder is locked (seconds for a large output)
                 stamp = file_stamp(target)  # before hashing: a change in between will not match it
-                entries[target.name] = {**output_entry(target), "stamp": stamp}
+                new[target.name] = {**output_entry(target), "stamp": stamp}
                 if made is not None:
-                    entries[target.name]["made"] = made
-            body = {"tool": "virnucpro-trt", "schema": RECORD_SCHEMA, "files": entries}
-            text = json.dumps(body, indent=1, sort_keys=True) + "\n"
-            write_text_atomic(record_path(folder), text, on_create)
+                    new[target.name]["made"] = made
+            with _folder_locked(folder):
+                entries = {n: e for n, e in _read_record(folder)[0].items() if os.path.lexists(folder / n)}
+                body = {"tool": "virnucpro-trt", "schema": RECORD_SCHEMA, "files": {**entries, **new}}
+                text = json.dumps(body, indent=1, sort_keys=True) + "\n"
+                write_text_atomic(record_path(folder), text, on_create)
         except OSError as exc:
             log.warning(
                 "could not record the files written in %s (%s): a rerun onto them will need --force",

@@ -39,6 +39,7 @@ from virnucpro_trt.settings import EncoderSettings
 __all__ = ["EncoderLoader", "LoadedEncoder", "RunModels", "RunWeights", "engine_dir_for_run", "open_models"]
 
 if TYPE_CHECKING:
+    from virnucpro_trt.engines.build import BuildSettings
     from virnucpro_trt.engines.engine_set import CheckedEngines
 
 log = logging.getLogger(__name__)
@@ -139,16 +140,43 @@ def engine_dir_for_run(
     backend, folder = choice
     device = resolve_device(encoders.device)
     may_rebuild = build and (rebuild or engines is None)
-    checked = check_engine_set(
-        folder,
-        device,
-        specs,
-        _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None,
-    )
+    settings = _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None
+    checked = check_engine_set(folder, device, specs, settings)
+    if settings is not None and _asks_other(encoders, backend, checked.backend, checked.precision):
+        _rebuild_as_asked(settings, checked.backend, checked.precision)
+        checked = check_engine_set(folder, device, specs, None)
     refuse_other_engines(encoders, backend, folder, checked.backend, checked.precision)
     if device.type == "cuda":  # the build's models are gone; give their memory back to the workers
         torch.cuda.empty_cache()
     return checked
+
+
+_BUILD_FIELDS = {"dnabert-s": "dnabert", "esm2": "esm", "classifier": "classifier"}  # BuildSettings' names
+
+
+def _asks_other(encoders: EncoderSettings, backend: str, built_backend: str, built_precision: str) -> bool:
+    """Whether ``--precision``/``--backend`` name a set other than the one built: what
+    :func:`refuse_other_engines` refuses where no rebuild is allowed (one rule for both)."""
+    try:
+        refuse_other_engines(encoders, backend, Path(), built_backend, built_precision)
+    except EngineMismatchError:
+        return True
+    return False
+
+
+def _rebuild_as_asked(settings: BuildSettings, built_backend: str, built_precision: str) -> None:
+    """Build the set asked for into a folder that may be rebuilt (predict's OUTDIR/engines, or a set
+    named with --rebuild) which holds another backend's or precision's."""
+    from virnucpro_trt.engines.build import build_engines
+
+    missing = [m.flag for kind, m in MODELS.items() if not getattr(settings, _BUILD_FIELDS[kind])]
+    if missing:
+        raise UserError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
+    log.warning(
+        "rebuilding engines in %s: they are %s %s, %s %s asked",
+        settings.outdir, built_backend, built_precision, settings.backend, settings.precision,
+    )  # fmt: skip
+    build_engines(settings)  # replace_changed: builds whatever the folder holds
 
 
 def refuse_other_engines(
@@ -290,6 +318,12 @@ def _open_engines(
     rebuild = _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None
     engine_set = open_engine_set(folder, device, specs, rebuild, checked)
     manifest = engine_set.manifest
+    if rebuild is not None and checked is None and _asks_other(
+        encoders, backend, manifest.backend, manifest.precision
+    ):
+        _rebuild_as_asked(rebuild, manifest.backend, manifest.precision)
+        engine_set = open_engine_set(folder, device, specs, None, None)
+        manifest = engine_set.manifest
     refuse_other_engines(encoders, backend, folder, manifest.backend, manifest.precision)
     # The engine set's encoders carry the build's budget; --max-batch-tokens overrides it.
     loaded = {

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from virnucpro_trt.errors import UserError
+from virnucpro_trt.errors import UserError, shown
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.folders import made_folder
@@ -332,7 +332,7 @@ def _difference(a: PartResult, b: PartResult) -> str | None:
     """What makes two parts' results incomparable, in words, or None."""
     ra, rb = a.run, b.run
     if ra.version != rb.version:
-        return f"virnucpro-trt {ra.version} vs {rb.version}"
+        return f"virnucpro-trt {shown(ra.version)} vs {shown(rb.version)}"
     for kind in ("dnabert", "esm"):
         wa, wb = ra.weights_sha256(kind), rb.weights_sha256(kind)
         if wa != wb:

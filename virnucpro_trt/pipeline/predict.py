@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from virnucpro_trt import __version__
 from virnucpro_trt.engines.manifest import CLASSIFIER_FILE, EngineManifest
-from virnucpro_trt.errors import EngineMismatchError, UserError
+from virnucpro_trt.errors import EngineMismatchError, UserError, shown
 from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
@@ -410,7 +410,7 @@ def _difference(ctx: _RunContext, previous: RunRecord, sha256: str, work: WorkDi
         current = ctx.settings.to_json(ctx.device_type)
         return f"different settings ({settings_difference(previous.settings, current)})"
     if previous.version != __version__:  # results are never reused across versions, as shards are not
-        return f"made by virnucpro-trt {previous.version}, this is {__version__}"
+        return f"made by virnucpro-trt {shown(previous.version)}, this is {__version__}"
     if previous.demo_random_weights != ctx.demo:  # the DEMO marker must match the command
         return "a --demo run" if not ctx.demo else "not a --demo run"
     if ctx.settings.encoders.backend not in (None, "torch") and ctx.engines is None:

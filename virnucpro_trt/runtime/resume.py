@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro_trt import __version__
-from virnucpro_trt.errors import UserError
+from virnucpro_trt.errors import UserError, shown
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.json_fields import FieldError, parse_json
@@ -180,24 +180,28 @@ class WorkDir:
             return False
         same_input = state.get("input_sha256") == input_sha256
         same_settings = state.get("settings_fingerprint") == fingerprint
-        same_version = state.get("version") == __version__  # shards of two versions are never mixed
+        version = state.get("version")
+        same_version = version == __version__  # shards of two versions are never mixed
         if same_input and same_settings and same_version and state.get("schema") == STATE_SCHEMA:
             return True
         done = self.finished_count()
+        fix = "the original command on the original input"
         if not same_input:
             what = "a different input (another file, or this one edited since the run started)"
         elif not same_settings:
             what = "different settings"
+        elif version is None:
+            what = "no recorded virnucpro-trt version (written before versions were recorded)"
+        elif not same_version:
+            what = f"another virnucpro-trt version ({shown(version)}, this is {__version__})"
+            fix = "that version"
         else:
-            recorded = _version_text(state.get("version"))
-            what = f"another virnucpro-trt version ({recorded}, this is {__version__})"
+            what = f"another .work format (schema {shown(state.get('schema'))})"
         if force:
             log.warning("--force: discarding the unfinished work in %s", self.root)
         elif done == 0:
             log.info("discarding %s: started with %s and no shard had finished", self.root, what)
         else:
-            original = "the original command on the original input"
-            fix = "that version" if same_input and same_settings else original
             raise UserError(
                 f"{self.root} holds {done} finished shard(s) of a run with {what}; rerun {fix} to finish "
                 "it, or add --force to discard it"
@@ -373,9 +377,3 @@ class WorkDir:
         except (OSError, ValueError):  # FileTooLarge is a ValueError
             return None
         return data if isinstance(data, dict) else None
-
-
-def _version_text(value: object) -> str:
-    """A recorded version for a message: a short string as it is, anything else (a state written before
-    versions were recorded, or edited) as unknown."""
-    return value if isinstance(value, str) and len(value) <= 40 and value.isprintable() else "unknown"
