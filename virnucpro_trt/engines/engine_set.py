@@ -155,13 +155,20 @@ def _check(
                 "`virnucpro-trt build` or add --rebuild"
             )
         check_manifest(manifest, present, folder)  # raises with every problem listed
+    manifest = rebuild_engine_set(folder, weights, rebuild, "; ".join(problems))
+    return manifest, verify_files(manifest, folder)
+
+
+def rebuild_engine_set(
+    folder: Path, weights: dict[str, str | None], rebuild: BuildSettings, reason: str
+) -> EngineManifest:
+    """Build ``rebuild``'s set into ``folder`` in place of what it holds, saying ``reason`` once; the
+    checkpoints named in ``weights`` are what it is built from, so all three must be named."""
     missing = [model.flag for kind, model in MODELS.items() if not weights.get(kind)]
     if missing:
         raise UserError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
-    assert rebuild is not None
-    log.warning("rebuilding engines in %s: %s", folder, "; ".join(problems))
-    manifest = build_engines(rebuild).manifest
-    return manifest, verify_files(manifest, folder)
+    log.warning("rebuilding engines in %s: %s", folder, reason)
+    return build_engines(rebuild).manifest
 
 
 def _read_or_none(folder: Path) -> EngineManifest | None:

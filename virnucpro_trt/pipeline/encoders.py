@@ -39,7 +39,6 @@ from virnucpro_trt.settings import EncoderSettings
 __all__ = ["EncoderLoader", "LoadedEncoder", "RunModels", "RunWeights", "engine_dir_for_run", "open_models"]
 
 if TYPE_CHECKING:
-    from virnucpro_trt.engines.build import BuildSettings
     from virnucpro_trt.engines.engine_set import CheckedEngines
 
 log = logging.getLogger(__name__)
@@ -132,26 +131,40 @@ def engine_dir_for_run(
     engine directory, a damaged file...). ``build=False`` only checks: a directory that would need a
     (re)build raises :class:`~virnucpro_trt.errors.EngineMismatchError`.
     """
-    from virnucpro_trt.engines.engine_set import check_engine_set
-
     choice = _engine_choice(encoders, engines, engine_cache)
     if choice is None:
         return None
     backend, folder = choice
     device = resolve_device(encoders.device)
     may_rebuild = build and (rebuild or engines is None)
-    settings = _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None
-    checked = check_engine_set(folder, device, specs, settings)
-    if settings is not None and _asks_other(encoders, backend, checked.backend, checked.precision):
-        _rebuild_as_asked(settings, checked.backend, checked.precision)
-        checked = check_engine_set(folder, device, specs, None)
-    refuse_other_engines(encoders, backend, folder, checked.backend, checked.precision)
+    checked = _checked_engines(encoders, specs, device, folder, backend, may_rebuild)
     if device.type == "cuda":  # the build's models are gone; give their memory back to the workers
         torch.cuda.empty_cache()
     return checked
 
 
-_BUILD_FIELDS = {"dnabert-s": "dnabert", "esm2": "esm", "classifier": "classifier"}  # BuildSettings' names
+def _checked_engines(
+    encoders: EncoderSettings,
+    specs: dict[str, str | None],
+    device: torch.device,
+    folder: Path,
+    backend: str,
+    may_rebuild: bool,
+) -> CheckedEngines:
+    """The one check of an engine folder before anything in it loads. A folder that may be rebuilt
+    (predict's OUTDIR/engines, or one named with --rebuild) is rebuilt when it does not fit this machine,
+    these libraries or the weights named, or holds another backend or precision than asked; one that may
+    not is refused for any of these (:func:`refuse_other_engines` for the last two)."""
+    from virnucpro_trt.engines.engine_set import check_engine_set, rebuild_engine_set
+
+    settings = _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None
+    checked = check_engine_set(folder, device, specs, settings)
+    if settings is not None and _asks_other(encoders, backend, checked.backend, checked.precision):
+        built, asked = f"{checked.backend} {checked.precision}", f"{settings.backend} {settings.precision}"
+        rebuild_engine_set(folder, specs, settings, f"they are {built}, {asked} asked")
+        checked = check_engine_set(folder, device, specs, None)
+    refuse_other_engines(encoders, backend, folder, checked.backend, checked.precision)
+    return checked
 
 
 def _asks_other(encoders: EncoderSettings, backend: str, built_backend: str, built_precision: str) -> bool:
@@ -162,21 +175,6 @@ def _asks_other(encoders: EncoderSettings, backend: str, built_backend: str, bui
     except EngineMismatchError:
         return True
     return False
-
-
-def _rebuild_as_asked(settings: BuildSettings, built_backend: str, built_precision: str) -> None:
-    """Build the set asked for into a folder that may be rebuilt (predict's OUTDIR/engines, or a set
-    named with --rebuild) which holds another backend's or precision's."""
-    from virnucpro_trt.engines.build import build_engines
-
-    missing = [m.flag for kind, m in MODELS.items() if not getattr(settings, _BUILD_FIELDS[kind])]
-    if missing:
-        raise UserError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
-    log.warning(
-        "rebuilding engines in %s: they are %s %s, %s %s asked",
-        settings.outdir, built_backend, built_precision, settings.backend, settings.precision,
-    )  # fmt: skip
-    build_engines(settings)  # replace_changed: builds whatever the folder holds
 
 
 def refuse_other_engines(
@@ -315,16 +313,10 @@ def _open_engines(
 ) -> RunModels:
     from virnucpro_trt.engines.engine_set import open_engine_set
 
-    rebuild = _build_settings(encoders, specs, device, folder, backend) if may_rebuild else None
-    engine_set = open_engine_set(folder, device, specs, rebuild, checked)
+    if checked is None:  # checked (and rebuilt if it may be and must) before anything loads
+        checked = _checked_engines(encoders, specs, device, folder, backend, may_rebuild)
+    engine_set = open_engine_set(folder, device, specs, None, checked)  # a set changed since: refused
     manifest = engine_set.manifest
-    if rebuild is not None and checked is None and _asks_other(
-        encoders, backend, manifest.backend, manifest.precision
-    ):
-        _rebuild_as_asked(rebuild, manifest.backend, manifest.precision)
-        engine_set = open_engine_set(folder, device, specs, None, None)
-        manifest = engine_set.manifest
-    refuse_other_engines(encoders, backend, folder, manifest.backend, manifest.precision)
     # The engine set's encoders carry the build's budget; --max-batch-tokens overrides it.
     loaded = {
         kind: dataclasses.replace(enc, max_batch_tokens=encoders.max_batch_tokens or enc.max_batch_tokens)
