@@ -18,6 +18,7 @@ from virnucpro_trt.files.ownership import (
     RECORD,
     changed_since,
     check_replaceable,
+    made_from,
     output_entry,
     record_path,
     record_written,
@@ -169,6 +170,26 @@ def test_records_keep_other_outputs_and_drop_removed_ones(tmp_path: Path) -> Non
     a.unlink()
     record_written([b])
     assert sorted(json.loads(record_path(tmp_path).read_text())["files"]) == ["b.h5"]
+
+
+def test_outputs_are_made_from_a_key_only_when_every_one_is_unchanged_and_recorded_with_it(
+    tmp_path: Path,
+) -> None:
+    """``made_from``: every target unchanged and recorded with an equal ``key``; no target, one of another
+    key or none, one changed since, or an entry of another shape is not made (compute again)."""
+    one, two = _write(tmp_path / "a.fa"), _write(tmp_path / "b.faa")
+    key = {"command": "prepare", "version": "1", "chunk_length": 500}
+    record_written([one, two], made={"key": key})
+    assert made_from([one, two], key) and made_from([one], dict(key))
+    assert not made_from([], key)
+    assert not made_from([one, two], {**key, "chunk_length": 300})
+    record_written([two], made={"key": [key]})
+    assert made_from([one], key) and not made_from([one, two], key)
+    record_written([two], made={"key": key})
+    _write(two, b"edited\n")
+    assert not made_from([one, two], key)
+    record_written([two])  # recorded without what it was made from
+    assert not made_from([one, two], key)
 
 
 def test_changed_since_is_predicts_rule_too(tmp_path: Path) -> None:

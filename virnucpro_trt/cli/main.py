@@ -159,7 +159,10 @@ def cli(verbose: int, quiet: bool, log_file: Path | None) -> None:
 @click.argument("input_path", metavar="INPUT")
 @outdir_option("Output folder for identified_nucleotide.fa and identified_protein.faa.")
 @chunk_length_option()
-@replace_option
+@replace_option(
+    also="A rerun onto its own unchanged files made from the same input bytes and chunk length writes "
+    "nothing (UP TO DATE); with --force it writes them again."
+)
 @logging_options
 def prepare(input_path: str, outdir: Path, chunk_length: str, force: bool) -> None:
     """Chunk reads and keep stop-free frames, writing upstream's two FASTA files.
@@ -168,14 +171,15 @@ def prepare(input_path: str, outdir: Path, chunk_length: str, force: bool) -> No
     """
     from virnucpro_trt.pipeline.prepare import run_prepare
 
-    counts = run_prepare(input_path, outdir, int(chunk_length), force)
-    log.info(
-        "PASSED: %d records -> %d chunks -> %d kept frames in %s",
-        counts["records"],
-        counts["chunks"],
-        counts["frames"],
-        outdir,
-    )
+    summary = run_prepare(input_path, outdir, int(chunk_length), force)
+    found = (summary.records, summary.chunks, summary.frames, outdir)
+    if summary.computed:
+        log.info("PASSED: %d records -> %d chunks -> %d kept frames in %s", *found)
+    else:
+        log.info(
+            "UP TO DATE: %d records -> %d chunks -> %d kept frames in %s (made from the same input and "
+            "chunk length; --force writes them again)", *found,
+        )  # fmt: skip
 
 
 @cli.command(context_settings=_CONTEXT)
@@ -562,7 +566,10 @@ def env(as_json: bool) -> None:
 @cli.command("convert-classifier", context_settings=_CONTEXT)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=OutputPath(dir_okay=False, path_type=Path))
-@replace_option
+@replace_option(
+    also="A rerun onto its own unchanged output converted from the same checkpoint bytes writes nothing "
+    "(UP TO DATE); with --force it converts again."
+)
 @logging_options
 def convert_classifier(checkpoint: Path, output: Path, force: bool) -> None:
     """Convert upstream's pickled classifier (read safely, no code runs) to .safetensors.
@@ -571,8 +578,14 @@ def convert_classifier(checkpoint: Path, output: Path, force: bool) -> None:
     """
     from virnucpro_trt.pipeline.convert import run_convert_classifier
 
-    weights = run_convert_classifier(checkpoint, output, force)
-    log.info("PASSED: %s -> %s (input width %d)", checkpoint, output, weights.input_dim)
+    summary = run_convert_classifier(checkpoint, output, force)
+    if summary.computed:
+        log.info("PASSED: %s -> %s (input width %d)", checkpoint, output, summary.input_dim)
+    else:
+        log.info(
+            "UP TO DATE: %s -> %s (input width %d; converted from the same checkpoint; --force converts "
+            "it again)", checkpoint, output, summary.input_dim,
+        )  # fmt: skip
 
 
 @cli.command(context_settings=_CONTEXT)

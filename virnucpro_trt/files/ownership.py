@@ -7,7 +7,9 @@ The one rule for every command that writes results, from predict's (``predict`` 
 * each file the tool writes is recorded with its size and SHA-256 (:func:`output_entry`); ``RECORD``
   adds its stat stamp, so an untouched file is not hashed again (``files/stamps.py``);
 * a file at an output path is replaced when a record lists it and it still has the recorded size and
-  SHA-256 (:func:`changed_since`): rerunning a command onto its own earlier output just works;
+  SHA-256 (:func:`changed_since`): rerunning a command onto its own earlier output just works; an entry
+  may also keep what the file was made from (``made``), so that ``prepare``, ``embed`` and
+  ``convert-classifier`` run again onto their own unchanged output compute nothing (:func:`made_from`);
 * an empty regular file is replaced too: it holds nothing to lose, and it is what ``mktemp`` or a
   workflow manager's touched placeholder leaves at an output path before the command runs;
 * anything else there (a user's file, an output edited since, a symbolic link) is refused with one
@@ -226,6 +228,18 @@ def recorded_made(target: Path) -> object:
     if changed_since(target.parent, target.name, entry) is not None:
         return None
     return entry.get("made")
+
+
+def made_from(targets: Iterable[Path], key: object) -> bool:
+    """Whether every file of ``targets`` is still the one its record lists, recorded as made from ``key``
+    (the ``key`` of the ``made`` given to :func:`record_written`): a rerun's own finished outputs.
+
+    Each entry counts only when its ``key`` equals the one this run would record (JSON values compared
+    for equality, :func:`recorded_made`): a value of another shape, another command's or another
+    version's is a difference, so the caller computes again; it is never read for anything else.
+    """
+    found = [recorded_made(target) for target in targets]
+    return bool(found) and all(isinstance(made, dict) and made.get("key") == key for made in found)
 
 
 @contextlib.contextmanager

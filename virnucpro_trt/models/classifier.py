@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ from torch.nn import functional as F
 
 from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.files.atomic import write_bytes_atomic
+from virnucpro_trt.files.bounded_read import open_regular
+from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.models.config_checks import MAX_LAYER_NORM_EPS, as_float, show_value
 from virnucpro_trt.models.identity import WeightsIdentity, confirm_checkpoint, confirm_still
 from virnucpro_trt.models.pickle_guard import MAX_CLASSIFIER_BYTES, PickledObject, restricted_torch_load
@@ -52,6 +55,8 @@ _REQUIRED = (
     "output_layer.bias",
 )
 _EPS_KEY = "bn1.eps"
+_FORMAT = "virnucpro-classifier"  # our .safetensors files' metadata "format"
+_MAX_HEADER_BYTES = 1 << 16  # a safetensors header converted_input_width reads
 MAX_BN_EPS = MAX_LAYER_NORM_EPS  # the encoders' bound on their normalisation epsilons (torch's default: 1e-5)
 
 
@@ -366,13 +371,48 @@ def save_classifier_safetensors(
     temporary file as soon as it exists (a run lock notes it).
     """
     meta = {
-        "format": "virnucpro-classifier",
+        "format": _FORMAT,
         "version": "1",
         "bn_eps": repr(weights.bn_eps),
         "source": source,
     }
     data = safetensors_bytes({k: v.contiguous() for k, v in weights.tensors.items()}, metadata=meta)
     write_bytes_atomic(Path(path), _sorted_header(data), on_create)
+
+
+def converted_input_width(path: Path) -> int | None:
+    """The input width of the classifier ``convert-classifier`` wrote at ``path``, read from the
+    safetensors header alone; None when the file does not begin as such a file does.
+
+    The file is read as hostile (its record is anyone's to edit): at most :data:`_MAX_HEADER_BYTES` of
+    header (ours is under 2 kB), JSON whose metadata names our format, and ``hidden_layer.weight`` fp32
+    of shape [hidden, input], positive integers whose bytes are the span the header gives it, inside a
+    file of at most :data:`MAX_CLASSIFIER_BYTES`: the width printed is one the file's tensor has.
+    """
+    try:
+        with os.fdopen(open_regular(path), "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            length = int.from_bytes(handle.read(8), "little")
+            if size > MAX_CLASSIFIER_BYTES or not 2 <= length <= min(_MAX_HEADER_BYTES, size - 8):
+                return None
+            header = parse_json(handle.read(length))
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
+        return None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    tensor = header.get("hidden_layer.weight") if isinstance(header, dict) else None
+    if not (isinstance(meta, dict) and meta.get("format") == _FORMAT and isinstance(tensor, dict)):
+        return None
+    shape, span = tensor.get("shape"), tensor.get("data_offsets")
+    if tensor.get("dtype") != "F32" or not (_positive_ints(shape, 2) and _positive_ints(span, 2, 0)):
+        return None
+    if span[1] - span[0] != 4 * shape[0] * shape[1] or 8 + length + span[1] > size:
+        return None
+    return int(shape[1])
+
+
+def _positive_ints(value: object, n: int, minimum: int = 1) -> TypeGuard[list[int]]:
+    """Whether ``value`` (hostile JSON) is a list of ``n`` integers >= ``minimum`` (``true`` is none)."""
+    return isinstance(value, list) and len(value) == n and all(type(v) is int and v >= minimum for v in value)
 
 
 def _sorted_header(data: bytes) -> bytes:
