@@ -118,6 +118,16 @@ def test_another_version_computes_again(proteins, esm_copy, tmp_path, monkeypatc
     assert again.code == 0 and "PASSED" in again.stderr, again.stderr
 
 
+def test_another_torch_release_computes_again(proteins, esm_copy, tmp_path, monkeypatch):
+    """Eager embeddings are made by a torch release too (another may pick other kernels)."""
+    out = tmp_path / "emb.h5"
+    assert _embed(proteins, esm_copy, out).code == 0
+    assert "UP TO DATE" in _embed(proteins, esm_copy, out).stderr
+    monkeypatch.setattr(embed_module, "eager_torch_release", lambda: "0.0.0+other")
+    again = _embed(proteins, esm_copy, out)
+    assert again.code == 0 and "PASSED" in again.stderr, again.stderr
+
+
 def test_an_output_changed_since_is_still_refused(proteins, esm_copy, tmp_path):
     out = tmp_path / "emb.h5"
     assert _embed(proteins, esm_copy, out).code == 0

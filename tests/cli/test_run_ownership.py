@@ -116,7 +116,29 @@ def test_a_classifier_swapped_between_a_sigkill_and_the_rerun_is_refused(models,
     assert _same_results(reference, out)
     run = json.loads((out / "run.json").read_text())
     assert run["shards"]["skipped"] >= finished
-    assert set(run["model_identity"]) == {"dnabert-s", "esm2", "classifier", "engines"}
+    assert set(run["model_identity"]) == {"dnabert-s", "esm2", "classifier", "engines", "torch"}
+
+
+def test_an_eager_run_of_another_torch_release_is_another_run(models, reads, tmp_path, monkeypatch):
+    """An eager run's results come from the torch release that computed them (another may pick other
+    kernels): a finished run is not reused, nor its shards resumed, under another release, as with other
+    weights; an engine set pins its libraries in its manifest instead."""
+    from virnucpro_trt.pipeline import predict as predict_module
+
+    out = tmp_path / "out"
+    assert run_cli(*_args(models, reads, out, "--keep-work")).code == 0
+    release = json.loads((out / "run.json").read_text())["model_identity"]["torch"]
+    assert release == predict_module.eager_torch_release() and release
+    monkeypatch.setattr(predict_module, "eager_torch_release", lambda: "0.0.0+other")
+    rerun = run_cli(*_args(models, reads, out))
+    assert rerun.code == 2 and "configuration: torch" in _errors(rerun)[0], rerun.stderr
+    (out / "run.json").unlink()  # what a kill before run.json leaves: finished shards only
+    (out / "prediction_results.txt").unlink()
+    resumed = run_cli(*_args(models, reads, out))
+    assert resumed.code == 2 and "(torch changed since)" in _errors(resumed)[0], resumed.stderr
+    forced = run_cli(*_args(models, reads, out, "--force"))
+    assert forced.code == 0, forced.stderr
+    assert json.loads((out / "run.json").read_text())["model_identity"]["torch"] == "0.0.0+other"
 
 
 def test_force_discards_shards_of_other_weights(models, reads, tmp_path):

@@ -35,7 +35,7 @@ from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run, open_models
 from virnucpro_trt.pipeline.inputs import readable_input, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
-from virnucpro_trt.runtime.device import resolve_device
+from virnucpro_trt.runtime.device import eager_torch_release, resolve_device
 from virnucpro_trt.sequences.reader import read_records
 from virnucpro_trt.settings import EmbedSettings
 
@@ -145,11 +145,12 @@ def _made(settings: EmbedSettings, input_sha256: str, previous: object) -> tuple
 
     ``key`` decides whether a finished output is this run's: the tool's version, the input's SHA-256,
     the settings fingerprint (:meth:`EmbedSettings.fingerprint`) and the model's content identity: the
-    checkpoint's hash, or the engine set's identity after its checks (a set that needs building is
-    built first, or refused, exactly as loading it would). ``weights`` keeps the checkpoint's file
-    stamps, so a rerun onto unchanged files hashes nothing (~6 GB for ESM-2 3B); a recorded value of
-    another shape is ignored. The record is anyone's to edit (stamps copied beside a made-up hash), so
-    embeddings computed after all are recorded with a hash taken now (``previous`` None).
+    checkpoint's hash with the torch release that computes with it, or the engine set's identity after
+    its checks (a set that needs building is built first, or refused, exactly as loading it would).
+    ``weights`` keeps the checkpoint's file stamps, so a rerun onto unchanged files hashes nothing (~6 GB
+    for ESM-2 3B); a recorded value of another shape is ignored. The record is anyone's to edit (stamps
+    copied beside a made-up hash), so embeddings computed after all are recorded with a hash taken now
+    (``previous`` None).
     """
     kind = ENCODERS[settings.model].name
     device_type = resolve_device(settings.encoders.device).type
@@ -169,7 +170,7 @@ def _made(settings: EmbedSettings, input_sha256: str, previous: object) -> tuple
     recorded = previous.get("weights") if isinstance(previous, dict) else None
     path = resolve_model(settings.weights, MODELS[kind].short)
     weights = identify_checkpoint(kind, path, WeightsIdentity.from_json(recorded))
-    key["model"] = {"weights_sha256": weights.sha256}
+    key["model"] = {"weights_sha256": weights.sha256, "torch": eager_torch_release()}
     return RunWeights(weights={kind: weights}), {"key": key, "weights": weights.to_json()}
 
 

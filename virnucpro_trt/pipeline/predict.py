@@ -75,6 +75,7 @@ from virnucpro_trt.runtime.coordinator import (
     RunInterrupted,
     plan_worker_slots,
 )
+from virnucpro_trt.runtime.device import eager_torch_release
 from virnucpro_trt.runtime.progress import ProgressTasks, SilentProgress
 from virnucpro_trt.runtime.resume import WORK_DIR, WorkDir, changed_models
 from virnucpro_trt.runtime.shard_marker import ShardMarker, result_roles
@@ -437,7 +438,7 @@ def _identify_models(
 
     With engines: the weights the set was built from and the set itself (its files were just checked).
     Eager: each checkpoint's hash, reusing an earlier attempt's (``recorded``, or ``.work``'s) where the
-    files carry its stamps.
+    files carry its stamps, and the torch release that computes with them (``eager_torch_release``).
     """
     if engines is not None:
         manifest = EngineManifest.read(engines.folder)
@@ -452,6 +453,7 @@ def _identify_models(
         weights[kind] = identify_checkpoint(kind, path, WeightsIdentity.from_json(recorded.get(kind)))
     identity = {kind: w.sha256 for kind, w in weights.items()}
     identity["engines"] = None
+    identity["torch"] = eager_torch_release()
     return RunWeights(weights=weights), identity
 
 

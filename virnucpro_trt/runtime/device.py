@@ -59,6 +59,14 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
+def eager_torch_release() -> str:
+    """The torch release (its CUDA build tag included) an eager run computes with, kept in the identity
+    of what it computes (predict's resume key and finished-run rule, merge's check of parts, embed's
+    skip): another release may pick other kernels, so results of two are never mixed or reused as one
+    run's. An engine set needs no such entry: its manifest pins the libraries it runs on."""
+    return torch.__version__
+
+
 def configure_fp32_reference() -> None:
     """Keep fp32 exact: no TF32 in matmuls/convolutions (upstream ran plain fp32)."""
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -73,8 +73,9 @@ WORK_NAMES: dict[str, tuple[re.Pattern[str], tuple[str, ...]]] = {
 
 
 def changed_models(recorded: Any, identity: dict[str, str | None]) -> str:
-    """The models (``dnabert-s``, ``esm2``, ``classifier``, ``engines``) whose identity differs from the
-    ``recorded`` one (a state file's or run.json's, read as hostile), for messages."""
+    """The models (``dnabert-s``, ``esm2``, ``classifier``, ``engines``; an eager run's ``torch`` release)
+    whose identity differs from the ``recorded`` one (a state file's or run.json's, read as hostile), for
+    messages."""
     old = recorded if isinstance(recorded, dict) else {}
     return ", ".join(k for k in identity if old.get(k) != identity[k]) or "model identity"
 
