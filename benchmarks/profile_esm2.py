@@ -231,7 +231,7 @@ def _open_engine(precision: str, args: argparse.Namespace, ctx: dict[str, Any]) 
         "dir": str(folder),
         "source": source,
         "backend": manifest.backend,
-        "build_s": manifest.build.get("seconds"),
+        "build_s": manifest.build.seconds,
         "attention": entry.facts.get("attention"),  # what the engine calls, not what `--attention` asked
         "extern_kernels": entry.facts.get("extern_kernels"),
         "inductor_configs": {
@@ -239,7 +239,7 @@ def _open_engine(precision: str, args: argparse.Namespace, ctx: dict[str, Any]) 
             for k, v in (entry.facts.get("inductor_configs") or {}).items()
             if k != "aot_inductor.metadata"
         },
-        "build_parity": entry.parity,
+        "build_parity": entry.parity.to_json() if entry.parity is not None else {},
     }
     return engines.esm.backend, facts
 

@@ -345,6 +345,30 @@ def test_manifest_names_leading_out_of_the_folder_are_refused(engine_dir, reads_
     assert not (tmp_path / "out").exists()
 
 
+def test_a_device_build_or_gate_block_of_another_shape_is_refused_in_one_line(
+    engine_dir, reads_fasta, tmp_path
+):
+    """The manifest's device, build and parity blocks are typed where they are read: one of another shape
+    stops predict in one line before anything loads (each of these ran, read as a dict)."""
+    engines = _copy_engines(engine_dir, tmp_path / "engines")
+    original = (engines / "manifest.json").read_text()
+    edits = [
+        (lambda m: m["device"].update(instruction_sets="avx2"), "device.instruction_sets: not a list"),
+        (lambda m: m.update(build=[]), "build: not an object"),
+        (lambda m: m["build"].update(command="virnucpro-trt build"), "build.command: not a list"),
+        (
+            lambda m: m["models"]["esm2"]["parity"].update(passed="yes"),
+            "esm2.parity.passed: not true or false",
+        ),
+    ]
+    for edit, said in edits:
+        manifest = json.loads(original)
+        edit(manifest)
+        (engines / "manifest.json").write_text(json.dumps(manifest))
+        _refused(_predict_with(engines, reads_fasta, tmp_path / "out"), said)
+        assert not (tmp_path / "out").exists()
+
+
 def test_a_failed_gate_is_said_and_an_edited_vocabulary_size_is_refused(engine_dir, reads_fasta, tmp_path):
     """An engine that failed its parity gate (kept by ``build --keep-failing``) runs, with one warning
     (it ran silently); a vocabulary smaller than the tokenizer's ids contradicts the files the hashes

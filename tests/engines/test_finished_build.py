@@ -17,6 +17,7 @@ from tests.cli.helpers import build_tiny
 from virnucpro_trt.engines.build import BuildPlan, BuildSettings, device_facts
 from virnucpro_trt.engines.manifest import (
     SEAL_KEY,
+    EngineDevice,
     EngineManifest,
     Present,
     manifest_mismatches,
@@ -149,6 +150,10 @@ def _budget_as_float(out, manifest):
     manifest["build"]["max_batch_tokens"] = 512.0
 
 
+def _budget_changed(out, manifest):
+    manifest["build"]["max_batch_tokens"] = 1024
+
+
 def _other_cpu(out, manifest):
     manifest["device"]["instruction_sets"] = [*manifest["device"]["instruction_sets"], "avx10_2"]
 
@@ -166,7 +171,8 @@ def _other_exporter(out, manifest):
         (_wrong_pad, "is not its tokenizer's"),
         (_stale_left, "an earlier build's files are still to be removed"),
         (_other_version, "virnucpro-trt version: built 0.0.1"),
-        (_budget_as_float, "token budget: built 512.0, asked 512"),
+        (_budget_as_float, "build.max_batch_tokens 512.0 (float) is not a token budget"),  # not read
+        (_budget_changed, "token budget: built 1024, asked 512"),
         (_other_cpu, "device: built {'instruction_sets'"),
         (_other_exporter, "dnabert-s exported with: built {'torch': '1.0.0'}"),
     ],
@@ -179,7 +185,7 @@ def test_a_set_a_run_would_refuse_or_another_recipe_made_is_built_again(
     assert any(said in d for d in differences), differences
 
 
-@pytest.mark.parametrize("edit", [_wrong_pad, _budget_as_float, _other_version])
+@pytest.mark.parametrize("edit", [_wrong_pad, _budget_changed, _other_version])
 def test_any_edit_of_the_manifest_breaks_its_seal(tiny_set, built, tmp_path, edit) -> None:
     """An edited manifest may be one predict refuses in ways the comparisons above do not foresee (a
     dimension, a tokenizer dropped): a manifest not as its build wrote it is never a finished set."""
@@ -245,12 +251,14 @@ def test_a_cpu_engine_of_compiled_code_is_refused_on_a_cpu_lacking_its_instructi
 
     manifest = EngineManifest.read(built)
     here = device_facts(torch.device("cpu"))
-    assert manifest.device["instruction_sets"] == here["instruction_sets"] == cpu_instruction_sets()
-    manifest.device["instruction_sets"] = [*here["instruction_sets"], "avx10_2", "amx_tile"]
+    assert manifest.device == here and here.instruction_sets == tuple(cpu_instruction_sets())
+    assert isinstance(here, EngineDevice)
+    built_on = dataclasses.replace(here, instruction_sets=(*here.instruction_sets, "avx10_2", "amx_tile"))
+    manifest.device = built_on
     compiled = Present(here, {}, {}, native_cpu_code=True)
     assert manifest_mismatches(manifest, compiled) == [
         "built on a CPU with instructions this one lacks (amx_tile, avx10_2)"
     ]
     assert manifest_mismatches(manifest, Present(here, {}, {}, native_cpu_code=False)) == []
-    manifest.device["instruction_sets"] = here["instruction_sets"][:3]  # built on an older CPU: runs here
+    manifest.device = dataclasses.replace(here, instruction_sets=here.instruction_sets[:3])  # an older CPU
     assert manifest_mismatches(manifest, compiled) == []

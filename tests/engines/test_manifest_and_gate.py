@@ -12,6 +12,8 @@ import torch
 from virnucpro_trt.engines import registry
 from virnucpro_trt.engines.manifest import (
     SCHEMA_VERSION,
+    BuildFacts,
+    EngineDevice,
     EngineManifest,
     ModelEntry,
     Present,
@@ -23,7 +25,7 @@ from virnucpro_trt.engines.parity import UNPADDED_COPIES, compare, run_parity, s
 from virnucpro_trt.engines.spec import ShapeRange, artifact_name, default_shape_range
 from virnucpro_trt.errors import EngineMismatchError, UserError
 
-H200 = {"type": "cuda", "arch": "sm90", "name": "NVIDIA H200", "compute_capability": "9.0"}
+H200 = EngineDevice("cuda", "sm90", "NVIDIA H200", compute_capability="9.0")
 
 
 FAKE_SHA = "0" * 64
@@ -61,7 +63,7 @@ def _manifest(**overrides) -> EngineManifest:
     fields = {
         "backend": "inductor",
         "precision": "bf16",
-        "device": dict(H200),
+        "device": H200,
         "libraries": {"torch": "2.11.0"},
         "models": models,
     }
@@ -81,21 +83,21 @@ def test_round_trip(tmp_path):
 
 
 def test_compatible_present_has_no_mismatch():
-    present = Present(dict(H200), {"torch": "2.11.0"}, {"esm2": "aaa", "classifier": "ccc"})
+    present = Present(H200, {"torch": "2.11.0"}, {"esm2": "aaa", "classifier": "ccc"})
     assert manifest_mismatches(_manifest(), present) == []
 
 
 @pytest.mark.parametrize(
     ("present", "needle"),
     [
-        (Present({"type": "cpu", "arch": "cpu", "name": "cpu"}, {"torch": "2.11.0"}, {}), "built for cuda"),
+        (Present(EngineDevice("cpu", "cpu", "cpu"), {"torch": "2.11.0"}, {}), "built for cuda"),
         (
-            Present({**H200, "arch": "sm80", "name": "A100"}, {"torch": "2.11.0"}, {}),
+            Present(dataclasses.replace(H200, arch="sm80", name="A100"), {"torch": "2.11.0"}, {}),
             "(sm90), running on A100",
         ),
-        (Present(dict(H200), {"torch": "2.13.0"}, {}), "built with torch 2.11.0, found 2.13.0"),
-        (Present(dict(H200), {"torch": "2.11.0"}, {"esm2": "bbb"}), "esm2 weights differ"),
-        (Present(dict(H200), {"torch": "2.11.0"}, {"dnabert-s": "x"}), "dnabert-s weights differ"),
+        (Present(H200, {"torch": "2.13.0"}, {}), "built with torch 2.11.0, found 2.13.0"),
+        (Present(H200, {"torch": "2.11.0"}, {"esm2": "bbb"}), "esm2 weights differ"),
+        (Present(H200, {"torch": "2.11.0"}, {"dnabert-s": "x"}), "dnabert-s weights differ"),
     ],
 )
 def test_each_mismatch_is_named(present, needle, tmp_path):
@@ -106,8 +108,8 @@ def test_each_mismatch_is_named(present, needle, tmp_path):
 
 
 def test_hardware_compatible_engines_ignore_the_arch():
-    manifest = _manifest(build={"hardware_compatible": True})
-    present = Present({**H200, "arch": "sm80"}, {"torch": "2.11.0"}, {})
+    manifest = _manifest(build=BuildFacts(hardware_compatible=True))
+    present = Present(dataclasses.replace(H200, arch="sm80"), {"torch": "2.11.0"}, {})
     assert manifest_mismatches(manifest, present) == []
 
 
@@ -314,10 +316,12 @@ def test_hostile_numbers_and_a_linked_manifest_are_refused_before_any_engine_run
     for name, value in bad:
         with pytest.raises(ValueError, match=f"{name}: not an integer"):
             ShapeRange.from_json({**shapes, name: value})
-    for budget in ("abc", [1], -5, 10**15, 1e300):
-        manifest = _manifest(build={"max_batch_tokens": budget})
+    for budget in ("abc", [1], -5, 10**15, 1e300, 512.0, 0, None):
+        data = _manifest().to_json()
+        data["build"]["max_batch_tokens"] = budget
+        (tmp_path / "manifest.json").write_text(json.dumps(data))
         with pytest.raises(EngineMismatchError, match=r"build\.max_batch_tokens .* is not a token budget"):
-            engine_set._load(tmp_path, manifest, torch.device("cpu"))
+            engine_set.check_engine_set(tmp_path, torch.device("cpu"), {})
     elsewhere = tmp_path / "elsewhere.json"
     elsewhere.write_text(json.dumps(_manifest().to_json()))
     (tmp_path / "set").mkdir()

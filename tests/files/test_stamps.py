@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 
 from virnucpro_trt.engines.checkpoint_hashes import present_weights
-from virnucpro_trt.engines.manifest import EngineManifest, ModelEntry
+from virnucpro_trt.engines.manifest import EngineDevice, EngineManifest, ModelEntry
 from virnucpro_trt.files.digests import sha256_file, sha256_of_files
 from virnucpro_trt.files.stamps import stamp_files, unchanged
 from virnucpro_trt.models import identity
 from virnucpro_trt.models.checkpoint_io import checkpoint_files
+
+CPU = EngineDevice("cpu", "cpu", "cpu")
 
 
 def _file(path: Path, data: bytes) -> Path:
@@ -74,7 +76,7 @@ def _manifest(tiny_esm: Path, classifier: Path, esm_sha: str, classifier_sha: st
             "classifier", "c.safetensors", classifier_sha, str(classifier), source_stamp=classifier_stamp
         ),
     }
-    return EngineManifest("onnxruntime", "fp32", {"type": "cpu"}, {}, entries)
+    return EngineManifest("onnxruntime", "fp32", CPU, {}, entries)
 
 
 def test_check_reuses_the_recorded_digest_only_for_unchanged_files(
@@ -114,7 +116,7 @@ def test_check_reuses_the_recorded_digest_only_for_unchanged_files(
     assert present_weights(specs, manifest)["classifier"] != classifier_sha
     assert hashed == ["sha256_of_files", "sha256_of_files", "sha256_file"]
     assert present_weights(specs, None) == present_weights(specs, EngineManifest(
-        "onnxruntime", "fp32", {"type": "cpu"}, {}, {}
+        "onnxruntime", "fp32", CPU, {}, {}
     ))  # fmt: skip
 
 

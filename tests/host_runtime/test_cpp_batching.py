@@ -121,7 +121,7 @@ def test_default_budget_is_the_engines_and_the_max_batch_caps_a_batch(
     """300 short items fit 4096 tokens ~370 at a time, more than the engines' max batch of 256."""
     tokens = _tokens(engine_set, [31] * 300, [10] * 300, seed=5)
     batches, _, timing = _run(host_tool, engines, engine_set, tokens, tmp_path, "--print-batches")
-    budget = engine_set.manifest.build["max_batch_tokens"]
+    budget = engine_set.manifest.build.max_batch_tokens
     assert timing["max_batch_tokens"] == budget and timing["max_padding"] is None  # no cap by default
     want = _python_batches(engine_set, tokens, budget)
     assert [len(b) for b in want["esm2"]] == [256, 44]

@@ -33,6 +33,6 @@ def test_every_record_states_the_gpu_alike(one_h200: None, monkeypatch: pytest.M
     (listed,) = cuda_devices()
     assert listed == {"index": 0, "name": "NVIDIA H200", "compute_capability": "9.0", "memory_gib": 139.8}
     monkeypatch.setattr(build, "arch_tag", lambda device: "sm_90")
-    assert build.device_facts(cuda) == {
+    assert build.device_facts(cuda).to_json() == {
         "type": "cuda", "arch": "sm_90", "name": "NVIDIA H200", "compute_capability": "9.0",
     }  # fmt: skip

@@ -46,6 +46,7 @@ from virnucpro_trt.engines.manifest import MAX_MANIFEST_BYTES
 from virnucpro_trt.errors import UserError, one_line
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.models.kinds import ENCODER_NAMES
+from virnucpro_trt.models.parity_result import ParityResult
 from virnucpro_trt.runtime.frame_path import FrameModels
 from virnucpro_trt.settings import ENGINE_BACKENDS, EncoderSettings
 
@@ -251,22 +252,24 @@ def _open_engines(spec: ConfigSpec, ctx: OpenContext) -> Opened:
         if given:  # built for another GPU, other libraries or other weights: cannot run here
             raise Unavailable(one_line(exc, 400, name=False)) from None
         raise
-    manifest_build = run.engine_build
     budget = run.encoders["esm2"].max_batch_tokens
     source = "given" if given else ("reused" if before == _manifest_text(folder / MANIFEST_NAME) else "built")
-    manifest_models = {kind: run.encoders[kind].origin.parity or {} for kind in ENCODER_NAMES}
     engine = {
         "dir": str(folder),
         "source": source,
-        "build_s": manifest_build.get("seconds"),
-        "build_parity": {
-            kind: {k: parity.get(k) for k in ("min_cosine", "max_abs", "passed")}
-            for kind, parity in manifest_models.items()
-        },
+        "build_s": run.engine_build.seconds if run.engine_build is not None else None,
+        "build_parity": {kind: _gate_figures(run.encoders[kind].origin.parity) for kind in ENCODER_NAMES},
         "libraries": _manifest_libraries(folder),
     }
     batching = {"dnabert_max_batch_tokens": budget, "esm_max_batch_tokens": budget, "rule": "token budget"}
     return Opened(run.frame_models(), batching, engine, 0.0)
+
+
+def _gate_figures(parity: ParityResult | None) -> dict[str, Any]:
+    """An encoder's parity gate at build time, as its manifest records it (None each: no gate recorded)."""
+    if parity is None:
+        return dict.fromkeys(("min_cosine", "max_abs", "passed"))
+    return {"min_cosine": parity.min_cosine, "max_abs": parity.max_abs, "passed": parity.passed}
 
 
 def _manifest_libraries(folder: Path) -> dict[str, str]:

@@ -521,16 +521,17 @@ def build(
     for kind in ENCODER_NAMES if outcome.built else ():  # a set found made was gated when it was built
         entry = manifest.models[kind]
         parity = entry.parity
+        assert parity is not None  # the build gated every encoder it built
         log.info(
-            "%s: %s (parity: max |diff| %.3g, min cosine %.6f, %s)", kind, entry.artifact, parity["max_abs"],
-            parity["min_cosine"], "passed" if parity["passed"] else "FAILED (kept)",
+            "%s: %s (parity: max |diff| %.3g, min cosine %.6f, %s)", kind, entry.artifact, parity.max_abs,
+            parity.min_cosine, "passed" if parity.passed else "FAILED (kept)",
         )  # fmt: skip
     log.info(
         "%s: %s %s engines for %s in %s",
         "PASSED" if outcome.built else "UP TO DATE",
         manifest.backend,
         manifest.precision,
-        manifest.device.get("name"),
+        manifest.device.name,
         outdir,
     )
 

@@ -32,7 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +43,14 @@ from virnucpro_trt.engines.finished_build import build_differences
 from virnucpro_trt.engines.manifest import (
     CLASSIFIER_FILE,
     MANIFEST_NAME,
-    OWN_FILES_KEY,
-    STALE_FILES_KEY,
+    BuildFacts,
+    EngineDevice,
     EngineManifest,
     ModelEntry,
     now_iso,
     own_file_names,
     recorded_digests,
     recorded_stale,
-    stale_files,
 )
 from virnucpro_trt.engines.parity import reference_embeddings, run_parity, synthetic_tokens
 from virnucpro_trt.engines.registry import choose_backend
@@ -121,14 +120,13 @@ class BuildSettings:
         return cls(**{**data, "outdir": Path(data["outdir"])})
 
 
-def device_facts(device: torch.device) -> dict[str, Any]:
-    facts: dict[str, Any] = {"type": device.type, "arch": arch_tag(device)}
+def device_facts(device: torch.device) -> EngineDevice:
+    """``device`` as a manifest records it (and as a set's manifest is checked against)."""
+    arch = arch_tag(device)
     if device.type == "cuda":
         gpu = CudaProperties.of(device)
-        facts.update(name=gpu.name, compute_capability=gpu.compute_capability)
-    else:
-        facts.update(name="cpu", instruction_sets=cpu_instruction_sets())
-    return facts
+        return EngineDevice(device.type, arch, gpu.name, compute_capability=gpu.compute_capability)
+    return EngineDevice(device.type, arch, "cpu", instruction_sets=tuple(cpu_instruction_sets()))
 
 
 def _copy_tokenizer(
@@ -296,7 +294,7 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
             manifest = _build_into(settings, plan, staging, own, command)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    log.info("engines written to %s in %.1fs", out, float(manifest.build.get("seconds", 0.0)))
+    log.info("engines written to %s in %.1fs", out, manifest.build.seconds or 0.0)
     return BuildOutcome(manifest, built=True)
 
 
@@ -305,7 +303,7 @@ def _found_made(out: Path) -> BuildOutcome:
     manifest = EngineManifest.read(out)
     log.info(
         "%s already holds these engines (built %s from the same checkpoints and settings); nothing to "
-        "build (--force builds them again)", out, manifest.build.get("time"),
+        "build (--force builds them again)", out, manifest.build.time,
     )  # fmt: skip
     _warn_left_staging(out)
     return BuildOutcome(manifest, built=False)
@@ -371,20 +369,20 @@ def _build_into(
         device=device_facts(device),
         libraries=backend.library_versions(),
         models=entries,
-        build={
-            "time": now_iso(),
-            "backend_choice": reason,
-            "recipe_version": backend.recipe_version,
-            "max_batch_tokens": budget,
-            "hardware_compatible": settings.hardware_compatible,
-            "attention_option": settings.attention,  # asked; the models' facts say what each calls
-            "parity_failures_kept": failures,
-            "command": command or sys.argv,
-            "virnucpro_trt": __version__,
-        },
+        build=BuildFacts(
+            time=now_iso(),
+            backend_choice=reason,
+            recipe_version=backend.recipe_version,
+            max_batch_tokens=budget,
+            hardware_compatible=settings.hardware_compatible,
+            attention_option=settings.attention,  # asked; the models' facts say what each calls
+            parity_failures_kept=tuple(failures),
+            command=tuple(command or sys.argv),
+            virnucpro_trt=__version__,
+        ),
     )
     stale = _publish(staging, out, manifest, own)
-    manifest.build["seconds"] = round(time.perf_counter() - started, 1)
+    manifest.build = replace(manifest.build, seconds=round(time.perf_counter() - started, 1))
     manifest.write(staging)
     _rename_into(staging, out, MANIFEST_NAME)  # last: the folder is finished
     _remove_stale(out, stale)
@@ -413,8 +411,9 @@ def _publish(staging: Path, out: Path, manifest: EngineManifest, own: set[str]) 
         and not os.path.lexists(out / f"{name}{TRT_CACHE_SUFFIX}")  # its TensorRT cache still names it
     }  # fmt: skip
     kept = {n for n in own - {MANIFEST_NAME} if (out / n).is_file() and not (out / n).is_symlink()}
-    manifest.build[OWN_FILES_KEY] = sorted(kept.union(extra) - set(names) - set(stale))
-    manifest.build[STALE_FILES_KEY] = stale  # removed after the manifest (killed between: the next build)
+    own_files = tuple(sorted(kept.union(extra) - set(names) - set(stale)))
+    # stale_files: removed after the manifest (killed between: by the next build)
+    manifest.build = replace(manifest.build, own_files=own_files, stale_files=stale)
     return stale
 
 
@@ -432,7 +431,8 @@ def _earlier_set(out: Path) -> dict[str, str]:
         return {}
     entries = manifest.models.values()
     named = {name: entry.file_sha256[name] for entry in entries for name in entry.file_names()}
-    return {**stale_files(manifest.build), **named}  # and what that build left to remove, if it was killed
+    left = manifest.build.stale_files or {}  # what that build left to remove, if it was killed
+    return {**left, **named}
 
 
 def _remove_stale(out: Path, stale: dict[str, str]) -> None:
@@ -521,6 +521,6 @@ def _build_one(
         tokenizer=_copy_tokenizer(kind, tokenizer, path, folder),
         shapes=shapes.to_json(),
         files=[p.name for p in built.files if p != built.path],
-        parity=parity.to_json(),
+        parity=parity,
         facts=facts,
     ), dim

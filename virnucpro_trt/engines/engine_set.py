@@ -34,13 +34,12 @@ from virnucpro_trt.engines.registry import get_backend
 from virnucpro_trt.engines.spec import LoadRequest, ShapeRange
 from virnucpro_trt.engines.vocabularies import check_vocabularies
 from virnucpro_trt.errors import EngineMismatchError, UserError
-from virnucpro_trt.files.json_fields import FieldError, count
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS
 from virnucpro_trt.models.origin import EncoderOrigin
 from virnucpro_trt.models.tokenization import DnaTokenizer, ProteinTokenizer
 from virnucpro_trt.runtime.encoder import LoadedEncoder
-from virnucpro_trt.settings import DEFAULT_CPU_BATCH_TOKENS, MAX_BATCH_TOKENS
+from virnucpro_trt.settings import DEFAULT_CPU_BATCH_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,8 @@ def check_engine_set(
     load_classifier_weights(folder / manifest.models["classifier"].artifact)
     check_vocabularies(folder, manifest)
     for kind in ENCODER_NAMES:  # kept by `build --keep-failing`: used, but said once per run
-        if manifest.models[kind].parity.get("passed") is False:
+        parity = manifest.models[kind].parity
+        if parity is not None and not parity.passed:
             log.warning(
                 "the %s engine in %s failed its parity gate when it was built (kept by `build "
                 "--keep-failing`): its results may differ from the checkpoint's beyond the gate's rule",
@@ -179,14 +179,8 @@ def _read_or_none(folder: Path) -> EngineManifest | None:
 
 def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> EngineSet:
     backend = get_backend(manifest.backend)
-    given = manifest.build.get("max_batch_tokens") or DEFAULT_CPU_BATCH_TOKENS
-    try:  # checked here: a worker would fail on it at its first batch, three times
-        budget = count({"max_batch_tokens": given}, "max_batch_tokens", 16, MAX_BATCH_TOKENS)
-    except FieldError:
-        raise EngineMismatchError(
-            f"{folder}: the manifest's build.max_batch_tokens {given!r} is not a token budget (an integer "
-            f"from 16 to {MAX_BATCH_TOKENS})"
-        ) from None
+    # a budget the manifest records is one (BuildFacts.from_json): a worker would fail on any other
+    budget = manifest.build.max_batch_tokens or DEFAULT_CPU_BATCH_TOKENS
     encoders = {}
     for kind in ENCODER_NAMES:
         entry = manifest.models[kind]

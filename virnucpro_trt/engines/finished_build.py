@@ -27,12 +27,7 @@ from typing import TYPE_CHECKING
 
 from virnucpro_trt import __version__
 from virnucpro_trt.engines.checkpoint_hashes import present_weights
-from virnucpro_trt.engines.manifest import (
-    MANIFEST_NAME,
-    EngineManifest,
-    stale_files,
-    verify_files,
-)
+from virnucpro_trt.engines.manifest import MANIFEST_NAME, EngineDevice, EngineManifest, verify_files
 from virnucpro_trt.engines.spec import EngineBackend, default_shape_range
 from virnucpro_trt.engines.vocabularies import check_vocabularies
 from virnucpro_trt.errors import CheckpointError, EngineMismatchError
@@ -43,7 +38,7 @@ if TYPE_CHECKING:
 
 
 def build_differences(
-    settings: BuildSettings, device_facts: dict, backend: EngineBackend, budget: int
+    settings: BuildSettings, device_facts: EngineDevice, backend: EngineBackend, budget: int
 ) -> list[str]:
     """Why the set in ``settings.outdir`` is not the one this build would make (empty: it is).
 
@@ -62,7 +57,7 @@ def build_differences(
     if differences:  # before any hashing: a changed option is reason enough
         return differences
     differences += _weight_differences(manifest, settings)
-    if any(os.path.lexists(out / name) for name in stale_files(manifest.build)):
+    if any(os.path.lexists(out / name) for name in manifest.build.stale_files or {}):
         differences.append("an earlier build's files are still to be removed")
     if not differences:
         try:
@@ -74,19 +69,23 @@ def build_differences(
 
 
 def _setting_differences(
-    manifest: EngineManifest, settings: BuildSettings, device_facts: dict, backend: EngineBackend, budget: int
+    manifest: EngineManifest,
+    settings: BuildSettings,
+    device_facts: EngineDevice,
+    backend: EngineBackend,
+    budget: int,
 ) -> list[str]:
     build = manifest.build
     asked = {
         "virnucpro-trt version": (manifest.virnucpro_trt, __version__),
         "backend": (manifest.backend, backend.name),
-        "build recipe": (build.get("recipe_version"), backend.recipe_version),
+        "build recipe": (build.recipe_version, backend.recipe_version),
         "precision": (manifest.precision, settings.precision),
-        "device": (manifest.device, device_facts),
+        "device": (manifest.device.to_json(), device_facts.to_json()),
         "libraries": (manifest.libraries, backend.library_versions()),
-        "token budget": (build.get("max_batch_tokens"), budget),
-        "--hardware-compatible": (build.get("hardware_compatible"), settings.hardware_compatible),
-        "--attention": (build.get("attention_option"), settings.attention),
+        "token budget": (build.max_batch_tokens, budget),
+        "--hardware-compatible": (build.hardware_compatible, settings.hardware_compatible),
+        "--attention": (build.attention_option, settings.attention),
     }
     differences = [_differ(what, was, now) for what, (was, now) in asked.items() if _json(was) != _json(now)]
     for kind in ENCODER_NAMES:
@@ -97,9 +96,9 @@ def _setting_differences(
             differences.append(_differ(f"{kind} shapes", entry.shapes, shapes))
         elif exported is not None and _json(exported) != _json(now := _exporter_versions()):
             differences.append(_differ(f"{kind} exported with", exported, now))
-        elif entry.parity.get("passed") is not True:
+        elif entry.parity is None or not entry.parity.passed:
             differences.append(f"the {kind} engine did not pass its parity gate (kept by --keep-failing)")
-    if build.get("parity_failures_kept"):
+    if build.parity_failures_kept:
         differences.append("engines that failed their parity gate were kept")
     return differences
 

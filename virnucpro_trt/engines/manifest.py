@@ -14,6 +14,13 @@ the re-hash (:mod:`virnucpro_trt.files.stamps`).
 The manifest is also what tells a later ``build`` into the same folder which files are its own
 (:func:`own_file_names`): the files its models name plus ``build.own_files`` (by-products such as the
 TensorRT timing cache, and an earlier build's files still in the folder).
+
+Its blocks are typed where they are read: ``device`` is an :class:`EngineDevice`, ``build`` a
+:class:`BuildFacts`, each encoder's ``parity`` a :class:`~virnucpro_trt.models.parity_result.ParityResult`,
+each read from the JSON by bounded, typed readers (``files/json_fields.py``) that refuse a value of
+another type in one line. Keys this version does not know are ignored there, as in the rest of the
+manifest: a set built by an earlier version of schema 2 is still read (its ``build.attention``, since
+renamed ``attention_option``), and the seal covers every key.
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +38,24 @@ from virnucpro_trt.errors import EngineMismatchError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_bytes, sha256_file
-from virnucpro_trt.files.json_fields import parse_json
+from virnucpro_trt.files.json_fields import (
+    SHA256,
+    FieldError,
+    count,
+    flag,
+    obj,
+    parse_json,
+    seconds,
+    text,
+    texts,
+    within,
+)
 from virnucpro_trt.files.names import UnsafeMemberName, check_member_name, member_path
 from virnucpro_trt.files.stamps import Stamp, file_stamp
 from virnucpro_trt.models.config_checks import show_value
 from virnucpro_trt.models.kinds import MODEL_NAMES
+from virnucpro_trt.models.parity_result import ParityResult
+from virnucpro_trt.settings import MAX_BATCH_TOKENS
 
 MANIFEST_NAME = "manifest.json"
 CLASSIFIER_FILE = "classifier.safetensors"  # the name build gives an engine set's classifier
@@ -43,13 +63,153 @@ SCHEMA = "virnucpro-trt/engine-manifest"
 # 2: every file of an entry carries its SHA-256 (file_sha256) and build-time stamp (file_stamps).
 SCHEMA_VERSION = 2
 MAX_MANIFEST_BYTES = 8 << 20
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_VOCAB_SIZE = 1 << 24  # an encoder's vocabulary, as the C++ host bounds it (kMaxVocab)
 SEAL_KEY = "manifest_sha256"  # in ``build``: see :func:`manifest_seal`
 OWN_FILES_KEY = "own_files"  # in ``build``: further files of the folder that virnucpro-trt made
 # in ``build``: {name: SHA-256} of the earlier build's files this build removes once its manifest is in
 # place; recorded, so a build killed before it removed them leaves them known to the next build
 STALE_FILES_KEY = "stale_files"
+# Bounds on the device and build blocks, read as hostile (the file itself is at most MAX_MANIFEST_BYTES).
+MAX_FACT_CHARS = 1 << 16  # any text of them: a name, a time, the backend's reason, a parity failure
+MAX_ARGUMENT_CHARS = 1 << 17  # an item of build.command: the longest argument Linux passes (MAX_ARG_STRLEN)
+MAX_LISTED = 1 << 16  # items of build.command, own_files, stale_files, parity_failures_kept
+# device.instruction_sets as the C++ host bounds them (runtime/src/manifest.cpp, kMaxInstructionSets and
+# kMaxInstructionSetName): at most 4096 names of 1 to 64 letters, digits and "_.-"
+MAX_INSTRUCTION_SETS = 4096
+_INSTRUCTION_SET = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_BATCH_TOKENS = 16  # build's --max-batch-tokens takes 16 and up
+
+
+@dataclass(frozen=True)
+class EngineDevice:
+    """The manifest's ``device``: the device an engine set was built for (in :class:`Present`, the one a
+    run is on), as ``build.device_facts`` describes it."""
+
+    type: str  # torch's device type: "cuda" or "cpu"
+    arch: str  # "sm90" for compute capability 9.0, or "cpu": the part of an artifact's name it is bound to
+    name: str  # the GPU's name, or "cpu"
+    compute_capability: str | None = None  # a GPU's ("9.0")
+    # a CPU's instruction-set extensions, which AOTInductor compiles for (None: a set built before they
+    # were recorded)
+    instruction_sets: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": self.type, "arch": self.arch, "name": self.name}
+        if self.compute_capability is not None:
+            data["compute_capability"] = self.compute_capability
+        if self.instruction_sets is not None:
+            data["instruction_sets"] = list(self.instruction_sets)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> EngineDevice:
+        """The block :meth:`to_json` writes; :class:`FieldError` naming the first field that is missing,
+        of another type or out of bounds."""
+        data = obj(data, "device")
+        with within("device"):
+            capability, sets = None, None
+            if "compute_capability" in data:
+                capability = text(data, "compute_capability", max_chars=MAX_FACT_CHARS)
+            if "instruction_sets" in data:
+                sets = texts(data, "instruction_sets", MAX_INSTRUCTION_SETS, MAX_FACT_CHARS)
+                if not all(_INSTRUCTION_SET.fullmatch(name) for name in sets):
+                    raise FieldError("instruction_sets: not instruction-set names (1 to 64 of A-Za-z0-9_.-)")
+            return cls(
+                type=text(data, "type", max_chars=MAX_FACT_CHARS),
+                arch=text(data, "arch", max_chars=MAX_FACT_CHARS),
+                name=text(data, "name", max_chars=MAX_FACT_CHARS),
+                compute_capability=capability,
+                instruction_sets=sets,
+            )
+
+
+@dataclass(frozen=True)
+class BuildFacts:
+    """The manifest's ``build``: how, when and by what the set was built, and the folder's bookkeeping.
+
+    Every key is optional (None: absent, and not written), as sets built by earlier versions of schema 2
+    lack some; a key that is there holds its type. Written in field order: what ``build`` writes.
+    """
+
+    time: str | None = None  # when it was built (ISO 8601, UTC)
+    backend_choice: str | None = None  # why this backend (engines/registry.py, choose_backend)
+    recipe_version: int | None = None  # the backend's build recipe
+    max_batch_tokens: int | None = None  # the token budget the engines were built and gated for
+    hardware_compatible: bool | None = None  # --hardware-compatible: runs on other GPU architectures
+    attention_option: str | None = None  # --attention as asked (each model's facts say what it calls)
+    parity_failures_kept: tuple[str, ...] | None = None  # the failed gates --keep-failing kept
+    command: tuple[str, ...] | None = None  # the command line that built it
+    virnucpro_trt: str | None = None  # the version that built it
+    own_files: tuple[str, ...] | None = None  # OWN_FILES_KEY
+    stale_files: dict[str, str] | None = None  # STALE_FILES_KEY: {name: SHA-256}
+    seconds: float | None = None  # how long the build took
+    manifest_sha256: str | None = None  # SEAL_KEY: see manifest_seal
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for name in (f.name for f in fields(self)):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = list(value) if isinstance(value, tuple) else value
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> BuildFacts:
+        """The block :meth:`to_json` writes; :class:`FieldError` naming the first field of another type or
+        out of bounds. Keys it does not know are ignored (see the module's docstring)."""
+        data = obj(data, "build")
+        with within("build"):
+            return cls(**{name: read(data, name) for name, read in _BUILD_READERS.items() if name in data})
+
+
+def _token_budget(data: dict[str, Any], key: str) -> int:
+    try:
+        return count(data, key, MIN_BATCH_TOKENS, MAX_BATCH_TOKENS)
+    except FieldError:
+        raise FieldError(
+            f"{key} {show_value(data[key])} is not a token budget (an integer from {MIN_BATCH_TOKENS} to "
+            f"{MAX_BATCH_TOKENS})"
+        ) from None
+
+
+def _file_names(data: dict[str, Any], key: str) -> tuple[str, ...]:
+    names = texts(data, key, MAX_LISTED, MAX_FACT_CHARS)
+    if not all(_plain_name(name) for name in names):
+        raise FieldError(f"{key}: not plain names of files in the folder")
+    return names
+
+
+def _file_digests(data: dict[str, Any], key: str) -> dict[str, str]:
+    digests = obj(data.get(key), key)
+    if len(digests) > MAX_LISTED or not all(
+        _plain_name(name) and isinstance(sha256, str) and SHA256.fullmatch(sha256)
+        for name, sha256 in digests.items()
+    ):
+        raise FieldError(f"{key}: not plain names of files in the folder, each with its SHA-256")
+    return dict(digests)
+
+
+def _fact(data: dict[str, Any], key: str) -> str:
+    return text(data, key, max_chars=MAX_FACT_CHARS)
+
+
+# How each field of BuildFacts is read, in the order build writes them (BuildFacts.to_json's order).
+_BUILD_READERS: dict[str, Callable[[dict[str, Any], str], Any]] = {
+    "time": _fact,
+    "backend_choice": _fact,
+    "recipe_version": count,
+    "max_batch_tokens": _token_budget,
+    "hardware_compatible": flag,
+    "attention_option": _fact,
+    "parity_failures_kept": lambda data, key: texts(data, key, MAX_LISTED, MAX_FACT_CHARS),
+    "command": lambda data, key: texts(data, key, MAX_LISTED, MAX_ARGUMENT_CHARS),
+    "virnucpro_trt": _fact,
+    OWN_FILES_KEY: _file_names,
+    STALE_FILES_KEY: _file_digests,
+    "seconds": seconds,
+    SEAL_KEY: lambda data, key: text(data, key, SHA256),
+}
+assert tuple(_BUILD_READERS) == tuple(f.name for f in fields(BuildFacts)), "every field, in written order"
 
 
 @dataclass
@@ -70,7 +230,7 @@ class ModelEntry:
     file_sha256: dict[str, str] = field(default_factory=dict)
     # file name -> its stamp when the build hashed it (see files/stamps.py)
     file_stamps: dict[str, Stamp] = field(default_factory=dict)
-    parity: dict[str, Any] = field(default_factory=dict)
+    parity: ParityResult | None = None  # the build's gate (None: the classifier, which has none)
     facts: dict[str, Any] = field(default_factory=dict)
     # absolute path -> stamp of each SOURCE checkpoint file when the build hashed it
     source_stamp: dict[str, Stamp] = field(default_factory=dict)
@@ -78,6 +238,10 @@ class ModelEntry:
     def file_names(self) -> list[str]:
         """Every file of the engine directory this entry loads."""
         return [self.artifact, *self.files, *([self.tokenizer] if self.tokenizer else [])]
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as the manifest holds it: every field, in order; no gate is ``"parity": {}``."""
+        return {**vars(self), "parity": self.parity.to_json() if self.parity is not None else {}}
 
     def record_files(self, folder: Path) -> None:
         """Hash and stamp every file of the entry (the build calls this once the files are final)."""
@@ -143,6 +307,13 @@ def _entry_from_json(kind: str, data: Any, path: Path) -> ModelEntry:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise EngineMismatchError(f"{path}: models.{kind}.{name} has the wrong type")
         values[name] = value
+    try:
+        parity = values.pop("parity", None)
+        if parity:  # {}: no gate (the classifier)
+            with within(f"models.{kind}.parity"):
+                values["parity"] = ParityResult.from_json(parity)
+    except FieldError as exc:
+        raise EngineMismatchError(f"{path}: {exc}") from None
     entry = ModelEntry(**values)
     what = f"{path}: models.{kind}"
     try:
@@ -152,7 +323,7 @@ def _entry_from_json(kind: str, data: Any, path: Path) -> ModelEntry:
     if entry.kind != kind:
         raise EngineMismatchError(f"{what} says it is a {entry.kind!r}")
     if set(entry.file_sha256) != set(names) or not all(
-        isinstance(v, str) and _SHA256.fullmatch(v) for v in entry.file_sha256.values()
+        isinstance(v, str) and SHA256.fullmatch(v) for v in entry.file_sha256.values()
     ):
         raise EngineMismatchError(f"{what}: file_sha256 must give one SHA-256 for each of {', '.join(names)}")
     _check_token_fields(entry, what)
@@ -167,10 +338,10 @@ class EngineManifest:
 
     backend: str
     precision: str
-    device: dict[str, Any]  # type, name, compute_capability, arch
+    device: EngineDevice
     libraries: dict[str, str]
     models: dict[str, ModelEntry]
-    build: dict[str, Any] = field(default_factory=dict)  # time, seconds, options, command
+    build: BuildFacts = field(default_factory=BuildFacts)
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
     virnucpro_trt: str = __version__
@@ -185,10 +356,10 @@ class EngineManifest:
             "virnucpro_trt": self.virnucpro_trt,
             "backend": self.backend,
             "precision": self.precision,
-            "device": self.device,
+            "device": self.device.to_json(),
             "libraries": self.libraries,
-            "build": self.build,
-            "models": {name: vars(entry) for name, entry in self.models.items()},
+            "build": self.build.to_json(),
+            "models": {name: entry.to_json() for name, entry in self.models.items()},
         }
 
     def identity(self) -> str:
@@ -205,8 +376,7 @@ class EngineManifest:
 
     def write(self, folder: Path) -> Path:
         """Write ``manifest.json``, sealed with the SHA-256 of its own content (:func:`manifest_seal`)."""
-        self.build.pop(SEAL_KEY, None)
-        self.build[SEAL_KEY] = manifest_seal(self.to_json())
+        self.build = replace(self.build, manifest_sha256=manifest_seal(self.to_json()))
         path = folder / MANIFEST_NAME
         write_text_atomic(path, json.dumps(self.to_json(), indent=2) + "\n")
         return path
@@ -240,18 +410,22 @@ class EngineManifest:
         models = data.get("models")
         if not isinstance(models, dict) or sorted(models) != sorted(MODEL_NAMES):
             raise EngineMismatchError(f"{path}: 'models' must hold exactly {', '.join(MODEL_NAMES)}")
-        build = data.get("build", {})
+        try:
+            device = EngineDevice.from_json(data["device"])
+            build = BuildFacts.from_json(data.get("build", {}))
+        except FieldError as exc:
+            raise EngineMismatchError(f"{path}: {exc}") from None
         return cls(
             backend=data["backend"],
             precision=data["precision"],
-            device=data["device"],
+            device=device,
             libraries={str(k): str(v) for k, v in data["libraries"].items()},
             models={kind: _entry_from_json(kind, models[kind], path) for kind in MODEL_NAMES},
-            build=build if isinstance(build, dict) else {},
+            build=build,
             schema=data["schema"],
             schema_version=data["schema_version"],
             virnucpro_trt=str(data.get("virnucpro_trt", "?")),
-            sealed=isinstance(build, dict) and build.get(SEAL_KEY) == manifest_seal(data),
+            sealed=build.manifest_sha256 == manifest_seal(data),
         )
 
 
@@ -259,9 +433,9 @@ def manifest_seal(data: dict[str, Any]) -> str:
     """SHA-256 of a manifest's JSON (sorted keys, compact) without its own ``build.manifest_sha256``.
 
     A rerun of ``build`` keeps a folder's set only while its manifest is the one a build wrote: an edited
-    manifest (a dimension, a budget written as 512.0, a tokenizer dropped) may be one ``predict``
-    refuses, and "rebuild the engines" must then build, not find the set up to date. Not a signature:
-    an engine folder is trusted like a binary (README, "Security model"); this catches edits, not forgery.
+    manifest (a dimension, a budget, a tokenizer dropped) may be one ``predict`` refuses, and "rebuild
+    the engines" must then build, not find the set up to date. Not a signature: an engine folder is
+    trusted like a binary (README, "Security model"); this catches edits, not forgery.
     """
     build = data.get("build")
     unsealed = {k: v for k, v in build.items() if k != SEAL_KEY} if isinstance(build, dict) else build
@@ -313,19 +487,14 @@ def recorded_stale(folder: Path) -> dict[str, str]:
     the build was killed in between. A file at such a name is the tool's only while it has that
     SHA-256 (``build.check_engine_folder``); once removed, the name is nobody's."""
     data = _lenient_manifest(folder)
-    return stale_files(data.get("build") if data is not None else None)
-
-
-def stale_files(build: Any) -> dict[str, str]:
-    """``{name: SHA-256}`` a manifest's ``build`` section records as stale (:data:`STALE_FILES_KEY`),
-    read as hostile: plain names with well-formed digests only."""
+    build = data.get("build") if data is not None else None
     recorded = build.get(STALE_FILES_KEY) if isinstance(build, dict) else None
     if not isinstance(recorded, dict):
         return {}
     return {
         name: sha256
         for name, sha256 in recorded.items()
-        if _plain_name(name) and isinstance(sha256, str) and _SHA256.fullmatch(sha256)
+        if _plain_name(name) and isinstance(sha256, str) and SHA256.fullmatch(sha256)
     }
 
 
@@ -363,7 +532,7 @@ def now_iso() -> str:
 class Present:
     """The facts of the machine and the run an engine directory is checked against."""
 
-    device: dict[str, Any]
+    device: EngineDevice
     libraries: dict[str, str]  # the backend's bound libraries, current versions
     weights: dict[str, str]  # kind -> sha256 of the checkpoint the user named (absent: not named)
     native_cpu_code: bool = False  # the backend's CPU artifacts hold machine code for the build's CPU
@@ -373,20 +542,12 @@ def manifest_mismatches(manifest: EngineManifest, present: Present) -> list[str]
     """Every reason the engines must not be used here (empty list: compatible)."""
     problems: list[str] = []
     want, have = manifest.device, present.device
-    if want.get("type") != have.get("type"):
-        problems.append(f"built for {want.get('type')}, running on {have.get('type')}")
-    elif (
-        want.get("type") == "cuda"
-        and want.get("arch") != have.get("arch")
-        and not manifest.build.get("hardware_compatible")
-    ):
-        problems.append(
-            f"built for {want.get('name')} ({want.get('arch')}), "
-            f"running on {have.get('name')} ({have.get('arch')})"
-        )
-    elif want.get("type") == "cpu" and present.native_cpu_code:
-        built_for = {x for x in _listed(want.get("instruction_sets")) if isinstance(x, str)}
-        lacking = sorted(built_for - set(_listed(have.get("instruction_sets"))))
+    if want.type != have.type:
+        problems.append(f"built for {want.type}, running on {have.type}")
+    elif want.type == "cuda" and want.arch != have.arch and not manifest.build.hardware_compatible:
+        problems.append(f"built for {want.name} ({want.arch}), running on {have.name} ({have.arch})")
+    elif want.type == "cpu" and present.native_cpu_code:
+        lacking = sorted(set(want.instruction_sets or ()) - set(have.instruction_sets or ()))
         if lacking:  # the engine may use them: run here, it would die of SIGILL
             problems.append(
                 f"built on a CPU with instructions this one lacks ({', '.join(map(str, lacking[:6]))}"

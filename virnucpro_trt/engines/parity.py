@@ -4,18 +4,20 @@ Run at build time (and recorded in the manifest) so that an engine that compiles
 else never reaches a user. The batch is deterministic, has varied lengths (so padding and masking are
 exercised; batches without padding are added, :func:`run_parity`) and stays inside the engine's shape
 range. The reference is the fp32 native model run one sequence at a time without padding — upstream's
-own way of computing an embedding.
+own way of computing an embedding. The result, a
+:class:`~virnucpro_trt.models.parity_result.ParityResult`, is what the manifest records.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from virnucpro_trt.models.parity_result import ParityResult
 from virnucpro_trt.models.random_checkpoints import random_dna, random_proteins
 from virnucpro_trt.runtime.embedding import EmbeddingBackend, embed_sequences
 
@@ -23,40 +25,6 @@ from virnucpro_trt.runtime.embedding import EmbeddingBackend, embed_sequences
 FP32_MAX_ABS = 1e-4
 MIN_COSINE = {"fp16": 0.9995, "bf16": 0.9995, "fp8": 0.995}
 UNPADDED_COPIES = 3  # rows of each batch without padding that the gate adds (run_parity)
-
-
-@dataclass(frozen=True)
-class ParityResult:
-    precision: str
-    items: int
-    max_abs: float
-    min_cosine: float
-    finite: bool
-    passed: bool
-    rule: str
-    # min cosine of each kind of batch the gate ran ("mixed lengths", "equal lengths"), so that a failed
-    # gate says where the engine went wrong (an engine may take another path for batches without padding)
-    min_cosine_by_batches: tuple[tuple[str, float], ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "precision": self.precision,
-            "items": self.items,
-            "max_abs": self.max_abs,
-            "min_cosine": self.min_cosine,
-            "finite": self.finite,
-            "passed": self.passed,
-            "rule": self.rule,
-            "min_cosine_by_batches": dict(self.min_cosine_by_batches),
-        }
-
-    def describe(self) -> str:
-        where = "; ".join(f"{name} {cos:.6f}" for name, cos in self.min_cosine_by_batches)
-        return (
-            f"max |diff| {self.max_abs:.3g}, min cosine {self.min_cosine:.6f}"
-            f"{f' ({where})' if where else ''}, "
-            f"{'finite' if self.finite else 'NaN/Inf present'} (rule: {self.rule})"
-        )
 
 
 def synthetic_sequences(kind: str, count: int = 12, seed: int = 20260101) -> list[str]:

@@ -8,10 +8,11 @@ from deep inside a merge. JSON's ``NaN``/``Infinity`` extensions are refused whe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,17 +96,50 @@ def seconds(data: dict[str, Any], key: str) -> float:
     return number(data, key, 0.0)
 
 
-def text(data: dict[str, Any], key: str, pattern: re.Pattern[str] | None = None) -> str:
-    """A string (matching ``pattern`` whole, when given)."""
+def text(
+    data: dict[str, Any], key: str, pattern: re.Pattern[str] | None = None, max_chars: int | None = None
+) -> str:
+    """A string (matching ``pattern`` whole, when given; of at most ``max_chars`` characters, when given)."""
     value = data.get(key)
     if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
         raise FieldError(f"{key}: not {'a SHA-256' if pattern is SHA256 else 'a string'}")
+    if max_chars is not None and len(value) > max_chars:
+        raise FieldError(f"{key}: a string of {len(value)} characters, more than {max_chars}")
+    return value
+
+
+def texts(data: dict[str, Any], key: str, max_items: int, max_chars: int) -> tuple[str, ...]:
+    """A list of at most ``max_items`` strings of at most ``max_chars`` characters each."""
+    value = data.get(key)
+    if not isinstance(value, list) or len(value) > max_items:
+        raise FieldError(f"{key}: not a list of at most {max_items} strings")
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or len(item) > max_chars:
+            raise FieldError(f"{key}[{index}]: not a string of at most {max_chars} characters")
+    return tuple(value)
+
+
+def flag(data: dict[str, Any], key: str) -> bool:
+    """``true`` or ``false``."""
+    value = data.get(key)
+    if not isinstance(value, bool):
+        raise FieldError(f"{key}: not true or false")
     return value
 
 
 def optional_text(data: dict[str, Any], key: str) -> str | None:
     """A string or ``null``."""
     return None if data.get(key) is None else text(data, key)
+
+
+@contextlib.contextmanager
+def within(where: str) -> Iterator[None]:
+    """Name the object the fields read inside belong to: a :class:`FieldError` ``key: ...`` raised there
+    leaves as ``where.key: ...``."""
+    try:
+        yield
+    except FieldError as exc:
+        raise FieldError(f"{where}.{exc}") from None
 
 
 def counts(data: dict[str, Any], key: str) -> dict[str, int]:

@@ -11,9 +11,9 @@ and ``bench`` (the build's parity): a misspelt or missing key fails where it is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from virnucpro_trt.models.identity import WeightsIdentity
+from virnucpro_trt.models.parity_result import ParityResult
 
 __all__ = ["EncoderOrigin"]
 
@@ -35,6 +35,5 @@ class EncoderOrigin:
     spec: str | None = None  # what the user named (checkpoint or engine directory); None until opened
     weights_identity: WeightsIdentity | None = None  # the hash with its file stamps; checkpoints only
     source: str | None = None  # engines only: the checkpoint the engine was built from (informational)
-    # Engines only: the manifest's own parity block for this model (ModelEntry.parity), kept as the dict
-    # the manifest holds, since its keys are the build's gate report (min_cosine, max_abs, passed, ...).
-    parity: dict[str, Any] | None = None
+    # Engines only: the build's parity gate for this model, as its manifest records it (ModelEntry.parity)
+    parity: ParityResult | None = None

@@ -40,6 +40,7 @@ __all__ = ["EncoderLoader", "LoadedEncoder", "RunModels", "RunWeights", "engine_
 
 if TYPE_CHECKING:
     from virnucpro_trt.engines.engine_set import CheckedEngines
+    from virnucpro_trt.engines.manifest import BuildFacts
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class RunModels:
     classifier: ClassifierWeights | None = None
     classifier_path: Path | None = None
     engine_dir: Path | None = None
-    engine_build: dict[str, Any] = field(default_factory=dict)
+    engine_build: BuildFacts | None = None  # engines only: how the set was built (its manifest's build)
     engine_identity: str | None = None
 
     def frame_models(self) -> FrameModels:
