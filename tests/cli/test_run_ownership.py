@@ -61,6 +61,19 @@ def _errors(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
+def _refused_when_finished_and_resumed(args: list[str], out: Path) -> tuple[str, str]:
+    """The one-line errors of ``args`` run onto its finished OUTDIR, then onto its finished shards alone
+    (what a kill before run.json leaves); each must exit 2."""
+    errors = []
+    for _ in range(2):
+        result = run_cli(*args)
+        assert result.code == 2 and len(_errors(result)) == 1, result.stderr
+        errors.append(_errors(result)[0])
+        (out / "run.json").unlink(missing_ok=True)
+        (out / "prediction_results.txt").unlink(missing_ok=True)
+    return errors[0], errors[1]
+
+
 @pytest.fixture(scope="module")
 def reference(models, reads, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("own_ref") / "out"
@@ -130,12 +143,8 @@ def test_an_eager_run_of_another_torch_release_is_another_run(models, reads, tmp
     release = json.loads((out / "run.json").read_text())["model_identity"]["torch"]
     assert release == predict_module.eager_torch_release() and release
     monkeypatch.setattr(predict_module, "eager_torch_release", lambda: "0.0.0+other")
-    rerun = run_cli(*_args(models, reads, out))
-    assert rerun.code == 2 and "configuration: torch" in _errors(rerun)[0], rerun.stderr
-    (out / "run.json").unlink()  # what a kill before run.json leaves: finished shards only
-    (out / "prediction_results.txt").unlink()
-    resumed = run_cli(*_args(models, reads, out))
-    assert resumed.code == 2 and "(torch changed since)" in _errors(resumed)[0], resumed.stderr
+    finished, resumed = _refused_when_finished_and_resumed(_args(models, reads, out), out)
+    assert "configuration: torch" in finished and "(torch changed since)" in resumed
     forced = run_cli(*_args(models, reads, out, "--force"))
     assert forced.code == 0, forced.stderr
     assert json.loads((out / "run.json").read_text())["model_identity"]["torch"] == "0.0.0+other"
@@ -440,9 +449,5 @@ def test_an_edited_config_or_vocabulary_is_another_model(models, reads, tmp_path
     text = (copy / name).read_text()
     assert edit(text) != text
     (copy / name).write_text(edit(text))
-    rerun = run_cli(*_args(edited, reads, out))
-    assert rerun.code == 2 and "other model weights or configuration" in _errors(rerun)[0], rerun.stderr
-    (out / "run.json").unlink()  # what a kill before run.json leaves: finished shards only
-    (out / "prediction_results.txt").unlink()
-    resumed = run_cli(*_args(edited, reads, out))
-    assert resumed.code == 2 and "other model weights or configuration" in _errors(resumed)[0], resumed.stderr
+    for error in _refused_when_finished_and_resumed(_args(edited, reads, out), out):
+        assert "other model weights or configuration" in error
