@@ -92,7 +92,7 @@ def main() -> None:
     engines = open_engine_set(args.engines, device, {})
     dna = TimedBackend(engines.dnabert.backend, device)
     esm = TimedBackend(engines.esm.backend, device)
-    budget = int(engines.manifest.build.get("max_batch_tokens") or 32768)
+    budget = int(engines.manifest.build.max_batch_tokens or 32768)
     shards = shard_frames(args.reads, args.shard_records)
     dna_tokens = [engines.dnabert.tokenizer.encode_batch(d) for d, _ in shards]
     esm_tokens = [engines.esm.tokenizer.encode_batch(p) for _, p in shards]

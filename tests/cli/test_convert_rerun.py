@@ -6,6 +6,7 @@ forged output is never reported as made. Each case is the real CLI on a tiny cla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -229,3 +230,27 @@ def test_a_forged_output_is_converted_again(checkpoint, tmp_path, name):
     again = _convert(checkpoint, out)
     assert again.code == 0 and _outcome(again) == ("PASSED", WIDTH), again.stderr
     assert out.read_bytes() == written
+
+
+def test_a_checkpoint_through_a_pipe_is_refused_in_one_line(checkpoint, tmp_path):
+    """``convert-classifier <(cat model.pth) out``: a pipe is read once, so it cannot be hashed and then
+    read; it is refused as no file (exit 2, one line), as before the rerun rule hashed checkpoints."""
+    import os
+    import threading
+
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        with open(write_end, "wb") as pipe, contextlib.suppress(BrokenPipeError):
+            pipe.write(checkpoint.read_bytes())
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        result = _convert(Path(f"/dev/fd/{read_end}"), tmp_path / "out" / "c.safetensors")
+    finally:
+        os.close(read_end)
+        feeder.join(timeout=10)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.code == 2 and len(errors) == 1 and "is not a file" in errors[0], result.stderr
+    assert not (tmp_path / "out").exists()

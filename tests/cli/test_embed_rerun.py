@@ -14,6 +14,7 @@ from tests.cli.helpers import build_tiny, run_cli
 from virnucpro_trt.files.ownership import RECORD
 from virnucpro_trt.models import identity
 from virnucpro_trt.pipeline import embed as embed_module
+from virnucpro_trt.runtime import device
 
 
 @pytest.fixture()
@@ -123,9 +124,47 @@ def test_another_torch_release_computes_again(proteins, esm_copy, tmp_path, monk
     out = tmp_path / "emb.h5"
     assert _embed(proteins, esm_copy, out).code == 0
     assert "UP TO DATE" in _embed(proteins, esm_copy, out).stderr
-    monkeypatch.setattr(embed_module, "eager_torch_release", lambda: "0.0.0+other")
+    monkeypatch.setattr(embed_module, "computing_releases", lambda backend=None: {"torch": "0.0.0+other"})
     again = _embed(proteins, esm_copy, out)
     assert again.code == 0 and "PASSED" in again.stderr, again.stderr
+
+
+def test_another_onnxruntime_release_embeds_again(tiny_set, proteins, tmp_path, monkeypatch):
+    """An ONNX Runtime set does not pin onnxruntime (its opset runs on any release since 1.14), so the
+    release that computed is part of what the output is made from."""
+    assert set(device.computing_releases("onnxruntime")) == {"torch", "onnxruntime"}
+    assert set(device.computing_releases("inductor")) == {"torch"}  # its manifest pins torch
+    engines = tmp_path / "engines"
+    assert build_tiny(tiny_set, engines).code == 0
+    out = tmp_path / "e.h5"
+    args = ("embed", str(proteins), "--model", "esm2", "--engines", str(engines), "-o", str(out))
+    assert run_cli(*args, "--threads", "1").code == 0
+    assert "UP TO DATE" in run_cli(*args, "--threads", "1").stderr
+    other = dict(device.computing_releases("onnxruntime"), onnxruntime="0.0.0")
+    monkeypatch.setattr(embed_module, "computing_releases", lambda backend=None: other)
+    again = run_cli(*args, "--threads", "1")
+    assert again.code == 0 and "PASSED" in again.stderr, again.stderr
+
+
+def test_an_input_changed_while_embedded_leaves_no_output(proteins, esm_copy, tmp_path, monkeypatch):
+    """The input is hashed while validated, then read again to embed: rewritten in between (an editor
+    saving in place), the embeddings would be of other bytes than the hash names, and every rerun would
+    find them made. The run is refused in one line and leaves no output; the next run computes."""
+    out = tmp_path / "emb.h5"
+    reads = embed_module.read_records
+
+    def rewritten_first(path, *args, **kwargs):
+        proteins.write_text(proteins.read_text() + ">late\nMKV\n")
+        return reads(path, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(embed_module, "read_records", rewritten_first)
+        raced = _embed(proteins, esm_copy, out)
+    assert raced.code == 2 and "changed while embed read it; run embed again" in raced.stderr, raced.stderr
+    assert not out.exists()
+    again = _embed(proteins, esm_copy, out)
+    assert again.code == 0 and "PASSED: 4 embeddings" in again.stderr, again.stderr
+    assert "UP TO DATE" in _embed(proteins, esm_copy, out).stderr
 
 
 def test_an_output_changed_since_is_still_refused(proteins, esm_copy, tmp_path):

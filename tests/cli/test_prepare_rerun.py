@@ -241,3 +241,27 @@ def test_files_that_do_not_add_up_are_written_again(reads, tmp_path, texts):
     again = _prepare(reads, out)
     assert again.code == 0 and _counts(again)[0] == "PASSED", again.stderr
     assert [entry[2] for entry in _identities(out)] == written
+
+
+def test_an_input_changed_while_read_leaves_no_files_and_no_skip(reads, tmp_path, monkeypatch):
+    """The input is hashed while validated, then read again to write the files: rewritten in between
+    (an editor saving in place, a download still running), the files would be of other bytes than the
+    hash names, and every rerun would find them made. The run is refused in one line and leaves
+    neither file; the next run writes them from what the input now holds."""
+    out = tmp_path / "out"
+    original = reads.read_bytes()
+    write = prepare_module.write_identified_files
+
+    def rewritten_first(*args, **kwargs):
+        reads.write_bytes(b">other\n" + b"ATG" * 200 + b"\n")
+        return write(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare_module, "write_identified_files", rewritten_first)
+        raced = _prepare(reads, out)
+    assert raced.code == 2 and "changed while prepare read it; run prepare" in raced.stderr, raced.stderr
+    assert not any((out / name).exists() for name in FILES)
+    assert _counts(_prepare(reads, out))[0] == "PASSED"
+    assert _counts(_prepare(reads, out))[0] == "UP TO DATE"
+    reads.write_bytes(original)
+    assert _counts(_prepare(reads, out))[0] == "PASSED"

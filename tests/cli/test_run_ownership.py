@@ -133,21 +133,44 @@ def test_a_classifier_swapped_between_a_sigkill_and_the_rerun_is_refused(models,
 
 
 def test_an_eager_run_of_another_torch_release_is_another_run(models, reads, tmp_path, monkeypatch):
-    """An eager run's results come from the torch release that computed them (another may pick other
-    kernels): a finished run is not reused, nor its shards resumed, under another release, as with other
-    weights; an engine set pins its libraries in its manifest instead."""
+    """A run's results come from the torch release that computed them (another may pick other kernels;
+    the classifier computes in torch in every run): a finished run is not reused, nor its shards resumed,
+    under another release, as with other weights."""
     from virnucpro_trt.pipeline import predict as predict_module
 
     out = tmp_path / "out"
     assert run_cli(*_args(models, reads, out, "--keep-work")).code == 0
     release = json.loads((out / "run.json").read_text())["model_identity"]["torch"]
-    assert release == predict_module.eager_torch_release() and release
-    monkeypatch.setattr(predict_module, "eager_torch_release", lambda: "0.0.0+other")
+    assert release == predict_module.computing_releases()["torch"] and release
+    monkeypatch.setattr(predict_module, "computing_releases", lambda backend=None: {"torch": "0.0.0+other"})
     finished, resumed = _refused_when_finished_and_resumed(_args(models, reads, out), out)
     assert "configuration: torch" in finished and "(torch changed since)" in resumed
     forced = run_cli(*_args(models, reads, out, "--force"))
     assert forced.code == 0, forced.stderr
     assert json.loads((out / "run.json").read_text())["model_identity"]["torch"] == "0.0.0+other"
+
+
+def test_an_input_rewritten_while_sharded_leaves_no_work(models, reads, tmp_path, monkeypatch):
+    """predict hashes the input, then validates it into shards: rewritten in between, the shards would
+    hold other bytes than the hash names, and a rerun would resume them as this input's. The run stops
+    in one line and leaves nothing; the next run computes from what the input holds."""
+    from virnucpro_trt.pipeline import predict as predict_module
+
+    own = Path(shutil.copyfile(reads, tmp_path / "reads.fa"))
+    out = tmp_path / "out"
+    validate = predict_module.validate_input
+
+    def rewritten_first(*args, **kwargs):
+        own.write_text(own.read_text() + ">late\n" + "ATGAAA" * 100 + "\n")
+        return validate(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(predict_module, "validate_input", rewritten_first)
+        raced = run_cli(*_args(models, own, out))
+    assert raced.code == 2 and "changed while predict read it" in _errors(raced)[0], raced.stderr
+    assert not out.exists()
+    again = run_cli(*_args(models, own, out))
+    assert again.code == 0 and "121 records" in again.stderr, again.stderr
 
 
 def test_force_discards_shards_of_other_weights(models, reads, tmp_path):

@@ -252,6 +252,7 @@ def test_merge_refuses_incomplete_mixed_or_mismatched_parts(tiny_set, small_shar
     for name, edit, message in (
         ("weights", lambda r: r["models"]["esm"].update(weights_sha256="0" * 64), "esm weights differ"),
         ("identity", lambda r: r.update(model_identity={"classifier": "1" * 64}), "model_identity differs"),
+        ("torch", lambda r: r["model_identity"].update(torch="0.0.0"), "model_identity differs (torch: "),
         (
             "engines",  # other engines: their content is in model_identity, and the part has no identity
             lambda r: (r.update(engines="/elsewhere/engines"), r.pop("model_identity")),

@@ -56,8 +56,8 @@ def identify_checkpoint(kind: str, path: Path, known: WeightsIdentity | None = N
     files = weight_files(kind, path)
     if known is not None and unchanged(known.stamps, files):
         return known
-    stamps = stamp_files(files)  # before hashing: a change while hashing won't match next time
     try:
+        stamps = stamp_files(files)  # before hashing: a change while hashing won't match next time
         sha = sha256_file(files[0]) if kind == "classifier" else sha256_of_files(files)
     except OSError as exc:  # EIO, a file gone since it was listed: bad input, named in one line
         raise CheckpointError(f"{exc.filename or path}: cannot read ({exc.strerror or exc})") from exc

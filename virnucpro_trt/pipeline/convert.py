@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro_trt import __version__
+from virnucpro_trt.errors import CheckpointError
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.ownership import check_replaceable, made_from, record_path, record_written
 from virnucpro_trt.files.run_lock import check_not_a_lock_name, output_lock, output_lock_name
@@ -46,6 +47,8 @@ def run_convert_classifier(checkpoint: Path, output: Path, force: bool = False) 
     pickled code runs) and write ``output`` whole or not at all. The output's lock is held throughout
     (one run per output file; it notes the temporary files, so the rerun after a SIGKILL removes them)."""
     check_input_file(str(checkpoint))
+    if not checkpoint.is_file():  # a pipe (<(...)) or a device: once hashed, its bytes are gone
+        raise CheckpointError(f"classifier checkpoint {checkpoint} is not a file")
     check_run_paths(
         [checkpoint], [output, record_path(output.parent), output.parent / output_lock_name(output)]
     )

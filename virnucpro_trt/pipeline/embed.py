@@ -33,9 +33,9 @@ from virnucpro_trt.models.kinds import ENCODERS, MODELS
 from virnucpro_trt.models.resolve import resolve_model
 from virnucpro_trt.outputs.embeddings_h5 import EmbeddingsWriter
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run, open_models
-from virnucpro_trt.pipeline.inputs import readable_input, validate_input
+from virnucpro_trt.pipeline.inputs import InputWatch, readable_input, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
-from virnucpro_trt.runtime.device import eager_torch_release, resolve_device
+from virnucpro_trt.runtime.device import computing_releases, resolve_device
 from virnucpro_trt.sequences.reader import read_records
 from virnucpro_trt.settings import EmbedSettings
 
@@ -83,11 +83,12 @@ def _embed(
     model = ENCODERS[settings.model]
     alphabet = model.alphabet
     refuse = settings.model == "esm2" and not settings.allow_nucleotide_letters
+    watch = InputWatch.start(path, display)  # the bytes hashed are the bytes embedded while it holds
     summary = validate_input(path, display, alphabet, refuse_nucleotides=refuse)
     kind = model.name
     previous = recorded_made(settings.output)
     known, made = _made(settings, summary.sha256, previous)
-    if isinstance(previous, dict) and previous.get("key") == made["key"]:
+    if isinstance(previous, dict) and previous.get("key") == made["key"] and watch.holds():
         if not settings.force:
             log.info("%s already holds these embeddings (same input, settings and model): nothing to do "
                      "(--force computes them again)", settings.output)  # fmt: skip
@@ -135,6 +136,7 @@ def _embed(
                 emb[nonempty] = encoder.embed(tokens, [ids[i] for i in nonempty])
             writer.append(ids, emb, ["ok" if s else "empty" for s in seqs])
         writer.commit()
+    watch.check("embed", [settings.output])
     record_written([settings.output], on_create, made)
     return EmbedSummary(summary.records, summary.empty_records, encoder.dim, computed=True)
 
@@ -145,8 +147,9 @@ def _made(settings: EmbedSettings, input_sha256: str, previous: object) -> tuple
 
     ``key`` decides whether a finished output is this run's: the tool's version, the input's SHA-256,
     the settings fingerprint (:meth:`EmbedSettings.fingerprint`) and the model's content identity: the
-    checkpoint's hash with the torch release that computes with it, or the engine set's identity after
-    its checks (a set that needs building is built first, or refused, exactly as loading it would).
+    checkpoint's hash, or the engine set's identity after its checks (a set that needs building is built
+    first, or refused, exactly as loading it would), with the releases of the libraries that compute and
+    that no manifest pins (``computing_releases``).
     ``weights`` keeps the checkpoint's file stamps, so a rerun onto unchanged files hashes nothing (~6 GB
     for ESM-2 3B); a recorded value of another shape is ignored. The record is anyone's to edit (stamps
     copied beside a made-up hash), so embeddings computed after all are recorded with a hash taken now
@@ -164,13 +167,13 @@ def _made(settings: EmbedSettings, input_sha256: str, previous: object) -> tuple
         settings.encoders, {kind: settings.weights}, settings.engines, settings.rebuild, None
     )
     if checked is not None:
-        key["model"] = {"engines": checked.identity}
+        key["model"] = {"engines": checked.identity, **computing_releases(checked.backend)}
         return RunWeights(engines=checked), {"key": key}
     assert settings.weights is not None  # the CLI asks for --weights without --engines
     recorded = previous.get("weights") if isinstance(previous, dict) else None
     path = resolve_model(settings.weights, MODELS[kind].short)
     weights = identify_checkpoint(kind, path, WeightsIdentity.from_json(recorded))
-    key["model"] = {"weights_sha256": weights.sha256, "torch": eager_torch_release()}
+    key["model"] = {"weights_sha256": weights.sha256, **computing_releases()}
     return RunWeights(weights={kind: weights}), {"key": key, "weights": weights.to_json()}
 
 

@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import remove_quietly
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.exclusive import create_new
 from virnucpro_trt.files.run_lock import private_stdin_copy_name
+from virnucpro_trt.files.stamps import Stamp, file_stamp
 from virnucpro_trt.pipeline.run_paths import STDIN, check_input_file, is_stream
 from virnucpro_trt.runtime.shards import InputCounts, ShardSplitter
 from virnucpro_trt.sequences.prepare import prepare_blocks
@@ -85,6 +87,40 @@ def materialise(
         remove_quietly(spool)
         raise
     return spool, "<stdin>" if input_spec == STDIN else input_spec
+
+
+@dataclass(frozen=True)
+class InputWatch:
+    """The input file's stamp before it is validated (and hashed), for commands that read it again.
+
+    ``prepare`` and ``embed`` hash the input while validating it, then read it again to compute: a file
+    rewritten or replaced in between (an editor saving in place, a download still running) would give
+    outputs of other bytes, recorded as made from the hashed ones, and every rerun would find them
+    made. The stamp (size, times, inode) taken before the hash must still hold after the last read.
+    """
+
+    path: Path
+    display: str
+    stamp: Stamp
+
+    @classmethod
+    def start(cls, path: Path, display: str) -> InputWatch:
+        return cls(path, display, file_stamp(path))
+
+    def holds(self) -> bool:
+        """Whether the file is still the one stamped (a file gone is not)."""
+        try:
+            return file_stamp(self.path) == self.stamp
+        except OSError:
+            return False
+
+    def check(self, command: str, outputs: list[Path]) -> None:
+        """Refuse (one line) a run whose input changed while it was read, removing ``outputs`` (this
+        run's, written from bytes other than those hashed) first."""
+        if not self.holds():
+            for output in outputs:
+                remove_quietly(output)
+            raise UserError(f"{self.display} changed while {command} read it; run {command} again")
 
 
 @contextlib.contextmanager

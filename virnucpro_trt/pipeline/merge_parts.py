@@ -82,6 +82,7 @@ from virnucpro_trt.pipeline.run_record import (
     read_previous_run,
     throughput,
 )
+from virnucpro_trt.runtime.resume import changed_models
 from virnucpro_trt.settings import MergeSettings, SplitPart, settings_difference, settings_fingerprint
 
 log = logging.getLogger(__name__)
@@ -339,7 +340,7 @@ def _difference(a: PartResult, b: PartResult) -> str | None:
             return f"{kind} weights differ ({str(wa)[:12]} vs {str(wb)[:12]})"
     ia, ib = ra.model_identity, rb.model_identity
     if ia is not None and ib is not None and ia != ib:
-        return "model_identity differs (other weights or engines)"
+        return f"model_identity differs ({changed_models(ia, ib)}: other weights, engines or libraries)"
     # The engine directory is compared by its path only when a part lacks model_identity, which names
     # the engines by content: parts that each built the same engines into their own folders merge.
     by_content = ia is not None and ib is not None

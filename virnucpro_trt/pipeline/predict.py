@@ -59,7 +59,7 @@ from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import merge_shard_results
 from virnucpro_trt.pipeline.completion import Completion
 from virnucpro_trt.pipeline.encoders import RunWeights, engine_dir_for_run
-from virnucpro_trt.pipeline.inputs import InputSummary, materialise, validate_input
+from virnucpro_trt.pipeline.inputs import InputSummary, InputWatch, materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.pipeline.run_record import (
     RunInput,
@@ -75,7 +75,7 @@ from virnucpro_trt.runtime.coordinator import (
     RunInterrupted,
     plan_worker_slots,
 )
-from virnucpro_trt.runtime.device import eager_torch_release
+from virnucpro_trt.runtime.device import computing_releases
 from virnucpro_trt.runtime.progress import ProgressTasks, SilentProgress
 from virnucpro_trt.runtime.resume import WORK_DIR, WorkDir, changed_models
 from virnucpro_trt.runtime.shard_marker import ShardMarker, result_roles
@@ -263,6 +263,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> RunRecord:
     outdir = settings.outdir
     work = WorkDir(outdir)
     with timer.stage("hash_input"):
+        watch = InputWatch.start(path, display)  # the bytes hashed are the bytes sharded while it holds
         sha256 = sha256_file(path)
     settings = ctx.settings = settings_for_input(settings, path, sha256)  # a part: the split's shards
     with timer.stage("check_finished"):
@@ -273,7 +274,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> RunRecord:
     index = work.shard_index() if resumed else None
     if index is None:
         with timer.stage("validate_input"):
-            summary, shards = _validate_and_shard(settings, work, path, display, sha256, ctx.device_type)
+            summary, shards = _validate_and_shard(settings, work, watch, sha256, ctx.device_type)
     else:
         shards = index.shards
         summary = InputSummary.from_counts(path, display, index.input)
@@ -438,12 +439,14 @@ def _identify_models(
 
     With engines: the weights the set was built from and the set itself (its files were just checked).
     Eager: each checkpoint's hash, reusing an earlier attempt's (``recorded``, or ``.work``'s) where the
-    files carry its stamps, and the torch release that computes with them (``eager_torch_release``).
+    files carry its stamps. Both: the releases of the libraries that compute and that no manifest pins
+    (``computing_releases``).
     """
     if engines is not None:
         manifest = EngineManifest.read(engines.folder)
         identity: dict[str, str | None] = {k: manifest.models[k].weights_sha256 for k in MODELS}
         identity["engines"] = engines.identity
+        identity.update(computing_releases(engines.backend))
         return RunWeights(engines=engines), identity
     recorded = recorded if isinstance(recorded, dict) else work.recorded_weights()
     weights = {}
@@ -453,14 +456,17 @@ def _identify_models(
         weights[kind] = identify_checkpoint(kind, path, WeightsIdentity.from_json(recorded.get(kind)))
     identity = {kind: w.sha256 for kind, w in weights.items()}
     identity["engines"] = None
-    identity["torch"] = eager_torch_release()
+    identity.update(computing_releases())
     return RunWeights(weights=weights), identity
 
 
 def _validate_and_shard(
-    settings: PredictSettings, work: WorkDir, path: Path, display: str, sha256: str, device_type: str
+    settings: PredictSettings, work: WorkDir, watch: InputWatch, sha256: str, device_type: str
 ) -> tuple[InputSummary, list[ShardSpec]]:
-    """The validation pass, writing the input as shard files on the way; then the resume key."""
+    """The validation pass, writing the input as shard files on the way; then the resume key. The input
+    must still be the file hashed (``watch``): shards of other bytes under its hash would be resumed as
+    this input's."""
+    path, display = watch.path, watch.display
     folder = work.fresh_shards_folder()
     try:
         layout = settings.part.shard_sizes() if settings.part else None
@@ -470,6 +476,7 @@ def _validate_and_shard(
             min_length=settings.min_length, refuse_protein=settings.part is None,  # split judged the whole
         )  # fmt: skip
         shards = splitter.finish()
+        watch.check("predict", [])
         per_shard = settings.shard_records or default_shard_records(summary.records)
         write_shard_index(folder, ShardIndex(shards, summary.counts, per_shard))
         work.commit_shards(folder)

@@ -21,7 +21,7 @@ from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import RECORD, check_replaceable, made_from, record_path, record_written
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, KeptFiles, outdir_lock
-from virnucpro_trt.pipeline.inputs import readable_input, validate_input
+from virnucpro_trt.pipeline.inputs import InputWatch, readable_input, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.sequences.chunking import chunk_count
 from virnucpro_trt.sequences.prepare import NUCLEOTIDE_FILE, PROTEIN_FILE, write_identified_files
@@ -57,15 +57,17 @@ def run_prepare(input_spec: str, outdir: Path, chunk_length: int, force: bool = 
     with made_folder(outdir), outdir_lock(outdir, KEPT_FILES) as lock:
         noted = functools.partial(lock.note, growing=True) if lock is not None else None
         with readable_input(input_spec, outdir, noted) as (path, display):
+            watch = InputWatch.start(path, display)  # the bytes hashed are the bytes read while it holds
             summary = validate_input(path, display)
             made = _made(summary.sha256, chunk_length)
             if made_from(targets, made["key"]):
                 found = None if force else _found_made(path, display, targets, chunk_length, summary.records)
-                if found is not None:
+                if found is not None and watch.holds():
                     return found
                 if force:
                     log.warning("--force: writing %s and %s again (they were unchanged)", *targets)
             counts = write_identified_files(read_records(path, "dna"), outdir, chunk_length, on_create=noted)
+            watch.check("prepare", targets)
             record_written(targets, noted, made)
             return PrepareSummary(counts["records"], counts["chunks"], counts["frames"], computed=True)
 

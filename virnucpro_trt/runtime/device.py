@@ -59,12 +59,23 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def eager_torch_release() -> str:
-    """The torch release (its CUDA build tag included) an eager run computes with, kept in the identity
-    of what it computes (predict's resume key and finished-run rule, merge's check of parts, embed's
-    skip): another release may pick other kernels, so results of two are never mixed or reused as one
-    run's. An engine set needs no such entry: its manifest pins the libraries it runs on."""
-    return torch.__version__
+def computing_releases(engine_backend: str | None = None) -> dict[str, str]:
+    """The releases of the libraries that compute a run's results and that no engine manifest pins, kept
+    in the identity of what it computes (predict's resume key and finished-run rule, merge's check of
+    parts, embed's skip): another release may pick other kernels, so results of two are never mixed or
+    reused as one run's.
+
+    torch always computes (the classifier, and an eager run's encoders; its CUDA build tag included). An
+    ONNX Runtime engine set does not pin onnxruntime (any release since 1.14 runs its opset), so the
+    release found here is named too; AOTInductor and TensorRT sets pin theirs in their manifests, which
+    the set's identity covers.
+    """
+    releases = {"torch": torch.__version__}
+    if engine_backend == "onnxruntime":
+        import onnxruntime
+
+        releases["onnxruntime"] = str(onnxruntime.__version__)
+    return releases
 
 
 def configure_fp32_reference() -> None:

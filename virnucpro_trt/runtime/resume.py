@@ -73,9 +73,9 @@ WORK_NAMES: dict[str, tuple[re.Pattern[str], tuple[str, ...]]] = {
 
 
 def changed_models(recorded: Any, identity: dict[str, str | None]) -> str:
-    """The models (``dnabert-s``, ``esm2``, ``classifier``, ``engines``; an eager run's ``torch`` release)
-    whose identity differs from the ``recorded`` one (a state file's or run.json's, read as hostile), for
-    messages."""
+    """The models (``dnabert-s``, ``esm2``, ``classifier``, ``engines``) and the computing libraries
+    (``torch``, ``onnxruntime``: ``device.computing_releases``) whose identity differs from the
+    ``recorded`` one (a state file's or run.json's, read as hostile), for messages."""
     old = recorded if isinstance(recorded, dict) else {}
     return ", ".join(k for k in identity if old.get(k) != identity[k]) or "model identity"
 
@@ -243,7 +243,8 @@ class WorkDir:
                     raise UserError(
                         f"{self.root} holds {done} finished shard(s) computed with other model weights or "
                         f"configuration ({changed_models(recorded, identity)} changed since); restore"
-                        " the original files and rerun, or add --force to discard that work"
+                        " the original files (and library releases) and rerun, or add --force to discard"
+                        " that work"
                     )
                 log.warning(
                     "--force: discarding %d shard(s) computed with other model weights or configuration", done
