@@ -254,3 +254,19 @@ def test_a_checkpoint_through_a_pipe_is_refused_in_one_line(checkpoint, tmp_path
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.code == 2 and len(errors) == 1 and "is not a file" in errors[0], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_named_in_bytes_that_are_not_utf8_converts(checkpoint, tmp_path):
+    """A file name is bytes on Linux; one that is not UTF-8 (a Latin-1 name, say) reaches Python as lone
+    surrogates, which the safetensors header cannot hold: it is kept escaped, and the rerun finds it."""
+    import os
+
+    named = Path(os.fsdecode(bytes(tmp_path) + b"/mod\xe8le.pth"))
+    shutil.copyfile(checkpoint, named)
+    out = tmp_path / "out" / "c.safetensors"
+    first = _convert(named, out)
+    assert first.code == 0 and "PASSED" in first.stderr, first.stderr
+    data = out.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    assert json.loads(data[8 : 8 + length])["__metadata__"]["source"] == "mod\\udce8le.pth"
+    assert "UP TO DATE" in _convert(named, out).stderr

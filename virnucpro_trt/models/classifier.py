@@ -368,13 +368,15 @@ def save_classifier_safetensors(
     Written whole or not at all, with the umask's permissions like every other file the tool writes
     (safetensors' ``save_file`` creates it mode 0600, which locks other users out of a shared engine
     directory); the classifier is a few MB, so the bytes are built in memory. ``on_create`` is told the
-    temporary file as soon as it exists (a run lock notes it).
+    temporary file as soon as it exists (a run lock notes it). ``source`` (a file name) is kept as text:
+    a name of bytes that are not UTF-8 (Python holds them as lone surrogates, which the format's JSON
+    header cannot carry) keeps them as ``\\udcNN`` escapes.
     """
     meta = {
         "format": _FORMAT,
         "version": "1",
         "bn_eps": repr(weights.bn_eps),
-        "source": source,
+        "source": source.encode("utf-8", "backslashreplace").decode("utf-8"),
     }
     data = safetensors_bytes({k: v.contiguous() for k, v in weights.tensors.items()}, metadata=meta)
     write_bytes_atomic(Path(path), _sorted_header(data), on_create)
