@@ -147,6 +147,22 @@ def test_a_part_whose_run_json_miscounts_its_frames_is_refused(parts, tmp_path, 
     _refused([edited, parts[1]], tmp_path / "out", needle)
 
 
+@pytest.mark.parametrize(
+    "key", ["virus_sequences", "virus_frames", "status_scored", "bases", "chunks", "empty_records"]
+)
+def test_a_count_edited_in_a_parts_run_json_is_refused(parts, tmp_path, key):
+    """The merged run.json sums the parts' counts. One edited in a part's run.json, its tables untouched,
+    went into the merged record and the PASSED line, which then disagreed with the merged tables
+    (helper-62); the counts the tables hold are tallied while they are copied."""
+    edited = tmp_path / "edited"
+    shutil.copytree(parts[0], edited)
+    run = json.loads((edited / "run.json").read_text())
+    run["counts"][key] += 3
+    (edited / "run.json").write_text(json.dumps(run))
+    needle = f"counts.{key} is {run['counts'][key]}, but the part's tables hold"
+    _refused([edited, parts[1]], tmp_path / "out", needle)
+
+
 def _rewrite_esm(path: Path, make_esm) -> None:
     """Rewrite a part's embeddings.h5 with its attributes and ids/dnabert, and ``make_esm(file, shape)``."""
     with h5py.File(path, "r") as f:

@@ -442,6 +442,12 @@ def test_a_small_input_in_many_parts_warns_and_says_how_to_spread_it(split_reads
     assert result.code == 0 and "2 part(s) are empty" in result.stderr
     assert "with --shard-records 576; a smaller N spreads" in result.stderr
     assert "by default" not in result.stderr
+    # one record a shard already: no smaller N exists, fewer parts do (helper-62)
+    few = tmp_path / "few.fa"
+    few.write_text("".join(f">r{i}\n{'ACGT' * 40}\n" for i in range(2)))
+    result = run_cli("split", str(few), "-o", str(tmp_path / "s"), "--parts", "3", "--shard-records", "1")
+    assert result.code == 0 and "1 part(s) are empty" in result.stderr, result.stderr
+    assert "a smaller N" not in result.stderr and "ask for at most 2 part(s)" in result.stderr
 
 
 def test_records_per_part_and_records_kept_as_read(split_reads, tmp_path):
@@ -521,6 +527,7 @@ def test_split_rerun_onto_its_own_split_does_nothing_and_other_splits_are_refuse
     before = _tree(parts)
     result = run_cli("split", str(split_reads), "-o", str(parts), *args)
     assert result.code == 0 and "already holds this split" in result.stderr, result.stderr
+    assert "UP TO DATE: 576 record(s) in 3 part(s)" in result.stderr and "PASSED" not in result.stderr
     assert _tree(parts) == before
     # the same bytes from stdin, and cuts asked another way that fall on the same shards
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(split_reads.read_bytes())))
@@ -585,6 +592,7 @@ def test_merge_rerun_onto_its_own_results_does_nothing_and_force_replaces_others
     before = _tree(out)
     result = run_cli("merge", *map(str, a), "-o", str(out))
     assert result.code == 0 and "already holds the results of this merge" in result.stderr, result.stderr
+    assert "UP TO DATE: 3 part(s)" in result.stderr and "PASSED" not in result.stderr, result.stderr
     assert _tree(out) == before
     result = run_cli("merge", *map(str, a), "-o", str(out), "--force")  # asked to merge: it merges again
     assert result.code == 0 and "already holds" not in result.stderr, result.stderr

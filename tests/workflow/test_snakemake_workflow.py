@@ -208,6 +208,25 @@ def test_reruns_after_a_config_change_redo_the_parts_and_take_false_as_false(dem
     assert code != 0 and "demo must be true or false, got 'maybe'" in log
 
 
+@pytest.mark.slow
+def test_fewer_parts_on_a_rerun_cut_the_input_again(demo_workflow, tiny_set, tmp_path):
+    """Snakemake removes the split's declared outputs before it reruns it, not part-0003.fa of an
+    earlier parts=3, and split refused the folder holding it: parts=3 -> 2 stopped the workflow until
+    the file was removed by hand (helper-62). It is moved into logs/replaced now."""
+    out = tmp_path / "out"
+    for parts in (3, 2):
+        args = ["--config", f"outdir={out}", "shard_records=40", f"parts={parts}"]
+        code, log = _finish(_snakemake(demo_workflow, *args))
+        assert code == 0, log
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["part-0001.fa", "part-0002.fa", "split.json"]
+    moved = [p.name for p in (out / "logs" / "replaced").iterdir()]  # moved aside, not deleted
+    assert len(moved) == 1 and moved[0].startswith("part-0003.fa."), moved
+    assert json.loads((out / "run.json").read_text())["split"]["parts"] == 2
+    single = _single(tiny_set, demo_workflow / "wf" / "demo" / "reads.fa", tmp_path / "single",
+                     "--shard-records", "40")  # fmt: skip
+    _assert_same(single, out)
+
+
 def _dry_run(demo_workflow: Path, *config: str) -> str:
     code, log = _finish(
         _snakemake(demo_workflow, "--profile", "wf/profiles/slurm", "-n", "--config", "outdir=dry", *config)
@@ -217,9 +236,13 @@ def _dry_run(demo_workflow: Path, *config: str) -> str:
 
 
 def test_slurm_profile_dry_run_builds_engines_once_unless_given(demo_workflow):
-    log = _dry_run(demo_workflow, "backend=inductor", "precision=bf16")
+    log = _dry_run(demo_workflow, "backend=inductor", "precision=bf16", "device=cuda")
     assert "build_engines        1" in log and "predict              3" in log
-    assert "gpu=1" in log and "slurm_partition=gpu" in log
+    assert log.count("gpu=1") == 4 and "slurm_partition=gpu" in log  # the build and every predict
+    log = _dry_run(demo_workflow, "backend=inductor", "precision=bf16")  # the demo's device: cpu
+    assert "gpu=1" not in log and log.count("gpu=0") == 4, log  # a CPU run asks the cluster for no GPU
+    log = _dry_run(demo_workflow, "backend=inductor", "precision=bf16", "device=auto")
+    assert log.count("gpu=1") == 4
     assert "--engines dry/engines" in log and " build " in log
     log = _dry_run(demo_workflow, "engines=/shared/engines/h200/inductor-bf16")
     assert "build_engines" not in log and "--engines /shared/engines/h200/inductor-bf16" in log
@@ -229,5 +252,8 @@ def test_slurm_profile_dry_run_builds_engines_once_unless_given(demo_workflow):
     assert "--max-padding" not in log  # empty in config.yaml: predict's default
     log = _dry_run(demo_workflow, "max_padding=0.05:8192")
     assert log.count("--max-padding 0.05:8192") == 3
+    log = _dry_run(demo_workflow, "split_mem_mb=20000", "split_runtime=300")
+    split_job = log.split("rule split:", 1)[1].split("\n\n", 1)[0]
+    assert " mem_mb=20000," in split_job and " runtime=300" in split_job  # split holds every read id
     code, log = _finish(_snakemake(demo_workflow, "-n", "--config", "input="))
     assert code != 0 and "input not set" in log

@@ -45,7 +45,8 @@ def merge(part_outs: tuple[Path, ...], outdir: Path, force: bool) -> None:
     summary = run_merge(MergeSettings(tuple(part_outs), outdir, force), command=sys.argv)
     counts, split = summary.counts, summary.split
     log.info(
-        "PASSED%s: %d part(s), %d records, %d frames scored, %d sequences labelled virus -> %s",
+        "%s%s: %d part(s), %d records, %d frames scored, %d sequences labelled virus -> %s",
+        "UP TO DATE" if summary.reused else "PASSED",
         DEMO_LABEL if summary.demo_random_weights else "",
         split.parts if split is not None else 0, counts["records"], counts["frames"],
         counts["virus_sequences"],

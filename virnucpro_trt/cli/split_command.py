@@ -58,12 +58,14 @@ def split(
         raise click.UsageError("give exactly one of --parts N or --records-per-part R")
     from virnucpro_trt.pipeline.split import run_split
 
-    manifest = run_split(
+    outcome = run_split(
         SplitSettings(
             input_path, outdir, parts, records_per_part, int(chunk_length), shard_records, gzip_parts
         )
     )
+    manifest = outcome.manifest
     log.info(
-        "PASSED: %d record(s) in %d part(s) -> %s (split %s)",
+        "%s: %d record(s) in %d part(s) -> %s (split %s)",
+        "PASSED" if outcome.written else "UP TO DATE",
         manifest.records, len(manifest.parts), outdir, manifest.split_id[:12],
     )  # fmt: skip

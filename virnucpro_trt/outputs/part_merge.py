@@ -21,7 +21,8 @@ storage, a virtual dataset, a soft or external link) is refused before any of it
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +35,8 @@ from virnucpro_trt.outputs.tables import SEQUENCE_COLUMNS
 
 _COPY_BUFFER = 1 << 20
 _KEPT_FRAMES = SEQUENCE_COLUMNS.index("kept_frames")
+_LENGTH, _CHUNKS = SEQUENCE_COLUMNS.index("length"), SEQUENCE_COLUMNS.index("chunks")
+_LABEL, _STATUS = SEQUENCE_COLUMNS.index("label"), SEQUENCE_COLUMNS.index("status")
 _FRAME_DATASETS = ("ids", "dnabert", "esm")
 # Widest embedding accepted from a part (ESM-2 15B is 5120 wide): a block of rows is read at once.
 MAX_EMBEDDING_WIDTH = 1 << 14
@@ -59,19 +62,59 @@ def _check_header(handle: IO[str], path: Path, header: str) -> None:
         raise PartFileError(f"{path}: its header is not {header.rstrip()!r}")
 
 
-def append_table(out: IO[str], path: Path, header: str) -> int:
+def append_table(
+    out: IO[str], path: Path, header: str, tally: Callable[[Path, str], None] | None = None
+) -> int:
     """Copy a part's table into ``out`` without its header (which must be ``header``); returns its rows
-    (lines), for the merge to hold against the part's record and frame counts."""
+    (lines), for the merge to hold against the part's record and frame counts. ``tally`` is given the
+    copied text in blocks of whole rows."""
     rows = 0
     with _open_text(path) as handle:
         _check_header(handle, path, header)
         try:
             while block := handle.read(_COPY_BUFFER):
+                if not block.endswith("\n"):
+                    block += handle.readline()  # whole rows only, for the tally
                 out.write(block)
                 rows += block.count("\n")
+                if tally is not None:
+                    tally(path, block)
         except UnicodeDecodeError:
             raise PartFileError(f"{path}: not UTF-8 text") from None
     return rows
+
+
+class TableCounts:
+    """The counts a part's own tables hold, tallied while ``append_table`` copies them.
+
+    Why: the merged ``run.json`` sums the parts' counts, and a part's ``run.json`` is hostile input; a
+    count edited there (``virus_sequences``, a status, ``bases``) went into the merged record and the
+    PASSED line, which then disagreed with the merged tables. Held to these, it is refused.
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def sequences(self, path: Path, block: str) -> None:
+        """``sequences.tsv`` rows: bases, empty records, chunks, sequences labelled virus, statuses."""
+        counts = self.counts
+        for row in block.splitlines():
+            fields = row.split("\t")
+            try:
+                if len(fields) != len(SEQUENCE_COLUMNS):
+                    raise ValueError
+                length, chunks = int(fields[_LENGTH]), int(fields[_CHUNKS])
+            except ValueError:
+                raise PartFileError(f"{path}: a row is not what predict writes") from None
+            counts["bases"] += length
+            counts["empty_records"] += int(length == 0)
+            counts["chunks"] += chunks
+            counts["virus_sequences"] += int(fields[_LABEL] == "virus")
+            counts[f"status_{fields[_STATUS]}"] += 1
+
+    def predictions(self, path: Path, block: str) -> None:
+        """``prediction_results.txt`` rows labelled virus (ids hold no tab: the Prediction column)."""
+        self.counts["virus_frames"] += block.count("\tvirus\t")
 
 
 def _sorted_rows(path: Path, header: str) -> Iterator[tuple[str, str]]:

@@ -63,6 +63,7 @@ from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.demo_note import with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.part_merge import (
+    TableCounts,
     append_embeddings,
     append_table,
     embedding_attrs,
@@ -379,11 +380,15 @@ def _write_files(
                 FrameEmbeddingsWriter(outdir / EMBEDDINGS_H5, dnabert_dim, esm_dim, attrs, on_create)
             )
         with ResultSet(outdir, FINAL_TEXT_FILES, on_create) as final:
+            tables = [TableCounts() for _ in parts]
             for name, header in _HEADERS.items():
                 final[name].write(header)
-                for part in parts:
-                    rows = append_table(final[name], part.folder / name, header)
+                for part, counted in zip(parts, tables, strict=True):
+                    tally = {PREDICTION_RESULTS: counted.predictions, SEQUENCES_TSV: counted.sequences}
+                    rows = append_table(final[name], part.folder / name, header, tally.get(name))
                     _check_rows(part, name, rows)
+            for part, counted in zip(parts, tables, strict=True):
+                _check_counts(part, counted.counts)
             highest = merge_sorted_table(
                 final[HIGHEST_SCORE], [p.folder / HIGHEST_SCORE for p in parts], HIGHEST_HEADER
             )
@@ -410,6 +415,22 @@ def _check_rows(part: PartResult, name: str, rows: int) -> None:
         expected, what = part.run.counts.get("frames"), "kept frames (its run.json)"
     if rows != expected:
         raise MergeRefused(f"{part.folder / name}: {rows} rows, but the part has {expected} {what}")
+
+
+def _check_counts(part: PartResult, tallied: dict[str, int]) -> None:
+    """A part's run.json counts that its tables also hold (bases, empty records, chunks, statuses,
+    sequences and frames labelled virus) must be what the tables hold, else it is refused: a count
+    edited in run.json went into the merged run.json and its PASSED line unseen."""
+    recorded = part.run.counts
+    statuses = {key for key in (*recorded, *tallied) if key.startswith("status_")}
+    for key in sorted(statuses | set(tallied)):
+        if key not in recorded and key not in statuses:
+            continue  # a count this part's run.json does not carry: nothing to hold it to
+        if recorded.get(key, 0) != tallied.get(key, 0):
+            raise MergeRefused(
+                f"{part.folder / RUN_JSON}: counts.{key} is {recorded.get(key)}, but the part's tables "
+                f"hold {tallied.get(key, 0)} (its run.json was changed since); predict the part again"
+            )
 
 
 def _demo_random_weights(runs: list[RunRecord]) -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import functools
 import gzip as gzip_module
 import itertools
@@ -113,8 +114,17 @@ def part_ranges(
 KEPT_FILES = KeptFiles(outputs=(SPLIT_JSON,), results=True)
 
 
-def run_split(settings: SplitSettings) -> SplitManifest:
-    """Write the part files and ``split.json`` into ``settings.outdir``; returns the manifest."""
+@dataclasses.dataclass(frozen=True)
+class SplitOutcome:
+    """What ``run_split`` did: the manifest OUTDIR holds, and whether this run wrote it (False: OUTDIR
+    already held this very split, so its line says UP TO DATE, as the other idempotent commands')."""
+
+    manifest: SplitManifest
+    written: bool
+
+
+def run_split(settings: SplitSettings) -> SplitOutcome:
+    """Write the part files and ``split.json`` into ``settings.outdir``, unless it holds this split."""
     outdir = settings.outdir
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"{outdir}: exists and is not a folder")
@@ -129,8 +139,8 @@ def run_split(settings: SplitSettings) -> SplitManifest:
         work.mkdir()
         try:
             if others:
-                return _finished_split(settings, work, others)
-            return _split(settings, work, lock)
+                return SplitOutcome(_finished_split(settings, work, others), written=False)
+            return SplitOutcome(_split(settings, work, lock), written=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -333,12 +343,17 @@ def _log_plan(manifest: SplitManifest, shards: int) -> None:
     empty = [entry.index for entry in manifest.parts if not entry.records]
     if empty and manifest.records:
         if manifest.shard_records is None:
-            why = f"a shard holds at least {MIN_SHARD_RECORDS} records by default, --shard-records N spreads"
-        else:
-            why = f"with --shard-records {manifest.shard_records}; a smaller N spreads"
+            advice = (
+                f"a shard holds at least {MIN_SHARD_RECORDS} records by default; --shard-records N spreads "
+                "a small input wider"
+            )
+        elif manifest.shard_records > 1:
+            advice = f"with --shard-records {manifest.shard_records}; a smaller N spreads a small input wider"
+        else:  # one record a shard already
+            advice = f"each shard is one record already: ask for at most {manifest.records} part(s)"
         log.warning(
-            "the input has only %d shard(s): %d part(s) are empty (they predict to header-only results); "
-            "%s a small input wider", shards, len(empty), why,
+            "the input has only %d shard(s): %d part(s) are empty (they predict to header-only results); %s",
+            shards, len(empty), advice,
         )  # fmt: skip
 
 
