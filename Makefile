@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test tools lint clean
 
 $(BIN)/virnucpro-trt: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,17 @@ setup: $(BIN)/virnucpro-trt
 demo: setup
 	$(BIN)/virnucpro-trt demo -o demo-out
 
-test: setup
+# The tools are checked before setup (which installs GBs), so a machine without them is told at once.
+tools:
 	@command -v g++ >/dev/null && command -v cmake >/dev/null || \
 		{ echo "make test needs g++ (AOTInductor engines) and cmake (the C++ host runtime)" >&2; exit 1; }
+
+test: tools setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache

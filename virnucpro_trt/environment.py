@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from virnucpro_trt import __version__
@@ -210,9 +211,34 @@ def cuda_devices() -> list[dict[str, Any]]:
     return devices
 
 
+# ONNX Runtime's Linux wheels (1.32 here) carry 1DS telemetry: a few seconds after the first session a
+# background thread looks up its collector, mobile.events.data.microsoft.com:443. The variable is read
+# when the library loads, so it is set before the first import (a user's own value is kept).
+ORT_TELEMETRY_VARIABLE = "ORT_DISABLE_TELEMETRY"
+
+
+def stay_offline() -> None:
+    """Nothing but ``download`` reaches the network: Hugging Face lookups are forced offline for this
+    process (and the workers it starts, which inherit the variables), and ONNX Runtime's telemetry is
+    turned off before any library (onnxscript, torch.onnx) can load onnxruntime ahead of
+    :func:`import_onnxruntime`. A user's own values are kept."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault(ORT_TELEMETRY_VARIABLE, "1")
+
+
+def import_onnxruntime() -> ModuleType:
+    """``onnxruntime`` with its telemetry off; every import of it in this package goes through here
+    (nothing but ``download`` may reach the network). ImportError propagates with its own message."""
+    os.environ.setdefault(ORT_TELEMETRY_VARIABLE, "1")
+    import onnxruntime
+
+    return onnxruntime
+
+
 def onnxruntime_providers() -> list[str] | str:
     try:
-        import onnxruntime
+        onnxruntime = import_onnxruntime()
     except Exception as exc:
         return f"not importable ({type(exc).__name__}: {exc})"
     return list(onnxruntime.get_available_providers())

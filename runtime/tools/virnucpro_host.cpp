@@ -53,11 +53,14 @@
 
 namespace {
 
+const char* const USAGE =
+    "Usage: virnucpro-host ENGINE_DIR (--check | INPUTS.pt OUTPUTS.pt) "
+    "[--device cpu|cuda|cuda:N] [--no-verify] [--max-batch-tokens N] "
+    "[--max-padding SHARE[:FLOOR]|none] [--cpu-threads N] "
+    "[--warmup] [--timing FILE] [--print-batches]\n";
+
 int usage(const std::string& message) {
-  std::cerr << "Error: " << message << "\nUsage: virnucpro-host ENGINE_DIR (--check | INPUTS.pt OUTPUTS.pt) "
-            << "[--device cpu|cuda|cuda:N] [--no-verify] [--max-batch-tokens N] "
-            << "[--max-padding SHARE[:FLOOR]|none] [--cpu-threads N] "
-            << "[--warmup] [--timing FILE] [--print-batches]\n";
+  std::cerr << "Error: " << message << "\n" << USAGE;
   return 2;
 }
 
@@ -367,6 +370,13 @@ int run(const Options& options, const c10::Device& device) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {  // asked for: the usage on stdout, exit 0
+      std::cout << USAGE;
+      return 0;
+    }
+  }
   Options options;
   if (const auto problem = parse(argc, argv, options)) return usage(*problem);
   try {

@@ -83,6 +83,14 @@ def _host_matches_python(host_tool: Path, engines: Path, tmp_path: Path) -> None
     np.testing.assert_allclose(probs, want_probs, atol=1e-5, rtol=0)
 
 
+def test_help_prints_the_usage_and_exits_0(host_tool) -> None:
+    for flag in ("--help", "-h"):
+        done = subprocess.run([str(host_tool), flag], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.startswith("Usage: virnucpro-host "), done.stderr
+    wrong = subprocess.run([str(host_tool), "--helpme"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("Error: unknown option --helpme")
+
+
 def test_check_accepts_the_engines_and_refuses_a_changed_manifest(host_tool, engines, tmp_path) -> None:
     ok = subprocess.run([str(host_tool), str(engines), "--check"], capture_output=True, text=True)
     assert ok.returncode == 0 and ok.stdout.startswith("ok: inductor fp32"), ok.stderr

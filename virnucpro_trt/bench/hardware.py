@@ -105,8 +105,9 @@ def script_environment(device: torch.device | None, with_onnxruntime: bool) -> d
     }
     if with_onnxruntime:
         try:
-            import onnxruntime
+            from virnucpro_trt.environment import import_onnxruntime
 
+            onnxruntime = import_onnxruntime()
             env["onnxruntime"] = onnxruntime.__version__
             env["onnxruntime_providers"] = onnxruntime.get_available_providers()
         except ImportError:

@@ -8,7 +8,6 @@ the command runs. The options it shares with ``build`` and ``predict`` come from
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -205,6 +204,9 @@ def bench(
         virnucpro-trt bench --random-weights full-outliers --reads 20000 --backends torch,compile,inductor \\
             --precision bf16,fp8 --json bench.json
     """
+    from virnucpro_trt.environment import stay_offline
+
+    stay_offline()  # model lookups never download, no library phones home
     named = checkpoint_specs(dnabert, esm, classifier)
     _check_sources(
         input_path,
@@ -216,8 +218,6 @@ def bench(
     )
     reports = [path for path in (json_path, plot_path) if path is not None]
     _check_report_paths(reports, [input_path, dnabert, esm, classifier, *engines], force)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # model lookups never download
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if plot_path is not None:
         from virnucpro_trt.bench.plot import require_matplotlib
 

@@ -70,9 +70,10 @@ _CONTEXT = CONTEXT
 
 
 def _offline() -> None:
-    """Model lookups must never download: force the Hugging Face hub offline for this process."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    """Model lookups never download, and no library phones home (``environment.stay_offline``)."""
+    from virnucpro_trt.environment import stay_offline
+
+    stay_offline()
 
 
 # -v/-q/--log-file after the command name (and, through the group, before it).

@@ -9,22 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from virnucpro_trt.environment import available_cpus
+from virnucpro_trt.environment import available_cpus, import_onnxruntime
 from virnucpro_trt.errors import UserError
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
-
-
-def import_onnxruntime() -> ModuleType:
-    """``onnxruntime``, imported on first use (ImportError propagates with its own message)."""
-    import onnxruntime
-
-    return onnxruntime
 
 
 def onnxruntime_problem() -> str | None:

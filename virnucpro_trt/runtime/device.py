@@ -72,9 +72,9 @@ def computing_releases(engine_backend: str | None = None) -> dict[str, str]:
     """
     releases = {"torch": torch.__version__}
     if engine_backend == "onnxruntime":
-        import onnxruntime
+        from virnucpro_trt.environment import import_onnxruntime
 
-        releases["onnxruntime"] = str(onnxruntime.__version__)
+        releases["onnxruntime"] = str(import_onnxruntime().__version__)
     return releases
 
 
