@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "virnucpro/bounded_json.h"
 #include "virnucpro/runtime.h"
 #include "virnucpro/text.h"
 
@@ -122,10 +123,16 @@ std::map<std::string, at::Tensor> read_safetensors(const std::filesystem::path& 
   }
   std::string header(header_size, '\0');
   in.read(header.data(), static_cast<std::streamsize>(header_size));
-  const auto parsed = nlohmann::json::parse(header, nullptr, false);
-  if (!in || parsed.is_discarded() || !parsed.is_object()) {
+  if (!in) throw std::runtime_error("cannot read " + where);
+  nlohmann::json parsed;
+  try {
+    parsed = parse_bounded(header);
+  } catch (const nlohmann::json::exception&) {
     throw std::runtime_error(where + ": its header is not a JSON object");
+  } catch (const JsonRefused& refused) {
+    throw std::runtime_error(where + ": its header is refused: " + refused.what());
   }
+  if (!parsed.is_object()) throw std::runtime_error(where + ": its header is not a JSON object");
   std::vector<Entry> entries;
   for (const auto& [name, info] : parsed.items()) {
     if (name != "__metadata__") {
@@ -158,6 +165,9 @@ constexpr const char* kTensorNames[] = {"hidden_layer.weight", "hidden_layer.bia
                                         "output_layer.weight", "output_layer.bias"};
 // BatchNorm's epsilon when the file states none: torch's default.
 constexpr double kDefaultEps = 1e-5;
+// The largest the Python loader takes (models/classifier.py MAX_BN_EPS, the encoders' LayerNorm bound): a
+// larger one flattens the normalisation, every score alike (1e6 turned a 0.81 "others" call into 0.53 virus).
+constexpr double kMaxEps = 0.1;
 
 // Upstream's shapes (models/classifier.py _check_shapes): hidden_layer.weight [H, D] fixes the others.
 void check_shapes(const std::map<std::string, at::Tensor>& t, const std::string& file) {
@@ -179,18 +189,25 @@ void check_shapes(const std::map<std::string, at::Tensor>& t, const std::string&
 }
 
 // The bn_eps the file's metadata carries as text (Python's repr of a float; the default when absent):
-// the whole text a number, finite and > 0, as the Python loader requires (models/classifier.py
-// _checked_eps): BatchNorm divides by sqrt(running_var + eps).
+// the whole text a decimal number (digits, '.', an exponent: what repr writes and the Python loader's
+// grammar takes; strtod alone also reads hex and skips leading blanks), finite, > 0 and at most kMaxEps,
+// as the Python loader requires (models/classifier.py _checked_eps): BatchNorm divides by
+// sqrt(running_var + eps). A subnormal value (strtod's ERANGE) is a number > 0 there too.
 double metadata_eps(const std::map<std::string, std::string>& metadata, const std::string& file) {
   const auto it = metadata.find("bn_eps");
   if (it == metadata.end()) return kDefaultEps;
-  const char* text = it->second.c_str();
+  const std::string& text = it->second;
+  const bool decimal = !text.empty() && text.find_first_not_of("0123456789.eE+-") == std::string::npos &&
+                       text.find_first_of("0123456789") != std::string::npos;
   char* end = nullptr;
-  errno = 0;
-  const double eps = std::strtod(text, &end);
-  const bool whole = !it->second.empty() && end == text + it->second.size() && errno == 0;
+  const double eps = decimal ? std::strtod(text.c_str(), &end) : 0.0;
+  const bool whole = decimal && end == text.c_str() + text.size();
   if (!whole || !std::isfinite(eps) || eps <= 0) {
-    throw EngineMismatch(file + ": metadata bn_eps '" + printable(it->second) + "' is not a finite number > 0");
+    throw EngineMismatch(file + ": metadata bn_eps '" + printable(text) + "' is not a finite number > 0");
+  }
+  if (eps > kMaxEps) {
+    throw EngineMismatch(file + ": metadata bn_eps '" + printable(text) + "' is more than 0.1" +
+                         ": no BatchNorm is trained with it, and it flattens the normalisation (every score alike)");
   }
   return eps;
 }

@@ -132,7 +132,11 @@ Encoder::Encoder(const EngineManifest& manifest, const std::string& kind, const 
     : entry_(manifest.models.at(kind)), device_(device) {
   const auto path = (manifest.folder / entry_.artifact).string();
   const c10::DeviceIndex index = device.is_cuda() ? (device.has_index() ? device.index() : 0) : -1;
-  loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1, index);
+  try {  // a damaged package (its SHA-256 recorded anew) is refused like a mismatch, as the Python loader does
+    loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1, index);
+  } catch (const std::exception& error) {
+    throw EngineMismatch("cannot load " + path + ": " + first_line(error.what()));
+  }
   const auto metadata = loader_->get_metadata();
   const std::string found = meta(metadata, "kind", path) + "/" + meta(metadata, "precision", path) + "/" +
                             meta(metadata, "dim", path);
@@ -147,8 +151,9 @@ Encoder::Encoder(const EngineManifest& manifest, const std::string& kind, const 
 
 // The manifest's promises must hold for the package, as the Python loader requires (check_metadata in
 // inductor_runner.py): its largest batch and length inside the compiled box (smaller ones are padded up
-// into it), the same vocabulary where the manifest records one, and a pad id inside it (the runner pads
-// with it, and an id past the table aborts the process inside the kernel).
+// into it), the same vocabulary (a build records it in both since recipe 8, so a manifest without it
+// beside a package with it was edited: the Python loader refuses it too), and a pad id inside it (the
+// runner pads with it, and an id past the table aborts the process inside the kernel).
 void Encoder::check_manifest_fits(const std::string& path) const {
   const auto& promised = entry_.shapes;
   if (promised.max_batch > graph_.max_batch || promised.max_length > graph_.max_length) {
@@ -157,9 +162,10 @@ void Encoder::check_manifest_fits(const std::string& path) const {
                          std::to_string(promised.max_batch) + " x " + std::to_string(promised.max_length) +
                          "; rebuild the engines");
   }
-  if (entry_.vocab_size != 0 && entry_.vocab_size != vocab_size_) {
+  if (entry_.vocab_size != vocab_size_) {  // none recorded (0) beside a package that records one: edited
     throw EngineMismatch(path + " embeds " + std::to_string(vocab_size_) + " tokens but the manifest says " +
-                         std::to_string(entry_.vocab_size) + "; rebuild the engines");
+                         (entry_.vocab_size ? std::to_string(entry_.vocab_size) : std::string("none")) +
+                         "; rebuild the engines");
   }
   if (entry_.pad_id >= vocab_size_) {
     throw EngineMismatch("the manifest's " + entry_.kind + " pad_id " + std::to_string(entry_.pad_id) +

@@ -1,7 +1,9 @@
 // Reading and checking an engine directory's manifest.json (schema virnucpro-trt/engine-manifest v2).
 // The manifest is read as hostile input: every file it names must be a plain name inside the folder,
 // and every file must have the SHA-256 recorded beside it before anything is loaded.
+#include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <set>
 #include <sstream>
@@ -9,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "virnucpro/bounded_json.h"
 #include "virnucpro/text.h"
 
 #if __has_include(<torch/headeronly/version.h>)
@@ -32,6 +35,7 @@ namespace {
 
 constexpr const char* kSchema = "virnucpro-trt/engine-manifest";
 constexpr int kSchemaVersion = 2;
+constexpr const char* kModelKinds[] = {"dnabert-s", "esm2", "classifier"};
 
 // A plain file name: one path component, not "." or "..", no separator, no NUL.
 bool plain_name(const std::string& name) {
@@ -39,13 +43,16 @@ bool plain_name(const std::string& name) {
          name.find('\\') == std::string::npos && name.find('\0') == std::string::npos;
 }
 
-// FOLDER/NAME resolved, when it stays inside FOLDER (symlinks followed); empty otherwise.
+// FOLDER/NAME resolved, when it stays inside FOLDER (symlinks followed; a link to a file in a subfolder
+// stays inside, as the Python runtime's files/names.py member_path has it); empty otherwise.
 std::filesystem::path inside(const std::filesystem::path& folder, const std::string& name) {
   std::error_code ec;
   const auto root = std::filesystem::weakly_canonical(folder, ec);
   if (ec) return {};
   const auto target = std::filesystem::weakly_canonical(folder / name, ec);
-  if (ec || target.parent_path() != root) return {};
+  if (ec) return {};
+  const auto relative = target.lexically_relative(root);
+  if (relative.empty() || relative == "." || *relative.begin() == "..") return {};
   return target;
 }
 
@@ -148,23 +155,38 @@ void read_fields(const nlohmann::json& data, EngineManifest& m) {
       m.instruction_sets.push_back(name.get<std::string>());
     }
   }
-  m.torch_version = data.value("libraries", nlohmann::json::object()).value("torch", "");
-  if (const auto build = data.value("build", nlohmann::json::object()); build.is_object()) {
-    if (const auto budget = build.value("max_batch_tokens", nlohmann::json()); !budget.is_null()) {
-      m.max_batch_tokens = integer(budget, "build.max_batch_tokens", 1, kMaxBatchTokens);
+  // Blocks are looked at in place (json::value() would copy them), and typed as the Python reader types
+  // them: libraries an object, build an object when present, models exactly the three kinds.
+  const auto& libraries = data.at("libraries");
+  if (!libraries.is_object()) throw EngineMismatch("'libraries' must be an object");
+  m.torch_version = libraries.value("torch", "");
+  if (const auto build = data.find("build"); build != data.end()) {
+    if (!build->is_object()) throw EngineMismatch("'build' must be an object");
+    if (const auto budget = build->find("max_batch_tokens"); budget != build->end()) {  // null is no budget
+      m.max_batch_tokens = integer(*budget, "build.max_batch_tokens", kMinBatchTokens, kMaxBatchTokens);
     }
   }
-  for (const auto& [kind, entry] : data.at("models").items()) {
+  const auto& models = data.at("models");
+  const bool three = models.is_object() && models.size() == std::size(kModelKinds) &&
+                     std::all_of(std::begin(kModelKinds), std::end(kModelKinds),
+                                 [&](const char* kind) { return models.contains(kind); });
+  if (!three) throw EngineMismatch("'models' must hold exactly dnabert-s, esm2, classifier");
+  for (const auto& [kind, entry] : models.items()) {
     ModelEntry e;
     e.kind = kind;
     e.artifact = entry.at("artifact").get<std::string>();
     e.file_sha256 = entry.at("file_sha256").get<std::map<std::string, std::string>>();
     for (const auto& [name, sha] : e.file_sha256) {
-      if (!plain_name(name)) throw EngineMismatch("'" + name + "' is not a plain file name");
+      if (!plain_name(name)) throw EngineMismatch("'" + printable(name) + "' is not a plain file name");
     }
     if (!plain_name(e.artifact) || !e.file_sha256.count(e.artifact)) {
-      throw EngineMismatch("the " + kind + " artifact '" + e.artifact +
+      throw EngineMismatch("the " + kind + " artifact '" + printable(e.artifact) +
                            "' is not a plain file name with a recorded SHA-256");
+    }
+    const std::string suffix = ".safetensors";  // what the classifier reader reads (manifest.py has the rule)
+    if (kind == "classifier" && (e.artifact.size() < suffix.size() ||
+                                 e.artifact.compare(e.artifact.size() - suffix.size(), suffix.size(), suffix))) {
+      throw EngineMismatch("models.classifier: the classifier of an engine directory must be .safetensors");
     }
     const std::string field = "models." + kind;
     e.dim = integer(entry.at("dim"), field + ".dim", 1, kMaxDim);
@@ -182,6 +204,10 @@ void read_fields(const nlohmann::json& data, EngineManifest& m) {
 EngineManifest EngineManifest::read(const std::filesystem::path& folder) {
   const auto path = folder / "manifest.json";
   std::error_code error;
+  if (std::filesystem::is_symlink(std::filesystem::symlink_status(path, error))) {
+    // as the Python reader has it: like every file of the set, a plain file inside the folder
+    throw EngineMismatch(path.string() + " is a symbolic link; a manifest is a plain file in its folder");
+  }
   const auto status = std::filesystem::status(path, error);
   if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
     throw EngineMismatch(path.string() + " is not a regular file");  // a FIFO would block, /dev/zero never end
@@ -191,18 +217,23 @@ EngineManifest EngineManifest::read(const std::filesystem::path& folder) {
   if (std::filesystem::exists(status) && std::filesystem::file_size(path, error) > kMaxManifestBytes) {
     throw EngineMismatch(path.string() + " is larger than a manifest can be (8 MiB)");
   }
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) {
     throw EngineMismatch(folder.string() + " is not an engine directory (no manifest.json); build one with "
                          "`virnucpro-trt build --backend inductor`");
   }
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
   nlohmann::json data;
   try {
-    data = nlohmann::json::parse(in);
+    data = parse_bounded(python_constants_as_null(text));  // what Python's json reads
   } catch (const nlohmann::json::exception& error) {
+    throw EngineMismatch(path.string() + " is not valid JSON: " + first_line(error.what()).substr(0, 300));
+  } catch (const JsonRefused& error) {
     throw EngineMismatch(path.string() + " is not valid JSON: " + error.what());
   }
-  if (data.value("schema", "") != kSchema) {
+  // find() on anything but an object is end(): an array or a number is no manifest either (json::value()
+  // threw a type_error for them, exit 1 with nlohmann's text).
+  if (const auto schema = data.find("schema"); schema == data.end() || *schema != kSchema) {
     throw EngineMismatch(path.string() + " is not a virnucpro-trt engine manifest");
   }
   EngineManifest m;
@@ -265,16 +296,18 @@ std::string EngineManifest::mismatches(const c10::Device& device, bool verify_fi
     for (const auto& [name, recorded] : it->second.file_sha256) {
       const auto file = inside(folder, name);
       if (file.empty()) {
-        problems.push_back(name + " resolves outside " + folder.string() + " (refused)");
+        problems.push_back(printable(name) + " resolves outside " + folder.string() + " (refused)");
+      } else if (!std::filesystem::exists(file)) {
+        problems.push_back(folder.string() + "/" + printable(name) + " is missing");
       } else if (!std::filesystem::is_regular_file(file)) {
-        problems.push_back((folder / name).string() + " is missing");
+        problems.push_back(folder.string() + "/" + printable(name) + " is not a regular file");
       } else if (verify_files) {
         const auto sha = file_sha256(file);
         if (sha.empty()) {
-          problems.push_back("this runtime was built without OpenSSL and cannot check " + name +
+          problems.push_back("this runtime was built without OpenSSL and cannot check " + printable(name) +
                              " (rebuild it with OpenSSL, or pass --no-verify to trust the folder)");
         } else if (sha != recorded) {
-          problems.push_back(name + " does not match its sha256 in the manifest");
+          problems.push_back(printable(name) + " does not match its sha256 in the manifest");
         }
       }
     }

@@ -50,6 +50,7 @@
 #include "virnucpro/batching.h"
 #include "virnucpro/runtime.h"
 #include "virnucpro/tensor_archive.h"
+#include "virnucpro/text.h"
 
 namespace {
 
@@ -191,8 +192,9 @@ int check(const Options& options, const c10::Device& device) {
     std::cerr << "Error: engines in " << options.positional[0] << " cannot be used here: " << problems << "\n";
     return 2;
   }
-  std::cout << "ok: " << manifest.backend << " " << manifest.precision << " engines for " << manifest.device_arch
-            << "\n";
+  // the manifest's own strings, shown printable: a newline or escape in them must not forge a second line
+  std::cout << "ok: " << virnucpro::printable(manifest.backend) << " " << virnucpro::printable(manifest.precision)
+            << " engines for " << virnucpro::printable(manifest.device_arch) << "\n";
   return 0;
 }
 

@@ -663,3 +663,34 @@ def test_row_launch_facts_name_every_mode_and_the_engines_gelu() -> None:
     assert all(
         not f["resident"] and f["erf"] == ERF_LIBDEVICE for name, f in facts.items() if name != "bias_gelu"
     )
+
+
+def test_the_manifests_vocabulary_must_be_the_packages_own() -> None:
+    """The tokenizers are held to the manifest's ``vocab_size``; the package records its own
+    (``virnucpro.vocab_size``). A manifest claiming more rows than the package has (with a tokenizer
+    emitting ids up to it) aborted predict and embed inside the compiled embedding kernel (SIGABRT,
+    "index out of bounds: 0 <= tmp7 < 33"); one recording none for a package that records its size
+    skipped the tokenizer check. The C++ host refused both; now the Python loader does too."""
+    from virnucpro_trt.engines.inductor_runner import check_metadata
+    from virnucpro_trt.engines.inductor_shapes import META_PREFIX
+    from virnucpro_trt.errors import EngineMismatchError
+
+    shapes = ShapeRange(1, 4, 8, 2, 20, 40)
+    graph = GraphShapes(1, 8, 2, 40, 2)
+    metadata = {
+        **graph.to_metadata(),
+        f"{META_PREFIX}kind": "esm2",
+        f"{META_PREFIX}precision": "fp32",
+        f"{META_PREFIX}dim": "64",
+        f"{META_PREFIX}vocab_size": "33",
+    }
+    path = Path("esm2.cpu.fp32.pt2")
+    assert check_metadata(metadata, path, "esm2", "fp32", 64, shapes, 33) == graph
+    assert check_metadata(metadata, path, "esm2", "fp32", 64, shapes) == graph  # a fresh build's check
+    for manifest_says, needle in ((76, "embeds '33' tokens but the manifest says 76"), (0, "says none")):
+        with pytest.raises(EngineMismatchError, match=needle):
+            check_metadata(metadata, path, "esm2", "fp32", 64, shapes, manifest_says)
+    older = {k: v for k, v in metadata.items() if not k.endswith("vocab_size")}  # before build recipe 8
+    assert check_metadata(older, path, "esm2", "fp32", 64, shapes, 0) == graph
+    with pytest.raises(EngineMismatchError, match="embeds an unrecorded number of tokens"):
+        check_metadata(older, path, "esm2", "fp32", 64, shapes, 33)

@@ -381,3 +381,39 @@ def test_the_token_fields_a_build_writes_are_read(tmp_path):
     back = EngineManifest.read(tmp_path)
     assert back.models["esm2"].vocab_size == 0 and back.models["esm2"].pad_id == 1
     assert back.models["classifier"].pad_id == 0 and back.models["classifier"].vocab_size == 0
+
+
+def test_the_schema_version_is_a_json_integer(tmp_path):
+    """``"schema_version": 2.0`` compared equal to 2 and was read; the C++ host refuses it (a JSON
+    integer in range), as this reader refuses every other manifest integer written as a float."""
+    data = _manifest().to_json()
+    data["schema_version"] = float(SCHEMA_VERSION)
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineMismatchError, match=r"schema 2\.0 \(float\), this version reads 2"):
+        EngineManifest.read(tmp_path)
+    data["schema_version"] = SCHEMA_VERSION
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    assert EngineManifest.read(tmp_path).schema_version == SCHEMA_VERSION
+
+
+def test_a_file_name_the_system_cannot_resolve_is_refused_in_one_line(tmp_path):
+    """A 5000-character name (ENAMETOOLONG) and a link to itself (a loop) ended as "unexpected
+    failure" (exit 1) inside the path resolution; they are refused like any other bad name (exit 2)."""
+    manifest = _manifest()
+    for entry in manifest.models.values():
+        for name in entry.file_names():
+            (tmp_path / name).write_bytes(name.encode())
+        entry.record_files(tmp_path)
+    (tmp_path / "esm2.vocab.txt").unlink()
+    (tmp_path / "esm2.vocab.txt").symlink_to("esm2.vocab.txt")
+    with pytest.raises(EngineMismatchError, match=r"'esm2\.vocab\.txt' cannot be resolved") as caught:
+        verify_files(manifest, tmp_path)
+    assert caught.value.exit_code == 2
+    long_name = "x" * 5000
+    entry = manifest.models["classifier"]
+    entry.artifact, entry.file_sha256 = long_name, {long_name: FAKE_SHA}
+    (tmp_path / "esm2.vocab.txt").unlink()
+    (tmp_path / "esm2.vocab.txt").write_bytes(b"esm2.vocab.txt")
+    with pytest.raises(EngineMismatchError, match="cannot be resolved") as caught:
+        verify_files(manifest, tmp_path)
+    assert caught.value.exit_code == 2 and "\n" not in str(caught.value)

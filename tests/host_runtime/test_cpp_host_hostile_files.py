@@ -183,7 +183,7 @@ def test_what_torch_save_writes_passes_the_pickle_check(host_tool, engines, tmp_
         ),
         (("models", "esm2", "shapes", "max_length"), 10**12, "models.esm2.shapes.max_length must be"),
         (("models", "classifier", "dim"), -128, "models.classifier.dim must be an integer in [1,"),
-        (("build", "max_batch_tokens"), 0, "build.max_batch_tokens must be an integer in [1,"),
+        (("build", "max_batch_tokens"), 0, "build.max_batch_tokens must be an integer in [16,"),
         (("build", "max_batch_tokens"), 2**64 - 1, "build.max_batch_tokens must be an integer"),
         (("schema_version",), 2.5, "schema_version must be an integer"),
     ],
@@ -289,6 +289,18 @@ def _header_edited(change: Callable[[dict], None]) -> Callable[[Path], None]:
     return edit
 
 
+def _header_bytes(change: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    """An edit of the safetensors header's bytes (not JSON-parsed: for headers json cannot write)."""
+
+    def edit(path: Path) -> None:
+        raw = path.read_bytes()
+        (size,) = struct.unpack("<Q", raw[:8])
+        text = change(raw[8 : 8 + size])
+        path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + size :])
+
+    return edit
+
+
 def _first_two(header: dict) -> tuple[dict, dict]:
     """The two [hidden] float32 tensors whose data comes first (both of one size)."""
     entries = sorted((v for k, v in header.items() if k != "__metadata__"), key=lambda v: v["data_offsets"])
@@ -351,6 +363,30 @@ CLASSIFIERS: dict[str, tuple[Callable[[Path], None], str]] = {
     "offsets_past_the_end": (_header_edited(_past_the_end), "leaves a gap"),
     "byte_count_not_the_shape": (_header_edited(_wrong_byte_count), "bytes for a shape of"),
     "huge_header": (_huge_header, "a header of 100000000 bytes"),
+    # helper-64's audit: what the Python loader refuses, the host took (1e6 turned a 0.81 "others" call
+    # into 0.53 virus), and a header nesting a dtype 400,000 deep crashed it (SIGSEGV copying the value)
+    "eps_too_large": (
+        _resaved(lambda t, m: m.update(bn_eps="1000000.0")),
+        "metadata bn_eps '1000000.0' is more than 0.1",
+    ),
+    "eps_hex": (
+        _resaved(lambda t, m: m.update(bn_eps="0x1p-17")),
+        "metadata bn_eps '0x1p-17' is not a finite",
+    ),
+    "eps_blank": (
+        _resaved(lambda t, m: m.update(bn_eps=" 1e-05")),
+        "metadata bn_eps ' 1e-05' is not a finite",
+    ),
+    "header_bom": (
+        _header_bytes(lambda h: b"\xef\xbb\xbf" + h),
+        "its header is refused: it begins with a UTF-8",
+    ),
+    "deep_header": (
+        _header_bytes(
+            lambda h: h.rstrip()[:-1] + b', "zz": {"dtype": ' + b"[" * 400_000 + b"]" * 400_000 + b"}}"
+        ),
+        "its header is refused: it nests values deeper than 128 levels",
+    ),
 }
 
 
@@ -363,3 +399,152 @@ def test_the_classifier_file_is_checked_as_python_checks_it(host_tool, engines, 
     _write_manifest(folder, manifest, {"classifier": name})
     out = tmp_path / "o.pt"
     _assert_refused(_run(host_tool, folder, _inputs(tmp_path, "good"), out), needle, out)
+
+
+# ------------------------------------------------------------------ the engine folder (helper-64's audit)
+DEEP = b"[" * 1_000_000 + b"]" * 1_000_000
+
+
+def _manifest_text(folder: Path, manifest: dict, holes: dict[str, bytes]) -> None:
+    """Write ``manifest`` with each string value ``"HOLE:<key>"`` replaced by raw JSON text."""
+    text = json.dumps(manifest).encode()
+    for key, raw in holes.items():
+        text = text.replace(json.dumps(f"HOLE:{key}").encode(), raw)
+    (folder / "manifest.json").write_bytes(text)
+
+
+@pytest.mark.parametrize("where", ["libraries", "build", "build.max_batch_tokens"])
+def test_deeply_nested_manifest_json_is_refused_not_a_crash(host_tool, engines, tmp_path, where) -> None:
+    """10^6 nested arrays (2 MB, under the 8 MiB bound) as `libraries`, `build` or the budget: nlohmann
+    parses them without recursion, but json::value() copied the block, recursing once per level
+    (SIGSEGV in --check and in a run). Python refuses it ("JSON nested too deeply")."""
+    folder, manifest = _copy(engines, tmp_path, "deep")
+    if where == "build.max_batch_tokens":
+        manifest["build"]["max_batch_tokens"] = "HOLE:x"
+    else:
+        manifest[where] = "HOLE:x"
+    _manifest_text(folder, manifest, {"x": DEEP})
+    _assert_refused(_run(host_tool, folder, "--check"), "is not valid JSON: it nests values deeper than 128")
+
+
+def _linked_manifest(folder: Path, manifest: dict) -> None:
+    (folder.parent / "elsewhere.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").unlink()
+    (folder / "manifest.json").symlink_to(folder.parent / "elsewhere.json")
+
+
+def _classifier_renamed(folder: Path, manifest: dict) -> None:
+    (folder / "classifier.safetensors").rename(folder / "classifier.bin")
+    entry = manifest["models"]["classifier"]
+    entry.update(artifact="classifier.bin", file_sha256={"classifier.bin": entry["file_sha256"].popitem()[1]})
+    _write_manifest(folder, manifest)
+
+
+def _name_with_a_newline(folder: Path, manifest: dict) -> None:
+    manifest["models"]["esm2"]["file_sha256"]["a\nError: forged line"] = "0" * 64
+    _write_manifest(folder, manifest)
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        # nlohmann's type_error for value() on an array or a number schema: exit 1 and its own words
+        (lambda f, m: (f / "manifest.json").write_text("[1, 2]"), "is not a virnucpro-trt engine manifest"),
+        (lambda f, m: _write_manifest(f, {**m, "schema": 5}), "is not a virnucpro-trt engine manifest"),
+        # nlohmann skips a byte-order mark, Python's json refuses it
+        (
+            lambda f, m: (f / "manifest.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(m).encode()),
+            "is not valid JSON: it begins with a UTF-8 byte-order mark",
+        ),
+        # a manifest that is a link (to a copy elsewhere): Python refuses it, the host followed it
+        (_linked_manifest, "manifest.json is a symbolic link"),
+        # what the Python reader refuses and the host took
+        (
+            lambda f, m: _write_manifest(
+                f, {**m, "models": {**m["models"], "extra": m["models"]["classifier"]}}
+            ),
+            "'models' must hold exactly dnabert-s, esm2, classifier",
+        ),
+        (lambda f, m: _write_manifest(f, {**m, "build": []}), "'build' must be an object"),
+        (
+            lambda f, m: _write_manifest(f, {**m, "build": {**m["build"], "max_batch_tokens": 8}}),
+            "build.max_batch_tokens must be an integer in [16, 16777216], not 8",
+        ),
+        (
+            lambda f, m: _write_manifest(f, {**m, "build": {**m["build"], "max_batch_tokens": 2**30}}),
+            "build.max_batch_tokens must be an integer in [16, 16777216]",
+        ),
+        (lambda f, m: _write_manifest(f, {k: v for k, v in m.items() if k != "libraries"}), "libraries"),
+        (_classifier_renamed, "the classifier of an engine directory must be .safetensors"),
+        # a name the manifest gives, shown printable: its newline made the refusal two lines
+        (_name_with_a_newline, "/a?Error: forged line is missing"),
+    ],
+)
+def test_the_manifest_is_refused_where_python_refuses_it(host_tool, engines, tmp_path, edit, needle) -> None:
+    folder, manifest = _copy(engines, tmp_path, "manifest")
+    edit(folder, manifest)
+    _assert_refused(_run(host_tool, folder, "--check"), needle)
+
+
+def test_check_says_ok_in_one_line_and_links_inside_the_folder_are_followed(
+    host_tool, engines, tmp_path
+) -> None:
+    """The "ok" line shows the manifest's own strings printable (an arch with a newline forged a second
+    line on stdout); a package that is a link to a file in a subfolder of the set is inside it, as the
+    Python runtime has it (the host refused it as "outside")."""
+    folder, manifest = _copy(engines, tmp_path, "ok")
+    manifest["device"]["arch"] = "cpu\nError: forged"
+    _write_manifest(folder, manifest)
+    artifact = manifest["models"]["esm2"]["artifact"]
+    (folder / "sub").mkdir()
+    (folder / artifact).rename(folder / "sub" / artifact)
+    (folder / artifact).symlink_to(Path("sub") / artifact)
+    done = _run(host_tool, folder, "--check")
+    assert done.returncode == 0 and done.stdout == "ok: inductor fp32 engines for cpu?Error: forged\n", done
+    out = tmp_path / "o.pt"
+    assert _run(host_tool, folder, _inputs(tmp_path, "good"), out).returncode == 0 and out.stat().st_size > 0
+
+
+def test_a_damaged_package_is_refused_in_one_line_exit_2(host_tool, engines, tmp_path) -> None:
+    """A package that is no zip (its SHA-256 recorded anew) ended in exit 1 with libtorch's words; the
+    Python loader refuses it as an engine mismatch ("cannot load ..."), exit 2, and so does the host."""
+    folder, manifest = _copy(engines, tmp_path, "damaged")
+    artifact = manifest["models"]["esm2"]["artifact"]
+    (folder / artifact).write_bytes(b"not a zip" * 100)
+    _write_manifest(folder, manifest, {"esm2": artifact})
+    out = tmp_path / "o.pt"
+    _assert_refused(
+        _run(host_tool, folder, _inputs(tmp_path, "good"), out), f"cannot load {folder / artifact}", out
+    )
+
+
+def test_a_manifest_recording_no_vocabulary_beside_a_package_that_does_is_refused(
+    host_tool, engines, tmp_path
+) -> None:
+    """Both are written by the same build (recipe 8): a manifest without `vocab_size` for a package that
+    records one was edited, and the Python runtime, which holds the tokenizers to the manifest's
+    number, refuses it; so does the host (it took it, holding ids to the package's own number)."""
+    folder, manifest = _copy(engines, tmp_path, "no_vocab")
+    del manifest["models"]["esm2"]["vocab_size"]
+    _write_manifest(folder, manifest)
+    out = tmp_path / "o.pt"
+    _assert_refused(
+        _run(host_tool, folder, _inputs(tmp_path, "good"), out), "but the manifest says none", out
+    )
+
+
+def test_a_gate_kept_with_nan_and_infinity_reads_as_python_reads_it(host_tool, engines, tmp_path) -> None:
+    """`build --keep-failing` records a gate that saw NaN as `"max_abs": Infinity, "min_cosine": NaN`
+    (Python's json writes and reads them); the host refused the whole manifest as "not valid JSON" while
+    predict ran the set. It reads them as null now: where it needs a number, null is still refused."""
+    folder, manifest = _copy(engines, tmp_path, "kept")
+    manifest["models"]["esm2"]["parity"].update(max_abs=float("inf"), min_cosine=float("nan"), passed=False)
+    _write_manifest(folder, manifest)
+    assert "Infinity" in (folder / "manifest.json").read_text()
+    done = _run(host_tool, folder, "--check")
+    assert done.returncode == 0 and done.stdout.startswith("ok: "), done.stderr
+    manifest["models"]["esm2"]["dim"] = float("nan")
+    _write_manifest(folder, manifest)
+    _assert_refused(
+        _run(host_tool, folder, "--check"), "models.esm2.dim must be an integer in [1, 1048576], not null"
+    )

@@ -291,8 +291,14 @@ def test_pickled_bn_eps_must_be_a_finite_positive_number(tmp_path, eps, shown: s
 
 
 @pytest.mark.parametrize(
-    "text", ["nan", "NaN", "inf", "-inf", "abc", "", "-1e-05", "0", "0.0", "1e-400", "1e300"]
-)
+    "text",
+    [
+        "nan", "NaN", "inf", "-inf", "abc", "", "-1e-05", "0", "0.0", "1e-400", "1e300",
+        # float() takes these, the C++ host did not (and it took hex, which float() does not): both now
+        # read a decimal number as repr writes it, nothing else (helper-64's audit)
+        " 1e-05", "1e-05 ", "1e-05\n", "1_0e-6", "\u0661e-5", "0x1p-17",
+    ],
+)  # fmt: skip
 def test_safetensors_bn_eps_must_be_a_finite_positive_number(tmp_path, text: str) -> None:
     path = _safetensors(tmp_path, "eps.safetensors", bn_eps=text)
     with pytest.raises(
@@ -386,3 +392,26 @@ def test_shapes_are_checked_before_the_tensors_are_copied(tmp_path, monkeypatch)
         torch.save(state, tmp_path / "hidden.pth")
         with pytest.raises(CheckpointError, match=needle):
             load_classifier_weights(tmp_path / "hidden.pth")
+
+
+def test_the_chunk_length_hint_reads_no_fifo(tmp_path) -> None:
+    """`predict --engines DIR` reads DIR/classifier.safetensors's metadata for a hint before the engine
+    set is checked: a FIFO there blocked the run for ever, deaf to Ctrl-C and SIGTERM (the safetensors
+    call holds the GIL while open() waits; helper-64's audit). The hint reads regular files only; the
+    engine check then refuses the FIFO in one line. Run in a child, which the timeout can kill."""
+    import subprocess
+
+    fifo = tmp_path / "classifier.safetensors"
+    os.mkfifo(fifo)
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from virnucpro_trt.models.classifier import classifier_source\n"
+        "print(classifier_source(Path(sys.argv[1])))"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("classifier_source blocked on a FIFO")
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stderr[-2000:]

@@ -193,7 +193,17 @@ def _load(folder: Path, manifest: EngineManifest, device: torch.device) -> Engin
         artifact = folder / entry.artifact
         listed = frozenset(entry.file_names())  # an artifact reads no file beside it the manifest skips
         runner = backend.load(
-            LoadRequest(artifact, kind, device, manifest.precision, entry.dim, entry.pad_id, shapes, listed)
+            LoadRequest(
+                artifact,
+                kind,
+                device,
+                manifest.precision,
+                entry.dim,
+                entry.pad_id,
+                shapes,
+                listed,
+                vocab_size=entry.vocab_size,
+            )
         )
         tokenizer_path = folder / entry.tokenizer
         tokenizer = (

@@ -455,7 +455,9 @@ class InductorBackend:
         built_for = metadata.get("AOTI_DEVICE_KEY", device.type)
         if built_for != device.type:
             raise EngineMismatchError(f"{path.name} was built for {built_for}, not {device.type}")
-        graph = check_metadata(metadata, path, request.kind, request.precision, request.dim, request.shapes)
+        graph = check_metadata(
+            metadata, path, request.kind, request.precision, request.dim, request.shapes, request.vocab_size
+        )
         return InductorRunner(compiled, graph, device, request.dim, request.pad_id, request.shapes)
 
 

@@ -142,9 +142,21 @@ class InductorRunner:
 
 
 def check_metadata(
-    metadata: dict[str, str], path: Path, kind: str, precision: str, dim: int, shapes: ShapeRange
+    metadata: dict[str, str],
+    path: Path,
+    kind: str,
+    precision: str,
+    dim: int,
+    shapes: ShapeRange,
+    vocab_size: int | None = None,
 ) -> GraphShapes:
-    """The graph box stored in the package, after checking that the package is the engine expected."""
+    """The graph box stored in the package, after checking that the package is the engine expected.
+
+    ``vocab_size``: the manifest's (0: not recorded; None: no manifest, a fresh build's validation). The
+    manifest's must be the package's own record (``virnucpro.vocab_size``), as the C++ host requires: the
+    tokenizers are checked against the manifest's number, and an id past the package's embedding table
+    aborts the process inside the compiled kernel (SIGABRT, no message), so a manifest claiming more
+    rows than the package has, or none where it records some, is refused here."""
     try:
         graph = GraphShapes.from_metadata(metadata)
         found = {k: metadata[f"{META_PREFIX}{k}"] for k in ("kind", "precision", "dim")}
@@ -158,5 +170,13 @@ def check_metadata(
         raise EngineMismatchError(
             f"{path.name} accepts at most {graph.max_batch} x {graph.max_length}, the manifest promises "
             f"{shapes.max_batch} x {shapes.max_length}; rebuild the engines"
+        )
+    recorded = metadata.get(f"{META_PREFIX}vocab_size")
+    same = recorded is not None and re.fullmatch(r"[0-9]{1,9}", recorded) and int(recorded) == vocab_size
+    if vocab_size is not None and (recorded is not None or vocab_size) and not same:
+        shown = "an unrecorded number of" if recorded is None else repr(recorded)[:40]
+        raise EngineMismatchError(
+            f"{path.name} embeds {shown} tokens but the manifest says {vocab_size or 'none'}; "
+            "rebuild the engines"
         )
     return graph

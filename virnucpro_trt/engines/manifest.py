@@ -399,7 +399,7 @@ class EngineManifest:
             raise EngineMismatchError(f"{path} is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise EngineMismatchError(f"{path} is not a virnucpro-trt engine manifest")
-        if data.get("schema_version") != SCHEMA_VERSION:
+        if type(data.get("schema_version")) is not int or data["schema_version"] != SCHEMA_VERSION:  # not 2.0
             raise EngineMismatchError(
                 f"{path} has manifest schema {show_value(data.get('schema_version'))}, this version reads "
                 f"{SCHEMA_VERSION}: rebuild the engines (`virnucpro-trt build`, or `--rebuild`)"

@@ -137,6 +137,9 @@ class LoadRequest:
     # From an engine directory: the file names its manifest lists (and hashes) for this model; a file
     # the artifact reads beside it must be one of them. None: a fresh build's own file (its validation).
     listed: frozenset[str] | None = None
+    # From an engine directory: the vocabulary size its manifest records (0: none recorded), which a
+    # package that records its own must have. None: a fresh build's own file (its validation).
+    vocab_size: int | None = None
 
 
 @dataclass(frozen=True)

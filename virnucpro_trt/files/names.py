@@ -33,11 +33,17 @@ def member_path(folder: Path, name: object, what: str) -> Path:
     """``folder/name``, refused unless ``name`` is plain and resolves to a regular file inside ``folder``."""
     checked = check_member_name(name, what)
     path = folder / checked
-    root = folder.resolve()
-    resolved = path.resolve()
+    try:
+        root = folder.resolve()
+        resolved = path.resolve()
+        exists = path.exists()
+    except (OSError, RuntimeError) as exc:  # a name past NAME_MAX, a link loop (RuntimeError before 3.13)
+        raise UnsafeMemberName(
+            f"{what}: {checked[:60]!r} cannot be resolved ({exc.__class__.__name__})"
+        ) from None
     if resolved.parent != root and root not in resolved.parents:
         raise UnsafeMemberName(f"{what}: {checked!r} resolves to {resolved}, outside {root} (refused)")
-    if path.exists() and not resolved.is_file():
+    if exists and not resolved.is_file():
         raise UnsafeMemberName(f"{what}: {checked!r} is not a regular file")
     return path
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -57,6 +58,8 @@ _REQUIRED = (
 _EPS_KEY = "bn1.eps"
 _FORMAT = "virnucpro-classifier"  # our .safetensors files' metadata "format"
 _MAX_HEADER_BYTES = 1 << 16  # a safetensors header converted_input_width reads
+# bn_eps as our .safetensors metadata writes it (repr of a float): a decimal number, nothing around it
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 MAX_BN_EPS = MAX_LAYER_NORM_EPS  # the encoders' bound on their normalisation epsilons (torch's default: 1e-5)
 
 
@@ -331,10 +334,9 @@ def _metadata_eps(meta: Mapping[str, str], path: Path) -> float:
     text = meta.get("bn_eps")
     if text is None:
         return 1e-5
-    try:
-        value = float(text)
-    except ValueError:  # not a number: refused below like NaN
-        value = math.nan
+    # a decimal number as repr writes it, the C++ host's rule (runtime/src/classifier.cpp metadata_eps):
+    # float() alone also takes blanks around it, "1_0" and other scripts' digits
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan  # not one: refused below like NaN
     return _checked_eps(value, f"{path}: metadata bn_eps", show_value(text))
 
 
@@ -342,7 +344,9 @@ def classifier_source(path: Path) -> str | None:
     """The file name a ``.safetensors`` classifier was converted from (its ``source`` metadata, which
     ``convert-classifier`` and ``build`` write), or None when absent or unreadable (loading reports why)."""
     try:
-        if path.suffix != ".safetensors" or path.stat().st_size > MAX_CLASSIFIER_BYTES:
+        # a regular file only: safe_open on a FIFO blocks for ever (`predict --engines DIR` reads
+        # DIR/classifier.safetensors here, before the engine set is checked), and no signal ends it
+        if path.suffix != ".safetensors" or not path.is_file() or path.stat().st_size > MAX_CLASSIFIER_BYTES:
             return None
         source = _safetensors_metadata(path).get("source")
     except Exception:  # a hint only: the real load names what is wrong with the file

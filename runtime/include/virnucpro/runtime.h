@@ -58,7 +58,9 @@ constexpr int64_t kMaxDim = int64_t{1} << 20;          // an encoder's width, th
 constexpr int64_t kMaxVocab = int64_t{1} << 24;        // an encoder's vocabulary (token ids below it)
 constexpr int64_t kMaxBatch = int64_t{1} << 20;        // rows of one engine call
 constexpr int64_t kMaxLength = int64_t{1} << 20;       // tokens of one item
-constexpr int64_t kMaxBatchTokens = int64_t{1} << 40;  // the build's token budget
+// The build's token budget, in the Python reader's range (manifest.py MIN_BATCH_TOKENS, settings.MAX_BATCH_TOKENS).
+constexpr int64_t kMinBatchTokens = 16;
+constexpr int64_t kMaxBatchTokens = int64_t{1} << 24;
 
 struct ModelEntry {
   std::string kind;      // "dnabert-s", "esm2" or "classifier"
