@@ -146,12 +146,18 @@ def test_the_vocabulary_size_is_read_back_and_holds_the_pad_id(tmp_path):
             EngineManifest.read(tmp_path)
 
 
-def test_verify_files_names_the_missing_file_and_the_damaged_one(tmp_path):
+def _recorded_manifest(folder):
+    """A manifest whose every listed file exists in ``folder`` (its own name as bytes), recorded."""
     manifest = _manifest()
     for entry in manifest.models.values():
         for name in entry.file_names():
-            (tmp_path / name).write_bytes(name.encode())
-        entry.record_files(tmp_path)
+            (folder / name).write_bytes(name.encode())
+        entry.record_files(folder)
+    return manifest
+
+
+def test_verify_files_names_the_missing_file_and_the_damaged_one(tmp_path):
+    manifest = _recorded_manifest(tmp_path)
     (tmp_path / "esm2.vocab.txt").unlink()
     with pytest.raises(EngineMismatchError, match=r"lacks esm2\.vocab\.txt"):
         verify_files(manifest, tmp_path)
@@ -399,11 +405,7 @@ def test_the_schema_version_is_a_json_integer(tmp_path):
 def test_a_file_name_the_system_cannot_resolve_is_refused_in_one_line(tmp_path):
     """A 5000-character name (ENAMETOOLONG) and a link to itself (a loop) ended as "unexpected
     failure" (exit 1) inside the path resolution; they are refused like any other bad name (exit 2)."""
-    manifest = _manifest()
-    for entry in manifest.models.values():
-        for name in entry.file_names():
-            (tmp_path / name).write_bytes(name.encode())
-        entry.record_files(tmp_path)
+    manifest = _recorded_manifest(tmp_path)
     (tmp_path / "esm2.vocab.txt").unlink()
     (tmp_path / "esm2.vocab.txt").symlink_to("esm2.vocab.txt")
     with pytest.raises(EngineMismatchError, match=r"'esm2\.vocab\.txt' cannot be resolved") as caught:
