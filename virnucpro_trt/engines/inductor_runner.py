@@ -171,9 +171,8 @@ def check_metadata(
             f"{path.name} accepts at most {graph.max_batch} x {graph.max_length}, the manifest promises "
             f"{shapes.max_batch} x {shapes.max_length}; rebuild the engines"
         )
-    recorded = metadata.get(f"{META_PREFIX}vocab_size")
-    same = recorded is not None and re.fullmatch(r"[0-9]{1,9}", recorded) and int(recorded) == vocab_size
-    if vocab_size is not None and (recorded is not None or vocab_size) and not same:
+    recorded = metadata.get(f"{META_PREFIX}vocab_size")  # the text the build wrote, compared as dim is
+    if vocab_size is not None and recorded != (str(vocab_size) if vocab_size else None):
         shown = "an unrecorded number of" if recorded is None else repr(recorded)[:40]
         raise EngineMismatchError(
             f"{path.name} embeds {shown} tokens but the manifest says {vocab_size or 'none'}; "
