@@ -207,6 +207,24 @@ def test_force_on_an_unchanged_finished_run_computes_it_again(tiny_set, reads_fa
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # .work removed as usual
 
 
+def test_a_run_json_that_leaves_a_result_file_out_is_no_finished_run(
+    tiny_set, reads_fasta, finished, tmp_path
+):
+    """A run.json whose outputs leave frames.tsv out (a damaged or edited record) made the rerun say
+    "already finished" without looking at that file: a truncated frames.tsv passed as complete."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for path in finished.iterdir():
+        (out / path.name).write_bytes(path.read_bytes())
+    run = json.loads((out / "run.json").read_text())
+    del run["outputs"]["frames.tsv"]
+    (out / "run.json").write_text(json.dumps(run))
+    (out / "frames.tsv").write_bytes((finished / "frames.tsv").read_bytes()[:100])
+    result = predict_tiny(tiny_set, reads_fasta, out)
+    assert result.code == 2, result.stderr
+    assert "its run.json does not account for frames.tsv" in error_lines(result)[0]
+
+
 def test_another_input_or_settings_are_refused_then_replaced_with_force(
     tiny_set, reads_fasta, finished, tmp_path
 ):

@@ -90,10 +90,21 @@ def _precompiled(charsmap: str):
     return edit
 
 
+def _template_twice(data: dict[str, Any]) -> None:
+    template = data["post_processor"]
+    data["post_processor"] = {"type": "Sequence", "processors": [template, template]}
+
+
+def _prefix_longer_than_a_merge(data: dict[str, Any]) -> None:
+    data["model"]["continuing_subword_prefix"] = "##"  # the merges' second tokens are bases, 1 byte
+
+
 TOKENIZER_PANICS = {
     "template_undefined_special": (_undefined_special, r"names the special token '\[CLS\]'"),
     "precompiled_garbage": (_precompiled("AAAAAAAAAAAAAAAA"), "'Precompiled' .*normalizer"),
     "precompiled_short": (_precompiled("AQ=="), "'Precompiled' .*normalizer"),
+    "template_twice": (_template_twice, "chains 2 TemplateProcessing steps"),
+    "prefix_longer_than_a_merge": (_prefix_longer_than_a_merge, "lacks the continuing_subword_prefix '##'"),
 }
 
 
@@ -114,6 +125,89 @@ def test_tokenizer_files_that_make_the_library_panic_are_refused_at_load(
         with pytest.raises(CheckpointError, match=message) as caught:
             load(folder / "tokenizer.json")
         assert "tokenizer.json" in _one_line(caught)
+
+
+def test_a_prefix_cut_inside_a_character_is_refused_before_the_library_aborts(
+    dnabert_dir: Path, tmp_path: Path
+) -> None:
+    """A one-byte prefix cut off a merge's second token that starts with a two-byte character: the
+    library's panic could not even be raised as an exception, and the whole process aborted (exit 134,
+    a Python traceback and a Rust backtrace). The static check must refuse it before Rust reads it."""
+    folder = _copy(dnabert_dir, tmp_path / "abort")
+    path = folder / "tokenizer.json"
+
+    def edit(data: dict[str, Any]) -> None:
+        data["model"].update(continuing_subword_prefix="#")
+        data["model"]["vocab"]["\u00e9"] = len(data["model"]["vocab"])
+        data["model"]["merges"].insert(0, ["A", "\u00e9"])
+
+    _edit_json(path, edit)
+    with pytest.raises(CheckpointError, match="lacks the continuing_subword_prefix '#'"):
+        tokenization.check_tokenizer_json(json.loads(path.read_text()), str(path))
+    for load in (DnaTokenizer.from_file, lambda _: precheck_encoder("dnabert-s", folder)):
+        with pytest.raises(CheckpointError, match="lacks the continuing_subword_prefix") as caught:
+            load(path)
+        assert "tokenizer.json" in _one_line(caught)
+
+
+@pytest.mark.parametrize(
+    "piece",
+    [{"SpecialToken": {"id": ["[CLS]"], "type_id": 0}}, {"SpecialToken": {"id": {"[CLS]": 1}, "type_id": 0}}],
+)
+def test_a_template_naming_a_special_token_by_a_list_is_refused(
+    piece: dict[str, Any], dnabert_dir: Path, tmp_path: Path
+) -> None:
+    """The static check looked the name up in a dict: a list or an object there raised TypeError, an
+    "unexpected failure" (exit 1) instead of a refusal."""
+    folder = _copy(dnabert_dir, tmp_path / "template")
+    _edit_json(folder / "tokenizer.json", lambda data: data["post_processor"]["single"].insert(0, piece))
+    with pytest.raises(CheckpointError, match="names the special token") as caught:
+        DnaTokenizer.from_file(folder / "tokenizer.json")
+    assert "tokenizer.json" in _one_line(caught)
+
+
+@pytest.mark.parametrize("template", [7, True, {"a": 1}])
+def test_a_template_that_is_not_a_list_is_a_checkpoint_error(
+    template: Any, dnabert_dir: Path, tmp_path: Path
+) -> None:
+    """``single`` as a number was iterated by the static check (TypeError: an "unexpected failure");
+    it is the library's to refuse, as a CheckpointError naming the file."""
+    folder = _copy(dnabert_dir, tmp_path / "template")
+    _edit_json(folder / "tokenizer.json", lambda data: data["post_processor"].update(single=template))
+    with pytest.raises(CheckpointError) as caught:
+        DnaTokenizer.from_file(folder / "tokenizer.json")
+    assert "tokenizer.json" in _one_line(caught)
+
+
+def test_a_sparse_vocabulary_id_is_refused_without_serialising_the_tokenizer(
+    dnabert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One vocabulary id of 2**31 in a 35 KB tokenizer.json: the loader serialised the parsed tokenizer
+    again (``to_str``) to read its settings, which walks every id up to the largest, and took 8.6 GB
+    and 44 s before the ids were checked against the embedding (2**32 - 1: twice that)."""
+    folder = _copy(dnabert_dir, tmp_path / "sparse")
+    _edit_json(folder / "tokenizer.json", lambda data: data["model"]["vocab"].update(AATTT=2**31))
+    from_str = tokenizers.Tokenizer.from_str
+
+    class NeverSerialised:
+        def __init__(self, inner: tokenizers.Tokenizer) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            if name in ("to_str", "save"):
+                raise AssertionError(f"the file's tokenizer was serialised ({name})")
+            return getattr(self._inner, name)
+
+    read = types.SimpleNamespace(from_str=lambda text: NeverSerialised(from_str(text)))
+    library = types.SimpleNamespace(Tokenizer=read)
+    monkeypatch.setattr(tokenization, "tokenizers", library)
+    assert DnaTokenizer.from_file(folder / "tokenizer.json").max_id == 2**31
+    monkeypatch.undo()
+    for load in (lambda: load_dnabert(folder), lambda: precheck_encoder("dnabert-s", folder)):
+        with pytest.raises(
+            CheckpointError, match=r"emits token ids up to 2147483648, but the word embedding"
+        ):
+            load()
 
 
 @pytest.mark.parametrize("dropout", [0.9, 1, "0.5", True])
@@ -164,10 +258,17 @@ def test_a_panic_while_encoding_names_the_file(dnabert_dir: Path, tmp_path: Path
         tokenizer.encode_batch(["ACGTACGT", "TTGCA"])
 
 
+def _template_piece_named_by_a_list(data: dict[str, Any]) -> None:
+    data["post_processor"]["single"][0]["SpecialToken"]["id"] = ["[CLS]"]
+
+
+@pytest.mark.parametrize("edit", [_undefined_special, _template_twice, _template_piece_named_by_a_list])
 @pytest.mark.parametrize("command", ["embed", "predict"])
-def test_cli_with_a_panicking_tokenizer_exits_2_in_one_line(command: str, tiny_set, tmp_path: Path) -> None:
+def test_cli_with_a_panicking_tokenizer_exits_2_in_one_line(
+    command: str, edit, tiny_set, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     folder = _copy(tiny_set.dnabert, tmp_path / "dnabert")
-    _edit_json(folder / "tokenizer.json", _undefined_special)
+    _edit_json(folder / "tokenizer.json", edit)
     reads = tmp_path / "reads.fa"
     reads.write_text(">r1\nACGTACGTTAGCATCGATCGATCGTAGCTAGCTAGCATCGA\n")
     out = tmp_path / "out"
@@ -182,6 +283,7 @@ def test_cli_with_a_panicking_tokenizer_exits_2_in_one_line(command: str, tiny_s
     assert result.code == 2, result.stderr
     assert "Traceback" not in result.stderr and "unexpected failure" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {folder / 'tokenizer.json'}")
+    assert "panicked" not in capfd.readouterr().err  # Rust writes a panic's report to fd 2 itself
 
 
 # ----------------------------------------------------------------------------- 2. storage aliasing

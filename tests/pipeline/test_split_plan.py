@@ -93,6 +93,18 @@ def test_split_json_round_trip_and_part_lookup(tmp_path):
     assert find_part(tmp_path / "nowhere.fa", empty) is None
 
 
+@pytest.mark.parametrize("damage", [lambda b: b[:8], lambda b: b.replace(b"ACGT", b"ACGA")])
+def test_a_damaged_part_file_is_refused_not_run_as_an_ordinary_input(tmp_path, damage) -> None:
+    """A part file under its listed name whose bytes are not the listed ones (a truncated copy on a
+    cluster node) ran as an ordinary input, exit 0, its results complete-looking; only merge refused
+    them, as "not a part of a split"."""
+    _, folder = _manifest(tmp_path)
+    part = folder / "part-0001.fa"
+    part.write_bytes(damage(part.read_bytes()))
+    with pytest.raises(SplitFileError, match=r"lists part 1 under this name with other content"):
+        find_part(part, sha256_file(part))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -56,6 +56,10 @@ def _error(path: Path | str, alphabet: str = "dna") -> str:
         ("bom.fa", lambda b: b"\xef\xbb\xbf" + b),
         ("blank_first.fa", lambda b: b"\n  \n\n" + b),
         ("multi_member.gz", lambda b: gzip.compress(b[:20]) + gzip.compress(b[20:])),
+        ("multi_stream.bz2", lambda b: bz2.compress(b[:20]) + bz2.compress(b[20:])),  # pbzip2 writes these
+        ("multi_stream.xz", lambda b: lzma.compress(b[:20]) + lzma.compress(b[20:])),
+        ("stream_padding.xz", lambda b: lzma.compress(b[:20]) + bytes(4) + lzma.compress(b[20:]) + bytes(8)),
+        ("zero_tail.bz2", lambda b: bz2.compress(b) + bytes(5)),  # bzip2 -d skips it too
     ],
 )
 def test_compressions_and_line_endings_give_identical_records(tmp_path: Path, name: str, pack) -> None:
@@ -179,6 +183,15 @@ def test_protein_alphabet(tmp_path: Path) -> None:
 
 
 _MANY = b"".join(b">r%d\nACGT\n" % i for i in range(9999))
+
+
+def _two_streams(compress) -> bytes:
+    """``_MANY`` as two concatenated streams, the second one's first magic byte damaged."""
+    cut = len(_MANY) * 3 // 4  # past the first 64 KB, which are read to sniff the format
+    second = compress(_MANY[cut:])
+    return compress(_MANY[:cut]) + bytes([second[0] ^ 1]) + second[1:]
+
+
 BAD_INPUTS = [
     ("digits.fa", b">r1\nACGT1\n", ["record 1 (id 'r1')", "'1'", "position 5"]),
     ("binary.bin", bytes(range(256)) * 4, ["NUL", "binary"]),
@@ -195,6 +208,11 @@ BAD_INPUTS = [
     ("truncated.gz", gzip.compress(_MANY)[:-9], ["gzip", "truncated", "after record", "(id 'r"]),
     ("truncated.xz", lzma.compress(_MANY)[:-30], ["xz", "truncated", "after record"]),
     ("truncated_early.bz2", bz2.compress(_MANY)[:300], ["bzip2", "truncated"]),
+    # A later stream whose header is damaged was taken for trailing garbage: its reads dropped in silence.
+    ("second_stream_damaged.bz2", _two_streams(bz2.compress), ["bzip2", "corrupt", "after record"]),
+    ("second_stream_damaged.xz", _two_streams(lzma.compress), ["xz", "corrupt", "after record"]),
+    ("trailing_garbage.bz2", bz2.compress(_MANY) + b"garbage", ["bzip2", "corrupt", "after record"]),
+    ("trailing_garbage.xz", lzma.compress(_MANY) + b"garbage", ["xz", "corrupt", "after record"]),
     ("bad.fq", b"@q1\nACGT\n+\nIIII\n@q2\nACGT\n+\nII\n", ["record 2", "after record 1 (id 'q1')", "FASTQ"]),
     (
         "truncated.fq",

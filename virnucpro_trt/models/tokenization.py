@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import tokenizers
 
-from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.errors import CheckpointError, shown
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.models.checkpoint_io import read_text_file
 
@@ -100,6 +100,11 @@ def check_tokenizer_json(data: Any, source: str) -> None:
       (panics at the first encode), or whose special token has no ids or as many ids as tokens.
     * A ``Precompiled`` normalizer (SentencePiece's compiled character map): a short or garbled map
       panics on load or at the first encode. DNA BPE tokenizers have no use for one.
+    * Two ``TemplateProcessing`` in one post-processor: the second is handed the first one's pieces and
+      panics ("not yet implemented") at the first encode.
+    * A BPE ``continuing_subword_prefix`` that a merge's second token does not start with: the library
+      cuts the prefix's length in bytes off that token, which panics when the token is shorter and
+      *aborts the process* (a panic no handler catches) when the cut falls inside a character.
 
     And the one setting that makes tokenization random: BPE ``dropout`` (a training-time augmentation)
     skips merges by chance at every encode, so the same reads would embed differently run to run, and
@@ -120,9 +125,33 @@ def check_tokenizer_json(data: Any, source: str) -> None:
                 f"{source}: has a 'Precompiled' (SentencePiece) normalizer, which a DNA tokenizer does "
                 "not use and which the tokenizers library cannot read safely; refused"
             )
-    for node in _walk(data.get("post_processor")):
-        if node.get("type") == "TemplateProcessing":
-            _check_template(node, source)
+    if isinstance(model, dict) and model.get("type", "BPE") == "BPE":
+        _check_merge_prefix(model, source)
+    processors = list(_walk(data.get("post_processor")))
+    templates = [node for node in processors if node.get("type") == "TemplateProcessing"]
+    if len(templates) > 1:
+        raise CheckpointError(
+            f"{source}: its post-processor chains {len(templates)} TemplateProcessing steps, which the "
+            "tokenizers library cannot run (one adds [CLS] and [SEP]); refused"
+        )
+    for node in templates:
+        _check_template(node, source)
+
+
+def _check_merge_prefix(model: dict[str, Any], source: str) -> None:
+    """With a ``continuing_subword_prefix``, every merge's second token starts with it (a trained BPE's
+    do: only word-initial pieces lack it), so the library's cut of the prefix is whole."""
+    prefix = model.get("continuing_subword_prefix")
+    merges = model.get("merges")
+    if not isinstance(prefix, str) or not prefix or not isinstance(merges, list):
+        return
+    for merge in merges:
+        pair = merge.split(" ") if isinstance(merge, str) else merge if isinstance(merge, list) else []
+        if pair and isinstance(pair[-1], str) and not pair[-1].startswith(prefix):
+            raise CheckpointError(
+                f"{source}: the BPE merge {shown(merge, 40)} lacks the continuing_subword_prefix "
+                f"{prefix[:20]!r} its model sets, which the tokenizers library cannot read safely"
+            )
 
 
 def _check_template(template: dict[str, Any], source: str) -> None:
@@ -139,12 +168,14 @@ def _check_template(template: dict[str, Any], source: str) -> None:
                 "(at least one)"
             )
     for side in ("single", "pair"):
-        for piece in template.get(side) or []:
+        pieces = template.get(side)
+        for piece in pieces if isinstance(pieces, list) else ():
             special = piece.get("SpecialToken") if isinstance(piece, dict) else None
-            if isinstance(special, dict) and special.get("id") not in specials:
+            name = special.get("id") if isinstance(special, dict) else None
+            if isinstance(special, dict) and not (isinstance(name, str) and name in specials):
                 raise CheckpointError(
                     f"{source}: the post-processor's {side} template names the special token "
-                    f"{str(special.get('id'))[:40]!r}, which its special_tokens do not define"
+                    f"{str(name)[:40]!r}, which its special_tokens do not define"
                 )
 
 
@@ -167,12 +198,15 @@ def pad_batch(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray,
 class DnaTokenizer:
     """DNABERT-S tokenizer from ``tokenizer.json``: ``[CLS] BPE... [SEP]``, no truncation, no padding."""
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer, source: str = "<memory>"):
+    def __init__(self, tokenizer: tokenizers.Tokenizer, source: str = "<memory>", data: Any = None):
+        """``data``: the parsed JSON ``tokenizer`` was read from. Without it the tokenizer is serialised
+        to read its settings, which walks every id up to the largest: never done to a file's tokenizer
+        (one vocabulary id of 2**31 cost 8 GB and minutes before the ids were checked)."""
         self.source = source
         with _rust_call(source, "setting up the tokenizer", any_error=True):
             tokenizer.no_truncation()
             tokenizer.no_padding()
-            self._json = json.loads(tokenizer.to_str())
+            self._json = data if data is not None else json.loads(tokenizer.to_str())
         check_tokenizer_json(self._json, source)
         self._tokenizer = tokenizer
         # The most letters one token can stand for: a sequence of n letters has at least n / this tokens.
@@ -218,7 +252,7 @@ class DnaTokenizer:
         check_tokenizer_json(data, str(path))
         with _rust_call(str(path), "reading the tokenizers file", any_error=True):
             tokenizer = tokenizers.Tokenizer.from_str(text)
-        return cls(tokenizer, str(path))
+        return cls(tokenizer, str(path), data)
 
     def _special_id(self, token: str) -> int:
         with _rust_call(self.source, f"looking up {token}"):

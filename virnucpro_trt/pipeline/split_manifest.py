@@ -264,7 +264,9 @@ def _parse(data: Any) -> SplitManifest:
 def find_part(path: Path, sha256: str) -> SplitPart | None:
     """The part ``path`` is, if a ``split.json`` beside it lists a part with this SHA-256.
 
-    Identical bytes can only be two empty parts; the file name then says which one it is.
+    Identical bytes can only be two empty parts; the file name then says which one it is. A file under a
+    listed part's name but with other bytes is refused: run as an ordinary input, a truncated copy of a
+    part gave complete-looking results that only ``merge`` refused, as "not a part of a split".
     """
     manifest_path = path.parent / SPLIT_JSON
     if not manifest_path.is_file():
@@ -274,6 +276,13 @@ def find_part(path: Path, sha256: str) -> SplitPart | None:
     named = [p for p in matches if p.file == path.name]
     chosen = named or matches
     if not chosen:
+        listed = next((p for p in manifest.parts if p.file == path.name), None)
+        if listed is not None:  # its name is a part's, its bytes are not: a damaged or replaced part file
+            raise SplitFileError(
+                f"{path}: {manifest_path} lists part {listed.index} under this name with other content "
+                f"({listed.size_bytes} bytes, SHA-256 {listed.sha256[:12]}...): the part file was damaged or "
+                "replaced; copy it again from the split's folder (or split again)"
+            )
         log.debug("%s is not one of the parts listed in %s", path, manifest_path)
         return None
     if len(chosen) > 1:

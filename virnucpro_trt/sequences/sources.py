@@ -15,9 +15,9 @@ import lzma
 import os
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from virnucpro_trt.errors import InputFormatError
 
@@ -96,6 +96,49 @@ class _Failing(io.RawIOBase):
         raise self._error
 
 
+class _Streams(io.RawIOBase):
+    """Every bzip2 or xz stream of ``raw``, one after the other, strictly.
+
+    ``bz2.BZ2File`` and ``lzma.LZMAFile`` take whatever follows a stream and is not a valid one for
+    trailing garbage and stop there: a later stream of a multi-stream file (pbzip2 writes them) whose
+    header was damaged was dropped in silence, with every read in it, and the results looked complete.
+    Here the data after a stream must be another whole stream; anything else is a decompression error.
+    Zero bytes between or after streams are skipped, as ``xz -d`` (its stream padding) and ``bzip2 -d``
+    skip them: they hold no reads, so nothing is lost.
+    """
+
+    def __init__(self, raw: BinaryIO, decompressor: Callable[[], Any]) -> None:
+        super().__init__()
+        self._raw = raw
+        self._new = decompressor
+        self._decompressor = decompressor()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        size = len(buffer)
+        while True:
+            if self._decompressor.eof:
+                data = self._decompressor.unused_data.lstrip(b"\0")
+                while not data:
+                    block = self._raw.read(BLOCK_BYTES)
+                    if not block:
+                        return 0
+                    data = block.lstrip(b"\0")
+                self._decompressor = self._new()
+            elif self._decompressor.needs_input:
+                data = self._raw.read(BLOCK_BYTES)
+                if not data:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            else:
+                data = b""
+            out = self._decompressor.decompress(data, size)
+            if out:
+                buffer[: len(out)] = out
+                return len(out)
+
+
 def _magic(head: bytes, table: dict[bytes, str]) -> str | None:
     return next((kind for magic, kind in table.items() if head.startswith(magic)), None)
 
@@ -123,10 +166,9 @@ def open_input(
     compression = _magic(head, _READABLE) or "plain"
     if compression == "gzip":
         stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
-    elif compression == "bzip2":
-        stream = bz2.BZ2File(stream, mode="rb")  # type: ignore[assignment]
-    elif compression == "xz":
-        stream = lzma.LZMAFile(stream, mode="rb")  # type: ignore[assignment]  # noqa: SIM115
+    elif compression in ("bzip2", "xz"):
+        decompressor = bz2.BZ2Decompressor if compression == "bzip2" else lzma.LZMADecompressor
+        stream = io.BufferedReader(_Streams(stream, decompressor), buffer_size=BLOCK_BYTES)
     elif kind := _magic(head, _UNREADABLE):
         raise InputFormatError(
             f"{name}: input is {kind}, which is not supported; give plain, gzip, bzip2 or xz FASTA/FASTQ"
