@@ -66,10 +66,14 @@ Entry header_entry(const std::string& name, const nlohmann::json& info, const st
   }
   e.begin = offsets[0].get<uint64_t>();
   e.end = offsets[1].get<uint64_t>();
-  uint64_t bytes = c10::elementSize(e.dtype);
+  // `span`: the bytes with every size 0 taken as 1, which libtorch's strides must hold even when the
+  // tensor is empty ([0, 2^62, 2^62] ended in its "Stride calculation overflowed", exit 1).
+  constexpr auto kLargest = uint64_t{std::numeric_limits<int64_t>::max()};
+  uint64_t bytes = c10::elementSize(e.dtype), span = bytes;
   for (const auto& size : shape) {
     const auto d = size.get<uint64_t>();
-    if (d > uint64_t{std::numeric_limits<int64_t>::max()} || __builtin_mul_overflow(bytes, d, &bytes)) {
+    if (d > kLargest || __builtin_mul_overflow(bytes, d, &bytes) ||
+        __builtin_mul_overflow(span, std::max<uint64_t>(d, 1), &span) || span > kLargest) {
       throw bad("has a shape too large for any file");
     }
     e.shape.push_back(static_cast<int64_t>(d));

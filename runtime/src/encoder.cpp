@@ -138,8 +138,9 @@ Encoder::Encoder(const EngineManifest& manifest, const std::string& kind, const 
     throw EngineMismatch("cannot load " + path + ": " + first_line(error.what()));
   }
   const auto metadata = loader_->get_metadata();
-  const std::string found = meta(metadata, "kind", path) + "/" + meta(metadata, "precision", path) + "/" +
-                            meta(metadata, "dim", path);
+  // the package's own strings, shown printable: a newline in them made the refusal two lines
+  const std::string found = printable(meta(metadata, "kind", path)) + "/" +
+                            printable(meta(metadata, "precision", path)) + "/" + printable(meta(metadata, "dim", path));
   const std::string expected = kind + "/" + manifest.precision + "/" + std::to_string(entry_.dim);
   if (found != expected) {
     throw EngineMismatch(path + " holds " + found + " but the manifest promises " + expected);

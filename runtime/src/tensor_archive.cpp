@@ -15,7 +15,13 @@
 //    typed storage classes torch.<Type>Storage, each called only as torch.save calls it;
 //  * memo ids in the order pickle assigns them, read only once written;
 //  * each storage ('storage', torch.<Type>Storage, key, location, numel) fits in its record data/<key>,
-//    and each tensor's offset, sizes and strides (all >= 0) stay inside its storage.
+//    and each tensor's offset, sizes and strides (all >= 0) stay inside its storage, showing no more
+//    elements than it holds: zero or overlapping strides made a 2 KB file a tensor of 2^40 elements
+//    over one stored number, which the host's first reduction copied (an 8 TiB allocation, exit 1; a
+//    little smaller, all of the machine's memory). torch.save of an ordinary tensor never writes such a
+//    view, and the Python reader refuses it too (models/torch_archive.py).
+// libtorch's warnings while it rebuilds the tensors are dropped: a quantized or complex32 storage drew
+// one on stderr, which made the refusal of such a file (by dtype, once loaded) two lines.
 #include "virnucpro/tensor_archive.h"
 #include "virnucpro/text.h"
 
@@ -240,7 +246,8 @@ class PickleCheck {
   }
 
   // _rebuild_tensor_v2(storage, offset, sizes, strides, ...): every element the view reaches must lie
-  // inside the storage (offset + sum((size - 1) * stride) < numel), with nothing negative.
+  // inside the storage (offset + sum((size - 1) * stride) < numel), with nothing negative, and the view
+  // must show no more elements than the storage holds (prod(size) <= numel).
   void check_tensor(const Value& args) {
     const auto& a = args.items;
     const auto ints = [](const Ref& v) {
@@ -252,16 +259,20 @@ class PickleCheck {
         a[1]->number < 0 || !ints(a[2]) || !ints(a[3]) || a[2]->items.size() != a[3]->items.size()) {
       fail("rebuilds a tensor from something other than a storage, an offset, sizes and strides");
     }
-    int64_t last = a[1]->number;
-    bool empty = false, overflow = false;
+    int64_t last = a[1]->number, elements = 1;
+    bool empty = false, overflow = false, repeats = false;
     for (size_t i = 0; i < a[2]->items.size(); ++i) {
       const int64_t size = a[2]->items[i]->number, stride = a[3]->items[i]->number;
       int64_t reach = 0;
       empty = empty || size == 0;
       overflow = overflow || (size > 0 && (__builtin_mul_overflow(size - 1, stride, &reach) ||
                                            __builtin_add_overflow(last, reach, &last)));
+      repeats = repeats || __builtin_mul_overflow(elements, size, &elements);
     }
     if (!empty && (overflow || last >= a[0]->number)) fail("has a tensor that reaches past its storage");
+    if (!empty && (repeats || elements > a[0]->number)) {
+      fail("has a tensor of more elements than its storage holds (zero or overlapping strides)");
+    }
   }
 
   void put(uint64_t id) {
@@ -285,6 +296,12 @@ class PickleCheck {
   std::vector<size_t> marks_;
 };
 
+// Drops libtorch's warnings (see the top of the file) while it is in place.
+class SilentWarnings final : public c10::WarningHandler {
+ public:
+  void process(const c10::Warning& /*warning*/) override {}
+};
+
 // data.pkl of the archive, checked (throws std::invalid_argument).
 void check_tensor_pickle(caffe2::serialize::PyTorchStreamReader& archive, size_t archive_size) {
   const size_t size = archive.getRecordSize("data.pkl");
@@ -299,6 +316,8 @@ void check_tensor_pickle(caffe2::serialize::PyTorchStreamReader& archive, size_t
 }  // namespace
 
 c10::IValue load_tensor_archive(const std::vector<char>& bytes, const std::string& name) {
+  SilentWarnings silent;
+  const c10::WarningUtils::WarningHandlerGuard quiet(&silent);
   try {
     caffe2::serialize::PyTorchStreamReader archive(std::make_shared<BytesReader>(bytes));
     check_tensor_pickle(archive, bytes.size());

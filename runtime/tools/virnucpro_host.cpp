@@ -74,6 +74,9 @@ struct Options {
   std::optional<virnucpro::PaddingCap> padding_cap;  // none: batches fill the budget
 };
 
+// The most --cpu-threads takes (far more than any host's cores).
+constexpr int64_t kMaxCpuThreads = 4096;
+
 // A positive integer option's value, or nullopt.
 std::optional<int64_t> positive(const std::string& value) {
   size_t used = 0;
@@ -100,6 +103,10 @@ std::optional<std::string> parse(int argc, char** argv, Options& options) {
       const std::string value = argv[++i];
       const auto parsed = positive(value);
       if (!parsed) return arg + " " + value + ": expected a positive integer";
+      // at::set_num_threads takes an int: 99999999999 became a pool of 1215752191 threads (~300 GB)
+      if (arg == "--cpu-threads" && *parsed > kMaxCpuThreads) {
+        return arg + " " + value + ": expected a positive integer of at most " + std::to_string(kMaxCpuThreads);
+      }
       (arg == "--cpu-threads" ? options.cpu_threads : options.max_batch_tokens) = *parsed;
     } else if (arg == "--max-padding" && has_value) {
       const std::string value = argv[++i];
@@ -224,7 +231,10 @@ std::optional<std::vector<char>> read_inputs(const std::string& name, std::strin
 }
 
 // Ids are token ids (>= 0) and masks 0 or 1, as the Python runtime writes them; anything else would reach
-// the engine's kernels, whose bounds checks abort the process rather than throw.
+// the engine's kernels, whose bounds checks abort the process rather than throw. The four tensors also hold
+// values (a "meta" storage location gives none: min() threw, exit 1), one row per frame each (rows that
+// differ ran both encoders, then torch::cat threw, exit 1), and every frame a token (an all-zero mask row
+// gave NaN embeddings, exit 1 "try --precision fp32"; no columns at all, amax()'s error).
 std::optional<std::string> check_inputs(const std::vector<c10::IValue>& items, const std::string& name) {
   static const char* kNames[] = {"dna_ids", "dna_mask", "protein_ids", "protein_mask"};
   for (size_t i = 0; i < items.size(); ++i) {
@@ -232,12 +242,25 @@ std::optional<std::string> check_inputs(const std::vector<c10::IValue>& items, c
     if (tensor.scalar_type() != at::kLong || tensor.dim() != 2 || tensor.is_sparse()) {
       return name + ": " + kNames[i] + " must be a 2-D int64 tensor";
     }
-    if (tensor.numel() == 0) continue;
+    if (!tensor.is_cpu() && !tensor.is_cuda()) {
+      return name + ": " + kNames[i] + " holds no values (a tensor of the " + tensor.device().str() + " device)";
+    }
+    const int64_t rows = items[0].toTensor().size(0);
+    if (tensor.size(0) != rows) {
+      return name + ": " + kNames[i] + " has " + std::to_string(tensor.size(0)) + " rows and dna_ids " +
+             std::to_string(rows) + "; each holds one row per frame";
+    }
     const bool mask = i % 2 == 1;
+    const std::string no_token = name + ": " + kNames[i] + " has a row without a token (a frame has at least one)";
+    if (tensor.numel() == 0) {
+      if (mask && rows > 0) return no_token;
+      continue;
+    }
     const auto low = tensor.min().item<int64_t>(), high = tensor.max().item<int64_t>();
     if (low < 0 || (mask && high > 1)) {
       return name + ": " + kNames[i] + (mask ? " must hold only 0 and 1" : " holds a negative token id");
     }
+    if (mask && tensor.amax(1).min().item<int64_t>() == 0) return no_token;
   }
   return std::nullopt;
 }
@@ -386,6 +409,10 @@ int main(int argc, char** argv) {
     try {
       parsed.emplace(options.device);
     } catch (const std::exception&) {
+    }
+    // Only the CPU and CUDA: on "meta", which the manifest check took for the CPU, the CPU engines ran
+    // over tensors without data (SIGSEGV); "mps" and the like failed later, exit 1.
+    if (!parsed || !(parsed->is_cpu() || parsed->is_cuda())) {
       return usage("--device " + options.device + ": expected cpu, cuda or cuda:N");
     }
     // "cuda" means the first GPU, so every CUDA call below names the same device.

@@ -299,7 +299,10 @@ def test_bad_options_and_inputs_are_one_line_errors(host_tool, engines, engine_s
         ("--max-batch-tokens", "0"): "--max-batch-tokens 0: expected a positive integer",
         ("--max-batch-tokens", "12x"): "--max-batch-tokens 12x: expected a positive integer",
         ("--cpu-threads", "0"): "--cpu-threads 0: expected a positive integer",
+        # an int to libtorch: a pool of 1215752191 threads
+        ("--cpu-threads", "99999999999"): "--cpu-threads 99999999999: expected a positive integer of at most",
         ("--device", "gpu"): "--device gpu: expected cpu, cuda or cuda:N",
+        ("--device", "meta"): "--device meta: expected cpu, cuda or cuda:N",  # the CPU engines on it: SIGSEGV
         ("--timing", str(tmp_path / "no" / "t.json")): "cannot write",
         ("--max-padding", "0.05x"): "--max-padding: padding cap '0.05x': the share '0.05x' is not a number",
         ("--max-padding", "1"): "share must be in [0, 1), got 1",

@@ -55,6 +55,19 @@ def _write_manifest(folder: Path, manifest: dict, changed: dict[str, str] | None
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _package_metadata(package: Path, change: Callable[[dict], object]) -> None:
+    """Rewrite the metadata JSON of an AOTInductor package with ``change`` applied to it."""
+    with zipfile.ZipFile(package) as archive:
+        members = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    with zipfile.ZipFile(package, "w", zipfile.ZIP_STORED) as archive:
+        for info, data in members:
+            if info.filename.endswith("_metadata.json"):
+                metadata = json.loads(data)
+                change(metadata)
+                data = json.dumps(metadata).encode()
+            archive.writestr(info, data)
+
+
 # ------------------------------------------------------------------------------------- token ids (gap 1)
 def test_token_ids_past_the_vocabulary_are_refused_before_any_kernel(host_tool, engines, tmp_path) -> None:
     """An id at the vocabulary size reached the compiled embedding kernel, whose bounds check aborted
@@ -91,20 +104,22 @@ def test_a_package_without_a_vocabulary_size_is_refused(host_tool, engines, tmp_
     folder, manifest = _copy(engines, tmp_path, "old_package")
     entry = manifest["models"]["esm2"]
     del entry["vocab_size"]  # nor did its manifest record one
-    package = folder / entry["artifact"]
-    with zipfile.ZipFile(package) as archive:
-        members = [(info, archive.read(info.filename)) for info in archive.infolist()]
-    with zipfile.ZipFile(package, "w", zipfile.ZIP_STORED) as archive:
-        for info, data in members:
-            if info.filename.endswith("_metadata.json"):
-                metadata = json.loads(data)
-                del metadata["virnucpro.vocab_size"]
-                data = json.dumps(metadata).encode()
-            archive.writestr(info, data)
+    _package_metadata(folder / entry["artifact"], lambda metadata: metadata.pop("virnucpro.vocab_size"))
     _write_manifest(folder, manifest, {"esm2": entry["artifact"]})
     done = _run(host_tool, folder, _inputs(tmp_path, "good"), tmp_path / "o.pt")
     _assert_refused(done, "records no vocabulary size", tmp_path / "o.pt")
     assert "rebuild the engines with `virnucpro-trt build --backend inductor`" in done.stderr
+
+
+def test_a_package_string_cannot_break_the_one_line_error(host_tool, engines, tmp_path) -> None:
+    """The kind, precision and dim a package records are shown printable where they differ from the
+    manifest's: a newline in them made the refusal two lines."""
+    folder, manifest = _copy(engines, tmp_path, "package_kind")
+    artifact = manifest["models"]["esm2"]["artifact"]
+    _package_metadata(folder / artifact, lambda meta: meta.update({"virnucpro.kind": "esm2\nError: x"}))
+    _write_manifest(folder, manifest, {"esm2": artifact})
+    out = tmp_path / "o.pt"
+    _assert_refused(_run(host_tool, folder, _inputs(tmp_path, "good"), out), "holds esm2?Error: x/fp32/", out)
 
 
 # ------------------------------------------------------------------------------------ INPUTS.pt (gap 2)
@@ -142,6 +157,14 @@ PICKLES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
         lambda pkl: pkl.replace(b"K\x02K\x04\x86", b"K\x02K\x05\x86", 1),
         "has a tensor that reaches past its storage",
     ),
+    # a view repeating one stored id: sizes [2^20, 2^20], strides [0, 0] over 8 elements (its min(),
+    # the host's first look at it, copied it: an 8 TiB allocation, exit 1; smaller, all the memory)
+    "a_view_repeating_its_storage": (
+        lambda pkl: pkl.replace(
+            b"K\x02K\x04\x86q\x06K\x04K\x01\x86", b"J\x00\x00\x10\x00" * 2 + b"\x86q\x06K\x00K\x00\x86", 1
+        ),
+        "has a tensor of more elements than its storage holds",
+    ),
 }
 
 
@@ -167,6 +190,39 @@ def test_what_torch_save_writes_passes_the_pickle_check(host_tool, engines, tmp_
     legacy = tmp_path / "legacy.pt"
     torch.save((IDS, MASK, IDS, MASK), legacy, _use_new_zipfile_serialization=False)
     _assert_refused(_run(host_tool, engines, legacy, out), "is not a torch.save archive this host can read")
+
+
+INPUTS: dict[str, tuple[tuple[torch.Tensor, ...] | Callable[[bytes], bytes], str]] = {
+    # both encoders ran, then torch::cat refused the rows (exit 1)
+    "rows_that_differ": ((IDS, MASK, IDS[:1], MASK[:1]), "protein_ids has 1 rows and dna_ids 2"),
+    # NaN embeddings, "try --precision fp32" (exit 1); no columns at all: amax()'s error (exit 1)
+    "a_row_without_a_token": (
+        (IDS, MASK * torch.tensor([[1], [0]]), IDS, MASK),
+        "dna_mask has a row without a token",
+    ),
+    "no_columns": ((IDS[:, :0], MASK[:, :0], IDS[:, :0], MASK[:, :0]), "dna_mask has a row without a token"),
+    # a "meta" storage location: tensors without values (min() threw, exit 1)
+    "meta_tensors": (
+        lambda pkl: pkl.replace(b"X\x03\x00\x00\x00cpu", b"X\x04\x00\x00\x00meta", 1),
+        "dna_ids holds no values (a tensor of the meta device)",
+    ),
+    # libtorch warns on stderr as it builds a quantized tensor: the refusal was two lines
+    "a_quantized_storage": (
+        lambda pkl: pkl.replace(b"ctorch\nLongStorage\n", b"ctorch\nQInt8Storage\n", 1),
+        "dna_ids must be a 2-D int64 tensor",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", INPUTS)
+def test_inputs_the_host_cannot_embed_are_refused_in_one_line(host_tool, engines, tmp_path, case) -> None:
+    """What passes the pickle check and is still no input (rows that differ, a frame without a token,
+    tensors without values): refused before the engines load, exit 2, one line."""
+    contents, needle = INPUTS[case]
+    edited = callable(contents)
+    inputs = _with_pickle(tmp_path, case, contents) if edited else _inputs(tmp_path, case, contents)
+    out = tmp_path / "o.pt"
+    _assert_refused(_run(host_tool, engines, inputs, out), needle, out)
 
 
 # --------------------------------------------------------------------------- the manifest (gaps 3 and 5)
@@ -323,6 +379,12 @@ def _wrong_byte_count(header: dict) -> None:
     first["shape"] = [first["shape"][0] + 1]
 
 
+def _empty_of_huge_shape(header: dict) -> None:
+    """A tensor of no elements whose other sizes multiply past int64 (libtorch's strides overflowed)."""
+    end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+    header["zz"] = {"dtype": "F32", "shape": [0, 2**62, 2**62], "data_offsets": [end, end]}
+
+
 def _huge_header(path: Path) -> None:
     """A header of 100 MB (a sparse file: refused before a byte of it is read)."""
     with open(path, "r+b") as f:
@@ -387,6 +449,10 @@ CLASSIFIERS: dict[str, tuple[Callable[[Path], None], str]] = {
         ),
         "its header is refused: it nests values deeper than 128 levels",
     ),
+    # the sanitizer audit: "Stride calculation overflowed" (exit 1), and a header nlohmann read only up to
+    # its NUL byte (the rest unseen; the safetensors library refuses it)
+    "empty_tensor_of_huge_shape": (_header_edited(_empty_of_huge_shape), "'zz' has a shape too large"),
+    "header_nul": (_header_bytes(lambda h: h + b"\x00{}"), "its header is refused: it holds a NUL byte"),
 }
 
 
@@ -455,6 +521,11 @@ def _name_with_a_newline(folder: Path, manifest: dict) -> None:
         (
             lambda f, m: (f / "manifest.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(m).encode()),
             "is not valid JSON: it begins with a UTF-8 byte-order mark",
+        ),
+        # nlohmann ends its input at a NUL byte (what follows was never read), Python's json refuses it
+        (
+            lambda f, m: (f / "manifest.json").write_bytes(json.dumps(m).encode() + b"\x00{}"),
+            "is not valid JSON: it holds a NUL byte",
         ),
         # a manifest that is a link (to a copy elsewhere): Python refuses it, the host followed it
         (_linked_manifest, "manifest.json is a symbolic link"),

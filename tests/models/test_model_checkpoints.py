@@ -114,6 +114,19 @@ def test_esm_special_ids_given_as_null_are_vocab_txts_and_a_disagreeing_one_is_r
         load_esm2(folder)
 
 
+@pytest.mark.parametrize("kind", ["esm", "dnabert"])
+def test_a_hostile_model_type_is_quoted_short(
+    kind: str, tmp_path: Path, dnabert_dir: Path, esm_hf_dir: Path
+) -> None:
+    """A 4,000-digit model_type was quoted whole: one line, but 4 KB of it."""
+    folder = _copy(esm_hf_dir if kind == "esm" else dnabert_dir, tmp_path / kind)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "7" * 4000}))
+    with pytest.raises(CheckpointError, match=r"model_type is '7{50,60}\.\.\., expected") as caught:
+        (load_esm2 if kind == "esm" else load_dnabert)(folder)
+    assert len(str(caught.value)) < 300
+
+
 def test_wrong_layouts_say_what_was_found(
     tmp_path: Path, dnabert_dir: Path, esm_hf_dir: Path, esm_fairesm_file: Path
 ) -> None:

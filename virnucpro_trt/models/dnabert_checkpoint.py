@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.errors import CheckpointError, shown
 from virnucpro_trt.models.checkpoint_io import (
     StateDict,
     check_fp32_bytes_fit_files,
@@ -98,9 +98,8 @@ def _config_and_tokenizer(folder: Path) -> tuple[DnabertConfig, DnaTokenizer]:
         raise CheckpointError(f"{folder}: not a DNABERT-S model folder")
     cfg = read_json(folder / "config.json")
     if cfg.get("model_type", "bert") != "bert":
-        raise CheckpointError(
-            f"{folder / 'config.json'}: model_type is {cfg.get('model_type')!r}, expected 'bert' (DNABERT-S)"
-        )
+        found = shown(repr(cfg.get("model_type")))
+        raise CheckpointError(f"{folder / 'config.json'}: model_type is {found}, expected 'bert' (DNABERT-S)")
     try:
         config = DnabertConfig.from_hf_config(cfg)
     except (KeyError, TypeError, ValueError, OverflowError) as exc:

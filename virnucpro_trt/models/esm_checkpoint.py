@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.errors import CheckpointError, shown
 from virnucpro_trt.models.checkpoint_io import (
     StateDict,
     check_fp32_bytes_fit_files,
@@ -146,7 +146,8 @@ def _hf_config_and_tokenizer(folder: Path) -> tuple[Esm2Config, ProteinTokenizer
     cfg = read_json(folder / "config.json")
     where = f"{folder / 'config.json'}"
     if cfg.get("model_type") != "esm":
-        raise CheckpointError(f"{where}: model_type is {cfg.get('model_type')!r}, expected 'esm' (ESM-2)")
+        found = shown(repr(cfg.get("model_type")))
+        raise CheckpointError(f"{where}: model_type is {found}, expected 'esm' (ESM-2)")
     if cfg.get("position_embedding_type", "absolute") != "rotary" or cfg.get("emb_layer_norm_before"):
         raise CheckpointError(f"{where}: an ESM-1/ESM-1b configuration (absolute positions), not ESM-2")
     if cfg.get("is_folding_model"):

@@ -16,8 +16,10 @@ namespace virnucpro {
 
 constexpr int kMaxJsonDepth = 128;
 
-// Thrown by parse_bounded for input that nests deeper than kMaxJsonDepth or begins with a UTF-8 byte-order
-// mark (which nlohmann skips and Python's json and the safetensors library refuse).
+// Thrown by parse_bounded for input that nests deeper than kMaxJsonDepth, begins with a UTF-8 byte-order
+// mark (which nlohmann skips and Python's json and the safetensors library refuse) or holds a NUL byte
+// (nlohmann ends its input there: a manifest or header `{...}\0anything` was read as `{...}`, the rest
+// unseen; Python's json and the safetensors library refuse it, and no JSON holds one).
 class JsonRefused : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
@@ -62,6 +64,7 @@ inline std::string python_constants_as_null(const std::string& text) {
 // `text` parsed; nlohmann::json::exception for text that is not JSON, JsonRefused as above.
 inline nlohmann::json parse_bounded(const std::string& text) {
   if (text.rfind("\xEF\xBB\xBF", 0) == 0) throw JsonRefused("it begins with a UTF-8 byte-order mark");
+  if (text.find('\0') != std::string::npos) throw JsonRefused("it holds a NUL byte");
   return nlohmann::json::parse(text, [](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
     if (depth >= kMaxJsonDepth) {
       throw JsonRefused("it nests values deeper than " + std::to_string(kMaxJsonDepth) + " levels");
