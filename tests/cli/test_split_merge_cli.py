@@ -573,6 +573,22 @@ def test_split_rerun_onto_its_own_split_does_nothing_and_other_splits_are_refuse
     assert (theirs / "part-0001.fa").exists() and len(list(theirs.iterdir())) == 4
 
 
+def test_a_merge_record_that_leaves_a_result_file_out_is_no_finished_merge(small_shards, tmp_path):
+    """A merged run.json with frames.tsv taken out of its outputs, and frames.tsv deleted: the rerun said
+    "already holds the results of this merge" with the file gone (merge looked only at the files present;
+    predict's rule, the same function now, asks for every file the run writes)."""
+    _, _, a, _ = small_shards
+    out = tmp_path / "m"
+    _ok("merge", *map(str, a), "-o", str(out))
+    run = _run(out)
+    del run["outputs"]["frames.tsv"]
+    (out / "run.json").write_text(json.dumps(run))
+    (out / "frames.tsv").unlink()
+    result = run_cli("merge", *map(str, a), "-o", str(out))
+    assert result.code == 2 and len(error_lines(result)) == 1, result.stderr
+    assert "its run.json does not account for frames.tsv" in result.stderr, result.stderr
+
+
 def test_merge_rerun_onto_its_own_results_does_nothing_and_force_replaces_others(
     small_shards, default_shards, tmp_path
 ):

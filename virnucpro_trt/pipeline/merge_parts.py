@@ -57,6 +57,7 @@ from virnucpro_trt.files.result_names import (
     RESULT_NAMES,
     RUN_JSON,
     SEQUENCES_TSV,
+    unrecorded_results,
 )
 from virnucpro_trt.files.run_lock import KeptFiles, outdir_lock
 from virnucpro_trt.outputs.atomic import ResultSet
@@ -232,6 +233,9 @@ def _other_merge(previous: RunRecord, parts: list[PartResult], present: list[str
         return "its run.json records no result files"
     if any(n != RUN_JSON and n not in outputs for n in present):
         return "files its run.json does not account for"
+    embeddings = all(p.has_embeddings for p in parts)
+    if missing := unrecorded_results(outputs, embeddings, _demo_random_weights(runs)):
+        return f"its run.json does not account for {', '.join(missing)}"
     return None
 
 

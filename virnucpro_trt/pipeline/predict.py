@@ -47,7 +47,7 @@ from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
 from virnucpro_trt.files.ownership import changed_since, reuse_finished
-from virnucpro_trt.files.result_names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JSON, result_file_names
+from virnucpro_trt.files.result_names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JSON, unrecorded_results
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, KeptFiles, outdir_lock
 from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
@@ -426,9 +426,7 @@ def _difference(ctx: _RunContext, previous: RunRecord, sha256: str, work: WorkDi
     for name in previous.outputs:
         if name not in OUTPUT_NAMES:
             return f"it lists an unexpected file {name!r}"
-    # Every file this run writes is recorded: one left out of the record would never be checked.
-    written = set(result_file_names(ctx.settings.save_embeddings, ctx.demo)) - {RUN_JSON}
-    if missing := sorted(written - set(previous.outputs)):
+    if missing := unrecorded_results(previous.outputs, ctx.settings.save_embeddings, ctx.demo):
         return f"its run.json does not account for {', '.join(missing)}"
     return None
 
