@@ -75,11 +75,33 @@ def one_line(exc: BaseException, limit: int | None = None, name: bool = True) ->
 
 
 def shown(value: object, limit: int = 60) -> str:
-    """A value read from a hostile file, for a one-line message: a printable string as it is, anything
-    else (a newline, an escape sequence, a number, null) by its repr, cut to ``limit`` characters. Why: a
-    value in a file must neither split a message's one line nor drive the terminal."""
-    text = value if isinstance(value, str) and value.isprintable() else repr(value)
+    """A value read from a hostile file, for a one-line message: a printable string as it is, another
+    string or a short scalar by its repr, anything else by its type (:func:`show_value`), cut to
+    ``limit`` characters. Why: a value in a file must neither split a message's one line nor drive the
+    terminal, and showing it must not fail (see :func:`show_value`)."""
+    if isinstance(value, str) and value.isprintable():
+        text = value
+    elif isinstance(value, str) or _is_short_scalar(value):
+        text = repr(value)
+    else:
+        text = show_value(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def show_value(value: object) -> str:
+    """A hostile value with its type, for a one-line message: a string (cut) or a short scalar shown,
+    anything else by its type only. Why: the repr of a deeply nested list recurses, and that of a
+    5000-digit integer raises."""
+    kind = type(value).__name__
+    if isinstance(value, str):
+        return f"{value[:40]!r} (str)"
+    if _is_short_scalar(value) and value is not None:
+        return f"{value!r} ({kind})"
+    return f"a value of type {kind}"
+
+
+def _is_short_scalar(value: object) -> bool:
+    return value is None or isinstance(value, float) or (isinstance(value, int) and value.bit_length() <= 64)
 
 
 NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # a failed run to rerun, not a place to change

@@ -44,15 +44,21 @@ bool plain_name(const std::string& name) {
 }
 
 // FOLDER/NAME resolved, when it stays inside FOLDER (symlinks followed; a link to a file in a subfolder
-// stays inside, as the Python runtime's files/names.py member_path has it); empty otherwise.
-std::filesystem::path inside(const std::filesystem::path& folder, const std::string& name) {
+// stays inside, as the Python runtime's files/names.py member_path has it); empty otherwise, with WHY
+// saying which: a name past NAME_MAX or a link loop cannot be resolved at all, which is not "outside".
+std::filesystem::path inside(const std::filesystem::path& folder, const std::string& name, std::string& why) {
   std::error_code ec;
   const auto root = std::filesystem::weakly_canonical(folder, ec);
-  if (ec) return {};
-  const auto target = std::filesystem::weakly_canonical(folder / name, ec);
-  if (ec) return {};
+  const auto target = ec ? std::filesystem::path() : std::filesystem::weakly_canonical(folder / name, ec);
+  if (ec) {
+    why = "cannot be resolved (" + ec.message() + ")";
+    return {};
+  }
   const auto relative = target.lexically_relative(root);
-  if (relative.empty() || relative == "." || *relative.begin() == "..") return {};
+  if (relative.empty() || relative == "." || *relative.begin() == "..") {
+    why = "resolves outside " + folder.string();
+    return {};
+  }
   return target;
 }
 
@@ -294,9 +300,10 @@ std::string EngineManifest::mismatches(const c10::Device& device, bool verify_fi
       continue;
     }
     for (const auto& [name, recorded] : it->second.file_sha256) {
-      const auto file = inside(folder, name);
+      std::string why;
+      const auto file = inside(folder, name, why);
       if (file.empty()) {
-        problems.push_back(printable(name) + " resolves outside " + folder.string() + " (refused)");
+        problems.push_back(printable(name) + " " + why + " (refused)");
       } else if (!std::filesystem::exists(file)) {
         problems.push_back(folder.string() + "/" + printable(name) + " is missing");
       } else if (!std::filesystem::is_regular_file(file)) {
@@ -312,8 +319,11 @@ std::string EngineManifest::mismatches(const c10::Device& device, bool verify_fi
       }
     }
   }
+  // The first few, then a count: a manifest naming 50,000 missing files made one line of a megabyte.
+  constexpr size_t kShown = 8;
   std::ostringstream out;
-  for (size_t i = 0; i < problems.size(); ++i) out << (i ? "; " : "") << problems[i];
+  for (size_t i = 0; i < problems.size() && i < kShown; ++i) out << (i ? "; " : "") << problems[i];
+  if (problems.size() > kShown) out << "; and " << problems.size() - kShown << " more";
   return out.str();
 }
 

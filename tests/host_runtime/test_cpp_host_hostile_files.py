@@ -506,6 +506,16 @@ def _classifier_renamed(folder: Path, manifest: dict) -> None:
     _write_manifest(folder, manifest)
 
 
+def _many_missing_names(folder: Path, manifest: dict) -> None:
+    manifest["models"]["esm2"]["file_sha256"].update({f"missing-{i}.bin": "0" * 64 for i in range(50_000)})
+    _write_manifest(folder, manifest)
+
+
+def _name_past_name_max(folder: Path, manifest: dict) -> None:
+    manifest["models"]["esm2"]["file_sha256"]["n" * 300] = "0" * 64
+    _write_manifest(folder, manifest)
+
+
 def _name_with_a_newline(folder: Path, manifest: dict) -> None:
     manifest["models"]["esm2"]["file_sha256"]["a\nError: forged line"] = "0" * 64
     _write_manifest(folder, manifest)
@@ -549,12 +559,18 @@ def _name_with_a_newline(folder: Path, manifest: dict) -> None:
         (_classifier_renamed, "the classifier of an engine directory must be .safetensors"),
         # a name the manifest gives, shown printable: its newline made the refusal two lines
         (_name_with_a_newline, "/a?Error: forged line is missing"),
+        # 50,000 missing names made a one-line refusal of a megabyte: the first few, then a count
+        (_many_missing_names, "; and 49992 more"),
+        # a name past NAME_MAX read "resolves outside" the folder, as Python's "cannot be resolved" has it
+        (_name_past_name_max, "nnn... cannot be resolved (File name too long) (refused)"),
     ],
 )
 def test_the_manifest_is_refused_where_python_refuses_it(host_tool, engines, tmp_path, edit, needle) -> None:
     folder, manifest = _copy(engines, tmp_path, "manifest")
     edit(folder, manifest)
-    _assert_refused(_run(host_tool, folder, "--check"), needle)
+    done = _run(host_tool, folder, "--check")
+    _assert_refused(done, needle)
+    assert len(done.stderr) < 4000, len(done.stderr)
 
 
 def test_check_says_ok_in_one_line_and_links_inside_the_folder_are_followed(

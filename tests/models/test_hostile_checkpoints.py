@@ -520,8 +520,9 @@ def test_a_file_of_a_hugging_face_esm_folder_is_named_as_such(tiny_set) -> None:
 
 def test_messages_show_hostile_values_without_failing_on_them() -> None:
     """A 5000-digit integer's repr raises and a deeply nested list's recurses: a refusal message must not
-    (the epsilon check once put ``repr(value)`` in its message)."""
-    from virnucpro_trt.models.config_checks import checked_layer_norm_eps, show_value
+    (the epsilon check once put ``repr(value)`` in its message; ``shown`` took any value's repr)."""
+    from virnucpro_trt.errors import show_value, shown
+    from virnucpro_trt.models.config_checks import checked_layer_norm_eps
 
     nested: list = []
     inner = nested
@@ -529,6 +530,8 @@ def test_messages_show_hostile_values_without_failing_on_them() -> None:
         inner.append([])
         inner = inner[0]
     assert show_value(10**5000) == "a value of type int" and show_value(nested) == "a value of type list"
+    assert shown(10**5000) == "a value of type int" and shown(nested) == "a value of type list"
+    assert [shown(v) for v in (None, 7, 0.5, "a b", "a\nb")] == ["None", "7", "0.5", "a b", "'a\\nb'"]
     with pytest.raises(ValueError, match="layer_norm_eps is a value of type int, expected a finite number"):
         checked_layer_norm_eps(10**5000, "layer_norm_eps")
 

@@ -23,7 +23,8 @@ import torch
 from virnucpro_trt.engines.cxx_runtime import expose_cxx_runtime
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes
 from virnucpro_trt.engines.spec import ShapeRange
-from virnucpro_trt.errors import EngineMismatchError, ShapeRangeError
+from virnucpro_trt.errors import EngineMismatchError, ShapeRangeError, shown
+from virnucpro_trt.files.unpacking import unpacking
 from virnucpro_trt.runtime.out_of_memory import device_memory_errors
 
 _EXTERN_CALL = re.compile(rb"aoti_torch_(?:cpu|cuda)_(\w+?)(?:_out)?\(")
@@ -46,17 +47,18 @@ def load_package(path: Path, device: torch.device) -> Any:
     index = -1
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-    direct = _direct_loader()
-    if direct is not None:
-        loader_class, wrapper = direct
-        try:
-            return wrapper(loader_class(str(path), "model", False, 1, index))
-        except TypeError:  # another constructor signature: let torch's own function handle it
-            pass
-    load = torch._inductor.aoti_load_package
-    if device.type == "cuda" and "device_index" in inspect.signature(load).parameters:
-        return load(str(path), device_index=index)
-    return load(str(path))
+    with unpacking():  # the loader unpacks the whole package: into a folder that is removed for sure
+        direct = _direct_loader()
+        if direct is not None:
+            loader_class, wrapper = direct
+            try:
+                return wrapper(loader_class(str(path), "model", False, 1, index))
+            except TypeError:  # another constructor signature: let torch's own function handle it
+                pass
+        load = torch._inductor.aoti_load_package
+        if device.type == "cuda" and "device_index" in inspect.signature(load).parameters:
+            return load(str(path), device_index=index)
+        return load(str(path))
 
 
 def _direct_loader() -> tuple[Any, Any] | None:
@@ -164,7 +166,8 @@ def check_metadata(
         raise EngineMismatchError(f"{path.name} was not built by virnucpro's inductor backend") from exc
     expected = {"kind": kind, "precision": precision, "dim": str(dim)}
     if found != expected:
-        diff = ", ".join(f"{k} {found[k]} (expected {expected[k]})" for k in found if found[k] != expected[k])
+        differ = [k for k in found if found[k] != expected[k]]
+        diff = ", ".join(f"{k} {shown(found[k], 40)} (expected {expected[k]})" for k in differ)
         raise EngineMismatchError(f"{path.name} does not match its manifest: {diff}")
     if shapes.max_batch > graph.max_batch or shapes.max_length > graph.max_length:
         raise EngineMismatchError(
@@ -173,9 +176,9 @@ def check_metadata(
         )
     recorded = metadata.get(f"{META_PREFIX}vocab_size")  # the text the build wrote, compared as dim is
     if vocab_size is not None and recorded != (str(vocab_size) if vocab_size else None):
-        shown = "an unrecorded number of" if recorded is None else repr(recorded)[:40]
+        embeds = "an unrecorded number of" if recorded is None else shown(repr(recorded), 40)
         raise EngineMismatchError(
-            f"{path.name} embeds {shown} tokens but the manifest says {vocab_size or 'none'}; "
+            f"{path.name} embeds {embeds} tokens but the manifest says {vocab_size or 'none'}; "
             "rebuild the engines"
         )
     return graph

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from virnucpro_trt import __version__
-from virnucpro_trt.errors import EngineMismatchError
+from virnucpro_trt.errors import EngineMismatchError, show_value
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import read_bounded
 from virnucpro_trt.files.digests import sha256_bytes, sha256_file
@@ -52,7 +52,6 @@ from virnucpro_trt.files.json_fields import (
 )
 from virnucpro_trt.files.names import UnsafeMemberName, check_member_name, member_path
 from virnucpro_trt.files.stamps import Stamp, file_stamp
-from virnucpro_trt.models.config_checks import show_value
 from virnucpro_trt.models.kinds import MODEL_NAMES
 from virnucpro_trt.models.parity_result import ParityResult
 from virnucpro_trt.settings import MAX_BATCH_TOKENS

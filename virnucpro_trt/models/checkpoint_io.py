@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 
-from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.errors import CheckpointError, show_value
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import check_member_name
-from virnucpro_trt.models.config_checks import show_value
 from virnucpro_trt.models.pickle_guard import module_stand_in
 from virnucpro_trt.models.torch_archive import load_torch_file
 

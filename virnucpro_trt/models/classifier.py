@@ -34,11 +34,11 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.nn import functional as F
 
-from virnucpro_trt.errors import CheckpointError
+from virnucpro_trt.errors import CheckpointError, show_value
 from virnucpro_trt.files.atomic import write_bytes_atomic
 from virnucpro_trt.files.bounded_read import open_regular
 from virnucpro_trt.files.json_fields import parse_json
-from virnucpro_trt.models.config_checks import MAX_LAYER_NORM_EPS, as_float, show_value
+from virnucpro_trt.models.config_checks import MAX_LAYER_NORM_EPS, as_float
 from virnucpro_trt.models.identity import WeightsIdentity, confirm_checkpoint, confirm_still
 from virnucpro_trt.models.pickle_guard import MAX_CLASSIFIER_BYTES, PickledObject, restricted_torch_load
 

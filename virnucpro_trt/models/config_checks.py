@@ -14,23 +14,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from virnucpro_trt.errors import show_value
+
 MAX_ENCODER_LAYERS = 1024
 """More transformer layers than any encoder we load will have (the largest published ESM-2 has 48,
 DNABERT-S 12): a config claiming more is refused before anything is sized from it."""
 
 MAX_LAYER_NORM_EPS = 0.1
 """LayerNorm epsilons are 1e-12..1e-5 in practice; one above this (or <= 0, NaN, inf) is not a model's."""
-
-
-def show_value(value: Any) -> str:
-    """A hostile value for a one-line message: short scalars shown, anything else by its type only
-    (the repr of a deeply nested list recurses, and that of a 5000-digit integer raises)."""
-    kind = type(value).__name__
-    if isinstance(value, str):
-        return f"{value[:40]!r} (str)"
-    if isinstance(value, float) or (isinstance(value, int) and value.bit_length() <= 64):
-        return f"{value!r} ({kind})"
-    return f"a value of type {kind}"
 
 
 def as_float(value: Any) -> float | None:

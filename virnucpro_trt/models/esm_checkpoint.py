@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from virnucpro_trt.errors import CheckpointError, shown
+from virnucpro_trt.errors import CheckpointError, show_value, shown
 from virnucpro_trt.models.checkpoint_io import (
     StateDict,
     check_fp32_bytes_fit_files,
@@ -45,7 +45,7 @@ from virnucpro_trt.models.checkpoint_io import (
     to_float32,
     with_current_norm_names,
 )
-from virnucpro_trt.models.config_checks import checked_layer_norm_eps, config_bool, config_int, show_value
+from virnucpro_trt.models.config_checks import checked_layer_norm_eps, config_bool, config_int
 from virnucpro_trt.models.esm2 import ROTARY_BASE, Esm2Config, Esm2Encoder, default_inv_freq
 from virnucpro_trt.models.tokenization import ProteinTokenizer, check_token_ids_fit
 
