@@ -33,12 +33,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import EXIT_INTERRUPTED, RunFailure, UserError, VirnucproError
+from virnucpro_trt.files.unpacking import RunFolder
 from virnucpro_trt.runtime.device import resolve_device
 from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
@@ -207,6 +209,7 @@ class _Worker:
     eof: bool = False
     code: int | None = None  # the inline thread's exit code
     spawned_at: float = field(default_factory=time.perf_counter)
+    unpack_folder: Path | None = None  # a process's folder for its engine packages (files/unpacking.py)
 
     def alive(self) -> bool:
         if self.process is not None:
@@ -260,6 +263,7 @@ class Coordinator:
         self._ctx = multiprocessing.get_context("spawn")
         self._first_ready: dict[int, float] = {}  # slot -> when it first reported ready
         self._last_done: float | None = None  # when the last shard so far was reported done
+        self._unpacking: RunFolder | None = None  # the process workers' unpacking folders, this run
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, shards: list[ShardSpec], need_facts: bool = False) -> CoordinatorReport:
@@ -270,6 +274,7 @@ class Coordinator:
         self.need_facts = need_facts
         self.specs = {s.id: s for s in shards}
         self.pending = collections.deque(s.id for s in shards)
+        self._unpacking = None if self.inline else RunFolder()
         try:
             for slot in self.slots[: max(1, min(len(self.slots), len(shards)))]:
                 self._spawn(slot)
@@ -280,6 +285,9 @@ class Coordinator:
         except BaseException:
             self._stop_all()
             raise
+        finally:  # every worker has ended: what they unpacked goes, however they ended
+            if self._unpacking is not None:
+                self._unpacking.close()
         return CoordinatorReport(
             markers=self.markers,
             workers=list(self.stats.values()),
@@ -315,16 +323,18 @@ class Coordinator:
             worker.thread = threading.Thread(target=target, name=f"virnucpro-{slot.label}", daemon=True)
             worker.thread.start()
         else:
+            assert self._unpacking is not None
+            unpack_folder = self._unpacking.for_worker(f"worker-{slot.index}")
             parent, child = self._ctx.Pipe(duplex=True)
             process = self._ctx.Process(
                 target=process_entry,
-                args=(slot, child, self.job, _forwarded_log_level()),
+                args=(slot, child, self.job, _forwarded_log_level(), unpack_folder),
                 name=f"virnucpro-worker-{slot.index}",
                 daemon=True,
             )
             process.start()
             child.close()
-            worker = _Worker(slot, parent, process=process)
+            worker = _Worker(slot, parent, process=process, unpack_folder=unpack_folder)
             log.debug("%s started (pid %s)", slot.label, process.pid)
         self.workers[slot.index] = worker
 
@@ -415,6 +425,8 @@ class Coordinator:
         code = worker.exit_code()
         with contextlib.suppress(OSError):
             worker.conn.close()
+        if worker.unpack_folder is not None:  # a killed worker's unpacked packages (gigabytes) go now
+            RunFolder.release(worker.unpack_folder)
         if not worker.outstanding and worker.failure is None and code == 0:
             return  # a clean exit after "no more work"
         reason = worker.failure or _describe_exit(code)

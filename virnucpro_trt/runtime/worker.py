@@ -47,9 +47,11 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Protocol
 
 from virnucpro_trt.errors import EXIT_FAILURE, VirnucproError, describe_os_error, one_line
+from virnucpro_trt.files import unpacking
 from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
@@ -242,6 +244,7 @@ def _prefetch(
             message = conn.recv()
         except (EOFError, OSError):
             if own_process:  # the coordinator is gone: nobody will use what this worker would write
+                unpacking.remove_folder(orphaned=True)  # nor remove what it unpacked
                 os._exit(0)
             message = None
         if message is None:
@@ -302,8 +305,12 @@ class _PipeLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def process_entry(slot: WorkerSlot, conn: Connection, job: ShardJob, log_level: int) -> None:
-    """Target of a spawned worker process."""
+def process_entry(
+    slot: WorkerSlot, conn: Connection, job: ShardJob, log_level: int, unpack_folder: Path
+) -> None:
+    """Target of a spawned worker process; its engine packages are unpacked into ``unpack_folder``, which
+    its coordinator made for it and removes when it has ended (``files/unpacking.py``)."""
+    unpacking.use_folder(unpack_folder)
     # Ctrl-C reaches the whole process group; the coordinator decides what happens to workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     root = logging.getLogger()
@@ -314,10 +321,12 @@ def process_entry(slot: WorkerSlot, conn: Connection, job: ShardJob, log_level: 
     root.addHandler(_PipeLogHandler(send, slot))
     for noisy in ("urllib3", "filelock", "huggingface_hub", "torch", "h5py", "onnx", "onnxruntime"):
         logging.getLogger(noisy).setLevel(max(log_level, logging.WARNING))
+    orphaned = False
     try:
         code = run_worker(slot, conn, job, threading.Event(), own_process=True, send=send)
     except (BrokenPipeError, ConnectionResetError, EOFError):
-        code = 0  # the coordinator is gone (killed): nothing is waiting for this worker any more
+        code, orphaned = 0, True  # the coordinator is gone (killed): nothing is waiting for this worker
     sys.stdout.flush()
     sys.stderr.flush()
+    unpacking.remove_folder(orphaned)  # os._exit runs no destructor (the loaders' own removal)
     os._exit(code)
