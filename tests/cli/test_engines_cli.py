@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import warnings
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -71,6 +72,21 @@ def test_engine_directory_and_manifest(engine_dir):
     assert manifest["build"]["attention_option"] == "efficient"  # the CUDA default; CPU: not restricted
     if backend == "inductor":
         assert {manifest["models"][k]["facts"]["attention"] for k in ("dnabert-s", "esm2")} == {"cpu"}
+        _assert_no_library_left_in_the_inductor_cache(engine_dir, manifest)
+
+
+def _assert_no_library_left_in_the_inductor_cache(engine_dir: Path, manifest: dict) -> None:
+    """The compiled library (the weights in it) is in the package; the build's copy in Inductor's cache
+    went (it stayed, 3-6 GB per full-size build)."""
+    from virnucpro_trt.engines.inductor_cache import WRAPPER_SUFFIX, inductor_cache_dir
+
+    cache = inductor_cache_dir()
+    assert cache is not None and cache.is_dir()
+    for kind in ("dnabert-s", "esm2"):
+        with zipfile.ZipFile(engine_dir / manifest["models"][kind]["artifact"]) as archive:
+            names = [Path(n).name for n in archive.namelist() if n.endswith(WRAPPER_SUFFIX)]
+        assert len(names) == 1, names
+        assert list(cache.glob(f"*/{names[0]}")) == [], kind
 
 
 def test_every_engine_file_follows_the_umask(engine_dir):
