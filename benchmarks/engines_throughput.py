@@ -18,6 +18,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -275,8 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             write_json(report, args.json)
 
-    for kind in args.models.split(","):
-        bench_model(kind, args, device, workdir, rows, save)
+    try:
+        for kind in args.models.split(","):
+            bench_model(kind, args, device, workdir, rows, save)
+    finally:  # the engines built here (gigabytes at full size) and the folder itself
+        shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"\n{'model':10s} {'config':18s} {'batching':>14s} {'padded':>7s} {'items/s':>10s} {'build s':>8s} "
         f"{'min cos':>10s} {'max|d|':>9s}"

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import json
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -39,8 +40,13 @@ def _committed(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
 
-def test_engines_throughput_tiny_eager(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_engines_throughput_tiny_eager(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "engines.json"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # its work folder goes when it ends (it stayed)
     code = _script("engines_throughput").main(
         [
             "--models", "dnabert-s", "--configs", "eager-fp32,eager-bf16", "--size", "tiny", "--items", "24",
@@ -62,6 +68,7 @@ def test_engines_throughput_tiny_eager(tmp_path: Path, capsys: pytest.CaptureFix
     assert rows["eager-fp32"]["items_timed"] == 16 and rows["eager-bf16"]["items_timed"] == 24
     assert rows["eager-fp32"]["parity"]["passed_gate"] and rows["eager-bf16"]["parity"]["min_cosine"] > 0.999
     assert "eager-bf16" in capsys.readouterr().out
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("vt-engines-")] == []
 
 
 def test_engines_throughput_times_each_batching_rule(
