@@ -96,7 +96,7 @@ from typing import Any
 import torch
 
 from virnucpro_trt.engines.aoti_int_arrays import fresh_int_array_declarations
-from virnucpro_trt.engines.inductor_cache import remove_cached_library
+from virnucpro_trt.engines.inductor_cache import compile_folders_removed, remove_cached_library
 from virnucpro_trt.engines.inductor_configs import inductor_configs
 from virnucpro_trt.engines.inductor_model import DTYPES, device_copy, freeze_position_tables
 from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata, extern_kernels, load_package
@@ -297,11 +297,12 @@ def _export_and_compile(
                     _torch_deprecations_off(),
                 ):
                     compile_started = time.time()
-                    torch._inductor.aoti_compile_and_package(
-                        program,
-                        package_path=str(out_path),
-                        inductor_configs=dict(configs),  # it adds keys
-                    )
+                    with compile_folders_removed(metadata):  # one that fails leaves its weights' copy
+                        torch._inductor.aoti_compile_and_package(
+                            program,
+                            package_path=str(out_path),
+                            inductor_configs=dict(configs),  # it adds keys
+                        )
                 for folder in remove_cached_library(out_path, compile_started):  # the weights' copy
                     log.debug("removed %s from Inductor's cache (the package holds it)", folder)
                 break

@@ -6,15 +6,29 @@ that library, so each full-size build left a 3-6 GB ``wrapper.so`` in the cache 
 again (a rebuild of the same set is skipped before it compiles; any other build compiles anew): this
 machine's cache had grown to 6.6 GB from test builds of tiny models alone. Only that folder goes; the
 kernel caches beside it, which make the next build faster, stay.
+
+A compile that does not finish (a compiler or linker error, a full disk, Ctrl-C or SIGTERM, which
+``interrupts`` raises as ``KeyboardInterrupt``) leaves no package to read the names from, but its folder
+already holds the weights (the constants' object file, or a linked library): :func:`compile_folders_removed`
+removes the folders that compile wrote, known by the package metadata Inductor writes beside the wrapper.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import time
 import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from virnucpro_trt.files.bounded_read import read_bounded
+
 WRAPPER_SUFFIX = ".wrapper.so"
+METADATA_SUFFIX = ".wrapper_metadata.json"  # the package's metadata, written before anything compiles
+_MAX_METADATA_BYTES = 1 << 20
 
 
 def inductor_cache_dir() -> Path | None:
@@ -44,3 +58,59 @@ def remove_cached_library(package: Path, since: float) -> list[Path]:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+def _holds_metadata(folder: Path, metadata: Mapping[str, str]) -> bool:
+    """Whether a wrapper metadata file directly in ``folder`` carries every item of ``metadata``."""
+    for candidate in folder.glob(f"*{METADATA_SUFFIX}"):
+        if candidate.is_symlink():
+            continue
+        try:
+            written = json.loads(read_bounded(candidate, _MAX_METADATA_BYTES))
+        except (OSError, ValueError):
+            continue
+        if isinstance(written, dict) and all(written.get(k) == v for k, v in metadata.items()):
+            return True
+    return False
+
+
+def _written_since(folder: Path, since: float) -> bool:
+    """Whether anything in ``folder`` (not following links) was written at or after ``since``."""
+    for parent, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            with contextlib.suppress(OSError):
+                if os.lstat(os.path.join(parent, name)).st_mtime >= since - 1:
+                    return True
+    return False
+
+
+def remove_unfinished_compile(metadata: Mapping[str, str], since: float) -> list[Path]:
+    """Remove the cache folders of a compile that did not finish: those whose wrapper metadata carries
+    ``metadata`` (this build's package metadata: kind, precision, shapes) and that were written at or
+    after ``since`` (``time.time()`` before the compile). A folder an earlier compile left and this one
+    did not write stays. The folders removed are returned."""
+    root = inductor_cache_dir()
+    if root is None or not root.is_dir() or not metadata:
+        return []
+    removed = []
+    for folder in sorted(root.iterdir()):
+        if folder.is_symlink() or not folder.is_dir() or not _holds_metadata(folder, metadata):
+            continue
+        if _written_since(folder, since):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+@contextlib.contextmanager
+def compile_folders_removed(metadata: Mapping[str, str]) -> Iterator[None]:
+    """Around one ``aoti_compile_and_package`` call with ``metadata``: should it raise (any exception,
+    ``KeyboardInterrupt`` included), the cache folders it wrote go before the exception passes on. They
+    hold the weights (3-6 GB for full-size ESM-2) and nothing reads them again: a rebuild compiles
+    anew."""
+    since = time.time()
+    try:
+        yield
+    except BaseException:
+        remove_unfinished_compile(metadata, since)
+        raise

@@ -1,0 +1,98 @@
+"""A compile that does not finish leaves nothing of its own in Inductor's cache (the weights are there).
+
+The unit tests lay out folders as AOTInductor does (``<cache>/<key>/<wrapper>.wrapper_metadata.json``
+beside the wrapper's sources and objects); the last one cuts a real CPU compile of a tiny ESM-2 short
+at its link step, as a linker error, a full disk or SIGTERM would (about 30 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from virnucpro_trt.engines import inductor_cache
+from virnucpro_trt.engines.inductor_cache import WRAPPER_SUFFIX
+
+METADATA_SUFFIX = ".wrapper_metadata.json"  # AOTInductor's name for the package metadata it writes
+OURS = {"virnucpro.kind": "esm2", "virnucpro.precision": "fp32", "virnucpro.graph.max_batch": "8"}
+
+
+def _compile_folder(root: Path, name: str, metadata: dict[str, str], age_s: float = 0.0) -> Path:
+    """A folder as AOTInductor leaves it mid-compile: sources, the metadata, the constants' object."""
+    folder = root / name
+    (folder / "sub").mkdir(parents=True)
+    (folder / "cwrapper.wrapper.cpp").write_text("// wrapper\n")
+    (folder / f"cwrapper{METADATA_SUFFIX}").write_text(json.dumps({**metadata, "AOTI_DEVICE_KEY": "cpu"}))
+    (folder / "cconsts.o").write_bytes(b"\0" * 4096)  # the weights
+    if age_s:
+        then = time.time() - age_s
+        for path in (*folder.rglob("*"), folder):
+            os.utime(path, (then, then))
+    return folder
+
+
+def test_an_unfinished_compile_removes_only_the_folders_it_wrote(tmp_path, monkeypatch):
+    """The folder this compile wrote goes; another build's (other metadata), one an earlier compile left
+    (written before this one began), one reached through a symbolic link and the kernel caches stay."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    cache.mkdir()
+    earlier = _compile_folder(cache, "cearlier", OURS, age_s=3600)
+    kernels = cache / "ab"
+    kernels.mkdir()
+    (kernels / "cab.so").write_bytes(b"kernel")
+    elsewhere = _compile_folder(tmp_path, "celsewhere", OURS)
+    with pytest.raises(KeyboardInterrupt), inductor_cache.compile_folders_removed(OURS):
+        mine = _compile_folder(cache, "cmine", OURS)
+        other = _compile_folder(cache, "cother", {**OURS, "virnucpro.kind": "dnabert-s"})
+        (cache / "clink").symlink_to(elsewhere)
+        raise KeyboardInterrupt  # SIGTERM, as interrupts raises it
+    assert not mine.exists()
+    assert other.is_dir() and earlier.is_dir() and (kernels / "cab.so").is_file()
+    assert (cache / "clink").is_symlink() and (elsewhere / "cconsts.o").is_file()
+
+
+def test_a_finished_compile_leaves_the_cache_to_remove_cached_library(tmp_path, monkeypatch):
+    """No exception: nothing is removed here (the package holds the names; remove_cached_library)."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    with inductor_cache.compile_folders_removed(OURS):
+        mine = _compile_folder(tmp_path, "cmine", OURS)
+    assert mine.is_dir()
+
+
+def test_a_build_cut_short_at_its_link_leaves_no_library_folder(tmp_path, monkeypatch):
+    """A real compile stopped as it links the library (the weights' object file is written by then):
+    the build fails and the compile's folder in Inductor's cache is gone; before, it stayed (3-6 GB
+    for a full-size ESM-2, read by nothing)."""
+    from torch._inductor import cpp_builder
+
+    from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
+    from virnucpro_trt.engines.spec import BuildOptions, BuildRequest, ShapeRange
+    from virnucpro_trt.models.random_checkpoints import random_esm2
+
+    folders: list[Path] = []
+    build = cpp_builder.CppBuilder.build
+
+    def build_or_stop(self: cpp_builder.CppBuilder) -> None:
+        target = Path(self.get_target_file_path())
+        if target.name.endswith(WRAPPER_SUFFIX):
+            folders.append(target.parent)
+            raise KeyboardInterrupt  # as SIGTERM arrives
+        build(self)
+
+    monkeypatch.setattr(cpp_builder.CppBuilder, "build", build_or_stop)
+    example = (torch.randint(4, 24, (3, 11)), torch.ones(3, 11, dtype=torch.int64))
+    shapes = ShapeRange(1, 4, 8, 2, 20, 45)
+    out = tmp_path / "esm2.cpu.fp32.pt2"
+    request = BuildRequest(random_esm2(seed=35), "esm2", example, shapes, "fp32", torch.device("cpu"), out,
+                           BuildOptions())  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        INDUCTOR_BACKEND.build(request)
+    assert len(folders) == 1
+    assert list(folders[0].glob(f"*{METADATA_SUFFIX}")) == [] and not folders[0].exists()
+    assert not out.exists()
