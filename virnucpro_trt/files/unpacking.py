@@ -14,16 +14,24 @@ loader unpacks into a folder this package makes and removes itself:
 * any other process (the inline worker, ``embed``, ``bench``, the build's parity gate) unpacks into a
   folder of its own, made on first use and removed when the process exits (``atexit``).
 
-What is left only when the main process itself is killed by SIGKILL after loading a package in
-process: its own folder, named ``virnucpro-trt-unpacked-*`` in the temporary folder.
+A process killed by SIGKILL after loading a package in process (``embed``, ``bench``, a one-worker run)
+removes nothing, and its folder is in the temporary folder, not beside any output a rerun would look at.
+So each folder holds a lock file (:data:`ALIVE`) that the process making it keeps locked (``flock``) for
+as long as it lives, and every process that makes one first removes the folders of this user whose
+lock is free (:func:`remove_abandoned`): the kernel releases the lock when its holder dies, however
+it dies, so the next run that loads a package removes what a killed one left. A folder without the lock
+file (another tool's, or one still being made) or of another user is never touched.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
+import re
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -32,9 +40,65 @@ from pathlib import Path
 PREFIX = "virnucpro-trt-unpacked-"
 _TMPDIR = "TMPDIR"  # what the C++ loader reads for its temporary folder
 
+ALIVE = ".alive"  # locked by the process that made the folder while it lives
+_NAME = re.compile(re.escape(PREFIX) + r"[a-z0-9_]{8}")  # what mkdtemp(prefix=PREFIX) makes
+_OPEN_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
 _lock = threading.Lock()
 _folder: Path | None = None
 _owned = False  # made here (removed at exit), not given by a coordinator
+_alive: list[int] = []  # the lock files this process holds: open until it exits
+
+
+def _free_lock(folder: Path) -> bool:
+    """Whether ``folder``'s lock file exists and no live process holds it (its maker is gone)."""
+    try:
+        fd = os.open(folder / ALIVE, _OPEN_FLAGS | os.O_NONBLOCK)
+    except OSError:  # no lock file: another tool's folder, or one being made now
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held: its maker lives
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned(parent: Path) -> list[Path]:
+    """Remove this user's unpacking folders in ``parent`` whose maker has died (its lock is free):
+    what a process killed by SIGKILL left. The folders removed are returned."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            if not _NAME.fullmatch(entry.name):
+                continue
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                    continue
+                folder = Path(entry.path)
+                if _free_lock(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder)
+    return removed
+
+
+def _make_folder() -> Path:
+    """A new unpacking folder (``mkdtemp``: private to this user) whose lock this process holds until it
+    exits, after removing those whose makers died. The lock file is locked before it takes its name, so
+    no sweep ever sees it unlocked while this process lives."""
+    parent = Path(tempfile.gettempdir())
+    remove_abandoned(parent)
+    folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
+    fd, name = tempfile.mkstemp(prefix=".alive-", dir=folder)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.set_inheritable(fd, False)
+    os.rename(name, folder / ALIVE)
+    _alive.append(fd)
+    return folder
 
 
 def use_folder(folder: Path) -> None:
@@ -46,11 +110,11 @@ def use_folder(folder: Path) -> None:
 
 def current_folder() -> Path:
     """The folder packages are unpacked into: the one given by :func:`use_folder`, else one of this
-    process's own, made now (``mkdtemp``: private to this user) and removed when the process exits."""
+    process's own, made now (:func:`_make_folder`) and removed when the process exits."""
     global _folder, _owned
     with _lock:
         if _folder is None:
-            _folder, _owned = Path(tempfile.mkdtemp(prefix=PREFIX)), True
+            _folder, _owned = _make_folder(), True
             atexit.register(remove_folder)
         return _folder
 
@@ -65,7 +129,9 @@ def remove_folder(orphaned: bool = False) -> None:
         return
     shutil.rmtree(folder, ignore_errors=True)
     if orphaned and not owned and folder.parent.name.startswith(PREFIX):
-        with contextlib.suppress(OSError):  # not empty: another worker is still on its way out
+        with contextlib.suppress(OSError):  # another worker is still on its way out: it removes it
+            if [entry.name for entry in os.scandir(folder.parent)] == [ALIVE]:  # the dead maker's lock
+                (folder.parent / ALIVE).unlink()
             folder.parent.rmdir()
 
 
@@ -96,7 +162,7 @@ class RunFolder:
     (:meth:`close`), whatever the workers did."""
 
     def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix=PREFIX))
+        self.path = _make_folder()
 
     def for_worker(self, label: str) -> Path:
         """A new folder for one spawned worker (each respawn gets its own)."""
