@@ -81,3 +81,27 @@ def test_a_live_process_keeps_its_folder_locked_against_every_sweep(fresh_proces
     assert (mine / unpacking.ALIVE).is_file()
     assert unpacking.remove_abandoned(tmp) == [] and mine.is_dir()
     assert sorted(p.name for p in mine.iterdir()) == [unpacking.ALIVE]
+
+
+def test_a_run_folder_lets_its_lock_go_when_it_closes(fresh_process_state) -> None:
+    """A coordinator makes one per run: its lock descriptor closes with it (one per run stayed open)."""
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        run = unpacking.RunFolder()
+        assert (run.path / unpacking.ALIVE).is_file()
+        run.close()
+        assert not run.path.exists()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_file_system_without_flock_still_unpacks(fresh_process_state, monkeypatch) -> None:
+    """Some network file systems refuse ``flock``: the folder is made without a lock file (so no sweep
+    ever takes it) and loading goes on, where it failed."""
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(unpacking.fcntl, "flock", no_flock)
+    with unpacking.unpacking() as folder:
+        assert folder.parent == fresh_process_state and list(folder.iterdir()) == []
+    assert unpacking.remove_abandoned(fresh_process_state) == [] and folder.is_dir()

@@ -47,7 +47,6 @@ _OPEN_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC"
 _lock = threading.Lock()
 _folder: Path | None = None
 _owned = False  # made here (removed at exit), not given by a coordinator
-_alive: list[int] = []  # the lock files this process holds: open until it exits
 
 
 def _free_lock(folder: Path) -> bool:
@@ -86,19 +85,24 @@ def remove_abandoned(parent: Path) -> list[Path]:
     return removed
 
 
-def _make_folder() -> Path:
-    """A new unpacking folder (``mkdtemp``: private to this user) whose lock this process holds until it
-    exits, after removing those whose makers died. The lock file is locked before it takes its name, so
-    no sweep ever sees it unlocked while this process lives."""
+def _make_folder() -> tuple[Path, int | None]:
+    """A new unpacking folder (``mkdtemp``: private to this user) and the descriptor of its lock, which
+    this process holds until it closes it or exits, after removing the folders whose makers died. The
+    lock file is locked before it takes its name, so no sweep ever sees it unlocked while this process
+    lives. Where the file system takes no ``flock`` (some network file systems) the folder gets no lock
+    file: no sweep ever removes it, and the load goes on."""
     parent = Path(tempfile.gettempdir())
     remove_abandoned(parent)
     folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
     fd, name = tempfile.mkstemp(prefix=".alive-", dir=folder)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.set_inheritable(fd, False)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        os.close(fd)
+        os.unlink(name)
+        return folder, None
     os.rename(name, folder / ALIVE)
-    _alive.append(fd)
-    return folder
+    return folder, fd
 
 
 def use_folder(folder: Path) -> None:
@@ -114,7 +118,8 @@ def current_folder() -> Path:
     global _folder, _owned
     with _lock:
         if _folder is None:
-            _folder, _owned = _make_folder(), True
+            _folder, _ = _make_folder()  # its lock is held until the process exits
+            _owned = True
             atexit.register(remove_folder)
         return _folder
 
@@ -162,7 +167,7 @@ class RunFolder:
     (:meth:`close`), whatever the workers did."""
 
     def __init__(self) -> None:
-        self.path = _make_folder()
+        self.path, self._alive = _make_folder()
 
     def for_worker(self, label: str) -> Path:
         """A new folder for one spawned worker (each respawn gets its own)."""
@@ -174,3 +179,6 @@ class RunFolder:
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        if self._alive is not None:  # one lock per run, not one per run for the life of the process
+            os.close(self._alive)
+            self._alive = None
