@@ -107,7 +107,7 @@ def test_an_onnxruntime_session_looks_up_no_host(tmp_path: Path) -> None:
         value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])
         identity = helper.make_node("Identity", ["x"], ["y"])
         graph = helper.make_graph([identity], "g", [value("x")], [value("y")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         session.run(None, {"x": np.ones(1, np.float32)})
         socket.getaddrinfo("localhost", None)  # the shim sees this one: it works
