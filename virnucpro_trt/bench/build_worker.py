@@ -6,21 +6,33 @@ load crash, DEVELOPERS.md). In a child, a crash becomes one ``failed`` row inste
 and the configuration is then timed in a process that did not build it. The parent reads the child's
 log lines as they come (so a long build shows progress) and keeps the last error line as the reason.
 
-    python -m virnucpro_trt.bench.build_worker '<BuildSettings as JSON>'
+The child ends as ``build`` ends on an interrupt, however its parent ends. The parent's SIGTERM (bench
+interrupted: :func:`_stop`) is raised in it as ``KeyboardInterrupt`` (``interrupts.py``), so the build
+takes its clean-up path; Python's default, dying at once, left its staging folder and lock in --workdir.
+(Not yet explained: an Inductor build child stopped while g++ runs still left both.)
+And a parent killed by SIGKILL closes the child's stdin, which the child watches (:data:`_LIFELINE`):
+it then interrupts itself the same way. Before, it went on building for minutes (on the GPU, for a
+full-size set) into a work folder nothing would read, an orphan nobody waited for.
+
+    python -m virnucpro_trt.bench.build_worker '<BuildSettings as JSON>' [--stop-when-stdin-closes]
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
+import threading
 import traceback
 from collections import deque
 from typing import TYPE_CHECKING
 
 from virnucpro_trt.errors import one_line
+from virnucpro_trt.interrupts import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from virnucpro_trt.engines.build import BuildSettings
@@ -29,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _LOG_PREFIX = "VTLOG "
 _ERROR_PREFIX = "VTERR "
+_LIFELINE = "--stop-when-stdin-closes"  # the child's stdin is a pipe only its parent holds open
 
 
 class BuildFailed(Exception):
@@ -37,12 +50,15 @@ class BuildFailed(Exception):
 
 def build_in_child(settings: BuildSettings) -> None:
     """Run :func:`virnucpro_trt.engines.build.build_engines` for ``settings`` in a child process."""
-    command = [sys.executable, "-m", "virnucpro_trt.bench.build_worker", json.dumps(settings.to_json())]
+    command = [
+        sys.executable, "-m", "virnucpro_trt.bench.build_worker", json.dumps(settings.to_json()), _LIFELINE
+    ]  # fmt: skip
     tail: deque[str] = deque(maxlen=20)
     error: str | None = None
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    ) as child:
+    with subprocess.Popen(  # stdin: never written; closed by the kernel when this process dies
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        errors="replace",
+    ) as child:  # fmt: skip
         assert child.stdout is not None
         try:
             for raw in child.stdout:
@@ -79,16 +95,36 @@ def _stop(child: subprocess.Popen[str]) -> None:
         child.wait()
 
 
+def _interrupt_when_stdin_closes() -> None:
+    """Raise SIGTERM in this process once its stdin reaches end of file: the parent, which alone holds
+    the pipe's other end, has died (however: SIGKILL too) and nothing waits for this build any more."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):
+                pass
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
-    """Child side: build, log in a form the parent parses, report a failure as one line."""
+    """Child side: build, log in a form the parent parses, report a failure as one line. SIGTERM (and,
+    with :data:`_LIFELINE`, the parent's death) interrupts the build, which then removes what it made
+    (exit 130)."""
     logging.basicConfig(
         level=logging.INFO, format=f"{_LOG_PREFIX}%(levelname)s %(message)s", stream=sys.stdout
     )
     try:
-        from virnucpro_trt.engines.build import BuildSettings, build_engines
+        with sigterm_as_interrupt():
+            if _LIFELINE in argv[1:]:
+                _interrupt_when_stdin_closes()
+            from virnucpro_trt.engines.build import BuildSettings, build_engines
 
-        settings = BuildSettings.from_json(json.loads(argv[0]))
-        build_engines(settings, command=["virnucpro-trt", "bench", "(engine build)"])
+            settings = BuildSettings.from_json(json.loads(argv[0]))
+            build_engines(settings, command=["virnucpro-trt", "bench", "(engine build)"])
+    except KeyboardInterrupt:  # the build has removed what it made; the parent may be gone (no output)
+        return 130
     except Exception as exc:
         traceback.print_exc(file=sys.stdout)  # the parent keeps it at debug level (--log-file)
         print(f"{_ERROR_PREFIX}{one_line(exc)}", flush=True)
