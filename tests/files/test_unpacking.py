@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from virnucpro_trt.files import unpacking
+from virnucpro_trt.files import swept_folders, unpacking
 
 ALIVE = ".alive"  # unpacking.ALIVE
 _HOLD = (
@@ -101,7 +101,7 @@ def test_a_file_system_without_flock_still_unpacks(fresh_process_state, monkeypa
     def no_flock(fd: int, operation: int) -> None:
         raise OSError(95, "Operation not supported")
 
-    monkeypatch.setattr(unpacking.fcntl, "flock", no_flock)
+    monkeypatch.setattr(swept_folders.fcntl, "flock", no_flock)
     with unpacking.unpacking() as folder:
         assert folder.parent == fresh_process_state and list(folder.iterdir()) == []
     assert unpacking.remove_abandoned(fresh_process_state) == [] and folder.is_dir()

@@ -9,7 +9,6 @@ log lines as they come (so a long build shows progress) and keeps the last error
 The child ends as ``build`` ends on an interrupt, however its parent ends. The parent's SIGTERM (bench
 interrupted: :func:`_stop`) is raised in it as ``KeyboardInterrupt`` (``interrupts.py``), so the build
 takes its clean-up path; Python's default, dying at once, left its staging folder and lock in --workdir.
-(Not yet explained: an Inductor build child stopped while g++ runs still left both.)
 And a parent killed by SIGKILL closes the child's stdin, which the child watches (:data:`_LIFELINE`):
 it then interrupts itself the same way. Before, it went on building for minutes (on the GPU, for a
 full-size set) into a work folder nothing would read, an orphan nobody waited for.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -53,9 +52,12 @@ from virnucpro_trt.bench.workload import (
 )
 from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import UserError, one_line
+from virnucpro_trt.files.swept_folders import swept_folder
 from virnucpro_trt.settings import DEFAULT_CHUNK_LENGTH
 
 log = logging.getLogger(__name__)
+
+BENCH_FOLDER_PREFIX = "vt-bench-"  # the work folder without --workdir (files/swept_folders.py)
 
 DEFAULT_REFERENCE_FRAMES = 1000
 
@@ -124,9 +126,8 @@ def run_bench(
         workload.reads, workload.frames, workload.source, ", ".join(s.name for s in specs),
     )  # fmt: skip
     with ExitStack() as stack:
-        workdir = settings.workdir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="vt-bench-"))
-        )
+        # a SIGKILLed bench's folder (random checkpoints: gigabytes at full size) goes with the next bench
+        workdir = settings.workdir or stack.enter_context(swept_folder(BENCH_FOLDER_PREFIX))
         workdir.mkdir(parents=True, exist_ok=True)
         models = _models(settings, workdir, device)
         ctx = OpenContext(

@@ -15,94 +15,42 @@ loader unpacks into a folder this package makes and removes itself:
   folder of its own, made on first use and removed when the process exits (``atexit``).
 
 A process killed by SIGKILL after loading a package in process (``embed``, ``bench``, a one-worker run)
-removes nothing, and its folder is in the temporary folder, not beside any output a rerun would look at.
-So each folder holds a lock file (:data:`ALIVE`) that the process making it keeps locked (``flock``) for
-as long as it lives, and every process that makes one first removes the folders of this user whose
-lock is free (:func:`remove_abandoned`): the kernel releases the lock when its holder dies, however
-it dies, so the next run that loads a package removes what a killed one left. A folder without the lock
-file (another tool's, or one still being made) or of another user is never touched.
+removes nothing, and its folder is in the temporary folder, not beside any output a rerun would look at:
+so the folders are :mod:`~virnucpro_trt.files.swept_folders`, locked by their maker while it lives and
+removed by the next process that makes one once that lock is free.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import os
-import re
 import shutil
-import stat
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from virnucpro_trt.files import swept_folders
+from virnucpro_trt.files.swept_folders import ALIVE, make_swept_folder
+
 PREFIX = "virnucpro-trt-unpacked-"
 _TMPDIR = "TMPDIR"  # what the C++ loader reads for its temporary folder
 
-ALIVE = ".alive"  # locked by the process that made the folder while it lives
-_NAME = re.compile(re.escape(PREFIX) + r"[a-z0-9_]{8}")  # what mkdtemp(prefix=PREFIX) makes
-_OPEN_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 _lock = threading.Lock()
 _folder: Path | None = None
 _owned = False  # made here (removed at exit), not given by a coordinator
 
 
-def _free_lock(folder: Path) -> bool:
-    """Whether ``folder``'s lock file exists and no live process holds it (its maker is gone)."""
-    try:
-        fd = os.open(folder / ALIVE, _OPEN_FLAGS | os.O_NONBLOCK)
-    except OSError:  # no lock file: another tool's folder, or one being made now
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:  # held: its maker lives
-        return False
-    finally:
-        os.close(fd)
-
-
 def remove_abandoned(parent: Path) -> list[Path]:
-    """Remove this user's unpacking folders in ``parent`` whose maker has died (its lock is free):
-    what a process killed by SIGKILL left. The folders removed are returned."""
-    removed = []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(parent):
-            if not _NAME.fullmatch(entry.name):
-                continue
-            with contextlib.suppress(OSError):
-                info = entry.stat(follow_symlinks=False)
-                if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-                    continue
-                folder = Path(entry.path)
-                if _free_lock(folder):
-                    shutil.rmtree(folder, ignore_errors=True)
-                    removed.append(folder)
-    return removed
+    """Remove this user's unpacking folders in ``parent`` whose maker has died (``swept_folders``)."""
+    return swept_folders.remove_abandoned(parent, PREFIX)
 
 
 def _make_folder() -> tuple[Path, int | None]:
-    """A new unpacking folder (``mkdtemp``: private to this user) and the descriptor of its lock, which
-    this process holds until it closes it or exits, after removing the folders whose makers died. The
-    lock file is locked before it takes its name, so no sweep ever sees it unlocked while this process
-    lives. Where the file system takes no ``flock`` (some network file systems) the folder gets no lock
-    file: no sweep ever removes it, and the load goes on."""
-    parent = Path(tempfile.gettempdir())
-    remove_abandoned(parent)
-    folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
-    fd, name = tempfile.mkstemp(prefix=".alive-", dir=folder)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError:
-        os.close(fd)
-        os.unlink(name)
-        return folder, None
-    os.rename(name, folder / ALIVE)
-    return folder, fd
+    """A new unpacking folder and its lock (``swept_folders.make_swept_folder``)."""
+    return make_swept_folder(PREFIX)
 
 
 def use_folder(folder: Path) -> None:
