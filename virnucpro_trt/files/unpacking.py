@@ -37,7 +37,6 @@ from virnucpro_trt.files.swept_folders import ALIVE, make_swept_folder
 PREFIX = "virnucpro-trt-unpacked-"
 _TMPDIR = "TMPDIR"  # what the C++ loader reads for its temporary folder
 
-
 _lock = threading.Lock()
 _folder: Path | None = None
 _owned = False  # made here (removed at exit), not given by a coordinator
@@ -46,11 +45,6 @@ _owned = False  # made here (removed at exit), not given by a coordinator
 def remove_abandoned(parent: Path) -> list[Path]:
     """Remove this user's unpacking folders in ``parent`` whose maker has died (``swept_folders``)."""
     return swept_folders.remove_abandoned(parent, PREFIX)
-
-
-def _make_folder() -> tuple[Path, int | None]:
-    """A new unpacking folder and its lock (``swept_folders.make_swept_folder``)."""
-    return make_swept_folder(PREFIX)
 
 
 def use_folder(folder: Path) -> None:
@@ -62,11 +56,11 @@ def use_folder(folder: Path) -> None:
 
 def current_folder() -> Path:
     """The folder packages are unpacked into: the one given by :func:`use_folder`, else one of this
-    process's own, made now (:func:`_make_folder`) and removed when the process exits."""
+    process's own, made now (a swept folder) and removed when the process exits."""
     global _folder, _owned
     with _lock:
         if _folder is None:
-            _folder, _ = _make_folder()  # its lock is held until the process exits
+            _folder, _ = make_swept_folder(PREFIX)  # its lock is held until the process exits
             _owned = True
             atexit.register(remove_folder)
         return _folder
@@ -115,7 +109,7 @@ class RunFolder:
     (:meth:`close`), whatever the workers did."""
 
     def __init__(self) -> None:
-        self.path, self._alive = _make_folder()
+        self.path, self._alive = make_swept_folder(PREFIX)
 
     def for_worker(self, label: str) -> Path:
         """A new folder for one spawned worker (each respawn gets its own)."""
