@@ -79,7 +79,7 @@ def test_a_live_process_keeps_its_folder_locked_against_every_sweep(fresh_proces
     tmp = fresh_process_state
     mine = unpacking.current_folder()
     assert (mine / unpacking.ALIVE).is_file()
-    assert unpacking.remove_abandoned(tmp) == [] and mine.is_dir()
+    assert swept_folders.remove_abandoned(tmp, unpacking.PREFIX) == [] and mine.is_dir()
     assert sorted(p.name for p in mine.iterdir()) == [unpacking.ALIVE]
 
 
@@ -104,4 +104,4 @@ def test_a_file_system_without_flock_still_unpacks(fresh_process_state, monkeypa
     monkeypatch.setattr(swept_folders.fcntl, "flock", no_flock)
     with unpacking.unpacking() as folder:
         assert folder.parent == fresh_process_state and list(folder.iterdir()) == []
-    assert unpacking.remove_abandoned(fresh_process_state) == [] and folder.is_dir()
+    assert swept_folders.remove_abandoned(fresh_process_state, unpacking.PREFIX) == [] and folder.is_dir()

@@ -31,7 +31,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from virnucpro_trt.files import swept_folders
 from virnucpro_trt.files.swept_folders import ALIVE, make_swept_folder
 
 PREFIX = "virnucpro-trt-unpacked-"
@@ -40,11 +39,6 @@ _TMPDIR = "TMPDIR"  # what the C++ loader reads for its temporary folder
 _lock = threading.Lock()
 _folder: Path | None = None
 _owned = False  # made here (removed at exit), not given by a coordinator
-
-
-def remove_abandoned(parent: Path) -> list[Path]:
-    """Remove this user's unpacking folders in ``parent`` whose maker has died (``swept_folders``)."""
-    return swept_folders.remove_abandoned(parent, PREFIX)
 
 
 def use_folder(folder: Path) -> None:
