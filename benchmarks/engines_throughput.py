@@ -18,9 +18,7 @@ import argparse
 import copy
 import dataclasses
 import json
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -42,6 +40,7 @@ from virnucpro_trt.engines.spec import (
     artifact_name,
     default_shape_range,
 )
+from virnucpro_trt.files.swept_folders import work_folder
 from virnucpro_trt.models.dnabert import DNABERT_S_CONFIG
 from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
 from virnucpro_trt.models.random_checkpoints import (
@@ -255,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--group-items must be >= 1")
     args.build_extra = dict(args.build_extra)
     device = torch.device(args.device)
-    workdir = Path(tempfile.mkdtemp(prefix="vt-engines-"))
     rows: list[dict[str, Any]] = []
     report = {
         "benchmark": "engines_throughput",
@@ -276,11 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             write_json(report, args.json)
 
-    try:
+    with work_folder(None, "vt-engines-") as workdir:  # the engines built here: removed at the end
         for kind in args.models.split(","):
             bench_model(kind, args, device, workdir, rows, save)
-    finally:  # the engines built here (gigabytes at full size) and the folder itself
-        shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"\n{'model':10s} {'config':18s} {'batching':>14s} {'padded':>7s} {'items/s':>10s} {'build s':>8s} "
         f"{'min cos':>10s} {'max|d|':>9s}"

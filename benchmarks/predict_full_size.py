@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from virnucpro_trt.bench.cli_run import run_cli
 from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.models import random_models_in
 from virnucpro_trt.bench.report import write_json
+from virnucpro_trt.files.swept_folders import work_folder
 from virnucpro_trt.sequences.synthetic import generate_reads, write_fasta
 
 
@@ -97,42 +97,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="vt-bench-"))
-    root.mkdir(parents=True, exist_ok=True)
-    models = build_models(root, args.device, args.size)
-    reads = generate_reads(args.reads, args.read_length, seed=42, coding_fraction=args.coding_fraction)
-    fasta = root / "reads.fa"
-    write_fasta(reads, str(fasta))
-    extra = ["--max-batch-tokens", str(args.max_batch_tokens)] if args.max_batch_tokens else []
-    extra += ["--backend", args.backend]
-    results = [run_predict(fasta, root / f"out_{args.precision}", models, args.device, args.precision, extra)]
-    if args.fp32_reads:
-        subset = root / "reads_fp32.fa"
-        write_fasta(reads[: args.fp32_reads], str(subset))
-        results.append(run_predict(subset, root / "out_fp32", models, args.device, "fp32", extra))
-    report = {
-        "benchmark": "predict_full_size",
-        "command": " ".join(["python3", "benchmarks/predict_full_size.py", *(argv or sys.argv[1:])]),
-        "environment": script_environment(None, with_onnxruntime=False),
-        "workload": {
-            "read_length": args.read_length,
-            "coding_fraction": args.coding_fraction,
-            "models": "random weights, full size: DNABERT-S 12x768, ESM-2 t36_3B"
-            if args.size == "full"
-            else "random weights, tiny (test-suite sizes)",
-        },
-        "results": results,
-    }
-    if args.json:
-        write_json(report, args.json)
-    print(json.dumps(report, indent=2))
-    print("\nprecision  reads   frames  frames/s(encoders)  frames/s(end-to-end)  ESM proteins/s")
-    for r in results:
-        print(
-            f"{r['precision']:9s} {r['reads']:6d} {r['frames']:7d} {r['frames_per_s_encoders']:18.1f} "
-            f"{r['frames_per_s_end_to_end']:21.1f} {r['esm_proteins_per_s']:15.1f}"
-        )
-    return 0
+    with work_folder(args.workdir, "vt-bench-") as root:  # without --workdir: removed at the end
+        models = build_models(root, args.device, args.size)
+        reads = generate_reads(args.reads, args.read_length, seed=42, coding_fraction=args.coding_fraction)
+        fasta = root / "reads.fa"
+        write_fasta(reads, str(fasta))
+        extra = ["--max-batch-tokens", str(args.max_batch_tokens)] if args.max_batch_tokens else []
+        extra += ["--backend", args.backend]
+        results = [
+            run_predict(fasta, root / f"out_{args.precision}", models, args.device, args.precision, extra)
+        ]
+        if args.fp32_reads:
+            subset = root / "reads_fp32.fa"
+            write_fasta(reads[: args.fp32_reads], str(subset))
+            results.append(run_predict(subset, root / "out_fp32", models, args.device, "fp32", extra))
+        report = {
+            "benchmark": "predict_full_size",
+            "command": " ".join(["python3", "benchmarks/predict_full_size.py", *(argv or sys.argv[1:])]),
+            "environment": script_environment(None, with_onnxruntime=False),
+            "workload": {
+                "read_length": args.read_length,
+                "coding_fraction": args.coding_fraction,
+                "models": "random weights, full size: DNABERT-S 12x768, ESM-2 t36_3B"
+                if args.size == "full"
+                else "random weights, tiny (test-suite sizes)",
+            },
+            "results": results,
+        }
+        if args.json:
+            write_json(report, args.json)
+        print(json.dumps(report, indent=2))
+        print("\nprecision  reads   frames  frames/s(encoders)  frames/s(end-to-end)  ESM proteins/s")
+        for r in results:
+            print(
+                f"{r['precision']:9s} {r['reads']:6d} {r['frames']:7d} {r['frames_per_s_encoders']:18.1f} "
+                f"{r['frames_per_s_end_to_end']:21.1f} {r['esm_proteins_per_s']:15.1f}"
+            )
+        return 0
 
 
 if __name__ == "__main__":

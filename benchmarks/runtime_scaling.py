@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from virnucpro_trt.bench.hardware import script_environment
 from virnucpro_trt.bench.models import random_models_in
 from virnucpro_trt.bench.report import write_json
 from virnucpro_trt.bench.workload import generated_workload
+from virnucpro_trt.files.swept_folders import work_folder
 from virnucpro_trt.sequences.prepare import prepare_blocks
 from virnucpro_trt.sequences.reader import read_records
 from virnucpro_trt.sequences.synthetic import LENGTH_MIXES, write_fasta
@@ -232,114 +232,117 @@ def main(argv: list[str] | None = None) -> int:
     baseline = _baseline_row(args.baseline, args.reads) if args.baseline else None  # fail before running
     device = torch.device(args.device)
 
-    root = args.workdir or Path(tempfile.mkdtemp(prefix="vt-scaling-"))
-    root.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    models = random_models_in(root, args.models, device)
-    models_s = time.perf_counter() - started
-    fasta = root / "reads.fa"
-    workload = generated_workload(args.reads, 500, seed=42, coding_fraction=0.7, length_mix=args.length_mix)
-    write_fasta([(r.id, r.sequence) for r in workload.records], str(fasta))
-    model_args = [
-        "--dnabert",
-        str(models.dnabert),
-        "--esm",
-        str(models.esm),
-        "--classifier",
-        str(models.classifier),
-    ]
-    budget = ["--max-batch-tokens", str(args.max_batch_tokens)]
+    with work_folder(args.workdir, "vt-scaling-") as root:  # without --workdir: removed at the end
+        started = time.perf_counter()
+        models = random_models_in(root, args.models, device)
+        models_s = time.perf_counter() - started
+        fasta = root / "reads.fa"
+        workload = generated_workload(
+            args.reads, 500, seed=42, coding_fraction=0.7, length_mix=args.length_mix
+        )
+        write_fasta([(r.id, r.sequence) for r in workload.records], str(fasta))
+        model_args = [
+            "--dnabert",
+            str(models.dnabert),
+            "--esm",
+            str(models.esm),
+            "--classifier",
+            str(models.classifier),
+        ]
+        budget = ["--max-batch-tokens", str(args.max_batch_tokens)]
 
-    engines: Path | None = None
-    build_s = None
-    if args.backend != "torch":
-        engines = root / f"engines-{args.backend}-{args.precision}"
-        if not (engines / "manifest.json").is_file():
-            build_s = round(
-                run_cli(
-                    "build",
-                    *model_args,
-                    "--backend",
-                    args.backend,
-                    "--precision",
-                    args.precision,
-                    "--device",
-                    args.device,
-                    "-o",
-                    str(engines),
-                    *budget,
-                ),
-                1,
-            )
-            print(f"built {engines} in {build_s} s", flush=True)
-        run_args = [*model_args, "--engines", str(engines)]
-    else:
-        run_args = [*model_args, "--backend", "torch", "--precision", args.precision]
+        engines: Path | None = None
+        build_s = None
+        if args.backend != "torch":
+            engines = root / f"engines-{args.backend}-{args.precision}"
+            if not (engines / "manifest.json").is_file():
+                build_s = round(
+                    run_cli(
+                        "build",
+                        *model_args,
+                        "--backend",
+                        args.backend,
+                        "--precision",
+                        args.precision,
+                        "--device",
+                        args.device,
+                        "-o",
+                        str(engines),
+                        *budget,
+                    ),
+                    1,
+                )
+                print(f"built {engines} in {build_s} s", flush=True)
+            run_args = [*model_args, "--engines", str(engines)]
+        else:
+            run_args = [*model_args, "--backend", "torch", "--precision", args.precision]
 
-    if args.build_only:
+        if args.build_only:
+            return 0
+        rows = []
+        for label, placement in settings:
+            shards = ["--shard-records", str(args.shard_records)] if args.shard_records else []
+            shards += ["--workers-per-gpu", str(args.workers_per_gpu)] if args.workers_per_gpu > 1 else []
+            shards += ["--max-padding", args.max_padding] if args.max_padding else []
+            out = root / f"out-{label.replace(',', '_').replace(' ', '_')}"
+            row = predict_row(fasta, out, run_args, label, placement, [*budget, *shards])
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        alone_all: dict[str, Any] = {"esm2": None, "dnabert-s": None}
+        if not args.skip_alone:
+            alone_all = encoders_alone(fasta, engines, models, args.precision, args.max_batch_tokens, device)
+            print("encoders alone:", json.dumps(alone_all), flush=True)
+        alone = alone_all["esm2"]
+
+        one = baseline or next((r for r in rows if r["workers"] == 1), None)
+        for row in rows:
+            if alone is not None:
+                ceiling = alone["frames_per_s"] * row["devices"]
+                row["steady_vs_esm_alone"] = round((row["frames_per_s_steady"] or 0) / ceiling, 3)
+                per_device = row["frames_per_s_shard_work"] * row["workers"] / row["devices"]
+                row["shard_work_vs_esm_alone"] = round(per_device / alone["frames_per_s"], 3)
+            if one is not None:
+                row["speedup_vs_1_gpu_total"] = round(
+                    row["frames_per_s_total"] / one["frames_per_s_total"], 2
+                )
+                row["speedup_vs_1_gpu_steady"] = round(
+                    (row["frames_per_s_steady"] or 0) / (one["frames_per_s_steady"] or 1e-9), 2
+                )
+        report = {
+            "benchmark": "runtime_scaling",
+            "command": " ".join(["python3", "benchmarks/runtime_scaling.py", *(argv or sys.argv[1:])]),
+            "environment": {
+                **script_environment(None, with_onnxruntime=False),
+                "gpus": torch.cuda.device_count(),
+            },
+            "workload": {
+                "reads": args.reads,
+                "read_length": workload.describe()["read_length"],
+                "length_mix": args.length_mix,
+                "coding_fraction": 0.7,
+                "models": (
+                    "random weights, full size: DNABERT-S 12x768, ESM-2 t36_3B"
+                    if args.models.startswith("full")
+                    else "random weights, test sizes"
+                )
+                + (", outlier channels" if args.models.endswith("-outliers") else ""),
+                "max_batch_tokens": args.max_batch_tokens,
+                "shard_records": args.shard_records,  # None: predict's own rule
+                "max_padding": args.max_padding,  # None: predict's default
+            },
+            "backend": args.backend,
+            "precision": args.precision,
+            "write_models_s": round(models_s, 1),
+            "build_s": build_s,
+            "esm_engine_alone": alone,
+            "dnabert_engine_alone": alone_all["dnabert-s"],
+            "predict": rows,
+            "baseline": str(args.baseline) if args.baseline else None,
+        }
+        if args.json:
+            write_json(report, args.json)
+        print(json.dumps(report, indent=2))
         return 0
-    rows = []
-    for label, placement in settings:
-        shards = ["--shard-records", str(args.shard_records)] if args.shard_records else []
-        shards += ["--workers-per-gpu", str(args.workers_per_gpu)] if args.workers_per_gpu > 1 else []
-        shards += ["--max-padding", args.max_padding] if args.max_padding else []
-        out = root / f"out-{label.replace(',', '_').replace(' ', '_')}"
-        row = predict_row(fasta, out, run_args, label, placement, [*budget, *shards])
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    alone_all: dict[str, Any] = {"esm2": None, "dnabert-s": None}
-    if not args.skip_alone:
-        alone_all = encoders_alone(fasta, engines, models, args.precision, args.max_batch_tokens, device)
-        print("encoders alone:", json.dumps(alone_all), flush=True)
-    alone = alone_all["esm2"]
-
-    one = baseline or next((r for r in rows if r["workers"] == 1), None)
-    for row in rows:
-        if alone is not None:
-            ceiling = alone["frames_per_s"] * row["devices"]
-            row["steady_vs_esm_alone"] = round((row["frames_per_s_steady"] or 0) / ceiling, 3)
-            per_device = row["frames_per_s_shard_work"] * row["workers"] / row["devices"]
-            row["shard_work_vs_esm_alone"] = round(per_device / alone["frames_per_s"], 3)
-        if one is not None:
-            row["speedup_vs_1_gpu_total"] = round(row["frames_per_s_total"] / one["frames_per_s_total"], 2)
-            row["speedup_vs_1_gpu_steady"] = round(
-                (row["frames_per_s_steady"] or 0) / (one["frames_per_s_steady"] or 1e-9), 2
-            )
-    report = {
-        "benchmark": "runtime_scaling",
-        "command": " ".join(["python3", "benchmarks/runtime_scaling.py", *(argv or sys.argv[1:])]),
-        "environment": {
-            **script_environment(None, with_onnxruntime=False),
-            "gpus": torch.cuda.device_count(),
-        },
-        "workload": {
-            "reads": args.reads,
-            "read_length": workload.describe()["read_length"],
-            "length_mix": args.length_mix,
-            "coding_fraction": 0.7,
-            "models": (
-                "random weights, full size: DNABERT-S 12x768, ESM-2 t36_3B"
-                if args.models.startswith("full")
-                else "random weights, test sizes"
-            )
-            + (", outlier channels" if args.models.endswith("-outliers") else ""),
-            "max_batch_tokens": args.max_batch_tokens,
-            "shard_records": args.shard_records,  # None: predict's own rule
-            "max_padding": args.max_padding,  # None: predict's default
-        },
-        "backend": args.backend,
-        "precision": args.precision,
-        "write_models_s": round(models_s, 1),
-        "build_s": build_s,
-        "esm_engine_alone": alone,
-        "dnabert_engine_alone": alone_all["dnabert-s"],
-        "predict": rows,
-        "baseline": str(args.baseline) if args.baseline else None,
-    }
-    if args.json:
-        write_json(report, args.json)
-    print(json.dumps(report, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

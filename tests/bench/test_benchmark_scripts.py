@@ -44,9 +44,7 @@ def test_engines_throughput_tiny_eager(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "engines.json"
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # its work folder goes when it ends (it stayed)
+    scratch = _scratch_temp(tmp_path, monkeypatch)  # its work folder goes when it ends (it stayed)
     code = _script("engines_throughput").main(
         [
             "--models", "dnabert-s", "--configs", "eager-fp32,eager-bf16", "--size", "tiny", "--items", "24",
@@ -68,7 +66,7 @@ def test_engines_throughput_tiny_eager(
     assert rows["eager-fp32"]["items_timed"] == 16 and rows["eager-bf16"]["items_timed"] == 24
     assert rows["eager-fp32"]["parity"]["passed_gate"] and rows["eager-bf16"]["parity"]["min_cosine"] > 0.999
     assert "eager-bf16" in capsys.readouterr().out
-    assert [p.name for p in scratch.iterdir() if p.name.startswith("vt-engines-")] == []
+    assert _work_folders_left(scratch) == []
 
 
 def test_engines_throughput_times_each_batching_rule(
@@ -111,16 +109,31 @@ def test_engines_throughput_takes_build_extras_as_json() -> None:
             script.build_setting(bad)
 
 
-def test_predict_full_size_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Runs ``predict`` in a subprocess, as a user would: the slowest test of this folder (~10 s)."""
+def _scratch_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh temporary folder for this process's ``tempfile``: where a script without --workdir works."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+def _work_folders_left(scratch: Path) -> list[str]:
+    prefixes = ("vt-engines-", "vt-bench-", "vt-scaling-")  # the three scripts' work folders
+    return [p.name for p in scratch.iterdir() if p.name.startswith(prefixes)]
+
+
+def test_predict_full_size_tiny(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs ``predict`` in a subprocess, as a user would: the slowest test of this folder (~10 s). Without
+    --workdir: its work folder goes when it ends (it stayed)."""
     out = tmp_path / "predict.json"
+    scratch = _scratch_temp(tmp_path, monkeypatch)
     code = _script("predict_full_size").main(
-        [
-            "--size", "tiny", "--reads", "40", "--device", "cpu", "--precision", "fp32",
-            "--workdir", str(tmp_path / "work"), "--json", str(out),
-        ]
-    )  # fmt: skip
+        ["--size", "tiny", "--reads", "40", "--device", "cpu", "--precision", "fp32", "--json", str(out)]
+    )
     assert code == 0
+    assert _work_folders_left(scratch) == []
     report = json.loads(out.read_text())
     committed = _committed("h200_predict_full_size_torch.json")
     assert set(report) == set(committed)
@@ -131,19 +144,23 @@ def test_predict_full_size_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "wrote tiny-size random checkpoints" in capsys.readouterr().out
 
 
-def test_runtime_scaling_tiny_cpu_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_runtime_scaling_tiny_cpu_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The scaling benchmark end to end on CPU workers (the H200 runs use --gpus): two predict runs
-    through the CLI, the encoders alone, and the ratios the issue's goals are judged by."""
+    through the CLI, the encoders alone, and the ratios the issue's goals are judged by. Without
+    --workdir: its work folder goes when it ends (it stayed)."""
     out = tmp_path / "scaling.json"
+    scratch = _scratch_temp(tmp_path, monkeypatch)
     code = _script("runtime_scaling").main(
         [
             "--models", "tiny", "--device", "cpu", "--backend", "torch", "--precision", "fp32",
             "--reads", "120", "--workers", "1", "--workers", "2", "--max-batch-tokens", "2048",
-            "--shard-records", "32", "--workdir", str(tmp_path / "work"), "--json", str(out),
-            "--length-mix", "mixed",
+            "--shard-records", "32", "--json", str(out), "--length-mix", "mixed",
         ]
     )  # fmt: skip
     assert code == 0
+    assert _work_folders_left(scratch) == []
     report = json.loads(out.read_text())
     assert report["workload"]["length_mix"] == "mixed" and report["workload"]["read_length"] != 500
     one, two = report["predict"]

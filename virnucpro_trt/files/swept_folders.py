@@ -99,3 +99,16 @@ def swept_folder(prefix: str) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
         if alive is not None:
             os.close(alive)
+
+
+@contextlib.contextmanager
+def work_folder(given: Path | None, prefix: str) -> Iterator[Path]:
+    """``given`` (a user's ``--workdir``: made if missing, kept), else a :func:`swept_folder` of
+    ``prefix``, removed when the block ends: what a benchmark script works in (random checkpoints and
+    engines: tens of GB at full size) when it is told no folder."""
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    with swept_folder(prefix) as folder:
+        yield folder
