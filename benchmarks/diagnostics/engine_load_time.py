@@ -87,7 +87,7 @@ def time_load(path: Path, device: torch.device) -> dict[str, Any]:
     monitor = Monitor(device, before)
     monitor.start()
     started = time.perf_counter()
-    compiled = load_package(path, device)
+    compiled = load_package(path, device)  # with its weights, since recipe 9
     seconds = time.perf_counter() - started
     monitor.halt.set()
     monitor.join()

@@ -20,6 +20,9 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
+#include <nlohmann/json.hpp>
+
+#include "virnucpro/bounded_json.h"
 #include "virnucpro/runtime.h"
 #include "virnucpro/text.h"
 
@@ -126,6 +129,34 @@ int64_t compiled_vocab(const Metadata& metadata, const std::string& file) {
   return meta_integer(metadata, "vocab_size", file, 1, kMaxVocab);
 }
 
+// The weights table a recipe-9 package records (virnucpro.weights, written by the Python build:
+// engines/package_weights.py): {name: [safetensors dtype, [sizes]]}. The package is trusted code, but
+// its table is read with the same bounds as any JSON here.
+std::map<std::string, std::pair<std::string, std::vector<int64_t>>> weights_table(const std::string& text,
+                                                                               const std::string& file) {
+  const auto bad = [&] { return EngineMismatch(file + " records an unreadable weights table"); };
+  nlohmann::json parsed;
+  try {
+    parsed = parse_bounded(text);
+  } catch (const std::exception&) {
+    throw bad();
+  }
+  if (!parsed.is_object()) throw bad();
+  std::map<std::string, std::pair<std::string, std::vector<int64_t>>> table;
+  for (const auto& [name, info] : parsed.items()) {
+    if (!info.is_array() || info.size() != 2 || !info[0].is_string() || !info[1].is_array()) throw bad();
+    std::vector<int64_t> shape;
+    for (const auto& size : info[1]) {
+      if (!size.is_number_unsigned() || size.get<uint64_t>() > uint64_t{std::numeric_limits<int64_t>::max()}) {
+        throw bad();
+      }
+      shape.push_back(size.get<int64_t>());
+    }
+    table[name] = {info[0].get<std::string>(), shape};
+  }
+  return table;
+}
+
 }  // namespace
 
 Encoder::Encoder(const EngineManifest& manifest, const std::string& kind, const c10::Device& device)
@@ -148,6 +179,62 @@ Encoder::Encoder(const EngineManifest& manifest, const std::string& kind, const 
   graph_ = compiled_box(metadata, path);
   vocab_size_ = compiled_vocab(metadata, path);
   check_manifest_fits(path);
+  load_weights(manifest, metadata);
+}
+
+// A recipe-9 package's weights, from <package stem>.weights.safetensors beside it (a package without a
+// table holds its own), checked as the Python loader checks them (engines/package_weights.py): the file
+// must be one the manifest lists (and so hashes), and hold exactly the names, dtypes and shapes the
+// package records, because load_constants checks neither shape nor dtype and the kernels would read
+// past a smaller tensor. The tensors stay in weights_: the loader uses them in place.
+void Encoder::load_weights(const EngineManifest& manifest,
+                           const std::unordered_map<std::string, std::string>& metadata) {
+  const auto recorded = metadata.find(std::string(kMeta) + "weights");
+  if (recorded == metadata.end()) return;
+  const auto package = entry_.artifact;
+  const auto stem = std::filesystem::path(package).stem().string();
+  const auto name = stem + ".weights.safetensors";
+  if (!entry_.file_sha256.count(name)) {
+    throw EngineMismatch("the manifest does not list " + printable(name) + ", which " + printable(package) + " needs");
+  }
+  const auto file = manifest.folder / name;
+  const auto table = weights_table(recorded->second, package);
+  std::map<std::string, at::Tensor> tensors;
+  try {
+    tensors = read_safetensors(file);
+  } catch (const std::runtime_error& failure) {
+    throw EngineMismatch(first_line(failure.what()));
+  }
+  // The first difference, in the Python loader's order (package_weights._difference): a tensor the table
+  // lacks, then one the file lacks, then the first (by name) of another dtype or shape.
+  const auto differs = [&](const std::string& why) {
+    return EngineMismatch(name + " is not the weights " + package + " was built for: " + why);
+  };
+  for (const auto& [tensor_name, _] : tensors) {
+    if (!table.count(tensor_name)) throw differs("it holds " + printable(tensor_name) + ", which the package does not know");
+  }
+  for (const auto& [tensor_name, _] : table) {
+    if (!tensors.count(tensor_name)) throw differs("it lacks " + printable(tensor_name));
+  }
+  for (const auto& [tensor_name, expected] : table) {
+    const auto& tensor = tensors.at(tensor_name);
+    const auto dtype = safetensors_dtype(expected.first);
+    if (!dtype || *dtype != tensor.scalar_type() || tensor.sizes() != at::IntArrayRef(expected.second)) {
+      throw differs(printable(tensor_name) + " is " + safetensors_dtype_name(tensor.scalar_type()) + " " +
+                    c10::str(tensor.sizes()) + ", the package expects " + printable(expected.first) + " " +
+                    c10::str(at::IntArrayRef(expected.second)));
+    }
+  }
+  for (const auto& fqn : loader_->get_constant_fqns()) {
+    const auto it = tensors.find(fqn);
+    if (it == tensors.end()) throw EngineMismatch(package + " needs a weight its table lacks: " + printable(fqn));
+    weights_[fqn] = it->second.to(device_);
+  }
+  try {
+    loader_->load_constants(weights_, /*use_inactive=*/false, /*check_full_update=*/true, /*user_managed=*/true);
+  } catch (const std::exception& error) {
+    throw EngineMismatch("cannot hand " + package + " its weights: " + first_line(error.what()));
+  }
 }
 
 // The manifest's promises must hold for the package, as the Python loader requires (check_metadata in

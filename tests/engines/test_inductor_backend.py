@@ -10,14 +10,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import stat
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from virnucpro_trt.engines.fp8_quantize import GELU_TANH
 from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
@@ -242,13 +245,25 @@ def test_other_compile_errors_and_a_lasting_fault_fail_the_build_in_one_line(
     assert len(calls) == compiles
     assert str(info.value).startswith(first) and "\n" not in str(info.value)
     assert not (tmp_path / "esm2.cpu.fp32.pt2").exists()
+    assert not (tmp_path / "esm2.cpu.fp32.weights.safetensors").exists()  # written before the compile
 
 
 # ----------------------------------------------------------------------------- the artifact
-def test_artifact_is_one_pt2_file_with_facts(esm_engine: Engine) -> None:
+def test_artifact_is_a_pt2_file_and_its_weights_with_facts(esm_engine: Engine) -> None:
     built = esm_engine.built
-    assert built.files == [built.path] and built.path.suffix == ".pt2"
-    assert sorted(p.name for p in built.path.parent.iterdir()) == [built.path.name]
+    weights = built.path.with_name("esm2.cpu.fp32.weights.safetensors")
+    assert built.files == [built.path, weights] and built.path.suffix == ".pt2"
+    assert sorted(p.name for p in built.path.parent.iterdir()) == sorted([built.path.name, weights.name])
+    # the package holds code only: the bytes of its largest weight are in no member of it
+    tensors = load_file(weights)
+    largest = max(tensors.values(), key=lambda t: t.numel()).contiguous()
+    sample = largest.flatten()[:64].numpy().tobytes()
+    with zipfile.ZipFile(built.path) as archive:
+        assert not any(sample in archive.read(name) for name in archive.namelist())
+    # every parameter of the model, under its state-dict name, and the frozen rotary tables in fp32
+    assert set(esm_engine.model.state_dict()) <= set(tensors)
+    assert tensors["rotary.frozen_cos"].dtype == torch.float32
+    assert stat.S_IMODE(weights.stat().st_mode) == stat.S_IMODE(built.path.stat().st_mode)  # not 0600
     facts = built.facts
     assert facts["torch"] == torch.__version__
     assert facts["compile_seconds"] > 0 and facts["export_seconds"] > 0
@@ -278,8 +293,10 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith("virnucpro_trt.mo
 
 
 def test_package_loads_in_a_fresh_process(esm_engine: Engine, tmp_path: Path) -> None:
-    """Only the copied .pt2 file: no model object, no model module, no inductor cache of the build."""
+    """Only the copied .pt2 file and its weights: no model object, no model module, no inductor cache of
+    the build."""
     package = shutil.copy(esm_engine.built.path, tmp_path / "copied.pt2")
+    shutil.copy(esm_engine.built.files[1], tmp_path / "copied.weights.safetensors")
     ids, mask = esm_engine.batch(np.random.default_rng(3), 6, 30)
     np.save(tmp_path / "ids.npy", ids)
     np.save(tmp_path / "mask.npy", mask)
@@ -308,13 +325,13 @@ def test_loading_skips_the_cpu_isa_probe(esm_engine: Engine, monkeypatch: pytest
 
     monkeypatch.setattr(codecache, "get_device_information", probe)
     monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", probe)
-    compiled = load_package(esm_engine.built.path, CPU)
-    assert compiled.get_metadata()["AOTI_DEVICE_KEY"] == "cpu"
+    loaded = load_package(esm_engine.built.path, CPU)
+    assert loaded.metadata["AOTI_DEVICE_KEY"] == "cpu"
     # the vocabulary size the C++ host holds token ids to (an id past it aborts inside the kernel)
-    assert compiled.get_metadata()["virnucpro.vocab_size"] == str(esm_engine.model.config.vocab_size)
+    assert loaded.metadata["virnucpro.vocab_size"] == str(esm_engine.model.config.vocab_size)
     ids, mask = esm_engine.batch(np.random.default_rng(8), 3, 16)
     with torch.inference_mode():
-        out = compiled(torch.from_numpy(ids), torch.from_numpy(mask))
+        out = loaded.model(torch.from_numpy(ids), torch.from_numpy(mask))
     np.testing.assert_allclose(out.numpy(), esm_engine.eager(ids, mask), atol=1e-5, rtol=0)
 
 
@@ -591,7 +608,7 @@ def test_a_failed_compile_is_reported_with_the_compilers_first_error() -> None:
 
 
 def test_the_build_recipe_pins_the_build_defaults() -> None:
-    """Every default that shapes an AOTInductor engine, as of build recipe 8. Changing one fails here on
+    """Every default that shapes an AOTInductor engine, as of build recipe 9. Changing one fails here on
     purpose: raise ``InductorBackend.recipe_version`` with it (``bench`` then rebuilds the engines of its
     work folders) and write the new defaults below."""
     from virnucpro_trt.engines.fp8_quantize import row_launch_facts
@@ -601,7 +618,7 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
     from virnucpro_trt.engines.spec import BuildOptions
     from virnucpro_trt.settings import DEFAULT_ATTENTION
 
-    assert InductorBackend.recipe_version == 8
+    assert InductorBackend.recipe_version == 9
     assert EXTRA_DEFAULTS == {
         "sequence_multiple": 1,
         "min_export_batch": 1,
@@ -620,6 +637,7 @@ def test_the_build_recipe_pins_the_build_defaults() -> None:
     )
     assert DEFAULT_ATTENTION == "efficient"
     assert inductor_configs(torch.device("cuda"), options, {}) == {
+        "aot_inductor.package_constants_in_so": False,
         "max_autotune": False,
         "coordinate_descent_tuning": True,
         "aot_inductor.metadata": {},

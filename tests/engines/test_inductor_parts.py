@@ -106,7 +106,13 @@ def test_tile_example_and_exported_bounds() -> None:
 
 def test_inductor_configs_per_device() -> None:
     meta = {"virnucpro.kind": "esm2"}
-    assert inductor_configs(CPU, BuildOptions(), meta) == {"aot_inductor.metadata": meta}
+    # both devices: the weights beside the package (engines/package_weights.py), unless extra says inside
+    assert inductor_configs(CPU, BuildOptions(), meta) == {
+        "aot_inductor.package_constants_in_so": False,
+        "aot_inductor.metadata": meta,
+    }
+    inside = BuildOptions(extra={"inductor_configs": {"aot_inductor.package_constants_in_so": True}})
+    assert inductor_configs(CPU, inside, meta)["aot_inductor.package_constants_in_so"] is True
     cuda = inductor_configs(torch.device("cuda"), BuildOptions(max_autotune=False), meta)
     assert cuda["max_autotune"] is False and cuda["coordinate_descent_tuning"] is True
     override = BuildOptions(

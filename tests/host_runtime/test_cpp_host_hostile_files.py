@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from virnucpro_trt.files.digests import sha256_file
 
@@ -635,3 +636,71 @@ def test_a_gate_kept_with_nan_and_infinity_reads_as_python_reads_it(host_tool, e
     _assert_refused(
         _run(host_tool, folder, "--check"), "models.esm2.dim must be an integer in [1, 1048576], not null"
     )
+
+
+# ------------------------------------------------------------------------------- an encoder's weights file
+def _weights_resaved(change: Callable[[dict[str, torch.Tensor]], None]) -> Callable[[Path, dict], None]:
+    """Rewrite the ESM-2 weights file with ``change`` applied, its SHA-256 recorded anew."""
+
+    def edit(folder: Path, manifest: dict) -> None:
+        name = _weights_name(manifest)
+        tensors = load_file(folder / name)
+        change(tensors)
+        save_file(tensors, folder / name)
+        _write_manifest(folder, manifest, {"esm2": name})
+
+    return edit
+
+
+def _weights_name(manifest: dict) -> str:
+    return manifest["models"]["esm2"]["artifact"].removesuffix(".pt2") + ".weights.safetensors"
+
+
+def _first_matrix(tensors: dict[str, torch.Tensor]) -> str:
+    return sorted(n for n, t in tensors.items() if n.endswith(".weight") and t.dim() == 2)[0]
+
+
+def _weights_unlisted(folder: Path, manifest: dict) -> None:
+    entry = manifest["models"]["esm2"]
+    del entry["file_sha256"][_weights_name(manifest)]
+    entry["files"] = []
+    _write_manifest(folder, manifest)
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (
+            _weights_resaved(lambda t: t.update({_first_matrix(t): torch.zeros(2, 2)})),
+            "is F32 [2, 2], the package expects F32 [",
+        ),
+        (
+            _weights_resaved(lambda t: t.update({_first_matrix(t): t[_first_matrix(t)].double()})),
+            "the package expects F32 [",
+        ),
+        (
+            _weights_resaved(lambda t: t.update({"planted.weight": torch.zeros(3)})),
+            "it holds planted.weight, which the package does not know",
+        ),
+        (_weights_resaved(lambda t: t.pop(_first_matrix(t))), "it lacks "),
+        (_weights_unlisted, "the manifest does not list esm2."),
+    ],
+    ids=["smaller", "other-dtype", "one-more", "one-fewer", "unlisted"],
+)
+def test_an_encoders_weights_file_is_checked_as_python_checks_it(
+    host_tool, engines, tmp_path, edit, needle
+) -> None:
+    """load_constants takes any tensor for any weight (a smaller one is read past its end), so the file
+    must hold exactly the table the package recorded, and be one the manifest lists and hashes; the host
+    refuses what the Python loader refuses, in the same words."""
+    from virnucpro_trt.engines.inductor_runner import load_package
+    from virnucpro_trt.errors import EngineMismatchError
+
+    folder, manifest = _copy(engines, tmp_path, "weights")
+    edit(folder, manifest)
+    out = tmp_path / "o.pt"
+    _assert_refused(_run(host_tool, folder, _inputs(tmp_path, "good"), out), needle, out)
+    entry = json.loads((folder / "manifest.json").read_text())["models"]["esm2"]
+    with pytest.raises(EngineMismatchError) as python:
+        load_package(folder / entry["artifact"], torch.device("cpu"), frozenset(entry["file_sha256"]))
+    assert needle in str(python.value)

@@ -172,12 +172,13 @@ class FakeAotiPackage:
 
 
 def _inductor_runner(package: FakeAotiPackage):
-    from virnucpro_trt.engines.inductor_runner import InductorRunner
+    from virnucpro_trt.engines.inductor_runner import InductorRunner, LoadedPackage
     from virnucpro_trt.engines.inductor_shapes import GraphShapes
     from virnucpro_trt.engines.spec import ShapeRange
 
+    loaded = LoadedPackage(package, {}, {})
     return InductorRunner(
-        package, GraphShapes(1, 64, 1, 64), torch.device("cpu"), 3, 0, ShapeRange(1, 8, 64, 1, 8, 64)
+        loaded, GraphShapes(1, 64, 1, 64), torch.device("cpu"), 3, 0, ShapeRange(1, 8, 64, 1, 8, 64)
     )
 
 

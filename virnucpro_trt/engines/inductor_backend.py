@@ -73,10 +73,10 @@ Why these choices, for CUDA speed (measured on the H200: docs/measurements.md):
   bf16 parity); ``extra["residual_fp32"]=false`` keeps it in the engine's dtype (half the row kernels'
   traffic). That graph builds with torch 2.11's AOTInductor on CUDA only since the wrapper's size-array
   cache is off (:mod:`~virnucpro_trt.engines.aoti_int_arrays`; it named arrays it never declared).
-* One ``.pt2`` file holds code, kernels and weights (bf16 ESM-2 3B's is several GB: measurement log,
-  2026-11-29; AOTI mmaps weights above 2 GB), and the graph box/kind/precision/width as AOTI metadata
-  that ``load`` checks, with the vocabulary size (``virnucpro.vocab_size``) that the C++ host holds
-  token ids to.
+* The ``.pt2`` holds code and kernels, and the graph box/kind/precision/width as AOTI metadata that
+  ``load`` checks, with the vocabulary size (``virnucpro.vocab_size``) that the C++ host holds token ids
+  to; the weights (bf16 ESM-2 3B's are 5.7 GB) are in ``<stem>.weights.safetensors`` beside it, since
+  recipe 9 (:mod:`~virnucpro_trt.engines.package_weights`: why, and how they are checked).
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ from virnucpro_trt.engines.inductor_configs import inductor_configs
 from virnucpro_trt.engines.inductor_model import DTYPES, device_copy, freeze_position_tables
 from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata, extern_kernels, load_package
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes, exported_bounds, tile_example
+from virnucpro_trt.engines.package_weights import WEIGHTS_KEY, program_tensors, weights_file, write_weights
 from virnucpro_trt.engines.spec import BuildRequest, BuiltArtifact, LoadRequest, vocab_size
 from virnucpro_trt.errors import BuildError, EngineMismatchError
 from virnucpro_trt.runtime.attention_kernel import attention_kernel, check_lowered_attention
@@ -246,6 +247,7 @@ class _Compiled:
     exported_at: float  # perf_counter() when the export finished
     attempts: int = 1  # compiles it took (more than one: a C++ wrapper fault, see COMPILE_ATTEMPTS)
     fresh_int_arrays: bool = False  # compiled with the wrapper's size-array cache off (aoti_int_arrays)
+    weights: Path | None = None  # the weights file beside the package (package_weights), if not inside it
 
 
 @contextlib.contextmanager
@@ -286,6 +288,10 @@ def _export_and_compile(
         f"{META_PREFIX}vocab_size": str(vocab_size(request.model, kind)),
     }
     configs = inductor_configs(device, options, metadata)
+    weights: Path | None = None
+    if not configs["aot_inductor.package_constants_in_so"]:  # the weights beside the package
+        weights = weights_file(out_path)
+        configs["aot_inductor.metadata"][WEIGHTS_KEY] = write_weights(program_tensors(program), weights)
     attempt, fresh = 0, False
     try:
         for attempt in range(1, COMPILE_ATTEMPTS + 1):
@@ -311,9 +317,13 @@ def _export_and_compile(
                 if attempt == COMPILE_ATTEMPTS or not _UNDECLARED_SIZE_ARRAY.search(str(exc)):
                     raise BuildError(message) from exc
                 log.warning("%s; compiling again (attempt %d of %d)", message, attempt + 1, COMPILE_ATTEMPTS)
+    except BaseException:
+        if weights is not None:
+            weights.unlink(missing_ok=True)  # written above, for a package that never came
+        raise
     finally:
         del program
-    return _Compiled(graph, configs, exported, attempt, fresh)
+    return _Compiled(graph, configs, exported, attempt, fresh, weights)
 
 
 class InductorBackend:
@@ -327,8 +337,9 @@ class InductorBackend:
     # 5: ESM-2's attention by the project's Triton kernel on CUDA (rotary and layout in it);
     # 6: that kernel by halves, 64 x 32 keys, and fp8's qkv bias added in it;
     # 7: bf16/fp16 ESM-2's fc1 + GELU as one cuBLASLt GEMM (gelu_epilogue);
-    # 8: the package records its vocabulary size (virnucpro.vocab_size), which the C++ host requires.
-    recipe_version = 8
+    # 8: the package records its vocabulary size (virnucpro.vocab_size), which the C++ host requires;
+    # 9: the weights in a safetensors file beside the package (package_weights), not in its library.
+    recipe_version = 9
     native_cpu_code = True
 
     def availability(self, device: torch.device, precision: str) -> str | None:
@@ -423,6 +434,7 @@ class InductorBackend:
             "attention": attention_fact(options, device, own_kernel),
             "extern_kernels": kernels,
             "frozen_rotary_tables": frozen,
+            "weights_file": done.weights.name if done.weights is not None else None,
         }
         if residual_fp32 is not None:
             facts["residual_fp32"] = residual_fp32
@@ -443,7 +455,8 @@ class InductorBackend:
                 "qkv_bias_in_attention": qkv_bias_in_attention and own_kernel,
                 "row_kernels": row_launch_facts() if kind == "esm2" else None,
             }
-        return BuiltArtifact(path=out_path, files=[out_path], facts=facts)
+        files = [out_path] if done.weights is None else [out_path, done.weights]
+        return BuiltArtifact(path=out_path, files=files, facts=facts)
 
     def load(self, request: LoadRequest) -> EmbeddingBackend:
         device = request.device
@@ -453,17 +466,19 @@ class InductorBackend:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise EngineMismatchError(f"{path.name} needs CUDA, which torch {torch.__version__} cannot see")
         try:
-            compiled = load_package(path, device)
+            package = load_package(path, device, request.listed)
+        except EngineMismatchError:  # its weights file refused: said as it is
+            raise
         except Exception as exc:
             raise EngineMismatchError(f"cannot load {path.name}: {_first_line(exc)}") from exc
-        metadata = compiled.get_metadata() if hasattr(compiled, "get_metadata") else {}
+        metadata = package.metadata
         built_for = metadata.get("AOTI_DEVICE_KEY", device.type)
         if built_for != device.type:
             raise EngineMismatchError(f"{path.name} was built for {built_for}, not {device.type}")
         graph = check_metadata(
             metadata, path, request.kind, request.precision, request.dim, request.shapes, request.vocab_size
         )
-        return InductorRunner(compiled, graph, device, request.dim, request.pad_id, request.shapes)
+        return InductorRunner(package, graph, device, request.dim, request.pad_id, request.shapes)
 
 
 INDUCTOR_BACKEND = InductorBackend()

@@ -12,6 +12,9 @@ CUDA (the engines that matter; nothing here was measurable on the CPU-only devel
 * not ``freezing``: it would constant-fold weight transposes/casts, which cuBLAS does for free, and it
   makes Inductor hold folded copies of 6 GB of weights during the build; fp8 weights are quantised
   eagerly instead (:mod:`inductor_fp8`).
+* ``aot_inductor.package_constants_in_so=False`` (both devices): the package holds code only and the
+  build writes the weights beside it (:mod:`~virnucpro_trt.engines.package_weights`: why, and how they
+  are checked). ``extra`` may set it True again (weights inside the library, as before recipe 9).
 * not ``triton.cudagraphs``: a torch.compile runtime feature, not available to AOTInductor packages; at
   ~32k tokens per batch the kernel launches are a negligible part of a batch.
 
@@ -34,7 +37,7 @@ from virnucpro_trt.engines.spec import BuildOptions
 
 def inductor_configs(device: torch.device, options: BuildOptions, metadata: dict[str, str]) -> dict[str, Any]:
     """The ``inductor_configs`` for ``aoti_compile_and_package``; ``metadata`` is stored in the package."""
-    configs: dict[str, Any] = {}
+    configs: dict[str, Any] = {"aot_inductor.package_constants_in_so": False}
     if device.type == "cuda":
         configs["max_autotune"] = bool(options.max_autotune)
         configs["coordinate_descent_tuning"] = True

@@ -1,10 +1,10 @@
 """Loading an AOTInductor ``.pt2`` and running it as an :class:`EmbeddingBackend`.
 
 The package is self-describing: the builder stores the graph's shape box, model kind, precision and
-output width as AOTI metadata (``aot_inductor.metadata``, read back with ``get_metadata()``), so the one
-``.pt2`` file is all a worker needs (no model code, no weights elsewhere, no sidecar). Loading checks
-that metadata against what the manifest says, so a wrong or foreign file fails in one line instead of
-producing wrong shapes.
+output width as AOTI metadata (``aot_inductor.metadata``, read back with ``get_metadata()``), so the
+``.pt2`` file and its weights beside it (:mod:`~virnucpro_trt.engines.package_weights`) are all a worker
+needs (no model code). Loading checks that metadata against what the manifest says, so a wrong or
+foreign file fails in one line instead of producing wrong shapes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import inspect
 import re
 import zipfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 
 from virnucpro_trt.engines.cxx_runtime import expose_cxx_runtime
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes
+from virnucpro_trt.engines.package_weights import load_weights
 from virnucpro_trt.engines.spec import ShapeRange
 from virnucpro_trt.errors import EngineMismatchError, ShapeRangeError, shown
 from virnucpro_trt.files.unpacking import unpacking
@@ -30,8 +32,20 @@ from virnucpro_trt.runtime.out_of_memory import device_memory_errors
 _EXTERN_CALL = re.compile(rb"aoti_torch_(?:cpu|cuda)_(\w+?)(?:_out)?\(")
 
 
-def load_package(path: Path, device: torch.device) -> Any:
-    """The package at ``path`` loaded on ``device`` (``device_index`` selects cuda:N in a multi-GPU worker).
+@dataclass(frozen=True)
+class LoadedPackage:
+    """A package loaded on a device, its weights handed to it: ready to run."""
+
+    model: Any  # torch's AOTICompiledModel
+    metadata: dict[str, str]
+    weights: dict[str, torch.Tensor]  # used in place by the model's loader: kept alive with it
+
+
+def load_package(path: Path, device: torch.device, listed: frozenset[str] | None = None) -> LoadedPackage:
+    """The package at ``path`` loaded on ``device`` (``device_index`` selects cuda:N in a multi-GPU worker)
+    with its weights (:func:`~virnucpro_trt.engines.package_weights.load_weights`; ``listed``: the engine
+    directory's files for it, None for a fresh build). One function, so no caller holds a package without
+    its weights: run so, it would read unset constants.
 
     Why not plain ``aoti_load_package``: on its way to the C++ loader it calls
     ``torch._inductor.codecache.get_device_information``, whose ``pick_vec_isa()`` compiles a test
@@ -47,6 +61,12 @@ def load_package(path: Path, device: torch.device) -> Any:
     index = -1
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
+    model = _load_code(path, device, index)
+    metadata = dict(model.get_metadata())
+    return LoadedPackage(model, metadata, load_weights(model, metadata, path, device, listed))
+
+
+def _load_code(path: Path, device: torch.device, index: int) -> Any:
     with unpacking():  # the loader unpacks the whole package: into a folder that is removed for sure
         direct = _direct_loader()
         if direct is not None:
@@ -90,7 +110,7 @@ class InductorRunner:
 
     def __init__(
         self,
-        compiled: Any,
+        package: LoadedPackage,
         graph: GraphShapes,
         device: torch.device,
         dim: int,
@@ -98,13 +118,14 @@ class InductorRunner:
         shapes: ShapeRange,
     ):
         self.name = "inductor"
+        self.package = package  # holds the weights its model uses in place
         self.dim = dim
         self.pad_id = pad_id
         self.device = device
         self.graph = graph
         self.max_batch_size = shapes.max_batch
         self.max_length = shapes.max_length
-        self._compiled = compiled
+        self._compiled = package.model
 
     def _device_guard(self) -> contextlib.AbstractContextManager[Any]:
         # A worker may hold cuda:N while the thread's current device is another one.

@@ -121,25 +121,35 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int):
         super().__init__()
         self.register_buffer("inv_freq", default_inv_freq(head_dim))
-        self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.register_buffer("frozen_cos", None, persistent=False)
+        self.register_buffer("frozen_sin", None, persistent=False)
+
+    @property
+    def frozen(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(cos, sin) after :meth:`freeze`, else None."""
+        if self.frozen_cos is None or self.frozen_sin is None:
+            return None
+        return self.frozen_cos, self.frozen_sin
 
     def freeze(self, max_length: int) -> None:
         """Compute the tables once for positions up to ``max_length`` (on ``inv_freq``'s device), for
         :meth:`tables` to slice. Engines do this before export; the native model computes per call.
-        Plain attributes, not buffers: the state dict and the checkpoint formats stay as they are."""
-        self.frozen = None
+        Non-persistent buffers: the state dict and the checkpoint formats stay as they are, and an
+        exported program names them (``rotary.frozen_cos``), so an engine's weights file can hold them
+        under the names its package asks for (a plain tensor attribute became ``_tensor_constant0``)."""
+        self.frozen_cos = self.frozen_sin = None
         cos, sin = self.tables(max_length, self.inv_freq.device)
-        self.frozen = (cos.contiguous(), sin.contiguous())
+        self.frozen_cos, self.frozen_sin = cos.contiguous(), sin.contiguous()
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> RotaryEmbedding:
         # ``module.to(torch.bfloat16)`` would round the checkpoint's frequencies; follow device moves only.
-        before = self.inv_freq
+        before, frozen = self.inv_freq, self.frozen
         super()._apply(fn, recurse)
         after = self.inv_freq
         self.inv_freq = after.float() if before.is_meta else before.to(device=after.device)
-        if self.frozen is not None:  # frozen tables follow device moves too, and stay fp32
+        if frozen is not None:  # frozen tables follow device moves too, and stay fp32
             device = self.inv_freq.device
-            self.frozen = (self.frozen[0].to(device=device), self.frozen[1].to(device=device))
+            self.frozen_cos, self.frozen_sin = (t.to(device=device) for t in frozen)
         return self
 
     def tables(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

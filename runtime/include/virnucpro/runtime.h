@@ -7,7 +7,9 @@
 //    another GPU, another torch or from other files.
 //  * Encoders are AOTInductor packages (.pt2) loaded with torch::inductor::AOTIModelPackageLoader. Each
 //    package describes its own accepted shape box in its metadata (virnucpro.graph.*); batches are
-//    right-padded into it exactly as the Python runner does, so both give the same numbers.
+//    right-padded into it exactly as the Python runner does, so both give the same numbers. Since build
+//    recipe 9 the weights are a safetensors file beside the package, checked against the table the
+//    package records (virnucpro.weights) and handed to the loader with load_constants.
 //  * The classifier is the safetensors file of the engine directory (upstream's MLP, converted once
 //    from its pickle by the Python side; C++ never unpickles anything).
 //  * Tokenisation stays outside: inputs are token ids and attention masks (int64 [B, T]), because the
@@ -18,6 +20,8 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
+#include <unordered_map>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -122,11 +126,15 @@ class Encoder {
 
  private:
   void check_manifest_fits(const std::string& path) const;
+  void load_weights(const EngineManifest& manifest, const std::unordered_map<std::string, std::string>& metadata);
 
   ModelEntry entry_;
   ShapeBox graph_;
   int64_t vocab_size_ = 0;
   c10::Device device_;
+  // The package's weights (recipe 9: the .weights.safetensors file beside it), used in place by loader_:
+  // declared before it, so they outlive it.
+  std::unordered_map<std::string, at::Tensor> weights_;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> loader_;
 };
 
@@ -167,12 +175,22 @@ class EngineSet {
   std::unique_ptr<Classifier> classifier_;
 };
 
-// Reads a safetensors file (F64/F32/F16/BF16/I64 tensors) into CPU tensors; `metadata` gets __metadata__.
-// The file is hostile input: a header over 1 MiB is refused before it is read, and every tensor must
-// have a known dtype, a shape whose byte count is its data's, and data inside the file that no other
-// tensor's overlaps. Throws std::runtime_error (one line) naming the file otherwise.
-std::map<std::string, at::Tensor> read_safetensors(
-    const std::filesystem::path& file, std::map<std::string, std::string>* metadata = nullptr);
+// The safetensors library's own bound is 100 MB; a classifier's header names eight tensors (~1 KB), ESM-2
+// 3B's weights file ~600 (~70 KB), so 1 MiB is refused before a byte of it is read or allocated.
+constexpr uint64_t kMaxSafetensorsHeaderBytes = uint64_t{1} << 20;
+
+// Reads a safetensors file (F64/F32/F16/BF16/F8_E4M3/F8_E5M2/I64/I32/I8/U8/BOOL tensors) into CPU
+// tensors; `metadata` gets __metadata__. The file is hostile input: a header over `max_header_bytes` is
+// refused before it is read, and every tensor must have a known dtype, a shape whose byte count is its
+// data's, and data inside the file that no other tensor's overlaps. Throws std::runtime_error (one line)
+// naming the file otherwise.
+std::map<std::string, at::Tensor> read_safetensors(const std::filesystem::path& file,
+                                                   std::map<std::string, std::string>* metadata = nullptr,
+                                                   uint64_t max_header_bytes = kMaxSafetensorsHeaderBytes);
+
+// The dtype a safetensors header names ("BF16"), if read_safetensors takes it, and back.
+std::optional<at::ScalarType> safetensors_dtype(const std::string& name);
+std::string safetensors_dtype_name(at::ScalarType dtype);
 
 // Lower-case hex sha256 of a file (empty string when built without OpenSSL).
 std::string file_sha256(const std::filesystem::path& file);
