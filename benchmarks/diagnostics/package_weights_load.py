@@ -8,7 +8,8 @@ The second compile reuses the first's kernels from Inductor's cache. Then each p
 fresh interpreter (``engines.inductor_runner.load_package``: unpacking, and for ``beside`` the weights
 read to the device), twice in a row: the first with the package just written (the page cache warm, as
 on a worker start after a build), the second as a repeat, and one batch is run to check both engines
-agree. Reports seconds per load, file sizes, and the build's compile seconds.
+agree. Reports seconds per load, the device memory each load took, file sizes, and the build's
+compile seconds.
 
     PYTHONPATH=$PWD python3 benchmarks/diagnostics/package_weights_load.py --workdir W --json OUT
     (--size tiny --device cpu: the same on the test models, for a check of the script)
@@ -39,20 +40,23 @@ path, device_name, out = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 device = torch.device(device_name)
 if device.type == "cuda":
     torch.zeros(1, device=device)  # the CUDA context outside the timing
-times = []
+times, used = [], []
 for _ in range(2):
+    free_before = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
     started = time.perf_counter()
     loaded = load_package(path, device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     times.append(round(time.perf_counter() - started, 2))
+    if device.type == "cuda":
+        used.append(round((free_before - torch.cuda.mem_get_info(device)[0]) / 1e9, 2))
     if len(times) == 1:
         ids = torch.randint(4, 24, (4, 100), generator=torch.Generator().manual_seed(0)).to(device)
         with torch.inference_mode():
             pooled = loaded.model(ids, torch.ones_like(ids))
         torch.save(pooled.float().cpu(), out)
     del loaded
-print(json.dumps({"load_s": times}))
+print(json.dumps({"load_s": times, "device_gb_taken_by_load": used}))
 """
 
 
