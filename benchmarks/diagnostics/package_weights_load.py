@@ -12,7 +12,8 @@ agree. Reports seconds per load, the device memory each load took, file sizes, a
 compile seconds.
 
     PYTHONPATH=$PWD python3 benchmarks/diagnostics/package_weights_load.py --workdir W --json OUT
-    (--size tiny --device cpu: the same on the test models, for a check of the script)
+    (--size tiny --device cpu: the same on the test models, for a check of the script; --size t33_650M
+    --device cpu --precision fp32: the mechanism on a CPU)
 """
 
 from __future__ import annotations
@@ -93,23 +94,35 @@ def load_in_fresh_process(path: Path, device: str, out: Path) -> dict[str, Any]:
     return row
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--precision", default="bf16")
-    parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    parser.add_argument(
+        "--size", default="t36_3B", help="an ESM-2 size (t36_3B, t33_650M, ...: models/esm2.py) or tiny"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG
+    from virnucpro_trt.models.esm2 import ESM2_CONFIGS
     from virnucpro_trt.models.random_checkpoints import TINY_ESM2_CONFIG, random_esm2
 
     device = torch.device(args.device)
-    config = ESM2_T36_3B_CONFIG if args.size == "full" else TINY_ESM2_CONFIG
+    config = TINY_ESM2_CONFIG if args.size == "tiny" else ESM2_CONFIGS[args.size]
     model = random_esm2(config, device=device, seed=7)
     report: dict[str, Any] = {
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu_cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "size": args.size,
         "precision": args.precision,
         "variants": {},
