@@ -63,7 +63,8 @@ def load_package(path: Path, device: torch.device, listed: frozenset[str] | None
         index = device.index if device.index is not None else torch.cuda.current_device()
     model = _load_code(path, device, index)
     metadata = dict(model.get_metadata())
-    return LoadedPackage(model, metadata, load_weights(model, metadata, path, device, listed))
+    placed = torch.device("cuda", index) if device.type == "cuda" else device  # where the package runs
+    return LoadedPackage(model, metadata, load_weights(model, metadata, path, placed, listed))
 
 
 def _load_code(path: Path, device: torch.device, index: int) -> Any:

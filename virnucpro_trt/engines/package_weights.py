@@ -88,11 +88,15 @@ def read_table_of_file(path: Path) -> WeightsTable:
     """Names, dtypes and shapes of a safetensors file's header (the library checks the layout)."""
     from safetensors import safe_open
 
-    table: WeightsTable = {}
     with safe_open(str(path), framework="pt") as f:
-        for name in f.keys():  # noqa: SIM118 (safe_open is no dict)
-            piece = f.get_slice(name)
-            table[name] = (piece.get_dtype(), tuple(int(d) for d in piece.get_shape()))
+        return _table_of(f)
+
+
+def _table_of(handle: Any) -> WeightsTable:
+    table: WeightsTable = {}
+    for name in handle.keys():  # noqa: SIM118 (safe_open is no dict)
+        piece = handle.get_slice(name)
+        table[name] = (piece.get_dtype(), tuple(int(d) for d in piece.get_shape()))
     return table
 
 
@@ -135,22 +139,24 @@ def load_weights(
         raise EngineMismatchError(f"the manifest does not list {path.name}, which {package.name} needs")
     if not path.is_file():
         raise EngineMismatchError(f"{path.name} is missing (the weights of {package.name})")
-    try:
-        found = read_table_of_file(path)
-    except Exception as exc:  # the library's refusal of a damaged header
-        why = shown(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, 99)
-        raise EngineMismatchError(f"{path.name} is no readable safetensors file: {why}") from exc
-    if found != table:
-        differs = _difference(found, table)
-        raise EngineMismatchError(f"{path.name} is not the weights {package.name} was built for: {differs}")
     wanted = list(compiled.get_constant_fqns())
     lacking = [name for name in wanted if name not in table]
     if lacking:
         raise EngineMismatchError(f"{package.name} needs a weight its table lacks: {shown(lacking[0], 80)}")
     from safetensors import safe_open
 
-    target = str(device) if device.type == "cuda" else "cpu"
-    with safe_open(str(path), framework="pt", device=target) as f:
+    # One open file for the check and the read: the table checked is the one the tensors come from
+    # (a file replaced between two opens could hand over other shapes).
+    try:
+        handle = safe_open(str(path), framework="pt", device=str(device) if device.type == "cuda" else "cpu")
+    except Exception as exc:  # the library's refusal of a damaged header
+        why = shown(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, 99)
+        raise EngineMismatchError(f"{path.name} is no readable safetensors file: {why}") from exc
+    with handle as f:
+        found = _table_of(f)
+        if found != table:
+            not_its = f"{path.name} is not the weights {package.name} was built for"
+            raise EngineMismatchError(f"{not_its}: {_difference(found, table)}")
         tensors = {name: f.get_tensor(name) for name in wanted}
     compiled.load_constants(tensors, check_full_update=True, user_managed=True)
     return tensors
