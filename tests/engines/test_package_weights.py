@@ -147,3 +147,21 @@ def test_a_build_with_the_weights_inside_writes_no_weights_file(tmp_path: Path) 
     with torch.inference_mode():
         got = loaded.model(ids, torch.ones_like(ids))
     np.testing.assert_allclose(got.numpy(), model(ids, torch.ones_like(ids)).numpy(), atol=1e-5, rtol=0)
+
+
+def test_tied_and_sliced_weights_are_written_each_with_its_own_values(tmp_path: Path) -> None:
+    """safetensors refuses tensors that share memory: a tied weight or a slice of another is copied
+    (and only those: a CPU build holds no second copy of the model while it writes)."""
+    from virnucpro_trt.engines.package_weights import _one_storage_each, write_weights
+
+    base = torch.randn(4, 6)
+    tensors = {"a": base, "tied": base, "slice": base[1:3], "other": torch.randn(3)}
+    owned = _one_storage_each(tensors)
+    assert owned["a"].data_ptr() == base.data_ptr()  # the first of a storage is written as it is
+    assert owned["tied"].data_ptr() != base.data_ptr() and owned["slice"].data_ptr() != base.data_ptr()
+    path = tmp_path / "w.weights.safetensors"
+    table = write_weights(tensors, path)
+    back = load_file(path)
+    assert set(back) == set(tensors) and '"slice":["F32",[2,6]]' in table
+    for name, tensor in tensors.items():
+        torch.testing.assert_close(back[name], tensor, rtol=0, atol=0)

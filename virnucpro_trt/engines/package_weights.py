@@ -62,8 +62,7 @@ def write_weights(tensors: dict[str, torch.Tensor], path: Path) -> str:
 
     if len(tensors) > MAX_TENSORS:
         raise BuildError(f"{len(tensors)} weight tensors, more than an engine may hold ({MAX_TENSORS})")
-    # One storage per tensor (safetensors refuses shared memory; a tied weight is written twice).
-    owned = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    owned = _one_storage_each(tensors)
     partial = temporary_name(path)
     try:
         save_file(owned, str(partial))
@@ -77,6 +76,22 @@ def write_weights(tensors: dict[str, torch.Tensor], path: Path) -> str:
         remove_quietly(partial)
         raise
     return table_text(read_table_of_file(path))
+
+
+def _one_storage_each(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` on the CPU, contiguous, no two sharing a storage (safetensors refuses shared memory: a
+    tied weight is written twice). Only a tensor whose storage was seen before is copied, so a CPU build
+    does not hold a second copy of the model while it writes."""
+    seen: set[int] = set()
+    owned: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        cpu = tensor.detach().to("cpu").contiguous()
+        storage = cpu.untyped_storage().data_ptr()
+        if storage in seen:
+            cpu = cpu.clone()
+        seen.add(cpu.untyped_storage().data_ptr())
+        owned[name] = cpu
+    return owned
 
 
 def table_text(table: WeightsTable) -> str:
