@@ -61,6 +61,32 @@ def test_the_host_runs_an_engine_that_calls_addmm_activation(host_tool, tiny_set
     _host_matches_python(host_tool, out, tmp_path)
 
 
+def test_the_host_runs_engines_that_hold_their_weights_inside(
+    host_tool, tiny_set, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packages built before recipe 9 hold their weights in their library and record no weights table
+    (no ``.weights.safetensors`` beside them): the host, like the Python loader, runs them as they are.
+    Such a set is built here as recipe 8 built it, with the weights inside."""
+    from virnucpro_trt.engines import inductor_backend
+    from virnucpro_trt.engines.build import BuildSettings, build_engines
+
+    made = inductor_backend.inductor_configs
+
+    def weights_inside(*args):  # type: ignore[no-untyped-def]
+        return {**made(*args), "aot_inductor.package_constants_in_so": True}
+
+    monkeypatch.setattr(inductor_backend, "inductor_configs", weights_inside)
+    out = tmp_path / "engines"
+    build_engines(
+        BuildSettings(
+            dnabert=str(tiny_set.dnabert), esm=str(tiny_set.esm_hf), classifier=str(tiny_set.classifier),
+            outdir=out, backend="inductor", precision="fp32", device="cpu",
+        )
+    )  # fmt: skip
+    assert not list(out.glob("*.weights.safetensors"))
+    _host_matches_python(host_tool, out, tmp_path)
+
+
 def _host_matches_python(host_tool: Path, engines: Path, tmp_path: Path) -> None:
     """The host's embeddings and probabilities on five frames equal the Python runtime's on the same
     engines and token ids."""
