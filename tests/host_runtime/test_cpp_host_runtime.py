@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.host_runtime.tiny_engines import build_tiny_engines
 from virnucpro_trt.engines.engine_set import open_engine_set
 from virnucpro_trt.models.classifier import MLPClassifier, classify
 from virnucpro_trt.models.tokenization import pad_batch
@@ -46,15 +47,7 @@ def test_the_host_runs_an_engine_that_calls_addmm_activation(host_tool, tiny_set
     """CUDA bf16/fp16 ESM-2 engines (build recipe 7) compute fc1 + GELU by ``torch._addmm_activation``,
     which AOTInductor calls through its C shim: the host's libtorch must resolve it as the Python
     runtime's does. Here the rule is widened to the CPU's fp32 engines so that one calls it too."""
-    from virnucpro_trt.engines.build import BuildSettings, build_engines
-
-    out = tmp_path / "engines"
-    build_engines(
-        BuildSettings(
-            dnabert=str(tiny_set.dnabert), esm=str(tiny_set.esm_hf), classifier=str(tiny_set.classifier),
-            outdir=out, backend="inductor", precision="fp32", device="cpu",
-        )
-    )  # fmt: skip
+    out = build_tiny_engines(tiny_set, tmp_path / "engines", "cpu")
     facts = json.loads((out / "manifest.json").read_text())["models"]["esm2"]["facts"]
     assert facts["gelu_epilogue_layers"] > 0
     assert facts["extern_kernels"]["_addmm_activation"] == facts["gelu_epilogue_layers"]
@@ -68,7 +61,6 @@ def test_the_host_runs_engines_that_hold_their_weights_inside(
     (no ``.weights.safetensors`` beside them): the host, like the Python loader, runs them as they are.
     Such a set is built here as recipe 8 built it, with the weights inside."""
     from virnucpro_trt.engines import inductor_backend
-    from virnucpro_trt.engines.build import BuildSettings, build_engines
 
     made = inductor_backend.inductor_configs
 
@@ -76,13 +68,7 @@ def test_the_host_runs_engines_that_hold_their_weights_inside(
         return {**made(*args), "aot_inductor.package_constants_in_so": True}
 
     monkeypatch.setattr(inductor_backend, "inductor_configs", weights_inside)
-    out = tmp_path / "engines"
-    build_engines(
-        BuildSettings(
-            dnabert=str(tiny_set.dnabert), esm=str(tiny_set.esm_hf), classifier=str(tiny_set.classifier),
-            outdir=out, backend="inductor", precision="fp32", device="cpu",
-        )
-    )  # fmt: skip
+    out = build_tiny_engines(tiny_set, tmp_path / "engines", "cpu")
     assert not list(out.glob("*.weights.safetensors"))
     _host_matches_python(host_tool, out, tmp_path)
 
