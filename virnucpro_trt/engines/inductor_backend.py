@@ -434,7 +434,6 @@ class InductorBackend:
             "attention": attention_fact(options, device, own_kernel),
             "extern_kernels": kernels,
             "frozen_rotary_tables": frozen,
-            "weights_file": done.weights.name if done.weights is not None else None,
         }
         if residual_fp32 is not None:
             facts["residual_fp32"] = residual_fp32
