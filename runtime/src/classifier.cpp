@@ -1,21 +1,15 @@
 // Upstream's MLP classifier from the engine directory's safetensors file.
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
-#include <limits>
+#include <map>
 #include <stdexcept>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include <c10/core/DeviceGuard.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
-#include "virnucpro/bounded_json.h"
 #include "virnucpro/runtime.h"
 #include "virnucpro/text.h"
 
