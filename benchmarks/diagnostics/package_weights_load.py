@@ -94,13 +94,6 @@ def load_in_fresh_process(path: Path, device: str, out: Path) -> dict[str, Any]:
     return row
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
@@ -111,6 +104,8 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    from virnucpro_trt.bench.hardware import script_environment
+    from virnucpro_trt.environment import cpu_model
     from virnucpro_trt.models.esm2 import ESM2_CONFIGS
     from virnucpro_trt.models.random_checkpoints import TINY_ESM2_CONFIG, random_esm2
 
@@ -118,11 +113,9 @@ def main() -> None:
     config = TINY_ESM2_CONFIG if args.size == "tiny" else ESM2_CONFIGS[args.size]
     model = random_esm2(config, device=device, seed=7)
     report: dict[str, Any] = {
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "cpu_cores": os.cpu_count(),
-        "cpu": _cpu_model(),
+        "environment": {**script_environment(device, with_onnxruntime=False), "cpu": cpu_model()},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": str(device),
         "size": args.size,
         "precision": args.precision,
         "variants": {},
