@@ -17,7 +17,7 @@ from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
 from virnucpro_trt.engines.inductor_runner import load_package
 from virnucpro_trt.engines.package_weights import WEIGHTS_KEY, recorded_table, weights_file
 from virnucpro_trt.engines.spec import BuildOptions, BuildRequest, ShapeRange
-from virnucpro_trt.errors import EngineMismatchError
+from virnucpro_trt.errors import BuildError, EngineMismatchError
 from virnucpro_trt.models.random_checkpoints import random_esm2
 
 CPU = torch.device("cpu")
@@ -165,3 +165,25 @@ def test_tied_and_sliced_weights_are_written_each_with_its_own_values(tmp_path: 
     assert set(back) == set(tensors) and '"slice":["F32",[2,6]]' in table
     for name, tensor in tensors.items():
         torch.testing.assert_close(back[name], tensor, rtol=0, atol=0)
+
+
+def test_a_tensor_made_in_forward_is_refused_before_the_compile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AOTInductor traces a tensor made in forward again under a name of its own (``lifted_tensor_0``
+    became ``_tensor_constant0``), which the weights file cannot hold: the build refuses it in one line
+    before compiling. DNABERT-S's ALiBi slopes were one (12 heads: more than Inductor inlines), until
+    the build held them in a buffer; here that step is undone."""
+    from virnucpro_trt.models.dnabert import DnabertConfig, DnabertEncoder
+    from virnucpro_trt.models.random_checkpoints import random_dnabert
+
+    monkeypatch.setattr(DnabertEncoder, "freeze_slopes", lambda self: None)
+    config = DnabertConfig(hidden_size=96, num_hidden_layers=1, num_attention_heads=12, intermediate_size=128)
+    out = tmp_path / "dnabert-s.cpu.fp32.pt2"
+    example = (torch.randint(4, 24, (3, 11)), torch.ones(3, 11, dtype=torch.int64))
+    shapes = ShapeRange(1, 4, 8, 2, 20, 45)
+    request = BuildRequest(random_dnabert(config), "dnabert-s", example, shapes, "fp32", CPU, out)
+    made = r"^the exported graph makes a tensor in forward \(lifted_tensor_0\), which a weights file beside"
+    with pytest.raises(BuildError, match=made):
+        INDUCTOR_BACKEND.build(request)
+    assert list(tmp_path.iterdir()) == []

@@ -29,6 +29,22 @@ def test_alibi_slopes_match_the_literal_values(heads: int) -> None:
     assert alibi_slopes(heads) == pytest.approx(LITERAL_SLOPES[heads], rel=1e-12)
 
 
+def test_frozen_slopes_are_the_literal_values_and_stay_fp32_through_casts() -> None:
+    """Engines hold the slopes in a buffer before export (the weights file beside an AOTInductor package
+    names only buffers and parameters); a cast after that must not round them (2^-0.5 is not a bf16)."""
+    config = DnabertConfig(hidden_size=96, num_hidden_layers=1, num_attention_heads=12, intermediate_size=128)
+    model = random_dnabert(config)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    computed = model.attention_bias(mask, torch.float32)
+    assert model.frozen_slopes is None and "frozen_slopes" not in model.state_dict()
+    model.freeze_slopes()
+    assert "frozen_slopes" not in model.state_dict()  # the checkpoint formats stay as they are
+    torch.testing.assert_close(model.attention_bias(mask, torch.float32), computed, rtol=0, atol=0)
+    model.to(torch.bfloat16)
+    assert model.frozen_slopes is not None and model.frozen_slopes.dtype == torch.float32
+    assert model.frozen_slopes.tolist() == pytest.approx(LITERAL_SLOPES[12], rel=1e-7)
+
+
 def _layer_norm(x: torch.Tensor, state: dict, name: str, eps: float) -> torch.Tensor:
     mean = x.mean(-1, keepdim=True)
     var = ((x - mean) ** 2).mean(-1, keepdim=True)

@@ -98,7 +98,12 @@ import torch
 from virnucpro_trt.engines.aoti_int_arrays import fresh_int_array_declarations
 from virnucpro_trt.engines.inductor_cache import compile_folders_removed, remove_cached_library
 from virnucpro_trt.engines.inductor_configs import inductor_configs
-from virnucpro_trt.engines.inductor_model import DTYPES, device_copy, freeze_position_tables
+from virnucpro_trt.engines.inductor_model import (
+    DTYPES,
+    device_copy,
+    freeze_alibi_slopes,
+    freeze_position_tables,
+)
 from virnucpro_trt.engines.inductor_runner import InductorRunner, check_metadata, extern_kernels, load_package
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX, GraphShapes, exported_bounds, tile_example
 from virnucpro_trt.engines.package_weights import WEIGHTS_KEY, program_tensors, weights_file, write_weights
@@ -400,6 +405,7 @@ class InductorBackend:
         own_kernel = _own_attention_kernel(engine_model, options, device, precision)
         gelu_epilogues = _gelu_epilogue(engine_model, options, device, precision)
         frozen = 0
+        freeze_alibi_slopes(engine_model)
         if _extra(options, "frozen_rotary"):
             frozen = freeze_position_tables(engine_model, requested.max_length)
         inputs = tuple(t.to(device) for t in tile_example(request.example, *hint))

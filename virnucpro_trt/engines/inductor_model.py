@@ -8,7 +8,9 @@ those new tensors. Buffers move to the device in their own dtype and then go thr
 ``.to`` so that per-module rules still apply (ESM-2's rotary ``inv_freq`` stays fp32).
 
 :func:`freeze_position_tables` then stores what a graph would otherwise recompute per layer from the
-sequence length alone (ESM-2's rotary cos/sin), sized for the longest sequence the engine accepts.
+sequence length alone (ESM-2's rotary cos/sin), sized for the longest sequence the engine accepts, and
+:func:`freeze_alibi_slopes` holds DNABERT-S's ALiBi slopes in a buffer (the weights file beside an
+AOTInductor package can hold only named tensors: :mod:`~virnucpro_trt.engines.package_weights`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ def freeze_position_tables(model: nn.Module, max_length: int) -> int:
     for rotary in rotaries:
         rotary.freeze(max_length)
     return len(rotaries)
+
+
+def freeze_alibi_slopes(model: nn.Module) -> int:
+    """Hold every DNABERT-S encoder's ALiBi slopes in its buffer (``DnabertEncoder.freeze_slopes``);
+    returns how many. Not an option like the rotary tables: without it the slopes are a tensor made in
+    forward, which the weights file cannot name."""
+    from virnucpro_trt.models.dnabert import DnabertEncoder
+
+    encoders = [m for m in model.modules() if isinstance(m, DnabertEncoder)]
+    for encoder in encoders:
+        encoder.freeze_slopes()
+    return len(encoders)
 
 
 DTYPES: dict[str, torch.dtype] = {

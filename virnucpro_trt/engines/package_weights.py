@@ -45,8 +45,20 @@ def weights_file(package: Path) -> Path:
 
 
 def program_tensors(program: Any) -> dict[str, torch.Tensor]:
-    """Every parameter, buffer and tensor constant of an exported program, by the name AOTInductor's
-    ``get_constant_fqns`` reports for it."""
+    """Every parameter and buffer of an exported program, by the name AOTInductor's
+    ``get_constant_fqns`` reports for it.
+
+    A tensor the model makes in forward (``torch.tensor(...)``, a plain tensor attribute) is refused:
+    the program lifts it as ``lifted_tensor_0``, and AOTInductor traces it again under another name
+    (``_tensor_constant0``), so the package would ask for a tensor the file cannot hold. Before compiling,
+    not at the first load after it; the model must hold such a tensor in a non-persistent buffer.
+    """
+    made = list(program.graph_signature.lifted_tensor_constants)
+    if made:
+        raise BuildError(
+            f"the exported graph makes a tensor in forward ({shown(made[0], 80)}), which a weights file "
+            "beside the package cannot name; hold it in a non-persistent buffer"
+        )
     tensors: dict[str, torch.Tensor] = {}
     for name, value in [*program.state_dict.items(), *program.constants.items()]:
         if not isinstance(value, torch.Tensor):

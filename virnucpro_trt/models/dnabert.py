@@ -19,6 +19,7 @@ those keys weigh exp(-10000) = 0, so a sequence gives the same result alone or i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,6 +235,8 @@ class DnabertEncoder(nn.Module):
     [B, T] int64 and a [B, T] mask (1/True = real token).
     """
 
+    frozen_slopes: torch.Tensor | None
+
     def __init__(self, config: DnabertConfig):
         super().__init__()
         if config.hidden_size % config.num_attention_heads:
@@ -244,15 +247,35 @@ class DnabertEncoder(nn.Module):
         # A Python constant, not a buffer: ``.to(bf16)`` cannot round it, and meta-device construction
         # followed by ``load_state_dict(assign=True)`` needs no extra initialisation step.
         self.slopes = alibi_slopes(config.num_attention_heads)
+        self.register_buffer("frozen_slopes", None, persistent=False)  # set by freeze_slopes (engines)
         self.embeddings = DnabertEmbeddings(config)
         self.encoder = DnabertStack(config)
+
+    def freeze_slopes(self) -> None:
+        """Hold the slopes in a non-persistent fp32 buffer on the model's device, for
+        :meth:`attention_bias` to read. Engines do this before export: the tensor the native model makes
+        in forward is a constant AOTInductor renames (``lifted_tensor_0`` became ``_tensor_constant0``),
+        which a weights file beside the package cannot name; a buffer keeps its name (``frozen_slopes``).
+        The state dict and the checkpoint formats stay as they are."""
+        device = self.embeddings.word_embeddings.weight.device
+        self.frozen_slopes = torch.tensor(self.slopes, dtype=torch.float32, device=device)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> DnabertEncoder:
+        # ``model.to(torch.bfloat16)`` would round frozen slopes; they follow device moves only
+        frozen = self.frozen_slopes
+        super()._apply(fn, recurse)
+        if frozen is not None and self.frozen_slopes is not None:
+            self.frozen_slopes = frozen.to(device=self.frozen_slopes.device)
+        return self
 
     def attention_bias(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """[B, H, T, T] additive bias: -slope_h * |i - j| (fp32 math) plus -10000 on padded keys."""
         device = attention_mask.device
         positions = torch.arange(attention_mask.shape[1], device=device)
         distance = (positions[None, :] - positions[:, None]).abs().to(torch.float32)
-        slopes = torch.tensor(self.slopes, dtype=torch.float32, device=device)
+        slopes = self.frozen_slopes
+        if slopes is None:
+            slopes = torch.tensor(self.slopes, dtype=torch.float32, device=device)
         alibi = -slopes[:, None, None] * distance  # [H, T, T]
         padding = (1.0 - attention_mask.to(torch.float32)) * PADDING_BIAS  # [B, T]
         return (alibi[None] + padding[:, None, None, :]).to(dtype)
