@@ -36,7 +36,7 @@ _EXTERN_CALL = re.compile(rb"aoti_torch_(?:cpu|cuda)_(\w+?)(?:_out)?\(")
 class LoadedPackage:
     """A package loaded on a device, its weights handed to it: ready to run."""
 
-    model: Any  # torch's AOTICompiledModel
+    model: Any  # PackageModel (torch's AOTICompiledModel where this torch has no C++ loader)
     metadata: dict[str, str]
     weights: dict[str, torch.Tensor]  # used in place by the model's loader: kept alive with it
 
@@ -53,9 +53,9 @@ def load_package(path: Path, device: torch.device, listed: frozenset[str] | None
     worker's start-up on the H200 host (measurement log, 2026-11-29; measured by
     benchmarks/diagnostics/first_load_profile.py), spent for a warning-only comparison that the engine
     manifest check already makes (for a CPU engine: the build CPU's instruction sets, which this one
-    must have). The C++ loader and the wrapper object are the ones
-    ``aoti_load_package`` ends up with; where this torch lacks them (older releases), the public
-    function is used.
+    must have). The C++ loader is the one ``aoti_load_package`` ends up with, called through
+    :class:`PackageModel` rather than torch's wrapper; where this torch lacks it (older releases), the
+    public function is used.
     """
     expose_cxx_runtime()
     index = -1
@@ -69,11 +69,10 @@ def load_package(path: Path, device: torch.device, listed: frozenset[str] | None
 
 def _load_code(path: Path, device: torch.device, index: int) -> Any:
     with unpacking():  # the loader unpacks the whole package: into a folder that is removed for sure
-        direct = _direct_loader()
-        if direct is not None:
-            loader_class, wrapper = direct
+        loader_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+        if loader_class is not None:
             try:
-                return wrapper(loader_class(str(path), "model", False, 1, index))
+                return PackageModel(loader_class(str(path), "model", False, 1, index))
             except TypeError:  # another constructor signature: let torch's own function handle it
                 pass
         load = torch._inductor.aoti_load_package
@@ -82,14 +81,34 @@ def _load_code(path: Path, device: torch.device, index: int) -> Any:
         return load(str(path))
 
 
-def _direct_loader() -> tuple[Any, Any] | None:
-    """(``AOTIModelPackageLoader``, ``AOTICompiledModel``) where this torch has both, else None."""
-    loader_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
-    try:
-        from torch.export.pt2_archive._package import AOTICompiledModel
-    except ImportError:
-        return None
-    return None if loader_class is None else (loader_class, AOTICompiledModel)
+class PackageModel:
+    """A loaded package's model: torch's C++ loader, called as ``aoti_load_package``'s wrapper
+    (``AOTICompiledModel``) calls it, for the engines' graphs (two tensors in, one out).
+
+    Why not that wrapper: importing it (``torch.export.pt2_archive``) imports TorchDynamo and SymPy,
+    ~900 modules and seconds of a worker's start-up (DEVELOPERS.md, "Open problems": worker ready),
+    all for flattening inputs and outputs that are plain tensors here.
+    """
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        outputs = self.loader.run(list(inputs))
+        if len(outputs) != 1:
+            raise EngineMismatchError(f"the engine returned {len(outputs)} outputs, not its one embedding")
+        return outputs[0]
+
+    def get_metadata(self) -> dict[str, str]:
+        return self.loader.get_metadata()
+
+    def get_constant_fqns(self) -> list[str]:
+        return self.loader.get_constant_fqns()
+
+    def load_constants(
+        self, constants: dict[str, torch.Tensor], *, check_full_update: bool, user_managed: bool
+    ) -> None:
+        self.loader.load_constants(constants, False, check_full_update, user_managed)  # False: the active set
 
 
 def extern_kernels(path: Path) -> dict[str, int]:
