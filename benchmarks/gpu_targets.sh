@@ -5,10 +5,11 @@
 # engine alone (500 bp reads, then mixed lengths, where predict's per-shard batches pad more than the
 # engine alone's: default shards, --max-padding, the old 256-read shards), the ESM-2 engine on
 # shard-sized groups of mixed reads with and without a padding cap (settings.PaddingCap, opt-in), the
-# C++ host against the Python runtime, and an ESM-2 package's load with its weights beside it against
-# inside its library (the worker-ready lever; its own build of ESM-2 alone, both ways).
+# C++ host against the Python runtime, a worker's steps to ready on the set (worker_ready_profile.py), and
+# an ESM-2 package's load with its weights beside it against inside its library (the worker-ready lever;
+# its own build of ESM-2 alone, both ways).
 #
-#   bash benchmarks/gpu_targets.sh STEP [PRECISION]   STEP: build bench mixes profile predict predict-mixed batching cxx load | all
+#   bash benchmarks/gpu_targets.sh STEP [PRECISION]   STEP: build bench mixes profile predict predict-mixed batching cxx ready load | all
 #   DRY_RUN=1 bash benchmarks/gpu_targets.sh all fp8  prints the commands (tests/bench checks them)
 #
 # PRECISION: the engines' (fp8 or bf16; default fp8); the peer row is always compile-bf16, the targets'
@@ -17,7 +18,7 @@
 # OUT (default benchmarks/results/local), one file per step; copy what you keep into benchmarks/results
 # with the machine in its name, and log it.
 set -euo pipefail
-step=${1:?"usage: $0 STEP [PRECISION] (STEP: build bench mixes profile predict predict-mixed batching cxx load all)"}
+step=${1:?"usage: $0 STEP [PRECISION] (STEP: build bench mixes profile predict predict-mixed batching cxx ready load all)"}
 precision=${2:-fp8}
 work=${WORKDIR:-/tmp/vtw}
 out=${OUT:-benchmarks/results/local}
@@ -56,9 +57,12 @@ case $step in
   cxx)
     run python3 benchmarks/cxx_host_cuda.py --engines "$engines" --reads 4000 --build-dir "$work/cxx-build" \
       --json "$out/gpu_cxx_host_cuda_$precision.json" ;;
+  ready)
+    run python3 benchmarks/diagnostics/worker_ready_profile.py --engines "$engines" \
+      --json "$out/gpu_worker_ready_profile_$precision.json" ;;
   load)
     run python3 benchmarks/diagnostics/package_weights_load.py --workdir "$work/weights-load" --precision "$precision" \
       --json "$out/gpu_package_weights_load_esm2_$precision.json" ;;
-  all) for each in build bench mixes profile predict predict-mixed batching cxx load; do bash "$0" "$each" "$precision"; done ;;
-  *) echo "unknown step '$step' (build bench mixes profile predict predict-mixed batching cxx load all)" >&2; exit 2 ;;
+  all) for each in build bench mixes profile predict predict-mixed batching cxx ready load; do bash "$0" "$each" "$precision"; done ;;
+  *) echo "unknown step '$step' (build bench mixes profile predict predict-mixed batching cxx ready load all)" >&2; exit 2 ;;
 esac

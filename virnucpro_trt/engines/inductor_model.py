@@ -43,16 +43,15 @@ def freeze_position_tables(model: nn.Module, max_length: int) -> int:
     return len(rotaries)
 
 
-def freeze_alibi_slopes(model: nn.Module) -> int:
-    """Hold every DNABERT-S encoder's ALiBi slopes in its buffer (``DnabertEncoder.freeze_slopes``);
-    returns how many. Not an option like the rotary tables: without it the slopes are a tensor made in
-    forward, which the weights file cannot name."""
+def freeze_alibi_slopes(model: nn.Module) -> None:
+    """Hold every DNABERT-S encoder's ALiBi slopes in its buffer (``DnabertEncoder.freeze_slopes``). Not
+    an option like the rotary tables: without it the slopes are a tensor made in forward, which the
+    weights file cannot name."""
     from virnucpro_trt.models.dnabert import DnabertEncoder
 
-    encoders = [m for m in model.modules() if isinstance(m, DnabertEncoder)]
-    for encoder in encoders:
-        encoder.freeze_slopes()
-    return len(encoders)
+    for module in model.modules():
+        if isinstance(module, DnabertEncoder):
+            module.freeze_slopes()
 
 
 DTYPES: dict[str, torch.dtype] = {
