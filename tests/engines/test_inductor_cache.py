@@ -65,10 +65,15 @@ def test_a_finished_compile_leaves_the_cache_to_remove_cached_library(tmp_path, 
     assert mine.is_dir()
 
 
-def test_a_build_cut_short_at_its_link_leaves_no_library_folder(tmp_path, monkeypatch):
-    """A real compile stopped as it links the library (the weights' object file is written by then):
-    the build fails and the compile's folder in Inductor's cache is gone; before, it stayed (3-6 GB
-    for a full-size ESM-2, read by nothing)."""
+@pytest.mark.parametrize("weights_inside", [True, False], ids=["weights-inside", "weights-beside"])
+def test_a_build_cut_short_at_its_link_leaves_no_library_folder_holding_weights(
+    tmp_path, monkeypatch, weights_inside: bool
+):
+    """A real compile stopped as it links the library (the weights' object file is written by then, where
+    they go into the library): the build fails and the compile's folder in Inductor's cache is gone;
+    before, it stayed (3-6 GB for a full-size ESM-2, read by nothing). With the weights beside the
+    package (the default) the folder is code only and stays: removing it pulled it from under a
+    concurrent build of the same graph."""
     from torch._inductor import cpp_builder
 
     from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
@@ -89,10 +94,13 @@ def test_a_build_cut_short_at_its_link_leaves_no_library_folder(tmp_path, monkey
     example = (torch.randint(4, 24, (3, 11)), torch.ones(3, 11, dtype=torch.int64))
     shapes = ShapeRange(1, 4, 8, 2, 20, 45)
     out = tmp_path / "esm2.cpu.fp32.pt2"
-    request = BuildRequest(random_esm2(seed=35), "esm2", example, shapes, "fp32", torch.device("cpu"), out,
-                           BuildOptions())  # fmt: skip
+    configs = {"aot_inductor.package_constants_in_so": weights_inside}
+    options = BuildOptions(extra={"inductor_configs": configs})
+    model, cpu = random_esm2(seed=35), torch.device("cpu")
+    request = BuildRequest(model, "esm2", example, shapes, "fp32", cpu, out, options)
     with pytest.raises(KeyboardInterrupt):
         INDUCTOR_BACKEND.build(request)
     assert len(folders) == 1
-    assert list(folders[0].glob(f"*{METADATA_SUFFIX}")) == [] and not folders[0].exists()
-    assert not out.exists()
+    assert folders[0].exists() is not weights_inside
+    assert bool(list(folders[0].glob(f"*{METADATA_SUFFIX}"))) is not weights_inside
+    assert not out.exists() and not (tmp_path / "esm2.cpu.fp32.weights.safetensors").exists()

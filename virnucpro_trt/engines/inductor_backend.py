@@ -308,14 +308,19 @@ def _export_and_compile(
                     _torch_deprecations_off(),
                 ):
                     compile_started = time.time()
-                    with compile_folders_removed(metadata):  # one that fails leaves its weights' copy
+                    # a compile that fails leaves its copy of the weights there, when they are inside
+                    cleanup = (
+                        compile_folders_removed(metadata) if weights is None else contextlib.nullcontext()
+                    )
+                    with cleanup:
                         torch._inductor.aoti_compile_and_package(
                             program,
                             package_path=str(out_path),
                             inductor_configs=dict(configs),  # it adds keys
                         )
-                for folder in remove_cached_library(out_path, compile_started):  # the weights' copy
-                    log.debug("removed %s from Inductor's cache (the package holds it)", folder)
+                if weights is None:  # the library in the cache holds the weights too: a copy nothing reads
+                    for folder in remove_cached_library(out_path, compile_started):
+                        log.debug("removed %s from Inductor's cache (the package holds it)", folder)
                 break
             except Exception as exc:
                 message = f"AOTInductor could not compile {kind} ({precision}): {_first_line(exc)}"

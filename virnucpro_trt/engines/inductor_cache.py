@@ -11,6 +11,12 @@ A compile that does not finish (a compiler or linker error, a full disk, Ctrl-C 
 ``interrupts`` raises as ``KeyboardInterrupt``) leaves no package to read the names from, but its folder
 already holds the weights (the constants' object file, or a linked library): :func:`compile_folders_removed`
 removes the folders that compile wrote, known by the package metadata Inductor writes beside the wrapper.
+
+Only for a library that holds the weights (build recipe 8 and before, or ``package_constants_in_so``
+set again): with the weights beside the package (recipe 9, the default) the cached library is code
+only, a few MB, kept like the kernel caches. Removing it there pulled the folder from under a build of
+the same graph running at the same time with the same cache (two pytest workers: "can't create
+....wrapper.o"); Inductor's own compile lock does not expect a folder to vanish.
 """
 
 from __future__ import annotations
