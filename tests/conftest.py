@@ -1,7 +1,10 @@
-"""Session-wide fixtures: one tiny random model set in the real formats, and example reads."""
+"""Session-wide fixtures: one tiny random model set in the real formats, and example reads; and how the
+suite splits over pytest-xdist's workers (`make test` runs two)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,31 @@ from virnucpro_trt.models.random_checkpoints import (
 )
 from virnucpro_trt.models.random_classifier import write_upstream_classifier
 from virnucpro_trt.sequences.synthetic import generate_reads
+
+
+HOST_GROUP = "cxx-host"  # the C++ host's tests: one worker builds the host (~100 s) for all of them
+
+
+def _own_inductor_cache() -> None:
+    """Each xdist worker compiles into an Inductor cache of its own (children inherit it). A build whose
+    library holds the weights removes its cache folder (engines/inductor_cache.py), which would pull it
+    from under the other worker's build of the same graph."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        base = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or tempfile.gettempdir()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(base, f"torchinductor_{worker}")
+
+
+_own_inductor_cache()  # at import: before any test reads Inductor's settings
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``--dist loadgroup`` groups: a test file runs on one worker (its module fixtures, such as built
+    engines, are made once), and the C++ host's files all on one (its session build, once)."""
+    for item in items:
+        path = Path(str(item.path))
+        group = HOST_GROUP if path.parent.name == "host_runtime" else str(path)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @dataclass(frozen=True)
