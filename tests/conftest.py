@@ -20,7 +20,6 @@ from virnucpro_trt.models.random_checkpoints import (
 from virnucpro_trt.models.random_classifier import write_upstream_classifier
 from virnucpro_trt.sequences.synthetic import generate_reads
 
-
 HOST_GROUP = "cxx-host"  # the C++ host's tests: one worker builds the host (~100 s) for all of them
 
 
