@@ -27,8 +27,8 @@ tools:
 	@command -v g++ >/dev/null && command -v cmake >/dev/null || \
 		{ echo "make test needs g++ (AOTInductor engines) and cmake (the C++ host runtime)" >&2; exit 1; }
 
-# Two pytest workers (pytest-xdist): the suite spends half its time waiting on child processes, so two
-# workers on 2 cores finish in ~60% of one's time. Groups: tests/conftest.py. TEST_WORKERS=0 runs it in one.
+# Two pytest workers (pytest-xdist): one process left a core of two idle (it waits on child processes), so
+# two finish in about two thirds of its time. Groups: tests/conftest.py. TEST_WORKERS=0 runs one process.
 TEST_WORKERS ?= 2
 
 test: tools setup
