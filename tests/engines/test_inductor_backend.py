@@ -24,7 +24,6 @@ from safetensors.torch import load_file
 
 from virnucpro_trt.engines.fp8_quantize import GELU_TANH
 from virnucpro_trt.engines.inductor_backend import INDUCTOR_BACKEND
-from virnucpro_trt.engines.inductor_cache import WRAPPER_SUFFIX, inductor_cache_dir
 from virnucpro_trt.engines.spec import (
     BuildOptions,
     BuildRequest,
@@ -267,10 +266,6 @@ def test_artifact_is_a_pt2_file_and_its_weights_with_facts(esm_engine: Engine) -
     sample = largest.flatten()[:64].numpy().tobytes()
     with zipfile.ZipFile(built.path) as archive:
         assert not any(sample in archive.read(name) for name in archive.namelist())
-        libraries = [Path(n).name for n in archive.namelist() if n.endswith(WRAPPER_SUFFIX)]
-    # so Inductor's cached copy of the library is code only, and stays (inductor_cache.py says why)
-    cache = inductor_cache_dir()
-    assert libraries and cache is not None and all(list(cache.glob(f"*/{name}")) for name in libraries)
     # every parameter of the model, under its state-dict name, and the frozen rotary tables in fp32
     assert set(esm_engine.model.state_dict()) <= set(tensors)
     assert tensors["rotary.frozen_cos"].dtype == torch.float32
