@@ -104,3 +104,71 @@ def test_a_build_cut_short_at_its_link_leaves_no_library_folder_holding_weights(
     assert folders[0].exists() is not weights_inside
     assert bool(list(folders[0].glob(f"*{METADATA_SUFFIX}"))) is not weights_inside
     assert not out.exists() and not (tmp_path / "esm2.cpu.fp32.weights.safetensors").exists()
+
+
+def _package_naming(path: Path, wrapper: str) -> Path:
+    """A ``.pt2`` stand-in: a zip holding a library named ``wrapper`` (as the package names it)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"data/aotinductor/model/{wrapper}", b"library")
+    return path
+
+
+def test_compiles_holding_the_weights_take_turns_on_one_cache(tmp_path, monkeypatch):
+    """A second build of the same graph waits until the first has compiled and removed its folder (the
+    race this closes: the folder pulled from under the other's compile). The second's own folder,
+    written once its turn came, goes too; the first's removal did not reach it."""
+    import threading
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    cache.mkdir()
+    first_in, first_go, second_in = threading.Event(), threading.Event(), threading.Event()
+    folders: dict[str, Path] = {}
+    failures: list[BaseException] = []
+
+    def build(name: str, entered: threading.Event, go: threading.Event | None) -> None:
+        package = _package_naming(tmp_path / f"{name}.pt2", f"cgraph{WRAPPER_SUFFIX}")
+        try:
+            with inductor_cache.weights_in_library_compile(OURS, package):
+                entered.set()
+                if go is not None:
+                    assert go.wait(30)
+                folder = _compile_folder(cache, "cgraph", OURS)  # the same graph: the same folder
+                (folder / f"cgraph{WRAPPER_SUFFIX}").write_bytes(b"library with weights")
+                folders[name] = folder
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    first = threading.Thread(target=build, args=("first", first_in, first_go))
+    second = threading.Thread(target=build, args=("second", second_in, None))
+    first.start()
+    assert first_in.wait(30)
+    second.start()
+    assert not second_in.wait(1.0), "the second compile began while the first held the cache"
+    first_go.set()
+    first.join(30)
+    second.join(30)
+    assert not failures
+    assert second_in.is_set()
+    assert not folders["second"].exists()  # its own copy of the weights went as well
+    assert (cache / inductor_cache.LOCK_NAME).is_file()
+
+
+def test_a_link_at_the_lock_name_is_not_followed(tmp_path, monkeypatch, caplog):
+    """Something planted at the lock's name (a symbolic link to a user's file) is neither opened nor
+    changed: the compile runs unlocked, with a warning, and still removes its copy of the weights."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    cache.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep\n")
+    (cache / inductor_cache.LOCK_NAME).symlink_to(precious)
+    package = _package_naming(tmp_path / "esm2.pt2", f"cgraph{WRAPPER_SUFFIX}")
+    with caplog.at_level("WARNING"), inductor_cache.weights_in_library_compile(OURS, package):
+        folder = _compile_folder(cache, "cgraph", OURS)
+        (folder / f"cgraph{WRAPPER_SUFFIX}").write_bytes(b"library with weights")
+    assert not folder.exists()
+    assert precious.read_text() == "keep\n"
+    assert "may race" in caplog.text

@@ -96,7 +96,7 @@ from typing import Any
 import torch
 
 from virnucpro_trt.engines.aoti_int_arrays import fresh_int_array_declarations
-from virnucpro_trt.engines.inductor_cache import compile_folders_removed, remove_cached_library
+from virnucpro_trt.engines.inductor_cache import weights_in_library_compile
 from virnucpro_trt.engines.inductor_configs import inductor_configs
 from virnucpro_trt.engines.inductor_model import (
     DTYPES,
@@ -307,20 +307,18 @@ def _export_and_compile(
                     fresh_int_array_declarations() as fresh,
                     _torch_deprecations_off(),
                 ):
-                    compile_started = time.time()
-                    # a compile that fails leaves its copy of the weights there, when they are inside
-                    cleanup = (
-                        compile_folders_removed(metadata) if weights is None else contextlib.nullcontext()
+                    # a library holding the weights leaves a copy of them in the cache: it goes
+                    owned = (
+                        weights_in_library_compile(metadata, out_path)
+                        if weights is None
+                        else contextlib.nullcontext()
                     )
-                    with cleanup:
+                    with owned:
                         torch._inductor.aoti_compile_and_package(
                             program,
                             package_path=str(out_path),
                             inductor_configs=dict(configs),  # it adds keys
                         )
-                if weights is None:  # the library in the cache holds the weights too: a copy nothing reads
-                    for folder in remove_cached_library(out_path, compile_started):
-                        log.debug("removed %s from Inductor's cache (the package holds it)", folder)
                 break
             except Exception as exc:
                 message = f"AOTInductor could not compile {kind} ({precision}): {_first_line(exc)}"
