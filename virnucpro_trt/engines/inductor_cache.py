@@ -157,6 +157,9 @@ def _locked_cache(root: Path) -> int | None:
         os.close(fd)
         log.warning("builds of the same graph on %s may race: no lock there (%s)", root, exc)
         return None
+    except BaseException:  # Ctrl-C or SIGTERM while waiting for the turn
+        os.close(fd)
+        raise
     return fd
 
 
