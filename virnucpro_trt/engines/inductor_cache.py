@@ -17,8 +17,8 @@ set again): with the weights beside the package (recipe 9, the default) the cach
 only, a few MB, kept like the kernel caches. Removing a folder pulls it from under a build of the same
 graph running at the same time with the same cache (two pytest workers: "can't create ....wrapper.o");
 Inductor's own compile lock does not expect a folder to vanish. So such compiles take turns on one
-cache (:func:`weights_in_library_compile` holds a ``flock`` on :data:`LOCK_NAME` in the cache from
-before the compile to after its folder goes): each holds a 3-6 GB copy of the weights in memory anyway.
+cache (:func:`weights_in_library_compile` holds a lock on the cache folder itself from before the
+compile to after its folder goes): each holds a 3-6 GB copy of the weights in memory anyway.
 """
 
 from __future__ import annotations
@@ -28,19 +28,17 @@ import json
 import logging
 import os
 import shutil
-import stat
 import time
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from virnucpro_trt.files.bounded_read import read_bounded
+from virnucpro_trt.files.folder_flock import folder_locked
 
 WRAPPER_SUFFIX = ".wrapper.so"
 METADATA_SUFFIX = ".wrapper_metadata.json"  # the package's metadata, written before anything compiles
 _MAX_METADATA_BYTES = 1 << 20
-LOCK_NAME = "virnucpro-weights-in-library.lock"  # in Inductor's cache folder; empty, left there
-_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 log = logging.getLogger(__name__)
 
@@ -130,39 +128,6 @@ def compile_folders_removed(metadata: Mapping[str, str]) -> Iterator[None]:
         raise
 
 
-def _locked_cache(root: Path) -> int | None:
-    """A descriptor of ``root``'s :data:`LOCK_NAME`, held exclusively (waiting for another build's turn),
-    or None where it cannot be: a symbolic link or something else than a file at that name, a folder
-    this user cannot write, or a file system without ``flock``. Then the compile runs unlocked, as before
-    this lock."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        return None
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root / LOCK_NAME, _LOCK_FLAGS, 0o600)
-    except OSError as exc:
-        log.warning("builds of the same graph on %s may race: no lock there (%s)", root, exc)
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{LOCK_NAME} is not a file")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another build's compile in %s (each holds the weights)", root)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError as exc:
-        os.close(fd)
-        log.warning("builds of the same graph on %s may race: no lock there (%s)", root, exc)
-        return None
-    except BaseException:  # Ctrl-C or SIGTERM while waiting for the turn
-        os.close(fd)
-        raise
-    return fd
-
-
 @contextlib.contextmanager
 def weights_in_library_compile(metadata: Mapping[str, str], package: Path) -> Iterator[None]:
     """Around one ``aoti_compile_and_package`` into ``package`` whose library holds the weights: wait for
@@ -171,13 +136,14 @@ def weights_in_library_compile(metadata: Mapping[str, str], package: Path) -> It
     of one that finishes, whose library the package now holds (:func:`remove_cached_library`). The
     start time both go by is taken once the turn has come, so nothing another build wrote counts."""
     root = inductor_cache_dir()
-    fd = _locked_cache(root) if root is not None else None
-    try:
+    turn: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if root is not None:
+        with contextlib.suppress(OSError):  # a cache that cannot be made: the compile says so
+            root.mkdir(parents=True, exist_ok=True)
+        turn = folder_locked(root, f"waiting for another build's compile in {root} (each holds the weights)")
+    with turn:
         since = time.time()
         with compile_folders_removed(metadata):
             yield
         for folder in remove_cached_library(package, since):
             log.debug("removed %s from Inductor's cache (the package holds it)", folder)
-    finally:
-        if fd is not None:
-            os.close(fd)

@@ -24,18 +24,18 @@ into one folder at the same instant may lose one record entry: that output is th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.digests import sha256_bytes, sha256_file
+from virnucpro_trt.files.folder_flock import folder_locked
 from virnucpro_trt.files.json_fields import SHA256, FieldError, read_json_object
 from virnucpro_trt.files.stamps import digest_holds, file_stamp
 
@@ -242,27 +242,6 @@ def made_from(targets: Iterable[Path], key: object) -> bool:
     return bool(found) and all(isinstance(made, dict) and made.get("key") == key for made in found)
 
 
-@contextlib.contextmanager
-def _folder_locked(folder: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``folder`` itself (no file is added to it) while its record is read
-    and written again: two commands finishing in one folder (two ``embed`` outputs) each keep their entry,
-    where one was lost and that output then refused on its rerun. Where the file system has no such
-    locks (not POSIX, some network mounts) the record is updated unlocked, as it was before."""
-    try:
-        import fcntl
-
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except (ImportError, OSError):
-        yield
-        return
-    try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def record_written(
     targets: Iterable[Path],
     on_create: Callable[[Path], None] | None = None,
@@ -285,7 +264,7 @@ def record_written(
                 new[target.name] = {**output_entry(target), "stamp": stamp}
                 if made is not None:
                     new[target.name]["made"] = made
-            with _folder_locked(folder):
+            with folder_locked(folder):
                 entries = {n: e for n, e in _read_record(folder)[0].items() if os.path.lexists(folder / n)}
                 body = {"tool": "virnucpro-trt", "schema": RECORD_SCHEMA, "files": {**entries, **new}}
                 text = json.dumps(body, indent=1, sort_keys=True) + "\n"
