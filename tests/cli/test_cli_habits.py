@@ -126,6 +126,21 @@ def test_a_log_file_where_the_command_writes_is_refused_before_it_is_opened(tiny
         result = run_cli(*predict, "--log-file", str(log))
         assert result.code == 2 and f"--log-file {log} is {what}" in result.stderr, result.stderr
     assert (out / "run.json").read_bytes() == run_json and reads_fasta.read_bytes() == reads_before
+    # What it reads without an option naming it (a model in a cache, a part's split.json, the demo's
+    # reads): no existing file but a log of this tool's is appended to
+    (tmp_path / "split.json").write_text('{"parts": []}\n')
+    (tmp_path / "empty.log").touch()
+    foreign = tmp_path / "split.json"
+    before = foreign.read_bytes()
+    result = run_cli(*predict, "--log-file", str(foreign))
+    assert result.code == 2 and result.stderr.strip().splitlines() == [
+        f"error: --log-file {foreign} is a file that is not a virnucpro-trt log, which the log would be "
+        "appended to; put the log elsewhere (or under another name)"
+    ], result.stderr
+    assert foreign.read_bytes() == before
+    for ours in (out / "run.log", tmp_path / "empty.log"):  # a log of ours (a rerun's), an empty file
+        result = run_cli(*predict, "--log-file", str(ours))
+        assert result.code == 0 and "nothing to do" in ours.read_text(), result.stderr
     record = out.parent / "e" / ".virnucpro-trt-outputs.json"  # beside a file output: its record
     result = run_cli("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
                      "-o", str(out.parent / "e" / "x.h5"), "--log-file", str(record))  # fmt: skip

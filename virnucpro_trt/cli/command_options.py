@@ -128,8 +128,12 @@ def check_log_file_place(log_file: Path, context: click.Context) -> None:
 
     The log is appended to, so opened first it would change an input (a part's run.json, the reads, a
     checkpoint) or be taken for a result no run accounts for (a refusal naming the wrong reason), or
-    with ``--force`` be replaced under the open log. Elsewhere, OUTDIR included, is fine.
+    with ``--force`` be replaced under the open log. Elsewhere, OUTDIR included, is fine. And since a
+    command also reads files no option names (a model found in a cache, the split.json beside a part,
+    the demo's models and reads), an existing file is appended to only when it is a log of this tool's.
     """
+    from virnucpro_trt.cli.logging_setup import holds_other_than_our_log
+
     command = context.command.name or ""
 
     def refuse(what: str) -> NoReturn:
@@ -163,6 +167,8 @@ def check_log_file_place(log_file: Path, context: click.Context) -> None:
                 given = Path(item)
                 if same_file(log_file, given) or (given.is_dir() and is_within(log_file, given)):
                     refuse(f"{'inside ' if given.is_dir() else ''}{given}, which {command} reads")
+    if holds_other_than_our_log(log_file):
+        refuse("a file that is not a virnucpro-trt log, which the log would be appended to")
 
 
 def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -3,10 +3,35 @@
 from __future__ import annotations
 
 import logging
+import re
+import stat
 import sys
 from pathlib import Path
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+_FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# The first line _FILE_FORMAT writes: every record in a log file comes from one of this tool's loggers
+# first (the command's own line), so a file that starts otherwise is not a log of ours.
+_OUR_FIRST_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ +virnucpro_trt[\w.]*: ")
+_FIRST_LINE_BYTES = 256
+
+
+def holds_other_than_our_log(path: Path) -> bool:
+    """True when ``path`` is a regular file, not empty, that does not start as a log this tool wrote.
+
+    The log is appended to, so a file the command reads without it being named on the command line (a
+    model in a cache, a part's split.json, the demo's reads) would be changed before it is read. Only
+    the first line is read, and only from a regular file (a FIFO or a device is left to the caller).
+    """
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return False
+        with path.open("rb") as handle:
+            first = handle.read(_FIRST_LINE_BYTES)
+    except OSError:
+        return False  # what cannot be read is not appended to either: the handler's own error says so
+    return _OUR_FIRST_LINE.match(first) is None
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False, log_file: Path | None = None) -> None:
@@ -31,7 +56,7 @@ def setup_logging(verbose: int = 0, quiet: bool = False, log_file: Path | None =
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        file_handler.setFormatter(logging.Formatter(_FILE_FORMAT))
         file_handler.setLevel(logging.DEBUG)
         root.addHandler(file_handler)
     # Third-party chatter stays out of the user's terminal unless -v.
