@@ -788,6 +788,55 @@ def test_the_outputs_records_temporary_left_by_a_sigkill_is_removed_by_the_rerun
     assert sorted(p.name for p in out.iterdir()) == sorted([RECORD, *results])
 
 
+_KILL_AS_A_FILE_APPEARS = """
+import os, signal, sys
+from virnucpro_trt.files import run_lock
+from virnucpro_trt.cli.main import main
+real_note = run_lock.RunLock.note
+def note(self, path, growing=False):
+    if os.path.lexists(path):  # the file is made, the note of its stamp not yet written
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_note(self, path, growing)
+run_lock.RunLock.note = note
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("case", ["predict", "prepare", "predict-stdin", "merge"])
+def test_a_file_killed_before_its_note_is_removed_by_the_rerun(
+    tiny_set, reads_fasta, tmp_path, monkeypatch, case
+):
+    """A SIGKILL between a temporary file's creation and the note of it in the lock (a result's
+    ``.partial``, the copy of stdin) left a file no note named: a hidden ``.partial`` beside every
+    later result, or a ``.stdin.input`` that refused every rerun. Now its name is noted before it is
+    made (``pending``), and the rerun removes it while it is still empty."""
+    models = ["--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf), "--classifier",
+              str(tiny_set.classifier), "--device", "cpu", "--threads", "1"]  # fmt: skip
+    out, data = tmp_path / "out", reads_fasta.read_bytes()
+    args = {
+        "predict": ["predict", str(reads_fasta), "-o", str(out), *models],
+        "prepare": ["prepare", str(reads_fasta), "-o", str(out)],
+        "predict-stdin": ["predict", "-", "-o", str(out), *models],
+    }.get(case)
+    if case == "merge":
+        assert run_cli("split", str(reads_fasta), "-o", str(tmp_path / "parts"), "--parts", "2").code == 0
+        parts = [str(tmp_path / f"part{i}") for i in (1, 2)]
+        for i, part in enumerate(parts, 1):
+            reads = tmp_path / "parts" / f"part-000{i}.fa"
+            assert run_cli("predict", str(reads), "-o", part, *models).code == 0
+        args = ["merge", *parts, "-o", str(out)]
+    assert args is not None
+    script = [sys.executable, "-c", _KILL_AS_A_FILE_APPEARS, *args]
+    killed = subprocess.run(script, input=data, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = [p for p in out.iterdir() if p.name.endswith((".partial", ".input"))]
+    assert len(left) == 1 and left[0].stat().st_size == 0, left  # made, then killed before its note
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    result = run_cli(*args)
+    assert result.code == 0, result.stderr
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".partial", ".input", ".lock"))]
+
+
 def _stamp_of(path: Path) -> list[int]:
     return stat_stamp(os.lstat(path))
 
@@ -798,7 +847,8 @@ def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed
     name it still lacks the token only its maker could write into it), a user's file noted as growing,
     the lock file itself, a file reached through a symbolic link or ``..``, a name too long for the file
     system (the run failed, and every rerun with it), another command's temporaries (a live ``embed``'s
-    in the same folder or a subfolder), a staging folder in a lock that keeps none, one deeper than any
+    in the same folder or a subfolder), a file noted before it was made (``pending``) that is not
+    empty or not a name the command keeps, a staging folder in a lock that keeps none, one deeper than any
     build makes (it recursed, and failed every run), one whose token is a FIFO (it hung the run). Only
     what this command keeps there is removed, while still the noted file."""
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
@@ -820,6 +870,11 @@ def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed
         path.write_text("another run's, still being written")
     ours = out / ".frames.tsv.3-4-abcdef02.partial"  # the killed run's temporary file
     ours.write_text("half")
+    made = out / ".sequences.tsv.3-4-abcdef05.partial"  # made by the killed run, its stamp not yet noted
+    made.touch()
+    written = out / ".run.json.3-4-abcdef06.partial"  # noted pending, but not empty: not as it was made
+    written.write_text("someone's")
+    (out / "empty.txt").touch()
     staging = out / ".build-k1ll3d_x"  # the killed build's staging folder: its token inside
     staging.mkdir(mode=0o700)  # as mkdtemp makes it
     (staging / "a" / "b" / "c").mkdir(parents=True)
@@ -852,6 +907,10 @@ def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed
         {"file": "sub/" + "b" * 300 + "/.z.5-6-abcdef03.partial", "stamp": [0, 0, 0, 0, 0]},
         *({"file": p.relative_to(out).as_posix(), "growing": True, "stamp": _stamp_of(p)} for p in live),
         {"file": ours.name, "growing": True, "stamp": [0, 0, 0, *_stamp_of(ours)[3:]]},
+        {"file": made.name, "pending": True},
+        {"file": written.name, "pending": True},
+        {"file": "empty.txt", "pending": True},  # not a name the command keeps
+        {"file": "sub/link/.x.1-2-abcdef01.partial", "pending": True},
         {"folder": staging.name, "stamp": _stamp_of(staging), "token": "ab" * 16},
         {"folder": deep.name, "stamp": _stamp_of(deep), "token": "cd" * 16},
         {"folder": fifo.name, "stamp": _stamp_of(fifo), "token": "ab" * 16},
@@ -860,7 +919,8 @@ def test_a_hand_written_lock_file_makes_the_next_run_remove_nothing_but_a_killed
     (out / LOCK_FILE).write_text(hand_written)
     with outdir_lock(out, PREDICT_KEPT) as lock:  # keeps no staging folder: that note is passed over
         assert lock.still_ours()
-    assert staging.is_dir() and not ours.exists()
+    assert staging.is_dir() and not ours.exists() and not made.exists()
+    assert written.read_text() == "someone's" and (out / "empty.txt").is_file()
     (out / LOCK_FILE).write_text(hand_written)
     with outdir_lock(out, KeptFiles(staging=BUILD_STAGING)) as lock:  # build's: the killed one's staging goes
         assert lock.still_ours()

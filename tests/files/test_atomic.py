@@ -20,7 +20,7 @@ def _plant(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]
     planted = tmp_path / "out" / ".planted.partial"
     planted.parent.mkdir()
     planted.symlink_to(victim)
-    monkeypatch.setattr(atomic, "temporary_name", lambda path: planted)
+    monkeypatch.setattr(atomic, "temporary_name", lambda path, on_create=None: planted)
     return victim, planted
 
 
@@ -44,10 +44,13 @@ def test_no_writer_writes_through_a_link_at_its_temporary_name(monkeypatch, tmp_
     victim, planted = _plant(monkeypatch, tmp_path)
     with pytest.raises(FileExistsError):
         atomic.write_text_atomic(tmp_path / "out" / "a.txt", "new\n")
-    monkeypatch.setattr("virnucpro_trt.outputs.atomic.temporary_name", lambda path: planted)
+    def planted_name(path: Path, on_create: object = None) -> Path:
+        return planted
+
+    monkeypatch.setattr("virnucpro_trt.outputs.atomic.temporary_name", planted_name)
     with pytest.raises(FileExistsError), ResultSet(tmp_path / "out", ["b.tsv"]):
         pass
-    monkeypatch.setattr("virnucpro_trt.outputs.embeddings_h5.temporary_name", lambda path: planted)
+    monkeypatch.setattr("virnucpro_trt.outputs.embeddings_h5.temporary_name", planted_name)
     with pytest.raises((FileExistsError, OSError)):
         EmbeddingsWriter(tmp_path / "out" / "e.h5", 4, {})
     assert victim.read_text() == "keep me\n" and planted.is_symlink()

@@ -24,10 +24,18 @@ PARTIAL_SUFFIX = ".partial"
 TEMPORARY_NAME = re.compile(r"\.(?P<target>[^/]+)\.[0-9]+-[0-9]+-[0-9a-f]{8}\.partial")
 
 
-def temporary_name(path: Path) -> Path:
-    """``.NAME.<pid>-<thread>-<random>.partial`` beside ``path``; open it with :func:`exclusive_mode`."""
+def temporary_name(path: Path, on_create: Callable[[Path], None] | None = None) -> Path:
+    """``.NAME.<pid>-<thread>-<random>.partial`` beside ``path``; open it with :func:`exclusive_mode`.
+
+    ``on_create`` (a run's lock: ``RunLock.note``) is told of the name now, before anything creates it,
+    and the caller tells it again once the file exists: a SIGKILL between the creation and that second
+    note would otherwise leave a file no note names, which no rerun would remove.
+    """
     token = secrets.token_hex(4)
-    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-{token}{PARTIAL_SUFFIX}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-{token}{PARTIAL_SUFFIX}")
+    if on_create is not None:
+        on_create(tmp)
+    return tmp
 
 
 def exclusive_mode(mode: str) -> str:
@@ -51,13 +59,14 @@ def atomic_output(
     path: Path, mode: str = "wb", on_create: Callable[[Path], None] | None = None, **open_kwargs: Any
 ) -> Iterator[IO[Any]]:
     """Open a temporary file for writing; on success it replaces ``path``, on any failure it is removed.
-    ``on_create`` is told of the temporary file as soon as it exists (a run's lock notes it).
+    ``on_create`` is told of the temporary file before it is created and as soon as it exists (a run's
+    lock notes it: :func:`temporary_name`).
 
     The open is inside the clean-up: an interrupt (SIGINT, SIGTERM) that lands between the file's
     creation and the first line after it still removes the file. Only the open's own failure (the
     random name taken, which only a planted file does) leaves what is at the name alone.
     """
-    tmp = temporary_name(path)
+    tmp = temporary_name(path, on_create)
     handle: IO[Any] | None = None
     try:
         handle = open(tmp, exclusive_mode(mode), **open_kwargs)  # noqa: SIM115 - closed on both paths

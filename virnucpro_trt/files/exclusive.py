@@ -53,7 +53,7 @@ def write_new_text(path: Path, text: str, on_create: Callable[[Path], None] | No
     ``path`` for a rerun to stumble on; a SIGKILL at worst leaves a hidden ``.partial`` beside it, which
     ``on_create`` is told of as soon as it exists (a run's lock notes it for the rerun to remove). On a
     file system without hard links it is written in place (exclusively, as before)."""
-    tmp = temporary_name(path)
+    tmp = temporary_name(path, on_create)
     try:
         with open(tmp, "xb") as handle:
             if on_create is not None:

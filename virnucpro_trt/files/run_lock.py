@@ -158,11 +158,17 @@ class RunLock:
     def note(self, path: Path, growing: bool = False) -> None:
         """Note ``path`` (a file this run made in the lock's folder or below it, one of those its
         :class:`KeptFiles` names, removed by the run when done) in the lock file, in place of an earlier
-        note of it; ``growing``: still being written."""
+        note of it; ``growing``: still being written. A name told before its file is made (nothing there
+        yet: ``files.atomic.temporary_name``) is noted ``pending``, without a stamp, then noted again
+        with its stamp once made; a rerun removes a pending name's file only while it is still empty."""
         name = path.relative_to(self.folder).as_posix()
         if not self.kept.file_may_go(name):
             raise ValueError(f"{name}: not a file this command keeps only while it runs")
-        entry = {"file": name, "stamp": file_stamp(path), **({"growing": True} if growing else {})}
+        entry: dict[str, Any]
+        if not os.path.lexists(path):
+            entry = {"file": name, "pending": True}
+        else:
+            entry = {"file": name, "stamp": file_stamp(path), **({"growing": True} if growing else {})}
         self._noted = [e for e in self._noted if e.get("file") != name] + [entry]
         self.rewrite()
 
@@ -205,13 +211,16 @@ class RunLock:
                 elif "folder" in entry:
                     self._remove_noted_folder(entry["folder"], entry["stamp"], entry["token"])
                 else:
-                    self._remove_noted_file(entry["file"], entry["stamp"], entry.get("growing") is True)
+                    growing, pending = entry.get("growing") is True, entry.get("pending") is True
+                    self._remove_noted_file(entry["file"], entry.get("stamp"), growing, pending)
             except (ValueError, KeyError, TypeError, UserError, OSError):
                 continue
 
-    def _remove_noted_file(self, name: object, stamp: object, growing: bool) -> None:
-        """Remove the file ``name`` (a path below the folder, read from a note) when it is the noted one."""
-        if not isinstance(name, str) or not _is_stamp(stamp) or not self.kept.file_may_go(name):
+    def _remove_noted_file(self, name: object, stamp: object, growing: bool, pending: bool = False) -> None:
+        """Remove the file ``name`` (a path below the folder, read from a note) when it is the noted one;
+        a ``pending`` note (the run was killed between making the file and noting its stamp) has no
+        stamp: its file goes while it is still empty and this user's, as the killed run left it."""
+        if not isinstance(name, str) or not (pending or _is_stamp(stamp)) or not self.kept.file_may_go(name):
             return
         *folders, last = name.split("/")
         fd = os.open(self.folder, _FOLDER_FLAGS)
@@ -222,7 +231,11 @@ class RunLock:
                 fd = step
             st = os.stat(check_member_name(last, "lock file entry"), dir_fd=fd, follow_symlinks=False)
             found = stat_stamp(st)
-            if stat.S_ISREG(st.st_mode) and (found == stamp or (growing and found[3:] == stamp[3:])):
+            if pending:
+                ours = st.st_size == 0 and st.st_uid == os.geteuid()
+            else:
+                ours = found == stamp or (growing and found[3:] == stamp[3:])
+            if stat.S_ISREG(st.st_mode) and ours:
                 log.info("removing %s, left by an interrupted run", self.folder / name)
                 os.unlink(last, dir_fd=fd)
         finally:

@@ -29,7 +29,7 @@ class ResultSet:
         self.names = names
         self._on_create = on_create
         self._handles: dict[str, IO[str]] = {}
-        self._temporary = {name: temporary_name(outdir / name) for name in names}
+        self._temporary = {name: temporary_name(outdir / name, on_create) for name in names}
         self._closed = False
 
     def __enter__(self) -> ResultSet:

@@ -80,7 +80,7 @@ class _Appender:
         on_create: Callable[[Path], None] | None = None,
     ):
         self.path = path
-        self.partial = temporary_name(path)
+        self.partial = temporary_name(path, on_create)
         self.rows = 0
         path.parent.mkdir(parents=True, exist_ok=True)
         try:

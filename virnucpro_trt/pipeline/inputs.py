@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -66,13 +67,16 @@ def materialise(
     The copy is a new file (:func:`~virnucpro_trt.files.exclusive.create_new`): a file or a symbolic
     link already at ``spool`` is refused in one line, never written through, overwritten or removed.
     A failed copy removes the file it created; when it is returned, the caller removes it when done.
-    ``on_create`` is told of the file as soon as it exists, before the copy (a run killed while copying
-    can then be cleaned up after by the next one: ``RunLock.note``).
+    ``on_create`` is told of the file before it is made and as soon as it exists, before the copy (a run
+    killed while copying, or just after the file appeared, is then cleaned up after by the next one:
+    ``RunLock.note``).
     """
     check_input_file(input_spec)
     if not is_stream(input_spec):
         return Path(input_spec), input_spec
     spool.parent.mkdir(parents=True, exist_ok=True)
+    if on_create is not None and not os.path.lexists(spool):  # noted before it is made, then once made
+        on_create(spool)
     out = create_new(spool)  # from here on, the file at ``spool`` is this run's
     try:
         if on_create is not None:

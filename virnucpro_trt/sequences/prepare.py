@@ -314,7 +314,7 @@ class IdentifiedFilesWriter:
         self.targets = (self.outdir / NUCLEOTIDE_FILE, self.outdir / PROTEIN_FILE)
         # Unguessable names created exclusively (files.atomic: nothing planted at a name is written
         # through); not mkstemp, so the final files get the usual umask permissions.
-        self._temps = tuple(temporary_name(t) for t in self.targets)
+        self._temps = tuple(temporary_name(t, on_create) for t in self.targets)
         self._stack = ExitStack()
         self.counts = dict.fromkeys(
             ("records", "empty_records", "bases", "chunks", "frames", "records_without_frames"), 0
