@@ -163,6 +163,9 @@ def test_backends_and_planning() -> None:
     assert parse_backends("torch, inductor,torch,reference") == ("torch", "inductor")
     with pytest.raises(UserError, match="available: torch, onnxruntime, inductor, tensorrt"):
         parse_backends("torch,trt")
+    for empty in ("", " ", ",", " , "):  # an unset shell variable: refused, not read as the default set
+        with pytest.raises(UserError, match="--backends: empty; name one or more of torch"):
+            parse_backends(empty)
     specs = plan_configurations(("torch", "tensorrt"), "bf16")
     assert specs == [
         ConfigSpec("reference", "fp32"),

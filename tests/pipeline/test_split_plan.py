@@ -111,7 +111,7 @@ def test_a_damaged_part_file_is_refused_not_run_as_an_ordinary_input(tmp_path, d
         (lambda d: d.update(records=3), "split_id does not match|parts hold 2 records"),
         (lambda d: d["parts"][0].update(records=3), "layout"),
         (lambda d: d["parts"][0].update(layout=[[1, 1], [0, 1]]), "integer >= 1"),
-        (lambda d: d["parts"][0].update(file="../evil.fa"), "file"),
+        (lambda d: d["parts"][0].update(file="../evil.fa"), r"file: expected a part.s file name \(part-NNNN"),
         (lambda d: d["parts"][0].update(sha256="x" * 64), "SHA-256"),
         (lambda d: d["parts"][1].update(first_record=5), "out of order"),
         (lambda d: d["parts"][1].update(index=True), "index"),

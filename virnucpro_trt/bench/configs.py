@@ -82,8 +82,11 @@ class ConfigSpec:
 def parse_backends(text: str) -> tuple[str, ...]:
     """``torch,inductor`` -> ``("torch", "inductor")``: known names only, duplicates dropped, order kept.
 
-    ``reference`` is accepted and ignored (it always runs).
+    ``reference`` is accepted and ignored (it always runs). An empty value (an unset shell variable) is
+    refused rather than read as the default set.
     """
+    if not any(raw.strip() for raw in text.split(",")):
+        raise UserError(f"--backends: empty; name one or more of {', '.join(BENCH_BACKENDS)}")
     names: list[str] = []
     for raw in text.split(","):
         name = raw.strip().lower()

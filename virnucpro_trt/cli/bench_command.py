@@ -228,6 +228,7 @@ def bench(
 
     if input_path is not None and not input_path.is_file():
         raise _usage(f"INPUT {input_path} is not a file")
+    default_backends = "torch" if engines else _DEFAULT_BACKENDS
     settings = BenchSettings(
         input=input_path,
         reads=reads or DEFAULT_READS,
@@ -240,7 +241,7 @@ def bench(
         esm=esm,
         classifier=classifier,
         random_weights=random_weights,
-        backends=parse_backends(backends or ("torch" if engines else _DEFAULT_BACKENDS)),
+        backends=parse_backends(default_backends if backends is None else backends),
         precision=precision,
         engines=tuple(engines),
         workdir=workdir,

@@ -183,10 +183,14 @@ def _count(data: dict[str, Any], key: str, minimum: int = 0) -> int:
     return value
 
 
+# What a patterned field must hold, for the refusal (a part's file name: no folder, no "..").
+_EXPECTED = {PART_FILE: "a part's file name (part-NNNN.fa or part-NNNN.fa.gz)", _SHA256: "a SHA-256"}
+
+
 def _text(data: dict[str, Any], key: str, pattern: re.Pattern[str] | None = None) -> str:
     value = data.get(key)
     if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
-        raise ValueError(f"{key}: expected {'a SHA-256' if pattern is _SHA256 else 'a string'}")
+        raise ValueError(f"{key}: expected {_EXPECTED[pattern] if pattern is not None else 'a string'}")
     return value
 
 
