@@ -164,17 +164,19 @@ def test_token_dropout_scaling_without_and_with_mask(esm_hf_dir: Path, as_tensor
 
 
 def test_a_config_that_leaves_fields_out_means_what_transformers_reads(
-    tmp_path: Path, as_tensors
+    tmp_path: Path, as_tensors, caplog
 ) -> None:
     """A hand-written config.json without ``token_dropout`` and ``layer_norm_eps`` gets EsmConfig's
     defaults (false, 1e-12), as transformers loads it; ESM-2's own values (true, 1e-5) scaled every
-    embedding by 0.88."""
+    embedding by 0.88. The embeddings then differ from ESM-2's, so it is warned about."""
     folder = write_esm_hf_checkpoint(tmp_path / "minimal", seed=6)
     config = json.loads((folder / "config.json").read_text())
     assert config.pop("token_dropout") is True and config.pop("layer_norm_eps") == 1e-5
     (folder / "config.json").write_text(json.dumps(config))
-    encoder, _, info = load_esm2(folder)
+    with caplog.at_level("WARNING"):
+        encoder, _, info = load_esm2(folder)
     assert info["config"]["token_dropout"] is False and info["config"]["layer_norm_eps"] == 1e-12
+    assert "states no token_dropout or layer_norm_eps: transformers' defaults are used" in caplog.text
     assert_matches_hf(encoder, hf_model(folder), *protein_batch(as_tensors, seed=6))
 
 

@@ -17,6 +17,7 @@ files' size (:func:`~virnucpro_trt.models.checkpoint_io.check_fp32_bytes_fit_fil
 
 from __future__ import annotations
 
+import logging
 import re
 import types
 from collections.abc import Mapping
@@ -48,6 +49,10 @@ from virnucpro_trt.models.checkpoint_io import (
 from virnucpro_trt.models.config_checks import checked_layer_norm_eps, config_bool, config_int
 from virnucpro_trt.models.esm2 import ROTARY_BASE, Esm2Config, Esm2Encoder, default_inv_freq
 from virnucpro_trt.models.tokenization import ProteinTokenizer, check_token_ids_fit
+
+log = logging.getLogger(__name__)
+# ESM-2's own values, which every published ESM-2 config.json states; EsmConfig's defaults differ.
+_ESM2_STATES = {"token_dropout": True, "layer_norm_eps": 1e-5}
 
 # Hugging Face EsmModel names -> fair-esm names (applied after the ``esm.`` prefix is removed).
 _HF_RENAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -186,9 +191,11 @@ def _hf_config(cfg: dict[str, Any], tokenizer: ProteinTokenizer, where: str) -> 
 
     A field the file leaves out means what it means to transformers, the format's owner: EsmConfig's
     default (``token_dropout`` false, ``layer_norm_eps`` 1e-12), not ESM-2's values (true, 1e-5), which
-    every published ESM-2 config states. A special id given as null is not stated (EsmConfig's own
-    default is None), so vocab.txt's is used. A rotary base other than ESM-2's 10000 is refused: the
-    model takes ``inv_freq`` from the weights and computes it with that base only when they lack it.
+    every published ESM-2 config states; so a config leaving them out (a hand-made one) is warned
+    about, since its embeddings differ from ESM-2's. A special id given as null is not stated
+    (EsmConfig's own default is None), so vocab.txt's is used. A rotary base other than ESM-2's 10000 is
+    refused: the model takes ``inv_freq`` from the weights and computes it with that base only when
+    they lack it.
     """
     theta = cfg.get("rope_theta", ROTARY_BASE)
     if isinstance(theta, bool) or not isinstance(theta, int | float) or theta != ROTARY_BASE:
@@ -196,6 +203,12 @@ def _hf_config(cfg: dict[str, Any], tokenizer: ProteinTokenizer, where: str) -> 
             f"{where}: rope_theta is {show_value(theta)}; ESM-2 rotates with base {ROTARY_BASE:g}, "
             "and no other is supported"
         )
+    if left_out := [field for field in _ESM2_STATES if field not in cfg]:
+        log.warning(
+            "%s states no %s: transformers' defaults are used (token_dropout false, layer_norm_eps 1e-12), "
+            "not ESM-2's (%s), which every published ESM-2 config states",
+            where, " or ".join(left_out), ", ".join(f"{k} {v}" for k, v in _ESM2_STATES.items()),
+        )  # fmt: skip
     cfg = {key: value for key, value in cfg.items() if not (key.endswith("_token_id") and value is None)}
     for field, token_id in (("mask_token_id", tokenizer.mask_id), ("pad_token_id", tokenizer.pad_id)):
         if field in cfg and token_id is not None and cfg[field] != token_id:
