@@ -176,7 +176,11 @@ def test_a_config_that_leaves_fields_out_means_what_transformers_reads(
     with caplog.at_level("WARNING"):
         encoder, _, info = load_esm2(folder)
     assert info["config"]["token_dropout"] is False and info["config"]["layer_norm_eps"] == 1e-12
-    assert "states no token_dropout or layer_norm_eps: transformers' defaults are used" in caplog.text
+    assert (
+        "config.json states no token_dropout or layer_norm_eps: read as transformers reads it "
+        "(token_dropout False, layer_norm_eps 1e-12), not as ESM-2's own values (token_dropout True, "
+        "layer_norm_eps 1e-05)" in caplog.text
+    ), caplog.text
     assert_matches_hf(encoder, hf_model(folder), *protein_batch(as_tensors, seed=6))
 
 

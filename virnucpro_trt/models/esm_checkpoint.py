@@ -51,8 +51,12 @@ from virnucpro_trt.models.esm2 import ROTARY_BASE, Esm2Config, Esm2Encoder, defa
 from virnucpro_trt.models.tokenization import ProteinTokenizer, check_token_ids_fit
 
 log = logging.getLogger(__name__)
-# ESM-2's own values, which every published ESM-2 config.json states; EsmConfig's defaults differ.
-_ESM2_STATES = {"token_dropout": True, "layer_norm_eps": 1e-5}
+# config.json fields whose EsmConfig default (what a file leaving them out means) is not ESM-2's own
+# value, which every published ESM-2 config states: field -> (EsmConfig's default, ESM-2's).
+_DEFAULT_NOT_ESM2: dict[str, tuple[bool | float, bool | float]] = {
+    "token_dropout": (False, True),
+    "layer_norm_eps": (1e-12, 1e-5),
+}
 
 # Hugging Face EsmModel names -> fair-esm names (applied after the ``esm.`` prefix is removed).
 _HF_RENAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -203,11 +207,13 @@ def _hf_config(cfg: dict[str, Any], tokenizer: ProteinTokenizer, where: str) -> 
             f"{where}: rope_theta is {show_value(theta)}; ESM-2 rotates with base {ROTARY_BASE:g}, "
             "and no other is supported"
         )
-    if left_out := [field for field in _ESM2_STATES if field not in cfg]:
+    if left_out := [field for field in _DEFAULT_NOT_ESM2 if field not in cfg]:
         log.warning(
-            "%s states no %s: transformers' defaults are used (token_dropout false, layer_norm_eps 1e-12), "
-            "not ESM-2's (%s), which every published ESM-2 config states",
-            where, " or ".join(left_out), ", ".join(f"{k} {v}" for k, v in _ESM2_STATES.items()),
+            "%s states no %s: read as transformers reads it (%s), not as ESM-2's own values (%s), which "
+            "every published ESM-2 config states; the embeddings differ from ESM-2's",
+            where, " or ".join(left_out),
+            ", ".join(f"{f} {_DEFAULT_NOT_ESM2[f][0]}" for f in left_out),
+            ", ".join(f"{f} {_DEFAULT_NOT_ESM2[f][1]}" for f in left_out),
         )  # fmt: skip
     cfg = {key: value for key, value in cfg.items() if not (key.endswith("_token_id") and value is None)}
     for field, token_id in (("mask_token_id", tokenizer.mask_id), ("pad_token_id", tokenizer.pad_id)):
@@ -222,8 +228,12 @@ def _hf_config(cfg: dict[str, Any], tokenizer: ProteinTokenizer, where: str) -> 
             attention_heads=config_int(cfg["num_attention_heads"], "num_attention_heads"),
             ffn_dim=config_int(cfg["intermediate_size"], "intermediate_size"),
             vocab_size=config_int(cfg["vocab_size"], "vocab_size"),
-            layer_norm_eps=checked_layer_norm_eps(cfg.get("layer_norm_eps", 1e-12), "layer_norm_eps"),
-            token_dropout=config_bool(cfg.get("token_dropout", False), "token_dropout"),
+            layer_norm_eps=checked_layer_norm_eps(
+                cfg.get("layer_norm_eps", _DEFAULT_NOT_ESM2["layer_norm_eps"][0]), "layer_norm_eps"
+            ),
+            token_dropout=config_bool(
+                cfg.get("token_dropout", _DEFAULT_NOT_ESM2["token_dropout"][0]), "token_dropout"
+            ),
             cls_id=tokenizer.cls_id,
             pad_id=tokenizer.pad_id,
             eos_id=tokenizer.eos_id,
