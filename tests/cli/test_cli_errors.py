@@ -390,6 +390,8 @@ def test_tokenizer_past_the_embedding_is_refused_before_any_work(
         (["predict", "reads.fa"], "Missing option '-o' / '--outdir'"),
         (["predict", "--demo", "--chunk-length", "400", "-o", "x"], "Invalid value for '--chunk-length'"),
         (["no-such-command"], "No such command 'no-such-command'"),
+        (["predict", "reads.fa", "-o", "x", "--engines", "e", "--rebuild", "--esm", "m"],
+         "--rebuild needs the checkpoints to build from: missing --dnabert, --classifier"),
     ],
 )
 def test_usage_errors_are_one_line_that_points_to_help(args, needle, tmp_path):

@@ -363,6 +363,8 @@ def predict(
     if engines is None or rebuild:  # engines carry their own weights; building needs the checkpoints
         required += [("--dnabert", dnabert), ("--esm", esm), ("--classifier", classifier)]
     missing = [name for name, value in required if not value]
+    if missing and engines is not None and "INPUT" not in missing:  # --rebuild: the engines are given
+        raise click.UsageError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
     if missing:
         raise click.UsageError(
             f"missing {', '.join(missing)} (or --engines ENGINE_DIR, or --demo for the random-weight demo)"

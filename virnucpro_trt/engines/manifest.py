@@ -561,7 +561,10 @@ def manifest_mismatches(manifest: EngineManifest, present: Present) -> list[str]
         if entry is None:
             problems.append(f"the engines hold no {kind} model")
         elif entry.weights_sha256 != sha:
-            problems.append(f"{kind} weights differ from the ones the engine was built from ({entry.source})")
+            problems.append(
+                f"{kind} weights differ from the ones the engine was built from ({entry.source}; compared "
+                "by the checkpoint file's SHA-256, so the same weights in another file count as other)"
+            )
     return problems
 
 
