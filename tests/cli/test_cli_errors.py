@@ -390,8 +390,6 @@ def test_tokenizer_past_the_embedding_is_refused_before_any_work(
         (["predict", "reads.fa"], "Missing option '-o' / '--outdir'"),
         (["predict", "--demo", "--chunk-length", "400", "-o", "x"], "Invalid value for '--chunk-length'"),
         (["no-such-command"], "No such command 'no-such-command'"),
-        (["predict", "reads.fa", "-o", "x", "--engines", "e", "--rebuild", "--esm", "m"],
-         "--rebuild needs the checkpoints to build from: missing --dnabert, --classifier"),
     ],
 )
 def test_usage_errors_are_one_line_that_points_to_help(args, needle, tmp_path):
@@ -400,3 +398,17 @@ def test_usage_errors_are_one_line_that_points_to_help(args, needle, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.code == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and needle in lines[0] and "--help'" in lines[0]
+
+
+def test_a_rebuild_without_the_checkpoints_says_what_it_needs(tiny_set, reads_fasta, tmp_path):
+    """``predict --engines DIR --rebuild`` on a folder that needs building, without all three checkpoints:
+    the build's own line (as ``embed`` gives it); it used to say "missing ... (or --engines ENGINE_DIR)"
+    with --engines given."""
+    out = tmp_path / "out"
+    result = run_cli("predict", str(reads_fasta), "-o", str(out), "--engines", str(tmp_path / "engines"),
+                     "--rebuild", "--esm", str(tiny_set.esm_hf), "--device", "cpu")  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.code == 2 and lines == [
+        "error: --rebuild needs the checkpoints to build from: missing --dnabert, --classifier"
+    ], result.stderr
+    assert not out.exists()

@@ -360,11 +360,9 @@ def predict(
         classifier = classifier or str(models.classifier)
         input_path = input_path or str(models.reads)
     required = [("INPUT", input_path)]
-    if engines is None or rebuild:  # engines carry their own weights; building needs the checkpoints
+    if engines is None:  # engines carry their own weights; a rebuild's need of them: rebuild_engine_set
         required += [("--dnabert", dnabert), ("--esm", esm), ("--classifier", classifier)]
     missing = [name for name, value in required if not value]
-    if missing and engines is not None and "INPUT" not in missing:  # --rebuild: the engines are given
-        raise click.UsageError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
     if missing:
         raise click.UsageError(
             f"missing {', '.join(missing)} (or --engines ENGINE_DIR, or --demo for the random-weight demo)"
