@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("engines", "outputs"),
     ("runtime",),
     ("models", "sequences"),
-    ("files", "settings", "environment", "interrupts"),
+    ("files", "settings", "environment", "interrupts", "log_records"),
     ("errors",),
     (ROOT,),
 ]

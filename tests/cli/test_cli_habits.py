@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import stat
 
 from tests.cli.helpers import run_cli
 from virnucpro_trt.cli.command_options import CLI_STATE
+from virnucpro_trt.cli.logging_setup import _WarnOnce
+from virnucpro_trt.log_records import WORKER_TEXT
 
 
 def _models(tiny_set) -> list[str]:
@@ -145,3 +149,44 @@ def test_a_log_file_where_the_command_writes_is_refused_before_it_is_opened(tiny
     result = run_cli("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
                      "-o", str(out.parent / "e" / "x.h5"), "--log-file", str(record))  # fmt: skip
     assert result.code == 2 and "is where embed writes its output" in result.stderr and not record.exists()
+
+
+def test_a_warning_every_worker_repeats_is_shown_once(tiny_set, reads_fasta, tmp_path):
+    """The main process checks the ESM-2 config and each worker loads it again: the warning about its
+    left-out fields was on the terminal once per process. Now once; the log file keeps every record."""
+    esm = tmp_path / "esm"
+    shutil.copytree(tiny_set.esm_hf, esm)
+    config = json.loads((esm / "config.json").read_text())
+    assert config.pop("token_dropout") is True
+    (esm / "config.json").write_text(json.dumps(config))
+    models = [*_models(tiny_set)]
+    models[models.index("--esm") + 1] = str(esm)
+    log = tmp_path / "run.log"
+    result = run_cli(
+        "--log-file", str(log), "predict", str(reads_fasta), "-o", str(tmp_path / "out"), *models,
+        "--workers", "2", "--shard-records", "2", "--threads", "2",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    said = "config.json states no token_dropout"
+    assert result.stderr.count(said) == 1, result.stderr
+    in_log = [line for line in log.read_text().splitlines() if said in line]
+    assert len(in_log) == 3 and sum("[worker " in line for line in in_log) == 2, in_log  # main + two workers
+
+
+def test_the_terminal_shows_a_warnings_text_once_whoever_says_it():
+    """The filter itself: a worker's relayed record is judged by its text without the worker's label;
+    other texts, and records below or above WARNING, always pass."""
+    shown = _WarnOnce()
+
+    def record(level: int, message: str, worker_text: str | None = None, *args: str) -> logging.LogRecord:
+        made = logging.LogRecord("virnucpro_trt.x", level, __file__, 1, message, args or None, None)
+        if worker_text is not None:
+            setattr(made, WORKER_TEXT, worker_text)
+        return made
+
+    assert shown.filter(record(logging.WARNING, "a model says %s", None, "so"))
+    assert not shown.filter(record(logging.WARNING, "[gpu1] a model says so", "a model says so"))
+    assert shown.filter(record(logging.WARNING, "[gpu1] another thing", "another thing"))
+    assert not shown.filter(record(logging.WARNING, "another thing"))
+    assert shown.filter(record(logging.INFO, "loaded")) and shown.filter(record(logging.INFO, "loaded"))
+    assert shown.filter(record(logging.ERROR, "failed")) and shown.filter(record(logging.ERROR, "failed"))

@@ -8,6 +8,8 @@ import stat
 import sys
 from pathlib import Path
 
+from virnucpro_trt.log_records import unlabelled_text
+
 _FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 _FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # The first line _FILE_FORMAT writes: every record in a log file comes from one of this tool's loggers
@@ -34,6 +36,28 @@ def holds_other_than_our_log(path: Path) -> bool:
     return _OUR_FIRST_LINE.match(first) is None
 
 
+class _WarnOnce(logging.Filter):
+    """Lets each warning's text through once per command, whichever process says it.
+
+    A model's warning (an ESM-2 config that leaves fields out, an engine kept despite its gate) is met
+    by the main process when it checks the model and again by every worker that loads it: on eight GPUs
+    nine identical lines. Only the terminal is spared; the log file keeps every record.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        text = unlabelled_text(record)
+        if text in self.shown:
+            return False
+        self.shown.add(text)
+        return True
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False, log_file: Path | None = None) -> None:
     """Configure the root logger once per command (idempotent: handlers are replaced)."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
@@ -52,6 +76,7 @@ def setup_logging(verbose: int = 0, quiet: bool = False, log_file: Path | None =
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
     console.setLevel(level)
+    console.addFilter(_WarnOnce())
     root.addHandler(console)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)

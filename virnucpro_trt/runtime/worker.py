@@ -52,6 +52,7 @@ from typing import Any, Protocol
 
 from virnucpro_trt.errors import EXIT_FAILURE, VirnucproError, describe_os_error, one_line
 from virnucpro_trt.files import unpacking
+from virnucpro_trt.log_records import WORKER_TEXT
 from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
 from virnucpro_trt.runtime.worker_facts import WorkerFacts
@@ -294,8 +295,10 @@ class _PipeLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            record.msg = f"[{self.slot.label}] {record.getMessage()}"
+            text = record.getMessage()
+            record.msg = f"[{self.slot.label}] {text}"
             record.args = None
+            setattr(record, WORKER_TEXT, text)
             if record.exc_info:
                 record.msg += "\n" + "".join(traceback.format_exception(*record.exc_info))
             record.exc_info = None
