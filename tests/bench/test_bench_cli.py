@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
+import os
+import stat
 import subprocess
 import sys
 import types
@@ -28,6 +30,8 @@ HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
         (("in.fa", "--reads", "10", "--random-weights", "tiny"), "not both"),
         (("--random-weights", "tiny", "--backends", "torch,cuda-graphs"), "unknown backend 'cuda-graphs'"),
         (("--random-weights", "tiny", "--gate", "0"), "--gate"),
+        (("--random-weights", "tiny", "--gate", "nan"), "nan is not a finite factor"),
+        (("--random-weights", "tiny", "--gate", "inf"), "inf is not a finite factor"),
         (("--random-weights", "tiny", "--precision", "int4"), "--precision"),
     ],
 )
@@ -195,3 +199,34 @@ def test_json_and_plot_replace_only_what_bench_wrote(bench_run, tmp_path: Path) 
     assert json.loads(out.read_text())["results"][0]["config"] == "reference"
     result = bench(bench_run.workdir, *quick, "--json", str(mine), "--force")
     assert result.code == 0 and json.loads(mine.read_text())["results"]
+
+
+def test_a_report_never_replaces_a_device_nor_writes_into_what_bench_reads(bench_run, tmp_path: Path) -> None:
+    """``--json /dev/null --force`` run as root put a plain file where /dev/null was; a report inside a
+    model folder (``--force``) wrote over its config, one in a folder of ``--workdir`` over the random
+    models; a report folder nothing can be written in failed only after the reference had run. Each is
+    now one line, exit 2, before any model loads, and what was there is left as it was."""
+    quick = ("--backends", "torch", "--reference-frames", "10")
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    result = bench(bench_run.workdir, *quick, "--json", str(fifo), "--force")
+    assert result.code == 2 and "is a device, FIFO or socket" in result.stderr, result.stderr
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    models = bench_run.workdir / "models-random-tiny"
+    config = next(models.rglob("config.json"))
+    before = config.read_bytes()
+    result = bench(bench_run.workdir, *quick, "--json", str(config), "--force")
+    assert result.code == 2 and "where bench keeps its models and engines" in result.stderr, result.stderr
+    dnabert = next(path.parent for path in models.rglob("tokenizer.json"))
+    named = run_cli(
+        "bench", "--reads", "10", "--dnabert", str(dnabert), "--esm", str(config.parent),
+        "--classifier", str(next(models.rglob("*.pth"))), "--backends", "torch",
+        "--json", str(config), "--force",
+    )  # fmt: skip
+    assert named.code == 2 and "a folder this run reads" in named.stderr, named.stderr
+    assert config.read_bytes() == before
+    result = bench(bench_run.workdir, *quick, "--json", "/proc/virnucpro-report.json")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.code == 2 and lines == [lines[0]] and "cannot write in /proc" in lines[0], result.stderr
+    result = bench(bench_run.workdir, *quick, "--json", str(tmp_path / "new" / "deeper" / "r.json"))
+    assert result.code == 0 and (tmp_path / "new" / "deeper" / "r.json").is_file(), result.stderr

@@ -1035,3 +1035,56 @@ def test_notes_are_followed_only_from_a_lock_file_no_one_else_may_write_and_resu
     with outdir_lock(out, PREDICT_KEPT):
         pass
     assert not killed.exists()
+
+
+def test_force_never_puts_a_file_where_a_device_fifo_or_socket_is(tiny_set, reads_fasta, tmp_path):
+    """The rename that puts a result in place swaps a plain file in for whatever is at the name: with
+    ``--force`` a FIFO (and, as root, /dev/null itself) was replaced. Now every command refuses one,
+    ``--force`` or not, in one line, and leaves it."""
+    out = tmp_path / "out"
+    parts = tmp_path / "parts"
+    assert run_cli("split", str(reads_fasta), "--parts", "2", "-o", str(parts)).code == 0
+    part_outs = []
+    for part in sorted(parts.glob("part-*.fa*")):
+        part_outs.append(tmp_path / part.name.split(".")[0])
+        assert predict_tiny(tiny_set, part, part_outs[-1]).code == 0
+    embed = ("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(tiny_set.dnabert),
+             "--device", "cpu", "--threads", "1")  # fmt: skip
+    cases = [
+        (out / "frames.tsv", lambda: predict_tiny(tiny_set, reads_fasta, out, "--force")),
+        (out / "run.json", lambda: predict_tiny(tiny_set, reads_fasta, out, "--force")),
+        (out / "identified_protein.faa",
+         lambda: run_cli("prepare", str(reads_fasta), "-o", str(out), "--force")),
+        (out / "e.h5", lambda: run_cli(*embed, "-o", str(out / "e.h5"), "--force")),
+        (out / RECORD, lambda: run_cli(*embed, "-o", str(out / "e.h5"), "--force")),
+        (out / "c.safetensors", lambda: run_cli("convert-classifier", str(tiny_set.classifier),
+                                                str(out / "c.safetensors"), "--force")),
+        (out / "sequences.tsv", lambda: run_cli("merge", *map(str, part_outs), "-o", str(out), "--force")),
+    ]  # fmt: skip
+    for fifo, command in cases:
+        out.mkdir(exist_ok=True)
+        os.mkfifo(fifo)
+        _refused(command(), str(fifo), "is a device, FIFO or socket")
+        assert stat.S_ISFIFO(fifo.lstat().st_mode)
+        fifo.unlink()
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")], list(out.iterdir())
+
+
+def test_no_output_goes_inside_a_folder_the_command_reads(tiny_set, reads_fasta, tmp_path):
+    """``embed -o MODEL/model.safetensors --force`` wrote its HDF5 over the weights it had just read (and
+    over config.json, tokenizer.json the same way): an output inside a model folder, or an engine
+    directory, is refused even with ``--force``, and the folder is left as it was."""
+    import shutil
+
+    dnabert = tmp_path / "dnabert"
+    shutil.copytree(tiny_set.dnabert, dnabert)
+    before = {p.name: p.read_bytes() for p in dnabert.iterdir()}
+    weights = next(p for p in dnabert.iterdir() if p.name.startswith(("model", "pytorch_model")))
+    result = run_cli("embed", str(reads_fasta), "--model", "dnabert-s", "--weights", str(dnabert),
+                     "--device", "cpu", "-o", str(weights), "--force")  # fmt: skip
+    _refused(result, f"{weights} lies inside {dnabert}, a folder this run reads")
+    result = run_cli("predict", str(reads_fasta), "-o", str(dnabert / "results"), "--dnabert", str(dnabert),
+                     "--esm", str(tiny_set.esm_hf), "--classifier", str(tiny_set.classifier),
+                     "--device", "cpu")  # fmt: skip
+    _refused(result, f"{dnabert / 'results'} lies inside {dnabert}, a folder this run reads")
+    assert {p.name: p.read_bytes() for p in dnabert.iterdir()} == before

@@ -7,7 +7,9 @@ the command runs. The options it shares with ``build`` and ``predict`` come from
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,14 @@ def _precisions(ctx: click.Context, param: click.Parameter, value: str) -> str:
         return ",".join(parse_precisions(value))
     except UserError as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def _finite_gate(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A gate is a finite factor: ``nan`` or ``inf`` passed click's range and ran the whole bench to a
+    verdict no run could meet."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite factor", ctx, param)
+    return value
 
 
 def _usage(message: str) -> click.UsageError:
@@ -158,6 +168,7 @@ def _check_sources(
     "--gate",
     type=click.FloatRange(min=0.0, min_open=True),
     default=None,
+    callback=_finite_gate,
     help="Exit 1 unless the best engine is at least X times faster than the reference.",
 )
 @logging_options
@@ -217,7 +228,7 @@ def bench(
         length_mix,
     )
     reports = [path for path in (json_path, plot_path) if path is not None]
-    _check_report_paths(reports, [input_path, dnabert, esm, classifier, *engines], force)
+    _check_report_paths(reports, [input_path, dnabert, esm, classifier, *engines], workdir, force)
     if plot_path is not None:
         from virnucpro_trt.bench.plot import require_matplotlib
 
@@ -255,12 +266,13 @@ def bench(
     _run(settings, json_path, plot_path, gate)
 
 
-def _check_report_paths(reports: list[Path], inputs: list[Any], force: bool) -> None:
+def _check_report_paths(reports: list[Path], inputs: list[Any], workdir: Path | None, force: bool) -> None:
     """The ``--json`` and ``--plot`` files follow every command's output rule (``files/ownership.py``):
     a file there that bench did not write is refused before the run (exit 2) unless ``--force``, and
-    neither may be one of the run's inputs nor the other report; checked before anything runs."""
+    neither may be one of the run's inputs, lie in an input folder or in a folder of ``--workdir`` (its
+    models and engines), nor be the other report; checked before anything runs."""
     from virnucpro_trt.errors import UserError
-    from virnucpro_trt.files.names import check_parent_folders, same_file
+    from virnucpro_trt.files.names import check_parent_folders, is_within, same_file
     from virnucpro_trt.files.ownership import check_replaceable, record_path
     from virnucpro_trt.pipeline.run_paths import check_run_paths
 
@@ -268,6 +280,11 @@ def _check_report_paths(reports: list[Path], inputs: list[Any], force: bool) -> 
         raise UserError(f"--json and --plot both name {reports[0]}; give each its own file")
     for path in reports:
         check_parent_folders(path)
+        if workdir is not None and is_within(path.parent, workdir) and not same_file(path.parent, workdir):
+            raise UserError(
+                f"{path} lies in a folder of --workdir {workdir}, where bench keeps its models and engines; "
+                "put the report beside them or elsewhere"
+            )
     check_run_paths(inputs, [*reports, *(record_path(path.parent) for path in reports)])
     check_replaceable(reports, force)
 
@@ -277,6 +294,7 @@ def _run(settings: Any, json_path: Path | None, plot_path: Path | None, gate: fl
     from virnucpro_trt.bench.report import write_json
     from virnucpro_trt.bench.runner import run_bench
     from virnucpro_trt.bench.table import print_table
+    from virnucpro_trt.files.folders import made_folder
     from virnucpro_trt.files.ownership import record_written
 
     def save(report: dict[str, Any]) -> None:  # after every row: a run cut short keeps its figures
@@ -284,17 +302,20 @@ def _run(settings: Any, json_path: Path | None, plot_path: Path | None, gate: fl
             write_json(report, json_path)
             record_written([json_path])  # so the next row, and a rerun, may replace it
 
-    report = run_bench(settings, on_row=save)
-    verdict = evaluate_gate(report["results"], gate) if gate is not None else None
-    report["gate"] = verdict.to_json() if verdict else None
-    save(report)
-    print_table(report)
-    if plot_path is not None:
-        from virnucpro_trt.bench.plot import draw
+    with contextlib.ExitStack() as folders:  # made (and checked writable) before any model loads
+        for folder in dict.fromkeys(path.parent for path in (json_path, plot_path) if path is not None):
+            folders.enter_context(made_folder(folder))
+        report = run_bench(settings, on_row=save)
+        verdict = evaluate_gate(report["results"], gate) if gate is not None else None
+        report["gate"] = verdict.to_json() if verdict else None
+        save(report)
+        print_table(report)
+        if plot_path is not None:
+            from virnucpro_trt.bench.plot import draw
 
-        draw(report, plot_path)
-        record_written([plot_path])
-        log.info("plot written to %s", plot_path)
+            draw(report, plot_path)
+            record_written([plot_path])
+            log.info("plot written to %s", plot_path)
     _finish(report, verdict)
 
 

@@ -202,7 +202,8 @@ def prepare(input_path: str, outdir: Path, chunk_length: str, force: bool) -> No
     "--output",
     required=True,
     type=OutputPath(dir_okay=False, path_type=Path),
-    help="HDF5 file with datasets ids (utf-8) and embeddings (float32 [N, D]).",
+    help="HDF5 file with datasets ids (utf-8), embeddings (float32 [N, D]) and status (ok/empty; an empty "
+    "record's row is NaN).",
 )
 @click.option(
     "--allow-nucleotide-letters",

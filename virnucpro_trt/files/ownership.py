@@ -14,7 +14,8 @@ The one rule for every command that writes results, from predict's (``predict`` 
   workflow manager's touched placeholder leaves at an output path before the command runs;
 * anything else there (a user's file, an output edited since, a symbolic link) is refused with one
   line, exit 2, before anything is written, unless ``--force`` (:func:`check_replaceable`); a folder is
-  refused even then, since no command removes folders.
+  refused even then, since no command removes folders, and so is a device, FIFO or socket, which the
+  rename that puts a result in place would replace with a regular file (:func:`unreplaceable`).
 
 Why: a mistyped ``-o`` must never destroy someone's file, while idempotent reruns are a project goal.
 A file written before records existed is refused once; ``--force`` takes it over. Two commands writing
@@ -175,6 +176,22 @@ def _not_ours(target: Path, entries: dict[str, dict[str, Any]]) -> str | None:
     return None
 
 
+def unreplaceable(path: Path) -> str | None:
+    """Why what is at ``path`` may not be replaced even with ``--force`` (a few words for a refusal), or
+    None. A folder: no command removes folders. A device node, FIFO or socket: the rename that puts a
+    result in place would swap a regular file in for it (``bench --json /dev/null --force``, run as
+    root, replaced the system's /dev/null). A link is judged as a link: a rename replaces the link."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        return "is a device, FIFO or socket, not a file: results are written whole and renamed into place"
+    return None
+
+
 def check_replaceable(targets: Iterable[Path], force: bool) -> None:
     """Refuse (exit 2) an output path that holds a file the tool did not write, unless ``force``; the
     same for a file at the record's name that is not a record of ours (writing the record replaces it),
@@ -185,8 +202,8 @@ def check_replaceable(targets: Iterable[Path], force: bool) -> None:
     targets = list(targets)
     records = {folder: _read_record(folder) for folder in dict.fromkeys(t.parent for t in targets)}
     for folder, (_, why) in records.items():
-        if why == "is a folder":
-            raise UserError(f"{record_path(folder)} is a folder; move it away or choose another folder")
+        if (never := unreplaceable(record_path(folder))) is not None:
+            raise UserError(f"{record_path(folder)} {never}; move it away or choose another folder")
         if why is not None and force:
             log.warning("--force: replacing %s (it %s)", record_path(folder), why)
         elif why is not None:
@@ -199,8 +216,8 @@ def check_replaceable(targets: Iterable[Path], force: bool) -> None:
             raise UserError(f"{target}: virnucpro-trt keeps its record of written files under this name")
         if not os.path.lexists(target):
             continue
-        if target.is_dir() and not target.is_symlink():
-            raise UserError(f"{target} is a folder; choose another output path")
+        if (never := unreplaceable(target)) is not None:
+            raise UserError(f"{target} {never}; choose another output path")
         why = _not_ours(target, records[target.parent][0])
         if why is None:
             continue

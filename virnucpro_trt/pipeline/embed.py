@@ -66,7 +66,9 @@ def run_embed(settings: EmbedSettings) -> EmbedSummary:
     check_input_file(settings.input)
     folder = settings.output.parent
     outputs = [settings.output, record_path(folder), folder / output_lock_name(settings.output)]
-    check_run_paths([settings.input, settings.weights], outputs)
+    kind = ENCODERS[settings.model].name
+    weights = resolve_model(settings.weights, MODELS[kind].short) if settings.weights else None
+    check_run_paths([settings.input, weights, settings.engines], outputs)
     check_replaceable([settings.output], settings.force)
     with made_folder(folder), output_lock(settings.output) as lock:
         noted = functools.partial(lock.note, growing=True) if lock is not None else None

@@ -46,7 +46,7 @@ from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
-from virnucpro_trt.files.ownership import changed_since, reuse_finished
+from virnucpro_trt.files.ownership import changed_since, reuse_finished, unreplaceable
 from virnucpro_trt.files.result_names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JSON, unrecorded_results
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, KeptFiles, outdir_lock
 from virnucpro_trt.models.checkpoints import precheck_encoder
@@ -167,9 +167,7 @@ def run_predict(
     )
     outdir = settings.outdir
     with ctx.timer.stage("resolve_models"):  # a missing model fails before the input is read
-        for kind, spec in ctx.specs.items():
-            if spec:
-                resolve_model(spec, MODELS[kind].short)
+        model_paths = [resolve_model(spec, MODELS[kind].short) for kind, spec in ctx.specs.items() if spec]
     run = settings.run
     ctx.slots = plan_worker_slots(
         settings.encoders.device, run.gpus, run.workers, settings.encoders.threads, run.workers_per_gpu
@@ -180,7 +178,7 @@ def run_predict(
     check_parent_folders(outdir)
     check_input_file(settings.input)
     check_run_paths(
-        [settings.input, *(s for s in ctx.specs.values() if s)],
+        [settings.input, *model_paths, settings.engines],
         [outdir / name for name in OUTPUT_NAMES],
         [outdir / WORK_DIR, *([outdir / ENGINE_CACHE] if settings.engines is None else [])],
     )
@@ -347,6 +345,9 @@ def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> RunRecord | N
     """
     settings = ctx.settings
     outdir = settings.outdir
+    for name in RESULT_NAMES:  # never replaced, --force or not: no run removes folders, nor devices
+        if (never := unreplaceable(outdir / name)) is not None:
+            raise UserError(f"{outdir / name} {never}; move it away or choose another OUTDIR")
     previous, why = read_previous_run(outdir / RUN_JSON, "it did not finish")
     if previous is None and why is None:
         _check_stray_results(outdir, work, settings.run.force)
@@ -380,15 +381,10 @@ def _check_stray_results(outdir: Path, work: WorkDir, force: bool) -> None:
 
     A run removes every one of those names before it writes its own, so each must be the tool's: listed
     unchanged in ``.work``'s state (a run killed after its merge, before run.json wrote them). A user's
-    file, a link (a dangling one too) or anything else is refused — whether or not ``.work`` exists — and
-    a folder is refused even with ``force``: no run removes folders.
+    file, a link (a dangling one too) or anything else is refused — whether or not ``.work`` exists (a
+    folder, device, FIFO or socket even with ``force``: :func:`_finished_run` refused them first).
     """
-    names = RESULT_NAMES
-    present = [name for name in names if os.path.lexists(outdir / name)]
-    for name in present:
-        path = outdir / name
-        if path.is_dir() and not path.is_symlink():
-            raise UserError(f"{path} is a folder; move it away or choose another OUTDIR")
+    present = [name for name in RESULT_NAMES if os.path.lexists(outdir / name)]
     recorded = work.recorded_outputs() if present else {}
     stray = [n for n in present if n not in recorded or changed_since(outdir, n, recorded[n]) is not None]
     if not stray:

@@ -1,8 +1,9 @@
 """Where a command reads and where it writes, checked before anything is created.
 
 A run overwrites its result files and removes its working files. So an input that *is* one of those
-files (``OUTDIR/frames.tsv``, ``embed -o reads.fa``), or lies inside the working area, would be destroyed
-by the very run that reads it; and an OUTDIR inside another run's ``.work`` would be swept away with it.
+files (``OUTDIR/frames.tsv``, ``embed -o reads.fa``), holds one of them (a model folder), or lies inside
+the working area, would be destroyed by the very run that reads it; and an OUTDIR inside another run's
+``.work`` would be swept away with it.
 Each is refused with one line (exit 2) before the output folder exists.
 """
 
@@ -50,8 +51,9 @@ def check_input_file(input_spec: str) -> None:
 def check_run_paths(
     inputs: Iterable[str | Path | None], outputs: Iterable[Path], work_areas: Iterable[Path] = ()
 ) -> None:
-    """Refuse an input that is an output or lies in a working area, and outputs inside another run's
-    working area. ``None`` and stdin inputs are skipped."""
+    """Refuse an input that is an output or lies in a working area, an output inside an input folder
+    (a model folder: ``embed -o MODEL/model.safetensors --force`` wrote over the weights it read), and
+    outputs inside another run's working area. ``None`` and stdin inputs are skipped."""
     outputs, work_areas = list(outputs), list(work_areas)
     for output in outputs:
         foreign = inside_work_area(output.parent)
@@ -70,8 +72,19 @@ def check_run_paths(
                     f"input {item} lies inside {area}, this run's working area (its files are removed); "
                     "move it elsewhere"
                 )
+        folder = path.is_dir()
         for output in outputs:
             if same_file(path, output):
                 raise UserError(
                     f"input {item} is {output}, a file this run writes; choose another output location"
+                )
+            if folder and is_within(output, path):
+                shown = (
+                    output.parent
+                    if is_within(output.parent, path) and not same_file(output.parent, path)
+                    else output
+                )
+                raise UserError(
+                    f"{shown} lies inside {item}, a folder this run reads (a model's files would be "
+                    "written over); choose an output location outside it"
                 )
