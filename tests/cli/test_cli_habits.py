@@ -190,3 +190,13 @@ def test_the_terminal_shows_a_warnings_text_once_whoever_says_it():
     assert not shown.filter(record(logging.WARNING, "another thing"))
     assert shown.filter(record(logging.INFO, "loaded")) and shown.filter(record(logging.INFO, "loaded"))
     assert shown.filter(record(logging.ERROR, "failed")) and shown.filter(record(logging.ERROR, "failed"))
+
+
+def test_demo_with_models_of_ones_own_says_the_results_are_labelled_demo(tiny_set, reads_fasta, tmp_path):
+    """``workflow --demo`` writes ``demo: true``; running that workflow on one's own models gave results
+    labelled as the random-weight demo's with no word why. predict now says so (and still labels them:
+    the label errs on the safe side)."""
+    result = run_cli("predict", str(reads_fasta), "-o", str(tmp_path / "o"), *_models(tiny_set), "--demo")
+    assert result.code == 0, result.stderr
+    assert "--demo with models of your own" in result.stderr
+    assert (tmp_path / "o" / "DEMO_RANDOM_WEIGHTS.txt").is_file()

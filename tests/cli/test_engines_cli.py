@@ -225,8 +225,12 @@ def test_a_damaged_engine_file_is_replaced_by_predict_rebuild_or_build_force_onl
 
 
 def test_not_an_engine_directory(tmp_path, reads_fasta):
-    result = run_cli("predict", str(reads_fasta), "-o", str(tmp_path / "o"), "--engines", str(tmp_path))
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    result = run_cli("predict", str(reads_fasta), "-o", str(tmp_path / "o"), "--engines", str(engines))
     assert result.code == 2 and "not an engine directory" in result.stderr
+    result = run_cli("predict", str(reads_fasta), "-o", str(tmp_path / "o"), "--engines", str(tmp_path))
+    assert result.code == 2 and "a folder this run reads" in result.stderr  # an OUTDIR inside it, first
 
 
 def test_backend_without_engines_builds_into_outdir_and_reuses(tiny_set, reads_fasta, tmp_path):

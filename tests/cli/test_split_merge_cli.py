@@ -755,3 +755,31 @@ def test_a_part_lacking_a_count_or_with_figures_past_any_float_is_refused(small_
     ):
         part = _edited_copy(a[1], tmp_path / name, edit)
         _refused([a[0], part, a[2]], tmp_path / f"m-{name}", field)
+
+
+def test_a_split_into_more_parts_than_it_may_make_is_refused(split_reads, tmp_path, monkeypatch):
+    """``split --parts 1000000000`` wrote empty parts until the machine ran out of memory: at most
+    MAX_PARTS parts, refused in one line, by --parts at once and by --records-per-part once counted."""
+    result = run_cli("split", str(split_reads), "-o", str(tmp_path / "p"), "--parts", "1000000000")
+    assert result.code == 2 and "'--parts': 1000000000 is not in the range 1<=x<=10000" in result.stderr
+    monkeypatch.setattr("virnucpro_trt.pipeline.split.MAX_PARTS", 3)
+    one_each = ("--records-per-part", "1", "--shard-records", "1")
+    result = run_cli("split", str(split_reads), "-o", str(tmp_path / "p"), *one_each)
+    assert result.code == 2 and "parts, more than the 3 one split makes; give larger parts" in result.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_the_merged_device_block_says_only_what_every_part_shares(tiny_set, small_shards, tmp_path):
+    """A part run with 2 threads among 1-thread parts: the merged run.json said ``threads: 1`` (the first
+    part's block). A field the parts differ on is now null there; each part's value is under ``parts``."""
+    _, merged, outs, manifest = small_shards
+    assert _run(merged)["device"]["threads"] == 1
+    second = tmp_path / "two_threads"
+    models = _models(tiny_set)
+    models[models.index("--threads") + 1] = "2"
+    part = outs[1].parent / "parts" / manifest["parts"][1]["file"]
+    _ok("predict", str(part), "-o", str(second), *models, "--save-embeddings")
+    _ok("merge", str(outs[0]), str(second), str(outs[2]), "-o", str(tmp_path / "mixed"))
+    run = _run(tmp_path / "mixed")
+    assert run["device"]["threads"] is None and run["device"]["device"] == "cpu"
+    assert [p["device"]["threads"] for p in run["parts"]] == [1, 2, 1]

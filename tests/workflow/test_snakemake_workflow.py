@@ -92,6 +92,7 @@ def test_workflow_writes_its_files_and_never_over_existing_ones(demo_workflow, t
         patch.setattr("virnucpro_trt.demo.demo_inputs", lambda: models)
         result = run_cli("workflow", "-o", str(wf), "--demo")
     assert result.code == 0 and "already holds this workflow: nothing to do" in result.stderr
+    assert "UP TO DATE: run it with" in result.stderr and "PASSED" not in result.stderr
     result = run_cli("workflow", "-o", str(wf))
     assert result.code == 2 and "config.yaml exists with other content" in result.stderr
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in wf.rglob("*") if p.is_file()} == before
@@ -261,3 +262,16 @@ def test_slurm_profile_dry_run_builds_engines_once_unless_given(demo_workflow):
     assert " mem_mb=20000," in split_job and " runtime=300" in split_job  # split holds every read id
     code, log = _finish(_snakemake(demo_workflow, "-n", "--config", "input="))
     assert code != 0 and "input not set" in log
+
+
+def test_a_users_file_in_outdir_stops_the_workflow_before_snakemake_removes_it(demo_workflow, tmp_path):
+    """Snakemake removes the merge's declared outputs before running it: a user's sequences.tsv in the
+    outdir was deleted unseen (and merge's own refusal never reached). The Snakefile now refuses such an
+    outdir as it is read, before any job runs, and the file stays."""
+    outdir = tmp_path / "mine"
+    outdir.mkdir()
+    (outdir / "sequences.tsv").write_text("MY TABLE\n")
+    code, log = _finish(_snakemake(demo_workflow, "--config", f"outdir={outdir}"))
+    assert code != 0 and f"outdir: {outdir} holds result files this workflow did not make" in log, log
+    assert (outdir / "sequences.tsv").read_text() == "MY TABLE\n"
+    assert sorted(p.name for p in outdir.iterdir()) == ["sequences.tsv"]

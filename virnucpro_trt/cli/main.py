@@ -352,6 +352,15 @@ def predict(
     run by one worker per GPU (or --workers on CPU); an interrupted run resumes when rerun unchanged.
     """
     _offline()
+    if demo and dnabert and esm and classifier:
+        from virnucpro_trt.demo import demo_models_folder
+        from virnucpro_trt.files.names import is_within
+
+        if not all(is_within(Path(spec), demo_models_folder()) for spec in (dnabert, esm, classifier)):
+            log.warning(
+                "--demo with models of your own (--dnabert, --esm, --classifier): the results are still "
+                "labelled as the random-weight demo's; leave --demo out for real predictions"
+            )
     if demo and not (dnabert and esm and classifier and input_path):  # (built on first use)
         from virnucpro_trt.demo import demo_inputs
 

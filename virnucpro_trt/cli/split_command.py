@@ -17,6 +17,7 @@ from virnucpro_trt.cli.command_options import (
     logging_options,
     shard_records_option,
 )
+from virnucpro_trt.pipeline.split_manifest import MAX_PARTS
 from virnucpro_trt.settings import SplitSettings
 
 log = logging.getLogger("virnucpro_trt")
@@ -28,7 +29,7 @@ log = logging.getLogger("virnucpro_trt")
     "-o", "--outdir", required=True, type=OutputPath(file_okay=False, path_type=Path),
     help="Empty folder for the part files and split.json.",
 )  # fmt: skip
-@click.option("--parts", type=click.IntRange(min=1), default=None, help="Exactly N parts.")
+@click.option("--parts", type=click.IntRange(min=1, max=MAX_PARTS), default=None, help="Exactly N parts.")
 @click.option(
     "--records-per-part", type=click.IntRange(min=1), default=None, help="Parts of about R records."
 )

@@ -43,4 +43,5 @@ def workflow(outdir: Path, demo: bool) -> None:
         log.info("%s already holds this workflow: nothing to do", outdir)
     if demo:
         log.warning("DEMO: the models are RANDOM WEIGHTS built for this demo — the labels mean nothing")
-    log.info("PASSED: run it with: snakemake -s %s --cores 2", outdir / "Snakefile")
+    status = "PASSED" if written else "UP TO DATE"
+    log.info("%s: run it with: snakemake -s %s --cores 2", status, outdir / "Snakefile")

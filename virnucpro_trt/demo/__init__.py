@@ -124,6 +124,11 @@ def _only_warnings() -> Iterator[None]:
         package.setLevel(level)
 
 
+def demo_models_folder() -> Path:
+    """Where the demo model set is (or will be) cached; nothing is built."""
+    return cache_root() / f"demo-models-{DEMO_VERSION}"
+
+
 def demo_inputs() -> DemoInputs:
     """The cached demo models (built on first use) and the bundled example reads.
 
@@ -132,7 +137,7 @@ def demo_inputs() -> DemoInputs:
     Anything else there (a user's folder, a file) is refused in one line and left as it is: the demo
     removes only what it made.
     """
-    root = cache_root() / f"demo-models-{DEMO_VERSION}"
+    root = demo_models_folder()
     check_parent_folders(root, "set VIRNUCPRO_TRT_CACHE to a folder")
     paths = _layout(root)
     if not _built_by_demo(root):

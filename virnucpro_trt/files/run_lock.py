@@ -206,8 +206,7 @@ class RunLock:
                     continue
                 if isinstance(entry.get("results"), dict):
                     if self.kept.results:  # size and SHA-256 only: a stamp anyone can read is no proof
-                        results = entry["results"].items()
-                        self.results = {n: _entry_of(e) for n, e in results if _result_entry(n, e)}
+                        self.results = _results_of(entry["results"])
                 elif "folder" in entry:
                     self._remove_noted_folder(entry["folder"], entry["stamp"], entry["token"])
                 else:
@@ -345,6 +344,39 @@ def _clear_files(folder: int, keep: str | None = None) -> list[str]:
         elif entry.name != keep:
             os.unlink(entry.name, dir_fd=folder)
     return folders
+
+
+def noted_results(folder: Path) -> dict[str, dict[str, Any]]:
+    """The results a killed ``merge`` noted in ``folder``'s lock file (name -> size and SHA-256), read
+    without taking the lock: what a check made before the merge runs (the workflow's, when Snakemake
+    would remove those files) may count as the tool's own. Empty when there is no lock file of this
+    user's that no one else may write, or it notes no results."""
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not _notes_trusted(fd):
+            return {}
+        content = os.pread(fd, _MAX_LOCK_BYTES + 1, 0)
+    finally:
+        os.close(fd)
+    if not content.startswith(LOCK_TEXT.encode()):
+        return {}
+    for line in content.decode("utf-8", "replace").splitlines()[1:]:
+        try:
+            entry = parse_json(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("results"), dict):
+            return _results_of(entry["results"])
+    return {}
+
+
+def _results_of(notes: dict[Any, Any]) -> dict[str, dict[str, Any]]:
+    """A results note's well-formed entries (:func:`_result_entry`), size and SHA-256 only."""
+    return {name: _entry_of(entry) for name, entry in notes.items() if _result_entry(name, entry)}
 
 
 def _entry_of(entry: dict[str, Any]) -> dict[str, Any]:

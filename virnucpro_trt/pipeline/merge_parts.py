@@ -501,7 +501,7 @@ def _summary(
         # as in one run, but over the parts' summed device time (a part resumed after an interruption
         # counts only its last attempt's time)
         throughput=throughput(counts.get("frames", 0), counts.get("records", 0), timings, steady_s),
-        device=first.device,
+        device=_common_device(runs),
         precision=first.precision,
         backend=first.backend,
         engines=first.engines,
@@ -512,6 +512,15 @@ def _summary(
         parts=tuple(_provenance(p) for p in parts),
         outputs={},  # the merged files, once written (run_merge)
     )
+
+
+def _common_device(runs: list[RunRecord]) -> dict[str, Any]:
+    """The parts' ``device`` where they agree; a field on which they differ (threads, a GPU's name: parts
+    run on other nodes) is null, each part's own value is under ``parts``. The first part's block alone
+    told a merge of 1- and 2-thread parts that every part ran on 1 thread."""
+    first = runs[0].device
+    agreed = {key for key, value in first.items() if all(r.device.get(key) == value for r in runs)}
+    return {key: value if key in agreed else None for key, value in first.items()}
 
 
 def _provenance(part: PartResult) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from virnucpro_trt.files.run_lock import LOCK_FILE, KeptFiles, RunLock, outdir_l
 from virnucpro_trt.pipeline.inputs import materialise, validate_input
 from virnucpro_trt.pipeline.run_paths import check_input_file, check_run_paths
 from virnucpro_trt.pipeline.split_manifest import (
+    MAX_PARTS,
     PART_FILE,
     SPLIT_JSON,
     PartEntry,
@@ -250,6 +251,11 @@ def _split(settings: SplitSettings, work: Path, lock: RunLock | None) -> SplitMa
     summary = validate_input(path, display, "dna", settings.chunk_length, splitter=splitter, sha256=sha256)
     planned = splitter.plan()
     ranges = part_ranges([s.records for s in planned], settings.parts, settings.records_per_part)
+    if len(ranges) > MAX_PARTS:  # only --records-per-part gets here: the CLI holds --parts to the bound
+        raise UserError(
+            f"--records-per-part {settings.records_per_part} cuts {len(ranges):,} parts, more than the "
+            f"{MAX_PARTS:,} one split makes; give larger parts"
+        )
     entries = []
     first = 0
     for index, (start, end) in enumerate(ranges, start=1):

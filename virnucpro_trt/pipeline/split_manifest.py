@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 SPLIT_JSON = "split.json"
 SPLIT_SCHEMA = 1
 MAX_SPLIT_JSON_BYTES = 64 << 20
+# Parts one split may cut: ~100x the 150-190 parts README's sizing gives 10^9 reads. Each part is a file
+# (an empty one past the input's shards), and --parts 10^9 wrote parts until the machine ran out of memory.
+MAX_PARTS = 10_000
 PART_FILE = re.compile(r"part-(\d{4,9})\.fa(\.gz)?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # The smallest FASTA record is 2 bytes (">" and a line end), and deflate expands at most 1032-fold, so
