@@ -352,11 +352,11 @@ def predict(
     run by one worker per GPU (or --workers on CPU); an interrupted run resumes when rerun unchanged.
     """
     _offline()
-    if demo and dnabert and esm and classifier:
+    if demo and (given := [spec for spec in (dnabert, esm, classifier) if spec]):
         from virnucpro_trt.demo import demo_models_folder
         from virnucpro_trt.files.names import is_within
 
-        if not all(is_within(Path(spec), demo_models_folder()) for spec in (dnabert, esm, classifier)):
+        if not all(is_within(Path(spec), demo_models_folder()) for spec in given):
             log.warning(
                 "--demo with models of your own (--dnabert, --esm, --classifier): the results are still "
                 "labelled as the random-weight demo's; leave --demo out for real predictions"
