@@ -783,3 +783,15 @@ def test_the_merged_device_block_says_only_what_every_part_shares(tiny_set, smal
     run = _run(tmp_path / "mixed")
     assert run["device"]["threads"] is None and run["device"]["device"] == "cpu"
     assert [p["device"]["threads"] for p in run["parts"]] == [1, 2, 1]
+
+
+def test_parts_on_other_gpu_indices_merge_to_their_device_type():
+    from types import SimpleNamespace
+
+    from virnucpro_trt.pipeline.merge_parts import _common_device
+
+    def run(device: str, name: str) -> SimpleNamespace:
+        return SimpleNamespace(device={"device": device, "name": name, "threads": 8}, device_type="cuda")
+
+    merged = _common_device([run("cuda:0", "NVIDIA H100"), run("cuda:1", "NVIDIA H200")])
+    assert merged == {"device": "cuda", "name": None, "threads": 8}

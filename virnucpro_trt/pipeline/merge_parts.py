@@ -517,10 +517,15 @@ def _summary(
 def _common_device(runs: list[RunRecord]) -> dict[str, Any]:
     """The parts' ``device`` where they agree; a field on which they differ (threads, a GPU's name: parts
     run on other nodes) is null, each part's own value is under ``parts``. The first part's block alone
-    told a merge of 1- and 2-thread parts that every part ran on 1 thread."""
+    told a merge of 1- and 2-thread parts that every part ran on 1 thread. The device itself keeps its
+    type when only the index differs (``cuda:0`` on one node, ``cuda:1`` on another: ``cuda``), as
+    merge holds every part to one type."""
     first = runs[0].device
     agreed = {key for key, value in first.items() if all(r.device.get(key) == value for r in runs)}
-    return {key: value if key in agreed else None for key, value in first.items()}
+    common = {key: value if key in agreed else None for key, value in first.items()}
+    if "device" in first and "device" not in agreed:
+        common["device"] = runs[0].device_type
+    return common
 
 
 def _provenance(part: PartResult) -> dict[str, Any]:
