@@ -209,7 +209,8 @@ def prepare(input_path: str, outdir: Path, chunk_length: str, force: bool) -> No
     "--allow-nucleotide-letters",
     is_flag=True,
     help="esm2: embed records made only of A/C/G/T/U/N as protein. Without it, an input that looks like "
-    "DNA/RNA is refused (a record of 20+ such letters, or every record made of them).",
+    "DNA/RNA (most of its records made only of those letters) is refused; a few such records among "
+    "proteins (poly-G frames, say) pass.",
 )
 @replace_option(
     also="A rerun onto its own unchanged output made from the same input, settings and model computes "
