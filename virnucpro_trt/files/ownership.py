@@ -192,6 +192,15 @@ def unreplaceable(path: Path) -> str | None:
     return None
 
 
+def unreplaceable_among(folder: Path, names: Iterable[str]) -> str | None:
+    """``PATH why`` for the first of ``names`` in ``folder`` that may not be replaced even with ``--force``
+    (:func:`unreplaceable`), or None: what a command checks at its result names before anything else."""
+    for name in names:
+        if (never := unreplaceable(folder / name)) is not None:
+            return f"{folder / name} {never}"
+    return None
+
+
 def check_replaceable(targets: Iterable[Path], force: bool) -> None:
     """Refuse (exit 2) an output path that holds a file the tool did not write, unless ``force``; the
     same for a file at the record's name that is not a record of ours (writing the record replaces it),

@@ -47,7 +47,7 @@ from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
-from virnucpro_trt.files.ownership import changed_since, is_output_entry, reuse_finished, unreplaceable
+from virnucpro_trt.files.ownership import changed_since, is_output_entry, reuse_finished, unreplaceable_among
 from virnucpro_trt.files.result_names import (
     EMBEDDINGS_H5,
     FINAL_TEXT_FILES,
@@ -186,10 +186,9 @@ def _finished_merge(
     there; files a merge killed before its run.json noted in the lock, ``left``, still as noted; or
     ``force``: then the names this merge may not write again are removed, so no earlier file is left
     beside its results). Otherwise refused."""
+    if (never := unreplaceable_among(outdir, RESULT_NAMES)) is not None:
+        raise MergeRefused(f"{never}; move it away or choose another OUTDIR")
     present = [name for name in RESULT_NAMES if os.path.lexists(outdir / name)]
-    for name in present:
-        if (never := unreplaceable(outdir / name)) is not None:
-            raise MergeRefused(f"{outdir / name} {never}; move it away or choose another OUTDIR")
     if not present:
         return None
     previous, why = read_previous_run(outdir / RUN_JSON, "not a finished merge")

@@ -46,7 +46,7 @@ from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
-from virnucpro_trt.files.ownership import changed_since, reuse_finished, unreplaceable
+from virnucpro_trt.files.ownership import changed_since, reuse_finished, unreplaceable_among
 from virnucpro_trt.files.result_names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JSON, unrecorded_results
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, KeptFiles, outdir_lock
 from virnucpro_trt.models.checkpoints import precheck_encoder
@@ -345,9 +345,8 @@ def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> RunRecord | N
     """
     settings = ctx.settings
     outdir = settings.outdir
-    for name in RESULT_NAMES:  # never replaced, --force or not: no run removes folders, nor devices
-        if (never := unreplaceable(outdir / name)) is not None:
-            raise UserError(f"{outdir / name} {never}; move it away or choose another OUTDIR")
+    if (never := unreplaceable_among(outdir, RESULT_NAMES)) is not None:  # not even with --force
+        raise UserError(f"{never}; move it away or choose another OUTDIR")
     previous, why = read_previous_run(outdir / RUN_JSON, "it did not finish")
     if previous is None and why is None:
         _check_stray_results(outdir, work, settings.run.force)

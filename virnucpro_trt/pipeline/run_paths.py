@@ -79,11 +79,7 @@ def check_run_paths(
                     f"input {item} is {output}, a file this run writes; choose another output location"
                 )
             if folder and is_within(output, path):
-                shown = (
-                    output.parent
-                    if is_within(output.parent, path) and not same_file(output.parent, path)
-                    else output
-                )
+                shown = output if same_file(output.parent, path) else output.parent  # OUTDIR, not its files
                 raise UserError(
                     f"{shown} lies inside {item}, a folder this run reads (a model's files would be "
                     "written over); choose an output location outside it"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from virnucpro_trt.files.ownership import changed_since, unreplaceable
+from virnucpro_trt.files.ownership import changed_since, unreplaceable_among
 from virnucpro_trt.files.result_names import RESULT_NAMES, RUN_JSON
 from virnucpro_trt.files.run_lock import noted_results
 from virnucpro_trt.pipeline.run_record import read_previous_run
@@ -25,12 +25,11 @@ _ADVICE = "move them away or give the workflow another outdir"
 def foreign_results(outdir: Path, results_dir: Path) -> str | None:
     """Why the workflow may not merge into ``outdir`` (one line), or None when every file at a result
     name there is this workflow's own (``results_dir``: its part folders' parent)."""
+    if (never := unreplaceable_among(outdir, RESULT_NAMES)) is not None:
+        return f"{never}; move it away or give the workflow another outdir"
     present = [name for name in RESULT_NAMES if os.path.lexists(outdir / name)]
     if not present:
         return None
-    for name in present:
-        if (never := unreplaceable(outdir / name)) is not None:
-            return f"{outdir / name} {never}; move it away or give the workflow another outdir"
     previous, why = read_previous_run(outdir / RUN_JSON, "it did not finish")
     if previous is None and why is None:  # no run.json: a merge killed before writing it noted its files
         left = noted_results(outdir)
