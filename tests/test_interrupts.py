@@ -58,3 +58,72 @@ def test_a_signal_while_the_program_exits_after_its_command_does_not_kill_it() -
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
+
+
+def test_an_inline_worker_still_computing_when_the_program_exits_does_not_abort_it() -> None:
+    """The coordinator stops waiting for an inline worker inside a long batch (real models on a CPU);
+    the interpreter's exit then destroyed torch's thread pools under it and the process aborted (exit
+    134, "terminate called without an active exception") after saying "interrupted"; this script, with
+    torch 2.13 on this box, aborted 3 times in 3 before. The program now ends with the command's own
+    code."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, threading, time, torch\n"
+        "torch.set_num_threads(1)\n"
+        "def work():\n"
+        "    a = torch.randn(2000, 2000)\n"
+        "    while True:\n"
+        "        a @ a\n"
+        "threading.Thread(target=work, daemon=True, name='virnucpro-worker 0 (cpu)').start()\n"
+        "time.sleep(1)\n"
+        "sys.argv = ['virnucpro-trt', '--version']\n"
+        "from virnucpro_trt.cli.main import console\n"
+        "console()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "terminate called" not in done.stderr, (done.returncode, done.stderr)
+    assert done.stdout.strip()
+
+
+def test_a_signal_while_python_tears_its_modules_down_does_not_kill_the_program() -> None:
+    """Python's exit puts the default signal handlers back before it tears the modules down (up to a
+    second with torch's): a SIGTERM there killed the program (exit 143) after a complete run. The
+    program now ends without that teardown: a global whose teardown would signal never runs it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys, time\n"
+        "class Teardown:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(30)\n"
+        "kept = Teardown()\n"
+        "sys.argv = ['virnucpro-trt', '--version']\n"
+        "from virnucpro_trt.cli.main import console\n"
+        "console()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.strip()
+
+
+def test_a_hangup_interrupts_like_sigterm_unless_nohup_ignores_it() -> None:
+    """A closed terminal (SIGHUP) killed the command at once: no clean-up, its ``.partial`` files and
+    locks left, the workers' pipes broken mid-log. It now takes the Ctrl-C path; under ``nohup`` (SIGHUP
+    ignored) it stays ignored."""
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGHUP)
+            raise AssertionError("SIGHUP did not interrupt")
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: the block goes on
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

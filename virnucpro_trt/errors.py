@@ -115,7 +115,9 @@ def describe_os_error(exc: OSError) -> tuple[str, int] | None:
     A full disk (or quota, or file-size limit) is a failed run (exit 1): what finished is kept and a
     rerun resumes. A read-only or forbidden location is a usage error (exit 2): choose another one. An
     I/O error (a failing disk or network file system) is a failed run, named as such; the inputs and
-    model files it meets first are refused by name before (``check_input_file``, the weights' hash).
+    model files it meets first are refused by name before (``check_input_file``, the weights' hash). A
+    name too long for the file system is a usage error; too few file descriptors (``ulimit -n``) a
+    failed run.
     """
     where = f" ({exc.filename})" if exc.filename else ""
     reason = exc.strerror or str(exc)
@@ -125,4 +127,8 @@ def describe_os_error(exc: OSError) -> tuple[str, int] | None:
         return f"cannot write{where}: {reason}; choose a location you can write to", EXIT_USAGE
     if exc.errno == errno.EIO:
         return f"{reason}{where}: the storage failed to read or write; check it and rerun", EXIT_FAILURE
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"{reason}{where}: choose a shorter name", EXIT_USAGE
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return f"{reason}: raise the limit on open files (ulimit -n) and rerun the same command", EXIT_FAILURE
     return None

@@ -1,10 +1,11 @@
-"""SIGTERM is an interrupt, like Ctrl-C, for every command.
+"""SIGTERM (and SIGHUP) is an interrupt, like Ctrl-C, for every command.
 
-Schedulers stop a job with SIGTERM (Slurm at its time limit, Snakemake on cancel, ``kill``). Python's
-default for it is to die at once, skipping every ``finally``: a half-written ``.partial``, a copy of
-stdin and the folders the run made were left behind, and no rerun removed them. Raised as
-``KeyboardInterrupt`` instead, it takes the Ctrl-C path: the command cleans up what it made, keeps what
-a rerun can resume (``predict``'s finished shards), says "interrupted" and exits 130.
+Schedulers stop a job with SIGTERM (Slurm at its time limit, Snakemake on cancel, ``kill``); a closed
+terminal or a dropped SSH session sends SIGHUP. Python's default for both is to die at once, skipping
+every ``finally``: a half-written ``.partial``, a copy of stdin and the folders the run made were left
+behind, and no rerun removed them. Raised as ``KeyboardInterrupt`` instead, they take the Ctrl-C path:
+the command cleans up what it made, keeps what a rerun can resume (``predict``'s finished shards), says
+"interrupted" and exits 130. A SIGHUP already ignored (``nohup``) stays ignored.
 """
 
 from __future__ import annotations
@@ -14,22 +15,35 @@ import signal
 import threading
 from collections.abc import Iterator
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_signals_to_take() -> list[int]:
+    """The stop signals this process handles: SIGTERM, and SIGHUP unless something (``nohup``) already
+    set it otherwise than the default."""
+    return [sig for sig in STOP_SIGNALS if sig == signal.SIGTERM or signal.getsignal(sig) == signal.SIG_DFL]
+
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, the first SIGTERM raises ``KeyboardInterrupt`` in the main thread and later ones
-    are ignored while the command cleans up (elsewhere: unchanged). Python runs the handler between
-    bytecodes: a SIGTERM during one long native call (a compiler's build) takes effect when it returns."""
+    """Within the block, the first SIGTERM or SIGHUP raises ``KeyboardInterrupt`` in the main thread and
+    later ones are ignored while the command cleans up (elsewhere: unchanged). A SIGHUP whose handler is
+    not the default (``nohup`` ignores it) is left as it is. Python runs the handler between bytecodes: a
+    signal during one long native call (a compiler's build) takes effect when it returns."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    taken = stop_signals_to_take()
+
     def _raise(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut the clean-up short
+        for sig in taken:  # once: a second one must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _raise)
+    previous = {sig: signal.signal(sig, _raise) for sig in taken}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

@@ -387,6 +387,14 @@ def test_tokenizer_past_the_embedding_is_refused_before_any_work(
     ("args", "needle"),
     [
         (["predict", "--demo", "--workers", "0", "-o", "x"], "Invalid value for '--workers'"),
+        (["predict", "--demo", "--workers", "100000000", "-o", "x"], "not in the range 1<=x<=1024"),
+        (["predict", "--demo", "--threads", "99999", "-o", "x"], "not in the range 1<=x<=1024"),
+        (["predict", "--demo", "--threads", str(2**31), "-o", "x"], "not in the range 1<=x<=1024"),
+        (["predict", "--demo", "--workers-per-gpu", "17", "-o", "x"], "not in the range 1<=x<=16"),
+        (
+            ["embed", "r.fa", "--weights", "w", "-o", "e.h5"],
+            "Missing option '--model'. Choose from: dnabert-s, esm2",
+        ),
         (["predict", "reads.fa"], "Missing option '-o' / '--outdir'"),
         (["predict", "--demo", "--chunk-length", "400", "-o", "x"], "Invalid value for '--chunk-length'"),
         (["no-such-command"], "No such command 'no-such-command'"),
@@ -412,3 +420,51 @@ def test_a_rebuild_without_the_checkpoints_says_what_it_needs(tiny_set, reads_fa
         "error: --rebuild needs the checkpoints to build from: missing --dnabert, --classifier"
     ], result.stderr
     assert not out.exists()
+
+
+def test_the_program_alone_shows_its_help_not_an_error():
+    """``virnucpro-trt`` with no command printed ``error: Usage: ...`` and the whole help on stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "virnucpro_trt"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("Usage: virnucpro-trt") and "predict" in proc.stdout
+
+
+def test_a_line_break_in_a_path_is_shown_escaped_not_cut(tmp_path):
+    """The error line was cut at the path's line break: ``error: input /data/a`` and no reason."""
+    result = run_cli("prepare", str(tmp_path / "bad\nname.fa"), "-o", str(tmp_path / "o"))
+    _assert_one_line_error(result, f"input {tmp_path}/bad\\nname.fa: no such file")
+
+
+def test_a_closed_stdin_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "virnucpro_trt", "prepare", "-", "-o", str(tmp_path / "o")],
+        stdin=None, capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: __import__("os").close(0),
+    )  # fmt: skip
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and errors == [
+        "error: input -: stdin is closed; pipe the reads in or give a file"
+    ]
+    assert "unexpected" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_name_too_long_for_the_file_system_and_an_empty_log_file_are_usage_errors(tmp_path):
+    result = run_cli("prepare", "-", "-o", str(tmp_path / ("x" * 300)))
+    _assert_one_line_error(result, "File name too long")
+    result = run_cli("prepare", "-", "-o", str(tmp_path / "o"), "--log-file", "")
+    _assert_one_line_error(result, "--log-file: an empty path; name the output")  # was: IsADirectoryError
+    assert "unexpected" not in result.stderr and not (tmp_path / "o").exists()
+
+
+def test_a_log_line_naming_a_path_that_is_not_utf8_is_written_escaped(tmp_path):
+    """With ``--log-file``, every record naming such a path printed "--- Logging error ---" and a
+    traceback, on success too (the log file's strict UTF-8)."""
+    reads = tmp_path / "r.fa"
+    reads.write_text(GOOD)
+    out = tmp_path / "o\udcff"  # the byte 0xff as Python keeps an undecodable file name
+    log = tmp_path / "run.log"
+    result = run_cli("prepare", str(reads), "-o", str(out), "--log-file", str(log))
+    assert result.code == 0 and "Logging error" not in result.stderr, result.stderr
+    assert "o\\udcff" in log.read_text(encoding="utf-8")

@@ -27,6 +27,9 @@ DEFAULT_READ_LENGTH = 500
 DEFAULT_SEED = 42
 # Seven in ten reads coding: the mix the committed full-size figures were measured on.
 DEFAULT_CODING_FRACTION = 0.7
+# Generated reads are held in memory (see above): at most this many bases, ~1 GB of text. Unbounded,
+# ``--reads 10^11`` failed on a 745 GiB allocation and ``--read-length 2^63`` overflowed inside numpy.
+MAX_GENERATED_BASES = 10**9
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,11 @@ def generated_workload(
     if length_mix not in LENGTH_MIXES:
         raise UserError(f"--length-mix {length_mix}: expected one of {', '.join(LENGTH_MIXES)}")
     mix = LENGTH_MIXES[length_mix]
+    if reads * (mix.longest or read_length) > MAX_GENERATED_BASES:
+        raise UserError(
+            f"--reads {reads} of up to {mix.longest or read_length} bp: generated reads hold at most "
+            f"{MAX_GENERATED_BASES:,} bases (they are kept in memory); give fewer or shorter reads"
+        )
     lengths = None if length_mix == "fixed" else mix_lengths(length_mix, reads, seed, read_length)
     pairs = generate_reads(
         reads, read_length, seed=seed, coding_fraction=coding_fraction, n_rate=mix.n_rate, lengths=lengths

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from virnucpro_trt.bench.config_names import DEFAULT_BENCH_BACKENDS, RANDOM_SIZE
 from virnucpro_trt.cli.command_options import (
     CONTEXT,
     DEFAULT_BUDGETS,
+    THREAD_COUNT,
+    FiniteFloatRange,
     OutputPath,
     checkpoint_options,
     chunk_length_option,
@@ -49,14 +50,6 @@ def _precisions(ctx: click.Context, param: click.Parameter, value: str) -> str:
         return ",".join(parse_precisions(value))
     except UserError as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
-
-
-def _finite_gate(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    """A gate is a finite factor: ``nan`` or ``inf`` passed click's range and ran the whole bench to a
-    verdict no run could meet."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite factor", ctx, param)
-    return value
 
 
 def _usage(message: str) -> click.UsageError:
@@ -102,10 +95,12 @@ def _check_sources(
     help="Lengths of generated reads: fixed (--read-length, default), mixed (100-1000 bp, log-uniform) "
     "or illumina (150 bp, 1 in 5 trimmed to 100-149 bp). The table and JSON report each encoder's padding.",
 )
-@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the generated reads.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=42, show_default=True, help="Seed of the generated reads."
+)
 @click.option(
     "--coding-fraction",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloatRange(0.0, 1.0),
     default=0.7,
     show_default=True,
     help="Share of generated reads with a coding region (the rest is random DNA, which keeps no frame).",
@@ -153,7 +148,7 @@ def _check_sources(
     help="Time the (slow) reference on the reads holding the first N frames, extrapolated per frame; "
     "0: all frames.",
 )
-@click.option("-t", "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@click.option("-t", "--threads", type=THREAD_COUNT, default=None, help="CPU threads for torch.")
 @click.option(
     "--json", "json_path", type=OutputPath(dir_okay=False, path_type=Path), help="Write the results here."
 )
@@ -166,9 +161,8 @@ def _check_sources(
 @replace_option
 @click.option(
     "--gate",
-    type=click.FloatRange(min=0.0, min_open=True),
+    type=FiniteFloatRange(min=0.0, min_open=True),
     default=None,
-    callback=_finite_gate,
     help="Exit 1 unless the best engine is at least X times faster than the reference.",
 )
 @logging_options

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -37,6 +38,27 @@ from virnucpro_trt.settings import (
 )
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+MAX_THREADS = 1024
+"""The most CPU threads (``--threads``) and CPU worker processes (``--workers``) a command takes: more
+than a machine has cores. Unbounded, 20,000 threads failed in libgomp, 99,999 segfaulted, 2^31
+overflowed inside torch, and ``--workers 10^8`` filled memory before a worker started."""
+THREAD_COUNT = click.IntRange(min=1, max=MAX_THREADS)
+MAX_WORKERS_PER_GPU = 16  # each holds its own copy of the models: past a few, they no longer fit a GPU
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float range that also refuses ``nan`` and ``inf``: ``nan`` fails every comparison, so click's
+    range let it through (``--coding-fraction nan`` generated reads from it, ``--gate nan`` ran a whole
+    bench to a verdict no run could meet)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 # What each checkpoint option accepts (the flags themselves come from the kinds table).
@@ -58,7 +80,7 @@ _LOG_FILE_HELP = "Also log (DEBUG) here."
 
 def group_logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """-v/-q/--log-file on the ``virnucpro-trt`` group, so ``virnucpro-trt -v predict ...`` works too."""
-    func = click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help=_LOG_FILE_HELP)(
+    func = click.option("--log-file", type=OutputPath(dir_okay=False, path_type=Path), help=_LOG_FILE_HELP)(
         func
     )
     func = click.option("-q", "--quiet", is_flag=True, help=_QUIET_HELP)(func)
@@ -176,7 +198,7 @@ def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option("-v", "--verbose", count=True, help=_VERBOSE_HELP)
     @click.option("-q", "--quiet", is_flag=True, help=_QUIET_HELP)
-    @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help=_LOG_FILE_HELP)
+    @click.option("--log-file", type=OutputPath(dir_okay=False, path_type=Path), help=_LOG_FILE_HELP)
     @functools.wraps(func)
     def wrapper(*args: Any, verbose: int, quiet: bool, log_file: Path | None, **kwargs: Any) -> Any:
         start_logging(verbose, quiet, log_file)
@@ -206,7 +228,8 @@ class OutputPath(click.Path):
             name = "/".join(param.opts) if param is not None and param.opts else "the output path"
             if param is not None and param.param_type_name == "argument":
                 name = param.human_readable_name
-            raise UserError(f"{name}: an empty path; name the output (. for the current folder)")
+            folder = " (. for the current folder)" if self.dir_okay else ""
+            raise UserError(f"{name}: an empty path; name the output{folder}")
         converted = super().convert(value, param, ctx)
         check_parent_folders(Path(converted))
         CLI_STATE.setdefault("outputs", []).append(Path(converted).absolute())

@@ -80,7 +80,9 @@ def setup_logging(verbose: int = 0, quiet: bool = False, log_file: Path | None =
     root.addHandler(console)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        # a path that is not UTF-8 (its bytes kept as surrogates) is written escaped: strict UTF-8 made
+        # every record naming it a "--- Logging error ---" and a traceback on the terminal
+        file_handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
         file_handler.setFormatter(logging.Formatter(_FILE_FORMAT))
         file_handler.setLevel(logging.DEBUG)
         root.addHandler(file_handler)

@@ -7,6 +7,7 @@ Nothing here reaches the network except ``download``, which exists to do exactly
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -14,10 +15,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -26,6 +28,8 @@ from virnucpro_trt.cli.command_options import (
     CLI_STATE,
     CONTEXT,
     DEFAULT_BUDGETS,
+    MAX_WORKERS_PER_GPU,
+    THREAD_COUNT,
     OutputPath,
     checkpoint_options,
     chunk_length_option,
@@ -48,7 +52,7 @@ from virnucpro_trt.errors import (
     VirnucproError,
     describe_os_error,
 )
-from virnucpro_trt.interrupts import sigterm_as_interrupt
+from virnucpro_trt.interrupts import sigterm_as_interrupt, stop_signals_to_take
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
 from virnucpro_trt.outputs.demo_note import DEMO_LABEL
 from virnucpro_trt.settings import (
@@ -116,7 +120,7 @@ def encoder_options(
     @click.option(
         "-t",
         "--threads",
-        type=click.IntRange(min=1),
+        type=THREAD_COUNT,
         default=None,
         help="CPU threads for torch (default: the CPUs this process may use: its CPU affinity, the "
         "cgroup CPU quota and SLURM_CPUS_PER_TASK).",
@@ -285,14 +289,14 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )
     @click.option(
         "--workers",
-        type=click.IntRange(min=1),
+        type=THREAD_COUNT,
         default=None,
         help="CPU runs: number of worker processes, each with --threads/N torch threads (default 1, "
         "which runs inside the main process).",
     )
     @click.option(
         "--workers-per-gpu",
-        type=click.IntRange(min=1),
+        type=click.IntRange(min=1, max=MAX_WORKERS_PER_GPU),
         default=1,
         show_default=True,
         help="CUDA runs: worker processes per GPU, each with its own copy of the models (a second one can "
@@ -623,9 +627,13 @@ def main(argv: list[str] | None = None) -> None:
             code = cli.main(args=argv, prog_name="virnucpro-trt", standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:  # the program alone: its help, as --help shows it
+        click.echo(exc.format_message())
+        code = exc.exit_code
     except click.UsageError as exc:  # click prints usage, a hint and a blank line: one line instead
         command = exc.ctx.command_path if exc.ctx is not None else "virnucpro-trt"
-        click.echo(f"error: {exc.format_message()} (see '{command} --help')", err=True)
+        message = " ".join(exc.format_message().split())  # "Choose from:" lists one choice per line
+        click.echo(f"error: {message} (see '{command} --help')", err=True)
         code = exc.exit_code
     except click.ClickException as exc:
         exc.show()
@@ -657,27 +665,47 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def console() -> None:
-    """The ``virnucpro-trt`` program (and ``python -m virnucpro_trt``): :func:`main`; then a SIGINT or
-    SIGTERM while the process exits ends it at once with the command's own exit code.
-
-    The command has finished and said so by then; Python's own exit (the modules torch loaded) still
-    takes up to a second, and a SIGTERM in it killed the process, exit 143, after a complete run. The
-    signal still stops an exit that hangs. Only the program does this: :func:`main` also runs inside
-    other processes (the tests)."""
+    """The ``virnucpro-trt`` program (and ``python -m virnucpro_trt``): :func:`main`, then the program
+    ends itself (:func:`_exit_with`) with the command's exit code. Only the program does this:
+    :func:`main` also runs inside other processes (the tests)."""
     try:
         main()
     except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        _exit_with(done.code if isinstance(done.code, int) else (0 if done.code is None else 1))
 
-        def _exit_now(signum: int, frame: object) -> None:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
 
-        signal.signal(signal.SIGINT, _exit_now)
-        signal.signal(signal.SIGTERM, _exit_now)
-        raise
+def _exit_with(code: int) -> NoReturn:
+    """End the process the way Python's exit would, but without tearing its modules down.
+
+    The command has finished and said so by then. Python's own exit first puts the signal handlers back
+    to the defaults, then tears down every module torch loaded (up to a second): a SIGINT or SIGTERM in
+    that second killed the process (exit 130 or 143) after a complete run, and an inline worker still
+    inside a batch (an interrupt the coordinator stopped waiting for: a CPU batch of the real models
+    takes minutes) had torch's thread pools destroyed under it (abort, exit 134). So: threads that are
+    not daemons are joined and the exit functions run (the log's flush among them), as Python does,
+    with a signal meanwhile ending the process at once with ``code``; then ``os._exit``. An unwritable
+    stdout makes it 120, as Python's exit does.
+    """
+
+    def _now(signum: int, frame: object) -> None:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    for sig in (signal.SIGINT, *stop_signals_to_take()):
+        signal.signal(sig, _now)
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+    except Exception:
+        code = code or 120
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def _output_not_creatable(exc: OSError) -> tuple[str, int] | None:
@@ -695,7 +723,13 @@ def _output_not_creatable(exc: OSError) -> tuple[str, int] | None:
 
 
 def _report(line: str, exc: BaseException, unexpected: bool = False) -> None:
-    first_line = " ".join(line.split("\n")[0].split())
+    """``line`` on stderr as one line. An unexpected exception's message is cut at its first line (a
+    library's may go on with a stack dump); this tool's own messages are kept whole, a line break or
+    other control character in them (a path's) shown escaped: cut, ``error: input /data/a`` had lost
+    the path's rest and the reason."""
+    if unexpected:
+        line = line.split("\n")[0]
+    first_line = " ".join("".join(c if c.isprintable() else ascii(c)[1:-1] for c in line).split())
     logging.getLogger("virnucpro_trt").debug("%s", "".join(traceback.format_exception(exc)))
     if unexpected and CLI_STATE["verbose"] >= 2:
         traceback.print_exception(exc)

@@ -8,6 +8,9 @@ kept frame — the classifier's features, consolidated instead of upstream's per
 A file read back (``merge`` reads the parts' files) is hostile input: HDF5 lets a dataset keep its bytes
 in other files (external raw storage, virtual datasets, soft and external links), so every dataset read
 goes through :func:`plain_dataset` first.
+
+A file written is written through :class:`_FailedWrites`, so HDF5 itself never meets a failed write
+(see there).
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import h5py
 import numpy as np
 
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.files.atomic import remove_quietly, temporary_name
+from virnucpro_trt.files.atomic import close_quietly, exclusive_mode, remove_quietly, temporary_name
 from virnucpro_trt.files.ownership import output_entry
 
 _STR = h5py.string_dtype("utf-8")
@@ -69,6 +72,63 @@ def plain_dataset(handle: h5py.File, name: str, path: Path) -> h5py.Dataset:
     return dataset
 
 
+class _FailedWrites:
+    """The file object HDF5 writes through (h5py's file-object driver): a failed write or flush (a full
+    disk, a quota) is kept in :attr:`failure` and HDF5 is told it succeeded, and nothing more is written.
+
+    Why: HDF5 writes its cached chunks and metadata when it sees fit (on a flush, an eviction, a
+    close); a write that fails there leaves its library state broken, and the process segfaulted on the
+    next call or at exit, after pages of tracebacks from h5py's ``__dealloc__``. Told nothing failed,
+    HDF5 stays whole; the writer checks :attr:`failure` after each block and raises it as the OSError
+    it was, and the file, garbage from then on, is removed.
+    """
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw = raw  # unbuffered
+        self.failure: OSError | None = None
+
+    def _guarded(self, call: Callable[[], object]) -> None:
+        if self.failure is None:
+            try:
+                call()
+            except OSError as exc:
+                self.failure = exc
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data).cast("B")
+        self._guarded(lambda: self._write_all(view))
+        return view.nbytes
+
+    def _write_all(self, view: memoryview) -> None:
+        while view:  # an unbuffered file may write less than asked
+            view = view[self.raw.write(view) :]
+
+    def truncate(self, size: int | None = None) -> int:
+        self._guarded(lambda: self.raw.truncate(size))
+        return self.raw.tell() if size is None else size
+
+    def flush(self) -> None:
+        self._guarded(self.raw.flush)
+
+    def close(self) -> None:
+        """Flush, sync to disk (where some file systems first report a full disk) and close."""
+        self.flush()
+        self._guarded(lambda: os.fsync(self.raw.fileno()))
+        self._guarded(self.raw.close)
+
+    def read(self, size: int = -1) -> bytes:  # h5py takes an object with read and seek for a file
+        return self.raw.read(size)
+
+    def readinto(self, buffer: bytearray) -> int | None:
+        return self.raw.readinto(buffer)  # type: ignore[attr-defined]
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
 class _Appender:
     """Resizable HDF5 datasets grown by appending row blocks."""
 
@@ -83,14 +143,17 @@ class _Appender:
         self.partial = temporary_name(path, on_create)
         self.rows = 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.file = h5py.File(self.partial, "x")  # created new: never through a planted link
+        try:  # created new: never through a planted link
+            # unbuffered: a buffer would flush, and fail, inside a seek, out of the guard's reach
+            self.raw: IO[bytes] = open(self.partial, exclusive_mode("w+b"), buffering=0)  # noqa: SIM115
         except FileExistsError:  # the random name taken (only a planted file does that): left alone
             raise
         except BaseException:  # an interrupt between the file's creation and here
             remove_quietly(self.partial)
             raise
         try:  # from here on, any failure or interrupt removes the file (no ``with`` holds it yet)
+            self.writes = _FailedWrites(self.raw)
+            self.file = h5py.File(self.writes, "w")
             if on_create is not None:  # told as soon as it exists (see ResultSet)
                 on_create(self.partial)
             for key, value in attrs.items():
@@ -116,6 +179,15 @@ class _Appender:
             ds.resize(self.rows + n, axis=0)
             ds[self.rows : self.rows + n] = values
         self.rows += n
+        self.file.flush()  # what a full disk refuses is met here, block by block
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        """The write that failed, as an OSError naming the output (its temporary name means nothing to
+        the user): a full disk is then one line and a rerun, like every other output's."""
+        failure = self.writes.failure
+        if failure is not None:
+            raise OSError(failure.errno, failure.strerror or str(failure), str(self.path)) from failure
 
     def commit(self) -> None:
         """:meth:`close`, then :meth:`rename`."""
@@ -125,6 +197,8 @@ class _Appender:
     def close(self) -> None:
         """Close the file, complete, still under its temporary name (see ``ResultSet.close``)."""
         self.file.close()
+        self.writes.close()
+        self._raise_failure()
 
     def entry(self) -> dict[str, Any]:
         """``{bytes, sha256}`` of the closed file, for its final name."""
@@ -137,9 +211,11 @@ class _Appender:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self.file.id.valid:  # not committed: a full disk may fail the close too; remove it anyway
+        file = getattr(self, "file", None)
+        if file is not None and file.id.valid:  # not committed: close, then remove it
             with contextlib.suppress(Exception):
-                self.file.close()
+                file.close()
+        close_quietly(self.raw)
         remove_quietly(self.partial)
 
 

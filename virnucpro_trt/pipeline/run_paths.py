@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -32,6 +33,8 @@ def check_input_file(input_spec: str) -> None:
     byte: one that cannot be read (no permission, EIO from a failing disk or a link to /proc/self/mem)
     is named in one line here, not met as an unexpected OSError half-way through a run."""
     if input_spec == STDIN:
+        if sys.stdin is None:  # started with stdin closed (``<&-``): Python has no stream for it
+            raise InputFormatError("input -: stdin is closed; pipe the reads in or give a file")
         return
     path = Path(input_spec)
     if not path.exists():

@@ -41,6 +41,7 @@ import torch
 from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import EXIT_INTERRUPTED, RunFailure, UserError, VirnucproError
 from virnucpro_trt.files.unpacking import RunFolder
+from virnucpro_trt.interrupts import STOP_SIGNALS
 from virnucpro_trt.runtime.device import resolve_device
 from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
@@ -390,9 +391,10 @@ class Coordinator:
                     self.on_ready(message.facts)
         elif isinstance(message, Started):
             worker.running = message.shard
-        elif isinstance(message, Progress):
+        elif isinstance(message, Progress):  # 0 frames: a DNABERT-S batch done (frame_path.score_frames)
             self.credited[message.shard] += message.frames
-            self.progress(message.frames)
+            if message.frames:
+                self.progress(message.frames)
         elif isinstance(message, Done):
             shard_id, marker = message.shard, message.marker
             self.markers[shard_id] = marker
@@ -468,13 +470,13 @@ class Coordinator:
         self.workers.clear()
 
     def _stop_all(self) -> None:
-        """Stop every worker now (failure or interrupt); a further Ctrl-C or SIGTERM meanwhile is ignored
-        (raised in the middle of the reaping, it would leave workers running)."""
+        """Stop every worker now (failure or interrupt); a further Ctrl-C, SIGTERM or SIGHUP meanwhile is
+        ignored (raised in the middle of the reaping, it would leave workers running)."""
         if not self.workers:
             return
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+            previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, *STOP_SIGNALS)}
         try:
             for worker in self.workers.values():
                 worker.terminate()

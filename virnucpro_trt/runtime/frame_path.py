@@ -144,12 +144,15 @@ def score_frames(
     """Embed every frame with both encoders, then classify (stages ``dnabert``, ``esm``, ``classify``).
 
     Each encoder sees all of ``prepared``'s frames at once, length-sorted into batches by its budget;
-    ``progress`` counts frames as ESM-2 (the slow encoder) finishes them.
+    ``progress`` counts frames as ESM-2 (the slow encoder) finishes them, and is called with 0 after each
+    DNABERT-S batch: the inline worker is asked to stop there (``WorkerStopped``), so an interrupt does
+    not wait for a whole shard's DNABERT-S stage (a minute and more on a CPU).
     """
     ids = prepared.frame_ids
     padding = {"dnabert": BatchStats(), "esm": BatchStats()}
     with stage("dnabert"):
-        dna = models.dnabert.embed(prepared.dna_tokens, ids, stats=padding["dnabert"])
+        between = None if progress is None else lambda _done: progress(0)
+        dna = models.dnabert.embed(prepared.dna_tokens, ids, between, stats=padding["dnabert"])
     with stage("esm"):
         esm = models.esm.embed(prepared.protein_tokens, ids, progress, stats=padding["esm"])
     with stage("classify"):

@@ -304,6 +304,8 @@ class _PipeLogHandler(logging.Handler):
             record.exc_info = None
             record.exc_text = None
             self.send(Log(self.slot.index, record))
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            pass  # the coordinator is gone (killed): nobody to tell, and no traceback for its terminal
         except Exception:  # logging must never kill a worker
             self.handleError(record)
 

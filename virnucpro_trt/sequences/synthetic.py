@@ -29,8 +29,11 @@ class LengthMix:
     name: str
     description: str
     n_rate: float = 0.0
+    longest: int | None = None  # its longest read (None: the fixed mix's one length)
 
 
+MIXED_RANGE = (100, 1000)
+ILLUMINA_LENGTH = 150
 LENGTH_MIXES: dict[str, LengthMix] = {
     mix.name: mix
     for mix in (
@@ -38,16 +41,16 @@ LENGTH_MIXES: dict[str, LengthMix] = {
         LengthMix(
             "mixed",
             "100-1000 bp, log-uniform: short fragments are common, reads past the chunk length are chunked",
+            longest=MIXED_RANGE[1],
         ),
         LengthMix(
             "illumina",
             "150 bp Illumina-like: 1 read in 5 quality-trimmed to 100-149 bp, 1 base in 2000 an N",
             n_rate=0.0005,
+            longest=ILLUMINA_LENGTH,
         ),
     )
 }
-MIXED_RANGE = (100, 1000)
-ILLUMINA_LENGTH = 150
 ILLUMINA_TRIMMED = (0.2, 100)  # share of reads trimmed, shortest trimmed length
 
 
