@@ -135,7 +135,7 @@ def _check_one(
         )
     if not rid:
         raise InputFormatError(  # titles are right-stripped: '>' alone or followed by blanks only
-            f"{name}: {record_label(number, None)} has an empty id (nothing but blanks after its '>')"
+            f"{name}: {record_label(number, None)} has an empty id (nothing but blanks after its '>' or '@')"
         )
     if not title.isascii() and _SURROGATE.search(title):
         raise InputFormatError(f"{name}: {record_label(number, rid)}: header is not UTF-8 text")
