@@ -80,9 +80,7 @@ _LOG_FILE_HELP = "Also log (DEBUG) here."
 
 def group_logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """-v/-q/--log-file on the ``virnucpro-trt`` group, so ``virnucpro-trt -v predict ...`` works too."""
-    func = click.option("--log-file", type=OutputPath(dir_okay=False, path_type=Path), help=_LOG_FILE_HELP)(
-        func
-    )
+    func = click.option("--log-file", type=_LOG_FILE, help=_LOG_FILE_HELP)(func)
     func = click.option("-q", "--quiet", is_flag=True, help=_QUIET_HELP)(func)
     return click.option("-v", "--verbose", count=True, help=_VERBOSE_HELP)(func)
 
@@ -198,7 +196,7 @@ def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option("-v", "--verbose", count=True, help=_VERBOSE_HELP)
     @click.option("-q", "--quiet", is_flag=True, help=_QUIET_HELP)
-    @click.option("--log-file", type=OutputPath(dir_okay=False, path_type=Path), help=_LOG_FILE_HELP)
+    @click.option("--log-file", type=_LOG_FILE, help=_LOG_FILE_HELP)
     @functools.wraps(func)
     def wrapper(*args: Any, verbose: int, quiet: bool, log_file: Path | None, **kwargs: Any) -> Any:
         start_logging(verbose, quiet, log_file)
@@ -221,7 +219,11 @@ def checkpoint_options(required: bool) -> Decorator:
 class OutputPath(click.Path):
     """A path a command writes to (``-o``): refused in one line, exit 2, before anything runs, when it is
     empty (``-o ""`` would quietly mean the current folder) or lies below a file (``-o notes.txt/out``
-    would fail later as a ``NotADirectoryError``)."""
+    would fail later as a ``NotADirectoryError``). ``advice`` ends the latter's line."""
+
+    def __init__(self, *args: Any, advice: str = "choose another output location", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.advice = advice
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and value == "":
@@ -231,9 +233,12 @@ class OutputPath(click.Path):
             folder = " (. for the current folder)" if self.dir_okay else ""
             raise UserError(f"{name}: an empty path; name the output{folder}")
         converted = super().convert(value, param, ctx)
-        check_parent_folders(Path(converted))
+        check_parent_folders(Path(converted), self.advice)
         CLI_STATE.setdefault("outputs", []).append(Path(converted).absolute())
         return converted
+
+
+_LOG_FILE = OutputPath(dir_okay=False, path_type=Path, advice="put the log elsewhere")
 
 
 def outdir_option(help_text: str) -> Decorator:
