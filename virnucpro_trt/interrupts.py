@@ -47,3 +47,31 @@ def sigterm_as_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Within the block, Ctrl-C and the stop signals are held, then acted on as they would have been.
+
+    For library calls that call back into Python (HDF5 writing through a Python file object): a
+    handler that raises there unwinds through C code that cannot take an exception, and HDF5 left so
+    segfaults later. Signals arriving meanwhile are noted, the previous handlers put back, and each one
+    raised again once. Only the main thread handles signals; elsewhere (and for an ignored signal)
+    nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def _hold(signum: int, frame: object) -> None:
+        held.append(signum)
+
+    chosen = [sig for sig in (signal.SIGINT, *STOP_SIGNALS) if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, _hold) for sig in chosen}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for sig in dict.fromkeys(held):
+            signal.raise_signal(sig)

@@ -10,7 +10,8 @@ in other files (external raw storage, virtual datasets, soft and external links)
 goes through :func:`plain_dataset` first.
 
 A file written is written through :class:`_FailedWrites`, so HDF5 itself never meets a failed write
-(see there).
+(see there), and with signals held (:func:`~virnucpro_trt.interrupts.signals_held`): an interrupt is
+raised after HDF5 returns, never inside its call back into Python.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import close_quietly, exclusive_mode, remove_quietly, temporary_name
 from virnucpro_trt.files.ownership import output_entry
+from virnucpro_trt.interrupts import signals_held
 
 _STR = h5py.string_dtype("utf-8")
 # Layouts whose bytes live in the file itself (a virtual dataset's layout is h5d.VIRTUAL).
@@ -153,19 +155,20 @@ class _Appender:
             raise
         try:  # from here on, any failure or interrupt removes the file (no ``with`` holds it yet)
             self.writes = _FailedWrites(self.raw)
-            self.file = h5py.File(self.writes, "w")
             if on_create is not None:  # told as soon as it exists (see ResultSet)
                 on_create(self.partial)
-            for key, value in attrs.items():
-                self.file.attrs[key] = value
-            for name, (dtype, tail) in columns.items():
-                self.file.create_dataset(
-                    name,
-                    shape=(0, *tail),
-                    maxshape=(None, *tail),
-                    dtype=dtype,
-                    chunks=(max(1, min(4096, 2**20 // max(1, int(np.prod(tail or (1,)))))), *tail),
-                )
+            with signals_held():
+                self.file = h5py.File(self.writes, "w")
+                for key, value in attrs.items():
+                    self.file.attrs[key] = value
+                for name, (dtype, tail) in columns.items():
+                    self.file.create_dataset(
+                        name,
+                        shape=(0, *tail),
+                        maxshape=(None, *tail),
+                        dtype=dtype,
+                        chunks=(max(1, min(4096, 2**20 // max(1, int(np.prod(tail or (1,)))))), *tail),
+                    )
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -174,12 +177,13 @@ class _Appender:
         n = len(next(iter(columns.values())))
         if n == 0:
             return
-        for name, values in columns.items():
-            ds = self.file[name]
-            ds.resize(self.rows + n, axis=0)
-            ds[self.rows : self.rows + n] = values
+        with signals_held():  # HDF5 calls back into Python (_FailedWrites): no interrupt raised inside
+            for name, values in columns.items():
+                ds = self.file[name]
+                ds.resize(self.rows + n, axis=0)
+                ds[self.rows : self.rows + n] = values
+            self.file.flush()  # what a full disk refuses is met here, block by block
         self.rows += n
-        self.file.flush()  # what a full disk refuses is met here, block by block
         self._raise_failure()
 
     def _raise_failure(self) -> None:
@@ -196,7 +200,8 @@ class _Appender:
 
     def close(self) -> None:
         """Close the file, complete, still under its temporary name (see ``ResultSet.close``)."""
-        self.file.close()
+        with signals_held():
+            self.file.close()
         self.writes.close()
         self._raise_failure()
 
@@ -213,7 +218,7 @@ class _Appender:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         file = getattr(self, "file", None)
         if file is not None and file.id.valid:  # not committed: close, then remove it
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), signals_held():
                 file.close()
         close_quietly(self.raw)
         remove_quietly(self.partial)
