@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -25,15 +26,26 @@ def stop_signals_to_take() -> list[int]:
 
 
 @contextlib.contextmanager
+def _handling(signals: list[int], handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for ``signals`` within the block, the previous handlers back after it. Only the main
+    thread may set handlers (and only it runs them): elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, the first SIGTERM or SIGHUP raises ``KeyboardInterrupt`` in the main thread and
     later ones are ignored while the command cleans up (elsewhere: unchanged). A SIGHUP whose handler is
     not the default (``nohup`` ignores it) is left as it is. Python runs the handler between bytecodes: a
     signal during one long native call (a compiler's build) takes effect when it returns."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     taken = stop_signals_to_take()
 
     def _raise(signum: int, frame: object) -> None:
@@ -41,12 +53,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, _raise) for sig in taken}
-    try:
+    with _handling(taken, _raise):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -58,20 +66,11 @@ def signals_held() -> Iterator[None]:
     segfaults later. Signals arriving meanwhile are noted, the previous handlers put back, and each one
     raised again once. Only the main thread handles signals; elsewhere (and for an ignored signal)
     nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     held: list[int] = []
-
-    def _hold(signum: int, frame: object) -> None:
-        held.append(signum)
-
     chosen = [sig for sig in (signal.SIGINT, *STOP_SIGNALS) if signal.getsignal(sig) is not signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, _hold) for sig in chosen}
     try:
-        yield
+        with _handling(chosen, lambda signum, frame: held.append(signum)):
+            yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         for sig in dict.fromkeys(held):
             signal.raise_signal(sig)
