@@ -468,3 +468,17 @@ def test_a_log_line_naming_a_path_that_is_not_utf8_is_written_escaped(tmp_path):
     result = run_cli("prepare", str(reads), "-o", str(out), "--log-file", str(log))
     assert result.code == 0 and "Logging error" not in result.stderr, result.stderr
     assert "o\\udcff" in log.read_text(encoding="utf-8")
+
+
+def test_usage_errors_stay_one_line_with_a_click_that_has_no_no_args_is_help_error():
+    """click 8.1 (which pyproject allows) has no ``NoArgsIsHelpError``: naming it in an ``except`` clause
+    raised an AttributeError for every usage error, a traceback instead of the one line."""
+    script = (
+        "import click.exceptions\n"
+        "del click.exceptions.NoArgsIsHelpError\n"
+        "from virnucpro_trt.cli.main import main\n"
+        "main(['predict', 'reads.fa'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().startswith("error: Missing option '-o' / '--outdir'")

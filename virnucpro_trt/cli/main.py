@@ -619,6 +619,11 @@ def download(repo_id: str) -> None:
     click.echo(str(path))
 
 
+# click 8.2 raises this for the program alone; 8.1 (pyproject allows it) has no such class and shows the
+# help itself (exit 0): naming the class directly failed every usage error there with an AttributeError.
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps every failure to one line and a documented exit code."""
     CLI_STATE["outputs"] = []  # the output paths this command names (OutputPath), for the error lines
@@ -627,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
             code = cli.main(args=argv, prog_name="virnucpro-trt", standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.NoArgsIsHelpError as exc:  # the program alone: its help, as --help shows it
+    except _NO_ARGS_IS_HELP as exc:  # the program alone: its help, as --help shows it
         click.echo(exc.format_message())
         code = exc.exit_code
     except click.UsageError as exc:  # click prints usage, a hint and a blank line: one line instead
