@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -25,8 +25,11 @@ def stop_signals_to_take() -> list[int]:
     return [sig for sig in STOP_SIGNALS if sig == signal.SIGTERM or signal.getsignal(sig) == signal.SIG_DFL]
 
 
+Handler = Callable[[int, Any], None] | signal.Handlers  # a function, or SIG_IGN / SIG_DFL
+
+
 @contextlib.contextmanager
-def _handling(signals: list[int], handler: Callable[[int, Any], None]) -> Iterator[None]:
+def handlers_within(signals: Iterable[int], handler: Handler) -> Iterator[None]:
     """``handler`` for ``signals`` within the block, the previous handlers back after it. Only the main
     thread may set handlers (and only it runs them): elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():
@@ -53,7 +56,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    with _handling(taken, _raise):
+    with handlers_within(taken, _raise):
         yield
 
 
@@ -69,7 +72,7 @@ def signals_held() -> Iterator[None]:
     held: list[int] = []
     chosen = [sig for sig in (signal.SIGINT, *STOP_SIGNALS) if signal.getsignal(sig) is not signal.SIG_IGN]
     try:
-        with _handling(chosen, lambda signum, frame: held.append(signum)):
+        with handlers_within(chosen, lambda signum, frame: held.append(signum)):
             yield
     finally:
         for sig in dict.fromkeys(held):

@@ -41,7 +41,7 @@ import torch
 from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import EXIT_INTERRUPTED, RunFailure, UserError, VirnucproError
 from virnucpro_trt.files.unpacking import RunFolder
-from virnucpro_trt.interrupts import STOP_SIGNALS
+from virnucpro_trt.interrupts import STOP_SIGNALS, handlers_within
 from virnucpro_trt.runtime.device import resolve_device
 from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
@@ -391,10 +391,9 @@ class Coordinator:
                     self.on_ready(message.facts)
         elif isinstance(message, Started):
             worker.running = message.shard
-        elif isinstance(message, Progress):  # 0 frames: a DNABERT-S batch done (frame_path.score_frames)
+        elif isinstance(message, Progress):
             self.credited[message.shard] += message.frames
-            if message.frames:
-                self.progress(message.frames)
+            self.progress(message.frames)
         elif isinstance(message, Done):
             shard_id, marker = message.shard, message.marker
             self.markers[shard_id] = marker
@@ -474,19 +473,13 @@ class Coordinator:
         ignored (raised in the middle of the reaping, it would leave workers running)."""
         if not self.workers:
             return
-        previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, *STOP_SIGNALS)}
-        try:
+        with handlers_within((signal.SIGINT, *STOP_SIGNALS), signal.SIG_IGN):
             for worker in self.workers.values():
                 worker.terminate()
             deadline = time.monotonic() + _JOIN_S
             for worker in self.workers.values():
                 _reap(worker, max(0.1, deadline - time.monotonic()), "kill")
             self.workers.clear()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _reap(worker: _Worker, wait_s: float, escalate: str) -> None:

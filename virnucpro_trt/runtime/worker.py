@@ -195,7 +195,8 @@ def _process_loop(
                 raise error
 
             def progress(n: int, shard_id: int = shard_id) -> None:
-                send(Progress(slot.index, shard_id, n))
+                if n:  # 0: a DNABERT-S batch done (frame_path.score_frames), only a chance to stop
+                    send(Progress(slot.index, shard_id, n))
                 if stop.is_set():
                     raise WorkerStopped
 
