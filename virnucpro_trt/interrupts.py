@@ -67,8 +67,10 @@ def signals_held() -> Iterator[None]:
     For library calls that call back into Python (HDF5 writing through a Python file object): a
     handler that raises there unwinds through C code that cannot take an exception, and HDF5 left so
     segfaults later. Signals arriving meanwhile are noted, the previous handlers put back, and each one
-    raised again once. Only the main thread handles signals; elsewhere (and for an ignored signal)
-    nothing changes."""
+    handed to its handler once, here and now: raised again with ``raise_signal``, Python ran the handler
+    at some later bytecode, and when that was inside a weakref callback (h5py frees its objects through
+    one) the KeyboardInterrupt was ignored and the interrupt lost. Only the main thread handles signals;
+    elsewhere (and for an ignored signal) nothing changes."""
     held: list[int] = []
     chosen = [sig for sig in (signal.SIGINT, *STOP_SIGNALS) if signal.getsignal(sig) is not signal.SIG_IGN]
     try:
@@ -76,4 +78,8 @@ def signals_held() -> Iterator[None]:
             yield
     finally:
         for sig in dict.fromkeys(held):
-            signal.raise_signal(sig)
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                handler(sig, None)
+            elif handler == signal.SIG_DFL:  # what the signal would have done: end the process
+                signal.raise_signal(sig)
