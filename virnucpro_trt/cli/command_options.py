@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
+from virnucpro_trt.cli.process_checks import check_compiler_cache_variables
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.names import check_parent_folders, is_within, same_file
 from virnucpro_trt.files.ownership import RECORD
@@ -192,7 +193,8 @@ def check_log_file_place(log_file: Path, context: click.Context) -> None:
 
 
 def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """-v/-q/--log-file on a command, after its name; set up (with the group's) before it runs."""
+    """-v/-q/--log-file on a command, after its name; set up (with the group's) before it runs, and
+    the compiler cache variables checked (every command that computes or writes has these options)."""
 
     @click.option("-v", "--verbose", count=True, help=_VERBOSE_HELP)
     @click.option("-q", "--quiet", is_flag=True, help=_QUIET_HELP)
@@ -200,6 +202,7 @@ def logging_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, verbose: int, quiet: bool, log_file: Path | None, **kwargs: Any) -> Any:
         start_logging(verbose, quiet, log_file)
+        check_compiler_cache_variables()
         return func(*args, **kwargs)
 
     return wrapper

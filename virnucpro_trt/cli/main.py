@@ -43,6 +43,7 @@ from virnucpro_trt.cli.command_options import (
     replace_option,
     shard_records_option,
 )
+from virnucpro_trt.cli.process_checks import open_closed_standard_streams, working_folder_problem
 from virnucpro_trt.engines.registry import auto_help
 from virnucpro_trt.errors import (
     CANNOT_CREATE,
@@ -366,6 +367,10 @@ def predict(
                 "--demo with models of your own (--dnabert, --esm, --classifier): the results are still "
                 "labelled as the random-weight demo's; leave --demo out for real predictions"
             )
+    if demo and input_path:  # a missing or unreadable input is said before the demo models are built
+        from virnucpro_trt.pipeline.run_paths import check_input_file
+
+        check_input_file(input_path)
     if demo and not (dnabert and esm and classifier and input_path):  # (built on first use)
         from virnucpro_trt.demo import demo_inputs
 
@@ -671,9 +676,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def console() -> None:
     """The ``virnucpro-trt`` program (and ``python -m virnucpro_trt``): :func:`main`, then the program
-    ends itself (:func:`_exit_with`) with the command's exit code. Only the program does this:
+    ends itself (:func:`_exit_with`) with the command's exit code. Only the program does this, and
+    checks its process first (closed standard streams, a removed working folder: ``process_checks``):
     :func:`main` also runs inside other processes (the tests)."""
+    open_closed_standard_streams()
     try:
+        if (problem := working_folder_problem()) is not None:
+            click.echo(f"error: {problem}", err=True)
+            sys.exit(EXIT_USAGE)
         main()
     except SystemExit as done:
         _exit_with(done.code if isinstance(done.code, int) else (0 if done.code is None else 1))
@@ -705,7 +715,8 @@ def _exit_with(code: int) -> NoReturn:
             thread.join()
     atexit._run_exitfuncs()
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None: started without one (main() run in-process, ``>&-``)
+            sys.stdout.flush()
     except Exception:
         code = code or 120
     with contextlib.suppress(Exception):

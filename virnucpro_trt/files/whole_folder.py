@@ -33,7 +33,12 @@ def write_folder_whole(
     the lock's name is not the tool's."""
     if finished(root):  # no lock needed to read a finished folder (which may be in a read-only place)
         return False
-    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, or below a place no folder can be made (/proc)
+        raise UserError(
+            f"cannot make the folder {root.parent} ({exc.strerror or exc}); set {elsewhere} to another"
+        ) from None
     with folder_lock(root, elsewhere) as lock:
         if finished(root):  # made by the run this one waited for
             return False

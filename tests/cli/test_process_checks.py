@@ -1,0 +1,125 @@
+"""The program in a process it cannot fully use: closed standard streams, a removed working folder,
+cache variables naming files, a cache folder that cannot be made (cli/process_checks.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cli.helpers import error_lines, run_cli
+from virnucpro_trt.sequences.synthetic import generate_reads
+
+RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "sequences.tsv", "run.json")
+
+
+def _reads(folder: Path) -> Path:
+    path = folder / "reads.fa"
+    path.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in generate_reads(3, 500, seed=3)))
+    return path
+
+
+def _predict_command(tiny_set, reads: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "virnucpro_trt", "predict", str(reads), "-o", str(out),
+        "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf),
+        "--classifier", str(tiny_set.classifier), "--device", "cpu", "--threads", "1",
+    ]  # fmt: skip
+
+
+def _run(command: list[str], closing: tuple[int, ...] = (), **kwargs) -> subprocess.CompletedProcess:
+    def close() -> None:
+        for descriptor in closing:
+            os.close(descriptor)
+
+    return subprocess.run(command, preexec_fn=close, timeout=300, text=True, **kwargs)
+
+
+def test_a_run_started_without_stderr_finishes(tiny_set, tmp_path):
+    """``2>&-`` (a daemon's start): logging's setup met Python's None stderr and the run ended with exit 1
+    and nothing said."""
+    out = tmp_path / "out"
+    proc = _run(_predict_command(tiny_set, _reads(tmp_path), out), closing=(2,), stdout=subprocess.PIPE)
+    assert proc.returncode == 0
+    assert all((out / name).is_file() for name in RESULTS)
+
+
+def test_a_run_started_without_stdout_exits_0(tiny_set, tmp_path):
+    """``>&-``: a finished run exited 120, as if its output could not be written (there was none)."""
+    out = tmp_path / "out"
+    proc = _run(_predict_command(tiny_set, _reads(tmp_path), out), closing=(1,), stderr=subprocess.PIPE)
+    assert proc.returncode == 0, proc.stderr
+    assert all((out / name).is_file() for name in RESULTS)
+
+
+def test_a_closed_descriptor_is_not_taken_by_the_next_file(tmp_path):
+    """The next file opened would take a closed descriptor (the lowest free one: 0 here, 2 for the
+    next), and what a library writes to stderr would land in it."""
+    script = (
+        "import os\nimport sys\n"
+        "from virnucpro_trt.cli.process_checks import open_closed_standard_streams\n"
+        "open_closed_standard_streams()\n"
+        f"handle = open({str(tmp_path / 'result')!r}, 'w')\n"
+        "os.write(2, b'library noise')\n"
+        "handle.write('result'); handle.close()\n"
+        "print('no stderr', file=sys.stderr)\n"
+    )
+    proc = _run([sys.executable, "-c", script], closing=(0, 2))
+    assert proc.returncode == 0
+    assert (tmp_path / "result").read_text() == "result"
+
+
+def test_a_removed_working_folder_is_one_line(tiny_set, tmp_path):
+    """Started in a folder removed since: torch's oneMKL aborted while loading (exit 2, its own message)."""
+    reads = _reads(tmp_path)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+
+    def enter_then_remove() -> None:
+        os.chdir(gone)
+        os.rmdir(gone)
+
+    proc = subprocess.run(
+        _predict_command(tiny_set, reads, tmp_path / "out"), preexec_fn=enter_then_remove,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.startswith("error: the current folder cannot be found") and proc.stderr.count("\n") == 1
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_compiler_cache_variable_naming_a_file_is_one_line(tiny_set, tmp_path):
+    """Inductor makes its cache at a worker's first compile: a file there killed the worker and each
+    restart, and the run ended naming an unrelated assertion of the restarted worker."""
+    reads = _reads(tmp_path)
+    for value in (reads, reads / "cache"):
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(value)}
+        proc = _run(_predict_command(tiny_set, reads, tmp_path / "out"), capture_output=True, env=env)
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 2 and lines == [
+            f"error: TORCHINDUCTOR_CACHE_DIR={value}: {reads} is a file, not a folder; "
+            "point TORCHINDUCTOR_CACHE_DIR at a folder or unset it"
+        ], proc.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_cache_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    """``XDG_CACHE_HOME=/proc/self``: the demo's model folder could not be made, and the run said
+    "unexpected failure: FileNotFoundError"."""
+    monkeypatch.setenv("VIRNUCPRO_TRT_CACHE", "/proc/self/virnucpro-trt-cache")
+    result = run_cli("demo", "-o", str(tmp_path / "out"))
+    assert result.code == 2 and error_lines(result) == [
+        "error: cannot make the folder /proc/self/virnucpro-trt-cache (No such file or directory); "
+        "set VIRNUCPRO_TRT_CACHE to another"
+    ], result.stderr
+
+
+def test_a_missing_input_is_said_before_the_demo_models_are_built(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VIRNUCPRO_TRT_CACHE", str(cache))
+    result = run_cli("predict", "--demo", str(tmp_path / "missing.fa"), "-o", str(tmp_path / "out"))
+    assert result.code == 2 and error_lines(result) == [f"error: input {tmp_path}/missing.fa: no such file"]
+    assert not cache.exists() and not (tmp_path / "out").exists()
