@@ -143,6 +143,27 @@ def test_shard_that_always_fails_ends_the_run(tiny_set, many_reads, tmp_path, mo
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_a_worker_that_keeps_dying_names_its_first_failure_too(tiny_set, many_reads, tmp_path, monkeypatch):
+    """A restarted worker can fail otherwise than the first time (the inline worker re-imports what its
+    first failure left half loaded: torch's "already registered" assertion): the run's one line named
+    only the last failure, not the cause."""
+    from virnucpro_trt.pipeline import shard_predictor
+
+    failures = iter(["FileExistsError: the cache", *["AssertionError: already registered"] * 9])
+
+    def failing_open_models(*args, **kwargs):
+        raise RuntimeError(next(failures))
+
+    monkeypatch.setattr(shard_predictor, "open_models", failing_open_models)
+    result = _predict(tiny_set, many_reads, tmp_path, "--threads", "1")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.code == 1 and len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: every worker died and ")
+    assert "last: worker 0 (cpu), RuntimeError: AssertionError: already registered; " in errors[0]
+    assert "first: RuntimeError: FileExistsError: the cache)" in errors[0]
+    assert not (tmp_path / "run.json").exists()
+
+
 def _sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 

@@ -257,6 +257,11 @@ class Coordinator:
         self.pending: collections.deque[int] = collections.deque()
         self.specs: dict[int, ShardSpec] = {}
         self.attempts: collections.Counter[int] = collections.Counter()
+        # The first failure of each shard and of each slot, named beside the last when a run gives up: a
+        # failure can leave a restarted worker failing otherwise (the inline worker's thread re-imports
+        # what its first failure left half loaded), and the first one is the cause to fix.
+        self._first_shard_failure: dict[int, str] = {}
+        self._first_slot_failure: dict[int, str] = {}
         self.credited: collections.Counter[int] = collections.Counter()
         self.markers: dict[int, ShardMarker] = {}
         self.facts: WorkerFacts | None = None
@@ -431,15 +436,18 @@ class Coordinator:
         if not worker.outstanding and worker.failure is None and code == 0:
             return  # a clean exit after "no more work"
         reason = worker.failure or _describe_exit(code)
+        first_of_slot = self._first_slot_failure.setdefault(slot.index, reason)
         charged = worker.running if worker.running is not None else None
         for shard_id in worker.outstanding:
             self._settle_progress(shard_id, 0)
         if charged is not None:
             self.attempts[charged] += 1
             spec = self.specs[charged]
+            first_of_shard = self._first_shard_failure.setdefault(charged, reason)
             if self.attempts[charged] >= self.max_attempts:
                 raise ShardFailedError(
-                    f"{spec.describe()} failed {self.attempts[charged]} times (last: {reason}); "
+                    f"{spec.describe()} failed {self.attempts[charged]} times "
+                    f"(last: {_and_first(reason, first_of_shard)}); "
                     "the run is stopped and no result file was written"
                 )
         self.pending.extendleft(reversed(worker.outstanding))
@@ -456,7 +464,7 @@ class Coordinator:
             if not self.workers:
                 raise ShardFailedError(
                     f"every worker died and {len(self.pending)} shard(s) are left (last: {slot.label}, "
-                    f"{reason}); the run is stopped and no result file was written"
+                    f"{_and_first(reason, first_of_slot)}); the run is stopped and no result file was written"
                 )
 
     # -- shutting down ---------------------------------------------------------------------------
@@ -511,3 +519,8 @@ def _forwarded_log_level() -> int:
     root = logging.getLogger()
     levels = [h.level or logging.DEBUG for h in root.handlers]
     return min(levels) if levels else root.getEffectiveLevel()
+
+
+def _and_first(last: str, first: str) -> str:
+    """A failure's last reason, and its first where that differs."""
+    return last if last == first else f"{last}; first: {first}"
