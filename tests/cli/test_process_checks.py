@@ -3,6 +3,7 @@ cache variables naming files, a cache folder that cannot be made (cli/process_ch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -58,8 +59,8 @@ def test_a_closed_descriptor_is_not_taken_by_the_next_file(tmp_path):
     next), and what a library writes to stderr would land in it."""
     script = (
         "import os\nimport sys\n"
-        "from virnucpro_trt.cli.process_checks import open_closed_standard_streams\n"
-        "open_closed_standard_streams()\n"
+        "from virnucpro_trt.cli.process_checks import prepare_standard_streams\n"
+        "prepare_standard_streams()\n"
         f"handle = open({str(tmp_path / 'result')!r}, 'w')\n"
         "os.write(2, b'library noise')\n"
         "handle.write('result'); handle.close()\n"
@@ -113,7 +114,7 @@ def test_a_cache_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
     result = run_cli("demo", "-o", str(tmp_path / "out"))
     assert result.code == 2 and error_lines(result) == [
         "error: cannot make the folder /proc/self/virnucpro-trt-cache (No such file or directory); "
-        "set VIRNUCPRO_TRT_CACHE to another"
+        "set VIRNUCPRO_TRT_CACHE to another folder"
     ], result.stderr
 
 
@@ -123,3 +124,33 @@ def test_a_missing_input_is_said_before_the_demo_models_are_built(tmp_path, monk
     result = run_cli("predict", "--demo", str(tmp_path / "missing.fa"), "-o", str(tmp_path / "out"))
     assert result.code == 2 and error_lines(result) == [f"error: input {tmp_path}/missing.fa: no such file"]
     assert not cache.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_terminal_that_cannot_show_every_character_still_runs(tiny_set, tmp_path):
+    """On a terminal in an ASCII (or Latin-1) locale, a log line with a path of accented letters (or the
+    demo's dash) raised UnicodeEncodeError in the log handler and the progress bar: exit 1, no results."""
+    import threading
+
+    out = tmp_path / "r\u00e9sultats"
+    primary, secondary = os.openpty()
+    shown = bytearray()
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(primary, 4096):
+                shown.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    command = _predict_command(tiny_set, _reads(tmp_path), out)
+    proc = subprocess.run(
+        command, stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, env=env, timeout=300
+    )
+    os.close(secondary)
+    reader.join(timeout=10)
+    os.close(primary)
+    text = shown.decode("ascii", "replace")
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text and "Logging error" not in text
+    assert all((out / name).is_file() for name in RESULTS)

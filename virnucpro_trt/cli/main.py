@@ -43,7 +43,7 @@ from virnucpro_trt.cli.command_options import (
     replace_option,
     shard_records_option,
 )
-from virnucpro_trt.cli.process_checks import open_closed_standard_streams, working_folder_problem
+from virnucpro_trt.cli.process_checks import prepare_standard_streams, working_folder_problem
 from virnucpro_trt.engines.registry import auto_help
 from virnucpro_trt.errors import (
     CANNOT_CREATE,
@@ -679,7 +679,7 @@ def console() -> None:
     ends itself (:func:`_exit_with`) with the command's exit code. Only the program does this, and
     checks its process first (closed standard streams, a removed working folder: ``process_checks``):
     :func:`main` also runs inside other processes (the tests)."""
-    open_closed_standard_streams()
+    prepare_standard_streams()
     try:
         if (problem := working_folder_problem()) is not None:
             click.echo(f"error: {problem}", err=True)

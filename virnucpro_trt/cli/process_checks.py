@@ -9,6 +9,7 @@ killed every worker at its first compile. Checked here, each is one line naming 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from virnucpro_trt.files.names import not_a_folder
 COMPILER_CACHE_VARIABLES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 
 
-def open_closed_standard_streams() -> None:
+def prepare_standard_streams() -> None:
     """Put ``/dev/null`` under each standard descriptor the program was started without (``<&-``,
     ``>&-``, ``2>&-``, as a daemon or a scheduler may start it), and give Python's stdout and stderr a
     writer there.
@@ -29,6 +30,9 @@ def open_closed_standard_streams() -> None:
     Why: a closed descriptor is the lowest free one, so the next file opened (the log, a result being
     written) would take it as its descriptor, and whatever torch or a C library writes to stderr would
     land in that file. stdin stays ``None`` in Python, so reading ``-`` still says stdin is closed.
+    Both streams write what their encoding cannot hold escaped (``\\u2014``), as Python's own stderr
+    does: on a terminal in an ASCII or Latin-1 locale a dash in a warning or an accented path raised
+    ``UnicodeEncodeError`` inside the log and the progress bar, and the run failed.
     """
     for descriptor in (0, 1, 2):
         try:
@@ -42,6 +46,9 @@ def open_closed_standard_streams() -> None:
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (the process's, never closed)
     if sys.stderr is None:
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper (embedded), closed
+            stream.reconfigure(errors="backslashreplace")
 
 
 def working_folder_problem() -> str | None:

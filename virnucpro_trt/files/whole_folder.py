@@ -37,7 +37,7 @@ def write_folder_whole(
         root.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # read-only, or below a place no folder can be made (/proc)
         raise UserError(
-            f"cannot make the folder {root.parent} ({exc.strerror or exc}); set {elsewhere} to another"
+            f"cannot make the folder {root.parent} ({exc.strerror or exc}); set {elsewhere} to another folder"
         ) from None
     with folder_lock(root, elsewhere) as lock:
         if finished(root):  # made by the run this one waited for
