@@ -132,3 +132,34 @@ def describe_os_error(exc: OSError) -> tuple[str, int] | None:
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         return f"{reason}: raise the limit on open files (ulimit -n) and rerun the same command", EXIT_FAILURE
     return None
+
+
+_SHORT_OF_FILES = (errno.EMFILE, errno.ENFILE)
+
+
+def resource_shortage(exc: BaseException) -> BaseException | None:
+    """The exhausted resource behind ``exc`` (too many open files, memory), or None. Readers turn an
+    OSError into "cannot read FILE": with ``ulimit -n`` or ``ulimit -v`` too low that blamed a good model
+    or input file (exit 2) for what a rerun with a higher limit does."""
+    cause: BaseException | None = exc
+    for _ in range(16):  # a chain of causes, bounded
+        if cause is None:
+            return None
+        if isinstance(cause, MemoryError) or (isinstance(cause, OSError) and cause.errno in _SHORT_OF_FILES):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def describe_shortage(shortage: BaseException) -> tuple[str, int]:
+    """One line and exit 1 (a failed run: what finished is kept, a rerun resumes) for a shortage."""
+    if isinstance(shortage, OSError):
+        return (
+            f"{shortage.strerror or shortage}: raise the limit on open files (ulimit -n) and rerun",
+            EXIT_FAILURE,
+        )
+    return (
+        "out of memory: free memory or raise the limit (ulimit -v, the job's memory), or use fewer --workers "
+        "or a smaller --max-batch-tokens, and rerun the same command",
+        EXIT_FAILURE,
+    )

@@ -4,6 +4,7 @@ cache variables naming files, a cache folder that cannot be made (cli/process_ch
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 import sys
@@ -154,3 +155,58 @@ def test_a_terminal_that_cannot_show_every_character_still_runs(tiny_set, tmp_pa
     assert proc.returncode == 0, text
     assert "Traceback" not in text and "Logging error" not in text
     assert all((out / name).is_file() for name in RESULTS)
+
+
+def test_too_few_file_descriptors_is_the_limit_not_the_files(tiny_set, tmp_path):
+    """``ulimit -n`` too low: reading a model failed as "cannot read as a torch.save archive ([Errno 24]
+    Too many open files)" or "cannot be read", exit 2, blaming a good file."""
+    import resource
+
+    reads = _reads(tmp_path)
+    failed = []
+    for limit in (6, 7, 8, 9, 10):
+
+        def lower(limit: int = limit) -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        proc = subprocess.run(
+            _predict_command(tiny_set, reads, tmp_path / f"out{limit}"), preexec_fn=lower,
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            failed.append(limit)
+            lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+            assert proc.returncode == 1 and len(lines) == 1, (limit, proc.stderr)
+            assert lines[0].startswith(
+                "error: Too many open files: raise the limit on open files (ulimit -n)"
+            )
+    assert failed, "no limit was low enough to fail"
+
+
+def test_out_of_memory_is_one_line_naming_it(tmp_path, monkeypatch):
+    """A MemoryError has no message: the line was "unexpected failure: MemoryError:"."""
+    from virnucpro_trt.pipeline import prepare
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(prepare, "run_prepare", no_memory)
+    result = run_cli("prepare", str(_reads(tmp_path)), "-o", str(tmp_path / "out"))
+    assert result.code == 1 and error_lines(result) == [
+        "error: out of memory: free memory or raise the limit (ulimit -v, the job's memory), or use fewer "
+        "--workers or a smaller --max-batch-tokens, and rerun the same command"
+    ]
+
+
+def test_a_resource_shortage_is_found_behind_the_error_it_became():
+    from virnucpro_trt.errors import CheckpointError, resource_shortage
+
+    try:
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError as exc:
+            raise CheckpointError("model.bin: cannot read") from exc
+    except CheckpointError as wrapped:
+        assert isinstance(resource_shortage(wrapped), OSError)
+    assert resource_shortage(CheckpointError("model.bin: not a checkpoint")) is None
+    assert resource_shortage(OSError(errno.ENOENT, "missing")) is None

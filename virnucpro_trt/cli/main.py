@@ -52,6 +52,8 @@ from virnucpro_trt.errors import (
     EXIT_USAGE,
     VirnucproError,
     describe_os_error,
+    describe_shortage,
+    resource_shortage,
 )
 from virnucpro_trt.interrupts import sigterm_as_interrupt, stop_signals_to_take
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
@@ -655,14 +657,21 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("interrupted", err=True)
         code = EXIT_INTERRUPTED
     except VirnucproError as exc:
-        _report(f"error: {exc}", exc)
-        code = exc.exit_code
+        if (shortage := resource_shortage(exc)) is not None:  # named as the file's fault on the way up
+            line, code = describe_shortage(shortage)
+            _report(f"error: {line} ({exc})", exc)
+        else:
+            _report(f"error: {exc}", exc)
+            code = exc.exit_code
     except BrokenPipeError:
         code = 0
     except OSError as exc:
         known = describe_os_error(exc) or _output_not_creatable(exc)
         line, code = known if known else (f"unexpected failure: {type(exc).__name__}: {exc}", EXIT_FAILURE)
         _report(f"error: {line}", exc, unexpected=known is None)
+    except MemoryError as exc:
+        line, code = describe_shortage(exc)
+        _report(f"error: {line}", exc)
     except Exception as exc:  # unexpected: one line, the traceback in the log file / with -vv
         _report(f"error: unexpected failure: {type(exc).__name__}: {exc}", exc, unexpected=True)
         code = EXIT_FAILURE

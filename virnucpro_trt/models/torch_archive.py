@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import errno
 import io
 import mmap
 import pickle
@@ -228,6 +229,8 @@ def _sniff_other_format(path: Path) -> str:
         with open(path, "rb") as handle:
             head = handle.read(512)
     except OSError as exc:  # the reason is then the whole message
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # the process's limit, not the file: said as such
+            raise
         return f"cannot be read ({exc.strerror or exc})"
     if len(head) > 262 and head[257:262] == b"ustar":
         return "a tar-format torch checkpoint (torch < 0.4)"

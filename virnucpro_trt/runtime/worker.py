@@ -50,7 +50,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from virnucpro_trt.errors import EXIT_FAILURE, VirnucproError, describe_os_error, one_line
+from virnucpro_trt.errors import (
+    EXIT_FAILURE,
+    VirnucproError,
+    describe_os_error,
+    describe_shortage,
+    one_line,
+    resource_shortage,
+)
 from virnucpro_trt.files import unpacking
 from virnucpro_trt.log_records import WORKER_TEXT
 from virnucpro_trt.runtime.shard_marker import ShardMarker
@@ -215,13 +222,24 @@ def _report_failure(send: _Sender, slot: WorkerSlot, shard_id: int | None, exc: 
 
     A :class:`VirnucproError` is ``fatal`` (retrying gives the same answer: the run ends), and so is a
     file-system failure the user has to fix first (a full disk, a read-only location:
-    :func:`~virnucpro_trt.errors.describe_os_error`), which three respawns would only repeat; anything
+    :func:`~virnucpro_trt.errors.describe_os_error`) or a resource the process ran out of (open files,
+    memory: :func:`~virnucpro_trt.errors.resource_shortage`), which three respawns would only repeat; anything
     else is ``failed`` (the worker is respawned and ``shard_id``, if any, re-queued), an I/O error too:
     on a network file system it may pass.
     """
     retried = isinstance(exc, OSError) and exc.errno == errno.EIO
     known = describe_os_error(exc) if isinstance(exc, OSError) and not retried else None
-    if isinstance(exc, VirnucproError):
+    if (shortage := resource_shortage(exc)) is not None:  # too few file descriptors, no memory left
+        line, code = describe_shortage(shortage)
+        send(
+            Fatal(
+                slot.index,
+                code,
+                line if shortage is exc else f"{line} ({one_line(exc)})",
+                traceback.format_exc(),
+            )
+        )
+    elif isinstance(exc, VirnucproError):
         send(Fatal(slot.index, exc.exit_code, str(exc), traceback.format_exc()))
     elif known is not None:
         line, code = known
