@@ -45,8 +45,6 @@ from virnucpro_trt.workflow import KEPT_FILES as WORKFLOW_KEPT
 RESULTS = ("prediction_results.txt", "prediction_results_highestscore.csv", "sequences.tsv", "frames.tsv")
 
 
-
-
 def _refused(result, *words: str) -> str:
     """The one error line of a run refused with exit 2, holding every one of ``words``."""
     errors = error_lines(result)
@@ -322,22 +320,22 @@ def test_a_run_interrupted_while_its_results_are_renamed_into_place_reruns(
     """The results are noted in ``.work`` before the first is renamed into place. They were noted only
     after all were renamed and hashed: an interrupt or SIGKILL in between left complete-looking files
     that no record explained, and the rerun refused them."""
-    import virnucpro_trt.outputs.atomic as result_files
+    from virnucpro_trt.files import no_replace
 
     extra = ("--save-embeddings",) if save_embeddings else ()
     finished = tmp_path / "finished"
     assert predict_tiny(tiny_set, reads_fasta, finished, *extra).code == 0
-    real_replace = os.replace
+    real_rename = no_replace.rename_no_replace
 
     def interrupted_at_sequences(src, dst):
         if Path(dst).name == "sequences.tsv":
             raise KeyboardInterrupt
-        real_replace(src, dst)
+        real_rename(src, dst)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(result_files.os, "replace", interrupted_at_sequences)
+    monkeypatch.setattr(no_replace, "rename_no_replace", interrupted_at_sequences)
     assert predict_tiny(tiny_set, reads_fasta, out, *extra).code == 130
-    monkeypatch.setattr(result_files.os, "replace", real_replace)
+    monkeypatch.setattr(no_replace, "rename_no_replace", real_rename)
     assert (out / "prediction_results_highestscore.csv").is_file() and not (out / "run.json").exists()
     result = predict_tiny(tiny_set, reads_fasta, out, *extra)
     assert result.code == 0, result.stderr
@@ -568,8 +566,9 @@ def test_an_output_below_a_file_is_one_line_exit_2(tiny_set, reads_fasta, tmp_pa
     assert afile.read_text() == "hi\n"
 
 
-@pytest.mark.parametrize("where", ["log-file", "group-log-file", "cache-is-a-file", "cache-below-a-file",
-                                   "bench-workdir"])
+@pytest.mark.parametrize(
+    "where", ["log-file", "group-log-file", "cache-is-a-file", "cache-below-a-file", "bench-workdir"]
+)
 def test_a_place_of_the_run_below_a_file_is_one_line_exit_2(reads_fasta, tmp_path, monkeypatch, where):
     """Not only ``-o``: a ``--log-file`` (after the command or before it), the demo's model cache
     (``VIRNUCPRO_TRT_CACHE``) and bench's ``--workdir`` that cannot be made because a file is in the way
@@ -1088,3 +1087,66 @@ def test_no_output_goes_inside_a_folder_the_command_reads(tiny_set, reads_fasta,
                      "--device", "cpu")  # fmt: skip
     _refused(result, f"{dnabert / 'results'} lies inside {dnabert}, a folder this run reads")
     assert {p.name: p.read_bytes() for p in dnabert.iterdir()} == before
+
+
+def test_a_file_written_at_a_result_name_while_predict_runs_is_left_and_stops_it(
+    tiny_set, reads_fasta, tmp_path, monkeypatch
+):
+    """``embed -o OUTDIR/frames.tsv`` (its own lock, beside predict's) finished while ``predict -o
+    OUTDIR`` ran: predict removed or renamed over the embeddings and said PASSED."""
+    from virnucpro_trt.pipeline import predict as predict_module
+
+    out = tmp_path / "out"
+    run_shards = predict_module._run_shards
+
+    def meanwhile(*args, **kwargs):
+        report = run_shards(*args, **kwargs)
+        (out / "frames.tsv").write_text("another program's\n")
+        return report
+
+    monkeypatch.setattr(predict_module, "_run_shards", meanwhile)
+    result = predict_tiny(tiny_set, reads_fasta, out)
+    assert result.code == 2 and error_lines(result) == [
+        f"error: {out / 'frames.tsv'} appeared while this run was working (another program wrote it "
+        "there); it was left as it is and this run's result was not put in its place: move it away and "
+        "rerun the same command"
+    ]
+    assert (out / "frames.tsv").read_text() == "another program's\n"
+    assert not (out / "run.json").exists() and not (out / "sequences.tsv").exists()
+    monkeypatch.setattr(predict_module, "_run_shards", run_shards)
+    (out / "frames.tsv").unlink()
+    rerun = predict_tiny(tiny_set, reads_fasta, out)
+    assert rerun.code == 0 and "resuming" in rerun.stderr, rerun.stderr
+
+
+@pytest.mark.parametrize("at_name", ["sequences.tsv", "run.json"])
+def test_ctrl_c_while_the_results_are_put_in_place_waits_for_run_json(
+    tiny_set, reads_fasta, tmp_path, monkeypatch, at_name
+):
+    """Ctrl-C (or SIGTERM) between the renames left results without their run.json and exited 130; during
+    run.json's, exit 130 on complete results. Now it waits the milliseconds to run.json: exit 0, whole."""
+    from virnucpro_trt.files import atomic, no_replace
+
+    out = tmp_path / "out"
+    seen = []
+    rename_no_replace, replace = no_replace.rename_no_replace, os.replace
+
+    def counted(rename):
+        def call(source, target):
+            if Path(target) == out / at_name:
+                seen.append(at_name)
+                signal.raise_signal(signal.SIGINT)
+            return rename(source, target)
+
+        return call
+
+    monkeypatch.setattr(no_replace, "rename_no_replace", counted(rename_no_replace))
+    monkeypatch.setattr(atomic.os, "replace", counted(replace))  # run.json's (files/atomic.py)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = predict_tiny(tiny_set, reads_fasta, out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [at_name]
+    assert result.code == 0, result.stderr
+    assert all((out / name).is_file() for name in (*RESULTS, "run.json"))

@@ -670,18 +670,18 @@ def test_a_merge_stopped_while_its_results_are_renamed_into_place_reruns(small_s
     leaves that note too), and the lock file stays while no run.json accounts for them. Stopped in
     between, a merge left complete-looking files that its rerun refused ("no run.json accounts for
     them")."""
-    import virnucpro_trt.outputs.atomic as result_files
+    from virnucpro_trt.files import no_replace
 
     _, merged, a, _ = small_shards
     out = tmp_path / "m"
-    real_replace = os.replace
+    real_rename = no_replace.rename_no_replace
 
     def stopped_at_sequences(src, dst):
         if Path(dst).name == "sequences.tsv":
             raise KeyboardInterrupt
-        real_replace(src, dst)
+        real_rename(src, dst)
 
-    monkeypatch.setattr(result_files.os, "replace", stopped_at_sequences)
+    monkeypatch.setattr(no_replace, "rename_no_replace", stopped_at_sequences)
     assert run_cli("merge", *map(str, a), "-o", str(out)).code == 130
     monkeypatch.undo()
     assert (out / "prediction_results_highestscore.csv").is_file() and not (out / "run.json").exists()
@@ -795,3 +795,16 @@ def test_parts_on_other_gpu_indices_merge_to_their_device_type():
 
     merged = _common_device([run("cuda:0", "NVIDIA H100"), run("cuda:1", "NVIDIA H200")])
     assert merged == {"device": "cuda", "name": None, "threads": 8}
+
+
+def test_merge_refuses_a_folder_holding_a_predict_runs_work(small_shards, tmp_path):
+    """merge wrote its results beside a killed predict's ``.work``; that predict's rerun then removed the
+    work as "left by this run after it finished" and reported the merge's results as its own."""
+    _, _, parts, _ = small_shards
+    out = tmp_path / "out"
+    (out / ".work").mkdir(parents=True)
+    result = run_cli("merge", *map(str, parts), "-o", str(out))
+    lines = result.stderr.strip().splitlines()
+    assert result.code == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {out} holds .work, a predict run's work folder")
+    assert sorted(p.name for p in out.iterdir()) == [".work"]

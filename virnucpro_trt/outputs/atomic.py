@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from virnucpro_trt.files.atomic import close_quietly, exclusive_mode, remove_quietly, temporary_name
+from virnucpro_trt.files.no_replace import place_all
 from virnucpro_trt.files.ownership import output_entry
 
 if TYPE_CHECKING:
@@ -98,10 +99,11 @@ class ResultSet:
         self.rename()
 
     def rename(self) -> None:
-        """Rename the closed files into place (atomic each)."""
+        """Rename the closed files into place (atomic each), none over a file: :meth:`__enter__` cleared
+        the names, so a file there now was written by another program while this run worked, and stops
+        it (``files.no_replace``)."""
         assert self._closed
-        for name in self.names:
-            os.replace(self.partial(name), self.outdir / name)
+        place_all([(self.partial(name), self.outdir / name) for name in self.names])
         self._handles.clear()
 
     def _discard(self) -> None:
@@ -113,4 +115,3 @@ class ResultSet:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if self._handles:  # not renamed: remove the temporary files
             self._discard()
-

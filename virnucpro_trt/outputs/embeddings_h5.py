@@ -27,6 +27,7 @@ import numpy as np
 
 from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import close_quietly, exclusive_mode, remove_quietly, temporary_name
+from virnucpro_trt.files.no_replace import appeared_meanwhile, place_all
 from virnucpro_trt.files.ownership import output_entry
 from virnucpro_trt.interrupts import signals_held
 
@@ -131,6 +132,15 @@ class _FailedWrites:
         return self.raw.tell()
 
 
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What is at ``path`` (not followed through a link), to tell whether it was replaced; None: nothing."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class _Appender:
     """Resizable HDF5 datasets grown by appending row blocks."""
 
@@ -142,6 +152,7 @@ class _Appender:
         on_create: Callable[[Path], None] | None = None,
     ):
         self.path = path
+        self._found = _identity(path)  # what a rename may replace: what the command checked at its start
         self.partial = temporary_name(path, on_create)
         self.rows = 0
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +221,14 @@ class _Appender:
         return output_entry(self.partial)
 
     def rename(self) -> None:
-        os.replace(self.partial, self.path)
+        """Put the file in place, over only what was at its name when this writer began (the file the
+        command's start checked it may replace); a file another program put there since stops it."""
+        if self._found is None:
+            place_all([(self.partial, self.path)])
+        elif _identity(self.path) != self._found:
+            raise appeared_meanwhile(self.path)
+        else:
+            os.replace(self.partial, self.path)
 
     def __enter__(self) -> _Appender:
         return self

@@ -60,6 +60,7 @@ from virnucpro_trt.files.result_names import (
     unrecorded_results,
 )
 from virnucpro_trt.files.run_lock import KeptFiles, outdir_lock
+from virnucpro_trt.interrupts import signals_held
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.demo_note import with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -84,7 +85,7 @@ from virnucpro_trt.pipeline.run_record import (
     read_previous_run,
     throughput,
 )
-from virnucpro_trt.runtime.resume import changed_models
+from virnucpro_trt.runtime.resume import WORK_DIR, changed_models
 from virnucpro_trt.settings import MergeSettings, SplitPart, settings_difference, settings_fingerprint
 
 log = logging.getLogger(__name__)
@@ -155,21 +156,25 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> RunRecord
             log.warning("not every part saved embeddings: no embeddings.h5 is written")
         demo = _demo_random_weights([part.run for part in parts])
         outputs: dict[str, dict[str, Any]] = {}
+        placing = contextlib.ExitStack()
 
         def record(entries: dict[str, dict[str, Any]]) -> None:
-            """Note the results in the lock before they are renamed into place (see predict's)."""
+            """Note the results in the lock before they are renamed into place, and hold Ctrl-C and
+            SIGTERM from here to run.json (see predict's)."""
             outputs.update(with_demo_note(entries, demo))
             if lock is not None:
                 lock.note_results(outputs)
+            placing.enter_context(signals_held())
 
         noted = functools.partial(lock.note, growing=True) if lock is not None else None
-        _write_files(outdir, parts, embeddings, record, noted)
-        summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
-        if demo:
-            write_demo_note(outdir, noted)
-        summary = dataclasses.replace(summary, outputs=outputs)
-        write_text_atomic(outdir / RUN_JSON, summary.text(), noted)
-        completion.done(summary)  # from here an interrupt only cuts the clean-up short
+        with placing:
+            _write_files(outdir, parts, embeddings, record, noted)
+            summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
+            if demo:
+                write_demo_note(outdir, noted)
+            summary = dataclasses.replace(summary, outputs=outputs)
+            write_text_atomic(outdir / RUN_JSON, summary.text(), noted)
+            completion.done(summary)  # from here an interrupt only cuts the clean-up short
         if lock is not None:
             lock.forget_results()
     return completion.result()  # the block returns, unless interrupted once its results were complete
@@ -188,6 +193,11 @@ def _finished_merge(
     beside its results). Otherwise refused."""
     if (never := unreplaceable_among(outdir, RESULT_NAMES)) is not None:
         raise MergeRefused(f"{never}; move it away or choose another OUTDIR")
+    if os.path.lexists(outdir / WORK_DIR):  # a predict's unfinished work: its rerun would then misread it
+        raise MergeRefused(
+            f"{outdir} holds {WORK_DIR}, a predict run's work folder (unfinished, or kept by --keep-work); "
+            "finish that run (rerun its predict) or merge into another OUTDIR"
+        )
     present = [name for name in RESULT_NAMES if os.path.lexists(outdir / name)]
     if not present:
         return None

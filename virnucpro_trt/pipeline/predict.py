@@ -46,9 +46,11 @@ from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
+from virnucpro_trt.files.no_replace import appeared_meanwhile
 from virnucpro_trt.files.ownership import changed_since, reuse_finished, unreplaceable_among
 from virnucpro_trt.files.result_names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JSON, unrecorded_results
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, KeptFiles, outdir_lock
+from virnucpro_trt.interrupts import signals_held
 from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
@@ -307,25 +309,33 @@ def _run(ctx: _RunContext, path: Path, display: str) -> RunRecord:
     assert facts is not None
 
     outputs: dict[str, dict[str, Any]] = {}
+    placing = contextlib.ExitStack()
 
     def record(entries: dict[str, dict[str, Any]]) -> None:
         """Note the result files in ``.work``'s state before they are renamed into place: a run killed
-        from there to its run.json leaves files its rerun knows as its own (``_check_stray_results``)."""
+        from there to its run.json leaves files its rerun knows as its own (``_check_stray_results``).
+        From here to run.json (milliseconds) Ctrl-C and SIGTERM wait (``interrupts.signals_held``): one
+        between the renames left results in place without their run.json and exited 130, one during
+        run.json's rename exited 130 on complete results."""
         outputs.update(with_demo_note(entries, ctx.demo))
         work.record_outputs(outputs)
+        placing.enter_context(signals_held())
 
-    with timer.stage("merge"):
-        chunks_with_frames = _merge(settings, work, shards, markers, facts, record, ctx.note_temporary)
-    run_record = _summary(ctx, summary, shards, markers, report, facts, skipped, chunks_with_frames, identity)
-    if ctx.demo:
-        write_demo_note(outdir, ctx.note_temporary)
-    run_record = dataclasses.replace(
-        run_record,
-        model_weights={kind: w.to_json() for kind, w in known.weights.items()},
-        outputs=outputs,
-    )
-    write_text_atomic(outdir / RUN_JSON, run_record.text(), ctx.note_temporary)
-    ctx.completion.done(run_record)  # from here an interrupt only cuts the clean-up short
+    with placing:
+        with timer.stage("merge"):
+            chunks_with_frames = _merge(settings, work, shards, markers, facts, record, ctx.note_temporary)
+        run_record = _summary(
+            ctx, summary, shards, markers, report, facts, skipped, chunks_with_frames, identity
+        )
+        if ctx.demo:
+            write_demo_note(outdir, ctx.note_temporary)
+        run_record = dataclasses.replace(
+            run_record,
+            model_weights={kind: w.to_json() for kind, w in known.weights.items()},
+            outputs=outputs,
+        )
+        write_text_atomic(outdir / RUN_JSON, run_record.text(), ctx.note_temporary)
+        ctx.completion.done(run_record)  # from here an interrupt only cuts the clean-up short
     if settings.run.keep_work:
         log.info("kept the work folder %s (--keep-work)", work.root)
     else:
@@ -517,6 +527,9 @@ def _merge(
     on_create: Callable[[Path], None] | None,
 ) -> int:
     outdir = settings.outdir
+    for name in RESULT_NAMES:  # cleared as the run began: a file there now is another program's
+        if os.path.lexists(outdir / name):
+            raise appeared_meanwhile(outdir / name)
     with contextlib.ExitStack() as stack:
         embeddings = None
         if settings.save_embeddings:
