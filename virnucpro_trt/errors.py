@@ -109,6 +109,9 @@ _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 CANNOT_CREATE = {errno.ENOENT, errno.ENOTDIR}  # an output path cannot be made there (cli/main.py)
 
 
+SHORT_OF_FILES = (errno.EMFILE, errno.ENFILE)  # too few file descriptors: the process's limit
+
+
 def describe_os_error(exc: OSError) -> tuple[str, int] | None:
     """One line and an exit code for the file-system failures users meet and can fix, else None.
 
@@ -129,12 +132,9 @@ def describe_os_error(exc: OSError) -> tuple[str, int] | None:
         return f"{reason}{where}: the storage failed to read or write; check it and rerun", EXIT_FAILURE
     if exc.errno == errno.ENAMETOOLONG:
         return f"{reason}{where}: choose a shorter name", EXIT_USAGE
-    if exc.errno in (errno.EMFILE, errno.ENFILE):
+    if exc.errno in SHORT_OF_FILES:
         return f"{reason}: raise the limit on open files (ulimit -n) and rerun the same command", EXIT_FAILURE
     return None
-
-
-_SHORT_OF_FILES = (errno.EMFILE, errno.ENFILE)
 
 
 def resource_shortage(exc: BaseException) -> BaseException | None:
@@ -145,7 +145,7 @@ def resource_shortage(exc: BaseException) -> BaseException | None:
     for _ in range(16):  # a chain of causes, bounded
         if cause is None:
             return None
-        if isinstance(cause, MemoryError) or (isinstance(cause, OSError) and cause.errno in _SHORT_OF_FILES):
+        if isinstance(cause, MemoryError) or (isinstance(cause, OSError) and cause.errno in SHORT_OF_FILES):
             return cause
         cause = cause.__cause__ or cause.__context__
     return None
@@ -154,10 +154,9 @@ def resource_shortage(exc: BaseException) -> BaseException | None:
 def describe_shortage(shortage: BaseException) -> tuple[str, int]:
     """One line and exit 1 (a failed run: what finished is kept, a rerun resumes) for a shortage."""
     if isinstance(shortage, OSError):
-        return (
-            f"{shortage.strerror or shortage}: raise the limit on open files (ulimit -n) and rerun",
-            EXIT_FAILURE,
-        )
+        described = describe_os_error(shortage)
+        assert described is not None  # resource_shortage finds only SHORT_OF_FILES among OSErrors
+        return described
     return (
         "out of memory: free memory or raise the limit (ulimit -v, the job's memory), or use fewer --workers "
         "or a smaller --max-batch-tokens, and rerun the same command",

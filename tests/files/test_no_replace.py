@@ -75,3 +75,18 @@ def test_an_hdf5_output_replaces_only_the_file_its_command_checked(tmp_path: Pat
     with pytest.raises(UserError, match="appeared while this run was working"), writer:
         writer.rename()
     assert output.read_text() == "changed"
+
+
+def test_a_result_set_never_removes_a_file_at_its_names(tmp_path: Path) -> None:
+    """It removed whatever was at its names as it began; its callers clear them when their run begins,
+    so a file there by then is another program's."""
+    (tmp_path / "a.txt").write_text("theirs")
+    with (
+        pytest.raises(UserError, match="appeared while this run was working"),
+        ResultSet(tmp_path, ["a.txt"]),
+    ):
+        pass
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+        and (tmp_path / "a.txt").read_text() == "theirs"
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from virnucpro_trt.errors import UserError
@@ -58,12 +58,20 @@ def appeared_meanwhile(target: Path) -> UserError:
     )
 
 
+def check_still_free(folder: Path, names: Iterable[str]) -> None:
+    """Refuse (:func:`appeared_meanwhile`) the first of ``names`` in ``folder`` that something occupies:
+    names its command cleared (or found free) when it began, so what is there now another program put
+    there, and it is neither removed nor written over."""
+    for name in names:
+        if os.path.lexists(folder / name):
+            raise appeared_meanwhile(folder / name)
+
+
 def place_all(pairs: list[tuple[Path, Path]]) -> None:
     """Rename each ``(source, target)`` into place, none of them over a file: every target is checked
     free first, so one that appeared meanwhile stops the run before any result is shown."""
     for _, target in pairs:
-        if os.path.lexists(target):
-            raise appeared_meanwhile(target)
+        check_still_free(target.parent, [target.name])
     for source, target in pairs:
         try:
             rename_no_replace(source, target)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import codecs
 import collections
-import errno
 import io
 import mmap
 import pickle
@@ -35,7 +34,7 @@ from typing import Any
 
 import torch
 
-from virnucpro_trt.errors import CheckpointError, UnsafePickleError
+from virnucpro_trt.errors import SHORT_OF_FILES, CheckpointError, UnsafePickleError
 from virnucpro_trt.models.pickle_expansion import check_pickle_expansion
 
 # data.pkl of a 15B-parameter checkpoint is well under 1 MB; it is read whole, then walked (pickle_expansion)
@@ -229,7 +228,7 @@ def _sniff_other_format(path: Path) -> str:
         with open(path, "rb") as handle:
             head = handle.read(512)
     except OSError as exc:  # the reason is then the whole message
-        if exc.errno in (errno.EMFILE, errno.ENFILE):  # the process's limit, not the file: said as such
+        if exc.errno in SHORT_OF_FILES:  # the process's limit, not the file: said as such
             raise
         return f"cannot be read ({exc.strerror or exc})"
     if len(head) > 262 and head[257:262] == b"ustar":

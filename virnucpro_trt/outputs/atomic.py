@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from virnucpro_trt.files.atomic import close_quietly, exclusive_mode, remove_quietly, temporary_name
-from virnucpro_trt.files.no_replace import place_all
+from virnucpro_trt.files.no_replace import check_still_free, place_all
 from virnucpro_trt.files.ownership import output_entry
 
 if TYPE_CHECKING:
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 
 class ResultSet:
-    """A group of text result files committed together at the end of a run."""
+    """A group of text result files committed together at the end of a run. Its caller has cleared the
+    names (or found them free) when its run began: a file at one of them now is another program's, and
+    stops the run (``files.no_replace``) instead of being removed or written over."""
 
     def __init__(self, outdir: Path, names: list[str], on_create: Callable[[Path], None] | None = None):
         """``on_create`` is told of each temporary file as soon as it exists (a run's lock notes it, so
@@ -35,11 +37,10 @@ class ResultSet:
 
     def __enter__(self) -> ResultSet:
         self.outdir.mkdir(parents=True, exist_ok=True)
+        check_still_free(self.outdir, self.names)
         opening = None
         try:
             for name in self.names:
-                # A previous run's file must not survive next to a run that may fail.
-                remove_quietly(self.outdir / name)
                 opening = name
                 self._handles[name] = open(
                     self.partial(name), exclusive_mode("w"), encoding="utf-8", newline="\n"
@@ -99,9 +100,7 @@ class ResultSet:
         self.rename()
 
     def rename(self) -> None:
-        """Rename the closed files into place (atomic each), none over a file: :meth:`__enter__` cleared
-        the names, so a file there now was written by another program while this run worked, and stops
-        it (``files.no_replace``)."""
+        """Rename the closed files into place (atomic each), none over a file (see the class)."""
         assert self._closed
         place_all([(self.partial(name), self.outdir / name) for name in self.names])
         self._handles.clear()

@@ -47,6 +47,7 @@ from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import parse_json
 from virnucpro_trt.files.names import UnsafeMemberName, member_path
+from virnucpro_trt.files.no_replace import check_still_free
 from virnucpro_trt.files.ownership import changed_since, is_output_entry, reuse_finished, unreplaceable_among
 from virnucpro_trt.files.result_names import (
     EMBEDDINGS_H5,
@@ -167,6 +168,7 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> RunRecord
             placing.enter_context(signals_held())
 
         noted = functools.partial(lock.note, growing=True) if lock is not None else None
+        check_still_free(outdir, RESULT_NAMES)  # free since _finished_merge (the HDF5 writer's name too)
         with placing:
             _write_files(outdir, parts, embeddings, record, noted)
             summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)

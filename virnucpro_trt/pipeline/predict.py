@@ -46,7 +46,7 @@ from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
-from virnucpro_trt.files.no_replace import appeared_meanwhile
+from virnucpro_trt.files.no_replace import check_still_free
 from virnucpro_trt.files.ownership import changed_since, reuse_finished, unreplaceable_among
 from virnucpro_trt.files.result_names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JSON, unrecorded_results
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, KeptFiles, outdir_lock
@@ -527,9 +527,7 @@ def _merge(
     on_create: Callable[[Path], None] | None,
 ) -> int:
     outdir = settings.outdir
-    for name in RESULT_NAMES:  # cleared as the run began: a file there now is another program's
-        if os.path.lexists(outdir / name):
-            raise appeared_meanwhile(outdir / name)
+    check_still_free(outdir, RESULT_NAMES)  # cleared as the run began (the HDF5 writer's name too)
     with contextlib.ExitStack() as stack:
         embeddings = None
         if settings.save_embeddings:
