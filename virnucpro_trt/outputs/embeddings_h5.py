@@ -29,6 +29,7 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import close_quietly, exclusive_mode, remove_quietly, temporary_name
 from virnucpro_trt.files.no_replace import appeared_meanwhile, place_all
 from virnucpro_trt.files.ownership import output_entry
+from virnucpro_trt.files.stamps import Stamp, stat_stamp
 from virnucpro_trt.interrupts import signals_held
 
 _STR = h5py.string_dtype("utf-8")
@@ -132,13 +133,13 @@ class _FailedWrites:
         return self.raw.tell()
 
 
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
-    """What is at ``path`` (not followed through a link), to tell whether it was replaced; None: nothing."""
+def _identity(path: Path) -> Stamp | None:
+    """The stamp of what is at ``path`` (not followed through a link), to tell whether it was replaced or
+    rewritten since; None: nothing there."""
     try:
-        st = path.lstat()
+        return stat_stamp(path.lstat())
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class _Appender:
