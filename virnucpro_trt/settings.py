@@ -128,6 +128,11 @@ class EncoderSettings:
         return DEFAULT_CUDA_BATCH_TOKENS if device_type == "cuda" else DEFAULT_CPU_BATCH_TOKENS
 
 
+# predict --stall-timeout: a worker holding shards that says nothing this long is stopped and respawned
+# (runtime/stall_watch.py); longer than one ESM-2 3B batch on a few CPU threads.
+DEFAULT_STALL_TIMEOUT_S = 1800.0
+
+
 @dataclass(frozen=True)
 class RunControl:
     """How a ``predict`` run is carried out, as opposed to what it computes.
@@ -141,6 +146,7 @@ class RunControl:
     keep_work: bool = False  # keep OUTDIR/.work after success
     force: bool = False  # discard unfinished work of another input or other settings
     workers_per_gpu: int = 1  # CUDA worker processes per GPU (each loads its own engines)
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S  # a worker silent this long is stopped; 0: never
 
 
 def expand_layout(layout: Iterable[tuple[int, int]]) -> list[int]:

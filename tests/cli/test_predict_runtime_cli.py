@@ -130,6 +130,27 @@ def test_killed_worker_is_respawned_and_its_shard_redone(
     assert "died on shard 1 (records 11-20) (exit code 3)" in result.stderr
 
 
+def test_a_stopped_worker_is_stopped_for_good_and_its_shards_redone(
+    tiny_set, many_reads, reference_small, tmp_path, monkeypatch
+):
+    """A worker process stopped with SIGSTOP (or hung) held its shards for ever: the run never ended and
+    said nothing. The stall watch warns of it, SIGKILLs it past --stall-timeout, and respawns the slot;
+    the results are the same bytes."""
+    monkeypatch.setenv(FAULT_ENV, "1:1:stop")  # the worker running shard 1 stops itself, the first time
+    two = ("--workers", "2", "--threads", "2")
+    result = _predict(tiny_set, many_reads, tmp_path, *SMALL_SHARDS, *two, "--stall-timeout", "6")
+    assert result.code == 0, result.stderr
+    _assert_same_results(reference_small, tmp_path)
+    run = _run_json(tmp_path)
+    assert run["restarts"] == 1 and run["shards"]["failed_attempts"] == 1
+    assert run["settings"]["run"]["stall_timeout_s"] == 6
+    assert "has said nothing for 3 s on shard 1 (records 11-20) (hung, or stopped?)" in result.stderr
+    assert "it is stopped and restarted at 6 s of silence (--stall-timeout)" in result.stderr
+    assert "died on shard 1 (records 11-20) (silent for 6 s on shard 1 (records 11-20): stopped as hung" in (
+        result.stderr
+    )
+
+
 def test_shard_that_always_fails_ends_the_run(tiny_set, many_reads, tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "2:99")
     result = _predict(tiny_set, many_reads, tmp_path, *SMALL_SHARDS, "--threads", "1")

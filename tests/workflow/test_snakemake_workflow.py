@@ -257,6 +257,9 @@ def test_slurm_profile_dry_run_builds_engines_once_unless_given(demo_workflow):
     assert "--max-padding" not in log  # empty in config.yaml: predict's default
     log = _dry_run(demo_workflow, "max_padding=0.05:8192")
     assert log.count("--max-padding 0.05:8192") == 3
+    assert "--stall-timeout" not in log  # empty in config.yaml: predict's default
+    for value, given in (("0", "--stall-timeout 0 "), ("900", "--stall-timeout 900 ")):
+        assert _dry_run(demo_workflow, f"stall_timeout={value}").count(given) == 3  # 0 (warn only) too
     log = _dry_run(demo_workflow, "split_mem_mb=20000", "split_runtime=300")
     split_job = log.split("rule split:", 1)[1].split("\n\n", 1)[0]
     assert " mem_mb=20000," in split_job and " runtime=300" in split_job  # split holds every read id

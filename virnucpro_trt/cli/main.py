@@ -58,10 +58,12 @@ from virnucpro_trt.errors import (
 from virnucpro_trt.interrupts import sigterm_as_interrupt, stop_signals_to_take
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
 from virnucpro_trt.outputs.demo_note import DEMO_LABEL
+from virnucpro_trt.runtime.stall_watch import LOAD_ALLOWANCE_S, WARN_S
 from virnucpro_trt.settings import (
     ATTENTION_KERNELS,
     BACKENDS,
     DEFAULT_ATTENTION,
+    DEFAULT_STALL_TIMEOUT_S,
     ENGINE_BACKENDS,
     MAX_SHAPE,
     EmbedSettings,
@@ -305,6 +307,16 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="CUDA runs: worker processes per GPU, each with its own copy of the models (a second one can "
         "hide the CPU half of each shard). The results do not depend on it.",
     )
+    @click.option(
+        "--stall-timeout",
+        type=click.FloatRange(min=0),
+        default=DEFAULT_STALL_TIMEOUT_S,
+        show_default=True,
+        metavar="SECONDS",
+        help="A worker that holds shards and says nothing this long (a hung GPU, a stopped process) is "
+        f"stopped and restarted, its shards run again; warned of at half of it (at most {WARN_S:.0f} s). "
+        f"Loading the models is allowed {LOAD_ALLOWANCE_S:.0f} s more. 0: warn only.",
+    )
     @shard_records_option()
     @click.option(
         "--keep-work", is_flag=True, help="Keep OUTDIR/.work (shards, per-shard results) after success."
@@ -347,6 +359,7 @@ def predict(
     gpus: tuple[int, ...] | None,
     workers: int | None,
     workers_per_gpu: int,
+    stall_timeout: float,
     shard_records: int | None,
     keep_work: bool,
     force: bool,
@@ -401,7 +414,7 @@ def predict(
         engines,
         rebuild,
         shard_records,
-        RunControl(gpus, workers, keep_work, force, workers_per_gpu),
+        RunControl(gpus, workers, keep_work, force, workers_per_gpu, stall_timeout),
         min_length=min_length,
     )
     _run_predict(settings, demo)

@@ -503,7 +503,8 @@ def _run_shards(
 ) -> CoordinatorReport:
     job = PredictShardJob(ctx.settings, known, work.shards, work.results)
     with ctx.progress.task("predict", sum(s.frames for s in pending), "frames") as advance:
-        coordinator = Coordinator(job, ctx.slots, advance, on_ready=work.save_facts)
+        stall_s = ctx.settings.run.stall_timeout_s
+        coordinator = Coordinator(job, ctx.slots, advance, on_ready=work.save_facts, stall_s=stall_s)
         with ctx.timer.stage("workers"):
             report = coordinator.run(pending, need_facts=need_facts)
     for stats in report.workers:

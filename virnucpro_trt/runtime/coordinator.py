@@ -16,6 +16,9 @@ Why it is shaped like this:
 * **Deterministic errors** (:class:`~virnucpro_trt.errors.VirnucproError`: wrong model, NaN embeddings,
   a sequence longer than an engine's shape range) end the run at once with their own message and exit
   code: retrying would only repeat them.
+* **A silent worker** holding shards is warned of, and past ``--stall-timeout`` stopped (SIGKILL) and
+  treated as dead: a hung GPU or a stopped process must not stall a run that other workers could finish
+  (``runtime/stall_watch.py``).
 * **SIGINT** (and SIGTERM, which the CLI turns into the same interrupt: ``interrupts.py``) stops the
   workers (SIGTERM to processes; inline: at the next batch) and raises :class:`RunInterrupted`; finished
   shards stay in ``OUTDIR/.work`` for the rerun to skip.
@@ -45,6 +48,7 @@ from virnucpro_trt.interrupts import STOP_SIGNALS, handlers_within
 from virnucpro_trt.runtime.device import resolve_device
 from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
+from virnucpro_trt.runtime.stall_watch import StallWatch, Verdict
 from virnucpro_trt.runtime.worker import (
     EXIT_FAILED,
     ShardJob,
@@ -64,6 +68,7 @@ from virnucpro_trt.runtime.worker_messages import (
     Started,
     WorkerMessage,
 )
+from virnucpro_trt.settings import DEFAULT_STALL_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +249,7 @@ class Coordinator:
         on_ready: Callable[[WorkerFacts], None] | None = None,
         max_attempts: int = MAX_ATTEMPTS,
         max_respawns: int = MAX_RESPAWNS,
+        stall_s: float = DEFAULT_STALL_TIMEOUT_S,
     ):
         self.job = job
         self.slots = slots
@@ -270,6 +276,7 @@ class Coordinator:
         self._first_ready: dict[int, float] = {}  # slot -> when it first reported ready
         self._last_done: float | None = None  # when the last shard so far was reported done
         self._unpacking: RunFolder | None = None  # the process workers' unpacking folders, this run
+        self.stalls = StallWatch(stall_s or None)
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self, shards: list[ShardSpec], need_facts: bool = False) -> CoordinatorReport:
@@ -343,6 +350,7 @@ class Coordinator:
             worker = _Worker(slot, parent, process=process, unpack_folder=unpack_folder)
             log.debug("%s started (pid %s)", slot.label, process.pid)
         self.workers[slot.index] = worker
+        self.stalls.started(slot.index)
 
     def _assign(self) -> None:
         for index in sorted(self.workers):
@@ -371,6 +379,38 @@ class Coordinator:
                 worker.eof = True
             if worker.eof:
                 self._handle_exit(worker)
+        self._watch_stalls()
+
+    def _watch_stalls(self) -> None:
+        """Warn of a worker silent while it holds shards; past the limit stop it (SIGKILL) and handle it
+        as a dead one (``runtime/stall_watch.py``)."""
+        holding = {i: bool(w.outstanding) for i, w in self.workers.items() if not w.eof}
+        for index, verdict in self.stalls.check(holding).items():
+            worker = self.workers[index]
+            silent = self.stalls.silent_s(index)
+            doing = (
+                f"on {self.specs[worker.running].describe()}"
+                if worker.running is not None
+                else ("holding shards" if self.stalls.is_ready(index) else "loading its models")
+            )
+            if verdict is Verdict.STOP and worker.process is not None:
+                worker.failure = f"silent for {silent:.0f} s {doing}: stopped as hung (--stall-timeout)"
+                worker.process.kill()  # SIGKILL: a stopped (SIGSTOP) or hung process ignores SIGTERM
+                worker.process.join(_JOIN_S)
+                self._drain(worker)
+                worker.eof = True
+                self._handle_exit(worker)
+            elif verdict is Verdict.WARN:
+                limit = self.stalls.limit_s
+                if worker.process is None:
+                    then = "it runs inside this process and cannot be restarted: stop the run if it stays so"
+                elif limit is None:
+                    then = "it is left running (--stall-timeout 0)"
+                else:
+                    at = limit + self.stalls.allowance_s(index)
+                    then = f"it is stopped and restarted at {at:.0f} s of silence (--stall-timeout)"
+                said = "%s has said nothing for %.0f s %s (hung, or stopped?); %s"
+                log.warning(said, worker.slot.label, silent, doing, then)
 
     def _drain(self, worker: _Worker) -> None:
         try:
@@ -382,6 +422,9 @@ class Coordinator:
     # -- messages --------------------------------------------------------------------------------
     def _handle(self, worker: _Worker, message: WorkerMessage) -> None:
         stats = self.stats[worker.slot.index]
+        ended = self.stalls.heard(worker.slot.index, ready=isinstance(message, Ready))
+        if ended is not None:
+            log.warning("%s is speaking again after %.0f s of silence", worker.slot.label, ended)
         if isinstance(message, Log):
             logging.getLogger(message.record.name).handle(message.record)
         elif isinstance(message, Ready):
@@ -428,6 +471,7 @@ class Coordinator:
     def _handle_exit(self, worker: _Worker) -> None:
         slot = worker.slot
         del self.workers[slot.index]
+        self.stalls.forget(slot.index)
         code = worker.exit_code()
         with contextlib.suppress(OSError):
             worker.conn.close()

@@ -16,7 +16,7 @@ channel):
 
 * ``Ready(slot, facts, load_s)`` — models loaded (:class:`~virnucpro_trt.runtime.worker_facts.WorkerFacts`);
 * ``Started(slot, shard)`` — ``process`` begins (a crash from here on is charged to this shard);
-* ``Progress(slot, shard, frames)`` — that many more frames embedded;
+* ``Progress(slot, shard, frames)`` — that many more frames embedded (0: still working, a heartbeat);
 * ``Done(slot, shard, marker)`` — the shard's files and marker
   (:class:`~virnucpro_trt.runtime.shard_marker.ShardMarker`) are on disk;
 * ``Failed(slot, shard | None, message, details)`` — an unexpected exception; the worker exits and is
@@ -29,7 +29,8 @@ From the coordinator: a :class:`ShardTask`, or ``None`` (no more work).
 
 Test-only fault injection: ``VIRNUCPRO_TEST_FAIL_SHARD=<shard>:<attempts>`` makes the worker die on that
 shard for its first ``<attempts>`` attempts — ``os._exit(3)`` in a worker process, the end of the
-thread (exit code 3) for the inline worker. It exists so the crash/respawn path can be tested; it is
+thread (exit code 3) for the inline worker; ``<shard>:<attempts>:stop`` makes a worker process stop
+itself (SIGSTOP) instead, for the stall watch. It exists so the crash/respawn path can be tested; it is
 read only when a shard starts and does nothing when unset.
 """
 
@@ -80,6 +81,7 @@ FAULT_ENV = "VIRNUCPRO_TEST_FAIL_SHARD"
 EXIT_FAILED = EXIT_FAILURE  # the worker's own failure (its parent names the shard)
 EXIT_INJECTED = 3
 _POLL_S = 0.2
+_HEARTBEAT_S = 5.0  # a shard's "still working" at least this often between batches (Progress of 0 frames)
 
 
 @dataclass(frozen=True)
@@ -201,9 +203,14 @@ def _process_loop(
             if error is not None:
                 raise error
 
-            def progress(n: int, shard_id: int = shard_id) -> None:
-                if n:  # 0: a DNABERT-S batch done (frame_path.score_frames), only a chance to stop
+            said = [time.monotonic()]
+
+            def progress(n: int, shard_id: int = shard_id, said: list[float] = said) -> None:
+                # 0: a DNABERT-S batch done (frame_path.score_frames): a chance to stop, and a heartbeat
+                # every few seconds for the coordinator's stall watch (runtime/stall_watch.py)
+                if n or time.monotonic() - said[0] >= _HEARTBEAT_S:
                     send(Progress(slot.index, shard_id, n))
+                    said[0] = time.monotonic()
                 if stop.is_set():
                     raise WorkerStopped
 
@@ -293,13 +300,17 @@ def _maybe_inject_fault(task: ShardTask, own_process: bool) -> None:
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
-    shard_text, _, attempts_text = spec.partition(":")
+    shard_text, _, rest = spec.partition(":")
+    attempts_text, _, mode = rest.partition(":")
     if int(shard_text) != task.shard.id or task.attempt > int(attempts_text or "1"):
         return
-    log.warning("%s=%s: simulating a worker crash on %s", FAULT_ENV, spec, task.shard.describe())
+    what = "a stopped worker (SIGSTOP)" if mode == "stop" else "a worker crash"
+    log.warning("%s=%s: simulating %s on %s", FAULT_ENV, spec, what, task.shard.describe())
     if own_process:
         for handler in logging.getLogger().handlers:
             handler.flush()
+        if mode == "stop":
+            os.kill(os.getpid(), signal.SIGSTOP)
         os._exit(EXIT_INJECTED)
     raise _InjectedCrash
 

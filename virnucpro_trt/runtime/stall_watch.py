@@ -1,0 +1,108 @@
+"""The stall watch: a worker that holds shards and says nothing for too long is hung, or stopped.
+
+A worker speaks at least every few seconds while it works (each batch's progress, a heartbeat between
+DNABERT-S batches: ``runtime/worker.py``), so a long silence means it is stuck: a GPU or driver hang, a
+file system that stopped answering, a process stopped with SIGSTOP. Without a watch the run waits for
+it forever, however many other GPUs are idle. The rules:
+
+* Only a worker holding shards is watched; one waiting for work may stay silent.
+* Silence counts from the worker's last message, or from when it was given work after waiting. Before
+  it is ready (interpreter start, imports, model loading: minutes for ESM-2 3B on a slow disk) it is
+  allowed :data:`LOAD_ALLOWANCE_S` more.
+* At half the limit (at most :data:`WARN_S`) a warning says which worker and which shard, once per
+  silence; a message from the worker ends the silence (and says so when it was warned of).
+* At the limit (``predict --stall-timeout``; 0: never) the worker is stopped with SIGKILL and counts as
+  dead: its shards go back in the queue and it is respawned, as for a crash. The inline CPU worker is a
+  thread of this process and cannot be stopped: it is only warned of.
+* Time in which the coordinator itself was not running (the whole job stopped with Ctrl-Z, the main
+  process stopped) is not silence: a gap longer than :data:`GAP_S` between two checks is not counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+WARN_S = 600.0
+LOAD_ALLOWANCE_S = 600.0
+GAP_S = 30.0  # the coordinator checks twice a second; a longer gap means it was stopped itself
+
+
+class Verdict(Enum):
+    """What the coordinator does about one worker after a check."""
+
+    WARN = "warn"
+    STOP = "stop"
+
+
+@dataclass
+class _Silence:
+    since: float
+    ready: bool = False
+    warned: bool = False
+
+
+@dataclass
+class StallWatch:
+    """The silences of the workers of one run, keyed by slot (see the module docstring)."""
+
+    limit_s: float | None  # None: never stop a worker, only warn
+    clock: Callable[[], float] = time.monotonic
+    _workers: dict[int, _Silence] = field(default_factory=dict)
+    _last_check: float | None = None
+
+    @property
+    def warn_s(self) -> float:
+        return WARN_S if self.limit_s is None else min(WARN_S, self.limit_s / 2)
+
+    def started(self, slot: int) -> None:
+        """A worker was (re)started in ``slot``: not ready yet, silent from now."""
+        self._workers[slot] = _Silence(self.clock())
+
+    def heard(self, slot: int, ready: bool = False) -> float | None:
+        """A message from ``slot``'s worker (``ready``: its "ready"); the silence it ends when that was
+        warned of (seconds), else None."""
+        silence = self._workers.setdefault(slot, _Silence(self.clock()))
+        ended = self.clock() - silence.since if silence.warned else None
+        silence.since, silence.warned = self.clock(), False
+        silence.ready = silence.ready or ready
+        return ended
+
+    def forget(self, slot: int) -> None:
+        self._workers.pop(slot, None)
+
+    def silent_s(self, slot: int) -> float:
+        return self.clock() - self._workers[slot].since
+
+    def is_ready(self, slot: int) -> bool:
+        return self._workers[slot].ready
+
+    def allowance_s(self, slot: int) -> float:
+        """Seconds of silence beyond the limits that ``slot``'s worker is allowed now (while loading)."""
+        return 0.0 if self._workers[slot].ready else LOAD_ALLOWANCE_S
+
+    def check(self, holding: dict[int, bool]) -> dict[int, Verdict]:
+        """The verdicts for the workers in ``holding`` (slot -> whether it holds shards): WARN once per
+        silence at :attr:`warn_s`, then STOP at the limit (each plus :meth:`allowance_s`)."""
+        now = self.clock()
+        if self._last_check is not None and now - self._last_check > GAP_S:
+            for silence in self._workers.values():  # the coordinator was not watching: not their silence
+                silence.since += now - self._last_check
+        self._last_check = now
+        verdicts: dict[int, Verdict] = {}
+        for slot, holds in holding.items():
+            silence = self._workers.get(slot)
+            if silence is None:
+                continue
+            if not holds:  # waiting for work is no silence: it counts from the next shard on
+                silence.since, silence.warned = now, False
+                continue
+            quiet = now - silence.since - self.allowance_s(slot)
+            if quiet >= self.warn_s and not silence.warned:  # always warned of first, then stopped
+                silence.warned = True
+                verdicts[slot] = Verdict.WARN
+            elif silence.warned and self.limit_s is not None and quiet >= self.limit_s:
+                verdicts[slot] = Verdict.STOP
+        return verdicts
