@@ -164,3 +164,16 @@ def test_a_silent_inline_worker_is_warned_of_and_its_return_said(caplog: pytest.
     assert "worker 0 (cpu)" in warned[0] and "on shard 1 (records 11-20)" in warned[0]
     assert "runs inside this process and cannot be restarted" in warned[0]
     assert any("worker 0 (cpu) is speaking again after" in m for m in said), said
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_a_stall_timeout_that_is_no_number_of_seconds_is_refused(value: str, tmp_path) -> None:
+    """``nan`` passed click's range (it fails every comparison) and would have been written into
+    run.json as ``NaN``, which is no JSON."""
+    from tests.cli.helpers import run_cli
+
+    reads = tmp_path / "r.fa"
+    reads.write_text(">a\nACGT\n")
+    result = run_cli("predict", str(reads), "-o", str(tmp_path / "out"), "--demo", "--stall-timeout", value)
+    assert result.code == 2 and "--stall-timeout" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

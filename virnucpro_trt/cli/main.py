@@ -30,6 +30,7 @@ from virnucpro_trt.cli.command_options import (
     DEFAULT_BUDGETS,
     MAX_WORKERS_PER_GPU,
     THREAD_COUNT,
+    FiniteFloatRange,
     OutputPath,
     checkpoint_options,
     chunk_length_option,
@@ -309,7 +310,7 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )
     @click.option(
         "--stall-timeout",
-        type=click.FloatRange(min=0),
+        type=FiniteFloatRange(min=0),
         default=DEFAULT_STALL_TIMEOUT_S,
         show_default=True,
         metavar="SECONDS",
