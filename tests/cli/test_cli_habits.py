@@ -200,3 +200,20 @@ def test_demo_with_models_of_ones_own_says_the_results_are_labelled_demo(tiny_se
     assert result.code == 0, result.stderr
     assert "--demo with models of your own" in result.stderr
     assert (tmp_path / "o" / "DEMO_RANDOM_WEIGHTS.txt").is_file()
+
+
+def test_written_model_weights_follow_the_umask_like_every_other_file(tmp_path):
+    """safetensors' ``save_file`` creates its file 0600: the demo cache's (and ``random-weights``')
+    ``model.safetensors`` was private where the config and tokenizer beside it followed the umask."""
+    from virnucpro_trt.files.atomic import umask_file_mode
+    from virnucpro_trt.models.random_checkpoints import write_dnabert_checkpoint
+
+    for umask in (0o022, 0o002):
+        previous = os.umask(umask)
+        try:
+            assert umask_file_mode() == 0o666 & ~umask
+            folder = write_dnabert_checkpoint(tmp_path / f"d{umask:o}", weights_format="safetensors")
+        finally:
+            os.umask(previous)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()}
+        assert modes["model.safetensors"] == modes["config.json"] == 0o666 & ~umask, modes

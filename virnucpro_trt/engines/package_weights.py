@@ -28,7 +28,7 @@ import torch
 
 from virnucpro_trt.engines.inductor_shapes import META_PREFIX
 from virnucpro_trt.errors import BuildError, EngineMismatchError, shown
-from virnucpro_trt.files.atomic import remove_quietly, temporary_name
+from virnucpro_trt.files.atomic import remove_quietly, temporary_name, umask_file_mode
 
 WEIGHTS_KEY = f"{META_PREFIX}weights"  # package metadata: the weights table (JSON)
 WEIGHTS_SUFFIX = ".weights.safetensors"
@@ -79,10 +79,7 @@ def write_weights(tensors: dict[str, torch.Tensor], path: Path) -> str:
     try:
         save_file(owned, str(partial))
         del owned
-        # save_file creates the file mode 0600, which locks other users out of a shared engine folder
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(partial, 0o666 & ~mask)
+        os.chmod(partial, umask_file_mode())  # save_file makes it 0600
         os.replace(partial, path)
     except BaseException:
         remove_quietly(partial)

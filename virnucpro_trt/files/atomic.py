@@ -24,6 +24,20 @@ PARTIAL_SUFFIX = ".partial"
 TEMPORARY_NAME = re.compile(r"\.(?P<target>[^/]+)\.[0-9]+-[0-9]+-[0-9a-f]{8}\.partial")
 
 
+def umask_file_mode() -> int:
+    """The mode a file created now gets under the process umask (``0o666 & ~umask``), for a file a
+    library creates mode 0600 (safetensors' ``save_file``), which locks other users out of a shared
+    engine, model or cache folder. Read from ``/proc/self/status`` where Linux gives it: ``os.umask``
+    can only be read by setting it, which changes it for every thread of the process for a moment."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def temporary_name(path: Path, on_create: Callable[[Path], None] | None = None) -> Path:
     """``.NAME.<pid>-<thread>-<random>.partial`` beside ``path``; open it with :func:`exclusive_mode`.
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
+from virnucpro_trt.files.atomic import umask_file_mode
 from virnucpro_trt.models.dnabert import DNABERT_S_CONFIG, DnabertConfig, DnabertEncoder
 from virnucpro_trt.models.esm2 import ESM2_T36_3B_CONFIG, Esm2Config, Esm2Encoder, default_inv_freq
 from virnucpro_trt.models.layers import Fp32LayerNorm, init_random_
@@ -341,6 +343,7 @@ def _save_weights(
             from safetensors.torch import save_file
 
             save_file(dict(part), str(folder / name), metadata={"format": "pt"})
+            os.chmod(folder / name, umask_file_mode())  # save_file makes it 0600, unlike every other file
         else:
             torch.save(part, folder / name)
         written.append(folder / name)
