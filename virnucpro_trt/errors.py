@@ -151,6 +151,19 @@ def resource_shortage(exc: BaseException) -> BaseException | None:
     return None
 
 
+def shortage_line(exc: BaseException) -> tuple[str, int] | None:
+    """The one line and exit code for a shortage behind ``exc`` (:func:`resource_shortage`), or None:
+    the shortage's own line, then what it became where that is another error (the tool's message as it
+    is, any other exception with its type), so the main process and a worker say it alike."""
+    shortage = resource_shortage(exc)
+    if shortage is None:
+        return None
+    line, code = describe_shortage(shortage)
+    if shortage is not exc:
+        line = f"{line} ({one_line(exc, name=not isinstance(exc, VirnucproError))})"
+    return line, code
+
+
 def describe_shortage(shortage: BaseException) -> tuple[str, int]:
     """One line and exit 1 (a failed run: what finished is kept, a rerun resumes) for a shortage."""
     if isinstance(shortage, OSError):

@@ -210,3 +210,29 @@ def test_a_resource_shortage_is_found_behind_the_error_it_became():
         assert isinstance(resource_shortage(wrapped), OSError)
     assert resource_shortage(CheckpointError("model.bin: not a checkpoint")) is None
     assert resource_shortage(OSError(errno.ENOENT, "missing")) is None
+
+
+def test_a_shortage_is_said_alike_in_the_main_process_and_a_worker():
+    """The line was put together twice (the main process: ``LINE (message)``; a worker: ``LINE (Type:
+    message)`` for the tool's own errors too): now one helper, the tool's message as it is, any other
+    exception with its type."""
+    from virnucpro_trt.errors import CheckpointError, shortage_line
+
+    def behind(outer: Exception) -> Exception:
+        try:
+            try:
+                raise OSError(errno.EMFILE, "Too many open files")
+            except OSError as exc:
+                raise outer from exc
+        except Exception as wrapped:
+            return wrapped
+
+    limit = "Too many open files: raise the limit on open files (ulimit -n) and rerun the same command"
+    assert shortage_line(behind(CheckpointError("model.bin: cannot read"))) == (
+        f"{limit} (model.bin: cannot read)", 1,
+    )  # fmt: skip
+    assert shortage_line(behind(RuntimeError("torch: cannot open"))) == (
+        f"{limit} (RuntimeError: torch: cannot open)", 1,
+    )  # fmt: skip
+    assert shortage_line(OSError(errno.EMFILE, "Too many open files")) == (limit, 1)
+    assert shortage_line(CheckpointError("model.bin: not a checkpoint")) is None

@@ -54,7 +54,7 @@ from virnucpro_trt.errors import (
     VirnucproError,
     describe_os_error,
     describe_shortage,
-    resource_shortage,
+    shortage_line,
 )
 from virnucpro_trt.interrupts import sigterm_as_interrupt, stop_signals_to_take
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
@@ -671,9 +671,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("interrupted", err=True)
         code = EXIT_INTERRUPTED
     except VirnucproError as exc:
-        if (shortage := resource_shortage(exc)) is not None:  # named as the file's fault on the way up
-            line, code = describe_shortage(shortage)
-            _report(f"error: {line} ({exc})", exc)
+        if (shortage := shortage_line(exc)) is not None:  # named as the file's fault on the way up
+            line, code = shortage
+            _report(f"error: {line}", exc)
         else:
             _report(f"error: {exc}", exc)
             code = exc.exit_code

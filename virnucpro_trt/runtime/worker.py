@@ -55,9 +55,8 @@ from virnucpro_trt.errors import (
     EXIT_FAILURE,
     VirnucproError,
     describe_os_error,
-    describe_shortage,
     one_line,
-    resource_shortage,
+    shortage_line,
 )
 from virnucpro_trt.files import unpacking
 from virnucpro_trt.log_records import WORKER_TEXT
@@ -236,16 +235,9 @@ def _report_failure(send: _Sender, slot: WorkerSlot, shard_id: int | None, exc: 
     """
     retried = isinstance(exc, OSError) and exc.errno == errno.EIO
     known = describe_os_error(exc) if isinstance(exc, OSError) and not retried else None
-    if (shortage := resource_shortage(exc)) is not None:  # too few file descriptors, no memory left
-        line, code = describe_shortage(shortage)
-        send(
-            Fatal(
-                slot.index,
-                code,
-                line if shortage is exc else f"{line} ({one_line(exc)})",
-                traceback.format_exc(),
-            )
-        )
+    if (shortage := shortage_line(exc)) is not None:  # too few file descriptors, no memory left
+        line, code = shortage
+        send(Fatal(slot.index, code, line, traceback.format_exc()))
     elif isinstance(exc, VirnucproError):
         send(Fatal(slot.index, exc.exit_code, str(exc), traceback.format_exc()))
     elif known is not None:
