@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from virnucpro_trt.errors import UserError
-from virnucpro_trt.files.names import not_a_folder
+from virnucpro_trt.files.names import blocking_non_folder, not_a_folder
 
 # Folders torch's compilers make at their first compile when these name them (Inductor on every device,
 # Triton on CUDA).
@@ -72,11 +72,7 @@ def check_compiler_cache_variables() -> None:
         value = os.environ.get(name)
         if not value:
             continue
-        folder = Path(value)
-        for place in (folder, *folder.parents):
-            if place.is_dir():
-                break
-            if os.path.lexists(place):
-                raise UserError(
-                    f"{name}={value}: {place} is {not_a_folder(place)}; point {name} at a folder or unset it"
-                )
+        place = blocking_non_folder(Path(value))
+        if place is not None:
+            what = f"{place} is {not_a_folder(place)}"
+            raise UserError(f"{name}={value}: {what}; point {name} at a folder or unset it")

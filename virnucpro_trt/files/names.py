@@ -76,10 +76,18 @@ def check_parent_folders(path: Path, advice: str = "choose another output locati
 
     Only the first existing ancestor is looked at; missing folders are made by the command.
     """
-    for folder in Path(path).parents:
-        if folder.is_dir():
-            return
-        if os.path.lexists(folder):
-            raise UserError(
-                f"{folder} is {not_a_folder(folder)}, so {path} cannot be made below it; {advice}"
-            )
+    folder = blocking_non_folder(Path(path).parent)
+    if folder is not None:
+        raise UserError(f"{folder} is {not_a_folder(folder)}, so {path} cannot be made below it; {advice}")
+
+
+def blocking_non_folder(folder: Path) -> Path | None:
+    """What stops ``folder`` being made (``mkdir -p``): the first of it and the folders above it that
+    exists and is no folder (a file, a link to one), or None when it can be made. Only up to the first
+    existing folder: missing ones are made."""
+    for place in (folder, *folder.parents):
+        if place.is_dir():
+            return None
+        if os.path.lexists(place):
+            return place
+    return None
