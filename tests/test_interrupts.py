@@ -144,6 +144,23 @@ def test_signals_held_are_raised_once_after_the_block() -> None:
         pass
 
 
+def test_signals_are_held_only_from_hold_to_the_blocks_end() -> None:
+    """predict's and merge's results: an interrupt before the first rename acts at once; from it to
+    run.json it waits for the block's end; holding twice holds once."""
+    from virnucpro_trt.interrupts import SignalsHeldLater
+
+    with pytest.raises(KeyboardInterrupt), SignalsHeldLater():
+        os.kill(os.getpid(), signal.SIGINT)  # not held yet: interrupted here
+        raise AssertionError("not interrupted before hold()")
+    finished = False
+    with pytest.raises(KeyboardInterrupt), SignalsHeldLater() as placing:
+        placing.hold()
+        placing.hold()
+        os.kill(os.getpid(), signal.SIGINT)
+        finished = True
+    assert finished and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_ctrl_c_while_hdf5_writes_leaves_no_file_and_no_crash(tmp_path) -> None:
     """A Ctrl-C while blocks are written ends the writer with a KeyboardInterrupt, its file removed, no
     crash. Bounded: an interrupt lost (raised where Python ignores it: CI once saw it land in a weakref

@@ -83,3 +83,22 @@ def signals_held() -> Iterator[None]:
                 handler(sig, None)
             elif handler == signal.SIG_DFL:  # what the signal would have done: end the process
                 signal.raise_signal(sig)
+
+
+class SignalsHeldLater(contextlib.AbstractContextManager["SignalsHeldLater"]):
+    """A block in which Ctrl-C and the stop signals are held (:func:`signals_held`) from the moment
+    :meth:`hold` is called to the block's end: for ``predict`` and ``merge``, from the first rename of a
+    result file into place to their run.json (an interrupt in between left results without their
+    record, or exited 130 on complete ones). Holding twice holds once."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._held = False
+
+    def hold(self) -> None:
+        if not self._held:
+            self._stack.enter_context(signals_held())
+            self._held = True
+
+    def __exit__(self, *exc_info: object) -> bool | None:
+        return self._stack.__exit__(*exc_info)  # type: ignore[arg-type]

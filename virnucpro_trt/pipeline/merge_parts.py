@@ -61,7 +61,7 @@ from virnucpro_trt.files.result_names import (
     unrecorded_results,
 )
 from virnucpro_trt.files.run_lock import KeptFiles, outdir_lock
-from virnucpro_trt.interrupts import signals_held
+from virnucpro_trt.interrupts import SignalsHeldLater
 from virnucpro_trt.outputs.atomic import ResultSet
 from virnucpro_trt.outputs.demo_note import with_demo_note, write_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
@@ -157,7 +157,7 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> RunRecord
             log.warning("not every part saved embeddings: no embeddings.h5 is written")
         demo = _demo_random_weights([part.run for part in parts])
         outputs: dict[str, dict[str, Any]] = {}
-        placing = contextlib.ExitStack()
+        placing = SignalsHeldLater()
 
         def record(entries: dict[str, dict[str, Any]]) -> None:
             """Note the results in the lock before they are renamed into place, and hold Ctrl-C and
@@ -165,7 +165,7 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> RunRecord
             outputs.update(with_demo_note(entries, demo))
             if lock is not None:
                 lock.note_results(outputs)
-            placing.enter_context(signals_held())
+            placing.hold()
 
         noted = functools.partial(lock.note, growing=True) if lock is not None else None
         check_still_free(outdir, RESULT_NAMES)  # free since _finished_merge (the HDF5 writer's name too)

@@ -50,7 +50,7 @@ from virnucpro_trt.files.no_replace import check_still_free
 from virnucpro_trt.files.ownership import changed_since, reuse_finished, unreplaceable_among
 from virnucpro_trt.files.result_names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JSON, unrecorded_results
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, KeptFiles, outdir_lock
-from virnucpro_trt.interrupts import signals_held
+from virnucpro_trt.interrupts import SignalsHeldLater
 from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
@@ -309,17 +309,17 @@ def _run(ctx: _RunContext, path: Path, display: str) -> RunRecord:
     assert facts is not None
 
     outputs: dict[str, dict[str, Any]] = {}
-    placing = contextlib.ExitStack()
+    placing = SignalsHeldLater()
 
     def record(entries: dict[str, dict[str, Any]]) -> None:
         """Note the result files in ``.work``'s state before they are renamed into place: a run killed
         from there to its run.json leaves files its rerun knows as its own (``_check_stray_results``).
-        From here to run.json (milliseconds) Ctrl-C and SIGTERM wait (``interrupts.signals_held``): one
+        From here to run.json (milliseconds) Ctrl-C and SIGTERM wait (``interrupts.SignalsHeldLater``): one
         between the renames left results in place without their run.json and exited 130, one during
         run.json's rename exited 130 on complete results."""
         outputs.update(with_demo_note(entries, ctx.demo))
         work.record_outputs(outputs)
-        placing.enter_context(signals_held())
+        placing.hold()
 
     with placing:
         with timer.stage("merge"):
