@@ -30,7 +30,7 @@ class Settings:
         return data
 
 
-def build_engines(settings, command):
+def build_engines(settings, command, wait=False):
     (marks / "pid").write_text(str(__import__("os").getpid()))
     try:
         while True:

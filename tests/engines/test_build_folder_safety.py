@@ -373,3 +373,32 @@ def test_a_manifest_that_is_a_fifo_does_not_stall_bench(tmp_path):
     assert _manifest_text(tmp_path / "manifest.json") is None
     (tmp_path / "m.json").write_text('{"a": 1}')
     assert _manifest_text(tmp_path / "m.json") == '{"a": 1}'
+
+
+def test_a_build_told_to_wait_waits_for_the_other_and_then_finds_the_set_it_made(tiny_set, tmp_path):
+    """Two ``bench`` runs sharing --workdir: the second's build of a configuration failed on the first's
+    lock ("being written by another virnucpro-trt run"), which failed its row. Bench's builds now wait,
+    then check the folder again and take the set the other build finished, without building it again."""
+    import shutil
+    import threading
+
+    from virnucpro_trt.engines.build import BuildSettings, build_engines
+
+    made = tmp_path / "made"
+    assert build_tiny(tiny_set, made).code == 0
+    folder = tmp_path / "engines"
+    settings = BuildSettings(
+        str(tiny_set.dnabert), str(tiny_set.esm_hf), str(tiny_set.classifier), folder, "onnxruntime", "fp32",
+        "cpu", 512, 256,
+    )  # fmt: skip
+    outcomes = []
+    with outdir_lock(folder):  # the other build, running
+        waiting = threading.Thread(target=lambda: outcomes.append(build_engines(settings, wait=True)))
+        waiting.start()
+        waiting.join(3.0)
+        assert waiting.is_alive() and not outcomes  # waiting, not refused
+        for entry in made.iterdir():  # what the other build leaves: the same set
+            shutil.copy2(entry, folder / entry.name)
+    waiting.join(120)
+    assert len(outcomes) == 1 and outcomes[0].built is False  # found made: not built again
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in made.iterdir())

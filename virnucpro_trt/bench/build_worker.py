@@ -14,6 +14,7 @@ it then interrupts itself the same way. Before, it went on building for minutes 
 full-size set) into a work folder nothing would read, an orphan nobody waited for.
 
     python -m virnucpro_trt.bench.build_worker '<BuildSettings as JSON>' [--stop-when-stdin-closes]
+        [--wait-for-another-build]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 _LOG_PREFIX = "VTLOG "
 _ERROR_PREFIX = "VTERR "
 _LIFELINE = "--stop-when-stdin-closes"  # the child's stdin is a pipe only its parent holds open
+_WAIT = "--wait-for-another-build"  # benches sharing --workdir: the second waits, then finds the set made
 
 
 class BuildFailed(Exception):
@@ -50,7 +52,8 @@ class BuildFailed(Exception):
 def build_in_child(settings: BuildSettings) -> None:
     """Run :func:`virnucpro_trt.engines.build.build_engines` for ``settings`` in a child process."""
     command = [
-        sys.executable, "-m", "virnucpro_trt.bench.build_worker", json.dumps(settings.to_json()), _LIFELINE
+        sys.executable, "-m", "virnucpro_trt.bench.build_worker", json.dumps(settings.to_json()), _LIFELINE,
+        _WAIT,
     ]  # fmt: skip
     tail: deque[str] = deque(maxlen=20)
     error: str | None = None
@@ -121,7 +124,7 @@ def main(argv: list[str]) -> int:
             from virnucpro_trt.engines.build import BuildSettings, build_engines
 
             settings = BuildSettings.from_json(json.loads(argv[0]))
-            build_engines(settings, command=["virnucpro-trt", "bench", "(engine build)"])
+            build_engines(settings, ["virnucpro-trt", "bench", "(engine build)"], wait=_WAIT in argv[1:])
     except KeyboardInterrupt:  # the build has removed what it made; the parent may be gone (no output)
         return 130
     except Exception as exc:

@@ -265,14 +265,17 @@ class BuildOutcome:
     built: bool
 
 
-def build_engines(settings: BuildSettings, command: list[str] | None = None) -> BuildOutcome:
+def build_engines(
+    settings: BuildSettings, command: list[str] | None = None, wait: bool = False
+) -> BuildOutcome:
     """Build, gate and describe the engines into ``settings.outdir``; a folder that already holds the set
     this build would make (``finished_build``) is left as it is, unless ``force`` or ``replace_changed``.
 
     That check reads and writes nothing but the set's own files, so it comes before the folder's other
-    contents are judged and before the run lock (an intact set in a read-only folder is up to date). It
-    is made once: a build that finished the same set while this one waited for nothing but the lock is
-    built again, correctly, rather than every build hashing a changed checkpoint twice.
+    contents are judged and before the run lock (an intact set in a read-only folder is up to date).
+    Another build writing the folder refuses this one (exit 2), or with ``wait`` (``bench``, whose runs
+    may share a work folder) is waited for, and the check is made again after it: the set that build
+    finished is likely this one.
     """
     out = settings.outdir
     plan = BuildPlan.of(settings)
@@ -282,7 +285,12 @@ def build_engines(settings: BuildSettings, command: list[str] | None = None) -> 
         return _found_made(out)
     own = check_engine_folder(out, settings.force, settings.replace_changed)  # before anything is written
     # a failed first build leaves no folder it made; the lock keeps (and after a SIGKILL removes) staging
-    with made_folder(out), outdir_lock(out, KeptFiles(staging=BUILD_STAGING)) as lock:
+    with made_folder(out), outdir_lock(out, KeptFiles(staging=BUILD_STAGING), wait=wait) as lock:
+        if lock is not None and lock.waited:  # the folder is what the build waited for left
+            differences = [] if again else plan.differences(settings)
+            if not again and not differences:
+                return _found_made(out)
+            own = check_engine_folder(out, settings.force, settings.replace_changed)
         if differences and (out / MANIFEST_NAME).is_file():
             log.info("building again in %s: %s", out, "; ".join(differences))
         log.info("engine backend: %s (%s)", plan.backend.name, plan.reason)

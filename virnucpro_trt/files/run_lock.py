@@ -138,6 +138,7 @@ class RunLock:
         self._fd = fd
         self._noted: list[dict[str, Any]] = []
         self.results: dict[str, dict[str, Any]] = {}
+        self.waited = False  # another run held it first: what that run wrote may be there now
 
     def note_results(self, entries: dict[str, dict[str, Any]]) -> None:
         """Note the result files (name -> size and SHA-256) a run is about to rename into OUTDIR, for a
@@ -426,12 +427,12 @@ def _notes_trusted(fd: int) -> bool:
 
 
 def outdir_lock(
-    outdir: Path, kept: KeptFiles | None = None
+    outdir: Path, kept: KeptFiles | None = None, wait: bool = False
 ) -> contextlib.AbstractContextManager[RunLock | None]:
     """Hold ``OUTDIR/.work.lock`` for the run (the folder is made when missing); another run on the same
-    folder fails at once (exit 2). ``kept``: what the command keeps there while it runs (nothing when
-    None). See :func:`_held_lock`."""
-    return _held_lock(outdir, outdir / LOCK_FILE, outdir, "OUTDIR", kept or KeptFiles())
+    folder fails at once (exit 2), or with ``wait`` is waited for (:attr:`RunLock.waited` says so).
+    ``kept``: what the command keeps there while it runs (nothing when None). See :func:`_held_lock`."""
+    return _held_lock(outdir, outdir / LOCK_FILE, outdir, "OUTDIR", kept or KeptFiles(), wait=wait)
 
 
 def output_lock(output: Path) -> contextlib.AbstractContextManager[RunLock | None]:
@@ -474,6 +475,7 @@ def _held_lock(
     folder.mkdir(parents=True, exist_ok=True)
     fd = _open_lock_file(path, elsewhere)
     busy = f"{output} is being written by another virnucpro-trt run; wait for it"
+    waited = False
     try:
         while True:
             try:
@@ -483,6 +485,7 @@ def _held_lock(
                     raise UserError(busy) from None
                 log.info("%s is being written by another virnucpro-trt run; waiting for it", output)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                waited = True
             if not wait or _held_at(path, fd):
                 break
             os.close(fd)  # the run waited for removed its lock file as it ended: take the one there now
@@ -495,6 +498,7 @@ def _held_lock(
                 f"choose another {elsewhere}"
             )
         lock = RunLock(folder, path, fd, kept)
+        lock.waited = waited
         if not lock.still_ours():  # removed by a run that ended while this one opened it: another run's now
             raise UserError(busy)
         if _notes_trusted(fd):
