@@ -151,6 +151,34 @@ def test_a_stopped_worker_is_stopped_for_good_and_its_shards_redone(
     )
 
 
+def test_an_outdir_moved_away_mid_run_is_said_so_and_the_run_resumes_once_it_is_back(
+    tiny_set, many_reads, reference_small, tmp_path, monkeypatch
+):
+    """An OUTDIR moved away while the workers ran was said as "shard-000000.fa: input file not found"
+    (exit 2), the move's doing blamed on a file."""
+    from virnucpro_trt.pipeline import predict
+
+    out, moved = tmp_path / "out", tmp_path / "moved"
+    running = predict._run_shards
+
+    def moving(*args, **kwargs):
+        out.rename(moved)  # mv OUTDIR elsewhere, as the workers start
+        return running(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "_run_shards", moving)
+    result = _predict(tiny_set, many_reads, out, *SMALL_SHARDS, "--threads", "1")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.code == 2 and len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"error: {out} was moved or removed while the run went on (then: "), errors
+    assert "put it back and rerun the same command to resume" in errors[0]
+    assert not out.exists() and (moved / ".work").is_dir()
+    monkeypatch.setattr(predict, "_run_shards", running)
+    moved.rename(out)
+    result = _predict(tiny_set, many_reads, out, *SMALL_SHARDS, "--threads", "1")
+    assert result.code == 0, result.stderr
+    _assert_same_results(reference_small, out)
+
+
 def test_shard_that_always_fails_ends_the_run(tiny_set, many_reads, tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "2:99")
     result = _predict(tiny_set, many_reads, tmp_path, *SMALL_SHARDS, "--threads", "1")

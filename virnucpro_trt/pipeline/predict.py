@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from virnucpro_trt import __version__
 from virnucpro_trt.engines.manifest import CLASSIFIER_FILE, EngineManifest
-from virnucpro_trt.errors import EngineMismatchError, UserError, shown
+from virnucpro_trt.errors import EngineMismatchError, UserError, VirnucproError, one_line, shown
 from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
@@ -195,6 +195,7 @@ def run_predict(
         made_folder(outdir),
         outdir_lock(outdir, KEPT_FILES) as lock,
     ):
+        where = _folder_identity(outdir)
         # never over another file; noted while it grows, so a SIGKILL's leftover goes on the rerun (a
         # SIGTERM is an interrupt: cli/main.py)
         noted = functools.partial(lock.note, growing=True) if lock is not None else None
@@ -209,7 +210,13 @@ def run_predict(
                 raise RunInterrupted(INTERRUPTED) from None
         except RunInterrupted:
             raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, Exception) and _folder_identity(outdir) != where:  # the failure's cause
+                then = one_line(exc, 200, name=not isinstance(exc, VirnucproError))
+                raise UserError(
+                    f"{outdir} was moved or removed while the run went on (then: {then}); put it back and "
+                    "rerun the same command to resume, or start again in a new OUTDIR"
+                ) from exc
             work = WorkDir(outdir)
             # nothing worth resuming: what the tool wrote there goes, also in a .work that was there
             # before (an empty one, or a killed run's with no shard finished); anything else stays
@@ -220,6 +227,17 @@ def run_predict(
             if path == outdir / STDIN_COPY:
                 remove_quietly(path)
     return ctx.completion.result()  # the block returns, unless interrupted once its results were complete
+
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    """The folder at ``folder`` as the system knows it (device, inode), None when nothing is there: a
+    worker that fails on a shard file of an OUTDIR moved away mid-run says "input file not found",
+    which is the move's doing, and the clean-up must not act on whatever is at that path now."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _preflight(ctx: _RunContext) -> CheckedEngines | None:
