@@ -179,6 +179,38 @@ def test_an_outdir_moved_away_mid_run_is_said_so_and_the_run_resumes_once_it_is_
     _assert_same_results(reference_small, out)
 
 
+def test_a_finished_shards_results_changed_mid_run_are_not_merged(
+    tiny_set, many_reads, reference_small, tmp_path, monkeypatch
+):
+    """A shard's result file in .work edited while the run went on was merged as it was (a resume
+    checks each against its marker; the live run believed them): now checked before the merge (a
+    stat per file), the run fails with one line, and the rerun redoes that shard."""
+    from virnucpro_trt.pipeline import predict
+
+    running = predict._run_shards
+
+    def editing(*args, **kwargs):
+        report = running(*args, **kwargs)
+        frames = tmp_path / ".work" / "results" / "shard-000003.frames.tsv"
+        frames.write_text(frames.read_text().replace("\t", "\t0", 1))  # one table cell edited in place
+        return report
+
+    monkeypatch.setattr(predict, "_run_shards", editing)
+    result = _predict(tiny_set, many_reads, tmp_path, *SMALL_SHARDS, "--threads", "1")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.code == 1 and errors == [
+        f"error: the results of shard 3 (records 31-40) changed in {tmp_path / '.work' / 'results'} while "
+        "the run went on; rerun the same command (they are redone)"
+    ], result.stderr
+    for name in (*RESULT_FILES, "run.json"):
+        assert not (tmp_path / name).exists(), name
+    monkeypatch.setattr(predict, "_run_shards", running)
+    result = _predict(tiny_set, many_reads, tmp_path, *SMALL_SHARDS, "--threads", "1")
+    assert result.code == 0, result.stderr
+    assert "59 of 60 shard(s) already finished" in result.stderr
+    _assert_same_results(reference_small, tmp_path)
+
+
 def test_shard_that_always_fails_ends_the_run(tiny_set, many_reads, tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "2:99")
     result = _predict(tiny_set, many_reads, tmp_path, *SMALL_SHARDS, "--threads", "1")

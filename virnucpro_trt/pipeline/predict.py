@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from virnucpro_trt import __version__
 from virnucpro_trt.engines.manifest import CLASSIFIER_FILE, EngineManifest
-from virnucpro_trt.errors import EngineMismatchError, UserError, VirnucproError, one_line, shown
+from virnucpro_trt.errors import EngineMismatchError, RunFailure, UserError, VirnucproError, one_line, shown
 from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
@@ -229,6 +229,23 @@ def run_predict(
     return ctx.completion.result()  # the block returns, unless interrupted once its results were complete
 
 
+def _check_still_finished(
+    work: WorkDir, shards: list[ShardSpec], markers: dict[int, ShardMarker], save_embeddings: bool
+) -> None:
+    """Fail (exit 1) when a finished shard's files no longer verify as its marker recorded them (size,
+    stamp, else SHA-256: a stat per file), because they were edited, replaced or removed while the run
+    went on: merged, they would have been believed, where a resume checks them. Their markers go, so
+    the rerun redoes those shards."""
+    still = work.finished_shards(shards, result_roles(save_embeddings))  # warns of each, removes its marker
+    changed = [shard for shard in shards if shard.id in markers and shard.id not in still]
+    if changed:
+        raise RunFailure(
+            f"the results of {changed[0].describe()}"
+            + (f" and {len(changed) - 1} more shard(s)" if len(changed) > 1 else "")
+            + f" changed in {work.results} while the run went on; rerun the same command (they are redone)"
+        )
+
+
 def _folder_identity(folder: Path) -> tuple[int, int] | None:
     """The folder at ``folder`` as the system knows it (device, inode), None when nothing is there: a
     worker that fails on a shard file of an OUTDIR moved away mid-run says "input file not found",
@@ -325,6 +342,7 @@ def _run(ctx: _RunContext, path: Path, display: str) -> RunRecord:
         markers.update(report.markers)
         facts = report.facts or facts  # this run's devices when it ran any worker
     assert facts is not None
+    _check_still_finished(work, shards, markers, settings.save_embeddings)
 
     outputs: dict[str, dict[str, Any]] = {}
     placing = SignalsHeldLater()
