@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -138,17 +139,17 @@ def test_a_stopped_worker_is_stopped_for_good_and_its_shards_redone(
     the results are the same bytes."""
     monkeypatch.setenv(FAULT_ENV, "1:1:stop")  # the worker running shard 1 stops itself, the first time
     two = ("--workers", "2", "--threads", "2")
-    result = _predict(tiny_set, many_reads, tmp_path, *SMALL_SHARDS, *two, "--stall-timeout", "6")
+    result = _predict(tiny_set, many_reads, tmp_path, *SMALL_SHARDS, *two, "--stall-timeout", "10")
     assert result.code == 0, result.stderr
     _assert_same_results(reference_small, tmp_path)
     run = _run_json(tmp_path)
     assert run["restarts"] == 1 and run["shards"]["failed_attempts"] == 1
-    assert run["settings"]["run"]["stall_timeout_s"] == 6
-    assert "has said nothing for 3 s on shard 1 (records 11-20) (hung, or stopped?)" in result.stderr
-    assert "it is stopped and restarted at 6 s of silence (--stall-timeout)" in result.stderr
-    assert "died on shard 1 (records 11-20) (silent for 6 s on shard 1 (records 11-20): stopped as hung" in (
-        result.stderr
-    )
+    assert run["settings"]["run"]["stall_timeout_s"] == 10
+    shard = r"shard 1 \(records 11-20\)"
+    assert re.search(rf"has said nothing for [56] s on {shard} \(hung, or stopped\?\)", result.stderr)
+    assert "it is stopped and restarted at 10 s of silence (--stall-timeout)" in result.stderr
+    died = rf"died on {shard} \(silent for 1[01] s on {shard}: stopped as hung \(--stall-timeout\)\)"
+    assert re.search(died, result.stderr), result.stderr
 
 
 def test_an_outdir_moved_away_mid_run_is_said_so_and_the_run_resumes_once_it_is_back(

@@ -96,17 +96,19 @@ def test_without_a_limit_a_worker_is_only_warned_of() -> None:
     assert [v for _, _, v in seen] == [Verdict.WARN]
 
 
-def test_time_the_coordinator_was_stopped_itself_is_no_silence() -> None:
+@pytest.mark.parametrize("stopped_s", [20.0, 3600.0])
+def test_time_the_coordinator_was_stopped_itself_is_no_silence(stopped_s: float) -> None:
     """Ctrl-Z stops the whole job; after ``fg`` every worker would look silent for as long as it was
-    stopped and be killed at once."""
+    stopped and be killed at once. A gap counted up to 30 s: a 20 s Ctrl-Z killed healthy workers at
+    a 10 s limit (helper-81)."""
     watch, clock = _watch(10.0)
     watch.started(0)
     watch.heard(0, ready=True)
-    assert _ticks(watch, clock, 2, {0: True}) == []
-    clock.now += 3600  # no check for an hour
+    assert _ticks(watch, clock, 4, {0: True}) == []
+    clock.now += stopped_s  # no check meanwhile
     assert watch.check({0: True}) == {}
-    assert watch.silent_s(0) == pytest.approx(2.0)  # the hour is not counted
-    clock.now += GAP_S / 2  # a gap the checks allow is counted
+    assert watch.silent_s(0) == pytest.approx(4.0)  # the stop is not counted
+    clock.now += GAP_S * 0.9  # a gap the checks allow is counted
     assert watch.check({0: True}) == {0: Verdict.WARN}
 
 
@@ -166,10 +168,11 @@ def test_a_silent_inline_worker_is_warned_of_and_its_return_said(caplog: pytest.
     assert any("worker 0 (cpu) is speaking again after" in m for m in said), said
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0.1", "9.5"])
 def test_a_stall_timeout_that_is_no_number_of_seconds_is_refused(value: str, tmp_path) -> None:
     """``nan`` passed click's range (it fails every comparison) and would have been written into
-    run.json as ``NaN``, which is no JSON."""
+    run.json as ``NaN``, which is no JSON. Below 10 s (0 apart) healthy workers were stopped in every
+    shard, between two heartbeats, and the run failed blaming a shard."""
     from tests.cli.helpers import run_cli
 
     reads = tmp_path / "r.fa"
@@ -177,3 +180,40 @@ def test_a_stall_timeout_that_is_no_number_of_seconds_is_refused(value: str, tmp
     result = run_cli("predict", str(reads), "-o", str(tmp_path / "out"), "--demo", "--stall-timeout", value)
     assert result.code == 2 and "--stall-timeout" in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stopped_worker_process_is_reaped_not_waited_for_for_ever() -> None:
+    """A worker stopped (SIGSTOP) while idle after its work: the run said PASSED and then never exited,
+    its SIGTERM pending on a stopped process, the interpreter's exit joining it (helper-81)."""
+    import multiprocessing
+    import os
+    import signal
+
+    from virnucpro_trt.runtime.coordinator import _reap, _Worker
+
+    context = multiprocessing.get_context("spawn")
+    process = context.Process(target=time.sleep, args=(600,), daemon=True)
+    process.start()
+    os.kill(process.pid, signal.SIGSTOP)
+    ours, _theirs = multiprocessing.Pipe()
+    started = time.monotonic()
+    _reap(_Worker(WorkerSlot(1, "cpu", 1), ours, process=process), 0.5, "terminate")
+    assert not process.is_alive() and time.monotonic() - started < 15
+    assert process.exitcode == -signal.SIGTERM  # continued, it acted on the SIGTERM at once
+
+
+def test_an_event_warning_is_shown_each_time_a_repeated_fact_once() -> None:
+    """A worker that died twice on one shard said so once: the terminal's once-per-text filter hid the
+    second death, and the restart line came with no reason (helper-81)."""
+    from virnucpro_trt.cli.logging_setup import _WarnOnce
+    from virnucpro_trt.log_records import EVENT
+
+    shown = _WarnOnce()
+
+    def record(extra: dict[str, object]) -> logging.LogRecord:
+        made = logging.LogRecord("virnucpro_trt", logging.WARNING, __file__, 1, "worker 1 died", None, None)
+        made.__dict__.update(extra)
+        return made
+
+    assert [shown.filter(record(EVENT)) for _ in range(3)] == [True, True, True]
+    assert [shown.filter(record({})) for _ in range(2)] == [True, False]

@@ -8,7 +8,7 @@ import stat
 import sys
 from pathlib import Path
 
-from virnucpro_trt.log_records import unlabelled_text
+from virnucpro_trt.log_records import EVERY_TIME, unlabelled_text
 
 _FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 _FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -41,7 +41,8 @@ class _WarnOnce(logging.Filter):
 
     A model's warning (an ESM-2 config that leaves fields out, an engine kept despite its gate) is met
     by the main process when it checks the model and again by every worker that loads it: on eight GPUs
-    nine identical lines. Only the terminal is spared; the log file keeps every record.
+    nine identical lines. Only the terminal is spared; the log file keeps every record. A warning of
+    an event (``log_records.EVERY_TIME``: a worker died again on the same shard) is shown each time.
     """
 
     def __init__(self) -> None:
@@ -49,7 +50,7 @@ class _WarnOnce(logging.Filter):
         self.shown: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.WARNING:
+        if record.levelno != logging.WARNING or getattr(record, EVERY_TIME, False):
             return True
         text = unlabelled_text(record)
         if text in self.shown:

@@ -59,7 +59,7 @@ from virnucpro_trt.errors import (
 from virnucpro_trt.interrupts import sigterm_as_interrupt, stop_signals_to_take
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2
 from virnucpro_trt.outputs.demo_note import DEMO_LABEL
-from virnucpro_trt.runtime.stall_watch import LOAD_ALLOWANCE_S, WARN_S
+from virnucpro_trt.runtime.stall_watch import LOAD_ALLOWANCE_S, MIN_LIMIT_S, WARN_S
 from virnucpro_trt.settings import (
     ATTENTION_KERNELS,
     BACKENDS,
@@ -272,6 +272,17 @@ def _parse_gpus(ctx: click.Context, param: click.Parameter, value: str | None) -
     return indices
 
 
+def _check_stall_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """0 (warn only) or at least :data:`MIN_LIMIT_S`: below it healthy workers, silent between two
+    heartbeats, were stopped in every shard and the run failed blaming a shard."""
+    if 0 < value < MIN_LIMIT_S:
+        raise click.BadParameter(
+            f"{value:g}: 0 (warn only) or at least {MIN_LIMIT_S:g} seconds (a working worker may be silent "
+            "for a few seconds)"
+        )
+    return value
+
+
 def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @outdir_option("Output folder.")
     @chunk_length_option()
@@ -311,12 +322,14 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--stall-timeout",
         type=FiniteFloatRange(min=0),
+        callback=_check_stall_timeout,
         default=DEFAULT_STALL_TIMEOUT_S,
         show_default=True,
         metavar="SECONDS",
         help="A worker that holds shards and says nothing this long (a hung GPU, a stopped process) is "
         f"stopped and restarted, its shards run again; warned of at half of it (at most {WARN_S:.0f} s). "
-        f"Loading the models is allowed {LOAD_ALLOWANCE_S:.0f} s more. 0: warn only.",
+        f"Loading the models is allowed {LOAD_ALLOWANCE_S:.0f} s more. 0: warn only; else at least "
+        f"{MIN_LIMIT_S:.0f}.",
     )
     @shard_records_option()
     @click.option(

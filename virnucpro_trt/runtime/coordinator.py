@@ -30,6 +30,7 @@ import collections
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -45,6 +46,7 @@ from virnucpro_trt.environment import available_cpus
 from virnucpro_trt.errors import EXIT_INTERRUPTED, RunFailure, UserError, VirnucproError
 from virnucpro_trt.files.unpacking import RunFolder
 from virnucpro_trt.interrupts import STOP_SIGNALS, handlers_within
+from virnucpro_trt.log_records import EVENT
 from virnucpro_trt.runtime.device import resolve_device
 from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
@@ -234,6 +236,8 @@ class _Worker:
         if self.process is not None:
             if self.process.is_alive():
                 self.process.terminate()
+                with contextlib.suppress(OSError):  # a stopped process (SIGSTOP) acts on it once continued
+                    os.kill(self.process.pid, signal.SIGCONT)
         else:
             self.stop.set()
 
@@ -410,7 +414,7 @@ class Coordinator:
                     at = limit + self.stalls.allowance_s(index)
                     then = f"it is stopped and restarted at {at:.0f} s of silence (--stall-timeout)"
                 said = "%s has said nothing for %.0f s %s (hung, or stopped?); %s"
-                log.warning(said, worker.slot.label, silent, doing, then)
+                log.warning(said, worker.slot.label, silent, doing, then, extra=EVENT)
 
     def _drain(self, worker: _Worker) -> None:
         try:
@@ -424,7 +428,7 @@ class Coordinator:
         stats = self.stats[worker.slot.index]
         ended = self.stalls.heard(worker.slot.index, ready=isinstance(message, Ready))
         if ended is not None:
-            log.warning("%s is speaking again after %.0f s of silence", worker.slot.label, ended)
+            log.warning("%s is speaking again after %.0f s of silence", worker.slot.label, ended, extra=EVENT)
         if isinstance(message, Log):
             logging.getLogger(message.record.name).handle(message.record)
         elif isinstance(message, Ready):
@@ -496,12 +500,13 @@ class Coordinator:
                 )
         self.pending.extendleft(reversed(worker.outstanding))
         where = f" on {self.specs[charged].describe()}" if charged is not None else ""
-        log.warning("%s died%s (%s); its shards go back in the queue", slot.label, where, reason)
+        log.warning("%s died%s (%s); its shards go back in the queue", slot.label, where, reason, extra=EVENT)
         stats = self.stats[slot.index]
         work_left = bool(self.pending) or self._in_flight() or (self.need_facts and self.facts is None)
         if work_left and stats.restarts < self.max_respawns:
             stats.restarts += 1
-            log.warning("restarting %s (restart %d of %d)", slot.label, stats.restarts, self.max_respawns)
+            restart = "restarting %s (restart %d of %d)"
+            log.warning(restart, slot.label, stats.restarts, self.max_respawns, extra=EVENT)
             self._spawn(slot)
         elif work_left:
             log.error("%s died %d times: no more restarts for it", slot.label, stats.restarts + 1)
@@ -536,11 +541,15 @@ class Coordinator:
 
 def _reap(worker: _Worker, wait_s: float, escalate: str) -> None:
     """Wait up to ``wait_s`` for a worker to end; a process still alive then gets ``escalate``
-    (``terminate``: SIGTERM, ``kill``: SIGKILL). Its pipe is closed either way."""
+    (``terminate``: SIGTERM, then SIGKILL when that does not end it either; ``kill``: SIGKILL). Its pipe
+    is closed either way."""
     if worker.process is not None:
         worker.process.join(wait_s)
-        if worker.process.is_alive():
-            getattr(worker.process, escalate)()
+        if worker.process.is_alive() and escalate == "terminate":
+            worker.terminate()
+            worker.process.join(_JOIN_S)
+        if worker.process.is_alive():  # a worker that is never reaped hangs the interpreter's exit
+            worker.process.kill()
             worker.process.join(_JOIN_S)
     elif worker.thread is not None:
         worker.thread.join(wait_s)

@@ -15,7 +15,8 @@ it forever, however many other GPUs are idle. The rules:
   dead: its shards go back in the queue and it is respawned, as for a crash. The inline CPU worker is a
   thread of this process and cannot be stopped: it is only warned of.
 * Time in which the coordinator itself was not running (the whole job stopped with Ctrl-Z, the main
-  process stopped) is not silence: a gap longer than :data:`GAP_S` between two checks is not counted.
+  process stopped, or busy) is not silence: a gap longer than :data:`GAP_S` between two checks is not
+  counted (counting less only delays a verdict).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from enum import Enum
 
 WARN_S = 600.0
 LOAD_ALLOWANCE_S = 600.0
-GAP_S = 30.0  # the coordinator checks twice a second; a longer gap means it was stopped itself
+GAP_S = 2.0  # the coordinator checks twice a second; a longer gap means it was stopped itself
+MIN_LIMIT_S = 10.0  # predict --stall-timeout (or 0): a healthy worker may be silent for a heartbeat or two
 
 
 class Verdict(Enum):

@@ -80,7 +80,7 @@ FAULT_ENV = "VIRNUCPRO_TEST_FAIL_SHARD"
 EXIT_FAILED = EXIT_FAILURE  # the worker's own failure (its parent names the shard)
 EXIT_INJECTED = 3
 _POLL_S = 0.2
-_HEARTBEAT_S = 5.0  # a shard's "still working" at least this often between batches (Progress of 0 frames)
+_HEARTBEAT_S = 2.0  # a shard's "still working" at least this often between batches (Progress of 0 frames)
 
 
 @dataclass(frozen=True)
