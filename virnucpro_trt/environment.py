@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from virnucpro_trt import __version__
+from virnucpro_trt.errors import RunFailure
 
 _LIBRARIES = (
     "torch",
@@ -129,6 +130,32 @@ def _v1_quota(folder: Path) -> float | None:
     except ValueError:
         return None
     return quota / period if quota > 0 and period > 0 else None
+
+
+def ensure_open_files(needed: int, why: str) -> None:
+    """Let this process hold ``needed`` files open at once, for a job that must (``merge`` reads every
+    part's highest-score table side by side): the soft limit is raised towards the hard one as far as
+    needed, as any process may. Where the hard limit is lower, fail (exit 1) now, in one line, rather
+    than past a thousand parts' work. Where the system has no such limits, nothing is done."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise RunFailure(
+            f"{why} needs about {needed} open files at once, more than the hard limit of {hard} "
+            "(ulimit -Hn): raise it and rerun the same command"
+        )
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (ValueError, OSError) as exc:
+        raise RunFailure(
+            f"{why} needs about {needed} open files at once and the limit is {soft} (ulimit -n), which "
+            f"could not be raised ({exc}): raise it and rerun the same command"
+        ) from None
 
 
 def cpu_model() -> str:

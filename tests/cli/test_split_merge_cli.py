@@ -450,6 +450,19 @@ def test_a_small_input_in_many_parts_warns_and_says_how_to_spread_it(split_reads
     assert "a smaller N" not in result.stderr and "ask for at most 2 part(s)" in result.stderr
 
 
+def test_a_split_into_many_parts_lists_a_few_and_leaves_the_rest_to_split_json(split_reads, tmp_path):
+    """One INFO line per part: 10,000 lines for ``--parts 10000`` (helper-80). The first 16 are listed,
+    then where the rest are; ``-v`` lists every one."""
+    args = ("split", str(split_reads), "--parts", "24", "--shard-records", "24")
+    result = run_cli(*args, "-o", str(tmp_path / "p"))
+    assert result.code == 0, result.stderr
+    listed = [line for line in result.stderr.splitlines() if "part-00" in line and ": records " in line]
+    assert len(listed) == 16 and "part-0016.fa: records 361-384" in listed[-1]
+    assert "... and 8 more part(s): split.json lists each (-v shows them here)" in result.stderr
+    result = run_cli(*args, "-o", str(tmp_path / "q"), "-v")
+    assert result.code == 0 and "part-0024.fa: records 553-576" in result.stderr
+
+
 def test_records_per_part_and_records_kept_as_read(split_reads, tmp_path):
     from virnucpro_trt.sequences.reader import read_records
 
@@ -808,3 +821,41 @@ def test_merge_refuses_a_folder_holding_a_predict_runs_work(small_shards, tmp_pa
     assert result.code == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: {out} holds .work, a predict run's work folder")
     assert sorted(p.name for p in out.iterdir()) == [".work"]
+
+
+def test_a_merge_of_more_parts_than_the_open_files_limit_raises_it_or_says_so_first(tiny_set, tmp_path):
+    """merge reads every part's highest-score table side by side: past ~1,015 parts with scored frames
+    the default ``ulimit -n`` of 1,024 failed it with the last part's "Too many open files", after the
+    work (helper-80). It now raises its soft limit as far as needed, and where the hard limit is lower
+    says so before anything is read."""
+    import resource
+    import subprocess
+
+    reads = tmp_path / "coding.fa"
+    reads.write_text("".join(f">r{i}\n{'GCT' * 50 + 'ACGT' * (i % 7)}\n" for i in range(60)))
+    single, _, outs, _ = _split_predict_merge(
+        tiny_set, reads, tmp_path, ["--parts", "60"], ["--shard-records", "1"], []
+    )
+    highest = [(out / "prediction_results_highestscore.csv").read_text().splitlines() for out in outs]
+    assert all(len(rows) == 2 for rows in highest)  # every part has a row: every table is held open
+    command = [sys.executable, "-m", "virnucpro_trt", "merge", *map(str, outs), "-o"]
+
+    def limited(soft: int, hard: int):
+        return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    raised = subprocess.run(
+        [*command, str(tmp_path / "raised")], preexec_fn=limited(40, 4096), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert raised.returncode == 0, raised.stderr
+    _assert_same_files(single, tmp_path / "raised", embeddings=False)
+    short = subprocess.run(
+        [*command, str(tmp_path / "short")], preexec_fn=limited(40, 40), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    errors = [line for line in short.stderr.splitlines() if line.startswith("error:")]
+    assert short.returncode == 1 and errors == [
+        "error: merging 60 parts (a file of each open) needs about 124 open files at once, more than the "
+        "hard limit of 40 (ulimit -Hn): raise it and rerun the same command"
+    ], short.stderr
+    assert not (tmp_path / "short").exists()

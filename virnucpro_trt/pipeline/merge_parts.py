@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from virnucpro_trt.environment import ensure_open_files
 from virnucpro_trt.errors import UserError, shown
 from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
@@ -91,6 +92,9 @@ from virnucpro_trt.settings import MergeSettings, SplitPart, settings_difference
 
 log = logging.getLogger(__name__)
 
+# Besides one table per part: the standard streams, the log file, the lock, the results being written,
+# the HDF5 writer's and the interpreter's own (a few dozen at most).
+_FILES_BESIDE_PARTS = 64
 _HEADERS = {
     PREDICTION_RESULTS: PREDICTION_HEADER,
     SEQUENCES_TSV: "\t".join(SEQUENCE_COLUMNS) + "\n",
@@ -140,6 +144,7 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> RunRecord
     outdir = settings.outdir
     check_run_paths([], [outdir / RUN_JSON])  # not inside another run's working area
     parts = check_parts([read_part(folder) for folder in settings.parts])
+    ensure_open_files(len(parts) + _FILES_BESIDE_PARTS, f"merging {len(parts)} parts (a file of each open)")
     for part in parts:
         verify_part_files(part)
         if outdir.is_dir() and os.path.samefile(outdir, part.folder):

@@ -71,6 +71,7 @@ from virnucpro_trt.runtime.shards import (
 from virnucpro_trt.settings import SplitSettings, expand_layout
 
 log = logging.getLogger(__name__)
+_PARTS_SHOWN = 16  # parts listed one line each at the default verbosity
 
 SPLIT_WORK = ".split.work"
 GZIP_LEVEL = 6
@@ -338,12 +339,16 @@ def _log_plan(manifest: SplitManifest, shards: int) -> None:
         manifest.input, manifest.records, manifest.frames, manifest.chunk_length, shards,
         manifest.records_per_shard, len(manifest.parts),
     )  # fmt: skip
-    for entry in manifest.parts:
+    for number, entry in enumerate(manifest.parts):
+        level = logging.INFO if number < _PARTS_SHOWN else logging.DEBUG  # 10,000 lines say nothing more
+        if number == _PARTS_SHOWN:
+            more = len(manifest.parts) - _PARTS_SHOWN
+            log.info("  ... and %d more part(s): %s lists each (-v shows them here)", more, SPLIT_JSON)
         if not entry.records:
-            log.info("  %s: no records (predicts to header-only results)", entry.file)
+            log.log(level, "  %s: no records (predicts to header-only results)", entry.file)
             continue
-        log.info(
-            "  %s: records %d-%d, %d shard(s), %d kept frame(s)", entry.file, entry.first_record + 1,
+        log.log(
+            level, "  %s: records %d-%d, %d shard(s), %d kept frame(s)", entry.file, entry.first_record + 1,
             entry.first_record + entry.records, entry.shards, entry.frames,
         )  # fmt: skip
     empty = [entry.index for entry in manifest.parts if not entry.records]
