@@ -217,3 +217,22 @@ def test_an_event_warning_is_shown_each_time_a_repeated_fact_once() -> None:
 
     assert [shown.filter(record(EVENT)) for _ in range(3)] == [True, True, True]
     assert [shown.filter(record({})) for _ in range(2)] == [True, False]
+
+
+def test_a_requeued_shard_goes_to_a_ready_worker_before_a_loading_one() -> None:
+    """A shard put back after a kill went to the restarted slot when its number was lower, and waited
+    for it to load its models while the other worker stood idle (helper-82)."""
+    import multiprocessing
+
+    from virnucpro_trt.runtime.coordinator import _Worker
+
+    coordinator = Coordinator(_SlowJob(0.0), [WorkerSlot(0, "cpu", 1), WorkerSlot(1, "cpu", 1)])
+    ends = [multiprocessing.Pipe() for _ in range(2)]
+    loading, ready = (_Worker(WorkerSlot(i, "cpu", 1), ends[i][0]) for i in range(2))
+    ready.ready = True
+    coordinator.workers = {0: loading, 1: ready}
+    coordinator.specs = {i: _shard(i) for i in range(3)}
+    coordinator.pending.extend([0, 1, 2])
+    coordinator._assign()
+    assert ready.outstanding == [0, 1] and loading.outstanding == [2]  # the loading one gets what is left
+    assert [ends[1][1].recv().shard.id for _ in range(2)] == [0, 1]

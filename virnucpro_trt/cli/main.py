@@ -277,8 +277,8 @@ def _check_stall_timeout(ctx: click.Context, param: click.Parameter, value: floa
     heartbeats, were stopped in every shard and the run failed blaming a shard."""
     if 0 < value < MIN_LIMIT_S:
         raise click.BadParameter(
-            f"{value:g}: 0 (warn only) or at least {MIN_LIMIT_S:g} seconds (a working worker may be silent "
-            "for a few seconds)"
+            f"{value:.12g}: 0 (warn only) or at least {MIN_LIMIT_S:g} seconds (a working worker may be "
+            "silent for a few seconds)"
         )
     return value
 
@@ -329,7 +329,7 @@ def _predict_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="A worker that holds shards and says nothing this long (a hung GPU, a stopped process) is "
         f"stopped and restarted, its shards run again; warned of at half of it (at most {WARN_S:.0f} s). "
         f"Loading the models is allowed {LOAD_ALLOWANCE_S:.0f} s more. 0: warn only; else at least "
-        f"{MIN_LIMIT_S:.0f}.",
+        f"{MIN_LIMIT_S:.0f}, and well above the time one batch takes.",
     )
     @shard_records_option()
     @click.option(

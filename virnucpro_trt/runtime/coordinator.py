@@ -217,6 +217,7 @@ class _Worker:
     eof: bool = False
     code: int | None = None  # the inline thread's exit code
     spawned_at: float = field(default_factory=time.perf_counter)
+    ready: bool = False  # its models are loaded
     unpack_folder: Path | None = None  # a process's folder for its engine packages (files/unpacking.py)
 
     def alive(self) -> bool:
@@ -357,7 +358,10 @@ class Coordinator:
         self.stalls.started(slot.index)
 
     def _assign(self) -> None:
-        for index in sorted(self.workers):
+        """Hand out pending shards, at most :data:`SHARDS_PER_WORKER` a worker: ready workers first (a
+        shard re-queued from a dead worker waited for the restarted slot to load its models while
+        another worker stood idle), then by slot."""
+        for index in sorted(self.workers, key=lambda i: (not self.workers[i].ready, i)):
             worker = self.workers[index]
             while not worker.eof and len(worker.outstanding) < SHARDS_PER_WORKER and self.pending:
                 shard_id = self.pending.popleft()
@@ -432,6 +436,7 @@ class Coordinator:
         if isinstance(message, Log):
             logging.getLogger(message.record.name).handle(message.record)
         elif isinstance(message, Ready):
+            worker.ready = True
             stats.load_s = message.load_s
             stats.ready_s = time.perf_counter() - worker.spawned_at
             self._first_ready.setdefault(worker.slot.index, time.perf_counter())
