@@ -38,19 +38,24 @@ def _watch(limit: float | None) -> tuple[StallWatch, _Clock]:
     return StallWatch(limit, clock), clock
 
 
-def _ticks(watch: StallWatch, clock: _Clock, until: float, holding: dict[int, bool]) -> list[tuple]:
-    """Checks every half second up to ``until`` seconds from now: (seconds, slot, verdict) of each."""
+def _ticks(
+    watch: StallWatch, clock: _Clock, until: float, holding: dict[int, bool], ready: bool = True
+) -> list[tuple]:
+    """Checks every half second up to ``until`` seconds from now (every worker ``ready``, or none):
+    (seconds, slot, verdict) of each."""
     seen, start = [], clock.now
     while clock.now - start < until:
         clock.now += 0.5
-        seen += [(clock.now - start, slot, v) for slot, v in watch.check(holding).items()]
+        seen += [
+            (clock.now - start, slot, v) for slot, v in watch.check(holding, holding if ready else ()).items()
+        ]
     return seen
 
 
 def test_a_ready_worker_is_warned_of_at_half_the_limit_then_stopped_at_it() -> None:
     watch, clock = _watch(100.0)
     watch.started(0)
-    watch.heard(0, ready=True)
+    watch.heard(0)
     seen = _ticks(watch, clock, 120, {0: True})
     assert seen[0] == (50.0, 0, Verdict.WARN)  # once
     assert [s for s in seen if s[2] is Verdict.WARN] == [seen[0]]
@@ -61,7 +66,7 @@ def test_a_ready_worker_is_warned_of_at_half_the_limit_then_stopped_at_it() -> N
 def test_the_warning_comes_at_most_warn_s_in_and_a_message_ends_the_silence() -> None:
     watch, clock = _watch(7200.0)
     watch.started(3)
-    watch.heard(3, ready=True)
+    watch.heard(3)
     seen = _ticks(watch, clock, stall_watch.WARN_S + 1, {3: True})
     assert seen == [(stall_watch.WARN_S, 3, Verdict.WARN)]
     assert watch.heard(3) == pytest.approx(stall_watch.WARN_S + 1)  # the silence it ends, warned of
@@ -72,7 +77,7 @@ def test_the_warning_comes_at_most_warn_s_in_and_a_message_ends_the_silence() ->
 def test_loading_the_models_is_allowed_more() -> None:
     watch, clock = _watch(10.0)
     watch.started(1)  # spawned, not ready: importing torch, loading ESM-2 3B
-    seen = _ticks(watch, clock, LOAD_ALLOWANCE_S + 11, {1: True})
+    seen = _ticks(watch, clock, LOAD_ALLOWANCE_S + 11, {1: True}, ready=False)
     assert [(t, v) for t, _, v in seen[:2]] == [
         (LOAD_ALLOWANCE_S + 5, Verdict.WARN),
         (LOAD_ALLOWANCE_S + 10, Verdict.STOP),
@@ -82,7 +87,7 @@ def test_loading_the_models_is_allowed_more() -> None:
 def test_a_worker_waiting_for_work_is_not_silent() -> None:
     watch, clock = _watch(10.0)
     watch.started(0)
-    watch.heard(0, ready=True)
+    watch.heard(0)
     assert _ticks(watch, clock, 60, {0: False}) == []  # idle: nothing held
     assert _ticks(watch, clock, 4.5, {0: True}) == []  # given shards: its silence counts from then
     assert _ticks(watch, clock, 1, {0: True}) == [(0.5, 0, Verdict.WARN)]
@@ -91,7 +96,7 @@ def test_a_worker_waiting_for_work_is_not_silent() -> None:
 def test_without_a_limit_a_worker_is_only_warned_of() -> None:
     watch, clock = _watch(None)
     watch.started(0)
-    watch.heard(0, ready=True)
+    watch.heard(0)
     seen = _ticks(watch, clock, 5 * stall_watch.WARN_S, {0: True})
     assert [v for _, _, v in seen] == [Verdict.WARN]
 
@@ -103,13 +108,13 @@ def test_time_the_coordinator_was_stopped_itself_is_no_silence(stopped_s: float)
     a 10 s limit (helper-81)."""
     watch, clock = _watch(10.0)
     watch.started(0)
-    watch.heard(0, ready=True)
+    watch.heard(0)
     assert _ticks(watch, clock, 4, {0: True}) == []
     clock.now += stopped_s  # no check meanwhile
-    assert watch.check({0: True}) == {}
+    assert watch.check({0: True}, {0}) == {}
     assert watch.silent_s(0) == pytest.approx(4.0)  # the stop is not counted
     clock.now += GAP_S * 0.9  # a gap the checks allow is counted
-    assert watch.check({0: True}) == {0: Verdict.WARN}
+    assert watch.check({0: True}, {0}) == {0: Verdict.WARN}
 
 
 # -- the inline worker: a thread of this process, warned of, never stopped -------------------------------

@@ -50,7 +50,7 @@ from virnucpro_trt.log_records import EVENT
 from virnucpro_trt.runtime.device import resolve_device
 from virnucpro_trt.runtime.shard_marker import ShardMarker
 from virnucpro_trt.runtime.shards import ShardSpec
-from virnucpro_trt.runtime.stall_watch import StallWatch, Verdict
+from virnucpro_trt.runtime.stall_watch import StallWatch, Verdict, allowance_s
 from virnucpro_trt.runtime.worker import (
     EXIT_FAILED,
     ShardJob,
@@ -393,13 +393,14 @@ class Coordinator:
         """Warn of a worker silent while it holds shards; past the limit stop it (SIGKILL) and handle it
         as a dead one (``runtime/stall_watch.py``)."""
         holding = {i: bool(w.outstanding) for i, w in self.workers.items() if not w.eof}
-        for index, verdict in self.stalls.check(holding).items():
+        ready = {i for i, w in self.workers.items() if w.ready}
+        for index, verdict in self.stalls.check(holding, ready).items():
             worker = self.workers[index]
             silent = self.stalls.silent_s(index)
             doing = (
                 f"on {self.specs[worker.running].describe()}"
                 if worker.running is not None
-                else ("holding shards" if self.stalls.is_ready(index) else "loading its models")
+                else ("holding shards" if worker.ready else "loading its models")
             )
             if verdict is Verdict.STOP and worker.process is not None:
                 worker.failure = f"silent for {silent:.0f} s {doing}: stopped as hung (--stall-timeout)"
@@ -415,7 +416,7 @@ class Coordinator:
                 elif limit is None:
                     then = "it is left running (--stall-timeout 0)"
                 else:
-                    at = limit + self.stalls.allowance_s(index)
+                    at = limit + allowance_s(worker.ready)
                     then = f"it is stopped and restarted at {at:.0f} s of silence (--stall-timeout)"
                 said = "%s has said nothing for %.0f s %s (hung, or stopped?); %s"
                 log.warning(said, worker.slot.label, silent, doing, then, extra=EVENT)
@@ -430,7 +431,7 @@ class Coordinator:
     # -- messages --------------------------------------------------------------------------------
     def _handle(self, worker: _Worker, message: WorkerMessage) -> None:
         stats = self.stats[worker.slot.index]
-        ended = self.stalls.heard(worker.slot.index, ready=isinstance(message, Ready))
+        ended = self.stalls.heard(worker.slot.index)
         if ended is not None:
             log.warning("%s is speaking again after %.0f s of silence", worker.slot.label, ended, extra=EVENT)
         if isinstance(message, Log):

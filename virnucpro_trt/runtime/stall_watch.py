@@ -22,7 +22,7 @@ it forever, however many other GPUs are idle. The rules:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -39,10 +39,15 @@ class Verdict(Enum):
     STOP = "stop"
 
 
+def allowance_s(ready: bool) -> float:
+    """Seconds of silence beyond the limits a worker is allowed: :data:`LOAD_ALLOWANCE_S` until it is
+    ready (the coordinator's ``_Worker.ready``)."""
+    return 0.0 if ready else LOAD_ALLOWANCE_S
+
+
 @dataclass
 class _Silence:
     since: float
-    ready: bool = False
     warned: bool = False
 
 
@@ -60,16 +65,16 @@ class StallWatch:
         return WARN_S if self.limit_s is None else min(WARN_S, self.limit_s / 2)
 
     def started(self, slot: int) -> None:
-        """A worker was (re)started in ``slot``: not ready yet, silent from now."""
+        """A worker was (re)started in ``slot``: silent from now."""
         self._workers[slot] = _Silence(self.clock())
 
-    def heard(self, slot: int, ready: bool = False) -> float | None:
-        """A message from ``slot``'s worker (``ready``: its "ready"); the silence it ends when that was
-        warned of (seconds), else None."""
-        silence = self._workers.setdefault(slot, _Silence(self.clock()))
-        ended = self.clock() - silence.since if silence.warned else None
-        silence.since, silence.warned = self.clock(), False
-        silence.ready = silence.ready or ready
+    def heard(self, slot: int) -> float | None:
+        """A message from ``slot``'s worker; the silence it ends when that was warned of (seconds), else
+        None."""
+        now = self.clock()
+        silence = self._workers.setdefault(slot, _Silence(now))
+        ended = now - silence.since if silence.warned else None
+        silence.since, silence.warned = now, False
         return ended
 
     def forget(self, slot: int) -> None:
@@ -78,16 +83,10 @@ class StallWatch:
     def silent_s(self, slot: int) -> float:
         return self.clock() - self._workers[slot].since
 
-    def is_ready(self, slot: int) -> bool:
-        return self._workers[slot].ready
-
-    def allowance_s(self, slot: int) -> float:
-        """Seconds of silence beyond the limits that ``slot``'s worker is allowed now (while loading)."""
-        return 0.0 if self._workers[slot].ready else LOAD_ALLOWANCE_S
-
-    def check(self, holding: dict[int, bool]) -> dict[int, Verdict]:
-        """The verdicts for the workers in ``holding`` (slot -> whether it holds shards): WARN once per
-        silence at :attr:`warn_s`, then STOP at the limit (each plus :meth:`allowance_s`)."""
+    def check(self, holding: Mapping[int, bool], ready: Container[int]) -> dict[int, Verdict]:
+        """The verdicts for the workers in ``holding`` (slot -> whether it holds shards; ``ready``: the
+        slots whose workers are ready): WARN once per silence at :attr:`warn_s`, then STOP at the limit
+        (each plus :func:`allowance_s`)."""
         now = self.clock()
         if self._last_check is not None and now - self._last_check > GAP_S:
             for silence in self._workers.values():  # the coordinator was not watching: not their silence
@@ -101,7 +100,7 @@ class StallWatch:
             if not holds:  # waiting for work is no silence: it counts from the next shard on
                 silence.since, silence.warned = now, False
                 continue
-            quiet = now - silence.since - self.allowance_s(slot)
+            quiet = now - silence.since - allowance_s(slot in ready)
             if quiet >= self.warn_s and not silence.warned:  # always warned of first, then stopped
                 silence.warned = True
                 verdicts[slot] = Verdict.WARN
