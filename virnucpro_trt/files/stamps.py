@@ -34,6 +34,16 @@ def stat_stamp(st: os.stat_result) -> Stamp:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
+def stamp_at(path: str | os.PathLike[str], follow_symlinks: bool = True) -> Stamp | None:
+    """The stamp of what is at ``path`` now, None when nothing is there: to tell later whether it was
+    replaced, rewritten or moved away (``stamp[3:]``, inode and device, for a folder, whose times change
+    with its files)."""
+    try:
+        return stat_stamp(os.stat(path, follow_symlinks=follow_symlinks))
+    except OSError:
+        return None
+
+
 def digest_holds(path: str | os.PathLike[str], sha256: object, stamp: Sequence[int] | None) -> bool:
     """Whether ``path`` still is the file recorded with ``sha256`` and ``stamp``: it carries the stamp
     (nothing read), or its SHA-256 is the recorded one (read once). ``stamp`` empty or None: hash."""

@@ -29,7 +29,7 @@ from virnucpro_trt.errors import UserError
 from virnucpro_trt.files.atomic import close_quietly, exclusive_mode, remove_quietly, temporary_name
 from virnucpro_trt.files.no_replace import appeared_meanwhile, place_all
 from virnucpro_trt.files.ownership import output_entry
-from virnucpro_trt.files.stamps import Stamp, stat_stamp
+from virnucpro_trt.files.stamps import stamp_at
 from virnucpro_trt.interrupts import signals_held
 
 _STR = h5py.string_dtype("utf-8")
@@ -133,15 +133,6 @@ class _FailedWrites:
         return self.raw.tell()
 
 
-def _identity(path: Path) -> Stamp | None:
-    """The stamp of what is at ``path`` (not followed through a link), to tell whether it was replaced or
-    rewritten since; None: nothing there."""
-    try:
-        return stat_stamp(path.lstat())
-    except OSError:
-        return None
-
-
 class _Appender:
     """Resizable HDF5 datasets grown by appending row blocks."""
 
@@ -153,7 +144,8 @@ class _Appender:
         on_create: Callable[[Path], None] | None = None,
     ):
         self.path = path
-        self._found = _identity(path)  # what a rename may replace: what the command checked at its start
+        # what a rename may replace: what the command checked at its start
+        self._found = stamp_at(path, follow_symlinks=False)
         self.partial = temporary_name(path, on_create)
         self.rows = 0
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +218,7 @@ class _Appender:
         command's start checked it may replace); a file another program put there since stops it."""
         if self._found is None:
             place_all([(self.partial, self.path)])
-        elif _identity(self.path) != self._found:
+        elif stamp_at(self.path, follow_symlinks=False) != self._found:
             raise appeared_meanwhile(self.path)
         else:
             os.replace(self.partial, self.path)

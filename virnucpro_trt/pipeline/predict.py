@@ -50,6 +50,7 @@ from virnucpro_trt.files.no_replace import check_still_free
 from virnucpro_trt.files.ownership import changed_since, reuse_finished, unreplaceable_among
 from virnucpro_trt.files.result_names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JSON, unrecorded_results
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, KeptFiles, outdir_lock
+from virnucpro_trt.files.stamps import stamp_at
 from virnucpro_trt.interrupts import SignalsHeldLater
 from virnucpro_trt.models.checkpoints import precheck_encoder
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
@@ -246,15 +247,12 @@ def _check_still_finished(
         )
 
 
-def _folder_identity(folder: Path) -> tuple[int, int] | None:
-    """The folder at ``folder`` as the system knows it (device, inode), None when nothing is there: a
+def _folder_identity(folder: Path) -> list[int] | None:
+    """The folder at ``folder`` as the system knows it (inode, device), None when nothing is there: a
     worker that fails on a shard file of an OUTDIR moved away mid-run says "input file not found",
     which is the move's doing, and the clean-up must not act on whatever is at that path now."""
-    try:
-        st = os.stat(folder)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+    stamp = stamp_at(folder)
+    return None if stamp is None else stamp[3:]
 
 
 def _preflight(ctx: _RunContext) -> CheckedEngines | None:
