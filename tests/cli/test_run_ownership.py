@@ -327,6 +327,30 @@ def test_a_full_disk_while_merging_leaves_no_partial_file(models, reads, referen
     assert _same_results(reference, out)
 
 
+@pytest.mark.slow
+def test_a_file_size_limit_at_run_json_shows_no_result(models, tmp_path):
+    """run.json is written complete before any result is renamed into place: a size limit that the
+    results fit under but run.json does not (a disk filling at the end) left complete results standing
+    without their record, exit 1. Now nothing is shown; the rerun finishes them, run.json with them."""
+    reads = tmp_path / "two.fa"
+    reads.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in generate_reads(2, 500, seed=5, prefix="t")))
+    kept = tmp_path / "kept"
+    assert run_cli(*_args(models, reads, kept, "--keep-work")).code == 0
+    largest = max(p.stat().st_size for p in kept.rglob("*") if p.is_file() and p.name != "run.json")
+    limit = (largest + (kept / "run.json").stat().st_size) // 2
+    assert largest < limit < (kept / "run.json").stat().st_size
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "virnucpro_trt", *_args(models, reads, out)]
+    limited = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                             preexec_fn=_limit_file_size(limit))  # fmt: skip
+    said = "error: File too large: free space (or raise the limit) and rerun the same command"
+    assert limited.returncode == 1 and _errors(limited) == [said], limited.stderr
+    assert [p.name for p in out.iterdir()] == [".work"]
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _same_results(kept, out) and json.loads((out / "run.json").read_text())["outputs"]
+
+
 def test_convert_classifier_never_writes_over_its_input(models, tmp_path, monkeypatch):
     """``convert-classifier IN IN`` replaced the only copy of the pickle with exit 0; every spelling of
     the same file is refused, --force included, and the checkpoint stays as it was."""

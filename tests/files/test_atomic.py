@@ -3,6 +3,8 @@ through (``files/atomic.py``), for every writer that uses them."""
 
 from __future__ import annotations
 
+import errno
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +113,35 @@ def test_an_interrupt_while_an_embeddings_file_is_set_up_leaves_nothing(monkeypa
     with pytest.raises(KeyboardInterrupt):
         EmbeddingsWriter(tmp_path / "e.h5", 4, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_published_results_wait_for_the_record_given_back(tmp_path: Path) -> None:
+    """``ResultSet.publish`` writes the texts its ``record`` gives back (a run's run.json) complete before
+    any result is renamed into place: a write past the file-size limit (or a full disk) there left
+    complete results standing without their run.json. Now nothing is shown and no temporary stays; a
+    write that fits puts every file in place, the entries given to ``record`` those of the results."""
+    seen: list[dict[str, dict[str, object]]] = []
+
+    def record(entries: dict[str, dict[str, object]]) -> dict[str, str]:
+        seen.append(entries)
+        return {"note.txt": "n\n", "run.json": "x" * 6000}
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    with ResultSet(tmp_path, ["a.tsv", "b.tsv"]) as results:
+        results["a.tsv"].write("row\n" * 100)
+        results["b.tsv"].write("row\n")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # Python ignores SIGXFSZ: EFBIG
+        try:
+            with pytest.raises(OSError) as raised:
+                results.publish(record)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert raised.value.errno == errno.EFBIG
+    assert list(tmp_path.iterdir()) == []
+    with ResultSet(tmp_path, ["a.tsv", "b.tsv"]) as results:
+        results["a.tsv"].write("row\n" * 100)
+        results["b.tsv"].write("row\n")
+        results.publish(record)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tsv", "b.tsv", "note.txt", "run.json"]
+    assert sorted(seen[-1]) == ["a.tsv", "b.tsv"] and seen[-1]["a.tsv"]["bytes"] == 400
+    assert (tmp_path / "run.json").read_text() == "x" * 6000

@@ -83,21 +83,30 @@ class ResultSet:
 
     def publish(
         self,
-        record: Callable[[dict[str, dict[str, Any]]], None],
+        record: Callable[[dict[str, dict[str, Any]]], dict[str, str]],
         appender: FrameEmbeddingsWriter | None = None,
     ) -> None:
         """Close these files (and ``appender``'s, an ``embeddings.h5``), give ``record`` every file's
-        final name and entry, then rename them into place: a run stopped while renaming them, or
-        before its run.json, leaves files its rerun can tell are its own."""
+        final name and entry, write the texts it returns (the demo note, run.json: name -> text) complete
+        under temporary names too, then rename everything into place, those texts last.
+
+        Why in this order: a run stopped while renaming, or before its run.json, leaves files its rerun
+        can tell are its own (``record`` noted them); and a full disk or a file-size limit meets the
+        run's record before any result is shown, so results never stand without it through a failure."""
         self.close()
         entries = self.entries()
         if appender is not None:
             appender.close()
             entries[appender.path.name] = appender.entry()
-        record(entries)
-        if appender is not None:
-            appender.rename()
-        self.rename()
+        last = record(entries)
+        with ResultSet(self.outdir, list(last), self._on_create) as tail:
+            for name, text in last.items():
+                tail[name].write(text)
+            tail.close()
+            if appender is not None:
+                appender.rename()
+            self.rename()
+            tail.rename()
 
     def rename(self) -> None:
         """Rename the closed files into place (atomic each), none over a file (see the class)."""

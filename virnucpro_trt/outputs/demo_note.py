@@ -9,11 +9,8 @@ any other result name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.ownership import text_entry
 from virnucpro_trt.files.result_names import DEMO_NOTE
 
@@ -26,10 +23,10 @@ DEMO_NOTE_TEXT = (
 )
 
 
-def write_demo_note(outdir: Path, on_create: Callable[[Path], None] | None = None) -> Path:
-    path = outdir / DEMO_NOTE
-    write_text_atomic(path, DEMO_NOTE_TEXT, on_create)
-    return path
+def demo_note_files(demo: bool) -> dict[str, str]:
+    """The demo note's name and text for a demo run, nothing for a real one: one of the texts a run's
+    ``record`` gives back to be put in place with its results (``ResultSet.publish``)."""
+    return {DEMO_NOTE: DEMO_NOTE_TEXT} if demo else {}
 
 
 def with_demo_note(entries: dict[str, dict[str, Any]], demo: bool) -> dict[str, dict[str, Any]]:

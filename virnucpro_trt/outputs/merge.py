@@ -38,16 +38,18 @@ def merge_shard_results(
     shards: list[ShardSpec],
     markers: dict[int, ShardMarker],
     embeddings: FrameEmbeddingsWriter | None = None,
-    record: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+    record: Callable[[dict[str, dict[str, Any]], int], dict[str, str]] | None = None,
     on_create: Callable[[Path], None] | None = None,
 ) -> int:
     """Write the final files from every shard's results; returns the number of chunks with frames.
 
     ``markers`` maps shard id to its done-marker (which names the shard's files). ``embeddings``, when
     given, is filled and committed too. ``record`` is given every file's final name and entry (size,
-    SHA-256) once all are complete and before any is renamed into place: a run killed while renaming
-    them, or before its run.json, leaves files its rerun can tell are its own. ``on_create`` is told of
-    each temporary file as it is created (:class:`~virnucpro_trt.outputs.atomic.ResultSet`).
+    SHA-256) and the number of chunks with frames once all are complete and before any is renamed into
+    place, and returns the texts that go in place last (run.json: :meth:`ResultSet.publish`): a run
+    killed while renaming them, or before its run.json, leaves files its rerun can tell are its own.
+    ``on_create`` is told of each temporary file as it is created (:class:`~virnucpro_trt.outputs.atomic.
+    ResultSet`).
     """
     maxima = ChunkMaxima()
     with ResultSet(outdir, FINAL_TEXT_FILES, on_create) as final:
@@ -69,5 +71,6 @@ def merge_shard_results(
                 ids, dnabert, esm = read_embeddings_npz(results / files[EMBEDDINGS_ROLE].name)
                 embeddings.append(ids, dnabert, esm)
         maxima.write(final[HIGHEST_SCORE])
-        final.publish(record or (lambda entries: None), embeddings)
+        chunks = len(maxima)
+        final.publish(lambda entries: record(entries, chunks) if record else {}, embeddings)
     return len(maxima)

@@ -43,7 +43,6 @@ from typing import Any
 
 from virnucpro_trt.environment import ensure_open_files
 from virnucpro_trt.errors import UserError, shown
-from virnucpro_trt.files.atomic import write_text_atomic
 from virnucpro_trt.files.bounded_read import FileTooLarge, read_bounded
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.json_fields import parse_json
@@ -64,7 +63,7 @@ from virnucpro_trt.files.result_names import (
 from virnucpro_trt.files.run_lock import KeptFiles, outdir_lock
 from virnucpro_trt.interrupts import SignalsHeldLater
 from virnucpro_trt.outputs.atomic import ResultSet
-from virnucpro_trt.outputs.demo_note import with_demo_note, write_demo_note
+from virnucpro_trt.outputs.demo_note import demo_note_files, with_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.part_merge import (
     TableCounts,
@@ -164,24 +163,24 @@ def run_merge(settings: MergeSettings, command: Sequence[str] = ()) -> RunRecord
         outputs: dict[str, dict[str, Any]] = {}
         placing = SignalsHeldLater()
 
-        def record(entries: dict[str, dict[str, Any]]) -> None:
-            """Note the results in the lock before they are renamed into place, and hold Ctrl-C and
-            SIGTERM from here to run.json (see predict's)."""
+        merged: list[RunRecord] = []
+
+        def record(entries: dict[str, dict[str, Any]]) -> dict[str, str]:
+            """Note the results in the lock before they are renamed into place, hold Ctrl-C and SIGTERM
+            from here to run.json (see predict's), and give back the texts put in place after them."""
             outputs.update(with_demo_note(entries, demo))
             if lock is not None:
                 lock.note_results(outputs)
             placing.hold()
+            summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
+            merged.append(dataclasses.replace(summary, outputs=outputs))
+            return {**demo_note_files(demo), RUN_JSON: merged[-1].text()}
 
         noted = functools.partial(lock.note, growing=True) if lock is not None else None
         check_still_free(outdir, RESULT_NAMES)  # free since _finished_merge (the HDF5 writer's name too)
         with placing:
             _write_files(outdir, parts, embeddings, record, noted)
-            summary = _summary(parts, outdir, embeddings, command, started, time.perf_counter() - t0)
-            if demo:
-                write_demo_note(outdir, noted)
-            summary = dataclasses.replace(summary, outputs=outputs)
-            write_text_atomic(outdir / RUN_JSON, summary.text(), noted)
-            completion.done(summary)  # from here an interrupt only cuts the clean-up short
+            completion.done(merged[-1])  # from here an interrupt only cuts the clean-up short
         if lock is not None:
             lock.forget_results()
     return completion.result()  # the block returns, unless interrupted once its results were complete
@@ -381,11 +380,12 @@ def _write_files(
     outdir: Path,
     parts: list[PartResult],
     embeddings: bool,
-    record: Callable[[dict[str, dict[str, Any]]], None],
+    record: Callable[[dict[str, dict[str, Any]]], dict[str, str]],
     on_create: Callable[[Path], None] | None,
 ) -> None:
     """The merged files, written complete under temporary names (each told to ``on_create`` as it is
-    created), given to ``record`` (name -> size and SHA-256), then renamed into place."""
+    created), given to ``record`` (name -> size and SHA-256), then renamed into place with the texts it
+    gives back (:meth:`~virnucpro_trt.outputs.atomic.ResultSet.publish`)."""
     with contextlib.ExitStack() as stack:
         writer = None
         if embeddings:

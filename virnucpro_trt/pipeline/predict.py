@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from virnucpro_trt import __version__
 from virnucpro_trt.engines.manifest import CLASSIFIER_FILE, EngineManifest
 from virnucpro_trt.errors import EngineMismatchError, RunFailure, UserError, VirnucproError, one_line, shown
-from virnucpro_trt.files.atomic import remove_quietly, write_text_atomic
+from virnucpro_trt.files.atomic import remove_quietly
 from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.names import check_parent_folders
@@ -57,7 +57,7 @@ from virnucpro_trt.models.classifier import classifier_source, load_classifier_w
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2, MODELS, checkpoint_specs
 from virnucpro_trt.models.resolve import resolve_model
-from virnucpro_trt.outputs.demo_note import with_demo_note, write_demo_note
+from virnucpro_trt.outputs.demo_note import demo_note_files, with_demo_note
 from virnucpro_trt.outputs.embeddings_h5 import FrameEmbeddingsWriter
 from virnucpro_trt.outputs.merge import merge_shard_results
 from virnucpro_trt.pipeline.completion import Completion
@@ -344,37 +344,39 @@ def _run(ctx: _RunContext, path: Path, display: str) -> RunRecord:
 
     outputs: dict[str, dict[str, Any]] = {}
     placing = SignalsHeldLater()
+    recorded: list[RunRecord] = []
+    merge_started = time.perf_counter()
 
-    def record(entries: dict[str, dict[str, Any]]) -> None:
+    def record(entries: dict[str, dict[str, Any]], chunks_with_frames: int) -> dict[str, str]:
         """Note the result files in ``.work``'s state before they are renamed into place: a run killed
         from there to its run.json leaves files its rerun knows as its own (``_check_stray_results``).
         From here to run.json (milliseconds) Ctrl-C and SIGTERM wait (``interrupts.SignalsHeldLater``): one
         between the renames left results in place without their run.json and exited 130, one during
-        run.json's rename exited 130 on complete results."""
+        run.json's rename exited 130 on complete results. Gives back the texts put in place after the
+        results: the demo note and run.json."""
         outputs.update(with_demo_note(entries, ctx.demo))
         work.record_outputs(outputs)
         placing.hold()
-
-    with placing:
-        with timer.stage("merge"):
-            chunks_with_frames = _merge(settings, work, shards, markers, facts, record, ctx.note_temporary)
+        timer.totals["merge"] += time.perf_counter() - merge_started
         run_record = _summary(
             ctx, summary, shards, markers, report, facts, skipped, chunks_with_frames, identity
         )
-        if ctx.demo:
-            write_demo_note(outdir, ctx.note_temporary)
         run_record = dataclasses.replace(
             run_record,
             model_weights={kind: w.to_json() for kind, w in known.weights.items()},
             outputs=outputs,
         )
-        write_text_atomic(outdir / RUN_JSON, run_record.text(), ctx.note_temporary)
-        ctx.completion.done(run_record)  # from here an interrupt only cuts the clean-up short
+        recorded.append(run_record)
+        return {**demo_note_files(ctx.demo), RUN_JSON: run_record.text()}
+
+    with placing:
+        _merge(settings, work, shards, markers, facts, record, ctx.note_temporary)
+        ctx.completion.done(recorded[-1])  # from here an interrupt only cuts the clean-up short
     if settings.run.keep_work:
         log.info("kept the work folder %s (--keep-work)", work.root)
     else:
         work.wipe()
-    return run_record
+    return recorded[-1]
 
 
 def _finished_run(ctx: _RunContext, sha256: str, work: WorkDir) -> RunRecord | None:
@@ -558,9 +560,9 @@ def _merge(
     shards: list[ShardSpec],
     markers: dict[int, ShardMarker],
     facts: WorkerFacts,
-    record: Callable[[dict[str, dict[str, Any]]], None],
+    record: Callable[[dict[str, dict[str, Any]], int], dict[str, str]],
     on_create: Callable[[Path], None] | None,
-) -> int:
+) -> None:
     outdir = settings.outdir
     check_still_free(outdir, RESULT_NAMES)  # cleared as the run began (the HDF5 writer's name too)
     with contextlib.ExitStack() as stack:
@@ -575,7 +577,7 @@ def _merge(
                     on_create,
                 )
             )
-        return merge_shard_results(outdir, work.results, shards, markers, embeddings, record, on_create)
+        merge_shard_results(outdir, work.results, shards, markers, embeddings, record, on_create)
 
 
 def _summary(
