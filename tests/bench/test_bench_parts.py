@@ -41,6 +41,18 @@ def test_parity_with_itself_is_exactly_perfect() -> None:
     assert parity["max_abs_score_diff"] == 0.0 and parity["passed"] and parity["frames"] == 50
 
 
+def test_fp32_rows_follow_the_build_gate_rule() -> None:
+    """A bench row in fp32 holds each frame to the build gate's two bounds: a drift of 2e-4 of each
+    value (rounding a deep model amplifies) passes though its max abs is over 1e-4; 1e-3 does not."""
+    ref = _result([f"f{i}" for i in range(20)])
+    for scale, passed in ((1 + 2e-4, True), (1 + 1e-3, False)):
+        got = _result(ref.frame_ids, probs=ref.probabilities.copy())
+        got.dnabert, got.esm = ref.dnabert.copy(), ref.esm * np.float32(scale)
+        parity = path_parity(ref, got, "fp32")
+        assert parity["esm_max_abs"] > 1e-4 and parity["passed"] is passed, parity
+        assert "relative L2 <= 0.0005" in parity["rule"]
+
+
 def test_parity_sees_noise_flipped_labels_and_aligns_by_frame_id() -> None:
     ids = [f"f{i}" for i in range(40)]
     ref = _result(ids[:10])  # the reference computed a subset

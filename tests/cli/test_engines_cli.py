@@ -253,6 +253,8 @@ def test_backend_without_engines_builds_into_outdir_and_reuses(tiny_set, reads_f
     first = run_cli(*args)
     assert first.code == 0, first.stderr
     assert (tmp_path / "engines" / "manifest.json").is_file()
+    # a first build is said as one (it warned "rebuilding engines in OUTDIR/engines: no manifest.json")
+    assert "building engines in" in first.stderr and "rebuilding" not in first.stderr, first.stderr
     second = run_cli(*args)
     assert second.code == 0 and "rebuilding" not in second.stderr
 
@@ -279,6 +281,7 @@ def test_parity_gate_can_fail_the_build(tiny_set, tmp_path, monkeypatch):
     import virnucpro_trt.engines.parity as parity
 
     monkeypatch.setattr(parity, "FP32_MAX_ABS", 0.0)  # nothing computed differently can pass now
+    monkeypatch.setattr(parity, "FP32_MAX_RELATIVE", 0.0)
     result = _build(tiny_set, tmp_path / "e1", "onnxruntime")
     assert result.code == 1 and "parity gate failed" in result.stderr
     assert not (tmp_path / "e1" / "manifest.json").exists()
@@ -287,6 +290,25 @@ def test_parity_gate_can_fail_the_build(tiny_set, tmp_path, monkeypatch):
     manifest = json.loads((tmp_path / "e2" / "manifest.json").read_text())
     assert manifest["build"]["parity_failures_kept"]
     assert manifest["models"]["esm2"]["parity"]["passed"] is False
+
+
+def test_a_classifier_of_other_encoders_is_refused_before_anything_compiles(tiny_set, tmp_path, monkeypatch):
+    """The classifier's input width is checked against the widths the encoder configs declare before
+    either encoder loads or compiles: it was checked once both were compiled (minutes for ESM-2 3B)."""
+    import virnucpro_trt.engines.build as build
+
+    def compiled(*args: object) -> None:
+        raise AssertionError("an encoder was built before the classifier's width was checked")
+
+    monkeypatch.setattr(build, "_build_one", compiled)
+    result = run_cli(
+        "build", "--dnabert", str(tiny_set.dnabert), "--esm", str(tiny_set.esm_hf),
+        "--classifier", str(tiny_set.classifier_wrong_width), "--backend", "onnxruntime", "--device", "cpu",
+        "-o", str(tmp_path / "e"),
+    )  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.code == 2 and len(errors) == 1 and "input features" in errors[0], result.stderr
+    assert not (tmp_path / "e").exists()
 
 
 def test_bf16_on_cpu_onnxruntime_is_refused_with_the_reason(tiny_set, tmp_path):

@@ -20,6 +20,8 @@ import pytest
 
 from virnucpro_trt.engines.manifest import EngineManifest
 from virnucpro_trt.errors import EngineMismatchError
+from virnucpro_trt.files.json_fields import FieldError
+from virnucpro_trt.models.parity_result import ParityResult
 
 SHA = "0" * 64
 PARITY = {
@@ -230,3 +232,14 @@ def test_a_kept_gate_of_nan_and_infinity_is_written_back_as_read(tmp_path: Path)
     text = _write(tmp_path, data)
     assert '"max_abs": Infinity' in text and '"min_cosine": NaN' in text
     assert json.dumps(EngineManifest.read(tmp_path).to_json(), indent=2) + "\n" == text
+
+
+def test_the_fp32_relative_figure_is_read_back_and_may_be_absent() -> None:
+    """``max_relative`` (the fp32 rule's second bound) came later within schema 2: a set built before
+    has none, and one recorded is a number like the gate's other figures."""
+    recorded = ParityResult.from_json({**PARITY, "max_relative": 6e-5})
+    assert recorded.max_relative == 6e-5 and ParityResult.from_json(recorded.to_json()) == recorded
+    assert ParityResult.from_json(PARITY).max_relative is None
+    assert "max_relative" not in ParityResult.from_json(PARITY).to_json()
+    with pytest.raises(FieldError, match="max_relative"):
+        ParityResult.from_json({**PARITY, "max_relative": "small"})

