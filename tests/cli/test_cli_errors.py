@@ -150,7 +150,16 @@ class _Calls:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_classifier_width_mismatch_is_a_user_error(tiny_set, tmp_path):
+def test_classifier_width_mismatch_is_a_user_error(tiny_set, tmp_path, monkeypatch):
+    """Refused from the widths the encoder configs declare, before any model loads (it was refused once
+    both had loaded)."""
+    import virnucpro_trt.models.checkpoints as checkpoints
+
+    def loaded(*args: object) -> None:
+        raise AssertionError("an encoder was loaded before the classifier's width was checked")
+
+    monkeypatch.setattr(checkpoints, "load_dnabert", loaded)
+    monkeypatch.setattr(checkpoints, "load_esm2", loaded)
     reads = tmp_path / "r.fa"
     reads.write_text(GOOD)
     result = run_cli(

@@ -70,9 +70,8 @@ from virnucpro_trt.files.digests import sha256_file
 from virnucpro_trt.files.folders import made_folder
 from virnucpro_trt.files.run_lock import BUILD_STAGING, LOCK_FILE, STAGING_PREFIX, KeptFiles, outdir_lock
 from virnucpro_trt.files.stamps import digest_holds
-from virnucpro_trt.models.checkpoints import load_encoder
+from virnucpro_trt.models.checkpoints import load_encoder, precheck_models
 from virnucpro_trt.models.classifier import (
-    check_classifier_width,
     load_classifier_weights,
     save_classifier_safetensors,
 )
@@ -336,6 +335,8 @@ def _build_into(
     named = checkpoint_specs(settings.dnabert, settings.esm, settings.classifier)
     paths = {kind: resolve_model(spec, MODELS[kind].short) for kind, spec in named.items()}
     classifier = load_classifier_weights(paths["classifier"])
+    encoders = {kind: paths[kind] for kind in ENCODER_NAMES}
+    precheck_models(encoders, classifier, paths["classifier"])  # before minutes of compiling
     out = settings.outdir
     if TIMING_CACHE in own:  # an earlier build's cache makes TensorRT rebuilds much faster
         shutil.copyfile(out / TIMING_CACHE, staging / TIMING_CACHE)
@@ -348,15 +349,11 @@ def _build_into(
     )
     arch = arch_tag(device)
     entries: dict[str, ModelEntry] = {}
-    dims: dict[str, int] = {}
     failures: list[str] = []
     for kind in ENCODER_NAMES:
-        entry, dim = _build_one(
+        entries[kind] = _build_one(
             kind, paths[kind], settings, backend, device, arch, budget, options, failures, staging
         )
-        entries[kind] = entry
-        dims[kind] = dim
-    check_classifier_width(classifier, dims["dnabert-s"], dims["esm2"], paths["classifier"])
     save_classifier_safetensors(classifier, staging / CLASSIFIER_FILE, source=str(paths["classifier"]))
     classifier_identity = identify_checkpoint("classifier", paths["classifier"])
     entries["classifier"] = ModelEntry(
@@ -487,7 +484,7 @@ def _build_one(
     options: BuildOptions,
     failures: list[str],
     folder: Path,
-) -> tuple[ModelEntry, int]:
+) -> ModelEntry:
     """Build, load and gate one encoder in ``folder`` (the staging folder); its files are hashed later."""
     t0 = time.perf_counter()
     model, tokenizer, origin, dim = load_encoder(kind, path)
@@ -531,4 +528,4 @@ def _build_one(
         files=[p.name for p in built.files if p != built.path],
         parity=parity,
         facts=facts,
-    ), dim
+    )

@@ -155,20 +155,33 @@ def _check(
                 "`virnucpro-trt build` or add --rebuild"
             )
         check_manifest(manifest, present, folder)  # raises with every problem listed
-    manifest = rebuild_engine_set(folder, weights, rebuild, "; ".join(problems))
+    first = manifest is None and _missing_or_empty(folder)
+    manifest = rebuild_engine_set(folder, weights, rebuild, None if first else "; ".join(problems))
     return manifest, verify_files(manifest, folder)
 
 
 def rebuild_engine_set(
-    folder: Path, weights: dict[str, str | None], rebuild: BuildSettings, reason: str
+    folder: Path, weights: dict[str, str | None], rebuild: BuildSettings, reason: str | None
 ) -> EngineManifest:
-    """Build ``rebuild``'s set into ``folder`` in place of what it holds, saying ``reason`` once; the
-    checkpoints named in ``weights`` are what it is built from, so all three must be named."""
+    """Build ``rebuild``'s set into ``folder`` in place of what it holds, warning of ``reason`` once
+    (None: the folder is missing or empty, a first build, said as such); the checkpoints named in
+    ``weights`` are what it is built from, so all three must be named."""
     missing = [model.flag for kind, model in MODELS.items() if not weights.get(kind)]
     if missing:
         raise UserError(f"--rebuild needs the checkpoints to build from: missing {', '.join(missing)}")
-    log.warning("rebuilding engines in %s: %s", folder, reason)
+    if reason is None:
+        log.info("building engines in %s (none there yet)", folder)
+    else:
+        log.warning("rebuilding engines in %s: %s", folder, reason)
     return build_engines(rebuild).manifest
+
+
+def _missing_or_empty(folder: Path) -> bool:
+    """Whether nothing is at ``folder`` yet, or an empty folder: a build there is a first one."""
+    try:
+        return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+    except OSError:
+        return False
 
 
 def _read_or_none(folder: Path) -> EngineManifest | None:

@@ -83,13 +83,15 @@ def load_dnabert(path: str | Path) -> tuple[DnabertEncoder, DnaTokenizer, dict[s
     return model, tokenizer, info
 
 
-def check_dnabert_tokenizer(path: str | Path) -> None:
+def precheck_dnabert(path: str | Path) -> int:
     """Without reading the weights: every id of the folder's ``tokenizer.json`` must index a row of the
     word embedding config.json declares (the loader checks the tensors against config.json, and the ids
-    against the tensors). Cheap, so a run's main process can refuse the pair before any worker starts."""
+    against the tensors). Cheap, so a run's main process can refuse the pair before any worker starts.
+    Returns the embedding width config.json declares (what the loaded model gives, or its load fails)."""
     folder = Path(path)
     config, tokenizer = _config_and_tokenizer(folder)
     check_token_ids_fit(tokenizer, config.vocab_size, str(folder / "tokenizer.json"))
+    return config.hidden_size
 
 
 def _config_and_tokenizer(folder: Path) -> tuple[DnabertConfig, DnaTokenizer]:

@@ -117,20 +117,24 @@ def load_esm2(path: str | Path) -> tuple[Esm2Encoder, ProteinTokenizer, dict[str
     return model, tokenizer, info
 
 
-def precheck_esm2(path: str | Path) -> None:
+def precheck_esm2(path: str | Path) -> int | None:
     """Without reading the weights: every id of an HF folder's ``vocab.txt`` must index a row of the
     embedding config.json declares (the loader checks the tensors against config.json, and the ids
     against the tensors). A fair-esm ``.pt`` has no tokenizer file (its alphabet is fair-esm's own,
     checked against the tensors when they are loaded); its archive is read memory-mapped and its keys
     and arguments checked (:func:`_read_fair_esm`), so a file of another kind (the classifier given as
     ``--esm``) is refused here too. Cheap, so a run's main process can refuse a wrong or mismatched
-    checkpoint before it reads the input or any worker starts."""
+    checkpoint before it reads the input or any worker starts. Returns the embedding width the config or
+    the arguments declare (what the loaded model gives, or its load fails); None where nothing is at
+    ``path`` (the loader names that)."""
     path = Path(path)
     if path.is_dir():
         config, tokenizer = _hf_config_and_tokenizer(path)
         check_token_ids_fit(tokenizer, config.vocab_size, _vocab_source(path))
-    elif is_present(path):
-        _read_esm_file(path)
+        return config.embed_dim
+    if is_present(path):
+        return _read_esm_file(path)[1].embed_dim
+    return None
 
 
 def _read_esm_file(path: Path) -> tuple[StateDict, Esm2Config, ProteinTokenizer, dict[str, Any]]:

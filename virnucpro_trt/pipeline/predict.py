@@ -52,7 +52,7 @@ from virnucpro_trt.files.result_names import EMBEDDINGS_H5, RESULT_NAMES, RUN_JS
 from virnucpro_trt.files.run_lock import FOLDER_STDIN, LOCK_FILE, STDIN_COPY, KeptFiles, outdir_lock
 from virnucpro_trt.files.stamps import stamp_at
 from virnucpro_trt.interrupts import SignalsHeldLater
-from virnucpro_trt.models.checkpoints import precheck_encoder
+from virnucpro_trt.models.checkpoints import precheck_models
 from virnucpro_trt.models.classifier import classifier_source, load_classifier_weights
 from virnucpro_trt.models.identity import WeightsIdentity, identify_checkpoint
 from virnucpro_trt.models.kinds import DNABERT_S, ENCODER_NAMES, ESM2, MODELS, checkpoint_specs
@@ -263,12 +263,11 @@ def _preflight(ctx: _RunContext) -> CheckedEngines | None:
     settings = ctx.settings
     device_settings = dataclasses.replace(settings.encoders, device=ctx.slots[0].device)
     if settings.engines is None or settings.rebuild:  # the checkpoints are loaded: check what is cheap
-        if settings.classifier:
-            load_classifier_weights(resolve_model(settings.classifier, "classifier"))
-        for kind in ENCODER_NAMES:
-            spec = ctx.specs[kind]
-            if spec:
-                precheck_encoder(kind, resolve_model(spec, MODELS[kind].short))
+        source = resolve_model(settings.classifier, "classifier") if settings.classifier else None
+        weights = load_classifier_weights(source) if source is not None else None
+        named = {kind: spec for kind in ENCODER_NAMES if (spec := ctx.specs[kind])}
+        encoders = {kind: resolve_model(spec, MODELS[kind].short) for kind, spec in named.items()}
+        precheck_models(encoders, weights, source)
     cache = _engine_cache(settings)
     try:
         return engine_dir_for_run(device_settings, ctx.specs, settings.engines, False, cache, build=False)
