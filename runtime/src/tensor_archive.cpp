@@ -20,6 +20,14 @@
 //    over one stored number, which the host's first reduction copied (an 8 TiB allocation, exit 1; a
 //    little smaller, all of the machine's memory). torch.save of an ordinary tensor never writes such a
 //    view, and the Python reader refuses it too (models/torch_archive.py).
+// Before that, the zip container itself is checked (check_zip_layout): libtorch's zip reader inflates a
+// record whole when it is read, and reads `version` as it opens the archive, so a deflated record of a
+// few MB that claims gigabytes (a zip bomb) took the host to 6.4 GB before any check ran. torch.save
+// stores every record uncompressed, so only that is accepted: a bounded central directory, every entry
+// stored (method 0, unencrypted) with its compressed size equal to its size, and its data inside the file.
+// A storage record is read again for each persistent id naming it (2,000 references to a 1 MB record
+// cost 2.1 GB), so the pickle may name storages at most kMaxStorageReferences times: four tensors.
+// The `byteorder` record, where there is one, must say `little` (libtorch ignored any other).
 // libtorch's warnings while it rebuilds the tensors are dropped: a quantized or complex32 storage drew
 // one on stderr, which made the refusal of such a file (by dtype, once loaded) two lines.
 #include "virnucpro/tensor_archive.h"
@@ -45,6 +53,107 @@ namespace {
 constexpr size_t kMaxPickleBytes = size_t{64} << 10;
 constexpr int kMaxDepth = 16;
 constexpr size_t kMaxGlobalName = 256;
+// torch.save of four tensors writes ~10 records (data.pkl, version, byteorder, ..., one per storage).
+constexpr uint64_t kMaxZipEntries = 64;
+// One persistent id per tensor: four tensors.
+constexpr int kMaxStorageReferences = 4;
+
+uint64_t little_endian(const std::vector<char>& bytes, uint64_t at, int n) {
+  uint64_t value = 0;
+  for (int i = 0; i < n; ++i) value |= uint64_t{static_cast<unsigned char>(bytes[at + i])} << (8 * i);
+  return value;
+}
+
+// The zip container as torch.save writes it (see the top of the file); throws std::invalid_argument.
+// Every read is bounds-checked against the file, and the walk is bounded by kMaxZipEntries.
+void check_zip_layout(const std::vector<char>& bytes) {
+  const uint64_t size = bytes.size();
+  const auto refuse = [](const std::string& why) {
+    throw std::invalid_argument("is not a torch.save archive this host can read: " + why);
+  };
+  const auto at = [&](uint64_t offset, uint64_t n, const char* what) {
+    if (offset > size || n > size - offset) refuse(std::string(what) + " lies outside the file");
+  };
+  const auto signature = [&](uint64_t offset, uint32_t want) { return little_endian(bytes, offset, 4) == want; };
+  // End of central directory: the last signature at least 22 bytes before the end (where libtorch's
+  // miniz looks), whose comment must then end the file.
+  constexpr uint64_t kEocd = 22;
+  if (size < kEocd) refuse("too short");
+  uint64_t eocd = size - kEocd;
+  const uint64_t lowest = size - std::min<uint64_t>(size, kEocd + 0xffff);
+  while (!signature(eocd, 0x06054b50)) {
+    if (eocd == lowest) refuse("no end of central directory");
+    --eocd;
+  }
+  if (eocd + kEocd + little_endian(bytes, eocd + 20, 2) != size) refuse("bytes after its end record");
+  uint64_t entries = little_endian(bytes, eocd + 10, 2), directory_size = little_endian(bytes, eocd + 12, 4),
+           directory = little_endian(bytes, eocd + 16, 4), directory_end = eocd;
+  // Zip64 (torch.save always writes it): a locator just before, naming the zip64 end record.
+  if (eocd >= 20 && signature(eocd - 20, 0x07064b50)) {
+    const uint64_t record = little_endian(bytes, eocd - 20 + 8, 8);
+    at(record, 56, "the zip64 end of central directory");
+    if (!signature(record, 0x06064b50) || record + 56 > eocd - 20) refuse("a bad zip64 end of central directory");
+    // the zip64 values, which must agree with the classic record's unless it says "see zip64"
+    const auto wide = [&](uint64_t classic, uint64_t sentinel, uint64_t at_offset) {
+      const uint64_t value = little_endian(bytes, record + at_offset, 8);
+      if (classic != sentinel && classic != value) refuse("end records that disagree");
+      return value;
+    };
+    entries = wide(entries, 0xffff, 32);
+    directory_size = wide(directory_size, 0xffffffff, 40);
+    directory = wide(directory, 0xffffffff, 48);
+    directory_end = record;
+  }
+  if (entries > kMaxZipEntries) {
+    refuse(std::to_string(entries) + " entries (torch.save writes about ten; at most " +
+           std::to_string(kMaxZipEntries) + " are read)");
+  }
+  at(directory, directory_size, "the central directory");
+  if (directory + directory_size > directory_end) refuse("the central directory overlaps its end record");
+  uint64_t offset = directory;
+  for (uint64_t i = 0; i < entries; ++i) {
+    at(offset, 46, "an entry of the central directory");
+    if (offset + 46 > directory + directory_size || !signature(offset, 0x02014b50)) {
+      refuse("a damaged central directory");
+    }
+    const uint64_t flags = little_endian(bytes, offset + 8, 2), method = little_endian(bytes, offset + 10, 2);
+    uint64_t compressed = little_endian(bytes, offset + 20, 4), stored = little_endian(bytes, offset + 24, 4);
+    const uint64_t name_size = little_endian(bytes, offset + 28, 2), extra_size = little_endian(bytes, offset + 30, 2),
+                   comment_size = little_endian(bytes, offset + 32, 2);
+    uint64_t local = little_endian(bytes, offset + 42, 4);
+    const uint64_t extra = offset + 46 + name_size, next = extra + extra_size + comment_size;
+    if (next > directory + directory_size) refuse("a damaged central directory");
+    const std::string name = printable(std::string(bytes.data() + offset + 46, name_size));
+    // zip64 sizes and offset, in this order, for each field the entry marks 0xffffffff
+    for (uint64_t field = extra; field + 4 <= extra + extra_size;) {
+      const uint64_t id = little_endian(bytes, field, 2), length = little_endian(bytes, field + 2, 2);
+      if (field + 4 + length > extra + extra_size) refuse("a damaged extra field in entry " + name);
+      if (id == 1) {
+        uint64_t value = field + 4;
+        for (uint64_t* wide : {&stored, &compressed, &local}) {
+          if (*wide != 0xffffffff) continue;
+          if (value + 8 > field + 4 + length) refuse("a damaged zip64 field in entry " + name);
+          *wide = little_endian(bytes, value, 8);
+          value += 8;
+        }
+      }
+      field += 4 + length;
+    }
+    if (method != 0 || (flags & 1) != 0) {
+      refuse("entry " + name + " is " + (method != 0 ? "compressed" : "encrypted") +
+             " (torch.save stores records as they are)");
+    }
+    if (compressed != stored) refuse("entry " + name + " claims a size other than its stored bytes");
+    at(local, 30, "a local header");
+    if (!signature(local, 0x04034b50) || little_endian(bytes, local + 8, 2) != 0) {
+      refuse("entry " + name + " has a bad or compressed local header");
+    }
+    const uint64_t data = local + 30 + little_endian(bytes, local + 26, 2) + little_endian(bytes, local + 28, 2);
+    at(data, stored, ("the data of entry " + name).c_str());
+    if (data + stored > directory) refuse("the data of entry " + name + " runs into the central directory");
+    offset = next;
+  }
+}
 
 // The archive's bytes for libtorch's zip reader, without the copy torch::pickle_load makes of them.
 class BytesReader final : public caffe2::serialize::ReadAdapterInterface {
@@ -208,6 +317,10 @@ class PickleCheck {
   // ('storage', torch.<Type>Storage, key, location, numel): libtorch makes a storage of numel elements
   // over the bytes of record data/<key>, trusting that they are that many.
   void persistent_id() {
+    if (++storage_references_ > kMaxStorageReferences) {
+      fail("names a storage more than " + std::to_string(kMaxStorageReferences) +
+           " times (one per tensor; libtorch reads the record again for each)");
+    }
     const auto id = pop();
     const auto& p = id->items;
     const bool shaped = id->kind == Value::Kind::kTuple && p.size() == 5 && p[0]->kind == Value::Kind::kText &&
@@ -291,6 +404,7 @@ class PickleCheck {
 
   const char* data_;
   size_t size_, archive_bytes_, pos_ = 0, op_at_ = 0;
+  int storage_references_ = 0;
   caffe2::serialize::PyTorchStreamReader& archive_;
   std::vector<Ref> stack_, memo_;
   std::vector<size_t> marks_;
@@ -309,6 +423,15 @@ void check_tensor_pickle(caffe2::serialize::PyTorchStreamReader& archive, size_t
     throw std::invalid_argument("data.pkl is " + std::to_string(size) + " bytes; a tuple of tensors pickles in " +
                                 "far fewer (at most " + std::to_string(kMaxPickleBytes) + " are read)");
   }
+  if (archive.hasRecord("byteorder")) {  // older torch.save wrote none: little-endian
+    const size_t order_size = archive.getRecordSize("byteorder");
+    const auto [order, order_read] = archive.getRecord("byteorder");
+    const std::string text(static_cast<const char*>(order.get()), std::min<size_t>(order_read, 16));
+    if (order_size != 6 || text != "little") {
+      throw std::invalid_argument("byteorder record says '" + printable(text) +
+                                  "'; this host reads only little-endian archives");
+    }
+  }
   const auto [pickle, read] = archive.getRecord("data.pkl");
   PickleCheck(static_cast<const char*>(pickle.get()), read, archive, archive_size).run();
 }
@@ -319,6 +442,7 @@ c10::IValue load_tensor_archive(const std::vector<char>& bytes, const std::strin
   SilentWarnings silent;
   const c10::WarningUtils::WarningHandlerGuard quiet(&silent);
   try {
+    check_zip_layout(bytes);
     caffe2::serialize::PyTorchStreamReader archive(std::make_shared<BytesReader>(bytes));
     check_tensor_pickle(archive, bytes.size());
     return torch::jit::readArchiveAndTensors("data", "", "", std::nullopt, std::nullopt, std::nullopt, archive);

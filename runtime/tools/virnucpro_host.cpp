@@ -60,8 +60,18 @@ const char* const USAGE =
     "[--max-padding SHARE[:FLOOR]|none] [--cpu-threads N] "
     "[--warmup] [--timing FILE] [--print-batches]\n";
 
+// The one place an error line is printed: "Error: " and the message, through printable() (a longer cut
+// than a name's), since a message may quote the files (libtorch's quoted a storage location from data.pkl,
+// ESC, CR and BEL as they were) and must stay one line that reaches the terminal as plain text.
+constexpr size_t kMaxErrorLine = 3000;
+int error_line(const std::string& message, int code) {
+  std::cerr << "Error: " << virnucpro::printable(message, kMaxErrorLine) << "\n";
+  return code;
+}
+
 int usage(const std::string& message) {
-  std::cerr << "Error: " << message << "\n" << USAGE;
+  error_line(message, 2);
+  std::cerr << USAGE;
   return 2;
 }
 
@@ -99,6 +109,7 @@ std::optional<std::string> parse(int argc, char** argv, Options& options) {
       options.device = argv[++i];
     } else if (arg == "--timing" && has_value) {
       options.timing = argv[++i];
+      if (options.timing.empty()) return "--timing: expected a file name";
     } else if ((arg == "--max-batch-tokens" || arg == "--cpu-threads") && has_value) {
       const std::string value = argv[++i];
       const auto parsed = positive(value);
@@ -196,8 +207,7 @@ int check(const Options& options, const c10::Device& device) {
   const auto manifest = virnucpro::EngineManifest::read(options.positional[0]);
   const auto problems = manifest.mismatches(device, options.verify);
   if (!problems.empty()) {
-    std::cerr << "Error: engines in " << options.positional[0] << " cannot be used here: " << problems << "\n";
-    return 2;
+    return error_line("engines in " + options.positional[0] + " cannot be used here: " + problems, 2);
   }
   // the manifest's own strings, shown printable: a newline or escape in them must not forge a second line
   std::cout << "ok: " << virnucpro::printable(manifest.backend) << " " << virnucpro::printable(manifest.precision)
@@ -262,13 +272,40 @@ std::optional<std::string> check_inputs(const std::vector<c10::IValue>& items, c
     }
     if (mask && tensor.amax(1).min().item<int64_t>() == 0) return no_token;
   }
+  // Rows the encoders can pool, as the Python runtime writes them: each mask row a run of ones then zeros
+  // (right-padded; batching takes a row's token count as its length), and each ESM-2 row <cls>, at least
+  // one residue and <eos>, since ESM-2 pools positions 1..len-2 (DNABERT-S pools every real token, so one
+  // suffices, checked above). [1,0,0,0,0,1] or a 2-token protein row gave NaN embeddings after DNABERT-S
+  // had run (exit 1, "try --precision fp32").
+  const auto first_row = [](const at::Tensor& flags) { return flags.nonzero()[0][0].item<int64_t>(); };
+  for (size_t i = 1; i < items.size(); i += 2) {
+    const auto& mask = items[i].toTensor();
+    if (mask.size(0) == 0 || mask.size(1) < 2) continue;
+    const auto rises = (mask.slice(1, 1) > mask.slice(1, 0, -1)).any(1);
+    if (rises.any().item<bool>()) {
+      return name + ": " + kNames[i] + " row " + std::to_string(first_row(rises)) +
+             " is not a run of ones followed by zeros (rows must be right-padded)";
+    }
+  }
+  constexpr int64_t kMinProteinTokens = 3;
+  if (const auto& protein = items[3].toTensor(); protein.size(0) > 0) {
+    const auto lengths = protein.sum(1);
+    const auto short_rows = lengths < kMinProteinTokens;
+    if (short_rows.any().item<bool>()) {
+      const auto row = first_row(short_rows);
+      return name + ": protein_mask row " + std::to_string(row) + " has " +
+             std::to_string(lengths[row].item<int64_t>()) + " tokens; ESM-2 pools the residues between <cls> and " +
+             "<eos>, so a row needs at least " + std::to_string(kMinProteinTokens);
+    }
+  }
   return std::nullopt;
 }
 
-// Writes OUTPUTS.pt (or the timing file) whole or not at all: a new temporary file beside it (never
-// through a link), its write checked, then renamed over the name. Only a regular file is replaced: a
-// link, folder, device or FIFO at the name is refused.
-std::optional<std::string> write_whole(const std::string& name, const std::string& data) {
+// Where write_whole may write `name`, checked before any work (as write_whole checks it): a name, not a
+// link, nothing but a regular file there, in an existing folder. An empty name said "cannot write :
+// Success" (exit 1), and a folder or link named by --timing was refused only after OUTPUTS.pt was written.
+std::optional<std::string> writable_path(const std::string& name, const std::string& what) {
+  if (name.empty()) return what + " is an empty path; name the file to write";
   std::error_code error;
   const std::filesystem::path target(name);
   const auto status = std::filesystem::symlink_status(target, error);
@@ -278,10 +315,22 @@ std::optional<std::string> write_whole(const std::string& name, const std::strin
   if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
     return "cannot write " + name + ": it is not a regular file (a folder, device or FIFO is never replaced)";
   }
+  if (!target.has_filename()) return "cannot write " + name + ": it names a folder, not a file";
   const auto parent = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
   if (!std::filesystem::is_directory(parent, error)) {
     return "cannot write " + name + ": " + parent.string() + " is not a folder";
   }
+  return std::nullopt;
+}
+
+// Writes OUTPUTS.pt (or the timing file) whole or not at all: a new temporary file beside it (never
+// through a link), its write checked, then renamed over the name. Only a regular file is replaced: a
+// link, folder, device or FIFO at the name is refused.
+std::optional<std::string> write_whole(const std::string& name, const std::string& data) {
+  if (auto refused = writable_path(name, "the output")) return refused;  // checked again: it may have changed
+  std::error_code error;
+  const std::filesystem::path target(name);
+  const auto parent = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
   const auto temporary = parent / ("." + target.filename().string() + "." + std::to_string(::getpid()) + ".partial");
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
   if (fd < 0) return "cannot write " + name + ": " + std::strerror(errno);
@@ -306,10 +355,7 @@ std::optional<std::string> write_whole(const std::string& name, const std::strin
 }
 
 // Bad input data: one line on stderr, exit 2 (no usage text: the command line was right).
-int refuse(const std::string& message) {
-  std::cerr << "Error: " << message << "\n";
-  return 2;
-}
+int refuse(const std::string& message) { return error_line(message, 2); }
 
 // Token ids each encoder can embed: below its package's vocabulary size (Encoder::refusal), checked on the
 // whole input once the engines are loaded and before either runs.
@@ -325,6 +371,10 @@ std::optional<std::string> check_vocabularies(virnucpro::EngineSet& engines, con
 }
 
 int run(const Options& options, const c10::Device& device) {
+  if (auto bad = writable_path(options.positional[2], "OUTPUTS.pt")) return refuse(*bad);
+  if (!options.timing.empty()) {
+    if (auto bad = writable_path(options.timing, "--timing")) return refuse(*bad);
+  }
   std::string problem;
   const auto& name = options.positional[1];
   const auto bytes = read_inputs(name, problem);
@@ -360,8 +410,7 @@ int run(const Options& options, const c10::Device& device) {
   }
   const auto out = torch::pickle_save(c10::ivalue::Tuple::create({pass.dna, pass.esm, pass.probabilities}));
   if (const auto failed = write_whole(options.positional[2], std::string(out.begin(), out.end()))) {
-    std::cerr << "Error: " << *failed << "\n";
-    return 1;
+    return error_line(*failed, 1);  // checked up front (writable_path): this is a failure of the write
   }
   if (!options.timing.empty()) {
     const auto& manifest = engines.manifest();
@@ -386,7 +435,7 @@ int run(const Options& options, const c10::Device& device) {
         {"rule", "seconds between device-synchronised clock reads; inputs' host-to-device and results' "
                  "device-to-host copies included; engine loading and the warm-up pass excluded"},
     };
-    if (const auto failed = write_whole(options.timing, timing.dump(2) + "\n")) return usage(*failed);
+    if (const auto failed = write_whole(options.timing, timing.dump(2) + "\n")) return error_line(*failed, 1);
   }
   std::cout << "embedded " << pass.dna.size(0) << " frames\n";
   return 0;
@@ -419,14 +468,10 @@ int main(int argc, char** argv) {
     const c10::Device device = parsed->is_cuda() && !parsed->has_index() ? c10::Device(c10::kCUDA, 0) : *parsed;
     return options.check_only ? check(options, device) : run(options, device);
   } catch (const virnucpro::EngineMismatch& error) {
-    std::cerr << "Error: " << error.what() << "\n";
-    return 2;
+    return error_line(error.what(), 2);
   } catch (const std::invalid_argument& error) {
-    std::cerr << "Error: " << error.what() << "\n";
-    return 2;
+    return error_line(error.what(), 2);
   } catch (const std::exception& error) {
-    std::string text = error.what();
-    std::cerr << "Error: " << text.substr(0, text.find('\n')) << "\n";
-    return 1;
+    return error_line(virnucpro::first_line(error.what()), 1);
   }
 }

@@ -86,8 +86,8 @@ def test_token_ids_past_the_vocabulary_are_refused_before_any_kernel(host_tool, 
 def test_a_pad_id_outside_the_vocabulary_is_refused(host_tool, engines, tmp_path) -> None:
     """A manifest pad id past the vocabulary aborted the process as soon as a batch was padded (here a
     one-token item padded to the graph's minimum length)."""
-    one = torch.full((1, 1), 5, dtype=torch.long)
-    inputs = _inputs(tmp_path, "one", (one, torch.ones_like(one), one, torch.ones_like(one)))
+    one, three = torch.full((1, 1), 5, dtype=torch.long), torch.full((1, 3), 5, dtype=torch.long)
+    inputs = _inputs(tmp_path, "one", (one, torch.ones_like(one), three, torch.ones_like(three)))
     folder, manifest = _copy(engines, tmp_path, "pad")
     entry = manifest["models"]["dnabert-s"]
     entry["pad_id"] = entry["vocab_size"]
@@ -212,6 +212,19 @@ INPUTS: dict[str, tuple[tuple[torch.Tensor, ...] | Callable[[bytes], bytes], str
         lambda pkl: pkl.replace(b"ctorch\nLongStorage\n", b"ctorch\nQInt8Storage\n", 1),
         "dna_ids must be a 2-D int64 tensor",
     ),
+    # rows the encoders cannot pool: NaN embeddings after DNABERT-S had run, exit 1 "try --precision fp32"
+    "a_protein_row_of_two_tokens": (
+        (IDS, MASK, IDS, torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])),
+        "protein_mask row 1 has 2 tokens; ESM-2 pools the residues between <cls> and <eos>",
+    ),
+    "a_protein_mask_with_a_gap": (
+        (IDS, MASK, IDS, torch.tensor([[1, 1, 1, 1], [1, 0, 0, 1]])),
+        "protein_mask row 1 is not a run of ones followed by zeros",
+    ),
+    "a_dna_mask_with_a_gap": (
+        (IDS, torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]]), IDS, MASK),
+        "dna_mask row 0 is not a run of ones followed by zeros",
+    ),
 }
 
 
@@ -224,6 +237,187 @@ def test_inputs_the_host_cannot_embed_are_refused_in_one_line(host_tool, engines
     inputs = _with_pickle(tmp_path, case, contents) if edited else _inputs(tmp_path, case, contents)
     out = tmp_path / "o.pt"
     _assert_refused(_run(host_tool, engines, inputs, out), needle, out)
+
+
+def test_rows_the_encoders_cannot_pool_are_refused_before_the_engines_load(host_tool, tmp_path) -> None:
+    """A protein row without a residue is refused from INPUTS.pt alone: the engine folder (absent here)
+    is never opened, so neither encoder runs."""
+    short = _inputs(tmp_path, "short", (IDS, MASK, IDS[:, :2], MASK[:, :2]))
+    out = tmp_path / "o.pt"
+    done = _run(host_tool, tmp_path / "no_engines", short, out)
+    _assert_refused(done, "protein_mask row 0 has 2 tokens", out)
+
+
+# ------------------------------------------------------------- the zip container of INPUTS.pt (audit h84)
+def _rezipped(tmp_path: Path, name: str, write: Callable[[zipfile.ZipFile, str, bytes], None]) -> Path:
+    """The good inputs' archive rewritten member by member through ``write(target, member, data)``."""
+    good = _inputs(tmp_path, "template")
+    path = tmp_path / f"{name}.pt"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as target:
+        for member in source.namelist():
+            write(target, member, source.read(member))
+    return path
+
+
+def _deflated(suffix: str, data: bytes | None = None) -> Callable[[zipfile.ZipFile, str, bytes], None]:
+    """Write the member ending in ``suffix`` deflated (with ``data`` instead of its own, if given)."""
+
+    def write(target: zipfile.ZipFile, member: str, original: bytes) -> None:
+        if member.endswith(suffix):
+            target.writestr(member, original if data is None else data, zipfile.ZIP_DEFLATED)
+        else:
+            target.writestr(member, original)
+
+    return write
+
+
+def _with_extra_members(count: int) -> Callable[[zipfile.ZipFile, str, bytes], None]:
+    def write(target: zipfile.ZipFile, member: str, data: bytes) -> None:
+        target.writestr(member, data)
+        if member.endswith("/version"):
+            for i in range(count):
+                target.writestr(f"template/extra/{i}", b"x")
+
+    return write
+
+
+def _directory_field(member: str, field: int, value: int) -> Callable[[Path], None]:
+    """Set the 4-byte little-endian field at ``field`` of ``member``'s central directory entry."""
+
+    def edit(path: Path) -> None:
+        data = bytearray(path.read_bytes())
+        with zipfile.ZipFile(path) as archive:
+            offset = archive.start_dir
+            for info in archive.infolist():
+                if info.filename.endswith(member):
+                    struct.pack_into("<I", data, offset + field, value)
+                    break
+                offset += 46 + len(info.filename.encode()) + len(info.extra) + len(info.comment)
+        path.write_bytes(bytes(data))
+
+    return edit
+
+
+def _plain(target: zipfile.ZipFile, member: str, data: bytes) -> None:
+    target.writestr(member, data)
+
+
+def _classic_entry_count(path: Path) -> None:
+    """Make the classic end record (the last 22 bytes: no comment) count 60 entries, unlike the zip64 one."""
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<HH", data, len(data) - 22 + 8, 60, 60)
+    path.write_bytes(bytes(data))
+
+
+def _byteorder(order: bytes) -> Callable[[zipfile.ZipFile, str, bytes], None]:
+    def write(target: zipfile.ZipFile, member: str, data: bytes) -> None:
+        target.writestr(member, order if member.endswith("/byteorder") else data)
+
+    return write
+
+
+Rewrite = Callable[[zipfile.ZipFile, str, bytes], None]
+# case: (members rewritten by, or None for torch.save's own archive (zip64), then edited by, needle)
+ZIPS: dict[str, tuple[Rewrite | None, Callable[[Path], None] | None, str]] = {
+    # libtorch inflated `version` whole as it opened the archive: a 3 MB file took the host to 6.4 GB
+    # and exit 0 ("3" and spaces still read as 3); 32 MiB here is enough to show it is refused unread
+    "a_deflated_version_bomb": (
+        _deflated("/version", b"3" + b" " * (32 << 20)),
+        None,
+        "entry template/version is compressed",
+    ),
+    "a_deflated_pickle": (_deflated("/data.pkl"), None, "entry template/data.pkl is compressed"),
+    "too_many_entries": (_with_extra_members(100), None, "entries (torch.save writes about ten"),
+    # a stored entry whose directory claims 2 GiB of data: size fields at 20 (compressed), 24 (size)
+    "a_size_other_than_its_bytes": (
+        _plain,
+        _directory_field("/version", 24, 2**31 - 1),
+        "entry template/version claims a size other than its stored bytes",
+    ),
+    "data_past_the_end": (
+        _plain,
+        _directory_field("/version", 42, 2**31 - 1),
+        "a local header lies outside the file",
+    ),
+    # the zip64 end record (which torch.save always writes) is what the entries were checked against
+    "end_records_that_disagree": (None, _classic_entry_count, "end records that disagree"),
+    # libtorch took any byte order as little-endian
+    "a_big_endian_byteorder": (_byteorder(b"big"), None, "byteorder record says 'big'"),
+}
+
+
+@pytest.mark.parametrize("case", ZIPS)
+def test_the_zip_container_is_checked_before_libtorch_reads_it(host_tool, engines, tmp_path, case) -> None:
+    """torch.save stores every record uncompressed: a compressed record (a zip bomb), sizes that differ,
+    data outside the file or more entries than a tuple of tensors needs is refused before libtorch's
+    zip reader touches the file, one line, exit 2."""
+    write, edit, needle = ZIPS[case]
+    inputs = _rezipped(tmp_path, case, write) if write is not None else _inputs(tmp_path, case)
+    if edit is not None:
+        edit(inputs)
+    out = tmp_path / "o.pt"
+    _assert_refused(_run(host_tool, engines, inputs, out), needle, out)
+
+
+def test_a_storage_named_more_often_than_four_tensors_need_is_refused(host_tool, engines, tmp_path) -> None:
+    """libtorch read a storage record again for each persistent id naming it: 2,000 references to a
+    1 MB record took 2.1 GB (20,000, ~20 GB). A tuple of four tensors names storages four times."""
+
+    def text(value: str) -> bytes:
+        return b"X" + struct.pack("<I", len(value)) + value.encode()
+
+    storage = b"(" + text("storage") + b"ctorch\nLongStorage\n" + text("0") + text("cpu") + b"K\x08tq\x00Q"
+    pickle = b"\x80\x02(" + storage + b"h\x00Q" * 4 + b"t."  # five loads of one 64-byte storage
+    out = tmp_path / "o.pt"
+    inputs = _with_pickle(tmp_path, "five_references", lambda _: pickle)
+    _assert_refused(_run(host_tool, engines, inputs, out), "names a storage more than 4 times", out)
+
+
+def test_error_lines_show_control_characters_from_the_file_escaped(host_tool, engines, tmp_path) -> None:
+    """libtorch's error quoted a storage location from data.pkl with its ESC, CR and BEL as they were
+    (a forged second line, a terminal escape); every error line is printed through printable()."""
+    location = "ort\x1b[2K\rError: forged second message\x07"
+    forged = b"X" + struct.pack("<I", len(location)) + location.encode()
+    inputs = _with_pickle(tmp_path, "escapes", lambda pkl: pkl.replace(b"X\x03\x00\x00\x00cpu", forged, 1))
+    out = tmp_path / "o.pt"
+    done = subprocess.run(
+        [str(host_tool), str(engines), str(inputs), str(out)], capture_output=True, timeout=300
+    )
+    assert done.returncode == 2 and not out.exists(), done.stderr[-2000:]
+    assert not any((byte < 0x20 and byte != 0x0A) or byte == 0x7F for byte in done.stderr), done.stderr
+    assert done.stderr.count(b"\n") == 1 and b"ort?[2K?Error: forged second message?" in done.stderr
+
+
+OUTPUT_PATHS: dict[str, tuple[Callable[[Path], tuple[str, list[str]]], str]] = {
+    # said "cannot write : Success", exit 1, after both encoders had run
+    "outputs_empty": (lambda _: ("", []), "OUTPUTS.pt is an empty path"),
+    "outputs_a_folder": (lambda tmp: (str(tmp), []), "it is not a regular file"),
+    "outputs_a_link": (lambda tmp: (str(tmp / "link.pt"), []), "it is a symbolic link"),
+    "outputs_in_no_folder": (lambda tmp: (str(tmp / "absent" / "o.pt"), []), "is not a folder"),
+    # refused with exit 2 only after OUTPUTS.pt had been written
+    "timing_a_folder": (lambda tmp: (str(tmp / "o.pt"), ["--timing", str(tmp)]), "it is not a regular file"),
+    "timing_a_link": (
+        lambda tmp: (str(tmp / "o.pt"), ["--timing", str(tmp / "link.pt")]),
+        "it is a symbolic link",
+    ),
+    "timing_empty": (lambda tmp: (str(tmp / "o.pt"), ["--timing", ""]), "--timing: expected a file name"),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUT_PATHS)
+def test_output_paths_are_checked_before_any_work(host_tool, engines, tmp_path, case) -> None:
+    """OUTPUTS.pt and the --timing file are checked up front, the same way, exit 2 in one line: nothing
+    is written and the link's target is untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep\n")
+    (tmp_path / "link.pt").symlink_to(victim)
+    inputs = _inputs(tmp_path, "good")
+    outputs, options = OUTPUT_PATHS[case][0](tmp_path)
+    done = _run(host_tool, engines, inputs, outputs, *options)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.splitlines()[0].startswith("Error: ") and OUTPUT_PATHS[case][1] in done.stderr
+    assert not (tmp_path / "o.pt").exists() and victim.read_text() == "keep\n"
+    assert "embedded" not in done.stdout
 
 
 # --------------------------------------------------------------------------- the manifest (gaps 3 and 5)
