@@ -125,10 +125,14 @@ void check_zip_layout(const std::vector<char>& bytes) {
     if (next > directory + directory_size) refuse("a damaged central directory");
     const std::string name = printable(std::string(bytes.data() + offset + 46, name_size));
     // zip64 sizes and offset, in this order, for each field the entry marks 0xffffffff
+    // one zip64 field: libtorch's reader takes the first, so a second could tell this check other sizes
+    bool zip64_seen = false;
     for (uint64_t field = extra; field + 4 <= extra + extra_size;) {
       const uint64_t id = little_endian(bytes, field, 2), length = little_endian(bytes, field + 2, 2);
       if (field + 4 + length > extra + extra_size) refuse("a damaged extra field in entry " + name);
       if (id == 1) {
+        if (zip64_seen) refuse("two zip64 fields in entry " + name);
+        zip64_seen = true;
         uint64_t value = field + 4;
         for (uint64_t* wide : {&stored, &compressed, &local}) {
           if (*wide != 0xffffffff) continue;

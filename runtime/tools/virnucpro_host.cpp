@@ -272,6 +272,15 @@ std::optional<std::string> check_inputs(const std::vector<c10::IValue>& items, c
     }
     if (mask && tensor.amax(1).min().item<int64_t>() == 0) return no_token;
   }
+  // Each encoder's ids and mask of one shape (checked here, naming the file, before the engines load: the
+  // encoder's own check came after DNABERT-S had embedded every frame).
+  for (size_t i = 0; i + 1 < items.size(); i += 2) {
+    const auto ids = items[i].toTensor().size(1), mask = items[i + 1].toTensor().size(1);
+    if (ids != mask) {
+      return name + ": " + kNames[i] + " has " + std::to_string(ids) + " columns and " + kNames[i + 1] + " " +
+             std::to_string(mask) + "; each mask row covers its ids row";
+    }
+  }
   // Rows the encoders can pool, as the Python runtime writes them: each mask row a run of ones then zeros
   // (right-padded; batching takes a row's token count as its length), and each ESM-2 row <cls>, at least
   // one residue and <eos>, since ESM-2 pools positions 1..len-2 (DNABERT-S pools every real token, so one
@@ -320,6 +329,12 @@ std::optional<std::string> writable_path(const std::string& name, const std::str
   if (!std::filesystem::is_directory(parent, error)) {
     return "cannot write " + name + ": " + parent.string() + " is not a folder";
   }
+  // a folder that takes no new file (read-only, another user's, /proc) failed only after the work
+  const auto probe = parent / ("." + target.filename().string() + "." + std::to_string(::getpid()) + ".probe");
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return "cannot write " + name + ": " + std::strerror(errno);
+  ::close(fd);
+  ::unlink(probe.c_str());
   return std::nullopt;
 }
 
@@ -374,11 +389,19 @@ int run(const Options& options, const c10::Device& device) {
   if (auto bad = writable_path(options.positional[2], "OUTPUTS.pt")) return refuse(*bad);
   if (!options.timing.empty()) {
     if (auto bad = writable_path(options.timing, "--timing")) return refuse(*bad);
+    // one file for both: the timing was written over the outputs, exit 0
+    std::error_code a_error, b_error, same_error;
+    const auto a = std::filesystem::weakly_canonical(options.positional[2], a_error);
+    const auto b = std::filesystem::weakly_canonical(options.timing, b_error);
+    const bool same = (!a_error && !b_error) ? a == b : options.positional[2] == options.timing;
+    if (same || std::filesystem::equivalent(options.positional[2], options.timing, same_error)) {
+      return refuse("--timing " + options.timing + " names OUTPUTS.pt itself; give it a file of its own");
+    }
   }
   std::string problem;
   const auto& name = options.positional[1];
   const auto bytes = read_inputs(name, problem);
-  if (!bytes) return usage(problem);
+  if (!bytes) return refuse(problem);  // the command line was right: one line, no usage text
   const auto loaded = virnucpro::load_tensor_archive(*bytes, name);  // std::invalid_argument: exit 2
   const auto* tuple = loaded.isTuple() ? &loaded.toTupleRef() : nullptr;
   if (!tuple || tuple->elements().size() != 4) {

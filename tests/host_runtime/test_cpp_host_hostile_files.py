@@ -225,6 +225,11 @@ INPUTS: dict[str, tuple[tuple[torch.Tensor, ...] | Callable[[bytes], bytes], str
         (IDS, torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]]), IDS, MASK),
         "dna_mask row 0 is not a run of ones followed by zeros",
     ),
+    # refused by the encoder after the engines had loaded and DNABERT-S had run, without the file's name
+    "ids_and_mask_of_other_widths": (
+        (IDS, MASK, IDS, MASK[:, :3]),
+        "protein_ids has 4 columns and protein_mask 3",
+    ),
 }
 
 
@@ -237,6 +242,13 @@ def test_inputs_the_host_cannot_embed_are_refused_in_one_line(host_tool, engines
     inputs = _with_pickle(tmp_path, case, contents) if edited else _inputs(tmp_path, case, contents)
     out = tmp_path / "o.pt"
     _assert_refused(_run(host_tool, engines, inputs, out), needle, out)
+
+
+def test_an_inputs_file_that_cannot_be_read_is_one_line(host_tool, engines, tmp_path) -> None:
+    """The command line was right: no usage text after the error (it was two lines)."""
+    out = tmp_path / "o.pt"
+    _assert_refused(_run(host_tool, engines, tmp_path / "absent.pt", out), "cannot read", out)
+    _assert_refused(_run(host_tool, engines, tmp_path, out), "not a regular file", out)
 
 
 def test_rows_the_encoders_cannot_pool_are_refused_before_the_engines_load(host_tool, tmp_path) -> None:
@@ -298,6 +310,38 @@ def _directory_field(member: str, field: int, value: int) -> Callable[[Path], No
     return edit
 
 
+def _two_zip64_fields(member: str) -> Callable[[Path], None]:
+    """Give ``member``'s central directory entry sizes of 0xffffffff and two zip64 fields: the first
+    says 4 GiB (what libtorch's reader takes), the second the real size (what the check took)."""
+
+    def edit(path: Path) -> None:
+        data = bytearray(path.read_bytes())
+        with zipfile.ZipFile(path) as archive:
+            offset = archive.start_dir
+            for info in archive.infolist():
+                name = len(info.filename.encode())
+                size = 46 + name + len(info.extra) + len(info.comment)
+                if info.filename.endswith(member):
+                    wide = 0xFFFFFFFF
+                    fields = struct.pack("<HHQQ", 1, 16, wide, wide) + struct.pack(
+                        "<HHQQ", 1, 16, info.file_size, info.file_size
+                    )
+                    entry = data[offset : offset + size]
+                    struct.pack_into("<II", entry, 20, wide, wide)
+                    struct.pack_into("<H", entry, 30, len(info.extra) + len(fields))
+                    entry[46 + name : 46 + name] = fields
+                    data[offset : offset + size] = entry
+                    end = len(data) - 22  # the end record (no comment): the directory's size at 12
+                    struct.pack_into(
+                        "<I", data, end + 12, struct.unpack_from("<I", data, end + 12)[0] + len(fields)
+                    )
+                    break
+                offset += size
+        path.write_bytes(bytes(data))
+
+    return edit
+
+
 def _plain(target: zipfile.ZipFile, member: str, data: bytes) -> None:
     target.writestr(member, data)
 
@@ -343,6 +387,8 @@ ZIPS: dict[str, tuple[Rewrite | None, Callable[[Path], None] | None, str]] = {
     "end_records_that_disagree": (None, _classic_entry_count, "end records that disagree"),
     # libtorch took any byte order as little-endian
     "a_big_endian_byteorder": (_byteorder(b"big"), None, "byteorder record says 'big'"),
+    # the check read the last zip64 field, libtorch the first (4 GiB): helper-86's re-audit
+    "two_zip64_fields": (_plain, _two_zip64_fields("/version"), "two zip64 fields in entry template/version"),
 }
 
 
@@ -401,6 +447,13 @@ OUTPUT_PATHS: dict[str, tuple[Callable[[Path], tuple[str, list[str]]], str]] = {
         "it is a symbolic link",
     ),
     "timing_empty": (lambda tmp: (str(tmp / "o.pt"), ["--timing", ""]), "--timing: expected a file name"),
+    # the timing JSON was written over the outputs, exit 0
+    "timing_the_outputs_file": (
+        lambda tmp: (str(tmp / "o.pt"), ["--timing", str(tmp / "." / "o.pt")]),
+        "names OUTPUTS.pt itself",
+    ),
+    # a folder that takes no new file: both encoders ran, then exit 1
+    "outputs_where_no_file_can_be_made": (lambda _: ("/proc/o.pt", []), "cannot write /proc/o.pt"),
 }
 
 
