@@ -90,8 +90,8 @@ def fp32_rows_within(max_abs: np.ndarray, relative: np.ndarray) -> np.ndarray:
     """Which rows of an fp32 engine agree with the reference to rounding (:func:`fp32_row_errors`'s
     figures; NaN fails): every value within :data:`FP32_MAX_ABS`, or the row within
     :data:`FP32_MAX_RELATIVE` of its norm. Why both: a fixed 1e-4 failed correct engines of deeper or
-    ill-conditioned models, whose eager fp32 run is itself that far from fp64 (a 12 x 480 ESM-2 at
-    2.1e-4, 6e-5 relative); the relative bound still fails any engine computing something else (a
+    ill-conditioned models, whose eager fp32 run is itself that far from fp64 (a 12 x 480 ESM-2:
+    DEVELOPERS, "Seventh audit"); the relative bound still fails an engine computing something else (a
     missed mask, a half-precision GEMM: 1e-3 and more), and small rows are held to the absolute bound."""
     return (max_abs <= FP32_MAX_ABS) | (relative <= FP32_MAX_RELATIVE)
 
