@@ -68,12 +68,13 @@ def test_naming_a_default_is_the_same_run_and_a_real_difference_is_named(
 _KILL_ONCE_RUN_JSON_IS_IN_PLACE = """
 import os, signal, sys
 from virnucpro_trt.cli.main import main
-real_replace = os.replace
-def replace(src, dst, *args, **kwargs):
-    real_replace(src, dst, *args, **kwargs)
+from virnucpro_trt.files import no_replace
+real_rename = no_replace.rename_no_replace
+def rename(src, dst):
+    real_rename(src, dst)
     if os.fspath(dst).endswith("run.json"):  # finished: .work is removed next
         os.kill(os.getpid(), signal.SIGKILL)
-os.replace = replace
+no_replace.rename_no_replace = rename  # how run.json is put in place, after the results (ResultSet.publish)
 main(sys.argv[1:])
 """
 
