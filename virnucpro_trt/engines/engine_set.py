@@ -13,6 +13,7 @@ cannot make a directory from an untrusted source safe (README, "Security model")
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from virnucpro_trt.engines.registry import get_backend
 from virnucpro_trt.engines.spec import LoadRequest, ShapeRange
 from virnucpro_trt.engines.vocabularies import check_vocabularies
 from virnucpro_trt.errors import EngineMismatchError, UserError
+from virnucpro_trt.files.folders import nothing_there
 from virnucpro_trt.models.classifier import ClassifierWeights, load_classifier_weights
 from virnucpro_trt.models.kinds import ENCODER_NAMES, MODELS
 from virnucpro_trt.models.origin import EncoderOrigin
@@ -155,7 +157,9 @@ def _check(
                 "`virnucpro-trt build` or add --rebuild"
             )
         check_manifest(manifest, present, folder)  # raises with every problem listed
-    first = manifest is None and _missing_or_empty(folder)
+    first = False  # nothing there yet, or an empty folder (an unreadable one is not taken for either)
+    with contextlib.suppress(OSError):
+        first = manifest is None and nothing_there(folder)
     manifest = rebuild_engine_set(folder, weights, rebuild, None if first else "; ".join(problems))
     return manifest, verify_files(manifest, folder)
 
@@ -174,14 +178,6 @@ def rebuild_engine_set(
     else:
         log.warning("rebuilding engines in %s: %s", folder, reason)
     return build_engines(rebuild).manifest
-
-
-def _missing_or_empty(folder: Path) -> bool:
-    """Whether nothing is at ``folder`` yet, or an empty folder: a build there is a first one."""
-    try:
-        return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
-    except OSError:
-        return False
 
 
 def _read_or_none(folder: Path) -> EngineManifest | None:
