@@ -35,12 +35,12 @@ def _aligned(reference: PathResult, got: PathResult) -> tuple[np.ndarray, np.nda
     return np.asarray(ref_rows, dtype=np.int64), np.asarray(got_rows, dtype=np.int64)
 
 
-def _per_frame(reference: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each frame's (cosine, max |diff|), NaN where ``got``'s row holds NaN or Inf."""
+def _per_frame(reference: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each frame's (cosine, max |diff|, relative L2 difference: the build gate's
+    :func:`~virnucpro_trt.engines.parity.fp32_row_errors`), NaN where ``got``'s row holds NaN or Inf."""
     finite = np.isfinite(got).all(axis=1)
     cos = np.where(finite, cosines(reference, np.where(finite[:, None], got, 0.0)), np.nan)
-    diff = np.abs(got.astype(np.float64) - reference.astype(np.float64)).max(axis=1)
-    return cos, np.where(finite, diff, np.nan)
+    return (cos, *fp32_row_errors(reference, got))
 
 
 def _summary(cos: np.ndarray, diff: np.ndarray) -> tuple[float, float, bool]:
@@ -82,8 +82,8 @@ def path_parity(reference: PathResult, got: PathResult, precision: str) -> dict[
         "dnabert": _per_frame(reference.dnabert[ref_rows], got.dnabert[got_rows]),
         "esm": _per_frame(reference.esm[ref_rows], got.esm[got_rows]),
     }
-    dna_cos, dna_abs, dna_finite = _summary(*per_frame["dnabert"])
-    esm_cos, esm_abs, esm_finite = _summary(*per_frame["esm"])
+    dna_cos, dna_abs, dna_finite = _summary(*per_frame["dnabert"][:2])
+    esm_cos, esm_abs, esm_finite = _summary(*per_frame["esm"][:2])
     ref_probs, got_probs = reference.probabilities[ref_rows], got.probabilities[got_rows]
     same = reference.labels[ref_rows] == got.labels[got_rows]
     agreement = float(np.mean(same))
@@ -97,21 +97,19 @@ def path_parity(reference: PathResult, got: PathResult, precision: str) -> dict[
     )
     min_agreement = MIN_LABEL_AGREEMENT.get(precision, 0.999)
     if precision == "fp32":
-        pairs = {
-            "dnabert": (reference.dnabert[ref_rows], got.dnabert[got_rows]),
-            "esm": (reference.esm[ref_rows], got.esm[got_rows]),
-        }
-        bad = {k: ~fp32_rows_within(*fp32_row_errors(*pair)) for k, pair in pairs.items()}  # NaN: bad
+        bad = {
+            k: ~fp32_rows_within(diff, relative) for k, (_, diff, relative) in per_frame.items()
+        }  # NaN: bad
         rule = f"embeddings: each frame {FP32_BOUNDS}"
     else:
         min_cos = MIN_COSINE.get(precision, 0.9995)
-        bad = {k: ~(cos >= min_cos) for k, (cos, _) in per_frame.items()}
+        bad = {k: ~(cos >= min_cos) for k, (cos, _, _) in per_frame.items()}
         rule = f"embeddings min cosine >= {min_cos}"
     embeddings_ok = not (bad["dnabert"].any() or bad["esm"].any())
     flipped = decisive & ~same
     off = bad["dnabert"] | bad["esm"] | flipped
     ids = [reference.frame_ids[i] for i in ref_rows]
-    listed = _frames_off(ids, {k: cos for k, (cos, _) in per_frame.items()}, off, flipped)
+    listed = _frames_off(ids, {k: frames[0] for k, frames in per_frame.items()}, off, flipped)
     rule += (
         f", label agreement >= {min_agreement} on frames with reference |P(virus) - 0.5| > "
         f"{BOUNDARY_MARGIN:g}, all values finite"
