@@ -311,9 +311,11 @@ std::optional<std::string> check_inputs(const std::vector<c10::IValue>& items, c
 }
 
 // Where write_whole may write `name`, checked before any work (as write_whole checks it): a name, not a
-// link, nothing but a regular file there, in an existing folder. An empty name said "cannot write :
-// Success" (exit 1), and a folder or link named by --timing was refused only after OUTPUTS.pt was written.
-std::optional<std::string> writable_path(const std::string& name, const std::string& what) {
+// link, nothing but a regular file there, in an existing folder, one that takes a new file (`probe`: a file
+// is made and removed there; write_whole's own temporary file is that test when it writes). An empty name
+// said "cannot write : Success" (exit 1), and a folder or link named by --timing was refused only after
+// OUTPUTS.pt was written.
+std::optional<std::string> writable_path(const std::string& name, const std::string& what, bool probe = true) {
   if (name.empty()) return what + " is an empty path; name the file to write";
   std::error_code error;
   const std::filesystem::path target(name);
@@ -329,12 +331,13 @@ std::optional<std::string> writable_path(const std::string& name, const std::str
   if (!std::filesystem::is_directory(parent, error)) {
     return "cannot write " + name + ": " + parent.string() + " is not a folder";
   }
+  if (!probe) return std::nullopt;
   // a folder that takes no new file (read-only, another user's, /proc) failed only after the work
-  const auto probe = parent / ("." + target.filename().string() + "." + std::to_string(::getpid()) + ".probe");
-  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  const auto made = parent / ("." + target.filename().string() + "." + std::to_string(::getpid()) + ".probe");
+  const int fd = ::open(made.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) return "cannot write " + name + ": " + std::strerror(errno);
   ::close(fd);
-  ::unlink(probe.c_str());
+  ::unlink(made.c_str());
   return std::nullopt;
 }
 
@@ -342,7 +345,8 @@ std::optional<std::string> writable_path(const std::string& name, const std::str
 // through a link), its write checked, then renamed over the name. Only a regular file is replaced: a
 // link, folder, device or FIFO at the name is refused.
 std::optional<std::string> write_whole(const std::string& name, const std::string& data) {
-  if (auto refused = writable_path(name, "the output")) return refused;  // checked again: it may have changed
+  // checked again (it may have changed), without the probe: the temporary file below is that test
+  if (auto refused = writable_path(name, "the output", false)) return refused;
   std::error_code error;
   const std::filesystem::path target(name);
   const auto parent = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
